@@ -1,0 +1,220 @@
+"""The configuration tree: defaults, then a YAML file, then `--set a.b=value`, then explicit flags.
+
+Unknown keys and wrong types are UserErrors that name the key (and the closest valid one).
+Functions elsewhere take the sub-config they need (cfg.data, cfg.optim, ...), never the whole tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet50"
+    stem: str = "imagenet"          # "imagenet" (7x7/2 + maxpool) or "small" (3x3/1 + maxpool)
+    stride_on_1x1: bool = False     # paper/seed bottleneck stride placement instead of torchvision's v1.5
+    zero_init_residual: bool = True
+    width: int = 64                 # channels of the stem and layer1; small values for tiny test models
+
+
+@dataclass
+class DataConfig:
+    train: str = ""                 # DATA argument
+    val: str = ""                   # optional separate validation DATA
+    image_size: int = 224           # training / model input size
+    resize_size: int = 0            # eval resize of the short side; 0 = image_size / 0.875
+    augment: str = "crop_flip"      # "crop_flip" (random-resized-crop + flip) or "resize" (the seed: none)
+    min_crop_scale: float = 0.25    # lower bound of random-resized-crop's area scale
+    interpolation: str = "bilinear"
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    val_fraction: float = 0.1       # stratified hold-out when DATA has no split
+    split_by: str = ""              # CSV column whose groups stay on one side of the hold-out
+    num_workers: int = -1           # DataLoader workers; -1 = one per core, at most 4
+    on_bad: str = "skip"            # bad image during training: "skip" (warn + count) or "fail"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    amp: str = "auto"               # auto | bf16 | fp16 | fp32
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    pretrained: str = ""
+    grad_accum_steps: int = 1
+    grad_clip_norm: float = 0.0     # 0 = no clipping
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"             # adamw | adam | sgd
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"            # cosine | constant
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class LossConfig:
+    name: str = "ce"                # ce (softmax cross-entropy) | bce (the seed's sigmoid on one-hot)
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class CkptConfig:
+    keep_last: int = 3
+    every_steps: int = 0            # 0 = only at the end of each epoch
+    metric: str = "val_top1"        # chooses best/
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    every_steps: int = 0            # also log train metrics every N steps; 0 = per epoch only
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str, cfg: Config, source: str) -> UserError:
+    close = difflib.get_close_matches(key, _all_keys(cfg), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UserError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
+    """Check value against the type of the default it replaces; ints are accepted for floats."""
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is list and isinstance(value, (list, tuple)):
+        return list(value)
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{source}: config key {key!r} expects {expected.__name__}, got {value!r}")
+
+
+def set_value(cfg: Config, key: str, value: Any, source: str = "--set") -> None:
+    """Set a dotted key (e.g. 'optim.lr') on the tree, checking that it exists and its type."""
+    node: Any = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
+        if not dataclasses.is_dataclass(child):
+            raise _unknown_key(key, cfg, source)
+        node = child
+    leaf = parts[-1]
+    if not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)} \
+            or dataclasses.is_dataclass(getattr(node, leaf)):
+        raise _unknown_key(key, cfg, source)
+    setattr(node, leaf, _coerce(key, value, getattr(node, leaf), source))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a config YAML file as a nested dict; errors name the file."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: a config file must be a mapping of sections")
+    return tree
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=value' -> ('a.b', parsed value); the value is read as YAML (numbers, true/false, lists)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(config_file: str | None = None, overrides: typing.Sequence[str] = (),
+                 flags: dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None)."""
+    cfg = Config()
+    if config_file:
+        for key, value in _flatten(load_yaml(config_file)).items():
+            set_value(cfg, key, value, source=str(config_file))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value, source="--set")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_value(cfg, key, value, source="command line")
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(tree: dict, source: str = "config") -> Config:
+    cfg = Config()
+    for key, value in _flatten(tree).items():
+        set_value(cfg, key, value, source=source)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,76 @@
+"""Optimizers, learning-rate schedules and losses."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..config import LossConfig, OptimConfig, SchedConfig
+from ..errors import UserError
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Two groups: weights with decay, and (unless decay_norm_and_bias) BN parameters and biases without."""
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # 1-D tensors are BN gammas/betas and biases
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.name == "adam":
+        # Adam's weight decay is L2 added to the gradient (the seed's optimizer).
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    raise UserError(f"optim.name={cfg.name!r}: expected adamw, adam or sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_per_epoch: int,
+                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warmup over warmup_epochs, then cosine (or constant) down to min_lr_ratio."""
+    if cfg.name not in ("cosine", "constant"):
+        raise UserError(f"sched.name={cfg.name!r}: expected cosine or constant")
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.name == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class SigmoidOneHotLoss(nn.Module):
+    """The seed's loss: sigmoid cross-entropy of each logit against the one-hot label."""
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        one_hot = nn.functional.one_hot(target, self.num_classes).to(logits.dtype)
+        if self.label_smoothing:
+            one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        # Summed over classes, as the seed did, so the scale matches softmax cross-entropy per sample.
+        return nn.functional.binary_cross_entropy_with_logits(logits, one_hot, reduction="sum") / logits.shape[0]
+
+
+def build_loss(cfg: LossConfig, num_classes: int) -> nn.Module:
+    if cfg.name == "ce":
+        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.name == "bce":
+        return SigmoidOneHotLoss(num_classes, cfg.label_smoothing)
+    raise UserError(f"loss.name={cfg.name!r}: expected ce or bce")

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny generated data sets and the path to ../shared/data when it is present."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tiny settings so every training test runs in seconds on 2 cores.
+TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "16",
+        "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "log.tensorboard=true"]
+
+
+def shared_data(name: str) -> Path:
+    """../shared/data/<name>, or skip the test with the reason when it is not there."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real image data not available: {path} is missing (present in CI)")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m resnetcls ARGS` as a user would; returns the completed process (text output)."""
+    return subprocess.run([sys.executable, "-m", "resnetcls", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def make_class_folders(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 12,
+                       size: int = 40) -> Path:
+    """Solid-colour images with a little noise, one folder per class: trivially learnable."""
+    import random
+    rng = random.Random(0)
+    for name, colour in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            c = tuple(max(0, min(255, v + rng.randint(-20, 20))) for v in colour)
+            Image.new("RGB", (size + i % 5, size), c).save(root / name / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("tiny") / "data",
+                              {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """One tiny training run shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = run_cli("train", tiny_data, *TINY, "--epochs", "2", "--out", out, "--set", "optim.lr=0.01")
+    assert result.returncode == 0, result.stderr
+    return out
