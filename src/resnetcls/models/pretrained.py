@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import UserError
 
 HEAD = ("fc.weight", "fc.bias")
+STEM = ("conv1.weight",)
 WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm / training-script checkpoints
 PREFIXES = ("module.", "_orig_mod.")                                 # DistributedDataParallel, torch.compile
 DOWNLOAD_HOST = "download.pytorch.org"
@@ -94,9 +95,9 @@ def _stderr(text: str) -> None:
 def load_pretrained(model: nn.Module, source: str, arch: str, log: Callable[[str], None] = _stderr) -> dict:
     """Copy every tensor of source whose name and shape fit model; the fc head is always left new.
 
-    Returns {"source", "loaded", "reshaped", "new", "unused"} (tensor names; reshaped maps the head and any
-    other tensor whose shape differs to "file shape -> model shape") and logs one summary line.
-    Fewer than half of the model's tensors fitting means the file is for another architecture: an error.
+    Returns {"source", "loaded", "reshaped", "new", "unused"} (tensor names; reshaped maps the head, and the
+    stem conv when model.stem differs, to "file shape -> model shape") and logs one summary line. Tensors
+    of another shape elsewhere, or weights the model lacks, mean the file is for another architecture: an error.
     """
     state, where = torchvision_state_dict(arch) if source == "torchvision" else (read_state_dict(source), source)
     own = model.state_dict()
@@ -111,12 +112,15 @@ def load_pretrained(model: nn.Module, source: str, arch: str, log: Callable[[str
             fits[name] = theirs
             loaded.append(name)
     unused = [k for k in state if k not in own]
+    # The head always differs (new classes); the stem may (model.stem=small). Any other difference means
+    # the file is for another depth or width, and loading the tensors that happen to fit would be garbage.
+    wrong = [f"{n} {s}" for n, s in reshaped.items() if n not in HEAD + STEM]
+    extra = [k for k in unused if not k.endswith("num_batches_tracked")]
     body = [n for n in own if n not in HEAD]
-    if len(loaded) < len(body) / 2:
-        bad = [f"{n} {s}" for n, s in reshaped.items() if n not in HEAD]
-        raise UserError(f"{where}: only {len(loaded)} of {len(body)} tensors fit {arch} with these settings "
-                        f"(missing: {_names(new)}; other shapes: {_names(bad)}; unexpected: {_names(unused)}) "
-                        f"- is it a {arch} state_dict at model.width=64?")
+    if wrong or extra or len(loaded) < len(body) / 2:
+        raise UserError(f"{where}: does not fit {arch} with these settings: {len(loaded)} of {len(body)} tensors "
+                        f"fit (other shapes: {_names(wrong) or 'none'}; not in {arch}: {_names(extra) or 'none'}; "
+                        f"missing: {_names(new) or 'none'}); pass a {arch} state_dict (model.width=64)")
     model.load_state_dict(fits, strict=False)
     log(f"pretrained {where}: loaded {len(loaded)} tensors; reshaped and left new: "
         f"{_names([f'{n} {s}' for n, s in reshaped.items()]) or 'none'}; left new: {_names(new) or 'none'}; "
