@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/resnetcls demo --out demo-run
 
-test: $(STAMP)
+# The report test renders report.html in headless Chromium. Install it with apt where we can (root, or
+# passwordless sudo); never fail here: without Chromium that one test skips and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "chromium: no apt-get here; the report rendering test will skip"; \
+	else \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	    else echo "chromium: not root and no passwordless sudo; the report rendering test will skip"; exit 0; fi; \
+	    echo "installing chromium with apt-get (for the report rendering test)"; \
+	    ($$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	        chromium) >/tmp/resnetcls-apt-chromium.log 2>&1 \
+	        || echo "chromium: apt-get failed (see /tmp/resnetcls-apt-chromium.log); the report rendering test will skip"; \
+	fi
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 clean:

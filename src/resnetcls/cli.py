@@ -5,8 +5,6 @@ Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 inte
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 
 from . import __version__
@@ -28,6 +26,8 @@ def _add_train(sub) -> None:
                    help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     p.add_argument("--device", help="auto|cpu|cuda")
     p.add_argument("--seed", type=int)
+    p.add_argument("--pretrained", metavar="PATH", help="initial weights: a torchvision/timm ResNet state_dict "
+                   "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
 
 
 def _add_commands(sub) -> None:
@@ -44,6 +44,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
 
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the procedural demo data set")
@@ -72,7 +76,8 @@ def cmd_train(args) -> int:
     from .engine.train import train
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
              "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
-             "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed}
+             "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed,
+             "train.pretrained": args.pretrained}
     train(build_config(args.config, args.overrides, flags), args.out)
     return 0
 
@@ -81,29 +86,20 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_model
     m = evaluate_model(args.model, args.data, args.out, args.batch_size)
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
-    print(f"metrics written to {m['out']}/metrics.json", file=sys.stderr)
+    print(f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}")
+    print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .predict import Predictor
-    results = Predictor(args.model).predict(args.paths, args.topk, args.batch_size)
-    if args.format == "json":
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "class", "prob", "error"])
-        for r in results:
-            rows = [[r.path, k + 1, c, f"{p:.6f}", ""] for k, (c, p) in enumerate(r.top)]
-            writer.writerows(rows or [[r.path, "", "", "", r.error]])
-    else:
-        for r in results:
-            body = r.error and f"ERROR {r.error}" or "  ".join(f"{c} {p:.3f}" for c, p in r.top)
-            print(f"{r.path}\t{body}")
-    failed = [r for r in results if r.error]
-    if failed:
-        print(f"{len(failed)} of {len(results)} images could not be read", file=sys.stderr)
-    return 2 if failed else 0
+    from .predict import run_predict
+    return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta)
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    print(f"report written to {write_report(args.run_dir)}", file=sys.stderr)
+    return 0
 
 
 def cmd_data(args) -> int:
@@ -128,7 +124,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "data": cmd_data,
             "models": cmd_models, "demo": cmd_demo}
 
 

@@ -1,62 +1,180 @@
-"""`resnetcls eval`: metrics of a model directory on a DATA argument, written to metrics.json."""
+"""`resnetcls eval`: every metric of a model directory on a DATA argument, as files a person can look at.
+
+OUT/metrics.json holds every number; OUT/per_class.csv, OUT/confusion_matrix.csv, and the figures
+confusion_matrix.png, reliability.png and most_confident_wrong.png show them.
+"""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data.loader import build_loader
-from .data.sources import load_eval_samples
+from .data.sources import Samples, load_eval_samples
 from .errors import UserError
 from .predict import Predictor
 
+ECE_BINS = 15
+FIGURES = {"confusion": "confusion_matrix.png", "reliability": "reliability.png",
+           "wrong": "most_confident_wrong.png"}
+
+
+def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> tuple[float, list]:
+    """Expected calibration error over equal-width confidence bins (Guo et al. 2017), and the bins."""
+    edges = torch.linspace(0, 1, bins + 1)
+    n, ece, table = len(confidence), 0.0, []
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        inside = (confidence > lo) & (confidence <= hi) if lo > 0 else confidence <= hi
+        count = int(inside.sum())
+        conf = float(confidence[inside].mean()) if count else None
+        acc = float(correct[inside].float().mean()) if count else None
+        if count:
+            ece += count / n * abs(acc - conf)
+        table.append({"lo": round(lo, 4), "hi": round(hi, 4), "count": count, "confidence": conf, "accuracy": acc})
+    return ece, table
+
+
+def _per_class(confusion: np.ndarray, classes: list[str]) -> dict:
+    """Precision, recall, F1 and support per class; recall/F1 are None for a class absent from the data."""
+    tp = np.diag(confusion).astype(float)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    table = {}
+    for i, name in enumerate(classes):
+        precision = tp[i] / predicted[i] if predicted[i] else 0.0
+        recall = tp[i] / support[i] if support[i] else None
+        f1 = None if recall is None else (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        table[name] = {"precision": float(precision), "recall": recall if recall is None else float(recall),
+                       "f1": f1 if f1 is None else float(f1), "support": int(support[i])}
+    return table
+
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    """Top-1/top-5, per-class recall and the confusion matrix (rows = true class, columns = predicted)."""
+    """All numbers of an evaluation. Rows of the confusion matrix are true classes, columns predicted.
+
+    Balanced accuracy and the macro averages are taken over the classes present in the data, so a DATA
+    holding a subset of the model's classes is judged on those (predictions into the others still count
+    as errors).
+    """
     n, num_classes = probs.shape
-    pred = probs.argmax(dim=1)
-    top5 = probs.topk(min(5, num_classes), dim=1).indices
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
-    support = confusion.sum(dim=1)
+    confidence, pred = probs.max(dim=1)
+    k = min(5, num_classes)
+    top5 = probs.topk(k, dim=1).indices
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), pred.numpy()), 1)
+    per_class = _per_class(confusion, classes)
+    present = [c for c in classes if per_class[c]["support"]]
+    ece, bins = calibration(confidence, pred == labels)
+    pairs = [(int(confusion[i, j]), classes[i], classes[j]) for i, j in zip(*np.nonzero(confusion)) if i != j]
+    nll = float(-torch.log(probs[torch.arange(n), labels].clamp_min(1e-12)).mean())
     return {
         "images": n,
         "top1": float((pred == labels).float().mean()),
         "top5": float((top5 == labels[:, None]).any(dim=1).float().mean()),
-        "per_class": {c: {"support": int(support[i]),
-                          "recall": float(confusion[i, i] / support[i]) if support[i] else None}
-                      for i, c in enumerate(classes)},
+        "top5_k": k,
+        "balanced_accuracy": float(np.mean([per_class[c]["recall"] for c in present])),
+        "macro_precision": float(np.mean([per_class[c]["precision"] for c in present])),
+        "macro_recall": float(np.mean([per_class[c]["recall"] for c in present])),
+        "macro_f1": float(np.mean([per_class[c]["f1"] for c in present])),
+        "macro_over": f"{len(present)} classes present in the data",
+        "nll": nll,
+        "ece": ece,
+        "ece_bins": bins,
+        "per_class": per_class,
+        "most_confused": [{"true": t, "pred": p, "count": c} for c, t, p in sorted(pairs, reverse=True)[:20]],
         "confusion_matrix": confusion.tolist(),
         "classes": classes,
+        "classes_in_data": present,
     }
+
+
+def run_model(predictor: Predictor, samples: Samples, batch_size: int, num_workers: int):
+    """(probs, labels, sample indices, bad images) over samples, in the model's preprocessing."""
+    loader = build_loader(samples, predictor.transform, batch_size, shuffle=False, num_workers=num_workers)
+    probs, labels, index, bad = [], [], [], []
+    for batch in loader:
+        bad += batch["bad"]
+        if batch["images"] is not None:
+            probs.append(predictor.probabilities(batch["images"]))
+            labels.append(torch.as_tensor(batch["labels"]))
+            index.append(torch.as_tensor(batch["index"]))
+    if not probs:
+        return None, None, None, bad
+    return torch.cat(probs), torch.cat(labels), torch.cat(index), bad
+
+
+def most_confident_wrong(probs, labels, index, samples: Samples, classes: list[str], k: int) -> list[dict]:
+    """The k wrong predictions with the highest predicted probability, most confident first."""
+    confidence, pred = probs.max(dim=1)
+    wrong = torch.nonzero(pred != labels).flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:k].tolist()
+    return [{"path": samples.paths[int(index[i])], "true": classes[int(labels[i])],
+             "pred": classes[int(pred[i])], "prob": float(confidence[i])} for i in order]
+
+
+def write_tables(metrics: dict, out: Path) -> None:
+    """per_class.csv and confusion_matrix.csv (first column: true class; header: predicted classes)."""
+    classes = metrics["classes"]
+    with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for c in classes:
+            row = metrics["per_class"][c]
+            w.writerow([c] + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
+                       + [row["support"]])
+    with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted"] + classes)
+        for c, row in zip(classes, metrics["confusion_matrix"]):
+            w.writerow([c] + row)
+
+
+def write_figures(metrics: dict, out: Path) -> dict:
+    """The three eval PNGs; the heatmap shows the classes present in the data or predicted."""
+    from . import figures  # matplotlib is imported only when figures are drawn
+    confusion = np.array(metrics["confusion_matrix"])
+    keep = [i for i in range(len(metrics["classes"])) if confusion[i].sum() or confusion[:, i].sum()]
+    figures.confusion_heatmap(confusion[np.ix_(keep, keep)], [metrics["classes"][i] for i in keep],
+                              out / FIGURES["confusion"])
+    figures.reliability_diagram(metrics["ece_bins"], metrics["ece"], out / FIGURES["reliability"])
+    figures.contact_sheet(metrics["most_confident_wrong"], out / FIGURES["wrong"])
+    return dict(FIGURES)
+
+
+def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: dict, batch_size: int = 64,
+                     num_workers: int = -1, wrong_k: int = 18) -> dict:
+    """Evaluate already-labelled samples (in the model's class order); write every output into out."""
+    if not len(samples):
+        raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
+    probs, labels, index, bad = run_model(predictor, samples, batch_size, num_workers)
+    for path, reason in bad:
+        print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
+    if probs is None:
+        raise UserError(f"{about.get('data', 'DATA')}: none of the {len(samples)} images could be decoded")
+    metrics = compute_metrics(probs, labels, predictor.classes)
+    metrics["most_confident_wrong"] = most_confident_wrong(probs, labels, index, samples, predictor.classes,
+                                                           wrong_k)
+    metrics.update({"model": str(predictor.loaded.path), **about,
+                    "bad_images": [{"path": p, "reason": r} for p, r in bad]})
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(metrics, out)
+    metrics["figures"] = write_figures(metrics, out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    metrics["out"] = str(out)
+    return metrics
 
 
 def evaluate_model(model: str | os.PathLike, data: str, out_dir: str | os.PathLike | None = None,
                    batch_size: int = 64, num_workers: int = -1) -> dict:
-    """Evaluate MODEL on DATA; write OUT/metrics.json (default: next to the model, in eval/)."""
+    """Evaluate MODEL on DATA; write OUT (default: eval/ next to the model, i.e. RUN_DIR/eval).
+
+    DATA's classes may be a subset of the model's; classes the model does not know are an error naming them.
+    """
     predictor = Predictor(model)
     samples, split = load_eval_samples(data, predictor.classes)
-    if not len(samples):
-        raise UserError(f"{data}: no images to evaluate")
-    loader = build_loader(samples, predictor.transform, batch_size, shuffle=False, num_workers=num_workers)
-    all_probs, all_labels, bad = [], [], []
-    for batch in loader:
-        bad += batch["bad"]
-        if batch["images"] is not None:
-            all_probs.append(predictor.probabilities(batch["images"]))
-            all_labels.append(batch["labels"])
-    for path, reason in bad:
-        print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
-    if not all_probs:
-        raise UserError(f"{data}: none of the {len(samples)} images could be decoded")
-    metrics = compute_metrics(torch.cat(all_probs), torch.cat(all_labels), predictor.classes)
-    metrics.update({"model": str(predictor.loaded.path), "data": str(data), "split": split,
-                    "bad_images": [{"path": p, "reason": r} for p, r in bad]})
     out = Path(out_dir) if out_dir else predictor.loaded.path.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    metrics["out"] = str(out)
-    return metrics
+    return evaluate_samples(predictor, samples, out, {"data": str(data), "split": split}, batch_size, num_workers)

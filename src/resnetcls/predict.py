@@ -1,15 +1,29 @@
-"""Predictor: model directory -> top-k class names and probabilities for images."""
+"""Predictor: model directory -> top-k class names and probabilities for images; `resnetcls predict`.
+
+PATH arguments may be image files, folders (searched recursively), globs, or CSV files listing paths.
+Images are decoded on a few threads one batch ahead of the model, so a folder of small images runs at
+the model's batched throughput rather than one image at a time.
+"""
 from __future__ import annotations
 
+import csv
+import glob
+import io
+import json
 import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .data.decode import DecodeError, decode_image
+from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .hardware import pick_device, resolve_amp
 from .modelfile import load_model_dir
+
+FORMATS = ("table", "json", "csv")
 
 
 @dataclass
@@ -22,6 +36,11 @@ class Prediction:
         if self.error:
             return {"path": self.path, "error": self.error}
         return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top]}
+
+
+def _decode_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 class Predictor:
@@ -46,23 +65,124 @@ class Predictor:
             logits = self.model(batch)
         return logits.float().softmax(dim=1).cpu()
 
-    def predict(self, paths: list[str], topk: int = 5, batch_size: int = 32) -> list[Prediction]:
-        """Top-k for each path, in order; an unreadable image gives a Prediction with `error` set."""
-        results: list[Prediction] = []
+    def _load(self, path: str) -> torch.Tensor | str:
+        """Decoded, preprocessed image, or the reason it cannot be used."""
+        try:
+            return self.transform(decode_image(path))
+        except DecodeError as e:
+            return e.reason
+        except (OSError, ValueError) as e:  # e.g. a decoder that accepts the header but fails on resize
+            return f"cannot preprocess image: {e}"
+
+    def predict(self, paths: list[str], topk: int = 5, batch_size: int = 32, tta: bool = False) -> list[Prediction]:
+        """Top-k for each path, in order; an unreadable image gives a Prediction with `error` set.
+
+        tta: also predict the horizontally flipped image and average the two probability vectors.
+        """
+        results = [Prediction(str(p)) for p in paths]
         k = min(topk, len(self.classes))
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            tensors, slots = [], []
-            for path in chunk:
-                try:
-                    tensors.append(self.transform(decode_image(path)))
-                    slots.append(len(results))
-                    results.append(Prediction(str(path)))
-                except DecodeError as e:
-                    results.append(Prediction(str(path), error=e.reason))
-            if tensors:
-                probs = self.probabilities(torch.stack(tensors))
+        chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
+        with ThreadPoolExecutor(_decode_threads()) as pool:
+            # Decode the next chunk while the model runs on the current one.
+            pending = [pool.map(self._load, [paths[i] for i in c]) for c in chunks[:1]]
+            for n, chunk in enumerate(chunks):
+                if n + 1 < len(chunks):
+                    pending.append(pool.map(self._load, [paths[i] for i in chunks[n + 1]]))
+                tensors, slots = [], []
+                for i, item in zip(chunk, pending[n]):
+                    if isinstance(item, str):
+                        results[i].error = item
+                    else:
+                        tensors.append(item)
+                        slots.append(i)
+                pending[n] = None  # let the decoded chunk be freed
+                if not tensors:
+                    continue
+                batch = torch.stack(tensors)
+                probs = self.probabilities(batch)
+                if tta:
+                    probs = (probs + self.probabilities(batch.flip(-1))) / 2
                 values, indices = probs.topk(k, dim=1)
-                for slot, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
-                    results[slot].top = [(self.classes[i], v) for i, v in zip(idxs, vals)]
+                for i, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
+                    results[i].top = [(self.classes[c], v) for c, v in zip(idxs, vals)]
         return results
+
+
+def _paths_from_csv(csv_path: Path) -> list[str]:
+    """The `path` column (or, without that header, the first column); relative paths are from the CSV."""
+    try:
+        rows = [r for r in csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()) if any(r)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DecodeError(csv_path, f"cannot read CSV: {e}") from None
+    if rows and "path" in [h.strip() for h in rows[0]]:
+        column = [h.strip() for h in rows[0]].index("path")
+        rows = rows[1:]
+    else:
+        column = 0
+    return [str(csv_path.parent / r[column].strip()) for r in rows if len(r) > column and r[column].strip()]
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """PATH arguments -> [(image path, "")] in the order given, or (argument, reason) when one gives nothing.
+
+    A folder contributes its images recursively (sorted, hidden files skipped); a .csv its listed paths;
+    a pattern with * ? or [ its sorted glob matches (** crosses folders).
+    """
+    items: list[tuple[str, str]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            items += [(p, "") for p in found] or [(arg, "folder has no image files")]
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            try:
+                listed = _paths_from_csv(path)
+            except DecodeError as e:
+                listed, reason = [], e.reason
+            else:
+                reason = "CSV lists no paths"
+            items += [(p, "") for p in listed] or [(arg, reason)]
+        elif path.exists():
+            items.append((arg, ""))
+        elif any(ch in arg for ch in "*?["):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            items += [(p, "") for p in found] or [(arg, "no files match this pattern")]
+        else:
+            items.append((arg, "file not found"))
+    return items
+
+
+def format_results(results: list[Prediction], fmt: str) -> str:
+    """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error)."""
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "prob", "error"])
+        for r in results:
+            rows = [[r.path, k + 1, c, f"{p:.6f}", ""] for k, (c, p) in enumerate(r.top)]
+            writer.writerows(rows or [[r.path, "", "", "", r.error]])
+        return buf.getvalue()
+    width = min(60, max([len("path")] + [len(r.path) for r in results]))
+    lines = [f"{'path':<{width}}  top classes (probability)"]
+    for r in results:
+        body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c} ({p:.3f})" for c, p in r.top)
+        lines.append(f"{r.path:<{width}}  {body}")
+    return "\n".join(lines) + "\n"
+
+
+def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
+                tta: bool = False) -> int:
+    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row."""
+    predictor = Predictor(model)
+    items = expand_inputs(inputs)
+    good = [p for p, reason in items if not reason]
+    predicted = iter(predictor.predict(good, topk, batch_size, tta))
+    results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
+    sys.stdout.write(format_results(results, fmt))
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        print(f"{failed} of {len(results)} inputs could not be predicted (see the error rows)", file=sys.stderr)
+    return 2 if failed else 0

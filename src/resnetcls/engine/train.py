@@ -19,6 +19,8 @@ from ..errors import UserError
 from ..hardware import pick_device, precision_name, resolve_amp
 from ..modelfile import save_model_dir
 from ..models import create_model
+from ..models.pretrained import load_pretrained
+from ..report import write_report
 from .log import RunLogger
 from .loop import StepContext, evaluate, train_one_epoch
 from .optim import build_loss, build_optimizer, build_scheduler
@@ -60,7 +62,10 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     # Model, precision, optimisation.
     device = pick_device(t.device)
     ctx = StepContext(device, resolve_amp(t.amp, device), t.channels_last)
-    model = create_model(cfg.model.name, len(classes), **arch_args(cfg)).to(device)
+    model = create_model(cfg.model.name, len(classes), **arch_args(cfg))
+    if t.pretrained:
+        load_pretrained(model, t.pretrained, cfg.model.name)  # logs what it loaded to stderr
+    model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
@@ -102,5 +107,6 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     logger.info(f"done in {summary['seconds']}s: best val top1 {best_top1:.2%} at epoch {best_epoch}; "
                 f"model in {run_dir / 'best'}; logs in {run_dir / 'metrics.jsonl'} and {run_dir / 'tb'}"
                 + (f"; {len(bad_files)} bad images skipped" if bad_files else ""))
+    logger.info(f"report: {write_report(run_dir, splits.val, d.num_workers)} (eval of best/ in {run_dir / 'eval'})")
     logger.close()
     return summary

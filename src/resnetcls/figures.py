@@ -1,0 +1,119 @@
+"""The PNG figures of eval and report: confusion heatmap, reliability diagram, contact sheet, training curves.
+
+matplotlib with the Agg backend (no display needed); each function writes one PNG and returns its path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window (headless servers, CI)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .data.decode import DecodeError, decode_image  # noqa: E402
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (colour = share of the true class) with every class name.
+
+    The figure grows with the class count (about 0.2 in per class) so that 50-100 names stay legible;
+    counts are written into the cells only while they fit (<= 25 classes).
+    """
+    n = len(classes)
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
+    side = max(5.0, 0.2 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    font = 9 if n <= 25 else 7 if n <= 60 else 6
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), classes, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "Confusion matrix (colour: share of the true class)")
+    if n <= 25:
+        for i, j in zip(*np.nonzero(confusion)):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=font,
+                    color="white" if share[i, j] > 0.5 else "black")
+    # A faint grid so a row or column can be followed across a large matrix.
+    # (two line collections: minor ticks would cost a Tick object per class and dominate the drawing time)
+    edges = np.arange(-0.5, n, 1)
+    ax.hlines(edges, -0.5, n - 0.5, color="#dddddd", linewidth=0.3)
+    ax.vlines(edges, -0.5, n - 0.5, color="#dddddd", linewidth=0.3)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    return _save(fig, path)
+
+
+def reliability_diagram(bins: list[dict], ece: float, path: Path) -> Path:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration and the ECE."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
+    lo = np.array([b["lo"] for b in bins])
+    width = np.array([b["hi"] - b["lo"] for b in bins])
+    acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
+    conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    ax.bar(lo, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy")
+    ax.bar(lo, conf - acc, bottom=acc, width=width, align="edge", color="#dd8452", alpha=0.45,
+           edgecolor="white", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(lo, counts, width=width, align="edge", color="#8c8c8c", edgecolor="white")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    hist.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def contact_sheet(items: list[dict], path: Path, thumb: int = 112) -> Path:
+    """Thumbnails of images with 'true' and 'pred (prob)' captions; items: {path, true, pred, prob}."""
+    cols = min(6, max(1, len(items)))
+    rows = max(1, -(-len(items) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.25 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        try:
+            image = decode_image(item["path"])
+            image.thumbnail((thumb, thumb))
+            ax.imshow(np.asarray(image))
+        except DecodeError:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax.set_title(f"true: {item['true']}\npred: {item['pred']} ({item['prob']:.2f})", fontsize=7,
+                     color="#b00020")
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+    fig.suptitle("Most confidently wrong", fontsize=10)
+    return _save(fig, path, dpi=100)
+
+
+def training_curves(epochs: list[dict], path: Path) -> Path:
+    """Loss, top-1 and learning rate per epoch; each panel plots every 'split/metric' key it finds."""
+    panels = [("loss", "loss"), ("top1", "top-1 accuracy"), ("lr", "learning rate")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (metric, label) in zip(axes, panels):
+        keys = sorted({k for r in epochs for k in r if k.split("/")[-1] == metric and "/" in k})
+        for key in keys:
+            points = [(r["epoch"], r[key]) for r in epochs if isinstance(r.get(key), (int, float))]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", markersize=3, label=key.split("/")[0])
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if keys:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)

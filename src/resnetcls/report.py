@@ -1,0 +1,196 @@
+"""`resnetcls report RUN_DIR`: one self-contained report.html (also written at the end of training).
+
+Every figure is embedded as a base64 PNG and the few lines of CSS and JavaScript are inline, so the file
+can be mailed, archived or opened offline. It shows the curves per epoch, the evaluation in RUN_DIR/eval
+(figures, headline numbers, a per-class table sortable by any column), the resolved config and the
+environment.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data.sources import Samples
+from .errors import UserError
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;
+color:#222;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.sub{color:#666;margin-top:4px}.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:120px}
+.card b{display:block;font-size:1.4em}.card span{color:#666;font-size:.85em}
+img{max-width:100%;border:1px solid #eee}.figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}
+table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e8eefc}
+th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
+pre{background:#f7f7f7;padding:12px;overflow:auto;font-size:.85em}.warn{color:#b00020}
+"""
+
+# Sorting by clicking a header (numbers numerically, empty cells last); '#sort=COLUMN[-desc]' in the URL
+# sorts on load. On load, body[data-images-loaded] records "loaded/total" images (a rendering check).
+SCRIPT = """
+function sortTable(th, desc){
+  const table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
+  if (desc === undefined) desc = th.classList.contains('asc');
+  const key = r => { const t = r.cells[col].textContent.trim(), n = parseFloat(t);
+                     return t === '' ? null : (isNaN(n) ? t.toLowerCase() : n); };
+  const rows = Array.from(body.rows).sort((a, b) => {
+    const x = key(a), y = key(b);
+    if (x === null) return 1; if (y === null) return -1;
+    return (x < y ? -1 : x > y ? 1 : 0) * (desc ? -1 : 1); });
+  rows.forEach(r => body.appendChild(r));
+  table.querySelectorAll('th').forEach(h => h.classList.remove('asc', 'desc'));
+  th.classList.add(desc ? 'desc' : 'asc');
+}
+document.querySelectorAll('table.sortable th').forEach(th => th.addEventListener('click', () => sortTable(th)));
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images), ok = imgs.filter(i => i.complete && i.naturalWidth > 0);
+  document.body.dataset.imagesLoaded = ok.length + '/' + imgs.length;
+  document.body.dataset.imagesOk = ok.map(i => i.id).join(' ');
+  if (ok.length < imgs.length) document.getElementById('img-warning').textContent =
+      (imgs.length - ok.length) + ' figure(s) failed to load';
+  const m = location.hash.match(/^#sort=([\\w-]+?)(-desc)?$/);
+  const th = m && document.querySelector('th[data-col="' + m[1] + '"]');
+  if (th) sortTable(th, !!m[2]);
+});
+"""
+
+
+def _img(path: Path, element_id: str, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img id="{element_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def read_records(run_dir: Path) -> tuple[list[dict], dict]:
+    """Epoch records and the last summary record of RUN_DIR/metrics.jsonl (malformed lines are errors)."""
+    epochs, summary = [], {}
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return epochs, summary
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{line_no}: not JSON: {e}") from None
+        if record.get("kind") == "epoch":
+            epochs.append(record)
+        elif record.get("kind") == "summary":
+            summary = record
+    return epochs, summary
+
+
+def _cards(items: list[tuple[str, object]]) -> str:
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><b>{_fmt(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items) + "</div>"
+
+
+def _curves_section(run_dir: Path, epochs: list[dict]) -> str:
+    if not epochs:
+        return "<h2>Training curves</h2><p>No epochs logged in metrics.jsonl.</p>"
+    from .figures import training_curves
+    path = training_curves(epochs, run_dir / "curves.png")
+    return "<h2>Training curves</h2>" + _img(path, "curves", "loss, top-1 and learning rate per epoch")
+
+
+def _per_class_table(m: dict) -> str:
+    cols = [("class", "class"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+            ("support", "support")]
+    head = "".join(f'<th data-col="{c}">{label}</th>' for c, label in cols)
+    rows = "".join("<tr>" + f"<td>{html.escape(name)}</td>" + "".join(
+        f"<td>{_fmt(row[c])}</td>" for c, _ in cols[1:]) + "</tr>" for name, row in m["per_class"].items())
+    return (f'<h3>Per class</h3><p class="sub">Click a column to sort.</p>'
+            f'<table class="sortable" id="per-class"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+
+
+def _eval_section(eval_dir: Path) -> str:
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        return ("<h2>Evaluation</h2><p>No evaluation yet: run <code>resnetcls eval RUN_DIR DATA</code> "
+                "(it writes RUN_DIR/eval/), then <code>resnetcls report RUN_DIR</code>.</p>")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable evaluation: {e}") from None
+    parts = [f"<h2>Evaluation</h2><p class='sub'>{m['images']} images of {html.escape(str(m.get('data')))} "
+             f"(split: {html.escape(str(m.get('split')))}), model {html.escape(str(m.get('model')))}</p>",
+             _cards([("top-1", m["top1"]), (f"top-{m.get('top5_k', 5)}", m["top5"]),
+                     ("balanced accuracy", m["balanced_accuracy"]), ("macro precision", m["macro_precision"]),
+                     ("macro recall", m["macro_recall"]), ("macro F1", m["macro_f1"]), ("ECE", m["ece"]),
+                     ("NLL", m["nll"])])]
+    figs = [("confusion", "confusion_matrix.png", "confusion matrix"),
+            ("reliability", "reliability.png", "reliability diagram"),
+            ("wrong", "most_confident_wrong.png", "most confidently wrong images")]
+    shown = [_img(eval_dir / name, f"fig-{key}", alt) for key, name, alt in figs if (eval_dir / name).is_file()]
+    parts.append('<div class="figs">' + "".join(shown) + "</div>")
+    if m.get("most_confused"):
+        parts.append("<h3>Most confused pairs</h3><table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['pred'])}</td>"
+                               f"<td>{p['count']}</td></tr>" for p in m["most_confused"][:10]) + "</table>")
+    parts.append(_per_class_table(m))
+    if m.get("bad_images"):
+        parts.append(f"<p class='warn'>{len(m['bad_images'])} unreadable images skipped: "
+                     + html.escape(", ".join(b["path"] for b in m["bad_images"][:20])) + "</p>")
+    return "".join(parts)
+
+
+def environment() -> dict:
+    """What produced this report (the training environment is in the run's summary record)."""
+    import torchvision
+    return {"resnetcls": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform(),
+            "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+
+
+def _env_section(run_dir: Path, summary: dict) -> str:
+    def table(d: dict) -> str:
+        return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
+                                   for k, v in d.items() if k not in ("kind", "time")) + "</table>"
+    config = run_dir / "config.yaml"
+    text = config.read_text(encoding="utf-8") if config.is_file() else "(config.yaml missing)"
+    return (f"<h2>Config</h2><pre id='config'>{html.escape(text)}</pre><h2>Environment</h2><div class='figs'>"
+            f"<div><h3>Training run</h3>{table(summary) if summary else '<p>no summary logged</p>'}</div>"
+            f"<div><h3>Report generated with</h3>{table(environment())}</div></div>")
+
+
+def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1) -> Path:
+    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into RUN_DIR/eval."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml)")
+    if eval_samples is not None and len(eval_samples):
+        from .evaluate import evaluate_samples
+        from .predict import Predictor
+        evaluate_samples(Predictor(run_dir), eval_samples, run_dir / "eval",
+                         {"data": "the run's validation split", "split": "val"}, num_workers=num_workers)
+    epochs, summary = read_records(run_dir)
+    headline = [("epochs", len(epochs))] + [(k.replace("_", " "), summary[k]) for k in
+                                             ("best_val_top1", "best_epoch", "seconds") if k in summary]
+    body = (f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
+            f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
+            + _cards(headline) + _curves_section(run_dir, epochs) + _eval_section(run_dir / "eval")
+            + _env_section(run_dir, summary))
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
+            f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
+            f"<script>{SCRIPT}</script></body></html>\n")
+    out = run_dir / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,115 @@
+"""`resnetcls eval`: the numbers, the tables and the figures a user looks at after training."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from resnetcls.cli import main
+from resnetcls.data.sources import load_eval_samples
+from resnetcls.data.transforms import make_preprocess
+from resnetcls.evaluate import compute_metrics, evaluate_samples
+from resnetcls.figures import confusion_heatmap
+from resnetcls.modelfile import save_model_dir
+from resnetcls.models import create_model
+from resnetcls.predict import Predictor
+
+
+def one_hot_probs(preds: list[int], num_classes: int, confidence: float) -> torch.Tensor:
+    rest = (1 - confidence) / (num_classes - 1)
+    probs = torch.full((len(preds), num_classes), rest)
+    probs[torch.arange(len(preds)), torch.tensor(preds)] = confidence
+    return probs
+
+
+def test_metrics_match_hand_computed_values():
+    # 4 model classes; class "d" never appears in the data (a subset DATA).
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    preds = [0, 0, 0, 1, 1, 0, 2, 3]
+    m = compute_metrics(one_hot_probs(preds, 4, 0.7), labels, ["a", "b", "c", "d"])
+    assert m["top1"] == pytest.approx(5 / 8)
+    # recall a=3/4, b=1/2, c=1/2; precision a=3/4, b=1/2, c=1; over the 3 classes present
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2 + 1 / 2) / 3)
+    assert m["macro_precision"] == pytest.approx((3 / 4 + 1 / 2 + 1) / 3)
+    f1 = [2 * p * r / (p + r) for p, r in ((3 / 4, 3 / 4), (1 / 2, 1 / 2), (1, 1 / 2))]
+    assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert m["per_class"]["d"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
+    assert m["per_class"]["a"]["support"] == 4 and m["classes_in_data"] == ["a", "b", "c"]
+    assert m["confusion_matrix"][2] == [0, 0, 1, 1]
+    # every image at confidence 0.7 with accuracy 5/8: ECE = |0.7 - 0.625|
+    assert m["ece"] == pytest.approx(0.075)
+    assert sum(b["count"] for b in m["ece_bins"]) == 8
+    assert {"true": "a", "pred": "b", "count": 1} in m["most_confused"]
+
+
+def test_eval_cli_writes_every_number_table_and_figure(tiny_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", str(tiny_run), str(tiny_data), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "top1" in stdout and "balanced accuracy" in stdout and "ECE" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["images"] == 36 and m["classes"] == ["blue", "green", "red"] and m["split"] == "all"
+    for key in ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "ece", "nll"):
+        assert 0.0 <= m[key] <= (1.0 if key != "nll" else 100), key
+    assert sum(map(sum, m["confusion_matrix"])) == 36
+    rows = list(csv.DictReader(open(out / "per_class.csv")))
+    assert [r["class"] for r in rows] == ["blue", "green", "red"] and all(r["support"] == "12" for r in rows)
+    matrix = list(csv.reader(open(out / "confusion_matrix.csv")))
+    assert matrix[0][1:] == ["blue", "green", "red"] and sum(int(v) for r in matrix[1:] for v in r[1:]) == 36
+    for name in m["figures"].values():
+        with Image.open(out / name) as img:
+            assert img.width > 150 and img.height > 150
+
+
+def test_eval_on_a_subset_of_the_classes_and_a_csv_with_splits(tiny_run, tiny_data, tmp_path):
+    rows = ["path,label,split"] + [f"{c}/{i}.jpg,{c},{'test' if i < 4 else 'train'}"
+                                   for c in ("red", "blue") for i in range(12)]
+    (tiny_data / "subset.csv").write_text("\n".join(rows) + "\n")
+    try:
+        code = main(["eval", str(tiny_run), str(tiny_data / "subset.csv"), "--out", str(tmp_path / "ev")])
+    finally:
+        (tiny_data / "subset.csv").unlink()
+    assert code == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["split"] == "test" and m["images"] == 8 and m["classes_in_data"] == ["blue", "red"]
+    assert m["per_class"]["green"]["support"] == 0 and m["per_class"]["green"]["recall"] is None
+
+
+def test_eval_names_classes_the_model_does_not_know(tiny_run, tiny_data, tmp_path, capsys):
+    for name in ("purple", "red"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        shutil.copy(tiny_data / "red" / "0.jpg", tmp_path / "d" / name / "0.jpg")
+    assert main(["eval", str(tiny_run), str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "purple" in err and "Traceback" not in err
+
+
+def test_most_confidently_wrong_images_are_listed_and_drawn(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    classes = ["blue", "green", "red"]
+    args = {"stem": "small", "width": 8}
+    model = save_model_dir(tmp_path / "m", create_model("resnet18", 3, **args), "resnet18", args, classes,
+                           make_preprocess(32))
+    predictor = Predictor(model)
+    samples, _ = load_eval_samples(str(tiny_data), classes)
+    m = evaluate_samples(predictor, samples, tmp_path / "ev", {"data": str(tiny_data), "split": "all"},
+                         num_workers=0, wrong_k=5)
+    wrong = m["most_confident_wrong"]
+    assert len(wrong) == min(5, 36 - round(m["top1"] * 36)) > 0  # an untrained model gets most wrong
+    assert all(w["true"] != w["pred"] and Path(w["path"]).parent.name == w["true"] for w in wrong)
+    assert [w["prob"] for w in wrong] == sorted((w["prob"] for w in wrong), reverse=True)
+    with Image.open(tmp_path / "ev" / "most_confident_wrong.png") as img:
+        assert img.width >= 5 * 150
+
+
+def test_confusion_heatmap_stays_readable_at_100_classes(tmp_path):
+    names = [f"object_{i:03d}" for i in range(100)]
+    confusion = torch.eye(100, dtype=torch.long).numpy() * 5
+    confusion[3, 7] = 2
+    confusion_heatmap(confusion, names, tmp_path / "cm.png")
+    with Image.open(tmp_path / "cm.png") as img:
+        # at least ~16 px per class row/column so every class name carries a legible label
+        assert img.width >= 100 * 16 and img.height >= 100 * 16

@@ -1,0 +1,143 @@
+"""The model directory: every field of model.json and the weights are checked; nothing is unpickled."""
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetcls.cli import main
+from resnetcls.data.transforms import make_preprocess
+from resnetcls.errors import UserError
+from resnetcls.modelfile import FORMAT, load_model_dir, save_model_dir, sha256_file
+from resnetcls.models import create_model
+
+ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
+CLASSES = ["ant", "bee", "cup"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("resnet18", len(CLASSES), **ARGS)
+    return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, "resnet18", ARGS, CLASSES,
+                          make_preprocess(32), {"val_top1": 0.5})
+
+
+@pytest.fixture
+def copy(model_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(model_dir, tmp_path / "model"))
+
+
+def edit_meta(path: Path, **changes) -> None:
+    meta = json.loads((path / "model.json").read_text())
+    meta.update(changes)
+    (path / "model.json").write_text(json.dumps(meta))
+
+
+def rehash(path: Path) -> None:
+    """Make model.json name the current weights' hash, as an attacker who edits both files would."""
+    meta = json.loads((path / "model.json").read_text())
+    meta["sha256"]["model.safetensors"] = sha256_file(path / "model.safetensors")
+    (path / "model.json").write_text(json.dumps(meta))
+
+
+def test_model_json_describes_the_model_completely(model_dir):
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["format"] == FORMAT and meta["arch"] == "resnet18" and meta["arch_args"] == ARGS
+    assert meta["classes"] == CLASSES and meta["metrics"] == {"val_top1": 0.5}
+    assert set(meta["preprocess"]) >= {"image_size", "resize", "interpolation", "mean", "std"}
+    assert meta["sha256"]["model.safetensors"] == sha256_file(model_dir / "model.safetensors")
+    loaded = load_model_dir(model_dir)
+    assert loaded.classes == CLASSES and loaded.model.fc.out_features == 3
+
+
+def cli_refuses(copy, capsys, *expected: str) -> None:
+    """The CLI exits 2 with a one-line message (no traceback) containing every expected fragment."""
+    code = main(["predict", str(copy), str(copy / "model.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+
+
+def test_tampered_weights_are_refused(copy, capsys):
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    cli_refuses(copy, capsys, "model.safetensors", "sha256 does not match")
+
+
+def test_truncated_weights_are_refused(copy, capsys):
+    data = (copy / "model.safetensors").read_bytes()
+    (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cli_refuses(copy, capsys, "sha256 does not match", "truncated")
+    rehash(copy)  # even with a matching hash, a truncated file does not parse
+    cli_refuses(copy, capsys, "not a valid safetensors file")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format": "resnetcls.model/2"}, "format 'resnetcls.model/2' is not 'resnetcls.model/1'"),
+    ({"format": "something-else"}, "format 'something-else'"),
+    ({"classes": CLASSES + ["dog"]}, "4 classes listed but the weights' head has 3"),
+    ({"classes": ["ant", "ant", "cup"]}, "class names listed twice: ant"),
+    ({"arch": "resnet34"}, "weights do not fit resnet34"),
+    ({"arch": "vgg16"}, "unknown arch 'vgg16'"),
+    ({"arch_args": {**ARGS, "width": 16}}, "weights do not fit resnet18"),
+    ({"arch_args": {**ARGS, "dilation": 2}}, "unknown arch_args dilation"),
+    ({"preprocess": {**make_preprocess(32), "interpolation": "lanczos9"}}, "preprocess.interpolation"),
+    ({"preprocess": {**make_preprocess(32), "std": [0.2, 0.2]}}, "preprocess.std"),
+    ({"sha256": {}}, "sha256.model.safetensors must be a 64-digit hex digest"),
+])
+def test_mismatched_metadata_is_refused_naming_what_is_wrong(copy, capsys, changes, message):
+    edit_meta(copy, **changes)
+    cli_refuses(copy, capsys, str(copy / "model.json") if "weights do not fit" not in message else "", message)
+
+
+def test_missing_or_broken_files_are_refused(copy, capsys):
+    (copy / "model.json").write_text("{not json")
+    cli_refuses(copy, capsys, "model.json", "unreadable model metadata")
+    shutil.rmtree(copy)
+    copy.mkdir()
+    cli_refuses(copy, capsys, "not a model directory")
+
+
+class RunsCode:
+    """Unpickling this object creates `marker`: the classic pickle code-execution payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def test_a_planted_pickle_is_refused_without_running(copy, tmp_path, capsys):
+    # The payload is live: plain unpickling runs it.
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(RunsCode(control)))
+    assert control.exists()
+    marker = tmp_path / "marker"
+    for planted in (pickle.dumps(RunsCode(marker)), None):
+        if planted is None:  # the same payload in torch.save's zip format
+            torch.save({"fc.weight": RunsCode(marker)}, copy / "model.safetensors")
+        else:
+            (copy / "model.safetensors").write_bytes(planted)
+        rehash(copy)
+        cli_refuses(copy, capsys, "not a valid safetensors file")
+        with pytest.raises(UserError, match="not a valid safetensors file"):
+            load_model_dir(copy)
+    assert not marker.exists(), "loading the model directory ran code from a pickle"
+
+
+def test_no_source_file_unpickles():
+    """A guard on the code itself: no pickle.load, and every torch.load insists on weights_only=True."""
+    src = Path(__file__).resolve().parents[1] / "src" / "resnetcls"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        assert "pickle.load" not in text and "import pickle" not in text, path
+        for part in text.split("torch.load(")[1:]:
+            call = part.split(")")[0] + part.split(")")[1]
+            assert "weights_only=True" in call, f"{path}: torch.load without weights_only=True"

@@ -1,0 +1,95 @@
+"""`resnetcls predict`: inputs of every kind, batching, top-k, formats, flip TTA and per-image errors."""
+import csv
+import io
+import json
+import shutil
+
+import pytest
+import torch
+
+from resnetcls.cli import main
+from resnetcls.data.decode import decode_image
+from resnetcls.predict import Predictor, expand_inputs
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return Predictor(tiny_run)
+
+
+def run(capsys, *args):
+    code = main(["predict", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_gives_topk_class_names_with_probabilities(tiny_run, tiny_data, capsys):
+    images = [tiny_data / "red" / "1.jpg", tiny_data / "blue" / "2.jpg"]
+    code, out, err = run(capsys, tiny_run, *images, "--topk", "2", "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    for r in rows:
+        assert len(r["top"]) == 2 and {t["class"] for t in r["top"]} <= {"blue", "green", "red"}
+        assert r["top"][0]["prob"] >= r["top"][1]["prob"]
+
+
+def test_folders_globs_and_csv_lists_expand_in_order(tiny_data, tmp_path):
+    nested = tmp_path / "photos" / "day1" / "deep"
+    nested.mkdir(parents=True)
+    shutil.copy(tiny_data / "red" / "0.jpg", nested / "a.jpg")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "list.csv").write_text(f"path,comment\n{tiny_data / 'blue' / '3.jpg'}\nphotos/day1/deep/a.jpg,x\n")
+    items = expand_inputs([str(tmp_path / "photos"), str(tiny_data / "g*" / "1?.jpg"), str(tmp_path / "list.csv"),
+                           str(tmp_path / "missing.jpg"), str(tmp_path / "nothing*.png")])
+    assert items[0] == (str(nested / "a.jpg"), "")                                    # folder, recursive
+    assert [p for p, _ in items[1:3]] == [str(tiny_data / "green" / f"1{i}.jpg") for i in range(2)]  # glob
+    assert items[3:5] == [(str(tiny_data / "blue" / "3.jpg"), ""), (str(tmp_path / "photos/day1/deep/a.jpg"), "")]
+    assert items[5] == (str(tmp_path / "missing.jpg"), "file not found")
+    assert items[6] == (str(tmp_path / "nothing*.png"), "no files match this pattern") and len(items) == 7
+
+
+def test_a_whole_folder_tree_in_csv_format(tiny_run, tiny_data, capsys):
+    code, out, err = run(capsys, tiny_run, tiny_data, "--format", "csv", "--topk", "1", "--batch-size", "8")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 36 and {r["rank"] for r in rows} == {"1"}
+    correct = sum(r["class"] == r["path"].split("/")[-2] for r in rows)
+    assert correct >= 30, f"only {correct}/36 right: the trained tiny model should separate solid colours"
+
+
+def test_unreadable_images_give_error_rows_and_exit_nonzero_at_the_end(tiny_run, tiny_data, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    good = [tiny_data / "red" / "1.jpg", tiny_data / "green" / "2.jpg"]
+    code, out, err = run(capsys, tiny_run, good[0], bad, tmp_path / "gone.png", good[1], "--format", "csv")
+    assert code == 2 and "2 of 4 inputs could not be predicted" in err
+    assert f"{good[0]},1," in out and f"{good[1]},1," in out
+    assert f"{bad},,,,cannot decode image" in out and f"{tmp_path / 'gone.png'},,,,file not found" in out
+    code, out, _ = run(capsys, tiny_run, good[0], bad)
+    lines = out.splitlines()
+    assert code == 2 and lines[0].startswith("path") and "ERROR: cannot decode image" in lines[2]
+    assert "red (" in lines[1]
+
+
+def test_images_are_predicted_in_batches(predictor, tiny_data):
+    calls = []
+    handle = predictor.model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        paths = sorted(str(p) for p in tiny_data.rglob("*.jpg"))
+        results = predictor.predict(paths, topk=3, batch_size=16)
+    finally:
+        handle.remove()
+    assert calls == [16, 16, 4] and [r.path for r in results] == paths
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(predictor, tiny_data):
+    path = str(tiny_data / "green" / "4.jpg")
+    image = predictor.transform(decode_image(path))[None]
+    expected = (predictor.probabilities(image) + predictor.probabilities(image.flip(-1))) / 2
+    [plain] = predictor.predict([path], topk=3)
+    [tta] = predictor.predict([path], topk=3, tta=True)
+    top = dict(tta.top)
+    for i, name in enumerate(predictor.classes):
+        assert top[name] == pytest.approx(float(expected[0, i]), abs=1e-5)
+    assert plain.top != tta.top or torch.allclose(image, image.flip(-1))

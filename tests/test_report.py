@@ -1,0 +1,68 @@
+"""report.html: written at the end of training and by `resnetcls report`, self-contained, renders in Chromium."""
+import re
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image, ImageStat
+
+from resnetcls.cli import main
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def test_training_writes_a_self_contained_report(tiny_run):
+    page = (tiny_run / "report.html").read_text()
+    images = re.findall(r'<img id="([\w-]+)"[^>]* src="data:image/png;base64,', page)
+    assert images == ["curves", "fig-confusion", "fig-reliability", "fig-wrong"]
+    # nothing to fetch: no external scripts, styles or images
+    assert not re.search(r'(src|href)=["\']?(https?:|//)', page)
+    assert '<table class="sortable" id="per-class">' in page and "<td>green</td>" in page
+    assert "model:\n  name: resnet18" in page            # the resolved config
+    assert "torchvision" in page and "best_val_top1" in page  # environment and the run's summary
+
+
+def test_report_command_picks_up_a_later_eval(tiny_run, tiny_data, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = (run / "report.html").read_text()
+    assert "36 images" not in before  # the end-of-training report evaluated the validation split
+    assert main(["eval", str(run), str(tiny_data)]) == 0   # default --out: RUN_DIR/eval
+    assert main(["report", str(run)]) == 0
+    after = (run / "report.html").read_text()
+    assert f"36 images of {tiny_data}" in after and "(split: all)" in after
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def find_chromium() -> str:
+    for name in CHROMIUM_NAMES:
+        if path := shutil.which(name):
+            return path
+    pytest.skip("Chromium is not installed (Debian: apt-get install chromium; `make test` does this as root)")
+
+
+def chromium(binary: str, profile, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}"]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    binary = find_chromium()
+    url = (tiny_run / "report.html").resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    result = chromium(binary, tmp_path / "profile", "--window-size=1200,1800", f"--screenshot={shot}", url)
+    assert shot.is_file(), result.stderr[-2000:]
+    with Image.open(shot) as img:
+        grey = img.convert("L")
+        assert ImageStat.Stat(grey).stddev[0] > 20, "screenshot is blank"
+        assert len(img.convert("RGB").getcolors(1 << 24)) > 200, "screenshot has no figures"
+    # The page's own check: on load it records how many <img> decoded; '#sort=' exercises the table's sorting.
+    result = chromium(binary, tmp_path / "profile", "--dump-dom", url + "#sort=class-desc")
+    body = re.search(r"<body[^>]*>", result.stdout)
+    assert body, result.stderr[-2000:]
+    assert 'data-images-loaded="4/4"' in body.group(0)
+    loaded = re.search(r'data-images-ok="([^"]*)"', body.group(0)).group(1).split()
+    assert {"curves", "fig-confusion"} <= set(loaded)
+    table = result.stdout.split('id="per-class"')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td>", table) == ["red", "green", "blue"]
