@@ -59,7 +59,7 @@ def decode_resized(path: str, geometry: StoreGeometry) -> np.ndarray:
     image = decode_image(path)
     size = [geometry.size, geometry.size] if geometry.square else [geometry.size]
     resized = F.resize(image, size, interpolation=INTERPOLATIONS[geometry.interpolation], antialias=True)
-    return np.asarray(resized, dtype=np.uint8)
+    return np.array(resized, dtype=np.uint8)  # writable: torch.from_numpy wants that
 
 
 def default_pool_workers() -> int:

@@ -79,7 +79,7 @@ def _reason(error: Exception, size: int | None) -> str:
         return "empty file (0 bytes)"
     if isinstance(error, UnidentifiedImageError):
         return "not an image Pillow can read (unknown format or not an image at all)"
-    if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
+    if any(word in text.lower() for word in ("truncated", "broken data stream", "premature end")):
         return f"truncated file ({text})"
     return f"cannot decode image: {text}"
 
