@@ -46,7 +46,7 @@ def test_cached_eval_equals_the_eval_transform_that_predict_uses(photos, tmp_pat
     expected = torch.stack([build_eval_transform(preprocess)(decode_image(photos.paths[i]))
                             for i in batch["index"].tolist()])
     assert batch["images"].dtype == torch.float32 and batch["images"].shape == (6, 3, 32, 32)
-    assert torch.allclose(batch["images"], expected, atol=1e-6)
+    assert torch.allclose(batch["images"], expected, atol=1e-5)  # float rounding only
     assert [os.path.basename(p) for p, _ in batch["bad"]] == ["broken.jpg"]
     # A larger stored size needs a second resize: equal up to resize rounding.
     bigger = _eval_batch(photos, preprocess, 64, tmp_path / "cache")["images"]
