@@ -15,6 +15,7 @@ from resnetcls.data.cache import cache_key, open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import Samples
+from resnetcls.errors import UserError
 from resnetcls.data.transforms import (build_eval_batch_transform, build_eval_transform, build_train_transform,
                                        make_preprocess)
 
@@ -153,3 +154,9 @@ def test_cache_off_decodes_on_the_fly_with_the_same_result(photos, tmp_path):
     cached = _eval_batch(photos, preprocess, 0, tmp_path)
     fresh = _eval_batch(photos, preprocess, 0, None)
     assert torch.equal(cached["images"], fresh["images"]) and cached["bad"] == fresh["bad"]
+
+
+def test_an_unusable_cache_folder_is_a_one_line_user_error(photos, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"file/c: cannot write the decoded-image cache: .*data.cache=false"):
+        open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path / "file" / "c")

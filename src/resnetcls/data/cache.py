@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..errors import UserError
 from .decode import DECODE_VERSION, MAX_PIXELS, DecodeError, decode_image
 
 try:
@@ -183,7 +184,17 @@ def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os
     final = cache_dir / key
     if (final / "meta.json").is_file():
         return DecodedStore(final)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return _build_locked(paths, geometry, cache_dir, key, workers, log)
+    except OSError as e:  # unwritable folder, full disk: the user can point the cache elsewhere or turn it off
+        raise UserError(f"{cache_dir}: cannot write the decoded-image cache: {e.strerror or e} "
+                        f"(set data.cache_dir or RESNETCLS_CACHE elsewhere, or data.cache=false)") from None
+
+
+def _build_locked(paths: list[str], geometry: StoreGeometry, cache_dir: Path, key: str, workers: int,
+                  log: Callable[[str], None]) -> DecodedStore:
+    final = cache_dir / key
     with _locked(cache_dir / f"{key}.lock"):
         if (final / "meta.json").is_file():  # another process (torchrun rank) built it while we waited
             return DecodedStore(final)

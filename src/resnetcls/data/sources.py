@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 import re
 from collections import defaultdict
@@ -307,7 +308,7 @@ def write_split_csv(splits: Splits, path: str | Path) -> Path:
         writer.writerow(["path", "label", "split", *extra])
         for name, samples in parts:
             for i, (p, label) in enumerate(zip(samples.paths, samples.labels)):
-                writer.writerow([str(Path(p).resolve()), splits.classes[label], name,
+                writer.writerow([os.path.abspath(p), splits.classes[label], name,  # keeps the user's symlinks
                                  *[samples.extra.get(c, [""] * len(samples))[i] for c in extra]])
     tmp.replace(path)
     return path
