@@ -49,18 +49,6 @@ def build_eval_transform(preprocess: dict) -> T.Compose:
     return T.Compose(geometry + _to_normalized(preprocess))
 
 
-def build_pil_train_transform(preprocess: dict, augment: str = "crop_flip",
-                              min_crop_scale: float = 0.25) -> T.Compose:
-    """The single-image (PIL) form of the training augmentation, for callers without batches."""
-    if augment == "resize":
-        return build_eval_transform(preprocess)
-    _check_augment(augment)
-    size, interp = preprocess["image_size"], INTERPOLATIONS[preprocess["interpolation"]]
-    geometry = [T.RandomResizedCrop(size, scale=(min_crop_scale, 1.0), interpolation=interp, antialias=True),
-                T.RandomHorizontalFlip()]
-    return T.Compose(geometry + _to_normalized(preprocess))
-
-
 def _check_augment(augment: str) -> None:
     if augment not in ("crop_flip", "resize"):
         raise UserError(f"data.augment={augment!r}: expected crop_flip or resize")
