@@ -16,6 +16,19 @@ TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "16",
         "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "log.tensorboard=true"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory):
+    """Decoded caches go to a temporary folder, never ~/.cache (subprocesses inherit the variable)."""
+    import os
+    old = os.environ.get("RESNETCLS_CACHE")
+    os.environ["RESNETCLS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("RESNETCLS_CACHE", None)
+    else:
+        os.environ["RESNETCLS_CACHE"] = old
+
+
 def shared_data(name: str) -> Path:
     """../shared/data/<name>, or skip the test with the reason when it is not there."""
     path = SHARED_DATA / name

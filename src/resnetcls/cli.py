@@ -57,6 +57,13 @@ def _add_commands(sub) -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
 
+    p = data.add_parser("check", help="decode every image once and report problems")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
+                   help="fail: exit 2 when any image is bad (default: report only)")
+    p.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
+    p.add_argument("--batches", default="", metavar="1,2,...", help="OpenLORIS layout: batches to check")
+
     p = sub.add_parser("models", help="list architectures with parameters and GMACs")
     p.add_argument("--image-size", type=int, default=224)
 
@@ -103,6 +110,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "check":
+        from .data.check import check_data
+        check_data(args.data, args.on_bad, args.out, args.batches)
+        return 0
     from .data.synth import synthesize
     manifest = synthesize(args.out, args.classes, args.per_class, args.image_size, args.seed)
     print(f"wrote {args.classes} classes x {args.per_class} images and {manifest}", file=sys.stderr)

@@ -41,6 +41,11 @@ class DataConfig:
     split_by: str = ""              # CSV column whose groups stay on one side of the hold-out
     num_workers: int = -1           # DataLoader workers; -1 = one per core, at most 4
     on_bad: str = "skip"            # bad image during training: "skip" (warn + count) or "fail"
+    batches: str = ""               # OpenLORIS layout: batch numbers to use, e.g. "1,2"; "" = all
+    color_jitter: float = 0.0       # brightness/contrast/saturation strength for training, e.g. 0.4
+    cache: bool = True              # decode each image once into a uint8 memory-mapped cache
+    cache_dir: str = ""             # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
+    cache_size: int = 0             # stored short side; 0 = the eval resize (image_size / 0.875)
 
 
 @dataclass

@@ -1,12 +1,21 @@
 """DATA argument -> labelled samples per split.
 
-DATA is a folder of class sub-folders, a folder with train/ and val/ (and test/) class folders, or a CSV
-manifest with columns path,label[,split][,extra...] (paths relative to the CSV's folder).
+DATA is one of (DESIGN.md section 4):
+- a folder of class sub-folders;
+- a folder with train/ and val/ (and test/) class folders;
+- a CSV manifest with columns path,label[,split][,extra...] (paths relative to the CSV's folder);
+- an OpenLORIS-Object challenge folder: {train,validation,test}/batchK/label.csv with columns
+  `file name,label` (integer labels) next to the images; `validation` is the val split.
+Hidden files (.DS_Store, ._*, Thumbs.db, anything in a hidden folder) and files without an image extension
+are ignored in folder scans and counted in `ignored`; extensions match case-insensitively.
 """
 from __future__ import annotations
 
 import csv
+import io
+import os
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +24,8 @@ from ..errors import UserError
 from .decode import is_image_file
 
 SPLITS = ("train", "val", "test")
+OPENLORIS_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+HIDDEN_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 
 
 @dataclass
@@ -35,26 +46,51 @@ class Samples:
 
 
 @dataclass
+class DataSet:
+    """Everything DATA holds, before any hold-out: split name ("train", "val", "test" or "all") -> samples."""
+
+    classes: list[str]
+    splits: dict[str, Samples]
+    layout: str                                   # folders | split-folders | csv | openloris
+    ignored: dict[str, list[str]] = field(default_factory=lambda: {"hidden": [], "not_image": []})
+
+
+@dataclass
 class Splits:
     classes: list[str]
     train: Samples
     val: Samples
     test: Samples | None = None
+    ignored: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in {"thumbs.db", "desktop.ini"}
+    return path.name.startswith(".") or path.name.lower() in HIDDEN_NAMES
 
 
-def _scan_class_folders(root: Path) -> dict[str, list[str]]:
+def _scan_class_folders(root: Path, ignored: dict[str, list[str]], allow_empty: bool = False
+                        ) -> dict[str, list[str]]:
     """{class name: sorted image paths} for each sub-folder of root; an empty class folder is an error."""
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
     by_class: dict[str, list[str]] = {}
+    for entry in sorted(root.iterdir()):
+        if _is_hidden(entry):
+            ignored["hidden"].append(str(entry))
+        elif not entry.is_dir():
+            ignored["not_image" if not is_image_file(entry) else "outside_class_folder"].append(str(entry))
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p)):
-        files = sorted(str(p) for p in class_dir.rglob("*")
-                       if p.is_file() and not _is_hidden(p) and is_image_file(p))
-        if not files:
+        files = []
+        for p in sorted(class_dir.rglob("*")):
+            if not p.is_file():
+                continue
+            if any(_is_hidden(part) for part in p.relative_to(class_dir).parents if part.name) or _is_hidden(p):
+                ignored["hidden"].append(str(p))
+            elif not is_image_file(p):
+                ignored["not_image"].append(str(p))
+            else:
+                files.append(str(p))
+        if not files and not allow_empty:
             raise UserError(f"{class_dir}: class folder has no images")
         by_class[class_dir.name] = files
     if not by_class:
@@ -73,40 +109,65 @@ def _to_samples(by_class: dict[str, list[str]], classes: list[str], where: Path)
     return Samples(paths, labels, classes)
 
 
-def read_folder(root: Path, classes: list[str] | None = None) -> Samples:
+def read_folder(root: Path, classes: list[str] | None = None, ignored: dict | None = None) -> Samples:
     """A folder with one sub-folder per class; classes are the sorted folder names unless given."""
-    by_class = _scan_class_folders(root)
+    by_class = _scan_class_folders(root, ignored if ignored is not None else defaultdict(list))
     return _to_samples(by_class, classes or sorted(by_class), root)
+
+
+def _read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV with a header -> (header, [(line number, row dict)]); structural problems name the line."""
+    try:
+        # utf-8-sig drops a spreadsheet's BOM; surrogateescape keeps non-UTF-8 file names byte-exact.
+        text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read CSV: {e.strerror or e}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise UserError(f"{path}:1: CSV header must have columns {', '.join(map(repr, required))}; "
+                            f"missing {', '.join(map(repr, missing))} (header is {header})")
+        rows, problems = [], []
+        line_no = reader.line_num
+        for row in reader:
+            start, line_no = line_no + 1, reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                problems.append(f"{path}:{start}: malformed row: expected {len(header)} columns, got {len(row)}")
+                continue
+            rows.append((start, {h: c.strip() for h, c in zip(header, row)}))
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+    _raise_problems(problems)
+    return header, rows
+
+
+def _raise_problems(problems: list[str]) -> None:
+    """Report every row problem at once: the first in full, then how many more and on which lines."""
+    if problems:
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:6])}" + \
+               (" ..." if len(problems) > 6 else "") + ")" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
 
 
 def read_csv(path: Path) -> tuple[Samples, list[str]]:
     """A CSV manifest -> (all samples with classes sorted by name, split column or [] when absent)."""
-    base = path.parent
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # utf-8-sig drops a BOM written by spreadsheets
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read CSV: {e}") from None
-    reader = csv.reader(text.splitlines())
-    header = [h.strip() for h in next(reader, [])]
-    for required in ("path", "label"):
-        if required not in header:
-            raise UserError(f"{path}:1: CSV header must have columns 'path' and 'label', got {header}")
-    rows: list[dict[str, str]] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise UserError(f"{path}:{line_no}: expected {len(header)} columns, got {len(row)}")
-        rec = {h: c.strip() for h, c in zip(header, row)}
+    header, table = _read_table(path, ("path", "label"))
+    rows, problems = [], []
+    for line_no, rec in table:
         if not rec["label"]:
-            raise UserError(f"{path}:{line_no}: empty label")
-        if "split" in rec and rec["split"] not in SPLITS:
-            raise UserError(f"{path}:{line_no}: unknown split {rec['split']!r}; expected train, val or test")
-        file = base / rec["path"]
-        if not file.is_file():
-            raise UserError(f"{path}:{line_no}: image file not found: {rec['path']}")
-        rec["path"] = str(file)
-        rows.append(rec)
+            problems.append(f"{path}:{line_no}: empty label")
+        elif "split" in rec and rec["split"] not in SPLITS:
+            problems.append(f"{path}:{line_no}: unknown split {rec['split']!r}; expected train, val or test")
+        elif not rec["path"] or not (path.parent / rec["path"]).is_file():
+            problems.append(f"{path}:{line_no}: image file not found: {rec['path']!r}")
+        else:
+            rec["path"] = str(path.parent / rec["path"])
+            rows.append(rec)
+    _raise_problems(problems)
     if not rows:
         raise UserError(f"{path}: CSV has no rows")
     classes = sorted({r["label"] for r in rows})
@@ -117,96 +178,158 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
     return samples, [r["split"] for r in rows] if "split" in header else []
 
 
+def _openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
+    """{split folder: [batchK folders with a label.csv]} limited to the requested batch numbers."""
+    found = {s: sorted((p for p in (root / s).glob("batch*") if (p / "label.csv").is_file()),
+                       key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+             for s in OPENLORIS_SPLITS if (root / s).is_dir()}
+    if not batches.strip():
+        return found
+    try:
+        wanted = {int(b) for b in str(batches).replace(" ", "").split(",") if b}
+    except ValueError:
+        raise UserError(f"data.batches={batches!r}: expected batch numbers such as 1,2,3") from None
+    have = {int(re.sub(r"\D", "", p.name) or 0) for ps in found.values() for p in ps}
+    if wanted - have:
+        raise UserError(f"data.batches: no batch {', '.join(map(str, sorted(wanted - have)))} in {root} "
+                        f"(have {', '.join(map(str, sorted(have)))})")
+    return {s: [p for p in ps if int(re.sub(r"\D", "", p.name) or 0) in wanted] for s, ps in found.items()}
+
+
+def read_openloris(root: Path, batches: str = "") -> DataSet:
+    """OpenLORIS-Object challenge layout; classes are the integer labels in numeric order (as strings)."""
+    rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for folder, batch_dirs in _openloris_batches(root, batches).items():
+        for batch_dir in batch_dirs:
+            csv_path = batch_dir / "label.csv"
+            _, table = _read_table(csv_path, ("file name", "label"))
+            problems = []
+            for line_no, rec in table:
+                if not re.fullmatch(r"-?\d+", rec["label"]):
+                    problems.append(f"{csv_path}:{line_no}: label {rec['label']!r} is not an integer")
+                elif not (batch_dir / rec["file name"]).is_file():
+                    problems.append(f"{csv_path}:{line_no}: image file not found: {rec['file name']!r}")
+                else:
+                    rows[OPENLORIS_SPLITS[folder]].append((str(batch_dir / rec["file name"]), int(rec["label"])))
+            _raise_problems(problems)
+    if not rows.get("train"):
+        raise UserError(f"{root}: OpenLORIS layout without any labelled train/batchK/label.csv rows")
+    numbers = sorted({label for split in rows.values() for _, label in split})
+    classes, index = [str(n) for n in numbers], {n: i for i, n in enumerate(numbers)}
+    splits = {s: Samples([p for p, _ in r], [index[label] for _, label in r], classes) for s, r in rows.items()}
+    return DataSet(classes, splits, "openloris")
+
+
+def _is_openloris(root: Path) -> bool:
+    return any(next((root / s).glob("batch*/label.csv"), None) is not None
+               for s in OPENLORIS_SPLITS if (root / s).is_dir())
+
+
+def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
+    """Everything DATA holds, split as DATA says (no hold-out). strict=False (for `data check`) allows empty
+    classes and class folders that differ between splits, so they can be reported instead of raised."""
+    root = Path(data)
+    if not root.exists():
+        raise UserError(f"{data}: no such file or folder")
+    ignored: dict[str, list[str]] = defaultdict(list)
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise UserError(f"{data}: DATA must be a folder or a .csv manifest")
+        samples, split_col = read_csv(root)
+        if not split_col:
+            return DataSet(samples.classes, {"all": samples}, "csv")
+        splits = {s: samples.subset([i for i, v in enumerate(split_col) if v == s]) for s in SPLITS}
+        if strict and not len(splits["train"]):
+            raise UserError(f"{data}: no rows with split=train")
+        return DataSet(samples.classes, {s: v for s, v in splits.items() if len(v)}, "csv")
+    if _is_openloris(root):
+        return read_openloris(root, batches)
+    if not (root / "train").is_dir():
+        by_class = _scan_class_folders(root, ignored, allow_empty=not strict)
+        return DataSet(sorted(by_class), {"all": _to_samples(by_class, sorted(by_class), root)}, "folders",
+                       dict(ignored))
+    for entry in sorted(root.iterdir()):
+        if entry.name not in SPLITS:
+            ignored["hidden" if _is_hidden(entry) else "not_a_split"].append(str(entry))
+    scans = {s: _scan_class_folders(root / s, ignored, allow_empty=not strict)
+             for s in SPLITS if (root / s).is_dir()}
+    classes = sorted(scans["train"]) if strict else sorted({c for scan in scans.values() for c in scan})
+    splits = {s: _to_samples(scan, classes, root / s) for s, scan in scans.items()}
+    return DataSet(classes, splits, "split-folders", dict(ignored))
+
+
 def stratified_holdout(samples: Samples, val_fraction: float, seed: int,
                        split_by: str = "") -> tuple[list[int], list[int]]:
     """Seeded per-class hold-out, identical across runs and machines; split_by keeps groups together."""
     if not 0 < val_fraction < 1:
         raise UserError(f"data.val_fraction={val_fraction}: must be between 0 and 1")
     if split_by and split_by not in samples.extra:
-        raise UserError(f"data.split_by={split_by!r}: no such column (have: {', '.join(samples.extra)})")
+        raise UserError(f"data.split_by={split_by!r}: no such column "
+                        f"(have: {', '.join(samples.extra) or 'none; only CSV manifests have extra columns'})")
     rng = random.Random(seed)
     units: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, label in enumerate(samples.labels):
-        unit = samples.extra[split_by][i] if split_by else samples.paths[i]
+        # Relative names, not absolute paths, so the split does not depend on where the data lives.
+        unit = samples.extra[split_by][i] if split_by else Path(samples.paths[i]).name + f"#{i}"
         units[label][unit].append(i)
     train, val = [], []
     for label in sorted(units):
         keys = sorted(units[label])
         rng.shuffle(keys)
-        n_val = round(len(keys) * val_fraction) if len(keys) > 1 else 0
-        n_val = max(n_val, 1) if len(keys) > 1 else 0
+        n_val = max(round(len(keys) * val_fraction), 1) if len(keys) > 1 else 0
         for k, key in enumerate(keys):
             (val if k < n_val else train).extend(units[label][key])
     return sorted(train), sorted(val)
 
 
 def load_splits(data: str, val: str = "", val_fraction: float = 0.1, seed: int = 0,
-                split_by: str = "") -> Splits:
+                split_by: str = "", batches: str = "") -> Splits:
     """Resolve DATA (and an optional separate val DATA) into train/val(/test) samples."""
-    root = Path(data)
-    if not root.exists():
-        raise UserError(f"{data}: no such file or folder")
-    test = None
-    if root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise UserError(f"{data}: DATA must be a folder or a .csv manifest")
-        samples, split_col = read_csv(root)
-        classes = samples.classes
-        if split_col:
-            by = {s: [i for i, v in enumerate(split_col) if v == s] for s in SPLITS}
-            train = samples.subset(by["train"])
-            valid = samples.subset(by["val"]) if by["val"] else None
-            test = samples.subset(by["test"]) if by["test"] else None
-            if not by["train"]:
-                raise UserError(f"{data}: no rows with split=train")
-        else:
-            train, valid = samples, None
-    elif (root / "train").is_dir():
-        train = read_folder(root / "train")
-        classes = train.classes
-        valid = read_folder(root / "val", classes) if (root / "val").is_dir() else None
-        test = read_folder(root / "test", classes) if (root / "test").is_dir() else None
-    else:
-        train = read_folder(root)
-        classes, valid = train.classes, None
-    if val:
-        valid = load_splits(val).train
-        valid = _relabel(valid, classes, val)
+    dataset = read_data(data, batches)
+    classes, parts = dataset.classes, dataset.splits
+    train, valid, test = parts.get("train", parts.get("all")), parts.get("val"), parts.get("test")
+    if val:  # a separate val DATA is used whole (or its val split, when it has splits of its own)
+        other = read_data(val, batches).splits
+        valid = _relabel(next(other[s] for s in ("all", "val", "test", "train") if s in other), classes, val)
     if valid is None:
         tr, va = stratified_holdout(train, val_fraction, seed, split_by)
         train, valid = train.subset(tr), train.subset(va)
-    return Splits(classes, train, valid, test)
+    return Splits(classes, train, valid, test, dataset.ignored)
+
+
+def write_split_csv(splits: Splits, path: str | Path) -> Path:
+    """The chosen split as a CSV manifest (absolute paths) that `resnetcls train PATH` accepts as DATA."""
+    path = Path(path)
+    parts = [("train", splits.train), ("val", splits.val)] + ([("test", splits.test)] if splits.test else [])
+    extra = list(splits.train.extra)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", *extra])
+        for name, samples in parts:
+            for i, (p, label) in enumerate(zip(samples.paths, samples.labels)):
+                writer.writerow([os.path.abspath(p), splits.classes[label], name,  # keeps the user's symlinks
+                                 *[samples.extra.get(c, [""] * len(samples))[i] for c in extra]])
+    tmp.replace(path)
+    return path
 
 
 def _relabel(samples: Samples, classes: list[str], where: str) -> Samples:
     """Map samples onto another class list (the training classes); unknown classes are errors."""
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(samples.classes) - set(index))
+    unknown = sorted(set(samples.classes[label] for label in samples.labels) - set(index))
     if unknown:
         raise UserError(f"{where}: classes not among the training classes: {', '.join(unknown)}")
     labels = [index[samples.classes[label]] for label in samples.labels]
     return Samples(samples.paths, labels, classes, samples.extra)
 
 
-def load_eval_samples(data: str, classes: list[str]) -> tuple[Samples, str]:
+def load_eval_samples(data: str, classes: list[str], batches: str = "") -> tuple[Samples, str]:
     """Samples to evaluate a model on, labelled in the model's class order, and which split they are.
 
     A plain class-folder DATA is evaluated whole; a DATA with splits gives its test split, else its val split.
     Classes the model does not know are an error naming them; a subset of the model's classes is fine.
     """
-    root = Path(data)
-    if not root.exists():
-        raise UserError(f"{data}: no such file or folder")
-    if root.is_file():
-        samples, split_col = read_csv(root) if root.suffix.lower() == ".csv" else (None, [])
-        if samples is None:
-            raise UserError(f"{data}: DATA must be a folder or a .csv manifest")
-        which = next((s for s in ("test", "val") if s in split_col), "all")
-        if which != "all":
-            samples = samples.subset([i for i, v in enumerate(split_col) if v == which])
-    elif (root / "train").is_dir():
-        which = next((s for s in ("test", "val") if (root / s).is_dir()), "train")
-        samples = read_folder(root / which)
-    else:
-        samples, which = read_folder(root), "all"
-    return _relabel(samples, classes, data), which
+    dataset = read_data(data, batches)
+    which = next(s for s in ("test", "val", "all", "train") if s in dataset.splits)
+    return _relabel(dataset.splits[which], classes, data), which

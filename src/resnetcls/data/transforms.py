@@ -2,11 +2,16 @@
 so predict/serve/export preprocess exactly as evaluation did."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.functional import InterpolationMode
 
 from ..errors import UserError
+from .cache import StoreGeometry
 
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
@@ -44,13 +49,120 @@ def build_eval_transform(preprocess: dict) -> T.Compose:
     return T.Compose(geometry + _to_normalized(preprocess))
 
 
-def build_train_transform(preprocess: dict, augment: str = "crop_flip", min_crop_scale: float = 0.25) -> T.Compose:
-    """Training augmentation: random-resized-crop + horizontal flip, or the seed's plain resize."""
-    if augment == "resize":
-        return build_eval_transform(preprocess)
-    if augment != "crop_flip":
+def _check_augment(augment: str) -> None:
+    if augment not in ("crop_flip", "resize"):
         raise UserError(f"data.augment={augment!r}: expected crop_flip or resize")
-    size, interp = preprocess["image_size"], INTERPOLATIONS[preprocess["interpolation"]]
-    geometry = [T.RandomResizedCrop(size, scale=(min_crop_scale, 1.0), interpolation=interp, antialias=True),
-                T.RandomHorizontalFlip()]
-    return T.Compose(geometry + _to_normalized(preprocess))
+
+
+class BatchTransform:
+    """Stored uint8 images (HWC, as the decoded cache holds them) -> normalised float batches.
+
+    Per image, on uint8: the geometry (train: random-resized-crop + horizontal flip; eval: the recorded
+    resize + centre crop), straight into a preallocated channels-last uint8 batch. Per batch: colour jitter
+    (train), then one fused float conversion + normalisation. The random numbers for a whole batch are drawn in one torch call
+    (torchvision's per-image get_params cost more than the crop itself), so DataLoader worker seeding still
+    makes runs reproducible. The eval path reproduces build_eval_transform(preprocess) on the original image
+    up to float rounding when the store size equals preprocess["resize"] (the default), and up to resize
+    rounding otherwise.
+    """
+
+    def __init__(self, preprocess: dict, train: bool, augment: str = "crop_flip", min_crop_scale: float = 0.25,
+                 color_jitter: float = 0.0, store_size: int = 0) -> None:
+        _check_augment(augment)
+        square = preprocess.get("resize_mode") == "square"
+        size = store_size or preprocess["resize"]
+        if size < preprocess["image_size"]:
+            raise UserError(f"data.cache_size={size}: must be at least data.image_size={preprocess['image_size']}")
+        if not 0 <= color_jitter < 1:
+            raise UserError(f"data.color_jitter={color_jitter}: must be in [0, 1)")
+        self.preprocess, self.size = preprocess, preprocess["image_size"]
+        self.random = train and augment == "crop_flip"
+        self.scale, self.jitter = (min_crop_scale, 1.0), color_jitter if train else 0.0
+        self.geometry = StoreGeometry(size, square, preprocess["interpolation"])
+        self.mode = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}[
+            preprocess["interpolation"]]
+        mean, std = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1), torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
+        self._mean, self._std = mean, std
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std as one addcmul
+
+    def _resize_into(self, out: torch.Tensor, chw: torch.Tensor, flip: bool = False) -> None:
+        # channels_last is the layout of PyTorch's fast uint8 antialiased resize (and of the stored HWC data)
+        src = chw.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        resized = torch.nn.functional.interpolate(src, size=tuple(out.shape[-2:]), mode=self.mode,
+                                                  antialias=self.mode != "nearest-exact")[0]
+        out.copy_(resized.flip(-1) if flip else resized)  # the flip rides on the copy we make anyway
+
+    def crops(self, images: list[np.ndarray]) -> torch.Tensor:
+        """HWC uint8 stored images -> (N, 3, S, S) uint8 batch of crops."""
+        s = self.size
+        # channels_last: the layout the resize produces and the model consumes, so copies stay plain memcpy
+        out = torch.empty(len(images), 3, s, s, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+        if self.random:
+            draws, flips = torch.rand(len(images), 10, 4).tolist(), (torch.rand(len(images)) < 0.5).tolist()
+        for k, image in enumerate(images):
+            chw = torch.from_numpy(image).permute(2, 0, 1)  # a view; the HWC memory is channels-last
+            h, w = image.shape[:2]
+            if self.random:
+                top, left, ch, cw = _crop_box(h, w, self.scale, draws[k])
+                self._resize_into(out[k], chw[:, top:top + ch, left:left + cw], flips[k])
+            elif self.geometry.square:
+                self._resize_into(out[k], chw) if self.geometry.size != s else out[k].copy_(chw)
+            else:
+                r = self.preprocess["resize"]
+                if self.geometry.size != r:
+                    # the eval transform's short-side resize (torchvision's size rule), then its centre crop
+                    nh, nw = (int(r * h / w), r) if h > w else (r, int(r * w / h)) if w > h else (r, r)
+                    resized = torch.empty(3, nh, nw, dtype=torch.uint8)
+                    self._resize_into(resized, chw)
+                    chw, h, w = resized, resized.shape[1], resized.shape[2]
+                top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+                out[k].copy_(chw[:, top:top + s, left:left + s])
+        return out
+
+    def finish(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) uint8 -> normalised float32 (colour jitter drawn per image in training)."""
+        if self.jitter:
+            x = _color_jitter(batch.float().div_(255.0), self.jitter)
+            return x.sub_(self._mean).div_(self._std)
+        return torch.addcmul(self._shift, batch.float(), self._scale)
+
+
+def _crop_box(h: int, w: int, scale: tuple[float, float], draw: list[list[float]]) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (ratio 3/4..4/3, 10 tries, then a centre crop) from given draws."""
+    area, log_lo, log_hi = h * w, math.log(3 / 4), math.log(4 / 3)
+    for u_area, u_ratio, u_top, u_left in draw:
+        target = area * (scale[0] + u_area * (scale[1] - scale[0]))
+        aspect = math.exp(log_lo + u_ratio * (log_hi - log_lo))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(u_top * (h - ch + 1)), int(u_left * (w - cw + 1)), ch, cw
+    ratio = w / h
+    if ratio < 3 / 4:
+        cw, ch = w, int(round(w / (3 / 4)))
+    elif ratio > 4 / 3:
+        ch, cw = h, int(round(h * (4 / 3)))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness, contrast and saturation, each by a factor in [1-strength, 1+strength] drawn per image."""
+    n = x.shape[0]
+    b, c, s = (1 + strength * (2 * torch.rand(3, n, 1, 1, 1) - 1)).unbind(0)
+    x = x * b
+    mean = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return ((x - gray) * s + gray).clamp_(0, 1)
+
+
+def build_train_transform(preprocess: dict, augment: str = "crop_flip", min_crop_scale: float = 0.25,
+                          color_jitter: float = 0.0, store_size: int = 0) -> BatchTransform:
+    """Training augmentation on uint8 batches: random-resized-crop + flip (+ jitter), or the seed's plain resize."""
+    return BatchTransform(preprocess, True, augment, min_crop_scale, color_jitter, store_size)
+
+
+def build_eval_batch_transform(preprocess: dict, store_size: int = 0) -> BatchTransform:
+    """The eval preprocessing on stored uint8 images (what build_eval_transform does to one PIL image)."""
+    return BatchTransform(preprocess, False, store_size=store_size)

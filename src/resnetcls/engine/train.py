@@ -12,9 +12,10 @@ import torch
 
 from .. import __version__
 from ..config import Config, dump_yaml
-from ..data.loader import build_loader
-from ..data.sources import load_splits
-from ..data.transforms import build_eval_transform, build_train_transform, make_preprocess
+from ..data.cache import resolve_cache_dir
+from ..data.loader import build_loader, known_bad_files
+from ..data.sources import load_splits, write_split_csv
+from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
 from ..errors import UserError
 from ..hardware import pick_device, precision_name, resolve_amp
 from ..modelfile import save_model_dir
@@ -49,15 +50,20 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     seed_everything(t.seed)
 
-    # Data: sources -> transforms -> loaders.
-    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by)
+    # Data: sources -> decoded cache -> uint8 transforms -> loaders. Bad files: skipped and counted, or
+    # (data.on_bad=fail) all named before training starts.
+    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
+    write_split_csv(splits, run_dir / "split.csv")
     classes = splits.classes
     preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
-    train_loader = build_loader(splits.train, build_train_transform(preprocess, d.augment, d.min_crop_scale),
+    cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
+    train_loader = build_loader(splits.train, build_train_transform(preprocess, d.augment, d.min_crop_scale,
+                                                                    d.color_jitter, d.cache_size),
                                 t.batch_size, shuffle=True, num_workers=d.num_workers, seed=t.seed,
-                                drop_last=len(splits.train) > t.batch_size)
-    val_loader = build_loader(splits.val, build_eval_transform(preprocess), t.batch_size, shuffle=False,
-                              num_workers=d.num_workers)
+                                drop_last=len(splits.train) > t.batch_size, cache_dir=cache_dir, on_bad=d.on_bad)
+    val_loader = build_loader(splits.val, build_eval_batch_transform(preprocess, d.cache_size), t.batch_size,
+                              shuffle=False, num_workers=d.num_workers, cache_dir=cache_dir, on_bad=d.on_bad)
+    known_bad_files(d.on_bad, train_loader, val_loader)
 
     # Model, precision, optimisation.
     device = pick_device(t.device)
@@ -76,7 +82,11 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     logger = RunLogger(run_dir, cfg.log.tensorboard)
     logger.info(f"resnetcls {__version__}: {cfg.model.name}, {len(classes)} classes, "
                 f"{len(splits.train)} train / {len(splits.val)} val images, {device.type} "
-                f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}")
+                f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}; "
+                f"split written to {run_dir / 'split.csv'}")
+    for kind, paths in splits.ignored.items():
+        if paths:
+            logger.info(f"note: ignored {len(paths)} {kind.replace('_', ' ')} file(s) in DATA, e.g. {paths[0]}")
     best_top1, best_epoch, bad_files, started = -1.0, 0, {}, time.perf_counter()
     for epoch in range(1, t.epochs + 1):
         tr = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, scaler, t.grad_clip_norm)
@@ -100,6 +110,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     save_model_dir(run_dir / "final", model, cfg.model.name, arch_args(cfg), classes, preprocess, metrics)
     summary = {"best_epoch": best_epoch, "best_val_top1": best_top1, "final_val_top1": va.top1,
                "seconds": round(time.perf_counter() - started, 1), "bad_images": len(bad_files),
+               "bad_files": bad_files,
                "run_dir": str(run_dir), "best_model": str(run_dir / "best"),
                "precision": precision_name(ctx.amp_dtype), "torch": torch.__version__,
                "python": platform.python_version()}
