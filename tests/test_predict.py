@@ -65,10 +65,10 @@ def test_unreadable_images_give_error_rows_and_exit_nonzero_at_the_end(tiny_run,
     code, out, err = run(capsys, tiny_run, good[0], bad, tmp_path / "gone.png", good[1], "--format", "csv")
     assert code == 2 and "2 of 4 inputs could not be predicted" in err
     assert f"{good[0]},1," in out and f"{good[1]},1," in out
-    assert f"{bad},,,,cannot decode image" in out and f"{tmp_path / 'gone.png'},,,,file not found" in out
+    assert f"{bad},,,,not an image Pillow can read" in out and f"{tmp_path / 'gone.png'},,,,file not found" in out
     code, out, _ = run(capsys, tiny_run, good[0], bad)
     lines = out.splitlines()
-    assert code == 2 and lines[0].startswith("path") and "ERROR: cannot decode image" in lines[2]
+    assert code == 2 and lines[0].startswith("path") and "ERROR: not an image Pillow can read" in lines[2]
     assert "red (" in lines[1]
 
 
