@@ -6,7 +6,7 @@ import sys
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .decode import DecodeError, decode_image
 from .sources import Samples
@@ -27,7 +27,12 @@ class ImageDataset(Dataset):
             image = decode_image(self.samples.paths[i])
         except DecodeError as e:
             return {"bad": (e.path, e.reason)}
-        return self.transform(image), self.samples.labels[i], i
+        seed = getattr(i, "seed", None)  # data/sampler.py's SeededIndex: augmentation independent of worker
+        if seed is None:
+            return self.transform(image), self.samples.labels[i], int(i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.samples.labels[i], int(i)
 
 
 class SkipBadCollate:
@@ -46,11 +51,13 @@ def default_workers() -> int:
 
 
 def build_loader(samples: Samples, transform: Callable, batch_size: int, shuffle: bool,
-                 num_workers: int = -1, seed: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose batches are dicts {images, labels, index, bad}."""
+                 num_workers: int = -1, seed: int = 0, drop_last: bool = False,
+                 sampler: Sampler | None = None) -> DataLoader:
+    """A DataLoader whose batches are dicts {images, labels, index, bad}; `sampler` replaces shuffle."""
     workers = default_workers() if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=shuffle,
+    return DataLoader(ImageDataset(samples, transform), batch_size=batch_size,
+                      shuffle=shuffle if sampler is None else None, sampler=sampler,
                       num_workers=workers, collate_fn=SkipBadCollate(), drop_last=drop_last,
                       generator=generator, persistent_workers=workers > 0,
                       multiprocessing_context="fork" if workers > 0 and sys.platform == "linux" else None)
