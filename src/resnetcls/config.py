@@ -132,6 +132,11 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
     expected = type(current)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        except ValueError:
+            pass
     if expected is list and isinstance(value, (list, tuple)):
         return list(value)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):

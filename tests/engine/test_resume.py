@@ -11,7 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+# One thread: tiny models gain nothing from more, and on a shared 2-core machine OpenMP threads spinning
+# against other processes make each step ten times slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "resnetcls", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+
 
 # 33 training images, batch 4 -> 8 steps per epoch; a checkpoint after every step so a kill lands mid-epoch.
 ARGS = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
@@ -33,7 +41,7 @@ def assert_identical(a, b):
 def start_and_signal(data, out, sig, after_step: int) -> subprocess.Popen:
     """Start a training run, send sig once the checkpoint of `after_step` exists; return the ended process."""
     proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(data), *ARGS, *STEP_CKPT,
-                             "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
     marker = out / "checkpoints" / f"step-{after_step:08d}.json"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:

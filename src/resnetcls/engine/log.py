@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,17 +76,21 @@ class Progress:
     """A tqdm bar on stderr with loss, lr, images/s, data-wait share and ETA; silent unless live."""
 
     def __init__(self, desc: str, total: int, initial: int, live: bool) -> None:
-        self.bar = None
+        self.bar, self.first = None, True
         if live:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
-                            dynamic_ncols=True, leave=False, mininterval=0.5)
+            # A fixed width: a terminal that reports 0 columns (some ptys) would get an empty bar otherwise.
+            width = shutil.get_terminal_size((100, 24)).columns or 100
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, ncols=width,
+                            leave=False, mininterval=0.5)
 
     def update(self, loss: float, lr: float, images_per_s: float, data_wait_share: float) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {images_per_s:.0f} img/s "
-                                     f"data wait {data_wait_share:.0%}", refresh=False)
             self.bar.update(1)
+            # The numbers show from the first step on; later refreshes follow tqdm's mininterval.
+            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {images_per_s:.0f} img/s "
+                                     f"data wait {data_wait_share:.0%}", refresh=self.first)
+            self.first = False
 
     def close(self) -> None:
         if self.bar is not None:
