@@ -38,9 +38,9 @@ def assert_identical(a, b):
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def start_and_signal(data, out, sig, after_step: int) -> subprocess.Popen:
+def start_and_signal(data, out, sig, after_step: int, *extra) -> subprocess.Popen:
     """Start a training run, send sig once the checkpoint of `after_step` exists; return the ended process."""
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(data), *ARGS, *STEP_CKPT,
+    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(data), *ARGS, *STEP_CKPT, *extra,
                              "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
     marker = out / "checkpoints" / f"step-{after_step:08d}.json"
     deadline = time.monotonic() + 240
@@ -82,11 +82,13 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(tiny_data, tmp_path
 def test_sigterm_saves_exits_130_and_resume_from_run_dir_alone_is_bit_identical(tiny_data, tmp_path,
                                                                                  uninterrupted):
     out = tmp_path / "run"
-    proc = start_and_signal(tiny_data, out, signal.SIGTERM, after_step=10)
+    # Two DataLoader worker processes here (none in the uninterrupted run): the augmentation of a sample
+    # must not depend on which process decodes it.
+    proc = start_and_signal(tiny_data, out, signal.SIGTERM, 10, "--set", "data.num_workers=2")
     stderr = proc.stderr.read()
     assert proc.returncode == 130, stderr
     assert re.search(r"interrupted at epoch 2 step \d: saved .*step-000000\d\d\.pt", stderr), stderr
     # No DATA, no settings: the run directory alone says how to continue.
-    result = run_cli("train", "--resume", out)
+    result = run_cli("train", "--resume", out, "--set", "data.num_workers=2")
     assert result.returncode == 0, result.stderr
     assert_identical(weights(out), uninterrupted)

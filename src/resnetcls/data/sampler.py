@@ -27,6 +27,9 @@ class SeededIndex(int):
         obj.seed = seed
         return obj
 
+    def __getnewargs__(self) -> tuple[int, int]:  # travels to DataLoader worker processes by pickle
+        return int(self), self.seed
+
 
 class ResumableSampler(Sampler):
     """Indices for one epoch: a seeded permutation (shuffle), a class-balanced draw with replacement
