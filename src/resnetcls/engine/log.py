@@ -14,22 +14,24 @@ class RunLogger:
     """Writes every logged record to metrics.jsonl and TensorBoard; prints to stderr.
 
     enabled=False (a non-zero rank under torchrun) makes every method a no-op: one place decides who writes.
-    resume_step: records after this step (written before a kill, then redone) are dropped from metrics.jsonl
-    and TensorBoard, so curves have no duplicated stretch after a resume.
+    resume_step, resume_epoch: where a resumed run continues. What was logged after that point before a kill
+    (and the epoch records of epochs not finished in the checkpoint, and old summaries) is dropped from
+    metrics.jsonl and TensorBoard, since it is logged again: curves have no duplicated stretch.
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, resume_epoch: int = 1) -> None:
         self.run_dir, self.enabled, self.writer, self.jsonl = run_dir, enabled, None, None
         if not enabled:
             return
         path = run_dir / "metrics.jsonl"
         if resume_step is not None and path.is_file():
-            _truncate_after(path, resume_step)
+            _truncate_after(path, resume_step, resume_epoch)
         self.jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def log(self, record: dict, step: int) -> None:
         """record: {"kind": "train"|"epoch"|"summary"|..., "epoch": .., "train/loss": .., "val/top1": ..}."""
@@ -58,15 +60,17 @@ class RunLogger:
             self.writer.close()
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """Rewrite metrics.jsonl without the records logged after `step` (atomically)."""
+def _truncate_after(path: Path, step: int, epoch: int) -> None:
+    """Rewrite metrics.jsonl without what will be logged again when continuing at (step, epoch)."""
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
+            r = json.loads(line)
         except json.JSONDecodeError:
-            pass  # a line cut by a kill
+            continue  # a line cut by a kill
+        redone = r.get("kind") == "summary" or (r.get("kind") == "epoch" and r.get("epoch", 0) >= epoch)
+        if r.get("step", 0) <= step and not redone:
+            kept.append(line)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
     os.replace(tmp, path)

@@ -198,7 +198,7 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
         run = restore_state(resumed[0], model, opt)
         warn(f"resuming {run_dir} at epoch {run.epoch} step {run.stats.steps}/{steps_per_epoch} "
              f"(global step {run.global_step}) from {resumed[1]['file']}")
-    logger = RunLogger(run_dir, cfg.log.tensorboard, run.global_step if resumed else None, enabled=WRITES)
+    logger = RunLogger(run_dir, cfg.log.tensorboard, run.global_step if resumed else None, WRITES, run.epoch)
     logger.info(f"resnetcls {__version__}: {cfg.model.name}, {len(classes)} classes, "
                 f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
                 f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
