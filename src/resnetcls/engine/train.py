@@ -214,6 +214,7 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
                              steps_per_epoch):
                 logger.info(f"interrupted at epoch {epoch} step {run.stats.steps}: saved {ckpt.save(run)}; "
                             f"continue with --resume {run_dir}")
+                logger.close()  # flushes TensorBoard
                 raise TrainingInterrupted(str(run_dir))
             metrics = end_of_epoch(run, evaluate(eval_model, val_loader, loss_fn, ctx), opt.lr, cfg.ckpt.metric,
                                    logger, t.epochs)
@@ -223,6 +224,7 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
             ckpt.save(run, metrics)
             if stop.requested and run.epoch <= t.epochs:
                 logger.info(f"interrupted after epoch {epoch}: continue with --resume {run_dir}")
+                logger.close()
                 raise TrainingInterrupted(str(run_dir))
     save_model("final", metrics)
     return finish(run, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
