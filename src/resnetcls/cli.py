@@ -13,7 +13,8 @@ from .errors import UserError
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ResNet on DATA")
-    p.add_argument("data", metavar="DATA", help="class folders, train/val folders or a CSV manifest")
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="class folders, train/val folders or a CSV manifest (optional with --resume)")
     p.add_argument("--val", metavar="DATA", help="separate validation DATA")
     p.add_argument("--model", help="resnet18|34|50|101|152 (default resnet50)")
     p.add_argument("--epochs", type=int)
@@ -21,6 +22,10 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR")
+    p.add_argument("--resume", metavar="auto|RUN_DIR",
+                   help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if settings that change the result (model, data, batch size) differ")
     p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/default.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
@@ -80,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import build_config
-    from .engine.train import train
+    from .engine.train import saved_run_config, train
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
              "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
              "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed,
              "train.pretrained": args.pretrained}
-    train(build_config(args.config, args.overrides, flags), args.out)
+    # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
+    run_dir = args.out if args.resume in (None, "auto") else args.resume
+    base = saved_run_config(run_dir) if args.resume and args.data is None else None
+    train(build_config(args.config, args.overrides, flags, base=base), args.out, args.resume, args.force)
     return 0
 
 

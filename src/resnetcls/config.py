@@ -46,6 +46,7 @@ class DataConfig:
     cache: bool = True              # decode each image once into a uint8 memory-mapped cache
     cache_dir: str = ""             # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
     cache_size: int = 0             # stored short side; 0 = the eval resize (image_size / 0.875)
+    sampler: str = "shuffle"        # shuffle | balanced (each class drawn equally often, with replacement)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     pretrained: str = ""
     grad_accum_steps: int = 1
     grad_clip_norm: float = 0.0     # 0 = no clipping
+    ema_decay: float = 0.0          # exponential moving average of the weights (e.g. 0.999); 0 = off
 
 
 @dataclass
@@ -76,6 +78,7 @@ class OptimConfig:
 @dataclass
 class SchedConfig:
     name: str = "cosine"            # cosine | constant
+    interval: str = "step"          # step: lr changes every optimizer step; epoch: once per epoch
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
 
@@ -84,13 +87,14 @@ class SchedConfig:
 class LossConfig:
     name: str = "ce"                # ce (softmax cross-entropy) | bce (the seed's sigmoid on one-hot)
     label_smoothing: float = 0.1
+    class_weights: str = "none"     # none | balanced (weight each class by 1 / its share of the train set)
 
 
 @dataclass
 class CkptConfig:
     keep_last: int = 3
     every_steps: int = 0            # 0 = only at the end of each epoch
-    metric: str = "val_top1"        # chooses best/
+    metric: str = "val_top1"        # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss
 
 
 @dataclass
@@ -133,6 +137,11 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
     expected = type(current)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        except ValueError:
+            pass
     if expected is list and isinstance(value, (list, tuple)):
         return list(value)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -195,9 +204,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def build_config(config_file: str | None = None, overrides: typing.Sequence[str] = (),
-                 flags: dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None)."""
-    cfg = Config()
+                 flags: dict[str, Any] | None = None, base: dict | None = None) -> Config:
+    """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None).
+
+    base, when given (a run's saved config, for `train --resume RUN_DIR` without DATA), replaces the defaults.
+    """
+    cfg = config_from_dict(base, "saved run config") if base is not None else Config()
     if config_file:
         for key, value in _flatten(load_yaml(config_file)).items():
             set_value(cfg, key, value, source=str(config_file))
@@ -223,3 +235,22 @@ def config_from_dict(tree: dict, source: str = "config") -> Config:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+# Keys that may differ between a run and its resumption without changing what it computes.
+RESUME_SAFE_KEYS = ("train.device", "train.compile", "data.num_workers", "data.on_bad", "ckpt.", "log.")
+
+
+def result_affecting_changes(saved: dict, current: Config) -> list[str]:
+    """'key: old -> new' for every setting that differs from a checkpoint's config and changes the result."""
+    old, new = _flatten(saved), _flatten(config_to_dict(current))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUME_SAFE_KEYS):
+            continue
+        a, b = old.get(key), new.get(key)
+        if key in ("data.train", "data.val") and a and b:
+            a, b = str(Path(a).resolve()), str(Path(b).resolve())  # same data, however the path was typed
+        if a != b:
+            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes

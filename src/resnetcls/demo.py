@@ -1,6 +1,7 @@
 """`resnetcls demo` (what `make demo` runs): synthesise data, train, evaluate, predict, say where it all is."""
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def run_demo(out: str | Path = "demo-run", classes: int = 10, per_class: int = 1
     _say(f"[1/4] synthesising {classes} objects x {per_class} images into {out / 'data'}")
     manifest = synthesize(out / "data", classes=classes, per_class=per_class, image_size=64, seed=0)
     run_dir = out / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo starts over; train refuses a directory with checkpoints
     _say(f"[2/4] training (train/val split from {manifest})")
     cfg = build_config(overrides=DEMO_OVERRIDES + [f"data.train={manifest}"])
     train(cfg, run_dir)

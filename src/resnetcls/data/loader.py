@@ -42,7 +42,12 @@ class ImageDataset(Dataset):
             image = decode_image(self.samples.paths[i])
         except DecodeError as e:
             return {"bad": (e.path, e.reason)}
-        return self.transform(image), self.samples.labels[i], i
+        seed = getattr(i, "seed", None)  # data/sampler.py's SeededIndex: augmentation independent of worker
+        if seed is None:
+            return self.transform(image), self.samples.labels[i], int(i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.samples.labels[i], int(i)
 
 
 class _OnTheFly:
@@ -80,8 +85,13 @@ class StoredImageDataset(Dataset):
                 bad.append((e.path, e.reason))
         if not good:
             return {"images": None, "labels": None, "index": None, "bad": bad}
-        return {"images": self.transform.crops(images), "labels": torch.tensor([self.samples.labels[i] for i in good]),
-                "index": torch.tensor(good), "bad": bad}
+        seed = getattr(indices[0], "seed", None)  # data/sampler.py: augmentation seeded by place in the epoch
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            crops = self.transform.crops(images)
+        return {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
+                "index": torch.tensor([int(i) for i in good]), "bad": bad}
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])

@@ -1,25 +1,42 @@
-"""Run logging: one line per epoch on stderr, metrics.jsonl, and TensorBoard scalars under train/ and val/."""
+"""Run logging: a live progress bar per epoch on a terminal (one line per epoch otherwise), metrics.jsonl with
+every logged value, and TensorBoard scalars under train/ and val/ (as in the seed)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 
 class RunLogger:
-    """Writes every logged record to metrics.jsonl and TensorBoard; prints epoch lines to stderr."""
+    """Writes every logged record to metrics.jsonl and TensorBoard; prints to stderr.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.run_dir = run_dir
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.writer = None
+    enabled=False (a non-zero rank under torchrun) makes every method a no-op: one place decides who writes.
+    resume_step, resume_epoch: where a resumed run continues. What was logged after that point before a kill
+    (and the epoch records of epochs not finished in the checkpoint, and old summaries) is dropped from
+    metrics.jsonl and TensorBoard, since it is logged again: curves have no duplicated stretch.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
+                 enabled: bool = True, resume_epoch: int = 1) -> None:
+        self.run_dir, self.enabled, self.writer, self.jsonl = run_dir, enabled, None, None
+        if not enabled:
+            return
+        path = run_dir / "metrics.jsonl"
+        if resume_step is not None and path.is_file():
+            _truncate_after(path, resume_step, resume_epoch)
+        self.jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def log(self, record: dict, step: int) -> None:
-        """record: {"kind": "train"|"val"|"epoch"|..., "epoch": .., numbers...}."""
+        """record: {"kind": "train"|"epoch"|"summary"|..., "epoch": .., "train/loss": .., "val/top1": ..}."""
+        if not self.enabled:
+            return
         record = {"time": round(time.time(), 3), "step": step, **record}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
@@ -29,9 +46,56 @@ class RunLogger:
                     self.writer.add_scalar(key, value, step)
 
     def info(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    def progress(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> "Progress":
+        return Progress(f"epoch {epoch}/{epochs}", total_steps, done_steps,
+                        live=self.enabled and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
 
     def close(self) -> None:
-        self.jsonl.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _truncate_after(path: Path, step: int, epoch: int) -> None:
+    """Rewrite metrics.jsonl without what will be logged again when continuing at (step, epoch)."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        redone = r.get("kind") == "summary" or (r.get("kind") == "epoch" and r.get("epoch", 0) >= epoch)
+        if r.get("step", 0) <= step and not redone:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Progress:
+    """A tqdm bar on stderr with loss, lr, images/s, data-wait share and ETA; silent unless live."""
+
+    def __init__(self, desc: str, total: int, initial: int, live: bool) -> None:
+        self.bar, self.first = None, True
+        if live:
+            from tqdm import tqdm
+            # A fixed width: a terminal that reports 0 columns (some ptys) would get an empty bar otherwise.
+            width = shutil.get_terminal_size((100, 24)).columns or 100
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, ncols=width,
+                            leave=False, mininterval=0.5)
+
+    def update(self, loss: float, lr: float, images_per_s: float, data_wait_share: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            # The numbers show from the first step on; later refreshes follow tqdm's mininterval.
+            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {images_per_s:.0f} img/s "
+                                     f"data wait {data_wait_share:.0%}", refresh=self.first)
+            self.first = False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,8 +1,10 @@
-"""train_one_epoch() and evaluate(): the inner loops, one precision code path (autocast with enabled=)."""
+"""train_one_epoch() and evaluate(): the inner loops, one precision code path (autocast/GradScaler with
+enabled=), gradient accumulation and clipping, EMA, and a callback after every optimizer step."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,17 +29,44 @@ class StepContext:
 
 @dataclass
 class EpochStats:
-    loss: float = 0.0
-    top1: float = 0.0
-    top5: float = 0.0
+    """Running sums over an epoch (or its remainder after a resume); plain numbers, so they checkpoint."""
+
+    loss_sum: float = 0.0
+    correct1: int = 0
+    correct5: int = 0
     images: int = 0
+    batches: int = 0                # batches consumed in this epoch: the sampler position is batches * B
+    steps: int = 0                  # optimizer steps done in this epoch
     seconds: float = 0.0
     data_wait_s: float = 0.0
     bad: list = field(default_factory=list)
 
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.loss_sum += float(loss.detach()) * n
+        self.correct1 += topk_correct(logits.detach(), labels, 1)
+        self.correct5 += topk_correct(logits.detach(), labels, 5)
+        self.images += n
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.images if self.images else 0.0
+
+    @property
+    def top1(self) -> float:
+        return self.correct1 / self.images if self.images else 0.0
+
+    @property
+    def top5(self) -> float:
+        return self.correct5 / self.images if self.images else 0.0
+
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.data_wait_s / self.seconds if self.seconds else 0.0
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -45,40 +74,71 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: nn.Module, ctx: StepContext,
-                    scaler: torch.amp.GradScaler, grad_clip_norm: float = 0.0) -> EpochStats:
-    """One pass over loader; the scheduler steps per batch. Returns mean loss, top-1, throughput."""
+@dataclass
+class Optimization:
+    """Optimizer, schedule, gradient scaler and EMA, stepped together once every accum_steps batches."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None = None
+    accum_steps: int = 1
+    clip_norm: float = 0.0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # Divided so that accum_steps batches of B give the gradient of one batch of accum_steps * B.
+        self.scaler.scale(loss / self.accum_steps).backward()
+
+    def step(self, model: nn.Module) -> None:
+        if self.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
+            nn.utils.clip_grad_norm_(model.parameters(), self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Module, ctx: StepContext,
+                    stats: EpochStats, after_step: Callable[[EpochStats], bool]) -> bool:
+    """Train over loader (the rest of the epoch when resuming); stats accumulates in place.
+
+    after_step(stats) runs after every optimizer step (logging, checkpoints) and returns True to stop early.
+    Returns True when the epoch ran to its end, False when after_step stopped it.
+    """
     model.train()
-    stats = EpochStats()
-    loss_sum, correct = 0.0, 0
-    start = tick = time.perf_counter()
-    for batch in loader:
+    remaining, micro = len(loader), 0
+    start, seconds0 = time.perf_counter(), stats.seconds
+    tick = start
+    for i, batch in enumerate(loader):
         stats.data_wait_s += time.perf_counter() - tick
         stats.bad += batch["bad"]
-        if batch["images"] is None:
-            tick = time.perf_counter()
-            continue
-        images, labels = ctx.to_device(batch["images"]), batch["labels"].to(ctx.device, non_blocking=True)
-        with ctx.autocast():
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip_norm > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        n = labels.shape[0]
-        loss_sum += float(loss.detach()) * n
-        correct += topk_correct(logits.detach(), labels, 1)
-        stats.images += n
+        stats.batches += 1
+        if batch["images"] is not None:
+            images, labels = ctx.to_device(batch["images"]), batch["labels"].to(ctx.device, non_blocking=True)
+            with ctx.autocast():
+                logits = model(images)
+                loss = loss_fn(logits, labels)
+            opt.backward(loss)
+            stats.add(loss, logits, labels)
+            micro += 1
+        # Group boundaries count batches from the epoch's start, so a resumed epoch groups them the same way.
+        if micro and (stats.batches % opt.accum_steps == 0 or i == remaining - 1):
+            opt.step(model)
+            micro = 0
+            stats.steps += 1
+            stats.seconds = seconds0 + time.perf_counter() - start
+            if after_step(stats):
+                return False
         tick = time.perf_counter()
-    stats.seconds = time.perf_counter() - start
-    if stats.images:
-        stats.loss, stats.top1 = loss_sum / stats.images, correct / stats.images
-    return stats
+    stats.seconds = seconds0 + time.perf_counter() - start
+    return True
 
 
 @torch.inference_mode()
@@ -86,24 +146,16 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None, ctx: StepConte
     """Loss, top-1 and top-5 over loader in eval mode."""
     model.eval()
     stats = EpochStats()
-    loss_sum, c1, c5 = 0.0, 0, 0
     start = tick = time.perf_counter()
     for batch in loader:
         stats.data_wait_s += time.perf_counter() - tick
         stats.bad += batch["bad"]
-        if batch["images"] is None:
-            tick = time.perf_counter()
-            continue
-        images, labels = ctx.to_device(batch["images"]), batch["labels"].to(ctx.device)
-        with ctx.autocast():
-            logits = model(images).float()
-        if loss_fn is not None:
-            loss_sum += float(loss_fn(logits, labels)) * labels.shape[0]
-        c1 += topk_correct(logits, labels, 1)
-        c5 += topk_correct(logits, labels, 5)
-        stats.images += labels.shape[0]
+        if batch["images"] is not None:
+            images, labels = ctx.to_device(batch["images"]), batch["labels"].to(ctx.device)
+            with ctx.autocast():
+                logits = model(images).float()
+            loss = loss_fn(logits, labels) if loss_fn is not None else torch.zeros(())
+            stats.add(loss, logits, labels)
         tick = time.perf_counter()
     stats.seconds = time.perf_counter() - start
-    if stats.images:
-        stats.loss, stats.top1, stats.top5 = loss_sum / stats.images, c1 / stats.images, c5 / stats.images
     return stats

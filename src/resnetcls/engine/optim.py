@@ -35,13 +35,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_per_epoch: int,
                     epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warmup over warmup_epochs, then cosine (or constant) down to min_lr_ratio."""
+    """Linear warmup over warmup_epochs, then cosine (or constant) down to min_lr_ratio.
+
+    It is stepped once per optimizer step either way; with interval=epoch the factor only changes at epoch
+    boundaries (the step is rounded down to its epoch's first step), so there is one code path to resume.
+    """
     if cfg.name not in ("cosine", "constant"):
         raise UserError(f"sched.name={cfg.name!r}: expected cosine or constant")
+    if cfg.interval not in ("step", "epoch"):
+        raise UserError(f"sched.interval={cfg.interval!r}: expected step or epoch")
+    per_epoch = cfg.interval == "epoch"
+    unit = steps_per_epoch if per_epoch else 1
     total = max(1, steps_per_epoch * epochs)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
 
     def factor(step: int) -> float:
+        step = step // unit * unit
         if step < warmup:
             return (step + 1) / (warmup + 1)
         if cfg.name == "constant":
@@ -55,22 +64,50 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_pe
 class SigmoidOneHotLoss(nn.Module):
     """The seed's loss: sigmoid cross-entropy of each logit against the one-hot label."""
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0) -> None:
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, weight: Tensor | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         one_hot = nn.functional.one_hot(target, self.num_classes).to(logits.dtype)
         if self.label_smoothing:
             one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
         # Summed over classes, as the seed did, so the scale matches softmax cross-entropy per sample.
-        return nn.functional.binary_cross_entropy_with_logits(logits, one_hot, reduction="sum") / logits.shape[0]
+        per_sample = nn.functional.binary_cross_entropy_with_logits(logits.float(), one_hot.float(),
+                                                                    reduction="none").sum(dim=1)
+        if self.weight is None:
+            return per_sample.mean()
+        w = self.weight[target]  # normalised like CrossEntropyLoss(weight=): a weighted mean over the batch
+        return (per_sample * w).sum() / w.sum()
 
 
-def build_loss(cfg: LossConfig, num_classes: int) -> nn.Module:
+def class_weights(labels: list[int], num_classes: int, mode: str) -> Tensor | None:
+    """'balanced': weight c = n / (num_classes * count_c), so every class contributes equally; 'none': None."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise UserError(f"loss.class_weights={mode!r}: expected none or balanced")
+    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float().clamp(min=1)
+    return len(labels) / (num_classes * counts)
+
+
+def build_loss(cfg: LossConfig, num_classes: int, train_labels: list[int] | None = None) -> nn.Module:
+    """ce (softmax, label smoothing) or bce (the seed's sigmoid one-hot), optionally class-weighted."""
+    weight = class_weights(train_labels or [], num_classes, cfg.class_weights)
     if cfg.name == "ce":
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     if cfg.name == "bce":
-        return SigmoidOneHotLoss(num_classes, cfg.label_smoothing)
+        return SigmoidOneHotLoss(num_classes, cfg.label_smoothing, weight)
     raise UserError(f"loss.name={cfg.name!r}: expected ce or bce")
+
+
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights and BN buffers (torch's AveragedModel), or None."""
+    if decay <= 0:
+        return None
+    if decay >= 1:
+        raise UserError(f"train.ema_decay={decay}: expected 0 (off) or a value below 1, e.g. 0.999")
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)

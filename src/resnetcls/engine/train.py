@@ -1,9 +1,17 @@
-"""train(cfg, out_dir): the whole training flow, top to bottom."""
+"""train(cfg, out_dir): the whole training flow, top to bottom.
+
+Checkpoints, model directories and logs are written only where WRITES is true: the one switch a
+multi-process (torchrun) run needs to turn off on ranks other than 0.
+"""
 from __future__ import annotations
 
-import dataclasses
-import platform
+import json
+import math
+import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,9 +19,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import Config, dump_yaml
+from ..config import Config, config_to_dict, dump_yaml, load_yaml, result_affecting_changes
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader, known_bad_files
+from ..data.sampler import ResumableSampler
 from ..data.sources import load_splits, write_split_csv
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
 from ..errors import UserError
@@ -22,15 +31,54 @@ from ..modelfile import save_model_dir
 from ..models import create_model
 from ..models.pretrained import load_pretrained
 from ..report import write_report
+from .checkpoint import (RunState, capture_state, environment_info, load_latest, prune_checkpoints,
+                         restore_state, save_checkpoint)
 from .log import RunLogger
-from .loop import StepContext, evaluate, train_one_epoch
-from .optim import build_loss, build_optimizer, build_scheduler
+from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
+from .optim import build_ema, build_loss, build_optimizer, build_scheduler
+
+METRICS = ("val_top1", "val_top5", "val_loss")
+WRITES = True  # under torchrun: only rank 0 writes
 
 
-def seed_everything(seed: int) -> None:
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived and a resumable checkpoint was saved (the CLI exits with 130)."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.requested, self.previous = False, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def arch_args(cfg: Config) -> dict:
@@ -40,84 +88,231 @@ def arch_args(cfg: Config) -> dict:
             "width": m.width}
 
 
-def train(cfg: Config, out_dir: str | Path) -> dict:
-    """Train cfg.model on cfg.data; write the run directory; return the end-of-run summary."""
-    d, t = cfg.data, cfg.train
-    if not d.train:
-        raise UserError("train: DATA is required")
-    run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    seed_everything(t.seed)
+def saved_run_config(run_dir: str | Path) -> dict:
+    """A run directory's resolved config (for `train --resume RUN_DIR` without DATA)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml); give DATA to start a new run")
+    return load_yaml(path)
 
-    # Data: sources -> decoded cache -> uint8 transforms -> loaders. Bad files: skipped and counted, or
-    # (data.on_bad=fail) all named before training starts.
+
+def find_resume(resume: str | None, run_dir: Path, cfg: Config, force: bool) -> tuple[dict, dict] | None:
+    """The checkpoint to continue from (None: a new run). Refuses a changed result-affecting config."""
+    ckpt_dir = run_dir / "checkpoints"
+    if resume is None:
+        if ckpt_dir.is_dir() and any(ckpt_dir.glob("step-*.json")):
+            raise UserError(f"{run_dir}: already holds checkpoints of an earlier run; continue it with "
+                            f"--resume auto, or choose another --out")
+        return None
+    found = load_latest(ckpt_dir, warn)
+    if found is None:
+        if resume != "auto":
+            raise UserError(f"{run_dir}: no complete checkpoint in {ckpt_dir} to resume from")
+        warn(f"no checkpoint in {ckpt_dir}: starting a new run")
+        return None
+    changes = result_affecting_changes(found[1]["config"], cfg)
+    if changes and not force:
+        raise UserError(f"{run_dir}: refusing to resume with settings that change the result ("
+                        + "; ".join(changes) + "); use the run's settings, or --force to resume anyway")
+    for change in changes:
+        warn(f"warning: resuming with a changed setting (--force): {change}")
+    return found
+
+
+def build_data(cfg: Config):
+    """Sources -> decoded cache -> uint8 transforms -> loaders. The training order depends only on
+    (seed, epoch) via the sampler. Bad files: skipped and counted, or (data.on_bad=fail) all named here,
+    before training starts."""
+    d, t = cfg.data, cfg.train
     splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
-    write_split_csv(splits, run_dir / "split.csv")
-    classes = splits.classes
     preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
     cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
+    sampler = ResumableSampler(splits.train.labels, d.sampler, t.seed)
     train_loader = build_loader(splits.train, build_train_transform(preprocess, d.augment, d.min_crop_scale,
                                                                     d.color_jitter, d.cache_size),
-                                t.batch_size, shuffle=True, num_workers=d.num_workers, seed=t.seed,
-                                drop_last=len(splits.train) > t.batch_size, cache_dir=cache_dir, on_bad=d.on_bad)
+                                t.batch_size, shuffle=False, num_workers=d.num_workers, seed=t.seed,
+                                drop_last=len(splits.train) > t.batch_size, sampler=sampler,
+                                cache_dir=cache_dir, on_bad=d.on_bad)
     val_loader = build_loader(splits.val, build_eval_batch_transform(preprocess, d.cache_size), t.batch_size,
                               shuffle=False, num_workers=d.num_workers, cache_dir=cache_dir, on_bad=d.on_bad)
     known_bad_files(d.on_bad, train_loader, val_loader)
+    return splits, preprocess, sampler, train_loader, val_loader
 
-    # Model, precision, optimisation.
+
+def build_training(cfg: Config, num_classes: int, steps_per_epoch: int, train_labels: list[int]):
+    """Device, precision (one code path: autocast and GradScaler with enabled=), model, optimisation, loss."""
+    t = cfg.train
     device = pick_device(t.device)
     ctx = StepContext(device, resolve_amp(t.amp, device), t.channels_last)
-    model = create_model(cfg.model.name, len(classes), **arch_args(cfg))
+    model = create_model(cfg.model.name, num_classes, **arch_args(cfg))
     if t.pretrained:
         load_pretrained(model, t.pretrained, cfg.model.name)  # logs what it loaded to stderr
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.sched, len(train_loader), t.epochs)
-    loss_fn = build_loss(cfg.loss, len(classes))
-    scaler = torch.amp.GradScaler(device.type, enabled=ctx.amp_dtype == torch.float16)
+    opt = Optimization(optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, t.epochs),
+                       torch.amp.GradScaler(device.type, enabled=ctx.amp_dtype == torch.float16),
+                       build_ema(model, t.ema_decay), max(1, t.grad_accum_steps), t.grad_clip_norm)
+    loss_fn = build_loss(cfg.loss, num_classes, train_labels).to(device)
+    return ctx, model, opt, loss_fn
 
-    logger = RunLogger(run_dir, cfg.log.tensorboard)
+
+class Checkpointer:
+    """Saves the run's state (atomically, keep-last-K + best) with its config and environment."""
+
+    def __init__(self, run_dir: Path, cfg: Config, env: dict, model, opt: Optimization) -> None:
+        self.dir, self.cfg, self.env, self.model, self.opt = run_dir / "checkpoints", cfg, env, model, opt
+
+    def save(self, run: RunState, metrics: dict | None = None) -> Path | None:
+        if not WRITES:
+            return None
+        info = {"epoch": run.epoch, "step_in_epoch": run.stats.steps, "global_step": run.global_step,
+                "metrics": metrics, "config": config_to_dict(self.cfg), "env": self.env,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        state = capture_state(run, self.model, self.opt, self.cfg.train.batch_size)
+        path = save_checkpoint(self.dir, {**state, "config": info["config"], "env": self.env}, info)
+        prune_checkpoints(self.dir, self.cfg.ckpt.keep_last, self.cfg.ckpt.metric)
+        return path
+
+
+def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False) -> dict:
+    """Train cfg.model on cfg.data; write the run directory; return the end-of-run summary.
+
+    resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
+    """
+    t = cfg.train
+    if not cfg.data.train:
+        raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
+    if t.epochs < 1 or t.batch_size < 1:
+        raise UserError(f"train.epochs={t.epochs}, train.batch_size={t.batch_size}: both must be at least 1")
+    if cfg.ckpt.metric not in METRICS:
+        raise UserError(f"ckpt.metric={cfg.ckpt.metric!r}: expected one of {', '.join(METRICS)}")
+    run_dir = Path(out_dir if resume in (None, "auto") else resume)
+    resumed = find_resume(resume, run_dir, cfg, force)
+    env = environment_info()
+    if WRITES:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+    seed_everything(t.seed, t.deterministic)
+
+    splits, preprocess, sampler, train_loader, val_loader = build_data(cfg)
+    classes, steps_per_epoch = splits.classes, math.ceil(len(train_loader) / max(1, t.grad_accum_steps))
+    ctx, model, opt, loss_fn = build_training(cfg, len(classes), steps_per_epoch, splits.train.labels)
+    step_model = torch.compile(model) if t.compile else model
+    eval_model = opt.ema.module if opt.ema is not None else model  # with EMA, the average is what we ship
+    save_model = lambda name, metrics: WRITES and save_model_dir(
+        run_dir / name, eval_model, cfg.model.name, arch_args(cfg), classes, preprocess, metrics)
+
+    run = RunState()
+    if resumed is not None:
+        run = restore_state(resumed[0], model, opt)
+        warn(f"resuming {run_dir} at epoch {run.epoch} step {run.stats.steps}/{steps_per_epoch} "
+             f"(global step {run.global_step}) from {resumed[1]['file']}")
+    logger = RunLogger(run_dir, cfg.log.tensorboard, run.global_step if resumed else None, WRITES, run.epoch)
     logger.info(f"resnetcls {__version__}: {cfg.model.name}, {len(classes)} classes, "
-                f"{len(splits.train)} train / {len(splits.val)} val images, {device.type} "
-                f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}; "
-                f"split written to {run_dir / 'split.csv'}")
+                f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
+                f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
+                f"{' compiled' if t.compile else ''}, {steps_per_epoch} steps/epoch")
+    if WRITES:
+        write_split_csv(splits, run_dir / "split.csv")
+        logger.info(f"split written to {run_dir / 'split.csv'}")
     for kind, paths in splits.ignored.items():
         if paths:
             logger.info(f"note: ignored {len(paths)} {kind.replace('_', ' ')} file(s) in DATA, e.g. {paths[0]}")
-    best_top1, best_epoch, bad_files, started = -1.0, 0, {}, time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
-        tr = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, scaler, t.grad_clip_norm)
-        va = evaluate(model, val_loader, loss_fn, ctx)
-        for path, reason in tr.bad + va.bad:
-            if path not in bad_files:
-                bad_files[path] = reason
-                logger.info(f"warning: skipped bad image {path}: {reason}")
-        step = epoch * len(train_loader)
-        logger.log({"kind": "epoch", "epoch": epoch, "train/loss": tr.loss, "train/top1": tr.top1,
-                    "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_s": tr.images_per_s,
-                    "train/data_wait_share": tr.data_wait_s / max(tr.seconds, 1e-9), "val/loss": va.loss,
-                    "val/top1": va.top1, "val/top5": va.top5, "bad_images": len(bad_files)}, step)
-        logger.info(f"epoch {epoch}/{t.epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
-                    f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  {tr.images_per_s:.0f} img/s  "
-                    f"data wait {tr.data_wait_s / max(tr.seconds, 1e-9):.0%}")
-        metrics = {"epoch": epoch, "val_top1": va.top1, "val_top5": va.top5, "val_loss": va.loss}
-        if va.top1 > best_top1:
-            best_top1, best_epoch = va.top1, epoch
-            save_model_dir(run_dir / "best", model, cfg.model.name, arch_args(cfg), classes, preprocess, metrics)
-    save_model_dir(run_dir / "final", model, cfg.model.name, arch_args(cfg), classes, preprocess, metrics)
-    summary = {"best_epoch": best_epoch, "best_val_top1": best_top1, "final_val_top1": va.top1,
-               "seconds": round(time.perf_counter() - started, 1), "bad_images": len(bad_files),
-               "bad_files": bad_files,
+    ckpt = Checkpointer(run_dir, cfg, env, model, opt)
+    metrics = resumed[1].get("metrics") if resumed else None  # a finished run resumed has nothing to train
+    started = time.perf_counter()
+    with StopRequest() as stop:
+        while run.epoch <= t.epochs:
+            epoch = run.epoch
+            sampler.set_epoch(epoch, run.stats.batches * t.batch_size)
+            if not run_epoch(cfg, run, step_model, train_loader, opt, loss_fn, ctx, logger, ckpt, stop,
+                             steps_per_epoch):
+                logger.info(f"interrupted at epoch {epoch} step {run.stats.steps}: saved {ckpt.save(run)}; "
+                            f"continue with --resume {run_dir}")
+                logger.close()  # flushes TensorBoard
+                raise TrainingInterrupted(str(run_dir))
+            metrics = end_of_epoch(run, evaluate(eval_model, val_loader, loss_fn, ctx), opt.lr, cfg.ckpt.metric,
+                                   logger, t.epochs)
+            if run.best_epoch == epoch:
+                save_model("best", metrics)
+            run.epoch, run.stats = epoch + 1, EpochStats()
+            ckpt.save(run, metrics)
+            if stop.requested and run.epoch <= t.epochs:
+                logger.info(f"interrupted after epoch {epoch}: continue with --resume {run_dir}")
+                logger.close()
+                raise TrainingInterrupted(str(run_dir))
+    save_model("final", metrics)
+    summary = finish(run, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
+    if WRITES:
+        report = write_report(run_dir, splits.val, cfg.data.num_workers)
+        warn(f"report: {report} (eval of best/ in {run_dir / 'eval'})")
+    return summary
+
+
+def run_epoch(cfg: Config, run: RunState, model, loader, opt: Optimization, loss_fn, ctx: StepContext,
+              logger: RunLogger, ckpt: Checkpointer, stop: StopRequest, steps_per_epoch: int) -> bool:
+    """Train the rest of run.epoch with the progress bar, step logging and step checkpoints.
+    False when a stop was requested (the state is then at a clean step boundary)."""
+    bar = logger.progress(run.epoch, cfg.train.epochs, steps_per_epoch, run.stats.steps)
+
+    def after_step(stats: EpochStats) -> bool:
+        run.global_step += 1
+        bar.update(stats.loss, opt.lr, stats.images_per_s, stats.data_wait_share)
+        if cfg.log.every_steps and run.global_step % cfg.log.every_steps == 0:
+            logger.log({"kind": "train", "epoch": run.epoch, **train_record(stats, opt.lr)}, run.global_step)
+        if cfg.ckpt.every_steps and run.global_step % cfg.ckpt.every_steps == 0:
+            ckpt.save(run)
+        return stop.requested
+
+    try:
+        return train_one_epoch(model, loader, opt, loss_fn, ctx, run.stats, after_step)
+    finally:
+        bar.close()
+
+
+def train_record(stats: EpochStats, lr: float) -> dict:
+    return {"train/loss": stats.loss, "train/top1": stats.top1, "train/lr": lr,
+            "train/images_per_s": stats.images_per_s, "train/data_wait_share": stats.data_wait_share}
+
+
+def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: RunLogger, epochs: int) -> dict:
+    """Log the epoch (metrics.jsonl, TensorBoard, one stderr line), warn about new bad images, track best."""
+    tr, epoch = run.stats, run.epoch
+    for path, reason in tr.bad + va.bad:
+        if path not in run.bad_files:
+            run.bad_files[path] = reason
+            logger.info(f"warning: skipped bad image {path}: {reason}")
+    run.train_images, run.train_seconds = run.train_images + tr.images, run.train_seconds + tr.seconds
+    logger.log({"kind": "epoch", "epoch": epoch, **train_record(tr, lr), "val/loss": va.loss,
+                "val/top1": va.top1, "val/top5": va.top5, "bad_images": len(run.bad_files)}, run.global_step)
+    logger.info(f"epoch {epoch}/{epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
+                f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "
+                f"data wait {tr.data_wait_share:.0%}  {tr.seconds:.0f}s")
+    metrics = {"epoch": epoch, "val_top1": va.top1, "val_top5": va.top5, "val_loss": va.loss}
+    value = metrics[metric]
+    if run.best_value is None or (value < run.best_value if metric == "val_loss" else value > run.best_value):
+        run.best_value, run.best_epoch = value, epoch
+    return metrics
+
+
+def finish(run: RunState, metrics: dict, metric: str, seconds: float, run_dir: Path, ctx: StepContext,
+           logger: RunLogger) -> dict:
+    """The end-of-run summary: logged to metrics.jsonl, printed, returned."""
+    best = run_dir / "best" / "model.json"
+    best_metrics = json.loads(best.read_text())["metrics"] if best.is_file() else metrics
+    summary = {"best_epoch": run.best_epoch, "best_metric": metric, "best_value": run.best_value,
+               "best_val_top1": best_metrics["val_top1"], "final_val_top1": metrics["val_top1"],
+               "seconds": round(seconds, 1), "bad_images": len(run.bad_files), "bad_files": run.bad_files,
+               "train_images_per_s": round(run.train_images / max(run.train_seconds, 1e-9), 1),
                "run_dir": str(run_dir), "best_model": str(run_dir / "best"),
-               "precision": precision_name(ctx.amp_dtype), "torch": torch.__version__,
-               "python": platform.python_version()}
-    logger.log({"kind": "summary", **summary}, t.epochs * len(train_loader))
-    logger.info(f"done in {summary['seconds']}s: best val top1 {best_top1:.2%} at epoch {best_epoch}; "
-                f"model in {run_dir / 'best'}; logs in {run_dir / 'metrics.jsonl'} and {run_dir / 'tb'}"
-                + (f"; {len(bad_files)} bad images skipped" if bad_files else ""))
-    logger.info(f"report: {write_report(run_dir, splits.val, d.num_workers)} (eval of best/ in {run_dir / 'eval'})")
+               "precision": precision_name(ctx.amp_dtype), "torch": str(torch.__version__)}
+    logger.log({"kind": "summary", **summary}, run.global_step)
+    logger.info(f"done in {summary['seconds']}s ({summary['train_images_per_s']} train img/s): best val top1 "
+                f"{summary['best_val_top1']:.2%} at epoch {run.best_epoch}; model in {run_dir / 'best'}; "
+                f"logs in {run_dir / 'metrics.jsonl'} and {run_dir / 'tb'}"
+                + (f"; {len(run.bad_files)} bad images skipped" if run.bad_files else ""))
     logger.close()
     return summary

@@ -1,0 +1,208 @@
+"""Resumable training state: atomic checkpoints, keep-last-K plus best, every RNG, nothing unpickled as code.
+
+A checkpoint is two files in RUN_DIR/checkpoints/:
+  step-00001234.pt    torch.save of tensors and plain Python values only (loads with weights_only=True)
+  step-00001234.json  what it is (epoch, step, metric, config, versions) and the .pt's sha256
+The .pt is written to a temporary file, flushed, fsynced and renamed; the .json is written the same way
+after it. A kill at any instant therefore leaves either no .json (the checkpoint is ignored) or a complete
+pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
+file is skipped with a warning and the next older one is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from .loop import EpochStats, Optimization
+
+CKPT_FORMAT = "resnetcls.checkpoint/1"
+
+
+def environment_info() -> dict:
+    """Library versions, machine and the source's git commit (None outside a git checkout)."""
+    import torchvision
+    src = Path(__file__).resolve().parent
+    commit, dirty = None, None
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(src), *a], capture_output=True, text=True, timeout=5)
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            commit = head.stdout.strip()
+            dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"resnetcls": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "numpy": str(np.__version__), "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "cuda": torch.version.cuda, "git_commit": commit, "git_dirty": dirty}
+
+
+def capture_rng() -> dict:
+    """Every RNG the training touches: Python, NumPy, torch CPU and each CUDA device, as tensors/primitives."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write: Callable) -> None:
+    """write(file) into path.tmp, flush + fsync, rename over path, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(ckpt_dir: Path, state: dict, info: dict) -> Path:
+    """Write state (tensors/primitives) as step-<global_step>.pt plus its .json description, atomically."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"step-{state['global_step']:08d}"
+    pt = ckpt_dir / f"{stem}.pt"
+    _write_atomic(pt, lambda f: torch.save(state, f))
+    meta = {"format": CKPT_FORMAT, "file": pt.name, "sha256": _sha256(pt), **info}
+    _write_atomic(ckpt_dir / f"{stem}.json", lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
+    return pt
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[tuple[Path, dict]]:
+    """(json path, its content) of every checkpoint description that parses, oldest first."""
+    found = []
+    for path in sorted(ckpt_dir.glob("step-*.json")) if ckpt_dir.is_dir() else []:
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # reported by load_latest when it would matter
+        if isinstance(meta, dict) and meta.get("format") == CKPT_FORMAT:
+            found.append((path, meta))
+    return sorted(found, key=lambda item: item[1].get("global_step", -1))
+
+
+def load_latest(ckpt_dir: Path, warn: Callable[[str], None]) -> tuple[dict, dict] | None:
+    """The newest complete checkpoint as (state, description); partial or corrupt ones are skipped with a
+    warning naming the file. None when there is none."""
+    described = {p.with_suffix(".pt") for p, _ in list_checkpoints(ckpt_dir)}
+    for pt in sorted(ckpt_dir.glob("step-*.pt")) if ckpt_dir.is_dir() else []:
+        if pt not in described:
+            warn(f"warning: skipping {pt}: incomplete checkpoint (no valid {pt.with_suffix('.json').name})")
+    for json_path, meta in reversed(list_checkpoints(ckpt_dir)):
+        pt = json_path.with_suffix(".pt")
+        if not pt.is_file():
+            warn(f"warning: skipping {json_path}: its {pt.name} is missing")
+            continue
+        if _sha256(pt) != meta.get("sha256"):
+            warn(f"warning: skipping {pt}: corrupt checkpoint (sha256 does not match {json_path.name})")
+            continue
+        try:
+            state = torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unreadable file is skipped; the next older one may be fine
+            warn(f"warning: skipping {pt}: unreadable checkpoint: {str(e).splitlines()[0]}")
+            continue
+        return state, meta
+    return None
+
+
+def prune_checkpoints(ckpt_dir: Path, keep_last: int, metric: str) -> None:
+    """Delete all but the newest keep_last checkpoints and the best one by metric (val_loss: lowest)."""
+    items = list_checkpoints(ckpt_dir)
+    keep = {p for p, _ in items[-max(1, keep_last):]}
+    scored = [(m["metrics"][metric], p) for p, m in items if metric in (m.get("metrics") or {})]
+    if scored:
+        keep.add(min(scored)[1] if metric.endswith("loss") else max(scored)[1])
+    for path, _ in items:
+        if path not in keep:
+            path.unlink(missing_ok=True)  # the .json first: a half-pruned checkpoint is never "complete"
+            path.with_suffix(".pt").unlink(missing_ok=True)
+    for tmp in ckpt_dir.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)  # left by a kill in the middle of a write
+
+
+@dataclass
+class RunState:
+    """Where a run is: the epoch being trained, its running stats, the global step and the best so far."""
+
+    epoch: int = 1
+    global_step: int = 0
+    stats: EpochStats = field(default_factory=EpochStats)
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_files: dict = field(default_factory=dict)
+    train_images: int = 0           # over finished epochs, for the summary's images/s
+    train_seconds: float = 0.0
+
+
+def capture_state(run: RunState, model: nn.Module, opt: Optimization, batch_size: int) -> dict:
+    """Everything needed to continue bit for bit, as tensors and plain values (weights_only-loadable)."""
+    stats = dataclasses.asdict(run.stats)
+    stats["bad"] = [list(b) for b in stats["bad"]]
+    return {"format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
+            "ema": opt.ema.state_dict() if opt.ema is not None else None,
+            "epoch": run.epoch, "step_in_epoch": run.stats.steps, "global_step": run.global_step,
+            "sampler": {"epoch": run.epoch, "position": run.stats.batches * batch_size},
+            "epoch_stats": stats, "best": {"value": run.best_value, "epoch": run.best_epoch},
+            "bad_files": dict(run.bad_files), "totals": [run.train_images, run.train_seconds],
+            "rng": capture_rng()}
+
+
+def restore_state(state: dict, model: nn.Module, opt: Optimization) -> RunState:
+    """Load a checkpoint's state into model/opt and the RNGs; return where the run stands."""
+    model.load_state_dict(state["model"])
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    opt.scaler.load_state_dict(state["scaler"])
+    if opt.ema is not None and state["ema"] is not None:
+        opt.ema.load_state_dict(state["ema"])
+    stats = EpochStats(**{**state["epoch_stats"], "bad": [tuple(b) for b in state["epoch_stats"]["bad"]]})
+    restore_rng(state["rng"])
+    return RunState(state["epoch"], state["global_step"], stats, state["best"]["value"], state["best"]["epoch"],
+                    dict(state["bad_files"]), *state["totals"])

@@ -1,0 +1,78 @@
+"""The config tree: defaults <- YAML <- --set <- flags; unknown keys and wrong types are exit 2 naming the key."""
+from pathlib import Path
+
+import pytest
+
+from resnetcls.config import build_config, config_to_dict, result_affecting_changes
+from resnetcls.errors import UserError
+from tests.conftest import ROOT, run_cli
+
+
+def test_precedence_defaults_then_file_then_set_then_flags(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 0.5\n  name: sgd\ntrain:\n  epochs: 7\n")
+    cfg = build_config(recipe, ["optim.lr=0.25", "train.batch_size=12"], {"optim.lr": 0.125, "model.name": None})
+    assert (cfg.optim.lr, cfg.optim.name, cfg.train.epochs, cfg.train.batch_size) == (0.125, "sgd", 7, 12)
+    assert cfg.model.name == "resnet50"  # a flag left out (None) does not override
+
+
+def test_set_values_are_typed():
+    cfg = build_config(overrides=["train.channels_last=false", "optim.weight_decay=1e-4", "data.mean=[0.5,0.5,0.5]",
+                                  "sched.warmup_epochs=2"])
+    assert cfg.train.channels_last is False and cfg.optim.weight_decay == 1e-4
+    assert cfg.data.mean == [0.5, 0.5, 0.5] and cfg.sched.warmup_epochs == 2.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("train.epoch=3", "did you mean 'train.epochs'?"),
+    ("train.epochs=many", "config key 'train.epochs' expects int, got 'many'"),
+    ("train.channels_last=3", "config key 'train.channels_last' expects bool, got 3"),
+])
+def test_bad_set_is_a_user_error_naming_the_key(override, message):
+    with pytest.raises(UserError, match=message.replace("?", r"\?").replace("[", r"\[")):
+        build_config(overrides=[override])
+
+
+def test_unknown_key_in_yaml_names_the_file_and_the_closest_key(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(UserError, match=rf"{recipe}: unknown config key 'optim.learning_rate'"):
+        build_config(recipe)
+
+
+def test_cli_bad_key_exits_2_with_one_line(tiny_data, tmp_path):
+    result = run_cli("train", tiny_data, "--set", "loss.label_smothing=0.2", "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("resnetcls: error: --set: unknown config key 'loss.label_smothing'; "
+                                     "did you mean 'loss.label_smoothing'?")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["seed", "default", "finetune"])
+def test_recipes_load(name):
+    cfg = build_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.model.name == "resnet50"
+
+
+def test_seed_recipe_is_the_write_ups():
+    cfg = build_config(ROOT / "configs" / "seed.yaml")
+    assert (cfg.optim.name, cfg.loss.name, cfg.data.augment, cfg.model.stride_on_1x1) == ("adam", "bce", "resize", True)
+    assert cfg.ckpt.keep_last == 10
+
+
+def test_default_recipe_is_modern():
+    cfg = build_config(ROOT / "configs" / "default.yaml")
+    assert cfg.loss.label_smoothing > 0 and cfg.data.augment == "crop_flip" and cfg.sched.name == "cosine"
+    assert cfg.sched.warmup_epochs > 0 and cfg.optim.decay_norm_and_bias is False and cfg.train.amp == "auto"
+
+
+def test_result_affecting_changes_ignore_logging_workers_and_path_spelling(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    saved = config_to_dict(build_config(flags={"data.train": str(tmp_path / "data")}))
+    same = build_config(overrides=["data.num_workers=0", "log.tensorboard=false", "ckpt.keep_last=9"],
+                        flags={"data.train": "data"})
+    assert result_affecting_changes(saved, same) == []
+    changed = build_config(overrides=["train.batch_size=8"], flags={"data.train": "data", "model.name": "resnet18"})
+    assert result_affecting_changes(saved, changed) == ["model.name: 'resnet50' -> 'resnet18'",
+                                                        "train.batch_size: 32 -> 8"]
