@@ -8,8 +8,12 @@ import torch
 
 from .data.decode import DecodeError, decode_image
 from .data.transforms import build_eval_transform
+from .errors import UserError
+from .export import onnx_probabilities, onnx_session_for
 from .hardware import pick_device, resolve_amp
 from .modelfile import load_model_dir
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -25,10 +29,18 @@ class Prediction:
 
 
 class Predictor:
-    """Loads a verified model directory once; predicts batches of images in the model's preprocessing."""
+    """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
+
+    backend "torch" runs the eager model (autocast and channels_last as asked); "onnxruntime" runs the
+    model's exported model.onnx (see export.py) on the CPU in fp32, giving the same top-k.
+    """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", amp: str = "auto",
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, backend: str = "torch") -> None:
+        if backend not in BACKENDS:
+            raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "onnxruntime":
+            device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
         self.loaded = load_model_dir(model, self.device)
         self.classes = self.loaded.classes
@@ -36,10 +48,14 @@ class Predictor:
         self.amp_dtype = resolve_amp(amp, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
+        self.backend = backend
+        self.session = onnx_session_for(self.loaded) if backend == "onnxruntime" else None
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) preprocessed images -> (N, classes) softmax probabilities in fp32."""
+        if self.session is not None:
+            return onnx_probabilities(self.session, batch)
         batch = batch.to(self.device, memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
