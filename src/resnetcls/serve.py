@@ -82,6 +82,8 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     queued: int = Field(description="images waiting for the model thread")
+    batches_run: int = Field(description="model calls so far")
+    images_run: int = Field(description="images classified so far (images_run / batches_run = mean batch)")
 
 
 class InfoResponse(BaseModel):
@@ -118,6 +120,7 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.task: asyncio.Task | None = None
+        self.batches_run = self.images_run = 0  # their ratio is the mean batch size actually achieved
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -167,6 +170,8 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            self.batches_run += 1
+            self.images_run += len(live)
             for row, (_, future) in zip(probs, live):
                 if not future.done():
                     future.set_result(row)
@@ -334,7 +339,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def healthz() -> HealthResponse | JSONResponse:
         if not service.batcher.alive:
             return JSONResponse({"detail": "model thread stopped"}, 503)
-        return HealthResponse(status="ok", queued=service.batcher.queue.qsize())
+        batcher = service.batcher
+        return HealthResponse(status="ok", queued=batcher.queue.qsize(), batches_run=batcher.batches_run,
+                              images_run=batcher.images_run)
 
     @app.get("/info", response_model=InfoResponse, summary="The model's metadata (model.json without internals)")
     async def info() -> InfoResponse:
