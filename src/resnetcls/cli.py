@@ -35,6 +35,28 @@ def _add_train(sub) -> None:
                    "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
 
 
+def _add_deploy(sub) -> None:
+    p = sub.add_parser("export", help="export MODEL to ONNX or TorchScript, checked against eager PyTorch")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--out", metavar="FILE", help="default: model.onnx / model.torchscript.pt in MODEL")
+    p.add_argument("--check-data", metavar="PATH",
+                   help="images (folder or file) for the parity check; default ../shared/data if present, "
+                        "else synthetic images")
+
+    p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch; GET /healthz, /info, /docs")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="larger request bodies get 413")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images get 422")
+    p.add_argument("--max-batch", type=int, default=32, help="most images per model call across requests")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="how long a model call waits for more requests to join its batch")
+
+
 def _add_commands(sub) -> None:
     _add_train(sub)
     p = sub.add_parser("eval", help="evaluate a model on DATA")
@@ -53,7 +75,10 @@ def _add_commands(sub) -> None:
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
 
+    _add_deploy(sub)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the procedural demo data set")
     p.add_argument("out", metavar="OUT_DIR")
@@ -108,12 +133,31 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .predict import run_predict
-    return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta)
+    return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta, args.backend)
 
 
 def cmd_report(args) -> int:
     from .report import write_report
     print(f"report written to {write_report(args.run_dir)}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import ExportCheckFailed, export_model
+    try:
+        result = export_model(args.model, args.format, args.out, args.check_data)
+    except ExportCheckFailed as e:
+        print(f"resnetcls: export check failed: {e}", file=sys.stderr)
+        return 1
+    print(result.parity.summary())
+    print(f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in {result.seconds:.1f} s)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeSettings, serve
+    serve(ServeSettings(args.model, args.backend, int(args.max_body_mb * 1e6), args.max_pixels, args.max_batch,
+                        args.batch_wait_ms), args.host, args.port, args.workers)
     return 0
 
 
@@ -144,7 +188,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "data": cmd_data,
-            "models": cmd_models, "demo": cmd_demo}
+            "models": cmd_models, "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

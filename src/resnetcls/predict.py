@@ -20,10 +20,13 @@ import torch
 
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
+from .errors import UserError
+from .export import onnx_probabilities, onnx_session_for
 from .hardware import pick_device, resolve_amp
 from .modelfile import load_model_dir
 
 FORMATS = ("table", "json", "csv")
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -44,10 +47,18 @@ def _decode_threads() -> int:
 
 
 class Predictor:
-    """Loads a verified model directory once; predicts batches of images in the model's preprocessing."""
+    """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
+
+    backend "torch" runs the eager model (autocast and channels_last as asked); "onnxruntime" runs the
+    model's exported model.onnx (see export.py) on the CPU in fp32, giving the same top-k.
+    """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", amp: str = "auto",
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, backend: str = "torch") -> None:
+        if backend not in BACKENDS:
+            raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "onnxruntime":
+            device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
         self.loaded = load_model_dir(model, self.device)
         self.classes = self.loaded.classes
@@ -55,10 +66,14 @@ class Predictor:
         self.amp_dtype = resolve_amp(amp, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
+        self.backend = backend
+        self.session = onnx_session_for(self.loaded) if backend == "onnxruntime" else None
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) preprocessed images -> (N, classes) softmax probabilities in fp32."""
+        if self.session is not None:
+            return onnx_probabilities(self.session, batch)
         batch = batch.to(self.device, memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
@@ -174,9 +189,9 @@ def format_results(results: list[Prediction], fmt: str) -> str:
 
 
 def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
-                tta: bool = False) -> int:
+                tta: bool = False, backend: str = "torch") -> int:
     """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row."""
-    predictor = Predictor(model)
+    predictor = Predictor(model, backend=backend)
     items = expand_inputs(inputs)
     good = [p for p, reason in items if not reason]
     predicted = iter(predictor.predict(good, topk, batch_size, tta))

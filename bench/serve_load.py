@@ -1,0 +1,157 @@
+"""Bounded HTTP load on `resnetcls serve` (127.0.0.1 only): throughput, p50/p99 latency and error counts,
+with cross-request batching off (--max-batch 1, the baseline) and on (the default policy), same model and
+same request mix. A fifth of the requests are malformed (not an image, no file, a decompression bomb, a body
+over the limit, a bad topk); the run fails loudly on any 5xx or dropped connection.
+
+    python bench/serve_load.py            # 1,500 requests per server at concurrency 16, ResNet-18 at 128 px
+    python bench/serve_load.py --quick    # 300 requests at concurrency 8, a small ResNet-18 at 64 px
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+from resnetcls.data.transforms import make_preprocess  # noqa: E402
+from resnetcls.modelfile import save_model_dir  # noqa: E402
+from resnetcls.models import create_model  # noqa: E402
+
+MAX_BODY = 2_000_000
+MAX_PIXELS = 4_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "serve", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "--max-body-mb", str(MAX_BODY / 1e6), "--max-pixels",
+                             str(MAX_PIXELS), *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start in time")
+
+
+def photo_like(i: int) -> bytes:
+    """A JPEG of camera-ish size (640x480) with some structure, so decoding costs what it costs in real use."""
+    img = Image.new("RGB", (16, 12), (i * 37 % 255, i * 91 % 255, 120)).resize((640, 480), Image.BICUBIC)
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def payloads(requests: int) -> list[tuple[str, dict, int]]:
+    """(url suffix, httpx kwargs, expected status) for each request; every fifth one is malformed."""
+    bomb = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(bomb, "PNG")
+    bad = [("/predict", {"content": b"\x89PNG not really"}, 415),
+           ("/predict", {"files": {"other": ("a.txt", b"x")}}, 400),
+           ("/predict", {"content": bomb.getvalue()}, 422),
+           ("/predict", {"content": b"\0" * (MAX_BODY + 1)}, 413),
+           ("/predict?topk=-1", {"content": photo_like(0)}, 422)]
+    good = [photo_like(i) for i in range(16)]
+    out = []
+    for i in range(requests):
+        if i % 5 == 4:
+            out.append(bad[(i // 5) % len(bad)])
+        else:
+            out.append(("/predict?topk=3", {"files": {"file": (f"{i}.jpg", good[i % 16], "image/jpeg")}}, 200))
+    return out
+
+
+def load(url: str, requests: int, concurrency: int) -> dict:
+    jobs = payloads(requests)
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(concurrency)]
+
+    def one(i: int):
+        path, kwargs, expected = jobs[i]
+        start = time.perf_counter()
+        try:
+            status = clients[i % concurrency].post(path, **kwargs).status_code
+        except httpx.TransportError as e:
+            status = f"dropped: {type(e).__name__}"
+        return status, expected, time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    health = httpx.get(url + "/healthz", timeout=10)
+    for c in clients:
+        c.close()
+    ok = sorted(t for s, e, t in outcomes if s == 200)
+    stats = health.json() if health.status_code == 200 else {}
+    return {"req/s": requests / wall, "good img/s": len(ok) / wall, "p50": statistics.median(ok),
+            "p99": ok[min(len(ok) - 1, int(0.99 * len(ok)))],
+            "5xx": sum(isinstance(s, int) and s >= 500 for s, _, _ in outcomes),
+            "dropped": sum(isinstance(s, str) for s, _, _ in outcomes),
+            "wrong": sum(s != e for s, e, _ in outcomes), "healthy": health.status_code == 200,
+            "batch": stats.get("images_run", 0) / max(1, stats.get("batches_run", 0))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--requests", type=int)
+    parser.add_argument("--concurrency", type=int)
+    args = parser.parse_args()
+    requests = args.requests or (300 if args.quick else 1500)
+    concurrency = args.concurrency or (8 if args.quick else 16)
+    size, width = (64, 16) if args.quick else (128, 64)
+    configs = [("no cross-request batching (--max-batch 1)", ["--max-batch", "1"]),
+               ("default batching (--max-batch 32)", []),
+               ("batching + --batch-wait-ms 5", ["--batch-wait-ms", "5"])]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = save_model_dir(Path(tmp) / "m", create_model("resnet18", 10, width=width), "resnet18",
+                               {"width": width}, [f"c{i}" for i in range(10)], make_preprocess(size))
+        print(f"ResNet-18 (width {width}) at {size} px, {requests} requests per server, concurrency "
+              f"{concurrency}, a fifth malformed", flush=True)
+        for name, extra in configs:
+            proc, url = start_server(model, Path(tmp) / "server.log", *extra)
+            try:
+                load(url, min(requests, 50), concurrency)  # warm-up
+                results.append((name, load(url, requests, concurrency)))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    base = results[0][1]["good img/s"]
+    print(f"\n{'server':<44} {'req/s':>7} {'img/s':>7} {'x':>5} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} "
+          f"{'5xx':>4} {'drop':>5} {'wrong':>6} healthy")
+    for name, r in results:
+        print(f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} {r['good img/s'] / base:>5.2f} "
+              f"{r['p50'] * 1000:>7.1f} {r['p99'] * 1000:>7.1f} {r['batch']:>6.2f} {r['5xx']:>4} "
+              f"{r['dropped']:>5} {r['wrong']:>6} {r['healthy']}")
+    print("\nlatency of the well-formed requests; batch = mean images per model call (from /healthz)")
+    if any(r["5xx"] or r["dropped"] or r["wrong"] or not r["healthy"] for _, r in results):
+        raise SystemExit("FAILED: a 5xx, a dropped connection, a wrong status or an unhealthy server")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""ONNX and TorchScript export of a model directory, each checked against eager PyTorch before it is kept.
+
+Both formats take the same input as the eager model: float32 (N, 3, S, S) RGB images, resized, cropped and
+normalised as recorded in `preprocess` (which travels in the file's metadata with the class names), with a
+dynamic batch size N. Both give two outputs: `logits` and `probabilities` (softmax over the classes).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .data.decode import DecodeError, decode_image, is_image_file
+from .data.transforms import build_eval_transform
+from .errors import UserError
+from .modelfile import WEIGHTS, LoadedModel, load_model_dir
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+# Where real photographs for the parity check are looked for when --check-data is not given (the project's
+# shared data folder, relative to the working directory); without it, synthetic images are used.
+DEFAULT_CHECK_DATA = Path("../shared/data")
+PROB_TOLERANCE = 1e-4
+TORCHSCRIPT_META = "model.json"
+
+
+class ExportCheckFailed(RuntimeError):
+    """The exported model disagrees with eager PyTorch beyond the tolerance; nothing was written."""
+
+
+class ProbabilityHead(nn.Module):
+    """The classifier plus softmax, so exported files give probabilities without extra code."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, logits.softmax(dim=1)
+
+
+def export_metadata(meta: dict) -> dict[str, str]:
+    """String key/values stored in the exported file: class names, preprocessing and provenance."""
+    return {
+        "resnetcls.format": meta["format"],
+        "arch": meta["arch"],
+        "arch_args": json.dumps(meta["arch_args"]),
+        "classes": json.dumps(meta["classes"]),
+        "preprocess": json.dumps(meta["preprocess"]),
+        "weights_sha256": meta["sha256"][WEIGHTS],
+        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits, probabilities",
+    }
+
+
+def _example(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
+    size = loaded.preprocess["image_size"]
+    return torch.randn(batch, 3, size, size)
+
+
+def onnx_bytes(loaded: LoadedModel) -> bytes:
+    """Export through torch.export (the supported exporter) with a dynamic batch dimension."""
+    wrapped = ProbabilityHead(loaded.model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
+        program = torch.onnx.export(wrapped, (_example(loaded),), dynamo=True, external_data=False,
+                                    input_names=["input"], output_names=["logits", "probabilities"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+    proto = program.model_proto
+    for key, value in export_metadata(loaded.meta).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"resnetcls {loaded.meta['arch']} classifier, {len(loaded.classes)} classes"
+    return proto.SerializeToString()
+
+
+def torchscript_bytes(loaded: LoadedModel) -> bytes:
+    """Trace and freeze (folds BN into convs); model.json rides along as an extra file."""
+    wrapped = ProbabilityHead(loaded.model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users still ask for it
+        traced = torch.jit.freeze(torch.jit.trace(wrapped, _example(loaded)))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
+    return buffer.getvalue()
+
+
+def load_torchscript(source: str | os.PathLike | bytes, extra_files: dict | None = None):
+    """torch.jit.load without its deprecation warning (the format is what the user asked for)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                              _extra_files=extra_files)
+
+
+def onnx_session(model: str | os.PathLike | bytes, threads: int = 0):
+    """An ONNX Runtime CPU session with all graph optimisations (conv+BN+ReLU fusion, constant folding)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) float tensor -> (N, classes) probabilities from an ONNX Runtime session."""
+    feed = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
+    return torch.from_numpy(session.run(["probabilities"], {"input": feed})[0])
+
+
+def _runner(fmt: str, data: bytes):
+    if fmt == "onnx":
+        session = onnx_session(data)
+        return lambda batch: onnx_probabilities(session, batch)
+    scripted = load_torchscript(data)
+    return lambda batch: scripted(batch)[1]
+
+
+@dataclass
+class CheckImages:
+    tensors: torch.Tensor  # (N, 3, S, S), preprocessed
+    names: list[str]
+    source: str
+
+
+def _pick_evenly(items: list, count: int) -> list:
+    if len(items) <= count:
+        return items
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def _real_images(root: Path, limit: int) -> list[Path]:
+    """Up to `limit` image files under root, spread evenly over its sub-folders (so every data set counts)."""
+    if root.is_file():
+        return [root]
+    groups: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).parts
+        for name in sorted(filenames):
+            if is_image_file(name):
+                groups.setdefault(rel[0] if rel else "", []).append(Path(dirpath) / name)
+    per_group = max(1, limit // max(1, len(groups)))
+    return [p for files in groups.values() for p in _pick_evenly(files, per_group)][:limit]
+
+
+def _synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
+    """Smooth random colour fields with a few hard edges: image-like inputs when no photographs are at hand."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, size=(6, 6, 3)).astype(np.uint8)
+        img = Image.fromarray(coarse).resize((160, 120), Image.BICUBIC)
+        pixels = np.asarray(img).copy()
+        y, x = rng.integers(0, 80), rng.integers(0, 120)
+        pixels[y:y + 40, x:x + 40] = rng.integers(0, 255, size=3)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def load_check_images(loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16) -> CheckImages:
+    """Real photographs from check_data (default ../shared/data when present), else synthetic images."""
+    transform = build_eval_transform(loaded.preprocess)
+    root = Path(check_data) if check_data else (DEFAULT_CHECK_DATA if DEFAULT_CHECK_DATA.is_dir() else None)
+    if root is None:
+        images = _synthetic_images(limit)
+        return CheckImages(torch.stack([transform(i) for i in images]),
+                           [f"synthetic-{i}" for i in range(limit)], f"{limit} synthetic images")
+    if not root.exists():
+        raise UserError(f"--check-data {root}: no such file or folder")
+    tensors, names = [], []
+    for path in _real_images(root, limit):
+        try:
+            tensors.append(transform(decode_image(path)))
+            names.append(str(path))
+        except DecodeError as e:
+            print(f"parity check: skipped {e}", file=sys.stderr)
+    if not tensors:
+        raise UserError(f"--check-data {root}: no readable images found")
+    return CheckImages(torch.stack(tensors), names, f"{len(names)} images from {root}")
+
+
+@dataclass
+class ParityResult:
+    images: int
+    source: str
+    max_abs_diff: float
+    top1_agree: int
+    batch1_max_abs_diff: float
+
+    @property
+    def passed(self) -> bool:
+        return (self.top1_agree == self.images and self.max_abs_diff <= PROB_TOLERANCE
+                and self.batch1_max_abs_diff <= PROB_TOLERANCE)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"parity vs eager fp32 on {self.source}: max |dprob| {self.max_abs_diff:.2e} "
+                f"(batch 1: {self.batch1_max_abs_diff:.2e}, limit {PROB_TOLERANCE:.0e}), "
+                f"top-1 agrees on {self.top1_agree}/{self.images} -> {verdict}")
+
+
+def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
+    """Compare `run(batch) -> probabilities` with the eager fp32 model, batched and at batch size 1."""
+    with torch.inference_mode():
+        reference = loaded.model(images.tensors).float().softmax(dim=1)
+        exported = run(images.tensors).float()
+        single = run(images.tensors[:1]).float()
+    agree = int((reference.argmax(1) == exported.argmax(1)).sum())
+    return ParityResult(len(images.names), images.source, float((reference - exported).abs().max()), agree,
+                        float((reference[:1] - single).abs().max()))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    bytes: int
+    seconds: float
+    parity: ParityResult
+
+
+def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
+                 check_data: str | os.PathLike | None = None) -> ExportResult:
+    """Export MODEL to ONNX or TorchScript, check it against eager on real images, then write it atomically.
+
+    The default output is inside the model directory (model.onnx / model.torchscript.pt), where the
+    onnxruntime backend of predict and serve finds it. A failed check raises ExportCheckFailed and writes
+    nothing.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    loaded = load_model_dir(model, "cpu")
+    path = Path(out) if out else loaded.path / FORMATS[fmt]
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a folder; give a file name")
+    images = load_check_images(loaded, check_data)
+    start = time.perf_counter()
+    data = onnx_bytes(loaded) if fmt == "onnx" else torchscript_bytes(loaded)
+    seconds = time.perf_counter() - start
+    parity = check_parity(loaded, _runner(fmt, data), images)
+    if not parity.passed:
+        raise ExportCheckFailed(f"{fmt} export of {loaded.path} not written: {parity.summary()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return ExportResult(path, fmt, len(data), seconds, parity)
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of an exported file (ONNX metadata_props, or TorchScript's model.json) as strings."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        proto = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in proto.metadata_props}
+    extra = {TORCHSCRIPT_META: ""}
+    load_torchscript(path, extra)
+    meta = json.loads(extra[TORCHSCRIPT_META])
+    return export_metadata(meta)
+
+
+def onnx_session_for(loaded: LoadedModel, threads: int = 0):
+    """ONNX Runtime session for a loaded model directory: its model.onnx when that was exported from these
+    exact weights, else an in-memory export (slower to start; nothing is written)."""
+    path = loaded.path / FORMATS["onnx"]
+    if path.is_file():
+        meta = read_export_metadata(path)
+        if meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]:
+            return onnx_session(path, threads)
+        print(f"{path}: exported from other weights; exporting again in memory "
+              f"(run `resnetcls export {loaded.path} --format onnx` to refresh it)", file=sys.stderr)
+    else:
+        print(f"{loaded.path}: no model.onnx; exporting in memory "
+              f"(run `resnetcls export {loaded.path} --format onnx` once to skip this)", file=sys.stderr)
+    return onnx_session(onnx_bytes(loaded), threads)

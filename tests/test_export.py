@@ -1,0 +1,132 @@
+"""`resnetcls export` (ONNX, TorchScript) with its parity check, and predict's onnxruntime backend."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from resnetcls import export as export_mod
+from resnetcls.data.decode import decode_image
+from resnetcls.data.transforms import make_preprocess
+from resnetcls.models import create_model
+from resnetcls.modelfile import load_model_dir, save_model_dir
+from resnetcls.predict import Predictor
+from resnetcls.cli import main
+from tests.conftest import SHARED_DATA, run_cli
+
+CLASSES = ["ants", "bees", "cats"]
+
+
+def make_tiny_model_dir(path, seed: int = 0):
+    """A random (untrained) width-8 ResNet-18 at 32 px: enough to test files, metadata and parity."""
+    torch.manual_seed(seed)
+    model = create_model("resnet18", len(CLASSES), width=8)
+    return save_model_dir(path, model, "resnet18", {"width": 8}, CLASSES, make_preprocess(32))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A few photographs-like files of different sizes and modes (a user's inputs)."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (w, h, mode) in enumerate([(64, 48, "RGB"), (40, 90, "L"), (33, 33, "RGBA"), (120, 80, "RGB")]):
+        pixels = rng.integers(0, 255, size=(h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels).resize((w, h), Image.BICUBIC).convert(mode)
+        paths.append(root / f"img{i}.png")
+        img.save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory):
+    """A model directory exported to ONNX in place by the CLI (the default --out)."""
+    model = make_tiny_model_dir(tmp_path_factory.mktemp("m") / "model")
+    result = run_cli("export", model, "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    return model, result.stdout
+
+
+def test_onnx_export_is_checked_carries_metadata_and_has_a_dynamic_batch(exported_dir, images):
+    model, stdout = exported_dir
+    assert "-> PASS" in stdout and f"wrote {model / 'model.onnx'}" in stdout
+    source = "from ../shared/data" if SHARED_DATA.exists() else "synthetic images"
+    assert source in stdout  # real photographs when present, synthetic otherwise
+    proto = onnx.load(str(model / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["preprocess"])["image_size"] == 32
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch dimension
+    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    session = export_mod.onnx_session(model / "model.onnx")
+    loaded = load_model_dir(model)
+    batch = torch.stack([Predictor(model).transform(decode_image(p)) for p in images])
+    for n in (1, 3, 4):  # any batch size
+        probs = export_mod.onnx_probabilities(session, batch[:n])
+        with torch.no_grad():
+            eager = loaded.model(batch[:n]).softmax(1)
+        assert probs.shape == (n, 3) and float((probs - eager).abs().max()) <= 1e-4
+
+
+def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_path, monkeypatch, capsys):
+    model = make_tiny_model_dir(tmp_path / "model")
+    out = tmp_path / "out" / "classifier.pt"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # no ../shared/data from here: the check falls back to synthetic images
+    assert main(["export", str(model), "--format", "torchscript", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "16 synthetic images" in stdout and "top-1 agrees on 16/16 -> PASS" in stdout
+    meta = export_mod.read_export_metadata(out)
+    assert json.loads(meta["classes"]) == CLASSES and json.loads(meta["preprocess"])["resize"] == 37
+    scripted = export_mod.load_torchscript(out)
+    batch = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        logits, probs = scripted(batch)
+        eager = load_model_dir(model).model(batch).softmax(1)
+    assert probs.shape == (5, 3) and float((probs - eager).abs().max()) <= 1e-4
+
+
+def test_export_that_disagrees_with_eager_is_refused_and_not_written(tmp_path, monkeypatch):
+    model = make_tiny_model_dir(tmp_path / "model")
+    other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=1))  # different weights, same metadata
+    real = export_mod.torchscript_bytes
+    monkeypatch.setattr(export_mod, "torchscript_bytes", lambda loaded: real(other))
+    with pytest.raises(export_mod.ExportCheckFailed, match="FAIL"):
+        export_mod.export_model(model, "torchscript", tmp_path / "bad.pt", check_data=None)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_export_bad_usage_exits_2_naming_the_problem(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+    model = make_tiny_model_dir(tmp_path / "model")
+    assert main(["export", str(model), "--format", "onnx", "--check-data", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "--check-data" in err and "nope" in err
+
+
+def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
+    model, _ = exported_dir
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        assert main(["predict", str(model), *map(str, images), "--topk", "3", "--format", "json",
+                     "--backend", backend]) == 0
+        captured = capsys.readouterr()
+        assert "exporting in memory" not in captured.err  # the exported model.onnx was used
+        outs[backend] = json.loads(captured.out)
+    for a, b in zip(outs["torch"], outs["onnxruntime"]):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
+    # The Predictor API, default settings (channels_last, auto precision) against onnxruntime
+    torch_preds = Predictor(model).predict([str(p) for p in images], topk=2, batch_size=3)
+    onnx_preds = Predictor(model, backend="onnxruntime").predict([str(p) for p in images], topk=2, batch_size=3)
+    assert [[c for c, _ in p.top] for p in torch_preds] == [[c for c, _ in p.top] for p in onnx_preds]
+
+
+def test_unknown_backend_is_a_clear_error(exported_dir):
+    model, _ = exported_dir
+    with pytest.raises(Exception, match="--backend 'tensorrt'"):
+        Predictor(model, backend="tensorrt")
