@@ -72,11 +72,11 @@ def _add_commands(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
 
     _add_deploy(sub)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
