@@ -106,9 +106,9 @@ def test_two_processes_match_one_process_with_the_global_batch(two_process_run, 
     result = run([sys.executable, "-m", "resnetcls", "train", pairs, *ARGS, "--batch-size", "8", "--out", single])
     assert result.returncode == 0, result.stderr
     difference = max_weight_difference(weights(two_process_run[0]), weights(single))
-    # Measured on CPU after 6 SGD steps: 2.9e-3 (float summation order, amplified by BatchNorm over
-    # near-constant images); one process with batch 4 instead of 8 ends 2.2 away. See the README.
-    assert difference < 3e-2, difference
+    # Measured on CPU after 20 SGD steps: 0.024 (float summation order, amplified by BatchNorm over
+    # near-constant images); one process with batch 4 instead of 8 ends 5.8 away. See the README.
+    assert difference < 0.1, difference
 
 
 def _sharded_eval_worker(rank: int, port: int, data: str, out: str) -> None:
