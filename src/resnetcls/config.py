@@ -63,6 +63,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     grad_clip_norm: float = 0.0     # 0 = no clipping
     ema_decay: float = 0.0          # exponential moving average of the weights (e.g. 0.999); 0 = off
+    sync_bn: bool = False           # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
+    dist_timeout_s: float = 300.0   # torchrun: a collective waits at most this long for the other ranks
 
 
 @dataclass
@@ -238,7 +240,7 @@ def dump_yaml(cfg: Config) -> str:
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-RESUME_SAFE_KEYS = ("train.device", "train.compile", "data.num_workers", "data.on_bad", "ckpt.", "log.")
+RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "data.num_workers", "data.on_bad", "ckpt.", "log.")
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:

@@ -59,10 +59,13 @@ class ResumableSampler(Sampler):
             order = torch.multinomial(weights, n, replacement=True, generator=g)
         else:
             order = torch.arange(n)
-        return order[self.rank::self.world_size]
+        # Every rank gets the same number of samples (the last n % world_size of the epoch's order are left
+        # out, different ones each shuffled epoch): with unequal shards one rank would wait for a batch that
+        # never comes.
+        return order[: n - n % self.world_size][self.rank::self.world_size]
 
     def __len__(self) -> int:
-        return max(0, len(range(self.rank, len(self.labels), self.world_size)) - self.position)
+        return max(0, len(self.labels) // self.world_size - self.position)
 
     def __iter__(self):
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
