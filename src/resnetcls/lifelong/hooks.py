@@ -98,7 +98,7 @@ class StrategyHooks:
 
     def buffer_stats(self) -> dict:
         n = len(self.buffer) if self.buffer is not None else 0
-        return {"buffer_images": n, "buffer_mb": round(self.buffer.nbytes() / 1e6, 3) if n else 0.0}
+        return {"buffer_images": n, "buffer_mb": round(self.buffer.nbytes() / 1e6, 6) if n else 0.0}
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict() if self.buffer is not None else None,

@@ -3,7 +3,8 @@
 Three ways to define tasks:
 - a CSV column (`--tasks illumination`): one task per value, in `--order` (comma-separated; an item `a-b` is
   the inclusive numeric range a..b, e.g. `--order 0-115,120-235,240-355` for COIL's `angle`) or sorted;
-  `--bins N` cuts a numeric column into N ranges holding equally many distinct values;
+  `--bins N` cuts a numeric column into N ranges holding equally many distinct values, and any other column
+  (e.g. `--tasks label`, the class itself: class-incremental tasks) into N groups of its sorted values;
 - `--tasks batches`: the OpenLORIS-Object challenge's batchK folders (all, or those in `--order`);
 - several DATA arguments: one task each, in the order given.
 Each task's test split is DATA's test split (else its val split) restricted to the task. Labels index one
@@ -54,6 +55,13 @@ def task_groups(values: list[str], column: str, order: str, bins: int) -> list[t
                 groups.append((item, lambda v, item=item: v == item))
         return groups
     distinct = sorted(set(values))
+    if bins > 0 and not all(RANGE.match(f"{v}-{v}") for v in distinct):
+        # a categorical column (e.g. label): N groups of its sorted distinct values (class-incremental splits)
+        if bins > len(distinct):
+            raise UserError(f"lifelong.bins={bins}: column {column!r} has only {len(distinct)} distinct values")
+        parts = [list(p) for p in np.array_split(np.array(distinct, dtype=object), bins)]
+        return [("|".join(p) if len(p) <= 3 else f"{p[0]}..{p[-1]}", lambda v, p=frozenset(p): v in p)
+                for p in parts]
     if bins > 0:
         numbers = sorted({_number(v, column) for v in distinct})
         if bins > len(numbers):
@@ -69,6 +77,8 @@ def task_groups(values: list[str], column: str, order: str, bins: int) -> list[t
 
 
 def _select(samples: Samples, column: str, where: str) -> list[str]:
+    if column == "label":  # tasks by class: class-incremental learning
+        return [samples.classes[l] for l in samples.labels]
     if column not in samples.extra:
         have = ", ".join(samples.extra) or "none; only CSV manifests have extra columns"
         raise UserError(f"{where}: no column {column!r} to define tasks by (have: {have})")
