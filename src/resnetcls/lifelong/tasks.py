@@ -89,7 +89,7 @@ def _split_by_column(splits: Splits, cfg: Config) -> list[tuple[str, Samples, Sa
     lc, where = cfg.lifelong, cfg.data.train
     test = splits.test if splits.test is not None and len(splits.test) else splits.val
     train_values, test_values = _select(splits.train, lc.tasks, where), _select(test, lc.tasks, where)
-    groups = task_groups(train_values, lc.tasks, lc.order, lc.bins)
+    groups = task_groups(train_values + test_values, lc.tasks, lc.order, lc.bins)  # bins span both splits
     out, used_train, used_test = [], set(), set()
     for name, member in groups:
         tr = [i for i, v in enumerate(train_values) if member(v)]
