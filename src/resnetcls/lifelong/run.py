@@ -173,11 +173,11 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
         cfg.data.train = lc.datasets[0]
     run_dir = Path(out_dir if resume in (None, "auto") else resume)
     resumed = find_resume(resume, run_dir, cfg, force)
+    tasks, classes = build_tasks(cfg)  # bad task settings fail before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     (run_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2) + "\n", encoding="utf-8")
     seed_everything(t.seed, t.deterministic)
-    tasks, classes = build_tasks(cfg)
     schedule = [joint_task(tasks)] if lc.strategy == "joint" else tasks
     first_classes = len(classes) if lc.strategy == "joint" else known_classes(tasks, 0)
     ctx, model, _, _ = build_training(cfg, first_classes, 1, tasks[0].train.labels)
