@@ -35,6 +35,30 @@ def _add_train(sub) -> None:
                    "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
 
 
+def _add_lifelong(sub) -> None:
+    p = sub.add_parser("lifelong", help="train over a sequence of tasks; measure forgetting and transfer")
+    p.add_argument("data", metavar="DATA", nargs="*",
+                   help="a CSV manifest or OpenLORIS folder cut into tasks by --tasks, or one DATA per task")
+    p.add_argument("--tasks", metavar="COLUMN|batches", help="CSV column whose values are the tasks, or "
+                   "'batches' for OpenLORIS batchK folders")
+    p.add_argument("--order", metavar="V1,V2,...", help="task values in training order; 'a-b' is a numeric "
+                   "range, e.g. 0-115,120-235,240-355")
+    p.add_argument("--bins", type=int, metavar="N", help="cut a numeric --tasks column into N ranges")
+    p.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf", "joint"])
+    p.add_argument("--buffer-size", type=int, metavar="IMAGES", help="replay buffer size (default 200)")
+    p.add_argument("--joint", metavar="RUN_DIR", help="a --strategy joint run, for the gap to joint")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="train at most N tasks in this invocation (continue later with --resume auto)")
+    for flag, kind in (("--model", str), ("--epochs", int), ("--batch-size", int), ("--image-size", int),
+                       ("--lr", float), ("--device", str), ("--seed", int)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--out", default="runs/lifelong", metavar="RUN_DIR")
+    p.add_argument("--resume", metavar="auto|RUN_DIR", help="continue at the task after the last checkpoint")
+    p.add_argument("--force", action="store_true", help="resume even if result-affecting settings differ")
+    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/lifelong-synth.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+
+
 def _add_deploy(sub) -> None:
     p = sub.add_parser("export", help="export MODEL to ONNX or TorchScript, checked against eager PyTorch")
     p.add_argument("model", metavar="MODEL")
@@ -59,6 +83,7 @@ def _add_deploy(sub) -> None:
 
 def _add_commands(sub) -> None:
     _add_train(sub)
+    _add_lifelong(sub)
     p = sub.add_parser("eval", help="evaluate a model on DATA")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("data", metavar="DATA")
@@ -119,6 +144,21 @@ def cmd_train(args) -> int:
     run_dir = args.out if args.resume in (None, "auto") else args.resume
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
     train(build_config(args.config, args.overrides, flags, base=base), args.out, args.resume, args.force)
+    return 0
+
+
+def cmd_lifelong(args) -> int:
+    from .config import build_config
+    from .lifelong.run import run_lifelong
+    several = len(args.data) > 1
+    flags = {"data.train": args.data[0] if args.data else None, "lifelong.datasets": args.data if several else None,
+             "lifelong.tasks": args.tasks, "lifelong.order": args.order, "lifelong.bins": args.bins,
+             "lifelong.strategy": args.strategy, "lifelong.buffer_size": args.buffer_size,
+             "model.name": args.model, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+             "data.image_size": args.image_size, "optim.lr": args.lr, "train.device": args.device,
+             "train.seed": args.seed}
+    run_lifelong(build_config(args.config, args.overrides, flags), args.out, args.resume, args.force, args.joint,
+                 args.stop_after)
     return 0
 
 
@@ -187,7 +227,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "data": cmd_data,
+COMMANDS = {"train": cmd_train, "lifelong": cmd_lifelong, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "data": cmd_data,
             "models": cmd_models, "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve}
 
 

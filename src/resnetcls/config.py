@@ -106,6 +106,20 @@ class LogConfig:
 
 
 @dataclass
+class LifelongConfig:
+    tasks: str = ""                 # CSV column whose values are the tasks, "batches" (OpenLORIS) or "" (one task
+                                    # per DATA argument)
+    order: str = ""                 # comma-separated task values in training order; "a-b" = numeric range
+    bins: int = 0                   # numeric column: N equal-count ranges of its values instead of --order
+    strategy: str = "naive"         # naive | replay | ewc | lwf | joint
+    buffer_size: int = 200          # replay: images kept (class-balanced reservoir)
+    ewc_lambda: float = 100.0       # ewc: weight of the quadratic penalty
+    lwf_alpha: float = 1.0          # lwf: weight of the distillation loss
+    lwf_temperature: float = 2.0
+    datasets: list = field(default_factory=list)  # one DATA per task (when `tasks` is "")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -115,6 +129,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lifelong: LifelongConfig = field(default_factory=LifelongConfig)
 
 
 def _all_keys(obj: Any, prefix: str = "") -> list[str]:

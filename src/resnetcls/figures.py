@@ -117,3 +117,23 @@ def training_curves(epochs: list[dict], path: Path) -> Path:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return _save(fig, path, dpi=100)
+
+
+def accuracy_matrix_heatmap(R: list[list[float]], b: list[float], tasks: list[str], rows: list[str], path: Path,
+                            title: str = "") -> Path:
+    """The lifelong accuracy matrix: row 'before' (b) then one row per training stage, one column per task's
+    test split, each cell annotated with its accuracy."""
+    grid = np.array([b] + [list(r) for r in R], dtype=float)
+    labels = ["before"] + rows
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tasks) + 2), max(3.0, 0.55 * len(labels) + 1.5)))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), [f"after {r}" if r != "before" else r for r in labels], fontsize=8)
+    ax.set_xlabel("evaluated on task (test split)")
+    ax.set_title(title or "Accuracy after each task")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if grid[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    return _save(fig, path)

@@ -150,6 +150,26 @@ def _eval_section(eval_dir: Path) -> str:
     return "".join(parts)
 
 
+def _lifelong_section(run_dir: Path) -> str:
+    """A lifelong run (resnetcls lifelong): the accuracy matrix heatmap and the continual-learning metrics."""
+    path = run_dir / "metrics.json"
+    if not (run_dir / "R.json").is_file() or not path.is_file():
+        return ""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable lifelong metrics: {e}") from None
+    keys = ["ACC", "BWT", "FWT", "A", "REM", "BWT_plus", "FWT_dr", "gap_to_joint", "buffer_images", "buffer_mb",
+            "model_params", "model_mb", "train_seconds", "inference_ms_per_image"]
+    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in keys if k in m)
+    tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(s)}</td><td>{_fmt(f)}</td></tr>" for n, s, f in
+                    zip(m["task_names"], m["train_seconds_per_task"], m.get("forgetting", []) + [None] * 99))
+    fig = _img(run_dir / "R.png", "lifelong-R", "accuracy matrix R") if (run_dir / "R.png").is_file() else ""
+    return (f"<h2>Lifelong: {html.escape(str(m['strategy']))} over {len(m['task_names'])} tasks</h2>"
+            f"<div class='figs'>{fig}<table id='lifelong-metrics'>{rows}</table>"
+            f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>")
+
+
 def environment() -> dict:
     """What produced this report (the training environment is in the run's summary record)."""
     import torchvision
@@ -184,7 +204,7 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
                                              ("best_val_top1", "best_epoch", "seconds") if k in summary]
     body = (f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
             f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
-            + _cards(headline) + _curves_section(run_dir, epochs) + _eval_section(run_dir / "eval")
+            + _cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs) + _eval_section(run_dir / "eval")
             + _env_section(run_dir, summary))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
