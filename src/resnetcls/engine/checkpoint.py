@@ -11,7 +11,6 @@ file is skipped with a warning and the next older one is used.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..modelfile import sha256_file
 from .loop import EpochStats, Optimization
 
 CKPT_FORMAT = "resnetcls.checkpoint/1"
@@ -95,21 +95,13 @@ def _write_atomic(path: Path, write: Callable) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(ckpt_dir: Path, state: dict, info: dict) -> Path:
     """Write state (tensors/primitives) as step-<global_step>.pt plus its .json description, atomically."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     stem = f"step-{state['global_step']:08d}"
     pt = ckpt_dir / f"{stem}.pt"
     _write_atomic(pt, lambda f: torch.save(state, f))
-    meta = {"format": CKPT_FORMAT, "file": pt.name, "sha256": _sha256(pt), **info}
+    meta = {"format": CKPT_FORMAT, "file": pt.name, "sha256": sha256_file(pt), **info}
     _write_atomic(ckpt_dir / f"{stem}.json", lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
     return pt
 
@@ -139,7 +131,7 @@ def load_latest(ckpt_dir: Path, warn: Callable[[str], None]) -> tuple[dict, dict
         if not pt.is_file():
             warn(f"warning: skipping {json_path}: its {pt.name} is missing")
             continue
-        if _sha256(pt) != meta.get("sha256"):
+        if sha256_file(pt) != meta.get("sha256"):
             warn(f"warning: skipping {pt}: corrupt checkpoint (sha256 does not match {json_path.name})")
             continue
         try:
