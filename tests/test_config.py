@@ -1,5 +1,4 @@
 """The config tree: defaults <- YAML <- --set <- flags; unknown keys and wrong types are exit 2 naming the key."""
-from pathlib import Path
 
 import pytest
 

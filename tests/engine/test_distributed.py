@@ -20,7 +20,7 @@ from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
 from resnetcls.engine import distributed
-from resnetcls.engine.loop import StepContext, evaluate
+from resnetcls.engine.loop import StepContext
 from resnetcls.models import create_model
 
 # Sequential order and no random augmentation, so 2 processes x batch 4 see exactly the images that

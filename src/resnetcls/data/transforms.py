@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.functional import InterpolationMode
 
 from ..errors import UserError

@@ -35,7 +35,7 @@ from . import distributed
 from .checkpoint import (RunState, capture_state, environment_info, load_latest, prune_checkpoints,
                          restore_state, save_checkpoint)
 from .log import RunLogger
-from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
+from .loop import EpochStats, Optimization, StepContext, train_one_epoch
 from .optim import build_ema, build_loss, build_optimizer, build_scheduler
 
 METRICS = ("val_top1", "val_top5", "val_loss")
