@@ -14,6 +14,7 @@ from resnetcls.data import cache as cache_mod
 from resnetcls.data.cache import cache_key, open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
+from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import Samples
 from resnetcls.errors import UserError
 from resnetcls.data.transforms import (build_eval_batch_transform, build_eval_transform, build_train_transform,
@@ -147,6 +148,41 @@ def test_any_sampler_plugs_in_and_workers_read_the_store(photos, tmp_path):
         for batch in loader:
             seen += batch["index"].tolist() + [photos.paths.index(p) for p, _ in batch["bad"]]
     assert len(seen) == 8 and set(seen) == set(range(len(photos)))  # DistributedSampler pads 7 to 2 x 4
+
+
+def test_batches_from_workers_equal_in_process_batches_even_when_kept(photos, tmp_path):
+    """Workers hand their pixels over through a ring of shared batch slots; the batches must be exactly the
+    in-process ones, in order, through many turns of the ring, an epoch left early, bad files, and with the
+    caller keeping every batch (uint8 too) until the end."""
+    many = Samples(photos.paths * 4, photos.labels * 4, photos.classes)  # 28 images, 4 broken: 14 batches
+    transform = build_train_transform(make_preprocess(16))
+
+    def three_epochs(workers: int, finish: bool) -> list[dict]:
+        sampler = ResumableSampler(many.labels, "shuffle", seed=3)
+        loader = build_loader(many, transform, 2, shuffle=False, num_workers=workers, sampler=sampler,
+                              cache_dir=tmp_path)
+        if not finish:
+            loader.finish = None  # what training on a GPU and lifelong mode do: they keep uint8 batches
+        kept = []
+        for k, batch in enumerate(loader):
+            kept.append(batch)
+            if k == 2:
+                break  # epoch 0 left after 3 batches; workers had more in flight
+        for epoch in (1, 2):
+            sampler.set_epoch(epoch)
+            kept += list(loader)
+        return kept
+
+    for finish in (True, False):
+        expected, got = three_epochs(0, finish), three_epochs(2, finish)
+        assert len(got) == len(expected) == 3 + 2 * 14
+        for want, have in zip(expected, got):
+            assert have["index"].tolist() == want["index"].tolist() and have["bad"] == want["bad"]
+            if want["images"] is None:
+                assert have["images"] is None  # both images of the batch broken
+            else:
+                assert have["images"].dtype == (torch.float32 if finish else torch.uint8)
+                assert torch.equal(have["images"], want["images"])
 
 
 def test_cache_off_decodes_on_the_fly_with_the_same_result(photos, tmp_path):

@@ -4,7 +4,9 @@ reported (or, with on_bad="fail", found before training starts), never fatal mid
 Two paths, one batch format:
 - a BatchTransform (training and eval in `train`): images come from the decoded uint8 cache (or are decoded
   and resized on the fly with the cache off) and are cropped and flipped per image into uint8 batches in the
-  DataLoader workers; the consuming process jitters and normalises each batch (FinishingLoader);
+  DataLoader workers; the consuming process jitters and normalises each batch (FinishingLoader). With
+  workers, the uint8 pixels travel through a ring of shared-memory batch slots made once per loader (see
+  SlotBatchSampler): only labels and indices are pickled, and no page is mapped or zeroed per batch;
 - a PIL transform (evaluate/predict style): decode + transform per image.
 Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as `sampler`.
 """
@@ -15,7 +17,7 @@ import sys
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, default_collate
 
 from ..errors import UserError
 from .cache import StoreGeometry, decode_resized, open_or_build
@@ -24,6 +26,7 @@ from .sources import Samples
 from .transforms import BatchTransform
 
 ON_BAD = ("skip", "fail")
+PREFETCH_FACTOR = 2  # batches in flight per DataLoader worker (torch's default)
 
 
 class ImageDataset(Dataset):
@@ -60,16 +63,45 @@ class _OnTheFly:
         return decode_resized(self.paths[i], self.geometry)
 
 
+class SlottedBatch(list):
+    """A batch's dataset indices plus the ring slot its pixels are written to."""
+
+    slot: int
+
+
+class SlotBatchSampler(BatchSampler):
+    """Batches of `sampler`'s indices, each tagged with slot k mod `slots` for the k-th batch of an epoch.
+
+    torch's DataLoader keeps at most prefetch_factor x num_workers batches dispatched but not yet returned,
+    and dispatches the next one only when it returns a batch; FinishingLoader copies each batch out of its
+    slot before asking for the next. So with slots = prefetch_factor x num_workers + 1 a worker never writes
+    into a slot whose pixels are still to be read. (Persistent workers finish and drop a stopped epoch's
+    batches before the next epoch dispatches anything.)"""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, slots: int) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.slots = slots
+
+    def __iter__(self):
+        for k, indices in enumerate(super().__iter__()):
+            batch = SlottedBatch(indices)
+            batch.slot = k % self.slots
+            yield batch
+
+
 class StoredImageDataset(Dataset):
     """Samples through the decoded store (or on-the-fly decoding) and a BatchTransform's uint8 crops.
 
     __getitems__ lets the DataLoader fetch a whole batch in one call (any sampler still picks the indices);
-    it needs automatic batching (batch_size set), which build_loader always uses.
+    it needs automatic batching (batch_size set), which build_loader always uses. Given a `ring` (slots x
+    batch x S x S x 3 uint8 in shared memory) and SlottedBatch indices, the crops go to the batch's slot
+    and the batch carries the slot number instead of the pixels.
     """
 
     def __init__(self, samples: Samples, transform: BatchTransform, store) -> None:
         self.samples, self.transform, self.store = samples, transform, store
         self.bad_files: dict[str, str] = dict(getattr(store, "bad_files", {}))
+        self.ring: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -85,13 +117,17 @@ class StoredImageDataset(Dataset):
                 bad.append((e.path, e.reason))
         if not good:
             return {"images": None, "labels": None, "index": None, "bad": bad}
+        slot = getattr(indices, "slot", None) if self.ring is not None else None
         seed = getattr(indices[0], "seed", None)  # data/sampler.py: augmentation seeded by place in the epoch
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            crops = self.transform.crops(images)
-        return {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
-                "index": torch.tensor([int(i) for i in good]), "bad": bad}
+            crops = self.transform.crops(images, None if slot is None else self.ring[slot, :len(images)])
+        batch = {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
+                 "index": torch.tensor([int(i) for i in good]), "bad": bad}
+        if slot is not None:
+            batch["images"], batch["slot"] = None, slot  # FinishingLoader reads the pixels from the ring
+        return batch
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])
@@ -113,14 +149,22 @@ class SkipBadCollate:
 class FinishingLoader(DataLoader):
     """A DataLoader whose uint8 batches are finished (colour jitter, float conversion, normalisation) in the
     process that consumes them: workers then ship 1-byte pixels instead of 4-byte floats, which measured
-    about 1.35x more images/s on the 2-core development machine (bench/data_throughput.py's setting)."""
+    about 1.35x more images/s on the 2-core development machine (bench/data_throughput.py's setting).
 
-    def __init__(self, *args, finish: Callable | None = None, **kwargs) -> None:
+    With a ring (shared uint8 batch slots, see SlotBatchSampler) the pixels of a batch are read from its
+    slot; without `finish` they are copied out of it, so a batch may be kept after the next one arrives."""
+
+    def __init__(self, *args, finish: Callable | None = None, ring: torch.Tensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.finish = finish
+        self.finish, self.ring = finish, ring
 
     def __iter__(self):
         for batch in super().__iter__():
+            slot = batch.pop("slot", None)
+            if slot is not None:
+                pixels = self.ring[slot, :len(batch["labels"])].permute(0, 3, 1, 2)
+                batch["images"] = pixels if self.finish is not None else pixels.clone(
+                    memory_format=torch.channels_last)
             if self.finish is not None and batch["images"] is not None:
                 batch["images"] = self.finish(batch["images"])
             yield batch
@@ -171,10 +215,19 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     dataset = build_dataset(samples, transform, cache_dir, on_bad)
     workers = default_workers() if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
-    finish = transform.finish if isinstance(transform, BatchTransform) else None
-    return FinishingLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                           num_workers=workers, collate_fn=SkipBadCollate(), drop_last=drop_last,
-                           generator=generator, persistent_workers=workers > 0, finish=finish,
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    finish, ring, slots = None, None, 1
+    if isinstance(transform, BatchTransform):
+        finish = transform.finish
+        if workers > 0:
+            slots = PREFETCH_FACTOR * workers + 1  # see SlotBatchSampler
+            ring = torch.empty(slots, batch_size, transform.size, transform.size, 3, dtype=torch.uint8)
+            dataset.ring = ring.share_memory_()  # before the workers start: they inherit or receive it
+    return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
+                           num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
+                           persistent_workers=workers > 0, finish=finish, ring=ring,
+                           prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                            multiprocessing_context="fork" if workers > 0 and sys.platform == "linux" else None)
 
 
