@@ -37,10 +37,30 @@ def shared_data(name: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m resnetcls ARGS` as a user would; returns the completed process (text output)."""
-    return subprocess.run([sys.executable, "-m", "resnetcls", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+            isolated: bool = False) -> subprocess.CompletedProcess:
+    """Run `resnetcls ARGS` as a user would: exit code, stdout and stderr as a CompletedProcess.
+
+    In this process by default, through the same cli.main the console script calls: a fresh interpreter
+    spends about 5 s of the 2-core CI machine importing torch and torchvision, and the suite makes dozens of
+    these calls. An unexpected exception still fails the test (it propagates instead of printing a
+    traceback). isolated=True runs `python -m resnetcls` in a new process, for what needs one.
+    """
+    if isolated:
+        return subprocess.run([sys.executable, "-m", "resnetcls", *map(str, args)], capture_output=True,
+                              text=True, cwd=cwd, timeout=timeout)
+    import contextlib
+    import io
+    import os
+
+    from resnetcls.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["resnetcls", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def make_class_folders(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 12,

@@ -41,9 +41,10 @@ def _eval_batch(samples, preprocess, store_size, cache_dir):
     return next(iter(loader))
 
 
-@pytest.mark.parametrize("augment", ["crop_flip", "resize"])
-def test_cached_eval_equals_the_eval_transform_that_predict_uses(photos, tmp_path, augment):
-    preprocess = make_preprocess(32, augment=augment)
+@pytest.mark.parametrize("augment,interpolation", [("crop_flip", "bilinear"), ("resize", "bilinear"),
+                                                   ("crop_flip", "bicubic"), ("crop_flip", "nearest")])
+def test_cached_eval_equals_the_eval_transform_that_predict_uses(photos, tmp_path, augment, interpolation):
+    preprocess = make_preprocess(32, augment=augment, interpolation=interpolation)
     batch = _eval_batch(photos, preprocess, 0, tmp_path / "cache")
     expected = torch.stack([build_eval_transform(preprocess)(decode_image(photos.paths[i]))
                             for i in batch["index"].tolist()])

@@ -2,25 +2,18 @@
 growth of the head, and exact resume at a task boundary."""
 import csv
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest on a shared machine
+from tests.conftest import run_cli
+
 ARGS = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
         "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "train.deterministic=true",
         "--set", "optim.lr=0.01", "--tasks", "light", "--order", "bright,dark"]
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "resnetcls", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
 
 
 @pytest.fixture(scope="module")
