@@ -17,7 +17,8 @@ import sys
 from typing import Callable
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, default_collate
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler,
+                              default_collate)
 
 from ..errors import UserError
 from .cache import StoreGeometry, decode_resized, open_or_build
