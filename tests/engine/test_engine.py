@@ -12,7 +12,7 @@ from resnetcls.data.sampler import ResumableSampler
 from resnetcls.engine.checkpoint import load_latest, prune_checkpoints, save_checkpoint
 from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
 from resnetcls.engine.optim import SigmoidOneHotLoss, build_ema, build_scheduler, class_weights
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 
 
 def test_checkpoint_roundtrip_loads_without_unpickling_code(tmp_path):
@@ -118,6 +118,20 @@ def test_resume_with_changed_result_affecting_setting_is_refused_unless_forced(t
     result = run_cli("train", "--resume", run, "--batch-size", "8", "--force")
     assert result.returncode == 0, result.stderr
     assert "warning: resuming with a changed setting (--force): train.batch_size: 16 -> 8" in result.stderr
+
+
+def test_resume_from_another_working_directory_finds_the_data(tiny_data, tmp_path):
+    """DATA typed as a relative path is recorded as an absolute one: the run directory alone is enough to
+    continue from anywhere."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    shutil.copytree(tiny_data, here / "photos")
+    elsewhere.mkdir()
+    first = run_cli("train", "photos", *TINY, "--epochs", "1", "--out", "run", cwd=here)
+    assert first.returncode == 0, first.stderr
+    assert str(here / "photos") in (here / "run" / "config.yaml").read_text()
+    again = run_cli("train", "--resume", here / "run", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and "error" not in again.stderr
 
 
 def test_new_run_into_a_run_directory_with_checkpoints_is_refused(tiny_run, tiny_data):

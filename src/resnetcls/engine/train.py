@@ -209,6 +209,8 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
         raise UserError(f"train.epochs={t.epochs}, train.batch_size={t.batch_size}: both must be at least 1")
     if cfg.ckpt.metric not in METRICS:
         raise UserError(f"ckpt.metric={cfg.ckpt.metric!r}: expected one of {', '.join(METRICS)}")
+    # Recorded as absolute paths, so `train --resume RUN_DIR` without DATA works from any working directory.
+    cfg.data.train, cfg.data.val = (str(Path(p).absolute()) if p else p for p in (cfg.data.train, cfg.data.val))
     run_dir = Path(out_dir if resume in (None, "auto") else resume)
     resumed = find_resume(resume, run_dir, cfg, force)
     env = environment_info()
