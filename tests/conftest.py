@@ -53,13 +53,23 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
     import io
     import os
 
+    import torch
+
     from resnetcls.cli import main
     out, err = io.StringIO(), io.StringIO()
+    # What a command may change for the whole process is put back, so tests stay independent of each other.
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:  # argparse's usage errors
             code = e.code if isinstance(e.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
     return subprocess.CompletedProcess(["resnetcls", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 

@@ -78,7 +78,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)  # both ways: a later run in this process may differ
     torch.backends.cudnn.benchmark = not deterministic
 
 
