@@ -186,6 +186,26 @@ def test_batches_from_workers_equal_in_process_batches_even_when_kept(photos, tm
                 assert torch.equal(have["images"], want["images"])
 
 
+def test_little_shared_memory_gives_the_same_batches_and_says_so(photos, tmp_path, monkeypatch, capsys):
+    """In a container with a small /dev/shm the loader skips its batch ring (and says why) but delivers the
+    same batches."""
+    transform = build_train_transform(make_preprocess(16))
+
+    def epoch() -> list[dict]:
+        sampler = ResumableSampler(photos.labels, "shuffle", seed=4)
+        return list(build_loader(photos, transform, 2, shuffle=False, num_workers=2, sampler=sampler,
+                                 cache_dir=tmp_path))
+
+    roomy = epoch()
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 100, 1, 1, 0, 0, 0, 0, 255))
+                        if path == "/dev/shm" else real_statvfs(path))
+    cramped = epoch()
+    assert "note: /dev/shm has 0 MB free" in capsys.readouterr().err
+    assert [b["index"].tolist() for b in cramped] == [b["index"].tolist() for b in roomy]
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(roomy, cramped) if a["images"] is not None)
+
+
 def test_cache_off_decodes_on_the_fly_with_the_same_result(photos, tmp_path):
     preprocess = make_preprocess(32)
     cached = _eval_batch(photos, preprocess, 0, tmp_path)

@@ -221,7 +221,8 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     finish, ring, slots = None, None, 1
     if isinstance(transform, BatchTransform):
         finish = transform.finish
-        if workers > 0:
+        if workers > 0 and _room_in_shared_memory(
+                (PREFETCH_FACTOR * workers + 1) * batch_size * transform.size ** 2 * 3):
             slots = PREFETCH_FACTOR * workers + 1  # see SlotBatchSampler
             ring = torch.empty(slots, batch_size, transform.size, transform.size, 3, dtype=torch.uint8)
             dataset.ring = ring.share_memory_()  # before the workers start: they inherit or receive it
@@ -230,6 +231,23 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
                            persistent_workers=workers > 0, finish=finish, ring=ring,
                            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                            multiprocessing_context="fork" if workers > 0 and sys.platform == "linux" else None)
+
+
+def _room_in_shared_memory(nbytes: int) -> bool:
+    """Whether a ring of nbytes fits comfortably (half the free space) in /dev/shm, where PyTorch's shared
+    tensors live on Linux. Containers often get only 64 MB there (Docker's default); without the room the
+    loader says so once and passes each batch through its own shared segment, as torch does (slower)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):  # no /dev/shm (macOS, Windows): torch shares memory another way
+        return True
+    free = st.f_bavail * st.f_frsize
+    if nbytes <= free // 2:
+        return True
+    print(f"note: /dev/shm has {free / 1e6:.0f} MB free, too little for the {nbytes / 1e6:.0f} MB batch ring; "
+          f"loading data the slower way (give the container more shared memory, e.g. docker --shm-size=1g)",
+          file=sys.stderr, flush=True)
+    return False
 
 
 def known_bad_files(on_bad: str, *loaders: DataLoader) -> dict[str, str]:
