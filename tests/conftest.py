@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,18 +36,14 @@ def shared_data(name: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
-            isolated: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `resnetcls ARGS` as a user would: exit code, stdout and stderr as a CompletedProcess.
 
     In this process by default, through the same cli.main the console script calls: a fresh interpreter
     spends about 5 s of the 2-core CI machine importing torch and torchvision, and the suite makes dozens of
     these calls. An unexpected exception still fails the test (it propagates instead of printing a
-    traceback). isolated=True runs `python -m resnetcls` in a new process, for what needs one.
+    traceback). Tests that kill, signal or torchrun a training start their own processes.
     """
-    if isolated:
-        return subprocess.run([sys.executable, "-m", "resnetcls", *map(str, args)], capture_output=True,
-                              text=True, cwd=cwd, timeout=timeout)
     import contextlib
     import io
     import os
