@@ -12,6 +12,7 @@ Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Callable
@@ -155,15 +156,15 @@ class FinishingLoader(DataLoader):
     With a ring (shared uint8 batch slots, see SlotBatchSampler) the pixels of a batch are read from its
     slot; without `finish` they are copied out of it, so a batch may be kept after the next one arrives."""
 
-    def __init__(self, *args, finish: Callable | None = None, ring: torch.Tensor | None = None, **kwargs) -> None:
+    def __init__(self, *args, finish: Callable | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.finish, self.ring = finish, ring
+        self.finish = finish
 
     def __iter__(self):
         for batch in super().__iter__():
             slot = batch.pop("slot", None)
             if slot is not None:
-                pixels = self.ring[slot, :len(batch["labels"])].permute(0, 3, 1, 2)
+                pixels = self.dataset.ring[slot, :len(batch["labels"])].permute(0, 3, 1, 2)
                 batch["images"] = pixels if self.finish is not None else pixels.clone(
                     memory_format=torch.channels_last)
             if self.finish is not None and batch["images"] is not None:
@@ -218,17 +219,17 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     generator = torch.Generator().manual_seed(seed)
     if sampler is None:
         sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    finish, ring, slots = None, None, 1
+    finish, slots = None, 1
     if isinstance(transform, BatchTransform):
         finish = transform.finish
-        if workers > 0 and _room_in_shared_memory(
-                (PREFETCH_FACTOR * workers + 1) * batch_size * transform.size ** 2 * 3):
-            slots = PREFETCH_FACTOR * workers + 1  # see SlotBatchSampler
-            ring = torch.empty(slots, batch_size, transform.size, transform.size, 3, dtype=torch.uint8)
-            dataset.ring = ring.share_memory_()  # before the workers start: they inherit or receive it
+        ring_shape = (PREFETCH_FACTOR * workers + 1, batch_size, transform.size, transform.size, 3)
+        if workers > 0 and _room_in_shared_memory(math.prod(ring_shape)):
+            slots = ring_shape[0]  # see SlotBatchSampler
+            # made before the workers start: they inherit it (fork) or receive it (spawn)
+            dataset.ring = torch.empty(ring_shape, dtype=torch.uint8).share_memory_()
     return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
                            num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
-                           persistent_workers=workers > 0, finish=finish, ring=ring,
+                           persistent_workers=workers > 0, finish=finish,
                            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                            multiprocessing_context="fork" if workers > 0 and sys.platform == "linux" else None)
 

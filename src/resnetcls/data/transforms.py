@@ -16,6 +16,15 @@ INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
                   "nearest": InterpolationMode.NEAREST}
 
 
+# F.interpolate's uint8 kernels (antialiased, as torchvision's Resize; nearest-exact for "nearest") in their
+# out= form, (src, size, out): they write straight into a channels-last batch slot (see BatchTransform).
+RESIZE_INTO = {
+    "bilinear": lambda src, size, out: torch.ops.aten._upsample_bilinear2d_aa.out(src, size, False, out=out),
+    "bicubic": lambda src, size, out: torch.ops.aten._upsample_bicubic2d_aa.out(src, size, False, out=out),
+    "nearest": lambda src, size, out: torch.ops.aten._upsample_nearest_exact2d.out(src, size, out=out),
+}
+
+
 def make_preprocess(image_size: int, resize_size: int = 0, augment: str = "crop_flip",
                     interpolation: str = "bilinear", mean=(0.485, 0.456, 0.406),
                     std=(0.229, 0.224, 0.225)) -> dict:
@@ -60,9 +69,9 @@ class BatchTransform:
     resize + centre crop), straight into a preallocated channels-last uint8 batch. Per batch: colour jitter
     (train), then float conversion + normalisation in two passes. The random numbers for a whole batch are
     drawn in one torch call (torchvision's per-image get_params cost more than the crop itself), so
-    DataLoader worker seeding still makes runs reproducible. The eval path reproduces build_eval_transform(preprocess) on the original image
-    up to float rounding when the store size equals preprocess["resize"] (the default), and up to resize
-    rounding otherwise.
+    DataLoader worker seeding still makes runs reproducible. The eval path reproduces
+    build_eval_transform(preprocess) on the original image up to float rounding when the store size equals
+    preprocess["resize"] (the default), and up to resize rounding otherwise.
     """
 
     def __init__(self, preprocess: dict, train: bool, augment: str = "crop_flip", min_crop_scale: float = 0.25,
@@ -78,11 +87,7 @@ class BatchTransform:
         self.random = train and augment == "crop_flip"
         self.scale, self.jitter = (min_crop_scale, 1.0), color_jitter if train else 0.0
         self.geometry = StoreGeometry(size, square, preprocess["interpolation"])
-        self.mode = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}[
-            preprocess["interpolation"]]
-        # F.interpolate(antialias=True)'s kernels, called in their out= form (see _resize_into)
-        self._resize_op = {"bilinear": torch.ops.aten._upsample_bilinear2d_aa.out,
-                           "bicubic": torch.ops.aten._upsample_bicubic2d_aa.out}.get(self.mode)
+        self._resize_op = RESIZE_INTO[preprocess["interpolation"]]
         mean, std = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1), torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
         self._mean, self._std = mean, std
         self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std as x * scale + shift
@@ -97,10 +102,7 @@ class BatchTransform:
         src = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).unsqueeze(0)  # channels-last view
         if flip:  # flipping the source flips the result; torch's flip keeps channels-last and is cheap
             src = src.flip(-1)
-        if self.mode == "nearest-exact":
-            torch.ops.aten._upsample_nearest_exact2d.out(src, out.shape[-2:], out=out)
-        else:
-            self._resize_op(src, out.shape[-2:], False, out=out)
+        self._resize_op(src, out.shape[-2:], out)
 
     def crops(self, images: list[np.ndarray], into: torch.Tensor | None = None) -> torch.Tensor:
         """HWC uint8 stored images -> (N, 3, S, S) uint8 channels-last batch of crops.
