@@ -111,19 +111,23 @@ def test_export_bad_usage_exits_2_naming_the_problem(tmp_path, capsys):
 def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
     model, _ = exported_dir
     outs = {}
+    # Both in fp32 (ONNX Runtime always is): --precision auto would be bf16 on CPUs with native bf16.
     for backend in ("torch", "onnxruntime"):
         assert main(["predict", str(model), *map(str, images), "--topk", "3", "--format", "json",
-                     "--backend", backend]) == 0
+                     "--backend", backend, "--precision", "fp32"]) == 0
         captured = capsys.readouterr()
         assert "exporting in memory" not in captured.err  # the exported model.onnx was used
         outs[backend] = json.loads(captured.out)
     for a, b in zip(outs["torch"], outs["onnxruntime"]):
         assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
         assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
-    # The Predictor API, default settings (channels_last, auto precision) against onnxruntime
-    torch_preds = Predictor(model).predict([str(p) for p in images], topk=2, batch_size=3)
-    onnx_preds = Predictor(model, backend="onnxruntime").predict([str(p) for p in images], topk=2, batch_size=3)
-    assert [[c for c, _ in p.top] for p in torch_preds] == [[c for c, _ in p.top] for p in onnx_preds]
+    # The Predictor API at its defaults (channels_last, auto precision) against onnxruntime, with the
+    # tolerance of the precision auto picked on this machine: bf16 keeps 8 bits of mantissa (a relative
+    # error near 2**-8 per operation), so its probabilities may move by a few 1e-3 on this tiny model.
+    auto, onnx_rt = Predictor(model), Predictor(model, backend="onnxruntime")
+    batch = torch.stack([auto.transform(decode_image(p)) for p in images])
+    tolerance = {"fp32": 1e-4, "bf16": 3e-2}[auto.precision]
+    assert float((auto.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
 
 
 def test_unknown_backend_is_a_clear_error(exported_dir):

@@ -88,6 +88,7 @@ def test_healthz_and_info(client):
     info = client.get("/info").json()
     assert info["classes"] == CLASSES and info["arch"] == "resnet18" and info["preprocess"]["image_size"] == 32
     assert "sha256" not in info and info["limits"]["max_pixels"] == MAX_PIXELS
+    assert info["precision"] in ("bf16", "fp32")  # what --precision auto picked on this machine
 
 
 def test_predict_multipart_and_raw_body_agree(client):

@@ -10,6 +10,9 @@ import sys
 from . import __version__
 from .errors import UserError
 
+PRECISION_HELP = ("auto: bf16 + channels_last where this CPU/GPU computes bf16 natively, else fp32 (default); "
+                  "fp32: bit-stable outputs on every machine; bf16: forced")
+
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ResNet on DATA")
@@ -74,6 +77,7 @@ def _add_deploy(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--max-body-mb", type=float, default=20.0, help="larger request bodies get 413")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images get 422")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call across requests")
@@ -89,6 +93,7 @@ def _add_commands(sub) -> None:
     p.add_argument("data", metavar="DATA")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
 
     p = sub.add_parser("predict", help="top-k classes for images")
     p.add_argument("model", metavar="MODEL")
@@ -99,6 +104,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -121,6 +127,10 @@ def _add_commands(sub) -> None:
 
     p = sub.add_parser("models", help="list architectures with parameters and GMACs")
     p.add_argument("--image-size", type=int, default=224)
+
+    p = sub.add_parser("env", help="versions, CPU/GPU facts and the precision train and predict would pick "
+                                   "(paste it into a bug report)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
 
     p = sub.add_parser("demo", help="synthesise data, train, evaluate and predict end to end")
     p.add_argument("--out", default="demo-run", metavar="DIR")
@@ -164,7 +174,7 @@ def cmd_lifelong(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_model
-    m = evaluate_model(args.model, args.data, args.out, args.batch_size)
+    m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     print(f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}")
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
@@ -173,7 +183,8 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from .predict import run_predict
-    return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta, args.backend)
+    return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta, args.backend,
+                       args.precision)
 
 
 def cmd_report(args) -> int:
@@ -197,7 +208,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import ServeSettings, serve
     serve(ServeSettings(args.model, args.backend, int(args.max_body_mb * 1e6), args.max_pixels, args.max_batch,
-                        args.batch_wait_ms), args.host, args.port, args.workers)
+                        args.batch_wait_ms, args.precision), args.host, args.port, args.workers)
     return 0
 
 
@@ -221,6 +232,12 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from .envinfo import run_env
+    sys.stdout.write(run_env(args.format))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.out)
@@ -228,7 +245,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "lifelong": cmd_lifelong, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "data": cmd_data,
-            "models": cmd_models, "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve}
+            "models": cmd_models, "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,7 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
     metrics = compute_metrics(probs, labels, predictor.classes)
     metrics["most_confident_wrong"] = most_confident_wrong(probs, labels, index, samples, predictor.classes,
                                                            wrong_k)
-    metrics.update({"model": str(predictor.loaded.path), **about,
+    metrics.update({"model": str(predictor.loaded.path), **about, "inference_precision": predictor.precision,
                     "bad_images": [{"path": p, "reason": r} for p, r in bad]})
     out.mkdir(parents=True, exist_ok=True)
     write_tables(metrics, out)
@@ -169,12 +169,15 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
 
 
 def evaluate_model(model: str | os.PathLike, data: str, out_dir: str | os.PathLike | None = None,
-                   batch_size: int = 64, num_workers: int = -1) -> dict:
+                   batch_size: int = 64, num_workers: int = -1, precision: str = "auto") -> dict:
     """Evaluate MODEL on DATA; write OUT (default: eval/ next to the model, i.e. RUN_DIR/eval).
 
     DATA's classes may be a subset of the model's; classes the model does not know are an error naming them.
+    precision is the Predictor's (auto: bf16 where the CPU/GPU has it natively; fp32 for bit-stable numbers).
     """
-    predictor = Predictor(model)
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
+    predictor = Predictor(model, precision=precision)
     samples, split = load_eval_samples(data, predictor.classes)
     out = Path(out_dir) if out_dir else predictor.loaded.path.parent / "eval"
     return evaluate_samples(predictor, samples, out, {"data": str(data), "split": split}, batch_size, num_workers)

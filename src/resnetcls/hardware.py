@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -19,12 +20,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# oneDNN instruction sets (ONEDNN_MAX_CPU_ISA) that include native bf16 dot products; a cap below these
+# (e.g. AVX2, AVX512_CORE_VNNI) makes oneDNN emulate bf16 even on a CPU that has it.
+ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX",
+                    "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "DEFAULT", "ALL"}
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where oneDNN runs bf16 convs fast.
 
-    On CPUs without it (AVX2 only) bf16 is emulated and slower than fp32, so we must not pick it there.
+    On CPUs without it (AVX2 only) bf16 is emulated and slower than fp32, so we must not pick it there; the
+    same holds where the user capped oneDNN below bf16 with ONEDNN_MAX_CPU_ISA.
     """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and cap not in ONEDNN_BF16_ISAS:
+        return False
     try:
         caps = torch._C._cpu._get_cpu_capability()
     except (AttributeError, RuntimeError):
@@ -51,4 +62,5 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
+    """The name train, predict and env print for an autocast dtype (None = fp32)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

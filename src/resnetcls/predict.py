@@ -22,11 +22,12 @@ from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
 from .export import onnx_probabilities, onnx_session_for
-from .hardware import pick_device, resolve_amp
+from .hardware import pick_device, precision_name, resolve_amp
 from .modelfile import load_model_dir
 
 FORMATS = ("table", "json", "csv")
 BACKENDS = ("torch", "onnxruntime")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -49,21 +50,28 @@ def _decode_threads() -> int:
 class Predictor:
     """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
 
-    backend "torch" runs the eager model (autocast and channels_last as asked); "onnxruntime" runs the
-    model's exported model.onnx (see export.py) on the CPU in fp32, giving the same top-k.
+    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see export.py)
+    on the CPU in fp32, giving the same top-k. precision (torch backend): "auto" is bf16 + channels_last where
+    the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
+    bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
     """
 
-    def __init__(self, model: str | os.PathLike, device: str = "auto", amp: str = "auto",
+    def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
                  channels_last: bool = True, backend: str = "torch") -> None:
         if backend not in BACKENDS:
             raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if backend == "onnxruntime":
+            if precision == "bf16":
+                raise UserError("--precision bf16: the onnxruntime backend runs fp32; use --backend torch for bf16")
             device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
         self.loaded = load_model_dir(model, self.device)
         self.classes = self.loaded.classes
         self.transform = build_eval_transform(self.loaded.preprocess)
-        self.amp_dtype = resolve_amp(amp, self.device)
+        self.amp_dtype = None if backend == "onnxruntime" else resolve_amp(precision, self.device)
+        self.precision = precision_name(self.amp_dtype)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
         self.backend = backend
@@ -189,9 +197,13 @@ def format_results(results: list[Prediction], fmt: str) -> str:
 
 
 def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
-                tta: bool = False, backend: str = "torch") -> int:
+                tta: bool = False, backend: str = "torch", precision: str = "auto") -> int:
     """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row."""
-    predictor = Predictor(model, backend=backend)
+    if topk < 1:
+        raise UserError(f"--topk {topk}: expected a whole number of at least 1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
+    predictor = Predictor(model, backend=backend, precision=precision)
     items = expand_inputs(inputs)
     good = [p for p, reason in items if not reason]
     predicted = iter(predictor.predict(good, topk, batch_size, tta))

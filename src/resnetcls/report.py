@@ -11,13 +11,10 @@ import base64
 import html
 import json
 import os
-import platform
 from pathlib import Path
 
-import torch
-
-from . import __version__
 from .data.sources import Samples
+from .envinfo import provenance
 from .errors import UserError
 
 STYLE = """
@@ -170,23 +167,21 @@ def _lifelong_section(run_dir: Path) -> str:
             f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>")
 
 
-def environment() -> dict:
-    """What produced this report (the training environment is in the run's summary record)."""
-    import torchvision
-    return {"resnetcls": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform(),
-            "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
-
-
 def _env_section(run_dir: Path, summary: dict) -> str:
     def table(d: dict) -> str:
         return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
                                    for k, v in d.items() if k not in ("kind", "time")) + "</table>"
     config = run_dir / "config.yaml"
     text = config.read_text(encoding="utf-8") if config.is_file() else "(config.yaml missing)"
+    try:
+        trained_on = json.loads((run_dir / "environment.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        trained_on = {}
+    trained = table(trained_on) if isinstance(trained_on, dict) and trained_on else "<p>no environment.json</p>"
     return (f"<h2>Config</h2><pre id='config'>{html.escape(text)}</pre><h2>Environment</h2><div class='figs'>"
             f"<div><h3>Training run</h3>{table(summary) if summary else '<p>no summary logged</p>'}</div>"
-            f"<div><h3>Report generated with</h3>{table(environment())}</div></div>")
+            f"<div><h3>Trained on</h3>{trained}</div>"
+            f"<div><h3>Report generated with</h3>{table(provenance())}</div></div>")
 
 
 def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1) -> Path:

@@ -51,6 +51,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_batch: int = 32
     batch_wait_ms: float = 0.0
+    precision: str = "auto"         # predict's --precision: auto (bf16 where native) | bf16 | fp32
 
 
 class ClassProb(BaseModel):
@@ -95,6 +96,7 @@ class InfoResponse(BaseModel):
     metrics: dict
     created: str | None
     backend: str
+    precision: str = Field(description="what the model runs in: bf16 or fp32 (see --precision)")
     limits: dict
     batching: dict
 
@@ -212,7 +214,7 @@ class ImageService:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.predictor = Predictor(settings.model, backend=settings.backend)
+        self.predictor = Predictor(settings.model, backend=settings.backend, precision=settings.precision)
         self.batcher = Batcher(self.predictor.probabilities, settings.max_batch, settings.batch_wait_ms)
 
     def prepare(self, data: bytes, name: str) -> torch.Tensor:
@@ -248,7 +250,7 @@ class ImageService:
         meta.setdefault("metrics", {})
         meta.setdefault("created", None)
         s = self.settings
-        return {**meta, "backend": s.backend,
+        return {**meta, "backend": s.backend, "precision": self.predictor.precision,
                 "limits": {"max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
                            "max_batch_files": MAX_BATCH_FILES},
                 "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms}}
@@ -375,7 +377,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
         return
-    Predictor(settings.model, backend=settings.backend)  # fail fast with exit 2 on a bad model directory
+    Predictor(settings.model, backend=settings.backend, precision=settings.precision)  # fail fast with exit 2 on a bad model directory
     os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "workers": workers})
     uvicorn.run("resnetcls.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info")

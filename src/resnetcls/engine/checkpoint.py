@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import random
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..envinfo import provenance
 from ..modelfile import sha256_file
 from .loop import EpochStats, Optimization
 
@@ -32,21 +30,8 @@ CKPT_FORMAT = "resnetcls.checkpoint/1"
 
 
 def environment_info() -> dict:
-    """Library versions, machine and the source's git commit (None outside a git checkout)."""
-    import torchvision
-    src = Path(__file__).resolve().parent
-    commit, dirty = None, None
-    try:
-        run = lambda *a: subprocess.run(["git", "-C", str(src), *a], capture_output=True, text=True, timeout=5)
-        head = run("rev-parse", "HEAD")
-        if head.returncode == 0:
-            commit = head.stdout.strip()
-            dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"resnetcls": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "numpy": str(np.__version__), "python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "cuda": torch.version.cuda, "git_commit": commit, "git_dirty": dirty}
+    """Library versions, machine (CPU model, native bf16) and the source's git commit: envinfo.provenance()."""
+    return provenance()
 
 
 def capture_rng() -> dict:

@@ -1,0 +1,85 @@
+"""Precision on both kinds of CPU: auto picks bf16 only where it is native, and training, prediction and
+evaluation run in bf16 and in fp32 when forced, whichever CPU the suite runs on (bf16 is emulated, and
+slow, on AVX2-only CPUs: the models here are tiny)."""
+import json
+
+import pytest
+import torch
+
+from resnetcls import hardware
+from resnetcls.data.decode import decode_image
+from resnetcls.errors import UserError
+from resnetcls.modelfile import load_model_dir
+from resnetcls.predict import Predictor
+from tests.conftest import TINY, run_cli
+
+# bf16 keeps 8 bits of mantissa: each operation may be off by about 2**-8 relative, which on these tiny
+# models moves a softmax probability by up to a few 1e-3 (fp32 differs from itself only by summation order).
+PROB_TOLERANCE = {"bf16": 3e-2, "fp32": 1e-5}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert hardware.resolve_amp("auto", cpu) == (torch.bfloat16 if native else None)
+    assert hardware.resolve_amp("fp32", cpu) is None and hardware.resolve_amp("bf16", cpu) == torch.bfloat16
+
+
+def test_a_onednn_cap_below_bf16_means_no_native_bf16(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how a user (or this suite) runs as an AVX2-only CPU
+    hardware.cpu_has_fast_bf16.cache_clear()
+    try:
+        assert hardware.cpu_has_fast_bf16() is False
+        assert hardware.resolve_amp("auto", torch.device("cpu")) is None
+    finally:
+        monkeypatch.undo()
+        hardware.cpu_has_fast_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp32"])
+def test_training_runs_and_records_the_forced_precision(tiny_data, tmp_path, amp):
+    out = tmp_path / "run"
+    result = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--set", f"train.amp={amp}", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"cpu {amp} channels_last" in result.stderr
+    summary = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert summary["precision"] == amp
+    assert all(torch.isfinite(t).all() for t in load_model_dir(out).model.state_dict().values()
+               if t.is_floating_point())
+
+
+def test_predict_in_each_precision_agrees_with_fp32_eager(tiny_run, tiny_data):
+    paths = sorted(str(p) for p in tiny_data.rglob("*.jpg"))
+    reference = Predictor(tiny_run, precision="fp32")
+    batch = torch.stack([reference.transform(decode_image(p)) for p in paths])
+    with torch.inference_mode():
+        eager = load_model_dir(tiny_run).model(batch).softmax(1)  # plain fp32, contiguous memory
+    for precision in ("fp32", "bf16"):
+        predictor = Predictor(tiny_run, precision=precision)
+        assert predictor.precision == precision
+        probs = predictor.probabilities(batch)
+        assert float((probs - eager).abs().max()) <= PROB_TOLERANCE[precision], precision
+    # fp32 is bit-stable: the same images give the same numbers, call after call
+    assert torch.equal(reference.probabilities(batch), reference.probabilities(batch))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_predict_and_eval_take_a_precision_flag(tiny_run, tiny_data, tmp_path, precision):
+    image = str(sorted(tiny_data.rglob("*.jpg"))[0])
+    result = run_cli("predict", tiny_run, image, "--format", "json", "--precision", precision)
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert sum(t["prob"] for t in row["top"]) == pytest.approx(1, abs=1e-3)
+    result = run_cli("eval", tiny_run, tiny_data, "--out", tmp_path / "eval", "--precision", precision)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["inference_precision"] == precision
+
+
+def test_bad_precision_requests_are_clear_errors(tiny_run):
+    with pytest.raises(UserError, match="onnxruntime backend runs fp32"):
+        Predictor(tiny_run, precision="bf16", backend="onnxruntime")
+    with pytest.raises(UserError, match="--precision 'fp8'"):
+        Predictor(tiny_run, precision="fp8")
+    result = run_cli("predict", tiny_run, "x.jpg", "--precision", "fp16")
+    assert result.returncode == 2 and "--precision" in result.stderr
