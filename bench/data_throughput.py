@@ -27,6 +27,7 @@ from torchvision import transforms as T
 from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import read_data
 from resnetcls.data.transforms import build_train_transform, make_preprocess
+from resnetcls.envinfo import machine_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORKERS, BATCH = 2, 64
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images (about a minute)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the main process only drains batches; the workers do the work
+    print(f"machine: {machine_line()}", flush=True)
     print(f"{'data set':<22} {'pipeline':<42} {'images/s':>10} {'ratio':>7}")
     for name, size, quick_fraction in (("coil100-a", 128, 0.2), ("hymenoptera/train", 224, 0.5)):
         fraction = quick_fraction if args.quick else 1.0

@@ -28,6 +28,7 @@ from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.synth import synthesize
 from resnetcls.data.transforms import build_train_transform, make_preprocess
+from resnetcls.envinfo import machine_line
 from resnetcls.models import create_model
 
 
@@ -94,8 +95,7 @@ def main() -> int:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     size, classes = args.image_size, 50
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  ResNet-50 {size}px batch {BATCH}",
-          flush=True)
+    print(f"machine: {machine_line()}\nResNet-50 {size}px batch {BATCH}", flush=True)
 
     tmp = tempfile.TemporaryDirectory()
     data = args.data or str(synthesize(Path(tmp.name) / "synth", classes=classes,

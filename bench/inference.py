@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.transforms import make_preprocess  # noqa: E402
 from resnetcls.export import onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
-from resnetcls.hardware import cpu_has_fast_bf16  # noqa: E402
+from resnetcls.envinfo import machine_line  # noqa: E402
 from resnetcls.modelfile import load_model_dir, save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
 from resnetcls.predict import Predictor  # noqa: E402
@@ -58,16 +57,6 @@ def timed_interleaved(fns: list, batch: torch.Tensor, warmup: int, iters: int) -
             if rep >= warmup:
                 row.append(time.perf_counter() - start)
     return times
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def eager(model, memory_format=torch.contiguous_format, amp: bool = False):
@@ -136,8 +125,7 @@ def main() -> None:
     size = args.image_size
     iters1, iters32 = (8, 2) if args.quick else (100, 10)
     torch.manual_seed(0)
-    print(f"ResNet-50 at {size} px on {cpu_name()}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}, native bf16: {cpu_has_fast_bf16()}", flush=True)
+    print(f"machine: {machine_line()}\nResNet-50 at {size} px", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "m", create_model("resnet50", 1000), "resnet50", {},
                                    [f"class{i}" for i in range(1000)], make_preprocess(size))

@@ -21,6 +21,7 @@ from PIL import Image
 
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
+from resnetcls.envinfo import machine_line
 from resnetcls.modelfile import save_model_dir
 from resnetcls.models import create_model
 from resnetcls.predict import Predictor
@@ -80,6 +81,7 @@ def main() -> None:
                 ("predict files one at a time (batch 1)",
                  median_rate(lambda: predictor.predict(paths[:single], batch_size=1), single, repeats))]
     base = rows[0][1]
+    print(f"machine: {machine_line()}")
     print(f"resnet18 width 32 at {args.image_size}px, {count} JPEGs of 48px, {torch.get_num_threads()} threads, "
           f"median of {repeats}")
     print(f"{'method':<48} {'images/s':>10} {'vs baseline':>12}")

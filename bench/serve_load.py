@@ -26,6 +26,7 @@ from PIL import Image
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 from resnetcls.data.transforms import make_preprocess  # noqa: E402
+from resnetcls.envinfo import machine_line  # noqa: E402
 from resnetcls.modelfile import save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
 
@@ -131,6 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = save_model_dir(Path(tmp) / "m", create_model("resnet18", 10, width=width), "resnet18",
                                {"width": width}, [f"c{i}" for i in range(10)], make_preprocess(size))
+        print(f"machine: {machine_line()}", flush=True)
         print(f"ResNet-18 (width {width}) at {size} px, {requests} requests per server, concurrency "
               f"{concurrency}, a fifth malformed", flush=True)
         for name, extra in configs:

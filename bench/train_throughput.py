@@ -25,7 +25,8 @@ from torch import nn
 from resnetcls.config import build_config
 from resnetcls.engine.loop import EpochStats, train_one_epoch
 from resnetcls.engine.train import build_training
-from resnetcls.hardware import cpu_has_fast_bf16, pick_device, precision_name
+from resnetcls.envinfo import machine_line
+from resnetcls.hardware import pick_device, precision_name
 
 CLASSES = 100
 
@@ -90,8 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes, batch, warmup, timed = ([64], 8, 1, 3) if args.quick else ([224, 128], 32, 2, 5)
     device = pick_device(args.device)
-    print(f"ResNet-50 training, batch {batch}, {device.type}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; native CPU bf16: {cpu_has_fast_bf16()}; median of {timed} steps after {warmup}")
+    print(f"machine: {machine_line()}")
+    print(f"ResNet-50 training, batch {batch}, {device.type}; median of {timed} steps after {warmup}")
     print(f"{'size':>5} {'setting':<38} {'precision':>9} {'img/s':>9} {'vs plain':>9}")
     rows = [("resnetcls default (amp=auto, ch-last)", []),
             ("resnetcls fp32 channels_last", ["train.amp=fp32"]),
