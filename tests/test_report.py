@@ -20,6 +20,7 @@ def test_training_writes_a_self_contained_report(tiny_run):
     assert '<table class="sortable" id="per-class">' in page and "<td>green</td>" in page
     assert "model:\n  name: resnet18" in page            # the resolved config
     assert "torchvision" in page and "best_val_top1" in page  # environment and the run's summary
+    assert "<h3>Trained on</h3>" in page and "cpu_native_bf16" in page  # the run's environment.json
 
 
 def test_report_command_picks_up_a_later_eval(tiny_run, tiny_data, tmp_path, capsys):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -143,14 +145,15 @@ def machine_line() -> str:
 
 
 def provenance() -> dict:
-    """What a run records about where it ran: versions, platform, CPU, git commit (see environment.json)."""
+    """What a run records about where and how it ran: versions, platform, CPU, git commit, the command line."""
     import numpy as np
     import torchvision
     commit, dirty = git_revision()
     return {"resnetcls": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "numpy": str(np.__version__), "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "cpu": cpu_model(), "cpu_native_bf16": cpu_has_fast_bf16(),
-            "cuda": torch.version.cuda, "git_commit": commit, "git_dirty": dirty}
+            "cuda": torch.version.cuda, "git_commit": commit, "git_dirty": dirty,
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None}
 
 
 def _yes(value) -> str:
