@@ -151,7 +151,7 @@ class SkipBadCollate:
 class FinishingLoader(DataLoader):
     """A DataLoader whose uint8 batches are finished (colour jitter, float conversion, normalisation) in the
     process that consumes them: workers then ship 1-byte pixels instead of 4-byte floats, which measured
-    about 1.35x more images/s on the 2-core development machine (bench/data_throughput.py's setting).
+    about 1.35x more images/s on the 2-core AVX2 AMD EPYC (bench/data_throughput.py's setting).
 
     With a ring (shared uint8 batch slots, see SlotBatchSampler) the pixels of a batch are read from its
     slot; without `finish` they are copied out of it, so a batch may be kept after the next one arrives."""
