@@ -16,8 +16,8 @@ The rules (documented in the README, tested in tests/data/test_decode.py):
 - More than `max_pixels` pixels (decompression bombs, checked from the header before any pixel is decoded),
   truncated and unreadable files: a DecodeError.
 
-Memory: a decode holds at most about PEAK_BYTES_PER_PIXEL bytes per header pixel at once (the conversions
-below are ordered so that no full-size copy is made that the result does not need); serve budgets with it.
+Memory: a decode holds at most decode_peak_bytes() at once (the conversions below make no full-size copy
+that the result does not need); serve admits decodes against a budget of it.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from struct import error as struct_error
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
@@ -39,9 +39,13 @@ FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP, TIFF, PPM/PGM"
 NOT_OUR_FORMAT = f"not an image in a format we read ({FORMAT_NAMES})"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 9459 x 9459)
-# Upper bound of a decode's peak memory per header pixel (RGBA source: 4 bytes decoded + 3 for the RGB result,
-# I;16 source: 2 + 4 for the integer scaling + 1 + 3; fuzzed and measured by bench/fuzz_decode.py).
-PEAK_BYTES_PER_PIXEL = 12
+# Peak memory of one decode, in bytes per header pixel, by the image's mode as stored: the decoded pixels plus
+# what the conversion to RGB needs beside them (measured per mode on 16 Mpx images, rounded up by about one;
+# bench/fuzz_decode.py checks the bound on mutated files). WebP is decoded through libwebp's own RGBA canvas.
+PEAK_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 6, "RGB": 5, "YCbCr": 5, "RGBA": 10, "LA": 10, "CMYK": 9,
+                        "I;16": 9, "I;16B": 9, "I;16L": 9, "I;16N": 9, "I": 13, "F": 14}
+PEAK_BYTES_WEBP, PEAK_BYTES_OTHER = 17, 14
+PEAK_BYTES_FIXED = 4_000_000  # decoder buffers and Python objects that do not grow with the image
 # Bumped whenever a rule above changes, so decoded caches made under the old rules are not reused.
 DECODE_VERSION = 2
 
@@ -56,6 +60,10 @@ class DecodeError(UserError):
 
     def __reduce__(self):  # picklable, so process pools can send it back
         return (DecodeError, (self.path, self.reason))
+
+
+class DecodeMemoryError(DecodeError):
+    """Not enough memory to decode this image at this moment (serve answers 503: a retry may succeed)."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -108,12 +116,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return _scale_to_uint8(img).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         return _palette_onto_black(img)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        if img.mode in ("PA", "RGBa", "La"):
+    if img.mode == "LA":  # gray x alpha / 255 is compositing onto black, in 1 byte a pixel
+        return ImageChops.multiply(img.getchannel("L"), img.getchannel("A")).convert("RGB")
+    if img.mode in ("RGBA", "PA", "RGBa", "La"):
+        if img.mode != "RGBA":
             img = img.convert("RGBA")
         # paste with the alpha band as mask = alpha compositing onto black, without full-size RGBA temporaries
         out = Image.new("RGB", img.size, (0, 0, 0))
-        out.paste(img.convert("RGB") if img.mode == "LA" else img, (0, 0), img.getchannel("A"))
+        out.paste(img, (0, 0), img.getchannel("A"))
         return out
     return img.convert("RGB")
 
@@ -125,8 +135,6 @@ def _reason(error: Exception, size: int | None) -> str:
         return "empty file (0 bytes)"
     if isinstance(error, UnidentifiedImageError):
         return NOT_OUR_FORMAT
-    if isinstance(error, MemoryError):
-        return "not enough memory to decode this image"
     if any(word in text.lower() for word in ("truncated", "broken data stream", "premature end")):
         return f"truncated file ({text})"
     return f"cannot decode image: {text}"
@@ -140,8 +148,7 @@ def _decode_open(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
     img.load()
     # in place: no copy of the whole image when there is no orientation to apply (the usual case)
     ImageOps.exif_transpose(img, in_place=True)
-    rgb = to_rgb(img)
-    return rgb.copy() if rgb is img else rgb  # the opened image is closed by our caller
+    return to_rgb(img)  # leaving `with Image.open()` closes only the file, never the pixels
 
 
 def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
@@ -164,19 +171,28 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
         raise DecodeError(label, "file not found") from None
     except IsADirectoryError:
         raise DecodeError(label, "is a folder, not an image file") from None
+    except MemoryError:
+        raise DecodeMemoryError(label, "not enough memory to decode this image") from None
     except Image.DecompressionBombError as e:
         raise DecodeError(label, f"above the pixel limit (possible decompression bomb): {e}") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
-            struct_error, MemoryError) as e:
+            struct_error) as e:
         # Pillow signals corrupt data with any of these, depending on the format plugin.
         raise DecodeError(label, _reason(e, size)) from None
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header of an image in one of our FORMATS, without decoding any pixel.
+def decode_peak_bytes(width: int, height: int, mode: str, fmt: str | None) -> int:
+    """Upper bound of decode_image's peak memory for an image with this header (see PEAK_BYTES_PER_PIXEL)."""
+    per_pixel = PEAK_BYTES_WEBP if fmt == "WEBP" else PEAK_BYTES_PER_PIXEL.get(mode, PEAK_BYTES_OTHER)
+    return width * height * per_pixel + PEAK_BYTES_FIXED
 
-    Raises UnidentifiedImageError (or another Pillow error) for anything else."""
+
+def probe_image(data: bytes) -> tuple[int, int, int]:
+    """(width, height, decode_peak_bytes) from the header of an image in one of our FORMATS, decoding no pixel.
+
+    Raises UnidentifiedImageError for other formats, DecompressionBombError (or another Pillow error) else."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
-            return probe.size
+            width, height = probe.size
+            return width, height, decode_peak_bytes(width, height, probe.mode, probe.format)
