@@ -1,5 +1,5 @@
 """`resnetcls serve` under hostile load, over real HTTP on 127.0.0.1: concurrent memory-heavy images (a 40 Mpx
-palette PNG with transparency of a few tens of kB, a 1,250,000 x 32 strip, a 20000 x 16 strip) are shed or
+palette PNG with transparency of 52 kB, a 1,250,000 x 32 strip, a 20000 x 16 strip) are shed or
 answered within a stated memory bound, and slow clients are cut off by the documented timeouts."""
 import io
 import socket
