@@ -71,7 +71,7 @@ def test_a_batch_over_its_pixel_budget_is_refused_whole_with_413(model):
 
 
 def test_an_exhausted_decode_budget_answers_503_with_retry_after(model):
-    with client_for(model, admission_wait_s=0.05, max_decode_mb=50) as client:
+    with client_for(model, admission_wait_s=0, max_decode_mb=50) as client:  # no waiting: shed at once
         budget = client.app.state.service.budget
         budget.in_use = budget.capacity  # as if other decodes held all of it
         response = client.post("/predict", content=png_bytes(20, 20))

@@ -118,8 +118,9 @@ class DecodeBudget:
                                      f"server's decode budget of {self.capacity // 1_000_000} MB")
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + amount <= self.capacity),
-                                       self.wait_s)
+                if self.in_use + amount > self.capacity:  # (wait_for with a 0 s timeout never runs its check)
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + amount <= self.capacity),
+                                           self.wait_s)
             except TimeoutError:
                 raise overloaded(f"{name}: the server is busy decoding other images "
                                  f"({self.in_use // 1_000_000} of {self.capacity // 1_000_000} MB in use); "
