@@ -1,7 +1,12 @@
-"""Bounded HTTP load on `resnetcls serve` (127.0.0.1 only): throughput, p50/p99 latency and error counts,
-with cross-request batching off (--max-batch 1, the baseline) and on (the default policy), same model and
-same request mix. A fifth of the requests are malformed (not an image, no file, a decompression bomb, a body
-over the limit, a bad topk); the run fails loudly on any 5xx or dropped connection.
+"""Bounded HTTP load on `resnetcls serve` (127.0.0.1 only): throughput, p50/p99 latency and error counts for
+servers that differ in one policy, same model and same ordinary request mix (640x480 JPEGs; a fifth of the
+requests malformed: not an image, no file, a decompression bomb, a body over the limit, a bad topk). Each
+server runs --repeats times, interleaved, and the table shows medians; the run fails loudly on any 5xx or
+dropped connection.
+
+--compare admission (default): the admission limits lifted (a huge decode budget, queue, batch-pixel and
+connection limit: the baseline) against the defaults; what the memory bound costs when load is ordinary.
+--compare batching: cross-request batching off (--max-batch 1, the baseline) against on.
 
     python bench/serve_load.py            # 1,500 requests per server at concurrency 16, ResNet-18 at 128 px
     python bench/serve_load.py --quick    # 300 requests at concurrency 8, a small ResNet-18 at 64 px
@@ -116,41 +121,64 @@ def load(url: str, requests: int, concurrency: int) -> dict:
             "batch": stats.get("images_run", 0) / max(1, stats.get("batches_run", 0))}
 
 
+NO_LIMITS = ["--max-decode-mb", "1000000", "--max-queue", "1000000", "--max-batch-pixels", "10000000000",
+             "--max-connections", "100000"]
+COMPARISONS = {
+    "admission": [("admission limits lifted (baseline)", NO_LIMITS), ("default admission limits", [])],
+    "batching": [("no cross-request batching (--max-batch 1)", ["--max-batch", "1"]),
+                 ("default batching (--max-batch 32)", []), ("batching + --batch-wait-ms 5", ["--batch-wait-ms", "5"])],
+}
+
+
+def run_servers(model: Path, tmp: str, configs: list, requests: int, concurrency: int, repeats: int) -> list:
+    """[(name, [result per repeat])], the configs interleaved so drifting machine load hits each alike."""
+    results = [(name, []) for name, _ in configs]
+    for _ in range(repeats):
+        for (name, extra), (_, runs) in zip(configs, results):
+            proc, url = start_server(model, Path(tmp) / "server.log", *extra)
+            try:
+                load(url, min(requests, 50), concurrency)  # warm-up
+                runs.append(load(url, requests, concurrency))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    return results
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) if key != "healthy" else all(r[key] for r in runs)
+            for key in runs[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--requests", type=int)
     parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare", choices=list(COMPARISONS), default="admission")
     args = parser.parse_args()
     requests = args.requests or (300 if args.quick else 1500)
     concurrency = args.concurrency or (8 if args.quick else 16)
     size, width = (64, 16) if args.quick else (128, 64)
-    configs = [("no cross-request batching (--max-batch 1)", ["--max-batch", "1"]),
-               ("default batching (--max-batch 32)", []),
-               ("batching + --batch-wait-ms 5", ["--batch-wait-ms", "5"])]
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         model = save_model_dir(Path(tmp) / "m", create_model("resnet18", 10, width=width), "resnet18",
                                {"width": width}, [f"c{i}" for i in range(10)], make_preprocess(size))
         print(f"machine: {machine_line()}", flush=True)
-        print(f"ResNet-18 (width {width}) at {size} px, {requests} requests per server, concurrency "
-              f"{concurrency}, a fifth malformed", flush=True)
-        for name, extra in configs:
-            proc, url = start_server(model, Path(tmp) / "server.log", *extra)
-            try:
-                load(url, min(requests, 50), concurrency)  # warm-up
-                results.append((name, load(url, requests, concurrency)))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-    base = results[0][1]["good img/s"]
-    print(f"\n{'server':<44} {'req/s':>7} {'img/s':>7} {'x':>5} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} "
-          f"{'5xx':>4} {'drop':>5} {'wrong':>6} healthy")
+        print(f"ResNet-18 (width {width}) at {size} px, "
+              f"{requests} requests per server, concurrency {concurrency}, a fifth malformed; medians of "
+              f"{args.repeats} runs per server, interleaved", flush=True)
+        raw = run_servers(model, tmp, COMPARISONS[args.compare], requests, concurrency, args.repeats)
+    results = [(name, median_of(runs)) for name, runs in raw]
+    base = results[0][1]
+    print(f"\n{'server':<44} {'req/s':>7} {'img/s':>7} {'x':>5} {'p50 ms':>7} {'x':>5} {'p99 ms':>7} {'x':>5} "
+          f"{'batch':>6} {'5xx':>4} {'drop':>5} {'wrong':>6} healthy")
     for name, r in results:
-        print(f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} {r['good img/s'] / base:>5.2f} "
-              f"{r['p50'] * 1000:>7.1f} {r['p99'] * 1000:>7.1f} {r['batch']:>6.2f} {r['5xx']:>4} "
-              f"{r['dropped']:>5} {r['wrong']:>6} {r['healthy']}")
-    print("\nlatency of the well-formed requests; batch = mean images per model call (from /healthz)")
+        print(f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} {r['good img/s'] / base['good img/s']:>5.2f} "
+              f"{r['p50'] * 1000:>7.1f} {r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} "
+              f"{r['p99'] / base['p99']:>5.2f} {r['batch']:>6.2f} {r['5xx']:>4.0f} {r['dropped']:>5.0f} "
+              f"{r['wrong']:>6.0f} {r['healthy']}")
+    print("\nlatency of the well-formed requests; x = ratio to the first row; batch = mean images per model call")
     if any(r["5xx"] or r["dropped"] or r["wrong"] or not r["healthy"] for _, r in results):
         raise SystemExit("FAILED: a 5xx, a dropped connection, a wrong status or an unhealthy server")
 

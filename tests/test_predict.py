@@ -65,10 +65,10 @@ def test_unreadable_images_give_error_rows_and_exit_nonzero_at_the_end(tiny_run,
     code, out, err = run(capsys, tiny_run, good[0], bad, tmp_path / "gone.png", good[1], "--format", "csv")
     assert code == 2 and "2 of 4 inputs could not be predicted" in err
     assert f"{good[0]},1," in out and f"{good[1]},1," in out
-    assert f"{bad},,,,not an image Pillow can read" in out and f"{tmp_path / 'gone.png'},,,,file not found" in out
+    assert f"{bad},,,,\"not an image in a format we read (JPEG" in out and f"{tmp_path / 'gone.png'},,,,file not found" in out
     code, out, _ = run(capsys, tiny_run, good[0], bad)
     lines = out.splitlines()
-    assert code == 2 and lines[0].startswith("path") and "ERROR: not an image Pillow can read" in lines[2]
+    assert code == 2 and lines[0].startswith("path") and "ERROR: not an image in a format we read" in lines[2]
     assert "red (" in lines[1]
 
 
@@ -93,3 +93,18 @@ def test_flip_tta_averages_the_image_and_its_mirror(predictor, tiny_data):
     for i, name in enumerate(predictor.classes):
         assert top[name] == pytest.approx(float(expected[0, i]), abs=1e-5)
     assert plain.top != tta.top or torch.allclose(image, image.flip(-1))
+
+
+def test_a_very_wide_image_is_centre_cropped_before_its_resize(predictor, tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    from resnetcls.data.transforms import CropToAspect
+    strip = Image.new("RGB", (20000, 16), (30, 30, 200))
+    strip.paste((220, 20, 20), (9968, 0, 10032, 16))  # the red centre: all the model is shown
+    strip.save(tmp_path / "strip.png")
+    decoded = decode_image(tmp_path / "strip.png")
+    assert CropToAspect()(decoded).size == (64, 16)  # 4 short sides, not 20000 px resized to 37x46250
+    assert torch.equal(predictor.transform(decoded), predictor.transform(Image.new("RGB", (64, 16), (220, 20, 20))))
+    code, out, err = run(capsys, tiny_run, tmp_path / "strip.png", "--format", "json")
+    assert code == 0, err
+    assert len(json.loads(out)[0]["top"]) == 3

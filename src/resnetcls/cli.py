@@ -83,6 +83,18 @@ def _add_deploy(sub) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call across requests")
     p.add_argument("--batch-wait-ms", type=float, default=0.0,
                    help="how long a model call waits for more requests to join its batch")
+    p.add_argument("--max-decode-mb", type=float, default=1024.0,
+                   help="decode memory in flight (from each image's header); beyond it 503 + Retry-After")
+    p.add_argument("--max-queue", type=int, default=256, help="images waiting for the model; beyond it 503")
+    p.add_argument("--max-batch-pixels", type=int, default=100_000_000,
+                   help="pixels of all images in one /predict/batch request; beyond it 413")
+    p.add_argument("--admission-wait-s", type=float, default=2.0, help="how long a decode waits for budget")
+    p.add_argument("--stall-s", type=float, default=30.0,
+                   help="/healthz answers 503 once one model call has run longer than this")
+    p.add_argument("--keep-alive-s", type=float, default=5.0, help="idle keep-alive connections are closed")
+    p.add_argument("--header-timeout-s", type=float, default=10.0, help="time allowed for a request's head")
+    p.add_argument("--body-timeout-s", type=float, default=30.0, help="time allowed for a request's body (408)")
+    p.add_argument("--max-connections", type=int, default=64, help="concurrent connections; beyond it 503")
 
 
 def _add_commands(sub) -> None:
@@ -208,7 +220,10 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import ServeSettings, serve
     serve(ServeSettings(args.model, args.backend, int(args.max_body_mb * 1e6), args.max_pixels, args.max_batch,
-                        args.batch_wait_ms, args.precision), args.host, args.port, args.workers)
+                        args.batch_wait_ms, args.max_decode_mb, args.max_queue, args.max_batch_pixels,
+                        args.admission_wait_s, args.stall_s, args.keep_alive_s, args.header_timeout_s,
+                        args.body_timeout_s, args.max_connections, precision=args.precision),
+          args.host, args.port, args.workers)
     return 0
 
 

@@ -96,6 +96,8 @@ class Predictor:
             return e.reason
         except (OSError, ValueError) as e:  # e.g. a decoder that accepts the header but fails on resize
             return f"cannot preprocess image: {e}"
+        except MemoryError:
+            return "not enough memory to preprocess this image"
 
     def predict(self, paths: list[str], topk: int = 5, batch_size: int = 32, tta: bool = False) -> list[Prediction]:
         """Top-k for each path, in order; an unreadable image gives a Prediction with `error` set.

@@ -12,16 +12,19 @@ a lone request at batch size 1 with no added delay, and under concurrent load ba
 
 Limits, each a JSON error `{"detail": "..."}`: body over --max-body-mb -> 413; not an image or an unsupported
 format -> 415; decodable but more pixels than --max-pixels (decompression bomb) -> 422; no image sent -> 400;
-bad query parameters -> 422.
+bad query parameters -> 422; a /predict/batch whose images total more than --max-batch-pixels -> 413.
+Admission (serve_limits.py): each decode reserves its peak memory (from the image's header) from a budget of
+--max-decode-mb, waiting up to --admission-wait-s for room, and at most --max-queue images wait for the model
+thread; past either the answer is 503 with Retry-After, so a burst is shed instead of the process being
+killed for memory. /healthz answers 503 once a model call has run longer than --stall-s.
 """
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
@@ -35,12 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from .data.decode import DecodeError, decode_image
+from .data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, decode_image, probe_image
 from .errors import UserError
 from .predict import Predictor
+from .serve_runtime import Batcher, BodyLimit, DecodeBudget, SlowClientH11Protocol, overloaded
 
 SETTINGS_ENV = "RESNETCLS_SERVE_SETTINGS"  # how --workers N hands the settings to each worker process
 MAX_BATCH_FILES = 64
+log = logging.getLogger("resnetcls.serve")
 
 
 @dataclass
@@ -51,7 +56,29 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_batch: int = 32
     batch_wait_ms: float = 0.0
-    precision: str = "auto"         # predict's --precision: auto (bf16 where native) | bf16 | fp32
+    max_decode_mb: float = 1024.0  # decode memory in flight (see serve_limits.DecodeBudget)
+    max_queue: int = 256  # images decoded and waiting for the model thread
+    max_batch_pixels: int = 100_000_000  # header pixels of all images of one /predict/batch request
+    admission_wait_s: float = 2.0  # how long a decode waits for budget before 503
+    stall_s: float = 30.0  # /healthz fails when one model call has run longer than this
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    header_timeout_s: float = 10.0  # a request head must arrive within this (slow clients)
+    body_timeout_s: float = 30.0  # a request body must arrive within this
+    max_connections: int = 64  # uvicorn's limit_concurrency: more concurrent connections get 503
+    precision: str = "auto"  # predict's --precision: auto (bf16 where native) | bf16 | fp32
+
+    def check(self) -> None:
+        """UserError naming the flag for a setting out of range."""
+        for flag, value in (("--max-body-mb", self.max_body_bytes), ("--max-pixels", self.max_pixels),
+                            ("--max-batch", self.max_batch), ("--max-decode-mb", self.max_decode_mb),
+                            ("--max-queue", self.max_queue), ("--max-batch-pixels", self.max_batch_pixels),
+                            ("--stall-s", self.stall_s), ("--keep-alive-s", self.keep_alive_s),
+                            ("--header-timeout-s", self.header_timeout_s), ("--body-timeout-s", self.body_timeout_s),
+                            ("--max-connections", self.max_connections)):
+            if not value > 0:
+                raise UserError(f"{flag} {value}: must be positive")
+        if self.batch_wait_ms < 0 or self.admission_wait_s < 0:
+            raise UserError("--batch-wait-ms and --admission-wait-s must not be negative")
 
 
 class ClassProb(BaseModel):
@@ -82,6 +109,7 @@ class ErrorResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+    decode_mb_in_use: float = Field(description="decode memory reserved now, of limits.max_decode_mb")
     queued: int = Field(description="images waiting for the model thread")
     batches_run: int = Field(description="model calls so far")
     images_run: int = Field(description="images classified so far (images_run / batches_run = mean batch)")
@@ -114,136 +142,89 @@ BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data
     "required": ["files"]}}}}}
 
 
-class Batcher:
-    """Cross-request batching (policy in the module docstring): one model thread, a queue in front of it."""
-
-    def __init__(self, run_batch, max_batch: int, wait_ms: float) -> None:
-        self.run_batch, self.max_batch, self.wait_s = run_batch, max(1, max_batch), max(0.0, wait_ms) / 1000
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.task: asyncio.Task | None = None
-        self.batches_run = self.images_run = 0  # their ratio is the mean batch size actually achieved
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-        self.executor.shutdown(wait=False)
-
-    @property
-    def alive(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-    async def submit(self, tensor: torch.Tensor) -> torch.Tensor:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((tensor, future))
-        return await future
-
-    async def _collect(self) -> list:
-        items = [await self.queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
-        while len(items) < self.max_batch:
-            if not self.queue.empty():
-                items.append(self.queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                items.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
-        return items
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self._collect()
-            live = [(t, f) for t, f in items if not f.done()]  # callers that hung up need no answer
-            if not live:
-                continue
-            try:
-                probs = await loop.run_in_executor(self.executor, self.run_batch, torch.stack([t for t, _ in live]))
-            except Exception as e:  # noqa: BLE001 - every waiting caller must get an answer, never hang
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            self.batches_run += 1
-            self.images_run += len(live)
-            for row, (_, future) in zip(probs, live):
-                if not future.done():
-                    future.set_result(row)
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over the limit with 413, by Content-Length or while they stream in."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    def _too_large(self) -> HTTPException:
-        return HTTPException(413, f"request body is larger than the limit of {self.max_bytes} bytes")
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": self._too_large().detail}, 413, headers={"Connection": "close"})
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large()  # handled by the app's exception handler as a JSON 413
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 class ImageService:
-    """Request bytes -> preprocessed tensor with the status-code contract, and tensor -> top-k via the Batcher."""
+    """Request bytes -> preprocessed tensor with the status-code contract and admission control, and
+    tensor -> top-k via the Batcher."""
 
     def __init__(self, settings: ServeSettings) -> None:
+        settings.check()
         self.settings = settings
         self.predictor = Predictor(settings.model, backend=settings.backend, precision=settings.precision)
-        self.batcher = Batcher(self.predictor.probabilities, settings.max_batch, settings.batch_wait_ms)
+        self.batcher = Batcher(self.predictor.probabilities, settings.max_batch, settings.batch_wait_ms,
+                               settings.max_queue)
+        self.budget = DecodeBudget(int(settings.max_decode_mb * 1e6), settings.admission_wait_s)
 
-    def prepare(self, data: bytes, name: str) -> torch.Tensor:
-        """Decode and preprocess; 415 for what is not a usable image, 422 for too many pixels."""
+    def probe(self, data: bytes, name: str) -> tuple[int, int]:
+        """(pixels, decode peak bytes) from the header alone; 415 for what we do not read, 422 for too many pixels."""
         if not data:
             raise HTTPException(400, f"{name}: empty file")
         try:
-            with Image.open(io.BytesIO(data)) as probe:  # reads the header only: the size before decoding
-                width, height = probe.size
+            width, height, peak = probe_image(data)
         except Image.DecompressionBombError as e:
             raise HTTPException(422, f"{name}: {e}") from None
         except Exception:  # noqa: BLE001 - Pillow raises many types for non-images
-            raise HTTPException(415, f"{name}: not an image in a format we read (JPEG, PNG, GIF, BMP, WebP, "
-                                     f"TIFF, PPM)") from None
+            raise HTTPException(415, f"{name}: {NOT_OUR_FORMAT}") from None
         if width * height > self.settings.max_pixels:
             raise HTTPException(422, f"{name}: image is {width}x{height} = {width * height} pixels, above the "
                                      f"limit of {self.settings.max_pixels} (possible decompression bomb)")
+        return width * height, peak
+
+    def prepare(self, data: bytes, name: str) -> torch.Tensor:
+        """Decode and preprocess (after probe and admission); every failure is this file's own status."""
         try:
             image = decode_image(data, name=name, max_pixels=self.settings.max_pixels)
+        except DecodeMemoryError as e:
+            raise overloaded(str(e)) from None
         except DecodeError as e:
             raise HTTPException(415, str(e)) from None
-        return self.predictor.transform(image)
+        try:
+            return self.predictor.transform(image)
+        except MemoryError:
+            raise overloaded(f"{name}: not enough memory to preprocess this image now") from None
+        except Exception as e:  # noqa: BLE001 - a decoder that accepts the header but fails later
+            log.warning("%s: preprocessing failed: %r", name, e)
+            raise HTTPException(422, f"{name}: cannot preprocess this image ({type(e).__name__})") from None
 
-    async def top(self, data: bytes, name: str, topk: int) -> list[ClassProb]:
-        tensor = await run_in_threadpool(self.prepare, data, name)
+    async def top(self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None) -> list[ClassProb]:
+        if self.batcher.queue.full():  # shed before spending a decode on it
+            raise overloaded(f"{self.batcher.queue.maxsize} images are already waiting for the model; retry shortly")
+        _, peak = header or await run_in_threadpool(self.probe, data, name)
+        await self.budget.reserve(peak, name)
+        try:
+            tensor = await run_in_threadpool(self.prepare, data, name)  # not abandoned when the client leaves
+        finally:
+            await self.budget.release(peak)
         probs = await self.batcher.submit(tensor)
         values, indices = probs.topk(min(topk, len(self.predictor.classes)))
         return [ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
                 for v, i in zip(values.tolist(), indices.tolist())]
+
+    async def top_of_batch(self, uploads: list[tuple[str, bytes]], topk: int) -> list[BatchItem]:
+        """One BatchItem per file; 413 for the whole request over --max-batch-pixels."""
+        headers = await asyncio.gather(*(run_in_threadpool(self.probe, data, name) for name, data in uploads),
+                                       return_exceptions=True)
+        total = sum(h[0] for h in headers if isinstance(h, tuple))
+        if total > self.settings.max_batch_pixels:
+            raise HTTPException(413, f"the {len(uploads)} images total {total} pixels, above the per-request limit "
+                                     f"of {self.settings.max_batch_pixels}; send fewer or smaller images")
+
+        async def one(name: str, data: bytes, header) -> list[ClassProb]:
+            if isinstance(header, BaseException):
+                raise header
+            return await self.top(data, name, topk, header)
+        outcomes = await asyncio.gather(*(one(n, d, h) for (n, d), h in zip(uploads, headers)), return_exceptions=True)
+        results = []
+        for (name, _), outcome in zip(uploads, outcomes):
+            if isinstance(outcome, HTTPException):
+                results.append(BatchItem(filename=name, status=outcome.status_code, error=str(outcome.detail)))
+            elif isinstance(outcome, Exception):
+                log.error("%s: internal error", name, exc_info=outcome)
+                results.append(BatchItem(filename=name, status=500, error=f"{name}: internal error"))
+            elif isinstance(outcome, BaseException):
+                raise outcome  # cancellation
+            else:
+                results.append(BatchItem(filename=name, status=200, top=outcome))
+        return results
 
     def info(self) -> dict:
         meta = {k: v for k, v in self.predictor.loaded.meta.items() if k != "sha256"}  # internals stay inside
@@ -252,7 +233,11 @@ class ImageService:
         s = self.settings
         return {**meta, "backend": s.backend, "precision": self.predictor.precision,
                 "limits": {"max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
-                           "max_batch_files": MAX_BATCH_FILES},
+                           "max_batch_files": MAX_BATCH_FILES, "max_batch_pixels": s.max_batch_pixels,
+                           "max_decode_mb": s.max_decode_mb, "max_queue": s.max_queue,
+                           "admission_wait_s": s.admission_wait_s, "stall_s": s.stall_s,
+                           "keep_alive_s": s.keep_alive_s, "header_timeout_s": s.header_timeout_s,
+                           "body_timeout_s": s.body_timeout_s, "max_connections": s.max_connections},
                 "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms}}
 
 
@@ -290,8 +275,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid')}"}, 422)
 
     @app.exception_handler(Exception)
-    async def internal_error(_request, exc: Exception):
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+    async def internal_error(request, exc: Exception):
+        # the traceback goes to the server log; the client learns nothing about paths, code or versions
+        log.error("%s %s: internal error", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error (details are in the server log)"}, 500)
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -308,11 +295,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="resnetcls", version="1", lifespan=lifespan,
                   description=f"{service.predictor.loaded.meta['arch']} classifier over {len(classes)} classes. "
                               + __doc__.split("\n\n")[2].replace("\n", " "))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.state.service = service  # what the endpoints share (tests and embedding apps reach it here)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     _install_error_handlers(app)
     topk_query = Query(5, ge=1, le=1000, description=f"how many classes to return (at most {len(classes)})")
 
-    @app.post("/predict", response_model=PredictResponse, responses=_errors(400, 413, 415, 422),
+    @app.post("/predict", response_model=PredictResponse, responses=_errors(400, 408, 413, 415, 422, 503),
               openapi_extra=ONE_IMAGE_BODY, summary="Top-k classes for one image")
     async def predict(request: Request, topk: int = topk_query) -> PredictResponse:
         uploads = await _uploads(request, "file")
@@ -321,28 +309,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
         name, data = uploads[0]
         return PredictResponse(filename=name, top=await service.top(data, name, topk))
 
-    @app.post("/predict/batch", response_model=BatchResponse, responses=_errors(400, 413, 422),
+    @app.post("/predict/batch", response_model=BatchResponse, responses=_errors(400, 408, 413, 422),
               openapi_extra=BATCH_BODY, summary="Top-k classes for several images (per-file errors)")
     async def predict_batch(request: Request, topk: int = topk_query) -> BatchResponse:
         uploads = await _uploads(request, "files")
-        outcomes = await asyncio.gather(*(service.top(data, name, topk) for name, data in uploads),
-                                        return_exceptions=True)
-        results = []
-        for (name, _), outcome in zip(uploads, outcomes):
-            if isinstance(outcome, HTTPException):
-                results.append(BatchItem(filename=name, status=outcome.status_code, error=str(outcome.detail)))
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                results.append(BatchItem(filename=name, status=200, top=outcome))
-        return BatchResponse(results=results)
+        return BatchResponse(results=await service.top_of_batch(uploads, topk))
 
     @app.get("/healthz", response_model=HealthResponse, responses=_errors(503), summary="Liveness")
     async def healthz() -> HealthResponse | JSONResponse:
-        if not service.batcher.alive:
-            return JSONResponse({"detail": "model thread stopped"}, 503)
         batcher = service.batcher
-        return HealthResponse(status="ok", queued=batcher.queue.qsize(), batches_run=batcher.batches_run,
+        if not batcher.alive:
+            return JSONResponse({"detail": "model thread stopped"}, 503)
+        if batcher.stalled_s() > settings.stall_s:
+            return JSONResponse({"detail": f"model thread has made no progress for {batcher.stalled_s():.0f} s "
+                                           f"(limit {settings.stall_s:g} s) with {batcher.queue.qsize()} more "
+                                           f"images waiting"}, 503)
+        return HealthResponse(status="ok", decode_mb_in_use=round(service.budget.in_use / 1e6, 1),
+                              queued=batcher.queue.qsize(), batches_run=batcher.batches_run,
                               images_run=batcher.images_run)
 
     @app.get("/info", response_model=InfoResponse, summary="The model's metadata (model.json without internals)")
@@ -356,6 +339,7 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn worker processes (--workers N): settings come from the environment."""
     raw = json.loads(os.environ[SETTINGS_ENV])
     workers = raw.pop("workers", 1)
+    SlowClientH11Protocol.header_timeout_s = raw["header_timeout_s"]  # this process's own copy of the class
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # share the cores, do not oversubscribe
     return create_app(ServeSettings(**raw))
 
@@ -373,11 +357,17 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     import uvicorn
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
+    settings.check()
     _check_port(host, port)
+    SlowClientH11Protocol.header_timeout_s = settings.header_timeout_s
+    # limit_concurrency bounds connections (503 beyond it), so bodies in memory stay within
+    # max_connections x max_body_bytes; timeout_keep_alive closes idle keep-alive connections.
+    options = dict(host=host, port=port, log_level="info", http=SlowClientH11Protocol,
+                   timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.max_connections)
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings), **options)
         return
-    Predictor(settings.model, backend=settings.backend, precision=settings.precision)  # fail fast with exit 2 on a bad model directory
+    # Fail fast, with exit 2, on a bad model directory or precision before the workers start.
+    Predictor(settings.model, backend=settings.backend, precision=settings.precision)
     os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "workers": workers})
-    uvicorn.run("resnetcls.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+    uvicorn.run("resnetcls.serve:app_from_env", factory=True, workers=workers, **options)

@@ -73,7 +73,7 @@ def corpus() -> dict[str, tuple[bytes, tuple]]:
     return {
         "truncated.jpg": (good_jpeg[: len(good_jpeg) // 2], ("bad", "truncated file")),
         "empty.jpg": (b"", ("bad", "empty file (0 bytes)")),
-        "text.jpg": (b"this is not an image\n", ("bad", "not an image Pillow can read")),
+        "text.jpg": (b"this is not an image\n", ("bad", "not an image in a format we read")),
         "bomb.png": (_png_claiming(100000, 100000), ("bad", "above the pixel limit (possible decompression bomb)")),
         "one_pixel.png": (_png(Image.new("RGB", (1, 1), RED)), ("ok", (1, 1), RED)),
         "cmyk.jpg": (_jpeg(Image.new("RGB", (24, 24), RED).convert("CMYK")), ("ok", (24, 24), RED)),

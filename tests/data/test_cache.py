@@ -217,3 +217,46 @@ def test_an_unusable_cache_folder_is_a_one_line_user_error(photos, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match=r"file/c: cannot write the decoded-image cache: .*data.cache=false"):
         open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path / "file" / "c")
+
+
+def _die_on_boom(item: str) -> str:
+    if item == "boom":
+        os._exit(9)  # what the kernel's OOM killer does to a worker
+    return item.upper()
+
+
+def test_a_worker_killed_by_one_item_names_it_and_the_rest_still_complete():
+    items = [f"f{i}" for i in range(80)]
+    items[37] = "boom"
+    out = list(cache_mod.parallel_map(_die_on_boom, items, workers=2, on_crash=lambda item: f"crashed {item}"))
+    assert out == [("crashed boom" if i == "boom" else i.upper()) for i in items]
+    with pytest.raises(UserError, match="^boom: decoding this image killed its worker process"):
+        list(cache_mod.parallel_map(_die_on_boom, items, workers=2))
+
+
+def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memory(photos, tmp_path, monkeypatch):
+    real = cache_mod.decode_resized
+
+    def failing(path, geometry):
+        if path == photos.paths[3]:
+            os._exit(9)
+        if path == photos.paths[4]:
+            raise MemoryError
+        return real(path, geometry)
+    monkeypatch.setattr(cache_mod, "decode_resized", failing)
+    monkeypatch.setattr(cache_mod, "POOL_MIN_IMAGES", 2)
+    store = open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path, workers=2, log=lambda _: None)
+    assert store.bad_files[photos.paths[3]] == "decoding this image killed its worker process (out of memory?)"
+    assert store.bad_files[photos.paths[4]] == "not enough memory to decode and resize this image"
+    assert store.load(0).shape == (37, 58, 3) and len(store.bad_files) == 3  # plus the broken file
+
+
+def test_an_extreme_aspect_ratio_is_stored_centre_cropped_to_4_to_1(tmp_path):
+    strip = np.zeros((8, 4000, 3), np.uint8)
+    strip[:, 1996:2004] = 255  # a white centre block, a quarter of the 32 px kept
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    store = open_or_build([str(tmp_path / "strip.png")], cache_mod.StoreGeometry(37), tmp_path / "c",
+                          log=lambda _: None)
+    stored = store.load(0)
+    assert stored.shape == (37, 148, 3)  # not 37 x 18500: at most 4 short sides long
+    assert stored[:, 64:84].min() > 200 and stored[:, :40].max() < 50  # still in the centre

@@ -4,7 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from resnetcls.data.decode import DecodeError, decode_image
+from PIL import Image
+
+from resnetcls.data.decode import FORMAT_NAMES, DecodeError, decode_image
 from tests.conftest import shared_data
 from tests.data.corpus import RED, write_corpus
 
@@ -75,3 +77,54 @@ def test_hymenoptera_gif_placeholder_decodes_or_is_reported():
         assert str(gif) in str(e)
     else:
         assert image.mode == "RGB" and image.size == (300, 300)
+
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill\nshowpage\n%%EOF\n")
+
+
+def test_eps_is_refused_and_no_external_program_runs(tmp_path, monkeypatch):
+    import subprocess
+
+    def no_programs(*args, **kwargs):
+        raise AssertionError(f"a decode tried to run {args[0]!r}")
+    for name in ("Popen", "run", "call", "check_call", "check_output"):
+        monkeypatch.setattr(subprocess, name, no_programs)
+    (tmp_path / "drawing.jpg").write_bytes(EPS)  # an image extension does not help it through
+    with pytest.raises(DecodeError, match=r"drawing.jpg: not an image in a format we read \(JPEG, PNG"):
+        decode_image(tmp_path / "drawing.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["SGI", "TGA", "PCX", "ICO", "DDS"])
+def test_formats_pillow_parses_but_we_do_not_document_are_refused(tmp_path, fmt):
+    path = tmp_path / "image.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(path, fmt)
+    with pytest.raises(DecodeError) as err:
+        decode_image(path)
+    assert err.value.reason == f"not an image in a format we read ({FORMAT_NAMES})"
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("BMP", "bmp"),
+                                      ("WEBP", "webp"), ("TIFF", "tif"), ("PPM", "ppm"), ("PPM", "pgm")])
+def test_every_documented_format_decodes(tmp_path, fmt, ext):
+    path = tmp_path / f"image.{ext}"
+    Image.new("L" if ext == "pgm" else "RGB", (16, 12), 120).save(path, fmt)
+    image = decode_image(path)
+    assert image.mode == "RGB" and image.size == (16, 12)
+
+
+def test_sixteen_bit_and_float_extremes_map_by_the_documented_rule(tmp_path):
+    values = np.array([[0, 128, 129, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert [p[0] for p in np.asarray(decode_image(tmp_path / "g16.png"))[0]] == [0, 0, 1, 255]
+    floats = np.array([[np.nan, -1.0, 0.5, 1.0]], np.float32)
+    Image.fromarray(floats).save(tmp_path / "f.tif")
+    assert [p[0] for p in np.asarray(decode_image(tmp_path / "f.tif"))[0]] == [0, 0, 128, 255]
+
+
+def test_palette_alpha_per_entry_is_composited_onto_black(tmp_path):
+    img = Image.new("P", (4, 1))
+    img.putpalette([200, 100, 50] * 2 + [0] * 762)
+    img.putdata([0, 0, 1, 1])
+    img.save(tmp_path / "p.png", transparency=bytes([128, 255]))  # entry 0 half transparent
+    assert np.asarray(decode_image(tmp_path / "p.png"))[0].tolist() == [[100, 50, 25]] * 2 + [[200, 100, 50]] * 2

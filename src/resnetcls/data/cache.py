@@ -11,6 +11,7 @@ builder deletes, never a store that looks complete; concurrent builders (torchru
 from __future__ import annotations
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import json
 import multiprocessing
@@ -56,8 +57,10 @@ def decode_resized(path: str, geometry: StoreGeometry) -> np.ndarray:
     """decode_image + the stored resize -> HWC uint8 array. Raises DecodeError naming the file."""
     from torchvision.transforms.v2 import functional as F  # the same resize the eval transform uses
 
-    from .transforms import INTERPOLATIONS
+    from .transforms import INTERPOLATIONS, CropToAspect
     image = decode_image(path)
+    if not geometry.square:  # as the eval transform: the resize's output stays bounded by the model's input
+        image = CropToAspect()(image)
     size = [geometry.size, geometry.size] if geometry.square else [geometry.size]
     resized = F.resize(image, size, interpolation=INTERPOLATIONS[geometry.interpolation], antialias=True)
     return np.array(resized, dtype=np.uint8)  # writable: torch.from_numpy wants that
@@ -72,18 +75,49 @@ def _run_chunk(fn: Callable, chunk: list) -> list:
     return [fn(item) for item in chunk]
 
 
-def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int = 16) -> Iterable:
-    """fn over items in order, in a process pool of all cores (in this process for small inputs)."""
+def _run_isolated(fn: Callable, item, context, on_crash: Callable | None):
+    """fn(item) in a process of its own, so a worker that dies names exactly this item."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(fn, item).result()
+        except BrokenProcessPool:
+            if on_crash is None:
+                name = item[0] if isinstance(item, tuple) else item
+                raise UserError(f"{name}: decoding this image killed its worker process (out of memory?)") from None
+            return on_crash(item)
+
+
+def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int = 16,
+                 on_crash: Callable | None = None) -> Iterable:
+    """fn over items in order, in a process pool of all cores (in this process for small inputs).
+
+    A worker killed mid-item (the kernel's OOM killer, a crashing codec) breaks the whole pool and fails every
+    pending chunk, so the first unfinished chunk is rerun one item per process: the item that kills its
+    process again gets on_crash(item) (default: a UserError naming it), and a fresh pool takes the rest."""
     workers = default_pool_workers() if workers < 0 else workers
     if workers <= 1 or len(items) < POOL_MIN_IMAGES:
         yield from map(fn, items)
         return
-    chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
     # fork: children inherit the imported modules (fast start); they only run Pillow, never torch ops.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for results in pool.map(_run_chunk, [fn] * len(chunks), chunks):
-            yield from results
+    done = 0
+    while done < len(items):
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_chunk, fn, items[i:i + chunk_size])
+                       for i in range(done, len(items), chunk_size)]
+            try:
+                for future in futures:
+                    results = future.result()
+                    done += len(results)
+                    yield from results
+            except BrokenProcessPool:
+                for future in futures:
+                    future.cancel()
+        if done < len(items):
+            chunk = items[done:done + chunk_size]
+            for item in chunk:
+                yield _run_isolated(fn, item, context, on_crash)
+            done += len(chunk)
 
 
 def cache_key(paths: list[str], geometry: StoreGeometry) -> str:
@@ -139,6 +173,12 @@ def _decode_for_store(args: tuple[str, StoreGeometry]) -> tuple[np.ndarray | Non
         return decode_resized(*args), ""
     except DecodeError as e:
         return None, e.reason
+    except MemoryError:  # the resize after the decode; decode_image turns its own into a DecodeError
+        return None, "not enough memory to decode and resize this image"
+
+
+def _crashed_in_store(args: tuple[str, StoreGeometry]) -> tuple[None, str]:
+    return None, "decoding this image killed its worker process (out of memory?)"
 
 
 def _write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: int) -> None:
@@ -147,7 +187,8 @@ def _write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: 
     bad: dict[int, str] = {}
     offset = 0
     with open(tmp / "data.u8", "wb") as data:
-        results = parallel_map(_decode_for_store, [(p, geometry) for p in paths], workers)
+        results = parallel_map(_decode_for_store, [(p, geometry) for p in paths], workers,
+                               on_crash=_crashed_in_store)
         for i, (array, reason) in enumerate(results):
             if array is None:
                 bad[i] = reason

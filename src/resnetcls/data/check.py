@@ -46,9 +46,13 @@ def _bad_only(path: str) -> str:
         return e.reason
 
 
+CRASHED = "decoding this image killed its worker process (out of memory?)"
+
+
 def find_bad_files(paths: list[str], workers: int = -1) -> dict[str, str]:
     """{path: reason} for every file that does not decode; all cores."""
-    return {p: reason for p, reason in zip(paths, parallel_map(_bad_only, paths, workers)) if reason}
+    reasons = parallel_map(_bad_only, paths, workers, on_crash=lambda _: CRASHED)
+    return {p: reason for p, reason in zip(paths, reasons) if reason}
 
 
 def _class_table(dataset: DataSet) -> dict:
@@ -152,7 +156,8 @@ def check_data(data: str, on_bad: str = "skip", out: str | None = None, batches:
         raise UserError(f"--on-bad {on_bad!r}: expected skip or fail")
     dataset = read_data(data, batches, strict=False)
     paths = sorted({p for samples in dataset.splits.values() for p in samples.paths})
-    results = dict(zip(paths, parallel_map(inspect_image, paths, workers)))
+    crashed = {"sha256": None, "reason": CRASHED}
+    results = dict(zip(paths, parallel_map(inspect_image, paths, workers, on_crash=lambda _: crashed)))
     report = build_report(data, dataset, results)
     print(format_summary(report), file=sys.stderr, flush=True)
     if out:

@@ -3,6 +3,8 @@
 Every image comes out as an upright 8-bit RGB PIL image, or a DecodeError naming the file and the reason.
 
 The rules (documented in the README, tested in tests/data/test_decode.py):
+- Only the formats in FORMATS are opened (Pillow's `formats=`): anything else, even a format Pillow could
+  parse (EPS, whose decode would run Ghostscript, PSD, FITS, SGI, ...), is "not an image in a format we read".
 - EXIF orientation is applied, so phone photos come out upright.
 - Animated images (GIF, APNG, WebP): the first frame.
 - Alpha (RGBA, LA, PA, P with transparency): composited onto black, the background of most object data sets
@@ -11,7 +13,11 @@ The rules (documented in the README, tested in tests/data/test_decode.py):
   values outside it are clipped. Float grayscale (F): 0.0-1.0 maps onto 0-255 when the image's maximum is
   at most 1, else its values are taken as 0-255; both are clipped.
 - L, CMYK, YCbCr, LAB, HSV, 1-bit: Pillow's own conversion to RGB.
-- More than `max_pixels` pixels (decompression bombs), truncated and unreadable files: a DecodeError.
+- More than `max_pixels` pixels (decompression bombs, checked from the header before any pixel is decoded),
+  truncated and unreadable files: a DecodeError.
+
+Memory: a decode holds at most decode_peak_bytes() at once (the conversions below make no full-size copy
+that the result does not need); serve admits decodes against a budget of it.
 """
 from __future__ import annotations
 
@@ -19,16 +25,29 @@ import io
 import os
 import warnings
 from pathlib import Path
+from struct import error as struct_error
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
+# Pillow format names we open, and how the README and error messages name them. MPO (multi-picture JPEG from
+# phones and cameras) is opened by the JPEG plugin and so is included; PGM/PBM are Pillow's PPM plugin.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP, TIFF, PPM/PGM"
+NOT_OUR_FORMAT = f"not an image in a format we read ({FORMAT_NAMES})"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 9459 x 9459)
+# Peak memory of one decode, in bytes per header pixel, by the image's mode as stored: the decoded pixels plus
+# what the conversion to RGB needs beside them (measured per mode on 16 Mpx images, rounded up by about one;
+# bench/fuzz_decode.py checks the bound on mutated files). WebP is decoded through libwebp's own RGBA canvas.
+PEAK_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 6, "RGB": 5, "YCbCr": 5, "RGBA": 10, "LA": 10, "CMYK": 9,
+                        "I;16": 9, "I;16B": 9, "I;16L": 9, "I;16N": 9, "I": 13, "F": 14}
+PEAK_BYTES_WEBP, PEAK_BYTES_OTHER = 17, 14
+PEAK_BYTES_FIXED = 4_000_000  # decoder buffers and Python objects that do not grow with the image
 # Bumped whenever a rule above changes, so decoded caches made under the old rules are not reused.
-DECODE_VERSION = 1
+DECODE_VERSION = 2
 
 
 class DecodeError(UserError):
@@ -43,20 +62,50 @@ class DecodeError(UserError):
         return (DecodeError, (self.path, self.reason))
 
 
+class DecodeMemoryError(DecodeError):
+    """Not enough memory to decode this image at this moment (serve answers 503: a retry may succeed)."""
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """By extension, case-insensitively."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _scale_to_uint8(img: Image.Image) -> Image.Image:
-    """I;16*, I and F grayscale -> L by the documented range rule (Pillow's own convert clips instead)."""
-    values = np.asarray(img, dtype=np.float64)
+    """I;16*, I and F grayscale -> L by the documented range rule (Pillow's own convert clips instead).
+
+    Integer images stay in integer arithmetic (4 bytes a pixel, not float64's 8 per temporary)."""
     if img.mode == "F":
-        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        values = np.array(img, dtype=np.float32)
+        peak = np.nanmax(values) if values.size else 0.0
+        if peak <= 1.0:
+            values *= 255.0
+        np.nan_to_num(values, copy=False, nan=0.0)
+        np.clip(values, 0, 255, out=values)
+        return Image.fromarray(np.rint(values, out=values).astype(np.uint8), mode="L")
+    values = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
+    # round(v / 257) exactly: 257 is odd, so v / 257 is never halfway and half-up equals round-half-even.
+    values *= 2
+    values += 257
+    values //= 514
+    return Image.fromarray(values.astype(np.uint8), mode="L")
+
+
+def _palette_onto_black(img: Image.Image) -> Image.Image:
+    """P with transparency -> RGB, compositing on the palette (256 entries) instead of on every pixel."""
+    transparency = img.info.get("transparency")
+    rgb = np.array(img.getpalette("RGB") or [], dtype=np.uint16).reshape(-1, 3)
+    alpha = np.full(len(rgb), 255, dtype=np.uint16)
+    if isinstance(transparency, int):
+        if transparency < len(alpha):
+            alpha[transparency] = 0
     else:
-        scale = 1.0 / 257.0
-    values = np.nan_to_num(values * scale, nan=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+        values = np.frombuffer(bytes(transparency)[:len(alpha)], dtype=np.uint8)
+        alpha[:len(values)] = values
+    # rgb * alpha / 255, rounded: what alpha compositing onto opaque black gives
+    img.putpalette(((rgb * alpha[:, None] + 127) // 255).astype(np.uint8).tobytes(), "RGB")
+    img.info.pop("transparency", None)
+    return img.convert("RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -65,10 +114,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode.startswith("I") or img.mode == "F":
         return _scale_to_uint8(img).convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        return _palette_onto_black(img)
+    if img.mode == "LA":  # gray x alpha / 255 is compositing onto black, in 1 byte a pixel
+        return ImageChops.multiply(img.getchannel("L"), img.getchannel("A")).convert("RGB")
+    if img.mode in ("RGBA", "PA", "RGBa", "La"):
+        if img.mode != "RGBA":
+            img = img.convert("RGBA")
+        # paste with the alpha band as mask = alpha compositing onto black, without full-size RGBA temporaries
+        out = Image.new("RGB", img.size, (0, 0, 0))
+        out.paste(img, (0, 0), img.getchannel("A"))
+        return out
     return img.convert("RGB")
 
 
@@ -78,10 +134,21 @@ def _reason(error: Exception, size: int | None) -> str:
     if size == 0:
         return "empty file (0 bytes)"
     if isinstance(error, UnidentifiedImageError):
-        return "not an image Pillow can read (unknown format or not an image at all)"
+        return NOT_OUR_FORMAT
     if any(word in text.lower() for word in ("truncated", "broken data stream", "premature end")):
         return f"truncated file ({text})"
     return f"cannot decode image: {text}"
+
+
+def _decode_open(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
+    if img.width * img.height > max_pixels:
+        raise DecodeError(label, f"image is {img.width}x{img.height} pixels, above the limit of "
+                                 f"{max_pixels} (possible decompression bomb)")
+    img.seek(0)  # first frame of animated images
+    img.load()
+    # in place: no copy of the whole image when there is no orientation to apply (the usual case)
+    ImageOps.exif_transpose(img, in_place=True)
+    return to_rgb(img)  # leaving `with Image.open()` closes only the file, never the pixels
 
 
 def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
@@ -94,23 +161,38 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
         if size is None:
             size = os.stat(fp).st_size
         with warnings.catch_warnings():
-            # Pillow warns (rather than raises) between 1x and 2x its limit; our own check below decides.
+            # Pillow warns (rather than raises) between 1x and 2x its limit; our own check decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                if img.width * img.height > max_pixels:
-                    raise DecodeError(label, f"image is {img.width}x{img.height} pixels, above the limit of "
-                                             f"{max_pixels} (possible decompression bomb)")
-                img.seek(0)  # first frame of animated images
-                img.load()
-                return to_rgb(ImageOps.exif_transpose(img))
+            with Image.open(fp, formats=FORMATS) as img:
+                return _decode_open(img, label, max_pixels)
     except DecodeError:
         raise
     except FileNotFoundError:
         raise DecodeError(label, "file not found") from None
     except IsADirectoryError:
         raise DecodeError(label, "is a folder, not an image file") from None
+    except MemoryError:
+        raise DecodeMemoryError(label, "not enough memory to decode this image") from None
     except Image.DecompressionBombError as e:
         raise DecodeError(label, f"above the pixel limit (possible decompression bomb): {e}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
+            struct_error) as e:
         # Pillow signals corrupt data with any of these, depending on the format plugin.
         raise DecodeError(label, _reason(e, size)) from None
+
+
+def decode_peak_bytes(width: int, height: int, mode: str, fmt: str | None) -> int:
+    """Upper bound of decode_image's peak memory for an image with this header (see PEAK_BYTES_PER_PIXEL)."""
+    per_pixel = PEAK_BYTES_WEBP if fmt == "WEBP" else PEAK_BYTES_PER_PIXEL.get(mode, PEAK_BYTES_OTHER)
+    return width * height * per_pixel + PEAK_BYTES_FIXED
+
+
+def probe_image(data: bytes) -> tuple[int, int, int]:
+    """(width, height, decode_peak_bytes) from the header of an image in one of our FORMATS, decoding no pixel.
+
+    Raises UnidentifiedImageError for other formats, DecompressionBombError (or another Pillow error) else."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+            width, height = probe.size
+            return width, height, decode_peak_bytes(width, height, probe.mode, probe.format)

@@ -48,11 +48,14 @@ class ImageDataset(Dataset):
         except DecodeError as e:
             return {"bad": (e.path, e.reason)}
         seed = getattr(i, "seed", None)  # data/sampler.py's SeededIndex: augmentation independent of worker
-        if seed is None:
-            return self.transform(image), self.samples.labels[i], int(i)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), self.samples.labels[i], int(i)
+        try:
+            if seed is None:
+                return self.transform(image), self.samples.labels[i], int(i)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.transform(image), self.samples.labels[i], int(i)
+        except MemoryError:  # named and skipped like a bad file, rather than a traceback from a worker
+            return {"bad": (self.samples.paths[i], "not enough memory to preprocess this image")}
 
 
 class _OnTheFly:

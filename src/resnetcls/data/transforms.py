@@ -42,18 +42,51 @@ def make_preprocess(image_size: int, resize_size: int = 0, augment: str = "crop_
             "interpolation": interpolation, "mean": list(mean), "std": list(std)}
 
 
+# The shorter-side preprocessing keeps at most this many short sides of the long side (centred) before it
+# resizes: the eval centre crop needs under one short side, and training's random-resized-crop (aspect at
+# most 4/3) loses little. It bounds the resize's output by the model's input whatever the aspect ratio (a
+# 20000x16 strip would otherwise resize to 256x320000).
+MAX_ASPECT = 4.0
+
+
+class CropToAspect:
+    """Centre-crop a PIL image's long side to at most max_aspect times its short side (else unchanged)."""
+
+    def __init__(self, max_aspect: float = MAX_ASPECT) -> None:
+        self.max_aspect = max_aspect
+
+    def __call__(self, image):
+        w, h = image.size
+        short = min(w, h)
+        keep = max(1, int(self.max_aspect * short))
+        if max(w, h) <= keep:
+            return image
+        if w > h:
+            left = (w - keep) // 2
+            return image.crop((left, 0, left + keep, h))
+        top = (h - keep) // 2
+        return image.crop((0, top, w, top + keep))
+
+    def __repr__(self) -> str:
+        return f"CropToAspect(max_aspect={self.max_aspect})"
+
+
 def _to_normalized(preprocess: dict) -> list:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True),
             T.Normalize(mean=preprocess["mean"], std=preprocess["std"])]
 
 
 def build_eval_transform(preprocess: dict) -> T.Compose:
-    """PIL RGB image -> normalised float tensor (3, S, S), as recorded in preprocess."""
+    """PIL RGB image -> normalised float tensor (3, S, S), as recorded in preprocess.
+
+    "square" squashes the whole image (its output is S x S whatever the input); "shorter_side" first crops
+    extreme aspect ratios (CropToAspect), so the intermediate resize stays within R x 4R pixels."""
     size, interp = preprocess["image_size"], INTERPOLATIONS[preprocess["interpolation"]]
     if preprocess.get("resize_mode") == "square":
         geometry = [T.Resize((size, size), interpolation=interp, antialias=True)]
     else:
-        geometry = [T.Resize(preprocess["resize"], interpolation=interp, antialias=True), T.CenterCrop(size)]
+        geometry = [CropToAspect(), T.Resize(preprocess["resize"], interpolation=interp, antialias=True),
+                    T.CenterCrop(size)]
     return T.Compose(geometry + _to_normalized(preprocess))
 
 
