@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .atomic import write_text_atomic
 from .data.sources import Samples
 from .errors import UserError
 
@@ -209,8 +210,4 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
             f"<script>{SCRIPT}</script></body></html>\n")
-    out = run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(run_dir / "report.html", page)
