@@ -64,6 +64,8 @@ def test_a_kill_between_the_two_renames_still_loads_the_previous_model(tmp_path)
     save_model_dir(run / "best", model(0), "resnet18", ARGS, ["a", "b"], make_preprocess(32), {"epoch": 1})
     os.rename(run / "best", run / ".best.old")  # what replace_dir leaves if killed after its first rename
     assert resolve_model_dir(run) == run / "best" and load_model_dir(run).meta["metrics"] == {"epoch": 1}
+    os.rename(run / "best", run / ".best.old")
+    assert load_model_dir(run / "best").meta["metrics"] == {"epoch": 1}  # named directly, too
     save_model_dir(run / "best", model(1), "resnet18", ARGS, ["a", "b"], make_preprocess(32), {"epoch": 2})
     assert load_model_dir(run).meta["metrics"] == {"epoch": 2}
     assert sorted(p.name for p in run.iterdir()) == ["best"]

@@ -118,14 +118,18 @@ def recover_dir(path: Path) -> Path:
     """path, or the previous version kept aside by a replace_dir() that was killed between its two renames."""
     old = _old(path)
     if not path.exists() and old.is_dir():
-        os.rename(old, path)
+        try:
+            os.rename(old, path)
+        except OSError:  # a read-only folder: read the previous version where it is
+            return old
     return path
 
 
 def replace_dir(new: Path, path: Path) -> Path:
     """Put the complete folder `new` in the place of `path`; the old path is deleted only once new is there."""
-    recover_dir(path)
     old = _old(path)
+    if not path.exists() and old.is_dir():
+        os.rename(old, path)  # a kill between the two renames below: the previous version goes back first
     if old.exists():
         shutil.rmtree(old)  # a leftover of an earlier, completed replacement
     if path.exists():

@@ -87,7 +87,7 @@ def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_ar
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """MODEL may be a model directory or a run directory (then its best/, else final/)."""
-    path = Path(path)
+    path = recover_dir(Path(path))
     if (path / META).is_file():
         return path
     for sub in ("best", "final"):
