@@ -105,3 +105,12 @@ def test_enospc_from_any_other_write_is_still_one_line(tiny_run, monkeypatch):
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (f"resnetcls: error: {tiny_run / 'report.html'}: no space left on the device; "
                                      f"free some space")
+
+
+def test_written_files_and_model_dirs_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_atomic(tmp_path / "a.json", b"{}")
+    best = save_model_dir(tmp_path / "best", model(0), "resnet18", ARGS, ["a", "b"], make_preprocess(32))
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert best.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -100,7 +100,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def new_dir_beside(path: Path) -> Path:
     """An empty temporary folder next to path (same file system, so it can be renamed onto path)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    os.chmod(new, 0o777 & ~UMASK)  # mkdtemp makes 0700; the model directory should look like any other
+    return new
 
 
 def csv_text(rows) -> str:

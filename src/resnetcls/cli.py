@@ -97,11 +97,14 @@ def _add_deploy(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=number(int, 1, 65535), default=8000)
-    p.add_argument("--workers", type=number(int, 1, 256), default=1, help="server processes, each with its own model copy")
+    p.add_argument("--workers", type=number(int, 1, 256), default=1,
+                   help="server processes, each with its own model copy")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--max-body-mb", type=number(float, 0, low_open=True), default=20.0, help="larger request bodies get 413")
+    p.add_argument("--max-body-mb", type=number(float, 0, low_open=True), default=20.0,
+                   help="larger request bodies get 413")
     p.add_argument("--max-pixels", type=POSITIVE, default=40_000_000, help="larger images get 422")
-    p.add_argument("--max-batch", type=number(int, 1, 4096), default=32, help="most images per model call across requests")
+    p.add_argument("--max-batch", type=number(int, 1, 4096), default=32,
+                   help="most images per model call across requests")
     p.add_argument("--batch-wait-ms", type=number(float, 0, 60_000), default=0.0,
                    help="how long a model call waits for more requests to join its batch")
 

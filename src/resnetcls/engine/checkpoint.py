@@ -4,8 +4,8 @@ A checkpoint is two files in RUN_DIR/checkpoints/:
   step-00001234.pt    torch.save of tensors and plain Python values only (loads with weights_only=True)
   step-00001234.json  what it is (epoch, step, metric, config, versions) and the .pt's sha256
 The .pt is written to a temporary file, flushed, fsynced and renamed (atomic.write_atomic); the .json is
-written the same way after it. A kill at any instant therefore leaves either no .json (the checkpoint is ignored) or a complete
-pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
+written the same way after it. A kill at any instant therefore leaves either no .json (the checkpoint is
+ignored) or a complete pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
 file is skipped with a warning and the next older one is used.
 """
 from __future__ import annotations

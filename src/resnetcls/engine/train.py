@@ -266,26 +266,20 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
             sampler.set_epoch(epoch, run.stats.batches * t.batch_size)
             if not run_epoch(cfg, run, step_model, train_loader, opt, loss_fn, ctx, logger, ckpt, stop,
                              steps_per_epoch):
-                logger.info(f"interrupted at epoch {epoch} step {run.stats.steps}: saved {ckpt.save(run)}; "
-                            f"continue with --resume {run_dir}")
-                logger.close()  # flushes TensorBoard
-                raise TrainingInterrupted(str(run_dir))
+                stop_run(logger, f"interrupted at epoch {epoch} step {run.stats.steps}: saved {ckpt.save(run)}",
+                         run_dir)
             va, confusion = distributed.evaluate_sharded(eval_model, val_loader, loss_fn, ctx, len(classes),
                                                          stop=lambda: stop.requested)
             if va.interrupted:  # the epoch's training is complete: a resume goes straight to its validation
-                logger.info(f"interrupted during validation of epoch {epoch}: saved {ckpt.save(run)}; "
-                            f"continue with --resume {run_dir}")
-                logger.close()
-                raise TrainingInterrupted(str(run_dir))
+                stop_run(logger, f"interrupted during validation of epoch {epoch}: saved {ckpt.save(run)}",
+                         run_dir)
             metrics = end_of_epoch(run, va, opt.lr, cfg.ckpt.metric, logger, t.epochs, confusion)
             if run.best_epoch == epoch:
                 save_model("best", metrics)
             run.epoch, run.stats = epoch + 1, EpochStats()
             ckpt.save(run, metrics)
             if distributed.any_rank(stop.requested) and run.epoch <= t.epochs:
-                logger.info(f"interrupted after epoch {epoch}: continue with --resume {run_dir}")
-                logger.close()
-                raise TrainingInterrupted(str(run_dir))
+                stop_run(logger, f"interrupted after epoch {epoch}", run_dir)
     save_model("final", metrics)
     distributed.barrier()  # every rank reads best/ in finish() only once rank 0 has written it
     summary = finish(run, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
@@ -293,6 +287,13 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
         report = write_report(run_dir, splits.val, cfg.data.num_workers)
         warn(f"report: {report} (eval of best/ in {run_dir / 'eval'})")
     return summary
+
+
+def stop_run(logger: RunLogger, text: str, run_dir: Path) -> None:
+    """Say where the run stopped and how to continue, flush the logs (TensorBoard), exit with 130."""
+    logger.info(f"{text}; continue with --resume {run_dir}")
+    logger.close()
+    raise TrainingInterrupted(str(run_dir))
 
 
 def normalise_on_device(ctx: StepContext, *loaders) -> None:
