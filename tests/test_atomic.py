@@ -31,6 +31,9 @@ def test_write_replaces_whole_files_and_a_failure_keeps_the_old_one(tmp_path):
     assert str(e.value).startswith(f"{target}: no space left on the device (needs 123,456 bytes, ")
     assert "free" in str(e.value)
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    with pytest.raises(UserError, match=r"\(needs more than 1,000 bytes, "):  # no hint: what got written
+        write_atomic(target, lambda f: (f.write(b"x" * 1000), f.flush(), disk_full()))
+    assert target.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_bytes_needed_are_the_data_length(tmp_path, monkeypatch):

@@ -49,11 +49,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_error(path: Path, error: OSError, needed: int | None) -> UserError:
-    """The one-line message for a failed write: ENOSPC names the bytes needed and free, others the reason."""
+def write_error(path: Path, error: OSError, needed: int | None, at_least: bool = False) -> UserError:
+    """The one-line message for a failed write: ENOSPC names the bytes needed (at_least: a lower bound, what
+    was written before the disk filled up) and free; other errors give the reason."""
     if error.errno in DISK_FULL:
         free = free_bytes(path.parent)
-        need = f"needs {needed:,} bytes" if needed else "needs more space"
+        need = f"needs {'more than ' if at_least else ''}{needed:,} bytes" if needed else "needs more space"
         have = f", {free:,} free" if free is not None else ""
         return UserError(f"{path}: no space left on the device ({need}{have}); free some space or write "
                          f"elsewhere")
@@ -84,7 +85,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
         tmp = None
     except OSError as e:
         written = tmp.stat().st_size if tmp is not None and tmp.exists() else 0
-        raise write_error(path, e, needed or (written or None)) from None
+        raise write_error(path, e, needed or written or None, at_least=not needed) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
