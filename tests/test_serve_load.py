@@ -3,7 +3,6 @@ palette PNG with transparency of 52 kB, a 1,250,000 x 32 strip, a 20000 x 16 str
 answered within a stated memory bound, and slow clients are cut off by the documented timeouts."""
 import io
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx

@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 inte
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import __version__
@@ -14,16 +15,40 @@ PRECISION_HELP = ("auto: bf16 + channels_last where this CPU/GPU computes bf16 n
                   "fp32: bit-stable outputs on every machine; bf16: forced")
 
 
+def number(kind=int, low: float = 1, high: float = math.inf, low_open: bool = False):
+    """An argparse type: a finite `kind` within [low, high] ((low, high] with low_open); argparse then exits 2
+    naming the flag, e.g. "argument --topk: must be at least 1, got -1"."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            bound = (f"between {low:g} and {high:g}" if high < math.inf else
+                     f"greater than {low:g}" if low_open else f"at least {low:g}")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+SIZE = number(int, 8, 4096)  # image sides (limits.MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+POSITIVE = number(int, 1)
+SEED = number(int, 0, 2**32 - 1)
+LR = number(float, 0, 10, low_open=True)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ResNet on DATA")
     p.add_argument("data", metavar="DATA", nargs="?",
                    help="class folders, train/val folders or a CSV manifest (optional with --resume)")
     p.add_argument("--val", metavar="DATA", help="separate validation DATA")
     p.add_argument("--model", help="resnet18|34|50|101|152 (default resnet50)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=POSITIVE)
+    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--image-size", type=SIZE)
+    p.add_argument("--lr", type=LR)
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR")
     p.add_argument("--resume", metavar="auto|RUN_DIR",
                    help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR")
@@ -33,7 +58,7 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     p.add_argument("--device", help="auto|cpu|cuda")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=SEED)
     p.add_argument("--pretrained", metavar="PATH", help="initial weights: a torchvision/timm ResNet state_dict "
                    "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
 
@@ -46,14 +71,14 @@ def _add_lifelong(sub) -> None:
                    "'batches' for OpenLORIS batchK folders")
     p.add_argument("--order", metavar="V1,V2,...", help="task values in training order; 'a-b' is a numeric "
                    "range, e.g. 0-115,120-235,240-355")
-    p.add_argument("--bins", type=int, metavar="N", help="cut a numeric --tasks column into N ranges")
+    p.add_argument("--bins", type=POSITIVE, metavar="N", help="cut a numeric --tasks column into N ranges")
     p.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf", "joint"])
-    p.add_argument("--buffer-size", type=int, metavar="IMAGES", help="replay buffer size (default 200)")
+    p.add_argument("--buffer-size", type=number(int, 0), metavar="IMAGES", help="replay buffer size (default 200)")
     p.add_argument("--joint", metavar="RUN_DIR", help="a --strategy joint run, for the gap to joint")
-    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+    p.add_argument("--stop-after", type=number(int, 0), default=0, metavar="N",
                    help="train at most N tasks in this invocation (continue later with --resume auto)")
-    for flag, kind in (("--model", str), ("--epochs", int), ("--batch-size", int), ("--image-size", int),
-                       ("--lr", float), ("--device", str), ("--seed", int)):
+    for flag, kind in (("--model", str), ("--epochs", POSITIVE), ("--batch-size", POSITIVE), ("--image-size", SIZE),
+                       ("--lr", LR), ("--device", str), ("--seed", SEED)):
         p.add_argument(flag, type=kind)
     p.add_argument("--out", default="runs/lifelong", metavar="RUN_DIR")
     p.add_argument("--resume", metavar="auto|RUN_DIR", help="continue at the task after the last checkpoint")
@@ -74,14 +99,17 @@ def _add_deploy(sub) -> None:
     p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch; GET /healthz, /info, /docs")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    p.add_argument("--port", type=number(int, 1, 65535), default=8000)
+    p.add_argument("--workers", type=number(int, 1, 256), default=1,
+                   help="server processes, each with its own model copy")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="larger request bodies get 413")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images get 422")
-    p.add_argument("--max-batch", type=int, default=32, help="most images per model call across requests")
-    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+    p.add_argument("--max-body-mb", type=number(float, 0, low_open=True), default=20.0,
+                   help="larger request bodies get 413")
+    p.add_argument("--max-pixels", type=POSITIVE, default=40_000_000, help="larger images get 422")
+    p.add_argument("--max-batch", type=number(int, 1, 4096), default=32,
+                   help="most images per model call across requests")
+    p.add_argument("--batch-wait-ms", type=number(float, 0, 60_000), default=0.0,
                    help="how long a model call waits for more requests to join its batch")
     p.add_argument("--max-decode-mb", type=float, default=1024.0,
                    help="decode memory in flight (from each image's header); beyond it 503 + Retry-After")
@@ -104,15 +132,15 @@ def _add_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("data", metavar="DATA")
     p.add_argument("--out", metavar="DIR")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=64)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
 
     p = sub.add_parser("predict", help="top-k classes for images")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("paths", metavar="PATH", nargs="+")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=POSITIVE, default=5)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
@@ -125,10 +153,10 @@ def _add_commands(sub) -> None:
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the procedural demo data set")
     p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=number(int, 2, 10_000), default=10)
+    p.add_argument("--per-class", type=number(int, 3, 1_000_000), default=100)
+    p.add_argument("--image-size", type=number(int, 16, 4096), default=64)
+    p.add_argument("--seed", type=SEED, default=0)
 
     p = data.add_parser("check", help="decode every image once and report problems")
     p.add_argument("data", metavar="DATA")
@@ -138,7 +166,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--batches", default="", metavar="1,2,...", help="OpenLORIS layout: batches to check")
 
     p = sub.add_parser("models", help="list architectures with parameters and GMACs")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=SIZE, default=224)
 
     p = sub.add_parser("env", help="versions, CPU/GPU facts and the precision train and predict would pick "
                                    "(paste it into a bug report)")
@@ -273,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetcls: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        from .atomic import DISK_FULL
+        if e.errno not in DISK_FULL:  # anything else is unexpected: exit 1 with the traceback
+            raise
+        print(f"resnetcls: error: {e.filename or 'a file'}: no space left on the device; free some space",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

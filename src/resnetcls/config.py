@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .limits import (MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number,
+                     rgb_problem)
 
 
 @dataclass
@@ -47,6 +50,8 @@ class DataConfig:
     cache_dir: str = ""             # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
     cache_size: int = 0             # stored short side; 0 = the eval resize (image_size / 0.875)
     sampler: str = "shuffle"        # shuffle | balanced (each class drawn equally often, with replacement)
+    cache_max_gb: float = 50.0      # least-recently-used stores are deleted beyond this total; 0 = no limit
+    worker_start: str = "auto"      # DataLoader workers: auto (fork on Linux, else spawn) | fork | spawn
 
 
 @dataclass
@@ -65,6 +70,7 @@ class TrainConfig:
     ema_decay: float = 0.0          # exponential moving average of the weights (e.g. 0.999); 0 = off
     sync_bn: bool = False           # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
     dist_timeout_s: float = 300.0   # torchrun: a collective waits at most this long for the other ranks
+    nonfinite: str = "stop"         # a NaN/Inf loss: stop (exit 2, last good checkpoint kept) | skip (counted)
 
 
 @dataclass
@@ -156,9 +162,11 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
         return float(value)
     if expected is float and isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+            value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         except ValueError:
             pass
+    if expected is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: config key {key!r} must be a finite number, got {value!r}")
     if expected is list and isinstance(value, (list, tuple)):
         return list(value)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -236,6 +244,75 @@ def build_config(config_file: str | None = None, overrides: typing.Sequence[str]
     for key, value in (flags or {}).items():
         if value is not None:
             set_value(cfg, key, value, source="command line")
+    validate_config(cfg)
+    return cfg
+
+
+_BIG = 2**31 - 1
+# key -> (lowest, highest, lowest excluded?, highest excluded?); ints and floats alike.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "model.width": (1, MAX_WIDTH, False, False),
+    "data.image_size": (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, False, False),
+    "data.min_crop_scale": (0, 1, True, False),
+    "data.val_fraction": (0, 1, True, True),
+    "data.num_workers": (-1, 256, False, False),
+    "data.color_jitter": (0, 1, False, False),
+    "data.cache_max_gb": (0, 1e6, False, False),
+    "train.epochs": (1, 1_000_000, False, False),
+    "train.batch_size": (1, 1 << 16, False, False),
+    "train.seed": (0, 2**32 - 1, False, False),  # NumPy's seed range
+    "train.grad_accum_steps": (1, 1 << 16, False, False),
+    "train.grad_clip_norm": (0, 1e9, False, False),
+    "train.ema_decay": (0, 1, False, True),
+    "train.dist_timeout_s": (0, 7 * 86400, True, False),
+    "optim.lr": (0, 10, True, False),
+    "optim.weight_decay": (0, 10, False, False),
+    "optim.momentum": (0, 1, False, True),
+    "sched.warmup_epochs": (0, 1_000_000, False, False),
+    "sched.min_lr_ratio": (0, 1, False, False),
+    "loss.label_smoothing": (0, 1, False, True),
+    "ckpt.keep_last": (1, 1_000_000, False, False),
+    "ckpt.every_steps": (0, _BIG, False, False),
+    "log.every_steps": (0, _BIG, False, False),
+    "lifelong.bins": (0, 100_000, False, False),
+    "lifelong.buffer_size": (0, _BIG, False, False),
+    "lifelong.ewc_lambda": (0, 1e12, False, False),
+    "lifelong.lwf_alpha": (0, 1e6, False, False),
+    "lifelong.lwf_temperature": (0, 1e3, True, False),
+}
+# Sizes where 0 means "derived from data.image_size".
+SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
+CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "fork", "spawn"),
+           "data.interpolation": ("nearest", "bilinear", "bicubic")}
+
+
+def _range_problem(value, lo, hi, lo_open, hi_open) -> str:
+    if not is_finite_number(value):
+        return "must be a finite number"
+    if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        show = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"
+        return f"must be in {left}{show(lo)}, {show(hi)}{right}"
+    return ""
+
+
+def validate_config(cfg: Config) -> Config:
+    """Range checks after the type checks of set_value: every numeric key within sane bounds, mean/std three
+    finite numbers (std > 0), enumerations known. Raises UserError naming the key, the value and the range."""
+    flat = _flatten(config_to_dict(cfg))
+    problems = [f"{key}={flat[key]!r}: {_range_problem(flat[key], *bounds)}" for key, bounds in RANGES.items()
+                if _range_problem(flat[key], *bounds)]
+    for key in SIZE_OR_ZERO:
+        if flat[key] != 0 and _range_problem(flat[key], MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, False, False):
+            problems.append(f"{key}={flat[key]!r}: must be 0 (automatic) or in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+    for key, bounds in (("data.mean", MEAN_RANGE), ("data.std", STD_RANGE)):
+        if rgb_problem(flat[key], bounds):
+            problems.append(f"{key}={rgb_problem(flat[key], bounds)}")
+    problems += [f"{key}={flat[key]!r}: expected one of {', '.join(choices)}"
+                 for key, choices in CHOICES.items() if flat[key] not in choices]
+    if problems:
+        raise UserError(f"config key {problems[0]}"
+                        + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""))
     return cfg
 
 
@@ -255,7 +332,8 @@ def dump_yaml(cfg: Config) -> str:
 
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "data.num_workers", "data.on_bad", "ckpt.", "log.")
+RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "data.num_workers", "data.on_bad",
+                    "data.cache_max_gb", "data.worker_start", "train.nonfinite", "ckpt.", "log.")
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:

@@ -5,7 +5,6 @@ confusion_matrix.png, reliability.png and most_confident_wrong.png show them.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import csv_text, write_text_atomic
 from .data.loader import build_loader
 from .data.sources import Samples, load_eval_samples
 from .errors import UserError
@@ -119,18 +119,14 @@ def most_confident_wrong(probs, labels, index, samples: Samples, classes: list[s
 def write_tables(metrics: dict, out: Path) -> None:
     """per_class.csv and confusion_matrix.csv (first column: true class; header: predicted classes)."""
     classes = metrics["classes"]
-    with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "precision", "recall", "f1", "support"])
-        for c in classes:
-            row = metrics["per_class"][c]
-            w.writerow([c] + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
-                       + [row["support"]])
-    with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["true \\ predicted"] + classes)
-        for c, row in zip(classes, metrics["confusion_matrix"]):
-            w.writerow([c] + row)
+    per_class = [["class", "precision", "recall", "f1", "support"]]
+    for c in classes:
+        row = metrics["per_class"][c]
+        per_class.append([c] + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
+                         + [row["support"]])
+    write_text_atomic(out / "per_class.csv", csv_text(per_class))
+    confusion = [["true \\ predicted"] + classes] + [[c] + row for c, row in zip(classes, metrics["confusion_matrix"])]
+    write_text_atomic(out / "confusion_matrix.csv", csv_text(confusion))
 
 
 def write_figures(metrics: dict, out: Path) -> dict:
@@ -163,7 +159,7 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
     out.mkdir(parents=True, exist_ok=True)
     write_tables(metrics, out)
     metrics["figures"] = write_figures(metrics, out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     metrics["out"] = str(out)
     return metrics
 

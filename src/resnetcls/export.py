@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .atomic import write_atomic
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
@@ -253,9 +254,7 @@ def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     if not parity.passed:
         raise ExportCheckFailed(f"{fmt} export of {loaded.path} not written: {parity.summary()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
     return ExportResult(path, fmt, len(data), seconds, parity)
 
 

@@ -4,21 +4,30 @@ matplotlib with the Agg backend (no display needed); each function writes one PN
 """
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window (headless servers, CI)
+# Class names and paths are text, never TeX: a name such as "a$\\frac{b$" would otherwise be parsed as
+# mathtext and fail the whole figure.
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .atomic import write_atomic  # noqa: E402
 from .data.decode import DecodeError, decode_image  # noqa: E402
 
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # a name in a script the font lacks is drawn as boxes; say nothing per glyph
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return write_atomic(path, buffer.getvalue())
 
 
 def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 
+from .atomic import building_dir, recover_dir, write_atomic, write_text_atomic
 from .data.transforms import INTERPOLATIONS
 from .errors import UserError
+from .limits import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_number,
+                     rgb_problem)
 from .models import MODELS, create_model
 from .models.resnet import STEMS
 
@@ -51,26 +55,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def content_sha256(meta: dict) -> str:
+    """The hash of everything model.json says except its own hashes (canonical JSON: sorted keys, ASCII)."""
+    content = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+                          .encode()).hexdigest()
 
 
 def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_args: dict,
                    classes: list[str], preprocess: dict, metrics: dict | None = None) -> Path:
-    """Write weights and metadata; the weights are renamed into place before model.json names their hash."""
+    """Write weights and metadata into a new folder, then rename it into the place of path as a whole: a kill
+    or a full disk at any instant leaves the previous model directory (if any) loadable."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path / WEIGHTS)
     meta = {
         "format": FORMAT,
         "arch": arch,
@@ -79,19 +76,22 @@ def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_ar
         "preprocess": preprocess,
         "metrics": metrics or {},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "sha256": {WEIGHTS: sha256_file(path / WEIGHTS)},
     }
-    _write_atomic(path / META, (json.dumps(meta, indent=2) + "\n").encode())
+    check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, path / META)  # never write what load would refuse
+    with building_dir(path) as tmp:
+        write_atomic(tmp / WEIGHTS, save(state), size_hint=sum(t.nbytes for t in state.values()))
+        meta["sha256"] = {WEIGHTS: sha256_file(tmp / WEIGHTS), META: content_sha256(meta)}
+        write_text_atomic(tmp / META, json.dumps(meta, indent=2) + "\n")
     return path
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """MODEL may be a model directory or a run directory (then its best/, else final/)."""
-    path = Path(path)
+    path = recover_dir(Path(path))
     if (path / META).is_file():
         return path
     for sub in ("best", "final"):
-        if (path / sub / META).is_file():
+        if (recover_dir(path / sub) / META).is_file():  # (a kill mid-replacement left the old one aside)
             return path / sub
     if not path.exists():
         raise UserError(f"{path}: no such model directory")
@@ -104,22 +104,32 @@ def _check(cond: bool, where: Path, message: str) -> None:
 
 
 def _check_arch(meta: dict, where: Path) -> None:
-    _check(meta["arch"] in MODELS, where, f"unknown arch {meta['arch']!r}; this resnetcls knows "
-                                          f"{', '.join(MODELS)}")
+    arch = meta["arch"]
+    _check(isinstance(arch, str), where, f"arch must be a name such as 'resnet50', got {arch!r}")
+    _check(arch in MODELS, where, f"unknown arch {arch!r}; this resnetcls knows {', '.join(MODELS)}")
     args = meta["arch_args"]
     _check(isinstance(args, dict), where, "arch_args must be an object")
     unknown = sorted(set(args) - set(ARCH_ARGS))
     _check(not unknown, where, f"unknown arch_args {', '.join(unknown)}; expected some of {', '.join(ARCH_ARGS)}")
     for key, value in args.items():
-        ok = value in STEMS if key == "stem" else isinstance(value, ARCH_ARGS[key]) and \
-            not (ARCH_ARGS[key] is int and (isinstance(value, bool) or value < 1))
-        _check(ok, where, f"arch_args.{key}={value!r} is not valid")
+        kind = ARCH_ARGS[key]
+        typed = is_number(value) and isinstance(value, int) if kind is int else isinstance(value, kind)
+        _check(typed, where, f"arch_args.{key}={value!r} must be {'an integer' if kind is int else kind.__name__}")
+        ok = value in STEMS if key == "stem" else 1 <= value <= MAX_WIDTH if kind is int else True
+        _check(ok, where, f"arch_args.{key}={value!r} is not valid"
+               + (f" (1 to {MAX_WIDTH})" if kind is int else f" (one of {', '.join(STEMS)})" if key == "stem" else ""))
 
 
 def _check_classes(classes, where: Path) -> None:
     _check(isinstance(classes, list) and classes, where, "classes must be a non-empty list of names")
+    _check(len(classes) <= MAX_CLASSES, where, f"{len(classes)} classes: at most {MAX_CLASSES:,} are supported")
     _check(all(isinstance(c, str) and c for c in classes), where, "every class name must be a non-empty string")
-    dupes = sorted({c for c in classes if classes.count(c) > 1})
+    for c in classes:
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: an undecodable byte smuggled in by an old reader
+            raise UserError(f"{where}: class name {c!r} is not valid Unicode text") from None
+    dupes = sorted({c for c in classes if classes.count(c) > 1}) if len(set(classes)) < len(classes) else []
     _check(not dupes, where, f"class names listed twice: {', '.join(dupes)}")
 
 
@@ -129,22 +139,29 @@ def _check_preprocess(pre, where: Path) -> None:
     _check(not missing, where, f"preprocess lacks {', '.join(missing)}")
     for key in ("image_size", "resize"):
         value = pre[key]
-        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, where,
-               f"preprocess.{key}={value!r} must be a positive integer")
-    _check(pre.get("resize_mode", "shorter_side") in RESIZE_MODES, where,
-           f"preprocess.resize_mode={pre.get('resize_mode')!r}; expected one of {', '.join(RESIZE_MODES)}")
-    _check(pre["interpolation"] in INTERPOLATIONS, where,
-           f"preprocess.interpolation={pre['interpolation']!r}; expected one of {', '.join(INTERPOLATIONS)}")
-    for key in ("mean", "std"):
-        v = pre[key]
-        ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
-        _check(ok, where, f"preprocess.{key}={v!r} must be three numbers (R, G, B)")
-    _check(all(x > 0 for x in pre["std"]), where, "preprocess.std must be positive")
+        _check(is_number(value) and isinstance(value, int), where, f"preprocess.{key}={value!r} must be an integer")
+        _check(MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE, where,
+               f"preprocess.{key}={value} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}")
+    for key, choices in (("resize_mode", RESIZE_MODES), ("interpolation", tuple(INTERPOLATIONS))):
+        value = pre.get(key, "shorter_side")
+        _check(isinstance(value, str) and value in choices, where,
+               f"preprocess.{key}={value!r}; expected one of {', '.join(choices)}")
+    for key, bounds in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
+        problem = rgb_problem(pre[key], bounds)
+        _check(not problem, where, f"preprocess.{key}={problem}")
+
+
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def check_meta(meta, where: Path) -> dict:
-    """Check every field of a parsed model.json; raise UserError naming the field and what is wrong."""
-    got = meta.get("format") if isinstance(meta, dict) else None
+    """Check every field of a parsed model.json, types first, then ranges; raise UserError naming the field.
+
+    The hash of model.json's own content (sha256."model.json") is checked by read_meta, after these checks,
+    so that an edit is reported by what it broke when it broke something."""
+    _check(isinstance(meta, dict), where, "model.json must hold a JSON object")
+    got = meta.get("format")
     if isinstance(got, str) and got.startswith("resnetcls.model/") and got != FORMAT:
         raise UserError(f"{where}: format {got!r} is not {FORMAT!r} (written by another resnetcls version)")
     _check(got == FORMAT, where, f"format {got!r} is not {FORMAT!r}")
@@ -154,17 +171,18 @@ def check_meta(meta, where: Path) -> dict:
     _check_classes(meta["classes"], where)
     _check_preprocess(meta["preprocess"], where)
     _check(isinstance(meta.get("metrics", {}), dict), where, "metrics must be an object")
-    digest = meta["sha256"].get(WEIGHTS) if isinstance(meta["sha256"], dict) else None
-    _check(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
-           where, f"sha256.{WEIGHTS} must be a 64-digit hex digest")
+    hashes = meta["sha256"]
+    _check(isinstance(hashes, dict) and _is_digest(hashes.get(WEIGHTS)), where,
+           f"sha256.{WEIGHTS} must be a 64-digit hex digest")
+    _check(META not in hashes or _is_digest(hashes[META]), where, f"sha256.{META} must be a 64-digit hex digest")
     return meta
 
 
 def read_meta(model_dir: Path) -> dict:
-    """Parse and check model.json and the weights' hash, without building the model."""
+    """Parse and check model.json, its content hash and the weights' hash, without building the model."""
     try:
         meta = json.loads((model_dir / META).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{model_dir / META}: unreadable model metadata: {e}") from None
     check_meta(meta, model_dir / META)
     weights = model_dir / WEIGHTS
@@ -175,8 +193,41 @@ def read_meta(model_dir: Path) -> dict:
     return meta
 
 
+def _check_content_hash(meta: dict, where: Path) -> None:
+    """Model directories written before the content hash existed have none and still load (same format)."""
+    expected = meta["sha256"].get(META)
+    if expected is not None and content_sha256(meta) != expected:
+        raise UserError(f"{where}: its content does not match its sha256.{META} (classes, preprocess or "
+                        f"another field was edited); restore the file or retrain")
+
+
+def _check_shapes(weights: Path, meta: dict) -> None:
+    """The tensors' names and shapes against what arch + arch_args + classes describe, from the safetensors
+    header and a model on the meta device: nothing is allocated for a model that does not fit."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{weights}: not a valid safetensors file: {e}") from None
+    classes, where = meta["classes"], weights.with_name(META)
+    head = shapes.get("fc.weight")
+    if head is None or len(head) != 2 or head[0] != len(classes):
+        raise UserError(f"{where}: {len(classes)} classes listed but the weights' head has "
+                        f"{None if head is None else head[0]}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in
+                    create_model(meta["arch"], len(classes), **meta["arch_args"]).state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing or unexpected or wrong:
+        detail = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+                  if unexpected else f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(expected[wrong[0]])}")
+        raise UserError(f"{weights}: weights do not fit {meta['arch']} with {meta['arch_args']}: {detail}")
+
+
 def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load and verify a model directory: format, hash, architecture, class count, exact tensor names.
+    """Load and verify a model directory: fields, weights' hash, tensor names and shapes against the
+    architecture, then model.json's content hash; only then are the weights read and the model built.
 
     The weights are read with safetensors only (a flat table of tensors): no pickle, so a planted file
     cannot run code; anything that is not valid safetensors is refused.
@@ -184,20 +235,13 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model_dir = resolve_model_dir(path)
     meta = read_meta(model_dir)
     weights = model_dir / WEIGHTS
+    _check_shapes(weights, meta)
+    _check_content_hash(meta, model_dir / META)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{weights}: not a valid safetensors file: {e}") from None
-    classes = meta["classes"]
-    head = state.get("fc.weight")
-    if head is None or head.ndim != 2 or head.shape[0] != len(classes):
-        rows = None if head is None else head.shape[0]
-        raise UserError(f"{model_dir / META}: {len(classes)} classes listed but the weights' head has {rows}")
-    model = create_model(meta["arch"], len(classes), **meta["arch_args"])
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
-        raise UserError(f"{weights}: weights do not fit {meta['arch']} with {meta['arch_args']}: {detail}") from None
+    model = create_model(meta["arch"], len(meta["classes"]), **meta["arch_args"])
+    model.load_state_dict(state, strict=True)  # names and shapes were checked above
     model.eval().to(device)
     return LoadedModel(model, meta, model_dir)

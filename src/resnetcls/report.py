@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .data.sources import Samples
 from .envinfo import provenance
 from .errors import UserError
@@ -204,8 +205,4 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
             f"<script>{SCRIPT}</script></body></html>\n")
-    out = run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(run_dir / "report.html", page)

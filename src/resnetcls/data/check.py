@@ -14,6 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import UserError
 from .cache import parallel_map
 from .decode import DecodeError, decode_image
@@ -162,7 +163,7 @@ def check_data(data: str, on_bad: str = "skip", out: str | None = None, batches:
     print(format_summary(report), file=sys.stderr, flush=True)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
         print(f"report written to {out}", file=sys.stderr)
     if on_bad == "fail" and report["bad"]:
         raise UserError(f"{len(report['bad'])} bad image(s) in {data}: "

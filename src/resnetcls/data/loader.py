@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -186,7 +187,7 @@ def _check_policy(on_bad: str) -> None:
 
 
 def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | None = None,
-                  on_bad: str = "skip") -> Dataset:
+                  on_bad: str = "skip", cache_max_gb: float = 0.0) -> Dataset:
     """The dataset behind build_loader; with a cache_dir the first call decodes every image once (all cores).
 
     With on_bad="fail" every image is decoded before this returns, so `dataset.bad_files` is complete.
@@ -199,7 +200,7 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
             dataset.bad_files = find_bad_files(samples.paths)
         return dataset
     if cache_dir is not None:
-        store = open_or_build(samples.paths, transform.geometry, cache_dir)
+        store = open_or_build(samples.paths, transform.geometry, cache_dir, max_gb=cache_max_gb)
     else:
         store = _OnTheFly(samples.paths, transform.geometry)
     dataset = StoredImageDataset(samples, transform, store)
@@ -211,13 +212,16 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
 
 def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, num_workers: int = -1,
                  seed: int = 0, drop_last: bool = False, sampler: Sampler | None = None,
-                 cache_dir: str | os.PathLike | None = None, on_bad: str = "skip") -> DataLoader:
+                 cache_dir: str | os.PathLike | None = None, on_bad: str = "skip", start_method: str = "auto",
+                 cache_max_gb: float = 0.0) -> DataLoader:
     """A DataLoader whose batches are dicts {images, labels, index, bad}.
 
     transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
     sampler: any torch Sampler over range(len(samples)); when given, `shuffle` and `seed` are its business.
+    start_method: how workers start: auto (fork on Linux, else the platform's default, spawn), fork or spawn.
+    cache_max_gb: the decoded cache's size limit (least-recently-used stores are pruned beyond it; 0 = none).
     """
-    dataset = build_dataset(samples, transform, cache_dir, on_bad)
+    dataset = build_dataset(samples, transform, cache_dir, on_bad, cache_max_gb)
     workers = default_workers() if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
     if sampler is None:
@@ -230,11 +234,21 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
             slots = ring_shape[0]  # see SlotBatchSampler
             # made before the workers start: they inherit it (fork) or receive it (spawn)
             dataset.ring = torch.empty(ring_shape, dtype=torch.uint8).share_memory_()
+    if start_method == "auto":
+        start_method = "fork" if sys.platform == "linux" else None
     return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
                            num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
                            persistent_workers=workers > 0, finish=finish,
                            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
-                           multiprocessing_context="fork" if workers > 0 and sys.platform == "linux" else None)
+                           worker_init_fn=ignore_sigint if workers > 0 else None,
+                           multiprocessing_context=start_method if workers > 0 else None)
+
+
+def ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C: the terminal sends SIGINT to the whole process group, and a worker
+    that died of it (spawn starts them with Python's default handler) would take the loader down before the
+    training process could save its checkpoint. The training process stops them when it is done."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _room_in_shared_memory(nbytes: int) -> bool:

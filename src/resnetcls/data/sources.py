@@ -16,10 +16,13 @@ import io
 import os
 import random
 import re
+import sys
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import csv_text, write_atomic
 from ..errors import UserError
 from .decode import is_image_file
 
@@ -64,6 +67,43 @@ class Splits:
     ignored: dict[str, list[str]] = field(default_factory=dict)
 
 
+def _undecodable(text: str) -> str:
+    """'' for valid text; else the first byte that was not UTF-8 (read with surrogateescape), as 0xNN."""
+    for ch in text:
+        if "\udc80" <= ch <= "\udcff":
+            return f"0x{ord(ch) - 0xDC00:02X}"
+    return ""
+
+
+def class_name(raw: str, where: str) -> str:
+    """A class name as stored everywhere (model.json, reports, serve): NFC-normalised Unicode, so the same
+    name typed on macOS (decomposed, NFD) and elsewhere (NFC) is one class. A byte that is not UTF-8 is an
+    error naming where it came from."""
+    byte = _undecodable(raw)
+    if byte:
+        raise UserError(f"{where}: class name {raw!r} is not UTF-8 text (byte {byte}); save it as UTF-8")
+    return unicodedata.normalize("NFC", raw)
+
+
+def warn_similar_names(raw_names, where: str) -> None:
+    """Warn (stderr) about names merged by NFC normalisation and names that differ only by case."""
+    merged: dict[str, set[str]] = defaultdict(set)
+    for raw in raw_names:
+        merged[unicodedata.normalize("NFC", raw)].add(raw)
+    for name, spellings in sorted(merged.items()):
+        if len(spellings) > 1:
+            print(f"warning: {where}: {len(spellings)} spellings of class {name!r} differ only by Unicode "
+                  f"normalisation ({', '.join(map(ascii, sorted(spellings)))}); they are one class",
+                  file=sys.stderr, flush=True)
+    by_case: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(merged):
+        by_case[name.casefold()].append(name)
+    for names in by_case.values():
+        if len(names) > 1:
+            print(f"warning: {where}: classes {', '.join(map(repr, names))} differ only by case; they stay "
+                  f"separate classes (rename one if they are the same)", file=sys.stderr, flush=True)
+
+
 def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in HIDDEN_NAMES
 
@@ -92,9 +132,10 @@ def _scan_class_folders(root: Path, ignored: dict[str, list[str]], allow_empty: 
                 files.append(str(p))
         if not files and not allow_empty:
             raise UserError(f"{class_dir}: class folder has no images")
-        by_class[class_dir.name] = files
+        by_class.setdefault(class_name(class_dir.name, str(class_dir)), []).extend(files)
     if not by_class:
         raise UserError(f"{root}: no class sub-folders with images (expected DATA/<class>/<image>)")
+    warn_similar_names([p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p)], str(root))
     return by_class
 
 
@@ -156,9 +197,12 @@ def _raise_problems(problems: list[str]) -> None:
 def read_csv(path: Path) -> tuple[Samples, list[str]]:
     """A CSV manifest -> (all samples with classes sorted by name, split column or [] when absent)."""
     header, table = _read_table(path, ("path", "label"))
-    rows, problems = [], []
+    rows, problems, raw_labels = [], [], set()
     for line_no, rec in table:
-        if not rec["label"]:
+        if _undecodable(rec["label"]):  # paths may keep non-UTF-8 bytes (file names); labels become text
+            problems.append(f"{path}:{line_no}: label {rec['label']!r} is not UTF-8 text (byte "
+                            f"{_undecodable(rec['label'])}); save the CSV as UTF-8")
+        elif not rec["label"]:
             problems.append(f"{path}:{line_no}: empty label")
         elif "split" in rec and rec["split"] not in SPLITS:
             problems.append(f"{path}:{line_no}: unknown split {rec['split']!r}; expected train, val or test")
@@ -166,8 +210,11 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
             problems.append(f"{path}:{line_no}: image file not found: {rec['path']!r}")
         else:
             rec["path"] = str(path.parent / rec["path"])
+            raw_labels.add(rec["label"])
+            rec["label"] = unicodedata.normalize("NFC", rec["label"])
             rows.append(rec)
     _raise_problems(problems)
+    warn_similar_names(raw_labels, str(path))
     if not rows:
         raise UserError(f"{path}: CSV has no rows")
     classes = sorted({r["label"] for r in rows})
@@ -302,15 +349,13 @@ def write_split_csv(splits: Splits, path: str | Path) -> Path:
     path = Path(path)
     parts = [("train", splits.train), ("val", splits.val)] + ([("test", splits.test)] if splits.test else [])
     extra = list(splits.train.extra)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split", *extra])
-        for name, samples in parts:
-            for i, (p, label) in enumerate(zip(samples.paths, samples.labels)):
-                writer.writerow([os.path.abspath(p), splits.classes[label], name,  # keeps the user's symlinks
-                                 *[samples.extra.get(c, [""] * len(samples))[i] for c in extra]])
-    tmp.replace(path)
+    rows = [["path", "label", "split", *extra]]
+    for name, samples in parts:
+        for i, (p, label) in enumerate(zip(samples.paths, samples.labels)):
+            rows.append([os.path.abspath(p), splits.classes[label], name,  # keeps the user's symlinks
+                         *[samples.extra.get(c, [""] * len(samples))[i] for c in extra]])
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it was read from
+    write_atomic(path, csv_text(rows).encode("utf-8", "surrogateescape"))
     return path
 
 

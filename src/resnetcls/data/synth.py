@@ -8,7 +8,7 @@ textured background, textured with distractor shapes). Deterministic by seed.
 """
 from __future__ import annotations
 
-import csv
+import io
 import itertools
 import math
 import os
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..atomic import csv_text, write_atomic, write_text_atomic
 from ..errors import UserError
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]
@@ -175,7 +176,9 @@ def render(design: tuple[str, str, str], levels: dict[str, int], image_size: int
 
 def _render_job(job: tuple) -> None:
     design, levels, image_size, seed, path = job
-    render(design, levels, image_size, seed).save(path, quality=90)
+    buffer = io.BytesIO()
+    render(design, levels, image_size, seed).save(buffer, format="JPEG", quality=90)
+    write_atomic(path, buffer.getvalue())
 
 
 def synthesize(out_dir: str | os.PathLike, classes: int = 10, per_class: int = 100, image_size: int = 64,
@@ -203,8 +206,5 @@ def synthesize(out_dir: str | os.PathLike, classes: int = 10, per_class: int = 1
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         list(pool.map(_render_job, jobs, chunksize=32))
     manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split", *FACTORS])
-        writer.writerows(rows)
+    write_text_atomic(manifest, csv_text([["path", "label", "split", *FACTORS], *rows]))
     return manifest

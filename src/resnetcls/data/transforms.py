@@ -18,11 +18,20 @@ INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
 
 # F.interpolate's uint8 kernels (antialiased, as torchvision's Resize; nearest-exact for "nearest") in their
 # out= form, (src, size, out): they write straight into a channels-last batch slot (see BatchTransform).
-RESIZE_INTO = {
-    "bilinear": lambda src, size, out: torch.ops.aten._upsample_bilinear2d_aa.out(src, size, False, out=out),
-    "bicubic": lambda src, size, out: torch.ops.aten._upsample_bicubic2d_aa.out(src, size, False, out=out),
-    "nearest": lambda src, size, out: torch.ops.aten._upsample_nearest_exact2d.out(src, size, out=out),
-}
+# Named functions, not lambdas: a transform holding one must pickle into spawned DataLoader workers.
+def _bilinear_into(src, size, out):
+    return torch.ops.aten._upsample_bilinear2d_aa.out(src, size, False, out=out)
+
+
+def _bicubic_into(src, size, out):
+    return torch.ops.aten._upsample_bicubic2d_aa.out(src, size, False, out=out)
+
+
+def _nearest_into(src, size, out):
+    return torch.ops.aten._upsample_nearest_exact2d.out(src, size, out=out)
+
+
+RESIZE_INTO = {"bilinear": _bilinear_into, "bicubic": _bicubic_into, "nearest": _nearest_into}
 
 
 def make_preprocess(image_size: int, resize_size: int = 0, augment: str = "crop_flip",

@@ -3,16 +3,15 @@
 A checkpoint is two files in RUN_DIR/checkpoints/:
   step-00001234.pt    torch.save of tensors and plain Python values only (loads with weights_only=True)
   step-00001234.json  what it is (epoch, step, metric, config, versions) and the .pt's sha256
-The .pt is written to a temporary file, flushed, fsynced and renamed; the .json is written the same way
-after it. A kill at any instant therefore leaves either no .json (the checkpoint is ignored) or a complete
-pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
+The .pt is written to a temporary file, flushed, fsynced and renamed (atomic.write_atomic); the .json is
+written the same way after it. A kill at any instant therefore leaves either no .json (the checkpoint is
+ignored) or a complete pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
 file is skipped with a warning and the next older one is used.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from ..envinfo import provenance
+from ..atomic import write_atomic, write_text_atomic
 from ..modelfile import sha256_file
 from .loop import EpochStats, Optimization
 
@@ -58,26 +58,15 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write: Callable) -> None:
-    """write(file) into path.tmp, flush + fsync, rename over path, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state (what torch.save will write, give or take its headers)."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def save_checkpoint(ckpt_dir: Path, state: dict, info: dict) -> Path:
@@ -85,9 +74,9 @@ def save_checkpoint(ckpt_dir: Path, state: dict, info: dict) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     stem = f"step-{state['global_step']:08d}"
     pt = ckpt_dir / f"{stem}.pt"
-    _write_atomic(pt, lambda f: torch.save(state, f))
+    write_atomic(pt, lambda f: torch.save(state, f), size_hint=_tensor_bytes(state))
     meta = {"format": CKPT_FORMAT, "file": pt.name, "sha256": sha256_file(pt), **info}
-    _write_atomic(ckpt_dir / f"{stem}.json", lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
+    write_text_atomic(ckpt_dir / f"{stem}.json", json.dumps(meta, indent=1) + "\n")
     return pt
 
 

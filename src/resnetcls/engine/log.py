@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..atomic import write_text_atomic
+
 
 class RunLogger:
     """Writes every logged record to metrics.jsonl and TensorBoard; prints to stderr.
@@ -71,9 +73,7 @@ def _truncate_after(path: Path, step: int, epoch: int) -> None:
         redone = r.get("kind") == "summary" or (r.get("kind") == "epoch" and r.get("epoch", 0) >= epoch)
         if r.get("step", 0) <= step and not redone:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(l + "\n" for l in kept))
 
 
 class Progress:

@@ -44,6 +44,8 @@ class EpochStats:
     seconds: float = 0.0
     data_wait_s: float = 0.0
     bad: list = field(default_factory=list)
+    nonfinite: int = 0              # batches whose loss was NaN/Inf, skipped (train.nonfinite=skip)
+    interrupted: bool = False       # evaluate() stopped early at a stop request
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -71,6 +73,15 @@ class EpochStats:
     @property
     def data_wait_share(self) -> float:
         return self.data_wait_s / self.seconds if self.seconds else 0.0
+
+
+class NonFiniteLoss(Exception):
+    """A batch's loss was NaN or Inf (train.nonfinite=stop); raised before its backward, so the weights and the
+    optimizer state are still those of the last good step."""
+
+    def __init__(self, step_in_epoch: int, value: float) -> None:
+        super().__init__(f"loss {value} at step {step_in_epoch} of the epoch")
+        self.step_in_epoch, self.value = step_in_epoch, value
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -110,10 +121,14 @@ class Optimization:
 
 
 def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Module, ctx: StepContext,
-                    stats: EpochStats, after_step: Callable[[EpochStats], bool]) -> bool:
+                    stats: EpochStats, after_step: Callable[[EpochStats], bool], nonfinite: str = "stop",
+                    agree: Callable[[bool], bool] = bool) -> bool:
     """Train over loader (the rest of the epoch when resuming); stats accumulates in place.
 
     after_step(stats) runs after every optimizer step (logging, checkpoints) and returns True to stop early.
+    A NaN/Inf loss raises NonFiniteLoss (nonfinite="stop") or skips the batch and counts it in
+    stats.nonfinite ("skip"); agree(flag) makes every rank of a torchrun job take the same decision (so they all
+    skip the same backward and DDP's all-reduce stays in step).
     Returns True when the epoch ran to its end, False when after_step stopped it.
     """
     model.train()
@@ -130,9 +145,14 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
             with ctx.autocast():
                 logits = model(images)
                 loss = loss_fn(logits, labels)
-            opt.backward(loss)
-            stats.add(loss, logits, labels)
-            micro += 1
+            if agree(not bool(torch.isfinite(loss.detach()))):
+                if nonfinite != "skip":
+                    raise NonFiniteLoss(stats.steps + 1, float(loss.detach()))
+                stats.nonfinite += 1
+            else:
+                opt.backward(loss)
+                stats.add(loss, logits, labels)
+                micro += 1
         # Group boundaries count batches from the epoch's start, so a resumed epoch groups them the same way.
         if micro and (stats.batches % opt.accum_steps == 0 or i == remaining - 1):
             opt.step(model)
@@ -148,9 +168,10 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None, ctx: StepContext,
-             confusion: torch.Tensor | None = None) -> EpochStats:
+             confusion: torch.Tensor | None = None, stop: Callable[[], bool] | None = None) -> EpochStats:
     """Loss, top-1 and top-5 over loader in eval mode; confusion (int64 CxC, rows true, columns predicted),
-    when given, accumulates the predictions too."""
+    when given, accumulates the predictions too. stop() is asked after every batch: when it says True the pass
+    ends there with stats.interrupted set (Ctrl-C during a long validation saves and exits promptly)."""
     model.eval()
     stats = EpochStats()
     start = tick = time.perf_counter()
@@ -167,6 +188,9 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None, ctx: StepConte
             if confusion is not None:
                 cells = labels.cpu() * confusion.shape[1] + logits.argmax(dim=1).cpu()
                 confusion.view(-1).index_add_(0, cells, torch.ones_like(cells))
+        if stop is not None and stop():
+            stats.interrupted = True
+            break
         tick = time.perf_counter()
     stats.seconds = time.perf_counter() - start
     return stats

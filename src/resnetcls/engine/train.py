@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import Config, config_to_dict, dump_yaml, load_yaml, result_affecting_changes
+from ..atomic import write_text_atomic
+from ..config import Config, config_to_dict, dump_yaml, load_yaml, result_affecting_changes, validate_config
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader, known_bad_files
 from ..data.sampler import ResumableSampler
@@ -32,10 +33,10 @@ from ..models import create_model
 from ..models.pretrained import load_pretrained
 from ..report import write_report
 from . import distributed
-from .checkpoint import (RunState, capture_state, environment_info, load_latest, prune_checkpoints,
-                         restore_state, save_checkpoint)
+from .checkpoint import (RunState, capture_state, environment_info, list_checkpoints, load_latest,
+                         prune_checkpoints, restore_state, save_checkpoint)
 from .log import RunLogger
-from .loop import EpochStats, Optimization, StepContext, train_one_epoch
+from .loop import EpochStats, NonFiniteLoss, Optimization, StepContext, train_one_epoch
 from .optim import build_ema, build_loss, build_optimizer, build_scheduler
 
 METRICS = ("val_top1", "val_top5", "val_loss")
@@ -126,6 +127,8 @@ def build_data(cfg: Config):
     before training starts."""
     d, t = cfg.data, cfg.train
     splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
+    if len(splits.classes) < 2:  # one class would train to a meaningless 100%
+        raise UserError(f"{d.train}: only one class ({splits.classes[0]!r}); a classifier needs at least two")
     preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
     cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
     world = distributed.world_from_env()  # under torchrun each rank reads its own share, batch_size each
@@ -134,11 +137,13 @@ def build_data(cfg: Config):
                                                                     d.color_jitter, d.cache_size),
                                 t.batch_size, shuffle=False, num_workers=d.num_workers, seed=t.seed,
                                 drop_last=len(sampler) > t.batch_size, sampler=sampler,
-                                cache_dir=cache_dir, on_bad=d.on_bad)
+                                cache_dir=cache_dir, on_bad=d.on_bad, start_method=d.worker_start,
+                                cache_max_gb=d.cache_max_gb)
     # Validation: indices rank, rank + world, ...: every image on exactly one rank, no padding repeats.
     val_loader = build_loader(splits.val, build_eval_batch_transform(preprocess, d.cache_size), t.batch_size,
                               shuffle=False, num_workers=d.num_workers, cache_dir=cache_dir, on_bad=d.on_bad,
-                              sampler=range(world.rank, len(splits.val), world.size))
+                              sampler=range(world.rank, len(splits.val), world.size), start_method=d.worker_start,
+                              cache_max_gb=d.cache_max_gb)
     known_bad_files(d.on_bad, train_loader, val_loader)
     return splits, preprocess, sampler, train_loader, val_loader
 
@@ -205,8 +210,7 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     t, writes = cfg.train, world.is_main
     if not cfg.data.train:
         raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
-    if t.epochs < 1 or t.batch_size < 1:
-        raise UserError(f"train.epochs={t.epochs}, train.batch_size={t.batch_size}: both must be at least 1")
+    validate_config(cfg)  # ranges, before anything is written
     if cfg.ckpt.metric not in METRICS:
         raise UserError(f"ckpt.metric={cfg.ckpt.metric!r}: expected one of {', '.join(METRICS)}")
     # Recorded as absolute paths, so `train --resume RUN_DIR` without DATA works from any working directory.
@@ -216,8 +220,8 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     env = environment_info()
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        (run_dir / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        write_text_atomic(run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
     seed_everything(t.seed, t.deterministic)
 
     splits, preprocess, sampler, train_loader, val_loader = build_data(cfg)
@@ -262,20 +266,20 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
             sampler.set_epoch(epoch, run.stats.batches * t.batch_size)
             if not run_epoch(cfg, run, step_model, train_loader, opt, loss_fn, ctx, logger, ckpt, stop,
                              steps_per_epoch):
-                logger.info(f"interrupted at epoch {epoch} step {run.stats.steps}: saved {ckpt.save(run)}; "
-                            f"continue with --resume {run_dir}")
-                logger.close()  # flushes TensorBoard
-                raise TrainingInterrupted(str(run_dir))
-            va, confusion = distributed.evaluate_sharded(eval_model, val_loader, loss_fn, ctx, len(classes))
+                stop_run(logger, f"interrupted at epoch {epoch} step {run.stats.steps}: saved {ckpt.save(run)}",
+                         run_dir)
+            va, confusion = distributed.evaluate_sharded(eval_model, val_loader, loss_fn, ctx, len(classes),
+                                                         stop=lambda: stop.requested)
+            if va.interrupted:  # the epoch's training is complete: a resume goes straight to its validation
+                stop_run(logger, f"interrupted during validation of epoch {epoch}: saved {ckpt.save(run)}",
+                         run_dir)
             metrics = end_of_epoch(run, va, opt.lr, cfg.ckpt.metric, logger, t.epochs, confusion)
             if run.best_epoch == epoch:
                 save_model("best", metrics)
             run.epoch, run.stats = epoch + 1, EpochStats()
             ckpt.save(run, metrics)
             if distributed.any_rank(stop.requested) and run.epoch <= t.epochs:
-                logger.info(f"interrupted after epoch {epoch}: continue with --resume {run_dir}")
-                logger.close()
-                raise TrainingInterrupted(str(run_dir))
+                stop_run(logger, f"interrupted after epoch {epoch}", run_dir)
     save_model("final", metrics)
     distributed.barrier()  # every rank reads best/ in finish() only once rank 0 has written it
     summary = finish(run, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
@@ -283,6 +287,13 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
         report = write_report(run_dir, splits.val, cfg.data.num_workers)
         warn(f"report: {report} (eval of best/ in {run_dir / 'eval'})")
     return summary
+
+
+def stop_run(logger: RunLogger, text: str, run_dir: Path) -> None:
+    """Say where the run stopped and how to continue, flush the logs (TensorBoard), exit with 130."""
+    logger.info(f"{text}; continue with --resume {run_dir}")
+    logger.close()
+    raise TrainingInterrupted(str(run_dir))
 
 
 def normalise_on_device(ctx: StepContext, *loaders) -> None:
@@ -309,7 +320,15 @@ def run_epoch(cfg: Config, run: RunState, model, loader, opt: Optimization, loss
         return distributed.any_rank(stop.requested)  # all ranks stop at the same step, or none does
 
     try:
-        return train_one_epoch(model, loader, opt, loss_fn, ctx, run.stats, after_step)
+        return train_one_epoch(model, loader, opt, loss_fn, ctx, run.stats, after_step, cfg.train.nonfinite,
+                               distributed.any_rank)
+    except NonFiniteLoss as e:
+        saved = list_checkpoints(ckpt.dir)
+        last = f"the last good checkpoint is {saved[-1][0].with_suffix('.pt')}" if saved else "no checkpoint yet"
+        logger.close()
+        raise UserError(f"train: non-finite loss ({e.value}) at epoch {run.epoch} step {e.step_in_epoch} (global "
+                        f"step {run.global_step + 1}); stopped before applying it, {last}; lower optim.lr, set "
+                        f"train.grad_clip_norm, or --set train.nonfinite=skip to skip such batches") from None
     finally:
         bar.close()
 
@@ -328,9 +347,13 @@ def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: 
         if path not in run.bad_files:
             run.bad_files[path] = reason
             logger.info(f"warning: skipped bad image {path}: {reason}")
+    if tr.nonfinite:
+        logger.info(f"warning: skipped {tr.nonfinite} batch(es) with a non-finite loss in epoch {epoch} "
+                    f"(train.nonfinite=skip)")
     run.train_images, run.train_seconds = run.train_images + tr.images, run.train_seconds + tr.seconds
     logger.log({"kind": "epoch", "epoch": epoch, **train_record(tr, lr), "val/loss": va.loss,
                 "val/top1": va.top1, "val/top5": va.top5, "bad_images": len(run.bad_files),
+                "nonfinite_skipped": tr.nonfinite,
                 **({"val_confusion": confusion.tolist()} if confusion is not None else {})}, run.global_step)
     logger.info(f"epoch {epoch}/{epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
                 f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "

@@ -11,7 +11,6 @@ seed + task index, so a resumed run reproduces the uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import csv_text, write_text_atomic
 from ..config import Config, config_to_dict, dump_yaml
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader
@@ -175,8 +175,8 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
     resumed = find_resume(resume, run_dir, cfg, force)
     tasks, classes = build_tasks(cfg)  # bad task settings fail before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    (run_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    write_text_atomic(run_dir / "environment.json", json.dumps(environment_info(), indent=2) + "\n")
     seed_everything(t.seed, t.deterministic)
     schedule = [joint_task(tasks)] if lc.strategy == "joint" else tasks
     first_classes = len(classes) if lc.strategy == "joint" else known_classes(tasks, 0)
@@ -254,15 +254,12 @@ def finish(cfg: Config, run_dir: Path, tasks, classes, model, ctx, data, hooks, 
                     "device": ctx.device.type, "classes": len(classes)})
     rows = [("before", b)] + [(names[i] if cfg.lifelong.strategy != "joint" else "joint", r)
                               for i, r in enumerate(R)]
-    with open(run_dir / "R.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["after", *names])
-        w.writerows([name, *[f"{a:.6f}" for a in row]] for name, row in rows)
-    (run_dir / "R.json").write_text(json.dumps({"tasks": names, "b": b, "R": R}, indent=1) + "\n",
-                                    encoding="utf-8")
+    write_text_atomic(run_dir / "R.csv", csv_text([["after", *names]]
+                                                  + [[name, *[f"{a:.6f}" for a in row]] for name, row in rows]))
+    write_text_atomic(run_dir / "R.json", json.dumps({"tasks": names, "b": b, "R": R}, indent=1) + "\n")
     accuracy_matrix_heatmap(R, b, names, [n for n, _ in rows[1:]], run_dir / "R.png",
                             f"{cfg.lifelong.strategy}: accuracy after each task")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     save_model_dir(run_dir / "final", model, cfg.model.name, arch_args(cfg), classes, data.preprocess,
                    {"ACC": metrics["ACC"]})
     gap = f", gap to joint {metrics['gap_to_joint']:+.3f}" if "gap_to_joint" in metrics else ""
