@@ -130,7 +130,8 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
             row = evaluate_tasks(seq, logger)[0]
             seq.R.append(row)
             warn(f"  accuracy on every task: {' '.join(f'{a:.3f}' for a in row)}")
-            logger.log({"kind": "task", "epoch": seq.global_epoch(), "task": task.name, "R_row": row,
+            closed = seq.global_epoch() - 1  # the last epoch of this task: numbered like its task_epoch record
+            logger.log({"kind": "task", "epoch": closed, "task": task.name, "R_row": row,
                         "lifelong/acc_all": sum(row) / len(row), "lifelong/acc_seen": seen_accuracy(seq, row)},
                        seq.run.global_step)
             seq.task, seq.run.epoch, seq.run.stats = index + 1, 1, EpochStats()
