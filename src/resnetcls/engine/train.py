@@ -46,6 +46,8 @@ class TrainResult:
 
 @dataclass
 class TrainData:
+    """The data of a run: its splits, the pipeline that built the loaders, the resumable training order."""
+
     splits: Splits
     pipeline: DataPipeline
     sampler: ResumableSampler

@@ -58,7 +58,7 @@ def joint_task(tasks: list[Task]) -> Task:
 
 
 @dataclass
-class Sequence:
+class TaskSequence:
     """A lifelong run being trained: what is fixed (config, tasks, loaders, model) and where it stands
     (R so far, b, train seconds per task, the task being trained, the engine's RunState)."""
 
@@ -146,7 +146,7 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
     return finish(seq, logger, joint)
 
 
-def build_sequence(cfg: Config, run_dir: Path, env: dict, tasks: list[Task], classes: list[str]) -> Sequence:
+def build_sequence(cfg: Config, run_dir: Path, env: dict, tasks: list[Task], classes: list[str]) -> TaskSequence:
     """Loaders for every task (uint8 batches: replayed images join them before normalisation), checked for
     bad images before any training (data.on_bad=fail names them all), and the model with its first head."""
     t, d = cfg.train, cfg.data
@@ -158,13 +158,13 @@ def build_sequence(cfg: Config, run_dir: Path, env: dict, tasks: list[Task], cla
                      for i, (task, sampler) in enumerate(zip(schedule, samplers))]
     test_loaders = [pipeline.eval_loader(task.test) for task in tasks]
     known_bad_files(d.on_bad, *train_loaders, *test_loaders)
-    seq = Sequence(cfg, run_dir, env, tasks, schedule, classes, ctx, pipeline, samplers, train_loaders,
+    seq = TaskSequence(cfg, run_dir, env, tasks, schedule, classes, ctx, pipeline, samplers, train_loaders,
                    test_loaders, None, StrategyHooks(cfg.lifelong, t.seed))
     seq.model = build_model(cfg.model, t, seq.head_size(0), ctx)
     return seq
 
 
-def restore_sequence(seq: Sequence, state: dict, meta: dict) -> None:
+def restore_sequence(seq: TaskSequence, state: dict, meta: dict) -> None:
     """Continue from a checkpoint: at a task boundary, or (a step checkpoint) inside a task."""
     extra = state["extra"]
     grow_head(seq.model, extra["num_classes"])
@@ -180,7 +180,7 @@ def restore_sequence(seq: Sequence, state: dict, meta: dict) -> None:
     warn(f"resuming {seq.run_dir} {where} from {meta['file']}")
 
 
-def train_task(seq: Sequence, logger: RunLogger, stop: StopRequest) -> None:
+def train_task(seq: TaskSequence, logger: RunLogger, stop: StopRequest) -> None:
     """Train schedule[seq.task] for train.epochs epochs (or their rest, resumed) and do the strategy's end-of-task
     work; the task's train seconds go to seq.seconds."""
     cfg, t, index = seq.cfg, seq.cfg.train, seq.task
@@ -216,7 +216,7 @@ def train_task(seq: Sequence, logger: RunLogger, stop: StopRequest) -> None:
                                 for b in stored if b["images"] is not None), loss_fn)
 
 
-def end_of_task_epoch(seq: Sequence, task: Task, lr: float, logger: RunLogger) -> None:
+def end_of_task_epoch(seq: TaskSequence, task: Task, lr: float, logger: RunLogger) -> None:
     """Log a task's epoch (metrics.jsonl, TensorBoard, one stderr line), warn about new bad images."""
     run, t = seq.run, seq.cfg.train
     tr = run.stats
@@ -233,13 +233,13 @@ def end_of_task_epoch(seq: Sequence, task: Task, lr: float, logger: RunLogger) -
     run.epoch, run.stats = run.epoch + 1, EpochStats()
 
 
-def seen_accuracy(seq: Sequence, row: list[float]) -> float:
+def seen_accuracy(seq: TaskSequence, row: list[float]) -> float:
     """Mean accuracy over the tasks trained so far (all of them for joint)."""
     seen = len(row) if seq.cfg.lifelong.strategy == "joint" else seq.task + 1
     return sum(row[:seen]) / seen
 
 
-def evaluate_tasks(seq: Sequence, logger: RunLogger | None) -> tuple[list[float], float, int]:
+def evaluate_tasks(seq: TaskSequence, logger: RunLogger | None) -> tuple[list[float], float, int]:
     """Top-1 on every task's test split; also the model's own seconds (without data waiting) and images."""
     row, seconds, images = [], 0.0, 0
     for loader in seq.test_loaders:
@@ -251,7 +251,7 @@ def evaluate_tasks(seq: Sequence, logger: RunLogger | None) -> tuple[list[float]
     return row, seconds, images
 
 
-def finish(seq: Sequence, logger: RunLogger, joint: str | None) -> dict:
+def finish(seq: TaskSequence, logger: RunLogger, joint: str | None) -> dict:
     """R.csv/R.json/R.png, metrics.json (metrics, sizes, times), the final model directory, the summary."""
     _, model_s, images = evaluate_tasks(seq, None)  # timed pass: inference ms/image
     metrics = write_results(seq.cfg, seq.run_dir, [task.name for task in seq.tasks], seq.classes, seq.model,
