@@ -24,7 +24,8 @@ from torch import nn
 
 from resnetcls.config import build_config
 from resnetcls.engine.loop import EpochStats, train_one_epoch
-from resnetcls.engine.train import build_training
+from resnetcls.engine.optim import build_loss, build_optimization
+from resnetcls.engine.prepare import build_context, build_model
 from resnetcls.envinfo import machine_line
 from resnetcls.hardware import pick_device, precision_name
 
@@ -67,7 +68,10 @@ def plain_pytorch(size: int, batch: int, warmup: int, timed: int, device: torch.
 def resnetcls_step(size: int, batch: int, warmup: int, timed: int, overrides: list[str]) -> tuple[float, str]:
     cfg = build_config(overrides=["model.name=resnet50", f"data.image_size={size}", f"train.batch_size={batch}",
                                   "train.epochs=1", *overrides])
-    ctx, model, opt, loss_fn = build_training(cfg, CLASSES, warmup + timed, list(range(CLASSES)))
+    ctx = build_context(cfg.train)
+    model = build_model(cfg.model, cfg.train, CLASSES, ctx)
+    opt = build_optimization(model, cfg.optim, cfg.sched, cfg.train, warmup + timed, ctx)
+    loss_fn = build_loss(cfg.loss, CLASSES, list(range(CLASSES))).to(ctx.device)
     data = batches(warmup + timed, batch, size)
     times, last = [], [0.0]
 

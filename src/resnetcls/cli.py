@@ -193,8 +193,20 @@ def cmd_train(args) -> int:
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = args.out if args.resume in (None, "auto") else args.resume
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
-    train(build_config(args.config, args.overrides, flags, base=base), args.out, args.resume, args.force)
+    cfg = build_config(args.config, args.overrides, flags, base=base)
+    result = train(cfg, args.out, args.resume, args.force)
+    write_train_report(result, cfg.data.num_workers)
     return 0
+
+
+def write_train_report(result, num_workers: int) -> None:
+    """The end-of-training report: the best model evaluated on the validation split into RUN_DIR/eval, then
+    report.html (on rank 0 only, under torchrun)."""
+    from .engine.distributed import is_main
+    from .report import write_report
+    if is_main():
+        report = write_report(result.run_dir, result.val_samples, num_workers)
+        print(f"report: {report} (eval of best/ in {result.run_dir / 'eval'})", file=sys.stderr, flush=True)
 
 
 def cmd_lifelong(args) -> int:

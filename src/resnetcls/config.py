@@ -283,7 +283,9 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
 CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "fork", "spawn"),
-           "data.interpolation": ("nearest", "bilinear", "bicubic")}
+           "data.interpolation": ("nearest", "bilinear", "bicubic"),
+           "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
+           "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint")}
 
 
 def _range_problem(value, lo, hi, lo_open, hi_open) -> str:

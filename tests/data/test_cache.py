@@ -160,10 +160,9 @@ def test_batches_from_workers_equal_in_process_batches_even_when_kept(photos, tm
 
     def three_epochs(workers: int, finish: bool) -> list[dict]:
         sampler = ResumableSampler(many.labels, "shuffle", seed=3)
+        # uint8_batches: what training on a GPU and lifelong mode build: they keep uint8 batches
         loader = build_loader(many, transform, 2, shuffle=False, num_workers=workers, sampler=sampler,
-                              cache_dir=tmp_path)
-        if not finish:
-            loader.finish = None  # what training on a GPU and lifelong mode do: they keep uint8 batches
+                              cache_dir=tmp_path, uint8_batches=not finish)
         kept = []
         for k, batch in enumerate(loader):
             kept.append(batch)

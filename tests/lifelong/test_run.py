@@ -2,39 +2,13 @@
 growth of the head, and exact resume at a task boundary."""
 import csv
 import json
-import random
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from tests.conftest import run_cli
-
-ARGS = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
-        "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "train.deterministic=true",
-        "--set", "optim.lr=0.01", "--tasks", "light", "--order", "bright,dark"]
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    """Two conditions (bright, dark); red and green in both, blue only in the dark task (a new class)."""
-    root = tmp_path_factory.mktemp("lifelong")
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 220)}
-    rng = random.Random(0)
-    rows = [["path", "label", "split", "light"]]
-    for light, scale in (("bright", 1.0), ("dark", 0.4)):
-        for name, rgb in colours.items():
-            if name == "blue" and light == "bright":
-                continue
-            for i in range(8):
-                c = tuple(int(max(0, min(255, v * scale + rng.randint(-15, 15)))) for v in rgb)
-                rel = f"{light}_{name}_{i}.png"
-                Image.new("RGB", (36, 36), c).save(root / rel)
-                rows.append([rel, name, "test" if i < 2 else "train", light])
-    with open(root / "manifest.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return root / "manifest.csv"
+from tests.lifelong.conftest import ARGS
 
 
 def read_json(path):
@@ -125,3 +99,108 @@ def test_unknown_task_column_is_one_clear_error(manifest, tmp_path):
     r = run_cli("lifelong", manifest, *ARGS, "--tasks", "weather", "--out", tmp_path / "x")
     assert r.returncode == 2
     assert "no column 'weather'" in r.stderr and "light" in r.stderr and "Traceback" not in r.stderr
+
+
+# The settings `train` honours take effect in lifelong mode too (they were ignored before: issue 14).
+# Batch 2: the bright task trains on 12 images (6 steps), the dark one on 15 (7 steps; the last image is dropped).
+STEPS = ["--batch-size", "2", "--set", "log.every_steps=1", "--set", "log.tensorboard=true",
+         "--set", "ckpt.every_steps=4", "--set", "ckpt.keep_last=50"]
+
+
+def records(run_dir, kind):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def checkpoint_steps(run_dir):
+    return sorted(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*.json"))
+
+
+@pytest.fixture(scope="module")
+def stepped_run(manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stepped") / "run"
+    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_step_logs_tensorboard_and_step_checkpoints_in_lifelong_mode(stepped_run):
+    steps = records(stepped_run, "train")
+    assert [r["step"] for r in steps] == list(range(1, 14))  # log.every_steps=1: one record per optimizer step
+    assert [r["task"] for r in steps] == ["light=bright"] * 6 + ["light=dark"] * 7
+    assert all(r["train/loss"] > 0 and "train/data_wait_share" in r for r in steps)
+    assert [(r["task"], r["step"]) for r in records(stepped_run, "task")] == [("light=bright", 6), ("light=dark", 13)]
+    # ckpt.every_steps=4 (steps 4, 8, 12) plus one at each task boundary (steps 6 and 13)
+    assert checkpoint_steps(stepped_run) == [4, 6, 8, 12, 13]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(stepped_run / "tb")).Reload()
+    assert {"train/loss", "train/lr", "train/data_wait_share", "lifelong/acc_all"} <= set(tb.Tags()["scalars"])
+    # every step, and each task's epoch record at the step that ends it
+    assert [e.step for e in tb.Scalars("train/loss")] == [*range(1, 7), 6, *range(7, 14), 13]
+
+
+def test_grad_accum_steps_halves_the_optimizer_steps_in_lifelong_mode(manifest, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--set", "train.grad_accum_steps=2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert [r["step"] for r in records(out, "train")] == list(range(1, 8))  # 3 + 4 steps: ceil(6/2), ceil(7/2)
+    assert [r["step"] for r in records(out, "task")] == [3, 7]
+
+
+def test_ema_decay_is_what_lifelong_measures_and_ships(manifest, stepped_run, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6",
+                "--set", "train.ema_decay=0.5", "--out", out)
+    assert r.returncode == 0, r.stderr
+    mid_task = torch.load(out / "checkpoints" / "step-00000008.pt", weights_only=True)
+    assert mid_task["ema"] is not None and mid_task["extra"]["in_task"]
+    with_ema, without = load_file(str(out / "final/model.safetensors")), load_file(
+        str(stepped_run / "final/model.safetensors"))
+    assert not torch.equal(with_ema["fc.weight"], without["fc.weight"])
+    assert read_json(out / "R.json")["R"] != read_json(stepped_run / "R.json")["R"] or not torch.equal(
+        with_ema["conv1.weight"], without["conv1.weight"])
+
+
+def test_resume_from_a_step_checkpoint_inside_a_task_is_exact(stepped_run, manifest, tmp_path):
+    """As if killed right after the checkpoint of step 8 (the second task's third step)."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(stepped_run, out)
+    for name in ("R.json", "R.csv", "R.png", "metrics.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "final")
+    for step in (12, 13):
+        for ext in ("json", "pt"):
+            (out / "checkpoints" / f"step-{step:08d}.{ext}").unlink()
+    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6", "--out", out,
+                "--resume", "auto")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and "inside task 2 at epoch 1 step 2" in r.stderr
+    assert read_json(out / "R.json") == read_json(stepped_run / "R.json")
+    a, b = load_file(str(out / "final/model.safetensors")), load_file(str(stepped_run / "final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in records(out, "train")] == list(range(1, 14))  # nothing logged twice
+    assert len(records(out, "task")) == 2 and len(records(out, "summary")) == 1
+
+
+@pytest.fixture
+def manifest_with_a_bad_image(manifest, tmp_path):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(manifest.parent, root)
+    (root / "dark_red_0.png").write_bytes(b"not a png")  # a test image of the second task
+    return root / "manifest.csv"
+
+
+def test_on_bad_fail_names_the_bad_image_before_any_training(manifest_with_a_bad_image, tmp_path):
+    r = run_cli("lifelong", manifest_with_a_bad_image, *ARGS, "--set", "data.on_bad=fail", "--out", tmp_path / "r")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "1 bad image (data.on_bad=fail" in r.stderr and "dark_red_0.png" in r.stderr
+    assert "task 1/2" not in r.stderr and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_on_bad_skip_warns_and_counts_the_bad_image(manifest_with_a_bad_image, tmp_path):
+    out = tmp_path / "r"
+    r = run_cli("lifelong", manifest_with_a_bad_image, *ARGS, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: skipped bad image") == 1 and "dark_red_0.png" in r.stderr
+    assert read_json(out / "metrics.json")["bad_images"] == 1 and "1 bad images skipped" in r.stderr

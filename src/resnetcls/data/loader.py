@@ -4,7 +4,9 @@ reported (or, with on_bad="fail", found before training starts), never fatal mid
 Two paths, one batch format:
 - a BatchTransform (training and eval in `train`): images come from the decoded uint8 cache (or are decoded
   and resized on the fly with the cache off) and are cropped and flipped per image into uint8 batches in the
-  DataLoader workers; the consuming process jitters and normalises each batch (FinishingLoader). With
+  DataLoader workers; the consuming process jitters and normalises each batch (FinishingLoader), or, when
+  the loader is built with uint8_batches=True, hands the uint8 batch over for the consumer to finish on its
+  device with `loader.device_finish` (a GPU; lifelong replay joins stored images first). With
   workers, the uint8 pixels travel through a ring of shared-memory batch slots made once per loader (see
   SlotBatchSampler): only labels and indices are pickled, and no page is mapped or zeroed per batch;
 - a PIL transform (evaluate/predict style): decode + transform per image.
@@ -157,22 +159,38 @@ class FinishingLoader(DataLoader):
     process that consumes them: workers then ship 1-byte pixels instead of 4-byte floats, which measured
     about 1.35x more images/s on the 2-core AVX2 AMD EPYC (bench/data_throughput.py's setting).
 
-    With a ring (shared uint8 batch slots, see SlotBatchSampler) the pixels of a batch are read from its
-    slot; without `finish` they are copied out of it, so a batch may be kept after the next one arrives."""
+    The contract is fixed when the loader is built: with uint8_batches=False it yields normalised float
+    batches (finish applied here); with uint8_batches=True it yields uint8 batches and `device_finish` is the
+    normalisation the consumer runs itself (on its device, after joining any images of its own). Both are
+    read-only, so no caller can change what a loader hands over after the fact.
 
-    def __init__(self, *args, finish: Callable | None = None, **kwargs) -> None:
+    With a ring (shared uint8 batch slots, see SlotBatchSampler) the pixels of a batch are read from its
+    slot; handed over as uint8 they are copied out of it, so a batch may be kept after the next one arrives."""
+
+    def __init__(self, *args, finish: Callable | None = None, uint8_batches: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.finish = finish
+        self._finish, self._uint8 = finish, uint8_batches and finish is not None
+
+    @property
+    def uint8_batches(self) -> bool:
+        """True: batches are uint8 and the consumer applies device_finish."""
+        return self._uint8
+
+    @property
+    def device_finish(self) -> Callable | None:
+        """The normalisation the consumer must apply (uint8_batches), else None (batches come finished)."""
+        return self._finish if self._uint8 else None
 
     def __iter__(self):
+        finish_here = None if self._uint8 else self._finish
         for batch in super().__iter__():
             slot = batch.pop("slot", None)
             if slot is not None:
                 pixels = self.dataset.ring[slot, :len(batch["labels"])].permute(0, 3, 1, 2)
-                batch["images"] = pixels if self.finish is not None else pixels.clone(
+                batch["images"] = pixels if finish_here is not None else pixels.clone(
                     memory_format=torch.channels_last)
-            if self.finish is not None and batch["images"] is not None:
-                batch["images"] = self.finish(batch["images"])
+            if finish_here is not None and batch["images"] is not None:
+                batch["images"] = finish_here(batch["images"])
             yield batch
 
 
@@ -213,10 +231,12 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
 def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, num_workers: int = -1,
                  seed: int = 0, drop_last: bool = False, sampler: Sampler | None = None,
                  cache_dir: str | os.PathLike | None = None, on_bad: str = "skip", start_method: str = "auto",
-                 cache_max_gb: float = 0.0) -> DataLoader:
+                 cache_max_gb: float = 0.0, uint8_batches: bool = False) -> DataLoader:
     """A DataLoader whose batches are dicts {images, labels, index, bad}.
 
     transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
+    uint8_batches: with a BatchTransform, hand over uint8 batches for the consumer to finish with
+    `loader.device_finish` (see FinishingLoader); otherwise batches come normalised.
     sampler: any torch Sampler over range(len(samples)); when given, `shuffle` and `seed` are its business.
     start_method: how workers start: auto (fork on Linux, else the platform's default, spawn), fork or spawn.
     cache_max_gb: the decoded cache's size limit (least-recently-used stores are pruned beyond it; 0 = none).
@@ -238,7 +258,7 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
         start_method = "fork" if sys.platform == "linux" else None
     return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
                            num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
-                           persistent_workers=workers > 0, finish=finish,
+                           persistent_workers=workers > 0, finish=finish, uint8_batches=uint8_batches,
                            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                            worker_init_fn=ignore_sigint if workers > 0 else None,
                            multiprocessing_context=start_method if workers > 0 else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..envinfo import provenance
 from ..atomic import write_atomic, write_text_atomic
+from ..config import CkptConfig
+from ..envinfo import provenance
 from ..modelfile import sha256_file
 from .loop import EpochStats, Optimization
 
@@ -146,13 +148,16 @@ class RunState:
     train_seconds: float = 0.0
 
 
-def capture_state(run: RunState, model: nn.Module, opt: Optimization, batch_size: int) -> dict:
-    """Everything needed to continue bit for bit, as tensors and plain values (weights_only-loadable)."""
+def capture_state(run: RunState, model: nn.Module, opt: Optimization | None, batch_size: int) -> dict:
+    """Everything needed to continue bit for bit, as tensors and plain values (weights_only-loadable).
+    opt=None (lifelong, between tasks: the next task starts a fresh optimizer) leaves the optimizer out."""
     stats = dataclasses.asdict(run.stats)
     stats["bad"] = [list(b) for b in stats["bad"]]
-    return {"format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
-            "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
-            "ema": opt.ema.state_dict() if opt.ema is not None else None,
+    return {"format": CKPT_FORMAT, "model": model.state_dict(),
+            "optimizer": opt.optimizer.state_dict() if opt is not None else None,
+            "scheduler": opt.scheduler.state_dict() if opt is not None else None,
+            "scaler": opt.scaler.state_dict() if opt is not None else None,
+            "ema": opt.ema.state_dict() if opt is not None and opt.ema is not None else None,
             "epoch": run.epoch, "step_in_epoch": run.stats.steps, "global_step": run.global_step,
             "sampler": {"epoch": run.epoch, "position": run.stats.batches * batch_size},
             "epoch_stats": stats, "best": {"value": run.best_value, "epoch": run.best_epoch},
@@ -160,15 +165,49 @@ def capture_state(run: RunState, model: nn.Module, opt: Optimization, batch_size
             "rng": capture_rng()}
 
 
-def restore_state(state: dict, model: nn.Module, opt: Optimization) -> RunState:
-    """Load a checkpoint's state into model/opt and the RNGs; return where the run stands."""
+def restore_state(state: dict, model: nn.Module, opt: Optimization | None) -> RunState:
+    """Load a checkpoint's state into model/opt (when the checkpoint has one) and the RNGs; return where the
+    run stands."""
     model.load_state_dict(state["model"])
-    opt.optimizer.load_state_dict(state["optimizer"])
-    opt.scheduler.load_state_dict(state["scheduler"])
-    opt.scaler.load_state_dict(state["scaler"])
-    if opt.ema is not None and state["ema"] is not None:
-        opt.ema.load_state_dict(state["ema"])
+    if opt is not None and state["optimizer"] is not None:
+        opt.optimizer.load_state_dict(state["optimizer"])
+        opt.scheduler.load_state_dict(state["scheduler"])
+        opt.scaler.load_state_dict(state["scaler"])
+        if opt.ema is not None and state["ema"] is not None:
+            opt.ema.load_state_dict(state["ema"])
     stats = EpochStats(**{**state["epoch_stats"], "bad": [tuple(b) for b in state["epoch_stats"]["bad"]]})
     restore_rng(state["rng"])
     return RunState(state["epoch"], state["global_step"], stats, state["best"]["value"], state["best"]["epoch"],
                     dict(state["bad_files"]), *state["totals"])
+
+
+class Checkpointer:
+    """Saves a run's state (atomically, keep-last-K plus best) with its config and environment.
+
+    config: the resolved config as a dict (recorded in both files); enabled=False (a non-zero torchrun rank)
+    saves nothing. extra(): more of the caller's state and description, as (state, info) dicts, saved under
+    state["extra"] and merged into the .json (lifelong: the task, the strategy's state, R so far).
+    """
+
+    def __init__(self, run_dir: Path, ckpt: CkptConfig, batch_size: int, config: dict, env: dict, model: nn.Module,
+                 opt: Optimization | None, extra: Callable[[], tuple[dict, dict]] | None = None,
+                 enabled: bool = True) -> None:
+        self.dir, self.ckpt, self.batch_size = run_dir / "checkpoints", ckpt, batch_size
+        self.config, self.env = config, env
+        self.model, self.opt, self.extra, self.enabled = model, opt, extra, enabled
+
+    def save(self, run: RunState, metrics: dict | None = None) -> Path | None:
+        """One checkpoint named by run.global_step; None on a rank that does not write."""
+        if not self.enabled:
+            return None
+        info = {"epoch": run.epoch, "step_in_epoch": run.stats.steps, "global_step": run.global_step,
+                "metrics": metrics, "config": self.config, "env": self.env,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        state = capture_state(run, self.model, self.opt, self.batch_size)
+        state.update(config=self.config, env=self.env)
+        if self.extra is not None:
+            state["extra"], more = self.extra()
+            info.update(more)
+        path = save_checkpoint(self.dir, state, info)
+        prune_checkpoints(self.dir, self.ckpt.keep_last, self.ckpt.metric)
+        return path

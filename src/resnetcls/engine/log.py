@@ -12,6 +12,11 @@ from pathlib import Path
 from ..atomic import write_text_atomic
 
 
+# Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by
+# the epoch they close, so a resumed run drops those it will log again.
+EPOCH_KINDS = ("epoch", "task_epoch", "task")
+
+
 class RunLogger:
     """Writes every logged record to metrics.jsonl and TensorBoard; prints to stderr.
 
@@ -70,7 +75,7 @@ def _truncate_after(path: Path, step: int, epoch: int) -> None:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        redone = r.get("kind") == "summary" or (r.get("kind") == "epoch" and r.get("epoch", 0) >= epoch)
+        redone = r.get("kind") == "summary" or (r.get("kind") in EPOCH_KINDS and r.get("epoch", 0) >= epoch)
         if r.get("step", 0) <= step and not redone:
             kept.append(line)
     write_text_atomic(path, "".join(l + "\n" for l in kept))

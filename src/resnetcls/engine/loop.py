@@ -1,5 +1,7 @@
 """train_one_epoch() and evaluate(): the inner loops, one precision code path (autocast/GradScaler with
-enabled=), gradient accumulation and clipping, EMA, and a callback after every optimizer step."""
+enabled=), gradient accumulation and clipping, EMA, a callback after every optimizer step, and StepHooks: what
+a training mode (lifelong strategies) adds to a step. Plain training and every lifelong strategy run this one
+step loop."""
 from __future__ import annotations
 
 import time
@@ -120,19 +122,65 @@ class Optimization:
         return self.optimizer.param_groups[0]["lr"]
 
 
+class StepHooks:
+    """What a training mode adds to the standard step. This base class adds nothing (plain training);
+    lifelong/hooks.py's StrategyHooks overrides it per strategy.
+
+    - extra_batch(n): (uint8 NCHW images, labels) joined to a batch of n uint8 images before it is normalised
+      (replay), or None. Needs a loader built with uint8_batches=True: the joined batch is finished on the
+      device with the loader's device_finish, so stored and fresh images get the same jitter and normalisation.
+    - extra_loss(images, logits): a term added to the batch's loss inside autocast, after the forward (EWC's
+      penalty, LwF's distillation), or None.
+    Work between tasks (filling a replay buffer, a Fisher pass, freezing a teacher) is not part of a step:
+    lifelong/run.py calls its hooks' start_task and end_task around the epochs of each task.
+    """
+
+    def extra_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
+    def extra_loss(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+NO_HOOKS = StepHooks()
+
+
+def forward_batch(model: nn.Module, batch: dict, finish: Callable | None, loss_fn: nn.Module, ctx: StepContext,
+                  hooks: StepHooks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, logits, labels) of one training batch, with the hooks' extra images and loss term."""
+    images, labels = batch["images"], batch["labels"]
+    extra = hooks.extra_batch(len(labels))
+    if extra is not None:
+        if finish is None or images.dtype != torch.uint8:
+            raise ValueError("StepHooks.extra_batch needs a loader built with uint8_batches=True")
+        images, labels = torch.cat([images, extra[0]]), torch.cat([labels, extra[1]])
+    images = ctx.to_device(images, finish)
+    labels = labels.to(ctx.device, non_blocking=True)
+    with ctx.autocast():
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        term = hooks.extra_loss(images, logits)
+        if term is not None:
+            loss = loss + term
+    return loss, logits, labels
+
+
 def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Module, ctx: StepContext,
                     stats: EpochStats, after_step: Callable[[EpochStats], bool], nonfinite: str = "stop",
-                    agree: Callable[[bool], bool] = bool) -> bool:
+                    agree: Callable[[bool], bool] = bool, hooks: StepHooks = NO_HOOKS) -> bool:
     """Train over loader (the rest of the epoch when resuming); stats accumulates in place.
 
     after_step(stats) runs after every optimizer step (logging, checkpoints) and returns True to stop early.
     A NaN/Inf loss raises NonFiniteLoss (nonfinite="stop") or skips the batch and counts it in
     stats.nonfinite ("skip"); agree(flag) makes every rank of a torchrun job take the same decision (so they all
-    skip the same backward and DDP's all-reduce stays in step).
+    skip the same backward and DDP's all-reduce stays in step). hooks: see StepHooks.
+    loader: batches as dicts {images, labels, bad}; a FinishingLoader built with uint8_batches=True is
+    finished on the device with its device_finish.
     Returns True when the epoch ran to its end, False when after_step stopped it.
     """
     model.train()
     remaining, micro = len(loader), 0
+    finish = getattr(loader, "device_finish", None)  # plain iterables of batches (tests, benches) come finished
     start, seconds0 = time.perf_counter(), stats.seconds
     tick = start
     for i, batch in enumerate(loader):
@@ -140,11 +188,7 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
         stats.bad += batch["bad"]
         stats.batches += 1
         if batch["images"] is not None:
-            images = ctx.to_device(batch["images"], getattr(loader, "device_finish", None))
-            labels = batch["labels"].to(ctx.device, non_blocking=True)
-            with ctx.autocast():
-                logits = model(images)
-                loss = loss_fn(logits, labels)
+            loss, logits, labels = forward_batch(model, batch, finish, loss_fn, ctx, hooks)
             if agree(not bool(torch.isfinite(loss.detach()))):
                 if nonfinite != "skip":
                     raise NonFiniteLoss(stats.steps + 1, float(loss.detach()))

@@ -1,4 +1,5 @@
-"""Optimizers, learning-rate schedules and losses."""
+"""Optimizers, learning-rate schedules, losses, EMA, and build_optimization(): all of them (plus the gradient
+scaler and accumulation) built in one place for plain and lifelong training."""
 from __future__ import annotations
 
 import math
@@ -6,8 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import LossConfig, OptimConfig, SchedConfig
+from ..config import LossConfig, OptimConfig, SchedConfig, TrainConfig
 from ..errors import UserError
+from .loop import Optimization, StepContext
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -111,3 +113,14 @@ def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
         raise UserError(f"train.ema_decay={decay}: expected 0 (off) or a value below 1, e.g. 0.999")
     return torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def build_optimization(model: nn.Module, optim: OptimConfig, sched: SchedConfig, train: TrainConfig,
+                       steps_per_epoch: int, ctx: StepContext) -> Optimization:
+    """Optimizer, schedule (over train.epochs of steps_per_epoch optimizer steps), gradient scaler (fp16 only),
+    EMA (train.ema_decay), accumulation (train.grad_accum_steps) and clipping (train.grad_clip_norm): what
+    train_one_epoch steps. Build it after the model is on its device and in its final shape."""
+    optimizer = build_optimizer(model, optim)
+    return Optimization(optimizer, build_scheduler(optimizer, sched, steps_per_epoch, train.epochs),
+                        torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16),
+                        build_ema(model, train.ema_decay), max(1, train.grad_accum_steps), train.grad_clip_norm)

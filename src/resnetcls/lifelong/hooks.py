@@ -1,5 +1,5 @@
-"""Strategy hooks for the lifelong step loop: what each strategy adds to a training step, does at the end of
-a task, and keeps in the checkpoint.
+"""Strategy hooks: what each lifelong strategy adds to the engine's step loop (engine/loop.py's StepHooks:
+extra_batch, extra_loss), does around a task (start_task, end_task), and keeps in the checkpoint.
 
 - naive / joint: nothing (joint differs only in what it trains on; see run.py);
 - replay: a class-balanced ReplayBuffer of uint8 crops; each step trains on the batch plus as many replayed
@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LifelongConfig
+from ..engine.loop import StepHooks
 from .strategies import ReplayBuffer, distillation_loss, ewc_penalty, fisher_diagonal
-
-STRATEGIES = ("naive", "replay", "ewc", "lwf", "joint")
 
 
 def grow_head(model: nn.Module, num_classes: int) -> bool:
@@ -43,8 +42,12 @@ def _pad_to(t: Tensor, shape: torch.Size) -> Tensor:
     return out
 
 
-class StrategyHooks:
-    """The state and the per-step / per-task work of one strategy."""
+class StrategyHooks(StepHooks):
+    """The state and the per-step / per-task work of one strategy (lifelong.strategy).
+
+    lifelong/run.py calls start_task before a task's first epoch, passes the hooks to every training step
+    (extra_batch and extra_loss, see engine.loop.StepHooks), and calls end_task after the task's last epoch.
+    """
 
     def __init__(self, lc: LifelongConfig, seed: int) -> None:
         self.name, self.lc, self.seed = lc.strategy, lc, seed
@@ -52,10 +55,12 @@ class StrategyHooks:
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
         self.old_model: nn.Module | None = None
+        self.model: nn.Module | None = None  # the unwrapped model being trained (EWC reads its parameters)
 
     def start_task(self, index: int, model: nn.Module) -> None:
         """Reseed the buffer's sampler per task (a resumed run draws the same replay batches) and give a
         grown head's new rows zero Fisher (they are free to learn)."""
+        self.model = model
         if self.buffer is not None:
             self.buffer.rng = random.Random(self.seed * 7919 + index)
         params = dict(model.named_parameters())
@@ -63,13 +68,14 @@ class StrategyHooks:
             self.fisher[n] = _pad_to(self.fisher[n], params[n].shape)
             self.anchor[n] = _pad_to(self.anchor[n], params[n].shape)
 
-    def replay(self, n: int) -> tuple[Tensor, Tensor] | None:
-        """n uint8 images with labels from earlier tasks, or None (not replay, or nothing stored yet)."""
+    def extra_batch(self, n: int) -> tuple[Tensor, Tensor] | None:
+        """Replay: n uint8 images with labels from earlier tasks, or None (not replay, or nothing stored yet)."""
         return self.buffer.sample(n) if self.buffer is not None else None
 
-    def extra_loss(self, model: nn.Module, images: Tensor, logits: Tensor) -> Tensor | None:
+    def extra_loss(self, images: Tensor, logits: Tensor) -> Tensor | None:
+        """EWC's penalty or LwF's distillation term (computed inside the step's autocast), else None."""
         if self.name == "ewc" and self.fisher:
-            return self.lc.ewc_lambda * ewc_penalty(model, self.fisher, self.anchor)
+            return self.lc.ewc_lambda * ewc_penalty(self.model, self.fisher, self.anchor)
         if self.name == "lwf" and self.old_model is not None:
             with torch.no_grad():
                 old_logits = self.old_model(images)
@@ -91,8 +97,16 @@ class StrategyHooks:
         if self.name == "lwf":
             self.set_old_model(model)
 
-    def set_old_model(self, model: nn.Module) -> None:
+    def set_old_model(self, model: nn.Module, weights: dict[str, Tensor] | None = None) -> None:
+        """Freeze a copy of model as LwF's teacher; with weights (a saved teacher), that copy holds them (its
+        head as wide as the saved one)."""
         self.old_model = copy.deepcopy(model).eval()
+        if weights is not None:
+            classes = weights["fc.weight"].shape[0]
+            if self.old_model.fc.out_features != classes:
+                fc = self.old_model.fc
+                self.old_model.fc = nn.Linear(fc.in_features, classes, device=fc.weight.device)
+            self.old_model.load_state_dict(weights)
         for p in self.old_model.parameters():
             p.requires_grad_(False)
 
@@ -101,13 +115,17 @@ class StrategyHooks:
         return {"buffer_images": n, "buffer_mb": round(self.buffer.nbytes() / 1e6, 6) if n else 0.0}
 
     def state_dict(self) -> dict:
+        """Buffer (with its sampler's position), Fisher, anchor and LwF's teacher: a resume inside a task
+        continues exactly."""
         return {"buffer": self.buffer.state_dict() if self.buffer is not None else None,
-                "fisher": self.fisher, "anchor": self.anchor}
+                "fisher": self.fisher, "anchor": self.anchor,
+                "teacher": self.old_model.state_dict() if self.old_model is not None else None}
 
     def load_state_dict(self, state: dict, model: nn.Module) -> None:
-        """Restore after the model's weights are loaded (LwF's teacher is that model)."""
+        """Restore after the model's weights are loaded."""
+        self.model = model
         if self.buffer is not None and state["buffer"] is not None:
             self.buffer.load_state_dict(state["buffer"])
         self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])
-        if self.name == "lwf":
-            self.set_old_model(model)
+        if self.name == "lwf" and state.get("teacher") is not None:
+            self.set_old_model(model, state["teacher"])

@@ -1,38 +1,40 @@
 """`resnetcls lifelong`: train over a sequence of tasks and measure forgetting and transfer.
 
-Top to bottom: tasks -> model (engine.train.build_training) -> accuracy on every task before training (b)
--> for each task: grow the head if the task brings classes, train its epochs with the strategy's hooks,
-evaluate on every task's test split (one row of R), checkpoint -> R.csv/R.json/R.png, metrics.json, final/.
+Top to bottom: tasks -> the run directory (engine.prepare.prepare_run, as `train`) -> loaders, model
+(engine.prepare) -> accuracy on every task before training (b) -> for each task: grow the head if the task brings
+classes, a fresh optimisation (engine.optim.build_optimization), its epochs through the engine's step loop
+(engine.runner.run_epoch, the strategy's StepHooks), the strategy's end-of-task work, evaluation on every
+task's test split (one row of R), a checkpoint -> R.csv/R.json/R.png, metrics.json, final/.
 `joint` trains once on the union of the tasks (the upper bound) and gives one row.
 
-The optimizer and schedule restart at every task (as in Avalanche's default), so a checkpoint at a task
-boundary (model, strategy state, R so far) is all a resume needs; each task seeds every RNG with
-seed + task index, so a resumed run reproduces the uninterrupted one.
+So every train.*, log.*, ckpt.* and data.* setting means what it means for `train`: accumulation, EMA
+(at the end of each task the weight average becomes the model: it is what R measures, what the strategy
+remembers and what the next task starts from), compile, on_bad, step logs, TensorBoard, step checkpoints, and
+the interrupt path (SIGINT/SIGTERM: saved, exit 130). The optimizer and schedule restart at every task (as in
+Avalanche's default); each task seeds every RNG with seed + task index, so a run resumed at a task boundary or
+from a step checkpoint inside a task reproduces the uninterrupted one.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from ..atomic import csv_text, write_text_atomic
-from ..config import Config, config_to_dict, dump_yaml
-from ..data.cache import resolve_cache_dir
-from ..data.loader import build_loader
+from ..config import Config, LifelongConfig, config_to_dict, validate_config
+from ..data.loader import known_bad_files
 from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
-from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
-from ..engine.checkpoint import environment_info, prune_checkpoints, save_checkpoint
-from ..engine.loop import EpochStats, Optimization, StepContext, evaluate
-from ..engine.optim import build_loss, build_optimizer, build_scheduler
-from ..engine.train import arch_args, build_training, find_resume, seed_everything
+from ..engine.checkpoint import Checkpointer, RunState, restore_state
+from ..engine.log import RunLogger
+from ..engine.loop import EpochStats, StepContext, evaluate
+from ..engine.optim import build_loss, build_optimization
+from ..engine.prepare import DataPipeline, build_context, build_model, prepare_run, seed_everything, wrap_model
+from ..engine.runner import StepPlan, StopRequest, note_bad_images, run_epoch, stop_run, train_record
 from ..errors import UserError
-from ..modelfile import save_model_dir
-from .hooks import STRATEGIES, StrategyHooks, grow_head
-from .metrics import continual_metrics
+from .hooks import StrategyHooks, grow_head
+from .results import write_results
 from .tasks import Task, build_tasks, known_classes
 
 
@@ -40,119 +42,11 @@ def warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-class Data:
-    """Loaders for the tasks: uint8 training batches (the step loop finishes them, after mixing in replayed
-    images), evaluation batches per task test split, all through the decoded cache."""
-
-    def __init__(self, cfg: Config) -> None:
-        d = cfg.data
-        self.cfg = cfg
-        self.preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
-        self.train_tf = build_train_transform(self.preprocess, d.augment, d.min_crop_scale, d.color_jitter,
-                                              d.cache_size)
-        self.eval_tf = build_eval_batch_transform(self.preprocess, d.cache_size)
-        self.cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
-
-    def train_loader(self, samples: Samples, seed: int, epoch: int):
-        b = self.cfg.train.batch_size
-        sampler = ResumableSampler(samples.labels, self.cfg.data.sampler, seed)
-        sampler.set_epoch(epoch)
-        loader = build_loader(samples, self.train_tf, b, shuffle=False, num_workers=self.cfg.data.num_workers,
-                              seed=seed, drop_last=len(samples) > b, sampler=sampler, cache_dir=self.cache_dir,
-                              on_bad=self.cfg.data.on_bad)
-        loader.finish = None  # keep uint8: replayed uint8 images join the batch before normalisation
-        return loader
-
-    def eval_loader(self, samples: Samples, finish: bool = True):
-        loader = build_loader(samples, self.eval_tf, self.cfg.train.batch_size, shuffle=False,
-                              num_workers=self.cfg.data.num_workers, cache_dir=self.cache_dir,
-                              on_bad=self.cfg.data.on_bad)
-        if not finish:
-            loader.finish = None
-        return loader
-
-
-def make_optimization(cfg: Config, model, steps_per_epoch: int, ctx: StepContext) -> Optimization:
-    """A fresh optimizer and schedule for one task (the head may have grown since the last one)."""
-    optimizer = build_optimizer(model, cfg.optim)
-    return Optimization(optimizer, build_scheduler(optimizer, cfg.sched, steps_per_epoch, cfg.train.epochs),
-                        torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16),
-                        None, 1, cfg.train.grad_clip_norm)
-
-
-def train_epoch(model, loader, finish, opt: Optimization, loss_fn, ctx: StepContext, hooks: StrategyHooks
-                ) -> EpochStats:
-    """One epoch of the lifelong step: batch (+ replayed images) -> loss (+ the strategy's term) -> step.
-    One precision path: autocast/GradScaler with enabled=, as in engine/loop.py."""
-    model.train()
-    stats, start = EpochStats(), time.perf_counter()
-    for batch in loader:
-        stats.bad += batch["bad"]
-        if batch["images"] is None:
-            continue
-        raw, labels = batch["images"], batch["labels"]
-        replayed = hooks.replay(len(labels))
-        if replayed is not None:
-            raw, labels = torch.cat([raw, replayed[0]]), torch.cat([labels, replayed[1]])
-        images, labels = ctx.to_device(finish(raw)), labels.to(ctx.device)
-        with ctx.autocast():
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-            extra = hooks.extra_loss(model, images, logits)
-            if extra is not None:
-                loss = loss + extra
-        opt.backward(loss)
-        opt.step(model)
-        stats.add(loss, logits, labels)
-        stats.steps += 1
-    stats.seconds = time.perf_counter() - start
-    return stats
-
-
-def evaluate_tasks(model, loaders: list, ctx: StepContext) -> tuple[list[float], float, int]:
-    """Top-1 on every task's test split; also the model's own seconds (without data waiting) and images."""
-    row, seconds, images = [], 0.0, 0
-    for loader in loaders:
-        stats = evaluate(model, loader, None, ctx)
-        row.append(stats.top1)
-        seconds, images = seconds + stats.seconds - stats.data_wait_s, images + stats.images
-    return row, seconds, images
-
-
-def train_task(cfg: Config, index: int, task: Task, model, ctx: StepContext, data: Data,
-               hooks: StrategyHooks) -> float:
-    """Train one task (all its epochs) and run the strategy's end-of-task work; returns train seconds."""
-    t = cfg.train
-    seed = t.seed + index
-    num_classes = model.fc.out_features
-    loss_fn = build_loss(cfg.loss, num_classes, task.train.labels).to(ctx.device)
-    steps = len(task.train) // t.batch_size if len(task.train) > t.batch_size else 1  # drop_last, as loaded
-    opt = make_optimization(cfg, model, steps, ctx)
-    hooks.start_task(index, model)
-    started = time.perf_counter()
-    for epoch in range(1, t.epochs + 1):
-        stats = train_epoch(model, data.train_loader(task.train, seed, epoch), data.train_tf.finish, opt,
-                            loss_fn, ctx, hooks)
-        warn(f"  {task.name} epoch {epoch}/{t.epochs}: loss {stats.loss:.4f} top1 {stats.top1:.2%} "
-             f"({stats.images} images incl. replay, {stats.seconds:.1f}s)")
-    seconds = time.perf_counter() - started
-    stored = lambda: ((b["images"], b["labels"]) for b in data.eval_loader(task.train, finish=False)
-                      if b["images"] is not None)
-    normalised = lambda: ((ctx.to_device(b["images"]), b["labels"].to(ctx.device))
-                          for b in data.eval_loader(task.train) if b["images"] is not None)
-    hooks.end_task(model, stored, normalised, loss_fn)
-    return seconds
-
-
-def check_config(cfg: Config) -> None:
-    lc, t = cfg.lifelong, cfg.train
-    if lc.strategy not in STRATEGIES:
-        raise UserError(f"lifelong.strategy={lc.strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    if t.epochs < 1 or t.batch_size < 1:
-        raise UserError(f"train.epochs={t.epochs}, train.batch_size={t.batch_size}: both must be at least 1")
+def check_config(lc: LifelongConfig, data: str) -> None:
+    """What validate_config cannot know: replay needs a buffer, and some DATA."""
     if lc.strategy == "replay" and lc.buffer_size < 1:
         raise UserError(f"lifelong.buffer_size={lc.buffer_size}: replay needs at least 1 image")
-    if not cfg.data.train and not lc.datasets:
+    if not data and not lc.datasets:
         raise UserError("lifelong: DATA is required")
 
 
@@ -163,107 +57,212 @@ def joint_task(tasks: list[Task]) -> Task:
     return Task("joint", train, tasks[0].test)
 
 
+@dataclass
+class TaskSequence:
+    """A lifelong run being trained: what is fixed (config, tasks, loaders, model) and where it stands
+    (R so far, b, train seconds per task, the task being trained, the engine's RunState)."""
+
+    cfg: Config
+    run_dir: Path
+    env: dict
+    tasks: list[Task]
+    schedule: list[Task]            # what is trained: the tasks, or one joint task
+    classes: list[str]
+    ctx: StepContext
+    pipeline: DataPipeline
+    samplers: list                  # one per scheduled task: its order depends only on (seed + index, epoch)
+    train_loaders: list
+    test_loaders: list
+    model: object
+    hooks: StrategyHooks
+    R: list = field(default_factory=list)
+    b: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    task: int = 0                   # index into schedule of the task being (or next to be) trained
+    run: RunState = field(default_factory=RunState)
+    pending: dict | None = None     # a checkpoint from inside `task`, restored once its optimizer exists
+
+    def head_size(self, index: int) -> int:
+        joint = self.cfg.lifelong.strategy == "joint"
+        return len(self.classes) if joint else known_classes(self.tasks, index)
+
+    def global_epoch(self) -> int:
+        """Epochs trained so far over the whole sequence, counting the current one (metrics.jsonl's epoch)."""
+        return self.task * self.cfg.train.epochs + self.run.epoch
+
+    def checkpointer(self, opt) -> Checkpointer:
+        """Checkpoints with the sequence's state; opt=None between tasks (the next one starts afresh)."""
+        def extra() -> tuple[dict, dict]:
+            state = {"task": self.task, "in_task": opt is not None, "num_classes": self.model.fc.out_features,
+                     "strategy": self.hooks.state_dict(), "R": self.R, "b": self.b, "task_seconds": self.seconds}
+            return state, {"tasks_done": len(self.R)}
+        t = self.cfg.train
+        return Checkpointer(self.run_dir, self.cfg.ckpt, t.batch_size, config_to_dict(self.cfg), self.env,
+                            self.model, opt, extra)
+
+
 def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False,
                  joint: str | None = None, stop_after: int = 0) -> dict | None:
     """Run the task sequence into out_dir; return metrics.json's content (None when stopped early by
     stop_after: continue with resume="auto")."""
-    check_config(cfg)
-    lc, t = cfg.lifelong, cfg.train
+    validate_config(cfg)
+    check_config(cfg.lifelong, cfg.data.train)
     if not cfg.data.train:
-        cfg.data.train = lc.datasets[0]
-    run_dir = Path(out_dir if resume in (None, "auto") else resume)
-    resumed = find_resume(resume, run_dir, cfg, force)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=cfg.lifelong.datasets[0]))
     tasks, classes = build_tasks(cfg)  # bad task settings fail before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-    write_text_atomic(run_dir / "environment.json", json.dumps(environment_info(), indent=2) + "\n")
-    seed_everything(t.seed, t.deterministic)
-    schedule = [joint_task(tasks)] if lc.strategy == "joint" else tasks
-    first_classes = len(classes) if lc.strategy == "joint" else known_classes(tasks, 0)
-    ctx, model, _, _ = build_training(cfg, first_classes, 1, tasks[0].train.labels)
-    data, hooks = Data(cfg), StrategyHooks(lc, t.seed)
-    test_loaders = [data.eval_loader(task.test) for task in tasks]
-    warn(f"lifelong: {lc.strategy}, {len(tasks)} tasks ({', '.join(f'{x.name}: {len(x.train)}/{len(x.test)}' for x in tasks)}"
-         f" train/test images), {len(classes)} classes, {cfg.model.name} on {ctx.device.type}")
-    if resumed is not None:
-        state = resumed[0]
-        grow_head(model, state["num_classes"])
-        model.load_state_dict(state["model"])
-        hooks.load_state_dict(state["strategy"], model)
-        R, b, seconds = [list(r) for r in state["R"]], list(state["b"]), list(state["task_seconds"])
-        warn(f"resuming {run_dir} after task {len(R)}/{len(schedule)} from {resumed[1]['file']}")
-    else:
-        b, _, _ = evaluate_tasks(model, test_loaders, ctx)
-        R, seconds = [], []
+    prepared = prepare_run(cfg, out_dir, resume, force)
+    seq = build_sequence(prepared.cfg, prepared.run_dir, prepared.env, tasks, classes)
+    warn(f"lifelong: {cfg.lifelong.strategy}, {len(tasks)} tasks ("
+         + ", ".join(f"{x.name}: {len(x.train)}/{len(x.test)}" for x in tasks)
+         + f" train/test images), {len(classes)} classes, {cfg.model.name} on {seq.ctx.device.type}")
+    if prepared.resumed is not None:
+        restore_sequence(seq, *prepared.resumed)
+    logger = RunLogger(seq.run_dir, cfg.log.tensorboard, seq.run.global_step if prepared.resumed else None,
+                       resume_epoch=seq.global_epoch())
+    if prepared.resumed is None:
+        seq.b = evaluate_tasks(seq, logger)[0]
     trained = 0
-    for index in range(len(R), len(schedule)):
+    with StopRequest() as stop:
+        while seq.task < len(seq.schedule):
+            index, task = seq.task, seq.schedule[seq.task]
+            warn(f"task {index + 1}/{len(seq.schedule)} {task.name}: {len(task.train)} train images")
+            train_task(seq, logger, stop)
+            row = evaluate_tasks(seq, logger)[0]
+            seq.R.append(row)
+            warn(f"  accuracy on every task: {' '.join(f'{a:.3f}' for a in row)}")
+            closed = seq.global_epoch() - 1  # the last epoch of this task: numbered like its task_epoch record
+            logger.log({"kind": "task", "epoch": closed, "task": task.name, "R_row": row,
+                        "lifelong/acc_all": sum(row) / len(row), "lifelong/acc_seen": seen_accuracy(seq, row)},
+                       seq.run.global_step)
+            seq.task, seq.run.epoch, seq.run.stats = index + 1, 1, EpochStats()
+            saved = seq.checkpointer(None).save(seq.run)
+            trained += 1
+            if seq.task < len(seq.schedule) and stop.requested:
+                stop_run(logger, f"interrupted after task {index + 1}: saved {saved}", seq.run_dir)
+            if stop_after and trained >= stop_after and seq.task < len(seq.schedule):
+                warn(f"stopped after task {index + 1} (--stop-after {stop_after}); continue with --resume auto")
+                logger.close()
+                return None
+    return finish(seq, logger, joint)
+
+
+def build_sequence(cfg: Config, run_dir: Path, env: dict, tasks: list[Task], classes: list[str]) -> TaskSequence:
+    """Loaders for every task (uint8 batches: replayed images join them before normalisation), checked for
+    bad images before any training (data.on_bad=fail names them all), and the model with its first head."""
+    t, d = cfg.train, cfg.data
+    schedule = [joint_task(tasks)] if cfg.lifelong.strategy == "joint" else tasks
+    ctx = build_context(t)
+    pipeline = DataPipeline(d, t.batch_size, uint8_batches=True)
+    samplers = [ResumableSampler(task.train.labels, d.sampler, t.seed + i) for i, task in enumerate(schedule)]
+    train_loaders = [pipeline.train_loader(task.train, sampler, t.seed + i)
+                     for i, (task, sampler) in enumerate(zip(schedule, samplers))]
+    test_loaders = [pipeline.eval_loader(task.test) for task in tasks]
+    known_bad_files(d.on_bad, *train_loaders, *test_loaders)
+    seq = TaskSequence(cfg, run_dir, env, tasks, schedule, classes, ctx, pipeline, samplers, train_loaders,
+                   test_loaders, None, StrategyHooks(cfg.lifelong, t.seed))
+    seq.model = build_model(cfg.model, t, seq.head_size(0), ctx)
+    return seq
+
+
+def restore_sequence(seq: TaskSequence, state: dict, meta: dict) -> None:
+    """Continue from a checkpoint: at a task boundary, or (a step checkpoint) inside a task."""
+    extra = state["extra"]
+    grow_head(seq.model, extra["num_classes"])
+    seq.model.load_state_dict(state["model"])
+    seq.hooks.load_state_dict(extra["strategy"], seq.model)
+    seq.R, seq.b, seq.seconds = [list(r) for r in extra["R"]], list(extra["b"]), list(extra["task_seconds"])
+    seq.task = extra["task"]
+    seq.run = RunState(global_step=state["global_step"], bad_files=dict(state["bad_files"]))
+    if extra["in_task"]:
+        seq.pending = state
+    where = f"inside task {seq.task + 1} at epoch {state['epoch']} step {state['step_in_epoch']}" \
+        if extra["in_task"] else f"after task {seq.task}/{len(seq.schedule)}"
+    warn(f"resuming {seq.run_dir} {where} from {meta['file']}")
+
+
+def train_task(seq: TaskSequence, logger: RunLogger, stop: StopRequest) -> None:
+    """Train schedule[seq.task] for train.epochs epochs (or their rest, resumed) and do the strategy's end-of-task
+    work; the task's train seconds go to seq.seconds."""
+    cfg, t, index = seq.cfg, seq.cfg.train, seq.task
+    task, loader, model = seq.schedule[index], seq.train_loaders[index], seq.model
+    if seq.pending is None:
         seed_everything(t.seed + index, t.deterministic)
-        task = schedule[index]
-        grow_head(model, len(classes) if lc.strategy == "joint" else known_classes(tasks, index))
-        warn(f"task {index + 1}/{len(schedule)} {task.name}: {len(task.train)} train images")
-        seconds.append(round(train_task(cfg, index, task, model, ctx, data, hooks), 3))
-        row, _, _ = evaluate_tasks(model, test_loaders, ctx)
-        R.append(row)
-        warn(f"  accuracy on every task: {' '.join(f'{a:.3f}' for a in row)}")
-        save_task_checkpoint(run_dir, cfg, model, hooks, R, b, seconds)
-        trained += 1
-        if stop_after and trained >= stop_after and index + 1 < len(schedule):
-            warn(f"stopped after task {index + 1} (--stop-after {stop_after}); continue with --resume auto")
-            return None
-    return finish(cfg, run_dir, tasks, classes, model, ctx, data, hooks, test_loaders, R, b, seconds, joint)
+        seq.run = RunState(global_step=seq.run.global_step, bad_files=seq.run.bad_files)
+    grow_head(model, seq.head_size(index))
+    steps_per_epoch = math.ceil(len(loader) / max(1, t.grad_accum_steps))
+    opt = build_optimization(model, cfg.optim, cfg.sched, t, steps_per_epoch, seq.ctx)
+    loss_fn = build_loss(cfg.loss, model.fc.out_features, task.train.labels).to(seq.ctx.device)
+    if seq.pending is None:
+        seq.hooks.start_task(index, model)
+    else:  # a step checkpoint inside this task: its optimizer, schedule, EMA, sampler position and RNGs
+        seq.run, seq.pending = restore_state(seq.pending, model, opt), None
+    step_model = wrap_model(model, seq.ctx, False, t.compile)
+    ckpt = seq.checkpointer(opt)
+    plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
+    run = seq.run
+    while run.epoch <= t.epochs:
+        seq.samplers[index].set_epoch(run.epoch, run.stats.batches * t.batch_size)
+        if not run_epoch(run, step_model, loader, opt, loss_fn, seq.ctx, logger, ckpt, stop, plan, seq.hooks,
+                         {"task": task.name}):
+            stop_run(logger, f"interrupted in task {index + 1} at epoch {run.epoch} step {run.stats.steps}: "
+                             f"saved {ckpt.save(run)}", seq.run_dir)
+        end_of_task_epoch(seq, task, opt.lr, logger)
+    if opt.ema is not None:  # the average is the task's result (see the module docstring)
+        model.load_state_dict(opt.ema.module.state_dict())
+    seq.seconds.append(round(run.train_seconds, 3))
+    stored = seq.pipeline.eval_loader(task.train)
+    seq.hooks.end_task(model, lambda: ((b["images"], b["labels"]) for b in stored if b["images"] is not None),
+                       lambda: ((seq.ctx.to_device(b["images"], stored.device_finish), b["labels"].to(seq.ctx.device))
+                                for b in stored if b["images"] is not None), loss_fn)
 
 
-def save_task_checkpoint(run_dir: Path, cfg: Config, model, hooks: StrategyHooks, R, b, seconds) -> None:
-    """Atomic checkpoint at a task boundary (engine/checkpoint.py's format: tensors and plain values only)."""
-    state = {"global_step": len(R), "model": model.state_dict(), "num_classes": model.fc.out_features,
-             "strategy": hooks.state_dict(), "R": R, "b": b, "task_seconds": seconds}
-    save_checkpoint(run_dir / "checkpoints", state, {"tasks_done": len(R), "config": config_to_dict(cfg),
-                                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    prune_checkpoints(run_dir / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.metric)
+def end_of_task_epoch(seq: TaskSequence, task: Task, lr: float, logger: RunLogger) -> None:
+    """Log a task's epoch (metrics.jsonl, TensorBoard, one stderr line), warn about new bad images."""
+    run, t = seq.run, seq.cfg.train
+    tr = run.stats
+    note_bad_images(run, tr.bad, logger)
+    if tr.nonfinite:
+        logger.info(f"warning: skipped {tr.nonfinite} batch(es) with a non-finite loss (train.nonfinite=skip)")
+    logger.log({"kind": "task_epoch", "epoch": seq.global_epoch(), "task": task.name, "task_epoch": run.epoch,
+                **train_record(tr, lr), "bad_images": len(run.bad_files), "nonfinite_skipped": tr.nonfinite},
+               run.global_step)
+    warn(f"  {task.name} epoch {run.epoch}/{t.epochs}: loss {tr.loss:.4f} top1 {tr.top1:.2%} "
+         f"({tr.images} images incl. replay, {tr.images_per_s:.0f} img/s, data wait {tr.data_wait_share:.0%}, "
+         f"{tr.seconds:.1f}s)")
+    run.train_images, run.train_seconds = run.train_images + tr.images, run.train_seconds + tr.seconds
+    run.epoch, run.stats = run.epoch + 1, EpochStats()
 
 
-def summarize(R: list[list[float]], b: list[float], strategy: str, joint: str | None) -> dict:
-    """continual_metrics for a sequence (square R); mean accuracy for joint (one row); gap to a joint run."""
-    if strategy == "joint":
-        out = {"tasks": len(R[0]), "ACC": sum(R[-1]) / len(R[-1]), "per_task": R[-1]}
-    else:
-        out = continual_metrics(R, b)
-    if joint:
-        path = Path(joint) / "metrics.json"
-        if not path.is_file():
-            raise UserError(f"--joint {joint}: no metrics.json (run `resnetcls lifelong ... --strategy joint` "
-                            f"--out {joint} first)")
-        ref = json.loads(path.read_text(encoding="utf-8"))
-        out["joint_ACC"], out["gap_to_joint"] = ref["ACC"], ref["ACC"] - out["ACC"]
-    return out
+def seen_accuracy(seq: TaskSequence, row: list[float]) -> float:
+    """Mean accuracy over the tasks trained so far (all of them for joint)."""
+    seen = len(row) if seq.cfg.lifelong.strategy == "joint" else seq.task + 1
+    return sum(row[:seen]) / seen
 
 
-def finish(cfg: Config, run_dir: Path, tasks, classes, model, ctx, data, hooks, test_loaders, R, b, seconds,
-           joint) -> dict:
-    """R.csv/R.json/R.png, metrics.json (metrics, sizes, times), the final model directory."""
-    from ..figures import accuracy_matrix_heatmap
-    _, model_s, images = evaluate_tasks(model, test_loaders, ctx)  # timed pass: inference ms/image
-    names = [task.name for task in tasks]
-    metrics = summarize(R, b, cfg.lifelong.strategy, joint)
-    n_params = sum(p.numel() for p in model.parameters())
-    state_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    metrics.update({"strategy": cfg.lifelong.strategy, "task_names": names, "R": R, "b": b,
-                    "train_seconds_per_task": seconds, "train_seconds": round(sum(seconds), 3),
-                    **hooks.buffer_stats(), "model_params": n_params, "model_mb": round(state_bytes / 1e6, 3),
-                    "inference_ms_per_image": round(1000 * model_s / max(images, 1), 4),
-                    "device": ctx.device.type, "classes": len(classes)})
-    rows = [("before", b)] + [(names[i] if cfg.lifelong.strategy != "joint" else "joint", r)
-                              for i, r in enumerate(R)]
-    write_text_atomic(run_dir / "R.csv", csv_text([["after", *names]]
-                                                  + [[name, *[f"{a:.6f}" for a in row]] for name, row in rows]))
-    write_text_atomic(run_dir / "R.json", json.dumps({"tasks": names, "b": b, "R": R}, indent=1) + "\n")
-    accuracy_matrix_heatmap(R, b, names, [n for n, _ in rows[1:]], run_dir / "R.png",
-                            f"{cfg.lifelong.strategy}: accuracy after each task")
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    save_model_dir(run_dir / "final", model, cfg.model.name, arch_args(cfg), classes, data.preprocess,
-                   {"ACC": metrics["ACC"]})
+def evaluate_tasks(seq: TaskSequence, logger: RunLogger | None) -> tuple[list[float], float, int]:
+    """Top-1 on every task's test split; also the model's own seconds (without data waiting) and images."""
+    row, seconds, images = [], 0.0, 0
+    for loader in seq.test_loaders:
+        stats = evaluate(seq.model, loader, None, seq.ctx)
+        if logger is not None:
+            note_bad_images(seq.run, stats.bad, logger)
+        row.append(stats.top1)
+        seconds, images = seconds + stats.seconds - stats.data_wait_s, images + stats.images
+    return row, seconds, images
+
+
+def finish(seq: TaskSequence, logger: RunLogger, joint: str | None) -> dict:
+    """R.csv/R.json/R.png, metrics.json (metrics, sizes, times), the final model directory, the summary."""
+    _, model_s, images = evaluate_tasks(seq, None)  # timed pass: inference ms/image
+    metrics = write_results(seq.cfg, seq.run_dir, [task.name for task in seq.tasks], seq.classes, seq.model,
+                            seq.ctx.device.type, seq.pipeline.preprocess, seq.hooks.buffer_stats(), seq.R, seq.b,
+                            seq.seconds, model_s / max(images, 1), joint, len(seq.run.bad_files))
+    logger.log({"kind": "summary", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
+               seq.run.global_step)
+    logger.close()
     gap = f", gap to joint {metrics['gap_to_joint']:+.3f}" if "gap_to_joint" in metrics else ""
     warn(f"done: ACC {metrics['ACC']:.3f}"
          + (f", BWT {metrics['BWT']:+.3f}, FWT {metrics['FWT']:+.3f}" if metrics.get("BWT") is not None else "")
-         + f"{gap}; R, metrics.json and final/ in {run_dir}")
+         + f"{gap}; R, metrics.json and final/ in {seq.run_dir}"
+         + (f"; {len(seq.run.bad_files)} bad images skipped" if seq.run.bad_files else ""))
     return metrics

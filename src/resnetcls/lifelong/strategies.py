@@ -72,13 +72,20 @@ class ReplayBuffer:
         images = [img for b in self.images.values() for img in b]
         return {"images": torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8),
                 "labels": torch.tensor(labels, dtype=torch.long),
-                "seen": torch.tensor([[l, s] for l, s in self.seen.items()], dtype=torch.long).reshape(-1, 2)}
+                "seen": torch.tensor([[l, s] for l, s in self.seen.items()], dtype=torch.long).reshape(-1, 2),
+                "rng": self.rng.getstate()}  # ints and tuples: loads with weights_only=True
 
     def load_state_dict(self, state: dict) -> None:
+        if "rng" in state:
+            self.rng.setstate(_as_tuple(state["rng"]))
         self.images = {int(l): [] for l, _ in state["seen"].tolist()}
         self.seen = {int(l): int(s) for l, s in state["seen"].tolist()}
         for img, label in zip(state["images"], state["labels"].tolist()):
             self.images[label].append(img.clone())
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def fisher_diagonal(model: nn.Module, batches, loss_fn: nn.Module, max_batches: int = 50) -> dict[str, Tensor]:
