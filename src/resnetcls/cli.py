@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import build_config
+    from .engine.distributed import world_from_env
     from .engine.train import saved_run_config, train
+    from .report import write_training_report
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
              "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
              "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed,
@@ -193,7 +195,10 @@ def cmd_train(args) -> int:
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = args.out if args.resume in (None, "auto") else args.resume
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
-    train(build_config(args.config, args.overrides, flags, base=base), args.out, args.resume, args.force)
+    cfg = build_config(args.config, args.overrides, flags, base=base)
+    summary = train(cfg, args.out, args.resume, args.force)
+    if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
+        write_training_report(summary["run_dir"], cfg.data, cfg.train.seed)
     return 0
 
 

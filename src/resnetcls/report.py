@@ -11,10 +11,12 @@ import base64
 import html
 import json
 import os
+import sys
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .data.sources import Samples
+from .config import DataConfig
+from .data.sources import Samples, load_splits
 from .envinfo import provenance
 from .errors import UserError
 
@@ -206,3 +208,16 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
             f"<script>{SCRIPT}</script></body></html>\n")
     return write_text_atomic(run_dir / "report.html", page)
+
+
+def write_training_report(run_dir: str | os.PathLike, data: DataConfig, seed: int) -> Path:
+    """The report at the end of `train`: evaluate best/ on the run's validation split into RUN_DIR/eval, then
+    write report.html and say where both are (stderr).
+
+    Called by the layer that ran the engine (cli, demo), never by the engine. The split is computed again from
+    the run's settings (the hold-out is seeded), so it is the very split the run validated on."""
+    run_dir = Path(run_dir)
+    val = load_splits(data.train, data.val, data.val_fraction, seed, data.split_by, data.batches).val
+    report = write_report(run_dir, val, data.num_workers)
+    print(f"report: {report} (eval of best/ in {run_dir / 'eval'})", file=sys.stderr, flush=True)
+    return report

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from resnetcls.data import cache as cache_mod
+from resnetcls.data import scan as scan_mod
 from resnetcls.data.cache import cache_key, open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
@@ -244,7 +245,7 @@ def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memo
             raise MemoryError
         return real(path, geometry)
     monkeypatch.setattr(cache_mod, "decode_resized", failing)
-    monkeypatch.setattr(cache_mod, "POOL_MIN_IMAGES", 2)
+    monkeypatch.setattr(scan_mod, "POOL_MIN_IMAGES", 2)
     store = open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path, workers=2, log=lambda _: None)
     assert store.bad_files[photos.paths[3]] == "decoding this image killed its worker process (out of memory?)"
     assert store.bad_files[photos.paths[4]] == "not enough memory to decode and resize this image"

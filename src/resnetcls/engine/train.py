@@ -31,7 +31,6 @@ from ..hardware import pick_device, precision_name, resolve_amp
 from ..modelfile import save_model_dir
 from ..models import create_model
 from ..models.pretrained import load_pretrained
-from ..report import write_report
 from . import distributed
 from .checkpoint import (RunState, capture_state, environment_info, list_checkpoints, load_latest,
                          prune_checkpoints, restore_state, save_checkpoint)
@@ -283,9 +282,6 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     save_model("final", metrics)
     distributed.barrier()  # every rank reads best/ in finish() only once rank 0 has written it
     summary = finish(run, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
-    if writes:
-        report = write_report(run_dir, splits.val, cfg.data.num_workers)
-        warn(f"report: {report} (eval of best/ in {run_dir / 'eval'})")
     return summary
 
 
