@@ -1,6 +1,10 @@
 """Command-line interface: argument parsing only; each subcommand calls one library function.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 internal error, 130 interrupted.
+
+Each subcommand imports its library inside its cmd_* function, so `resnetcls --help` and a usage error answer
+without loading torch, and a command loads only what it uses (tests/test_architecture.py allows imports inside
+functions here, for optional or heavy modules, and for resnetcls.figures, which loads matplotlib).
 """
 from __future__ import annotations
 

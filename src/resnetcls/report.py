@@ -19,6 +19,8 @@ from .config import DataConfig
 from .data.sources import Samples, load_splits
 from .envinfo import provenance
 from .errors import UserError
+from .evaluate import evaluate_samples
+from .predict import Predictor
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;
@@ -193,8 +195,6 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
     if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml)")
     if eval_samples is not None and len(eval_samples):
-        from .evaluate import evaluate_samples
-        from .predict import Predictor
         evaluate_samples(Predictor(run_dir), eval_samples, run_dir / "eval",
                          {"data": "the run's validation split", "split": "val"}, num_workers=num_workers)
     epochs, summary = read_records(run_dir)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from ..atomic import DISK_FULL, free_bytes, write_atomic, write_error, write_text_atomic
 from ..errors import UserError
@@ -236,7 +237,6 @@ def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os
 
 def _stored_bytes(path: str, geometry: StoreGeometry) -> int | None:
     """Bytes one image takes in the store, from its header only (None when it cannot be read)."""
-    from PIL import Image
     try:
         with Image.open(path) as image:  # reads the header; nothing is decoded
             width, height = image.size
