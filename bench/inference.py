@@ -24,7 +24,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.transforms import make_preprocess  # noqa: E402
-from resnetcls.export import onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
+from resnetcls.onnx_runtime import onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
 from resnetcls.envinfo import machine_line  # noqa: E402
 from resnetcls.modelfile import load_model_dir, save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402

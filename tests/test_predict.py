@@ -98,7 +98,7 @@ def test_flip_tta_averages_the_image_and_its_mirror(predictor, tiny_data):
 def test_a_very_wide_image_is_centre_cropped_before_its_resize(predictor, tiny_run, tmp_path, capsys):
     from PIL import Image
 
-    from resnetcls.data.transforms import CropToAspect
+    from resnetcls.data.geometry import CropToAspect
     strip = Image.new("RGB", (20000, 16), (30, 30, 200))
     strip.paste((220, 20, 20), (9968, 0, 10032, 16))  # the red centre: all the model is shown
     strip.save(tmp_path / "strip.png")

@@ -1,6 +1,10 @@
 """Command-line interface: argument parsing only; each subcommand calls one library function.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 internal error, 130 interrupted.
+
+Each subcommand imports its library inside its cmd_* function, so `resnetcls --help` and a usage error answer
+without loading torch, and a command loads only what it uses (tests/test_architecture.py allows imports inside
+functions here, for optional or heavy modules, and for resnetcls.figures, which loads matplotlib).
 """
 from __future__ import annotations
 
@@ -185,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import build_config
+    from .engine.distributed import world_from_env
     from .engine.train import saved_run_config, train
+    from .report import write_training_report
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
              "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
              "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed,
@@ -195,18 +201,9 @@ def cmd_train(args) -> int:
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
     cfg = build_config(args.config, args.overrides, flags, base=base)
     result = train(cfg, args.out, args.resume, args.force)
-    write_train_report(result, cfg.data.num_workers)
+    if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
+        write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers)
     return 0
-
-
-def write_train_report(result, num_workers: int) -> None:
-    """The end-of-training report: the best model evaluated on the validation split into RUN_DIR/eval, then
-    report.html (on rank 0 only, under torchrun)."""
-    from .engine.distributed import is_main
-    from .report import write_report
-    if is_main():
-        report = write_report(result.run_dir, result.val_samples, num_workers)
-        print(f"report: {report} (eval of best/ in {result.run_dir / 'eval'})", file=sys.stderr, flush=True)
 
 
 def cmd_lifelong(args) -> int:

@@ -12,7 +12,7 @@ from .data.synth import synthesize
 from .engine.train import train
 from .evaluate import evaluate_model
 from .predict import Predictor
-from .report import write_report
+from .report import write_report, write_training_report
 
 # A ResNet-18 at half width on 64 px images: about 200 training images/s on a 2-core laptop CPU, so the
 # whole demo fits in a few minutes while still learning every factor of the synthetic objects.
@@ -40,7 +40,7 @@ def run_demo(out: str | Path = "demo-run", classes: int = 10, per_class: int = 1
     _say(f"[2/4] training (train/val split from {manifest})")
     cfg = build_config(overrides=DEMO_OVERRIDES + [f"data.train={manifest}", f"train.epochs={epochs}"])
     result = train(cfg, run_dir)
-    write_report(result.run_dir, result.val_samples, cfg.data.num_workers)  # the end-of-training report
+    write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers)  # as `resnetcls train` does
     _say("[3/4] evaluating the best model on the held-out test split")
     metrics = evaluate_model(run_dir, str(manifest), run_dir / "eval")
     print(f"test top1 {metrics['top1']:.2%}  top5 {metrics['top5']:.2%} on {metrics['images']} images")

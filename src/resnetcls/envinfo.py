@@ -16,7 +16,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
+import torchvision
 
 from . import __version__
 from .data.cache import resolve_cache_dir
@@ -113,7 +115,6 @@ def git_revision() -> tuple[str | None, bool | None]:
 
 def collect() -> dict:
     """Every fact `resnetcls env` reports, as plain JSON-able values."""
-    import torchvision
     commit, dirty = git_revision()
     return {
         "resnetcls": __version__, "git_commit": commit, "git_dirty": dirty,
@@ -146,8 +147,6 @@ def machine_line() -> str:
 
 def provenance() -> dict:
     """What a run records about where and how it ran: versions, platform, CPU, git commit, the command line."""
-    import numpy as np
-    import torchvision
     commit, dirty = git_revision()
     return {"resnetcls": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "numpy": str(np.__version__), "python": platform.python_version(), "platform": platform.platform(),

@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from .atomic import write_atomic
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
-from .modelfile import WEIGHTS, LoadedModel, load_model_dir
+from .modelfile import LoadedModel, load_model_dir
+from .onnx_runtime import (ONNX_FILE, ProbabilityHead, example_input, export_metadata, onnx_bytes,
+                           onnx_probabilities, onnx_session, read_onnx_metadata)
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
 # Where real photographs for the parity check are looked for when --check-data is not given (the project's
 # shared data folder, relative to the working directory); without it, synthetic images are used.
 DEFAULT_CHECK_DATA = Path("../shared/data")
@@ -38,57 +39,12 @@ class ExportCheckFailed(RuntimeError):
     """The exported model disagrees with eager PyTorch beyond the tolerance; nothing was written."""
 
 
-class ProbabilityHead(nn.Module):
-    """The classifier plus softmax, so exported files give probabilities without extra code."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
-        return logits, logits.softmax(dim=1)
-
-
-def export_metadata(meta: dict) -> dict[str, str]:
-    """String key/values stored in the exported file: class names, preprocessing and provenance."""
-    return {
-        "resnetcls.format": meta["format"],
-        "arch": meta["arch"],
-        "arch_args": json.dumps(meta["arch_args"]),
-        "classes": json.dumps(meta["classes"]),
-        "preprocess": json.dumps(meta["preprocess"]),
-        "weights_sha256": meta["sha256"][WEIGHTS],
-        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits, probabilities",
-    }
-
-
-def _example(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
-    size = loaded.preprocess["image_size"]
-    return torch.randn(batch, 3, size, size)
-
-
-def onnx_bytes(loaded: LoadedModel) -> bytes:
-    """Export through torch.export (the supported exporter) with a dynamic batch dimension."""
-    wrapped = ProbabilityHead(loaded.model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
-        program = torch.onnx.export(wrapped, (_example(loaded),), dynamo=True, external_data=False,
-                                    input_names=["input"], output_names=["logits", "probabilities"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
-    proto = program.model_proto
-    for key, value in export_metadata(loaded.meta).items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"resnetcls {loaded.meta['arch']} classifier, {len(loaded.classes)} classes"
-    return proto.SerializeToString()
-
-
 def torchscript_bytes(loaded: LoadedModel) -> bytes:
     """Trace and freeze (folds BN into convs); model.json rides along as an extra file."""
     wrapped = ProbabilityHead(loaded.model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users still ask for it
-        traced = torch.jit.freeze(torch.jit.trace(wrapped, _example(loaded)))
+        traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
     return buffer.getvalue()
@@ -100,23 +56,6 @@ def load_torchscript(source: str | os.PathLike | bytes, extra_files: dict | None
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(io.BytesIO(source) if isinstance(source, bytes) else str(source),
                               _extra_files=extra_files)
-
-
-def onnx_session(model: str | os.PathLike | bytes, threads: int = 0):
-    """An ONNX Runtime CPU session with all graph optimisations (conv+BN+ReLU fusion, constant folding)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
-    """(N, 3, S, S) float tensor -> (N, classes) probabilities from an ONNX Runtime session."""
-    feed = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
-    return torch.from_numpy(session.run(["probabilities"], {"input": feed})[0])
 
 
 def _runner(fmt: str, data: bytes):
@@ -262,26 +201,8 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of an exported file (ONNX metadata_props, or TorchScript's model.json) as strings."""
     path = Path(path)
     if path.suffix == ".onnx":
-        import onnx
-        proto = onnx.load(str(path), load_external_data=False)
-        return {p.key: p.value for p in proto.metadata_props}
+        return read_onnx_metadata(path)
     extra = {TORCHSCRIPT_META: ""}
     load_torchscript(path, extra)
     meta = json.loads(extra[TORCHSCRIPT_META])
     return export_metadata(meta)
-
-
-def onnx_session_for(loaded: LoadedModel, threads: int = 0):
-    """ONNX Runtime session for a loaded model directory: its model.onnx when that was exported from these
-    exact weights, else an in-memory export (slower to start; nothing is written)."""
-    path = loaded.path / FORMATS["onnx"]
-    if path.is_file():
-        meta = read_export_metadata(path)
-        if meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]:
-            return onnx_session(path, threads)
-        print(f"{path}: exported from other weights; exporting again in memory "
-              f"(run `resnetcls export {loaded.path} --format onnx` to refresh it)", file=sys.stderr)
-    else:
-        print(f"{loaded.path}: no model.onnx; exporting in memory "
-              f"(run `resnetcls export {loaded.path} --format onnx` once to skip this)", file=sys.stderr)
-    return onnx_session(onnx_bytes(loaded), threads)

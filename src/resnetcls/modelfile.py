@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from .atomic import building_dir, recover_dir, write_atomic, write_text_atomic
-from .data.transforms import INTERPOLATIONS
+from .data.geometry import INTERPOLATIONS
 from .errors import UserError
 from .limits import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_number,
                      rgb_problem)

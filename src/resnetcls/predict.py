@@ -21,9 +21,9 @@ import torch
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
-from .export import onnx_probabilities, onnx_session_for
 from .hardware import pick_device, precision_name, resolve_amp
 from .modelfile import load_model_dir
+from .onnx_runtime import onnx_probabilities, onnx_session_for
 
 FORMATS = ("table", "json", "csv")
 BACKENDS = ("torch", "onnxruntime")

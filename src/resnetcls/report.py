@@ -11,12 +11,15 @@ import base64
 import html
 import json
 import os
+import sys
 from pathlib import Path
 
 from .atomic import write_text_atomic
 from .data.sources import Samples
 from .envinfo import provenance
 from .errors import UserError
+from .evaluate import evaluate_samples
+from .predict import Predictor
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;
@@ -191,8 +194,6 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
     if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml)")
     if eval_samples is not None and len(eval_samples):
-        from .evaluate import evaluate_samples
-        from .predict import Predictor
         evaluate_samples(Predictor(run_dir), eval_samples, run_dir / "eval",
                          {"data": "the run's validation split", "split": "val"}, num_workers=num_workers)
     epochs, summary = read_records(run_dir)
@@ -206,3 +207,14 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
             f"<script>{SCRIPT}</script></body></html>\n")
     return write_text_atomic(run_dir / "report.html", page)
+
+
+def write_training_report(run_dir: str | os.PathLike, val_samples: Samples, num_workers: int = -1) -> Path:
+    """The report at the end of `train`: evaluate best/ on the run's validation samples into RUN_DIR/eval,
+    then write report.html and say where both are (stderr).
+
+    Called by the layer that ran the engine (cli, demo) with what train() returned, never by the engine."""
+    run_dir = Path(run_dir)
+    report = write_report(run_dir, val_samples, num_workers)
+    print(f"report: {report} (eval of best/ in {run_dir / 'eval'})", file=sys.stderr, flush=True)
+    return report

@@ -10,7 +10,7 @@ import pytest
 from resnetcls.data import cache as cache_mod
 from resnetcls.data.cache import StoreGeometry, cache_key, estimate_store_bytes, list_stores, open_or_build
 from resnetcls.errors import UserError
-from tests.data.test_cache import photos  # noqa: F401 (fixture)
+
 
 GEOMETRY = StoreGeometry(37)
 
@@ -32,7 +32,7 @@ def build(paths, cache_dir, logged, **kwargs):
     (lambda d: (d / "index.npy").write_bytes(b"\x93NUMPY garbage"), "unreadable"),
     (lambda d: (d / "index.npy").unlink(), "unreadable"),
 ])
-def test_an_invalid_store_is_rebuilt_with_a_warning(photos, tmp_path, logged, damage, reason):  # noqa: F811
+def test_an_invalid_store_is_rebuilt_with_a_warning(photos, tmp_path, logged, damage, reason):
     store = build(photos.paths, tmp_path, logged)
     expected = store.load(0).copy()
     damage(store.directory)
@@ -42,7 +42,7 @@ def test_an_invalid_store_is_rebuilt_with_a_warning(photos, tmp_path, logged, da
     assert (rebuilt.load(0) == expected).all() and rebuilt.directory == store.directory
 
 
-def test_a_replaced_file_with_the_same_size_and_mtime_is_a_new_key(photos, tmp_path):  # noqa: F811
+def test_a_replaced_file_with_the_same_size_and_mtime_is_a_new_key(photos, tmp_path):
     before = cache_key(photos.paths, GEOMETRY)
     st = os.stat(photos.paths[0])
     shutil.copyfile(photos.paths[0], photos.paths[0] + ".new")
@@ -52,7 +52,7 @@ def test_a_replaced_file_with_the_same_size_and_mtime_is_a_new_key(photos, tmp_p
     assert cache_key(photos.paths, GEOMETRY) != before
 
 
-def test_a_build_that_would_not_fit_is_refused_with_both_numbers(photos, tmp_path, monkeypatch,  # noqa: F811
+def test_a_build_that_would_not_fit_is_refused_with_both_numbers(photos, tmp_path, monkeypatch,
                                                                  logged):
     monkeypatch.setattr(cache_mod, "free_bytes", lambda folder: 1000)
     needed = estimate_store_bytes(photos.paths, GEOMETRY)
@@ -62,13 +62,13 @@ def test_a_build_that_would_not_fit_is_refused_with_both_numbers(photos, tmp_pat
     assert not list((tmp_path / "c").glob("*/meta.json"))
 
 
-def test_the_estimate_is_close_to_what_the_store_takes(photos, tmp_path, logged):  # noqa: F811
+def test_the_estimate_is_close_to_what_the_store_takes(photos, tmp_path, logged):
     store = build(photos.paths, tmp_path, logged)
     actual = (store.directory / "data.u8").stat().st_size
     assert actual <= estimate_store_bytes(photos.paths, GEOMETRY) <= 1.3 * actual
 
 
-def test_least_recently_used_stores_are_pruned_to_stay_under_the_limit(photos, tmp_path, logged):  # noqa: F811
+def test_least_recently_used_stores_are_pruned_to_stay_under_the_limit(photos, tmp_path, logged):
     first = build(photos.paths[:3], tmp_path, logged)
     second = build(photos.paths[3:], tmp_path, logged)
     build(photos.paths[:3], tmp_path, logged)  # first is used again: second is now the least recently used
@@ -85,12 +85,12 @@ def test_least_recently_used_stores_are_pruned_to_stay_under_the_limit(photos, t
     assert sum(size for _, size, _ in list_stores(tmp_path)) <= limit_gb * 1e9
 
 
-def test_a_store_larger_than_the_limit_is_refused(photos, tmp_path, logged):  # noqa: F811
+def test_a_store_larger_than_the_limit_is_refused(photos, tmp_path, logged):
     with pytest.raises(UserError, match=r"needs about [\d,]+ bytes, more than data\.cache_max_gb=1e-09; raise it"):
         build(photos.paths, tmp_path, logged, max_gb=1e-9)
 
 
-def test_a_file_system_without_locks_says_what_to_do(photos, tmp_path, monkeypatch, logged):  # noqa: F811
+def test_a_file_system_without_locks_says_what_to_do(photos, tmp_path, monkeypatch, logged):
     def no_locks(*_args):
         raise OSError(errno.ENOLCK, "No locks available")
     monkeypatch.setattr(cache_mod.fcntl, "flock", no_locks)

@@ -1,5 +1,6 @@
 """`resnetcls train` end to end on tiny data: what a user finds in the run directory."""
 import json
+import shutil
 
 from tests.conftest import ROOT, TINY, run_cli, shared_data
 
@@ -72,3 +73,33 @@ def test_coil100_pose_split_learns_far_above_chance_with_the_default_recipe(tmp_
     summary = [json.loads(l) for l in (tmp_path / "coil" / "metrics.jsonl").read_text().splitlines()][-1]
     assert "2700 train / 900 val images" in result.stderr
     assert summary["best_val_top1"] >= 0.30
+
+
+def test_resume_with_changed_result_affecting_setting_is_refused_unless_forced(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = run_cli("train", "--resume", run, "--batch-size", "8")
+    assert result.returncode == 2
+    assert "refusing to resume" in result.stderr and "train.batch_size: 16 -> 8" in result.stderr
+    result = run_cli("train", "--resume", run, "--batch-size", "8", "--force")
+    assert result.returncode == 0, result.stderr
+    assert "warning: resuming with a changed setting (--force): train.batch_size: 16 -> 8" in result.stderr
+
+
+def test_resume_from_another_working_directory_finds_the_data(tiny_data, tmp_path):
+    """DATA typed as a relative path is recorded as an absolute one: the run directory alone is enough to
+    continue from anywhere."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    shutil.copytree(tiny_data, here / "photos")
+    elsewhere.mkdir()
+    first = run_cli("train", "photos", *TINY, "--epochs", "1", "--out", "run", cwd=here)
+    assert first.returncode == 0, first.stderr
+    assert str(here / "photos") in (here / "run" / "config.yaml").read_text()
+    again = run_cli("train", "--resume", here / "run", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and "error" not in again.stderr
+
+
+def test_new_run_into_a_run_directory_with_checkpoints_is_refused(tiny_run, tiny_data):
+    result = run_cli("train", tiny_data, "--out", tiny_run)
+    assert result.returncode == 2 and "--resume auto" in result.stderr

@@ -13,27 +13,27 @@ with the free space; least-recently-used stores are deleted to keep the folder u
 """
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from ..atomic import DISK_FULL, free_bytes, write_atomic, write_error, write_text_atomic
 from ..errors import UserError
-from .decode import DECODE_VERSION, MAX_PIXELS, DecodeError, decode_image
+from .decode import DECODE_VERSION, MAX_PIXELS, DecodeError
+from .geometry import StoreGeometry, decode_resized
+from .scan import CRASHED, parallel_map
 
 try:
     import fcntl
@@ -42,89 +42,11 @@ except ImportError:  # Windows: no advisory locks; concurrent builders then each
 
 STORE_FORMAT = 2  # 2: the key includes inode and ctime
 SPACE_SAMPLE = 256  # image headers read to estimate a store's size before building it
-POOL_MIN_IMAGES = 64  # below this a process pool costs more than it saves
 
 
 def resolve_cache_dir(configured: str = "") -> Path:
     """data.cache_dir, else $RESNETCLS_CACHE, else ~/.cache/resnetcls."""
     return Path(configured or os.environ.get("RESNETCLS_CACHE") or Path.home() / ".cache" / "resnetcls")
-
-
-@dataclass(frozen=True)
-class StoreGeometry:
-    """How images are stored: the short side resized to `size` (or squashed to size x size when `square`),
-    with the model's interpolation, exactly as the eval transform's first resize does."""
-
-    size: int
-    square: bool = False
-    interpolation: str = "bilinear"
-
-
-def decode_resized(path: str, geometry: StoreGeometry) -> np.ndarray:
-    """decode_image + the stored resize -> HWC uint8 array. Raises DecodeError naming the file."""
-    from torchvision.transforms.v2 import functional as F  # the same resize the eval transform uses
-
-    from .transforms import INTERPOLATIONS, CropToAspect
-    image = decode_image(path)
-    if not geometry.square:  # as the eval transform: the resize's output stays bounded by the model's input
-        image = CropToAspect()(image)
-    size = [geometry.size, geometry.size] if geometry.square else [geometry.size]
-    resized = F.resize(image, size, interpolation=INTERPOLATIONS[geometry.interpolation], antialias=True)
-    return np.array(resized, dtype=np.uint8)  # writable: torch.from_numpy wants that
-
-
-def default_pool_workers() -> int:
-    """Decoding with all cores: one process per CPU this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _run_chunk(fn: Callable, chunk: list) -> list:
-    return [fn(item) for item in chunk]
-
-
-def _run_isolated(fn: Callable, item, context, on_crash: Callable | None):
-    """fn(item) in a process of its own, so a worker that dies names exactly this item."""
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        try:
-            return pool.submit(fn, item).result()
-        except BrokenProcessPool:
-            if on_crash is None:
-                name = item[0] if isinstance(item, tuple) else item
-                raise UserError(f"{name}: decoding this image killed its worker process (out of memory?)") from None
-            return on_crash(item)
-
-
-def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int = 16,
-                 on_crash: Callable | None = None) -> Iterable:
-    """fn over items in order, in a process pool of all cores (in this process for small inputs).
-
-    A worker killed mid-item (the kernel's OOM killer, a crashing codec) breaks the whole pool and fails every
-    pending chunk, so the first unfinished chunk is rerun one item per process: the item that kills its
-    process again gets on_crash(item) (default: a UserError naming it), and a fresh pool takes the rest."""
-    workers = default_pool_workers() if workers < 0 else workers
-    if workers <= 1 or len(items) < POOL_MIN_IMAGES:
-        yield from map(fn, items)
-        return
-    # fork: children inherit the imported modules (fast start); they only run Pillow, never torch ops.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    done = 0
-    while done < len(items):
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_run_chunk, fn, items[i:i + chunk_size])
-                       for i in range(done, len(items), chunk_size)]
-            try:
-                for future in futures:
-                    results = future.result()
-                    done += len(results)
-                    yield from results
-            except BrokenProcessPool:
-                for future in futures:
-                    future.cancel()
-        if done < len(items):
-            chunk = items[done:done + chunk_size]
-            for item in chunk:
-                yield _run_isolated(fn, item, context, on_crash)
-            done += len(chunk)
 
 
 def cache_key(paths: list[str], geometry: StoreGeometry) -> str:
@@ -216,7 +138,7 @@ def _decode_for_store(args: tuple[str, StoreGeometry]) -> tuple[np.ndarray | Non
 
 
 def _crashed_in_store(args: tuple[str, StoreGeometry]) -> tuple[None, str]:
-    return None, "decoding this image killed its worker process (out of memory?)"
+    return None, CRASHED
 
 
 def _write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: int) -> None:
@@ -315,7 +237,6 @@ def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os
 
 def _stored_bytes(path: str, geometry: StoreGeometry) -> int | None:
     """Bytes one image takes in the store, from its header only (None when it cannot be read)."""
-    from PIL import Image
     try:
         with Image.open(path) as image:  # reads the header; nothing is decoded
             width, height = image.size

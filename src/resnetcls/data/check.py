@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..errors import UserError
-from .cache import parallel_map
 from .decode import DecodeError, decode_image
+from .scan import CRASHED, parallel_map
 from .sources import DataSet, read_data
 
 SMALL_SIDE = 32  # images with a shorter side below this are listed: they carry little for a classifier
@@ -37,23 +37,6 @@ def inspect_image(path: str) -> dict:
     except DecodeError as e:
         info["reason"] = e.reason
     return info
-
-
-def _bad_only(path: str) -> str:
-    try:
-        decode_image(path)
-        return ""
-    except DecodeError as e:
-        return e.reason
-
-
-CRASHED = "decoding this image killed its worker process (out of memory?)"
-
-
-def find_bad_files(paths: list[str], workers: int = -1) -> dict[str, str]:
-    """{path: reason} for every file that does not decode; all cores."""
-    reasons = parallel_map(_bad_only, paths, workers, on_crash=lambda _: CRASHED)
-    return {p: reason for p, reason in zip(paths, reasons) if reason}
 
 
 def _class_table(dataset: DataSet) -> dict:

@@ -25,8 +25,10 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, 
                               default_collate)
 
 from ..errors import UserError
-from .cache import StoreGeometry, decode_resized, open_or_build
+from .cache import open_or_build
 from .decode import DecodeError, decode_image
+from .geometry import StoreGeometry, decode_resized
+from .scan import find_bad_files  # decodes every image once, on all cores
 from .sources import Samples
 from .transforms import BatchTransform
 
@@ -214,7 +216,6 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
     if not isinstance(transform, BatchTransform):
         dataset = ImageDataset(samples, transform)
         if on_bad == "fail":
-            from .check import find_bad_files  # decodes every image once, on all cores
             dataset.bad_files = find_bad_files(samples.paths)
         return dataset
     if cache_dir is not None:
@@ -223,7 +224,6 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
         store = _OnTheFly(samples.paths, transform.geometry)
     dataset = StoredImageDataset(samples, transform, store)
     if on_bad == "fail" and cache_dir is None:
-        from .check import find_bad_files
         dataset.bad_files = find_bad_files(samples.paths)
     return dataset
 

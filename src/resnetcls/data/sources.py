@@ -225,7 +225,7 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
     return samples, [r["split"] for r in rows] if "split" in header else []
 
 
-def _openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
+def openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
     """{split folder: [batchK folders with a label.csv]} limited to the requested batch numbers."""
     found = {s: sorted((p for p in (root / s).glob("batch*") if (p / "label.csv").is_file()),
                        key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
@@ -246,7 +246,7 @@ def _openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
 def read_openloris(root: Path, batches: str = "") -> DataSet:
     """OpenLORIS-Object challenge layout; classes are the integer labels in numeric order (as strings)."""
     rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for folder, batch_dirs in _openloris_batches(root, batches).items():
+    for folder, batch_dirs in openloris_batches(root, batches).items():
         for batch_dir in batch_dirs:
             csv_path = batch_dir / "label.csv"
             _, table = _read_table(csv_path, ("file name", "label"))

@@ -7,13 +7,10 @@ import math
 import numpy as np
 import torch
 from torchvision.transforms import v2 as T
-from torchvision.transforms.functional import InterpolationMode
 
 from ..errors import UserError
-from .cache import StoreGeometry
+from .geometry import INTERPOLATIONS, CropToAspect, StoreGeometry
 
-INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                  "nearest": InterpolationMode.NEAREST}
 
 
 # F.interpolate's uint8 kernels (antialiased, as torchvision's Resize; nearest-exact for "nearest") in their
@@ -49,35 +46,6 @@ def make_preprocess(image_size: int, resize_size: int = 0, augment: str = "crop_
     resize = image_size if square else (resize_size or round(image_size / 0.875))
     return {"image_size": image_size, "resize": resize, "resize_mode": "square" if square else "shorter_side",
             "interpolation": interpolation, "mean": list(mean), "std": list(std)}
-
-
-# The shorter-side preprocessing keeps at most this many short sides of the long side (centred) before it
-# resizes: the eval centre crop needs under one short side, and training's random-resized-crop (aspect at
-# most 4/3) loses little. It bounds the resize's output by the model's input whatever the aspect ratio (a
-# 20000x16 strip would otherwise resize to 256x320000).
-MAX_ASPECT = 4.0
-
-
-class CropToAspect:
-    """Centre-crop a PIL image's long side to at most max_aspect times its short side (else unchanged)."""
-
-    def __init__(self, max_aspect: float = MAX_ASPECT) -> None:
-        self.max_aspect = max_aspect
-
-    def __call__(self, image):
-        w, h = image.size
-        short = min(w, h)
-        keep = max(1, int(self.max_aspect * short))
-        if max(w, h) <= keep:
-            return image
-        if w > h:
-            left = (w - keep) // 2
-            return image.crop((left, 0, left + keep, h))
-        top = (h - keep) // 2
-        return image.crop((0, top, w, top + keep))
-
-    def __repr__(self) -> str:
-        return f"CropToAspect(max_aspect={self.max_aspect})"
 
 
 def _to_normalized(preprocess: dict) -> list:

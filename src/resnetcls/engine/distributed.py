@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from .loop import EpochStats, evaluate
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,6 @@ def evaluate_sharded(model, loader, loss_fn, ctx, num_classes: int, stop=None):
     ranks: (stats as if one process had evaluated every image once, the CxC confusion matrix).
     stop: loop.evaluate's local stop check; stats.interrupted is then True on every rank when any stopped
     (the check itself is local: shards may differ by one batch, so no collective runs per batch)."""
-    from .loop import EpochStats, evaluate
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     mine = evaluate(model, loader, loss_fn, ctx, confusion, stop)
     sums = all_reduce_sum(torch.tensor([mine.loss_sum, mine.correct1, mine.correct5, mine.images],

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..data.sources import Samples, Splits, _openloris_batches, load_splits
+from ..data.sources import Samples, Splits, load_splits, openloris_batches
 from ..errors import UserError
 
 RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$")
@@ -118,7 +118,7 @@ def _raw_tasks(cfg: Config) -> list[tuple[str, Samples, Samples]]:
             out.append((Path(data).stem or str(data), s.train, s.test if s.test is not None else s.val))
         return out
     if lc.tasks == "batches":
-        found = _openloris_batches(Path(d.train), "").get("train", [])
+        found = openloris_batches(Path(d.train), "").get("train", [])
         if not found:
             raise UserError(f"{d.train}: --tasks batches needs the OpenLORIS layout (train/batchK/label.csv)")
         numbers = [int(re.sub(r"\D", "", p.name)) for p in found]

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UserError
@@ -48,8 +50,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"--pretrained {path}: no such file (or pass 'torchvision' to download ImageNet weights)")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         try:
             return _unwrap(load_file(str(path), device="cpu"), str(path))
         except (SafetensorError, OSError, ValueError) as e:
@@ -65,7 +65,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def torchvision_state_dict(arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """torchvision's IMAGENET1K_V1 weights for arch: from the hub cache, else downloaded when online."""
-    from torchvision.models import get_model_weights
+    from torchvision.models import get_model_weights  # heavy (every model family); only for --pretrained torchvision
     weights = get_model_weights(arch).IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if cached.is_file():

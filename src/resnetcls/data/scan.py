@@ -1,0 +1,84 @@
+"""Decode many images on all cores: a process pool that survives a worker killed by one image, and the
+bad-file scan that data.on_bad=fail (build_loader) and `data check` both run."""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterable
+
+from ..errors import UserError
+from .decode import DecodeError, decode_image
+
+POOL_MIN_IMAGES = 64  # below this a process pool costs more than it saves
+CRASHED = "decoding this image killed its worker process (out of memory?)"
+
+
+def default_pool_workers() -> int:
+    """Decoding with all cores: one process per CPU this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _run_chunk(fn: Callable, chunk: list) -> list:
+    return [fn(item) for item in chunk]
+
+
+def _run_isolated(fn: Callable, item, context, on_crash: Callable | None):
+    """fn(item) in a process of its own, so a worker that dies names exactly this item."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(fn, item).result()
+        except BrokenProcessPool:
+            if on_crash is None:
+                name = item[0] if isinstance(item, tuple) else item
+                raise UserError(f"{name}: decoding this image killed its worker process (out of memory?)") from None
+            return on_crash(item)
+
+
+def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int = 16,
+                 on_crash: Callable | None = None) -> Iterable:
+    """fn over items in order, in a process pool of all cores (in this process for small inputs).
+
+    A worker killed mid-item (the kernel's OOM killer, a crashing codec) breaks the whole pool and fails every
+    pending chunk, so the first unfinished chunk is rerun one item per process: the item that kills its
+    process again gets on_crash(item) (default: a UserError naming it), and a fresh pool takes the rest."""
+    workers = default_pool_workers() if workers < 0 else workers
+    if workers <= 1 or len(items) < POOL_MIN_IMAGES:
+        yield from map(fn, items)
+        return
+    # fork: children inherit the imported modules (fast start); they only run Pillow, never torch ops.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    done = 0
+    while done < len(items):
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_chunk, fn, items[i:i + chunk_size])
+                       for i in range(done, len(items), chunk_size)]
+            try:
+                for future in futures:
+                    results = future.result()
+                    done += len(results)
+                    yield from results
+            except BrokenProcessPool:
+                for future in futures:
+                    future.cancel()
+        if done < len(items):
+            chunk = items[done:done + chunk_size]
+            for item in chunk:
+                yield _run_isolated(fn, item, context, on_crash)
+            done += len(chunk)
+
+
+def _bad_only(path: str) -> str:
+    try:
+        decode_image(path)
+        return ""
+    except DecodeError as e:
+        return e.reason
+
+
+def find_bad_files(paths: list[str], workers: int = -1) -> dict[str, str]:
+    """{path: reason} for every file that does not decode; all cores."""
+    reasons = parallel_map(_bad_only, paths, workers, on_crash=lambda _: CRASHED)
+    return {p: reason for p, reason in zip(paths, reasons) if reason}

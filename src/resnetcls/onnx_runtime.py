@@ -1,0 +1,107 @@
+"""The ONNX form of a model directory and ONNX Runtime sessions for it, shared by export.py (which writes
+and checks model.onnx) and predict.py (whose onnxruntime backend runs it): predict must not import the
+export command, so what both need lives here.
+
+An exported model takes float32 (N, 3, S, S) RGB images, preprocessed as recorded in `preprocess` (which
+travels in the file's metadata with the class names), and gives `logits` and `probabilities`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .modelfile import WEIGHTS, LoadedModel
+
+ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
+
+
+class ProbabilityHead(nn.Module):
+    """The classifier plus softmax, so exported files give probabilities without extra code."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, logits.softmax(dim=1)
+
+
+def export_metadata(meta: dict) -> dict[str, str]:
+    """String key/values stored in the exported file: class names, preprocessing and provenance."""
+    return {
+        "resnetcls.format": meta["format"],
+        "arch": meta["arch"],
+        "arch_args": json.dumps(meta["arch_args"]),
+        "classes": json.dumps(meta["classes"]),
+        "preprocess": json.dumps(meta["preprocess"]),
+        "weights_sha256": meta["sha256"][WEIGHTS],
+        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits, probabilities",
+    }
+
+
+def example_input(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
+    """A random (batch, 3, S, S) input at the model's image size (what the exporters trace with)."""
+    size = loaded.preprocess["image_size"]
+    return torch.randn(batch, 3, size, size)
+
+
+def onnx_bytes(loaded: LoadedModel) -> bytes:
+    """Export through torch.export (the supported exporter) with a dynamic batch dimension."""
+    wrapped = ProbabilityHead(loaded.model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
+        program = torch.onnx.export(wrapped, (example_input(loaded),), dynamo=True, external_data=False,
+                                    input_names=["input"], output_names=["logits", "probabilities"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+    proto = program.model_proto
+    for key, value in export_metadata(loaded.meta).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"resnetcls {loaded.meta['arch']} classifier, {len(loaded.classes)} classes"
+    return proto.SerializeToString()
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata_props of an ONNX file as strings (the export_metadata keys)."""
+    import onnx  # heavy, and needed only when a model.onnx is read
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def onnx_session(model: str | os.PathLike | bytes, threads: int = 0):
+    """An ONNX Runtime CPU session with all graph optimisations (conv+BN+ReLU fusion, constant folding)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) float tensor -> (N, classes) probabilities from an ONNX Runtime session."""
+    feed = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
+    return torch.from_numpy(session.run(["probabilities"], {"input": feed})[0])
+
+
+def onnx_session_for(loaded: LoadedModel, threads: int = 0):
+    """ONNX Runtime session for a loaded model directory: its model.onnx when that was exported from these
+    exact weights, else an in-memory export (slower to start; nothing is written)."""
+    path = loaded.path / ONNX_FILE
+    if path.is_file():
+        meta = read_onnx_metadata(path)
+        if meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]:
+            return onnx_session(path, threads)
+        print(f"{path}: exported from other weights; exporting again in memory "
+              f"(run `resnetcls export {loaded.path} --format onnx` to refresh it)", file=sys.stderr)
+    else:
+        print(f"{loaded.path}: no model.onnx; exporting in memory "
+              f"(run `resnetcls export {loaded.path} --format onnx` once to skip this)", file=sys.stderr)
+    return onnx_session(onnx_bytes(loaded), threads)

@@ -1,0 +1,65 @@
+"""Run logging: metrics.jsonl, TensorBoard, and the live progress bar on a terminal."""
+import json
+import os
+
+from resnetcls.engine.log import RunLogger
+
+
+def test_records_go_to_metrics_jsonl_and_slashed_scalars_to_tensorboard(tmp_path):
+    logger = RunLogger(tmp_path, tensorboard=True)
+    logger.log({"kind": "epoch", "epoch": 1, "train/loss": 0.5, "val/top1": 0.25, "note": "x"}, step=3)
+    logger.close()
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 3 and record["train/loss"] == 0.5 and record["note"] == "x"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    scalars = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
+    assert sorted(scalars) == ["train/loss", "val/top1"]
+
+
+def test_a_resumed_run_drops_what_it_will_log_again(tmp_path):
+    logger = RunLogger(tmp_path, tensorboard=False)
+    for step, kind, epoch in [(2, "train", 1), (4, "epoch", 1), (6, "train", 2), (7, "summary", 2)]:
+        logger.log({"kind": kind, "epoch": epoch}, step)
+    logger.close()
+    RunLogger(tmp_path, tensorboard=False, resume_step=4, resume_epoch=2).close()  # checkpoint after epoch 1
+    kept = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == [2, 4]
+
+
+def test_a_non_zero_rank_writes_nothing(tmp_path, capsys):
+    logger = RunLogger(tmp_path, tensorboard=True, enabled=False)
+    logger.log({"kind": "epoch", "train/loss": 1.0}, 1)
+    logger.info("hello")
+    logger.close()
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().err == ""
+
+
+def test_live_progress_bar_on_a_terminal_and_bf16_autocast(tiny_data, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size
+    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(tiny_data), "--model", "resnet18",
+                             "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--set", "model.width=8",
+                             "--set", "data.num_workers=0", "--set", "log.tensorboard=false",
+                             "--set", "train.amp=bf16", "--out", str(tmp_path / "r")],
+                            stderr=follower, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=300) == 0, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    assert "cpu bf16 channels_last" in text
+    bar = [part for part in text.split("\r") if "epoch 1/1:" in part and "step" in part]
+    assert bar and "img/s" in bar[-1] and "data wait" in bar[-1] and "lr " in bar[-1] and "<" in bar[-1]

@@ -1,0 +1,55 @@
+"""Optimisation: schedules, losses and class weights, gradient accumulation and EMA."""
+import pytest
+import torch
+from torch import nn
+
+from resnetcls.config import SchedConfig
+from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
+from resnetcls.engine.optim import SigmoidOneHotLoss, build_ema, build_scheduler, class_weights
+
+
+def test_epoch_interval_schedule_changes_only_at_epoch_boundaries():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, SchedConfig(name="cosine", interval="epoch", warmup_epochs=0), 4, 3)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert len(set(lrs[0:4])) == len(set(lrs[4:8])) == len(set(lrs[8:12])) == 1
+    assert lrs[0] > lrs[4] > lrs[8]
+
+
+def test_balanced_class_weights_and_weighted_bce():
+    w = class_weights([0, 0, 0, 1], 2, "balanced")
+    assert w.tolist() == pytest.approx([4 / 6, 2.0])
+    logits, target = torch.tensor([[2.0, -1.0], [0.5, 0.3]]), torch.tensor([0, 1])
+    weighted = SigmoidOneHotLoss(2, weight=torch.tensor([1.0, 3.0]))(logits, target)
+    per_sample = nn.functional.binary_cross_entropy_with_logits(
+        logits, nn.functional.one_hot(target, 2).float(), reduction="none").sum(1)
+    assert float(weighted) == pytest.approx(float((per_sample[0] + 3 * per_sample[1]) / 4))
+
+
+def _linear_run(batches, accum):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = Optimization(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                       torch.amp.GradScaler("cpu", enabled=False), build_ema(model, 0.5), accum)
+    stats = EpochStats()
+    train_one_epoch(model, batches, opt, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False),
+                    stats, lambda s: False)
+    return model, opt, stats
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    big = [{"images": x[i:i + 8], "labels": y[i:i + 8], "bad": []} for i in (0, 8)]
+    small = [{"images": x[i:i + 4], "labels": y[i:i + 4], "bad": []} for i in range(0, 16, 4)]
+    m_big, _, s_big = _linear_run(big, accum=1)
+    m_small, opt, s_small = _linear_run(small, accum=2)
+    assert s_big.steps == s_small.steps == 2 and s_small.batches == 4
+    assert torch.allclose(m_big.weight, m_small.weight, atol=1e-6)
+    # The EMA moved toward the trained weights but is not them.
+    assert not torch.equal(opt.ema.module.weight, m_small.weight)

@@ -1,0 +1,30 @@
+"""ONNX Runtime for predict's onnxruntime backend: the model directory's own model.onnx when it matches the
+weights, otherwise an in-memory export that says how to skip it next time; same probabilities as eager."""
+import torch
+
+from resnetcls import onnx_runtime
+from resnetcls.modelfile import load_model_dir
+from resnetcls.onnx_runtime import ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session_for
+from tests.test_export import make_tiny_model_dir
+
+
+def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_path, capsys, monkeypatch):
+    model = make_tiny_model_dir(tmp_path / "model")
+    loaded = load_model_dir(model)
+    exported, exports = onnx_bytes(loaded), []  # one real export; the in-memory re-exports below reuse it
+    monkeypatch.setattr(onnx_runtime, "onnx_bytes", lambda m: exports.append(m.path) or exported)
+    batch = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        eager = loaded.model(batch).softmax(1)
+    session = onnx_session_for(loaded)
+    assert "no model.onnx; exporting in memory" in capsys.readouterr().err and exports == [model]
+    assert not (model / ONNX_FILE).exists()  # nothing written
+    assert float((onnx_probabilities(session, batch) - eager).abs().max()) <= 1e-4
+    (model / ONNX_FILE).write_bytes(exported)
+    onnx_session_for(loaded)
+    assert capsys.readouterr().err == "" and exports == [model]  # the file matches these weights: used as is
+    other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=1))
+    (other.path / ONNX_FILE).write_bytes(exported)  # exported from other weights
+    onnx_session_for(other)
+    assert "exported from other weights; exporting again in memory" in capsys.readouterr().err
+    assert exports == [model, other.path]
