@@ -47,8 +47,8 @@ def results_of(tmp_path, strategy, R_, seconds):
     cfg = Config(model=ModelConfig(name="resnet18", width=8), lifelong=LifelongConfig(strategy=strategy))
     torch.manual_seed(0)
     model = create_model("resnet18", len(CLASSES), **arch_args(cfg.model))
-    metrics = write_results(cfg, tmp_path, NAMES, CLASSES, model, "cpu", make_preprocess(32), {"buffer_images": 6},
-                            R_, B, seconds, 0.0015, None, 1)
+    metrics = write_results(strategy, cfg.model, tmp_path, NAMES, CLASSES, model, "cpu", make_preprocess(32),
+                            {"buffer_images": 6}, R_, B, seconds, 0.0015, None, 1)
     with open(tmp_path / "R.csv", newline="") as f:
         return model, metrics, list(csv.reader(f))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..atomic import csv_text, write_text_atomic
-from ..config import Config
+from ..config import ModelConfig
 from ..engine.prepare import arch_args
 from ..errors import UserError
 from ..figures import accuracy_matrix_heatmap
@@ -32,11 +32,10 @@ def summarize(R: list[list[float]], b: list[float], strategy: str, joint: str | 
     return out
 
 
-def write_results(cfg: Config, run_dir: Path, names: list[str], classes: list[str], model: nn.Module, device: str,
-                  preprocess: dict, buffer_stats: dict, R: list, b: list, seconds: list,
-                  inference_s_per_image: float, joint: str | None, bad_images: int) -> dict:
-    """Write the run's result files; return metrics.json's content."""
-    strategy = cfg.lifelong.strategy
+def write_results(strategy: str, m: ModelConfig, run_dir: Path, names: list[str], classes: list[str],
+                  model: nn.Module, device: str, preprocess: dict, buffer_stats: dict, R: list, b: list,
+                  seconds: list, inference_s_per_image: float, joint: str | None, bad_images: int) -> dict:
+    """Write the run's result files (R.csv/json/png, metrics.json, final/); return metrics.json's content."""
     metrics = summarize(R, b, strategy, joint)
     n_params = sum(p.numel() for p in model.parameters())
     state_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
@@ -52,6 +51,6 @@ def write_results(cfg: Config, run_dir: Path, names: list[str], classes: list[st
     accuracy_matrix_heatmap(R, b, names, [n for n, _ in rows[1:]], run_dir / "R.png",
                             f"{strategy}: accuracy after each task")
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    save_model_dir(run_dir / "final", model, cfg.model.name, arch_args(cfg.model), classes, preprocess,
+    save_model_dir(run_dir / "final", model, m.name, arch_args(m), classes, preprocess,
                    {"ACC": metrics["ACC"]})
     return metrics

@@ -109,7 +109,7 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
     check_config(cfg.lifelong, cfg.data.train)
     if not cfg.data.train:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=cfg.lifelong.datasets[0]))
-    tasks, classes = build_tasks(cfg)  # bad task settings fail before anything is written
+    tasks, classes = build_tasks(cfg.lifelong, cfg.data, cfg.train.seed)  # fails before anything is written
     prepared = prepare_run(cfg, out_dir, resume, force)
     seq = build_sequence(prepared.cfg, prepared.run_dir, prepared.env, tasks, classes)
     warn(f"lifelong: {cfg.lifelong.strategy}, {len(tasks)} tasks ("
@@ -254,9 +254,10 @@ def evaluate_tasks(seq: TaskSequence, logger: RunLogger | None) -> tuple[list[fl
 def finish(seq: TaskSequence, logger: RunLogger, joint: str | None) -> dict:
     """R.csv/R.json/R.png, metrics.json (metrics, sizes, times), the final model directory, the summary."""
     _, model_s, images = evaluate_tasks(seq, None)  # timed pass: inference ms/image
-    metrics = write_results(seq.cfg, seq.run_dir, [task.name for task in seq.tasks], seq.classes, seq.model,
-                            seq.ctx.device.type, seq.pipeline.preprocess, seq.hooks.buffer_stats(), seq.R, seq.b,
-                            seq.seconds, model_s / max(images, 1), joint, len(seq.run.bad_files))
+    metrics = write_results(seq.cfg.lifelong.strategy, seq.cfg.model, seq.run_dir, [task.name for task in seq.tasks],
+                            seq.classes, seq.model, seq.ctx.device.type, seq.pipeline.preprocess,
+                            seq.hooks.buffer_stats(), seq.R, seq.b, seq.seconds, model_s / max(images, 1), joint,
+                            len(seq.run.bad_files))
     logger.log({"kind": "summary", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
                seq.run.global_step)
     logger.close()

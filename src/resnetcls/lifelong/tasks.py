@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
+from ..config import DataConfig, LifelongConfig
 from ..data.sources import Samples, Splits, load_splits, openloris_batches
 from ..errors import UserError
 
@@ -85,8 +85,7 @@ def _select(samples: Samples, column: str, where: str) -> list[str]:
     return samples.extra[column]
 
 
-def _split_by_column(splits: Splits, cfg: Config) -> list[tuple[str, Samples, Samples]]:
-    lc, where = cfg.lifelong, cfg.data.train
+def _split_by_column(splits: Splits, lc: LifelongConfig, where: str) -> list[tuple[str, Samples, Samples]]:
     test = splits.test if splits.test is not None and len(splits.test) else splits.val
     train_values, test_values = _select(splits.train, lc.tasks, where), _select(test, lc.tasks, where)
     groups = task_groups(train_values + test_values, lc.tasks, lc.order, lc.bins)  # bins span both splits
@@ -106,9 +105,8 @@ def _split_by_column(splits: Splits, cfg: Config) -> list[tuple[str, Samples, Sa
     return out
 
 
-def _raw_tasks(cfg: Config) -> list[tuple[str, Samples, Samples]]:
-    d, lc = cfg.data, cfg.lifelong
-    load = lambda data, batches="": load_splits(data, "", d.val_fraction, cfg.train.seed, d.split_by, batches)
+def _raw_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> list[tuple[str, Samples, Samples]]:
+    load = lambda data, batches="": load_splits(data, "", d.val_fraction, seed, d.split_by, batches)
     if lc.datasets:
         if lc.tasks:
             raise UserError("lifelong: give either several DATA arguments or --tasks, not both")
@@ -131,16 +129,16 @@ def _raw_tasks(cfg: Config) -> list[tuple[str, Samples, Samples]]:
     if not lc.tasks:
         raise UserError("lifelong: say how to cut DATA into tasks: --tasks COLUMN, --tasks batches, "
                         "or several DATA arguments")
-    return _split_by_column(load(d.train), cfg)
+    return _split_by_column(load(d.train), lc, d.train)
 
 
 def _relabel(samples: Samples, index: dict[str, int], classes: list[str]) -> Samples:
     return Samples(samples.paths, [index[samples.classes[l]] for l in samples.labels], classes, samples.extra)
 
 
-def build_tasks(cfg: Config) -> tuple[list[Task], list[str]]:
+def build_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> tuple[list[Task], list[str]]:
     """The tasks in training order and the shared class list (appended to in task order)."""
-    raw = _raw_tasks(cfg)
+    raw = _raw_tasks(lc, d, seed)
     if not raw:
         raise UserError("lifelong: no tasks")
     classes: list[str] = []
