@@ -96,6 +96,11 @@ def test_result_affecting_changes_ignore_logging_workers_and_path_spelling(tmp_p
     ("data.interpolation=lanczos", "config key data.interpolation='lanczos': expected one of nearest, bilinear"),
     ("train.nonfinite=ignore", "config key train.nonfinite='ignore': expected one of stop, skip"),
     ("loss.label_smoothing=1.0", "config key loss.label_smoothing=1.0: must be in [0, 1)"),
+    ("data.augment=autoaugment", "config key data.augment='autoaugment': expected one of crop_flip, resize, "
+                                 "trivialaugment, randaugment"),
+    ("data.random_erasing=1.5", "config key data.random_erasing=1.5: must be in [0, 1]"),
+    ("data.mixup=-0.2", "config key data.mixup=-0.2: must be in [0, 100]"),
+    ("data.cutmix=.nan", "config key 'data.cutmix' must be a finite number"),
 ])
 def test_config_values_are_range_checked_naming_the_key(override, message):
     with pytest.raises(UserError) as e:
@@ -131,3 +136,10 @@ def test_numeric_flags_are_range_checked_with_exit_2_naming_the_flag(args, flag,
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: argument {flag}: {message}" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_augmentation_keys_default_off_and_accept_their_values():
+    assert (build_config().data.random_erasing, build_config().data.mixup, build_config().data.cutmix) == (0, 0, 0)
+    d = build_config(overrides=["data.augment=trivialaugment", "data.random_erasing=0.25", "data.mixup=0.2",
+                                "data.cutmix=1.0"]).data
+    assert (d.augment, d.random_erasing, d.mixup, d.cutmix) == ("trivialaugment", 0.25, 0.2, 1.0)

@@ -25,6 +25,7 @@ def test_each_figure_is_a_png(tmp_path):
             figures.contact_sheet(wrong, tmp_path / "w.png"),
             figures.training_curves(epochs, tmp_path / "t.png"),
             figures.accuracy_matrix_heatmap([[0.9, 0.1], [0.7, 0.8]], [0.1, 0.1], ["t1", "t2"], ["t1", "t2"],
-                                            tmp_path / "R.png")]
-    assert [p.name for p in made] == ["c.png", "r.png", "w.png", "t.png", "R.png"]
+                                            tmp_path / "R.png"),
+            figures.image_grid(np.zeros((5, 16, 16, 3), np.uint8), ["a"] * 5, tmp_path / "g.png", "grid")]
+    assert [p.name for p in made] == ["c.png", "r.png", "w.png", "t.png", "R.png", "g.png"]
     assert all(min(_is_png(p)) > 100 for p in made)

@@ -14,7 +14,8 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 def test_training_writes_a_self_contained_report(tiny_run):
     page = (tiny_run / "report.html").read_text()
     images = re.findall(r'<img id="([\w-]+)"[^>]* src="data:image/png;base64,', page)
-    assert images == ["curves", "fig-confusion", "fig-reliability", "fig-wrong"]
+    assert images == ["curves", "augmented", "fig-confusion", "fig-reliability", "fig-wrong"]
+    assert (tiny_run / "augmented_batch.png").is_file()  # the grid of augmented training images
     # nothing to fetch: no external scripts, styles or images
     assert not re.search(r'(src|href)=["\']?(https?:|//)', page)
     assert '<table class="sortable" id="per-class">' in page and "<td>green</td>" in page
@@ -62,8 +63,35 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     result = chromium(binary, tmp_path / "profile", "--dump-dom", url + "#sort=class-desc")
     body = re.search(r"<body[^>]*>", result.stdout)
     assert body, result.stderr[-2000:]
-    assert 'data-images-loaded="4/4"' in body.group(0)
+    assert 'data-images-loaded="5/5"' in body.group(0)
     loaded = re.search(r'data-images-ok="([^"]*)"', body.group(0)).group(1).split()
-    assert {"curves", "fig-confusion"} <= set(loaded)
+    assert {"curves", "augmented", "fig-confusion"} <= set(loaded)
     table = result.stdout.split('id="per-class"')[1].split("</table>")[0]
     assert re.findall(r"<tr><td>(\w+)</td>", table) == ["red", "green", "blue"]
+
+
+def _run_dir_with_config(tmp_path, *overrides):
+    from resnetcls.config import build_config, dump_yaml
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(build_config(overrides=["data.image_size=32", *overrides])))
+    return run
+
+
+def test_the_augmented_batch_is_what_the_model_sees_with_soft_targets_named(tiny_data, tmp_path):
+    import numpy as np
+    from resnetcls.data.sources import load_splits
+    from resnetcls.report import augmented_batch, write_augmented_batch
+    train = load_splits(str(tiny_data)).train
+    plain, captions = augmented_batch(_run_dir_with_config(tmp_path / "a", "data.cache=false"), train, 8)
+    assert plain.shape == (8, 32, 32, 3) and plain.dtype == np.uint8
+    assert set(captions) <= set(train.classes)  # hard labels: one class name each
+    # solid-colour classes: without augmentation beyond crop + flip every image is one flat colour
+    assert all(int(np.ptp(im.reshape(-1, 3), axis=0).max()) <= 2 for im in plain)
+    run = _run_dir_with_config(tmp_path / "b", "data.cache=false", "data.cutmix=1.0", "data.random_erasing=1.0")
+    mixed, captions = augmented_batch(run, train, 8)
+    assert sum(len(c.splitlines()) == 2 for c in captions) >= 2  # soft targets: two classes, with weights
+    assert sum(int(np.ptp(im.reshape(-1, 3), axis=0).max()) > 10 for im in mixed) >= 6  # boxes, erased patches
+    path = write_augmented_batch(run, train, 8)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100

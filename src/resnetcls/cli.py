@@ -202,7 +202,8 @@ def cmd_train(args) -> int:
     cfg = build_config(args.config, args.overrides, flags, base=base)
     result = train(cfg, args.out, args.resume, args.force)
     if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
-        write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers)
+        write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers,
+                              result.train_samples)
     return 0
 
 

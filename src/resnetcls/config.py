@@ -35,7 +35,11 @@ class DataConfig:
     val: str = ""                   # optional separate validation DATA
     image_size: int = 224           # training / model input size
     resize_size: int = 0            # eval resize of the short side; 0 = image_size / 0.875
-    augment: str = "crop_flip"      # "crop_flip" (random-resized-crop + flip) or "resize" (the seed: none)
+    augment: str = "crop_flip"      # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
+                                    # trivialaugment | randaugment (crop_flip, then that per-image policy)
+    random_erasing: float = 0.0     # probability of erasing one rectangle per training image; 0 = off
+    mixup: float = 0.0              # Mixup's Beta alpha (e.g. 0.2); 0 = off
+    cutmix: float = 0.0             # CutMix's Beta alpha (e.g. 1.0); 0 = off; with mixup, one per batch
     min_crop_scale: float = 0.25    # lower bound of random-resized-crop's area scale
     interpolation: str = "bilinear"
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -257,6 +261,9 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "data.val_fraction": (0, 1, True, True),
     "data.num_workers": (-1, 256, False, False),
     "data.color_jitter": (0, 1, False, False),
+    "data.random_erasing": (0, 1, False, False),
+    "data.mixup": (0, 100, False, False),
+    "data.cutmix": (0, 100, False, False),
     "data.cache_max_gb": (0, 1e6, False, False),
     "train.epochs": (1, 1_000_000, False, False),
     "train.batch_size": (1, 1 << 16, False, False),
@@ -284,6 +291,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
 CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "fork", "spawn"),
            "data.interpolation": ("nearest", "bilinear", "bicubic"),
+           "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
            "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint")}
 

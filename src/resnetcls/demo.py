@@ -40,7 +40,8 @@ def run_demo(out: str | Path = "demo-run", classes: int = 10, per_class: int = 1
     _say(f"[2/4] training (train/val split from {manifest})")
     cfg = build_config(overrides=DEMO_OVERRIDES + [f"data.train={manifest}", f"train.epochs={epochs}"])
     result = train(cfg, run_dir)
-    write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers)  # as `resnetcls train` does
+    # as `resnetcls train` does
+    write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers, result.train_samples)
     _say("[3/4] evaluating the best model on the held-out test split")
     metrics = evaluate_model(run_dir, str(manifest), run_dir / "eval")
     print(f"test top1 {metrics['top1']:.2%}  top5 {metrics['top5']:.2%} on {metrics['images']} images")

@@ -106,6 +106,20 @@ def contact_sheet(items: list[dict], path: Path, thumb: int = 112) -> Path:
     return _save(fig, path, dpi=100)
 
 
+def image_grid(images: np.ndarray, captions: list[str], path: Path, title: str, thumb: float = 1.6) -> Path:
+    """A grid of (N, H, W, 3) uint8 images, each with its caption (fastai's show_batch)."""
+    cols = min(8, max(1, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(thumb * cols, (thumb + 0.35) * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path, dpi=100)
+
+
 def training_curves(epochs: list[dict], path: Path) -> Path:
     """Loss, top-1 and learning rate per epoch; each panel plots every 'split/metric' key it finds."""
     panels = [("loss", "loss"), ("top1", "top-1 accuracy"), ("lr", "learning rate")]

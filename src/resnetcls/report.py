@@ -8,14 +8,21 @@ environment.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .atomic import write_text_atomic
+from .config import config_from_dict, load_yaml
+from .data.sampler import ResumableSampler
 from .data.sources import Samples
+from .engine.prepare import DataPipeline
 from .envinfo import provenance
 from .errors import UserError
 from .evaluate import evaluate_samples
@@ -110,6 +117,53 @@ def _curves_section(run_dir: Path, epochs: list[dict]) -> str:
     return "<h2>Training curves</h2>" + _img(path, "curves", "loss, top-1 and learning rate per epoch")
 
 
+AUGMENTED_PNG = "augmented_batch.png"
+
+
+def augmented_batch(run_dir: Path, train_samples: Samples, count: int = 16) -> tuple[np.ndarray, list[str]]:
+    """The first training batch (of `count`) of the run's config as the model sees it: its crops, policy,
+    erasing, jitter and Mixup/CutMix, un-normalised back to (N, H, W, 3) uint8, with each image's target
+    ("class", or "class 0.70 +" and "other 0.30" on two lines for a soft one)."""
+    cfg = config_from_dict(load_yaml(run_dir / "config.yaml"))
+    pipeline = DataPipeline(dataclasses.replace(cfg.data, num_workers=0), min(count, len(train_samples)), True)
+    sampler = ResumableSampler(train_samples.labels, cfg.data.sampler, cfg.train.seed)
+    loader = pipeline.train_loader(train_samples, sampler, cfg.train.seed)
+    batch = next(b for b in loader if b["images"] is not None)
+    images, labels = loader.device_finish(batch["images"]), batch["labels"]
+    targets = torch.nn.functional.one_hot(labels, len(train_samples.classes)).float()
+    if loader.batch_mix is not None:
+        images, targets = loader.batch_mix(images, labels, batch["seed"])
+    mean = torch.tensor(pipeline.preprocess["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(pipeline.preprocess["std"]).view(1, 3, 1, 1)
+    pixels = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    captions = []
+    for row in targets:
+        shares = sorted(((float(w), c) for c, w in enumerate(row) if w > 0.005), reverse=True)
+        names = [train_samples.classes[c] for _, c in shares]
+        shown = [f"{n} {w:.2f}" for (w, _), n in zip(shares, names)]
+        captions.append(names[0] if len(shares) == 1 else " +\n".join(shown))
+    return pixels, captions
+
+
+def write_augmented_batch(run_dir: str | os.PathLike, train_samples: Samples, count: int = 16) -> Path:
+    """RUN_DIR/augmented_batch.png: augmented_batch() as a grid, which the report shows."""
+    from .figures import image_grid
+    run_dir = Path(run_dir)
+    pixels, captions = augmented_batch(run_dir, train_samples, count)
+    d = config_from_dict(load_yaml(run_dir / "config.yaml")).data
+    title = (f"Training images as the model sees them (data.augment={d.augment}, "
+             f"random_erasing={d.random_erasing:g}, mixup={d.mixup:g}, cutmix={d.cutmix:g}, "
+             f"color_jitter={d.color_jitter:g})")
+    return image_grid(pixels, captions, run_dir / AUGMENTED_PNG, title)
+
+
+def _augmented_section(run_dir: Path) -> str:
+    path = run_dir / AUGMENTED_PNG
+    if not path.is_file():
+        return ""
+    return "<h2>Training images as the model sees them</h2>" + _img(path, "augmented", "an augmented training batch")
+
+
 def _per_class_table(m: dict) -> str:
     cols = [("class", "class"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
             ("support", "support")]
@@ -201,7 +255,8 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
                                              ("best_val_top1", "best_epoch", "seconds") if k in summary]
     body = (f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
             f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
-            + _cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs) + _eval_section(run_dir / "eval")
+            + _cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs)
+            + _augmented_section(run_dir) + _eval_section(run_dir / "eval")
             + _env_section(run_dir, summary))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
@@ -209,12 +264,16 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
     return write_text_atomic(run_dir / "report.html", page)
 
 
-def write_training_report(run_dir: str | os.PathLike, val_samples: Samples, num_workers: int = -1) -> Path:
+def write_training_report(run_dir: str | os.PathLike, val_samples: Samples, num_workers: int = -1,
+                          train_samples: Samples | None = None) -> Path:
     """The report at the end of `train`: evaluate best/ on the run's validation samples into RUN_DIR/eval,
-    then write report.html and say where both are (stderr).
+    draw a batch of train_samples as the model saw them (RUN_DIR/augmented_batch.png), then write
+    report.html and say where both are (stderr).
 
     Called by the layer that ran the engine (cli, demo) with what train() returned, never by the engine."""
     run_dir = Path(run_dir)
+    if train_samples is not None and len(train_samples):
+        write_augmented_batch(run_dir, train_samples)
     report = write_report(run_dir, val_samples, num_workers)
     print(f"report: {report} (eval of best/ in {run_dir / 'eval'})", file=sys.stderr, flush=True)
     return report

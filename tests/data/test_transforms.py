@@ -4,9 +4,12 @@ import os
 import pytest
 import torch
 
+from resnetcls.data.cache import open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
-from resnetcls.data.transforms import build_eval_transform, build_train_transform, make_preprocess
+from resnetcls.data.transforms import (BatchTransform, build_eval_batch_transform, build_eval_transform,
+                                       build_train_transform, make_preprocess)
+from resnetcls.errors import UserError
 from tests.data.test_loader import eval_batch
 
 
@@ -40,3 +43,32 @@ def test_train_batches_are_random_crops_flips_and_jitter_of_the_stored_images(ph
     hi = (1 - min(preprocess["mean"])) / min(preprocess["std"])
     first = next(iter(loader))["images"]
     assert lo - 1e-4 <= first.min() and first.max() <= hi + 1e-4
+
+
+@pytest.mark.parametrize("augment", ["trivialaugment", "randaugment"])
+def test_policy_and_erasing_in_train_crops_follow_the_sample_seeds(photos, tmp_path, augment):
+    preprocess = make_preprocess(24)
+    plain = build_train_transform(preprocess)
+    policy = build_train_transform(preprocess, augment, random_erasing=0.5)
+    store = open_or_build(photos.paths[:2], plain.geometry, tmp_path)
+    images = [store.load(0), store.load(1)]
+
+    def crops(transform, seeds):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(5)  # the crop boxes, as the loader seeds them per batch
+            return transform.crops(images, seeds=seeds)
+
+    base, a, b = crops(plain, None), crops(policy, [11, 12]), crops(policy, [11, 12])
+    assert a.shape == base.shape and a.dtype == torch.uint8 and a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b)  # same sample seeds, same batch
+    others = [crops(policy, [s, s + 1]) for s in range(20, 26)]
+    assert sum(not torch.equal(o, base) for o in others) >= 5  # the policy changes pixels beyond the crop
+    assert len({o.numpy().tobytes() for o in others}) >= 5
+    # evaluation never augments, whatever the training settings
+    eval_tf = BatchTransform(preprocess, False, augment, random_erasing=1.0)
+    assert torch.equal(eval_tf.crops(images, seeds=[1, 2]), build_eval_batch_transform(preprocess).crops(images))
+
+
+def test_unknown_augment_is_a_user_error_listing_the_choices():
+    with pytest.raises(UserError, match="trivialaugment"):
+        build_train_transform(make_preprocess(24), "autoaugment")

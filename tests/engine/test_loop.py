@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from resnetcls.config import OptimConfig, SchedConfig, TrainConfig
+from resnetcls.data.augment import BatchMix
 from resnetcls.data.loader import build_loader
+from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import load_splits
 from resnetcls.data.transforms import build_train_transform, make_preprocess
 from resnetcls.engine.loop import EpochStats, StepContext, StepHooks, train_one_epoch
@@ -88,6 +90,42 @@ def test_an_extra_loss_term_is_part_of_the_trained_loss(tiny_data):
         train_one_epoch(model, loader(tiny_data, False), opt, nn.CrossEntropyLoss(), CPU, stats, lambda s: False,
                         hooks=hooks)
     assert penalised.loss == pytest.approx(plain.loss + 5.0, abs=1e-4)
+
+
+class TargetRecorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def forward(self, logits, target):
+        self.targets.append(target.clone())
+        return nn.functional.cross_entropy(logits.float(), target)
+
+
+@pytest.mark.parametrize("uint8_batches", [False, True])
+def test_a_loaders_batch_mix_is_applied_after_finishing_and_the_loss_gets_soft_targets(tiny_data, uint8_batches):
+    splits = load_splits(str(tiny_data))
+    transform = build_train_transform(make_preprocess(32))
+    sampler = ResumableSampler(splits.train.labels, seed=3)
+    mix = BatchMix(0.4, 1.0, len(splits.classes))
+    mixed = build_loader(splits.train, transform, 4, shuffle=False, num_workers=0, sampler=sampler,
+                         uint8_batches=uint8_batches, mix=mix)
+    assert mixed.batch_mix is mix
+    plain = build_loader(splits.train, transform, 4, shuffle=False, num_workers=0, sampler=sampler)
+    assert plain.batch_mix is None
+    model, loss = Recorder(), TargetRecorder()
+    stats = EpochStats()
+    train_one_epoch(model, mixed, optimization(model), loss, CPU, stats, lambda s: False)
+    batches = list(plain)
+    assert len(model.seen) == len(batches) and stats.images == len(splits.train)  # accuracy counts hard labels
+    changed = 0
+    for seen, target, batch in zip(model.seen, loss.targets, batches):
+        assert batch["seed"] is not None
+        images, soft = mix(batch["images"], batch["labels"], batch["seed"])  # the batch's own seed
+        assert torch.allclose(seen, images, atol=1e-5) and torch.equal(target, soft)
+        assert target.shape == (len(batch["labels"]), 3) and torch.allclose(target.sum(1), torch.ones(len(target)))
+        changed += not torch.allclose(seen, batch["images"])
+    assert changed >= len(batches) // 2  # solid-colour images: a same-class partner changes nothing
 
 
 def test_build_optimization_applies_accumulation_ema_and_clipping_from_the_train_config():

@@ -53,3 +53,25 @@ def test_gradient_accumulation_equals_one_large_batch():
     assert torch.allclose(m_big.weight, m_small.weight, atol=1e-6)
     # The EMA moved toward the trained weights but is not them.
     assert not torch.equal(opt.ema.module.weight, m_small.weight)
+
+
+@pytest.mark.parametrize("name", ["ce", "bce"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_losses_take_soft_targets_with_label_smoothing(name, weighted):
+    from resnetcls.config import LossConfig
+    from resnetcls.engine.optim import build_loss
+    labels = [0, 0, 0, 1, 2, 2] if weighted else []  # weights 2/3, 2, 1: a batch's weight sum is not its size
+    loss = build_loss(LossConfig(name=name, label_smoothing=0.1, class_weights="balanced" if weighted else "none"),
+                      3, labels)
+    torch.manual_seed(0)
+    logits, a, b = torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
+    one_hot = lambda t: nn.functional.one_hot(t, 3).float()
+    # a one-hot soft target is the hard label
+    assert float(loss(logits, one_hot(a))) == pytest.approx(float(loss(logits, a)), rel=1e-5)
+    # bf16 logits (autocast) with float32 soft targets
+    assert float(loss(logits.bfloat16(), one_hot(a))) == pytest.approx(float(loss(logits, a)), rel=2e-2)
+    if not weighted:  # a blend lam*a + (1-lam)*b is the same blend of the two losses (both are linear in it)
+        lam = 0.3
+        mixed = loss(logits, lam * one_hot(a) + (1 - lam) * one_hot(b))
+        assert float(mixed) == pytest.approx(lam * float(loss(logits, a)) + (1 - lam) * float(loss(logits, b)),
+                                             rel=1e-5)

@@ -92,3 +92,25 @@ def test_sigterm_saves_exits_130_and_resume_from_run_dir_alone_is_bit_identical(
     result = run_cli("train", "--resume", out, "--set", "data.num_workers=2")
     assert result.returncode == 0, result.stderr
     assert_identical(weights(out), uninterrupted)
+
+
+AUGMENT = ["--set", "data.augment=trivialaugment", "--set", "data.random_erasing=0.5", "--set", "data.mixup=0.4",
+           "--set", "data.cutmix=1.0", "--set", "loss.name=bce"]
+
+
+def test_with_policy_erasing_mixup_and_cutmix_a_killed_run_resumes_bit_identical(tiny_data, tmp_path):
+    whole = tmp_path / "whole"
+    result = run_cli("train", tiny_data, *ARGS, *AUGMENT, "--out", whole)
+    assert result.returncode == 0, result.stderr
+    plain = tmp_path / "plain"
+    assert run_cli("train", tiny_data, *ARGS, "--set", "loss.name=bce", "--out", plain).returncode == 0
+    different = [k for k, v in weights(plain).items() if not torch.equal(v, weights(whole)[k])]
+    assert different  # the augmentations did change what was trained
+    out = tmp_path / "run"
+    # two worker processes before the kill, none after: a sample's augmentation must not depend on either
+    proc = start_and_signal(tiny_data, out, signal.SIGKILL, 5, *AUGMENT, "--set", "data.num_workers=2")
+    assert proc.returncode == -signal.SIGKILL
+    result = run_cli("train", tiny_data, *ARGS, *STEP_CKPT, *AUGMENT, "--out", out, "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"resuming .* at epoch 1 step [5-7]/8", result.stderr), result.stderr
+    assert_identical(weights(out), weights(whole))

@@ -25,6 +25,7 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, 
                               default_collate)
 
 from ..errors import UserError
+from .augment import BatchMix
 from .cache import open_or_build
 from .decode import DecodeError, decode_image
 from .geometry import StoreGeometry, decode_resized
@@ -132,9 +133,10 @@ class StoredImageDataset(Dataset):
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            crops = self.transform.crops(images, None if slot is None else self.ring[slot, :len(images)])
+            seeds = [i.seed for i in good] if seed is not None else None
+            crops = self.transform.crops(images, None if slot is None else self.ring[slot, :len(images)], seeds)
         batch = {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
-                 "index": torch.tensor([int(i) for i in good]), "bad": bad}
+                 "index": torch.tensor([int(i) for i in good]), "bad": bad, "seed": seed}
         if slot is not None:
             batch["images"], batch["slot"] = None, slot  # FinishingLoader reads the pixels from the ring
         return batch
@@ -167,11 +169,21 @@ class FinishingLoader(DataLoader):
     read-only, so no caller can change what a loader hands over after the fact.
 
     With a ring (shared uint8 batch slots, see SlotBatchSampler) the pixels of a batch are read from its
-    slot; handed over as uint8 they are copied out of it, so a batch may be kept after the next one arrives."""
+    slot; handed over as uint8 they are copied out of it, so a batch may be kept after the next one arrives.
 
-    def __init__(self, *args, finish: Callable | None = None, uint8_batches: bool = False, **kwargs) -> None:
+    batch_mix (read-only, or None): Mixup/CutMix (data/augment.py's BatchMix), which the training loop
+    applies to each finished batch with the batch's "seed", turning its labels into soft targets."""
+
+    def __init__(self, *args, finish: Callable | None = None, uint8_batches: bool = False,
+                 mix: BatchMix | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._finish, self._uint8 = finish, uint8_batches and finish is not None
+        self._mix = mix if mix is not None and mix.active else None
+
+    @property
+    def batch_mix(self) -> BatchMix | None:
+        """Mixup/CutMix for the consumer to apply after finishing a batch, or None."""
+        return self._mix
 
     @property
     def uint8_batches(self) -> bool:
@@ -231,7 +243,8 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
 def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, num_workers: int = -1,
                  seed: int = 0, drop_last: bool = False, sampler: Sampler | None = None,
                  cache_dir: str | os.PathLike | None = None, on_bad: str = "skip", start_method: str = "auto",
-                 cache_max_gb: float = 0.0, uint8_batches: bool = False) -> DataLoader:
+                 cache_max_gb: float = 0.0, uint8_batches: bool = False,
+                 mix: BatchMix | None = None) -> DataLoader:
     """A DataLoader whose batches are dicts {images, labels, index, bad}.
 
     transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
@@ -240,6 +253,7 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     sampler: any torch Sampler over range(len(samples)); when given, `shuffle` and `seed` are its business.
     start_method: how workers start: auto (fork on Linux, else the platform's default, spawn), fork or spawn.
     cache_max_gb: the decoded cache's size limit (least-recently-used stores are pruned beyond it; 0 = none).
+    mix: Mixup/CutMix for the training loop to apply (the loader's batch_mix).
     """
     dataset = build_dataset(samples, transform, cache_dir, on_bad, cache_max_gb)
     workers = default_workers() if num_workers < 0 else num_workers
@@ -258,7 +272,7 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
         start_method = "fork" if sys.platform == "linux" else None
     return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
                            num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
-                           persistent_workers=workers > 0, finish=finish, uint8_batches=uint8_batches,
+                           persistent_workers=workers > 0, finish=finish, uint8_batches=uint8_batches, mix=mix,
                            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                            worker_init_fn=ignore_sigint if workers > 0 else None,
                            multiprocessing_context=start_method if workers > 0 else None)

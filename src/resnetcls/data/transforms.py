@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from ..errors import UserError
+from .augment import POLICIES, SampleAugment
 from .geometry import INTERPOLATIONS, CropToAspect, StoreGeometry
 
 
@@ -67,16 +68,22 @@ def build_eval_transform(preprocess: dict) -> T.Compose:
     return T.Compose(geometry + _to_normalized(preprocess))
 
 
+# crop_flip: random-resized-crop + flip; resize: the seed's plain resize; the policies: crop_flip, then one
+# of torchvision's per-image policies (see data/augment.py).
+AUGMENTS = ("crop_flip", "resize") + POLICIES
+
+
 def _check_augment(augment: str) -> None:
-    if augment not in ("crop_flip", "resize"):
-        raise UserError(f"data.augment={augment!r}: expected crop_flip or resize")
+    if augment not in AUGMENTS:
+        raise UserError(f"data.augment={augment!r}: expected one of {', '.join(AUGMENTS)}")
 
 
 class BatchTransform:
     """Stored uint8 images (HWC, as the decoded cache holds them) -> normalised float batches.
 
     Per image, on uint8: the geometry (train: random-resized-crop + horizontal flip; eval: the recorded
-    resize + centre crop), straight into a preallocated channels-last uint8 batch. Per batch: colour jitter
+    resize + centre crop), straight into a preallocated channels-last uint8 batch, then in training the
+    policy (trivialaugment, randaugment) and random erasing, each image under its own sample seed. Per batch: colour jitter
     (train), then float conversion + normalisation in two passes. The random numbers for a whole batch are
     drawn in one torch call (torchvision's per-image get_params cost more than the crop itself), so
     DataLoader worker seeding still makes runs reproducible. The eval path reproduces
@@ -85,7 +92,7 @@ class BatchTransform:
     """
 
     def __init__(self, preprocess: dict, train: bool, augment: str = "crop_flip", min_crop_scale: float = 0.25,
-                 color_jitter: float = 0.0, store_size: int = 0) -> None:
+                 color_jitter: float = 0.0, store_size: int = 0, random_erasing: float = 0.0) -> None:
         _check_augment(augment)
         square = preprocess.get("resize_mode") == "square"
         size = store_size or preprocess["resize"]
@@ -94,7 +101,9 @@ class BatchTransform:
         if not 0 <= color_jitter < 1:
             raise UserError(f"data.color_jitter={color_jitter}: must be in [0, 1)")
         self.preprocess, self.size = preprocess, preprocess["image_size"]
-        self.random = train and augment == "crop_flip"
+        self.random = train and augment != "resize"
+        self.augment = SampleAugment(augment if train else "crop_flip", random_erasing if train else 0.0,
+                                     preprocess["mean"])
         self.scale, self.jitter = (min_crop_scale, 1.0), color_jitter if train else 0.0
         self.geometry = StoreGeometry(size, square, preprocess["interpolation"])
         self._resize_op = RESIZE_INTO[preprocess["interpolation"]]
@@ -114,10 +123,12 @@ class BatchTransform:
             src = src.flip(-1)
         self._resize_op(src, out.shape[-2:], out)
 
-    def crops(self, images: list[np.ndarray], into: torch.Tensor | None = None) -> torch.Tensor:
+    def crops(self, images: list[np.ndarray], into: torch.Tensor | None = None,
+              seeds: list[int] | None = None) -> torch.Tensor:
         """HWC uint8 stored images -> (N, 3, S, S) uint8 channels-last batch of crops.
 
-        into: an (N, S, S, 3) uint8 tensor to write them to (the loader's shared ring slot), else a new one."""
+        into: an (N, S, S, 3) uint8 tensor to write them to (the loader's shared ring slot), else a new one.
+        seeds: each image's seed for the policy and random erasing (the sampler's); None draws them here."""
         s, n = self.size, len(images)
         batch = torch.empty(n, s, s, 3, dtype=torch.uint8) if into is None else into
         out, slots = batch.permute(0, 3, 1, 2), batch.numpy()  # NHWC memory = channels-last (N, 3, S, S)
@@ -140,6 +151,11 @@ class BatchTransform:
                     image, h, w = resized[0].numpy(), nh, nw
                 top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
                 np.copyto(slots[k], image[top:top + s, left:left + s])
+        if self.augment.active:
+            if seeds is None:
+                seeds = torch.randint(0, 2**62, (n,)).tolist()
+            for k in range(n):
+                out[k].copy_(self.augment(out[k], seeds[k]))
         return out
 
     def finish(self, batch: torch.Tensor) -> torch.Tensor:
@@ -202,9 +218,11 @@ def _color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
 
 
 def build_train_transform(preprocess: dict, augment: str = "crop_flip", min_crop_scale: float = 0.25,
-                          color_jitter: float = 0.0, store_size: int = 0) -> BatchTransform:
-    """Training augmentation on uint8 batches: random-resized-crop + flip (+ jitter), or the seed's plain resize."""
-    return BatchTransform(preprocess, True, augment, min_crop_scale, color_jitter, store_size)
+                          color_jitter: float = 0.0, store_size: int = 0,
+                          random_erasing: float = 0.0) -> BatchTransform:
+    """Training augmentation on uint8 batches: random-resized-crop + flip (+ a policy, random erasing,
+    jitter), or the seed's plain resize."""
+    return BatchTransform(preprocess, True, augment, min_crop_scale, color_jitter, store_size, random_erasing)
 
 
 def build_eval_batch_transform(preprocess: dict, store_size: int = 0) -> BatchTransform:

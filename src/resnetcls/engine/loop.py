@@ -146,8 +146,11 @@ NO_HOOKS = StepHooks()
 
 
 def forward_batch(model: nn.Module, batch: dict, finish: Callable | None, loss_fn: nn.Module, ctx: StepContext,
-                  hooks: StepHooks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, logits, labels) of one training batch, with the hooks' extra images and loss term."""
+                  hooks: StepHooks, mix: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, logits, labels) of one training batch, with the hooks' extra images and loss term.
+
+    mix: a loader's batch_mix (Mixup/CutMix), applied to the finished batch with the batch's seed; the loss
+    then takes its soft targets, while the returned labels stay the hard ones (for the accuracy counts)."""
     images, labels = batch["images"], batch["labels"]
     extra = hooks.extra_batch(len(labels))
     if extra is not None:
@@ -156,9 +159,12 @@ def forward_batch(model: nn.Module, batch: dict, finish: Callable | None, loss_f
         images, labels = torch.cat([images, extra[0]]), torch.cat([labels, extra[1]])
     images = ctx.to_device(images, finish)
     labels = labels.to(ctx.device, non_blocking=True)
+    targets = labels
+    if mix is not None:
+        images, targets = mix(images, labels, batch.get("seed"))
     with ctx.autocast():
         logits = model(images)
-        loss = loss_fn(logits, labels)
+        loss = loss_fn(logits, targets)
         term = hooks.extra_loss(images, logits)
         if term is not None:
             loss = loss + term
@@ -175,12 +181,13 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
     stats.nonfinite ("skip"); agree(flag) makes every rank of a torchrun job take the same decision (so they all
     skip the same backward and DDP's all-reduce stays in step). hooks: see StepHooks.
     loader: batches as dicts {images, labels, bad}; a FinishingLoader built with uint8_batches=True is
-    finished on the device with its device_finish.
+    finished on the device with its device_finish, and one with a batch_mix has it applied after that.
     Returns True when the epoch ran to its end, False when after_step stopped it.
     """
     model.train()
     remaining, micro = len(loader), 0
     finish = getattr(loader, "device_finish", None)  # plain iterables of batches (tests, benches) come finished
+    mix = getattr(loader, "batch_mix", None)
     start, seconds0 = time.perf_counter(), stats.seconds
     tick = start
     for i, batch in enumerate(loader):
@@ -188,7 +195,7 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
         stats.bad += batch["bad"]
         stats.batches += 1
         if batch["images"] is not None:
-            loss, logits, labels = forward_batch(model, batch, finish, loss_fn, ctx, hooks)
+            loss, logits, labels = forward_batch(model, batch, finish, loss_fn, ctx, hooks, mix)
             if agree(not bool(torch.isfinite(loss.detach()))):
                 if nonfinite != "skip":
                     raise NonFiniteLoss(stats.steps + 1, float(loss.detach()))

@@ -63,6 +63,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_pe
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """torch's softmax cross-entropy, also for soft targets (N, C) (Mixup/CutMix): computed in float32 (the
+    target's dtype; logits may be bf16 under autocast) and, class-weighted, normalised by the blended weights
+    of the targets, so a one-hot soft target gives exactly the loss of its hard label (torch itself divides
+    a soft-target weighted loss by N instead)."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if not target.is_floating_point():
+            return super().forward(logits, target)
+        target = target.float()
+        if self.weight is None:
+            return super().forward(logits.float(), target)
+        per_sample = nn.functional.cross_entropy(logits.float(), target, weight=self.weight, reduction="none",
+                                                 label_smoothing=self.label_smoothing)
+        return per_sample.sum() / (target @ self.weight).sum()
+
+
 class SigmoidOneHotLoss(nn.Module):
     """The seed's loss: sigmoid cross-entropy of each logit against the one-hot label."""
 
@@ -73,7 +90,9 @@ class SigmoidOneHotLoss(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        one_hot = nn.functional.one_hot(target, self.num_classes).to(logits.dtype)
+        """target: class indices (N,) or soft targets (N, num_classes), e.g. Mixup/CutMix's blends."""
+        soft = target.is_floating_point()
+        one_hot = target.float() if soft else nn.functional.one_hot(target, self.num_classes).float()
         if self.label_smoothing:
             one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
         # Summed over classes, as the seed did, so the scale matches softmax cross-entropy per sample.
@@ -81,7 +100,8 @@ class SigmoidOneHotLoss(nn.Module):
                                                                     reduction="none").sum(dim=1)
         if self.weight is None:
             return per_sample.mean()
-        w = self.weight[target]  # normalised like CrossEntropyLoss(weight=): a weighted mean over the batch
+        # a weighted mean over the batch, like CrossEntropyLoss(weight=); a soft target weighs its classes blended
+        w = target.float() @ self.weight if soft else self.weight[target]
         return (per_sample * w).sum() / w.sum()
 
 
@@ -96,10 +116,13 @@ def class_weights(labels: list[int], num_classes: int, mode: str) -> Tensor | No
 
 
 def build_loss(cfg: LossConfig, num_classes: int, train_labels: list[int] | None = None) -> nn.Module:
-    """ce (softmax, label smoothing) or bce (the seed's sigmoid one-hot), optionally class-weighted."""
+    """ce (softmax, label smoothing) or bce (the seed's sigmoid one-hot), optionally class-weighted.
+
+    Both take class indices or soft targets (N, num_classes) with rows summing to 1 (Mixup/CutMix); label
+    smoothing then applies to the soft target (torch's CrossEntropyLoss does the same for probabilities)."""
     weight = class_weights(train_labels or [], num_classes, cfg.class_weights)
     if cfg.name == "ce":
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        return CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     if cfg.name == "bce":
         return SigmoidOneHotLoss(num_classes, cfg.label_smoothing, weight)
     raise UserError(f"loss.name={cfg.name!r}: expected ce or bce")

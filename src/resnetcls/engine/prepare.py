@@ -17,6 +17,7 @@ import torch
 from ..atomic import write_text_atomic
 from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, result_affecting_changes,
                       validate_config)
+from ..data.augment import BatchMix
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader
 from ..data.sampler import ResumableSampler
@@ -160,21 +161,23 @@ class DataPipeline:
         self.d, self.batch_size, self.uint8_batches = d, batch_size, uint8_batches
         self.preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
         self.train_tf = build_train_transform(self.preprocess, d.augment, d.min_crop_scale, d.color_jitter,
-                                              d.cache_size)
+                                              d.cache_size, d.random_erasing)
         self.eval_tf = build_eval_batch_transform(self.preprocess, d.cache_size)
         self.cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
 
     def train_loader(self, samples: Samples, sampler: ResumableSampler, seed: int):
         """Augmented batches in sampler's order (which depends only on its seed and epoch)."""
-        return self._loader(samples, self.train_tf, sampler, seed, drop_last=len(sampler) > self.batch_size)
+        mix = BatchMix(self.d.mixup, self.d.cutmix, len(samples.classes))
+        return self._loader(samples, self.train_tf, sampler, seed, drop_last=len(sampler) > self.batch_size,
+                            mix=mix)
 
     def eval_loader(self, samples: Samples, indices=None):
         """Centre-cropped batches of samples in order (indices: this rank's share)."""
         return self._loader(samples, self.eval_tf, indices, 0, drop_last=False)
 
-    def _loader(self, samples: Samples, transform, sampler, seed: int, drop_last: bool):
+    def _loader(self, samples: Samples, transform, sampler, seed: int, drop_last: bool, mix=None):
         d = self.d
         return build_loader(samples, transform, self.batch_size, shuffle=False, num_workers=d.num_workers,
                             seed=seed, drop_last=drop_last, sampler=sampler, cache_dir=self.cache_dir,
                             on_bad=d.on_bad, start_method=d.worker_start, cache_max_gb=d.cache_max_gb,
-                            uint8_batches=self.uint8_batches)
+                            uint8_batches=self.uint8_batches, mix=mix)

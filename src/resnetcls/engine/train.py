@@ -37,11 +37,12 @@ __all__ = ["TrainResult", "TrainingInterrupted", "saved_run_config", "train"]
 @dataclass
 class TrainResult:
     """What a caller of train() needs: where the run is, its end-of-run summary, and the validation samples
-    (the report evaluates the best model on them)."""
+    (the report evaluates the best model on them) and training samples (it shows a batch of them augmented)."""
 
     run_dir: Path
     summary: dict
     val_samples: Samples
+    train_samples: Samples | None = None
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     save_model("final", metrics)
     distributed.barrier()  # every rank reads best/ in finish() only once rank 0 has written it
     summary = finish(state, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
-    return TrainResult(run_dir, summary, data.splits.val)
+    return TrainResult(run_dir, summary, data.splits.val, data.splits.train)
 
 
 def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: StepContext, steps_per_epoch: int,
