@@ -2,7 +2,7 @@
 
 import pytest
 
-from resnetcls.config import build_config, config_to_dict, result_affecting_changes
+from resnetcls.config import build_config, config_to_dict, parse_duration, result_affecting_changes
 from resnetcls.errors import UserError
 from tests.conftest import ROOT, run_cli
 
@@ -96,6 +96,9 @@ def test_result_affecting_changes_ignore_logging_workers_and_path_spelling(tmp_p
     ("data.interpolation=lanczos", "config key data.interpolation='lanczos': expected one of nearest, bilinear"),
     ("train.nonfinite=ignore", "config key train.nonfinite='ignore': expected one of stop, skip"),
     ("loss.label_smoothing=1.0", "config key loss.label_smoothing=1.0: must be in [0, 1)"),
+    ("train.patience=-1", "config key train.patience=-1: must be in [0, 1000000]"),
+    ("train.time_budget=abc", "config key train.time_budget='abc': expected a duration such as 90s, 20m or 1.5h"),
+    ("train.time_budget=-5m", "config key train.time_budget='-5m': expected a duration"),
 ])
 def test_config_values_are_range_checked_naming_the_key(override, message):
     with pytest.raises(UserError) as e:
@@ -131,3 +134,21 @@ def test_numeric_flags_are_range_checked_with_exit_2_naming_the_flag(args, flag,
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: argument {flag}: {message}" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("20m", 1200), ("1.5h", 5400), ("45", 45), (" 2M ", 120),
+                                           ("", 0), ("0", 0), ("0s", 0), (".5h", 1800)])
+def test_time_budgets_read_as_a_user_types_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "20 minutes", "-1m", "1h30m", "inf", "2d"])
+def test_unreadable_time_budgets_are_refused(text):
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_a_yaml_number_is_a_budget_in_seconds(tmp_path):
+    (tmp_path / "r.yaml").write_text("train:\n  time_budget: 90\n  patience: 3\n")
+    cfg = build_config(str(tmp_path / "r.yaml"))
+    assert (cfg.train.time_budget, cfg.train.patience) == ("90", 3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class TrainConfig:
     sync_bn: bool = False           # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
     dist_timeout_s: float = 300.0   # torchrun: a collective waits at most this long for the other ranks
     nonfinite: str = "stop"         # a NaN/Inf loss: stop (exit 2, last good checkpoint kept) | skip (counted)
+    time_budget: str = ""           # e.g. 90s, 20m, 1.5h: epochs chosen to fit the whole schedule; ""/0 = off
+    patience: int = 0               # stop after N epochs without an improvement of ckpt.metric; 0 = off
 
 
 @dataclass
@@ -265,6 +268,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.grad_clip_norm": (0, 1e9, False, False),
     "train.ema_decay": (0, 1, False, True),
     "train.dist_timeout_s": (0, 7 * 86400, True, False),
+    "train.patience": (0, 1_000_000, False, False),
     "optim.lr": (0, 10, True, False),
     "optim.weight_decay": (0, 10, False, False),
     "optim.momentum": (0, 1, False, True),
@@ -286,6 +290,22 @@ CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "f
            "data.interpolation": ("nearest", "bilinear", "bicubic"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
            "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint")}
+
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '20m', '1.5h' (a bare number is seconds) -> seconds; '' or '0' -> 0 (off). ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
+    if str(text).strip() == "":
+        return 0.0
+    if match is None:
+        raise ValueError("expected a duration such as 90s, 20m or 1.5h (0 = off)")
+    seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if seconds > 365 * 86400:
+        raise ValueError("expected a duration of at most a year")
+    return seconds
 
 
 def _range_problem(value, lo, hi, lo_open, hi_open) -> str:
@@ -310,6 +330,10 @@ def validate_config(cfg: Config) -> Config:
     for key, bounds in (("data.mean", MEAN_RANGE), ("data.std", STD_RANGE)):
         if rgb_problem(flat[key], bounds):
             problems.append(f"{key}={rgb_problem(flat[key], bounds)}")
+    try:
+        parse_duration(flat["train.time_budget"])
+    except ValueError as e:
+        problems.append(f"train.time_budget={flat['train.time_budget']!r}: {e}")
     problems += [f"{key}={flat[key]!r}: expected one of {', '.join(choices)}"
                  for key, choices in CHOICES.items() if flat[key] not in choices]
     if problems:
