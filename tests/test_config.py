@@ -152,3 +152,11 @@ def test_a_yaml_number_is_a_budget_in_seconds(tmp_path):
     (tmp_path / "r.yaml").write_text("train:\n  time_budget: 90\n  patience: 3\n")
     cfg = build_config(str(tmp_path / "r.yaml"))
     assert (cfg.train.time_budget, cfg.train.patience) == ("90", 3)
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_as_that_keys_default():
+    saved = config_to_dict(build_config())
+    del saved["train"]["patience"], saved["train"]["time_budget"]
+    assert result_affecting_changes(saved, build_config()) == []
+    assert result_affecting_changes(saved, build_config(overrides=["train.patience=3"])) == [
+        "train.patience: 0 -> 3"]

@@ -364,8 +364,9 @@ RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "da
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:
     """'key: old -> new' for every setting that differs from a checkpoint's config and changes the result."""
-    old, new = _flatten(saved), _flatten(config_to_dict(current))
-    changes = []
+    # A key the saved config lacks was added since it was written: it ran as that key's default does.
+    old = {**_flatten(config_to_dict(Config())), **_flatten(saved)}
+    new, changes = _flatten(config_to_dict(current)), []
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUME_SAFE_KEYS):
             continue

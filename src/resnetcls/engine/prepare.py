@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, result_affecting_changes,
-                      validate_config)
+from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, parse_duration,
+                      result_affecting_changes, validate_config)
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader
 from ..data.sampler import ResumableSampler
@@ -90,7 +90,8 @@ def with_saved_total(saved: dict, cfg: Config) -> Config:
     """cfg with the saved run's train.epochs when both have a time budget: the number of epochs a budgeted run
     chose when it started is kept by every resumption (nothing is measured again)."""
     saved_train = saved.get("train", {})
-    if not cfg.train.time_budget or not saved_train.get("time_budget") or "epochs" not in saved_train:
+    if not parse_duration(cfg.train.time_budget) or not parse_duration(saved_train.get("time_budget") or "") \
+            or "epochs" not in saved_train:
         return cfg
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=saved_train["epochs"]))
 
