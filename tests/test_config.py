@@ -2,7 +2,7 @@
 
 import pytest
 
-from resnetcls.config import build_config, config_to_dict, result_affecting_changes
+from resnetcls.config import build_config, config_to_dict, parse_duration, result_affecting_changes
 from resnetcls.errors import UserError
 from tests.conftest import ROOT, run_cli
 
@@ -101,6 +101,9 @@ def test_result_affecting_changes_ignore_logging_workers_and_path_spelling(tmp_p
     ("data.random_erasing=1.5", "config key data.random_erasing=1.5: must be in [0, 1]"),
     ("data.mixup=-0.2", "config key data.mixup=-0.2: must be in [0, 100]"),
     ("data.cutmix=.nan", "config key 'data.cutmix' must be a finite number"),
+    ("train.patience=-1", "config key train.patience=-1: must be in [0, 1000000]"),
+    ("train.time_budget=abc", "config key train.time_budget='abc': expected a duration such as 90s, 20m or 1.5h"),
+    ("train.time_budget=-5m", "config key train.time_budget='-5m': expected a duration"),
 ])
 def test_config_values_are_range_checked_naming_the_key(override, message):
     with pytest.raises(UserError) as e:
@@ -143,3 +146,27 @@ def test_augmentation_keys_default_off_and_accept_their_values():
     d = build_config(overrides=["data.augment=trivialaugment", "data.random_erasing=0.25", "data.mixup=0.2",
                                 "data.cutmix=1.0"]).data
     assert (d.augment, d.random_erasing, d.mixup, d.cutmix) == ("trivialaugment", 0.25, 0.2, 1.0)
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("20m", 1200), ("1.5h", 5400), ("45", 45), (" 2M ", 120),
+                                           ("", 0), ("0", 0), ("0s", 0), (".5h", 1800)])
+def test_time_budgets_read_as_a_user_types_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "20 minutes", "-1m", "1h30m", "inf", "2d"])
+def test_unreadable_time_budgets_are_refused(text):
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_a_yaml_number_is_a_budget_in_seconds(tmp_path):
+    (tmp_path / "r.yaml").write_text("train:\n  time_budget: 90\n  patience: 3\n")
+    cfg = build_config(str(tmp_path / "r.yaml"))
+    assert (cfg.train.time_budget, cfg.train.patience) == ("90", 3)
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_as_that_keys_default():
+    saved = config_to_dict(build_config())
+    del saved["train"]["patience"], saved["train"]["time_budget"]
+    assert result_affecting_changes(saved, build_config()) == []
+    assert result_affecting_changes(saved, build_config(overrides=["train.patience=3"])) == [
+        "train.patience: 0 -> 3"]

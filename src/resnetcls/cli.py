@@ -37,6 +37,16 @@ def number(kind=int, low: float = 1, high: float = math.inf, low_open: bool = Fa
     return parse
 
 
+def duration(text: str) -> str:
+    """An argparse type for --time: '90s', '20m', '1.5h' or 0 (off), kept as typed (config.parse_duration)."""
+    from .config import parse_duration
+    try:
+        parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, got {text!r}") from None
+    return text
+
+
 SIZE = number(int, 8, 4096)  # image sides (limits.MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 POSITIVE = number(int, 1)
 SEED = number(int, 0, 2**32 - 1)
@@ -50,6 +60,9 @@ def _add_train(sub) -> None:
     p.add_argument("--val", metavar="DATA", help="separate validation DATA")
     p.add_argument("--model", help="resnet18|34|50|101|152 (default resnet50)")
     p.add_argument("--epochs", type=POSITIVE)
+    p.add_argument("--time", type=duration, metavar="DURATION",
+                   help="fit the whole schedule to this wall-clock time, e.g. 90s, 20m, 1.5h: a short measurement "
+                        "at the start chooses --epochs (train.time_budget; 0 = off)")
     p.add_argument("--batch-size", type=POSITIVE)
     p.add_argument("--image-size", type=SIZE)
     p.add_argument("--lr", type=LR)
@@ -195,7 +208,7 @@ def cmd_train(args) -> int:
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
              "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
              "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed,
-             "train.pretrained": args.pretrained}
+             "train.pretrained": args.pretrained, "train.time_budget": args.time}
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = args.out if args.resume in (None, "auto") else args.resume
     base = saved_run_config(run_dir) if args.resume and args.data is None else None

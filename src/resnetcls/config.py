@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,8 @@ class TrainConfig:
     sync_bn: bool = False           # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
     dist_timeout_s: float = 300.0   # torchrun: a collective waits at most this long for the other ranks
     nonfinite: str = "stop"         # a NaN/Inf loss: stop (exit 2, last good checkpoint kept) | skip (counted)
+    time_budget: str = ""           # e.g. 90s, 20m, 1.5h: epochs chosen to fit the whole schedule; ""/0 = off
+    patience: int = 0               # stop after N epochs without an improvement of ckpt.metric; 0 = off
 
 
 @dataclass
@@ -272,6 +275,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.grad_clip_norm": (0, 1e9, False, False),
     "train.ema_decay": (0, 1, False, True),
     "train.dist_timeout_s": (0, 7 * 86400, True, False),
+    "train.patience": (0, 1_000_000, False, False),
     "optim.lr": (0, 10, True, False),
     "optim.weight_decay": (0, 10, False, False),
     "optim.momentum": (0, 1, False, True),
@@ -296,6 +300,22 @@ CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "f
            "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint")}
 
 
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '20m', '1.5h' (a bare number is seconds) -> seconds; '' or '0' -> 0 (off). ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
+    if str(text).strip() == "":
+        return 0.0
+    if match is None:
+        raise ValueError("expected a duration such as 90s, 20m or 1.5h (0 = off)")
+    seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if seconds > 365 * 86400:
+        raise ValueError("expected a duration of at most a year")
+    return seconds
+
+
 def _range_problem(value, lo, hi, lo_open, hi_open) -> str:
     if not is_finite_number(value):
         return "must be a finite number"
@@ -318,6 +338,10 @@ def validate_config(cfg: Config) -> Config:
     for key, bounds in (("data.mean", MEAN_RANGE), ("data.std", STD_RANGE)):
         if rgb_problem(flat[key], bounds):
             problems.append(f"{key}={rgb_problem(flat[key], bounds)}")
+    try:
+        parse_duration(flat["train.time_budget"])
+    except ValueError as e:
+        problems.append(f"train.time_budget={flat['train.time_budget']!r}: {e}")
     problems += [f"{key}={flat[key]!r}: expected one of {', '.join(choices)}"
                  for key, choices in CHOICES.items() if flat[key] not in choices]
     if problems:
@@ -348,8 +372,9 @@ RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "da
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:
     """'key: old -> new' for every setting that differs from a checkpoint's config and changes the result."""
-    old, new = _flatten(saved), _flatten(config_to_dict(current))
-    changes = []
+    # A key the saved config lacks was added since it was written: it ran as that key's default does.
+    old = {**_flatten(config_to_dict(Config())), **_flatten(saved)}
+    new, changes = _flatten(config_to_dict(current)), []
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUME_SAFE_KEYS):
             continue

@@ -16,7 +16,8 @@ from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import load_splits
 from resnetcls.engine.checkpoint import Checkpointer, RunState
 from resnetcls.engine.prepare import (DataPipeline, arch_args, build_context, build_model, find_resume,
-                                      prepare_run, saved_run_config, seed_everything)
+                                      prepare_run, saved_run_config, seed_everything,
+                                      with_saved_total)
 from resnetcls.errors import UserError
 
 
@@ -153,3 +154,11 @@ def test_data_pipeline_hands_over_the_asked_batch_kind_and_the_requested_images(
         train = list(pipeline.train_loader(splits.train, ResumableSampler(splits.train.labels), 0))
         assert len(splits.train) % 8 and len(train) == len(splits.train) // 8  # the partial batch is dropped
         assert all(len(b["labels"]) == 8 for b in train)
+
+
+def test_a_budgeted_run_keeps_the_total_it_chose_when_resumed():
+    saved = config_to_dict(Config(train=TrainConfig(epochs=7, time_budget="20m")))
+    assert with_saved_total(saved, Config(train=TrainConfig(time_budget="20m"))).train.epochs == 7
+    assert with_saved_total(saved, Config(train=TrainConfig(epochs=3))).train.epochs == 3  # no budget now
+    unbudgeted = config_to_dict(Config(train=TrainConfig(epochs=7)))
+    assert with_saved_total(unbudgeted, Config(train=TrainConfig(time_budget="20m"))).train.epochs == 10

@@ -1,6 +1,10 @@
 """`resnetcls train` end to end on tiny data: what a user finds in the run directory."""
 import json
+import re
 import shutil
+
+import pytest
+import yaml
 
 from tests.conftest import ROOT, TINY, run_cli, shared_data
 
@@ -103,3 +107,79 @@ def test_resume_from_another_working_directory_finds_the_data(tiny_data, tmp_pat
 def test_new_run_into_a_run_directory_with_checkpoints_is_refused(tiny_run, tiny_data):
     result = run_cli("train", tiny_data, "--out", tiny_run)
     assert result.returncode == 2 and "--resume auto" in result.stderr
+
+
+def records(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def chosen_epochs(stderr: str) -> int:
+    line = next(l for l in stderr.splitlines() if l.startswith("time budget "))
+    assert "s/step" in line and "of validation" in line
+    return int(re.search(r"chose (\d+) epochs x 2 steps", line).group(1))
+
+
+def test_time_budget_chooses_the_epochs_records_them_and_trains_exactly_that_many(tiny_data, tmp_path):
+    result = run_cli("train", tiny_data, *TINY, "--time", "3s", "--out", tmp_path / "r")
+    assert result.returncode == 0, result.stderr
+    n = chosen_epochs(result.stderr)
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["epochs"] == n
+    recs = records(tmp_path / "r")
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == list(range(1, n + 1))
+    budget = next(r for r in recs if r["kind"] == "time_budget")
+    assert budget["epochs"] == n and budget["budget_s"] == 3 and budget["steps_per_epoch"] == 2
+    assert recs[-1]["kind"] == "summary" and recs[-1]["epochs"] == n and recs[-1]["time_budget_s"] == 3
+    assert f"epoch {n}/{n} " in result.stderr and (tmp_path / "r" / "final" / "model.json").is_file()
+
+
+def test_an_interrupted_budgeted_run_resumes_with_the_same_total_and_measures_nothing(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    args = [tiny_data, *TINY, "--time", "3s", "--set", "ckpt.every_steps=1", "--set", "ckpt.keep_last=100000",
+            "--out", run]
+    first = run_cli("train", *args)
+    assert first.returncode == 0, first.stderr
+    n = chosen_epochs(first.stderr)
+    # What a kill after the first step leaves: only its checkpoint, no final model.
+    for path in (run / "checkpoints").glob("step-*"):
+        if not path.name.startswith("step-00000001."):
+            path.unlink()
+    shutil.rmtree(run / "final")
+    again = run_cli("train", *args[:-2], "--resume", "auto", "--out", run)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and "time budget" not in again.stderr
+    assert f"epoch {n}/{n} " in again.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == n
+    assert records(run)[-1]["epochs"] == n and (run / "final" / "model.json").is_file()
+    changed = run_cli("train", "--resume", run, "--time", "1h")
+    assert changed.returncode == 2 and "train.time_budget: '3s' -> '1h'" in changed.stderr
+
+
+def test_patience_stops_a_run_that_no_longer_improves_and_still_writes_everything(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    result = run_cli("train", tiny_data, *TINY, "--epochs", "40", "--set", "train.patience=2",
+                     "--set", "optim.lr=0.01", "--out", run)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^stopping early: val_top1 has not improved for 2 epochs \(best ([\d.]+) at epoch (\d+)\)$",
+                      result.stderr, re.MULTILINE)
+    assert match, result.stderr
+    best_epoch = int(match.group(2))
+    recs = records(run)
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == list(range(1, best_epoch + 3))
+    summary = recs[-1]
+    assert summary["kind"] == "summary" and summary["stopped_early"] and summary["best_epoch"] == best_epoch
+    assert summary["best_val_top1"] == pytest.approx(float(match.group(1)), abs=1e-4) and summary["epochs_run"] == best_epoch + 2
+    assert (run / "final" / "model.json").is_file() and (run / "best" / "model.json").is_file()
+    again = run_cli("train", "--resume", run)  # a stopped run has nothing left to train
+    assert again.returncode == 0 and "stopping early" in again.stderr
+    assert len([r for r in records(run) if r["kind"] == "epoch"]) == best_epoch + 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--time", "abc"], "argument --time: expected a duration such as 90s, 20m or 1.5h (0 = off), got 'abc'"),
+    (["--set", "train.patience=-1"], "config key train.patience=-1: must be in [0, 1000000]"),
+    (["--set", "train.time_budget=20 minutes"], "config key train.time_budget='20 minutes': expected a duration"),
+])
+def test_bad_time_budget_or_patience_is_exit_2_naming_the_flag_or_key(tiny_data, tmp_path, args, message):
+    result = run_cli("train", tiny_data, *args, "--out", tmp_path / "r")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()

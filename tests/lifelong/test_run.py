@@ -101,6 +101,12 @@ def test_unknown_task_column_is_one_clear_error(manifest, tmp_path):
     assert "no column 'weather'" in r.stderr and "light" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("setting", ["train.time_budget=20m", "train.patience=3"])
+def test_train_only_settings_are_refused_rather_than_ignored(manifest, tmp_path, setting):
+    r = run_cli("lifelong", manifest, *ARGS, "--tasks", "light", "--set", setting, "--out", tmp_path / "x")
+    assert r.returncode == 2 and setting.split("=")[0] in r.stderr and "unset it for lifelong" in r.stderr
+
+
 # The settings `train` honours take effect in lifelong mode too (they were ignored before: issue 14).
 # Batch 2: the bright task trains on 12 images (6 steps), the dark one on 15 (7 steps; the last image is dropped).
 STEPS = ["--batch-size", "2", "--set", "log.every_steps=1", "--set", "log.tensorboard=true",

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, result_affecting_changes,
-                      validate_config)
+from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, parse_duration,
+                      result_affecting_changes, validate_config)
 from ..data.augment import BatchMix
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader
@@ -77,13 +78,23 @@ def find_resume(resume: str | None, run_dir: Path, cfg: Config, force: bool) -> 
             raise UserError(f"{run_dir}: no complete checkpoint in {ckpt_dir} to resume from")
         warn(f"no checkpoint in {ckpt_dir}: starting a new run")
         return None
-    changes = result_affecting_changes(found[1]["config"], cfg)
+    changes = result_affecting_changes(found[1]["config"], with_saved_total(found[1]["config"], cfg))
     if changes and not force:
         raise UserError(f"{run_dir}: refusing to resume with settings that change the result ("
                         + "; ".join(changes) + "); use the run's settings, or --force to resume anyway")
     for change in changes:
         warn(f"warning: resuming with a changed setting (--force): {change}")
     return found
+
+
+def with_saved_total(saved: dict, cfg: Config) -> Config:
+    """cfg with the saved run's train.epochs when both have a time budget: the number of epochs a budgeted run
+    chose when it started is kept by every resumption (nothing is measured again)."""
+    saved_train = saved.get("train", {})
+    if not parse_duration(cfg.train.time_budget) or not parse_duration(saved_train.get("time_budget") or "") \
+            or "epochs" not in saved_train:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=saved_train["epochs"]))
 
 
 @dataclass
@@ -94,6 +105,7 @@ class PreparedRun:
     run_dir: Path
     resumed: tuple[dict, dict] | None
     env: dict
+    started: float = dataclasses.field(default_factory=time.perf_counter)  # when preparing began
 
 
 def prepare_run(cfg: Config, out_dir: str | Path, resume: str | None, force: bool,
@@ -101,19 +113,21 @@ def prepare_run(cfg: Config, out_dir: str | Path, resume: str | None, force: boo
     """Validate cfg (ranges, choices), find the checkpoint to resume, write config.yaml and environment.json
     (when writes: rank 0), seed every RNG. Data paths are recorded absolute, so `--resume RUN_DIR` without
     DATA works from any working directory; the returned config is a copy, cfg is left as it was."""
+    started = time.perf_counter()
     validate_config(cfg)  # before anything is written
     absolute = lambda p: str(Path(p).absolute()) if p else p
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=absolute(cfg.data.train),
                                                             val=absolute(cfg.data.val)))
     run_dir = Path(out_dir if resume in (None, "auto") else resume)
     resumed = find_resume(resume, run_dir, cfg, force)
+    cfg = with_saved_total(resumed[1]["config"], cfg) if resumed else cfg
     env = environment_info()
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         write_text_atomic(run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    return PreparedRun(cfg, run_dir, resumed, env)
+    return PreparedRun(cfg, run_dir, resumed, env, started)
 
 
 def build_context(t: TrainConfig, device_name: str | None = None) -> StepContext:

@@ -6,6 +6,7 @@ demo.py) writes the report from what train() returns.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..config import Config, DataConfig, LogConfig, TrainConfig, config_to_dict
+from ..atomic import write_text_atomic
+from ..config import Config, DataConfig, LogConfig, TrainConfig, config_to_dict, dump_yaml, parse_duration
 from ..data.loader import known_bad_files
 from ..data.sampler import ResumableSampler
 from ..data.sources import Samples, Splits, load_splits, write_split_csv
@@ -23,12 +25,13 @@ from ..errors import UserError
 from ..hardware import precision_name
 from ..modelfile import save_model_dir
 from . import distributed
+from .budget import BudgetChoice, epochs_for_budget, measure_speed
 from .checkpoint import Checkpointer, RunState, restore_state
 from .log import RunLogger
 from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
-from .prepare import (DataPipeline, arch_args, build_context, build_model, prepare_run, saved_run_config, warn,
-                      wrap_model)
+from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build_model, prepare_run,
+                      saved_run_config, warn, wrap_model)
 from .runner import StepPlan, StopRequest, TrainingInterrupted, note_bad_images, run_epoch, stop_run, train_record
 
 __all__ = ["TrainResult", "TrainingInterrupted", "saved_run_config", "train"]
@@ -98,23 +101,25 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     data = build_data(cfg.data, t, ctx)
     classes, steps_per_epoch = data.splits.classes, math.ceil(len(data.train_loader) / max(1, t.grad_accum_steps))
     model = build_model(cfg.model, t, len(classes), ctx)
-    opt = build_optimization(model, cfg.optim, cfg.sched, t, steps_per_epoch, ctx)
     loss_fn = build_loss(cfg.loss, len(classes), data.splits.train.labels).to(ctx.device)
+    cfg, choice = fit_time_budget(run, model, data, loss_fn, ctx, steps_per_epoch, writes)
+    t = cfg.train
+    opt = build_optimization(model, cfg.optim, cfg.sched, t, steps_per_epoch, ctx)
     step_model = wrap_model(model, ctx, world.distributed, t.compile)
     eval_model = opt.ema.module if opt.ema is not None else model  # with EMA, the average is what we ship
     save_model = lambda name, metrics: writes and save_model_dir(
         run_dir / name, eval_model, cfg.model.name, arch_args(cfg.model), classes, data.pipeline.preprocess, metrics)
     state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
     logger = start_logging(run_dir, state, run.resumed, data.splits, ctx, steps_per_epoch, world, t, cfg.log,
-                           cfg.model.name)
+                           cfg.model.name, choice)
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
     started = time.perf_counter()
-    # Loop: epochs of training, each validated and checkpointed. A stop request (SIGINT/SIGTERM) ends the loop
-    # at the next step, during validation or after the epoch: saved, then exit 130 (the one interrupt path).
+    # Loop: epochs, each validated and checkpointed, until t.epochs or train.patience epochs without progress.
+    # A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt path).
     with StopRequest() as stop:
-        while state.epoch <= t.epochs:
+        while state.epoch <= t.epochs and not patience_ran_out(state, t.patience):
             epoch, where = state.epoch, None
             data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size)
             if not run_epoch(state, step_model, data.train_loader, opt, loss_fn, ctx, logger, ckpt, stop, plan):
@@ -138,14 +143,46 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     # Finish: the final model, the summary.
     save_model("final", metrics)
     distributed.barrier()  # every rank reads best/ in finish() only once rank 0 has written it
-    summary = finish(state, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger)
+    summary = finish(state, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger, t)
     return TrainResult(run_dir, summary, data.splits.val, data.splits.train)
 
 
+def fit_time_budget(run: PreparedRun, model: torch.nn.Module, data: TrainData, loss_fn: torch.nn.Module,
+                    ctx: StepContext, steps_per_epoch: int, writes: bool) -> tuple[Config, BudgetChoice | None]:
+    """With train.time_budget on a new run: measure the speed, choose train.epochs to fit the budget, record it
+    in config.yaml (and so in every checkpoint). A resumed run keeps the total it chose (prepare_run)."""
+    cfg, budget_s = run.cfg, parse_duration(run.cfg.train.time_budget)
+    if not budget_s or run.resumed is not None:
+        return cfg, None
+    build_opt = lambda probe: build_optimization(probe, cfg.optim, cfg.sched, cfg.train, steps_per_epoch, ctx)
+    measured = measure_speed(model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt,
+                             run.run_dir if writes else None)
+    step_s, val_s, save_s = distributed.gather_objects(measured)[0]  # every rank takes rank 0's figures
+    setup_s = time.perf_counter() - run.started  # the budget counts from the start of the run
+    epochs = epochs_for_budget(max(0.0, budget_s - setup_s), step_s, steps_per_epoch, val_s, save_s)
+    choice = BudgetChoice(budget_s, step_s, val_s, steps_per_epoch, epochs, save_s, setup_s)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=choice.epochs))
+    if writes:
+        write_text_atomic(run.run_dir / "config.yaml", dump_yaml(cfg))
+    return cfg, choice
+
+
+def patience_ran_out(state: RunState, patience: int) -> bool:
+    """True when the last `patience` finished epochs did not improve on the best (train.patience; 0 = off)."""
+    return patience > 0 and state.best_epoch > 0 and (state.epoch - 1) - state.best_epoch >= patience
+
+
+def note_early_stop(state: RunState, t: TrainConfig, metric: str, logger: RunLogger) -> None:
+    if state.epoch <= t.epochs and patience_ran_out(state, t.patience):
+        logger.info(f"stopping early: {metric} has not improved for {state.epoch - 1 - state.best_epoch} epochs "
+                    f"(best {state.best_value:.4f} at epoch {state.best_epoch})")
+
+
 def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: StepContext, steps_per_epoch: int,
-                  world: distributed.World, t: TrainConfig, log: LogConfig, model_name: str) -> RunLogger:
+                  world: distributed.World, t: TrainConfig, log: LogConfig, model_name: str,
+                  choice: BudgetChoice | None = None) -> RunLogger:
     """The run's logger (continuing metrics.jsonl and TensorBoard where a resumed run stopped), the opening
-    lines on stderr, split.csv."""
+    lines on stderr (with the time budget's choice), split.csv."""
     if resumed is not None:
         warn(f"resuming {run_dir} at epoch {state.epoch} step {state.stats.steps}/{steps_per_epoch} "
              f"(global step {state.global_step}) from {resumed[1]['file']}")
@@ -156,6 +193,9 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
                 f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
                 f"{' compiled' if t.compile else ''}, {steps_per_epoch} steps/epoch"
                 + (f", {world.size} processes x batch {t.batch_size}" if world.distributed else ""))
+    if choice is not None:
+        logger.info(choice.line())
+        logger.log({"kind": "time_budget", **choice.record()}, state.global_step)
     if world.is_main:
         write_split_csv(splits, run_dir / "split.csv")
         logger.info(f"split written to {run_dir / 'split.csv'}")
@@ -190,8 +230,10 @@ def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: 
 
 
 def finish(run: RunState, metrics: dict, metric: str, seconds: float, run_dir: Path, ctx: StepContext,
-           logger: RunLogger) -> dict:
-    """The end-of-run summary: logged to metrics.jsonl, printed, returned."""
+           logger: RunLogger, t: TrainConfig) -> dict:
+    """The end-of-run summary (after the early-stopping note, if any): logged to metrics.jsonl, printed,
+    returned."""
+    note_early_stop(run, t, metric, logger)
     best = run_dir / "best" / "model.json"
     best_metrics = json.loads(best.read_text())["metrics"] if best.is_file() else metrics
     summary = {"best_epoch": run.best_epoch, "best_metric": metric, "best_value": run.best_value,
@@ -199,7 +241,9 @@ def finish(run: RunState, metrics: dict, metric: str, seconds: float, run_dir: P
                "seconds": round(seconds, 1), "bad_images": len(run.bad_files), "bad_files": run.bad_files,
                "train_images_per_s": round(run.train_images / max(run.train_seconds, 1e-9), 1),
                "run_dir": str(run_dir), "best_model": str(run_dir / "best"),
-               "precision": precision_name(ctx.amp_dtype), "torch": str(torch.__version__)}
+               "precision": precision_name(ctx.amp_dtype), "torch": str(torch.__version__),
+               "epochs": t.epochs, "epochs_run": run.epoch - 1, "time_budget_s": parse_duration(t.time_budget),
+               "stopped_early": run.epoch <= t.epochs}
     logger.log({"kind": "summary", **summary}, run.global_step)
     logger.info(f"done in {summary['seconds']}s ({summary['train_images_per_s']} train img/s): best val top1 "
                 f"{summary['best_val_top1']:.2%} at epoch {run.best_epoch}; model in {run_dir / 'best'}; "

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, LifelongConfig, config_to_dict, validate_config
+from ..config import Config, LifelongConfig, TrainConfig, config_to_dict, validate_config
 from ..data.loader import known_bad_files
 from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
@@ -42,8 +42,12 @@ def warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def check_config(lc: LifelongConfig, data: str) -> None:
-    """What validate_config cannot know: replay needs a buffer, and some DATA."""
+def check_config(lc: LifelongConfig, data: str, t: TrainConfig | None = None) -> None:
+    """What validate_config cannot know: replay needs a buffer, and some DATA; `train`'s time budget and early
+    stopping are not lifelong's (its tasks run train.epochs each)."""
+    for key, value in (("train.time_budget", t.time_budget if t else ""), ("train.patience", t.patience if t else 0)):
+        if value not in ("", "0", 0):
+            raise UserError(f"{key}={value!r}: `lifelong` trains train.epochs per task; unset it for lifelong")
     if lc.strategy == "replay" and lc.buffer_size < 1:
         raise UserError(f"lifelong.buffer_size={lc.buffer_size}: replay needs at least 1 image")
     if not data and not lc.datasets:
@@ -106,7 +110,7 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
     """Run the task sequence into out_dir; return metrics.json's content (None when stopped early by
     stop_after: continue with resume="auto")."""
     validate_config(cfg)
-    check_config(cfg.lifelong, cfg.data.train)
+    check_config(cfg.lifelong, cfg.data.train, cfg.train)
     if not cfg.data.train:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=cfg.lifelong.datasets[0]))
     tasks, classes = build_tasks(cfg.lifelong, cfg.data, cfg.train.seed)  # fails before anything is written

@@ -1,0 +1,130 @@
+"""train.time_budget (`--time 20m`): fit the whole schedule to a wall-clock budget instead of cutting it short.
+
+A few training steps are timed at the start (on a throwaway copy of the model and optimizer, with every RNG
+put back afterwards, so the run itself is the same as `--epochs N` with the N chosen), and a couple of
+validation batches; from these the number of epochs is chosen so that warmup, cosine decay and every
+validation (the last one included) end within the budget. The chosen number is written to config.yaml as
+train.epochs and saved with every checkpoint: a resumed run keeps it and measures nothing.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..atomic import write_atomic
+from .checkpoint import RunState, capture_rng, capture_state, restore_rng
+from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
+
+WARMUP_STEPS = 2    # untimed optimizer steps first (loader start, first-call overheads, optimizer state)
+MEASURE_STEPS = 5   # then timed ones (over more than one pass of a short loader)
+VAL_BATCHES = 2     # timed validation batches, after one untimed batch
+MAX_EPOCHS = 1_000_000  # the range of train.epochs
+
+
+def epochs_for_budget(budget_s: float, step_s: float, steps_per_epoch: int, val_s: float,
+                      overhead_s: float = 0.0) -> int:
+    """The number of whole epochs whose training (steps_per_epoch steps of step_s), validation (val_s each) and
+    end-of-epoch checkpoint (overhead_s) come closest to budget_s without passing it by more than 10%; at
+    least 1."""
+    epoch_s = step_s * steps_per_epoch + val_s + overhead_s
+    if not epoch_s > 0:
+        raise ValueError(f"an epoch must take some time, got {epoch_s!r} s")
+    nearest = max(1, round(budget_s / epoch_s))
+    if nearest > 1 and nearest * epoch_s > 1.1 * budget_s:
+        nearest -= 1
+    return min(MAX_EPOCHS, nearest)
+
+
+@dataclass
+class BudgetChoice:
+    """What was measured and what was chosen (printed in one line, logged to metrics.jsonl)."""
+
+    budget_s: float
+    step_s: float
+    val_s: float
+    steps_per_epoch: int
+    epochs: int
+    overhead_s: float = 0.0     # the checkpoint written after each epoch
+    setup_s: float = 0.0        # spent before training (data, model, this measurement), out of the budget
+
+    @property
+    def predicted_s(self) -> float:
+        return self.setup_s + self.epochs * (self.step_s * self.steps_per_epoch + self.val_s + self.overhead_s)
+
+    def line(self) -> str:
+        text = (f"time budget {format_seconds(self.budget_s)}: measured {self.step_s:.3g} s/step, "
+                f"{self.val_s:.3g} s of validation and {self.overhead_s:.2g} s of checkpoint per epoch, "
+                f"{self.setup_s:.3g} s of setup; chose {self.epochs} epochs x {self.steps_per_epoch} steps "
+                f"(predicted {format_seconds(self.predicted_s)} in all)")
+        if self.predicted_s > 1.1 * self.budget_s:
+            text += "; warning: one epoch alone is longer than the budget"
+        return text
+
+    def record(self) -> dict:
+        return {"budget_s": self.budget_s, "step_s": self.step_s, "val_s": self.val_s,
+                "overhead_s": self.overhead_s, "setup_s": self.setup_s,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
+                "predicted_s": round(self.predicted_s, 2)}
+
+
+def format_seconds(seconds: float) -> str:
+    """90 -> '1m30s', 5400 -> '1h30m', 12.3 -> '12.3s'."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def mean_interval(ticks: list[float], start: float) -> float:
+    """The mean time between ticks (the first one is a warm-up); with one tick, the time it took from start."""
+    if len(ticks) >= 2:
+        return (ticks[-1] - ticks[0]) / (len(ticks) - 1)
+    return ticks[0] - start if ticks else 0.0
+
+
+def measure_speed(model: nn.Module, train_loader, val_loader, loss_fn: nn.Module, ctx: StepContext,
+                  build_opt: Callable[[nn.Module], Optimization], probe_dir: Path | None) -> tuple[float, float, float]:
+    """(seconds per optimizer step, seconds per validation pass, seconds per checkpoint), timed on a copy of
+    model with its own optimizer (build_opt); the checkpoint as a file in probe_dir (None: not timed, 0).
+    model, its optimizer-to-be and every RNG are as they were afterwards."""
+    rng, probe = capture_rng(), copy.deepcopy(model)
+    opt, ticks = build_opt(probe), []
+
+    def after_step(stats: EpochStats) -> bool:
+        ticks.append(time.perf_counter())
+        return len(ticks) >= WARMUP_STEPS + MEASURE_STEPS
+
+    start = time.perf_counter()
+    for _ in range(WARMUP_STEPS + MEASURE_STEPS):  # passes: a tiny data set may have one step per epoch
+        if not train_one_epoch(probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, "skip"):
+            break
+    step_s, ticks = mean_interval(ticks[WARMUP_STEPS - 1:], start), []
+
+    def stop() -> bool:
+        ticks.append(time.perf_counter())
+        return len(ticks) > VAL_BATCHES
+
+    start = time.perf_counter()
+    evaluate(probe, val_loader, loss_fn, ctx, stop=stop)
+    val_s = mean_interval(ticks, start) * len(val_loader)
+    save_s = time_checkpoint(probe, opt, probe_dir) if probe_dir is not None else 0.0
+    restore_rng(rng)
+    return step_s, val_s, save_s
+
+
+def time_checkpoint(model: nn.Module, opt: Optimization, probe_dir: Path) -> float:
+    """Seconds to write (atomically, fsynced) a checkpoint of model and opt to probe_dir, deleted again."""
+    path = probe_dir / ".time-budget-probe.pt"
+    start = time.perf_counter()
+    write_atomic(path, lambda f: torch.save(capture_state(RunState(), model, opt, 1), f))
+    seconds = time.perf_counter() - start
+    path.unlink(missing_ok=True)
+    return seconds
