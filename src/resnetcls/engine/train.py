@@ -25,6 +25,7 @@ from ..modelfile import save_model_dir
 from . import distributed
 from .checkpoint import Checkpointer, RunState, restore_state
 from .log import RunLogger
+from .lrfind import auto_lr
 from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
 from .prepare import (DataPipeline, arch_args, build_context, build_model, prepare_run, saved_run_config, warn,
@@ -72,16 +73,25 @@ def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
     return TrainData(splits, pipeline, sampler, train_loader, val_loader)
 
 
-def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False) -> TrainResult:
+def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False,
+          lr_auto: bool = False) -> TrainResult:
     """Train cfg.model on cfg.data; write the run directory; return it with the end-of-run summary.
 
     resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
     Under torchrun (RANK/WORLD_SIZE set) each process trains its share with DistributedDataParallel.
+    lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first; config.yaml records the rate.
     """
     if not cfg.data.train:
         raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
+    if lr_auto and resume is not None:
+        raise UserError("--lr auto: starts a new run; a resumed run keeps the lr in its config.yaml "
+                        "(drop --lr auto, or give --lr LR)")
     world, device_name = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
     try:
+        if lr_auto:
+            if world.distributed:  # every rank would sweep on its own share and could pick another rate
+                raise UserError("--lr auto: not under torchrun; run `resnetcls lr-find` first and pass --lr LR")
+            cfg = auto_lr(cfg, device_name)
         return _train(cfg, out_dir, resume, force, world, device_name)
     finally:
         distributed.cleanup()
