@@ -52,6 +52,14 @@ def lr_or_auto(text: str):
 lr_or_auto.__name__ = "lr"
 
 
+def batch_or_auto(text: str):
+    """--batch-size: a count, or 'auto' (train on a CPU: the fastest per image, engine/autobatch.py)."""
+    return "auto" if text == "auto" else POSITIVE(text)
+
+
+batch_or_auto.__name__ = "batch_size"
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ResNet on DATA")
     p.add_argument("data", metavar="DATA", nargs="?",
@@ -59,7 +67,8 @@ def _add_train(sub) -> None:
     p.add_argument("--val", metavar="DATA", help="separate validation DATA")
     p.add_argument("--model", help="resnet18|34|50|101|152 (default resnet50)")
     p.add_argument("--epochs", type=POSITIVE)
-    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--batch-size", type=batch_or_auto, metavar="B|auto",
+                   help="batch size, or auto (CPU): the most images/s among 16, 32, 64, 128, timed a few steps each")
     p.add_argument("--image-size", type=SIZE)
     p.add_argument("--lr", type=lr_or_auto, metavar="LR|auto",
                    help="learning rate, or auto: a short LR range test (see lr-find) picks it first")
@@ -220,14 +229,16 @@ def cmd_train(args) -> int:
     from .engine.train import saved_run_config, train
     from .report import write_training_report
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
-             "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
+             "train.epochs": args.epochs, "data.image_size": args.image_size,
+             "train.batch_size": None if args.batch_size == "auto" else args.batch_size,
              "optim.lr": None if args.lr == "auto" else args.lr, "train.device": args.device,
              "train.seed": args.seed, "train.pretrained": args.pretrained}
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = args.out if args.resume in (None, "auto") else args.resume
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
     cfg = build_config(args.config, args.overrides, flags, base=base)
-    result = train(cfg, args.out, args.resume, args.force, lr_auto=args.lr == "auto")
+    result = train(cfg, args.out, args.resume, args.force, lr_auto=args.lr == "auto",
+                   batch_auto=args.batch_size == "auto")
     if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers)
     return 0
@@ -334,7 +345,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "lifelong": cmd_lifelong, "eval": cmd_eval,
-            "predict": cmd_predict, "report": cmd_report, "data": cmd_data, "models": cmd_models, "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}
+            "predict": cmd_predict, "report": cmd_report, "data": cmd_data, "models": cmd_models,
+            "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}
 
 
 def main(argv: list[str] | None = None) -> int:
