@@ -29,3 +29,10 @@ def test_each_figure_is_a_png(tmp_path):
             figures.image_grid(np.zeros((5, 16, 16, 3), np.uint8), ["a"] * 5, tmp_path / "g.png", "grid")]
     assert [p.name for p in made] == ["c.png", "r.png", "w.png", "t.png", "R.png", "g.png"]
     assert all(min(_is_png(p)) > 100 for p in made)
+
+
+def test_lr_finder_curve_is_a_png_even_with_an_exploded_tail(tmp_path):
+    lrs = [1e-5 * 10 ** (i / 4) for i in range(16)]
+    losses = [1.0] * 12 + [0.5, 2.0, 50.0, float("1e6")]
+    path = figures.lr_finder_curve(lrs, losses, losses, 1e-3, "steepest descent", tmp_path / "lr.png")
+    assert _is_png(path)[0] > 200

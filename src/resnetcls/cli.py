@@ -51,6 +51,23 @@ SIZE = number(int, 8, 4096)  # image sides (limits.MIN_IMAGE_SIZE, MAX_IMAGE_SIZ
 POSITIVE = number(int, 1)
 SEED = number(int, 0, 2**32 - 1)
 LR = number(float, 0, 10, low_open=True)
+SWEEP_LR = number(float, 0, 1e6, low_open=True)
+
+
+def lr_or_auto(text: str):
+    """--lr: a rate in (0, 10], or 'auto' (train: the LR range test picks it, engine/lrfind.py)."""
+    return "auto" if text == "auto" else LR(text)
+
+
+lr_or_auto.__name__ = "lr"
+
+
+def batch_or_auto(text: str):
+    """--batch-size: a count, or 'auto' (train on a CPU: the fastest per image, engine/autobatch.py)."""
+    return "auto" if text == "auto" else POSITIVE(text)
+
+
+batch_or_auto.__name__ = "batch_size"
 
 
 def _add_train(sub) -> None:
@@ -63,9 +80,11 @@ def _add_train(sub) -> None:
     p.add_argument("--time", type=duration, metavar="DURATION",
                    help="fit the whole schedule to this wall-clock time, e.g. 90s, 20m, 1.5h: a short measurement "
                         "at the start chooses --epochs (train.time_budget; 0 = off)")
-    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--batch-size", type=batch_or_auto, metavar="B|auto",
+                   help="batch size, or auto (CPU): the most images/s among 16, 32, 64, 128, timed a few steps each")
     p.add_argument("--image-size", type=SIZE)
-    p.add_argument("--lr", type=LR)
+    p.add_argument("--lr", type=lr_or_auto, metavar="LR|auto",
+                   help="learning rate, or auto: a short LR range test (see lr-find) picks it first")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR")
     p.add_argument("--resume", metavar="auto|RUN_DIR",
                    help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR")
@@ -78,6 +97,22 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=SEED)
     p.add_argument("--pretrained", metavar="PATH", help="initial weights: a torchvision/timm ResNet state_dict "
                    "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
+
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser("lr-find", help="LR range test: sweep the learning rate with train's recipe, plot the "
+                                       "loss and suggest a rate (the weights are not kept)")
+    p.add_argument("data", metavar="DATA", help="the training DATA, as for train")
+    p.add_argument("--val", metavar="DATA", help="separate validation DATA (kept out of the sweep, as in train)")
+    for flag, kind in (("--model", str), ("--batch-size", POSITIVE), ("--image-size", SIZE), ("--device", str),
+                       ("--seed", SEED), ("--pretrained", str)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/default.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--out", default="runs/lr-find", metavar="DIR", help="lr_find.png, .json and .csv go here")
+    p.add_argument("--steps", type=number(int, 5, 100_000), default=100, help="optimizer steps in the sweep")
+    p.add_argument("--start-lr", type=SWEEP_LR, default=1e-7)
+    p.add_argument("--end-lr", type=SWEEP_LR, default=10.0)
 
 
 def _add_lifelong(sub) -> None:
@@ -144,6 +179,7 @@ def _add_deploy(sub) -> None:
 
 def _add_commands(sub) -> None:
     _add_train(sub)
+    _add_lr_find(sub)
     _add_lifelong(sub)
     p = sub.add_parser("eval", help="evaluate a model on DATA")
     p.add_argument("model", metavar="MODEL")
@@ -206,17 +242,29 @@ def cmd_train(args) -> int:
     from .engine.train import saved_run_config, train
     from .report import write_training_report
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
-             "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
-             "optim.lr": args.lr, "train.device": args.device, "train.seed": args.seed,
-             "train.pretrained": args.pretrained, "train.time_budget": args.time}
+             "train.epochs": args.epochs, "data.image_size": args.image_size,
+             "train.batch_size": None if args.batch_size == "auto" else args.batch_size,
+             "optim.lr": None if args.lr == "auto" else args.lr, "train.device": args.device,
+             "train.seed": args.seed, "train.pretrained": args.pretrained, "train.time_budget": args.time}
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = args.out if args.resume in (None, "auto") else args.resume
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
     cfg = build_config(args.config, args.overrides, flags, base=base)
-    result = train(cfg, args.out, args.resume, args.force)
+    result = train(cfg, args.out, args.resume, args.force, lr_auto=args.lr == "auto",
+                   batch_auto=args.batch_size == "auto")
     if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers,
                               result.train_samples)
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from .config import build_config
+    from .engine.lrfind import find_lr
+    flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
+             "train.batch_size": args.batch_size, "data.image_size": args.image_size, "train.device": args.device,
+             "train.seed": args.seed, "train.pretrained": args.pretrained}
+    find_lr(build_config(args.config, args.overrides, flags), args.out, args.steps, args.start_lr, args.end_lr)
     return 0
 
 
@@ -310,8 +358,9 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "lifelong": cmd_lifelong, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "data": cmd_data,
-            "models": cmd_models, "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}
+COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "lifelong": cmd_lifelong, "eval": cmd_eval,
+            "predict": cmd_predict, "report": cmd_report, "data": cmd_data, "models": cmd_models,
+            "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}
 
 
 def main(argv: list[str] | None = None) -> int:

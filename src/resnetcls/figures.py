@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; never open a window (headless servers, CI)
 # Class names and paths are text, never TeX: a name such as "a$\\frac{b$" would otherwise be parsed as
@@ -138,6 +139,31 @@ def training_curves(epochs: list[dict], path: Path) -> Path:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
+
+
+def lr_finder_curve(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float | None,
+                    rule: str, path: Path) -> Path:
+    """The LR range test: raw and smoothed loss against the learning rate (log x), the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss")
+    ax.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed loss")
+    if suggestion is not None:
+        y = float(np.interp(np.log10(suggestion), np.log10(lrs), smoothed))
+        ax.axvline(suggestion, color="C3", linestyle="--", linewidth=1)
+        ax.plot([suggestion], [y], "o", color="C3", label=f"suggested lr {suggestion:.3g}")
+    ax.set_xscale("log")
+    # Plain tick labels: with text.parse_math off, matplotlib's default log labels would print as raw TeX.
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    # A diverged raw tail would flatten the curve: the axis stops at twice the highest smoothed loss.
+    ax.set_ylim(min(min(losses), min(smoothed)) * 0.9, min(max(losses), 2 * max(smoothed)) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("LR range test" + (f"\n{rule}" if rule else ""), fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path, dpi=100)
 

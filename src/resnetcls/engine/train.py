@@ -27,7 +27,9 @@ from ..modelfile import save_model_dir
 from . import distributed
 from .budget import BudgetChoice, epochs_for_budget, measure_speed
 from .checkpoint import Checkpointer, RunState, restore_state
+from .autobatch import auto_batch_size
 from .log import RunLogger
+from .lrfind import auto_lr
 from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
 from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build_model, prepare_run,
@@ -76,16 +78,28 @@ def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
     return TrainData(splits, pipeline, sampler, train_loader, val_loader)
 
 
-def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False) -> TrainResult:
+def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False,
+          lr_auto: bool = False, batch_auto: bool = False) -> TrainResult:
     """Train cfg.model on cfg.data; write the run directory; return it with the end-of-run summary.
 
     resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
     Under torchrun (RANK/WORLD_SIZE set) each process trains its share with DistributedDataParallel.
+    lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first; batch_auto: the fastest batch size
+    on this CPU (engine/autobatch.py), before the LR test; config.yaml records both.
     """
     if not cfg.data.train:
         raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
+    autos = [flag for flag, on in (("--batch-size auto", batch_auto), ("--lr auto", lr_auto)) if on]
+    if autos and resume is not None:
+        raise UserError(f"{autos[0]}: starts a new run; a resumed run keeps the value in its config.yaml "
+                        "(drop it, or give a number)")
     world, device_name = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
     try:
+        if autos and world.distributed:  # each rank would measure on its own and could choose another value
+            raise UserError(f"{autos[0]}: not under torchrun; measure once (e.g. `resnetcls lr-find`) and pass "
+                            "the number")
+        cfg = auto_batch_size(cfg, device_name) if batch_auto else cfg
+        cfg = auto_lr(cfg, device_name) if lr_auto else cfg
         return _train(cfg, out_dir, resume, force, world, device_name)
     finally:
         distributed.cleanup()
