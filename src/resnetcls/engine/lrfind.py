@@ -25,7 +25,7 @@ from ..config import Config, validate_config
 from ..data.sampler import ResumableSampler
 from ..data.sources import load_splits
 from ..errors import UserError
-from .loop import EpochStats, NonFiniteLoss, Optimization, StepContext, train_one_epoch
+from .loop import EpochStats, NonFiniteLoss, Optimization, train_one_epoch
 from .optim import build_loss, build_optimizer
 from .prepare import DataPipeline, build_context, build_model, seed_everything
 
