@@ -38,18 +38,9 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from resnetcls.data.decode import PEAK_BYTES_FIXED, DecodeError, decode_image, probe_image  # noqa: E402
+from resnetcls.envinfo import machine_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_seeds(per_kind: int) -> dict[str, bytes]:
@@ -202,10 +193,7 @@ def main() -> None:
                         help="decode_image's limit for the run (small: mutated headers may claim any size)")
     parser.add_argument("--per-kind", type=int, default=8, help="real files taken per data set")
     args = parser.parse_args()
-    import torch
-    print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores usable ({os.cpu_count()} online, "
-          f"shared with other work); Python {platform.python_version()}, torch {torch.__version__}, "
-          f"Pillow {PIL.__version__}")
+    print(f"machine: {machine_line()}; Python {platform.python_version()}, Pillow {PIL.__version__}")
     seeds = load_seeds(args.per_kind)
     print(f"{len(seeds)} seed files: {', '.join(seeds)}")
     print(f"{args.files} mutated files, seed {args.seed}, max_pixels {args.max_pixels}\n", flush=True)

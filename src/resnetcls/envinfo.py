@@ -22,7 +22,7 @@ import torchvision
 
 from . import __version__
 from .data.cache import resolve_cache_dir
-from .hardware import cpu_has_fast_bf16, precision_name, resolve_amp
+from .hardware import cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp, usable_cores
 
 # Packages whose presence changes what resnetcls can do (exports, serving, trackers, search, reports).
 EXTRAS = ("onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn", "tensorboard", "matplotlib", "mlflow",
@@ -52,18 +52,8 @@ def cpu_model() -> str:
 
 def cpu_flags() -> dict[str, bool]:
     """The CPU features torch detected (False for each one it cannot tell, e.g. on ARM)."""
-    try:
-        caps = torch._C._cpu._get_cpu_capability()
-    except (AttributeError, RuntimeError):
-        caps = {}
+    caps = cpu_capabilities()
     return {flag: bool(caps.get(flag)) for flag in CPU_FLAGS}
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. a container's limit), not the host's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _precision_choices(device: torch.device) -> dict:

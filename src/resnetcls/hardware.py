@@ -20,6 +20,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's limit), not the host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_capabilities() -> dict:
+    """torch's CPU feature flags (avx2, avx512_bf16, amx_bf16, ...); empty where torch cannot tell."""
+    try:
+        return dict(torch._C._cpu._get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return {}
+
+
 # oneDNN instruction sets (ONEDNN_MAX_CPU_ISA) that include native bf16 dot products; a cap below these
 # (e.g. AVX2, AVX512_CORE_VNNI) makes oneDNN emulate bf16 even on a CPU that has it.
 ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX",
@@ -36,10 +52,7 @@ def cpu_has_fast_bf16() -> bool:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     if cap and cap not in ONEDNN_BF16_ISAS:
         return False
-    try:
-        caps = torch._C._cpu._get_cpu_capability()
-    except (AttributeError, RuntimeError):
-        return False
+    caps = cpu_capabilities()
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 

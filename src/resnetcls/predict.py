@@ -21,7 +21,7 @@ import torch
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
-from .hardware import pick_device, precision_name, resolve_amp
+from .hardware import pick_device, precision_name, resolve_amp, usable_cores
 from .modelfile import load_model_dir
 from .onnx_runtime import onnx_probabilities, onnx_session_for
 
@@ -43,8 +43,7 @@ class Prediction:
 
 
 def _decode_threads() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, usable_cores()))
 
 
 class Predictor:

@@ -25,6 +25,7 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, 
                               default_collate)
 
 from ..errors import UserError
+from ..hardware import usable_cores
 from .augment import BatchMix
 from .cache import open_or_build
 from .decode import DecodeError, decode_image
@@ -210,7 +211,7 @@ class FinishingLoader(DataLoader):
 
 def default_workers() -> int:
     """One DataLoader worker per core, at most 4 (a 2-core laptop gets 2)."""
-    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return min(4, usable_cores())
 
 
 def _check_policy(on_bad: str) -> None:

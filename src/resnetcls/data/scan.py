@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import sys
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable
 
 from ..errors import UserError
+from ..hardware import usable_cores
 from .decode import DecodeError, decode_image
 
 POOL_MIN_IMAGES = 64  # below this a process pool costs more than it saves
@@ -18,7 +18,7 @@ CRASHED = "decoding this image killed its worker process (out of memory?)"
 
 def default_pool_workers() -> int:
     """Decoding with all cores: one process per CPU this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def _run_chunk(fn: Callable, chunk: list) -> list:
