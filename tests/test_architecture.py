@@ -28,10 +28,10 @@ LAZY_THIRD_PARTY = {
     "torch.utils.tensorboard": "slow to import; only with log.tensorboard=true",
     "torchvision.models": "every model family; only for --pretrained torchvision",
 }
-# resnetcls modules: figures pulls in matplotlib (only when a figure is drawn); cli.py imports each
+# resnetcls modules: figures pulls in matplotlib (only when a figure is drawn); cli/commands.py imports each
 # subcommand's library in its cmd_* function (`resnetcls --help` does not load torch).
 LAZY_INTERNAL_TARGETS = {"resnetcls.figures"}
-LAZY_INTERNAL_IMPORTERS = {"resnetcls.cli"}
+LAZY_INTERNAL_IMPORTERS = {"resnetcls.cli", "resnetcls.cli.commands", "resnetcls.cli.parsers"}
 
 # Modules with nothing to test on their own: package markers and `python -m resnetcls` (tested through cli).
 NO_TEST_FILE = {"__init__.py", "__main__.py"}

@@ -1,19 +1,10 @@
-"""Command-line interface: argument parsing only; each subcommand calls one library function.
-
-Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 internal error, 130 interrupted.
-
-Each subcommand imports its library inside its cmd_* function, so `resnetcls --help` and a usage error answer
-without loading torch, and a command loads only what it uses (tests/test_architecture.py allows imports inside
-functions here, for optional or heavy modules, and for resnetcls.figures, which loads matplotlib).
-"""
+"""The argument parsers of every subcommand, with the argparse types that check numbers and durations."""
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 
-from . import __version__
-from .errors import UserError
+from .. import __version__
 
 PRECISION_HELP = ("auto: bf16 + channels_last where this CPU/GPU computes bf16 natively, else fp32 (default); "
                   "fp32: bit-stable outputs on every machine; bf16: forced")
@@ -39,7 +30,7 @@ def number(kind=int, low: float = 1, high: float = math.inf, low_open: bool = Fa
 
 def duration(text: str) -> str:
     """An argparse type for --time: '90s', '20m', '1.5h' or 0 (off), kept as typed (config.parse_duration)."""
-    from .config import parse_duration
+    from ..config import parse_duration
     try:
         parse_duration(text)
     except ValueError as e:
@@ -234,153 +225,3 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnetcls {__version__}")
     _add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
-
-
-def cmd_train(args) -> int:
-    from .config import build_config
-    from .engine.distributed import world_from_env
-    from .engine.train import saved_run_config, train
-    from .report import write_training_report
-    flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
-             "train.epochs": args.epochs, "data.image_size": args.image_size,
-             "train.batch_size": None if args.batch_size == "auto" else args.batch_size,
-             "optim.lr": None if args.lr == "auto" else args.lr, "train.device": args.device,
-             "train.seed": args.seed, "train.pretrained": args.pretrained, "train.time_budget": args.time}
-    # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
-    run_dir = args.out if args.resume in (None, "auto") else args.resume
-    base = saved_run_config(run_dir) if args.resume and args.data is None else None
-    cfg = build_config(args.config, args.overrides, flags, base=base)
-    result = train(cfg, args.out, args.resume, args.force, lr_auto=args.lr == "auto",
-                   batch_auto=args.batch_size == "auto")
-    if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
-        write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers,
-                              result.train_samples)
-    return 0
-
-
-def cmd_lr_find(args) -> int:
-    from .config import build_config
-    from .engine.lrfind import find_lr
-    flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
-             "train.batch_size": args.batch_size, "data.image_size": args.image_size, "train.device": args.device,
-             "train.seed": args.seed, "train.pretrained": args.pretrained}
-    find_lr(build_config(args.config, args.overrides, flags), args.out, args.steps, args.start_lr, args.end_lr)
-    return 0
-
-
-def cmd_lifelong(args) -> int:
-    from .config import build_config
-    from .lifelong.run import run_lifelong
-    several = len(args.data) > 1
-    flags = {"data.train": args.data[0] if args.data else None, "lifelong.datasets": args.data if several else None,
-             "lifelong.tasks": args.tasks, "lifelong.order": args.order, "lifelong.bins": args.bins,
-             "lifelong.strategy": args.strategy, "lifelong.buffer_size": args.buffer_size,
-             "model.name": args.model, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-             "data.image_size": args.image_size, "optim.lr": args.lr, "train.device": args.device,
-             "train.seed": args.seed}
-    run_lifelong(build_config(args.config, args.overrides, flags), args.out, args.resume, args.force, args.joint,
-                 args.stop_after)
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from .evaluate import evaluate_model
-    m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
-    print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
-    print(f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}")
-    print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .predict import run_predict
-    return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta, args.backend,
-                       args.precision)
-
-
-def cmd_report(args) -> int:
-    from .report import write_report
-    print(f"report written to {write_report(args.run_dir)}", file=sys.stderr)
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .export import ExportCheckFailed, export_model
-    try:
-        result = export_model(args.model, args.format, args.out, args.check_data)
-    except ExportCheckFailed as e:
-        print(f"resnetcls: export check failed: {e}", file=sys.stderr)
-        return 1
-    print(result.parity.summary())
-    print(f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in {result.seconds:.1f} s)")
-    return 0
-
-
-def cmd_serve(args) -> int:
-    from .serve import ServeSettings, serve
-    serve(ServeSettings(args.model, args.backend, int(args.max_body_mb * 1e6), args.max_pixels, args.max_batch,
-                        args.batch_wait_ms, args.max_decode_mb, args.max_queue, args.max_batch_pixels,
-                        args.admission_wait_s, args.stall_s, args.keep_alive_s, args.header_timeout_s,
-                        args.body_timeout_s, args.max_connections, precision=args.precision),
-          args.host, args.port, args.workers)
-    return 0
-
-
-def cmd_data(args) -> int:
-    if args.data_command == "check":
-        from .data.check import check_data
-        check_data(args.data, args.on_bad, args.out, args.batches)
-        return 0
-    from .data.synth import synthesize
-    manifest = synthesize(args.out, args.classes, args.per_class, args.image_size, args.seed)
-    print(f"wrote {args.classes} classes x {args.per_class} images and {manifest}", file=sys.stderr)
-    return 0
-
-
-def cmd_models(args) -> int:
-    from .models import MODELS, model_info
-    print(f"{'model':<10} {'params':>12} {'GMACs@' + str(args.image_size):>12}")
-    for name in MODELS:
-        info = model_info(name, args.image_size)
-        print(f"{name:<10} {info.params:>12,} {info.macs / 1e9:>12.2f}")
-    return 0
-
-
-def cmd_env(args) -> int:
-    from .envinfo import run_env
-    sys.stdout.write(run_env(args.format))
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-    run_demo(args.out)
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "lifelong": cmd_lifelong, "eval": cmd_eval,
-            "predict": cmd_predict, "report": cmd_report, "data": cmd_data, "models": cmd_models,
-            "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as e:
-        print(f"resnetcls: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("resnetcls: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:
-        from .atomic import DISK_FULL
-        if e.errno not in DISK_FULL:  # anything else is unexpected: exit 1 with the traceback
-            raise
-        print(f"resnetcls: error: {e.filename or 'a file'}: no space left on the device; free some space",
-              file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
