@@ -63,6 +63,7 @@ def test_train_lr_auto_trains_and_records_the_chosen_rate(tiny_data, tmp_path):
     # The sweep that chose it is part of the run: its curve, plot and a report section.
     curve = json.loads((out / "lr_find.json").read_text())
     assert curve["suggested_lr"] == pytest.approx(lr) and curve["settings"]["steps"] == 60
+    assert (out / "lr_find.csv").read_text().startswith("step,lr,loss,smoothed_loss\n")
     with Image.open(out / "lr_find.png") as image:
         assert image.format == "PNG"
     page = (out / "report.html").read_text()
