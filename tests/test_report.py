@@ -95,3 +95,14 @@ def test_the_augmented_batch_is_what_the_model_sees_with_soft_targets_named(tiny
     path = write_augmented_batch(run, train, 8)
     with Image.open(path) as image:
         assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_a_malformed_lr_find_json_is_one_line_naming_the_file(tmp_path, capsys):
+    folder = tmp_path / "lrf"
+    folder.mkdir()
+    (folder / "lr_find.json").write_text('{"rule": "steepest"}')  # no suggested_lr, no points
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "lr_find.json: unreadable LR range test" in err and "suggested_lr" in err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no lr_find.json" in capsys.readouterr().err

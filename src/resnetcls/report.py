@@ -1,7 +1,8 @@
 """`resnetcls report RUN_DIR`: one self-contained report.html (also written at the end of training).
 
 Every figure is embedded as a base64 PNG and the few lines of CSS and JavaScript are inline, so the file
-can be mailed, archived or opened offline. It shows the curves per epoch, the evaluation in RUN_DIR/eval
+can be mailed, archived or opened offline. It shows the curves per epoch, the LR range test (lr_find.json
+of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report of just that), the evaluation in RUN_DIR/eval
 (figures, headline numbers, a per-class table sortable by any column), the resolved config and the
 environment.
 """
@@ -164,6 +165,24 @@ def _augmented_section(run_dir: Path) -> str:
     return "<h2>Training images as the model sees them</h2>" + _img(path, "augmented", "an augmented training batch")
 
 
+def _lr_find_section(run_dir: Path) -> str:
+    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): the plot, the suggestion, its rule."""
+    path, png = run_dir / "lr_find.json", run_dir / "lr_find.png"
+    if not path.is_file():
+        return ""
+    try:
+        c = json.loads(path.read_text(encoding="utf-8"))
+        lr, rule, points = float(c["suggested_lr"]), str(c["rule"]), c["points"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: unreadable LR range test ({type(e).__name__}: {e})") from None
+    settings = c.get("settings") if isinstance(c.get("settings"), dict) else {}
+    swept = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items())
+    fig = _img(png, "lr-find", "LR range test: training loss against learning rate") if png.is_file() else ""
+    return (f"<h2>Learning-rate range test</h2><p id='lr-suggestion'>suggested lr <b>{lr:.3g}</b> "
+            f"(rule: {html.escape(rule)}); {len(points)} steps, {html.escape(str(c.get('stopped', '')))}</p>"
+            f"<p class='sub'>{html.escape(swept)}</p>{fig}")
+
+
 def _per_class_table(m: dict) -> str:
     cols = [("class", "class"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
             ("support", "support")]
@@ -245,8 +264,10 @@ def _env_section(run_dir: Path, summary: dict) -> str:
 def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1) -> Path:
     """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into RUN_DIR/eval."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml)")
+    is_run = (run_dir / "metrics.jsonl").is_file() or (run_dir / "config.yaml").is_file()
+    if not is_run and not (run_dir / "lr_find.json").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml) nor an lr-find "
+                        f"folder (no lr_find.json)")
     if eval_samples is not None and len(eval_samples):
         evaluate_samples(Predictor(run_dir), eval_samples, run_dir / "eval",
                          {"data": "the run's validation split", "split": "val"}, num_workers=num_workers)
@@ -255,9 +276,10 @@ def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None
                                              ("best_val_top1", "best_epoch", "seconds") if k in summary]
     body = (f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
             f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
-            + _cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs)
-            + _augmented_section(run_dir) + _eval_section(run_dir / "eval")
-            + _env_section(run_dir, summary))
+            + (_cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs) if is_run else "")
+            + _lr_find_section(run_dir)
+            + (_augmented_section(run_dir) + _eval_section(run_dir / "eval") + _env_section(run_dir, summary)
+               if is_run else ""))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
             f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
             f"<script>{SCRIPT}</script></body></html>\n")

@@ -1,5 +1,6 @@
 """The LR range test: `resnetcls lr-find` writes its curve and plot and suggests a rate inside the sweep with
-its rule named; the sweep stops when the loss explodes; `train --lr auto` records the rate it chose."""
+its rule named; the sweep stops when the loss explodes; `train --lr auto` records the rate it chose and leaves
+its curve in the run directory, where the report shows it."""
 import csv
 import json
 
@@ -31,6 +32,12 @@ def test_lr_find_writes_plot_and_curve_and_suggests_a_rate_inside_the_sweep(tiny
     # stdout: the suggestion, with the rule that produced it.
     assert f"suggested lr {curve['suggested_lr']:.3g}" in r.stdout
     assert f"rule: {curve['rule']}" in r.stdout
+    # `resnetcls report DIR` on the lr-find folder: a page with just the range test.
+    r = run_cli("report", out)
+    assert r.returncode == 0, r.stderr
+    page = (out / "report.html").read_text()
+    assert "<h2>Learning-rate range test</h2>" in page and 'id="lr-find"' in page
+    assert f"suggested lr <b>{curve['suggested_lr']:.3g}</b>" in page and "Training curves" not in page
 
 
 def test_lr_find_stops_when_the_loss_explodes(tiny_data, tmp_path):
@@ -53,6 +60,21 @@ def test_train_lr_auto_trains_and_records_the_chosen_rate(tiny_data, tmp_path):
     assert isinstance(lr, float) and 0 < lr <= 1.0 and lr != 2e-3  # the sweep's range, not the default
     assert f"--lr auto: {lr:.3g}" in r.stderr
     assert (out / "best" / "model.safetensors").is_file()
+    # The sweep that chose it is part of the run: its curve, plot and a report section.
+    curve = json.loads((out / "lr_find.json").read_text())
+    assert curve["suggested_lr"] == pytest.approx(lr) and curve["settings"]["steps"] == 60
+    assert (out / "lr_find.csv").read_text().startswith("step,lr,loss,smoothed_loss\n")
+    with Image.open(out / "lr_find.png") as image:
+        assert image.format == "PNG"
+    page = (out / "report.html").read_text()
+    assert "<h2>Learning-rate range test</h2>" in page and 'id="lr-find"' in page
+    assert f"suggested lr <b>{lr:.3g}</b> (rule: {curve['rule']})" in page
+    # A resume keeps it and does not sweep again.
+    before = (out / "lr_find.json").read_text()
+    r = run_cli("train", "--resume", out)  # finished: nothing left to train, the report is rewritten
+    assert r.returncode == 0, r.stderr
+    assert "--lr auto" not in r.stderr and (out / "lr_find.json").read_text() == before
+    assert "<h2>Learning-rate range test</h2>" in (out / "report.html").read_text()
 
 
 @pytest.mark.parametrize("args, named", [

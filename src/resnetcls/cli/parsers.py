@@ -54,7 +54,8 @@ lr_or_auto.__name__ = "lr"
 
 
 def batch_or_auto(text: str):
-    """--batch-size: a count, or 'auto' (train on a CPU: the fastest per image, engine/autobatch.py)."""
+    """--batch-size: a count, or 'auto' (train: the fastest per image on a CPU, the largest that fits on a
+    GPU, engine/autobatch.py)."""
     return "auto" if text == "auto" else POSITIVE(text)
 
 
@@ -72,10 +73,14 @@ def _add_train(sub) -> None:
                    help="fit the whole schedule to this wall-clock time, e.g. 90s, 20m, 1.5h: a short measurement "
                         "at the start chooses --epochs (train.time_budget; 0 = off)")
     p.add_argument("--batch-size", type=batch_or_auto, metavar="B|auto",
-                   help="batch size, or auto (CPU): the most images/s among 16, 32, 64, 128, timed a few steps each")
+                   help="batch size (default train.batch_size, 32), or auto: on a CPU the most images/s among 16, 32, "
+                        "64, 128 (a few timed steps each); on a CUDA GPU the largest that fits its memory (tried "
+                        "with real steps, 90%% of it, a multiple of 8), with train.grad_accum_steps raised to "
+                        "keep the recipe's batch where memory is short; config.yaml records the choice")
     p.add_argument("--image-size", type=SIZE)
     p.add_argument("--lr", type=lr_or_auto, metavar="LR|auto",
-                   help="learning rate, or auto: a short LR range test (see lr-find) picks it first")
+                   help="learning rate, or auto: a short LR range test (see lr-find) picks it first and leaves "
+                        "its curve (lr_find.json/.csv/.png) in the run and its report")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR")
     p.add_argument("--resume", metavar="auto|RUN_DIR",
                    help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR")

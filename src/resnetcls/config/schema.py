@@ -55,7 +55,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     pretrained: str = ""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1       # one optimizer step per N batches (effective batch = batch_size x N)
     grad_clip_norm: float = 0.0     # 0 = no clipping
     ema_decay: float = 0.0          # exponential moving average of the weights (e.g. 0.999); 0 = off
     sync_bn: bool = False           # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)

@@ -4,7 +4,9 @@ while the learning rate grows exponentially from start_lr to end_lr, record the 
 diverges, and suggest a rate. The model's weights are thrown away: nothing but the curve is written.
 
 `resnetcls lr-find` calls find_lr(); `resnetcls train --lr auto` calls auto_lr() (a short, quiet sweep)
-before the run is prepared, so config.yaml records the rate that was chosen.
+before the run is prepared, so config.yaml records the rate that was chosen; train() then writes the sweep's
+curve into the run directory with the same write_curve(), where the report shows it (and a resume, which
+never sweeps again, leaves it alone).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class LRCurve:
     suggestion: float | None = None
     rule: str = ""
     min_loss_lr: float | None = None
+    settings: dict = field(default_factory=dict)  # what was swept, with which recipe (lr_find.json records it)
 
     def to_dict(self) -> dict:
         return {"suggested_lr": self.suggestion, "rule": self.rule, "min_loss_lr": self.min_loss_lr,
@@ -159,15 +162,18 @@ def run_sweep(cfg: Config, steps: int, start_lr: float, end_lr: float, device_na
         raise UserError(f"lr-find: only {len(curve.lrs)} step(s) before the loss diverged; "
                         f"lower --start-lr (it was {start_lr:g})")
     suggest(curve)
+    curve.settings = {"steps": steps, "start_lr": start_lr, "end_lr": end_lr, "model": cfg.model.name,
+                      "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size, "loss": cfg.loss.name,
+                      "image_size": cfg.data.image_size}
     return curve
 
 
-def write_curve(curve: LRCurve, out_dir: Path, settings: dict) -> dict[str, Path]:
+def write_curve(curve: LRCurve, out_dir: Path) -> dict[str, Path]:
     """lr_find.json (curve, suggestion, rule, settings), lr_find.csv and lr_find.png into out_dir."""
     from .. import figures  # matplotlib: only where a figure is drawn
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "lr_find.json", "csv": out_dir / "lr_find.csv", "png": out_dir / "lr_find.png"}
-    write_text_atomic(paths["json"], json.dumps({**curve.to_dict(), "settings": settings}, indent=2) + "\n")
+    write_text_atomic(paths["json"], json.dumps({**curve.to_dict(), "settings": curve.settings}, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["step", "lr", "loss", "smoothed_loss"])
@@ -183,9 +189,7 @@ def find_lr(cfg: Config, out_dir: str | Path, steps: int = 100, start_lr: float 
     print(f"lr-find: {cfg.model.name}, {cfg.optim.name}, batch {cfg.train.batch_size}, lr {start_lr:g} -> "
           f"{end_lr:g} over {steps} steps", file=sys.stderr, flush=True)
     curve = run_sweep(cfg, steps, start_lr, end_lr)
-    paths = write_curve(curve, Path(out_dir), {"steps": steps, "start_lr": start_lr, "end_lr": end_lr,
-                                               "model": cfg.model.name, "optimizer": cfg.optim.name,
-                                               "batch_size": cfg.train.batch_size, "loss": cfg.loss.name})
+    paths = write_curve(curve, Path(out_dir))
     print(f"lr-find: {len(curve.lrs)} steps, {curve.stopped}; curve in {paths['json']}, {paths['csv']}, "
           f"plot {paths['png']}", file=sys.stderr)
     print(f"suggested lr {curve.suggestion:.3g} (rule: {curve.rule}; minimum smoothed loss at lr "
@@ -193,10 +197,11 @@ def find_lr(cfg: Config, out_dir: str | Path, steps: int = 100, start_lr: float 
     return curve
 
 
-def auto_lr(cfg: Config, device_name: str | None = None) -> Config:
-    """`train --lr auto`: a short quiet sweep; cfg with optim.lr set to its suggestion (printed on stderr)."""
+def auto_lr(cfg: Config, device_name: str | None = None) -> tuple[Config, LRCurve]:
+    """`train --lr auto`: a short quiet sweep; cfg with optim.lr set to its suggestion (printed on stderr),
+    and the curve, for the caller to write into the run directory once it exists (write_curve)."""
     curve = run_sweep(cfg, AUTO_STEPS, AUTO_START_LR, AUTO_END_LR, device_name)
     lr = min(curve.suggestion, 10.0)  # optim.lr's range is (0, 10]
     print(f"--lr auto: {lr:.3g} (LR range test, {len(curve.lrs)} steps {AUTO_START_LR:g} -> {AUTO_END_LR:g}; "
           f"rule: {curve.rule})", file=sys.stderr, flush=True)
-    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr)), curve

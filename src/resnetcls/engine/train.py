@@ -29,7 +29,7 @@ from .budget import BudgetChoice, epochs_for_budget, measure_speed
 from .checkpoint import Checkpointer, RunState, restore_state
 from .autobatch import auto_batch_size
 from .log import RunLogger
-from .lrfind import auto_lr
+from .lrfind import LRCurve, auto_lr, write_curve
 from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
 from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build_model, prepare_run,
@@ -84,8 +84,9 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
 
     resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
     Under torchrun (RANK/WORLD_SIZE set) each process trains its share with DistributedDataParallel.
-    lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first; batch_auto: the fastest batch size
-    on this CPU (engine/autobatch.py), before the LR test; config.yaml records both.
+    lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first, and its curve goes into the run
+    directory (lr_find.json/.csv/.png); batch_auto: the fastest batch size on a CPU, the largest that fits on
+    a GPU (engine/autobatch.py), before the LR test; config.yaml records both.
     """
     if not cfg.data.train:
         raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
@@ -99,17 +100,19 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
             raise UserError(f"{autos[0]}: not under torchrun; measure once (e.g. `resnetcls lr-find`) and pass "
                             "the number")
         cfg = auto_batch_size(cfg, device_name) if batch_auto else cfg
-        cfg = auto_lr(cfg, device_name) if lr_auto else cfg
-        return _train(cfg, out_dir, resume, force, world, device_name)
+        cfg, lr_curve = auto_lr(cfg, device_name) if lr_auto else (cfg, None)
+        return _train(cfg, out_dir, resume, force, world, device_name, lr_curve)
     finally:
         distributed.cleanup()
 
 
 def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, world: distributed.World,
-           device_name: str) -> TrainResult:
+           device_name: str, lr_curve: LRCurve | None = None) -> TrainResult:
     # Prepare the run: validate, find the checkpoint to resume, write config.yaml and environment.json, seed.
     run = prepare_run(cfg, out_dir, resume, force, world.is_main)
     cfg, run_dir, t, writes = run.cfg, run.run_dir, run.cfg.train, world.is_main
+    if lr_curve is not None and writes:  # --lr auto's sweep, for the report (a resume never sweeps again)
+        write_curve(lr_curve, run_dir)
     # Build: data, model, optimisation, loss.
     ctx = build_context(t, device_name)
     data = build_data(cfg.data, t, ctx)
