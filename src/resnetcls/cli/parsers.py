@@ -139,7 +139,7 @@ def _add_deploy(sub) -> None:
                    help="images (folder or file) for the parity check; default ../shared/data if present, "
                         "else synthetic images")
 
-    p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch; GET /healthz, /info, /docs")
+    p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch, /explain; GET /healthz, /info, /docs")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=number(int, 1, 65535), default=8000)
