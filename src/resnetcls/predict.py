@@ -184,8 +184,13 @@ def write_explanations(predictor: Predictor, results: list[Prediction], out_dir:
     """Each result's Grad-CAM overlay of its top-1 class into out_dir; sets its `gradcam` path."""
     explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device)
     index = {name: i for i, name in enumerate(predictor.classes)}
-    images = [(r.path, predictor.load(r.path), index[r.top[0][0]]) for r in results]
-    for r, path in zip(results, explainer.write_overlays(images, out_dir)):
+    loaded = [(r, predictor.load(r.path)) for r in results]
+    for r, image in loaded:
+        if isinstance(image, str):  # changed or removed since it was predicted
+            r.error = image
+    kept = [(r, image) for r, image in loaded if not r.error]
+    images = [(r.path, image, index[r.top[0][0]]) for r, image in kept]
+    for (r, _), path in zip(kept, explainer.write_overlays(images, out_dir)):
         r.gradcam = str(path)
 
 

@@ -32,6 +32,7 @@ import torch
 
 from .atomic import csv_text, write_text_atomic
 from .errors import UserError
+from .hardware import usable_cores
 from .predict import Predictor, expand_inputs
 
 SCORES = ("margin", "entropy")
@@ -105,7 +106,7 @@ def probabilities_and_features(predictor: Predictor, batch: torch.Tensor) -> tup
 def score_images(predictor: Predictor, paths: list[str], batch_size: int) -> Scored:
     """Decode (a few threads) and score paths in batches; unreadable files go to Scored.bad."""
     good, probs, features, bad = [], [], [], []
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(max(1, min(4, usable_cores()))) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             tensors = []

@@ -133,7 +133,8 @@ class ImageService:
             async with self.explain_lock:  # one backward at a time, waiting here rather than in a thread
                 if self.explainer is None:
                     p = self.predictor
-                    self.explainer = Explainer(p.model, p.loaded.preprocess, p.device, private_copy=True)
+                    self.explainer = await run_in_threadpool(Explainer, p.model, p.loaded.preprocess, p.device,
+                                                             private_copy=True)  # a copy: not in the loop
                 index = None if class_name is None else classes.index(class_name)
                 explanation = await run_in_threadpool(self.explainer.explain, tensor, index)
         finally:
