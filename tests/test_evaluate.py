@@ -11,7 +11,7 @@ from PIL import Image
 from resnetcls.cli import main
 from resnetcls.data.sources import load_eval_samples
 from resnetcls.data.transforms import make_preprocess
-from resnetcls.evaluate import compute_metrics, evaluate_samples
+from resnetcls.evaluate import compute_metrics, evaluate_samples, explain_wrong
 from resnetcls.figures import confusion_heatmap
 from resnetcls.modelfile import save_model_dir
 from resnetcls.models import create_model
@@ -102,7 +102,10 @@ def test_most_confidently_wrong_images_are_listed_and_drawn(tiny_data, tmp_path)
     assert all(w["true"] != w["pred"] and Path(w["path"]).parent.name == w["true"] for w in wrong)
     assert [w["prob"] for w in wrong] == sorted((w["prob"] for w in wrong), reverse=True)
     with Image.open(tmp_path / "ev" / "most_confident_wrong.png") as img:
-        assert img.width >= 5 * 150
+        assert img.width >= 4 * 250  # four pairs a row: each photo beside its Grad-CAM overlay
+    views = explain_wrong(predictor, wrong)  # what the sheet draws
+    assert all(v.shape == (32, 64, 3) for v in views)
+    assert all((v[:, 32:] != v[:, :32]).any() for v in views)  # the right half carries the heatmap
 
 
 def test_confusion_heatmap_stays_readable_at_100_classes(tmp_path):

@@ -36,3 +36,16 @@ def test_lr_finder_curve_is_a_png_even_with_an_exploded_tail(tmp_path):
     losses = [1.0] * 12 + [0.5, 2.0, 50.0, float("1e6")]
     path = figures.lr_finder_curve(lrs, losses, losses, 1e-3, "steepest descent", tmp_path / "lr.png")
     assert _is_png(path)[0] > 200
+
+
+def test_contact_sheet_draws_the_given_views_instead_of_thumbnails(tmp_path):
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.jpg")
+    item = {"path": str(tmp_path / "a.jpg"), "true": "red", "pred": "blue", "prob": 0.9}
+    pair = np.zeros((32, 64, 3), np.uint8)
+    pair[:, 32:] = (0, 255, 0)  # a green "overlay" half the plain thumbnail does not have
+    plain = figures.contact_sheet([item], tmp_path / "plain.png")
+    paired = figures.contact_sheet([item], tmp_path / "paired.png", views=[pair])
+    assert _is_png(paired)[0] > _is_png(plain)[0]
+    with Image.open(paired) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    assert ((pixels[:, 1] > 200) & (pixels[:, 0] < 60)).any()

@@ -108,3 +108,34 @@ def test_a_very_wide_image_is_centre_cropped_before_its_resize(predictor, tiny_r
     code, out, err = run(capsys, tiny_run, tmp_path / "strip.png", "--format", "json")
     assert code == 0, err
     assert len(json.loads(out)[0]["top"]) == 3
+
+
+def test_explain_writes_one_overlay_per_image_and_lists_it(tiny_run, tiny_data, tmp_path, capsys):
+    twin = tmp_path / "other" / "1.jpg"  # the same file name as red/1.jpg, in another folder
+    twin.parent.mkdir()
+    shutil.copy(tiny_data / "blue" / "1.jpg", twin)
+    images = [tiny_data / "red" / "1.jpg", twin]
+    out = tmp_path / "cams"
+    code, text, err = run(capsys, tiny_run, *images, "--explain", out, "--format", "json")
+    assert code == 0, err
+    rows = json.loads(text)
+    assert [r["gradcam"] for r in rows] == [str(out / "1.gradcam.png"), str(out / "1-2.gradcam.png")]
+    from PIL import Image
+    for r in rows:
+        with Image.open(r["gradcam"]) as overlay:
+            assert overlay.format == "PNG" and overlay.size == (32, 32)  # the model's input crop
+    code, text, _ = run(capsys, tiny_run, images[0], "--explain", out, "--format", "csv", "--topk", "2")
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [r["gradcam"] for r in table] == [str(out / "1.gradcam.png")] * 2
+    code, text, _ = run(capsys, tiny_run, images[0], "--explain", out)
+    assert f"gradcam: {out / '1.gradcam.png'}" in text
+
+
+def test_explain_errors_are_one_line_user_errors(tiny_run, tiny_data, tmp_path, capsys):
+    image = tiny_data / "red" / "1.jpg"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = run(capsys, tiny_run, image, "--explain", blocker / "cams")
+    assert code == 2 and err.startswith("resnetcls: error: --explain") and "cannot write there" in err
+    code, _, err = run(capsys, tiny_run, image, "--explain", tmp_path / "cams", "--backend", "onnxruntime")
+    assert code == 2 and "--backend torch" in err and len(err.strip().splitlines()) == 1

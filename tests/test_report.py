@@ -16,6 +16,7 @@ def test_training_writes_a_self_contained_report(tiny_run):
     images = re.findall(r'<img id="([\w-]+)"[^>]* src="data:image/png;base64,', page)
     assert images == ["curves", "augmented", "fig-confusion", "fig-reliability", "fig-wrong"]
     assert (tiny_run / "augmented_batch.png").is_file()  # the grid of augmented training images
+    assert 'alt="most confidently wrong images, each beside its Grad-CAM"' in page
     # nothing to fetch: no external scripts, styles or images
     assert not re.search(r'(src|href)=["\']?(https?:|//)', page)
     assert '<table class="sortable" id="per-class">' in page and "<td>green</td>" in page

@@ -158,6 +158,40 @@ def test_openapi_schema_describes_the_real_endpoints(client):
     assert set(client.get("/info").json()) == set(components["InfoResponse"]["properties"])
 
 
+def test_explain_returns_a_png_overlay_with_the_class_in_the_headers(client):
+    image = png_bytes(50, 40)
+    top1 = client.post("/predict", content=image).json()["top"][0]
+    response = client.post("/explain", files={"file": ("red.png", image, "image/png")})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["x-class"] == top1["class"]
+    assert abs(float(response.headers["x-probability"]) - top1["prob"]) < 0.05  # fp32 here, maybe bf16 there
+    with Image.open(io.BytesIO(response.content)) as overlay:
+        assert overlay.format == "PNG" and overlay.size == (32, 32)  # the model's input crop
+    other = next(c for c in CLASSES if c != top1["class"])
+    chosen = client.post("/explain", params={"class": other}, content=image)
+    assert chosen.status_code == 200 and chosen.headers["x-class"] == other
+
+
+@pytest.mark.parametrize("request_kwargs, status, words", [
+    ({"params": {"class": "no-such-class"}, "content": png_bytes(8, 8)}, 422, "not one of the model's"),
+    ({"content": b"\0" * (MAX_BODY + 1)}, 413, "limit"),
+    ({"content": png_bytes(1000, 1000)}, 422, "decompression bomb"),
+    ({"files": {"file": ("x.pdf", b"%PDF-1.4 not really", "a/pdf")}}, 415, "x.pdf"),
+    ({}, 400, "missing file"),
+])
+def test_explain_honours_the_same_limits_as_predict(client, request_kwargs, status, words):
+    response = client.post("/explain", **request_kwargs)
+    assert response.status_code == status and words in response.json()["detail"]
+
+
+def test_explain_is_documented_in_openapi(client):
+    explain = client.get("/openapi.json").json()["paths"]["/explain"]["post"]
+    assert "image/png" in explain["responses"]["200"]["content"]
+    assert {"X-Class", "X-Probability"} <= set(explain["responses"]["200"]["headers"])
+    assert [p["name"] for p in explain["parameters"]] == ["class"]
+    assert {"multipart/form-data", "image/*"} <= set(explain["requestBody"]["content"])
+
+
 def _one_request(client: httpx.Client, i: int) -> tuple[int, int, float]:
     """Every fifth request is malformed, in turn: not an image, no file, a bomb, too large, bad topk."""
     good = png_bytes(30 + i % 20, 30, (i % 255, 80, 160))

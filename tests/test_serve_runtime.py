@@ -115,3 +115,23 @@ def test_out_of_range_settings_are_refused_naming_the_flag(model):
     from resnetcls.errors import UserError
     with pytest.raises(UserError, match="--max-queue 0: must be positive"):
         create_app(ServeSettings(str(model), max_queue=0))
+
+
+def test_explain_waits_for_the_decode_budget_like_predict(model):
+    with client_for(model, admission_wait_s=0, max_decode_mb=50) as client:
+        service = client.app.state.service
+        service.budget.in_use = service.budget.capacity  # someone else is decoding
+        busy = client.post("/explain", content=png_bytes(20, 20))
+        assert busy.status_code == 503 and busy.headers["retry-after"] and "busy decoding" in busy.json()["detail"]
+        service.budget.in_use = 0
+        assert client.post("/explain", content=png_bytes(20, 20)).status_code == 200
+
+
+def test_explain_needs_the_torch_backend(model, tmp_path):
+    import shutil
+    from resnetcls.export import export_model
+    copy = shutil.copytree(model, tmp_path / "model")  # the module's model stays without a model.onnx
+    export_model(copy, "onnx", None, None)
+    with client_for(copy, backend="onnxruntime") as client:
+        response = client.post("/explain", content=png_bytes(20, 20))
+        assert response.status_code == 501 and "--backend torch" in response.json()["detail"]

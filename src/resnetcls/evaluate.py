@@ -1,7 +1,9 @@
 """`resnetcls eval`: every metric of a model directory on a DATA argument, as files a person can look at.
 
 OUT/metrics.json holds every number; OUT/per_class.csv, OUT/confusion_matrix.csv, and the figures
-confusion_matrix.png, reliability.png and most_confident_wrong.png show them.
+confusion_matrix.png, reliability.png and most_confident_wrong.png show them. The last shows each image as
+the model saw it beside its Grad-CAM overlay for the (wrong) predicted class: where the model found the
+evidence that misled it (explain.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .atomic import csv_text, write_text_atomic
 from .data.loader import build_loader
 from .data.sources import Samples, load_eval_samples
 from .errors import UserError
+from .explain import Explainer
 from .predict import Predictor
 
 ECE_BINS = 15
@@ -129,15 +132,27 @@ def write_tables(metrics: dict, out: Path) -> None:
     write_text_atomic(out / "confusion_matrix.csv", csv_text(confusion))
 
 
-def write_figures(metrics: dict, out: Path) -> dict:
-    """The three eval PNGs; the heatmap shows the classes present in the data or predicted."""
+def explain_wrong(predictor: Predictor, wrong: list[dict]) -> list[np.ndarray | None]:
+    """Each wrong image's model input beside its Grad-CAM for the predicted class (None: unreadable now)."""
+    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device)
+    index = {name: i for i, name in enumerate(predictor.classes)}
+    views = []
+    for item in wrong:
+        image = predictor.load(item["path"])
+        views.append(None if isinstance(image, str) else explainer.explain(image, index[item["pred"]]).side_by_side())
+    return views
+
+
+def write_figures(metrics: dict, out: Path, wrong_views: list | None = None) -> dict:
+    """The three eval PNGs; the heatmap shows the classes present in the data or predicted; wrong_views (from
+    explain_wrong) go into the sheet of the most confidently wrong images."""
     from . import figures  # matplotlib is imported only when figures are drawn
     confusion = np.array(metrics["confusion_matrix"])
     keep = [i for i in range(len(metrics["classes"])) if confusion[i].sum() or confusion[:, i].sum()]
     figures.confusion_heatmap(confusion[np.ix_(keep, keep)], [metrics["classes"][i] for i in keep],
                               out / FIGURES["confusion"])
     figures.reliability_diagram(metrics["ece_bins"], metrics["ece"], out / FIGURES["reliability"])
-    figures.contact_sheet(metrics["most_confident_wrong"], out / FIGURES["wrong"])
+    figures.contact_sheet(metrics["most_confident_wrong"], out / FIGURES["wrong"], views=wrong_views)
     return dict(FIGURES)
 
 
@@ -158,7 +173,7 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
                     "bad_images": [{"path": p, "reason": r} for p, r in bad]})
     out.mkdir(parents=True, exist_ok=True)
     write_tables(metrics, out)
-    metrics["figures"] = write_figures(metrics, out)
+    metrics["figures"] = write_figures(metrics, out, explain_wrong(predictor, metrics["most_confident_wrong"]))
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     metrics["out"] = str(out)
     return metrics

@@ -85,25 +85,33 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def contact_sheet(items: list[dict], path: Path, thumb: int = 112) -> Path:
-    """Thumbnails of images with 'true' and 'pred (prob)' captions; items: {path, true, pred, prob}."""
-    cols = min(6, max(1, len(items)))
+def contact_sheet(items: list[dict], path: Path, thumb: int = 112, views: list | None = None) -> Path:
+    """Thumbnails of images with 'true' and 'pred (prob)' captions; items: {path, true, pred, prob}.
+
+    views: per item an (H, W, 3) uint8 picture drawn instead of the thumbnail (eval: the model's input crop
+    beside its Grad-CAM overlay for the predicted class), or None for the plain thumbnail."""
+    wide = any(v is not None for v in views or [])
+    cols = min(4 if wide else 6, max(1, len(items)))
     rows = max(1, -(-len(items) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.25 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=((3.6 if wide else 1.9) * cols, 2.25 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, item in zip(axes.flat, items):
+    for ax, item, view in zip(axes.flat, items, views or [None] * len(items)):
         try:
-            image = decode_image(item["path"])
-            image.thumbnail((thumb, thumb))
-            ax.imshow(np.asarray(image))
+            if view is None:
+                image = decode_image(item["path"])
+                image.thumbnail((thumb, thumb))
+                view = np.asarray(image)
+            ax.imshow(view)
         except DecodeError:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
         ax.set_title(f"true: {item['true']}\npred: {item['pred']} ({item['prob']:.2f})", fontsize=7,
                      color="#b00020")
     if not items:
         axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
-    fig.suptitle("Most confidently wrong", fontsize=10)
+    title = "Most confidently wrong" + (" (left: the model's input; right: Grad-CAM of the predicted class, "
+                                        "red = evidence)" if wide else "")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi=100)
 
 

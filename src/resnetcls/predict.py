@@ -21,6 +21,7 @@ import torch
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
+from .explain import Explainer, writable_dir
 from .hardware import pick_device, precision_name, resolve_amp, usable_cores
 from .modelfile import load_model_dir
 from .onnx_runtime import onnx_probabilities, onnx_session_for
@@ -35,11 +36,13 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
+    gradcam: str = ""  # the Grad-CAM overlay's path, with --explain
 
     def to_dict(self) -> dict:
         if self.error:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top]}
+        extra = {"gradcam": self.gradcam} if self.gradcam else {}
+        return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
 
 
 def _decode_threads() -> int:
@@ -87,7 +90,7 @@ class Predictor:
             logits = self.model(batch)
         return logits.float().softmax(dim=1).cpu()
 
-    def _load(self, path: str) -> torch.Tensor | str:
+    def load(self, path: str) -> torch.Tensor | str:
         """Decoded, preprocessed image, or the reason it cannot be used."""
         try:
             return self.transform(decode_image(path))
@@ -108,10 +111,10 @@ class Predictor:
         chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
         with ThreadPoolExecutor(_decode_threads()) as pool:
             # Decode the next chunk while the model runs on the current one.
-            pending = [pool.map(self._load, [paths[i] for i in c]) for c in chunks[:1]]
+            pending = [pool.map(self.load, [paths[i] for i in c]) for c in chunks[:1]]
             for n, chunk in enumerate(chunks):
                 if n + 1 < len(chunks):
-                    pending.append(pool.map(self._load, [paths[i] for i in chunks[n + 1]]))
+                    pending.append(pool.map(self.load, [paths[i] for i in chunks[n + 1]]))
                 tensors, slots = [], []
                 for i, item in zip(chunk, pending[n]):
                     if isinstance(item, str):
@@ -177,38 +180,64 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     return items
 
 
+def write_explanations(predictor: Predictor, results: list[Prediction], out_dir: Path) -> None:
+    """Each result's Grad-CAM overlay of its top-1 class into out_dir; sets its `gradcam` path."""
+    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device)
+    index = {name: i for i, name in enumerate(predictor.classes)}
+    loaded = [(r, predictor.load(r.path)) for r in results]
+    for r, image in loaded:
+        if isinstance(image, str):  # changed or removed since it was predicted
+            r.error = image
+    kept = [(r, image) for r, image in loaded if not r.error]
+    images = [(r.path, image, index[r.top[0][0]]) for r, image in kept]
+    for (r, _), path in zip(kept, explainer.write_overlays(images, out_dir)):
+        r.gradcam = str(path)
+
+
 def format_results(results: list[Prediction], fmt: str) -> str:
-    """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error)."""
+    """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error); with
+    overlays (--explain), each format also names the image's Grad-CAM overlay (csv: a gradcam column)."""
+    explained = any(r.gradcam for r in results)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "prob", "error"])
+        writer.writerow(["path", "rank", "class", "prob", "error"] + ["gradcam"] * explained)
         for r in results:
-            rows = [[r.path, k + 1, c, f"{p:.6f}", ""] for k, (c, p) in enumerate(r.top)]
-            writer.writerows(rows or [[r.path, "", "", "", r.error]])
+            rows = [[r.path, k + 1, c, f"{p:.6f}", ""] + [r.gradcam] * explained for k, (c, p) in enumerate(r.top)]
+            writer.writerows(rows or [[r.path, "", "", "", r.error] + [""] * explained])
         return buf.getvalue()
     width = min(60, max([len("path")] + [len(r.path) for r in results]))
     lines = [f"{'path':<{width}}  top classes (probability)"]
     for r in results:
         body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c} ({p:.3f})" for c, p in r.top)
+        body += f"  gradcam: {r.gradcam}" if r.gradcam else ""
         lines.append(f"{r.path:<{width}}  {body}")
     return "\n".join(lines) + "\n"
 
 
 def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
-                tta: bool = False, backend: str = "torch", precision: str = "auto") -> int:
-    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row."""
+                tta: bool = False, backend: str = "torch", precision: str = "auto", explain_dir: str | None = None
+                ) -> int:
+    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row.
+
+    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there (explain.py)."""
     if topk < 1:
         raise UserError(f"--topk {topk}: expected a whole number of at least 1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
+    if explain_dir is not None and backend != "torch":
+        raise UserError(f"--explain with --backend {backend}: Grad-CAM needs the model's gradients; "
+                        f"use --backend torch")
+    out_dir = writable_dir(explain_dir, "--explain") if explain_dir is not None else None
     predictor = Predictor(model, backend=backend, precision=precision)
     items = expand_inputs(inputs)
     good = [p for p, reason in items if not reason]
     predicted = iter(predictor.predict(good, topk, batch_size, tta))
     results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
+    if out_dir is not None:
+        write_explanations(predictor, [r for r in results if not r.error], out_dir)
     sys.stdout.write(format_results(results, fmt))
     failed = sum(1 for r in results if r.error)
     if failed:

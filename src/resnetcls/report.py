@@ -210,7 +210,7 @@ def _eval_section(eval_dir: Path) -> str:
                      ("NLL", m["nll"])])]
     figs = [("confusion", "confusion_matrix.png", "confusion matrix"),
             ("reliability", "reliability.png", "reliability diagram"),
-            ("wrong", "most_confident_wrong.png", "most confidently wrong images")]
+            ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM")]
     shown = [_img(eval_dir / name, f"fig-{key}", alt) for key, name, alt in figs if (eval_dir / name).is_file()]
     parts.append('<div class="figs">' + "".join(shown) + "</div>")
     if m.get("most_confused"):

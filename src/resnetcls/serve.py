@@ -1,8 +1,12 @@
 """HTTP service around Predictor: FastAPI app + uvicorn. Imports nothing from engine/.
 
 Endpoints: POST /predict (one image: multipart field `file`, or the raw image as the request body),
-POST /predict/batch (multipart, one or more `files` fields), GET /healthz, GET /info, and the OpenAPI
-schema at /openapi.json (browsable at /docs).
+POST /predict/batch (multipart, one or more `files` fields), POST /explain (one image, as /predict; optional
+?class=NAME, else the top-1 class: the Grad-CAM overlay as image/png, the class and its probability in the
+X-Class (percent-encoded UTF-8) and X-Probability headers; explain.py), GET /healthz, GET /info, and the
+OpenAPI schema at /openapi.json (browsable at /docs). /explain passes the same body, pixel and decode-budget
+admission as /predict; explanations run one at a time (a backward pass each, in fp32) on a private copy of
+the weights made at the first request, at most --max-queue waiting, beyond that 503.
 
 Batching policy: requests are decoded and preprocessed in parallel threads, then queued for one model
 thread. Whenever that thread is free it takes everything queued, up to --max-batch images, and runs them as
@@ -25,121 +29,29 @@ import json
 import logging
 import os
 import socket
+import urllib.parse
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, decode_image, probe_image
 from .errors import UserError
+from .explain import Explainer, png_bytes
 from .predict import Predictor
 from .serve_runtime import Batcher, BodyLimit, DecodeBudget, SlowClientH11Protocol, overloaded
+from .serve_schema import (BATCH_BODY, EXPLAIN_RESPONSE, MAX_BATCH_FILES, ONE_IMAGE_BODY, BatchItem, BatchResponse,
+                           ClassProb, HealthResponse, InfoResponse, PredictResponse, ServeSettings, errors)
 
 SETTINGS_ENV = "RESNETCLS_SERVE_SETTINGS"  # how --workers N hands the settings to each worker process
-MAX_BATCH_FILES = 64
 log = logging.getLogger("resnetcls.serve")
-
-
-@dataclass
-class ServeSettings:
-    model: str
-    backend: str = "torch"
-    max_body_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000
-    max_batch: int = 32
-    batch_wait_ms: float = 0.0
-    max_decode_mb: float = 1024.0  # decode memory in flight (see serve_limits.DecodeBudget)
-    max_queue: int = 256  # images decoded and waiting for the model thread
-    max_batch_pixels: int = 100_000_000  # header pixels of all images of one /predict/batch request
-    admission_wait_s: float = 2.0  # how long a decode waits for budget before 503
-    stall_s: float = 30.0  # /healthz fails when one model call has run longer than this
-    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
-    header_timeout_s: float = 10.0  # a request head must arrive within this (slow clients)
-    body_timeout_s: float = 30.0  # a request body must arrive within this
-    max_connections: int = 64  # uvicorn's limit_concurrency: more concurrent connections get 503
-    precision: str = "auto"  # predict's --precision: auto (bf16 where native) | bf16 | fp32
-
-    def check(self) -> None:
-        """UserError naming the flag for a setting out of range."""
-        for flag, value in (("--max-body-mb", self.max_body_bytes), ("--max-pixels", self.max_pixels),
-                            ("--max-batch", self.max_batch), ("--max-decode-mb", self.max_decode_mb),
-                            ("--max-queue", self.max_queue), ("--max-batch-pixels", self.max_batch_pixels),
-                            ("--stall-s", self.stall_s), ("--keep-alive-s", self.keep_alive_s),
-                            ("--header-timeout-s", self.header_timeout_s), ("--body-timeout-s", self.body_timeout_s),
-                            ("--max-connections", self.max_connections)):
-            if not value > 0:
-                raise UserError(f"{flag} {value}: must be positive")
-        if self.batch_wait_ms < 0 or self.admission_wait_s < 0:
-            raise UserError("--batch-wait-ms and --admission-wait-s must not be negative")
-
-
-class ClassProb(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    class_: str = Field(alias="class", description="class name")
-    prob: float = Field(description="softmax probability")
-
-
-class PredictResponse(BaseModel):
-    filename: str = Field(description="the uploaded file's name, or 'body' for a raw request body")
-    top: list[ClassProb] = Field(description="the top-k classes, most probable first")
-
-
-class BatchItem(BaseModel):
-    filename: str
-    status: int = Field(description="200, or the status this file alone would have got (415, 422)")
-    top: list[ClassProb] | None = None
-    error: str | None = None
-
-
-class BatchResponse(BaseModel):
-    results: list[BatchItem] = Field(description="one entry per uploaded file, in order")
-
-
-class ErrorResponse(BaseModel):
-    detail: str
-
-
-class HealthResponse(BaseModel):
-    status: str
-    decode_mb_in_use: float = Field(description="decode memory reserved now, of limits.max_decode_mb")
-    queued: int = Field(description="images waiting for the model thread")
-    batches_run: int = Field(description="model calls so far")
-    images_run: int = Field(description="images classified so far (images_run / batches_run = mean batch)")
-
-
-class InfoResponse(BaseModel):
-    format: str
-    arch: str
-    arch_args: dict
-    classes: list[str]
-    preprocess: dict
-    metrics: dict
-    created: str | None
-    backend: str
-    precision: str = Field(description="what the model runs in: bf16 or fp32 (see --precision)")
-    limits: dict
-    batching: dict
-
-
-def _errors(*codes: int) -> dict:
-    return {code: {"model": ErrorResponse} for code in codes}
-
-
-BINARY = {"type": "string", "format": "binary"}
-ONE_IMAGE_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": BINARY}, "required": ["file"]}},
-    "image/*": {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}}}}
-BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"files": {"type": "array", "items": BINARY, "maxItems": MAX_BATCH_FILES}},
-    "required": ["files"]}}}}}
 
 
 class ImageService:
@@ -153,6 +65,8 @@ class ImageService:
         self.batcher = Batcher(self.predictor.probabilities, settings.max_batch, settings.batch_wait_ms,
                                settings.max_queue)
         self.budget = DecodeBudget(int(settings.max_decode_mb * 1e6), settings.admission_wait_s)
+        self.explainer: Explainer | None = None  # made at the first /explain (a copy of the weights)
+        self.explain_lock, self.explains_waiting = asyncio.Lock(), 0
 
     def probe(self, data: bytes, name: str) -> tuple[int, int]:
         """(pixels, decode peak bytes) from the header alone; 415 for what we do not read, 422 for too many pixels."""
@@ -198,6 +112,34 @@ class ImageService:
         values, indices = probs.topk(min(topk, len(self.predictor.classes)))
         return [ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
                 for v, i in zip(values.tolist(), indices.tolist())]
+
+    async def explain(self, data: bytes, name: str, class_name: str | None) -> tuple[bytes, str, float]:
+        """(Grad-CAM overlay PNG, class, probability) of one image for class_name (None: the top-1)."""
+        if self.settings.backend != "torch":
+            raise HTTPException(501, "/explain needs the model's gradients; serve with --backend torch")
+        classes = self.predictor.classes
+        if class_name is not None and class_name not in classes:
+            raise HTTPException(422, f"class {class_name!r}: not one of the model's {len(classes)} classes (see /info)")
+        if self.explains_waiting >= self.settings.max_queue:
+            raise overloaded(f"{self.explains_waiting} explanations are already waiting; retry shortly")
+        _, peak = await run_in_threadpool(self.probe, data, name)
+        await self.budget.reserve(peak, name)
+        try:
+            tensor = await run_in_threadpool(self.prepare, data, name)
+        finally:
+            await self.budget.release(peak)
+        self.explains_waiting += 1
+        try:
+            async with self.explain_lock:  # one backward at a time, waiting here rather than in a thread
+                if self.explainer is None:
+                    p = self.predictor
+                    self.explainer = await run_in_threadpool(Explainer, p.model, p.loaded.preprocess, p.device,
+                                                             private_copy=True)  # a copy: not in the loop
+                index = None if class_name is None else classes.index(class_name)
+                explanation = await run_in_threadpool(self.explainer.explain, tensor, index)
+        finally:
+            self.explains_waiting -= 1
+        return png_bytes(explanation.overlay()), classes[explanation.class_index], explanation.prob
 
     async def top_of_batch(self, uploads: list[tuple[str, bytes]], topk: int) -> list[BatchItem]:
         """One BatchItem per file; 413 for the whole request over --max-batch-pixels."""
@@ -281,6 +223,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error (details are in the server log)"}, 500)
 
 
+def _add_explain_route(app: FastAPI, service: ImageService) -> None:
+    """POST /explain: the Grad-CAM overlay of one image (see the module docstring)."""
+    @app.post("/explain", response_class=Response, openapi_extra=ONE_IMAGE_BODY,
+              responses={**EXPLAIN_RESPONSE, **errors(400, 408, 413, 415, 422, 501, 503)},
+              summary="Grad-CAM overlay (PNG) of one image for a class (default: the top-1)")
+    async def explain(request: Request, class_name: str | None = Query(
+            None, alias="class", description="the class to explain (default: the predicted one)")) -> Response:
+        uploads = await _uploads(request, "file")
+        if len(uploads) > 1:
+            raise HTTPException(400, f"{len(uploads)} files sent to /explain; send one image")
+        name, data = uploads[0]
+        png, explained, prob = await service.explain(data, name, class_name)
+        return Response(png, media_type="image/png",
+                        headers={"X-Class": urllib.parse.quote(explained), "X-Probability": f"{prob:.6f}"})
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     """The FastAPI app for one model; loads and verifies the model now, starts the batcher on startup."""
     service = ImageService(settings)
@@ -300,7 +258,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     _install_error_handlers(app)
     topk_query = Query(5, ge=1, le=1000, description=f"how many classes to return (at most {len(classes)})")
 
-    @app.post("/predict", response_model=PredictResponse, responses=_errors(400, 408, 413, 415, 422, 503),
+    @app.post("/predict", response_model=PredictResponse, responses=errors(400, 408, 413, 415, 422, 503),
               openapi_extra=ONE_IMAGE_BODY, summary="Top-k classes for one image")
     async def predict(request: Request, topk: int = topk_query) -> PredictResponse:
         uploads = await _uploads(request, "file")
@@ -309,13 +267,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
         name, data = uploads[0]
         return PredictResponse(filename=name, top=await service.top(data, name, topk))
 
-    @app.post("/predict/batch", response_model=BatchResponse, responses=_errors(400, 408, 413, 422),
+    @app.post("/predict/batch", response_model=BatchResponse, responses=errors(400, 408, 413, 422),
               openapi_extra=BATCH_BODY, summary="Top-k classes for several images (per-file errors)")
     async def predict_batch(request: Request, topk: int = topk_query) -> BatchResponse:
         uploads = await _uploads(request, "files")
         return BatchResponse(results=await service.top_of_batch(uploads, topk))
 
-    @app.get("/healthz", response_model=HealthResponse, responses=_errors(503), summary="Liveness")
+    _add_explain_route(app, service)
+
+    @app.get("/healthz", response_model=HealthResponse, responses=errors(503), summary="Liveness")
     async def healthz() -> HealthResponse | JSONResponse:
         batcher = service.batcher
         if not batcher.alive:

@@ -66,7 +66,13 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from ..predict import run_predict
     return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta, args.backend,
-                       args.precision)
+                       args.precision, args.explain)
+
+
+def cmd_rank(args) -> int:
+    from ..rank import run_rank
+    return run_rank(args.model, args.folder, args.out, args.by, args.diverse, args.limit, args.batch_size,
+                    args.precision)
 
 
 def cmd_report(args) -> int:
@@ -130,5 +136,5 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "lifelong": cmd_lifelong, "eval": cmd_eval,
-            "predict": cmd_predict, "report": cmd_report, "data": cmd_data, "models": cmd_models,
+            "predict": cmd_predict, "rank": cmd_rank, "report": cmd_report, "data": cmd_data, "models": cmd_models,
             "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}

@@ -144,7 +144,7 @@ def _add_deploy(sub) -> None:
                    help="images (folder or file) for the parity check; default ../shared/data if present, "
                         "else synthetic images")
 
-    p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch; GET /healthz, /info, /docs")
+    p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch, /explain; GET /healthz, /info, /docs")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=number(int, 1, 65535), default=8000)
@@ -173,6 +173,23 @@ def _add_deploy(sub) -> None:
     p.add_argument("--max-connections", type=int, default=64, help="concurrent connections; beyond it 503")
 
 
+def _add_rank(sub) -> None:
+    p = sub.add_parser("rank", help="order unlabelled images by the model's uncertainty: what to label next")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("folder", metavar="FOLDER", help="unlabelled images, searched recursively")
+    p.add_argument("--out", metavar="RANK.csv", required=True,
+                   help="the CSV to write (a DATA manifest: path,label,guess,guess_prob,uncertainty; fill in label)")
+    p.add_argument("--by", choices=["margin", "entropy"], default="margin",
+                   help="uncertainty score: margin = 1 - (p1 - p2), entropy = -sum p log p (default: margin)")
+    p.add_argument("--diverse", action="store_true",
+                   help="pick spread-out images (k-center greedy on the model's features among the "
+                        "5 x --limit most uncertain) instead of the plain most uncertain (default: off)")
+    p.add_argument("--limit", type=POSITIVE, default=None, metavar="N",
+                   help="write only the first N images (default: all)")
+    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32, help="images per model call (default 32)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
+
+
 def _add_commands(sub) -> None:
     _add_train(sub)
     _add_lr_find(sub)
@@ -194,6 +211,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
+    p.add_argument("--explain", metavar="OUT_DIR", default=None,
+                   help="also write a Grad-CAM overlay of each image's top-1 class to OUT_DIR/<name>.gradcam.png "
+                        "and list it in the output (torch backend only; default: no overlays)")
+    _add_rank(sub)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
     p.add_argument("run_dir", metavar="RUN_DIR")
