@@ -75,7 +75,8 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, calibration: d
     acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
     conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
     counts = np.array([b["count"] for b in bins])
-    ax.bar(lo, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy")
+    ax.bar(lo, acc, width=width, align="edge", color="#4c72b0", edgecolor="white",
+           label="accuracy" + (" (calibrated)" if before is not None else ""))
     ax.bar(lo, conf - acc, bottom=acc, width=width, align="edge", color="#dd8452", alpha=0.45,
            edgecolor="white", label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")

@@ -1,6 +1,11 @@
 """The self-describing model directory (DESIGN.md section 5): model.safetensors + model.json.
 
 Nothing here unpickles: weights are safetensors, metadata is JSON, and every field is checked on load.
+
+Optional field "calibration" (written by engine/calibrate.py at the end of train, calibration.py's record):
+{"calibrated": bool, "temperature": T, "fitted_on": "val" | null, "images": n, "nll_before", "nll_after",
+"ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
+softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
 """
 from __future__ import annotations
 
