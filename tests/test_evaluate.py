@@ -116,3 +116,25 @@ def test_confusion_heatmap_stays_readable_at_100_classes(tmp_path):
     with Image.open(tmp_path / "cm.png") as img:
         # at least ~16 px per class row/column so every class name carries a legible label
         assert img.width >= 100 * 16 and img.height >= 100 * 16
+
+
+def test_eval_uses_the_calibrated_probabilities_and_records_ece_before_and_after(tiny_data, tmp_path, capsys):
+    from resnetcls.modelfile import write_calibration
+    torch.manual_seed(0)
+    model = save_model_dir(tmp_path / "model", create_model("resnet18", 3, width=8), "resnet18", {"width": 8},
+                           ["blue", "green", "red"], make_preprocess(32))
+    args = [str(tiny_data), "--precision", "fp32"]
+    assert main(["eval", str(model), *args, "--out", str(tmp_path / "raw")]) == 0
+    raw = json.loads((tmp_path / "raw" / "metrics.json").read_text())
+    assert raw["calibration"]["temperature"] == 1.0 and raw["calibration"]["calibrated"] is False
+    assert raw["calibration"]["ece_before"] == pytest.approx(raw["calibration"]["ece_after"])
+    write_calibration(model, {"calibrated": True, "temperature": 0.3, "fitted_on": "val", "images": 20})
+    assert main(["eval", str(model), *args, "--out", str(tmp_path / "cal")]) == 0
+    assert "temperature 0.3; raw softmax ECE" in capsys.readouterr().out
+    cal = json.loads((tmp_path / "cal" / "metrics.json").read_text())
+    c = cal["calibration"]
+    assert c["temperature"] == 0.3 and c["calibrated"] is True and c["fitted_on"] == "val"
+    assert c["ece_before"] == pytest.approx(raw["ece"], abs=1e-6)      # before: the raw softmax
+    assert c["ece_after"] == cal["ece"] and c["nll_after"] == pytest.approx(cal["nll"], abs=1e-4)
+    assert c["nll_before"] == pytest.approx(raw["nll"], abs=1e-4) and cal["top1"] == raw["top1"]
+    assert sum(b["count"] for b in c["ece_bins_before"]) == 36

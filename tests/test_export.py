@@ -11,7 +11,7 @@ from resnetcls import export as export_mod
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.models import create_model
-from resnetcls.modelfile import load_model_dir, save_model_dir
+from resnetcls.modelfile import load_model_dir, save_model_dir, write_calibration
 from resnetcls.predict import Predictor
 from resnetcls.cli import main
 from tests.conftest import SHARED_DATA, run_cli
@@ -134,3 +134,25 @@ def test_unknown_backend_is_a_clear_error(exported_dir):
     model, _ = exported_dir
     with pytest.raises(Exception, match="--backend 'tensorrt'"):
         Predictor(model, backend="tensorrt")
+
+
+def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the_raw_logits(tmp_path, images):
+    model = make_tiny_model_dir(tmp_path / "model")
+    write_calibration(model, {"calibrated": True, "temperature": 0.2, "fitted_on": "val", "images": 40})
+    eager = Predictor(model, precision="fp32")
+    batch = torch.stack([eager.transform(decode_image(p)) for p in images])
+    expected, raw = eager.probabilities(batch), eager.logits(batch)
+    assert float((expected - raw.softmax(1)).abs().max()) > 1e-2  # T = 0.2 visibly sharpens them
+    result = run_cli("export", model, "--format", "onnx")
+    assert result.returncode == 0 and "-> PASS" in result.stdout, result.stderr
+    session = export_mod.onnx_session(model / "model.onnx")
+    assert float((export_mod.onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
+    assert float(np.abs(session.run(["logits"], {"input": batch.numpy()})[0] - raw.numpy()).max()) <= 1e-3
+    assert export_mod.read_export_metadata(model / "model.onnx")["temperature"] == "0.2"
+    onnx_backend = Predictor(model, backend="onnxruntime")  # uses the model.onnx just written
+    assert float((onnx_backend.probabilities(batch) - expected).abs().max()) <= 1e-4
+    out = tmp_path / "model.pt"
+    assert run_cli("export", model, "--format", "torchscript", "--out", out).returncode == 0
+    with torch.no_grad():
+        logits, probs = export_mod.load_torchscript(out)(batch)
+    assert float((probs - expected).abs().max()) <= 1e-4 and float((logits - raw).abs().max()) <= 1e-3

@@ -22,12 +22,14 @@ def test_each_figure_is_a_png(tmp_path):
               for e in (1, 2)]
     made = [figures.confusion_heatmap(np.array([[3, 1], [0, 4]]), ["red", "blue"], tmp_path / "c.png"),
             figures.reliability_diagram(bins, 0.1, tmp_path / "r.png"),
+            figures.reliability_diagram(bins, 0.05, tmp_path / "r2.png",  # raw and calibrated in one figure
+                                        {"temperature": 1.5, "ece_before": 0.2, "ece_bins_before": bins}),
             figures.contact_sheet(wrong, tmp_path / "w.png"),
             figures.training_curves(epochs, tmp_path / "t.png"),
             figures.accuracy_matrix_heatmap([[0.9, 0.1], [0.7, 0.8]], [0.1, 0.1], ["t1", "t2"], ["t1", "t2"],
                                             tmp_path / "R.png"),
             figures.image_grid(np.zeros((5, 16, 16, 3), np.uint8), ["a"] * 5, tmp_path / "g.png", "grid")]
-    assert [p.name for p in made] == ["c.png", "r.png", "w.png", "t.png", "R.png", "g.png"]
+    assert [p.name for p in made] == ["c.png", "r.png", "r2.png", "w.png", "t.png", "R.png", "g.png"]
     assert all(min(_is_png(p)) > 100 for p in made)
 
 

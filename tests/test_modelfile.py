@@ -10,7 +10,7 @@ import torch
 from resnetcls.cli import main
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.errors import UserError
-from resnetcls.modelfile import FORMAT, load_model_dir, save_model_dir, sha256_file
+from resnetcls.modelfile import FORMAT, load_model_dir, save_model_dir, sha256_file, write_calibration
 from resnetcls.models import create_model
 
 ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
@@ -194,3 +194,28 @@ def test_saving_refuses_what_loading_would_refuse(tmp_path):
         save_model_dir(tmp_path / "m", create_model("resnet18", 3, **ARGS), "resnet18", ARGS, CLASSES,
                        {**PRE, "std": [0, 0, 0]})
     assert not (tmp_path / "m").exists()
+
+
+def test_a_model_dir_without_a_calibration_record_loads_with_t_1(model_dir):
+    assert "calibration" not in json.loads((model_dir / "model.json").read_text())  # as every older model dir
+    assert load_model_dir(model_dir).temperature == 1.0
+
+
+def test_write_calibration_stores_the_record_and_keeps_the_hashes_valid(copy):
+    weights = sha256_file(copy / "model.safetensors")
+    write_calibration(copy, {"calibrated": True, "temperature": 1.7, "fitted_on": "val", "images": 40})
+    loaded = load_model_dir(copy)  # checks both hashes
+    assert loaded.temperature == 1.7 and loaded.meta["calibration"]["images"] == 40
+    assert loaded.meta["sha256"]["model.safetensors"] == weights and loaded.classes == CLASSES
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"temperature": -1.0}, "calibration.temperature=-1.0 must be a positive number"),
+    ({"temperature": "2"}, "calibration.temperature='2' must be a positive number"),
+    ([1.5], "calibration must be an object"),
+])
+def test_a_broken_calibration_record_is_refused_naming_the_field(copy, capsys, record, message):
+    edit_meta(copy, calibration=record)
+    cli_refuses(copy, capsys, message)
+    with pytest.raises(UserError, match="calibration"):
+        write_calibration(copy, record if isinstance(record, dict) else {"temperature": 0})

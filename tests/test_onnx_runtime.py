@@ -3,7 +3,7 @@ weights, otherwise an in-memory export that says how to skip it next time; same 
 import torch
 
 from resnetcls import onnx_runtime
-from resnetcls.modelfile import load_model_dir
+from resnetcls.modelfile import load_model_dir, write_calibration
 from resnetcls.onnx_runtime import ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session_for
 from tests.test_export import make_tiny_model_dir
 
@@ -28,3 +28,16 @@ def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_pat
     onnx_session_for(other)
     assert "exported from other weights; exporting again in memory" in capsys.readouterr().err
     assert exports == [model, other.path]
+
+
+def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature_is_stored(tmp_path, capsys):
+    model = make_tiny_model_dir(tmp_path / "model")
+    (model / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model)))  # exported at T = 1
+    write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 20})
+    loaded = load_model_dir(model)
+    session = onnx_session_for(loaded)
+    assert "exported with temperature 1.0, model.json has 0.5; exporting again in memory" in capsys.readouterr().err
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = (loaded.model(batch) / 0.5).softmax(1)
+    assert float((onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4

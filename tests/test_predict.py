@@ -139,3 +139,24 @@ def test_explain_errors_are_one_line_user_errors(tiny_run, tiny_data, tmp_path, 
     assert code == 2 and err.startswith("resnetcls: error: --explain") and "cannot write there" in err
     code, _, err = run(capsys, tiny_run, image, "--explain", tmp_path / "cams", "--backend", "onnxruntime")
     assert code == 2 and "--backend torch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_probabilities_are_the_softmax_of_the_logits_divided_by_the_temperature(tmp_path, tiny_data, capsys):
+    from resnetcls.modelfile import write_calibration
+    from tests.test_export import make_tiny_model_dir
+    model = make_tiny_model_dir(tmp_path / "model")
+    image = tiny_data / "red" / "1.jpg"
+    before = Predictor(model, precision="fp32").predict([str(image)], topk=3)[0].top
+    write_calibration(model, {"calibrated": True, "temperature": 0.25, "fitted_on": "val", "images": 30})
+    predictor = Predictor(model, precision="fp32")
+    batch = predictor.transform(decode_image(image))[None]
+    with torch.no_grad():
+        logits = predictor.loaded.model(batch)
+    assert predictor.temperature == 0.25
+    assert torch.allclose(predictor.probabilities(batch), (logits / 0.25).softmax(1), atol=1e-6)
+    assert torch.allclose(predictor.logits(batch), logits, atol=1e-6)
+    code, out, err = run(capsys, model, image, "--format", "json", "--precision", "fp32", "--topk", "3")
+    top = json.loads(out)[0]["top"]
+    assert [t["class"] for t in top] == [c for c, _ in before]  # same ranking, sharper probabilities
+    assert top[0]["prob"] == pytest.approx(float((logits / 0.25).softmax(1).max()), abs=1e-5)
+    assert top[0]["prob"] > before[0][1]

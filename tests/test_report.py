@@ -107,3 +107,17 @@ def test_a_malformed_lr_find_json_is_one_line_naming_the_file(tmp_path, capsys):
     assert "lr_find.json: unreadable LR range test" in err and "suggested_lr" in err
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no lr_find.json" in capsys.readouterr().err
+
+
+def test_the_report_shows_calibration_before_and_after(tiny_run, tiny_data, tmp_path):
+    from resnetcls.modelfile import write_calibration
+    assert "Not calibrated: probabilities are the raw softmax" in (tiny_run / "report.html").read_text()
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    write_calibration(run / "best", {"calibrated": True, "temperature": 1.6, "fitted_on": "val", "images": 30})
+    assert main(["eval", str(run), str(tiny_data)]) == 0
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "<h3 id='calibration'>Calibration</h3>" in page and "fitted on 30 val images" in page
+    for card in ("temperature", "ECE before", "ECE after", "NLL before", "NLL after"):
+        assert f"<span>{card}</span>" in page
+    assert 'id="fig-reliability"' in page

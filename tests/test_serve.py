@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from resnetcls.modelfile import write_calibration
 from tests.test_export import CLASSES, make_tiny_model_dir
 
 MAX_BODY = 200_000  # bytes, small so the 413 test is cheap
@@ -64,15 +65,16 @@ def png_bytes(width: int, height: int, colour=(200, 30, 30)) -> bytes:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model = make_tiny_model_dir(root / "model")
+    write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 20})
     proc, url = start_server(model, root / "server.log", "--max-body-mb", str(MAX_BODY / 1e6),
                              "--max-pixels", str(MAX_PIXELS), "--batch-wait-ms", "2")
-    yield url
+    yield url, model
     stop_server(proc)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server, timeout=30) as c:
+    with httpx.Client(base_url=server[0], timeout=30) as c:
         yield c
 
 
@@ -89,6 +91,20 @@ def test_healthz_and_info(client):
     assert info["classes"] == CLASSES and info["arch"] == "resnet18" and info["preprocess"]["image_size"] == 32
     assert "sha256" not in info and info["limits"]["max_pixels"] == MAX_PIXELS
     assert info["precision"] in ("bf16", "fp32")  # what --precision auto picked on this machine
+
+
+def test_served_probabilities_are_calibrated_with_the_model_temperature(client, server):
+    from resnetcls.data.decode import decode_image
+    from resnetcls.predict import Predictor
+    info = client.get("/info").json()
+    assert info["calibration"]["temperature"] == 0.5
+    image = png_bytes(50, 40)
+    served = client.post("/predict?topk=3", content=image, headers={"content-type": "image/png"}).json()["top"]
+    local = Predictor(server[1], precision=info["precision"])
+    probs = local.probabilities(local.transform(decode_image(image))[None])[0]
+    tolerance = 1e-4 if info["precision"] == "fp32" else 2e-2  # bf16 logits carry about 3 significant digits
+    assert [t["class"] for t in served] == [CLASSES[i] for i in probs.argsort(descending=True).tolist()]
+    assert max(abs(t["prob"] - float(probs[CLASSES.index(t["class"])])) for t in served) <= tolerance
 
 
 def test_predict_multipart_and_raw_body_agree(client):
@@ -210,7 +226,7 @@ def _one_request(client: httpx.Client, i: int) -> tuple[int, int, float]:
 
 def test_bounded_load_with_malformed_requests_never_breaks_the_server(client, server):
     requests, concurrency = 300, 8
-    clients = [httpx.Client(base_url=server, timeout=30) for _ in range(concurrency)]
+    clients = [httpx.Client(base_url=server[0], timeout=30) for _ in range(concurrency)]
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:  # a dropped connection raises here and fails the test
         outcomes = list(pool.map(lambda i: _one_request(clients[i % concurrency], i), range(requests)))

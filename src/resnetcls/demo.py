@@ -44,7 +44,9 @@ def run_demo(out: str | Path = "demo-run", classes: int = 10, per_class: int = 1
     write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers, result.train_samples)
     _say("[3/4] evaluating the best model on the held-out test split")
     metrics = evaluate_model(run_dir, str(manifest), run_dir / "eval")
-    print(f"test top1 {metrics['top1']:.2%}  top5 {metrics['top5']:.2%} on {metrics['images']} images")
+    c = metrics["calibration"]
+    print(f"test top1 {metrics['top1']:.2%}  top5 {metrics['top5']:.2%} on {metrics['images']} images; ECE "
+          f"{c['ece_after']:.3f} calibrated (temperature {c['temperature']:.3g}), {c['ece_before']:.3f} raw softmax")
     report = write_report(run_dir)  # again, now showing the test split's numbers and figures
     _say("[4/4] predicting a few held-out images")
     samples, split = read_csv(manifest)

@@ -3,7 +3,9 @@
 OUT/metrics.json holds every number; OUT/per_class.csv, OUT/confusion_matrix.csv, and the figures
 confusion_matrix.png, reliability.png and most_confident_wrong.png show them. The last shows each image as
 the model saw it beside its Grad-CAM overlay for the (wrong) predicted class: where the model found the
-evidence that misled it (explain.py).
+evidence that misled it (explain.py). Every number comes from the probabilities predict and serve give:
+calibrated with model.json's temperature (calibration.py); metrics.json's "calibration" holds the
+temperature and ECE/NLL before (raw softmax) and after.
 """
 from __future__ import annotations
 
@@ -16,30 +18,15 @@ import numpy as np
 import torch
 
 from .atomic import csv_text, write_text_atomic
+from .calibration import calibrated_probabilities, calibration_error, nll
 from .data.loader import build_loader
 from .data.sources import Samples, load_eval_samples
 from .errors import UserError
 from .explain import Explainer
 from .predict import Predictor
 
-ECE_BINS = 15
 FIGURES = {"confusion": "confusion_matrix.png", "reliability": "reliability.png",
            "wrong": "most_confident_wrong.png"}
-
-
-def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> tuple[float, list]:
-    """Expected calibration error over equal-width confidence bins (Guo et al. 2017), and the bins."""
-    edges = torch.linspace(0, 1, bins + 1)
-    n, ece, table = len(confidence), 0.0, []
-    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
-        inside = (confidence > lo) & (confidence <= hi) if lo > 0 else confidence <= hi
-        count = int(inside.sum())
-        conf = float(confidence[inside].mean()) if count else None
-        acc = float(correct[inside].float().mean()) if count else None
-        if count:
-            ece += count / n * abs(acc - conf)
-        table.append({"lo": round(lo, 4), "hi": round(hi, 4), "count": count, "confidence": conf, "accuracy": acc})
-    return ece, table
 
 
 def _per_class(confusion: np.ndarray, classes: list[str]) -> dict:
@@ -71,7 +58,7 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
     np.add.at(confusion, (labels.numpy(), pred.numpy()), 1)
     per_class = _per_class(confusion, classes)
     present = [c for c in classes if per_class[c]["support"]]
-    ece, bins = calibration(confidence, pred == labels)
+    ece, bins = calibration_error(confidence, pred == labels)
     pairs = [(int(confusion[i, j]), classes[i], classes[j]) for i, j in zip(*np.nonzero(confusion)) if i != j]
     nll = float(-torch.log(probs[torch.arange(n), labels].clamp_min(1e-12)).mean())
     return {
@@ -96,18 +83,30 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
 
 
 def run_model(predictor: Predictor, samples: Samples, batch_size: int, num_workers: int):
-    """(probs, labels, sample indices, bad images) over samples, in the model's preprocessing."""
+    """(raw logits, labels, sample indices, bad images) over samples, in the model's preprocessing."""
     loader = build_loader(samples, predictor.transform, batch_size, shuffle=False, num_workers=num_workers)
-    probs, labels, index, bad = [], [], [], []
+    logits, labels, index, bad = [], [], [], []
     for batch in loader:
         bad += batch["bad"]
         if batch["images"] is not None:
-            probs.append(predictor.probabilities(batch["images"]))
+            logits.append(predictor.logits(batch["images"]))
             labels.append(torch.as_tensor(batch["labels"]))
             index.append(torch.as_tensor(batch["index"]))
-    if not probs:
+    if not logits:
         return None, None, None, bad
-    return torch.cat(probs), torch.cat(labels), torch.cat(index), bad
+    return torch.cat(logits), torch.cat(labels), torch.cat(index), bad
+
+
+def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, predictor: Predictor, metrics: dict) -> dict:
+    """The model's temperature and, on this data, ECE and NLL of the raw softmax (before) and of the calibrated
+    probabilities every other number here is computed from (after), with the raw softmax's reliability bins."""
+    confidence, pred = calibrated_probabilities(logits).max(dim=1)
+    ece_before, bins_before = calibration_error(confidence, pred == labels)
+    record = predictor.loaded.meta.get("calibration", {})
+    return {"temperature": predictor.temperature, "calibrated": bool(record.get("calibrated", False)),
+            "fitted_on": record.get("fitted_on"), "fitted_images": record.get("images"),
+            "ece_before": ece_before, "ece_after": metrics["ece"], "nll_before": nll(logits, labels),
+            "nll_after": nll(logits, labels, predictor.temperature), "ece_bins_before": bins_before}
 
 
 def most_confident_wrong(probs, labels, index, samples: Samples, classes: list[str], k: int) -> list[dict]:
@@ -151,7 +150,8 @@ def write_figures(metrics: dict, out: Path, wrong_views: list | None = None) -> 
     keep = [i for i in range(len(metrics["classes"])) if confusion[i].sum() or confusion[:, i].sum()]
     figures.confusion_heatmap(confusion[np.ix_(keep, keep)], [metrics["classes"][i] for i in keep],
                               out / FIGURES["confusion"])
-    figures.reliability_diagram(metrics["ece_bins"], metrics["ece"], out / FIGURES["reliability"])
+    figures.reliability_diagram(metrics["ece_bins"], metrics["ece"], out / FIGURES["reliability"],
+                                metrics.get("calibration"))
     figures.contact_sheet(metrics["most_confident_wrong"], out / FIGURES["wrong"], views=wrong_views)
     return dict(FIGURES)
 
@@ -161,12 +161,14 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
     """Evaluate already-labelled samples (in the model's class order); write every output into out."""
     if not len(samples):
         raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
-    probs, labels, index, bad = run_model(predictor, samples, batch_size, num_workers)
+    logits, labels, index, bad = run_model(predictor, samples, batch_size, num_workers)
     for path, reason in bad:
         print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
-    if probs is None:
+    if logits is None:
         raise UserError(f"{about.get('data', 'DATA')}: none of the {len(samples)} images could be decoded")
+    probs = calibrated_probabilities(logits, predictor.temperature)  # what predict and serve give
     metrics = compute_metrics(probs, labels, predictor.classes)
+    metrics["calibration"] = calibration_summary(logits, labels, predictor, metrics)
     metrics["most_confident_wrong"] = most_confident_wrong(probs, labels, index, samples, predictor.classes,
                                                            wrong_k)
     metrics.update({"model": str(predictor.loaded.path), **about, "inference_precision": predictor.precision,

@@ -2,7 +2,8 @@
 
 Both formats take the same input as the eager model: float32 (N, 3, S, S) RGB images, resized, cropped and
 normalised as recorded in `preprocess` (which travels in the file's metadata with the class names), with a
-dynamic batch size N. Both give two outputs: `logits` and `probabilities` (softmax over the classes).
+dynamic batch size N. Both give two outputs: `logits` (raw) and `probabilities` (the calibrated softmax over
+the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from .atomic import write_atomic
+from .calibration import calibrated_probabilities
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
@@ -41,7 +43,7 @@ class ExportCheckFailed(RuntimeError):
 
 def torchscript_bytes(loaded: LoadedModel) -> bytes:
     """Trace and freeze (folds BN into convs); model.json rides along as an extra file."""
-    wrapped = ProbabilityHead(loaded.model).eval()
+    wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users still ask for it
         traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
@@ -152,9 +154,10 @@ class ParityResult:
 
 
 def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
-    """Compare `run(batch) -> probabilities` with the eager fp32 model, batched and at batch size 1."""
+    """Compare `run(batch) -> probabilities` with the eager fp32 model's calibrated probabilities, batched and
+    at batch size 1."""
     with torch.inference_mode():
-        reference = loaded.model(images.tensors).float().softmax(dim=1)
+        reference = calibrated_probabilities(loaded.model(images.tensors), loaded.temperature)
         exported = run(images.tensors).float()
         single = run(images.tensors[:1]).float()
     agree = int((reference.argmax(1) == exported.argmax(1)).sum())

@@ -62,21 +62,36 @@ def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, tit
     return _save(fig, path)
 
 
-def reliability_diagram(bins: list[dict], ece: float, path: Path) -> Path:
-    """Accuracy against confidence per bin, with the diagonal of perfect calibration and the ECE."""
+def reliability_diagram(bins: list[dict], ece: float, path: Path, calibration: dict | None = None) -> Path:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration and the ECE.
+
+    calibration (eval's metrics["calibration"]): with a temperature other than 1, the bars are the calibrated
+    probabilities and the raw softmax's bins (ece_bins_before) are drawn over them as a line, both ECEs in the
+    title."""
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
+    before = calibration if calibration and calibration.get("temperature", 1.0) != 1.0 else None
     lo = np.array([b["lo"] for b in bins])
     width = np.array([b["hi"] - b["lo"] for b in bins])
     acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
     conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
     counts = np.array([b["count"] for b in bins])
-    ax.bar(lo, acc, width=width, align="edge", color="#4c72b0", edgecolor="white", label="accuracy")
+    ax.bar(lo, acc, width=width, align="edge", color="#4c72b0", edgecolor="white",
+           label="accuracy" + (" (calibrated)" if before is not None else ""))
     ax.bar(lo, conf - acc, bottom=acc, width=width, align="edge", color="#dd8452", alpha=0.45,
            edgecolor="white", label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    title = f"Reliability diagram (ECE {ece:.3f})"
+    if before is not None:
+        raw = [b for b in before["ece_bins_before"] if b["count"]]
+        ax.plot([b["confidence"] for b in raw], [b["accuracy"] for b in raw], "o-", color="#c44e52", markersize=4,
+                label=f"before calibration (ECE {before['ece_before']:.3f})")
+        hist.step([b["lo"] for b in before["ece_bins_before"]], [b["count"] for b in before["ece_bins_before"]],
+                  where="post", color="#c44e52", linewidth=1)
+        title = (f"Reliability: ECE {before['ece_before']:.3f} raw -> {ece:.3f} calibrated "
+                 f"(T = {before['temperature']:.3g})")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     hist.bar(lo, counts, width=width, align="edge", color="#8c8c8c", edgecolor="white")
     hist.set_xlabel("confidence (top-1 probability)")

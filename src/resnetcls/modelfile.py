@@ -1,6 +1,11 @@
 """The self-describing model directory (DESIGN.md section 5): model.safetensors + model.json.
 
 Nothing here unpickles: weights are safetensors, metadata is JSON, and every field is checked on load.
+
+Optional field "calibration" (written by engine/calibrate.py at the end of train, calibration.py's record):
+{"calibrated": bool, "temperature": T, "fitted_on": "val" | null, "images": n, "nll_before", "nll_after",
+"ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
+softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from torch import nn
 from .atomic import building_dir, recover_dir, write_atomic, write_text_atomic
 from .data.geometry import INTERPOLATIONS
 from .errors import UserError
-from .limits import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_number,
-                     rgb_problem)
+from .limits import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number,
+                     is_number, rgb_problem)
 from .models import MODELS, create_model
 from .models.resnet import STEMS
 
@@ -45,6 +50,17 @@ class LoadedModel:
     @property
     def preprocess(self) -> dict:
         return self.meta["preprocess"]
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature probabilities are computed with (1 for a model without a record)."""
+        return temperature_of(self.meta)
+
+
+def temperature_of(meta: dict) -> float:
+    """model.json's calibration.temperature; model directories written before calibration existed have no
+    "calibration" field and load as T = 1 (the raw softmax they always gave)."""
+    return float(meta.get("calibration", {}).get("temperature", 1.0))
 
 
 def sha256_file(path: Path) -> str:
@@ -83,6 +99,18 @@ def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_ar
         meta["sha256"] = {WEIGHTS: sha256_file(tmp / WEIGHTS), META: content_sha256(meta)}
         write_text_atomic(tmp / META, json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def write_calibration(path: str | os.PathLike, record: dict) -> Path:
+    """Store record as model.json's "calibration" field (weights untouched), its content hash updated; the
+    file is replaced atomically, so a kill leaves the old or the new model.json, both loadable."""
+    model_dir = Path(path)
+    meta = read_meta(model_dir)
+    meta = {**{k: v for k, v in meta.items() if k != "sha256"}, "calibration": record}
+    check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, model_dir / META)
+    meta["sha256"] = {WEIGHTS: sha256_file(model_dir / WEIGHTS), META: content_sha256(meta)}
+    write_text_atomic(model_dir / META, json.dumps(meta, indent=2) + "\n")
+    return model_dir
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -151,6 +179,15 @@ def _check_preprocess(pre, where: Path) -> None:
         _check(not problem, where, f"preprocess.{key}={problem}")
 
 
+def _check_calibration(record, where: Path) -> None:
+    """The optional "calibration" record (engine/calibrate.py writes it): an object whose temperature, when
+    given, is a positive finite number (it divides the logits)."""
+    _check(isinstance(record, dict), where, "calibration must be an object")
+    value = record.get("temperature", 1.0)
+    _check(is_finite_number(value) and value > 0, where,
+           f"calibration.temperature={value!r} must be a positive number")
+
+
 def _is_digest(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
@@ -171,6 +208,7 @@ def check_meta(meta, where: Path) -> dict:
     _check_classes(meta["classes"], where)
     _check_preprocess(meta["preprocess"], where)
     _check(isinstance(meta.get("metrics", {}), dict), where, "metrics must be an object")
+    _check_calibration(meta.get("calibration", {}), where)
     hashes = meta["sha256"]
     _check(isinstance(hashes, dict) and _is_digest(hashes.get(WEIGHTS)), where,
            f"sha256.{WEIGHTS} must be a 64-digit hex digest")

@@ -3,7 +3,8 @@ and checks model.onnx) and predict.py (whose onnxruntime backend runs it): predi
 export command, so what both need lives here.
 
 An exported model takes float32 (N, 3, S, S) RGB images, preprocessed as recorded in `preprocess` (which
-travels in the file's metadata with the class names), and gives `logits` and `probabilities`.
+travels in the file's metadata with the class names), and gives `logits` (raw) and `probabilities`
+(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata).
 """
 from __future__ import annotations
 
@@ -16,21 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modelfile import WEIGHTS, LoadedModel
+from .modelfile import WEIGHTS, LoadedModel, temperature_of
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
 
 
 class ProbabilityHead(nn.Module):
-    """The classifier plus softmax, so exported files give probabilities without extra code."""
+    """The classifier plus the calibrated softmax, so exported files give probabilities without extra code:
+    (raw logits, softmax(logits / temperature)); temperature 1 is the plain softmax."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)  # a constant in the traced graph
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
-        return logits, logits.softmax(dim=1)
+        return logits, (logits / self.temperature).softmax(dim=1)
 
 
 def export_metadata(meta: dict) -> dict[str, str]:
@@ -42,7 +45,10 @@ def export_metadata(meta: dict) -> dict[str, str]:
         "classes": json.dumps(meta["classes"]),
         "preprocess": json.dumps(meta["preprocess"]),
         "weights_sha256": meta["sha256"][WEIGHTS],
-        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits, probabilities",
+        "temperature": repr(temperature_of(meta)),
+        "calibration": json.dumps(meta.get("calibration")),
+        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits (raw), probabilities "
+                 "(softmax(logits / temperature))",
     }
 
 
@@ -54,7 +60,7 @@ def example_input(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
 
 def onnx_bytes(loaded: LoadedModel) -> bytes:
     """Export through torch.export (the supported exporter) with a dynamic batch dimension."""
-    wrapped = ProbabilityHead(loaded.model).eval()
+    wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
         program = torch.onnx.export(wrapped, (example_input(loaded),), dynamo=True, external_data=False,
@@ -85,21 +91,44 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int = 0):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
-    """(N, 3, S, S) float tensor -> (N, classes) probabilities from an ONNX Runtime session."""
+def onnx_output(session, batch: torch.Tensor, name: str) -> torch.Tensor:
+    """(N, 3, S, S) float tensor -> the (N, classes) output `name` of an ONNX Runtime session."""
     feed = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
-    return torch.from_numpy(session.run(["probabilities"], {"input": feed})[0])
+    return torch.from_numpy(session.run([name], {"input": feed})[0])
+
+
+def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) float tensor -> (N, classes) calibrated probabilities from an ONNX Runtime session."""
+    return onnx_output(session, batch, "probabilities")
+
+
+def onnx_logits(session, batch: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) float tensor -> (N, classes) raw logits from an ONNX Runtime session."""
+    return onnx_output(session, batch, "logits")
+
+
+def exported_temperature(meta: dict[str, str]) -> float | None:
+    """The temperature an exported file was built with (1 for one exported before calibration existed);
+    None when its metadata says something that is not a number."""
+    try:
+        return float(meta.get("temperature", "1.0"))
+    except ValueError:
+        return None
 
 
 def onnx_session_for(loaded: LoadedModel, threads: int = 0):
     """ONNX Runtime session for a loaded model directory: its model.onnx when that was exported from these
-    exact weights, else an in-memory export (slower to start; nothing is written)."""
+    exact weights and calibration temperature, else an in-memory export (slower to start; nothing is written).
+    A file exported before calibration existed has no temperature: it is current only for T = 1."""
     path = loaded.path / ONNX_FILE
     if path.is_file():
         meta = read_onnx_metadata(path)
-        if meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]:
+        same_weights = meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
+        if same_weights and exported_temperature(meta) == loaded.temperature:
             return onnx_session(path, threads)
-        print(f"{path}: exported from other weights; exporting again in memory "
+        changed = ("from other weights" if not same_weights else
+                   f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}")
+        print(f"{path}: exported {changed}; exporting again in memory "
               f"(run `resnetcls export {loaded.path} --format onnx` to refresh it)", file=sys.stderr)
     else:
         print(f"{loaded.path}: no model.onnx; exporting in memory "

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
+from .calibration import calibrated_probabilities
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
 from .explain import Explainer, writable_dir
 from .hardware import pick_device, precision_name, resolve_amp, usable_cores
 from .modelfile import load_model_dir
-from .onnx_runtime import onnx_probabilities, onnx_session_for
+from .onnx_runtime import onnx_logits, onnx_probabilities, onnx_session_for
 
 FORMATS = ("table", "json", "csv")
 BACKENDS = ("torch", "onnxruntime")
@@ -56,6 +57,8 @@ class Predictor:
     on the CPU in fp32, giving the same top-k. precision (torch backend): "auto" is bf16 + channels_last where
     the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
     bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
+    Probabilities are calibrated: softmax(logits / T) with model.json's calibration temperature (T = 1 for a
+    model without one); the ONNX graph has the same T built in.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
@@ -77,18 +80,26 @@ class Predictor:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
         self.backend = backend
+        self.temperature = self.loaded.temperature
         self.session = onnx_session_for(self.loaded) if backend == "onnxruntime" else None
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed images -> (N, classes) softmax probabilities in fp32."""
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed images -> (N, classes) raw (uncalibrated) logits in fp32, on the CPU."""
         if self.session is not None:
-            return onnx_probabilities(self.session, batch)
+            return onnx_logits(self.session, batch)
         batch = batch.to(self.device, memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
             logits = self.model(batch)
-        return logits.float().softmax(dim=1).cpu()
+        return logits.float().cpu()
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed images -> (N, classes) calibrated probabilities softmax(logits / T), fp32."""
+        if self.session is not None:
+            return onnx_probabilities(self.session, batch)
+        return calibrated_probabilities(self.logits(batch), self.temperature)
 
     def load(self, path: str) -> torch.Tensor | str:
         """Decoded, preprocessed image, or the reason it cannot be used."""

@@ -193,6 +193,18 @@ def _per_class_table(m: dict) -> str:
             f'<table class="sortable" id="per-class"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
 
 
+def _calibration_part(c: dict | None) -> str:
+    """Temperature scaling's effect on the evaluated data (the reliability figure draws both curves)."""
+    if not c or not c.get("calibrated"):
+        return ("<h3 id='calibration'>Calibration</h3><p>Not calibrated: probabilities are the raw softmax "
+                "(temperature 1).</p>") if c else ""
+    return (f"<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
+            f"on {html.escape(str(c.get('fitted_images')))} {html.escape(str(c.get('fitted_on')))} images by NLL; "
+            "on this data:</p>" + _cards([("temperature", c["temperature"]), ("ECE before", c["ece_before"]),
+                                          ("ECE after", c["ece_after"]), ("NLL before", c["nll_before"]),
+                                          ("NLL after", c["nll_after"])]))
+
+
 def _eval_section(eval_dir: Path) -> str:
     path = eval_dir / "metrics.json"
     if not path.is_file():
@@ -207,7 +219,7 @@ def _eval_section(eval_dir: Path) -> str:
              _cards([("top-1", m["top1"]), (f"top-{m.get('top5_k', 5)}", m["top5"]),
                      ("balanced accuracy", m["balanced_accuracy"]), ("macro precision", m["macro_precision"]),
                      ("macro recall", m["macro_recall"]), ("macro F1", m["macro_f1"]), ("ECE", m["ece"]),
-                     ("NLL", m["nll"])])]
+                     ("NLL", m["nll"])]), _calibration_part(m.get("calibration"))]
     figs = [("confusion", "confusion_matrix.png", "confusion matrix"),
             ("reliability", "reliability.png", "reliability diagram"),
             ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM")]

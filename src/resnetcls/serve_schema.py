@@ -47,7 +47,7 @@ class ServeSettings:
 class ClassProb(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     class_: str = Field(alias="class", description="class name")
-    prob: float = Field(description="softmax probability")
+    prob: float = Field(description="calibrated probability: softmax(logits / T), T from model.json's calibration")
 
 
 class PredictResponse(BaseModel):
@@ -86,6 +86,7 @@ class InfoResponse(BaseModel):
     preprocess: dict
     metrics: dict
     created: str | None
+    calibration: dict | None = Field(None, description="the temperature and its fit; absent: T = 1 (raw softmax)")
     backend: str
     precision: str = Field(description="what the model runs in: bf16 or fp32 (see --precision)")
     limits: dict

@@ -1,5 +1,7 @@
 """torchrun on CPU (gloo, 2 processes): exact sharded evaluation, DDP equivalent to one process with the
 global batch, a failing rank ends the job, and a killed 2-process run resumes to the same weights."""
+import csv
+import json
 import os
 import random
 import re
@@ -101,6 +103,10 @@ def test_two_processes_train_with_one_writer(two_process_run):
     assert stderr.count("epoch 2/2  train loss") == 1  # rank 1 prints nothing
     assert (out / "final" / "model.safetensors").is_file() and (out / "best" / "model.json").is_file()
     assert not any(k.startswith("module.") for k in weights(out))  # the unwrapped model is saved
+    # the calibration fit saw every validation image once: each rank's shard, gathered
+    val_images = sum(row["split"] == "val" for row in csv.DictReader(open(out / "split.csv")))
+    record = json.loads((out / "best" / "model.json").read_text())["calibration"]
+    assert record["images"] == val_images > 0 and stderr.count("calibration:") == 1
 
 
 def test_two_processes_match_one_process_with_the_global_batch(two_process_run, pairs, tmp_path):

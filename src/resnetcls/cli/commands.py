@@ -58,7 +58,9 @@ def cmd_eval(args) -> int:
     from ..evaluate import evaluate_model
     m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
-    print(f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}")
+    c = m["calibration"]
+    print(f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}"
+          f"  (temperature {c['temperature']:.3g}; raw softmax ECE {c['ece_before']:.4f})")
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
 

@@ -17,13 +17,13 @@ import yaml
 
 from ..errors import UserError
 from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_config
-from .schema import (CkptConfig, Config, DataConfig, LifelongConfig, LogConfig, LossConfig, ModelConfig, OptimConfig,
-                     SchedConfig, TrainConfig, config_to_dict, flatten)
+from .schema import (CkptConfig, Config, DataConfig, EvalConfig, LifelongConfig, LogConfig, LossConfig, ModelConfig,
+                     OptimConfig, SchedConfig, TrainConfig, config_to_dict, flatten)
 
-__all__ = ["CHOICES", "RANGES", "SIZE_OR_ZERO", "CkptConfig", "Config", "DataConfig", "LifelongConfig", "LogConfig",
-           "LossConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig", "build_config", "config_from_dict",
-           "config_to_dict", "dump_yaml", "load_yaml", "parse_duration", "result_affecting_changes", "set_value",
-           "validate_config"]
+__all__ = ["CHOICES", "RANGES", "SIZE_OR_ZERO", "CkptConfig", "Config", "DataConfig", "EvalConfig", "LifelongConfig",
+           "LogConfig", "LossConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig", "build_config",
+           "config_from_dict", "config_to_dict", "dump_yaml", "load_yaml", "parse_duration", "result_affecting_changes",
+           "set_value", "validate_config"]
 
 
 def _all_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -139,7 +139,8 @@ def dump_yaml(cfg: Config) -> str:
 
 # Keys that may differ between a run and its resumption without changing what it computes.
 RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "data.num_workers", "data.on_bad",
-                    "data.cache_max_gb", "data.worker_start", "train.nonfinite", "ckpt.", "log.")
+                    "data.cache_max_gb", "data.worker_start", "train.nonfinite", "ckpt.", "log.",
+                    "eval.")  # eval.*: what happens after the last epoch, not what training computes
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:

@@ -104,6 +104,12 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    calibrate: bool = True          # fit a temperature on the val split at the end of train (calibration.py)
+                                    # and ship it in model.json; false = raw softmax (T = 1, recorded as such)
+
+
+@dataclass
 class LifelongConfig:
     tasks: str = ""                 # CSV column whose values are the tasks, "batches" (OpenLORIS) or "" (one task
                                     # per DATA argument)
@@ -127,6 +133,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     lifelong: LifelongConfig = field(default_factory=LifelongConfig)
 
 

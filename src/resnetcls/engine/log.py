@@ -75,7 +75,8 @@ def _truncate_after(path: Path, step: int, epoch: int) -> None:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        redone = r.get("kind") == "summary" or (r.get("kind") in EPOCH_KINDS and r.get("epoch", 0) >= epoch)
+        redone = (r.get("kind") in ("summary", "calibration")  # end-of-run records: logged again at the end
+                  or (r.get("kind") in EPOCH_KINDS and r.get("epoch", 0) >= epoch))
         if r.get("step", 0) <= step and not redone:
             kept.append(line)
     write_text_atomic(path, "".join(l + "\n" for l in kept))

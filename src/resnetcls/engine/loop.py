@@ -219,10 +219,13 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None, ctx: StepContext,
-             confusion: torch.Tensor | None = None, stop: Callable[[], bool] | None = None) -> EpochStats:
+             confusion: torch.Tensor | None = None, stop: Callable[[], bool] | None = None,
+             logits_out: list | None = None) -> EpochStats:
     """Loss, top-1 and top-5 over loader in eval mode; confusion (int64 CxC, rows true, columns predicted),
     when given, accumulates the predictions too. stop() is asked after every batch: when it says True the pass
-    ends there with stats.interrupted set (Ctrl-C during a long validation saves and exits promptly)."""
+    ends there with stats.interrupted set (Ctrl-C during a long validation saves and exits promptly).
+    logits_out, when given, gets (fp32 logits, labels) of every batch appended, on the CPU (the calibration
+    fit at the end of training, engine/calibrate.py)."""
     model.eval()
     stats = EpochStats()
     start = tick = time.perf_counter()
@@ -236,6 +239,8 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None, ctx: StepConte
                 logits = model(images).float()
             loss = loss_fn(logits, labels) if loss_fn is not None else torch.zeros(())
             stats.add(loss, logits, labels)
+            if logits_out is not None:
+                logits_out.append((logits.cpu(), labels.cpu()))
             if confusion is not None:
                 cells = labels.cpu() * confusion.shape[1] + logits.argmax(dim=1).cpu()
                 confusion.view(-1).index_add_(0, cells, torch.ones_like(cells))

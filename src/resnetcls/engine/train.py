@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..hardware import precision_name
 from ..modelfile import save_model_dir
 from . import distributed
+from .calibrate import calibrate_run
 from .budget import BudgetChoice, epochs_for_budget, measure_speed
 from .checkpoint import Checkpointer, RunState, restore_state
 from .autobatch import auto_batch_size
@@ -157,9 +158,11 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
             saved = ckpt.save(state, metrics if ended else None)  # an epoch's metrics rank its end checkpoint
             if where is not None:
                 stop_run(logger, f"interrupted {where}: saved {saved}", run_dir)
-    # Finish: the final model, the summary.
+    # Finish: the final model, the calibration temperature of both (fitted on val), the summary.
     save_model("final", metrics)
-    distributed.barrier()  # every rank reads best/ in finish() only once rank 0 has written it
+    distributed.barrier()  # every rank reads best/ and final/ only once rank 0 has written them
+    calibrate_run(run_dir, cfg.eval, data.val_loader, ctx, logger, writes, state.global_step)
+    distributed.barrier()  # ... and their calibrated model.json
     summary = finish(state, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger, t)
     return TrainResult(run_dir, summary, data.splits.val, data.splits.train)
 

@@ -1,0 +1,54 @@
+"""The end of training fits the temperature on the validation split and ships it in model.json."""
+import json
+
+import pytest
+
+from resnetcls.modelfile import load_model_dir
+from tests.conftest import TINY, run_cli
+
+# 12 of the 36 tiny images in val: enough for a fit (calibration.MIN_CALIBRATION_IMAGES).
+CALIBRATED = [*TINY, "--epochs", "2", "--set", "optim.lr=0.01", "--set", "data.val_fraction=0.34",
+              "--set", "train.amp=fp32"]
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "run"
+    result = run_cli("train", tiny_data, *CALIBRATED, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result.stderr
+
+
+def test_train_fits_a_temperature_on_val_stores_it_and_prints_one_line(calibrated_run):
+    out, stderr = calibrated_run
+    record = json.loads((out / "best" / "model.json").read_text())["calibration"]
+    assert record["calibrated"] is True and record["fitted_on"] == "val" and record["images"] == 12
+    assert record["nll_after"] <= record["nll_before"] + 1e-9  # the fit never does worse on what it saw
+    assert 0.1 <= record["temperature"] <= 10
+    line = next(l for l in stderr.splitlines() if l.startswith("calibration:"))
+    assert f"temperature {record['temperature']:.3g} on 12 val images: NLL {record['nll_before']:.3f} -> " in line
+    assert load_model_dir(out / "best").temperature == pytest.approx(record["temperature"])
+    # final/ has its own record (the same one when it holds the same weights); metrics.jsonl logs it too
+    assert json.loads((out / "final" / "model.json").read_text())["calibration"]["fitted_on"] == "val"
+    logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["temperature"] for r in logged if r["kind"] == "calibration"] == [record["temperature"]]
+
+
+def test_calibrate_false_records_t_1_as_not_calibrated(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", tiny_data, *CALIBRATED, "--set", "eval.calibrate=false", "--out", out)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "best" / "model.json").read_text())["calibration"]
+    assert record["calibrated"] is False and record["temperature"] == 1.0 and record["fitted_on"] is None
+    assert "calibration: none, temperature 1 (eval.calibrate=false)" in result.stderr
+
+
+def test_a_run_with_too_few_val_images_ships_t_1_and_says_why(tiny_run):
+    record = json.loads((tiny_run / "best" / "model.json").read_text())["calibration"]
+    assert record["calibrated"] is False and record["temperature"] == 1.0
+    assert "validation images; at least 10 are needed" in record["note"]
+
+
+def test_a_bad_calibrate_value_is_exit_2_naming_the_key(tiny_data, tmp_path):
+    result = run_cli("train", tiny_data, *TINY, "--set", "eval.calibrate=maybe", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "eval.calibrate" in result.stderr and "bool" in result.stderr
