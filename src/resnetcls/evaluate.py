@@ -133,7 +133,8 @@ def write_tables(metrics: dict, out: Path) -> None:
 
 def explain_wrong(predictor: Predictor, wrong: list[dict]) -> list[np.ndarray | None]:
     """Each wrong image's model input beside its Grad-CAM for the predicted class (None: unreadable now)."""
-    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device)
+    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device,
+                          temperature=predictor.temperature)
     index = {name: i for i, name in enumerate(predictor.classes)}
     views = []
     for item in wrong:

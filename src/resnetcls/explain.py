@@ -109,13 +109,14 @@ class Explainer:
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: dict, device: torch.device,
-                 method: str = "gradcam", private_copy: bool = False) -> None:
+                 method: str = "gradcam", private_copy: bool = False, temperature: float = 1.0) -> None:
         if method not in METHODS:
             raise UserError(f"explanation method {method!r}: expected one of {', '.join(METHODS)}")
         if not hasattr(model, "layer4"):
             raise UserError(f"{type(model).__name__}: Grad-CAM needs a ResNet with a layer4 stage")
         self.model = copy.deepcopy(model).float() if private_copy else model
         self.device, self.method = device, method
+        self.temperature = temperature  # model.json's calibration: the probabilities predict gives
         self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(preprocess["std"], dtype=torch.float32).view(3, 1, 1)
         self.lock = threading.Lock()
@@ -133,7 +134,7 @@ class Explainer:
                     torch.autocast(self.device.type, enabled=False):
                 x = image[None].to(self.device, torch.float32).clone().requires_grad_(True)
                 logits = self.model(x).float()
-                probs = logits.softmax(dim=1)[0].detach()
+                probs = (logits / self.temperature).softmax(dim=1)[0].detach()
                 index = int(probs.argmax()) if class_index is None else class_index
                 (grad,) = torch.autograd.grad(logits[0, index], kept["act"])
         finally:

@@ -193,7 +193,8 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
 
 def write_explanations(predictor: Predictor, results: list[Prediction], out_dir: Path) -> None:
     """Each result's Grad-CAM overlay of its top-1 class into out_dir; sets its `gradcam` path."""
-    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device)
+    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device,
+                          temperature=predictor.temperature)
     index = {name: i for i, name in enumerate(predictor.classes)}
     loaded = [(r, predictor.load(r.path)) for r in results]
     for r, image in loaded:
