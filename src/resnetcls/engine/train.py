@@ -135,7 +135,8 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     with StopRequest() as stop:
         while state.epoch <= t.epochs and not patience_ran_out(state, t.patience):
             # Progressive resizing: the epoch's training size, a function of the epoch (so resume-exact).
-            epoch, where, size = state.epoch, None, progressive_size(epoch, t.epochs, d.image_size, d.progressive)
+            epoch, where = state.epoch, None
+            size = progressive_size(epoch, t.epochs, d.image_size, d.progressive)
             data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size, size)
             if not run_epoch(state, step_model, data.train_loader, opt, loss_fn, ctx, logger, ckpt, stop, plan):
                 where = f"at epoch {epoch} step {state.stats.steps}"
@@ -214,9 +215,9 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
                 + (f", {world.size} processes x batch {t.batch_size}" if world.distributed else ""))
     if choice is not None:
         logger.info(choice.line())
+        logger.log({"kind": "time_budget", **choice.record()}, state.global_step)
     if d is not None and d.progressive > 0:
         logger.info(progressive_line(t.epochs, d.image_size, d.progressive))
-        logger.log({"kind": "time_budget", **choice.record()}, state.global_step)
     if world.is_main:
         write_split_csv(splits, run_dir / "split.csv")
         logger.info(f"split written to {run_dir / 'split.csv'}")
