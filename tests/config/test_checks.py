@@ -31,6 +31,8 @@ from tests.conftest import run_cli
     ("data.random_erasing=1.5", "config key data.random_erasing=1.5: must be in [0, 1]"),
     ("data.mixup=-0.2", "config key data.mixup=-0.2: must be in [0, 100]"),
     ("data.cutmix=.nan", "config key 'data.cutmix' must be a finite number"),
+    ("data.progressive=1", "config key data.progressive=1.0: must be in [0, 1)"),
+    ("data.progressive=-0.5", "config key data.progressive=-0.5: must be in [0, 1)"),
     ("train.patience=-1", "config key train.patience=-1: must be in [0, 1000000]"),
     ("train.time_budget=abc", "config key train.time_budget='abc': expected a duration such as 90s, 20m or 1.5h"),
     ("train.time_budget=-5m", "config key train.time_budget='-5m': expected a duration"),
@@ -81,3 +83,8 @@ def test_time_budgets_read_as_a_user_types_them(text, seconds):
 def test_unreadable_time_budgets_are_refused(text):
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+def test_progressive_resizing_is_off_by_default_and_takes_a_fraction():
+    assert build_config().data.progressive == 0.0
+    assert build_config(overrides=["data.progressive=0.5"]).data.progressive == 0.5

@@ -104,3 +104,16 @@ def test_the_same_seed_gives_the_same_mixed_batch_and_alphas_are_checked():
     assert not BatchMix(0.0, 0.0, 3).active
     with pytest.raises(UserError, match="data.cutmix"):
         BatchMix(0.0, -1.0, 3)
+
+
+@pytest.mark.parametrize("size", [16, 40, 64])
+def test_every_augmentation_works_at_each_progressive_size(size):
+    """Progressive resizing hands the augmentations smaller images early on: shapes and soft targets hold."""
+    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
+    for policy in ("trivialaugment", "randaugment"):
+        out = SampleAugment(policy, 1.0)(images[0], seed=size)
+        assert out.shape == (3, size, size) and out.dtype == torch.uint8
+    for mixup, cutmix in ((0.2, 0.0), (0.0, 1.0)):
+        mixed, targets = BatchMix(mixup, cutmix, 3)(images.float(), torch.tensor([0, 1, 2, 0]), seed=size)
+        assert mixed.shape == (4, 3, size, size)
+        assert torch.allclose(targets.sum(1), torch.ones(4))

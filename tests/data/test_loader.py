@@ -59,6 +59,33 @@ def test_batches_from_workers_equal_in_process_batches_even_when_kept(photos, tm
                 assert torch.equal(have["images"], want["images"])
 
 
+def test_progressive_sizes_reach_the_workers_with_the_sampler_and_share_the_final_size_ring(photos, tmp_path):
+    """Under data.progressive each epoch's size comes with the sampler's set_epoch; workers crop to it into
+    ring slots made for the final size. Batches equal the in-process ones at every size, kept or not."""
+    many = Samples(photos.paths * 2, photos.labels * 2, photos.classes)
+    transform = build_train_transform(make_preprocess(32), "trivialaugment", random_erasing=0.5)
+
+    def epochs(workers: int, finish: bool) -> list[dict]:
+        sampler = ResumableSampler(many.labels, "shuffle", seed=7)
+        loader = build_loader(many, transform, 3, shuffle=False, num_workers=workers, sampler=sampler,
+                              cache_dir=tmp_path, uint8_batches=not finish)
+        kept = []
+        for epoch, size in ((1, 16), (2, 24), (3, 32), (4, None)):
+            sampler.set_epoch(epoch, 0, size)
+            kept += [dict(b, size=size or 32) for b in loader]
+        return kept
+
+    for finish in (True, False):
+        expected, got = epochs(0, finish), epochs(2, finish)
+        assert len(got) == len(expected) > 4
+        for want, have in zip(expected, got):
+            assert have["index"].tolist() == want["index"].tolist()
+            if want["images"] is not None:
+                assert tuple(have["images"].shape[1:]) == (3, want["size"], want["size"])
+                assert have["images"].dtype == (torch.float32 if finish else torch.uint8)
+                assert torch.equal(have["images"], want["images"])
+
+
 def test_little_shared_memory_gives_the_same_batches_and_says_so(photos, tmp_path, monkeypatch, capsys):
     """In a container with a small /dev/shm the loader skips its batch ring (and says why) but delivers the
     same batches."""

@@ -72,3 +72,30 @@ def test_policy_and_erasing_in_train_crops_follow_the_sample_seeds(photos, tmp_p
 def test_unknown_augment_is_a_user_error_listing_the_choices():
     with pytest.raises(UserError, match="trivialaugment"):
         build_train_transform(make_preprocess(24), "autoaugment")
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "resize", "trivialaugment", "randaugment"])
+def test_train_crops_go_to_any_progressive_size_with_every_augmentation(photos, tmp_path, augment):
+    preprocess = make_preprocess(48, augment=augment)
+    transform = build_train_transform(preprocess, augment, random_erasing=1.0, color_jitter=0.3)
+    store = open_or_build(photos.paths[:2], transform.geometry, tmp_path)
+    images = [store.load(0), store.load(1)]
+    for size in (16, 32, 48):
+        batch = transform.crops(images, seeds=[3, 4], size=size)
+        assert batch.shape == (2, 3, size, size) and batch.dtype == torch.uint8
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+        assert transform.finish(batch).shape == (2, 3, size, size)
+    # size=None is the final size: the same crops as asking for it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        default = transform.crops(images, seeds=[3, 4])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        assert torch.equal(default, transform.crops(images, seeds=[3, 4], size=48))
+
+
+def test_eval_crops_refuse_another_size(photos, tmp_path):
+    transform = build_eval_batch_transform(make_preprocess(32))
+    store = open_or_build(photos.paths[:1], transform.geometry, tmp_path)
+    with pytest.raises(ValueError, match="eval centre crop"):
+        transform.crops([store.load(0)], size=16)

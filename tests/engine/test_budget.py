@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from resnetcls.engine.budget import BudgetChoice, epochs_for_budget, format_seconds, measure_speed
+from resnetcls.engine.budget import (BudgetChoice, epochs_for_budget, format_seconds, measure_speed, pixel_shares,
+                                     schedule_seconds)
 from resnetcls.engine.loop import Optimization, StepContext
 
 
@@ -30,6 +31,30 @@ def test_a_chosen_schedule_never_ends_more_than_10_percent_past_the_budget():
             n = epochs_for_budget(budget_s, epoch_s / 10, 10, 0)
             assert n * epoch_s <= 1.1 * budget_s or n == 1
             assert (n + 1) * epoch_s > 0.9 * budget_s  # and does not stop far short of it either
+
+
+def test_progressive_epochs_cost_their_share_of_the_final_size_pixels():
+    # 16 epochs at 128 px, progressive 0.5: 64 px (a quarter of the pixels) x3, 80 x3, 96 x3, 112 x3, 128 x4
+    shares = pixel_shares(16, 128, 0.5)
+    assert shares[0] == 0.25 and shares[-4:] == [1.0] * 4 and shares == sorted(shares)
+    share_sum = 3 * (64**2 + 80**2 + 96**2 + 112**2) / 128**2 + 4
+    assert schedule_seconds(16, 0.5, 10, 2.0, 1.0, 128, 0.5) == pytest.approx(0.5 * 10 * share_sum + 16 * 3.0)
+    assert schedule_seconds(16, 0.5, 10, 2.0, 1.0) == 16 * (0.5 * 10 + 3.0)  # off: every epoch at full size
+    assert pixel_shares(5, 128, 0.0) == [1.0] * 5
+
+
+def test_a_progressive_schedule_fits_more_epochs_into_the_same_budget_and_still_fits():
+    budget_s, step_s, steps, val_s = 600, 0.5, 100, 5
+    fixed = epochs_for_budget(budget_s, step_s, steps, val_s)
+    progressive = epochs_for_budget(budget_s, step_s, steps, val_s, image_size=224, progressive=0.5)
+    assert fixed == 11 and progressive > fixed  # cheaper early epochs leave room for more of them
+    predicted = schedule_seconds(progressive, step_s, steps, val_s, 0.0, 224, 0.5)
+    assert 0.9 * budget_s < predicted <= 1.1 * budget_s
+    assert schedule_seconds(progressive + 1, step_s, steps, val_s, 0.0, 224, 0.5) > predicted
+    choice = BudgetChoice(budget_s, step_s, val_s, steps, progressive,
+                          pixel_share=sum(pixel_shares(progressive, 224, 0.5)) / progressive)
+    assert choice.predicted_s == pytest.approx(predicted)
+    assert "progressive resizing" in choice.line() and "progressive" not in BudgetChoice(600, 0.5, 5, 100, 11).line()
 
 
 def test_an_epoch_without_time_is_refused():

@@ -183,3 +183,32 @@ def test_bad_time_budget_or_patience_is_exit_2_naming_the_flag_or_key(tiny_data,
     result = run_cli("train", tiny_data, *args, "--out", tmp_path / "r")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_progressive_resizing_grows_the_training_size_and_validates_and_ships_the_final_size(
+        tiny_data, tmp_path, monkeypatch):
+    from resnetcls.data.transforms import BatchTransform
+    crops, seen = BatchTransform.crops, []
+
+    def recording(self, images, into=None, seeds=None, size=None):
+        batch = crops(self, images, into, seeds, size)
+        seen.append(("train" if self.random else "val", batch.shape[-1]))
+        return batch
+
+    monkeypatch.setattr(BatchTransform, "crops", recording)  # data.num_workers=0: crops run in this process
+    out = tmp_path / "r"
+    result = run_cli("train", tiny_data, *TINY, "--image-size", "64", "--epochs", "4", "--out", out,
+                     "--set", "data.progressive=0.5", "--set", "log.tensorboard=false")
+    assert result.returncode == 0, result.stderr
+    assert "progressive resizing: 32 -> 64 px, full size from epoch 4 of 4" in result.stderr
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    sizes = [r["train_size"] for r in records if r["kind"] == "epoch"]
+    assert sizes == [32, 32, 48, 64]  # growing, the last epoch (a quarter of 4) at the final size
+    for epoch, size in enumerate(sizes, 1):
+        line = next(l for l in result.stderr.splitlines() if l.startswith(f"epoch {epoch}/4"))
+        assert line.endswith(f"train size {size}px")
+    assert {s for kind, s in seen if kind == "val"} == {64}  # validation always at the final size
+    assert sorted({s for kind, s in seen if kind == "train"}) == [32, 48, 64]
+    for sub in ("best", "final"):
+        assert json.loads((out / sub / "model.json").read_text())["preprocess"]["image_size"] == 64
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["progressive"] == 0.5

@@ -101,7 +101,7 @@ def test_unknown_task_column_is_one_clear_error(manifest, tmp_path):
     assert "no column 'weather'" in r.stderr and "light" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("setting", ["train.time_budget=20m", "train.patience=3"])
+@pytest.mark.parametrize("setting", ["train.time_budget=20m", "train.patience=3", "data.progressive=0.5"])
 def test_train_only_settings_are_refused_rather_than_ignored(manifest, tmp_path, setting):
     r = run_cli("lifelong", manifest, *ARGS, "--tasks", "light", "--set", setting, "--out", tmp_path / "x")
     assert r.returncode == 2 and setting.split("=")[0] in r.stderr and "unset it for lifelong" in r.stderr

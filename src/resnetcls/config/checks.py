@@ -14,6 +14,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "model.width": (1, MAX_WIDTH, False, False),
     "data.image_size": (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, False, False),
     "data.min_crop_scale": (0, 1, True, False),
+    "data.progressive": (0, 1, False, True),  # 1 would be the final size from the start: off, said as 0
     "data.val_fraction": (0, 1, True, True),
     "data.num_workers": (-1, 256, False, False),
     "data.color_jitter": (0, 1, False, False),

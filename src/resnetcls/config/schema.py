@@ -20,6 +20,8 @@ class DataConfig:
     train: str = ""                 # DATA argument
     val: str = ""                   # optional separate validation DATA
     image_size: int = 224           # training / model input size
+    progressive: float = 0.0        # progressive resizing: epoch 1 trains at this fraction of image_size, growing
+                                    # to image_size at ~75% of the epochs (the rest at it); 0 = off, e.g. 0.5
     resize_size: int = 0            # eval resize of the short side; 0 = image_size / 0.875
     augment: str = "crop_flip"      # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
                                     # trivialaugment | randaugment (crop_flip, then that per-image policy)

@@ -8,7 +8,9 @@ Two paths, one batch format:
   the loader is built with uint8_batches=True, hands the uint8 batch over for the consumer to finish on its
   device with `loader.device_finish` (a GPU; lifelong replay joins stored images first). With
   workers, the uint8 pixels travel through a ring of shared-memory batch slots made once per loader (see
-  SlotBatchSampler): only labels and indices are pickled, and no page is mapped or zeroed per batch;
+  SlotBatchSampler): only labels and indices are pickled, and no page is mapped or zeroed per batch; under
+  progressive resizing each batch carries its epoch's size (data/sampler.py) and a slot made for the final
+  size holds the smaller crops in its first bytes;
 - a PIL transform (evaluate/predict style): decode + transform per image.
 Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as `sampler`.
 """
@@ -76,9 +78,17 @@ class _OnTheFly:
 
 
 class SlottedBatch(list):
-    """A batch's dataset indices plus the ring slot its pixels are written to."""
+    """A batch's dataset indices plus the ring slot its pixels are written to and the size to crop them to
+    (the sampler's image_size for the epoch; None: the transform's own)."""
 
     slot: int
+    size: int | None
+
+
+def slot_pixels(ring: torch.Tensor, slot: int, count: int, size: int) -> torch.Tensor:
+    """The (count, size, size, 3) uint8 batch in ring slot `slot`: its first bytes, so a slot allocated for
+    the final size also holds the smaller crops of progressive resizing. Writer and reader both use this."""
+    return ring[slot].view(-1)[:count * size * size * 3].view(count, size, size, 3)
 
 
 class SlotBatchSampler(BatchSampler):
@@ -88,16 +98,20 @@ class SlotBatchSampler(BatchSampler):
     and dispatches the next one only when it returns a batch; FinishingLoader copies each batch out of its
     slot before asking for the next. So with slots = prefetch_factor x num_workers + 1 a worker never writes
     into a slot whose pixels are still to be read. (Persistent workers finish and drop a stopped epoch's
-    batches before the next epoch dispatches anything.)"""
+    batches before the next epoch dispatches anything.)
+
+    Each batch also carries the sampler's `image_size` for the epoch (data/sampler.py's set_epoch), read when
+    the epoch's iteration starts, so workers learn the progressive size with the indices they receive."""
 
     def __init__(self, sampler, batch_size: int, drop_last: bool, slots: int) -> None:
         super().__init__(sampler, batch_size, drop_last)
         self.slots = slots
 
     def __iter__(self):
+        size = getattr(self.sampler, "image_size", None)
         for k, indices in enumerate(super().__iter__()):
             batch = SlottedBatch(indices)
-            batch.slot = k % self.slots
+            batch.slot, batch.size = k % self.slots, size
             yield batch
 
 
@@ -130,16 +144,18 @@ class StoredImageDataset(Dataset):
         if not good:
             return {"images": None, "labels": None, "index": None, "bad": bad}
         slot = getattr(indices, "slot", None) if self.ring is not None else None
+        size = getattr(indices, "size", None) or self.transform.size  # progressive resizing's epoch size
         seed = getattr(indices[0], "seed", None)  # data/sampler.py: augmentation seeded by place in the epoch
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             seeds = [i.seed for i in good] if seed is not None else None
-            crops = self.transform.crops(images, None if slot is None else self.ring[slot, :len(images)], seeds)
+            into = None if slot is None else slot_pixels(self.ring, slot, len(images), size)
+            crops = self.transform.crops(images, into, seeds, size)
         batch = {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
                  "index": torch.tensor([int(i) for i in good]), "bad": bad, "seed": seed}
-        if slot is not None:
-            batch["images"], batch["slot"] = None, slot  # FinishingLoader reads the pixels from the ring
+        if slot is not None:  # FinishingLoader reads the pixels from the ring
+            batch["images"], batch["slot"], batch["size"] = None, slot, size
         return batch
 
     def __getitem__(self, i: int):
@@ -199,9 +215,9 @@ class FinishingLoader(DataLoader):
     def __iter__(self):
         finish_here = None if self._uint8 else self._finish
         for batch in super().__iter__():
-            slot = batch.pop("slot", None)
+            slot, size = batch.pop("slot", None), batch.pop("size", None)
             if slot is not None:
-                pixels = self.dataset.ring[slot, :len(batch["labels"])].permute(0, 3, 1, 2)
+                pixels = slot_pixels(self.dataset.ring, slot, len(batch["labels"]), size).permute(0, 3, 1, 2)
                 batch["images"] = pixels if finish_here is not None else pixels.clone(
                     memory_format=torch.channels_last)
             if finish_here is not None and batch["images"] is not None:

@@ -124,12 +124,17 @@ class BatchTransform:
         self._resize_op(src, out.shape[-2:], out)
 
     def crops(self, images: list[np.ndarray], into: torch.Tensor | None = None,
-              seeds: list[int] | None = None) -> torch.Tensor:
+              seeds: list[int] | None = None, size: int | None = None) -> torch.Tensor:
         """HWC uint8 stored images -> (N, 3, S, S) uint8 channels-last batch of crops.
 
         into: an (N, S, S, 3) uint8 tensor to write them to (the loader's shared ring slot), else a new one.
-        seeds: each image's seed for the policy and random erasing (the sampler's); None draws them here."""
-        s, n = self.size, len(images)
+        seeds: each image's seed for the policy and random erasing (the sampler's); None draws them here.
+        size: S for this batch in training (progressive resizing): the random-resized crop (or the plain
+        resize) goes from the stored image straight to it, no second resize; None = preprocess's image_size.
+        """
+        s, n = size or self.size, len(images)
+        if s != self.size and not (self.random or self.geometry.square):
+            raise ValueError(f"size={s}: the eval centre crop is made at image_size={self.size} only")
         batch = torch.empty(n, s, s, 3, dtype=torch.uint8) if into is None else into
         out, slots = batch.permute(0, 3, 1, 2), batch.numpy()  # NHWC memory = channels-last (N, 3, S, S)
         if self.random:

@@ -5,6 +5,10 @@ put back afterwards, so the run itself is the same as `--epochs N` with the N ch
 validation batches; from these the number of epochs is chosen so that warmup, cosine decay and every
 validation (the last one included) end within the budget. The chosen number is written to config.yaml as
 train.epochs and saved with every checkpoint: a resumed run keeps it and measures nothing.
+
+Under progressive resizing (data.progressive) the steps are timed at the final size and each epoch's step
+time is that scaled by its share of the final size's pixels (a ResNet's work per image grows with the pixel
+count); the schedule itself depends on the number of epochs, so the choice searches over it.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomic
+from ..data.sampler import progressive_sizes
 from .checkpoint import RunState, capture_rng, capture_state, restore_rng
 from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
 
@@ -27,18 +32,39 @@ VAL_BATCHES = 2     # timed validation batches, after one untimed batch
 MAX_EPOCHS = 1_000_000  # the range of train.epochs
 
 
+def pixel_shares(epochs: int, image_size: int, progressive: float) -> list[float]:
+    """Each epoch's pixels per image as a share of the final size's, under data.progressive (all 1 when off)."""
+    if progressive <= 0:
+        return [1.0] * epochs
+    return [(size / image_size) ** 2 for size in progressive_sizes(epochs, image_size, progressive)]
+
+
+def schedule_seconds(epochs: int, step_s: float, steps_per_epoch: int, val_s: float, overhead_s: float = 0.0,
+                     image_size: int = 0, progressive: float = 0.0) -> float:
+    """The predicted time of `epochs` epochs: steps at step_s (the final size's) scaled by each epoch's pixel
+    share, plus one validation and one checkpoint per epoch."""
+    share = sum(pixel_shares(epochs, image_size, progressive)) if progressive > 0 else epochs
+    return step_s * steps_per_epoch * share + epochs * (val_s + overhead_s)
+
+
 def epochs_for_budget(budget_s: float, step_s: float, steps_per_epoch: int, val_s: float,
-                      overhead_s: float = 0.0) -> int:
-    """The number of whole epochs whose training (steps_per_epoch steps of step_s), validation (val_s each) and
-    end-of-epoch checkpoint (overhead_s) come closest to budget_s without passing it by more than 10%; at
-    least 1."""
-    epoch_s = step_s * steps_per_epoch + val_s + overhead_s
-    if not epoch_s > 0:
-        raise ValueError(f"an epoch must take some time, got {epoch_s!r} s")
-    nearest = max(1, round(budget_s / epoch_s))
-    if nearest > 1 and nearest * epoch_s > 1.1 * budget_s:
-        nearest -= 1
-    return min(MAX_EPOCHS, nearest)
+                      overhead_s: float = 0.0, image_size: int = 0, progressive: float = 0.0) -> int:
+    """The number of whole epochs whose training (steps_per_epoch steps of step_s, scaled by each epoch's pixel
+    share under data.progressive), validation (val_s each) and end-of-epoch checkpoint (overhead_s) come
+    closest to budget_s without passing it by more than 10%; at least 1."""
+    if not step_s * steps_per_epoch + val_s + overhead_s > 0:
+        raise ValueError(f"an epoch must take some time, got {step_s * steps_per_epoch + val_s + overhead_s!r} s")
+    total = lambda n: schedule_seconds(n, step_s, steps_per_epoch, val_s, overhead_s, image_size, progressive)
+    fits, over = 0, MAX_EPOCHS + 1  # binary search: the most epochs that fit (total grows with the epochs)
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        fits, over = (middle, over) if total(middle) <= budget_s else (fits, middle)
+    if fits == 0:
+        return 1
+    if fits < MAX_EPOCHS and total(fits + 1) - budget_s <= budget_s - total(fits) \
+            and total(fits + 1) <= 1.1 * budget_s:
+        return fits + 1  # one more epoch ends nearer the budget, and at most 10% past it
+    return fits
 
 
 @dataclass
@@ -52,16 +78,21 @@ class BudgetChoice:
     epochs: int
     overhead_s: float = 0.0     # the checkpoint written after each epoch
     setup_s: float = 0.0        # spent before training (data, model, this measurement), out of the budget
+    pixel_share: float = 1.0    # progressive resizing: the epochs' mean share of the final size's pixels
 
     @property
     def predicted_s(self) -> float:
-        return self.setup_s + self.epochs * (self.step_s * self.steps_per_epoch + self.val_s + self.overhead_s)
+        return self.setup_s + self.epochs * (self.step_s * self.steps_per_epoch * self.pixel_share + self.val_s
+                                             + self.overhead_s)
 
     def line(self) -> str:
         text = (f"time budget {format_seconds(self.budget_s)}: measured {self.step_s:.3g} s/step, "
                 f"{self.val_s:.3g} s of validation and {self.overhead_s:.2g} s of checkpoint per epoch, "
                 f"{self.setup_s:.3g} s of setup; chose {self.epochs} epochs x {self.steps_per_epoch} steps "
                 f"(predicted {format_seconds(self.predicted_s)} in all)")
+        if self.pixel_share < 1:
+            text += (f"; progressive resizing: the steps were timed at the final size and an epoch trains on "
+                     f"{self.pixel_share:.0%} of its pixels on average")
         if self.predicted_s > 1.1 * self.budget_s:
             text += "; warning: one epoch alone is longer than the budget"
         return text
@@ -69,7 +100,7 @@ class BudgetChoice:
     def record(self) -> dict:
         return {"budget_s": self.budget_s, "step_s": self.step_s, "val_s": self.val_s,
                 "overhead_s": self.overhead_s, "setup_s": self.setup_s,
-                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs, "pixel_share": self.pixel_share,
                 "predicted_s": round(self.predicted_s, 2)}
 
 

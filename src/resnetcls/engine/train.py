@@ -19,14 +19,14 @@ from .. import __version__
 from ..atomic import write_text_atomic
 from ..config import Config, DataConfig, LogConfig, TrainConfig, config_to_dict, dump_yaml, parse_duration
 from ..data.loader import known_bad_files
-from ..data.sampler import ResumableSampler
+from ..data.sampler import ResumableSampler, progressive_size, progressive_sizes
 from ..data.sources import Samples, Splits, load_splits, write_split_csv
 from ..errors import UserError
 from ..hardware import precision_name
 from ..modelfile import save_model_dir
 from . import distributed
+from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .calibrate import calibrate_run
-from .budget import BudgetChoice, epochs_for_budget, measure_speed
 from .checkpoint import Checkpointer, RunState, restore_state
 from .autobatch import auto_batch_size
 from .log import RunLogger
@@ -111,12 +111,12 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
            device_name: str, lr_curve: LRCurve | None = None) -> TrainResult:
     # Prepare the run: validate, find the checkpoint to resume, write config.yaml and environment.json, seed.
     run = prepare_run(cfg, out_dir, resume, force, world.is_main)
-    cfg, run_dir, t, writes = run.cfg, run.run_dir, run.cfg.train, world.is_main
+    cfg, run_dir, t, d, writes = run.cfg, run.run_dir, run.cfg.train, run.cfg.data, world.is_main
     if lr_curve is not None and writes:  # --lr auto's sweep, for the report (a resume never sweeps again)
         write_curve(lr_curve, run_dir)
     # Build: data, model, optimisation, loss.
     ctx = build_context(t, device_name)
-    data = build_data(cfg.data, t, ctx)
+    data = build_data(d, t, ctx)
     classes, steps_per_epoch = data.splits.classes, math.ceil(len(data.train_loader) / max(1, t.grad_accum_steps))
     model = build_model(cfg.model, t, len(classes), ctx)
     loss_fn = build_loss(cfg.loss, len(classes), data.splits.train.labels).to(ctx.device)
@@ -129,7 +129,7 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
         run_dir / name, eval_model, cfg.model.name, arch_args(cfg.model), classes, data.pipeline.preprocess, metrics)
     state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
     logger = start_logging(run_dir, state, run.resumed, data.splits, ctx, steps_per_epoch, world, t, cfg.log,
-                           cfg.model.name, choice)
+                           cfg.model.name, choice, d)
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
@@ -139,7 +139,8 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     with StopRequest() as stop:
         while state.epoch <= t.epochs and not patience_ran_out(state, t.patience):
             epoch, where = state.epoch, None
-            data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size)
+            size = progressive_size(epoch, t.epochs, d.image_size, d.progressive)  # a function of epoch: resumable
+            data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size, size)
             if not run_epoch(state, step_model, data.train_loader, opt, loss_fn, ctx, logger, ckpt, stop, plan):
                 where = f"at epoch {epoch} step {state.stats.steps}"
             else:
@@ -149,7 +150,8 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
                 where = f"during validation of epoch {epoch}" if va.interrupted else None
             ended = where is None
             if ended:
-                metrics = end_of_epoch(state, va, opt.lr, cfg.ckpt.metric, logger, t.epochs, confusion)
+                metrics = end_of_epoch(state, va, opt.lr, cfg.ckpt.metric, logger, t.epochs, confusion,
+                                       size if d.progressive > 0 else None)
                 if state.best_epoch == epoch:
                     save_model("best", metrics)
                 state.epoch, state.stats = epoch + 1, EpochStats()
@@ -179,8 +181,11 @@ def fit_time_budget(run: PreparedRun, model: torch.nn.Module, data: TrainData, l
                              run.run_dir if writes else None)
     step_s, val_s, save_s = distributed.gather_objects(measured)[0]  # every rank takes rank 0's figures
     setup_s = time.perf_counter() - run.started  # the budget counts from the start of the run
-    epochs = epochs_for_budget(max(0.0, budget_s - setup_s), step_s, steps_per_epoch, val_s, save_s)
-    choice = BudgetChoice(budget_s, step_s, val_s, steps_per_epoch, epochs, save_s, setup_s)
+    d = cfg.data  # progressive resizing: steps timed at the final size, each epoch scaled by its pixels
+    epochs = epochs_for_budget(max(0.0, budget_s - setup_s), step_s, steps_per_epoch, val_s, save_s,
+                               d.image_size, d.progressive)
+    shares = pixel_shares(epochs, d.image_size, d.progressive)
+    choice = BudgetChoice(budget_s, step_s, val_s, steps_per_epoch, epochs, save_s, setup_s, sum(shares) / epochs)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=choice.epochs))
     if writes:
         write_text_atomic(run.run_dir / "config.yaml", dump_yaml(cfg))
@@ -200,9 +205,9 @@ def note_early_stop(state: RunState, t: TrainConfig, metric: str, logger: RunLog
 
 def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: StepContext, steps_per_epoch: int,
                   world: distributed.World, t: TrainConfig, log: LogConfig, model_name: str,
-                  choice: BudgetChoice | None = None) -> RunLogger:
+                  choice: BudgetChoice | None = None, d: DataConfig | None = None) -> RunLogger:
     """The run's logger (continuing metrics.jsonl and TensorBoard where a resumed run stopped), the opening
-    lines on stderr (with the time budget's choice), split.csv."""
+    lines on stderr (with the time budget's choice and the progressive resizing schedule of d), split.csv."""
     if resumed is not None:
         warn(f"resuming {run_dir} at epoch {state.epoch} step {state.stats.steps}/{steps_per_epoch} "
              f"(global step {state.global_step}) from {resumed[1]['file']}")
@@ -216,6 +221,8 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
     if choice is not None:
         logger.info(choice.line())
         logger.log({"kind": "time_budget", **choice.record()}, state.global_step)
+    if d is not None and d.progressive > 0:
+        logger.info(progressive_line(t.epochs, d.image_size, d.progressive))
     if world.is_main:
         write_split_csv(splits, run_dir / "split.csv")
         logger.info(f"split written to {run_dir / 'split.csv'}")
@@ -225,10 +232,18 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
     return logger
 
 
+def progressive_line(epochs: int, image_size: int, progressive: float) -> str:
+    """The opening line that states data.progressive's schedule once."""
+    sizes = progressive_sizes(epochs, image_size, progressive)
+    return (f"progressive resizing: {sizes[0]} -> {image_size} px, full size from epoch "
+            f"{sizes.index(image_size) + 1} of {epochs} (validation always at {image_size} px)")
+
+
 def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: RunLogger, epochs: int,
-                 confusion: torch.Tensor | None = None) -> dict:
+                 confusion: torch.Tensor | None = None, train_size: int | None = None) -> dict:
     """Log the epoch (metrics.jsonl, TensorBoard, one stderr line), warn about new bad images, track best.
-    confusion: the validation confusion matrix (rows true, columns predicted), logged as val_confusion."""
+    confusion: the validation confusion matrix (rows true, columns predicted), logged as val_confusion.
+    train_size: the epoch's training size under progressive resizing (recorded and printed), else None."""
     tr, epoch = run.stats, run.epoch
     note_bad_images(run, tr.bad + va.bad, logger)
     if tr.nonfinite:
@@ -237,11 +252,12 @@ def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: 
     run.train_images, run.train_seconds = run.train_images + tr.images, run.train_seconds + tr.seconds
     logger.log({"kind": "epoch", "epoch": epoch, **train_record(tr, lr), "val/loss": va.loss,
                 "val/top1": va.top1, "val/top5": va.top5, "bad_images": len(run.bad_files),
-                "nonfinite_skipped": tr.nonfinite,
+                "nonfinite_skipped": tr.nonfinite, **({"train_size": train_size} if train_size else {}),
                 **({"val_confusion": confusion.tolist()} if confusion is not None else {})}, run.global_step)
     logger.info(f"epoch {epoch}/{epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
                 f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "
-                f"data wait {tr.data_wait_share:.0%}  {tr.seconds:.0f}s")
+                f"data wait {tr.data_wait_share:.0%}  {tr.seconds:.0f}s"
+                + (f"  train size {train_size}px" if train_size else ""))
     metrics = {"epoch": epoch, "val_top1": va.top1, "val_top5": va.top5, "val_loss": va.loss}
     value = metrics[metric]
     if run.best_value is None or (value < run.best_value if metric == "val_loss" else value > run.best_value):

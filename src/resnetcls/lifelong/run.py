@@ -42,10 +42,12 @@ def warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def check_config(lc: LifelongConfig, data: str, t: TrainConfig | None = None) -> None:
-    """What validate_config cannot know: replay needs a buffer, and some DATA; `train`'s time budget and early
-    stopping are not lifelong's (its tasks run train.epochs each)."""
-    for key, value in (("train.time_budget", t.time_budget if t else ""), ("train.patience", t.patience if t else 0)):
+def check_config(lc: LifelongConfig, data: str, t: TrainConfig | None = None, progressive: float = 0.0) -> None:
+    """What validate_config cannot know: replay needs a buffer, and some DATA; `train`'s time budget, early
+    stopping and progressive resizing (data.progressive) are not lifelong's (its tasks run train.epochs each,
+    and replayed images join each batch at the final size)."""
+    for key, value in (("train.time_budget", t.time_budget if t else ""), ("train.patience", t.patience if t else 0),
+                       ("data.progressive", progressive)):
         if value not in ("", "0", 0):
             raise UserError(f"{key}={value!r}: `lifelong` trains train.epochs per task; unset it for lifelong")
     if lc.strategy == "replay" and lc.buffer_size < 1:
@@ -110,7 +112,7 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
     """Run the task sequence into out_dir; return metrics.json's content (None when stopped early by
     stop_after: continue with resume="auto")."""
     validate_config(cfg)
-    check_config(cfg.lifelong, cfg.data.train, cfg.train)
+    check_config(cfg.lifelong, cfg.data.train, cfg.train, cfg.data.progressive)
     if not cfg.data.train:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=cfg.lifelong.datasets[0]))
     tasks, classes = build_tasks(cfg.lifelong, cfg.data, cfg.train.seed)  # fails before anything is written
