@@ -134,7 +134,7 @@ class ImageService:
                 if self.explainer is None:
                     p = self.predictor
                     self.explainer = await run_in_threadpool(Explainer, p.model, p.loaded.preprocess, p.device,
-                                                             private_copy=True)  # a copy: not in the loop
+                                                             private_copy=True, temperature=p.temperature)
                 index = None if class_name is None else classes.index(class_name)
                 explanation = await run_in_threadpool(self.explainer.explain, tensor, index)
         finally:
