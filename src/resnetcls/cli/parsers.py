@@ -208,6 +208,15 @@ def _add_commands(sub) -> None:
                    help="fail: exit 2 when any image is bad (default: report only)")
     p.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
     p.add_argument("--batches", default="", metavar="1,2,...", help="OpenLORIS layout: batches to check")
+    p.add_argument("--near-threshold", type=number(int, 0, 32), default=8, metavar="BITS",
+                   help="near-duplicates: perceptual hashes (64 bits) differing in at most BITS bits (default 8; "
+                        "measured in bench/neardup_threshold.py)")
+    p.add_argument("--suggest-split", metavar="OUT.csv",
+                   help="write a split.csv (train/val, stratified by class) in which no near-duplicate group "
+                        "crosses train and val; test rows stay test; train on it with `resnetcls train OUT.csv`")
+    p.add_argument("--val-fraction", type=number(float, 0, 1, low_open=True), default=0.1,
+                   help="--suggest-split: share of each class held out as val (default 0.1)")
+    p.add_argument("--seed", type=SEED, default=0, help="--suggest-split: seed of the hold-out (default 0)")
 
     p = sub.add_parser("models", help="list architectures with parameters and GMACs")
     p.add_argument("--image-size", type=SIZE, default=224)
