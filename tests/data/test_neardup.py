@@ -1,37 +1,14 @@
 """The perceptual hash and the near-duplicate search: stable under the documented transforms, different for
 different images, exactly the pairs an all-pairs search finds, without all-pairs work."""
-import io
 import itertools
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+from tests.data.corpus import jpeg, photo
 from resnetcls.data.neardup import (DEFAULT_THRESHOLD, LEAK_WARN_SHARE, groups_of, hamming, hash_store, leak_count,
                                     leak_warning, near_in_reference, near_pairs, perceptual_hash, structured_hash)
-
-
-def photo(seed: int, size: int = 96) -> Image.Image:
-    """A random image with a photograph's spectrum (detail at every scale, fainter the finer: 1/f noise), in
-    grey levels 30-210 so that +-20% brightness does not clip."""
-    rng = np.random.default_rng(seed)
-    total = np.zeros((size, size, 3), np.float32)
-    for cells in (2, 4, 8, 16, 32):
-        noise = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
-        total += np.asarray(noise.resize((size, size), Image.Resampling.BICUBIC), np.float32) / cells
-    total = 30 + (total - total.min()) / (total.max() - total.min()) * 180
-    return Image.fromarray(total.astype(np.uint8))
-
-
-def jpeg(image: Image.Image, quality: int = 20) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def shift(image: Image.Image, share: float) -> Image.Image:
-    w, h = image.size
-    return image.crop((round(w * share), round(h * share), w, h)).resize((w, h))
 
 
 TRANSFORMS = {

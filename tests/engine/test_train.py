@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY, run_cli, shared_data
+from tests.data.corpus import write_photo_set
 
 
 def test_run_directory_has_config_metrics_tensorboard_and_model_dirs(tiny_run):
@@ -183,3 +184,15 @@ def test_bad_time_budget_or_patience_is_exit_2_naming_the_flag_or_key(tiny_data,
     result = run_cli("train", tiny_data, *args, "--out", tmp_path / "r")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_train_warns_once_when_val_images_have_near_duplicates_in_train(tmp_path):
+    leaky, clean = write_photo_set(tmp_path / "leaky", leaky_val=4), write_photo_set(tmp_path / "clean", leaky_val=0)
+    runs = {name: run_cli("train", data, *TINY, "--epochs", "1", "--out", tmp_path / name, *extra)
+            for name, data, extra in (("leaky", leaky, []), ("clean", clean, []),
+                                      ("off", leaky, ["--set", "data.leak_check=false"]))}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    lines = [line for line in runs["leaky"].stderr.splitlines() if "near-duplicate in train" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: 8 of 8 val images (100.0%) have a near-duplicate")
+    assert "--set data.split_by=COLUMN" in lines[0] and "data check DATA --suggest-split" in lines[0]
+    assert "near-duplicate" not in runs["clean"].stderr and "near-duplicate" not in runs["off"].stderr

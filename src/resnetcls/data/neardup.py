@@ -73,6 +73,8 @@ def grey_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
 def hash_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
     """pHash of each (N, 32, 32) grey thumbnail -> (N,) uint64."""
     thumbs = np.asarray(thumbnails, dtype=np.float64).reshape(-1, THUMB_SIZE, THUMB_SIZE)
+    if not len(thumbs):
+        return np.zeros(0, np.uint64)
     low = _DCT @ thumbs @ _DCT.T                      # (N, 8, 8) lowest frequencies
     flat = low.reshape(len(thumbs), -1)
     median = np.median(flat[:, 1:], axis=1, keepdims=True)  # the DC term (mean brightness) would skew it
