@@ -11,6 +11,12 @@ from resnetcls.data.neardup import (DEFAULT_THRESHOLD, LEAK_WARN_SHARE, groups_o
                                     leak_warning, near_in_reference, near_pairs, perceptual_hash, structured_hash)
 
 
+def shift(image: Image.Image, share: float) -> Image.Image:
+    """The content moved by `share` of each side (that border cropped, scaled back to the size)."""
+    w, h = image.size
+    return image.crop((round(w * share), round(h * share), w, h)).resize((w, h))
+
+
 TRANSFORMS = {
     "jpeg q20": jpeg,
     "resize 50%": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR),
@@ -79,6 +85,11 @@ def test_a_giant_run_of_identical_hashes_costs_one_entry():
     search = near_pairs(hashes)
     assert len(search.unique) <= 501 and search.comparisons < 20_000
     assert len(groups_of(search)[0]) >= 20_000  # the run is one group, found without listing its pairs
+
+
+def test_empty_and_single_inputs_are_answered_at_once():
+    assert near_pairs([]).comparisons == 0 and groups_of(near_pairs([])) == []
+    assert leak_count([], []) == 0 and leak_count([np.uint64(7)], []) == 0
 
 
 def test_groups_join_chains_and_reference_share_is_direct():

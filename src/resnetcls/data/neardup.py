@@ -133,7 +133,7 @@ def _band_widths(bands: int) -> list[int]:
 
 def plan_bands(n: int, threshold: int) -> tuple[int, int]:
     """(bands, radius) that minimise probes + expected comparisons for n uniform hashes; bands*(radius+1) > t."""
-    best = None
+    best, n = None, max(n, 2)  # with fewer hashes nothing is compared; the plan must still be a cheap one
     for bands in range(1, min(threshold + 1, 64) + 1):
         radius = threshold // bands
         probes = [sum(math.comb(w, k) for k in range(radius + 1)) for w in _band_widths(bands)]
@@ -177,6 +177,9 @@ def near_pairs(hashes, threshold: int = DEFAULT_THRESHOLD) -> PairSearch:
     if not 0 <= threshold < 64:
         raise ValueError(f"threshold {threshold}: expected 0..63")
     unique, inverse = np.unique(np.asarray(hashes, dtype=np.uint64), return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    if len(unique) < 2:
+        return PairSearch(unique, inverse, np.zeros((0, 2), np.int64), 0)
     bands, radius = plan_bands(len(unique), threshold)
     found: list[np.ndarray] = []
     comparisons, shift = 0, 0
@@ -189,7 +192,7 @@ def near_pairs(hashes, threshold: int = DEFAULT_THRESHOLD) -> PairSearch:
         found.append(i[near] * len(unique) + j[near])  # one int per pair, so np.unique drops repeats
     codes = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     pairs = np.stack([codes // max(len(unique), 1), codes % max(len(unique), 1)], axis=1).astype(np.int64)
-    return PairSearch(unique, inverse.reshape(-1).astype(np.int64), pairs, comparisons)
+    return PairSearch(unique, inverse, pairs, comparisons)
 
 
 def groups_of(search: PairSearch) -> list[list[int]]:
