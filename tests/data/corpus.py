@@ -102,3 +102,39 @@ def write_corpus(folder: Path) -> dict[str, tuple]:
     (folder / latin1).write_bytes(_png(Image.new("RGB", (8, 8), BLUE)))
     outcomes[latin1] = ("ok", (8, 8), BLUE)
     return outcomes
+
+
+def photo(seed: int, size: int = 96) -> Image.Image:
+    """A random image with a photograph's spectrum (detail at every scale, fainter the finer: 1/f noise), in
+    grey levels 30-210 so that +-20% brightness does not clip. Different seeds are not near-duplicates."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros((size, size, 3), np.float32)
+    for cells in (2, 4, 8, 16, 32):
+        noise = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
+        total += np.asarray(noise.resize((size, size), Image.Resampling.BICUBIC), np.float32) / cells
+    total = 30 + (total - total.min()) / (total.max() - total.min()) * 180
+    return Image.fromarray(total.astype(np.uint8))
+
+
+def jpeg(image: Image.Image, quality: int = 20) -> Image.Image:
+    """image re-encoded as a JPEG of that quality."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def write_photo_set(root: Path, leaky_val: int, train_per_class: int = 8, val_per_class: int = 4,
+                    classes: tuple[str, ...] = ("a", "b"), size: int = 48) -> Path:
+    """root/train and root/val class folders of distinct photo() images (PNG); in each class the first
+    `leaky_val` val images are copies of train images (`copy<i>.jpg`: JPEG quality 30, resized to 75%)."""
+    for c, name in enumerate(classes):
+        for split, count in (("train", train_per_class), ("val", val_per_class)):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                seed = 1000 * c + (i if split == "train" else 500 + i)
+                if split == "val" and i < leaky_val:
+                    jpeg(photo(1000 * c + i, size), 30).resize((size * 3 // 4,) * 2).save(
+                        root / split / name / f"copy{i}.jpg")
+                else:
+                    photo(seed, size).save(root / split / name / f"{i}.png")
+    return root

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY, run_cli, shared_data
+from tests.data.corpus import write_photo_set
 
 
 def test_run_directory_has_config_metrics_tensorboard_and_model_dirs(tiny_run):
@@ -212,3 +213,15 @@ def test_progressive_resizing_grows_the_training_size_and_validates_and_ships_th
     for sub in ("best", "final"):
         assert json.loads((out / sub / "model.json").read_text())["preprocess"]["image_size"] == 64
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["progressive"] == 0.5
+
+
+def test_train_warns_once_when_val_images_have_near_duplicates_in_train(tmp_path):
+    leaky, clean = write_photo_set(tmp_path / "leaky", leaky_val=4), write_photo_set(tmp_path / "clean", leaky_val=0)
+    runs = {name: run_cli("train", data, *TINY, "--epochs", "1", "--out", tmp_path / name, *extra)
+            for name, data, extra in (("leaky", leaky, []), ("clean", clean, []),
+                                      ("off", leaky, ["--set", "data.leak_check=false"]))}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    lines = [line for line in runs["leaky"].stderr.splitlines() if "near-duplicate in train" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: 8 of 8 val images (100.0%) have a near-duplicate")
+    assert "--set data.split_by=COLUMN" in lines[0] and "data check DATA --suggest-split" in lines[0]
+    assert "near-duplicate" not in runs["clean"].stderr and "near-duplicate" not in runs["off"].stderr

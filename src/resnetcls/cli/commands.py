@@ -108,7 +108,8 @@ def cmd_serve(args) -> int:
 def cmd_data(args) -> int:
     if args.data_command == "check":
         from ..data.check import check_data
-        check_data(args.data, args.on_bad, args.out, args.batches)
+        check_data(args.data, args.on_bad, args.out, args.batches, threshold=args.near_threshold,
+                   suggest=args.suggest_split, val_fraction=args.val_fraction, seed=args.seed)
         return 0
     from ..data.synth import synthesize
     manifest = synthesize(args.out, args.classes, args.per_class, args.image_size, args.seed)

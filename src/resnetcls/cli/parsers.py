@@ -190,6 +190,32 @@ def _add_rank(sub) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
 
 
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write the procedural demo data set")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--classes", type=number(int, 2, 10_000), default=10)
+    p.add_argument("--per-class", type=number(int, 3, 1_000_000), default=100)
+    p.add_argument("--image-size", type=number(int, 16, 4096), default=64)
+    p.add_argument("--seed", type=SEED, default=0)
+
+    p = data.add_parser("check", help="decode every image once and report problems")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
+                   help="fail: exit 2 when any image is bad (default: report only)")
+    p.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
+    p.add_argument("--batches", default="", metavar="1,2,...", help="OpenLORIS layout: batches to check")
+    p.add_argument("--near-threshold", type=number(int, 0, 32), default=8, metavar="BITS",
+                   help="near-duplicates: perceptual hashes (64 bits) differing in at most BITS bits (default 8; "
+                        "measured in bench/neardup_threshold.py)")
+    p.add_argument("--suggest-split", metavar="OUT.csv",
+                   help="write a split.csv (train/val, stratified by class) in which no near-duplicate group "
+                        "crosses train and val; test rows stay test; train on it with `resnetcls train OUT.csv`")
+    p.add_argument("--val-fraction", type=number(float, 0, 1, low_open=True), default=0.1,
+                   help="--suggest-split: share of each class held out as val (default 0.1)")
+    p.add_argument("--seed", type=SEED, default=0, help="--suggest-split: seed of the hold-out (default 0)")
+
+
 def _add_commands(sub) -> None:
     _add_train(sub)
     _add_lr_find(sub)
@@ -220,20 +246,7 @@ def _add_commands(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
 
     _add_deploy(sub)
-    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("synth", help="write the procedural demo data set")
-    p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--classes", type=number(int, 2, 10_000), default=10)
-    p.add_argument("--per-class", type=number(int, 3, 1_000_000), default=100)
-    p.add_argument("--image-size", type=number(int, 16, 4096), default=64)
-    p.add_argument("--seed", type=SEED, default=0)
-
-    p = data.add_parser("check", help="decode every image once and report problems")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
-                   help="fail: exit 2 when any image is bad (default: report only)")
-    p.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
-    p.add_argument("--batches", default="", metavar="1,2,...", help="OpenLORIS layout: batches to check")
+    _add_data(sub)
 
     p = sub.add_parser("models", help="list architectures with parameters and GMACs")
     p.add_argument("--image-size", type=SIZE, default=224)

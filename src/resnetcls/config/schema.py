@@ -44,6 +44,8 @@ class DataConfig:
     sampler: str = "shuffle"        # shuffle | balanced (each class drawn equally often, with replacement)
     cache_max_gb: float = 50.0      # least-recently-used stores are deleted beyond this total; 0 = no limit
     worker_start: str = "auto"      # DataLoader workers: auto (fork on Linux, else spawn) | fork | spawn
+    leak_check: bool = True         # warn when many val images have a near-duplicate in train (hashes the
+                                    # decoded cache once, data/neardup.py; skipped with data.cache=false)
 
 
 @dataclass
