@@ -33,6 +33,12 @@ def fastest_batch(images_per_s: dict[int, float]) -> int:
     return max(sorted(images_per_s), key=lambda b: images_per_s[b])
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs kernels asynchronously; a timer would see only the launch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_batch(model: torch.nn.Module, optimizer, loss_fn, ctx: StepContext, batch: int, image_size: int,
                num_classes: int) -> float:
     """Training images per second at this batch size over TIMED_STEPS steps, after WARMUP_STEPS."""
@@ -42,12 +48,14 @@ def time_batch(model: torch.nn.Module, optimizer, loss_fn, ctx: StepContext, bat
     model.train()
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         if step == WARMUP_STEPS:
+            synchronize(ctx.device)
             start = time.perf_counter()
         with ctx.autocast():
             loss = loss_fn(model(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    synchronize(ctx.device)
     return batch * TIMED_STEPS / max(time.perf_counter() - start, 1e-9)
 
 
