@@ -1,6 +1,7 @@
 """The auto recipe: the rules as a pure function, and `resnetcls train DATA` with and without recipe flags."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_small_data_gets_the_small_data_recipe_and_about_50k_images_seen():
     assert line.startswith("auto recipe: resnet18 width 64 at 128 px, small-data augmentation (trivialaugment, "
                            "mixup 0.2, cutmix 1.0, erasing 0.25), 69 epochs ≈ ")
     assert "720 train images in 12 classes (small data), median image 224 px" in line
-    assert "--model/--image-size/--epochs or --config" in line and "train.recipe=off" in line
+    assert "--model/--image-size/--epochs or --config" in line and "train.auto_recipe=false" in line
 
 
 @pytest.mark.parametrize("train_images, epochs", [(100, 200), (720, 69), (4999, 10)])
@@ -79,14 +80,14 @@ def test_with_a_time_budget_the_budget_chooses_the_epochs():
 
 
 def test_any_recipe_choice_config_file_or_off_switch_stops_the_auto_recipe():
-    assert recipe_blocker(ExplicitSettings(), "auto") == ""
+    assert recipe_blocker(ExplicitSettings(), True) == ""
     assert recipe_blocker(ExplicitSettings("", frozenset({"data.train", "train.seed", "train.time_budget"})),
-                          "auto") == ""
-    assert recipe_blocker(ExplicitSettings("", frozenset({"model.name"})), "auto") == "model.name given"
-    assert recipe_blocker(ExplicitSettings("", frozenset({"data.mixup"})), "auto") == "data.mixup given"
-    assert recipe_blocker(ExplicitSettings("my.yaml"), "auto") == "--config my.yaml"
-    assert recipe_blocker(ExplicitSettings(), "off") == "train.recipe=off"
-    assert recipe_blocker(None, "auto")  # a Python caller with its own config
+                          True) == ""
+    assert recipe_blocker(ExplicitSettings("", frozenset({"model.name"})), True) == "model.name given"
+    assert recipe_blocker(ExplicitSettings("", frozenset({"data.mixup"})), True) == "data.mixup given"
+    assert recipe_blocker(ExplicitSettings("my.yaml"), True) == "--config my.yaml"
+    assert recipe_blocker(ExplicitSettings(), False) == "train.auto_recipe=false"
+    assert recipe_blocker(None, True)  # a Python caller with its own config
 
 
 def test_configs_small_data_yaml_holds_the_small_data_rule():
@@ -107,11 +108,20 @@ def test_median_short_side_reads_headers_and_skips_unreadable_files(tmp_path):
     assert median_short_side([str(tmp_path / "bad.jpg")]) == (None, 0)
 
 
+@pytest.fixture
+def tiny_rules(monkeypatch):
+    """The real rules at a test model's scale (width 8, 32 px), so a CLI run takes seconds on 2 cores."""
+    monkeypatch.setattr(recipe, "RULES", tuple(dataclasses.replace(rule, width=8, image_size=32, cpu_image_size=32)
+                                               for rule in RULES))
+    monkeypatch.setattr(recipe, "MIN_SIZE", 32)
+
+
 def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(tiny_data, tmp_path, monkeypatch):
+def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(tiny_data, tmp_path, monkeypatch,
+                                                                               tiny_rules):
     # A 1-epoch cap keeps the test short; the measurement and everything else are real.
     monkeypatch.setattr(recipe, "CPU_CAP_S", 1e-3)
     monkeypatch.setattr(recipe, "MIN_EPOCHS", 1)
@@ -119,12 +129,12 @@ def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(t
     args = ["--device", "cpu", "--set", "data.num_workers=0", "--set", "log.tensorboard=false", "--out", run]
     result = run_cli("train", tiny_data, *args)
     assert result.returncode == 0, result.stderr
-    assert "auto recipe: resnet18 width 64 at 64 px, small-data augmentation (trivialaugment" in result.stderr
+    assert "auto recipe: resnet18 width 8 at 32 px, small-data augmentation (trivialaugment" in result.stderr
     assert "33 train images in 3 classes (small data), median image 40 px" in result.stderr
     assert "auto recipe: lowered to 1 epochs to stay within" in result.stderr
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["name"] == "resnet18" and saved["model"]["width"] == 64
-    assert saved["data"]["image_size"] == 64 and saved["data"]["augment"] == "trivialaugment"
+    assert saved["model"]["name"] == "resnet18" and saved["model"]["width"] == 8
+    assert saved["data"]["image_size"] == 32 and saved["data"]["augment"] == "trivialaugment"
     assert saved["train"]["epochs"] == 1 and saved["data"]["mixup"] == 0.2
     [rec] = [r for r in records(run) if r["kind"] == "recipe"]
     assert rec["rule"] == "small data" and rec["values"]["model.name"] == "resnet18" and rec["classes"] == 3
@@ -133,7 +143,7 @@ def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(t
     def no_measuring(*args, **kwargs):
         raise AssertionError("a resumed run measured the machine again")
     monkeypatch.setattr(recipe, "measure_images_per_s", no_measuring)
-    again = run_cli("train", tiny_data, *args, "--resume", "auto")
+    again = run_cli("train", tiny_data, *args, "--resume", True)
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stderr and "auto recipe" not in again.stderr
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == saved["model"]
@@ -156,13 +166,13 @@ def test_any_recipe_flag_or_config_turns_the_auto_recipe_off(tiny_data, tmp_path
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["model"]["width"] == 8
 
 
-def test_time_budget_alone_lets_the_recipe_pick_the_model_and_the_budget_the_epochs(tiny_data, tmp_path):
+def test_time_budget_alone_lets_the_recipe_pick_the_model_and_the_budget_the_epochs(tiny_data, tmp_path, tiny_rules):
     run = tmp_path / "run"
     result = run_cli("train", tiny_data, "--time", "2s", "--device", "cpu", "--set", "data.num_workers=0",
                      "--set", "log.tensorboard=false", "--out", run)
     assert result.returncode == 0, result.stderr
-    assert "auto recipe: resnet18 width 64 at 64 px" in result.stderr
+    assert "auto recipe: resnet18 width 8 at 32 px" in result.stderr
     assert "epochs fitted to the --time 2s budget" in result.stderr and "time budget 2s:" in result.stderr
     saved = yaml.safe_load((run / "config.yaml").read_text())
     budget = [r for r in records(run) if r["kind"] == "time_budget"][0]
-    assert saved["model"]["width"] == 64 and saved["train"]["epochs"] == budget["epochs"]
+    assert saved["model"]["width"] == 8 and saved["train"]["epochs"] == budget["epochs"]

@@ -156,9 +156,11 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-# Keys that may differ between a run and its resumption without changing what it computes.
-RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "data.num_workers", "data.on_bad",
-                    "data.cache_max_gb", "data.worker_start", "train.nonfinite", "ckpt.", "log.")
+# Keys that may differ between a run and its resumption without changing what it computes (a resumed run
+# never re-picks its recipe, whatever train.auto_recipe says).
+RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.auto_recipe", "train.dist_timeout_s",
+                    "data.num_workers", "data.on_bad", "data.cache_max_gb", "data.worker_start", "train.nonfinite",
+                    "ckpt.", "log.")
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:

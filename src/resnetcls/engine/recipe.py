@@ -21,7 +21,7 @@ The rules (RULES below; the first whose limit the training set is under applies)
 What is chosen is printed on stderr in one or two lines, written to config.yaml (the resolved values: the
 train loop needs nothing new) and logged to metrics.jsonl as {"kind": "recipe", ...} with the reasons.
 Nothing is picked when the user chose anything the recipe sets (RECIPE_KEYS, by a flag or --set), gave
---config, or set train.recipe=off; a resumed run keeps its config.yaml and measures nothing.
+--config, or set train.auto_recipe=false; a resumed run keeps its config.yaml and measures nothing.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ class RecipeChoice:
         first = (f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} augmentation "
                  f"({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s measured{self.slow_note} — "
                  f"{f.train_images} train images in {f.classes} classes ({self.rule}), {median}; give "
-                 f"--model/--image-size/--epochs or --config to choose yourself (or --set train.recipe=off)")
+                 f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)")
         if self.epochs >= self.uncapped_epochs or self.budget_s:
             return [first]
         return [first, f"auto recipe: lowered to {self.epochs} epochs to stay within {format_seconds(self.cap_s)} "
@@ -208,12 +208,12 @@ def median_short_side(paths: list[str], limit: int = HEADER_SAMPLE) -> tuple[int
     return (int(statistics.median(sides)) if sides else None), len(sides)
 
 
-def recipe_blocker(explicit: ExplicitSettings | None, recipe: str) -> str:
+def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
     """Why the auto recipe does not apply ("" when it does)."""
     if explicit is None:
         return "the caller built the config"
-    if recipe == "off":
-        return "train.recipe=off"
+    if not enabled:
+        return "train.auto_recipe=false"
     if explicit.config_file:
         return f"--config {explicit.config_file}"
     given = sorted(explicit.keys & RECIPE_KEYS)
@@ -235,7 +235,7 @@ def auto_recipe(cfg: Config, explicit: ExplicitSettings | None, run_dir: Path, r
     A run directory with checkpoints is never picked for again: resumed, it keeps the recipe keys of its
     config.yaml; not resumed, prepare_run refuses it (so nothing is measured first). Under torchrun every rank
     takes rank 0's choice."""
-    if recipe_blocker(explicit, cfg.train.recipe):
+    if recipe_blocker(explicit, cfg.train.auto_recipe):
         return cfg, None
     if any((run_dir / "checkpoints").glob("step-*.json")):
         if resume is None or not (run_dir / "config.yaml").is_file():
