@@ -55,7 +55,9 @@ def test_the_cap_lowers_the_epochs_says_so_and_never_goes_below_the_floor():
     assert "21 epochs ≈ 29m" in first
     assert second.startswith("auto recipe: lowered to 21 epochs to stay within 30m00s on this CPU (62 epochs")
     assert "--epochs N" in second and "--time" in second
-    assert choose_recipe(facts(800, val=100), "cpu", FAST(0.1)).epochs == recipe.MIN_EPOCHS
+    slow = choose_recipe(facts(800, val=100), "cpu", FAST(0.1))
+    assert slow.epochs == recipe.MIN_EPOCHS
+    assert "lowered to 5 epochs, the floor, still over the 30m00s cap on this CPU" in slow.lines()[1]
 
 
 def test_larger_data_gets_resnet50_and_crop_flip_with_the_gpu_cap_on_a_gpu():
@@ -143,7 +145,7 @@ def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(t
     def no_measuring(*args, **kwargs):
         raise AssertionError("a resumed run measured the machine again")
     monkeypatch.setattr(recipe, "measure_images_per_s", no_measuring)
-    again = run_cli("train", tiny_data, *args, "--resume", True)
+    again = run_cli("train", tiny_data, *args, "--resume", "auto")
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stderr and "auto recipe" not in again.stderr
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == saved["model"]

@@ -143,10 +143,12 @@ class RecipeChoice:
                  f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)")
         if self.epochs >= self.uncapped_epochs or self.budget_s:
             return [first]
-        return [first, f"auto recipe: lowered to {self.epochs} epochs to stay within {format_seconds(self.cap_s)} "
-                       f"on this {self.device.upper() if self.device == 'cpu' else self.device} "
-                       f"({self.uncapped_epochs} epochs would take ≈ "
-                       f"{format_seconds(self.uncapped_epochs * self.epoch_s)}); ask for more with --epochs N "
+        device, cap = self.device.upper() if self.device == "cpu" else self.device, format_seconds(self.cap_s)
+        within = (f" to stay within {cap} on this {device}" if self.epochs * self.epoch_s <= self.cap_s else
+                  f", the floor, still over the {cap} cap on this {device} (a smaller --model or --image-size is "
+                  f"faster)")
+        return [first, f"auto recipe: lowered to {self.epochs} epochs{within} ({self.uncapped_epochs} epochs would "
+                       f"take ≈ {format_seconds(self.uncapped_epochs * self.epoch_s)}); ask for more with --epochs N "
                        f"or --time DURATION"]
 
     def record(self) -> dict:
