@@ -133,7 +133,7 @@ def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(t
     assert result.returncode == 0, result.stderr
     assert "auto recipe: resnet18 width 8 at 32 px, small-data augmentation (trivialaugment" in result.stderr
     assert "33 train images in 3 classes (small data), median image 40 px" in result.stderr
-    assert "auto recipe: lowered to 1 epochs to stay within" in result.stderr
+    assert "auto recipe: lowered to 1 epochs, the floor, still over the 0.001s cap on this CPU" in result.stderr
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["name"] == "resnet18" and saved["model"]["width"] == 8
     assert saved["data"]["image_size"] == 32 and saved["data"]["augment"] == "trivialaugment"
