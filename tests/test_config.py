@@ -2,7 +2,8 @@
 
 import pytest
 
-from resnetcls.config import build_config, config_to_dict, result_affecting_changes
+from resnetcls.config import (ExplicitSettings, build_config, config_to_dict, explicit_settings,
+                              result_affecting_changes)
 from resnetcls.errors import UserError
 from tests.conftest import ROOT, run_cli
 
@@ -52,6 +53,26 @@ def test_cli_bad_key_exits_2_with_one_line(tiny_data, tmp_path):
 def test_recipes_load(name):
     cfg = build_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.model.name == "resnet50"
+
+
+def test_small_data_recipe_loads():
+    cfg = build_config(ROOT / "configs" / "small-data.yaml")
+    assert (cfg.model.name, cfg.model.width, cfg.data.image_size, cfg.data.augment) == \
+        ("resnet18", 64, 128, "trivialaugment")
+
+
+def test_explicit_settings_name_the_config_file_and_every_key_given_by_set_or_a_flag():
+    given = explicit_settings("my.yaml", ["optim.lr=0.1", " data.mixup = 0.2"],
+                              {"data.train": "d", "model.name": None, "train.epochs": 3})
+    assert given == ExplicitSettings("my.yaml", frozenset({"optim.lr", "data.mixup", "data.train", "train.epochs"}))
+    assert explicit_settings() == ExplicitSettings()
+
+
+def test_the_auto_recipe_is_on_by_default_and_switches_off_with_false_or_off():
+    assert build_config().train.auto_recipe is True
+    assert build_config(overrides=["train.auto_recipe=off"]).train.auto_recipe is False
+    with pytest.raises(UserError, match=r"'train.auto_recipe' expects bool, got 'sometimes'"):
+        build_config(overrides=["train.auto_recipe=sometimes"])
 
 
 def test_result_affecting_changes_ignore_logging_workers_and_path_spelling(tmp_path, monkeypatch):

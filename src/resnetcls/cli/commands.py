@@ -8,7 +8,7 @@ import sys
 
 
 def cmd_train(args) -> int:
-    from ..config import build_config
+    from ..config import build_config, explicit_settings
     from ..engine.distributed import world_from_env
     from ..engine.train import saved_run_config, train
     from ..report import write_training_report
@@ -22,7 +22,8 @@ def cmd_train(args) -> int:
     base = saved_run_config(run_dir) if args.resume and args.data is None else None
     cfg = build_config(args.config, args.overrides, flags, base=base)
     result = train(cfg, args.out, args.resume, args.force, lr_auto=args.lr == "auto",
-                   batch_auto=args.batch_size == "auto")
+                   batch_auto=args.batch_size == "auto",
+                   explicit=explicit_settings(args.config, args.overrides, flags))
     if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers,
                               result.train_samples)

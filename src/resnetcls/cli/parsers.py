@@ -63,12 +63,19 @@ batch_or_auto.__name__ = "batch_size"
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a ResNet on DATA")
+    p = sub.add_parser("train", help="train a ResNet on DATA",
+                       description="With none of --config, --model, --epochs, --image-size, --batch-size, --lr, "
+                                   "--pretrained or a --set of a recipe key, the auto recipe picks model, width, "
+                                   "image size, augmentation and epochs from DATA and this machine's measured "
+                                   "speed, prints why and records it in config.yaml (off: --set "
+                                   "train.auto_recipe=false).")
     p.add_argument("data", metavar="DATA", nargs="?",
                    help="class folders, train/val folders or a CSV manifest (optional with --resume)")
     p.add_argument("--val", metavar="DATA", help="separate validation DATA")
-    p.add_argument("--model", help="resnet18|34|50|101|152 (default resnet50)")
-    p.add_argument("--epochs", type=POSITIVE)
+    p.add_argument("--model", help="resnet18|34|50|101|152 (default: the auto recipe's pick, else resnet50)")
+    p.add_argument("--epochs", type=POSITIVE,
+                   help="training epochs (default: the auto recipe's pick, capped at 30 min on a CPU, 4 h on a GPU; "
+                        "else 10)")
     p.add_argument("--time", type=duration, metavar="DURATION",
                    help="fit the whole schedule to this wall-clock time, e.g. 90s, 20m, 1.5h: a short measurement "
                         "at the start chooses --epochs (train.time_budget; 0 = off)")
@@ -77,7 +84,8 @@ def _add_train(sub) -> None:
                         "64, 128 (a few timed steps each); on a CUDA GPU the largest that fits its memory (tried "
                         "with real steps, 90%% of it, a multiple of 8), with train.grad_accum_steps raised to "
                         "keep the recipe's batch where memory is short; config.yaml records the choice")
-    p.add_argument("--image-size", type=SIZE)
+    p.add_argument("--image-size", type=SIZE,
+                   help="training input size in px (default: the auto recipe's pick, else 224)")
     p.add_argument("--lr", type=lr_or_auto, metavar="LR|auto",
                    help="learning rate, or auto: a short LR range test (see lr-find) picks it first and leaves "
                         "its curve (lr_find.json/.csv/.png) in the run and its report")
@@ -86,7 +94,8 @@ def _add_train(sub) -> None:
                    help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR")
     p.add_argument("--force", action="store_true",
                    help="resume even if settings that change the result (model, data, batch size) differ")
-    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/default.yaml")
+    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/small-data.yaml or "
+                   "configs/default.yaml (no auto recipe then)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
     p.add_argument("--device", help="auto|cpu|cuda")

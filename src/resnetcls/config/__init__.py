@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_conf
 from .schema import (CkptConfig, Config, DataConfig, EvalConfig, LifelongConfig, LogConfig, LossConfig, ModelConfig,
                      OptimConfig, SchedConfig, TrainConfig, config_to_dict, flatten)
 
-__all__ = ["CHOICES", "RANGES", "SIZE_OR_ZERO", "CkptConfig", "Config", "DataConfig", "EvalConfig", "LifelongConfig",
-           "LogConfig", "LossConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig", "build_config",
-           "config_from_dict", "config_to_dict", "dump_yaml", "load_yaml", "parse_duration", "result_affecting_changes",
-           "set_value", "validate_config"]
+__all__ = ["CHOICES", "CkptConfig", "Config", "DataConfig", "EvalConfig", "ExplicitSettings", "LifelongConfig",
+           "LogConfig", "LossConfig", "ModelConfig", "OptimConfig", "RANGES", "SIZE_OR_ZERO", "SchedConfig",
+           "TrainConfig", "build_config", "config_from_dict", "config_to_dict", "dump_yaml", "explicit_settings",
+           "load_yaml", "parse_duration", "result_affecting_changes", "set_value", "validate_config"]
 
 
 def _all_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -126,6 +127,24 @@ def build_config(config_file: str | None = None, overrides: typing.Sequence[str]
     return cfg
 
 
+@dataclass(frozen=True)
+class ExplicitSettings:
+    """What the user chose themselves on top of the defaults: a config file, and the dotted keys given by
+    --set or a flag. The auto recipe (engine/recipe.py) steps aside when either names a recipe choice."""
+
+    config_file: str = ""
+    keys: frozenset = frozenset()
+
+
+def explicit_settings(config_file: str | None = None, overrides: typing.Sequence[str] = (),
+                      flags: dict[str, Any] | None = None) -> ExplicitSettings:
+    """The keys build_config(config_file, overrides, flags) sets explicitly (flags that are None are not set):
+    the one place the CLI, and later a Python API, tells train() what the user chose."""
+    keys = {parse_override(text)[0] for text in overrides}
+    keys |= {key for key, value in (flags or {}).items() if value is not None}
+    return ExplicitSettings(str(config_file or ""), frozenset(keys))
+
+
 def config_from_dict(tree: dict, source: str = "config") -> Config:
     cfg = Config()
     for key, value in flatten(tree).items():
@@ -137,10 +156,11 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-# Keys that may differ between a run and its resumption without changing what it computes.
-RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.dist_timeout_s", "data.num_workers", "data.on_bad",
-                    "data.cache_max_gb", "data.worker_start", "train.nonfinite", "ckpt.", "log.",
-                    "eval.")  # eval.*: what happens after the last epoch, not what training computes
+# Keys that may differ between a run and its resumption without changing what it computes (a resumed run
+# never re-picks its recipe, whatever train.auto_recipe says; eval.* is what happens after the last epoch).
+RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.auto_recipe", "train.dist_timeout_s",
+                    "data.num_workers", "data.on_bad", "data.cache_max_gb", "data.worker_start", "train.nonfinite",
+                    "ckpt.", "log.", "eval.")
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:

@@ -86,12 +86,20 @@ def fastest_batch(images_per_s: dict[int, float]) -> int:
     return max(sorted(images_per_s), key=lambda b: images_per_s[b])
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs kernels asynchronously; a timer would see only the launch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_batch(recipe: StepRecipe, batch: int) -> float:
     """Training images per second at this batch size over TIMED_STEPS steps, after WARMUP_STEPS."""
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         if step == WARMUP_STEPS:
+            synchronize(recipe.ctx.device)
             start = time.perf_counter()
         recipe.step(batch)
+    synchronize(recipe.ctx.device)
     return batch * TIMED_STEPS / max(time.perf_counter() - start, 1e-9)
 
 

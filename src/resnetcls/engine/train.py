@@ -17,7 +17,8 @@ import torch
 
 from .. import __version__
 from ..atomic import write_text_atomic
-from ..config import Config, DataConfig, LogConfig, TrainConfig, config_to_dict, dump_yaml, parse_duration
+from ..config import (Config, DataConfig, ExplicitSettings, LogConfig, TrainConfig, config_to_dict, dump_yaml,
+                      parse_duration)
 from ..data.cache import DecodedStore
 from ..data.loader import known_bad_files
 from ..data.neardup import hash_store, leak_count, leak_warning
@@ -35,6 +36,7 @@ from .log import RunLogger
 from .lrfind import LRCurve, auto_lr, write_curve
 from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
+from .recipe import RecipeChoice, auto_recipe
 from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build_model, prepare_run,
                       saved_run_config, warn, wrap_model)
 from .runner import StepPlan, StopRequest, TrainingInterrupted, note_bad_images, run_epoch, stop_run, train_record
@@ -96,7 +98,8 @@ def warn_near_duplicates(train_loader, val_loader, val_images: int) -> None:
 
 
 def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False,
-          lr_auto: bool = False, batch_auto: bool = False) -> TrainResult:
+          lr_auto: bool = False, batch_auto: bool = False,
+          explicit: ExplicitSettings | None = None) -> TrainResult:
     """Train cfg.model on cfg.data; write the run directory; return it with the end-of-run summary.
 
     resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
@@ -104,6 +107,9 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
     lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first, and its curve goes into the run
     directory (lr_find.json/.csv/.png); batch_auto: the fastest batch size on a CPU, the largest that fits on
     a GPU (engine/autobatch.py), before the LR test; config.yaml records both.
+    explicit: what the user chose (config.explicit_settings); with no recipe choice among it, the auto recipe
+    (engine/recipe.py) picks model, size, augmentation and epochs first. None (a caller that built its own
+    config, such as the demo): cfg is used as it is.
     """
     if not cfg.data.train:
         raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
@@ -116,15 +122,17 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
         if autos and world.distributed:  # each rank would measure on its own and could choose another value
             raise UserError(f"{autos[0]}: not under torchrun; measure once (e.g. `resnetcls lr-find`) and pass "
                             "the number")
+        run_dir = Path(out_dir if resume in (None, "auto") else resume)
+        cfg, recipe = auto_recipe(cfg, explicit, run_dir, resume, device_name)
         cfg = auto_batch_size(cfg, device_name) if batch_auto else cfg
         cfg, lr_curve = auto_lr(cfg, device_name) if lr_auto else (cfg, None)
-        return _train(cfg, out_dir, resume, force, world, device_name, lr_curve)
+        return _train(cfg, out_dir, resume, force, world, device_name, lr_curve, recipe)
     finally:
         distributed.cleanup()
 
 
 def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, world: distributed.World,
-           device_name: str, lr_curve: LRCurve | None = None) -> TrainResult:
+           device_name: str, lr_curve: LRCurve | None = None, recipe: RecipeChoice | None = None) -> TrainResult:
     # Prepare the run: validate, find the checkpoint to resume, write config.yaml and environment.json, seed.
     run = prepare_run(cfg, out_dir, resume, force, world.is_main)
     cfg, run_dir, t, d, writes = run.cfg, run.run_dir, run.cfg.train, run.cfg.data, world.is_main
@@ -145,7 +153,7 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
         run_dir / name, eval_model, cfg.model.name, arch_args(cfg.model), classes, data.pipeline.preprocess, metrics)
     state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
     logger = start_logging(run_dir, state, run.resumed, data.splits, ctx, steps_per_epoch, world, t, cfg.log,
-                           cfg.model.name, choice, d)
+                           cfg.model.name, choice, d, recipe)
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
@@ -221,9 +229,11 @@ def note_early_stop(state: RunState, t: TrainConfig, metric: str, logger: RunLog
 
 def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: StepContext, steps_per_epoch: int,
                   world: distributed.World, t: TrainConfig, log: LogConfig, model_name: str,
-                  choice: BudgetChoice | None = None, d: DataConfig | None = None) -> RunLogger:
+                  choice: BudgetChoice | None = None, d: DataConfig | None = None,
+                  recipe: RecipeChoice | None = None) -> RunLogger:
     """The run's logger (continuing metrics.jsonl and TensorBoard where a resumed run stopped), the opening
-    lines on stderr (with the time budget's choice and the progressive resizing schedule of d), split.csv."""
+    lines on stderr (the auto recipe's and the time budget's choices, the progressive resizing schedule of d),
+    split.csv."""
     if resumed is not None:
         warn(f"resuming {run_dir} at epoch {state.epoch} step {state.stats.steps}/{steps_per_epoch} "
              f"(global step {state.global_step}) from {resumed[1]['file']}")
@@ -234,6 +244,10 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
                 f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
                 f"{' compiled' if t.compile else ''}, {steps_per_epoch} steps/epoch"
                 + (f", {world.size} processes x batch {t.batch_size}" if world.distributed else ""))
+    if recipe is not None:
+        for line in recipe.lines():
+            logger.info(line)
+        logger.log({"kind": "recipe", **recipe.record()}, state.global_step)
     if choice is not None:
         logger.info(choice.line())
         logger.log({"kind": "time_budget", **choice.record()}, state.global_step)
