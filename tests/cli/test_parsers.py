@@ -1,8 +1,11 @@
 """The parsers: flag values are checked by argparse (exit 2 naming the flag), and `--help` loads no torch."""
+import argparse
+import os
 import subprocess
 import sys
 
-from tests.conftest import run_cli
+from resnetcls.cli.parsers import build_parser, command_synopsis
+from tests.conftest import ROOT, run_cli
 
 
 def test_numbers_and_durations_are_checked_naming_the_flag():
@@ -23,3 +26,34 @@ def test_help_lists_every_subcommand_without_loading_torch():
     for command in ("train", "lr-find", "lifelong", "eval", "predict", "rank", "export", "serve", "data", "env", "demo"):
         assert command in out
     assert out.strip().splitlines()[-1] == "False"
+
+
+def _actions(parser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, (*prefix, name))
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield " ".join(prefix), action
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    missing, no_default = [], []
+    for command, action in _actions(build_parser()):
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        if not action.help:
+            missing.append(f"{command} {name}")
+        elif action.option_strings and action.default not in (None, False, [], "") and "default" not in action.help:
+            no_default.append(f"{command} {name}")
+    assert not missing and not no_default, (missing, no_default)
+    text = subprocess.run([sys.executable, "-m", "resnetcls", "serve", "--help"], capture_output=True,
+                          text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "concurrent connections; beyond it 503 (default 64)" in text  # %(default)s rendered
+
+
+def test_the_readme_lists_exactly_the_parsers_commands():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Commands\n```\n", 1)[1].split("```\n", 1)[0]
+    assert block == command_synopsis(), ("README's Commands block differs from the parser; regenerate it with "
+                                         "python -c 'from resnetcls.cli.parsers import command_synopsis; "
+                                         "print(command_synopsis(), end=\"\")'")

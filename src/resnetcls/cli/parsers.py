@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from .. import __version__
 
+MODEL_HELP = "a model directory, or a run directory (its best/ model)"
 PRECISION_HELP = ("auto: bf16 + channels_last where this CPU/GPU computes bf16 natively, else fp32 (default); "
                   "fp32: bit-stable outputs on every machine; bf16: forced")
 
@@ -62,6 +64,20 @@ def batch_or_auto(text: str):
 batch_or_auto.__name__ = "batch_size"
 
 
+# Help for the recipe flags lr-find and lifelong share with train (their defaults are the config's).
+SHARED_HELP = {
+    "--model": "resnet18|34|50|101|152 (default model.name, resnet50)",
+    "--epochs": "epochs per task (default train.epochs, 10)",
+    "--batch-size": "batch size (default train.batch_size, 32)",
+    "--image-size": "training input size in px (default data.image_size, 224)",
+    "--lr": "learning rate (default optim.lr, 0.002)",
+    "--device": "auto|cpu|cuda|cuda:N (default auto: the GPU when there is one)",
+    "--seed": "seed of the split, the order and the augmentation (default train.seed, 0)",
+    "--pretrained": "initial weights, as for train (default: none, from scratch)",
+    "--set": "override a config key, e.g. --set optim.lr=0.01 (repeatable; default: none)",
+}
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a ResNet on DATA",
                        description="With none of --config, --model, --epochs, --image-size, --batch-size, --lr, "
@@ -89,17 +105,19 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=lr_or_auto, metavar="LR|auto",
                    help="learning rate, or auto: a short LR range test (see lr-find) picks it first and leaves "
                         "its curve (lr_find.json/.csv/.png) in the run and its report")
-    p.add_argument("--out", default="runs/latest", metavar="RUN_DIR")
+    p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
+                   help="the run directory: checkpoints, logs, best/ and final/ models (default runs/latest)")
     p.add_argument("--resume", metavar="auto|RUN_DIR",
-                   help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR")
+                   help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR (default: a new "
+                        "run)")
     p.add_argument("--force", action="store_true",
                    help="resume even if settings that change the result (model, data, batch size) differ")
     p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/small-data.yaml or "
                    "configs/default.yaml (no auto recipe then)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
-    p.add_argument("--device", help="auto|cpu|cuda")
-    p.add_argument("--seed", type=SEED)
+    p.add_argument("--device", help=SHARED_HELP["--device"])
+    p.add_argument("--seed", type=SEED, help=SHARED_HELP["--seed"])
     p.add_argument("--pretrained", metavar="PATH", help="initial weights: a torchvision/timm ResNet state_dict "
                    "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
 
@@ -111,13 +129,17 @@ def _add_lr_find(sub) -> None:
     p.add_argument("--val", metavar="DATA", help="separate validation DATA (kept out of the sweep, as in train)")
     for flag, kind in (("--model", str), ("--batch-size", POSITIVE), ("--image-size", SIZE), ("--device", str),
                        ("--seed", SEED), ("--pretrained", str)):
-        p.add_argument(flag, type=kind)
-    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/default.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    p.add_argument("--out", default="runs/lr-find", metavar="DIR", help="lr_find.png, .json and .csv go here")
-    p.add_argument("--steps", type=number(int, 5, 100_000), default=100, help="optimizer steps in the sweep")
-    p.add_argument("--start-lr", type=SWEEP_LR, default=1e-7)
-    p.add_argument("--end-lr", type=SWEEP_LR, default=10.0)
+        p.add_argument(flag, type=kind, help=SHARED_HELP[flag])
+    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/default.yaml (default: none)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help=SHARED_HELP["--set"])
+    p.add_argument("--out", default="runs/lr-find", metavar="DIR",
+                   help="lr_find.png, .json and .csv go here (default runs/lr-find)")
+    p.add_argument("--steps", type=number(int, 5, 100_000), default=100,
+                   help="optimizer steps in the sweep (default 100)")
+    p.add_argument("--start-lr", type=SWEEP_LR, default=1e-7, help="the sweep's first rate (default 1e-7)")
+    p.add_argument("--end-lr", type=SWEEP_LR, default=10.0,
+                   help="the sweep's last rate, unless the loss diverges first (default 10)")
 
 
 def _add_lifelong(sub) -> None:
@@ -129,37 +151,41 @@ def _add_lifelong(sub) -> None:
     p.add_argument("--order", metavar="V1,V2,...", help="task values in training order; 'a-b' is a numeric "
                    "range, e.g. 0-115,120-235,240-355")
     p.add_argument("--bins", type=POSITIVE, metavar="N", help="cut a numeric --tasks column into N ranges")
-    p.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf", "joint"])
+    p.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf", "joint"],
+                   help="how to fight forgetting (default lifelong.strategy, naive: plain fine-tuning)")
     p.add_argument("--buffer-size", type=number(int, 0), metavar="IMAGES", help="replay buffer size (default 200)")
     p.add_argument("--joint", metavar="RUN_DIR", help="a --strategy joint run, for the gap to joint")
     p.add_argument("--stop-after", type=number(int, 0), default=0, metavar="N",
                    help="train at most N tasks in this invocation (continue later with --resume auto)")
     for flag, kind in (("--model", str), ("--epochs", POSITIVE), ("--batch-size", POSITIVE), ("--image-size", SIZE),
                        ("--lr", LR), ("--device", str), ("--seed", SEED)):
-        p.add_argument(flag, type=kind)
-    p.add_argument("--out", default="runs/lifelong", metavar="RUN_DIR")
+        p.add_argument(flag, type=kind, help=SHARED_HELP[flag])
+    p.add_argument("--out", default="runs/lifelong", metavar="RUN_DIR",
+                   help="the run directory: a model and checkpoint per task, the R matrix (default runs/lifelong)")
     p.add_argument("--resume", metavar="auto|RUN_DIR", help="continue at the task after the last checkpoint")
     p.add_argument("--force", action="store_true", help="resume even if result-affecting settings differ")
-    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/lifelong-synth.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/lifelong-synth.yaml (default: none)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help=SHARED_HELP["--set"])
 
 
 def _add_deploy(sub) -> None:
     p = sub.add_parser("export", help="export MODEL to ONNX or TorchScript, checked against eager PyTorch")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="the file format (required)")
     p.add_argument("--out", metavar="FILE", help="default: model.onnx / model.torchscript.pt in MODEL")
     p.add_argument("--check-data", metavar="PATH",
                    help="images (folder or file) for the parity check; default ../shared/data if present, "
                         "else synthetic images")
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch, /explain; GET /healthz, /info, /docs")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=number(int, 1, 65535), default=8000)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=number(int, 1, 65535), default=8000, help="port to listen on")
     p.add_argument("--workers", type=number(int, 1, 256), default=1,
                    help="server processes, each with its own model copy")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="eager PyTorch, or ONNX Runtime on the model's model.onnx")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--max-body-mb", type=number(float, 0, low_open=True), default=20.0,
                    help="larger request bodies get 413")
@@ -184,7 +210,7 @@ def _add_deploy(sub) -> None:
 
 def _add_rank(sub) -> None:
     p = sub.add_parser("rank", help="order unlabelled images by the model's uncertainty: what to label next")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("folder", metavar="FOLDER", help="unlabelled images, searched recursively")
     p.add_argument("--out", metavar="RANK.csv", required=True,
                    help="the CSV to write (a DATA manifest: path,label,guess,guess_prob,uncertainty; fill in label)")
@@ -202,14 +228,14 @@ def _add_rank(sub) -> None:
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the procedural demo data set")
-    p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--classes", type=number(int, 2, 10_000), default=10)
-    p.add_argument("--per-class", type=number(int, 3, 1_000_000), default=100)
-    p.add_argument("--image-size", type=number(int, 16, 4096), default=64)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("out", metavar="OUT_DIR", help="where the images and manifest.csv go")
+    p.add_argument("--classes", type=number(int, 2, 10_000), default=10, help="number of classes")
+    p.add_argument("--per-class", type=number(int, 3, 1_000_000), default=100, help="images per class")
+    p.add_argument("--image-size", type=number(int, 16, 4096), default=64, help="image side in px")
+    p.add_argument("--seed", type=SEED, default=0, help="the generator's seed")
 
     p = data.add_parser("check", help="decode every image once and report problems")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("data", metavar="DATA", help="the DATA to check, in any form train takes")
     p.add_argument("--on-bad", choices=["skip", "fail"], default="skip",
                    help="fail: exit 2 when any image is bad (default: report only)")
     p.add_argument("--out", metavar="REPORT.json", help="write the full report as JSON")
@@ -230,18 +256,21 @@ def _add_commands(sub) -> None:
     _add_lr_find(sub)
     _add_lifelong(sub)
     p = sub.add_parser("eval", help="evaluate a model on DATA")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--out", metavar="DIR")
-    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=64)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("data", metavar="DATA", help="the images to evaluate on: its test split, else its val split, else "
+                   "all of it")
+    p.add_argument("--out", metavar="DIR", help="where metrics, tables and figures go (default MODEL's run "
+                   "directory's eval/, else MODEL/eval)")
+    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=64, help="images per model call")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
 
     p = sub.add_parser("predict", help="top-k classes for images")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("paths", metavar="PATH", nargs="+")
-    p.add_argument("--topk", type=POSITIVE, default=5)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files, folders (recursive), quoted globs or CSV "
+                   "files listing paths")
+    p.add_argument("--topk", type=POSITIVE, default=5, help="classes listed per image")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32, help="images per model call")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
@@ -252,24 +281,58 @@ def _add_commands(sub) -> None:
     _add_rank(sub)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a train or lifelong run directory, or an lr-find folder")
 
     _add_deploy(sub)
     _add_data(sub)
 
     p = sub.add_parser("models", help="list architectures with parameters and GMACs")
-    p.add_argument("--image-size", type=SIZE, default=224)
+    p.add_argument("--image-size", type=SIZE, default=224, help="input size for the MACs column")
 
     p = sub.add_parser("env", help="versions, CPU/GPU facts and the precision train and predict would pick "
                                    "(paste it into a bug report)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
 
     p = sub.add_parser("demo", help="synthesise data, train, evaluate and predict end to end")
-    p.add_argument("--out", default="demo-run", metavar="DIR")
+    p.add_argument("--out", default="demo-run", metavar="DIR", help="where the data, run and predictions go")
+
+
+def with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default X)" to every option's help that has a default and does not state it already, in this
+    parser and its subcommands, so no help line leaves its default unsaid (tests/cli/test_parsers.py)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                with_defaults(sub)
+        elif (action.option_strings and action.help and action.default not in (None, False, [], "", argparse.SUPPRESS)
+              and "default" not in action.help):
+            action.help += " (default %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnetcls", description="Train, evaluate and use ResNet classifiers.")
     parser.add_argument("--version", action="version", version=f"resnetcls {__version__}")
     _add_commands(parser.add_subparsers(dest="command", required=True))
+    with_defaults(parser)
     return parser
+
+
+def command_synopsis(width: int = 116) -> str:
+    """One usage block per subcommand (argparse's own usage, without "usage: " and -h), as README's "Commands"
+    lists them; tests/cli/test_parsers.py checks that the README shows exactly this."""
+    blocks, columns = [], os.environ.get("COLUMNS")
+
+    def collect(parser: argparse.ArgumentParser) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            usage = parser.format_usage().removeprefix("usage: ").replace(" [-h]", "").rstrip()
+            blocks.append(usage)
+        for action in subs:
+            for sub in action.choices.values():
+                collect(sub)
+    os.environ["COLUMNS"] = str(width)  # argparse wraps usage at $COLUMNS: the same block on every terminal
+    try:
+        collect(build_parser())
+    finally:
+        os.environ.pop("COLUMNS") if columns is None else os.environ.update(COLUMNS=columns)
+    return "\n".join(blocks) + "\n"
