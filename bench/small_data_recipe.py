@@ -10,8 +10,9 @@ from the command's start to its end; then today's default (`resnetcls train DATA
 `--time` set to that wall time, so both get the same minutes. Both best models are evaluated on DATA's test
 split (`resnetcls eval`). Prints each run, then the mean and spread (half the range) over seeds.
 coil: today's default on the COIL-100 pose split: best val top-1 and the wall time at which 98% was reached.
-progressive: today's default at a fixed --epochs with and without data.progressive=0.5: wall time, and the
-time each first reached the fixed run's best val top-1 minus one point.
+progressive: the small-data recipe (configs/small-data.yaml, what the auto recipe picks for small data) at a
+fixed --epochs with and without data.progressive=0.5: wall time, and the time each first reached the fixed
+run's best val top-1 minus one point.
 Every figure is measured here; the header names the machine. Run it on an idle machine.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from resnetcls.envinfo import machine_line
 
 PREVIOUS_DEFAULT = ["--model", "resnet50", "--image-size", "224", "--epochs", "10", "--batch-size", "32"]
 COMMON = ["--set", "log.tensorboard=false"]
+SMALL_DATA = str(Path(__file__).resolve().parents[1] / "configs" / "small-data.yaml")
 
 
 def resnetcls(*args: str) -> tuple[float, str]:
@@ -111,7 +113,7 @@ def progressive(data: str, seeds: list[int], epochs: int, work: Path) -> None:
             run_dir = work / f"{name.split()[0]}-{seed}"
             started = time.time()
             wall, _ = resnetcls("train", data, "--out", str(run_dir), *COMMON, "--seed", str(seed),
-                                "--epochs", str(epochs), *extra)
+                                "--config", SMALL_DATA, "--epochs", str(epochs), *extra)
             runs[name] = (run_dir, started, wall, records(run_dir, "summary")[-1]["best_val_top1"])
         target = runs["fixed size"][3] - 0.01
         for name, (run_dir, started, wall, best) in runs.items():
