@@ -98,6 +98,16 @@ AUGMENT = ["--set", "data.augment=trivialaugment", "--set", "data.random_erasing
            "--set", "data.cutmix=1.0", "--set", "loss.name=bce"]
 
 
+def kill_mid_epoch_and_resume(data, out, extra: list[str]):
+    """SIGKILL a run (two DataLoader workers) in its first epoch, resume it with none; the resumed run's dir."""
+    proc = start_and_signal(data, out, signal.SIGKILL, 5, *extra, "--set", "data.num_workers=2")
+    assert proc.returncode == -signal.SIGKILL
+    result = run_cli("train", data, *ARGS, *STEP_CKPT, *extra, "--out", out, "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"resuming .* at epoch 1 step [5-7]/8", result.stderr), result.stderr
+    return out
+
+
 def test_with_policy_erasing_mixup_and_cutmix_a_killed_run_resumes_bit_identical(tiny_data, tmp_path):
     whole = tmp_path / "whole"
     result = run_cli("train", tiny_data, *ARGS, *AUGMENT, "--out", whole)
@@ -106,13 +116,8 @@ def test_with_policy_erasing_mixup_and_cutmix_a_killed_run_resumes_bit_identical
     assert run_cli("train", tiny_data, *ARGS, "--set", "loss.name=bce", "--out", plain).returncode == 0
     different = [k for k, v in weights(plain).items() if not torch.equal(v, weights(whole)[k])]
     assert different  # the augmentations did change what was trained
-    out = tmp_path / "run"
     # two worker processes before the kill, none after: a sample's augmentation must not depend on either
-    proc = start_and_signal(tiny_data, out, signal.SIGKILL, 5, *AUGMENT, "--set", "data.num_workers=2")
-    assert proc.returncode == -signal.SIGKILL
-    result = run_cli("train", tiny_data, *ARGS, *STEP_CKPT, *AUGMENT, "--out", out, "--resume", "auto")
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"resuming .* at epoch 1 step [5-7]/8", result.stderr), result.stderr
+    out = kill_mid_epoch_and_resume(tiny_data, tmp_path / "run", AUGMENT)
     assert_identical(weights(out), weights(whole))
 
 
@@ -125,12 +130,7 @@ def test_with_progressive_resizing_a_killed_run_resumes_bit_identical(tiny_data,
     whole = tmp_path / "whole"
     result = run_cli("train", tiny_data, *ARGS, *grow, "--out", whole)
     assert result.returncode == 0, result.stderr
-    out = tmp_path / "run"
-    proc = start_and_signal(tiny_data, out, signal.SIGKILL, 5, *grow, "--set", "data.num_workers=2")
-    assert proc.returncode == -signal.SIGKILL
-    result = run_cli("train", tiny_data, *ARGS, *STEP_CKPT, *grow, "--out", out, "--resume", "auto")
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"resuming .* at epoch 1 step [5-7]/8", result.stderr), result.stderr
+    out = kill_mid_epoch_and_resume(tiny_data, tmp_path / "run", grow)
     assert_identical(weights(out), weights(whole))
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_size"] for r in records if r["kind"] == "epoch"] == [16, 32]
