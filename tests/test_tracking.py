@@ -167,6 +167,18 @@ def wandb_records(path: str):
             pieces = b""
 
 
+def finished_records(files: list[str], timeout_s: float = 60) -> list:
+    """Every record of the run files once each holds its exit record: W&B's service process may still be
+    writing the last run's file for a moment after run.finish() returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        per_file = [list(wandb_records(f)) for f in files]
+        if all(any(r.WhichOneof("record_type") == "exit" for r in recs) for recs in per_file):
+            return [r for recs in per_file for r in recs]
+        assert time.monotonic() < deadline, f"W&B run files without an exit record after {timeout_s} s: {files}"
+        time.sleep(0.5)
+
+
 def test_wandb_offline_writes_its_run_files_with_every_epoch_and_the_model_artefact(tiny_data, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed: pip install 'resnetcls[wandb]'")
     out = tmp_path / "run"
@@ -176,7 +188,7 @@ def test_wandb_offline_writes_its_run_files_with_every_epoch_and_the_model_artef
     assert entry["mode"] == "offline" and entry["project"] == "resnetcls"
     files = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / f"run-{entry['id']}.wandb")))
     assert files, f"no offline run files in {out / 'wandb'}"
-    records = [rec for f in files for rec in wandb_records(f)]
+    records = finished_records(files)
     history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
                for rec in records if rec.WhichOneof("record_type") == "history"]
     assert [h["epoch"] for h in history] == [1, 2]
