@@ -27,6 +27,8 @@ LAZY_THIRD_PARTY = {
     "tqdm": "only when a progress bar is drawn on a terminal",
     "torch.utils.tensorboard": "slow to import; only with log.tensorboard=true",
     "torchvision.models": "every model family; only for --pretrained torchvision",
+    "mlflow": "optional extra resnetcls[mlflow]; only with log.mlflow=true",
+    "wandb": "optional extra resnetcls[wandb]; only with log.wandb=true",
 }
 # resnetcls modules: figures pulls in matplotlib (only when a figure is drawn); cli/commands.py imports each
 # subcommand's library in its cmd_* function (`resnetcls --help` does not load torch).

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from resnetcls.engine.log import RunLogger
 
 
@@ -63,3 +65,20 @@ def test_live_progress_bar_on_a_terminal_and_bf16_autocast(tiny_data, tmp_path):
     assert "cpu bf16 channels_last" in text
     bar = [part for part in text.split("\r") if "epoch 1/1:" in part and "step" in part]
     assert bar and "img/s" in bar[-1] and "data wait" in bar[-1] and "lr " in bar[-1] and "<" in bar[-1]
+
+
+def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_leaves_killed(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'resnetcls[mlflow]'")
+    from resnetcls.config import LogConfig
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "config.yaml").write_text("optim:\n  lr: 0.5\n")
+    logger = RunLogger(tmp_path, tensorboard=False, tracking=LogConfig(mlflow=True), precision="fp32")
+    logger.log({"kind": "train", "epoch": 1, "train/loss": 9.0}, step=1)  # step logs stay in metrics.jsonl
+    logger.log({"kind": "epoch", "epoch": 1, "train/loss": 0.5, "val/top1": 0.25}, step=3)
+    logger.close(interrupted=True)
+    run_id = json.loads((tmp_path / "tracking.json").read_text())["mlflow"]["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.params == {"optim.lr": "0.5"}
+    assert run.data.tags["precision"] == "fp32"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == [(1, 0.5)]

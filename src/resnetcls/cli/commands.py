@@ -12,6 +12,7 @@ def cmd_train(args) -> int:
     from ..engine.distributed import world_from_env
     from ..engine.train import saved_run_config, train
     from ..report import write_training_report
+    from ..tracking import log_run_artifacts
     flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
              "train.epochs": args.epochs, "data.image_size": args.image_size,
              "train.batch_size": None if args.batch_size == "auto" else args.batch_size,
@@ -27,6 +28,7 @@ def cmd_train(args) -> int:
     if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers,
                               result.train_samples)
+        log_run_artifacts(result.run_dir)  # the MLflow/W&B runs of tracking.json get best/ and the report
     return 0
 
 

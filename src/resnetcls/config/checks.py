@@ -51,7 +51,8 @@ CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "f
            "data.interpolation": ("nearest", "bilinear", "bicubic"),
            "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
-           "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint")}
+           "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint"),
+           "log.wandb_mode": ("offline", "online", "disabled")}
 
 
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}

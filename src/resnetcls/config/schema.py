@@ -108,6 +108,13 @@ class CkptConfig:
 class LogConfig:
     tensorboard: bool = True
     every_steps: int = 0            # also log train metrics every N steps; 0 = per epoch only
+    # Trackers (tracking.py; optional extras resnetcls[mlflow], resnetcls[wandb]); tracking.json keeps the run ids.
+    mlflow: bool = False            # log params, epoch metrics, tags and artefacts to MLflow
+    mlflow_uri: str = ""            # tracking URI; "" = MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db
+    mlflow_experiment: str = "resnetcls"
+    wandb: bool = False             # the same to Weights & Biases
+    wandb_project: str = "resnetcls"
+    wandb_mode: str = "offline"     # offline (files in RUN_DIR/wandb, `wandb sync` later) | online | disabled
 
 
 @dataclass

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..config import LogConfig
+from ..tracking import open_trackers
 
 
 # Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by
@@ -24,13 +26,18 @@ class RunLogger:
     resume_step, resume_epoch: where a resumed run continues. What was logged after that point before a kill
     (and the epoch records of epochs not finished in the checkpoint, and old summaries) is dropped from
     metrics.jsonl and TensorBoard, since it is logged again: curves have no duplicated stretch.
+    tracking: log.mlflow / log.wandb (tracking.py): every epoch record and the summary also go to the tracker runs
+    (a resumed run continues the ones in tracking.json); precision is one of their tags.
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
-                 enabled: bool = True, resume_epoch: int = 1) -> None:
-        self.run_dir, self.enabled, self.writer, self.jsonl = run_dir, enabled, None, None
+                 enabled: bool = True, resume_epoch: int = 1, tracking: LogConfig | None = None,
+                 precision: str | None = None) -> None:
+        self.run_dir, self.enabled, self.writer, self.jsonl, self.trackers = run_dir, enabled, None, None, None
         if not enabled:
             return
+        if tracking is not None:  # first: a missing tracker package stops the run before anything is written
+            self.trackers = open_trackers(tracking, run_dir, resume_step is not None, precision)
         path = run_dir / "metrics.jsonl"
         if resume_step is not None and path.is_file():
             _truncate_after(path, resume_step, resume_epoch)
@@ -51,6 +58,8 @@ class RunLogger:
             for key, value in record.items():
                 if "/" in key and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     def info(self, text: str) -> None:
         if self.enabled:
@@ -60,9 +69,14 @@ class RunLogger:
         return Progress(f"epoch {epoch}/{epochs}", total_steps, done_steps,
                         live=self.enabled and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Flush and close the logs; the tracker runs end FINISHED, or KILLED when interrupted (resumable)."""
+        if self.trackers is not None:
+            self.trackers.close("KILLED" if interrupted else "FINISHED")
+            self.trackers = None
         if self.jsonl is not None:
             self.jsonl.close()
+            self.jsonl = None
         if self.writer is not None:
             self.writer.close()
 

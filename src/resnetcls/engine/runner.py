@@ -44,7 +44,7 @@ class StopRequest:
 def stop_run(logger: RunLogger, text: str, run_dir: Path) -> None:
     """Say where the run stopped and how to continue, flush the logs (TensorBoard), exit with 130."""
     logger.info(f"{text}; continue with --resume {run_dir}")
-    logger.close()
+    logger.close(interrupted=True)
     raise TrainingInterrupted(str(run_dir))
 
 

@@ -238,7 +238,7 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
         warn(f"resuming {run_dir} at epoch {state.epoch} step {state.stats.steps}/{steps_per_epoch} "
              f"(global step {state.global_step}) from {resumed[1]['file']}")
     logger = RunLogger(run_dir, log.tensorboard, state.global_step if resumed else None, world.is_main,
-                       state.epoch)
+                       state.epoch, tracking=log, precision=precision_name(ctx.amp_dtype))
     logger.info(f"resnetcls {__version__}: {model_name}, {len(splits.classes)} classes, "
                 f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
                 f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
