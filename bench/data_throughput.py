@@ -4,6 +4,14 @@ side by side in one process, on ../shared/data/coil100-a at 128 px and ../shared
 
     python bench/data_throughput.py           # full: every image (median images/s over the epochs)
     python bench/data_throughput.py --quick   # about a minute: 20% of coil100-a, 50% of hymenoptera
+    python bench/data_throughput.py --train 128 [--train 224 ...]   # end to end: the training step fed
+                                              # from image files vs from in-memory tensors
+
+--train SIZE: the same training step (ResNet-50, bf16 autocast where the CPU has it, channels_last, AdamW,
+batch 32, engine/loop.py's train_one_epoch) fed once by resnetcls's loader over coil100-a's files (warm
+decoded cache, random-resized-crop + flip, 2 workers, normalised in the training process) and once by the
+same batches held in memory as finished tensors. Epochs alternate between the two feeds and the median
+epoch time of each is compared: the ratio (files / tensors, images/s) is what the data path costs.
 
 Baseline and warm: median over the epochs of one loader with persistent workers; at least 3 epochs and at
 least 2,000 images (hymenoptera's 244 images make 4 batches an epoch, too few for one epoch to say much).
@@ -31,6 +39,7 @@ from resnetcls.envinfo import machine_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORKERS, BATCH = 2, 64
+TRAIN_BATCH = 32  # --train rows
 
 
 def _drain(loader) -> int:
@@ -73,10 +82,55 @@ def bench(root: Path, size: int, fraction: float) -> list[tuple[str, float]]:
             ("resnetcls warm (cached)", warm)]
 
 
+def _train_rows(size: int, steps: int, repeats: int, arch: str) -> tuple[float, float]:
+    """(images/s fed from files, images/s fed from in-memory tensors), medians of `repeats` epochs each."""
+    from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
+    from resnetcls.hardware import resolve_amp
+    from resnetcls.models import create_model
+
+    samples = read_data(str(DATA / "coil100-a")).splits["all"]
+    samples = samples.subset(list(range(0, len(samples), max(1, len(samples) // (steps * TRAIN_BATCH))))
+                             [:steps * TRAIN_BATCH])
+    with tempfile.TemporaryDirectory() as cache_dir:
+        loader = build_loader(samples, build_train_transform(make_preprocess(size)), TRAIN_BATCH, shuffle=True,
+                              num_workers=WORKERS, cache_dir=cache_dir, drop_last=True)
+        tensors = [dict(b) for b in loader]  # the same (finished) batches, held in memory
+        torch.manual_seed(0)
+        model = create_model(arch, len(samples.classes)).to(memory_format=torch.channels_last)
+        ctx = StepContext(torch.device("cpu"), resolve_amp("auto", torch.device("cpu")), True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = Optimization(optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0),
+                           torch.amp.GradScaler("cpu", enabled=False))
+        loss_fn = torch.nn.CrossEntropyLoss()
+        rates: dict[str, list[float]] = {"files": [], "tensors": []}
+        for epoch in range(repeats + 1):  # epoch 0 warms both feeds up (allocator, worker start)
+            for name, feed in (("files", loader), ("tensors", tensors)):
+                stats = EpochStats()
+                train_one_epoch(model, feed, opt, loss_fn, ctx, stats, lambda _s: False)
+                if epoch:
+                    rates[name].append(stats.images_per_s)
+        del loader
+    return statistics.median(rates["files"]), statistics.median(rates["tensors"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images (about a minute)")
+    parser.add_argument("--train", type=int, action="append", metavar="SIZE",
+                        help="end-to-end rows at SIZE px instead (repeatable): files vs in-memory tensors")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per timed epoch (--train)")
+    parser.add_argument("--model", default="resnet50", help="architecture of the --train step (default resnet50)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per feed (--train); median")
     args = parser.parse_args()
+    if args.train:
+        print(f"machine: {machine_line()}", flush=True)
+        print(f"{args.model + ' training step':<28} {'files img/s':>12} {'tensors img/s':>14} {'ratio':>7}")
+        for size in args.train:
+            files, tensors = _train_rows(size, args.steps, args.repeats, args.model)
+            print(f"{f'coil100-a @{size}px':<28} {files:>12.1f} {tensors:>14.1f} {files / tensors:>6.2f}x",
+                  flush=True)
+        print("(ratio: median images/s over the epochs, files / tensors; the same step, the same batches)")
+        return
     torch.set_num_threads(1)  # the main process only drains batches; the workers do the work
     print(f"machine: {machine_line()}", flush=True)
     print(f"{'data set':<22} {'pipeline':<42} {'images/s':>10} {'ratio':>7}")

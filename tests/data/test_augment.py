@@ -117,3 +117,35 @@ def test_every_augmentation_works_at_each_progressive_size(size):
         mixed, targets = BatchMix(mixup, cutmix, 3)(images.float(), torch.tensor([0, 1, 2, 0]), seed=size)
         assert mixed.shape == (4, 3, size, size)
         assert torch.allclose(targets.sum(1), torch.ones(4))
+
+
+def test_augment_on_resolves_per_device_and_names_a_bad_value():
+    from resnetcls.data.augment import resolve_augment_on
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [resolve_augment_on(v, cpu) for v in ("auto", "host", "device")] == [False, False, True]
+    assert [resolve_augment_on(v, cuda) for v in ("auto", "host", "device")] == [True, False, True]
+    with pytest.raises(UserError, match=r"data.augment_on='gpu': expected one of auto, host, device"):
+        resolve_augment_on("gpu", cpu)
+
+
+def test_device_crops_follow_the_drawn_boxes_and_flips_exactly():
+    """The whole canvas at its own size is the canvas itself; a flip mirrors it; a half box is that half,
+    resized; the draws repeat under the same seed."""
+    from resnetcls.data.augment import DeviceCrops
+    from resnetcls.data.transforms import _crop_box
+    crops = DeviceCrops(8, (0.25, 1.0), SampleAugment("crop_flip", 0.0), _crop_box)
+    canvas = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    whole = {"boxes": torch.tensor([[0.0, 0, 8, 8]] * 2), "flips": torch.tensor([False, True]),
+             "seeds": torch.tensor([1, 2])}
+    out = crops.apply(canvas, whole, 8)
+    assert out.dtype == torch.uint8 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out[0], canvas[0]) and torch.equal(out[1], canvas[1].flip(-1))
+    left = {"boxes": torch.tensor([[0.0, 0, 8, 4]]), "flips": torch.tensor([False]), "seeds": torch.tensor([1])}
+    flat = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    flat[..., :4] = 200  # the left half is bright, the right dark: the crop of the left half is all bright
+    assert crops.apply(flat, left, 4).min() == 200
+    torch.manual_seed(5)
+    a = crops.draw(3, None)
+    torch.manual_seed(5)
+    b = crops.draw(3, None)
+    assert all(torch.equal(a[k], b[k]) for k in a) and (a["boxes"][:, 2:] <= 8).all()

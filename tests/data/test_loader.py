@@ -125,3 +125,28 @@ def test_on_bad_fail_names_every_bad_file_before_any_batch(photos):
     with pytest.raises(UserError, match=r"^1 bad image \(data.on_bad=fail.*broken.jpg: "):
         known_bad_files("fail", loader)
     assert known_bad_files("skip", loader) == {photos.paths[2]: loader.dataset.bad_files[photos.paths[2]]}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augment_on_device_ships_canvases_and_each_batch_crops_them_where_it_is_finished(photos, tmp_path,
+                                                                                          workers):
+    """data.augment_on=device with device=cpu: the loader hands over uint8 canvases of the stored size
+    (through the ring with workers), and the batch's own finish crops, flips and normalises them to the
+    model's size; the same sampler seed gives the same finished batches."""
+    many = Samples(photos.paths * 2, photos.labels * 2, photos.classes)
+    transform = build_train_transform(make_preprocess(16), augment="trivialaugment", on_device=True)
+    canvas = transform.device_crops.canvas
+
+    def epoch() -> list[torch.Tensor]:
+        loader = build_loader(many, transform, 2, shuffle=False, num_workers=workers, cache_dir=tmp_path,
+                              sampler=ResumableSampler(many.labels, "shuffle", seed=1), uint8_batches=True)
+        finished = []
+        for batch in loader:
+            assert batch["images"].dtype == torch.uint8 and batch["images"].shape[-2:] == (canvas, canvas)
+            x = batch["finish"](batch["images"])
+            assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (3, 16, 16)
+            finished.append(x)
+        return finished
+
+    first, again = epoch(), epoch()
+    assert len(first) >= 5 and all(torch.equal(a, b) for a, b in zip(first, again))

@@ -162,3 +162,13 @@ def test_a_budgeted_run_keeps_the_total_it_chose_when_resumed():
     assert with_saved_total(saved, Config(train=TrainConfig(epochs=3))).train.epochs == 3  # no budget now
     unbudgeted = config_to_dict(Config(train=TrainConfig(epochs=7)))
     assert with_saved_total(unbudgeted, Config(train=TrainConfig(time_budget="20m"))).train.epochs == 10
+
+
+def test_a_device_augmenting_pipeline_ships_uint8_canvases_even_on_the_cpu(tiny_data):
+    splits = load_splits(str(tiny_data))
+    pipeline = DataPipeline(DataConfig(image_size=32, num_workers=0), 8, uint8_batches=False, device_augment=True)
+    batch = next(iter(pipeline.train_loader(splits.train, ResumableSampler(splits.train.labels), 0)))
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape[-1] == round(32 / 0.875)
+    assert tuple(batch["finish"](batch["images"]).shape[1:]) == (3, 32, 32)
+    evals = next(iter(pipeline.eval_loader(splits.val)))
+    assert "finish" not in evals and tuple(evals["images"].shape[1:]) == (3, 32, 32)  # eval: centre crop, host

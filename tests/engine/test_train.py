@@ -225,3 +225,14 @@ def test_train_warns_once_when_val_images_have_near_duplicates_in_train(tmp_path
     assert len(lines) == 1 and lines[0].startswith("warning: 8 of 8 val images (100.0%) have a near-duplicate")
     assert "--set data.split_by=COLUMN" in lines[0] and "data check DATA --suggest-split" in lines[0]
     assert "near-duplicate" not in runs["clean"].stderr and "near-duplicate" not in runs["off"].stderr
+
+
+def test_training_with_augment_on_device_runs_on_the_cpu_and_a_bad_choice_is_one_line(tiny_data, tmp_path):
+    """data.augment_on=device on the CPU: the GPU path's code (uint8 canvases, crops on the device)."""
+    out = tmp_path / "run"
+    result = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", out, "--set", "data.augment_on=device")
+    assert result.returncode == 0, result.stderr
+    assert (out / "metrics.jsonl").is_file()
+    bad = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "bad",
+                  "--set", "data.augment_on=gpu")
+    assert bad.returncode == 2 and "data.augment_on" in bad.stderr and "Traceback" not in bad.stderr

@@ -50,6 +50,7 @@ SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
 CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "fork", "spawn"),
            "data.interpolation": ("nearest", "bilinear", "bicubic"),
            "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
+           "data.augment_on": ("auto", "host", "device"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
            "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint"),
            "log.wandb_mode": ("offline", "online", "disabled")}

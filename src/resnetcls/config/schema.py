@@ -25,6 +25,8 @@ class DataConfig:
     resize_size: int = 0            # eval resize of the short side; 0 = image_size / 0.875
     augment: str = "crop_flip"      # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
                                     # trivialaugment | randaugment (crop_flip, then that per-image policy)
+    augment_on: str = "auto"        # where crop, flip and the policy run: auto (the GPU on CUDA, else host) |
+                                    # host (DataLoader workers) | device (the training device; uint8 canvases)
     random_erasing: float = 0.0     # probability of erasing one rectangle per training image; 0 = off
     mixup: float = 0.0              # Mixup's Beta alpha (e.g. 0.2); 0 = off
     cutmix: float = 0.0             # CutMix's Beta alpha (e.g. 1.0); 0 = off; with mixup, one per batch

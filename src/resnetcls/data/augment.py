@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+from torchvision.ops import roi_align
 from torchvision.transforms import v2 as T
 
 from ..errors import UserError
@@ -106,3 +107,51 @@ def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[in
     ch, cw = int(h * cut), int(w * cut)
     cy, cx = int(rng.integers(h)), int(rng.integers(w))
     return (max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w))
+
+
+AUGMENT_ON = ("auto", "host", "device")
+
+
+def resolve_augment_on(augment_on: str, device: torch.device) -> bool:
+    """Whether training crops, flips and the per-image policy run on the training device (data.augment_on):
+    auto = on a CUDA device (the GPU then does what the DataLoader workers would), host = in the workers."""
+    if augment_on not in AUGMENT_ON:
+        raise UserError(f"data.augment_on={augment_on!r}: expected one of {', '.join(AUGMENT_ON)}")
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+
+
+class DeviceCrops:
+    """data.augment_on=device: random-resized-crop + flip, then the policy and random erasing, on the device.
+
+    The DataLoader workers only copy each stored image's centre canvas x canvas square (the whole image with
+    square storage; the long side's edges are left out otherwise) into the uint8 batch, and draw the crop
+    boxes, flips and sample seeds (draw(), under the same seeded RNG as the host path, so a resumed run draws
+    the same numbers). apply() then crops and resizes the whole batch in one roi_align call on the batch's
+    device (adaptive sampling averages about one sample per source pixel, an area filter when shrinking)."""
+
+    def __init__(self, canvas: int, scale: tuple[float, float], sample: SampleAugment, crop_box) -> None:
+        self.canvas, self.scale, self.sample, self._crop_box = canvas, scale, sample, crop_box
+
+    def draw(self, n: int, seeds: list[int] | None) -> dict:
+        """{boxes (N, 4) top/left/height/width in canvas pixels, flips (N,) bool, seeds (N,) int64}."""
+        draws, flips = torch.rand(n, 10, 4).tolist(), torch.rand(n) < 0.5
+        boxes = torch.tensor([self._crop_box(self.canvas, self.canvas, self.scale, d) for d in draws],
+                             dtype=torch.float32)
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (n,)).tolist()
+        return {"boxes": boxes, "flips": flips, "seeds": torch.tensor(seeds, dtype=torch.int64)}
+
+    def apply(self, canvas: torch.Tensor, params: dict, size: int) -> torch.Tensor:
+        """(N, 3, C, C) uint8 canvases (any device) -> (N, 3, size, size) uint8 channels-last crops there."""
+        dev, n = canvas.device, canvas.shape[0]
+        b = params["boxes"].to(dev)
+        top, left, h, w = b.unbind(1)
+        rois = torch.stack([torch.arange(n, device=dev, dtype=torch.float32), left, top, left + w, top + h], 1)
+        out = roi_align(canvas.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        flips = params["flips"].to(dev).view(-1, 1, 1, 1)
+        out = torch.where(flips, out.flip(-1), out).round_().clamp_(0, 255).to(torch.uint8)
+        out = out.contiguous(memory_format=torch.channels_last)
+        if self.sample.active:
+            for k, seed in enumerate(params["seeds"].tolist()):  # each image under its own seed, as on the host
+                out[k].copy_(self.sample(out[k], seed))
+        return out

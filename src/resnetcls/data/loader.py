@@ -150,12 +150,17 @@ class StoredImageDataset(Dataset):
             if seed is not None:
                 torch.manual_seed(seed)
             seeds = [i.seed for i in good] if seed is not None else None
-            into = None if slot is None else slot_pixels(self.ring, slot, len(images), size)
+            device_crops = self.transform.device_crops  # augment_on=device: canvases + the draws to crop them
+            pixels = size if device_crops is None else device_crops.canvas
+            into = None if slot is None else slot_pixels(self.ring, slot, len(images), pixels)
             crops = self.transform.crops(images, into, seeds, size)
+            draws = None if device_crops is None else device_crops.draw(len(good), seeds)
         batch = {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
                  "index": torch.tensor([int(i) for i in good]), "bad": bad, "seed": seed}
+        if draws is not None:
+            batch["device_crops"] = (draws, size)
         if slot is not None:  # FinishingLoader reads the pixels from the ring
-            batch["images"], batch["slot"], batch["size"] = None, slot, size
+            batch["images"], batch["slot"], batch["size"] = None, slot, pixels
         return batch
 
     def __getitem__(self, i: int):
@@ -192,10 +197,11 @@ class FinishingLoader(DataLoader):
     applies to each finished batch with the batch's "seed", turning its labels into soft targets."""
 
     def __init__(self, *args, finish: Callable | None = None, uint8_batches: bool = False,
-                 mix: BatchMix | None = None, **kwargs) -> None:
+                 mix: BatchMix | None = None, pin: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._finish, self._uint8 = finish, uint8_batches and finish is not None
         self._mix = mix if mix is not None and mix.active else None
+        self._pin = pin
 
     @property
     def batch_mix(self) -> BatchMix | None:
@@ -218,11 +224,43 @@ class FinishingLoader(DataLoader):
             slot, size = batch.pop("slot", None), batch.pop("size", None)
             if slot is not None:
                 pixels = slot_pixels(self.dataset.ring, slot, len(batch["labels"]), size).permute(0, 3, 1, 2)
-                batch["images"] = pixels if finish_here is not None else pixels.clone(
-                    memory_format=torch.channels_last)
-            if finish_here is not None and batch["images"] is not None:
+                batch["images"] = pixels if finish_here is not None else _copy_out(pixels, self._pin)
+            elif self._pin and batch["images"] is not None and finish_here is None:
+                batch["images"] = batch["images"].pin_memory()
+            crops = batch.pop("device_crops", None)
+            if crops is not None:  # augment_on=device: the consumer crops on its device, then normalises
+                batch["finish"] = DeviceFinish(self.dataset.transform, *crops)
+                if finish_here is not None:
+                    batch["images"] = batch.pop("finish")(batch["images"])
+            elif finish_here is not None and batch["images"] is not None:
                 batch["images"] = finish_here(batch["images"])
             yield batch
+
+
+def _copy_out(pixels: torch.Tensor, pin: bool) -> torch.Tensor:
+    """A channels-last copy of a batch's ring pixels, in pinned (page-locked) memory when `pin`: a
+    non_blocking copy to the GPU from there overlaps with compute instead of staging through pageable memory."""
+    if not pin:
+        return pixels.clone(memory_format=torch.channels_last)
+    out = torch.empty(pixels.shape[0], *pixels.shape[2:], pixels.shape[1], dtype=torch.uint8, pin_memory=True)
+    out.copy_(pixels.permute(0, 2, 3, 1))
+    return out.permute(0, 3, 1, 2)
+
+
+class DeviceFinish:
+    """One batch's finish under data.augment_on=device: its crops, flips and policy (drawn by the worker,
+    data/augment.py's DeviceCrops) applied to the uint8 canvases on their device, then the transform's finish.
+    A batch carries it as batch["finish"]; engine/loop.py uses it in place of the loader's device_finish."""
+
+    def __init__(self, transform: BatchTransform, draws: dict, size: int) -> None:
+        self.transform, self.draws, self.size = transform, draws, size
+
+    def crops(self, canvases: torch.Tensor) -> torch.Tensor:
+        """The uint8 (N, 3, size, size) crops, on the canvases' device."""
+        return self.transform.device_crops.apply(canvases, self.draws, self.size)
+
+    def __call__(self, canvases: torch.Tensor) -> torch.Tensor:
+        return self.transform.finish(self.crops(canvases))
 
 
 def default_workers() -> int:
@@ -261,7 +299,7 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
                  seed: int = 0, drop_last: bool = False, sampler: Sampler | None = None,
                  cache_dir: str | os.PathLike | None = None, on_bad: str = "skip", start_method: str = "auto",
                  cache_max_gb: float = 0.0, uint8_batches: bool = False,
-                 mix: BatchMix | None = None) -> DataLoader:
+                 mix: BatchMix | None = None, pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose batches are dicts {images, labels, index, bad}.
 
     transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
@@ -271,6 +309,9 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     start_method: how workers start: auto (fork on Linux, else the platform's default, spawn), fork or spawn.
     cache_max_gb: the decoded cache's size limit (least-recently-used stores are pruned beyond it; 0 = none).
     mix: Mixup/CutMix for the training loop to apply (the loader's batch_mix).
+    pin_memory: hand uint8 batches over in pinned memory (for non_blocking copies to a CUDA device; ignored
+    when CUDA is unavailable). A transform with device_crops (data.augment_on=device) ships canvases and each
+    batch carries its own finish (batch["finish"], see DeviceFinish).
     """
     dataset = build_dataset(samples, transform, cache_dir, on_bad, cache_max_gb)
     workers = default_workers() if num_workers < 0 else num_workers
@@ -280,7 +321,8 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     finish, slots = None, 1
     if isinstance(transform, BatchTransform):
         finish = transform.finish
-        ring_shape = (PREFETCH_FACTOR * workers + 1, batch_size, transform.size, transform.size, 3)
+        side = transform.size if transform.device_crops is None else transform.device_crops.canvas
+        ring_shape = (PREFETCH_FACTOR * workers + 1, batch_size, side, side, 3)
         if workers > 0 and _room_in_shared_memory(math.prod(ring_shape)):
             slots = ring_shape[0]  # see SlotBatchSampler
             # made before the workers start: they inherit it (fork) or receive it (spawn)
@@ -290,6 +332,7 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
                            num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
                            persistent_workers=workers > 0, finish=finish, uint8_batches=uint8_batches, mix=mix,
+                           pin=pin_memory and uint8_batches and torch.cuda.is_available(),
                            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                            worker_init_fn=ignore_sigint if workers > 0 else None,
                            multiprocessing_context=start_method if workers > 0 else None)

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from ..errors import UserError
-from .augment import POLICIES, SampleAugment
+from .augment import POLICIES, DeviceCrops, SampleAugment
 from .geometry import INTERPOLATIONS, CropToAspect, StoreGeometry
 
 
@@ -92,7 +92,8 @@ class BatchTransform:
     """
 
     def __init__(self, preprocess: dict, train: bool, augment: str = "crop_flip", min_crop_scale: float = 0.25,
-                 color_jitter: float = 0.0, store_size: int = 0, random_erasing: float = 0.0) -> None:
+                 color_jitter: float = 0.0, store_size: int = 0, random_erasing: float = 0.0,
+                 on_device: bool = False) -> None:
         _check_augment(augment)
         square = preprocess.get("resize_mode") == "square"
         size = store_size or preprocess["resize"]
@@ -111,6 +112,9 @@ class BatchTransform:
         self._mean, self._std = mean, std
         self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std as x * scale + shift
         self._rows_key, self._rows = None, None
+        # data.augment_on=device: workers ship canvases, the device crops (data/augment.py's DeviceCrops)
+        self.device_crops = DeviceCrops(size, self.scale, self.augment, _crop_box) \
+            if on_device and self.random else None
 
     def _resize_into(self, out: torch.Tensor, hwc: np.ndarray, flip: bool = False) -> None:
         """Resize one HWC uint8 image straight into `out`, a (1, 3, S, S) channels-last slot of the batch.
@@ -133,6 +137,8 @@ class BatchTransform:
         resize) goes from the stored image straight to it, no second resize; None = preprocess's image_size.
         """
         s, n = size or self.size, len(images)
+        if self.device_crops is not None:
+            return self._canvases(images, into)
         if s != self.size and not (self.random or self.geometry.square):
             raise ValueError(f"size={s}: the eval centre crop is made at image_size={self.size} only")
         batch = torch.empty(n, s, s, 3, dtype=torch.uint8) if into is None else into
@@ -161,6 +167,21 @@ class BatchTransform:
                 seeds = torch.randint(0, 2**62, (n,)).tolist()
             for k in range(n):
                 out[k].copy_(self.augment(out[k], seeds[k]))
+        return out
+
+    def _canvases(self, images: list[np.ndarray], into: torch.Tensor | None) -> torch.Tensor:
+        """augment_on=device: each stored image's centre canvas x canvas square, as an (N, 3, C, C) uint8
+        channels-last batch (an image smaller than the canvas, e.g. from an older store, is resized to it)."""
+        c = self.device_crops.canvas
+        batch = torch.empty(len(images), c, c, 3, dtype=torch.uint8) if into is None else into
+        out, slots = batch.permute(0, 3, 1, 2), batch.numpy()
+        for k, image in enumerate(images):
+            h, w = image.shape[:2]
+            if h < c or w < c:
+                self._resize_into(out[k:k + 1], image)
+            else:
+                top, left = (h - c) // 2, (w - c) // 2
+                np.copyto(slots[k], image[top:top + c, left:left + c])
         return out
 
     def finish(self, batch: torch.Tensor) -> torch.Tensor:
@@ -224,10 +245,12 @@ def _color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
 
 def build_train_transform(preprocess: dict, augment: str = "crop_flip", min_crop_scale: float = 0.25,
                           color_jitter: float = 0.0, store_size: int = 0,
-                          random_erasing: float = 0.0) -> BatchTransform:
+                          random_erasing: float = 0.0, on_device: bool = False) -> BatchTransform:
     """Training augmentation on uint8 batches: random-resized-crop + flip (+ a policy, random erasing,
-    jitter), or the seed's plain resize."""
-    return BatchTransform(preprocess, True, augment, min_crop_scale, color_jitter, store_size, random_erasing)
+    jitter), or the seed's plain resize. on_device: crop, flip and policy run on the training device
+    (data.augment_on; the loader then ships canvases, see BatchTransform.device_crops)."""
+    return BatchTransform(preprocess, True, augment, min_crop_scale, color_jitter, store_size, random_erasing,
+                          on_device)
 
 
 def build_eval_batch_transform(preprocess: dict, store_size: int = 0) -> BatchTransform:

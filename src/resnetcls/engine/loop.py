@@ -152,6 +152,7 @@ def forward_batch(model: nn.Module, batch: dict, finish: Callable | None, loss_f
     mix: a loader's batch_mix (Mixup/CutMix), applied to the finished batch with the batch's seed; the loss
     then takes its soft targets, while the returned labels stay the hard ones (for the accuracy counts)."""
     images, labels = batch["images"], batch["labels"]
+    finish = batch.get("finish", finish)  # data.augment_on=device: the batch's own crops, then normalisation
     extra = hooks.extra_batch(len(labels))
     if extra is not None:
         if finish is None or images.dtype != torch.uint8:

@@ -171,11 +171,13 @@ class DataPipeline:
     bench/gpu_train_throughput.py --quick); lifelong always asks for them (replayed uint8 images join each
     batch before it is normalised)."""
 
-    def __init__(self, d: DataConfig, batch_size: int, uint8_batches: bool) -> None:
-        self.d, self.batch_size, self.uint8_batches = d, batch_size, uint8_batches
+    def __init__(self, d: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False) -> None:
+        # device_augment (data.augment_on, data/augment.py's resolve_augment_on): training batches arrive as
+        # uint8 canvases and each carries the crops, flips and policy to run on the training device
+        self.d, self.batch_size, self.uint8_batches = d, batch_size, uint8_batches or device_augment
         self.preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
         self.train_tf = build_train_transform(self.preprocess, d.augment, d.min_crop_scale, d.color_jitter,
-                                              d.cache_size, d.random_erasing)
+                                              d.cache_size, d.random_erasing, on_device=device_augment)
         self.eval_tf = build_eval_batch_transform(self.preprocess, d.cache_size)
         self.cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
 
@@ -194,4 +196,4 @@ class DataPipeline:
         return build_loader(samples, transform, self.batch_size, shuffle=False, num_workers=d.num_workers,
                             seed=seed, drop_last=drop_last, sampler=sampler, cache_dir=self.cache_dir,
                             on_bad=d.on_bad, start_method=d.worker_start, cache_max_gb=d.cache_max_gb,
-                            uint8_batches=self.uint8_batches, mix=mix)
+                            uint8_batches=self.uint8_batches, mix=mix, pin_memory=self.uint8_batches)

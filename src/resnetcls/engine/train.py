@@ -27,6 +27,7 @@ from ..data.sources import Samples, Splits, load_splits, write_split_csv
 from ..errors import UserError
 from ..hardware import precision_name
 from ..modelfile import save_model_dir
+from ..data.augment import resolve_augment_on
 from . import distributed
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .calibrate import calibrate_run
@@ -73,7 +74,8 @@ def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
     splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
     if len(splits.classes) < 2:  # one class would train to a meaningless 100%
         raise UserError(f"{d.train}: only one class ({splits.classes[0]!r}); a classifier needs at least two")
-    pipeline = DataPipeline(d, t.batch_size, uint8_batches=ctx.device.type == "cuda")
+    pipeline = DataPipeline(d, t.batch_size, uint8_batches=ctx.device.type == "cuda",
+                            device_augment=resolve_augment_on(d.augment_on, ctx.device))
     world = distributed.world_from_env()  # under torchrun each rank reads its own share, batch_size each
     sampler = ResumableSampler(splits.train.labels, d.sampler, t.seed, world.rank, world.size)
     train_loader = pipeline.train_loader(splits.train, sampler, t.seed)
