@@ -245,7 +245,7 @@ def _lifelong_section(run_dir: Path) -> str:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable lifelong metrics: {e}") from None
-    keys = ["ACC", "BWT", "FWT", "A", "REM", "BWT_plus", "FWT_dr", "gap_to_joint", "buffer_images", "buffer_mb",
+    keys = ["ACC", "BWT", "FWT", "overall", "overall_vs_joint", "A", "REM", "BWT_plus", "FWT_dr", "gap_to_joint", "buffer_images", "buffer_mb",
             "model_params", "model_mb", "train_seconds", "inference_ms_per_image"]
     rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in keys if k in m)
     tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(s)}</td><td>{_fmt(f)}</td></tr>" for n, s, f in
@@ -253,7 +253,18 @@ def _lifelong_section(run_dir: Path) -> str:
     fig = _img(run_dir / "R.png", "lifelong-R", "accuracy matrix R") if (run_dir / "R.png").is_file() else ""
     return (f"<h2>Lifelong: {html.escape(str(m['strategy']))} over {len(m['task_names'])} tasks</h2>"
             f"<div class='figs'>{fig}<table id='lifelong-metrics'>{rows}</table>"
-            f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>")
+            f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>"
+            + _matrix_table(m))
+
+
+def _matrix_table(m: dict) -> str:
+    """R as numbers (row: after training that task, column: accuracy on that task), with b as the first row."""
+    names = m["task_names"]
+    after = ["before"] + (names if m.get("strategy") != "joint" else ["joint"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{_fmt(float(v))}</td>" for v in row) + "</tr>"
+                   for a, row in zip(after, [m["b"], *m["R"]]))
+    return f"<table id='lifelong-R-matrix'><tr><th>after \\ on</th>{head}</tr>{body}</table>"
 
 
 def _env_section(run_dir: Path, summary: dict) -> str:

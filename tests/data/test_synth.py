@@ -29,3 +29,37 @@ def test_other_seed_gives_other_images(tmp_path):
         run_cli("data", "synth", tmp_path / seed, "--classes", "2", "--per-class", "3", "--image-size", "32",
                 "--seed", seed)
     assert _digest(tmp_path / "1") != _digest(tmp_path / "2")
+
+
+def test_openloris_layout_is_the_challenge_protocol_and_reads_as_data(tmp_path):
+    from resnetcls.data.sources import read_data
+    out = tmp_path / "ol"
+    r = run_cli("data", "synth", out, "--layout", "openloris", "--classes", "3", "--per-class", "3",
+                "--image-size", "32")
+    assert r.returncode == 0, r.stderr
+    assert "--tasks batches" in r.stderr
+    protocol = list(csv.DictReader(open(out / "batches.csv")))
+    assert len(protocol) == 12 and [p["batch"] for p in protocol] == [str(k) for k in range(1, 13)]
+    assert [(p["factor"], p["level"]) for p in protocol[:3]] == [("illumination", "1"), ("illumination", "2"),
+                                                                 ("illumination", "3")]
+    assert [p["factor"] for p in protocol[3::3]] == ["occlusion", "pixel_size", "clutter"]
+    for split in ("train", "validation", "test"):
+        for k in range(1, 13):
+            rows = list(csv.DictReader(open(out / split / f"batch{k}" / "label.csv")))
+            assert list(rows[0]) == ["file name", "label"]
+            # 3 images per object: one each for train, validation and test (a naive 70/15/15 gives 0 to val/test)
+            assert sorted(r["label"] for r in rows) == ["0", "1", "2"], (split, k)
+            assert all((out / split / f"batch{k}" / r["file name"]).is_file() for r in rows)
+    data = read_data(str(out), "5")
+    assert data.layout == "openloris" and data.classes == ["0", "1", "2"]
+    assert {s: len(v) for s, v in data.splits.items()} == {"train": 3, "val": 3, "test": 3}
+    assert len(list(csv.DictReader(open(out / "classes.csv")))) == 3
+
+
+def test_openloris_layout_keeps_every_object_in_val_and_test_with_more_images(tmp_path):
+    out = tmp_path / "ol"
+    assert run_cli("data", "synth", out, "--layout", "openloris", "--classes", "2", "--per-class", "10",
+                   "--image-size", "16").returncode == 0
+    counts = {s: len(list(csv.DictReader(open(out / s / "batch1" / "label.csv")))) for s in
+              ("train", "validation", "test")}
+    assert counts == {"train": 2 * 6, "validation": 2 * 2, "test": 2 * 2}  # 15% of 10 rounds to 2

@@ -21,6 +21,8 @@ def test_metrics_match_hand_computation():
     assert m["BWT_plus"] == 0.0
     assert m["FWT_dr"] == pytest.approx((0.2 + 0.1 + 0.3) / 3)                     # 0.2
     assert m["forgetting"] == pytest.approx([0.9 - 0.5, 0.8 - 0.7])
+    # over-all accuracy: accuracy on the tasks seen so far, averaged over the sessions
+    assert m["overall"] == pytest.approx((0.9 + (0.6 + 0.8) / 2 + (0.5 + 0.7 + 0.9) / 3) / 3)  # 0.7667
 
 
 def test_single_task_has_no_transfer_metrics():

@@ -29,6 +29,8 @@ def test_summarize_a_sequence_and_its_gap_to_a_joint_run(tmp_path):
     assert m["FWT"] == pytest.approx(0.1 - 0.2)             # -0.1
     assert m["forgetting"] == pytest.approx([0.8 - 0.6])
     assert m["joint_ACC"] == 0.85 and m["gap_to_joint"] == pytest.approx(0.85 - 0.75)
+    assert m["overall"] == pytest.approx((0.8 + 0.75) / 2)  # seen tasks after each session, averaged
+    assert m["overall_vs_joint"] == pytest.approx(0.775 / 0.85)  # Kemker's Omega_all: relative to offline
     assert "gap_to_joint" not in summarize(R, B, "naive", None)
 
 

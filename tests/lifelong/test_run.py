@@ -210,3 +210,85 @@ def test_on_bad_skip_warns_and_counts_the_bad_image(manifest_with_a_bad_image, t
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("warning: skipped bad image") == 1 and "dark_red_0.png" in r.stderr
     assert read_json(out / "metrics.json")["bad_images"] == 1 and "1 bad images skipped" in r.stderr
+
+
+# Exact resume at an epoch boundary inside a task (issue 19 item 3): two epochs per task, so the second task has a
+# checkpoint after its first epoch that carries the optimizer, schedule, sampler, RNGs and the strategy's state.
+EPOCHS2 = ["--epochs", "2", "--set", "ckpt.keep_last=50", "--set", "log.tensorboard=false"]
+STRATEGY_ARGS = {"naive": [], "ewc": [], "lwf": [], "replay": ["--buffer-size", "6"]}
+
+
+def inside_task_checkpoint(run_dir):
+    """The checkpoint after epoch 1 of task 2 (tasks_done 1, epoch 2 next)."""
+    for path in sorted((run_dir / "checkpoints").glob("step-*.json")):
+        meta = read_json(path)
+        if meta["tasks_done"] == 1 and meta["epoch"] == 2:
+            return path, meta
+    raise AssertionError(f"no checkpoint inside task 2 in {sorted((run_dir / 'checkpoints').iterdir())}")
+
+
+def kill_after(src, dst, checkpoint_step):
+    """dst: what a run killed right after the checkpoint of checkpoint_step leaves (later checkpoints and the
+    results are gone; metrics.jsonl still holds the records of the lost steps, as after a real kill)."""
+    import shutil
+    shutil.copytree(src, dst)
+    for name in ("R.json", "R.csv", "R.png", "metrics.json"):
+        (dst / name).unlink()
+    shutil.rmtree(dst / "final")
+    for path in (dst / "checkpoints").glob("step-*"):
+        if int(path.stem.split("-")[1]) > checkpoint_step:
+            path.unlink()
+
+
+@pytest.mark.parametrize("strategy", ["naive", "ewc", "lwf", "replay"])
+def test_killed_inside_a_task_and_resumed_is_bit_identical(manifest, tmp_path, strategy):
+    common = ["lifelong", manifest, *ARGS, *EPOCHS2, "--strategy", strategy, *STRATEGY_ARGS[strategy]]
+    whole = tmp_path / "whole"
+    r = run_cli(*common, "--out", whole)
+    assert r.returncode == 0, r.stderr
+    path, meta = inside_task_checkpoint(whole)
+    state = torch.load(path.with_suffix(".pt"), weights_only=True)
+    assert state["optimizer"] is not None and state["scheduler"] is not None and state["extra"]["in_task"]
+    out = tmp_path / "killed"
+    kill_after(whole, out, meta["global_step"])
+    r = run_cli(*common, "--out", out, "--resume", "auto")
+    assert r.returncode == 0, r.stderr
+    assert "inside task 2 at epoch 2 step 0" in r.stderr and "task 1/2 light=bright" not in r.stderr
+    assert read_json(out / "R.json") == read_json(whole / "R.json")
+    a, b = load_file(str(out / "final/model.safetensors")), load_file(str(whole / "final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    epochs = [(r["task"], r["task_epoch"]) for r in records(out, "task_epoch")]
+    assert epochs == [("light=bright", 1), ("light=bright", 2), ("light=dark", 1), ("light=dark", 2)]
+
+
+def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, tmp_path):
+    """A real kill (SIGKILL, no chance to save) in the middle of the second task's first epoch, EWC (its
+    Fisher and anchors come from the checkpoint). Batch 2: 6 + 6 steps for the first task, 7 + 7 for the second.
+    Every run in its own process with one thread, as the killed one: CPU kernels may sum in another order with
+    another thread count, and bit-identity is only promised on the same machine setup."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "resnetcls", "lifelong", str(manifest), *ARGS, *EPOCHS2, "--batch-size", "2",
+               "--strategy", "ewc", "--set", "ckpt.every_steps=1"]
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    r = subprocess.run([*command, "--out", str(whole)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([*command, "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    marker, deadline = out / "checkpoints" / "step-00000015.json", time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    r = subprocess.run([*command, "--out", str(out), "--resume", "auto"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "inside task 2 at epoch 1 step" in r.stderr, r.stderr
+    assert read_json(out / "R.json") == read_json(whole / "R.json")
+    a, b = load_file(str(out / "final/model.safetensors")), load_file(str(whole / "final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

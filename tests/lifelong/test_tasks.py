@@ -35,3 +35,32 @@ def test_a_range_over_a_text_column_names_the_value():
     groups = task_groups(["dark"], "light", "0-5", 0)
     with pytest.raises(UserError, match="'dark' is not a number"):
         groups[0][1]("dark")
+
+
+def test_openloris_protocol_end_to_end(tmp_path):
+    """`data synth --layout openloris` then `lifelong --tasks batches`: the 12 batches in order, the challenge's
+    metrics and the 12x12 R matrix in metrics.json, R.csv and the report."""
+    import csv
+    import json
+
+    from tests.conftest import run_cli
+    data, out = tmp_path / "ol", tmp_path / "run"
+    assert run_cli("data", "synth", data, "--layout", "openloris", "--classes", "3", "--per-class", "3",
+                   "--image-size", "32").returncode == 0
+    r = run_cli("lifelong", data, "--tasks", "batches", "--model", "resnet18", "--image-size", "32",
+                "--batch-size", "8", "--epochs", "1", "--set", "model.width=8", "--set", "data.num_workers=0",
+                "--set", "train.deterministic=true", "--set", "log.tensorboard=false", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "12 tasks" in r.stderr and "task 12/12 batch12" in r.stderr and "over-all" in r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task_names"] == [f"batch{k}" for k in range(1, 13)]
+    assert len(m["R"]) == 12 and all(len(row) == 12 for row in m["R"]) and len(m["b"]) == 12
+    assert m["ACC"] == pytest.approx(sum(m["R"][-1]) / 12)
+    for key in ("BWT", "FWT", "overall"):
+        assert isinstance(m[key], float), key
+    assert m["overall"] == pytest.approx(sum(sum(m["R"][i][:i + 1]) / (i + 1) for i in range(12)) / 12)
+    with open(out / "R.csv") as f:
+        assert len(list(csv.reader(f))) == 1 + 1 + 12  # header, before, one row per batch
+    assert run_cli("report", out).returncode == 0
+    page = (out / "report.html").read_text()
+    assert "id='lifelong-R-matrix'" in page and "overall" in page and page.count("<th>batch12</th>") >= 2

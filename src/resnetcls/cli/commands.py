@@ -114,7 +114,12 @@ def cmd_data(args) -> int:
         check_data(args.data, args.on_bad, args.out, args.batches, threshold=args.near_threshold,
                    suggest=args.suggest_split, val_fraction=args.val_fraction, seed=args.seed)
         return 0
-    from ..data.synth import synthesize
+    from ..data.synth import synthesize, synthesize_openloris
+    if args.layout == "openloris":
+        root = synthesize_openloris(args.out, args.classes, args.per_class, args.image_size, args.seed)
+        print(f"wrote 12 batches x {args.classes} objects x {args.per_class} images (OpenLORIS-Object layout) in "
+              f"{root}; train the protocol with `resnetcls lifelong {root} --tasks batches`", file=sys.stderr)
+        return 0
     manifest = synthesize(args.out, args.classes, args.per_class, args.image_size, args.seed)
     print(f"wrote {args.classes} classes x {args.per_class} images and {manifest}", file=sys.stderr)
     return 0

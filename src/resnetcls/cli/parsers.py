@@ -233,6 +233,9 @@ def _add_data(sub) -> None:
     p.add_argument("--per-class", type=number(int, 3, 1_000_000), default=100, help="images per class")
     p.add_argument("--image-size", type=number(int, 16, 4096), default=64, help="image side in px")
     p.add_argument("--seed", type=SEED, default=0, help="the generator's seed")
+    p.add_argument("--layout", choices=["manifest", "openloris"], default="manifest",
+                   help="manifest: OUT/<class>/ + manifest.csv, random factor levels; openloris: the OpenLORIS-"
+                        "Object challenge folders, 12 batches of one factor at one level (default manifest)")
 
     p = data.add_parser("check", help="decode every image once and report problems")
     p.add_argument("data", metavar="DATA", help="the DATA to check, in any form train takes")

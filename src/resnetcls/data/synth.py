@@ -5,6 +5,10 @@ Each class is one distinct object (shape x pattern x colour). Every image shows 
 illumination (1 normal, 2 dim with a colour cast, 3 dark with a strong directional gradient), occlusion
 (0/25/50% of the object covered), pixel_size (object large/medium/small) and clutter (plain background,
 textured background, textured with distractor shapes). Deterministic by seed.
+
+Two layouts: `manifest` (OUT/<class>/<n>.jpg + manifest.csv, each image's factor levels drawn at random) and
+`openloris` (the OpenLORIS-Object challenge's folders, with the paper's protocol: 12 batches, each one factor at
+one level, see synthesize_openloris).
 """
 from __future__ import annotations
 
@@ -179,6 +183,52 @@ def _render_job(job: tuple) -> None:
     buffer = io.BytesIO()
     render(design, levels, image_size, seed).save(buffer, format="JPEG", quality=90)
     write_atomic(path, buffer.getvalue())
+
+
+def _split_counts(n: int) -> tuple[int, int, int]:
+    """(train, val, test) of n >= 3 images: the 70/15/15 shares, but at least one image in every split (a
+    naive rounding gives 0 val/test images to a class with few images, and the class would go unmeasured)."""
+    val = max(1, round(n * SPLIT_SHARES[1][1]))
+    test = max(1, round(n * SPLIT_SHARES[2][1]))
+    return n - val - test, val, test
+
+
+def openloris_protocol() -> list[tuple[int, str, int]]:
+    """(batch number, factor, level) of the 12 batches: each factor in turn (the paper's order: illumination,
+    occlusion, object pixel size, clutter) at levels 1, 2, 3; the other factors stay at level 1 (normal)."""
+    return [(3 * f + level, factor, level) for f, factor in enumerate(FACTORS) for level in (1, 2, 3)]
+
+
+def synthesize_openloris(out_dir: str | os.PathLike, classes: int = 10, per_class: int = 100, image_size: int = 64,
+                         seed: int = 0, workers: int | None = None) -> Path:
+    """Write the OpenLORIS-Object challenge layout: OUT/{train,validation,test}/batchK/label.csv (`file name,label`,
+    integer labels) with the images next to it, per_class images of every object in every batch, split so that
+    every object is in each batch's validation and test; OUT/classes.csv (label -> object) and OUT/batches.csv
+    (batch -> factor, level) say what the numbers mean. Returns OUT."""
+    if per_class < 3:
+        raise UserError(f"--per-class {per_class}: need at least 3 per batch (train, validation and test)")
+    out, designs, rng = Path(out_dir), class_designs(classes), random.Random(seed)
+    jobs, tables = [], {}
+    for batch, factor, level in openloris_protocol():
+        levels = {f: level if f == factor else 1 for f in FACTORS}
+        for label, design in enumerate(designs):
+            split_of = [s for s, n in zip(("train", "validation", "test"), _split_counts(per_class)) for _ in range(n)]
+            rng.shuffle(split_of)
+            for i, split in enumerate(split_of):
+                folder = out / split / f"batch{batch}"
+                name = f"{label:03d}_{i:04d}.jpg"
+                jobs.append((design, levels, image_size, rng.randrange(2**31), str(folder / name)))
+                tables.setdefault(folder, []).append([name, label])
+    for folder in tables:
+        folder.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        list(pool.map(_render_job, jobs, chunksize=32))
+    for folder, rows in tables.items():
+        write_text_atomic(folder / "label.csv", csv_text([["file name", "label"], *rows]))
+    write_text_atomic(out / "classes.csv", csv_text([["label", "object"], *([i, "_".join(d)] for i, d in
+                                                                           enumerate(designs))]))
+    write_text_atomic(out / "batches.csv", csv_text([["batch", "factor", "level"], *openloris_protocol()]))
+    return out
 
 
 def synthesize(out_dir: str | os.PathLike, classes: int = 10, per_class: int = 100, image_size: int = 64,

@@ -14,6 +14,14 @@ Diaz-Rodriguez et al. 2018 ("Don't forget, there is more than forgetting"):
     BWT+ = max(BWT', 0)                                     positive backward transfer
     FWT' = sum_{i<j} R[i][j] / (T(T-1)/2)                   mean of the upper triangle
 Chaudhry et al. 2018: forgetting of task j < T-1 = max_{l in [j, T-2]} R[l][j] - R[T-1][j].
+The OpenLORIS-Object benchmark (She et al. 2019, arXiv 1911.06487; the IROS 2019 challenge, arXiv 2004.14774)
+reports ACC, BWT, FWT and an "over-all accuracy"; we read the latter as Kemker et al. 2018's Omega_all ("Measuring
+catastrophic forgetting in neural networks", AAAI), the accuracy on every task seen so far, averaged over the
+training sessions:
+    overall = 1/T * sum_i (1/(i+1) * sum_{j<=i} R[i][j])
+and, given a joint (offline) run's accuracy alpha_ideal, Omega_all = overall / alpha_ideal (results.summarize).
+Source caveat: this session could retrieve only the papers' abstracts, not their metric sections; the reading
+follows Kemker's definition, which the OpenLORIS paper builds on. Check it against Sec. IV of 1911.06487.
 """
 from __future__ import annotations
 
@@ -46,5 +54,6 @@ def continual_metrics(R: list[list[float]], b: list[float] | None = None) -> dic
     else:
         out.update({"BWT": None, "FWT": None, "BWT_dr": None, "REM": None, "BWT_plus": None, "FWT_dr": None,
                     "forgetting": []})
+    out["overall"] = sum(sum(R[i][:i + 1]) / (i + 1) for i in range(T)) / T
     out["A"] = sum(R[i][j] for i in range(T) for j in range(i + 1)) / (T * (T + 1) / 2)
     return out

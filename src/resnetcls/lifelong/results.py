@@ -29,6 +29,8 @@ def summarize(R: list[list[float]], b: list[float], strategy: str, joint: str | 
                             f"--out {joint} first)")
         ref = json.loads(path.read_text(encoding="utf-8"))
         out["joint_ACC"], out["gap_to_joint"] = ref["ACC"], ref["ACC"] - out["ACC"]
+        if "overall" in out and ref["ACC"] > 0:  # Kemker's Omega_all: over-all accuracy relative to offline
+            out["overall_vs_joint"] = out["overall"] / ref["ACC"]
     return out
 
 

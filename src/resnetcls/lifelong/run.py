@@ -11,8 +11,11 @@ So every train.*, log.*, ckpt.* and data.* setting means what it means for `trai
 (at the end of each task the weight average becomes the model: it is what R measures, what the strategy
 remembers and what the next task starts from), compile, on_bad, step logs, TensorBoard, step checkpoints, and
 the interrupt path (SIGINT/SIGTERM: saved, exit 130). The optimizer and schedule restart at every task (as in
-Avalanche's default); each task seeds every RNG with seed + task index, so a run resumed at a task boundary or
-from a step checkpoint inside a task reproduces the uninterrupted one.
+Avalanche's default); each task seeds every RNG with seed + task index. Checkpoints are written at every task
+boundary, at every epoch boundary inside a task and every ckpt.every_steps steps; those inside a task carry the
+optimizer, schedule, scaler, EMA, the sampler's position, every RNG (engine.checkpoint.capture_state) and the
+strategy's state (buffer, Fisher and anchor, LwF's teacher), so a run killed anywhere and resumed with
+--resume auto reproduces the uninterrupted one bit for bit (CPU, train.deterministic=true).
 """
 from __future__ import annotations
 
@@ -178,7 +181,9 @@ def restore_sequence(seq: TaskSequence, state: dict, meta: dict) -> None:
     seq.hooks.load_state_dict(extra["strategy"], seq.model)
     seq.R, seq.b, seq.seconds = [list(r) for r in extra["R"]], list(extra["b"]), list(extra["task_seconds"])
     seq.task = extra["task"]
-    seq.run = RunState(global_step=state["global_step"], bad_files=dict(state["bad_files"]))
+    # the epoch too (inside a task): the logger keeps the records of the task's epochs finished before the kill
+    seq.run = RunState(epoch=state["epoch"] if extra["in_task"] else 1, global_step=state["global_step"],
+                       bad_files=dict(state["bad_files"]))
     if extra["in_task"]:
         seq.pending = state
     where = f"inside task {seq.task + 1} at epoch {state['epoch']} step {state['step_in_epoch']}" \
@@ -213,6 +218,8 @@ def train_task(seq: TaskSequence, logger: RunLogger, stop: StopRequest) -> None:
             stop_run(logger, f"interrupted in task {index + 1} at epoch {run.epoch} step {run.stats.steps}: "
                              f"saved {ckpt.save(run)}", seq.run_dir)
         end_of_task_epoch(seq, task, opt.lr, logger)
+        if run.epoch <= t.epochs:  # an epoch boundary inside the task (the last one is the task's checkpoint)
+            ckpt.save(run)
     if opt.ema is not None:  # the average is the task's result (see the module docstring)
         model.load_state_dict(opt.ema.module.state_dict())
     seq.seconds.append(round(run.train_seconds, 3))
@@ -269,7 +276,8 @@ def finish(seq: TaskSequence, logger: RunLogger, joint: str | None) -> dict:
     logger.close()
     gap = f", gap to joint {metrics['gap_to_joint']:+.3f}" if "gap_to_joint" in metrics else ""
     warn(f"done: ACC {metrics['ACC']:.3f}"
-         + (f", BWT {metrics['BWT']:+.3f}, FWT {metrics['FWT']:+.3f}" if metrics.get("BWT") is not None else "")
+         + (f", BWT {metrics['BWT']:+.3f}, FWT {metrics['FWT']:+.3f}, over-all {metrics['overall']:.3f}"
+            if metrics.get("BWT") is not None else "")
          + f"{gap}; R, metrics.json and final/ in {seq.run_dir}"
          + (f"; {len(seq.run.bad_files)} bad images skipped" if seq.run.bad_files else ""))
     return metrics
