@@ -56,7 +56,7 @@ def cmd_lifelong(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluate import evaluate_model
+    from ..evaluation import evaluate_model
     m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
