@@ -3,13 +3,13 @@ every logged value, and TensorBoard scalars under train/ and val/ (as in the see
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..progress import progress_enabled
 
 
 # Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by
@@ -58,7 +58,7 @@ class RunLogger:
 
     def progress(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> "Progress":
         return Progress(f"epoch {epoch}/{epochs}", total_steps, done_steps,
-                        live=self.enabled and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
+                        live=self.enabled and progress_enabled())
 
     def close(self) -> None:
         if self.jsonl is not None:
