@@ -86,7 +86,7 @@ def override_strings(settings: Settings) -> list[str]:
 def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | None = None, model: str | None = None,
           epochs: int | None = None, time: str | None = None, batch_size: int | str | None = None,
           image_size: int | None = None, lr: float | str | None = None, out: str | os.PathLike = "runs/latest",
-          resume: str | None = None, force: bool = False, config: str | os.PathLike | None = None,
+          resume: str | os.PathLike | None = None, force: bool = False, config: str | os.PathLike | None = None,
           set: Settings = None, device: str | None = None, seed: int | None = None,
           pretrained: str | None = None, report: bool = True) -> Run:
     """Train a ResNet on DATA into the run directory `out`, as `resnetcls train` does (it calls this), and
@@ -97,7 +97,7 @@ def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | Non
              "data.image_size": image_size, "train.batch_size": None if batch_size == "auto" else batch_size,
              "optim.lr": None if lr == "auto" else lr, "train.device": device, "train.seed": seed,
              "train.pretrained": pretrained, "train.time_budget": time}
-    overrides, config = override_strings(set), _text(config)
+    overrides, config, resume = override_strings(set), _text(config), _text(resume)
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = out if resume in (None, "auto") else resume
     base = saved_run_config(run_dir) if resume and data is None else None
