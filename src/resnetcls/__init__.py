@@ -1,4 +1,9 @@
-"""resnetcls: train, evaluate, explain, export and serve ResNet image classifiers."""
+"""resnetcls: train, evaluate, explain, export and serve ResNet image classifiers.
+
+The Python API: resnetcls.train(...) -> Run, resnetcls.evaluate(model, data) -> dict,
+resnetcls.Predictor(model).predict(paths, PIL images or numpy arrays) (see api.py and README "Python API").
+"""
+import importlib
 import os
 
 __version__ = "0.1.0"
@@ -9,3 +14,22 @@ __version__ = "0.1.0"
 # fresh pages and 8 ms with huge pages on the 2-core AVX2 AMD EPYC (warm-cache throughput 4.5-5x
 # torchvision without, 6-8x with; training steps measured the same). THP_MEM_ALLOC_ENABLE=0 opts out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+# The Python API (api.py), imported on first use (PEP 562) so `import resnetcls` and `resnetcls --help` stay
+# light (no torch until one of these is touched). By module name through importlib, not an import statement:
+# every module imports this package for __version__, and import-linter would read a static import here as
+# the package root depending on everything above it (a cycle through every layer).
+_LAZY = {"train": "api", "evaluate": "api", "Run": "api", "load_run": "api", "Predictor": "predict"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'resnetcls' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -10,7 +10,7 @@ from .config import build_config
 from .data.sources import read_csv
 from .data.synth import synthesize
 from .engine.train import train
-from .evaluate import evaluate_model
+from .evaluation import evaluate_model
 from .predict import Predictor
 from .report import write_report, write_training_report
 

@@ -28,6 +28,7 @@ from .errors import UserError
 from .modelfile import LoadedModel, load_model_dir
 from .onnx_runtime import (ONNX_FILE, ProbabilityHead, example_input, export_metadata, onnx_bytes,
                            onnx_probabilities, onnx_session, read_onnx_metadata)
+from .progress import progress_bar
 
 FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
 # Where real photographs for the parity check are looked for when --check-data is not given (the project's
@@ -156,10 +157,13 @@ class ParityResult:
 def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
     """Compare `run(batch) -> probabilities` with the eager fp32 model's calibrated probabilities, batched and
     at batch size 1."""
-    with torch.inference_mode():
+    with torch.inference_mode(), progress_bar(3, "export check", unit="pass") as bar:
         reference = calibrated_probabilities(loaded.model(images.tensors), loaded.temperature)
+        bar.update(1)
         exported = run(images.tensors).float()
+        bar.update(1)
         single = run(images.tensors[:1]).float()
+        bar.update(1)
     agree = int((reference.argmax(1) == exported.argmax(1)).sum())
     return ParityResult(len(images.names), images.source, float((reference - exported).abs().max()), agree,
                         float((reference[:1] - single).abs().max()))

@@ -12,24 +12,30 @@ import io
 import json
 import os
 import sys
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .calibration import calibrated_probabilities
-from .data.decode import DecodeError, decode_image, is_image_file
+from .data.decode import DecodeError, decode_image, decode_in_memory, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
 from .explain import Explainer, writable_dir
 from .hardware import pick_device, precision_name, resolve_amp, usable_cores
 from .modelfile import load_model_dir
 from .onnx_runtime import onnx_logits, onnx_probabilities, onnx_session_for
+from .progress import progress_bar
 
 FORMATS = ("table", "json", "csv")
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("auto", "bf16", "fp32")
+# What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
+ImageInput = typing.Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
 @dataclass
@@ -48,6 +54,16 @@ class Prediction:
 
 def _decode_threads() -> int:
     return max(1, min(4, usable_cores()))
+
+
+def input_name(item: ImageInput, index: int) -> str:
+    """How results and errors name an input: its path; a PIL image's filename; else "<image N>" or "<array N>"
+    (N its position in the call)."""
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or f"<image {index}>"
+    if isinstance(item, np.ndarray):
+        return f"<array {index}>"
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
 
 
 class Predictor:
@@ -101,9 +117,11 @@ class Predictor:
             return onnx_probabilities(self.session, batch)
         return calibrated_probabilities(self.logits(batch), self.temperature)
 
-    def load(self, path: str) -> torch.Tensor | str:
-        """Decoded, preprocessed image, or the reason it cannot be used."""
+    def load(self, path: ImageInput, name: str = "") -> torch.Tensor | str:
+        """Decoded, preprocessed image (a path, PIL image or numpy array), or the reason it cannot be used."""
         try:
+            if isinstance(path, (Image.Image, np.ndarray)) or not isinstance(path, (str, os.PathLike)):
+                return self.transform(decode_in_memory(path, name or input_name(path, 0)))
             return self.transform(decode_image(path))
         except DecodeError as e:
             return e.reason
@@ -112,38 +130,50 @@ class Predictor:
         except MemoryError:
             return "not enough memory to preprocess this image"
 
-    def predict(self, paths: list[str], topk: int = 5, batch_size: int = 32, tta: bool = False) -> list[Prediction]:
-        """Top-k for each path, in order; an unreadable image gives a Prediction with `error` set.
+    def predict(self, images: ImageInput | typing.Sequence[ImageInput], topk: int = 5, batch_size: int = 32,
+                tta: bool = False, progress: bool = False) -> list[Prediction]:
+        """Top-k for each image, in order; an unreadable image gives a Prediction with `error` set.
 
-        tta: also predict the horizontally flipped image and average the two probability vectors.
+        images: paths, PIL images or numpy arrays (HxWx3 uint8 RGB; HxWx4, HxW too), or one of them; each is
+        decoded by the same rules as a file (data/decode.py). A Prediction's `path` names the input
+        (input_name). tta: also predict the horizontally flipped image and average the two probability
+        vectors. progress: a bar on a terminal (progress.py), for many files.
         """
-        results = [Prediction(str(p)) for p in paths]
-        k = min(topk, len(self.classes))
-        chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
-        with ThreadPoolExecutor(_decode_threads()) as pool:
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        images = list(images)
+        results = [Prediction(input_name(p, i)) for i, p in enumerate(images)]
+        chunks = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
+        with ThreadPoolExecutor(_decode_threads()) as pool, \
+                progress_bar(len(images), "predict", enabled=None if progress else False) as bar:
             # Decode the next chunk while the model runs on the current one.
-            pending = [pool.map(self.load, [paths[i] for i in c]) for c in chunks[:1]]
+            pending = [pool.map(self.load, [images[i] for i in c], [results[i].path for i in c]) for c in chunks[:1]]
             for n, chunk in enumerate(chunks):
                 if n + 1 < len(chunks):
-                    pending.append(pool.map(self.load, [paths[i] for i in chunks[n + 1]]))
-                tensors, slots = [], []
-                for i, item in zip(chunk, pending[n]):
-                    if isinstance(item, str):
-                        results[i].error = item
-                    else:
-                        tensors.append(item)
-                        slots.append(i)
+                    nxt = chunks[n + 1]
+                    pending.append(pool.map(self.load, [images[i] for i in nxt], [results[i].path for i in nxt]))
+                self._predict_chunk(chunk, pending[n], results, topk, tta)
                 pending[n] = None  # let the decoded chunk be freed
-                if not tensors:
-                    continue
-                batch = torch.stack(tensors)
-                probs = self.probabilities(batch)
-                if tta:
-                    probs = (probs + self.probabilities(batch.flip(-1))) / 2
-                values, indices = probs.topk(k, dim=1)
-                for i, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
-                    results[i].top = [(self.classes[c], v) for c, v in zip(idxs, vals)]
+                bar.update(len(chunk))
         return results
+
+    def _predict_chunk(self, chunk: list[int], loaded, results: list[Prediction], topk: int, tta: bool) -> None:
+        tensors, slots = [], []
+        for i, item in zip(chunk, loaded):
+            if isinstance(item, str):
+                results[i].error = item
+            else:
+                tensors.append(item)
+                slots.append(i)
+        if not tensors:
+            return
+        batch = torch.stack(tensors)
+        probs = self.probabilities(batch)
+        if tta:
+            probs = (probs + self.probabilities(batch.flip(-1))) / 2
+        values, indices = probs.topk(min(topk, len(self.classes)), dim=1)
+        for i, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
+            results[i].top = [(self.classes[c], v) for c, v in zip(idxs, vals)]
 
 
 def _paths_from_csv(csv_path: Path) -> list[str]:
@@ -246,7 +276,7 @@ def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table"
     predictor = Predictor(model, backend=backend, precision=precision)
     items = expand_inputs(inputs)
     good = [p for p, reason in items if not reason]
-    predicted = iter(predictor.predict(good, topk, batch_size, tta))
+    predicted = iter(predictor.predict(good, topk, batch_size, tta, progress=len(good) > 1))
     results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
     if out_dir is not None:
         write_explanations(predictor, [r for r in results if not r.error], out_dir)

@@ -34,6 +34,7 @@ from .atomic import csv_text, write_text_atomic
 from .errors import UserError
 from .hardware import usable_cores
 from .predict import Predictor, expand_inputs
+from .progress import progress_bar
 
 SCORES = ("margin", "entropy")
 DIVERSE_POOL = 5  # candidates per requested pick for --diverse
@@ -106,7 +107,7 @@ def probabilities_and_features(predictor: Predictor, batch: torch.Tensor) -> tup
 def score_images(predictor: Predictor, paths: list[str], batch_size: int) -> Scored:
     """Decode (a few threads) and score paths in batches; unreadable files go to Scored.bad."""
     good, probs, features, bad = [], [], [], []
-    with ThreadPoolExecutor(max(1, min(4, usable_cores()))) as pool:
+    with ThreadPoolExecutor(max(1, min(4, usable_cores()))) as pool, progress_bar(len(paths), "rank") as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             tensors = []
@@ -120,6 +121,7 @@ def score_images(predictor: Predictor, paths: list[str], batch_size: int) -> Sco
                 p, f = probabilities_and_features(predictor, torch.stack(tensors))
                 probs.append(p)
                 features.append(f)
+            bar.update(len(chunk))
     if not good:
         return Scored([], torch.empty(0, len(predictor.classes)), torch.empty(0, 0), bad)
     return Scored(good, torch.cat(probs), torch.cat(features), bad)

@@ -26,7 +26,7 @@ from .data.sources import Samples
 from .engine.prepare import DataPipeline
 from .envinfo import provenance
 from .errors import UserError
-from .evaluate import evaluate_samples
+from .evaluation import evaluate_samples
 from .predict import Predictor
 
 STYLE = """

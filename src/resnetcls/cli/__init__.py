@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
+from ..progress import set_quiet
 from .commands import COMMANDS
 from .parsers import build_parser
 
@@ -17,6 +18,8 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        set_quiet()
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -8,27 +8,10 @@ import sys
 
 
 def cmd_train(args) -> int:
-    from ..config import build_config, explicit_settings
-    from ..engine.distributed import world_from_env
-    from ..engine.train import saved_run_config, train
-    from ..report import write_training_report
-    from ..tracking import log_run_artifacts
-    flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model,
-             "train.epochs": args.epochs, "data.image_size": args.image_size,
-             "train.batch_size": None if args.batch_size == "auto" else args.batch_size,
-             "optim.lr": None if args.lr == "auto" else args.lr, "train.device": args.device,
-             "train.seed": args.seed, "train.pretrained": args.pretrained, "train.time_budget": args.time}
-    # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
-    run_dir = args.out if args.resume in (None, "auto") else args.resume
-    base = saved_run_config(run_dir) if args.resume and args.data is None else None
-    cfg = build_config(args.config, args.overrides, flags, base=base)
-    result = train(cfg, args.out, args.resume, args.force, lr_auto=args.lr == "auto",
-                   batch_auto=args.batch_size == "auto",
-                   explicit=explicit_settings(args.config, args.overrides, flags))
-    if world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run directory
-        write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers,
-                              result.train_samples)
-        log_run_artifacts(result.run_dir)  # the MLflow/W&B runs of tracking.json get best/ and the report
+    from ..api import train  # the Python API's train: one path for the CLI and notebooks
+    train(args.data, val=args.val, model=args.model, epochs=args.epochs, time=args.time, batch_size=args.batch_size,
+          image_size=args.image_size, lr=args.lr, out=args.out, resume=args.resume, force=args.force,
+          config=args.config, set=args.overrides, device=args.device, seed=args.seed, pretrained=args.pretrained)
     return 0
 
 
@@ -58,7 +41,7 @@ def cmd_lifelong(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluate import evaluate_model
+    from ..evaluation import evaluate_model
     m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]

@@ -315,6 +315,9 @@ def with_defaults(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnetcls", description="Train, evaluate and use ResNet classifiers.")
     parser.add_argument("--version", action="version", version=f"resnetcls {__version__}")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, even on a terminal (as RESNETCLS_QUIET=1; bars are off anyway when "
+                             "stderr is not a terminal, CI=true or TERM=dumb)")
     _add_commands(parser.add_subparsers(dest="command", required=True))
     with_defaults(parser)
     return parser

@@ -148,7 +148,7 @@ def _write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: 
     offset = 0
     with open(tmp / "data.u8", "wb") as data:
         results = parallel_map(_decode_for_store, [(p, geometry) for p in paths], workers,
-                               on_crash=_crashed_in_store)
+                               on_crash=_crashed_in_store, desc="cache build")
         for i, (array, reason) in enumerate(results):
             if array is None:
                 bad[i] = reason

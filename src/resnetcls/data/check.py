@@ -298,7 +298,8 @@ def check_data(data: str, on_bad: str = "skip", out: str | None = None, batches:
     dataset = read_data(data, batches, strict=False)
     paths = sorted({p for samples in dataset.splits.values() for p in samples.paths})
     crashed = {"sha256": None, "reason": CRASHED}
-    results = dict(zip(paths, parallel_map(inspect_image, paths, workers, on_crash=lambda _: crashed)))
+    results = dict(zip(paths, parallel_map(inspect_image, paths, workers, on_crash=lambda _: crashed,
+                                                desc="data check")))
     nd = find_near_duplicates(dataset, results, threshold)
     report = build_report(data, dataset, results, near_duplicate_section(nd, results))
     print(format_summary(report), file=sys.stderr, flush=True)

@@ -181,6 +181,37 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
         raise DecodeError(label, _reason(e, size)) from None
 
 
+def decode_in_memory(image: Image.Image | np.ndarray, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image already in memory (a PIL image, or a numpy array: HxWx3 or HxWx4 uint8, HxW uint8 or uint16
+    grayscale) -> upright 8-bit RGB by the same rules as decode_image (EXIF orientation, alpha onto black,
+    16-bit range, the pixel limit); anything else is a DecodeError naming `name` (e.g. "<image 2>")."""
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image, name)
+    elif not isinstance(image, Image.Image):
+        raise DecodeError(name, f"expected an image path, a PIL image or a numpy array, got {type(image).__name__}")
+    if image.width * image.height > max_pixels:
+        raise DecodeError(name, f"image is {image.width}x{image.height} pixels, above the limit of {max_pixels} "
+                                f"(possible decompression bomb)")
+    try:
+        image.load()
+        # not in place: the caller's image stays as it was
+        return to_rgb(ImageOps.exif_transpose(image) or image)
+    except MemoryError:
+        raise DecodeMemoryError(name, "not enough memory to decode this image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError) as e:
+        raise DecodeError(name, _reason(e, None)) from None
+
+
+def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
+    """numpy pixels as Pillow would have decoded them: uint8 RGB/RGBA/L, uint16 as I;16 (then value / 257)."""
+    shape, dtype = "x".join(map(str, array.shape)), array.dtype
+    colour = array.ndim == 3 and array.shape[2] in (3, 4) and dtype == np.uint8
+    if colour or (array.ndim == 2 and dtype in (np.uint8, np.uint16)):
+        return Image.fromarray(np.ascontiguousarray(array))  # mode from the shape and dtype: RGB, RGBA, L, I;16
+    raise DecodeError(name, f"numpy array of shape {shape} and dtype {dtype}: expected HxWx3 (RGB) or HxWx4 (RGBA) "
+                            f"uint8, or HxW uint8/uint16 grayscale")
+
+
 def decode_peak_bytes(width: int, height: int, mode: str, fmt: str | None) -> int:
     """Upper bound of decode_image's peak memory for an image with this header (see PEAK_BYTES_PER_PIXEL)."""
     per_pixel = PEAK_BYTES_WEBP if fmt == "WEBP" else PEAK_BYTES_PER_PIXEL.get(mode, PEAK_BYTES_OTHER)

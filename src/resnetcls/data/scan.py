@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 from ..errors import UserError
 from ..hardware import usable_cores
+from ..progress import track
 from .decode import DecodeError, decode_image
 
 POOL_MIN_IMAGES = 64  # below this a process pool costs more than it saves
@@ -38,12 +39,19 @@ def _run_isolated(fn: Callable, item, context, on_crash: Callable | None):
 
 
 def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int = 16,
-                 on_crash: Callable | None = None) -> Iterable:
+                 on_crash: Callable | None = None, desc: str = "") -> Iterable:
     """fn over items in order, in a process pool of all cores (in this process for small inputs).
+
+    desc: a progress bar of that name on a terminal (progress.py), one step per item.
 
     A worker killed mid-item (the kernel's OOM killer, a crashing codec) breaks the whole pool and fails every
     pending chunk, so the first unfinished chunk is rerun one item per process: the item that kills its
     process again gets on_crash(item) (default: a UserError naming it), and a fresh pool takes the rest."""
+    results = _pooled_map(fn, items, workers, chunk_size, on_crash)
+    return track(results, desc, total=len(items)) if desc else results
+
+
+def _pooled_map(fn: Callable, items: list, workers: int, chunk_size: int, on_crash: Callable | None) -> Iterable:
     workers = default_pool_workers() if workers < 0 else workers
     if workers <= 1 or len(items) < POOL_MIN_IMAGES:
         yield from map(fn, items)
@@ -80,5 +88,5 @@ def _bad_only(path: str) -> str:
 
 def find_bad_files(paths: list[str], workers: int = -1) -> dict[str, str]:
     """{path: reason} for every file that does not decode; all cores."""
-    reasons = parallel_map(_bad_only, paths, workers, on_crash=lambda _: CRASHED)
+    reasons = parallel_map(_bad_only, paths, workers, on_crash=lambda _: CRASHED, desc="checking images")
     return {p: reason for p, reason in zip(paths, reasons) if reason}

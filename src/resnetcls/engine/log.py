@@ -3,7 +3,6 @@ every logged value, and TensorBoard scalars under train/ and val/ (as in the see
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..config import LogConfig
+from ..progress import progress_enabled
 from ..tracking import open_trackers
 
 
@@ -67,7 +67,7 @@ class RunLogger:
 
     def progress(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> "Progress":
         return Progress(f"epoch {epoch}/{epochs}", total_steps, done_steps,
-                        live=self.enabled and sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
+                        live=self.enabled and progress_enabled())
 
     def close(self, interrupted: bool = False) -> None:
         """Flush and close the logs; the tracker runs end FINISHED, or KILLED when interrupted (resumable)."""

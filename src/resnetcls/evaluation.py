@@ -24,6 +24,7 @@ from .data.sources import Samples, load_eval_samples
 from .errors import UserError
 from .explain import Explainer
 from .predict import Predictor
+from .progress import progress_bar
 
 FIGURES = {"confusion": "confusion_matrix.png", "reliability": "reliability.png",
            "wrong": "most_confident_wrong.png"}
@@ -86,12 +87,14 @@ def run_model(predictor: Predictor, samples: Samples, batch_size: int, num_worke
     """(raw logits, labels, sample indices, bad images) over samples, in the model's preprocessing."""
     loader = build_loader(samples, predictor.transform, batch_size, shuffle=False, num_workers=num_workers)
     logits, labels, index, bad = [], [], [], []
-    for batch in loader:
-        bad += batch["bad"]
-        if batch["images"] is not None:
-            logits.append(predictor.logits(batch["images"]))
-            labels.append(torch.as_tensor(batch["labels"]))
-            index.append(torch.as_tensor(batch["index"]))
+    with progress_bar(len(samples.paths), "eval") as bar:
+        for batch in loader:
+            bad += batch["bad"]
+            if batch["images"] is not None:
+                logits.append(predictor.logits(batch["images"]))
+                labels.append(torch.as_tensor(batch["labels"]))
+                index.append(torch.as_tensor(batch["index"]))
+            bar.update(len(batch["bad"]) + (len(batch["labels"]) if batch["images"] is not None else 0))
     if not logits:
         return None, None, None, bad
     return torch.cat(logits), torch.cat(labels), torch.cat(index), bad

@@ -11,7 +11,7 @@ from PIL import Image
 from resnetcls.cli import main
 from resnetcls.data.sources import load_eval_samples
 from resnetcls.data.transforms import make_preprocess
-from resnetcls.evaluate import compute_metrics, evaluate_samples, explain_wrong
+from resnetcls.evaluation import compute_metrics, evaluate_samples, explain_wrong
 from resnetcls.figures import confusion_heatmap
 from resnetcls.modelfile import save_model_dir
 from resnetcls.models import create_model

@@ -1,0 +1,127 @@
+"""The Python API for notebooks and scripts: the CLI's train and eval as functions, through the same code.
+
+    import resnetcls
+    run = resnetcls.train("photos/", model="resnet18", epochs=5, image_size=64, out="runs/nb",
+                          set={"model.width": 16})
+    print(run.summary["best_val_top1"], run.best_model)
+    metrics = resnetcls.evaluate(run.best_model, "photos/")
+    top = resnetcls.Predictor(run.best_model).predict(["a.jpg", pil_image, numpy_array])
+
+Keywords are train's flags (`--batch-size` is batch_size=); `set` takes any config key, as `--set` does.
+Bad input raises resnetcls.errors.UserError (a DecodeError, a subclass, for an image) with the message the
+CLI prints after "resnetcls: error:". `resnetcls train` calls train() below: one path for both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import build_config, explicit_settings
+from .engine.distributed import world_from_env
+from .engine.train import saved_run_config
+from .engine.train import train as train_engine
+from .errors import UserError
+from .evaluation import evaluate_model
+from .report import write_training_report
+from .tracking import log_run_artifacts
+
+__all__ = ["Run", "evaluate", "load_run", "train"]
+
+Settings = typing.Union[typing.Mapping[str, typing.Any], typing.Sequence[str], None]
+
+
+@dataclass
+class Run:
+    """A training run directory, read back: what `resnetcls train` wrote.
+
+    metrics: every record of metrics.jsonl in order (each with its "kind": "epoch", "summary", ...);
+    summary: the end-of-run summary (best_val_top1, best_epoch, seconds, ...); best_model / final_model: the
+    model directories (give them to Predictor, evaluate, `resnetcls predict`); config: the resolved config."""
+
+    run_dir: Path
+    best_model: Path
+    final_model: Path
+    config: dict
+    metrics: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> list[dict]:
+        """The per-epoch records of metrics.jsonl (epoch, train/loss, val/loss, val/top1, val/top5, ...)."""
+        return [m for m in self.metrics if m.get("kind") == "epoch"]
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """A finished (or interrupted) run directory as a Run."""
+    run_dir = Path(run_dir)
+    config = saved_run_config(run_dir)  # UserError naming the folder when it is not a run directory
+    path = run_dir / "metrics.jsonl"
+    records = []
+    if path.is_file():
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:  # a line cut short by a kill: say so, do not drop it silently
+                raise UserError(f"{path}:{n}: not a JSON record ({e.msg})") from None
+    summary = next((r for r in reversed(records) if r.get("kind") == "summary"), {})
+    return Run(run_dir, run_dir / "best", run_dir / "final", config, records, summary)
+
+
+def override_strings(settings: Settings) -> list[str]:
+    """set={...} (or --set's "KEY=VALUE" strings) -> "KEY=VALUE" strings, read back exactly as --set reads them
+    (values written as JSON, which is YAML: numbers, booleans, lists and None keep their type)."""
+    if settings is None:
+        return []
+    if isinstance(settings, str):
+        raise UserError(f"set={settings!r}: expected a dict of config keys, e.g. set={{'optim.lr': 0.01}}")
+    if isinstance(settings, typing.Mapping):
+        return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in settings.items()]
+    return [str(text) for text in settings]
+
+
+def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | None = None, model: str | None = None,
+          epochs: int | None = None, time: str | None = None, batch_size: int | str | None = None,
+          image_size: int | None = None, lr: float | str | None = None, out: str | os.PathLike = "runs/latest",
+          resume: str | os.PathLike | None = None, force: bool = False, config: str | os.PathLike | None = None,
+          set: Settings = None, device: str | None = None, seed: int | None = None,
+          pretrained: str | None = None, report: bool = True) -> Run:
+    """Train a ResNet on DATA into the run directory `out`, as `resnetcls train` does (it calls this), and
+    return the Run. Each keyword is the flag of the same name (None: the flag not given, so the auto recipe
+    or the config decides); batch_size="auto" and lr="auto" as on the command line; set: {config key: value},
+    as --set. report: write report.html at the end (as the CLI does)."""
+    flags = {"data.train": _text(data), "data.val": _text(val), "model.name": model, "train.epochs": epochs,
+             "data.image_size": image_size, "train.batch_size": None if batch_size == "auto" else batch_size,
+             "optim.lr": None if lr == "auto" else lr, "train.device": device, "train.seed": seed,
+             "train.pretrained": pretrained, "train.time_budget": time}
+    overrides, config, resume = override_strings(set), _text(config), _text(resume)
+    # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
+    run_dir = out if resume in (None, "auto") else resume
+    base = saved_run_config(run_dir) if resume and data is None else None
+    cfg = build_config(config, overrides, flags, base=base)
+    result = train_engine(cfg, out, resume, force, lr_auto=lr == "auto", batch_auto=batch_size == "auto",
+                          explicit=explicit_settings(config, overrides, flags))
+    if report and world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run
+        write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers, result.train_samples)
+        log_run_artifacts(result.run_dir)  # the MLflow/W&B runs of tracking.json get best/ and the report
+    run = load_run(result.run_dir)
+    run.summary = run.summary or dict(result.summary)  # the metrics.jsonl record, as load_run reads it
+    return run
+
+
+def evaluate(model: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
+             batch_size: int = 64, precision: str = "auto") -> dict:
+    """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
+    ece, per_class, confusion, ...), also written with tables and figures to `out` (default: eval/ next to
+    the model). MODEL: a model directory or a run directory (its best model)."""
+    return evaluate_model(model, _text(data), out, batch_size, precision=precision)
+
+
+def _text(path: str | os.PathLike | None) -> str | None:
+    """Paths given as pathlib.Path become the strings the config holds."""
+    return None if path is None else os.fspath(path)
+

@@ -1,0 +1,110 @@
+"""The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the same
+errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import resnetcls
+from resnetcls.data.decode import DecodeError
+from resnetcls.errors import UserError
+from tests.conftest import ROOT, make_class_folders, run_cli
+
+COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+TINY_SET = {"model.width": 8, "data.num_workers": 0, "optim.lr": 0.01}
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    make_class_folders(tmp_path / "photos", COLOURS)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        exec(compile(readme_example(), "README.md (Python API)", "exec"), {})
+    printed = out.getvalue()
+    assert (tmp_path / "runs" / "notebook" / "best" / "model.json").is_file()
+    assert "<array 2>" in printed and "photos/red/0.jpg" in printed
+    assert "optim.lrr" in printed  # the unknown key's message, caught as UserError
+
+
+def test_train_returns_the_run_and_matches_the_run_directory(tiny_data, tmp_path):
+    run = resnetcls.train(tiny_data, model="resnet18", epochs=2, image_size=32, batch_size=16,
+                          out=tmp_path / "run", set=TINY_SET, report=False)
+    assert run.run_dir == tmp_path / "run" and run.best_model == tmp_path / "run" / "best"
+    assert (run.best_model / "model.safetensors").is_file() and run.final_model.is_dir()
+    assert [e["epoch"] for e in run.epochs] == [1, 2]
+    assert run.summary["best_val_top1"] == max(e["val/top1"] for e in run.epochs)
+    assert run.config["model"]["width"] == 8 and run.config["data"]["image_size"] == 32
+    written = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert run.metrics == written
+    assert resnetcls.load_run(run.run_dir).summary == run.summary
+
+
+def test_errors_are_the_clis_messages_as_exceptions(tiny_data, tmp_path):
+    cli = run_cli("train", tiny_data, "--set", "optim.lrr=0.1", "--out", tmp_path / "cli")
+    assert cli.returncode == 2
+    with pytest.raises(UserError) as caught:
+        resnetcls.train(tiny_data, set={"optim.lrr": 0.1}, out=tmp_path / "api")
+    assert cli.stderr.strip() == f"resnetcls: error: {caught.value}"
+    with pytest.raises(UserError, match="not a run directory"):
+        resnetcls.train(resume=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="expected a dict"):
+        resnetcls.train(tiny_data, set="optim.lr=0.1")
+
+
+def test_evaluate_gives_the_metrics_eval_writes(tiny_run, tiny_data, tmp_path):
+    metrics = resnetcls.evaluate(tiny_run, tiny_data, out=tmp_path / "eval", precision="fp32")
+    assert 0 <= metrics["top1"] <= 1 and metrics["images"] > 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["top1"] == metrics["top1"]
+    with pytest.raises(UserError, match="batch-size"):
+        resnetcls.evaluate(tiny_run, tiny_data, batch_size=0)
+
+
+def test_predictor_takes_paths_pil_images_and_numpy_arrays_alike(tiny_run, tiny_data):
+    predictor = resnetcls.Predictor(tiny_run, precision="fp32")
+    path = tiny_data / "red" / "3.jpg"
+    with Image.open(path) as opened:
+        pil = opened.copy()
+    array = np.asarray(pil)
+    by_path, by_pil, by_array, by_rgba = predictor.predict(
+        [path, pil, array, np.dstack([array, np.full(array.shape[:2], 255, np.uint8)])], topk=3)
+    assert by_path.path == str(path) and by_pil.path == "<image 1>" and by_array.path == "<array 2>"
+    assert [c for c, _ in by_path.top] == [c for c, _ in by_pil.top] == [c for c, _ in by_array.top]
+    probs = [p for _, p in by_path.top]  # the same pixels in fp32: the same probabilities
+    assert [p for _, p in by_array.top] == pytest.approx(probs, abs=1e-6)
+    assert [p for _, p in by_rgba.top] == pytest.approx(probs, abs=1e-6)  # opaque alpha changes nothing
+    single = predictor.predict(pil, topk=1)  # one image, not in a list
+    assert len(single) == 1 and single[0].top[0][0] == by_path.top[0][0]
+
+
+def test_a_bad_array_is_an_error_row_naming_it(tiny_run):
+    predictor = resnetcls.Predictor(tiny_run, precision="fp32")
+    good, bad, wrong = predictor.predict([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.float32), 7])
+    assert good.top and not good.error
+    assert "shape 40x40x3 and dtype float32" in bad.error and not bad.top
+    assert "got int" in wrong.error
+    with pytest.raises(DecodeError, match=r"<array 0>: numpy array of shape 2x2x2"):
+        from resnetcls.data.decode import decode_in_memory
+        decode_in_memory(np.zeros((2, 2, 2), np.uint8), "<array 0>")
+
+
+def test_import_resnetcls_loads_no_torch_until_the_api_is_used():
+    code = ("import sys, resnetcls; light = 'torch' not in sys.modules; f = resnetcls.train; "
+            "print(light, 'torch' in sys.modules, callable(f), sorted(set(resnetcls.__all__) - set(dir(resnetcls))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(resnetcls.__file__).parents[1]), "PATH": ""}).stdout
+    assert out.split() == ["True", "True", "True", "[]"]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        resnetcls.nothing  # noqa: B018
