@@ -233,7 +233,7 @@ def optimisation_history(numbers: list[int], values: list[float], direction: str
 def param_importances(importances: dict[str, float], path: Path) -> Path:
     """tune: Optuna's parameter importances (shares of the value's variance), largest on top."""
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * max(1, len(names))))
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.8 + 0.4 * len(names))))
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance")
     ax.set_title("parameter importances")
