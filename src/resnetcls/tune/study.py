@@ -52,15 +52,24 @@ def storage_url(settings: TuneSettings) -> str:
     return settings.storage or f"sqlite:///{(Path(settings.out) / 'study.db').resolve()}"
 
 
+def connect(url: str, attempts: int = 3):
+    """Optuna's RDB storage at url, with heartbeats (other workers fail a dead worker's trial). Workers that
+    start together race to create the tables: a failed attempt is retried after a moment."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5; they work as documented
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except Exception as e:  # a wrong URL, an unreachable server, a missing driver: name the URL
+            racing = type(e).__name__ in ("IntegrityError", "ProgrammingError")  # sqlalchemy's, table creation
+            if attempt + 1 == attempts or not racing:
+                raise UserError(f"--storage {url}: cannot open the study storage: {str(e).splitlines()[0]}") from None
+            time.sleep(1.0 + attempt)
+
+
 def open_study(settings: TuneSettings, direction: str):
-    """Create or continue (load_if_exists) the study; heartbeats let other workers fail a dead worker's trial."""
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5; they work as documented
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(storage_url(settings), heartbeat_interval=60, grace_period=180)
-    except Exception as e:  # a wrong URL, an unreachable server, a missing driver: name the URL
-        raise UserError(f"--storage {storage_url(settings)}: cannot open the study storage: "
-                        f"{str(e).splitlines()[0]}") from None
+    """Create or continue (load_if_exists) the study in its storage."""
+    storage = connect(storage_url(settings))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.pruner == "median"
               else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=storage, study_name=settings.study_name, direction=direction,
