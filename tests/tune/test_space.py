@@ -54,3 +54,8 @@ def test_bad_space_on_the_command_line_exits_2(tmp_path, tiny_data):
     result = run_cli("tune", tiny_data, "--out", tmp_path / "t", "--trials", "1", "--space", path)
     assert result.returncode == 2
     assert "optim.lr: unknown field 'hihg'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_auto_values_are_refused_by_tune(tmp_path, tiny_data):
+    result = run_cli("tune", tiny_data, "--out", tmp_path / "t", "--lr", "auto")
+    assert result.returncode == 2 and "--lr auto: not in tune" in result.stderr

@@ -130,7 +130,8 @@ def _add_train(sub) -> None:
 def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="search hyperparameters with Optuna (TPE + pruning); every trial a run",
                        description="Each trial trains DIR/trials/NNNN with a point of the search space; train's "
-                                   "flags fix what is not searched. The same command continues the study.")
+                                   "flags fix what is not searched (no auto recipe: the rest are the config's "
+                                   "defaults, e.g. 10 epochs). The same command continues the study.")
     p.add_argument("data", metavar="DATA", help="the training DATA, as for train")
     p.add_argument("--out", default="runs/tune", metavar="DIR",
                    help="trials/, study.db, best.yaml and report.html go here (default runs/tune)")
