@@ -209,3 +209,34 @@ def accuracy_matrix_heatmap(R: list[list[float]], b: list[float], tasks: list[st
                     color="black" if grid[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     return _save(fig, path)
+
+
+def optimisation_history(numbers: list[int], values: list[float], direction: str, metric: str, path: Path) -> Path:
+    """tune: each completed trial's value and the best so far, against the trial number."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if numbers:
+        pick = min if direction == "minimize" else max
+        best = [pick(values[:i + 1]) for i in range(len(values))]
+        ax.plot(numbers, values, "o", markersize=4, label="trial")
+        ax.step(numbers, best, where="post", label="best so far")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title("optimisation history")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
+
+
+def param_importances(importances: dict[str, float], path: Path) -> Path:
+    """tune: Optuna's parameter importances (shares of the value's variance), largest on top."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.8 + 0.4 * len(names))))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance")
+    ax.set_title("parameter importances")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)

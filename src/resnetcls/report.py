@@ -79,6 +79,9 @@ def _img(path: Path, element_id: str, alt: str) -> str:
     return f'<img id="{element_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+embedded_png = _img  # public name: tune's page (tune/page.py) embeds its figures the same way
+
+
 def _fmt(value) -> str:
     if value is None:
         return ""

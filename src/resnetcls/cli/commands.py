@@ -15,6 +15,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from ..config import build_config, explicit_settings
+    from ..errors import UserError
+    from ..tune.study import TuneSettings, run_tune
+    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
+        if value == "auto":
+            raise UserError(f"{flag} auto: not in tune (give a number, or let the search space choose it)")
+    flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model, "train.epochs": args.epochs,
+             "data.image_size": args.image_size, "train.batch_size": args.batch_size, "optim.lr": args.lr,
+             "train.device": args.device, "train.seed": args.seed, "train.pretrained": args.pretrained}
+    base = build_config(args.config, args.overrides, flags)
+    fixed = set(explicit_settings(args.config, args.overrides, flags).keys)
+    result = run_tune(base, fixed, TuneSettings(args.out, args.trials, args.time or "", args.storage or "",
+                                                args.space, args.study_name, args.pruner, args.prune_after))
+    print(f"{result['trials']} trials ({result['complete']} complete, {result['pruned']} pruned); best trial "
+          f"{result['best_trial']}; {result['best_yaml'] or 'no best.yaml'}; {result['report']}")
+    return 0
+
+
 def cmd_lr_find(args) -> int:
     from ..config import build_config
     from ..engine.lrfind import find_lr
@@ -129,6 +148,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "lifelong": cmd_lifelong, "eval": cmd_eval,
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "lr-find": cmd_lr_find, "lifelong": cmd_lifelong, "eval": cmd_eval,
             "predict": cmd_predict, "rank": cmd_rank, "report": cmd_report, "data": cmd_data, "models": cmd_models,
             "demo": cmd_demo, "export": cmd_export, "serve": cmd_serve, "env": cmd_env}

@@ -78,23 +78,13 @@ SHARED_HELP = {
 }
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a ResNet on DATA",
-                       description="With none of --config, --model, --epochs, --image-size, --batch-size, --lr, "
-                                   "--pretrained or a --set of a recipe key, the auto recipe picks model, width, "
-                                   "image size, augmentation and epochs from DATA and this machine's measured "
-                                   "speed, prints why and records it in config.yaml (off: --set "
-                                   "train.auto_recipe=false).")
-    p.add_argument("data", metavar="DATA", nargs="?",
-                   help="class folders, train/val folders or a CSV manifest (optional with --resume)")
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The recipe flags of train, shared with tune (where they fix what is not searched)."""
     p.add_argument("--val", metavar="DATA", help="separate validation DATA")
     p.add_argument("--model", help="resnet18|34|50|101|152 (default: the auto recipe's pick, else resnet50)")
     p.add_argument("--epochs", type=POSITIVE,
                    help="training epochs (default: the auto recipe's pick, capped at 30 min on a CPU, 4 h on a GPU; "
                         "else 10)")
-    p.add_argument("--time", type=duration, metavar="DURATION",
-                   help="fit the whole schedule to this wall-clock time, e.g. 90s, 20m, 1.5h: a short measurement "
-                        "at the start chooses --epochs (train.time_budget; 0 = off)")
     p.add_argument("--batch-size", type=batch_or_auto, metavar="B|auto",
                    help="batch size (default train.batch_size, 32), or auto: on a CPU the most images/s among 16, 32, "
                         "64, 128 (a few timed steps each); on a CUDA GPU the largest that fits its memory (tried "
@@ -105,13 +95,6 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=lr_or_auto, metavar="LR|auto",
                    help="learning rate, or auto: a short LR range test (see lr-find) picks it first and leaves "
                         "its curve (lr_find.json/.csv/.png) in the run and its report")
-    p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
-                   help="the run directory: checkpoints, logs, best/ and final/ models (default runs/latest)")
-    p.add_argument("--resume", metavar="auto|RUN_DIR",
-                   help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR (default: a new "
-                        "run)")
-    p.add_argument("--force", action="store_true",
-                   help="resume even if settings that change the result (model, data, batch size) differ")
     p.add_argument("--config", metavar="FILE", help="YAML recipe, e.g. configs/small-data.yaml or "
                    "configs/default.yaml (no auto recipe then)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -120,6 +103,52 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=SEED, help=SHARED_HELP["--seed"])
     p.add_argument("--pretrained", metavar="PATH", help="initial weights: a torchvision/timm ResNet state_dict "
                    "(.safetensors, or .pth read with weights_only=True), or 'torchvision' to download them")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a ResNet on DATA",
+                       description="With none of --config, --model, --epochs, --image-size, --batch-size, --lr, "
+                                   "--pretrained or a --set of a recipe key, the auto recipe picks model, width, "
+                                   "image size, augmentation and epochs from DATA and this machine's measured "
+                                   "speed, prints why and records it in config.yaml (off: --set "
+                                   "train.auto_recipe=false).")
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="class folders, train/val folders or a CSV manifest (optional with --resume)")
+    add_train_flags(p)
+    p.add_argument("--time", type=duration, metavar="DURATION",
+                   help="fit the whole schedule to this wall-clock time, e.g. 90s, 20m, 1.5h: a short measurement "
+                        "at the start chooses --epochs (train.time_budget; 0 = off)")
+    p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
+                   help="the run directory: checkpoints, logs, best/ and final/ models (default runs/latest)")
+    p.add_argument("--resume", metavar="auto|RUN_DIR",
+                   help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR (default: a new "
+                        "run)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if settings that change the result (model, data, batch size) differ")
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="search hyperparameters with Optuna (TPE + pruning); every trial a run",
+                       description="Each trial trains DIR/trials/NNNN with a point of the search space; train's "
+                                   "flags fix what is not searched (no auto recipe: the rest are the config's "
+                                   "defaults, e.g. 10 epochs). The same command continues the study.")
+    p.add_argument("data", metavar="DATA", help="the training DATA, as for train")
+    p.add_argument("--out", default="runs/tune", metavar="DIR",
+                   help="trials/, study.db, best.yaml and report.html go here (default runs/tune)")
+    p.add_argument("--trials", type=POSITIVE, default=20, help="finished trials the study should have (default 20)")
+    p.add_argument("--time", type=duration, metavar="DURATION",
+                   help="start no new trial after this wall-clock time, e.g. 1h (default: no limit)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql+psycopg://user:pw@host/db "
+                   "shared by workers on many machines (default sqlite:///DIR/study.db)")
+    p.add_argument("--study-name", default="resnetcls", metavar="NAME", help="the study in the storage")
+    p.add_argument("--space", metavar="SPACE.yaml", help="search space: config key -> {type: float|int|categorical, "
+                   "low, high, log, step, choices} (default: lr, weight decay, label smoothing, crop scale, image "
+                   "size, model)")
+    p.add_argument("--pruner", choices=["median", "none"], default="median",
+                   help="median: stop a trial whose epoch's val metric is worse than the median of earlier trials")
+    p.add_argument("--prune-after", type=number(int, 0), default=5, metavar="TRIALS",
+                   help="the median pruner prunes only once this many trials have finished (default 5)")
+    add_train_flags(p)
 
 
 def _add_lr_find(sub) -> None:
@@ -256,6 +285,7 @@ def _add_data(sub) -> None:
 
 def _add_commands(sub) -> None:
     _add_train(sub)
+    _add_tune(sub)
     _add_lr_find(sub)
     _add_lifelong(sub)
     p = sub.add_parser("eval", help="evaluate a model on DATA")

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -42,7 +43,9 @@ from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build
                       saved_run_config, warn, wrap_model)
 from .runner import StepPlan, StopRequest, TrainingInterrupted, note_bad_images, run_epoch, stop_run, train_record
 
-__all__ = ["TrainResult", "TrainingInterrupted", "saved_run_config", "train"]
+OnEpoch = Callable[[int, dict], bool]  # (epoch, its metrics) -> stop the run here
+
+__all__ = ["OnEpoch", "TrainResult", "TrainingInterrupted", "saved_run_config", "train"]
 
 
 @dataclass
@@ -101,7 +104,7 @@ def warn_near_duplicates(train_loader, val_loader, val_images: int) -> None:
 
 def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bool = False,
           lr_auto: bool = False, batch_auto: bool = False,
-          explicit: ExplicitSettings | None = None) -> TrainResult:
+          explicit: ExplicitSettings | None = None, on_epoch: OnEpoch | None = None) -> TrainResult:
     """Train cfg.model on cfg.data; write the run directory; return it with the end-of-run summary.
 
     resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
@@ -112,6 +115,8 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
     explicit: what the user chose (config.explicit_settings); with no recipe choice among it, the auto recipe
     (engine/recipe.py) picks model, size, augmentation and epochs first. None (a caller that built its own
     config, such as the demo): cfg is used as it is.
+    on_epoch(epoch, metrics) -> bool: called after each validated epoch (`tune` feeds its pruner with it);
+    True ends the run there as an early stop (final/, calibration and summary as usual).
     """
     if not cfg.data.train:
         raise UserError("train: DATA is required (or --resume RUN_DIR to continue a run)")
@@ -128,13 +133,13 @@ def train(cfg: Config, out_dir: str | Path, resume: str | None = None, force: bo
         cfg, recipe = auto_recipe(cfg, explicit, run_dir, resume, device_name)
         cfg = auto_batch_size(cfg, device_name) if batch_auto else cfg
         cfg, lr_curve = auto_lr(cfg, device_name) if lr_auto else (cfg, None)
-        return _train(cfg, out_dir, resume, force, world, device_name, lr_curve, recipe)
+        return _train(cfg, out_dir, resume, force, world, device_name, lr_curve, recipe, on_epoch)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, world: distributed.World,
-           device_name: str, lr_curve: LRCurve | None = None, recipe: RecipeChoice | None = None) -> TrainResult:
+def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, world: distributed.World, device_name,
+           lr_curve: LRCurve | None = None, recipe: RecipeChoice | None = None, on_epoch: OnEpoch | None = None):
     # Prepare the run: validate, find the checkpoint to resume, write config.yaml and environment.json, seed.
     run = prepare_run(cfg, out_dir, resume, force, world.is_main)
     cfg, run_dir, t, d, writes = run.cfg, run.run_dir, run.cfg.train, run.cfg.data, world.is_main
@@ -159,11 +164,11 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
-    started = time.perf_counter()
+    started, asked_stop = time.perf_counter(), False
     # Loop: epochs, each validated and checkpointed, until t.epochs or train.patience epochs without progress.
     # A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt path).
     with StopRequest() as stop:
-        while state.epoch <= t.epochs and not patience_ran_out(state, t.patience):
+        while state.epoch <= t.epochs and not patience_ran_out(state, t.patience) and not asked_stop:
             epoch, where = state.epoch, None
             size = progressive_size(epoch, t.epochs, d.image_size, d.progressive)  # a function of epoch: resumable
             data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size, size)
@@ -178,8 +183,8 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
             if ended:
                 metrics = end_of_epoch(state, va, opt.lr, cfg.ckpt.metric, logger, t.epochs, confusion,
                                        size if d.progressive > 0 else None)
-                if state.best_epoch == epoch:
-                    save_model("best", metrics)
+                save_model("best", metrics) if state.best_epoch == epoch else None
+                asked_stop = on_epoch is not None and bool(on_epoch(epoch, metrics))  # tune's pruner
                 state.epoch, state.stats = epoch + 1, EpochStats()
                 if distributed.any_rank(stop.requested) and state.epoch <= t.epochs:
                     where = f"after epoch {epoch}"

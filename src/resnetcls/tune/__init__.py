@@ -1,0 +1,2 @@
+"""`resnetcls tune`: hyperparameter search with Optuna over ordinary training runs (study.py, space.py,
+page.py)."""

@@ -1,0 +1,85 @@
+"""Two `resnetcls tune` workers share one study through a real PostgreSQL server, as workers on many machines
+would (Optuna's RDB storage). The test starts its own server: initdb into a temporary folder and pg_ctl on a
+free port on 127.0.0.1 (as the postgres user when run as root: PostgreSQL refuses root). `make test` installs
+Debian's postgresql package where it can (Makefile: postgresql); without it this test skips and says why."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ..conftest import ROOT, TINY
+
+
+def pg_bin() -> Path:
+    """The folder of initdb/pg_ctl, or skip with the reason."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
+    if not found[-1]:
+        pytest.skip("PostgreSQL is not installed (no initdb; `make postgresql` installs it as root or with sudo)")
+    return Path(found[-1]).parent
+
+
+def as_server_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+        pytest.skip("running as root without a postgres user (or runuser) to start PostgreSQL as")
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    bindir, port = pg_bin(), free_port()
+    home = Path(tempfile.mkdtemp(prefix="resnetcls-pg-"))  # not under pytest's root-only tmp folders
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+    data, run = as_server_user, []
+    subprocess.run(data([str(bindir / "initdb"), "-D", str(home / "data"), "-U", "postgres", "--auth=trust",
+                         "-E", "UTF8"]), check=True, capture_output=True)
+    run = data([str(bindir / "pg_ctl"), "-D", str(home / "data"), "-l", str(home / "log"), "-w", "-o",
+                f"-p {port} -h 127.0.0.1 -k {home}"])
+    subprocess.run(run + ["start"], check=True, capture_output=True)
+    try:
+        subprocess.run(data([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                             "tune"]), check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/tune"
+    finally:
+        subprocess.run(run + ["-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(postgres_url, tiny_data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    workers = [subprocess.Popen([sys.executable, "-m", "resnetcls", "tune", str(tiny_data), "--out",
+                                 str(tmp_path / f"machine{i}"), "--trials", "3", "--storage", postgres_url,
+                                 "--study-name", "shared", "--pruner", "none", "--epochs", "1", *TINY,
+                                 "--set", "log.tensorboard=false"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [w.communicate(timeout=540) for w in workers]
+    for w, (_, err) in zip(workers, results):
+        assert w.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    trials = study.get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert 3 <= len(trials) <= 4  # the count is checked before each trial: two workers may overlap by one
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers trained trials of the one study
+    for t in trials:  # each an ordinary run directory on the machine (here: folder) that trained it
+        assert (Path(t.user_attrs["run_dir"]) / "best" / "model.json").is_file()
+    for i in range(2):  # each worker's end: the study's report (and the best recipe where its run is)
+        assert "shared" in (tmp_path / f"machine{i}" / "report.html").read_text()
