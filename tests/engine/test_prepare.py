@@ -162,3 +162,21 @@ def test_a_budgeted_run_keeps_the_total_it_chose_when_resumed():
     assert with_saved_total(saved, Config(train=TrainConfig(epochs=3))).train.epochs == 3  # no budget now
     unbudgeted = config_to_dict(Config(train=TrainConfig(epochs=7)))
     assert with_saved_total(unbudgeted, Config(train=TrainConfig(time_budget="20m"))).train.epochs == 10
+
+
+def test_a_failing_torch_compile_says_why_in_one_line_and_trains_eagerly(monkeypatch, capsys):
+    from resnetcls.engine import prepare
+    from resnetcls.engine.loop import StepContext
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("Inductor: no working C++ compiler found\nlong details")
+
+    monkeypatch.setattr(torch, "compile", lambda module: Broken())
+    model = nn.Linear(3, 2)
+    step_model = prepare.wrap_model(model, StepContext(torch.device("cpu")), False, True)
+    x = torch.randn(4, 3)
+    assert torch.equal(step_model(x), model(x)) and torch.equal(step_model(x), model(x))
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed") == 1 and "no working C++ compiler found); training eagerly" in err
+    assert "long details" not in err
