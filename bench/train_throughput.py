@@ -112,7 +112,7 @@ def print_row(size: int, name: str, precision: str, ips: float, base: float, tra
     """One table row: images/s, ratio vs plain fp32, achieved GFLOP/s and its share of its precision's limit."""
     gflops = ips * train_flops / 1e9
     share = gflops / limit[f"{precision if precision == 'bf16' else 'fp32'}_conv"]
-    print(f"{size:>5} {name:<38} {precision:>9} {ips:>9.1f} {ips / base:>8.2f}x {gflops:>8.0f} {share:>7.0%}",
+    print(f"{size:>5} {name:<38} {precision:>9} {ips:>9.3g} {ips / base:>8.2f}x {gflops:>8.3g} {share:>7.0%}",
           flush=True)
 
 
