@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnetcls.config import SchedConfig
+from resnetcls.config import OptimConfig, SchedConfig
 from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
-from resnetcls.engine.optim import SigmoidOneHotLoss, build_ema, build_scheduler, class_weights
+from resnetcls.engine.optim import (SigmoidOneHotLoss, build_ema, build_optimizer, build_scheduler, class_weights,
+                                   make_optimizer)
 
 
 def test_epoch_interval_schedule_changes_only_at_epoch_boundaries():
@@ -79,9 +80,6 @@ def test_losses_take_soft_targets_with_label_smoothing(name, weighted):
 
 @pytest.mark.parametrize("name", ["adamw", "adam"])
 def test_adam_optimizers_are_fused_on_cpu_and_give_the_for_loop_update(name):
-    from resnetcls.config import OptimConfig
-    from resnetcls.engine.optim import build_optimizer
-
     weights = []
     for fused in (True, False):
         torch.manual_seed(0)
@@ -102,8 +100,6 @@ def test_adam_optimizers_are_fused_on_cpu_and_give_the_for_loop_update(name):
 
 
 def test_an_optimizer_torch_cannot_fuse_falls_back_to_its_default_implementation():
-    from resnetcls.engine.optim import make_optimizer
-
     class NoFused(torch.optim.AdamW):
         def __init__(self, params, fused=None, **kwargs):
             if fused:
