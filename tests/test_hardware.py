@@ -83,3 +83,12 @@ def test_bad_precision_requests_are_clear_errors(tiny_run):
         Predictor(tiny_run, precision="fp8")
     result = run_cli("predict", tiny_run, "x.jpg", "--precision", "fp16")
     assert result.returncode == 2 and "--precision" in result.stderr
+
+
+def test_peak_gflops_gives_a_positive_limit_for_each_kernel_and_restores_the_threads():
+    threads = torch.get_num_threads()
+    limit = hardware.peak_gflops(seconds=0.01, threads=1)
+    assert limit["threads"] == 1 and torch.get_num_threads() == threads
+    assert all(limit[k] > 0 for k in ("fp32_matmul", "fp32_conv", "bf16_matmul", "bf16_conv"))
+    # bf16 figures are flagged: where bf16 is emulated they are no limit for training to reach
+    assert limit["bf16_native"] is hardware.cpu_has_fast_bf16()

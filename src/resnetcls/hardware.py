@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 
@@ -77,3 +78,46 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 def precision_name(dtype: torch.dtype | None) -> str:
     """The name train, predict and env print for an autocast dtype (None = fp32)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _achieved_gflops(run, flops: float, seconds: float) -> float:
+    """GFLOP/s of run() (flops floating-point operations each call): one warm-up call, then repeated calls for
+    about `seconds`; the fastest call counts (what the hardware can do, not what a busy neighbour left)."""
+    run()
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        run()
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+    return flops / best / 1e9
+
+
+def peak_gflops(seconds: float = 0.25, threads: int | None = None) -> dict:
+    """Achievable GFLOP/s on this CPU of a square matmul and a 3x3 convolution (channels_last, the layout
+    training uses), in fp32 and bf16, with `threads` torch threads (default: the current setting, which is
+    what training runs with): the limit bench/train_throughput.py reports each training row against.
+
+    Returns {"fp32_matmul", "fp32_conv", "bf16_matmul", "bf16_conv", "bf16_native", "threads"}; bf16_native
+    is cpu_has_fast_bf16() (where it is False oneDNN emulates bf16 and its figures are not a limit to reach).
+    Each figure takes about `seconds`."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result = {"threads": torch.get_num_threads(), "bf16_native": cpu_has_fast_bf16()}
+        g = torch.Generator().manual_seed(0)
+        n, batch, channels, side = 1024, 8, 256, 28   # a ResNet-50 stage-3 3x3 conv (28x28 at 224 px)
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        x = torch.randn(batch, channels, side, side, generator=g).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(channels, channels, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+        conv_flops = 2.0 * batch * side * side * channels * channels * 9
+        with torch.inference_mode():
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                ad, bd, xd, wd = (t.to(dtype) for t in (a, b, x, w))
+                result[f"{name}_matmul"] = _achieved_gflops(lambda: ad @ bd, 2.0 * n ** 3, seconds)
+                result[f"{name}_conv"] = _achieved_gflops(
+                    lambda: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds)
+        return result
+    finally:
+        torch.set_num_threads(previous)

@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnetcls.config import SchedConfig
+from resnetcls.config import OptimConfig, SchedConfig
 from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
-from resnetcls.engine.optim import SigmoidOneHotLoss, build_ema, build_scheduler, class_weights
+from resnetcls.engine.optim import (SigmoidOneHotLoss, build_ema, build_optimizer, build_scheduler, class_weights,
+                                   make_optimizer)
 
 
 def test_epoch_interval_schedule_changes_only_at_epoch_boundaries():
@@ -75,3 +76,35 @@ def test_losses_take_soft_targets_with_label_smoothing(name, weighted):
         mixed = loss(logits, lam * one_hot(a) + (1 - lam) * one_hot(b))
         assert float(mixed) == pytest.approx(lam * float(loss(logits, a)) + (1 - lam) * float(loss(logits, b)),
                                              rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_optimizers_are_fused_on_cpu_and_give_the_for_loop_update(name):
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))  # no BN: a bias before BN has
+        # a gradient of rounding noise only, which Adam's normalisation blows up to a full-size step
+        optimizer = build_optimizer(model, OptimConfig(name=name, lr=0.01, weight_decay=0.05))
+        if not fused:  # torch's per-parameter loop, what the optimizer was before it was fused
+            for group in optimizer.param_groups:
+                group["fused"] = None
+        assert bool(optimizer.param_groups[0]["fused"]) is fused
+        for step in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(5, 4, generator=torch.Generator().manual_seed(step))).square().mean().backward()
+            optimizer.step()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    # fp32 throughout: the two implementations differ only in the order of float operations
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
+def test_an_optimizer_torch_cannot_fuse_falls_back_to_its_default_implementation():
+    class NoFused(torch.optim.AdamW):
+        def __init__(self, params, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **kwargs)
+
+    optimizer = make_optimizer(NoFused, [{"params": [nn.Parameter(torch.zeros(2))]}], True, lr=0.1)
+    assert not optimizer.param_groups[0]["fused"]

@@ -172,3 +172,21 @@ def test_a_device_augmenting_pipeline_ships_uint8_canvases_even_on_the_cpu(tiny_
     assert tuple(batch["finish"](batch["images"]).shape[1:]) == (3, 32, 32)
     evals = next(iter(pipeline.eval_loader(splits.val)))
     assert "finish" not in evals and tuple(evals["images"].shape[1:]) == (3, 32, 32)  # eval: centre crop, host
+
+
+def test_a_failing_torch_compile_says_why_in_one_line_and_trains_eagerly(monkeypatch, capsys):
+    from resnetcls.engine import prepare
+    from resnetcls.engine.loop import StepContext
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("Inductor: no working C++ compiler found\nlong details")
+
+    monkeypatch.setattr(torch, "compile", lambda module: Broken())
+    model = nn.Linear(3, 2)
+    step_model = prepare.wrap_model(model, StepContext(torch.device("cpu")), False, True)
+    x = torch.randn(4, 3)
+    assert torch.equal(step_model(x), model(x)) and torch.equal(step_model(x), model(x))
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed") == 1 and "no working C++ compiler found); training eagerly" in err
+    assert "long details" not in err

@@ -23,13 +23,32 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Adam/AdamW run torch's fused kernel (one pass over all parameters) where torch has it for the parameters'
+# device and dtype: a ResNet-50 AdamW step on the 2-core Zen 4 took 18-21 ms fused vs 57-85 ms with the default
+# per-parameter loop. SGD keeps torch's default: its fused CPU kernel measured no faster there.
+FUSED_OPTIMIZERS = ("adam", "adamw")
+
+
+def make_optimizer(cls: type, groups: list[dict], fused: bool, **kwargs) -> torch.optim.Optimizer:
+    """cls(groups, fused=True, ...) when asked and torch supports it for these parameters, else torch's default
+    implementation (the same update; torch refuses fused for e.g. unsupported devices or dtypes)."""
+    if fused:
+        try:
+            return cls(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):
+            pass
+    return cls(groups, **kwargs)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """optim.name's optimizer over param_groups(); Adam/AdamW fused where torch supports it (FUSED_OPTIMIZERS)."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    fused = cfg.name in FUSED_OPTIMIZERS
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return make_optimizer(torch.optim.AdamW, groups, fused, lr=cfg.lr)
     if cfg.name == "adam":
         # Adam's weight decay is L2 added to the gradient (the seed's optimizer).
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return make_optimizer(torch.optim.Adam, groups, fused, lr=cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     raise UserError(f"optim.name={cfg.name!r}: expected adamw, adam or sgd")
