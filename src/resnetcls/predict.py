@@ -92,7 +92,7 @@ class Predictor:
         self.classes = self.loaded.classes
         self.transform = build_eval_transform(self.loaded.preprocess)
         self.amp_dtype = None if backend in ONNX_BACKENDS else resolve_amp(precision, self.device)
-        self.precision = precision_name(self.amp_dtype)
+        self.precision = "int8" if backend == "onnxruntime-int8" else precision_name(self.amp_dtype)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
         self.backend = backend
