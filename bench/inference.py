@@ -3,15 +3,25 @@
 Every row runs in this one process on the same random input; images/s come from the median time of one
 forward pass, p50/p99 are the latency of a single image (batch 1). The "max|dp|" column is the largest
 difference of softmax probabilities from resnetcls eager fp32 on the same 32 images, and "top1" how many of
-them keep the same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths).
+them keep the same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths). The int8
+row is ONNX Runtime static int8 (resnetcls.quantize, as `export --int8` writes it), calibrated here on synthetic
+images (the model has random weights, so its top-1 agreement on random inputs says little; `export --int8`
+checks agreement on the model's real validation images).
+
+Then (item 4 of issue 16, a robot asking about one camera frame) the batch-1 latency of one 640x480 JPEG, decode
+and preprocessing included, through the Predictor's Python API and through `resnetcls serve` over HTTP (POST
+/predict, one request at a time): p50 and p99 of --repeats runs, each row's median over the runs, against
+torchvision fp32 eager on the same decoded, preprocessed image.
 
     python bench/inference.py            # full: 100 x batch 1, 10 x batch 32 per row, plus torch.compile
-    python bench/inference.py --quick    # a smoke run of about two minutes
+    python bench/inference.py --quick    # a smoke run of a few minutes
+    python bench/inference.py --quick --no-latency   # the throughput table only
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import statistics
 import sys
 import tempfile
@@ -19,16 +29,21 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from resnetcls.data.transforms import make_preprocess  # noqa: E402
+from resnetcls.data.decode import decode_image  # noqa: E402
+from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
 from resnetcls.onnx_runtime import onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
 from resnetcls.envinfo import machine_line  # noqa: E402
 from resnetcls.modelfile import load_model_dir, save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
+from resnetcls.onnx_runtime import INT8_FILE  # noqa: E402
 from resnetcls.predict import Predictor  # noqa: E402
+from resnetcls.quantize import int8_bytes  # noqa: E402
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -100,6 +115,7 @@ def build_rows(model_dir: Path, size: int, with_compile: bool) -> list[tuple[str
     baseline.load_state_dict(ours().state_dict())  # same weights: our names match torchvision's
     predictor = Predictor(model_dir, device="cpu")  # resnetcls's own default settings ("auto")
     session = onnx_session(onnx_bytes(load_model_dir(model_dir)))
+    int8 = onnx_session(model_dir / INT8_FILE)
     rows = [
         ("torchvision fp32 eager (baseline)", eager(baseline)),
         (f"resnetcls Predictor default (amp={'bf16' if predictor.amp_dtype else 'fp32'}, channels_last)",
@@ -109,10 +125,19 @@ def build_rows(model_dir: Path, size: int, with_compile: bool) -> list[tuple[str
         ("resnetcls eager bf16 autocast channels_last (forced)", eager(ours(), torch.channels_last, amp=True)),
         ("resnetcls TorchScript frozen+optimize_for_inference fp32", torchscript_frozen(ours(), size)),
         ("ONNX Runtime fp32 (all graph optimisations)", lambda x: onnx_probabilities(session, x)),
+        ("ONNX Runtime int8 static QDQ (export --int8)", lambda x: onnx_probabilities(int8, x)),
     ]
     if with_compile:
         rows.append(("resnetcls torch.compile (inductor, freezing) fp32 channels_last", compiled(ours())))
     return rows
+
+
+def write_int8(model_dir: Path, calibration: int) -> None:
+    """model_dir/model.int8.onnx as `export --int8` makes it, calibrated on synthetic image-like inputs."""
+    loaded = load_model_dir(model_dir)
+    transform = build_eval_transform(loaded.preprocess)
+    images = torch.stack([transform(img) for img in synthetic_images(calibration)])
+    (model_dir / INT8_FILE).write_bytes(int8_bytes(loaded, images))
 
 
 def main() -> None:
@@ -121,6 +146,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include the torch.compile row (default: in the full run only)")
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the one-JPEG latency through the Predictor API and serve (default: on)")
+    parser.add_argument("--repeats", type=int, default=3, help="latency runs per row (median shown)")
     args = parser.parse_args()
     size = args.image_size
     iters1, iters32 = (8, 2) if args.quick else (100, 10)
@@ -129,7 +157,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model_dir(Path(tmp) / "m", create_model("resnet50", 1000), "resnet50", {},
                                    [f"class{i}" for i in range(1000)], make_preprocess(size))
+        write_int8(model_dir, 32 if args.quick else 256)
         rows = build_rows(model_dir, size, args.compile if args.compile is not None else not args.quick)
+        throughput(rows, size, iters1, iters32)
+        del rows
+        if args.latency:
+            latency_table(model_dir, Path(tmp), 20 if args.quick else 200, args.repeats)
+
+
+def throughput(rows, size: int, iters1: int, iters32: int) -> None:
     batch32 = torch.randn(32, 3, size, size)
     first = []
     for name, fn in rows:
@@ -158,6 +194,90 @@ def report(results, iters1: int, iters32: int) -> None:
               f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e} {agree:>4}/32")
     print(f"\nmedians of {iters1} timed passes at batch 1 and {iters32} at batch 32, rows taking turns pass by "
           f"pass; x = ratio to the baseline row; p99 of fewer than 100 samples is their maximum.")
+
+
+def photo_jpeg(i: int) -> bytes:
+    """A camera-sized (640x480) JPEG with smooth structure: decoding costs what a real frame costs."""
+    rng = np.random.default_rng(i)
+    coarse = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    coarse.resize((640, 480), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def synthetic_images(count: int) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(photo_jpeg(i))).convert("RGB") for i in range(count)]
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    lat = sorted(times)
+    return statistics.median(lat) * 1000, lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
+
+
+def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
+    """One-image callables, decode + preprocess + model: the torchvision baseline and the Predictor API."""
+    loaded = load_model_dir(model_dir)
+    baseline = torchvision.models.resnet50(num_classes=1000)
+    baseline.load_state_dict(loaded.model.state_dict())
+    baseline.eval()
+    transform = build_eval_transform(loaded.preprocess)
+
+    @torch.inference_mode()
+    def torchvision_one():
+        return baseline(transform(decode_image(image))[None]).softmax(1)
+
+    rows = [("torchvision fp32 eager (baseline), decode+preprocess+model", torchvision_one)]
+    for backend in ("auto", "onnxruntime-int8"):
+        predictor = Predictor(model_dir, device="cpu", backend=backend)
+        rows.append((f"Predictor.predict([jpeg]) backend {backend} ({predictor.backend}, {predictor.precision})",
+                     lambda p=predictor: p.predict([str(image)], topk=5)))
+    return rows
+
+
+def serve_row(model_dir: Path, tmp: Path, jpeg: bytes, backend: str, requests: int) -> list[float]:
+    """Sequential POST /predict of one JPEG to a fresh `resnetcls serve --backend backend`; per-request times."""
+    import httpx
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve_load import start_server  # the same server start as the load benchmark
+    proc, url = start_server(model_dir, tmp / f"serve-{backend}.log", "--backend", backend)
+    try:
+        with httpx.Client(timeout=60) as client:
+            times = []
+            for i in range(requests + 3):
+                start = time.perf_counter()
+                reply = client.post(url + "/predict", files={"file": ("frame.jpg", jpeg, "image/jpeg")})
+                if i >= 3:  # the first requests warm the server up
+                    times.append(time.perf_counter() - start)
+                if reply.status_code != 200:
+                    raise SystemExit(f"serve answered {reply.status_code}: {reply.text}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return times
+
+
+def latency_table(model_dir: Path, tmp: Path, requests: int, repeats: int) -> None:
+    """p50/p99 of one frame through each path, medians over `repeats` runs, against the torchvision row."""
+    jpeg = photo_jpeg(99)
+    image = tmp / "frame.jpg"
+    image.write_bytes(jpeg)
+    rows = api_rows(model_dir, image)
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(repeats):
+        for fn in [f for _, f in rows]:
+            fn()  # warm-up
+        for (name, _), times in zip(rows, timed_interleaved([lambda _x, f=f: f() for _, f in rows], None, 2,
+                                                            requests)):
+            runs.setdefault(name, []).append(percentiles(times))
+        for backend in ("auto", "onnxruntime-int8"):
+            name = f"serve POST /predict one JPEG, --backend {backend}"
+            runs.setdefault(name, []).append(percentiles(serve_row(model_dir, tmp, jpeg, backend, requests)))
+    base = statistics.median(p50 for p50, _ in runs[rows[0][0]])
+    print(f"\nbatch-1 latency of one 640x480 JPEG (decode + preprocess + model), medians of {repeats} runs "
+          f"x {requests} requests\n{'path':<78} {'p50 ms':>8} {'p99 ms':>8} {'p50 x lower':>12}")
+    for name, values in runs.items():
+        p50, p99 = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
+        print(f"{name:<78} {p50:>8.1f} {p99:>8.1f} {base / p50:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -104,9 +104,14 @@ def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_ar
 def write_calibration(path: str | os.PathLike, record: dict) -> Path:
     """Store record as model.json's "calibration" field (weights untouched), its content hash updated; the
     file is replaced atomically, so a kill leaves the old or the new model.json, both loadable."""
+    return write_meta_record(path, "calibration", record)
+
+
+def write_meta_record(path: str | os.PathLike, key: str, record: dict) -> Path:
+    """Store record as model.json's field `key` ("calibration", "int8"), as write_calibration describes."""
     model_dir = Path(path)
     meta = read_meta(model_dir)
-    meta = {**{k: v for k, v in meta.items() if k != "sha256"}, "calibration": record}
+    meta = {**{k: v for k, v in meta.items() if k != "sha256"}, key: record}
     check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, model_dir / META)
     meta["sha256"] = {WEIGHTS: sha256_file(model_dir / WEIGHTS), META: content_sha256(meta)}
     write_text_atomic(model_dir / META, json.dumps(meta, indent=2) + "\n")

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UserError
 from .modelfile import WEIGHTS, LoadedModel, temperature_of
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
+INT8_FILE = "model.int8.onnx"  # the int8 form (quantize.py), for --backend onnxruntime-int8
 
 
 class ProbabilityHead(nn.Module):
@@ -134,3 +136,29 @@ def onnx_session_for(loaded: LoadedModel, threads: int = 0):
         print(f"{loaded.path}: no model.onnx; exporting in memory "
               f"(run `resnetcls export {loaded.path} --format onnx` once to skip this)", file=sys.stderr)
     return onnx_session(onnx_bytes(loaded), threads)
+
+
+def int8_session_for(loaded: LoadedModel, threads: int = 0):
+    """ONNX Runtime session on the model directory's model.int8.onnx, which must have been quantized from these
+    exact weights and temperature (it cannot be made in memory: quantizing needs calibration images)."""
+    path = loaded.path / INT8_FILE
+    hint = f"run `resnetcls export {loaded.path} --format onnx --int8`"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; {hint} first")
+    meta = read_onnx_metadata(path)
+    current = (meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
+               and exported_temperature(meta) == loaded.temperature)
+    if not current:
+        raise UserError(f"{path}: quantized from other weights or another calibration temperature; {hint} again")
+    return onnx_session(path, threads)
+
+
+def onnx_file_current(loaded: LoadedModel) -> bool:
+    """Whether the model directory has a model.onnx exported (and so parity-checked) from these exact weights
+    and temperature: the condition for --backend auto to choose ONNX Runtime."""
+    path = loaded.path / ONNX_FILE
+    if not path.is_file():
+        return False
+    meta = read_onnx_metadata(path)
+    return (meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
+            and exported_temperature(meta) == loaded.temperature)

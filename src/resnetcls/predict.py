@@ -26,13 +26,15 @@ from .data.decode import DecodeError, decode_image, decode_in_memory, is_image_f
 from .data.transforms import build_eval_transform
 from .errors import UserError
 from .explain import Explainer, writable_dir
-from .hardware import pick_device, precision_name, resolve_amp, usable_cores
-from .modelfile import load_model_dir
-from .onnx_runtime import onnx_logits, onnx_probabilities, onnx_session_for
+from .hardware import cpu_has_fast_bf16, pick_device, precision_name, resolve_amp, usable_cores
+from .modelfile import LoadedModel, load_model_dir
+from .onnx_runtime import (int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities,
+                           onnx_session_for)
 from .progress import progress_bar
 
 FORMATS = ("table", "json", "csv")
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8")
 PRECISIONS = ("auto", "bf16", "fp32")
 # What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
 ImageInput = typing.Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -50,6 +52,18 @@ class Prediction:
             return {"path": self.path, "error": self.error}
         extra = {"gradcam": self.gradcam} if self.gradcam else {}
         return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
+
+
+def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
+    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: eager bf16 where
+    the CPU computes bf16 natively (or on a GPU), else ONNX Runtime fp32 when a checked, current model.onnx is
+    there (2.5x eager fp32 on an AVX2 CPU), else eager torch. An explicit --precision keeps torch. int8 is never
+    chosen by auto: it changes results slightly, so it is asked for by name."""
+    if backend != "auto":
+        return backend
+    if device.type != "cpu" or precision != "auto" or cpu_has_fast_bf16():
+        return "torch"
+    return "onnxruntime" if onnx_file_current(loaded) else "torch"
 
 
 def _decode_threads() -> int:
@@ -70,7 +84,8 @@ class Predictor:
     """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
 
     backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see export.py)
-    on the CPU in fp32, giving the same top-k. precision (torch backend): "auto" is bf16 + channels_last where
+    on the CPU in fp32, giving the same top-k; "onnxruntime-int8" its model.int8.onnx (quantize.py; top-1
+    checked against fp32 when it was written); "auto" the fastest verified fp path (resolve_backend). precision (torch backend): "auto" is bf16 + channels_last where
     the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
     bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
     Probabilities are calibrated: softmax(logits / T) with model.json's calibration temperature (T = 1 for a
@@ -78,26 +93,28 @@ class Predictor:
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
-                 channels_last: bool = True, backend: str = "torch") -> None:
+                 channels_last: bool = True, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
             raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        if backend == "onnxruntime":
+        if backend in ONNX_BACKENDS:
             if precision == "bf16":
-                raise UserError("--precision bf16: the onnxruntime backend runs fp32; use --backend torch for bf16")
+                raise UserError(f"--precision bf16: the {backend} backend does not run bf16; use --backend torch")
             device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
         self.loaded = load_model_dir(model, self.device)
+        backend = resolve_backend(backend, precision, self.loaded, self.device)
         self.classes = self.loaded.classes
         self.transform = build_eval_transform(self.loaded.preprocess)
-        self.amp_dtype = None if backend == "onnxruntime" else resolve_amp(precision, self.device)
-        self.precision = precision_name(self.amp_dtype)
+        self.amp_dtype = None if backend in ONNX_BACKENDS else resolve_amp(precision, self.device)
+        self.precision = "int8" if backend == "onnxruntime-int8" else precision_name(self.amp_dtype)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
         self.backend = backend
         self.temperature = self.loaded.temperature
-        self.session = onnx_session_for(self.loaded) if backend == "onnxruntime" else None
+        self.session = (onnx_session_for(self.loaded) if backend == "onnxruntime" else
+                        int8_session_for(self.loaded) if backend == "onnxruntime-int8" else None)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -260,7 +277,7 @@ def format_results(results: list[Prediction], fmt: str) -> str:
 
 
 def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
-                tta: bool = False, backend: str = "torch", precision: str = "auto", explain_dir: str | None = None
+                tta: bool = False, backend: str = "auto", precision: str = "auto", explain_dir: str | None = None
                 ) -> int:
     """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row.
 
@@ -269,6 +286,8 @@ def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table"
         raise UserError(f"--topk {topk}: expected a whole number of at least 1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
+    if explain_dir is not None and backend == "auto":
+        backend = "torch"  # Grad-CAM needs the eager model
     if explain_dir is not None and backend != "torch":
         raise UserError(f"--explain with --backend {backend}: Grad-CAM needs the model's gradients; "
                         f"use --backend torch")

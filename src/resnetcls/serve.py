@@ -115,7 +115,7 @@ class ImageService:
 
     async def explain(self, data: bytes, name: str, class_name: str | None) -> tuple[bytes, str, float]:
         """(Grad-CAM overlay PNG, class, probability) of one image for class_name (None: the top-1)."""
-        if self.settings.backend != "torch":
+        if self.predictor.backend != "torch":
             raise HTTPException(501, "/explain needs the model's gradients; serve with --backend torch")
         classes = self.predictor.classes
         if class_name is not None and class_name not in classes:
@@ -173,7 +173,7 @@ class ImageService:
         meta.setdefault("metrics", {})
         meta.setdefault("created", None)
         s = self.settings
-        return {**meta, "backend": s.backend, "precision": self.predictor.precision,
+        return {**meta, "backend": self.predictor.backend, "precision": self.predictor.precision,
                 "limits": {"max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
                            "max_batch_files": MAX_BATCH_FILES, "max_batch_pixels": s.max_batch_pixels,
                            "max_decode_mb": s.max_decode_mb, "max_queue": s.max_queue,

@@ -14,7 +14,7 @@ MAX_BATCH_FILES = 64
 @dataclass
 class ServeSettings:
     model: str
-    backend: str = "torch"
+    backend: str = "auto"
     max_body_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
     max_batch: int = 32

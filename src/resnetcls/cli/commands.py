@@ -90,6 +90,8 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from ..export import ExportCheckFailed, export_model
+    if args.int8 or args.calibration is not None:
+        return _export_int8(args)
     try:
         result = export_model(args.model, args.format, args.out, args.check_data)
     except ExportCheckFailed as e:
@@ -97,6 +99,17 @@ def cmd_export(args) -> int:
         return 1
     print(result.parity.summary())
     print(f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in {result.seconds:.1f} s)")
+    return 0
+
+
+def _export_int8(args) -> int:
+    from ..errors import UserError
+    from ..quantize import export_int8
+    if not args.int8 or args.format != "onnx":
+        raise UserError("--calibration/--int8: int8 export needs both --format onnx and --int8")
+    result = export_int8(args.model, args.calibration, args.calibration_images, args.min_agreement, args.out)
+    print(result.summary())
+    print(f"wrote {result.path} (onnx int8, {result.bytes / 1e6:.1f} MB)")
     return 0
 
 

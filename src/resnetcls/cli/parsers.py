@@ -198,6 +198,11 @@ def _add_lifelong(sub) -> None:
                    help=SHARED_HELP["--set"])
 
 
+BACKEND_HELP = ("auto: the fastest verified fp path here (bf16 torch where bf16 is native, else the model's "
+                "checked model.onnx on ONNX Runtime, else torch); torch; onnxruntime (model.onnx, fp32); "
+                "onnxruntime-int8 (model.int8.onnx, see export --int8)")
+
+
 def _add_deploy(sub) -> None:
     p = sub.add_parser("export", help="export MODEL to ONNX or TorchScript, checked against eager PyTorch")
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
@@ -206,6 +211,13 @@ def _add_deploy(sub) -> None:
     p.add_argument("--check-data", metavar="PATH",
                    help="images (folder or file) for the parity check; default ../shared/data if present, "
                         "else synthetic images")
+    p.add_argument("--int8", action="store_true",
+                   help="(with --format onnx) write model.int8.onnx: ONNX Runtime static int8, checked against fp32")
+    p.add_argument("--calibration", metavar="DATA", default=None,
+                   help="--int8: images like the training data (default: the run's config.yaml training data)")
+    p.add_argument("--calibration-images", type=POSITIVE, default=256, help="--int8: training images calibrated on")
+    p.add_argument("--min-agreement", type=number(float, 0, 1), default=0.99,
+                   help="--int8: refuse (exit 2) when top-1 agrees with fp32 on fewer validation images")
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, /predict/batch, /explain; GET /healthz, /info, /docs")
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
@@ -213,8 +225,8 @@ def _add_deploy(sub) -> None:
     p.add_argument("--port", type=number(int, 1, 65535), default=8000, help="port to listen on")
     p.add_argument("--workers", type=number(int, 1, 256), default=1,
                    help="server processes, each with its own model copy")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="eager PyTorch, or ONNX Runtime on the model's model.onnx")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"], default="auto",
+                   help=BACKEND_HELP)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--max-body-mb", type=number(float, 0, low_open=True), default=20.0,
                    help="larger request bodies get 413")
@@ -305,8 +317,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32, help="images per model call")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="eager PyTorch, or ONNX Runtime on the model's model.onnx (see export)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"], default="auto",
+                   help=BACKEND_HELP)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--explain", metavar="OUT_DIR", default=None,
                    help="also write a Grad-CAM overlay of each image's top-1 class to OUT_DIR/<name>.gradcam.png "
