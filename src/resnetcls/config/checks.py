@@ -44,6 +44,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lifelong.ewc_lambda": (0, 1e12, False, False),
     "lifelong.lwf_alpha": (0, 1e6, False, False),
     "lifelong.lwf_temperature": (0, 1e3, True, False),
+    "lifelong.derpp_alpha": (0, 1e6, False, False),
+    "lifelong.derpp_beta": (0, 1e6, False, False),
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
@@ -51,7 +53,7 @@ CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "f
            "data.interpolation": ("nearest", "bilinear", "bicubic"),
            "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
-           "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint")}
+           "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint")}
 
 
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
