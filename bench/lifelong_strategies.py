@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["naive", "joint", "replay", "derpp", "ewc", "lwf"]
 EWC_GRID = [1e3, 1e4, 1e5, 1e6]
 LWF_GRID = [1.0, 3.0, 10.0]
+DERPP_BETA_GRID = [0.5, 1.0]
 
 
 def run_one(out: Path, name: str, config: str, strategy: str, seed: int, sets: list[str]) -> dict:
@@ -92,7 +93,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/lifelong-coil100-classes.yaml")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="default: all six")
-    ap.add_argument("--sweep", action="store_true", help="EWC lambda and LwF alpha grids on the first seed")
+    ap.add_argument("--sweep", action="store_true", help="EWC lambda, LwF alpha, DER++ beta grids on the first seed")
     ap.add_argument("--quick", action="store_true", help="one seed, one epoch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--out", default="runs/bench-lifelong-strategies")
@@ -102,7 +103,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")][:1 if args.quick else None]
     sets = args.set + (["train.epochs=1"] if args.quick else [])
     if args.sweep:
-        for key, grid, strategy in (("lifelong.ewc_lambda", EWC_GRID, "ewc"), ("lifelong.lwf_alpha", LWF_GRID, "lwf")):
+        for key, grid, strategy in (("lifelong.ewc_lambda", EWC_GRID, "ewc"), ("lifelong.lwf_alpha", LWF_GRID, "lwf"),
+                                     ("lifelong.derpp_beta", DERPP_BETA_GRID, "derpp")):
             default = float(yaml.safe_load((ROOT / args.config).read_text())["lifelong"][key.split(".")[1]])
             rows = {f"{strategy} {key.split('.')[1]}={v:g}" + (" (default)" if v == default else ""): summarise(
                 [run_one(out, f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}",
