@@ -78,11 +78,11 @@ def fmt(v, spec=".3f") -> str:
 
 
 def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
-    lines = ["| strategy | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | train s/task | "
-             "extra MB | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | seeds | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | train s/task | "
+             "extra MB | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         margin = (r["forgetting"] - naive_forgetting) if None not in (r["forgetting"], naive_forgetting) else None
-        lines.append(f"| {name} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | {fmt(r['BWT'], '+.3f')}"
+        lines.append(f"| {name} | {r['seeds']} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | {fmt(r['BWT'], '+.3f')}"
                      f" | {fmt(r['forgetting'])} | {fmt(margin, '+.3f')} | {fmt(r['s_per_task'], '.1f')} | "
                      f"{fmt(r['extra_mb'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} |")
     return "\n".join(lines)
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one seed, one epoch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--out", default="runs/bench-lifelong-strategies")
+    ap.add_argument("--report", action="store_true", help="only tabulate the runs already finished in OUT")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +114,9 @@ def main() -> None:
             naive = summarise([run_one(out, f"naive-s{seeds[0]}", args.config, "naive", seeds[0], sets)])
             print(table({"naive": naive, **rows}, naive["forgetting"]), flush=True)
         return
-    rows = {s: summarise([run_one(out, f"{s}-s{seed}", args.config, s, seed, sets) for seed in seeds])
-            for s in args.strategies.split(",")}
+    done = lambda s, seed: not args.report or (out / f"{s}-s{seed}" / "metrics.json").exists()  # noqa: E731
+    rows = {s: summarise([run_one(out, f"{s}-s{seed}", args.config, s, seed, sets) for seed in seeds
+                          if done(s, seed)]) for s in args.strategies.split(",")}
     print(table(rows, rows.get("naive", {}).get("forgetting")))
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
