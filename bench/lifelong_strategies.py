@@ -107,10 +107,10 @@ def main() -> None:
         for key, grid, strategy in (("lifelong.ewc_lambda", EWC_GRID, "ewc"), ("lifelong.lwf_alpha", LWF_GRID, "lwf"),
                                      ("lifelong.derpp_beta", DERPP_BETA_GRID, "derpp")):
             default = float(yaml.safe_load((ROOT / args.config).read_text())["lifelong"][key.split(".")[1]])
+            name = lambda v: f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}"  # noqa: E731
             rows = {f"{strategy} {key.split('.')[1]}={v:g}" + (" (default)" if v == default else ""): summarise(
-                [run_one(out, f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}",
-                         args.config, strategy, seeds[0], sets + ([] if v == default else [f"{key}={v}"]))])
-                for v in grid}
+                [run_one(out, name(v), args.config, strategy, seeds[0], sets + ([] if v == default else [f"{key}={v}"]))])
+                for v in grid if not args.report or (out / name(v) / "metrics.json").exists()}
             naive = summarise([run_one(out, f"naive-s{seeds[0]}", args.config, "naive", seeds[0], sets)])
             print(table({"naive": naive, **rows}, naive["forgetting"]), flush=True)
         return
