@@ -124,7 +124,8 @@ class LifelongConfig:
     bins: int = 0                   # numeric column: N equal-count ranges of its values instead of --order
     strategy: str = "naive"         # naive | replay | derpp | ewc | lwf | joint
     buffer_size: int = 200          # replay, derpp: images kept (class-balanced reservoir)
-    ewc_lambda: float = 100.0       # ewc: weight of the quadratic penalty
+    ewc_lambda: float = 10000.0     # ewc: weight of the quadratic penalty (the best of bench/lifelong_strategies.py
+                                    # --sweep on COIL-100 classes; 1000 forgot 0.86 there, naive 0.92)
     lwf_alpha: float = 1.0          # lwf: weight of the distillation loss
     lwf_temperature: float = 2.0
     derpp_alpha: float = 0.3        # derpp: weight of the MSE to the stored logits (Buzzega et al. 2020: 0.1-0.5)
