@@ -1,5 +1,6 @@
 """lifelong/hooks.py: what each strategy adds to the engine's step loop, and that its checkpointed state
 continues exactly (a resume inside a task draws the same replay batches and distils from the same teacher)."""
+import pytest
 import torch
 
 from resnetcls.config import LifelongConfig
@@ -63,3 +64,26 @@ def test_ewc_penalises_moving_away_from_the_last_task_weights():
     with torch.no_grad():
         model.fc.weight.add_(1.0)
     assert float(hooks.extra_loss(None, None).detach()) > 0.0
+
+
+def test_derpp_pulls_the_buffer_logits_back_to_the_stored_ones_and_keeps_them_in_the_checkpoint():
+    from resnetcls.config import LifelongConfig as LC
+    model = tiny_model()
+    lc = LC(strategy="derpp", buffer_size=4, derpp_alpha=0.5, derpp_beta=1.0)
+    hooks = StrategyHooks(lc, seed=0)
+    hooks.start_task(0, model)
+    raw = batches(1)
+    hooks.end_task(model, raw, lambda: ((x.float() / 255, y) for x, y in raw()), None)
+    hooks.start_task(1, model)
+
+    def step(shift):  # fresh batch + drawn batch, the logits moved by shift from what the model gives now
+        images, _ = hooks.extra_batch(2)
+        with torch.no_grad():
+            logits = model(torch.cat([images, images]).float() / 255)
+        return float(hooks.extra_loss(None, logits + shift))
+    assert step(0.0) == pytest.approx(0.0, abs=1e-6)  # fp32: the model has not moved since it stored them
+    assert step(1.0) == pytest.approx(0.25, abs=1e-5)  # alpha * MSE / 2 (beta=1: no extra CE)
+    again = StrategyHooks(lc, seed=0)
+    again.load_state_dict(hooks.state_dict(), model)
+    assert torch.equal(again.buffer.state_dict()["logits"], hooks.buffer.state_dict()["logits"])
+    assert again.buffer.state_dict()["logits"].abs().sum() > 0

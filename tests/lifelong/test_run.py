@@ -292,3 +292,28 @@ def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, 
     assert read_json(out / "R.json") == read_json(whole / "R.json")
     a, b = load_file(str(out / "final/model.safetensors")), load_file(str(whole / "final/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_derpp_keeps_stored_logits_in_its_checkpoints_and_resumes_to_the_same_matrix(manifest, tmp_path):
+    common = [*ARGS, "--strategy", "derpp", "--buffer-size", "6", "--set", "lifelong.derpp_alpha=0.5"]
+    whole = run_cli("lifelong", manifest, *common, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    m = read_json(tmp_path / "whole" / "metrics.json")
+    assert m["strategy"] == "derpp" and m["buffer_images"] == 6
+    assert m["buffer_mb"] > 6 * 3 * 32 * 32 / 1e6  # the pixels and the logits
+    out = tmp_path / "split"
+    first = run_cli("lifelong", manifest, *common, "--out", out, "--stop-after", "1")
+    assert first.returncode == 0, first.stderr
+    saved = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    buffer = saved["extra"]["strategy"]["buffer"]
+    assert buffer["logits"].shape == (6, 2) and buffer["logits"].abs().sum() > 0  # task 1's 2-class head
+    resumed = run_cli("lifelong", manifest, *common, "--out", out, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_json(out / "R.json") == read_json(tmp_path / "whole" / "R.json")
+
+
+@pytest.mark.parametrize("key, value", [("lifelong.derpp_alpha", "-0.1"), ("lifelong.derpp_beta", "x")])
+def test_bad_derpp_weight_is_one_error_naming_the_key(manifest, tmp_path, key, value):
+    r = run_cli("lifelong", manifest, *ARGS, "--strategy", "derpp", "--set", f"{key}={value}", "--out", tmp_path)
+    assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -62,3 +62,23 @@ def test_distillation_is_zero_against_itself_and_positive_otherwise():
     logits = torch.randn(5, 4)
     assert distillation_loss(logits, logits).abs() < 1e-6
     assert distillation_loss(torch.randn(5, 6), logits) > 0  # grown head: only the old 4 classes compared
+
+
+def test_buffer_keeps_each_images_logits_through_shrinking_sampling_and_a_checkpoint():
+    from resnetcls.lifelong.strategies import derpp_terms
+    buf = ReplayBuffer(capacity=4, seed=0)
+    for i in range(6):
+        buf.add(_img(i), 0, torch.tensor([float(i), -1.0]))  # stored when the head had 2 outputs
+    for i in range(6):
+        buf.add(_img(100 + i), 1, torch.tensor([0.0, float(i), 2.0]))  # and after it grew to 3
+    assert buf.nbytes() == 4 * 3 * 4 * 4 + 2 * 2 * 4 + 2 * 3 * 4
+    other = ReplayBuffer(capacity=4, seed=0)
+    other.load_state_dict(buf.state_dict())
+    for b in (buf, other):
+        images, labels, logits, mask = b.sample_with_logits(16)
+        for img, label, z, m in zip(images, labels.tolist(), logits, mask):
+            assert m.tolist() == ([1.0, 1.0, 0.0] if label == 0 else [1.0, 1.0, 1.0])
+            assert z[0] == int(img[0, 0, 0]) if label == 0 else z[1] == int(img[0, 0, 0]) - 100
+    mse, ce = derpp_terms(logits.clone(), logits, mask, labels)
+    assert mse == 0 and ce > 0
+    assert derpp_terms(logits + 1.0, logits, mask, labels)[0] == 1.0  # only the stored entries count

@@ -180,7 +180,7 @@ def _add_lifelong(sub) -> None:
     p.add_argument("--order", metavar="V1,V2,...", help="task values in training order; 'a-b' is a numeric "
                    "range, e.g. 0-115,120-235,240-355")
     p.add_argument("--bins", type=POSITIVE, metavar="N", help="cut a numeric --tasks column into N ranges")
-    p.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf", "joint"],
+    p.add_argument("--strategy", choices=["naive", "replay", "derpp", "ewc", "lwf", "joint"],
                    help="how to fight forgetting (default lifelong.strategy, naive: plain fine-tuning)")
     p.add_argument("--buffer-size", type=number(int, 0), metavar="IMAGES", help="replay buffer size (default 200)")
     p.add_argument("--joint", metavar="RUN_DIR", help="a --strategy joint run, for the gap to joint")

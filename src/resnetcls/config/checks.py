@@ -44,6 +44,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lifelong.ewc_lambda": (0, 1e12, False, False),
     "lifelong.lwf_alpha": (0, 1e6, False, False),
     "lifelong.lwf_temperature": (0, 1e3, True, False),
+    "lifelong.derpp_alpha": (0, 1e6, False, False),
+    "lifelong.derpp_beta": (0, 1e6, False, False),
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
@@ -52,7 +54,7 @@ CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "f
            "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
            "data.augment_on": ("auto", "host", "device"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
-           "lifelong.strategy": ("naive", "replay", "ewc", "lwf", "joint"),
+           "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
            "log.wandb_mode": ("offline", "online", "disabled")}
 
 

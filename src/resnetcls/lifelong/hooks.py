@@ -6,7 +6,12 @@ extra_batch, extra_loss), does around a task (start_task, end_task), and keeps i
   images (from earlier tasks only: the buffer is filled at the end of each task);
 - ewc: lambda * sum F (theta - theta*)^2, with F summed over the tasks so far (Fisher in eval mode) and
   theta* the weights after the latest task;
-- lwf: alpha * distillation to a frozen copy of the model as it was after the previous task.
+- lwf: alpha * distillation to a frozen copy of the model as it was after the previous task;
+- derpp (DER++, Buzzega et al. 2020): replay whose buffer also keeps the logits the model gave each image when
+  it was stored (at the end of its task, in eval mode). The step's loss is the mean cross-entropy over the
+  joined batch (fresh + replayed, as replay), i.e. (CE_fresh + CE_buffer)/2, and extra_loss adds
+  (alpha * MSE(logits, stored logits) + (beta - 1) * CE_buffer)/2, so the whole is DER++'s
+  CE_fresh + beta * CE_buffer + alpha * MSE at half scale (one draw of buffer images serves both terms).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from torch import Tensor, nn
 
 from ..config import LifelongConfig
 from ..engine.loop import StepHooks
-from .strategies import ReplayBuffer, distillation_loss, ewc_penalty, fisher_diagonal
+from .strategies import ReplayBuffer, derpp_terms, distillation_loss, ewc_penalty, fisher_diagonal
 
 
 def grow_head(model: nn.Module, num_classes: int) -> bool:
@@ -51,7 +56,8 @@ class StrategyHooks(StepHooks):
 
     def __init__(self, lc: LifelongConfig, seed: int) -> None:
         self.name, self.lc, self.seed = lc.strategy, lc, seed
-        self.buffer = ReplayBuffer(lc.buffer_size, seed) if lc.strategy == "replay" else None
+        self.buffer = ReplayBuffer(lc.buffer_size, seed) if lc.strategy in ("replay", "derpp") else None
+        self.drawn: tuple | None = None  # DER++: (fresh batch size, stored logits, mask, labels) of this step
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
         self.old_model: nn.Module | None = None
@@ -69,11 +75,23 @@ class StrategyHooks(StepHooks):
             self.anchor[n] = _pad_to(self.anchor[n], params[n].shape)
 
     def extra_batch(self, n: int) -> tuple[Tensor, Tensor] | None:
-        """Replay: n uint8 images with labels from earlier tasks, or None (not replay, or nothing stored yet)."""
-        return self.buffer.sample(n) if self.buffer is not None else None
+        """Replay: n uint8 images with labels from earlier tasks, or None (not replay, or nothing stored yet).
+        DER++ also keeps the drawn images' stored logits for this step's extra_loss."""
+        if self.buffer is None:
+            return None
+        if self.name != "derpp":
+            return self.buffer.sample(n)
+        drawn = self.buffer.sample_with_logits(n)
+        self.drawn = None if drawn is None else (n, drawn[2], drawn[3], drawn[1])
+        return None if drawn is None else drawn[:2]
 
     def extra_loss(self, images: Tensor, logits: Tensor) -> Tensor | None:
-        """EWC's penalty or LwF's distillation term (computed inside the step's autocast), else None."""
+        """EWC's penalty, LwF's distillation or DER++'s buffer terms (inside the step's autocast), else None."""
+        if self.name == "derpp" and self.drawn is not None:
+            n, stored, mask, labels = self.drawn
+            self.drawn = None
+            mse, ce = derpp_terms(logits[n:], stored, mask, labels)
+            return 0.5 * (self.lc.derpp_alpha * mse + (self.lc.derpp_beta - 1.0) * ce)
         if self.name == "ewc" and self.fisher:
             return self.lc.ewc_lambda * ewc_penalty(self.model, self.fisher, self.anchor)
         if self.name == "lwf" and self.old_model is not None:
@@ -85,7 +103,9 @@ class StrategyHooks(StepHooks):
     def end_task(self, model: nn.Module, stored_batches, eval_batches, loss_fn: nn.Module) -> None:
         """stored_batches(): uint8 (images, labels) of the task's train set (for the buffer);
         eval_batches(): normalised (images, labels) on the device (for the Fisher)."""
-        if self.buffer is not None:
+        if self.name == "derpp":
+            self._store_with_logits(model, stored_batches(), eval_batches())
+        elif self.buffer is not None:
             for images, labels in stored_batches():
                 for image, label in zip(images, labels.tolist()):
                     self.buffer.add(image.contiguous(), label)
@@ -96,6 +116,17 @@ class StrategyHooks(StepHooks):
             self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.fisher}
         if self.name == "lwf":
             self.set_old_model(model)
+
+    def _store_with_logits(self, model: nn.Module, stored, normalised) -> None:
+        """DER++: offer each image to the buffer with the model's logits on it (eval mode, no augmentation;
+        stored and normalised iterate the same loader in the same order)."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for (images, labels), (x, _) in zip(stored, normalised):
+                for image, label, z in zip(images, labels.tolist(), model(x).float().cpu()):
+                    self.buffer.add(image.contiguous(), label, z)
+        model.train(was_training)
 
     def set_old_model(self, model: nn.Module, weights: dict[str, Tensor] | None = None) -> None:
         """Freeze a copy of model as LwF's teacher; with weights (a saved teacher), that copy holds them (its

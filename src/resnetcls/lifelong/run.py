@@ -53,7 +53,7 @@ def check_config(lc: LifelongConfig, data: str, t: TrainConfig | None = None, pr
                        ("data.progressive", progressive)):
         if value not in ("", "0", 0):
             raise UserError(f"{key}={value!r}: `lifelong` trains train.epochs per task; unset it for lifelong")
-    if lc.strategy == "replay" and lc.buffer_size < 1:
+    if lc.strategy in ("replay", "derpp") and lc.buffer_size < 1:
         raise UserError(f"lifelong.buffer_size={lc.buffer_size}: replay needs at least 1 image")
     if not data and not lc.datasets:
         raise UserError("lifelong: DATA is required")

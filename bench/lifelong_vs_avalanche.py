@@ -1,0 +1,90 @@
+"""resnetcls lifelong vs Avalanche (avalanche-lib 0.6.0) on the same class-incremental stream.
+
+Stream: configs/lifelong-coil100-classes.yaml (COIL-100, 5 tasks of 10 objects, 32 px, resnet18 width 16 with the
+small stem, 2 epochs per task, batch 32, AdamW lr 0.003, fp32; read from the config). Both sides train without augmentation, at a
+constant rate, with plain cross-entropy (resnetcls: data.augment=resize, sched.name=constant,
+loss.label_smoothing=0), so the only difference left is the library. Strategies: naive, replay (500 images),
+ewc, lwf at the config's lambda/alpha. The Avalanche side is bench/lifelong_avalanche_side.py, run by the
+interpreter of --avalanche-python (its own venv; avalanche-lib is never a resnetcls dependency).
+
+Reported per side: ACC and the final R row, train wall seconds per task and the whole process's CPU seconds
+(read with os.wait4: loading, training and evaluation on both sides), which a shared machine disturbs less.
+
+    python bench/lifelong_vs_avalanche.py --strategies naive,replay,ewc,lwf --seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/lifelong-coil100-classes.yaml"
+PLAIN = ["train.amp=fp32", "data.augment=resize", "sched.name=constant", "sched.warmup_epochs=0",
+         "loss.label_smoothing=0"]
+
+
+def timed(cmd: list[str], log: Path, env: dict | None = None) -> float:
+    """Run cmd (output to log); its CPU seconds (user + system)."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{cmd[:4]} failed (exit {status >> 8}); see {log}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def ours(out: Path, strategy: str, seed: int) -> dict:
+    run_dir = out / f"resnetcls-{strategy}-s{seed}"
+    cmd = [sys.executable, "-m", "resnetcls", "lifelong", "--config", CONFIG, "--strategy", strategy,
+           "--seed", str(seed), "--out", str(run_dir)] + [a for s in PLAIN for a in ("--set", s)]
+    cpu = timed(cmd, out / f"resnetcls-{strategy}-s{seed}.log")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    R = json.loads((run_dir / "R.json").read_text())["R"]
+    return {"ACC": m["ACC"], "R": R, "s_per_task": m["train_seconds"] / len(R), "cpu_s": cpu}
+
+
+def theirs(out: Path, strategy: str, seed: int, python: str) -> dict:
+    cfg = yaml.safe_load((ROOT / CONFIG).read_text())
+    lc = cfg["lifelong"]
+    result = out / f"avalanche-{strategy}-s{seed}.json"
+    cmd = [python, "bench/lifelong_avalanche_side.py", "--strategy", strategy, "--seed", str(seed),
+           "--buffer-size", str(lc["buffer_size"]), "--ewc-lambda", str(lc["ewc_lambda"]),
+           "--lwf-alpha", str(lc["lwf_alpha"]), "--width", str(cfg["model"]["width"]),
+           "--epochs", str(cfg["train"]["epochs"]), "--batch-size", str(cfg["train"]["batch_size"]),
+           "--size", str(cfg["data"]["image_size"]), "--lr", str(cfg["optim"]["lr"]), "--out", str(result)]
+    cpu = timed(cmd, out / f"avalanche-{strategy}-s{seed}.log", {**os.environ, "PYTHONPATH": ""})
+    r = json.loads(result.read_text())
+    R = r["R"]
+    return {"ACC": sum(R[-1]) / len(R[-1]), "R": R, "s_per_task": statistics.mean(r["train_seconds_per_task"]),
+            "cpu_s": cpu}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--strategies", default="naive,replay,ewc,lwf")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--avalanche-python", default="/work/venvs/avalanche/bin/python")
+    ap.add_argument("--out", default="runs/bench-lifelong-vs-avalanche")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print("| strategy | seed | ACC resnetcls / Avalanche | final R row resnetcls | final R row Avalanche | "
+          "train s/task | process CPU s |\n|---|---|---|---|---|---|---|", flush=True)
+    for strategy in args.strategies.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            a, b = ours(out, strategy, seed), theirs(out, strategy, seed, args.avalanche_python)
+            row = lambda r: " ".join(f"{v:.2f}" for v in r["R"][-1])  # noqa: E731
+            print(f"| {strategy} | {seed} | {a['ACC']:.3f} / {b['ACC']:.3f} | {row(a)} | {row(b)} | "
+                  f"{a['s_per_task']:.1f} / {b['s_per_task']:.1f} | {a['cpu_s']:.0f} / {b['cpu_s']:.0f} |", flush=True)
+            (out / f"{strategy}-s{seed}.json").write_text(json.dumps({"resnetcls": a, "avalanche": b}))
+
+
+if __name__ == "__main__":
+    main()
