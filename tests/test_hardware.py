@@ -77,7 +77,7 @@ def test_predict_and_eval_take_a_precision_flag(tiny_run, tiny_data, tmp_path, p
 
 
 def test_bad_precision_requests_are_clear_errors(tiny_run):
-    with pytest.raises(UserError, match="onnxruntime backend runs fp32"):
+    with pytest.raises(UserError, match="the onnxruntime backend does not run bf16"):
         Predictor(tiny_run, precision="bf16", backend="onnxruntime")
     with pytest.raises(UserError, match="--precision 'fp8'"):
         Predictor(tiny_run, precision="fp8")

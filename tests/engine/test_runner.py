@@ -66,12 +66,13 @@ def test_outside_the_main_thread_stop_request_installs_no_handler(known_handlers
 
 def test_stop_run_says_how_to_continue_closes_the_log_and_raises_the_interrupt(tmp_path, capsys):
     logger = RunLogger(tmp_path, tensorboard=False)
+    jsonl = logger.jsonl
     with pytest.raises(TrainingInterrupted) as stopped:
         stop_run(logger, "interrupted at epoch 2 step 5: saved step-00000017.pt", tmp_path)
     assert isinstance(stopped.value, KeyboardInterrupt) and str(stopped.value) == str(tmp_path)
     assert capsys.readouterr().err == (f"interrupted at epoch 2 step 5: saved step-00000017.pt; "
                                        f"continue with --resume {tmp_path}\n")
-    assert logger.jsonl.closed
+    assert jsonl.closed and logger.jsonl is None
 
 
 def test_train_record_holds_the_train_scalars():

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -68,10 +67,13 @@ def test_study_with_a_pruned_trial_killed_and_continued_by_the_same_command(tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     worker = subprocess.Popen([sys.executable, "-m", "resnetcls", *args], stderr=subprocess.PIPE, text=True,
                               env=env, start_new_session=True)
-    for line in worker.stderr:  # kill it while its second trial trains
-        if line.startswith("tune: trial 1 in"):
+    # Kill it while its second trial trains: at that trial's first epoch line, with no sleep (a tiny trial takes
+    # well under a second on an idle machine; its second epoch and its model files are still to come).
+    in_trial_1 = False
+    for line in worker.stderr:
+        in_trial_1 = in_trial_1 or line.startswith("tune: trial 1 in")
+        if in_trial_1 and line.startswith("epoch 1/"):
             break
-    time.sleep(1.0)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     assert worker.returncode == -signal.SIGKILL
