@@ -80,9 +80,8 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tiny_data, tmp_pat
     assert 3 <= len(trials) <= 4  # the count is checked before each trial: two workers may overlap by one
     # One study, not two: had each worker its own, there would be 6 trials. Which worker trains how many depends on
     # how fast each starts (a tiny trial takes a fraction of a second), so only that every trial came from one of
-    # them is asserted, and that each worker read the shared count.
+    # them is asserted.
     assert {t.user_attrs["pid"] for t in trials} <= {w.pid for w in workers}
-    assert all("trials finished" in err for _, err in results)
     for t in trials:  # each an ordinary run directory on the machine (here: folder) that trained it
         assert (Path(t.user_attrs["run_dir"]) / "best" / "model.json").is_file()
     for i in range(2):  # each worker's end: the study's report (and the best recipe where its run is)
