@@ -317,3 +317,9 @@ def test_bad_derpp_weight_is_one_error_naming_the_key(manifest, tmp_path, key, v
     r = run_cli("lifelong", manifest, *ARGS, "--strategy", "derpp", "--set", f"{key}={value}", "--out", tmp_path)
     assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["log.mlflow", "log.wandb"])
+def test_tracking_keys_are_refused_by_lifelong_not_ignored(manifest, tmp_path, key):
+    r = run_cli("lifelong", manifest, *ARGS, "--set", f"{key}=true", "--out", tmp_path)
+    assert r.returncode == 2 and f"{key}=true" in r.stderr and "Traceback" not in r.stderr

@@ -45,10 +45,16 @@ def warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def check_config(lc: LifelongConfig, data: str, t: TrainConfig | None = None, progressive: float = 0.0) -> None:
+def check_config(lc: LifelongConfig, data: str, t: TrainConfig | None = None, progressive: float = 0.0,
+                 trackers: dict[str, bool] | None = None) -> None:
     """What validate_config cannot know: replay needs a buffer, and some DATA; `train`'s time budget, early
     stopping and progressive resizing (data.progressive) are not lifelong's (its tasks run train.epochs each,
-    and replayed images join each batch at the final size)."""
+    and replayed images join each batch at the final size); MLflow/W&B tracking is train's only so far, and
+    refused rather than silently ignored."""
+    for key, on in (trackers or {}).items():
+        if on:
+            raise UserError(f"{key}=true: `lifelong` does not log to experiment trackers yet (only `train` does); "
+                            f"its metrics are in metrics.jsonl and TensorBoard")
     for key, value in (("train.time_budget", t.time_budget if t else ""), ("train.patience", t.patience if t else 0),
                        ("data.progressive", progressive)):
         if value not in ("", "0", 0):
@@ -115,7 +121,8 @@ def run_lifelong(cfg: Config, out_dir: str | Path, resume: str | None = None, fo
     """Run the task sequence into out_dir; return metrics.json's content (None when stopped early by
     stop_after: continue with resume="auto")."""
     validate_config(cfg)
-    check_config(cfg.lifelong, cfg.data.train, cfg.train, cfg.data.progressive)
+    check_config(cfg.lifelong, cfg.data.train, cfg.train, cfg.data.progressive,
+                 {"log.mlflow": cfg.log.mlflow, "log.wandb": cfg.log.wandb})
     if not cfg.data.train:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=cfg.lifelong.datasets[0]))
     tasks, classes = build_tasks(cfg.lifelong, cfg.data, cfg.train.seed)  # fails before anything is written
