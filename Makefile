@@ -20,35 +20,31 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/resnetcls demo --out demo-run
 
-# The report test renders report.html in headless Chromium. Install it with apt where we can (root, or
-# passwordless sudo); never fail here: without Chromium that one test skips and says why.
-chromium:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
-	    || command -v google-chrome >/dev/null 2>&1; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then echo "chromium: no apt-get here; the report rendering test will skip"; \
+# Debian packages that one test each needs (it starts or drives the program itself): installed with apt where we
+# can (root, or passwordless sudo); never fail here: without the package that test skips and says why.
+# $(1): the package, $(2): a shell test that it is already there, $(3): the test that needs it.
+define apt_install
+	@if $(2); then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "$(1): no apt-get here; $(3) will skip"; \
 	else \
 	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	    else echo "chromium: not root and no passwordless sudo; the report rendering test will skip"; exit 0; fi; \
-	    echo "installing chromium with apt-get (for the report rendering test)"; \
+	    else echo "$(1): not root and no passwordless sudo; $(3) will skip"; exit 0; fi; \
+	    echo "installing $(1) with apt-get (for $(3))"; \
 	    ($$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	        chromium) >/tmp/resnetcls-apt-chromium.log 2>&1 \
-	        || echo "chromium: apt-get failed (see /tmp/resnetcls-apt-chromium.log); the report rendering test will skip"; \
+	        $(1)) >/tmp/resnetcls-apt-$(1).log 2>&1 \
+	        || echo "$(1): apt-get failed (see /tmp/resnetcls-apt-$(1).log); $(3) will skip"; \
 	fi
+endef
+
+# The report test renders report.html in headless Chromium.
+chromium:
+	$(call apt_install,chromium,command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1,the report rendering test)
 
 # The tune test shares one Optuna study between two workers through a real PostgreSQL server, which it starts
-# itself (initdb + pg_ctl in a temporary folder). Install Debian's package the same way as Chromium; without it
-# that one test skips and says why.
+# itself (initdb + pg_ctl in a temporary folder).
 postgresql:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then echo "postgresql: no apt-get here; the shared-study tune test will skip"; \
-	else \
-	    if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	    else echo "postgresql: not root and no passwordless sudo; the shared-study tune test will skip"; exit 0; fi; \
-	    echo "installing postgresql with apt-get (for the shared-study tune test)"; \
-	    ($$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	        postgresql) >/tmp/resnetcls-apt-postgresql.log 2>&1 \
-	        || echo "postgresql: apt-get failed (see /tmp/resnetcls-apt-postgresql.log); the shared-study tune test will skip"; \
-	fi
+	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1,the shared-study tune test)
 
 test: $(STAMP) chromium postgresql
 	$(BIN)/python -m pytest -q
