@@ -84,6 +84,16 @@ def override_strings(settings: Settings) -> list[str]:
     return [str(text) for text in settings]
 
 
+def flag_settings(data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained,
+                  time=None) -> dict:
+    """train's flags (and tune's, which shares them) as the config keys they set; None: the flag not given.
+    "auto" for the batch size or the learning rate leaves the key to the auto recipe (train's lr_auto/batch_auto)."""
+    return {"data.train": _text(data), "data.val": _text(val), "model.name": model, "train.epochs": epochs,
+            "data.image_size": image_size, "train.batch_size": None if batch_size == "auto" else batch_size,
+            "optim.lr": None if lr == "auto" else lr, "train.device": device, "train.seed": seed,
+            "train.pretrained": pretrained, "train.time_budget": time}
+
+
 def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | None = None, model: str | None = None,
           epochs: int | None = None, time: str | None = None, batch_size: int | str | None = None,
           image_size: int | None = None, lr: float | str | None = None, out: str | os.PathLike = "runs/latest",
@@ -94,10 +104,7 @@ def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | Non
     return the Run. Each keyword is the flag of the same name (None: the flag not given, so the auto recipe
     or the config decides); batch_size="auto" and lr="auto" as on the command line; set: {config key: value},
     as --set. report: write report.html at the end (as the CLI does)."""
-    flags = {"data.train": _text(data), "data.val": _text(val), "model.name": model, "train.epochs": epochs,
-             "data.image_size": image_size, "train.batch_size": None if batch_size == "auto" else batch_size,
-             "optim.lr": None if lr == "auto" else lr, "train.device": device, "train.seed": seed,
-             "train.pretrained": pretrained, "train.time_budget": time}
+    flags = flag_settings(data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained, time)
     overrides, config, resume = override_strings(set), _text(config), _text(resume)
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = out if resume in (None, "auto") else resume

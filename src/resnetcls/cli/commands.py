@@ -16,15 +16,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from ..api import flag_settings
     from ..config import build_config, explicit_settings
     from ..errors import UserError
     from ..tune.study import TuneSettings, run_tune
     for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
         if value == "auto":
             raise UserError(f"{flag} auto: not in tune (give a number, or let the search space choose it)")
-    flags = {"data.train": args.data, "data.val": args.val, "model.name": args.model, "train.epochs": args.epochs,
-             "data.image_size": args.image_size, "train.batch_size": args.batch_size, "optim.lr": args.lr,
-             "train.device": args.device, "train.seed": args.seed, "train.pretrained": args.pretrained}
+    flags = flag_settings(args.data, args.val, args.model, args.epochs, args.image_size, args.batch_size, args.lr,
+                          args.device, args.seed, args.pretrained)  # train's flags; --time is the study's here
     base = build_config(args.config, args.overrides, flags)
     fixed = set(explicit_settings(args.config, args.overrides, flags).keys)
     result = run_tune(base, fixed, TuneSettings(args.out, args.trials, args.time or "", args.storage or "",
