@@ -3,6 +3,7 @@ on TERM=dumb, with --quiet or RESNETCLS_QUIET=1 nothing of a bar appears, and st
 import contextlib
 import fcntl
 import io
+import json
 import os
 import pty
 import struct
@@ -16,7 +17,7 @@ import pytest
 import resnetcls
 from resnetcls.cli import main
 from resnetcls.progress import progress_bar, progress_enabled, track
-from tests.conftest import TINY
+from tests.conftest import TINY, run_cli
 
 BAR_MARKS = ("\r", "█", "img/s]", "it/s]", "%|")
 SRC = str(Path(resnetcls.__file__).parents[1])
@@ -33,12 +34,24 @@ def terminal_env(tmp_path: Path) -> dict:
     return {**env, "TERM": "xterm-256color", "PYTHONPATH": SRC, "RESNETCLS_CACHE": str(tmp_path / "cache")}
 
 
-def run_on_terminal(args: list, env: dict, piped: bool = False) -> tuple[int, str, str]:
-    """`python -m resnetcls ARGS` with stderr on a pseudo-terminal of 100 columns (or a pipe): code, out, err."""
-    command = [sys.executable, "-m", "resnetcls", *map(str, args)]
-    if piped:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-        return done.returncode, done.stdout, done.stderr
+# Runs several commands through cli.main in one interpreter (one torch import instead of one per command),
+# with a marker line on stdout and stderr before each, and the exit codes as the last stdout line.
+SEQUENCE = """
+import json, sys
+from resnetcls.cli import main
+codes = []
+for n, args in enumerate(json.loads(sys.argv[1])):
+    print(f"@@{n}@@", flush=True)
+    print(f"@@{n}@@", file=sys.stderr, flush=True)
+    codes.append(main(args))
+print(json.dumps(codes), flush=True)
+"""
+
+
+def run_on_terminal(commands: list[list], env: dict) -> list[tuple[int, str, str]]:
+    """Each of `commands` (resnetcls ARGS), in turn in one `python` process whose stderr is a pseudo-terminal of
+    100 columns: [(code, stdout, stderr) of each]."""
+    command = [sys.executable, "-c", SEQUENCE, json.dumps([[str(a) for a in args] for args in commands])]
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     with open(os.devnull) as stdin, subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE,
@@ -54,27 +67,40 @@ def run_on_terminal(args: list, env: dict, piped: bool = False) -> tuple[int, st
                 break
             chunks.append(data)
         out = proc.stdout.read().decode()
-        code = proc.wait()
+        assert proc.wait() == 0, out
     os.close(leader)
-    return code, out, b"".join(chunks).decode(errors="replace")
+    outs = _split(out, len(commands))
+    codes_line = outs[-1].rstrip().rsplit("\n", 1)[-1]
+    outs[-1] = outs[-1].rstrip()[: -len(codes_line)]
+    err = b"".join(chunks).decode(errors="replace")
+    return list(zip(json.loads(codes_line), outs, _split(err, len(commands))))
+
+
+def _split(text: str, count: int) -> list[str]:
+    """text cut at the markers @@0@@ ... @@count-1@@: what each command wrote."""
+    parts = []
+    for n in range(count):
+        text = text.split(f"@@{n}@@", 1)[1]
+        parts.append(text.split(f"@@{n + 1}@@", 1)[0] if n + 1 < count else text)
+    return parts
 
 
 def test_on_a_terminal_cache_build_eval_and_predict_show_a_bar_and_piped_nothing(tiny_run, tiny_data, tmp_path):
-    env = terminal_env(tmp_path)
-    code, out, err = run_on_terminal(["train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "run"], env)
-    assert code == 0, err
-    assert "cache build: 100%" in err and "33/33" in err  # the decoded cache of the 33 training images
-    code, out, err = run_on_terminal(["eval", tiny_run, tiny_data, "--out", tmp_path / "eval"], env)
-    assert code == 0, err
-    assert "eval: 100%" in err and "\r" in err
-    assert not any(mark in out for mark in BAR_MARKS)  # the bar is on stderr only
     images = sorted(str(p) for p in tiny_data.rglob("*.jpg"))[:8]
-    code, out, err = run_on_terminal(["predict", tiny_run, *images, "--format", "json"], env)
-    assert code == 0, err
-    assert "predict" in err and "8/8" in err
-    assert out.lstrip().startswith("[") and not any(mark in out for mark in BAR_MARKS)
-    code, out, err = run_on_terminal(["predict", tiny_run, *images], env, piped=True)
-    assert code == 0 and not any(mark in err + out for mark in BAR_MARKS), err
+    (train, _, train_err), (eval_code, eval_out, eval_err), (predict_code, predict_out, predict_err) = \
+        run_on_terminal([["train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "run"],
+                         ["eval", tiny_run, tiny_data, "--out", tmp_path / "eval"],
+                         ["predict", tiny_run, *images, "--format", "json"]], terminal_env(tmp_path))
+    assert train == 0, train_err
+    assert "cache build: 100%" in train_err and "33/33" in train_err  # the decoded cache of the 33 training images
+    assert eval_code == 0, eval_err
+    assert "eval: 100%" in eval_err and "\r" in eval_err
+    assert not any(mark in eval_out for mark in BAR_MARKS)  # the bar is on stderr only
+    assert predict_code == 0, predict_err
+    assert "predict" in predict_err and "8/8" in predict_err
+    assert predict_out.lstrip().startswith("[") and not any(mark in predict_out for mark in BAR_MARKS)
+    piped = run_cli("predict", tiny_run, *images)  # stderr not a terminal (a pipe, a file): no bar
+    assert piped.returncode == 0 and not any(mark in piped.stderr + piped.stdout for mark in BAR_MARKS), piped.stderr
 
 
 def test_quiet_flag_and_environment_turn_bars_off(tiny_run, tiny_data, tmp_path, monkeypatch):
