@@ -17,6 +17,7 @@ limit of its precision (the conv figure: a ResNet is almost all convolutions).
     python bench/train_throughput.py            # ResNet-50, batch 32, 224 and 128 px
     python bench/train_throughput.py --quick    # ResNet-50, batch 8, 64 px (about a minute)
     python bench/train_throughput.py --sizes 224 128 --batch 8 --steps 3 --repeats 3
+    python bench/train_throughput.py --sizes 128 224 --batch 32 --steps 3 --repeats 3 --compile
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from torch import nn
 from resnetcls.config import build_config
 from resnetcls.engine.loop import EpochStats, train_one_epoch
 from resnetcls.engine.optim import build_loss, build_optimization
-from resnetcls.engine.prepare import build_context, build_model
+from resnetcls.engine.prepare import build_context, build_model, resolve_compile, wrap_model
 from resnetcls.envinfo import machine_line
 from resnetcls.hardware import peak_gflops, pick_device, precision_name
 from resnetcls.models.registry import model_info
@@ -78,6 +79,7 @@ def resnetcls_step(size: int, batch: int, warmup: int, timed: int, overrides: li
     ctx = build_context(cfg.train)
     model = build_model(cfg.model, cfg.train, CLASSES, ctx)
     opt = build_optimization(model, cfg.optim, cfg.sched, cfg.train, warmup + timed, ctx)
+    step_model = wrap_model(model, ctx, False, resolve_compile(cfg.train.compile, model, ctx, size, 0))
     loss_fn = build_loss(cfg.loss, CLASSES, list(range(CLASSES))).to(ctx.device)
     data = batches(warmup + timed, batch, size)
     times, last = [], [0.0]
@@ -91,13 +93,16 @@ def resnetcls_step(size: int, batch: int, warmup: int, timed: int, overrides: li
         return False
 
     last[0] = time.perf_counter()
-    train_one_epoch(model, data, opt, loss_fn, ctx, EpochStats(), after_step)
+    train_one_epoch(step_model, data, opt, loss_fn, ctx, EpochStats(), after_step)
     return statistics.median(times[warmup:]), precision_name(ctx.amp_dtype)
 
 
-ROWS = [("resnetcls default (amp=auto, ch-last)", []),
-        ("resnetcls fp32 channels_last", ["train.amp=fp32"]),
-        ("resnetcls bf16 channels_last", ["train.amp=bf16"])]
+# train.compile=auto decides by the length of a run, which a benchmark does not have: the default rows run eager
+# (train.compile=false) and --compile adds the compiled row (what auto picks for long bf16 runs on AMX CPUs).
+ROWS = [("resnetcls default (amp=auto, ch-last)", ["train.compile=false"]),
+        ("resnetcls fp32 channels_last", ["train.amp=fp32", "train.compile=false"]),
+        ("resnetcls bf16 channels_last", ["train.amp=bf16", "train.compile=false"])]
+COMPILED = ("resnetcls default + torch.compile", ["train.compile=true"])
 
 
 def print_limit(limit: dict) -> None:
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="batch size (default 32; --quick 8)")
     parser.add_argument("--steps", type=int, help="timed steps per run after the warmup (default 5; --quick 3)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; the median is printed (default 1)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the torch.compile'd default row (its compile falls in the warm-up steps)")
     args = parser.parse_args()
     sizes, batch, warmup, timed = ([64], 8, 1, 3) if args.quick else ([224, 128], 32, 2, 5)
     sizes, batch, timed = args.sizes or sizes, args.batch or batch, args.steps or timed
@@ -140,7 +147,7 @@ def main() -> None:
         base = statistics.median(batch / plain_pytorch(size, batch, warmup, timed, device)
                                  for _ in range(args.repeats))
         print_row(size, "plain PyTorch (torchvision, fp32)", "fp32", base, base, train_flops, limit)
-        for name, overrides in ROWS:
+        for name, overrides in ROWS + ([COMPILED] if args.compile else []):
             runs = [resnetcls_step(size, batch, warmup, timed, [f"train.device={args.device}", *overrides])
                     for _ in range(args.repeats)]
             ips = statistics.median(batch / seconds for seconds, _ in runs)

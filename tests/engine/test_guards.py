@@ -125,8 +125,8 @@ def test_ctrl_c_saves_a_checkpoint_with_worker_processes(tiny_data, tmp_path, st
 def test_a_stop_during_validation_saves_and_the_resume_validates_that_epoch(tiny_data, tmp_path, monkeypatch):
     real = train_mod.distributed.evaluate_sharded
 
-    def stop_requested_during_validation(*args, stop=None):
-        return real(*args, stop=lambda: True)  # as if Ctrl-C arrived after the first validation batch
+    def stop_requested_during_validation(*args, stop=None, **kwargs):
+        return real(*args, stop=lambda: True, **kwargs)  # as if Ctrl-C arrived after the first validation batch
     monkeypatch.setattr(train_mod.distributed, "evaluate_sharded", stop_requested_during_validation)
     out = tmp_path / "run"
     args = [*TINY, "--epochs", "2", "--set", "log.tensorboard=false", "--out", out]

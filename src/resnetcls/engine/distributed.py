@@ -131,13 +131,14 @@ def gather_objects(obj) -> list:
     return out
 
 
-def evaluate_sharded(model, loader, loss_fn, ctx, num_classes: int, stop=None):
+def evaluate_sharded(model, loader, loss_fn, ctx, num_classes: int, stop=None, logits_out: list | None = None):
     """loop.evaluate over this rank's shard of loader (indices rank, rank + world, ...), then the sums of all
     ranks: (stats as if one process had evaluated every image once, the CxC confusion matrix).
     stop: loop.evaluate's local stop check; stats.interrupted is then True on every rank when any stopped
-    (the check itself is local: shards may differ by one batch, so no collective runs per batch)."""
+    (the check itself is local: shards may differ by one batch, so no collective runs per batch).
+    logits_out: loop.evaluate's, this rank's shard only."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    mine = evaluate(model, loader, loss_fn, ctx, confusion, stop)
+    mine = evaluate(model, loader, loss_fn, ctx, confusion, stop, logits_out)
     sums = all_reduce_sum(torch.tensor([mine.loss_sum, mine.correct1, mine.correct5, mine.images],
                                        dtype=torch.float64))  # float64: counts below 2**53 stay exact
     bad = [item for shard in gather_objects(mine.bad) for item in shard]

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,7 @@ from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
 from .recipe import RecipeChoice, auto_recipe
 from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build_model, prepare_run,
-                      saved_run_config, warn, wrap_model)
+                      resolve_compile, saved_run_config, warn, wrap_model)
 from .runner import StepPlan, StopRequest, TrainingInterrupted, note_bad_images, run_epoch, stop_run, train_record
 
 OnEpoch = Callable[[int, dict], bool]  # (epoch, its metrics) -> stop the run here
@@ -68,6 +68,45 @@ class TrainData:
     sampler: ResumableSampler
     train_loader: object
     val_loader: object
+
+
+# Validation logits kept per shipped model for the calibration fit: at most this many values on a rank (64 MB of
+# fp32, e.g. 16k images x 1000 classes); beyond it calibration loads the model back and evaluates it again.
+MAX_KEPT_LOGITS = 2 ** 24
+
+
+@dataclass
+class ShippedModels:
+    """Writes best/ and final/ (save(name, metrics)) and keeps the validation logits of the epoch each was written
+    from, so calibration needs no second pass over the validation split (engine/calibrate.py): the same weights,
+    loader and precision. keep_logits=False (too many images x classes) keeps none."""
+
+    save: Callable[[str, dict], object]
+    keep_logits: bool
+    logits: dict[str, list] = field(default_factory=dict)  # "best"/"final" -> this rank's [(logits, labels)]
+
+    def new_shard(self) -> list | None:
+        """What the epoch's validation appends its logits to (None: not kept)."""
+        return [] if self.keep_logits else None
+
+    def validated(self, best: bool, metrics: dict, logits: list | None) -> None:
+        """An epoch validated: a new best is written now; the latest epoch's logits are final/'s (final/ is written
+        from the same weights once the loop ends)."""
+        for name in ("best", "final") if best else ("final",):
+            if logits is None:
+                self.logits.pop(name, None)
+            else:
+                self.logits[name] = logits
+        if best:
+            self.save("best", metrics)
+
+    def finish(self, metrics: dict, run_dir: Path, e, val_loader, ctx: StepContext, logger: RunLogger, writes: bool,
+               step: int, num_classes: int) -> None:
+        """Write final/, then fit and store the calibration of best/ and final/ (every rank calls it)."""
+        self.save("final", metrics)
+        distributed.barrier()  # every rank reads best/ and final/ only once rank 0 has written them
+        calibrate_run(run_dir, e, val_loader, ctx, logger, writes, step, self.logits, num_classes)
+        distributed.barrier()  # ... and their calibrated model.json
 
 
 def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
@@ -154,13 +193,15 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     cfg, choice = fit_time_budget(run, model, data, loss_fn, ctx, steps_per_epoch, writes)
     t = cfg.train
     opt = build_optimization(model, cfg.optim, cfg.sched, t, steps_per_epoch, ctx)
-    step_model = wrap_model(model, ctx, world.distributed, t.compile)
+    compiled = resolve_compile(t.compile, model, ctx, d.image_size, len(data.train_loader) * t.batch_size * t.epochs)
+    step_model = wrap_model(model, ctx, world.distributed, compiled)
     eval_model = opt.ema.module if opt.ema is not None else model  # with EMA, the average is what we ship
-    save_model = lambda name, metrics: writes and save_model_dir(
-        run_dir / name, eval_model, cfg.model.name, arch_args(cfg.model), classes, data.pipeline.preprocess, metrics)
+    shipped = ShippedModels(lambda name, metrics: writes and save_model_dir(
+        run_dir / name, eval_model, cfg.model.name, arch_args(cfg.model), classes, data.pipeline.preprocess, metrics),
+        keep_logits=len(data.splits.val) * len(classes) <= MAX_KEPT_LOGITS)
     state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
     logger = start_logging(run_dir, state, run.resumed, data.splits, ctx, steps_per_epoch, world, t, cfg.log,
-                           cfg.model.name, choice, d, recipe)
+                           cfg.model.name, choice, d, recipe, compiled)
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
@@ -169,21 +210,21 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     # A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt path).
     with StopRequest() as stop:
         while state.epoch <= t.epochs and not patience_ran_out(state, t.patience) and not asked_stop:
-            epoch, where = state.epoch, None
+            epoch, where, logits = state.epoch, None, shipped.new_shard()
             size = progressive_size(epoch, t.epochs, d.image_size, d.progressive)  # a function of epoch: resumable
             data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size, size)
             if not run_epoch(state, step_model, data.train_loader, opt, loss_fn, ctx, logger, ckpt, stop, plan):
                 where = f"at epoch {epoch} step {state.stats.steps}"
             else:
-                va, confusion = distributed.evaluate_sharded(eval_model, data.val_loader, loss_fn, ctx,
-                                                             len(classes), stop=lambda: stop.requested)
+                va, confusion = distributed.evaluate_sharded(eval_model, data.val_loader, loss_fn, ctx, len(classes),
+                                                             stop=lambda: stop.requested, logits_out=logits)
                 # Interrupted validation: the epoch's training is complete, a resume goes straight to validation.
                 where = f"during validation of epoch {epoch}" if va.interrupted else None
             ended = where is None
             if ended:
                 metrics = end_of_epoch(state, va, opt.lr, cfg.ckpt.metric, logger, t.epochs, confusion,
                                        size if d.progressive > 0 else None)
-                save_model("best", metrics) if state.best_epoch == epoch else None
+                shipped.validated(state.best_epoch == epoch, metrics, logits)
                 asked_stop = on_epoch is not None and bool(on_epoch(epoch, metrics))  # tune's pruner
                 state.epoch, state.stats = epoch + 1, EpochStats()
                 if distributed.any_rank(stop.requested) and state.epoch <= t.epochs:
@@ -192,10 +233,7 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
             if where is not None:
                 stop_run(logger, f"interrupted {where}: saved {saved}", run_dir)
     # Finish: the final model, the calibration temperature of both (fitted on val), the summary.
-    save_model("final", metrics)
-    distributed.barrier()  # every rank reads best/ and final/ only once rank 0 has written them
-    calibrate_run(run_dir, cfg.eval, data.val_loader, ctx, logger, writes, state.global_step)
-    distributed.barrier()  # ... and their calibrated model.json
+    shipped.finish(metrics, run_dir, cfg.eval, data.val_loader, ctx, logger, writes, state.global_step, len(classes))
     summary = finish(state, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger, t)
     return TrainResult(run_dir, summary, data.splits.val, data.splits.train)
 
@@ -237,7 +275,7 @@ def note_early_stop(state: RunState, t: TrainConfig, metric: str, logger: RunLog
 def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: StepContext, steps_per_epoch: int,
                   world: distributed.World, t: TrainConfig, log: LogConfig, model_name: str,
                   choice: BudgetChoice | None = None, d: DataConfig | None = None,
-                  recipe: RecipeChoice | None = None) -> RunLogger:
+                  recipe: RecipeChoice | None = None, compiled: bool = False) -> RunLogger:
     """The run's logger (continuing metrics.jsonl and TensorBoard where a resumed run stopped), the opening
     lines on stderr (the auto recipe's and the time budget's choices, the progressive resizing schedule of d),
     split.csv."""
@@ -249,7 +287,7 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
     logger.info(f"resnetcls {__version__}: {model_name}, {len(splits.classes)} classes, "
                 f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
                 f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
-                f"{' compiled' if t.compile else ''}, {steps_per_epoch} steps/epoch"
+                f"{' compiled' if compiled else ''}, {steps_per_epoch} steps/epoch"
                 + (f", {world.size} processes x batch {t.batch_size}" if world.distributed else ""))
     if recipe is not None:
         for line in recipe.lines():

@@ -33,7 +33,8 @@ from ..engine.checkpoint import Checkpointer, RunState, restore_state
 from ..engine.log import RunLogger
 from ..engine.loop import EpochStats, StepContext, evaluate
 from ..engine.optim import build_loss, build_optimization
-from ..engine.prepare import DataPipeline, build_context, build_model, prepare_run, seed_everything, wrap_model
+from ..engine.prepare import (DataPipeline, build_context, build_model, prepare_run, resolve_compile,
+                              seed_everything, wrap_model)
 from ..engine.runner import StepPlan, StopRequest, note_bad_images, run_epoch, stop_run, train_record
 from ..errors import UserError
 from .hooks import StrategyHooks, grow_head
@@ -214,7 +215,8 @@ def train_task(seq: TaskSequence, logger: RunLogger, stop: StopRequest) -> None:
         seq.hooks.start_task(index, model)
     else:  # a step checkpoint inside this task: its optimizer, schedule, EMA, sampler position and RNGs
         seq.run, seq.pending = restore_state(seq.pending, model, opt), None
-    step_model = wrap_model(model, seq.ctx, False, t.compile)
+    compiled = resolve_compile(t.compile, model, seq.ctx, cfg.data.image_size, len(loader) * t.batch_size * t.epochs)
+    step_model = wrap_model(model, seq.ctx, False, compiled)
     ckpt = seq.checkpointer(opt)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     run = seq.run
