@@ -94,3 +94,52 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     result = run_cli("train", tiny_data, *TINY, "--epochs", "2", "--out", out, "--set", "optim.lr=0.01")
     assert result.returncode == 0, result.stderr
     return out
+
+
+class PlainInterpreter:
+    """`resnetcls` commands run one after another in one fresh interpreter with one thread (tests/runner.py), as
+    the killed or signalled runs the tests start are: for the runs compared bit for bit with those, one torch
+    import for all of them instead of one each."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def run(self, *args, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        import json
+        import os
+        import select
+        import sys
+        if self.proc is None:  # started on first use, with RESNETCLS_CACHE as _cache_in_tmp set it
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.runner"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+        args = [str(a) for a in args]
+        self.proc.stdin.write(json.dumps({"args": args, "cwd": str(cwd or os.getcwd())}) + "\n")
+        self.proc.stdin.flush()
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            self.close()
+            raise TimeoutError(f"resnetcls {' '.join(args)} did not finish in {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc = None
+            raise RuntimeError(f"tests/runner.py ended during resnetcls {' '.join(args)}")
+        result = json.loads(line)
+        return subprocess.CompletedProcess(["resnetcls", *args], result["code"], result["stdout"], result["stderr"])
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def plain_interpreter():
+    """One PlainInterpreter for the session; see tests/runner.py for why it is not this process."""
+    runner = PlainInterpreter()
+    yield runner
+    runner.close()

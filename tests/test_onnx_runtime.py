@@ -1,5 +1,6 @@
 """ONNX Runtime for predict's onnxruntime backend: the model directory's own model.onnx when it matches the
 weights, otherwise an in-memory export that says how to skip it next time; same probabilities as eager."""
+import pytest
 import torch
 
 from resnetcls import onnx_runtime
@@ -8,10 +9,17 @@ from resnetcls.onnx_runtime import ONNX_FILE, onnx_bytes, onnx_probabilities, on
 from tests.test_export import make_tiny_model_dir
 
 
-def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def seed0_onnx(tmp_path_factory) -> bytes:
+    """One real export of make_tiny_model_dir's seed-0 weights at temperature 1, for both tests (each export
+    costs about 1.5 s): the same seed gives the same weights in every model directory."""
+    return onnx_bytes(load_model_dir(make_tiny_model_dir(tmp_path_factory.mktemp("onnx") / "model")))
+
+
+def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_path, capsys, monkeypatch, seed0_onnx):
     model = make_tiny_model_dir(tmp_path / "model")
     loaded = load_model_dir(model)
-    exported, exports = onnx_bytes(loaded), []  # one real export; the in-memory re-exports below reuse it
+    exported, exports = seed0_onnx, []  # one real export; the in-memory re-exports below reuse it
     monkeypatch.setattr(onnx_runtime, "onnx_bytes", lambda m: exports.append(m.path) or exported)
     batch = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -30,9 +38,10 @@ def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_pat
     assert exports == [model, other.path]
 
 
-def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature_is_stored(tmp_path, capsys):
+def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature_is_stored(tmp_path, capsys,
+                                                                                           seed0_onnx):
     model = make_tiny_model_dir(tmp_path / "model")
-    (model / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model)))  # exported at T = 1
+    (model / ONNX_FILE).write_bytes(seed0_onnx)  # exported from these weights at T = 1
     write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 20})
     loaded = load_model_dir(model)
     session = onnx_session_for(loaded)

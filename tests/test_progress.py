@@ -50,10 +50,10 @@ print(json.dumps(codes), flush=True)
 
 def run_on_terminal(commands: list[list], env: dict) -> list[tuple[int, str, str]]:
     """Each of `commands` (resnetcls ARGS), in turn in one `python` process whose stderr is a pseudo-terminal of
-    100 columns: [(code, stdout, stderr) of each]."""
+    120 columns: [(code, stdout, stderr) of each]."""
     command = [sys.executable, "-c", SEQUENCE, json.dumps([[str(a) for a in args] for args in commands])]
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     with open(os.devnull) as stdin, subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE,
                                                      stderr=follower, env=env) as proc:
         os.close(follower)
@@ -85,14 +85,21 @@ def _split(text: str, count: int) -> list[str]:
     return parts
 
 
-def test_on_a_terminal_cache_build_eval_and_predict_show_a_bar_and_piped_nothing(tiny_run, tiny_data, tmp_path):
+def test_on_a_terminal_training_cache_build_eval_and_predict_show_a_bar_and_piped_nothing(tiny_run, tiny_data,
+                                                                                         tmp_path):
+    """On a terminal: the decoded-cache build's bar and the live step bar of a bf16-autocast training (batch 4:
+    9 steps), eval's and predict's bars; the bars on stderr only, and none when stderr is a pipe."""
     images = sorted(str(p) for p in tiny_data.rglob("*.jpg"))[:8]
     (train, _, train_err), (eval_code, eval_out, eval_err), (predict_code, predict_out, predict_err) = \
-        run_on_terminal([["train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "run"],
+        run_on_terminal([["train", tiny_data, *TINY, "--batch-size", "4", "--epochs", "1", "--set", "train.amp=bf16",
+                          "--out", tmp_path / "run"],
                          ["eval", tiny_run, tiny_data, "--out", tmp_path / "eval"],
                          ["predict", tiny_run, *images, "--format", "json"]], terminal_env(tmp_path))
     assert train == 0, train_err
     assert "cache build: 100%" in train_err and "33/33" in train_err  # the decoded cache of the 33 training images
+    assert "cpu bf16 channels_last" in train_err
+    bar = [part for part in train_err.split("\r") if "epoch 1/1:" in part and "step" in part]
+    assert bar and "img/s" in bar[-1] and "data wait" in bar[-1] and "lr " in bar[-1] and "<" in bar[-1]
     assert eval_code == 0, eval_err
     assert "eval: 100%" in eval_err and "\r" in eval_err
     assert not any(mark in eval_out for mark in BAR_MARKS)  # the bar is on stderr only

@@ -109,9 +109,11 @@ def test_two_processes_train_with_one_writer(two_process_run):
     assert record["images"] == val_images > 0 and stderr.count("calibration:") == 1
 
 
-def test_two_processes_match_one_process_with_the_global_batch(two_process_run, pairs, tmp_path):
+def test_two_processes_match_one_process_with_the_global_batch(two_process_run, pairs, tmp_path, plain_interpreter):
     single = tmp_path / "single"
-    result = run([sys.executable, "-m", "resnetcls", "train", pairs, *ARGS, "--batch-size", "8", "--out", single])
+    # In the session's one-thread interpreter, not a fresh one (a torch import less), nor this process: its two
+    # OpenMP threads spin against the torchrun workers and other load on a shared 2-core machine.
+    result = plain_interpreter.run("train", pairs, *ARGS, "--batch-size", "8", "--out", single)
     assert result.returncode == 0, result.stderr
     difference = max_weight_difference(weights(two_process_run[0]), weights(single))
     # Measured on CPU after 20 SGD steps: 0.024 (float summation order, amplified by BatchNorm over
@@ -120,6 +122,9 @@ def test_two_processes_match_one_process_with_the_global_batch(two_process_run, 
 
 
 def _sharded_eval_worker(rank: int, port: int, data: str, out: str) -> None:
+    # Forked from pytest (a spawned rank spends seconds importing torch again): one thread before any torch op,
+    # as a forked DataLoader worker does, since the parent's OpenMP pool is not there in the child.
+    torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     distributed.setup("cpu", 60)
@@ -144,7 +149,7 @@ def _evaluate(data: str, rank: int, world: int):
 def test_sharded_evaluation_counts_every_image_once_and_equals_one_process(tiny_data, tmp_path):
     single = _evaluate(str(tiny_data), 0, 1)
     mp.start_processes(_sharded_eval_worker, args=(free_port(), str(tiny_data), str(tmp_path / "r")), nprocs=2,
-                       start_method="spawn")
+                       start_method="fork")
     for rank in (0, 1):
         shared = torch.load(tmp_path / f"r.{rank}")
         assert shared["images"] == 33 == single["images"]

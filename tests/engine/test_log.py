@@ -1,6 +1,6 @@
-"""Run logging: metrics.jsonl, TensorBoard, and the live progress bar on a terminal."""
+"""Run logging: metrics.jsonl, TensorBoard, tracking. The live progress bar on a terminal is checked in
+tests/test_progress.py, in the pseudo-terminal interpreter the other bars share."""
 import json
-import os
 
 import pytest
 
@@ -34,43 +34,6 @@ def test_a_non_zero_rank_writes_nothing(tmp_path, capsys):
     logger.info("hello")
     logger.close()
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().err == ""
-
-
-def terminal_env() -> dict:
-    """A person's shell, even under CI: CI=true or RESNETCLS_QUIET would (rightly) silence the bar."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "RESNETCLS_QUIET")}
-    return {**env, "TERM": "xterm", "OMP_NUM_THREADS": "1"}
-
-
-def test_live_progress_bar_on_a_terminal_and_bf16_autocast(tiny_data, tmp_path):
-    import fcntl
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(tiny_data), "--model", "resnet18",
-                             "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--set", "model.width=8",
-                             "--set", "data.num_workers=0", "--set", "log.tensorboard=false",
-                             "--set", "train.amp=bf16", "--out", str(tmp_path / "r")],
-                            stderr=follower, stdout=subprocess.DEVNULL, env=terminal_env())
-    os.close(follower)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    assert proc.wait(timeout=300) == 0, out.decode(errors="replace")
-    text = out.decode(errors="replace")
-    assert "cpu bf16 channels_last" in text
-    bar = [part for part in text.split("\r") if "epoch 1/1:" in part and "step" in part]
-    assert bar and "img/s" in bar[-1] and "data wait" in bar[-1] and "lr " in bar[-1] and "<" in bar[-1]
 
 
 def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_leaves_killed(tmp_path, monkeypatch):

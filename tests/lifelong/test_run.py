@@ -261,23 +261,25 @@ def test_killed_inside_a_task_and_resumed_is_bit_identical(manifest, tmp_path, s
     assert epochs == [("light=bright", 1), ("light=bright", 2), ("light=dark", 1), ("light=dark", 2)]
 
 
-def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, tmp_path):
+def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, tmp_path, plain_interpreter):
     """A real kill (SIGKILL, no chance to save) in the middle of the second task's first epoch, EWC (its
     Fisher and anchors come from the checkpoint). Batch 2: 6 + 6 steps for the first task, 7 + 7 for the second.
-    Every run in its own process with one thread, as the killed one: CPU kernels may sum in another order with
-    another thread count, and bit-identity is only promised on the same machine setup."""
+    Every run with one thread, as the killed one, and outside pytest (the whole and the resumed run in the plain
+    interpreter of tests/runner.py): CPU kernels may sum in another order with another thread count, and
+    bit-identity is only promised on the same machine setup."""
     import os
     import signal
     import subprocess
     import sys
     import time
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "resnetcls", "lifelong", str(manifest), *ARGS, *EPOCHS2, "--batch-size", "2",
-               "--strategy", "ewc", "--set", "ckpt.every_steps=1"]
+    command = ["lifelong", str(manifest), *ARGS, *EPOCHS2, "--batch-size", "2", "--strategy", "ewc",
+               "--set", "ckpt.every_steps=1"]
     whole, out = tmp_path / "whole", tmp_path / "killed"
-    r = subprocess.run([*command, "--out", str(whole)], capture_output=True, text=True, env=env, timeout=600)
+    r = plain_interpreter.run(*command, "--out", whole)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([*command, "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", *command, "--out", str(out)], stderr=subprocess.PIPE,
+                            text=True, env=env)
     marker, deadline = out / "checkpoints" / "step-00000015.json", time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -285,8 +287,7 @@ def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    r = subprocess.run([*command, "--out", str(out), "--resume", "auto"], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = plain_interpreter.run(*command, "--out", out, "--resume", "auto")
     assert r.returncode == 0, r.stderr
     assert "inside task 2 at epoch 1 step" in r.stderr, r.stderr
     assert read_json(out / "R.json") == read_json(whole / "R.json")
