@@ -161,6 +161,10 @@ class Predictor:
         images = list(images)
         results = [Prediction(input_name(p, i)) for i, p in enumerate(images)]
         chunks = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
+        if len(images) == 1:  # one camera frame: nothing to overlap, and a decode thread beside the model's
+            # spinning compute threads added 5 ms (int8) to 26 ms (bf16) to a 640x480 JPEG's p50 on 2 cores
+            self._predict_chunk(chunks[0], [self.load(images[0], results[0].path)], results, topk, tta)
+            return results
         with ThreadPoolExecutor(_decode_threads()) as pool, \
                 progress_bar(len(images), "predict", enabled=None if progress else False) as bar:
             # Decode the next chunk while the model runs on the current one.
