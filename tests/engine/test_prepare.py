@@ -191,31 +191,3 @@ def test_a_failing_torch_compile_says_why_in_one_line_and_trains_eagerly(monkeyp
     assert err.count("torch.compile failed") == 1 and "no working C++ compiler found); training eagerly" in err
     assert "long details" not in err
 
-
-@pytest.mark.parametrize("setting,amx,dtype,images,expected", [
-    ("true", False, None, 1, True), ("false", True, torch.bfloat16, 10 ** 9, False),
-    ("auto", True, torch.bfloat16, 10 ** 9, True),     # bf16 on an AMX CPU, hours of training planned
-    ("auto", True, torch.bfloat16, 1000, False),       # a short run: the compile would not pay
-    ("auto", False, torch.bfloat16, 10 ** 9, False),   # AVX512-BF16 without AMX: compiling gained nothing there
-    ("auto", True, None, 10 ** 9, False)])             # fp32
-def test_train_compile_auto_compiles_only_long_bf16_runs_on_amx_cpus(setting, amx, dtype, images, expected,
-                                                                    monkeypatch, capsys):
-    from resnetcls.engine import prepare
-    from resnetcls.engine.loop import StepContext
-    from resnetcls.models import create_model
-    monkeypatch.setattr(prepare, "cpu_capabilities", lambda: {"amx_bf16": amx, "avx512_bf16": True})
-    model = create_model("resnet50", 10)
-    assert prepare.resolve_compile(setting, model, StepContext(torch.device("cpu"), dtype), 128, images) is expected
-    said = "train.compile=auto: compiling the training step" in capsys.readouterr().err
-    assert said is (expected and setting == "auto")
-
-
-def test_train_compile_takes_true_false_and_auto_and_names_a_bad_value(tmp_path):
-    from resnetcls.config import build_config
-    from resnetcls.errors import UserError
-    assert build_config(overrides=["train.compile=true"]).train.compile == "true"
-    (tmp_path / "c.yaml").write_text("train:\n  compile: false\n")  # YAML's booleans, as older config.yaml files
-    assert build_config(str(tmp_path / "c.yaml")).train.compile == "false"
-    assert build_config().train.compile == "auto"
-    with pytest.raises(UserError, match="train.compile='fast': expected one of auto, true, false"):
-        build_config(overrides=["train.compile=fast"])

@@ -58,9 +58,7 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
         raise UserError(f"{source}: config key {key!r} must be a finite number, got {value!r}")
     if expected is list and isinstance(value, (list, tuple)):
         return list(value)
-    if expected is str and isinstance(value, bool):  # a switch with more than two values (train.compile=true)
-        return "true" if value else "false"
-    if expected is str and isinstance(value, (int, float)):
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value

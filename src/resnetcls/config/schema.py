@@ -57,8 +57,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     amp: str = "auto"               # auto | bf16 | fp16 | fp32
     channels_last: bool = True
-    compile: str = "auto"          # auto | true | false (torch.compile the step); auto: only for bf16 on a CPU
-                                    # with AMX, when the run is long enough to repay compiling (prepare.py)
+    compile: bool = False
     seed: int = 0
     deterministic: bool = False
     pretrained: str = ""

@@ -25,9 +25,8 @@ from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
 from ..errors import UserError
-from ..hardware import cpu_capabilities, pick_device, resolve_amp
+from ..hardware import pick_device, resolve_amp
 from ..models import create_model
-from ..models.registry import count_macs
 from ..models.pretrained import load_pretrained
 from . import distributed
 from .checkpoint import environment_info, load_latest
@@ -164,37 +163,11 @@ def wrap_model(model: torch.nn.Module, ctx: StepContext, ddp: bool, compile_mode
     return CompiledOrEager(step_model) if compile_model else step_model
 
 
-# train.compile=auto: what an eager bf16 training step achieves per thread on an AMX CPU (bench/train_throughput.py
-# on the 2-core Xeon-AMX: 233-404 GFLOP/s at 128-224 px), and the eager training time from which compiling pays:
-# the first compile took 70-84 s (25 s with Inductor's cache warm) and the compiled ResNet-50 step was 1.41x
-# (128 px) and 1.11x (224 px) faster there; on the AVX512-BF16 Zen 4 it gained nothing, so auto stays off there.
-EAGER_BF16_GFLOPS_PER_THREAD = 120.0
-COMPILE_PAYS_AFTER_S = 1200.0
-
-
-def resolve_compile(setting: str, model: torch.nn.Module, ctx: StepContext, image_size: int,
-                    planned_images: int) -> bool:
-    """train.compile -> whether to torch.compile the step. auto: only for bf16 training on a CPU with AMX (where
-    BatchNorm, ReLU and the adds, not the convolutions, take most of the step, and Inductor fuses them), and only
-    when the run's eager training is estimated at 20 minutes or more (6 x MACs per image x planned_images at the
-    measured eager speed), so that the compile time is a small share of it. Says so on stderr when it compiles."""
-    if setting != "auto":
-        return setting == "true"
-    if ctx.device.type != "cpu" or ctx.amp_dtype != torch.bfloat16 or not cpu_capabilities().get("amx_bf16"):
-        return False
-    flops = 6 * count_macs(model, image_size) * planned_images
-    eager_s = flops / (EAGER_BF16_GFLOPS_PER_THREAD * 1e9 * torch.get_num_threads())
-    if eager_s < COMPILE_PAYS_AFTER_S:
-        return False
-    warn(f"train.compile=auto: compiling the training step (bf16 on an AMX CPU, about {eager_s / 60:.0f} min of "
-         f"eager training planned); the first steps wait for the compiler (about a minute, less once cached); "
-         f"train.compile=false turns it off")
-    return True
-
-
 class CompiledOrEager(torch.nn.Module):
     """module torch.compile'd; where compiling fails (no C++ compiler, an op Inductor cannot lower) one line on
-    stderr says why and training goes on eagerly: a run asked to be faster must not fail for it."""
+    stderr says why and training goes on eagerly: a run asked to be faster must not fail for it. Compiling is
+    off by default: the compiled ResNet-50 step was no faster on the 2-core Zen 4 (128 px) and 0.96x / 1.06x of
+    eager on the 2-core Xeon-AMX (128 / 224 px, batch 32), after a compile of 70-84 s."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
@@ -207,7 +180,7 @@ class CompiledOrEager(torch.nn.Module):
             except Exception as e:  # any compiler failure; a real error in the model re-raises eagerly below
                 self.failed = True
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
-                warn(f"train.compile: torch.compile failed ({type(e).__name__}: {reason}); training eagerly")
+                warn(f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); training eagerly")
         return self.eager(*args, **kwargs)
 
 

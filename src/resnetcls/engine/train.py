@@ -40,7 +40,7 @@ from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
 from .recipe import RecipeChoice, auto_recipe
 from .prepare import (DataPipeline, PreparedRun, arch_args, build_context, build_model, prepare_run,
-                      resolve_compile, saved_run_config, warn, wrap_model)
+                      saved_run_config, warn, wrap_model)
 from .runner import StepPlan, StopRequest, TrainingInterrupted, note_bad_images, run_epoch, stop_run, train_record
 
 OnEpoch = Callable[[int, dict], bool]  # (epoch, its metrics) -> stop the run here
@@ -193,15 +193,14 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     cfg, choice = fit_time_budget(run, model, data, loss_fn, ctx, steps_per_epoch, writes)
     t = cfg.train
     opt = build_optimization(model, cfg.optim, cfg.sched, t, steps_per_epoch, ctx)
-    compiled = resolve_compile(t.compile, model, ctx, d.image_size, len(data.train_loader) * t.batch_size * t.epochs)
-    step_model = wrap_model(model, ctx, world.distributed, compiled)
+    step_model = wrap_model(model, ctx, world.distributed, t.compile)
     eval_model = opt.ema.module if opt.ema is not None else model  # with EMA, the average is what we ship
     shipped = ShippedModels(lambda name, metrics: writes and save_model_dir(
         run_dir / name, eval_model, cfg.model.name, arch_args(cfg.model), classes, data.pipeline.preprocess, metrics),
         keep_logits=len(data.splits.val) * len(classes) <= MAX_KEPT_LOGITS)
     state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
     logger = start_logging(run_dir, state, run.resumed, data.splits, ctx, steps_per_epoch, world, t, cfg.log,
-                           cfg.model.name, choice, d, recipe, compiled)
+                           cfg.model.name, choice, d, recipe)
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
@@ -275,7 +274,7 @@ def note_early_stop(state: RunState, t: TrainConfig, metric: str, logger: RunLog
 def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: StepContext, steps_per_epoch: int,
                   world: distributed.World, t: TrainConfig, log: LogConfig, model_name: str,
                   choice: BudgetChoice | None = None, d: DataConfig | None = None,
-                  recipe: RecipeChoice | None = None, compiled: bool = False) -> RunLogger:
+                  recipe: RecipeChoice | None = None) -> RunLogger:
     """The run's logger (continuing metrics.jsonl and TensorBoard where a resumed run stopped), the opening
     lines on stderr (the auto recipe's and the time budget's choices, the progressive resizing schedule of d),
     split.csv."""
@@ -287,7 +286,7 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
     logger.info(f"resnetcls {__version__}: {model_name}, {len(splits.classes)} classes, "
                 f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
                 f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
-                f"{' compiled' if compiled else ''}, {steps_per_epoch} steps/epoch"
+                f"{' compiled' if t.compile else ''}, {steps_per_epoch} steps/epoch"
                 + (f", {world.size} processes x batch {t.batch_size}" if world.distributed else ""))
     if recipe is not None:
         for line in recipe.lines():
