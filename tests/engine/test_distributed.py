@@ -122,9 +122,7 @@ def test_two_processes_match_one_process_with_the_global_batch(two_process_run, 
 
 
 def _sharded_eval_worker(rank: int, port: int, data: str, out: str) -> None:
-    # Forked from pytest (a spawned rank spends seconds importing torch again): one thread before any torch op,
-    # as a forked DataLoader worker does, since the parent's OpenMP pool is not there in the child.
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny model; two ranks share 2 cores
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     distributed.setup("cpu", 60)
@@ -149,7 +147,7 @@ def _evaluate(data: str, rank: int, world: int):
 def test_sharded_evaluation_counts_every_image_once_and_equals_one_process(tiny_data, tmp_path):
     single = _evaluate(str(tiny_data), 0, 1)
     mp.start_processes(_sharded_eval_worker, args=(free_port(), str(tiny_data), str(tmp_path / "r")), nprocs=2,
-                       start_method="fork")
+                       start_method="spawn")  # not fork: pytest's process may hold other threads' locks
     for rank in (0, 1):
         shared = torch.load(tmp_path / f"r.{rank}")
         assert shared["images"] == 33 == single["images"]
