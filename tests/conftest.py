@@ -44,28 +44,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     these calls. An unexpected exception still fails the test (it propagates instead of printing a
     traceback). Tests that kill, signal or torchrun a training start their own processes.
     """
-    import contextlib
-    import io
-    import os
-
-    import torch
-
-    from resnetcls.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    # What a command may change for the whole process is put back, so tests stay independent of each other.
-    environ, threads = dict(os.environ), torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:  # argparse's usage errors
-            code = e.code if isinstance(e.code, int) else 1
-        finally:
-            os.environ.clear()
-            os.environ.update(environ)
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic)
-    return subprocess.CompletedProcess(["resnetcls", *map(str, args)], code, out.getvalue(), err.getvalue())
+    from tests.runner import run_main
+    code, out, err = run_main([str(a) for a in args], str(cwd) if cwd else None)
+    return subprocess.CompletedProcess(["resnetcls", *map(str, args)], code, out, err)
 
 
 def make_class_folders(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 12,

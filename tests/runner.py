@@ -13,33 +13,43 @@ import os
 import sys
 
 
-def serve() -> None:
+def run_main(args: list[str], cwd: str | None = None, catch: bool = False) -> tuple[int, str, str]:
+    """cli.main(args) in this process, in cwd: (exit code, stdout, stderr). What a command may change for the whole
+    process (environment, thread count, deterministic algorithms) is put back afterwards, so the commands of one
+    process stay independent. An unexpected exception propagates, or with catch=True its traceback goes to the
+    returned stderr with exit code 1. tests.conftest.run_cli and serve() below both run commands with it."""
     import torch
 
     from resnetcls.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            if not catch:
+                raise
+            import traceback
+            traceback.print_exc()  # to the test's stderr: it fails with the traceback
+            code = 1
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
+    return code, out.getvalue(), err.getvalue()
+
+
+def serve() -> None:
+    """Commands from stdin, results to stdout, one JSON line each (module docstring)."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     for line in sys.stdin:
         request = json.loads(line)
-        out, err = io.StringIO(), io.StringIO()
-        # What a command may change for the whole process is put back, as tests.conftest.run_cli does.
-        environ, threads = dict(os.environ), torch.get_num_threads()
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        with contextlib.chdir(request.get("cwd") or os.getcwd()), contextlib.redirect_stdout(out), \
-                contextlib.redirect_stderr(err):
-            try:
-                code = main(request["args"])
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:  # to the test's stderr: it fails with the traceback
-                import traceback
-                traceback.print_exc()
-                code = 1
-            finally:
-                os.environ.clear()
-                os.environ.update(environ)
-                torch.set_num_threads(threads)
-                torch.use_deterministic_algorithms(deterministic)
-        protocol.write(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}) + "\n")
+        code, out, err = run_main(request["args"], request.get("cwd"), catch=True)
+        protocol.write(json.dumps({"code": code, "stdout": out, "stderr": err}) + "\n")
         protocol.flush()
 
 
