@@ -23,7 +23,7 @@ from PIL import Image
 
 from .calibration import calibrated_probabilities
 from .data.decode import DecodeError, decode_image, decode_in_memory, is_image_file
-from .data.transforms import build_eval_transform
+from .data.transforms import build_eval_transform, stack_images
 from .errors import UserError
 from .explain import Explainer, writable_dir
 from .hardware import cpu_has_fast_bf16, pick_device, precision_name, resolve_amp, usable_cores
@@ -188,7 +188,7 @@ class Predictor:
                 slots.append(i)
         if not tensors:
             return
-        batch = torch.stack(tensors)
+        batch = stack_images(tensors)
         probs = self.probabilities(batch)
         if tta:
             probs = (probs + self.probabilities(batch.flip(-1))) / 2

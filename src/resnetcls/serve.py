@@ -6,7 +6,8 @@ POST /predict/batch (multipart, one or more `files` fields), POST /explain (one 
 X-Class (percent-encoded UTF-8) and X-Probability headers; explain.py), GET /healthz, GET /info, and the
 OpenAPI schema at /openapi.json (browsable at /docs). /explain passes the same body, pixel and decode-budget
 admission as /predict; explanations run one at a time (a backward pass each, in fp32) on a private copy of
-the weights made at the first request, at most --max-queue waiting, beyond that 503.
+the weights made at the first request, on the model thread between batches, at most --max-queue waiting,
+beyond that 503.
 
 Batching policy: requests are decoded and preprocessed in parallel threads, then queued for one model
 thread. Whenever that thread is free it takes everything queued, up to --max-batch images, and runs them as
@@ -25,11 +26,13 @@ killed for memory. /healthz answers 503 once a model call has run longer than --
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import socket
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
@@ -61,9 +64,15 @@ class ImageService:
     def __init__(self, settings: ServeSettings) -> None:
         settings.check()
         self.settings = settings
-        self.predictor = Predictor(settings.model, backend=settings.backend, precision=settings.precision)
+        # Every torch computation of this process runs on the model thread, the model's loading included: each
+        # thread that runs a parallel torch op gets its own OpenMP team, and with two teams on 2 cores libgomp
+        # stops spinning between ops (its "throttled" wait), which took a batch-1 bf16 call from 27 to 47 ms
+        # (Xeon-AMX). Decoding and preprocessing (PIL and numpy) stay in the request threads.
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.predictor = self.model_thread.submit(Predictor, settings.model, backend=settings.backend,
+                                                  precision=settings.precision).result()
         self.batcher = Batcher(self.predictor.probabilities, settings.max_batch, settings.batch_wait_ms,
-                               settings.max_queue)
+                               settings.max_queue, executor=self.model_thread)
         self.budget = DecodeBudget(int(settings.max_decode_mb * 1e6), settings.admission_wait_s)
         self.explainer: Explainer | None = None  # made at the first /explain (a copy of the weights)
         self.explain_lock, self.explains_waiting = asyncio.Lock(), 0
@@ -131,12 +140,14 @@ class ImageService:
         self.explains_waiting += 1
         try:
             async with self.explain_lock:  # one backward at a time, waiting here rather than in a thread
+                loop = asyncio.get_running_loop()
                 if self.explainer is None:
                     p = self.predictor
-                    self.explainer = await run_in_threadpool(Explainer, p.model, p.loaded.preprocess, p.device,
-                                                             private_copy=True, temperature=p.temperature)
+                    self.explainer = await loop.run_in_executor(self.model_thread, functools.partial(
+                        Explainer, p.model, p.loaded.preprocess, p.device, private_copy=True,
+                        temperature=p.temperature))
                 index = None if class_name is None else classes.index(class_name)
-                explanation = await run_in_threadpool(self.explainer.explain, tensor, index)
+                explanation = await loop.run_in_executor(self.model_thread, self.explainer.explain, tensor, index)
         finally:
             self.explains_waiting -= 1
         return png_bytes(explanation.overlay()), classes[explanation.class_index], explanation.prob

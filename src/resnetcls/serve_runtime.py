@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .data.transforms import stack_images
+
 RETRY_AFTER_S = 1
 
 
@@ -30,10 +32,12 @@ def overloaded(detail: str) -> HTTPException:
 class Batcher:
     """Cross-request batching (policy in serve.py's docstring): one model thread, a queue in front of it."""
 
-    def __init__(self, run_batch, max_batch: int, wait_ms: float, max_queue: int = 0) -> None:
+    def __init__(self, run_batch, max_batch: int, wait_ms: float, max_queue: int = 0,
+                 executor: ThreadPoolExecutor | None = None) -> None:
+        """executor: the one-thread executor that runs the model (default: a new one)."""
         self.run_batch, self.max_batch, self.wait_s = run_batch, max(1, max_batch), max(0.0, wait_ms) / 1000
         self.queue: asyncio.Queue = asyncio.Queue(max_queue)  # 0: unbounded
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="model")
         self.task: asyncio.Task | None = None
         self.batches_run = self.images_run = 0  # their ratio is the mean batch size actually achieved
         self.busy_since: float | None = None  # monotonic start of the model call in progress
@@ -89,7 +93,7 @@ class Batcher:
                 continue
             self.busy_since = time.monotonic()
             try:
-                probs = await loop.run_in_executor(self.executor, self.run_batch, torch.stack([t for t, _ in live]))
+                probs = await loop.run_in_executor(self.executor, self.run_batch, stack_images([t for t, _ in live]))
             except Exception as e:  # noqa: BLE001 - every waiting caller must get an answer, never hang
                 for _, future in live:
                     if not future.done():

@@ -7,8 +7,10 @@ import torch
 from resnetcls.data.cache import open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
-from resnetcls.data.transforms import (BatchTransform, build_eval_batch_transform, build_eval_transform,
-                                       build_train_transform, make_preprocess)
+from torchvision.transforms import v2 as T
+
+from resnetcls.data.transforms import (BatchTransform, ToNormalizedTensor, build_eval_batch_transform,
+                                       build_eval_transform, build_train_transform, make_preprocess, stack_images)
 from resnetcls.errors import UserError
 from tests.data.test_loader import eval_batch
 
@@ -26,6 +28,23 @@ def test_cached_eval_equals_the_eval_transform_that_predict_uses(photos, tmp_pat
     # A larger stored size needs a second resize: equal up to resize rounding.
     bigger = eval_batch(photos, preprocess, 64, tmp_path / "cache")["images"]
     assert (bigger - expected).abs().mean() < 0.05
+
+
+def test_eval_normalisation_is_bit_identical_to_torchvisions_and_refuses_what_is_not_rgb(photos):
+    """predict's and serve's numpy normalisation gives torchvision's pixels exactly, on every photo size."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ours = ToNormalizedTensor(mean, std)
+    theirs = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean=mean, std=std)])
+    readable = [p for p in photos.paths if not p.endswith("broken.jpg")]
+    for path in readable:
+        image = decode_image(path)
+        got = ours(image)
+        assert got.dtype == torch.float32 and torch.equal(got, theirs(image)), path
+    with pytest.raises(ValueError, match="expected an RGB image"):
+        ours(decode_image(readable[0]).convert("L"))
+    one = ours(decode_image(readable[0]))
+    assert stack_images([one]).shape == (1, *one.shape) and torch.equal(stack_images([one])[0], one)
+    assert torch.equal(stack_images([one, one]), torch.stack([one, one]))
 
 
 def test_train_batches_are_random_crops_flips_and_jitter_of_the_stored_images(photos, tmp_path):
