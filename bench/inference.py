@@ -11,7 +11,8 @@ checks agreement on the model's real validation images).
 Then (item 4 of issue 16, a robot asking about one camera frame) the batch-1 latency of one 640x480 JPEG, decode
 and preprocessing included, through the Predictor's Python API and through `resnetcls serve` over HTTP (POST
 /predict, one request at a time): p50 and p99 of --repeats runs, each row's median over the runs, against
-torchvision fp32 eager on the same decoded, preprocessed image.
+torchvision fp32 eager with torchvision's own eval transforms on the same JPEG. Rows run one after another
+(each row's requests in a block, rows in turn over the repeats).
 
     python bench/inference.py            # full: 100 x batch 1, 10 x batch 32 per row, plus torch.compile
     python bench/inference.py --quick    # a smoke run of a few minutes
@@ -33,9 +34,9 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from resnetcls.data.decode import decode_image  # noqa: E402
 from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
 from resnetcls.onnx_runtime import onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
 from resnetcls.envinfo import machine_line  # noqa: E402
@@ -61,16 +62,20 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def timed_interleaved(fns: list, batch: torch.Tensor, warmup: int, iters: int) -> list[list[float]]:
-    """Per-pass times for each fn, taking turns pass by pass so that load from other processes on a shared
-    machine falls on every row alike instead of on whichever row happened to run then."""
+def timed_in_blocks(fns: list, batch: torch.Tensor, warmup: int, iters: int, rounds: int = 3) -> list[list[float]]:
+    """Per-pass times for each fn: in each of `rounds` rounds every fn runs `warmup` untimed and `iters` timed
+    passes in a block. Blocks, not passes taken in turn: torch's OpenMP workers and ONNX Runtime's threads spin
+    for milliseconds after a call, so a pass right after another row's took that row's spin-down on 2 cores
+    (interleaved, torchvision's batch-1 pass measured 83 ms instead of 48). The rounds spread slow drift of
+    the machine over every row."""
     times = [[] for _ in fns]
-    for rep in range(warmup + iters):
+    for _ in range(rounds):
         for fn, row in zip(fns, times):
-            start = time.perf_counter()
-            fn(batch)
-            if rep >= warmup:
-                row.append(time.perf_counter() - start)
+            for rep in range(warmup + iters):
+                start = time.perf_counter()
+                fn(batch)
+                if rep >= warmup:
+                    row.append(time.perf_counter() - start)
     return times
 
 
@@ -173,8 +178,8 @@ def throughput(rows, size: int, iters1: int, iters32: int) -> None:
         first.append(fn(batch32))  # the probabilities compared, and the first warm-up (torch.compile compiles)
         print(f"  ready: {name} (first call {time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
     fns = [fn for _, fn in rows]
-    b1 = timed_interleaved(fns, batch32[:1], 3, iters1)
-    b32 = timed_interleaved(fns, batch32, 1, iters32)
+    b1 = timed_in_blocks(fns, batch32[:1], 3, iters1)
+    b32 = timed_in_blocks(fns, batch32, 1, iters32)
     report([(name, probs, t1, t32) for (name, _), probs, t1, t32 in zip(rows, first, b1, b32)], iters1, iters32)
 
 
@@ -192,8 +197,8 @@ def report(results, iters1: int, iters32: int) -> None:
         agree = int((probs.argmax(1) == reference.argmax(1)).sum())
         print(f"{name:<62} {ips1:>9.1f} {ips1 / base1:>5.2f} {ips32:>10.1f} {ips32 / base32:>5.2f} "
               f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e} {agree:>4}/32")
-    print(f"\nmedians of {iters1} timed passes at batch 1 and {iters32} at batch 32, rows taking turns pass by "
-          f"pass; x = ratio to the baseline row; p99 of fewer than 100 samples is their maximum.")
+    print(f"\nmedians of 3 rounds x {iters1} timed passes at batch 1 and 3 x {iters32} at batch 32, each row's passes "
+          f"in a block in each round; x = ratio to the baseline row; p99 of fewer than 100 samples is their maximum.")
 
 
 def photo_jpeg(i: int) -> bytes:
@@ -220,11 +225,13 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
     baseline = torchvision.models.resnet50(num_classes=1000)
     baseline.load_state_dict(loaded.model.state_dict())
     baseline.eval()
-    transform = build_eval_transform(loaded.preprocess)
+    pre = loaded.preprocess  # torchvision's own classic eval pipeline, as a script copied from its docs has it
+    transform = v2.Compose([v2.Resize(pre["resize"], antialias=True), v2.CenterCrop(pre["image_size"]), v2.ToImage(),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
 
     @torch.inference_mode()
     def torchvision_one():
-        return baseline(transform(decode_image(image))[None]).softmax(1)
+        return baseline(transform(Image.open(image).convert("RGB"))[None]).softmax(1)
 
     rows = [("torchvision fp32 eager (baseline), decode+preprocess+model", torchvision_one)]
     for backend in ("auto", "onnxruntime-int8"):
@@ -264,10 +271,9 @@ def latency_table(model_dir: Path, tmp: Path, requests: int, repeats: int) -> No
     rows = api_rows(model_dir, image)
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
-        for fn in [f for _, f in rows]:
-            fn()  # warm-up
-        for (name, _), times in zip(rows, timed_interleaved([lambda _x, f=f: f() for _, f in rows], None, 2,
-                                                            requests)):
+        # Each row's requests in a block (a robot asks through one path), as timed_in_blocks explains.
+        for (name, _), times in zip(rows, timed_in_blocks([lambda _x, f=f: f() for _, f in rows], None, 3,
+                                                           requests, rounds=1)):
             runs.setdefault(name, []).append(percentiles(times))
         for backend in ("auto", "onnxruntime-int8"):
             name = f"serve POST /predict one JPEG, --backend {backend}"
