@@ -3,12 +3,11 @@ import os
 
 import pytest
 import torch
+from torchvision.transforms import v2 as T
 
 from resnetcls.data.cache import open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
-from torchvision.transforms import v2 as T
-
 from resnetcls.data.transforms import (BatchTransform, ToNormalizedTensor, build_eval_batch_transform,
                                        build_eval_transform, build_train_transform, make_preprocess, stack_images)
 from resnetcls.errors import UserError
