@@ -45,7 +45,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     traceback). Tests that kill, signal or torchrun a training start their own processes.
     """
     from tests.runner import run_main
-    code, out, err = run_main([str(a) for a in args], str(cwd) if cwd else None)
+    code, out, err = run_main(list(args), str(cwd) if cwd else None)  # run_main makes each argument a str
     return subprocess.CompletedProcess(["resnetcls", *map(str, args)], code, out, err)
 
 
