@@ -4,7 +4,8 @@ Every row runs in this one process on the same random input; images/s come from 
 forward pass, p50/p99 are the latency of a single image (batch 1). The "max|dp|" column is the largest
 difference of softmax probabilities from resnetcls eager fp32 on the same 32 images, and "top1" how many of
 them keep the same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths). The int8
-row is ONNX Runtime static int8 (resnetcls.quantize, as `export --int8` writes it), calibrated here on synthetic
+rows run ONNX Runtime's static int8 file (resnetcls.quantize, as `export --int8` writes it) in ONNX Runtime and
+in OpenVINO, calibrated here on synthetic
 images (the model has random weights, so its top-1 agreement on random inputs says little; `export --int8`
 checks agreement on the model's real validation images).
 
@@ -38,11 +39,10 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
-from resnetcls.onnx_runtime import onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
+from resnetcls.onnx_runtime import INT8_FILE, ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
 from resnetcls.envinfo import machine_line  # noqa: E402
 from resnetcls.modelfile import load_model_dir, save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
-from resnetcls.onnx_runtime import INT8_FILE  # noqa: E402
 from resnetcls.predict import Predictor  # noqa: E402
 from resnetcls.quantize import int8_bytes  # noqa: E402
 
@@ -118,19 +118,25 @@ def build_rows(model_dir: Path, size: int, with_compile: bool) -> list[tuple[str
     ours = lambda: load_model_dir(model_dir).model  # noqa: E731 - a fresh copy per row
     baseline = torchvision.models.resnet50(num_classes=1000)
     baseline.load_state_dict(ours().state_dict())  # same weights: our names match torchvision's
-    predictor = Predictor(model_dir, device="cpu")  # resnetcls's own default settings ("auto")
-    session = onnx_session(onnx_bytes(load_model_dir(model_dir)))
+    predictor = Predictor(model_dir, device="cpu")  # resnetcls's own default settings ("auto"), with model.onnx
+    torch_default = Predictor(model_dir, device="cpu", backend="torch")  # what auto runs without a model.onnx
+    session = onnx_session(model_dir / ONNX_FILE)
     int8 = onnx_session(model_dir / INT8_FILE)
+    openvino_fp32 = onnx_session(model_dir / ONNX_FILE, runtime="openvino", precision="fp32")
+    openvino_int8 = onnx_session(model_dir / INT8_FILE, runtime="openvino")
     rows = [
         ("torchvision fp32 eager (baseline)", eager(baseline)),
-        (f"resnetcls Predictor default (amp={'bf16' if predictor.amp_dtype else 'fp32'}, channels_last)",
-         predictor.probabilities),
+        (f"resnetcls Predictor default (auto: {predictor.backend}, {predictor.precision})", predictor.probabilities),
+        (f"resnetcls Predictor --backend torch ({torch_default.precision}, channels_last)",
+         torch_default.probabilities),
         ("resnetcls eager fp32 channels_last", eager(ours(), torch.channels_last)),
         ("resnetcls eager fp32 channels_last, BN folded", eager(fold_batchnorm(ours()), torch.channels_last)),
         ("resnetcls eager bf16 autocast channels_last (forced)", eager(ours(), torch.channels_last, amp=True)),
         ("resnetcls TorchScript frozen+optimize_for_inference fp32", torchscript_frozen(ours(), size)),
         ("ONNX Runtime fp32 (all graph optimisations)", lambda x: onnx_probabilities(session, x)),
         ("ONNX Runtime int8 static QDQ (export --int8)", lambda x: onnx_probabilities(int8, x)),
+        ("OpenVINO fp32 (--backend openvino --precision fp32)", lambda x: onnx_probabilities(openvino_fp32, x)),
+        ("OpenVINO int8, the same QDQ file (--backend openvino-int8)", lambda x: onnx_probabilities(openvino_int8, x)),
     ]
     if with_compile:
         rows.append(("resnetcls torch.compile (inductor, freezing) fp32 channels_last", compiled(ours())))
@@ -163,6 +169,8 @@ def main() -> None:
         model_dir = save_model_dir(Path(tmp) / "m", create_model("resnet50", 1000), "resnet50", {},
                                    [f"class{i}" for i in range(1000)], make_preprocess(size))
         write_int8(model_dir, 32 if args.quick else 256)
+        # What `export --format onnx` writes (its parity check aside): with it, backend auto may run ONNX files.
+        (model_dir / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model_dir)))
         rows = build_rows(model_dir, size, args.compile if args.compile is not None else not args.quick)
         throughput(rows, size, iters1, iters32)
         del rows
@@ -219,6 +227,10 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(lat) * 1000, lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
 
 
+# auto with a model.onnx (OpenVINO bf16 on a native-bf16 CPU), eager torch (auto without one), both int8 runtimes
+LATENCY_BACKENDS = ("auto", "torch", "onnxruntime-int8", "openvino-int8")
+
+
 def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
     """One-image callables, decode + preprocess + model: the torchvision baseline and the Predictor API."""
     loaded = load_model_dir(model_dir)
@@ -234,7 +246,7 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
         return baseline(transform(Image.open(image).convert("RGB"))[None]).softmax(1)
 
     rows = [("torchvision fp32 eager (baseline), decode+preprocess+model", torchvision_one)]
-    for backend in ("auto", "onnxruntime-int8"):
+    for backend in LATENCY_BACKENDS:
         predictor = Predictor(model_dir, device="cpu", backend=backend)
         rows.append((f"Predictor.predict([jpeg]) backend {backend} ({predictor.backend}, {predictor.precision})",
                      lambda p=predictor: p.predict([str(image)], topk=5)))
@@ -275,7 +287,7 @@ def latency_table(model_dir: Path, tmp: Path, requests: int, repeats: int) -> No
         for (name, _), times in zip(rows, timed_in_blocks([lambda _x, f=f: f() for _, f in rows], None, 3,
                                                            requests, rounds=1)):
             runs.setdefault(name, []).append(percentiles(times))
-        for backend in ("auto", "onnxruntime-int8"):
+        for backend in LATENCY_BACKENDS:
             name = f"serve POST /predict one JPEG, --backend {backend}"
             runs.setdefault(name, []).append(percentiles(serve_row(model_dir, tmp, jpeg, backend, requests)))
     base = statistics.median(p50 for p50, _ in runs[rows[0][0]])

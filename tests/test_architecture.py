@@ -23,6 +23,7 @@ MAX_FILE_LINES = 400
 LAZY_THIRD_PARTY = {
     "onnx": "read only when a model.onnx is opened",
     "onnxruntime": "only for the onnxruntime backend and the export check",
+    "openvino": "only for the openvino backends and the int8 check",
     "uvicorn": "only when `serve` starts a server",
     "tqdm": "only when a progress bar is drawn on a terminal",
     "torch.utils.tensorboard": "slow to import; only with log.tensorboard=true",

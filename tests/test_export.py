@@ -1,4 +1,5 @@
-"""`resnetcls export` (ONNX, TorchScript) with its parity check, and predict's onnxruntime backend."""
+"""`resnetcls export` (ONNX, TorchScript) with its parity check, and predict's onnxruntime and openvino
+backends (which run the exported file) and when `--backend auto` picks them."""
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from resnetcls import export as export_mod
+from resnetcls import predict as predict_mod
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.models import create_model
@@ -111,16 +113,17 @@ def test_export_bad_usage_exits_2_naming_the_problem(tmp_path, capsys):
 def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
     model, _ = exported_dir
     outs = {}
-    # Both in fp32 (ONNX Runtime always is): --precision auto would be bf16 on CPUs with native bf16.
-    for backend in ("torch", "onnxruntime"):
+    # All in fp32 (ONNX Runtime always is): --precision auto would be bf16 on CPUs with native bf16.
+    for backend in ("torch", "onnxruntime", "openvino"):
         assert main(["predict", str(model), *map(str, images), "--topk", "3", "--format", "json",
                      "--backend", backend, "--precision", "fp32"]) == 0
         captured = capsys.readouterr()
         assert "exporting in memory" not in captured.err  # the exported model.onnx was used
         outs[backend] = json.loads(captured.out)
-    for a, b in zip(outs["torch"], outs["onnxruntime"]):
-        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
-        assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
+    for runtime in ("onnxruntime", "openvino"):
+        for a, b in zip(outs["torch"], outs[runtime]):
+            assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+            assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
     # The Predictor API at its defaults (channels_last, auto precision) against onnxruntime, with the
     # tolerance of the precision auto picked on this machine: bf16 keeps 8 bits of mantissa (a relative
     # error near 2**-8 per operation), so its probabilities may move by a few 1e-3 on this tiny model.
@@ -128,6 +131,20 @@ def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
     batch = torch.stack([auto.transform(decode_image(p)) for p in images])
     tolerance = {"fp32": 1e-4, "bf16": 3e-2}[auto.precision]
     assert float((auto.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
+    openvino = Predictor(model, backend="openvino")  # OpenVINO's own precision: bf16 where native
+    tolerance = {"fp32": 1e-4, "bf16": 3e-2}[openvino.precision]
+    assert float((openvino.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "openvino"), (False, "onnxruntime")])
+def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(exported_dir, tmp_path, monkeypatch,
+                                                                           native_bf16, expected):
+    model, _ = exported_dir
+    monkeypatch.setattr(predict_mod, "cpu_has_fast_bf16", lambda: native_bf16)
+    assert Predictor(model).backend == expected
+    assert Predictor(model, precision="fp32").backend == "torch"  # an explicit precision keeps torch
+    fresh = make_tiny_model_dir(tmp_path / "fresh")  # no model.onnx: exporting at every start would cost seconds
+    assert Predictor(fresh).backend == "torch"
 
 
 def test_unknown_backend_is_a_clear_error(exported_dir):

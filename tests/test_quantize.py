@@ -1,5 +1,5 @@
 """`resnetcls export MODEL --format onnx --int8`: the int8 file, its agreement check and record, the refusal
-below --min-agreement, bad --calibration, and predict/serve on the int8 backend."""
+below --min-agreement (in either runtime), bad --calibration, and predict/serve on both int8 backends."""
 import json
 
 import pytest
@@ -26,30 +26,37 @@ def test_int8_export_writes_the_file_and_records_its_agreement(int8_run):
     run, stdout = int8_run
     assert (run / "best" / "model.int8.onnx").is_file()
     assert "top-1 agrees on" in stdout and "accuracy fp32" in stdout and "drop" in stdout
+    assert "ONNX Runtime" in stdout and "OpenVINO" in stdout  # each runtime's own int8 kernels were checked
     record = json.loads((run / "best" / "model.json").read_text())["int8"]
     assert record["file"] == "model.int8.onnx"
     assert record["agreement"] >= 0.8 and record["images"] > 0 and record["calibration_images"] > 0
+    assert set(record["runtimes"]) == {"onnxruntime", "openvino"}
+    assert record["agreement"] == min(r["agreement"] for r in record["runtimes"].values())
     # model.json stays loadable (its content hash was updated with the record)
     assert Predictor(run, backend="torch").classes
 
 
-def test_int8_backend_gives_the_same_top1_as_fp32_on_most_images(int8_run, tiny_data):
+@pytest.mark.parametrize("backend", ["onnxruntime-int8", "openvino-int8"])
+def test_int8_backend_gives_the_same_top1_as_fp32_on_most_images(int8_run, tiny_data, backend):
     run, _ = int8_run
     paths = sorted(str(p) for p in tiny_data.rglob("*.jpg"))
     fp32 = Predictor(run, backend="torch", precision="fp32").predict(paths, topk=1)
-    int8 = Predictor(run, backend="onnxruntime-int8").predict(paths, topk=1)
+    predictor = Predictor(run, backend=backend)
+    assert predictor.precision == "int8"
+    int8 = predictor.predict(paths, topk=1)
     same = sum(a.top[0][0] == b.top[0][0] for a, b in zip(fp32, int8))
     assert same >= 0.9 * len(paths)
-    result = run_cli("predict", run, paths[0], "--backend", "onnxruntime-int8", "--format", "json")
+    result = run_cli("predict", run, paths[0], "--backend", backend, "--format", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["top"][0]["class"] == fp32[0].top[0][0]
 
 
-def test_serve_runs_the_int8_backend(int8_run, tiny_data):
+@pytest.mark.parametrize("backend", ["onnxruntime-int8", "openvino-int8"])
+def test_serve_runs_the_int8_backend(int8_run, tiny_data, backend):
     run, _ = int8_run
     image = next(tiny_data.rglob("*.jpg"))
-    with TestClient(create_app(ServeSettings(str(run), backend="onnxruntime-int8"))) as client:
-        assert client.get("/info").json()["backend"] == "onnxruntime-int8"
+    with TestClient(create_app(ServeSettings(str(run), backend=backend))) as client:
+        assert client.get("/info").json()["backend"] == backend
         reply = client.post("/predict", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
     assert reply.status_code == 200, reply.text
     assert reply.json()["top"][0]["class"] == image.parent.name
@@ -71,6 +78,23 @@ def test_int8_below_min_agreement_is_refused_with_the_numbers(tiny_run, tmp_path
     assert "not written" in result.stderr and "top-1 agrees on" in result.stderr and "0.99" in result.stderr
     assert not (run / "best" / "model.int8.onnx").exists()
     assert (run / "best" / "model.json").read_text() == before
+
+
+def test_int8_is_refused_when_one_runtime_disagrees(tiny_run, tmp_path, monkeypatch):
+    """OpenVINO runs the file with its own int8 kernels: its disagreement alone refuses the file."""
+    import shutil
+
+    from resnetcls import quantize
+    from resnetcls.onnx_runtime import OpenVinoSession
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    real = quantize.onnx_probabilities
+    monkeypatch.setattr(quantize, "onnx_probabilities",
+                        lambda session, batch: -real(session, batch) if isinstance(session, OpenVinoSession)
+                        else real(session, batch))
+    with pytest.raises(quantize.UserError, match=r"not written.*OpenVINO 0\.00%"):
+        quantize.export_int8(run / "best", images=8, min_agreement=0.5)
+    assert not (run / "best" / "model.int8.onnx").exists()
 
 
 def test_bad_calibration_path_and_int8_misuse_exit_2(tiny_run, tmp_path):

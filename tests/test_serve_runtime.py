@@ -132,6 +132,28 @@ def test_explain_needs_the_torch_backend(model, tmp_path):
     from resnetcls.export import export_model
     copy = shutil.copytree(model, tmp_path / "model")  # the module's model stays without a model.onnx
     export_model(copy, "onnx", None, None)
-    with client_for(copy, backend="onnxruntime") as client:
-        response = client.post("/explain", content=png_bytes(20, 20))
-        assert response.status_code == 501 and "--backend torch" in response.json()["detail"]
+    for backend in ("onnxruntime", "openvino"):
+        with client_for(copy, backend=backend) as client:
+            response = client.post("/explain", content=png_bytes(20, 20))
+            assert response.status_code == 501 and "--backend torch" in response.json()["detail"]
+
+
+def test_serve_runs_the_exported_model_on_openvino_with_the_same_answers(model, tmp_path):
+    import shutil
+    from resnetcls.export import export_model
+    copy = shutil.copytree(model, tmp_path / "model")
+    export_model(copy, "onnx", None, None)
+    answers = {}
+    for backend, precision in (("onnxruntime", "auto"), ("openvino", "fp32"), ("openvino", "auto")):
+        with client_for(copy, backend=backend, precision=precision) as client:
+            info = client.get("/info").json()
+            assert info["backend"] == backend
+            reply = client.post("/predict", content=png_bytes(40, 30))
+            assert reply.status_code == 200, reply.text
+            answers[backend, precision] = (info["precision"], reply.json()["top"])
+    reference = answers["onnxruntime", "auto"][1]
+    for precision, top in answers.values():  # bf16 keeps 8 mantissa bits: probabilities move by a few 1e-3
+        tolerance = {"fp32": 1e-4, "bf16": 3e-2}[precision]
+        probs, expected = ({t["class"]: t["prob"] for t in answer} for answer in (top, reference))
+        assert probs.keys() == expected.keys()
+        assert max(abs(probs[c] - expected[c]) for c in probs) <= tolerance

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import importlib.util
 import io
 import json
 import os
@@ -33,8 +34,8 @@ from .onnx_runtime import (int8_session_for, onnx_file_current, onnx_logits, onn
 from .progress import progress_bar
 
 FORMATS = ("table", "json", "csv")
-BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
-ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
 # What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
 ImageInput = typing.Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -55,15 +56,19 @@ class Prediction:
 
 
 def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
-    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: eager bf16 where
-    the CPU computes bf16 natively (or on a GPU), else ONNX Runtime fp32 when a checked, current model.onnx is
-    there (2.5x eager fp32 on an AVX2 CPU), else eager torch. An explicit --precision keeps torch. int8 is never
-    chosen by auto: it changes results slightly, so it is asked for by name."""
+    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it. With a checked,
+    current model.onnx (export parity-checked it): OpenVINO where the CPU computes bf16 natively (it runs it in
+    bf16: 3.3x eager bf16 torch at batch 32 on Xeon-AMX), else ONNX Runtime fp32 (2.5x eager fp32 on an AVX2
+    CPU). Without one (exporting in memory would cost seconds at every start): eager torch, bf16 where native.
+    A GPU or an explicit --precision keeps torch. int8 is never chosen by auto: it changes results slightly,
+    so it is asked for by name."""
     if backend != "auto":
         return backend
-    if device.type != "cpu" or precision != "auto" or cpu_has_fast_bf16():
+    if device.type != "cpu" or precision != "auto" or not onnx_file_current(loaded):
         return "torch"
-    return "onnxruntime" if onnx_file_current(loaded) else "torch"
+    if cpu_has_fast_bf16():
+        return "openvino" if importlib.util.find_spec("openvino") is not None else "torch"
+    return "onnxruntime"
 
 
 def _decode_threads() -> int:
@@ -84,8 +89,10 @@ class Predictor:
     """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
 
     backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see export.py)
-    on the CPU in fp32, giving the same top-k; "onnxruntime-int8" its model.int8.onnx (quantize.py; top-1
-    checked against fp32 when it was written); "auto" the fastest verified fp path (resolve_backend). precision (torch backend): "auto" is bf16 + channels_last where
+    on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO (bf16 where the CPU
+    has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its model.int8.onnx
+    (quantize.py; top-1 checked against fp32 in both runtimes when it was written); "auto" the fastest verified
+    fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+ channels_last for torch) where
     the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
     bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
     Probabilities are calibrated: softmax(logits / T) with model.json's calibration temperature (T = 1 for a
@@ -99,7 +106,7 @@ class Predictor:
         if precision not in PRECISIONS:
             raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if backend in ONNX_BACKENDS:
-            if precision == "bf16":
+            if precision == "bf16" and backend.startswith("onnxruntime"):
                 raise UserError(f"--precision bf16: the {backend} backend does not run bf16; use --backend torch")
             device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
@@ -108,13 +115,16 @@ class Predictor:
         self.classes = self.loaded.classes
         self.transform = build_eval_transform(self.loaded.preprocess)
         self.amp_dtype = None if backend in ONNX_BACKENDS else resolve_amp(precision, self.device)
-        self.precision = "int8" if backend == "onnxruntime-int8" else precision_name(self.amp_dtype)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.loaded.model.to(memory_format=self.memory_format)
         self.backend = backend
         self.temperature = self.loaded.temperature
-        self.session = (onnx_session_for(self.loaded) if backend == "onnxruntime" else
-                        int8_session_for(self.loaded) if backend == "onnxruntime-int8" else None)
+        runtime = backend.removesuffix("-int8")
+        self.session = (None if backend not in ONNX_BACKENDS else
+                        int8_session_for(self.loaded, runtime=runtime) if backend.endswith("-int8") else
+                        onnx_session_for(self.loaded, runtime=runtime, precision=precision))
+        self.precision = ("int8" if backend.endswith("-int8") else getattr(self.session, "precision", "fp32")
+                          if self.session is not None else precision_name(self.amp_dtype))
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -198,9 +198,12 @@ def _add_lifelong(sub) -> None:
                    help=SHARED_HELP["--set"])
 
 
-BACKEND_HELP = ("auto: the fastest verified fp path here (bf16 torch where bf16 is native, else the model's "
-                "checked model.onnx on ONNX Runtime, else torch); torch; onnxruntime (model.onnx, fp32); "
-                "onnxruntime-int8 (model.int8.onnx, see export --int8)")
+# predict.BACKENDS (not imported: `resnetcls --help` must not load torch; tests/cli checks they agree)
+BACKENDS = ["auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"]
+BACKEND_HELP = ("auto: the fastest verified fp path here (with a checked, current model.onnx: OpenVINO where bf16 "
+                "is native, else ONNX Runtime; without one, torch); torch; onnxruntime (model.onnx, fp32); openvino "
+                "(model.onnx, bf16 where native unless --precision fp32); onnxruntime-int8, openvino-int8 "
+                "(model.int8.onnx, see export --int8)")
 
 
 def _add_deploy(sub) -> None:
@@ -225,7 +228,7 @@ def _add_deploy(sub) -> None:
     p.add_argument("--port", type=number(int, 1, 65535), default=8000, help="port to listen on")
     p.add_argument("--workers", type=number(int, 1, 256), default=1,
                    help="server processes, each with its own model copy")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help=BACKEND_HELP)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--max-body-mb", type=number(float, 0, low_open=True), default=20.0,
@@ -317,7 +320,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32, help="images per model call")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help=BACKEND_HELP)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--explain", metavar="OUT_DIR", default=None,
