@@ -1,9 +1,10 @@
-"""bf16 vs fp32 inference on real images: top-1 agreement, the largest |dprob|, accuracy and speed of each.
+"""bf16 and int8 vs fp32 inference on real images: top-1 agreement, the largest |dprob|, accuracy and speed.
 
-What `--precision auto` costs in numbers where it picks bf16: the same model and the same preprocessed images
-through the Predictor in fp32 and in bf16 (both channels_last), compared image by image. Speed is the model
-alone on the preprocessed batches (median of 3 passes, the two precisions taking turns), so decoding is not
-in it.
+What `--precision auto` and `--backend auto` cost in numbers where they pick bf16: the same model and the same
+preprocessed images through the Predictor in fp32 and in bf16 (torch, channels_last), and, where the model
+directory has them, its model.onnx on OpenVINO at OpenVINO's own precision (bf16 where native: what auto runs
+there) and its model.int8.onnx on both runtimes, compared image by image with torch fp32. Speed is the model
+alone on the preprocessed batches (median of 3 passes, the rows taking turns), so decoding is not in it.
 
     python bench/precision_agreement.py RUN_OR_MODEL_DIR DATA [--batch-size 64]
     # e.g. a model trained on COIL-100 and its unseen-viewpoint split:
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.loader import build_loader  # noqa: E402
 from resnetcls.data.sources import load_eval_samples  # noqa: E402
 from resnetcls.envinfo import machine_line  # noqa: E402
+from resnetcls.onnx_runtime import INT8_FILE, ONNX_FILE  # noqa: E402
 from resnetcls.predict import Predictor  # noqa: E402
 
 
@@ -54,12 +56,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     print(f"machine: {machine_line()}", flush=True)
-    predictors = {p: Predictor(args.model, device="cpu", precision=p) for p in ("fp32", "bf16")}
+    predictors = {p: Predictor(args.model, device="cpu", precision=p, backend="torch") for p in ("fp32", "bf16")}
+    model_dir = predictors["fp32"].loaded.path
+    if (model_dir / ONNX_FILE).is_file():
+        predictors["openvino (own precision)"] = Predictor(args.model, backend="openvino")
+    if (model_dir / INT8_FILE).is_file():
+        for backend in ("onnxruntime-int8", "openvino-int8"):
+            predictors[backend] = Predictor(args.model, backend=backend)
     batches, labels, split = batches_of(predictors["fp32"], args.data, args.batch_size)
     n = int(labels.numel())
     print(f"{predictors['fp32'].loaded.meta['arch']} at {predictors['fp32'].loaded.preprocess['image_size']} px, "
           f"{n} images ({split}) of {args.data}", flush=True)
-    probs, seconds = {}, {"fp32": [], "bf16": []}
+    probs, seconds = {}, {p: [] for p in predictors}
     for p in predictors:  # warm-up (oneDNN creates and caches its kernels on the first call of each shape)
         probs[p], _ = timed_pass(predictors[p], batches)
     # Each timed pass runs the whole set `repeat` times, so that a pass lasts about 2 s even for tiny models.
@@ -69,17 +77,17 @@ def main() -> None:
         for p, predictor in predictors.items():
             seconds[p].append(sum(timed_pass(predictor, batches)[1] for _ in range(repeat)) / repeat)
     top = {p: v.argmax(1) for p, v in probs.items()}
-    agree = int((top["fp32"] == top["bf16"]).sum())
-    delta = (probs["fp32"] - probs["bf16"]).abs()
-    print(f"\ntop-1 agreement bf16 vs fp32: {agree}/{n} ({agree / n:.2%})")
-    print(f"|dprob| over all classes: max {float(delta.max()):.2e}, mean {float(delta.mean()):.2e}")
     base = statistics.median(seconds["fp32"])
-    print(f"\n{'precision':<10} {'top-1':>8} {'img/s':>9} {'x':>6}")
-    for p in predictors:
+    print(f"\n{'row':<26} {'precision':>9} {'top-1':>8} {'agrees':>11} {'max|dp|':>8} {'mean|dp|':>8} {'img/s':>9} "
+          f"{'x':>6}")
+    for p, predictor in predictors.items():
         s = statistics.median(seconds[p])
         accuracy = float((top[p] == labels).float().mean())
-        print(f"{p:<10} {accuracy:>8.2%} {n / s:>9.1f} {base / s:>5.2f}x")
-    print("\nimg/s: the model alone on preprocessed batches, median of 3 passes")
+        agree, delta = int((top["fp32"] == top[p]).sum()), (probs["fp32"] - probs[p]).abs()
+        print(f"{p:<26} {predictor.precision:>9} {accuracy:>8.2%} {f'{agree}/{n}':>11} {float(delta.max()):>8.1e} "
+              f"{float(delta.mean()):>8.1e} {n / s:>9.1f} {base / s:>5.2f}x")
+    print("\nagrees: top-1 the same as torch fp32; |dp|: over all classes, against torch fp32; img/s: the model alone"
+          " on preprocessed batches, median of 3 passes")
 
 
 if __name__ == "__main__":

@@ -136,10 +136,13 @@ def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
     assert float((openvino.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
 
 
-@pytest.mark.parametrize("native_bf16, expected", [(True, "openvino"), (False, "onnxruntime")])
+@pytest.mark.parametrize("amx, native_bf16, expected", [(True, True, "openvino"), (False, True, "torch"),
+                                                        (False, False, "onnxruntime")])
 def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(exported_dir, tmp_path, monkeypatch,
-                                                                           native_bf16, expected):
+                                                                           amx, native_bf16, expected):
+    """As measured: OpenVINO (bf16) with AMX, eager bf16 torch with AVX512-BF16 alone, ONNX Runtime fp32 on AVX2."""
     model, _ = exported_dir
+    monkeypatch.setattr(predict_mod, "cpu_has_amx", lambda: amx)
     monkeypatch.setattr(predict_mod, "cpu_has_fast_bf16", lambda: native_bf16)
     assert Predictor(model).backend == expected
     assert Predictor(model, precision="fp32").backend == "torch"  # an explicit precision keeps torch

@@ -29,12 +29,28 @@ def test_auto_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch, native)
 def test_a_onednn_cap_below_bf16_means_no_native_bf16(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how a user (or this suite) runs as an AVX2-only CPU
     hardware.cpu_has_fast_bf16.cache_clear()
+    hardware.cpu_has_amx.cache_clear()
     try:
-        assert hardware.cpu_has_fast_bf16() is False
+        assert hardware.cpu_has_fast_bf16() is False and hardware.cpu_has_amx() is False
         assert hardware.resolve_amp("auto", torch.device("cpu")) is None
     finally:
         monkeypatch.undo()
         hardware.cpu_has_fast_bf16.cache_clear()
+        hardware.cpu_has_amx.cache_clear()
+
+
+def test_amx_is_read_from_torchs_flags_unless_capped_below_it(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": True})
+    for cap, expected in (("", True), ("AVX512_CORE_AMX", True), ("AVX512_CORE_BF16", False)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        hardware.cpu_has_amx.cache_clear()
+        assert hardware.cpu_has_amx() is expected, cap
+    monkeypatch.setattr(hardware, "cpu_capabilities", lambda: {"avx512_bf16": True})  # e.g. Zen 4
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")
+    hardware.cpu_has_amx.cache_clear()
+    assert hardware.cpu_has_amx() is False
+    monkeypatch.undo()
+    hardware.cpu_has_amx.cache_clear()
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp32"])

@@ -57,6 +57,16 @@ def cpu_has_fast_bf16() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles for bf16 (Intel Sapphire Rapids and later), where OpenVINO's bf16 and int8
+    kernels were measured fastest (README, int8); False where ONEDNN_MAX_CPU_ISA caps oneDNN below AMX."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and "AMX" not in cap and cap not in ("DEFAULT", "ALL"):
+        return False
+    return bool(cpu_capabilities().get("amx_bf16"))
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for the requested precision on this device; None means fp32 (autocast off).
 
