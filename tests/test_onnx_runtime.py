@@ -1,5 +1,6 @@
-"""ONNX Runtime for predict's onnxruntime backend: the model directory's own model.onnx when it matches the
-weights, otherwise an in-memory export that says how to skip it next time; same probabilities as eager."""
+"""Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when it matches
+the weights, otherwise an in-memory export that says how to skip it next time; same probabilities as eager; a
+file OpenVINO cannot compile is a one-line error."""
 import pytest
 import torch
 
@@ -50,3 +51,26 @@ def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature
     with torch.no_grad():
         expected = (loaded.model(batch) / 0.5).softmax(1)
     assert float((onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
+
+
+def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is_one_line(seed0_onnx, monkeypatch):
+    import openvino
+
+    from resnetcls.errors import UserError
+    fp32 = onnx_runtime.onnx_session(seed0_onnx, runtime="openvino", precision="fp32")
+    reference = onnx_runtime.onnx_session(seed0_onnx)
+    batch = torch.randn(2, 3, 32, 32)
+    assert fp32.precision == "fp32"
+    assert float((onnx_probabilities(fp32, batch) - onnx_probabilities(reference, batch)).abs().max()) <= 1e-4
+    expected = "bf16" if onnx_runtime.cpu_has_fast_bf16() else "fp32"  # auto: as training and torch decide
+    assert onnx_runtime.onnx_session(seed0_onnx, runtime="openvino").precision == expected
+
+    def fail(*args, **kwargs):  # what OpenVINO raised under ONEDNN_MAX_CPU_ISA=AVX2 asked for bf16
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nCheck failed at node.cpp:345:\n"
+                           "Supported primitive descriptors list is empty for node: node_max_pool2d type: Pooling\n")
+    monkeypatch.setattr(openvino.Core, "compile_model", fail)
+    with pytest.raises(UserError) as error:
+        onnx_runtime.onnx_session(seed0_onnx, runtime="openvino", precision="bf16")
+    message = str(error.value)
+    assert "\n" not in message and "OpenVINO cannot compile it for this CPU in bf16" in message
+    assert "node_max_pool2d" in message and "--backend onnxruntime" in message

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .hardware import cpu_has_fast_bf16
 from .modelfile import WEIGHTS, LoadedModel, temperature_of
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
@@ -88,9 +89,11 @@ class OpenVinoSession:
     """An ONNX file compiled by OpenVINO for this CPU, answering ONNX Runtime's `run(names, feeds)`, so every
     caller of a session runs either runtime.
 
-    precision "auto" is OpenVINO's own choice (bf16 where the CPU computes it natively: AMX, AVX512-BF16; else
-    fp32), "fp32" keeps fp32 throughout (bit-close to ONNX Runtime), "bf16" asks for bf16. On Xeon-AMX OpenVINO
-    ran the same int8 file 2.4x and the fp32 file (in bf16) 5x faster than ONNX Runtime (README, int8).
+    precision "auto" is bf16 where the CPU computes it natively (AMX, AVX512-BF16: hardware.cpu_has_fast_bf16, as
+    training and the torch backend decide), else fp32; "fp32" keeps fp32 throughout (within 1e-4 of ONNX Runtime),
+    "bf16" asks for bf16. Left to itself OpenVINO would pick bf16 from the CPU's flags even where oneDNN is capped
+    below bf16 (ONEDNN_MAX_CPU_ISA=AVX2), and then fails to compile a max-pool there. On Xeon-AMX OpenVINO
+    ran the same int8 file 2.3-3x and the fp32 file (in bf16) 4.4-5.4x faster than ONNX Runtime (README, int8).
     One synchronous infer request, as ONNX Runtime's session: callers run it from one thread at a time.
     """
 
@@ -99,10 +102,16 @@ class OpenVinoSession:
         core = ov.Core()
         graph = (core.read_model(model, ov.Tensor(np.empty(0, np.uint8))) if isinstance(model, bytes)
                  else core.read_model(str(model)))
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        if precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16"}[precision]
-        self.compiled = core.compile_model(graph, "CPU", config)
+        bf16 = precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+        try:
+            self.compiled = core.compile_model(graph, "CPU", config)
+        except RuntimeError as e:  # OpenVINO's message is a multi-line trace; its last line says what failed
+            reason = next((line for line in reversed(str(e).splitlines()) if line.strip()), "unknown error")
+            name = "the in-memory export" if isinstance(model, bytes) else str(model)
+            raise UserError(f"{name}: OpenVINO cannot compile it for this CPU in {'bf16' if bf16 else 'fp32'} "
+                            f"({reason.strip()}); use --backend onnxruntime or another --precision") from None
         self.request = self.compiled.create_infer_request()
         # What the float parts run in (an int8 file's quantized convolutions run in int8 whatever this says).
         self.precision = ("bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
