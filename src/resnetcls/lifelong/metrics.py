@@ -20,8 +20,12 @@ catastrophic forgetting in neural networks", AAAI), the accuracy on every task s
 training sessions:
     overall = 1/T * sum_i (1/(i+1) * sum_{j<=i} R[i][j])
 and, given a joint (offline) run's accuracy alpha_ideal, Omega_all = overall / alpha_ideal (results.summarize).
-Source caveat: this session could retrieve only the papers' abstracts, not their metric sections; the reading
-follows Kemker's definition, which the OpenLORIS paper builds on. Check it against Sec. IV of 1911.06487.
+Source check: the papers' metric sections were not retrievable; the benchmark's own code was
+(github.com/lifelong-robotic-vision/OpenLORIS-Object, evaluate.py `precision`): after each task it tests every
+task seen so far and records `average_precs = sum(precs[:current_task]) / current_task`, i.e. our
+mean_{j<=i} R[i][j], per session ("average precision (on tasks seen so far)" in its plots; the last one, after all
+tasks, is ACC). It writes that per-session series and the per-task matrix, not one number; `overall` is that
+series' mean, as Kemker's Omega_all (un-normalised) defines it.
 """
 from __future__ import annotations
 
