@@ -137,8 +137,13 @@ def test_explain_errors_are_one_line_user_errors(tiny_run, tiny_data, tmp_path, 
     blocker.write_text("")
     code, _, err = run(capsys, tiny_run, image, "--explain", blocker / "cams")
     assert code == 2 and err.startswith("resnetcls: error: --explain") and "cannot write there" in err
-    code, _, err = run(capsys, tiny_run, image, "--explain", tmp_path / "cams", "--backend", "onnxruntime")
-    assert code == 2 and "--backend torch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_explain_works_on_an_onnx_backend_from_the_eager_model(tiny_run, tiny_data, tmp_path, capsys):
+    image = tiny_data / "red" / "1.jpg"
+    code, text, _ = run(capsys, tiny_run, image, "--explain", tmp_path / "cams", "--backend", "openvino")
+    assert code == 0 and (tmp_path / "cams" / "1.gradcam.png").is_file()
+    assert f"gradcam: {tmp_path / 'cams' / '1.gradcam.png'}" in text
 
 
 def test_probabilities_are_the_softmax_of_the_logits_divided_by_the_temperature(tmp_path, tiny_data, capsys):

@@ -296,16 +296,12 @@ def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table"
                 ) -> int:
     """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row.
 
-    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there (explain.py)."""
+    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there (explain.py; on the eager model in
+    fp32 whatever the backend, since ONNX files have no gradients)."""
     if topk < 1:
         raise UserError(f"--topk {topk}: expected a whole number of at least 1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
-    if explain_dir is not None and backend == "auto":
-        backend = "torch"  # Grad-CAM needs the eager model
-    if explain_dir is not None and backend != "torch":
-        raise UserError(f"--explain with --backend {backend}: Grad-CAM needs the model's gradients; "
-                        f"use --backend torch")
     out_dir = writable_dir(explain_dir, "--explain") if explain_dir is not None else None
     predictor = Predictor(model, backend=backend, precision=precision)
     items = expand_inputs(inputs)

@@ -325,7 +325,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--explain", metavar="OUT_DIR", default=None,
                    help="also write a Grad-CAM overlay of each image's top-1 class to OUT_DIR/<name>.gradcam.png "
-                        "and list it in the output (torch backend only; default: no overlays)")
+                        "and list it in the output (computed on the eager model in fp32 whatever the backend; default: no overlays)")
     _add_rank(sub)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
