@@ -25,8 +25,8 @@ from .data.cache import resolve_cache_dir
 from .hardware import cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp, usable_cores
 
 # Packages whose presence changes what resnetcls can do (exports, serving, trackers, search, reports).
-EXTRAS = ("onnx", "onnxruntime", "openvino", "onnxscript", "fastapi", "uvicorn", "tensorboard", "matplotlib", "mlflow",
-          "wandb", "optuna", "timm")
+EXTRAS = ("onnx", "onnxruntime", "openvino", "onnxscript", "fastapi", "uvicorn", "tensorboard", "matplotlib",
+          "mlflow", "wandb", "optuna", "timm")
 # torch's CPU capability flags that decide speed: bf16/int8 units and vector width.
 CPU_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 

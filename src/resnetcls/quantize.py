@@ -4,7 +4,7 @@ is written.
 
 Why ONNX Runtime's quantizer and not PyTorch's PT2E x86 quantizer: PT2E's X86InductorQuantizer now lives in
 torchao (not a dependency here), and ONNX Runtime's QDQ file runs in both ONNX Runtime (7.6x torchvision fp32 at
-batch 32 on the Zen 4 machine) and OpenVINO (2.4x ONNX Runtime again on Xeon-AMX, README, int8) - the fastest
+batch 32 on the Zen 4 machine) and OpenVINO (2.3-3x ONNX Runtime again on Xeon-AMX, README, int8) - the fastest
 paths found. Static QDQ with per-channel int8 weights and uint8 activations: VNNI and AMX CPUs run it with int8
 dot products; AVX2-only CPUs run the same file correctly, only slower.
 

@@ -200,10 +200,10 @@ def _add_lifelong(sub) -> None:
 
 # predict.BACKENDS (not imported: `resnetcls --help` must not load torch; tests/cli checks they agree)
 BACKENDS = ["auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"]
-BACKEND_HELP = ("auto: the fastest verified fp path here (with a checked, current model.onnx: OpenVINO where bf16 "
-                "is native, else ONNX Runtime; without one, torch); torch; onnxruntime (model.onnx, fp32); openvino "
-                "(model.onnx, bf16 where native unless --precision fp32); onnxruntime-int8, openvino-int8 "
-                "(model.int8.onnx, see export --int8)")
+BACKEND_HELP = ("auto: the fastest verified fp path here (with a checked, current model.onnx: OpenVINO on AMX CPUs, "
+                "torch where bf16 is otherwise native, else ONNX Runtime; without one, torch); torch; onnxruntime "
+                "(model.onnx, fp32); openvino (model.onnx, bf16 where native unless --precision fp32); "
+                "onnxruntime-int8, openvino-int8 (model.int8.onnx, see export --int8)")
 
 
 def _add_deploy(sub) -> None:
@@ -325,7 +325,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--explain", metavar="OUT_DIR", default=None,
                    help="also write a Grad-CAM overlay of each image's top-1 class to OUT_DIR/<name>.gradcam.png "
-                        "and list it in the output (computed on the eager model in fp32 whatever the backend; default: no overlays)")
+                        "and list it in the output (on the eager model in fp32, whatever the backend; "
+                        "default: no overlays)")
     _add_rank(sub)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
