@@ -21,6 +21,7 @@ def test_env_text_names_versions_cpu_precision_cache_and_packages():
     assert f"native bf16: {'yes' if cpu_has_fast_bf16() else 'no'}" in text
     expected = precision_name(resolve_amp("auto", torch.device("cpu")))
     assert f"precision: train {expected} + channels_last, predict {expected} + channels_last" in text
+    assert "with an exported model.onnx: " in text
     assert f"cache: {os.environ['RESNETCLS_CACHE']}" in text and "GB free" in text
     assert "CUDA devices:" in text and "onnxruntime" in text
 
@@ -44,7 +45,8 @@ def test_python_m_env_on_a_cpu_capped_below_bf16_picks_fp32():
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["cpu"]["native_bf16"] is False and info["cpu"]["onednn_max_cpu_isa"] == "AVX2"
-    assert info["precision"]["cpu"] == {"train": "fp32 + channels_last", "predict": "fp32 + channels_last"}
+    assert info["precision"]["cpu"] == {"train": "fp32 + channels_last", "predict": "fp32 + channels_last",
+                                        "predict_exported": "onnxruntime fp32"}
 
 
 def test_machine_line_names_what_a_benchmark_figure_depends_on():

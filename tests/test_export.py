@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from resnetcls import export as export_mod
-from resnetcls import predict as predict_mod
+from resnetcls import hardware
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.models import create_model
@@ -142,8 +142,8 @@ def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(expor
                                                                            amx, native_bf16, expected):
     """As measured: OpenVINO (bf16) with AMX, eager bf16 torch with AVX512-BF16 alone, ONNX Runtime fp32 on AVX2."""
     model, _ = exported_dir
-    monkeypatch.setattr(predict_mod, "cpu_has_amx", lambda: amx)
-    monkeypatch.setattr(predict_mod, "cpu_has_fast_bf16", lambda: native_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native_bf16)
     assert Predictor(model).backend == expected
     assert Predictor(model, precision="fp32").backend == "torch"  # an explicit precision keeps torch
     fresh = make_tiny_model_dir(tmp_path / "fresh")  # no model.onnx: exporting at every start would cost seconds

@@ -22,7 +22,8 @@ import torchvision
 
 from . import __version__
 from .data.cache import resolve_cache_dir
-from .hardware import cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp, usable_cores
+from .hardware import (auto_exported_backend, cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp,
+                       usable_cores)
 
 # Packages whose presence changes what resnetcls can do (exports, serving, trackers, search, reports).
 EXTRAS = ("onnx", "onnxruntime", "openvino", "onnxscript", "fastapi", "uvicorn", "tensorboard", "matplotlib",
@@ -57,9 +58,15 @@ def cpu_flags() -> dict[str, bool]:
 
 
 def _precision_choices(device: torch.device) -> dict:
-    """What `train` (train.amp=auto) and `predict` (--precision auto) run on this device."""
+    """What `train` (train.amp=auto) and `predict` (--precision auto) run on this device; on the CPU also what
+    `predict --backend auto` runs once `export --format onnx` has written a model.onnx."""
     amp = precision_name(resolve_amp("auto", device))
-    return {"train": f"{amp} + channels_last", "predict": f"{amp} + channels_last"}
+    choices = {"train": f"{amp} + channels_last", "predict": f"{amp} + channels_last"}
+    if device.type == "cpu":
+        exported = auto_exported_backend()
+        choices["predict_exported"] = {"openvino": f"openvino {amp}", "onnxruntime": "onnxruntime fp32",
+                                       "torch": f"torch {amp} + channels_last"}[exported]
+    return choices
 
 
 def _cuda_devices() -> list[dict]:
@@ -163,7 +170,8 @@ def format_text(info: dict) -> str:
              f"  native bf16: {_yes(cpu['native_bf16'])}"
              + (f" (ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']})" if cpu["onednn_max_cpu_isa"] else ""),
              "  flags: " + "  ".join(f"{k} {_yes(v)}" for k, v in cpu["flags"].items()),
-             f"  precision: train {info['precision']['cpu']['train']}, predict {info['precision']['cpu']['predict']}",
+             f"  precision: train {info['precision']['cpu']['train']}, predict {info['precision']['cpu']['predict']}"
+             f" (with an exported model.onnx: {info['precision']['cpu']['predict_exported']})",
              "", "CUDA devices:" + ("" if info["cuda_devices"] else " none")]
     for d in info["cuda_devices"]:
         lines.append(f"  cuda:{d['index']} {d['name']}, {d['memory_gb']} GB, compute {d['capability']}; "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from .data.decode import DecodeError, decode_image, decode_in_memory, is_image_f
 from .data.transforms import build_eval_transform, stack_images
 from .errors import UserError
 from .explain import Explainer, writable_dir
-from .hardware import cpu_has_amx, cpu_has_fast_bf16, pick_device, precision_name, resolve_amp, usable_cores
+from .hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from .modelfile import LoadedModel, load_model_dir
 from .onnx_runtime import (int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities,
                            onnx_session_for)
@@ -56,20 +55,16 @@ class Prediction:
 
 
 def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
-    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it. With a checked,
-    current model.onnx (export parity-checked it): OpenVINO on CPUs with AMX (it runs the file in bf16 there:
-    3.4x eager bf16 torch at batch 32 on Xeon-AMX); eager bf16 torch on other native-bf16 CPUs (AVX512-BF16
-    without AMX, e.g. Zen 4: OpenVINO not yet measured there); ONNX Runtime fp32 elsewhere (2.5x eager fp32 on
-    an AVX2 CPU). Without one (exporting in memory would cost seconds at every start): eager torch, bf16 where
-    native. A GPU or an explicit --precision keeps torch. int8 is never chosen by auto: it changes results
-    slightly, so it is asked for by name."""
+    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a checked,
+    current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX CPUs, eager
+    bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in memory would
+    cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit --precision keeps torch.
+    int8 is never chosen by auto: it changes results slightly, so it is asked for by name."""
     if backend != "auto":
         return backend
     if device.type != "cpu" or precision != "auto" or not onnx_file_current(loaded):
         return "torch"
-    if cpu_has_amx() and importlib.util.find_spec("openvino") is not None:
-        return "openvino"
-    return "torch" if cpu_has_fast_bf16() else "onnxruntime"
+    return auto_exported_backend()
 
 
 def _decode_threads() -> int:
