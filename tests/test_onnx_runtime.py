@@ -74,3 +74,13 @@ def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is
     message = str(error.value)
     assert "\n" not in message and "OpenVINO cannot compile it for this CPU in bf16" in message
     assert "node_max_pool2d" in message and "--backend onnxruntime" in message
+
+
+def test_an_openvino_session_answers_threads_calling_at_once_as_one_at_a_time(seed0_onnx):
+    from concurrent.futures import ThreadPoolExecutor
+    session = onnx_runtime.onnx_session(seed0_onnx, runtime="openvino", precision="fp32")
+    batches = [torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(n)) for n in range(1, 33)] * 4
+    alone = [onnx_probabilities(session, b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: onnx_probabilities(session, b), batches))
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))

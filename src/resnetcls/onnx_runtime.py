@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -94,7 +95,8 @@ class OpenVinoSession:
     "bf16" asks for bf16. Left to itself OpenVINO would pick bf16 from the CPU's flags even where oneDNN is capped
     below bf16 (ONEDNN_MAX_CPU_ISA=AVX2), and then fails to compile a max-pool there. On Xeon-AMX OpenVINO
     ran the same int8 file 2.3-3x and the fp32 file (in bf16) 4.4-5.4x faster than ONNX Runtime (README, int8).
-    One synchronous infer request, as ONNX Runtime's session: callers run it from one thread at a time.
+    One synchronous infer request, which OpenVINO does not let two threads run at once: calls from several
+    threads take turns (each call already uses every thread it was given), where ONNX Runtime's run is reentrant.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
@@ -113,14 +115,16 @@ class OpenVinoSession:
             raise UserError(f"{name}: OpenVINO cannot compile it for this CPU in {'bf16' if bf16 else 'fp32'} "
                             f"({reason.strip()}); use --backend onnxruntime or another --precision") from None
         self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()
         # What the float parts run in (an int8 file's quantized convolutions run in int8 whatever this says).
         self.precision = ("bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
                           else "fp32")
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """ONNX Runtime's signature: the named outputs for the named inputs, as numpy arrays (copies)."""
-        results = self.request.infer(feeds)
-        return [np.array(results[self.compiled.output(name)]) for name in names]
+        with self.lock:
+            results = self.request.infer(feeds)
+            return [np.array(results[self.compiled.output(name)]) for name in names]
 
 
 def onnx_session(model: str | os.PathLike | bytes, threads: int = 0, runtime: str = "onnxruntime",
