@@ -227,7 +227,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(lat) * 1000, lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
 
 
-# auto with a model.onnx (OpenVINO bf16 on a native-bf16 CPU), eager torch (auto without one), both int8 runtimes
+# auto with a model.onnx (OpenVINO bf16 on an AMX CPU), eager torch (auto without one), both int8 runtimes
 LATENCY_BACKENDS = ("auto", "torch", "onnxruntime-int8", "openvino-int8")
 
 

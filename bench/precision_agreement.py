@@ -2,7 +2,7 @@
 
 What `--precision auto` and `--backend auto` cost in numbers where they pick bf16: the same model and the same
 preprocessed images through the Predictor in fp32 and in bf16 (torch, channels_last), and, where the model
-directory has them, its model.onnx on OpenVINO at OpenVINO's own precision (bf16 where native: what auto runs
+directory has them, its model.onnx on OpenVINO at auto precision (bf16 where native: what auto runs
 there) and its model.int8.onnx on both runtimes, compared image by image with torch fp32. Speed is the model
 alone on the preprocessed batches (median of 3 passes, the rows taking turns), so decoding is not in it.
 
@@ -59,7 +59,7 @@ def main() -> None:
     predictors = {p: Predictor(args.model, device="cpu", precision=p, backend="torch") for p in ("fp32", "bf16")}
     model_dir = predictors["fp32"].loaded.path
     if (model_dir / ONNX_FILE).is_file():
-        predictors["openvino (own precision)"] = Predictor(args.model, backend="openvino")
+        predictors["openvino (auto precision)"] = Predictor(args.model, backend="openvino")
     if (model_dir / INT8_FILE).is_file():
         for backend in ("onnxruntime-int8", "openvino-int8"):
             predictors[backend] = Predictor(args.model, backend=backend)
