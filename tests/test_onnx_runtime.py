@@ -1,6 +1,8 @@
 """Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when it matches
 the weights, otherwise an in-memory export that says how to skip it next time; same probabilities as eager; a
 file OpenVINO cannot compile is a one-line error."""
+import os
+
 import pytest
 import torch
 
@@ -74,6 +76,18 @@ def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is
     message = str(error.value)
     assert "\n" not in message and "OpenVINO cannot compile it for this CPU in bf16" in message
     assert "node_max_pool2d" in message and "--backend onnxruntime" in message
+
+
+def test_metadata_read_once_per_file_version_sees_a_rewritten_file(tmp_path, seed0_onnx):
+    import onnx
+    path = tmp_path / ONNX_FILE
+    path.write_bytes(seed0_onnx)
+    assert onnx_runtime.read_onnx_metadata(path)["temperature"] == "1.0"
+    proto = onnx.load_from_string(seed0_onnx)
+    next(p for p in proto.metadata_props if p.key == "temperature").value = "0.5"
+    (tmp_path / "new.onnx").write_bytes(proto.SerializeToString())
+    os.replace(tmp_path / "new.onnx", path)  # as export writes it (atomic.write_atomic): same path and size
+    assert onnx_runtime.read_onnx_metadata(path)["temperature"] == "0.5"
 
 
 # Run in a child interpreter: OpenVINO's TBB threads then never share a process with the suite's other tests

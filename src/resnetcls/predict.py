@@ -62,9 +62,10 @@ def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: t
     int8 is never chosen by auto: it changes results slightly, so it is asked for by name."""
     if backend != "auto":
         return backend
-    if device.type != "cpu" or precision != "auto" or not onnx_file_current(loaded):
+    if device.type != "cpu" or precision != "auto":
         return "torch"
-    return auto_exported_backend()
+    exported = auto_exported_backend()  # first: reading model.onnx's metadata parses the whole file
+    return exported if exported != "torch" and onnx_file_current(loaded) else "torch"
 
 
 def _decode_threads() -> int:
