@@ -19,6 +19,16 @@ def model(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("admission") / "model")
 
 
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """A copy of the module's model with its model.onnx (the module's model stays without one)."""
+    import shutil
+    from resnetcls.export import export_model
+    copy = shutil.copytree(model, tmp_path_factory.mktemp("exported") / "model")
+    export_model(copy, "onnx", None, None)
+    return copy
+
+
 def client_for(model, **settings) -> TestClient:
     return TestClient(create_app(ServeSettings(str(model), **settings)), raise_server_exceptions=False)
 
@@ -127,26 +137,18 @@ def test_explain_waits_for_the_decode_budget_like_predict(model):
         assert client.post("/explain", content=png_bytes(20, 20)).status_code == 200
 
 
-def test_explain_works_on_the_onnx_backends_from_the_eager_model(model, tmp_path):
-    import shutil
-    from resnetcls.export import export_model
-    copy = shutil.copytree(model, tmp_path / "model")  # the module's model stays without a model.onnx
-    export_model(copy, "onnx", None, None)
+def test_explain_works_on_the_onnx_backends_from_the_eager_model(exported):
     for backend in ("onnxruntime", "openvino"):
-        with client_for(copy, backend=backend) as client:
+        with client_for(exported, backend=backend) as client:
             response = client.post("/explain", content=png_bytes(20, 20))
             assert response.status_code == 200 and response.headers["content-type"] == "image/png"
             assert response.headers["x-class"] in ("ants", "bees", "cats")
 
 
-def test_serve_runs_the_exported_model_on_openvino_with_the_same_answers(model, tmp_path):
-    import shutil
-    from resnetcls.export import export_model
-    copy = shutil.copytree(model, tmp_path / "model")
-    export_model(copy, "onnx", None, None)
+def test_serve_runs_the_exported_model_on_openvino_with_the_same_answers(exported):
     answers = {}
     for backend, precision in (("onnxruntime", "auto"), ("openvino", "fp32"), ("openvino", "auto")):
-        with client_for(copy, backend=backend, precision=precision) as client:
+        with client_for(exported, backend=backend, precision=precision) as client:
             info = client.get("/info").json()
             assert info["backend"] == backend
             reply = client.post("/predict", content=png_bytes(40, 30))

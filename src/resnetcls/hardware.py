@@ -44,6 +44,11 @@ ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX5
                     "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "DEFAULT", "ALL"}
 
 
+def onednn_isa_cap() -> str:
+    """ONEDNN_MAX_CPU_ISA as oneDNN reads it (upper case), or "" when unset."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where oneDNN runs bf16 convs fast.
@@ -51,7 +56,7 @@ def cpu_has_fast_bf16() -> bool:
     On CPUs without it (AVX2 only) bf16 is emulated and slower than fp32, so we must not pick it there; the
     same holds where the user capped oneDNN below bf16 with ONEDNN_MAX_CPU_ISA.
     """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    cap = onednn_isa_cap()
     if cap and cap not in ONEDNN_BF16_ISAS:
         return False
     caps = cpu_capabilities()
@@ -62,7 +67,7 @@ def cpu_has_fast_bf16() -> bool:
 def cpu_has_amx() -> bool:
     """True on CPUs with AMX tiles for bf16 (Intel Sapphire Rapids and later), where OpenVINO's bf16 and int8
     kernels were measured fastest (README, int8); False where ONEDNN_MAX_CPU_ISA caps oneDNN below AMX."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    cap = onednn_isa_cap()
     if cap and "AMX" not in cap and cap not in ("DEFAULT", "ALL"):
         return False
     return bool(cpu_capabilities().get("amx_bf16"))

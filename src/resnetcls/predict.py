@@ -120,8 +120,12 @@ class Predictor:
         self.session = (None if backend not in ONNX_BACKENDS else
                         int8_session_for(self.loaded, runtime=runtime) if backend.endswith("-int8") else
                         onnx_session_for(self.loaded, runtime=runtime, precision=precision))
-        self.precision = ("int8" if backend.endswith("-int8") else getattr(self.session, "precision", "fp32")
-                          if self.session is not None else precision_name(self.amp_dtype))
+        if backend.endswith("-int8"):
+            self.precision = "int8"
+        elif backend == "openvino":
+            self.precision = self.session.precision  # what OpenVINO compiled it in (bf16 where native)
+        else:
+            self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
