@@ -113,3 +113,29 @@ def test_an_extreme_aspect_ratio_is_stored_centre_cropped_to_4_to_1(tmp_path):
     stored = store.load(0)
     assert stored.shape == (37, 148, 3)  # not 37 x 18500: at most 4 short sides long
     assert stored[:, 64:84].min() > 200 and stored[:, :40].max() < 50  # still in the centre
+
+
+PEAK_RSS_OF_A_BUILD = """
+import resource, sys
+from resnetcls.data.cache import StoreGeometry, open_or_build
+folder, count = sys.argv[1], int(sys.argv[2])
+paths = [f"{folder}/{i % 40}.png" for i in range(count)]  # tiny files, each stored as 160 x 160 x 3
+store = open_or_build(paths, StoreGeometry(160, square=True), f"{folder}/cache-{count}", workers=2,
+                      log=lambda _: None)
+assert len(store) == count and not store.bad
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: kilobytes
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in kilobytes is Linux's convention")
+def test_building_a_store_twice_as_large_does_not_grow_the_builders_memory(tmp_path):
+    """The build streams: each decoded image is written and dropped, a few chunks in flight. 600 -> 1200 images
+    adds 46 MB to the store; a build that kept the decoded images would add at least that to its peak RSS."""
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    peaks = {count: int(subprocess.run([sys.executable, "-c", PEAK_RSS_OF_A_BUILD, str(tmp_path), str(count)],
+                                       capture_output=True, text=True, check=True).stdout)
+             for count in (600, 1200)}
+    store_growth = 600 * 160 * 160 * 3
+    assert peaks[1200] - peaks[600] < store_growth / 4, peaks

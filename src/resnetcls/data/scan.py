@@ -2,6 +2,7 @@
 bad-file scan that data.on_bad=fail (build_loader) and `data check` both run."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import sys
@@ -14,6 +15,7 @@ from ..progress import track
 from .decode import DecodeError, decode_image
 
 POOL_MIN_IMAGES = 64  # below this a process pool costs more than it saves
+CHUNKS_IN_FLIGHT = 4  # chunks submitted ahead per worker: keeps every core busy, bounds what is held
 CRASHED = "decoding this image killed its worker process (out of memory?)"
 
 
@@ -44,6 +46,9 @@ def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int =
 
     desc: a progress bar of that name on a terminal (progress.py), one step per item.
 
+    Streams: at most CHUNKS_IN_FLIGHT x workers chunks are submitted ahead of the one being consumed, so the
+    results held at any time do not grow with len(items).
+
     A worker killed mid-item (the kernel's OOM killer, a crashing codec) breaks the whole pool and fails every
     pending chunk, so the first unfinished chunk is rerun one item per process: the item that kills its
     process again gets on_crash(item) (default: a UserError naming it), and a fresh pool takes the rest."""
@@ -61,15 +66,22 @@ def _pooled_map(fn: Callable, items: list, workers: int, chunk_size: int, on_cra
     done = 0
     while done < len(items):
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_run_chunk, fn, items[i:i + chunk_size])
-                       for i in range(done, len(items), chunk_size)]
+            # A window of CHUNKS_IN_FLIGHT chunks per worker: a finished future holds its results until it is
+            # dropped, so submitting everything at once would hold every result (a cache build: every decoded
+            # image) in this process until the end. Each result is yielded and dropped in order instead.
+            window: collections.deque = collections.deque()
+            submitted = done
             try:
-                for future in futures:
-                    results = future.result()
+                while submitted < len(items) or window:
+                    while submitted < len(items) and len(window) < CHUNKS_IN_FLIGHT * workers:
+                        window.append(pool.submit(_run_chunk, fn, items[submitted:submitted + chunk_size]))
+                        submitted += chunk_size
+                    results = window.popleft().result()
                     done += len(results)
                     yield from results
+                    del results
             except BrokenProcessPool:
-                for future in futures:
+                for future in window:
                     future.cancel()
         if done < len(items):
             chunk = items[done:done + chunk_size]
