@@ -10,6 +10,7 @@ from PIL import Image
 
 from resnetcls.data import cache as cache_mod
 from resnetcls.data import scan as scan_mod
+from resnetcls.data import store as store_mod
 from resnetcls.data.cache import cache_key, open_or_build
 from resnetcls.errors import UserError
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
@@ -22,7 +23,7 @@ def test_store_is_reused_and_rebuilt_when_a_file_changes(photos, tmp_path, monke
 
     def no_decoding(*args):
         raise AssertionError("decoded again although the store is complete")
-    monkeypatch.setattr(cache_mod, "decode_resized", no_decoding)
+    monkeypatch.setattr(store_mod, "decode_resized", no_decoding)
     assert open_or_build(photos.paths, geometry, tmp_path).directory == store.directory
     st = os.stat(photos.paths[0])
     os.utime(photos.paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -33,14 +34,14 @@ def test_store_is_reused_and_rebuilt_when_a_file_changes(photos, tmp_path, monke
 
 KILL_DURING_BUILD = """
 import os, signal, sys
-from resnetcls.data import cache
-real, calls = cache.decode_resized, []
+from resnetcls.data import cache, store
+real, calls = store.decode_resized, []
 def dying(path, geometry):
     calls.append(path)
     if len(calls) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(path, geometry)
-cache.decode_resized = dying
+store.decode_resized = dying
 cache.open_or_build(sys.argv[2:], cache.StoreGeometry(37), sys.argv[1])
 """
 
@@ -57,13 +58,13 @@ def test_a_killed_first_pass_leaves_no_store_that_looks_complete(photos, tmp_pat
 
 
 def _build_in_child(paths, cache_dir, log):
-    real = cache_mod.decode_resized
+    real = store_mod.decode_resized
 
     def counting(path, geometry):
         with open(log, "a") as f:
             f.write(path + "\n")
         return real(path, geometry)
-    cache_mod.decode_resized = counting
+    store_mod.decode_resized = counting
     print(open_or_build(paths, cache_mod.StoreGeometry(37), cache_dir).directory)
 
 
@@ -88,7 +89,7 @@ def test_an_unusable_cache_folder_is_a_one_line_user_error(photos, tmp_path):
 
 
 def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memory(photos, tmp_path, monkeypatch):
-    real = cache_mod.decode_resized
+    real = store_mod.decode_resized
 
     def failing(path, geometry):
         if path == photos.paths[3]:
@@ -96,7 +97,7 @@ def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memo
         if path == photos.paths[4]:
             raise MemoryError
         return real(path, geometry)
-    monkeypatch.setattr(cache_mod, "decode_resized", failing)
+    monkeypatch.setattr(store_mod, "decode_resized", failing)
     monkeypatch.setattr(scan_mod, "POOL_MIN_IMAGES", 2)
     store = open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path, workers=2, log=lambda _: None)
     assert store.bad_files[photos.paths[3]] == "decoding this image killed its worker process (out of memory?)"
@@ -115,27 +116,28 @@ def test_an_extreme_aspect_ratio_is_stored_centre_cropped_to_4_to_1(tmp_path):
     assert stored[:, 64:84].min() > 200 and stored[:, :40].max() < 50  # still in the centre
 
 
-PEAK_RSS_OF_A_BUILD = """
+PEAK_RSS_OF_TWO_BUILDS = """
 import resource, sys
 from resnetcls.data.cache import StoreGeometry, open_or_build
-folder, count = sys.argv[1], int(sys.argv[2])
-paths = [f"{folder}/{i % 40}.png" for i in range(count)]  # tiny files, each stored as 160 x 160 x 3
-store = open_or_build(paths, StoreGeometry(160, square=True), f"{folder}/cache-{count}", workers=2,
-                      log=lambda _: None)
-assert len(store) == count and not store.bad
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: kilobytes
+folder = sys.argv[1]
+for count in (600, 1200):  # a build that kept its images would raise the peak by the second store's size
+    paths = [f"{folder}/{i % 40}.png" for i in range(count)]  # tiny files, each stored as 160 x 160 x 3
+    store = open_or_build(paths, StoreGeometry(160, square=True), f"{folder}/cache-{count}", workers=2,
+                          log=lambda _: None)
+    assert len(store) == count and not store.bad
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: kilobytes
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in kilobytes is Linux's convention")
 def test_building_a_store_twice_as_large_does_not_grow_the_builders_memory(tmp_path):
-    """The build streams: each decoded image is written and dropped, a few chunks in flight. 600 -> 1200 images
-    adds 46 MB to the store; a build that kept the decoded images would add at least that to its peak RSS."""
+    """The build streams: each decoded image is written and dropped, a few chunks in flight. The 1200-image
+    store is 46 MB larger than the 600-image one; a build that kept its decoded images until the end would
+    raise the builder's peak RSS by at least that."""
     rng = np.random.default_rng(0)
     for i in range(40):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    peaks = {count: int(subprocess.run([sys.executable, "-c", PEAK_RSS_OF_A_BUILD, str(tmp_path), str(count)],
-                                       capture_output=True, text=True, check=True).stdout)
-             for count in (600, 1200)}
-    store_growth = 600 * 160 * 160 * 3
-    assert peaks[1200] - peaks[600] < store_growth / 4, peaks
+    child = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_TWO_BUILDS, str(tmp_path)], capture_output=True,
+                           text=True, check=True)
+    after_600, after_1200 = map(int, child.stdout.split())
+    assert after_1200 - after_600 < 600 * 160 * 160 * 3 / 4, (after_600, after_1200)

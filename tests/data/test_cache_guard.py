@@ -57,7 +57,7 @@ def test_a_build_that_would_not_fit_is_refused_with_both_numbers(photos, tmp_pat
     monkeypatch.setattr(cache_mod, "free_bytes", lambda folder: 1000)
     needed = estimate_store_bytes(photos.paths, GEOMETRY)
     with pytest.raises(UserError) as e:
-        build(photos.paths, tmp_path / "c", logged)
+        build(photos.paths, tmp_path / "c", logged, cache_format="decoded")
     assert f"needs about {needed:,} bytes but only 1,000 bytes are free there" in str(e.value)
     assert not list((tmp_path / "c").glob("*/meta.json"))
 
@@ -85,9 +85,37 @@ def test_least_recently_used_stores_are_pruned_to_stay_under_the_limit(photos, t
     assert sum(size for _, size, _ in list_stores(tmp_path)) <= limit_gb * 1e9
 
 
-def test_a_store_larger_than_the_limit_is_refused(photos, tmp_path, logged):
-    with pytest.raises(UserError, match=r"needs about [\d,]+ bytes, more than data\.cache_max_gb=1e-09; raise it"):
-        build(photos.paths, tmp_path, logged, max_gb=1e-9)
+@pytest.mark.parametrize("cache_format", ["decoded", "compressed", "auto"])
+def test_a_store_larger_than_the_limit_is_refused(photos, tmp_path, logged, cache_format):
+    kind = "decoded" if cache_format == "decoded" else "compressed"  # auto tries compressed before refusing
+    with pytest.raises(UserError, match=rf"the {kind} cache for these images needs about [\d,]+ bytes, more than "
+                                        r"data\.cache_max_gb=1e-09; raise it"):
+        build(photos.paths, tmp_path, logged, max_gb=1e-9, cache_format=cache_format)
+
+
+@pytest.mark.parametrize("short_of", ["the limit", "free space"])
+def test_auto_stores_compressed_where_the_decoded_store_would_not_fit(photos, tmp_path, monkeypatch, logged,
+                                                                      short_of):
+    decoded = build(photos.paths, tmp_path / "decoded", logged)
+    room = int(0.6 * estimate_store_bytes(photos.paths, GEOMETRY))
+    limit = {"max_gb": room / 1e9} if short_of == "the limit" else {}
+    if short_of == "free space":
+        monkeypatch.setattr(cache_mod, "free_bytes", lambda folder: room)
+    else:  # the decoded store is refused at that limit, as data.cache_format=decoded asks
+        with pytest.raises(UserError, match="the decoded cache for these images needs about"):
+            build(photos.paths, tmp_path / "c", logged, cache_format="decoded", **limit)
+    logged.clear()
+    store = build(photos.paths, tmp_path / "c", logged, **limit)
+    notes = [line for line in logged if line.startswith("note: a decoded cache of these 7 images")]
+    over = "data.cache_max_gb=" if short_of == "the limit" else "free in "
+    assert len(notes) == 1 and over in notes[0] and "storing them compressed instead (JPEG quality 90" in notes[0]
+    assert store.kind == "compressed" and store.note == notes[0] and store.bad_files == decoded.bad_files
+    assert (store.directory / "data.u8").stat().st_size < room
+    for i in (0, 1, 3):  # the same stored geometry, pixels within JPEG's loss
+        assert store.load(i).shape == decoded.load(i).shape
+        assert abs(store.load(i).astype(int) - decoded.load(i)).mean() < 4
+    again = build(photos.paths, tmp_path / "c", logged, **limit)  # reused, and said again
+    assert again.directory == store.directory and "storing them compressed instead" in again.note
 
 
 def test_a_file_system_without_locks_says_what_to_do(photos, tmp_path, monkeypatch, logged):

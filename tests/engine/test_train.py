@@ -17,6 +17,9 @@ def test_run_directory_has_config_metrics_tensorboard_and_model_dirs(tiny_run):
     assert [r["epoch"] for r in epochs] == [1, 2]
     for key in ("train/loss", "val/loss", "val/top1", "val/top5", "train/images_per_s"):
         assert all(isinstance(r[key], float) for r in epochs), key
+    stores = [r for r in records if r["kind"] == "cache"]  # which store each split read, and why
+    assert len(stores) == 1 and {split: stores[0][split]["format"] for split in ("train", "val")} == {
+        "train": "decoded", "val": "decoded"} and "why" not in stores[0]["train"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     tags = set(EventAccumulator(str(tiny_run / "tb")).Reload().Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_share", "val/loss", "val/top1",

@@ -50,6 +50,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
 CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "fork", "spawn"),
+           "data.cache_format": ("auto", "decoded", "compressed"),
            "data.interpolation": ("nearest", "bilinear", "bicubic"),
            "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
            "data.augment_on": ("auto", "host", "device"),

@@ -45,6 +45,8 @@ class DataConfig:
     cache_size: int = 0             # stored short side; 0 = the eval resize (image_size / 0.875)
     sampler: str = "shuffle"        # shuffle | balanced (each class drawn equally often, with replacement)
     cache_max_gb: float = 50.0      # least-recently-used stores are deleted beyond this total; 0 = no limit
+    cache_format: str = "auto"      # auto (decoded; compressed where that would not fit cache_max_gb or the
+                                    # free space) | decoded | compressed (JPEG q90, decoded in the workers)
     worker_start: str = "auto"      # DataLoader workers: auto (fork on Linux, else spawn) | fork | spawn
     leak_check: bool = True         # warn when many val images have a near-duplicate in train (hashes the
                                     # decoded cache once, data/neardup.py; skipped with data.cache=false)

@@ -1,24 +1,26 @@
 """Decoded uint8 cache: each image is decoded and resized once, then read memory-mapped by every epoch, every
-DataLoader worker and every later run (and every torchrun rank on the machine).
+DataLoader worker and every later run (and every torchrun rank on the machine). data/store.py is the format.
 
-A store is a folder CACHE_DIR/<key>/ with `data.u8` (all images back to back, HWC uint8), `index.npy`
-(offset, height, width per image; height 0 = bad image) and `meta.json` (paths, settings, bad reasons).
-The key hashes the file list (path, size, mtime, inode, ctime), the decode rules and the stored geometry, so
-a changed or replaced file or setting makes a new store. A store is written under a temporary name and renamed
-into place only when complete, while holding a lock file: a killed first pass leaves only a `*.partial-*`
-folder that the next builder deletes, never a store that looks complete; concurrent builders (torchrun ranks)
-wait for one. A store is validated when opened (meta, index and data length agree) and rebuilt with a
-warning when not. Before a build the space it needs is estimated from a sample of image headers and compared
-with the free space; least-recently-used stores are deleted to keep the folder under data.cache_max_gb.
+A store is a folder CACHE_DIR/<key>/. The key hashes the file list (path, size, mtime, inode, ctime), the
+decode rules, the stored geometry and the store's encoding, so a changed or replaced file or setting makes a
+new store. A store is written under a temporary name and renamed into place only when complete, while holding
+a lock file: a killed first pass leaves only a `*.partial-*` folder that the next builder deletes, never a
+store that looks complete; concurrent builders (torchrun ranks of one machine, or of several machines sharing
+the cache folder) wait for one. A store is validated when opened and rebuilt with a warning when invalid.
+Before a build the space it needs is estimated from a sample of image headers and compared with the free
+space; least-recently-used stores are deleted to keep the folder under data.cache_max_gb.
+
+data.cache_format=auto stores the images compressed (data/store.py, JPEG) where the decoded store would not
+fit data.cache_max_gb or the free space, and says so in one line; `decoded` and `compressed` force either.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -26,22 +28,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from PIL import Image
 
-from ..atomic import DISK_FULL, free_bytes, write_atomic, write_error, write_text_atomic
+from ..atomic import DISK_FULL, free_bytes, write_error
 from ..errors import UserError
-from .decode import DECODE_VERSION, MAX_PIXELS, DecodeError
-from .geometry import StoreGeometry, decode_resized
-from .scan import CRASHED, parallel_map
+from .decode import DECODE_VERSION, MAX_PIXELS
+from .geometry import StoreGeometry
+from .store import (JPEG_QUALITY, STORE_FORMAT, DecodedStore, InvalidStore, encode_for_store, open_store,
+                    write_store)
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent builders then each build (still atomic)
     fcntl = None
 
-STORE_FORMAT = 2  # 2: the key includes inode and ctime
 SPACE_SAMPLE = 256  # image headers read to estimate a store's size before building it
+ENCODE_SAMPLE = 16  # images encoded to estimate a compressed store's size before building it
+CACHE_FORMATS = ("auto", "decoded", "compressed")
 
 
 def resolve_cache_dir(configured: str = "") -> Path:
@@ -49,10 +52,12 @@ def resolve_cache_dir(configured: str = "") -> Path:
     return Path(configured or os.environ.get("RESNETCLS_CACHE") or Path.home() / ".cache" / "resnetcls")
 
 
-def cache_key(paths: list[str], geometry: StoreGeometry) -> str:
-    """Hash of the file list (path, size, mtime, inode, ctime), the decode rules and the stored geometry."""
+def cache_key(paths: list[str], geometry: StoreGeometry, compressed: bool = False) -> str:
+    """Hash of the file list (path, size, mtime, inode, ctime), the decode rules, the stored geometry and,
+    for a compressed store, its encoding."""
+    encoding = {"encoding": f"jpeg-q{JPEG_QUALITY}"} if compressed else {}
     digest = hashlib.sha256(json.dumps({"format": STORE_FORMAT, "decode": DECODE_VERSION,
-                                        "max_pixels": MAX_PIXELS, **asdict(geometry)}).encode())
+                                        "max_pixels": MAX_PIXELS, **asdict(geometry), **encoding}).encode())
     for path in paths:
         try:
             st = os.stat(path)
@@ -63,109 +68,6 @@ def cache_key(paths: list[str], geometry: StoreGeometry) -> str:
             stamp = "missing"
         digest.update(os.fsencode(path) + b"\0" + stamp.encode() + b"\n")
     return digest.hexdigest()[:32]
-
-
-class InvalidStore(Exception):
-    """A store folder whose files do not agree with each other (corrupt, truncated, another version)."""
-
-
-def _read_store(directory: Path, count: int | None) -> tuple[dict, np.ndarray]:
-    """meta.json and index.npy of a store, checked against each other and data.u8; InvalidStore otherwise."""
-    try:
-        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
-        index = np.load(directory / "index.npy", allow_pickle=False)
-        data_bytes = (directory / "data.u8").stat().st_size
-    except (OSError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise InvalidStore(f"unreadable: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
-        raise InvalidStore(f"format {meta.get('format') if isinstance(meta, dict) else None!r}, not {STORE_FORMAT}")
-    paths, bad = meta.get("paths"), meta.get("bad")
-    if not isinstance(paths, list) or not isinstance(bad, dict) or (count is not None and len(paths) != count):
-        raise InvalidStore("meta.json does not list the images")
-    if index.dtype != np.int64 or index.shape != (len(paths), 3) or (index < 0).any():
-        raise InvalidStore(f"index.npy has shape {index.shape} ({index.dtype}), expected ({len(paths)}, 3) int64")
-    if data_bytes != meta.get("bytes"):
-        raise InvalidStore(f"data.u8 has {data_bytes} bytes, meta.json says {meta.get('bytes')}")
-    ends = index[:, 0] + index[:, 1] * index[:, 2] * 3
-    if len(ends) and int(ends.max()) > data_bytes:
-        raise InvalidStore("index.npy points past the end of data.u8")
-    if not all(str(i).isdigit() and int(i) < len(paths) for i in bad):
-        raise InvalidStore("meta.json names bad images that are not in the store")
-    return meta, index
-
-
-class DecodedStore:
-    """Read side of a complete store: load(i) -> HWC uint8 array, or DecodeError for a bad image.
-    Opening checks that meta.json, index.npy and data.u8 agree (InvalidStore otherwise)."""
-
-    def __init__(self, directory: Path, count: int | None = None) -> None:
-        self.directory = Path(directory)
-        meta, self.index = _read_store(self.directory, count)
-        self.paths: list[str] = [os.fsdecode(p.encode("utf-8", "surrogateescape")) for p in meta["paths"]]
-        self.bad: dict[int, str] = {int(i): reason for i, reason in meta["bad"].items()}
-        self._data = None  # opened lazily, so the store pickles cheaply into DataLoader workers
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_data": None}
-
-    def load(self, i: int) -> np.ndarray:
-        if i in self.bad:
-            raise DecodeError(self.paths[i], self.bad[i])
-        if self._data is None:
-            size = (self.directory / "data.u8").stat().st_size
-            # "c" (copy-on-write) gives writable arrays, so torch.from_numpy needs no copy and no warning; the
-            # plain ndarray view skips np.memmap's per-slice bookkeeping (a measurable share per image).
-            self._data = (np.memmap(self.directory / "data.u8", np.uint8, "c").view(np.ndarray) if size
-                          else np.zeros(0, np.uint8))
-        offset, height, width = (int(v) for v in self.index[i])
-        return self._data[offset:offset + height * width * 3].reshape(height, width, 3)
-
-    @property
-    def bad_files(self) -> dict[str, str]:
-        return {self.paths[i]: reason for i, reason in sorted(self.bad.items())}
-
-
-def _decode_for_store(args: tuple[str, StoreGeometry]) -> tuple[np.ndarray | None, str]:
-    try:
-        return decode_resized(*args), ""
-    except DecodeError as e:
-        return None, e.reason
-    except MemoryError:  # the resize after the decode; decode_image turns its own into a DecodeError
-        return None, "not enough memory to decode and resize this image"
-
-
-def _crashed_in_store(args: tuple[str, StoreGeometry]) -> tuple[None, str]:
-    return None, CRASHED
-
-
-def _write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: int) -> None:
-    tmp.mkdir(parents=True)
-    index = np.zeros((len(paths), 3), dtype=np.int64)
-    bad: dict[int, str] = {}
-    offset = 0
-    with open(tmp / "data.u8", "wb") as data:
-        results = parallel_map(_decode_for_store, [(p, geometry) for p in paths], workers,
-                               on_crash=_crashed_in_store, desc="cache build")
-        for i, (array, reason) in enumerate(results):
-            if array is None:
-                bad[i] = reason
-                continue
-            data.write(np.ascontiguousarray(array).tobytes())
-            index[i] = (offset, array.shape[0], array.shape[1])
-            offset += array.size
-        data.flush()
-        os.fsync(data.fileno())
-    buffer = io.BytesIO()
-    np.save(buffer, index)
-    write_atomic(tmp / "index.npy", buffer.getvalue())
-    meta = {"format": STORE_FORMAT, "geometry": asdict(geometry), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "bytes": offset, "paths": [os.fsencode(p).decode("utf-8", "surrogateescape") for p in paths],
-            "bad": {str(i): r for i, r in bad.items()}}
-    # meta.json is written last: a store folder is only ever renamed into place after it exists.
-    write_text_atomic(tmp / "meta.json", json.dumps(meta, ensure_ascii=True))
 
 
 LOCK_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
@@ -195,7 +97,7 @@ def _open_valid(final: Path, count: int, log: Callable[[str], None]) -> DecodedS
     if not (final / "meta.json").is_file():
         return None
     try:
-        store = DecodedStore(final, count)
+        store = open_store(final, count)
     except InvalidStore as e:
         log(f"warning: decoded cache {final} is invalid ({e}); rebuilding it")
         shutil.rmtree(final, ignore_errors=True)
@@ -207,32 +109,66 @@ def _open_valid(final: Path, count: int, log: Callable[[str], None]) -> DecodedS
     return store
 
 
-def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os.PathLike,
-                  workers: int = -1, log: Callable[[str], None] | None = None, max_gb: float = 0.0) -> DecodedStore:
+def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os.PathLike, workers: int = -1,
+                  log: Callable[[str], None] | None = None, max_gb: float = 0.0,
+                  cache_format: str = "auto") -> DecodedStore:
     """The complete store for these files and settings, building it first (all cores) if needed.
 
     max_gb > 0: the cache folder's size limit; least-recently-used stores are deleted to make room, and a
-    store that alone would exceed it is refused."""
+    store that alone would exceed it is refused. cache_format: decoded, compressed, or auto: the decoded store
+    unless it would need more than max_gb or the free space in cache_dir, then the compressed one (said in
+    one line, kept as the store's `note`)."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    if cache_format not in CACHE_FORMATS:
+        raise UserError(f"data.cache_format={cache_format!r}: expected one of {', '.join(CACHE_FORMATS)}")
     cache_dir = Path(cache_dir)
-    key = cache_key(paths, geometry)
-    store = _open_valid(cache_dir / key, len(paths), log)
-    if store is not None:
-        return store
+    if cache_format != "compressed":
+        store = _open_valid(cache_dir / cache_key(paths, geometry), len(paths), log)
+        if store is not None:
+            return store
     needed = estimate_store_bytes(paths, geometry)
+    note = _why_compressed(needed, len(paths), cache_dir, max_gb) if cache_format == "auto" else ""
+    compressed = cache_format == "compressed" or bool(note)
+    if note:
+        log(note)
+    key = cache_key(paths, geometry, compressed)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(cache_dir / f"{key}.lock"):
-            store = _open_valid(cache_dir / key, len(paths), log)  # another process built it while we waited
-            if store is not None:
-                return store
-            _make_room(cache_dir, key, needed, max_gb, log)
-            return _build(paths, geometry, cache_dir, key, workers, log)
+        store = _open_valid(cache_dir / key, len(paths), log) if compressed else None
+        if store is None:
+            needed = estimate_compressed_bytes(paths, geometry) if compressed else needed
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with _locked(cache_dir / f"{key}.lock"):
+                store = _open_valid(cache_dir / key, len(paths), log)  # another process built it while we waited
+                if store is None:
+                    _make_room(cache_dir, key, needed, max_gb, log, "compressed" if compressed else "decoded")
+                    store = _build(paths, geometry, cache_dir, key, workers, log, compressed)
     except OSError as e:  # unwritable folder, full disk: the user can point the cache elsewhere or turn it off
         if e.errno in DISK_FULL:
             raise write_error(cache_dir / key, e, needed) from None
         raise UserError(f"{cache_dir}: cannot write the decoded-image cache: {e.strerror or e} "
                         f"(set data.cache_dir or RESNETCLS_CACHE elsewhere, or data.cache=false)") from None
+    store.note = note
+    return store
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n:,} bytes"
+
+
+def _why_compressed(needed: int, count: int, cache_dir: Path, max_gb: float) -> str:
+    """The one line saying why data.cache_format=auto stores these images compressed ("" = it does not)."""
+    limit = int(max_gb * 1e9)
+    if limit and needed > limit:
+        over = f"more than data.cache_max_gb={max_gb:g}"
+    else:
+        existing = next((p for p in (cache_dir, *cache_dir.parents) if p.exists()), cache_dir)
+        free = free_bytes(existing)
+        if free is None or needed <= free:
+            return ""
+        over = f"more than the {_size_text(free)} free in {existing}"
+    return (f"note: a decoded cache of these {count:,} images would need about {_size_text(needed)}, {over}; "
+            f"storing them compressed instead (JPEG quality {JPEG_QUALITY} at the same stored size, decoded in "
+            f"the loader workers; data.cache_format=decoded refuses instead)")
 
 
 def _stored_bytes(path: str, geometry: StoreGeometry) -> int | None:
@@ -258,6 +194,18 @@ def estimate_store_bytes(paths: list[str], geometry: StoreGeometry) -> int:
     return int(mean * len(paths) * 1.05)  # 5% for the aspect ratios the sample missed
 
 
+def estimate_compressed_bytes(paths: list[str], geometry: StoreGeometry) -> int:
+    """The size a compressed store will take: the mean JPEG size of a few evenly spaced images, encoded as the
+    store encodes them, times the image count (plus a quarter for the content the sample missed)."""
+    if not paths:
+        return 0
+    step = max(1, len(paths) // ENCODE_SAMPLE)
+    entries = [entry for entry, _ in map(encode_for_store, [(p, geometry) for p in paths[::step][:ENCODE_SAMPLE]])
+               if entry is not None]
+    mean = sum(len(e[0]) for e in entries) / len(entries) if entries else geometry.size * geometry.size * 3 / 8
+    return int(mean * len(paths) * 1.25)
+
+
 def list_stores(cache_dir: Path) -> list[tuple[float, int, Path]]:
     """(last use, bytes, folder) of every complete store in cache_dir, least recently used first."""
     stores = []
@@ -271,14 +219,14 @@ def list_stores(cache_dir: Path) -> list[tuple[float, int, Path]]:
     return sorted(stores)
 
 
-def _make_room(cache_dir: Path, key: str, needed: int, max_gb: float, log: Callable[[str], None]) -> None:
+def _make_room(cache_dir: Path, key: str, needed: int, max_gb: float, log: Callable[[str], None],
+               kind: str = "decoded") -> None:
     """Refuse a store larger than the limit or the free space; delete least-recently-used stores so that the
     cache with the new store stays under max_gb. Called holding key's lock."""
     limit = int(max_gb * 1e9)
-    gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n:,} bytes"
     if limit and needed > limit:
-        raise UserError(f"{cache_dir}: the decoded cache for these images needs about {gb(needed)}, more than "
-                        f"data.cache_max_gb={max_gb:g}; raise it, lower data.cache_size, or set data.cache=false")
+        raise UserError(f"{cache_dir}: the {kind} cache for these images needs about {_size_text(needed)}, more "
+                        f"than data.cache_max_gb={max_gb:g}; raise it, lower data.cache_size, or set data.cache=false")
     pruned, stores = [], list_stores(cache_dir) if limit else []
     total = sum(size for _, size, _ in stores)
     for _used, size, folder in stores:
@@ -289,31 +237,32 @@ def _make_room(cache_dir: Path, key: str, needed: int, max_gb: float, log: Calla
             total -= size
             pruned.append(size)
     if pruned:
-        log(f"note: deleted {len(pruned)} least-recently-used decoded cache store(s) ({gb(sum(pruned))}) to stay "
-            f"under data.cache_max_gb={max_gb:g}")
+        log(f"note: deleted {len(pruned)} least-recently-used decoded cache store(s) ({_size_text(sum(pruned))}) "
+            f"to stay under data.cache_max_gb={max_gb:g}")
     free = free_bytes(cache_dir)
     if free is not None and needed > free:
-        raise UserError(f"{cache_dir}: the decoded cache for these images needs about {gb(needed)} but only "
-                        f"{gb(free)} are free there; set data.cache_dir (or RESNETCLS_CACHE) elsewhere, lower "
-                        f"data.cache_size, or set data.cache=false")
+        raise UserError(f"{cache_dir}: the {kind} cache for these images needs about {_size_text(needed)} but "
+                        f"only {_size_text(free)} are free there; set data.cache_dir (or RESNETCLS_CACHE) "
+                        f"elsewhere, lower data.cache_size, or set data.cache=false")
 
 
 def _build(paths: list[str], geometry: StoreGeometry, cache_dir: Path, key: str, workers: int,
-           log: Callable[[str], None]) -> DecodedStore:
+           log: Callable[[str], None], compressed: bool = False) -> DecodedStore:
     """Write the store under a temporary name and rename it into place. Called holding key's lock."""
     final = cache_dir / key
     for stale in cache_dir.glob(f"{key}.partial-*"):  # left by a killed builder; we hold the lock
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = cache_dir / f"{key}.partial-{os.getpid()}"
+    # the host too: on a cache_dir shared by several machines two builders' process ids may be the same
+    tmp = cache_dir / f"{key}.partial-{socket.gethostname()}-{os.getpid()}"
     started = time.perf_counter()
-    log(f"decoding {len(paths)} images once into the cache {final} ...")
+    log(f"decoding {len(paths)} images once into the {'compressed ' if compressed else ''}cache {final} ...")
     try:
-        _write_store(tmp, paths, geometry, workers)
+        write_store(tmp, paths, geometry, workers, compressed)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    store = DecodedStore(final, len(paths))
-    log(f"cached {len(paths) - len(store.bad)} images ({store.index[:, 1:].prod(1).sum() * 3 / 1e6:.0f} MB, "
+    store = open_store(final, len(paths))
+    log(f"cached {len(paths) - len(store.bad)} images ({(final / 'data.u8').stat().st_size / 1e6:.0f} MB, "
         f"{len(store.bad)} bad) in {time.perf_counter() - started:.1f}s")
     return store

@@ -274,7 +274,7 @@ def _check_policy(on_bad: str) -> None:
 
 
 def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | None = None,
-                  on_bad: str = "skip", cache_max_gb: float = 0.0) -> Dataset:
+                  on_bad: str = "skip", cache_max_gb: float = 0.0, cache_format: str = "auto") -> Dataset:
     """The dataset behind build_loader; with a cache_dir the first call decodes every image once (all cores).
 
     With on_bad="fail" every image is decoded before this returns, so `dataset.bad_files` is complete.
@@ -286,7 +286,8 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
             dataset.bad_files = find_bad_files(samples.paths)
         return dataset
     if cache_dir is not None:
-        store = open_or_build(samples.paths, transform.geometry, cache_dir, max_gb=cache_max_gb)
+        store = open_or_build(samples.paths, transform.geometry, cache_dir, max_gb=cache_max_gb,
+                              cache_format=cache_format)
     else:
         store = _OnTheFly(samples.paths, transform.geometry)
     dataset = StoredImageDataset(samples, transform, store)
@@ -299,7 +300,7 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
                  seed: int = 0, drop_last: bool = False, sampler: Sampler | None = None,
                  cache_dir: str | os.PathLike | None = None, on_bad: str = "skip", start_method: str = "auto",
                  cache_max_gb: float = 0.0, uint8_batches: bool = False,
-                 mix: BatchMix | None = None, pin_memory: bool = False) -> DataLoader:
+                 mix: BatchMix | None = None, pin_memory: bool = False, cache_format: str = "auto") -> DataLoader:
     """A DataLoader whose batches are dicts {images, labels, index, bad}.
 
     transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
@@ -308,12 +309,14 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
     sampler: any torch Sampler over range(len(samples)); when given, `shuffle` and `seed` are its business.
     start_method: how workers start: auto (fork on Linux, else the platform's default, spawn), fork or spawn.
     cache_max_gb: the decoded cache's size limit (least-recently-used stores are pruned beyond it; 0 = none).
+    cache_format: auto, decoded or compressed (data/cache.py's open_or_build); a compressed store's images
+    are decoded in the workers.
     mix: Mixup/CutMix for the training loop to apply (the loader's batch_mix).
     pin_memory: hand uint8 batches over in pinned memory (for non_blocking copies to a CUDA device; ignored
     when CUDA is unavailable). A transform with device_crops (data.augment_on=device) ships canvases and each
     batch carries its own finish (batch["finish"], see DeviceFinish).
     """
-    dataset = build_dataset(samples, transform, cache_dir, on_bad, cache_max_gb)
+    dataset = build_dataset(samples, transform, cache_dir, on_bad, cache_max_gb, cache_format)
     workers = default_workers() if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
     if sampler is None:

@@ -217,4 +217,5 @@ class DataPipeline:
         return build_loader(samples, transform, self.batch_size, shuffle=False, num_workers=d.num_workers,
                             seed=seed, drop_last=drop_last, sampler=sampler, cache_dir=self.cache_dir,
                             on_bad=d.on_bad, start_method=d.worker_start, cache_max_gb=d.cache_max_gb,
-                            uint8_batches=self.uint8_batches, mix=mix, pin_memory=self.uint8_batches)
+                            uint8_batches=self.uint8_batches, mix=mix, pin_memory=self.uint8_batches,
+                            cache_format=d.cache_format)

@@ -201,6 +201,7 @@ def _train(cfg: Config, out_dir: str | Path, resume: str | None, force: bool, wo
     state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
     logger = start_logging(run_dir, state, run.resumed, data.splits, ctx, steps_per_epoch, world, t, cfg.log,
                            cfg.model.name, choice, d, recipe)
+    log_cache_stores(logger, data, state.global_step)
     ckpt = Checkpointer(run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes)
     plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
     metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
@@ -304,6 +305,17 @@ def start_logging(run_dir: Path, state: RunState, resumed, splits: Splits, ctx: 
         if paths:
             logger.info(f"note: ignored {len(paths)} {kind.replace('_', ' ')} file(s) in DATA, e.g. {paths[0]}")
     return logger
+
+
+def log_cache_stores(logger: RunLogger, data: TrainData, step: int) -> None:
+    """Which store each split reads (decoded or compressed, its folder, why compressed) as a "cache" record in
+    metrics.jsonl; nothing with data.cache=false."""
+    stores = {name: getattr(loader.dataset, "store", None) for name, loader in
+              (("train", data.train_loader), ("val", data.val_loader))}
+    record = {name: {"format": store.kind, "store": str(store.directory), **({"why": store.note} if store.note else {})}
+              for name, store in stores.items() if isinstance(store, DecodedStore)}
+    if record:
+        logger.log({"kind": "cache", **record}, step)
 
 
 def progressive_line(epochs: int, image_size: int, progressive: float) -> str:
