@@ -138,3 +138,34 @@ def test_eval_uses_the_calibrated_probabilities_and_records_ece_before_and_after
     assert c["ece_after"] == cal["ece"] and c["nll_after"] == pytest.approx(cal["nll"], abs=1e-4)
     assert c["nll_before"] == pytest.approx(raw["nll"], abs=1e-4) and cal["top1"] == raw["top1"]
     assert sum(b["count"] for b in c["ece_bins_before"]) == 36
+
+
+def test_streamed_batches_give_the_numbers_of_one_pass():
+    from resnetcls.evaluation import Accumulator
+    torch.manual_seed(0)
+    logits, labels = torch.randn(50, 7) * 3, torch.randint(0, 7, (50,))
+    whole, streamed = Accumulator(7, temperature=1.7), Accumulator(7, temperature=1.7)
+    whole.add(logits, labels, torch.arange(50))
+    for start in range(0, 50, 8):  # batches of 8, the last of 2
+        streamed.add(logits[start:start + 8], labels[start:start + 8], torch.arange(start, min(start + 8, 50)))
+    classes = list("abcdefg")
+    one, many = whole.metrics(classes), streamed.metrics(classes)
+    assert one.pop("nll") == pytest.approx(many.pop("nll"), rel=1e-12) and one == many
+    expected = (logits.double() / 1.7).log_softmax(dim=1)[torch.arange(50), labels].mean()
+    assert many["confusion_matrix"] is not None and sum(map(sum, many["confusion_matrix"])) == 50
+    assert whole.nll_sum / 50 == pytest.approx(-float(expected), rel=1e-12)
+
+
+def test_the_heatmap_shows_the_most_confused_classes_above_its_cap():
+    import numpy as np
+    from resnetcls.evaluation import HEATMAP_MAX_CLASSES, heatmap_classes
+    names = [f"c{i}" for i in range(200)]
+    confusion = np.eye(200, dtype=np.int64) * 3
+    few = heatmap_classes(confusion[:40, :40], names[:40])
+    assert not few["capped"] and few["classes"] == names[:40] and "all 40 classes" in few["caption"]
+    for i in range(0, 120, 2):  # 60 confused pairs: class i taken for class i+1, the later pairs more often
+        confusion[i, i + 1] = 1 + i // 2
+    shown = heatmap_classes(confusion, names)
+    assert shown["capped"] and len(shown["classes"]) == HEATMAP_MAX_CLASSES and shown["of"] == 200
+    assert shown["classes"] == [f"c{i}" for i in range(70, 120)]  # the 25 most frequent pairs, both classes
+    assert f"the {HEATMAP_MAX_CLASSES} most confused of 200 classes" in shown["caption"]

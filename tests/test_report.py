@@ -121,3 +121,54 @@ def test_the_report_shows_calibration_before_and_after(tiny_run, tiny_data, tmp_
     for card in ("temperature", "ECE before", "ECE after", "NLL before", "NLL after"):
         assert f"<span>{card}</span>" in page
     assert 'id="fig-reliability"' in page
+
+
+def test_a_1000_class_report_stays_small_with_the_full_matrix_in_csv(tmp_path):
+    import csv
+    import json
+    from resnetcls.data.sources import load_eval_samples
+    from resnetcls.data.transforms import make_preprocess
+    from resnetcls.evaluation import evaluate_samples
+    from resnetcls.modelfile import save_model_dir
+    from resnetcls.models import create_model
+    from resnetcls.predict import Predictor
+    from resnetcls.report import write_report
+    import torch
+    torch.manual_seed(0)
+    classes = [f"object_{i:04d}" for i in range(1000)]
+    run = tmp_path / "run"
+    args = {"stem": "small", "width": 8}
+    save_model_dir(run / "best", create_model("resnet18", 1000, **args), "resnet18", args, classes,
+                   make_preprocess(32))
+    (run / "metrics.jsonl").write_text("")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["path,label"]
+    for i in range(240):  # fewer images than classes: 240 classes with one image each
+        Image.new("RGB", (16, 16), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256)).save(data / f"{i}.png")
+        rows.append(f"{i}.png,{classes[i * 4]}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    samples, _ = load_eval_samples(str(data / "labels.csv"), classes)
+    ev = run / "eval"  # `eval` into RUN_DIR/eval, then `report` (which picks it up)
+    evaluate_samples(Predictor(run), samples, ev, {"data": str(data), "split": "all"}, num_workers=0, wrong_k=3)
+    page = write_report(run).read_text()
+    matrix = list(csv.reader(open(ev / "confusion_matrix.csv")))
+    assert len(matrix) == 1001 and matrix[0][1:] == classes and all(len(r) == 1001 for r in matrix)
+    assert sum(int(v) for r in matrix[1:] for v in r[1:]) == 240
+    assert len(list(csv.DictReader(open(ev / "per_class.csv")))) == 1000
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["confusion_matrix"] is None and m["confusion_matrix_csv"] == "confusion_matrix.csv"
+    shown = m["confusion_figure"]
+    assert shown["capped"] and len(shown["classes"]) == 50 and shown["of"] == 1000
+    assert "the 50 most confused of 1000 classes" in shown["caption"]
+    for name in m["figures"].values():
+        with Image.open(ev / name) as img:
+            assert img.width * img.height <= 2500 * 2500, (name, img.size)
+    assert len(page) < 2_000_000 and (ev / "metrics.json").stat().st_size < 1_000_000
+    caption = re.search(r"<p class='sub' id='confusion-caption'>(.*?)</p>", page).group(1)
+    assert "the 50 most confused of 1000 classes" in caption and ", ".join(shown["classes"]) in caption
+    note = re.search(r'id="per-class-note">(.*?)</p>', page).group(1)
+    assert "1000 classes (240 in the data)" in note and "per_class.csv" in note
+    for table in ("per-class-worst", "per-class-best"):
+        body = page.split(f'id="{table}"')[1].split("</table>")[0]
+        assert len(re.findall(r"<tr><td>object_\d{4}</td>", body)) == 25

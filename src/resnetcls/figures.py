@@ -31,14 +31,17 @@ def _save(fig, path: Path, dpi: int = 110) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
-def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
+def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, title: str = "",
+                      row_totals: np.ndarray | None = None) -> Path:
     """Row-normalised confusion matrix (colour = share of the true class) with every class name.
 
+    row_totals: each row's images in the full matrix when confusion is a block of it (eval draws at most
+    50 classes), so a colour is the share of all the true class's images; default: the rows' own sums.
     The figure grows with the class count (about 0.2 in per class) so that 50-100 names stay legible;
     counts are written into the cells only while they fit (<= 25 classes).
     """
     n = len(classes)
-    rows = confusion.sum(axis=1, keepdims=True)
+    rows = (confusion.sum(axis=1) if row_totals is None else np.asarray(row_totals)).reshape(-1, 1)
     share = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
     side = max(5.0, 0.2 * n + 2.5)
     fig, ax = plt.subplots(figsize=(side + 1.2, side))

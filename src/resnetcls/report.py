@@ -3,8 +3,9 @@
 Every figure is embedded as a base64 PNG and the few lines of CSS and JavaScript are inline, so the file
 can be mailed, archived or opened offline. It shows the curves per epoch, the LR range test (lr_find.json
 of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report of just that), the evaluation in RUN_DIR/eval
-(figures, headline numbers, a per-class table sortable by any column), the resolved config and the
-environment.
+(figures, with a caption naming the classes the heatmap shows, headline numbers, a per-class table sortable
+by any column: every class up to PER_CLASS_ROWS, else the worst and the best by F1, every class being in
+eval/per_class.csv), the resolved config and the environment.
 """
 from __future__ import annotations
 
@@ -186,14 +187,42 @@ def _lr_find_section(run_dir: Path) -> str:
             f"<p class='sub'>{html.escape(swept)}</p>{fig}")
 
 
-def _per_class_table(m: dict) -> str:
+# Above this many classes the per-class table shows the worst and best classes by F1 (half each); per_class.csv
+# in the eval folder holds every class.
+PER_CLASS_ROWS = 50
+
+
+def _class_rows(m: dict, names: list[str]) -> str:
+    cols = ("precision", "recall", "f1", "support")
+    return "".join("<tr>" + f"<td>{html.escape(name)}</td>" + "".join(
+        f"<td>{_fmt(m['per_class'][name][c])}</td>" for c in cols) + "</tr>" for name in names)
+
+
+def _class_table(table_id: str, rows: str) -> str:
     cols = [("class", "class"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
             ("support", "support")]
     head = "".join(f'<th data-col="{c}">{label}</th>' for c, label in cols)
-    rows = "".join("<tr>" + f"<td>{html.escape(name)}</td>" + "".join(
-        f"<td>{_fmt(row[c])}</td>" for c, _ in cols[1:]) + "</tr>" for name, row in m["per_class"].items())
-    return (f'<h3>Per class</h3><p class="sub">Click a column to sort.</p>'
-            f'<table class="sortable" id="per-class"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+    return f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _per_class_table(m: dict) -> str:
+    """Every class while they fit PER_CLASS_ROWS; above it the classes in the data while they fit, else the lowest
+    and the highest F1, each a sortable table, with every class in per_class.csv."""
+    names = list(m["per_class"])
+    if len(names) <= PER_CLASS_ROWS:
+        return ('<h3>Per class</h3><p class="sub">Click a column to sort.</p>'
+                + _class_table("per-class", _class_rows(m, names)))
+    scored = sorted((row["f1"], name) for name, row in m["per_class"].items() if row["f1"] is not None)
+    note = f'<h3>Per class</h3><p class="sub" id="per-class-note">{len(names)} classes ({len(scored)} in the data): '
+    if len(scored) <= PER_CLASS_ROWS:
+        return (note + "those in the data, lowest F1 first; every class in eval/per_class.csv. Click a column to "
+                "sort.</p>" + _class_table("per-class", _class_rows(m, [n for _, n in scored])))
+    half = PER_CLASS_ROWS // 2
+    worst, best = [n for _, n in scored[:half]], [n for _, n in scored[::-1][:half]]
+    return (note + f"the {len(worst)} with the lowest F1 and the {len(best)} with the highest; every class in "
+            f"eval/per_class.csv. Click a column to sort.</p><div class='figs'><div><h4>Lowest F1</h4>"
+            + _class_table("per-class-worst", _class_rows(m, worst)) + "</div><div><h4>Highest F1</h4>"
+            + _class_table("per-class-best", _class_rows(m, best)) + "</div></div>")
 
 
 def _calibration_part(c: dict | None) -> str:
@@ -206,6 +235,15 @@ def _calibration_part(c: dict | None) -> str:
             "on this data:</p>" + _cards([("temperature", c["temperature"]), ("ECE before", c["ece_before"]),
                                           ("ECE after", c["ece_after"]), ("NLL before", c["nll_before"]),
                                           ("NLL after", c["nll_after"])]))
+
+
+def _confusion_caption(shown: dict | None) -> str:
+    """Which classes the heatmap shows (eval's metrics.json "confusion_figure"): all, or the most confused."""
+    if not shown:
+        return ""
+    names = ", ".join(shown["classes"]) if shown.get("capped") else ""
+    return (f"<p class='sub' id='confusion-caption'>Confusion matrix: {html.escape(shown['caption'])}"
+            + (f". Shown: {html.escape(names)}" if names else "") + ".</p>")
 
 
 def _eval_section(eval_dir: Path) -> str:
@@ -227,7 +265,7 @@ def _eval_section(eval_dir: Path) -> str:
             ("reliability", "reliability.png", "reliability diagram"),
             ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM")]
     shown = [_img(eval_dir / name, f"fig-{key}", alt) for key, name, alt in figs if (eval_dir / name).is_file()]
-    parts.append('<div class="figs">' + "".join(shown) + "</div>")
+    parts.append('<div class="figs">' + "".join(shown) + "</div>" + _confusion_caption(m.get("confusion_figure")))
     if m.get("most_confused"):
         parts.append("<h3>Most confused pairs</h3><table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
                      + "".join(f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['pred'])}</td>"

@@ -51,3 +51,18 @@ def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_l
     assert run.info.status == "KILLED" and run.data.params == {"optim.lr": "0.5"}
     assert run.data.tags["precision"] == "fp32"
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == [(1, 0.5)]
+
+
+def test_the_val_confusion_matrix_is_logged_up_to_the_class_cap_only(tmp_path):
+    import torch
+    from resnetcls.engine.log import confusion_field
+    from resnetcls.limits import MATRIX_IN_JSON_MAX_CLASSES
+    logger = RunLogger(tmp_path, tensorboard=False)
+    for epoch, classes in ((1, 3), (2, MATRIX_IN_JSON_MAX_CLASSES), (3, MATRIX_IN_JSON_MAX_CLASSES + 1)):
+        logger.log({"kind": "epoch", "epoch": epoch, **confusion_field(torch.eye(classes, dtype=torch.int64))}, epoch)
+    logger.log({"kind": "epoch", "epoch": 4, **confusion_field(None)}, 4)
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["val_confusion"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert len(records[1]["val_confusion"]) == MATRIX_IN_JSON_MAX_CLASSES
+    assert "val_confusion" not in records[2] and "val_confusion" not in records[3]

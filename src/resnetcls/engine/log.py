@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..config import LogConfig
+from ..limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..progress import progress_enabled
 from ..tracking import open_trackers
 
@@ -17,6 +18,15 @@ from ..tracking import open_trackers
 # Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by
 # the epoch they close, so a resumed run drops those it will log again.
 EPOCH_KINDS = ("epoch", "task_epoch", "task")
+
+
+def confusion_field(confusion) -> dict:
+    """{"val_confusion": the C x C matrix as lists} for an epoch record up to MATRIX_IN_JSON_MAX_CLASSES classes;
+    {} above it (a 1000-class matrix is ~3 MB a line: eval's confusion_matrix.csv holds the final one) or
+    without one."""
+    if confusion is None or len(confusion) > MATRIX_IN_JSON_MAX_CLASSES:
+        return {}
+    return {"val_confusion": confusion.tolist()}
 
 
 class RunLogger:

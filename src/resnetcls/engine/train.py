@@ -34,7 +34,7 @@ from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .calibrate import calibrate_run
 from .checkpoint import Checkpointer, RunState, restore_state
 from .autobatch import auto_batch_size
-from .log import RunLogger
+from .log import RunLogger, confusion_field
 from .lrfind import LRCurve, auto_lr, write_curve
 from .loop import EpochStats, StepContext
 from .optim import build_loss, build_optimization
@@ -328,7 +328,8 @@ def progressive_line(epochs: int, image_size: int, progressive: float) -> str:
 def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: RunLogger, epochs: int,
                  confusion: torch.Tensor | None = None, train_size: int | None = None) -> dict:
     """Log the epoch (metrics.jsonl, TensorBoard, one stderr line), warn about new bad images, track best.
-    confusion: the validation confusion matrix (rows true, columns predicted), logged as val_confusion.
+    confusion: the validation confusion matrix (rows true, columns predicted), logged as val_confusion up to
+    limits.MATRIX_IN_JSON_MAX_CLASSES classes (log.confusion_field).
     train_size: the epoch's training size under progressive resizing (recorded and printed), else None."""
     tr, epoch = run.stats, run.epoch
     note_bad_images(run, tr.bad + va.bad, logger)
@@ -339,7 +340,7 @@ def end_of_epoch(run: RunState, va: EpochStats, lr: float, metric: str, logger: 
     logger.log({"kind": "epoch", "epoch": epoch, **train_record(tr, lr), "val/loss": va.loss,
                 "val/top1": va.top1, "val/top5": va.top5, "bad_images": len(run.bad_files),
                 "nonfinite_skipped": tr.nonfinite, **({"train_size": train_size} if train_size else {}),
-                **({"val_confusion": confusion.tolist()} if confusion is not None else {})}, run.global_step)
+                **confusion_field(confusion)}, run.global_step)
     logger.info(f"epoch {epoch}/{epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
                 f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "
                 f"data wait {tr.data_wait_share:.0%}  {tr.seconds:.0f}s"
