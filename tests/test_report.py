@@ -172,3 +172,21 @@ def test_a_1000_class_report_stays_small_with_the_full_matrix_in_csv(tmp_path):
     for table in ("per-class-worst", "per-class-best"):
         body = page.split(f'id="{table}"')[1].split("</table>")[0]
         assert len(re.findall(r"<tr><td>object_\d{4}</td>", body)) == 25
+
+
+def test_above_50_classes_the_per_class_table_shows_those_in_the_data(tmp_path):
+    import json
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("")
+    per_class = {f"k{i:02d}": {"precision": 0.0, "recall": None, "f1": None, "support": 0} for i in range(60)}
+    for i in range(0, 30, 3):  # 10 of the 60 classes in the data, F1 rising with the index
+        per_class[f"k{i:02d}"] = {"precision": i / 30, "recall": i / 30, "f1": i / 30, "support": 2}
+    m = {"images": 20, "data": "d", "split": "all", "model": "m", "top1": 0.5, "top5": 0.9, "balanced_accuracy": 0.5,
+         "macro_precision": 0.5, "macro_recall": 0.5, "macro_f1": 0.5, "ece": 0.1, "nll": 1.0, "per_class": per_class}
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "60 classes (10 in the data): those in the data, lowest F1 first" in page
+    table = page.split('id="per-class"')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(k\d\d)</td>", table) == [f"k{i:02d}" for i in range(0, 30, 3)]
