@@ -1,8 +1,10 @@
 """Decoded uint8 cache + batched uint8 transforms: same pixels as predict, reused, rebuilt, atomic, shareable."""
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from resnetcls.data import store as store_mod
 from resnetcls.data.cache import cache_key, open_or_build
 from resnetcls.errors import UserError
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
+from tests.conftest import TINY
 
 
 def test_store_is_reused_and_rebuilt_when_a_file_changes(photos, tmp_path, monkeypatch):
@@ -141,3 +144,60 @@ def test_building_a_store_twice_as_large_does_not_grow_the_builders_memory(tmp_p
                            text=True, check=True)
     after_600, after_1200 = map(int, child.stdout.split())
     assert after_1200 - after_600 < 600 * 160 * 160 * 3 / 4, (after_600, after_1200)
+
+
+SLOW_FIRST_DECODE = """
+import time
+from resnetcls.data import store
+real = store.decode_resized
+def slow_first(path, geometry, calls=[]):
+    calls.append(path)
+    if len(calls) == 1:  # this node's cache build takes longer than the job's collective timeout
+        time.sleep(8)
+    return real(path, geometry)
+store.decode_resized = slow_first
+"""
+
+
+def _two_nodes(data, out, caches: list, slow_node1: Path | None = None) -> list[subprocess.CompletedProcess]:
+    """`train` under torchrun as two one-process "nodes" on 127.0.0.1, each with its own RESNETCLS_CACHE."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = []
+    for rank, cache in enumerate(caches):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNETCLS_CACHE": str(cache)}
+        if rank == 1 and slow_node1 is not None:  # its sitecustomize slows its first decode
+            env["PYTHONPATH"] = os.pathsep.join([str(slow_node1), env.get("PYTHONPATH", "")])
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "resnetcls",
+             "train", data, *TINY, "--epochs", "1", "--out", out, "--set", "train.dist_timeout_s=4",
+             "--set", "data.leak_check=false"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return [subprocess.CompletedProcess(node.args, node.wait(240), node.communicate()[0], "") for node in nodes]
+
+
+def _stores(cache: Path) -> list[Path]:
+    return sorted(meta.parent for meta in cache.glob("*/meta.json"))
+
+
+def test_two_nodes_sharing_a_cache_folder_build_each_store_once(tiny_data, tmp_path):
+    """One node builds each store under the lock, the other waits on it and reads the same store."""
+    nodes = _two_nodes(tiny_data, tmp_path / "run", [tmp_path / "shared"] * 2)
+    assert [node.returncode for node in nodes] == [0, 0], nodes[0].stdout[-3000:] + nodes[1].stdout[-3000:]
+    assert (tmp_path / "run" / "final" / "model.json").is_file()
+    builds = sum(node.stdout.count("images once into the cache") for node in nodes)
+    assert builds == 2 and len(_stores(tmp_path / "shared")) == 2  # train and val, each built once
+
+
+def test_two_nodes_with_their_own_cache_folders_each_build_theirs_however_long_one_takes(tiny_data, tmp_path):
+    """Each node builds its own stores; the node that finishes first waits for the other longer than the
+    collective timeout (train.dist_timeout_s=4, one build slowed by 8 s) without the job failing."""
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_FIRST_DECODE)
+    nodes = _two_nodes(tiny_data, tmp_path / "run", [tmp_path / "node0", tmp_path / "node1"], tmp_path / "slow")
+    assert [node.returncode for node in nodes] == [0, 0], nodes[0].stdout[-3000:] + nodes[1].stdout[-3000:]
+    assert (tmp_path / "run" / "final" / "model.json").is_file()
+    assert [node.stdout.count("images once into the cache") for node in nodes] == [2, 2]
+    assert len(_stores(tmp_path / "node0")) == len(_stores(tmp_path / "node1")) == 2
+    assert [p.name for p in _stores(tmp_path / "node0")] == [p.name for p in _stores(tmp_path / "node1")]

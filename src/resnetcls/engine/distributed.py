@@ -9,6 +9,8 @@ Two things this module exists to get right:
   DistributedSampler, which repeats samples to even out the shards) and the sums are all-reduced;
 - a rank that dies never leaves the others waiting forever: the process group has a finite timeout
   (train.dist_timeout_s), and torchrun's agent tears the job down when any worker exits non-zero.
+The one wait allowed to be longer is wait_for_data(): building a node's decoded cache can take hours more
+on one node than on another, and the ranks wait for that in a group of its own (PREPARE_TIMEOUT_S).
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from .loop import EpochStats, evaluate
+
+PREPARE_TIMEOUT_S = 24 * 3600  # how long ranks wait for each other's data preparation (cache builds)
+_prepare_group = None  # the gloo group wait_for_data() waits in, made by setup()
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,25 @@ def setup(device_name: str, timeout_s: float) -> tuple[World, str]:
         torch.cuda.set_device(world.local_rank)
         device_name = f"cuda:{world.local_rank}"
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    global _prepare_group
+    _prepare_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=PREPARE_TIMEOUT_S))
     return world, device_name
+
+
+def wait_for_data() -> None:
+    """Every rank waits here until all have built or opened their data (train calls it when its loaders are
+    ready). Each node builds the decoded cache in its own cache folder (or, on a shared one, one node builds
+    under the lock while the others wait on it), and one node may take far longer than train.dist_timeout_s
+    (more images to decode, a slower disk, a cold cache beside a warm one): that wait gets PREPARE_TIMEOUT_S
+    instead, while a rank that dies still ends the job at once (torchrun's agent)."""
+    if _active() and _prepare_group is not None:
+        dist.barrier(group=_prepare_group)
 
 
 def cleanup() -> None:
     """Leave the process group (at the end of train, also after an error)."""
+    global _prepare_group
+    _prepare_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

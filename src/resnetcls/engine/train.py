@@ -126,6 +126,7 @@ def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
     known_bad_files(d.on_bad, train_loader, val_loader)
     if d.leak_check and world.is_main:
         warn_near_duplicates(train_loader, val_loader, len(splits.val))
+    distributed.wait_for_data()  # cache builds (and the check above) may outlast train.dist_timeout_s
     return TrainData(splits, pipeline, sampler, train_loader, val_loader)
 
 
