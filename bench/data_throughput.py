@@ -1,6 +1,8 @@
 """Images per second delivered to the model: torchvision ImageFolder + PIL transforms + DataLoader(2 workers)
-against resnetcls's pipeline cold (first pass: decode into the cache, then an epoch) and warm (cached),
-side by side in one process, on ../shared/data/coil100-a at 128 px and ../shared/data/hymenoptera at 224 px.
+against resnetcls's pipeline cold (first pass: decode into the cache, then an epoch) and warm (cached), from
+the decoded store and from the compressed one (data.cache_format=compressed: JPEG q90, decoded in the
+workers), side by side in one process, on ../shared/data/coil100-a at 128 px and ../shared/data/hymenoptera
+at 224 px; the compressed rows also give the store's size against the decoded one's.
 
     python bench/data_throughput.py           # full: every image (median images/s over the epochs)
     python bench/data_throughput.py --quick   # about a minute: 20% of coil100-a, 50% of hymenoptera
@@ -72,14 +74,20 @@ def bench(root: Path, size: int, fraction: float) -> list[tuple[str, float]]:
                           persistent_workers=True)
     base = _rate(baseline, epochs)
     del baseline
-    with tempfile.TemporaryDirectory() as cache_dir:
-        start = time.perf_counter()  # cold: a new run's first epoch, decoding every image into the cache
-        cold = _drain(build_loader(samples, transform, BATCH, shuffle=True, num_workers=WORKERS,
-                                   cache_dir=cache_dir)) / (time.perf_counter() - start)
-        warm = _rate(build_loader(samples, transform, BATCH, shuffle=True, num_workers=WORKERS, cache_dir=cache_dir),
-                     epochs)
-    return [("torchvision ImageFolder + PIL, 2 workers", base), ("resnetcls cold (first pass)", cold),
-            ("resnetcls warm (cached)", warm)]
+    rows = [("torchvision ImageFolder + PIL, 2 workers", base, "")]
+    for cache_format in ("decoded", "compressed"):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            start = time.perf_counter()  # cold: a new run's first epoch, decoding every image into the cache
+            cold = _drain(build_loader(samples, transform, BATCH, shuffle=True, num_workers=WORKERS,
+                                       cache_dir=cache_dir, cache_format=cache_format)) / (time.perf_counter() - start)
+            loader = build_loader(samples, transform, BATCH, shuffle=True, num_workers=WORKERS, cache_dir=cache_dir,
+                                  cache_format=cache_format)
+            warm = _rate(loader, epochs)
+            size = (loader.dataset.store.directory / "data.u8").stat().st_size
+        label = "" if cache_format == "decoded" else " compressed"
+        rows += [(f"resnetcls{label} cold (first pass)", cold, ""),
+                 (f"resnetcls{label} warm (cached)", warm, f"store {size / 1e6:.1f} MB")]
+    return rows
 
 
 def _train_rows(size: int, steps: int, repeats: int, arch: str) -> tuple[float, float]:
@@ -141,8 +149,9 @@ def main() -> None:
             print(f"{name:<22} skipped: {root} is missing")
             continue
         rows = bench(root, size, fraction)
-        for label, rate in rows:
-            print(f"{name + f' @{size}px':<22} {label:<42} {rate:>10.0f} {rate / rows[0][1]:>6.2f}x", flush=True)
+        for label, rate, note in rows:
+            print(f"{name + f' @{size}px':<22} {label:<42} {rate:>10.0f} {rate / rows[0][1]:>6.2f}x  {note}",
+                  flush=True)
 
 
 if __name__ == "__main__":
