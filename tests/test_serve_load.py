@@ -2,7 +2,10 @@
 palette PNG with transparency of 52 kB, a 1,250,000 x 32 strip, a 20000 x 16 strip) are shed or
 answered within a stated memory bound, and slow clients are cut off by the documented timeouts."""
 import io
+import select
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -118,3 +121,134 @@ def test_a_body_that_stops_arriving_gets_408(impatient_server):
 def test_an_idle_keep_alive_connection_is_closed_after_its_answer(impatient_server):
     answer = _talk(impatient_server, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+
+
+SLOW_LIMIT = 4  # --max-connections of the slow-client server: its slow clients hold twice as many connections
+PER_CLIENT = 6  # its --max-idle-per-client: under the slow connections, above half of them (no hard push-outs)
+UPLOAD_LIMIT = 1_000_000  # its --max-body-mb 1
+HEADER_TIMEOUT_S = 5
+
+
+@pytest.fixture(scope="module")
+def slow_client_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slow")
+    model = make_tiny_model_dir(root / "model")
+    proc, url = start_server(model, root / "server.log", "--max-connections", str(SLOW_LIMIT),
+                             "--max-idle-per-client", str(PER_CLIENT),
+                             "--header-timeout-s", str(HEADER_TIMEOUT_S), "--max-body-mb", str(UPLOAD_LIMIT / 1e6))
+    yield proc, url
+    stop_server(proc)
+
+
+class SlowClients:
+    """`count` connections to 127.0.0.1:port that never finish their request: half trickle a request head
+    (slowloris), half a full head then a body one byte at a time. A connection the server closes is reopened
+    at once; `evicted` counts those closed younger than the server's header timeout (pushed out by the
+    idle-connection caps, not timed out). Runs until stop() or max_s, whichever comes first."""
+
+    def __init__(self, port: int, count: int, max_s: float = 60) -> None:
+        self.port, self.count, self.max_s = port, count, max_s
+        self.evicted, self.opened = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _open(self) -> tuple[socket.socket, float]:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        if self.opened % 2:
+            head += b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+        s.sendall(head)
+        s.setblocking(False)
+        self.opened += 1
+        return s, time.monotonic()
+
+    def _run(self) -> None:
+        conns: dict[socket.socket, float] = {}
+        end = time.monotonic() + self.max_s
+        try:
+            while not self._stop.is_set() and time.monotonic() < end:
+                while len(conns) < self.count:
+                    s, since = self._open()
+                    conns[s] = since
+                readable, _, _ = select.select(list(conns), [], [], 0.1)
+                for s in readable:
+                    try:
+                        closed = s.recv(65536) == b""
+                    except OSError:
+                        closed = True
+                    if closed:
+                        self.evicted += time.monotonic() - conns.pop(s) < HEADER_TIMEOUT_S - 1
+                        s.close()
+                for s in conns:
+                    try:
+                        s.send(b"x")
+                    except OSError:
+                        pass  # closed by the server: seen as readable next round
+        finally:
+            for s in conns:
+                s.close()
+
+
+def test_slow_clients_holding_twice_the_connection_limit_starve_nobody(slow_client_server):
+    proc, url = slow_client_server
+    image = png_bytes(40, 30)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/predict", content=image).status_code == 200  # warm
+        before_mb = rss_mb(proc.pid, "VmHWM")
+        with SlowClients(int(url.rsplit(":", 1)[1]), 2 * SLOW_LIMIT) as slow:
+            time.sleep(1.5)  # every slow connection is open and older than the eviction grace
+            answers, health = [], []
+            for _ in range(30):
+                answers.append(client.post("/predict", content=image).status_code)
+                health.append(client.get("/healthz").status_code)
+            info = client.get("/info")
+        grown_mb = rss_mb(proc.pid, "VmHWM") - before_mb
+    print(f"\nslow clients: {slow.opened} connections opened, {slow.evicted} pushed out early; RSS peak +{grown_mb:.0f} MB")
+    assert answers == [200] * 30 and health == [200] * 30 and info.status_code == 200
+    assert slow.evicted >= 2  # past the per-client cap the longest-waiting slow connections were closed
+    assert grown_mb < 64
+
+
+def _oversized_upload(port: int, head: bytes, chunk: bytes, cap: int) -> tuple[bytes, int]:
+    """Send head, then chunk after chunk, answer or not, until the server hangs up (at most cap bytes), as a
+    client that ignores the 413 would; returns (everything the server sent, body bytes sent)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+        s.sendall(head)
+        sent = 0
+        while sent < cap:
+            try:
+                s.sendall(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+        answer = b""
+        try:
+            while data := s.recv(65536):
+                answer += data
+        except OSError:
+            pass
+        return answer, sent
+
+
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+def test_an_oversized_upload_gets_413_and_the_connection_closes_at_once(slow_client_server, framing):
+    port, cap = int(slow_client_server[1].rsplit(":", 1)[1]), 256 * 2**20
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+    data = b"\0" * 65536
+    if framing == "chunked":
+        head, chunk = head + b"Transfer-Encoding: chunked\r\n\r\n", b"10000\r\n" + data + b"\r\n"
+    else:
+        head, chunk = head + f"Content-Length: {cap}\r\n\r\n".encode(), data
+    answer, sent = _oversized_upload(port, head, chunk, cap)
+    print(f"\n{framing}: {sent - UPLOAD_LIMIT} bytes sent past the limit before the server hung up")
+    assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower()
+    assert sent - UPLOAD_LIMIT < 16 * 2**20  # socket buffers only: the server reads nothing past its answer

@@ -121,10 +121,32 @@ def test_full_queue_answers_503_and_healthz_fails_while_the_model_thread_is_stuc
         assert health.status_code == 200 and health.json()["decode_mb_in_use"] == 0
 
 
+def test_past_max_connections_requests_being_processed_get_503_while_healthz_and_info_answer(model):
+    release = threading.Event()
+    with client_for(model, max_connections=1) as client:
+        batcher = client.app.state.service.batcher
+        real = batcher.run_batch
+        batcher.run_batch = lambda batch: (release.wait(30), real(batch))[1]
+        answers = []
+        first = threading.Thread(target=lambda: answers.append(client.post("/predict", content=png_bytes(20, 20))))
+        first.start()
+        wait_until(lambda: batcher.busy_since is not None, "the first request to reach the model")
+        shed = client.post("/predict", content=png_bytes(20, 20))
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+        assert "1 of at most 1 requests are already being processed (--max-connections)" in shed.json()["detail"]
+        assert client.get("/healthz").status_code == 200 and client.get("/info").status_code == 200
+        release.set()
+        first.join(30)
+        assert answers[0].status_code == 200
+        assert client.post("/predict", content=png_bytes(20, 20)).status_code == 200  # the slot is free again
+
+
 def test_out_of_range_settings_are_refused_naming_the_flag(model):
     from resnetcls.errors import UserError
     with pytest.raises(UserError, match="--max-queue 0: must be positive"):
         create_app(ServeSettings(str(model), max_queue=0))
+    with pytest.raises(UserError, match="--max-idle-per-client 0: must be positive"):
+        create_app(ServeSettings(str(model), max_idle_per_client=0))
 
 
 def test_explain_waits_for_the_decode_budget_like_predict(model):

@@ -18,10 +18,16 @@ a lone request at batch size 1 with no added delay, and under concurrent load ba
 Limits, each a JSON error `{"detail": "..."}`: body over --max-body-mb -> 413; not an image or an unsupported
 format -> 415; decodable but more pixels than --max-pixels (decompression bomb) -> 422; no image sent -> 400;
 bad query parameters -> 422; a /predict/batch whose images total more than --max-batch-pixels -> 413.
-Admission (serve_limits.py): each decode reserves its peak memory (from the image's header) from a budget of
---max-decode-mb, waiting up to --admission-wait-s for room, and at most --max-queue images wait for the model
-thread; past either the answer is 503 with Retry-After, so a burst is shed instead of the process being
-killed for memory. /healthz answers 503 once a model call has run longer than --stall-s.
+Admission (serve_runtime.py): a request counts as being processed once its body has fully arrived; at most
+--max-connections are processed at once (GET /healthz and /info never count). Each decode reserves its peak
+memory (from the image's header) from a budget of --max-decode-mb, waiting up to --admission-wait-s for room,
+and at most --max-queue images wait for the model thread; past any of these the answer is 503 with
+Retry-After, so a burst is shed instead of the process being killed for memory. Connections that are idle or
+still sending their request never count toward --max-connections: they have their own caps
+(--max-idle-connections, --max-idle-per-client: past them the longest-waiting one is closed) and timeouts
+(--keep-alive-s, --header-timeout-s, --body-timeout-s), so slow clients cannot starve the others or
+/healthz. A body over --max-body-mb gets 413 and the connection is closed at once, so the rest of an
+oversized upload is never read. /healthz answers 503 once a model call has run longer than --stall-s.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ from .data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, decode_
 from .errors import UserError
 from .explain import Explainer, png_bytes
 from .predict import Predictor
-from .serve_runtime import Batcher, BodyLimit, DecodeBudget, SlowClientH11Protocol, overloaded
+from .serve_runtime import Batcher, DecodeBudget, RequestGate, SlowClientH11Protocol, overloaded
 from .serve_schema import (BATCH_BODY, EXPLAIN_RESPONSE, MAX_BATCH_FILES, ONE_IMAGE_BODY, BatchItem, BatchResponse,
                            ClassProb, HealthResponse, InfoResponse, PredictResponse, ServeSettings, errors)
 
@@ -191,7 +197,9 @@ class ImageService:
                            "max_decode_mb": s.max_decode_mb, "max_queue": s.max_queue,
                            "admission_wait_s": s.admission_wait_s, "stall_s": s.stall_s,
                            "keep_alive_s": s.keep_alive_s, "header_timeout_s": s.header_timeout_s,
-                           "body_timeout_s": s.body_timeout_s, "max_connections": s.max_connections},
+                           "body_timeout_s": s.body_timeout_s, "max_connections": s.max_connections,
+                           "max_idle_connections": s.max_idle_connections,
+                           "max_idle_per_client": s.max_idle_per_client},
                 "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms}}
 
 
@@ -266,7 +274,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description=f"{service.predictor.loaded.meta['arch']} classifier over {len(classes)} classes. "
                               + __doc__.split("\n\n")[2].replace("\n", " "))
     app.state.service = service  # what the endpoints share (tests and embedding apps reach it here)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(RequestGate, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       max_in_flight=settings.max_connections, exempt=("/healthz", "/info"))
     _install_error_handlers(app)
     topk_query = Query(5, ge=1, le=1000, description=f"how many classes to return (at most {len(classes)})")
 
@@ -311,9 +320,14 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn worker processes (--workers N): settings come from the environment."""
     raw = json.loads(os.environ[SETTINGS_ENV])
     workers = raw.pop("workers", 1)
-    SlowClientH11Protocol.header_timeout_s = raw["header_timeout_s"]  # this process's own copy of the class
+    _configure_connections(ServeSettings(**raw))  # this process's own copy of the class
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # share the cores, do not oversubscribe
     return create_app(ServeSettings(**raw))
+
+
+def _configure_connections(settings: ServeSettings) -> None:
+    SlowClientH11Protocol.configure(settings.header_timeout_s, settings.max_idle_connections,
+                                    settings.max_idle_per_client)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -331,11 +345,12 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         raise UserError(f"--workers {workers}: must be at least 1")
     settings.check()
     _check_port(host, port)
-    SlowClientH11Protocol.header_timeout_s = settings.header_timeout_s
-    # limit_concurrency bounds connections (503 beyond it), so bodies in memory stay within
-    # max_connections x max_body_bytes; timeout_keep_alive closes idle keep-alive connections.
+    _configure_connections(settings)
+    # No limit_concurrency: uvicorn's counts every open connection, so idle or half-sent ones (a slowloris
+    # client) would turn every request into a 503, /healthz included. RequestGate counts only the requests
+    # being processed, SlowClientH11Protocol caps the rest; timeout_keep_alive closes idle keep-alive ones.
     options = dict(host=host, port=port, log_level="info", http=SlowClientH11Protocol,
-                   timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.max_connections)
+                   timeout_keep_alive=settings.keep_alive_s, limit_concurrency=None)
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return

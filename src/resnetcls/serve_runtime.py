@@ -3,9 +3,13 @@
 - Batcher: one model thread with a bounded queue in front of it (full: 503), and its progress for /healthz;
 - DecodeBudget: decodes are admitted against a budget of bytes in flight (each image's header gives its
   decode's peak memory, data/decode.decode_peak_bytes), waiting briefly for room, else 503 + Retry-After;
-- BodyLimit: ASGI middleware refusing bodies over the size limit (413) or slower than the body timeout (408);
-- SlowClientH11Protocol: uvicorn's h11 protocol that also closes a connection whose request head has not
-  arrived within the header timeout (uvicorn's own keep-alive timer stops at the first byte received).
+- RequestGate: ASGI middleware reading each body first (over the size limit: 413, slower than the body
+  timeout: 408, both closing the connection at once), then admitting at most --max-connections requests
+  being processed at once (503 + Retry-After), /healthz and /info exempt;
+- IdleConnections + SlowClientH11Protocol: uvicorn's h11 protocol that also closes a connection whose
+  request head has not arrived within the header timeout, and caps the connections that are idle or still
+  sending (in all and per client address) by closing the longest-waiting one, so slow clients cannot
+  hold the slots of the requests being processed.
 """
 from __future__ import annotations
 
@@ -137,55 +141,165 @@ class DecodeBudget:
             self._changed.notify_all()
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over max_bytes with 413, by Content-Length or while they stream in, and
-    bodies not fully received within timeout_s with 408 (a slow or stalled upload holds memory and a slot)."""
+class RequestGate:
+    """ASGI middleware in front of every endpoint: the whole body is read first (over max_bytes: 413, not
+    complete within timeout_s: 408; both close the connection at once, so the rest of an oversized upload is
+    never read), and only then does the request count as being processed: at most max_in_flight such requests
+    at once, beyond that 503 + Retry-After. Connections that are idle or still sending never count here
+    (they have their own cap: IdleConnections), and the cheap `exempt` paths (/healthz, /info) never wait."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, app, max_bytes: int, timeout_s: float, max_in_flight: int,
+                 exempt: tuple[str, ...] = ()) -> None:
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.max_in_flight, self.exempt, self.in_flight = max_in_flight, exempt, 0
 
     def _too_large(self) -> HTTPException:
-        return HTTPException(413, f"request body is larger than the limit of {self.max_bytes} bytes")
+        return HTTPException(413, f"request body is larger than the limit of {self.max_bytes} bytes",
+                             headers={"Connection": "close"})
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def _body(self, scope, receive) -> bytes | None:
+        """The complete body (None: the client went away); HTTPException 413 or 408 as it arrives."""
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": self._too_large().detail}, 413, headers={"Connection": "close"})
-            return await response(scope, receive, send)
-        seen, loop = 0, asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-
-        async def limited_receive():
-            nonlocal seen
+            raise self._too_large()
+        loop = asyncio.get_running_loop()
+        chunks, seen, deadline = [], 0, loop.time() + self.timeout_s
+        while True:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise HTTPException(408, f"request body not received within {self.timeout_s:g} s",
                                     headers={"Connection": "close"}) from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large()  # handled by the app's exception handler as a JSON 413
-            return message
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        await self.app(scope, limited_receive, send)
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            body = await self._body(scope, receive)
+        except HTTPException as e:
+            return await JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)(scope, receive, send)
+        if body is None:
+            return None
+        counted = scope["path"] not in self.exempt
+        if counted and self.in_flight >= self.max_in_flight:
+            busy = overloaded(f"{self.in_flight} of at most {self.max_in_flight} requests are already being "
+                              f"processed (--max-connections); retry shortly")
+            return await JSONResponse({"detail": busy.detail}, 503, headers=busy.headers)(scope, receive, send)
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        del body
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+        self.in_flight += counted
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.in_flight -= counted
+
+
+class IdleConnections:
+    """The connections of one server process that are not being processed: idle keep-alive ones and those
+    whose request head or body is still arriving. At most max_total of them, and max_per_client from one
+    client address; past a cap the one waiting longest is closed (of the address holding the most), never
+    one waiting less than GRACE_S, so a new client always gets in and its request through, and slow
+    clients only push each other out; past twice a cap the longest-waiting one goes whatever its age."""
+
+    GRACE_S = 1.0  # time a connection gets to send its request before it may be pushed out
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total, self.max_per_client = max_total, max_per_client
+        self.by_client: dict[str, dict] = {}  # address -> {connection: waiting since}, oldest first
+        self.count = 0
+
+    def waiting(self, conn) -> None:
+        """conn is (again) idle or receiving: register it as the newest, then enforce the caps."""
+        self.forget(conn)
+        group = self.by_client.setdefault(conn.client[0] if conn.client else "", {})
+        group[conn] = time.monotonic()
+        self.count += 1
+        while len(group) > self.max_per_client and self._evict(group, len(group) > 2 * self.max_per_client):
+            pass
+        while self.count > self.max_total and self._evict(max(self.by_client.values(), key=len),
+                                                          self.count > 2 * self.max_total):
+            pass
+
+    def forget(self, conn) -> None:
+        """conn is being processed, or closed."""
+        address = conn.client[0] if conn.client else ""
+        group = self.by_client.get(address)
+        if group is not None and group.pop(conn, None) is not None:
+            self.count -= 1
+            if not group:
+                del self.by_client[address]
+
+    def _evict(self, group: dict, hard: bool) -> bool:
+        """Close the longest-waiting connection of group, if it has waited GRACE_S (any age when hard)."""
+        now = time.monotonic()
+        for conn, since in group.items():  # oldest first
+            if not hard and now - since < self.GRACE_S:
+                return False
+            if not conn.busy:
+                self._close(conn)
+                return True
+        return False
+
+    def _close(self, conn) -> None:
+        self.forget(conn)
+        conn.close_idle()
 
 
 class SlowClientH11Protocol(H11Protocol):
-    """Closes connections that have not sent a complete request head within header_timeout_s of connecting
-    or of their previous response (a slow-headers client would otherwise hold a connection for ever)."""
+    """uvicorn's h11 protocol with two more limits: a connection whose request head has not arrived within
+    header_timeout_s of connecting or of its previous response is closed (uvicorn's keep-alive timer stops
+    at the first byte received), and every connection not being processed is registered with `idle`
+    (IdleConnections), which closes the longest-waiting ones past its caps. configure() sets both for the
+    process before uvicorn starts."""
 
-    header_timeout_s = 10.0  # set by serve() from --header-timeout-s before uvicorn starts
+    header_timeout_s = 10.0
+    idle = IdleConnections(64, 16)
+
+    @classmethod
+    def configure(cls, header_timeout_s: float, max_idle: int, max_idle_per_client: int) -> None:
+        cls.header_timeout_s, cls.idle = header_timeout_s, IdleConnections(max_idle, max_idle_per_client)
+
+    @property
+    def busy(self) -> bool:
+        """A request has fully arrived and its response is not complete yet."""
+        return self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm_header_timer()
+        self.idle.waiting(self)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.busy:
+            self.idle.forget(self)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._arm_header_timer()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
+            if not self.busy:  # (a pipelined request may already be complete)
+                self.idle.waiting(self)
+
+    def connection_lost(self, exc) -> None:
+        self.idle.forget(self)
+        super().connection_lost(exc)
+
+    def close_idle(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def _arm_header_timer(self) -> None:
         waiting_for = self.cycle  # a new request replaces the cycle; the timer then finds it changed

@@ -19,7 +19,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     max_batch: int = 32
     batch_wait_ms: float = 0.0
-    max_decode_mb: float = 1024.0  # decode memory in flight (see serve_limits.DecodeBudget)
+    max_decode_mb: float = 1024.0  # decode memory in flight (see serve_runtime.DecodeBudget)
     max_queue: int = 256  # images decoded and waiting for the model thread
     max_batch_pixels: int = 100_000_000  # header pixels of all images of one /predict/batch request
     admission_wait_s: float = 2.0  # how long a decode waits for budget before 503
@@ -27,7 +27,9 @@ class ServeSettings:
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
     header_timeout_s: float = 10.0  # a request head must arrive within this (slow clients)
     body_timeout_s: float = 30.0  # a request body must arrive within this
-    max_connections: int = 64  # uvicorn's limit_concurrency: more concurrent connections get 503
+    max_connections: int = 64  # requests being processed (body received) at once; more get 503
+    max_idle_connections: int = 64  # connections idle or still sending; past it the longest-waiting is closed
+    max_idle_per_client: int = 16  # the same from one client address
     precision: str = "auto"  # predict's --precision: auto (bf16 where native) | bf16 | fp32
 
     def check(self) -> None:
@@ -37,7 +39,9 @@ class ServeSettings:
                             ("--max-queue", self.max_queue), ("--max-batch-pixels", self.max_batch_pixels),
                             ("--stall-s", self.stall_s), ("--keep-alive-s", self.keep_alive_s),
                             ("--header-timeout-s", self.header_timeout_s), ("--body-timeout-s", self.body_timeout_s),
-                            ("--max-connections", self.max_connections)):
+                            ("--max-connections", self.max_connections),
+                            ("--max-idle-connections", self.max_idle_connections),
+                            ("--max-idle-per-client", self.max_idle_per_client)):
             if not value > 0:
                 raise UserError(f"{flag} {value}: must be positive")
         if self.batch_wait_ms < 0 or self.admission_wait_s < 0:

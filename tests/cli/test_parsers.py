@@ -48,7 +48,7 @@ def test_every_option_says_what_it_does_and_its_default():
     assert not missing and not no_default, (missing, no_default)
     text = subprocess.run([sys.executable, "-m", "resnetcls", "serve", "--help"], capture_output=True,
                           text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
-    assert "concurrent connections; beyond it 503 (default 64)" in text  # %(default)s rendered
+    assert "idle or half-sent connections do not count (default 64)" in text  # %(default)s rendered
 
 
 def test_the_readme_lists_exactly_the_parsers_commands():

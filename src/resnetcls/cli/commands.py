@@ -118,7 +118,8 @@ def cmd_serve(args) -> int:
     serve(ServeSettings(args.model, args.backend, int(args.max_body_mb * 1e6), args.max_pixels, args.max_batch,
                         args.batch_wait_ms, args.max_decode_mb, args.max_queue, args.max_batch_pixels,
                         args.admission_wait_s, args.stall_s, args.keep_alive_s, args.header_timeout_s,
-                        args.body_timeout_s, args.max_connections, precision=args.precision),
+                        args.body_timeout_s, args.max_connections, max_idle_connections=args.max_idle_connections,
+                        max_idle_per_client=args.max_idle_per_client, precision=args.precision),
           args.host, args.port, args.workers)
     return 0
 

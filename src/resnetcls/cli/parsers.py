@@ -249,7 +249,15 @@ def _add_deploy(sub) -> None:
     p.add_argument("--keep-alive-s", type=float, default=5.0, help="idle keep-alive connections are closed")
     p.add_argument("--header-timeout-s", type=float, default=10.0, help="time allowed for a request's head")
     p.add_argument("--body-timeout-s", type=float, default=30.0, help="time allowed for a request's body (408)")
-    p.add_argument("--max-connections", type=int, default=64, help="concurrent connections; beyond it 503")
+    p.add_argument("--max-connections", type=int, default=64,
+                   help="requests being processed at once (body received; /healthz and /info never count), beyond "
+                        "it 503 + Retry-After; idle or half-sent connections do not count")
+    p.add_argument("--max-idle-connections", type=int, default=64,
+                   help="connections idle or still sending their request; past it the one waiting longest is "
+                        "closed, so slow clients cannot hold the server's slots")
+    p.add_argument("--max-idle-per-client", type=int, default=16,
+                   help="the same, from one client address (behind a reverse proxy, which is one address, raise "
+                        "it to --max-idle-connections)")
 
 
 def _add_rank(sub) -> None:
