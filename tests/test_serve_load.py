@@ -211,7 +211,8 @@ def test_slow_clients_holding_twice_the_connection_limit_starve_nobody(slow_clie
                 health.append(client.get("/healthz").status_code)
             info = client.get("/info")
         grown_mb = rss_mb(proc.pid, "VmHWM") - before_mb
-    print(f"\nslow clients: {slow.opened} connections opened, {slow.evicted} pushed out early; RSS peak +{grown_mb:.0f} MB")
+    print(f"\nslow clients: {slow.opened} connections opened, {slow.evicted} pushed out early; "
+          f"RSS peak +{grown_mb:.0f} MB")
     assert answers == [200] * 30 and health == [200] * 30 and info.status_code == 200
     assert slow.evicted >= 2  # past the per-client cap the longest-waiting slow connections were closed
     assert grown_mb < 64

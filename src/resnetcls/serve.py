@@ -320,9 +320,10 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn worker processes (--workers N): settings come from the environment."""
     raw = json.loads(os.environ[SETTINGS_ENV])
     workers = raw.pop("workers", 1)
-    _configure_connections(ServeSettings(**raw))  # this process's own copy of the class
+    settings = ServeSettings(**raw)
+    _configure_connections(settings)  # this process's own copy of the protocol class
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # share the cores, do not oversubscribe
-    return create_app(ServeSettings(**raw))
+    return create_app(settings)
 
 
 def _configure_connections(settings: ServeSettings) -> None:

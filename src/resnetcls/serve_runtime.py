@@ -209,9 +209,10 @@ class RequestGate:
 class IdleConnections:
     """The connections of one server process that are not being processed: idle keep-alive ones and those
     whose request head or body is still arriving. At most max_total of them, and max_per_client from one
-    client address; past a cap the one waiting longest is closed (of the address holding the most), never
-    one waiting less than GRACE_S, so a new client always gets in and its request through, and slow
-    clients only push each other out; past twice a cap the longest-waiting one goes whatever its age."""
+    client address; past a cap the one waiting longest is closed (of the address holding the most), but never
+    one waiting less than GRACE_S, so a new client always gets in and its request through, and slow clients
+    only push each other out. Past twice max_total age gives no shelter, and connections that have never
+    been answered go first (a slowloris client's never are; a kept-alive client's have been)."""
 
     GRACE_S = 1.0  # time a connection gets to send its request before it may be pushed out
 
@@ -226,10 +227,10 @@ class IdleConnections:
         group = self.by_client.setdefault(conn.client[0] if conn.client else "", {})
         group[conn] = time.monotonic()
         self.count += 1
-        while len(group) > self.max_per_client and self._evict(group, len(group) > 2 * self.max_per_client):
+        while len(group) > self.max_per_client and self._evict(group, hard=False):
             pass
         while self.count > self.max_total and self._evict(max(self.by_client.values(), key=len),
-                                                          self.count > 2 * self.max_total):
+                                                          hard=self.count > 2 * self.max_total):
             pass
 
     def forget(self, conn) -> None:
@@ -242,15 +243,15 @@ class IdleConnections:
                 del self.by_client[address]
 
     def _evict(self, group: dict, hard: bool) -> bool:
-        """Close the longest-waiting connection of group, if it has waited GRACE_S (any age when hard)."""
+        """Close the longest-waiting connection of group that has waited GRACE_S (hard: any, never answered first)."""
         now = time.monotonic()
-        for conn, since in group.items():  # oldest first
-            if not hard and now - since < self.GRACE_S:
-                return False
-            if not conn.busy:
-                self._close(conn)
-                return True
-        return False
+        candidates = [conn for conn, since in group.items() if (hard or now - since >= self.GRACE_S) and not conn.busy]
+        if hard:
+            candidates.sort(key=lambda conn: conn.answered)  # stable: the oldest never-answered one first
+        if not candidates:
+            return False
+        self._close(candidates[0])
+        return True
 
     def _close(self, conn) -> None:
         self.forget(conn)
@@ -266,6 +267,7 @@ class SlowClientH11Protocol(H11Protocol):
 
     header_timeout_s = 10.0
     idle = IdleConnections(64, 16)
+    answered = False  # has this connection had a response yet
 
     @classmethod
     def configure(cls, header_timeout_s: float, max_idle: int, max_idle_per_client: int) -> None:
@@ -288,6 +290,7 @@ class SlowClientH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self.answered = True
         if not self.transport.is_closing():
             self._arm_header_timer()
             if not self.busy:  # (a pipelined request may already be complete)
