@@ -7,20 +7,29 @@ dropped connection.
 --compare admission (default): the admission limits lifted (a huge decode budget, queue, batch-pixel and
 connection limit: the baseline) against the defaults; what the memory bound costs when load is ordinary.
 --compare batching: cross-request batching off (--max-batch 1, the baseline) against on.
+--compare slow-clients: the default server with no other clients (the baseline) against the same server while
+2 x --max-connections slow connections from 127.0.0.1 (half trickle a request head, half a body; each
+reopened as soon as the server closes it) are held for the length of the run; a normal client sends 30
+requests (/predict then /healthz each); the table shows how many were answered, their latency, the growth of
+the server's peak RSS, and how many bytes of an oversized chunked upload the server took past --max-body-mb
+from a client that ignores the 413.
 
     python bench/serve_load.py            # 1,500 requests per server at concurrency 16, ResNet-18 at 128 px
     python bench/serve_load.py --quick    # 300 requests at concurrency 8, a small ResNet-18 at 64 px
+    python bench/serve_load.py --quick --compare slow-clients
 """
 from __future__ import annotations
 
 import argparse
 import io
 import os
+import select
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,13 +159,129 @@ def median_of(runs: list[dict]) -> dict:
             for key in runs[0]}
 
 
+class SlowClients:
+    """`count` connections to 127.0.0.1:port that never finish their request (half a trickled head, half a
+    trickled body), each reopened as soon as the server closes it; until stop() or max_s."""
+
+    def __init__(self, port: int, count: int, max_s: float = 120) -> None:
+        self.port, self.count, self.max_s, self.opened = port, count, max_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _open(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        s.sendall(head + (b"Content-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n" if self.opened % 2 else b""))
+        s.setblocking(False)
+        self.opened += 1
+        return s
+
+    def _run(self) -> None:
+        conns: list[socket.socket] = []
+        end = time.monotonic() + self.max_s
+        try:
+            while not self._stop.is_set() and time.monotonic() < end:
+                conns += [self._open() for _ in range(self.count - len(conns))]
+                for s in select.select(conns, [], [], 0.1)[0]:
+                    try:
+                        closed = s.recv(65536) == b""
+                    except OSError:
+                        closed = True
+                    if closed:
+                        conns.remove(s)
+                        s.close()
+                for s in conns:
+                    try:
+                        s.send(b"x")
+                    except OSError:
+                        pass
+        finally:
+            for s in conns:
+                s.close()
+
+
+def rss_mb(pid: int, key: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+def past_limit_bytes(port: int, max_body: int, cap: int = 256 * 2**20) -> int:
+    """Body bytes a client ignoring the 413 gets into the server past max_body before it hangs up (at most cap)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk, sent = b"10000\r\n" + b"\0" * 65536 + b"\r\n", 0
+        while sent < cap:
+            try:
+                s.sendall(chunk)
+            except OSError:
+                break
+            sent += 65536
+        return sent - max_body
+
+
+def normal_client(url: str, pid: int, slow: int) -> dict:
+    """30 requests (/predict, then /healthz) from one client while `slow` slow connections are held."""
+    image, codes, health, times = photo_like(1), [], [], []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/predict", content=image)
+        before = rss_mb(pid, "VmHWM")
+        with SlowClients(int(url.rsplit(":", 1)[1]), slow) as clients:
+            time.sleep(2 if slow else 0)  # every slow connection open and waiting
+            for _ in range(30):
+                start = time.perf_counter()
+                codes.append(client.post("/predict", content=image).status_code)
+                times.append(time.perf_counter() - start)
+                health.append(client.get("/healthz").status_code)
+    times.sort()
+    return {"ok": codes.count(200), "health": health.count(200), "p50": statistics.median(times),
+            "p99": times[-1], "rss": rss_mb(pid, "VmHWM") - before, "opened": clients.opened}
+
+
+def slow_clients(model: Path, tmp: str, repeats: int, max_connections: int = 64) -> None:
+    rows = {"no other clients (baseline)": 0, f"{2 * max_connections} slow connections held": 2 * max_connections}
+    runs = {name: [] for name in rows}
+    past = []
+    for _ in range(repeats):
+        for name, slow in rows.items():
+            proc, url = start_server(model, Path(tmp) / "server.log")
+            try:
+                runs[name].append(normal_client(url, proc.pid, slow))
+                if slow:
+                    past.append(past_limit_bytes(int(url.rsplit(":", 1)[1]), MAX_BODY))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    results = {name: median_of(r) for name, r in runs.items()}
+    base = results["no other clients (baseline)"]
+    print(f"\n{'default server (--max-connections 64)':<40} {'200s':>6} {'healthz':>8} {'p50 ms':>7} {'x':>5} "
+          f"{'p99 ms':>7} {'x':>5} {'RSS +MB':>8} {'slow opened':>12}")
+    for name, r in results.items():
+        print(f"{name:<40} {r['ok']:>3.0f}/30 {r['health']:>5.0f}/30 {r['p50'] * 1000:>7.1f} "
+              f"{r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} {r['p99'] / base['p99']:>5.2f} "
+              f"{r['rss']:>8.1f} {r['opened']:>12.0f}")
+    print(f"\noversized chunked upload, the client ignoring the 413: {statistics.median(past) / 1e6:.2f} MB sent past "
+          f"the {MAX_BODY / 1e6:g} MB limit before the server hung up (median of {len(past)}; at most 268 MB tried)")
+    print("x = ratio to the first row; p99 = slowest of the 30; RSS = growth of the server's peak during the run")
+    if any(r["ok"] < 30 or r["health"] < 30 for r in results.values()):
+        raise SystemExit("FAILED: a request or a health check was not answered with 200")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--requests", type=int)
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compare", choices=list(COMPARISONS), default="admission")
+    parser.add_argument("--compare", choices=[*COMPARISONS, "slow-clients"], default="admission")
     args = parser.parse_args()
     requests = args.requests or (300 if args.quick else 1500)
     concurrency = args.concurrency or (8 if args.quick else 16)
@@ -165,6 +290,9 @@ def main() -> None:
         model = save_model_dir(Path(tmp) / "m", create_model("resnet18", 10, width=width), "resnet18",
                                {"width": width}, [f"c{i}" for i in range(10)], make_preprocess(size))
         print(f"machine: {machine_line()}", flush=True)
+        if args.compare == "slow-clients":
+            print(f"ResNet-18 (width {width}) at {size} px; medians of {args.repeats} runs per row, interleaved")
+            return slow_clients(model, tmp, args.repeats)
         print(f"ResNet-18 (width {width}) at {size} px, "
               f"{requests} requests per server, concurrency {concurrency}, a fifth malformed; medians of "
               f"{args.repeats} runs per server, interleaved", flush=True)

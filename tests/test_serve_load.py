@@ -1,6 +1,8 @@
 """`resnetcls serve` under hostile load, over real HTTP on 127.0.0.1: concurrent memory-heavy images (a 40 Mpx
 palette PNG with transparency of 52 kB, a 1,250,000 x 32 strip, a 20000 x 16 strip) are shed or
-answered within a stated memory bound, and slow clients are cut off by the documented timeouts."""
+answered within a stated memory bound, slow clients are cut off by the documented timeouts and caps without
+starving anyone (twice --max-connections of them held while a normal client is served), and an oversized
+upload gets its 413 with the connection closed at once."""
 import io
 import select
 import socket
