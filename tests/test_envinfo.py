@@ -7,7 +7,7 @@ import sys
 import torch
 
 from resnetcls import __version__
-from resnetcls.envinfo import machine_line
+from resnetcls.envinfo import machine_line, provenance
 from resnetcls.hardware import cpu_has_fast_bf16, precision_name, resolve_amp
 from tests.conftest import run_cli
 
@@ -52,3 +52,12 @@ def test_python_m_env_on_a_cpu_capped_below_bf16_picks_fp32():
 def test_machine_line_names_what_a_benchmark_figure_depends_on():
     line = machine_line()
     assert "cores" in line and "native bf16: " in line and f"torch {torch.__version__}" in line and "GPU: " in line
+
+
+def test_the_recorded_command_line_has_its_passwords_masked(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/resnetcls", "tune", "photos", "--storage",
+                                      "postgresql+psycopg://tuner:S3cretPW@db:5432/tune",
+                                      "--set", "log.mlflow_uri=https://me:pw@mlflow.example.org"])
+    command = provenance()["command"]
+    assert command == ("resnetcls tune photos --storage 'postgresql+psycopg://tuner:***@db:5432/tune' "
+                       "--set 'log.mlflow_uri=https://me:***@mlflow.example.org'")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Server(str):
+    """The server's URI; .root: the folder of its store (mlflow.db, artifacts/, server.log)."""
+    root = None
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +65,9 @@ def mlflow_server(tmp_path_factory):
             assert time.monotonic() < deadline, "mlflow server not healthy after 180 s:\n" + (
                 root / "server.log").read_text()
             time.sleep(0.5)
-        yield uri
+        server = Server(uri)
+        server.root = root
+        yield server
     finally:
         # Its own session: the server and its workers. SIGKILL: nothing of it is kept, and a graceful stop
         # takes seconds.
@@ -78,18 +86,37 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id, path)}
 
 
-def test_a_run_logged_to_a_real_mlflow_server_has_params_epoch_metrics_tags_and_artefacts(
-        tiny_data, tmp_path, mlflow_server):
-    out = tmp_path / "run"
-    r = run_cli("train", tiny_data, *ARGS, "--set", "log.mlflow=true", "--set", f"log.mlflow_uri={mlflow_server}",
-                "--set", "log.mlflow_experiment=server-test", "--out", out)
+def files_holding(text: str, *folders) -> list[str]:
+    """Every file under folders whose bytes hold text (as is, or as JSON or HTML would escape it)."""
+    forms = {text.encode(), json.dumps(text)[1:-1].encode()}
+    return [str(p) for folder in folders for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and any(form in p.read_bytes() for form in forms)]
+
+
+def test_a_run_logged_with_a_password_in_the_uri_keeps_it_out_of_every_file_output_and_the_server(
+        tiny_data, tmp_path, mlflow_server, monkeypatch):
+    """The client gets the URI with its password (the server takes it: basic auth is the proxy's business); the run
+    directory, stdout/stderr and the server's whole store hold no password and, log.share_paths being false, no
+    absolute path of the data or the run: params, tags, metrics and artefacts all the same."""
+    out, password = tmp_path / "run", "S3cretPW-mlflow"
+    uri = mlflow_server.replace("http://", f"http://tracker:{password}@")
+    args = ["train", tiny_data, *ARGS, "--set", "log.mlflow=true", "--set", f"log.mlflow_uri={uri}",
+            "--set", "log.mlflow_experiment=server-test", "--out", out]
+    monkeypatch.setattr(sys, "argv", ["resnetcls", *map(str, args)])  # what environment.json records
+    r = run_cli(*args)
     assert r.returncode == 0, r.stderr
+    assert password not in r.stdout + r.stderr and "tracker:***@" in r.stderr  # MLflow's run link, masked
+    assert files_holding(password, out, mlflow_server.root) == []
+    assert "tracker:***@" in (out / "tracking.json").read_text() and "tracker:***@" in (out / "config.yaml").read_text()
+    assert files_holding(str(tiny_data), mlflow_server.root) == [] and files_holding(str(out), mlflow_server.root) == []
     client, run = mlflow_run(out, mlflow_server)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert client.get_experiment(run.info.experiment_id).name == "server-test"
     params = run.data.params  # the resolved config under the names `--set` uses
     assert params["optim.lr"] == "0.01" and params["model.name"] == "resnet18" and params["train.epochs"] == "2"
-    assert params["log.mlflow"] == "True"
+    assert params["log.mlflow"] == "True" and params["log.mlflow_uri"] == mlflow_server.replace("http://",
+                                                                                               "http://tracker:***@")
+    assert params["data.train"] == tiny_data.name  # a name, not the absolute path (log.share_paths=false)
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert sorted(m.step for m in history) == [1, 2]  # step = epoch
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -105,6 +132,30 @@ def test_a_run_logged_to_a_real_mlflow_server_has_params_epoch_metrics_tags_and_
     assert artifact_paths(client, run.info.run_id, "best") == {"best/model.json", "best/model.safetensors"}
     assert "eval/confusion_matrix.png" in artifact_paths(client, run.info.run_id, "eval")
     assert "tracking: artefacts logged" in r.stderr
+    assert not list(out.glob(".tracker-*"))  # the shared copies are gone
+
+
+@pytest.mark.parametrize("choice", ["stop", "warn"])
+def test_an_unreachable_tracking_server_is_one_masked_line_at_the_start(tiny_data, tmp_path, choice):
+    """A closed port on 127.0.0.1: found out by the first request (no retries), before training: stop = exit 2
+    with nothing trained; warn = one warning and the run trains without MLflow. A subprocess with a timeout far
+    below MLflow's own retries (minutes) guards against the wait."""
+    out, port = tmp_path / "run", free_port()
+    proc = subprocess.run([sys.executable, "-m", "resnetcls", "train", str(tiny_data), *ARGS, "--epochs", "1",
+                           "--set", "log.mlflow=true", "--set", f"log.mlflow_uri=http://tracker:S3cretPW@127.0.0.1:{port}",
+                           "--set", f"log.on_tracker_error={choice}", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=150)
+    lines = [l for l in proc.stderr.splitlines() if f"127.0.0.1:{port}" in l]
+    assert len(lines) == 1 and "S3cretPW" not in proc.stdout + proc.stderr, proc.stderr
+    assert f"MLflow at http://tracker:***@127.0.0.1:{port}/ cannot be reached" in lines[0] or \
+        f"MLflow at http://tracker:***@127.0.0.1:{port} cannot be reached" in lines[0], lines[0]
+    if choice == "stop":
+        assert proc.returncode == 2 and lines[0].startswith("resnetcls: error:") and "Traceback" not in proc.stderr
+        assert "log.on_tracker_error=warn" in lines[0] and not (out / "checkpoints").exists()
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert lines[0].startswith("warning:") and "training goes on without MLflow" in lines[0]
+        assert (out / "best" / "model.json").is_file() and json.loads((out / "tracking.json").read_text()) == {}
 
 
 def test_a_killed_run_resumed_continues_the_same_mlflow_run(tiny_data, tmp_path, mlflow_server):

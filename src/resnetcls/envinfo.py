@@ -24,6 +24,7 @@ from . import __version__
 from .data.cache import resolve_cache_dir
 from .hardware import (auto_exported_backend, cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp,
                        usable_cores)
+from .redact import mask_secrets
 
 # Packages whose presence changes what resnetcls can do (exports, serving, trackers, search, reports).
 EXTRAS = ("onnx", "onnxruntime", "openvino", "onnxscript", "fastapi", "uvicorn", "tensorboard", "matplotlib",
@@ -142,14 +143,22 @@ def machine_line() -> str:
             f"native bf16: {bf16}; torch {torch.__version__}; GPU: {gpus}")
 
 
+def recorded_command(argv: list[str] | None = None) -> str | None:
+    """The command line as a run records it: the program's name (not its path) and each argument with the
+    passwords of URLs in it masked (`--storage postgresql://tuner:***@db/tune`)."""
+    argv = sys.argv if argv is None else argv
+    return shlex.join([Path(argv[0]).name, *(mask_secrets(a) for a in argv[1:])]) if argv else None
+
+
 def provenance() -> dict:
-    """What a run records about where and how it ran: versions, platform, CPU, git commit, the command line."""
+    """What a run records about where and how it ran: versions, platform, CPU, git commit, the command line
+    (masked: recorded_command)."""
     commit, dirty = git_revision()
     return {"resnetcls": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "numpy": str(np.__version__), "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "cpu": cpu_model(), "cpu_native_bf16": cpu_has_fast_bf16(),
             "cuda": torch.version.cuda, "git_commit": commit, "git_dirty": dirty,
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None}
+            "command": recorded_command()}
 
 
 def _yes(value) -> str:

@@ -6,19 +6,28 @@ commit, machine, precision) and, once the caller has written the report, the art
 report.html, the confusion matrix). RUN_DIR/tracking.json keeps the tracker run ids, so a resumed run continues
 the same MLflow run and the same W&B run.
 
+Sent: passwords masked (redact.py; only the MLflow client gets the URI with its password); absolute local paths
+only with log.share_paths=true (else names, in params and text artefacts); W&B's own metadata collection off.
+A tracker that cannot be reached stops the run at the start, within seconds (log.on_tracker_error=warn: one line
+and the run goes on without it).
+
 MLflow: through `mlflow.MlflowClient` (no global active run: several runs in one process stay apart). Tracking
 URI: log.mlflow_uri, else MLFLOW_TRACKING_URI, else a SQLite store in the run directory
-(sqlite:///RUN_DIR/mlflow.db, MLflow 3's recommended local backend, artefacts in RUN_DIR/mlartifacts).
-W&B: log.wandb_mode "offline" (default: no network, files in RUN_DIR/wandb, upload later with `wandb sync`),
-"online" or "disabled".
+(sqlite:///RUN_DIR/mlflow.db, MLflow 3's recommended local backend, artefacts in RUN_DIR/mlartifacts); the client
+also reads MLFLOW_TRACKING_USERNAME/PASSWORD. W&B: log.wandb_mode "offline" (default: no network, files in
+RUN_DIR/wandb, upload later with `wandb sync`), "online" or "disabled".
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import secrets
 import string
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +36,21 @@ import yaml
 from .atomic import write_text_atomic
 from .config import LogConfig
 from .errors import UserError
+from .redact import (copy_shared, is_masked, local_roots, mask_secrets, mask_tree, share_tree, strings,
+                     without_user_info)
 
 TRACKING_FILE = "tracking.json"
 # What the caller's report leaves in the run directory, logged as artefacts at the end (besides best/).
 REPORT_FILES = ("report.html", "eval/confusion_matrix.png", "eval/confusion_matrix.csv", "eval/metrics.json")
 _SKIP_KEYS = ("time", "step", "epoch", "kind")
+# The first request to a tracking server: no retries, a short timeout (MLflow's own default retries for minutes).
+FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# The live URIs this process connected with, by their masked (recorded) form: never written anywhere.
+_LIVE_URIS: dict[str, str] = {}
+
+
+class TrackerUnreachable(UserError):
+    """A tracker that cannot be reached or used at the start of a run (log.on_tracker_error decides)."""
 
 
 def _require(module: str, extra: str):
@@ -92,6 +111,35 @@ def mlflow_uri(log: LogConfig, run_dir: Path) -> str:
             or f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}")
 
 
+def usable_uri(uri: str) -> str:
+    """uri, or for a recorded one with its password masked: the live URI it stands for (this process's or
+    MLFLOW_TRACKING_URI), else uri without user info (the client reads MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    if not is_masked(uri):
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return _LIVE_URIS.get(uri) or (env if env and mask_secrets(env) == uri else without_user_info(uri))
+
+
+@contextlib.contextmanager
+def first_contact(uri: str, what: str):
+    """The first request to a tracker: fast (no retries, 10 s at most for MLflow), a failure one masked line."""
+    saved = {k: os.environ.get(k) for k in FIRST_CONTACT}
+    os.environ.update(FIRST_CONTACT)
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # refused, timed out, 401/403, a store that cannot be opened: the client's words
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        errno = re.findall(r"\[Errno -?\d+\] ([^\"')\]]+)", text)  # the socket's words, not the retry wrapping
+        reason = mask_secrets(errno[-1].strip() if errno else text)[:300]
+        raise TrackerUnreachable(f"{what} at {mask_secrets(uri)} cannot be reached: {reason}") from None
+    finally:  # the user's own settings back for the rest of the run
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for key in [k for k, v in saved.items() if v is None]:
+            os.environ.pop(key, None)
+
+
 class MlflowTracker:
     """One MLflow run of a training run, by id through MlflowClient."""
 
@@ -102,20 +150,27 @@ class MlflowTracker:
     def open(cls, log: LogConfig, run_dir: Path, params: dict, tags: dict, known: dict | None) -> "MlflowTracker":
         """A new MLflow run, or (known: tracking.json's entry of a resumed run) the same run again, RUNNING."""
         mlflow = _require("mlflow", "mlflow")
-        uri = known["tracking_uri"] if known else mlflow_uri(log, run_dir)
+        current = mlflow_uri(log, run_dir)  # a resumed run: the recorded server, unless it is the current one
+        uri = usable_uri(current if not known or mask_secrets(current) == known["tracking_uri"]
+                         else known["tracking_uri"])
+        _LIVE_URIS[mask_secrets(uri)] = uri
         client = mlflow.MlflowClient(tracking_uri=uri)
         if known:
-            try:
-                run = client.get_run(known["run_id"])
-            except mlflow.exceptions.MlflowException as e:
-                raise UserError(f"{run_dir / TRACKING_FILE}: MLflow run {known['run_id']} not found at {uri} "
-                                f"({str(e).splitlines()[0]}); delete the file to start a new MLflow run") from None
+            with first_contact(uri, "MLflow"):
+                try:
+                    run = client.get_run(known["run_id"])
+                except mlflow.exceptions.MlflowException as e:
+                    if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    raise UserError(f"{run_dir / TRACKING_FILE}: MLflow run {known['run_id']} not found at "
+                                    f"{mask_secrets(uri)}; delete the file to start a new MLflow run") from None
             tracker = cls(client, run.info.run_id, uri)
             client.update_run(tracker.run_id, status="RUNNING")
             params = {k: v for k, v in params.items() if k not in run.data.params}  # params are write-once
         else:
-            run = client.create_run(_experiment_id(client, log.mlflow_experiment, uri, run_dir),
-                                    run_name=Path(run_dir).name)
+            with first_contact(uri, "MLflow"):
+                experiment = _experiment_id(client, log.mlflow_experiment, uri, run_dir)
+            run = client.create_run(experiment, run_name=Path(run_dir).name)
             tracker = cls(client, run.info.run_id, uri)
         tracker.log_params(params)
         tracker.set_tags({"mlflow.source.name": "resnetcls train", "mlflow.source.type": "LOCAL",
@@ -141,15 +196,43 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def close(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        printed = io.StringIO()  # MLflow prints "View run ... at URL" to stdout, URL with its user info
+        with contextlib.redirect_stdout(printed):
+            self.client.set_terminated(self.run_id, status=status)
+        for line in printed.getvalue().splitlines():  # stdout is for programs; the links go to stderr, masked
+            print(f"tracking: {mask_secrets(line).strip()}", file=sys.stderr, flush=True)
 
     def log_artifacts(self, run_dir: Path) -> None:
+        """best/ and the report files of run_dir (shared_files' folder: what may be sent)."""
         if (run_dir / "best").is_dir():
             self.client.log_artifacts(self.run_id, str(run_dir / "best"), artifact_path="best")
         for name in REPORT_FILES:
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name), artifact_path=str(Path(name).parent)
                                          if "/" in name else None)
+
+
+def _saved_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
+@contextlib.contextmanager
+def shared_files(run_dir: Path):
+    """A folder with what may be sent of run_dir's artefacts (best/, REPORT_FILES): run_dir itself with
+    log.share_paths=true; else copies in a temporary folder inside run_dir, removed after, whose text files
+    (report.html, JSON, CSV) name local files relative to their data folder or the run directory."""
+    config = _saved_config(run_dir)
+    if config.get("log", {}).get("share_paths"):
+        yield run_dir
+        return
+    roots = local_roots([*strings(config), str(run_dir), str(Path(run_dir).absolute())])
+    with tempfile.TemporaryDirectory(prefix=".tracker-", dir=run_dir) as tmp:
+        names = [f"best/{p.name}" for p in sorted((run_dir / "best").glob("*")) if p.is_file()] + list(REPORT_FILES)
+        for name in names:
+            if (run_dir / name).is_file():
+                copy_shared(run_dir / name, Path(tmp) / name, roots)
+        yield Path(tmp)
 
 
 def _experiment_id(client, name: str, uri: str, run_dir: Path) -> str:
@@ -174,6 +257,14 @@ def new_wandb_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
+def wandb_settings(wandb):
+    """Quiet (our stderr stays ours) and sending only what we log: W&B's own collection of the command line,
+    program path, host, git remote, code and installed packages off (a command line or a remote URL may hold a
+    password; paths are the user's)."""
+    return wandb.Settings(silent=True, console="off", x_disable_meta=True, disable_git=True, disable_code=True,
+                          save_code=False, x_save_requirements=False)
+
+
 class WandbTracker:
     """One W&B run of a training run (its id in tracking.json); offline by default, files in RUN_DIR/wandb."""
 
@@ -184,11 +275,12 @@ class WandbTracker:
     def open(cls, log: LogConfig, run_dir: Path, config: dict, tags: dict, known: dict | None) -> "WandbTracker":
         wandb = _require("wandb", "wandb")
         entry = known or {"id": new_wandb_id(), "project": log.wandb_project, "mode": log.wandb_mode}
-        run = wandb.init(project=entry["project"], id=entry["id"], mode=entry["mode"], resume="allow",
-                         dir=str(run_dir), name=Path(run_dir).name, config=config, reinit="create_new",
-                         tags=[f"{k}:{tags[k]}"[:64] for k in ("precision", "git_commit") if k in tags],
-                         notes=tags.get("machine"),
-                         settings=wandb.Settings(silent=True, console="off"))  # our stderr stays ours
+        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        with first_contact(server if entry["mode"] == "online" else str(run_dir / "wandb"), f"W&B ({entry['mode']})"):
+            run = wandb.init(project=entry["project"], id=entry["id"], mode=entry["mode"], resume="allow",
+                             dir=str(run_dir), name=Path(run_dir).name, config=config, reinit="create_new",
+                             tags=[f"{k}:{tags[k]}"[:64] for k in ("precision", "git_commit") if k in tags],
+                             notes=tags.get("machine"), settings=wandb_settings(wandb))
         run.config.update({"tags": tags}, allow_val_change=True)
         run.define_metric("epoch")
         run.define_metric("*", step_metric="epoch")  # W&B's own way to plot against a custom step
@@ -254,15 +346,33 @@ def open_trackers(log: LogConfig, run_dir: Path, resumed: bool, precision: str |
     if not (log.mlflow or log.wandb):
         return None
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    config = mask_tree(_saved_config(run_dir))  # as sent: passwords masked, absolute paths as names unless asked
+    config = config if log.share_paths else share_tree(config)
     known = read_ids(run_dir) if resumed else {}
     tags = run_tags(run_dir, precision)
-    ml = MlflowTracker.open(log, run_dir, flatten_params(config), tags, known.get("mlflow")) if log.mlflow else None
-    wb = WandbTracker.open(log, run_dir, config, tags, known.get("wandb")) if log.wandb else None
-    ids = {**({"mlflow": {"tracking_uri": ml.uri, "run_id": ml.run_id}} if ml else {}),
-           **({"wandb": wb.entry} if wb else {})}
+    ml = _open(log, "MLflow", lambda: MlflowTracker.open(log, run_dir, flatten_params(config), tags,
+                                                         known.get("mlflow"))) if log.mlflow else None
+    wb = _open(log, "W&B", lambda: WandbTracker.open(log, run_dir, config, tags, known.get("wandb"))) \
+        if log.wandb else None
+    # The URI as recorded: masked (a resumed run gets the password again from the config or the environment).
+    ids = {**({"mlflow": {"tracking_uri": mask_secrets(ml.uri), "run_id": ml.run_id}} if ml else {}),
+           **({"wandb": wb.entry} if wb else {})}  # a tracker left out (warn) gets no artefacts at the end either
     write_text_atomic(run_dir / TRACKING_FILE, json.dumps(ids, indent=2) + "\n")
-    return Trackers(run_dir, ml, wb)
+    return Trackers(run_dir, ml, wb) if ml or wb else None
+
+
+def _open(log: LogConfig, what: str, opener):
+    """opener() (a tracker's open); one that cannot be reached stops the run (log.on_tracker_error=stop) or is
+    left out with one line on stderr (warn)."""
+    try:
+        return opener()
+    except TrackerUnreachable as e:
+        if log.on_tracker_error == "stop":
+            raise UserError(f"{e} (check the URI and the credentials, or --set log.on_tracker_error=warn to train "
+                            f"without {what})") from None
+        print(f"warning: {e}; training goes on without {what} (log.on_tracker_error=warn)", file=sys.stderr,
+              flush=True)
+        return None
 
 
 def log_run_artifacts(run_dir: str | os.PathLike) -> None:
@@ -270,18 +380,20 @@ def log_run_artifacts(run_dir: str | os.PathLike) -> None:
     runs recorded in RUN_DIR/tracking.json; nothing when the run was not tracked."""
     run_dir = Path(run_dir)
     known = read_ids(run_dir)
-    if "mlflow" in known:
-        mlflow = _require("mlflow", "mlflow")
-        MlflowTracker(mlflow.MlflowClient(tracking_uri=known["mlflow"]["tracking_uri"]),
-                      known["mlflow"]["run_id"], known["mlflow"]["tracking_uri"]).log_artifacts(run_dir)
-    if "wandb" in known:
-        wandb = _require("wandb", "wandb")
-        entry = known["wandb"]
-        run = wandb.init(project=entry["project"], id=entry["id"], mode=entry["mode"], resume="allow",
-                         dir=str(run_dir), reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
-        tracker = WandbTracker(run, entry)
-        tracker.log_artifacts(run_dir)
-        tracker.close("FINISHED")
-    if known:
-        print(f"tracking: artefacts logged ({', '.join(sorted(known))}; ids in {run_dir / TRACKING_FILE})",
+    if not known:
+        return
+    with shared_files(run_dir) as folder:
+        if "mlflow" in known:
+            mlflow = _require("mlflow", "mlflow")
+            uri = usable_uri(known["mlflow"]["tracking_uri"])
+            MlflowTracker(mlflow.MlflowClient(tracking_uri=uri), known["mlflow"]["run_id"], uri).log_artifacts(folder)
+        if "wandb" in known:
+            wandb = _require("wandb", "wandb")
+            entry = known["wandb"]
+            run = wandb.init(project=entry["project"], id=entry["id"], mode=entry["mode"], resume="allow",
+                             dir=str(run_dir), reinit="create_new", settings=wandb_settings(wandb))
+            tracker = WandbTracker(run, entry)
+            tracker.log_artifacts(folder)
+            tracker.close("FINISHED")
+    print(f"tracking: artefacts logged ({', '.join(sorted(known))}; ids in {run_dir / TRACKING_FILE})",
               file=sys.stderr, flush=True)

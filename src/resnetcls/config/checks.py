@@ -56,7 +56,7 @@ CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "f
            "data.augment_on": ("auto", "host", "device"),
            "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
            "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
-           "log.wandb_mode": ("offline", "online", "disabled")}
+           "log.wandb_mode": ("offline", "online", "disabled"), "log.on_tracker_error": ("stop", "warn")}
 
 
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..redact import mask_tree
+
 
 @dataclass
 class ModelConfig:
@@ -119,6 +121,9 @@ class LogConfig:
     wandb: bool = False             # the same to Weights & Biases
     wandb_project: str = "resnetcls"
     wandb_mode: str = "offline"     # offline (files in RUN_DIR/wandb, `wandb sync` later) | online | disabled
+    share_paths: bool = False       # send absolute local paths (data.train, ...) to the trackers; false = names
+    on_tracker_error: str = "stop"  # a tracker that cannot be reached at the start: stop (exit 2, before
+                                    # training) | warn (one line, the run goes on without that tracker)
 
 
 @dataclass
@@ -171,4 +176,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as it is recorded (config.yaml, checkpoints, trackers): passwords in URLs masked (redact.py).
+    The live values (the URL a driver connects with) are read from the Config itself."""
+    return mask_tree(dataclasses.asdict(cfg))

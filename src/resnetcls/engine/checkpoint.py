@@ -26,13 +26,15 @@ from ..atomic import write_atomic, write_text_atomic
 from ..config import CkptConfig
 from ..envinfo import provenance
 from ..modelfile import sha256_file
+from ..redact import mask_tree
 from .loop import EpochStats, Optimization
 
 CKPT_FORMAT = "resnetcls.checkpoint/1"
 
 
 def environment_info() -> dict:
-    """Library versions, machine (CPU model, native bf16) and the source's git commit: envinfo.provenance()."""
+    """Library versions, machine (CPU model, native bf16), the source's git commit and the command line with its
+    passwords masked: envinfo.provenance()."""
     return provenance()
 
 
@@ -193,7 +195,7 @@ class Checkpointer:
                  opt: Optimization | None, extra: Callable[[], tuple[dict, dict]] | None = None,
                  enabled: bool = True) -> None:
         self.dir, self.ckpt, self.batch_size = run_dir / "checkpoints", ckpt, batch_size
-        self.config, self.env = config, env
+        self.config, self.env = mask_tree(config), mask_tree(env)  # as recorded: passwords masked (redact.py)
         self.model, self.opt, self.extra, self.enabled = model, opt, extra, enabled
 
     def save(self, run: RunState, metrics: dict | None = None) -> Path | None:

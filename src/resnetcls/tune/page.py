@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..redact import mask_secrets
 from ..report import STYLE, embedded_png
 
 try:  # an optional extra; study.py says so in one line when it is missing
@@ -50,7 +51,7 @@ def _trials_table(trials: list, keys: list[str]) -> str:
 
 
 def write_page(study, out: Path, metric: str, direction: str, url: str) -> Path:
-    """DIR/report.html of the study as it stands."""
+    """DIR/report.html of the study as it stands; url (the storage) shown with its password masked."""
     from .. import figures  # matplotlib, only when a figure is drawn
     trials = study.get_trials(deepcopy=False)
     keys = sorted({k for t in trials for k in t.params})
@@ -63,7 +64,8 @@ def write_page(study, out: Path, metric: str, direction: str, url: str) -> Path:
     best = f"trial {study.best_trial.number}: {metric} {study.best_value:.4f}" if done else "no completed trial yet"
     states = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}" for s in TrialState
                        if any(t.state == s for t in trials))
-    body = (f"<h1>resnetcls tune: {html.escape(study.study_name)}</h1><p class='sub'>{html.escape(url)}</p>"
+    body = (f"<h1>resnetcls tune: {html.escape(study.study_name)}</h1>"
+            f"<p class='sub'>{html.escape(mask_secrets(url))}</p>"
             f"<p id='img-warning' class='warn'></p><p>{len(trials)} trials ({html.escape(states)}); best "
             f"{html.escape(best)} ({direction})</p><h2>Trials</h2>{_trials_table(trials, keys)}"
             f"<h2>Optimisation history</h2>{embedded_png(history, 'history', 'optimisation history')}"

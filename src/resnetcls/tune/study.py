@@ -5,7 +5,8 @@ metric to the trial (train's on_epoch hook) and the pruner (median, by default) 
 pruned trial is a complete run directory with trial.json saying "pruned". The study lives in Optuna storage:
 SQLite in DIR by default, or any RDB URL (PostgreSQL) that workers on many machines share; the same command
 continues a study (load_if_exists). At the end: DIR/best.yaml (the best trial's config, a recipe for
-`train --config`) and DIR/report.html (page.py).
+`train --config`) and DIR/report.html (page.py). The URL is handed to the driver as given and shown or recorded
+only masked (redact.py); a password may also come from the driver's own sources (PGPASSWORD, ~/.pgpass).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..atomic import write_text_atomic
 from ..config import Config, parse_duration, set_value, validate_config
 from ..engine.train import train
 from ..errors import UserError
+from ..redact import mask_secrets
 from .page import write_outputs
 from .space import load_space, suggest, without_fixed
 
@@ -63,7 +65,8 @@ def connect(url: str, attempts: int = 3):
         except Exception as e:  # a wrong URL, an unreachable server, a missing driver: name the URL
             racing = type(e).__name__ in ("IntegrityError", "ProgrammingError")  # sqlalchemy's, table creation
             if attempt + 1 == attempts or not racing:
-                raise UserError(f"--storage {url}: cannot open the study storage: {str(e).splitlines()[0]}") from None
+                reason = mask_secrets((str(e).strip().splitlines() or [type(e).__name__])[0])
+                raise UserError(f"--storage {mask_secrets(url)}: cannot open the study storage: {reason}") from None
             time.sleep(1.0 + attempt)
 
 
@@ -75,8 +78,8 @@ def open_study(settings: TuneSettings, direction: str):
     study = optuna.create_study(storage=storage, study_name=settings.study_name, direction=direction,
                                 sampler=optuna.samplers.TPESampler(), pruner=pruner, load_if_exists=True)
     if study.direction.name.lower() != direction:
-        raise UserError(f"study {settings.study_name!r} in {storage_url(settings)}: its value is set to "
-                        f"{study.direction.name.lower()}, this ckpt.metric would {direction} it (give the study's "
+        raise UserError(f"study {settings.study_name!r} in {mask_secrets(storage_url(settings))}: its value is set "
+                        f"to {study.direction.name.lower()}, this ckpt.metric would {direction} it (give the study's "
                         "ckpt.metric, or another --study-name)")
     return study, storage
 
@@ -181,4 +184,4 @@ def run_tune(base: Config, fixed: set[str], settings: TuneSettings) -> dict:
         done = counts(study)[0]
         print(f"tune: {done}/{settings.trials} trials finished", file=sys.stderr, flush=True)
         study.optimize(objective, n_trials=1)
-    return write_outputs(study, out, metric, direction, storage_url(settings))
+    return write_outputs(study, out, metric, direction, mask_secrets(storage_url(settings)))
