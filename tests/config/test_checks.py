@@ -25,6 +25,8 @@ from tests.conftest import run_cli
     ("data.interpolation=[bilinear]", "config key 'data.interpolation' expects str, got ['bilinear']"),
     ("data.interpolation=lanczos", "config key data.interpolation='lanczos': expected one of nearest, bilinear"),
     ("train.nonfinite=ignore", "config key train.nonfinite='ignore': expected one of stop, skip"),
+    ("log.on_tracker_error=retry", "config key log.on_tracker_error='retry': expected one of stop, warn"),
+    ("log.mlflow_uri=[http://u:pw@h]", "config key 'log.mlflow_uri' expects str, got ['http://u:***@h']"),
     ("loss.label_smoothing=1.0", "config key loss.label_smoothing=1.0: must be in [0, 1)"),
     ("data.augment=autoaugment", "config key data.augment='autoaugment': expected one of crop_flip, resize, "
                                  "trivialaugment, randaugment"),

@@ -1,6 +1,6 @@
 """The config tree's defaults and the shipped recipes."""
 
-from resnetcls.config import build_config
+from resnetcls.config import build_config, config_to_dict, dump_yaml
 from tests.conftest import ROOT
 
 
@@ -21,3 +21,11 @@ def test_augmentation_keys_default_off_and_accept_their_values():
     d = build_config(overrides=["data.augment=trivialaugment", "data.random_erasing=0.25", "data.mixup=0.2",
                                 "data.cutmix=1.0"]).data
     assert (d.augment, d.random_erasing, d.mixup, d.cutmix) == ("trivialaugment", 0.25, 0.2, 1.0)
+
+
+def test_the_recorded_config_masks_passwords_and_the_live_one_keeps_them():
+    cfg = build_config(overrides=["log.mlflow_uri=https://me:S3cret@mlflow.example.org"])
+    assert cfg.log.mlflow_uri == "https://me:S3cret@mlflow.example.org"  # what the client connects with
+    assert config_to_dict(cfg)["log"]["mlflow_uri"] == "https://me:***@mlflow.example.org"
+    assert "S3cret" not in dump_yaml(cfg)
+    assert (cfg.log.share_paths, cfg.log.on_tracker_error) == (False, "stop")

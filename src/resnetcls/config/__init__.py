@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..redact import mask_secrets
 from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_config
 from .schema import (CkptConfig, Config, DataConfig, EvalConfig, LifelongConfig, LogConfig, LossConfig, ModelConfig,
                      OptimConfig, SchedConfig, TrainConfig, config_to_dict, flatten)
@@ -62,7 +63,7 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
         return str(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise UserError(f"{source}: config key {key!r} expects {expected.__name__}, got {value!r}")
+    raise UserError(f"{source}: config key {key!r} expects {expected.__name__}, got {mask_secrets(repr(value))}")
 
 
 def set_value(cfg: Config, key: str, value: Any, source: str = "--set") -> None:
@@ -98,7 +99,7 @@ def load_yaml(path: str | Path) -> dict:
 def parse_override(text: str) -> tuple[str, Any]:
     """'a.b=value' -> ('a.b', parsed value); the value is read as YAML (numbers, true/false, lists)."""
     if "=" not in text:
-        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+        raise UserError(f"--set {mask_secrets(repr(text))}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
