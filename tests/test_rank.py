@@ -5,7 +5,8 @@ import shutil
 
 import torch
 
-from resnetcls.rank import k_center_greedy, pick_order, uncertainty
+import resnetcls.rank
+from resnetcls.rank import TopPool, k_center_greedy, pick_order, uncertainty
 from tests.conftest import TINY, run_cli
 
 
@@ -18,9 +19,17 @@ def test_margin_and_entropy_order_hand_made_probabilities():
     assert torch.allclose(margin, torch.tensor([0.03, 0.99, 0.99, 0.5]), atol=1e-6)
     entropy = uncertainty(probs, "entropy")
     assert math.isclose(float(entropy[2]), -sum(p * math.log(p) for p in (0.34, 0.33, 0.33)), rel_tol=1e-5)
-    features = torch.eye(4)
-    assert pick_order(margin, features, None, False) == [1, 2, 3, 0]  # ties keep the input order
-    assert pick_order(entropy, features, 2, False) == [2, 3]  # spread over three classes beats a close two
+    assert pick_order(margin, None) == [1, 2, 3, 0]  # ties keep the input order
+    assert pick_order(entropy, 2) == [2, 3]  # spread over three classes beats a close two
+
+
+def candidates(score, features, size, batch=3):
+    """The --diverse pool as rank builds it: rows fed in batches, the `size` most uncertain kept."""
+    pool = TopPool(size)
+    for start in range(0, len(score), batch):
+        rows = torch.arange(start, min(start + batch, len(score)))
+        pool.add(rows, score[rows], features[rows])
+    return pool.result()
 
 
 def test_diverse_pick_spreads_over_clusters_where_plain_top_k_does_not():
@@ -29,11 +38,31 @@ def test_diverse_pick_spreads_over_clusters_where_plain_top_k_does_not():
     cluster = [0, 0, 0, 0, 1, 1, 2, 2]
     features = centres[cluster] + 0.01 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     score = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.90, 0.89, 0.80, 0.79])
-    plain = pick_order(score, features, 3, diverse=False)
-    diverse = pick_order(score, features, 3, diverse=True)
+    plain = pick_order(score, 3)
+    diverse = pick_order(score, 3, candidates(score, features, 15))
     assert plain == [0, 1, 2]
     assert diverse[0] == 0 and sorted(cluster[i] for i in diverse) == [0, 1, 2]
-    assert k_center_greedy(features, 0, 20) and len(k_center_greedy(features, 0, 20)) == 8
+    assert sorted(k_center_greedy(features, 0, 20)) == list(range(8))
+
+
+def test_the_diverse_pool_is_the_most_uncertain_five_per_pick_whatever_the_number_of_images(monkeypatch):
+    # 40 images, the lower the row the more uncertain; rows 8-11 tie across the pool's bound. Features: even rows
+    # one direction, odd rows another, rows 11 and 13 a third; rows 30 and 31 point the opposite way to the even
+    # rows (the farthest of all) but are too certain to be candidates.
+    score = torch.linspace(1, 0, 40)
+    score[8:12] = score[8]
+    features = torch.nn.functional.one_hot(torch.arange(40) % 2, 4).float()
+    features[[11, 13]] = torch.tensor([0, 0, 1.0, 0])
+    features[30:32] = torch.tensor([-1.0, 0, 0, 0])
+    assert k_center_greedy(features, 0, 2) == [0, 30]  # what an unbounded pool would pick
+    rows, kept = candidates(score, features, 2 * resnetcls.rank.DIVERSE_POOL)
+    assert rows.tolist() == list(range(10)) and torch.equal(kept, features[:10])  # ties: the earlier rows
+    assert pick_order(score, 2, (rows, kept)) == [0, 1]
+
+    monkeypatch.setattr(resnetcls.rank, "DIVERSE_PICKS", 3)  # without --limit: 3 picks among 15, then the rest
+    unbounded = pick_order(score, None, candidates(score, features, 15))
+    assert unbounded[:3] == [0, 1, 11]
+    assert unbounded[3:] == [i for i in range(40) if i != 11][2:]  # every other image, most uncertain first
 
 
 def unlabelled_copy(tiny_data, root):
@@ -52,7 +81,8 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(tiny_run, tiny_data, tmp_path):
+def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(tiny_run, tiny_data, tmp_path,
+                                                                         monkeypatch):
     pool = unlabelled_copy(tiny_data, tmp_path)
     out = tmp_path / "lists" / "rank.csv"
     out.parent.mkdir()
@@ -69,6 +99,16 @@ def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(tiny_ru
 
     limited = run_cli("rank", tiny_run, pool, "--out", tmp_path / "d.csv", "--diverse", "--limit", "5")
     assert limited.returncode == 2 and len(read_rows(tmp_path / "d.csv")) == 5
+    assert "5 picks among the 25 most uncertain" in limited.stderr
+
+    monkeypatch.setattr(resnetcls.rank, "DIVERSE_PICKS", 4)  # the default picks, made small
+    diverse = run_cli("rank", tiny_run, pool, "--out", out.parent / "all.csv", "--diverse", "--precision", "fp32")
+    assert "4 picks among the 20 most uncertain, then the rest most uncertain first" in diverse.stderr
+    picked = read_rows(out.parent / "all.csv")
+    assert sorted(r["path"] for r in picked) == sorted(r["path"] for r in rows)  # every image, once
+    assert {r["path"] for r in picked[:4]} <= {r["path"] for r in rows[:20]}  # picks among the 20 candidates
+    rest = [float(r["uncertainty"]) for r in picked[4:]]
+    assert rest == sorted(rest, reverse=True)
 
 
 def test_the_filled_in_manifest_trains_and_an_unfilled_row_is_a_clear_error(tiny_run, tiny_data, tmp_path):
