@@ -9,7 +9,7 @@ from PIL import Image
 
 from resnetcls.data.decode import decode_image
 from resnetcls.errors import UserError
-from resnetcls.explain import Explainer, colorize, overlay_names, writable_dir
+from resnetcls.explain import Explainer, colorize, overlay_name, writable_dir
 from resnetcls.predict import Predictor
 from tests.conftest import run_cli
 
@@ -97,9 +97,14 @@ def test_colour_ramp_runs_from_blue_to_red():
     assert cold[2] > cold[0] and hot[0] > hot[2]
 
 
-def test_overlay_names_stay_unique_for_same_named_images_in_different_folders():
-    assert overlay_names(["a/cat.jpg", "b/cat.jpg", "b/Cat.png", "dog.jpg"]) == [
-        "cat.gradcam.png", "cat-2.gradcam.png", "Cat-3.gradcam.png", "dog.gradcam.png"]
+def test_overlay_names_fit_any_file_system_and_differ_for_same_named_images_in_different_folders():
+    assert overlay_name("a/cat.jpg") != overlay_name("b/cat.jpg")  # never one overlay for two inputs
+    assert overlay_name("a/cat.jpg") == overlay_name("./a/cat.jpg")  # the same input: the same name every run
+    assert overlay_name("a/cat.jpg").startswith("cat-") and overlay_name("a/cat.jpg").endswith(".gradcam.png")
+    for stem in ("x" * 300, "é" * 300, "猫" * 300, "a" * 99 + "é"):
+        name = overlay_name(f"photos/{stem}.jpg")
+        assert len(name.encode("utf-8")) <= 125 and name.startswith(stem[:33])
+        name.encode("utf-8")  # cut between characters, never inside one
 
 
 def test_an_unwritable_folder_is_a_user_error_naming_the_flag(tmp_path):

@@ -2,12 +2,14 @@
 import csv
 import io
 import json
+import os
 import shutil
 
 import pytest
 import torch
 
 from resnetcls.cli import main
+from resnetcls.explain import overlay_name
 from resnetcls.data.decode import decode_image
 from resnetcls.predict import Predictor, expand_inputs
 
@@ -119,16 +121,43 @@ def test_explain_writes_one_overlay_per_image_and_lists_it(tiny_run, tiny_data, 
     code, text, err = run(capsys, tiny_run, *images, "--explain", out, "--format", "json")
     assert code == 0, err
     rows = json.loads(text)
-    assert [r["gradcam"] for r in rows] == [str(out / "1.gradcam.png"), str(out / "1-2.gradcam.png")]
+    names = [overlay_name(str(image)) for image in images]
+    assert [r["gradcam"] for r in rows] == [str(out / name) for name in names] and names[0] != names[1]
     from PIL import Image
     for r in rows:
         with Image.open(r["gradcam"]) as overlay:
             assert overlay.format == "PNG" and overlay.size == (32, 32)  # the model's input crop
     code, text, _ = run(capsys, tiny_run, images[0], "--explain", out, "--format", "csv", "--topk", "2")
     table = list(csv.DictReader(io.StringIO(text)))
-    assert [r["gradcam"] for r in table] == [str(out / "1.gradcam.png")] * 2
+    assert [r["gradcam"] for r in table] == [str(out / names[0])] * 2
     code, text, _ = run(capsys, tiny_run, images[0], "--explain", out)
-    assert f"gradcam: {out / '1.gradcam.png'}" in text
+    assert f"gradcam: {out / names[0]}" in text
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # the twin's overlay is still there
+
+
+def test_explain_names_always_fit_and_an_unwritable_overlay_keeps_every_prediction(tiny_run, tiny_data, tmp_path,
+                                                                                  capsys):
+    source = tiny_data / "red" / "1.jpg"
+    long_name = tmp_path / ("n" * 245 + ".jpg")  # 249 bytes: the longest names a file system allows
+    blocked = tmp_path / "blocked.jpg"
+    for target in (long_name, blocked):
+        shutil.copy(source, target)
+    out = tmp_path / "cams"
+    (out / overlay_name(str(blocked))).mkdir(parents=True)  # a folder where its overlay would go
+    images = [long_name, blocked, tiny_data / "blue" / "2.jpg"]
+    code, text, err = run(capsys, tiny_run, *images, "--explain", out, "--format", "json")
+    assert code == 2  # an overlay the user asked for is missing
+    rows = json.loads(text)
+    assert [r["path"] for r in rows] == [str(p) for p in images] and all(len(r["top"]) == 3 for r in rows)
+    assert "gradcam" not in rows[1] and all(os.path.isfile(rows[i]["gradcam"]) for i in (0, 2))
+    assert os.path.basename(rows[0]["gradcam"]).startswith("n" * 100)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{blocked}: Grad-CAM overlay not written" in warnings[0]
+    assert "Is a directory" in warnings[0]
+    assert "1 of 3 Grad-CAM overlays could not be written" in err
+
+    code, text, _ = run(capsys, tiny_run, blocked, "--explain", out, "--format", "csv")
+    assert code == 2 and list(csv.DictReader(io.StringIO(text)))[0]["gradcam"] == ""  # the column stays
 
 
 def test_explain_errors_are_one_line_user_errors(tiny_run, tiny_data, tmp_path, capsys):
@@ -142,8 +171,8 @@ def test_explain_errors_are_one_line_user_errors(tiny_run, tiny_data, tmp_path, 
 def test_explain_works_on_an_onnx_backend_from_the_eager_model(tiny_run, tiny_data, tmp_path, capsys):
     image = tiny_data / "red" / "1.jpg"
     code, text, _ = run(capsys, tiny_run, image, "--explain", tmp_path / "cams", "--backend", "openvino")
-    assert code == 0 and (tmp_path / "cams" / "1.gradcam.png").is_file()
-    assert f"gradcam: {tmp_path / 'cams' / '1.gradcam.png'}" in text
+    overlay = tmp_path / "cams" / overlay_name(str(image))
+    assert code == 0 and overlay.is_file() and f"gradcam: {overlay}" in text
 
 
 def test_probabilities_are_the_softmax_of_the_logits_divided_by_the_temperature(tmp_path, tiny_data, capsys):

@@ -20,7 +20,9 @@ heatmap's one to one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from .errors import UserError
 
 METHODS = ("gradcam", "gradcam++")
 OVERLAY_SUFFIX = ".gradcam.png"
+STEM_BYTES = 100  # an overlay name keeps at most this much of the image's stem (UTF-8 bytes)
+HASH_CHARS = 12  # hex digits of the full path's hash in an overlay name (48 bits)
 HEAT_OPACITY = 0.5  # share of the colour map in the overlay; the image stays readable beneath it
 
 
@@ -72,19 +76,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay_names(paths: list[str]) -> list[str]:
-    """<stem>.gradcam.png for each path, made unique in order: a second 'cat.jpg' from another folder
-    becomes 'cat-2.gradcam.png' (case-insensitively, for file systems that fold case)."""
-    names, seen = [], set()
-    for path in paths:
-        stem, n = Path(path).stem or "image", 1
-        name = stem + OVERLAY_SUFFIX
-        while name.lower() in seen:
-            n += 1
-            name = f"{stem}-{n}{OVERLAY_SUFFIX}"
-        seen.add(name.lower())
-        names.append(name)
-    return names
+def overlay_name(path: str | os.PathLike) -> str:
+    """The overlay file name of an input path: <stem>-<hash>.gradcam.png, the stem cut to STEM_BYTES bytes of
+    whole characters and the hash HASH_CHARS hex digits of BLAKE2b over the full absolute path. At most 125
+    bytes, so it fits every file system's name limit (255 bytes; 143 on eCryptfs) with room for write_atomic's
+    temporary name; two inputs with one stem in different folders get different names (the same input the same
+    name on every run), so no overlay overwrites another input's."""
+    stem, size, cut = Path(path).stem or "image", 0, 0
+    for cut, char in enumerate(stem):
+        size += len(char.encode("utf-8", "surrogatepass"))
+        if size > STEM_BYTES:
+            break
+    else:
+        cut = len(stem)
+    full = os.path.abspath(path).encode("utf-8", "surrogatepass")
+    return f"{stem[:cut]}-{hashlib.blake2b(full, digest_size=HASH_CHARS // 2).hexdigest()}{OVERLAY_SUFFIX}"
 
 
 def writable_dir(path: str | Path, flag: str) -> Path:
@@ -171,10 +177,23 @@ class Explainer:
         heat, prob, index = self.heatmap(image, class_index)
         return Explanation(heat, self.crop(image), index, prob)
 
-    def write_overlays(self, images: list[tuple[str, torch.Tensor, int]], out_dir: Path) -> list[Path]:
-        """OUT_DIR/<stem>.gradcam.png for each (path, preprocessed image, class index); the written paths."""
-        written = []
-        for (_, image, index), name in zip(images, overlay_names([p for p, _, _ in images])):
-            overlay = self.explain(image, index).overlay()
-            written.append(write_atomic(out_dir / name, png_bytes(overlay)))
-        return written
+
+
+class OverlayWriter:
+    """`predict --explain`: each image's overlay written to OUT_DIR/overlay_name(path) as soon as it is
+    explained, so only the image at hand is held. A write that fails is counted and its reason returned,
+    never raised: the predictions go on."""
+
+    def __init__(self, explainer: Explainer, out_dir: str | os.PathLike) -> None:
+        self.explainer, self.out_dir = explainer, Path(out_dir)
+        self.failed = 0
+
+    def write(self, path: str, image: torch.Tensor, class_index: int) -> tuple[str, str]:
+        """(the written overlay's path, "") for one input path and its preprocessed image, or ("", why not)."""
+        target = self.out_dir / overlay_name(path)
+        try:
+            write_atomic(target, png_bytes(self.explainer.explain(image, class_index).overlay()))
+        except UserError as e:  # write_atomic's one line: the file and the reason
+            self.failed += 1
+            return "", str(e)
+        return str(target), ""

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import typing
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from .calibration import calibrated_probabilities
 from .data.decode import DecodeError, decode_image, decode_in_memory, is_image_file
 from .data.transforms import build_eval_transform, stack_images
 from .errors import UserError
-from .explain import Explainer, writable_dir
+from .explain import Explainer, OverlayWriter, writable_dir
 from .hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from .modelfile import LoadedModel, load_model_dir
 from .onnx_runtime import (int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities,
@@ -52,6 +53,9 @@ class Prediction:
             return {"path": self.path, "error": self.error}
         extra = {"gradcam": self.gradcam} if self.gradcam else {}
         return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
+
+
+EachImage = Callable[[Prediction, torch.Tensor], None]  # Predictor.predict's `each`: a result and its image
 
 
 def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
@@ -159,13 +163,16 @@ class Predictor:
             return "not enough memory to preprocess this image"
 
     def predict(self, images: ImageInput | typing.Sequence[ImageInput], topk: int = 5, batch_size: int = 32,
-                tta: bool = False, progress: bool = False) -> list[Prediction]:
+                tta: bool = False, progress: bool = False,
+                each: EachImage | None = None) -> list[Prediction]:
         """Top-k for each image, in order; an unreadable image gives a Prediction with `error` set.
 
         images: paths, PIL images or numpy arrays (HxWx3 uint8 RGB; HxWx4, HxW too), or one of them; each is
         decoded by the same rules as a file (data/decode.py). A Prediction's `path` names the input
         (input_name). tta: also predict the horizontally flipped image and average the two probability
-        vectors. progress: a bar on a terminal (progress.py), for many files.
+        vectors. progress: a bar on a terminal (progress.py), for many files. each: called with every readable
+        image's Prediction and its preprocessed tensor once it is predicted (`predict --explain` writes its
+        overlay there), while no more than two batches of images are held.
         """
         if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
             images = [images]
@@ -174,7 +181,7 @@ class Predictor:
         chunks = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
         if len(images) == 1:  # one camera frame: nothing to overlap, and a decode thread beside the model's
             # spinning compute threads added 5 ms (int8) to 26 ms (bf16) to a 640x480 JPEG's p50 on 2 cores
-            self._predict_chunk(chunks[0], [self.load(images[0], results[0].path)], results, topk, tta)
+            self._predict_chunk(chunks[0], [self.load(images[0], results[0].path)], results, topk, tta, each)
             return results
         with ThreadPoolExecutor(_decode_threads()) as pool, \
                 progress_bar(len(images), "predict", enabled=None if progress else False) as bar:
@@ -184,12 +191,13 @@ class Predictor:
                 if n + 1 < len(chunks):
                     nxt = chunks[n + 1]
                     pending.append(pool.map(self.load, [images[i] for i in nxt], [results[i].path for i in nxt]))
-                self._predict_chunk(chunk, pending[n], results, topk, tta)
+                self._predict_chunk(chunk, pending[n], results, topk, tta, each)
                 pending[n] = None  # let the decoded chunk be freed
                 bar.update(len(chunk))
         return results
 
-    def _predict_chunk(self, chunk: list[int], loaded, results: list[Prediction], topk: int, tta: bool) -> None:
+    def _predict_chunk(self, chunk: list[int], loaded, results: list[Prediction], topk: int, tta: bool,
+                       each: EachImage | None = None) -> None:
         tensors, slots = [], []
         for i, item in zip(chunk, loaded):
             if isinstance(item, str):
@@ -206,6 +214,9 @@ class Predictor:
         values, indices = probs.topk(min(topk, len(self.classes)), dim=1)
         for i, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
             results[i].top = [(self.classes[c], v) for c, v in zip(idxs, vals)]
+        if each is not None:
+            for i, image in zip(slots, tensors):
+                each(results[i], image)
 
 
 def _paths_from_csv(csv_path: Path) -> list[str]:
@@ -253,25 +264,28 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     return items
 
 
-def write_explanations(predictor: Predictor, results: list[Prediction], out_dir: Path) -> None:
-    """Each result's Grad-CAM overlay of its top-1 class into out_dir; sets its `gradcam` path."""
+def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
+    """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that writes
+    each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or prints one
+    warning line naming the image and why its overlay could not be written."""
     explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device,
                           temperature=predictor.temperature)
+    writer = OverlayWriter(explainer, out_dir)
     index = {name: i for i, name in enumerate(predictor.classes)}
-    loaded = [(r, predictor.load(r.path)) for r in results]
-    for r, image in loaded:
-        if isinstance(image, str):  # changed or removed since it was predicted
-            r.error = image
-    kept = [(r, image) for r, image in loaded if not r.error]
-    images = [(r.path, image, index[r.top[0][0]]) for r, image in kept]
-    for (r, _), path in zip(kept, explainer.write_overlays(images, out_dir)):
-        r.gradcam = str(path)
+
+    def each(result: Prediction, image: torch.Tensor) -> None:
+        result.gradcam, reason = writer.write(result.path, image, index[result.top[0][0]])
+        if reason:
+            print(f"warning: {result.path}: Grad-CAM overlay not written ({reason}); its prediction stands",
+                  file=sys.stderr)
+    return writer, each
 
 
-def format_results(results: list[Prediction], fmt: str) -> str:
+def format_results(results: list[Prediction], fmt: str, explained: bool = False) -> str:
     """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error); with
-    overlays (--explain), each format also names the image's Grad-CAM overlay (csv: a gradcam column)."""
-    explained = any(r.gradcam for r in results)
+    overlays (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam
+    column, empty where none was written)."""
+    explained = explained or any(r.gradcam for r in results)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     if fmt == "csv":
@@ -294,10 +308,11 @@ def format_results(results: list[Prediction], fmt: str) -> str:
 def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
                 tta: bool = False, backend: str = "auto", precision: str = "auto", explain_dir: str | None = None
                 ) -> int:
-    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row.
+    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row or any
+    overlay could not be written (the predictions are printed all the same).
 
-    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there (explain.py; on the eager model in
-    fp32 whatever the backend, since ONNX files have no gradients)."""
+    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there, each as it is predicted
+    (explain.py; on the eager model in fp32 whatever the backend, since ONNX files have no gradients)."""
     if topk < 1:
         raise UserError(f"--topk {topk}: expected a whole number of at least 1")
     if batch_size < 1:
@@ -306,12 +321,15 @@ def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table"
     predictor = Predictor(model, backend=backend, precision=precision)
     items = expand_inputs(inputs)
     good = [p for p, reason in items if not reason]
-    predicted = iter(predictor.predict(good, topk, batch_size, tta, progress=len(good) > 1))
+    writer, each = overlay_each(predictor, out_dir) if out_dir is not None else (None, None)
+    predicted = iter(predictor.predict(good, topk, batch_size, tta, progress=len(good) > 1, each=each))
     results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
-    if out_dir is not None:
-        write_explanations(predictor, [r for r in results if not r.error], out_dir)
-    sys.stdout.write(format_results(results, fmt))
+    sys.stdout.write(format_results(results, fmt, explained=writer is not None))
     failed = sum(1 for r in results if r.error)
     if failed:
         print(f"{failed} of {len(results)} inputs could not be predicted (see the error rows)", file=sys.stderr)
-    return 2 if failed else 0
+    unwritten = writer.failed if writer is not None else 0
+    if unwritten:
+        print(f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written (see the warnings); "
+              f"the predictions are complete", file=sys.stderr)
+    return 2 if failed or unwritten else 0
