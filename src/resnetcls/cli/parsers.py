@@ -269,8 +269,9 @@ def _add_rank(sub) -> None:
     p.add_argument("--by", choices=["margin", "entropy"], default="margin",
                    help="uncertainty score: margin = 1 - (p1 - p2), entropy = -sum p log p (default: margin)")
     p.add_argument("--diverse", action="store_true",
-                   help="pick spread-out images (k-center greedy on the model's features among the "
-                        "5 x --limit most uncertain) instead of the plain most uncertain (default: off)")
+                   help="pick spread-out images first: k-center greedy on the model's features picks --limit "
+                        "images (1000 without --limit, then every other image follows, most uncertain first) "
+                        "among the 5 x that many most uncertain (default: off)")
     p.add_argument("--limit", type=POSITIVE, default=None, metavar="N",
                    help="write only the first N images (default: all)")
     p.add_argument("--batch-size", type=number(int, 1, 1 << 16), default=32, help="images per model call (default 32)")
@@ -332,9 +333,10 @@ def _add_commands(sub) -> None:
                    help=BACKEND_HELP)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP)
     p.add_argument("--explain", metavar="OUT_DIR", default=None,
-                   help="also write a Grad-CAM overlay of each image's top-1 class to OUT_DIR/<name>.gradcam.png "
-                        "and list it in the output (on the eager model in fp32, whatever the backend; "
-                        "default: no overlays)")
+                   help="also write a Grad-CAM overlay of each image's top-1 class to "
+                        "OUT_DIR/<name>-<path hash>.gradcam.png as it goes and list it in the output (on the "
+                        "eager model in fp32, whatever the backend); an overlay that cannot be written is a "
+                        "warning, its prediction is still printed, and the exit code is 2 (default: no overlays)")
     _add_rank(sub)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (curves, eval figures, config)")
