@@ -126,11 +126,10 @@ def _per_class(confusion: np.ndarray, classes: list[str]) -> dict:
 
 def most_confused(confusion: np.ndarray, classes: list[str], k: int = 20) -> list[dict]:
     """The k largest off-diagonal cells (true class predicted as another), largest first."""
-    off = confusion.copy()
-    np.fill_diagonal(off, 0)
-    cells = np.flatnonzero(off)
-    cells = cells[np.lexsort((cells, -off.flat[cells]))][:k]  # by count, ties in class order
-    rows, cols = np.unravel_index(cells, off.shape)
+    cells = np.flatnonzero(confusion)  # at most one per image: no second C x C array
+    cells = cells[cells % (len(confusion) + 1) != 0]  # off the diagonal
+    cells = cells[np.lexsort((cells, -confusion.flat[cells]))][:k]  # by count, ties in class order
+    rows, cols = np.unravel_index(cells, confusion.shape)
     return [{"true": classes[i], "pred": classes[j], "count": int(confusion[i, j])} for i, j in zip(rows, cols)]
 
 
