@@ -123,8 +123,9 @@ def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | Non
 def evaluate(model: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
              batch_size: int = 64, precision: str = "auto") -> dict:
     """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
-    ece, per_class, confusion, ...), also written with tables and figures to `out` (default: eval/ next to
-    the model). MODEL: a model directory or a run directory (its best model)."""
+    ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also written
+    with tables and figures to `out` (default: eval/ next to the model). MODEL: a model directory or a run
+    directory (its best model)."""
     return evaluate_model(model, _text(data), out, batch_size, precision=precision)
 
 
