@@ -23,6 +23,7 @@ def test_env_text_names_versions_cpu_precision_cache_and_packages():
     assert f"precision: train {expected} + channels_last, predict {expected} + channels_last" in text
     assert "with an exported model.onnx: " in text
     assert f"cache: {os.environ['RESNETCLS_CACHE']}" in text and "GB free" in text
+    assert "limit 50 GB unless a run sets data.cache_max_gb" in text  # the default size limit, and its key
     assert "CUDA devices:" in text and "onnxruntime" in text
 
 
@@ -35,6 +36,7 @@ def test_env_json_is_for_programs():
     assert info["precision"]["cpu"]["train"].split(" + ")[0] in ("bf16", "fp32")
     assert info["cuda_devices"] == [] or all("memory_gb" in d and "precision" in d for d in info["cuda_devices"])
     assert info["cache"]["dir"] == os.environ["RESNETCLS_CACHE"] and info["packages"]["onnxruntime"]
+    assert info["cache"]["max_gb"] == 50
 
 
 def test_python_m_env_on_a_cpu_capped_below_bf16_picks_fp32():

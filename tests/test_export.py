@@ -1,5 +1,6 @@
-"""`resnetcls export` (ONNX, TorchScript) with its parity check, and predict's onnxruntime and openvino
-backends (which run the exported file) and when `--backend auto` picks them."""
+"""`resnetcls export` (ONNX, TorchScript) with its parity check and the sha256 it records in model.json, and predict's
+onnxruntime and openvino backends (which run the exported file, only while it has that sha256) and when `--backend
+auto` picks them."""
 import json
 
 import numpy as np
@@ -13,9 +14,10 @@ from resnetcls import hardware
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.models import create_model
-from resnetcls.modelfile import load_model_dir, save_model_dir, write_calibration
+from resnetcls.modelfile import load_model_dir, save_model_dir, sha256_file, write_calibration
 from resnetcls.predict import Predictor
 from resnetcls.cli import main
+from resnetcls.errors import UserError
 from tests.conftest import SHARED_DATA, run_cli
 
 CLASSES = ["ants", "bees", "cats"]
@@ -63,6 +65,8 @@ def test_onnx_export_is_checked_carries_metadata_and_has_a_dynamic_batch(exporte
     assert json.loads(meta["preprocess"])["image_size"] == 32
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch dimension
     assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    recorded = json.loads((model / "model.json").read_text())["sha256"]
+    assert recorded["model.onnx"] == sha256_file(model / "model.onnx")  # what predict and serve will check
     session = export_mod.onnx_session(model / "model.onnx")
     loaded = load_model_dir(model)
     batch = torch.stack([Predictor(model).transform(decode_image(p)) for p in images])
@@ -89,6 +93,31 @@ def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_p
         logits, probs = scripted(batch)
         eager = load_model_dir(model).model(batch).softmax(1)
     assert probs.shape == (5, 3) and float((probs - eager).abs().max()) <= 1e-4
+    assert set(json.loads((model / "model.json").read_text())["sha256"]) == {"model.safetensors", "model.json"}
+
+
+def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_and_the_fix(exported_dir, tmp_path,
+                                                                                         monkeypatch, images):
+    import shutil
+
+    from resnetcls.serve import create_app
+    from resnetcls.serve_schema import ServeSettings
+    model = shutil.copytree(exported_dir[0], tmp_path / "model")
+    data = bytearray((model / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit, the size unchanged
+    (model / "model.onnx").write_bytes(bytes(data))
+    result = run_cli("predict", model, images[0], "--backend", "onnxruntime")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"resnetcls: error: {model / 'model.onnx'}: sha256 does not match model.json (changed or "
+                                     f"replaced since it was exported); re-export it with `resnetcls export {model} "
+                                     "--format onnx`")
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)  # where auto would run model.onnx
+    for build in (lambda: Predictor(model), lambda: create_app(ServeSettings(str(model), backend="openvino"))):
+        with pytest.raises(UserError, match="sha256 does not match model.json"):
+            build()
+    assert run_cli("export", model, "--format", "onnx").returncode == 0  # the fix the message names
+    assert Predictor(model).backend == "onnxruntime"
 
 
 def test_export_that_disagrees_with_eager_is_refused_and_not_written(tmp_path, monkeypatch):
@@ -171,8 +200,9 @@ def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the
     assert export_mod.read_export_metadata(model / "model.onnx")["temperature"] == "0.2"
     onnx_backend = Predictor(model, backend="onnxruntime")  # uses the model.onnx just written
     assert float((onnx_backend.probabilities(batch) - expected).abs().max()) <= 1e-4
-    out = tmp_path / "model.pt"
-    assert run_cli("export", model, "--format", "torchscript", "--out", out).returncode == 0
+    out = model / "model.torchscript.pt"  # the default place, inside the model directory: its sha256 is recorded
+    assert run_cli("export", model, "--format", "torchscript").returncode == 0
+    assert load_model_dir(model).meta["sha256"][out.name] == sha256_file(out)
     with torch.no_grad():
         logits, probs = export_mod.load_torchscript(out)(batch)
     assert float((probs - expected).abs().max()) <= 1e-4 and float((logits - raw).abs().max()) <= 1e-3

@@ -10,7 +10,8 @@ import torch
 from resnetcls.cli import main
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.errors import UserError
-from resnetcls.modelfile import FORMAT, load_model_dir, save_model_dir, sha256_file, write_calibration
+from resnetcls.modelfile import (FORMAT, cached_sha256, load_model_dir, record_export, save_model_dir, sha256_file,
+                                 write_calibration)
 from resnetcls.models import create_model
 
 ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
@@ -162,6 +163,9 @@ PRE = make_preprocess(32)
     ({"classes": ["ant", "bee", "caf\udce9"]}, "class name 'caf\\udce9' is not valid Unicode text"),
     ({"classes": [f"c{i}" for i in range(100_001)]}, "100001 classes: at most 100,000 are supported"),
     ({"sha256": {"model.safetensors": "0" * 64, "model.json": "xyz"}}, "sha256.model.json must be a 64-digit"),
+    ({"sha256": {"model.safetensors": "0" * 64, "model.onnx": 7}}, "sha256.model.onnx must be a 64-digit"),
+    ({"sha256": {"model.safetensors": "0" * 64, "../model.onnx": "0" * 64}},
+     "sha256.../model.onnx must be a 64-digit hex digest of a file in the model directory"),
 ])
 def test_every_field_is_checked_by_type_then_range(copy, capsys, changes, message):
     edit_meta(copy, **changes)
@@ -207,6 +211,26 @@ def test_write_calibration_stores_the_record_and_keeps_the_hashes_valid(copy):
     loaded = load_model_dir(copy)  # checks both hashes
     assert loaded.temperature == 1.7 and loaded.meta["calibration"]["images"] == 40
     assert loaded.meta["sha256"]["model.safetensors"] == weights and loaded.classes == CLASSES
+
+
+def test_an_export_s_hash_is_recorded_beside_the_weights_and_kept_by_later_records(copy):
+    (copy / "model.onnx").write_bytes(b"an exported file")
+    before = json.loads((copy / "model.json").read_text())["sha256"]
+    record_export(copy, "model.onnx")
+    hashes = load_model_dir(copy).meta["sha256"]  # still loads: the record is outside the content hash
+    assert hashes == {**before, "model.onnx": sha256_file(copy / "model.onnx")}
+    write_calibration(copy, {"calibrated": True, "temperature": 1.5, "fitted_on": "val", "images": 40})
+    assert load_model_dir(copy).meta["sha256"]["model.onnx"] == hashes["model.onnx"]
+
+
+def test_the_cached_hash_follows_a_file_rewritten_in_place_with_the_same_size(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"a" * 100)
+    first = cached_sha256(path)
+    assert first == sha256_file(path)
+    with open(path, "r+b") as f:  # same inode, same size
+        f.write(b"b")
+    assert cached_sha256(path) == sha256_file(path) != first
 
 
 @pytest.mark.parametrize("record, message", [

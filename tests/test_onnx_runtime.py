@@ -1,14 +1,16 @@
-"""Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when it matches
-the weights, otherwise an in-memory export that says how to skip it next time; same probabilities as eager; a
-file OpenVINO cannot compile is a one-line error."""
+"""Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when model.json
+records its sha256 and it matches the weights, otherwise an in-memory export that says how to skip it next time; a
+file that differs from its recorded sha256 is refused in one line; same probabilities as eager; a file OpenVINO
+cannot compile is a one-line error; neither runtime writes into the home folder."""
 import os
 
 import pytest
 import torch
 
 from resnetcls import onnx_runtime
-from resnetcls.modelfile import load_model_dir, write_calibration
-from resnetcls.onnx_runtime import ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session_for
+from resnetcls.errors import UserError
+from resnetcls.modelfile import load_model_dir, record_export, write_calibration
+from resnetcls.onnx_runtime import INT8_FILE, ONNX_FILE, int8_session_for, onnx_bytes, onnx_probabilities, onnx_session_for
 from tests.test_export import make_tiny_model_dir
 
 
@@ -31,20 +33,49 @@ def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_pat
     assert "no model.onnx; exporting in memory" in capsys.readouterr().err and exports == [model]
     assert not (model / ONNX_FILE).exists()  # nothing written
     assert float((onnx_probabilities(session, batch) - eager).abs().max()) <= 1e-4
-    (model / ONNX_FILE).write_bytes(exported)
+    (model / ONNX_FILE).write_bytes(exported)  # copied in (or exported by an older resnetcls): no sha256 recorded
     onnx_session_for(loaded)
-    assert capsys.readouterr().err == "" and exports == [model]  # the file matches these weights: used as is
-    other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=1))
-    (other.path / ONNX_FILE).write_bytes(exported)  # exported from other weights
-    onnx_session_for(other)
+    err = capsys.readouterr().err
+    assert "not run, its sha256 is not recorded in model.json" in err and "exporting in memory meanwhile" in err
+    assert f"re-export it with `resnetcls export {model} --format onnx`" in err and exports == [model, model]
+    record_export(model, ONNX_FILE)  # what export does once the file is checked and written
+    onnx_session_for(load_model_dir(model))
+    assert capsys.readouterr().err == "" and exports == [model, model]  # recorded, from these weights: used as is
+    other = make_tiny_model_dir(tmp_path / "other", seed=1)
+    (other / ONNX_FILE).write_bytes(exported)  # exported from other weights
+    onnx_session_for(load_model_dir(record_export(other, ONNX_FILE)))
     assert "exported from other weights; exporting again in memory" in capsys.readouterr().err
-    assert exports == [model, other.path]
+    assert exports == [model, model, other]
+
+
+def test_an_export_that_differs_from_its_recorded_sha256_is_refused_in_one_line_naming_the_fix(tmp_path, seed0_onnx):
+    model = make_tiny_model_dir(tmp_path / "model")
+    for name in (ONNX_FILE, INT8_FILE):  # (any ONNX file from these weights serves as the int8 one here)
+        (model / name).write_bytes(seed0_onnx)
+    with pytest.raises(UserError, match="not run, its sha256 is not recorded in model.json"):
+        int8_session_for(load_model_dir(model))  # cannot be made in memory: refused until re-exported
+    record_export(record_export(model, ONNX_FILE), INT8_FILE)
+    loaded = load_model_dir(model)
+    assert onnx_runtime.onnx_file_current(loaded) and int8_session_for(loaded) is not None
+    for name, fix in ((ONNX_FILE, "--format onnx`"), (INT8_FILE, "--format onnx --int8`")):
+        data = bytearray(seed0_onnx)
+        data[-8] ^= 1  # one bit flipped in place: same name, same size, same inode
+        (model / name).write_bytes(bytes(data))
+        calls = ([lambda: onnx_session_for(loaded), lambda: onnx_runtime.onnx_file_current(loaded)]
+                 if name == ONNX_FILE else [lambda: int8_session_for(loaded)])
+        for call in calls:
+            with pytest.raises(UserError) as error:
+                call()
+            message = str(error.value)
+            assert "\n" not in message and message.startswith(f"{model / name}: sha256 does not match model.json")
+            assert f"re-export it with `resnetcls export {model} {fix}" in message
 
 
 def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature_is_stored(tmp_path, capsys,
                                                                                            seed0_onnx):
     model = make_tiny_model_dir(tmp_path / "model")
     (model / ONNX_FILE).write_bytes(seed0_onnx)  # exported from these weights at T = 1
+    record_export(model, ONNX_FILE)
     write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 20})
     loaded = load_model_dir(model)
     session = onnx_session_for(loaded)

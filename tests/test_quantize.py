@@ -5,6 +5,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from resnetcls.modelfile import sha256_file
 from resnetcls.predict import Predictor
 from resnetcls.serve import create_app
 from resnetcls.serve_schema import ServeSettings
@@ -27,8 +28,10 @@ def test_int8_export_writes_the_file_and_records_its_agreement(int8_run):
     assert (run / "best" / "model.int8.onnx").is_file()
     assert "top-1 agrees on" in stdout and "accuracy fp32" in stdout and "drop" in stdout
     assert "ONNX Runtime" in stdout and "OpenVINO" in stdout  # each runtime's own int8 kernels were checked
-    record = json.loads((run / "best" / "model.json").read_text())["int8"]
+    meta = json.loads((run / "best" / "model.json").read_text())
+    record = meta["int8"]
     assert record["file"] == "model.int8.onnx"
+    assert meta["sha256"]["model.int8.onnx"] == sha256_file(run / "best" / "model.int8.onnx")  # what predict checks
     assert record["agreement"] >= 0.8 and record["images"] > 0 and record["calibration_images"] > 0
     assert set(record["runtimes"]) == {"onnxruntime", "openvino"}
     assert record["agreement"] == min(r["agreement"] for r in record["runtimes"].values())

@@ -21,6 +21,7 @@ import torch
 import torchvision
 
 from . import __version__
+from .config.schema import DataConfig
 from .data.cache import resolve_cache_dir
 from .hardware import (auto_exported_backend, cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp,
                        usable_cores)
@@ -83,12 +84,14 @@ def _cuda_devices() -> list[dict]:
 
 
 def _cache_facts() -> dict:
+    """The decoded cache's folder (data.cache_dir's default: $RESNETCLS_CACHE, else ~/.cache/resnetcls), its use, the
+    free space there and the size limit a run keeps it under unless its config says otherwise (data.cache_max_gb)."""
     cache = resolve_cache_dir()
     existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
     free = shutil.disk_usage(existing).free if existing is not None else None
     used = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
     return {"dir": str(cache), "exists": cache.is_dir(), "used_gb": round(used / 1e9, 3),
-            "free_gb": round(free / 1e9, 1) if free is not None else None}
+            "free_gb": round(free / 1e9, 1) if free is not None else None, "max_gb": DataConfig().cache_max_gb}
 
 
 def _version(dist: str) -> str | None:
@@ -187,9 +190,10 @@ def format_text(info: dict) -> str:
                      f"precision: train {d['precision']['train']}, predict {d['precision']['predict']}")
     used = f"{cache['used_gb']} GB used" if cache["exists"] else "not created yet"
     free = "free space unknown" if cache["free_gb"] is None else f"{cache['free_gb']} GB free"
+    limit = f"limit {cache['max_gb']:g} GB" if cache["max_gb"] else "no size limit"  # (0 = none)
     installed = [f"{k} {v}" for k, v in info["packages"].items() if v]
     missing = [k for k, v in info["packages"].items() if not v]
-    lines += ["", f"cache: {cache['dir']} ({used}; {free})", "",
+    lines += ["", f"cache: {cache['dir']} ({used}; {free}; {limit} unless a run sets data.cache_max_gb)", "",
               "packages: " + (", ".join(installed) or "none of the optional ones"),
               "not installed: " + (", ".join(missing) or "-")]
     return "\n".join(lines) + "\n"

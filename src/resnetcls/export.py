@@ -25,7 +25,7 @@ from .calibration import calibrated_probabilities
 from .data.decode import DecodeError, decode_image, is_image_file
 from .data.transforms import build_eval_transform
 from .errors import UserError
-from .modelfile import LoadedModel, load_model_dir
+from .modelfile import LoadedModel, load_model_dir, record_export
 from .onnx_runtime import (ONNX_FILE, ProbabilityHead, example_input, export_metadata, onnx_bytes,
                            onnx_probabilities, onnx_session, read_onnx_metadata)
 from .progress import progress_bar
@@ -183,8 +183,9 @@ def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     """Export MODEL to ONNX or TorchScript, check it against eager on real images, then write it atomically.
 
     The default output is inside the model directory (model.onnx / model.torchscript.pt), where the
-    onnxruntime backend of predict and serve finds it. A failed check raises ExportCheckFailed and writes
-    nothing.
+    onnxruntime backend of predict and serve finds it; a file written into the model directory has its sha256
+    recorded in model.json, and predict and serve refuse it once it differs. A failed check raises
+    ExportCheckFailed and writes nothing.
     """
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -201,6 +202,8 @@ def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         raise ExportCheckFailed(f"{fmt} export of {loaded.path} not written: {parity.summary()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
+    if path.parent.resolve() == loaded.path.resolve():  # in the model directory: predict and serve may run it
+        record_export(loaded.path, path.name)
     return ExportResult(path, fmt, len(data), seconds, parity)
 
 

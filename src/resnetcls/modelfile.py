@@ -6,10 +6,15 @@ Optional field "calibration" (written by engine/calibrate.py at the end of train
 {"calibrated": bool, "temperature": T, "fitted_on": "val" | null, "images": n, "nll_before", "nll_after",
 "ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
 softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
+
+"sha256" holds the weights' hash, model.json's content hash and, once exported into the directory, the hash of each
+exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run an exported
+file only when its hash is the one recorded (check_export_hash).
 """
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -71,6 +76,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256_file, computed once per file version: path, inode, size, mtime and ctime (an atomic rewrite gives a new
+    inode; an in-place rewrite changes the size or the times, and ctime cannot be set back), so a Predictor that checks
+    a file twice, or a second Predictor in the process, does not read a large file again."""
+    stat = os.stat(path)
+    return _sha256_of(os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
 def content_sha256(meta: dict) -> str:
     """The hash of everything model.json says except its own hashes (canonical JSON: sorted keys, ASCII)."""
     content = {k: v for k, v in meta.items() if k != "sha256"}
@@ -107,15 +125,40 @@ def write_calibration(path: str | os.PathLike, record: dict) -> Path:
     return write_meta_record(path, "calibration", record)
 
 
-def write_meta_record(path: str | os.PathLike, key: str, record: dict) -> Path:
-    """Store record as model.json's field `key` ("calibration", "int8"), as write_calibration describes."""
+def write_meta_record(path: str | os.PathLike, key: str, record: dict | None, hashed: tuple[str, ...] = ()) -> Path:
+    """Store record as model.json's field `key` ("calibration", "int8"; None: no field), as write_calibration
+    describes, and the sha256 of the files named in `hashed` (exports in the directory) beside the hashes kept."""
     model_dir = Path(path)
     meta = read_meta(model_dir)
-    meta = {**{k: v for k, v in meta.items() if k != "sha256"}, key: record}
+    exports = {k: v for k, v in meta["sha256"].items() if k not in (WEIGHTS, META)}
+    meta = {k: v for k, v in meta.items() if k != "sha256"}
+    if record is not None:
+        meta[key] = record
     check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, model_dir / META)
-    meta["sha256"] = {WEIGHTS: sha256_file(model_dir / WEIGHTS), META: content_sha256(meta)}
+    exports.update({name: sha256_file(model_dir / name) for name in hashed})
+    meta["sha256"] = {WEIGHTS: sha256_file(model_dir / WEIGHTS), META: content_sha256(meta), **exports}
     write_text_atomic(model_dir / META, json.dumps(meta, indent=2) + "\n")
     return model_dir
+
+
+def record_export(path: str | os.PathLike, name: str, key: str = "", record: dict | None = None) -> Path:
+    """Record the sha256 of the exported file path/name in model.json's "sha256" table (and record as field key),
+    after the file was checked and written; predict and serve run it only while it still has that hash."""
+    return write_meta_record(path, key, record, hashed=(name,))
+
+
+def check_export_hash(loaded: LoadedModel, name: str, command: str) -> bool:
+    """True when model.json records the sha256 of the exported file `name` in the model directory and the file has
+    it; False when it records none (exported by an older resnetcls, or copied in); UserError naming the file and
+    `command` (what re-exports it) when the file differs from the record. Hashed once per file version."""
+    expected = loaded.meta["sha256"].get(name)
+    if expected is None:
+        return False
+    path = loaded.path / name
+    if cached_sha256(path) != expected:
+        raise UserError(f"{path}: sha256 does not match model.json (changed or replaced since it was exported); "
+                        f"re-export it with `{command}`")
+    return True
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -217,7 +260,9 @@ def check_meta(meta, where: Path) -> dict:
     hashes = meta["sha256"]
     _check(isinstance(hashes, dict) and _is_digest(hashes.get(WEIGHTS)), where,
            f"sha256.{WEIGHTS} must be a 64-digit hex digest")
-    _check(META not in hashes or _is_digest(hashes[META]), where, f"sha256.{META} must be a 64-digit hex digest")
+    bad = next((k for k, v in hashes.items() if not _is_digest(v) or not isinstance(k, str) or "/" in k
+                or "\\" in k or k in ("", ".", "..")), None)
+    _check(bad is None, where, f"sha256.{bad} must be a 64-digit hex digest of a file in the model directory")
     return meta
 
 

@@ -4,7 +4,12 @@ it): predict must not import the export command, so what both need lives here.
 
 An exported model takes float32 (N, 3, S, S) RGB images, preprocessed as recorded in `preprocess` (which
 travels in the file's metadata with the class names), and gives `logits` (raw) and `probabilities`
-(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata).
+(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata). A file in the
+model directory is run only when model.json records its sha256 and the file still has it (modelfile.record_export).
+
+Both runtimes ship with telemetry: ONNX Runtime writes a device id under ~/.cache/Microsoft and OpenVINO a client id
+under ~/intel and sends usage events. Both are turned off before either is imported (runtime_telemetry_off) unless
+the user sets RESNETCLS_RUNTIME_TELEMETRY=1.
 """
 from __future__ import annotations
 
@@ -21,12 +26,36 @@ from torch import nn
 
 from .errors import UserError
 from .hardware import cpu_has_fast_bf16
-from .modelfile import WEIGHTS, LoadedModel, temperature_of
+from .modelfile import WEIGHTS, LoadedModel, check_export_hash, temperature_of
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
 INT8_FILE = "model.int8.onnx"  # the int8 form (quantize.py), for --backend onnxruntime-int8 / openvino-int8
 RUNTIMES = ("onnxruntime", "openvino")
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+TELEMETRY_ENV = "RESNETCLS_RUNTIME_TELEMETRY"  # "1": leave the runtimes' telemetry as their makers ship it
+
+
+def runtime_telemetry_off() -> None:
+    """Turn ONNX Runtime's and OpenVINO's telemetry off, unless RESNETCLS_RUNTIME_TELEMETRY=1; call it before
+    importing either. ONNX Runtime reads ORT_DISABLE_TELEMETRY when it is imported (a value the user set is kept).
+    OpenVINO's usage events come from its optional openvino_telemetry package, imported by `import openvino`: hidden
+    during that import, OpenVINO falls back to its own no-op stub (its path when the package is not installed),
+    and the package stays importable afterwards for whoever wants it."""
+    if os.environ.get(TELEMETRY_ENV) == "1":
+        return
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    if "openvino" in sys.modules:
+        return
+    hidden = "openvino_telemetry" not in sys.modules
+    if hidden:
+        sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
+    try:
+        import openvino  # noqa: F401  (binds OpenVINO's telemetry hooks to its stub)
+    except ImportError:
+        pass  # not installed: nothing to turn off
+    finally:
+        if hidden:
+            del sys.modules["openvino_telemetry"]
 
 
 class ProbabilityHead(nn.Module):
@@ -111,6 +140,7 @@ class OpenVinoSession:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
+        runtime_telemetry_off()
         import openvino as ov
         core = ov.Core()
         graph = (core.read_model(model, ov.Tensor(np.empty(0, np.uint8))) if isinstance(model, bytes)
@@ -144,6 +174,7 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int = 0, runtime: st
     folding; always fp32), or with runtime "openvino" an OpenVinoSession at `precision`."""
     if runtime == "openvino":
         return OpenVinoSession(model, threads, precision)
+    runtime_telemetry_off()
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -178,48 +209,67 @@ def exported_temperature(meta: dict[str, str]) -> float | None:
         return None
 
 
+def export_command(loaded: LoadedModel, int8: bool = False) -> str:
+    """The command that (re-)exports the model directory's model.onnx (int8: model.int8.onnx)."""
+    return f"resnetcls export {loaded.path} --format onnx" + (" --int8" if int8 else "")
+
+
+def _unrecorded(path, loaded: LoadedModel, instead: str, int8: bool = False) -> str:
+    return (f"{path}: not run, its sha256 is not recorded in model.json (exported by an older resnetcls, or copied "
+            f"in); {instead}re-export it with `{export_command(loaded, int8)}`")
+
+
+def _is_current(meta: dict[str, str], loaded: LoadedModel) -> bool:
+    return (meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
+            and exported_temperature(meta) == loaded.temperature)
+
+
 def onnx_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnxruntime", precision: str = "auto"):
-    """A session (onnx_session) for a loaded model directory: its model.onnx when that was exported from these
-    exact weights and calibration temperature, else an in-memory export (slower to start; nothing is written).
-    A file exported before calibration existed has no temperature: it is current only for T = 1."""
-    path = loaded.path / ONNX_FILE
-    if path.is_file():
-        meta = read_onnx_metadata(path)
-        same_weights = meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
-        if same_weights and exported_temperature(meta) == loaded.temperature:
-            return onnx_session(path, threads, runtime, precision)
-        changed = ("from other weights" if not same_weights else
-                   f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}")
-        print(f"{path}: exported {changed}; exporting again in memory "
-              f"(run `resnetcls export {loaded.path} --format onnx` to refresh it)", file=sys.stderr)
+    """A session (onnx_session) for a loaded model directory: its model.onnx when model.json records its sha256 and
+    it was exported from these exact weights and calibration temperature, else an in-memory export (slower to
+    start; nothing is written). A file whose sha256 differs from the record is refused (UserError). A file exported
+    before calibration existed has no temperature: it is current only for T = 1."""
+    path, command = loaded.path / ONNX_FILE, export_command(loaded)
+    if not path.is_file():
+        print(f"{loaded.path}: no model.onnx; exporting in memory (run `{command}` once to skip this)",
+              file=sys.stderr)
+    elif not check_export_hash(loaded, ONNX_FILE, command):
+        print(_unrecorded(path, loaded, "exporting in memory meanwhile; "), file=sys.stderr)
     else:
-        print(f"{loaded.path}: no model.onnx; exporting in memory "
-              f"(run `resnetcls export {loaded.path} --format onnx` once to skip this)", file=sys.stderr)
+        meta = read_onnx_metadata(path)
+        if _is_current(meta, loaded):
+            return onnx_session(path, threads, runtime, precision)
+        changed = ("from other weights" if meta.get("weights_sha256") != loaded.meta["sha256"][WEIGHTS] else
+                   f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}")
+        print(f"{path}: exported {changed}; exporting again in memory (run `{command}` to refresh it)",
+              file=sys.stderr)
     return onnx_session(onnx_bytes(loaded), threads, runtime, precision)
 
 
 def int8_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnxruntime"):
-    """A session on the model directory's model.int8.onnx, which must have been quantized from these exact
-    weights and temperature (it cannot be made in memory: quantizing needs calibration images). OpenVINO runs
-    the same QDQ file with its own int8 kernels; `export --int8` checks the file's agreement in both."""
-    path = loaded.path / INT8_FILE
-    hint = f"run `resnetcls export {loaded.path} --format onnx --int8`"
+    """A session on the model directory's model.int8.onnx, which must be the file `export --int8` recorded in
+    model.json (its sha256) and quantized from these exact weights and temperature (it cannot be made in memory:
+    quantizing needs calibration images). OpenVINO runs the same QDQ file with its own int8 kernels; `export --int8`
+    checks the file's agreement in both."""
+    path, command = loaded.path / INT8_FILE, export_command(loaded, int8=True)
     if not path.is_file():
-        raise UserError(f"{path}: not found; {hint} first")
-    meta = read_onnx_metadata(path)
-    current = (meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
-               and exported_temperature(meta) == loaded.temperature)
-    if not current:
-        raise UserError(f"{path}: quantized from other weights or another calibration temperature; {hint} again")
+        raise UserError(f"{path}: not found; run `{command}` first")
+    if not check_export_hash(loaded, INT8_FILE, command):
+        raise UserError(_unrecorded(path, loaded, "", int8=True))
+    if not _is_current(read_onnx_metadata(path), loaded):
+        raise UserError(f"{path}: quantized from other weights or another calibration temperature; run `{command}` "
+                        "again")
     return onnx_session(path, threads, runtime)
 
 
 def onnx_file_current(loaded: LoadedModel) -> bool:
-    """Whether the model directory has a model.onnx exported (and so parity-checked) from these exact weights
-    and temperature: the condition for --backend auto to choose OpenVINO or ONNX Runtime."""
+    """Whether the model directory has a model.onnx recorded in model.json (its sha256) and exported (and so
+    parity-checked) from these exact weights and temperature: the condition for --backend auto to choose OpenVINO or
+    ONNX Runtime. A file without a record is passed over with a note; one that differs from its record is refused."""
     path = loaded.path / ONNX_FILE
     if not path.is_file():
         return False
-    meta = read_onnx_metadata(path)
-    return (meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
-            and exported_temperature(meta) == loaded.temperature)
+    if not check_export_hash(loaded, ONNX_FILE, export_command(loaded)):
+        print(_unrecorded(path, loaded, "--backend auto runs torch meanwhile; "), file=sys.stderr)
+        return False
+    return _is_current(read_onnx_metadata(path), loaded)

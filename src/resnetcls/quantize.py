@@ -28,9 +28,9 @@ from .data.decode import DecodeError, decode_image
 from .data.sources import Samples, load_splits
 from .data.transforms import build_eval_transform
 from .errors import UserError
-from .modelfile import LoadedModel, load_model_dir, write_meta_record
+from .modelfile import LoadedModel, load_model_dir, record_export
 from .onnx_runtime import (INT8_FILE, RUNTIME_NAMES, RUNTIMES, export_metadata, onnx_bytes, onnx_probabilities,
-                           onnx_session)
+                           onnx_session, runtime_telemetry_off)
 
 VALIDATION_IMAGES = 500  # at most this many validation images are compared (a few seconds of int8 inference)
 
@@ -123,6 +123,7 @@ class _Reader:
 def int8_bytes(loaded: LoadedModel, calibration: torch.Tensor) -> bytes:
     """The fp32 ONNX graph quantized statically: QDQ, per-channel int8 weights, uint8 activations (MinMax)."""
     import onnx
+    runtime_telemetry_off()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +150,7 @@ def _top1(pred: torch.Tensor, labels: list[int]) -> float | None:
 def export_int8(model: str | os.PathLike, calibration: str | os.PathLike | None = None, images: int = 256,
                 min_agreement: float = 0.99, out: str | os.PathLike | None = None) -> Int8Result:
     """Quantize MODEL to int8 ONNX, calibrated on `images` training images, and write it (default
-    MODEL/model.int8.onnx, recorded in model.json's "int8" field) only when its top-1 agrees with eager fp32 on
+    MODEL/model.int8.onnx, recorded with its sha256 in model.json's "int8" and "sha256" fields) only when its top-1 agrees with eager fp32 on
     at least min_agreement of the validation images; else UserError with the numbers, nothing written."""
     if images < 1:
         raise UserError(f"--calibration-images {images}: expected a whole number of at least 1")
@@ -176,6 +177,6 @@ def export_int8(model: str | os.PathLike, calibration: str | os.PathLike | None 
         raise UserError(f"int8 export of {loaded.path} not written: {result.summary()}; below --min-agreement "
                         f"{min_agreement:g} (try more --calibration-images, or keep the fp32 model.onnx)")
     write_atomic(path, data)
-    if out is None:
-        write_meta_record(loaded.path, "int8", result.record())
+    if path.parent.resolve() == loaded.path.resolve():  # in the model directory: its sha256 and checks recorded
+        record_export(loaded.path, path.name, "int8", result.record())
     return result

@@ -1,0 +1,54 @@
+"""Nothing is written outside the folders the README's "Files we write" names: export, predict (auto with --explain,
+ONNX Runtime, OpenVINO) and serve (a request through the app) run with HOME pointing at an empty folder and XDG_* unset,
+and leave nothing there, and nothing beside the model directory but what was asked for."""
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from resnetcls.onnx_runtime import TELEMETRY_ENV
+from tests.test_export import make_tiny_model_dir
+
+# In a fresh interpreter: the runtimes' telemetry acts when they are first imported, which in the suite's own process
+# may already have happened (and HOME is read once per process by some libraries).
+SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from resnetcls.cli import main
+from resnetcls.serve import create_app
+from resnetcls.serve_schema import ServeSettings
+work = Path(sys.argv[1])
+model, image = work / "model", work / "a.png"
+codes = [main(["export", str(model), "--format", "onnx"]), main(["export", str(model), "--format", "torchscript"])]
+codes.append(main(["predict", str(model), str(image), "--explain", str(work / "cams")]))  # auto
+for backend in ("onnxruntime", "openvino"):
+    codes.append(main(["predict", str(model), str(image), "--backend", backend]))
+with TestClient(create_app(ServeSettings(str(model), backend="openvino"))) as client:
+    codes.append(client.post("/predict", files={"file": ("a.png", image.read_bytes(), "image/png")}).status_code)
+print(json.dumps(codes))
+"""
+
+
+def test_export_predict_and_serve_write_nothing_into_home_and_only_what_was_asked_beside_the_model(tmp_path):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    make_tiny_model_dir(work / "model")
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(work / "a.png")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("XDG_") and k not in ("RESNETCLS_CACHE", "ORT_DISABLE_TELEMETRY", TELEMETRY_ENV)}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(work)], cwd=work, env={**env, "HOME": str(home)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [0] * 5 + [200]
+    # The documented cache (~/.cache/resnetcls, the default without RESNETCLS_CACHE) is the one thing allowed
+    # there, and these commands do not even need it.
+    cache = home / ".cache" / "resnetcls"
+    stray = [str(p.relative_to(home)) for p in home.rglob("*") if p not in (home / ".cache", cache)
+             and cache not in p.parents]
+    assert stray == []
+    written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
+    assert written == ["a.png", "cams/a.gradcam.png", "model/model.json", "model/model.onnx",
+                       "model/model.safetensors", "model/model.torchscript.pt"]
