@@ -1,5 +1,5 @@
-"""Nothing is written outside the folders the README's "Files we write" names: export, predict (auto with --explain,
-ONNX Runtime, OpenVINO) and serve (a request through the app) run with HOME pointing at an empty folder and XDG_* unset,
+"""Nothing is written outside the folders the README's "Files we write" names: export, eval (figures), predict (auto
+with --explain, ONNX Runtime, OpenVINO) and serve (a request through the app) run with HOME pointing at an empty folder and XDG_* unset,
 and leave nothing there, and nothing beside the model directory but what was asked for."""
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 from PIL import Image
 
 from resnetcls.onnx_runtime import TELEMETRY_ENV
-from tests.test_export import make_tiny_model_dir
+from tests.test_export import CLASSES, make_tiny_model_dir
 
 # In a fresh interpreter: the runtimes' telemetry acts when they are first imported, which in the suite's own process
 # may already have happened (and HOME is read once per process by some libraries).
@@ -22,7 +22,8 @@ from resnetcls.serve import create_app
 from resnetcls.serve_schema import ServeSettings
 work = Path(sys.argv[1])
 model, image = work / "model", work / "a.png"
-codes = [main(["export", str(model), "--format", "onnx"]), main(["export", str(model), "--format", "torchscript"])]
+codes = [main(["export", str(model), "--format", "onnx"]), main(["export", str(model), "--format", "torchscript"]),
+         main(["eval", str(model), str(work / "data"), "--out", str(work / "eval")])]  # (draws figures)
 codes.append(main(["predict", str(model), str(image), "--explain", str(work / "cams")]))  # auto
 for backend in ("onnxruntime", "openvino"):
     codes.append(main(["predict", str(model), str(image), "--backend", backend]))
@@ -37,18 +38,23 @@ def test_export_predict_and_serve_write_nothing_into_home_and_only_what_was_aske
     home.mkdir()
     make_tiny_model_dir(work / "model")
     Image.new("RGB", (48, 40), (200, 30, 30)).save(work / "a.png")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("XDG_") and k not in ("RESNETCLS_CACHE", "ORT_DISABLE_TELEMETRY", TELEMETRY_ENV)}
+    for name in CLASSES:  # a labelled folder for eval, whose figures are matplotlib's
+        (work / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (30, 200, 30)).save(work / "data" / name / "1.png")
+    chosen = ("RESNETCLS_CACHE", "MPLCONFIGDIR", "ORT_DISABLE_TELEMETRY", TELEMETRY_ENV)  # a user's own settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_") and k not in chosen}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(work)], cwd=work, env={**env, "HOME": str(home)},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[-1]) == [0] * 5 + [200]
+    assert json.loads(result.stdout.splitlines()[-1]) == [0] * 6 + [200]
     # The documented cache (~/.cache/resnetcls, the default without RESNETCLS_CACHE) is the one thing allowed
-    # there, and these commands do not even need it.
+    # there: matplotlib's font list (eval's figures) goes into it.
     cache = home / ".cache" / "resnetcls"
     stray = [str(p.relative_to(home)) for p in home.rglob("*") if p not in (home / ".cache", cache)
              and cache not in p.parents]
-    assert stray == []
-    written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
+    assert stray == [] and any((cache / "matplotlib").iterdir())
+    written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()
+                     and p.parts[len(work.parts)] not in ("data", "eval"))
     assert written == ["a.png", "cams/a.gradcam.png", "model/model.json", "model/model.onnx",
                        "model/model.safetensors", "model/model.torchscript.pt"]
+    assert (work / "eval" / "metrics.json").is_file() and (work / "eval" / "confusion_matrix.png").is_file()

@@ -5,11 +5,17 @@ matplotlib with the Agg backend (no display needed); each function writes one PN
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
+from .data.cache import resolve_cache_dir
+
+# matplotlib keeps its font list in ~/.cache/matplotlib and makes ~/.config/matplotlib; unless the user chose a
+# folder (MPLCONFIGDIR), both go into resnetcls's cache folder, the one place outside runs and models we write to.
+os.environ.setdefault("MPLCONFIGDIR", str(resolve_cache_dir() / "matplotlib"))
+import matplotlib  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 matplotlib.use("Agg")  # files only; never open a window (headless servers, CI)
 # Class names and paths are text, never TeX: a name such as "a$\\frac{b$" would otherwise be parsed as
