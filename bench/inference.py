@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
 from resnetcls.onnx_runtime import INT8_FILE, ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
 from resnetcls.envinfo import machine_line  # noqa: E402
-from resnetcls.modelfile import load_model_dir, save_model_dir  # noqa: E402
+from resnetcls.modelfile import load_model_dir, record_export, save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
 from resnetcls.predict import Predictor  # noqa: E402
 from resnetcls.quantize import int8_bytes  # noqa: E402
@@ -149,6 +149,7 @@ def write_int8(model_dir: Path, calibration: int) -> None:
     transform = build_eval_transform(loaded.preprocess)
     images = torch.stack([transform(img) for img in synthetic_images(calibration)])
     (model_dir / INT8_FILE).write_bytes(int8_bytes(loaded, images))
+    record_export(model_dir, INT8_FILE)  # as export does: predict runs only a file whose sha256 model.json records
 
 
 def main() -> None:
@@ -171,6 +172,7 @@ def main() -> None:
         write_int8(model_dir, 32 if args.quick else 256)
         # What `export --format onnx` writes (its parity check aside): with it, backend auto may run ONNX files.
         (model_dir / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model_dir)))
+        record_export(model_dir, ONNX_FILE)
         rows = build_rows(model_dir, size, args.compile if args.compile is not None else not args.quick)
         throughput(rows, size, iters1, iters32)
         del rows
