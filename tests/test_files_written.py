@@ -54,7 +54,8 @@ def test_export_predict_and_serve_write_nothing_into_home_and_only_what_was_aske
              and cache not in p.parents]
     assert stray == [] and any((cache / "matplotlib").iterdir())
     written = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()
-                     and p.parts[len(work.parts)] not in ("data", "eval"))
-    assert written == ["a.png", "cams/a.gradcam.png", "model/model.json", "model/model.onnx",
-                       "model/model.safetensors", "model/model.torchscript.pt"]
+                     and p.parts[len(work.parts)] not in ("cams", "data", "eval"))
+    assert written == ["a.png", "model/model.json", "model/model.onnx", "model/model.safetensors",
+                       "model/model.torchscript.pt"]
+    assert [p.name.endswith(".gradcam.png") for p in (work / "cams").iterdir()] == [True]  # the one overlay
     assert (work / "eval" / "metrics.json").is_file() and (work / "eval" / "confusion_matrix.png").is_file()
