@@ -159,9 +159,11 @@ def test_an_unreachable_tracking_server_is_one_masked_line_at_the_start(tiny_dat
 
 
 def test_a_killed_run_resumed_continues_the_same_mlflow_run(tiny_data, tmp_path, mlflow_server):
-    """SIGKILL in epoch 2 (a checkpoint every step), then --resume: one MLflow run with both epochs."""
-    out = tmp_path / "run"
-    env = {**ENV, "MLFLOW_TRACKING_URI": mlflow_server}  # the URI from the environment this time
+    """SIGKILL in epoch 2 (a checkpoint every step), then --resume: one MLflow run with both epochs. The URI comes
+    from the environment with a password this time; the resume, in an environment without it, reconnects with
+    the recorded (masked) URI's server and the client's own credentials, and no file holds the password."""
+    out, password = tmp_path / "run", "S3cretPW-env"
+    env = {**ENV, "MLFLOW_TRACKING_URI": mlflow_server.replace("http://", f"http://tracker:{password}@")}
     proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(tiny_data), *ARGS, "--set",
                              "log.mlflow=true", "--set", "ckpt.every_steps=1", "--set", "ckpt.keep_last=50",
                              "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
@@ -182,6 +184,7 @@ def test_a_killed_run_resumed_continues_the_same_mlflow_run(tiny_data, tmp_path,
     assert sorted(m.step for m in client.get_metric_history(after.info.run_id, "val/top1")) == [1, 2]
     assert "best/model.json" in artifact_paths(client, after.info.run_id, "best")
     assert len(client.search_runs([after.info.experiment_id])) == 1
+    assert files_holding(password, out) == [] and password not in r.stdout + r.stderr
 
 
 def test_without_a_uri_mlflow_logs_to_a_sqlite_store_in_the_run_directory(tiny_data, tmp_path, monkeypatch):

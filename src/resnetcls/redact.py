@@ -12,11 +12,13 @@ ask for them (log.share_paths=false).
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 MASK = "***"
@@ -34,6 +36,14 @@ def mask_secrets(text: str) -> str:
         return text
     text = _URL.sub(lambda m: f"{m['head']}:{MASK}@", text)
     return _PAIR.sub(lambda m: f"{m['key']}{m['sep']}{MASK}", text)
+
+
+def error_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one masked line for a message: the socket's own words where a client wrapped them in
+    its retry story ("Connection refused"), else its first line."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    errno = re.findall(r"\[Errno -?\d+\] ([^\"')\]]+)", text)
+    return mask_secrets(errno[-1].strip() if errno else text)[:limit]
 
 
 def mask_tree(value):
@@ -137,3 +147,19 @@ def copy_shared(src: Path, dst: Path, roots: list[tuple[str, str]]) -> Path:
     else:
         shutil.copyfile(src, dst)
     return dst
+
+
+@contextlib.contextmanager
+def shared_folder(folder: Path, names: list[str], share_paths: bool, paths: list[str]):
+    """A folder holding the files names (relative to folder) as they may be sent: folder itself when
+    share_paths; else copies (copy_shared) in a temporary folder inside folder, removed after, whose text files
+    name local files relative to folder or to the folders of paths (the run's data, from its config)."""
+    if share_paths:
+        yield folder
+        return
+    roots = local_roots([*paths, str(folder), str(Path(folder).absolute())])
+    with tempfile.TemporaryDirectory(prefix=".tracker-", dir=folder) as tmp:
+        for name in names:
+            if (folder / name).is_file():
+                copy_shared(folder / name, Path(tmp) / name, roots)
+        yield Path(tmp)

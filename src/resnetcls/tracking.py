@@ -23,11 +23,9 @@ import contextlib
 import io
 import json
 import os
-import re
 import secrets
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import yaml
 from .atomic import write_text_atomic
 from .config import LogConfig
 from .errors import UserError
-from .redact import (copy_shared, is_masked, local_roots, mask_secrets, mask_tree, share_tree, strings,
+from .redact import (error_line, is_masked, mask_secrets, mask_tree, share_tree, shared_folder, strings,
                      without_user_info)
 
 TRACKING_FILE = "tracking.json"
@@ -130,10 +128,7 @@ def first_contact(uri: str, what: str):
     except UserError:
         raise
     except Exception as e:  # refused, timed out, 401/403, a store that cannot be opened: the client's words
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        errno = re.findall(r"\[Errno -?\d+\] ([^\"')\]]+)", text)  # the socket's words, not the retry wrapping
-        reason = mask_secrets(errno[-1].strip() if errno else text)[:300]
-        raise TrackerUnreachable(f"{what} at {mask_secrets(uri)} cannot be reached: {reason}") from None
+        raise TrackerUnreachable(f"{what} at {mask_secrets(uri)} cannot be reached: {error_line(e)}") from None
     finally:  # the user's own settings back for the rest of the run
         os.environ.update({k: v for k, v in saved.items() if v is not None})
         for key in [k for k, v in saved.items() if v is None]:
@@ -217,22 +212,11 @@ def _saved_config(run_dir: Path) -> dict:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
-@contextlib.contextmanager
 def shared_files(run_dir: Path):
-    """A folder with what may be sent of run_dir's artefacts (best/, REPORT_FILES): run_dir itself with
-    log.share_paths=true; else copies in a temporary folder inside run_dir, removed after, whose text files
-    (report.html, JSON, CSV) name local files relative to their data folder or the run directory."""
-    config = _saved_config(run_dir)
-    if config.get("log", {}).get("share_paths"):
-        yield run_dir
-        return
-    roots = local_roots([*strings(config), str(run_dir), str(Path(run_dir).absolute())])
-    with tempfile.TemporaryDirectory(prefix=".tracker-", dir=run_dir) as tmp:
-        names = [f"best/{p.name}" for p in sorted((run_dir / "best").glob("*")) if p.is_file()] + list(REPORT_FILES)
-        for name in names:
-            if (run_dir / name).is_file():
-                copy_shared(run_dir / name, Path(tmp) / name, roots)
-        yield Path(tmp)
+    """redact.shared_folder of run_dir's artefacts (best/, REPORT_FILES), as log.share_paths in config.yaml says."""
+    names = [f"best/{p.name}" for p in sorted((run_dir / "best").glob("*")) if p.is_file()] + list(REPORT_FILES)
+    return shared_folder(run_dir, names, bool(_saved_config(run_dir).get("log", {}).get("share_paths")),
+                         strings(_saved_config(run_dir)))
 
 
 def _experiment_id(client, name: str, uri: str, run_dir: Path) -> str:
@@ -319,16 +303,24 @@ class Trackers:
         """Epoch records: every number with step = epoch; the summary: MLflow metrics at the last epoch and
         W&B's run summary. Other records (step logs, the recipe) stay in metrics.jsonl."""
         kind, stamp = record.get("kind"), record.get("time", time.time())
-        if kind == "epoch":
-            self.last_epoch = int(record["epoch"])
-            for tracker in self.all():
-                tracker.log_metrics(epoch_metrics(record), self.last_epoch, stamp)
-        elif kind == "summary":
-            numbers = epoch_metrics(record)
-            if self.mlflow:
-                self.mlflow.log_metrics(numbers, self.last_epoch, stamp)
-            if self.wandb:
-                self.wandb.log_summary(numbers)
+        if kind not in ("epoch", "summary"):
+            return
+        numbers, self.last_epoch = epoch_metrics(record), int(record["epoch"]) if kind == "epoch" else self.last_epoch
+        for tracker in self.all():
+            if kind == "summary" and tracker is self.wandb:
+                self._call(tracker, tracker.log_summary, numbers)
+            else:
+                self._call(tracker, tracker.log_metrics, numbers, self.last_epoch, stamp)
+
+    def _call(self, tracker, method, *args) -> None:
+        """A tracker lost during the run (its server gone, a full disk) costs one masked warning, not the run: it
+        is left out from then on (metrics.jsonl keeps every record)."""
+        try:
+            method(*args)
+        except Exception as e:  # whatever the client raises; its message may name the URI
+            name = "MLflow" if tracker is self.mlflow else "W&B"
+            print(f"warning: {name} failed: {error_line(e)}; the run goes on without it", file=sys.stderr, flush=True)
+            self.mlflow, self.wandb = [None if t is tracker else t for t in (self.mlflow, self.wandb)]
 
     def all(self) -> list:
         return [t for t in (self.mlflow, self.wandb) if t is not None]
@@ -336,7 +328,7 @@ class Trackers:
     def close(self, status: str = "FINISHED") -> None:
         """End the tracker runs: FINISHED at the end of training, KILLED when it was interrupted (resumable)."""
         for tracker in self.all():
-            tracker.close(status)
+            self._call(tracker, tracker.close, status)
         self.mlflow = self.wandb = None
 
 
@@ -377,23 +369,30 @@ def _open(log: LogConfig, what: str, opener):
 
 def log_run_artifacts(run_dir: str | os.PathLike) -> None:
     """After the report (cli.cmd_train, demo): log best/, report.html and the confusion matrix to the tracker
-    runs recorded in RUN_DIR/tracking.json; nothing when the run was not tracked."""
-    run_dir = Path(run_dir)
+    runs recorded in RUN_DIR/tracking.json (nothing when the run was not tracked); one that fails is a warning."""
+    run_dir, logged = Path(run_dir), []
     known = read_ids(run_dir)
     if not known:
         return
     with shared_files(run_dir) as folder:
-        if "mlflow" in known:
-            mlflow = _require("mlflow", "mlflow")
-            uri = usable_uri(known["mlflow"]["tracking_uri"])
-            MlflowTracker(mlflow.MlflowClient(tracking_uri=uri), known["mlflow"]["run_id"], uri).log_artifacts(folder)
-        if "wandb" in known:
-            wandb = _require("wandb", "wandb")
-            entry = known["wandb"]
-            run = wandb.init(project=entry["project"], id=entry["id"], mode=entry["mode"], resume="allow",
-                             dir=str(run_dir), reinit="create_new", settings=wandb_settings(wandb))
-            tracker = WandbTracker(run, entry)
-            tracker.log_artifacts(folder)
-            tracker.close("FINISHED")
-    print(f"tracking: artefacts logged ({', '.join(sorted(known))}; ids in {run_dir / TRACKING_FILE})",
+        for name, entry in sorted(known.items()):
+            try:
+                if name == "mlflow":
+                    uri = usable_uri(entry["tracking_uri"])
+                    client = _require("mlflow", "mlflow").MlflowClient(tracking_uri=uri)
+                    MlflowTracker(client, entry["run_id"], uri).log_artifacts(folder)
+                else:
+                    wandb = _require("wandb", "wandb")
+                    tracker = WandbTracker(wandb.init(project=entry["project"], id=entry["id"], mode=entry["mode"],
+                                                      resume="allow", dir=str(run_dir), reinit="create_new",
+                                                      settings=wandb_settings(wandb)), entry)
+                    tracker.log_artifacts(folder)
+                    tracker.close("FINISHED")
+                logged.append(name)
+            except UserError:
+                raise
+            except Exception as e:  # the server gone since training: the run itself is complete
+                print(f"warning: {name}: artefacts not logged: {error_line(e)}", file=sys.stderr, flush=True)
+    if logged:
+        print(f"tracking: artefacts logged ({', '.join(logged)}; ids in {run_dir / TRACKING_FILE})",
               file=sys.stderr, flush=True)

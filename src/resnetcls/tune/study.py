@@ -24,7 +24,7 @@ from ..atomic import write_text_atomic
 from ..config import Config, parse_duration, set_value, validate_config
 from ..engine.train import train
 from ..errors import UserError
-from ..redact import mask_secrets
+from ..redact import error_line, mask_secrets
 from .page import write_outputs
 from .space import load_space, suggest, without_fixed
 
@@ -65,8 +65,8 @@ def connect(url: str, attempts: int = 3):
         except Exception as e:  # a wrong URL, an unreachable server, a missing driver: name the URL
             racing = type(e).__name__ in ("IntegrityError", "ProgrammingError")  # sqlalchemy's, table creation
             if attempt + 1 == attempts or not racing:
-                reason = mask_secrets((str(e).strip().splitlines() or [type(e).__name__])[0])
-                raise UserError(f"--storage {mask_secrets(url)}: cannot open the study storage: {reason}") from None
+                raise UserError(f"--storage {mask_secrets(url)}: cannot open the study storage: {error_line(e)}") \
+                    from None
             time.sleep(1.0 + attempt)
 
 
