@@ -144,3 +144,16 @@ def test_an_openvino_session_answers_threads_calling_at_once_as_one_at_a_time(se
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]  # without the lock: "Infer Request is busy"
     assert result.stdout.strip() == "True"
+
+
+def test_onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on(monkeypatch):
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.setenv(onnx_runtime.TELEMETRY_ENV, "1")  # the user's choice: runtimes as shipped
+    onnx_runtime.runtime_telemetry_off()
+    assert "ORT_DISABLE_TELEMETRY" not in os.environ
+    monkeypatch.delenv(onnx_runtime.TELEMETRY_ENV)
+    onnx_runtime.runtime_telemetry_off()
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")  # ONNX Runtime's own switch, set by the user: kept
+    onnx_runtime.runtime_telemetry_off()
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "0"

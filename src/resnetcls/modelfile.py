@@ -155,7 +155,11 @@ def check_export_hash(loaded: LoadedModel, name: str, command: str) -> bool:
     if expected is None:
         return False
     path = loaded.path / name
-    if cached_sha256(path) != expected:
+    try:
+        actual = cached_sha256(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if actual != expected:
         raise UserError(f"{path}: sha256 does not match model.json (changed or replaced since it was exported); "
                         f"re-export it with `{command}`")
     return True

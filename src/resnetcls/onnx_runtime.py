@@ -35,27 +35,28 @@ RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 TELEMETRY_ENV = "RESNETCLS_RUNTIME_TELEMETRY"  # "1": leave the runtimes' telemetry as their makers ship it
 
 
-def runtime_telemetry_off() -> None:
-    """Turn ONNX Runtime's and OpenVINO's telemetry off, unless RESNETCLS_RUNTIME_TELEMETRY=1; call it before
-    importing either. ONNX Runtime reads ORT_DISABLE_TELEMETRY when it is imported (a value the user set is kept).
-    OpenVINO's usage events come from its optional openvino_telemetry package, imported by `import openvino`: hidden
-    during that import, OpenVINO falls back to its own no-op stub (its path when the package is not installed),
-    and the package stays importable afterwards for whoever wants it."""
+def runtime_telemetry_off(openvino: bool = False) -> None:
+    """Turn ONNX Runtime's (and with openvino=True OpenVINO's) telemetry off, unless RESNETCLS_RUNTIME_TELEMETRY=1;
+    call it before importing the runtime. ONNX Runtime reads ORT_DISABLE_TELEMETRY when it is imported (a value the
+    user set is kept). OpenVINO's usage events come from its optional openvino_telemetry package, imported by
+    `import openvino`: hidden during that import, OpenVINO binds its own no-op stub (its path when the package is not
+    installed), and the package stays importable afterwards for whoever wants it."""
     if os.environ.get(TELEMETRY_ENV) == "1":
         return
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    if "openvino" in sys.modules:
+    if not openvino or "openvino" in sys.modules:
         return
-    hidden = "openvino_telemetry" not in sys.modules
-    if hidden:
-        sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
+    previous = sys.modules.get("openvino_telemetry")
+    sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
     try:
-        import openvino  # noqa: F401  (binds OpenVINO's telemetry hooks to its stub)
+        import openvino  # noqa: F401
     except ImportError:
-        pass  # not installed: nothing to turn off
+        pass  # not installed: the caller's own import says so
     finally:
-        if hidden:
+        if previous is None:
             del sys.modules["openvino_telemetry"]
+        else:
+            sys.modules["openvino_telemetry"] = previous
 
 
 class ProbabilityHead(nn.Module):
@@ -140,7 +141,7 @@ class OpenVinoSession:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
-        runtime_telemetry_off()
+        runtime_telemetry_off(openvino=True)
         import openvino as ov
         core = ov.Core()
         graph = (core.read_model(model, ov.Tensor(np.empty(0, np.uint8))) if isinstance(model, bytes)
