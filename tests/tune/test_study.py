@@ -42,6 +42,19 @@ def test_a_bad_storage_url_is_one_line_naming_it(tmp_path):
         open_study(TuneSettings(str(tmp_path), 1, storage="nosuchdb://x"), "minimize")
 
 
+def test_a_server_that_cannot_be_reached_is_one_line_without_the_password(tmp_path):
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'resnetcls[tune]'")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg://tuner:S3cretPW@127.0.0.1:{port}/tune"
+    with pytest.raises(UserError) as refused:
+        open_study(TuneSettings(str(tmp_path), 1, storage=url), "minimize")
+    message = str(refused.value)
+    assert message.startswith(f"--storage postgresql+psycopg://tuner:***@127.0.0.1:{port}/tune: cannot open the "
+                              "study storage") and "S3cretPW" not in message and "\n" not in message
+
+
 def test_trial_config_applies_the_sampled_values_and_checks_them():
     cfg = trial_config(Config(), {"optim.lr": 0.05, "data.image_size": 64})
     assert cfg.optim.lr == 0.05 and cfg.data.image_size == 64 and Config().optim.lr != 0.05
