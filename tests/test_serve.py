@@ -250,3 +250,15 @@ def test_serve_refuses_a_bad_model_directory_with_exit_2(tmp_path, capsys):
     from resnetcls.cli import main
     assert main(["serve", str(tmp_path / "nope"), "--port", str(free_port())]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_workers_serve_with_the_command_line_settings_and_none_is_restarted(tmp_path):
+    model = make_tiny_model_dir(tmp_path / "model")
+    log = tmp_path / "server.log"
+    proc, url = start_server(model, log, "--workers", "2", "--max-idle-per-client", "5", timeout=240)
+    try:
+        assert httpx.get(url + "/info", timeout=30).json()["limits"]["max_idle_per_client"] == 5
+        assert [httpx.get(url + "/healthz", timeout=30).status_code for _ in range(4)] == [200] * 4
+    finally:
+        stop_server(proc)
+    assert "died" not in log.read_text()  # the supervisor killed no worker while it was starting

@@ -358,4 +358,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     # Fail fast, with exit 2, on a bad model directory or precision before the workers start.
     Predictor(settings.model, backend=settings.backend, precision=settings.precision)
     os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "workers": workers})
-    uvicorn.run("resnetcls.serve:app_from_env", factory=True, workers=workers, **options)
+    # uvicorn kills a worker that does not answer its supervisor's ping within timeout_worker_healthcheck
+    # (default 5 s), and a worker answers only once it has imported torch and the app: on a busy machine that
+    # took longer, and every worker was killed and restarted in a loop without ever serving.
+    uvicorn.run("resnetcls.serve:app_from_env", factory=True, workers=workers, timeout_worker_healthcheck=60,
+                **options)
