@@ -113,6 +113,7 @@ def test_data_check_lists_a_near_duplicate_group_across_splits_with_the_share(tm
     assert result.returncode == 0, result.stderr
     near = json.loads((tmp_path / "r.json").read_text())["near_duplicates"]
     assert near["threshold"] == 8 and near["group_count"] == 2 and near["across_splits"] == 2
+    assert 0 < near["expected_false_matches_per_image"] < 0.01 and "by chance about" in result.stderr
     assert sorted(sorted(os.path.relpath(f["path"], root) for f in g["files"]) for g in near["groups"]) == [
         ["train/a/0.png", "val/a/copy0.jpg"], ["train/b/0.png", "val/b/copy0.jpg"]]
     assert near["groups"][0]["splits"] == {"train": 1, "val": 1}
@@ -152,7 +153,7 @@ def test_suggest_split_keeps_each_group_on_one_side_and_train_accepts_it(tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["--suggest-split", "split.txt"], "--suggest-split split.txt: expected a .csv file name"),
-    (["--near-threshold", "40"], "argument --near-threshold: must be between 0 and 32"),
+    (["--near-threshold", "40"], "argument --near-threshold: must be between 0 and 16"),
     (["--val-fraction", "1.5"], "argument --val-fraction: must be between 0 and 1"),
 ])
 def test_bad_near_duplicate_flags_are_exit_2_naming_the_flag(tiny_data, tmp_path, args, message):

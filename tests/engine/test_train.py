@@ -237,3 +237,38 @@ def test_training_with_augment_on_device_runs_on_the_cpu_and_a_bad_choice_is_one
     bad = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "bad",
                   "--set", "data.augment_on=gpu")
     assert bad.returncode == 2 and "data.augment_on" in bad.stderr and "Traceback" not in bad.stderr
+
+
+SLOW_CHECK_ENTRY = """
+import sys, time
+import resnetcls.engine.train as train
+from resnetcls.cli import main
+hash_images = train.store_signatures
+def slow(store, indices, **kwargs):  # a check that outlasts the timeout: 120 ms per image hashed, on top
+    indices = list(indices)
+    time.sleep(0.12 * len(indices))
+    return hash_images(store, indices, **kwargs)
+train.store_signatures = slow
+sys.exit(main())
+"""
+
+
+def test_the_leak_check_under_torchrun_outlasting_the_timeout_kills_no_rank(tmp_path):
+    """2 ranks, train.dist_timeout_s=5 and a leak check made slow (the entry script): 100 images at 120 ms are
+    12 s, more than twice the timeout, had one rank hashed them all while the other waited in its next
+    collective (the DDP handshake). Sharded, each rank hashes its 50 at the same time, both train, and rank 0
+    warns once with the count summed over both shards. (5 s, not less: the same timeout bounds the ranks'
+    first connection, and on a loaded 2-core machine starting torch in two processes can differ by seconds.)"""
+    from tests.engine.test_distributed import run, torchrun
+    data = write_photo_set(tmp_path / "d", leaky_val=0, train_per_class=40, val_per_class=10, size=32)
+    for c in "ab":  # 5 val images per class are copies of train images: 10 of 20, half of them on each rank
+        for i in range(5):
+            shutil.copy(data / "train" / c / f"{i}.png", data / "val" / c / f"{i}.png")
+    entry = tmp_path / "entry.py"
+    entry.write_text(SLOW_CHECK_ENTRY)
+    result = run(torchrun("train", data, *TINY, "--epochs", "1", "--out", tmp_path / "run", "--set",
+                          "log.tensorboard=false", "--set", "train.dist_timeout_s=5", entry=(str(entry),)), timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "near-duplicate in train" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: 10 of 20 val images (50.0%) have a near-duplicate")
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

@@ -24,19 +24,23 @@ from ..errors import UserError
 import numpy as np
 
 from .decode import DecodeError, decode_image
-from .neardup import DEFAULT_THRESHOLD, PairSearch, groups_of, near_in_reference, near_pairs, structured_hash
+from .neardup import (COLOUR_THRESHOLD, MAX_THRESHOLD, PairSearch, groups_of, image_signature,
+                      leak_check_from_counts, near_in_reference, near_pairs, near_reference, threshold_counts,
+                      threshold_for)
 from .scan import CRASHED, parallel_map
 from .sources import DataSet, Samples, Splits, read_data, stratified_holdout, write_split_csv
 
 SMALL_SIDE = 32  # images with a shorter side below this are listed: they carry little for a classifier
 LARGEST_SHOWN = 5  # near-duplicate groups printed in the summary (the JSON lists all)
 HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 0  # `train`'s default hold-out (data.val_fraction, train.seed)
+SIGNATURE_KEYS = ("phash", "chash", "phash_flipped", "chash_flipped")  # neardup.image_signature, as hex
 GROUP_COLUMN = "neardup_group"  # the column --suggest-split adds, usable as data.split_by
 
 
 def inspect_image(path: str) -> dict:
     """Read one file once: content hash, then the one decode; {"sha256", "width", "height", "phash"} or
-    {"reason"}. phash is the perceptual hash as 16 hex digits, None for a flat image (data/neardup.py)."""
+    {"reason"}. phash is the perceptual (layout) hash and chash the colour hash, each as 16 hex digits, None for
+    a flat image (data/neardup.py); phash_flipped and chash_flipped are those of the image upside down."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -45,8 +49,9 @@ def inspect_image(path: str) -> dict:
     info: dict = {"sha256": hashlib.sha256(data).hexdigest()}
     try:
         image = decode_image(data, name=path)
-        phash = structured_hash(image)
-        info.update(width=image.width, height=image.height, phash=None if phash is None else f"{phash:016x}")
+        sig = image_signature(image)
+        info.update(width=image.width, height=image.height,
+                    **{key: None if sig is None else f"{h:016x}" for key, h in zip(SIGNATURE_KEYS, sig or [0] * 4)})
     except DecodeError as e:
         info["reason"] = e.reason
     return info
@@ -106,6 +111,7 @@ class NearDuplicates:
     search: PairSearch
     groups: list[list[int]]  # row indices, largest group first
     threshold: int
+    chance: float            # chance matches to expect per image (neardup.LeakCheck.chance)
 
 
 def _all_rows(dataset: DataSet) -> tuple[Samples, list[str], bool]:
@@ -124,14 +130,25 @@ def _all_rows(dataset: DataSet) -> tuple[Samples, list[str], bool]:
     return rows, [name for name, s in parts for _ in s.paths], False
 
 
-def find_near_duplicates(dataset: DataSet, results: dict[str, dict], threshold: int) -> NearDuplicates:
-    """Near-duplicate groups over all rows from the hashes inspect_image() computed (no second decode)."""
+def find_near_duplicates(dataset: DataSet, results: dict[str, dict], threshold: int | None) -> NearDuplicates:
+    """Near-duplicate groups over all rows from the hashes inspect_image() computed (no second decode).
+    threshold None: neardup.threshold_for(the hashed rows), every row being compared with all the others."""
     rows, split_of, simulated = _all_rows(dataset)
     hashed = [k for k, p in enumerate(rows.paths) if results[p].get("phash")]
-    hashes = np.array([int(results[rows.paths[k]]["phash"], 16) for k in hashed], dtype=np.uint64)
-    search = near_pairs(hashes, threshold)
+    sigs = [np.array([int(results[rows.paths[k]][key], 16) for k in hashed], dtype=np.uint64)
+            for key in SIGNATURE_KEYS]
+    # As `train` chooses it: the table's threshold for the data size, tightened until under 1% of the val/test
+    # rows turned upside down match train (neardup.leak_check_from_counts).
+    is_train = np.array([split_of[k] == "train" for k in hashed], dtype=bool)
+    start = threshold_for(len(hashed)) if threshold is None else threshold
+    val, flipped, train = ((sigs[a][rows_of], sigs[b][rows_of]) for a, b, rows_of in
+                           ((0, 1, ~is_train), (2, 3, ~is_train), (0, 1, is_train)))
+    check = leak_check_from_counts(threshold_counts(near_reference(val, train, start),
+                                                    near_reference(flipped, train, start)),
+                                   int((~is_train).sum()), len(hashed), tighten=threshold is None)
+    search = near_pairs(sigs[0], check.threshold, sigs[1])
     groups = [[hashed[i] for i in g] for g in groups_of(search)]
-    return NearDuplicates(rows, split_of, simulated, hashed, search, groups, threshold)
+    return NearDuplicates(rows, split_of, simulated, hashed, search, groups, check.threshold, check.chance)
 
 
 def leak_counts(nd: NearDuplicates, split_of: list[str] | None = None) -> dict:
@@ -155,8 +172,13 @@ def near_duplicate_section(nd: NearDuplicates, results: dict[str, dict]) -> dict
         splits = [nd.split_of[k] for k in g]
         groups.append({"size": len(g), "splits": {s: splits.count(s) for s in sorted(set(splits))},
                        "files": [{"path": nd.rows.paths[k], "split": nd.split_of[k]} for k in g]})
-    return {"method": f"64-bit DCT perceptual hash, Hamming distance <= {nd.threshold} (data/neardup.py)",
-            "threshold": nd.threshold, "group_count": len(groups), "files": sum(g["size"] for g in groups),
+    chance = nd.chance
+    return {"method": f"64-bit DCT perceptual hash within {nd.threshold} bits and 64-bit colour hash within "
+                      f"{COLOUR_THRESHOLD} (data/neardup.py); by chance about {chance:.2%} of images would match "
+                      f"one of the {len(nd.hashed):,} others",
+            "threshold": nd.threshold, "colour_threshold": COLOUR_THRESHOLD,
+            "expected_false_matches_per_image": float(f"{chance:.3g}"),
+            "group_count": len(groups), "files": sum(g["size"] for g in groups),
             "within_one_split": sum(1 for g in groups if len(g["splits"]) == 1),
             "across_splits": sum(1 for g in groups if len(g["splits"]) > 1),
             "flat_images_not_compared": sum(1 for r in results.values() if "phash" in r and r["phash"] is None),
@@ -280,17 +302,18 @@ def _print_suggestion(out: str, result: dict) -> None:
 
 
 def check_data(data: str, on_bad: str = "skip", out: str | None = None, batches: str = "",
-               workers: int = -1, threshold: int = DEFAULT_THRESHOLD, suggest: str | None = None,
+               workers: int = -1, threshold: int | None = None, suggest: str | None = None,
                val_fraction: float = HOLDOUT_FRACTION, seed: int = HOLDOUT_SEED) -> dict:
     """Scan DATA once, print the summary on stderr, write the JSON report to `out`; returns the report.
 
-    threshold: the near-duplicate Hamming distance; suggest: write a group-aware split.csv there (val_fraction
+    threshold: the near-duplicate layout-hash distance (None: neardup.threshold_for the data size); suggest: write a group-aware split.csv there (val_fraction
     and seed of its hold-out). Raises UserError (exit 2) after reporting when on_bad="fail" and any file is bad.
     """
     if on_bad not in ("skip", "fail"):
         raise UserError(f"--on-bad {on_bad!r}: expected skip or fail")
-    if not 0 <= threshold <= 32:
-        raise UserError(f"--near-threshold {threshold}: expected 0..32 (bits of 64 that may differ)")
+    if threshold is not None and not 0 <= threshold <= MAX_THRESHOLD:
+        raise UserError(f"--near-threshold {threshold}: expected 0..{MAX_THRESHOLD} (bits of 64 that may differ; "
+                        "the false-match rate is measured up to there)")
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction {val_fraction}: must be between 0 and 1 (exclusive)")
     if suggest is not None and Path(suggest).suffix.lower() != ".csv":

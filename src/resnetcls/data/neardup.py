@@ -1,42 +1,36 @@
-"""Near-duplicate images: a 64-bit perceptual hash, a search for pairs within a Hamming distance that is not
-all-pairs, groups, and the share of val/test images with a near-duplicate in train.
+"""Near-duplicate images: two 64-bit hashes per image, a search for pairs within a Hamming distance that is
+not all-pairs and does bounded work per image, groups, and the share of val/test images with a near-duplicate
+in train, with the share to expect by chance at that size.
 
-Method. The hash is the DCT pHash: the image is turned grey and shrunk to 32x32 (box filter, aspect ignored),
-its 2-D DCT-II taken, and the 8x8 lowest frequencies kept; each bit says whether that coefficient is above the
-median of the 63 non-DC ones. It survives re-encoding, resizing, light and contrast changes and shifts of a
-few per cent because it keeps only the coarse layout of light and dark.
+Layout hash (DCT pHash): grey, 32x32 (box filter), 2-D DCT-II, the 8x8 lowest frequencies; each bit says
+whether that coefficient is above the median of the 63 non-DC ones: the coarse layout of light and dark.
+Colour hash (the second, independent comparison): the image shrunk to 8x8 RGB (192 values), their mean
+subtracted, and the signs of 64 fixed random projections kept (SimHash, Charikar 2002: vectors at angle a
+differ in each bit with probability a/pi). Brightness (a scale) and contrast (a blend with grey) leave it
+unchanged; it sees colour, which the layout hash does not. A pair is a near-duplicate when its layout hashes
+are within the threshold AND its colour hashes within COLOUR_THRESHOLD bits.
 
-Search. Multi-index hashing (Norouzi, Punjani, Fleet, "Fast search in Hamming space with multi-index
-hashing", CVPR 2012): the 64 bits are cut into m bands; by pigeonhole, two hashes within distance t agree on
-at least one band to within floor(t/m) bits. Each band's values are sorted once, and every hash probes, per
-band, the values within that radius (binary search), so only hashes that share a band nearly are compared.
-m is chosen per call to minimise the expected work (probes + comparisons) for n hashes: with about log2(n)
-bits per band the work grows like n log n rather than n^2. Identical hashes (flat or black images, exact
-copies) are collapsed first, so a run of 10,000 equal hashes costs one entry, not 50 million comparisons.
+False alarms. A val image is compared with every train image, so its expected chance matches are n_train x
+(false-match rate per pair). PAIR_FALSE_RATE is that rate per layout threshold for the combined test, measured
+on real photographs (bench/neardup_threshold.py, Xeon-AMX: 8,406 photos of imagenette10, flowers12,
+hymenoptera and COIL-100, 35.3M pairs of different photos, 62 pixel-close true copies left out; rounded up);
+below distance 8 fewer than 5 pairs pass and the rate is extrapolated log-linearly from distances 8-14 (the
+pairs that pass at 8 are mostly re-shot photos of one flower, so these are upper bounds). threshold_for(n)
+picks the largest layout threshold (DEFAULT_THRESHOLD at most) that keeps n x rate below MAX_EXPECTED_FALSE
+(1%): 8 bits up to 66k train images, 6 to 169k, 4 to 400k, 2 to 909k, 0 beyond. Data more self-similar than
+photographs (procedural images, one background) matches more often by chance, so `train` also measures its
+data's own rate (leak_check_from_counts): each val image turned upside down is searched too -- no train image
+is a copy of it, yet it is as alike to the data as the image is -- and the threshold tightens further until
+under 1% of those match. Recall of re-encodings, resizes and shifts falls as the threshold tightens
+(bench/neardup_threshold.py lists it per threshold).
 
-Threshold. DEFAULT_THRESHOLD = 8 was chosen with bench/neardup_threshold.py on real photographs (../shared/data):
-the largest distance whose false-positive rate stays at or below 1e-5 per pair, because a val image is
-compared with every train image (1e-5 x 7,000 train images = a 7% false alarm per val image). Measured there
-(Xeon-AMX), 290 base photos and their transformed copies, 987,654 pairs of different photos (flowers12 +
-hymenoptera + COIL-100; 61 pixel-close pairs left out: true duplicates in flowers12 itself):
+Search: multi-index hashing (Norouzi, Punjani, Fleet, CVPR 2012): 64 bits cut into m bands; two hashes within
+distance t agree on one band to within floor(t/m) bits, so each query probes the sorted reference band values
+within that radius and compares only those (plan_bands picks m). Flat images (std below FLAT_STD grey levels)
+have no layout: left out and counted (`data check`'s content hash still finds exact copies of them).
 
-    distance <= 8: false-positive rate 6.1e-6 per pair (6 pairs), precision 0.9975 on that set;
-    recall: JPEG quality 20 1.00, resize 50% 1.00, brightness +-20% 1.00, contrast +-20% 1.00,
-    shift 2% 0.95, shift 4% 0.52, rotation 3 degrees 0.72; all kinds 0.91;
-    COIL-100 turntable views 5 degrees apart (neighbouring video frames) 0.90, 10 degrees 0.64, 20 degrees 0.33.
-    (distance <= 10: FPR 1.2e-5, recall 0.965, views 5 degrees apart 0.94.)
-
-Flat images (thumbnail standard deviation below FLAT_STD grey levels: solid colours, blank frames) have no
-layout to compare -- their bits would be rounding noise, and a red and a blue square would match -- so they
-are left out of the search and counted; byte-identical copies of them are still found by `data check`'s
-content hash.
-
-Known limit: the hash is grey-level layout only. Objects photographed alike on one background (COIL-100's
-turntable on black) can fall within the threshold of each other, and groups (union-find, transitive) then
-chain across objects: on COIL-100 objects 1-50 the largest group holds 23 objects. For turntable or video
-data, data.split_by=<object or video column> is the better remedy; --suggest-split is for copies.
-
-pHash bits are balanced (32 of 64 set), so distances are even: 8 and 9 select the same pairs.
+Known limit: only coarse layout and colour are seen; objects photographed alike on one background (COIL-100)
+match across objects and groups chain (use data.split_by there). Layout distances are even (32 of 64 bits set).
 """
 from __future__ import annotations
 
@@ -49,9 +43,17 @@ from PIL import Image
 
 HASH_SIZE = 8        # 8x8 DCT coefficients -> 64 bits
 THUMB_SIZE = 32      # the grey thumbnail the DCT is taken of
-DEFAULT_THRESHOLD = 8  # Hamming distance (of 64 bits) at or below which two images are near-duplicates
+COLOUR_SIZE = 8      # the RGB thumbnail the colour hash is taken of
+DEFAULT_THRESHOLD = 8  # the loosest layout threshold (Hamming distance of 64 bits), used up to 66k train images
+COLOUR_THRESHOLD = 10  # colour hashes of a near-duplicate differ in at most this many bits (of 64)
 FLAT_STD = 2.0       # grey levels: a thumbnail flatter than this has no layout to hash (solid colour, blank)
 LEAK_WARN_SHARE = 0.10  # `train` warns when more than this share of val images has a near-duplicate in train
+MAX_CANDIDATES = 64  # expected comparisons per query the search plan stays within (plan_bands)
+MAX_EXPECTED_FALSE = 0.01  # chance matches per val image the threshold keeps below (threshold_for)
+# Chance that two different photos pass both tests, per layout threshold (module docstring; the bench prints it).
+PAIR_FALSE_RATE = {0: 4.3e-9, 2: 1.1e-8, 4: 2.5e-8, 6: 5.9e-8, 8: 1.5e-7, 10: 3.7e-7, 12: 8.0e-7, 14: 2.1e-6,
+                   16: 5.5e-6}
+MAX_THRESHOLD = max(PAIR_FALSE_RATE)  # the loosest layout threshold a user may give (`data check --near-threshold`)
 
 
 def _dct_matrix(size: int) -> np.ndarray:
@@ -65,14 +67,20 @@ def _dct_matrix(size: int) -> np.ndarray:
 
 _DCT = _dct_matrix(THUMB_SIZE)[:HASH_SIZE]  # only the lowest frequencies are ever used
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(HASH_SIZE * HASH_SIZE, dtype=np.uint64))
+# The colour hash's 64 projections: fixed, so every run, rank and machine hashes alike.
+_PROJECTIONS = np.random.default_rng(20261206).standard_normal((64, COLOUR_SIZE * COLOUR_SIZE * 3))
 
 
 def grey_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
     """The THUMB_SIZE x THUMB_SIZE grey float32 thumbnail the hash is computed from (a PIL image or HWC uint8)."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    grey = image.convert("L")
+    grey = (Image.fromarray(image) if isinstance(image, np.ndarray) else image).convert("L")
     return np.asarray(grey.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX), dtype=np.float32)
+
+
+def colour_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
+    """The COLOUR_SIZE x COLOUR_SIZE RGB uint8 thumbnail the colour hash is computed from."""
+    rgb = (Image.fromarray(image) if isinstance(image, np.ndarray) else image).convert("RGB")
+    return np.asarray(rgb.resize((COLOUR_SIZE, COLOUR_SIZE), Image.Resampling.BOX), np.uint8)
 
 
 def hash_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
@@ -87,6 +95,15 @@ def hash_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint64) * _BIT_WEIGHTS).sum(axis=1, dtype=np.uint64)
 
 
+def colour_hashes(thumbnails: np.ndarray) -> np.ndarray:
+    """Colour hash of each (N, 8, 8, 3) RGB thumbnail -> (N,) uint64 (module docstring)."""
+    vectors = np.asarray(thumbnails, dtype=np.float64).reshape(-1, COLOUR_SIZE * COLOUR_SIZE * 3)
+    if not len(vectors):
+        return np.zeros(0, np.uint64)
+    bits = (vectors - vectors.mean(axis=1, keepdims=True)) @ _PROJECTIONS.T > 0
+    return (bits.astype(np.uint64) * _BIT_WEIGHTS).sum(axis=1, dtype=np.uint64)
+
+
 def is_flat(thumbnails: np.ndarray) -> np.ndarray:
     """(N,) bool: thumbnails too flat to hash meaningfully (FLAT_STD)."""
     thumbs = np.asarray(thumbnails, dtype=np.float32).reshape(-1, THUMB_SIZE * THUMB_SIZE)
@@ -94,14 +111,25 @@ def is_flat(thumbnails: np.ndarray) -> np.ndarray:
 
 
 def perceptual_hash(image: Image.Image | np.ndarray) -> int:
-    """The 64-bit pHash of one decoded image (PIL image or HWC uint8 array) as a Python int."""
+    """The 64-bit pHash (layout hash) of one decoded image (PIL image or HWC uint8 array) as a Python int."""
     return int(hash_thumbnails(grey_thumbnail(image)[None])[0])
 
 
-def structured_hash(image: Image.Image | np.ndarray) -> int | None:
-    """The pHash of one decoded image, or None for a flat one (is_flat: nothing to compare)."""
+def colour_hash(image: Image.Image | np.ndarray) -> int:
+    """The 64-bit colour hash of one decoded image as a Python int."""
+    return int(colour_hashes(colour_thumbnail(image)[None])[0])
+
+
+def image_signature(image: Image.Image | np.ndarray) -> tuple[int, ...] | None:
+    """(layout hash, colour hash) of one decoded image and of it upside down (store_signatures), or None for a
+    flat one (is_flat: nothing to compare)."""
     thumb = grey_thumbnail(image)[None]
-    return None if is_flat(thumb)[0] else int(hash_thumbnails(thumb)[0])
+    return None if is_flat(thumb)[0] else tuple(int(h[0]) for h in _signatures(thumb, colour_thumbnail(image)[None]))
+
+
+def _signatures(greys: np.ndarray, colours: np.ndarray, flipped: bool = True) -> tuple[np.ndarray, ...]:
+    out = (hash_thumbnails(greys), colour_hashes(colours))
+    return out + (hash_thumbnails(greys[:, ::-1]), colour_hashes(colours[:, ::-1])) if flipped else out
 
 
 def hamming(a, b) -> np.ndarray:
@@ -109,15 +137,32 @@ def hamming(a, b) -> np.ndarray:
     return np.bitwise_count(np.asarray(a, dtype=np.uint64) ^ np.asarray(b, dtype=np.uint64)).astype(np.int64)
 
 
+def threshold_for(n_reference: int) -> int:
+    """The layout threshold for comparing each image with n_reference others: the largest (at most
+    DEFAULT_THRESHOLD) whose expected chance matches per image, n_reference x PAIR_FALSE_RATE, stay below
+    MAX_EXPECTED_FALSE."""
+    fitting = [t for t, rate in PAIR_FALSE_RATE.items()
+               if t <= DEFAULT_THRESHOLD and n_reference * rate < MAX_EXPECTED_FALSE]
+    return max(fitting, default=0)
+
+
+def expected_false_matches(n_reference: int, threshold: int) -> float:
+    """Chance matches to expect per image compared with n_reference others (PAIR_FALSE_RATE)."""
+    if not 0 <= threshold <= MAX_THRESHOLD:
+        raise ValueError(f"threshold {threshold}: the false-match rate is measured for 0..{MAX_THRESHOLD}")
+    return n_reference * PAIR_FALSE_RATE[threshold - threshold % 2]  # layout distances are even
+
+
 @dataclass
 class PairSearch:
-    """Result of near_pairs: the distinct hashes, which one each input has, and the near pairs among them.
+    """Result of near_pairs: the distinct signatures, which one each input has, and the near pairs among them.
 
-    unique_pairs are index pairs (i < j) into `unique` with distance <= threshold; inputs with the same hash
-    are at distance 0 from each other and are not listed as pairs (image_pairs() expands both)."""
+    unique_pairs are index pairs (i < j) into `unique` (the layout hash of each distinct signature) within both
+    thresholds; inputs with the same signature are near each other and are not listed as pairs (image_pairs()
+    expands both)."""
 
-    unique: np.ndarray          # (U,) uint64 distinct hashes
-    inverse: np.ndarray         # (N,) index into unique of each input hash
+    unique: np.ndarray          # (U,) uint64 layout hash of each distinct signature (values may repeat)
+    inverse: np.ndarray         # (N,) index into unique of each input
     unique_pairs: np.ndarray    # (P, 2) int64, i < j
     comparisons: int            # Hamming distances computed (the work done; all-pairs would be U(U-1)/2)
 
@@ -133,19 +178,23 @@ class PairSearch:
 
 
 def _band_widths(bands: int) -> list[int]:
-    return [64 // bands + (1 if k < 64 % bands else 0) for k in range(bands)]
+    return [64 // bands + (k < 64 % bands) for k in range(bands)]
 
 
-def plan_bands(n: int, threshold: int) -> tuple[int, int]:
-    """(bands, radius) that minimise probes + expected comparisons for n uniform hashes; bands*(radius+1) > t."""
-    best, n = None, max(n, 2)  # with fewer hashes nothing is compared; the plan must still be a cheap one
+def plan_bands(n: int, threshold: int, n_reference: int | None = None) -> tuple[int, int]:
+    """(bands, radius), bands*(radius+1) > threshold: the fewest probes per query whose expected comparisons per
+    query (uniform hashes; n queries against n_reference, default the n among themselves) stay within
+    MAX_CANDIDATES: as n grows, wider bands keep the comparisons linear in n, and the probes are bounded by the
+    threshold alone (which tightens with n as well: threshold_for)."""
+    others = max(n, 2) / 2 if n_reference is None else max(n_reference, 1)
+    plans = []
     for bands in range(1, min(threshold + 1, 64) + 1):
         radius = threshold // bands
         probes = [sum(math.comb(w, k) for k in range(radius + 1)) for w in _band_widths(bands)]
-        work = n * sum(probes) + n * n / 2 * sum(p / 2.0 ** w for p, w in zip(probes, _band_widths(bands)))
-        if best is None or work < best[0]:
-            best = (work, bands, radius)
-    return best[1], best[2]
+        candidates = others * sum(p / 2.0 ** w for p, w in zip(probes, _band_widths(bands)))
+        plans.append((candidates > MAX_CANDIDATES, sum(probes) if candidates <= MAX_CANDIDATES else candidates,
+                      bands, radius))
+    return min(plans)[2:]
 
 
 def _flip_masks(width: int, radius: int) -> np.ndarray:
@@ -154,22 +203,24 @@ def _flip_masks(width: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.int64)
 
 
-def _band_candidates(values: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j), i < j, of entries whose band values differ by one of masks (sorted values, binary search)."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
+def _band_candidates(queries: np.ndarray, reference: np.ndarray, masks: np.ndarray,
+                     self_join: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of query and reference entries whose band values differ by one of masks (sorted reference,
+    binary search); self_join (queries is reference): only i < j."""
+    order = np.argsort(reference, kind="stable")
+    ordered = reference[order]
     firsts, seconds = [], []
     for mask in masks:
-        probe = values ^ mask
+        probe = queries ^ mask
         lo = np.searchsorted(ordered, probe, "left")
         counts = np.searchsorted(ordered, probe, "right") - lo
         if not counts.any():
             continue
-        i = np.repeat(np.arange(len(values)), counts)
+        i = np.repeat(np.arange(len(queries)), counts)
         # positions lo[i] .. lo[i]+counts[i]-1 of each run: offsets within the run from a cumulative count
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         j = order[np.repeat(lo, counts) + np.arange(counts.sum()) - starts]
-        keep = i < j
+        keep = i < j if self_join else slice(None)
         firsts.append(i[keep])
         seconds.append(j[keep])
     if not firsts:
@@ -177,31 +228,109 @@ def _band_candidates(values: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray,
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
-def near_pairs(hashes, threshold: int = DEFAULT_THRESHOLD) -> PairSearch:
-    """All pairs of hashes within Hamming distance `threshold`, by multi-index hashing (module docstring)."""
+def _near(queries, reference, threshold: int, self_join: bool):
+    """Multi-index search: yields per band (i, j, is_near) over (layout, colour) signature arrays (module
+    docstring); queries/reference are (hashes, colours) pairs of uint64 arrays."""
+    (q_hash, q_colour), (r_hash, r_colour) = queries, reference
+    bands, radius = plan_bands(len(q_hash), threshold, None if self_join else len(r_hash))
+    shift = 0
+    for width in _band_widths(bands):
+        band = np.uint64((1 << width) - 1)
+        q_values = ((q_hash >> np.uint64(shift)) & band).astype(np.int64)
+        r_values = q_values if self_join else ((r_hash >> np.uint64(shift)) & band).astype(np.int64)
+        shift += width
+        i, j = _band_candidates(q_values, r_values, _flip_masks(width, radius), self_join)
+        near = (hamming(q_hash[i], r_hash[j]) <= threshold) & (hamming(q_colour[i], r_colour[j]) <= COLOUR_THRESHOLD)
+        yield i, j, near
+
+
+def near_pairs(hashes, threshold: int = DEFAULT_THRESHOLD, colours=None) -> PairSearch:
+    """All pairs of inputs within `threshold` (layout) and COLOUR_THRESHOLD (colour), by multi-index hashing
+    (module docstring). colours: the colour hashes (default: all equal, i.e. the layout test alone)."""
     if not 0 <= threshold < 64:
         raise ValueError(f"threshold {threshold}: expected 0..63")
-    unique, inverse = np.unique(np.asarray(hashes, dtype=np.uint64), return_inverse=True)
+    hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1)
+    colours = np.zeros_like(hashes) if colours is None else np.asarray(colours, dtype=np.uint64).reshape(-1)
+    signatures, inverse = np.unique(np.stack([hashes, colours], axis=1), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1).astype(np.int64)
+    unique, unique_colours = signatures[:, 0].copy(), signatures[:, 1].copy()
     if len(unique) < 2:
         return PairSearch(unique, inverse, np.zeros((0, 2), np.int64), 0)
-    bands, radius = plan_bands(len(unique), threshold)
     found: list[np.ndarray] = []
-    comparisons, shift = 0, 0
-    for width in _band_widths(bands):
-        values = ((unique >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
-        shift += width
-        i, j = _band_candidates(values, _flip_masks(width, radius))
+    comparisons = 0
+    for i, j, near in _near((unique, unique_colours), (unique, unique_colours), threshold, self_join=True):
         comparisons += len(i)
-        near = hamming(unique[i], unique[j]) <= threshold
         found.append(i[near] * len(unique) + j[near])  # one int per pair, so np.unique drops repeats
     codes = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
-    pairs = np.stack([codes // max(len(unique), 1), codes % max(len(unique), 1)], axis=1).astype(np.int64)
+    pairs = np.stack([codes // len(unique), codes % len(unique)], axis=1).astype(np.int64)
     return PairSearch(unique, inverse, pairs, comparisons)
 
 
+@dataclass
+class LeakResult:
+    """near_reference's answer: for each query the smallest layout distance to a reference signature that also
+    passes the colour test (NO_MATCH when none within the threshold), and the work done."""
+
+    distances: np.ndarray  # (n_queries,) int64
+    comparisons: int
+    threshold: int
+
+    @property
+    def flags(self) -> np.ndarray:
+        return self.distances <= self.threshold
+
+
+NO_MATCH = 64  # near_reference's distance for a query with no match
+
+
+def near_reference(queries: tuple, reference: tuple, threshold: int | None = None) -> LeakResult:
+    """Which query signatures (hashes, colours) have a near-duplicate among the reference signatures, and how
+    near: each query probes an index of the reference (no reference-reference pairs). threshold None:
+    threshold_for(len(reference)). A smaller threshold's answer is distances <= it (the same search covers it)."""
+    q = tuple(np.asarray(a, dtype=np.uint64).reshape(-1) for a in queries)
+    r = tuple(np.asarray(a, dtype=np.uint64).reshape(-1) for a in reference)
+    threshold = threshold_for(len(r[0])) if threshold is None else threshold
+    distances = np.full(len(q[0]), NO_MATCH, dtype=np.int64)
+    if not len(q[0]) or not len(r[0]):
+        return LeakResult(distances, 0, threshold)
+    comparisons = 0
+    for i, j, near in _near(q, r, threshold, self_join=False):
+        comparisons += len(i)
+        np.minimum.at(distances, i[near], hamming(q[0][i[near]], r[0][j[near]]))
+    return LeakResult(distances, comparisons, threshold)
+
+
+@dataclass
+class LeakCheck:
+    """Val images with a near-duplicate in train at the threshold chosen; the share expected by chance."""
+
+    leaked: int
+    threshold: int
+    chance: float      # expected chance matches per val image: the larger of the two estimates below
+    table_chance: float   # n_train x PAIR_FALSE_RATE (real photographs)
+    flipped_share: float  # val images turned upside down that still match train (this data's own chance rate)
+
+
+def threshold_counts(val: LeakResult, flipped: LeakResult) -> np.ndarray:
+    """Matches of the val and the upside-down val images at layout thresholds 0, 2, ... (2 rows; summable)."""
+    steps = np.arange(0, val.threshold + 1, 2)
+    return np.stack([(val.distances[:, None] <= steps).sum(0), (flipped.distances[:, None] <= steps).sum(0)])
+
+
+def leak_check_from_counts(counts: np.ndarray, images: int, n_train: int, tighten: bool = True) -> LeakCheck:
+    """The largest threshold (the counts' last at most) at which under MAX_EXPECTED_FALSE of the `images` upside-
+    down val images match train (module docstring: this data's own chance rate); tighten=False: the last."""
+    counts = np.asarray(counts)
+    step = counts.shape[1] - 1
+    while tighten and step > 0 and counts[1, step] >= MAX_EXPECTED_FALSE * max(images, 1):
+        step -= 1
+    flipped = counts[1, step] / max(images, 1)
+    table = expected_false_matches(n_train, 2 * step)
+    return LeakCheck(int(counts[0, step]), 2 * step, max(table, flipped), table, flipped)
+
+
 def groups_of(search: PairSearch) -> list[list[int]]:
-    """Connected groups (size >= 2) of input indices: identical hashes and near pairs, joined transitively
+    """Connected groups (size >= 2) of input indices: identical signatures and near pairs, joined transitively
     (union-find), largest first; within a group the indices are sorted."""
     parent = list(range(len(search.unique)))
 
@@ -222,11 +351,11 @@ def groups_of(search: PairSearch) -> list[list[int]]:
 
 
 def near_in_reference(search: PairSearch, is_reference: np.ndarray) -> np.ndarray:
-    """(N,) bool: which inputs have a near-duplicate (directly, within the threshold) among the reference
+    """(N,) bool: which inputs have a near-duplicate (directly, within the thresholds) among the reference
     inputs (e.g. train), other than themselves."""
     is_reference = np.asarray(is_reference, dtype=bool)
     ref_count = np.bincount(search.inverse[is_reference], minlength=len(search.unique))
-    # an input's own hash counts when another reference input shares it (itself excluded)
+    # an input's own signature counts when another reference input shares it (itself excluded)
     same_hash = ref_count[search.inverse] - is_reference.astype(np.int64) > 0
     linked = np.zeros(len(search.unique), dtype=bool)
     if len(search.unique_pairs):
@@ -236,31 +365,35 @@ def near_in_reference(search: PairSearch, is_reference: np.ndarray) -> np.ndarra
     return same_hash | linked[search.inverse]
 
 
-def leak_count(train_hashes, val_hashes, threshold: int = DEFAULT_THRESHOLD) -> int:
-    """How many of val_hashes have a near-duplicate among train_hashes."""
-    train_hashes, val_hashes = np.asarray(train_hashes, np.uint64), np.asarray(val_hashes, np.uint64)
-    search = near_pairs(np.concatenate([train_hashes, val_hashes]), threshold)
-    is_train = np.arange(len(train_hashes) + len(val_hashes)) < len(train_hashes)
-    return int(near_in_reference(search, is_train)[~is_train].sum())
-
-
-def hash_store(store) -> np.ndarray:
-    """Hashes of the images in a decoded store (data/cache.py's DecodedStore: anything with load(i), len()
-    and `bad`); bad and flat images are left out. Reads the uint8 arrays already decoded, never the files."""
+def store_signatures(store, indices=None, flipped: bool = False) -> tuple[np.ndarray, ...]:
+    """(layout hashes, colour hashes) of the images of a decoded store (data/cache.py's DecodedStore: anything
+    with load(i), len() and `bad`) at `indices` (default all); bad and flat images are left out. flipped: also
+    those of the same images upside down (leak_check_from_counts), from the same thumbnails. Reads the uint8
+    arrays already decoded, never the files; holds two thumbnails per image."""
     bad = getattr(store, "bad", {})
-    thumbs = [grey_thumbnail(store.load(i)) for i in range(len(store)) if i not in bad]
-    if not thumbs:
-        return np.zeros(0, np.uint64)
-    thumbs = np.stack(thumbs)
-    return hash_thumbnails(thumbs[~is_flat(thumbs)])
+    greys, colours = [], []
+    for i in range(len(store)) if indices is None else indices:
+        if i not in bad:
+            image = Image.fromarray(store.load(i))
+            greys.append(grey_thumbnail(image))
+            colours.append(colour_thumbnail(image))
+    if not greys:
+        return (np.zeros(0, np.uint64),) * (4 if flipped else 2)
+    greys_array = np.stack(greys)
+    keep = ~is_flat(greys_array)
+    return _signatures(greys_array[keep], np.stack(colours)[keep], flipped)
 
 
-def leak_warning(leaked: int, total: int) -> str | None:
-    """The one warning line `train` prints when more than LEAK_WARN_SHARE of val images have a
-    near-duplicate in train (None otherwise), naming the remedies."""
-    if not total or leaked / total <= LEAK_WARN_SHARE:
+def leak_warning(check: LeakCheck, total: int, n_train: int) -> str | None:
+    """The one warning line `train` prints when more than LEAK_WARN_SHARE of the `total` val images have a
+    near-duplicate among n_train train images (None otherwise): the measured share, the tests, the share
+    expected by chance at that size and how it was estimated, and the remedies."""
+    if not total or check.leaked / total <= LEAK_WARN_SHARE:
         return None
-    return (f"warning: {leaked} of {total} val images ({leaked / total:.1%}) have a near-duplicate in train "
-            f"(perceptual hash, distance <= {DEFAULT_THRESHOLD}): validation accuracy will be optimistic; keep "
-            f"groups on one side with --set data.split_by=COLUMN, or write a group-aware split with "
-            f"`resnetcls data check DATA --suggest-split split.csv` (data.leak_check=false silences this)")
+    return (f"warning: {check.leaked} of {total} val images ({check.leaked / total:.1%}) have a near-duplicate in "
+            f"train (layout hash within {check.threshold} bits and colour hash within {COLOUR_THRESHOLD}; by chance "
+            f"about {check.chance:.2%} of val images would match {n_train:,} train images: {check.table_chance:.2%} "
+            f"for photographs, {check.flipped_share:.2%} of this data's val images matched upside down): "
+            f"validation accuracy will be optimistic; keep groups on one side with --set data.split_by=COLUMN, or "
+            f"write a group-aware split with `resnetcls data check DATA --suggest-split split.csv` "
+            f"(data.leak_check=false silences this)")

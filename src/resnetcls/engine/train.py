@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -22,7 +23,7 @@ from ..config import (Config, DataConfig, ExplicitSettings, LogConfig, TrainConf
                       parse_duration)
 from ..data.cache import DecodedStore
 from ..data.loader import known_bad_files
-from ..data.neardup import hash_store, leak_count, leak_warning
+from ..data.neardup import leak_check_from_counts, leak_warning, near_reference, store_signatures, threshold_counts
 from ..data.sampler import ResumableSampler, progressive_size, progressive_sizes
 from ..data.sources import Samples, Splits, load_splits, write_split_csv
 from ..errors import UserError
@@ -124,21 +125,36 @@ def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
     # Validation: indices rank, rank + world, ...: every image on exactly one rank, no padding repeats.
     val_loader = pipeline.eval_loader(splits.val, range(world.rank, len(splits.val), world.size))
     known_bad_files(d.on_bad, train_loader, val_loader)
-    if d.leak_check and world.is_main:
-        warn_near_duplicates(train_loader, val_loader, len(splits.val))
-    distributed.wait_for_data()  # cache builds (and the check above) may outlast train.dist_timeout_s
+    distributed.wait_for_data()  # cache builds may outlast train.dist_timeout_s
+    if d.leak_check:  # after that wait: its collectives then wait only for the other ranks' equal share
+        warn_near_duplicates(train_loader, val_loader, len(splits.val), world)
     return TrainData(splits, pipeline, sampler, train_loader, val_loader)
 
 
-def warn_near_duplicates(train_loader, val_loader, val_images: int) -> None:
+def warn_near_duplicates(train_loader, val_loader, val_images: int, world: distributed.World) -> None:
     """One warning line when many val images have a near-duplicate in train (data/neardup.py). Hashes the
-    decoded uint8 cache the loaders already built (no second decode; about 0.1 ms an image); without a cache
-    (data.cache=false) it would decode everything again, so it is skipped."""
+    decoded uint8 cache the loaders already built (no second decode); without a cache (data.cache=false) it
+    would decode everything again, so it is skipped.
+
+    Under torchrun the check is sharded, so no rank waits on another for longer than their shares differ: each
+    rank hashes every world-th train and val image, the train signatures (16 bytes an image) are gathered on
+    every rank, each rank searches its own val share against all of train, and the counts are summed. Every
+    rank thus does 1/world of the hashing and searching; had rank 0 done it all, the others would wait at their
+    next collective (the DDP handshake) for the whole check and die there once it outlasted
+    train.dist_timeout_s."""
     stores = [getattr(loader.dataset, "store", None) for loader in (train_loader, val_loader)]
     if not all(isinstance(store, DecodedStore) for store in stores):
         return
-    text = leak_warning(leak_count(hash_store(stores[0]), hash_store(stores[1])), val_images)
-    if text:
+    train_store, val_store = stores
+    shares = distributed.gather_objects(store_signatures(train_store, range(world.rank, len(train_store), world.size)))
+    train = tuple(np.concatenate([share[k] for share in shares]) for k in (0, 1))
+    val = store_signatures(val_store, range(world.rank, len(val_store), world.size), flipped=True)
+    counts = threshold_counts(near_reference(val[:2], train), near_reference(val[2:], train))
+    summed = distributed.all_reduce_sum(torch.from_numpy(np.concatenate([counts.ravel(), [len(val[0])]])))
+    *counts, searched = summed.tolist()
+    check = leak_check_from_counts(np.reshape(counts, (2, -1)), searched, len(train[0]))
+    text = leak_warning(check, val_images, len(train[0]))
+    if text and world.is_main:
         warn(text)
 
 
