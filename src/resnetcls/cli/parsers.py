@@ -298,8 +298,7 @@ def _add_data(sub) -> None:
     p.add_argument("--batches", default="", metavar="1,2,...", help="OpenLORIS layout: batches to check")
     p.add_argument("--near-threshold", type=number(int, 0, 16), default=None, metavar="BITS",
                    help="near-duplicates: layout hashes (64 bits) differing in at most BITS bits (default: 8, "
-                        "tightened as the data grows so that chance matches stay below 1%% of images; "
-                        "bench/neardup_threshold.py)")
+                        "tightened as the data grows to keep chance matches below 1%% of images)")
     p.add_argument("--suggest-split", metavar="OUT.csv",
                    help="write a split.csv (train/val, stratified by class) in which no near-duplicate group "
                         "crosses train and val; test rows stay test; train on it with `resnetcls train OUT.csv`")

@@ -49,6 +49,7 @@ COLOUR_THRESHOLD = 10  # colour hashes of a near-duplicate differ in at most thi
 FLAT_STD = 2.0       # grey levels: a thumbnail flatter than this has no layout to hash (solid colour, blank)
 LEAK_WARN_SHARE = 0.10  # `train` warns when more than this share of val images has a near-duplicate in train
 MAX_CANDIDATES = 64  # expected comparisons per query the search plan stays within (plan_bands)
+PROBE_BLOCK, DENSE_BITS = 2 ** 20, 22  # probes per vectorised search step (~8 MB an array); bands looked up
 MAX_EXPECTED_FALSE = 0.01  # chance matches per val image the threshold keeps below (threshold_for)
 # Chance that two different photos pass both tests, per layout threshold (module docstring; the bench prints it).
 PAIR_FALSE_RATE = {0: 4.3e-9, 2: 1.1e-8, 4: 2.5e-8, 6: 5.9e-8, 8: 1.5e-7, 10: 3.7e-7, 12: 8.0e-7, 14: 2.1e-6,
@@ -58,8 +59,7 @@ MAX_THRESHOLD = max(PAIR_FALSE_RATE)  # the loosest layout threshold a user may 
 
 def _dct_matrix(size: int) -> np.ndarray:
     """The orthonormal DCT-II matrix: D @ x is the DCT of the column vector x."""
-    k = np.arange(size)[:, None]
-    n = np.arange(size)[None, :]
+    k, n = np.arange(size)[:, None], np.arange(size)[None, :]
     d = np.cos(np.pi * (2 * n + 1) * k / (2 * size)) * math.sqrt(2 / size)
     d[0] /= math.sqrt(2)
     return d
@@ -155,15 +155,12 @@ def expected_false_matches(n_reference: int, threshold: int) -> float:
 
 @dataclass
 class PairSearch:
-    """Result of near_pairs: the distinct signatures, which one each input has, and the near pairs among them.
-
-    unique_pairs are index pairs (i < j) into `unique` (the layout hash of each distinct signature) within both
-    thresholds; inputs with the same signature are near each other and are not listed as pairs (image_pairs()
-    expands both)."""
+    """near_pairs' answer: the distinct signatures, which one each input has, the near pairs among them (inputs
+    with one signature are near each other and not listed as pairs; image_pairs() expands both)."""
 
     unique: np.ndarray          # (U,) uint64 layout hash of each distinct signature (values may repeat)
     inverse: np.ndarray         # (N,) index into unique of each input
-    unique_pairs: np.ndarray    # (P, 2) int64, i < j
+    unique_pairs: np.ndarray    # (P, 2) int64, i < j, within both thresholds
     comparisons: int            # Hamming distances computed (the work done; all-pairs would be U(U-1)/2)
 
     def image_pairs(self) -> set[tuple[int, int]]:
@@ -203,21 +200,25 @@ def _flip_masks(width: int, radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.int64)
 
 
-def _band_candidates(queries: np.ndarray, reference: np.ndarray, masks: np.ndarray,
+def _band_candidates(queries: np.ndarray, reference: np.ndarray, masks: np.ndarray, width: int,
                      self_join: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) of query and reference entries whose band values differ by one of masks (sorted reference,
-    binary search); self_join (queries is reference): only i < j."""
+    """(i, j) of queries and reference whose band values differ by a mask; self_join: i < j. Bands of up to
+    DENSE_BITS bits are looked up in a table of where each value's run starts, wider ones by binary search."""
     order = np.argsort(reference, kind="stable")
-    ordered = reference[order]
+    ordered, table = reference[order], None
+    if width <= DENSE_BITS:
+        table = np.zeros((1 << width) + 1, np.int64)
+        np.cumsum(np.bincount(reference, minlength=1 << width), out=table[1:])
     firsts, seconds = [], []
-    for mask in masks:
-        probe = queries ^ mask
-        lo = np.searchsorted(ordered, probe, "left")
-        counts = np.searchsorted(ordered, probe, "right") - lo
+    per_block = max(1, PROBE_BLOCK // max(len(queries), 1))  # masks probed in one vectorised call
+    for start in range(0, len(masks), per_block):
+        block = masks[start:start + per_block]
+        probe = (queries[:, None] ^ block[None, :]).ravel()
+        lo = table[probe] if table is not None else np.searchsorted(ordered, probe, "left")
+        counts = (table[probe + 1] if table is not None else np.searchsorted(ordered, probe, "right")) - lo
         if not counts.any():
             continue
-        i = np.repeat(np.arange(len(queries)), counts)
-        # positions lo[i] .. lo[i]+counts[i]-1 of each run: offsets within the run from a cumulative count
+        i = np.repeat(np.arange(len(probe)) // len(block), counts)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         j = order[np.repeat(lo, counts) + np.arange(counts.sum()) - starts]
         keep = i < j if self_join else slice(None)
@@ -239,7 +240,7 @@ def _near(queries, reference, threshold: int, self_join: bool):
         q_values = ((q_hash >> np.uint64(shift)) & band).astype(np.int64)
         r_values = q_values if self_join else ((r_hash >> np.uint64(shift)) & band).astype(np.int64)
         shift += width
-        i, j = _band_candidates(q_values, r_values, _flip_masks(width, radius), self_join)
+        i, j = _band_candidates(q_values, r_values, _flip_masks(width, radius), width, self_join)
         near = (hamming(q_hash[i], r_hash[j]) <= threshold) & (hamming(q_colour[i], r_colour[j]) <= COLOUR_THRESHOLD)
         yield i, j, near
 
