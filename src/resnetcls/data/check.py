@@ -132,7 +132,7 @@ def _all_rows(dataset: DataSet) -> tuple[Samples, list[str], bool]:
 
 def find_near_duplicates(dataset: DataSet, results: dict[str, dict], threshold: int | None) -> NearDuplicates:
     """Near-duplicate groups over all rows from the hashes inspect_image() computed (no second decode).
-    threshold None: neardup.threshold_for(the hashed rows), every row being compared with all the others."""
+    threshold None: as `train` chooses it (below); a number: that layout threshold, its chance share stated."""
     rows, split_of, simulated = _all_rows(dataset)
     hashed = [k for k, p in enumerate(rows.paths) if results[p].get("phash")]
     sigs = [np.array([int(results[rows.paths[k]][key], 16) for k in hashed], dtype=np.uint64)
@@ -172,7 +172,7 @@ def near_duplicate_section(nd: NearDuplicates, results: dict[str, dict]) -> dict
         splits = [nd.split_of[k] for k in g]
         groups.append({"size": len(g), "splits": {s: splits.count(s) for s in sorted(set(splits))},
                        "files": [{"path": nd.rows.paths[k], "split": nd.split_of[k]} for k in g]})
-    chance = nd.chance
+    chance = nd.chance  # per image, against all the others
     return {"method": f"64-bit DCT perceptual hash within {nd.threshold} bits and 64-bit colour hash within "
                       f"{COLOUR_THRESHOLD} (data/neardup.py); by chance about {chance:.2%} of images would match "
                       f"one of the {len(nd.hashed):,} others",
@@ -306,8 +306,8 @@ def check_data(data: str, on_bad: str = "skip", out: str | None = None, batches:
                val_fraction: float = HOLDOUT_FRACTION, seed: int = HOLDOUT_SEED) -> dict:
     """Scan DATA once, print the summary on stderr, write the JSON report to `out`; returns the report.
 
-    threshold: the near-duplicate layout-hash distance (None: neardup.threshold_for the data size); suggest: write a group-aware split.csv there (val_fraction
-    and seed of its hold-out). Raises UserError (exit 2) after reporting when on_bad="fail" and any file is bad.
+    threshold: the near-duplicate layout-hash distance (None: chosen for the data size, find_near_duplicates);
+    suggest: write a group-aware split.csv there (val_fraction and seed of its hold-out). Raises UserError (exit 2) after reporting when on_bad="fail" and any file is bad.
     """
     if on_bad not in ("skip", "fail"):
         raise UserError(f"--on-bad {on_bad!r}: expected skip or fail")
