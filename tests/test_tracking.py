@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from resnetcls.envinfo import git_revision
-from resnetcls.tracking import epoch_metrics, flatten_params
+from resnetcls.tracking import epoch_metrics, flatten_params, log_run_artifacts
 
 from .conftest import run_cli
 
@@ -156,6 +157,20 @@ def test_an_unreachable_tracking_server_is_one_masked_line_at_the_start(tiny_dat
         assert proc.returncode == 0, proc.stderr
         assert lines[0].startswith("warning:") and "training goes on without MLflow" in lines[0]
         assert (out / "best" / "model.json").is_file() and json.loads((out / "tracking.json").read_text()) == {}
+
+
+def test_a_server_gone_before_the_artefacts_is_one_masked_warning(tiny_run, tmp_path, capsys):
+    """The end of a tracked run whose server stopped answering since: the artefacts are not sent, one warning
+    says why (the first request without retries), and the command does not fail."""
+    run, port = tmp_path / "run", free_port()
+    shutil.copytree(tiny_run, run)
+    (run / "tracking.json").write_text(json.dumps({"mlflow": {  # as recorded: the password masked
+        "tracking_uri": f"http://tracker:***@127.0.0.1:{port}", "run_id": "0" * 32}}))
+    log_run_artifacts(run)
+    # The masked password is never sent as one: without it in the environment, the URI goes without user info.
+    assert capsys.readouterr().err == (f"warning: mlflow: artefacts not logged: MLflow at http://127.0.0.1:{port} "
+                                       "cannot be reached: Connection refused\n")
+    assert not list(run.glob(".tracker-*"))
 
 
 def test_a_killed_run_resumed_continues_the_same_mlflow_run(tiny_data, tmp_path, mlflow_server):

@@ -380,6 +380,8 @@ def log_run_artifacts(run_dir: str | os.PathLike) -> None:
                 if name == "mlflow":
                     uri = usable_uri(entry["tracking_uri"])
                     client = _require("mlflow", "mlflow").MlflowClient(tracking_uri=uri)
+                    with first_contact(uri, "MLflow"):  # a server gone since training: seconds, not retries
+                        client.get_run(entry["run_id"])
                     MlflowTracker(client, entry["run_id"], uri).log_artifacts(folder)
                 else:
                     wandb = _require("wandb", "wandb")
@@ -389,9 +391,9 @@ def log_run_artifacts(run_dir: str | os.PathLike) -> None:
                     tracker.log_artifacts(folder)
                     tracker.close("FINISHED")
                 logged.append(name)
-            except UserError:
-                raise
             except Exception as e:  # the server gone since training: the run itself is complete
+                if isinstance(e, UserError) and not isinstance(e, TrackerUnreachable):
+                    raise  # a missing package
                 print(f"warning: {name}: artefacts not logged: {error_line(e)}", file=sys.stderr, flush=True)
     if logged:
         print(f"tracking: artefacts logged ({', '.join(logged)}; ids in {run_dir / TRACKING_FILE})",
