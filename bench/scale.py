@@ -182,27 +182,30 @@ def slope(t1: float, t2: float, n1: int, n2: int) -> float:
 
 
 def format_table(results: dict, sizes: list[int], classes: list[int], estimate: int) -> str:
-    """results[(stage, C, N)] = (seconds, rss_mb)."""
-    head = ["stage", "C"] + [f"{n // 1000}k s" for n in sizes] + [f"{n // 1000}k MB" for n in sizes]
-    head += [f"slope {a // 1000}k-{b // 1000}k" for a, b in zip(sizes, sizes[1:])]
+    """results[(stage, C, N)] = (seconds, rss_mb); a size not measured for a row shows "-" (its slopes and
+    estimate come from the sizes that were)."""
+    k = lambda n: f"{n / 1000:g}k"
+    head = ["stage", "C"] + [f"{k(n)} s" for n in sizes] + [f"{k(n)} MB" for n in sizes]
+    head += [f"slope {k(a)}-{k(b)}" for a, b in zip(sizes, sizes[1:])]
     head += [f"{estimate / 1e6:.2f}M s (est.)", f"{estimate / 1e6:.2f}M MB (est.)", "verdict"]
     rows = [head]
     for stage in STAGES:
         for c in classes:
-            got = [results.get((stage, c, n)) for n in sizes]
-            if any(g is None for g in got):
+            got = {n: results[(stage, c, n)] for n in sizes if (stage, c, n) in results}
+            if not got:
                 continue
-            secs, rss = [g[0] for g in got], [g[1] for g in got]
-            slopes = [slope(secs[i], secs[i + 1], sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
-            last = slopes[-1] if slopes else 1.0
-            est_s = secs[-1] * (estimate / sizes[-1]) ** max(last, 1.0)
-            per_image = (rss[-1] - rss[0]) / (sizes[-1] - sizes[0]) if len(sizes) > 1 else 0.0
-            est_mb = rss[-1] + max(per_image, 0.0) * (estimate - sizes[-1])
-            bad = [f"slope {s:.2f}" for s in slopes if s > TIME_SLOPE_MAX] + \
-                  ([f"RSS {rss[-1]:.0f} MB"] if rss[-1] > RSS_MAX_MB else [])
-            rows.append([stage, str(c)] + [f"{s:.1f}" for s in secs] + [f"{m:.0f}" for m in rss]
-                        + [f"{s:.2f}" for s in slopes] + [f"{est_s:.0f}", f"{est_mb:.0f}",
-                                                          "ok" if not bad else "MISS: " + ", ".join(bad)])
+            have = sorted(got)
+            slopes = {(a, b): slope(got[a][0], got[b][0], a, b) for a, b in zip(have, have[1:])}
+            last, top = (list(slopes.values())[-1] if slopes else 1.0), have[-1]
+            est_s = got[top][0] * (estimate / top) ** max(last, 1.0)  # never better than linear
+            per_image = (got[top][1] - got[have[0]][1]) / (top - have[0]) if len(have) > 1 else 0.0
+            est_mb = got[top][1] + max(per_image, 0.0) * (estimate - top)
+            bad = [f"slope {v:.2f}" for v in slopes.values() if v > TIME_SLOPE_MAX] + \
+                  ([f"RSS {got[top][1]:.0f} MB"] if got[top][1] > RSS_MAX_MB else [])
+            rows.append([stage, str(c)] + [f"{got[n][0]:.1f}" if n in got else "-" for n in sizes]
+                        + [f"{got[n][1]:.0f}" if n in got else "-" for n in sizes]
+                        + [f"{slopes[(a, b)]:.2f}" if (a, b) in slopes else "-" for a, b in zip(sizes, sizes[1:])]
+                        + [f"{est_s:.0f}", f"{est_mb:.0f}", "ok" if not bad else "MISS: " + ", ".join(bad)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -210,15 +213,16 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
 
 
 def class_growth(results: dict, sizes: list[int], classes: list[int]) -> list[str]:
-    """Per stage at the largest N: RSS at the most classes minus RSS at the fewest (the C^2 check)."""
+    """Per stage at the largest N measured at both: RSS at the most classes minus at the fewest (the C^2 check)."""
     if len(classes) < 2:
         return []
-    n, lo, hi = sizes[-1], min(classes), max(classes)
-    out = []
-    for stage in STAGES:
-        a, b = results.get((stage, lo, n)), results.get((stage, hi, n))
-        if a and b:
-            out.append(f"{stage} {b[1] - a[1]:+.0f} MB")
+    lo, hi = min(classes), max(classes)
+    both = [n for n in sizes if any((s, lo, n) in results and (s, hi, n) in results for s in STAGES)]
+    if not both:
+        return []
+    n = both[-1]
+    out = [f"{stage} {results[(stage, hi, n)][1] - results[(stage, lo, n)][1]:+.0f} MB" for stage in STAGES
+           if (stage, lo, n) in results and (stage, hi, n) in results]
     return [f"peak RSS at {n} images, {hi} classes minus {lo} classes: " + "; ".join(out)]
 
 
@@ -233,8 +237,10 @@ def main() -> None:
                     help="torch threads of each stage (0: torch's default, one per core); on a machine that other "
                          "jobs load, 1 avoids threads spinning on busy cores")
     ap.add_argument("--estimate", type=int, default=1_280_000, help="extrapolate to this many images")
-    ap.add_argument("--work", default="", help="folder for the data sets and runs (default: a temporary one)")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--work", default="", help="folder for the data sets, runs and results.json (default: a temporary "
+                    "one); a later run with the same folder reuses its data sets and keeps the figures of stages "
+                    "it does not measure again, so sizes and stages can be measured in several runs")
+    ap.add_argument("--table-only", action="store_true", help="print the table from --work's results.json")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
     ap.add_argument("--timing", help=argparse.SUPPRESS)
@@ -248,9 +254,11 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="resnetcls-scale-"))
     print(f"machine: {machine_line()}\n{os.cpu_count()} CPUs; sizes {sizes}; classes {classes}; "
           f"{args.repeats} run(s) per stage; torch threads {args.threads or 'default'}; work folder {work}", flush=True)
-    results: dict = {}
+    saved = work / "results.json"  # with --work: earlier runs' figures are kept unless measured again
+    results = {tuple(json.loads(k)): tuple(v) for k, v in json.loads(saved.read_text()).items()} \
+        if args.work and saved.is_file() else {}
     try:
-        for c in classes:
+        for c in classes if not args.table_only else []:
             for n in sizes:
                 root = work / f"n{n}-c{c}"
                 start = time.perf_counter()
@@ -261,12 +269,13 @@ def main() -> None:
                     results[(stage, c, n)] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs))
                     print(f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s {results[(stage, c, n)][1]:8.0f} MB",
                           flush=True)
+                    saved.write_text(json.dumps({json.dumps(k): v for k, v in results.items()}))
         print()
         print(format_table(results, sizes, classes, args.estimate))
         for line in class_growth(results, sizes, classes):
             print(line)
     finally:
-        if not args.keep and not args.work:
+        if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
 
