@@ -1,6 +1,7 @@
 """How each stage grows with the data: wall time and peak memory of `data check`, the cache build, the leak
 check, one training epoch of a tiny model, `eval`, the report and `rank`, at several data sizes N and class
-counts C, with the growth exponent of each stage's time between sizes (the log-log slope: 1.0 = linear).
+counts C, with the growth exponent of each stage's time (the log-log slope: 1.0 = linear) between each pair of
+sizes and fitted over all of them, and an extrapolation to a larger N.
 
     python bench/scale.py                        # N = 10k, 30k, 100k images; C = 100 and 1000 classes
     python bench/scale.py --sizes 10000,30000    # chosen sizes
@@ -25,9 +26,11 @@ stage's process or any process it started (os.wait4's ru_maxrss, as /usr/bin/tim
   report       `resnetcls report RUN`
   rank         `resnetcls rank RUN/best FOLDER --diverse` over every image of the data set
 
-Targets: time grows at most as N^1.1 (every slope <= 1.1); peak RSS at 100k images and 1000 classes within
+Targets: time grows at most as N^1.1 (fitted exponent <= 1.1; the pairwise slopes show how steady it is); peak RSS at 100k images and 1000 classes within
 2.5 GB for every stage; RSS at 1000 classes close to RSS at 100 (nothing in proportion to C^2 beyond the
-C x C confusion matrix). The table prints a verdict per stage. --repeats R runs each stage R times at each size
+C x C confusion matrix). The table prints a verdict per stage. The estimate for --estimate images: time
+scaled from the largest size by the fitted exponent (at least 1), peak RSS grown by the per-image increase
+between the smallest and the largest size. --repeats R runs each stage R times at each size
 and keeps the median time (peak RSS: the largest).
 """
 from __future__ import annotations
@@ -111,6 +114,7 @@ def run_stage(stage: str, manifest: str, work: str) -> float:
     import resnetcls.rank  # noqa: F401
     import resnetcls.report  # noqa: F401
     from resnetcls.cli import main
+    from resnetcls.engine.distributed import world_from_env
     from resnetcls.engine.train import warn_near_duplicates
     work_dir, cache, run = Path(work), str(Path(work) / "cache"), str(Path(work) / "run")
     folder = str(Path(manifest).parent / "images")
@@ -126,7 +130,7 @@ def run_stage(stage: str, manifest: str, work: str) -> float:
         _pipeline(manifest, cache, False)
         rc = 0
     elif stage == "leak check":
-        warn_near_duplicates(data.train_loader, data.val_loader, len(data.splits.val))
+        warn_near_duplicates(data.train_loader, data.val_loader, len(data.splits.val), world_from_env())
         rc = 0
     elif stage == "train epoch":
         rc = _train(manifest, run, cache)
@@ -181,13 +185,21 @@ def slope(t1: float, t2: float, n1: int, n2: int) -> float:
     return math.log(max(t2, 1e-6) / max(t1, 1e-6)) / math.log(n2 / n1)
 
 
+def fitted_exponent(points: dict[int, float]) -> float:
+    """The least-squares slope of log(seconds) on log(N) over every measured size: one exponent per stage,
+    steadier than any one pair of sizes on a machine whose load changes between them."""
+    xs, ys = [math.log(n) for n in points], [math.log(max(t, 1e-6)) for t in points.values()]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
 def format_table(results: dict, sizes: list[int], classes: list[int], estimate: int) -> str:
     """results[(stage, C, N)] = (seconds, rss_mb); a size not measured for a row shows "-" (its slopes and
     estimate come from the sizes that were)."""
     k = lambda n: f"{n / 1000:g}k"
     head = ["stage", "C"] + [f"{k(n)} s" for n in sizes] + [f"{k(n)} MB" for n in sizes]
     head += [f"slope {k(a)}-{k(b)}" for a, b in zip(sizes, sizes[1:])]
-    head += [f"{estimate / 1e6:.2f}M s (est.)", f"{estimate / 1e6:.2f}M MB (est.)", "verdict"]
+    head += ["exponent", f"{estimate / 1e6:.2f}M s (est.)", f"{estimate / 1e6:.2f}M MB (est.)", "verdict"]
     rows = [head]
     for stage in STAGES:
         for c in classes:
@@ -196,16 +208,16 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
                 continue
             have = sorted(got)
             slopes = {(a, b): slope(got[a][0], got[b][0], a, b) for a, b in zip(have, have[1:])}
-            last, top = (list(slopes.values())[-1] if slopes else 1.0), have[-1]
-            est_s = got[top][0] * (estimate / top) ** max(last, 1.0)  # never better than linear
+            fit, top = fitted_exponent({n: got[n][0] for n in have}) if len(have) > 1 else 1.0, have[-1]
+            est_s = got[top][0] * (estimate / top) ** max(fit, 1.0)  # never better than linear
             per_image = (got[top][1] - got[have[0]][1]) / (top - have[0]) if len(have) > 1 else 0.0
             est_mb = got[top][1] + max(per_image, 0.0) * (estimate - top)
-            bad = [f"slope {v:.2f}" for v in slopes.values() if v > TIME_SLOPE_MAX] + \
+            bad = ([f"exponent {fit:.2f}"] if fit > TIME_SLOPE_MAX else []) + \
                   ([f"RSS {got[top][1]:.0f} MB"] if got[top][1] > RSS_MAX_MB else [])
             rows.append([stage, str(c)] + [f"{got[n][0]:.1f}" if n in got else "-" for n in sizes]
                         + [f"{got[n][1]:.0f}" if n in got else "-" for n in sizes]
                         + [f"{slopes[(a, b)]:.2f}" if (a, b) in slopes else "-" for a, b in zip(sizes, sizes[1:])]
-                        + [f"{est_s:.0f}", f"{est_mb:.0f}", "ok" if not bad else "MISS: " + ", ".join(bad)])
+                        + [f"{fit:.2f}", f"{est_s:.0f}", f"{est_mb:.0f}", "ok" if not bad else "MISS: " + ", ".join(bad)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
