@@ -145,6 +145,10 @@ def test_store_signatures_read_decoded_arrays_skipping_bad_and_flat_images():
     assert layout.tolist() == [perceptual_hash(photo(0)), perceptual_hash(photo(2))]
     assert colour.tolist() == [colour_hash(photo(0)), colour_hash(photo(2))]
     assert store_signatures(store, [2, 3])[0].tolist() == [perceptual_hash(photo(2))]  # a rank's share
+    # Hashed a few images at a time (bounded memory at any size): the same hashes, in the same order.
+    assert [a.tolist() for a in store_signatures(store, chunk=1)] == [layout.tolist(), colour.tolist()]
+    assert [a.tolist() for a in store_signatures(store, chunk=2, flipped=True)] == [
+        a.tolist() for a in store_signatures(store, flipped=True)]
     upside_down = photo(2).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     assert [a.tolist() for a in store_signatures(store, [3], flipped=True)[2:]] == [
         [perceptual_hash(upside_down)], [colour_hash(upside_down)]]

@@ -366,23 +366,23 @@ def near_in_reference(search: PairSearch, is_reference: np.ndarray) -> np.ndarra
     return same_hash | linked[search.inverse]
 
 
-def store_signatures(store, indices=None, flipped: bool = False) -> tuple[np.ndarray, ...]:
+def store_signatures(store, indices=None, flipped: bool = False, chunk: int = 2048) -> tuple[np.ndarray, ...]:
     """(layout hashes, colour hashes) of the images of a decoded store (data/cache.py's DecodedStore: anything
     with load(i), len() and `bad`) at `indices` (default all); bad and flat images are left out. flipped: also
-    those of the same images upside down (leak_check_from_counts), from the same thumbnails. Reads the uint8
-    arrays already decoded, never the files; holds two thumbnails per image."""
+    those of the same images upside down (leak_check_from_counts). Reads the decoded uint8 arrays, never the
+    files, `chunk` images at a time: beyond 16-32 bytes of hashes an image, what it holds is the same at any N."""
     bad = getattr(store, "bad", {})
-    greys, colours = [], []
-    for i in range(len(store)) if indices is None else indices:
-        if i not in bad:
-            image = Image.fromarray(store.load(i))
-            greys.append(grey_thumbnail(image))
-            colours.append(colour_thumbnail(image))
-    if not greys:
+    wanted = [i for i in (range(len(store)) if indices is None else indices) if i not in bad]
+    parts = [_chunk_signatures(store, wanted[start:start + chunk], flipped) for start in range(0, len(wanted), chunk)]
+    if not parts:
         return (np.zeros(0, np.uint64),) * (4 if flipped else 2)
-    greys_array = np.stack(greys)
-    keep = ~is_flat(greys_array)
-    return _signatures(greys_array[keep], np.stack(colours)[keep], flipped)
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def _chunk_signatures(store, indices: list, flipped: bool) -> tuple[np.ndarray, ...]:
+    images = [Image.fromarray(store.load(i)) for i in indices]
+    greys, colours = np.stack([grey_thumbnail(i) for i in images]), np.stack([colour_thumbnail(i) for i in images])
+    return _signatures(greys[~is_flat(greys)], colours[~is_flat(greys)], flipped)
 
 
 def leak_warning(check: LeakCheck, total: int, n_train: int) -> str | None:
