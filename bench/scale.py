@@ -26,19 +26,25 @@ stage's process or any process it started (os.wait4's ru_maxrss, as /usr/bin/tim
   report       `resnetcls report RUN`
   rank         `resnetcls rank RUN/best FOLDER --diverse` over every image of the data set
 
-Targets: time grows at most as N^1.1 (fitted exponent <= 1.1; the pairwise slopes show how steady it is); peak RSS at 100k images and 1000 classes within
-2.5 GB for every stage; RSS at 1000 classes close to RSS at 100 (nothing in proportion to C^2 beyond the
-C x C confusion matrix). The table prints a verdict per stage. The estimate for --estimate images: time
-scaled from the largest size by the fitted exponent (at least 1), peak RSS grown by the per-image increase
-between the smallest and the largest size. --repeats R runs each stage R times at each size
-and keeps the median time (peak RSS: the largest).
+Each stage's CPU seconds (its process and every worker it waited for) are fitted too: on a machine other jobs
+load, wall time moves with their load and CPU time much less, so the verdict judges the CPU exponent where it was
+measured (the wall-time exponent otherwise).
+
+Targets: time grows at most as N^1.1 (fitted exponent <= 1.1; the pairwise slopes show how steady it is);
+peak RSS at 100k images and 1000 classes within 2.5 GB for every stage; RSS at 1000 classes close to RSS at 100
+(nothing in proportion to C^2 beyond the C x C confusion matrix). The table prints a verdict per stage. The
+estimate for --estimate images: time scaled from the largest size by the fitted exponent (at least 1), peak RSS
+grown by the per-image increase between the smallest and the largest size. --repeats R runs each stage R times
+at each size and keeps the median times (peak RSS: the largest).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -91,7 +97,8 @@ def make_data(root: Path, images: int, classes: int) -> Path:
 
 # ---------------------------------------------------------------- one stage, in a child process
 def _settings(extra: dict) -> list[str]:
-    return [f"{k}={'true' if v is True else 'false' if v is False else v}" for k, v in {**TRAIN_SETTINGS, **extra}.items()]
+    merged = {**TRAIN_SETTINGS, **extra}
+    return [f"{k}={'true' if v is True else 'false' if v is False else v}" for k, v in merged.items()]
 
 
 def _pipeline(manifest: str, cache: str, leak_check: bool):
@@ -105,8 +112,14 @@ def _pipeline(manifest: str, cache: str, leak_check: bool):
     return build_data(cfg.data, cfg.train, build_context(cfg.train, "cpu"))
 
 
-def run_stage(stage: str, manifest: str, work: str) -> float:
-    """Run one stage in this process; its seconds, imports excluded."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (pool and loader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_stage(stage: str, manifest: str, work: str) -> tuple[float, float]:
+    """Run one stage in this process; (its seconds, its CPU seconds), imports excluded."""
     import torch  # noqa: F401  (imported before the clock starts, as every stage needs it)
     import resnetcls.api  # noqa: F401
     import resnetcls.data.check  # noqa: F401
@@ -123,7 +136,8 @@ def run_stage(stage: str, manifest: str, work: str) -> float:
         shutil.rmtree(cache, ignore_errors=True)  # every run builds from nothing
     if stage == "train epoch":
         shutil.rmtree(run, ignore_errors=True)  # a new run each time
-    start = time.perf_counter()
+    gc.collect()
+    start, cpu = time.perf_counter(), cpu_seconds()
     if stage == "data check":
         rc = main(["--quiet", "data", "check", manifest, "--out", str(work_dir / "check.json")])
     elif stage == "cache build":
@@ -144,7 +158,10 @@ def run_stage(stage: str, manifest: str, work: str) -> float:
         raise SystemExit(f"unknown stage {stage!r}")
     if rc:
         raise SystemExit(f"{stage}: exit {rc}")
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    del data  # the leak check's loaders: their workers are joined below
+    gc.collect()  # loaders' workers are joined, so their CPU time counts
+    return seconds, cpu_seconds() - cpu
 
 
 def _train(manifest: str, run: str, cache: str) -> int:
@@ -155,9 +172,9 @@ def _train(manifest: str, run: str, cache: str) -> int:
     return 0
 
 
-def measure(stage: str, manifest: Path, work: Path, threads: int = 0) -> tuple[float, float]:
-    """(stage seconds, peak RSS in MB of the stage's process tree) from a child process; threads > 0: its
-    torch threads (OMP_NUM_THREADS)."""
+def measure(stage: str, manifest: Path, work: Path, threads: int = 0) -> tuple[float, float, float]:
+    """(stage seconds, peak RSS in MB of the stage's process tree, stage CPU seconds) from a child process;
+    threads > 0: its torch threads (OMP_NUM_THREADS)."""
     timing = work / "stage.json"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
@@ -168,7 +185,8 @@ def measure(stage: str, manifest: Path, work: Path, threads: int = 0) -> tuple[f
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{stage} failed (exit {proc.returncode}); see {work / 'stages.log'}")
-    return json.loads(timing.read_text())["seconds"], usage.ru_maxrss / 1024  # ru_maxrss: KiB on Linux
+    timed = json.loads(timing.read_text())
+    return timed["seconds"], usage.ru_maxrss / 1024, timed["cpu"]  # ru_maxrss: KiB on Linux
 
 
 # ---------------------------------------------------------------- the table
@@ -199,7 +217,8 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
     k = lambda n: f"{n / 1000:g}k"
     head = ["stage", "C"] + [f"{k(n)} s" for n in sizes] + [f"{k(n)} MB" for n in sizes]
     head += [f"slope {k(a)}-{k(b)}" for a, b in zip(sizes, sizes[1:])]
-    head += ["exponent", f"{estimate / 1e6:.2f}M s (est.)", f"{estimate / 1e6:.2f}M MB (est.)", "verdict"]
+    head += ["exponent", "CPU exponent", f"{estimate / 1e6:.2f}M s (est.)", f"{estimate / 1e6:.2f}M MB (est.)",
+             "verdict"]
     rows = [head]
     for stage in STAGES:
         for c in classes:
@@ -209,15 +228,19 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
             have = sorted(got)
             slopes = {(a, b): slope(got[a][0], got[b][0], a, b) for a, b in zip(have, have[1:])}
             fit, top = fitted_exponent({n: got[n][0] for n in have}) if len(have) > 1 else 1.0, have[-1]
+            cpu_fit = fitted_exponent({n: got[n][2] for n in have}) \
+                if len(have) > 1 and all(len(got[n]) > 2 for n in have) else None
             est_s = got[top][0] * (estimate / top) ** max(fit, 1.0)  # never better than linear
             per_image = (got[top][1] - got[have[0]][1]) / (top - have[0]) if len(have) > 1 else 0.0
             est_mb = got[top][1] + max(per_image, 0.0) * (estimate - top)
-            bad = ([f"exponent {fit:.2f}"] if fit > TIME_SLOPE_MAX else []) + \
+            judged = ("CPU exponent", cpu_fit) if cpu_fit is not None else ("exponent", fit)
+            bad = ([f"{judged[0]} {judged[1]:.2f}"] if judged[1] > TIME_SLOPE_MAX else []) + \
                   ([f"RSS {got[top][1]:.0f} MB"] if got[top][1] > RSS_MAX_MB else [])
             rows.append([stage, str(c)] + [f"{got[n][0]:.1f}" if n in got else "-" for n in sizes]
                         + [f"{got[n][1]:.0f}" if n in got else "-" for n in sizes]
                         + [f"{slopes[(a, b)]:.2f}" if (a, b) in slopes else "-" for a, b in zip(sizes, sizes[1:])]
-                        + [f"{fit:.2f}", f"{est_s:.0f}", f"{est_mb:.0f}", "ok" if not bad else "MISS: " + ", ".join(bad)])
+                        + [f"{fit:.2f}", "-" if cpu_fit is None else f"{cpu_fit:.2f}", f"{est_s:.0f}", f"{est_mb:.0f}",
+                           "ok" if not bad else "MISS: " + ", ".join(bad)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -258,7 +281,8 @@ def main() -> None:
     ap.add_argument("--timing", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage:  # the child: one stage
-        Path(args.timing).write_text(json.dumps({"seconds": run_stage(args.stage, args.manifest, args.work)}))
+        seconds, cpu = run_stage(args.stage, args.manifest, args.work)
+        Path(args.timing).write_text(json.dumps({"seconds": seconds, "cpu": cpu}))
         return
     sizes = [2000, 6000] if args.quick else sorted(int(s) for s in args.sizes.split(","))
     classes = sorted(int(c) for c in args.classes.split(","))
@@ -278,9 +302,10 @@ def main() -> None:
                 print(f"N={n} C={c}: data ready in {time.perf_counter() - start:.1f} s", flush=True)
                 for stage in [s for s in STAGES if s in stages]:
                     runs = [measure(stage, manifest, root, args.threads) for _ in range(args.repeats)]
-                    results[(stage, c, n)] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs))
-                    print(f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s {results[(stage, c, n)][1]:8.0f} MB",
-                          flush=True)
+                    results[(stage, c, n)] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs),
+                                              statistics.median(r[2] for r in runs))
+                    print(f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s {results[(stage, c, n)][1]:8.0f} MB "
+                          f"{results[(stage, c, n)][2]:8.1f} CPU s", flush=True)
                     saved.write_text(json.dumps({json.dumps(k): v for k, v in results.items()}))
         print()
         print(format_table(results, sizes, classes, args.estimate))
