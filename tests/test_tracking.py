@@ -295,3 +295,12 @@ def test_params_are_flat_dotted_strings_and_only_numbers_become_metrics():
     record = {"kind": "epoch", "epoch": 3, "step": 30, "time": 1.0, "val/top1": 0.5, "bad_images": 0,
               "val_confusion": [[1, 0], [0, 1]], "flag": True}
     assert epoch_metrics(record) == {"val/top1": 0.5, "bad_images": 0.0}
+
+
+def test_a_silent_wandb_server_is_given_up_after_15_s_unless_wandb_init_timeout_says_otherwise(monkeypatch):
+    import wandb
+    from resnetcls.tracking import wandb_settings
+    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    assert wandb_settings(wandb).init_timeout == 15
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "40")
+    assert wandb_settings(wandb).init_timeout == 40

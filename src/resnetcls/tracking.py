@@ -244,9 +244,9 @@ def new_wandb_id() -> str:
 def wandb_settings(wandb):
     """Quiet (our stderr stays ours) and sending only what we log: W&B's own collection of the command line,
     program path, host, git remote, code and installed packages off (a command line or a remote URL may hold a
-    password; paths are the user's)."""
+    password; paths are the user's). A silent online server: given up after 15 s, not W&B's 90 s."""
     return wandb.Settings(silent=True, console="off", x_disable_meta=True, disable_git=True, disable_code=True,
-                          save_code=False, x_save_requirements=False)
+                          save_code=False, x_save_requirements=False, init_timeout=os.environ.get("WANDB_INIT_TIMEOUT", 15))
 
 
 class WandbTracker:
