@@ -37,7 +37,7 @@ from torchvision import transforms as T
 from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import read_data
 from resnetcls.data.transforms import build_train_transform, make_preprocess
-from resnetcls.envinfo import machine_line
+from resnetcls.records.envinfo import machine_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORKERS, BATCH = 2, 64
@@ -93,7 +93,7 @@ def bench(root: Path, size: int, fraction: float) -> list[tuple[str, float]]:
 def _train_rows(size: int, steps: int, repeats: int, arch: str) -> tuple[float, float]:
     """(images/s fed from files, images/s fed from in-memory tensors), medians of `repeats` epochs each."""
     from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
-    from resnetcls.hardware import resolve_amp
+    from resnetcls.utils.hardware import resolve_amp
     from resnetcls.models import create_model
 
     samples = read_data(str(DATA / "coil100-a")).splits["all"]

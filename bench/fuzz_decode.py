@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from resnetcls.data.decode import PEAK_BYTES_FIXED, DecodeError, decode_image, probe_image  # noqa: E402
-from resnetcls.envinfo import machine_line  # noqa: E402
+from resnetcls.records.envinfo import machine_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

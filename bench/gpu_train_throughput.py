@@ -31,7 +31,7 @@ from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.synth import synthesize
 from resnetcls.data.transforms import build_train_transform, make_preprocess
-from resnetcls.envinfo import machine_line
+from resnetcls.records.envinfo import machine_line
 from resnetcls.models import create_model
 
 

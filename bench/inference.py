@@ -4,7 +4,7 @@ Every row runs in this one process on the same random input; images/s come from 
 forward pass, p50/p99 are the latency of a single image (batch 1). The "max|dp|" column is the largest
 difference of softmax probabilities from resnetcls eager fp32 on the same 32 images, and "top1" how many of
 them keep the same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths). The int8
-rows run ONNX Runtime's static int8 file (resnetcls.quantize, as `export --int8` writes it) in ONNX Runtime and
+rows run ONNX Runtime's static int8 file (resnetcls.export.int8, as `export --int8` writes it) in ONNX Runtime and
 in OpenVINO, calibrated here on synthetic
 images (the model has random weights, so its top-1 agreement on random inputs says little; `export --int8`
 checks agreement on the model's real validation images).
@@ -39,12 +39,12 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
-from resnetcls.onnx_runtime import INT8_FILE, ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
-from resnetcls.envinfo import machine_line  # noqa: E402
-from resnetcls.modelfile import load_model_dir, record_export, save_model_dir  # noqa: E402
+from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
+from resnetcls.records.envinfo import machine_line  # noqa: E402
+from resnetcls.records.modelfile import load_model_dir, record_export, save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
-from resnetcls.predict import Predictor  # noqa: E402
-from resnetcls.quantize import int8_bytes  # noqa: E402
+from resnetcls.inference.predictor import Predictor  # noqa: E402
+from resnetcls.export.int8 import int8_bytes  # noqa: E402
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

@@ -26,7 +26,7 @@ import numpy as np
 from resnetcls.data.decode import decode_image
 from resnetcls.data.neardup import (DEFAULT_THRESHOLD, leak_check_from_counts, near_reference, store_signatures,
                                     threshold_counts)
-from resnetcls.envinfo import machine_line
+from resnetcls.records.envinfo import machine_line
 
 
 class Images:

@@ -33,7 +33,7 @@ from PIL import Image, ImageEnhance
 from resnetcls.data.decode import decode_image
 from resnetcls.data.neardup import (COLOUR_THRESHOLD, MAX_EXPECTED_FALSE, PAIR_FALSE_RATE, colour_hash, hamming,
                                     perceptual_hash)
-from resnetcls.envinfo import machine_line
+from resnetcls.records.envinfo import machine_line
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAME_PIXELS = 8.0  # grey levels of 255: below this two photos are copies of one (the source data has some)

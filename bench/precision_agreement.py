@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from resnetcls.data.loader import build_loader  # noqa: E402
 from resnetcls.data.sources import load_eval_samples  # noqa: E402
-from resnetcls.envinfo import machine_line  # noqa: E402
-from resnetcls.onnx_runtime import INT8_FILE, ONNX_FILE  # noqa: E402
-from resnetcls.predict import Predictor  # noqa: E402
+from resnetcls.records.envinfo import machine_line  # noqa: E402
+from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE  # noqa: E402
+from resnetcls.inference.predictor import Predictor  # noqa: E402
 
 
 def batches_of(predictor: Predictor, data: str, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor, str]:

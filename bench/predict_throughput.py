@@ -21,10 +21,10 @@ from PIL import Image
 
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
-from resnetcls.envinfo import machine_line
-from resnetcls.modelfile import save_model_dir
+from resnetcls.records.envinfo import machine_line
+from resnetcls.records.modelfile import save_model_dir
 from resnetcls.models import create_model
-from resnetcls.predict import Predictor
+from resnetcls.inference.predictor import Predictor
 
 
 def write_images(root: Path, count: int, size: int) -> list[str]:

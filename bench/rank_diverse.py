@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from resnetcls.envinfo import machine_line
-from resnetcls.rank import DIVERSE_PICKS, DIVERSE_POOL, TopPool, k_center_greedy, pick_order
+from resnetcls.records.envinfo import machine_line
+from resnetcls.analysis.rank import DIVERSE_PICKS, DIVERSE_POOL, TopPool, k_center_greedy, pick_order
 
 BATCH = 32
 

@@ -123,9 +123,9 @@ def run_stage(stage: str, manifest: str, work: str) -> tuple[float, float]:
     import torch  # noqa: F401  (imported before the clock starts, as every stage needs it)
     import resnetcls.api  # noqa: F401
     import resnetcls.data.check  # noqa: F401
-    import resnetcls.evaluation  # noqa: F401
-    import resnetcls.rank  # noqa: F401
-    import resnetcls.report  # noqa: F401
+    import resnetcls.analysis.evaluate  # noqa: F401
+    import resnetcls.analysis.rank  # noqa: F401
+    import resnetcls.analysis.report  # noqa: F401
     from resnetcls.cli import main
     from resnetcls.engine.distributed import world_from_env
     from resnetcls.engine.train import warn_near_duplicates
@@ -193,7 +193,7 @@ def measure(stage: str, manifest: Path, work: Path, threads: int = 0) -> tuple[f
 def machine_line() -> str:
     """envinfo.machine_line() from a child: this process stays small (Linux carries a parent's peak RSS into
     ru_maxrss of every child it forks, so importing torch here would add its size to every stage's peak)."""
-    code = "from resnetcls.envinfo import machine_line; print(machine_line())"
+    code = "from resnetcls.records.envinfo import machine_line; print(machine_line())"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()

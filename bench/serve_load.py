@@ -40,8 +40,8 @@ from PIL import Image
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 from resnetcls.data.transforms import make_preprocess  # noqa: E402
-from resnetcls.envinfo import machine_line  # noqa: E402
-from resnetcls.modelfile import save_model_dir  # noqa: E402
+from resnetcls.records.envinfo import machine_line  # noqa: E402
+from resnetcls.records.modelfile import save_model_dir  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
 
 MAX_BODY = 2_000_000

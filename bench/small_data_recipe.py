@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resnetcls.envinfo import machine_line
+from resnetcls.records.envinfo import machine_line
 
 PREVIOUS_DEFAULT = ["--model", "resnet50", "--image-size", "224", "--epochs", "10", "--batch-size", "32"]
 COMMON = ["--set", "log.tensorboard=false"]

@@ -33,8 +33,8 @@ from resnetcls.config import build_config
 from resnetcls.engine.loop import EpochStats, train_one_epoch
 from resnetcls.engine.optim import build_loss, build_optimization
 from resnetcls.engine.prepare import build_context, build_model, wrap_model
-from resnetcls.envinfo import machine_line
-from resnetcls.hardware import peak_gflops, pick_device, precision_name
+from resnetcls.records.envinfo import machine_line
+from resnetcls.utils.hardware import peak_gflops, pick_device, precision_name
 from resnetcls.models.registry import model_info
 
 CLASSES = 100

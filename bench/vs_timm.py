@@ -113,7 +113,7 @@ def main() -> int:
         print(f"bench/vs_timm.py needs {DATA}; it is missing", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT / "src"))
-    from resnetcls.envinfo import machine_line
+    from resnetcls.records.envinfo import machine_line
     print(f"machine: {machine_line()}")
     print(f"ResNet-50 {args.image_size}px batch {args.batch_size}, AdamW, bf16, channels_last, 2 workers, "
           f"{args.epochs} epoch(s), coil100-a objects 1-{args.objects} (viewpoint split)", flush=True)

@@ -31,9 +31,9 @@ LAZY_THIRD_PARTY = {
     "mlflow": "optional extra resnetcls[mlflow]; only with log.mlflow=true",
     "wandb": "optional extra resnetcls[wandb]; only with log.wandb=true",
 }
-# resnetcls modules: figures pulls in matplotlib (only when a figure is drawn); cli/commands.py imports each
+# resnetcls modules: records/figures.py pulls in matplotlib (only when a figure is drawn); cli/commands.py imports each
 # subcommand's library in its cmd_* function (`resnetcls --help` does not load torch).
-LAZY_INTERNAL_TARGETS = {"resnetcls.figures"}
+LAZY_INTERNAL_TARGETS = {"resnetcls.records.figures"}
 LAZY_INTERNAL_IMPORTERS = {"resnetcls.cli", "resnetcls.cli.commands", "resnetcls.cli.parsers"}
 
 # Modules with nothing to test on their own: package markers and `python -m resnetcls` (tested through cli).
@@ -136,18 +136,18 @@ def test_import_contracts_hold():
 def test_import_linter_reports_planted_violations(tmp_path):
     package = shutil.copytree(SRC, tmp_path / "resnetcls", ignore=shutil.ignore_patterns("__pycache__"))
     with open(package / "engine" / "optim.py", "a") as f:  # the engine reaching downstream
-        f.write("\nfrom ..report import write_report  # noqa\n")
+        f.write("\nfrom ..analysis.report import write_report  # noqa\n")
     with open(package / "data" / "geometry.py", "a") as f:  # a cycle (transforms imports geometry), hidden
         f.write("\n\ndef _hidden():\n    from .transforms import BatchTransform  # noqa\n")
-    with open(package / "predict.py", "a") as f:  # inference pulling in the training loader
-        f.write("\nfrom .data.loader import build_loader  # noqa\n")
+    with open(package / "inference" / "predictor.py", "a") as f:  # inference pulling in the training loader
+        f.write("\nfrom ..data.loader import build_loader  # noqa\n")
     result = lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     out = " ".join(result.stdout.split())
-    assert "Contracts: 0 kept, 5 broken." in out, out
+    assert "Contracts: 0 kept, 4 broken." in out, out
     assert "resnetcls.data.geometry -> resnetcls.data.transforms" in out  # found inside the function
-    assert "resnetcls.engine.optim -> resnetcls.report" in out
-    assert "resnetcls.predict -> resnetcls.data.loader" in out
+    assert "resnetcls.engine.optim -> resnetcls.analysis.report" in out
+    assert "resnetcls.inference.predictor -> resnetcls.data.loader" in out
 
 
 def test_no_private_cross_module_imports_and_no_undocumented_lazy_imports():
@@ -163,7 +163,7 @@ def test_the_import_checks_catch_a_private_name_and_a_hidden_import(tmp_path):
     (package / "data" / "sources.py").write_text("def _scan():\n    return 1\n")
     (package / "data" / "loader.py").write_text(
         "from .sources import _scan\n\n\ndef build():\n    from . import sources\n    import tqdm\n"
-        "    import numpy\n    from ..figures import plot\n    return sources, tqdm, numpy, plot\n")
+        "    import numpy\n    from ..records.figures import plot\n    return sources, tqdm, numpy, plot\n")
     assert import_problems(package) == [
         "resnetcls/data/loader.py:1: imports private name(s) _scan from another module",
         "resnetcls/data/loader.py:5: imports resnetcls.data.sources inside a function (move it to the top of the module; "

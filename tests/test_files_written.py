@@ -8,8 +8,8 @@ import sys
 
 from PIL import Image
 
-from resnetcls.onnx_runtime import TELEMETRY_ENV
-from tests.test_export import CLASSES, make_tiny_model_dir
+from resnetcls.inference.sessions import TELEMETRY_ENV
+from tests.export.test_formats import CLASSES, make_tiny_model_dir
 
 # In a fresh interpreter: the runtimes' telemetry acts when they are first imported, which in the suite's own process
 # may already have happened (and HOME is read once per process by some libraries).
@@ -18,8 +18,8 @@ import json, sys
 from pathlib import Path
 from fastapi.testclient import TestClient
 from resnetcls.cli import main
-from resnetcls.serve import create_app
-from resnetcls.serve_schema import ServeSettings
+from resnetcls.serve.app import create_app
+from resnetcls.serve.schema import ServeSettings
 work = Path(sys.argv[1])
 model, image = work / "model", work / "a.png"
 codes = [main(["export", str(model), "--format", "onnx"]), main(["export", str(model), "--format", "torchscript"]),

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.test_export import make_tiny_model_dir
-from tests.test_serve import png_bytes, start_server, stop_server
+from tests.export.test_formats import make_tiny_model_dir
+from tests.serve.test_app import png_bytes, start_server, stop_server
 
 DECODE_MB = 300
 # Above the idle server: the decode budget, plus bodies, tensors, threads and allocator slack. Without

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.conftest import TINY, make_class_folders, run_cli
-from tests.test_serve import png_bytes, start_server, stop_server
+from tests.serve.test_app import png_bytes, start_server, stop_server
 
 ODD = {
     "a$\\frac{b$ 100%": (20, 40, 220),              # matplotlib mathtext would fail the figure

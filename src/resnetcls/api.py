@@ -24,9 +24,9 @@ from .engine.distributed import world_from_env
 from .engine.train import saved_run_config
 from .engine.train import train as train_engine
 from .errors import UserError
-from .evaluation import evaluate_model
-from .report import write_training_report
-from .tracking import log_run_artifacts
+from .analysis.evaluate import evaluate_model
+from .analysis.report import write_training_report
+from .records.tracking import log_run_artifacts
 
 __all__ = ["Run", "evaluate", "load_run", "train"]
 

@@ -10,9 +10,9 @@ from .config import build_config
 from .data.sources import read_csv
 from .data.synth import synthesize
 from .engine.train import train
-from .evaluation import evaluate_model
-from .predict import Predictor
-from .report import write_report, write_training_report
+from .analysis.evaluate import evaluate_model
+from .inference.predictor import Predictor
+from .analysis.report import write_report, write_training_report
 
 # A ResNet-18 at half width on 64 px images: about 200 training images/s on a 2-core laptop CPU, so the
 # whole demo fits in a few minutes while still learning every factor of the synthetic objects.

@@ -60,7 +60,7 @@ def test_the_readme_lists_exactly_the_parsers_commands():
 
 
 def test_predict_and_serve_offer_every_backend_the_predictor_runs():
-    from resnetcls.predict import BACKENDS
+    from resnetcls.inference.predictor import BACKENDS
     backends = {name: action.choices for name, action in _actions(build_parser()) if "--backend" in action.option_strings}
     assert set(backends) == {"predict", "serve"}
     assert all(list(choices) == list(BACKENDS) for choices in backends.values())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnetcls.data.sampler import ResumableSampler, full_size_epochs, progressive_size, progressive_sizes
-from resnetcls.limits import MIN_IMAGE_SIZE
+from resnetcls.utils.limits import MIN_IMAGE_SIZE
 
 
 def test_sampler_resumes_at_the_exact_sample_and_seeds_each_sample():

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from resnetcls.modelfile import load_model_dir
+from resnetcls.records.modelfile import load_model_dir
 from tests.conftest import TINY, run_cli
 
 # 12 of the 36 tiny images in val: enough for a fit (calibration.MIN_CALIBRATION_IMAGES).

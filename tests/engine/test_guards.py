@@ -14,7 +14,7 @@ from torch import nn
 
 from resnetcls.engine import train as train_mod
 from resnetcls.engine.loop import StepContext, evaluate
-from resnetcls.modelfile import load_model_dir
+from resnetcls.records.modelfile import load_model_dir
 from tests.conftest import TINY, make_class_folders, run_cli
 
 SMALL_STEPS = [*TINY, "--batch-size", "4", "--epochs", "1", "--set", "ckpt.every_steps=1",

@@ -1,5 +1,5 @@
 """Run logging: metrics.jsonl, TensorBoard, tracking. The live progress bar on a terminal is checked in
-tests/test_progress.py, in the pseudo-terminal interpreter the other bars share."""
+tests/utils/test_progress.py, in the pseudo-terminal interpreter the other bars share."""
 import json
 
 import pytest
@@ -56,7 +56,7 @@ def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_l
 def test_the_val_confusion_matrix_is_logged_up_to_the_class_cap_only(tmp_path):
     import torch
     from resnetcls.engine.log import confusion_field
-    from resnetcls.limits import MATRIX_IN_JSON_MAX_CLASSES
+    from resnetcls.utils.limits import MATRIX_IN_JSON_MAX_CLASSES
     logger = RunLogger(tmp_path, tensorboard=False)
     for epoch, classes in ((1, 3), (2, MATRIX_IN_JSON_MAX_CLASSES), (3, MATRIX_IN_JSON_MAX_CLASSES + 1)):
         logger.log({"kind": "epoch", "epoch": epoch, **confusion_field(torch.eye(classes, dtype=torch.int64))}, epoch)

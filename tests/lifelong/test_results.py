@@ -11,7 +11,7 @@ from resnetcls.data.transforms import make_preprocess
 from resnetcls.engine.prepare import arch_args
 from resnetcls.errors import UserError
 from resnetcls.lifelong.results import summarize, write_results
-from resnetcls.modelfile import load_model_dir
+from resnetcls.records.modelfile import load_model_dir
 from resnetcls.models import create_model
 
 R = [[0.8, 0.1],   # after task 1: 0.8 on task 1, 0.1 on the unseen task 2

@@ -12,7 +12,7 @@ from resnetcls.errors import UserError
 from resnetcls.models import create_model
 from resnetcls.models.pretrained import load_pretrained
 from tests.conftest import TINY, run_cli
-from tests.test_modelfile import RunsCode
+from tests.records.test_modelfile import RunsCode
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from ..progress import set_quiet
+from ..utils.progress import set_quiet
 from .commands import COMMANDS
 from .parsers import build_parser
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print("resnetcls: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        from ..atomic import DISK_FULL
+        from ..utils.atomic import DISK_FULL
         if e.errno not in DISK_FULL:  # anything else is unexpected: exit 1 with the traceback
             raise
         print(f"resnetcls: error: {e.filename or 'a file'}: no space left on the device; free some space",

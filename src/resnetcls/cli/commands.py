@@ -60,7 +60,7 @@ def cmd_lifelong(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation import evaluate_model
+    from ..analysis.evaluate import evaluate_model
     m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
@@ -71,25 +71,25 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..predict import run_predict
+    from ..inference.predictor import run_predict
     return run_predict(args.model, args.paths, args.topk, args.format, args.batch_size, args.tta, args.backend,
                        args.precision, args.explain)
 
 
 def cmd_rank(args) -> int:
-    from ..rank import run_rank
+    from ..analysis.rank import run_rank
     return run_rank(args.model, args.folder, args.out, args.by, args.diverse, args.limit, args.batch_size,
                     args.precision)
 
 
 def cmd_report(args) -> int:
-    from ..report import write_report
+    from ..analysis.report import write_report
     print(f"report written to {write_report(args.run_dir)}", file=sys.stderr)
     return 0
 
 
 def cmd_export(args) -> int:
-    from ..export import ExportCheckFailed, export_model
+    from ..export.formats import ExportCheckFailed, export_model
     if args.int8 or args.calibration is not None:
         return _export_int8(args)
     try:
@@ -104,7 +104,7 @@ def cmd_export(args) -> int:
 
 def _export_int8(args) -> int:
     from ..errors import UserError
-    from ..quantize import export_int8
+    from ..export.int8 import export_int8
     if not args.int8 or args.format != "onnx":
         raise UserError("--calibration/--int8: int8 export needs both --format onnx and --int8")
     result = export_int8(args.model, args.calibration, args.calibration_images, args.min_agreement, args.out)
@@ -114,7 +114,7 @@ def _export_int8(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ..serve import ServeSettings, serve
+    from ..serve.app import ServeSettings, serve
     serve(ServeSettings(args.model, args.backend, int(args.max_body_mb * 1e6), args.max_pixels, args.max_batch,
                         args.batch_wait_ms, args.max_decode_mb, args.max_queue, args.max_batch_pixels,
                         args.admission_wait_s, args.stall_s, args.keep_alive_s, args.header_timeout_s,
@@ -151,7 +151,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_env(args) -> int:
-    from ..envinfo import run_env
+    from ..records.envinfo import run_env
     sys.stdout.write(run_env(args.format))
     return 0
 

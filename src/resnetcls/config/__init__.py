@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..redact import mask_secrets
+from ..utils.redact import mask_secrets
 from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_config
 from .schema import (CkptConfig, Config, DataConfig, EvalConfig, LifelongConfig, LogConfig, LossConfig, ModelConfig,
                      OptimConfig, SchedConfig, TrainConfig, config_to_dict, flatten)

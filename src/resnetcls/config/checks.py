@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..errors import UserError
-from ..limits import MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number, rgb_problem
+from ..utils.limits import MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number, rgb_problem
 from .schema import Config, config_to_dict, flatten
 
 _BIG = 2**31 - 1

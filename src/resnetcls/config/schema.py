@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..redact import mask_tree
+from ..utils.redact import mask_tree
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Callable
 
 from PIL import Image
 
-from ..atomic import DISK_FULL, free_bytes, write_error
+from ..utils.atomic import DISK_FULL, free_bytes, write_error
 from ..errors import UserError
 from .decode import DECODE_VERSION, MAX_PIXELS
 from .geometry import StoreGeometry

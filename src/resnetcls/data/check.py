@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from ..errors import UserError
 import numpy as np
 

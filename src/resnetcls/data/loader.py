@@ -27,7 +27,7 @@ from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, 
                               default_collate)
 
 from ..errors import UserError
-from ..hardware import usable_cores
+from ..utils.hardware import usable_cores
 from .augment import BatchMix
 from .cache import open_or_build
 from .decode import DecodeError, decode_image

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import UserError
-from ..limits import MIN_IMAGE_SIZE
+from ..utils.limits import MIN_IMAGE_SIZE
 
 MODES = ("shuffle", "balanced", "sequential")
 SIZE_STEP = 16  # progressive sizes are multiples of this (FFCV uses 32; 16 keeps small test sizes apart)

@@ -10,8 +10,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable
 
 from ..errors import UserError
-from ..hardware import usable_cores
-from ..progress import track
+from ..utils.hardware import usable_cores
+from ..utils.progress import track
 from .decode import DecodeError, decode_image
 
 POOL_MIN_IMAGES = 64  # below this a process pool costs more than it saves

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import csv_text, write_atomic
+from ..utils.atomic import csv_text, write_atomic
 from ..errors import UserError
 from .decode import is_image_file
 

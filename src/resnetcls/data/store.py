@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import write_atomic, write_text_atomic
+from ..utils.atomic import write_atomic, write_text_atomic
 from .decode import DecodeError
 from .geometry import StoreGeometry, decode_resized
 from .scan import CRASHED, parallel_map

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import csv_text, write_atomic, write_text_atomic
+from ..utils.atomic import csv_text, write_atomic, write_text_atomic
 from ..errors import UserError
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]

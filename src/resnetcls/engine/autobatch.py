@@ -25,7 +25,7 @@ import torch
 from ..config import Config, validate_config
 from ..data.sources import load_splits
 from ..errors import UserError
-from ..hardware import precision_name
+from ..utils.hardware import precision_name
 from .loop import StepContext
 from .optim import build_loss, build_optimizer
 from .prepare import build_context, build_model, seed_everything

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..atomic import write_atomic
+from ..utils.atomic import write_atomic
 from ..data.sampler import progressive_sizes
 from .checkpoint import RunState, capture_rng, capture_state, restore_rng
 from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch

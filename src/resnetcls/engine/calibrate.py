@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..calibration import TemperatureFit, fit_temperature, not_calibrated
+from ..utils.calibration import TemperatureFit, fit_temperature, not_calibrated
 from ..config import EvalConfig
-from ..modelfile import META, WEIGHTS, load_model_dir, read_meta, write_calibration
+from ..records.modelfile import META, WEIGHTS, load_model_dir, read_meta, write_calibration
 from . import distributed
 from .log import RunLogger
 from .loop import StepContext, evaluate

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import write_atomic, write_text_atomic
+from ..utils.atomic import write_atomic, write_text_atomic
 from ..config import CkptConfig
-from ..envinfo import provenance
-from ..modelfile import sha256_file
-from ..redact import mask_tree
+from ..records.envinfo import provenance
+from ..records.modelfile import sha256_file
+from ..utils.redact import mask_tree
 from .loop import EpochStats, Optimization
 
 CKPT_FORMAT = "resnetcls.checkpoint/1"

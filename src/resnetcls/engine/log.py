@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from ..config import LogConfig
-from ..limits import MATRIX_IN_JSON_MAX_CLASSES
-from ..progress import progress_enabled
-from ..tracking import open_trackers
+from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
+from ..utils.progress import progress_enabled
+from ..records.tracking import open_trackers
 
 
 # Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from ..config import Config, validate_config
 from ..data.sampler import ResumableSampler
 from ..data.sources import load_splits
@@ -170,7 +170,7 @@ def run_sweep(cfg: Config, steps: int, start_lr: float, end_lr: float, device_na
 
 def write_curve(curve: LRCurve, out_dir: Path) -> dict[str, Path]:
     """lr_find.json (curve, suggestion, rule, settings), lr_find.csv and lr_find.png into out_dir."""
-    from .. import figures  # matplotlib: only where a figure is drawn
+    from ..records.figures import lr_finder_curve  # matplotlib: only where a figure is drawn
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "lr_find.json", "csv": out_dir / "lr_find.csv", "png": out_dir / "lr_find.png"}
     write_text_atomic(paths["json"], json.dumps({**curve.to_dict(), "settings": curve.settings}, indent=2) + "\n")
@@ -179,7 +179,7 @@ def write_curve(curve: LRCurve, out_dir: Path) -> dict[str, Path]:
     writer.writerow(["step", "lr", "loss", "smoothed_loss"])
     writer.writerows([i, lr, loss, s] for i, (lr, loss, s) in enumerate(zip(curve.lrs, curve.losses, curve.smoothed)))
     write_text_atomic(paths["csv"], buffer.getvalue())
-    figures.lr_finder_curve(curve.lrs, curve.losses, curve.smoothed, curve.suggestion, curve.rule, paths["png"])
+    lr_finder_curve(curve.lrs, curve.losses, curve.smoothed, curve.suggestion, curve.rule, paths["png"])
     return paths
 
 

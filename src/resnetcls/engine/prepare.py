@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, parse_duration,
                       result_affecting_changes, validate_config)
 from ..data.augment import BatchMix
@@ -25,7 +25,7 @@ from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
 from ..errors import UserError
-from ..hardware import pick_device, resolve_amp
+from ..utils.hardware import pick_device, resolve_amp
 from ..models import create_model
 from ..models.pretrained import load_pretrained
 from . import distributed

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from ..config import (Config, DataConfig, ExplicitSettings, LogConfig, TrainConfig, config_to_dict, dump_yaml,
                       parse_duration)
 from ..data.cache import DecodedStore
@@ -27,8 +27,8 @@ from ..data.neardup import leak_check_from_counts, leak_warning, near_reference,
 from ..data.sampler import ResumableSampler, progressive_size, progressive_sizes
 from ..data.sources import Samples, Splits, load_splits, write_split_csv
 from ..errors import UserError
-from ..hardware import precision_name
-from ..modelfile import save_model_dir
+from ..utils.hardware import precision_name
+from ..records.modelfile import save_model_dir
 from ..data.augment import resolve_augment_on
 from . import distributed
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares

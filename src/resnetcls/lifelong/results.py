@@ -7,12 +7,12 @@ from pathlib import Path
 
 from torch import nn
 
-from ..atomic import csv_text, write_text_atomic
+from ..utils.atomic import csv_text, write_text_atomic
 from ..config import ModelConfig
 from ..engine.prepare import arch_args
 from ..errors import UserError
-from ..figures import accuracy_matrix_heatmap
-from ..modelfile import save_model_dir
+from ..records.figures import accuracy_matrix_heatmap
+from ..records.modelfile import save_model_dir
 from .metrics import continual_metrics
 
 

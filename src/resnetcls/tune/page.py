@@ -6,9 +6,9 @@ import html
 import sys
 from pathlib import Path
 
-from ..atomic import write_text_atomic
-from ..redact import mask_secrets
-from ..report import STYLE, embedded_png
+from ..utils.atomic import write_text_atomic
+from ..utils.redact import mask_secrets
+from ..analysis.report import STYLE, embedded_png
 
 try:  # an optional extra; study.py says so in one line when it is missing
     import optuna
@@ -52,14 +52,14 @@ def _trials_table(trials: list, keys: list[str]) -> str:
 
 def write_page(study, out: Path, metric: str, direction: str, url: str) -> Path:
     """DIR/report.html of the study as it stands; url (the storage) shown with its password masked."""
-    from .. import figures  # matplotlib, only when a figure is drawn
+    from ..records.figures import optimisation_history, param_importances  # matplotlib: only here
     trials = study.get_trials(deepcopy=False)
     keys = sorted({k for t in trials for k in t.params})
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    history = figures.optimisation_history([t.number for t in done], [t.value for t in done], direction,
+    history = optimisation_history([t.number for t in done], [t.value for t in done], direction,
                                            metric, out / "history.png")
     values, why = importances(study)
-    imp = (embedded_png(figures.param_importances(values, out / "importances.png"), "importances",
+    imp = (embedded_png(param_importances(values, out / "importances.png"), "importances",
                         "parameter importances") if values else f"<p id='importances'>{html.escape(why)}</p>")
     best = f"trial {study.best_trial.number}: {metric} {study.best_value:.4f}" if done else "no completed trial yet"
     states = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}" for s in TrialState

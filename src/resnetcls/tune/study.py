@@ -20,11 +20,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from ..config import Config, parse_duration, set_value, validate_config
 from ..engine.train import train
 from ..errors import UserError
-from ..redact import error_line, mask_secrets
+from ..utils.redact import error_line, mask_secrets
 from .page import write_outputs
 from .space import load_space, suggest, without_fixed
 

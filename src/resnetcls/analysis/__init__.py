@@ -1,0 +1,1 @@
+"""Reading a model against data: evaluation, the HTML report, ranking unlabelled images."""

@@ -1,0 +1,234 @@
+"""`resnetcls rank MODEL FOLDER --out rank.csv`: which unlabelled images to label next (active learning).
+
+Every image under FOLDER (recursively, hidden files skipped, as `predict` finds them) is scored by the
+model's uncertainty, most uncertain first:
+- margin (default): 1 - (p1 - p2), the gap between the two most probable classes turned into an uncertainty
+  (1: a coin toss between two classes, 0: certain);
+- entropy: -sum_c p_c log p_c in nats (0: certain, log(classes): uniform).
+Ties keep the path order.
+
+--diverse: the most uncertain images are often near-duplicates (frames of one video, one hard object), so
+labelling all of them teaches the model one thing many times. With --diverse, K = --limit images (1,000
+without --limit: DIVERSE_PICKS) are picked by k-center greedy (Sener & Savarese, "Active Learning for
+Convolutional Neural Networks: A Core-Set Approach", 2018) among the 5 x K most uncertain (DIVERSE_POOL):
+first the most uncertain, then each time the candidate farthest (cosine distance of the model's pooled
+penultimate features) from everything picked so far. The picks come first, in pick order; without --limit
+every other image follows, most uncertain first, so the manifest still lists every image.
+Cost: k-center greedy takes K x 5K distances, whatever the number of images N; the rest is one pass over the
+images and one sort, so the time grows with N, not N squared. Memory: per image only its path, top-1 class,
+probability and score; pooled features only for the 5 x K candidates (the best ones so far while scoring).
+
+The CSV is a DATA manifest (data/sources.py): path (relative to the CSV's folder), label (empty: fill it in),
+and the extra columns guess (the model's top-1), guess_prob and uncertainty. Once filled in it trains as
+DATA; a row left with an empty label is an error naming its line, so delete the rows you do not label.
+Images that cannot be read are named on stderr, counted, and make the exit code 2 (as in `predict`); the
+CSV of the others is written all the same.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..utils.atomic import csv_text, write_text_atomic
+from ..errors import UserError
+from ..utils.hardware import usable_cores
+from ..inference.predictor import Predictor, expand_inputs
+from ..utils.progress import progress_bar
+
+SCORES = ("margin", "entropy")
+DIVERSE_POOL = 5  # candidates per requested pick for --diverse
+DIVERSE_PICKS = 1000  # --diverse picks without --limit (then the rest follow, most uncertain first)
+COLUMNS = ["path", "label", "guess", "guess_prob", "uncertainty"]
+
+
+@dataclass
+class Scored:
+    """The model's view of a set of images: the good paths with each one's top-1 class, its probability and
+    its uncertainty score, the --diverse candidates (row indices, most uncertain first, and their pooled
+    features; empty without --diverse), and the bad files with their reasons."""
+    paths: list[str]
+    guess: torch.Tensor
+    guess_prob: torch.Tensor
+    score: torch.Tensor
+    pool: tuple[torch.Tensor, torch.Tensor]
+    bad: list[tuple[str, str]]
+
+
+class TopPool:
+    """The `size` most uncertain rows seen so far with their features, in bounded memory: rows come in
+    increasing order, are buffered, and are cut back to `size` whenever the buffer reaches twice that (ties keep
+    the earlier row, as the plain ranking does)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.held = 0
+
+    def add(self, rows: torch.Tensor, scores: torch.Tensor, features: torch.Tensor) -> None:
+        self.parts.append((rows, scores.float(), features.float()))
+        self.held += len(rows)
+        if self.held >= 2 * self.size:
+            self.parts = [self._best(sort_by_row=True)]
+            self.held = len(self.parts[0][0])
+
+    def _best(self, sort_by_row: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, scores, features = (torch.cat(t) for t in zip(*self.parts))
+        keep = torch.sort(-scores, stable=True).indices[:self.size]  # parts are in row order: ties keep it
+        if sort_by_row:
+            keep = keep.sort().values
+        return rows[keep], scores[keep], features[keep]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row indices, most uncertain first; their features)."""
+        if not self.parts:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, 0)
+        rows, _, features = self._best(sort_by_row=False)
+        return rows, features
+
+
+def uncertainty(probs: torch.Tensor, by: str) -> torch.Tensor:
+    """(N, classes) probabilities -> (N,) uncertainty, higher = label sooner (see the module docstring)."""
+    if by not in SCORES:
+        raise UserError(f"--by {by!r}: expected one of {', '.join(SCORES)}")
+    if by == "entropy":
+        return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+    if probs.shape[1] < 2:
+        return torch.zeros(len(probs))
+    top2 = probs.topk(2, dim=1).values
+    return 1 - (top2[:, 0] - top2[:, 1])
+
+
+def k_center_greedy(features: torch.Tensor, first: int, count: int) -> list[int]:
+    """count row indices of features: first, then each time the row farthest (cosine distance) from all
+    picked so far."""
+    unit = torch.nn.functional.normalize(features.float(), dim=1)
+    picked = [first]
+    distance = 1 - unit @ unit[first]
+    distance[first] = -1
+    while len(picked) < min(count, len(unit)):
+        nxt = int(distance.argmax())
+        picked.append(nxt)
+        distance = torch.minimum(distance, 1 - unit @ unit[nxt])  # picked rows stay at -1
+        distance[nxt] = -1
+    return picked
+
+
+def diverse_picks(limit: int | None) -> int:
+    """How many images --diverse picks by k-center greedy: --limit, else DIVERSE_PICKS."""
+    return DIVERSE_PICKS if limit is None else limit
+
+
+def pick_order(score: torch.Tensor, limit: int | None,
+               pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[int]:
+    """Row indices in the order to label: most uncertain first; or, given the --diverse pool (its rows most
+    uncertain first, and their features: TopPool.result), k-center greedy's diverse_picks(limit) picks from
+    it, then (without limit) every other row, most uncertain first."""
+    # A stable sort on the negated score: ties keep the input (path) order.
+    by_score = torch.sort(-score, stable=True).indices
+    count = len(by_score) if limit is None else min(limit, len(by_score))
+    if pool is None:
+        return by_score[:count].tolist()
+    rows, features = pool
+    chosen = [int(rows[i]) for i in k_center_greedy(features, 0, min(diverse_picks(limit), len(rows)))] \
+        if len(rows) else []
+    if limit is not None:
+        return chosen
+    picked = torch.zeros(len(score), dtype=torch.bool)
+    picked[chosen] = True
+    return chosen + by_score[~picked[by_score]].tolist()
+
+
+@torch.inference_mode()
+def probabilities_and_features(predictor: Predictor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and pooled penultimate features of a preprocessed batch, in the Predictor's
+    precision (one forward gives both)."""
+    model = predictor.model
+    batch = batch.to(predictor.device, memory_format=predictor.memory_format)
+    with torch.autocast(predictor.device.type, dtype=predictor.amp_dtype or torch.bfloat16,
+                        enabled=predictor.amp_dtype is not None):
+        features = model.forward_head(model.forward_features(batch), pre_logits=True)
+        logits = model.get_classifier()(features)
+    return logits.float().softmax(dim=1).cpu(), features.float().cpu()
+
+
+def score_images(predictor: Predictor, paths: list[str], batch_size: int, by: str, pool_size: int | None
+                 ) -> Scored:
+    """Decode (a few threads) and score paths in batches, keeping the features of the pool_size most uncertain
+    (None: none); unreadable files go to Scored.bad."""
+    good, guesses, probs, scores, bad = [], [], [], [], []
+    top = TopPool(pool_size or 0)
+    with ThreadPoolExecutor(max(1, min(4, usable_cores()))) as threads, \
+            progress_bar(len(paths), "rank") as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            tensors = []
+            for path, item in zip(chunk, threads.map(predictor.load, chunk)):
+                if isinstance(item, str):
+                    bad.append((path, item))
+                else:
+                    good.append(path)
+                    tensors.append(item)
+            if tensors:
+                p, f = probabilities_and_features(predictor, torch.stack(tensors))
+                score = uncertainty(p, by)
+                prob, guess = p.max(dim=1)
+                guesses.append(guess)
+                probs.append(prob)
+                scores.append(score)
+                if pool_size:
+                    top.add(torch.arange(len(good) - len(tensors), len(good)), score, f)
+            bar.update(len(chunk))
+    if not good:
+        empty = torch.empty(0)
+        return Scored([], empty.long(), empty, empty, top.result(), bad)
+    return Scored(good, torch.cat(guesses), torch.cat(probs), torch.cat(scores), top.result(), bad)
+
+
+def manifest_rows(scored: Scored, order: list[int], classes: list[str], csv_dir: Path):
+    """The CSV rows (header first): paths relative to the CSV's folder, label empty."""
+    rows = [COLUMNS]
+    guess, prob, score = scored.guess.tolist(), scored.guess_prob.tolist(), scored.score.tolist()
+    base = os.path.abspath(csv_dir)
+    for i in order:
+        rel = os.path.relpath(os.path.abspath(scored.paths[i]), base)
+        rows.append([Path(rel).as_posix(), "", classes[guess[i]], f"{prob[i]:.6f}", f"{score[i]:.6f}"])
+    return rows
+
+
+def run_rank(model: str, folder: str, out: str, by: str = "margin", diverse: bool = False,
+             limit: int | None = None, batch_size: int = 32, precision: str = "auto") -> int:
+    """`resnetcls rank`: write the ranked manifest to out; exit 2 when any image could not be read."""
+    if by not in SCORES:
+        raise UserError(f"--by {by!r}: expected one of {', '.join(SCORES)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: expected a whole number of at least 1")
+    if not Path(folder).is_dir():
+        raise UserError(f"{folder}: FOLDER must be a folder of images")
+    out_path = Path(out)
+    if not out_path.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out_path.parent} does not exist")
+    predictor = Predictor(model, precision=precision)
+    items = expand_inputs([folder])
+    paths = [p for p, reason in items if not reason]
+    if not paths:
+        raise UserError(f"{folder}: no image files found (searched recursively)")
+    pool_size = DIVERSE_POOL * diverse_picks(limit) if diverse else None
+    scored = score_images(predictor, paths, batch_size, by, pool_size)
+    for path, reason in scored.bad:
+        print(f"warning: {path}: {reason} (not ranked)", file=sys.stderr)
+    order = pick_order(scored.score, limit, scored.pool if diverse else None)
+    write_text_atomic(out_path, csv_text(manifest_rows(scored, order, predictor.classes, out_path.parent)))
+    how = "most uncertain first"
+    if diverse:
+        picks = min(diverse_picks(limit), len(scored.paths))
+        how = (f"k-center greedy: {picks} picks among the {min(pool_size, len(scored.paths))} most uncertain"
+               + ("" if limit is not None else ", then the rest most uncertain first"))
+    print(f"ranked {len(scored.paths)} images by {by} ({how}); wrote {len(order)} rows to {out_path}"
+          + (f"; {len(scored.bad)} of {len(paths)} images could not be read" if scored.bad else ""),
+          file=sys.stderr)
+    return 2 if scored.bad else 0

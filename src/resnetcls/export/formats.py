@@ -1,0 +1,218 @@
+"""ONNX and TorchScript export of a model directory, each checked against eager PyTorch before it is kept.
+
+Both formats take the same input as the eager model: float32 (N, 3, S, S) RGB images, resized, cropped and
+normalised as recorded in `preprocess` (which travels in the file's metadata with the class names), with a
+dynamic batch size N. Both give two outputs: `logits` (raw) and `probabilities` (the calibrated softmax over
+the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..utils.atomic import write_atomic
+from ..utils.calibration import calibrated_probabilities
+from ..data.decode import DecodeError, decode_image, is_image_file
+from ..data.transforms import build_eval_transform
+from ..errors import UserError
+from ..records.modelfile import LoadedModel, load_model_dir, record_export
+from ..inference.sessions import (ONNX_FILE, ProbabilityHead, example_input, export_metadata, onnx_bytes,
+                           onnx_probabilities, onnx_session, read_onnx_metadata)
+from ..utils.progress import progress_bar
+
+FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
+# Where real photographs for the parity check are looked for when --check-data is not given (the project's
+# shared data folder, relative to the working directory); without it, synthetic images are used.
+DEFAULT_CHECK_DATA = Path("../shared/data")
+PROB_TOLERANCE = 1e-4
+TORCHSCRIPT_META = "model.json"
+
+
+class ExportCheckFailed(RuntimeError):
+    """The exported model disagrees with eager PyTorch beyond the tolerance; nothing was written."""
+
+
+def torchscript_bytes(loaded: LoadedModel) -> bytes:
+    """Trace and freeze (folds BN into convs); model.json rides along as an extra file."""
+    wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users still ask for it
+        traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
+    return buffer.getvalue()
+
+
+def load_torchscript(source: str | os.PathLike | bytes, extra_files: dict | None = None):
+    """torch.jit.load without its deprecation warning (the format is what the user asked for)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                              _extra_files=extra_files)
+
+
+def _runner(fmt: str, data: bytes):
+    if fmt == "onnx":
+        session = onnx_session(data)
+        return lambda batch: onnx_probabilities(session, batch)
+    scripted = load_torchscript(data)
+    return lambda batch: scripted(batch)[1]
+
+
+@dataclass
+class CheckImages:
+    tensors: torch.Tensor  # (N, 3, S, S), preprocessed
+    names: list[str]
+    source: str
+
+
+def _pick_evenly(items: list, count: int) -> list:
+    if len(items) <= count:
+        return items
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def _real_images(root: Path, limit: int) -> list[Path]:
+    """Up to `limit` image files under root, spread evenly over its sub-folders (so every data set counts)."""
+    if root.is_file():
+        return [root]
+    groups: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).parts
+        for name in sorted(filenames):
+            if is_image_file(name):
+                groups.setdefault(rel[0] if rel else "", []).append(Path(dirpath) / name)
+    per_group = max(1, limit // max(1, len(groups)))
+    return [p for files in groups.values() for p in _pick_evenly(files, per_group)][:limit]
+
+
+def _synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
+    """Smooth random colour fields with a few hard edges: image-like inputs when no photographs are at hand."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, size=(6, 6, 3)).astype(np.uint8)
+        img = Image.fromarray(coarse).resize((160, 120), Image.BICUBIC)
+        pixels = np.asarray(img).copy()
+        y, x = rng.integers(0, 80), rng.integers(0, 120)
+        pixels[y:y + 40, x:x + 40] = rng.integers(0, 255, size=3)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def load_check_images(loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16) -> CheckImages:
+    """Real photographs from check_data (default ../shared/data when present), else synthetic images."""
+    transform = build_eval_transform(loaded.preprocess)
+    root = Path(check_data) if check_data else (DEFAULT_CHECK_DATA if DEFAULT_CHECK_DATA.is_dir() else None)
+    if root is None:
+        images = _synthetic_images(limit)
+        return CheckImages(torch.stack([transform(i) for i in images]),
+                           [f"synthetic-{i}" for i in range(limit)], f"{limit} synthetic images")
+    if not root.exists():
+        raise UserError(f"--check-data {root}: no such file or folder")
+    tensors, names = [], []
+    for path in _real_images(root, limit):
+        try:
+            tensors.append(transform(decode_image(path)))
+            names.append(str(path))
+        except DecodeError as e:
+            print(f"parity check: skipped {e}", file=sys.stderr)
+    if not tensors:
+        raise UserError(f"--check-data {root}: no readable images found")
+    return CheckImages(torch.stack(tensors), names, f"{len(names)} images from {root}")
+
+
+@dataclass
+class ParityResult:
+    images: int
+    source: str
+    max_abs_diff: float
+    top1_agree: int
+    batch1_max_abs_diff: float
+
+    @property
+    def passed(self) -> bool:
+        return (self.top1_agree == self.images and self.max_abs_diff <= PROB_TOLERANCE
+                and self.batch1_max_abs_diff <= PROB_TOLERANCE)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"parity vs eager fp32 on {self.source}: max |dprob| {self.max_abs_diff:.2e} "
+                f"(batch 1: {self.batch1_max_abs_diff:.2e}, limit {PROB_TOLERANCE:.0e}), "
+                f"top-1 agrees on {self.top1_agree}/{self.images} -> {verdict}")
+
+
+def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
+    """Compare `run(batch) -> probabilities` with the eager fp32 model's calibrated probabilities, batched and
+    at batch size 1."""
+    with torch.inference_mode(), progress_bar(3, "export check", unit="pass") as bar:
+        reference = calibrated_probabilities(loaded.model(images.tensors), loaded.temperature)
+        bar.update(1)
+        exported = run(images.tensors).float()
+        bar.update(1)
+        single = run(images.tensors[:1]).float()
+        bar.update(1)
+    agree = int((reference.argmax(1) == exported.argmax(1)).sum())
+    return ParityResult(len(images.names), images.source, float((reference - exported).abs().max()), agree,
+                        float((reference[:1] - single).abs().max()))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    bytes: int
+    seconds: float
+    parity: ParityResult
+
+
+def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
+                 check_data: str | os.PathLike | None = None) -> ExportResult:
+    """Export MODEL to ONNX or TorchScript, check it against eager on real images, then write it atomically.
+
+    The default output is inside the model directory (model.onnx / model.torchscript.pt), where the
+    onnxruntime backend of predict and serve finds it; a file written into the model directory has its sha256
+    recorded in model.json, and predict and serve refuse it once it differs. A failed check raises
+    ExportCheckFailed and writes nothing.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    loaded = load_model_dir(model, "cpu")
+    path = Path(out) if out else loaded.path / FORMATS[fmt]
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a folder; give a file name")
+    images = load_check_images(loaded, check_data)
+    start = time.perf_counter()
+    data = onnx_bytes(loaded) if fmt == "onnx" else torchscript_bytes(loaded)
+    seconds = time.perf_counter() - start
+    parity = check_parity(loaded, _runner(fmt, data), images)
+    if not parity.passed:
+        raise ExportCheckFailed(f"{fmt} export of {loaded.path} not written: {parity.summary()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    if path.parent.resolve() == loaded.path.resolve():  # in the model directory: predict and serve may run it
+        record_export(loaded.path, path.name)
+    return ExportResult(path, fmt, len(data), seconds, parity)
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of an exported file (ONNX metadata_props, or TorchScript's model.json) as strings."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return read_onnx_metadata(path)
+    extra = {TORCHSCRIPT_META: ""}
+    load_torchscript(path, extra)
+    meta = json.loads(extra[TORCHSCRIPT_META])
+    return export_metadata(meta)

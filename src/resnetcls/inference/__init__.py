@@ -1,0 +1,1 @@
+"""Running a model directory: the Predictor, ONNX Runtime / OpenVINO sessions, Grad-CAM."""

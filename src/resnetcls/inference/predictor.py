@@ -1,0 +1,335 @@
+"""Predictor: model directory -> top-k class names and probabilities for images; `resnetcls predict`.
+
+PATH arguments may be image files, folders (searched recursively), globs, or CSV files listing paths.
+Images are decoded on a few threads one batch ahead of the model, so a folder of small images runs at
+the model's batched throughput rather than one image at a time.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import sys
+import typing
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..utils.calibration import calibrated_probabilities
+from ..data.decode import DecodeError, decode_image, decode_in_memory, is_image_file
+from ..data.transforms import build_eval_transform, stack_images
+from ..errors import UserError
+from .explain import Explainer, OverlayWriter, writable_dir
+from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
+from ..records.modelfile import LoadedModel, load_model_dir
+from .sessions import (int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities,
+                           onnx_session_for)
+from ..utils.progress import progress_bar
+
+FORMATS = ("table", "json", "csv")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
+PRECISIONS = ("auto", "bf16", "fp32")
+# What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
+ImageInput = typing.Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+    gradcam: str = ""  # the Grad-CAM overlay's path, with --explain
+
+    def to_dict(self) -> dict:
+        if self.error:
+            return {"path": self.path, "error": self.error}
+        extra = {"gradcam": self.gradcam} if self.gradcam else {}
+        return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
+
+
+EachImage = Callable[[Prediction, torch.Tensor], None]  # Predictor.predict's `each`: a result and its image
+
+
+def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
+    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a checked,
+    current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX CPUs, eager
+    bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in memory would
+    cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit --precision keeps torch.
+    int8 is never chosen by auto: it changes results slightly, so it is asked for by name."""
+    if backend != "auto":
+        return backend
+    if device.type != "cpu" or precision != "auto":
+        return "torch"
+    exported = auto_exported_backend()  # first: reading model.onnx's metadata parses the whole file
+    return exported if exported != "torch" and onnx_file_current(loaded) else "torch"
+
+
+def _decode_threads() -> int:
+    return max(1, min(4, usable_cores()))
+
+
+def input_name(item: ImageInput, index: int) -> str:
+    """How results and errors name an input: its path; a PIL image's filename; else "<image N>" or "<array N>"
+    (N its position in the call)."""
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or f"<image {index}>"
+    if isinstance(item, np.ndarray):
+        return f"<array {index}>"
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
+
+
+class Predictor:
+    """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
+
+    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see export/formats.py)
+    on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO (bf16 where the CPU
+    has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its model.int8.onnx
+    (export/int8.py; top-1 checked against fp32 in both runtimes when it was written); "auto" the fastest verified
+    fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+ channels_last for torch) where
+    the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
+    bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
+    Probabilities are calibrated: softmax(logits / T) with model.json's calibration temperature (T = 1 for a
+    model without one); the ONNX graph has the same T built in.
+    """
+
+    def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                 channels_last: bool = True, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if backend in ONNX_BACKENDS:
+            if precision == "bf16" and backend.startswith("onnxruntime"):
+                raise UserError(f"--precision bf16: the {backend} backend does not run bf16; use --backend torch")
+            device = "cpu"  # the CPU execution provider is the one we ship and check
+        self.device = pick_device(device)
+        self.loaded = load_model_dir(model, self.device)
+        backend = resolve_backend(backend, precision, self.loaded, self.device)
+        self.classes = self.loaded.classes
+        self.transform = build_eval_transform(self.loaded.preprocess)
+        self.amp_dtype = None if backend in ONNX_BACKENDS else resolve_amp(precision, self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = self.loaded.model.to(memory_format=self.memory_format)
+        self.backend = backend
+        self.temperature = self.loaded.temperature
+        runtime = backend.removesuffix("-int8")
+        self.session = (None if backend not in ONNX_BACKENDS else
+                        int8_session_for(self.loaded, runtime=runtime) if backend.endswith("-int8") else
+                        onnx_session_for(self.loaded, runtime=runtime, precision=precision))
+        if backend.endswith("-int8"):
+            self.precision = "int8"
+        elif backend == "openvino":
+            self.precision = self.session.precision  # what OpenVINO compiled it in (bf16 where native)
+        else:
+            self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed images -> (N, classes) raw (uncalibrated) logits in fp32, on the CPU."""
+        if self.session is not None:
+            return onnx_logits(self.session, batch)
+        batch = batch.to(self.device, memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            logits = self.model(batch)
+        return logits.float().cpu()
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) preprocessed images -> (N, classes) calibrated probabilities softmax(logits / T), fp32."""
+        if self.session is not None:
+            return onnx_probabilities(self.session, batch)
+        return calibrated_probabilities(self.logits(batch), self.temperature)
+
+    def load(self, path: ImageInput, name: str = "") -> torch.Tensor | str:
+        """Decoded, preprocessed image (a path, PIL image or numpy array), or the reason it cannot be used."""
+        try:
+            if isinstance(path, (Image.Image, np.ndarray)) or not isinstance(path, (str, os.PathLike)):
+                return self.transform(decode_in_memory(path, name or input_name(path, 0)))
+            return self.transform(decode_image(path))
+        except DecodeError as e:
+            return e.reason
+        except (OSError, ValueError) as e:  # e.g. a decoder that accepts the header but fails on resize
+            return f"cannot preprocess image: {e}"
+        except MemoryError:
+            return "not enough memory to preprocess this image"
+
+    def predict(self, images: ImageInput | typing.Sequence[ImageInput], topk: int = 5, batch_size: int = 32,
+                tta: bool = False, progress: bool = False,
+                each: EachImage | None = None) -> list[Prediction]:
+        """Top-k for each image, in order; an unreadable image gives a Prediction with `error` set.
+
+        images: paths, PIL images or numpy arrays (HxWx3 uint8 RGB; HxWx4, HxW too), or one of them; each is
+        decoded by the same rules as a file (data/decode.py). A Prediction's `path` names the input
+        (input_name). tta: also predict the horizontally flipped image and average the two probability
+        vectors. progress: a bar on a terminal (progress.py), for many files. each: called with every readable
+        image's Prediction and its preprocessed tensor once it is predicted (`predict --explain` writes its
+        overlay there), while no more than two batches of images are held.
+        """
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        images = list(images)
+        results = [Prediction(input_name(p, i)) for i, p in enumerate(images)]
+        chunks = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
+        if len(images) == 1:  # one camera frame: nothing to overlap, and a decode thread beside the model's
+            # spinning compute threads added 5 ms (int8) to 26 ms (bf16) to a 640x480 JPEG's p50 on 2 cores
+            self._predict_chunk(chunks[0], [self.load(images[0], results[0].path)], results, topk, tta, each)
+            return results
+        with ThreadPoolExecutor(_decode_threads()) as pool, \
+                progress_bar(len(images), "predict", enabled=None if progress else False) as bar:
+            # Decode the next chunk while the model runs on the current one.
+            pending = [pool.map(self.load, [images[i] for i in c], [results[i].path for i in c]) for c in chunks[:1]]
+            for n, chunk in enumerate(chunks):
+                if n + 1 < len(chunks):
+                    nxt = chunks[n + 1]
+                    pending.append(pool.map(self.load, [images[i] for i in nxt], [results[i].path for i in nxt]))
+                self._predict_chunk(chunk, pending[n], results, topk, tta, each)
+                pending[n] = None  # let the decoded chunk be freed
+                bar.update(len(chunk))
+        return results
+
+    def _predict_chunk(self, chunk: list[int], loaded, results: list[Prediction], topk: int, tta: bool,
+                       each: EachImage | None = None) -> None:
+        tensors, slots = [], []
+        for i, item in zip(chunk, loaded):
+            if isinstance(item, str):
+                results[i].error = item
+            else:
+                tensors.append(item)
+                slots.append(i)
+        if not tensors:
+            return
+        batch = stack_images(tensors)
+        probs = self.probabilities(batch)
+        if tta:
+            probs = (probs + self.probabilities(batch.flip(-1))) / 2
+        values, indices = probs.topk(min(topk, len(self.classes)), dim=1)
+        for i, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
+            results[i].top = [(self.classes[c], v) for c, v in zip(idxs, vals)]
+        if each is not None:
+            for i, image in zip(slots, tensors):
+                each(results[i], image)
+
+
+def _paths_from_csv(csv_path: Path) -> list[str]:
+    """The `path` column (or, without that header, the first column); relative paths are from the CSV."""
+    try:
+        rows = [r for r in csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()) if any(r)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DecodeError(csv_path, f"cannot read CSV: {e}") from None
+    if rows and "path" in [h.strip() for h in rows[0]]:
+        column = [h.strip() for h in rows[0]].index("path")
+        rows = rows[1:]
+    else:
+        column = 0
+    return [str(csv_path.parent / r[column].strip()) for r in rows if len(r) > column and r[column].strip()]
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """PATH arguments -> [(image path, "")] in the order given, or (argument, reason) when one gives nothing.
+
+    A folder contributes its images recursively (sorted, hidden files skipped); a .csv its listed paths;
+    a pattern with * ? or [ its sorted glob matches (** crosses folders).
+    """
+    items: list[tuple[str, str]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            items += [(p, "") for p in found] or [(arg, "folder has no image files")]
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            try:
+                listed = _paths_from_csv(path)
+            except DecodeError as e:
+                listed, reason = [], e.reason
+            else:
+                reason = "CSV lists no paths"
+            items += [(p, "") for p in listed] or [(arg, reason)]
+        elif path.exists():
+            items.append((arg, ""))
+        elif any(ch in arg for ch in "*?["):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            items += [(p, "") for p in found] or [(arg, "no files match this pattern")]
+        else:
+            items.append((arg, "file not found"))
+    return items
+
+
+def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
+    """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that writes
+    each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or prints one
+    warning line naming the image and why its overlay could not be written."""
+    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device,
+                          temperature=predictor.temperature)
+    writer = OverlayWriter(explainer, out_dir)
+    index = {name: i for i, name in enumerate(predictor.classes)}
+
+    def each(result: Prediction, image: torch.Tensor) -> None:
+        result.gradcam, reason = writer.write(result.path, image, index[result.top[0][0]])
+        if reason:
+            print(f"warning: {result.path}: Grad-CAM overlay not written ({reason}); its prediction stands",
+                  file=sys.stderr)
+    return writer, each
+
+
+def format_results(results: list[Prediction], fmt: str, explained: bool = False) -> str:
+    """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error); with
+    overlays (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam
+    column, empty where none was written)."""
+    explained = explained or any(r.gradcam for r in results)
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "prob", "error"] + ["gradcam"] * explained)
+        for r in results:
+            rows = [[r.path, k + 1, c, f"{p:.6f}", ""] + [r.gradcam] * explained for k, (c, p) in enumerate(r.top)]
+            writer.writerows(rows or [[r.path, "", "", "", r.error] + [""] * explained])
+        return buf.getvalue()
+    width = min(60, max([len("path")] + [len(r.path) for r in results]))
+    lines = [f"{'path':<{width}}  top classes (probability)"]
+    for r in results:
+        body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c} ({p:.3f})" for c, p in r.top)
+        body += f"  gradcam: {r.gradcam}" if r.gradcam else ""
+        lines.append(f"{r.path:<{width}}  {body}")
+    return "\n".join(lines) + "\n"
+
+
+def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
+                tta: bool = False, backend: str = "auto", precision: str = "auto", explain_dir: str | None = None
+                ) -> int:
+    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row or any
+    overlay could not be written (the predictions are printed all the same).
+
+    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there, each as it is predicted
+    (explain.py; on the eager model in fp32 whatever the backend, since ONNX files have no gradients)."""
+    if topk < 1:
+        raise UserError(f"--topk {topk}: expected a whole number of at least 1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
+    out_dir = writable_dir(explain_dir, "--explain") if explain_dir is not None else None
+    predictor = Predictor(model, backend=backend, precision=precision)
+    items = expand_inputs(inputs)
+    good = [p for p, reason in items if not reason]
+    writer, each = overlay_each(predictor, out_dir) if out_dir is not None else (None, None)
+    predicted = iter(predictor.predict(good, topk, batch_size, tta, progress=len(good) > 1, each=each))
+    results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
+    sys.stdout.write(format_results(results, fmt, explained=writer is not None))
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        print(f"{failed} of {len(results)} inputs could not be predicted (see the error rows)", file=sys.stderr)
+    unwritten = writer.failed if writer is not None else 0
+    if unwritten:
+        print(f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written (see the warnings); "
+              f"the predictions are complete", file=sys.stderr)
+    return 2 if failed or unwritten else 0

@@ -1,0 +1,339 @@
+"""The self-describing model directory (DESIGN.md section 5): model.safetensors + model.json.
+
+Nothing here unpickles: weights are safetensors, metadata is JSON, and every field is checked on load.
+
+Optional field "calibration" (written by engine/calibrate.py at the end of train, calibration.py's record):
+{"calibrated": bool, "temperature": T, "fitted_on": "val" | null, "images": n, "nll_before", "nll_after",
+"ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
+softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
+
+"sha256" holds the weights' hash, model.json's content hash and, once exported into the directory, the hash of each
+exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run an exported
+file only when its hash is the one recorded (check_export_hash).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+from torch import nn
+
+from ..utils.atomic import building_dir, recover_dir, write_atomic, write_text_atomic
+from ..data.geometry import INTERPOLATIONS
+from ..errors import UserError
+from ..utils.limits import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number,
+                     is_number, rgb_problem)
+from ..models import MODELS, create_model
+from ..models.resnet import STEMS
+
+FORMAT = "resnetcls.model/1"
+WEIGHTS = "model.safetensors"
+META = "model.json"
+ARCH_ARGS = {"stem": str, "stride_on_1x1": bool, "zero_init_residual": bool, "width": int}
+RESIZE_MODES = ("shorter_side", "square")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    meta: dict
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def preprocess(self) -> dict:
+        return self.meta["preprocess"]
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature probabilities are computed with (1 for a model without a record)."""
+        return temperature_of(self.meta)
+
+
+def temperature_of(meta: dict) -> float:
+    """model.json's calibration.temperature; model directories written before calibration existed have no
+    "calibration" field and load as T = 1 (the raw softmax they always gave)."""
+    return float(meta.get("calibration", {}).get("temperature", 1.0))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256_file, computed once per file version: path, inode, size, mtime and ctime (an atomic rewrite gives a new
+    inode; an in-place rewrite changes the size or the times, and ctime cannot be set back), so a Predictor that checks
+    a file twice, or a second Predictor in the process, does not read a large file again."""
+    stat = os.stat(path)
+    return _sha256_of(os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def content_sha256(meta: dict) -> str:
+    """The hash of everything model.json says except its own hashes (canonical JSON: sorted keys, ASCII)."""
+    content = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_args: dict,
+                   classes: list[str], preprocess: dict, metrics: dict | None = None) -> Path:
+    """Write weights and metadata into a new folder, then rename it into the place of path as a whole: a kill
+    or a full disk at any instant leaves the previous model directory (if any) loadable."""
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "arch": arch,
+        "arch_args": arch_args,
+        "classes": list(classes),
+        "preprocess": preprocess,
+        "metrics": metrics or {},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, path / META)  # never write what load would refuse
+    with building_dir(path) as tmp:
+        write_atomic(tmp / WEIGHTS, save(state), size_hint=sum(t.nbytes for t in state.values()))
+        meta["sha256"] = {WEIGHTS: sha256_file(tmp / WEIGHTS), META: content_sha256(meta)}
+        write_text_atomic(tmp / META, json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def write_calibration(path: str | os.PathLike, record: dict) -> Path:
+    """Store record as model.json's "calibration" field (weights untouched), its content hash updated; the
+    file is replaced atomically, so a kill leaves the old or the new model.json, both loadable."""
+    return write_meta_record(path, "calibration", record)
+
+
+def write_meta_record(path: str | os.PathLike, key: str, record: dict | None, hashed: tuple[str, ...] = ()) -> Path:
+    """Store record as model.json's field `key` ("calibration", "int8"; None: no field), as write_calibration
+    describes, and the sha256 of the files named in `hashed` (exports in the directory) beside the hashes kept."""
+    model_dir = Path(path)
+    meta = read_meta(model_dir)
+    exports = {k: v for k, v in meta["sha256"].items() if k not in (WEIGHTS, META)}
+    meta = {k: v for k, v in meta.items() if k != "sha256"}
+    if record is not None:
+        meta[key] = record
+    check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, model_dir / META)
+    exports.update({name: sha256_file(model_dir / name) for name in hashed})
+    meta["sha256"] = {WEIGHTS: sha256_file(model_dir / WEIGHTS), META: content_sha256(meta), **exports}
+    write_text_atomic(model_dir / META, json.dumps(meta, indent=2) + "\n")
+    return model_dir
+
+
+def record_export(path: str | os.PathLike, name: str, key: str = "", record: dict | None = None) -> Path:
+    """Record the sha256 of the exported file path/name in model.json's "sha256" table (and record as field key),
+    after the file was checked and written; predict and serve run it only while it still has that hash."""
+    return write_meta_record(path, key, record, hashed=(name,))
+
+
+def check_export_hash(loaded: LoadedModel, name: str, command: str) -> bool:
+    """True when model.json records the sha256 of the exported file `name` in the model directory and the file has
+    it; False when it records none (exported by an older resnetcls, or copied in); UserError naming the file and
+    `command` (what re-exports it) when the file differs from the record. Hashed once per file version."""
+    expected = loaded.meta["sha256"].get(name)
+    if expected is None:
+        return False
+    path = loaded.path / name
+    try:
+        actual = cached_sha256(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if actual != expected:
+        raise UserError(f"{path}: sha256 does not match model.json (changed or replaced since it was exported); "
+                        f"re-export it with `{command}`")
+    return True
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """MODEL may be a model directory or a run directory (then its best/, else final/)."""
+    path = recover_dir(Path(path))
+    if (path / META).is_file():
+        return path
+    for sub in ("best", "final"):
+        if (recover_dir(path / sub) / META).is_file():  # (a kill mid-replacement left the old one aside)
+            return path / sub
+    if not path.exists():
+        raise UserError(f"{path}: no such model directory")
+    raise UserError(f"{path}: not a model directory (no {META}) nor a run directory with best/ or final/")
+
+
+def _check(cond: bool, where: Path, message: str) -> None:
+    if not cond:
+        raise UserError(f"{where}: {message}")
+
+
+def _check_arch(meta: dict, where: Path) -> None:
+    arch = meta["arch"]
+    _check(isinstance(arch, str), where, f"arch must be a name such as 'resnet50', got {arch!r}")
+    _check(arch in MODELS, where, f"unknown arch {arch!r}; this resnetcls knows {', '.join(MODELS)}")
+    args = meta["arch_args"]
+    _check(isinstance(args, dict), where, "arch_args must be an object")
+    unknown = sorted(set(args) - set(ARCH_ARGS))
+    _check(not unknown, where, f"unknown arch_args {', '.join(unknown)}; expected some of {', '.join(ARCH_ARGS)}")
+    for key, value in args.items():
+        kind = ARCH_ARGS[key]
+        typed = is_number(value) and isinstance(value, int) if kind is int else isinstance(value, kind)
+        _check(typed, where, f"arch_args.{key}={value!r} must be {'an integer' if kind is int else kind.__name__}")
+        ok = value in STEMS if key == "stem" else 1 <= value <= MAX_WIDTH if kind is int else True
+        _check(ok, where, f"arch_args.{key}={value!r} is not valid"
+               + (f" (1 to {MAX_WIDTH})" if kind is int else f" (one of {', '.join(STEMS)})" if key == "stem" else ""))
+
+
+def _check_classes(classes, where: Path) -> None:
+    _check(isinstance(classes, list) and classes, where, "classes must be a non-empty list of names")
+    _check(len(classes) <= MAX_CLASSES, where, f"{len(classes)} classes: at most {MAX_CLASSES:,} are supported")
+    _check(all(isinstance(c, str) and c for c in classes), where, "every class name must be a non-empty string")
+    for c in classes:
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: an undecodable byte smuggled in by an old reader
+            raise UserError(f"{where}: class name {c!r} is not valid Unicode text") from None
+    dupes = sorted({c for c in classes if classes.count(c) > 1}) if len(set(classes)) < len(classes) else []
+    _check(not dupes, where, f"class names listed twice: {', '.join(dupes)}")
+
+
+def _check_preprocess(pre, where: Path) -> None:
+    _check(isinstance(pre, dict), where, "preprocess must be an object")
+    missing = [k for k in ("image_size", "resize", "interpolation", "mean", "std") if k not in pre]
+    _check(not missing, where, f"preprocess lacks {', '.join(missing)}")
+    for key in ("image_size", "resize"):
+        value = pre[key]
+        _check(is_number(value) and isinstance(value, int), where, f"preprocess.{key}={value!r} must be an integer")
+        _check(MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE, where,
+               f"preprocess.{key}={value} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}")
+    for key, choices in (("resize_mode", RESIZE_MODES), ("interpolation", tuple(INTERPOLATIONS))):
+        value = pre.get(key, "shorter_side")
+        _check(isinstance(value, str) and value in choices, where,
+               f"preprocess.{key}={value!r}; expected one of {', '.join(choices)}")
+    for key, bounds in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
+        problem = rgb_problem(pre[key], bounds)
+        _check(not problem, where, f"preprocess.{key}={problem}")
+
+
+def _check_calibration(record, where: Path) -> None:
+    """The optional "calibration" record (engine/calibrate.py writes it): an object whose temperature, when
+    given, is a positive finite number (it divides the logits)."""
+    _check(isinstance(record, dict), where, "calibration must be an object")
+    value = record.get("temperature", 1.0)
+    _check(is_finite_number(value) and value > 0, where,
+           f"calibration.temperature={value!r} must be a positive number")
+
+
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def check_meta(meta, where: Path) -> dict:
+    """Check every field of a parsed model.json, types first, then ranges; raise UserError naming the field.
+
+    The hash of model.json's own content (sha256."model.json") is checked by read_meta, after these checks,
+    so that an edit is reported by what it broke when it broke something."""
+    _check(isinstance(meta, dict), where, "model.json must hold a JSON object")
+    got = meta.get("format")
+    if isinstance(got, str) and got.startswith("resnetcls.model/") and got != FORMAT:
+        raise UserError(f"{where}: format {got!r} is not {FORMAT!r} (written by another resnetcls version)")
+    _check(got == FORMAT, where, f"format {got!r} is not {FORMAT!r}")
+    for key in ("arch", "arch_args", "classes", "preprocess", "sha256"):
+        _check(key in meta, where, f"missing key {key!r}")
+    _check_arch(meta, where)
+    _check_classes(meta["classes"], where)
+    _check_preprocess(meta["preprocess"], where)
+    _check(isinstance(meta.get("metrics", {}), dict), where, "metrics must be an object")
+    _check_calibration(meta.get("calibration", {}), where)
+    hashes = meta["sha256"]
+    _check(isinstance(hashes, dict) and _is_digest(hashes.get(WEIGHTS)), where,
+           f"sha256.{WEIGHTS} must be a 64-digit hex digest")
+    bad = next((k for k, v in hashes.items() if not _is_digest(v) or not isinstance(k, str) or "/" in k
+                or "\\" in k or k in ("", ".", "..")), None)
+    _check(bad is None, where, f"sha256.{bad} must be a 64-digit hex digest of a file in the model directory")
+    return meta
+
+
+def read_meta(model_dir: Path) -> dict:
+    """Parse and check model.json, its content hash and the weights' hash, without building the model."""
+    try:
+        meta = json.loads((model_dir / META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{model_dir / META}: unreadable model metadata: {e}") from None
+    check_meta(meta, model_dir / META)
+    weights = model_dir / WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"{weights}: weights file missing")
+    if sha256_file(weights) != meta["sha256"][WEIGHTS]:
+        raise UserError(f"{weights}: sha256 does not match model.json (file changed or truncated)")
+    return meta
+
+
+def _check_content_hash(meta: dict, where: Path) -> None:
+    """Model directories written before the content hash existed have none and still load (same format)."""
+    expected = meta["sha256"].get(META)
+    if expected is not None and content_sha256(meta) != expected:
+        raise UserError(f"{where}: its content does not match its sha256.{META} (classes, preprocess or "
+                        f"another field was edited); restore the file or retrain")
+
+
+def _check_shapes(weights: Path, meta: dict) -> None:
+    """The tensors' names and shapes against what arch + arch_args + classes describe, from the safetensors
+    header and a model on the meta device: nothing is allocated for a model that does not fit."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{weights}: not a valid safetensors file: {e}") from None
+    classes, where = meta["classes"], weights.with_name(META)
+    head = shapes.get("fc.weight")
+    if head is None or len(head) != 2 or head[0] != len(classes):
+        raise UserError(f"{where}: {len(classes)} classes listed but the weights' head has "
+                        f"{None if head is None else head[0]}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in
+                    create_model(meta["arch"], len(classes), **meta["arch_args"]).state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing or unexpected or wrong:
+        detail = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+                  if unexpected else f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(expected[wrong[0]])}")
+        raise UserError(f"{weights}: weights do not fit {meta['arch']} with {meta['arch_args']}: {detail}")
+
+
+def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and verify a model directory: fields, weights' hash, tensor names and shapes against the
+    architecture, then model.json's content hash; only then are the weights read and the model built.
+
+    The weights are read with safetensors only (a flat table of tensors): no pickle, so a planted file
+    cannot run code; anything that is not valid safetensors is refused.
+    """
+    model_dir = resolve_model_dir(path)
+    meta = read_meta(model_dir)
+    weights = model_dir / WEIGHTS
+    _check_shapes(weights, meta)
+    _check_content_hash(meta, model_dir / META)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{weights}: not a valid safetensors file: {e}") from None
+    model = create_model(meta["arch"], len(meta["classes"]), **meta["arch_args"])
+    model.load_state_dict(state, strict=True)  # names and shapes were checked above
+    model.eval().to(device)
+    return LoadedModel(model, meta, model_dir)

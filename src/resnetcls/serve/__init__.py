@@ -1,0 +1,1 @@
+"""The HTTP server: the FastAPI app, admission control, request/response shapes."""

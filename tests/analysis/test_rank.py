@@ -1,0 +1,147 @@
+"""`resnetcls rank`: uncertainty scores, the diverse pick, the manifest it writes, and training on it."""
+import csv
+import math
+import shutil
+
+import torch
+
+import resnetcls.analysis.rank
+from resnetcls.analysis.rank import TopPool, k_center_greedy, pick_order, uncertainty
+from tests.conftest import TINY, run_cli
+
+
+def test_margin_and_entropy_order_hand_made_probabilities():
+    probs = torch.tensor([[0.98, 0.01, 0.01],   # certain
+                          [0.50, 0.49, 0.01],   # a coin toss between two: the smallest margin
+                          [0.34, 0.33, 0.33],   # uniform: the highest entropy
+                          [0.70, 0.20, 0.10]])
+    margin = uncertainty(probs, "margin")
+    assert torch.allclose(margin, torch.tensor([0.03, 0.99, 0.99, 0.5]), atol=1e-6)
+    entropy = uncertainty(probs, "entropy")
+    assert math.isclose(float(entropy[2]), -sum(p * math.log(p) for p in (0.34, 0.33, 0.33)), rel_tol=1e-5)
+    assert pick_order(margin, None) == [1, 2, 3, 0]  # ties keep the input order
+    assert pick_order(entropy, 2) == [2, 3]  # spread over three classes beats a close two
+
+
+def candidates(score, features, size, batch=3):
+    """The --diverse pool as rank builds it: rows fed in batches, the `size` most uncertain kept."""
+    pool = TopPool(size)
+    for start in range(0, len(score), batch):
+        rows = torch.arange(start, min(start + batch, len(score)))
+        pool.add(rows, score[rows], features[rows])
+    return pool.result()
+
+
+def test_diverse_pick_spreads_over_clusters_where_plain_top_k_does_not():
+    # Images 0-3: one cluster (near-duplicates), the most uncertain; 4-5 and 6-7: two other clusters.
+    centres = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    cluster = [0, 0, 0, 0, 1, 1, 2, 2]
+    features = centres[cluster] + 0.01 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    score = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.90, 0.89, 0.80, 0.79])
+    plain = pick_order(score, 3)
+    diverse = pick_order(score, 3, candidates(score, features, 15))
+    assert plain == [0, 1, 2]
+    assert diverse[0] == 0 and sorted(cluster[i] for i in diverse) == [0, 1, 2]
+    assert sorted(k_center_greedy(features, 0, 20)) == list(range(8))
+
+
+def test_the_diverse_pool_is_the_most_uncertain_five_per_pick_whatever_the_number_of_images(monkeypatch):
+    # 40 images, the lower the row the more uncertain; rows 8-11 tie across the pool's bound. Features: even rows
+    # one direction, odd rows another, rows 11 and 13 a third; rows 30 and 31 point the opposite way to the even
+    # rows (the farthest of all) but are too certain to be candidates.
+    score = torch.linspace(1, 0, 40)
+    score[8:12] = score[8]
+    features = torch.nn.functional.one_hot(torch.arange(40) % 2, 4).float()
+    features[[11, 13]] = torch.tensor([0, 0, 1.0, 0])
+    features[30:32] = torch.tensor([-1.0, 0, 0, 0])
+    assert k_center_greedy(features, 0, 2) == [0, 30]  # what an unbounded pool would pick
+    rows, kept = candidates(score, features, 2 * resnetcls.analysis.rank.DIVERSE_POOL)
+    assert rows.tolist() == list(range(10)) and torch.equal(kept, features[:10])  # ties: the earlier rows
+    assert pick_order(score, 2, (rows, kept)) == [0, 1]
+
+    monkeypatch.setattr(resnetcls.analysis.rank, "DIVERSE_PICKS", 3)  # without --limit: 3 picks among 15, then the rest
+    unbounded = pick_order(score, None, candidates(score, features, 15))
+    assert unbounded[:3] == [0, 1, 11]
+    assert unbounded[3:] == [i for i in range(40) if i != 11][2:]  # every other image, most uncertain first
+
+
+def unlabelled_copy(tiny_data, root):
+    """tiny_data's images without their class folders (unlabelled), two levels deep, plus one bad file."""
+    pool = root / "pool"
+    for i, image in enumerate(sorted(tiny_data.rglob("*.jpg"))):
+        target = pool / f"day{i % 2}" / f"{image.parent.name}-{image.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+    (pool / "day0" / "broken.jpg").write_bytes(b"not a jpeg")
+    return pool
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(tiny_run, tiny_data, tmp_path,
+                                                                         monkeypatch):
+    pool = unlabelled_copy(tiny_data, tmp_path)
+    out = tmp_path / "lists" / "rank.csv"
+    out.parent.mkdir()
+    result = run_cli("rank", tiny_run, pool, "--out", out, "--by", "entropy", "--precision", "fp32")
+    assert result.returncode == 2  # one unreadable image, as `predict` reports it
+    assert "broken.jpg" in result.stderr and "1 of 37 images could not be read" in result.stderr
+    rows = read_rows(out)
+    assert list(rows[0]) == ["path", "label", "guess", "guess_prob", "uncertainty"]
+    assert len(rows) == 36 and all(r["label"] == "" for r in rows)
+    scores = [float(r["uncertainty"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert all((out.parent / r["path"]).is_file() for r in rows)  # relative to the CSV's folder
+    assert {r["guess"] for r in rows} <= {"blue", "green", "red"}
+
+    limited = run_cli("rank", tiny_run, pool, "--out", tmp_path / "d.csv", "--diverse", "--limit", "5")
+    assert limited.returncode == 2 and len(read_rows(tmp_path / "d.csv")) == 5
+    assert "5 picks among the 25 most uncertain" in limited.stderr
+
+    monkeypatch.setattr(resnetcls.analysis.rank, "DIVERSE_PICKS", 4)  # the default picks, made small
+    diverse = run_cli("rank", tiny_run, pool, "--out", out.parent / "all.csv", "--diverse", "--precision", "fp32")
+    assert "4 picks among the 20 most uncertain, then the rest most uncertain first" in diverse.stderr
+    picked = read_rows(out.parent / "all.csv")
+    assert sorted(r["path"] for r in picked) == sorted(r["path"] for r in rows)  # every image, once
+    assert {r["path"] for r in picked[:4]} <= {r["path"] for r in rows[:20]}  # picks among the 20 candidates
+    rest = [float(r["uncertainty"]) for r in picked[4:]]
+    assert rest == sorted(rest, reverse=True)
+
+
+def test_the_filled_in_manifest_trains_and_an_unfilled_row_is_a_clear_error(tiny_run, tiny_data, tmp_path):
+    pool = unlabelled_copy(tiny_data, tmp_path)
+    (pool / "day0" / "broken.jpg").unlink()
+    out = tmp_path / "rank.csv"
+    assert run_cli("rank", tiny_run, pool, "--out", out, "--limit", "30").returncode == 0
+    rows = read_rows(out)
+    rows[0]["label"] = ""  # forgotten
+    for r in rows[1:]:
+        r["label"] = r["path"].split("/")[-1].split("-")[0]  # the "person" labels from the file name
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    refused = run_cli("train", out, *TINY, "--epochs", "1", "--out", tmp_path / "run")
+    assert refused.returncode == 2 and f"{out}:2: empty label" in refused.stderr
+
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[1:])
+    trained = run_cli("train", out, *TINY, "--epochs", "1", "--out", tmp_path / "run")
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "run" / "best" / "model.json").is_file()
+
+
+def test_bad_arguments_are_one_line_errors(tiny_run, tmp_path):
+    missing = run_cli("rank", tiny_run, tmp_path / "nope", "--out", tmp_path / "r.csv")
+    assert missing.returncode == 2 and "FOLDER must be a folder" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_cli("rank", tiny_run, tmp_path / "empty", "--out", tmp_path / "r.csv")
+    assert empty.returncode == 2 and "no image files found" in empty.stderr
+    nowhere = run_cli("rank", tiny_run, tmp_path / "empty", "--out", tmp_path / "no" / "r.csv")
+    assert nowhere.returncode == 2 and "--out" in nowhere.stderr
+    assert run_cli("rank", tiny_run, tmp_path, "--out", "r.csv", "--by", "luck").returncode == 2

@@ -1,0 +1,208 @@
+"""`resnetcls export` (ONNX, TorchScript) with its parity check and the sha256 it records in model.json, and predict's
+onnxruntime and openvino backends (which run the exported file, only while it has that sha256) and when `--backend
+auto` picks them."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from resnetcls.export import formats as export_mod
+from resnetcls.utils import hardware
+from resnetcls.data.decode import decode_image
+from resnetcls.data.transforms import make_preprocess
+from resnetcls.models import create_model
+from resnetcls.records.modelfile import load_model_dir, save_model_dir, sha256_file, write_calibration
+from resnetcls.inference.predictor import Predictor
+from resnetcls.cli import main
+from resnetcls.errors import UserError
+from tests.conftest import SHARED_DATA, run_cli
+
+CLASSES = ["ants", "bees", "cats"]
+
+
+def make_tiny_model_dir(path, seed: int = 0):
+    """A random (untrained) width-8 ResNet-18 at 32 px: enough to test files, metadata and parity."""
+    torch.manual_seed(seed)
+    model = create_model("resnet18", len(CLASSES), width=8)
+    return save_model_dir(path, model, "resnet18", {"width": 8}, CLASSES, make_preprocess(32))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A few photographs-like files of different sizes and modes (a user's inputs)."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (w, h, mode) in enumerate([(64, 48, "RGB"), (40, 90, "L"), (33, 33, "RGBA"), (120, 80, "RGB")]):
+        pixels = rng.integers(0, 255, size=(h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels).resize((w, h), Image.BICUBIC).convert(mode)
+        paths.append(root / f"img{i}.png")
+        img.save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory):
+    """A model directory exported to ONNX in place by the CLI (the default --out)."""
+    model = make_tiny_model_dir(tmp_path_factory.mktemp("m") / "model")
+    result = run_cli("export", model, "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    return model, result.stdout
+
+
+def test_onnx_export_is_checked_carries_metadata_and_has_a_dynamic_batch(exported_dir, images):
+    model, stdout = exported_dir
+    assert "-> PASS" in stdout and f"wrote {model / 'model.onnx'}" in stdout
+    source = "from ../shared/data" if SHARED_DATA.exists() else "synthetic images"
+    assert source in stdout  # real photographs when present, synthetic otherwise
+    proto = onnx.load(str(model / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["preprocess"])["image_size"] == 32
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch dimension
+    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    recorded = json.loads((model / "model.json").read_text())["sha256"]
+    assert recorded["model.onnx"] == sha256_file(model / "model.onnx")  # what predict and serve will check
+    session = export_mod.onnx_session(model / "model.onnx")
+    loaded = load_model_dir(model)
+    batch = torch.stack([Predictor(model).transform(decode_image(p)) for p in images])
+    for n in (1, 3, 4):  # any batch size
+        probs = export_mod.onnx_probabilities(session, batch[:n])
+        with torch.no_grad():
+            eager = loaded.model(batch[:n]).softmax(1)
+        assert probs.shape == (n, 3) and float((probs - eager).abs().max()) <= 1e-4
+
+
+def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_path, monkeypatch, capsys):
+    model = make_tiny_model_dir(tmp_path / "model")
+    out = tmp_path / "out" / "classifier.pt"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # no ../shared/data from here: the check falls back to synthetic images
+    assert main(["export", str(model), "--format", "torchscript", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "16 synthetic images" in stdout and "top-1 agrees on 16/16 -> PASS" in stdout
+    meta = export_mod.read_export_metadata(out)
+    assert json.loads(meta["classes"]) == CLASSES and json.loads(meta["preprocess"])["resize"] == 37
+    scripted = export_mod.load_torchscript(out)
+    batch = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        logits, probs = scripted(batch)
+        eager = load_model_dir(model).model(batch).softmax(1)
+    assert probs.shape == (5, 3) and float((probs - eager).abs().max()) <= 1e-4
+    assert set(json.loads((model / "model.json").read_text())["sha256"]) == {"model.safetensors", "model.json"}
+
+
+def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_and_the_fix(exported_dir, tmp_path,
+                                                                                         monkeypatch, images):
+    import shutil
+
+    from resnetcls.serve.app import create_app
+    from resnetcls.serve.schema import ServeSettings
+    model = shutil.copytree(exported_dir[0], tmp_path / "model")
+    data = bytearray((model / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit, the size unchanged
+    (model / "model.onnx").write_bytes(bytes(data))
+    result = run_cli("predict", model, images[0], "--backend", "onnxruntime")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"resnetcls: error: {model / 'model.onnx'}: sha256 does not match model.json (changed or "
+                                     f"replaced since it was exported); re-export it with `resnetcls export {model} "
+                                     "--format onnx`")
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)  # where auto would run model.onnx
+    for build in (lambda: Predictor(model), lambda: create_app(ServeSettings(str(model), backend="openvino"))):
+        with pytest.raises(UserError, match="sha256 does not match model.json"):
+            build()
+    assert run_cli("export", model, "--format", "onnx").returncode == 0  # the fix the message names
+    assert Predictor(model).backend == "onnxruntime"
+
+
+def test_export_that_disagrees_with_eager_is_refused_and_not_written(tmp_path, monkeypatch):
+    model = make_tiny_model_dir(tmp_path / "model")
+    other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=1))  # different weights, same metadata
+    real = export_mod.torchscript_bytes
+    monkeypatch.setattr(export_mod, "torchscript_bytes", lambda loaded: real(other))
+    with pytest.raises(export_mod.ExportCheckFailed, match="FAIL"):
+        export_mod.export_model(model, "torchscript", tmp_path / "bad.pt", check_data=None)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_export_bad_usage_exits_2_naming_the_problem(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+    model = make_tiny_model_dir(tmp_path / "model")
+    assert main(["export", str(model), "--format", "onnx", "--check-data", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "--check-data" in err and "nope" in err
+
+
+def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
+    model, _ = exported_dir
+    outs = {}
+    # All in fp32 (ONNX Runtime always is): --precision auto would be bf16 on CPUs with native bf16.
+    for backend in ("torch", "onnxruntime", "openvino"):
+        assert main(["predict", str(model), *map(str, images), "--topk", "3", "--format", "json",
+                     "--backend", backend, "--precision", "fp32"]) == 0
+        captured = capsys.readouterr()
+        assert "exporting in memory" not in captured.err  # the exported model.onnx was used
+        outs[backend] = json.loads(captured.out)
+    for runtime in ("onnxruntime", "openvino"):
+        for a, b in zip(outs["torch"], outs[runtime]):
+            assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+            assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) <= 1e-4
+    # The Predictor API at its defaults (channels_last, auto precision) against onnxruntime, with the
+    # tolerance of the precision auto picked on this machine: bf16 keeps 8 bits of mantissa (a relative
+    # error near 2**-8 per operation), so its probabilities may move by a few 1e-3 on this tiny model.
+    auto, onnx_rt = Predictor(model), Predictor(model, backend="onnxruntime")
+    batch = torch.stack([auto.transform(decode_image(p)) for p in images])
+    tolerance = {"fp32": 1e-4, "bf16": 3e-2}[auto.precision]
+    assert float((auto.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
+    openvino = Predictor(model, backend="openvino")  # auto precision: bf16 where native, as for torch
+    tolerance = {"fp32": 1e-4, "bf16": 3e-2}[openvino.precision]
+    assert float((openvino.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
+
+
+@pytest.mark.parametrize("amx, native_bf16, expected", [(True, True, "openvino"), (False, True, "torch"),
+                                                        (False, False, "onnxruntime")])
+def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(exported_dir, tmp_path, monkeypatch,
+                                                                           amx, native_bf16, expected):
+    """As measured: OpenVINO (bf16) with AMX, eager bf16 torch with AVX512-BF16 alone, ONNX Runtime fp32 on AVX2."""
+    model, _ = exported_dir
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native_bf16)
+    assert Predictor(model).backend == expected
+    assert Predictor(model, precision="fp32").backend == "torch"  # an explicit precision keeps torch
+    fresh = make_tiny_model_dir(tmp_path / "fresh")  # no model.onnx: exporting at every start would cost seconds
+    assert Predictor(fresh).backend == "torch"
+
+
+def test_unknown_backend_is_a_clear_error(exported_dir):
+    model, _ = exported_dir
+    with pytest.raises(Exception, match="--backend 'tensorrt'"):
+        Predictor(model, backend="tensorrt")
+
+
+def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the_raw_logits(tmp_path, images):
+    model = make_tiny_model_dir(tmp_path / "model")
+    write_calibration(model, {"calibrated": True, "temperature": 0.2, "fitted_on": "val", "images": 40})
+    eager = Predictor(model, precision="fp32")
+    batch = torch.stack([eager.transform(decode_image(p)) for p in images])
+    expected, raw = eager.probabilities(batch), eager.logits(batch)
+    assert float((expected - raw.softmax(1)).abs().max()) > 1e-2  # T = 0.2 visibly sharpens them
+    result = run_cli("export", model, "--format", "onnx")
+    assert result.returncode == 0 and "-> PASS" in result.stdout, result.stderr
+    session = export_mod.onnx_session(model / "model.onnx")
+    assert float((export_mod.onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
+    assert float(np.abs(session.run(["logits"], {"input": batch.numpy()})[0] - raw.numpy()).max()) <= 1e-3
+    assert export_mod.read_export_metadata(model / "model.onnx")["temperature"] == "0.2"
+    onnx_backend = Predictor(model, backend="onnxruntime")  # uses the model.onnx just written
+    assert float((onnx_backend.probabilities(batch) - expected).abs().max()) <= 1e-4
+    out = model / "model.torchscript.pt"  # the default place, inside the model directory: its sha256 is recorded
+    assert run_cli("export", model, "--format", "torchscript").returncode == 0
+    assert load_model_dir(model).meta["sha256"][out.name] == sha256_file(out)
+    with torch.no_grad():
+        logits, probs = export_mod.load_torchscript(out)(batch)
+    assert float((probs - expected).abs().max()) <= 1e-4 and float((logits - raw).abs().max()) <= 1e-3
