@@ -212,8 +212,7 @@ def _add_deploy(sub) -> None:
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="the file format (required)")
     p.add_argument("--out", metavar="FILE", help="default: model.onnx / model.torchscript.pt in MODEL")
     p.add_argument("--check-data", metavar="PATH",
-                   help="images (folder or file) for the parity check; default ../shared/data if present, "
-                        "else synthetic images")
+                   help="images (folder or file) for the parity check; default: synthetic images")
     p.add_argument("--int8", action="store_true",
                    help="(with --format onnx) write model.int8.onnx: ONNX Runtime static int8, checked against fp32")
     p.add_argument("--calibration", metavar="DATA", default=None,

@@ -31,9 +31,6 @@ from ..inference.sessions import (ONNX_FILE, ProbabilityHead, example_input, exp
 from ..utils.progress import progress_bar
 
 FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
-# Where real photographs for the parity check are looked for when --check-data is not given (the project's
-# shared data folder, relative to the working directory); without it, synthetic images are used.
-DEFAULT_CHECK_DATA = Path("../shared/data")
 PROB_TOLERANCE = 1e-4
 TORCHSCRIPT_META = "model.json"
 
@@ -113,9 +110,9 @@ def _synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
 
 
 def load_check_images(loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16) -> CheckImages:
-    """Real photographs from check_data (default ../shared/data when present), else synthetic images."""
+    """Real photographs from check_data (when given), else synthetic images."""
     transform = build_eval_transform(loaded.preprocess)
-    root = Path(check_data) if check_data else (DEFAULT_CHECK_DATA if DEFAULT_CHECK_DATA.is_dir() else None)
+    root = Path(check_data) if check_data else None
     if root is None:
         images = _synthetic_images(limit)
         return CheckImages(torch.stack([transform(i) for i in images]),
