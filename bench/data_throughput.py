@@ -20,6 +20,7 @@ least 2,000 images (hymenoptera's 244 images make 4 batches an epoch, too few fo
 Cold: a new run's first epoch from an empty cache directory, including decoding every image into the cache
 (all cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,52 +64,88 @@ def _rate(loader, epochs: int) -> float:
 
 
 def bench(root: Path, size: int, fraction: float) -> list[tuple[str, float]]:
-    tv_transform = T.Compose([T.RandomResizedCrop(size, scale=(0.25, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
-                              T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    tv_transform = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.25, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     folder = datasets.ImageFolder(str(root), transform=tv_transform)
     keep = list(range(0, len(folder), round(1 / fraction)))
     samples = read_data(str(root)).splits["all"].subset(keep)
     epochs = max(3, math.ceil(2000 / len(keep)))
     transform = build_train_transform(make_preprocess(size))
-    baseline = DataLoader(Subset(folder, keep), batch_size=BATCH, shuffle=True, num_workers=WORKERS,
-                          persistent_workers=True)
+    baseline = DataLoader(
+        Subset(folder, keep), batch_size=BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True
+    )
     base = _rate(baseline, epochs)
     del baseline
     rows = [("torchvision ImageFolder + PIL, 2 workers", base, "")]
     for cache_format in ("decoded", "compressed"):
         with tempfile.TemporaryDirectory() as cache_dir:
             start = time.perf_counter()  # cold: a new run's first epoch, decoding every image into the cache
-            cold = _drain(build_loader(samples, transform, BATCH, shuffle=True, num_workers=WORKERS,
-                                       cache_dir=cache_dir, cache_format=cache_format)) / (time.perf_counter() - start)
-            loader = build_loader(samples, transform, BATCH, shuffle=True, num_workers=WORKERS, cache_dir=cache_dir,
-                                  cache_format=cache_format)
+            cold = _drain(
+                build_loader(
+                    samples,
+                    transform,
+                    BATCH,
+                    shuffle=True,
+                    num_workers=WORKERS,
+                    cache_dir=cache_dir,
+                    cache_format=cache_format,
+                )
+            ) / (time.perf_counter() - start)
+            loader = build_loader(
+                samples,
+                transform,
+                BATCH,
+                shuffle=True,
+                num_workers=WORKERS,
+                cache_dir=cache_dir,
+                cache_format=cache_format,
+            )
             warm = _rate(loader, epochs)
             size = (loader.dataset.store.directory / "data.u8").stat().st_size
         label = "" if cache_format == "decoded" else " compressed"
-        rows += [(f"resnetcls{label} cold (first pass)", cold, ""),
-                 (f"resnetcls{label} warm (cached)", warm, f"store {size / 1e6:.1f} MB")]
+        rows += [
+            (f"resnetcls{label} cold (first pass)", cold, ""),
+            (f"resnetcls{label} warm (cached)", warm, f"store {size / 1e6:.1f} MB"),
+        ]
     return rows
 
 
 def _train_rows(size: int, steps: int, repeats: int, arch: str) -> tuple[float, float]:
     """(images/s fed from files, images/s fed from in-memory tensors), medians of `repeats` epochs each."""
     from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
-    from resnetcls.utils.hardware import resolve_amp
     from resnetcls.models import create_model
+    from resnetcls.utils.hardware import resolve_amp
 
     samples = read_data(str(DATA / "coil100-a")).splits["all"]
-    samples = samples.subset(list(range(0, len(samples), max(1, len(samples) // (steps * TRAIN_BATCH))))
-                             [:steps * TRAIN_BATCH])
+    samples = samples.subset(
+        list(range(0, len(samples), max(1, len(samples) // (steps * TRAIN_BATCH))))[: steps * TRAIN_BATCH]
+    )
     with tempfile.TemporaryDirectory() as cache_dir:
-        loader = build_loader(samples, build_train_transform(make_preprocess(size)), TRAIN_BATCH, shuffle=True,
-                              num_workers=WORKERS, cache_dir=cache_dir, drop_last=True)
+        loader = build_loader(
+            samples,
+            build_train_transform(make_preprocess(size)),
+            TRAIN_BATCH,
+            shuffle=True,
+            num_workers=WORKERS,
+            cache_dir=cache_dir,
+            drop_last=True,
+        )
         tensors = [dict(b) for b in loader]  # the same (finished) batches, held in memory
         torch.manual_seed(0)
         model = create_model(arch, len(samples.classes)).to(memory_format=torch.channels_last)
         ctx = StepContext(torch.device("cpu"), resolve_amp("auto", torch.device("cpu")), True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        opt = Optimization(optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0),
-                           torch.amp.GradScaler("cpu", enabled=False))
+        opt = Optimization(
+            optimizer,
+            torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0),
+            torch.amp.GradScaler("cpu", enabled=False),
+        )
         loss_fn = torch.nn.CrossEntropyLoss()
         rates: dict[str, list[float]] = {"files": [], "tensors": []}
         for epoch in range(repeats + 1):  # epoch 0 warms both feeds up (allocator, worker start)
@@ -124,10 +161,17 @@ def _train_rows(size: int, steps: int, repeats: int, arch: str) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images (about a minute)")
-    parser.add_argument("--train", type=int, action="append", metavar="SIZE",
-                        help="end-to-end rows at SIZE px instead (repeatable): files vs in-memory tensors")
+    parser.add_argument(
+        "--train",
+        type=int,
+        action="append",
+        metavar="SIZE",
+        help="end-to-end rows at SIZE px instead (repeatable): files vs in-memory tensors",
+    )
     parser.add_argument("--steps", type=int, default=6, help="training steps per timed epoch (--train)")
-    parser.add_argument("--model", default="resnet50", help="architecture of the --train step (default resnet50)")
+    parser.add_argument(
+        "--model", default="resnet50", help="architecture of the --train step (default resnet50)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per feed (--train); median")
     args = parser.parse_args()
     if args.train:
@@ -135,8 +179,10 @@ def main() -> None:
         print(f"{args.model + ' training step':<28} {'files img/s':>12} {'tensors img/s':>14} {'ratio':>7}")
         for size in args.train:
             files, tensors = _train_rows(size, args.steps, args.repeats, args.model)
-            print(f"{f'coil100-a @{size}px':<28} {files:>12.1f} {tensors:>14.1f} {files / tensors:>6.2f}x",
-                  flush=True)
+            print(
+                f"{f'coil100-a @{size}px':<28} {files:>12.1f} {tensors:>14.1f} {files / tensors:>6.2f}x",
+                flush=True,
+            )
         print("(ratio: median images/s over the epochs, files / tensors; the same step, the same batches)")
         return
     torch.set_num_threads(1)  # the main process only drains batches; the workers do the work
@@ -150,8 +196,10 @@ def main() -> None:
             continue
         rows = bench(root, size, fraction)
         for label, rate, note in rows:
-            print(f"{name + f' @{size}px':<22} {label:<42} {rate:>10.0f} {rate / rows[0][1]:>6.2f}x  {note}",
-                  flush=True)
+            print(
+                f"{name + f' @{size}px':<22} {label:<42} {rate:>10.0f} {rate / rows[0][1]:>6.2f}x  {note}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ and return to the kernel.
     python bench/fuzz_decode.py                 # 10,000 files, seed 0
     python bench/fuzz_decode.py --files 2000 --seed 7
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,17 +46,21 @@ DATA = ROOT.parent / "shared" / "data"
 
 def load_seeds(per_kind: int) -> dict[str, bytes]:
     """name -> bytes of the real files and their WebP/TIFF re-encodings."""
-    coil = sorted(DATA.glob("coil100-a/obj*/*.png"))[:: 97][:per_kind]
-    photos = sorted(DATA.glob("hymenoptera/*/*/*.jpg"))[:: 41][:per_kind]
+    coil = sorted(DATA.glob("coil100-a/obj*/*.png"))[::97][:per_kind]
+    photos = sorted(DATA.glob("hymenoptera/*/*/*.jpg"))[::41][:per_kind]
     gifs = sorted(DATA.glob("hymenoptera/*/*/*.gif"))
     if not coil or not photos or not gifs:
         raise SystemExit(f"seed images not found under {DATA} (coil100-a PNGs, hymenoptera JPEGs and GIF)")
     seeds = {p.name: p.read_bytes() for p in [*coil, *photos, *gifs]}
     with Image.open(photos[0]) as photo:
         photo = photo.convert("RGB")
-    for name, fmt, kwargs in [("photo.webp", "WEBP", {"quality": 80}), ("lossless.webp", "WEBP", {"lossless": True}),
-                              ("photo.tif", "TIFF", {}), ("lzw.tif", "TIFF", {"compression": "tiff_lzw"}),
-                              ("jpeg.tif", "TIFF", {"compression": "jpeg"})]:
+    for name, fmt, kwargs in [
+        ("photo.webp", "WEBP", {"quality": 80}),
+        ("lossless.webp", "WEBP", {"lossless": True}),
+        ("photo.tif", "TIFF", {}),
+        ("lzw.tif", "TIFF", {"compression": "tiff_lzw"}),
+        ("jpeg.tif", "TIFF", {"compression": "jpeg"}),
+    ]:
         buffer = io.BytesIO()
         photo.save(buffer, fmt, **kwargs)
         seeds[name] = buffer.getvalue()
@@ -64,11 +69,15 @@ def load_seeds(per_kind: int) -> dict[str, bytes]:
     big = photo.resize((2048, 1536), Image.BICUBIC)
     gray = big.convert("L")
     alpha = Image.linear_gradient("L").resize(big.size)
-    variants = [("big.jpg", big, "JPEG", {}), ("big_rgba.png", Image.merge("RGBA", (*big.split(), alpha)), "PNG", {}),
-                ("big_palette.png", big.convert("P"), "PNG", {"transparency": 0}),
-                ("big_la.png", Image.merge("LA", (gray, alpha)), "PNG", {}),
-                ("big_i16.png", gray.convert("I").point(lambda v: v * 257).convert("I;16"), "PNG", {}),
-                ("big.webp", big, "WEBP", {"quality": 80}), ("big_lzw.tif", big, "TIFF", {"compression": "tiff_lzw"})]
+    variants = [
+        ("big.jpg", big, "JPEG", {}),
+        ("big_rgba.png", Image.merge("RGBA", (*big.split(), alpha)), "PNG", {}),
+        ("big_palette.png", big.convert("P"), "PNG", {"transparency": 0}),
+        ("big_la.png", Image.merge("LA", (gray, alpha)), "PNG", {}),
+        ("big_i16.png", gray.convert("I").point(lambda v: v * 257).convert("I;16"), "PNG", {}),
+        ("big.webp", big, "WEBP", {"quality": 80}),
+        ("big_lzw.tif", big, "TIFF", {"compression": "tiff_lzw"}),
+    ]
     for name, image, fmt, kwargs in variants:
         buffer = io.BytesIO()
         image.save(buffer, fmt, **kwargs)
@@ -76,8 +85,16 @@ def load_seeds(per_kind: int) -> dict[str, bytes]:
     return seeds
 
 
-EXTREMES = [b"\x00\x00", b"\xff\xff", b"\x7f\xff", b"\x00\x01", b"\xff\xff\xff\xff", b"\x00\x00\x00\x00",
-            b"\x80\x00\x00\x00", b"\x00\x00\x10\x00"]
+EXTREMES = [
+    b"\x00\x00",
+    b"\xff\xff",
+    b"\x7f\xff",
+    b"\x00\x01",
+    b"\xff\xff\xff\xff",
+    b"\x00\x00\x00\x00",
+    b"\x80\x00\x00\x00",
+    b"\x00\x00\x10\x00",
+]
 
 
 def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> tuple[str, bytes]:
@@ -89,21 +106,21 @@ def mutate(rng: random.Random, data: bytes, others: list[bytes]) -> tuple[str, b
             i = rng.randrange(len(buf))
             buf[i] ^= 1 << rng.randrange(8)
     elif kind == "truncate":
-        buf = buf[:rng.randrange(len(buf))]
+        buf = buf[: rng.randrange(len(buf))]
     elif kind == "header":
         for _ in range(rng.randint(1, 3)):
             value = rng.choice(EXTREMES) if rng.random() < 0.5 else rng.randbytes(rng.choice([1, 2, 4]))
             i = rng.randrange(min(128, len(buf)))
-            buf[i:i + len(value)] = value
+            buf[i : i + len(value)] = value
     else:
         donor = rng.choice(others + [data])
         start = rng.randrange(len(donor))
-        piece = donor[start:start + rng.randint(1, 4096)]
+        piece = donor[start : start + rng.randint(1, 4096)]
         at = rng.randrange(len(buf))
         if rng.random() < 0.5:
             buf[at:at] = piece  # insert
         else:
-            buf[at:at + len(piece)] = piece  # overwrite
+            buf[at : at + len(piece)] = piece  # overwrite
     return kind, bytes(buf)
 
 
@@ -170,14 +187,18 @@ def fuzz(files: int, seed: int, max_pixels: int, seeds: dict[str, bytes]) -> Run
 
 
 def report(run: Run, files: int) -> None:
-    print(f"{files} files in {run.wall_s:.0f} s ({files / run.wall_s:.0f} files/s); mutations: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(run.kinds.items())))
+    print(
+        f"{files} files in {run.wall_s:.0f} s ({files / run.wall_s:.0f} files/s); mutations: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(run.kinds.items()))
+    )
     print(f"\n{'outcome':<72} {'files':>6}")
     for outcome, count in run.outcomes.most_common():
         print(f"{outcome:<72} {count:>6}")
     ratio, peak, bound, label = run.worst
-    print(f"\npeak memory above the baseline: worst {peak / 1e6:.1f} MB = {ratio:.2f} x its bound of "
-          f"{bound / 1e6:.1f} MB ({label}); files over their bound: {len(run.over)}")
+    print(
+        f"\npeak memory above the baseline: worst {peak / 1e6:.1f} MB = {ratio:.2f} x its bound of "
+        f"{bound / 1e6:.1f} MB ({label}); files over their bound: {len(run.over)}"
+    )
     for label, peak, bound in run.over[:10]:
         print(f"  over: {label}: {peak / 1e6:.1f} MB > {bound / 1e6:.1f} MB")
     print(f"unexpected exceptions (not DecodeError): {len(run.unexpected)}")
@@ -186,11 +207,17 @@ def report(run: Run, files: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-pixels", type=int, default=4_000_000,
-                        help="decode_image's limit for the run (small: mutated headers may claim any size)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=4_000_000,
+        help="decode_image's limit for the run (small: mutated headers may claim any size)",
+    )
     parser.add_argument("--per-kind", type=int, default=8, help="real files taken per data set")
     args = parser.parse_args()
     print(f"machine: {machine_line()}; Python {platform.python_version()}, Pillow {PIL.__version__}")

@@ -16,6 +16,7 @@ Rows (ratios against the first row, measured in the same process):
 The last line gives real-data / synthetic throughput (issue 16's target: >= 0.9).
 Real images: --data DATA (any resnetcls DATA), else a synthetic JPEG set written with `data synth`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ from resnetcls.data.loader import build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.synth import synthesize
 from resnetcls.data.transforms import build_train_transform, make_preprocess
-from resnetcls.records.envinfo import machine_line
 from resnetcls.models import create_model
+from resnetcls.records.envinfo import machine_line
 
 
 def synthetic_batches(batch_size: int, size: int, classes: int, device):
@@ -104,14 +105,27 @@ def main() -> int:
     print(f"machine: {machine_line()}\nResNet-50 {size}px batch {BATCH}", flush=True)
 
     tmp = tempfile.TemporaryDirectory()
-    data = args.data or str(synthesize(Path(tmp.name) / "synth", classes=classes,
-                                       per_class=30 if args.quick else 60, image_size=int(size * 1.15)))
+    data = args.data or str(
+        synthesize(
+            Path(tmp.name) / "synth",
+            classes=classes,
+            per_class=30 if args.quick else 60,
+            image_size=int(size * 1.15),
+        )
+    )
     splits = load_splits(data, val_fraction=0.1)
     preprocess = make_preprocess(size)
     transform = build_train_transform(preprocess)
     t0 = time.perf_counter()
-    loader = build_loader(splits.train, transform, BATCH, shuffle=True, num_workers=args.workers,
-                          drop_last=True, cache_dir=Path(tmp.name) / "cache")
+    loader = build_loader(
+        splits.train,
+        transform,
+        BATCH,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        cache_dir=Path(tmp.name) / "cache",
+    )
     print(f"decoded cache of {len(splits.train)} images built in {time.perf_counter() - t0:.1f}s", flush=True)
     n_classes = len(splits.classes)
 
@@ -124,27 +138,73 @@ def main() -> int:
 
     rows = []
     synth = lambda: synthetic_batches(BATCH, size, n_classes, device)
-    rows.append(("fp32 eager, contiguous, synthetic",
-                 statistics.median(measure(fresh(False, False), synth(), steps, warmup, False, False))))
-    rows.append(("bf16 eager, channels_last, synthetic",
-                 statistics.median(measure(fresh(False, True), synth(), steps, warmup, True, True))))
+    rows.append(
+        (
+            "fp32 eager, contiguous, synthetic",
+            statistics.median(measure(fresh(False, False), synth(), steps, warmup, False, False)),
+        )
+    )
+    rows.append(
+        (
+            "bf16 eager, channels_last, synthetic",
+            statistics.median(measure(fresh(False, True), synth(), steps, warmup, True, True)),
+        )
+    )
     compiled = fresh(True, True)
-    rows.append(("bf16 compiled, channels_last, synthetic",
-                 statistics.median(measure(compiled, synth(), steps, warmup, True, True))))
-    rows.append(("bf16 compiled, channels_last, cache -> loader (CPU normalise)",
-                 measure_wall(compiled, loader_batches(loader, device, False, transform), steps, 3, True, True, BATCH)))
+    rows.append(
+        (
+            "bf16 compiled, channels_last, synthetic",
+            statistics.median(measure(compiled, synth(), steps, warmup, True, True)),
+        )
+    )
+    rows.append(
+        (
+            "bf16 compiled, channels_last, cache -> loader (CPU normalise)",
+            measure_wall(
+                compiled, loader_batches(loader, device, False, transform), steps, 3, True, True, BATCH
+            ),
+        )
+    )
     # The same cached data, built to ship uint8 batches; they are normalised on the GPU.
-    loader = build_loader(splits.train, transform, BATCH, shuffle=True, num_workers=args.workers,
-                          drop_last=True, cache_dir=Path(tmp.name) / "cache", uint8_batches=True)
-    rows.append(("bf16 compiled, channels_last, cache -> loader (GPU normalise)",
-                 measure_wall(compiled, loader_batches(loader, device, True, transform), steps, 3, True, True, BATCH)))
+    loader = build_loader(
+        splits.train,
+        transform,
+        BATCH,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        cache_dir=Path(tmp.name) / "cache",
+        uint8_batches=True,
+    )
+    rows.append(
+        (
+            "bf16 compiled, channels_last, cache -> loader (GPU normalise)",
+            measure_wall(
+                compiled, loader_batches(loader, device, True, transform), steps, 3, True, True, BATCH
+            ),
+        )
+    )
     # data.augment_on=device (train's default on CUDA): uint8 canvases in pinned memory, crop/flip on the GPU
     device_tf = build_train_transform(preprocess, on_device=True)
-    loader = build_loader(splits.train, device_tf, BATCH, shuffle=True, num_workers=args.workers,
-                          drop_last=True, cache_dir=Path(tmp.name) / "cache", uint8_batches=True, pin_memory=True)
-    rows.append(("bf16 compiled, channels_last, cache -> loader (GPU crop+normalise)",
-                 measure_wall(compiled, loader_batches(loader, device, True, device_tf), steps, 3, True, True,
-                              BATCH)))
+    loader = build_loader(
+        splits.train,
+        device_tf,
+        BATCH,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        cache_dir=Path(tmp.name) / "cache",
+        uint8_batches=True,
+        pin_memory=True,
+    )
+    rows.append(
+        (
+            "bf16 compiled, channels_last, cache -> loader (GPU crop+normalise)",
+            measure_wall(
+                compiled, loader_batches(loader, device, True, device_tf), steps, 3, True, True, BATCH
+            ),
+        )
+    )
     del loader
 
     base = rows[0][1]
@@ -152,8 +212,10 @@ def main() -> int:
     for name, rate in rows:
         print(f"{name:<62} {rate:>10.0f} {rate / base:>7.2f}x")
     print("\nsynthetic rows: median of per-step rates; loader rows: wall-clock rate including data waits")
-    print(f"real data / synthetic (compiled): {rows[-1][1] / rows[2][1]:.2f} (GPU crop), "
-          f"{rows[-2][1] / rows[2][1]:.2f} (GPU normalise)")
+    print(
+        f"real data / synthetic (compiled): {rows[-1][1] / rows[2][1]:.2f} (GPU crop), "
+        f"{rows[-2][1] / rows[2][1]:.2f} (GPU normalise)"
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ torchvision fp32 eager with torchvision's own eval transforms on the same JPEG. 
     python bench/inference.py --quick    # a smoke run of a few minutes
     python bench/inference.py --quick --no-latency   # the throughput table only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +40,18 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
+from resnetcls.export.int8 import int8_bytes  # noqa: E402
+from resnetcls.inference.predictor import Predictor  # noqa: E402
 from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
+from resnetcls.models import create_model  # noqa: E402
 from resnetcls.records.envinfo import machine_line  # noqa: E402
 from resnetcls.records.modelfile import load_model_dir, record_export, save_model_dir  # noqa: E402
-from resnetcls.models import create_model  # noqa: E402
-from resnetcls.inference.predictor import Predictor  # noqa: E402
-from resnetcls.export.int8 import int8_bytes  # noqa: E402
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """Fold every BN into the conv before it (inference only): one pass over memory fewer per layer."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
+
     pairs = [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
     for module in model.modules():
         for conv, bn in pairs:
@@ -62,7 +64,9 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def timed_in_blocks(fns: list, batch: torch.Tensor, warmup: int, iters: int, rounds: int = 3) -> list[list[float]]:
+def timed_in_blocks(
+    fns: list, batch: torch.Tensor, warmup: int, iters: int, rounds: int = 3
+) -> list[list[float]]:
     """Per-pass times for each fn: in each of `rounds` rounds every fn runs `warmup` untimed and `iters` timed
     passes in a block. Blocks, not passes taken in turn: torch's OpenMP workers and ONNX Runtime's threads spin
     for milliseconds after a call, so a pass right after another row's took that row's spin-down on 2 cores
@@ -86,6 +90,7 @@ def eager(model, memory_format=torch.contiguous_format, amp: bool = False):
     def run(x):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             return model(x.contiguous(memory_format=memory_format)).float().softmax(1)
+
     return run
 
 
@@ -99,17 +104,20 @@ def torchscript_frozen(model, size: int):
     @torch.inference_mode()
     def run(x):
         return frozen(x).softmax(1)
+
     return run
 
 
 def compiled(model):
     import torch._inductor.config as inductor
+
     inductor.freezing = True  # treat weights as constants: folds BN and pre-packs oneDNN convs on CPU
     fast = torch.compile(model.eval().to(memory_format=torch.channels_last))
 
     @torch.inference_mode()
     def run(x):
         return fast(x.contiguous(memory_format=torch.channels_last)).softmax(1)
+
     return run
 
 
@@ -118,7 +126,9 @@ def build_rows(model_dir: Path, size: int, with_compile: bool) -> list[tuple[str
     ours = lambda: load_model_dir(model_dir).model  # noqa: E731 - a fresh copy per row
     baseline = torchvision.models.resnet50(num_classes=1000)
     baseline.load_state_dict(ours().state_dict())  # same weights: our names match torchvision's
-    predictor = Predictor(model_dir, device="cpu")  # resnetcls's own default settings ("auto"), with model.onnx
+    predictor = Predictor(
+        model_dir, device="cpu"
+    )  # resnetcls's own default settings ("auto"), with model.onnx
     torch_default = Predictor(model_dir, device="cpu", backend="torch")  # what auto runs without a model.onnx
     session = onnx_session(model_dir / ONNX_FILE)
     int8 = onnx_session(model_dir / INT8_FILE)
@@ -126,17 +136,31 @@ def build_rows(model_dir: Path, size: int, with_compile: bool) -> list[tuple[str
     openvino_int8 = onnx_session(model_dir / INT8_FILE, runtime="openvino")
     rows = [
         ("torchvision fp32 eager (baseline)", eager(baseline)),
-        (f"resnetcls Predictor default (auto: {predictor.backend}, {predictor.precision})", predictor.probabilities),
-        (f"resnetcls Predictor --backend torch ({torch_default.precision}, channels_last)",
-         torch_default.probabilities),
+        (
+            f"resnetcls Predictor default (auto: {predictor.backend}, {predictor.precision})",
+            predictor.probabilities,
+        ),
+        (
+            f"resnetcls Predictor --backend torch ({torch_default.precision}, channels_last)",
+            torch_default.probabilities,
+        ),
         ("resnetcls eager fp32 channels_last", eager(ours(), torch.channels_last)),
         ("resnetcls eager fp32 channels_last, BN folded", eager(fold_batchnorm(ours()), torch.channels_last)),
-        ("resnetcls eager bf16 autocast channels_last (forced)", eager(ours(), torch.channels_last, amp=True)),
+        (
+            "resnetcls eager bf16 autocast channels_last (forced)",
+            eager(ours(), torch.channels_last, amp=True),
+        ),
         ("resnetcls TorchScript frozen+optimize_for_inference fp32", torchscript_frozen(ours(), size)),
         ("ONNX Runtime fp32 (all graph optimisations)", lambda x: onnx_probabilities(session, x)),
         ("ONNX Runtime int8 static QDQ (export --int8)", lambda x: onnx_probabilities(int8, x)),
-        ("OpenVINO fp32 (--backend openvino --precision fp32)", lambda x: onnx_probabilities(openvino_fp32, x)),
-        ("OpenVINO int8, the same QDQ file (--backend openvino-int8)", lambda x: onnx_probabilities(openvino_int8, x)),
+        (
+            "OpenVINO fp32 (--backend openvino --precision fp32)",
+            lambda x: onnx_probabilities(openvino_fp32, x),
+        ),
+        (
+            "OpenVINO int8, the same QDQ file (--backend openvino-int8)",
+            lambda x: onnx_probabilities(openvino_int8, x),
+        ),
     ]
     if with_compile:
         rows.append(("resnetcls torch.compile (inductor, freezing) fp32 channels_last", compiled(ours())))
@@ -149,17 +173,29 @@ def write_int8(model_dir: Path, calibration: int) -> None:
     transform = build_eval_transform(loaded.preprocess)
     images = torch.stack([transform(img) for img in synthetic_images(calibration)])
     (model_dir / INT8_FILE).write_bytes(int8_bytes(loaded, images))
-    record_export(model_dir, INT8_FILE)  # as export does: predict runs only a file whose sha256 model.json records
+    record_export(
+        model_dir, INT8_FILE
+    )  # as export does: predict runs only a file whose sha256 model.json records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="few iterations, no torch.compile row")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="include the torch.compile row (default: in the full run only)")
-    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
-                        help="also the one-JPEG latency through the Predictor API and serve (default: on)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="include the torch.compile row (default: in the full run only)",
+    )
+    parser.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the one-JPEG latency through the Predictor API and serve (default: on)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="latency runs per row (median shown)")
     args = parser.parse_args()
     size = args.image_size
@@ -167,8 +203,14 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"machine: {machine_line()}\nResNet-50 at {size} px", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_model_dir(Path(tmp) / "m", create_model("resnet50", 1000), "resnet50", {},
-                                   [f"class{i}" for i in range(1000)], make_preprocess(size))
+        model_dir = save_model_dir(
+            Path(tmp) / "m",
+            create_model("resnet50", 1000),
+            "resnet50",
+            {},
+            [f"class{i}" for i in range(1000)],
+            make_preprocess(size),
+        )
         write_int8(model_dir, 32 if args.quick else 256)
         # What `export --format onnx` writes (its parity check aside): with it, backend auto may run ONNX files.
         (model_dir / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model_dir)))
@@ -185,30 +227,42 @@ def throughput(rows, size: int, iters1: int, iters32: int) -> None:
     first = []
     for name, fn in rows:
         start = time.perf_counter()
-        first.append(fn(batch32))  # the probabilities compared, and the first warm-up (torch.compile compiles)
-        print(f"  ready: {name} (first call {time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        first.append(
+            fn(batch32)
+        )  # the probabilities compared, and the first warm-up (torch.compile compiles)
+        print(
+            f"  ready: {name} (first call {time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True
+        )
     fns = [fn for _, fn in rows]
     b1 = timed_in_blocks(fns, batch32[:1], 3, iters1)
     b32 = timed_in_blocks(fns, batch32, 1, iters32)
-    report([(name, probs, t1, t32) for (name, _), probs, t1, t32 in zip(rows, first, b1, b32)], iters1, iters32)
+    report(
+        [(name, probs, t1, t32) for (name, _), probs, t1, t32 in zip(rows, first, b1, b32)], iters1, iters32
+    )
 
 
 def report(results, iters1: int, iters32: int) -> None:
     reference = results[2][1]  # resnetcls eager fp32 channels_last
     base1 = 1 / statistics.median(results[0][2])
     base32 = 32 / statistics.median(results[0][3])
-    print(f"\n{'path':<62} {'img/s b1':>9} {'x':>5} {'img/s b32':>10} {'x':>5} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'max|dp|':>8} {'top1':>6}")
+    print(
+        f"\n{'path':<62} {'img/s b1':>9} {'x':>5} {'img/s b32':>10} {'x':>5} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'max|dp|':>8} {'top1':>6}"
+    )
     for name, probs, b1, b32 in results:
         ips1, ips32 = 1 / statistics.median(b1), 32 / statistics.median(b32)
         lat = sorted(b1)
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
         diff = float((probs.float() - reference).abs().max())
         agree = int((probs.argmax(1) == reference.argmax(1)).sum())
-        print(f"{name:<62} {ips1:>9.1f} {ips1 / base1:>5.2f} {ips32:>10.1f} {ips32 / base32:>5.2f} "
-              f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e} {agree:>4}/32")
-    print(f"\nmedians of 3 rounds x {iters1} timed passes at batch 1 and 3 x {iters32} at batch 32, each row's passes "
-          f"in a block in each round; x = ratio to the baseline row; p99 of fewer than 100 samples is their maximum.")
+        print(
+            f"{name:<62} {ips1:>9.1f} {ips1 / base1:>5.2f} {ips32:>10.1f} {ips32 / base32:>5.2f} "
+            f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e} {agree:>4}/32"
+        )
+    print(
+        f"\nmedians of 3 rounds x {iters1} timed passes at batch 1 and 3 x {iters32} at batch 32, each row's passes "
+        f"in a block in each round; x = ratio to the baseline row; p99 of fewer than 100 samples is their maximum."
+    )
 
 
 def photo_jpeg(i: int) -> bytes:
@@ -239,9 +293,18 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
     baseline = torchvision.models.resnet50(num_classes=1000)
     baseline.load_state_dict(loaded.model.state_dict())
     baseline.eval()
-    pre = loaded.preprocess  # torchvision's own classic eval pipeline, as a script copied from its docs has it
-    transform = v2.Compose([v2.Resize(pre["resize"], antialias=True), v2.CenterCrop(pre["image_size"]), v2.ToImage(),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    pre = (
+        loaded.preprocess
+    )  # torchvision's own classic eval pipeline, as a script copied from its docs has it
+    transform = v2.Compose(
+        [
+            v2.Resize(pre["resize"], antialias=True),
+            v2.CenterCrop(pre["image_size"]),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre["mean"], pre["std"]),
+        ]
+    )
 
     @torch.inference_mode()
     def torchvision_one():
@@ -250,16 +313,22 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
     rows = [("torchvision fp32 eager (baseline), decode+preprocess+model", torchvision_one)]
     for backend in LATENCY_BACKENDS:
         predictor = Predictor(model_dir, device="cpu", backend=backend)
-        rows.append((f"Predictor.predict([jpeg]) backend {backend} ({predictor.backend}, {predictor.precision})",
-                     lambda p=predictor: p.predict([str(image)], topk=5)))
+        rows.append(
+            (
+                f"Predictor.predict([jpeg]) backend {backend} ({predictor.backend}, {predictor.precision})",
+                lambda p=predictor: p.predict([str(image)], topk=5),
+            )
+        )
     return rows
 
 
 def serve_row(model_dir: Path, tmp: Path, jpeg: bytes, backend: str, requests: int) -> list[float]:
     """Sequential POST /predict of one JPEG to a fresh `resnetcls serve --backend backend`; per-request times."""
     import httpx
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from serve_load import start_server  # the same server start as the load benchmark
+
     proc, url = start_server(model_dir, tmp / f"serve-{backend}.log", "--backend", backend)
     try:
         with httpx.Client(timeout=60) as client:
@@ -286,15 +355,18 @@ def latency_table(model_dir: Path, tmp: Path, requests: int, repeats: int) -> No
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
         # Each row's requests in a block (a robot asks through one path), as timed_in_blocks explains.
-        for (name, _), times in zip(rows, timed_in_blocks([lambda _x, f=f: f() for _, f in rows], None, 3,
-                                                           requests, rounds=1)):
+        for (name, _), times in zip(
+            rows, timed_in_blocks([lambda _x, f=f: f() for _, f in rows], None, 3, requests, rounds=1)
+        ):
             runs.setdefault(name, []).append(percentiles(times))
         for backend in LATENCY_BACKENDS:
             name = f"serve POST /predict one JPEG, --backend {backend}"
             runs.setdefault(name, []).append(percentiles(serve_row(model_dir, tmp, jpeg, backend, requests)))
     base = statistics.median(p50 for p50, _ in runs[rows[0][0]])
-    print(f"\nbatch-1 latency of one 640x480 JPEG (decode + preprocess + model), medians of {repeats} runs "
-          f"x {requests} requests\n{'path':<78} {'p50 ms':>8} {'p99 ms':>8} {'p50 x lower':>12}")
+    print(
+        f"\nbatch-1 latency of one 640x480 JPEG (decode + preprocess + model), medians of {repeats} runs "
+        f"x {requests} requests\n{'path':<78} {'p50 ms':>8} {'p99 ms':>8} {'p50 x lower':>12}"
+    )
     for name, values in runs.items():
         p50, p99 = statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
         print(f"{name:<78} {p50:>8.1f} {p99:>8.1f} {base / p50:>12.2f}")

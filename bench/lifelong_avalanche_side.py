@@ -13,6 +13,7 @@ with torch only), AdamW at a constant rate, plain cross-entropy, the same epochs
 per task (Avalanche's IncrementalClassifier), as resnetcls's does. Writes the accuracy matrix R (row i: after
 task i, accuracy on every task's test images) and the train seconds per task.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from resnetcls.models import create_model  # noqa: E402  (after the path: this venv has no resnetcls install)
 
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+MEAN, STD = (
+    torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1),
+    torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1),
+)
 
 
 def load(manifest: Path, size: int):
@@ -44,18 +48,29 @@ def load(manifest: Path, size: int):
         x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
         out[r["split"]][0].append((x - MEAN) / STD)
         out[r["split"]][1].append(index[r["label"]])
-    return (torch.stack(out["train"][0]), torch.tensor(out["train"][1]), torch.stack(out["val"][0]),
-            torch.tensor(out["val"][1]), classes)
+    return (
+        torch.stack(out["train"][0]),
+        torch.tensor(out["train"][1]),
+        torch.stack(out["val"][0]),
+        torch.tensor(out["val"][1]),
+        classes,
+    )
 
 
 def build_strategy(args, model, n_classes_per_task: int):
     from avalanche.models import IncrementalClassifier
     from avalanche.training import EWC, LwF, Naive, Replay
     from avalanche.training.plugins import EvaluationPlugin
+
     model.fc = IncrementalClassifier(model.fc.in_features, initial_out_features=n_classes_per_task)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    common = dict(train_mb_size=args.batch_size, train_epochs=args.epochs, eval_mb_size=256, device="cpu",
-                  evaluator=EvaluationPlugin(loggers=[]))  # no loggers: nothing printed or timed but training
+    common = dict(
+        train_mb_size=args.batch_size,
+        train_epochs=args.epochs,
+        eval_mb_size=256,
+        device="cpu",
+        evaluator=EvaluationPlugin(loggers=[]),
+    )  # no loggers: nothing printed or timed but training
     loss = torch.nn.CrossEntropyLoss()
     if args.strategy == "replay":
         return Replay(model, opt, loss, mem_size=args.buffer_size, **common)
@@ -69,7 +84,7 @@ def build_strategy(args, model, n_classes_per_task: int):
 def accuracy(model, x, y) -> float:
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
+        pred = torch.cat([model(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
     return float((pred == y).float().mean())
 
 
@@ -77,22 +92,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Avalanche side of bench/lifelong_vs_avalanche.py")
     ap.add_argument("--manifest", default=str(ROOT.parent / "shared/data/coil100-a/pose-split.csv"))
     ap.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf"], default="naive")
-    for flag, kind, default in (("--seed", int, 0), ("--tasks", int, 5), ("--size", int, 32), ("--width", int, 8),
-                                ("--epochs", int, 2), ("--batch-size", int, 32), ("--lr", float, 0.003),
-                                ("--buffer-size", int, 500), ("--ewc-lambda", float, 1e4),
-                                ("--lwf-alpha", float, 1.0), ("--lwf-temperature", float, 2.0)):
+    for flag, kind, default in (
+        ("--seed", int, 0),
+        ("--tasks", int, 5),
+        ("--size", int, 32),
+        ("--width", int, 8),
+        ("--epochs", int, 2),
+        ("--batch-size", int, 32),
+        ("--lr", float, 0.003),
+        ("--buffer-size", int, 500),
+        ("--ewc-lambda", float, 1e4),
+        ("--lwf-alpha", float, 1.0),
+        ("--lwf-temperature", float, 2.0),
+    ):
         ap.add_argument(flag, type=kind, default=default)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from avalanche.benchmarks import nc_benchmark
-    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+    from avalanche.benchmarks.utils.classification_dataset import (
+        _make_taskaware_tensor_classification_dataset,
+    )
+
     torch.manual_seed(args.seed)
     xtr, ytr, xte, yte, classes = load(Path(args.manifest), args.size)
     per = len(classes) // args.tasks
     order = list(range(len(classes)))
-    bench = nc_benchmark(_make_taskaware_tensor_classification_dataset(xtr, ytr),
-                         _make_taskaware_tensor_classification_dataset(xte, yte), n_experiences=args.tasks,
-                         task_labels=False, shuffle=False, fixed_class_order=order)
+    bench = nc_benchmark(
+        _make_taskaware_tensor_classification_dataset(xtr, ytr),
+        _make_taskaware_tensor_classification_dataset(xte, yte),
+        n_experiences=args.tasks,
+        task_labels=False,
+        shuffle=False,
+        fixed_class_order=order,
+    )
     model = create_model("resnet18", per, width=args.width, stem="small")
     strategy = build_strategy(args, model, per)
     groups = [(yte >= t * per) & (yte < (t + 1) * per) for t in range(args.tasks)]
@@ -104,8 +136,11 @@ def main() -> None:
         cpu.append(time.process_time() - start_cpu)  # CPU seconds: less at the mercy of a loaded machine
         R.append([accuracy(model, xte[g], yte[g]) for g in groups])
         print(f"task {len(R)}: {seconds[-1]:.1f}s  R row {' '.join(f'{a:.3f}' for a in R[-1])}", flush=True)
-    Path(args.out).write_text(json.dumps({"R": R, "train_seconds_per_task": seconds, "train_cpu_s_per_task": cpu,
-                                          "args": vars(args)}))
+    Path(args.out).write_text(
+        json.dumps(
+            {"R": R, "train_seconds_per_task": seconds, "train_cpu_s_per_task": cpu, "args": vars(args)}
+        )
+    )
 
 
 if __name__ == "__main__":

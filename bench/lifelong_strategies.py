@@ -12,6 +12,7 @@ a finished run is not run again (delete OUT to remeasure), so an interrupted ben
 Memory columns: `extra MB` is what the strategy keeps besides the model (replay/DER++: the buffer's pixels
 and logits; EWC: Fisher + anchor, 2x the parameters; LwF: the teacher, 1x), `peak RSS MB` the process's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,22 @@ def run_one(out: Path, name: str, config: str, strategy: str, seed: int, sets: l
     done = run_dir / "metrics.json"
     if not done.exists():
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again
-        cmd = [sys.executable, "-m", "resnetcls", "lifelong", "--config", config, "--strategy", strategy,
-               "--seed", str(seed), "--out", str(run_dir), "--set", "train.amp=fp32"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "resnetcls",
+            "lifelong",
+            "--config",
+            config,
+            "--strategy",
+            strategy,
+            "--seed",
+            str(seed),
+            "--out",
+            str(run_dir),
+            "--set",
+            "train.amp=fp32",
+        ]
         for s in sets:
             cmd += ["--set", s]
         with open(out / f"{name}.log", "w") as log:
@@ -62,15 +77,23 @@ def extra_mb(m: dict) -> float:
 
 def summarise(runs: list[dict]) -> dict:
     """Medians over seeds (with min-max of ACC) of one strategy's runs."""
+
     def med(f):
         vals = [f(m) for m in runs]
         return statistics.median(vals) if vals and None not in vals else None
-    return {"ACC": med(lambda m: m["ACC"]), "ACC_min": min(m["ACC"] for m in runs),
-            "ACC_max": max(m["ACC"] for m in runs), "BWT": med(lambda m: m.get("BWT")),
-            "forgetting": med(lambda m: statistics.mean(m["forgetting"]) if m.get("forgetting") else None),
-            "s_per_task": med(lambda m: m["train_seconds"] / len(m["R"])),
-            "extra_mb": med(extra_mb), "peak_rss_mb": med(lambda m: m["peak_rss_mb"]), "seeds": len(runs),
-            "R_first_seed": runs[0]["R"]}
+
+    return {
+        "ACC": med(lambda m: m["ACC"]),
+        "ACC_min": min(m["ACC"] for m in runs),
+        "ACC_max": max(m["ACC"] for m in runs),
+        "BWT": med(lambda m: m.get("BWT")),
+        "forgetting": med(lambda m: statistics.mean(m["forgetting"]) if m.get("forgetting") else None),
+        "s_per_task": med(lambda m: m["train_seconds"] / len(m["R"])),
+        "extra_mb": med(extra_mb),
+        "peak_rss_mb": med(lambda m: m["peak_rss_mb"]),
+        "seeds": len(runs),
+        "R_first_seed": runs[0]["R"],
+    }
 
 
 def fmt(v, spec=".3f") -> str:
@@ -78,13 +101,20 @@ def fmt(v, spec=".3f") -> str:
 
 
 def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
-    lines = ["| strategy | seeds | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | train s/task | "
-             "extra MB | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| strategy | seeds | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | train s/task | "
+        "extra MB | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        margin = (r["forgetting"] - naive_forgetting) if None not in (r["forgetting"], naive_forgetting) else None
-        lines.append(f"| {name} | {r['seeds']} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | {fmt(r['BWT'], '+.3f')}"
-                     f" | {fmt(r['forgetting'])} | {fmt(margin, '+.3f')} | {fmt(r['s_per_task'], '.1f')} | "
-                     f"{fmt(r['extra_mb'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} |")
+        margin = (
+            (r["forgetting"] - naive_forgetting) if None not in (r["forgetting"], naive_forgetting) else None
+        )
+        lines.append(
+            f"| {name} | {r['seeds']} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | {fmt(r['BWT'], '+.3f')}"
+            f" | {fmt(r['forgetting'])} | {fmt(margin, '+.3f')} | {fmt(r['s_per_task'], '.1f')} | "
+            f"{fmt(r['extra_mb'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -93,7 +123,9 @@ def main() -> None:
     ap.add_argument("--config", default="configs/lifelong-coil100-classes.yaml")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="default: all six")
-    ap.add_argument("--sweep", action="store_true", help="EWC lambda, LwF alpha, DER++ beta grids on the first seed")
+    ap.add_argument(
+        "--sweep", action="store_true", help="EWC lambda, LwF alpha, DER++ beta grids on the first seed"
+    )
     ap.add_argument("--quick", action="store_true", help="one seed, one epoch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--out", default="runs/bench-lifelong-strategies")
@@ -101,22 +133,44 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")][:1 if args.quick else None]
+    seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
     sets = args.set + (["train.epochs=1"] if args.quick else [])
     if args.sweep:
-        for key, grid, strategy in (("lifelong.ewc_lambda", EWC_GRID, "ewc"), ("lifelong.lwf_alpha", LWF_GRID, "lwf"),
-                                     ("lifelong.derpp_beta", DERPP_BETA_GRID, "derpp")):
+        for key, grid, strategy in (
+            ("lifelong.ewc_lambda", EWC_GRID, "ewc"),
+            ("lifelong.lwf_alpha", LWF_GRID, "lwf"),
+            ("lifelong.derpp_beta", DERPP_BETA_GRID, "derpp"),
+        ):
             default = float(yaml.safe_load((ROOT / args.config).read_text())["lifelong"][key.split(".")[1]])
-            name = lambda v: f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}"  # noqa: E731
-            rows = {f"{strategy} {key.split('.')[1]}={v:g}" + (" (default)" if v == default else ""): summarise(
-                [run_one(out, name(v), args.config, strategy, seeds[0], sets + ([] if v == default else [f"{key}={v}"]))])
-                for v in grid if not args.report or (out / name(v) / "metrics.json").exists()}
+            name = lambda v: (
+                f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}"
+            )  # noqa: E731
+            rows = {
+                f"{strategy} {key.split('.')[1]}={v:g}" + (" (default)" if v == default else ""): summarise(
+                    [
+                        run_one(
+                            out,
+                            name(v),
+                            args.config,
+                            strategy,
+                            seeds[0],
+                            sets + ([] if v == default else [f"{key}={v}"]),
+                        )
+                    ]
+                )
+                for v in grid
+                if not args.report or (out / name(v) / "metrics.json").exists()
+            }
             naive = summarise([run_one(out, f"naive-s{seeds[0]}", args.config, "naive", seeds[0], sets)])
             print(table({"naive": naive, **rows}, naive["forgetting"]), flush=True)
         return
     done = lambda s, seed: not args.report or (out / f"{s}-s{seed}" / "metrics.json").exists()  # noqa: E731
-    rows = {s: summarise([run_one(out, f"{s}-s{seed}", args.config, s, seed, sets) for seed in seeds
-                          if done(s, seed)]) for s in args.strategies.split(",")}
+    rows = {
+        s: summarise(
+            [run_one(out, f"{s}-s{seed}", args.config, s, seed, sets) for seed in seeds if done(s, seed)]
+        )
+        for s in args.strategies.split(",")
+    }
     print(table(rows, rows.get("naive", {}).get("forgetting")))
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 

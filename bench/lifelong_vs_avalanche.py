@@ -16,6 +16,7 @@ with native bf16) against Avalanche's fp32, for the time a user of each gets; fp
     python bench/lifelong_vs_avalanche.py --strategies naive,replay,ewc,lwf --seeds 0
     python bench/lifelong_vs_avalanche.py --strategies naive,replay,ewc,lwf --seeds 0 --precision auto
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/lifelong-coil100-classes.yaml"
-PLAIN = ["data.augment=resize", "sched.name=constant", "sched.warmup_epochs=0",
-         "loss.label_smoothing=0"]
+PLAIN = ["data.augment=resize", "sched.name=constant", "sched.warmup_epochs=0", "loss.label_smoothing=0"]
 
 
 def timed(cmd: list[str], log: Path, env: dict | None = None) -> float:
@@ -46,9 +46,20 @@ def timed(cmd: list[str], log: Path, env: dict | None = None) -> float:
 
 def ours(out: Path, strategy: str, seed: int, precision: str = "fp32") -> dict:
     run_dir = out / f"resnetcls-{strategy}-s{seed}"
-    cmd = [sys.executable, "-m", "resnetcls", "lifelong", "--config", CONFIG, "--strategy", strategy,
-           "--seed", str(seed), "--out", str(run_dir)] + [a for s in PLAIN + [f"train.amp={precision}"]
-                                                          for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnetcls",
+        "lifelong",
+        "--config",
+        CONFIG,
+        "--strategy",
+        strategy,
+        "--seed",
+        str(seed),
+        "--out",
+        str(run_dir),
+    ] + [a for s in PLAIN + [f"train.amp={precision}"] for a in ("--set", s)]
     cpu = timed(cmd, out / f"resnetcls-{strategy}-s{seed}.log")
     m = json.loads((run_dir / "metrics.json").read_text())
     R = json.loads((run_dir / "R.json").read_text())["R"]
@@ -59,16 +70,41 @@ def theirs(out: Path, strategy: str, seed: int, python: str) -> dict:
     cfg = yaml.safe_load((ROOT / CONFIG).read_text())
     lc = cfg["lifelong"]
     result = out / f"avalanche-{strategy}-s{seed}.json"
-    cmd = [python, "bench/lifelong_avalanche_side.py", "--strategy", strategy, "--seed", str(seed),
-           "--buffer-size", str(lc["buffer_size"]), "--ewc-lambda", str(lc["ewc_lambda"]),
-           "--lwf-alpha", str(lc["lwf_alpha"]), "--width", str(cfg["model"]["width"]),
-           "--epochs", str(cfg["train"]["epochs"]), "--batch-size", str(cfg["train"]["batch_size"]),
-           "--size", str(cfg["data"]["image_size"]), "--lr", str(cfg["optim"]["lr"]), "--out", str(result)]
+    cmd = [
+        python,
+        "bench/lifelong_avalanche_side.py",
+        "--strategy",
+        strategy,
+        "--seed",
+        str(seed),
+        "--buffer-size",
+        str(lc["buffer_size"]),
+        "--ewc-lambda",
+        str(lc["ewc_lambda"]),
+        "--lwf-alpha",
+        str(lc["lwf_alpha"]),
+        "--width",
+        str(cfg["model"]["width"]),
+        "--epochs",
+        str(cfg["train"]["epochs"]),
+        "--batch-size",
+        str(cfg["train"]["batch_size"]),
+        "--size",
+        str(cfg["data"]["image_size"]),
+        "--lr",
+        str(cfg["optim"]["lr"]),
+        "--out",
+        str(result),
+    ]
     cpu = timed(cmd, out / f"avalanche-{strategy}-s{seed}.log", {**os.environ, "PYTHONPATH": ""})
     r = json.loads(result.read_text())
     R = r["R"]
-    return {"ACC": sum(R[-1]) / len(R[-1]), "R": R, "s_per_task": statistics.mean(r["train_seconds_per_task"]),
-            "cpu_s": cpu}
+    return {
+        "ACC": sum(R[-1]) / len(R[-1]),
+        "R": R,
+        "s_per_task": statistics.mean(r["train_seconds_per_task"]),
+        "cpu_s": cpu,
+    }
 
 
 def main() -> None:
@@ -77,22 +113,34 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--avalanche-python", default="/work/venvs/avalanche/bin/python")
     ap.add_argument("--out", default="runs/bench-lifelong-vs-avalanche")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "auto"],
-                    help="resnetcls's train.amp: fp32 as the Avalanche side (default), or auto, resnetcls's own "
-                         "default (bf16 + channels_last where the CPU has native bf16; Avalanche stays fp32)")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "auto"],
+        help="resnetcls's train.amp: fp32 as the Avalanche side (default), or auto, resnetcls's own "
+        "default (bf16 + channels_last where the CPU has native bf16; Avalanche stays fp32)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("| strategy | seed | ACC resnetcls / Avalanche | final R row resnetcls | final R row Avalanche | "
-          "s/task resnetcls / Avalanche | Avalanche / resnetcls | process CPU s |\n|---|---|---|---|---|---|---|---|",
-          flush=True)
+    print(
+        "| strategy | seed | ACC resnetcls / Avalanche | final R row resnetcls | final R row Avalanche | "
+        "s/task resnetcls / Avalanche | Avalanche / resnetcls | process CPU s |\n|---|---|---|---|---|---|---|---|",
+        flush=True,
+    )
     for strategy in args.strategies.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            a, b = ours(out, strategy, seed, args.precision), theirs(out, strategy, seed, args.avalanche_python)
+            a, b = (
+                ours(out, strategy, seed, args.precision),
+                theirs(out, strategy, seed, args.avalanche_python),
+            )
             row = lambda r: " ".join(f"{v:.2f}" for v in r["R"][-1])  # noqa: E731
-            print(f"| {strategy} | {seed} | {a['ACC']:.3f} / {b['ACC']:.3f} | {row(a)} | {row(b)} | "
-                  f"{a['s_per_task']:.2f} / {b['s_per_task']:.2f} | {b['s_per_task'] / a['s_per_task']:.2f}x | "
-                  f"{a['cpu_s']:.0f} / {b['cpu_s']:.0f} |", flush=True)
+            print(
+                f"| {strategy} | {seed} | {a['ACC']:.3f} / {b['ACC']:.3f} | {row(a)} | {row(b)} | "
+                f"{a['s_per_task']:.2f} / {b['s_per_task']:.2f} | {b['s_per_task'] / a['s_per_task']:.2f}x | "
+                f"{a['cpu_s']:.0f} / {b['cpu_s']:.0f} |",
+                flush=True,
+            )
             (out / f"{strategy}-s{seed}.json").write_text(json.dumps({"resnetcls": a, "avalanche": b}))
 
 

@@ -12,6 +12,7 @@ size rule), its share flagged and the ratio.
 
 Each DATA_DIR is measured whole, and the largest also at each of --sizes (a seeded random subset of its rows).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from resnetcls.data.decode import decode_image
-from resnetcls.data.neardup import (DEFAULT_THRESHOLD, leak_check_from_counts, near_reference, store_signatures,
-                                    threshold_counts)
+from resnetcls.data.neardup import (
+    DEFAULT_THRESHOLD,
+    leak_check_from_counts,
+    near_reference,
+    store_signatures,
+    threshold_counts,
+)
 from resnetcls.records.envinfo import machine_line
 
 
@@ -49,7 +55,9 @@ def timed(fn, *args, **kwargs):
 
 def rows_of(root: Path) -> list[tuple[str, str]]:
     with open(root / "manifest.csv", newline="") as f:
-        return [(str(root / r["path"]), r["split"]) for r in csv.DictReader(f) if r["split"] in ("train", "val")]
+        return [
+            (str(root / r["path"]), r["split"]) for r in csv.DictReader(f) if r["split"] in ("train", "val")
+        ]
 
 
 def measure(rows: list[tuple[str, str]], repeat: int) -> dict:
@@ -63,31 +71,49 @@ def measure(rows: list[tuple[str, str]], repeat: int) -> dict:
     check = leak_check_from_counts(threshold_counts(*results), len(val[0]), len(train[0]))
     zeros = (np.zeros(len(val[0]), np.uint64), np.zeros(len(train[0]), np.uint64))
     baseline = near_reference((val[0], zeros[0]), (train[0], zeros[1]), DEFAULT_THRESHOLD)
-    return {"images": len(rows), "train": len(train[0]), "val": len(val[0]), "t0": results[0].threshold,
-            "t": check.threshold, "chance": check.chance, "flagged": check.leaked / max(len(val[0]), 1),
-            "per_val": (results[0].comparisons + results[1].comparisons) / max(len(val[0]), 1),
-            "hash_s": train_s + val_s, "search_s": statistics.median(times), "base_flagged": baseline.flags.mean()}
+    return {
+        "images": len(rows),
+        "train": len(train[0]),
+        "val": len(val[0]),
+        "t0": results[0].threshold,
+        "t": check.threshold,
+        "chance": check.chance,
+        "flagged": check.leaked / max(len(val[0]), 1),
+        "per_val": (results[0].comparisons + results[1].comparisons) / max(len(val[0]), 1),
+        "hash_s": train_s + val_s,
+        "search_s": statistics.median(times),
+        "base_flagged": baseline.flags.mean(),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", nargs="+", type=Path)
     parser.add_argument("--sizes", default="2000,8000,32000")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sets = {str(d): rows_of(d) for d in args.data}
     largest = max(sets.values(), key=len)
-    runs = [(f"subset {n:,}", random.Random(0).sample(largest, n)) for n in map(int, args.sizes.split(","))
-            if n < len(largest)] + [(name, rows) for name, rows in sets.items()]
+    runs = [
+        (f"subset {n:,}", random.Random(0).sample(largest, n))
+        for n in map(int, args.sizes.split(","))
+        if n < len(largest)
+    ] + [(name, rows) for name, rows in sets.items()]
     print(machine_line())
-    print(f"{'data':<28} {'images':>8} {'train':>7} {'val':>6} t0  t  chance/val  flagged  cmp/val  hash ms/img  "
-          f"search s  search us/val  baseline flagged  ratio")
+    print(
+        f"{'data':<28} {'images':>8} {'train':>7} {'val':>6} t0  t  chance/val  flagged  cmp/val  hash ms/img  "
+        f"search s  search us/val  baseline flagged  ratio"
+    )
     for name, rows in runs:
         m = measure(rows, args.repeat)
-        print(f"{name[-28:]:<28} {m['images']:>8,} {m['train']:>7,} {m['val']:>6,} {m['t0']:>2} {m['t']:>2}  {m['chance']:>9.3%}  "
-              f"{m['flagged']:>7.2%}  {m['per_val']:>7.1f}  {1000 * m['hash_s'] / m['images']:>11.3f}  "
-              f"{m['search_s']:>8.3f}  {1e6 * m['search_s'] / max(m['val'], 1):>13.1f}  {m['base_flagged']:>16.2%}  "
-              f"{m['flagged'] / m['base_flagged'] if m['base_flagged'] else float('nan'):>5.2f}")
+        print(
+            f"{name[-28:]:<28} {m['images']:>8,} {m['train']:>7,} {m['val']:>6,} {m['t0']:>2} {m['t']:>2}  {m['chance']:>9.3%}  "
+            f"{m['flagged']:>7.2%}  {m['per_val']:>7.1f}  {1000 * m['hash_s'] / m['images']:>11.3f}  "
+            f"{m['search_s']:>8.3f}  {1e6 * m['search_s'] / max(m['val'], 1):>13.1f}  {m['base_flagged']:>16.2%}  "
+            f"{m['flagged'] / m['base_flagged'] if m['base_flagged'] else float('nan'):>5.2f}"
+        )
 
 
 if __name__ == "__main__":

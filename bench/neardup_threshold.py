@@ -19,6 +19,7 @@ MIN_COUNT pairs pass; below, extrapolated log-linearly from the measured rates a
 the pairs that pass there are mostly re-shot photos of one flower), that rate in data/neardup.py's
 PAIR_FALSE_RATE, and the largest train set at which t keeps the chance matches per val image below 1%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,20 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from resnetcls.data.decode import decode_image
-from resnetcls.data.neardup import (COLOUR_THRESHOLD, MAX_EXPECTED_FALSE, PAIR_FALSE_RATE, colour_hash, hamming,
-                                    perceptual_hash)
+from resnetcls.data.neardup import (
+    COLOUR_THRESHOLD,
+    MAX_EXPECTED_FALSE,
+    PAIR_FALSE_RATE,
+    colour_hash,
+    hamming,
+    perceptual_hash,
+)
 from resnetcls.records.envinfo import machine_line
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAME_PIXELS = 8.0  # grey levels of 255: below this two photos are copies of one (the source data has some)
-MIN_COUNT = 5      # pairs: fewer passing than this and the rate is extrapolated, not measured
-FIT = (8, 14)      # the layout thresholds whose measured rates the extrapolation follows
+MIN_COUNT = 5  # pairs: fewer passing than this and the rate is extrapolated, not measured
+FIT = (8, 14)  # the layout thresholds whose measured rates the extrapolation follows
 
 
 def _jpeg(image, quality=20):
@@ -55,7 +62,9 @@ def _shift_crop(image, share):
 
 TRANSFORMS = {
     "jpeg_q20": _jpeg,
-    "resize_50": lambda im: im.resize((max(1, im.width // 2), max(1, im.height // 2)), Image.Resampling.BILINEAR),
+    "resize_50": lambda im: im.resize(
+        (max(1, im.width // 2), max(1, im.height // 2)), Image.Resampling.BILINEAR
+    ),
     "shift_2pct": lambda im: _shift_crop(im, 0.02),
     "shift_4pct": lambda im: _shift_crop(im, 0.04),
     "brighter_20": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
@@ -79,8 +88,12 @@ def base_photos(per_set: int, rng: random.Random) -> list[Path]:
 
 
 def all_photos() -> list[Path]:
-    return (sorted(DATA.glob("flowers12/*/*/*.jpg")) + sorted(DATA.glob("hymenoptera/*/*/*.jpg"))
-            + sorted(DATA.glob("coil100-a/obj*/obj*__0.png")) + sorted(DATA.glob("imagenette10/*/*/*.JPEG")))
+    return (
+        sorted(DATA.glob("flowers12/*/*/*.jpg"))
+        + sorted(DATA.glob("hymenoptera/*/*/*.jpg"))
+        + sorted(DATA.glob("coil100-a/obj*/obj*__0.png"))
+        + sorted(DATA.glob("imagenette10/*/*/*.JPEG"))
+    )
 
 
 def _grey64(image: Image.Image) -> np.ndarray:
@@ -100,7 +113,7 @@ def non_duplicate_pairs(max_layout: int = 20) -> tuple[np.ndarray, np.ndarray, i
     layout, colour, greys = np.array(layout, np.uint64), np.array(colour, np.uint64), np.stack(greys)
     near_layout, near_colour, same = [], [], 0
     for a in range(len(layout) - 1):  # row by row: 35 million pairs never held at once
-        d = hamming(layout[a], layout[a + 1:])
+        d = hamming(layout[a], layout[a + 1 :])
         for b in np.flatnonzero(d <= max_layout) + a + 1:
             if np.abs(greys[a].astype(np.float32) - greys[b]).mean() < SAME_PIXELS:
                 same += 1
@@ -124,15 +137,26 @@ def coil_frames(step: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
 def false_rates(layout: np.ndarray, colour: np.ndarray, total: int) -> dict[int, tuple[float, bool]]:
     """{t: (false-match rate per pair of the combined test, measured?)}; extrapolated where < MIN_COUNT pass."""
     counts = {t: int(((layout <= t) & (colour <= COLOUR_THRESHOLD)).sum()) for t in range(0, 21, 2)}
-    slope = np.polyfit(list(range(FIT[0], FIT[1] + 1, 2)),
-                       np.log([max(counts[t], 1) for t in range(FIT[0], FIT[1] + 1, 2)]), 1)[0]
+    slope = np.polyfit(
+        list(range(FIT[0], FIT[1] + 1, 2)),
+        np.log([max(counts[t], 1) for t in range(FIT[0], FIT[1] + 1, 2)]),
+        1,
+    )[0]
     lowest = min(t for t in counts if counts[t] >= MIN_COUNT)
-    return {t: ((counts[t] / total, True) if counts[t] >= MIN_COUNT
-                else (counts[lowest] * np.exp(slope * (t - lowest)) / total, False)) for t in counts}
+    return {
+        t: (
+            (counts[t] / total, True)
+            if counts[t] >= MIN_COUNT
+            else (counts[lowest] * np.exp(slope * (t - lowest)) / total, False)
+        )
+        for t in counts
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-set", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -144,31 +168,51 @@ def main() -> None:
     dup = {}
     for kind, fn in TRANSFORMS.items():
         copies = [signature(fn(im)) for im in images]
-        dup[kind] = (hamming([b[0] for b in base], [c[0] for c in copies]),
-                     hamming([b[1] for b in base], [c[1] for c in copies]))
+        dup[kind] = (
+            hamming([b[0] for b in base], [c[0] for c in copies]),
+            hamming([b[1] for b in base], [c[1] for c in copies]),
+        )
     layout, colour, total, identical = non_duplicate_pairs()
-    frames = {step: tuple(hamming([a[k] for a, _ in pairs], [b[k] for _, b in pairs]) for k in (0, 1))
-              for step, pairs in ((s, coil_frames(s)) for s in (5, 10, 20))}
+    frames = {
+        step: tuple(hamming([a[k] for a, _ in pairs], [b[k] for _, b in pairs]) for k in (0, 1))
+        for step, pairs in ((s, coil_frames(s)) for s in (5, 10, 20))
+    }
     rates = false_rates(layout, colour, total)
     print(machine_line())
-    print(f"{len(photos)} base photos, {len(TRANSFORMS)} transforms, {total:,} non-duplicate pairs "
-          f"({identical} pixel-close pairs in the source data left out as true duplicates), COIL-100 view pairs: "
-          f"{len(frames[5][0])} per angle step; colour threshold {COLOUR_THRESHOLD}")
+    print(
+        f"{len(photos)} base photos, {len(TRANSFORMS)} transforms, {total:,} non-duplicate pairs "
+        f"({identical} pixel-close pairs in the source data left out as true duplicates), COIL-100 view pairs: "
+        f"{len(frames[5][0])} per angle step; colour threshold {COLOUR_THRESHOLD}"
+    )
     kinds = list(TRANSFORMS)
-    print("t  test   " + " ".join(f"{k[:10]:>10}" for k in kinds)
-          + "  recall  coil5 coil10 coil20  pairs   rate/pair  in code  max train")
+    print(
+        "t  test   "
+        + " ".join(f"{k[:10]:>10}" for k in kinds)
+        + "  recall  coil5 coil10 coil20  pairs   rate/pair  in code  max train"
+    )
     for t in range(0, 21, 2):
         for test in ("layout", "both"):
+
             def passes(d):
                 return (d[0] <= t) & ((d[1] <= COLOUR_THRESHOLD) if test == "both" else True)
+
             recalls = [float(passes(dup[k]).mean()) for k in kinds]
             coil = [float(passes(frames[s]).mean()) for s in (5, 10, 20)]
             passed = int(((layout <= t) & ((colour <= COLOUR_THRESHOLD) if test == "both" else True)).sum())
             rate, measured = rates[t]
-            tail = (f"{rate:.2e}{'' if measured else '*'}  {PAIR_FALSE_RATE.get(t, float('nan')):.1e}  "
-                    f"{MAX_EXPECTED_FALSE / rate:>9,.0f}" if test == "both" else "")
-            print(f"{t:<2} {test:<6} " + " ".join(f"{r:>10.3f}" for r in recalls)
-                  + f"  {np.mean(recalls):.3f}  " + "  ".join(f"{c:.3f}" for c in coil) + f"  {passed:>6}  {tail}")
+            tail = (
+                f"{rate:.2e}{'' if measured else '*'}  {PAIR_FALSE_RATE.get(t, float('nan')):.1e}  "
+                f"{MAX_EXPECTED_FALSE / rate:>9,.0f}"
+                if test == "both"
+                else ""
+            )
+            print(
+                f"{t:<2} {test:<6} "
+                + " ".join(f"{r:>10.3f}" for r in recalls)
+                + f"  {np.mean(recalls):.3f}  "
+                + "  ".join(f"{c:.3f}" for c in coil)
+                + f"  {passed:>6}  {tail}"
+            )
     print("* extrapolated (fewer than %d pairs pass): an upper bound" % MIN_COUNT)
 
 

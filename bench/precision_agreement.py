@@ -10,6 +10,7 @@ alone on the preprocessed batches (median of 3 passes, the rows taking turns), s
     # e.g. a model trained on COIL-100 and its unseen-viewpoint split:
     python bench/precision_agreement.py runs/coil-r18 ../shared/data/coil100-a/pose-split.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from resnetcls.data.loader import build_loader  # noqa: E402
 from resnetcls.data.sources import load_eval_samples  # noqa: E402
-from resnetcls.records.envinfo import machine_line  # noqa: E402
-from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE  # noqa: E402
 from resnetcls.inference.predictor import Predictor  # noqa: E402
+from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE  # noqa: E402
+from resnetcls.records.envinfo import machine_line  # noqa: E402
 
 
-def batches_of(predictor: Predictor, data: str, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor, str]:
+def batches_of(
+    predictor: Predictor, data: str, batch_size: int
+) -> tuple[list[torch.Tensor], torch.Tensor, str]:
     """The preprocessed images of DATA (its val/test split, as eval picks it) in batches, with their labels."""
     samples, split = load_eval_samples(data, predictor.classes)
     images, labels, bad = [], [], []
@@ -50,13 +53,17 @@ def timed_pass(predictor: Predictor, batches: list[torch.Tensor]) -> tuple[torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="a model directory or a run directory (its best model)")
     parser.add_argument("data", help="DATA as for `resnetcls eval`")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     print(f"machine: {machine_line()}", flush=True)
-    predictors = {p: Predictor(args.model, device="cpu", precision=p, backend="torch") for p in ("fp32", "bf16")}
+    predictors = {
+        p: Predictor(args.model, device="cpu", precision=p, backend="torch") for p in ("fp32", "bf16")
+    }
     model_dir = predictors["fp32"].loaded.path
     if (model_dir / ONNX_FILE).is_file():
         predictors["openvino (auto precision)"] = Predictor(args.model, backend="openvino")
@@ -65,8 +72,11 @@ def main() -> None:
             predictors[backend] = Predictor(args.model, backend=backend)
     batches, labels, split = batches_of(predictors["fp32"], args.data, args.batch_size)
     n = int(labels.numel())
-    print(f"{predictors['fp32'].loaded.meta['arch']} at {predictors['fp32'].loaded.preprocess['image_size']} px, "
-          f"{n} images ({split}) of {args.data}", flush=True)
+    print(
+        f"{predictors['fp32'].loaded.meta['arch']} at {predictors['fp32'].loaded.preprocess['image_size']} px, "
+        f"{n} images ({split}) of {args.data}",
+        flush=True,
+    )
     probs, seconds = {}, {p: [] for p in predictors}
     for p in predictors:  # warm-up (oneDNN creates and caches its kernels on the first call of each shape)
         probs[p], _ = timed_pass(predictors[p], batches)
@@ -78,16 +88,22 @@ def main() -> None:
             seconds[p].append(sum(timed_pass(predictor, batches)[1] for _ in range(repeat)) / repeat)
     top = {p: v.argmax(1) for p, v in probs.items()}
     base = statistics.median(seconds["fp32"])
-    print(f"\n{'row':<26} {'precision':>9} {'top-1':>8} {'agrees':>11} {'max|dp|':>8} {'mean|dp|':>8} {'img/s':>9} "
-          f"{'x':>6}")
+    print(
+        f"\n{'row':<26} {'precision':>9} {'top-1':>8} {'agrees':>11} {'max|dp|':>8} {'mean|dp|':>8} {'img/s':>9} "
+        f"{'x':>6}"
+    )
     for p, predictor in predictors.items():
         s = statistics.median(seconds[p])
         accuracy = float((top[p] == labels).float().mean())
         agree, delta = int((top["fp32"] == top[p]).sum()), (probs["fp32"] - probs[p]).abs()
-        print(f"{p:<26} {predictor.precision:>9} {accuracy:>8.2%} {f'{agree}/{n}':>11} {float(delta.max()):>8.1e} "
-              f"{float(delta.mean()):>8.1e} {n / s:>9.1f} {base / s:>5.2f}x")
-    print("\nagrees: top-1 the same as torch fp32; |dp|: over all classes, against torch fp32; img/s: the model alone"
-          " on preprocessed batches, median of 3 passes")
+        print(
+            f"{p:<26} {predictor.precision:>9} {accuracy:>8.2%} {f'{agree}/{n}':>11} {float(delta.max()):>8.1e} "
+            f"{float(delta.mean()):>8.1e} {n / s:>9.1f} {base / s:>5.2f}x"
+        )
+    print(
+        "\nagrees: top-1 the same as torch fp32; |dp|: over all classes, against torch fp32; img/s: the model alone"
+        " on preprocessed batches, median of 3 passes"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ image at a time. Prints median images/s over repeats and the ratio to the baseli
     python bench/predict_throughput.py --quick     # ~1 minute: 200 images, 3 repeats
     python bench/predict_throughput.py             # 1,000 images, 5 repeats
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ from PIL import Image
 
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
+from resnetcls.inference.predictor import Predictor
+from resnetcls.models import create_model
 from resnetcls.records.envinfo import machine_line
 from resnetcls.records.modelfile import save_model_dir
-from resnetcls.models import create_model
-from resnetcls.inference.predictor import Predictor
 
 
 def write_images(root: Path, count: int, size: int) -> list[str]:
@@ -62,8 +63,14 @@ def main() -> None:
         paths = write_images(root, count, size=48)
         arch = {"stem": "imagenet", "width": 32}
         torch.manual_seed(0)
-        model_dir = save_model_dir(root / "model", create_model("resnet18", 10, **arch), "resnet18", arch,
-                                   [f"c{i}" for i in range(10)], make_preprocess(args.image_size))
+        model_dir = save_model_dir(
+            root / "model",
+            create_model("resnet18", 10, **arch),
+            "resnet18",
+            arch,
+            [f"c{i}" for i in range(10)],
+            make_preprocess(args.image_size),
+        )
         predictor = Predictor(model_dir)
         tensors = torch.stack([predictor.transform(decode_image(p)) for p in paths])
         batches = tensors.split(args.batch_size)
@@ -73,17 +80,29 @@ def main() -> None:
             for batch in batches:
                 predictor.probabilities(batch)
 
-        rows = [("model only, preprocessed batches (baseline)", median_rate(model_only, count, repeats)),
-                (f"predict files, batch {args.batch_size}",
-                 median_rate(lambda: predictor.predict(paths, batch_size=args.batch_size), count, repeats)),
-                (f"predict files, batch {args.batch_size}, flip TTA",
-                 median_rate(lambda: predictor.predict(paths, batch_size=args.batch_size, tta=True), count, repeats)),
-                ("predict files one at a time (batch 1)",
-                 median_rate(lambda: predictor.predict(paths[:single], batch_size=1), single, repeats))]
+        rows = [
+            ("model only, preprocessed batches (baseline)", median_rate(model_only, count, repeats)),
+            (
+                f"predict files, batch {args.batch_size}",
+                median_rate(lambda: predictor.predict(paths, batch_size=args.batch_size), count, repeats),
+            ),
+            (
+                f"predict files, batch {args.batch_size}, flip TTA",
+                median_rate(
+                    lambda: predictor.predict(paths, batch_size=args.batch_size, tta=True), count, repeats
+                ),
+            ),
+            (
+                "predict files one at a time (batch 1)",
+                median_rate(lambda: predictor.predict(paths[:single], batch_size=1), single, repeats),
+            ),
+        ]
     base = rows[0][1]
     print(f"machine: {machine_line()}")
-    print(f"resnet18 width 32 at {args.image_size}px, {count} JPEGs of 48px, {torch.get_num_threads()} threads, "
-          f"median of {repeats}")
+    print(
+        f"resnet18 width 32 at {args.image_size}px, {count} JPEGs of 48px, {torch.get_num_threads()} threads, "
+        f"median of {repeats}"
+    )
     print(f"{'method':<48} {'images/s':>10} {'vs baseline':>12}")
     for name, rate in rows:
         print(f"{name:<48} {rate:>10.0f} {rate / base:>11.2f}x")

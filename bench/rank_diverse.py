@@ -11,6 +11,7 @@ seconds over repeats, the ratio to the baseline, and each method's growth expone
     python bench/rank_diverse.py                      # N = 1k, 4k, 16k, 3 repeats (the baseline takes minutes)
     python bench/rank_diverse.py --sizes 1000 4000 --features 512
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import time
 
 import torch
 
-from resnetcls.records.envinfo import machine_line
 from resnetcls.analysis.rank import DIVERSE_PICKS, DIVERSE_POOL, TopPool, k_center_greedy, pick_order
+from resnetcls.records.envinfo import machine_line
 
 BATCH = 32
 
@@ -49,8 +50,10 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def exponents(sizes: list[int], seconds: list[float]) -> str:
-    return ", ".join(f"{math.log(t2 / t1) / math.log(n2 / n1):.2f}"
-                     for (n1, t1), (n2, t2) in zip(zip(sizes, seconds), zip(sizes[1:], seconds[1:])))
+    return ", ".join(
+        f"{math.log(t2 / t1) / math.log(n2 / n1):.2f}"
+        for (n1, t1), (n2, t2) in zip(zip(sizes, seconds), zip(sizes[1:], seconds[1:]))
+    )
 
 
 def main() -> None:
@@ -62,20 +65,32 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     rows = []
     for n in args.sizes:
-        score, features = torch.rand(n, generator=generator), torch.randn(n, args.features, generator=generator)
+        score, features = (
+            torch.rand(n, generator=generator),
+            torch.randn(n, args.features, generator=generator),
+        )
         assert sorted(bounded(score, features)) == list(range(n))  # every image listed once
-        rows.append((n, median_seconds(lambda: unbounded(score, features), args.repeats),
-                     median_seconds(lambda: bounded(score, features), args.repeats)))
+        rows.append(
+            (
+                n,
+                median_seconds(lambda: unbounded(score, features), args.repeats),
+                median_seconds(lambda: bounded(score, features), args.repeats),
+            )
+        )
     print(f"machine: {machine_line()}")
-    print(f"selection stage of rank --diverse without --limit, {args.features} features, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}; bounded: {DIVERSE_PICKS} picks among "
-          f"the {DIVERSE_POOL * DIVERSE_PICKS} most uncertain")
+    print(
+        f"selection stage of rank --diverse without --limit, {args.features} features, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}; bounded: {DIVERSE_PICKS} picks among "
+        f"the {DIVERSE_POOL * DIVERSE_PICKS} most uncertain"
+    )
     print(f"{'images':>8} {'unbounded k-center (baseline) s':>32} {'bounded pool s':>15} {'vs baseline':>12}")
     for n, base, new in rows:
         print(f"{n:>8} {base:>32.3f} {new:>15.3f} {new / base:>11.3f}x")
     sizes = [n for n, _, _ in rows]
-    print(f"growth exponents between sizes: baseline {exponents(sizes, [b for _, b, _ in rows])}; "
-          f"bounded {exponents(sizes, [t for _, _, t in rows])}")
+    print(
+        f"growth exponents between sizes: baseline {exponents(sizes, [b for _, b, _ in rows])}; "
+        f"bounded {exponents(sizes, [t for _, _, t in rows])}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ estimate for --estimate images: time scaled from the largest size by the fitted 
 grown by the per-image increase between the smallest and the largest size. --repeats R runs each stage R times
 at each size and keeps the median times (peak RSS: the largest).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,7 @@ def _write_images(job: tuple[str, int, int, int]) -> None:
     """Images start..stop of a data set with `classes` classes under root/images/c<k>/<i>.jpg."""
     import numpy as np
     from PIL import Image
+
     root, classes, start, stop = job
     rng = np.random.default_rng(start)
     for i in range(start, stop):
@@ -73,7 +75,9 @@ def _write_images(job: tuple[str, int, int, int]) -> None:
         colour = np.array([(k * 97) % 256, (k * 57 + 80) % 256, (k * 31 + 160) % 256], dtype=np.float32)
         pattern = rng.integers(0, 256, (8, 8, 3)).astype(np.float32)
         small = Image.fromarray((0.5 * pattern + 0.5 * colour).astype(np.uint8))
-        small.resize((IMAGE_PX, IMAGE_PX), Image.BICUBIC).save(f"{root}/images/c{k:04d}/{i:07d}.jpg", quality=90)
+        small.resize((IMAGE_PX, IMAGE_PX), Image.BICUBIC).save(
+            f"{root}/images/c{k:04d}/{i:07d}.jpg", quality=90
+        )
 
 
 def make_data(root: Path, images: int, classes: int) -> Path:
@@ -85,11 +89,15 @@ def make_data(root: Path, images: int, classes: int) -> Path:
         (root / "images" / f"c{k:04d}").mkdir(parents=True, exist_ok=True)
     step = 2000
     with Pool(os.cpu_count()) as pool:
-        pool.map(_write_images, [(str(root), classes, s, min(s + step, images)) for s in range(0, images, step)])
+        pool.map(
+            _write_images, [(str(root), classes, s, min(s + step, images)) for s in range(0, images, step)]
+        )
     rows = ["path,label,split"]
     for i in range(images):
         k, turn = i % classes, (i // classes) % 10  # per class: 8 of 10 train, 1 val, 1 test
-        rows.append(f"images/c{k:04d}/{i:07d}.jpg,c{k:04d},{'val' if turn == 8 else 'test' if turn == 9 else 'train'}")
+        rows.append(
+            f"images/c{k:04d}/{i:07d}.jpg,c{k:04d},{'val' if turn == 8 else 'test' if turn == 9 else 'train'}"
+        )
     (root / "manifest_tmp.csv").write_text("\n".join(rows) + "\n")
     (root / "manifest_tmp.csv").rename(manifest)
     return manifest
@@ -106,9 +114,18 @@ def _pipeline(manifest: str, cache: str, leak_check: bool):
     from resnetcls.config import build_config
     from resnetcls.engine.prepare import build_context
     from resnetcls.engine.train import build_data
-    cfg = build_config(None, _settings({"data.cache_dir": cache, "data.leak_check": leak_check}),
-                       {"data.train": manifest, "model.name": "resnet18", "data.image_size": TRAIN_PX,
-                        "train.batch_size": BATCH, "train.device": "cpu"})
+
+    cfg = build_config(
+        None,
+        _settings({"data.cache_dir": cache, "data.leak_check": leak_check}),
+        {
+            "data.train": manifest,
+            "model.name": "resnet18",
+            "data.image_size": TRAIN_PX,
+            "train.batch_size": BATCH,
+            "train.device": "cpu",
+        },
+    )
     return build_data(cfg.data, cfg.train, build_context(cfg.train, "cpu"))
 
 
@@ -121,14 +138,16 @@ def cpu_seconds() -> float:
 def run_stage(stage: str, manifest: str, work: str) -> tuple[float, float]:
     """Run one stage in this process; (its seconds, its CPU seconds), imports excluded."""
     import torch  # noqa: F401  (imported before the clock starts, as every stage needs it)
-    import resnetcls.api  # noqa: F401
-    import resnetcls.data.check  # noqa: F401
+
     import resnetcls.analysis.evaluate  # noqa: F401
     import resnetcls.analysis.rank  # noqa: F401
     import resnetcls.analysis.report  # noqa: F401
+    import resnetcls.api  # noqa: F401
+    import resnetcls.data.check  # noqa: F401
     from resnetcls.cli import main
     from resnetcls.engine.distributed import world_from_env
     from resnetcls.engine.train import warn_near_duplicates
+
     work_dir, cache, run = Path(work), str(Path(work) / "cache"), str(Path(work) / "run")
     folder = str(Path(manifest).parent / "images")
     data = _pipeline(manifest, cache, False) if stage == "leak check" else None  # warm cache: not timed
@@ -153,7 +172,9 @@ def run_stage(stage: str, manifest: str, work: str) -> tuple[float, float]:
     elif stage == "report":
         rc = main(["--quiet", "report", run])
     elif stage == "rank":
-        rc = main(["--quiet", "rank", f"{run}/best", folder, "--out", str(work_dir / "rank.csv"), "--diverse"])
+        rc = main(
+            ["--quiet", "rank", f"{run}/best", folder, "--out", str(work_dir / "rank.csv"), "--diverse"]
+        )
     else:
         raise SystemExit(f"unknown stage {stage!r}")
     if rc:
@@ -167,8 +188,19 @@ def run_stage(stage: str, manifest: str, work: str) -> tuple[float, float]:
 def _train(manifest: str, run: str, cache: str) -> int:
     """`resnetcls train` with the report off (the report is its own stage): the Python API the CLI calls."""
     from resnetcls.api import train
-    train(manifest, model="resnet18", epochs=1, image_size=TRAIN_PX, batch_size=BATCH, out=run, force=True,
-          set={**TRAIN_SETTINGS, "data.cache_dir": cache}, device="cpu", report=False)
+
+    train(
+        manifest,
+        model="resnet18",
+        epochs=1,
+        image_size=TRAIN_PX,
+        batch_size=BATCH,
+        out=run,
+        force=True,
+        set={**TRAIN_SETTINGS, "data.cache_dir": cache},
+        device="cpu",
+        report=False,
+    )
     return 0
 
 
@@ -176,11 +208,29 @@ def measure(stage: str, manifest: Path, work: Path, threads: int = 0) -> tuple[f
     """(stage seconds, peak RSS in MB of the stage's process tree, stage CPU seconds) from a child process;
     threads > 0: its torch threads (OMP_NUM_THREADS)."""
     timing = work / "stage.json"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}),
+    }
     with open(work / "stages.log", "a") as log:
-        proc = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--manifest", str(manifest),
-                                 "--work", str(work), "--timing", str(timing)], stdout=log, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--stage",
+                stage,
+                "--manifest",
+                str(manifest),
+                "--work",
+                str(work),
+                "--timing",
+                str(timing),
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -195,8 +245,9 @@ def machine_line() -> str:
     ru_maxrss of every child it forks, so importing torch here would add its size to every stage's peak)."""
     code = "from resnetcls.records.envinfo import machine_line; print(machine_line())"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
 
 
 def slope(t1: float, t2: float, n1: int, n2: int) -> float:
@@ -217,8 +268,13 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
     k = lambda n: f"{n / 1000:g}k"
     head = ["stage", "C"] + [f"{k(n)} s" for n in sizes] + [f"{k(n)} MB" for n in sizes]
     head += [f"slope {k(a)}-{k(b)}" for a, b in zip(sizes, sizes[1:])]
-    head += ["exponent", "CPU exponent", f"{estimate / 1e6:.2f}M s (est.)", f"{estimate / 1e6:.2f}M MB (est.)",
-             "verdict"]
+    head += [
+        "exponent",
+        "CPU exponent",
+        f"{estimate / 1e6:.2f}M s (est.)",
+        f"{estimate / 1e6:.2f}M MB (est.)",
+        "verdict",
+    ]
     rows = [head]
     for stage in STAGES:
         for c in classes:
@@ -228,19 +284,31 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
             have = sorted(got)
             slopes = {(a, b): slope(got[a][0], got[b][0], a, b) for a, b in zip(have, have[1:])}
             fit, top = fitted_exponent({n: got[n][0] for n in have}) if len(have) > 1 else 1.0, have[-1]
-            cpu_fit = fitted_exponent({n: got[n][2] for n in have}) \
-                if len(have) > 1 and all(len(got[n]) > 2 for n in have) else None
+            cpu_fit = (
+                fitted_exponent({n: got[n][2] for n in have})
+                if len(have) > 1 and all(len(got[n]) > 2 for n in have)
+                else None
+            )
             est_s = got[top][0] * (estimate / top) ** max(fit, 1.0)  # never better than linear
             per_image = (got[top][1] - got[have[0]][1]) / (top - have[0]) if len(have) > 1 else 0.0
             est_mb = got[top][1] + max(per_image, 0.0) * (estimate - top)
             judged = ("CPU exponent", cpu_fit) if cpu_fit is not None else ("exponent", fit)
-            bad = ([f"{judged[0]} {judged[1]:.2f}"] if judged[1] > TIME_SLOPE_MAX else []) + \
-                  ([f"RSS {got[top][1]:.0f} MB"] if got[top][1] > RSS_MAX_MB else [])
-            rows.append([stage, str(c)] + [f"{got[n][0]:.1f}" if n in got else "-" for n in sizes]
-                        + [f"{got[n][1]:.0f}" if n in got else "-" for n in sizes]
-                        + [f"{slopes[(a, b)]:.2f}" if (a, b) in slopes else "-" for a, b in zip(sizes, sizes[1:])]
-                        + [f"{fit:.2f}", "-" if cpu_fit is None else f"{cpu_fit:.2f}", f"{est_s:.0f}", f"{est_mb:.0f}",
-                           "ok" if not bad else "MISS: " + ", ".join(bad)])
+            bad = ([f"{judged[0]} {judged[1]:.2f}"] if judged[1] > TIME_SLOPE_MAX else []) + (
+                [f"RSS {got[top][1]:.0f} MB"] if got[top][1] > RSS_MAX_MB else []
+            )
+            rows.append(
+                [stage, str(c)]
+                + [f"{got[n][0]:.1f}" if n in got else "-" for n in sizes]
+                + [f"{got[n][1]:.0f}" if n in got else "-" for n in sizes]
+                + [f"{slopes[(a, b)]:.2f}" if (a, b) in slopes else "-" for a, b in zip(sizes, sizes[1:])]
+                + [
+                    f"{fit:.2f}",
+                    "-" if cpu_fit is None else f"{cpu_fit:.2f}",
+                    f"{est_s:.0f}",
+                    f"{est_mb:.0f}",
+                    "ok" if not bad else "MISS: " + ", ".join(bad),
+                ]
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -256,8 +324,11 @@ def class_growth(results: dict, sizes: list[int], classes: list[int]) -> list[st
     if not both:
         return []
     n = both[-1]
-    out = [f"{stage} {results[(stage, hi, n)][1] - results[(stage, lo, n)][1]:+.0f} MB" for stage in STAGES
-           if (stage, lo, n) in results and (stage, hi, n) in results]
+    out = [
+        f"{stage} {results[(stage, hi, n)][1] - results[(stage, lo, n)][1]:+.0f} MB"
+        for stage in STAGES
+        if (stage, lo, n) in results and (stage, hi, n) in results
+    ]
     return [f"peak RSS at {n} images, {hi} classes minus {lo} classes: " + "; ".join(out)]
 
 
@@ -266,15 +337,25 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,30000,100000", help="image counts N, comma-separated")
     ap.add_argument("--classes", default="100,1000", help="class counts C, comma-separated")
     ap.add_argument("--quick", action="store_true", help="N = 2000,6000 (overrides --sizes)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs of each stage per size; the median time is kept")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="runs of each stage per size; the median time is kept"
+    )
     ap.add_argument("--stages", default=",".join(STAGES), help="stages to run, comma-separated")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads of each stage (0: torch's default, one per core); on a machine that other "
-                         "jobs load, 1 avoids threads spinning on busy cores")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of each stage (0: torch's default, one per core); on a machine that other "
+        "jobs load, 1 avoids threads spinning on busy cores",
+    )
     ap.add_argument("--estimate", type=int, default=1_280_000, help="extrapolate to this many images")
-    ap.add_argument("--work", default="", help="folder for the data sets, runs and results.json (default: a temporary "
-                    "one); a later run with the same folder reuses its data sets and keeps the figures of stages "
-                    "it does not measure again, so sizes and stages can be measured in several runs")
+    ap.add_argument(
+        "--work",
+        default="",
+        help="folder for the data sets, runs and results.json (default: a temporary "
+        "one); a later run with the same folder reuses its data sets and keeps the figures of stages "
+        "it does not measure again, so sizes and stages can be measured in several runs",
+    )
     ap.add_argument("--table-only", action="store_true", help="print the table from --work's results.json")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -288,11 +369,17 @@ def main() -> None:
     classes = sorted(int(c) for c in args.classes.split(","))
     stages = [s.strip() for s in args.stages.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="resnetcls-scale-"))
-    print(f"machine: {machine_line()}\n{os.cpu_count()} CPUs; sizes {sizes}; classes {classes}; "
-          f"{args.repeats} run(s) per stage; torch threads {args.threads or 'default'}; work folder {work}", flush=True)
+    print(
+        f"machine: {machine_line()}\n{os.cpu_count()} CPUs; sizes {sizes}; classes {classes}; "
+        f"{args.repeats} run(s) per stage; torch threads {args.threads or 'default'}; work folder {work}",
+        flush=True,
+    )
     saved = work / "results.json"  # with --work: earlier runs' figures are kept unless measured again
-    results = {tuple(json.loads(k)): tuple(v) for k, v in json.loads(saved.read_text()).items()} \
-        if args.work and saved.is_file() else {}
+    results = (
+        {tuple(json.loads(k)): tuple(v) for k, v in json.loads(saved.read_text()).items()}
+        if args.work and saved.is_file()
+        else {}
+    )
     try:
         for c in classes if not args.table_only else []:
             for n in sizes:
@@ -302,10 +389,16 @@ def main() -> None:
                 print(f"N={n} C={c}: data ready in {time.perf_counter() - start:.1f} s", flush=True)
                 for stage in [s for s in STAGES if s in stages]:
                     runs = [measure(stage, manifest, root, args.threads) for _ in range(args.repeats)]
-                    results[(stage, c, n)] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs),
-                                              statistics.median(r[2] for r in runs))
-                    print(f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s {results[(stage, c, n)][1]:8.0f} MB "
-                          f"{results[(stage, c, n)][2]:8.1f} CPU s", flush=True)
+                    results[(stage, c, n)] = (
+                        statistics.median(r[0] for r in runs),
+                        max(r[1] for r in runs),
+                        statistics.median(r[2] for r in runs),
+                    )
+                    print(
+                        f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s {results[(stage, c, n)][1]:8.0f} MB "
+                        f"{results[(stage, c, n)][2]:8.1f} CPU s",
+                        flush=True,
+                    )
                     saved.write_text(json.dumps({json.dumps(k): v for k, v in results.items()}))
         print()
         print(format_table(results, sizes, classes, args.estimate))

@@ -18,6 +18,7 @@ from a client that ignores the 413.
     python bench/serve_load.py --quick    # 300 requests at concurrency 8, a small ResNet-18 at 64 px
     python bench/serve_load.py --quick --compare slow-clients
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,9 @@ from PIL import Image
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 from resnetcls.data.transforms import make_preprocess  # noqa: E402
+from resnetcls.models import create_model  # noqa: E402
 from resnetcls.records.envinfo import machine_line  # noqa: E402
 from resnetcls.records.modelfile import save_model_dir  # noqa: E402
-from resnetcls.models import create_model  # noqa: E402
 
 MAX_BODY = 2_000_000
 MAX_PIXELS = 4_000_000
@@ -57,9 +58,27 @@ def free_port() -> int:
 def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "serve", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), "--max-body-mb", str(MAX_BODY / 1e6), "--max-pixels",
-                             str(MAX_PIXELS), *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "resnetcls",
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-body-mb",
+            str(MAX_BODY / 1e6),
+            "--max-pixels",
+            str(MAX_PIXELS),
+            *extra,
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -85,18 +104,22 @@ def payloads(requests: int) -> list[tuple[str, dict, int]]:
     """(url suffix, httpx kwargs, expected status) for each request; every fifth one is malformed."""
     bomb = io.BytesIO()
     Image.new("L", (3000, 3000)).save(bomb, "PNG")
-    bad = [("/predict", {"content": b"\x89PNG not really"}, 415),
-           ("/predict", {"files": {"other": ("a.txt", b"x")}}, 400),
-           ("/predict", {"content": bomb.getvalue()}, 422),
-           ("/predict", {"content": b"\0" * (MAX_BODY + 1)}, 413),
-           ("/predict?topk=-1", {"content": photo_like(0)}, 422)]
+    bad = [
+        ("/predict", {"content": b"\x89PNG not really"}, 415),
+        ("/predict", {"files": {"other": ("a.txt", b"x")}}, 400),
+        ("/predict", {"content": bomb.getvalue()}, 422),
+        ("/predict", {"content": b"\0" * (MAX_BODY + 1)}, 413),
+        ("/predict?topk=-1", {"content": photo_like(0)}, 422),
+    ]
     good = [photo_like(i) for i in range(16)]
     out = []
     for i in range(requests):
         if i % 5 == 4:
             out.append(bad[(i // 5) % len(bad)])
         else:
-            out.append(("/predict?topk=3", {"files": {"file": (f"{i}.jpg", good[i % 16], "image/jpeg")}}, 200))
+            out.append(
+                ("/predict?topk=3", {"files": {"file": (f"{i}.jpg", good[i % 16], "image/jpeg")}}, 200)
+            )
     return out
 
 
@@ -122,20 +145,36 @@ def load(url: str, requests: int, concurrency: int) -> dict:
         c.close()
     ok = sorted(t for s, e, t in outcomes if s == 200)
     stats = health.json() if health.status_code == 200 else {}
-    return {"req/s": requests / wall, "good img/s": len(ok) / wall, "p50": statistics.median(ok),
-            "p99": ok[min(len(ok) - 1, int(0.99 * len(ok)))],
-            "5xx": sum(isinstance(s, int) and s >= 500 for s, _, _ in outcomes),
-            "dropped": sum(isinstance(s, str) for s, _, _ in outcomes),
-            "wrong": sum(s != e for s, e, _ in outcomes), "healthy": health.status_code == 200,
-            "batch": stats.get("images_run", 0) / max(1, stats.get("batches_run", 0))}
+    return {
+        "req/s": requests / wall,
+        "good img/s": len(ok) / wall,
+        "p50": statistics.median(ok),
+        "p99": ok[min(len(ok) - 1, int(0.99 * len(ok)))],
+        "5xx": sum(isinstance(s, int) and s >= 500 for s, _, _ in outcomes),
+        "dropped": sum(isinstance(s, str) for s, _, _ in outcomes),
+        "wrong": sum(s != e for s, e, _ in outcomes),
+        "healthy": health.status_code == 200,
+        "batch": stats.get("images_run", 0) / max(1, stats.get("batches_run", 0)),
+    }
 
 
-NO_LIMITS = ["--max-decode-mb", "1000000", "--max-queue", "1000000", "--max-batch-pixels", "10000000000",
-             "--max-connections", "100000"]
+NO_LIMITS = [
+    "--max-decode-mb",
+    "1000000",
+    "--max-queue",
+    "1000000",
+    "--max-batch-pixels",
+    "10000000000",
+    "--max-connections",
+    "100000",
+]
 COMPARISONS = {
     "admission": [("admission limits lifted (baseline)", NO_LIMITS), ("default admission limits", [])],
-    "batching": [("no cross-request batching (--max-batch 1)", ["--max-batch", "1"]),
-                 ("default batching (--max-batch 32)", []), ("batching + --batch-wait-ms 5", ["--batch-wait-ms", "5"])],
+    "batching": [
+        ("no cross-request batching (--max-batch 1)", ["--max-batch", "1"]),
+        ("default batching (--max-batch 32)", []),
+        ("batching + --batch-wait-ms 5", ["--batch-wait-ms", "5"]),
+    ],
 }
 
 
@@ -155,8 +194,10 @@ def run_servers(model: Path, tmp: str, configs: list, requests: int, concurrency
 
 
 def median_of(runs: list[dict]) -> dict:
-    return {key: statistics.median(r[key] for r in runs) if key != "healthy" else all(r[key] for r in runs)
-            for key in runs[0]}
+    return {
+        key: statistics.median(r[key] for r in runs) if key != "healthy" else all(r[key] for r in runs)
+        for key in runs[0]
+    }
 
 
 class SlowClients:
@@ -179,7 +220,9 @@ class SlowClients:
     def _open(self) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
         head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        s.sendall(head + (b"Content-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n" if self.opened % 2 else b""))
+        s.sendall(
+            head + (b"Content-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n" if self.opened % 2 else b"")
+        )
         s.setblocking(False)
         self.opened += 1
         return s
@@ -242,12 +285,21 @@ def normal_client(url: str, pid: int, slow: int) -> dict:
                 times.append(time.perf_counter() - start)
                 health.append(client.get("/healthz").status_code)
     times.sort()
-    return {"ok": codes.count(200), "health": health.count(200), "p50": statistics.median(times),
-            "p99": times[-1], "rss": rss_mb(pid, "VmHWM") - before, "opened": clients.opened}
+    return {
+        "ok": codes.count(200),
+        "health": health.count(200),
+        "p50": statistics.median(times),
+        "p99": times[-1],
+        "rss": rss_mb(pid, "VmHWM") - before,
+        "opened": clients.opened,
+    }
 
 
 def slow_clients(model: Path, tmp: str, repeats: int, max_connections: int = 64) -> None:
-    rows = {"no other clients (baseline)": 0, f"{2 * max_connections} slow connections held": 2 * max_connections}
+    rows = {
+        "no other clients (baseline)": 0,
+        f"{2 * max_connections} slow connections held": 2 * max_connections,
+    }
     runs = {name: [] for name in rows}
     past = []
     for _ in range(repeats):
@@ -262,21 +314,31 @@ def slow_clients(model: Path, tmp: str, repeats: int, max_connections: int = 64)
                 proc.wait(timeout=30)
     results = {name: median_of(r) for name, r in runs.items()}
     base = results["no other clients (baseline)"]
-    print(f"\n{'default server (--max-connections 64)':<40} {'200s':>6} {'healthz':>8} {'p50 ms':>7} {'x':>5} "
-          f"{'p99 ms':>7} {'x':>5} {'RSS +MB':>8} {'slow opened':>12}")
+    print(
+        f"\n{'default server (--max-connections 64)':<40} {'200s':>6} {'healthz':>8} {'p50 ms':>7} {'x':>5} "
+        f"{'p99 ms':>7} {'x':>5} {'RSS +MB':>8} {'slow opened':>12}"
+    )
     for name, r in results.items():
-        print(f"{name:<40} {r['ok']:>3.0f}/30 {r['health']:>5.0f}/30 {r['p50'] * 1000:>7.1f} "
-              f"{r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} {r['p99'] / base['p99']:>5.2f} "
-              f"{r['rss']:>8.1f} {r['opened']:>12.0f}")
-    print(f"\noversized chunked upload, the client ignoring the 413: {statistics.median(past) / 1e6:.2f} MB sent past "
-          f"the {MAX_BODY / 1e6:g} MB limit before the server hung up (median of {len(past)}; at most 268 MB tried)")
-    print("x = ratio to the first row; p99 = slowest of the 30; RSS = growth of the server's peak during the run")
+        print(
+            f"{name:<40} {r['ok']:>3.0f}/30 {r['health']:>5.0f}/30 {r['p50'] * 1000:>7.1f} "
+            f"{r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} {r['p99'] / base['p99']:>5.2f} "
+            f"{r['rss']:>8.1f} {r['opened']:>12.0f}"
+        )
+    print(
+        f"\noversized chunked upload, the client ignoring the 413: {statistics.median(past) / 1e6:.2f} MB sent past "
+        f"the {MAX_BODY / 1e6:g} MB limit before the server hung up (median of {len(past)}; at most 268 MB tried)"
+    )
+    print(
+        "x = ratio to the first row; p99 = slowest of the 30; RSS = growth of the server's peak during the run"
+    )
     if any(r["ok"] < 30 or r["health"] < 30 for r in results.values()):
         raise SystemExit("FAILED: a request or a health check was not answered with 200")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--requests", type=int)
     parser.add_argument("--concurrency", type=int)
@@ -287,26 +349,43 @@ def main() -> None:
     concurrency = args.concurrency or (8 if args.quick else 16)
     size, width = (64, 16) if args.quick else (128, 64)
     with tempfile.TemporaryDirectory() as tmp:
-        model = save_model_dir(Path(tmp) / "m", create_model("resnet18", 10, width=width), "resnet18",
-                               {"width": width}, [f"c{i}" for i in range(10)], make_preprocess(size))
+        model = save_model_dir(
+            Path(tmp) / "m",
+            create_model("resnet18", 10, width=width),
+            "resnet18",
+            {"width": width},
+            [f"c{i}" for i in range(10)],
+            make_preprocess(size),
+        )
         print(f"machine: {machine_line()}", flush=True)
         if args.compare == "slow-clients":
-            print(f"ResNet-18 (width {width}) at {size} px; medians of {args.repeats} runs per row, interleaved")
+            print(
+                f"ResNet-18 (width {width}) at {size} px; medians of {args.repeats} runs per row, interleaved"
+            )
             return slow_clients(model, tmp, args.repeats)
-        print(f"ResNet-18 (width {width}) at {size} px, "
-              f"{requests} requests per server, concurrency {concurrency}, a fifth malformed; medians of "
-              f"{args.repeats} runs per server, interleaved", flush=True)
+        print(
+            f"ResNet-18 (width {width}) at {size} px, "
+            f"{requests} requests per server, concurrency {concurrency}, a fifth malformed; medians of "
+            f"{args.repeats} runs per server, interleaved",
+            flush=True,
+        )
         raw = run_servers(model, tmp, COMPARISONS[args.compare], requests, concurrency, args.repeats)
     results = [(name, median_of(runs)) for name, runs in raw]
     base = results[0][1]
-    print(f"\n{'server':<44} {'req/s':>7} {'img/s':>7} {'x':>5} {'p50 ms':>7} {'x':>5} {'p99 ms':>7} {'x':>5} "
-          f"{'batch':>6} {'5xx':>4} {'drop':>5} {'wrong':>6} healthy")
+    print(
+        f"\n{'server':<44} {'req/s':>7} {'img/s':>7} {'x':>5} {'p50 ms':>7} {'x':>5} {'p99 ms':>7} {'x':>5} "
+        f"{'batch':>6} {'5xx':>4} {'drop':>5} {'wrong':>6} healthy"
+    )
     for name, r in results:
-        print(f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} {r['good img/s'] / base['good img/s']:>5.2f} "
-              f"{r['p50'] * 1000:>7.1f} {r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} "
-              f"{r['p99'] / base['p99']:>5.2f} {r['batch']:>6.2f} {r['5xx']:>4.0f} {r['dropped']:>5.0f} "
-              f"{r['wrong']:>6.0f} {r['healthy']}")
-    print("\nlatency of the well-formed requests; x = ratio to the first row; batch = mean images per model call")
+        print(
+            f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} {r['good img/s'] / base['good img/s']:>5.2f} "
+            f"{r['p50'] * 1000:>7.1f} {r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} "
+            f"{r['p99'] / base['p99']:>5.2f} {r['batch']:>6.2f} {r['5xx']:>4.0f} {r['dropped']:>5.0f} "
+            f"{r['wrong']:>6.0f} {r['healthy']}"
+        )
+    print(
+        "\nlatency of the well-formed requests; x = ratio to the first row; batch = mean images per model call"
+    )
     if any(r["5xx"] or r["dropped"] or r["wrong"] or not r["healthy"] for _, r in results):
         raise SystemExit("FAILED: a 5xx, a dropped connection, a wrong status or an unhealthy server")
 

@@ -15,6 +15,7 @@ fixed --epochs with and without data.progressive=0.5: wall time, and the time ea
 run's best val top-1 minus one point.
 Every figure is measured here; the header names the machine. Run it on an idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,19 @@ def train_and_test(data: str, run_dir: Path, args: list[str]) -> dict:
     started = time.time()
     wall, log = resnetcls("train", data, "--out", str(run_dir), *COMMON, *args)
     summary = records(run_dir, "summary")[-1]
-    _, _ = resnetcls("eval", str(run_dir / "best"), data, "--out", str(run_dir / "eval"), "--precision", "fp32")
+    _, _ = resnetcls(
+        "eval", str(run_dir / "best"), data, "--out", str(run_dir / "eval"), "--precision", "fp32"
+    )
     test = json.loads((run_dir / "eval" / "metrics.json").read_text())
     recipe = [line for line in log.splitlines() if line.startswith(("auto recipe", "time budget"))]
-    return {"wall_s": wall, "epochs": summary["epochs_run"], "val_top1": summary["best_val_top1"],
-            "test_top1": test["top1"], "started": started, "notes": recipe}
+    return {
+        "wall_s": wall,
+        "epochs": summary["epochs_run"],
+        "val_top1": summary["best_val_top1"],
+        "test_top1": test["top1"],
+        "started": started,
+        "notes": recipe,
+    }
 
 
 def spread(values: list[float]) -> str:
@@ -69,19 +78,27 @@ def flowers(data: str, seeds: list[int], work: Path) -> None:
     rows = {"previous default": [], "today's default": []}
     for seed in seeds:
         old = train_and_test(data, work / f"previous-{seed}", [*PREVIOUS_DEFAULT, "--seed", str(seed)])
-        new = train_and_test(data, work / f"today-{seed}", ["--time", f"{old['wall_s']:.0f}s", "--seed", str(seed)])
+        new = train_and_test(
+            data, work / f"today-{seed}", ["--time", f"{old['wall_s']:.0f}s", "--seed", str(seed)]
+        )
         for name, row in (("previous default", old), ("today's default", new)):
             rows[name].append(row)
-            print(f"seed {seed}  {name:<17} wall {row['wall_s']:6.0f} s  epochs {row['epochs']:3d}  best val top-1 "
-                  f"{row['val_top1']:.2%}  test top-1 {row['test_top1']:.2%}", flush=True)
+            print(
+                f"seed {seed}  {name:<17} wall {row['wall_s']:6.0f} s  epochs {row['epochs']:3d}  best val top-1 "
+                f"{row['val_top1']:.2%}  test top-1 {row['test_top1']:.2%}",
+                flush=True,
+            )
             for note in row["notes"]:
                 print(f"    {note}", flush=True)
-    print("\n| recipe | seeds | wall time per run (s) | test top-1 (mean ± half range) |\n| --- | --- | --- | --- |")
+    print(
+        "\n| recipe | seeds | wall time per run (s) | test top-1 (mean ± half range) |\n| --- | --- | --- | --- |"
+    )
     for name, runs in rows.items():
         walls = ", ".join(f"{r['wall_s']:.0f}" for r in runs)
         print(f"| {name} | {len(runs)} | {walls} | {spread([r['test_top1'] for r in runs])} |")
     gain = statistics.mean(r["test_top1"] for r in rows["today's default"]) - statistics.mean(
-        r["test_top1"] for r in rows["previous default"])
+        r["test_top1"] for r in rows["previous default"]
+    )
     print(f"\ntoday's default - previous default: {gain * 100:+.1f} points of test top-1")
 
 
@@ -98,9 +115,12 @@ def coil(data: str, seeds: list[int], work: Path) -> None:
         wall, log = resnetcls("train", data, "--out", str(run_dir), *COMMON, "--seed", str(seed))
         summary = records(run_dir, "summary")[-1]
         reached = first_time_at(run_dir, started, 0.98)
-        print(f"seed {seed}  wall {wall:.0f} s  epochs {summary['epochs_run']}  best val top-1 "
-              f"{summary['best_val_top1']:.2%}  98% reached "
-              f"{'never' if reached is None else f'after {reached:.0f} s'}", flush=True)
+        print(
+            f"seed {seed}  wall {wall:.0f} s  epochs {summary['epochs_run']}  best val top-1 "
+            f"{summary['best_val_top1']:.2%}  98% reached "
+            f"{'never' if reached is None else f'after {reached:.0f} s'}",
+            flush=True,
+        )
         for line in log.splitlines():
             if line.startswith("auto recipe"):
                 print(f"    {line}")
@@ -112,18 +132,35 @@ def progressive(data: str, seeds: list[int], epochs: int, work: Path) -> None:
         for name, extra in (("fixed size", []), ("progressive 0.5", ["--set", "data.progressive=0.5"])):
             run_dir = work / f"{name.split()[0]}-{seed}"
             started = time.time()
-            wall, _ = resnetcls("train", data, "--out", str(run_dir), *COMMON, "--seed", str(seed),
-                                "--config", SMALL_DATA, "--epochs", str(epochs), *extra)
+            wall, _ = resnetcls(
+                "train",
+                data,
+                "--out",
+                str(run_dir),
+                *COMMON,
+                "--seed",
+                str(seed),
+                "--config",
+                SMALL_DATA,
+                "--epochs",
+                str(epochs),
+                *extra,
+            )
             runs[name] = (run_dir, started, wall, records(run_dir, "summary")[-1]["best_val_top1"])
         target = runs["fixed size"][3] - 0.01
         for name, (run_dir, started, wall, best) in runs.items():
             reached = first_time_at(run_dir, started, target)
-            print(f"seed {seed}  {name:<16} wall {wall:5.0f} s  best val top-1 {best:.2%}  reached {target:.2%} "
-                  f"{'never' if reached is None else f'after {reached:.0f} s'}", flush=True)
+            print(
+                f"seed {seed}  {name:<16} wall {wall:5.0f} s  best val top-1 {best:.2%}  reached {target:.2%} "
+                f"{'never' if reached is None else f'after {reached:.0f} s'}",
+                flush=True,
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["flowers", "coil", "progressive"])
     parser.add_argument("data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

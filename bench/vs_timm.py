@@ -16,6 +16,7 @@ Printed: each tool's wall time (process start to exit) and final validation top-
 the epoch records' timestamps in metrics.jsonl: start to the first epoch's end, the later epochs, after the
 last epoch: calibration, report, model saves), and the ratio timm / resnetcls.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,11 +62,37 @@ def run_resnetcls(folder: Path, out: Path, args) -> tuple[float, list[float], fl
     """(wall s, [s to the first epoch's end, s of the later epochs, s after the last epoch], final val top-1)
     of `resnetcls train`; the phases come from the epoch records' timestamps in metrics.jsonl."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RESNETCLS_CACHE": str(out.parent / "cache")}
-    cmd = [sys.executable, "-m", "resnetcls", "train", str(folder / "train"), "--model", "resnet50",
-           "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-           "--out", str(out), "--set", f"data.val={folder / 'validation'}", "--set", "data.num_workers=2",
-           "--set", "train.amp=bf16", "--set", "train.channels_last=true", "--set", "optim.name=adamw",
-           "--set", "optim.lr=0.001", "--set", "optim.weight_decay=0.05"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnetcls",
+        "train",
+        str(folder / "train"),
+        "--model",
+        "resnet50",
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--out",
+        str(out),
+        "--set",
+        f"data.val={folder / 'validation'}",
+        "--set",
+        "data.num_workers=2",
+        "--set",
+        "train.amp=bf16",
+        "--set",
+        "train.channels_last=true",
+        "--set",
+        "optim.name=adamw",
+        "--set",
+        "optim.lr=0.001",
+        "--set",
+        "optim.weight_decay=0.05",
+    ]
     started = time.time()
     wall = timed(cmd, out.parent / "resnetcls.log", env)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -80,12 +107,49 @@ def run_timm(folder: Path, out: Path, args) -> tuple[float, float] | str:
     python, train = Path(args.timm_python), Path(args.timm_train)
     if not python.exists() or not train.exists():
         return f"skipped: {python if not python.exists() else train} is missing (see this file's docstring)"
-    cmd = [str(python), str(train), "--data-dir", str(folder), "--train-split", "train",
-           "--val-split", "validation", "--model", "resnet50", "--num-classes", str(args.objects),
-           "--img-size", str(args.image_size), "-b", str(args.batch_size), "--epochs", str(args.epochs),
-           "--opt", "adamw", "--lr", "0.001", "--weight-decay", "0.05", "--warmup-epochs", "0",
-           "--amp", "--amp-dtype", "bfloat16", "--channels-last", "-j", "2", "--device", "cpu",
-           "--no-prefetcher", "--output", str(out), "--log-interval", "1000", "--checkpoint-hist", "1"]
+    cmd = [
+        str(python),
+        str(train),
+        "--data-dir",
+        str(folder),
+        "--train-split",
+        "train",
+        "--val-split",
+        "validation",
+        "--model",
+        "resnet50",
+        "--num-classes",
+        str(args.objects),
+        "--img-size",
+        str(args.image_size),
+        "-b",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--opt",
+        "adamw",
+        "--lr",
+        "0.001",
+        "--weight-decay",
+        "0.05",
+        "--warmup-epochs",
+        "0",
+        "--amp",
+        "--amp-dtype",
+        "bfloat16",
+        "--channels-last",
+        "-j",
+        "2",
+        "--device",
+        "cpu",
+        "--no-prefetcher",
+        "--output",
+        str(out),
+        "--log-interval",
+        "1000",
+        "--checkpoint-hist",
+        "1",
+    ]
     wall = timed(cmd, out.parent / "timm.log")
     summaries = sorted(out.rglob("summary.csv"))
     top1 = float("nan")
@@ -97,15 +161,23 @@ def run_timm(folder: Path, out: Path, args) -> tuple[float, float] | str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objects", type=int, default=50, help="coil100-a objects (classes) to use (default 50)")
+    parser.add_argument(
+        "--objects", type=int, default=50, help="coil100-a objects (classes) to use (default 50)"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="epochs for both (default 10)")
     parser.add_argument("--image-size", type=int, default=48, help="training size in px (default 48)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--quick", action="store_true", help="10 objects, 1 epoch")
-    parser.add_argument("--timm-python", default="/work/venvs/timm/bin/python",
-                        help="interpreter of timm's own venv (default /work/venvs/timm/bin/python)")
-    parser.add_argument("--timm-train", default="/work/venvs/timm/train.py",
-                        help="timm's train.py (default /work/venvs/timm/train.py)")
+    parser.add_argument(
+        "--timm-python",
+        default="/work/venvs/timm/bin/python",
+        help="interpreter of timm's own venv (default /work/venvs/timm/bin/python)",
+    )
+    parser.add_argument(
+        "--timm-train",
+        default="/work/venvs/timm/train.py",
+        help="timm's train.py (default /work/venvs/timm/train.py)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.objects, args.epochs = 10, 1
@@ -114,15 +186,21 @@ def main() -> int:
         return 2
     sys.path.insert(0, str(ROOT / "src"))
     from resnetcls.records.envinfo import machine_line
+
     print(f"machine: {machine_line()}")
-    print(f"ResNet-50 {args.image_size}px batch {args.batch_size}, AdamW, bf16, channels_last, 2 workers, "
-          f"{args.epochs} epoch(s), coil100-a objects 1-{args.objects} (viewpoint split)", flush=True)
+    print(
+        f"ResNet-50 {args.image_size}px batch {args.batch_size}, AdamW, bf16, channels_last, 2 workers, "
+        f"{args.epochs} epoch(s), coil100-a objects 1-{args.objects} (viewpoint split)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = image_folder(Path(tmp) / "data", args.objects)
         ours, phases, our_top1 = run_resnetcls(folder, Path(tmp) / "resnetcls-run", args)
-        print(f"resnetcls train   wall {ours:7.1f} s   val top-1 {our_top1:.3f}   (start to epoch 1's end "
-              f"{phases[0]:.1f} s, later epochs {phases[1]:.1f} s, after the last epoch {phases[2]:.1f} s)",
-              flush=True)
+        print(
+            f"resnetcls train   wall {ours:7.1f} s   val top-1 {our_top1:.3f}   (start to epoch 1's end "
+            f"{phases[0]:.1f} s, later epochs {phases[1]:.1f} s, after the last epoch {phases[2]:.1f} s)",
+            flush=True,
+        )
         theirs = run_timm(folder, Path(tmp) / "timm-run", args)
         if isinstance(theirs, str):
             print(f"timm train.py     {theirs}")

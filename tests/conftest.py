@@ -1,4 +1,5 @@
 """Shared fixtures: tiny generated data sets and the path to ../shared/data when it is present."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,14 +12,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Tiny settings so every training test runs in seconds on 2 cores.
-TINY = ["--model", "resnet18", "--image-size", "32", "--batch-size", "16",
-        "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "log.tensorboard=true"]
+TINY = [
+    "--model",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--set",
+    "model.width=8",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "log.tensorboard=true",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_in_tmp(tmp_path_factory):
     """Decoded caches go to a temporary folder, never ~/.cache (subprocesses inherit the variable)."""
     import os
+
     old = os.environ.get("RESNETCLS_CACHE")
     os.environ["RESNETCLS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     yield
@@ -45,14 +59,17 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     traceback). Tests that kill, signal or torchrun a training start their own processes.
     """
     from tests.runner import run_main
+
     code, out, err = run_main(list(args), str(cwd) if cwd else None)  # run_main makes each argument a str
     return subprocess.CompletedProcess(["resnetcls", *map(str, args)], code, out, err)
 
 
-def make_class_folders(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 12,
-                       size: int = 40) -> Path:
+def make_class_folders(
+    root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 12, size: int = 40
+) -> Path:
     """Solid-colour images with a little noise, one folder per class: trivially learnable."""
     import random
+
     rng = random.Random(0)
     for name, colour in classes.items():
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -64,8 +81,10 @@ def make_class_folders(root: Path, classes: dict[str, tuple[int, int, int]], per
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    return make_class_folders(tmp_path_factory.mktemp("tiny") / "data",
-                              {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)})
+    return make_class_folders(
+        tmp_path_factory.mktemp("tiny") / "data",
+        {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,10 +109,16 @@ class PlainInterpreter:
         import os
         import select
         import sys
+
         if self.proc is None:  # started on first use, with RESNETCLS_CACHE as _cache_in_tmp set it
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.runner"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.runner"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
         args = [str(a) for a in args]
         self.proc.stdin.write(json.dumps({"args": args, "cwd": str(cwd or os.getcwd())}) + "\n")
         self.proc.stdin.flush()
@@ -105,7 +130,9 @@ class PlainInterpreter:
             self.proc = None
             raise RuntimeError(f"tests/runner.py ended during resnetcls {' '.join(args)}")
         result = json.loads(line)
-        return subprocess.CompletedProcess(["resnetcls", *args], result["code"], result["stdout"], result["stderr"])
+        return subprocess.CompletedProcess(
+            ["resnetcls", *args], result["code"], result["stdout"], result["stderr"]
+        )
 
     def close(self) -> None:
         if self.proc is not None:

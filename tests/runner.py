@@ -6,6 +6,7 @@ Not the pytest process: with pytest imported, the same one-thread training ends 
 bits than in a plain interpreter (measured: every tensor differs), so runs compared with a killed subprocess's
 must run in a plain one. Runs in sequence here reproduce a fresh interpreter's bit for bit, and each saves the
 3-5 s a torch import costs. Nothing here may import pytest."""
+
 import contextlib
 import io
 import json
@@ -21,10 +22,15 @@ def run_main(args: list[str], cwd: str | None = None, catch: bool = False) -> tu
     import torch
 
     from resnetcls.cli import main
+
     out, err = io.StringIO(), io.StringIO()
     environ, threads = dict(os.environ), torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        contextlib.chdir(cwd or os.getcwd()),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:  # argparse's usage errors
@@ -33,6 +39,7 @@ def run_main(args: list[str], cwd: str | None = None, catch: bool = False) -> tu
             if not catch:
                 raise
             import traceback
+
             traceback.print_exc()  # to the test's stderr: it fails with the traceback
             code = 1
         finally:

@@ -1,5 +1,6 @@
 """The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the same
 errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
+
 import contextlib
 import io
 import json
@@ -23,7 +24,7 @@ TINY_SET = {"model.width": 8, "data.num_workers": 0, "optim.lr": 0.01}
 
 def readme_example() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Python API"):]
+    section = text[text.index("## Python API") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -40,8 +41,16 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
 
 
 def test_train_returns_the_run_and_matches_the_run_directory(tiny_data, tmp_path):
-    run = resnetcls.train(tiny_data, model="resnet18", epochs=2, image_size=32, batch_size=16,
-                          out=tmp_path / "run", set=TINY_SET, report=False)
+    run = resnetcls.train(
+        tiny_data,
+        model="resnet18",
+        epochs=2,
+        image_size=32,
+        batch_size=16,
+        out=tmp_path / "run",
+        set=TINY_SET,
+        report=False,
+    )
     assert run.run_dir == tmp_path / "run" and run.best_model == tmp_path / "run" / "best"
     assert (run.best_model / "model.safetensors").is_file() and run.final_model.is_dir()
     assert [e["epoch"] for e in run.epochs] == [1, 2]
@@ -79,7 +88,8 @@ def test_predictor_takes_paths_pil_images_and_numpy_arrays_alike(tiny_run, tiny_
         pil = opened.copy()
     array = np.asarray(pil)
     by_path, by_pil, by_array, by_rgba = predictor.predict(
-        [path, pil, array, np.dstack([array, np.full(array.shape[:2], 255, np.uint8)])], topk=3)
+        [path, pil, array, np.dstack([array, np.full(array.shape[:2], 255, np.uint8)])], topk=3
+    )
     assert by_path.path == str(path) and by_pil.path == "<image 1>" and by_array.path == "<array 2>"
     assert [c for c, _ in by_path.top] == [c for c, _ in by_pil.top] == [c for c, _ in by_array.top]
     probs = [p for _, p in by_path.top]  # the same pixels in fp32: the same probabilities
@@ -91,20 +101,30 @@ def test_predictor_takes_paths_pil_images_and_numpy_arrays_alike(tiny_run, tiny_
 
 def test_a_bad_array_is_an_error_row_naming_it(tiny_run):
     predictor = resnetcls.Predictor(tiny_run, precision="fp32")
-    good, bad, wrong = predictor.predict([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.float32), 7])
+    good, bad, wrong = predictor.predict(
+        [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.float32), 7]
+    )
     assert good.top and not good.error
     assert "shape 40x40x3 and dtype float32" in bad.error and not bad.top
     assert "got int" in wrong.error
     with pytest.raises(DecodeError, match=r"<array 0>: numpy array of shape 2x2x2"):
         from resnetcls.data.decode import decode_in_memory
+
         decode_in_memory(np.zeros((2, 2, 2), np.uint8), "<array 0>")
 
 
 def test_import_resnetcls_loads_no_torch_until_the_api_is_used():
-    code = ("import sys, resnetcls; light = 'torch' not in sys.modules; f = resnetcls.train; "
-            "print(light, 'torch' in sys.modules, callable(f), sorted(set(resnetcls.__all__) - set(dir(resnetcls))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(Path(resnetcls.__file__).parents[1]), "PATH": ""}).stdout
+    code = (
+        "import sys, resnetcls; light = 'torch' not in sys.modules; f = resnetcls.train; "
+        "print(light, 'torch' in sys.modules, callable(f), sorted(set(resnetcls.__all__) - set(dir(resnetcls))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(Path(resnetcls.__file__).parents[1]), "PATH": ""},
+    ).stdout
     assert out.split() == ["True", "True", "True", "[]"]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         resnetcls.nothing  # noqa: B018

@@ -2,8 +2,13 @@
 
 import pytest
 
-from resnetcls.config import (ExplicitSettings, build_config, config_to_dict, explicit_settings,
-                              result_affecting_changes)
+from resnetcls.config import (
+    ExplicitSettings,
+    build_config,
+    config_to_dict,
+    explicit_settings,
+    result_affecting_changes,
+)
 from resnetcls.errors import UserError
 from tests.conftest import ROOT, run_cli
 
@@ -11,24 +16,35 @@ from tests.conftest import ROOT, run_cli
 def test_precedence_defaults_then_file_then_set_then_flags(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optim:\n  lr: 0.5\n  name: sgd\ntrain:\n  epochs: 7\n")
-    cfg = build_config(recipe, ["optim.lr=0.25", "train.batch_size=12"], {"optim.lr": 0.125, "model.name": None})
+    cfg = build_config(
+        recipe, ["optim.lr=0.25", "train.batch_size=12"], {"optim.lr": 0.125, "model.name": None}
+    )
     assert (cfg.optim.lr, cfg.optim.name, cfg.train.epochs, cfg.train.batch_size) == (0.125, "sgd", 7, 12)
     assert cfg.model.name == "resnet50"  # a flag left out (None) does not override
 
 
 def test_set_values_are_typed():
-    cfg = build_config(overrides=["train.channels_last=false", "optim.weight_decay=1e-4", "data.mean=[0.5,0.5,0.5]",
-                                  "sched.warmup_epochs=2"])
+    cfg = build_config(
+        overrides=[
+            "train.channels_last=false",
+            "optim.weight_decay=1e-4",
+            "data.mean=[0.5,0.5,0.5]",
+            "sched.warmup_epochs=2",
+        ]
+    )
     assert cfg.train.channels_last is False and cfg.optim.weight_decay == 1e-4
     assert cfg.data.mean == [0.5, 0.5, 0.5] and cfg.sched.warmup_epochs == 2.0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
-    ("train.epoch=3", "did you mean 'train.epochs'?"),
-    ("train.epochs=many", "config key 'train.epochs' expects int, got 'many'"),
-    ("train.channels_last=3", "config key 'train.channels_last' expects bool, got 3"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+        ("train.epoch=3", "did you mean 'train.epochs'?"),
+        ("train.epochs=many", "config key 'train.epochs' expects int, got 'many'"),
+        ("train.channels_last=3", "config key 'train.channels_last' expects bool, got 3"),
+    ],
+)
 def test_bad_set_is_a_user_error_naming_the_key(override, message):
     with pytest.raises(UserError, match=message.replace("?", r"\?").replace("[", r"\[")):
         build_config(overrides=[override])
@@ -44,8 +60,10 @@ def test_unknown_key_in_yaml_names_the_file_and_the_closest_key(tmp_path):
 def test_cli_bad_key_exits_2_with_one_line(tiny_data, tmp_path):
     result = run_cli("train", tiny_data, "--set", "loss.label_smothing=0.2", "--out", tmp_path / "r")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("resnetcls: error: --set: unknown config key 'loss.label_smothing'; "
-                                     "did you mean 'loss.label_smoothing'?")
+    assert result.stderr.strip() == (
+        "resnetcls: error: --set: unknown config key 'loss.label_smothing'; "
+        "did you mean 'loss.label_smoothing'?"
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -57,14 +75,23 @@ def test_recipes_load(name):
 
 def test_small_data_recipe_loads():
     cfg = build_config(ROOT / "configs" / "small-data.yaml")
-    assert (cfg.model.name, cfg.model.width, cfg.data.image_size, cfg.data.augment) == \
-        ("resnet18", 64, 128, "trivialaugment")
+    assert (cfg.model.name, cfg.model.width, cfg.data.image_size, cfg.data.augment) == (
+        "resnet18",
+        64,
+        128,
+        "trivialaugment",
+    )
 
 
 def test_explicit_settings_name_the_config_file_and_every_key_given_by_set_or_a_flag():
-    given = explicit_settings("my.yaml", ["optim.lr=0.1", " data.mixup = 0.2"],
-                              {"data.train": "d", "model.name": None, "train.epochs": 3})
-    assert given == ExplicitSettings("my.yaml", frozenset({"optim.lr", "data.mixup", "data.train", "train.epochs"}))
+    given = explicit_settings(
+        "my.yaml",
+        ["optim.lr=0.1", " data.mixup = 0.2"],
+        {"data.train": "d", "model.name": None, "train.epochs": 3},
+    )
+    assert given == ExplicitSettings(
+        "my.yaml", frozenset({"optim.lr", "data.mixup", "data.train", "train.epochs"})
+    )
     assert explicit_settings() == ExplicitSettings()
 
 
@@ -78,12 +105,18 @@ def test_the_auto_recipe_is_on_by_default_and_switches_off_with_false_or_off():
 def test_result_affecting_changes_ignore_logging_workers_and_path_spelling(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = config_to_dict(build_config(flags={"data.train": str(tmp_path / "data")}))
-    same = build_config(overrides=["data.num_workers=0", "log.tensorboard=false", "ckpt.keep_last=9"],
-                        flags={"data.train": "data"})
+    same = build_config(
+        overrides=["data.num_workers=0", "log.tensorboard=false", "ckpt.keep_last=9"],
+        flags={"data.train": "data"},
+    )
     assert result_affecting_changes(saved, same) == []
-    changed = build_config(overrides=["train.batch_size=8"], flags={"data.train": "data", "model.name": "resnet18"})
-    assert result_affecting_changes(saved, changed) == ["model.name: 'resnet50' -> 'resnet18'",
-                                                        "train.batch_size: 32 -> 8"]
+    changed = build_config(
+        overrides=["train.batch_size=8"], flags={"data.train": "data", "model.name": "resnet18"}
+    )
+    assert result_affecting_changes(saved, changed) == [
+        "model.name: 'resnet50' -> 'resnet18'",
+        "train.batch_size: 32 -> 8",
+    ]
 
 
 def test_a_yaml_number_is_a_budget_in_seconds(tmp_path):
@@ -97,4 +130,5 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_as_that_keys_default():
     del saved["train"]["patience"], saved["train"]["time_budget"]
     assert result_affecting_changes(saved, build_config()) == []
     assert result_affecting_changes(saved, build_config(overrides=["train.patience=3"])) == [
-        "train.patience: 0 -> 3"]
+        "train.patience: 0 -> 3"
+    ]

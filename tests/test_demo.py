@@ -1,4 +1,5 @@
 """`resnetcls demo`: the main job end to end (a smaller data set than `make demo` uses)."""
+
 import json
 
 from resnetcls.demo import run_demo
@@ -10,7 +11,8 @@ def test_demo_synthesises_trains_evaluates_predicts_and_says_where(tmp_path, cap
     run = tmp_path / "demo" / "run"
     assert (tmp_path / "demo" / "data" / "manifest.csv").is_file()
     assert json.loads((run / "best" / "model.json").read_text())["classes"] == sorted(
-        p.name for p in (tmp_path / "demo" / "data").iterdir() if p.is_dir())
+        p.name for p in (tmp_path / "demo" / "data").iterdir() if p.is_dir()
+    )
     saved = json.loads((run / "eval" / "metrics.json").read_text())
     assert saved["split"] == "test" and saved["images"] == metrics["images"] == 6
     assert (run / "report.html").is_file()

@@ -3,6 +3,7 @@ palette PNG with transparency of 52 kB, a 1,250,000 x 32 strip, a 20000 x 16 str
 answered within a stated memory bound, slow clients are cut off by the documented timeouts and caps without
 starving anyone (twice --max-connections of them held while a normal client is served), and an oversized
 upload gets its 413 with the connection closed at once."""
+
 import io
 import select
 import socket
@@ -40,18 +41,28 @@ def heavy_images() -> dict[str, bytes]:
     palette = Image.new("P", (6324, 6324), 0)  # 39.99 Mpx, just under the default --max-pixels
     palette.putpalette([255, 255, 255, 0, 160, 0] + [0] * 762)
     palette.paste(1, (2000, 2000, 4000, 4000))
-    return {"palette.png": encoded(palette, transparency=0),
-            "strip.png": encoded(Image.new("L", (1_250_000, 32), 90)),
-            "wide.png": encoded(Image.new("RGB", (20_000, 16), (20, 90, 200))),
-            "small.png": png_bytes(64, 48)}
+    return {
+        "palette.png": encoded(palette, transparency=0),
+        "strip.png": encoded(Image.new("L", (1_250_000, 32), 90)),
+        "wide.png": encoded(Image.new("RGB", (20_000, 16), (20, 90, 200))),
+        "small.png": png_bytes(64, 48),
+    }
 
 
 @pytest.fixture(scope="module")
 def heavy_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("load")
     model = make_tiny_model_dir(root / "model")
-    proc, url = start_server(model, root / "server.log", "--max-decode-mb", str(DECODE_MB),
-                             "--admission-wait-s", "1", "--max-queue", "16")
+    proc, url = start_server(
+        model,
+        root / "server.log",
+        "--max-decode-mb",
+        str(DECODE_MB),
+        "--admission-wait-s",
+        "1",
+        "--max-queue",
+        "16",
+    )
     yield proc, url
     stop_server(proc)
 
@@ -62,7 +73,9 @@ def _request(client: httpx.Client, images: dict[str, bytes], i: int) -> list[int
     if kind == 4:  # one request asking for two 40 Mpx decodes and an ordinary image
         names = ["palette.png", "strip.png", "small.png"]
         r = client.post("/predict/batch", files=[("files", (n, images[n], "image/png")) for n in names])
-        return [r.status_code] + ([item["status"] for item in r.json()["results"]] if r.status_code == 200 else [])
+        return [r.status_code] + (
+            [item["status"] for item in r.json()["results"]] if r.status_code == 200 else []
+        )
     name = ["palette.png", "strip.png", "wide.png", "small.png"][kind]
     return [client.post("/predict", files={"file": (name, images[name], "image/png")}).status_code]
 
@@ -75,18 +88,27 @@ def test_concurrent_memory_heavy_images_stay_within_the_memory_bound(heavy_serve
     concurrency, requests = 8, 30
     clients = [httpx.Client(base_url=url, timeout=60) for _ in range(concurrency)]
     with ThreadPoolExecutor(concurrency) as pool:  # a dropped connection raises here and fails the test
-        statuses = [s for out in pool.map(lambda i: _request(clients[i % concurrency], heavy_images, i),
-                                           range(requests)) for s in out]
+        statuses = [
+            s
+            for out in pool.map(
+                lambda i: _request(clients[i % concurrency], heavy_images, i), range(requests)
+            )
+            for s in out
+        ]
     for c in clients:
         c.close()
     peak_mb = rss_mb(proc.pid, "VmHWM")
-    print(f"\nheavy load: idle {idle_mb:.0f} MB, peak {peak_mb:.0f} MB (bound idle + {RSS_MARGIN_MB}), "
-          f"statuses { {s: statuses.count(s) for s in sorted(set(statuses))} }")
+    print(
+        f"\nheavy load: idle {idle_mb:.0f} MB, peak {peak_mb:.0f} MB (bound idle + {RSS_MARGIN_MB}), "
+        f"statuses { {s: statuses.count(s) for s in sorted(set(statuses))} }"
+    )
     assert set(statuses) <= ALLOWED, statuses
     assert 200 in statuses  # shed, not refused wholesale
     assert peak_mb < idle_mb + RSS_MARGIN_MB
     health = httpx.get(url + "/healthz", timeout=10)
-    assert health.status_code == 200 and health.json()["queued"] == 0 and health.json()["decode_mb_in_use"] == 0
+    assert (
+        health.status_code == 200 and health.json()["queued"] == 0 and health.json()["decode_mb_in_use"] == 0
+    )
     assert httpx.post(url + "/predict", content=heavy_images["wide.png"], timeout=30).status_code == 200
 
 
@@ -94,8 +116,9 @@ def test_concurrent_memory_heavy_images_stay_within_the_memory_bound(heavy_serve
 def impatient_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("timeouts")
     model = make_tiny_model_dir(root / "model")
-    proc, url = start_server(model, root / "server.log", "--header-timeout-s", "1", "--body-timeout-s", "1",
-                             "--keep-alive-s", "1")
+    proc, url = start_server(
+        model, root / "server.log", "--header-timeout-s", "1", "--body-timeout-s", "1", "--keep-alive-s", "1"
+    )
     yield url.rsplit(":", 1)[1]
     stop_server(proc)
 
@@ -126,7 +149,9 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_answer(impatient_serv
 
 
 SLOW_LIMIT = 4  # --max-connections of the slow-client server: its slow clients hold twice as many connections
-PER_CLIENT = 6  # its --max-idle-per-client: under the slow connections, above half of them (no hard push-outs)
+PER_CLIENT = (
+    6  # its --max-idle-per-client: under the slow connections, above half of them (no hard push-outs)
+)
 UPLOAD_LIMIT = 1_000_000  # its --max-body-mb 1
 HEADER_TIMEOUT_S = 5
 
@@ -135,9 +160,18 @@ HEADER_TIMEOUT_S = 5
 def slow_client_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("slow")
     model = make_tiny_model_dir(root / "model")
-    proc, url = start_server(model, root / "server.log", "--max-connections", str(SLOW_LIMIT),
-                             "--max-idle-per-client", str(PER_CLIENT),
-                             "--header-timeout-s", str(HEADER_TIMEOUT_S), "--max-body-mb", str(UPLOAD_LIMIT / 1e6))
+    proc, url = start_server(
+        model,
+        root / "server.log",
+        "--max-connections",
+        str(SLOW_LIMIT),
+        "--max-idle-per-client",
+        str(PER_CLIENT),
+        "--header-timeout-s",
+        str(HEADER_TIMEOUT_S),
+        "--max-body-mb",
+        str(UPLOAD_LIMIT / 1e6),
+    )
     yield proc, url
     stop_server(proc)
 
@@ -213,8 +247,10 @@ def test_slow_clients_holding_twice_the_connection_limit_starve_nobody(slow_clie
                 health.append(client.get("/healthz").status_code)
             info = client.get("/info")
         grown_mb = rss_mb(proc.pid, "VmHWM") - before_mb
-    print(f"\nslow clients: {slow.opened} connections opened, {slow.evicted} pushed out early; "
-          f"RSS peak +{grown_mb:.0f} MB")
+    print(
+        f"\nslow clients: {slow.opened} connections opened, {slow.evicted} pushed out early; "
+        f"RSS peak +{grown_mb:.0f} MB"
+    )
     assert answers == [200] * 30 and health == [200] * 30 and info.status_code == 200
     assert slow.evicted >= 2  # past the per-client cap the longest-waiting slow connections were closed
     assert grown_mb < 64

@@ -1,5 +1,6 @@
 """No class name can make eval, report, predict or serve fail: names with TeX, HTML, right-to-left marks,
 emoji, tabs, newlines and decomposed accents go through a whole run and come out as the same text."""
+
 import json
 import unicodedata
 
@@ -10,11 +11,11 @@ from tests.conftest import TINY, make_class_folders, run_cli
 from tests.serve.test_app import png_bytes, start_server, stop_server
 
 ODD = {
-    "a$\\frac{b$ 100%": (20, 40, 220),              # matplotlib mathtext would fail the figure
-    "<b>&amp; \"q\" 'x'": (30, 200, 40),             # HTML in the report
-    "日本語 \u202ertl 🦜": (220, 30, 30),               # CJK, a right-to-left override, an emoji
-    "tab\tand, comma\nnewline": (200, 200, 30),      # CSV and table separators
-    "nai\u0308ve": (120, 30, 200),                   # decomposed (NFD) as macOS writes it
+    "a$\\frac{b$ 100%": (20, 40, 220),  # matplotlib mathtext would fail the figure
+    "<b>&amp; \"q\" 'x'": (30, 200, 40),  # HTML in the report
+    "日本語 \u202ertl 🦜": (220, 30, 30),  # CJK, a right-to-left override, an emoji
+    "tab\tand, comma\nnewline": (200, 200, 30),  # CSV and table separators
+    "nai\u0308ve": (120, 30, 200),  # decomposed (NFD) as macOS writes it
 }
 NAMES = sorted(unicodedata.normalize("NFC", name) for name in ODD)
 
@@ -59,7 +60,9 @@ def test_odd_names_survive_serve(odd_run, tmp_path):
         with httpx.Client(base_url=url, timeout=30) as client:
             info = client.get("/info")
             assert info.status_code == 200 and info.json()["classes"] == NAMES
-            answer = client.post("/predict?topk=5", content=png_bytes(40, 40), headers={"content-type": "image/png"})
+            answer = client.post(
+                "/predict?topk=5", content=png_bytes(40, 40), headers={"content-type": "image/png"}
+            )
             assert answer.status_code == 200, answer.text
             assert sorted(t["class"] for t in answer.json()["top"]) == NAMES
     finally:

@@ -3,6 +3,7 @@
 The Python API: resnetcls.train(...) -> Run, resnetcls.evaluate(model, data) -> dict,
 resnetcls.Predictor(model).predict(paths, PIL images or numpy arrays) (see api.py and README "Python API").
 """
+
 import importlib
 import os
 
@@ -19,7 +20,13 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 # light (no torch until one of these is touched). By module name through importlib, not an import statement:
 # every module imports this package for __version__, and import-linter would read a static import here as
 # the package root depending on everything above it (a cycle through every layer).
-_LAZY = {"train": "api", "evaluate": "api", "Run": "api", "load_run": "api", "Predictor": "inference.predictor"}
+_LAZY = {
+    "train": "api",
+    "evaluate": "api",
+    "Run": "api",
+    "load_run": "api",
+    "Predictor": "inference.predictor",
+}
 __all__ = ["__version__", *_LAZY]
 
 

@@ -11,6 +11,7 @@ Keywords are train's flags (`--batch-size` is batch_size=); `set` takes any conf
 Bad input raises resnetcls.errors.UserError (a DecodeError, a subclass, for an image) with the message the
 CLI prints after "resnetcls: error:". `resnetcls train` calls train() below: one path for both.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .analysis.evaluate import evaluate_model
+from .analysis.report import write_training_report
 from .config import build_config, explicit_settings
 from .engine.distributed import world_from_env
 from .engine.train import saved_run_config
 from .engine.train import train as train_engine
 from .errors import UserError
-from .analysis.evaluate import evaluate_model
-from .analysis.report import write_training_report
 from .records.tracking import log_run_artifacts
 
 __all__ = ["Run", "evaluate", "load_run", "train"]
@@ -80,38 +81,74 @@ def override_strings(settings: Settings) -> list[str]:
     if isinstance(settings, str):
         raise UserError(f"set={settings!r}: expected a dict of config keys, e.g. set={{'optim.lr': 0.01}}")
     if isinstance(settings, typing.Mapping):
-        return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in settings.items()]
+        return [
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in settings.items()
+        ]
     return [str(text) for text in settings]
 
 
-def flag_settings(data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained,
-                  time=None) -> dict:
+def flag_settings(
+    data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained, time=None
+) -> dict:
     """train's flags (and tune's, which shares them) as the config keys they set; None: the flag not given.
     "auto" for the batch size or the learning rate leaves the key to the auto recipe (train's lr_auto/batch_auto)."""
-    return {"data.train": _text(data), "data.val": _text(val), "model.name": model, "train.epochs": epochs,
-            "data.image_size": image_size, "train.batch_size": None if batch_size == "auto" else batch_size,
-            "optim.lr": None if lr == "auto" else lr, "train.device": device, "train.seed": seed,
-            "train.pretrained": pretrained, "train.time_budget": time}
+    return {
+        "data.train": _text(data),
+        "data.val": _text(val),
+        "model.name": model,
+        "train.epochs": epochs,
+        "data.image_size": image_size,
+        "train.batch_size": None if batch_size == "auto" else batch_size,
+        "optim.lr": None if lr == "auto" else lr,
+        "train.device": device,
+        "train.seed": seed,
+        "train.pretrained": pretrained,
+        "train.time_budget": time,
+    }
 
 
-def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | None = None, model: str | None = None,
-          epochs: int | None = None, time: str | None = None, batch_size: int | str | None = None,
-          image_size: int | None = None, lr: float | str | None = None, out: str | os.PathLike = "runs/latest",
-          resume: str | os.PathLike | None = None, force: bool = False, config: str | os.PathLike | None = None,
-          set: Settings = None, device: str | None = None, seed: int | None = None,
-          pretrained: str | None = None, report: bool = True) -> Run:
+def train(
+    data: str | os.PathLike | None = None,
+    *,
+    val: str | os.PathLike | None = None,
+    model: str | None = None,
+    epochs: int | None = None,
+    time: str | None = None,
+    batch_size: int | str | None = None,
+    image_size: int | None = None,
+    lr: float | str | None = None,
+    out: str | os.PathLike = "runs/latest",
+    resume: str | os.PathLike | None = None,
+    force: bool = False,
+    config: str | os.PathLike | None = None,
+    set: Settings = None,
+    device: str | None = None,
+    seed: int | None = None,
+    pretrained: str | None = None,
+    report: bool = True,
+) -> Run:
     """Train a ResNet on DATA into the run directory `out`, as `resnetcls train` does (it calls this), and
     return the Run. Each keyword is the flag of the same name (None: the flag not given, so the auto recipe
     or the config decides); batch_size="auto" and lr="auto" as on the command line; set: {config key: value},
     as --set. report: write report.html at the end (as the CLI does)."""
-    flags = flag_settings(data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained, time)
+    flags = flag_settings(
+        data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained, time
+    )
     overrides, config, resume = override_strings(set), _text(config), _text(resume)
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = out if resume in (None, "auto") else resume
     base = saved_run_config(run_dir) if resume and data is None else None
     cfg = build_config(config, overrides, flags, base=base)
-    result = train_engine(cfg, out, resume, force, lr_auto=lr == "auto", batch_auto=batch_size == "auto",
-                          explicit=explicit_settings(config, overrides, flags))
+    result = train_engine(
+        cfg,
+        out,
+        resume,
+        force,
+        lr_auto=lr == "auto",
+        batch_auto=batch_size == "auto",
+        explicit=explicit_settings(config, overrides, flags),
+    )
     if report and world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers, result.train_samples)
         log_run_artifacts(result.run_dir)  # the MLflow/W&B runs of tracking.json get best/ and the report
@@ -120,8 +157,14 @@ def train(data: str | os.PathLike | None = None, *, val: str | os.PathLike | Non
     return run
 
 
-def evaluate(model: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
-             batch_size: int = 64, precision: str = "auto") -> dict:
+def evaluate(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+) -> dict:
     """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
     ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also written
     with tables and figures to `out` (default: eval/ next to the model). MODEL: a model directory or a run
@@ -132,4 +175,3 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, *, out: str | os
 def _text(path: str | os.PathLike | None) -> str | None:
     """Paths given as pathlib.Path become the strings the config holds."""
     return None if path is None else os.fspath(path)
-

@@ -1,4 +1,5 @@
 """`resnetcls eval`: the numbers, the tables and the figures a user looks at after training."""
+
 import csv
 import json
 import shutil
@@ -8,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetcls.analysis.evaluate import compute_metrics, evaluate_samples, explain_wrong
 from resnetcls.cli import main
 from resnetcls.data.sources import load_eval_samples
 from resnetcls.data.transforms import make_preprocess
-from resnetcls.analysis.evaluate import compute_metrics, evaluate_samples, explain_wrong
+from resnetcls.inference.predictor import Predictor
+from resnetcls.models import create_model
 from resnetcls.records.figures import confusion_heatmap
 from resnetcls.records.modelfile import save_model_dir
-from resnetcls.models import create_model
-from resnetcls.inference.predictor import Predictor
 
 
 def one_hot_probs(preds: list[int], num_classes: int, confidence: float) -> torch.Tensor:
@@ -52,7 +53,16 @@ def test_eval_cli_writes_every_number_table_and_figure(tiny_run, tiny_data, tmp_
     assert "top1" in stdout and "balanced accuracy" in stdout and "ECE" in stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["images"] == 36 and m["classes"] == ["blue", "green", "red"] and m["split"] == "all"
-    for key in ("top1", "top5", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "ece", "nll"):
+    for key in (
+        "top1",
+        "top5",
+        "balanced_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "ece",
+        "nll",
+    ):
         assert 0.0 <= m[key] <= (1.0 if key != "nll" else 100), key
     assert sum(map(sum, m["confusion_matrix"])) == 36
     rows = list(csv.DictReader(open(out / "per_class.csv")))
@@ -65,8 +75,9 @@ def test_eval_cli_writes_every_number_table_and_figure(tiny_run, tiny_data, tmp_
 
 
 def test_eval_on_a_subset_of_the_classes_and_a_csv_with_splits(tiny_run, tiny_data, tmp_path):
-    rows = ["path,label,split"] + [f"{c}/{i}.jpg,{c},{'test' if i < 4 else 'train'}"
-                                   for c in ("red", "blue") for i in range(12)]
+    rows = ["path,label,split"] + [
+        f"{c}/{i}.jpg,{c},{'test' if i < 4 else 'train'}" for c in ("red", "blue") for i in range(12)
+    ]
     (tiny_data / "subset.csv").write_text("\n".join(rows) + "\n")
     try:
         code = main(["eval", str(tiny_run), str(tiny_data / "subset.csv"), "--out", str(tmp_path / "ev")])
@@ -91,12 +102,19 @@ def test_most_confidently_wrong_images_are_listed_and_drawn(tiny_data, tmp_path)
     torch.manual_seed(0)
     classes = ["blue", "green", "red"]
     args = {"stem": "small", "width": 8}
-    model = save_model_dir(tmp_path / "m", create_model("resnet18", 3, **args), "resnet18", args, classes,
-                           make_preprocess(32))
+    model = save_model_dir(
+        tmp_path / "m", create_model("resnet18", 3, **args), "resnet18", args, classes, make_preprocess(32)
+    )
     predictor = Predictor(model)
     samples, _ = load_eval_samples(str(tiny_data), classes)
-    m = evaluate_samples(predictor, samples, tmp_path / "ev", {"data": str(tiny_data), "split": "all"},
-                         num_workers=0, wrong_k=5)
+    m = evaluate_samples(
+        predictor,
+        samples,
+        tmp_path / "ev",
+        {"data": str(tiny_data), "split": "all"},
+        num_workers=0,
+        wrong_k=5,
+    )
     wrong = m["most_confident_wrong"]
     assert len(wrong) == min(5, 36 - round(m["top1"] * 36)) > 0  # an untrained model gets most wrong
     assert all(w["true"] != w["pred"] and Path(w["path"]).parent.name == w["true"] for w in wrong)
@@ -120,9 +138,16 @@ def test_confusion_heatmap_stays_readable_at_100_classes(tmp_path):
 
 def test_eval_uses_the_calibrated_probabilities_and_records_ece_before_and_after(tiny_data, tmp_path, capsys):
     from resnetcls.records.modelfile import write_calibration
+
     torch.manual_seed(0)
-    model = save_model_dir(tmp_path / "model", create_model("resnet18", 3, width=8), "resnet18", {"width": 8},
-                           ["blue", "green", "red"], make_preprocess(32))
+    model = save_model_dir(
+        tmp_path / "model",
+        create_model("resnet18", 3, width=8),
+        "resnet18",
+        {"width": 8},
+        ["blue", "green", "red"],
+        make_preprocess(32),
+    )
     args = [str(tiny_data), "--precision", "fp32"]
     assert main(["eval", str(model), *args, "--out", str(tmp_path / "raw")]) == 0
     raw = json.loads((tmp_path / "raw" / "metrics.json").read_text())
@@ -134,7 +159,7 @@ def test_eval_uses_the_calibrated_probabilities_and_records_ece_before_and_after
     cal = json.loads((tmp_path / "cal" / "metrics.json").read_text())
     c = cal["calibration"]
     assert c["temperature"] == 0.3 and c["calibrated"] is True and c["fitted_on"] == "val"
-    assert c["ece_before"] == pytest.approx(raw["ece"], abs=1e-6)      # before: the raw softmax
+    assert c["ece_before"] == pytest.approx(raw["ece"], abs=1e-6)  # before: the raw softmax
     assert c["ece_after"] == cal["ece"] and c["nll_after"] == pytest.approx(cal["nll"], abs=1e-4)
     assert c["nll_before"] == pytest.approx(raw["nll"], abs=1e-4) and cal["top1"] == raw["top1"]
     assert sum(b["count"] for b in c["ece_bins_before"]) == 36
@@ -142,12 +167,15 @@ def test_eval_uses_the_calibrated_probabilities_and_records_ece_before_and_after
 
 def test_streamed_batches_give_the_numbers_of_one_pass():
     from resnetcls.analysis.evaluate import Accumulator
+
     torch.manual_seed(0)
     logits, labels = torch.randn(50, 7) * 3, torch.randint(0, 7, (50,))
     whole, streamed = Accumulator(7, temperature=1.7), Accumulator(7, temperature=1.7)
     whole.add(logits, labels, torch.arange(50))
     for start in range(0, 50, 8):  # batches of 8, the last of 2
-        streamed.add(logits[start:start + 8], labels[start:start + 8], torch.arange(start, min(start + 8, 50)))
+        streamed.add(
+            logits[start : start + 8], labels[start : start + 8], torch.arange(start, min(start + 8, 50))
+        )
     classes = list("abcdefg")
     one, many = whole.metrics(classes), streamed.metrics(classes)
     assert one.pop("nll") == pytest.approx(many.pop("nll"), rel=1e-12) and one == many
@@ -158,7 +186,9 @@ def test_streamed_batches_give_the_numbers_of_one_pass():
 
 def test_the_heatmap_shows_the_most_confused_classes_above_its_cap():
     import numpy as np
+
     from resnetcls.analysis.evaluate import HEATMAP_MAX_CLASSES, heatmap_classes
+
     names = [f"c{i}" for i in range(200)]
     confusion = np.eye(200, dtype=np.int64) * 3
     few = heatmap_classes(confusion[:40, :40], names[:40])

@@ -1,4 +1,5 @@
 """`resnetcls rank`: uncertainty scores, the diverse pick, the manifest it writes, and training on it."""
+
 import csv
 import math
 import shutil
@@ -11,10 +12,14 @@ from tests.conftest import TINY, run_cli
 
 
 def test_margin_and_entropy_order_hand_made_probabilities():
-    probs = torch.tensor([[0.98, 0.01, 0.01],   # certain
-                          [0.50, 0.49, 0.01],   # a coin toss between two: the smallest margin
-                          [0.34, 0.33, 0.33],   # uniform: the highest entropy
-                          [0.70, 0.20, 0.10]])
+    probs = torch.tensor(
+        [
+            [0.98, 0.01, 0.01],  # certain
+            [0.50, 0.49, 0.01],  # a coin toss between two: the smallest margin
+            [0.34, 0.33, 0.33],  # uniform: the highest entropy
+            [0.70, 0.20, 0.10],
+        ]
+    )
     margin = uncertainty(probs, "margin")
     assert torch.allclose(margin, torch.tensor([0.03, 0.99, 0.99, 0.5]), atol=1e-6)
     entropy = uncertainty(probs, "entropy")
@@ -59,7 +64,9 @@ def test_the_diverse_pool_is_the_most_uncertain_five_per_pick_whatever_the_numbe
     assert rows.tolist() == list(range(10)) and torch.equal(kept, features[:10])  # ties: the earlier rows
     assert pick_order(score, 2, (rows, kept)) == [0, 1]
 
-    monkeypatch.setattr(resnetcls.analysis.rank, "DIVERSE_PICKS", 3)  # without --limit: 3 picks among 15, then the rest
+    monkeypatch.setattr(
+        resnetcls.analysis.rank, "DIVERSE_PICKS", 3
+    )  # without --limit: 3 picks among 15, then the rest
     unbounded = pick_order(score, None, candidates(score, features, 15))
     assert unbounded[:3] == [0, 1, 11]
     assert unbounded[3:] == [i for i in range(40) if i != 11][2:]  # every other image, most uncertain first
@@ -81,8 +88,9 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(tiny_run, tiny_data, tmp_path,
-                                                                         monkeypatch):
+def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(
+    tiny_run, tiny_data, tmp_path, monkeypatch
+):
     pool = unlabelled_copy(tiny_data, tmp_path)
     out = tmp_path / "lists" / "rank.csv"
     out.parent.mkdir()
@@ -102,7 +110,9 @@ def test_rank_writes_a_manifest_most_uncertain_first_and_names_bad_files(tiny_ru
     assert "5 picks among the 25 most uncertain" in limited.stderr
 
     monkeypatch.setattr(resnetcls.analysis.rank, "DIVERSE_PICKS", 4)  # the default picks, made small
-    diverse = run_cli("rank", tiny_run, pool, "--out", out.parent / "all.csv", "--diverse", "--precision", "fp32")
+    diverse = run_cli(
+        "rank", tiny_run, pool, "--out", out.parent / "all.csv", "--diverse", "--precision", "fp32"
+    )
     assert "4 picks among the 20 most uncertain, then the rest most uncertain first" in diverse.stderr
     picked = read_rows(out.parent / "all.csv")
     assert sorted(r["path"] for r in picked) == sorted(r["path"] for r in rows)  # every image, once

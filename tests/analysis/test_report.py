@@ -1,4 +1,5 @@
 """report.html: written at the end of training and by `resnetcls report`, self-contained, renders in Chromium."""
+
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ def test_training_writes_a_self_contained_report(tiny_run):
     # nothing to fetch: no external scripts, styles or images
     assert not re.search(r'(src|href)=["\']?(https?:|//)', page)
     assert '<table class="sortable" id="per-class">' in page and "<td>green</td>" in page
-    assert "model:\n  name: resnet18" in page            # the resolved config
+    assert "model:\n  name: resnet18" in page  # the resolved config
     assert "torchvision" in page and "best_val_top1" in page  # environment and the run's summary
     assert "<h3>Trained on</h3>" in page and "cpu_native_bf16" in page  # the run's environment.json
 
@@ -29,7 +30,7 @@ def test_report_command_picks_up_a_later_eval(tiny_run, tiny_data, tmp_path, cap
     run = shutil.copytree(tiny_run, tmp_path / "run")
     before = (run / "report.html").read_text()
     assert "36 images" not in before  # the end-of-training report evaluated the validation split
-    assert main(["eval", str(run), str(tiny_data)]) == 0   # default --out: RUN_DIR/eval
+    assert main(["eval", str(run), str(tiny_data)]) == 0  # default --out: RUN_DIR/eval
     assert main(["report", str(run)]) == 0
     after = (run / "report.html").read_text()
     assert f"36 images of {tiny_data}" in after and "(split: all)" in after
@@ -45,8 +46,17 @@ def find_chromium() -> str:
 
 
 def chromium(binary: str, profile, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -73,6 +83,7 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
 
 def _run_dir_with_config(tmp_path, *overrides):
     from resnetcls.config import build_config, dump_yaml
+
     run = tmp_path / "run"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_yaml(build_config(overrides=["data.image_size=32", *overrides])))
@@ -81,18 +92,24 @@ def _run_dir_with_config(tmp_path, *overrides):
 
 def test_the_augmented_batch_is_what_the_model_sees_with_soft_targets_named(tiny_data, tmp_path):
     import numpy as np
-    from resnetcls.data.sources import load_splits
+
     from resnetcls.analysis.report import augmented_batch, write_augmented_batch
+    from resnetcls.data.sources import load_splits
+
     train = load_splits(str(tiny_data)).train
     plain, captions = augmented_batch(_run_dir_with_config(tmp_path / "a", "data.cache=false"), train, 8)
     assert plain.shape == (8, 32, 32, 3) and plain.dtype == np.uint8
     assert set(captions) <= set(train.classes)  # hard labels: one class name each
     # solid-colour classes: without augmentation beyond crop + flip every image is one flat colour
     assert all(int(np.ptp(im.reshape(-1, 3), axis=0).max()) <= 2 for im in plain)
-    run = _run_dir_with_config(tmp_path / "b", "data.cache=false", "data.cutmix=1.0", "data.random_erasing=1.0")
+    run = _run_dir_with_config(
+        tmp_path / "b", "data.cache=false", "data.cutmix=1.0", "data.random_erasing=1.0"
+    )
     mixed, captions = augmented_batch(run, train, 8)
     assert sum(len(c.splitlines()) == 2 for c in captions) >= 2  # soft targets: two classes, with weights
-    assert sum(int(np.ptp(im.reshape(-1, 3), axis=0).max()) > 10 for im in mixed) >= 6  # boxes, erased patches
+    assert (
+        sum(int(np.ptp(im.reshape(-1, 3), axis=0).max()) > 10 for im in mixed) >= 6
+    )  # boxes, erased patches
     path = write_augmented_batch(run, train, 8)
     with Image.open(path) as image:
         assert image.format == "PNG" and min(image.size) > 100
@@ -111,9 +128,12 @@ def test_a_malformed_lr_find_json_is_one_line_naming_the_file(tmp_path, capsys):
 
 def test_the_report_shows_calibration_before_and_after(tiny_run, tiny_data, tmp_path):
     from resnetcls.records.modelfile import write_calibration
+
     assert "Not calibrated: probabilities are the raw softmax" in (tiny_run / "report.html").read_text()
     run = shutil.copytree(tiny_run, tmp_path / "run")
-    write_calibration(run / "best", {"calibrated": True, "temperature": 1.6, "fitted_on": "val", "images": 30})
+    write_calibration(
+        run / "best", {"calibrated": True, "temperature": 1.6, "fitted_on": "val", "images": 30}
+    )
     assert main(["eval", str(run), str(tiny_data)]) == 0
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
@@ -126,20 +146,24 @@ def test_the_report_shows_calibration_before_and_after(tiny_run, tiny_data, tmp_
 def test_a_1000_class_report_stays_small_with_the_full_matrix_in_csv(tmp_path):
     import csv
     import json
+
+    import torch
+
+    from resnetcls.analysis.evaluate import evaluate_samples
+    from resnetcls.analysis.report import write_report
     from resnetcls.data.sources import load_eval_samples
     from resnetcls.data.transforms import make_preprocess
-    from resnetcls.analysis.evaluate import evaluate_samples
-    from resnetcls.records.modelfile import save_model_dir
-    from resnetcls.models import create_model
     from resnetcls.inference.predictor import Predictor
-    from resnetcls.analysis.report import write_report
-    import torch
+    from resnetcls.models import create_model
+    from resnetcls.records.modelfile import save_model_dir
+
     torch.manual_seed(0)
     classes = [f"object_{i:04d}" for i in range(1000)]
     run = tmp_path / "run"
     args = {"stem": "small", "width": 8}
-    save_model_dir(run / "best", create_model("resnet18", 1000, **args), "resnet18", args, classes,
-                   make_preprocess(32))
+    save_model_dir(
+        run / "best", create_model("resnet18", 1000, **args), "resnet18", args, classes, make_preprocess(32)
+    )
     (run / "metrics.jsonl").write_text("")
     data = tmp_path / "data"
     data.mkdir()
@@ -150,7 +174,9 @@ def test_a_1000_class_report_stays_small_with_the_full_matrix_in_csv(tmp_path):
     (data / "labels.csv").write_text("\n".join(rows) + "\n")
     samples, _ = load_eval_samples(str(data / "labels.csv"), classes)
     ev = run / "eval"  # `eval` into RUN_DIR/eval, then `report` (which picks it up)
-    evaluate_samples(Predictor(run), samples, ev, {"data": str(data), "split": "all"}, num_workers=0, wrong_k=3)
+    evaluate_samples(
+        Predictor(run), samples, ev, {"data": str(data), "split": "all"}, num_workers=0, wrong_k=3
+    )
     page = write_report(run).read_text()
     matrix = list(csv.reader(open(ev / "confusion_matrix.csv")))
     assert len(matrix) == 1001 and matrix[0][1:] == classes and all(len(r) == 1001 for r in matrix)
@@ -176,14 +202,28 @@ def test_a_1000_class_report_stays_small_with_the_full_matrix_in_csv(tmp_path):
 
 def test_above_50_classes_the_per_class_table_shows_those_in_the_data(tmp_path):
     import json
+
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("")
     per_class = {f"k{i:02d}": {"precision": 0.0, "recall": None, "f1": None, "support": 0} for i in range(60)}
     for i in range(0, 30, 3):  # 10 of the 60 classes in the data, F1 rising with the index
         per_class[f"k{i:02d}"] = {"precision": i / 30, "recall": i / 30, "f1": i / 30, "support": 2}
-    m = {"images": 20, "data": "d", "split": "all", "model": "m", "top1": 0.5, "top5": 0.9, "balanced_accuracy": 0.5,
-         "macro_precision": 0.5, "macro_recall": 0.5, "macro_f1": 0.5, "ece": 0.1, "nll": 1.0, "per_class": per_class}
+    m = {
+        "images": 20,
+        "data": "d",
+        "split": "all",
+        "model": "m",
+        "top1": 0.5,
+        "top5": 0.9,
+        "balanced_accuracy": 0.5,
+        "macro_precision": 0.5,
+        "macro_recall": 0.5,
+        "macro_f1": 0.5,
+        "ece": 0.1,
+        "nll": 1.0,
+        "per_class": per_class,
+    }
     (run / "eval" / "metrics.json").write_text(json.dumps(m))
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()

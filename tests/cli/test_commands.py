@@ -1,4 +1,5 @@
 """The command line: usage errors exit 2 without a traceback, --version, and `python -m resnetcls`."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """The parsers: flag values are checked by argparse (exit 2 naming the flag), and `--help` loads no torch."""
+
 import argparse
 import os
 import subprocess
@@ -20,10 +21,24 @@ def test_numbers_and_durations_are_checked_naming_the_flag():
 
 
 def test_help_lists_every_subcommand_without_loading_torch():
-    code = ("import sys; from resnetcls.cli import build_parser; text = build_parser().format_help(); "
-            "print(text); print('torch' in sys.modules)")
+    code = (
+        "import sys; from resnetcls.cli import build_parser; text = build_parser().format_help(); "
+        "print(text); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for command in ("train", "lr-find", "lifelong", "eval", "predict", "rank", "export", "serve", "data", "env", "demo"):
+    for command in (
+        "train",
+        "lr-find",
+        "lifelong",
+        "eval",
+        "predict",
+        "rank",
+        "export",
+        "serve",
+        "data",
+        "env",
+        "demo",
+    ):
         assert command in out
     assert out.strip().splitlines()[-1] == "False"
 
@@ -43,24 +58,40 @@ def test_every_option_says_what_it_does_and_its_default():
         name = "/".join(action.option_strings) or action.metavar or action.dest
         if not action.help:
             missing.append(f"{command} {name}")
-        elif action.option_strings and action.default not in (None, False, [], "") and "default" not in action.help:
+        elif (
+            action.option_strings
+            and action.default not in (None, False, [], "")
+            and "default" not in action.help
+        ):
             no_default.append(f"{command} {name}")
     assert not missing and not no_default, (missing, no_default)
-    text = subprocess.run([sys.executable, "-m", "resnetcls", "serve", "--help"], capture_output=True,
-                          text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "resnetcls", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
     assert "idle or half-sent connections do not count (default 64)" in text  # %(default)s rendered
 
 
 def test_the_readme_lists_exactly_the_parsers_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("## Commands\n```\n", 1)[1].split("```\n", 1)[0]
-    assert block == command_synopsis(), ("README's Commands block differs from the parser; regenerate it with "
-                                         "python -c 'from resnetcls.cli.parsers import command_synopsis; "
-                                         "print(command_synopsis(), end=\"\")'")
+    assert block == command_synopsis(), (
+        "README's Commands block differs from the parser; regenerate it with "
+        "python -c 'from resnetcls.cli.parsers import command_synopsis; "
+        'print(command_synopsis(), end="")\''
+    )
 
 
 def test_predict_and_serve_offer_every_backend_the_predictor_runs():
     from resnetcls.inference.predictor import BACKENDS
-    backends = {name: action.choices for name, action in _actions(build_parser()) if "--backend" in action.option_strings}
+
+    backends = {
+        name: action.choices
+        for name, action in _actions(build_parser())
+        if "--backend" in action.option_strings
+    }
     assert set(backends) == {"predict", "serve"}
     assert all(list(choices) == list(BACKENDS) for choices in backends.values())

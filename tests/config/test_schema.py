@@ -6,7 +6,12 @@ from tests.conftest import ROOT
 
 def test_seed_recipe_is_the_write_ups():
     cfg = build_config(ROOT / "configs" / "seed.yaml")
-    assert (cfg.optim.name, cfg.loss.name, cfg.data.augment, cfg.model.stride_on_1x1) == ("adam", "bce", "resize", True)
+    assert (cfg.optim.name, cfg.loss.name, cfg.data.augment, cfg.model.stride_on_1x1) == (
+        "adam",
+        "bce",
+        "resize",
+        True,
+    )
     assert cfg.ckpt.keep_last == 10
 
 
@@ -17,9 +22,19 @@ def test_default_recipe_is_modern():
 
 
 def test_augmentation_keys_default_off_and_accept_their_values():
-    assert (build_config().data.random_erasing, build_config().data.mixup, build_config().data.cutmix) == (0, 0, 0)
-    d = build_config(overrides=["data.augment=trivialaugment", "data.random_erasing=0.25", "data.mixup=0.2",
-                                "data.cutmix=1.0"]).data
+    assert (build_config().data.random_erasing, build_config().data.mixup, build_config().data.cutmix) == (
+        0,
+        0,
+        0,
+    )
+    d = build_config(
+        overrides=[
+            "data.augment=trivialaugment",
+            "data.random_erasing=0.25",
+            "data.mixup=0.2",
+            "data.cutmix=1.0",
+        ]
+    ).data
     assert (d.augment, d.random_erasing, d.mixup, d.cutmix) == ("trivialaugment", 0.25, 0.2, 1.0)
 
 

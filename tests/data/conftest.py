@@ -1,4 +1,5 @@
 """Fixtures of the data tests: a handful of awkward real image files."""
+
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,4 +1,5 @@
 """A generated corpus of awkward and broken images, each with the exact outcome a user should see."""
+
 from __future__ import annotations
 
 import io
@@ -15,11 +16,17 @@ RED, BLUE = (220, 20, 20), (20, 20, 220)
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (no real pixel data): a decompression bomb's signature."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg(image: Image.Image, **kwargs) -> bytes:
@@ -74,15 +81,24 @@ def corpus() -> dict[str, tuple[bytes, tuple]]:
         "truncated.jpg": (good_jpeg[: len(good_jpeg) // 2], ("bad", "truncated file")),
         "empty.jpg": (b"", ("bad", "empty file (0 bytes)")),
         "text.jpg": (b"this is not an image\n", ("bad", "not an image in a format we read")),
-        "bomb.png": (_png_claiming(100000, 100000), ("bad", "above the pixel limit (possible decompression bomb)")),
+        "bomb.png": (
+            _png_claiming(100000, 100000),
+            ("bad", "above the pixel limit (possible decompression bomb)"),
+        ),
         "one_pixel.png": (_png(Image.new("RGB", (1, 1), RED)), ("ok", (1, 1), RED)),
         "cmyk.jpg": (_jpeg(Image.new("RGB", (24, 24), RED).convert("CMYK")), ("ok", (24, 24), RED)),
-        "gray16.png": (_png(Image.fromarray(np.full((8, 8), 257 * 100, np.uint16))), ("ok", (8, 8), (100,) * 3)),
+        "gray16.png": (
+            _png(Image.fromarray(np.full((8, 8), 257 * 100, np.uint16))),
+            ("ok", (8, 8), (100,) * 3),
+        ),
         "int32.tif": (_tiff(Image.fromarray(np.full((8, 8), 65535, np.int32))), ("ok", (8, 8), (255,) * 3)),
         "float.tif": (_tiff(Image.fromarray(np.full((8, 8), 0.5, np.float32))), ("ok", (8, 8), (128,) * 3)),
         "palette_transparent.png": (palette_png_with_transparency(), ("ok", (16, 16), None)),
         "la.png": (_png(Image.new("LA", (8, 8), (200, 255))), ("ok", (8, 8), (200,) * 3)),
-        "rgba_half.png": (_png(Image.new("RGBA", (8, 8), (200, 100, 50, 128))), ("ok", (8, 8), (100, 50, 25))),
+        "rgba_half.png": (
+            _png(Image.new("RGBA", (8, 8), (200, 100, 50, 128))),
+            ("ok", (8, 8), (100, 50, 25)),
+        ),
         "exif_rotated.jpg": (exif_rotated_jpeg(), ("ok", (20, 40), None)),
         "animated.gif": (animated_gif(), ("ok", (16, 16), RED)),
         "my photo.JPG": (good_jpeg, ("ok", (24, 24), RED)),
@@ -123,8 +139,14 @@ def jpeg(image: Image.Image, quality: int = 20) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
-def write_photo_set(root: Path, leaky_val: int, train_per_class: int = 8, val_per_class: int = 4,
-                    classes: tuple[str, ...] = ("a", "b"), size: int = 48) -> Path:
+def write_photo_set(
+    root: Path,
+    leaky_val: int,
+    train_per_class: int = 8,
+    val_per_class: int = 4,
+    classes: tuple[str, ...] = ("a", "b"),
+    size: int = 48,
+) -> Path:
     """root/train and root/val class folders of distinct photo() images (PNG); in each class the first
     `leaky_val` val images are copies of train images (`copy<i>.jpg`: JPEG quality 30, resized to 75%)."""
     for c, name in enumerate(classes):
@@ -134,7 +156,8 @@ def write_photo_set(root: Path, leaky_val: int, train_per_class: int = 8, val_pe
                 seed = 1000 * c + (i if split == "train" else 500 + i)
                 if split == "val" and i < leaky_val:
                     jpeg(photo(1000 * c + i, size), 30).resize((size * 3 // 4,) * 2).save(
-                        root / split / name / f"copy{i}.jpg")
+                        root / split / name / f"copy{i}.jpg"
+                    )
                 else:
                     photo(seed, size).save(root / split / name / f"{i}.png")
     return root

@@ -1,5 +1,6 @@
 """data/augment.py: the per-image policies and random erasing on uint8 crops, Mixup/CutMix with soft targets;
 each does to the images what it says, and the same seed gives the same result."""
+
 import pytest
 import torch
 
@@ -26,7 +27,9 @@ def test_random_erasing_with_p_1_leaves_one_constant_rectangle_of_the_mean_colou
         rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
         top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         box = y[:, top:bottom, left:right]
-        assert torch.equal(box, fill.expand_as(box))  # the whole bounding box of the change is the fill colour
+        assert torch.equal(
+            box, fill.expand_as(box)
+        )  # the whole bounding box of the change is the fill colour
         outside = torch.ones(32, 32, dtype=torch.bool)
         outside[top:bottom, left:right] = False
         assert torch.equal(y[:, outside], x[:, outside])  # and nothing outside it moved
@@ -121,6 +124,7 @@ def test_every_augmentation_works_at_each_progressive_size(size):
 
 def test_augment_on_resolves_per_device_and_names_a_bad_value():
     from resnetcls.data.augment import resolve_augment_on
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_augment_on(v, cpu) for v in ("auto", "host", "device")] == [False, False, True]
     assert [resolve_augment_on(v, cuda) for v in ("auto", "host", "device")] == [True, False, True]
@@ -133,14 +137,22 @@ def test_device_crops_follow_the_drawn_boxes_and_flips_exactly():
     resized; the draws repeat under the same seed."""
     from resnetcls.data.augment import DeviceCrops
     from resnetcls.data.transforms import _crop_box
+
     crops = DeviceCrops(8, (0.25, 1.0), SampleAugment("crop_flip", 0.0), _crop_box)
     canvas = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    whole = {"boxes": torch.tensor([[0.0, 0, 8, 8]] * 2), "flips": torch.tensor([False, True]),
-             "seeds": torch.tensor([1, 2])}
+    whole = {
+        "boxes": torch.tensor([[0.0, 0, 8, 8]] * 2),
+        "flips": torch.tensor([False, True]),
+        "seeds": torch.tensor([1, 2]),
+    }
     out = crops.apply(canvas, whole, 8)
     assert out.dtype == torch.uint8 and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out[0], canvas[0]) and torch.equal(out[1], canvas[1].flip(-1))
-    left = {"boxes": torch.tensor([[0.0, 0, 8, 4]]), "flips": torch.tensor([False]), "seeds": torch.tensor([1])}
+    left = {
+        "boxes": torch.tensor([[0.0, 0, 8, 4]]),
+        "flips": torch.tensor([False]),
+        "seeds": torch.tensor([1]),
+    }
     flat = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
     flat[..., :4] = 200  # the left half is bright, the right dark: the crop of the left half is all bright
     assert crops.apply(flat, left, 4).min() == 200

@@ -1,4 +1,5 @@
 """Decoded uint8 cache + batched uint8 transforms: same pixels as predict, reused, rebuilt, atomic, shareable."""
+
 import multiprocessing
 import os
 import socket
@@ -14,8 +15,8 @@ from resnetcls.data import cache as cache_mod
 from resnetcls.data import scan as scan_mod
 from resnetcls.data import store as store_mod
 from resnetcls.data.cache import cache_key, open_or_build
-from resnetcls.errors import UserError
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
+from resnetcls.errors import UserError
 from tests.conftest import TINY
 
 
@@ -26,6 +27,7 @@ def test_store_is_reused_and_rebuilt_when_a_file_changes(photos, tmp_path, monke
 
     def no_decoding(*args):
         raise AssertionError("decoded again although the store is complete")
+
     monkeypatch.setattr(store_mod, "decode_resized", no_decoding)
     assert open_or_build(photos.paths, geometry, tmp_path).directory == store.directory
     st = os.stat(photos.paths[0])
@@ -67,6 +69,7 @@ def _build_in_child(paths, cache_dir, log):
         with open(log, "a") as f:
             f.write(path + "\n")
         return real(path, geometry)
+
     store_mod.decode_resized = counting
     print(open_or_build(paths, cache_mod.StoreGeometry(37), cache_dir).directory)
 
@@ -74,8 +77,10 @@ def _build_in_child(paths, cache_dir, log):
 def test_concurrent_processes_share_one_build(photos, tmp_path):
     """As torchrun ranks on one machine do: one builds, the others wait and read the same store."""
     context = multiprocessing.get_context("fork")
-    children = [context.Process(target=_build_in_child, args=(photos.paths, tmp_path / "c", tmp_path / "log"))
-                for _ in range(3)]
+    children = [
+        context.Process(target=_build_in_child, args=(photos.paths, tmp_path / "c", tmp_path / "log"))
+        for _ in range(3)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -91,7 +96,9 @@ def test_an_unusable_cache_folder_is_a_one_line_user_error(photos, tmp_path):
         open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path / "file" / "c")
 
 
-def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memory(photos, tmp_path, monkeypatch):
+def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memory(
+    photos, tmp_path, monkeypatch
+):
     real = store_mod.decode_resized
 
     def failing(path, geometry):
@@ -100,10 +107,13 @@ def test_cache_build_records_the_image_that_killed_its_worker_or_ran_out_of_memo
         if path == photos.paths[4]:
             raise MemoryError
         return real(path, geometry)
+
     monkeypatch.setattr(store_mod, "decode_resized", failing)
     monkeypatch.setattr(scan_mod, "POOL_MIN_IMAGES", 2)
     store = open_or_build(photos.paths, cache_mod.StoreGeometry(37), tmp_path, workers=2, log=lambda _: None)
-    assert store.bad_files[photos.paths[3]] == "decoding this image killed its worker process (out of memory?)"
+    assert (
+        store.bad_files[photos.paths[3]] == "decoding this image killed its worker process (out of memory?)"
+    )
     assert store.bad_files[photos.paths[4]] == "not enough memory to decode and resize this image"
     assert store.load(0).shape == (37, 58, 3) and len(store.bad_files) == 3  # plus the broken file
 
@@ -112,8 +122,9 @@ def test_an_extreme_aspect_ratio_is_stored_centre_cropped_to_4_to_1(tmp_path):
     strip = np.zeros((8, 4000, 3), np.uint8)
     strip[:, 1996:2004] = 255  # a white centre block, a quarter of the 32 px kept
     Image.fromarray(strip).save(tmp_path / "strip.png")
-    store = open_or_build([str(tmp_path / "strip.png")], cache_mod.StoreGeometry(37), tmp_path / "c",
-                          log=lambda _: None)
+    store = open_or_build(
+        [str(tmp_path / "strip.png")], cache_mod.StoreGeometry(37), tmp_path / "c", log=lambda _: None
+    )
     stored = store.load(0)
     assert stored.shape == (37, 148, 3)  # not 37 x 18500: at most 4 short sides long
     assert stored[:, 64:84].min() > 200 and stored[:, :40].max() < 50  # still in the centre
@@ -140,8 +151,12 @@ def test_building_a_store_twice_as_large_does_not_grow_the_builders_memory(tmp_p
     rng = np.random.default_rng(0)
     for i in range(40):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    child = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_TWO_BUILDS, str(tmp_path)], capture_output=True,
-                           text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_TWO_BUILDS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     after_600, after_1200 = map(int, child.stdout.split())
     assert after_1200 - after_600 < 600 * 160 * 160 * 3 / 4, (after_600, after_1200)
 
@@ -169,12 +184,45 @@ def _two_nodes(data, out, caches: list, slow_node1: Path | None = None) -> list[
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNETCLS_CACHE": str(cache)}
         if rank == 1 and slow_node1 is not None:  # its sitecustomize slows its first decode
             env["PYTHONPATH"] = os.pathsep.join([str(slow_node1), env.get("PYTHONPATH", "")])
-        nodes.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
-             "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "resnetcls",
-             "train", data, *TINY, "--epochs", "1", "--out", out, "--set", "train.dist_timeout_s=4",
-             "--set", "data.leak_check=false"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    return [subprocess.CompletedProcess(node.args, node.wait(240), node.communicate()[0], "") for node in nodes]
+        nodes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes",
+                    "2",
+                    "--node-rank",
+                    str(rank),
+                    "--nproc-per-node",
+                    "1",
+                    "--master-addr",
+                    "127.0.0.1",
+                    "--master-port",
+                    str(port),
+                    "-m",
+                    "resnetcls",
+                    "train",
+                    data,
+                    *TINY,
+                    "--epochs",
+                    "1",
+                    "--out",
+                    out,
+                    "--set",
+                    "train.dist_timeout_s=4",
+                    "--set",
+                    "data.leak_check=false",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return [
+        subprocess.CompletedProcess(node.args, node.wait(240), node.communicate()[0], "") for node in nodes
+    ]
 
 
 def _stores(cache: Path) -> list[Path]:
@@ -195,7 +243,9 @@ def test_two_nodes_with_their_own_cache_folders_each_build_theirs_however_long_o
     collective timeout (train.dist_timeout_s=4, one build slowed by 8 s) without the job failing."""
     (tmp_path / "slow").mkdir()
     (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_FIRST_DECODE)
-    nodes = _two_nodes(tiny_data, tmp_path / "run", [tmp_path / "node0", tmp_path / "node1"], tmp_path / "slow")
+    nodes = _two_nodes(
+        tiny_data, tmp_path / "run", [tmp_path / "node0", tmp_path / "node1"], tmp_path / "slow"
+    )
     assert [node.returncode for node in nodes] == [0, 0], nodes[0].stdout[-3000:] + nodes[1].stdout[-3000:]
     assert (tmp_path / "run" / "final" / "model.json").is_file()
     assert [node.stdout.count("images once into the cache") for node in nodes] == [2, 2]

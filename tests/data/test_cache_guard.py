@@ -1,5 +1,6 @@
 """The decoded cache guards itself: invalid stores are rebuilt, replaced files are noticed, the space a
 build needs is checked first, the folder stays under data.cache_max_gb, and missing locks say what to do."""
+
 import errno
 import json
 import os
@@ -10,7 +11,6 @@ import pytest
 from resnetcls.data import cache as cache_mod
 from resnetcls.data.cache import StoreGeometry, cache_key, estimate_store_bytes, list_stores, open_or_build
 from resnetcls.errors import UserError
-
 
 GEOMETRY = StoreGeometry(37)
 
@@ -25,13 +25,16 @@ def build(paths, cache_dir, logged, **kwargs):
     return open_or_build(paths, GEOMETRY, cache_dir, log=logged.append, **kwargs)
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda d: (d / "meta.json").write_text("{not json"), "unreadable"),
-    (lambda d: (d / "meta.json").write_text(json.dumps({"format": 1})), "format 1, not 2"),
-    (lambda d: os.truncate(d / "data.u8", (d / "data.u8").stat().st_size // 2), "data.u8 has"),
-    (lambda d: (d / "index.npy").write_bytes(b"\x93NUMPY garbage"), "unreadable"),
-    (lambda d: (d / "index.npy").unlink(), "unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "meta.json").write_text("{not json"), "unreadable"),
+        (lambda d: (d / "meta.json").write_text(json.dumps({"format": 1})), "format 1, not 2"),
+        (lambda d: os.truncate(d / "data.u8", (d / "data.u8").stat().st_size // 2), "data.u8 has"),
+        (lambda d: (d / "index.npy").write_bytes(b"\x93NUMPY garbage"), "unreadable"),
+        (lambda d: (d / "index.npy").unlink(), "unreadable"),
+    ],
+)
 def test_an_invalid_store_is_rebuilt_with_a_warning(photos, tmp_path, logged, damage, reason):
     store = build(photos.paths, tmp_path, logged)
     expected = store.load(0).copy()
@@ -52,8 +55,7 @@ def test_a_replaced_file_with_the_same_size_and_mtime_is_a_new_key(photos, tmp_p
     assert cache_key(photos.paths, GEOMETRY) != before
 
 
-def test_a_build_that_would_not_fit_is_refused_with_both_numbers(photos, tmp_path, monkeypatch,
-                                                                 logged):
+def test_a_build_that_would_not_fit_is_refused_with_both_numbers(photos, tmp_path, monkeypatch, logged):
     monkeypatch.setattr(cache_mod, "free_bytes", lambda folder: 1000)
     needed = estimate_store_bytes(photos.paths, GEOMETRY)
     with pytest.raises(UserError) as e:
@@ -75,8 +77,11 @@ def test_least_recently_used_stores_are_pruned_to_stay_under_the_limit(photos, t
     os.utime(second.directory / "meta.json", (1, 1))
     sizes = {folder.name: size for _, size, folder in list_stores(tmp_path)}
     # room for first + the new store, not for second as well
-    limit_gb = (sizes[first.directory.name] + estimate_store_bytes(photos.paths, GEOMETRY)
-                + sizes[second.directory.name] // 2) / 1e9
+    limit_gb = (
+        sizes[first.directory.name]
+        + estimate_store_bytes(photos.paths, GEOMETRY)
+        + sizes[second.directory.name] // 2
+    ) / 1e9
     build(photos.paths, tmp_path, logged, max_gb=limit_gb)  # a third store: room is made for it
     left = {folder.name for _, _, folder in list_stores(tmp_path)}
     assert second.directory.name not in left and first.directory.name in left
@@ -88,14 +93,18 @@ def test_least_recently_used_stores_are_pruned_to_stay_under_the_limit(photos, t
 @pytest.mark.parametrize("cache_format", ["decoded", "compressed", "auto"])
 def test_a_store_larger_than_the_limit_is_refused(photos, tmp_path, logged, cache_format):
     kind = "decoded" if cache_format == "decoded" else "compressed"  # auto tries compressed before refusing
-    with pytest.raises(UserError, match=rf"the {kind} cache for these images needs about [\d,]+ bytes, more than "
-                                        r"data\.cache_max_gb=1e-09; raise it"):
+    with pytest.raises(
+        UserError,
+        match=rf"the {kind} cache for these images needs about [\d,]+ bytes, more than "
+        r"data\.cache_max_gb=1e-09; raise it",
+    ):
         build(photos.paths, tmp_path, logged, max_gb=1e-9, cache_format=cache_format)
 
 
 @pytest.mark.parametrize("short_of", ["the limit", "free space"])
-def test_auto_stores_compressed_where_the_decoded_store_would_not_fit(photos, tmp_path, monkeypatch, logged,
-                                                                      short_of):
+def test_auto_stores_compressed_where_the_decoded_store_would_not_fit(
+    photos, tmp_path, monkeypatch, logged, short_of
+):
     decoded = build(photos.paths, tmp_path / "decoded", logged)
     room = int(0.6 * estimate_store_bytes(photos.paths, GEOMETRY))
     limit = {"max_gb": room / 1e9} if short_of == "the limit" else {}
@@ -108,7 +117,11 @@ def test_auto_stores_compressed_where_the_decoded_store_would_not_fit(photos, tm
     store = build(photos.paths, tmp_path / "c", logged, **limit)
     notes = [line for line in logged if line.startswith("note: a decoded cache of these 7 images")]
     over = "data.cache_max_gb=" if short_of == "the limit" else "free in "
-    assert len(notes) == 1 and over in notes[0] and "storing them compressed instead (JPEG quality 90" in notes[0]
+    assert (
+        len(notes) == 1
+        and over in notes[0]
+        and "storing them compressed instead (JPEG quality 90" in notes[0]
+    )
     assert store.kind == "compressed" and store.note == notes[0] and store.bad_files == decoded.bad_files
     assert (store.directory / "data.u8").stat().st_size < room
     for i in (0, 1, 3):  # the same stored geometry, pixels within JPEG's loss
@@ -121,9 +134,12 @@ def test_auto_stores_compressed_where_the_decoded_store_would_not_fit(photos, tm
 def test_a_file_system_without_locks_says_what_to_do(photos, tmp_path, monkeypatch, logged):
     def no_locks(*_args):
         raise OSError(errno.ENOLCK, "No locks available")
+
     monkeypatch.setattr(cache_mod.fcntl, "flock", no_locks)
     with pytest.raises(UserError) as e:
         build(photos.paths, tmp_path, logged)
-    assert str(e.value) == (f"{tmp_path}: this file system does not support file locks (e.g. some network mounts), "
-                            f"which the decoded cache needs; set data.cache_dir (or RESNETCLS_CACHE) to a folder "
-                            f"on a local disk, or data.cache=false")
+    assert str(e.value) == (
+        f"{tmp_path}: this file system does not support file locks (e.g. some network mounts), "
+        f"which the decoded cache needs; set data.cache_dir (or RESNETCLS_CACHE) to a folder "
+        f"on a local disk, or data.cache=false"
+    )

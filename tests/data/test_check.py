@@ -1,4 +1,5 @@
 """`resnetcls data check` and the on_bad policy in training: bad files are reported, never a crash."""
+
 import csv
 import json
 import os
@@ -44,8 +45,14 @@ def test_data_check_reports_every_problem_in_json_and_on_stderr(tiny_data, tmp_p
     assert ["linked.jpg", "my photo.JPG"] in dup_names and ["0.jpg", "leak.jpg"] in dup_names
     assert report["ignored"]["hidden"]["count"] == 1 and report["ignored"]["not_image"]["count"] == 1
     assert report["sizes"]["width"]["min"] == 1 and "one_pixel.png" in str(report["sizes"])
-    for text in ("bad files: 4", "truncated.jpg: truncated file", "leakage", "class 'odd' has no images in: val",
-                 "imbalance ratio", "ignored: 1 hidden, 1 not image"):
+    for text in (
+        "bad files: 4",
+        "truncated.jpg: truncated file",
+        "leakage",
+        "class 'odd' has no images in: val",
+        "imbalance ratio",
+        "ignored: 1 hidden, 1 not image",
+    ):
         assert text in result.stderr, text
     fail = run_cli("data", "check", tmp_path / "d", "--on-bad", "fail")
     assert fail.returncode == 2 and "resnetcls: error: 4 bad image(s)" in fail.stderr
@@ -81,8 +88,17 @@ def test_training_skips_bad_files_counts_them_and_writes_the_split(tiny_data, tm
 def test_on_bad_fail_stops_before_training_naming_every_bad_file(tiny_data, tmp_path):
     data = _train_data_with_bad_files(tmp_path / "d", tiny_data)
     for cache in ("true", "false"):
-        result = run_cli("train", data, *TINY, "--set", "data.on_bad=fail", "--set", f"data.cache={cache}",
-                         "--out", tmp_path / cache)
+        result = run_cli(
+            "train",
+            data,
+            *TINY,
+            "--set",
+            "data.on_bad=fail",
+            "--set",
+            f"data.cache={cache}",
+            "--out",
+            tmp_path / cache,
+        )
         assert result.returncode == 2, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("resnetcls: error: 2 bad images (data.on_bad=fail")
@@ -115,7 +131,9 @@ def test_data_check_lists_a_near_duplicate_group_across_splits_with_the_share(tm
     assert near["threshold"] == 8 and near["group_count"] == 2 and near["across_splits"] == 2
     assert 0 < near["expected_false_matches_per_image"] < 0.01 and "by chance about" in result.stderr
     assert sorted(sorted(os.path.relpath(f["path"], root) for f in g["files"]) for g in near["groups"]) == [
-        ["train/a/0.png", "val/a/copy0.jpg"], ["train/b/0.png", "val/b/copy0.jpg"]]
+        ["train/a/0.png", "val/a/copy0.jpg"],
+        ["train/b/0.png", "val/b/copy0.jpg"],
+    ]
     assert near["groups"][0]["splits"] == {"train": 1, "val": 1}
     assert near["leak"] == {"val": {"images": 8, "with_near_duplicate_in_train": 2, "share": 0.25}}
     assert "2 groups (4 files); 0 within one split, 2 across splits" in result.stderr
@@ -135,7 +153,10 @@ def test_suggest_split_keeps_each_group_on_one_side_and_train_accepts_it(tmp_pat
     split_csv = tmp_path / "split.csv"
     result = run_cli("data", "check", root, "--suggest-split", split_csv, "--val-fraction", "0.3")
     assert result.returncode == 0, result.stderr
-    assert f"suggested split written to {split_csv}" in result.stderr and f"resnetcls train {split_csv}" in result.stderr
+    assert (
+        f"suggested split written to {split_csv}" in result.stderr
+        and f"resnetcls train {split_csv}" in result.stderr
+    )
     rows = list(csv.DictReader(split_csv.open()))
     sides = defaultdict(set)
     for row in rows:
@@ -144,18 +165,25 @@ def test_suggest_split_keeps_each_group_on_one_side_and_train_accepts_it(tmp_pat
     assert sum(1 for g in sides if g.startswith("g")) == 6  # the planted pairs
     assert {r["split"] for r in rows} == {"train", "val"}
     again = run_cli("data", "check", split_csv, "--out", tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text())["near_duplicates"]["leak"]["val"][
-        "with_near_duplicate_in_train"] == 0, again.stderr
+    assert (
+        json.loads((tmp_path / "r.json").read_text())["near_duplicates"]["leak"]["val"][
+            "with_near_duplicate_in_train"
+        ]
+        == 0
+    ), again.stderr
     trained = run_cli("train", split_csv, *TINY, "--epochs", "1", "--out", tmp_path / "run")
     assert trained.returncode == 0, trained.stderr
     assert "near-duplicate in train" not in trained.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--suggest-split", "split.txt"], "--suggest-split split.txt: expected a .csv file name"),
-    (["--near-threshold", "40"], "argument --near-threshold: must be between 0 and 16"),
-    (["--val-fraction", "1.5"], "argument --val-fraction: must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--suggest-split", "split.txt"], "--suggest-split split.txt: expected a .csv file name"),
+        (["--near-threshold", "40"], "argument --near-threshold: must be between 0 and 16"),
+        (["--val-fraction", "1.5"], "argument --val-fraction: must be between 0 and 1"),
+    ],
+)
 def test_bad_near_duplicate_flags_are_exit_2_naming_the_flag(tiny_data, tmp_path, args, message):
     result = run_cli("data", "check", tiny_data, *args, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

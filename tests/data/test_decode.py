@@ -1,9 +1,9 @@
 """The one decode: every awkward image comes out upright 8-bit RGB, every broken one names file and reason."""
+
 import os
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
 from resnetcls.data.decode import FORMAT_NAMES, DecodeError, decode_image
@@ -79,8 +79,10 @@ def test_hymenoptera_gif_placeholder_decodes_or_is_reported():
         assert image.mode == "RGB" and image.size == (300, 300)
 
 
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
-       b"newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill\nshowpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+    b"newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill\nshowpage\n%%EOF\n"
+)
 
 
 def test_eps_is_refused_and_no_external_program_runs(tmp_path, monkeypatch):
@@ -88,6 +90,7 @@ def test_eps_is_refused_and_no_external_program_runs(tmp_path, monkeypatch):
 
     def no_programs(*args, **kwargs):
         raise AssertionError(f"a decode tried to run {args[0]!r}")
+
     for name in ("Popen", "run", "call", "check_call", "check_output"):
         monkeypatch.setattr(subprocess, name, no_programs)
     (tmp_path / "drawing.jpg").write_bytes(EPS)  # an image extension does not help it through
@@ -104,8 +107,19 @@ def test_formats_pillow_parses_but_we_do_not_document_are_refused(tmp_path, fmt)
     assert err.value.reason == f"not an image in a format we read ({FORMAT_NAMES})"
 
 
-@pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("BMP", "bmp"),
-                                      ("WEBP", "webp"), ("TIFF", "tif"), ("PPM", "ppm"), ("PPM", "pgm")])
+@pytest.mark.parametrize(
+    "fmt, ext",
+    [
+        ("JPEG", "jpg"),
+        ("PNG", "png"),
+        ("GIF", "gif"),
+        ("BMP", "bmp"),
+        ("WEBP", "webp"),
+        ("TIFF", "tif"),
+        ("PPM", "ppm"),
+        ("PPM", "pgm"),
+    ],
+)
 def test_every_documented_format_decodes(tmp_path, fmt, ext):
     path = tmp_path / f"image.{ext}"
     Image.new("L" if ext == "pgm" else "RGB", (16, 12), 120).save(path, fmt)
@@ -127,4 +141,6 @@ def test_palette_alpha_per_entry_is_composited_onto_black(tmp_path):
     img.putpalette([200, 100, 50] * 2 + [0] * 762)
     img.putdata([0, 0, 1, 1])
     img.save(tmp_path / "p.png", transparency=bytes([128, 255]))  # entry 0 half transparent
-    assert np.asarray(decode_image(tmp_path / "p.png"))[0].tolist() == [[100, 50, 25]] * 2 + [[200, 100, 50]] * 2
+    assert (
+        np.asarray(decode_image(tmp_path / "p.png"))[0].tolist() == [[100, 50, 25]] * 2 + [[200, 100, 50]] * 2
+    )

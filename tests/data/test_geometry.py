@@ -1,5 +1,6 @@
 """The stored geometry: extreme aspect ratios are centre-cropped to 4:1 before resizing; the stored resize is
 the eval transform's first resize."""
+
 from PIL import Image
 
 from resnetcls.data.geometry import CropToAspect, StoreGeometry, decode_resized

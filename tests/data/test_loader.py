@@ -1,5 +1,6 @@
 """build_loader: any sampler, worker processes, shared-memory batch slots and the cache-off path give the same
 batches; data.on_bad=fail names every bad file before the first batch."""
+
 import os
 
 import pytest
@@ -9,8 +10,8 @@ from torch.utils.data import DistributedSampler
 from resnetcls.data.loader import build_loader, known_bad_files
 from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import Samples
-from resnetcls.errors import UserError
 from resnetcls.data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
+from resnetcls.errors import UserError
 
 
 def test_any_sampler_plugs_in_and_workers_read_the_store(photos, tmp_path):
@@ -18,8 +19,9 @@ def test_any_sampler_plugs_in_and_workers_read_the_store(photos, tmp_path):
     seen = []
     for rank in (0, 1):
         sampler = DistributedSampler(range(len(photos)), num_replicas=2, rank=rank, shuffle=True, seed=5)
-        loader = build_loader(photos, transform, 2, shuffle=True, num_workers=2, sampler=sampler,
-                              cache_dir=tmp_path)
+        loader = build_loader(
+            photos, transform, 2, shuffle=True, num_workers=2, sampler=sampler, cache_dir=tmp_path
+        )
         for batch in loader:
             seen += batch["index"].tolist() + [photos.paths.index(p) for p, _ in batch["bad"]]
     assert len(seen) == 8 and set(seen) == set(range(len(photos)))  # DistributedSampler pads 7 to 2 x 4
@@ -35,8 +37,16 @@ def test_batches_from_workers_equal_in_process_batches_even_when_kept(photos, tm
     def three_epochs(workers: int, finish: bool) -> list[dict]:
         sampler = ResumableSampler(many.labels, "shuffle", seed=3)
         # uint8_batches: what training on a GPU and lifelong mode build: they keep uint8 batches
-        loader = build_loader(many, transform, 2, shuffle=False, num_workers=workers, sampler=sampler,
-                              cache_dir=tmp_path, uint8_batches=not finish)
+        loader = build_loader(
+            many,
+            transform,
+            2,
+            shuffle=False,
+            num_workers=workers,
+            sampler=sampler,
+            cache_dir=tmp_path,
+            uint8_batches=not finish,
+        )
         kept = []
         for k, batch in enumerate(loader):
             kept.append(batch)
@@ -67,8 +77,16 @@ def test_progressive_sizes_reach_the_workers_with_the_sampler_and_share_the_fina
 
     def epochs(workers: int, finish: bool) -> list[dict]:
         sampler = ResumableSampler(many.labels, "shuffle", seed=7)
-        loader = build_loader(many, transform, 3, shuffle=False, num_workers=workers, sampler=sampler,
-                              cache_dir=tmp_path, uint8_batches=not finish)
+        loader = build_loader(
+            many,
+            transform,
+            3,
+            shuffle=False,
+            num_workers=workers,
+            sampler=sampler,
+            cache_dir=tmp_path,
+            uint8_batches=not finish,
+        )
         kept = []
         for epoch, size in ((1, 16), (2, 24), (3, 32), (4, None)):
             sampler.set_epoch(epoch, 0, size)
@@ -93,17 +111,29 @@ def test_little_shared_memory_gives_the_same_batches_and_says_so(photos, tmp_pat
 
     def epoch() -> list[dict]:
         sampler = ResumableSampler(photos.labels, "shuffle", seed=4)
-        return list(build_loader(photos, transform, 2, shuffle=False, num_workers=2, sampler=sampler,
-                                 cache_dir=tmp_path))
+        return list(
+            build_loader(
+                photos, transform, 2, shuffle=False, num_workers=2, sampler=sampler, cache_dir=tmp_path
+            )
+        )
 
     roomy = epoch()
     real_statvfs = os.statvfs
-    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 100, 1, 1, 0, 0, 0, 0, 255))
-                        if path == "/dev/shm" else real_statvfs(path))
+    monkeypatch.setattr(
+        os,
+        "statvfs",
+        lambda path: (
+            os.statvfs_result((4096, 4096, 100, 1, 1, 0, 0, 0, 0, 255))
+            if path == "/dev/shm"
+            else real_statvfs(path)
+        ),
+    )
     cramped = epoch()
     assert "note: /dev/shm has 0 MB free" in capsys.readouterr().err
     assert [b["index"].tolist() for b in cramped] == [b["index"].tolist() for b in roomy]
-    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(roomy, cramped) if a["images"] is not None)
+    assert all(
+        torch.equal(a["images"], b["images"]) for a, b in zip(roomy, cramped) if a["images"] is not None
+    )
 
 
 def test_cache_off_decodes_on_the_fly_with_the_same_result(photos, tmp_path):
@@ -114,8 +144,14 @@ def test_cache_off_decodes_on_the_fly_with_the_same_result(photos, tmp_path):
 
 
 def eval_batch(samples, preprocess, store_size, cache_dir):
-    loader = build_loader(samples, build_eval_batch_transform(preprocess, store_size), 16, shuffle=False,
-                          num_workers=0, cache_dir=cache_dir)
+    loader = build_loader(
+        samples,
+        build_eval_batch_transform(preprocess, store_size),
+        16,
+        shuffle=False,
+        num_workers=0,
+        cache_dir=cache_dir,
+    )
     return next(iter(loader))
 
 
@@ -128,8 +164,9 @@ def test_on_bad_fail_names_every_bad_file_before_any_batch(photos):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_augment_on_device_ships_canvases_and_each_batch_crops_them_where_it_is_finished(photos, tmp_path,
-                                                                                          workers):
+def test_augment_on_device_ships_canvases_and_each_batch_crops_them_where_it_is_finished(
+    photos, tmp_path, workers
+):
     """data.augment_on=device with device=cpu: the loader hands over uint8 canvases of the stored size
     (through the ring with workers), and the batch's own finish crops, flips and normalises them to the
     model's size; the same sampler seed gives the same finished batches."""
@@ -138,8 +175,16 @@ def test_augment_on_device_ships_canvases_and_each_batch_crops_them_where_it_is_
     canvas = transform.device_crops.canvas
 
     def epoch() -> list[torch.Tensor]:
-        loader = build_loader(many, transform, 2, shuffle=False, num_workers=workers, cache_dir=tmp_path,
-                              sampler=ResumableSampler(many.labels, "shuffle", seed=1), uint8_batches=True)
+        loader = build_loader(
+            many,
+            transform,
+            2,
+            shuffle=False,
+            num_workers=workers,
+            cache_dir=tmp_path,
+            sampler=ResumableSampler(many.labels, "shuffle", seed=1),
+            uint8_batches=True,
+        )
         finished = []
         for batch in loader:
             assert batch["images"].dtype == torch.uint8 and batch["images"].shape[-2:] == (canvas, canvas)

@@ -1,18 +1,33 @@
 """The perceptual hash and the near-duplicate search: stable under the documented transforms, different for
 different images, exactly the pairs an all-pairs search finds, without all-pairs work."""
+
 import itertools
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
+from resnetcls.data.neardup import (
+    COLOUR_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    MAX_CANDIDATES,
+    MAX_EXPECTED_FALSE,
+    LeakCheck,
+    colour_hash,
+    expected_false_matches,
+    groups_of,
+    hamming,
+    image_signature,
+    leak_check_from_counts,
+    leak_warning,
+    near_in_reference,
+    near_pairs,
+    near_reference,
+    perceptual_hash,
+    store_signatures,
+    threshold_for,
+)
 from tests.data.corpus import jpeg, photo
-from resnetcls.data.neardup import (COLOUR_THRESHOLD, DEFAULT_THRESHOLD, LEAK_WARN_SHARE, MAX_CANDIDATES,
-                                    MAX_EXPECTED_FALSE,
-                                   
-                                    LeakCheck, colour_hash, expected_false_matches, groups_of, hamming, image_signature,
-                                    leak_check_from_counts, leak_warning, near_in_reference, near_pairs, near_reference, perceptual_hash,
-                                    store_signatures, threshold_for)
 
 
 def shift(image: Image.Image, share: float) -> Image.Image:
@@ -57,15 +72,20 @@ def test_flat_images_have_no_signature():
 
 def test_the_colour_hash_tells_apart_what_the_layout_hash_cannot():
     """One grey scene with a red or a blue object of about the same brightness in it: one layout, two colours."""
+
     def scene(colour):
         image = photo(4).convert("L").convert("RGB")
         ImageDraw.Draw(image).ellipse((20, 25, 75, 70), fill=colour)
         return image
+
     original, swapped = scene((220, 40, 40)), scene((40, 80, 220))
     assert hamming(perceptual_hash(original), perceptual_hash(swapped)) <= DEFAULT_THRESHOLD
     assert hamming(colour_hash(original), colour_hash(swapped)) > COLOUR_THRESHOLD
-    search = near_pairs([perceptual_hash(original), perceptual_hash(swapped)], DEFAULT_THRESHOLD,
-                        [colour_hash(original), colour_hash(swapped)])
+    search = near_pairs(
+        [perceptual_hash(original), perceptual_hash(swapped)],
+        DEFAULT_THRESHOLD,
+        [colour_hash(original), colour_hash(swapped)],
+    )
     assert groups_of(search) == []
 
 
@@ -87,8 +107,11 @@ def planted(rng, n: int) -> np.ndarray:
 @pytest.mark.parametrize("threshold", [0, 3, 8, 12])
 def test_search_finds_exactly_the_pairs_all_pairs_finds(seed, threshold):
     hashes = planted(np.random.default_rng(seed), 300)
-    reference = {(a, b) for a, b in itertools.combinations(range(len(hashes)), 2)
-                 if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= threshold}
+    reference = {
+        (a, b)
+        for a, b in itertools.combinations(range(len(hashes)), 2)
+        if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= threshold
+    }
     assert near_pairs(hashes, threshold).image_pairs() == reference
 
 
@@ -100,7 +123,9 @@ def test_search_does_not_do_all_pairs_work():
 
 
 def test_a_giant_run_of_identical_hashes_costs_one_entry():
-    hashes = np.concatenate([np.full(20_000, 12345, dtype=np.uint64), random_hashes(np.random.default_rng(1), 500)])
+    hashes = np.concatenate(
+        [np.full(20_000, 12345, dtype=np.uint64), random_hashes(np.random.default_rng(1), 500)]
+    )
     search = near_pairs(hashes)
     assert len(search.unique) <= 501 and search.comparisons < 20_000
     assert len(groups_of(search)[0]) >= 20_000  # the run is one group, found without listing its pairs
@@ -115,14 +140,19 @@ def test_empty_and_single_inputs_are_answered_at_once():
 
 def test_groups_join_chains_and_reference_share_is_direct():
     a = np.uint64(0)
-    b = a ^ np.uint64(0b111111)          # 6 bits from a
-    c = b ^ np.uint64(0b111111 << 10)    # 6 bits from b, 12 from a
+    b = a ^ np.uint64(0b111111)  # 6 bits from a
+    c = b ^ np.uint64(0b111111 << 10)  # 6 bits from b, 12 from a
     far = np.uint64(2**64 - 1)
     search = near_pairs([a, b, c, far, far], threshold=8)
     assert groups_of(search) == [[0, 1, 2], [3, 4]]
     # train = a and one `far`: b is within 8 of a; c is not (only via b); the second `far` equals the first
-    assert near_in_reference(search, [True, False, False, True, False]).tolist() == [False, True, False, False,
-                                                                                      True]
+    assert near_in_reference(search, [True, False, False, True, False]).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert near_reference(([b, c], [0, 0]), ([a], [0]), threshold=8).flags.tolist() == [True, False]
 
 
@@ -148,10 +178,13 @@ def test_store_signatures_read_decoded_arrays_skipping_bad_and_flat_images():
     # Hashed a few images at a time (bounded memory at any size): the same hashes, in the same order.
     assert [a.tolist() for a in store_signatures(store, chunk=1)] == [layout.tolist(), colour.tolist()]
     assert [a.tolist() for a in store_signatures(store, chunk=2, flipped=True)] == [
-        a.tolist() for a in store_signatures(store, flipped=True)]
+        a.tolist() for a in store_signatures(store, flipped=True)
+    ]
     upside_down = photo(2).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     assert [a.tolist() for a in store_signatures(store, [3], flipped=True)[2:]] == [
-        [perceptual_hash(upside_down)], [colour_hash(upside_down)]]
+        [perceptual_hash(upside_down)],
+        [colour_hash(upside_down)],
+    ]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -162,8 +195,13 @@ def test_reference_search_flags_exactly_what_all_pairs_flags(seed, threshold):
     colours = np.where(rng.random(len(hashes)) < 0.3, random_hashes(rng, len(hashes)), np.uint64(0))
     is_ref = rng.random(len(hashes)) < 0.7
     ref, query = (hashes[is_ref], colours[is_ref]), (hashes[~is_ref], colours[~is_ref])
-    expected = [any(int(hamming(h, rh)) <= threshold and int(hamming(c, rc)) <= COLOUR_THRESHOLD
-                    for rh, rc in zip(*ref)) for h, c in zip(*query)]
+    expected = [
+        any(
+            int(hamming(h, rh)) <= threshold and int(hamming(c, rc)) <= COLOUR_THRESHOLD
+            for rh, rc in zip(*ref)
+        )
+        for h, c in zip(*query)
+    ]
     assert near_reference(query, ref, threshold).flags.tolist() == expected
 
 

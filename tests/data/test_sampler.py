@@ -1,5 +1,6 @@
 """ResumableSampler: exact mid-epoch resume with per-sample seeds; balanced sampling; the progressive
 resizing schedule."""
+
 import pytest
 import torch
 
@@ -25,15 +26,23 @@ def test_balanced_sampler_draws_rare_classes_as_often():
     assert len(drawn) == 1000 and 400 < int((drawn == 1).sum()) < 600
 
 
-@pytest.mark.parametrize("epochs, image_size, progressive, sizes", [
-    (16, 128, 0.5, [64, 64, 64, 80, 80, 80, 96, 96, 96, 112, 112, 112, 128, 128, 128, 128]),  # the docstring's
-    (10, 128, 0.5, [64, 64, 80, 80, 96, 96, 112, 128, 128, 128]),
-    (4, 224, 0.5, [112, 144, 176, 224]),
-    (2, 32, 0.5, [16, 32]),
-    (1, 64, 0.5, [64]),                   # one epoch: it must be at the final size
-    (5, 40, 0.3, [8, 16, 16, 40, 40]),   # 12 px rounds down to 0: never below the smallest size
-    (6, 96, 0.0, [96] * 6),               # off
-])
+@pytest.mark.parametrize(
+    "epochs, image_size, progressive, sizes",
+    [
+        (
+            16,
+            128,
+            0.5,
+            [64, 64, 64, 80, 80, 80, 96, 96, 96, 112, 112, 112, 128, 128, 128, 128],
+        ),  # the docstring's
+        (10, 128, 0.5, [64, 64, 80, 80, 96, 96, 112, 128, 128, 128]),
+        (4, 224, 0.5, [112, 144, 176, 224]),
+        (2, 32, 0.5, [16, 32]),
+        (1, 64, 0.5, [64]),  # one epoch: it must be at the final size
+        (5, 40, 0.3, [8, 16, 16, 40, 40]),  # 12 px rounds down to 0: never below the smallest size
+        (6, 96, 0.0, [96] * 6),  # off
+    ],
+)
 def test_progressive_schedule_has_the_documented_sizes(epochs, image_size, progressive, sizes):
     assert progressive_sizes(epochs, image_size, progressive) == sizes
     assert [progressive_size(e, epochs, image_size, progressive) for e in range(1, epochs + 1)] == sizes

@@ -1,4 +1,5 @@
 """Decoding on all cores: a worker killed by one file names it, and bad files are found before training."""
+
 import os
 
 import pytest

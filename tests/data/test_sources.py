@@ -1,4 +1,5 @@
 """DATA layouts: class folders, split folders, CSV manifests (line-numbered errors), OpenLORIS; splits."""
+
 import csv
 
 import pytest
@@ -32,13 +33,20 @@ def test_hidden_and_non_image_files_are_ignored_and_counted(folders):
     data = read_data(str(folders))
     assert data.layout == "folders" and data.classes == ["ants", "bees"]
     assert len(data.splits["all"]) == 21  # UPPER.PNG counts: extensions match case-insensitively
-    assert sorted(p.split("/")[-1] for p in data.ignored["hidden"]) == [".DS_Store", "._0.png", "Thumbs.db",
-                                                                         "x.png"]
+    assert sorted(p.split("/")[-1] for p in data.ignored["hidden"]) == [
+        ".DS_Store",
+        "._0.png",
+        "Thumbs.db",
+        "x.png",
+    ]
     assert [p.split("/")[-1] for p in data.ignored["not_image"]] == ["notes.txt"]
 
 
 def test_stratified_holdout_is_seeded_and_stratified(folders):
-    a, b = load_splits(str(folders), val_fraction=0.2, seed=3), load_splits(str(folders), val_fraction=0.2, seed=3)
+    a, b = (
+        load_splits(str(folders), val_fraction=0.2, seed=3),
+        load_splits(str(folders), val_fraction=0.2, seed=3),
+    )
     assert a.val.paths == b.val.paths and a.train.paths == b.train.paths
     assert sorted(a.val.labels) == [0, 0, 1, 1]  # 20% of 11 ants rounds to 2, of 10 bees to 2
     assert not set(a.val.paths) & set(a.train.paths)
@@ -70,11 +78,14 @@ def test_csv_with_bom_extra_columns_and_split_by_groups(tmp_path):
         load_splits(str(manifest), split_by="video")
 
 
-@pytest.mark.parametrize("body, message", [
-    ("a.png,cat\nmissing.png,cat\n", r"m.csv:3: image file not found: 'missing.png'"),
-    ("a.png,cat\na.png,\n", r"m.csv:3: empty label"),
-    ("a.png,cat\na.png,cat,extra\n", r"m.csv:3: malformed row: expected 2 columns, got 3"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("a.png,cat\nmissing.png,cat\n", r"m.csv:3: image file not found: 'missing.png'"),
+        ("a.png,cat\na.png,\n", r"m.csv:3: empty label"),
+        ("a.png,cat\na.png,cat,extra\n", r"m.csv:3: malformed row: expected 2 columns, got 3"),
+    ],
+)
 def test_csv_row_problems_name_the_line(tmp_path, body, message):
     _img(tmp_path / "a.png")
     manifest = _write_csv(tmp_path / "m.csv", "path,label\n" + body)
@@ -84,8 +95,9 @@ def test_csv_row_problems_name_the_line(tmp_path, body, message):
 
 def test_csv_unknown_split_and_every_problem_counted(tmp_path):
     _img(tmp_path / "a.png")
-    manifest = _write_csv(tmp_path / "m.csv", "path,label,split\na.png,cat,train\na.png,cat,valid\n"
-                                              "b.png,cat,train\n")
+    manifest = _write_csv(
+        tmp_path / "m.csv", "path,label,split\na.png,cat,train\na.png,cat,valid\nb.png,cat,train\n"
+    )
     with pytest.raises(UserError) as err:
         read_data(str(manifest))
     assert str(err.value).startswith(f"{manifest}:3: unknown split 'valid'; expected train, val or test")
@@ -144,7 +156,9 @@ def test_a_label_that_is_not_utf8_is_an_error_naming_the_csv_line(tmp_path):
     data = _csv_bytes(tmp_path, [b"a.png,tea", b"b.png,caf\xe9", b"c.png,tea"])  # Latin-1 'cafe'
     with pytest.raises(UserError) as e:
         read_data(data)
-    assert str(e.value) == (f"{data}:3: label 'caf\\udce9' is not UTF-8 text (byte 0xE9); save the CSV as UTF-8")
+    assert str(e.value) == (
+        f"{data}:3: label 'caf\\udce9' is not UTF-8 text (byte 0xE9); save the CSV as UTF-8"
+    )
 
 
 def test_labels_are_nfc_normalised_and_lookalikes_are_warned_about(tmp_path, capsys):

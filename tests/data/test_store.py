@@ -1,5 +1,6 @@
 """The store format: decoded and compressed stores hold the same resized images, validate themselves when
 opened, and a compressed store is decoded by the DataLoader workers that read it."""
+
 import pickle
 
 import numpy as np
@@ -42,8 +43,15 @@ def test_loader_workers_decode_a_compressed_store_into_the_same_batches(photos, 
     transform = build_eval_batch_transform(make_preprocess(32))
     batches = {}
     for cache_format in ("decoded", "compressed"):
-        loader = build_loader(photos, transform, 8, shuffle=False, num_workers=2, cache_dir=tmp_path / cache_format,
-                              cache_format=cache_format)
+        loader = build_loader(
+            photos,
+            transform,
+            8,
+            shuffle=False,
+            num_workers=2,
+            cache_dir=tmp_path / cache_format,
+            cache_format=cache_format,
+        )
         batches[cache_format] = next(iter(loader))
         assert loader.dataset.store.kind == cache_format
     decoded, compressed = batches["decoded"], batches["compressed"]

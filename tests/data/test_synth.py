@@ -1,4 +1,5 @@
 """`resnetcls data synth`: deterministic procedural demo data with the four OpenLORIS factors."""
+
 import csv
 import hashlib
 
@@ -6,14 +7,28 @@ from tests.conftest import run_cli
 
 
 def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_synth_writes_class_folders_and_manifest_deterministically(tmp_path):
     for name in ("a", "b"):
-        result = run_cli("data", "synth", tmp_path / name, "--classes", "4", "--per-class", "6",
-                         "--image-size", "32", "--seed", "3")
+        result = run_cli(
+            "data",
+            "synth",
+            tmp_path / name,
+            "--classes",
+            "4",
+            "--per-class",
+            "6",
+            "--image-size",
+            "32",
+            "--seed",
+            "3",
+        )
         assert result.returncode == 0, result.stderr
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     rows = list(csv.DictReader(open(tmp_path / "a" / "manifest.csv")))
@@ -21,27 +36,55 @@ def test_synth_writes_class_folders_and_manifest_deterministically(tmp_path):
     assert len(rows) == 24 and len({r["label"] for r in rows}) == 4
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     assert all(r["illumination"] in {"1", "2", "3"} for r in rows)
-    assert all((tmp_path / "a" / r["path"]).is_file() and r["path"].startswith(r["label"] + "/") for r in rows)
+    assert all(
+        (tmp_path / "a" / r["path"]).is_file() and r["path"].startswith(r["label"] + "/") for r in rows
+    )
 
 
 def test_other_seed_gives_other_images(tmp_path):
     for seed in ("1", "2"):
-        run_cli("data", "synth", tmp_path / seed, "--classes", "2", "--per-class", "3", "--image-size", "32",
-                "--seed", seed)
+        run_cli(
+            "data",
+            "synth",
+            tmp_path / seed,
+            "--classes",
+            "2",
+            "--per-class",
+            "3",
+            "--image-size",
+            "32",
+            "--seed",
+            seed,
+        )
     assert _digest(tmp_path / "1") != _digest(tmp_path / "2")
 
 
 def test_openloris_layout_is_the_challenge_protocol_and_reads_as_data(tmp_path):
     from resnetcls.data.sources import read_data
+
     out = tmp_path / "ol"
-    r = run_cli("data", "synth", out, "--layout", "openloris", "--classes", "3", "--per-class", "3",
-                "--image-size", "32")
+    r = run_cli(
+        "data",
+        "synth",
+        out,
+        "--layout",
+        "openloris",
+        "--classes",
+        "3",
+        "--per-class",
+        "3",
+        "--image-size",
+        "32",
+    )
     assert r.returncode == 0, r.stderr
     assert "--tasks batches" in r.stderr
     protocol = list(csv.DictReader(open(out / "batches.csv")))
     assert len(protocol) == 12 and [p["batch"] for p in protocol] == [str(k) for k in range(1, 13)]
-    assert [(p["factor"], p["level"]) for p in protocol[:3]] == [("illumination", "1"), ("illumination", "2"),
-                                                                 ("illumination", "3")]
+    assert [(p["factor"], p["level"]) for p in protocol[:3]] == [
+        ("illumination", "1"),
+        ("illumination", "2"),
+        ("illumination", "3"),
+    ]
     assert [p["factor"] for p in protocol[3::3]] == ["occlusion", "pixel_size", "clutter"]
     for split in ("train", "validation", "test"):
         for k in range(1, 13):
@@ -58,8 +101,24 @@ def test_openloris_layout_is_the_challenge_protocol_and_reads_as_data(tmp_path):
 
 def test_openloris_layout_keeps_every_object_in_val_and_test_with_more_images(tmp_path):
     out = tmp_path / "ol"
-    assert run_cli("data", "synth", out, "--layout", "openloris", "--classes", "2", "--per-class", "10",
-                   "--image-size", "16").returncode == 0
-    counts = {s: len(list(csv.DictReader(open(out / s / "batch1" / "label.csv")))) for s in
-              ("train", "validation", "test")}
+    assert (
+        run_cli(
+            "data",
+            "synth",
+            out,
+            "--layout",
+            "openloris",
+            "--classes",
+            "2",
+            "--per-class",
+            "10",
+            "--image-size",
+            "16",
+        ).returncode
+        == 0
+    )
+    counts = {
+        s: len(list(csv.DictReader(open(out / s / "batch1" / "label.csv"))))
+        for s in ("train", "validation", "test")
+    }
     assert counts == {"train": 2 * 6, "validation": 2 * 2, "test": 2 * 2}  # 15% of 10 rounds to 2

@@ -1,4 +1,5 @@
 """Batched uint8 transforms: the eval path gives predict's pixels; training crops, flips and jitters."""
+
 import os
 
 import pytest
@@ -8,19 +9,29 @@ from torchvision.transforms import v2 as T
 from resnetcls.data.cache import open_or_build
 from resnetcls.data.decode import decode_image
 from resnetcls.data.loader import build_loader
-from resnetcls.data.transforms import (BatchTransform, ToNormalizedTensor, build_eval_batch_transform,
-                                       build_eval_transform, build_train_transform, make_preprocess, stack_images)
+from resnetcls.data.transforms import (
+    BatchTransform,
+    ToNormalizedTensor,
+    build_eval_batch_transform,
+    build_eval_transform,
+    build_train_transform,
+    make_preprocess,
+    stack_images,
+)
 from resnetcls.errors import UserError
 from tests.data.test_loader import eval_batch
 
 
-@pytest.mark.parametrize("augment,interpolation", [("crop_flip", "bilinear"), ("resize", "bilinear"),
-                                                   ("crop_flip", "bicubic"), ("crop_flip", "nearest")])
+@pytest.mark.parametrize(
+    "augment,interpolation",
+    [("crop_flip", "bilinear"), ("resize", "bilinear"), ("crop_flip", "bicubic"), ("crop_flip", "nearest")],
+)
 def test_cached_eval_equals_the_eval_transform_that_predict_uses(photos, tmp_path, augment, interpolation):
     preprocess = make_preprocess(32, augment=augment, interpolation=interpolation)
     batch = eval_batch(photos, preprocess, 0, tmp_path / "cache")
-    expected = torch.stack([build_eval_transform(preprocess)(decode_image(photos.paths[i]))
-                            for i in batch["index"].tolist()])
+    expected = torch.stack(
+        [build_eval_transform(preprocess)(decode_image(photos.paths[i])) for i in batch["index"].tolist()]
+    )
     assert batch["images"].dtype == torch.float32 and batch["images"].shape == (6, 3, 32, 32)
     assert torch.allclose(batch["images"], expected, atol=1e-5)  # float rounding only
     assert [os.path.basename(p) for p, _ in batch["bad"]] == ["broken.jpg"]
@@ -77,14 +88,20 @@ def test_policy_and_erasing_in_train_crops_follow_the_sample_seeds(photos, tmp_p
             return transform.crops(images, seeds=seeds)
 
     base, a, b = crops(plain, None), crops(policy, [11, 12]), crops(policy, [11, 12])
-    assert a.shape == base.shape and a.dtype == torch.uint8 and a.is_contiguous(memory_format=torch.channels_last)
+    assert (
+        a.shape == base.shape
+        and a.dtype == torch.uint8
+        and a.is_contiguous(memory_format=torch.channels_last)
+    )
     assert torch.equal(a, b)  # same sample seeds, same batch
     others = [crops(policy, [s, s + 1]) for s in range(20, 26)]
     assert sum(not torch.equal(o, base) for o in others) >= 5  # the policy changes pixels beyond the crop
     assert len({o.numpy().tobytes() for o in others}) >= 5
     # evaluation never augments, whatever the training settings
     eval_tf = BatchTransform(preprocess, False, augment, random_erasing=1.0)
-    assert torch.equal(eval_tf.crops(images, seeds=[1, 2]), build_eval_batch_transform(preprocess).crops(images))
+    assert torch.equal(
+        eval_tf.crops(images, seeds=[1, 2]), build_eval_batch_transform(preprocess).crops(images)
+    )
 
 
 def test_unknown_augment_is_a_user_error_listing_the_choices():

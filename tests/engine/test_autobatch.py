@@ -1,13 +1,23 @@
 """`train --batch-size auto`: on a CPU the fastest candidate per image; on a GPU the largest batch that fits,
 searched against a fits(batch) probe (here a simulated memory limit), with gradient accumulation keeping the
 recipe's effective batch; printed and recorded in config.yaml."""
+
 import pytest
 import torch
 import yaml
 
 from resnetcls.engine import autobatch
-from resnetcls.engine.autobatch import (CANDIDATES, MAX_BATCH, candidate_batches, cuda_memory_probe, fastest_batch,
-                                        keep_effective_batch, plan_gpu_batch, search_largest_batch, with_margin)
+from resnetcls.engine.autobatch import (
+    CANDIDATES,
+    MAX_BATCH,
+    candidate_batches,
+    cuda_memory_probe,
+    fastest_batch,
+    keep_effective_batch,
+    plan_gpu_batch,
+    search_largest_batch,
+    with_margin,
+)
 from resnetcls.errors import UserError
 from tests.conftest import TINY, run_cli
 
@@ -44,16 +54,20 @@ def test_the_search_finds_the_largest_batch_that_fits_within_its_tolerance(large
 
 
 def test_everything_fits_capped_at_the_training_set_or_the_maximum_without_margin():
-    plan = plan_gpu_batch(MemoryLimit(10**9), train_images=300, batch_size=32, grad_accum_steps=1, image_size=224)
+    plan = plan_gpu_batch(
+        MemoryLimit(10**9), train_images=300, batch_size=32, grad_accum_steps=1, image_size=224
+    )
     assert (plan.batch_size, plan.grad_accum_steps, plan.capped) == (300, 1, True)
-    plan = plan_gpu_batch(MemoryLimit(10**9), train_images=10**6, batch_size=32, grad_accum_steps=1,
-                          image_size=224)
+    plan = plan_gpu_batch(
+        MemoryLimit(10**9), train_images=10**6, batch_size=32, grad_accum_steps=1, image_size=224
+    )
     assert plan.batch_size == MAX_BATCH and plan.capped
 
 
 def test_memory_bound_takes_90_percent_rounded_down_to_a_multiple_of_8():
-    plan = plan_gpu_batch(MemoryLimit(250), train_images=10_000, batch_size=32, grad_accum_steps=1,
-                          image_size=224)
+    plan = plan_gpu_batch(
+        MemoryLimit(250), train_images=10_000, batch_size=32, grad_accum_steps=1, image_size=224
+    )
     assert plan.largest_fit <= 250 and plan.batch_size == with_margin(plan.largest_fit)
     assert plan.batch_size % 8 == 0 and plan.batch_size <= 0.9 * 250 and plan.grad_accum_steps == 1
     assert with_margin(250) == 224 and with_margin(9) == 8 and with_margin(5) == 4 and with_margin(1) == 1
@@ -61,12 +75,13 @@ def test_memory_bound_takes_90_percent_rounded_down_to_a_multiple_of_8():
 
 def test_when_memory_is_short_accumulation_keeps_the_recipes_effective_batch():
     # 100 fit -> 88 with the margin; the recipe asks for 256: 3 steps of 86 (258 >= 256, each <= 88).
-    plan = plan_gpu_batch(MemoryLimit(100), train_images=10_000, batch_size=256, grad_accum_steps=1,
-                          image_size=224)
+    plan = plan_gpu_batch(
+        MemoryLimit(100), train_images=10_000, batch_size=256, grad_accum_steps=1, image_size=224
+    )
     assert (plan.batch_size, plan.grad_accum_steps) == (86, 3)
     assert keep_effective_batch(64, 256, 1) == (64, 4)
-    assert keep_effective_batch(48, 64, 2) == (43, 3)      # a recipe already accumulating: 64 x 2 = 128
-    assert keep_effective_batch(512, 64, 2) == (512, 2)    # memory to spare: the largest, accumulation as given
+    assert keep_effective_batch(48, 64, 2) == (43, 3)  # a recipe already accumulating: 64 x 2 = 128
+    assert keep_effective_batch(512, 64, 2) == (512, 2)  # memory to spare: the largest, accumulation as given
 
 
 def test_nothing_fits_is_a_user_error_naming_the_image_size():
@@ -87,14 +102,16 @@ def test_the_cuda_probe_turns_out_of_memory_into_false_and_frees_the_cache(monke
     fits = cuda_memory_probe(step)
     assert fits(32) is True and fits(64) is False and fits(13) is False
     assert len(emptied) == 3  # after every try, the failed ones included
-    plan = plan_gpu_batch(cuda_memory_probe(step), train_images=1000, batch_size=32, grad_accum_steps=1,
-                          image_size=64)
+    plan = plan_gpu_batch(
+        cuda_memory_probe(step), train_images=1000, batch_size=32, grad_accum_steps=1, image_size=64
+    )
     assert plan.largest_fit == 40 and plan.batch_size == 32
 
 
 def test_the_cuda_probe_lets_other_errors_through():
     def step(batch: int) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
     with pytest.raises(RuntimeError, match="shapes"):
         cuda_memory_probe(step)(8)
 

@@ -1,21 +1,31 @@
 """The time budget's arithmetic (measured step and validation times -> epochs) and its measurement, which must
 leave the run it measures for untouched."""
+
 import pytest
 import torch
 from torch import nn
 
-from resnetcls.engine.budget import (BudgetChoice, epochs_for_budget, format_seconds, measure_speed, pixel_shares,
-                                     schedule_seconds)
+from resnetcls.engine.budget import (
+    BudgetChoice,
+    epochs_for_budget,
+    format_seconds,
+    measure_speed,
+    pixel_shares,
+    schedule_seconds,
+)
 from resnetcls.engine.loop import Optimization, StepContext
 
 
-@pytest.mark.parametrize("budget_s, step_s, steps, val_s, expected", [
-    (600, 0.5, 100, 10, 10),      # 60 s epochs fill 10 minutes exactly
-    (100, 0.1, 300, 0, 3),        # 30 s epochs: 3 (90 s) is nearer than 4 (120 s)
-    (100, 0.1, 280, 0, 3),        # 28 s: the nearest, 4 (112 s), is more than 10% over: 3 (84 s)
-    (100, 1.0, 200, 50, 1),       # one epoch is longer than the budget: still one
-    (3600, 0.01, 10, 0.0, 36000),
-])
+@pytest.mark.parametrize(
+    "budget_s, step_s, steps, val_s, expected",
+    [
+        (600, 0.5, 100, 10, 10),  # 60 s epochs fill 10 minutes exactly
+        (100, 0.1, 300, 0, 3),  # 30 s epochs: 3 (90 s) is nearer than 4 (120 s)
+        (100, 0.1, 280, 0, 3),  # 28 s: the nearest, 4 (112 s), is more than 10% over: 3 (84 s)
+        (100, 1.0, 200, 50, 1),  # one epoch is longer than the budget: still one
+        (3600, 0.01, 10, 0.0, 36000),
+    ],
+)
 def test_epochs_fill_the_budget_from_the_measured_speed(budget_s, step_s, steps, val_s, expected):
     assert epochs_for_budget(budget_s, step_s, steps, val_s) == expected
 
@@ -51,10 +61,19 @@ def test_a_progressive_schedule_fits_more_epochs_into_the_same_budget_and_still_
     predicted = schedule_seconds(progressive, step_s, steps, val_s, 0.0, 224, 0.5)
     assert 0.9 * budget_s < predicted <= 1.1 * budget_s
     assert schedule_seconds(progressive + 1, step_s, steps, val_s, 0.0, 224, 0.5) > predicted
-    choice = BudgetChoice(budget_s, step_s, val_s, steps, progressive,
-                          pixel_share=sum(pixel_shares(progressive, 224, 0.5)) / progressive)
+    choice = BudgetChoice(
+        budget_s,
+        step_s,
+        val_s,
+        steps,
+        progressive,
+        pixel_share=sum(pixel_shares(progressive, 224, 0.5)) / progressive,
+    )
     assert choice.predicted_s == pytest.approx(predicted)
-    assert "progressive resizing" in choice.line() and "progressive" not in BudgetChoice(600, 0.5, 5, 100, 11).line()
+    assert (
+        "progressive resizing" in choice.line()
+        and "progressive" not in BudgetChoice(600, 0.5, 5, 100, 11).line()
+    )
 
 
 def test_an_epoch_without_time_is_refused():
@@ -76,18 +95,29 @@ def test_the_choice_line_says_what_was_measured_and_chosen_and_warns_when_one_ep
 def test_measurement_leaves_the_model_and_the_random_state_as_they_were(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    batches = [{"images": torch.randn(4, 3, 2, 2), "labels": torch.tensor([0, 1, 2, 0]), "bad": []}
-               for _ in range(3)]
+    batches = [
+        {"images": torch.randn(4, 3, 2, 2), "labels": torch.tensor([0, 1, 2, 0]), "bad": []} for _ in range(3)
+    ]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
 
     def build(m):
         sgd = torch.optim.SGD(m.parameters(), lr=1.0)
-        return Optimization(sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0),
-                            torch.amp.GradScaler("cpu", enabled=False))
+        return Optimization(
+            sgd,
+            torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0),
+            torch.amp.GradScaler("cpu", enabled=False),
+        )
 
-    step_s, val_s, save_s = measure_speed(model, batches, batches, nn.CrossEntropyLoss(),
-                                          StepContext(torch.device("cpu"), None, False), build, tmp_path)
+    step_s, val_s, save_s = measure_speed(
+        model,
+        batches,
+        batches,
+        nn.CrossEntropyLoss(),
+        StepContext(torch.device("cpu"), None, False),
+        build,
+        tmp_path,
+    )
     assert step_s > 0 and val_s > 0 and save_s > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)

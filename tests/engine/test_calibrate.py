@@ -1,4 +1,5 @@
 """The end of training fits the temperature on the validation split and ships it in model.json."""
+
 import json
 
 import pytest
@@ -7,8 +8,17 @@ from resnetcls.records.modelfile import load_model_dir
 from tests.conftest import TINY, run_cli
 
 # 12 of the 36 tiny images in val: enough for a fit (calibration.MIN_CALIBRATION_IMAGES).
-CALIBRATED = [*TINY, "--epochs", "2", "--set", "optim.lr=0.01", "--set", "data.val_fraction=0.34",
-              "--set", "train.amp=fp32"]
+CALIBRATED = [
+    *TINY,
+    "--epochs",
+    "2",
+    "--set",
+    "optim.lr=0.01",
+    "--set",
+    "data.val_fraction=0.34",
+    "--set",
+    "train.amp=fp32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +36,10 @@ def test_train_fits_a_temperature_on_val_stores_it_and_prints_one_line(calibrate
     assert record["nll_after"] <= record["nll_before"] + 1e-9  # the fit never does worse on what it saw
     assert 0.1 <= record["temperature"] <= 10
     line = next(l for l in stderr.splitlines() if l.startswith("calibration:"))
-    assert f"temperature {record['temperature']:.3g} on 12 val images: NLL {record['nll_before']:.3f} -> " in line
+    assert (
+        f"temperature {record['temperature']:.3g} on 12 val images: NLL {record['nll_before']:.3f} -> "
+        in line
+    )
     assert load_model_dir(out / "best").temperature == pytest.approx(record["temperature"])
     # final/ has its own record (the same one when it holds the same weights); metrics.jsonl logs it too
     assert json.loads((out / "final" / "model.json").read_text())["calibration"]["fitted_on"] == "val"
@@ -64,9 +77,12 @@ def test_the_fit_from_the_epochs_kept_logits_equals_a_fit_of_best_loaded_back(ca
     from resnetcls.engine.calibrate import fit_model_dir
     from resnetcls.engine.loop import StepContext
     from resnetcls.engine.prepare import DataPipeline
+
     out, _ = calibrated_run
     splits = load_splits(str(out / "split.csv"))  # the run's own split: path,label,split
-    loader = DataPipeline(DataConfig(image_size=32, num_workers=0), 16, uint8_batches=False).eval_loader(splits.val)
+    loader = DataPipeline(DataConfig(image_size=32, num_workers=0), 16, uint8_batches=False).eval_loader(
+        splits.val
+    )
     again = fit_model_dir(out / "best", loader, StepContext(torch.device("cpu")))  # fp32, as the run
     record = json.loads((out / "best" / "model.json").read_text())["calibration"]
     assert again.images == record["images"] == 12
@@ -78,7 +94,11 @@ def test_train_calibrates_without_a_second_pass_over_val(tiny_data, tmp_path, mo
 
     def second_pass(*args):
         raise AssertionError("best/ or final/ was loaded back and evaluated again")
+
     monkeypatch.setattr(calibrate, "fit_model_dir", second_pass)
     result = run_cli("train", tiny_data, *CALIBRATED, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "run" / "best" / "model.json").read_text())["calibration"]["calibrated"] is True
+    assert (
+        json.loads((tmp_path / "run" / "best" / "model.json").read_text())["calibration"]["calibrated"]
+        is True
+    )

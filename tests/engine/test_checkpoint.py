@@ -1,4 +1,5 @@
 """Checkpoints: atomic, loadable without unpickling code, keep-last-K plus best, recording config and versions."""
+
 import json
 
 import torch
@@ -22,17 +23,23 @@ def test_partial_checkpoint_without_description_is_skipped_with_warning(tmp_path
     warnings = []
     state, _ = load_latest(tmp_path, warnings.append)
     assert state["global_step"] == 1
-    assert warnings == [f"warning: skipping {tmp_path / 'step-00000002.pt'}: incomplete checkpoint "
-                        f"(no valid step-00000002.json)"]
+    assert warnings == [
+        f"warning: skipping {tmp_path / 'step-00000002.pt'}: incomplete checkpoint "
+        f"(no valid step-00000002.json)"
+    ]
 
 
 def test_keep_last_k_plus_best(tmp_path):
     for step, top1 in [(1, 0.5), (2, 0.9), (3, 0.6), (4, None), (5, 0.7), (6, None)]:
-        save_checkpoint(tmp_path, {"global_step": step},
-                        {"global_step": step, "metrics": None if top1 is None else {"val_top1": top1}})
+        save_checkpoint(
+            tmp_path,
+            {"global_step": step},
+            {"global_step": step, "metrics": None if top1 is None else {"val_top1": top1}},
+        )
     prune_checkpoints(tmp_path, keep_last=2, metric="val_top1")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"step-0000000{s}.{ext}" for s in (2, 5, 6) for ext in ("json", "pt")]
+        f"step-0000000{s}.{ext}" for s in (2, 5, 6) for ext in ("json", "pt")
+    ]
 
 
 def test_run_directory_and_checkpoints_record_config_versions_and_commit(tiny_run):
@@ -42,7 +49,17 @@ def test_run_directory_and_checkpoints_record_config_versions_and_commit(tiny_ru
     metas = [json.loads(p.read_text()) for p in sorted((tiny_run / "checkpoints").glob("step-*.json"))]
     assert [m["epoch"] for m in metas] == [2, 3]  # both epoch ends kept (keep_last=3)
     state = torch.load(tiny_run / "checkpoints" / metas[-1]["file"], weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step_in_epoch", "sampler", "rng"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "epoch",
+        "step_in_epoch",
+        "sampler",
+        "rng",
+    ):
         assert key in state
     assert state["config"]["model"]["width"] == 8 and state["env"]["git_commit"] == env["git_commit"]
     assert set(state["rng"]) >= {"python", "numpy", "torch"}

@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo, 2 processes): exact sharded evaluation, DDP equivalent to one process with the
 global batch, a failing rank ends the job, and a killed 2-process run resumes to the same weights."""
+
 import csv
 import json
 import os
@@ -29,10 +30,32 @@ from resnetcls.models import create_model
 # 1 process x batch 8 sees, step by step (80 train images: 10 steps per epoch either way). fp32 on every
 # machine: the bound below was measured in fp32, and amp=auto would train in bf16 on CPUs with native bf16
 # (AVX512-BF16, AMX), where rounding alone moves the weights further apart than the bound.
-ARGS = ["--model", "resnet18", "--image-size", "32", "--epochs", "2", "--set", "model.width=8",
-        "--set", "data.num_workers=0", "--set", "log.tensorboard=false", "--set", "train.deterministic=true",
-        "--set", "optim.name=sgd", "--set", "optim.lr=0.05", "--set", "data.sampler=sequential",
-        "--set", "data.augment=resize", "--set", "train.amp=fp32"]
+ARGS = [
+    "--model",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--epochs",
+    "2",
+    "--set",
+    "model.width=8",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "log.tensorboard=false",
+    "--set",
+    "train.deterministic=true",
+    "--set",
+    "optim.name=sgd",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "data.sampler=sequential",
+    "--set",
+    "data.augment=resize",
+    "--set",
+    "train.amp=fp32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +87,17 @@ def free_port() -> int:
 
 
 def torchrun(*args, entry=("-m", "resnetcls")) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(free_port()), *entry, *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        *entry,
+        *map(str, args),
+    ]
 
 
 def env() -> dict:
@@ -109,7 +141,9 @@ def test_two_processes_train_with_one_writer(two_process_run):
     assert record["images"] == val_images > 0 and stderr.count("calibration:") == 1
 
 
-def test_two_processes_match_one_process_with_the_global_batch(two_process_run, pairs, tmp_path, plain_interpreter):
+def test_two_processes_match_one_process_with_the_global_batch(
+    two_process_run, pairs, tmp_path, plain_interpreter
+):
     single = tmp_path / "single"
     # In the session's one-thread interpreter, not a fresh one (a torch import less), nor this process: its two
     # OpenMP threads spin against the torchrun workers and other load on a shared 2-core machine.
@@ -123,8 +157,9 @@ def test_two_processes_match_one_process_with_the_global_batch(two_process_run, 
 
 def _sharded_eval_worker(rank: int, port: int, data: str, out: str) -> None:
     torch.set_num_threads(1)  # tiny model; two ranks share 2 cores
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     distributed.setup("cpu", 60)
     try:
         torch.save(_evaluate(data, rank, 2), f"{out}.{rank}")
@@ -138,16 +173,21 @@ def _evaluate(data: str, rank: int, world: int):
     splits = load_splits(data)
     samples = splits.train.subset(list(range(33)))  # odd: shards of 17 and 16, nothing to pad
     transform = build_eval_batch_transform(make_preprocess(32))
-    loader = build_loader(samples, transform, 4, shuffle=False, num_workers=0,
-                          sampler=range(rank, len(samples), world))
+    loader = build_loader(
+        samples, transform, 4, shuffle=False, num_workers=0, sampler=range(rank, len(samples), world)
+    )
     stats, confusion = distributed.evaluate_sharded(model, loader, None, StepContext(torch.device("cpu")), 3)
     return {"images": stats.images, "correct1": stats.correct1, "confusion": confusion}
 
 
 def test_sharded_evaluation_counts_every_image_once_and_equals_one_process(tiny_data, tmp_path):
     single = _evaluate(str(tiny_data), 0, 1)
-    mp.start_processes(_sharded_eval_worker, args=(free_port(), str(tiny_data), str(tmp_path / "r")), nprocs=2,
-                       start_method="spawn")  # not fork: pytest's process may hold other threads' locks
+    mp.start_processes(
+        _sharded_eval_worker,
+        args=(free_port(), str(tiny_data), str(tmp_path / "r")),
+        nprocs=2,
+        start_method="spawn",
+    )  # not fork: pytest's process may hold other threads' locks
     for rank in (0, 1):
         shared = torch.load(tmp_path / f"r.{rank}")
         assert shared["images"] == 33 == single["images"]
@@ -173,8 +213,21 @@ def test_a_failing_rank_ends_the_job_with_its_message(pairs, tmp_path):
     entry = tmp_path / "entry.py"
     entry.write_text(FAILING_ENTRY)
     started = time.monotonic()
-    result = run(torchrun("train", pairs, *ARGS, "--batch-size", "4", "--out", tmp_path / "run",
-                          "--set", "train.dist_timeout_s=30", entry=(str(entry),)), timeout=120)
+    result = run(
+        torchrun(
+            "train",
+            pairs,
+            *ARGS,
+            "--batch-size",
+            "4",
+            "--out",
+            tmp_path / "run",
+            "--set",
+            "train.dist_timeout_s=30",
+            entry=(str(entry),),
+        ),
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "resnetcls: error: val/x.jpg: simulated failure on rank 1" in result.stdout + result.stderr
     assert time.monotonic() - started < 120
@@ -193,8 +246,19 @@ def kill_tree(pid: int) -> None:
 
 def test_killed_two_process_run_resumes_to_the_same_weights(two_process_run, pairs, tmp_path):
     out = tmp_path / "run"
-    cmd = torchrun("train", pairs, *ARGS, "--batch-size", "4", "--out", out, "--set", "ckpt.every_steps=1",
-                   "--set", "ckpt.keep_last=50")
+    cmd = torchrun(
+        "train",
+        pairs,
+        *ARGS,
+        "--batch-size",
+        "4",
+        "--out",
+        out,
+        "--set",
+        "ckpt.every_steps=1",
+        "--set",
+        "ckpt.keep_last=50",
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
     marker = out / "checkpoints" / "step-00000002.json"
     deadline = time.monotonic() + 240

@@ -1,5 +1,6 @@
 """Training refuses or survives what would otherwise waste hours: a NaN loss, one class, Ctrl-C under both
 worker start methods and during validation."""
+
 import json
 import os
 import re
@@ -17,8 +18,19 @@ from resnetcls.engine.loop import StepContext, evaluate
 from resnetcls.records.modelfile import load_model_dir
 from tests.conftest import TINY, make_class_folders, run_cli
 
-SMALL_STEPS = [*TINY, "--batch-size", "4", "--epochs", "1", "--set", "ckpt.every_steps=1",
-               "--set", "ckpt.keep_last=50", "--set", "log.tensorboard=false"]
+SMALL_STEPS = [
+    *TINY,
+    "--batch-size",
+    "4",
+    "--epochs",
+    "1",
+    "--set",
+    "ckpt.every_steps=1",
+    "--set",
+    "ckpt.keep_last=50",
+    "--set",
+    "log.tensorboard=false",
+]
 
 
 class NanOnThirdStep(nn.Module):
@@ -48,11 +60,16 @@ def test_a_nonfinite_loss_stops_with_one_line_naming_the_step(tiny_data, tmp_pat
     result = run_cli("train", tiny_data, *SMALL_STEPS, "--out", out)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("resnetcls: error: train: non-finite loss (nan) at epoch 1 step 3 (global step 3); "
-                           f"stopped before applying it, the last good checkpoint is "
-                           f"{out / 'checkpoints' / 'step-00000002.pt'}; "), last
+    assert last.startswith(
+        "resnetcls: error: train: non-finite loss (nan) at epoch 1 step 3 (global step 3); "
+        f"stopped before applying it, the last good checkpoint is "
+        f"{out / 'checkpoints' / 'step-00000002.pt'}; "
+    ), last
     assert "--set train.nonfinite=skip" in last and "Traceback" not in result.stderr
-    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step-00000001.pt", "step-00000002.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+        "step-00000001.pt",
+        "step-00000002.pt",
+    ]
     assert not (out / "final").exists()
 
 
@@ -76,7 +93,9 @@ def test_a_single_class_is_refused(tmp_path):
 
 def test_validation_stops_at_the_first_batch_after_a_stop_request():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    batches = [{"images": torch.rand(2, 3, 2, 2), "labels": torch.tensor([0, 1]), "bad": []} for _ in range(5)]
+    batches = [
+        {"images": torch.rand(2, 3, 2, 2), "labels": torch.tensor([0, 1]), "bad": []} for _ in range(5)
+    ]
     ctx = StepContext(torch.device("cpu"), None, channels_last=False)
     whole = evaluate(model, batches, nn.CrossEntropyLoss(), ctx)
     assert whole.images == 10 and not whole.interrupted
@@ -104,11 +123,27 @@ def test_ctrl_c_saves_a_checkpoint_with_worker_processes(tiny_data, tmp_path, st
     out, site = tmp_path / "run", tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_BATCHES)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    args = [*SMALL_STEPS, "--epochs", "3", "--set", "data.num_workers=1", "--set", f"data.worker_start={start}"]
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(tiny_data), *args, "--out", str(out)],
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    args = [
+        *SMALL_STEPS,
+        "--epochs",
+        "3",
+        "--set",
+        "data.num_workers=1",
+        "--set",
+        f"data.worker_start={start}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetcls", "train", str(tiny_data), *args, "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
     marker = out / "checkpoints" / "step-00000002.json"
     deadline = time.monotonic() + 300
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -126,7 +161,10 @@ def test_a_stop_during_validation_saves_and_the_resume_validates_that_epoch(tiny
     real = train_mod.distributed.evaluate_sharded
 
     def stop_requested_during_validation(*args, stop=None, **kwargs):
-        return real(*args, stop=lambda: True, **kwargs)  # as if Ctrl-C arrived after the first validation batch
+        return real(
+            *args, stop=lambda: True, **kwargs
+        )  # as if Ctrl-C arrived after the first validation batch
+
     monkeypatch.setattr(train_mod.distributed, "evaluate_sharded", stop_requested_during_validation)
     out = tmp_path / "run"
     args = [*TINY, "--epochs", "2", "--set", "log.tensorboard=false", "--out", out]

@@ -1,5 +1,6 @@
 """Run logging: metrics.jsonl, TensorBoard, tracking. The live progress bar on a terminal is checked in
 tests/utils/test_progress.py, in the pseudo-terminal interpreter the other bars share."""
+
 import json
 
 import pytest
@@ -14,6 +15,7 @@ def test_records_go_to_metrics_jsonl_and_slashed_scalars_to_tensorboard(tmp_path
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert record["step"] == 3 and record["train/loss"] == 0.5 and record["note"] == "x"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     scalars = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
     assert sorted(scalars) == ["train/loss", "val/top1"]
 
@@ -36,9 +38,12 @@ def test_a_non_zero_rank_writes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().err == ""
 
 
-def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_leaves_killed(tmp_path, monkeypatch):
+def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_leaves_killed(
+    tmp_path, monkeypatch
+):
     mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'resnetcls[mlflow]'")
     from resnetcls.config import LogConfig
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "config.yaml").write_text("optim:\n  lr: 0.5\n")
     logger = RunLogger(tmp_path, tensorboard=False, tracking=LogConfig(mlflow=True), precision="fp32")
@@ -55,11 +60,15 @@ def test_with_log_mlflow_epoch_records_reach_the_mlflow_run_which_an_interrupt_l
 
 def test_the_val_confusion_matrix_is_logged_up_to_the_class_cap_only(tmp_path):
     import torch
+
     from resnetcls.engine.log import confusion_field
     from resnetcls.utils.limits import MATRIX_IN_JSON_MAX_CLASSES
+
     logger = RunLogger(tmp_path, tensorboard=False)
     for epoch, classes in ((1, 3), (2, MATRIX_IN_JSON_MAX_CLASSES), (3, MATRIX_IN_JSON_MAX_CLASSES + 1)):
-        logger.log({"kind": "epoch", "epoch": epoch, **confusion_field(torch.eye(classes, dtype=torch.int64))}, epoch)
+        logger.log(
+            {"kind": "epoch", "epoch": epoch, **confusion_field(torch.eye(classes, dtype=torch.int64))}, epoch
+        )
     logger.log({"kind": "epoch", "epoch": 4, **confusion_field(None)}, 4)
     logger.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

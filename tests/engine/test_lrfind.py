@@ -1,6 +1,7 @@
 """The LR range test: `resnetcls lr-find` writes its curve and plot and suggests a rate inside the sweep with
 its rule named; the sweep stops when the loss explodes; `train --lr auto` records the rate it chose and leaves
 its curve in the run directory, where the report shows it."""
+
 import csv
 import json
 
@@ -9,14 +10,14 @@ import yaml
 from PIL import Image
 
 from resnetcls.engine.lrfind import RULE_MIN_TENTH, RULE_STEEPEST, LRCurve, suggest, sweep_lr
-
 from tests.conftest import TINY, run_cli
 
 
 def test_lr_find_writes_plot_and_curve_and_suggests_a_rate_inside_the_sweep(tiny_data, tmp_path):
     out = tmp_path / "lrf"
-    r = run_cli("lr-find", tiny_data, *TINY, "--steps", "30", "--start-lr", "1e-5", "--end-lr", "1",
-                "--out", out)
+    r = run_cli(
+        "lr-find", tiny_data, *TINY, "--steps", "30", "--start-lr", "1e-5", "--end-lr", "1", "--out", out
+    )
     assert r.returncode == 0, r.stderr
     with Image.open(out / "lr_find.png") as image:
         assert image.format == "PNG"
@@ -42,8 +43,21 @@ def test_lr_find_writes_plot_and_curve_and_suggests_a_rate_inside_the_sweep(tiny
 
 def test_lr_find_stops_when_the_loss_explodes(tiny_data, tmp_path):
     out = tmp_path / "lrf"
-    r = run_cli("lr-find", tiny_data, *TINY, "--steps", "60", "--start-lr", "1e-4", "--end-lr", "1e5",
-                "--set", "optim.name=sgd", "--out", out)
+    r = run_cli(
+        "lr-find",
+        tiny_data,
+        *TINY,
+        "--steps",
+        "60",
+        "--start-lr",
+        "1e-4",
+        "--end-lr",
+        "1e5",
+        "--set",
+        "optim.name=sgd",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     curve = json.loads((out / "lr_find.json").read_text())
     assert curve["stopped"].startswith("diverged")
@@ -77,12 +91,15 @@ def test_train_lr_auto_trains_and_records_the_chosen_rate(tiny_data, tmp_path):
     assert "<h2>Learning-rate range test</h2>" in (out / "report.html").read_text()
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--steps", "2"], "--steps"),
-    (["--start-lr", "0"], "--start-lr"),
-    (["--end-lr", "-1"], "--end-lr"),
-    (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--steps", "2"], "--steps"),
+        (["--start-lr", "0"], "--start-lr"),
+        (["--end-lr", "-1"], "--end-lr"),
+        (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr"),
+    ],
+)
 def test_bad_sweep_values_exit_2_naming_the_flag(tiny_data, tmp_path, args, named):
     r = run_cli("lr-find", tiny_data, *TINY, *args, "--out", tmp_path / "lrf")
     assert r.returncode == 2

@@ -1,12 +1,19 @@
 """Optimisation: schedules, losses and class weights, gradient accumulation and EMA."""
+
 import pytest
 import torch
 from torch import nn
 
 from resnetcls.config import OptimConfig, SchedConfig
 from resnetcls.engine.loop import EpochStats, Optimization, StepContext, train_one_epoch
-from resnetcls.engine.optim import (SigmoidOneHotLoss, build_ema, build_optimizer, build_scheduler, class_weights,
-                                   make_optimizer)
+from resnetcls.engine.optim import (
+    SigmoidOneHotLoss,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    class_weights,
+    make_optimizer,
+)
 
 
 def test_epoch_interval_schedule_changes_only_at_epoch_boundaries():
@@ -27,7 +34,8 @@ def test_balanced_class_weights_and_weighted_bce():
     logits, target = torch.tensor([[2.0, -1.0], [0.5, 0.3]]), torch.tensor([0, 1])
     weighted = SigmoidOneHotLoss(2, weight=torch.tensor([1.0, 3.0]))(logits, target)
     per_sample = nn.functional.binary_cross_entropy_with_logits(
-        logits, nn.functional.one_hot(target, 2).float(), reduction="none").sum(1)
+        logits, nn.functional.one_hot(target, 2).float(), reduction="none"
+    ).sum(1)
     assert float(weighted) == pytest.approx(float((per_sample[0] + 3 * per_sample[1]) / 4))
 
 
@@ -35,19 +43,31 @@ def _linear_run(batches, accum):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    opt = Optimization(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                       torch.amp.GradScaler("cpu", enabled=False), build_ema(model, 0.5), accum)
+    opt = Optimization(
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        torch.amp.GradScaler("cpu", enabled=False),
+        build_ema(model, 0.5),
+        accum,
+    )
     stats = EpochStats()
-    train_one_epoch(model, batches, opt, nn.CrossEntropyLoss(), StepContext(torch.device("cpu"), None, False),
-                    stats, lambda s: False)
+    train_one_epoch(
+        model,
+        batches,
+        opt,
+        nn.CrossEntropyLoss(),
+        StepContext(torch.device("cpu"), None, False),
+        stats,
+        lambda s: False,
+    )
     return model, opt, stats
 
 
 def test_gradient_accumulation_equals_one_large_batch():
     torch.manual_seed(1)
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
-    big = [{"images": x[i:i + 8], "labels": y[i:i + 8], "bad": []} for i in (0, 8)]
-    small = [{"images": x[i:i + 4], "labels": y[i:i + 4], "bad": []} for i in range(0, 16, 4)]
+    big = [{"images": x[i : i + 8], "labels": y[i : i + 8], "bad": []} for i in (0, 8)]
+    small = [{"images": x[i : i + 4], "labels": y[i : i + 4], "bad": []} for i in range(0, 16, 4)]
     m_big, _, s_big = _linear_run(big, accum=1)
     m_small, opt, s_small = _linear_run(small, accum=2)
     assert s_big.steps == s_small.steps == 2 and s_small.batches == 4
@@ -61,9 +81,13 @@ def test_gradient_accumulation_equals_one_large_batch():
 def test_losses_take_soft_targets_with_label_smoothing(name, weighted):
     from resnetcls.config import LossConfig
     from resnetcls.engine.optim import build_loss
+
     labels = [0, 0, 0, 1, 2, 2] if weighted else []  # weights 2/3, 2, 1: a batch's weight sum is not its size
-    loss = build_loss(LossConfig(name=name, label_smoothing=0.1, class_weights="balanced" if weighted else "none"),
-                      3, labels)
+    loss = build_loss(
+        LossConfig(name=name, label_smoothing=0.1, class_weights="balanced" if weighted else "none"),
+        3,
+        labels,
+    )
     torch.manual_seed(0)
     logits, a, b = torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
     one_hot = lambda t: nn.functional.one_hot(t, 3).float()
@@ -74,8 +98,9 @@ def test_losses_take_soft_targets_with_label_smoothing(name, weighted):
     if not weighted:  # a blend lam*a + (1-lam)*b is the same blend of the two losses (both are linear in it)
         lam = 0.3
         mixed = loss(logits, lam * one_hot(a) + (1 - lam) * one_hot(b))
-        assert float(mixed) == pytest.approx(lam * float(loss(logits, a)) + (1 - lam) * float(loss(logits, b)),
-                                             rel=1e-5)
+        assert float(mixed) == pytest.approx(
+            lam * float(loss(logits, a)) + (1 - lam) * float(loss(logits, b)), rel=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", ["adamw", "adam"])
@@ -103,7 +128,9 @@ def test_an_optimizer_torch_cannot_fuse_falls_back_to_its_default_implementation
     class NoFused(torch.optim.AdamW):
         def __init__(self, params, fused=None, **kwargs):
             if fused:
-                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+                raise RuntimeError(
+                    "`fused=True` requires all the params to be floating point Tensors of supported devices"
+                )
             super().__init__(params, **kwargs)
 
     optimizer = make_optimizer(NoFused, [{"params": [nn.Parameter(torch.zeros(2))]}], True, lr=0.1)

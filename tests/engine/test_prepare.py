@@ -1,5 +1,6 @@
 """engine/prepare.py: the run directory a run starts from (config.yaml, environment.json, the checkpoint to
 resume or the refusal), seeding, the device/precision context, the model and the data pipeline."""
+
 import json
 import os
 import random
@@ -10,14 +11,30 @@ import pytest
 import torch
 from torch import nn
 
-from resnetcls.config import (CkptConfig, Config, DataConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig,
-                              config_to_dict)
+from resnetcls.config import (
+    CkptConfig,
+    Config,
+    DataConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    config_to_dict,
+)
 from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import load_splits
 from resnetcls.engine.checkpoint import Checkpointer, RunState
-from resnetcls.engine.prepare import (DataPipeline, arch_args, build_context, build_model, find_resume,
-                                      prepare_run, saved_run_config, seed_everything,
-                                      with_saved_total)
+from resnetcls.engine.prepare import (
+    DataPipeline,
+    arch_args,
+    build_context,
+    build_model,
+    find_resume,
+    prepare_run,
+    saved_run_config,
+    seed_everything,
+    with_saved_total,
+)
 from resnetcls.errors import UserError
 
 
@@ -33,8 +50,9 @@ def restore_torch_flags(monkeypatch):
 
 def save_checkpoint_of(run_dir: Path, cfg: Config, global_step: int = 3) -> None:
     """A real (tiny) checkpoint of cfg in run_dir/checkpoints, as a training run leaves it."""
-    Checkpointer(run_dir, CkptConfig(), cfg.train.batch_size, config_to_dict(cfg), {}, nn.Linear(2, 2),
-                 None).save(RunState(global_step=global_step))
+    Checkpointer(
+        run_dir, CkptConfig(), cfg.train.batch_size, config_to_dict(cfg), {}, nn.Linear(2, 2), None
+    ).save(RunState(global_step=global_step))
 
 
 def test_prepare_run_writes_config_and_environment_with_absolute_data_paths(tmp_path, monkeypatch):
@@ -62,11 +80,15 @@ def test_a_directory_with_checkpoints_is_refused_for_a_new_run_and_left_as_it_wa
     first = prepare_run(Config(), run_dir, None, False)
     save_checkpoint_of(run_dir, first.cfg)
     before = (run_dir / "config.yaml").read_text()
-    with pytest.raises(UserError, match="already holds checkpoints of an earlier run; continue it with --resume auto"):
+    with pytest.raises(
+        UserError, match="already holds checkpoints of an earlier run; continue it with --resume auto"
+    ):
         prepare_run(Config(train=TrainConfig(epochs=3)), run_dir, None, False)
     assert (run_dir / "config.yaml").read_text() == before  # the refused run wrote nothing
     assert prepare_run(Config(), run_dir, "auto", False).resumed[1]["global_step"] == 3
-    named = prepare_run(Config(), tmp_path / "ignored", str(run_dir), False)  # --resume RUN_DIR: that directory
+    named = prepare_run(
+        Config(), tmp_path / "ignored", str(run_dir), False
+    )  # --resume RUN_DIR: that directory
     assert named.run_dir == run_dir and named.resumed[1]["global_step"] == 3
     assert not (tmp_path / "ignored").exists()
 
@@ -84,18 +106,26 @@ def test_resume_lists_every_result_affecting_change_and_refuses_unless_forced(tm
     with pytest.raises(UserError) as refused:
         find_resume("auto", tmp_path, changed, force=False)
     message = str(refused.value)
-    assert "refusing to resume with settings that change the result (optim.lr: 0.002 -> 0.1; " \
-           "train.batch_size: 32 -> 8)" in message and "--force" in message
+    assert (
+        "refusing to resume with settings that change the result (optim.lr: 0.002 -> 0.1; "
+        "train.batch_size: 32 -> 8)"
+        in message
+        and "--force" in message
+    )
     assert "log.every_steps" not in message  # logging does not change the result
     state, meta = find_resume("auto", tmp_path, changed, force=True)
     assert meta["global_step"] == 3 and state["global_step"] == 3
     warnings = [l for l in capsys.readouterr().err.splitlines() if "(--force)" in l]
-    assert warnings == ["warning: resuming with a changed setting (--force): optim.lr: 0.002 -> 0.1",
-                        "warning: resuming with a changed setting (--force): train.batch_size: 32 -> 8"]
+    assert warnings == [
+        "warning: resuming with a changed setting (--force): optim.lr: 0.002 -> 0.1",
+        "warning: resuming with a changed setting (--force): train.batch_size: 32 -> 8",
+    ]
 
 
 def test_saved_run_config_of_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path):
-    with pytest.raises(UserError, match=r"not a run directory \(no config.yaml\); give DATA to start a new run"):
+    with pytest.raises(
+        UserError, match=r"not a run directory \(no config.yaml\); give DATA to start a new run"
+    ):
         saved_run_config(tmp_path)
 
 
@@ -121,7 +151,9 @@ def test_build_model_follows_the_model_config_and_the_asked_memory_format():
     for channels_last in (True, False):
         t = TrainConfig(device="cpu", amp="fp32", channels_last=channels_last)
         ctx = build_context(t)
-        assert ctx.device == torch.device("cpu") and ctx.amp_dtype is None and ctx.channels_last is channels_last
+        assert (
+            ctx.device == torch.device("cpu") and ctx.amp_dtype is None and ctx.channels_last is channels_last
+        )
         model = build_model(m, t, 5, ctx)
         weight = model.conv1.weight
         assert weight.shape == (8, 3, 3, 3) and model.fc.out_features == 5  # the small stem, 5 classes
@@ -137,7 +169,9 @@ def test_sync_bn_is_ignored_in_one_process_and_refused_on_cpu_under_torchrun(mon
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert isinstance(build_model(m, t, 3, build_context(t)).bn1, nn.BatchNorm2d)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="SyncBatchNorm runs on CUDA only; use --set train.sync_bn=false on CPU"):
+    with pytest.raises(
+        UserError, match="SyncBatchNorm runs on CUDA only; use --set train.sync_bn=false on CPU"
+    ):
         build_model(m, t, 3, build_context(t))
 
 
@@ -166,12 +200,18 @@ def test_a_budgeted_run_keeps_the_total_it_chose_when_resumed():
 
 def test_a_device_augmenting_pipeline_ships_uint8_canvases_even_on_the_cpu(tiny_data):
     splits = load_splits(str(tiny_data))
-    pipeline = DataPipeline(DataConfig(image_size=32, num_workers=0), 8, uint8_batches=False, device_augment=True)
+    pipeline = DataPipeline(
+        DataConfig(image_size=32, num_workers=0), 8, uint8_batches=False, device_augment=True
+    )
     batch = next(iter(pipeline.train_loader(splits.train, ResumableSampler(splits.train.labels), 0)))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape[-1] == round(32 / 0.875)
     assert tuple(batch["finish"](batch["images"]).shape[1:]) == (3, 32, 32)
     evals = next(iter(pipeline.eval_loader(splits.val)))
-    assert "finish" not in evals and tuple(evals["images"].shape[1:]) == (3, 32, 32)  # eval: centre crop, host
+    assert "finish" not in evals and tuple(evals["images"].shape[1:]) == (
+        3,
+        32,
+        32,
+    )  # eval: centre crop, host
 
 
 def test_a_failing_torch_compile_says_why_in_one_line_and_trains_eagerly(monkeypatch, capsys):
@@ -188,6 +228,7 @@ def test_a_failing_torch_compile_says_why_in_one_line_and_trains_eagerly(monkeyp
     x = torch.randn(4, 3)
     assert torch.equal(step_model(x), model(x)) and torch.equal(step_model(x), model(x))
     err = capsys.readouterr().err
-    assert err.count("torch.compile failed") == 1 and "no working C++ compiler found); training eagerly" in err
+    assert (
+        err.count("torch.compile failed") == 1 and "no working C++ compiler found); training eagerly" in err
+    )
     assert "long details" not in err
-

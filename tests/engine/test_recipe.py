@@ -1,4 +1,5 @@
 """The auto recipe: the rules as a pure function, and `resnetcls train DATA` with and without recipe flags."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,11 +13,20 @@ from PIL import Image
 from resnetcls.config import ExplicitSettings
 from resnetcls.config.schema import flatten
 from resnetcls.engine import recipe
-from resnetcls.engine.recipe import (DataFacts, RULES, SMALL_DATA, choose_recipe, image_size_for, median_short_side,
-                                     recipe_blocker)
+from resnetcls.engine.recipe import (
+    RULES,
+    SMALL_DATA,
+    DataFacts,
+    choose_recipe,
+    image_size_for,
+    median_short_side,
+    recipe_blocker,
+)
 from tests.conftest import ROOT, run_cli
 
-FAST = lambda speed: (lambda name, width, size: speed)  # a machine that trains `speed` images/s whatever the model
+FAST = lambda speed: (
+    lambda name, width, size: speed
+)  # a machine that trains `speed` images/s whatever the model
 
 
 def facts(train: int, median: int | None = 224, val: int | None = None, classes: int = 12) -> DataFacts:
@@ -28,10 +38,14 @@ def test_small_data_gets_the_small_data_recipe_and_about_50k_images_seen():
     values = choice.config_values()
     assert (values["model.name"], values["model.width"], values["data.image_size"]) == ("resnet18", 64, 128)
     assert values["train.epochs"] == 69 and values["data.augment"] == "trivialaugment"
-    assert values["data.mixup"] == 0.2 and values["data.cutmix"] == 1.0 and values["data.random_erasing"] == 0.25
+    assert (
+        values["data.mixup"] == 0.2 and values["data.cutmix"] == 1.0 and values["data.random_erasing"] == 0.25
+    )
     [line] = choice.lines()
-    assert line.startswith("auto recipe: resnet18 width 64 at 128 px, small-data augmentation (trivialaugment, "
-                           "mixup 0.2, cutmix 1.0, erasing 0.25), 69 epochs ≈ ")
+    assert line.startswith(
+        "auto recipe: resnet18 width 64 at 128 px, small-data augmentation (trivialaugment, "
+        "mixup 0.2, cutmix 1.0, erasing 0.25), 69 epochs ≈ "
+    )
     assert "720 train images in 12 classes (small data), median image 224 px" in line
     assert "--model/--image-size/--epochs or --config" in line and "train.auto_recipe=false" in line
 
@@ -83,8 +97,12 @@ def test_with_a_time_budget_the_budget_chooses_the_epochs():
 
 def test_any_recipe_choice_config_file_or_off_switch_stops_the_auto_recipe():
     assert recipe_blocker(ExplicitSettings(), True) == ""
-    assert recipe_blocker(ExplicitSettings("", frozenset({"data.train", "train.seed", "train.time_budget"})),
-                          True) == ""
+    assert (
+        recipe_blocker(
+            ExplicitSettings("", frozenset({"data.train", "train.seed", "train.time_budget"})), True
+        )
+        == ""
+    )
     assert recipe_blocker(ExplicitSettings("", frozenset({"model.name"})), True) == "model.name given"
     assert recipe_blocker(ExplicitSettings("", frozenset({"data.mixup"})), True) == "data.mixup given"
     assert recipe_blocker(ExplicitSettings("my.yaml"), True) == "--config my.yaml"
@@ -96,8 +114,11 @@ def test_configs_small_data_yaml_holds_the_small_data_rule():
     preset = flatten(yaml.safe_load((ROOT / "configs" / "small-data.yaml").read_text()))
     small = RULES[0]
     assert {k: preset[k] for k in SMALL_DATA} == SMALL_DATA
-    assert (preset["model.name"], preset["model.width"], preset["data.image_size"]) == \
-        (small.model, small.width, small.image_size)
+    assert (preset["model.name"], preset["model.width"], preset["data.image_size"]) == (
+        small.model,
+        small.width,
+        small.image_size,
+    )
 
 
 def test_median_short_side_reads_headers_and_skips_unreadable_files(tmp_path):
@@ -113,8 +134,11 @@ def test_median_short_side_reads_headers_and_skips_unreadable_files(tmp_path):
 @pytest.fixture
 def tiny_rules(monkeypatch):
     """The real rules at a test model's scale (width 8, 32 px), so a CLI run takes seconds on 2 cores."""
-    monkeypatch.setattr(recipe, "RULES", tuple(dataclasses.replace(rule, width=8, image_size=32, cpu_image_size=32)
-                                               for rule in RULES))
+    monkeypatch.setattr(
+        recipe,
+        "RULES",
+        tuple(dataclasses.replace(rule, width=8, image_size=32, cpu_image_size=32) for rule in RULES),
+    )
     monkeypatch.setattr(recipe, "MIN_SIZE", 32)
 
 
@@ -122,8 +146,9 @@ def records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(tiny_data, tmp_path, monkeypatch,
-                                                                               tiny_rules):
+def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(
+    tiny_data, tmp_path, monkeypatch, tiny_rules
+):
     # A 1-epoch cap keeps the test short; the measurement and everything else are real.
     monkeypatch.setattr(recipe, "CPU_CAP_S", 1e-3)
     monkeypatch.setattr(recipe, "MIN_EPOCHS", 1)
@@ -133,17 +158,24 @@ def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(t
     assert result.returncode == 0, result.stderr
     assert "auto recipe: resnet18 width 8 at 32 px, small-data augmentation (trivialaugment" in result.stderr
     assert "33 train images in 3 classes (small data), median image 40 px" in result.stderr
-    assert "auto recipe: lowered to 1 epochs, the floor, still over the 0.001s cap on this CPU" in result.stderr
+    assert (
+        "auto recipe: lowered to 1 epochs, the floor, still over the 0.001s cap on this CPU" in result.stderr
+    )
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["name"] == "resnet18" and saved["model"]["width"] == 8
     assert saved["data"]["image_size"] == 32 and saved["data"]["augment"] == "trivialaugment"
     assert saved["train"]["epochs"] == 1 and saved["data"]["mixup"] == 0.2
     [rec] = [r for r in records(run) if r["kind"] == "recipe"]
     assert rec["rule"] == "small data" and rec["values"]["model.name"] == "resnet18" and rec["classes"] == 3
-    assert rec["median_short_side"] == 40 and rec["images_per_s"] > 0 and rec["reasons"][0].startswith("auto recipe")
+    assert (
+        rec["median_short_side"] == 40
+        and rec["images_per_s"] > 0
+        and rec["reasons"][0].startswith("auto recipe")
+    )
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("a resumed run measured the machine again")
+
     monkeypatch.setattr(recipe, "measure_images_per_s", no_measuring)
     again = run_cli("train", tiny_data, *args, "--resume", "auto")
     assert again.returncode == 0, again.stderr
@@ -154,10 +186,24 @@ def test_train_without_recipe_flags_picks_prints_records_and_a_resume_keeps_it(t
 def test_any_recipe_flag_or_config_turns_the_auto_recipe_off(tiny_data, tmp_path, monkeypatch):
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured although the user chose the recipe")
+
     monkeypatch.setattr(recipe, "measure_images_per_s", no_measuring)
     tiny = ["--set", "data.num_workers=0", "--set", "log.tensorboard=false"]
-    flagged = run_cli("train", tiny_data, "--model", "resnet18", "--set", "model.width=8", "--image-size", "32",
-                      "--epochs", "1", *tiny, "--out", tmp_path / "a")
+    flagged = run_cli(
+        "train",
+        tiny_data,
+        "--model",
+        "resnet18",
+        "--set",
+        "model.width=8",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        *tiny,
+        "--out",
+        tmp_path / "a",
+    )
     assert flagged.returncode == 0, flagged.stderr
     assert "auto recipe" not in flagged.stderr
     preset = tmp_path / "tiny.yaml"
@@ -168,10 +214,24 @@ def test_any_recipe_flag_or_config_turns_the_auto_recipe_off(tiny_data, tmp_path
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["model"]["width"] == 8
 
 
-def test_time_budget_alone_lets_the_recipe_pick_the_model_and_the_budget_the_epochs(tiny_data, tmp_path, tiny_rules):
+def test_time_budget_alone_lets_the_recipe_pick_the_model_and_the_budget_the_epochs(
+    tiny_data, tmp_path, tiny_rules
+):
     run = tmp_path / "run"
-    result = run_cli("train", tiny_data, "--time", "2s", "--device", "cpu", "--set", "data.num_workers=0",
-                     "--set", "log.tensorboard=false", "--out", run)
+    result = run_cli(
+        "train",
+        tiny_data,
+        "--time",
+        "2s",
+        "--device",
+        "cpu",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "log.tensorboard=false",
+        "--out",
+        run,
+    )
     assert result.returncode == 0, result.stderr
     assert "auto recipe: resnet18 width 8 at 32 px" in result.stderr
     assert "epochs fitted to the --time 2s budget" in result.stderr and "time budget 2s:" in result.stderr

@@ -2,6 +2,7 @@
 
 Only the killed or signalled runs get an interpreter each; the uninterrupted and the resumed ones run one after
 another in the session's plain_interpreter (one thread as well, and no pytest imported: see tests/runner.py)."""
+
 import json
 import os
 import re
@@ -20,9 +21,26 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 # 33 training images, batch 4 -> 8 steps per epoch; a checkpoint after every step so a kill lands mid-epoch.
-ARGS = ["--model", "resnet18", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
-        "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "log.tensorboard=false",
-        "--set", "train.deterministic=true", "--set", "optim.lr=0.01"]
+ARGS = [
+    "--model",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--set",
+    "model.width=8",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "log.tensorboard=false",
+    "--set",
+    "train.deterministic=true",
+    "--set",
+    "optim.lr=0.01",
+]
 STEP_CKPT = ["--set", "ckpt.every_steps=1", "--set", "ckpt.keep_last=50"]
 
 
@@ -38,8 +56,12 @@ def assert_identical(a, b):
 
 def start_and_signal(data, out, sig, after_step: int, *extra) -> subprocess.Popen:
     """Start a training run, send sig once the checkpoint of `after_step` exists; return the ended process."""
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(data), *ARGS, *STEP_CKPT, *extra,
-                             "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetcls", "train", str(data), *ARGS, *STEP_CKPT, *extra, "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     marker = out / "checkpoints" / f"step-{after_step:08d}.json"
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -58,7 +80,9 @@ def uninterrupted(tiny_data, tmp_path_factory, plain_interpreter):
     return weights(out)
 
 
-def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(tiny_data, tmp_path, uninterrupted, plain_interpreter):
+def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(
+    tiny_data, tmp_path, uninterrupted, plain_interpreter
+):
     out = tmp_path / "run"
     proc = start_and_signal(tiny_data, out, signal.SIGKILL, after_step=3)
     assert proc.returncode == -signal.SIGKILL
@@ -77,8 +101,9 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(tiny_data, tmp_path
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]  # no duplicated epoch records
 
 
-def test_sigterm_saves_exits_130_and_resume_from_run_dir_alone_is_bit_identical(tiny_data, tmp_path,
-                                                                                 uninterrupted, plain_interpreter):
+def test_sigterm_saves_exits_130_and_resume_from_run_dir_alone_is_bit_identical(
+    tiny_data, tmp_path, uninterrupted, plain_interpreter
+):
     out = tmp_path / "run"
     # Two DataLoader worker processes here (none in the uninterrupted run): the augmentation of a sample
     # must not depend on which process decodes it.
@@ -92,8 +117,18 @@ def test_sigterm_saves_exits_130_and_resume_from_run_dir_alone_is_bit_identical(
     assert_identical(weights(out), uninterrupted)
 
 
-AUGMENT = ["--set", "data.augment=trivialaugment", "--set", "data.random_erasing=0.5", "--set", "data.mixup=0.4",
-           "--set", "data.cutmix=1.0", "--set", "loss.name=bce"]
+AUGMENT = [
+    "--set",
+    "data.augment=trivialaugment",
+    "--set",
+    "data.random_erasing=0.5",
+    "--set",
+    "data.mixup=0.4",
+    "--set",
+    "data.cutmix=1.0",
+    "--set",
+    "loss.name=bce",
+]
 
 
 def kill_mid_epoch_and_resume(data, out, extra: list[str], plain_interpreter):
@@ -106,8 +141,9 @@ def kill_mid_epoch_and_resume(data, out, extra: list[str], plain_interpreter):
     return out
 
 
-def test_with_augmentation_policies_and_progressive_resizing_a_killed_run_resumes_bit_identical(tiny_data, tmp_path,
-                                                                                                 plain_interpreter):
+def test_with_augmentation_policies_and_progressive_resizing_a_killed_run_resumes_bit_identical(
+    tiny_data, tmp_path, plain_interpreter
+):
     """TrivialAugment, random erasing, MixUp/CutMix and data.progressive's sizes (a function of the epoch): a run
     killed mid-epoch (two DataLoader workers before the kill, none after: a sample's augmentation must depend on
     neither) resumes at the same size and ends with the same weights, bit for bit."""

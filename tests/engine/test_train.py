@@ -1,4 +1,5 @@
 """`resnetcls train` end to end on tiny data: what a user finds in the run directory."""
+
 import json
 import re
 import shutil
@@ -18,12 +19,24 @@ def test_run_directory_has_config_metrics_tensorboard_and_model_dirs(tiny_run):
     for key in ("train/loss", "val/loss", "val/top1", "val/top5", "train/images_per_s"):
         assert all(isinstance(r[key], float) for r in epochs), key
     stores = [r for r in records if r["kind"] == "cache"]  # which store each split read, and why
-    assert len(stores) == 1 and {split: stores[0][split]["format"] for split in ("train", "val")} == {
-        "train": "decoded", "val": "decoded"} and "why" not in stores[0]["train"]
+    assert (
+        len(stores) == 1
+        and {split: stores[0][split]["format"] for split in ("train", "val")}
+        == {"train": "decoded", "val": "decoded"}
+        and "why" not in stores[0]["train"]
+    )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     tags = set(EventAccumulator(str(tiny_run / "tb")).Reload().Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_share", "val/loss", "val/top1",
-            "val/top5"} <= tags
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/images_per_s",
+        "train/data_wait_share",
+        "val/loss",
+        "val/top1",
+        "val/top5",
+    } <= tags
     for sub in ("best", "final"):
         meta = json.loads((tiny_run / sub / "model.json").read_text())
         assert meta["format"] == "resnetcls.model/1"
@@ -74,9 +87,22 @@ def test_coil100_pose_split_learns_far_above_chance_with_the_default_recipe(tmp_
     """configs/default.yaml, shortened (a narrow ResNet-18 at 32 px, 2 epochs) on the unseen-viewpoint split of
     50 real objects; chance is 2%. The full-size run is in the README."""
     coil = shared_data("coil100-a")
-    result = run_cli("train", coil / "pose-split.csv", "--config", ROOT / "configs" / "default.yaml",
-                     "--model", "resnet18", "--image-size", "32", "--epochs", "2", "--set", "model.width=16",
-                     "--out", tmp_path / "coil")
+    result = run_cli(
+        "train",
+        coil / "pose-split.csv",
+        "--config",
+        ROOT / "configs" / "default.yaml",
+        "--model",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--set",
+        "model.width=16",
+        "--out",
+        tmp_path / "coil",
+    )
     assert result.returncode == 0, result.stderr
     summary = [json.loads(l) for l in (tmp_path / "coil" / "metrics.jsonl").read_text().splitlines()][-1]
     assert "2700 train / 900 val images" in result.stderr
@@ -124,13 +150,24 @@ def chosen_epochs(stderr: str) -> int:
 
 
 def test_time_budget_chooses_the_epochs_trains_that_many_and_an_interrupted_run_resumes_with_the_same_total(
-        tiny_data, tmp_path):
+    tiny_data, tmp_path
+):
     """One budgeted run (a checkpoint every step, which the budget counts) checked as it ends, then cut back to what
     a kill after its first step leaves and resumed: the same total, nothing measured again, the budget fixed."""
     run = tmp_path / "r"
     # 1 s: the checks hold for any number of epochs the budget buys (at least 1), so the shortest budget will do.
-    args = [tiny_data, *TINY, "--time", "1s", "--set", "ckpt.every_steps=1", "--set", "ckpt.keep_last=100000",
-            "--out", run]
+    args = [
+        tiny_data,
+        *TINY,
+        "--time",
+        "1s",
+        "--set",
+        "ckpt.every_steps=1",
+        "--set",
+        "ckpt.keep_last=100000",
+        "--out",
+        run,
+    ]
     first = run_cli("train", *args)
     assert first.returncode == 0, first.stderr
     n = chosen_epochs(first.stderr)
@@ -158,29 +195,55 @@ def test_time_budget_chooses_the_epochs_trains_that_many_and_an_interrupted_run_
 
 def test_patience_stops_a_run_that_no_longer_improves_and_still_writes_everything(tiny_data, tmp_path):
     run = tmp_path / "r"
-    result = run_cli("train", tiny_data, *TINY, "--epochs", "40", "--set", "train.patience=2",
-                     "--set", "optim.lr=0.01", "--out", run)
+    result = run_cli(
+        "train",
+        tiny_data,
+        *TINY,
+        "--epochs",
+        "40",
+        "--set",
+        "train.patience=2",
+        "--set",
+        "optim.lr=0.01",
+        "--out",
+        run,
+    )
     assert result.returncode == 0, result.stderr
-    match = re.search(r"^stopping early: val_top1 has not improved for 2 epochs \(best ([\d.]+) at epoch (\d+)\)$",
-                      result.stderr, re.MULTILINE)
+    match = re.search(
+        r"^stopping early: val_top1 has not improved for 2 epochs \(best ([\d.]+) at epoch (\d+)\)$",
+        result.stderr,
+        re.MULTILINE,
+    )
     assert match, result.stderr
     best_epoch = int(match.group(2))
     recs = records(run)
     assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == list(range(1, best_epoch + 3))
     summary = recs[-1]
     assert summary["kind"] == "summary" and summary["stopped_early"] and summary["best_epoch"] == best_epoch
-    assert summary["best_val_top1"] == pytest.approx(float(match.group(1)), abs=1e-4) and summary["epochs_run"] == best_epoch + 2
+    assert (
+        summary["best_val_top1"] == pytest.approx(float(match.group(1)), abs=1e-4)
+        and summary["epochs_run"] == best_epoch + 2
+    )
     assert (run / "final" / "model.json").is_file() and (run / "best" / "model.json").is_file()
     again = run_cli("train", "--resume", run)  # a stopped run has nothing left to train
     assert again.returncode == 0 and "stopping early" in again.stderr
     assert len([r for r in records(run) if r["kind"] == "epoch"]) == best_epoch + 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--time", "abc"], "argument --time: expected a duration such as 90s, 20m or 1.5h (0 = off), got 'abc'"),
-    (["--set", "train.patience=-1"], "config key train.patience=-1: must be in [0, 1000000]"),
-    (["--set", "train.time_budget=20 minutes"], "config key train.time_budget='20 minutes': expected a duration"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--time", "abc"],
+            "argument --time: expected a duration such as 90s, 20m or 1.5h (0 = off), got 'abc'",
+        ),
+        (["--set", "train.patience=-1"], "config key train.patience=-1: must be in [0, 1000000]"),
+        (
+            ["--set", "train.time_budget=20 minutes"],
+            "config key train.time_budget='20 minutes': expected a duration",
+        ),
+    ],
+)
 def test_bad_time_budget_or_patience_is_exit_2_naming_the_flag_or_key(tiny_data, tmp_path, args, message):
     result = run_cli("train", tiny_data, *args, "--out", tmp_path / "r")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -188,8 +251,10 @@ def test_bad_time_budget_or_patience_is_exit_2_naming_the_flag_or_key(tiny_data,
 
 
 def test_progressive_resizing_grows_the_training_size_and_validates_and_ships_the_final_size(
-        tiny_data, tmp_path, monkeypatch):
+    tiny_data, tmp_path, monkeypatch
+):
     from resnetcls.data.transforms import BatchTransform
+
     crops, seen = BatchTransform.crops, []
 
     def recording(self, images, into=None, seeds=None, size=None):
@@ -199,8 +264,21 @@ def test_progressive_resizing_grows_the_training_size_and_validates_and_ships_th
 
     monkeypatch.setattr(BatchTransform, "crops", recording)  # data.num_workers=0: crops run in this process
     out = tmp_path / "r"
-    result = run_cli("train", tiny_data, *TINY, "--image-size", "64", "--epochs", "4", "--out", out,
-                     "--set", "data.progressive=0.5", "--set", "log.tensorboard=false")
+    result = run_cli(
+        "train",
+        tiny_data,
+        *TINY,
+        "--image-size",
+        "64",
+        "--epochs",
+        "4",
+        "--out",
+        out,
+        "--set",
+        "data.progressive=0.5",
+        "--set",
+        "log.tensorboard=false",
+    )
     assert result.returncode == 0, result.stderr
     assert "progressive resizing: 32 -> 64 px, full size from epoch 4 of 4" in result.stderr
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -217,13 +295,23 @@ def test_progressive_resizing_grows_the_training_size_and_validates_and_ships_th
 
 
 def test_train_warns_once_when_val_images_have_near_duplicates_in_train(tmp_path):
-    leaky, clean = write_photo_set(tmp_path / "leaky", leaky_val=4), write_photo_set(tmp_path / "clean", leaky_val=0)
-    runs = {name: run_cli("train", data, *TINY, "--epochs", "1", "--out", tmp_path / name, *extra)
-            for name, data, extra in (("leaky", leaky, []), ("clean", clean, []),
-                                      ("off", leaky, ["--set", "data.leak_check=false"]))}
+    leaky, clean = (
+        write_photo_set(tmp_path / "leaky", leaky_val=4),
+        write_photo_set(tmp_path / "clean", leaky_val=0),
+    )
+    runs = {
+        name: run_cli("train", data, *TINY, "--epochs", "1", "--out", tmp_path / name, *extra)
+        for name, data, extra in (
+            ("leaky", leaky, []),
+            ("clean", clean, []),
+            ("off", leaky, ["--set", "data.leak_check=false"]),
+        )
+    }
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
     lines = [line for line in runs["leaky"].stderr.splitlines() if "near-duplicate in train" in line]
-    assert len(lines) == 1 and lines[0].startswith("warning: 8 of 8 val images (100.0%) have a near-duplicate")
+    assert len(lines) == 1 and lines[0].startswith(
+        "warning: 8 of 8 val images (100.0%) have a near-duplicate"
+    )
     assert "--set data.split_by=COLUMN" in lines[0] and "data check DATA --suggest-split" in lines[0]
     assert "near-duplicate" not in runs["clean"].stderr and "near-duplicate" not in runs["off"].stderr
 
@@ -231,11 +319,14 @@ def test_train_warns_once_when_val_images_have_near_duplicates_in_train(tmp_path
 def test_training_with_augment_on_device_runs_on_the_cpu_and_a_bad_choice_is_one_line(tiny_data, tmp_path):
     """data.augment_on=device on the CPU: the GPU path's code (uint8 canvases, crops on the device)."""
     out = tmp_path / "run"
-    result = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", out, "--set", "data.augment_on=device")
+    result = run_cli(
+        "train", tiny_data, *TINY, "--epochs", "1", "--out", out, "--set", "data.augment_on=device"
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "metrics.jsonl").is_file()
-    bad = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "bad",
-                  "--set", "data.augment_on=gpu")
+    bad = run_cli(
+        "train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "bad", "--set", "data.augment_on=gpu"
+    )
     assert bad.returncode == 2 and "data.augment_on" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -260,15 +351,33 @@ def test_the_leak_check_under_torchrun_outlasting_the_timeout_kills_no_rank(tmp_
     warns once with the count summed over both shards. (5 s, not less: the same timeout bounds the ranks'
     first connection, and on a loaded 2-core machine starting torch in two processes can differ by seconds.)"""
     from tests.engine.test_distributed import run, torchrun
+
     data = write_photo_set(tmp_path / "d", leaky_val=0, train_per_class=40, val_per_class=10, size=32)
     for c in "ab":  # 5 val images per class are copies of train images: 10 of 20, half of them on each rank
         for i in range(5):
             shutil.copy(data / "train" / c / f"{i}.png", data / "val" / c / f"{i}.png")
     entry = tmp_path / "entry.py"
     entry.write_text(SLOW_CHECK_ENTRY)
-    result = run(torchrun("train", data, *TINY, "--epochs", "1", "--out", tmp_path / "run", "--set",
-                          "log.tensorboard=false", "--set", "train.dist_timeout_s=5", entry=(str(entry),)), timeout=180)
+    result = run(
+        torchrun(
+            "train",
+            data,
+            *TINY,
+            "--epochs",
+            "1",
+            "--out",
+            tmp_path / "run",
+            "--set",
+            "log.tensorboard=false",
+            "--set",
+            "train.dist_timeout_s=5",
+            entry=(str(entry),),
+        ),
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "near-duplicate in train" in line]
-    assert len(lines) == 1 and lines[0].startswith("warning: 10 of 20 val images (50.0%) have a near-duplicate")
+    assert len(lines) == 1 and lines[0].startswith(
+        "warning: 10 of 20 val images (50.0%) have a near-duplicate"
+    )
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

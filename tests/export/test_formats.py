@@ -1,6 +1,7 @@
 """`resnetcls export` (ONNX, TorchScript) with its parity check and the sha256 it records in model.json, and predict's
 onnxruntime and openvino backends (which run the exported file, only while it has that sha256) and when `--backend
 auto` picks them."""
+
 import json
 
 import numpy as np
@@ -9,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetcls.export import formats as export_mod
-from resnetcls.utils import hardware
+from resnetcls.cli import main
 from resnetcls.data.decode import decode_image
 from resnetcls.data.transforms import make_preprocess
+from resnetcls.errors import UserError
+from resnetcls.export import formats as export_mod
+from resnetcls.inference.predictor import Predictor
 from resnetcls.models import create_model
 from resnetcls.records.modelfile import load_model_dir, save_model_dir, sha256_file, write_calibration
-from resnetcls.inference.predictor import Predictor
-from resnetcls.cli import main
-from resnetcls.errors import UserError
-from tests.conftest import SHARED_DATA, run_cli
+from resnetcls.utils import hardware
+from tests.conftest import run_cli
 
 CLASSES = ["ants", "bees", "cats"]
 
@@ -80,7 +81,9 @@ def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_p
     model = make_tiny_model_dir(tmp_path / "model")
     out = tmp_path / "out" / "classifier.pt"
     (tmp_path / "cwd").mkdir()
-    monkeypatch.chdir(tmp_path / "cwd")  # no ../shared/data from here: the check falls back to synthetic images
+    monkeypatch.chdir(
+        tmp_path / "cwd"
+    )  # no ../shared/data from here: the check falls back to synthetic images
     assert main(["export", str(model), "--format", "torchscript", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "16 synthetic images" in stdout and "top-1 agrees on 16/16 -> PASS" in stdout
@@ -92,27 +95,37 @@ def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_p
         logits, probs = scripted(batch)
         eager = load_model_dir(model).model(batch).softmax(1)
     assert probs.shape == (5, 3) and float((probs - eager).abs().max()) <= 1e-4
-    assert set(json.loads((model / "model.json").read_text())["sha256"]) == {"model.safetensors", "model.json"}
+    assert set(json.loads((model / "model.json").read_text())["sha256"]) == {
+        "model.safetensors",
+        "model.json",
+    }
 
 
-def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_and_the_fix(exported_dir, tmp_path,
-                                                                                         monkeypatch, images):
+def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_and_the_fix(
+    exported_dir, tmp_path, monkeypatch, images
+):
     import shutil
 
     from resnetcls.serve.app import create_app
     from resnetcls.serve.schema import ServeSettings
+
     model = shutil.copytree(exported_dir[0], tmp_path / "model")
     data = bytearray((model / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 1  # one flipped bit, the size unchanged
     (model / "model.onnx").write_bytes(bytes(data))
     result = run_cli("predict", model, images[0], "--backend", "onnxruntime")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == (f"resnetcls: error: {model / 'model.onnx'}: sha256 does not match model.json (changed or "
-                                     f"replaced since it was exported); re-export it with `resnetcls export {model} "
-                                     "--format onnx`")
+    assert result.stderr.strip() == (
+        f"resnetcls: error: {model / 'model.onnx'}: sha256 does not match model.json (changed or "
+        f"replaced since it was exported); re-export it with `resnetcls export {model} "
+        "--format onnx`"
+    )
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)  # where auto would run model.onnx
-    for build in (lambda: Predictor(model), lambda: create_app(ServeSettings(str(model), backend="openvino"))):
+    for build in (
+        lambda: Predictor(model),
+        lambda: create_app(ServeSettings(str(model), backend="openvino")),
+    ):
         with pytest.raises(UserError, match="sha256 does not match model.json"):
             build()
     assert run_cli("export", model, "--format", "onnx").returncode == 0  # the fix the message names
@@ -121,7 +134,9 @@ def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_an
 
 def test_export_that_disagrees_with_eager_is_refused_and_not_written(tmp_path, monkeypatch):
     model = make_tiny_model_dir(tmp_path / "model")
-    other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=1))  # different weights, same metadata
+    other = load_model_dir(
+        make_tiny_model_dir(tmp_path / "other", seed=1)
+    )  # different weights, same metadata
     real = export_mod.torchscript_bytes
     monkeypatch.setattr(export_mod, "torchscript_bytes", lambda loaded: real(other))
     with pytest.raises(export_mod.ExportCheckFailed, match="FAIL"):
@@ -143,8 +158,24 @@ def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
     outs = {}
     # All in fp32 (ONNX Runtime always is): --precision auto would be bf16 on CPUs with native bf16.
     for backend in ("torch", "onnxruntime", "openvino"):
-        assert main(["predict", str(model), *map(str, images), "--topk", "3", "--format", "json",
-                     "--backend", backend, "--precision", "fp32"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(model),
+                    *map(str, images),
+                    "--topk",
+                    "3",
+                    "--format",
+                    "json",
+                    "--backend",
+                    backend,
+                    "--precision",
+                    "fp32",
+                ]
+            )
+            == 0
+        )
         captured = capsys.readouterr()
         assert "exporting in memory" not in captured.err  # the exported model.onnx was used
         outs[backend] = json.loads(captured.out)
@@ -164,17 +195,22 @@ def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
     assert float((openvino.probabilities(batch) - onnx_rt.probabilities(batch)).abs().max()) <= tolerance
 
 
-@pytest.mark.parametrize("amx, native_bf16, expected", [(True, True, "openvino"), (False, True, "torch"),
-                                                        (False, False, "onnxruntime")])
-def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(exported_dir, tmp_path, monkeypatch,
-                                                                           amx, native_bf16, expected):
+@pytest.mark.parametrize(
+    "amx, native_bf16, expected",
+    [(True, True, "openvino"), (False, True, "torch"), (False, False, "onnxruntime")],
+)
+def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(
+    exported_dir, tmp_path, monkeypatch, amx, native_bf16, expected
+):
     """As measured: OpenVINO (bf16) with AMX, eager bf16 torch with AVX512-BF16 alone, ONNX Runtime fp32 on AVX2."""
     model, _ = exported_dir
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native_bf16)
     assert Predictor(model).backend == expected
     assert Predictor(model, precision="fp32").backend == "torch"  # an explicit precision keeps torch
-    fresh = make_tiny_model_dir(tmp_path / "fresh")  # no model.onnx: exporting at every start would cost seconds
+    fresh = make_tiny_model_dir(
+        tmp_path / "fresh"
+    )  # no model.onnx: exporting at every start would cost seconds
     assert Predictor(fresh).backend == "torch"
 
 
@@ -199,7 +235,9 @@ def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the
     assert export_mod.read_export_metadata(model / "model.onnx")["temperature"] == "0.2"
     onnx_backend = Predictor(model, backend="onnxruntime")  # uses the model.onnx just written
     assert float((onnx_backend.probabilities(batch) - expected).abs().max()) <= 1e-4
-    out = model / "model.torchscript.pt"  # the default place, inside the model directory: its sha256 is recorded
+    out = (
+        model / "model.torchscript.pt"
+    )  # the default place, inside the model directory: its sha256 is recorded
     assert run_cli("export", model, "--format", "torchscript").returncode == 0
     assert load_model_dir(model).meta["sha256"][out.name] == sha256_file(out)
     with torch.no_grad():

@@ -1,12 +1,13 @@
 """`resnetcls export MODEL --format onnx --int8`: the int8 file, its agreement check and record, the refusal
 below --min-agreement (in either runtime), bad --calibration, and predict/serve on both int8 backends."""
+
 import json
 
 import pytest
 from fastapi.testclient import TestClient
 
-from resnetcls.records.modelfile import sha256_file
 from resnetcls.inference.predictor import Predictor
+from resnetcls.records.modelfile import sha256_file
 from resnetcls.serve.app import create_app
 from resnetcls.serve.schema import ServeSettings
 from tests.conftest import run_cli
@@ -16,6 +17,7 @@ from tests.conftest import run_cli
 def int8_run(tiny_run, tmp_path_factory):
     """A copy of the shared tiny run, exported to int8 in place (calibration from its config.yaml)."""
     import shutil
+
     run = tmp_path_factory.mktemp("int8") / "run"
     shutil.copytree(tiny_run, run)
     result = run_cli("export", run, "--format", "onnx", "--int8", "--min-agreement", "0.8")
@@ -31,7 +33,9 @@ def test_int8_export_writes_the_file_and_records_its_agreement(int8_run):
     meta = json.loads((run / "best" / "model.json").read_text())
     record = meta["int8"]
     assert record["file"] == "model.int8.onnx"
-    assert meta["sha256"]["model.int8.onnx"] == sha256_file(run / "best" / "model.int8.onnx")  # what predict checks
+    assert meta["sha256"]["model.int8.onnx"] == sha256_file(
+        run / "best" / "model.int8.onnx"
+    )  # what predict checks
     assert record["agreement"] >= 0.8 and record["images"] > 0 and record["calibration_images"] > 0
     assert set(record["runtimes"]) == {"onnxruntime", "openvino"}
     assert record["agreement"] == min(r["agreement"] for r in record["runtimes"].values())
@@ -70,6 +74,7 @@ def test_int8_below_min_agreement_is_refused_with_the_numbers(tiny_run, tmp_path
     import shutil
 
     from resnetcls.export import int8 as quantize
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     real = quantize.onnx_probabilities
@@ -89,12 +94,17 @@ def test_int8_is_refused_when_one_runtime_disagrees(tiny_run, tmp_path, monkeypa
 
     from resnetcls.export import int8 as quantize
     from resnetcls.inference.sessions import OpenVinoSession
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     real = quantize.onnx_probabilities
-    monkeypatch.setattr(quantize, "onnx_probabilities",
-                        lambda session, batch: -real(session, batch) if isinstance(session, OpenVinoSession)
-                        else real(session, batch))
+    monkeypatch.setattr(
+        quantize,
+        "onnx_probabilities",
+        lambda session, batch: (
+            -real(session, batch) if isinstance(session, OpenVinoSession) else real(session, batch)
+        ),
+    )
     with pytest.raises(quantize.UserError, match=r"not written.*OpenVINO 0\.00%"):
         quantize.export_int8(run / "best", images=8, min_agreement=0.5)
     assert not (run / "best" / "model.int8.onnx").exists()

@@ -1,4 +1,5 @@
 """Grad-CAM (explain.py): checked on a data set whose answer is known, plus the pieces around it."""
+
 import random
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def patch_image(colour, rng: random.Random) -> tuple[Image.Image, tuple[int, int
     """A noisy grey background with one bright square of the class colour at a random place; (image, x0, y0)."""
     noise = np.random.default_rng(rng.randrange(1 << 30)).integers(70, 150, (SIZE, SIZE, 3), dtype=np.uint8)
     x0, y0 = rng.randrange(0, SIZE - PATCH), rng.randrange(0, SIZE - PATCH)
-    noise[y0:y0 + PATCH, x0:x0 + PATCH] = colour
+    noise[y0 : y0 + PATCH, x0 : x0 + PATCH] = colour
     return Image.fromarray(noise), (x0, y0)
 
 
@@ -42,10 +43,36 @@ def patch_model(tmp_path_factory):
     model's input crop is the whole 64 px image and patch coordinates need no mapping."""
     root = tmp_path_factory.mktemp("patches")
     write_patch_set(root / "train", 40, seed=1)
-    result = run_cli("train", root / "train", "--model", "resnet18", "--image-size", SIZE, "--batch-size", 16,
-                     "--epochs", 6, "--out", root / "run", "--set", "model.width=8", "--set", "model.stem=small",
-                     "--set", "data.num_workers=0", "--set", "data.augment=resize", "--set", "train.amp=fp32",
-                     "--set", f"data.resize_size={SIZE}", "--set", "optim.lr=0.005", "--set", "data.val_fraction=0.2")
+    result = run_cli(
+        "train",
+        root / "train",
+        "--model",
+        "resnet18",
+        "--image-size",
+        SIZE,
+        "--batch-size",
+        16,
+        "--epochs",
+        6,
+        "--out",
+        root / "run",
+        "--set",
+        "model.width=8",
+        "--set",
+        "model.stem=small",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "data.augment=resize",
+        "--set",
+        "train.amp=fp32",
+        "--set",
+        f"data.resize_size={SIZE}",
+        "--set",
+        "optim.lr=0.005",
+        "--set",
+        "data.val_fraction=0.2",
+    )
     assert result.returncode == 0, result.stderr
     return root
 

@@ -1,4 +1,5 @@
 """`resnetcls predict`: inputs of every kind, batching, top-k, formats, flip TTA and per-image errors."""
+
 import csv
 import io
 import json
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from resnetcls.cli import main
-from resnetcls.inference.explain import overlay_name
 from resnetcls.data.decode import decode_image
+from resnetcls.inference.explain import overlay_name
 from resnetcls.inference.predictor import Predictor, expand_inputs
 
 
@@ -41,12 +42,24 @@ def test_folders_globs_and_csv_lists_expand_in_order(tiny_data, tmp_path):
     nested.mkdir(parents=True)
     shutil.copy(tiny_data / "red" / "0.jpg", nested / "a.jpg")
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
-    (tmp_path / "list.csv").write_text(f"path,comment\n{tiny_data / 'blue' / '3.jpg'}\nphotos/day1/deep/a.jpg,x\n")
-    items = expand_inputs([str(tmp_path / "photos"), str(tiny_data / "g*" / "1?.jpg"), str(tmp_path / "list.csv"),
-                           str(tmp_path / "missing.jpg"), str(tmp_path / "nothing*.png")])
-    assert items[0] == (str(nested / "a.jpg"), "")                                    # folder, recursive
+    (tmp_path / "list.csv").write_text(
+        f"path,comment\n{tiny_data / 'blue' / '3.jpg'}\nphotos/day1/deep/a.jpg,x\n"
+    )
+    items = expand_inputs(
+        [
+            str(tmp_path / "photos"),
+            str(tiny_data / "g*" / "1?.jpg"),
+            str(tmp_path / "list.csv"),
+            str(tmp_path / "missing.jpg"),
+            str(tmp_path / "nothing*.png"),
+        ]
+    )
+    assert items[0] == (str(nested / "a.jpg"), "")  # folder, recursive
     assert [p for p, _ in items[1:3]] == [str(tiny_data / "green" / f"1{i}.jpg") for i in range(2)]  # glob
-    assert items[3:5] == [(str(tiny_data / "blue" / "3.jpg"), ""), (str(tmp_path / "photos/day1/deep/a.jpg"), "")]
+    assert items[3:5] == [
+        (str(tiny_data / "blue" / "3.jpg"), ""),
+        (str(tmp_path / "photos/day1/deep/a.jpg"), ""),
+    ]
     assert items[5] == (str(tmp_path / "missing.jpg"), "file not found")
     assert items[6] == (str(tmp_path / "nothing*.png"), "no files match this pattern") and len(items) == 7
 
@@ -67,7 +80,10 @@ def test_unreadable_images_give_error_rows_and_exit_nonzero_at_the_end(tiny_run,
     code, out, err = run(capsys, tiny_run, good[0], bad, tmp_path / "gone.png", good[1], "--format", "csv")
     assert code == 2 and "2 of 4 inputs could not be predicted" in err
     assert f"{good[0]},1," in out and f"{good[1]},1," in out
-    assert f"{bad},,,,\"not an image in a format we read (JPEG" in out and f"{tmp_path / 'gone.png'},,,,file not found" in out
+    assert (
+        f'{bad},,,,"not an image in a format we read (JPEG' in out
+        and f"{tmp_path / 'gone.png'},,,,file not found" in out
+    )
     code, out, _ = run(capsys, tiny_run, good[0], bad)
     lines = out.splitlines()
     assert code == 2 and lines[0].startswith("path") and "ERROR: not an image in a format we read" in lines[2]
@@ -101,12 +117,15 @@ def test_a_very_wide_image_is_centre_cropped_before_its_resize(predictor, tiny_r
     from PIL import Image
 
     from resnetcls.data.geometry import CropToAspect
+
     strip = Image.new("RGB", (20000, 16), (30, 30, 200))
     strip.paste((220, 20, 20), (9968, 0, 10032, 16))  # the red centre: all the model is shown
     strip.save(tmp_path / "strip.png")
     decoded = decode_image(tmp_path / "strip.png")
     assert CropToAspect()(decoded).size == (64, 16)  # 4 short sides, not 20000 px resized to 37x46250
-    assert torch.equal(predictor.transform(decoded), predictor.transform(Image.new("RGB", (64, 16), (220, 20, 20))))
+    assert torch.equal(
+        predictor.transform(decoded), predictor.transform(Image.new("RGB", (64, 16), (220, 20, 20)))
+    )
     code, out, err = run(capsys, tiny_run, tmp_path / "strip.png", "--format", "json")
     assert code == 0, err
     assert len(json.loads(out)[0]["top"]) == 3
@@ -124,6 +143,7 @@ def test_explain_writes_one_overlay_per_image_and_lists_it(tiny_run, tiny_data, 
     names = [overlay_name(str(image)) for image in images]
     assert [r["gradcam"] for r in rows] == [str(out / name) for name in names] and names[0] != names[1]
     from PIL import Image
+
     for r in rows:
         with Image.open(r["gradcam"]) as overlay:
             assert overlay.format == "PNG" and overlay.size == (32, 32)  # the model's input crop
@@ -135,8 +155,9 @@ def test_explain_writes_one_overlay_per_image_and_lists_it(tiny_run, tiny_data, 
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # the twin's overlay is still there
 
 
-def test_explain_names_always_fit_and_an_unwritable_overlay_keeps_every_prediction(tiny_run, tiny_data, tmp_path,
-                                                                                  capsys):
+def test_explain_names_always_fit_and_an_unwritable_overlay_keeps_every_prediction(
+    tiny_run, tiny_data, tmp_path, capsys
+):
     source = tiny_data / "red" / "1.jpg"
     long_name = tmp_path / ("n" * 245 + ".jpg")  # 249 bytes: the longest names a file system allows
     blocked = tmp_path / "blocked.jpg"
@@ -178,6 +199,7 @@ def test_explain_works_on_an_onnx_backend_from_the_eager_model(tiny_run, tiny_da
 def test_probabilities_are_the_softmax_of_the_logits_divided_by_the_temperature(tmp_path, tiny_data, capsys):
     from resnetcls.records.modelfile import write_calibration
     from tests.export.test_formats import make_tiny_model_dir
+
     model = make_tiny_model_dir(tmp_path / "model")
     image = tiny_data / "red" / "1.jpg"
     before = Predictor(model, precision="fp32").predict([str(image)], topk=3)[0].top

@@ -2,15 +2,23 @@
 records its sha256 and it matches the weights, otherwise an in-memory export that says how to skip it next time; a
 file that differs from its recorded sha256 is refused in one line; same probabilities as eager; a file OpenVINO
 cannot compile is a one-line error; neither runtime writes into the home folder."""
+
 import os
 
 import pytest
 import torch
 
-from resnetcls.inference import sessions as onnx_runtime
 from resnetcls.errors import UserError
+from resnetcls.inference import sessions as onnx_runtime
+from resnetcls.inference.sessions import (
+    INT8_FILE,
+    ONNX_FILE,
+    int8_session_for,
+    onnx_bytes,
+    onnx_probabilities,
+    onnx_session_for,
+)
 from resnetcls.records.modelfile import load_model_dir, record_export, write_calibration
-from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE, int8_session_for, onnx_bytes, onnx_probabilities, onnx_session_for
 from tests.export.test_formats import make_tiny_model_dir
 
 
@@ -21,7 +29,9 @@ def seed0_onnx(tmp_path_factory) -> bytes:
     return onnx_bytes(load_model_dir(make_tiny_model_dir(tmp_path_factory.mktemp("onnx") / "model")))
 
 
-def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_path, capsys, monkeypatch, seed0_onnx):
+def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(
+    tmp_path, capsys, monkeypatch, seed0_onnx
+):
     model = make_tiny_model_dir(tmp_path / "model")
     loaded = load_model_dir(model)
     exported, exports = seed0_onnx, []  # one real export; the in-memory re-exports below reuse it
@@ -33,14 +43,21 @@ def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_pat
     assert "no model.onnx; exporting in memory" in capsys.readouterr().err and exports == [model]
     assert not (model / ONNX_FILE).exists()  # nothing written
     assert float((onnx_probabilities(session, batch) - eager).abs().max()) <= 1e-4
-    (model / ONNX_FILE).write_bytes(exported)  # copied in (or exported by an older resnetcls): no sha256 recorded
+    (model / ONNX_FILE).write_bytes(
+        exported
+    )  # copied in (or exported by an older resnetcls): no sha256 recorded
     onnx_session_for(loaded)
     err = capsys.readouterr().err
-    assert "not run, its sha256 is not recorded in model.json" in err and "exporting in memory meanwhile" in err
+    assert (
+        "not run, its sha256 is not recorded in model.json" in err and "exporting in memory meanwhile" in err
+    )
     assert f"re-export it with `resnetcls export {model} --format onnx`" in err and exports == [model, model]
     record_export(model, ONNX_FILE)  # what export does once the file is checked and written
     onnx_session_for(load_model_dir(model))
-    assert capsys.readouterr().err == "" and exports == [model, model]  # recorded, from these weights: used as is
+    assert capsys.readouterr().err == "" and exports == [
+        model,
+        model,
+    ]  # recorded, from these weights: used as is
     other = make_tiny_model_dir(tmp_path / "other", seed=1)
     (other / ONNX_FILE).write_bytes(exported)  # exported from other weights
     onnx_session_for(load_model_dir(record_export(other, ONNX_FILE)))
@@ -48,7 +65,9 @@ def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(tmp_pat
     assert exports == [model, model, other]
 
 
-def test_an_export_that_differs_from_its_recorded_sha256_is_refused_in_one_line_naming_the_fix(tmp_path, seed0_onnx):
+def test_an_export_that_differs_from_its_recorded_sha256_is_refused_in_one_line_naming_the_fix(
+    tmp_path, seed0_onnx
+):
     model = make_tiny_model_dir(tmp_path / "model")
     for name in (ONNX_FILE, INT8_FILE):  # (any ONNX file from these weights serves as the int8 one here)
         (model / name).write_bytes(seed0_onnx)
@@ -61,35 +80,47 @@ def test_an_export_that_differs_from_its_recorded_sha256_is_refused_in_one_line_
         data = bytearray(seed0_onnx)
         data[-8] ^= 1  # one bit flipped in place: same name, same size, same inode
         (model / name).write_bytes(bytes(data))
-        calls = ([lambda: onnx_session_for(loaded), lambda: onnx_runtime.onnx_file_current(loaded)]
-                 if name == ONNX_FILE else [lambda: int8_session_for(loaded)])
+        calls = (
+            [lambda: onnx_session_for(loaded), lambda: onnx_runtime.onnx_file_current(loaded)]
+            if name == ONNX_FILE
+            else [lambda: int8_session_for(loaded)]
+        )
         for call in calls:
             with pytest.raises(UserError) as error:
                 call()
             message = str(error.value)
-            assert "\n" not in message and message.startswith(f"{model / name}: sha256 does not match model.json")
+            assert "\n" not in message and message.startswith(
+                f"{model / name}: sha256 does not match model.json"
+            )
             assert f"re-export it with `resnetcls export {model} {fix}" in message
 
 
-def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature_is_stored(tmp_path, capsys,
-                                                                                           seed0_onnx):
+def test_a_model_onnx_exported_before_calibration_is_not_used_once_a_temperature_is_stored(
+    tmp_path, capsys, seed0_onnx
+):
     model = make_tiny_model_dir(tmp_path / "model")
     (model / ONNX_FILE).write_bytes(seed0_onnx)  # exported from these weights at T = 1
     record_export(model, ONNX_FILE)
     write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 20})
     loaded = load_model_dir(model)
     session = onnx_session_for(loaded)
-    assert "exported with temperature 1.0, model.json has 0.5; exporting again in memory" in capsys.readouterr().err
+    assert (
+        "exported with temperature 1.0, model.json has 0.5; exporting again in memory"
+        in capsys.readouterr().err
+    )
     batch = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = (loaded.model(batch) / 0.5).softmax(1)
     assert float((onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
 
 
-def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is_one_line(seed0_onnx, monkeypatch):
+def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is_one_line(
+    seed0_onnx, monkeypatch
+):
     import openvino
 
     from resnetcls.errors import UserError
+
     fp32 = onnx_runtime.onnx_session(seed0_onnx, runtime="openvino", precision="fp32")
     reference = onnx_runtime.onnx_session(seed0_onnx)
     batch = torch.randn(2, 3, 32, 32)
@@ -99,8 +130,11 @@ def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is
     assert onnx_runtime.onnx_session(seed0_onnx, runtime="openvino").precision == expected
 
     def fail(*args, **kwargs):  # what OpenVINO raised under ONEDNN_MAX_CPU_ISA=AVX2 asked for bf16
-        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nCheck failed at node.cpp:345:\n"
-                           "Supported primitive descriptors list is empty for node: node_max_pool2d type: Pooling\n")
+        raise RuntimeError(
+            "Exception from src/inference/src/cpp/core.cpp:117:\nCheck failed at node.cpp:345:\n"
+            "Supported primitive descriptors list is empty for node: node_max_pool2d type: Pooling\n"
+        )
+
     monkeypatch.setattr(openvino.Core, "compile_model", fail)
     with pytest.raises(UserError) as error:
         onnx_runtime.onnx_session(seed0_onnx, runtime="openvino", precision="bf16")
@@ -111,6 +145,7 @@ def test_openvino_runs_the_export_at_the_precision_asked_and_a_failed_compile_is
 
 def test_metadata_read_once_per_file_version_sees_a_rewritten_file(tmp_path, seed0_onnx):
     import onnx
+
     path = tmp_path / ONNX_FILE
     path.write_bytes(seed0_onnx)
     assert onnx_runtime.read_onnx_metadata(path)["temperature"] == "1.0"
@@ -139,9 +174,14 @@ print(all(torch.equal(a, b) for a, b in zip(alone, together)))
 def test_an_openvino_session_answers_threads_calling_at_once_as_one_at_a_time(seed0_onnx, tmp_path):
     import subprocess
     import sys
+
     (tmp_path / ONNX_FILE).write_bytes(seed0_onnx)
-    result = subprocess.run([sys.executable, "-c", CONCURRENT_CALLS, str(tmp_path / ONNX_FILE)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_CALLS, str(tmp_path / ONNX_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]  # without the lock: "Infer Request is busy"
     assert result.stdout.strip() == "True"
 

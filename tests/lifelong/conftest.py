@@ -1,13 +1,33 @@
 """A tiny two-task manifest shared by the lifelong end-to-end tests."""
+
 import csv
 import random
 
 import pytest
 from PIL import Image
 
-ARGS = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
-        "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "train.deterministic=true",
-        "--set", "optim.lr=0.01", "--tasks", "light", "--order", "bright,dark"]
+ARGS = [
+    "--model",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--set",
+    "model.width=8",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "train.deterministic=true",
+    "--set",
+    "optim.lr=0.01",
+    "--tasks",
+    "light",
+    "--order",
+    "bright,dark",
+]
 
 
 @pytest.fixture(scope="module")

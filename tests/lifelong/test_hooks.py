@@ -1,5 +1,6 @@
 """lifelong/hooks.py: what each strategy adds to the engine's step loop, and that its checkpointed state
 continues exactly (a resume inside a task draws the same replay batches and distils from the same teacher)."""
+
 import pytest
 import torch
 
@@ -32,7 +33,9 @@ def test_replay_adds_nothing_until_a_task_has_filled_the_buffer_then_resumes_the
     again = StrategyHooks(LifelongConfig(strategy="replay", buffer_size=4), seed=0)
     again.load_state_dict(saved, model)  # ... a resume from a checkpoint taken there
     assert len({int(x[0][0, 0, 0, 0]) for x in expected}) > 1  # the draws differ from each other ...
-    for want, got in zip(expected, (again.extra_batch(2) for _ in range(3))):  # ... and repeat after the resume
+    for want, got in zip(
+        expected, (again.extra_batch(2) for _ in range(3))
+    ):  # ... and repeat after the resume
         assert torch.equal(want[0], got[0]) and want[1].tolist() == got[1].tolist() == [1, 1]
 
 
@@ -68,6 +71,7 @@ def test_ewc_penalises_moving_away_from_the_last_task_weights():
 
 def test_derpp_pulls_the_buffer_logits_back_to_the_stored_ones_and_keeps_them_in_the_checkpoint():
     from resnetcls.config import LifelongConfig as LC
+
     model = tiny_model()
     lc = LC(strategy="derpp", buffer_size=4, derpp_alpha=0.5, derpp_beta=1.0)
     hooks = StrategyHooks(lc, seed=0)
@@ -81,6 +85,7 @@ def test_derpp_pulls_the_buffer_logits_back_to_the_stored_ones_and_keeps_them_in
         with torch.no_grad():
             logits = model(torch.cat([images, images]).float() / 255)
         return float(hooks.extra_loss(None, logits + shift))
+
     assert step(0.0) == pytest.approx(0.0, abs=1e-6)  # fp32: the model has not moved since it stored them
     assert step(1.0) == pytest.approx(0.25, abs=1e-5)  # alpha * MSE / 2 (beta=1: no extra CE)
     again = StrategyHooks(lc, seed=0)

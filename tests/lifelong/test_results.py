@@ -1,5 +1,6 @@
 """lifelong/results.py: summarize (the metrics of a sequence or a joint run, the gap to a joint run) on a
 hand-computed 2x2 accuracy matrix, and the files write_results leaves."""
+
 import csv
 import json
 
@@ -11,12 +12,14 @@ from resnetcls.data.transforms import make_preprocess
 from resnetcls.engine.prepare import arch_args
 from resnetcls.errors import UserError
 from resnetcls.lifelong.results import summarize, write_results
-from resnetcls.records.modelfile import load_model_dir
 from resnetcls.models import create_model
+from resnetcls.records.modelfile import load_model_dir
 
-R = [[0.8, 0.1],   # after task 1: 0.8 on task 1, 0.1 on the unseen task 2
-     [0.6, 0.9]]   # after task 2
-B = [0.05, 0.2]    # before any training
+R = [
+    [0.8, 0.1],  # after task 1: 0.8 on task 1, 0.1 on the unseen task 2
+    [0.6, 0.9],
+]  # after task 2
+B = [0.05, 0.2]  # before any training
 NAMES, CLASSES = ["light=bright", "light=dark"], ["green", "red", "blue"]
 
 
@@ -24,9 +27,9 @@ def test_summarize_a_sequence_and_its_gap_to_a_joint_run(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"ACC": 0.85}))
     m = summarize(R, B, "naive", str(tmp_path))
     assert m["tasks"] == 2
-    assert m["ACC"] == pytest.approx((0.6 + 0.9) / 2)       # 0.75
-    assert m["BWT"] == pytest.approx(0.6 - 0.8)             # -0.2: task 1 was partly forgotten
-    assert m["FWT"] == pytest.approx(0.1 - 0.2)             # -0.1
+    assert m["ACC"] == pytest.approx((0.6 + 0.9) / 2)  # 0.75
+    assert m["BWT"] == pytest.approx(0.6 - 0.8)  # -0.2: task 1 was partly forgotten
+    assert m["FWT"] == pytest.approx(0.1 - 0.2)  # -0.1
     assert m["forgetting"] == pytest.approx([0.8 - 0.6])
     assert m["joint_ACC"] == 0.85 and m["gap_to_joint"] == pytest.approx(0.85 - 0.75)
     assert m["overall"] == pytest.approx((0.8 + 0.75) / 2)  # seen tasks after each session, averaged
@@ -49,16 +52,35 @@ def results_of(tmp_path, strategy, R_, seconds):
     cfg = Config(model=ModelConfig(name="resnet18", width=8), lifelong=LifelongConfig(strategy=strategy))
     torch.manual_seed(0)
     model = create_model("resnet18", len(CLASSES), **arch_args(cfg.model))
-    metrics = write_results(strategy, cfg.model, tmp_path, NAMES, CLASSES, model, "cpu", make_preprocess(32),
-                            {"buffer_images": 6}, R_, B, seconds, 0.0015, None, 1)
+    metrics = write_results(
+        strategy,
+        cfg.model,
+        tmp_path,
+        NAMES,
+        CLASSES,
+        model,
+        "cpu",
+        make_preprocess(32),
+        {"buffer_images": 6},
+        R_,
+        B,
+        seconds,
+        0.0015,
+        None,
+        1,
+    )
     with open(tmp_path / "R.csv", newline="") as f:
         return model, metrics, list(csv.reader(f))
 
 
 def test_write_results_leaves_the_matrix_the_metrics_and_the_final_model(tmp_path):
     model, m, table = results_of(tmp_path, "replay", R, [1.25, 2.5])
-    assert table == [["after", *NAMES], ["before", "0.050000", "0.200000"],
-                     ["light=bright", "0.800000", "0.100000"], ["light=dark", "0.600000", "0.900000"]]
+    assert table == [
+        ["after", *NAMES],
+        ["before", "0.050000", "0.200000"],
+        ["light=bright", "0.800000", "0.100000"],
+        ["light=dark", "0.600000", "0.900000"],
+    ]
     assert json.loads((tmp_path / "R.json").read_text()) == {"tasks": NAMES, "b": B, "R": R}
     assert (tmp_path / "R.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "metrics.json").read_text()) == m  # what the caller gets is what is on disk

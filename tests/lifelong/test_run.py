@@ -1,5 +1,6 @@
 """`resnetcls lifelong` end to end on a tiny two-task manifest: the files a user reads, class-incremental
 growth of the head, and exact resume at a task boundary."""
+
 import csv
 import json
 
@@ -26,7 +27,10 @@ def test_sequence_writes_matrix_metrics_and_model(manifest, tmp_path, strategy):
     with open(out / "R.csv") as f:
         table = list(csv.reader(f))
     assert table[0] == ["after", "light=bright", "light=dark"] and [row[0] for row in table[1:]] == [
-        "before", "light=bright", "light=dark"]
+        "before",
+        "light=bright",
+        "light=dark",
+    ]
     m = read_json(out / "metrics.json")
     assert m["ACC"] == pytest.approx(sum(R["R"][1]) / 2)
     assert m["BWT"] == pytest.approx(R["R"][1][0] - R["R"][0][0])
@@ -49,8 +53,19 @@ def joint_run(manifest, tmp_path_factory):
 @pytest.fixture(scope="module")
 def replay_run(manifest, joint_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("replay") / "run"
-    r = run_cli("lifelong", manifest, *ARGS, "--strategy", "replay", "--buffer-size", "6", "--out", out,
-                "--joint", joint_run)
+    r = run_cli(
+        "lifelong",
+        manifest,
+        *ARGS,
+        "--strategy",
+        "replay",
+        "--buffer-size",
+        "6",
+        "--out",
+        out,
+        "--joint",
+        joint_run,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -72,9 +87,16 @@ def test_resume_after_a_stop_gives_the_same_matrix_and_weights(manifest, replay_
     assert again.returncode == 2 and "--resume auto" in again.stderr
     resumed = run_cli(*common, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr and "task 2/2" in resumed.stderr and "task 1/2 light=bright" not in resumed.stderr
+    assert (
+        "resuming" in resumed.stderr
+        and "task 2/2" in resumed.stderr
+        and "task 1/2 light=bright" not in resumed.stderr
+    )
     assert read_json(out / "R.json") == read_json(replay_run / "R.json")
-    a, b = load_file(str(out / "final/model.safetensors")), load_file(str(replay_run / "final/model.safetensors"))
+    a, b = (
+        load_file(str(out / "final/model.safetensors")),
+        load_file(str(replay_run / "final/model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -109,12 +131,24 @@ def test_train_only_settings_are_refused_rather_than_ignored(manifest, tmp_path,
 
 # The settings `train` honours take effect in lifelong mode too (they were ignored before: issue 14).
 # Batch 2: the bright task trains on 12 images (6 steps), the dark one on 15 (7 steps; the last image is dropped).
-STEPS = ["--batch-size", "2", "--set", "log.every_steps=1", "--set", "log.tensorboard=true",
-         "--set", "ckpt.every_steps=4", "--set", "ckpt.keep_last=50"]
+STEPS = [
+    "--batch-size",
+    "2",
+    "--set",
+    "log.every_steps=1",
+    "--set",
+    "log.tensorboard=true",
+    "--set",
+    "ckpt.every_steps=4",
+    "--set",
+    "ckpt.keep_last=50",
+]
 
 
 def records(run_dir, kind):
-    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+    return [
+        r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind
+    ]
 
 
 def checkpoint_steps(run_dir):
@@ -124,22 +158,32 @@ def checkpoint_steps(run_dir):
 @pytest.fixture(scope="module")
 def stepped_run(manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("stepped") / "run"
-    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6", "--out", out)
+    r = run_cli(
+        "lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6", "--out", out
+    )
     assert r.returncode == 0, r.stderr
     return out
 
 
 def test_step_logs_tensorboard_and_step_checkpoints_in_lifelong_mode(stepped_run):
     steps = records(stepped_run, "train")
-    assert [r["step"] for r in steps] == list(range(1, 14))  # log.every_steps=1: one record per optimizer step
+    assert [r["step"] for r in steps] == list(
+        range(1, 14)
+    )  # log.every_steps=1: one record per optimizer step
     assert [r["task"] for r in steps] == ["light=bright"] * 6 + ["light=dark"] * 7
     assert all(r["train/loss"] > 0 and "train/data_wait_share" in r for r in steps)
-    assert [(r["task"], r["step"]) for r in records(stepped_run, "task")] == [("light=bright", 6), ("light=dark", 13)]
+    assert [(r["task"], r["step"]) for r in records(stepped_run, "task")] == [
+        ("light=bright", 6),
+        ("light=dark", 13),
+    ]
     # ckpt.every_steps=4 (steps 4, 8, 12) plus one at each task boundary (steps 6 and 13)
     assert checkpoint_steps(stepped_run) == [4, 6, 8, 12, 13]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     tb = EventAccumulator(str(stepped_run / "tb")).Reload()
-    assert {"train/loss", "train/lr", "train/data_wait_share", "lifelong/acc_all"} <= set(tb.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/data_wait_share", "lifelong/acc_all"} <= set(
+        tb.Tags()["scalars"]
+    )
     # every step, and each task's epoch record at the step that ends it
     assert [e.step for e in tb.Scalars("train/loss")] == [*range(1, 7), 6, *range(7, 14), 13]
 
@@ -148,27 +192,45 @@ def test_grad_accum_steps_halves_the_optimizer_steps_in_lifelong_mode(manifest, 
     out = tmp_path / "run"
     r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--set", "train.grad_accum_steps=2", "--out", out)
     assert r.returncode == 0, r.stderr
-    assert [r["step"] for r in records(out, "train")] == list(range(1, 8))  # 3 + 4 steps: ceil(6/2), ceil(7/2)
+    assert [r["step"] for r in records(out, "train")] == list(
+        range(1, 8)
+    )  # 3 + 4 steps: ceil(6/2), ceil(7/2)
     assert [r["step"] for r in records(out, "task")] == [3, 7]
 
 
 def test_ema_decay_is_what_lifelong_measures_and_ships(manifest, stepped_run, tmp_path):
     out = tmp_path / "run"
-    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6",
-                "--set", "train.ema_decay=0.5", "--out", out)
+    r = run_cli(
+        "lifelong",
+        manifest,
+        *ARGS,
+        *STEPS,
+        "--strategy",
+        "replay",
+        "--buffer-size",
+        "6",
+        "--set",
+        "train.ema_decay=0.5",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     mid_task = torch.load(out / "checkpoints" / "step-00000008.pt", weights_only=True)
     assert mid_task["ema"] is not None and mid_task["extra"]["in_task"]
-    with_ema, without = load_file(str(out / "final/model.safetensors")), load_file(
-        str(stepped_run / "final/model.safetensors"))
+    with_ema, without = (
+        load_file(str(out / "final/model.safetensors")),
+        load_file(str(stepped_run / "final/model.safetensors")),
+    )
     assert not torch.equal(with_ema["fc.weight"], without["fc.weight"])
     assert read_json(out / "R.json")["R"] != read_json(stepped_run / "R.json")["R"] or not torch.equal(
-        with_ema["conv1.weight"], without["conv1.weight"])
+        with_ema["conv1.weight"], without["conv1.weight"]
+    )
 
 
 def test_resume_from_a_step_checkpoint_inside_a_task_is_exact(stepped_run, manifest, tmp_path):
     """As if killed right after the checkpoint of step 8 (the second task's third step)."""
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(stepped_run, out)
     for name in ("R.json", "R.csv", "R.png", "metrics.json"):
@@ -177,12 +239,27 @@ def test_resume_from_a_step_checkpoint_inside_a_task_is_exact(stepped_run, manif
     for step in (12, 13):
         for ext in ("json", "pt"):
             (out / "checkpoints" / f"step-{step:08d}.{ext}").unlink()
-    r = run_cli("lifelong", manifest, *ARGS, *STEPS, "--strategy", "replay", "--buffer-size", "6", "--out", out,
-                "--resume", "auto")
+    r = run_cli(
+        "lifelong",
+        manifest,
+        *ARGS,
+        *STEPS,
+        "--strategy",
+        "replay",
+        "--buffer-size",
+        "6",
+        "--out",
+        out,
+        "--resume",
+        "auto",
+    )
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "inside task 2 at epoch 1 step 2" in r.stderr
     assert read_json(out / "R.json") == read_json(stepped_run / "R.json")
-    a, b = load_file(str(out / "final/model.safetensors")), load_file(str(stepped_run / "final/model.safetensors"))
+    a, b = (
+        load_file(str(out / "final/model.safetensors")),
+        load_file(str(stepped_run / "final/model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in records(out, "train")] == list(range(1, 14))  # nothing logged twice
     assert len(records(out, "task")) == 2 and len(records(out, "summary")) == 1
@@ -191,6 +268,7 @@ def test_resume_from_a_step_checkpoint_inside_a_task_is_exact(stepped_run, manif
 @pytest.fixture
 def manifest_with_a_bad_image(manifest, tmp_path):
     import shutil
+
     root = tmp_path / "data"
     shutil.copytree(manifest.parent, root)
     (root / "dark_red_0.png").write_bytes(b"not a png")  # a test image of the second task
@@ -198,7 +276,9 @@ def manifest_with_a_bad_image(manifest, tmp_path):
 
 
 def test_on_bad_fail_names_the_bad_image_before_any_training(manifest_with_a_bad_image, tmp_path):
-    r = run_cli("lifelong", manifest_with_a_bad_image, *ARGS, "--set", "data.on_bad=fail", "--out", tmp_path / "r")
+    r = run_cli(
+        "lifelong", manifest_with_a_bad_image, *ARGS, "--set", "data.on_bad=fail", "--out", tmp_path / "r"
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "1 bad image (data.on_bad=fail" in r.stderr and "dark_red_0.png" in r.stderr
     assert "task 1/2" not in r.stderr and not (tmp_path / "r" / "checkpoints").exists()
@@ -231,6 +311,7 @@ def kill_after(src, dst, checkpoint_step):
     """dst: what a run killed right after the checkpoint of checkpoint_step leaves (later checkpoints and the
     results are gone; metrics.jsonl still holds the records of the lost steps, as after a real kill)."""
     import shutil
+
     shutil.copytree(src, dst)
     for name in ("R.json", "R.csv", "R.png", "metrics.json"):
         (dst / name).unlink()
@@ -272,14 +353,29 @@ def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, 
     import subprocess
     import sys
     import time
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = ["lifelong", str(manifest), *ARGS, *EPOCHS2, "--batch-size", "2", "--strategy", "ewc",
-               "--set", "ckpt.every_steps=1"]
+    command = [
+        "lifelong",
+        str(manifest),
+        *ARGS,
+        *EPOCHS2,
+        "--batch-size",
+        "2",
+        "--strategy",
+        "ewc",
+        "--set",
+        "ckpt.every_steps=1",
+    ]
     whole, out = tmp_path / "whole", tmp_path / "killed"
     r = plain_interpreter.run(*command, "--out", whole)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", *command, "--out", str(out)], stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetcls", *command, "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     marker, deadline = out / "checkpoints" / "step-00000015.json", time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -315,7 +411,9 @@ def test_derpp_keeps_stored_logits_in_its_checkpoints_and_resumes_to_the_same_ma
 
 @pytest.mark.parametrize("key, value", [("lifelong.derpp_alpha", "-0.1"), ("lifelong.derpp_beta", "x")])
 def test_bad_derpp_weight_is_one_error_naming_the_key(manifest, tmp_path, key, value):
-    r = run_cli("lifelong", manifest, *ARGS, "--strategy", "derpp", "--set", f"{key}={value}", "--out", tmp_path)
+    r = run_cli(
+        "lifelong", manifest, *ARGS, "--strategy", "derpp", "--set", f"{key}={value}", "--out", tmp_path
+    )
     assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

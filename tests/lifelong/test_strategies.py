@@ -1,4 +1,5 @@
 """Replay buffer, EWC and LwF building blocks."""
+
 import torch
 
 from resnetcls.lifelong.strategies import ReplayBuffer, distillation_loss, ewc_penalty, fisher_diagonal
@@ -66,6 +67,7 @@ def test_distillation_is_zero_against_itself_and_positive_otherwise():
 
 def test_buffer_keeps_each_images_logits_through_shrinking_sampling_and_a_checkpoint():
     from resnetcls.lifelong.strategies import derpp_terms
+
     buf = ReplayBuffer(capacity=4, seed=0)
     for i in range(6):
         buf.add(_img(i), 0, torch.tensor([float(i), -1.0]))  # stored when the head had 2 outputs

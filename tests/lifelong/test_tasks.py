@@ -1,4 +1,5 @@
 """How --tasks/--order/--bins cut a column's values into tasks."""
+
 import pytest
 
 from resnetcls.errors import UserError
@@ -14,8 +15,10 @@ def test_order_items_are_values_or_inclusive_numeric_ranges():
     got = members(task_groups(values, "angle", "120-355,0-115", 0), values)
     assert list(got) == ["120-355", "0-115"]
     assert got == {"120-355": ["120", "355"], "0-115": ["0", "5", "115"]}
-    assert members(task_groups(["1", "2", "3"], "illumination", "3,1", 0), ["1", "2", "3"]) == {"3": ["3"],
-                                                                                               "1": ["1"]}
+    assert members(task_groups(["1", "2", "3"], "illumination", "3,1", 0), ["1", "2", "3"]) == {
+        "3": ["3"],
+        "1": ["1"],
+    }
 
 
 def test_default_order_is_numeric_when_the_column_is():
@@ -44,12 +47,48 @@ def test_openloris_protocol_end_to_end(tmp_path):
     import json
 
     from tests.conftest import run_cli
+
     data, out = tmp_path / "ol", tmp_path / "run"
-    assert run_cli("data", "synth", data, "--layout", "openloris", "--classes", "3", "--per-class", "3",
-                   "--image-size", "32").returncode == 0
-    r = run_cli("lifelong", data, "--tasks", "batches", "--model", "resnet18", "--image-size", "32",
-                "--batch-size", "8", "--epochs", "1", "--set", "model.width=8", "--set", "data.num_workers=0",
-                "--set", "train.deterministic=true", "--set", "log.tensorboard=false", "--out", out)
+    assert (
+        run_cli(
+            "data",
+            "synth",
+            data,
+            "--layout",
+            "openloris",
+            "--classes",
+            "3",
+            "--per-class",
+            "3",
+            "--image-size",
+            "32",
+        ).returncode
+        == 0
+    )
+    r = run_cli(
+        "lifelong",
+        data,
+        "--tasks",
+        "batches",
+        "--model",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--set",
+        "model.width=8",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "train.deterministic=true",
+        "--set",
+        "log.tensorboard=false",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     assert "12 tasks" in r.stderr and "task 12/12 batch12" in r.stderr and "over-all" in r.stderr
     m = json.loads((out / "metrics.json").read_text())
@@ -58,7 +97,7 @@ def test_openloris_protocol_end_to_end(tmp_path):
     assert m["ACC"] == pytest.approx(sum(m["R"][-1]) / 12)
     for key in ("BWT", "FWT", "overall"):
         assert isinstance(m[key], float), key
-    assert m["overall"] == pytest.approx(sum(sum(m["R"][i][:i + 1]) / (i + 1) for i in range(12)) / 12)
+    assert m["overall"] == pytest.approx(sum(sum(m["R"][i][: i + 1]) / (i + 1) for i in range(12)) / 12)
     with open(out / "R.csv") as f:
         assert len(list(csv.reader(f))) == 1 + 1 + 12  # header, before, one row per batch
     assert run_cli("report", out).returncode == 0

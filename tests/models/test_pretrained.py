@@ -1,4 +1,5 @@
 """--pretrained: torchvision/timm state_dicts load into our ResNets with a new head; nothing unpickles code."""
+
 import socket
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def tv_files(tv_state, tmp_path_factory):
     save_file(tv_state, root / "tv.safetensors")
     torch.save(tv_state, root / "tv.pth")
     # timm / training-script layout: wrapped in a checkpoint dict, keys prefixed by DistributedDataParallel
-    torch.save({"epoch": 90, "state_dict": {f"module.{k}": v for k, v in tv_state.items()}}, root / "timm.pth")
+    torch.save(
+        {"epoch": 90, "state_dict": {f"module.{k}": v for k, v in tv_state.items()}}, root / "timm.pth"
+    )
     return root
 
 
@@ -43,12 +46,17 @@ def test_loads_every_tensor_but_the_head_which_is_replaced(tv_state, tv_files, n
     for key in report["loaded"]:
         assert torch.equal(own[key], tv_state[key]), key
     assert model.fc.out_features == 3
-    assert f"loaded {len(tv_state) - 2} tensors" in logged[0] and "fc.weight (1000, 512) -> (3, 512)" in logged[0]
+    assert (
+        f"loaded {len(tv_state) - 2} tensors" in logged[0]
+        and "fc.weight (1000, 512) -> (3, 512)" in logged[0]
+    )
 
 
 def test_a_state_dict_of_another_depth_or_width_is_refused(tv_files, tmp_path):
     save_file(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.safetensors")
-    with pytest.raises(UserError, match=r"r50.safetensors: does not fit resnet18 .*other shapes: layer1.0.conv1"):
+    with pytest.raises(
+        UserError, match=r"r50.safetensors: does not fit resnet18 .*other shapes: layer1.0.conv1"
+    ):
         load_pretrained(create_model("resnet18", 3), str(tmp_path / "r50.safetensors"), "resnet18")
     with pytest.raises(UserError, match=r"tv.safetensors: does not fit resnet18 .*other shapes: bn1.weight"):
         load_pretrained(create_model("resnet18", 3, width=8), str(tv_files / "tv.safetensors"), "resnet18")
@@ -97,9 +105,23 @@ def test_train_cli_starts_from_a_pretrained_file(tiny_data, tmp_path, capsys):
     # Same names as torchvision's; width 8 keeps the training run tiny.
     save_file(create_model("resnet18", 10, width=8).state_dict(), tmp_path / "w8.safetensors")
     args = [*TINY, "--set", "log.tensorboard=false", "--epochs", "1"]
-    result = run_cli("train", tiny_data, *args, "--pretrained", tmp_path / "w8.safetensors", "--out", tmp_path / "r")
+    result = run_cli(
+        "train", tiny_data, *args, "--pretrained", tmp_path / "w8.safetensors", "--out", tmp_path / "r"
+    )
     assert result.returncode == 0, result.stderr
     assert "loaded 120 tensors" in result.stderr and "fc.weight (10, 64) -> (3, 64)" in result.stderr
-    assert main(["train", str(tiny_data), *args, "--pretrained", str(tmp_path / "nope.pth"),
-                 "--out", str(tmp_path / "r2")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_data),
+                *args,
+                "--pretrained",
+                str(tmp_path / "nope.pth"),
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
     assert "nope.pth: no such file" in capsys.readouterr().err

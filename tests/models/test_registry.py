@@ -1,4 +1,5 @@
 """The model registry: names, parameter counts and MACs (`resnetcls models`), and unknown names."""
+
 import pytest
 
 from resnetcls.models import create_model, model_info

@@ -1,4 +1,5 @@
 """Figures are real PNGs a person can open; an unreadable image in the contact sheet does not stop it."""
+
 import numpy as np
 from PIL import Image
 
@@ -14,21 +15,34 @@ def _is_png(path) -> tuple[int, int]:
 def test_each_figure_is_a_png(tmp_path):
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    wrong = [{"path": str(tmp_path / "a.jpg"), "true": "red", "pred": "blue", "prob": 0.9},
-             {"path": str(tmp_path / "broken.jpg"), "true": "red", "pred": "blue", "prob": 0.8}]
-    bins = [{"lo": 0.0, "hi": 0.5, "count": 2, "confidence": 0.4, "accuracy": 0.5},
-            {"lo": 0.5, "hi": 1.0, "count": 0, "confidence": None, "accuracy": None}]
-    epochs = [{"epoch": e, "train/loss": 1.0 / e, "val/loss": 1.2 / e, "val/top1": 0.3 * e, "train/lr": 0.1}
-              for e in (1, 2)]
-    made = [figures.confusion_heatmap(np.array([[3, 1], [0, 4]]), ["red", "blue"], tmp_path / "c.png"),
-            figures.reliability_diagram(bins, 0.1, tmp_path / "r.png"),
-            figures.reliability_diagram(bins, 0.05, tmp_path / "r2.png",  # raw and calibrated in one figure
-                                        {"temperature": 1.5, "ece_before": 0.2, "ece_bins_before": bins}),
-            figures.contact_sheet(wrong, tmp_path / "w.png"),
-            figures.training_curves(epochs, tmp_path / "t.png"),
-            figures.accuracy_matrix_heatmap([[0.9, 0.1], [0.7, 0.8]], [0.1, 0.1], ["t1", "t2"], ["t1", "t2"],
-                                            tmp_path / "R.png"),
-            figures.image_grid(np.zeros((5, 16, 16, 3), np.uint8), ["a"] * 5, tmp_path / "g.png", "grid")]
+    wrong = [
+        {"path": str(tmp_path / "a.jpg"), "true": "red", "pred": "blue", "prob": 0.9},
+        {"path": str(tmp_path / "broken.jpg"), "true": "red", "pred": "blue", "prob": 0.8},
+    ]
+    bins = [
+        {"lo": 0.0, "hi": 0.5, "count": 2, "confidence": 0.4, "accuracy": 0.5},
+        {"lo": 0.5, "hi": 1.0, "count": 0, "confidence": None, "accuracy": None},
+    ]
+    epochs = [
+        {"epoch": e, "train/loss": 1.0 / e, "val/loss": 1.2 / e, "val/top1": 0.3 * e, "train/lr": 0.1}
+        for e in (1, 2)
+    ]
+    made = [
+        figures.confusion_heatmap(np.array([[3, 1], [0, 4]]), ["red", "blue"], tmp_path / "c.png"),
+        figures.reliability_diagram(bins, 0.1, tmp_path / "r.png"),
+        figures.reliability_diagram(
+            bins,
+            0.05,
+            tmp_path / "r2.png",  # raw and calibrated in one figure
+            {"temperature": 1.5, "ece_before": 0.2, "ece_bins_before": bins},
+        ),
+        figures.contact_sheet(wrong, tmp_path / "w.png"),
+        figures.training_curves(epochs, tmp_path / "t.png"),
+        figures.accuracy_matrix_heatmap(
+            [[0.9, 0.1], [0.7, 0.8]], [0.1, 0.1], ["t1", "t2"], ["t1", "t2"], tmp_path / "R.png"
+        ),
+        figures.image_grid(np.zeros((5, 16, 16, 3), np.uint8), ["a"] * 5, tmp_path / "g.png", "grid"),
+    ]
     assert [p.name for p in made] == ["c.png", "r.png", "r2.png", "w.png", "t.png", "R.png", "g.png"]
     assert all(min(_is_png(p)) > 100 for p in made)
 

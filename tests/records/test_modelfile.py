@@ -1,4 +1,5 @@
 """The model directory: every field of model.json and the weights are checked; nothing is unpickled."""
+
 import json
 import pickle
 import shutil
@@ -10,9 +11,16 @@ import torch
 from resnetcls.cli import main
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.errors import UserError
-from resnetcls.records.modelfile import (FORMAT, cached_sha256, load_model_dir, record_export, save_model_dir, sha256_file,
-                                 write_calibration)
 from resnetcls.models import create_model
+from resnetcls.records.modelfile import (
+    FORMAT,
+    cached_sha256,
+    load_model_dir,
+    record_export,
+    save_model_dir,
+    sha256_file,
+    write_calibration,
+)
 
 ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
 CLASSES = ["ant", "bee", "cup"]
@@ -22,8 +30,15 @@ CLASSES = ["ant", "bee", "cup"]
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model("resnet18", len(CLASSES), **ARGS)
-    return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, "resnet18", ARGS, CLASSES,
-                          make_preprocess(32), {"val_top1": 0.5})
+    return save_model_dir(
+        tmp_path_factory.mktemp("m") / "model",
+        model,
+        "resnet18",
+        ARGS,
+        CLASSES,
+        make_preprocess(32),
+        {"val_top1": 0.5},
+    )
 
 
 @pytest.fixture
@@ -79,22 +94,27 @@ def test_truncated_weights_are_refused(copy, capsys):
     cli_refuses(copy, capsys, "not a valid safetensors file")
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"format": "resnetcls.model/2"}, "format 'resnetcls.model/2' is not 'resnetcls.model/1'"),
-    ({"format": "something-else"}, "format 'something-else'"),
-    ({"classes": CLASSES + ["dog"]}, "4 classes listed but the weights' head has 3"),
-    ({"classes": ["ant", "ant", "cup"]}, "class names listed twice: ant"),
-    ({"arch": "resnet34"}, "weights do not fit resnet34"),
-    ({"arch": "vgg16"}, "unknown arch 'vgg16'"),
-    ({"arch_args": {**ARGS, "width": 16}}, "weights do not fit resnet18"),
-    ({"arch_args": {**ARGS, "dilation": 2}}, "unknown arch_args dilation"),
-    ({"preprocess": {**make_preprocess(32), "interpolation": "lanczos9"}}, "preprocess.interpolation"),
-    ({"preprocess": {**make_preprocess(32), "std": [0.2, 0.2]}}, "preprocess.std"),
-    ({"sha256": {}}, "sha256.model.safetensors must be a 64-digit hex digest"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"format": "resnetcls.model/2"}, "format 'resnetcls.model/2' is not 'resnetcls.model/1'"),
+        ({"format": "something-else"}, "format 'something-else'"),
+        ({"classes": CLASSES + ["dog"]}, "4 classes listed but the weights' head has 3"),
+        ({"classes": ["ant", "ant", "cup"]}, "class names listed twice: ant"),
+        ({"arch": "resnet34"}, "weights do not fit resnet34"),
+        ({"arch": "vgg16"}, "unknown arch 'vgg16'"),
+        ({"arch_args": {**ARGS, "width": 16}}, "weights do not fit resnet18"),
+        ({"arch_args": {**ARGS, "dilation": 2}}, "unknown arch_args dilation"),
+        ({"preprocess": {**make_preprocess(32), "interpolation": "lanczos9"}}, "preprocess.interpolation"),
+        ({"preprocess": {**make_preprocess(32), "std": [0.2, 0.2]}}, "preprocess.std"),
+        ({"sha256": {}}, "sha256.model.safetensors must be a 64-digit hex digest"),
+    ],
+)
 def test_mismatched_metadata_is_refused_naming_what_is_wrong(copy, capsys, changes, message):
     edit_meta(copy, **changes)
-    cli_refuses(copy, capsys, str(copy / "model.json") if "weights do not fit" not in message else "", message)
+    cli_refuses(
+        copy, capsys, str(copy / "model.json") if "weights do not fit" not in message else "", message
+    )
 
 
 def test_missing_or_broken_files_are_refused(copy, capsys):
@@ -147,26 +167,55 @@ def test_no_source_file_unpickles():
 PRE = make_preprocess(32)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"preprocess": {**PRE, "mean": [float("nan"), 0.4, 0.4]}}, "preprocess.mean=[nan, 0.4, 0.4] must be finite"),
-    ({"preprocess": {**PRE, "std": [float("inf"), 0.2, 0.2]}}, "preprocess.std=[inf, 0.2, 0.2] must be finite"),
-    ({"preprocess": {**PRE, "std": [0, 0, 0]}}, "preprocess.std=[0, 0, 0]: each must be between 0.001 and 10"),
-    ({"preprocess": {**PRE, "std": [True, 0.2, 0.2]}}, "preprocess.std=[True, 0.2, 0.2] must be three numbers"),
-    ({"preprocess": {**PRE, "image_size": 10**6}}, "preprocess.image_size=1000000 must be between 8 and 4096"),
-    ({"preprocess": {**PRE, "image_size": True}}, "preprocess.image_size=True must be an integer"),
-    ({"preprocess": {**PRE, "resize": 36.0}}, "preprocess.resize=36.0 must be an integer"),
-    ({"preprocess": {**PRE, "interpolation": ["bilinear"]}}, "preprocess.interpolation=['bilinear']; expected"),
-    ({"arch": ["resnet18"]}, "arch must be a name such as 'resnet50', got ['resnet18']"),
-    ({"arch_args": {**ARGS, "width": 4096}}, "arch_args.width=4096 is not valid (1 to 256)"),
-    ({"arch_args": {**ARGS, "width": True}}, "arch_args.width=True must be an integer"),
-    ({"arch_args": {**ARGS, "stem": ["small"]}}, "arch_args.stem=['small'] must be str"),
-    ({"classes": ["ant", "bee", "caf\udce9"]}, "class name 'caf\\udce9' is not valid Unicode text"),
-    ({"classes": [f"c{i}" for i in range(100_001)]}, "100001 classes: at most 100,000 are supported"),
-    ({"sha256": {"model.safetensors": "0" * 64, "model.json": "xyz"}}, "sha256.model.json must be a 64-digit"),
-    ({"sha256": {"model.safetensors": "0" * 64, "model.onnx": 7}}, "sha256.model.onnx must be a 64-digit"),
-    ({"sha256": {"model.safetensors": "0" * 64, "../model.onnx": "0" * 64}},
-     "sha256.../model.onnx must be a 64-digit hex digest of a file in the model directory"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"preprocess": {**PRE, "mean": [float("nan"), 0.4, 0.4]}},
+            "preprocess.mean=[nan, 0.4, 0.4] must be finite",
+        ),
+        (
+            {"preprocess": {**PRE, "std": [float("inf"), 0.2, 0.2]}},
+            "preprocess.std=[inf, 0.2, 0.2] must be finite",
+        ),
+        (
+            {"preprocess": {**PRE, "std": [0, 0, 0]}},
+            "preprocess.std=[0, 0, 0]: each must be between 0.001 and 10",
+        ),
+        (
+            {"preprocess": {**PRE, "std": [True, 0.2, 0.2]}},
+            "preprocess.std=[True, 0.2, 0.2] must be three numbers",
+        ),
+        (
+            {"preprocess": {**PRE, "image_size": 10**6}},
+            "preprocess.image_size=1000000 must be between 8 and 4096",
+        ),
+        ({"preprocess": {**PRE, "image_size": True}}, "preprocess.image_size=True must be an integer"),
+        ({"preprocess": {**PRE, "resize": 36.0}}, "preprocess.resize=36.0 must be an integer"),
+        (
+            {"preprocess": {**PRE, "interpolation": ["bilinear"]}},
+            "preprocess.interpolation=['bilinear']; expected",
+        ),
+        ({"arch": ["resnet18"]}, "arch must be a name such as 'resnet50', got ['resnet18']"),
+        ({"arch_args": {**ARGS, "width": 4096}}, "arch_args.width=4096 is not valid (1 to 256)"),
+        ({"arch_args": {**ARGS, "width": True}}, "arch_args.width=True must be an integer"),
+        ({"arch_args": {**ARGS, "stem": ["small"]}}, "arch_args.stem=['small'] must be str"),
+        ({"classes": ["ant", "bee", "caf\udce9"]}, "class name 'caf\\udce9' is not valid Unicode text"),
+        ({"classes": [f"c{i}" for i in range(100_001)]}, "100001 classes: at most 100,000 are supported"),
+        (
+            {"sha256": {"model.safetensors": "0" * 64, "model.json": "xyz"}},
+            "sha256.model.json must be a 64-digit",
+        ),
+        (
+            {"sha256": {"model.safetensors": "0" * 64, "model.onnx": 7}},
+            "sha256.model.onnx must be a 64-digit",
+        ),
+        (
+            {"sha256": {"model.safetensors": "0" * 64, "../model.onnx": "0" * 64}},
+            "sha256.../model.onnx must be a 64-digit hex digest of a file in the model directory",
+        ),
+    ],
+)
 def test_every_field_is_checked_by_type_then_range(copy, capsys, changes, message):
     edit_meta(copy, **changes)
     cli_refuses(copy, capsys, str(copy / "model.json"), message)
@@ -174,7 +223,9 @@ def test_every_field_is_checked_by_type_then_range(copy, capsys, changes, messag
 
 def test_weight_shapes_are_checked_against_arch_args_naming_the_tensor(copy, capsys):
     edit_meta(copy, arch_args={**ARGS, "stem": "imagenet"})
-    cli_refuses(copy, capsys, "weights do not fit resnet18", "conv1.weight is [8, 3, 3, 3], expected [8, 3, 7, 7]")
+    cli_refuses(
+        copy, capsys, "weights do not fit resnet18", "conv1.weight is [8, 3, 3, 3], expected [8, 3, 7, 7]"
+    )
 
 
 def test_model_json_content_is_covered_by_its_hash(copy, capsys):
@@ -195,8 +246,14 @@ def test_a_model_dir_written_before_the_content_hash_still_loads(copy):
 
 def test_saving_refuses_what_loading_would_refuse(tmp_path):
     with pytest.raises(UserError, match="preprocess.std"):
-        save_model_dir(tmp_path / "m", create_model("resnet18", 3, **ARGS), "resnet18", ARGS, CLASSES,
-                       {**PRE, "std": [0, 0, 0]})
+        save_model_dir(
+            tmp_path / "m",
+            create_model("resnet18", 3, **ARGS),
+            "resnet18",
+            ARGS,
+            CLASSES,
+            {**PRE, "std": [0, 0, 0]},
+        )
     assert not (tmp_path / "m").exists()
 
 
@@ -233,11 +290,14 @@ def test_the_cached_hash_follows_a_file_rewritten_in_place_with_the_same_size(tm
     assert cached_sha256(path) == sha256_file(path) != first
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"temperature": -1.0}, "calibration.temperature=-1.0 must be a positive number"),
-    ({"temperature": "2"}, "calibration.temperature='2' must be a positive number"),
-    ([1.5], "calibration must be an object"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"temperature": -1.0}, "calibration.temperature=-1.0 must be a positive number"),
+        ({"temperature": "2"}, "calibration.temperature='2' must be a positive number"),
+        ([1.5], "calibration must be an object"),
+    ],
+)
 def test_a_broken_calibration_record_is_refused_naming_the_field(copy, capsys, record, message):
     edit_meta(copy, calibration=record)
     cli_refuses(copy, capsys, message)

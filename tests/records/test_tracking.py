@@ -1,6 +1,7 @@
 """Experiment tracking: a real `mlflow server` (SQLite backend) on 127.0.0.1, MLflow's default local store in
 the run directory, W&B in offline mode, a killed run resumed into the same tracker run, and the one-line error
 when a tracker's package is missing."""
+
 from __future__ import annotations
 
 import glob
@@ -20,15 +21,29 @@ import pytest
 
 from resnetcls.records.envinfo import git_revision
 from resnetcls.records.tracking import epoch_metrics, flatten_params, log_run_artifacts
-
 from tests.conftest import run_cli
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'resnetcls[mlflow]'")
 
 # 33 training images, batch 8 -> 5 steps an epoch; one thread each: the machine is shared.
-ARGS = ["--model", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs", "2",
-        "--set", "model.width=8", "--set", "data.num_workers=0", "--set", "log.tensorboard=false",
-        "--set", "optim.lr=0.01"]
+ARGS = [
+    "--model",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "2",
+    "--set",
+    "model.width=8",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "log.tensorboard=false",
+    "--set",
+    "optim.lr=0.01",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -40,6 +55,7 @@ def free_port() -> int:
 
 class Server(str):
     """The server's URI; .root: the folder of its store (mlflow.db, artifacts/, server.log)."""
+
     root = None
 
 
@@ -49,10 +65,28 @@ def mlflow_server(tmp_path_factory):
     start on a loaded 2-core machine), stopped after."""
     root, port = tmp_path_factory.mktemp("mlflow-server"), free_port()
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=ENV,
+    )
     uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
     try:
         while True:
@@ -63,8 +97,9 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             assert proc.poll() is None, "mlflow server exited:\n" + (root / "server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server not healthy after 180 s:\n" + (
-                root / "server.log").read_text()
+            assert time.monotonic() < deadline, (
+                "mlflow server not healthy after 180 s:\n" + (root / "server.log").read_text()
+            )
             time.sleep(0.5)
         server = Server(uri)
         server.root = root
@@ -90,33 +125,58 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 def files_holding(text: str, *folders) -> list[str]:
     """Every file under folders whose bytes hold text (as is, or as JSON or HTML would escape it)."""
     forms = {text.encode(), json.dumps(text)[1:-1].encode()}
-    return [str(p) for folder in folders for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and any(form in p.read_bytes() for form in forms)]
+    return [
+        str(p)
+        for folder in folders
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file() and any(form in p.read_bytes() for form in forms)
+    ]
 
 
 def test_a_run_logged_with_a_password_in_the_uri_keeps_it_out_of_every_file_output_and_the_server(
-        tiny_data, tmp_path, mlflow_server, monkeypatch):
+    tiny_data, tmp_path, mlflow_server, monkeypatch
+):
     """The client gets the URI with its password (the server takes it: basic auth is the proxy's business); the run
     directory, stdout/stderr and the server's whole store hold no password and, log.share_paths being false, no
     absolute path of the data or the run: params, tags, metrics and artefacts all the same."""
     out, password = tmp_path / "run", "S3cretPW-mlflow"
     uri = mlflow_server.replace("http://", f"http://tracker:{password}@")
-    args = ["train", tiny_data, *ARGS, "--set", "log.mlflow=true", "--set", f"log.mlflow_uri={uri}",
-            "--set", "log.mlflow_experiment=server-test", "--out", out]
+    args = [
+        "train",
+        tiny_data,
+        *ARGS,
+        "--set",
+        "log.mlflow=true",
+        "--set",
+        f"log.mlflow_uri={uri}",
+        "--set",
+        "log.mlflow_experiment=server-test",
+        "--out",
+        out,
+    ]
     monkeypatch.setattr(sys, "argv", ["resnetcls", *map(str, args)])  # what environment.json records
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     assert password not in r.stdout + r.stderr and "tracker:***@" in r.stderr  # MLflow's run link, masked
     assert files_holding(password, out, mlflow_server.root) == []
-    assert "tracker:***@" in (out / "tracking.json").read_text() and "tracker:***@" in (out / "config.yaml").read_text()
-    assert files_holding(str(tiny_data), mlflow_server.root) == [] and files_holding(str(out), mlflow_server.root) == []
+    assert (
+        "tracker:***@" in (out / "tracking.json").read_text()
+        and "tracker:***@" in (out / "config.yaml").read_text()
+    )
+    assert (
+        files_holding(str(tiny_data), mlflow_server.root) == []
+        and files_holding(str(out), mlflow_server.root) == []
+    )
     client, run = mlflow_run(out, mlflow_server)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert client.get_experiment(run.info.experiment_id).name == "server-test"
     params = run.data.params  # the resolved config under the names `--set` uses
-    assert params["optim.lr"] == "0.01" and params["model.name"] == "resnet18" and params["train.epochs"] == "2"
-    assert params["log.mlflow"] == "True" and params["log.mlflow_uri"] == mlflow_server.replace("http://",
-                                                                                               "http://tracker:***@")
+    assert (
+        params["optim.lr"] == "0.01" and params["model.name"] == "resnet18" and params["train.epochs"] == "2"
+    )
+    assert params["log.mlflow"] == "True" and params["log.mlflow_uri"] == mlflow_server.replace(
+        "http://", "http://tracker:***@"
+    )
     assert params["data.train"] == tiny_data.name  # a name, not the absolute path (log.share_paths=false)
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert sorted(m.step for m in history) == [1, 2]  # step = epoch
@@ -142,21 +202,46 @@ def test_an_unreachable_tracking_server_is_one_masked_line_at_the_start(tiny_dat
     with nothing trained; warn = one warning and the run trains without MLflow. A subprocess with a timeout
     below MLflow's own retries (7 with exponential backoff, about 4 minutes) guards against the wait."""
     out, port = tmp_path / "run", free_port()
-    proc = subprocess.run([sys.executable, "-m", "resnetcls", "train", str(tiny_data), *ARGS, "--epochs", "1",
-                           "--set", "log.mlflow=true",
-                           "--set", f"log.mlflow_uri=http://tracker:S3cretPW@127.0.0.1:{port}",
-                           "--set", f"log.on_tracker_error={choice}", "--out", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnetcls",
+            "train",
+            str(tiny_data),
+            *ARGS,
+            "--epochs",
+            "1",
+            "--set",
+            "log.mlflow=true",
+            "--set",
+            f"log.mlflow_uri=http://tracker:S3cretPW@127.0.0.1:{port}",
+            "--set",
+            f"log.on_tracker_error={choice}",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=200,
+    )
     lines = [l for l in proc.stderr.splitlines() if f"127.0.0.1:{port}" in l]
     assert len(lines) == 1 and "S3cretPW" not in proc.stdout + proc.stderr, proc.stderr
     assert f"MLflow at http://tracker:***@127.0.0.1:{port} cannot be reached: Connection refused" in lines[0]
     if choice == "stop":
-        assert proc.returncode == 2 and lines[0].startswith("resnetcls: error:") and "Traceback" not in proc.stderr
+        assert (
+            proc.returncode == 2
+            and lines[0].startswith("resnetcls: error:")
+            and "Traceback" not in proc.stderr
+        )
         assert "log.on_tracker_error=warn" in lines[0] and not (out / "checkpoints").exists()
     else:
         assert proc.returncode == 0, proc.stderr
         assert lines[0].startswith("warning:") and "training goes on without MLflow" in lines[0]
-        assert (out / "best" / "model.json").is_file() and json.loads((out / "tracking.json").read_text()) == {}
+        assert (out / "best" / "model.json").is_file() and json.loads(
+            (out / "tracking.json").read_text()
+        ) == {}
 
 
 def test_a_server_gone_before_the_artefacts_is_one_masked_warning(tiny_run, tmp_path, capsys):
@@ -164,12 +249,22 @@ def test_a_server_gone_before_the_artefacts_is_one_masked_warning(tiny_run, tmp_
     says why (the first request without retries), and the command does not fail."""
     run, port = tmp_path / "run", free_port()
     shutil.copytree(tiny_run, run)
-    (run / "tracking.json").write_text(json.dumps({"mlflow": {  # as recorded: the password masked
-        "tracking_uri": f"http://tracker:***@127.0.0.1:{port}", "run_id": "0" * 32}}))
+    (run / "tracking.json").write_text(
+        json.dumps(
+            {
+                "mlflow": {  # as recorded: the password masked
+                    "tracking_uri": f"http://tracker:***@127.0.0.1:{port}",
+                    "run_id": "0" * 32,
+                }
+            }
+        )
+    )
     log_run_artifacts(run)
     # The masked password is never sent as one: without it in the environment, the URI goes without user info.
-    assert capsys.readouterr().err == (f"warning: mlflow: artefacts not logged: MLflow at http://127.0.0.1:{port} "
-                                       "cannot be reached: Connection refused\n")
+    assert capsys.readouterr().err == (
+        f"warning: mlflow: artefacts not logged: MLflow at http://127.0.0.1:{port} "
+        "cannot be reached: Connection refused\n"
+    )
     assert not list(run.glob(".tracker-*"))
 
 
@@ -179,9 +274,27 @@ def test_a_killed_run_resumed_continues_the_same_mlflow_run(tiny_data, tmp_path,
     the recorded (masked) URI's server and the client's own credentials, and no file holds the password."""
     out, password = tmp_path / "run", "S3cretPW-env"
     env = {**ENV, "MLFLOW_TRACKING_URI": mlflow_server.replace("http://", f"http://tracker:{password}@")}
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "train", str(tiny_data), *ARGS, "--set",
-                             "log.mlflow=true", "--set", "ckpt.every_steps=1", "--set", "ckpt.keep_last=50",
-                             "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "resnetcls",
+            "train",
+            str(tiny_data),
+            *ARGS,
+            "--set",
+            "log.mlflow=true",
+            "--set",
+            "ckpt.every_steps=1",
+            "--set",
+            "ckpt.keep_last=50",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     marker, deadline = out / "checkpoints" / "step-00000007.json", time.monotonic() + 300
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -219,14 +332,15 @@ def wandb_records(path: str):
     """The records of a W&B offline run file (LevelDB-log framing: 7-byte header, 32 KiB blocks, each record
     a 7-byte header of CRC, length and type FULL/FIRST/MIDDLE/LAST), as wandb_internal_pb2.Record."""
     from wandb.proto import wandb_internal_pb2
+
     data, pos, block, pieces = open(path, "rb").read(), 7, 32768, b""
     assert data[:4] == b":W&B", f"{path}: not a W&B run file"
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pieces, pos = pieces + data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pieces, pos = pieces + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # FULL or LAST: a whole record
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pieces)
@@ -242,18 +356,30 @@ def finished_records(files: list[str], timeout_s: float = 60) -> list:
         per_file = [list(wandb_records(f)) for f in files]
         if all(any(r.WhichOneof("record_type") == "exit" for r in recs) for recs in per_file):
             return [r for recs in per_file for r in recs]
-        assert time.monotonic() < deadline, f"W&B run files without an exit record after {timeout_s} s: {files}"
+        assert time.monotonic() < deadline, (
+            f"W&B run files without an exit record after {timeout_s} s: {files}"
+        )
         time.sleep(0.5)
 
 
-def test_wandb_offline_writes_its_run_files_with_every_epoch_and_the_model_artefact(tiny_data, tmp_path,
-                                                                                   monkeypatch):
+def test_wandb_offline_writes_its_run_files_with_every_epoch_and_the_model_artefact(
+    tiny_data, tmp_path, monkeypatch
+):
     """Also what W&B keeps to upload: no password of the config or the command line (its own metadata
     collection is off) and no absolute path of the data (log.share_paths=false)."""
     pytest.importorskip("wandb", reason="wandb is not installed: pip install 'resnetcls[wandb]'")
     out, password = tmp_path / "run", "S3cretPW-wandb"
-    args = ["train", tiny_data, *ARGS, "--set", "log.wandb=true", "--out", out,
-            "--set", f"log.mlflow_uri=http://tracker:{password}@127.0.0.1:9"]  # recorded, not used: MLflow is off
+    args = [
+        "train",
+        tiny_data,
+        *ARGS,
+        "--set",
+        "log.wandb=true",
+        "--out",
+        out,
+        "--set",
+        f"log.mlflow_uri=http://tracker:{password}@127.0.0.1:9",
+    ]  # recorded, not used: MLflow is off
     monkeypatch.setattr(sys, "argv", ["resnetcls", *map(str, args)])
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
@@ -262,21 +388,31 @@ def test_wandb_offline_writes_its_run_files_with_every_epoch_and_the_model_artef
     files = sorted(glob.glob(str(out / "wandb" / "offline-run-*" / f"run-{entry['id']}.wandb")))
     assert files, f"no offline run files in {out / 'wandb'}"
     records = finished_records(files)
-    history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
-               for rec in records if rec.WhichOneof("record_type") == "history"]
+    history = [
+        {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
+        for rec in records
+        if rec.WhichOneof("record_type") == "history"
+    ]
     assert [h["epoch"] for h in history] == [1, 2]
     logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["val/top1"] for h in history] == pytest.approx(
-        [m["val/top1"] for m in logged if m["kind"] == "epoch"])
+        [m["val/top1"] for m in logged if m["kind"] == "epoch"]
+    )
     assert {rec.run.run_id for rec in records if rec.WhichOneof("record_type") == "run"} == {entry["id"]}
-    artefacts = {(rec.artifact.name, rec.artifact.type) for rec in records if rec.WhichOneof("record_type") == "artifact"}
+    artefacts = {
+        (rec.artifact.name, rec.artifact.type)
+        for rec in records
+        if rec.WhichOneof("record_type") == "artifact"
+    }
     assert {(f"model-{entry['id']}", "model"), (f"report-{entry['id']}", "report")} <= artefacts
     assert files_holding(password, out) == [] and files_holding(str(tiny_data), out / "wandb") == []
 
 
 @pytest.mark.parametrize("extra", ["mlflow", "wandb"])
 def test_a_missing_tracker_package_is_one_line_naming_the_extra(tiny_data, tmp_path, monkeypatch, extra):
-    monkeypatch.setitem(sys.modules, extra, None)  # `import mlflow` now raises ImportError, as if not installed
+    monkeypatch.setitem(
+        sys.modules, extra, None
+    )  # `import mlflow` now raises ImportError, as if not installed
     r = run_cli("train", tiny_data, *ARGS, "--set", f"log.{extra}=true", "--out", tmp_path / "run")
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
@@ -291,15 +427,28 @@ def test_a_bad_wandb_mode_is_named(tiny_data, tmp_path):
 
 def test_params_are_flat_dotted_strings_and_only_numbers_become_metrics():
     assert flatten_params({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "log": {"wandb": False}}) == {
-        "optim.lr": "0.1", "optim.betas": "[0.9, 0.99]", "log.wandb": "False"}
-    record = {"kind": "epoch", "epoch": 3, "step": 30, "time": 1.0, "val/top1": 0.5, "bad_images": 0,
-              "val_confusion": [[1, 0], [0, 1]], "flag": True}
+        "optim.lr": "0.1",
+        "optim.betas": "[0.9, 0.99]",
+        "log.wandb": "False",
+    }
+    record = {
+        "kind": "epoch",
+        "epoch": 3,
+        "step": 30,
+        "time": 1.0,
+        "val/top1": 0.5,
+        "bad_images": 0,
+        "val_confusion": [[1, 0], [0, 1]],
+        "flag": True,
+    }
     assert epoch_metrics(record) == {"val/top1": 0.5, "bad_images": 0.0}
 
 
 def test_a_silent_wandb_server_is_given_up_after_15_s_unless_wandb_init_timeout_says_otherwise(monkeypatch):
     import wandb
+
     from resnetcls.records.tracking import wandb_settings
+
     monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
     assert wandb_settings(wandb).init_timeout == 15
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "40")

@@ -1,6 +1,7 @@
 """serve's admission control in process (FastAPI's TestClient): 503 + Retry-After when the decode budget or the
 model queue is full, a per-request pixel limit for /predict/batch, per-file errors, 500s without internals,
 and /healthz failing while the model thread is stuck."""
+
 import threading
 import time
 
@@ -23,7 +24,9 @@ def model(tmp_path_factory):
 def exported(model, tmp_path_factory):
     """A copy of the module's model with its model.onnx (the module's model stays without one)."""
     import shutil
+
     from resnetcls.export.formats import export_model
+
     copy = shutil.copytree(model, tmp_path_factory.mktemp("exported") / "model")
     export_model(copy, "onnx", None, None)
     return copy
@@ -44,10 +47,13 @@ def wait_until(condition, what: str, timeout: float = 20.0) -> None:
 def test_internal_errors_answer_500_without_internals_and_stay_per_file_in_a_batch(model):
     def broken_model(batch):
         raise RuntimeError(SECRET)
+
     with client_for(model) as client:
         client.app.state.service.batcher.run_batch = broken_model
         one = client.post("/predict", content=png_bytes(20, 20))
-        assert one.status_code == 500 and one.json() == {"detail": "internal error (details are in the server log)"}
+        assert one.status_code == 500 and one.json() == {
+            "detail": "internal error (details are in the server log)"
+        }
         files = [("files", ("a.png", png_bytes(20, 20))), ("files", ("junk.txt", b"hello"))]
         batch = client.post("/predict/batch", files=files)
         assert batch.status_code == 200 and [r["status"] for r in batch.json()["results"]] == [500, 415]
@@ -63,9 +69,13 @@ def test_one_file_that_fails_preprocessing_does_not_fail_the_batch(model):
             if image.width == 13:
                 raise ValueError("unsupported geometry")
             return real(image)
+
         service.predictor.transform = picky
-        files = [("files", ("a.png", png_bytes(20, 20))), ("files", ("odd.png", png_bytes(13, 20))),
-                 ("files", ("b.png", png_bytes(30, 20)))]
+        files = [
+            ("files", ("a.png", png_bytes(20, 20))),
+            ("files", ("odd.png", png_bytes(13, 20))),
+            ("files", ("b.png", png_bytes(30, 20))),
+        ]
         results = client.post("/predict/batch", files=files).json()["results"]
         assert [r["status"] for r in results] == [200, 422, 200]
         assert results[1]["error"] == "odd.png: cannot preprocess this image (ValueError)"
@@ -128,12 +138,16 @@ def test_past_max_connections_requests_being_processed_get_503_while_healthz_and
         real = batcher.run_batch
         batcher.run_batch = lambda batch: (release.wait(30), real(batch))[1]
         answers = []
-        first = threading.Thread(target=lambda: answers.append(client.post("/predict", content=png_bytes(20, 20))))
+        first = threading.Thread(
+            target=lambda: answers.append(client.post("/predict", content=png_bytes(20, 20)))
+        )
         first.start()
         wait_until(lambda: batcher.busy_since is not None, "the first request to reach the model")
         shed = client.post("/predict", content=png_bytes(20, 20))
         assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
-        assert "1 of at most 1 requests are already being processed (--max-connections)" in shed.json()["detail"]
+        assert (
+            "1 of at most 1 requests are already being processed (--max-connections)" in shed.json()["detail"]
+        )
         assert client.get("/healthz").status_code == 200 and client.get("/info").status_code == 200
         release.set()
         first.join(30)
@@ -143,6 +157,7 @@ def test_past_max_connections_requests_being_processed_get_503_while_healthz_and
 
 def test_out_of_range_settings_are_refused_naming_the_flag(model):
     from resnetcls.errors import UserError
+
     with pytest.raises(UserError, match="--max-queue 0: must be positive"):
         create_app(ServeSettings(str(model), max_queue=0))
     with pytest.raises(UserError, match="--max-idle-per-client 0: must be positive"):
@@ -154,7 +169,11 @@ def test_explain_waits_for_the_decode_budget_like_predict(model):
         service = client.app.state.service
         service.budget.in_use = service.budget.capacity  # someone else is decoding
         busy = client.post("/explain", content=png_bytes(20, 20))
-        assert busy.status_code == 503 and busy.headers["retry-after"] and "busy decoding" in busy.json()["detail"]
+        assert (
+            busy.status_code == 503
+            and busy.headers["retry-after"]
+            and "busy decoding" in busy.json()["detail"]
+        )
         service.budget.in_use = 0
         assert client.post("/explain", content=png_bytes(20, 20)).status_code == 200
 

@@ -1,5 +1,6 @@
 """`resnetcls serve`: a real uvicorn server on 127.0.0.1 (free port), every endpoint and error over real HTTP,
 and a bounded load test with malformed requests mixed in."""
+
 import io
 import os
 import socket
@@ -30,8 +31,22 @@ def free_port() -> int:
 def start_server(model: Path, log: Path, *extra: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
     """`python -m resnetcls serve MODEL` on a free local port; returns once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "resnetcls", "serve", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "resnetcls",
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,8 +81,16 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model = make_tiny_model_dir(root / "model")
     write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 20})
-    proc, url = start_server(model, root / "server.log", "--max-body-mb", str(MAX_BODY / 1e6),
-                             "--max-pixels", str(MAX_PIXELS), "--batch-wait-ms", "2")
+    proc, url = start_server(
+        model,
+        root / "server.log",
+        "--max-body-mb",
+        str(MAX_BODY / 1e6),
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--batch-wait-ms",
+        "2",
+    )
     yield url, model
     stop_server(proc)
 
@@ -88,7 +111,9 @@ def test_healthz_and_info(client):
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     info = client.get("/info").json()
-    assert info["classes"] == CLASSES and info["arch"] == "resnet18" and info["preprocess"]["image_size"] == 32
+    assert (
+        info["classes"] == CLASSES and info["arch"] == "resnet18" and info["preprocess"]["image_size"] == 32
+    )
     assert "sha256" not in info and info["limits"]["max_pixels"] == MAX_PIXELS
     assert info["precision"] in ("bf16", "fp32")  # what --precision auto picked on this machine
 
@@ -96,10 +121,13 @@ def test_healthz_and_info(client):
 def test_served_probabilities_are_calibrated_with_the_model_temperature(client, server):
     from resnetcls.data.decode import decode_image
     from resnetcls.inference.predictor import Predictor
+
     info = client.get("/info").json()
     assert info["calibration"]["temperature"] == 0.5
     image = png_bytes(50, 40)
-    served = client.post("/predict?topk=3", content=image, headers={"content-type": "image/png"}).json()["top"]
+    served = client.post("/predict?topk=3", content=image, headers={"content-type": "image/png"}).json()[
+        "top"
+    ]
     local = Predictor(server[1], precision=info["precision"])
     probs = local.probabilities(local.transform(decode_image(image))[None])[0]
     tolerance = 1e-4 if info["precision"] == "fp32" else 2e-2  # bf16 logits carry about 3 significant digits
@@ -119,8 +147,11 @@ def test_predict_multipart_and_raw_body_agree(client):
 
 
 def test_predict_batch_answers_each_file_and_reports_bad_ones(client):
-    files = [("files", ("a.png", png_bytes(40, 40), "image/png")), ("files", ("junk.txt", b"hello", "text/plain")),
-             ("files", ("b.png", png_bytes(60, 30, (10, 200, 10)), "image/png"))]
+    files = [
+        ("files", ("a.png", png_bytes(40, 40), "image/png")),
+        ("files", ("junk.txt", b"hello", "text/plain")),
+        ("files", ("b.png", png_bytes(60, 30, (10, 200, 10)), "image/png")),
+    ]
     response = client.post("/predict/batch", params={"topk": 1}, files=files)
     assert response.status_code == 200
     results = response.json()["results"]
@@ -129,18 +160,23 @@ def test_predict_batch_answers_each_file_and_reports_bad_ones(client):
     assert_top(results[0], 1) and "junk.txt" in results[1]["error"]
 
 
-@pytest.mark.parametrize("case, status, words", [
-    ("too_large", 413, "larger than the limit"),
-    ("not_image", 415, "not an image"),
-    ("bomb", 422, "above the limit"),
-    ("missing_raw", 400, "missing file"),
-    ("missing_field", 400, "field 'file' not found"),
-    ("bad_topk", 422, "topk"),
-])
+@pytest.mark.parametrize(
+    "case, status, words",
+    [
+        ("too_large", 413, "larger than the limit"),
+        ("not_image", 415, "not an image"),
+        ("bomb", 422, "above the limit"),
+        ("missing_raw", 400, "missing file"),
+        ("missing_field", 400, "field 'file' not found"),
+        ("bad_topk", 422, "topk"),
+    ],
+)
 def test_bad_requests_get_clear_json_errors(client, case, status, words):
     requests = {
         "too_large": lambda: client.post("/predict", content=os.urandom(MAX_BODY + 1000)),
-        "not_image": lambda: client.post("/predict", files={"file": ("x.pdf", b"%PDF-1.4 not really", "a/pdf")}),
+        "not_image": lambda: client.post(
+            "/predict", files={"file": ("x.pdf", b"%PDF-1.4 not really", "a/pdf")}
+        ),
         "bomb": lambda: client.post("/predict", content=png_bytes(1000, 1000)),  # 10 kB of PNG, 1 Mpx
         "missing_raw": lambda: client.post("/predict"),
         "missing_field": lambda: client.post("/predict", files={"other": ("a.png", png_bytes(8, 8))}),
@@ -161,7 +197,9 @@ def test_openapi_schema_describes_the_real_endpoints(client):
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/predict/batch", "/healthz", "/info"} <= set(schema["paths"])
     predict = schema["paths"]["/predict"]["post"]
-    assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(predict["requestBody"]["content"])
+    assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(
+        predict["requestBody"]["content"]
+    )
     assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
     assert [p["name"] for p in predict["parameters"]] == ["topk"]
     batch = schema["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
@@ -188,13 +226,16 @@ def test_explain_returns_a_png_overlay_with_the_class_in_the_headers(client):
     assert chosen.status_code == 200 and chosen.headers["x-class"] == other
 
 
-@pytest.mark.parametrize("request_kwargs, status, words", [
-    ({"params": {"class": "no-such-class"}, "content": png_bytes(8, 8)}, 422, "not one of the model's"),
-    ({"content": b"\0" * (MAX_BODY + 1)}, 413, "limit"),
-    ({"content": png_bytes(1000, 1000)}, 422, "decompression bomb"),
-    ({"files": {"file": ("x.pdf", b"%PDF-1.4 not really", "a/pdf")}}, 415, "x.pdf"),
-    ({}, 400, "missing file"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, status, words",
+    [
+        ({"params": {"class": "no-such-class"}, "content": png_bytes(8, 8)}, 422, "not one of the model's"),
+        ({"content": b"\0" * (MAX_BODY + 1)}, 413, "limit"),
+        ({"content": png_bytes(1000, 1000)}, 422, "decompression bomb"),
+        ({"files": {"file": ("x.pdf", b"%PDF-1.4 not really", "a/pdf")}}, 415, "x.pdf"),
+        ({}, 400, "missing file"),
+    ],
+)
 def test_explain_honours_the_same_limits_as_predict(client, request_kwargs, status, words):
     response = client.post("/explain", **request_kwargs)
     assert response.status_code == status and words in response.json()["detail"]
@@ -216,11 +257,13 @@ def _one_request(client: httpx.Client, i: int) -> tuple[int, int, float]:
         r = client.post("/predict", files={"file": ("ok.png", good, "image/png")})
         expected = 200
     else:
-        r, expected = [lambda: (client.post("/predict", content=b"GIF89a garbage"), 415),
-                       lambda: (client.post("/predict", files={"x": ("a", b"1")}), 400),
-                       lambda: (client.post("/predict", content=png_bytes(600, 600)), 422),
-                       lambda: (client.post("/predict", content=b"\0" * (MAX_BODY + 1)), 413),
-                       lambda: (client.post("/predict?topk=abc", content=good), 422)][(i // 5) % 5]()
+        r, expected = [
+            lambda: (client.post("/predict", content=b"GIF89a garbage"), 415),
+            lambda: (client.post("/predict", files={"x": ("a", b"1")}), 400),
+            lambda: (client.post("/predict", content=png_bytes(600, 600)), 422),
+            lambda: (client.post("/predict", content=b"\0" * (MAX_BODY + 1)), 413),
+            lambda: (client.post("/predict?topk=abc", content=good), 422),
+        ][(i // 5) % 5]()
     return r.status_code, expected, time.perf_counter() - start
 
 
@@ -241,13 +284,16 @@ def test_bounded_load_with_malformed_requests_never_breaks_the_server(client, se
     assert health["status"] == "ok" and health["queued"] == 0
     latencies = sorted(t for _, _, t in outcomes)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    print(f"\nload: {requests} requests, concurrency {concurrency}, {wall:.1f} s, "
-          f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-          f"mean model batch {health['images_run'] / max(1, health['batches_run']):.2f}")
+    print(
+        f"\nload: {requests} requests, concurrency {concurrency}, {wall:.1f} s, "
+        f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"mean model batch {health['images_run'] / max(1, health['batches_run']):.2f}"
+    )
 
 
 def test_serve_refuses_a_bad_model_directory_with_exit_2(tmp_path, capsys):
     from resnetcls.cli import main
+
     assert main(["serve", str(tmp_path / "nope"), "--port", str(free_port())]) == 2
     assert "no such model directory" in capsys.readouterr().err
 

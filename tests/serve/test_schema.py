@@ -1,12 +1,14 @@
 """serve's settings and response shapes (serve/schema.py): flag-naming errors and the documented field names."""
+
 import pytest
 
 from resnetcls.errors import UserError
 from resnetcls.serve.schema import EXPLAIN_RESPONSE, ClassProb, ServeSettings, errors
 
 
-@pytest.mark.parametrize("field, flag", [("max_pixels", "--max-pixels"), ("max_queue", "--max-queue"),
-                                         ("stall_s", "--stall-s")])
+@pytest.mark.parametrize(
+    "field, flag", [("max_pixels", "--max-pixels"), ("max_queue", "--max-queue"), ("stall_s", "--stall-s")]
+)
 def test_a_setting_out_of_range_names_its_flag(field, flag):
     with pytest.raises(UserError, match=f"^{flag} 0: must be positive"):
         ServeSettings("model", **{field: 0}).check()

@@ -1,4 +1,5 @@
 """The end of a study: report.html (trials table, history, importances or why not) and best.yaml."""
+
 from __future__ import annotations
 
 import optuna
@@ -13,10 +14,16 @@ def _study(values: list[float | None], run_dir=None) -> optuna.Study:
     study = optuna.create_study(study_name="s", direction="minimize")
     for i, value in enumerate(values):
         state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
-        study.add_trial(create_trial(state=state, value=value, params={"optim.lr": 10 ** -(i + 1)},
-                                     distributions={"optim.lr": FloatDistribution(1e-6, 1.0, log=True)},
-                                     user_attrs={"run_dir": str(run_dir or f"/nowhere/{i:04d}")},
-                                     intermediate_values={1: value if value is not None else 9.0}))
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params={"optim.lr": 10 ** -(i + 1)},
+                distributions={"optim.lr": FloatDistribution(1e-6, 1.0, log=True)},
+                user_attrs={"run_dir": str(run_dir or f"/nowhere/{i:04d}")},
+                intermediate_values={1: value if value is not None else 9.0},
+            )
+        )
     return study
 
 

@@ -1,4 +1,5 @@
 """The search space: the default is valid, a YAML file replaces it, and every mistake is one line naming the key."""
+
 from __future__ import annotations
 
 import optuna
@@ -12,8 +13,14 @@ from ..conftest import run_cli
 
 def test_default_space_covers_the_issue_keys_and_samples_valid_values():
     space = load_space(None)
-    assert {"optim.lr", "optim.weight_decay", "loss.label_smoothing", "data.min_crop_scale", "data.image_size",
-            "model.name"} <= set(space)
+    assert {
+        "optim.lr",
+        "optim.weight_decay",
+        "loss.label_smoothing",
+        "data.min_crop_scale",
+        "data.image_size",
+        "model.name",
+    } <= set(space)
     assert space["optim.lr"]["log"] is True
     params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), space)
     assert set(params) == set(DEFAULT_SPACE)
@@ -22,24 +29,29 @@ def test_default_space_covers_the_issue_keys_and_samples_valid_values():
 
 def test_a_space_file_replaces_the_default_and_flags_fix_keys(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
-                    "train.epochs: {type: int, low: 1, high: 3}\n"
-                    "data.augment: {type: categorical, choices: [crop_flip, trivialaugment]}\n")
+    path.write_text(
+        "optim.lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
+        "train.epochs: {type: int, low: 1, high: 3}\n"
+        "data.augment: {type: categorical, choices: [crop_flip, trivialaugment]}\n"
+    )
     space = load_space(path)
     assert list(space) == ["optim.lr", "train.epochs", "data.augment"]
     left, fixed = without_fixed(space, {"train.epochs", "model.name"})
     assert list(left) == ["optim.lr", "data.augment"] and fixed == ["train.epochs"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("optim.lrr: {type: float, low: 0.001, high: 0.1}\n", "optim.lrr"),
-    ("optim.lr: {type: float, low: 0.001, hihg: 0.1}\n", "optim.lr: unknown field 'hihg'"),
-    ("optim.lr: {type: gaussian}\n", "optim.lr: expected a mapping with type float, int or categorical"),
-    ("optim.lr: {type: float, low: a, high: 0.1}\n", "optim.lr: low must be a number"),
-    ("optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "optim.lr: log: true needs low > 0"),
-    ("data.image_size: {type: categorical, choices: [big, 64]}\n", "data.image_size"),
-    ("[1, 2]\n", "a search space is a non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("optim.lrr: {type: float, low: 0.001, high: 0.1}\n", "optim.lrr"),
+        ("optim.lr: {type: float, low: 0.001, hihg: 0.1}\n", "optim.lr: unknown field 'hihg'"),
+        ("optim.lr: {type: gaussian}\n", "optim.lr: expected a mapping with type float, int or categorical"),
+        ("optim.lr: {type: float, low: a, high: 0.1}\n", "optim.lr: low must be a number"),
+        ("optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "optim.lr: log: true needs low > 0"),
+        ("data.image_size: {type: categorical, choices: [big, 64]}\n", "data.image_size"),
+        ("[1, 2]\n", "a search space is a non-empty mapping"),
+    ],
+)
 def test_bad_space_is_one_line_naming_the_key(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)

@@ -3,6 +3,7 @@ would (Optuna's RDB storage). The test starts its own server: initdb into a temp
 free port on 127.0.0.1 (as the postgres user when run as root: PostgreSQL refuses root), connections over TCP
 checked by password (SCRAM) for a role `tuner`, so the workers use a DSN with a password in it. `make test` installs
 Debian's postgresql package where it can (Makefile: postgresql); without it this test skips and says why."""
+
 from __future__ import annotations
 
 import glob
@@ -29,7 +30,9 @@ def pg_bin() -> Path:
     """The folder of initdb/pg_ctl, or skip with the reason."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb") or ""]
     if not found[-1]:
-        pytest.skip("PostgreSQL is not installed (no initdb; `make postgresql` installs it as root or with sudo)")
+        pytest.skip(
+            "PostgreSQL is not installed (no initdb; `make postgresql` installs it as root or with sudo)"
+        )
     return Path(found[-1]).parent
 
 
@@ -59,17 +62,48 @@ def postgres_url():
     if os.geteuid() == 0:
         shutil.chown(home, "postgres")
     data, run = as_server_user, []
-    subprocess.run(data([str(bindir / "initdb"), "-D", str(home / "data"), "-U", "postgres", "--auth-local=trust",
-                         "--auth-host=scram-sha-256", "-E", "UTF8"]), check=True, capture_output=True)
-    run = data([str(bindir / "pg_ctl"), "-D", str(home / "data"), "-l", str(home / "log"), "-w", "-o",
-                f"-p {port} -h 127.0.0.1 -k {home}"])
+    subprocess.run(
+        data(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(home / "data"),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    run = data(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(home / "data"),
+            "-l",
+            str(home / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {home}",
+        ]
+    )
     subprocess.run(run + ["start"], check=True, capture_output=True)
     try:
         socket_dir = ["-h", str(home), "-p", str(port), "-U", "postgres"]  # trusted: the server's own socket
-        subprocess.run(data([str(bindir / "psql"), *socket_dir, "-c",
-                             f"CREATE ROLE tuner LOGIN PASSWORD '{PASSWORD}'"]), check=True, capture_output=True)
-        subprocess.run(data([str(bindir / "createdb"), *socket_dir, "-O", "tuner", "tune"]), check=True,
-                       capture_output=True)
+        subprocess.run(
+            data([str(bindir / "psql"), *socket_dir, "-c", f"CREATE ROLE tuner LOGIN PASSWORD '{PASSWORD}'"]),
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            data([str(bindir / "createdb"), *socket_dir, "-O", "tuner", "tune"]),
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+psycopg://tuner:{PASSWORD}@127.0.0.1:{port}/tune"
     finally:
         subprocess.run(run + ["-m", "immediate", "stop"], capture_output=True)
@@ -78,11 +112,37 @@ def postgres_url():
 
 def test_two_workers_share_one_postgresql_study(postgres_url, tiny_data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    workers = [subprocess.Popen([sys.executable, "-m", "resnetcls", "tune", str(tiny_data), "--out",
-                                 str(tmp_path / f"machine{i}"), "--trials", "3", "--storage", postgres_url,
-                                 "--study-name", "shared", "--pruner", "none", "--epochs", "1", *TINY,
-                                 "--set", "log.tensorboard=false"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "resnetcls",
+                "tune",
+                str(tiny_data),
+                "--out",
+                str(tmp_path / f"machine{i}"),
+                "--trials",
+                "3",
+                "--storage",
+                postgres_url,
+                "--study-name",
+                "shared",
+                "--pruner",
+                "none",
+                "--epochs",
+                "1",
+                *TINY,
+                "--set",
+                "log.tensorboard=false",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     results = [w.communicate(timeout=540) for w in workers]
     for w, (_, err) in zip(workers, results):
         assert w.returncode == 0, err
@@ -100,14 +160,18 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tiny_data, tmp_pat
         assert "shared" in (tmp_path / f"machine{i}" / "report.html").read_text()
     # The password is nowhere: not in any file of either output folder (study pages, trial runs, their
     # environment.json and checkpoints with the command line), not on stdout or stderr.
-    leaks = [str(p) for p in sorted(tmp_path.rglob("*")) if p.is_file() and PASSWORD.encode() in p.read_bytes()]
+    leaks = [
+        str(p) for p in sorted(tmp_path.rglob("*")) if p.is_file() and PASSWORD.encode() in p.read_bytes()
+    ]
     assert leaks == [] and not any(PASSWORD in out + err for out, err in results)
     assert "tuner:***@127.0.0.1" in (tmp_path / "machine0" / "report.html").read_text()
     env = json.loads((Path(trials[0].user_attrs["run_dir"]) / "environment.json").read_text())
     assert "--storage 'postgresql+psycopg://tuner:***@127.0.0.1" in env["command"]
 
 
-def test_the_password_may_come_from_pgpassword_and_a_refused_one_is_one_masked_line(postgres_url, monkeypatch):
+def test_the_password_may_come_from_pgpassword_and_a_refused_one_is_one_masked_line(
+    postgres_url, monkeypatch
+):
     """libpq's own sources of a password (PGPASSWORD here; ~/.pgpass alike) with a DSN that has none; a wrong
     password is refused by the server in one line that does not repeat it."""
     bare = postgres_url.replace(f":{PASSWORD}@", "@")

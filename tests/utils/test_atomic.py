@@ -1,5 +1,6 @@
 """Every write is atomic: a failure (ENOSPC) at any point leaves the previous file or model directory intact,
 no temporary behind, and one line naming the path and the bytes needed (exit 2)."""
+
 import errno
 import json
 import os
@@ -8,12 +9,12 @@ import shutil
 import pytest
 import torch
 
-from resnetcls.utils import atomic
-from resnetcls.utils.atomic import building_dir, write_atomic
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.errors import UserError
-from resnetcls.records.modelfile import load_model_dir, resolve_model_dir, save_model_dir
 from resnetcls.models import create_model
+from resnetcls.records.modelfile import load_model_dir, resolve_model_dir, save_model_dir
+from resnetcls.utils import atomic
+from resnetcls.utils.atomic import building_dir, write_atomic
 from tests.conftest import TINY, run_cli
 
 ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
@@ -49,14 +50,18 @@ def model(seed: int):
 
 
 def test_a_failed_model_dir_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
-    best = save_model_dir(tmp_path / "best", model(0), "resnet18", ARGS, ["a", "b"], make_preprocess(32),
-                          {"epoch": 1})
+    best = save_model_dir(
+        tmp_path / "best", model(0), "resnet18", ARGS, ["a", "b"], make_preprocess(32), {"epoch": 1}
+    )
     before = (best / "model.safetensors").read_bytes()
     from resnetcls.records import modelfile
+
     # model.json fails after the new weights were written (into the new folder)
     monkeypatch.setattr(modelfile, "write_text_atomic", lambda path, text: write_atomic(path, disk_full))
     with pytest.raises(UserError, match=rf"^{best / 'model.json'}: no space left on the device \(needs more"):
-        save_model_dir(tmp_path / "best", model(1), "resnet18", ARGS, ["a", "b"], make_preprocess(32), {"epoch": 2})
+        save_model_dir(
+            tmp_path / "best", model(1), "resnet18", ARGS, ["a", "b"], make_preprocess(32), {"epoch": 2}
+        )
     assert (best / "model.safetensors").read_bytes() == before
     assert load_model_dir(best).meta["metrics"] == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["best"]  # no half-built folder left
@@ -84,8 +89,9 @@ def test_building_dir_removes_the_new_folder_on_failure(tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "old" and len(list(tmp_path.iterdir())) == 1
 
 
-def test_enospc_while_saving_a_checkpoint_is_one_line_exit_2_without_temporaries(tiny_data, tmp_path,
-                                                                                monkeypatch):
+def test_enospc_while_saving_a_checkpoint_is_one_line_exit_2_without_temporaries(
+    tiny_data, tmp_path, monkeypatch
+):
     monkeypatch.setattr(torch, "save", lambda obj, f: (f.write(b"x" * 1000), disk_full()))
     out = tmp_path / "run"
     result = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", out)
@@ -103,11 +109,13 @@ def test_enospc_from_any_other_write_is_still_one_line(tiny_run, monkeypatch):
 
     def full(*_args, **_kwargs):  # e.g. TensorBoard or metrics.jsonl appends, which are not ours to wrap
         raise OSError(errno.ENOSPC, "No space left on device", str(tiny_run / "report.html"))
+
     monkeypatch.setattr(report, "write_report", full)
     result = run_cli("report", tiny_run)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == (f"resnetcls: error: {tiny_run / 'report.html'}: no space left on the device; "
-                                     f"free some space")
+    assert result.stderr.strip() == (
+        f"resnetcls: error: {tiny_run / 'report.html'}: no space left on the device; free some space"
+    )
 
 
 def test_written_files_and_model_dirs_get_the_usual_permissions(tmp_path):

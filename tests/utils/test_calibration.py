@@ -1,9 +1,17 @@
 """Temperature scaling: the fitted T lowers the NLL on held-out logits, in the right direction, with guards."""
+
 import pytest
 import torch
 
-from resnetcls.utils.calibration import (MIN_CALIBRATION_IMAGES, TEMPERATURE_RANGE, calibrated_probabilities,
-                                   calibration_error, ece_of, fit_temperature, nll)
+from resnetcls.utils.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    TEMPERATURE_RANGE,
+    calibrated_probabilities,
+    calibration_error,
+    ece_of,
+    fit_temperature,
+    nll,
+)
 
 
 def logits_with_confidence(scale: float, n: int = 800, classes: int = 5, seed: int = 0):
@@ -23,7 +31,12 @@ def test_the_temperature_fitted_on_one_half_lowers_the_nll_of_the_other(scale, d
     assert nll(held_out, held_labels, fit.temperature) < nll(held_out, held_labels) - 0.05
     assert ece_of(held_out, held_labels, fit.temperature) < ece_of(held_out, held_labels)
     assert (fit.temperature > 1) if direction == "above" else (fit.temperature < 1)
-    assert fit.calibrated and fit.images == 400 and fit.nll_after < fit.nll_before and fit.ece_after < fit.ece_before
+    assert (
+        fit.calibrated
+        and fit.images == 400
+        and fit.nll_after < fit.nll_before
+        and fit.ece_after < fit.ece_before
+    )
     # the same data gives the same temperature, bit for bit
     assert fit_temperature(logits[:400], labels[:400]).temperature == fit.temperature
 
@@ -64,7 +77,9 @@ def test_the_record_and_line_say_what_was_fitted():
 def test_calibrated_probabilities_divide_the_logits_before_the_softmax():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     assert torch.allclose(calibrated_probabilities(logits, 2.0), (logits / 2).softmax(1))
-    assert torch.equal(calibrated_probabilities(logits).argmax(1), calibrated_probabilities(logits, 5.0).argmax(1))
+    assert torch.equal(
+        calibrated_probabilities(logits).argmax(1), calibrated_probabilities(logits, 5.0).argmax(1)
+    )
 
 
 def test_ece_of_equal_confidences_is_the_gap_to_the_accuracy():

@@ -1,16 +1,17 @@
 """Precision on both kinds of CPU: auto picks bf16 only where it is native, and training, prediction and
 evaluation run in bf16 and in fp32 when forced, whichever CPU the suite runs on (bf16 is emulated, and
 slow, on AVX2-only CPUs: the models here are tiny)."""
+
 import json
 
 import pytest
 import torch
 
-from resnetcls.utils import hardware
 from resnetcls.data.decode import decode_image
 from resnetcls.errors import UserError
-from resnetcls.records.modelfile import load_model_dir
 from resnetcls.inference.predictor import Predictor
+from resnetcls.records.modelfile import load_model_dir
+from resnetcls.utils import hardware
 from tests.conftest import TINY, run_cli
 
 # bf16 keeps 8 bits of mantissa: each operation may be off by about 2**-8 relative, which on these tiny
@@ -61,8 +62,11 @@ def test_training_runs_and_records_the_forced_precision(tiny_data, tmp_path, amp
     assert f"cpu {amp} channels_last" in result.stderr
     summary = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert summary["precision"] == amp
-    assert all(torch.isfinite(t).all() for t in load_model_dir(out).model.state_dict().values()
-               if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all()
+        for t in load_model_dir(out).model.state_dict().values()
+        if t.is_floating_point()
+    )
 
 
 def test_predict_in_each_precision_agrees_with_fp32_eager(tiny_run, tiny_data):

@@ -1,4 +1,5 @@
 """The shared bounds: a model file accepts exactly what training can produce; bools and NaN are not numbers."""
+
 import math
 
 from resnetcls.utils.limits import MEAN_RANGE, STD_RANGE, is_finite_number, is_number, rgb_problem

@@ -1,5 +1,6 @@
 """Progress bars: on a terminal (a real pseudo-terminal) cache build, eval and predict show one; piped, in CI,
 on TERM=dumb, with --quiet or RESNETCLS_QUIET=1 nothing of a bar appears, and stdout never carries one."""
+
 import contextlib
 import fcntl
 import io
@@ -54,8 +55,10 @@ def run_on_terminal(commands: list[list], env: dict) -> list[tuple[int, str, str
     command = [sys.executable, "-c", SEQUENCE, json.dumps([[str(a) for a in args] for args in commands])]
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    with open(os.devnull) as stdin, subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE,
-                                                     stderr=follower, env=env) as proc:
+    with (
+        open(os.devnull) as stdin,
+        subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=follower, env=env) as proc,
+    ):
         os.close(follower)
         chunks = []
         while True:
@@ -85,18 +88,38 @@ def _split(text: str, count: int) -> list[str]:
     return parts
 
 
-def test_on_a_terminal_training_cache_build_eval_and_predict_show_a_bar_and_piped_nothing(tiny_run, tiny_data,
-                                                                                         tmp_path):
+def test_on_a_terminal_training_cache_build_eval_and_predict_show_a_bar_and_piped_nothing(
+    tiny_run, tiny_data, tmp_path
+):
     """On a terminal: the decoded-cache build's bar and the live step bar of a bf16-autocast training (batch 4:
     9 steps), eval's and predict's bars; the bars on stderr only, and none when stderr is a pipe."""
     images = sorted(str(p) for p in tiny_data.rglob("*.jpg"))[:8]
-    (train, _, train_err), (eval_code, eval_out, eval_err), (predict_code, predict_out, predict_err) = \
-        run_on_terminal([["train", tiny_data, *TINY, "--batch-size", "4", "--epochs", "1", "--set", "train.amp=bf16",
-                          "--out", tmp_path / "run"],
-                         ["eval", tiny_run, tiny_data, "--out", tmp_path / "eval"],
-                         ["predict", tiny_run, *images, "--format", "json"]], terminal_env(tmp_path))
+    (train, _, train_err), (eval_code, eval_out, eval_err), (predict_code, predict_out, predict_err) = (
+        run_on_terminal(
+            [
+                [
+                    "train",
+                    tiny_data,
+                    *TINY,
+                    "--batch-size",
+                    "4",
+                    "--epochs",
+                    "1",
+                    "--set",
+                    "train.amp=bf16",
+                    "--out",
+                    tmp_path / "run",
+                ],
+                ["eval", tiny_run, tiny_data, "--out", tmp_path / "eval"],
+                ["predict", tiny_run, *images, "--format", "json"],
+            ],
+            terminal_env(tmp_path),
+        )
+    )
     assert train == 0, train_err
-    assert "cache build: 100%" in train_err and "33/33" in train_err  # the decoded cache of the 33 training images
+    assert (
+        "cache build: 100%" in train_err and "33/33" in train_err
+    )  # the decoded cache of the 33 training images
     assert "cpu bf16 channels_last" in train_err
     bar = [part for part in train_err.split("\r") if "epoch 1/1:" in part and "step" in part]
     assert bar and "img/s" in bar[-1] and "data wait" in bar[-1] and "lr " in bar[-1] and "<" in bar[-1]
@@ -107,7 +130,9 @@ def test_on_a_terminal_training_cache_build_eval_and_predict_show_a_bar_and_pipe
     assert "predict" in predict_err and "8/8" in predict_err
     assert predict_out.lstrip().startswith("[") and not any(mark in predict_out for mark in BAR_MARKS)
     piped = run_cli("predict", tiny_run, *images)  # stderr not a terminal (a pipe, a file): no bar
-    assert piped.returncode == 0 and not any(mark in piped.stderr + piped.stdout for mark in BAR_MARKS), piped.stderr
+    assert piped.returncode == 0 and not any(mark in piped.stderr + piped.stdout for mark in BAR_MARKS), (
+        piped.stderr
+    )
 
 
 def test_quiet_flag_and_environment_turn_bars_off(tiny_run, tiny_data, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ evidence that misled it (explain.py). Every number comes from the probabilities 
 calibrated with model.json's temperature (calibration.py); metrics.json's "calibration" holds the
 temperature and ECE/NLL before (raw softmax) and after.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,18 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.atomic import csv_text, write_atomic, write_text_atomic
-from ..utils.calibration import calibrated_probabilities, calibration_error
 from ..data.loader import build_loader
 from ..data.sources import Samples, load_eval_samples
 from ..errors import UserError
-from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..inference.explain import Explainer
 from ..inference.predictor import Predictor
+from ..utils.atomic import csv_text, write_atomic, write_text_atomic
+from ..utils.calibration import calibrated_probabilities, calibration_error
+from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_bar
 
-FIGURES = {"confusion": "confusion_matrix.png", "reliability": "reliability.png",
-           "wrong": "most_confident_wrong.png"}
+FIGURES = {
+    "confusion": "confusion_matrix.png",
+    "reliability": "reliability.png",
+    "wrong": "most_confident_wrong.png",
+}
 CONFUSION_CSV = "confusion_matrix.csv"
 # The heatmap draws at most this many classes (the most confused ones when there are more, said in its title
 # and in metrics.json's "confusion_figure"); confusion_matrix.csv always holds every class.
@@ -64,8 +68,9 @@ class Accumulator:
         hit = (probs.topk(self.k, dim=1).indices == labels[:, None]).any(dim=1)
         raw_confidence, raw_pred = calibrated_probabilities(logits).max(dim=1)
         np.add.at(self.confusion, (labels.numpy(), pred.numpy()), 1)
-        self.parts.append((labels.int(), index.int(), pred.int(), confidence, hit, raw_confidence,
-                           raw_pred == labels))
+        self.parts.append(
+            (labels.int(), index.int(), pred.int(), confidence, hit, raw_confidence, raw_pred == labels)
+        )
 
     def columns(self) -> dict[str, torch.Tensor]:
         """The per-image numbers of every batch so far, each one tensor (the batches joined once)."""
@@ -118,9 +123,17 @@ def _per_class(confusion: np.ndarray, classes: list[str]) -> dict:
     for i, name in enumerate(classes):
         precision = tp[i] / predicted[i] if predicted[i] else 0.0
         recall = tp[i] / support[i] if support[i] else None
-        f1 = None if recall is None else (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        table[name] = {"precision": float(precision), "recall": recall if recall is None else float(recall),
-                       "f1": f1 if f1 is None else float(f1), "support": int(support[i])}
+        f1 = (
+            None
+            if recall is None
+            else (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        )
+        table[name] = {
+            "precision": float(precision),
+            "recall": recall if recall is None else float(recall),
+            "f1": f1 if f1 is None else float(f1),
+            "support": int(support[i]),
+        }
     return table
 
 
@@ -130,7 +143,9 @@ def most_confused(confusion: np.ndarray, classes: list[str], k: int = 20) -> lis
     cells = cells[cells % (len(confusion) + 1) != 0]  # off the diagonal
     cells = cells[np.lexsort((cells, -confusion.flat[cells]))][:k]  # by count, ties in class order
     rows, cols = np.unravel_index(cells, confusion.shape)
-    return [{"true": classes[i], "pred": classes[j], "count": int(confusion[i, j])} for i, j in zip(rows, cols)]
+    return [
+        {"true": classes[i], "pred": classes[j], "count": int(confusion[i, j])} for i, j in zip(rows, cols)
+    ]
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
@@ -140,8 +155,9 @@ def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
     return acc.metrics(classes)
 
 
-def run_model(predictor: Predictor, samples: Samples, batch_size: int, num_workers: int,
-              acc: Accumulator) -> list:
+def run_model(
+    predictor: Predictor, samples: Samples, batch_size: int, num_workers: int, acc: Accumulator
+) -> list:
     """Stream samples through the model in its preprocessing into acc; the bad images (path, reason)."""
     loader = build_loader(samples, predictor.transform, batch_size, shuffle=False, num_workers=num_workers)
     bad = []
@@ -149,8 +165,11 @@ def run_model(predictor: Predictor, samples: Samples, batch_size: int, num_worke
         for batch in loader:
             bad += batch["bad"]
             if batch["images"] is not None:
-                acc.add(predictor.logits(batch["images"]), torch.as_tensor(batch["labels"]),
-                        torch.as_tensor(batch["index"]))
+                acc.add(
+                    predictor.logits(batch["images"]),
+                    torch.as_tensor(batch["labels"]),
+                    torch.as_tensor(batch["index"]),
+                )
             bar.update(len(batch["bad"]) + (len(batch["labels"]) if batch["images"] is not None else 0))
     return bad
 
@@ -161,10 +180,17 @@ def calibration_summary(acc: Accumulator, predictor: Predictor, metrics: dict) -
     c = acc.columns()
     ece_before, bins_before = calibration_error(c["raw_confidence"], c["raw_correct"])
     record = predictor.loaded.meta.get("calibration", {})
-    return {"temperature": predictor.temperature, "calibrated": bool(record.get("calibrated", False)),
-            "fitted_on": record.get("fitted_on"), "fitted_images": record.get("images"),
-            "ece_before": ece_before, "ece_after": metrics["ece"], "nll_before": acc.raw_nll_sum / metrics["images"],
-            "nll_after": metrics["nll"], "ece_bins_before": bins_before}
+    return {
+        "temperature": predictor.temperature,
+        "calibrated": bool(record.get("calibrated", False)),
+        "fitted_on": record.get("fitted_on"),
+        "fitted_images": record.get("images"),
+        "ece_before": ece_before,
+        "ece_after": metrics["ece"],
+        "nll_before": acc.raw_nll_sum / metrics["images"],
+        "nll_after": metrics["nll"],
+        "ece_bins_before": bins_before,
+    }
 
 
 def most_confident_wrong(acc: Accumulator, samples: Samples, classes: list[str], k: int) -> list[dict]:
@@ -172,8 +198,15 @@ def most_confident_wrong(acc: Accumulator, samples: Samples, classes: list[str],
     c = acc.columns()
     wrong = torch.nonzero(c["pred"] != c["labels"]).flatten()
     order = wrong[c["confidence"][wrong].argsort(descending=True, stable=True)][:k].tolist()
-    return [{"path": samples.paths[int(c["index"][i])], "true": classes[int(c["labels"][i])],
-             "pred": classes[int(c["pred"][i])], "prob": float(c["confidence"][i])} for i in order]
+    return [
+        {
+            "path": samples.paths[int(c["index"][i])],
+            "true": classes[int(c["labels"][i])],
+            "pred": classes[int(c["pred"][i])],
+            "prob": float(c["confidence"][i]),
+        }
+        for i in order
+    ]
 
 
 def write_tables(metrics: dict, confusion: np.ndarray, out: Path) -> None:
@@ -183,8 +216,11 @@ def write_tables(metrics: dict, confusion: np.ndarray, out: Path) -> None:
     per_class = [["class", "precision", "recall", "f1", "support"]]
     for c in classes:
         row = metrics["per_class"][c]
-        per_class.append([c] + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
-                         + [row["support"]])
+        per_class.append(
+            [c]
+            + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
+            + [row["support"]]
+        )
     write_text_atomic(out / "per_class.csv", csv_text(per_class))
 
     def rows(f) -> None:
@@ -195,6 +231,7 @@ def write_tables(metrics: dict, confusion: np.ndarray, out: Path) -> None:
             writer.writerow([name] + row.tolist())
         text.flush()
         text.detach()
+
     write_atomic(out / CONFUSION_CSV, rows, size_hint=confusion.size * 2)
 
 
@@ -207,21 +244,31 @@ def heatmap_classes(confusion: np.ndarray, classes: list[str], limit: int = HEAT
     caption, capped = f"all {len(seen)} classes present in the data or predicted", len(seen) > limit
     if capped:
         seen = np.sort(seen[np.lexsort((seen, -errors[seen]))][:limit])
-        caption = (f"the {limit} most confused of {len(classes)} classes (most images wrongly in or out of the "
-                   f"class); every class in {CONFUSION_CSV}")
-    return {"index": seen.tolist(), "classes": [classes[i] for i in seen], "of": len(classes), "capped": capped,
-            "caption": caption}
+        caption = (
+            f"the {limit} most confused of {len(classes)} classes (most images wrongly in or out of the "
+            f"class); every class in {CONFUSION_CSV}"
+        )
+    return {
+        "index": seen.tolist(),
+        "classes": [classes[i] for i in seen],
+        "of": len(classes),
+        "capped": capped,
+        "caption": caption,
+    }
 
 
 def explain_wrong(predictor: Predictor, wrong: list[dict]) -> list[np.ndarray | None]:
     """Each wrong image's model input beside its Grad-CAM for the predicted class (None: unreadable now)."""
-    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device,
-                          temperature=predictor.temperature)
+    explainer = Explainer(
+        predictor.model, predictor.loaded.preprocess, predictor.device, temperature=predictor.temperature
+    )
     index = {name: i for i, name in enumerate(predictor.classes)}
     views = []
     for item in wrong:
         image = predictor.load(item["path"])
-        views.append(None if isinstance(image, str) else explainer.explain(image, index[item["pred"]]).side_by_side())
+        views.append(
+            None if isinstance(image, str) else explainer.explain(image, index[item["pred"]]).side_by_side()
+        )
     return views
 
 
@@ -229,22 +276,44 @@ def write_figures(metrics: dict, confusion: np.ndarray, out: Path, wrong_views: 
     """The three eval PNGs; the heatmap shows heatmap_classes() (at most HEATMAP_MAX_CLASSES, coloured by the share
     of all the true class's images), recorded in metrics["confusion_figure"]; wrong_views (from explain_wrong) go
     into the sheet of the most confidently wrong images."""
-    from ..records.figures import confusion_heatmap, contact_sheet, reliability_diagram  # matplotlib: only here
+    from ..records.figures import (
+        confusion_heatmap,
+        contact_sheet,
+        reliability_diagram,
+    )  # matplotlib: only here
+
     shown = heatmap_classes(confusion, metrics["classes"])
     keep = shown.pop("index")
     metrics["confusion_figure"] = shown
-    title = (f"Confusion matrix: the {len(keep)} most confused of {shown['of']} classes (colour: share of the "
-             f"true class)" if shown["capped"] else "")
-    confusion_heatmap(confusion[np.ix_(keep, keep)], shown["classes"], out / FIGURES["confusion"], title,
-                              row_totals=confusion[keep].sum(axis=1))
-    reliability_diagram(metrics["ece_bins"], metrics["ece"], out / FIGURES["reliability"],
-                                metrics.get("calibration"))
+    title = (
+        f"Confusion matrix: the {len(keep)} most confused of {shown['of']} classes (colour: share of the "
+        f"true class)"
+        if shown["capped"]
+        else ""
+    )
+    confusion_heatmap(
+        confusion[np.ix_(keep, keep)],
+        shown["classes"],
+        out / FIGURES["confusion"],
+        title,
+        row_totals=confusion[keep].sum(axis=1),
+    )
+    reliability_diagram(
+        metrics["ece_bins"], metrics["ece"], out / FIGURES["reliability"], metrics.get("calibration")
+    )
     contact_sheet(metrics["most_confident_wrong"], out / FIGURES["wrong"], views=wrong_views)
     return dict(FIGURES)
 
 
-def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: dict, batch_size: int = 64,
-                     num_workers: int = -1, wrong_k: int = 18) -> dict:
+def evaluate_samples(
+    predictor: Predictor,
+    samples: Samples,
+    out: Path,
+    about: dict,
+    batch_size: int = 64,
+    num_workers: int = -1,
+    wrong_k: int = 18,
+) -> dict:
     """Evaluate already-labelled samples (in the model's class order); write every output into out."""
     if not len(samples):
         raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
@@ -257,8 +326,14 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
     metrics = acc.metrics(predictor.classes)
     metrics["calibration"] = calibration_summary(acc, predictor, metrics)
     metrics["most_confident_wrong"] = most_confident_wrong(acc, samples, predictor.classes, wrong_k)
-    metrics.update({"model": str(predictor.loaded.path), **about, "inference_precision": predictor.precision,
-                    "bad_images": [{"path": p, "reason": r} for p, r in bad]})
+    metrics.update(
+        {
+            "model": str(predictor.loaded.path),
+            **about,
+            "inference_precision": predictor.precision,
+            "bad_images": [{"path": p, "reason": r} for p, r in bad],
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_tables(metrics, acc.confusion, out)
     views = explain_wrong(predictor, metrics["most_confident_wrong"])
@@ -268,8 +343,14 @@ def evaluate_samples(predictor: Predictor, samples: Samples, out: Path, about: d
     return metrics
 
 
-def evaluate_model(model: str | os.PathLike, data: str, out_dir: str | os.PathLike | None = None,
-                   batch_size: int = 64, num_workers: int = -1, precision: str = "auto") -> dict:
+def evaluate_model(
+    model: str | os.PathLike,
+    data: str,
+    out_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    num_workers: int = -1,
+    precision: str = "auto",
+) -> dict:
     """Evaluate MODEL on DATA; write OUT (default: eval/ next to the model, i.e. RUN_DIR/eval).
 
     DATA's classes may be a subset of the model's; classes the model does not know are an error naming them.
@@ -280,4 +361,6 @@ def evaluate_model(model: str | os.PathLike, data: str, out_dir: str | os.PathLi
     predictor = Predictor(model, precision=precision)
     samples, split = load_eval_samples(data, predictor.classes)
     out = Path(out_dir) if out_dir else predictor.loaded.path.parent / "eval"
-    return evaluate_samples(predictor, samples, out, {"data": str(data), "split": split}, batch_size, num_workers)
+    return evaluate_samples(
+        predictor, samples, out, {"data": str(data), "split": split}, batch_size, num_workers
+    )

@@ -24,6 +24,7 @@ DATA; a row left with an empty label is an error naming its line, so delete the 
 Images that cannot be read are named on stderr, counted, and make the exit code 2 (as in `predict`); the
 CSV of the others is written all the same.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from ..utils.atomic import csv_text, write_text_atomic
 from ..errors import UserError
-from ..utils.hardware import usable_cores
 from ..inference.predictor import Predictor, expand_inputs
+from ..utils.atomic import csv_text, write_text_atomic
+from ..utils.hardware import usable_cores
 from ..utils.progress import progress_bar
 
 SCORES = ("margin", "entropy")
@@ -51,6 +52,7 @@ class Scored:
     """The model's view of a set of images: the good paths with each one's top-1 class, its probability and
     its uncertainty score, the --diverse candidates (row indices, most uncertain first, and their pooled
     features; empty without --diverse), and the bad files with their reasons."""
+
     paths: list[str]
     guess: torch.Tensor
     guess_prob: torch.Tensor
@@ -78,7 +80,7 @@ class TopPool:
 
     def _best(self, sort_by_row: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, scores, features = (torch.cat(t) for t in zip(*self.parts))
-        keep = torch.sort(-scores, stable=True).indices[:self.size]  # parts are in row order: ties keep it
+        keep = torch.sort(-scores, stable=True).indices[: self.size]  # parts are in row order: ties keep it
         if sort_by_row:
             keep = keep.sort().values
         return rows[keep], scores[keep], features[keep]
@@ -123,8 +125,9 @@ def diverse_picks(limit: int | None) -> int:
     return DIVERSE_PICKS if limit is None else limit
 
 
-def pick_order(score: torch.Tensor, limit: int | None,
-               pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[int]:
+def pick_order(
+    score: torch.Tensor, limit: int | None, pool: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> list[int]:
     """Row indices in the order to label: most uncertain first; or, given the --diverse pool (its rows most
     uncertain first, and their features: TopPool.result), k-center greedy's diverse_picks(limit) picks from
     it, then (without limit) every other row, most uncertain first."""
@@ -134,8 +137,11 @@ def pick_order(score: torch.Tensor, limit: int | None,
     if pool is None:
         return by_score[:count].tolist()
     rows, features = pool
-    chosen = [int(rows[i]) for i in k_center_greedy(features, 0, min(diverse_picks(limit), len(rows)))] \
-        if len(rows) else []
+    chosen = (
+        [int(rows[i]) for i in k_center_greedy(features, 0, min(diverse_picks(limit), len(rows)))]
+        if len(rows)
+        else []
+    )
     if limit is not None:
         return chosen
     picked = torch.zeros(len(score), dtype=torch.bool)
@@ -144,28 +150,36 @@ def pick_order(score: torch.Tensor, limit: int | None,
 
 
 @torch.inference_mode()
-def probabilities_and_features(predictor: Predictor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def probabilities_and_features(
+    predictor: Predictor, batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and pooled penultimate features of a preprocessed batch, in the Predictor's
     precision (one forward gives both)."""
     model = predictor.model
     batch = batch.to(predictor.device, memory_format=predictor.memory_format)
-    with torch.autocast(predictor.device.type, dtype=predictor.amp_dtype or torch.bfloat16,
-                        enabled=predictor.amp_dtype is not None):
+    with torch.autocast(
+        predictor.device.type,
+        dtype=predictor.amp_dtype or torch.bfloat16,
+        enabled=predictor.amp_dtype is not None,
+    ):
         features = model.forward_head(model.forward_features(batch), pre_logits=True)
         logits = model.get_classifier()(features)
     return logits.float().softmax(dim=1).cpu(), features.float().cpu()
 
 
-def score_images(predictor: Predictor, paths: list[str], batch_size: int, by: str, pool_size: int | None
-                 ) -> Scored:
+def score_images(
+    predictor: Predictor, paths: list[str], batch_size: int, by: str, pool_size: int | None
+) -> Scored:
     """Decode (a few threads) and score paths in batches, keeping the features of the pool_size most uncertain
     (None: none); unreadable files go to Scored.bad."""
     good, guesses, probs, scores, bad = [], [], [], [], []
     top = TopPool(pool_size or 0)
-    with ThreadPoolExecutor(max(1, min(4, usable_cores()))) as threads, \
-            progress_bar(len(paths), "rank") as bar:
+    with (
+        ThreadPoolExecutor(max(1, min(4, usable_cores()))) as threads,
+        progress_bar(len(paths), "rank") as bar,
+    ):
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
+            chunk = paths[start : start + batch_size]
             tensors = []
             for path, item in zip(chunk, threads.map(predictor.load, chunk)):
                 if isinstance(item, str):
@@ -200,8 +214,16 @@ def manifest_rows(scored: Scored, order: list[int], classes: list[str], csv_dir:
     return rows
 
 
-def run_rank(model: str, folder: str, out: str, by: str = "margin", diverse: bool = False,
-             limit: int | None = None, batch_size: int = 32, precision: str = "auto") -> int:
+def run_rank(
+    model: str,
+    folder: str,
+    out: str,
+    by: str = "margin",
+    diverse: bool = False,
+    limit: int | None = None,
+    batch_size: int = 32,
+    precision: str = "auto",
+) -> int:
     """`resnetcls rank`: write the ranked manifest to out; exit 2 when any image could not be read."""
     if by not in SCORES:
         raise UserError(f"--by {by!r}: expected one of {', '.join(SCORES)}")
@@ -226,9 +248,13 @@ def run_rank(model: str, folder: str, out: str, by: str = "margin", diverse: boo
     how = "most uncertain first"
     if diverse:
         picks = min(diverse_picks(limit), len(scored.paths))
-        how = (f"k-center greedy: {picks} picks among the {min(pool_size, len(scored.paths))} most uncertain"
-               + ("" if limit is not None else ", then the rest most uncertain first"))
-    print(f"ranked {len(scored.paths)} images by {by} ({how}); wrote {len(order)} rows to {out_path}"
-          + (f"; {len(scored.bad)} of {len(paths)} images could not be read" if scored.bad else ""),
-          file=sys.stderr)
+        how = (
+            f"k-center greedy: {picks} picks among the {min(pool_size, len(scored.paths))} most uncertain"
+            + ("" if limit is not None else ", then the rest most uncertain first")
+        )
+    print(
+        f"ranked {len(scored.paths)} images by {by} ({how}); wrote {len(order)} rows to {out_path}"
+        + (f"; {len(scored.bad)} of {len(paths)} images could not be read" if scored.bad else ""),
+        file=sys.stderr,
+    )
     return 2 if scored.bad else 0

@@ -7,6 +7,7 @@ of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report o
 by any column: every class up to PER_CLASS_ROWS, else the worst and the best by F1, every class being in
 eval/per_class.csv), the resolved config and the environment.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.atomic import write_text_atomic
 from ..config import config_from_dict, load_yaml
 from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
 from ..engine.prepare import DataPipeline
-from ..records.envinfo import provenance
 from ..errors import UserError
-from .evaluate import evaluate_samples
 from ..inference.predictor import Predictor
+from ..records.envinfo import provenance
+from ..utils.atomic import write_text_atomic
+from .evaluate import evaluate_samples
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;
@@ -110,14 +111,18 @@ def read_records(run_dir: Path) -> tuple[list[dict], dict]:
 
 
 def _cards(items: list[tuple[str, object]]) -> str:
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><b>{_fmt(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><b>{_fmt(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items)
+        + "</div>"
+    )
 
 
 def _curves_section(run_dir: Path, epochs: list[dict]) -> str:
     if not epochs:
         return "<h2>Training curves</h2><p>No epochs logged in metrics.jsonl.</p>"
     from ..records.figures import training_curves
+
     path = training_curves(epochs, run_dir / "curves.png")
     return "<h2>Training curves</h2>" + _img(path, "curves", "loss, top-1 and learning rate per epoch")
 
@@ -130,7 +135,9 @@ def augmented_batch(run_dir: Path, train_samples: Samples, count: int = 16) -> t
     erasing, jitter and Mixup/CutMix, un-normalised back to (N, H, W, 3) uint8, with each image's target
     ("class", or "class 0.70 +" and "other 0.30" on two lines for a soft one)."""
     cfg = config_from_dict(load_yaml(run_dir / "config.yaml"))
-    pipeline = DataPipeline(dataclasses.replace(cfg.data, num_workers=0), min(count, len(train_samples)), True)
+    pipeline = DataPipeline(
+        dataclasses.replace(cfg.data, num_workers=0), min(count, len(train_samples)), True
+    )
     sampler = ResumableSampler(train_samples.labels, cfg.data.sampler, cfg.train.seed)
     loader = pipeline.train_loader(train_samples, sampler, cfg.train.seed)
     batch = next(b for b in loader if b["images"] is not None)
@@ -153,12 +160,15 @@ def augmented_batch(run_dir: Path, train_samples: Samples, count: int = 16) -> t
 def write_augmented_batch(run_dir: str | os.PathLike, train_samples: Samples, count: int = 16) -> Path:
     """RUN_DIR/augmented_batch.png: augmented_batch() as a grid, which the report shows."""
     from ..records.figures import image_grid
+
     run_dir = Path(run_dir)
     pixels, captions = augmented_batch(run_dir, train_samples, count)
     d = config_from_dict(load_yaml(run_dir / "config.yaml")).data
-    title = (f"Training images as the model sees them (data.augment={d.augment}, "
-             f"random_erasing={d.random_erasing:g}, mixup={d.mixup:g}, cutmix={d.cutmix:g}, "
-             f"color_jitter={d.color_jitter:g})")
+    title = (
+        f"Training images as the model sees them (data.augment={d.augment}, "
+        f"random_erasing={d.random_erasing:g}, mixup={d.mixup:g}, cutmix={d.cutmix:g}, "
+        f"color_jitter={d.color_jitter:g})"
+    )
     return image_grid(pixels, captions, run_dir / AUGMENTED_PNG, title)
 
 
@@ -166,7 +176,9 @@ def _augmented_section(run_dir: Path) -> str:
     path = run_dir / AUGMENTED_PNG
     if not path.is_file():
         return ""
-    return "<h2>Training images as the model sees them</h2>" + _img(path, "augmented", "an augmented training batch")
+    return "<h2>Training images as the model sees them</h2>" + _img(
+        path, "augmented", "an augmented training batch"
+    )
 
 
 def _lr_find_section(run_dir: Path) -> str:
@@ -182,9 +194,11 @@ def _lr_find_section(run_dir: Path) -> str:
     settings = c.get("settings") if isinstance(c.get("settings"), dict) else {}
     swept = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items())
     fig = _img(png, "lr-find", "LR range test: training loss against learning rate") if png.is_file() else ""
-    return (f"<h2>Learning-rate range test</h2><p id='lr-suggestion'>suggested lr <b>{lr:.3g}</b> "
-            f"(rule: {html.escape(rule)}); {len(points)} steps, {html.escape(str(c.get('stopped', '')))}</p>"
-            f"<p class='sub'>{html.escape(swept)}</p>{fig}")
+    return (
+        f"<h2>Learning-rate range test</h2><p id='lr-suggestion'>suggested lr <b>{lr:.3g}</b> "
+        f"(rule: {html.escape(rule)}); {len(points)} steps, {html.escape(str(c.get('stopped', '')))}</p>"
+        f"<p class='sub'>{html.escape(swept)}</p>{fig}"
+    )
 
 
 # Above this many classes the per-class table shows the worst and best classes by F1 (half each); per_class.csv
@@ -194,15 +208,27 @@ PER_CLASS_ROWS = 50
 
 def _class_rows(m: dict, names: list[str]) -> str:
     cols = ("precision", "recall", "f1", "support")
-    return "".join("<tr>" + f"<td>{html.escape(name)}</td>" + "".join(
-        f"<td>{_fmt(m['per_class'][name][c])}</td>" for c in cols) + "</tr>" for name in names)
+    return "".join(
+        "<tr>"
+        + f"<td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_fmt(m['per_class'][name][c])}</td>" for c in cols)
+        + "</tr>"
+        for name in names
+    )
 
 
 def _class_table(table_id: str, rows: str) -> str:
-    cols = [("class", "class"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
-            ("support", "support")]
+    cols = [
+        ("class", "class"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("f1", "F1"),
+        ("support", "support"),
+    ]
     head = "".join(f'<th data-col="{c}">{label}</th>' for c, label in cols)
-    return f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    return (
+        f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    )
 
 
 def _per_class_table(m: dict) -> str:
@@ -210,31 +236,53 @@ def _per_class_table(m: dict) -> str:
     and the highest F1, each a sortable table, with every class in per_class.csv."""
     names = list(m["per_class"])
     if len(names) <= PER_CLASS_ROWS:
-        return ('<h3>Per class</h3><p class="sub">Click a column to sort.</p>'
-                + _class_table("per-class", _class_rows(m, names)))
+        return '<h3>Per class</h3><p class="sub">Click a column to sort.</p>' + _class_table(
+            "per-class", _class_rows(m, names)
+        )
     scored = sorted((row["f1"], name) for name, row in m["per_class"].items() if row["f1"] is not None)
     note = f'<h3>Per class</h3><p class="sub" id="per-class-note">{len(names)} classes ({len(scored)} in the data): '
     if len(scored) <= PER_CLASS_ROWS:
-        return (note + "those in the data, lowest F1 first; every class in eval/per_class.csv. Click a column to "
-                "sort.</p>" + _class_table("per-class", _class_rows(m, [n for _, n in scored])))
+        return (
+            note + "those in the data, lowest F1 first; every class in eval/per_class.csv. Click a column to "
+            "sort.</p>" + _class_table("per-class", _class_rows(m, [n for _, n in scored]))
+        )
     half = PER_CLASS_ROWS // 2
     worst, best = [n for _, n in scored[:half]], [n for _, n in scored[::-1][:half]]
-    return (note + f"the {len(worst)} with the lowest F1 and the {len(best)} with the highest; every class in "
-            f"eval/per_class.csv. Click a column to sort.</p><div class='figs'><div><h4>Lowest F1</h4>"
-            + _class_table("per-class-worst", _class_rows(m, worst)) + "</div><div><h4>Highest F1</h4>"
-            + _class_table("per-class-best", _class_rows(m, best)) + "</div></div>")
+    return (
+        note + f"the {len(worst)} with the lowest F1 and the {len(best)} with the highest; every class in "
+        f"eval/per_class.csv. Click a column to sort.</p><div class='figs'><div><h4>Lowest F1</h4>"
+        + _class_table("per-class-worst", _class_rows(m, worst))
+        + "</div><div><h4>Highest F1</h4>"
+        + _class_table("per-class-best", _class_rows(m, best))
+        + "</div></div>"
+    )
 
 
 def _calibration_part(c: dict | None) -> str:
     """Temperature scaling's effect on the evaluated data (the reliability figure draws both curves)."""
     if not c or not c.get("calibrated"):
-        return ("<h3 id='calibration'>Calibration</h3><p>Not calibrated: probabilities are the raw softmax "
-                "(temperature 1).</p>") if c else ""
-    return (f"<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
-            f"on {html.escape(str(c.get('fitted_images')))} {html.escape(str(c.get('fitted_on')))} images by NLL; "
-            "on this data:</p>" + _cards([("temperature", c["temperature"]), ("ECE before", c["ece_before"]),
-                                          ("ECE after", c["ece_after"]), ("NLL before", c["nll_before"]),
-                                          ("NLL after", c["nll_after"])]))
+        return (
+            (
+                "<h3 id='calibration'>Calibration</h3><p>Not calibrated: probabilities are the raw softmax "
+                "(temperature 1).</p>"
+            )
+            if c
+            else ""
+        )
+    return (
+        f"<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
+        f"on {html.escape(str(c.get('fitted_images')))} {html.escape(str(c.get('fitted_on')))} images by NLL; "
+        "on this data:</p>"
+        + _cards(
+            [
+                ("temperature", c["temperature"]),
+                ("ECE before", c["ece_before"]),
+                ("ECE after", c["ece_after"]),
+                ("NLL before", c["nll_before"]),
+                ("NLL after", c["nll_after"]),
+            ]
+        )
+    )
 
 
 def _confusion_caption(shown: dict | None) -> str:
@@ -242,38 +290,69 @@ def _confusion_caption(shown: dict | None) -> str:
     if not shown:
         return ""
     names = ", ".join(shown["classes"]) if shown.get("capped") else ""
-    return (f"<p class='sub' id='confusion-caption'>Confusion matrix: {html.escape(shown['caption'])}"
-            + (f". Shown: {html.escape(names)}" if names else "") + ".</p>")
+    return (
+        f"<p class='sub' id='confusion-caption'>Confusion matrix: {html.escape(shown['caption'])}"
+        + (f". Shown: {html.escape(names)}" if names else "")
+        + ".</p>"
+    )
 
 
 def _eval_section(eval_dir: Path) -> str:
     path = eval_dir / "metrics.json"
     if not path.is_file():
-        return ("<h2>Evaluation</h2><p>No evaluation yet: run <code>resnetcls eval RUN_DIR DATA</code> "
-                "(it writes RUN_DIR/eval/), then <code>resnetcls report RUN_DIR</code>.</p>")
+        return (
+            "<h2>Evaluation</h2><p>No evaluation yet: run <code>resnetcls eval RUN_DIR DATA</code> "
+            "(it writes RUN_DIR/eval/), then <code>resnetcls report RUN_DIR</code>.</p>"
+        )
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable evaluation: {e}") from None
-    parts = [f"<h2>Evaluation</h2><p class='sub'>{m['images']} images of {html.escape(str(m.get('data')))} "
-             f"(split: {html.escape(str(m.get('split')))}), model {html.escape(str(m.get('model')))}</p>",
-             _cards([("top-1", m["top1"]), (f"top-{m.get('top5_k', 5)}", m["top5"]),
-                     ("balanced accuracy", m["balanced_accuracy"]), ("macro precision", m["macro_precision"]),
-                     ("macro recall", m["macro_recall"]), ("macro F1", m["macro_f1"]), ("ECE", m["ece"]),
-                     ("NLL", m["nll"])]), _calibration_part(m.get("calibration"))]
-    figs = [("confusion", "confusion_matrix.png", "confusion matrix"),
-            ("reliability", "reliability.png", "reliability diagram"),
-            ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM")]
-    shown = [_img(eval_dir / name, f"fig-{key}", alt) for key, name, alt in figs if (eval_dir / name).is_file()]
-    parts.append('<div class="figs">' + "".join(shown) + "</div>" + _confusion_caption(m.get("confusion_figure")))
+    parts = [
+        f"<h2>Evaluation</h2><p class='sub'>{m['images']} images of {html.escape(str(m.get('data')))} "
+        f"(split: {html.escape(str(m.get('split')))}), model {html.escape(str(m.get('model')))}</p>",
+        _cards(
+            [
+                ("top-1", m["top1"]),
+                (f"top-{m.get('top5_k', 5)}", m["top5"]),
+                ("balanced accuracy", m["balanced_accuracy"]),
+                ("macro precision", m["macro_precision"]),
+                ("macro recall", m["macro_recall"]),
+                ("macro F1", m["macro_f1"]),
+                ("ECE", m["ece"]),
+                ("NLL", m["nll"]),
+            ]
+        ),
+        _calibration_part(m.get("calibration")),
+    ]
+    figs = [
+        ("confusion", "confusion_matrix.png", "confusion matrix"),
+        ("reliability", "reliability.png", "reliability diagram"),
+        ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM"),
+    ]
+    shown = [
+        _img(eval_dir / name, f"fig-{key}", alt) for key, name, alt in figs if (eval_dir / name).is_file()
+    ]
+    parts.append(
+        '<div class="figs">' + "".join(shown) + "</div>" + _confusion_caption(m.get("confusion_figure"))
+    )
     if m.get("most_confused"):
-        parts.append("<h3>Most confused pairs</h3><table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
-                     + "".join(f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['pred'])}</td>"
-                               f"<td>{p['count']}</td></tr>" for p in m["most_confused"][:10]) + "</table>")
+        parts.append(
+            "<h3>Most confused pairs</h3><table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
+            + "".join(
+                f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['pred'])}</td>"
+                f"<td>{p['count']}</td></tr>"
+                for p in m["most_confused"][:10]
+            )
+            + "</table>"
+        )
     parts.append(_per_class_table(m))
     if m.get("bad_images"):
-        parts.append(f"<p class='warn'>{len(m['bad_images'])} unreadable images skipped: "
-                     + html.escape(", ".join(b["path"] for b in m["bad_images"][:20])) + "</p>")
+        parts.append(
+            f"<p class='warn'>{len(m['bad_images'])} unreadable images skipped: "
+            + html.escape(", ".join(b["path"] for b in m["bad_images"][:20]))
+            + "</p>"
+        )
     return "".join(parts)
 
 
@@ -286,16 +365,38 @@ def _lifelong_section(run_dir: Path) -> str:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable lifelong metrics: {e}") from None
-    keys = ["ACC", "BWT", "FWT", "overall", "overall_vs_joint", "A", "REM", "BWT_plus", "FWT_dr", "gap_to_joint", "buffer_images", "buffer_mb",
-            "model_params", "model_mb", "train_seconds", "inference_ms_per_image"]
+    keys = [
+        "ACC",
+        "BWT",
+        "FWT",
+        "overall",
+        "overall_vs_joint",
+        "A",
+        "REM",
+        "BWT_plus",
+        "FWT_dr",
+        "gap_to_joint",
+        "buffer_images",
+        "buffer_mb",
+        "model_params",
+        "model_mb",
+        "train_seconds",
+        "inference_ms_per_image",
+    ]
     rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in keys if k in m)
-    tasks = "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(s)}</td><td>{_fmt(f)}</td></tr>" for n, s, f in
-                    zip(m["task_names"], m["train_seconds_per_task"], m.get("forgetting", []) + [None] * 99))
+    tasks = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{_fmt(s)}</td><td>{_fmt(f)}</td></tr>"
+        for n, s, f in zip(
+            m["task_names"], m["train_seconds_per_task"], m.get("forgetting", []) + [None] * 99
+        )
+    )
     fig = _img(run_dir / "R.png", "lifelong-R", "accuracy matrix R") if (run_dir / "R.png").is_file() else ""
-    return (f"<h2>Lifelong: {html.escape(str(m['strategy']))} over {len(m['task_names'])} tasks</h2>"
-            f"<div class='figs'>{fig}<table id='lifelong-metrics'>{rows}</table>"
-            f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>"
-            + _matrix_table(m))
+    return (
+        f"<h2>Lifelong: {html.escape(str(m['strategy']))} over {len(m['task_names'])} tasks</h2>"
+        f"<div class='figs'>{fig}<table id='lifelong-metrics'>{rows}</table>"
+        f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>"
+        + _matrix_table(m)
+    )
 
 
 def _matrix_table(m: dict) -> str:
@@ -303,55 +404,90 @@ def _matrix_table(m: dict) -> str:
     names = m["task_names"]
     after = ["before"] + (names if m.get("strategy") != "joint" else ["joint"])
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    body = "".join(f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{_fmt(float(v))}</td>" for v in row) + "</tr>"
-                   for a, row in zip(after, [m["b"], *m["R"]]))
+    body = "".join(
+        f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{_fmt(float(v))}</td>" for v in row) + "</tr>"
+        for a, row in zip(after, [m["b"], *m["R"]])
+    )
     return f"<table id='lifelong-R-matrix'><tr><th>after \\ on</th>{head}</tr>{body}</table>"
 
 
 def _env_section(run_dir: Path, summary: dict) -> str:
     def table(d: dict) -> str:
-        return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
-                                   for k, v in d.items() if k not in ("kind", "time")) + "</table>"
+        return (
+            "<table>"
+            + "".join(
+                f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
+                for k, v in d.items()
+                if k not in ("kind", "time")
+            )
+            + "</table>"
+        )
+
     config = run_dir / "config.yaml"
     text = config.read_text(encoding="utf-8") if config.is_file() else "(config.yaml missing)"
     try:
         trained_on = json.loads((run_dir / "environment.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         trained_on = {}
-    trained = table(trained_on) if isinstance(trained_on, dict) and trained_on else "<p>no environment.json</p>"
-    return (f"<h2>Config</h2><pre id='config'>{html.escape(text)}</pre><h2>Environment</h2><div class='figs'>"
-            f"<div><h3>Training run</h3>{table(summary) if summary else '<p>no summary logged</p>'}</div>"
-            f"<div><h3>Trained on</h3>{trained}</div>"
-            f"<div><h3>Report generated with</h3>{table(provenance())}</div></div>")
+    trained = (
+        table(trained_on) if isinstance(trained_on, dict) and trained_on else "<p>no environment.json</p>"
+    )
+    return (
+        f"<h2>Config</h2><pre id='config'>{html.escape(text)}</pre><h2>Environment</h2><div class='figs'>"
+        f"<div><h3>Training run</h3>{table(summary) if summary else '<p>no summary logged</p>'}</div>"
+        f"<div><h3>Trained on</h3>{trained}</div>"
+        f"<div><h3>Report generated with</h3>{table(provenance())}</div></div>"
+    )
 
 
-def write_report(run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1) -> Path:
+def write_report(
+    run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1
+) -> Path:
     """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into RUN_DIR/eval."""
     run_dir = Path(run_dir)
     is_run = (run_dir / "metrics.jsonl").is_file() or (run_dir / "config.yaml").is_file()
     if not is_run and not (run_dir / "lr_find.json").is_file():
-        raise UserError(f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml) nor an lr-find "
-                        f"folder (no lr_find.json)")
+        raise UserError(
+            f"{run_dir}: not a run directory (no metrics.jsonl or config.yaml) nor an lr-find "
+            f"folder (no lr_find.json)"
+        )
     if eval_samples is not None and len(eval_samples):
-        evaluate_samples(Predictor(run_dir), eval_samples, run_dir / "eval",
-                         {"data": "the run's validation split", "split": "val"}, num_workers=num_workers)
+        evaluate_samples(
+            Predictor(run_dir),
+            eval_samples,
+            run_dir / "eval",
+            {"data": "the run's validation split", "split": "val"},
+            num_workers=num_workers,
+        )
     epochs, summary = read_records(run_dir)
-    headline = [("epochs", len(epochs))] + [(k.replace("_", " "), summary[k]) for k in
-                                             ("best_val_top1", "best_epoch", "seconds") if k in summary]
-    body = (f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
-            f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
-            + (_cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs) if is_run else "")
-            + _lr_find_section(run_dir)
-            + (_augmented_section(run_dir) + _eval_section(run_dir / "eval") + _env_section(run_dir, summary)
-               if is_run else ""))
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
-            f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
-            f"<script>{SCRIPT}</script></body></html>\n")
+    headline = [("epochs", len(epochs))] + [
+        (k.replace("_", " "), summary[k]) for k in ("best_val_top1", "best_epoch", "seconds") if k in summary
+    ]
+    body = (
+        f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
+        f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
+        + (_cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs) if is_run else "")
+        + _lr_find_section(run_dir)
+        + (
+            _augmented_section(run_dir) + _eval_section(run_dir / "eval") + _env_section(run_dir, summary)
+            if is_run
+            else ""
+        )
+    )
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>resnetcls report: "
+        f"{html.escape(run_dir.resolve().name)}</title><style>{STYLE}</style></head><body>{body}"
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
     return write_text_atomic(run_dir / "report.html", page)
 
 
-def write_training_report(run_dir: str | os.PathLike, val_samples: Samples, num_workers: int = -1,
-                          train_samples: Samples | None = None) -> Path:
+def write_training_report(
+    run_dir: str | os.PathLike,
+    val_samples: Samples,
+    num_workers: int = -1,
+    train_samples: Samples | None = None,
+) -> Path:
     """The report at the end of `train`: evaluate best/ on the run's validation samples into RUN_DIR/eval,
     draw a batch of train_samples as the model saw them (RUN_DIR/augmented_batch.png), then write
     report.html and say where both are (stderr).

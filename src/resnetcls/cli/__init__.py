@@ -4,6 +4,7 @@ Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 inte
 parsers.py declares the subcommands and their flags; commands.py holds one cmd_* per subcommand, each importing
 its library inside the function, so `resnetcls --help` and a usage error answer without loading torch.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,10 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as e:
         from ..utils.atomic import DISK_FULL
+
         if e.errno not in DISK_FULL:  # anything else is unexpected: exit 1 with the traceback
             raise
-        print(f"resnetcls: error: {e.filename or 'a file'}: no space left on the device; free some space",
-              file=sys.stderr)
+        print(
+            f"resnetcls: error: {e.filename or 'a file'}: no space left on the device; free some space",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -4,6 +4,7 @@ Unknown keys and wrong types are UserErrors that name the key (and the closest v
 dataclasses, checks.py the ranges and choices. Functions elsewhere take the sub-config they need (cfg.data,
 cfg.optim, ...), never the whole tree.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,13 +20,49 @@ import yaml
 from ..errors import UserError
 from ..utils.redact import mask_secrets
 from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_config
-from .schema import (CkptConfig, Config, DataConfig, EvalConfig, LifelongConfig, LogConfig, LossConfig, ModelConfig,
-                     OptimConfig, SchedConfig, TrainConfig, config_to_dict, flatten)
+from .schema import (
+    CkptConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    LifelongConfig,
+    LogConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    SchedConfig,
+    TrainConfig,
+    config_to_dict,
+    flatten,
+)
 
-__all__ = ["CHOICES", "CkptConfig", "Config", "DataConfig", "EvalConfig", "ExplicitSettings", "LifelongConfig",
-           "LogConfig", "LossConfig", "ModelConfig", "OptimConfig", "RANGES", "SIZE_OR_ZERO", "SchedConfig",
-           "TrainConfig", "build_config", "config_from_dict", "config_to_dict", "dump_yaml", "explicit_settings",
-           "load_yaml", "parse_duration", "result_affecting_changes", "set_value", "validate_config"]
+__all__ = [
+    "CHOICES",
+    "CkptConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ExplicitSettings",
+    "LifelongConfig",
+    "LogConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RANGES",
+    "SIZE_OR_ZERO",
+    "SchedConfig",
+    "TrainConfig",
+    "build_config",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_yaml",
+    "explicit_settings",
+    "load_yaml",
+    "parse_duration",
+    "result_affecting_changes",
+    "set_value",
+    "validate_config",
+]
 
 
 def _all_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -63,7 +100,9 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
         return str(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise UserError(f"{source}: config key {key!r} expects {expected.__name__}, got {mask_secrets(repr(value))}")
+    raise UserError(
+        f"{source}: config key {key!r} expects {expected.__name__}, got {mask_secrets(repr(value))}"
+    )
 
 
 def set_value(cfg: Config, key: str, value: Any, source: str = "--set") -> None:
@@ -76,8 +115,11 @@ def set_value(cfg: Config, key: str, value: Any, source: str = "--set") -> None:
             raise _unknown_key(key, cfg, source)
         node = child
     leaf = parts[-1]
-    if not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)} \
-            or dataclasses.is_dataclass(getattr(node, leaf)):
+    if (
+        not dataclasses.is_dataclass(node)
+        or leaf not in {f.name for f in dataclasses.fields(node)}
+        or dataclasses.is_dataclass(getattr(node, leaf))
+    ):
         raise _unknown_key(key, cfg, source)
     setattr(node, leaf, _coerce(key, value, getattr(node, leaf), source))
 
@@ -108,8 +150,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def build_config(config_file: str | None = None, overrides: typing.Sequence[str] = (),
-                 flags: dict[str, Any] | None = None, base: dict | None = None) -> Config:
+def build_config(
+    config_file: str | None = None,
+    overrides: typing.Sequence[str] = (),
+    flags: dict[str, Any] | None = None,
+    base: dict | None = None,
+) -> Config:
     """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None).
 
     base, when given (a run's saved config, for `train --resume RUN_DIR` without DATA), replaces the defaults.
@@ -137,8 +183,9 @@ class ExplicitSettings:
     keys: frozenset = frozenset()
 
 
-def explicit_settings(config_file: str | None = None, overrides: typing.Sequence[str] = (),
-                      flags: dict[str, Any] | None = None) -> ExplicitSettings:
+def explicit_settings(
+    config_file: str | None = None, overrides: typing.Sequence[str] = (), flags: dict[str, Any] | None = None
+) -> ExplicitSettings:
     """The keys build_config(config_file, overrides, flags) sets explicitly (flags that are None are not set):
     the one place the CLI, and later a Python API, tells train() what the user chose."""
     keys = {parse_override(text)[0] for text in overrides}
@@ -159,9 +206,20 @@ def dump_yaml(cfg: Config) -> str:
 
 # Keys that may differ between a run and its resumption without changing what it computes (a resumed run
 # never re-picks its recipe, whatever train.auto_recipe says; eval.* is what happens after the last epoch).
-RESUME_SAFE_KEYS = ("train.device", "train.compile", "train.auto_recipe", "train.dist_timeout_s",
-                    "data.num_workers", "data.on_bad", "data.cache_max_gb", "data.worker_start", "train.nonfinite",
-                    "ckpt.", "log.", "eval.")
+RESUME_SAFE_KEYS = (
+    "train.device",
+    "train.compile",
+    "train.auto_recipe",
+    "train.dist_timeout_s",
+    "data.num_workers",
+    "data.on_bad",
+    "data.cache_max_gb",
+    "data.worker_start",
+    "train.nonfinite",
+    "ckpt.",
+    "log.",
+    "eval.",
+)
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:

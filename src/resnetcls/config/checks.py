@@ -1,11 +1,20 @@
 """Range, choice and duration checks on a built configuration: each problem names the key, its value and
 what is allowed."""
+
 from __future__ import annotations
 
 import re
 
 from ..errors import UserError
-from ..utils.limits import MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number, rgb_problem
+from ..utils.limits import (
+    MAX_IMAGE_SIZE,
+    MAX_WIDTH,
+    MEAN_RANGE,
+    MIN_IMAGE_SIZE,
+    STD_RANGE,
+    is_finite_number,
+    rgb_problem,
+)
 from .schema import Config, config_to_dict, flatten
 
 _BIG = 2**31 - 1
@@ -49,14 +58,18 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
-CHOICES = {"train.nonfinite": ("stop", "skip"), "data.worker_start": ("auto", "fork", "spawn"),
-           "data.cache_format": ("auto", "decoded", "compressed"),
-           "data.interpolation": ("nearest", "bilinear", "bicubic"),
-           "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
-           "data.augment_on": ("auto", "host", "device"),
-           "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
-           "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
-           "log.wandb_mode": ("offline", "online", "disabled"), "log.on_tracker_error": ("stop", "warn")}
+CHOICES = {
+    "train.nonfinite": ("stop", "skip"),
+    "data.worker_start": ("auto", "fork", "spawn"),
+    "data.cache_format": ("auto", "decoded", "compressed"),
+    "data.interpolation": ("nearest", "bilinear", "bicubic"),
+    "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
+    "data.augment_on": ("auto", "host", "device"),
+    "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
+    "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
+    "log.wandb_mode": ("offline", "online", "disabled"),
+    "log.on_tracker_error": ("stop", "warn"),
+}
 
 
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -89,11 +102,16 @@ def validate_config(cfg: Config) -> Config:
     """Range checks after the type checks of set_value: every numeric key within sane bounds, mean/std three
     finite numbers (std > 0), enumerations known. Raises UserError naming the key, the value and the range."""
     flat = flatten(config_to_dict(cfg))
-    problems = [f"{key}={flat[key]!r}: {_range_problem(flat[key], *bounds)}" for key, bounds in RANGES.items()
-                if _range_problem(flat[key], *bounds)]
+    problems = [
+        f"{key}={flat[key]!r}: {_range_problem(flat[key], *bounds)}"
+        for key, bounds in RANGES.items()
+        if _range_problem(flat[key], *bounds)
+    ]
     for key in SIZE_OR_ZERO:
         if flat[key] != 0 and _range_problem(flat[key], MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, False, False):
-            problems.append(f"{key}={flat[key]!r}: must be 0 (automatic) or in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+            problems.append(
+                f"{key}={flat[key]!r}: must be 0 (automatic) or in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]"
+            )
     for key, bounds in (("data.mean", MEAN_RANGE), ("data.std", STD_RANGE)):
         if rgb_problem(flat[key], bounds):
             problems.append(f"{key}={rgb_problem(flat[key], bounds)}")
@@ -101,9 +119,14 @@ def validate_config(cfg: Config) -> Config:
         parse_duration(flat["train.time_budget"])
     except ValueError as e:
         problems.append(f"train.time_budget={flat['train.time_budget']!r}: {e}")
-    problems += [f"{key}={flat[key]!r}: expected one of {', '.join(choices)}"
-                 for key, choices in CHOICES.items() if flat[key] not in choices]
+    problems += [
+        f"{key}={flat[key]!r}: expected one of {', '.join(choices)}"
+        for key, choices in CHOICES.items()
+        if flat[key] not in choices
+    ]
     if problems:
-        raise UserError(f"config key {problems[0]}"
-                        + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""))
+        raise UserError(
+            f"config key {problems[0]}"
+            + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else "")
+        )
     return cfg

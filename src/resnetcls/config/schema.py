@@ -1,4 +1,5 @@
 """The configuration tree: one dataclass per section, each field with its default and what it means."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,76 +12,76 @@ from ..utils.redact import mask_tree
 @dataclass
 class ModelConfig:
     name: str = "resnet50"
-    stem: str = "imagenet"          # "imagenet" (7x7/2 + maxpool) or "small" (3x3/1 + maxpool)
-    stride_on_1x1: bool = False     # paper/seed bottleneck stride placement instead of torchvision's v1.5
+    stem: str = "imagenet"  # "imagenet" (7x7/2 + maxpool) or "small" (3x3/1 + maxpool)
+    stride_on_1x1: bool = False  # paper/seed bottleneck stride placement instead of torchvision's v1.5
     zero_init_residual: bool = True
-    width: int = 64                 # channels of the stem and layer1; small values for tiny test models
+    width: int = 64  # channels of the stem and layer1; small values for tiny test models
 
 
 @dataclass
 class DataConfig:
-    train: str = ""                 # DATA argument
-    val: str = ""                   # optional separate validation DATA
-    image_size: int = 224           # training / model input size
-    progressive: float = 0.0        # progressive resizing: epoch 1 trains at this fraction of image_size, growing
-                                    # to image_size at ~75% of the epochs (the rest at it); 0 = off, e.g. 0.5
-    resize_size: int = 0            # eval resize of the short side; 0 = image_size / 0.875
-    augment: str = "crop_flip"      # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
-                                    # trivialaugment | randaugment (crop_flip, then that per-image policy)
-    augment_on: str = "auto"        # where crop, flip and the policy run: auto (the GPU on CUDA, else host) |
-                                    # host (DataLoader workers) | device (the training device; uint8 canvases)
-    random_erasing: float = 0.0     # probability of erasing one rectangle per training image; 0 = off
-    mixup: float = 0.0              # Mixup's Beta alpha (e.g. 0.2); 0 = off
-    cutmix: float = 0.0             # CutMix's Beta alpha (e.g. 1.0); 0 = off; with mixup, one per batch
-    min_crop_scale: float = 0.25    # lower bound of random-resized-crop's area scale
+    train: str = ""  # DATA argument
+    val: str = ""  # optional separate validation DATA
+    image_size: int = 224  # training / model input size
+    progressive: float = 0.0  # progressive resizing: epoch 1 trains at this fraction of image_size, growing
+    # to image_size at ~75% of the epochs (the rest at it); 0 = off, e.g. 0.5
+    resize_size: int = 0  # eval resize of the short side; 0 = image_size / 0.875
+    augment: str = "crop_flip"  # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
+    # trivialaugment | randaugment (crop_flip, then that per-image policy)
+    augment_on: str = "auto"  # where crop, flip and the policy run: auto (the GPU on CUDA, else host) |
+    # host (DataLoader workers) | device (the training device; uint8 canvases)
+    random_erasing: float = 0.0  # probability of erasing one rectangle per training image; 0 = off
+    mixup: float = 0.0  # Mixup's Beta alpha (e.g. 0.2); 0 = off
+    cutmix: float = 0.0  # CutMix's Beta alpha (e.g. 1.0); 0 = off; with mixup, one per batch
+    min_crop_scale: float = 0.25  # lower bound of random-resized-crop's area scale
     interpolation: str = "bilinear"
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    val_fraction: float = 0.1       # stratified hold-out when DATA has no split
-    split_by: str = ""              # CSV column whose groups stay on one side of the hold-out
-    num_workers: int = -1           # DataLoader workers; -1 = one per core, at most 4
-    on_bad: str = "skip"            # bad image during training: "skip" (warn + count) or "fail"
-    batches: str = ""               # OpenLORIS layout: batch numbers to use, e.g. "1,2"; "" = all
-    color_jitter: float = 0.0       # brightness/contrast/saturation strength for training, e.g. 0.4
-    cache: bool = True              # decode each image once into a uint8 memory-mapped cache
-    cache_dir: str = ""             # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
-    cache_size: int = 0             # stored short side; 0 = the eval resize (image_size / 0.875)
-    sampler: str = "shuffle"        # shuffle | balanced (each class drawn equally often, with replacement)
-    cache_max_gb: float = 50.0      # least-recently-used stores are deleted beyond this total; 0 = no limit
-    cache_format: str = "auto"      # auto (decoded; compressed where that would not fit cache_max_gb or the
-                                    # free space) | decoded | compressed (JPEG q90, decoded in the workers)
-    worker_start: str = "auto"      # DataLoader workers: auto (fork on Linux, else spawn) | fork | spawn
-    leak_check: bool = True         # warn when many val images have a near-duplicate in train (hashes the
-                                    # decoded cache once, data/neardup.py; skipped with data.cache=false)
+    val_fraction: float = 0.1  # stratified hold-out when DATA has no split
+    split_by: str = ""  # CSV column whose groups stay on one side of the hold-out
+    num_workers: int = -1  # DataLoader workers; -1 = one per core, at most 4
+    on_bad: str = "skip"  # bad image during training: "skip" (warn + count) or "fail"
+    batches: str = ""  # OpenLORIS layout: batch numbers to use, e.g. "1,2"; "" = all
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength for training, e.g. 0.4
+    cache: bool = True  # decode each image once into a uint8 memory-mapped cache
+    cache_dir: str = ""  # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
+    cache_size: int = 0  # stored short side; 0 = the eval resize (image_size / 0.875)
+    sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often, with replacement)
+    cache_max_gb: float = 50.0  # least-recently-used stores are deleted beyond this total; 0 = no limit
+    cache_format: str = "auto"  # auto (decoded; compressed where that would not fit cache_max_gb or the
+    # free space) | decoded | compressed (JPEG q90, decoded in the workers)
+    worker_start: str = "auto"  # DataLoader workers: auto (fork on Linux, else spawn) | fork | spawn
+    leak_check: bool = True  # warn when many val images have a near-duplicate in train (hashes the
+    # decoded cache once, data/neardup.py; skipped with data.cache=false)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: str = "auto"               # auto | bf16 | fp16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
     pretrained: str = ""
-    grad_accum_steps: int = 1       # one optimizer step per N batches (effective batch = batch_size x N)
-    grad_clip_norm: float = 0.0     # 0 = no clipping
-    ema_decay: float = 0.0          # exponential moving average of the weights (e.g. 0.999); 0 = off
-    sync_bn: bool = False           # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
-    dist_timeout_s: float = 300.0   # torchrun: a collective waits at most this long for the other ranks
-    nonfinite: str = "stop"         # a NaN/Inf loss: stop (exit 2, last good checkpoint kept) | skip (counted)
-    time_budget: str = ""           # e.g. 90s, 20m, 1.5h: epochs chosen to fit the whole schedule; ""/0 = off
-    patience: int = 0               # stop after N epochs without an improvement of ckpt.metric; 0 = off
-    auto_recipe: bool = True        # with no recipe choice given (no --config, --model, --epochs, ...),
-                                    # engine/recipe.py picks model, size, augmentation and epochs from the data
-                                    # and this machine's speed; false: the defaults above, as they are
+    grad_accum_steps: int = 1  # one optimizer step per N batches (effective batch = batch_size x N)
+    grad_clip_norm: float = 0.0  # 0 = no clipping
+    ema_decay: float = 0.0  # exponential moving average of the weights (e.g. 0.999); 0 = off
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
+    dist_timeout_s: float = 300.0  # torchrun: a collective waits at most this long for the other ranks
+    nonfinite: str = "stop"  # a NaN/Inf loss: stop (exit 2, last good checkpoint kept) | skip (counted)
+    time_budget: str = ""  # e.g. 90s, 20m, 1.5h: epochs chosen to fit the whole schedule; ""/0 = off
+    patience: int = 0  # stop after N epochs without an improvement of ckpt.metric; 0 = off
+    auto_recipe: bool = True  # with no recipe choice given (no --config, --model, --epochs, ...),
+    # engine/recipe.py picks model, size, augmentation and epochs from the data
+    # and this machine's speed; false: the defaults above, as they are
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"             # adamw | adam | sgd
+    name: str = "adamw"  # adamw | adam | sgd
     lr: float = 2e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
@@ -90,63 +91,65 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"            # cosine | constant
-    interval: str = "step"          # step: lr changes every optimizer step; epoch: once per epoch
+    name: str = "cosine"  # cosine | constant
+    interval: str = "step"  # step: lr changes every optimizer step; epoch: once per epoch
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
 
 
 @dataclass
 class LossConfig:
-    name: str = "ce"                # ce (softmax cross-entropy) | bce (the seed's sigmoid on one-hot)
+    name: str = "ce"  # ce (softmax cross-entropy) | bce (the seed's sigmoid on one-hot)
     label_smoothing: float = 0.1
-    class_weights: str = "none"     # none | balanced (weight each class by 1 / its share of the train set)
+    class_weights: str = "none"  # none | balanced (weight each class by 1 / its share of the train set)
 
 
 @dataclass
 class CkptConfig:
     keep_last: int = 3
-    every_steps: int = 0            # 0 = only at the end of each epoch
-    metric: str = "val_top1"        # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss
+    every_steps: int = 0  # 0 = only at the end of each epoch
+    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss
 
 
 @dataclass
 class LogConfig:
     tensorboard: bool = True
-    every_steps: int = 0            # also log train metrics every N steps; 0 = per epoch only
+    every_steps: int = 0  # also log train metrics every N steps; 0 = per epoch only
     # Trackers (tracking.py; optional extras resnetcls[mlflow], resnetcls[wandb]); tracking.json keeps the run ids.
-    mlflow: bool = False            # log params, epoch metrics, tags and artefacts to MLflow
-    mlflow_uri: str = ""            # tracking URI; "" = MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db
+    mlflow: bool = False  # log params, epoch metrics, tags and artefacts to MLflow
+    mlflow_uri: str = ""  # tracking URI; "" = MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db
     mlflow_experiment: str = "resnetcls"
-    wandb: bool = False             # the same to Weights & Biases
+    wandb: bool = False  # the same to Weights & Biases
     wandb_project: str = "resnetcls"
-    wandb_mode: str = "offline"     # offline (files in RUN_DIR/wandb, `wandb sync` later) | online | disabled
-    share_paths: bool = False       # send absolute local paths (data.train, ...) to the trackers; false = names
+    wandb_mode: str = "offline"  # offline (files in RUN_DIR/wandb, `wandb sync` later) | online | disabled
+    share_paths: bool = False  # send absolute local paths (data.train, ...) to the trackers; false = names
     on_tracker_error: str = "stop"  # a tracker that cannot be reached at the start: stop (exit 2, before
-                                    # training) | warn (one line, the run goes on without that tracker)
+    # training) | warn (one line, the run goes on without that tracker)
 
 
 @dataclass
 class EvalConfig:
-    calibrate: bool = True          # fit a temperature on the val split at the end of train (calibration.py)
-                                    # and ship it in model.json; false = raw softmax (T = 1, recorded as such)
+    calibrate: bool = True  # fit a temperature on the val split at the end of train (calibration.py)
+    # and ship it in model.json; false = raw softmax (T = 1, recorded as such)
 
 
 @dataclass
 class LifelongConfig:
-    tasks: str = ""                 # CSV column whose values are the tasks, "batches" (OpenLORIS) or "" (one task
-                                    # per DATA argument)
-    order: str = ""                 # comma-separated task values in training order; "a-b" = numeric range
-    bins: int = 0                   # numeric column: N equal-count ranges of its values instead of --order
-    strategy: str = "naive"         # naive | replay | derpp | ewc | lwf | joint
-    buffer_size: int = 200          # replay, derpp: images kept (class-balanced reservoir)
-    ewc_lambda: float = 10000.0     # ewc: weight of the quadratic penalty (the best of bench/lifelong_strategies.py
-                                    # --sweep on COIL-100 classes; 1000 forgot 0.86 there, naive 0.92)
-    lwf_alpha: float = 1.0          # lwf: weight of the distillation loss
+    tasks: str = ""  # CSV column whose values are the tasks, "batches" (OpenLORIS) or "" (one task
+    # per DATA argument)
+    order: str = ""  # comma-separated task values in training order; "a-b" = numeric range
+    bins: int = 0  # numeric column: N equal-count ranges of its values instead of --order
+    strategy: str = "naive"  # naive | replay | derpp | ewc | lwf | joint
+    buffer_size: int = 200  # replay, derpp: images kept (class-balanced reservoir)
+    ewc_lambda: float = (
+        10000.0  # ewc: weight of the quadratic penalty (the best of bench/lifelong_strategies.py
+    )
+    # --sweep on COIL-100 classes; 1000 forgot 0.86 there, naive 0.92)
+    lwf_alpha: float = 1.0  # lwf: weight of the distillation loss
     lwf_temperature: float = 2.0
-    derpp_alpha: float = 0.3        # derpp: weight of the MSE to the stored logits (Buzzega et al. 2020: 0.1-0.5)
-    derpp_beta: float = 1.0         # derpp: weight of the buffer images' cross-entropy (1 = replay's; the paper's
-                                    # 0.5 forgot more on COIL-100 classes, see README)
+    derpp_alpha: float = 0.3  # derpp: weight of the MSE to the stored logits (Buzzega et al. 2020: 0.1-0.5)
+    derpp_beta: float = 1.0  # derpp: weight of the buffer images' cross-entropy (1 = replay's; the paper's
+    # 0.5 forgot more on COIL-100 classes, see README)
     datasets: list = field(default_factory=list)  # one DATA per task (when `tasks` is "")
 
 

@@ -6,6 +6,7 @@ under torch's RNG seeded with that sample's seed from data/sampler.py (torchvisi
 the global RNG), and a batch's Mixup/CutMix draws from a NumPy generator seeded with the batch's seed. A
 resumed run therefore augments every sample exactly as the uninterrupted run did.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,9 @@ class BatchMix:
     def active(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, seed: int | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, seed: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mixed images, (N, num_classes) float targets whose rows sum to 1); seed None draws one from torch."""
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
@@ -135,8 +137,9 @@ class DeviceCrops:
     def draw(self, n: int, seeds: list[int] | None) -> dict:
         """{boxes (N, 4) top/left/height/width in canvas pixels, flips (N,) bool, seeds (N,) int64}."""
         draws, flips = torch.rand(n, 10, 4).tolist(), torch.rand(n) < 0.5
-        boxes = torch.tensor([self._crop_box(self.canvas, self.canvas, self.scale, d) for d in draws],
-                             dtype=torch.float32)
+        boxes = torch.tensor(
+            [self._crop_box(self.canvas, self.canvas, self.scale, d) for d in draws], dtype=torch.float32
+        )
         if seeds is None:
             seeds = torch.randint(0, 2**62, (n,)).tolist()
         return {"boxes": boxes, "flips": flips, "seeds": torch.tensor(seeds, dtype=torch.int64)}
@@ -146,12 +149,18 @@ class DeviceCrops:
         dev, n = canvas.device, canvas.shape[0]
         b = params["boxes"].to(dev)
         top, left, h, w = b.unbind(1)
-        rois = torch.stack([torch.arange(n, device=dev, dtype=torch.float32), left, top, left + w, top + h], 1)
-        out = roi_align(canvas.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        rois = torch.stack(
+            [torch.arange(n, device=dev, dtype=torch.float32), left, top, left + w, top + h], 1
+        )
+        out = roi_align(
+            canvas.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
         flips = params["flips"].to(dev).view(-1, 1, 1, 1)
         out = torch.where(flips, out.flip(-1), out).round_().clamp_(0, 255).to(torch.uint8)
         out = out.contiguous(memory_format=torch.channels_last)
         if self.sample.active:
-            for k, seed in enumerate(params["seeds"].tolist()):  # each image under its own seed, as on the host
+            for k, seed in enumerate(
+                params["seeds"].tolist()
+            ):  # each image under its own seed, as on the host
                 out[k].copy_(self.sample(out[k], seed))
         return out

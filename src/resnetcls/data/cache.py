@@ -13,6 +13,7 @@ space; least-recently-used stores are deleted to keep the folder under data.cach
 data.cache_format=auto stores the images compressed (data/store.py, JPEG) where the decoded store would not
 fit data.cache_max_gb or the free space, and says so in one line; `decoded` and `compressed` force either.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,19 +24,26 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
-from ..utils.atomic import DISK_FULL, free_bytes, write_error
 from ..errors import UserError
+from ..utils.atomic import DISK_FULL, free_bytes, write_error
 from .decode import DECODE_VERSION, MAX_PIXELS
 from .geometry import StoreGeometry
-from .store import (JPEG_QUALITY, STORE_FORMAT, DecodedStore, InvalidStore, encode_for_store, open_store,
-                    write_store)
+from .store import (
+    JPEG_QUALITY,
+    STORE_FORMAT,
+    DecodedStore,
+    InvalidStore,
+    encode_for_store,
+    open_store,
+    write_store,
+)
 
 try:
     import fcntl
@@ -56,8 +64,17 @@ def cache_key(paths: list[str], geometry: StoreGeometry, compressed: bool = Fals
     """Hash of the file list (path, size, mtime, inode, ctime), the decode rules, the stored geometry and,
     for a compressed store, its encoding."""
     encoding = {"encoding": f"jpeg-q{JPEG_QUALITY}"} if compressed else {}
-    digest = hashlib.sha256(json.dumps({"format": STORE_FORMAT, "decode": DECODE_VERSION,
-                                        "max_pixels": MAX_PIXELS, **asdict(geometry), **encoding}).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "format": STORE_FORMAT,
+                "decode": DECODE_VERSION,
+                "max_pixels": MAX_PIXELS,
+                **asdict(geometry),
+                **encoding,
+            }
+        ).encode()
+    )
     for path in paths:
         try:
             st = os.stat(path)
@@ -82,9 +99,11 @@ def _locked(lock_path: Path):
             except OSError as e:
                 if e.errno not in LOCK_UNSUPPORTED:
                     raise
-                raise UserError(f"{lock_path.parent}: this file system does not support file locks (e.g. some "
-                                f"network mounts), which the decoded cache needs; set data.cache_dir (or "
-                                f"RESNETCLS_CACHE) to a folder on a local disk, or data.cache=false") from None
+                raise UserError(
+                    f"{lock_path.parent}: this file system does not support file locks (e.g. some "
+                    f"network mounts), which the decoded cache needs; set data.cache_dir (or "
+                    f"RESNETCLS_CACHE) to a folder on a local disk, or data.cache=false"
+                ) from None
         try:
             yield
         finally:
@@ -109,9 +128,15 @@ def _open_valid(final: Path, count: int, log: Callable[[str], None]) -> DecodedS
     return store
 
 
-def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os.PathLike, workers: int = -1,
-                  log: Callable[[str], None] | None = None, max_gb: float = 0.0,
-                  cache_format: str = "auto") -> DecodedStore:
+def open_or_build(
+    paths: list[str],
+    geometry: StoreGeometry,
+    cache_dir: str | os.PathLike,
+    workers: int = -1,
+    log: Callable[[str], None] | None = None,
+    max_gb: float = 0.0,
+    cache_format: str = "auto",
+) -> DecodedStore:
     """The complete store for these files and settings, building it first (all cores) if needed.
 
     max_gb > 0: the cache folder's size limit; least-recently-used stores are deleted to make room, and a
@@ -138,15 +163,21 @@ def open_or_build(paths: list[str], geometry: StoreGeometry, cache_dir: str | os
             needed = estimate_compressed_bytes(paths, geometry) if compressed else needed
             cache_dir.mkdir(parents=True, exist_ok=True)
             with _locked(cache_dir / f"{key}.lock"):
-                store = _open_valid(cache_dir / key, len(paths), log)  # another process built it while we waited
+                store = _open_valid(
+                    cache_dir / key, len(paths), log
+                )  # another process built it while we waited
                 if store is None:
                     _make_room(cache_dir, key, needed, max_gb, log, "compressed" if compressed else "decoded")
                     store = _build(paths, geometry, cache_dir, key, workers, log, compressed)
-    except OSError as e:  # unwritable folder, full disk: the user can point the cache elsewhere or turn it off
+    except (
+        OSError
+    ) as e:  # unwritable folder, full disk: the user can point the cache elsewhere or turn it off
         if e.errno in DISK_FULL:
             raise write_error(cache_dir / key, e, needed) from None
-        raise UserError(f"{cache_dir}: cannot write the decoded-image cache: {e.strerror or e} "
-                        f"(set data.cache_dir or RESNETCLS_CACHE elsewhere, or data.cache=false)") from None
+        raise UserError(
+            f"{cache_dir}: cannot write the decoded-image cache: {e.strerror or e} "
+            f"(set data.cache_dir or RESNETCLS_CACHE elsewhere, or data.cache=false)"
+        ) from None
     store.note = note
     return store
 
@@ -166,9 +197,11 @@ def _why_compressed(needed: int, count: int, cache_dir: Path, max_gb: float) -> 
         if free is None or needed <= free:
             return ""
         over = f"more than the {_size_text(free)} free in {existing}"
-    return (f"note: a decoded cache of these {count:,} images would need about {_size_text(needed)}, {over}; "
-            f"storing them compressed instead (JPEG quality {JPEG_QUALITY} at the same stored size, decoded in "
-            f"the loader workers; data.cache_format=decoded refuses instead)")
+    return (
+        f"note: a decoded cache of these {count:,} images would need about {_size_text(needed)}, {over}; "
+        f"storing them compressed instead (JPEG quality {JPEG_QUALITY} at the same stored size, decoded in "
+        f"the loader workers; data.cache_format=decoded refuses instead)"
+    )
 
 
 def _stored_bytes(path: str, geometry: StoreGeometry) -> int | None:
@@ -200,9 +233,14 @@ def estimate_compressed_bytes(paths: list[str], geometry: StoreGeometry) -> int:
     if not paths:
         return 0
     step = max(1, len(paths) // ENCODE_SAMPLE)
-    entries = [entry for entry, _ in map(encode_for_store, [(p, geometry) for p in paths[::step][:ENCODE_SAMPLE]])
-               if entry is not None]
-    mean = sum(len(e[0]) for e in entries) / len(entries) if entries else geometry.size * geometry.size * 3 / 8
+    entries = [
+        entry
+        for entry, _ in map(encode_for_store, [(p, geometry) for p in paths[::step][:ENCODE_SAMPLE]])
+        if entry is not None
+    ]
+    mean = (
+        sum(len(e[0]) for e in entries) / len(entries) if entries else geometry.size * geometry.size * 3 / 8
+    )
     return int(mean * len(paths) * 1.25)
 
 
@@ -219,14 +257,17 @@ def list_stores(cache_dir: Path) -> list[tuple[float, int, Path]]:
     return sorted(stores)
 
 
-def _make_room(cache_dir: Path, key: str, needed: int, max_gb: float, log: Callable[[str], None],
-               kind: str = "decoded") -> None:
+def _make_room(
+    cache_dir: Path, key: str, needed: int, max_gb: float, log: Callable[[str], None], kind: str = "decoded"
+) -> None:
     """Refuse a store larger than the limit or the free space; delete least-recently-used stores so that the
     cache with the new store stays under max_gb. Called holding key's lock."""
     limit = int(max_gb * 1e9)
     if limit and needed > limit:
-        raise UserError(f"{cache_dir}: the {kind} cache for these images needs about {_size_text(needed)}, more "
-                        f"than data.cache_max_gb={max_gb:g}; raise it, lower data.cache_size, or set data.cache=false")
+        raise UserError(
+            f"{cache_dir}: the {kind} cache for these images needs about {_size_text(needed)}, more "
+            f"than data.cache_max_gb={max_gb:g}; raise it, lower data.cache_size, or set data.cache=false"
+        )
     pruned, stores = [], list_stores(cache_dir) if limit else []
     total = sum(size for _, size, _ in stores)
     for _used, size, folder in stores:
@@ -237,17 +278,28 @@ def _make_room(cache_dir: Path, key: str, needed: int, max_gb: float, log: Calla
             total -= size
             pruned.append(size)
     if pruned:
-        log(f"note: deleted {len(pruned)} least-recently-used decoded cache store(s) ({_size_text(sum(pruned))}) "
-            f"to stay under data.cache_max_gb={max_gb:g}")
+        log(
+            f"note: deleted {len(pruned)} least-recently-used decoded cache store(s) ({_size_text(sum(pruned))}) "
+            f"to stay under data.cache_max_gb={max_gb:g}"
+        )
     free = free_bytes(cache_dir)
     if free is not None and needed > free:
-        raise UserError(f"{cache_dir}: the {kind} cache for these images needs about {_size_text(needed)} but "
-                        f"only {_size_text(free)} are free there; set data.cache_dir (or RESNETCLS_CACHE) "
-                        f"elsewhere, lower data.cache_size, or set data.cache=false")
+        raise UserError(
+            f"{cache_dir}: the {kind} cache for these images needs about {_size_text(needed)} but "
+            f"only {_size_text(free)} are free there; set data.cache_dir (or RESNETCLS_CACHE) "
+            f"elsewhere, lower data.cache_size, or set data.cache=false"
+        )
 
 
-def _build(paths: list[str], geometry: StoreGeometry, cache_dir: Path, key: str, workers: int,
-           log: Callable[[str], None], compressed: bool = False) -> DecodedStore:
+def _build(
+    paths: list[str],
+    geometry: StoreGeometry,
+    cache_dir: Path,
+    key: str,
+    workers: int,
+    log: Callable[[str], None],
+    compressed: bool = False,
+) -> DecodedStore:
     """Write the store under a temporary name and rename it into place. Called holding key's lock."""
     final = cache_dir / key
     for stale in cache_dir.glob(f"{key}.partial-*"):  # left by a killed builder; we hold the lock
@@ -263,6 +315,8 @@ def _build(paths: list[str], geometry: StoreGeometry, cache_dir: Path, key: str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     store = open_store(final, len(paths))
-    log(f"cached {len(paths) - len(store.bad)} images ({(final / 'data.u8').stat().st_size / 1e6:.0f} MB, "
-        f"{len(store.bad)} bad) in {time.perf_counter() - started:.1f}s")
+    log(
+        f"cached {len(paths) - len(store.bad)} images ({(final / 'data.u8').stat().st_size / 1e6:.0f} MB, "
+        f"{len(store.bad)} bad) in {time.perf_counter() - started:.1f}s"
+    )
     return store

@@ -19,6 +19,7 @@ The rules (documented in the README, tested in tests/data/test_decode.py):
 Memory: a decode holds at most decode_peak_bytes() at once (the conversions below make no full-size copy
 that the result does not need); serve admits decodes against a budget of it.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,8 +43,22 @@ MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 9459
 # Peak memory of one decode, in bytes per header pixel, by the image's mode as stored: the decoded pixels plus
 # what the conversion to RGB needs beside them (measured per mode on 16 Mpx images, rounded up by about one;
 # bench/fuzz_decode.py checks the bound on mutated files). WebP is decoded through libwebp's own RGBA canvas.
-PEAK_BYTES_PER_PIXEL = {"1": 6, "L": 6, "P": 6, "RGB": 5, "YCbCr": 5, "RGBA": 10, "LA": 10, "CMYK": 9,
-                        "I;16": 9, "I;16B": 9, "I;16L": 9, "I;16N": 9, "I": 13, "F": 14}
+PEAK_BYTES_PER_PIXEL = {
+    "1": 6,
+    "L": 6,
+    "P": 6,
+    "RGB": 5,
+    "YCbCr": 5,
+    "RGBA": 10,
+    "LA": 10,
+    "CMYK": 9,
+    "I;16": 9,
+    "I;16B": 9,
+    "I;16L": 9,
+    "I;16N": 9,
+    "I": 13,
+    "F": 14,
+}
 PEAK_BYTES_WEBP, PEAK_BYTES_OTHER = 17, 14
 PEAK_BYTES_FIXED = 4_000_000  # decoder buffers and Python objects that do not grow with the image
 # Bumped whenever a rule above changes, so decoded caches made under the old rules are not reused.
@@ -100,8 +115,8 @@ def _palette_onto_black(img: Image.Image) -> Image.Image:
         if transparency < len(alpha):
             alpha[transparency] = 0
     else:
-        values = np.frombuffer(bytes(transparency)[:len(alpha)], dtype=np.uint8)
-        alpha[:len(values)] = values
+        values = np.frombuffer(bytes(transparency)[: len(alpha)], dtype=np.uint8)
+        alpha[: len(values)] = values
     # rgb * alpha / 255, rounded: what alpha compositing onto opaque black gives
     img.putpalette(((rgb * alpha[:, None] + 127) // 255).astype(np.uint8).tobytes(), "RGB")
     img.info.pop("transparency", None)
@@ -142,8 +157,11 @@ def _reason(error: Exception, size: int | None) -> str:
 
 def _decode_open(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
     if img.width * img.height > max_pixels:
-        raise DecodeError(label, f"image is {img.width}x{img.height} pixels, above the limit of "
-                                 f"{max_pixels} (possible decompression bomb)")
+        raise DecodeError(
+            label,
+            f"image is {img.width}x{img.height} pixels, above the limit of "
+            f"{max_pixels} (possible decompression bomb)",
+        )
     img.seek(0)  # first frame of animated images
     img.load()
     # in place: no copy of the whole image when there is no orientation to apply (the usual case)
@@ -151,8 +169,9 @@ def _decode_open(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
     return to_rgb(img)  # leaving `with Image.open()` closes only the file, never the pixels
 
 
-def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
-                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_image(
+    source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """Open, apply EXIF orientation and convert to RGB; raise DecodeError naming the file on any problem."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     size = len(source) if isinstance(source, bytes) else None
@@ -175,8 +194,17 @@ def decode_image(source: str | os.PathLike | bytes, name: str | None = None,
         raise DecodeMemoryError(label, "not enough memory to decode this image") from None
     except Image.DecompressionBombError as e:
         raise DecodeError(label, f"above the pixel limit (possible decompression bomb): {e}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
-            struct_error) as e:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        IndexError,
+        TypeError,
+        KeyError,
+        ZeroDivisionError,
+        struct_error,
+    ) as e:
         # Pillow signals corrupt data with any of these, depending on the format plugin.
         raise DecodeError(label, _reason(e, size)) from None
 
@@ -188,10 +216,15 @@ def decode_in_memory(image: Image.Image | np.ndarray, name: str, max_pixels: int
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image, name)
     elif not isinstance(image, Image.Image):
-        raise DecodeError(name, f"expected an image path, a PIL image or a numpy array, got {type(image).__name__}")
+        raise DecodeError(
+            name, f"expected an image path, a PIL image or a numpy array, got {type(image).__name__}"
+        )
     if image.width * image.height > max_pixels:
-        raise DecodeError(name, f"image is {image.width}x{image.height} pixels, above the limit of {max_pixels} "
-                                f"(possible decompression bomb)")
+        raise DecodeError(
+            name,
+            f"image is {image.width}x{image.height} pixels, above the limit of {max_pixels} "
+            f"(possible decompression bomb)",
+        )
     try:
         image.load()
         # not in place: the caller's image stays as it was
@@ -207,9 +240,14 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
     shape, dtype = "x".join(map(str, array.shape)), array.dtype
     colour = array.ndim == 3 and array.shape[2] in (3, 4) and dtype == np.uint8
     if colour or (array.ndim == 2 and dtype in (np.uint8, np.uint16)):
-        return Image.fromarray(np.ascontiguousarray(array))  # mode from the shape and dtype: RGB, RGBA, L, I;16
-    raise DecodeError(name, f"numpy array of shape {shape} and dtype {dtype}: expected HxWx3 (RGB) or HxWx4 (RGBA) "
-                            f"uint8, or HxW uint8/uint16 grayscale")
+        return Image.fromarray(
+            np.ascontiguousarray(array)
+        )  # mode from the shape and dtype: RGB, RGBA, L, I;16
+    raise DecodeError(
+        name,
+        f"numpy array of shape {shape} and dtype {dtype}: expected HxWx3 (RGB) or HxWx4 (RGBA) "
+        f"uint8, or HxW uint8/uint16 grayscale",
+    )
 
 
 def decode_peak_bytes(width: int, height: int, mode: str, fmt: str | None) -> int:

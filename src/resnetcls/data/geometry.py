@@ -1,6 +1,7 @@
 """The resize geometry shared by the decoded cache (what is stored) and the transforms (what the model
 sees): the interpolation names, the aspect-ratio guard and the stored resize. A leaf of data/: the cache and
 the transforms both import it, so neither imports the other."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from torchvision.transforms.v2 import functional as F  # the same resize the eva
 
 from .decode import decode_image
 
-INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                  "nearest": InterpolationMode.NEAREST}
+INTERPOLATIONS = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
 
 # The shorter-side preprocessing keeps at most this many short sides of the long side (centred) before it
 # resizes: the eval centre crop needs under one short side, and training's random-resized-crop (aspect at

@@ -14,17 +14,25 @@ Two paths, one batch format:
 - a PIL transform (evaluate/predict style): decode + transform per image.
 Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as `sampler`.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler,
-                              default_collate)
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+)
 
 from ..errors import UserError
 from ..utils.hardware import usable_cores
@@ -88,7 +96,7 @@ class SlottedBatch(list):
 def slot_pixels(ring: torch.Tensor, slot: int, count: int, size: int) -> torch.Tensor:
     """The (count, size, size, 3) uint8 batch in ring slot `slot`: its first bytes, so a slot allocated for
     the final size also holds the smaller crops of progressive resizing. Writer and reader both use this."""
-    return ring[slot].view(-1)[:count * size * size * 3].view(count, size, size, 3)
+    return ring[slot].view(-1)[: count * size * size * 3].view(count, size, size, 3)
 
 
 class SlotBatchSampler(BatchSampler):
@@ -155,8 +163,13 @@ class StoredImageDataset(Dataset):
             into = None if slot is None else slot_pixels(self.ring, slot, len(images), pixels)
             crops = self.transform.crops(images, into, seeds, size)
             draws = None if device_crops is None else device_crops.draw(len(good), seeds)
-        batch = {"images": crops, "labels": torch.tensor([self.samples.labels[i] for i in good]),
-                 "index": torch.tensor([int(i) for i in good]), "bad": bad, "seed": seed}
+        batch = {
+            "images": crops,
+            "labels": torch.tensor([self.samples.labels[i] for i in good]),
+            "index": torch.tensor([int(i) for i in good]),
+            "bad": bad,
+            "seed": seed,
+        }
         if draws is not None:
             batch["device_crops"] = (draws, size)
         if slot is not None:  # FinishingLoader reads the pixels from the ring
@@ -196,8 +209,15 @@ class FinishingLoader(DataLoader):
     batch_mix (read-only, or None): Mixup/CutMix (data/augment.py's BatchMix), which the training loop
     applies to each finished batch with the batch's "seed", turning its labels into soft targets."""
 
-    def __init__(self, *args, finish: Callable | None = None, uint8_batches: bool = False,
-                 mix: BatchMix | None = None, pin: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        finish: Callable | None = None,
+        uint8_batches: bool = False,
+        mix: BatchMix | None = None,
+        pin: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._finish, self._uint8 = finish, uint8_batches and finish is not None
         self._mix = mix if mix is not None and mix.active else None
@@ -273,8 +293,14 @@ def _check_policy(on_bad: str) -> None:
         raise UserError(f"data.on_bad={on_bad!r}: expected skip or fail")
 
 
-def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | None = None,
-                  on_bad: str = "skip", cache_max_gb: float = 0.0, cache_format: str = "auto") -> Dataset:
+def build_dataset(
+    samples: Samples,
+    transform,
+    cache_dir: str | os.PathLike | None = None,
+    on_bad: str = "skip",
+    cache_max_gb: float = 0.0,
+    cache_format: str = "auto",
+) -> Dataset:
     """The dataset behind build_loader; with a cache_dir the first call decodes every image once (all cores).
 
     With on_bad="fail" every image is decoded before this returns, so `dataset.bad_files` is complete.
@@ -286,8 +312,9 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
             dataset.bad_files = find_bad_files(samples.paths)
         return dataset
     if cache_dir is not None:
-        store = open_or_build(samples.paths, transform.geometry, cache_dir, max_gb=cache_max_gb,
-                              cache_format=cache_format)
+        store = open_or_build(
+            samples.paths, transform.geometry, cache_dir, max_gb=cache_max_gb, cache_format=cache_format
+        )
     else:
         store = _OnTheFly(samples.paths, transform.geometry)
     dataset = StoredImageDataset(samples, transform, store)
@@ -296,11 +323,24 @@ def build_dataset(samples: Samples, transform, cache_dir: str | os.PathLike | No
     return dataset
 
 
-def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, num_workers: int = -1,
-                 seed: int = 0, drop_last: bool = False, sampler: Sampler | None = None,
-                 cache_dir: str | os.PathLike | None = None, on_bad: str = "skip", start_method: str = "auto",
-                 cache_max_gb: float = 0.0, uint8_batches: bool = False,
-                 mix: BatchMix | None = None, pin_memory: bool = False, cache_format: str = "auto") -> DataLoader:
+def build_loader(
+    samples: Samples,
+    transform,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = -1,
+    seed: int = 0,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    on_bad: str = "skip",
+    start_method: str = "auto",
+    cache_max_gb: float = 0.0,
+    uint8_batches: bool = False,
+    mix: BatchMix | None = None,
+    pin_memory: bool = False,
+    cache_format: str = "auto",
+) -> DataLoader:
     """A DataLoader whose batches are dicts {images, labels, index, bad}.
 
     transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
@@ -332,13 +372,21 @@ def build_loader(samples: Samples, transform, batch_size: int, shuffle: bool, nu
             dataset.ring = torch.empty(ring_shape, dtype=torch.uint8).share_memory_()
     if start_method == "auto":
         start_method = "fork" if sys.platform == "linux" else None
-    return FinishingLoader(dataset, batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
-                           num_workers=workers, collate_fn=SkipBadCollate(), generator=generator,
-                           persistent_workers=workers > 0, finish=finish, uint8_batches=uint8_batches, mix=mix,
-                           pin=pin_memory and uint8_batches and torch.cuda.is_available(),
-                           prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
-                           worker_init_fn=ignore_sigint if workers > 0 else None,
-                           multiprocessing_context=start_method if workers > 0 else None)
+    return FinishingLoader(
+        dataset,
+        batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
+        num_workers=workers,
+        collate_fn=SkipBadCollate(),
+        generator=generator,
+        persistent_workers=workers > 0,
+        finish=finish,
+        uint8_batches=uint8_batches,
+        mix=mix,
+        pin=pin_memory and uint8_batches and torch.cuda.is_available(),
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+        worker_init_fn=ignore_sigint if workers > 0 else None,
+        multiprocessing_context=start_method if workers > 0 else None,
+    )
 
 
 def ignore_sigint(_worker_id: int) -> None:
@@ -359,9 +407,12 @@ def _room_in_shared_memory(nbytes: int) -> bool:
     free = st.f_bavail * st.f_frsize
     if nbytes <= free // 2:
         return True
-    print(f"note: /dev/shm has {free / 1e6:.0f} MB free, too little for the {nbytes / 1e6:.0f} MB batch ring; "
-          f"loading data the slower way (give the container more shared memory, e.g. docker --shm-size=1g)",
-          file=sys.stderr, flush=True)
+    print(
+        f"note: /dev/shm has {free / 1e6:.0f} MB free, too little for the {nbytes / 1e6:.0f} MB batch ring; "
+        f"loading data the slower way (give the container more shared memory, e.g. docker --shm-size=1g)",
+        file=sys.stderr,
+        flush=True,
+    )
     return False
 
 
@@ -374,6 +425,8 @@ def known_bad_files(on_bad: str, *loaders: DataLoader) -> dict[str, str]:
         bad.update(getattr(loader.dataset, "bad_files", {}))
     if on_bad == "fail" and bad:
         listing = "; ".join(f"{path}: {reason}" for path, reason in bad.items())
-        raise UserError(f"{len(bad)} bad image{'s' if len(bad) != 1 else ''} (data.on_bad=fail; use "
-                        f"--set data.on_bad=skip to train without them): {listing}")
+        raise UserError(
+            f"{len(bad)} bad image{'s' if len(bad) != 1 else ''} (data.on_bad=fail; use "
+            f"--set data.on_bad=skip to train without them): {listing}"
+        )
     return bad

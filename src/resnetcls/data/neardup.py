@@ -32,6 +32,7 @@ have no layout: left out and counted (`data check`'s content hash still finds ex
 Known limit: only coarse layout and colour are seen; objects photographed alike on one background (COIL-100)
 match across objects and groups chain (use data.split_by there). Layout distances are even (32 of 64 bits set).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -41,20 +42,33 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-HASH_SIZE = 8        # 8x8 DCT coefficients -> 64 bits
-THUMB_SIZE = 32      # the grey thumbnail the DCT is taken of
-COLOUR_SIZE = 8      # the RGB thumbnail the colour hash is taken of
-DEFAULT_THRESHOLD = 8  # the loosest layout threshold (Hamming distance of 64 bits), used up to 66k train images
+HASH_SIZE = 8  # 8x8 DCT coefficients -> 64 bits
+THUMB_SIZE = 32  # the grey thumbnail the DCT is taken of
+COLOUR_SIZE = 8  # the RGB thumbnail the colour hash is taken of
+DEFAULT_THRESHOLD = (
+    8  # the loosest layout threshold (Hamming distance of 64 bits), used up to 66k train images
+)
 COLOUR_THRESHOLD = 10  # colour hashes of a near-duplicate differ in at most this many bits (of 64)
-FLAT_STD = 2.0       # grey levels: a thumbnail flatter than this has no layout to hash (solid colour, blank)
+FLAT_STD = 2.0  # grey levels: a thumbnail flatter than this has no layout to hash (solid colour, blank)
 LEAK_WARN_SHARE = 0.10  # `train` warns when more than this share of val images has a near-duplicate in train
 MAX_CANDIDATES = 64  # expected comparisons per query the search plan stays within (plan_bands)
-PROBE_BLOCK, DENSE_BITS = 2 ** 20, 22  # probes per vectorised search step (~8 MB an array); bands looked up
+PROBE_BLOCK, DENSE_BITS = 2**20, 22  # probes per vectorised search step (~8 MB an array); bands looked up
 MAX_EXPECTED_FALSE = 0.01  # chance matches per val image the threshold keeps below (threshold_for)
 # Chance that two different photos pass both tests, per layout threshold (module docstring; the bench prints it).
-PAIR_FALSE_RATE = {0: 4.3e-9, 2: 1.1e-8, 4: 2.5e-8, 6: 5.9e-8, 8: 1.5e-7, 10: 3.7e-7, 12: 8.0e-7, 14: 2.1e-6,
-                   16: 5.5e-6}
-MAX_THRESHOLD = max(PAIR_FALSE_RATE)  # the loosest layout threshold a user may give (`data check --near-threshold`)
+PAIR_FALSE_RATE = {
+    0: 4.3e-9,
+    2: 1.1e-8,
+    4: 2.5e-8,
+    6: 5.9e-8,
+    8: 1.5e-7,
+    10: 3.7e-7,
+    12: 8.0e-7,
+    14: 2.1e-6,
+    16: 5.5e-6,
+}
+MAX_THRESHOLD = max(
+    PAIR_FALSE_RATE
+)  # the loosest layout threshold a user may give (`data check --near-threshold`)
 
 
 def _dct_matrix(size: int) -> np.ndarray:
@@ -66,7 +80,7 @@ def _dct_matrix(size: int) -> np.ndarray:
 
 
 _DCT = _dct_matrix(THUMB_SIZE)[:HASH_SIZE]  # only the lowest frequencies are ever used
-_BIT_WEIGHTS = (np.uint64(1) << np.arange(HASH_SIZE * HASH_SIZE, dtype=np.uint64))
+_BIT_WEIGHTS = np.uint64(1) << np.arange(HASH_SIZE * HASH_SIZE, dtype=np.uint64)
 # The colour hash's 64 projections: fixed, so every run, rank and machine hashes alike.
 _PROJECTIONS = np.random.default_rng(20261206).standard_normal((64, COLOUR_SIZE * COLOUR_SIZE * 3))
 
@@ -88,7 +102,7 @@ def hash_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
     thumbs = np.asarray(thumbnails, dtype=np.float64).reshape(-1, THUMB_SIZE, THUMB_SIZE)
     if not len(thumbs):
         return np.zeros(0, np.uint64)
-    low = _DCT @ thumbs @ _DCT.T                      # (N, 8, 8) lowest frequencies
+    low = _DCT @ thumbs @ _DCT.T  # (N, 8, 8) lowest frequencies
     flat = low.reshape(len(thumbs), -1)
     median = np.median(flat[:, 1:], axis=1, keepdims=True)  # the DC term (mean brightness) would skew it
     bits = flat > median
@@ -124,7 +138,11 @@ def image_signature(image: Image.Image | np.ndarray) -> tuple[int, ...] | None:
     """(layout hash, colour hash) of one decoded image and of it upside down (store_signatures), or None for a
     flat one (is_flat: nothing to compare)."""
     thumb = grey_thumbnail(image)[None]
-    return None if is_flat(thumb)[0] else tuple(int(h[0]) for h in _signatures(thumb, colour_thumbnail(image)[None]))
+    return (
+        None
+        if is_flat(thumb)[0]
+        else tuple(int(h[0]) for h in _signatures(thumb, colour_thumbnail(image)[None]))
+    )
 
 
 def _signatures(greys: np.ndarray, colours: np.ndarray, flipped: bool = True) -> tuple[np.ndarray, ...]:
@@ -141,8 +159,11 @@ def threshold_for(n_reference: int) -> int:
     """The layout threshold for comparing each image with n_reference others: the largest (at most
     DEFAULT_THRESHOLD) whose expected chance matches per image, n_reference x PAIR_FALSE_RATE, stay below
     MAX_EXPECTED_FALSE."""
-    fitting = [t for t, rate in PAIR_FALSE_RATE.items()
-               if t <= DEFAULT_THRESHOLD and n_reference * rate < MAX_EXPECTED_FALSE]
+    fitting = [
+        t
+        for t, rate in PAIR_FALSE_RATE.items()
+        if t <= DEFAULT_THRESHOLD and n_reference * rate < MAX_EXPECTED_FALSE
+    ]
     return max(fitting, default=0)
 
 
@@ -158,10 +179,10 @@ class PairSearch:
     """near_pairs' answer: the distinct signatures, which one each input has, the near pairs among them (inputs
     with one signature are near each other and not listed as pairs; image_pairs() expands both)."""
 
-    unique: np.ndarray          # (U,) uint64 layout hash of each distinct signature (values may repeat)
-    inverse: np.ndarray         # (N,) index into unique of each input
-    unique_pairs: np.ndarray    # (P, 2) int64, i < j, within both thresholds
-    comparisons: int            # Hamming distances computed (the work done; all-pairs would be U(U-1)/2)
+    unique: np.ndarray  # (U,) uint64 layout hash of each distinct signature (values may repeat)
+    inverse: np.ndarray  # (N,) index into unique of each input
+    unique_pairs: np.ndarray  # (P, 2) int64, i < j, within both thresholds
+    comparisons: int  # Hamming distances computed (the work done; all-pairs would be U(U-1)/2)
 
     def image_pairs(self) -> set[tuple[int, int]]:
         """Every (a, b), a < b, of input indices within the threshold (output-sensitive: for tests and small n)."""
@@ -188,20 +209,31 @@ def plan_bands(n: int, threshold: int, n_reference: int | None = None) -> tuple[
     for bands in range(1, min(threshold + 1, 64) + 1):
         radius = threshold // bands
         probes = [sum(math.comb(w, k) for k in range(radius + 1)) for w in _band_widths(bands)]
-        candidates = others * sum(p / 2.0 ** w for p, w in zip(probes, _band_widths(bands)))
-        plans.append((candidates > MAX_CANDIDATES, sum(probes) if candidates <= MAX_CANDIDATES else candidates,
-                      bands, radius))
+        candidates = others * sum(p / 2.0**w for p, w in zip(probes, _band_widths(bands)))
+        plans.append(
+            (
+                candidates > MAX_CANDIDATES,
+                sum(probes) if candidates <= MAX_CANDIDATES else candidates,
+                bands,
+                radius,
+            )
+        )
     return min(plans)[2:]
 
 
 def _flip_masks(width: int, radius: int) -> np.ndarray:
     """Every width-bit value with at most `radius` bits set (the XOR masks a probe tries)."""
-    masks = [sum(1 << b for b in bits) for k in range(radius + 1) for bits in itertools.combinations(range(width), k)]
+    masks = [
+        sum(1 << b for b in bits)
+        for k in range(radius + 1)
+        for bits in itertools.combinations(range(width), k)
+    ]
     return np.array(masks, dtype=np.int64)
 
 
-def _band_candidates(queries: np.ndarray, reference: np.ndarray, masks: np.ndarray, width: int,
-                     self_join: bool) -> tuple[np.ndarray, np.ndarray]:
+def _band_candidates(
+    queries: np.ndarray, reference: np.ndarray, masks: np.ndarray, width: int, self_join: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) of queries and reference whose band values differ by a mask; self_join: i < j. Bands of up to
     DENSE_BITS bits are looked up in a table of where each value's run starts, wider ones by binary search."""
     order = np.argsort(reference, kind="stable")
@@ -212,7 +244,7 @@ def _band_candidates(queries: np.ndarray, reference: np.ndarray, masks: np.ndarr
     firsts, seconds = [], []
     per_block = max(1, PROBE_BLOCK // max(len(queries), 1))  # masks probed in one vectorised call
     for start in range(0, len(masks), per_block):
-        block = masks[start:start + per_block]
+        block = masks[start : start + per_block]
         probe = (queries[:, None] ^ block[None, :]).ravel()
         lo = table[probe] if table is not None else np.searchsorted(ordered, probe, "left")
         counts = (table[probe + 1] if table is not None else np.searchsorted(ordered, probe, "right")) - lo
@@ -241,7 +273,9 @@ def _near(queries, reference, threshold: int, self_join: bool):
         r_values = q_values if self_join else ((r_hash >> np.uint64(shift)) & band).astype(np.int64)
         shift += width
         i, j = _band_candidates(q_values, r_values, _flip_masks(width, radius), width, self_join)
-        near = (hamming(q_hash[i], r_hash[j]) <= threshold) & (hamming(q_colour[i], r_colour[j]) <= COLOUR_THRESHOLD)
+        near = (hamming(q_hash[i], r_hash[j]) <= threshold) & (
+            hamming(q_colour[i], r_colour[j]) <= COLOUR_THRESHOLD
+        )
         yield i, j, near
 
 
@@ -307,8 +341,8 @@ class LeakCheck:
 
     leaked: int
     threshold: int
-    chance: float      # expected chance matches per val image: the larger of the two estimates below
-    table_chance: float   # n_train x PAIR_FALSE_RATE (real photographs)
+    chance: float  # expected chance matches per val image: the larger of the two estimates below
+    table_chance: float  # n_train x PAIR_FALSE_RATE (real photographs)
     flipped_share: float  # val images turned upside down that still match train (this data's own chance rate)
 
 
@@ -373,7 +407,10 @@ def store_signatures(store, indices=None, flipped: bool = False, chunk: int = 20
     files, `chunk` images at a time: beyond 16-32 bytes of hashes an image, what it holds is the same at any N."""
     bad = getattr(store, "bad", {})
     wanted = [i for i in (range(len(store)) if indices is None else indices) if i not in bad]
-    parts = [_chunk_signatures(store, wanted[start:start + chunk], flipped) for start in range(0, len(wanted), chunk)]
+    parts = [
+        _chunk_signatures(store, wanted[start : start + chunk], flipped)
+        for start in range(0, len(wanted), chunk)
+    ]
     if not parts:
         return (np.zeros(0, np.uint64),) * (4 if flipped else 2)
     return tuple(np.concatenate(column) for column in zip(*parts))
@@ -381,7 +418,10 @@ def store_signatures(store, indices=None, flipped: bool = False, chunk: int = 20
 
 def _chunk_signatures(store, indices: list, flipped: bool) -> tuple[np.ndarray, ...]:
     images = [Image.fromarray(store.load(i)) for i in indices]
-    greys, colours = np.stack([grey_thumbnail(i) for i in images]), np.stack([colour_thumbnail(i) for i in images])
+    greys, colours = (
+        np.stack([grey_thumbnail(i) for i in images]),
+        np.stack([colour_thumbnail(i) for i in images]),
+    )
     return _signatures(greys[~is_flat(greys)], colours[~is_flat(greys)], flipped)
 
 
@@ -391,10 +431,12 @@ def leak_warning(check: LeakCheck, total: int, n_train: int) -> str | None:
     expected by chance at that size and how it was estimated, and the remedies."""
     if not total or check.leaked / total <= LEAK_WARN_SHARE:
         return None
-    return (f"warning: {check.leaked} of {total} val images ({check.leaked / total:.1%}) have a near-duplicate in "
-            f"train (layout hash within {check.threshold} bits and colour hash within {COLOUR_THRESHOLD}; by chance "
-            f"about {check.chance:.2%} of val images would match {n_train:,} train images: {check.table_chance:.2%} "
-            f"for photographs, {check.flipped_share:.2%} of this data's val images matched upside down): "
-            f"validation accuracy will be optimistic; keep groups on one side with --set data.split_by=COLUMN, or "
-            f"write a group-aware split with `resnetcls data check DATA --suggest-split split.csv` "
-            f"(data.leak_check=false silences this)")
+    return (
+        f"warning: {check.leaked} of {total} val images ({check.leaked / total:.1%}) have a near-duplicate in "
+        f"train (layout hash within {check.threshold} bits and colour hash within {COLOUR_THRESHOLD}; by chance "
+        f"about {check.chance:.2%} of val images would match {n_train:,} train images: {check.table_chance:.2%} "
+        f"for photographs, {check.flipped_share:.2%} of this data's val images matched upside down): "
+        f"validation accuracy will be optimistic; keep groups on one side with --set data.split_by=COLUMN, or "
+        f"write a group-aware split with `resnetcls data check DATA --suggest-split split.csv` "
+        f"(data.leak_check=false silences this)"
+    )

@@ -12,6 +12,7 @@ training size, set_epoch() takes it with the epoch, and every batch the loader c
 indices carries it to the worker that crops it (data/loader.py), so no message beyond the indices is needed
 and a resumed run crops exactly the sizes the uninterrupted one did.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ class SeededIndex(int):
 
     seed: int
 
-    def __new__(cls, index: int, seed: int) -> "SeededIndex":
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
         obj = super().__new__(cls, index)
         obj.seed = seed
         return obj
@@ -72,8 +73,9 @@ class ResumableSampler(Sampler):
     """Indices for one epoch: a seeded permutation (shuffle), a class-balanced draw with replacement
     (balanced), or 0..n-1 (sequential); rank/world_size take every world_size-th index for DDP."""
 
-    def __init__(self, labels: list[int], mode: str = "shuffle", seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, labels: list[int], mode: str = "shuffle", seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if mode not in MODES:
             raise UserError(f"data.sampler={mode!r}: expected shuffle or balanced")
         self.labels = torch.as_tensor(labels, dtype=torch.long)
@@ -101,7 +103,7 @@ class ResumableSampler(Sampler):
         # Every rank gets the same number of samples (the last n % world_size of the epoch's order are left
         # out, different ones each shuffled epoch): with unequal shards one rank would wait for a batch that
         # never comes.
-        return order[: n - n % self.world_size][self.rank::self.world_size]
+        return order[: n - n % self.world_size][self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return max(0, len(self.labels) // self.world_size - self.position)

@@ -1,13 +1,14 @@
 """Decode many images on all cores: a process pool that survives a worker killed by one image, and the
 bad-file scan that data.on_bad=fail (build_loader) and `data check` both run."""
+
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import multiprocessing
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable
 
 from ..errors import UserError
 from ..utils.hardware import usable_cores
@@ -36,12 +37,20 @@ def _run_isolated(fn: Callable, item, context, on_crash: Callable | None):
         except BrokenProcessPool:
             if on_crash is None:
                 name = item[0] if isinstance(item, tuple) else item
-                raise UserError(f"{name}: decoding this image killed its worker process (out of memory?)") from None
+                raise UserError(
+                    f"{name}: decoding this image killed its worker process (out of memory?)"
+                ) from None
             return on_crash(item)
 
 
-def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int = 16,
-                 on_crash: Callable | None = None, desc: str = "") -> Iterable:
+def parallel_map(
+    fn: Callable,
+    items: list,
+    workers: int = -1,
+    chunk_size: int = 16,
+    on_crash: Callable | None = None,
+    desc: str = "",
+) -> Iterable:
     """fn over items in order, in a process pool of all cores (in this process for small inputs).
 
     desc: a progress bar of that name on a terminal (progress.py), one step per item.
@@ -56,7 +65,9 @@ def parallel_map(fn: Callable, items: list, workers: int = -1, chunk_size: int =
     return track(results, desc, total=len(items)) if desc else results
 
 
-def _pooled_map(fn: Callable, items: list, workers: int, chunk_size: int, on_crash: Callable | None) -> Iterable:
+def _pooled_map(
+    fn: Callable, items: list, workers: int, chunk_size: int, on_crash: Callable | None
+) -> Iterable:
     workers = default_pool_workers() if workers < 0 else workers
     if workers <= 1 or len(items) < POOL_MIN_IMAGES:
         yield from map(fn, items)
@@ -74,7 +85,7 @@ def _pooled_map(fn: Callable, items: list, workers: int, chunk_size: int, on_cra
             try:
                 while submitted < len(items) or window:
                     while submitted < len(items) and len(window) < CHUNKS_IN_FLIGHT * workers:
-                        window.append(pool.submit(_run_chunk, fn, items[submitted:submitted + chunk_size]))
+                        window.append(pool.submit(_run_chunk, fn, items[submitted : submitted + chunk_size]))
                         submitted += chunk_size
                     results = window.popleft().result()
                     done += len(results)
@@ -84,7 +95,7 @@ def _pooled_map(fn: Callable, items: list, workers: int, chunk_size: int, on_cra
                 for future in window:
                     future.cancel()
         if done < len(items):
-            chunk = items[done:done + chunk_size]
+            chunk = items[done : done + chunk_size]
             for item in chunk:
                 yield _run_isolated(fn, item, context, on_crash)
             done += len(chunk)

@@ -9,6 +9,7 @@ DATA is one of (DESIGN.md section 4):
 Hidden files (.DS_Store, ._*, Thumbs.db, anything in a hidden folder) and files without an image extension
 are ignored in folder scans and counted in `ignored`; extensions match case-insensitively.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..utils.atomic import csv_text, write_atomic
 from ..errors import UserError
+from ..utils.atomic import csv_text, write_atomic
 from .decode import is_image_file
 
 SPLITS = ("train", "val", "test")
@@ -43,9 +44,13 @@ class Samples:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: list[int]) -> "Samples":
-        return Samples([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes,
-                       {k: [v[i] for i in indices] for k, v in self.extra.items()})
+    def subset(self, indices: list[int]) -> Samples:
+        return Samples(
+            [self.paths[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.classes,
+            {k: [v[i] for i in indices] for k, v in self.extra.items()},
+        )
 
 
 @dataclass
@@ -54,7 +59,7 @@ class DataSet:
 
     classes: list[str]
     splits: dict[str, Samples]
-    layout: str                                   # folders | split-folders | csv | openloris
+    layout: str  # folders | split-folders | csv | openloris
     ignored: dict[str, list[str]] = field(default_factory=lambda: {"hidden": [], "not_image": []})
 
 
@@ -92,24 +97,32 @@ def warn_similar_names(raw_names, where: str) -> None:
         merged[unicodedata.normalize("NFC", raw)].add(raw)
     for name, spellings in sorted(merged.items()):
         if len(spellings) > 1:
-            print(f"warning: {where}: {len(spellings)} spellings of class {name!r} differ only by Unicode "
-                  f"normalisation ({', '.join(map(ascii, sorted(spellings)))}); they are one class",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: {where}: {len(spellings)} spellings of class {name!r} differ only by Unicode "
+                f"normalisation ({', '.join(map(ascii, sorted(spellings)))}); they are one class",
+                file=sys.stderr,
+                flush=True,
+            )
     by_case: dict[str, list[str]] = defaultdict(list)
     for name in sorted(merged):
         by_case[name.casefold()].append(name)
     for names in by_case.values():
         if len(names) > 1:
-            print(f"warning: {where}: classes {', '.join(map(repr, names))} differ only by case; they stay "
-                  f"separate classes (rename one if they are the same)", file=sys.stderr, flush=True)
+            print(
+                f"warning: {where}: classes {', '.join(map(repr, names))} differ only by case; they stay "
+                f"separate classes (rename one if they are the same)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in HIDDEN_NAMES
 
 
-def _scan_class_folders(root: Path, ignored: dict[str, list[str]], allow_empty: bool = False
-                        ) -> dict[str, list[str]]:
+def _scan_class_folders(
+    root: Path, ignored: dict[str, list[str]], allow_empty: bool = False
+) -> dict[str, list[str]]:
     """{class name: sorted image paths} for each sub-folder of root; an empty class folder is an error."""
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
@@ -124,7 +137,9 @@ def _scan_class_folders(root: Path, ignored: dict[str, list[str]], allow_empty: 
         for p in sorted(class_dir.rglob("*")):
             if not p.is_file():
                 continue
-            if any(_is_hidden(part) for part in p.relative_to(class_dir).parents if part.name) or _is_hidden(p):
+            if any(_is_hidden(part) for part in p.relative_to(class_dir).parents if part.name) or _is_hidden(
+                p
+            ):
                 ignored["hidden"].append(str(p))
             elif not is_image_file(p):
                 ignored["not_image"].append(str(p))
@@ -168,8 +183,10 @@ def _read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in required if c not in header]
         if missing:
-            raise UserError(f"{path}:1: CSV header must have columns {', '.join(map(repr, required))}; "
-                            f"missing {', '.join(map(repr, missing))} (header is {header})")
+            raise UserError(
+                f"{path}:1: CSV header must have columns {', '.join(map(repr, required))}; "
+                f"missing {', '.join(map(repr, missing))} (header is {header})"
+            )
         rows, problems = [], []
         line_no = reader.line_num
         for row in reader:
@@ -177,7 +194,9 @@ def _read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                problems.append(f"{path}:{start}: malformed row: expected {len(header)} columns, got {len(row)}")
+                problems.append(
+                    f"{path}:{start}: malformed row: expected {len(header)} columns, got {len(row)}"
+                )
                 continue
             rows.append((start, {h: c.strip() for h, c in zip(header, row)}))
     except csv.Error as e:
@@ -189,8 +208,13 @@ def _read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[
 def _raise_problems(problems: list[str]) -> None:
     """Report every row problem at once: the first in full, then how many more and on which lines."""
     if problems:
-        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:6])}" + \
-               (" ..." if len(problems) > 6 else "") + ")" if len(problems) > 1 else ""
+        more = (
+            f" (and {len(problems) - 1} more: {'; '.join(problems[1:6])}"
+            + (" ..." if len(problems) > 6 else "")
+            + ")"
+            if len(problems) > 1
+            else ""
+        )
         raise UserError(problems[0] + more)
 
 
@@ -200,8 +224,10 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
     rows, problems, raw_labels = [], [], set()
     for line_no, rec in table:
         if _undecodable(rec["label"]):  # paths may keep non-UTF-8 bytes (file names); labels become text
-            problems.append(f"{path}:{line_no}: label {rec['label']!r} is not UTF-8 text (byte "
-                            f"{_undecodable(rec['label'])}); save the CSV as UTF-8")
+            problems.append(
+                f"{path}:{line_no}: label {rec['label']!r} is not UTF-8 text (byte "
+                f"{_undecodable(rec['label'])}); save the CSV as UTF-8"
+            )
         elif not rec["label"]:
             problems.append(f"{path}:{line_no}: empty label")
         elif "split" in rec and rec["split"] not in SPLITS:
@@ -220,16 +246,25 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     extra_cols = [h for h in header if h not in ("path", "label", "split")]
-    samples = Samples([r["path"] for r in rows], [index[r["label"]] for r in rows], classes,
-                      {c: [r[c] for r in rows] for c in extra_cols})
+    samples = Samples(
+        [r["path"] for r in rows],
+        [index[r["label"]] for r in rows],
+        classes,
+        {c: [r[c] for r in rows] for c in extra_cols},
+    )
     return samples, [r["split"] for r in rows] if "split" in header else []
 
 
 def openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
     """{split folder: [batchK folders with a label.csv]} limited to the requested batch numbers."""
-    found = {s: sorted((p for p in (root / s).glob("batch*") if (p / "label.csv").is_file()),
-                       key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-             for s in OPENLORIS_SPLITS if (root / s).is_dir()}
+    found = {
+        s: sorted(
+            (p for p in (root / s).glob("batch*") if (p / "label.csv").is_file()),
+            key=lambda p: int(re.sub(r"\D", "", p.name) or 0),
+        )
+        for s in OPENLORIS_SPLITS
+        if (root / s).is_dir()
+    }
     if not batches.strip():
         return found
     try:
@@ -238,8 +273,10 @@ def openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
         raise UserError(f"data.batches={batches!r}: expected batch numbers such as 1,2,3") from None
     have = {int(re.sub(r"\D", "", p.name) or 0) for ps in found.values() for p in ps}
     if wanted - have:
-        raise UserError(f"data.batches: no batch {', '.join(map(str, sorted(wanted - have)))} in {root} "
-                        f"(have {', '.join(map(str, sorted(have)))})")
+        raise UserError(
+            f"data.batches: no batch {', '.join(map(str, sorted(wanted - have)))} in {root} "
+            f"(have {', '.join(map(str, sorted(have)))})"
+        )
     return {s: [p for p in ps if int(re.sub(r"\D", "", p.name) or 0) in wanted] for s, ps in found.items()}
 
 
@@ -257,19 +294,26 @@ def read_openloris(root: Path, batches: str = "") -> DataSet:
                 elif not (batch_dir / rec["file name"]).is_file():
                     problems.append(f"{csv_path}:{line_no}: image file not found: {rec['file name']!r}")
                 else:
-                    rows[OPENLORIS_SPLITS[folder]].append((str(batch_dir / rec["file name"]), int(rec["label"])))
+                    rows[OPENLORIS_SPLITS[folder]].append(
+                        (str(batch_dir / rec["file name"]), int(rec["label"]))
+                    )
             _raise_problems(problems)
     if not rows.get("train"):
         raise UserError(f"{root}: OpenLORIS layout without any labelled train/batchK/label.csv rows")
     numbers = sorted({label for split in rows.values() for _, label in split})
     classes, index = [str(n) for n in numbers], {n: i for i, n in enumerate(numbers)}
-    splits = {s: Samples([p for p, _ in r], [index[label] for _, label in r], classes) for s, r in rows.items()}
+    splits = {
+        s: Samples([p for p, _ in r], [index[label] for _, label in r], classes) for s, r in rows.items()
+    }
     return DataSet(classes, splits, "openloris")
 
 
 def _is_openloris(root: Path) -> bool:
-    return any(next((root / s).glob("batch*/label.csv"), None) is not None
-               for s in OPENLORIS_SPLITS if (root / s).is_dir())
+    return any(
+        next((root / s).glob("batch*/label.csv"), None) is not None
+        for s in OPENLORIS_SPLITS
+        if (root / s).is_dir()
+    )
 
 
 def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
@@ -293,26 +337,33 @@ def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
         return read_openloris(root, batches)
     if not (root / "train").is_dir():
         by_class = _scan_class_folders(root, ignored, allow_empty=not strict)
-        return DataSet(sorted(by_class), {"all": _to_samples(by_class, sorted(by_class), root)}, "folders",
-                       dict(ignored))
+        return DataSet(
+            sorted(by_class), {"all": _to_samples(by_class, sorted(by_class), root)}, "folders", dict(ignored)
+        )
     for entry in sorted(root.iterdir()):
         if entry.name not in SPLITS:
             ignored["hidden" if _is_hidden(entry) else "not_a_split"].append(str(entry))
-    scans = {s: _scan_class_folders(root / s, ignored, allow_empty=not strict)
-             for s in SPLITS if (root / s).is_dir()}
+    scans = {
+        s: _scan_class_folders(root / s, ignored, allow_empty=not strict)
+        for s in SPLITS
+        if (root / s).is_dir()
+    }
     classes = sorted(scans["train"]) if strict else sorted({c for scan in scans.values() for c in scan})
     splits = {s: _to_samples(scan, classes, root / s) for s, scan in scans.items()}
     return DataSet(classes, splits, "split-folders", dict(ignored))
 
 
-def stratified_holdout(samples: Samples, val_fraction: float, seed: int,
-                       split_by: str = "") -> tuple[list[int], list[int]]:
+def stratified_holdout(
+    samples: Samples, val_fraction: float, seed: int, split_by: str = ""
+) -> tuple[list[int], list[int]]:
     """Seeded per-class hold-out, identical across runs and machines; split_by keeps groups together."""
     if not 0 < val_fraction < 1:
         raise UserError(f"data.val_fraction={val_fraction}: must be between 0 and 1")
     if split_by and split_by not in samples.extra:
-        raise UserError(f"data.split_by={split_by!r}: no such column "
-                        f"(have: {', '.join(samples.extra) or 'none; only CSV manifests have extra columns'})")
+        raise UserError(
+            f"data.split_by={split_by!r}: no such column "
+            f"(have: {', '.join(samples.extra) or 'none; only CSV manifests have extra columns'})"
+        )
     rng = random.Random(seed)
     units: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, label in enumerate(samples.labels):
@@ -329,8 +380,9 @@ def stratified_holdout(samples: Samples, val_fraction: float, seed: int,
     return sorted(train), sorted(val)
 
 
-def load_splits(data: str, val: str = "", val_fraction: float = 0.1, seed: int = 0,
-                split_by: str = "", batches: str = "") -> Splits:
+def load_splits(
+    data: str, val: str = "", val_fraction: float = 0.1, seed: int = 0, split_by: str = "", batches: str = ""
+) -> Splits:
     """Resolve DATA (and an optional separate val DATA) into train/val(/test) samples."""
     dataset = read_data(data, batches)
     classes, parts = dataset.classes, dataset.splits
@@ -352,8 +404,14 @@ def write_split_csv(splits: Splits, path: str | Path) -> Path:
     rows = [["path", "label", "split", *extra]]
     for name, samples in parts:
         for i, (p, label) in enumerate(zip(samples.paths, samples.labels)):
-            rows.append([os.path.abspath(p), splits.classes[label], name,  # keeps the user's symlinks
-                         *[samples.extra.get(c, [""] * len(samples))[i] for c in extra]])
+            rows.append(
+                [
+                    os.path.abspath(p),
+                    splits.classes[label],
+                    name,  # keeps the user's symlinks
+                    *[samples.extra.get(c, [""] * len(samples))[i] for c in extra],
+                ]
+            )
     # surrogateescape: a file name that is not UTF-8 is written back as the bytes it was read from
     write_atomic(path, csv_text(rows).encode("utf-8", "surrogateescape"))
     return path

@@ -10,6 +10,7 @@
 A store is validated when opened (meta, index and data length agree; InvalidStore otherwise). The writer
 streams: each image is written to data.u8 as it arrives from the decoding pool and dropped.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,9 @@ from .geometry import StoreGeometry, decode_resized
 from .scan import CRASHED, parallel_map
 
 STORE_FORMAT = 2  # 2: the key includes inode and ctime
-JPEG_QUALITY = 90  # of the compressed store (Pillow's scale); its effect on accuracy is measured in the README
+JPEG_QUALITY = (
+    90  # of the compressed store (Pillow's scale); its effect on accuracy is measured in the README
+)
 
 
 class InvalidStore(Exception):
@@ -44,14 +47,21 @@ def _read_store(directory: Path, count: int | None) -> tuple[dict, np.ndarray]:
     except (OSError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise InvalidStore(f"unreadable: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
-        raise InvalidStore(f"format {meta.get('format') if isinstance(meta, dict) else None!r}, not {STORE_FORMAT}")
+        raise InvalidStore(
+            f"format {meta.get('format') if isinstance(meta, dict) else None!r}, not {STORE_FORMAT}"
+        )
     paths, bad = meta.get("paths"), meta.get("bad")
-    if not isinstance(paths, list) or not isinstance(bad, dict) or (count is not None and len(paths) != count):
+    if (
+        not isinstance(paths, list)
+        or not isinstance(bad, dict)
+        or (count is not None and len(paths) != count)
+    ):
         raise InvalidStore("meta.json does not list the images")
     columns = 4 if meta.get("encoding") else 3  # compressed: offset, height, width, bytes
     if index.dtype != np.int64 or index.shape != (len(paths), columns) or (index < 0).any():
-        raise InvalidStore(f"index.npy has shape {index.shape} ({index.dtype}), expected ({len(paths)}, "
-                           f"{columns}) int64")
+        raise InvalidStore(
+            f"index.npy has shape {index.shape} ({index.dtype}), expected ({len(paths)}, {columns}) int64"
+        )
     if data_bytes != meta.get("bytes"):
         raise InvalidStore(f"data.u8 has {data_bytes} bytes, meta.json says {meta.get('bytes')}")
     ends = index[:, 0] + (index[:, 3] if columns == 4 else index[:, 1] * index[:, 2] * 3)
@@ -70,8 +80,13 @@ class DecodedStore:
     kind = "decoded"
     note = ""
 
-    def __init__(self, directory: Path, count: int | None = None, meta: dict | None = None,
-                 index: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        count: int | None = None,
+        meta: dict | None = None,
+        index: np.ndarray | None = None,
+    ) -> None:
         self.directory = Path(directory)
         if meta is None or index is None:
             meta, index = _read_store(self.directory, count)
@@ -91,15 +106,18 @@ class DecodedStore:
             size = (self.directory / "data.u8").stat().st_size
             # "c" (copy-on-write) gives writable arrays, so torch.from_numpy needs no copy and no warning; the
             # plain ndarray view skips np.memmap's per-slice bookkeeping (a measurable share per image).
-            self._data = (np.memmap(self.directory / "data.u8", np.uint8, "c").view(np.ndarray) if size
-                          else np.zeros(0, np.uint8))
+            self._data = (
+                np.memmap(self.directory / "data.u8", np.uint8, "c").view(np.ndarray)
+                if size
+                else np.zeros(0, np.uint8)
+            )
         return self._data
 
     def load(self, i: int) -> np.ndarray:
         if i in self.bad:
             raise DecodeError(self.paths[i], self.bad[i])
         offset, height, width = (int(v) for v in self.index[i][:3])
-        return self._mapped()[offset:offset + height * width * 3].reshape(height, width, 3)
+        return self._mapped()[offset : offset + height * width * 3].reshape(height, width, 3)
 
     @property
     def bad_files(self) -> dict[str, str]:
@@ -115,7 +133,7 @@ class CompressedStore(DecodedStore):
         if i in self.bad:
             raise DecodeError(self.paths[i], self.bad[i])
         offset, _height, _width, nbytes = (int(v) for v in self.index[i])
-        with Image.open(io.BytesIO(self._mapped()[offset:offset + nbytes])) as image:
+        with Image.open(io.BytesIO(self._mapped()[offset : offset + nbytes])) as image:
             return np.array(image.convert("RGB"), dtype=np.uint8)  # writable, as the decoded store's
 
 
@@ -156,9 +174,13 @@ def write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: i
     bad: dict[int, str] = {}
     offset = 0
     with open(tmp / "data.u8", "wb") as data:
-        results = parallel_map(encode_for_store if compressed else decode_for_store,
-                               [(p, geometry) for p in paths], workers, on_crash=_crashed_in_store,
-                               desc="cache build")
+        results = parallel_map(
+            encode_for_store if compressed else decode_for_store,
+            [(p, geometry) for p in paths],
+            workers,
+            on_crash=_crashed_in_store,
+            desc="cache build",
+        )
         for i, (entry, reason) in enumerate(results):
             if entry is None:
                 bad[i] = reason
@@ -176,9 +198,14 @@ def write_store(tmp: Path, paths: list[str], geometry: StoreGeometry, workers: i
     buffer = io.BytesIO()
     np.save(buffer, index)
     write_atomic(tmp / "index.npy", buffer.getvalue())
-    meta = {"format": STORE_FORMAT, "geometry": asdict(geometry), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "bytes": offset, "paths": [os.fsencode(p).decode("utf-8", "surrogateescape") for p in paths],
-            "bad": {str(i): r for i, r in bad.items()},
-            **({"encoding": "jpeg", "quality": JPEG_QUALITY} if compressed else {})}
+    meta = {
+        "format": STORE_FORMAT,
+        "geometry": asdict(geometry),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "bytes": offset,
+        "paths": [os.fsencode(p).decode("utf-8", "surrogateescape") for p in paths],
+        "bad": {str(i): r for i, r in bad.items()},
+        **({"encoding": "jpeg", "quality": JPEG_QUALITY} if compressed else {}),
+    }
     # meta.json is written last: a store folder is only ever renamed into place after it exists.
     write_text_atomic(tmp / "meta.json", json.dumps(meta, ensure_ascii=True))

@@ -10,6 +10,7 @@ Two layouts: `manifest` (OUT/<class>/<n>.jpg + manifest.csv, each image's factor
 `openloris` (the OpenLORIS-Object challenge's folders, with the paper's protocol: 12 batches, each one factor at
 one level, see synthesize_openloris).
 """
+
 from __future__ import annotations
 
 import io
@@ -23,13 +24,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..utils.atomic import csv_text, write_atomic, write_text_atomic
 from ..errors import UserError
+from ..utils.atomic import csv_text, write_atomic, write_text_atomic
 
 SHAPES = ["circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring"]
 PATTERNS = ["solid", "striped", "dotted", "checked"]
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40),
-           "magenta": (210, 50, 200), "cyan": (40, 200, 210), "orange": (245, 140, 30), "white": (235, 235, 235)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 215, 40),
+    "magenta": (210, 50, 200),
+    "cyan": (40, 200, 210),
+    "orange": (245, 140, 30),
+    "white": (235, 235, 235),
+}
 FACTORS = ("illumination", "occlusion", "pixel_size", "clutter")
 SPLIT_SHARES = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 
@@ -110,8 +119,15 @@ def _background(rng: random.Random, size: int, clutter: int) -> Image.Image:
     if clutter >= 2:
         nprng = np.random.default_rng(rng.randrange(2**32))
         noise = nprng.normal(0, 1, (size // 8, size // 8, 3)).astype(np.float32)
-        noise = np.array(Image.fromarray(((noise * 30) + 128).clip(0, 255).astype(np.uint8)).resize(
-            (size, size), Image.BICUBIC), np.float32) - 128
+        noise = (
+            np.array(
+                Image.fromarray(((noise * 30) + 128).clip(0, 255).astype(np.uint8)).resize(
+                    (size, size), Image.BICUBIC
+                ),
+                np.float32,
+            )
+            - 128
+        )
         arr += noise
     img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB")
     if clutter >= 3:
@@ -120,8 +136,10 @@ def _background(rng: random.Random, size: int, clutter: int) -> Image.Image:
             r = rng.uniform(0.06, 0.14) * size
             cx, cy = rng.uniform(0, size), rng.uniform(0, size)
             g = rng.randint(30, 220)
-            draw.polygon(_shape_polygon(rng.choice(SHAPES[1:7]), cx, cy, r, rng.uniform(0, 6.3)),
-                         fill=(g, g + rng.randint(-20, 20), g))
+            draw.polygon(
+                _shape_polygon(rng.choice(SHAPES[1:7]), cx, cy, r, rng.uniform(0, 6.3)),
+                fill=(g, g + rng.randint(-20, 20), g),
+            )
     return img
 
 
@@ -135,8 +153,10 @@ def _perspective(img: Image.Image, mask: Image.Image, rng: random.Random, amount
         a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
     coeffs = np.linalg.solve(np.array(a, float), np.array([c for p in src for c in p], float))
-    return (img.transform(img.size, Image.PERSPECTIVE, tuple(coeffs), Image.BILINEAR),
-            mask.transform(mask.size, Image.PERSPECTIVE, tuple(coeffs), Image.BILINEAR))
+    return (
+        img.transform(img.size, Image.PERSPECTIVE, tuple(coeffs), Image.BILINEAR),
+        mask.transform(mask.size, Image.PERSPECTIVE, tuple(coeffs), Image.BILINEAR),
+    )
 
 
 def render(design: tuple[str, str, str], levels: dict[str, int], image_size: int, seed: int) -> Image.Image:
@@ -199,8 +219,14 @@ def openloris_protocol() -> list[tuple[int, str, int]]:
     return [(3 * f + level, factor, level) for f, factor in enumerate(FACTORS) for level in (1, 2, 3)]
 
 
-def synthesize_openloris(out_dir: str | os.PathLike, classes: int = 10, per_class: int = 100, image_size: int = 64,
-                         seed: int = 0, workers: int | None = None) -> Path:
+def synthesize_openloris(
+    out_dir: str | os.PathLike,
+    classes: int = 10,
+    per_class: int = 100,
+    image_size: int = 64,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
     """Write the OpenLORIS-Object challenge layout: OUT/{train,validation,test}/batchK/label.csv (`file name,label`,
     integer labels) with the images next to it, per_class images of every object in every batch, split so that
     every object is in each batch's validation and test; OUT/classes.csv (label -> object) and OUT/batches.csv
@@ -212,7 +238,9 @@ def synthesize_openloris(out_dir: str | os.PathLike, classes: int = 10, per_clas
     for batch, factor, level in openloris_protocol():
         levels = {f: level if f == factor else 1 for f in FACTORS}
         for label, design in enumerate(designs):
-            split_of = [s for s, n in zip(("train", "validation", "test"), _split_counts(per_class)) for _ in range(n)]
+            split_of = [
+                s for s, n in zip(("train", "validation", "test"), _split_counts(per_class)) for _ in range(n)
+            ]
             rng.shuffle(split_of)
             for i, split in enumerate(split_of):
                 folder = out / split / f"batch{batch}"
@@ -225,14 +253,22 @@ def synthesize_openloris(out_dir: str | os.PathLike, classes: int = 10, per_clas
         list(pool.map(_render_job, jobs, chunksize=32))
     for folder, rows in tables.items():
         write_text_atomic(folder / "label.csv", csv_text([["file name", "label"], *rows]))
-    write_text_atomic(out / "classes.csv", csv_text([["label", "object"], *([i, "_".join(d)] for i, d in
-                                                                           enumerate(designs))]))
+    write_text_atomic(
+        out / "classes.csv",
+        csv_text([["label", "object"], *([i, "_".join(d)] for i, d in enumerate(designs))]),
+    )
     write_text_atomic(out / "batches.csv", csv_text([["batch", "factor", "level"], *openloris_protocol()]))
     return out
 
 
-def synthesize(out_dir: str | os.PathLike, classes: int = 10, per_class: int = 100, image_size: int = 64,
-               seed: int = 0, workers: int | None = None) -> Path:
+def synthesize(
+    out_dir: str | os.PathLike,
+    classes: int = 10,
+    per_class: int = 100,
+    image_size: int = 64,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
     """Write OUT_DIR/<class>/<n>.jpg and OUT_DIR/manifest.csv; returns the manifest path."""
     if per_class < 3:
         raise UserError(f"--per-class {per_class}: need at least 3 (train, val and test)")

@@ -1,5 +1,6 @@
 """Train and eval transforms. The eval preprocessing is stored in model.json and rebuilt from it here,
 so predict/serve/export preprocess exactly as evaluation did."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,6 @@ from torchvision.transforms import v2 as T
 from ..errors import UserError
 from .augment import POLICIES, DeviceCrops, SampleAugment
 from .geometry import INTERPOLATIONS, CropToAspect, StoreGeometry
-
 
 
 # F.interpolate's uint8 kernels (antialiased, as torchvision's Resize; nearest-exact for "nearest") in their
@@ -32,9 +32,14 @@ def _nearest_into(src, size, out):
 RESIZE_INTO = {"bilinear": _bilinear_into, "bicubic": _bicubic_into, "nearest": _nearest_into}
 
 
-def make_preprocess(image_size: int, resize_size: int = 0, augment: str = "crop_flip",
-                    interpolation: str = "bilinear", mean=(0.485, 0.456, 0.406),
-                    std=(0.229, 0.224, 0.225)) -> dict:
+def make_preprocess(
+    image_size: int,
+    resize_size: int = 0,
+    augment: str = "crop_flip",
+    interpolation: str = "bilinear",
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+) -> dict:
     """The eval preprocessing record that travels in model.json.
 
     resize_mode "shorter_side": resize the short side to `resize`, centre-crop image_size (the usual eval for
@@ -45,8 +50,14 @@ def make_preprocess(image_size: int, resize_size: int = 0, augment: str = "crop_
         raise UserError(f"data.interpolation={interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
     square = augment == "resize"
     resize = image_size if square else (resize_size or round(image_size / 0.875))
-    return {"image_size": image_size, "resize": resize, "resize_mode": "square" if square else "shorter_side",
-            "interpolation": interpolation, "mean": list(mean), "std": list(std)}
+    return {
+        "image_size": image_size,
+        "resize": resize,
+        "resize_mode": "square" if square else "shorter_side",
+        "interpolation": interpolation,
+        "mean": list(mean),
+        "std": list(std),
+    }
 
 
 class ToNormalizedTensor:
@@ -91,8 +102,11 @@ def build_eval_transform(preprocess: dict) -> T.Compose:
     if preprocess.get("resize_mode") == "square":
         geometry = [T.Resize((size, size), interpolation=interp, antialias=True)]
     else:
-        geometry = [CropToAspect(), T.Resize(preprocess["resize"], interpolation=interp, antialias=True),
-                    T.CenterCrop(size)]
+        geometry = [
+            CropToAspect(),
+            T.Resize(preprocess["resize"], interpolation=interp, antialias=True),
+            T.CenterCrop(size),
+        ]
     return T.Compose(geometry + [ToNormalizedTensor(preprocess["mean"], preprocess["std"])])
 
 
@@ -119,30 +133,48 @@ class BatchTransform:
     preprocess["resize"] (the default), and up to resize rounding otherwise.
     """
 
-    def __init__(self, preprocess: dict, train: bool, augment: str = "crop_flip", min_crop_scale: float = 0.25,
-                 color_jitter: float = 0.0, store_size: int = 0, random_erasing: float = 0.0,
-                 on_device: bool = False) -> None:
+    def __init__(
+        self,
+        preprocess: dict,
+        train: bool,
+        augment: str = "crop_flip",
+        min_crop_scale: float = 0.25,
+        color_jitter: float = 0.0,
+        store_size: int = 0,
+        random_erasing: float = 0.0,
+        on_device: bool = False,
+    ) -> None:
         _check_augment(augment)
         square = preprocess.get("resize_mode") == "square"
         size = store_size or preprocess["resize"]
         if size < preprocess["image_size"]:
-            raise UserError(f"data.cache_size={size}: must be at least data.image_size={preprocess['image_size']}")
+            raise UserError(
+                f"data.cache_size={size}: must be at least data.image_size={preprocess['image_size']}"
+            )
         if not 0 <= color_jitter < 1:
             raise UserError(f"data.color_jitter={color_jitter}: must be in [0, 1)")
         self.preprocess, self.size = preprocess, preprocess["image_size"]
         self.random = train and augment != "resize"
-        self.augment = SampleAugment(augment if train else "crop_flip", random_erasing if train else 0.0,
-                                     preprocess["mean"])
+        self.augment = SampleAugment(
+            augment if train else "crop_flip", random_erasing if train else 0.0, preprocess["mean"]
+        )
         self.scale, self.jitter = (min_crop_scale, 1.0), color_jitter if train else 0.0
         self.geometry = StoreGeometry(size, square, preprocess["interpolation"])
         self._resize_op = RESIZE_INTO[preprocess["interpolation"]]
-        mean, std = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1), torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
+        mean, std = (
+            torch.tensor(preprocess["mean"]).view(1, 3, 1, 1),
+            torch.tensor(preprocess["std"]).view(1, 3, 1, 1),
+        )
         self._mean, self._std = mean, std
-        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std as x * scale + shift
+        self._scale, self._shift = (
+            1.0 / (255.0 * std),
+            -mean / std,
+        )  # (x / 255 - mean) / std as x * scale + shift
         self._rows_key, self._rows = None, None
         # data.augment_on=device: workers ship canvases, the device crops (data/augment.py's DeviceCrops)
-        self.device_crops = DeviceCrops(size, self.scale, self.augment, _crop_box) \
-            if on_device and self.random else None
+        self.device_crops = (
+            DeviceCrops(size, self.scale, self.augment, _crop_box) if on_device and self.random else None
+        )
 
     def _resize_into(self, out: torch.Tensor, hwc: np.ndarray, flip: bool = False) -> None:
         """Resize one HWC uint8 image straight into `out`, a (1, 3, S, S) channels-last slot of the batch.
@@ -155,8 +187,13 @@ class BatchTransform:
             src = src.flip(-1)
         self._resize_op(src, out.shape[-2:], out)
 
-    def crops(self, images: list[np.ndarray], into: torch.Tensor | None = None,
-              seeds: list[int] | None = None, size: int | None = None) -> torch.Tensor:
+    def crops(
+        self,
+        images: list[np.ndarray],
+        into: torch.Tensor | None = None,
+        seeds: list[int] | None = None,
+        size: int | None = None,
+    ) -> torch.Tensor:
         """HWC uint8 stored images -> (N, 3, S, S) uint8 channels-last batch of crops.
 
         into: an (N, S, S, 3) uint8 tensor to write them to (the loader's shared ring slot), else a new one.
@@ -177,9 +214,11 @@ class BatchTransform:
             h, w = image.shape[:2]
             if self.random:
                 top, left, ch, cw = _crop_box(h, w, self.scale, draws[k])
-                self._resize_into(out[k:k + 1], image[top:top + ch, left:left + cw], flips[k])
+                self._resize_into(out[k : k + 1], image[top : top + ch, left : left + cw], flips[k])
             elif self.geometry.square:
-                self._resize_into(out[k:k + 1], image) if self.geometry.size != s else np.copyto(slots[k], image)
+                self._resize_into(out[k : k + 1], image) if self.geometry.size != s else np.copyto(
+                    slots[k], image
+                )
             else:
                 r = self.preprocess["resize"]
                 if self.geometry.size != r:
@@ -189,7 +228,7 @@ class BatchTransform:
                     self._resize_into(resized.permute(0, 3, 1, 2), image)
                     image, h, w = resized[0].numpy(), nh, nw
                 top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-                np.copyto(slots[k], image[top:top + s, left:left + s])
+                np.copyto(slots[k], image[top : top + s, left : left + s])
         if self.augment.active:
             if seeds is None:
                 seeds = torch.randint(0, 2**62, (n,)).tolist()
@@ -206,10 +245,10 @@ class BatchTransform:
         for k, image in enumerate(images):
             h, w = image.shape[:2]
             if h < c or w < c:
-                self._resize_into(out[k:k + 1], image)
+                self._resize_into(out[k : k + 1], image)
             else:
                 top, left = (h - c) // 2, (w - c) // 2
-                np.copyto(slots[k], image[top:top + c, left:left + c])
+                np.copyto(slots[k], image[top : top + c, left : left + c])
         return out
 
     def finish(self, batch: torch.Tensor) -> torch.Tensor:
@@ -237,11 +276,16 @@ class BatchTransform:
         key = (width, str(device))
         if self._rows_key != key:
             self._rows_key = key
-            self._rows = (self._scale.view(3).repeat(width).to(device), self._shift.view(3).repeat(width).to(device))
+            self._rows = (
+                self._scale.view(3).repeat(width).to(device),
+                self._shift.view(3).repeat(width).to(device),
+            )
         return self._rows
 
 
-def _crop_box(h: int, w: int, scale: tuple[float, float], draw: list[list[float]]) -> tuple[int, int, int, int]:
+def _crop_box(
+    h: int, w: int, scale: tuple[float, float], draw: list[list[float]]
+) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop box (ratio 3/4..4/3, 10 tries, then a centre crop) from given draws."""
     area, log_lo, log_hi = h * w, math.log(3 / 4), math.log(4 / 3)
     for u_area, u_ratio, u_top, u_left in draw:
@@ -267,18 +311,25 @@ def _color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     x = x * b
     mean = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * c + mean
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     return ((x - gray) * s + gray).clamp_(0, 1)
 
 
-def build_train_transform(preprocess: dict, augment: str = "crop_flip", min_crop_scale: float = 0.25,
-                          color_jitter: float = 0.0, store_size: int = 0,
-                          random_erasing: float = 0.0, on_device: bool = False) -> BatchTransform:
+def build_train_transform(
+    preprocess: dict,
+    augment: str = "crop_flip",
+    min_crop_scale: float = 0.25,
+    color_jitter: float = 0.0,
+    store_size: int = 0,
+    random_erasing: float = 0.0,
+    on_device: bool = False,
+) -> BatchTransform:
     """Training augmentation on uint8 batches: random-resized-crop + flip (+ a policy, random erasing,
     jitter), or the seed's plain resize. on_device: crop, flip and policy run on the training device
     (data.augment_on; the loader then ships canvases, see BatchTransform.device_crops)."""
-    return BatchTransform(preprocess, True, augment, min_crop_scale, color_jitter, store_size, random_erasing,
-                          on_device)
+    return BatchTransform(
+        preprocess, True, augment, min_crop_scale, color_jitter, store_size, random_erasing, on_device
+    )
 
 
 def build_eval_batch_transform(preprocess: dict, store_size: int = 0) -> BatchTransform:

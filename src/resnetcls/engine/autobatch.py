@@ -10,6 +10,7 @@ not part of either measurement (per image it costs the same at every batch size)
   below the recipe's train.batch_size, gradient accumulation keeps the recipe's effective batch. The search
   itself (plan_gpu_batch) is a pure function of a fits(batch) probe, so it is tested without a GPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,8 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -32,9 +33,9 @@ from .prepare import build_context, build_model, seed_everything
 
 CANDIDATES = (16, 32, 64, 128)
 WARMUP_STEPS, TIMED_STEPS = 1, 3
-GPU_START_BATCH = 16   # the GPU search doubles from here (and bisects below it when even this fails)
-MAX_BATCH = 4096       # beyond this a bigger batch buys no speed; the search stops here however much memory
-SAFETY = 0.9           # take 90% of the largest batch that fitted, rounded down to a multiple of 8
+GPU_START_BATCH = 16  # the GPU search doubles from here (and bisects below it when even this fails)
+MAX_BATCH = 4096  # beyond this a bigger batch buys no speed; the search stops here however much memory
+SAFETY = 0.9  # take 90% of the largest batch that fitted, rounded down to a multiple of 8
 BISECT_TOLERANCE = 32  # bisect until the gap is 1/32 of the fit: finer than the margin, and fewer big steps
 
 
@@ -73,7 +74,7 @@ class BatchPlan:
     batch_size: int
     grad_accum_steps: int
     largest_fit: int  # the largest batch that fitted in memory (the cap itself when memory never ran short)
-    capped: bool      # the cap (training-set size or MAX_BATCH) fitted: the batch is not memory-bound
+    capped: bool  # the cap (training-set size or MAX_BATCH) fitted: the batch is not memory-bound
 
 
 def candidate_batches(train_images: int) -> list[int]:
@@ -138,16 +139,19 @@ def keep_effective_batch(fitting: int, batch_size: int, grad_accum_steps: int) -
     return math.ceil(effective / steps), steps
 
 
-def plan_gpu_batch(fits: Callable[[int], bool], train_images: int, batch_size: int, grad_accum_steps: int,
-                   image_size: int) -> BatchPlan:
+def plan_gpu_batch(
+    fits: Callable[[int], bool], train_images: int, batch_size: int, grad_accum_steps: int, image_size: int
+) -> BatchPlan:
     """The GPU's batch: the largest that fits (capped at the training set and MAX_BATCH), less the margin
     where memory was what limited it, with accumulation to keep the recipe's effective batch."""
     limit = max(1, min(train_images, MAX_BATCH))
     largest = search_largest_batch(fits, limit)
     if largest == 0:
-        raise UserError(f"--batch-size auto: not even a batch of 1 fits in the GPU's memory at image size "
-                        f"{image_size} (data.image_size); lower --image-size, choose a smaller --model, or "
-                        f"free the GPU")
+        raise UserError(
+            f"--batch-size auto: not even a batch of 1 fits in the GPU's memory at image size "
+            f"{image_size} (data.image_size); lower --image-size, choose a smaller --model, or "
+            f"free the GPU"
+        )
     if largest == limit:  # the cap fitted: memory never ran short, so no margin and no accumulation
         return BatchPlan(limit, grad_accum_steps, largest, True)
     batch, steps = keep_effective_batch(with_margin(largest), batch_size, grad_accum_steps)
@@ -157,6 +161,7 @@ def plan_gpu_batch(fits: Callable[[int], bool], train_images: int, batch_size: i
 def cuda_memory_probe(run_step: Callable[[int], None]) -> Callable[[int], bool]:
     """fits(batch) for a GPU: True when run_step(batch) completes, False when it runs out of memory; either
     way the step's memory is freed and the allocator's cache emptied, so the next try starts clean."""
+
     def fits(batch: int) -> bool:
         try:
             run_step(batch)
@@ -168,6 +173,7 @@ def cuda_memory_probe(run_step: Callable[[int], None]) -> Callable[[int], bool]:
         finally:
             gc.collect()  # the failed step's frames (and their tensors) may sit in reference cycles
             torch.cuda.empty_cache()
+
     return fits
 
 
@@ -178,8 +184,10 @@ def auto_batch_size(cfg: Config, device_name: str | None = None) -> Config:
     d, t = cfg.data, cfg.train
     ctx = build_context(t, device_name)
     if ctx.device.type not in ("cpu", "cuda"):
-        raise UserError(f"--batch-size auto: measured on a CPU or a CUDA GPU only; on {ctx.device.type} give "
-                        f"--batch-size B")
+        raise UserError(
+            f"--batch-size auto: measured on a CPU or a CUDA GPU only; on {ctx.device.type} give "
+            f"--batch-size B"
+        )
     seed_everything(t.seed, t.deterministic)
     splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
     recipe = build_recipe(cfg, ctx, max(2, len(splits.classes)))
@@ -194,8 +202,14 @@ def build_recipe(cfg: Config, ctx: StepContext, num_classes: int) -> StepRecipe:
     """A fresh model of the run's recipe with its optimizer and loss (held only by the recipe, so the GPU
     search can free them)."""
     model = build_model(cfg.model, cfg.train, num_classes, ctx)
-    return StepRecipe(model, build_optimizer(model, cfg.optim), build_loss(cfg.loss, num_classes).to(ctx.device),
-                      ctx, cfg.data.image_size, num_classes)
+    return StepRecipe(
+        model,
+        build_optimizer(model, cfg.optim),
+        build_loss(cfg.loss, num_classes).to(ctx.device),
+        ctx,
+        cfg.data.image_size,
+        num_classes,
+    )
 
 
 def fastest_on_cpu(recipe: StepRecipe, train_images: int) -> int:
@@ -206,26 +220,44 @@ def fastest_on_cpu(recipe: StepRecipe, train_images: int) -> int:
     time_batch(recipe, candidates[0])
     measured = {b: time_batch(recipe, b) for b in candidates}
     batch = fastest_batch(measured)
-    print(f"--batch-size auto: {batch} (the most train images/s on this CPU among "
-          + ", ".join(f"{b}: {v:.0f}" for b, v in measured.items()) + ")", file=sys.stderr, flush=True)
+    print(
+        f"--batch-size auto: {batch} (the most train images/s on this CPU among "
+        + ", ".join(f"{b}: {v:.0f}" for b, v in measured.items())
+        + ")",
+        file=sys.stderr,
+        flush=True,
+    )
     return batch
 
 
-def fit_gpu_memory(recipe: StepRecipe, train_images: int, batch_size: int, grad_accum_steps: int) -> tuple[int, int]:
+def fit_gpu_memory(
+    recipe: StepRecipe, train_images: int, batch_size: int, grad_accum_steps: int
+) -> tuple[int, int]:
     """(batch, accumulation steps) from plan_gpu_batch with real training steps as the probe (printed); the
     probe's model and optimizer state are freed before the run builds its own."""
     ctx = recipe.ctx
-    plan = plan_gpu_batch(cuda_memory_probe(recipe.step), train_images, batch_size, grad_accum_steps,
-                          recipe.image_size)
+    plan = plan_gpu_batch(
+        cuda_memory_probe(recipe.step), train_images, batch_size, grad_accum_steps, recipe.image_size
+    )
     recipe.model, recipe.optimizer = None, None
     gc.collect()
     torch.cuda.empty_cache()
-    how = (f"the whole training set / the cap of {MAX_BATCH} fitted" if plan.capped else
-           f"{SAFETY:.0%} of {plan.largest_fit}, the largest that fitted, to a multiple of 8")
-    accumulation = (f" x {plan.grad_accum_steps} accumulation steps = {plan.batch_size * plan.grad_accum_steps}"
-                    f" per optimizer step (the recipe's {batch_size} x {grad_accum_steps} did not fit)"
-                    if plan.grad_accum_steps != grad_accum_steps else "")
-    print(f"--batch-size auto: {plan.batch_size}{accumulation} ({how}; {torch.cuda.get_device_name(ctx.device)}, "
-          f"image size {recipe.image_size}, {precision_name(ctx.amp_dtype)}"
-          f"{' channels_last' if ctx.channels_last else ''})", file=sys.stderr, flush=True)
+    how = (
+        f"the whole training set / the cap of {MAX_BATCH} fitted"
+        if plan.capped
+        else f"{SAFETY:.0%} of {plan.largest_fit}, the largest that fitted, to a multiple of 8"
+    )
+    accumulation = (
+        f" x {plan.grad_accum_steps} accumulation steps = {plan.batch_size * plan.grad_accum_steps}"
+        f" per optimizer step (the recipe's {batch_size} x {grad_accum_steps} did not fit)"
+        if plan.grad_accum_steps != grad_accum_steps
+        else ""
+    )
+    print(
+        f"--batch-size auto: {plan.batch_size}{accumulation} ({how}; {torch.cuda.get_device_name(ctx.device)}, "
+        f"image size {recipe.image_size}, {precision_name(ctx.amp_dtype)}"
+        f"{' channels_last' if ctx.channels_last else ''})",
+        file=sys.stderr,
+        flush=True,
+    )
     return plan.batch_size, plan.grad_accum_steps

@@ -10,25 +10,26 @@ Under progressive resizing (data.progressive) the steps are timed at the final s
 time is that scaled by its share of the final size's pixels (a ResNet's work per image grows with the pixel
 count); the schedule itself depends on the number of epochs, so the choice searches over it.
 """
+
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..utils.atomic import write_atomic
 from ..data.sampler import progressive_sizes
+from ..utils.atomic import write_atomic
 from .checkpoint import RunState, capture_rng, capture_state, restore_rng
 from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
 
-WARMUP_STEPS = 2    # untimed optimizer steps first (loader start, first-call overheads, optimizer state)
-MEASURE_STEPS = 5   # then timed ones (over more than one pass of a short loader)
-VAL_BATCHES = 2     # timed validation batches, after one untimed batch
+WARMUP_STEPS = 2  # untimed optimizer steps first (loader start, first-call overheads, optimizer state)
+MEASURE_STEPS = 5  # then timed ones (over more than one pass of a short loader)
+VAL_BATCHES = 2  # timed validation batches, after one untimed batch
 MAX_EPOCHS = 1_000_000  # the range of train.epochs
 
 
@@ -39,21 +40,37 @@ def pixel_shares(epochs: int, image_size: int, progressive: float) -> list[float
     return [(size / image_size) ** 2 for size in progressive_sizes(epochs, image_size, progressive)]
 
 
-def schedule_seconds(epochs: int, step_s: float, steps_per_epoch: int, val_s: float, overhead_s: float = 0.0,
-                     image_size: int = 0, progressive: float = 0.0) -> float:
+def schedule_seconds(
+    epochs: int,
+    step_s: float,
+    steps_per_epoch: int,
+    val_s: float,
+    overhead_s: float = 0.0,
+    image_size: int = 0,
+    progressive: float = 0.0,
+) -> float:
     """The predicted time of `epochs` epochs: steps at step_s (the final size's) scaled by each epoch's pixel
     share, plus one validation and one checkpoint per epoch."""
     share = sum(pixel_shares(epochs, image_size, progressive)) if progressive > 0 else epochs
     return step_s * steps_per_epoch * share + epochs * (val_s + overhead_s)
 
 
-def epochs_for_budget(budget_s: float, step_s: float, steps_per_epoch: int, val_s: float,
-                      overhead_s: float = 0.0, image_size: int = 0, progressive: float = 0.0) -> int:
+def epochs_for_budget(
+    budget_s: float,
+    step_s: float,
+    steps_per_epoch: int,
+    val_s: float,
+    overhead_s: float = 0.0,
+    image_size: int = 0,
+    progressive: float = 0.0,
+) -> int:
     """The number of whole epochs whose training (steps_per_epoch steps of step_s, scaled by each epoch's pixel
     share under data.progressive), validation (val_s each) and end-of-epoch checkpoint (overhead_s) come
     closest to budget_s without passing it by more than 10%; at least 1."""
     if not step_s * steps_per_epoch + val_s + overhead_s > 0:
-        raise ValueError(f"an epoch must take some time, got {step_s * steps_per_epoch + val_s + overhead_s!r} s")
+        raise ValueError(
+            f"an epoch must take some time, got {step_s * steps_per_epoch + val_s + overhead_s!r} s"
+        )
     total = lambda n: schedule_seconds(n, step_s, steps_per_epoch, val_s, overhead_s, image_size, progressive)
     fits, over = 0, MAX_EPOCHS + 1  # binary search: the most epochs that fit (total grows with the epochs)
     while over - fits > 1:
@@ -61,8 +78,11 @@ def epochs_for_budget(budget_s: float, step_s: float, steps_per_epoch: int, val_
         fits, over = (middle, over) if total(middle) <= budget_s else (fits, middle)
     if fits == 0:
         return 1
-    if fits < MAX_EPOCHS and total(fits + 1) - budget_s <= budget_s - total(fits) \
-            and total(fits + 1) <= 1.1 * budget_s:
+    if (
+        fits < MAX_EPOCHS
+        and total(fits + 1) - budget_s <= budget_s - total(fits)
+        and total(fits + 1) <= 1.1 * budget_s
+    ):
         return fits + 1  # one more epoch ends nearer the budget, and at most 10% past it
     return fits
 
@@ -76,32 +96,44 @@ class BudgetChoice:
     val_s: float
     steps_per_epoch: int
     epochs: int
-    overhead_s: float = 0.0     # the checkpoint written after each epoch
-    setup_s: float = 0.0        # spent before training (data, model, this measurement), out of the budget
-    pixel_share: float = 1.0    # progressive resizing: the epochs' mean share of the final size's pixels
+    overhead_s: float = 0.0  # the checkpoint written after each epoch
+    setup_s: float = 0.0  # spent before training (data, model, this measurement), out of the budget
+    pixel_share: float = 1.0  # progressive resizing: the epochs' mean share of the final size's pixels
 
     @property
     def predicted_s(self) -> float:
-        return self.setup_s + self.epochs * (self.step_s * self.steps_per_epoch * self.pixel_share + self.val_s
-                                             + self.overhead_s)
+        return self.setup_s + self.epochs * (
+            self.step_s * self.steps_per_epoch * self.pixel_share + self.val_s + self.overhead_s
+        )
 
     def line(self) -> str:
-        text = (f"time budget {format_seconds(self.budget_s)}: measured {self.step_s:.3g} s/step, "
-                f"{self.val_s:.3g} s of validation and {self.overhead_s:.2g} s of checkpoint per epoch, "
-                f"{self.setup_s:.3g} s of setup; chose {self.epochs} epochs x {self.steps_per_epoch} steps "
-                f"(predicted {format_seconds(self.predicted_s)} in all)")
+        text = (
+            f"time budget {format_seconds(self.budget_s)}: measured {self.step_s:.3g} s/step, "
+            f"{self.val_s:.3g} s of validation and {self.overhead_s:.2g} s of checkpoint per epoch, "
+            f"{self.setup_s:.3g} s of setup; chose {self.epochs} epochs x {self.steps_per_epoch} steps "
+            f"(predicted {format_seconds(self.predicted_s)} in all)"
+        )
         if self.pixel_share < 1:
-            text += (f"; progressive resizing: the steps were timed at the final size and an epoch trains on "
-                     f"{self.pixel_share:.0%} of its pixels on average")
+            text += (
+                f"; progressive resizing: the steps were timed at the final size and an epoch trains on "
+                f"{self.pixel_share:.0%} of its pixels on average"
+            )
         if self.predicted_s > 1.1 * self.budget_s:
             text += "; warning: one epoch alone is longer than the budget"
         return text
 
     def record(self) -> dict:
-        return {"budget_s": self.budget_s, "step_s": self.step_s, "val_s": self.val_s,
-                "overhead_s": self.overhead_s, "setup_s": self.setup_s,
-                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs, "pixel_share": self.pixel_share,
-                "predicted_s": round(self.predicted_s, 2)}
+        return {
+            "budget_s": self.budget_s,
+            "step_s": self.step_s,
+            "val_s": self.val_s,
+            "overhead_s": self.overhead_s,
+            "setup_s": self.setup_s,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "pixel_share": self.pixel_share,
+            "predicted_s": round(self.predicted_s, 2),
+        }
 
 
 def format_seconds(seconds: float) -> str:
@@ -121,8 +153,15 @@ def mean_interval(ticks: list[float], start: float) -> float:
     return ticks[0] - start if ticks else 0.0
 
 
-def measure_speed(model: nn.Module, train_loader, val_loader, loss_fn: nn.Module, ctx: StepContext,
-                  build_opt: Callable[[nn.Module], Optimization], probe_dir: Path | None) -> tuple[float, float, float]:
+def measure_speed(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    loss_fn: nn.Module,
+    ctx: StepContext,
+    build_opt: Callable[[nn.Module], Optimization],
+    probe_dir: Path | None,
+) -> tuple[float, float, float]:
     """(seconds per optimizer step, seconds per validation pass, seconds per checkpoint), timed on a copy of
     model with its own optimizer (build_opt); the checkpoint as a file in probe_dir (None: not timed, 0).
     model, its optimizer-to-be and every RNG are as they were afterwards."""
@@ -137,7 +176,7 @@ def measure_speed(model: nn.Module, train_loader, val_loader, loss_fn: nn.Module
     for _ in range(WARMUP_STEPS + MEASURE_STEPS):  # passes: a tiny data set may have one step per epoch
         if not train_one_epoch(probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, "skip"):
             break
-    step_s, ticks = mean_interval(ticks[WARMUP_STEPS - 1:], start), []
+    step_s, ticks = mean_interval(ticks[WARMUP_STEPS - 1 :], start), []
 
     def stop() -> bool:
         ticks.append(time.perf_counter())

@@ -9,15 +9,16 @@ best/'s fit when its weights are the same file. Under torchrun every rank has it
 rank::world_size) and the logits are gathered to every rank (gather_objects), so the fit sees each validation
 image exactly once, as one process would; the fit is deterministic and only rank 0 writes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from ..utils.calibration import TemperatureFit, fit_temperature, not_calibrated
 from ..config import EvalConfig
 from ..records.modelfile import META, WEIGHTS, load_model_dir, read_meta, write_calibration
+from ..utils.calibration import TemperatureFit, fit_temperature, not_calibrated
 from . import distributed
 from .log import RunLogger
 from .loop import StepContext, evaluate
@@ -28,8 +29,10 @@ SHIPPED = ("best", "final")
 def gathered_logits(batches: list, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's [(logits, labels), ...] (loop.evaluate's logits_out) -> (N, C) fp32 logits and N labels of the
     whole validation split: every rank's shard. Every rank must call it."""
-    mine = (torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, num_classes),
-            torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long))
+    mine = (
+        torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, num_classes),
+        torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long),
+    )
     shards = distributed.gather_objects(mine)
     return torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards])
 
@@ -42,9 +45,17 @@ def fit_model_dir(model_dir: Path, loader, ctx: StepContext) -> TemperatureFit:
     return fit_temperature(*gathered_logits(batches, loaded.model.fc.out_features))
 
 
-def calibrate_run(run_dir: Path, e: EvalConfig, val_loader, ctx: StepContext, logger: RunLogger, writes: bool,
-                  step: int, kept: dict[str, list] | None = None,
-                  num_classes: int | None = None) -> TemperatureFit | None:
+def calibrate_run(
+    run_dir: Path,
+    e: EvalConfig,
+    val_loader,
+    ctx: StepContext,
+    logger: RunLogger,
+    writes: bool,
+    step: int,
+    kept: dict[str, list] | None = None,
+    num_classes: int | None = None,
+) -> TemperatureFit | None:
     """Fit and store the temperature of RUN_DIR/best and RUN_DIR/final (eval.calibrate); print best's line.
 
     kept: {"best"/"final": this rank's validation logits of the epoch that model was written from} (num_classes

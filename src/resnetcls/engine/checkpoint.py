@@ -8,24 +8,25 @@ written the same way after it. A kill at any instant therefore leaves either no 
 ignored) or a complete pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
 file is skipped with a warning and the next older one is used.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..utils.atomic import write_atomic, write_text_atomic
 from ..config import CkptConfig
 from ..records.envinfo import provenance
 from ..records.modelfile import sha256_file
+from ..utils.atomic import write_atomic, write_text_atomic
 from ..utils.redact import mask_tree
 from .loop import EpochStats, Optimization
 
@@ -41,9 +42,17 @@ def environment_info() -> dict:
 def capture_rng() -> dict:
     """Every RNG the training touches: Python, NumPy, torch CPU and each CUDA device, as tensors/primitives."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -52,7 +61,9 @@ def capture_rng() -> dict:
 def restore_rng(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -124,7 +135,7 @@ def load_latest(ckpt_dir: Path, warn: Callable[[str], None]) -> tuple[dict, dict
 def prune_checkpoints(ckpt_dir: Path, keep_last: int, metric: str) -> None:
     """Delete all but the newest keep_last checkpoints and the best one by metric (val_loss: lowest)."""
     items = list_checkpoints(ckpt_dir)
-    keep = {p for p, _ in items[-max(1, keep_last):]}
+    keep = {p for p, _ in items[-max(1, keep_last) :]}
     scored = [(m["metrics"][metric], p) for p, m in items if metric in (m.get("metrics") or {})]
     if scored:
         keep.add(min(scored)[1] if metric.endswith("loss") else max(scored)[1])
@@ -146,7 +157,7 @@ class RunState:
     best_value: float | None = None
     best_epoch: int = 0
     bad_files: dict = field(default_factory=dict)
-    train_images: int = 0           # over finished epochs, for the summary's images/s
+    train_images: int = 0  # over finished epochs, for the summary's images/s
     train_seconds: float = 0.0
 
 
@@ -155,16 +166,23 @@ def capture_state(run: RunState, model: nn.Module, opt: Optimization | None, bat
     opt=None (lifelong, between tasks: the next task starts a fresh optimizer) leaves the optimizer out."""
     stats = dataclasses.asdict(run.stats)
     stats["bad"] = [list(b) for b in stats["bad"]]
-    return {"format": CKPT_FORMAT, "model": model.state_dict(),
-            "optimizer": opt.optimizer.state_dict() if opt is not None else None,
-            "scheduler": opt.scheduler.state_dict() if opt is not None else None,
-            "scaler": opt.scaler.state_dict() if opt is not None else None,
-            "ema": opt.ema.state_dict() if opt is not None and opt.ema is not None else None,
-            "epoch": run.epoch, "step_in_epoch": run.stats.steps, "global_step": run.global_step,
-            "sampler": {"epoch": run.epoch, "position": run.stats.batches * batch_size},
-            "epoch_stats": stats, "best": {"value": run.best_value, "epoch": run.best_epoch},
-            "bad_files": dict(run.bad_files), "totals": [run.train_images, run.train_seconds],
-            "rng": capture_rng()}
+    return {
+        "format": CKPT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": opt.optimizer.state_dict() if opt is not None else None,
+        "scheduler": opt.scheduler.state_dict() if opt is not None else None,
+        "scaler": opt.scaler.state_dict() if opt is not None else None,
+        "ema": opt.ema.state_dict() if opt is not None and opt.ema is not None else None,
+        "epoch": run.epoch,
+        "step_in_epoch": run.stats.steps,
+        "global_step": run.global_step,
+        "sampler": {"epoch": run.epoch, "position": run.stats.batches * batch_size},
+        "epoch_stats": stats,
+        "best": {"value": run.best_value, "epoch": run.best_epoch},
+        "bad_files": dict(run.bad_files),
+        "totals": [run.train_images, run.train_seconds],
+        "rng": capture_rng(),
+    }
 
 
 def restore_state(state: dict, model: nn.Module, opt: Optimization | None) -> RunState:
@@ -179,8 +197,15 @@ def restore_state(state: dict, model: nn.Module, opt: Optimization | None) -> Ru
             opt.ema.load_state_dict(state["ema"])
     stats = EpochStats(**{**state["epoch_stats"], "bad": [tuple(b) for b in state["epoch_stats"]["bad"]]})
     restore_rng(state["rng"])
-    return RunState(state["epoch"], state["global_step"], stats, state["best"]["value"], state["best"]["epoch"],
-                    dict(state["bad_files"]), *state["totals"])
+    return RunState(
+        state["epoch"],
+        state["global_step"],
+        stats,
+        state["best"]["value"],
+        state["best"]["epoch"],
+        dict(state["bad_files"]),
+        *state["totals"],
+    )
 
 
 class Checkpointer:
@@ -191,9 +216,18 @@ class Checkpointer:
     state["extra"] and merged into the .json (lifelong: the task, the strategy's state, R so far).
     """
 
-    def __init__(self, run_dir: Path, ckpt: CkptConfig, batch_size: int, config: dict, env: dict, model: nn.Module,
-                 opt: Optimization | None, extra: Callable[[], tuple[dict, dict]] | None = None,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        ckpt: CkptConfig,
+        batch_size: int,
+        config: dict,
+        env: dict,
+        model: nn.Module,
+        opt: Optimization | None,
+        extra: Callable[[], tuple[dict, dict]] | None = None,
+        enabled: bool = True,
+    ) -> None:
         self.dir, self.ckpt, self.batch_size = run_dir / "checkpoints", ckpt, batch_size
         self.config, self.env = mask_tree(config), mask_tree(env)  # as recorded: passwords masked (redact.py)
         self.model, self.opt, self.extra, self.enabled = model, opt, extra, enabled
@@ -202,9 +236,15 @@ class Checkpointer:
         """One checkpoint named by run.global_step; None on a rank that does not write."""
         if not self.enabled:
             return None
-        info = {"epoch": run.epoch, "step_in_epoch": run.stats.steps, "global_step": run.global_step,
-                "metrics": metrics, "config": self.config, "env": self.env,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        info = {
+            "epoch": run.epoch,
+            "step_in_epoch": run.stats.steps,
+            "global_step": run.global_step,
+            "metrics": metrics,
+            "config": self.config,
+            "env": self.env,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         state = capture_state(run, self.model, self.opt, self.batch_size)
         state.update(config=self.config, env=self.env)
         if self.extra is not None:

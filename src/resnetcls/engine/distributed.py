@@ -12,6 +12,7 @@ Two things this module exists to get right:
 The one wait allowed to be longer is wait_for_data(): building a node's decoded cache can take hours more
 on one node than on another, and the ranks wait for that in a group of its own (PREPARE_TIMEOUT_S).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -51,7 +52,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value else default
     except ValueError:
-        raise UserError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
+        raise UserError(
+            f"environment variable {name}={value!r}: expected an integer (set by torchrun)"
+        ) from None
 
 
 def world_from_env() -> World:
@@ -76,15 +79,19 @@ def setup(device_name: str, timeout_s: float) -> tuple[World, str]:
     if not world.distributed or dist.is_initialized():
         return world, device_name
     if timeout_s <= 0:
-        raise UserError(f"train.dist_timeout_s={timeout_s}: must be positive (a finite wait is what stops a "
-                        f"rank from hanging forever when another one dies)")
+        raise UserError(
+            f"train.dist_timeout_s={timeout_s}: must be positive (a finite wait is what stops a "
+            f"rank from hanging forever when another one dies)"
+        )
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if cuda:
         if not torch.cuda.is_available():
             raise UserError(f"--device {device_name}: no CUDA GPU is available on this machine")
         if world.local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK={world.local_rank}: this machine has {torch.cuda.device_count()} GPU(s); "
-                            f"start at most that many processes per node (--nproc_per_node)")
+            raise UserError(
+                f"LOCAL_RANK={world.local_rank}: this machine has {torch.cuda.device_count()} GPU(s); "
+                f"start at most that many processes per node (--nproc_per_node)"
+            )
         torch.cuda.set_device(world.local_rank)
         device_name = f"cuda:{world.local_rank}"
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
@@ -117,7 +124,11 @@ def _active() -> bool:
 
 def _reduce_device() -> torch.device:
     # nccl reduces CUDA tensors only; gloo CPU tensors.
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def barrier() -> None:
@@ -150,7 +161,9 @@ def gather_objects(obj) -> list:
     return out
 
 
-def evaluate_sharded(model, loader, loss_fn, ctx, num_classes: int, stop=None, logits_out: list | None = None):
+def evaluate_sharded(
+    model, loader, loss_fn, ctx, num_classes: int, stop=None, logits_out: list | None = None
+):
     """loop.evaluate over this rank's shard of loader (indices rank, rank + world, ...), then the sums of all
     ranks: (stats as if one process had evaluated every image once, the CxC confusion matrix).
     stop: loop.evaluate's local stop check; stats.interrupted is then True on every rank when any stopped
@@ -158,10 +171,18 @@ def evaluate_sharded(model, loader, loss_fn, ctx, num_classes: int, stop=None, l
     logits_out: loop.evaluate's, this rank's shard only."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     mine = evaluate(model, loader, loss_fn, ctx, confusion, stop, logits_out)
-    sums = all_reduce_sum(torch.tensor([mine.loss_sum, mine.correct1, mine.correct5, mine.images],
-                                       dtype=torch.float64))  # float64: counts below 2**53 stay exact
+    sums = all_reduce_sum(
+        torch.tensor([mine.loss_sum, mine.correct1, mine.correct5, mine.images], dtype=torch.float64)
+    )  # float64: counts below 2**53 stay exact
     bad = [item for shard in gather_objects(mine.bad) for item in shard]
-    stats = EpochStats(loss_sum=float(sums[0]), correct1=int(sums[1]), correct5=int(sums[2]), images=int(sums[3]),
-                       seconds=mine.seconds, data_wait_s=mine.data_wait_s, bad=bad,
-                       interrupted=any_rank(mine.interrupted))
+    stats = EpochStats(
+        loss_sum=float(sums[0]),
+        correct1=int(sums[1]),
+        correct5=int(sums[2]),
+        images=int(sums[3]),
+        seconds=mine.seconds,
+        data_wait_s=mine.data_wait_s,
+        bad=bad,
+        interrupted=any_rank(mine.interrupted),
+    )
     return stats, all_reduce_sum(confusion)

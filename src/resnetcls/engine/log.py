@@ -1,5 +1,6 @@
 """Run logging: a live progress bar per epoch on a terminal (one line per epoch otherwise), metrics.jsonl with
 every logged value, and TensorBoard scalars under train/ and val/ (as in the seed)."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..utils.atomic import write_text_atomic
 from ..config import LogConfig
+from ..records.tracking import open_trackers
+from ..utils.atomic import write_text_atomic
 from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_enabled
-from ..records.tracking import open_trackers
-
 
 # Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by
 # the epoch they close, so a resumed run drops those it will log again.
@@ -40,10 +40,23 @@ class RunLogger:
     (a resumed run continues the ones in tracking.json); precision is one of their tags.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
-                 enabled: bool = True, resume_epoch: int = 1, tracking: LogConfig | None = None,
-                 precision: str | None = None) -> None:
-        self.run_dir, self.enabled, self.writer, self.jsonl, self.trackers = run_dir, enabled, None, None, None
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        enabled: bool = True,
+        resume_epoch: int = 1,
+        tracking: LogConfig | None = None,
+        precision: str | None = None,
+    ) -> None:
+        self.run_dir, self.enabled, self.writer, self.jsonl, self.trackers = (
+            run_dir,
+            enabled,
+            None,
+            None,
+            None,
+        )
         if not enabled:
             return
         if tracking is not None:  # first: a missing tracker package stops the run before anything is written
@@ -54,6 +67,7 @@ class RunLogger:
         self.jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
+
             purge = None if resume_step is None else resume_step + 1
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
@@ -75,9 +89,10 @@ class RunLogger:
         if self.enabled:
             print(text, file=sys.stderr, flush=True)
 
-    def progress(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> "Progress":
-        return Progress(f"epoch {epoch}/{epochs}", total_steps, done_steps,
-                        live=self.enabled and progress_enabled())
+    def progress(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> Progress:
+        return Progress(
+            f"epoch {epoch}/{epochs}", total_steps, done_steps, live=self.enabled and progress_enabled()
+        )
 
     def close(self, interrupted: bool = False) -> None:
         """Flush and close the logs; the tracker runs end FINISHED, or KILLED when interrupted (resumable)."""
@@ -99,8 +114,10 @@ def _truncate_after(path: Path, step: int, epoch: int) -> None:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        redone = (r.get("kind") in ("summary", "calibration")  # end-of-run records: logged again at the end
-                  or (r.get("kind") in EPOCH_KINDS and r.get("epoch", 0) >= epoch))
+        redone = (
+            r.get("kind") in ("summary", "calibration")  # end-of-run records: logged again at the end
+            or (r.get("kind") in EPOCH_KINDS and r.get("epoch", 0) >= epoch)
+        )
         if r.get("step", 0) <= step and not redone:
             kept.append(line)
     write_text_atomic(path, "".join(l + "\n" for l in kept))
@@ -113,17 +130,28 @@ class Progress:
         self.bar, self.first = None, True
         if live:
             from tqdm import tqdm
+
             # A fixed width: a terminal that reports 0 columns (some ptys) would get an empty bar otherwise.
             width = shutil.get_terminal_size((100, 24)).columns or 100
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, ncols=width,
-                            leave=False, mininterval=0.5)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="step",
+                file=sys.stderr,
+                ncols=width,
+                leave=False,
+                mininterval=0.5,
+            )
 
     def update(self, loss: float, lr: float, images_per_s: float, data_wait_share: float) -> None:
         if self.bar is not None:
             self.bar.update(1)
             # The numbers show from the first step on; later refreshes follow tqdm's mininterval.
-            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {images_per_s:.0f} img/s "
-                                     f"data wait {data_wait_share:.0%}", refresh=self.first)
+            self.bar.set_postfix_str(
+                f"loss {loss:.4f} lr {lr:.2e} {images_per_s:.0f} img/s data wait {data_wait_share:.0%}",
+                refresh=self.first,
+            )
             self.first = False
 
     def close(self) -> None:

@@ -2,11 +2,12 @@
 enabled=), gradient accumulation and clipping, EMA, a callback after every optimizer step, and StepHooks: what
 a training mode (lifelong strategies) adds to a step. Plain training and every lifelong strategy run this one
 step loop."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -41,13 +42,13 @@ class EpochStats:
     correct1: int = 0
     correct5: int = 0
     images: int = 0
-    batches: int = 0                # batches consumed in this epoch: the sampler position is batches * B
-    steps: int = 0                  # optimizer steps done in this epoch
+    batches: int = 0  # batches consumed in this epoch: the sampler position is batches * B
+    steps: int = 0  # optimizer steps done in this epoch
     seconds: float = 0.0
     data_wait_s: float = 0.0
     bad: list = field(default_factory=list)
-    nonfinite: int = 0              # batches whose loss was NaN/Inf, skipped (train.nonfinite=skip)
-    interrupted: bool = False       # evaluate() stopped early at a stop request
+    nonfinite: int = 0  # batches whose loss was NaN/Inf, skipped (train.nonfinite=skip)
+    interrupted: bool = False  # evaluate() stopped early at a stop request
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -145,8 +146,15 @@ class StepHooks:
 NO_HOOKS = StepHooks()
 
 
-def forward_batch(model: nn.Module, batch: dict, finish: Callable | None, loss_fn: nn.Module, ctx: StepContext,
-                  hooks: StepHooks, mix: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward_batch(
+    model: nn.Module,
+    batch: dict,
+    finish: Callable | None,
+    loss_fn: nn.Module,
+    ctx: StepContext,
+    hooks: StepHooks,
+    mix: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, logits, labels) of one training batch, with the hooks' extra images and loss term.
 
     mix: a loader's batch_mix (Mixup/CutMix), applied to the finished batch with the batch's seed; the loss
@@ -172,9 +180,18 @@ def forward_batch(model: nn.Module, batch: dict, finish: Callable | None, loss_f
     return loss, logits, labels
 
 
-def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Module, ctx: StepContext,
-                    stats: EpochStats, after_step: Callable[[EpochStats], bool], nonfinite: str = "stop",
-                    agree: Callable[[bool], bool] = bool, hooks: StepHooks = NO_HOOKS) -> bool:
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    opt: Optimization,
+    loss_fn: nn.Module,
+    ctx: StepContext,
+    stats: EpochStats,
+    after_step: Callable[[EpochStats], bool],
+    nonfinite: str = "stop",
+    agree: Callable[[bool], bool] = bool,
+    hooks: StepHooks = NO_HOOKS,
+) -> bool:
     """Train over loader (the rest of the epoch when resuming); stats accumulates in place.
 
     after_step(stats) runs after every optimizer step (logging, checkpoints) and returns True to stop early.
@@ -187,7 +204,9 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
     """
     model.train()
     remaining, micro = len(loader), 0
-    finish = getattr(loader, "device_finish", None)  # plain iterables of batches (tests, benches) come finished
+    finish = getattr(
+        loader, "device_finish", None
+    )  # plain iterables of batches (tests, benches) come finished
     mix = getattr(loader, "batch_mix", None)
     start, seconds0 = time.perf_counter(), stats.seconds
     tick = start
@@ -219,9 +238,15 @@ def train_one_epoch(model: nn.Module, loader, opt: Optimization, loss_fn: nn.Mod
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, loss_fn: nn.Module | None, ctx: StepContext,
-             confusion: torch.Tensor | None = None, stop: Callable[[], bool] | None = None,
-             logits_out: list | None = None) -> EpochStats:
+def evaluate(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module | None,
+    ctx: StepContext,
+    confusion: torch.Tensor | None = None,
+    stop: Callable[[], bool] | None = None,
+    logits_out: list | None = None,
+) -> EpochStats:
     """Loss, top-1 and top-5 over loader in eval mode; confusion (int64 CxC, rows true, columns predicted),
     when given, accumulates the predictions too. stop() is asked after every batch: when it says True the pass
     ends there with stats.interrupted set (Ctrl-C during a long validation saves and exits promptly).

@@ -8,6 +8,7 @@ before the run is prepared, so config.yaml records the rate that was chosen; tra
 curve into the run directory with the same write_curve(), where the report shows it (and a resume, which
 never sweeps again, leaves it alone).
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,18 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.atomic import write_text_atomic
 from ..config import Config, validate_config
 from ..data.sampler import ResumableSampler
 from ..data.sources import load_splits
 from ..errors import UserError
+from ..utils.atomic import write_text_atomic
 from .loop import EpochStats, NonFiniteLoss, Optimization, train_one_epoch
 from .optim import build_loss, build_optimizer
 from .prepare import DataPipeline, build_context, build_model, seed_everything
 
-SMOOTHING = 0.9        # exponential moving average of the loss (debiased); ~10 steps of memory
-DIVERGE_FACTOR = 4.0   # stop once the smoothed loss exceeds 4x the best seen
-SKIP_START = 3         # the first smoothed points rest on too few steps to trust a slope there
+SMOOTHING = 0.9  # exponential moving average of the loss (debiased); ~10 steps of memory
+DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x the best seen
+SKIP_START = 3  # the first smoothed points rest on too few steps to trust a slope there
 AUTO_STEPS, AUTO_START_LR, AUTO_END_LR = 60, 1e-6, 1.0  # the short sweep of `train --lr auto`
 
 RULE_STEEPEST = "steepest descent of the smoothed loss against log(lr), before its minimum"
@@ -51,13 +52,23 @@ class LRCurve:
     suggestion: float | None = None
     rule: str = ""
     min_loss_lr: float | None = None
-    settings: dict = field(default_factory=dict)  # what was swept, with which recipe (lr_find.json records it)
+    settings: dict = field(
+        default_factory=dict
+    )  # what was swept, with which recipe (lr_find.json records it)
 
     def to_dict(self) -> dict:
-        return {"suggested_lr": self.suggestion, "rule": self.rule, "min_loss_lr": self.min_loss_lr,
-                "stopped": self.stopped, "smoothing": SMOOTHING, "diverge_factor": DIVERGE_FACTOR,
-                "points": [{"step": i, "lr": lr, "loss": loss, "smoothed_loss": s}
-                           for i, (lr, loss, s) in enumerate(zip(self.lrs, self.losses, self.smoothed))]}
+        return {
+            "suggested_lr": self.suggestion,
+            "rule": self.rule,
+            "min_loss_lr": self.min_loss_lr,
+            "stopped": self.stopped,
+            "smoothing": SMOOTHING,
+            "diverge_factor": DIVERGE_FACTOR,
+            "points": [
+                {"step": i, "lr": lr, "loss": loss, "smoothed_loss": s}
+                for i, (lr, loss, s) in enumerate(zip(self.lrs, self.losses, self.smoothed))
+            ],
+        }
 
 
 def check_sweep(steps: int, start_lr: float, end_lr: float) -> None:
@@ -82,7 +93,7 @@ def suggest(curve: LRCurve) -> None:
     curve.min_loss_lr = float(lrs[best])
     lo = min(SKIP_START, max(0, best - 2))
     if best - lo >= 2:
-        slopes = np.gradient(smooth[lo:best + 1], np.log10(lrs[lo:best + 1]))
+        slopes = np.gradient(smooth[lo : best + 1], np.log10(lrs[lo : best + 1]))
         i = int(np.argmin(slopes))
         if slopes[i] < 0:
             curve.suggestion, curve.rule = float(lrs[lo + i]), RULE_STEEPEST
@@ -129,14 +140,17 @@ def build_sweep(cfg: Config, steps: int, start_lr: float, end_lr: float, device_
     model = build_model(cfg.model, t, len(splits.classes), ctx)
     optimizer = build_optimizer(model, dataclasses.replace(cfg.optim, lr=start_lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: sweep_lr(min(s, steps - 1), steps, start_lr, end_lr) / start_lr)
+        optimizer, lambda s: sweep_lr(min(s, steps - 1), steps, start_lr, end_lr) / start_lr
+    )
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16)
     opt = Optimization(optimizer, schedule, scaler, None, max(1, t.grad_accum_steps), t.grad_clip_norm)
     loss_fn = build_loss(cfg.loss, len(splits.classes), splits.train.labels).to(ctx.device)
     return model, loader, sampler, opt, loss_fn, ctx
 
 
-def run_sweep(cfg: Config, steps: int, start_lr: float, end_lr: float, device_name: str | None = None) -> LRCurve:
+def run_sweep(
+    cfg: Config, steps: int, start_lr: float, end_lr: float, device_name: str | None = None
+) -> LRCurve:
     """Train a throwaway copy of cfg's recipe over the sweep (the training data cycled as often as needed) and
     return the curve with its suggestion."""
     validate_config(cfg)
@@ -159,41 +173,65 @@ def run_sweep(cfg: Config, steps: int, start_lr: float, end_lr: float, device_na
         if not ended or len(curve.lrs) == before:
             break  # the recorder ended the sweep (or the loader yielded no batch at all)
     if len(curve.lrs) < 2:
-        raise UserError(f"lr-find: only {len(curve.lrs)} step(s) before the loss diverged; "
-                        f"lower --start-lr (it was {start_lr:g})")
+        raise UserError(
+            f"lr-find: only {len(curve.lrs)} step(s) before the loss diverged; "
+            f"lower --start-lr (it was {start_lr:g})"
+        )
     suggest(curve)
-    curve.settings = {"steps": steps, "start_lr": start_lr, "end_lr": end_lr, "model": cfg.model.name,
-                      "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size, "loss": cfg.loss.name,
-                      "image_size": cfg.data.image_size}
+    curve.settings = {
+        "steps": steps,
+        "start_lr": start_lr,
+        "end_lr": end_lr,
+        "model": cfg.model.name,
+        "optimizer": cfg.optim.name,
+        "batch_size": cfg.train.batch_size,
+        "loss": cfg.loss.name,
+        "image_size": cfg.data.image_size,
+    }
     return curve
 
 
 def write_curve(curve: LRCurve, out_dir: Path) -> dict[str, Path]:
     """lr_find.json (curve, suggestion, rule, settings), lr_find.csv and lr_find.png into out_dir."""
     from ..records.figures import lr_finder_curve  # matplotlib: only where a figure is drawn
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "lr_find.json", "csv": out_dir / "lr_find.csv", "png": out_dir / "lr_find.png"}
-    write_text_atomic(paths["json"], json.dumps({**curve.to_dict(), "settings": curve.settings}, indent=2) + "\n")
+    write_text_atomic(
+        paths["json"], json.dumps({**curve.to_dict(), "settings": curve.settings}, indent=2) + "\n"
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-    writer.writerows([i, lr, loss, s] for i, (lr, loss, s) in enumerate(zip(curve.lrs, curve.losses, curve.smoothed)))
+    writer.writerows(
+        [i, lr, loss, s] for i, (lr, loss, s) in enumerate(zip(curve.lrs, curve.losses, curve.smoothed))
+    )
     write_text_atomic(paths["csv"], buffer.getvalue())
     lr_finder_curve(curve.lrs, curve.losses, curve.smoothed, curve.suggestion, curve.rule, paths["png"])
     return paths
 
 
-def find_lr(cfg: Config, out_dir: str | Path, steps: int = 100, start_lr: float = 1e-7,
-            end_lr: float = 10.0) -> LRCurve:
+def find_lr(
+    cfg: Config, out_dir: str | Path, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0
+) -> LRCurve:
     """`resnetcls lr-find`: the sweep, its files in out_dir, the suggestion on stdout (progress on stderr)."""
-    print(f"lr-find: {cfg.model.name}, {cfg.optim.name}, batch {cfg.train.batch_size}, lr {start_lr:g} -> "
-          f"{end_lr:g} over {steps} steps", file=sys.stderr, flush=True)
+    print(
+        f"lr-find: {cfg.model.name}, {cfg.optim.name}, batch {cfg.train.batch_size}, lr {start_lr:g} -> "
+        f"{end_lr:g} over {steps} steps",
+        file=sys.stderr,
+        flush=True,
+    )
     curve = run_sweep(cfg, steps, start_lr, end_lr)
     paths = write_curve(curve, Path(out_dir))
-    print(f"lr-find: {len(curve.lrs)} steps, {curve.stopped}; curve in {paths['json']}, {paths['csv']}, "
-          f"plot {paths['png']}", file=sys.stderr)
-    print(f"suggested lr {curve.suggestion:.3g} (rule: {curve.rule}; minimum smoothed loss at lr "
-          f"{curve.min_loss_lr:.3g})")
+    print(
+        f"lr-find: {len(curve.lrs)} steps, {curve.stopped}; curve in {paths['json']}, {paths['csv']}, "
+        f"plot {paths['png']}",
+        file=sys.stderr,
+    )
+    print(
+        f"suggested lr {curve.suggestion:.3g} (rule: {curve.rule}; minimum smoothed loss at lr "
+        f"{curve.min_loss_lr:.3g})"
+    )
     return curve
 
 
@@ -202,6 +240,10 @@ def auto_lr(cfg: Config, device_name: str | None = None) -> tuple[Config, LRCurv
     and the curve, for the caller to write into the run directory once it exists (write_curve)."""
     curve = run_sweep(cfg, AUTO_STEPS, AUTO_START_LR, AUTO_END_LR, device_name)
     lr = min(curve.suggestion, 10.0)  # optim.lr's range is (0, 10]
-    print(f"--lr auto: {lr:.3g} (LR range test, {len(curve.lrs)} steps {AUTO_START_LR:g} -> {AUTO_END_LR:g}; "
-          f"rule: {curve.rule})", file=sys.stderr, flush=True)
+    print(
+        f"--lr auto: {lr:.3g} (LR range test, {len(curve.lrs)} steps {AUTO_START_LR:g} -> {AUTO_END_LR:g}; "
+        f"rule: {curve.rule})",
+        file=sys.stderr,
+        flush=True,
+    )
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr)), curve

@@ -1,5 +1,6 @@
 """Optimizers, learning-rate schedules, losses, EMA, and build_optimization(): all of them (plus the gradient
 scaler and accumulation) built in one place for plain and lifelong training."""
+
 from __future__ import annotations
 
 import math
@@ -50,12 +51,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         # Adam's weight decay is L2 added to the gradient (the seed's optimizer).
         return make_optimizer(torch.optim.Adam, groups, fused, lr=cfg.lr)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     raise UserError(f"optim.name={cfg.name!r}: expected adamw, adam or sgd")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_per_epoch: int,
-                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over warmup_epochs, then cosine (or constant) down to min_lr_ratio.
 
     It is stepped once per optimizer step either way; with interval=epoch the factor only changes at epoch
@@ -94,8 +98,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         target = target.float()
         if self.weight is None:
             return super().forward(logits.float(), target)
-        per_sample = nn.functional.cross_entropy(logits.float(), target, weight=self.weight, reduction="none",
-                                                 label_smoothing=self.label_smoothing)
+        per_sample = nn.functional.cross_entropy(
+            logits.float(), target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing
+        )
         return per_sample.sum() / (target @ self.weight).sum()
 
 
@@ -115,8 +120,9 @@ class SigmoidOneHotLoss(nn.Module):
         if self.label_smoothing:
             one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
         # Summed over classes, as the seed did, so the scale matches softmax cross-entropy per sample.
-        per_sample = nn.functional.binary_cross_entropy_with_logits(logits.float(), one_hot.float(),
-                                                                    reduction="none").sum(dim=1)
+        per_sample = nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), one_hot.float(), reduction="none"
+        ).sum(dim=1)
         if self.weight is None:
             return per_sample.mean()
         # a weighted mean over the batch, like CrossEntropyLoss(weight=); a soft target weighs its classes blended
@@ -154,15 +160,27 @@ def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
     if decay >= 1:
         raise UserError(f"train.ema_decay={decay}: expected 0 (off) or a value below 1, e.g. 0.999")
     return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
 
 
-def build_optimization(model: nn.Module, optim: OptimConfig, sched: SchedConfig, train: TrainConfig,
-                       steps_per_epoch: int, ctx: StepContext) -> Optimization:
+def build_optimization(
+    model: nn.Module,
+    optim: OptimConfig,
+    sched: SchedConfig,
+    train: TrainConfig,
+    steps_per_epoch: int,
+    ctx: StepContext,
+) -> Optimization:
     """Optimizer, schedule (over train.epochs of steps_per_epoch optimizer steps), gradient scaler (fp16 only),
     EMA (train.ema_decay), accumulation (train.grad_accum_steps) and clipping (train.grad_clip_norm): what
     train_one_epoch steps. Build it after the model is on its device and in its final shape."""
     optimizer = build_optimizer(model, optim)
-    return Optimization(optimizer, build_scheduler(optimizer, sched, steps_per_epoch, train.epochs),
-                        torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16),
-                        build_ema(model, train.ema_decay), max(1, train.grad_accum_steps), train.grad_clip_norm)
+    return Optimization(
+        optimizer,
+        build_scheduler(optimizer, sched, steps_per_epoch, train.epochs),
+        torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16),
+        build_ema(model, train.ema_decay),
+        max(1, train.grad_accum_steps),
+        train.grad_clip_norm,
+    )

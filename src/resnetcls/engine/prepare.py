@@ -1,6 +1,7 @@
 """Preparing a run and building its parts, shared by `train` (engine/train.py) and `lifelong`
 (lifelong/run.py): the run directory (config.yaml, environment.json, the checkpoint to resume), seeding, the
 device and precision, the model, and the data pipeline (decoded cache -> uint8 transforms -> loaders)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.atomic import write_text_atomic
-from ..config import (Config, DataConfig, ModelConfig, TrainConfig, dump_yaml, load_yaml, parse_duration,
-                      result_affecting_changes, validate_config)
+from ..config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    dump_yaml,
+    load_yaml,
+    parse_duration,
+    result_affecting_changes,
+    validate_config,
+)
 from ..data.augment import BatchMix
 from ..data.cache import resolve_cache_dir
 from ..data.loader import build_loader
@@ -25,9 +34,10 @@ from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
 from ..errors import UserError
-from ..utils.hardware import pick_device, resolve_amp
 from ..models import create_model
 from ..models.pretrained import load_pretrained
+from ..utils.atomic import write_text_atomic
+from ..utils.hardware import pick_device, resolve_amp
 from . import distributed
 from .checkpoint import environment_info, load_latest
 from .loop import StepContext
@@ -52,8 +62,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def arch_args(m: ModelConfig) -> dict:
     """The ResNet constructor arguments recorded in model.json."""
-    return {"stem": m.stem, "stride_on_1x1": m.stride_on_1x1, "zero_init_residual": m.zero_init_residual,
-            "width": m.width}
+    return {
+        "stem": m.stem,
+        "stride_on_1x1": m.stride_on_1x1,
+        "zero_init_residual": m.zero_init_residual,
+        "width": m.width,
+    }
 
 
 def saved_run_config(run_dir: str | Path) -> dict:
@@ -69,8 +83,10 @@ def find_resume(resume: str | None, run_dir: Path, cfg: Config, force: bool) -> 
     ckpt_dir = run_dir / "checkpoints"
     if resume is None:
         if ckpt_dir.is_dir() and any(ckpt_dir.glob("step-*.json")):
-            raise UserError(f"{run_dir}: already holds checkpoints of an earlier run; continue it with "
-                            f"--resume auto, or choose another --out")
+            raise UserError(
+                f"{run_dir}: already holds checkpoints of an earlier run; continue it with "
+                f"--resume auto, or choose another --out"
+            )
         return None
     found = load_latest(ckpt_dir, warn)
     if found is None:
@@ -80,8 +96,11 @@ def find_resume(resume: str | None, run_dir: Path, cfg: Config, force: bool) -> 
         return None
     changes = result_affecting_changes(found[1]["config"], with_saved_total(found[1]["config"], cfg))
     if changes and not force:
-        raise UserError(f"{run_dir}: refusing to resume with settings that change the result ("
-                        + "; ".join(changes) + "); use the run's settings, or --force to resume anyway")
+        raise UserError(
+            f"{run_dir}: refusing to resume with settings that change the result ("
+            + "; ".join(changes)
+            + "); use the run's settings, or --force to resume anyway"
+        )
     for change in changes:
         warn(f"warning: resuming with a changed setting (--force): {change}")
     return found
@@ -91,8 +110,11 @@ def with_saved_total(saved: dict, cfg: Config) -> Config:
     """cfg with the saved run's train.epochs when both have a time budget: the number of epochs a budgeted run
     chose when it started is kept by every resumption (nothing is measured again)."""
     saved_train = saved.get("train", {})
-    if not parse_duration(cfg.train.time_budget) or not parse_duration(saved_train.get("time_budget") or "") \
-            or "epochs" not in saved_train:
+    if (
+        not parse_duration(cfg.train.time_budget)
+        or not parse_duration(saved_train.get("time_budget") or "")
+        or "epochs" not in saved_train
+    ):
         return cfg
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=saved_train["epochs"]))
 
@@ -108,16 +130,18 @@ class PreparedRun:
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when preparing began
 
 
-def prepare_run(cfg: Config, out_dir: str | Path, resume: str | None, force: bool,
-                writes: bool = True) -> PreparedRun:
+def prepare_run(
+    cfg: Config, out_dir: str | Path, resume: str | None, force: bool, writes: bool = True
+) -> PreparedRun:
     """Validate cfg (ranges, choices), find the checkpoint to resume, write config.yaml and environment.json
     (when writes: rank 0), seed every RNG. Data paths are recorded absolute, so `--resume RUN_DIR` without
     DATA works from any working directory; the returned config is a copy, cfg is left as it was."""
     started = time.perf_counter()
     validate_config(cfg)  # before anything is written
     absolute = lambda p: str(Path(p).absolute()) if p else p
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=absolute(cfg.data.train),
-                                                            val=absolute(cfg.data.val)))
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
+    )
     run_dir = Path(out_dir if resume in (None, "auto") else resume)
     resumed = find_resume(resume, run_dir, cfg, force)
     cfg = with_saved_total(resumed[1]["config"], cfg) if resumed else cfg
@@ -144,8 +168,10 @@ def build_model(m: ModelConfig, t: TrainConfig, num_classes: int, ctx: StepConte
         load_pretrained(model, t.pretrained, m.name)  # logs what it loaded to stderr
     if t.sync_bn and distributed.world_from_env().distributed:
         if ctx.device.type != "cuda":
-            raise UserError("train.sync_bn=true: PyTorch's SyncBatchNorm runs on CUDA only; "
-                            "use --set train.sync_bn=false on CPU")
+            raise UserError(
+                "train.sync_bn=true: PyTorch's SyncBatchNorm runs on CUDA only; "
+                "use --set train.sync_bn=false on CPU"
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # before the EMA copy and the optimizer
     model = model.to(ctx.device)
     return model.to(memory_format=torch.channels_last) if t.channels_last else model
@@ -158,8 +184,10 @@ def wrap_model(model: torch.nn.Module, ctx: StepContext, ddp: bool, compile_mode
     step_model = model
     if ddp:
         step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=False)
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=False,
+        )
     return CompiledOrEager(step_model) if compile_model else step_model
 
 
@@ -180,7 +208,9 @@ class CompiledOrEager(torch.nn.Module):
             except Exception as e:  # any compiler failure; a real error in the model re-raises eagerly below
                 self.failed = True
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
-                warn(f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); training eagerly")
+                warn(
+                    f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); training eagerly"
+                )
         return self.eager(*args, **kwargs)
 
 
@@ -192,21 +222,33 @@ class DataPipeline:
     bench/gpu_train_throughput.py --quick); lifelong always asks for them (replayed uint8 images join each
     batch before it is normalised)."""
 
-    def __init__(self, d: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False) -> None:
+    def __init__(
+        self, d: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False
+    ) -> None:
         # device_augment (data.augment_on, data/augment.py's resolve_augment_on): training batches arrive as
         # uint8 canvases and each carries the crops, flips and policy to run on the training device
         self.d, self.batch_size, self.uint8_batches = d, batch_size, uint8_batches or device_augment
-        self.preprocess = make_preprocess(d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std)
-        self.train_tf = build_train_transform(self.preprocess, d.augment, d.min_crop_scale, d.color_jitter,
-                                              d.cache_size, d.random_erasing, on_device=device_augment)
+        self.preprocess = make_preprocess(
+            d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std
+        )
+        self.train_tf = build_train_transform(
+            self.preprocess,
+            d.augment,
+            d.min_crop_scale,
+            d.color_jitter,
+            d.cache_size,
+            d.random_erasing,
+            on_device=device_augment,
+        )
         self.eval_tf = build_eval_batch_transform(self.preprocess, d.cache_size)
         self.cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
 
     def train_loader(self, samples: Samples, sampler: ResumableSampler, seed: int):
         """Augmented batches in sampler's order (which depends only on its seed and epoch)."""
         mix = BatchMix(self.d.mixup, self.d.cutmix, len(samples.classes))
-        return self._loader(samples, self.train_tf, sampler, seed, drop_last=len(sampler) > self.batch_size,
-                            mix=mix)
+        return self._loader(
+            samples, self.train_tf, sampler, seed, drop_last=len(sampler) > self.batch_size, mix=mix
+        )
 
     def eval_loader(self, samples: Samples, indices=None):
         """Centre-cropped batches of samples in order (indices: this rank's share)."""
@@ -214,8 +256,21 @@ class DataPipeline:
 
     def _loader(self, samples: Samples, transform, sampler, seed: int, drop_last: bool, mix=None):
         d = self.d
-        return build_loader(samples, transform, self.batch_size, shuffle=False, num_workers=d.num_workers,
-                            seed=seed, drop_last=drop_last, sampler=sampler, cache_dir=self.cache_dir,
-                            on_bad=d.on_bad, start_method=d.worker_start, cache_max_gb=d.cache_max_gb,
-                            uint8_batches=self.uint8_batches, mix=mix, pin_memory=self.uint8_batches,
-                            cache_format=d.cache_format)
+        return build_loader(
+            samples,
+            transform,
+            self.batch_size,
+            shuffle=False,
+            num_workers=d.num_workers,
+            seed=seed,
+            drop_last=drop_last,
+            sampler=sampler,
+            cache_dir=self.cache_dir,
+            on_bad=d.on_bad,
+            start_method=d.worker_start,
+            cache_max_gb=d.cache_max_gb,
+            uint8_batches=self.uint8_batches,
+            mix=mix,
+            pin_memory=self.uint8_batches,
+            cache_format=d.cache_format,
+        )

@@ -23,14 +23,16 @@ train loop needs nothing new) and logged to metrics.jsonl as {"kind": "recipe", 
 Nothing is picked when the user chose anything the recipe sets (RECIPE_KEYS, by a flag or --set), gave
 --config, or set train.auto_recipe=false; a resumed run keeps its config.yaml and measures nothing.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -44,51 +46,93 @@ from .optim import build_loss, build_optimizer
 from .prepare import build_context, build_model
 
 # The from-scratch recipe for a few hundred to a few thousand photos; configs/small-data.yaml holds the same.
-SMALL_DATA = {"data.augment": "trivialaugment", "data.random_erasing": 0.25, "data.mixup": 0.2,
-              "data.cutmix": 1.0, "data.min_crop_scale": 0.25, "loss.label_smoothing": 0.1,
-              "optim.name": "adamw", "optim.lr": 2e-3, "optim.weight_decay": 0.05, "train.batch_size": 64,
-              "sched.name": "cosine", "sched.warmup_epochs": 2.0}
+SMALL_DATA = {
+    "data.augment": "trivialaugment",
+    "data.random_erasing": 0.25,
+    "data.mixup": 0.2,
+    "data.cutmix": 1.0,
+    "data.min_crop_scale": 0.25,
+    "loss.label_smoothing": 0.1,
+    "optim.name": "adamw",
+    "optim.lr": 2e-3,
+    "optim.weight_decay": 0.05,
+    "train.batch_size": 64,
+    "sched.name": "cosine",
+    "sched.warmup_epochs": 2.0,
+}
 # configs/default.yaml's crop_flip recipe for larger data sets (no mixing: enough images to learn from).
-CROP_FLIP = {"data.augment": "crop_flip", "data.random_erasing": 0.0, "data.mixup": 0.0, "data.cutmix": 0.0,
-             "data.min_crop_scale": 0.35, "loss.label_smoothing": 0.1, "optim.name": "adamw", "optim.lr": 2e-3,
-             "optim.weight_decay": 0.05, "train.batch_size": 64, "sched.name": "cosine",
-             "sched.warmup_epochs": 1.0}
+CROP_FLIP = {
+    "data.augment": "crop_flip",
+    "data.random_erasing": 0.0,
+    "data.mixup": 0.0,
+    "data.cutmix": 0.0,
+    "data.min_crop_scale": 0.35,
+    "loss.label_smoothing": 0.1,
+    "optim.name": "adamw",
+    "optim.lr": 2e-3,
+    "optim.weight_decay": 0.05,
+    "train.batch_size": 64,
+    "sched.name": "cosine",
+    "sched.warmup_epochs": 1.0,
+}
 # Given by a flag, --set or a config file, any of these means the user chose the recipe: nothing is picked.
 # train.pretrained too: fine-tuning has its own recipe (configs/finetune.yaml) and the weights fix the model.
-RECIPE_KEYS = frozenset({"model.name", "model.width", "data.image_size", "train.epochs", "train.pretrained",
-                         *SMALL_DATA, *CROP_FLIP})
+RECIPE_KEYS = frozenset(
+    {
+        "model.name",
+        "model.width",
+        "data.image_size",
+        "train.epochs",
+        "train.pretrained",
+        *SMALL_DATA,
+        *CROP_FLIP,
+    }
+)
 
 
 @dataclass(frozen=True)
 class Rule:
     """One row of the table in the module docstring."""
 
-    name: str               # printed: "small data", "larger data"
-    below_images: float     # applies to training sets with fewer images than this
+    name: str  # printed: "small data", "larger data"
+    below_images: float  # applies to training sets with fewer images than this
     model: str
     width: int
-    image_size: int         # on a GPU; lowered to the median short side
-    cpu_image_size: int     # on a CPU (or any device that is not CUDA)
-    recipe: str             # printed name of the augmentation recipe
-    values: dict            # the recipe's config keys
-    images_seen: int        # epochs ~ images_seen / training images ...
-    min_epochs: int         # ... clamped to [min_epochs, max_epochs]
+    image_size: int  # on a GPU; lowered to the median short side
+    cpu_image_size: int  # on a CPU (or any device that is not CUDA)
+    recipe: str  # printed name of the augmentation recipe
+    values: dict  # the recipe's config keys
+    images_seen: int  # epochs ~ images_seen / training images ...
+    min_epochs: int  # ... clamped to [min_epochs, max_epochs]
     max_epochs: int
-    slow_model: str = ""    # on a CPU slower than slow_images_per_s with `model`: this one instead
+    slow_model: str = ""  # on a CPU slower than slow_images_per_s with `model`: this one instead
     slow_images_per_s: float = 0.0
 
 
 RULES = (
     Rule("small data", 5000, "resnet18", 64, 128, 128, "small-data", SMALL_DATA, 50_000, 10, 200),
-    Rule("larger data", float("inf"), "resnet50", 64, 224, 160, "crop_flip", CROP_FLIP, 1_500_000, 15, 40,
-         slow_model="resnet34", slow_images_per_s=25.0),
+    Rule(
+        "larger data",
+        float("inf"),
+        "resnet50",
+        64,
+        224,
+        160,
+        "crop_flip",
+        CROP_FLIP,
+        1_500_000,
+        15,
+        40,
+        slow_model="resnet34",
+        slow_images_per_s=25.0,
+    ),
 )
-CAP_S = {"cuda": 4 * 3600.0}    # the longest run picked without being asked; other devices: CPU_CAP_S
+CAP_S = {"cuda": 4 * 3600.0}  # the longest run picked without being asked; other devices: CPU_CAP_S
 CPU_CAP_S = 30 * 60.0
-MIN_EPOCHS = 5                  # the cap never lowers the epochs below this
-VAL_COST = 1 / 3                # a validation image's time relative to a training image's (forward only)
+MIN_EPOCHS = 5  # the cap never lowers the epochs below this
+VAL_COST = 1 / 3  # a validation image's time relative to a training image's (forward only)
 MIN_SIZE, SIZE_STEP = 64, 32
-HEADER_SAMPLE = 256             # image headers read for the median size
+HEADER_SAMPLE = 256  # image headers read for the median size
 
 
 @dataclass(frozen=True)
@@ -98,7 +142,7 @@ class DataFacts:
     train_images: int
     val_images: int
     classes: int
-    median_short_side: int | None   # None: no header could be read
+    median_short_side: int | None  # None: no header could be read
     headers_read: int = 0
 
 
@@ -124,38 +168,69 @@ class RecipeChoice:
 
     def config_values(self) -> dict[str, Any]:
         """The dotted config keys this choice sets."""
-        picked = {"model.name": self.model, "model.width": self.width, "data.image_size": self.image_size,
-                  **self.values}
+        picked = {
+            "model.name": self.model,
+            "model.width": self.width,
+            "data.image_size": self.image_size,
+            **self.values,
+        }
         return picked if self.budget_s else {**picked, "train.epochs": self.epochs}
 
     def lines(self) -> list[str]:
         """One line, two when the cap lowered the epochs."""
         v, f = self.values, self.facts
-        extras = [v["data.augment"]] + [f"{name} {v[key]}" for name, key in (
-            ("mixup", "data.mixup"), ("cutmix", "data.cutmix"), ("erasing", "data.random_erasing")) if v[key]]
-        epochs = (f"epochs fitted to the --time {format_seconds(self.budget_s)} budget" if self.budget_s else
-                  f"{self.epochs} epochs ≈ {format_seconds(self.epochs * self.epoch_s)}")
+        extras = [v["data.augment"]] + [
+            f"{name} {v[key]}"
+            for name, key in (
+                ("mixup", "data.mixup"),
+                ("cutmix", "data.cutmix"),
+                ("erasing", "data.random_erasing"),
+            )
+            if v[key]
+        ]
+        epochs = (
+            f"epochs fitted to the --time {format_seconds(self.budget_s)} budget"
+            if self.budget_s
+            else f"{self.epochs} epochs ≈ {format_seconds(self.epochs * self.epoch_s)}"
+        )
         median = f"median image {f.median_short_side} px" if f.median_short_side else "image sizes unread"
-        first = (f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} augmentation "
-                 f"({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s measured{self.slow_note} — "
-                 f"{f.train_images} train images in {f.classes} classes ({self.rule}), {median}; give "
-                 f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)")
+        first = (
+            f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} augmentation "
+            f"({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s measured{self.slow_note} — "
+            f"{f.train_images} train images in {f.classes} classes ({self.rule}), {median}; give "
+            f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)"
+        )
         if self.epochs >= self.uncapped_epochs or self.budget_s:
             return [first]
         device, cap = self.device.upper() if self.device == "cpu" else self.device, format_seconds(self.cap_s)
-        within = (f" to stay within {cap} on this {device}" if self.epochs * self.epoch_s <= self.cap_s else
-                  f", the floor, still over the {cap} cap on this {device} (a smaller --model or --image-size is "
-                  f"faster)")
-        return [first, f"auto recipe: lowered to {self.epochs} epochs{within} ({self.uncapped_epochs} epochs would "
-                       f"take ≈ {format_seconds(self.uncapped_epochs * self.epoch_s)}); ask for more with --epochs N "
-                       f"or --time DURATION"]
+        within = (
+            f" to stay within {cap} on this {device}"
+            if self.epochs * self.epoch_s <= self.cap_s
+            else f", the floor, still over the {cap} cap on this {device} (a smaller --model or --image-size is "
+            f"faster)"
+        )
+        return [
+            first,
+            f"auto recipe: lowered to {self.epochs} epochs{within} ({self.uncapped_epochs} epochs would "
+            f"take ≈ {format_seconds(self.uncapped_epochs * self.epoch_s)}); ask for more with --epochs N "
+            f"or --time DURATION",
+        ]
 
     def record(self) -> dict:
         """The metrics.jsonl record: the choice, the measurements and the facts it came from."""
-        return {"rule": self.rule, "recipe": self.recipe, "values": self.config_values(),
-                "images_per_s": round(self.images_per_s, 1), "epoch_s": round(self.epoch_s, 2),
-                "cap_s": self.cap_s, "uncapped_epochs": self.uncapped_epochs, "budget_s": self.budget_s,
-                "device": self.device, "reasons": self.lines(), **asdict(self.facts)}
+        return {
+            "rule": self.rule,
+            "recipe": self.recipe,
+            "values": self.config_values(),
+            "images_per_s": round(self.images_per_s, 1),
+            "epoch_s": round(self.epoch_s, 2),
+            "cap_s": self.cap_s,
+            "uncapped_epochs": self.uncapped_epochs,
+            "budget_s": self.budget_s,
+            "device": self.device,
+            "reasons": self.lines(),
+            **asdict(self.facts),
+        }
 
 
 def pick_rule(train_images: int) -> Rule:
@@ -176,12 +251,15 @@ def epochs_for(rule: Rule, train_images: int) -> int:
     return int(min(rule.max_epochs, max(rule.min_epochs, round(rule.images_seen / max(1, train_images)))))
 
 
-def choose_recipe(facts: DataFacts, device: str, measure: Callable[[str, int, int], float],
-                  budget_s: float = 0.0) -> RecipeChoice:
+def choose_recipe(
+    facts: DataFacts, device: str, measure: Callable[[str, int, int], float], budget_s: float = 0.0
+) -> RecipeChoice:
     """The rules of the module docstring as a function of the data (facts), the device type ("cpu", "cuda",
     ...) and measure(model, width, image_size) -> training images per second on this machine."""
     rule = pick_rule(facts.train_images)
-    size = image_size_for(rule.image_size if device == "cuda" else rule.cpu_image_size, facts.median_short_side)
+    size = image_size_for(
+        rule.image_size if device == "cuda" else rule.cpu_image_size, facts.median_short_side
+    )
     model, speed, slow_note = rule.model, measure(rule.model, rule.width, size), ""
     if device != "cuda" and rule.slow_model and speed < rule.slow_images_per_s:
         slow_note = f" ({rule.model}: {speed:.0f} img/s, under {rule.slow_images_per_s:g} on this CPU)"
@@ -191,8 +269,23 @@ def choose_recipe(facts: DataFacts, device: str, measure: Callable[[str, int, in
     wanted = epochs_for(rule, facts.train_images)
     fits = max(MIN_EPOCHS, int(cap_s // max(epoch_s, 1e-9)))
     epochs = wanted if budget_s else min(wanted, fits)
-    return RecipeChoice(rule.name, rule.recipe, model, rule.width, size, dict(rule.values), epochs, speed, epoch_s,
-                        facts, device, cap_s, wanted, budget_s, slow_note)
+    return RecipeChoice(
+        rule.name,
+        rule.recipe,
+        model,
+        rule.width,
+        size,
+        dict(rule.values),
+        epochs,
+        speed,
+        epoch_s,
+        facts,
+        device,
+        cap_s,
+        wanted,
+        budget_s,
+        slow_note,
+    )
 
 
 def median_short_side(paths: list[str], limit: int = HEADER_SAMPLE) -> tuple[int | None, int]:
@@ -229,8 +322,13 @@ def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
     return cfg
 
 
-def auto_recipe(cfg: Config, explicit: ExplicitSettings | None, run_dir: Path, resume: str | None,
-                device_name: str | None = None) -> tuple[Config, RecipeChoice | None]:
+def auto_recipe(
+    cfg: Config,
+    explicit: ExplicitSettings | None,
+    run_dir: Path,
+    resume: str | None,
+    device_name: str | None = None,
+) -> tuple[Config, RecipeChoice | None]:
     """cfg with the auto recipe applied, and the choice (None when it does not apply or was kept).
 
     A run directory with checkpoints is never picked for again: resumed, it keeps the recipe keys of its
@@ -248,8 +346,9 @@ def auto_recipe(cfg: Config, explicit: ExplicitSettings | None, run_dir: Path, r
     median, read = median_short_side(splits.train.paths)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read)
     ctx = build_context(t, device_name)
-    measure = lambda name, width, size: measure_images_per_s(cfg, name, width, size, max(2, facts.classes),
-                                                             device_name)
+    measure = lambda name, width, size: measure_images_per_s(
+        cfg, name, width, size, max(2, facts.classes), device_name
+    )
     choice = choose_recipe(facts, ctx.device.type, measure, parse_duration(t.time_budget))
     choice = distributed.gather_objects(choice)[0]
     return apply_recipe(cfg, choice.config_values()), choice
@@ -261,8 +360,9 @@ def auto_recipe(cfg: Config, explicit: ExplicitSettings | None, run_dir: Path, r
 MEASURE_BATCH = SMALL_DATA["train.batch_size"]
 
 
-def measure_images_per_s(cfg: Config, name: str, width: int, image_size: int, num_classes: int,
-                         device_name: str | None) -> float:
+def measure_images_per_s(
+    cfg: Config, name: str, width: int, image_size: int, num_classes: int, device_name: str | None
+) -> float:
     """Training images per second of this model at this size with the run's precision, optimizer and loss, on
     random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is unaffected)."""
     probe_cfg = apply_recipe(cfg, {"model.name": name, "model.width": width})

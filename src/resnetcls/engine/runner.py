@@ -1,6 +1,7 @@
 """What every training mode (`train`, `lifelong`) does around loop.train_one_epoch: the one interrupt path
 (SIGINT/SIGTERM -> a resumable checkpoint -> exit 130), the progress bar, step logs (log.every_steps), step
 checkpoints (ckpt.every_steps), the non-finite-loss stop and the bad-image warnings."""
+
 from __future__ import annotations
 
 import signal
@@ -25,7 +26,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested, self.previous = False, {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
@@ -60,9 +61,20 @@ class StepPlan:
     nonfinite: str = "stop"
 
 
-def run_epoch(run: RunState, model, loader, opt: Optimization, loss_fn, ctx: StepContext, logger: RunLogger,
-              ckpt: Checkpointer, stop: StopRequest, plan: StepPlan, hooks: StepHooks = NO_HOOKS,
-              tags: dict | None = None) -> bool:
+def run_epoch(
+    run: RunState,
+    model,
+    loader,
+    opt: Optimization,
+    loss_fn,
+    ctx: StepContext,
+    logger: RunLogger,
+    ckpt: Checkpointer,
+    stop: StopRequest,
+    plan: StepPlan,
+    hooks: StepHooks = NO_HOOKS,
+    tags: dict | None = None,
+) -> bool:
     """Train the rest of run.epoch with the progress bar, step logging and step checkpoints.
     tags: more fields for every step record (lifelong: the task). False when a stop was requested (the state
     is then at a clean step boundary)."""
@@ -72,30 +84,51 @@ def run_epoch(run: RunState, model, loader, opt: Optimization, loss_fn, ctx: Ste
         run.global_step += 1
         bar.update(stats.loss, opt.lr, stats.images_per_s, stats.data_wait_share)
         if plan.log_every and run.global_step % plan.log_every == 0:
-            logger.log({"kind": "train", "epoch": run.epoch, **(tags or {}), **train_record(stats, opt.lr)},
-                       run.global_step)
+            logger.log(
+                {"kind": "train", "epoch": run.epoch, **(tags or {}), **train_record(stats, opt.lr)},
+                run.global_step,
+            )
         if plan.ckpt_every and run.global_step % plan.ckpt_every == 0:
             ckpt.save(run)
         return distributed.any_rank(stop.requested)  # all ranks stop at the same step, or none does
 
     try:
-        return train_one_epoch(model, loader, opt, loss_fn, ctx, run.stats, after_step, plan.nonfinite,
-                               distributed.any_rank, hooks)
+        return train_one_epoch(
+            model,
+            loader,
+            opt,
+            loss_fn,
+            ctx,
+            run.stats,
+            after_step,
+            plan.nonfinite,
+            distributed.any_rank,
+            hooks,
+        )
     except NonFiniteLoss as e:
         saved = list_checkpoints(ckpt.dir)
-        last = f"the last good checkpoint is {saved[-1][0].with_suffix('.pt')}" if saved else "no checkpoint yet"
+        last = (
+            f"the last good checkpoint is {saved[-1][0].with_suffix('.pt')}" if saved else "no checkpoint yet"
+        )
         logger.close()
-        raise UserError(f"train: non-finite loss ({e.value}) at epoch {run.epoch} step {e.step_in_epoch} (global "
-                        f"step {run.global_step + 1}); stopped before applying it, {last}; lower optim.lr, set "
-                        f"train.grad_clip_norm, or --set train.nonfinite=skip to skip such batches") from None
+        raise UserError(
+            f"train: non-finite loss ({e.value}) at epoch {run.epoch} step {e.step_in_epoch} (global "
+            f"step {run.global_step + 1}); stopped before applying it, {last}; lower optim.lr, set "
+            f"train.grad_clip_norm, or --set train.nonfinite=skip to skip such batches"
+        ) from None
     finally:
         bar.close()
 
 
 def train_record(stats: EpochStats, lr: float) -> dict:
     """The train/ scalars of a step or epoch record (metrics.jsonl and TensorBoard)."""
-    return {"train/loss": stats.loss, "train/top1": stats.top1, "train/lr": lr,
-            "train/images_per_s": stats.images_per_s, "train/data_wait_share": stats.data_wait_share}
+    return {
+        "train/loss": stats.loss,
+        "train/top1": stats.top1,
+        "train/lr": lr,
+        "train/images_per_s": stats.images_per_s,
+        "train/data_wait_share": stats.data_wait_share,
+    }
 
 
 def note_bad_images(run: RunState, bad: list, logger: RunLogger) -> None:

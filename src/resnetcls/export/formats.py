@@ -5,6 +5,7 @@ normalised as recorded in `preprocess` (which travels in the file's metadata wit
 dynamic batch size N. Both give two outputs: `logits` (raw) and `probabilities` (the calibrated softmax over
 the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them).
 """
+
 from __future__ import annotations
 
 import io
@@ -20,14 +21,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..utils.atomic import write_atomic
-from ..utils.calibration import calibrated_probabilities
 from ..data.decode import DecodeError, decode_image, is_image_file
 from ..data.transforms import build_eval_transform
 from ..errors import UserError
+from ..inference.sessions import (
+    ONNX_FILE,
+    ProbabilityHead,
+    example_input,
+    export_metadata,
+    onnx_bytes,
+    onnx_probabilities,
+    onnx_session,
+    read_onnx_metadata,
+)
 from ..records.modelfile import LoadedModel, load_model_dir, record_export
-from ..inference.sessions import (ONNX_FILE, ProbabilityHead, example_input, export_metadata, onnx_bytes,
-                           onnx_probabilities, onnx_session, read_onnx_metadata)
+from ..utils.atomic import write_atomic
+from ..utils.calibration import calibrated_probabilities
 from ..utils.progress import progress_bar
 
 FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
@@ -43,7 +52,9 @@ def torchscript_bytes(loaded: LoadedModel) -> bytes:
     """Trace and freeze (folds BN into convs); model.json rides along as an extra file."""
     wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users still ask for it
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # torch.jit is deprecated upstream; users still ask for it
         traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
@@ -54,8 +65,9 @@ def load_torchscript(source: str | os.PathLike | bytes, extra_files: dict | None
     """torch.jit.load without its deprecation warning (the format is what the user asked for)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                              _extra_files=extra_files)
+        return torch.jit.load(
+            io.BytesIO(source) if isinstance(source, bytes) else str(source), _extra_files=extra_files
+        )
 
 
 def _runner(fmt: str, data: bytes):
@@ -104,19 +116,24 @@ def _synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
         img = Image.fromarray(coarse).resize((160, 120), Image.BICUBIC)
         pixels = np.asarray(img).copy()
         y, x = rng.integers(0, 80), rng.integers(0, 120)
-        pixels[y:y + 40, x:x + 40] = rng.integers(0, 255, size=3)
+        pixels[y : y + 40, x : x + 40] = rng.integers(0, 255, size=3)
         images.append(Image.fromarray(pixels))
     return images
 
 
-def load_check_images(loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16) -> CheckImages:
+def load_check_images(
+    loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16
+) -> CheckImages:
     """Real photographs from check_data (when given), else synthetic images."""
     transform = build_eval_transform(loaded.preprocess)
     root = Path(check_data) if check_data else None
     if root is None:
         images = _synthetic_images(limit)
-        return CheckImages(torch.stack([transform(i) for i in images]),
-                           [f"synthetic-{i}" for i in range(limit)], f"{limit} synthetic images")
+        return CheckImages(
+            torch.stack([transform(i) for i in images]),
+            [f"synthetic-{i}" for i in range(limit)],
+            f"{limit} synthetic images",
+        )
     if not root.exists():
         raise UserError(f"--check-data {root}: no such file or folder")
     tensors, names = [], []
@@ -141,14 +158,19 @@ class ParityResult:
 
     @property
     def passed(self) -> bool:
-        return (self.top1_agree == self.images and self.max_abs_diff <= PROB_TOLERANCE
-                and self.batch1_max_abs_diff <= PROB_TOLERANCE)
+        return (
+            self.top1_agree == self.images
+            and self.max_abs_diff <= PROB_TOLERANCE
+            and self.batch1_max_abs_diff <= PROB_TOLERANCE
+        )
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"parity vs eager fp32 on {self.source}: max |dprob| {self.max_abs_diff:.2e} "
-                f"(batch 1: {self.batch1_max_abs_diff:.2e}, limit {PROB_TOLERANCE:.0e}), "
-                f"top-1 agrees on {self.top1_agree}/{self.images} -> {verdict}")
+        return (
+            f"parity vs eager fp32 on {self.source}: max |dprob| {self.max_abs_diff:.2e} "
+            f"(batch 1: {self.batch1_max_abs_diff:.2e}, limit {PROB_TOLERANCE:.0e}), "
+            f"top-1 agrees on {self.top1_agree}/{self.images} -> {verdict}"
+        )
 
 
 def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
@@ -162,8 +184,13 @@ def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
         single = run(images.tensors[:1]).float()
         bar.update(1)
     agree = int((reference.argmax(1) == exported.argmax(1)).sum())
-    return ParityResult(len(images.names), images.source, float((reference - exported).abs().max()), agree,
-                        float((reference[:1] - single).abs().max()))
+    return ParityResult(
+        len(images.names),
+        images.source,
+        float((reference - exported).abs().max()),
+        agree,
+        float((reference[:1] - single).abs().max()),
+    )
 
 
 @dataclass
@@ -175,8 +202,12 @@ class ExportResult:
     parity: ParityResult
 
 
-def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
-                 check_data: str | os.PathLike | None = None) -> ExportResult:
+def export_model(
+    model: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike | None = None,
+    check_data: str | os.PathLike | None = None,
+) -> ExportResult:
     """Export MODEL to ONNX or TorchScript, check it against eager on real images, then write it atomically.
 
     The default output is inside the model directory (model.onnx / model.torchscript.pt), where the

@@ -11,6 +11,7 @@ dot products; AVX2-only CPUs run the same file correctly, only slower.
 This module sits with evaluation/rank/serve in the layers (not beside export) because it reads the model's training
 data set (data.sources, config.yaml), which export, predict and serve may not import.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,15 +23,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.atomic import write_atomic
 from ..config import load_yaml
 from ..data.decode import DecodeError, decode_image
 from ..data.sources import Samples, load_splits
 from ..data.transforms import build_eval_transform
 from ..errors import UserError
+from ..inference.sessions import (
+    INT8_FILE,
+    RUNTIME_NAMES,
+    RUNTIMES,
+    export_metadata,
+    onnx_bytes,
+    onnx_probabilities,
+    onnx_session,
+    runtime_telemetry_off,
+)
 from ..records.modelfile import LoadedModel, load_model_dir, record_export
-from ..inference.sessions import (INT8_FILE, RUNTIME_NAMES, RUNTIMES, export_metadata, onnx_bytes, onnx_probabilities,
-                           onnx_session, runtime_telemetry_off)
+from ..utils.atomic import write_atomic
 
 VALIDATION_IMAGES = 500  # at most this many validation images are compared (a few seconds of int8 inference)
 
@@ -52,20 +61,30 @@ class Int8Result:
     def summary(self) -> str:
         """One line: agreement with fp32 and the accuracy drop (when the images have labels)."""
         each = ", ".join(f"{RUNTIME_NAMES[r]} {v['agreement']:.2%}" for r, v in self.by_runtime.items())
-        line = (f"int8 vs fp32 on {self.images} validation images: top-1 agrees on {self.agreement:.2%} ({each};"
-                f" calibrated on {self.calibration_images} images from {self.calibration_source})")
+        line = (
+            f"int8 vs fp32 on {self.images} validation images: top-1 agrees on {self.agreement:.2%} ({each};"
+            f" calibrated on {self.calibration_images} images from {self.calibration_source})"
+        )
         if self.fp32_top1 is not None:
             each = ", ".join(f"{RUNTIME_NAMES[r]} {v['int8_top1']:.2%}" for r, v in self.by_runtime.items())
-            line += (f"; accuracy fp32 {self.fp32_top1:.2%}, int8 {self.int8_top1:.2%} ({each}; "
-                     f"drop {100 * (self.fp32_top1 - self.int8_top1):.2f} points)")
+            line += (
+                f"; accuracy fp32 {self.fp32_top1:.2%}, int8 {self.int8_top1:.2%} ({each}; "
+                f"drop {100 * (self.fp32_top1 - self.int8_top1):.2f} points)"
+            )
         return line
 
     def record(self) -> dict:
         """model.json's "int8" field: the file and what it was checked on."""
-        return {"file": self.path.name, "images": self.images, "agreement": round(self.agreement, 6),
-                "fp32_top1": self.fp32_top1, "int8_top1": self.int8_top1,
-                "runtimes": {r: {**v, "agreement": round(v["agreement"], 6)} for r, v in self.by_runtime.items()},
-                "calibration_images": self.calibration_images, "calibration_source": self.calibration_source}
+        return {
+            "file": self.path.name,
+            "images": self.images,
+            "agreement": round(self.agreement, 6),
+            "fp32_top1": self.fp32_top1,
+            "int8_top1": self.int8_top1,
+            "runtimes": {r: {**v, "agreement": round(v["agreement"], 6)} for r, v in self.by_runtime.items()},
+            "calibration_images": self.calibration_images,
+            "calibration_source": self.calibration_source,
+        }
 
 
 def training_data(model_dir: Path, calibration: str | os.PathLike | None) -> tuple[Samples, Samples, str]:
@@ -81,15 +100,24 @@ def training_data(model_dir: Path, calibration: str | os.PathLike | None) -> tup
             data = load_yaml(config).get("data", {})
             if not data.get("train"):
                 raise UserError(f"{config}: data.train is not set; give --calibration DATA")
-            splits = load_splits(str(data["train"]), data.get("val") or "", data.get("val_fraction", 0.1),
-                                 load_yaml(config).get("train", {}).get("seed", 0), data.get("split_by") or "",
-                                 data.get("batches") or "")
+            splits = load_splits(
+                str(data["train"]),
+                data.get("val") or "",
+                data.get("val_fraction", 0.1),
+                load_yaml(config).get("train", {}).get("seed", 0),
+                data.get("split_by") or "",
+                data.get("batches") or "",
+            )
             return splits.train, splits.val, str(data["train"])
-    raise UserError(f"{model_dir}: no config.yaml here or in the run directory above; give --calibration DATA "
-                    "(images like the training data)")
+    raise UserError(
+        f"{model_dir}: no config.yaml here or in the run directory above; give --calibration DATA "
+        "(images like the training data)"
+    )
 
 
-def _tensors(loaded: LoadedModel, samples: Samples, count: int, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+def _tensors(
+    loaded: LoadedModel, samples: Samples, count: int, seed: int = 0
+) -> tuple[torch.Tensor, list[int]]:
     """Up to count preprocessed images drawn at random (fixed seed) from samples, with their class index in the
     model's classes (-1 for a class the model does not know); undecodable images are skipped."""
     order = list(range(len(samples)))
@@ -123,21 +151,42 @@ class _Reader:
 def int8_bytes(loaded: LoadedModel, calibration: torch.Tensor) -> bytes:
     """The fp32 ONNX graph quantized statically: QDQ, per-channel int8 weights, uint8 activations (MinMax)."""
     import onnx
+
     runtime_telemetry_off()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         fp32.write_bytes(onnx_bytes(loaded))
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)  # folds BN, infers shapes
-        quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm", "Add", "Relu", "MaxPool",
-                                              "GlobalAveragePool", "Flatten", "Reshape"])
+        quantize_static(
+            str(pre),
+            str(out),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=[
+                "Conv",
+                "MatMul",
+                "Gemm",
+                "Add",
+                "Relu",
+                "MaxPool",
+                "GlobalAveragePool",
+                "Flatten",
+                "Reshape",
+            ],
+        )
         proto = onnx.load(str(out))
     del proto.metadata_props[:]
-    for key, value in {**export_metadata(loaded.meta), "quantization": "int8 static QDQ (ONNX Runtime)"}.items():
+    for key, value in {
+        **export_metadata(loaded.meta),
+        "quantization": "int8 static QDQ (ONNX Runtime)",
+    }.items():
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()
 
@@ -147,8 +196,13 @@ def _top1(pred: torch.Tensor, labels: list[int]) -> float | None:
     return sum(p == y for p, y in known) / len(known) if known else None
 
 
-def export_int8(model: str | os.PathLike, calibration: str | os.PathLike | None = None, images: int = 256,
-                min_agreement: float = 0.99, out: str | os.PathLike | None = None) -> Int8Result:
+def export_int8(
+    model: str | os.PathLike,
+    calibration: str | os.PathLike | None = None,
+    images: int = 256,
+    min_agreement: float = 0.99,
+    out: str | os.PathLike | None = None,
+) -> Int8Result:
     """Quantize MODEL to int8 ONNX, calibrated on `images` training images, and write it (default
     MODEL/model.int8.onnx, recorded with its sha256 in model.json's "int8" and "sha256" fields) only when its top-1 agrees with eager fp32 on
     at least min_agreement of the validation images; else UserError with the numbers, nothing written."""
@@ -168,15 +222,31 @@ def export_int8(model: str | os.PathLike, calibration: str | os.PathLike | None 
     for runtime in RUNTIMES:  # each runs the QDQ file with its own int8 kernels, so each is checked
         session = onnx_session(data, runtime=runtime)
         int8 = torch.cat([onnx_probabilities(session, b) for b in check.split(64)]).argmax(1)
-        by_runtime[runtime] = {"agreement": float((fp32 == int8).float().mean()), "int8_top1": _top1(int8, labels)}
+        by_runtime[runtime] = {
+            "agreement": float((fp32 == int8).float().mean()),
+            "int8_top1": _top1(int8, labels),
+        }
     worst = min(by_runtime.values(), key=lambda v: v["agreement"])
-    int8_top1 = (None if worst["int8_top1"] is None else min(v["int8_top1"] for v in by_runtime.values()))
-    result = Int8Result(path, len(data), len(calib), source, len(check), worst["agreement"], _top1(fp32, labels),
-                        int8_top1, by_runtime)
+    int8_top1 = None if worst["int8_top1"] is None else min(v["int8_top1"] for v in by_runtime.values())
+    result = Int8Result(
+        path,
+        len(data),
+        len(calib),
+        source,
+        len(check),
+        worst["agreement"],
+        _top1(fp32, labels),
+        int8_top1,
+        by_runtime,
+    )
     if result.agreement < min_agreement:
-        raise UserError(f"int8 export of {loaded.path} not written: {result.summary()}; below --min-agreement "
-                        f"{min_agreement:g} (try more --calibration-images, or keep the fp32 model.onnx)")
+        raise UserError(
+            f"int8 export of {loaded.path} not written: {result.summary()}; below --min-agreement "
+            f"{min_agreement:g} (try more --calibration-images, or keep the fp32 model.onnx)"
+        )
     write_atomic(path, data)
-    if path.parent.resolve() == loaded.path.resolve():  # in the model directory: its sha256 and checks recorded
+    if (
+        path.parent.resolve() == loaded.path.resolve()
+    ):  # in the model directory: its sha256 and checks recorded
         record_export(loaded.path, path.name, "int8", result.record())
     return result

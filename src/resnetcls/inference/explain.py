@@ -17,6 +17,7 @@ image exactly as the model saw it after the eval resize and centre crop, not ove
 photo: what was cropped away had no part in the answer, and the overlay's pixels then line up with the
 heatmap's one to one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..utils.atomic import write_atomic
 from ..errors import UserError
+from ..utils.atomic import write_atomic
 
 METHODS = ("gradcam", "gradcam++")
 OVERLAY_SUFFIX = ".gradcam.png"
@@ -46,6 +47,7 @@ HEAT_OPACITY = 0.5  # share of the colour map in the overlay; the image stays re
 class Explanation:
     """One image's map: heat (S, S) in [0, 1] over the model's input crop, the crop itself (S, S, 3) uint8,
     and the class explained with its probability."""
+
     heat: np.ndarray
     crop: np.ndarray
     class_index: int
@@ -114,8 +116,15 @@ class Explainer:
     same time, so the hook never sees their forwards; explanations are serialised by a lock either way.
     """
 
-    def __init__(self, model: torch.nn.Module, preprocess: dict, device: torch.device,
-                 method: str = "gradcam", private_copy: bool = False, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: dict,
+        device: torch.device,
+        method: str = "gradcam",
+        private_copy: bool = False,
+        temperature: float = 1.0,
+    ) -> None:
         if method not in METHODS:
             raise UserError(f"explanation method {method!r}: expected one of {', '.join(METHODS)}")
         if not hasattr(model, "layer4"):
@@ -133,11 +142,15 @@ class Explainer:
 
         def keep(_module, _inputs, output):
             kept["act"] = output
+
         handle = self.model.layer4.register_forward_hook(keep)
         try:
             # inference_mode off, autocast off: a graph in fp32 (see the module docstring for why).
-            with torch.inference_mode(False), torch.enable_grad(), \
-                    torch.autocast(self.device.type, enabled=False):
+            with (
+                torch.inference_mode(False),
+                torch.enable_grad(),
+                torch.autocast(self.device.type, enabled=False),
+            ):
                 x = image[None].to(self.device, torch.float32).clone().requires_grad_(True)
                 logits = self.model(x).float()
                 probs = (logits / self.temperature).softmax(dim=1)[0].detach()
@@ -176,7 +189,6 @@ class Explainer:
         """The Explanation of one preprocessed (3, S, S) image for class_index (None: top-1)."""
         heat, prob, index = self.heatmap(image, class_index)
         return Explanation(heat, self.crop(image), index, prob)
-
 
 
 class OverlayWriter:

@@ -4,6 +4,7 @@ PATH arguments may be image files, folders (searched recursively), globs, or CSV
 Images are decoded on a few threads one batch ahead of the model, so a folder of small images runs at
 the model's batched throughput rather than one image at a time.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,16 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..utils.calibration import calibrated_probabilities
 from ..data.decode import DecodeError, decode_image, decode_in_memory, is_image_file
 from ..data.transforms import build_eval_transform, stack_images
 from ..errors import UserError
-from .explain import Explainer, OverlayWriter, writable_dir
-from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from ..records.modelfile import LoadedModel, load_model_dir
-from .sessions import (int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities,
-                           onnx_session_for)
+from ..utils.calibration import calibrated_probabilities
+from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from ..utils.progress import progress_bar
+from .explain import Explainer, OverlayWriter, writable_dir
+from .sessions import int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities, onnx_session_for
 
 FORMATS = ("table", "json", "csv")
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
@@ -59,7 +59,7 @@ EachImage = Callable[[Prediction, torch.Tensor], None]  # Predictor.predict's `e
 
 
 def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
-    """"auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a checked,
+    """ "auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a checked,
     current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX CPUs, eager
     bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in memory would
     cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit --precision keeps torch.
@@ -100,15 +100,23 @@ class Predictor:
     model without one); the ONNX graph has the same T built in.
     """
 
-    def __init__(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto",
-                 channels_last: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = True,
+        backend: str = "auto",
+    ) -> None:
         if backend not in BACKENDS:
             raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
             raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if backend in ONNX_BACKENDS:
             if precision == "bf16" and backend.startswith("onnxruntime"):
-                raise UserError(f"--precision bf16: the {backend} backend does not run bf16; use --backend torch")
+                raise UserError(
+                    f"--precision bf16: the {backend} backend does not run bf16; use --backend torch"
+                )
             device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
         self.loaded = load_model_dir(model, self.device)
@@ -121,9 +129,13 @@ class Predictor:
         self.backend = backend
         self.temperature = self.loaded.temperature
         runtime = backend.removesuffix("-int8")
-        self.session = (None if backend not in ONNX_BACKENDS else
-                        int8_session_for(self.loaded, runtime=runtime) if backend.endswith("-int8") else
-                        onnx_session_for(self.loaded, runtime=runtime, precision=precision))
+        self.session = (
+            None
+            if backend not in ONNX_BACKENDS
+            else int8_session_for(self.loaded, runtime=runtime)
+            if backend.endswith("-int8")
+            else onnx_session_for(self.loaded, runtime=runtime, precision=precision)
+        )
         if backend.endswith("-int8"):
             self.precision = "int8"
         elif backend == "openvino":
@@ -137,8 +149,9 @@ class Predictor:
         if self.session is not None:
             return onnx_logits(self.session, batch)
         batch = batch.to(self.device, memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        ):
             logits = self.model(batch)
         return logits.float().cpu()
 
@@ -162,9 +175,15 @@ class Predictor:
         except MemoryError:
             return "not enough memory to preprocess this image"
 
-    def predict(self, images: ImageInput | typing.Sequence[ImageInput], topk: int = 5, batch_size: int = 32,
-                tta: bool = False, progress: bool = False,
-                each: EachImage | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        images: ImageInput | typing.Sequence[ImageInput],
+        topk: int = 5,
+        batch_size: int = 32,
+        tta: bool = False,
+        progress: bool = False,
+        each: EachImage | None = None,
+    ) -> list[Prediction]:
         """Top-k for each image, in order; an unreadable image gives a Prediction with `error` set.
 
         images: paths, PIL images or numpy arrays (HxWx3 uint8 RGB; HxWx4, HxW too), or one of them; each is
@@ -183,21 +202,34 @@ class Predictor:
             # spinning compute threads added 5 ms (int8) to 26 ms (bf16) to a 640x480 JPEG's p50 on 2 cores
             self._predict_chunk(chunks[0], [self.load(images[0], results[0].path)], results, topk, tta, each)
             return results
-        with ThreadPoolExecutor(_decode_threads()) as pool, \
-                progress_bar(len(images), "predict", enabled=None if progress else False) as bar:
+        with (
+            ThreadPoolExecutor(_decode_threads()) as pool,
+            progress_bar(len(images), "predict", enabled=None if progress else False) as bar,
+        ):
             # Decode the next chunk while the model runs on the current one.
-            pending = [pool.map(self.load, [images[i] for i in c], [results[i].path for i in c]) for c in chunks[:1]]
+            pending = [
+                pool.map(self.load, [images[i] for i in c], [results[i].path for i in c]) for c in chunks[:1]
+            ]
             for n, chunk in enumerate(chunks):
                 if n + 1 < len(chunks):
                     nxt = chunks[n + 1]
-                    pending.append(pool.map(self.load, [images[i] for i in nxt], [results[i].path for i in nxt]))
+                    pending.append(
+                        pool.map(self.load, [images[i] for i in nxt], [results[i].path for i in nxt])
+                    )
                 self._predict_chunk(chunk, pending[n], results, topk, tta, each)
                 pending[n] = None  # let the decoded chunk be freed
                 bar.update(len(chunk))
         return results
 
-    def _predict_chunk(self, chunk: list[int], loaded, results: list[Prediction], topk: int, tta: bool,
-                       each: EachImage | None = None) -> None:
+    def _predict_chunk(
+        self,
+        chunk: list[int],
+        loaded,
+        results: list[Prediction],
+        topk: int,
+        tta: bool,
+        each: EachImage | None = None,
+    ) -> None:
         tensors, slots = [], []
         for i, item in zip(chunk, loaded):
             if isinstance(item, str):
@@ -243,8 +275,13 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file()
+                and is_image_file(p)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             items += [(p, "") for p in found] or [(arg, "folder has no image files")]
         elif path.is_file() and path.suffix.lower() == ".csv":
             try:
@@ -268,16 +305,20 @@ def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, Ea
     """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that writes
     each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or prints one
     warning line naming the image and why its overlay could not be written."""
-    explainer = Explainer(predictor.model, predictor.loaded.preprocess, predictor.device,
-                          temperature=predictor.temperature)
+    explainer = Explainer(
+        predictor.model, predictor.loaded.preprocess, predictor.device, temperature=predictor.temperature
+    )
     writer = OverlayWriter(explainer, out_dir)
     index = {name: i for i, name in enumerate(predictor.classes)}
 
     def each(result: Prediction, image: torch.Tensor) -> None:
         result.gradcam, reason = writer.write(result.path, image, index[result.top[0][0]])
         if reason:
-            print(f"warning: {result.path}: Grad-CAM overlay not written ({reason}); its prediction stands",
-                  file=sys.stderr)
+            print(
+                f"warning: {result.path}: Grad-CAM overlay not written ({reason}); its prediction stands",
+                file=sys.stderr,
+            )
+
     return writer, each
 
 
@@ -293,7 +334,9 @@ def format_results(results: list[Prediction], fmt: str, explained: bool = False)
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["path", "rank", "class", "prob", "error"] + ["gradcam"] * explained)
         for r in results:
-            rows = [[r.path, k + 1, c, f"{p:.6f}", ""] + [r.gradcam] * explained for k, (c, p) in enumerate(r.top)]
+            rows = [
+                [r.path, k + 1, c, f"{p:.6f}", ""] + [r.gradcam] * explained for k, (c, p) in enumerate(r.top)
+            ]
             writer.writerows(rows or [[r.path, "", "", "", r.error] + [""] * explained])
         return buf.getvalue()
     width = min(60, max([len("path")] + [len(r.path) for r in results]))
@@ -305,9 +348,17 @@ def format_results(results: list[Prediction], fmt: str, explained: bool = False)
     return "\n".join(lines) + "\n"
 
 
-def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table", batch_size: int = 32,
-                tta: bool = False, backend: str = "auto", precision: str = "auto", explain_dir: str | None = None
-                ) -> int:
+def run_predict(
+    model: str,
+    inputs: list[str],
+    topk: int = 5,
+    fmt: str = "table",
+    batch_size: int = 32,
+    tta: bool = False,
+    backend: str = "auto",
+    precision: str = "auto",
+    explain_dir: str | None = None,
+) -> int:
     """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row or any
     overlay could not be written (the predictions are printed all the same).
 
@@ -327,9 +378,14 @@ def run_predict(model: str, inputs: list[str], topk: int = 5, fmt: str = "table"
     sys.stdout.write(format_results(results, fmt, explained=writer is not None))
     failed = sum(1 for r in results if r.error)
     if failed:
-        print(f"{failed} of {len(results)} inputs could not be predicted (see the error rows)", file=sys.stderr)
+        print(
+            f"{failed} of {len(results)} inputs could not be predicted (see the error rows)", file=sys.stderr
+        )
     unwritten = writer.failed if writer is not None else 0
     if unwritten:
-        print(f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written (see the warnings); "
-              f"the predictions are complete", file=sys.stderr)
+        print(
+            f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written (see the warnings); "
+            f"the predictions are complete",
+            file=sys.stderr,
+        )
     return 2 if failed or unwritten else 0

@@ -11,6 +11,7 @@ Both runtimes ship with telemetry: ONNX Runtime writes a device id under ~/.cach
 under ~/intel and sends usage events. Both are turned off before either is imported (runtime_telemetry_off) unless
 the user sets RESNETCLS_RUNTIME_TELEMETRY=1.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,11 +26,13 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..utils.hardware import cpu_has_fast_bf16
 from ..records.modelfile import WEIGHTS, LoadedModel, check_export_hash, temperature_of
+from ..utils.hardware import cpu_has_fast_bf16
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
-INT8_FILE = "model.int8.onnx"  # the int8 form (export/int8.py), for --backend onnxruntime-int8 / openvino-int8
+INT8_FILE = (
+    "model.int8.onnx"  # the int8 form (export/int8.py), for --backend onnxruntime-int8 / openvino-int8
+)
 RUNTIMES = ("onnxruntime", "openvino")
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 TELEMETRY_ENV = "RESNETCLS_RUNTIME_TELEMETRY"  # "1": leave the runtimes' telemetry as their makers ship it
@@ -85,7 +88,7 @@ def export_metadata(meta: dict) -> dict[str, str]:
         "temperature": repr(temperature_of(meta)),
         "calibration": json.dumps(meta.get("calibration")),
         "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits (raw), probabilities "
-                 "(softmax(logits / temperature))",
+        "(softmax(logits / temperature))",
     }
 
 
@@ -100,9 +103,16 @@ def onnx_bytes(loaded: LoadedModel) -> bytes:
     wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
-        program = torch.onnx.export(wrapped, (example_input(loaded),), dynamo=True, external_data=False,
-                                    input_names=["input"], output_names=["logits", "probabilities"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+        program = torch.onnx.export(
+            wrapped,
+            (example_input(loaded),),
+            dynamo=True,
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits", "probabilities"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            verbose=False,
+        )
     proto = program.model_proto
     for key, value in export_metadata(loaded.meta).items():
         proto.metadata_props.add(key=key, value=value)
@@ -123,6 +133,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 @functools.lru_cache(maxsize=16)
 def _metadata_of(path: str, inode: int, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
     import onnx  # heavy, and needed only when a model.onnx is read
+
     proto = onnx.load(path, load_external_data=False)
     return tuple((p.key, p.value) for p in proto.metadata_props)
 
@@ -143,24 +154,34 @@ class OpenVinoSession:
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
         runtime_telemetry_off(openvino=True)
         import openvino as ov
+
         core = ov.Core()
-        graph = (core.read_model(model, ov.Tensor(np.empty(0, np.uint8))) if isinstance(model, bytes)
-                 else core.read_model(str(model)))
+        graph = (
+            core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
+            if isinstance(model, bytes)
+            else core.read_model(str(model))
+        )
         bf16 = precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+        }
         try:
             self.compiled = core.compile_model(graph, "CPU", config)
         except RuntimeError as e:  # OpenVINO's message is a multi-line trace; its last line says what failed
             reason = next((line for line in reversed(str(e).splitlines()) if line.strip()), "unknown error")
             name = "the in-memory export" if isinstance(model, bytes) else str(model)
-            raise UserError(f"{name}: OpenVINO cannot compile it for this CPU in {'bf16' if bf16 else 'fp32'} "
-                            f"({reason.strip()}); use --backend onnxruntime or another --precision") from None
+            raise UserError(
+                f"{name}: OpenVINO cannot compile it for this CPU in {'bf16' if bf16 else 'fp32'} "
+                f"({reason.strip()}); use --backend onnxruntime or another --precision"
+            ) from None
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()
         # What the float parts run in (an int8 file's quantized convolutions run in int8 whatever this says).
-        self.precision = ("bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
-                          else "fp32")
+        self.precision = (
+            "bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "fp32"
+        )
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """ONNX Runtime's signature: the named outputs for the named inputs, as numpy arrays (copies)."""
@@ -169,14 +190,16 @@ class OpenVinoSession:
             return [np.array(results[self.compiled.output(name)]) for name in names]
 
 
-def onnx_session(model: str | os.PathLike | bytes, threads: int = 0, runtime: str = "onnxruntime",
-                 precision: str = "auto"):
+def onnx_session(
+    model: str | os.PathLike | bytes, threads: int = 0, runtime: str = "onnxruntime", precision: str = "auto"
+):
     """A CPU session on an ONNX file: ONNX Runtime with all graph optimisations (conv+BN+ReLU fusion, constant
     folding; always fp32), or with runtime "openvino" an OpenVinoSession at `precision`."""
     if runtime == "openvino":
         return OpenVinoSession(model, threads, precision)
     runtime_telemetry_off()
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -216,34 +239,47 @@ def export_command(loaded: LoadedModel, int8: bool = False) -> str:
 
 
 def _unrecorded(path, loaded: LoadedModel, instead: str, int8: bool = False) -> str:
-    return (f"{path}: not run, its sha256 is not recorded in model.json (exported by an older resnetcls, or copied "
-            f"in); {instead}re-export it with `{export_command(loaded, int8)}`")
+    return (
+        f"{path}: not run, its sha256 is not recorded in model.json (exported by an older resnetcls, or copied "
+        f"in); {instead}re-export it with `{export_command(loaded, int8)}`"
+    )
 
 
 def _is_current(meta: dict[str, str], loaded: LoadedModel) -> bool:
-    return (meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
-            and exported_temperature(meta) == loaded.temperature)
+    return (
+        meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
+        and exported_temperature(meta) == loaded.temperature
+    )
 
 
-def onnx_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnxruntime", precision: str = "auto"):
+def onnx_session_for(
+    loaded: LoadedModel, threads: int = 0, runtime: str = "onnxruntime", precision: str = "auto"
+):
     """A session (onnx_session) for a loaded model directory: its model.onnx when model.json records its sha256 and
     it was exported from these exact weights and calibration temperature, else an in-memory export (slower to
     start; nothing is written). A file whose sha256 differs from the record is refused (UserError). A file exported
     before calibration existed has no temperature: it is current only for T = 1."""
     path, command = loaded.path / ONNX_FILE, export_command(loaded)
     if not path.is_file():
-        print(f"{loaded.path}: no model.onnx; exporting in memory (run `{command}` once to skip this)",
-              file=sys.stderr)
+        print(
+            f"{loaded.path}: no model.onnx; exporting in memory (run `{command}` once to skip this)",
+            file=sys.stderr,
+        )
     elif not check_export_hash(loaded, ONNX_FILE, command):
         print(_unrecorded(path, loaded, "exporting in memory meanwhile; "), file=sys.stderr)
     else:
         meta = read_onnx_metadata(path)
         if _is_current(meta, loaded):
             return onnx_session(path, threads, runtime, precision)
-        changed = ("from other weights" if meta.get("weights_sha256") != loaded.meta["sha256"][WEIGHTS] else
-                   f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}")
-        print(f"{path}: exported {changed}; exporting again in memory (run `{command}` to refresh it)",
-              file=sys.stderr)
+        changed = (
+            "from other weights"
+            if meta.get("weights_sha256") != loaded.meta["sha256"][WEIGHTS]
+            else f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}"
+        )
+        print(
+            f"{path}: exported {changed}; exporting again in memory (run `{command}` to refresh it)",
+            file=sys.stderr,
+        )
     return onnx_session(onnx_bytes(loaded), threads, runtime, precision)
 
 
@@ -258,8 +294,9 @@ def int8_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnx
     if not check_export_hash(loaded, INT8_FILE, command):
         raise UserError(_unrecorded(path, loaded, "", int8=True))
     if not _is_current(read_onnx_metadata(path), loaded):
-        raise UserError(f"{path}: quantized from other weights or another calibration temperature; run `{command}` "
-                        "again")
+        raise UserError(
+            f"{path}: quantized from other weights or another calibration temperature; run `{command}` again"
+        )
     return onnx_session(path, threads, runtime)
 
 

@@ -13,6 +13,7 @@ extra_batch, extra_loss), does around a task (start_task, end_task), and keeps i
   (alpha * MSE(logits, stored logits) + (beta - 1) * CE_buffer)/2, so the whole is DER++'s
   CE_fresh + beta * CE_buffer + alpha * MSE at half scale (one draw of buffer images serves both terms).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,8 @@ def grow_head(model: nn.Module, num_classes: int) -> bool:
         return False
     new = nn.Linear(old.in_features, num_classes, device=old.weight.device)
     with torch.no_grad():
-        new.weight[:old.out_features] = old.weight
-        new.bias[:old.out_features] = old.bias
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
     model.fc = new
     return True
 
@@ -111,8 +112,9 @@ class StrategyHooks(StepHooks):
                     self.buffer.add(image.contiguous(), label)
         if self.name == "ewc":
             new = fisher_diagonal(model, eval_batches(), loss_fn)
-            self.fisher = {n: _pad_to(self.fisher[n], f.shape) + f if n in self.fisher else f
-                           for n, f in new.items()}
+            self.fisher = {
+                n: _pad_to(self.fisher[n], f.shape) + f if n in self.fisher else f for n, f in new.items()
+            }
             self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.fisher}
         if self.name == "lwf":
             self.set_old_model(model)
@@ -148,9 +150,12 @@ class StrategyHooks(StepHooks):
     def state_dict(self) -> dict:
         """Buffer (with its sampler's position), Fisher, anchor and LwF's teacher: a resume inside a task
         continues exactly."""
-        return {"buffer": self.buffer.state_dict() if self.buffer is not None else None,
-                "fisher": self.fisher, "anchor": self.anchor,
-                "teacher": self.old_model.state_dict() if self.old_model is not None else None}
+        return {
+            "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+            "fisher": self.fisher,
+            "anchor": self.anchor,
+            "teacher": self.old_model.state_dict() if self.old_model is not None else None,
+        }
 
     def load_state_dict(self, state: dict, model: nn.Module) -> None:
         """Restore after the model's weights are loaded."""

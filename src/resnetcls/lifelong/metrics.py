@@ -27,6 +27,7 @@ mean_{j<=i} R[i][j], per session ("average precision (on tasks seen so far)" in 
 tasks, is ACC). It writes that per-session series and the per-task matrix, not one number; `overall` is that
 series' mean, as Kemker's Omega_all (un-normalised) defines it.
 """
+
 from __future__ import annotations
 
 from ..errors import UserError
@@ -56,8 +57,17 @@ def continual_metrics(R: list[list[float]], b: list[float] | None = None) -> dic
         out["FWT_dr"] = sum(R[i][j] for i in range(T) for j in range(i + 1, T)) / pairs
         out["forgetting"] = [max(R[l][j] for l in range(j, T - 1)) - last[j] for j in range(T - 1)]
     else:
-        out.update({"BWT": None, "FWT": None, "BWT_dr": None, "REM": None, "BWT_plus": None, "FWT_dr": None,
-                    "forgetting": []})
-    out["overall"] = sum(sum(R[i][:i + 1]) / (i + 1) for i in range(T)) / T
+        out.update(
+            {
+                "BWT": None,
+                "FWT": None,
+                "BWT_dr": None,
+                "REM": None,
+                "BWT_plus": None,
+                "FWT_dr": None,
+                "forgetting": [],
+            }
+        )
+    out["overall"] = sum(sum(R[i][: i + 1]) / (i + 1) for i in range(T)) / T
     out["A"] = sum(R[i][j] for i in range(T) for j in range(i + 1)) / (T * (T + 1) / 2)
     return out

@@ -6,6 +6,7 @@
   BatchNorm running statistics are not disturbed by the extra passes.
 - distillation_loss: Learning without Forgetting (Li & Hoiem 2016), temperature-scaled KL to the old model.
 """
+
 from __future__ import annotations
 
 import random
@@ -65,8 +66,11 @@ class ReplayBuffer:
                 self.logits[label].pop(i)
 
     def _picks(self, n: int) -> list[tuple[Tensor, int, Tensor | None]] | None:
-        pool = [(img, label, z) for label, bucket in self.images.items()
-                for img, z in zip(bucket, self.logits[label])]
+        pool = [
+            (img, label, z)
+            for label, bucket in self.images.items()
+            for img, z in zip(bucket, self.logits[label])
+        ]
         if not pool:
             return None
         return [pool[self.rng.randrange(len(pool))] for _ in range(n)]
@@ -89,18 +93,24 @@ class ReplayBuffer:
 
     def nbytes(self) -> int:
         """Bytes held: the uint8 pixels plus the float32 logits (DER++)."""
-        return sum(img.numel() + (z.numel() * 4 if z is not None else 0)
-                   for label, bucket in self.images.items() for img, z in zip(bucket, self.logits[label]))
+        return sum(
+            img.numel() + (z.numel() * 4 if z is not None else 0)
+            for label, bucket in self.images.items()
+            for img, z in zip(bucket, self.logits[label])
+        )
 
     def state_dict(self) -> dict:
         labels = [l for l, b in self.images.items() for _ in b]
         images = [img for b in self.images.values() for img in b]
         logits, mask = _pad_rows([z for zs in self.logits.values() for z in zs])
-        return {"images": torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8),
-                "labels": torch.tensor(labels, dtype=torch.long),
-                "logits": logits, "logit_widths": mask.sum(1).long(),
-                "seen": torch.tensor([[l, s] for l, s in self.seen.items()], dtype=torch.long).reshape(-1, 2),
-                "rng": self.rng.getstate()}  # ints and tuples: loads with weights_only=True
+        return {
+            "images": torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "logits": logits,
+            "logit_widths": mask.sum(1).long(),
+            "seen": torch.tensor([[l, s] for l, s in self.seen.items()], dtype=torch.long).reshape(-1, 2),
+            "rng": self.rng.getstate(),
+        }  # ints and tuples: loads with weights_only=True
 
     def load_state_dict(self, state: dict) -> None:
         if "rng" in state:
@@ -112,7 +122,7 @@ class ReplayBuffer:
         logits = state.get("logits")
         for i, (img, label) in enumerate(zip(state["images"], state["labels"].tolist())):
             self.images[label].append(img.clone())
-            self.logits[label].append(logits[i, :widths[i]].clone() if widths[i] else None)
+            self.logits[label].append(logits[i, : widths[i]].clone() if widths[i] else None)
 
 
 def _pad_rows(rows: list[Tensor | None]) -> tuple[Tensor, Tensor]:
@@ -121,7 +131,7 @@ def _pad_rows(rows: list[Tensor | None]) -> tuple[Tensor, Tensor]:
     out, mask = torch.zeros(len(rows), width), torch.zeros(len(rows), width)
     for i, r in enumerate(rows):
         if r is not None:
-            out[i, :r.numel()], mask[i, :r.numel()] = r, 1.0
+            out[i, : r.numel()], mask[i, : r.numel()] = r, 1.0
     return out, mask
 
 
@@ -129,7 +139,9 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def fisher_diagonal(model: nn.Module, batches, loss_fn: nn.Module, max_batches: int = 50) -> dict[str, Tensor]:
+def fisher_diagonal(
+    model: nn.Module, batches, loss_fn: nn.Module, max_batches: int = 50
+) -> dict[str, Tensor]:
     """Empirical Fisher diagonal (mean squared gradient) over up to max_batches (images, labels) batches.
 
     Computed with the model in eval mode so BatchNorm uses, and does not update, its running statistics.
@@ -167,7 +179,7 @@ def distillation_loss(logits: Tensor, old_logits: Tensor, temperature: float = 2
     k = old_logits.shape[1]
     log_new = nn.functional.log_softmax(logits[:, :k].float() / temperature, dim=1)
     old = nn.functional.softmax(old_logits.float() / temperature, dim=1)
-    return nn.functional.kl_div(log_new, old, reduction="batchmean") * temperature ** 2
+    return nn.functional.kl_div(log_new, old, reduction="batchmean") * temperature**2
 
 
 def derpp_terms(buffer_logits: Tensor, stored: Tensor, mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ Each task's test split is DATA's test split (else its val split) restricted to t
 class list shared by every task, which grows in task order (a task's new classes are appended, sorted), so
 later classes never renumber earlier ones. Rows whose value is in no task are counted and reported.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,10 @@ def _number(value: str, column: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise UserError(f"lifelong.tasks={column!r}: value {value!r} is not a number, so ranges and bins "
-                        f"cannot apply; list the values in --order instead") from None
+        raise UserError(
+            f"lifelong.tasks={column!r}: value {value!r} is not a number, so ranges and bins "
+            f"cannot apply; list the values in --order instead"
+        ) from None
 
 
 def task_groups(values: list[str], column: str, order: str, bins: int) -> list[tuple[str, callable]]:
@@ -58,17 +61,25 @@ def task_groups(values: list[str], column: str, order: str, bins: int) -> list[t
     if bins > 0 and not all(RANGE.match(f"{v}-{v}") for v in distinct):
         # a categorical column (e.g. label): N groups of its sorted distinct values (class-incremental splits)
         if bins > len(distinct):
-            raise UserError(f"lifelong.bins={bins}: column {column!r} has only {len(distinct)} distinct values")
+            raise UserError(
+                f"lifelong.bins={bins}: column {column!r} has only {len(distinct)} distinct values"
+            )
         parts = [list(p) for p in np.array_split(np.array(distinct, dtype=object), bins)]
-        return [("|".join(p) if len(p) <= 3 else f"{p[0]}..{p[-1]}", lambda v, p=frozenset(p): v in p)
-                for p in parts]
+        return [
+            ("|".join(p) if len(p) <= 3 else f"{p[0]}..{p[-1]}", lambda v, p=frozenset(p): v in p)
+            for p in parts
+        ]
     if bins > 0:
         numbers = sorted({_number(v, column) for v in distinct})
         if bins > len(numbers):
-            raise UserError(f"lifelong.bins={bins}: column {column!r} has only {len(numbers)} distinct values")
+            raise UserError(
+                f"lifelong.bins={bins}: column {column!r} has only {len(numbers)} distinct values"
+            )
         parts = [p for p in np.array_split(np.array(numbers), bins)]
-        return [(f"{p[0]:g}-{p[-1]:g}", lambda v, lo=p[0], hi=p[-1]: lo <= _number(v, column) <= hi)
-                for p in parts]
+        return [
+            (f"{p[0]:g}-{p[-1]:g}", lambda v, lo=p[0], hi=p[-1]: lo <= _number(v, column) <= hi)
+            for p in parts
+        ]
     try:
         distinct.sort(key=float)  # 1,2,10 rather than 1,10,2 when the column is numeric
     except ValueError:
@@ -94,14 +105,19 @@ def _split_by_column(splits: Splits, lc: LifelongConfig, where: str) -> list[tup
         tr = [i for i, v in enumerate(train_values) if member(v)]
         te = [i for i, v in enumerate(test_values) if member(v)]
         if not tr or not te:
-            raise UserError(f"{where}: task {lc.tasks}={name} has {len(tr)} train and {len(te)} test images; "
-                            f"each task needs both")
+            raise UserError(
+                f"{where}: task {lc.tasks}={name} has {len(tr)} train and {len(te)} test images; "
+                f"each task needs both"
+            )
         used_train.update(tr), used_test.update(te)
         out.append((f"{lc.tasks}={name}", splits.train.subset(tr), test.subset(te)))
     left = (len(train_values) - len(used_train), len(test_values) - len(used_test))
     if any(left):
-        print(f"note: {left[0]} train and {left[1]} test images have a {lc.tasks} value in no task; "
-              f"they are not used", file=sys.stderr)
+        print(
+            f"note: {left[0]} train and {left[1]} test images have a {lc.tasks} value in no task; "
+            f"they are not used",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -127,8 +143,10 @@ def _raw_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> list[tuple[str, 
             out.append((f"batch{k}", s.train, s.test if s.test is not None else s.val))
         return out
     if not lc.tasks:
-        raise UserError("lifelong: say how to cut DATA into tasks: --tasks COLUMN, --tasks batches, "
-                        "or several DATA arguments")
+        raise UserError(
+            "lifelong: say how to cut DATA into tasks: --tasks COLUMN, --tasks batches, "
+            "or several DATA arguments"
+        )
     return _split_by_column(load(d.train), lc, d.train)
 
 
@@ -159,4 +177,4 @@ def build_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> tuple[list[Task
 
 def known_classes(tasks: list[Task], upto: int) -> int:
     """How many classes the head needs after tasks 0..upto (the class list only ever appends)."""
-    return max(max(t.train.labels) for t in tasks[:upto + 1]) + 1
+    return max(max(t.train.labels) for t in tasks[: upto + 1]) + 1

@@ -1,4 +1,5 @@
 """ResNet definitions and the name registry."""
+
 from .registry import MODELS, create_model, model_info
 from .resnet import ResNet
 

@@ -4,12 +4,13 @@ A file is read as safetensors, or as a .pth/.pt/.bin with ``torch.load(weights_o
 anything but tensors and plain containers (no code runs from a planted pickle). ``torchvision`` fetches
 torchvision's ImageNet weights for the chosen depth (from the torch hub cache when present).
 """
+
 from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -21,7 +22,7 @@ from ..errors import UserError
 HEAD = ("fc.weight", "fc.bias")
 STEM = ("conv1.weight",)
 WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm / training-script checkpoints
-PREFIXES = ("module.", "_orig_mod.")                                 # DistributedDataParallel, torch.compile
+PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 DOWNLOAD_HOST = "download.pytorch.org"
 
 
@@ -48,7 +49,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a .pth/.pt/.bin loaded with weights_only=True."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--pretrained {path}: no such file (or pass 'torchvision' to download ImageNet weights)")
+        raise UserError(
+            f"--pretrained {path}: no such file (or pass 'torchvision' to download ImageNet weights)"
+        )
     if path.suffix == ".safetensors":
         try:
             return _unwrap(load_file(str(path), device="cpu"), str(path))
@@ -58,26 +61,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError/EOFError for junk
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refused: not a plain tensor state_dict loadable with weights_only=True "
-                        f"({first})") from None
+        raise UserError(
+            f"{path}: refused: not a plain tensor state_dict loadable with weights_only=True ({first})"
+        ) from None
     return _unwrap(obj, str(path))
 
 
 def torchvision_state_dict(arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """torchvision's IMAGENET1K_V1 weights for arch: from the hub cache, else downloaded when online."""
-    from torchvision.models import get_model_weights  # heavy (every model family); only for --pretrained torchvision
+    from torchvision.models import (
+        get_model_weights,
+    )  # heavy (every model family); only for --pretrained torchvision
+
     weights = get_model_weights(arch).IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if cached.is_file():
         return read_state_dict(cached), str(cached)
-    how = (f"download {weights.url} on a machine that is online and pass --pretrained /path/to/"
-           f"{cached.name} (or copy it to {cached})")
+    how = (
+        f"download {weights.url} on a machine that is online and pass --pretrained /path/to/"
+        f"{cached.name} (or copy it to {cached})"
+    )
     try:  # fail at once when offline instead of hanging in a download
         socket.create_connection((DOWNLOAD_HOST, 443), timeout=5).close()
     except OSError as e:
         raise UserError(f"--pretrained torchvision: cannot reach {DOWNLOAD_HOST} ({e}); {how}") from None
     try:
-        state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True, weights_only=True)
+        state = torch.hub.load_state_dict_from_url(
+            weights.url, progress=True, check_hash=True, weights_only=True
+        )
     except Exception as e:  # network drop, hash mismatch
         raise UserError(f"--pretrained torchvision: download of {weights.url} failed ({e}); {how}") from None
     return _unwrap(state, weights.url), weights.url
@@ -99,7 +110,9 @@ def load_pretrained(model: nn.Module, source: str, arch: str, log: Callable[[str
     stem conv when model.stem differs, to "file shape -> model shape") and logs one summary line. Tensors
     of another shape elsewhere, or weights the model lacks, mean the file is for another architecture: an error.
     """
-    state, where = torchvision_state_dict(arch) if source == "torchvision" else (read_state_dict(source), source)
+    state, where = (
+        torchvision_state_dict(arch) if source == "torchvision" else (read_state_dict(source), source)
+    )
     own = model.state_dict()
     fits, loaded, new, reshaped = {}, [], [], {}
     for name, tensor in own.items():
@@ -118,11 +131,15 @@ def load_pretrained(model: nn.Module, source: str, arch: str, log: Callable[[str
     extra = [k for k in unused if not k.endswith("num_batches_tracked")]
     body = [n for n in own if n not in HEAD]
     if wrong or extra or len(loaded) < len(body) / 2:
-        raise UserError(f"{where}: does not fit {arch} with these settings: {len(loaded)} of {len(body)} tensors "
-                        f"fit (other shapes: {_names(wrong) or 'none'}; not in {arch}: {_names(extra) or 'none'}; "
-                        f"missing: {_names(new) or 'none'}); pass a {arch} state_dict (model.width=64)")
+        raise UserError(
+            f"{where}: does not fit {arch} with these settings: {len(loaded)} of {len(body)} tensors "
+            f"fit (other shapes: {_names(wrong) or 'none'}; not in {arch}: {_names(extra) or 'none'}; "
+            f"missing: {_names(new) or 'none'}); pass a {arch} state_dict (model.width=64)"
+        )
     model.load_state_dict(fits, strict=False)
-    log(f"pretrained {where}: loaded {len(loaded)} tensors; reshaped and left new: "
+    log(
+        f"pretrained {where}: loaded {len(loaded)} tensors; reshaped and left new: "
         f"{_names([f'{n} {s}' for n, s in reshaped.items()]) or 'none'}; left new: {_names(new) or 'none'}; "
-        f"unused from the file: {_names(unused) or 'none'}")
+        f"unused from the file: {_names(unused) or 'none'}"
+    )
     return {"source": where, "loaded": loaded, "reshaped": reshaped, "new": new, "unused": unused}

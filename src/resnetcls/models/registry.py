@@ -1,4 +1,5 @@
 """Model names -> builders, and model_info() for `resnetcls models`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

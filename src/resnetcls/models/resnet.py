@@ -3,15 +3,23 @@
 Read top-down: helpers -> blocks -> network -> builders. Parameter and buffer names follow
 torchvision's ``models/resnet.py`` so that a torchvision state_dict loads with ``strict=True``.
 """
-from __future__ import annotations
 
-from typing import Type, Union
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "STEMS"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "STEMS",
+]
 
 STEMS = ("imagenet", "small")
 
@@ -31,8 +39,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, stride_on_1x1: bool = False) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        stride_on_1x1: bool = False,
+    ) -> None:
         super().__init__()
         # stride_on_1x1 has no meaning here: the first conv is already the strided 3x3.
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -70,8 +84,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, stride_on_1x1: bool = False) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        stride_on_1x1: bool = False,
+    ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_on_1x1 else (1, stride)
         self.conv1 = conv1x1(inplanes, planes, stride_1x1)
@@ -106,7 +126,7 @@ class Bottleneck(nn.Module):
         return out
 
 
-Block = Type[Union[BasicBlock, Bottleneck]]
+Block = type[BasicBlock | Bottleneck]
 
 
 class ResNet(nn.Module):
@@ -125,8 +145,16 @@ class ResNet(nn.Module):
             tiny models for tests.
     """
 
-    def __init__(self, block: Block, layers: list[int], num_classes: int = 1000, stem: str = "imagenet",
-                 stride_on_1x1: bool = False, zero_init_residual: bool = False, width: int = 64) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: list[int],
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        stride_on_1x1: bool = False,
+        zero_init_residual: bool = False,
+        width: int = 64,
+    ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {', '.join(STEMS)}")
@@ -204,7 +232,9 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh one for num_classes (0 gives an identity: features out)."""
         device = self.fc.weight.device if isinstance(self.fc, nn.Linear) else None
-        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.fc = (
+            nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        )
 
 
 def _resnet(block: Block, layers: list[int], **kwargs) -> ResNet:

@@ -4,6 +4,7 @@ The one place that describes the machine: `resnetcls env` prints collect(), ever
 machine_line() in its header, and each run records provenance() next to its results. Only facts are read
 here; the precision choices themselves live in hardware.py and are reported as `train` and `predict` make them.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,31 @@ import torchvision
 from .. import __version__
 from ..config.schema import DataConfig
 from ..data.cache import resolve_cache_dir
-from ..utils.hardware import (auto_exported_backend, cpu_capabilities, cpu_has_fast_bf16, precision_name, resolve_amp,
-                       usable_cores)
+from ..utils.hardware import (
+    auto_exported_backend,
+    cpu_capabilities,
+    cpu_has_fast_bf16,
+    precision_name,
+    resolve_amp,
+    usable_cores,
+)
 from ..utils.redact import mask_secrets
 
 # Packages whose presence changes what resnetcls can do (exports, serving, trackers, search, reports).
-EXTRAS = ("onnx", "onnxruntime", "openvino", "onnxscript", "fastapi", "uvicorn", "tensorboard", "matplotlib",
-          "mlflow", "wandb", "optuna", "timm")
+EXTRAS = (
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "onnxscript",
+    "fastapi",
+    "uvicorn",
+    "tensorboard",
+    "matplotlib",
+    "mlflow",
+    "wandb",
+    "optuna",
+    "timm",
+)
 # torch's CPU capability flags that decide speed: bf16/int8 units and vector width.
 CPU_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -44,8 +63,9 @@ def cpu_model() -> str:
         pass
     if platform.system() == "Darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                 timeout=5)
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            )
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -66,8 +86,11 @@ def _precision_choices(device: torch.device) -> dict:
     choices = {"train": f"{amp} + channels_last", "predict": f"{amp} + channels_last"}
     if device.type == "cpu":
         exported = auto_exported_backend()
-        choices["predict_exported"] = {"openvino": f"openvino {amp}", "onnxruntime": "onnxruntime fp32",
-                                       "torch": f"torch {amp} + channels_last"}[exported]
+        choices["predict_exported"] = {
+            "openvino": f"openvino {amp}",
+            "onnxruntime": "onnxruntime fp32",
+            "torch": f"torch {amp} + channels_last",
+        }[exported]
     return choices
 
 
@@ -77,9 +100,15 @@ def _cuda_devices() -> list[dict]:
     devices = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        devices.append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 1e9, 1),
-                        "capability": f"{props.major}.{props.minor}",
-                        "precision": _precision_choices(torch.device("cuda", i))})
+        devices.append(
+            {
+                "index": i,
+                "name": props.name,
+                "memory_gb": round(props.total_memory / 1e9, 1),
+                "capability": f"{props.major}.{props.minor}",
+                "precision": _precision_choices(torch.device("cuda", i)),
+            }
+        )
     return devices
 
 
@@ -90,8 +119,13 @@ def _cache_facts() -> dict:
     existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
     free = shutil.disk_usage(existing).free if existing is not None else None
     used = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) if cache.is_dir() else 0
-    return {"dir": str(cache), "exists": cache.is_dir(), "used_gb": round(used / 1e9, 3),
-            "free_gb": round(free / 1e9, 1) if free is not None else None, "max_gb": DataConfig().cache_max_gb}
+    return {
+        "dir": str(cache),
+        "exists": cache.is_dir(),
+        "used_gb": round(used / 1e9, 3),
+        "free_gb": round(free / 1e9, 1) if free is not None else None,
+        "max_gb": DataConfig().cache_max_gb,
+    }
 
 
 def _version(dist: str) -> str | None:
@@ -105,7 +139,9 @@ def git_revision() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the resnetcls source, or (None, None) outside a git checkout."""
     src = Path(__file__).resolve().parent
     try:
-        run = lambda *a: subprocess.run(["git", "-C", str(src), *a], capture_output=True, text=True, timeout=5)
+        run = lambda *a: subprocess.run(
+            ["git", "-C", str(src), *a], capture_output=True, text=True, timeout=5
+        )
         head = run("rev-parse", "HEAD")
         if head.returncode != 0:
             return None, None
@@ -118,16 +154,26 @@ def collect() -> dict:
     """Every fact `resnetcls env` reports, as plain JSON-able values."""
     commit, dirty = git_revision()
     return {
-        "resnetcls": __version__, "git_commit": commit, "git_dirty": dirty,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+        "resnetcls": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "torch_cuda": torch.version.cuda,
-        "cpu": {"model": cpu_model(), "architecture": platform.machine(), "logical_cores": os.cpu_count(),
-                "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(),
-                "torch_interop_threads": torch.get_num_interop_threads(),
-                "torch_capability": torch.backends.cpu.get_cpu_capability(),
-                "native_bf16": cpu_has_fast_bf16(), "flags": cpu_flags(),
-                "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None},
+        "cpu": {
+            "model": cpu_model(),
+            "architecture": platform.machine(),
+            "logical_cores": os.cpu_count(),
+            "usable_cores": usable_cores(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_has_fast_bf16(),
+            "flags": cpu_flags(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None,
+        },
         "precision": {"cpu": _precision_choices(torch.device("cpu"))},
         "cuda_devices": _cuda_devices(),
         "cache": _cache_facts(),
@@ -142,8 +188,10 @@ def machine_line() -> str:
     bf16 = f"yes ({', '.join(units)})" if units else "no (emulated)"
     vector = "AVX512" if flags["avx512_f"] else "AVX2" if flags["avx2"] else platform.machine()
     gpus = ", ".join(f"{d['name']} {d['memory_gb']:.0f} GB" for d in _cuda_devices()) or "none"
-    return (f"{cpu_model()}, {usable_cores()} cores ({torch.get_num_threads()} torch threads), {vector}, "
-            f"native bf16: {bf16}; torch {torch.__version__}; GPU: {gpus}")
+    return (
+        f"{cpu_model()}, {usable_cores()} cores ({torch.get_num_threads()} torch threads), {vector}, "
+        f"native bf16: {bf16}; torch {torch.__version__}; GPU: {gpus}"
+    )
 
 
 def recorded_command(argv: list[str] | None = None) -> str | None:
@@ -157,11 +205,21 @@ def provenance() -> dict:
     """What a run records about where and how it ran: versions, platform, CPU, git commit, the command line
     (masked: recorded_command)."""
     commit, dirty = git_revision()
-    return {"resnetcls": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "numpy": str(np.__version__), "python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "cpu": cpu_model(), "cpu_native_bf16": cpu_has_fast_bf16(),
-            "cuda": torch.version.cuda, "git_commit": commit, "git_dirty": dirty,
-            "command": recorded_command()}
+    return {
+        "resnetcls": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_native_bf16": cpu_has_fast_bf16(),
+        "cuda": torch.version.cuda,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "command": recorded_command(),
+    }
 
 
 def _yes(value) -> str:
@@ -174,28 +232,39 @@ def format_text(info: dict) -> str:
     head = f"resnetcls {info['resnetcls']}"
     if info["git_commit"]:
         head += f" (git {info['git_commit'][:12]}{', modified' if info['git_dirty'] else ''})"
-    lines = [head, f"python {info['python']} on {info['platform']}",
-             f"torch {info['torch']} (CUDA build {info['torch_cuda'] or 'none'}), torchvision {info['torchvision']}",
-             "", f"CPU: {cpu['model']} ({cpu['architecture']})",
-             f"  cores: {cpu['usable_cores']} usable of {cpu['logical_cores']}; torch threads {cpu['torch_threads']}"
-             f" (inter-op {cpu['torch_interop_threads']}); kernels: {cpu['torch_capability']}",
-             f"  native bf16: {_yes(cpu['native_bf16'])}"
-             + (f" (ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']})" if cpu["onednn_max_cpu_isa"] else ""),
-             "  flags: " + "  ".join(f"{k} {_yes(v)}" for k, v in cpu["flags"].items()),
-             f"  precision: train {info['precision']['cpu']['train']}, predict {info['precision']['cpu']['predict']}"
-             f" (with an exported model.onnx: {info['precision']['cpu']['predict_exported']})",
-             "", "CUDA devices:" + ("" if info["cuda_devices"] else " none")]
+    lines = [
+        head,
+        f"python {info['python']} on {info['platform']}",
+        f"torch {info['torch']} (CUDA build {info['torch_cuda'] or 'none'}), torchvision {info['torchvision']}",
+        "",
+        f"CPU: {cpu['model']} ({cpu['architecture']})",
+        f"  cores: {cpu['usable_cores']} usable of {cpu['logical_cores']}; torch threads {cpu['torch_threads']}"
+        f" (inter-op {cpu['torch_interop_threads']}); kernels: {cpu['torch_capability']}",
+        f"  native bf16: {_yes(cpu['native_bf16'])}"
+        + (f" (ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']})" if cpu["onednn_max_cpu_isa"] else ""),
+        "  flags: " + "  ".join(f"{k} {_yes(v)}" for k, v in cpu["flags"].items()),
+        f"  precision: train {info['precision']['cpu']['train']}, predict {info['precision']['cpu']['predict']}"
+        f" (with an exported model.onnx: {info['precision']['cpu']['predict_exported']})",
+        "",
+        "CUDA devices:" + ("" if info["cuda_devices"] else " none"),
+    ]
     for d in info["cuda_devices"]:
-        lines.append(f"  cuda:{d['index']} {d['name']}, {d['memory_gb']} GB, compute {d['capability']}; "
-                     f"precision: train {d['precision']['train']}, predict {d['precision']['predict']}")
+        lines.append(
+            f"  cuda:{d['index']} {d['name']}, {d['memory_gb']} GB, compute {d['capability']}; "
+            f"precision: train {d['precision']['train']}, predict {d['precision']['predict']}"
+        )
     used = f"{cache['used_gb']} GB used" if cache["exists"] else "not created yet"
     free = "free space unknown" if cache["free_gb"] is None else f"{cache['free_gb']} GB free"
     limit = f"limit {cache['max_gb']:g} GB" if cache["max_gb"] else "no size limit"  # (0 = none)
     installed = [f"{k} {v}" for k, v in info["packages"].items() if v]
     missing = [k for k, v in info["packages"].items() if not v]
-    lines += ["", f"cache: {cache['dir']} ({used}; {free}; {limit} unless a run sets data.cache_max_gb)", "",
-              "packages: " + (", ".join(installed) or "none of the optional ones"),
-              "not installed: " + (", ".join(missing) or "-")]
+    lines += [
+        "",
+        f"cache: {cache['dir']} ({used}; {free}; {limit} unless a run sets data.cache_max_gb)",
+        "",
+        "packages: " + (", ".join(installed) or "none of the optional ones"),
+        "not installed: " + (", ".join(missing) or "-"),
+    ]
     return "\n".join(lines) + "\n"
 
 

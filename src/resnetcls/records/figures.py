@@ -2,6 +2,7 @@
 
 matplotlib with the Agg backend (no display needed); each function writes one PNG and returns its path.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,21 +25,28 @@ matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..utils.atomic import write_atomic  # noqa: E402
 from ..data.decode import DecodeError, decode_image  # noqa: E402
+from ..utils.atomic import write_atomic  # noqa: E402
 
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # a name in a script the font lacks is drawn as boxes; say nothing per glyph
+    with (
+        warnings.catch_warnings()
+    ):  # a name in a script the font lacks is drawn as boxes; say nothing per glyph
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return write_atomic(path, buffer.getvalue())
 
 
-def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, title: str = "",
-                      row_totals: np.ndarray | None = None) -> Path:
+def confusion_heatmap(
+    confusion: np.ndarray,
+    classes: list[str],
+    path: Path,
+    title: str = "",
+    row_totals: np.ndarray | None = None,
+) -> Path:
     """Row-normalised confusion matrix (colour = share of the true class) with every class name.
 
     row_totals: each row's images in the full matrix when confusion is a block of it (eval draws at most
@@ -60,8 +68,15 @@ def confusion_heatmap(confusion: np.ndarray, classes: list[str], path: Path, tit
     ax.set_title(title or "Confusion matrix (colour: share of the true class)")
     if n <= 25:
         for i, j in zip(*np.nonzero(confusion)):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=font,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(confusion[i, j]),
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     # A faint grid so a row or column can be followed across a large matrix.
     # (two line collections: minor ticks would cost a Tick object per class and dominate the drawing time)
     edges = np.arange(-0.5, n, 1)
@@ -84,20 +99,49 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, calibration: d
     acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
     conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
     counts = np.array([b["count"] for b in bins])
-    ax.bar(lo, acc, width=width, align="edge", color="#4c72b0", edgecolor="white",
-           label="accuracy" + (" (calibrated)" if before is not None else ""))
-    ax.bar(lo, conf - acc, bottom=acc, width=width, align="edge", color="#dd8452", alpha=0.45,
-           edgecolor="white", label="gap to confidence")
+    ax.bar(
+        lo,
+        acc,
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy" + (" (calibrated)" if before is not None else ""),
+    )
+    ax.bar(
+        lo,
+        conf - acc,
+        bottom=acc,
+        width=width,
+        align="edge",
+        color="#dd8452",
+        alpha=0.45,
+        edgecolor="white",
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     title = f"Reliability diagram (ECE {ece:.3f})"
     if before is not None:
         raw = [b for b in before["ece_bins_before"] if b["count"]]
-        ax.plot([b["confidence"] for b in raw], [b["accuracy"] for b in raw], "o-", color="#c44e52", markersize=4,
-                label=f"before calibration (ECE {before['ece_before']:.3f})")
-        hist.step([b["lo"] for b in before["ece_bins_before"]], [b["count"] for b in before["ece_bins_before"]],
-                  where="post", color="#c44e52", linewidth=1)
-        title = (f"Reliability: ECE {before['ece_before']:.3f} raw -> {ece:.3f} calibrated "
-                 f"(T = {before['temperature']:.3g})")
+        ax.plot(
+            [b["confidence"] for b in raw],
+            [b["accuracy"] for b in raw],
+            "o-",
+            color="#c44e52",
+            markersize=4,
+            label=f"before calibration (ECE {before['ece_before']:.3f})",
+        )
+        hist.step(
+            [b["lo"] for b in before["ece_bins_before"]],
+            [b["count"] for b in before["ece_bins_before"]],
+            where="post",
+            color="#c44e52",
+            linewidth=1,
+        )
+        title = (
+            f"Reliability: ECE {before['ece_before']:.3f} raw -> {ece:.3f} calibrated "
+            f"(T = {before['temperature']:.3g})"
+        )
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
@@ -129,12 +173,14 @@ def contact_sheet(items: list[dict], path: Path, thumb: int = 112, views: list |
             ax.imshow(view)
         except DecodeError:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        ax.set_title(f"true: {item['true']}\npred: {item['pred']} ({item['prob']:.2f})", fontsize=7,
-                     color="#b00020")
+        ax.set_title(
+            f"true: {item['true']}\npred: {item['pred']} ({item['prob']:.2f})", fontsize=7, color="#b00020"
+        )
     if not items:
         axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
-    title = "Most confidently wrong" + (" (left: the model's input; right: Grad-CAM of the predicted class, "
-                                        "red = evidence)" if wide else "")
+    title = "Most confidently wrong" + (
+        " (left: the model's input; right: Grad-CAM of the predicted class, red = evidence)" if wide else ""
+    )
     fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi=100)
 
@@ -175,8 +221,14 @@ def training_curves(epochs: list[dict], path: Path) -> Path:
     return _save(fig, path, dpi=100)
 
 
-def lr_finder_curve(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float | None,
-                    rule: str, path: Path) -> Path:
+def lr_finder_curve(
+    lrs: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    suggestion: float | None,
+    rule: str,
+    path: Path,
+) -> Path:
     """The LR range test: raw and smoothed loss against the learning rate (log x), the suggestion marked."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(lrs, losses, color="0.75", linewidth=1, label="loss")
@@ -200,8 +252,9 @@ def lr_finder_curve(lrs: list[float], losses: list[float], smoothed: list[float]
     return _save(fig, path, dpi=100)
 
 
-def accuracy_matrix_heatmap(R: list[list[float]], b: list[float], tasks: list[str], rows: list[str], path: Path,
-                            title: str = "") -> Path:
+def accuracy_matrix_heatmap(
+    R: list[list[float]], b: list[float], tasks: list[str], rows: list[str], path: Path, title: str = ""
+) -> Path:
     """The lifelong accuracy matrix: row 'before' (b) then one row per training stage, one column per task's
     test split, each cell annotated with its accuracy."""
     grid = np.array([b] + [list(r) for r in R], dtype=float)
@@ -214,18 +267,27 @@ def accuracy_matrix_heatmap(R: list[list[float]], b: list[float], tasks: list[st
     ax.set_title(title or "Accuracy after each task")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if grid[i, j] > 0.6 else "white")
+            ax.text(
+                j,
+                i,
+                f"{grid[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if grid[i, j] > 0.6 else "white",
+            )
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     return _save(fig, path)
 
 
-def optimisation_history(numbers: list[int], values: list[float], direction: str, metric: str, path: Path) -> Path:
+def optimisation_history(
+    numbers: list[int], values: list[float], direction: str, metric: str, path: Path
+) -> Path:
     """tune: each completed trial's value and the best so far, against the trial number."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if numbers:
         pick = min if direction == "minimize" else max
-        best = [pick(values[:i + 1]) for i in range(len(values))]
+        best = [pick(values[: i + 1]) for i in range(len(values))]
         ax.plot(numbers, values, "o", markersize=4, label="trial")
         ax.step(numbers, best, where="post", label="best so far")
         ax.legend(fontsize=8)

@@ -11,6 +11,7 @@ softmax(logits / T); a model directory without the field (older ones) loads as T
 exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run an exported
 file only when its hash is the one recorded (check_export_hash).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,18 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..utils.atomic import building_dir, recover_dir, write_atomic, write_text_atomic
 from ..data.geometry import INTERPOLATIONS
 from ..errors import UserError
-from ..utils.limits import (MAX_CLASSES, MAX_IMAGE_SIZE, MAX_WIDTH, MEAN_RANGE, MIN_IMAGE_SIZE, STD_RANGE, is_finite_number,
-                     is_number, rgb_problem)
 from ..models import MODELS, create_model
 from ..models.resnet import STEMS
+from ..utils.atomic import building_dir, recover_dir, write_atomic, write_text_atomic
+from ..utils.limits import (
+    MAX_CLASSES,
+    MAX_IMAGE_SIZE,
+    MAX_WIDTH,
+    MEAN_RANGE,
+    MIN_IMAGE_SIZE,
+    STD_RANGE,
+    is_finite_number,
+    is_number,
+    rgb_problem,
+)
 
 FORMAT = "resnetcls.model/1"
 WEIGHTS = "model.safetensors"
@@ -92,12 +101,20 @@ def _sha256_of(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -
 def content_sha256(meta: dict) -> str:
     """The hash of everything model.json says except its own hashes (canonical JSON: sorted keys, ASCII)."""
     content = {k: v for k, v in meta.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-                          .encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(content, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
-def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_args: dict,
-                   classes: list[str], preprocess: dict, metrics: dict | None = None) -> Path:
+def save_model_dir(
+    path: str | os.PathLike,
+    model: nn.Module,
+    arch: str,
+    arch_args: dict,
+    classes: list[str],
+    preprocess: dict,
+    metrics: dict | None = None,
+) -> Path:
     """Write weights and metadata into a new folder, then rename it into the place of path as a whole: a kill
     or a full disk at any instant leaves the previous model directory (if any) loadable."""
     path = Path(path)
@@ -109,7 +126,7 @@ def save_model_dir(path: str | os.PathLike, model: nn.Module, arch: str, arch_ar
         "classes": list(classes),
         "preprocess": preprocess,
         "metrics": metrics or {},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, path / META)  # never write what load would refuse
     with building_dir(path) as tmp:
@@ -125,7 +142,9 @@ def write_calibration(path: str | os.PathLike, record: dict) -> Path:
     return write_meta_record(path, "calibration", record)
 
 
-def write_meta_record(path: str | os.PathLike, key: str, record: dict | None, hashed: tuple[str, ...] = ()) -> Path:
+def write_meta_record(
+    path: str | os.PathLike, key: str, record: dict | None, hashed: tuple[str, ...] = ()
+) -> Path:
     """Store record as model.json's field `key` ("calibration", "int8"; None: no field), as write_calibration
     describes, and the sha256 of the files named in `hashed` (exports in the directory) beside the hashes kept."""
     model_dir = Path(path)
@@ -160,8 +179,10 @@ def check_export_hash(loaded: LoadedModel, name: str, command: str) -> bool:
     except OSError as e:
         raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
     if actual != expected:
-        raise UserError(f"{path}: sha256 does not match model.json (changed or replaced since it was exported); "
-                        f"re-export it with `{command}`")
+        raise UserError(
+            f"{path}: sha256 does not match model.json (changed or replaced since it was exported); "
+            f"re-export it with `{command}`"
+        )
     return True
 
 
@@ -190,20 +211,40 @@ def _check_arch(meta: dict, where: Path) -> None:
     args = meta["arch_args"]
     _check(isinstance(args, dict), where, "arch_args must be an object")
     unknown = sorted(set(args) - set(ARCH_ARGS))
-    _check(not unknown, where, f"unknown arch_args {', '.join(unknown)}; expected some of {', '.join(ARCH_ARGS)}")
+    _check(
+        not unknown, where, f"unknown arch_args {', '.join(unknown)}; expected some of {', '.join(ARCH_ARGS)}"
+    )
     for key, value in args.items():
         kind = ARCH_ARGS[key]
         typed = is_number(value) and isinstance(value, int) if kind is int else isinstance(value, kind)
-        _check(typed, where, f"arch_args.{key}={value!r} must be {'an integer' if kind is int else kind.__name__}")
+        _check(
+            typed,
+            where,
+            f"arch_args.{key}={value!r} must be {'an integer' if kind is int else kind.__name__}",
+        )
         ok = value in STEMS if key == "stem" else 1 <= value <= MAX_WIDTH if kind is int else True
-        _check(ok, where, f"arch_args.{key}={value!r} is not valid"
-               + (f" (1 to {MAX_WIDTH})" if kind is int else f" (one of {', '.join(STEMS)})" if key == "stem" else ""))
+        _check(
+            ok,
+            where,
+            f"arch_args.{key}={value!r} is not valid"
+            + (
+                f" (1 to {MAX_WIDTH})"
+                if kind is int
+                else f" (one of {', '.join(STEMS)})"
+                if key == "stem"
+                else ""
+            ),
+        )
 
 
 def _check_classes(classes, where: Path) -> None:
     _check(isinstance(classes, list) and classes, where, "classes must be a non-empty list of names")
-    _check(len(classes) <= MAX_CLASSES, where, f"{len(classes)} classes: at most {MAX_CLASSES:,} are supported")
-    _check(all(isinstance(c, str) and c for c in classes), where, "every class name must be a non-empty string")
+    _check(
+        len(classes) <= MAX_CLASSES, where, f"{len(classes)} classes: at most {MAX_CLASSES:,} are supported"
+    )
+    _check(
+        all(isinstance(c, str) and c for c in classes), where, "every class name must be a non-empty string"
+    )
     for c in classes:
         try:
             c.encode("utf-8")
@@ -219,13 +260,23 @@ def _check_preprocess(pre, where: Path) -> None:
     _check(not missing, where, f"preprocess lacks {', '.join(missing)}")
     for key in ("image_size", "resize"):
         value = pre[key]
-        _check(is_number(value) and isinstance(value, int), where, f"preprocess.{key}={value!r} must be an integer")
-        _check(MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE, where,
-               f"preprocess.{key}={value} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}")
+        _check(
+            is_number(value) and isinstance(value, int),
+            where,
+            f"preprocess.{key}={value!r} must be an integer",
+        )
+        _check(
+            MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE,
+            where,
+            f"preprocess.{key}={value} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}",
+        )
     for key, choices in (("resize_mode", RESIZE_MODES), ("interpolation", tuple(INTERPOLATIONS))):
         value = pre.get(key, "shorter_side")
-        _check(isinstance(value, str) and value in choices, where,
-               f"preprocess.{key}={value!r}; expected one of {', '.join(choices)}")
+        _check(
+            isinstance(value, str) and value in choices,
+            where,
+            f"preprocess.{key}={value!r}; expected one of {', '.join(choices)}",
+        )
     for key, bounds in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
         problem = rgb_problem(pre[key], bounds)
         _check(not problem, where, f"preprocess.{key}={problem}")
@@ -236,8 +287,11 @@ def _check_calibration(record, where: Path) -> None:
     given, is a positive finite number (it divides the logits)."""
     _check(isinstance(record, dict), where, "calibration must be an object")
     value = record.get("temperature", 1.0)
-    _check(is_finite_number(value) and value > 0, where,
-           f"calibration.temperature={value!r} must be a positive number")
+    _check(
+        is_finite_number(value) and value > 0,
+        where,
+        f"calibration.temperature={value!r} must be a positive number",
+    )
 
 
 def _is_digest(value) -> bool:
@@ -262,10 +316,19 @@ def check_meta(meta, where: Path) -> dict:
     _check(isinstance(meta.get("metrics", {}), dict), where, "metrics must be an object")
     _check_calibration(meta.get("calibration", {}), where)
     hashes = meta["sha256"]
-    _check(isinstance(hashes, dict) and _is_digest(hashes.get(WEIGHTS)), where,
-           f"sha256.{WEIGHTS} must be a 64-digit hex digest")
-    bad = next((k for k, v in hashes.items() if not _is_digest(v) or not isinstance(k, str) or "/" in k
-                or "\\" in k or k in ("", ".", "..")), None)
+    _check(
+        isinstance(hashes, dict) and _is_digest(hashes.get(WEIGHTS)),
+        where,
+        f"sha256.{WEIGHTS} must be a 64-digit hex digest",
+    )
+    bad = next(
+        (
+            k
+            for k, v in hashes.items()
+            if not _is_digest(v) or not isinstance(k, str) or "/" in k or "\\" in k or k in ("", ".", "..")
+        ),
+        None,
+    )
     _check(bad is None, where, f"sha256.{bad} must be a 64-digit hex digest of a file in the model directory")
     return meta
 
@@ -289,8 +352,10 @@ def _check_content_hash(meta: dict, where: Path) -> None:
     """Model directories written before the content hash existed have none and still load (same format)."""
     expected = meta["sha256"].get(META)
     if expected is not None and content_sha256(meta) != expected:
-        raise UserError(f"{where}: its content does not match its sha256.{META} (classes, preprocess or "
-                        f"another field was edited); restore the file or retrain")
+        raise UserError(
+            f"{where}: its content does not match its sha256.{META} (classes, preprocess or "
+            f"another field was edited); restore the file or retrain"
+        )
 
 
 def _check_shapes(weights: Path, meta: dict) -> None:
@@ -304,16 +369,25 @@ def _check_shapes(weights: Path, meta: dict) -> None:
     classes, where = meta["classes"], weights.with_name(META)
     head = shapes.get("fc.weight")
     if head is None or len(head) != 2 or head[0] != len(classes):
-        raise UserError(f"{where}: {len(classes)} classes listed but the weights' head has "
-                        f"{None if head is None else head[0]}")
+        raise UserError(
+            f"{where}: {len(classes)} classes listed but the weights' head has "
+            f"{None if head is None else head[0]}"
+        )
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in
-                    create_model(meta["arch"], len(classes), **meta["arch_args"]).state_dict().items()}
+        expected = {
+            k: tuple(v.shape)
+            for k, v in create_model(meta["arch"], len(classes), **meta["arch_args"]).state_dict().items()
+        }
     missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
     if missing or unexpected or wrong:
-        detail = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
-                  if unexpected else f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(expected[wrong[0]])}")
+        detail = (
+            f"missing {', '.join(missing[:3])}"
+            if missing
+            else f"unexpected {', '.join(unexpected[:3])}"
+            if unexpected
+            else f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(expected[wrong[0]])}"
+        )
         raise UserError(f"{weights}: weights do not fit {meta['arch']} with {meta['arch_args']}: {detail}")
 
 

@@ -11,6 +11,7 @@
   sending (in all and per client address) by closing the longest-waiting one, so slow clients cannot
   hold the slots of the requests being processed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -36,8 +36,14 @@ def overloaded(detail: str) -> HTTPException:
 class Batcher:
     """Cross-request batching (policy in serve/app.py's docstring): one model thread, a queue in front of it."""
 
-    def __init__(self, run_batch, max_batch: int, wait_ms: float, max_queue: int = 0,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        run_batch,
+        max_batch: int,
+        wait_ms: float,
+        max_queue: int = 0,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         """executor: the one-thread executor that runs the model (default: a new one)."""
         self.run_batch, self.max_batch, self.wait_s = run_batch, max(1, max_batch), max(0.0, wait_ms) / 1000
         self.queue: asyncio.Queue = asyncio.Queue(max_queue)  # 0: unbounded
@@ -68,7 +74,9 @@ class Batcher:
         try:
             self.queue.put_nowait((tensor, future))
         except asyncio.QueueFull:
-            raise overloaded(f"{self.queue.maxsize} images are already waiting for the model; retry shortly") from None
+            raise overloaded(
+                f"{self.queue.maxsize} images are already waiting for the model; retry shortly"
+            ) from None
         return await future
 
     async def _collect(self) -> list:
@@ -97,7 +105,9 @@ class Batcher:
                 continue
             self.busy_since = time.monotonic()
             try:
-                probs = await loop.run_in_executor(self.executor, self.run_batch, stack_images([t for t, _ in live]))
+                probs = await loop.run_in_executor(
+                    self.executor, self.run_batch, stack_images([t for t, _ in live])
+                )
             except Exception as e:  # noqa: BLE001 - every waiting caller must get an answer, never hang
                 for _, future in live:
                     if not future.done():
@@ -122,17 +132,23 @@ class DecodeBudget:
     async def reserve(self, amount: int, name: str) -> None:
         """Take `amount` bytes of the budget or raise 503 (413 when it can never fit)."""
         if amount > self.capacity:
-            raise HTTPException(413, f"{name}: decoding this image needs about {amount // 1_000_000} MB, above the "
-                                     f"server's decode budget of {self.capacity // 1_000_000} MB")
+            raise HTTPException(
+                413,
+                f"{name}: decoding this image needs about {amount // 1_000_000} MB, above the "
+                f"server's decode budget of {self.capacity // 1_000_000} MB",
+            )
         async with self._changed:
             try:
                 if self.in_use + amount > self.capacity:  # (wait_for with a 0 s timeout never runs its check)
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + amount <= self.capacity),
-                                           self.wait_s)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.in_use + amount <= self.capacity), self.wait_s
+                    )
             except TimeoutError:
-                raise overloaded(f"{name}: the server is busy decoding other images "
-                                 f"({self.in_use // 1_000_000} of {self.capacity // 1_000_000} MB in use); "
-                                 f"retry shortly") from None
+                raise overloaded(
+                    f"{name}: the server is busy decoding other images "
+                    f"({self.in_use // 1_000_000} of {self.capacity // 1_000_000} MB in use); "
+                    f"retry shortly"
+                ) from None
             self.in_use += amount
 
     async def release(self, amount: int) -> None:
@@ -148,14 +164,18 @@ class RequestGate:
     at once, beyond that 503 + Retry-After. Connections that are idle or still sending never count here
     (they have their own cap: IdleConnections), and the cheap `exempt` paths (/healthz, /info) never wait."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float, max_in_flight: int,
-                 exempt: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, app, max_bytes: int, timeout_s: float, max_in_flight: int, exempt: tuple[str, ...] = ()
+    ) -> None:
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
         self.max_in_flight, self.exempt, self.in_flight = max_in_flight, exempt, 0
 
     def _too_large(self) -> HTTPException:
-        return HTTPException(413, f"request body is larger than the limit of {self.max_bytes} bytes",
-                             headers={"Connection": "close"})
+        return HTTPException(
+            413,
+            f"request body is larger than the limit of {self.max_bytes} bytes",
+            headers={"Connection": "close"},
+        )
 
     async def _body(self, scope, receive) -> bytes | None:
         """The complete body (None: the client went away); HTTPException 413 or 408 as it arrives."""
@@ -168,8 +188,11 @@ class RequestGate:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise HTTPException(408, f"request body not received within {self.timeout_s:g} s",
-                                    headers={"Connection": "close"}) from None
+                raise HTTPException(
+                    408,
+                    f"request body not received within {self.timeout_s:g} s",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -186,19 +209,26 @@ class RequestGate:
         try:
             body = await self._body(scope, receive)
         except HTTPException as e:
-            return await JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)(scope, receive, send)
+            return await JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)(
+                scope, receive, send
+            )
         if body is None:
             return None
         counted = scope["path"] not in self.exempt
         if counted and self.in_flight >= self.max_in_flight:
-            busy = overloaded(f"{self.in_flight} of at most {self.max_in_flight} requests are already being "
-                              f"processed (--max-connections); retry shortly")
-            return await JSONResponse({"detail": busy.detail}, 503, headers=busy.headers)(scope, receive, send)
+            busy = overloaded(
+                f"{self.in_flight} of at most {self.max_in_flight} requests are already being "
+                f"processed (--max-connections); retry shortly"
+            )
+            return await JSONResponse({"detail": busy.detail}, 503, headers=busy.headers)(
+                scope, receive, send
+            )
         pending = [{"type": "http.request", "body": body, "more_body": False}]
         del body
 
         async def replay():
             return pending.pop() if pending else await receive()
+
         self.in_flight += counted
         try:
             await self.app(scope, replay, send)
@@ -229,8 +259,9 @@ class IdleConnections:
         self.count += 1
         while len(group) > self.max_per_client and self._evict(group, hard=False):
             pass
-        while self.count > self.max_total and self._evict(max(self.by_client.values(), key=len),
-                                                          hard=self.count > 2 * self.max_total):
+        while self.count > self.max_total and self._evict(
+            max(self.by_client.values(), key=len), hard=self.count > 2 * self.max_total
+        ):
             pass
 
     def forget(self, conn) -> None:
@@ -245,7 +276,9 @@ class IdleConnections:
     def _evict(self, group: dict, hard: bool) -> bool:
         """Close the longest-waiting connection of group that has waited GRACE_S (hard: any, never answered first)."""
         now = time.monotonic()
-        candidates = [conn for conn, since in group.items() if (hard or now - since >= self.GRACE_S) and not conn.busy]
+        candidates = [
+            conn for conn, since in group.items() if (hard or now - since >= self.GRACE_S) and not conn.busy
+        ]
         if hard:
             candidates.sort(key=lambda conn: conn.answered)  # stable: the oldest never-answered one first
         if not candidates:

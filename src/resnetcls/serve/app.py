@@ -29,6 +29,7 @@ still sending their request never count toward --max-connections: they have thei
 /healthz. A body over --max-body-mb gets 413 and the connection is closed at once, so the rest of an
 oversized upload is never read. /healthz answers 503 once a model call has run longer than --stall-s.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,8 +57,20 @@ from ..errors import UserError
 from ..inference.explain import Explainer, png_bytes
 from ..inference.predictor import Predictor
 from .admission import Batcher, DecodeBudget, RequestGate, SlowClientH11Protocol, overloaded
-from .schema import (BATCH_BODY, EXPLAIN_RESPONSE, MAX_BATCH_FILES, ONE_IMAGE_BODY, BatchItem, BatchResponse,
-                           ClassProb, HealthResponse, InfoResponse, PredictResponse, ServeSettings, errors)
+from .schema import (
+    BATCH_BODY,
+    EXPLAIN_RESPONSE,
+    MAX_BATCH_FILES,
+    ONE_IMAGE_BODY,
+    BatchItem,
+    BatchResponse,
+    ClassProb,
+    HealthResponse,
+    InfoResponse,
+    PredictResponse,
+    ServeSettings,
+    errors,
+)
 
 SETTINGS_ENV = "RESNETCLS_SERVE_SETTINGS"  # how --workers N hands the settings to each worker process
 log = logging.getLogger("resnetcls.serve")
@@ -75,10 +88,16 @@ class ImageService:
         # stops spinning between ops (its "throttled" wait), which took a batch-1 bf16 call from 27 to 47 ms
         # (Xeon-AMX). Decoding and preprocessing (PIL and numpy) stay in the request threads.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.predictor = self.model_thread.submit(Predictor, settings.model, backend=settings.backend,
-                                                  precision=settings.precision).result()
-        self.batcher = Batcher(self.predictor.probabilities, settings.max_batch, settings.batch_wait_ms,
-                               settings.max_queue, executor=self.model_thread)
+        self.predictor = self.model_thread.submit(
+            Predictor, settings.model, backend=settings.backend, precision=settings.precision
+        ).result()
+        self.batcher = Batcher(
+            self.predictor.probabilities,
+            settings.max_batch,
+            settings.batch_wait_ms,
+            settings.max_queue,
+            executor=self.model_thread,
+        )
         self.budget = DecodeBudget(int(settings.max_decode_mb * 1e6), settings.admission_wait_s)
         self.explainer: Explainer | None = None  # made at the first /explain (a copy of the weights)
         self.explain_lock, self.explains_waiting = asyncio.Lock(), 0
@@ -94,8 +113,11 @@ class ImageService:
         except Exception:  # noqa: BLE001 - Pillow raises many types for non-images
             raise HTTPException(415, f"{name}: {NOT_OUR_FORMAT}") from None
         if width * height > self.settings.max_pixels:
-            raise HTTPException(422, f"{name}: image is {width}x{height} = {width * height} pixels, above the "
-                                     f"limit of {self.settings.max_pixels} (possible decompression bomb)")
+            raise HTTPException(
+                422,
+                f"{name}: image is {width}x{height} = {width * height} pixels, above the "
+                f"limit of {self.settings.max_pixels} (possible decompression bomb)",
+            )
         return width * height, peak
 
     def prepare(self, data: bytes, name: str) -> torch.Tensor:
@@ -114,9 +136,13 @@ class ImageService:
             log.warning("%s: preprocessing failed: %r", name, e)
             raise HTTPException(422, f"{name}: cannot preprocess this image ({type(e).__name__})") from None
 
-    async def top(self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None) -> list[ClassProb]:
+    async def top(
+        self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None
+    ) -> list[ClassProb]:
         if self.batcher.queue.full():  # shed before spending a decode on it
-            raise overloaded(f"{self.batcher.queue.maxsize} images are already waiting for the model; retry shortly")
+            raise overloaded(
+                f"{self.batcher.queue.maxsize} images are already waiting for the model; retry shortly"
+            )
         _, peak = header or await run_in_threadpool(self.probe, data, name)
         await self.budget.reserve(peak, name)
         try:
@@ -125,8 +151,10 @@ class ImageService:
             await self.budget.release(peak)
         probs = await self.batcher.submit(tensor)
         values, indices = probs.topk(min(topk, len(self.predictor.classes)))
-        return [ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
-                for v, i in zip(values.tolist(), indices.tolist())]
+        return [
+            ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
 
     async def explain(self, data: bytes, name: str, class_name: str | None) -> tuple[bytes, str, float]:
         """(Grad-CAM overlay PNG, class, probability) of one image for class_name (None: the top-1).
@@ -135,7 +163,9 @@ class ImageService:
         gradients), so the probability can differ from /predict's by that backend's rounding."""
         classes = self.predictor.classes
         if class_name is not None and class_name not in classes:
-            raise HTTPException(422, f"class {class_name!r}: not one of the model's {len(classes)} classes (see /info)")
+            raise HTTPException(
+                422, f"class {class_name!r}: not one of the model's {len(classes)} classes (see /info)"
+            )
         if self.explains_waiting >= self.settings.max_queue:
             raise overloaded(f"{self.explains_waiting} explanations are already waiting; retry shortly")
         _, peak = await run_in_threadpool(self.probe, data, name)
@@ -150,33 +180,52 @@ class ImageService:
                 loop = asyncio.get_running_loop()
                 if self.explainer is None:
                     p = self.predictor
-                    self.explainer = await loop.run_in_executor(self.model_thread, functools.partial(
-                        Explainer, p.model, p.loaded.preprocess, p.device, private_copy=True,
-                        temperature=p.temperature))
+                    self.explainer = await loop.run_in_executor(
+                        self.model_thread,
+                        functools.partial(
+                            Explainer,
+                            p.model,
+                            p.loaded.preprocess,
+                            p.device,
+                            private_copy=True,
+                            temperature=p.temperature,
+                        ),
+                    )
                 index = None if class_name is None else classes.index(class_name)
-                explanation = await loop.run_in_executor(self.model_thread, self.explainer.explain, tensor, index)
+                explanation = await loop.run_in_executor(
+                    self.model_thread, self.explainer.explain, tensor, index
+                )
         finally:
             self.explains_waiting -= 1
         return png_bytes(explanation.overlay()), classes[explanation.class_index], explanation.prob
 
     async def top_of_batch(self, uploads: list[tuple[str, bytes]], topk: int) -> list[BatchItem]:
         """One BatchItem per file; 413 for the whole request over --max-batch-pixels."""
-        headers = await asyncio.gather(*(run_in_threadpool(self.probe, data, name) for name, data in uploads),
-                                       return_exceptions=True)
+        headers = await asyncio.gather(
+            *(run_in_threadpool(self.probe, data, name) for name, data in uploads), return_exceptions=True
+        )
         total = sum(h[0] for h in headers if isinstance(h, tuple))
         if total > self.settings.max_batch_pixels:
-            raise HTTPException(413, f"the {len(uploads)} images total {total} pixels, above the per-request limit "
-                                     f"of {self.settings.max_batch_pixels}; send fewer or smaller images")
+            raise HTTPException(
+                413,
+                f"the {len(uploads)} images total {total} pixels, above the per-request limit "
+                f"of {self.settings.max_batch_pixels}; send fewer or smaller images",
+            )
 
         async def one(name: str, data: bytes, header) -> list[ClassProb]:
             if isinstance(header, BaseException):
                 raise header
             return await self.top(data, name, topk, header)
-        outcomes = await asyncio.gather(*(one(n, d, h) for (n, d), h in zip(uploads, headers)), return_exceptions=True)
+
+        outcomes = await asyncio.gather(
+            *(one(n, d, h) for (n, d), h in zip(uploads, headers)), return_exceptions=True
+        )
         results = []
         for (name, _), outcome in zip(uploads, outcomes):
             if isinstance(outcome, HTTPException):
-                results.append(BatchItem(filename=name, status=outcome.status_code, error=str(outcome.detail)))
+                results.append(
+                    BatchItem(filename=name, status=outcome.status_code, error=str(outcome.detail))
+                )
             elif isinstance(outcome, Exception):
                 log.error("%s: internal error", name, exc_info=outcome)
                 results.append(BatchItem(filename=name, status=500, error=f"{name}: internal error"))
@@ -191,16 +240,28 @@ class ImageService:
         meta.setdefault("metrics", {})
         meta.setdefault("created", None)
         s = self.settings
-        return {**meta, "backend": self.predictor.backend, "precision": self.predictor.precision,
-                "limits": {"max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
-                           "max_batch_files": MAX_BATCH_FILES, "max_batch_pixels": s.max_batch_pixels,
-                           "max_decode_mb": s.max_decode_mb, "max_queue": s.max_queue,
-                           "admission_wait_s": s.admission_wait_s, "stall_s": s.stall_s,
-                           "keep_alive_s": s.keep_alive_s, "header_timeout_s": s.header_timeout_s,
-                           "body_timeout_s": s.body_timeout_s, "max_connections": s.max_connections,
-                           "max_idle_connections": s.max_idle_connections,
-                           "max_idle_per_client": s.max_idle_per_client},
-                "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms}}
+        return {
+            **meta,
+            "backend": self.predictor.backend,
+            "precision": self.predictor.precision,
+            "limits": {
+                "max_body_bytes": s.max_body_bytes,
+                "max_pixels": s.max_pixels,
+                "max_batch_files": MAX_BATCH_FILES,
+                "max_batch_pixels": s.max_batch_pixels,
+                "max_decode_mb": s.max_decode_mb,
+                "max_queue": s.max_queue,
+                "admission_wait_s": s.admission_wait_s,
+                "stall_s": s.stall_s,
+                "keep_alive_s": s.keep_alive_s,
+                "header_timeout_s": s.header_timeout_s,
+                "body_timeout_s": s.body_timeout_s,
+                "max_connections": s.max_connections,
+                "max_idle_connections": s.max_idle_connections,
+                "max_idle_per_client": s.max_idle_per_client,
+            },
+            "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms},
+        }
 
 
 async def _uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
@@ -209,14 +270,18 @@ async def _uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
     if media != "multipart/form-data":
         body = await request.body()
         if not body:
-            raise HTTPException(400, f"missing file: send the image as the request body or as multipart "
-                                     f"field {field!r}")
+            raise HTTPException(
+                400, f"missing file: send the image as the request body or as multipart field {field!r}"
+            )
         return [("body", body)]
     form = await request.form(max_files=MAX_BATCH_FILES)
     parts = form.getlist(field)
     if not parts:
-        raise HTTPException(400, f"missing file: multipart field {field!r} not found (got: "
-                                 f"{', '.join(sorted(set(form.keys()))) or 'no fields'})")
+        raise HTTPException(
+            400,
+            f"missing file: multipart field {field!r} not found (got: "
+            f"{', '.join(sorted(set(form.keys()))) or 'no fields'})",
+        )
     uploads = []
     for part in parts:
         if not isinstance(part, UploadFile):
@@ -245,18 +310,30 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _add_explain_route(app: FastAPI, service: ImageService) -> None:
     """POST /explain: the Grad-CAM overlay of one image (see the module docstring)."""
-    @app.post("/explain", response_class=Response, openapi_extra=ONE_IMAGE_BODY,
-              responses={**EXPLAIN_RESPONSE, **errors(400, 408, 413, 415, 422, 503)},
-              summary="Grad-CAM overlay (PNG) of one image for a class (default: the top-1)")
-    async def explain(request: Request, class_name: str | None = Query(
-            None, alias="class", description="the class to explain (default: the predicted one)")) -> Response:
+
+    @app.post(
+        "/explain",
+        response_class=Response,
+        openapi_extra=ONE_IMAGE_BODY,
+        responses={**EXPLAIN_RESPONSE, **errors(400, 408, 413, 415, 422, 503)},
+        summary="Grad-CAM overlay (PNG) of one image for a class (default: the top-1)",
+    )
+    async def explain(
+        request: Request,
+        class_name: str | None = Query(
+            None, alias="class", description="the class to explain (default: the predicted one)"
+        ),
+    ) -> Response:
         uploads = await _uploads(request, "file")
         if len(uploads) > 1:
             raise HTTPException(400, f"{len(uploads)} files sent to /explain; send one image")
         name, data = uploads[0]
         png, explained, prob = await service.explain(data, name, class_name)
-        return Response(png, media_type="image/png",
-                        headers={"X-Class": urllib.parse.quote(explained), "X-Probability": f"{prob:.6f}"})
+        return Response(
+            png,
+            media_type="image/png",
+            headers={"X-Class": urllib.parse.quote(explained), "X-Probability": f"{prob:.6f}"},
+        )
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -270,17 +347,31 @@ def create_app(settings: ServeSettings) -> FastAPI:
         await service.batcher.stop()
 
     classes = service.predictor.classes
-    app = FastAPI(title="resnetcls", version="1", lifespan=lifespan,
-                  description=f"{service.predictor.loaded.meta['arch']} classifier over {len(classes)} classes. "
-                              + __doc__.split("\n\n")[2].replace("\n", " "))
+    app = FastAPI(
+        title="resnetcls",
+        version="1",
+        lifespan=lifespan,
+        description=f"{service.predictor.loaded.meta['arch']} classifier over {len(classes)} classes. "
+        + __doc__.split("\n\n")[2].replace("\n", " "),
+    )
     app.state.service = service  # what the endpoints share (tests and embedding apps reach it here)
-    app.add_middleware(RequestGate, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                       max_in_flight=settings.max_connections, exempt=("/healthz", "/info"))
+    app.add_middleware(
+        RequestGate,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_in_flight=settings.max_connections,
+        exempt=("/healthz", "/info"),
+    )
     _install_error_handlers(app)
     topk_query = Query(5, ge=1, le=1000, description=f"how many classes to return (at most {len(classes)})")
 
-    @app.post("/predict", response_model=PredictResponse, responses=errors(400, 408, 413, 415, 422, 503),
-              openapi_extra=ONE_IMAGE_BODY, summary="Top-k classes for one image")
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=errors(400, 408, 413, 415, 422, 503),
+        openapi_extra=ONE_IMAGE_BODY,
+        summary="Top-k classes for one image",
+    )
     async def predict(request: Request, topk: int = topk_query) -> PredictResponse:
         uploads = await _uploads(request, "file")
         if len(uploads) > 1:
@@ -288,8 +379,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         name, data = uploads[0]
         return PredictResponse(filename=name, top=await service.top(data, name, topk))
 
-    @app.post("/predict/batch", response_model=BatchResponse, responses=errors(400, 408, 413, 422),
-              openapi_extra=BATCH_BODY, summary="Top-k classes for several images (per-file errors)")
+    @app.post(
+        "/predict/batch",
+        response_model=BatchResponse,
+        responses=errors(400, 408, 413, 422),
+        openapi_extra=BATCH_BODY,
+        summary="Top-k classes for several images (per-file errors)",
+    )
     async def predict_batch(request: Request, topk: int = topk_query) -> BatchResponse:
         uploads = await _uploads(request, "files")
         return BatchResponse(results=await service.top_of_batch(uploads, topk))
@@ -302,14 +398,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if not batcher.alive:
             return JSONResponse({"detail": "model thread stopped"}, 503)
         if batcher.stalled_s() > settings.stall_s:
-            return JSONResponse({"detail": f"model thread has made no progress for {batcher.stalled_s():.0f} s "
-                                           f"(limit {settings.stall_s:g} s) with {batcher.queue.qsize()} more "
-                                           f"images waiting"}, 503)
-        return HealthResponse(status="ok", decode_mb_in_use=round(service.budget.in_use / 1e6, 1),
-                              queued=batcher.queue.qsize(), batches_run=batcher.batches_run,
-                              images_run=batcher.images_run)
+            return JSONResponse(
+                {
+                    "detail": f"model thread has made no progress for {batcher.stalled_s():.0f} s "
+                    f"(limit {settings.stall_s:g} s) with {batcher.queue.qsize()} more "
+                    f"images waiting"
+                },
+                503,
+            )
+        return HealthResponse(
+            status="ok",
+            decode_mb_in_use=round(service.budget.in_use / 1e6, 1),
+            queued=batcher.queue.qsize(),
+            batches_run=batcher.batches_run,
+            images_run=batcher.images_run,
+        )
 
-    @app.get("/info", response_model=InfoResponse, summary="The model's metadata (model.json without internals)")
+    @app.get(
+        "/info", response_model=InfoResponse, summary="The model's metadata (model.json without internals)"
+    )
     async def info() -> InfoResponse:
         return InfoResponse(**service.info())
 
@@ -327,8 +434,9 @@ def app_from_env() -> FastAPI:
 
 
 def _configure_connections(settings: ServeSettings) -> None:
-    SlowClientH11Protocol.configure(settings.header_timeout_s, settings.max_idle_connections,
-                                    settings.max_idle_per_client)
+    SlowClientH11Protocol.configure(
+        settings.header_timeout_s, settings.max_idle_connections, settings.max_idle_per_client
+    )
 
 
 def _check_port(host: str, port: int) -> None:
@@ -342,6 +450,7 @@ def _check_port(host: str, port: int) -> None:
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the service with uvicorn until interrupted; each of `workers` processes loads its own model."""
     import uvicorn
+
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
     settings.check()
@@ -350,8 +459,14 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     # No limit_concurrency: uvicorn's counts every open connection, so idle or half-sent ones (a slowloris
     # client) would turn every request into a 503, /healthz included. RequestGate counts only the requests
     # being processed, SlowClientH11Protocol caps the rest; timeout_keep_alive closes idle keep-alive ones.
-    options = dict(host=host, port=port, log_level="info", http=SlowClientH11Protocol,
-                   timeout_keep_alive=settings.keep_alive_s, limit_concurrency=None)
+    options = dict(
+        host=host,
+        port=port,
+        log_level="info",
+        http=SlowClientH11Protocol,
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=None,
+    )
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
@@ -361,5 +476,10 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     # uvicorn kills a worker that does not answer its supervisor's ping within timeout_worker_healthcheck
     # (default 5 s), and a worker answers only once it has imported torch and the app: on a busy machine that
     # took longer, and every worker was killed and restarted in a loop without ever serving.
-    uvicorn.run("resnetcls.serve.app:app_from_env", factory=True, workers=workers, timeout_worker_healthcheck=60,
-                **options)
+    uvicorn.run(
+        "resnetcls.serve.app:app_from_env",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,
+        **options,
+    )

@@ -1,5 +1,6 @@
 """serve's settings and the shapes of its requests and responses (what /docs shows), kept apart from the
 endpoints in serve/app.py so each file stays readable."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,14 +35,21 @@ class ServeSettings:
 
     def check(self) -> None:
         """UserError naming the flag for a setting out of range."""
-        for flag, value in (("--max-body-mb", self.max_body_bytes), ("--max-pixels", self.max_pixels),
-                            ("--max-batch", self.max_batch), ("--max-decode-mb", self.max_decode_mb),
-                            ("--max-queue", self.max_queue), ("--max-batch-pixels", self.max_batch_pixels),
-                            ("--stall-s", self.stall_s), ("--keep-alive-s", self.keep_alive_s),
-                            ("--header-timeout-s", self.header_timeout_s), ("--body-timeout-s", self.body_timeout_s),
-                            ("--max-connections", self.max_connections),
-                            ("--max-idle-connections", self.max_idle_connections),
-                            ("--max-idle-per-client", self.max_idle_per_client)):
+        for flag, value in (
+            ("--max-body-mb", self.max_body_bytes),
+            ("--max-pixels", self.max_pixels),
+            ("--max-batch", self.max_batch),
+            ("--max-decode-mb", self.max_decode_mb),
+            ("--max-queue", self.max_queue),
+            ("--max-batch-pixels", self.max_batch_pixels),
+            ("--stall-s", self.stall_s),
+            ("--keep-alive-s", self.keep_alive_s),
+            ("--header-timeout-s", self.header_timeout_s),
+            ("--body-timeout-s", self.body_timeout_s),
+            ("--max-connections", self.max_connections),
+            ("--max-idle-connections", self.max_idle_connections),
+            ("--max-idle-per-client", self.max_idle_per_client),
+        ):
             if not value > 0:
                 raise UserError(f"{flag} {value}: must be positive")
         if self.batch_wait_ms < 0 or self.admission_wait_s < 0:
@@ -51,7 +59,9 @@ class ServeSettings:
 class ClassProb(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     class_: str = Field(alias="class", description="class name")
-    prob: float = Field(description="calibrated probability: softmax(logits / T), T from model.json's calibration")
+    prob: float = Field(
+        description="calibrated probability: softmax(logits / T), T from model.json's calibration"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -90,7 +100,9 @@ class InfoResponse(BaseModel):
     preprocess: dict
     metrics: dict
     created: str | None
-    calibration: dict | None = Field(None, description="the temperature and its fit; absent: T = 1 (raw softmax)")
+    calibration: dict | None = Field(
+        None, description="the temperature and its fit; absent: T = 1 (raw softmax)"
+    )
     backend: str
     precision: str = Field(description="what the model runs in: bf16 or fp32 (see --precision)")
     limits: dict
@@ -103,14 +115,42 @@ def errors(*codes: int) -> dict:
 
 
 BINARY = {"type": "string", "format": "binary"}
-ONE_IMAGE_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": BINARY}, "required": ["file"]}},
-    "image/*": {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}}}}
-BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"files": {"type": "array", "items": BINARY, "maxItems": MAX_BATCH_FILES}},
-    "required": ["files"]}}}}}
-EXPLAIN_RESPONSE = {200: {"content": {"image/png": {}}, "description": (
-    "the Grad-CAM overlay on the model's input crop (PNG); headers X-Class and X-Probability name the class "
-    "explained and its softmax probability"),
-    "headers": {"X-Class": {"schema": {"type": "string"}, "description": "the class explained"},
-                "X-Probability": {"schema": {"type": "number"}, "description": "its softmax probability"}}}}
+ONE_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": BINARY}, "required": ["file"]}
+            },
+            "image/*": {"schema": BINARY},
+            "application/octet-stream": {"schema": BINARY},
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": BINARY, "maxItems": MAX_BATCH_FILES}},
+                    "required": ["files"],
+                }
+            }
+        },
+    }
+}
+EXPLAIN_RESPONSE = {
+    200: {
+        "content": {"image/png": {}},
+        "description": (
+            "the Grad-CAM overlay on the model's input crop (PNG); headers X-Class and X-Probability name the class "
+            "explained and its softmax probability"
+        ),
+        "headers": {
+            "X-Class": {"schema": {"type": "string"}, "description": "the class explained"},
+            "X-Probability": {"schema": {"type": "number"}, "description": "its softmax probability"},
+        },
+    }
+}

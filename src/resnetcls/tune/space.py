@@ -7,6 +7,7 @@ A space is a mapping from a dotted config key (the keys `--set` takes) to one of
 `--space space.yaml` replaces DEFAULT_SPACE; a key given on the command line (a flag or --set) is fixed
 and left out of the search. Every problem is one UserError naming the file and the key.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,14 +43,22 @@ def load_space(path: str | Path | None) -> dict[str, dict]:
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(tree, dict) or not tree:
-        raise UserError(f"{path}: a search space is a non-empty mapping of config keys, e.g. "
-                        "optim.lr: {type: float, low: 1e-4, high: 1e-1, log: true}")
+        raise UserError(
+            f"{path}: a search space is a non-empty mapping of config keys, e.g. "
+            "optim.lr: {type: float, low: 1e-4, high: 1e-1, log: true}"
+        )
     return check_space(tree, str(path))
 
 
 def _number(where: str, name: str, value, kind) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise UserError(f"{where}: {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+    ):
+        raise UserError(
+            f"{where}: {name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
     return value
 
 
@@ -61,8 +70,10 @@ def check_entry(key: str, spec, source: str) -> dict:
     kind = spec["type"]
     unknown = sorted(set(spec) - FIELDS[kind] - {"type"})
     if unknown:
-        raise UserError(f"{where}: unknown field {unknown[0]!r} for type {kind} (allowed: "
-                        f"{', '.join(sorted(FIELDS[kind]))})")
+        raise UserError(
+            f"{where}: unknown field {unknown[0]!r} for type {kind} (allowed: "
+            f"{', '.join(sorted(FIELDS[kind]))})"
+        )
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -105,8 +116,9 @@ def suggest(trial, space: dict[str, dict]) -> dict:
         if spec["type"] == "float":
             params[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
         elif spec["type"] == "int":
-            params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
-                                            log=spec.get("log", False))
+            params[key] = trial.suggest_int(
+                key, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+            )
         else:
             params[key] = trial.suggest_categorical(key, spec["choices"])
     return params

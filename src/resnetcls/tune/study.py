@@ -8,6 +8,7 @@ continues a study (load_if_exists). At the end: DIR/best.yaml (the best trial's 
 `train --config`) and DIR/report.html (page.py). The URL is handed to the driver as given and shown or recorded
 only masked (redact.py); a password may also come from the driver's own sources (PGPASSWORD, ~/.pgpass).
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,10 +21,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..utils.atomic import write_text_atomic
 from ..config import Config, parse_duration, set_value, validate_config
 from ..engine.train import train
 from ..errors import UserError
+from ..utils.atomic import write_text_atomic
 from ..utils.redact import error_line, mask_secrets
 from .page import write_outputs
 from .space import load_space, suggest, without_fixed
@@ -59,28 +60,45 @@ def connect(url: str, attempts: int = 3):
     start together race to create the tables: a failed attempt is retried after a moment."""
     for attempt in range(attempts):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4-5; they work as documented
+            with (
+                warnings.catch_warnings()
+            ):  # heartbeats are "experimental" in Optuna 4-5; they work as documented
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
         except Exception as e:  # a wrong URL, an unreachable server, a missing driver: name the URL
-            racing = type(e).__name__ in ("IntegrityError", "ProgrammingError")  # sqlalchemy's, table creation
+            racing = type(e).__name__ in (
+                "IntegrityError",
+                "ProgrammingError",
+            )  # sqlalchemy's, table creation
             if attempt + 1 == attempts or not racing:
-                raise UserError(f"--storage {mask_secrets(url)}: cannot open the study storage: {error_line(e)}") \
-                    from None
+                raise UserError(
+                    f"--storage {mask_secrets(url)}: cannot open the study storage: {error_line(e)}"
+                ) from None
             time.sleep(1.0 + attempt)
 
 
 def open_study(settings: TuneSettings, direction: str):
     """Create or continue (load_if_exists) the study in its storage."""
     storage = connect(storage_url(settings))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.pruner == "median"
-              else optuna.pruners.NopPruner())
-    study = optuna.create_study(storage=storage, study_name=settings.study_name, direction=direction,
-                                sampler=optuna.samplers.TPESampler(), pruner=pruner, load_if_exists=True)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after)
+        if settings.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=settings.study_name,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(),
+        pruner=pruner,
+        load_if_exists=True,
+    )
     if study.direction.name.lower() != direction:
-        raise UserError(f"study {settings.study_name!r} in {mask_secrets(storage_url(settings))}: its value is set "
-                        f"to {study.direction.name.lower()}, this ckpt.metric would {direction} it (give the study's "
-                        "ckpt.metric, or another --study-name)")
+        raise UserError(
+            f"study {settings.study_name!r} in {mask_secrets(storage_url(settings))}: its value is set "
+            f"to {study.direction.name.lower()}, this ckpt.metric would {direction} it (give the study's "
+            "ckpt.metric, or another --study-name)"
+        )
     return study, storage
 
 
@@ -101,7 +119,8 @@ def fail_dead_trials(study, storage) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("host") == socket.gethostname() and not _alive(int(t.user_attrs.get("pid") or 0)):
             trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(study.study_name), t.number)
+                storage.get_study_id_from_name(study.study_name), t.number
+            )
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
             dead.append(t.number)
     return dead
@@ -118,6 +137,7 @@ def trial_config(base: Config, params: dict) -> Config:
 
 def make_objective(base: Config, space: dict, out: Path, metric: str):
     """The Optuna objective: one training run in DIR/trials/NNNN, pruned through train's on_epoch hook."""
+
     def objective(trial) -> float:
         params = suggest(trial, space)
         run_dir = out / "trials" / f"{trial.number:04d}"
@@ -130,17 +150,34 @@ def make_objective(base: Config, space: dict, out: Path, metric: str):
             if trial.should_prune():
                 pruned.append(epoch)
             return bool(pruned)
-        print(f"tune: trial {trial.number} in {run_dir}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float)
-              else f"{k}={v}" for k, v in params.items()), file=sys.stderr, flush=True)
+
+        print(
+            f"tune: trial {trial.number} in {run_dir}: "
+            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
+            file=sys.stderr,
+            flush=True,
+        )
         summary = train(trial_config(base, params), run_dir, on_epoch=on_epoch).summary
-        record = {"number": trial.number, "state": "pruned" if pruned else "complete", "params": params,
-                  "metric": metric, "value": summary["best_value"], "pruned_at_epoch": pruned[0] if pruned else None}
+        record = {
+            "number": trial.number,
+            "state": "pruned" if pruned else "complete",
+            "params": params,
+            "metric": metric,
+            "value": summary["best_value"],
+            "pruned_at_epoch": pruned[0] if pruned else None,
+        }
         write_text_atomic(run_dir / "trial.json", json.dumps(record, indent=2) + "\n")
-        print(f"tune: trial {trial.number} {record['state']}" + (f" at epoch {pruned[0]}" if pruned else "")
-              + f": best {metric} {summary['best_value']:.4f}", file=sys.stderr, flush=True)
+        print(
+            f"tune: trial {trial.number} {record['state']}"
+            + (f" at epoch {pruned[0]}" if pruned else "")
+            + f": best {metric} {summary['best_value']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
         if pruned:
             raise optuna.TrialPruned()
         return float(summary["best_value"])
+
     return objective
 
 

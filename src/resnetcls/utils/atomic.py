@@ -8,6 +8,7 @@ an existing one; the old one is kept, renamed aside, until the new one is in pla
 after a kill between the two renames). Failures become UserErrors naming the path; ENOSPC also says how many
 bytes were needed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,10 @@ import io
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ..errors import UserError
 
@@ -56,13 +58,15 @@ def write_error(path: Path, error: OSError, needed: int | None, at_least: bool =
         free = free_bytes(path.parent)
         need = f"needs {'more than ' if at_least else ''}{needed:,} bytes" if needed else "needs more space"
         have = f", {free:,} free" if free is not None else ""
-        return UserError(f"{path}: no space left on the device ({need}{have}); free some space or write "
-                         f"elsewhere")
+        return UserError(
+            f"{path}: no space left on the device ({need}{have}); free some space or write elsewhere"
+        )
     return UserError(f"{path}: cannot write: {error.strerror or error}")
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object],
-                 size_hint: int | None = None) -> Path:
+def write_atomic(
+    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object], size_hint: int | None = None
+) -> Path:
     """Write data (bytes, or a callback that writes to a binary file) to path atomically and durably.
 
     size_hint: the bytes a callback will write, for the message when the disk is full.

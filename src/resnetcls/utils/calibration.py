@@ -12,6 +12,7 @@ The probabilities this project shows are a softmax over the classes for every mo
 loss.name=bce (sigmoid per class; predict has always ranked those by softmax), so T is fitted by the softmax
 NLL for both losses and applied the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,9 @@ MIN_CALIBRATION_IMAGES = 10
 _SEARCH_STEPS = 80  # golden-section steps on log T: the bracket shrinks by 0.618**80, far below float noise
 
 
-def calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> tuple[float, list]:
+def calibration_error(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
+) -> tuple[float, list]:
     """Expected calibration error over equal-width confidence bins (Guo et al. 2017), and the bins."""
     edges = torch.linspace(0, 1, bins + 1)
     n, ece, table = len(confidence), 0.0, []
@@ -40,7 +43,9 @@ def calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int
         acc = float(correct[inside].float().mean()) if count else None
         if count:
             ece += count / n * abs(acc - conf)
-        table.append({"lo": round(lo, 4), "hi": round(hi, 4), "count": count, "confidence": conf, "accuracy": acc})
+        table.append(
+            {"lo": round(lo, 4), "hi": round(hi, 4), "count": count, "confidence": conf, "accuracy": acc}
+        )
     return ece, table
 
 
@@ -72,23 +77,32 @@ class TemperatureFit:
     ece_before: float | None = None
     ece_after: float | None = None
     calibrated: bool = True
-    note: str = ""                   # why no fit was made, or that T was held at the edge of TEMPERATURE_RANGE
+    note: str = ""  # why no fit was made, or that T was held at the edge of TEMPERATURE_RANGE
 
     def record(self, fitted_on: str = "val") -> dict:
         rounded = lambda x: None if x is None else round(x, 6)
-        return {"calibrated": self.calibrated, "temperature": round(self.temperature, 6),
-                "fitted_on": fitted_on if self.calibrated else None, "images": self.images,
-                "nll_before": rounded(self.nll_before), "nll_after": rounded(self.nll_after),
-                "ece_before": rounded(self.ece_before), "ece_after": rounded(self.ece_after),
-                "temperature_range": list(TEMPERATURE_RANGE), **({"note": self.note} if self.note else {})}
+        return {
+            "calibrated": self.calibrated,
+            "temperature": round(self.temperature, 6),
+            "fitted_on": fitted_on if self.calibrated else None,
+            "images": self.images,
+            "nll_before": rounded(self.nll_before),
+            "nll_after": rounded(self.nll_after),
+            "ece_before": rounded(self.ece_before),
+            "ece_after": rounded(self.ece_after),
+            "temperature_range": list(TEMPERATURE_RANGE),
+            **({"note": self.note} if self.note else {}),
+        }
 
     def line(self) -> str:
         """The one line train prints, e.g. 'calibration: temperature 1.42 on 72 val images: NLL 0.61 -> ...'."""
         if not self.calibrated:
             return f"calibration: none, temperature 1 ({self.note})"
-        return (f"calibration: temperature {self.temperature:.3g} on {self.images} val images: NLL "
-                f"{self.nll_before:.3f} -> {self.nll_after:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f}"
-                + (f" ({self.note})" if self.note else ""))
+        return (
+            f"calibration: temperature {self.temperature:.3g} on {self.images} val images: NLL "
+            f"{self.nll_before:.3f} -> {self.nll_after:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f}"
+            + (f" ({self.note})" if self.note else "")
+        )
 
 
 def not_calibrated(reason: str, images: int = 0) -> TemperatureFit:
@@ -132,7 +146,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> TemperatureFi
     note = ""
     if abs(log_t - lo) < 1e-6 or abs(log_t - hi) < 1e-6:
         temperature = TEMPERATURE_RANGE[0] if abs(log_t - lo) < 1e-6 else TEMPERATURE_RANGE[1]
-        note = (f"held at the edge of the allowed range {TEMPERATURE_RANGE[0]:g}..{TEMPERATURE_RANGE[1]:g}: "
-                "the validation split does not pin it down")
-    return TemperatureFit(temperature, n, nll(logits, labels), nll(logits, labels, temperature),
-                          ece_of(logits, labels), ece_of(logits, labels, temperature), note=note)
+        note = (
+            f"held at the edge of the allowed range {TEMPERATURE_RANGE[0]:g}..{TEMPERATURE_RANGE[1]:g}: "
+            "the validation split does not pin it down"
+        )
+    return TemperatureFit(
+        temperature,
+        n,
+        nll(logits, labels),
+        nll(logits, labels, temperature),
+        ece_of(logits, labels),
+        ece_of(logits, labels, temperature),
+        note=note,
+    )

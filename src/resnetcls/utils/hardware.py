@@ -1,4 +1,5 @@
 """Device and precision choices shared by training and inference (no engine imports)."""
+
 from __future__ import annotations
 
 import functools
@@ -29,7 +30,7 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_capabilities() -> dict:
     """torch's CPU feature flags (avx2, avx512_bf16, amx_bf16, ...); empty where torch cannot tell."""
     try:
@@ -40,8 +41,17 @@ def cpu_capabilities() -> dict:
 
 # oneDNN instruction sets (ONEDNN_MAX_CPU_ISA) that include native bf16 dot products; a cap below these
 # (e.g. AVX2, AVX512_CORE_VNNI) makes oneDNN emulate bf16 even on a CPU that has it.
-ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX",
-                    "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "DEFAULT", "ALL"}
+ONEDNN_BF16_ISAS = {
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512_AMX_FP16",
+    "DEFAULT",
+    "ALL",
+}
 
 
 def onednn_isa_cap() -> str:
@@ -49,7 +59,7 @@ def onednn_isa_cap() -> str:
     return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where oneDNN runs bf16 convs fast.
 
@@ -63,7 +73,7 @@ def cpu_has_fast_bf16() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_amx() -> bool:
     """True on CPUs with AMX tiles for bf16 (Intel Sapphire Rapids and later), where OpenVINO's bf16 and int8
     kernels were measured fastest (README, int8); False where ONEDNN_MAX_CPU_ISA caps oneDNN below AMX."""
@@ -134,17 +144,20 @@ def peak_gflops(seconds: float = 0.25, threads: int | None = None) -> dict:
     try:
         result = {"threads": torch.get_num_threads(), "bf16_native": cpu_has_fast_bf16()}
         g = torch.Generator().manual_seed(0)
-        n, batch, channels, side = 1024, 8, 256, 28   # a ResNet-50 stage-3 3x3 conv (28x28 at 224 px)
+        n, batch, channels, side = 1024, 8, 256, 28  # a ResNet-50 stage-3 3x3 conv (28x28 at 224 px)
         a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-        x = torch.randn(batch, channels, side, side, generator=g).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, channels, side, side, generator=g).contiguous(
+            memory_format=torch.channels_last
+        )
         w = torch.randn(channels, channels, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
         conv_flops = 2.0 * batch * side * side * channels * channels * 9
         with torch.inference_mode():
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 ad, bd, xd, wd = (t.to(dtype) for t in (a, b, x, w))
-                result[f"{name}_matmul"] = _achieved_gflops(lambda: ad @ bd, 2.0 * n ** 3, seconds)
+                result[f"{name}_matmul"] = _achieved_gflops(lambda: ad @ bd, 2.0 * n**3, seconds)
                 result[f"{name}_conv"] = _achieved_gflops(
-                    lambda: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds)
+                    lambda: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds
+                )
         return result
     finally:
         torch.set_num_threads(previous)

@@ -13,6 +13,7 @@ stderr only, so output meant for programs (stdout, --format json) is never mixed
     for item in track(items, "data check"):
         ...
 """
+
 from __future__ import annotations
 
 import os
@@ -69,14 +70,25 @@ def progress_bar(total: int | None, desc: str, unit: str = "img", enabled: bool 
     if not (progress_enabled() if enabled is None else enabled):
         return _Silent()
     from tqdm import tqdm  # only when a bar is drawn
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=0.2,
-                leave=True, disable=False)
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.2,
+        leave=True,
+        disable=False,
+    )
 
 
 T = typing.TypeVar("T")
 
 
-def track(items: typing.Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> typing.Iterator[T]:
+def track(
+    items: typing.Iterable[T], desc: str, total: int | None = None, unit: str = "img"
+) -> typing.Iterator[T]:
     """Iterate over items with a bar of one step each (total from len(items) when it has one)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ pairs of a libpq key/value DSN or a query string (also `token=`, `api_key=`, `se
 share_tree() reduces absolute local paths to their names for what is sent to a tracker when the user did not
 ask for them (log.share_paths=false).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,10 @@ MASK = "***"
 # A URL's user info: scheme://user:PASSWORD@host. The password runs to the last "@" of the URL (a password may
 # hold "/" or "@" unescaped; masking a little more is the safe side); a URL ends at white space or a quote.
 _URL = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"<>]*):(?P<password>[^\s'\"<>]*)@")
-_PAIR = re.compile(r"(?i)\b(?P<key>password|passwd|pwd|token|access_token|api_key|apikey|secret)"
-                   r"(?P<sep>\s*=\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;'\"<>]+)")
+_PAIR = re.compile(
+    r"(?i)\b(?P<key>password|passwd|pwd|token|access_token|api_key|apikey|secret)"
+    r"(?P<sep>\s*=\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;'\"<>]+)"
+)
 _FILE_URI = re.compile(r"^(?P<scheme>sqlite|file)(?::/+)(?P<path>.+)$")
 
 
@@ -79,7 +82,9 @@ def share_path(text: str) -> str:
     if uri and _is_absolute("/" + uri["path"].lstrip("/")):
         return f"{uri['scheme']}:///{Path(uri['path']).name}"
     if _is_absolute(text):
-        return PureWindowsPath(text).name if PureWindowsPath(text).drive else os.path.basename(text.rstrip("/"))
+        return (
+            PureWindowsPath(text).name if PureWindowsPath(text).drive else os.path.basename(text.rstrip("/"))
+        )
     return text
 
 
@@ -120,8 +125,11 @@ def share_text(text: str, roots: list[tuple[str, str]]) -> str:
     for root, becomes in roots:
         bare = becomes or Path(root).name
         for form in {root, json.dumps(root)[1:-1], html.escape(root)}:
-            text = re.sub(re.escape(form) + r"(/|(?![\w.\-]))",
-                          lambda m: (f"{becomes}/" if becomes else "") if m[1] else bare, text)
+            text = re.sub(
+                re.escape(form) + r"(/|(?![\w.\-]))",
+                lambda m: (f"{becomes}/" if becomes else "") if m[1] else bare,
+                text,
+            )
     return text
 
 
@@ -142,8 +150,10 @@ def copy_shared(src: Path, dst: Path, roots: list[tuple[str, str]]) -> Path:
     paths made relative (share_text); any other file byte for byte."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.suffix in TEXT_SUFFIXES:
-        dst.write_text(mask_secrets(share_text(src.read_text(encoding="utf-8", errors="replace"), roots)),
-                       encoding="utf-8")
+        dst.write_text(
+            mask_secrets(share_text(src.read_text(encoding="utf-8", errors="replace"), roots)),
+            encoding="utf-8",
+        )
     else:
         shutil.copyfile(src, dst)
     return dst
