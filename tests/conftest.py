@@ -97,9 +97,9 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
 
 
 class PlainInterpreter:
-    """`resnetcls` commands run one after another in one fresh interpreter with one thread (tests/runner.py), as
-    the killed or signalled runs the tests start are: for the runs compared bit for bit with those, one torch
-    import for all of them instead of one each."""
+    """`resnetcls` commands run one after another in one fresh interpreter with one thread (tests/runner.py),
+    as the killed or signalled runs the tests start are: for the runs compared bit for bit with those, one
+    torch import for all of them instead of one each."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None

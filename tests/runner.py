@@ -1,11 +1,11 @@
-"""A fresh interpreter that runs `resnetcls` commands one after another, for the tests that compare a run bit for
-bit with one in a process of their own (a killed one): `python -m tests.runner`, one JSON line per command on
-stdin ({"args": [...], "cwd": ...}), one JSON line per result on stdout ({"code", "stdout", "stderr"}).
+"""A fresh interpreter that runs `resnetcls` commands one after another, for the tests that compare a run bit
+for bit with one in a process of their own (a killed one): `python -m tests.runner`, one JSON line per command
+on stdin ({"args": [...], "cwd": ...}), one JSON line per result on stdout ({"code", "stdout", "stderr"}).
 
-Not the pytest process: with pytest imported, the same one-thread training ends with other weights in their last
-bits than in a plain interpreter (measured: every tensor differs), so runs compared with a killed subprocess's
-must run in a plain one. Runs in sequence here reproduce a fresh interpreter's bit for bit, and each saves the
-3-5 s a torch import costs. Nothing here may import pytest."""
+Not the pytest process: with pytest imported, the same one-thread training ends with other weights in their
+last bits than in a plain interpreter (measured: every tensor differs), so runs compared with a killed
+subprocess's must run in a plain one. Runs in sequence here reproduce a fresh interpreter's bit for bit, and
+each saves the 3-5 s a torch import costs. Nothing here may import pytest."""
 
 import contextlib
 import io
@@ -15,10 +15,11 @@ import sys
 
 
 def run_main(args: list[str], cwd: str | None = None, catch: bool = False) -> tuple[int, str, str]:
-    """cli.main(args) in this process, in cwd: (exit code, stdout, stderr). What a command may change for the whole
-    process (environment, thread count, deterministic algorithms) is put back afterwards, so the commands of one
-    process stay independent. An unexpected exception propagates, or with catch=True its traceback goes to the
-    returned stderr with exit code 1. tests.conftest.run_cli and serve() below both run commands with it."""
+    """cli.main(args) in this process, in cwd: (exit code, stdout, stderr). What a command may change for the
+    whole process (environment, thread count, deterministic algorithms) is put back afterwards, so the
+    commands of one process stay independent. An unexpected exception propagates, or with catch=True its
+    traceback goes to the returned stderr with exit code 1. tests.conftest.run_cli and serve() below both run
+    commands with it."""
     import torch
 
     from resnetcls.cli import main

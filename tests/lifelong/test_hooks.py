@@ -60,7 +60,10 @@ def test_ewc_penalises_moving_away_from_the_last_task_weights():
     model = tiny_model()
     hooks = StrategyHooks(LifelongConfig(strategy="ewc", ewc_lambda=10.0), seed=0)
     hooks.start_task(0, model)
-    normalised = lambda: iter([(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))])
+
+    def normalised():
+        return iter([(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))])
+
     hooks.end_task(model, None, normalised, torch.nn.CrossEntropyLoss())
     hooks.start_task(1, model)
     assert float(hooks.extra_loss(None, None).detach()) == 0.0  # at the anchor

@@ -11,7 +11,7 @@ from resnetcls.config import Config, LifelongConfig, ModelConfig
 from resnetcls.data.transforms import make_preprocess
 from resnetcls.engine.prepare import arch_args
 from resnetcls.errors import UserError
-from resnetcls.lifelong.results import summarize, write_results
+from resnetcls.lifelong.results import LifelongResults, summarize, write_results
 from resnetcls.models import create_model
 from resnetcls.records.modelfile import load_model_dir
 
@@ -52,23 +52,22 @@ def results_of(tmp_path, strategy, R_, seconds):
     cfg = Config(model=ModelConfig(name="resnet18", width=8), lifelong=LifelongConfig(strategy=strategy))
     torch.manual_seed(0)
     model = create_model("resnet18", len(CLASSES), **arch_args(cfg.model))
-    metrics = write_results(
-        strategy,
-        cfg.model,
-        tmp_path,
-        NAMES,
-        CLASSES,
-        model,
-        "cpu",
-        make_preprocess(32),
-        {"buffer_images": 6},
-        R_,
-        B,
-        seconds,
-        0.0015,
-        None,
-        1,
+    results = LifelongResults(
+        strategy=strategy,
+        model_cfg=cfg.model,
+        names=NAMES,
+        classes=CLASSES,
+        model=model,
+        device="cpu",
+        preprocess=make_preprocess(32),
+        buffer_stats={"buffer_images": 6},
+        R=R_,
+        b=B,
+        seconds=seconds,
+        inference_s_per_image=0.0015,
+        bad_images=1,
     )
+    metrics = write_results(results, tmp_path, None)
     with open(tmp_path / "R.csv", newline="") as f:
         return model, metrics, list(csv.reader(f))
 

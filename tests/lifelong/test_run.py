@@ -129,8 +129,9 @@ def test_train_only_settings_are_refused_rather_than_ignored(manifest, tmp_path,
     assert r.returncode == 2 and setting.split("=")[0] in r.stderr and "unset it for lifelong" in r.stderr
 
 
-# The settings `train` honours take effect in lifelong mode too (they were ignored before: issue 14).
-# Batch 2: the bright task trains on 12 images (6 steps), the dark one on 15 (7 steps; the last image is dropped).
+# The settings `train` honours take effect in lifelong mode too.
+# Batch 2: the bright task trains on 12 images (6 steps), the dark one on 15 (7 steps; the last image is
+# dropped).
 STEPS = [
     "--batch-size",
     "2",
@@ -292,8 +293,8 @@ def test_on_bad_skip_warns_and_counts_the_bad_image(manifest_with_a_bad_image, t
     assert read_json(out / "metrics.json")["bad_images"] == 1 and "1 bad images skipped" in r.stderr
 
 
-# Exact resume at an epoch boundary inside a task (issue 19 item 3): two epochs per task, so the second task has a
-# checkpoint after its first epoch that carries the optimizer, schedule, sampler, RNGs and the strategy's state.
+# Exact resume at an epoch boundary inside a task: two epochs per task, so the second task has a checkpoint
+# after its first epoch that carries the optimizer, schedule, sampler, RNGs and the strategy's state.
 EPOCHS2 = ["--epochs", "2", "--set", "ckpt.keep_last=50", "--set", "log.tensorboard=false"]
 STRATEGY_ARGS = {"naive": [], "ewc": [], "lwf": [], "replay": ["--buffer-size", "6"]}
 
@@ -344,10 +345,10 @@ def test_killed_inside_a_task_and_resumed_is_bit_identical(manifest, tmp_path, s
 
 def test_sigkill_mid_epoch_inside_a_task_then_resume_is_bit_identical(manifest, tmp_path, plain_interpreter):
     """A real kill (SIGKILL, no chance to save) in the middle of the second task's first epoch, EWC (its
-    Fisher and anchors come from the checkpoint). Batch 2: 6 + 6 steps for the first task, 7 + 7 for the second.
-    Every run with one thread, as the killed one, and outside pytest (the whole and the resumed run in the plain
-    interpreter of tests/runner.py): CPU kernels may sum in another order with another thread count, and
-    bit-identity is only promised on the same machine setup."""
+    Fisher and anchors come from the checkpoint). Batch 2: 6 + 6 steps for the first task, 7 + 7 for the
+    second. Every run with one thread, as the killed one, and outside pytest (the whole and the resumed run in
+    the plain interpreter of tests/runner.py): CPU kernels may sum in another order with another thread count,
+    and bit-identity is only promised on the same machine setup."""
     import os
     import signal
     import subprocess

@@ -15,7 +15,7 @@ def test_replay_buffer_is_class_balanced_and_bounded():
     for i in range(100):
         buf.add(_img(i % 250), 0)
     assert len(buf) == 12
-    for i in range(50):
+    for _ in range(50):
         buf.add(_img(1), 1)
         buf.add(_img(2), 2)
     assert len(buf) == 12 and {k: len(v) for k, v in buf.images.items()} == {0: 4, 1: 4, 2: 4}

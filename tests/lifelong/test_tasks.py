@@ -41,8 +41,8 @@ def test_a_range_over_a_text_column_names_the_value():
 
 
 def test_openloris_protocol_end_to_end(tmp_path):
-    """`data synth --layout openloris` then `lifelong --tasks batches`: the 12 batches in order, the challenge's
-    metrics and the 12x12 R matrix in metrics.json, R.csv and the report."""
+    """`data synth --layout openloris` then `lifelong --tasks batches`: the 12 batches in order, the
+    challenge's metrics and the 12x12 R matrix in metrics.json, R.csv and the report."""
     import csv
     import json
 

@@ -87,7 +87,8 @@ class StrategyHooks(StepHooks):
         return None if drawn is None else drawn[:2]
 
     def extra_loss(self, images: Tensor, logits: Tensor) -> Tensor | None:
-        """EWC's penalty, LwF's distillation or DER++'s buffer terms (inside the step's autocast), else None."""
+        """EWC's penalty, LwF's distillation or DER++'s buffer terms (inside the step's autocast), else
+        None."""
         if self.name == "derpp" and self.drawn is not None:
             n, stored, mask, labels = self.drawn
             self.drawn = None

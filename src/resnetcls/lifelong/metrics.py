@@ -13,19 +13,20 @@ Diaz-Rodriguez et al. 2018 ("Don't forget, there is more than forgetting"):
     REM  = 1 - |min(BWT', 0)|                               remembering
     BWT+ = max(BWT', 0)                                     positive backward transfer
     FWT' = sum_{i<j} R[i][j] / (T(T-1)/2)                   mean of the upper triangle
-Chaudhry et al. 2018: forgetting of task j < T-1 = max_{l in [j, T-2]} R[l][j] - R[T-1][j].
+Chaudhry et al. 2018: forgetting of task j < T-1 = max_{k in [j, T-2]} R[k][j] - R[T-1][j].
 The OpenLORIS-Object benchmark (She et al. 2019, arXiv 1911.06487; the IROS 2019 challenge, arXiv 2004.14774)
-reports ACC, BWT, FWT and an "over-all accuracy"; we read the latter as Kemker et al. 2018's Omega_all ("Measuring
-catastrophic forgetting in neural networks", AAAI), the accuracy on every task seen so far, averaged over the
-training sessions:
+reports ACC, BWT, FWT and an "over-all accuracy"; we read the latter as Kemker et al. 2018's Omega_all
+("Measuring catastrophic forgetting in neural networks", AAAI), the accuracy on every task seen so far,
+averaged over the training sessions:
     overall = 1/T * sum_i (1/(i+1) * sum_{j<=i} R[i][j])
-and, given a joint (offline) run's accuracy alpha_ideal, Omega_all = overall / alpha_ideal (results.summarize).
+and, given a joint (offline) run's accuracy alpha_ideal, Omega_all = overall / alpha_ideal
+(results.summarize).
 Source check: the papers' metric sections were not retrievable; the benchmark's own code was
 (github.com/lifelong-robotic-vision/OpenLORIS-Object, evaluate.py `precision`): after each task it tests every
 task seen so far and records `average_precs = sum(precs[:current_task]) / current_task`, i.e. our
-mean_{j<=i} R[i][j], per session ("average precision (on tasks seen so far)" in its plots; the last one, after all
-tasks, is ACC). It writes that per-session series and the per-task matrix, not one number; `overall` is that
-series' mean, as Kemker's Omega_all (un-normalised) defines it.
+mean_{j<=i} R[i][j], per session ("average precision (on tasks seen so far)" in its plots; the last one, after
+all tasks, is ACC). It writes that per-session series and the per-task matrix, not one number; `overall` is
+that series' mean, as Kemker's Omega_all (un-normalised) defines it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def continual_metrics(R: list[list[float]], b: list[float] | None = None) -> dic
         out["REM"] = 1 - abs(min(bwt_dr, 0.0))
         out["BWT_plus"] = max(bwt_dr, 0.0)
         out["FWT_dr"] = sum(R[i][j] for i in range(T) for j in range(i + 1, T)) / pairs
-        out["forgetting"] = [max(R[l][j] for l in range(j, T - 1)) - last[j] for j in range(T - 1)]
+        out["forgetting"] = [max(R[k][j] for k in range(j, T - 1)) - last[j] for j in range(T - 1)]
     else:
         out.update(
             {

@@ -4,6 +4,7 @@ metrics.json (continual-learning metrics, sizes, times) and final/ (the model di
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -37,24 +38,31 @@ def summarize(R: list[list[float]], b: list[float], strategy: str, joint: str | 
     return out
 
 
-def write_results(
-    strategy: str,
-    m: ModelConfig,
-    run_dir: Path,
-    names: list[str],
-    classes: list[str],
-    model: nn.Module,
-    device: str,
-    preprocess: dict,
-    buffer_stats: dict,
-    R: list,
-    b: list,
-    seconds: list,
-    inference_s_per_image: float,
-    joint: str | None,
-    bad_images: int,
-) -> dict:
+@dataclass
+class LifelongResults:
+    """What a finished lifelong run leaves to write: its strategy, model (config, module, classes,
+    preprocessing), task names, accuracy matrix R and b, train seconds per task, the strategy's buffer stats,
+    the inference time per image, the device and the number of bad images skipped."""
+
+    strategy: str
+    model_cfg: ModelConfig
+    names: list[str]
+    classes: list[str]
+    model: nn.Module
+    device: str
+    preprocess: dict
+    buffer_stats: dict
+    R: list
+    b: list
+    seconds: list
+    inference_s_per_image: float
+    bad_images: int
+
+
+def write_results(results: LifelongResults, run_dir: Path, joint: str | None) -> dict:
     """Write the run's result files (R.csv/json/png, metrics.json, final/); return metrics.json's content."""
+    strategy, names, R, b = results.strategy, results.names, results.R, results.b
+    model, model_cfg, seconds = results.model, results.model_cfg, results.seconds
     metrics = summarize(R, b, strategy, joint)
     n_params = sum(p.numel() for p in model.parameters())
     state_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
@@ -66,13 +74,13 @@ def write_results(
             "b": b,
             "train_seconds_per_task": seconds,
             "train_seconds": round(sum(seconds), 3),
-            **buffer_stats,
+            **results.buffer_stats,
             "model_params": n_params,
             "model_mb": round(state_bytes / 1e6, 3),
-            "inference_ms_per_image": round(1000 * inference_s_per_image, 4),
-            "device": device,
-            "classes": len(classes),
-            "bad_images": bad_images,
+            "inference_ms_per_image": round(1000 * results.inference_s_per_image, 4),
+            "device": results.device,
+            "classes": len(results.classes),
+            "bad_images": results.bad_images,
         }
     )
     rows = [("before", b)] + [(names[i] if strategy != "joint" else "joint", r) for i, r in enumerate(R)]
@@ -86,6 +94,12 @@ def write_results(
     )
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     save_model_dir(
-        run_dir / "final", model, m.name, arch_args(m), classes, preprocess, {"ACC": metrics["ACC"]}
+        run_dir / "final",
+        model,
+        model_cfg.name,
+        arch_args(model_cfg),
+        results.classes,
+        results.preprocess,
+        {"ACC": metrics["ACC"]},
     )
     return metrics

@@ -1,7 +1,7 @@
 """The pieces of the lifelong strategies that do not depend on the training loop.
 
-- ReplayBuffer: class-balanced reservoir of decoded uint8 images (no decode when replayed), optionally each with
-  the logits the model gave it when it was stored (DER++, Buzzega et al. 2020).
+- ReplayBuffer: class-balanced reservoir of decoded uint8 images (no decode when replayed), optionally each
+  with the logits the model gave it when it was stored (DER++, Buzzega et al. 2020).
 - Fisher / ewc_penalty: Elastic Weight Consolidation (Kirkpatrick et al. 2017), Fisher in eval mode so the
   BatchNorm running statistics are not disturbed by the extra passes.
 - distillation_loss: Learning without Forgetting (Li & Hoiem 2016), temperature-scaled KL to the old model.
@@ -83,8 +83,8 @@ class ReplayBuffer:
         return torch.stack([p[0] for p in picks]), torch.tensor([p[1] for p in picks])
 
     def sample_with_logits(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-        """Like sample, plus the stored logits as an (n, K) float32 matrix zero-padded to the widest one and the
-        (n, K) mask of the entries that were stored (an image stored before the head grew has fewer)."""
+        """Like sample, plus the stored logits as an (n, K) float32 matrix zero-padded to the widest one and
+        the (n, K) mask of the entries that were stored (an image stored before the head grew has fewer)."""
         picks = self._picks(n)
         if picks is None:
             return None
@@ -100,7 +100,7 @@ class ReplayBuffer:
         )
 
     def state_dict(self) -> dict:
-        labels = [l for l, b in self.images.items() for _ in b]
+        labels = [label for label, bucket in self.images.items() for _ in bucket]
         images = [img for b in self.images.values() for img in b]
         logits, mask = _pad_rows([z for zs in self.logits.values() for z in zs])
         return {
@@ -108,16 +108,18 @@ class ReplayBuffer:
             "labels": torch.tensor(labels, dtype=torch.long),
             "logits": logits,
             "logit_widths": mask.sum(1).long(),
-            "seen": torch.tensor([[l, s] for l, s in self.seen.items()], dtype=torch.long).reshape(-1, 2),
+            "seen": torch.tensor([[label, s] for label, s in self.seen.items()], dtype=torch.long).reshape(
+                -1, 2
+            ),
             "rng": self.rng.getstate(),
         }  # ints and tuples: loads with weights_only=True
 
     def load_state_dict(self, state: dict) -> None:
         if "rng" in state:
             self.rng.setstate(_as_tuple(state["rng"]))
-        self.images = {int(l): [] for l, _ in state["seen"].tolist()}
-        self.logits = {int(l): [] for l, _ in state["seen"].tolist()}
-        self.seen = {int(l): int(s) for l, s in state["seen"].tolist()}
+        self.images = {int(label): [] for label, _ in state["seen"].tolist()}
+        self.logits = {int(label): [] for label, _ in state["seen"].tolist()}
+        self.seen = {int(label): int(s) for label, s in state["seen"].tolist()}
         widths = state.get("logit_widths", torch.zeros(len(state["labels"]), dtype=torch.long)).tolist()
         logits = state.get("logits")
         for i, (img, label) in enumerate(zip(state["images"], state["labels"].tolist())):

@@ -89,7 +89,7 @@ def task_groups(values: list[str], column: str, order: str, bins: int) -> list[t
 
 def _select(samples: Samples, column: str, where: str) -> list[str]:
     if column == "label":  # tasks by class: class-incremental learning
-        return [samples.classes[l] for l in samples.labels]
+        return [samples.classes[label] for label in samples.labels]
     if column not in samples.extra:
         have = ", ".join(samples.extra) or "none; only CSV manifests have extra columns"
         raise UserError(f"{where}: no column {column!r} to define tasks by (have: {have})")
@@ -121,8 +121,10 @@ def _split_by_column(splits: Splits, lc: LifelongConfig, where: str) -> list[tup
     return out
 
 
-def _raw_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> list[tuple[str, Samples, Samples]]:
-    load = lambda data, batches="": load_splits(data, "", d.val_fraction, seed, d.split_by, batches)
+def _raw_tasks(lc: LifelongConfig, data_cfg: DataConfig, seed: int) -> list[tuple[str, Samples, Samples]]:
+    def load(data, batches=""):
+        return load_splits(data, "", data_cfg.val_fraction, seed, data_cfg.split_by, batches)
+
     if lc.datasets:
         if lc.tasks:
             raise UserError("lifelong: give either several DATA arguments or --tasks, not both")
@@ -132,14 +134,16 @@ def _raw_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> list[tuple[str, 
             out.append((Path(data).stem or str(data), s.train, s.test if s.test is not None else s.val))
         return out
     if lc.tasks == "batches":
-        found = openloris_batches(Path(d.train), "").get("train", [])
+        found = openloris_batches(Path(data_cfg.train), "").get("train", [])
         if not found:
-            raise UserError(f"{d.train}: --tasks batches needs the OpenLORIS layout (train/batchK/label.csv)")
+            raise UserError(
+                f"{data_cfg.train}: --tasks batches needs the OpenLORIS layout (train/batchK/label.csv)"
+            )
         numbers = [int(re.sub(r"\D", "", p.name)) for p in found]
         wanted = [int(x) for x in lc.order.split(",") if x.strip()] if lc.order.strip() else numbers
         out = []
         for k in wanted:
-            s = load(d.train, str(k))
+            s = load(data_cfg.train, str(k))
             out.append((f"batch{k}", s.train, s.test if s.test is not None else s.val))
         return out
     if not lc.tasks:
@@ -147,28 +151,29 @@ def _raw_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> list[tuple[str, 
             "lifelong: say how to cut DATA into tasks: --tasks COLUMN, --tasks batches, "
             "or several DATA arguments"
         )
-    return _split_by_column(load(d.train), lc, d.train)
+    return _split_by_column(load(data_cfg.train), lc, data_cfg.train)
 
 
 def _relabel(samples: Samples, index: dict[str, int], classes: list[str]) -> Samples:
-    return Samples(samples.paths, [index[samples.classes[l]] for l in samples.labels], classes, samples.extra)
+    labels = [index[samples.classes[label]] for label in samples.labels]
+    return Samples(samples.paths, labels, classes, samples.extra)
 
 
-def build_tasks(lc: LifelongConfig, d: DataConfig, seed: int) -> tuple[list[Task], list[str]]:
+def build_tasks(lc: LifelongConfig, data: DataConfig, seed: int) -> tuple[list[Task], list[str]]:
     """The tasks in training order and the shared class list (appended to in task order)."""
-    raw = _raw_tasks(lc, d, seed)
+    raw = _raw_tasks(lc, data, seed)
     if not raw:
         raise UserError("lifelong: no tasks")
     classes: list[str] = []
     index: dict[str, int] = {}
     for _, train, _ in raw:
-        for name in sorted({train.classes[l] for l in train.labels}):
+        for name in sorted({train.classes[label] for label in train.labels}):
             if name not in index:
                 index[name] = len(classes)
                 classes.append(name)
     tasks = []
     for name, train, test in raw:
-        unknown = sorted({test.classes[l] for l in test.labels} - set(index))
+        unknown = sorted({test.classes[label] for label in test.labels} - set(index))
         if unknown:
             raise UserError(f"task {name}: test classes never trained on: {', '.join(unknown[:10])}")
         tasks.append(Task(name, _relabel(train, index, classes), _relabel(test, index, classes)))
