@@ -54,7 +54,8 @@ def _drain(loader) -> int:
 
 
 def _rate(loader, epochs: int) -> float:
-    """Median images/s over `epochs` passes of one loader (persistent workers: later passes are steady state)."""
+    """Median images/s over `epochs` passes of one loader (persistent workers: later passes are steady
+    state)."""
     rates = []
     for _ in range(epochs):
         start = time.perf_counter()

@@ -1,5 +1,5 @@
-"""Seeded fuzzing of the one decode (data/decode.py): mutated bytes of real JPEG, PNG, GIF, WebP and TIFF files
-must give an RGB image or our DecodeError, never any other exception, and never more memory than
+"""Seeded fuzzing of the one decode (data/decode.py): mutated bytes of real JPEG, PNG, GIF, WebP and TIFF
+files must give an RGB image or our DecodeError, never any other exception, and never more memory than
 decode_peak_bytes() promises for the mutated file's header (what serve's admission budget relies on).
 
 Seeds: COIL-100 PNGs and hymenoptera JPEGs and its imageNotFound.gif from ../shared/data, plus WebP (lossy,
@@ -64,8 +64,8 @@ def load_seeds(per_kind: int) -> dict[str, bytes]:
         buffer = io.BytesIO()
         photo.save(buffer, fmt, **kwargs)
         seeds[name] = buffer.getvalue()
-    # Large seeds (3 Mpx) in the modes whose conversions cost most, so the per-pixel part of the bound is tested
-    # and not just its fixed part.
+    # Large seeds (3 Mpx) in the modes whose conversions cost most, so the per-pixel part of the bound is
+    # tested and not just its fixed part.
     big = photo.resize((2048, 1536), Image.BICUBIC)
     gray = big.convert("L")
     alpha = Image.linear_gradient("L").resize(big.size)

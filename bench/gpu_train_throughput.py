@@ -13,7 +13,7 @@ Rows (ratios against the first row, measured in the same process):
   bf16 compiled, channels_last, cache -> loader (uint8 to GPU, normalised there)
   bf16 compiled, channels_last, cache -> loader (data.augment_on=device: uint8 canvases, pinned, cropped,
                                                  flipped and normalised on the GPU)
-The last line gives real-data / synthetic throughput (issue 16's target: >= 0.9).
+The last line gives real-data / synthetic throughput (the target: >= 0.9).
 Real images: --data DATA (any resnetcls DATA), else a synthetic JPEG set written with `data synth`.
 """
 
@@ -77,7 +77,8 @@ def measure(model, batches, steps: int, warmup: int, amp: bool, channels_last: b
 
 
 def measure_wall(model, batches, steps, warmup, amp, channels_last, batch_size: int) -> float:
-    """images/s over the wall time of `steps` steps, including waiting for data (what the loader rows need)."""
+    """images/s over the wall time of `steps` steps, including waiting for data (what the loader rows
+    need)."""
     measure(model, batches, 0, warmup, amp, channels_last)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -137,7 +138,10 @@ def main() -> int:
         return torch.compile(m) if compile_ else m
 
     rows = []
-    synth = lambda: synthetic_batches(BATCH, size, n_classes, device)
+
+    def synth():
+        return synthetic_batches(BATCH, size, n_classes, device)
+
     rows.append(
         (
             "fp32 eager, contiguous, synthetic",

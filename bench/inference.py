@@ -1,16 +1,16 @@
-"""CPU inference throughput of ResNet-50 at 224 px: torchvision fp32 eager (baseline) against resnetcls's paths.
+"""CPU inference throughput of ResNet-50 at 224 px: torchvision fp32 eager (baseline) against resnetcls's
+paths.
 
-Every row runs in this one process on the same random input; images/s come from the median time of one
-forward pass, p50/p99 are the latency of a single image (batch 1). The "max|dp|" column is the largest
-difference of softmax probabilities from resnetcls eager fp32 on the same 32 images, and "top1" how many of
-them keep the same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths). The int8
-rows run ONNX Runtime's static int8 file (resnetcls.export.int8, as `export --int8` writes it) in ONNX Runtime and
-in OpenVINO, calibrated here on synthetic
-images (the model has random weights, so its top-1 agreement on random inputs says little; `export --int8`
-checks agreement on the model's real validation images).
+Every row runs in this one process on the same random input; images/s come from the median time of one forward
+pass, p50/p99 are the latency of a single image (batch 1). The "max|dp|" column is the largest difference of
+softmax probabilities from resnetcls eager fp32 on the same 32 images, and "top1" how many of them keep the
+same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths). The int8 rows run ONNX
+Runtime's static int8 file (resnetcls.export.int8, as `export --int8` writes it) in ONNX Runtime and in
+OpenVINO, calibrated here on synthetic images (the model has random weights, so its top-1 agreement on random
+inputs says little; `export --int8` checks agreement on the model's real validation images).
 
-Then (item 4 of issue 16, a robot asking about one camera frame) the batch-1 latency of one 640x480 JPEG, decode
-and preprocessing included, through the Predictor's Python API and through `resnetcls serve` over HTTP (POST
+Then (a robot asking about one camera frame) the batch-1 latency of one 640x480 JPEG, decode and
+preprocessing included, through the Predictor's Python API and through `resnetcls serve` over HTTP (POST
 /predict, one request at a time): p50 and p99 of --repeats runs, each row's median over the runs, against
 torchvision fp32 eager with torchvision's own eval transforms on the same JPEG. Rows run one after another
 (each row's requests in a block, rows in turn over the repeats).
@@ -68,10 +68,10 @@ def timed_in_blocks(
     fns: list, batch: torch.Tensor, warmup: int, iters: int, rounds: int = 3
 ) -> list[list[float]]:
     """Per-pass times for each fn: in each of `rounds` rounds every fn runs `warmup` untimed and `iters` timed
-    passes in a block. Blocks, not passes taken in turn: torch's OpenMP workers and ONNX Runtime's threads spin
-    for milliseconds after a call, so a pass right after another row's took that row's spin-down on 2 cores
-    (interleaved, torchvision's batch-1 pass measured 83 ms instead of 48). The rounds spread slow drift of
-    the machine over every row."""
+    passes in a block. Blocks, not passes taken in turn: torch's OpenMP workers and ONNX Runtime's threads
+    spin for milliseconds after a call, so a pass right after another row's took that row's spin-down on 2
+    cores (interleaved, torchvision's batch-1 pass measured 83 ms instead of 48). The rounds spread slow drift
+    of the machine over every row."""
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, row in zip(fns, times):
@@ -212,7 +212,8 @@ def main() -> None:
             make_preprocess(size),
         )
         write_int8(model_dir, 32 if args.quick else 256)
-        # What `export --format onnx` writes (its parity check aside): with it, backend auto may run ONNX files.
+        # What `export --format onnx` writes (its parity check aside): with it, backend auto may run ONNX
+        # files.
         (model_dir / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model_dir)))
         record_export(model_dir, ONNX_FILE)
         rows = build_rows(model_dir, size, args.compile if args.compile is not None else not args.quick)
@@ -260,8 +261,9 @@ def report(results, iters1: int, iters32: int) -> None:
             f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e} {agree:>4}/32"
         )
     print(
-        f"\nmedians of 3 rounds x {iters1} timed passes at batch 1 and 3 x {iters32} at batch 32, each row's passes "
-        f"in a block in each round; x = ratio to the baseline row; p99 of fewer than 100 samples is their maximum."
+        f"\nmedians of 3 rounds x {iters1} timed passes at batch 1 and 3 x {iters32} at batch 32, "
+        "each row's passes in a block in each round; x = ratio to the baseline row; p99 of fewer than 100 "
+        "samples is their maximum."
     )
 
 
@@ -323,7 +325,8 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
 
 
 def serve_row(model_dir: Path, tmp: Path, jpeg: bytes, backend: str, requests: int) -> list[float]:
-    """Sequential POST /predict of one JPEG to a fresh `resnetcls serve --backend backend`; per-request times."""
+    """Sequential POST /predict of one JPEG to a fresh `resnetcls serve --backend backend`; per-request
+    times."""
     import httpx
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,17 +1,17 @@
 """The Avalanche half of bench/lifelong_vs_avalanche.py. Runs ONLY in its own venv (avalanche-lib is never a
-resnetcls dependency):
+resnetcls dependency), here path/to/avalanche-venv:
 
-    python3 -m venv /work/venvs/avalanche
-    /work/venvs/avalanche/bin/pip install torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0
-    PYTHONPATH=src /work/venvs/avalanche/bin/python bench/lifelong_avalanche_side.py --strategy naive --seed 0 \
-        --out result.json
+    python3 -m venv path/to/avalanche-venv
+    path/to/avalanche-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0
+    PYTHONPATH=src path/to/avalanche-venv/bin/python bench/lifelong_avalanche_side.py \
+        --strategy naive --seed 0 --out result.json
 
 The same stream as configs/lifelong-coil100-classes.yaml: COIL-100 pose-split.csv, 5 tasks of 10 objects in
 sorted order, images resized to --size (bilinear, ImageNet normalisation, no augmentation: the resnetcls side
 runs with data.augment=resize to match), the same network (resnetcls.models.create_model, imported from src/
-with torch only), AdamW at a constant rate, plain cross-entropy, the same epochs and batch size. The head grows
-per task (Avalanche's IncrementalClassifier), as resnetcls's does. Writes the accuracy matrix R (row i: after
-task i, accuracy on every task's test images) and the train seconds per task.
+with torch only), AdamW at a constant rate, plain cross-entropy, the same epochs and batch size. The head
+grows per task (Avalanche's IncrementalClassifier), as resnetcls's does. Writes the accuracy matrix R (row i:
+after task i, accuracy on every task's test images) and the train seconds per task.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ MEAN, STD = (
 
 
 def load(manifest: Path, size: int):
-    """(train images, train labels, test images, test labels, class names) with labels in sorted class order."""
+    """(train images, train labels, test images, test labels, class names) with labels in sorted class
+    order."""
     rows = list(csv.DictReader(open(manifest)))
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}

@@ -102,7 +102,8 @@ def fmt(v, spec=".3f") -> str:
 
 def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
     lines = [
-        "| strategy | seeds | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | train s/task | "
+        "| strategy | seeds | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | "
+        "train s/task | "
         "extra MB | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -111,7 +112,8 @@ def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
             (r["forgetting"] - naive_forgetting) if None not in (r["forgetting"], naive_forgetting) else None
         )
         lines.append(
-            f"| {name} | {r['seeds']} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | {fmt(r['BWT'], '+.3f')}"
+            f"| {name} | {r['seeds']} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | "
+            f"{fmt(r['BWT'], '+.3f')}"
             f" | {fmt(r['forgetting'])} | {fmt(margin, '+.3f')} | {fmt(r['s_per_task'], '.1f')} | "
             f"{fmt(r['extra_mb'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} |"
         )
@@ -142,9 +144,10 @@ def main() -> None:
             ("lifelong.derpp_beta", DERPP_BETA_GRID, "derpp"),
         ):
             default = float(yaml.safe_load((ROOT / args.config).read_text())["lifelong"][key.split(".")[1]])
-            name = lambda v: (
-                f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}"
-            )  # noqa: E731
+
+            def name(v, strategy=strategy, default=default):
+                return f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}"
+
             rows = {
                 f"{strategy} {key.split('.')[1]}={v:g}" + (" (default)" if v == default else ""): summarise(
                     [

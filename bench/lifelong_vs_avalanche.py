@@ -1,20 +1,24 @@
 """resnetcls lifelong vs Avalanche (avalanche-lib 0.6.0) on the same class-incremental stream.
 
-Stream: configs/lifelong-coil100-classes.yaml (COIL-100, 5 tasks of 10 objects, 32 px, resnet18 width 16 with the
-small stem, 2 epochs per task, batch 32, AdamW lr 0.003; read from the config). Both sides train without augmentation, at a
-constant rate, with plain cross-entropy (resnetcls: data.augment=resize, sched.name=constant,
-loss.label_smoothing=0), so the only difference left is the library. Strategies: naive, replay (500 images),
-ewc, lwf at the config's lambda/alpha. The Avalanche side is bench/lifelong_avalanche_side.py, run by the
-interpreter of --avalanche-python (its own venv; avalanche-lib is never a resnetcls dependency).
+Stream: configs/lifelong-coil100-classes.yaml (COIL-100, 5 tasks of 10 objects, 32 px, resnet18 width 16 with
+the small stem, 2 epochs per task, batch 32, AdamW lr 0.003; read from the config). Both sides train without
+augmentation, at a constant rate, with plain cross-entropy (resnetcls: data.augment=resize,
+sched.name=constant, loss.label_smoothing=0), so the only difference left is the library. Strategies: naive,
+replay (500 images), ewc, lwf at the config's lambda/alpha. The Avalanche side is
+bench/lifelong_avalanche_side.py, run by the interpreter of --avalanche-python (its own venv; avalanche-lib is
+never a resnetcls dependency).
 
-Reported per side: ACC and the final R row, wall seconds per task (resnetcls: each task's epochs and its strategy's
-end-of-task work; Avalanche: strategy.train, which runs its after-experience plugins) with their ratio, and the
-whole process's CPU seconds (read with os.wait4: loading, training and evaluation on both sides), which a shared
-machine disturbs less. --precision auto gives resnetcls its own default precision (bf16 + channels_last on a CPU
-with native bf16) against Avalanche's fp32, for the time a user of each gets; fp32 (the default) is equal settings.
+Reported per side: ACC and the final R row, wall seconds per task (resnetcls: each task's epochs and its
+strategy's end-of-task work; Avalanche: strategy.train, which runs its after-experience plugins) with their
+ratio, and the whole process's CPU seconds (read with os.wait4: loading, training and evaluation on both
+sides), which a shared machine disturbs less. --precision auto gives resnetcls its own default precision (bf16
++ channels_last on a CPU with native bf16) against Avalanche's fp32, for the time a user of each gets; fp32
+(the default) is equal settings.
 
-    python bench/lifelong_vs_avalanche.py --strategies naive,replay,ewc,lwf --seeds 0
-    python bench/lifelong_vs_avalanche.py --strategies naive,replay,ewc,lwf --seeds 0 --precision auto
+    python bench/lifelong_vs_avalanche.py --avalanche-python path/to/avalanche-venv/bin/python \
+        --strategies naive,replay,ewc,lwf --seeds 0
+    python bench/lifelong_vs_avalanche.py --avalanche-python path/to/avalanche-venv/bin/python \
+        --strategies naive,replay,ewc,lwf --seeds 0 --precision auto
 """
 
 from __future__ import annotations
@@ -111,7 +115,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--strategies", default="naive,replay,ewc,lwf")
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--avalanche-python", default="/work/venvs/avalanche/bin/python")
+    ap.add_argument(
+        "--avalanche-python",
+        required=True,
+        help="interpreter of the venv with avalanche-lib, e.g. path/to/avalanche-venv/bin/python",
+    )
     ap.add_argument("--out", default="runs/bench-lifelong-vs-avalanche")
     ap.add_argument(
         "--precision",
@@ -125,7 +133,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(
         "| strategy | seed | ACC resnetcls / Avalanche | final R row resnetcls | final R row Avalanche | "
-        "s/task resnetcls / Avalanche | Avalanche / resnetcls | process CPU s |\n|---|---|---|---|---|---|---|---|",
+        "s/task resnetcls / Avalanche | Avalanche / resnetcls | process CPU s |\n"
+        "|---|---|---|---|---|---|---|---|",
         flush=True,
     )
     for strategy in args.strategies.split(","):

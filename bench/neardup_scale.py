@@ -2,13 +2,14 @@
 
 On a synthetic data set (`resnetcls data synth OUT --classes 100 --per-class 1000 --image-size 32`: no image
 in it is a copy of another, so every val image flagged is a false alarm) and random subsets of it, for each
-size: the layout threshold from the photo table (t0) and the one the check settles on (t, after the upside-down
-val images are searched too), the chance matches per val image it states, the share of val images it flags,
-the comparisons per val image (both searches), and the wall time of hashing (decoding excluded) and of the
-search (median of --repeat runs). Side by side, the baseline: the layout hash alone at distance 8 for every size (no colour hash, no
-size rule), its share flagged and the ratio.
+size: the layout threshold from the photo table (t0) and the one the check settles on (t, after the
+upside-down val images are searched too), the chance matches per val image it states, the share of val images
+it flags, the comparisons per val image (both searches), and the wall time of hashing (decoding excluded) and
+of the search (median of --repeat runs). Side by side, the baseline: the layout hash alone at distance 8 for
+every size (no colour hash, no size rule), its share flagged and the ratio.
 
-    PYTHONPATH=src python bench/neardup_scale.py DATA_DIR [DATA_DIR ...] [--sizes 2000,8000,32000] [--repeat 3]
+    PYTHONPATH=src python bench/neardup_scale.py DATA_DIR [DATA_DIR ...] \
+        [--sizes 2000,8000,32000] [--repeat 3]
 
 Each DATA_DIR is measured whole, and the largest also at each of --sizes (a seeded random subset of its rows).
 """
@@ -103,15 +104,18 @@ def main() -> None:
     ] + [(name, rows) for name, rows in sets.items()]
     print(machine_line())
     print(
-        f"{'data':<28} {'images':>8} {'train':>7} {'val':>6} t0  t  chance/val  flagged  cmp/val  hash ms/img  "
+        f"{'data':<28} {'images':>8} {'train':>7} {'val':>6} t0  t  chance/val  flagged  cmp/val  "
+        "hash ms/img  "
         f"search s  search us/val  baseline flagged  ratio"
     )
     for name, rows in runs:
         m = measure(rows, args.repeat)
         print(
-            f"{name[-28:]:<28} {m['images']:>8,} {m['train']:>7,} {m['val']:>6,} {m['t0']:>2} {m['t']:>2}  {m['chance']:>9.3%}  "
+            f"{name[-28:]:<28} {m['images']:>8,} {m['train']:>7,} {m['val']:>6,} {m['t0']:>2} {m['t']:>2}  "
+            f"{m['chance']:>9.3%}  "
             f"{m['flagged']:>7.2%}  {m['per_val']:>7.1f}  {1000 * m['hash_s'] / m['images']:>11.3f}  "
-            f"{m['search_s']:>8.3f}  {1e6 * m['search_s'] / max(m['val'], 1):>13.1f}  {m['base_flagged']:>16.2%}  "
+            f"{m['search_s']:>8.3f}  {1e6 * m['search_s'] / max(m['val'], 1):>13.1f}  "
+            f"{m['base_flagged']:>16.2%}  "
             f"{m['flagged'] / m['base_flagged'] if m['base_flagged'] else float('nan'):>5.2f}"
         )
 

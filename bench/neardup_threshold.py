@@ -135,7 +135,8 @@ def coil_frames(step: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
 
 
 def false_rates(layout: np.ndarray, colour: np.ndarray, total: int) -> dict[int, tuple[float, bool]]:
-    """{t: (false-match rate per pair of the combined test, measured?)}; extrapolated where < MIN_COUNT pass."""
+    """{t: (false-match rate per pair of the combined test, measured?)}; extrapolated where < MIN_COUNT
+    pass."""
     counts = {t: int(((layout <= t) & (colour <= COLOUR_THRESHOLD)).sum()) for t in range(0, 21, 2)}
     slope = np.polyfit(
         list(range(FIT[0], FIT[1] + 1, 2)),
@@ -181,7 +182,8 @@ def main() -> None:
     print(machine_line())
     print(
         f"{len(photos)} base photos, {len(TRANSFORMS)} transforms, {total:,} non-duplicate pairs "
-        f"({identical} pixel-close pairs in the source data left out as true duplicates), COIL-100 view pairs: "
+        f"({identical} pixel-close pairs in the source data left out as true duplicates), "
+        "COIL-100 view pairs: "
         f"{len(frames[5][0])} per angle step; colour threshold {COLOUR_THRESHOLD}"
     )
     kinds = list(TRANSFORMS)
@@ -193,7 +195,7 @@ def main() -> None:
     for t in range(0, 21, 2):
         for test in ("layout", "both"):
 
-            def passes(d):
+            def passes(d, t=t, test=test):
                 return (d[0] <= t) & ((d[1] <= COLOUR_THRESHOLD) if test == "both" else True)
 
             recalls = [float(passes(dup[k]).mean()) for k in kinds]
@@ -213,7 +215,7 @@ def main() -> None:
                 + "  ".join(f"{c:.3f}" for c in coil)
                 + f"  {passed:>6}  {tail}"
             )
-    print("* extrapolated (fewer than %d pairs pass): an upper bound" % MIN_COUNT)
+    print(f"* extrapolated (fewer than {MIN_COUNT} pairs pass): an upper bound")
 
 
 if __name__ == "__main__":

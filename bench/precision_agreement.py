@@ -33,7 +33,8 @@ from resnetcls.records.envinfo import machine_line  # noqa: E402
 def batches_of(
     predictor: Predictor, data: str, batch_size: int
 ) -> tuple[list[torch.Tensor], torch.Tensor, str]:
-    """The preprocessed images of DATA (its val/test split, as eval picks it) in batches, with their labels."""
+    """The preprocessed images of DATA (its val/test split, as eval picks it) in batches, with their
+    labels."""
     samples, split = load_eval_samples(data, predictor.classes)
     images, labels, bad = [], [], []
     for batch in build_loader(samples, predictor.transform, batch_size, shuffle=False, num_workers=0):
@@ -73,7 +74,8 @@ def main() -> None:
     batches, labels, split = batches_of(predictors["fp32"], args.data, args.batch_size)
     n = int(labels.numel())
     print(
-        f"{predictors['fp32'].loaded.meta['arch']} at {predictors['fp32'].loaded.preprocess['image_size']} px, "
+        f"{predictors['fp32'].loaded.meta['arch']} at "
+        f"{predictors['fp32'].loaded.preprocess['image_size']} px, "
         f"{n} images ({split}) of {args.data}",
         flush=True,
     )
@@ -89,7 +91,8 @@ def main() -> None:
     top = {p: v.argmax(1) for p, v in probs.items()}
     base = statistics.median(seconds["fp32"])
     print(
-        f"\n{'row':<26} {'precision':>9} {'top-1':>8} {'agrees':>11} {'max|dp|':>8} {'mean|dp|':>8} {'img/s':>9} "
+        f"\n{'row':<26} {'precision':>9} {'top-1':>8} {'agrees':>11} {'max|dp|':>8} {'mean|dp|':>8} "
+        f"{'img/s':>9} "
         f"{'x':>6}"
     )
     for p, predictor in predictors.items():
@@ -97,11 +100,13 @@ def main() -> None:
         accuracy = float((top[p] == labels).float().mean())
         agree, delta = int((top["fp32"] == top[p]).sum()), (probs["fp32"] - probs[p]).abs()
         print(
-            f"{p:<26} {predictor.precision:>9} {accuracy:>8.2%} {f'{agree}/{n}':>11} {float(delta.max()):>8.1e} "
+            f"{p:<26} {predictor.precision:>9} {accuracy:>8.2%} {f'{agree}/{n}':>11} "
+            f"{float(delta.max()):>8.1e} "
             f"{float(delta.mean()):>8.1e} {n / s:>9.1f} {base / s:>5.2f}x"
         )
     print(
-        "\nagrees: top-1 the same as torch fp32; |dp|: over all classes, against torch fp32; img/s: the model alone"
+        "\nagrees: top-1 the same as torch fp32; |dp|: over all classes, against torch fp32; "
+        "img/s: the model alone"
         " on preprocessed batches, median of 3 passes"
     )
 

@@ -100,7 +100,8 @@ def main() -> None:
     base = rows[0][1]
     print(f"machine: {machine_line()}")
     print(
-        f"resnet18 width 32 at {args.image_size}px, {count} JPEGs of 48px, {torch.get_num_threads()} threads, "
+        f"resnet18 width 32 at {args.image_size}px, {count} JPEGs of 48px, "
+        f"{torch.get_num_threads()} threads, "
         f"median of {repeats}"
     )
     print(f"{'method':<48} {'images/s':>10} {'vs baseline':>12}")

@@ -8,7 +8,7 @@ features have the width of the model's pooled output (64: resnet18 at model.widt
 seconds over repeats, the ratio to the baseline, and each method's growth exponent between sizes
 (log t2/t1 over log N2/N1: 1 linear, 2 quadratic).
 
-    python bench/rank_diverse.py                      # N = 1k, 4k, 16k, 3 repeats (the baseline takes minutes)
+    python bench/rank_diverse.py       # N = 1k, 4k, 16k, 3 repeats (the baseline takes minutes)
     python bench/rank_diverse.py --sizes 1000 4000 --features 512
 """
 
@@ -18,6 +18,7 @@ import argparse
 import math
 import statistics
 import time
+from functools import partial
 
 import torch
 
@@ -73,8 +74,8 @@ def main() -> None:
         rows.append(
             (
                 n,
-                median_seconds(lambda: unbounded(score, features), args.repeats),
-                median_seconds(lambda: bounded(score, features), args.repeats),
+                median_seconds(partial(unbounded, score, features), args.repeats),
+                median_seconds(partial(bounded, score, features), args.repeats),
             )
         )
     print(f"machine: {machine_line()}")

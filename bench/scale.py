@@ -27,15 +27,15 @@ stage's process or any process it started (os.wait4's ru_maxrss, as /usr/bin/tim
   rank         `resnetcls rank RUN/best FOLDER --diverse` over every image of the data set
 
 Each stage's CPU seconds (its process and every worker it waited for) are fitted too: on a machine other jobs
-load, wall time moves with their load and CPU time much less, so the verdict judges the CPU exponent where it was
-measured (the wall-time exponent otherwise).
+load, wall time moves with their load and CPU time much less, so the verdict judges the CPU exponent where it
+was measured (the wall-time exponent otherwise).
 
-Targets: time grows at most as N^1.1 (fitted exponent <= 1.1; the pairwise slopes show how steady it is);
-peak RSS at 100k images and 1000 classes within 2.5 GB for every stage; RSS at 1000 classes close to RSS at 100
+Targets: time grows at most as N^1.1 (fitted exponent <= 1.1; the pairwise slopes show how steady it is); peak
+RSS at 100k images and 1000 classes within 2.5 GB for every stage; RSS at 1000 classes close to RSS at 100
 (nothing in proportion to C^2 beyond the C x C confusion matrix). The table prints a verdict per stage. The
-estimate for --estimate images: time scaled from the largest size by the fitted exponent (at least 1), peak RSS
-grown by the per-image increase between the smallest and the largest size. --repeats R runs each stage R times
-at each size and keeps the median times (peak RSS: the largest).
+estimate for --estimate images: time scaled from the largest size by the fitted exponent (at least 1), peak
+RSS grown by the per-image increase between the smallest and the largest size. --repeats R runs each stage R
+times at each size and keeps the median times (peak RSS: the largest).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def _write_images(job: tuple[str, int, int, int]) -> None:
 
 
 def make_data(root: Path, images: int, classes: int) -> Path:
-    """The data set (images, manifest.csv with path,label,split); returns the manifest. Reused when present."""
+    """The data set (images, manifest.csv with path,label,split); returns the manifest. Reused when
+    present."""
     manifest = root / "manifest.csv"
     if manifest.is_file():
         return manifest
@@ -265,7 +266,10 @@ def fitted_exponent(points: dict[int, float]) -> float:
 def format_table(results: dict, sizes: list[int], classes: list[int], estimate: int) -> str:
     """results[(stage, C, N)] = (seconds, rss_mb); a size not measured for a row shows "-" (its slopes and
     estimate come from the sizes that were)."""
-    k = lambda n: f"{n / 1000:g}k"
+
+    def k(n):
+        return f"{n / 1000:g}k"
+
     head = ["stage", "C"] + [f"{k(n)} s" for n in sizes] + [f"{k(n)} MB" for n in sizes]
     head += [f"slope {k(a)}-{k(b)}" for a, b in zip(sizes, sizes[1:])]
     head += [
@@ -316,7 +320,8 @@ def format_table(results: dict, sizes: list[int], classes: list[int], estimate: 
 
 
 def class_growth(results: dict, sizes: list[int], classes: list[int]) -> list[str]:
-    """Per stage at the largest N measured at both: RSS at the most classes minus at the fewest (the C^2 check)."""
+    """Per stage at the largest N measured at both: RSS at the most classes minus at the fewest (the C^2
+    check)."""
     if len(classes) < 2:
         return []
     lo, hi = min(classes), max(classes)
@@ -395,7 +400,8 @@ def main() -> None:
                         statistics.median(r[2] for r in runs),
                     )
                     print(
-                        f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s {results[(stage, c, n)][1]:8.0f} MB "
+                        f"  {stage:12s} {results[(stage, c, n)][0]:8.1f} s "
+                        f"{results[(stage, c, n)][1]:8.0f} MB "
                         f"{results[(stage, c, n)][2]:8.1f} CPU s",
                         flush=True,
                     )

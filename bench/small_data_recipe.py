@@ -84,14 +84,16 @@ def flowers(data: str, seeds: list[int], work: Path) -> None:
         for name, row in (("previous default", old), ("today's default", new)):
             rows[name].append(row)
             print(
-                f"seed {seed}  {name:<17} wall {row['wall_s']:6.0f} s  epochs {row['epochs']:3d}  best val top-1 "
+                f"seed {seed}  {name:<17} wall {row['wall_s']:6.0f} s  epochs {row['epochs']:3d}  "
+                "best val top-1 "
                 f"{row['val_top1']:.2%}  test top-1 {row['test_top1']:.2%}",
                 flush=True,
             )
             for note in row["notes"]:
                 print(f"    {note}", flush=True)
     print(
-        "\n| recipe | seeds | wall time per run (s) | test top-1 (mean ± half range) |\n| --- | --- | --- | --- |"
+        "\n| recipe | seeds | wall time per run (s) | test top-1 (mean ± half range) |\n"
+        "| --- | --- | --- | --- |"
     )
     for name, runs in rows.items():
         walls = ", ".join(f"{r['wall_s']:.0f}" for r in runs)
@@ -151,7 +153,8 @@ def progressive(data: str, seeds: list[int], epochs: int, work: Path) -> None:
         for name, (run_dir, started, wall, best) in runs.items():
             reached = first_time_at(run_dir, started, target)
             print(
-                f"seed {seed}  {name:<16} wall {wall:5.0f} s  best val top-1 {best:.2%}  reached {target:.2%} "
+                f"seed {seed}  {name:<16} wall {wall:5.0f} s  best val top-1 {best:.2%}  "
+                f"reached {target:.2%} "
                 f"{'never' if reached is None else f'after {reached:.0f} s'}",
                 flush=True,
             )

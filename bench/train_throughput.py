@@ -9,8 +9,8 @@ loading is not measured:
   resnetcls bf16 ch-last    train.amp=bf16 forced (emulated, hence slow, on CPUs without AVX512-BF16/AMX)
 Each row: warmup steps, then the median of timed steps; with --repeats N the median of N such runs.
 
-The same run first measures the machine's limit (hardware.peak_gflops: achievable GFLOP/s of an fp32 and a bf16
-matmul and channels_last 3x3 conv at the threads training uses) and prints every row's achieved GFLOP/s
+The same run first measures the machine's limit (hardware.peak_gflops: achievable GFLOP/s of an fp32 and a
+bf16 matmul and channels_last 3x3 conv at the threads training uses) and prints every row's achieved GFLOP/s
 (training ~ 3x the forward's 2 * MACs per image, MACs from models.registry.model_info) and its share of the
 limit of its precision (the conv figure: a ResNet is almost all convolutions).
 
@@ -134,7 +134,8 @@ def print_limit(limit: dict) -> None:
 def print_row(
     size: int, name: str, precision: str, ips: float, base: float, train_flops: float, limit: dict
 ) -> None:
-    """One table row: images/s, ratio vs plain fp32, achieved GFLOP/s and its share of its precision's limit."""
+    """One table row: images/s, ratio vs plain fp32, achieved GFLOP/s and its share of its precision's
+    limit."""
     gflops = ips * train_flops / 1e9
     share = gflops / limit[f"{precision if precision == 'bf16' else 'fp32'}_conv"]
     print(

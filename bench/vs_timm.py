@@ -8,9 +8,10 @@ Settings shared by both: ResNet-50 from scratch, --image-size px (48), batch 64,
 viewpoint split (pose-split.csv) for the first --objects objects, laid out as an ImageFolder
 (train/, validation/; symbolic links, nothing copied). Both evaluate on the validation split every epoch.
 
-timm is never a dependency of resnetcls: it runs from its own virtual environment (--timm-python, default
-/work/venvs/timm/bin/python) and its train.py (not in the wheel; copied from huggingface/pytorch-image-models
-next to that interpreter: --timm-train). When either is missing the timm row says so and is skipped.
+timm is never a dependency of resnetcls: it runs from its own virtual environment (--timm-python, e.g.
+path/to/timm-venv/bin/python) and its train.py (not in the wheel; copied from huggingface/pytorch-image-models
+next to that interpreter: --timm-train, e.g. path/to/timm-venv/train.py). When either is missing the timm row
+says so and is skipped.
 
 Printed: each tool's wall time (process start to exit) and final validation top-1, resnetcls's phases (from
 the epoch records' timestamps in metrics.jsonl: start to the first epoch's end, the later epochs, after the
@@ -170,13 +171,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10 objects, 1 epoch")
     parser.add_argument(
         "--timm-python",
-        default="/work/venvs/timm/bin/python",
-        help="interpreter of timm's own venv (default /work/venvs/timm/bin/python)",
+        default="path/to/timm-venv/bin/python",
+        help="interpreter of timm's own venv (default path/to/timm-venv/bin/python: replace it with yours)",
     )
     parser.add_argument(
         "--timm-train",
-        default="/work/venvs/timm/train.py",
-        help="timm's train.py (default /work/venvs/timm/train.py)",
+        default="path/to/timm-venv/train.py",
+        help="timm's train.py (default path/to/timm-venv/train.py: replace it with yours)",
     )
     args = parser.parse_args()
     if args.quick:
