@@ -93,7 +93,8 @@ def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen,
 
 
 def photo_like(i: int) -> bytes:
-    """A JPEG of camera-ish size (640x480) with some structure, so decoding costs what it costs in real use."""
+    """A JPEG of camera-ish size (640x480) with some structure, so decoding costs what it costs in real
+    use."""
     img = Image.new("RGB", (16, 12), (i * 37 % 255, i * 91 % 255, 120)).resize((640, 480), Image.BICUBIC)
     buffer = io.BytesIO()
     img.save(buffer, "JPEG", quality=90)
@@ -182,7 +183,7 @@ def run_servers(model: Path, tmp: str, configs: list, requests: int, concurrency
     """[(name, [result per repeat])], the configs interleaved so drifting machine load hits each alike."""
     results = [(name, []) for name, _ in configs]
     for _ in range(repeats):
-        for (name, extra), (_, runs) in zip(configs, results):
+        for (_, extra), (_, runs) in zip(configs, results):
             proc, url = start_server(model, Path(tmp) / "server.log", *extra)
             try:
                 load(url, min(requests, 50), concurrency)  # warm-up
@@ -201,11 +202,15 @@ def median_of(runs: list[dict]) -> dict:
 
 
 class SlowClients:
-    """`count` connections to 127.0.0.1:port that never finish their request (half a trickled head, half a
-    trickled body), each reopened as soon as the server closes it; until stop() or max_s."""
+    """`count` connections to 127.0.0.1:port that never finish their request: half trickle a request head
+    (slowloris), half a full head then a body one byte at a time. A connection the server closes is reopened
+    at once; `evicted` counts those closed younger than the server's header timeout (header_timeout_s, less a
+    second of slack: pushed out by the idle-connection caps, not timed out). Runs until the `with` block ends
+    or max_s, whichever comes first."""
 
-    def __init__(self, port: int, count: int, max_s: float = 120) -> None:
-        self.port, self.count, self.max_s, self.opened = port, count, max_s, 0
+    def __init__(self, port: int, count: int, max_s: float = 120, header_timeout_s: float = 10.0) -> None:
+        self.port, self.count, self.max_s, self.header_timeout_s = port, count, max_s, header_timeout_s
+        self.evicted, self.opened = 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -217,35 +222,37 @@ class SlowClients:
         self._stop.set()
         self._thread.join(30)
 
-    def _open(self) -> socket.socket:
+    def _open(self) -> tuple[socket.socket, float]:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
         head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        s.sendall(
-            head + (b"Content-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n" if self.opened % 2 else b"")
-        )
+        if self.opened % 2:
+            head += b"Content-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+        s.sendall(head)
         s.setblocking(False)
         self.opened += 1
-        return s
+        return s, time.monotonic()
 
     def _run(self) -> None:
-        conns: list[socket.socket] = []
+        conns: dict[socket.socket, float] = {}  # each connection and when it was opened
         end = time.monotonic() + self.max_s
         try:
             while not self._stop.is_set() and time.monotonic() < end:
-                conns += [self._open() for _ in range(self.count - len(conns))]
-                for s in select.select(conns, [], [], 0.1)[0]:
+                while len(conns) < self.count:
+                    s, since = self._open()
+                    conns[s] = since
+                for s in select.select(list(conns), [], [], 0.1)[0]:
                     try:
                         closed = s.recv(65536) == b""
                     except OSError:
                         closed = True
                     if closed:
-                        conns.remove(s)
+                        self.evicted += time.monotonic() - conns.pop(s) < self.header_timeout_s - 1
                         s.close()
                 for s in conns:
                     try:
                         s.send(b"x")
                     except OSError:
-                        pass
+                        pass  # closed by the server: seen as readable next round
         finally:
             for s in conns:
                 s.close()
@@ -257,7 +264,8 @@ def rss_mb(pid: int, key: str) -> float:
 
 
 def past_limit_bytes(port: int, max_body: int, cap: int = 256 * 2**20) -> int:
-    """Body bytes a client ignoring the 413 gets into the server past max_body before it hangs up (at most cap)."""
+    """Body bytes a client ignoring the 413 gets into the server past max_body before it hangs up (at most
+    cap)."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -325,11 +333,13 @@ def slow_clients(model: Path, tmp: str, repeats: int, max_connections: int = 64)
             f"{r['rss']:>8.1f} {r['opened']:>12.0f}"
         )
     print(
-        f"\noversized chunked upload, the client ignoring the 413: {statistics.median(past) / 1e6:.2f} MB sent past "
-        f"the {MAX_BODY / 1e6:g} MB limit before the server hung up (median of {len(past)}; at most 268 MB tried)"
+        f"\noversized chunked upload, the client ignoring the 413: {statistics.median(past) / 1e6:.2f} MB "
+        f"sent past the {MAX_BODY / 1e6:g} MB limit before the server hung up (median of {len(past)}; at "
+        "most 268 MB tried)"
     )
     print(
-        "x = ratio to the first row; p99 = slowest of the 30; RSS = growth of the server's peak during the run"
+        "x = ratio to the first row; p99 = slowest of the 30; RSS = growth of the server's peak during "
+        "the run"
     )
     if any(r["ok"] < 30 or r["health"] < 30 for r in results.values()):
         raise SystemExit("FAILED: a request or a health check was not answered with 200")
@@ -378,13 +388,15 @@ def main() -> None:
     )
     for name, r in results:
         print(
-            f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} {r['good img/s'] / base['good img/s']:>5.2f} "
-            f"{r['p50'] * 1000:>7.1f} {r['p50'] / base['p50']:>5.2f} {r['p99'] * 1000:>7.1f} "
-            f"{r['p99'] / base['p99']:>5.2f} {r['batch']:>6.2f} {r['5xx']:>4.0f} {r['dropped']:>5.0f} "
-            f"{r['wrong']:>6.0f} {r['healthy']}"
+            f"{name:<44} {r['req/s']:>7.1f} {r['good img/s']:>7.1f} "
+            f"{r['good img/s'] / base['good img/s']:>5.2f} "
+            f"{r['p50'] * 1000:>7.1f} {r['p50'] / base['p50']:>5.2f} "
+            f"{r['p99'] * 1000:>7.1f} {r['p99'] / base['p99']:>5.2f} {r['batch']:>6.2f} {r['5xx']:>4.0f} "
+            f"{r['dropped']:>5.0f} {r['wrong']:>6.0f} {r['healthy']}"
         )
     print(
-        "\nlatency of the well-formed requests; x = ratio to the first row; batch = mean images per model call"
+        "\nlatency of the well-formed requests; x = ratio to the first row; batch = mean images per model "
+        "call"
     )
     if any(r["5xx"] or r["dropped"] or r["wrong"] or not r["healthy"] for _, r in results):
         raise SystemExit("FAILED: a 5xx, a dropped connection, a wrong status or an unhealthy server")

@@ -5,9 +5,7 @@ starving anyone (twice --max-connections of them held while a normal client is s
 upload gets its 413 with the connection closed at once."""
 
 import io
-import select
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.serve_load import SlowClients
 from tests.export.test_formats import make_tiny_model_dir
 from tests.serve.test_app import png_bytes, start_server, stop_server
 
@@ -138,7 +137,10 @@ def test_a_request_head_that_never_completes_is_closed(impatient_server):
 
 
 def test_a_body_that_stops_arriving_gets_408(impatient_server):
-    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    )
     answer = _talk(impatient_server, head + b"\x89PNG\r\n\x1a\n")
     assert answer.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in answer
 
@@ -176,70 +178,14 @@ def slow_client_server(tmp_path_factory):
     stop_server(proc)
 
 
-class SlowClients:
-    """`count` connections to 127.0.0.1:port that never finish their request: half trickle a request head
-    (slowloris), half a full head then a body one byte at a time. A connection the server closes is reopened
-    at once; `evicted` counts those closed younger than the server's header timeout (pushed out by the
-    idle-connection caps, not timed out). Runs until stop() or max_s, whichever comes first."""
-
-    def __init__(self, port: int, count: int, max_s: float = 60) -> None:
-        self.port, self.count, self.max_s = port, count, max_s
-        self.evicted, self.opened = 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _open(self) -> tuple[socket.socket, float]:
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        if self.opened % 2:
-            head += b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
-        s.sendall(head)
-        s.setblocking(False)
-        self.opened += 1
-        return s, time.monotonic()
-
-    def _run(self) -> None:
-        conns: dict[socket.socket, float] = {}
-        end = time.monotonic() + self.max_s
-        try:
-            while not self._stop.is_set() and time.monotonic() < end:
-                while len(conns) < self.count:
-                    s, since = self._open()
-                    conns[s] = since
-                readable, _, _ = select.select(list(conns), [], [], 0.1)
-                for s in readable:
-                    try:
-                        closed = s.recv(65536) == b""
-                    except OSError:
-                        closed = True
-                    if closed:
-                        self.evicted += time.monotonic() - conns.pop(s) < HEADER_TIMEOUT_S - 1
-                        s.close()
-                for s in conns:
-                    try:
-                        s.send(b"x")
-                    except OSError:
-                        pass  # closed by the server: seen as readable next round
-        finally:
-            for s in conns:
-                s.close()
-
-
 def test_slow_clients_holding_twice_the_connection_limit_starve_nobody(slow_client_server):
     proc, url = slow_client_server
     image = png_bytes(40, 30)
     with httpx.Client(base_url=url, timeout=30) as client:
         assert client.post("/predict", content=image).status_code == 200  # warm
         before_mb = rss_mb(proc.pid, "VmHWM")
-        with SlowClients(int(url.rsplit(":", 1)[1]), 2 * SLOW_LIMIT) as slow:
+        port = int(url.rsplit(":", 1)[1])
+        with SlowClients(port, 2 * SLOW_LIMIT, max_s=60, header_timeout_s=HEADER_TIMEOUT_S) as slow:
             time.sleep(1.5)  # every slow connection is open and older than the eviction grace
             answers, health = [], []
             for _ in range(30):

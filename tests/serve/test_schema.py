@@ -1,4 +1,5 @@
-"""serve's settings and response shapes (serve/schema.py): flag-naming errors and the documented field names."""
+"""serve's settings and response shapes (serve/schema.py): flag-naming errors and the documented field
+names."""
 
 import pytest
 

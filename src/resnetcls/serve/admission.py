@@ -1,4 +1,5 @@
-"""The machinery under serve's endpoints (policies in serve/app.py's docstring and the README's Serve section):
+"""The machinery under serve's endpoints (policies in serve/app.py's docstring and the README's Serve
+section):
 
 - Batcher: one model thread with a bounded queue in front of it (full: 503), and its progress for /healthz;
 - DecodeBudget: decodes are admitted against a budget of bytes in flight (each image's header gives its
@@ -34,7 +35,8 @@ def overloaded(detail: str) -> HTTPException:
 
 
 class Batcher:
-    """Cross-request batching (policy in serve/app.py's docstring): one model thread, a queue in front of it."""
+    """Cross-request batching (policy in serve/app.py's docstring): one model thread, a queue in front of
+    it."""
 
     def __init__(
         self,
@@ -274,7 +276,8 @@ class IdleConnections:
                 del self.by_client[address]
 
     def _evict(self, group: dict, hard: bool) -> bool:
-        """Close the longest-waiting connection of group that has waited GRACE_S (hard: any, never answered first)."""
+        """Close the longest-waiting connection of group that has waited GRACE_S (hard: any, never answered
+        first)."""
         now = time.monotonic()
         candidates = [
             conn for conn, since in group.items() if (hard or now - since >= self.GRACE_S) and not conn.busy

@@ -32,236 +32,40 @@ oversized upload is never read. /healthz answers 503 once a model call has run l
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import logging
 import os
 import socket
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
 import torch
 from fastapi import FastAPI, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, decode_image, probe_image
 from ..errors import UserError
-from ..inference.explain import Explainer, png_bytes
 from ..inference.predictor import Predictor
-from .admission import Batcher, DecodeBudget, RequestGate, SlowClientH11Protocol, overloaded
+from .admission import RequestGate, SlowClientH11Protocol
 from .schema import (
     BATCH_BODY,
     EXPLAIN_RESPONSE,
     MAX_BATCH_FILES,
     ONE_IMAGE_BODY,
-    BatchItem,
     BatchResponse,
-    ClassProb,
     HealthResponse,
     InfoResponse,
     PredictResponse,
     ServeSettings,
     errors,
 )
+from .service import ImageService
 
 SETTINGS_ENV = "RESNETCLS_SERVE_SETTINGS"  # how --workers N hands the settings to each worker process
 log = logging.getLogger("resnetcls.serve")
-
-
-class ImageService:
-    """Request bytes -> preprocessed tensor with the status-code contract and admission control, and
-    tensor -> top-k via the Batcher."""
-
-    def __init__(self, settings: ServeSettings) -> None:
-        settings.check()
-        self.settings = settings
-        # Every torch computation of this process runs on the model thread, the model's loading included: each
-        # thread that runs a parallel torch op gets its own OpenMP team, and with two teams on 2 cores libgomp
-        # stops spinning between ops (its "throttled" wait), which took a batch-1 bf16 call from 27 to 47 ms
-        # (Xeon-AMX). Decoding and preprocessing (PIL and numpy) stay in the request threads.
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.predictor = self.model_thread.submit(
-            Predictor, settings.model, backend=settings.backend, precision=settings.precision
-        ).result()
-        self.batcher = Batcher(
-            self.predictor.probabilities,
-            settings.max_batch,
-            settings.batch_wait_ms,
-            settings.max_queue,
-            executor=self.model_thread,
-        )
-        self.budget = DecodeBudget(int(settings.max_decode_mb * 1e6), settings.admission_wait_s)
-        self.explainer: Explainer | None = None  # made at the first /explain (a copy of the weights)
-        self.explain_lock, self.explains_waiting = asyncio.Lock(), 0
-
-    def probe(self, data: bytes, name: str) -> tuple[int, int]:
-        """(pixels, decode peak bytes) from the header alone; 415 for what we do not read, 422 for too many pixels."""
-        if not data:
-            raise HTTPException(400, f"{name}: empty file")
-        try:
-            width, height, peak = probe_image(data)
-        except Image.DecompressionBombError as e:
-            raise HTTPException(422, f"{name}: {e}") from None
-        except Exception:  # noqa: BLE001 - Pillow raises many types for non-images
-            raise HTTPException(415, f"{name}: {NOT_OUR_FORMAT}") from None
-        if width * height > self.settings.max_pixels:
-            raise HTTPException(
-                422,
-                f"{name}: image is {width}x{height} = {width * height} pixels, above the "
-                f"limit of {self.settings.max_pixels} (possible decompression bomb)",
-            )
-        return width * height, peak
-
-    def prepare(self, data: bytes, name: str) -> torch.Tensor:
-        """Decode and preprocess (after probe and admission); every failure is this file's own status."""
-        try:
-            image = decode_image(data, name=name, max_pixels=self.settings.max_pixels)
-        except DecodeMemoryError as e:
-            raise overloaded(str(e)) from None
-        except DecodeError as e:
-            raise HTTPException(415, str(e)) from None
-        try:
-            return self.predictor.transform(image)
-        except MemoryError:
-            raise overloaded(f"{name}: not enough memory to preprocess this image now") from None
-        except Exception as e:  # noqa: BLE001 - a decoder that accepts the header but fails later
-            log.warning("%s: preprocessing failed: %r", name, e)
-            raise HTTPException(422, f"{name}: cannot preprocess this image ({type(e).__name__})") from None
-
-    async def top(
-        self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None
-    ) -> list[ClassProb]:
-        if self.batcher.queue.full():  # shed before spending a decode on it
-            raise overloaded(
-                f"{self.batcher.queue.maxsize} images are already waiting for the model; retry shortly"
-            )
-        _, peak = header or await run_in_threadpool(self.probe, data, name)
-        await self.budget.reserve(peak, name)
-        try:
-            tensor = await run_in_threadpool(self.prepare, data, name)  # not abandoned when the client leaves
-        finally:
-            await self.budget.release(peak)
-        probs = await self.batcher.submit(tensor)
-        values, indices = probs.topk(min(topk, len(self.predictor.classes)))
-        return [
-            ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
-            for v, i in zip(values.tolist(), indices.tolist())
-        ]
-
-    async def explain(self, data: bytes, name: str, class_name: str | None) -> tuple[bytes, str, float]:
-        """(Grad-CAM overlay PNG, class, probability) of one image for class_name (None: the top-1).
-
-        Whatever the backend, on the eager model in fp32 (every Predictor loads it; ONNX files have no
-        gradients), so the probability can differ from /predict's by that backend's rounding."""
-        classes = self.predictor.classes
-        if class_name is not None and class_name not in classes:
-            raise HTTPException(
-                422, f"class {class_name!r}: not one of the model's {len(classes)} classes (see /info)"
-            )
-        if self.explains_waiting >= self.settings.max_queue:
-            raise overloaded(f"{self.explains_waiting} explanations are already waiting; retry shortly")
-        _, peak = await run_in_threadpool(self.probe, data, name)
-        await self.budget.reserve(peak, name)
-        try:
-            tensor = await run_in_threadpool(self.prepare, data, name)
-        finally:
-            await self.budget.release(peak)
-        self.explains_waiting += 1
-        try:
-            async with self.explain_lock:  # one backward at a time, waiting here rather than in a thread
-                loop = asyncio.get_running_loop()
-                if self.explainer is None:
-                    p = self.predictor
-                    self.explainer = await loop.run_in_executor(
-                        self.model_thread,
-                        functools.partial(
-                            Explainer,
-                            p.model,
-                            p.loaded.preprocess,
-                            p.device,
-                            private_copy=True,
-                            temperature=p.temperature,
-                        ),
-                    )
-                index = None if class_name is None else classes.index(class_name)
-                explanation = await loop.run_in_executor(
-                    self.model_thread, self.explainer.explain, tensor, index
-                )
-        finally:
-            self.explains_waiting -= 1
-        return png_bytes(explanation.overlay()), classes[explanation.class_index], explanation.prob
-
-    async def top_of_batch(self, uploads: list[tuple[str, bytes]], topk: int) -> list[BatchItem]:
-        """One BatchItem per file; 413 for the whole request over --max-batch-pixels."""
-        headers = await asyncio.gather(
-            *(run_in_threadpool(self.probe, data, name) for name, data in uploads), return_exceptions=True
-        )
-        total = sum(h[0] for h in headers if isinstance(h, tuple))
-        if total > self.settings.max_batch_pixels:
-            raise HTTPException(
-                413,
-                f"the {len(uploads)} images total {total} pixels, above the per-request limit "
-                f"of {self.settings.max_batch_pixels}; send fewer or smaller images",
-            )
-
-        async def one(name: str, data: bytes, header) -> list[ClassProb]:
-            if isinstance(header, BaseException):
-                raise header
-            return await self.top(data, name, topk, header)
-
-        outcomes = await asyncio.gather(
-            *(one(n, d, h) for (n, d), h in zip(uploads, headers)), return_exceptions=True
-        )
-        results = []
-        for (name, _), outcome in zip(uploads, outcomes):
-            if isinstance(outcome, HTTPException):
-                results.append(
-                    BatchItem(filename=name, status=outcome.status_code, error=str(outcome.detail))
-                )
-            elif isinstance(outcome, Exception):
-                log.error("%s: internal error", name, exc_info=outcome)
-                results.append(BatchItem(filename=name, status=500, error=f"{name}: internal error"))
-            elif isinstance(outcome, BaseException):
-                raise outcome  # cancellation
-            else:
-                results.append(BatchItem(filename=name, status=200, top=outcome))
-        return results
-
-    def info(self) -> dict:
-        meta = {k: v for k, v in self.predictor.loaded.meta.items() if k != "sha256"}  # internals stay inside
-        meta.setdefault("metrics", {})
-        meta.setdefault("created", None)
-        s = self.settings
-        return {
-            **meta,
-            "backend": self.predictor.backend,
-            "precision": self.predictor.precision,
-            "limits": {
-                "max_body_bytes": s.max_body_bytes,
-                "max_pixels": s.max_pixels,
-                "max_batch_files": MAX_BATCH_FILES,
-                "max_batch_pixels": s.max_batch_pixels,
-                "max_decode_mb": s.max_decode_mb,
-                "max_queue": s.max_queue,
-                "admission_wait_s": s.admission_wait_s,
-                "stall_s": s.stall_s,
-                "keep_alive_s": s.keep_alive_s,
-                "header_timeout_s": s.header_timeout_s,
-                "body_timeout_s": s.body_timeout_s,
-                "max_connections": s.max_connections,
-                "max_idle_connections": s.max_idle_connections,
-                "max_idle_per_client": s.max_idle_per_client,
-            },
-            "batching": {"max_batch": s.max_batch, "batch_wait_ms": s.batch_wait_ms},
-        }
 
 
 async def _uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
@@ -336,9 +140,8 @@ def _add_explain_route(app: FastAPI, service: ImageService) -> None:
         )
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
-    """The FastAPI app for one model; loads and verifies the model now, starts the batcher on startup."""
-    service = ImageService(settings)
+def _lifespan(service: ImageService):
+    """The app's lifespan: the batcher runs from startup to shutdown."""
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -346,23 +149,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         yield
         await service.batcher.stop()
 
+    return lifespan
+
+
+def _add_predict_routes(app: FastAPI, service: ImageService) -> None:
+    """POST /predict (one image) and POST /predict/batch (several, each with its own status)."""
     classes = service.predictor.classes
-    app = FastAPI(
-        title="resnetcls",
-        version="1",
-        lifespan=lifespan,
-        description=f"{service.predictor.loaded.meta['arch']} classifier over {len(classes)} classes. "
-        + __doc__.split("\n\n")[2].replace("\n", " "),
-    )
-    app.state.service = service  # what the endpoints share (tests and embedding apps reach it here)
-    app.add_middleware(
-        RequestGate,
-        max_bytes=settings.max_body_bytes,
-        timeout_s=settings.body_timeout_s,
-        max_in_flight=settings.max_connections,
-        exempt=("/healthz", "/info"),
-    )
-    _install_error_handlers(app)
     topk_query = Query(5, ge=1, le=1000, description=f"how many classes to return (at most {len(classes)})")
 
     @app.post(
@@ -390,18 +182,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
         uploads = await _uploads(request, "files")
         return BatchResponse(results=await service.top_of_batch(uploads, topk))
 
-    _add_explain_route(app, service)
+
+def _add_status_routes(app: FastAPI, service: ImageService) -> None:
+    """GET /healthz (503 once the model thread stopped or stalled) and GET /info."""
 
     @app.get("/healthz", response_model=HealthResponse, responses=errors(503), summary="Liveness")
     async def healthz() -> HealthResponse | JSONResponse:
         batcher = service.batcher
         if not batcher.alive:
             return JSONResponse({"detail": "model thread stopped"}, 503)
-        if batcher.stalled_s() > settings.stall_s:
+        stall_s = service.settings.stall_s
+        if batcher.stalled_s() > stall_s:
             return JSONResponse(
                 {
                     "detail": f"model thread has made no progress for {batcher.stalled_s():.0f} s "
-                    f"(limit {settings.stall_s:g} s) with {batcher.queue.qsize()} more "
+                    f"(limit {stall_s:g} s) with {batcher.queue.qsize()} more "
                     f"images waiting"
                 },
                 503,
@@ -420,6 +215,29 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def info() -> InfoResponse:
         return InfoResponse(**service.info())
 
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The FastAPI app for one model; loads and verifies the model now, starts the batcher on startup."""
+    service = ImageService(settings)
+    app = FastAPI(
+        title="resnetcls",
+        version="1",
+        lifespan=_lifespan(service),
+        description=f"{service.predictor.loaded.meta['arch']} classifier over "
+        f"{len(service.predictor.classes)} classes. " + __doc__.split("\n\n")[2].replace("\n", " "),
+    )
+    app.state.service = service  # what the endpoints share (tests and embedding apps reach it here)
+    app.add_middleware(
+        RequestGate,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_in_flight=settings.max_connections,
+        exempt=("/healthz", "/info"),
+    )
+    _install_error_handlers(app)
+    _add_predict_routes(app, service)
+    _add_explain_route(app, service)
+    _add_status_routes(app, service)
     return app
 
 

@@ -145,8 +145,8 @@ EXPLAIN_RESPONSE = {
     200: {
         "content": {"image/png": {}},
         "description": (
-            "the Grad-CAM overlay on the model's input crop (PNG); headers X-Class and X-Probability name the class "
-            "explained and its softmax probability"
+            "the Grad-CAM overlay on the model's input crop (PNG); headers X-Class and X-Probability name "
+            "the class explained and its softmax probability"
         ),
         "headers": {
             "X-Class": {"schema": {"type": "string"}, "description": "the class explained"},
