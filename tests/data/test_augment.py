@@ -71,7 +71,7 @@ def test_mixup_is_a_convex_blend_of_two_images_with_matching_soft_targets():
         y, targets = BatchMix(0.4, 0.0, 6)(x, labels, seed)
         assert targets.shape == (6, 6) and torch.allclose(targets.sum(1), torch.ones(6))
         own = {round(w, 6) for w, _, _ in partners(targets)}
-        for i, (w, j, wj) in enumerate(partners(targets)):
+        for i, (w, j, _) in enumerate(partners(targets)):
             lam = w if j != i else 1.0
             assert torch.allclose(y[i], lam * x[i] + (1 - lam) * x[j], atol=1e-4)
         assert len(own - {1.0}) <= 1  # one lambda for the batch

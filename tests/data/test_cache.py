@@ -1,4 +1,5 @@
-"""Decoded uint8 cache + batched uint8 transforms: same pixels as predict, reused, rebuilt, atomic, shareable."""
+"""Decoded uint8 cache + batched uint8 transforms: same pixels as predict, reused, rebuilt, atomic,
+shareable."""
 
 import multiprocessing
 import os

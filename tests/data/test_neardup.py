@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
+from resnetcls.data.multiindex import MAX_CANDIDATES
 from resnetcls.data.neardup import (
     COLOUR_THRESHOLD,
     DEFAULT_THRESHOLD,
-    MAX_CANDIDATES,
     MAX_EXPECTED_FALSE,
     LeakCheck,
     colour_hash,
@@ -71,7 +71,8 @@ def test_flat_images_have_no_signature():
 
 
 def test_the_colour_hash_tells_apart_what_the_layout_hash_cannot():
-    """One grey scene with a red or a blue object of about the same brightness in it: one layout, two colours."""
+    """One grey scene with a red or a blue object of about the same brightness in it: one layout, two
+    colours."""
 
     def scene(colour):
         image = photo(4).convert("L").convert("RGB")
@@ -214,7 +215,8 @@ def test_threshold_tightens_with_the_data_so_chance_matches_stay_below_one_perce
 
 
 def test_reference_search_work_per_query_stays_bounded_as_the_reference_grows():
-    """Comparisons per val image do not grow with the train set (uniform hashes, the threshold for the size)."""
+    """Comparisons per val image do not grow with the train set (uniform hashes, the threshold for the
+    size)."""
     rng = np.random.default_rng(0)
     per_query = []
     for n in (2_000, 8_000, 32_000, 128_000):

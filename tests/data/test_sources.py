@@ -159,18 +159,3 @@ def test_a_label_that_is_not_utf8_is_an_error_naming_the_csv_line(tmp_path):
     assert str(e.value) == (
         f"{data}:3: label 'caf\\udce9' is not UTF-8 text (byte 0xE9); save the CSV as UTF-8"
     )
-
-
-def test_labels_are_nfc_normalised_and_lookalikes_are_warned_about(tmp_path, capsys):
-    nfc, nfd = "caf\u00e9".encode(), "cafe\u0301".encode()
-    data = _csv_bytes(tmp_path, [b"a.png," + nfc, b"b.png," + nfd, b"c.png,Tea", b"d.png,tea"])
-    assert read_data(data).classes == ["Tea", "caf\u00e9", "tea"]
-    err = capsys.readouterr().err
-    assert "2 spellings of class 'café' differ only by Unicode normalisation" in err
-    assert "classes 'Tea', 'tea' differ only by case; they stay separate classes" in err
-
-
-def test_class_folder_names_are_nfc_normalised(tmp_path):
-    _img(tmp_path / "d" / "cafe\u0301" / "0.png")  # as macOS file systems spell it
-    _img(tmp_path / "d" / "tea" / "0.png")
-    assert read_data(str(tmp_path / "d")).classes == ["caf\u00e9", "tea"]

@@ -90,7 +90,8 @@ def test_openloris_layout_is_the_challenge_protocol_and_reads_as_data(tmp_path):
         for k in range(1, 13):
             rows = list(csv.DictReader(open(out / split / f"batch{k}" / "label.csv")))
             assert list(rows[0]) == ["file name", "label"]
-            # 3 images per object: one each for train, validation and test (a naive 70/15/15 gives 0 to val/test)
+            # 3 images per object: one each for train, validation and test (a naive 70/15/15 gives 0 to
+            # val/test)
             assert sorted(r["label"] for r in rows) == ["0", "1", "2"], (split, k)
             assert all((out / split / f"batch{k}" / r["file name"]).is_file() for r in rows)
     data = read_data(str(out), "5")

@@ -1,4 +1,5 @@
-"""--pretrained: torchvision/timm state_dicts load into our ResNets with a new head; nothing unpickles code."""
+"""--pretrained: torchvision/timm state_dicts load into our ResNets with a new head; nothing unpickles
+code."""
 
 import socket
 from pathlib import Path

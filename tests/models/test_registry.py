@@ -18,7 +18,7 @@ def test_resnet50_macs_at_224_match_the_paper():
 def test_models_command_lists_every_depth_with_params_and_gmacs():
     result = run_cli("models", "--image-size", "224")
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("resnet50 "))
+    line = next(row for row in result.stdout.splitlines() if row.startswith("resnet50 "))
     assert "25,557,032" in line and "4.09" in line
     for name in DEPTHS:
         assert name in result.stdout

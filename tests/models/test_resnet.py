@@ -1,5 +1,5 @@
-"""models/resnet.py: torchvision-compatible weights and logits, both stems, stride placement, shortcuts, zero-init,
-the timm-style classifier interface."""
+"""models/resnet.py: torchvision-compatible weights and logits, both stems, stride placement, shortcuts,
+zero-init, the timm-style classifier interface."""
 
 import pytest
 import torch

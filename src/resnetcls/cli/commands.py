@@ -235,18 +235,10 @@ def cmd_serve(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "check":
-        from ..data.check import check_data
+        from ..data.check import NearOptions, check_data
 
-        check_data(
-            args.data,
-            args.on_bad,
-            args.out,
-            args.batches,
-            threshold=args.near_threshold,
-            suggest=args.suggest_split,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-        )
+        near = NearOptions(args.near_threshold, args.suggest_split, args.val_fraction, args.seed)
+        check_data(args.data, args.on_bad, args.out, args.batches, near=near)
         return 0
     from ..data.synth import synthesize, synthesize_openloris
 

@@ -279,8 +279,8 @@ def _make_room(
             pruned.append(size)
     if pruned:
         log(
-            f"note: deleted {len(pruned)} least-recently-used decoded cache store(s) ({_size_text(sum(pruned))}) "
-            f"to stay under data.cache_max_gb={max_gb:g}"
+            f"note: deleted {len(pruned)} least-recently-used decoded cache store(s) "
+            f"({_size_text(sum(pruned))}) to stay under data.cache_max_gb={max_gb:g}"
         )
     free = free_bytes(cache_dir)
     if free is not None and needed > free:

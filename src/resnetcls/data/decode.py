@@ -257,7 +257,8 @@ def decode_peak_bytes(width: int, height: int, mode: str, fmt: str | None) -> in
 
 
 def probe_image(data: bytes) -> tuple[int, int, int]:
-    """(width, height, decode_peak_bytes) from the header of an image in one of our FORMATS, decoding no pixel.
+    """(width, height, decode_peak_bytes) from the header of an image in one of our FORMATS, decoding no
+    pixel.
 
     Raises UnidentifiedImageError for other formats, DecompressionBombError (or another Pillow error) else."""
     with warnings.catch_warnings():

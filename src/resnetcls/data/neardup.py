@@ -26,11 +26,13 @@ under 1% of those match. Recall of re-encodings, resizes and shifts falls as the
 
 Search: multi-index hashing (Norouzi, Punjani, Fleet, CVPR 2012): 64 bits cut into m bands; two hashes within
 distance t agree on one band to within floor(t/m) bits, so each query probes the sorted reference band values
-within that radius and compares only those (plan_bands picks m). Flat images (std below FLAT_STD grey levels)
-have no layout: left out and counted (`data check`'s content hash still finds exact copies of them).
+within that radius and compares only those (data/multiindex.py; its plan_bands picks m). Flat images (std
+below FLAT_STD grey levels) have no layout: left out and counted (`data check`'s content hash still finds
+exact copies of them).
 
-Known limit: only coarse layout and colour are seen; objects photographed alike on one background (COIL-100)
-match across objects and groups chain (use data.split_by there). Layout distances are even (32 of 64 bits set).
+Known limit: only coarse layout and colour are seen; objects photographed alike on one background
+(COIL-100) match across objects and groups chain (use data.split_by there). Layout distances are even (32 of
+64 bits set).
 """
 
 from __future__ import annotations
@@ -42,19 +44,20 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .multiindex import candidate_pairs
+
 HASH_SIZE = 8  # 8x8 DCT coefficients -> 64 bits
 THUMB_SIZE = 32  # the grey thumbnail the DCT is taken of
 COLOUR_SIZE = 8  # the RGB thumbnail the colour hash is taken of
-DEFAULT_THRESHOLD = (
-    8  # the loosest layout threshold (Hamming distance of 64 bits), used up to 66k train images
-)
+# the loosest layout threshold (Hamming distance of 64 bits), used up to 66k train images
+DEFAULT_THRESHOLD = 8
 COLOUR_THRESHOLD = 10  # colour hashes of a near-duplicate differ in at most this many bits (of 64)
 FLAT_STD = 2.0  # grey levels: a thumbnail flatter than this has no layout to hash (solid colour, blank)
-LEAK_WARN_SHARE = 0.10  # `train` warns when more than this share of val images has a near-duplicate in train
-MAX_CANDIDATES = 64  # expected comparisons per query the search plan stays within (plan_bands)
-PROBE_BLOCK, DENSE_BITS = 2**20, 22  # probes per vectorised search step (~8 MB an array); bands looked up
+# `train` warns when more than this share of val images has a near-duplicate in train
+LEAK_WARN_SHARE = 0.10
 MAX_EXPECTED_FALSE = 0.01  # chance matches per val image the threshold keeps below (threshold_for)
-# Chance that two different photos pass both tests, per layout threshold (module docstring; the bench prints it).
+# Chance that two different photos pass both tests, per layout threshold (module docstring; the bench
+# prints it).
 PAIR_FALSE_RATE = {
     0: 4.3e-9,
     2: 1.1e-8,
@@ -66,9 +69,8 @@ PAIR_FALSE_RATE = {
     14: 2.1e-6,
     16: 5.5e-6,
 }
-MAX_THRESHOLD = max(
-    PAIR_FALSE_RATE
-)  # the loosest layout threshold a user may give (`data check --near-threshold`)
+# the loosest layout threshold a user may give (`data check --near-threshold`)
+MAX_THRESHOLD = max(PAIR_FALSE_RATE)
 
 
 def _dct_matrix(size: int) -> np.ndarray:
@@ -86,7 +88,8 @@ _PROJECTIONS = np.random.default_rng(20261206).standard_normal((64, COLOUR_SIZE 
 
 
 def grey_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
-    """The THUMB_SIZE x THUMB_SIZE grey float32 thumbnail the hash is computed from (a PIL image or HWC uint8)."""
+    """The THUMB_SIZE x THUMB_SIZE grey float32 thumbnail the hash is computed from (a PIL image or HWC
+    uint8)."""
     grey = (Image.fromarray(image) if isinstance(image, np.ndarray) else image).convert("L")
     return np.asarray(grey.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX), dtype=np.float32)
 
@@ -176,8 +179,8 @@ def expected_false_matches(n_reference: int, threshold: int) -> float:
 
 @dataclass
 class PairSearch:
-    """near_pairs' answer: the distinct signatures, which one each input has, the near pairs among them (inputs
-    with one signature are near each other and not listed as pairs; image_pairs() expands both)."""
+    """near_pairs' answer: the distinct signatures, which one each input has, the near pairs among them
+    (inputs with one signature are near each other and not listed as pairs; image_pairs() expands both)."""
 
     unique: np.ndarray  # (U,) uint64 layout hash of each distinct signature (values may repeat)
     inverse: np.ndarray  # (N,) index into unique of each input
@@ -185,7 +188,8 @@ class PairSearch:
     comparisons: int  # Hamming distances computed (the work done; all-pairs would be U(U-1)/2)
 
     def image_pairs(self) -> set[tuple[int, int]]:
-        """Every (a, b), a < b, of input indices within the threshold (output-sensitive: for tests and small n)."""
+        """Every (a, b), a < b, of input indices within the threshold (output-sensitive: for tests and
+        small n)."""
         members: dict[int, list[int]] = {}
         for index, u in enumerate(self.inverse.tolist()):
             members.setdefault(u, []).append(index)
@@ -195,84 +199,11 @@ class PairSearch:
         return pairs
 
 
-def _band_widths(bands: int) -> list[int]:
-    return [64 // bands + (k < 64 % bands) for k in range(bands)]
-
-
-def plan_bands(n: int, threshold: int, n_reference: int | None = None) -> tuple[int, int]:
-    """(bands, radius), bands*(radius+1) > threshold: the fewest probes per query whose expected comparisons per
-    query (uniform hashes; n queries against n_reference, default the n among themselves) stay within
-    MAX_CANDIDATES: as n grows, wider bands keep the comparisons linear in n, and the probes are bounded by the
-    threshold alone (which tightens with n as well: threshold_for)."""
-    others = max(n, 2) / 2 if n_reference is None else max(n_reference, 1)
-    plans = []
-    for bands in range(1, min(threshold + 1, 64) + 1):
-        radius = threshold // bands
-        probes = [sum(math.comb(w, k) for k in range(radius + 1)) for w in _band_widths(bands)]
-        candidates = others * sum(p / 2.0**w for p, w in zip(probes, _band_widths(bands)))
-        plans.append(
-            (
-                candidates > MAX_CANDIDATES,
-                sum(probes) if candidates <= MAX_CANDIDATES else candidates,
-                bands,
-                radius,
-            )
-        )
-    return min(plans)[2:]
-
-
-def _flip_masks(width: int, radius: int) -> np.ndarray:
-    """Every width-bit value with at most `radius` bits set (the XOR masks a probe tries)."""
-    masks = [
-        sum(1 << b for b in bits)
-        for k in range(radius + 1)
-        for bits in itertools.combinations(range(width), k)
-    ]
-    return np.array(masks, dtype=np.int64)
-
-
-def _band_candidates(
-    queries: np.ndarray, reference: np.ndarray, masks: np.ndarray, width: int, self_join: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) of queries and reference whose band values differ by a mask; self_join: i < j. Bands of up to
-    DENSE_BITS bits are looked up in a table of where each value's run starts, wider ones by binary search."""
-    order = np.argsort(reference, kind="stable")
-    ordered, table = reference[order], None
-    if width <= DENSE_BITS:
-        table = np.zeros((1 << width) + 1, np.int64)
-        np.cumsum(np.bincount(reference, minlength=1 << width), out=table[1:])
-    firsts, seconds = [], []
-    per_block = max(1, PROBE_BLOCK // max(len(queries), 1))  # masks probed in one vectorised call
-    for start in range(0, len(masks), per_block):
-        block = masks[start : start + per_block]
-        probe = (queries[:, None] ^ block[None, :]).ravel()
-        lo = table[probe] if table is not None else np.searchsorted(ordered, probe, "left")
-        counts = (table[probe + 1] if table is not None else np.searchsorted(ordered, probe, "right")) - lo
-        if not counts.any():
-            continue
-        i = np.repeat(np.arange(len(probe)) // len(block), counts)
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        j = order[np.repeat(lo, counts) + np.arange(counts.sum()) - starts]
-        keep = i < j if self_join else slice(None)
-        firsts.append(i[keep])
-        seconds.append(j[keep])
-    if not firsts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
 def _near(queries, reference, threshold: int, self_join: bool):
     """Multi-index search: yields per band (i, j, is_near) over (layout, colour) signature arrays (module
     docstring); queries/reference are (hashes, colours) pairs of uint64 arrays."""
     (q_hash, q_colour), (r_hash, r_colour) = queries, reference
-    bands, radius = plan_bands(len(q_hash), threshold, None if self_join else len(r_hash))
-    shift = 0
-    for width in _band_widths(bands):
-        band = np.uint64((1 << width) - 1)
-        q_values = ((q_hash >> np.uint64(shift)) & band).astype(np.int64)
-        r_values = q_values if self_join else ((r_hash >> np.uint64(shift)) & band).astype(np.int64)
-        shift += width
-        i, j = _band_candidates(q_values, r_values, _flip_masks(width, radius), width, self_join)
+    for i, j in candidate_pairs(q_hash, r_hash, threshold, self_join):
         near = (hamming(q_hash[i], r_hash[j]) <= threshold) & (
             hamming(q_colour[i], r_colour[j]) <= COLOUR_THRESHOLD
         )
@@ -321,7 +252,8 @@ NO_MATCH = 64  # near_reference's distance for a query with no match
 def near_reference(queries: tuple, reference: tuple, threshold: int | None = None) -> LeakResult:
     """Which query signatures (hashes, colours) have a near-duplicate among the reference signatures, and how
     near: each query probes an index of the reference (no reference-reference pairs). threshold None:
-    threshold_for(len(reference)). A smaller threshold's answer is distances <= it (the same search covers it)."""
+    threshold_for(len(reference)). A smaller threshold's answer is distances <= it (the same search covers
+    it)."""
     q = tuple(np.asarray(a, dtype=np.uint64).reshape(-1) for a in queries)
     r = tuple(np.asarray(a, dtype=np.uint64).reshape(-1) for a in reference)
     threshold = threshold_for(len(r[0])) if threshold is None else threshold
@@ -353,8 +285,9 @@ def threshold_counts(val: LeakResult, flipped: LeakResult) -> np.ndarray:
 
 
 def leak_check_from_counts(counts: np.ndarray, images: int, n_train: int, tighten: bool = True) -> LeakCheck:
-    """The largest threshold (the counts' last at most) at which under MAX_EXPECTED_FALSE of the `images` upside-
-    down val images match train (module docstring: this data's own chance rate); tighten=False: the last."""
+    """The largest threshold (the counts' last at most) at which under MAX_EXPECTED_FALSE of the `images`
+    upside-down val images match train (module docstring: this data's own chance rate); tighten=False: the
+    last."""
     counts = np.asarray(counts)
     step = counts.shape[1] - 1
     while tighten and step > 0 and counts[1, step] >= MAX_EXPECTED_FALSE * max(images, 1):
@@ -401,10 +334,11 @@ def near_in_reference(search: PairSearch, is_reference: np.ndarray) -> np.ndarra
 
 
 def store_signatures(store, indices=None, flipped: bool = False, chunk: int = 2048) -> tuple[np.ndarray, ...]:
-    """(layout hashes, colour hashes) of the images of a decoded store (data/cache.py's DecodedStore: anything
-    with load(i), len() and `bad`) at `indices` (default all); bad and flat images are left out. flipped: also
-    those of the same images upside down (leak_check_from_counts). Reads the decoded uint8 arrays, never the
-    files, `chunk` images at a time: beyond 16-32 bytes of hashes an image, what it holds is the same at any N."""
+    """(layout hashes, colour hashes) of the images of a decoded store (data/cache.py's DecodedStore:
+    anything with load(i), len() and `bad`) at `indices` (default all); bad and flat images are left out.
+    flipped: also those of the same images upside down (leak_check_from_counts). Reads the decoded uint8
+    arrays, never the files, `chunk` images at a time: beyond 16-32 bytes of hashes an image, what it holds is
+    the same at any N."""
     bad = getattr(store, "bad", {})
     wanted = [i for i in (range(len(store)) if indices is None else indices) if i not in bad]
     parts = [
@@ -432,11 +366,12 @@ def leak_warning(check: LeakCheck, total: int, n_train: int) -> str | None:
     if not total or check.leaked / total <= LEAK_WARN_SHARE:
         return None
     return (
-        f"warning: {check.leaked} of {total} val images ({check.leaked / total:.1%}) have a near-duplicate in "
-        f"train (layout hash within {check.threshold} bits and colour hash within {COLOUR_THRESHOLD}; by chance "
-        f"about {check.chance:.2%} of val images would match {n_train:,} train images: {check.table_chance:.2%} "
-        f"for photographs, {check.flipped_share:.2%} of this data's val images matched upside down): "
-        f"validation accuracy will be optimistic; keep groups on one side with --set data.split_by=COLUMN, or "
-        f"write a group-aware split with `resnetcls data check DATA --suggest-split split.csv` "
+        f"warning: {check.leaked} of {total} val images ({check.leaked / total:.1%}) have a near-duplicate "
+        f"in train (layout hash within {check.threshold} bits and colour hash within {COLOUR_THRESHOLD}; by "
+        f"chance about {check.chance:.2%} of val images would match {n_train:,} train images: "
+        f"{check.table_chance:.2%} for photographs, {check.flipped_share:.2%} of this data's val images "
+        f"matched upside down): validation accuracy will be optimistic; keep groups on one side with --set "
+        f"data.split_by=COLUMN, or write a group-aware split with "
+        f"`resnetcls data check DATA --suggest-split split.csv` "
         f"(data.leak_check=false silences this)"
     )

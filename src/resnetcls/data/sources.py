@@ -17,7 +17,6 @@ import io
 import os
 import random
 import re
-import sys
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.atomic import csv_text, write_atomic
+from .classnames import class_name, undecodable_byte, warn_similar_names
 from .decode import is_image_file
 
 SPLITS = ("train", "val", "test")
@@ -70,50 +70,6 @@ class Splits:
     val: Samples
     test: Samples | None = None
     ignored: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _undecodable(text: str) -> str:
-    """'' for valid text; else the first byte that was not UTF-8 (read with surrogateescape), as 0xNN."""
-    for ch in text:
-        if "\udc80" <= ch <= "\udcff":
-            return f"0x{ord(ch) - 0xDC00:02X}"
-    return ""
-
-
-def class_name(raw: str, where: str) -> str:
-    """A class name as stored everywhere (model.json, reports, serve): NFC-normalised Unicode, so the same
-    name typed on macOS (decomposed, NFD) and elsewhere (NFC) is one class. A byte that is not UTF-8 is an
-    error naming where it came from."""
-    byte = _undecodable(raw)
-    if byte:
-        raise UserError(f"{where}: class name {raw!r} is not UTF-8 text (byte {byte}); save it as UTF-8")
-    return unicodedata.normalize("NFC", raw)
-
-
-def warn_similar_names(raw_names, where: str) -> None:
-    """Warn (stderr) about names merged by NFC normalisation and names that differ only by case."""
-    merged: dict[str, set[str]] = defaultdict(set)
-    for raw in raw_names:
-        merged[unicodedata.normalize("NFC", raw)].add(raw)
-    for name, spellings in sorted(merged.items()):
-        if len(spellings) > 1:
-            print(
-                f"warning: {where}: {len(spellings)} spellings of class {name!r} differ only by Unicode "
-                f"normalisation ({', '.join(map(ascii, sorted(spellings)))}); they are one class",
-                file=sys.stderr,
-                flush=True,
-            )
-    by_case: dict[str, list[str]] = defaultdict(list)
-    for name in sorted(merged):
-        by_case[name.casefold()].append(name)
-    for names in by_case.values():
-        if len(names) > 1:
-            print(
-                f"warning: {where}: classes {', '.join(map(repr, names))} differ only by case; they stay "
-                f"separate classes (rename one if they are the same)",
-                file=sys.stderr,
-                flush=True,
-            )
 
 
 def _is_hidden(path: Path) -> bool:
@@ -223,10 +179,10 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
     header, table = _read_table(path, ("path", "label"))
     rows, problems, raw_labels = [], [], set()
     for line_no, rec in table:
-        if _undecodable(rec["label"]):  # paths may keep non-UTF-8 bytes (file names); labels become text
+        if undecodable_byte(rec["label"]):  # paths may keep non-UTF-8 bytes (file names); labels become text
             problems.append(
                 f"{path}:{line_no}: label {rec['label']!r} is not UTF-8 text (byte "
-                f"{_undecodable(rec['label'])}); save the CSV as UTF-8"
+                f"{undecodable_byte(rec['label'])}); save the CSV as UTF-8"
             )
         elif not rec["label"]:
             problems.append(f"{path}:{line_no}: empty label")

@@ -73,9 +73,9 @@ def _read_store(directory: Path, count: int | None) -> tuple[dict, np.ndarray]:
 
 
 class DecodedStore:
-    """Read side of a complete store: load(i) -> HWC uint8 array, or DecodeError for a bad image.
-    Opening checks that meta.json, index.npy and data.u8 agree (InvalidStore otherwise).
-    `kind` is "decoded" or "compressed" (open_store picks the class), `note` why a compressed store was chosen."""
+    """Read side of a complete store: load(i) -> HWC uint8 array, or DecodeError for a bad image. Opening
+    checks that meta.json, index.npy and data.u8 agree (InvalidStore otherwise). `kind` is "decoded" or
+    "compressed" (open_store picks the class), `note` why a compressed store was chosen."""
 
     kind = "decoded"
     note = ""
@@ -138,7 +138,8 @@ class CompressedStore(DecodedStore):
 
 
 def open_store(directory: Path, count: int | None = None) -> DecodedStore:
-    """The complete store in directory, decoded or compressed as its meta.json says (InvalidStore otherwise)."""
+    """The complete store in directory, decoded or compressed as its meta.json says (InvalidStore
+    otherwise)."""
     meta, index = _read_store(Path(directory), count)
     kind = CompressedStore if meta.get("encoding") else DecodedStore
     return kind(directory, count, meta, index)

@@ -7,8 +7,8 @@ illumination (1 normal, 2 dim with a colour cast, 3 dark with a strong direction
 textured background, textured with distractor shapes). Deterministic by seed.
 
 Two layouts: `manifest` (OUT/<class>/<n>.jpg + manifest.csv, each image's factor levels drawn at random) and
-`openloris` (the OpenLORIS-Object challenge's folders, with the paper's protocol: 12 batches, each one factor at
-one level, see synthesize_openloris).
+`openloris` (the OpenLORIS-Object challenge's folders, with the paper's protocol: 12 batches, each one factor
+at one level, see synthesize_openloris).
 """
 
 from __future__ import annotations
@@ -227,10 +227,10 @@ def synthesize_openloris(
     seed: int = 0,
     workers: int | None = None,
 ) -> Path:
-    """Write the OpenLORIS-Object challenge layout: OUT/{train,validation,test}/batchK/label.csv (`file name,label`,
-    integer labels) with the images next to it, per_class images of every object in every batch, split so that
-    every object is in each batch's validation and test; OUT/classes.csv (label -> object) and OUT/batches.csv
-    (batch -> factor, level) say what the numbers mean. Returns OUT."""
+    """Write the OpenLORIS-Object challenge layout: OUT/{train,validation,test}/batchK/label.csv
+    (`file name,label`, integer labels) with the images next to it, per_class images of every object in every
+    batch, split so that every object is in each batch's validation and test; OUT/classes.csv (label ->
+    object) and OUT/batches.csv (batch -> factor, level) say what the numbers mean. Returns OUT."""
     if per_class < 3:
         raise UserError(f"--per-class {per_class}: need at least 3 per batch (train, validation and test)")
     out, designs, rng = Path(out_dir), class_designs(classes), random.Random(seed)

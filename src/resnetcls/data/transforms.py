@@ -123,11 +123,11 @@ def _check_augment(augment: str) -> None:
 class BatchTransform:
     """Stored uint8 images (HWC, as the decoded cache holds them) -> normalised float batches.
 
-    Per image, on uint8: the geometry (train: random-resized-crop + horizontal flip; eval: the recorded
-    resize + centre crop), straight into a preallocated channels-last uint8 batch, then in training the
-    policy (trivialaugment, randaugment) and random erasing, each image under its own sample seed. Per batch: colour jitter
-    (train), then float conversion + normalisation in two passes. The random numbers for a whole batch are
-    drawn in one torch call (torchvision's per-image get_params cost more than the crop itself), so
+    Per image, on uint8: the geometry (train: random-resized-crop + horizontal flip; eval: the recorded resize
+    + centre crop), straight into a preallocated channels-last uint8 batch, then in training the policy
+    (trivialaugment, randaugment) and random erasing, each image under its own sample seed. Per batch: colour
+    jitter (train), then float conversion + normalisation in two passes. The random numbers for a whole batch
+    are drawn in one torch call (torchvision's per-image get_params cost more than the crop itself), so
     DataLoader worker seeding still makes runs reproducible. The eval path reproduces
     build_eval_transform(preprocess) on the original image up to float rounding when the store size equals
     preprocess["resize"] (the default), and up to resize rounding otherwise.

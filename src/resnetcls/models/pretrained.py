@@ -107,8 +107,8 @@ def load_pretrained(model: nn.Module, source: str, arch: str, log: Callable[[str
     """Copy every tensor of source whose name and shape fit model; the fc head is always left new.
 
     Returns {"source", "loaded", "reshaped", "new", "unused"} (tensor names; reshaped maps the head, and the
-    stem conv when model.stem differs, to "file shape -> model shape") and logs one summary line. Tensors
-    of another shape elsewhere, or weights the model lacks, mean the file is for another architecture: an error.
+    stem conv when model.stem differs, to "file shape -> model shape") and logs one summary line. Tensors of
+    another shape elsewhere, or weights the model lacks, mean the file is for another architecture: an error.
     """
     state, where = (
         torchvision_state_dict(arch) if source == "torchvision" else (read_state_dict(source), source)
