@@ -1,4 +1,5 @@
-"""report.html: written at the end of training and by `resnetcls report`, self-contained, renders in Chromium."""
+"""report.html: written at the end of training and by `resnetcls report`, self-contained, renders in
+Chromium."""
 
 import re
 import shutil

@@ -61,8 +61,8 @@ class Server(str):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` with a SQLite backend and proxied artefacts, up once for the module (it takes 20-30 s to
-    start on a loaded 2-core machine), stopped after."""
+    """`mlflow server` with a SQLite backend and proxied artefacts, up once for the module (it takes 20-30 s
+    to start on a loaded 2-core machine), stopped after."""
     root, port = tmp_path_factory.mktemp("mlflow-server"), free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
@@ -136,9 +136,9 @@ def files_holding(text: str, *folders) -> list[str]:
 def test_a_run_logged_with_a_password_in_the_uri_keeps_it_out_of_every_file_output_and_the_server(
     tiny_data, tmp_path, mlflow_server, monkeypatch
 ):
-    """The client gets the URI with its password (the server takes it: basic auth is the proxy's business); the run
-    directory, stdout/stderr and the server's whole store hold no password and, log.share_paths being false, no
-    absolute path of the data or the run: params, tags, metrics and artefacts all the same."""
+    """The client gets the URI with its password (the server takes it: basic auth is the proxy's business);
+    the run directory, stdout/stderr and the server's whole store hold no password and, log.share_paths being
+    false, no absolute path of the data or the run: params, tags, metrics and artefacts all the same."""
     out, password = tmp_path / "run", "S3cretPW-mlflow"
     uri = mlflow_server.replace("http://", f"http://tracker:{password}@")
     args = [
@@ -269,9 +269,10 @@ def test_a_server_gone_before_the_artefacts_is_one_masked_warning(tiny_run, tmp_
 
 
 def test_a_killed_run_resumed_continues_the_same_mlflow_run(tiny_data, tmp_path, mlflow_server):
-    """SIGKILL in epoch 2 (a checkpoint every step), then --resume: one MLflow run with both epochs. The URI comes
-    from the environment with a password this time; the resume, in an environment without it, reconnects with
-    the recorded (masked) URI's server and the client's own credentials, and no file holds the password."""
+    """SIGKILL in epoch 2 (a checkpoint every step), then --resume: one MLflow run with both epochs. The URI
+    comes from the environment with a password this time; the resume, in an environment without it, reconnects
+    with the recorded (masked) URI's server and the client's own credentials, and no file holds the
+    password."""
     out, password = tmp_path / "run", "S3cretPW-env"
     env = {**ENV, "MLFLOW_TRACKING_URI": mlflow_server.replace("http://", f"http://tracker:{password}@")}
     proc = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""Temperature scaling: the fitted T lowers the NLL on held-out logits, in the right direction, with guards."""
+"""Temperature scaling: the fitted T lowers the NLL on held-out logits, in the right direction, with
+guards."""
 
 import pytest
 import torch

@@ -2,10 +2,10 @@
 
 Every figure is embedded as a base64 PNG and the few lines of CSS and JavaScript are inline, so the file
 can be mailed, archived or opened offline. It shows the curves per epoch, the LR range test (lr_find.json
-of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report of just that), the evaluation in RUN_DIR/eval
-(figures, with a caption naming the classes the heatmap shows, headline numbers, a per-class table sortable
-by any column: every class up to PER_CLASS_ROWS, else the worst and the best by F1, every class being in
-eval/per_class.csv), the resolved config and the environment.
+of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report of just that), the evaluation
+in RUN_DIR/eval (figures, with a caption naming the classes the heatmap shows, headline numbers, a per-class
+table sortable by any column: every class up to PER_CLASS_ROWS, else the worst and the best by F1, every class
+being in eval/per_class.csv), the resolved config and the environment.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ function sortTable(th, desc){
   table.querySelectorAll('th').forEach(h => h.classList.remove('asc', 'desc'));
   th.classList.add(desc ? 'desc' : 'asc');
 }
-document.querySelectorAll('table.sortable th').forEach(th => th.addEventListener('click', () => sortTable(th)));
+document.querySelectorAll('table.sortable th')
+  .forEach(th => th.addEventListener('click', () => sortTable(th)));
 window.addEventListener('load', () => {
   const imgs = Array.from(document.images), ok = imgs.filter(i => i.complete && i.naturalWidth > 0);
   document.body.dataset.imagesLoaded = ok.length + '/' + imgs.length;
@@ -182,7 +183,8 @@ def _augmented_section(run_dir: Path) -> str:
 
 
 def _lr_find_section(run_dir: Path) -> str:
-    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): the plot, the suggestion, its rule."""
+    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): the plot, the suggestion, its
+    rule."""
     path, png = run_dir / "lr_find.json", run_dir / "lr_find.png"
     if not path.is_file():
         return ""
@@ -201,8 +203,8 @@ def _lr_find_section(run_dir: Path) -> str:
     )
 
 
-# Above this many classes the per-class table shows the worst and best classes by F1 (half each); per_class.csv
-# in the eval folder holds every class.
+# Above this many classes the per-class table shows the worst and best classes by F1 (half each);
+# per_class.csv in the eval folder holds every class.
 PER_CLASS_ROWS = 50
 
 
@@ -232,15 +234,18 @@ def _class_table(table_id: str, rows: str) -> str:
 
 
 def _per_class_table(m: dict) -> str:
-    """Every class while they fit PER_CLASS_ROWS; above it the classes in the data while they fit, else the lowest
-    and the highest F1, each a sortable table, with every class in per_class.csv."""
+    """Every class while they fit PER_CLASS_ROWS; above it the classes in the data while they fit, else the
+    lowest and the highest F1, each a sortable table, with every class in per_class.csv."""
     names = list(m["per_class"])
     if len(names) <= PER_CLASS_ROWS:
         return '<h3>Per class</h3><p class="sub">Click a column to sort.</p>' + _class_table(
             "per-class", _class_rows(m, names)
         )
     scored = sorted((row["f1"], name) for name, row in m["per_class"].items() if row["f1"] is not None)
-    note = f'<h3>Per class</h3><p class="sub" id="per-class-note">{len(names)} classes ({len(scored)} in the data): '
+    note = (
+        f'<h3>Per class</h3><p class="sub" id="per-class-note">{len(names)} classes '
+        f"({len(scored)} in the data): "
+    )
     if len(scored) <= PER_CLASS_ROWS:
         return (
             note + "those in the data, lowest F1 first; every class in eval/per_class.csv. Click a column to "
@@ -270,8 +275,9 @@ def _calibration_part(c: dict | None) -> str:
             else ""
         )
     return (
-        f"<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
-        f"on {html.escape(str(c.get('fitted_images')))} {html.escape(str(c.get('fitted_on')))} images by NLL; "
+        "<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
+        f"on {html.escape(str(c.get('fitted_images')))} "
+        f"{html.escape(str(c.get('fitted_on')))} images by NLL; "
         "on this data:</p>"
         + _cards(
             [
@@ -400,7 +406,8 @@ def _lifelong_section(run_dir: Path) -> str:
 
 
 def _matrix_table(m: dict) -> str:
-    """R as numbers (row: after training that task, column: accuracy on that task), with b as the first row."""
+    """R as numbers (row: after training that task, column: accuracy on that task), with b as the first
+    row."""
     names = m["task_names"]
     after = ["before"] + (names if m.get("strategy") != "joint" else ["joint"])
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
@@ -443,7 +450,8 @@ def _env_section(run_dir: Path, summary: dict) -> str:
 def write_report(
     run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1
 ) -> Path:
-    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into RUN_DIR/eval."""
+    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into
+    RUN_DIR/eval."""
     run_dir = Path(run_dir)
     is_run = (run_dir / "metrics.jsonl").is_file() or (run_dir / "config.yaml").is_file()
     if not is_run and not (run_dir / "lr_find.json").is_file():

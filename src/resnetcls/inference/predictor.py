@@ -59,11 +59,12 @@ EachImage = Callable[[Prediction, torch.Tensor], None]  # Predictor.predict's `e
 
 
 def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
-    """ "auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a checked,
-    current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX CPUs, eager
-    bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in memory would
-    cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit --precision keeps torch.
-    int8 is never chosen by auto: it changes results slightly, so it is asked for by name."""
+    """ "auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a
+    checked, current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX
+    CPUs, eager bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in
+    memory would cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit
+    --precision keeps torch. int8 is never chosen by auto: it changes results slightly, so it is asked for by
+    name."""
     if backend != "auto":
         return backend
     if device.type != "cpu" or precision != "auto":
@@ -89,15 +90,15 @@ def input_name(item: ImageInput, index: int) -> str:
 class Predictor:
     """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
 
-    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see export/formats.py)
-    on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO (bf16 where the CPU
-    has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its model.int8.onnx
-    (export/int8.py; top-1 checked against fp32 in both runtimes when it was written); "auto" the fastest verified
-    fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+ channels_last for torch) where
-    the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
-    bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
-    Probabilities are calibrated: softmax(logits / T) with model.json's calibration temperature (T = 1 for a
-    model without one); the ONNX graph has the same T built in.
+    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see
+    export/formats.py) on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO
+    (bf16 where the CPU has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its
+    model.int8.onnx (export/int8.py; top-1 checked against fp32 in both runtimes when it was written); "auto"
+    the fastest verified fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+
+    channels_last for torch) where the device computes bf16 natively (as training picks it,
+    hardware.resolve_amp), else fp32; "fp32" gives bit-stable outputs on every machine; "bf16" forces bf16
+    (slow where it is emulated). Probabilities are calibrated: softmax(logits / T) with model.json's
+    calibration temperature (T = 1 for a model without one); the ONNX graph has the same T built in.
     """
 
     def __init__(
@@ -157,7 +158,8 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed images -> (N, classes) calibrated probabilities softmax(logits / T), fp32."""
+        """(N, 3, S, S) preprocessed images -> (N, classes) calibrated probabilities softmax(logits / T),
+        fp32."""
         if self.session is not None:
             return onnx_probabilities(self.session, batch)
         return calibrated_probabilities(self.logits(batch), self.temperature)
@@ -302,9 +304,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
 
 
 def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
-    """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that writes
-    each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or prints one
-    warning line naming the image and why its overlay could not be written."""
+    """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that
+    writes each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or
+    prints one warning line naming the image and why its overlay could not be written."""
     explainer = Explainer(
         predictor.model, predictor.loaded.preprocess, predictor.device, temperature=predictor.temperature
     )
@@ -384,8 +386,8 @@ def run_predict(
     unwritten = writer.failed if writer is not None else 0
     if unwritten:
         print(
-            f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written (see the warnings); "
-            f"the predictions are complete",
+            f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written "
+            "(see the warnings); the predictions are complete",
             file=sys.stderr,
         )
     return 2 if failed or unwritten else 0

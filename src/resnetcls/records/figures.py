@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..data.cache import resolve_cache_dir
 
-# matplotlib keeps its font list in ~/.cache/matplotlib and makes ~/.config/matplotlib; unless the user chose a
-# folder (MPLCONFIGDIR), both go into resnetcls's cache folder, the one place outside runs and models we write to.
+# matplotlib keeps its font list in ~/.cache/matplotlib and makes ~/.config/matplotlib; unless the user chose
+# a folder (MPLCONFIGDIR), both go into resnetcls's cache folder, the one place outside runs and models we
+# write to.
 os.environ.setdefault("MPLCONFIGDIR", str(resolve_cache_dir() / "matplotlib"))
 import matplotlib  # noqa: E402
 import matplotlib.ticker  # noqa: E402

@@ -7,9 +7,9 @@ Optional field "calibration" (written by engine/calibrate.py at the end of train
 "ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
 softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
 
-"sha256" holds the weights' hash, model.json's content hash and, once exported into the directory, the hash of each
-exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run an exported
-file only when its hash is the one recorded (check_export_hash).
+"sha256" holds the weights' hash, model.json's content hash and, once exported into the directory, the hash of
+each exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run
+an exported file only when its hash is the one recorded (check_export_hash).
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ def sha256_file(path: Path) -> str:
 
 
 def cached_sha256(path: str | os.PathLike) -> str:
-    """sha256_file, computed once per file version: path, inode, size, mtime and ctime (an atomic rewrite gives a new
-    inode; an in-place rewrite changes the size or the times, and ctime cannot be set back), so a Predictor that checks
-    a file twice, or a second Predictor in the process, does not read a large file again."""
+    """sha256_file, computed once per file version: path, inode, size, mtime and ctime (an atomic rewrite
+    gives a new inode; an in-place rewrite changes the size or the times, and ctime cannot be set back), so a
+    Predictor that checks a file twice, or a second Predictor in the process, does not read a large file
+    again."""
     stat = os.stat(path)
     return _sha256_of(os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
@@ -146,7 +147,8 @@ def write_meta_record(
     path: str | os.PathLike, key: str, record: dict | None, hashed: tuple[str, ...] = ()
 ) -> Path:
     """Store record as model.json's field `key` ("calibration", "int8"; None: no field), as write_calibration
-    describes, and the sha256 of the files named in `hashed` (exports in the directory) beside the hashes kept."""
+    describes, and the sha256 of the files named in `hashed` (exports in the directory) beside the hashes
+    kept."""
     model_dir = Path(path)
     meta = read_meta(model_dir)
     exports = {k: v for k, v in meta["sha256"].items() if k not in (WEIGHTS, META)}
@@ -161,15 +163,17 @@ def write_meta_record(
 
 
 def record_export(path: str | os.PathLike, name: str, key: str = "", record: dict | None = None) -> Path:
-    """Record the sha256 of the exported file path/name in model.json's "sha256" table (and record as field key),
-    after the file was checked and written; predict and serve run it only while it still has that hash."""
+    """Record the sha256 of the exported file path/name in model.json's "sha256" table (and record as field
+    key), after the file was checked and written; predict and serve run it only while it still has that
+    hash."""
     return write_meta_record(path, key, record, hashed=(name,))
 
 
 def check_export_hash(loaded: LoadedModel, name: str, command: str) -> bool:
-    """True when model.json records the sha256 of the exported file `name` in the model directory and the file has
-    it; False when it records none (exported by an older resnetcls, or copied in); UserError naming the file and
-    `command` (what re-exports it) when the file differs from the record. Hashed once per file version."""
+    """True when model.json records the sha256 of the exported file `name` in the model directory and the file
+    has it; False when it records none (exported by an older resnetcls, or copied in); UserError naming the
+    file and `command` (what re-exports it) when the file differs from the record. Hashed once per file
+    version."""
     expected = loaded.meta["sha256"].get(name)
     if expected is None:
         return False

@@ -1,21 +1,22 @@
-"""Experiment tracking in MLflow and W&B (optional extras: `pip install 'resnetcls[mlflow]'`, `'resnetcls[wandb]'`).
+"""Experiment tracking in MLflow and W&B (optional extras: `pip install 'resnetcls[mlflow]'`,
+`'resnetcls[wandb]'`).
 
 With log.mlflow=true or log.wandb=true a training run is also one tracker run: the resolved config as params
 (MLflow: the flattened dotted keys, as `--set` names them), every epoch's metrics with step = epoch, tags (git
 commit, machine, precision) and, once the caller has written the report, the artefacts (best/ model directory,
-report.html, the confusion matrix). RUN_DIR/tracking.json keeps the tracker run ids, so a resumed run continues
-the same MLflow run and the same W&B run.
+report.html, the confusion matrix). RUN_DIR/tracking.json keeps the tracker run ids, so a resumed run
+continues the same MLflow run and the same W&B run.
 
-Sent: passwords masked (redact.py; only the MLflow client gets the URI with its password); absolute local paths
-only with log.share_paths=true (else names, in params and text artefacts); W&B's own metadata collection off.
-A tracker that cannot be reached stops the run at the start, within seconds (log.on_tracker_error=warn: one line
-and the run goes on without it).
+Sent: passwords masked (redact.py; only the MLflow client gets the URI with its password); absolute local
+paths only with log.share_paths=true (else names, in params and text artefacts); W&B's own metadata collection
+off. A tracker that cannot be reached stops the run at the start, within seconds (log.on_tracker_error=warn:
+one line and the run goes on without it).
 
 MLflow: through `mlflow.MlflowClient` (no global active run: several runs in one process stay apart). Tracking
 URI: log.mlflow_uri, else MLFLOW_TRACKING_URI, else a SQLite store in the run directory
-(sqlite:///RUN_DIR/mlflow.db, MLflow 3's recommended local backend, artefacts in RUN_DIR/mlartifacts); the client
-also reads MLFLOW_TRACKING_USERNAME/PASSWORD. W&B: log.wandb_mode "offline" (default: no network, files in
-RUN_DIR/wandb, upload later with `wandb sync`), "online" or "disabled".
+(sqlite:///RUN_DIR/mlflow.db, MLflow 3's recommended local backend, artefacts in RUN_DIR/mlartifacts); the
+client also reads MLFLOW_TRACKING_USERNAME/PASSWORD. W&B: log.wandb_mode "offline" (default: no network, files
+in RUN_DIR/wandb, upload later with `wandb sync`), "online" or "disabled".
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ TRACKING_FILE = "tracking.json"
 # What the caller's report leaves in the run directory, logged as artefacts at the end (besides best/).
 REPORT_FILES = ("report.html", "eval/confusion_matrix.png", "eval/confusion_matrix.csv", "eval/metrics.json")
 _SKIP_KEYS = ("time", "step", "epoch", "kind")
-# The first request to a tracking server: no retries, a short timeout (MLflow's own default retries for minutes).
+# The first request to a tracking server: no retries, a short timeout (MLflow's own default retries for
+# minutes).
 FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # The live URIs this process connected with, by their masked (recorded) form: never written anywhere.
 _LIVE_URIS: dict[str, str] = {}
@@ -145,7 +147,8 @@ def usable_uri(uri: str) -> str:
 
 @contextlib.contextmanager
 def first_contact(uri: str, what: str):
-    """The first request to a tracker: fast (no retries, 10 s at most for MLflow), a failure one masked line."""
+    """The first request to a tracker: fast (no retries, 10 s at most for MLflow), a failure one masked
+    line."""
     saved = {k: os.environ.get(k) for k in FIRST_CONTACT}
     os.environ.update(FIRST_CONTACT)
     try:
@@ -172,7 +175,8 @@ class MlflowTracker:
     def open(
         cls, log: LogConfig, run_dir: Path, params: dict, tags: dict, known: dict | None
     ) -> MlflowTracker:
-        """A new MLflow run, or (known: tracking.json's entry of a resumed run) the same run again, RUNNING."""
+        """A new MLflow run, or (known: tracking.json's entry of a resumed run) the same run again,
+        RUNNING."""
         mlflow = _require("mlflow", "mlflow")
         current = mlflow_uri(log, run_dir)  # a resumed run: the recorded server, unless it is the current one
         uri = usable_uri(
@@ -256,7 +260,8 @@ def _saved_config(run_dir: Path) -> dict:
 
 
 def shared_files(run_dir: Path):
-    """redact.shared_folder of run_dir's artefacts (best/, REPORT_FILES), as log.share_paths in config.yaml says."""
+    """redact.shared_folder of run_dir's artefacts (best/, REPORT_FILES), as log.share_paths in config.yaml
+    says."""
     names = [f"best/{p.name}" for p in sorted((run_dir / "best").glob("*")) if p.is_file()] + list(
         REPORT_FILES
     )
@@ -386,8 +391,8 @@ class Trackers:
                 self._call(tracker, tracker.log_metrics, numbers, self.last_epoch, stamp)
 
     def _call(self, tracker, method, *args) -> None:
-        """A tracker lost during the run (its server gone, a full disk) costs one masked warning, not the run: it
-        is left out from then on (metrics.jsonl keeps every record)."""
+        """A tracker lost during the run (its server gone, a full disk) costs one masked warning, not the run:
+        it is left out from then on (metrics.jsonl keeps every record)."""
         try:
             method(*args)
         except Exception as e:  # whatever the client raises; its message may name the URI
@@ -403,7 +408,8 @@ class Trackers:
         return [t for t in (self.mlflow, self.wandb) if t is not None]
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the tracker runs: FINISHED at the end of training, KILLED when it was interrupted (resumable)."""
+        """End the tracker runs: FINISHED at the end of training, KILLED when it was interrupted
+        (resumable)."""
         for tracker in self.all():
             self._call(tracker, tracker.close, status)
         self.mlflow = self.wandb = None
@@ -412,8 +418,9 @@ class Trackers:
 def open_trackers(
     log: LogConfig, run_dir: Path, resumed: bool, precision: str | None = None
 ) -> Trackers | None:
-    """The run's trackers per log.mlflow / log.wandb (None when both are off), reading the resolved config from
-    RUN_DIR/config.yaml and the tags from environment.json; a resumed run reopens the runs in tracking.json."""
+    """The run's trackers per log.mlflow / log.wandb (None when both are off), reading the resolved config
+    from RUN_DIR/config.yaml and the tags from environment.json; a resumed run reopens the runs in
+    tracking.json."""
     if not (log.mlflow or log.wandb):
         return None
     run_dir = Path(run_dir)
@@ -467,7 +474,8 @@ def _open(log: LogConfig, what: str, opener):
 
 def log_run_artifacts(run_dir: str | os.PathLike) -> None:
     """After the report (cli.cmd_train, demo): log best/, report.html and the confusion matrix to the tracker
-    runs recorded in RUN_DIR/tracking.json (nothing when the run was not tracked); one that fails is a warning."""
+    runs recorded in RUN_DIR/tracking.json (nothing when the run was not tracked); one that fails is a
+    warning."""
     run_dir, logged = Path(run_dir), []
     known = read_ids(run_dir)
     if not known:

@@ -1,1 +1,2 @@
-"""Leaf helpers that import only errors: atomic writes, calibration maths, hardware, limits, progress, redaction."""
+"""Leaf helpers that import only errors: atomic writes, calibration maths, hardware, limits, progress,
+redaction."""

@@ -85,10 +85,10 @@ def cpu_has_amx() -> bool:
 
 def auto_exported_backend() -> str:
     """What `--backend auto` runs on this CPU when the model directory has a current, checked model.onnx, as
-    bench/inference.py measured the paths: "openvino" on AMX CPUs (bf16 there: 3.4x eager bf16 torch at batch 32
-    on Xeon-AMX) when OpenVINO is installed; "torch" (bf16) on other native-bf16 CPUs (AVX512-BF16 without AMX,
-    e.g. Zen 4, where OpenVINO has not been measured); "onnxruntime" (fp32) elsewhere (2.5x eager fp32 on an
-    AVX2 CPU)."""
+    bench/inference.py measured the paths: "openvino" on AMX CPUs (bf16 there: 3.4x eager bf16 torch at batch
+    32 on Xeon-AMX) when OpenVINO is installed; "torch" (bf16) on other native-bf16 CPUs (AVX512-BF16 without
+    AMX, e.g. Zen 4, where OpenVINO has not been measured); "onnxruntime" (fp32) elsewhere (2.5x eager fp32 on
+    an AVX2 CPU)."""
     if cpu_has_amx() and importlib.util.find_spec("openvino") is not None:
         return "openvino"
     return "torch" if cpu_has_fast_bf16() else "onnxruntime"
