@@ -180,7 +180,7 @@ def test_a_run_logged_with_a_password_in_the_uri_keeps_it_out_of_every_file_outp
     assert params["data.train"] == tiny_data.name  # a name, not the absolute path (log.share_paths=false)
     history = client.get_metric_history(run.info.run_id, "val/top1")
     assert sorted(m.step for m in history) == [1, 2]  # step = epoch
-    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = {m["epoch"]: m["val/top1"] for m in metrics if m["kind"] == "epoch"}
     assert {m.step: m.value for m in history} == pytest.approx(logged)
     assert {"train/loss", "val/loss", "best_val_top1"} <= set(run.data.metrics)
@@ -226,7 +226,7 @@ def test_an_unreachable_tracking_server_is_one_masked_line_at_the_start(tiny_dat
         env=ENV,
         timeout=200,
     )
-    lines = [l for l in proc.stderr.splitlines() if f"127.0.0.1:{port}" in l]
+    lines = [line for line in proc.stderr.splitlines() if f"127.0.0.1:{port}" in line]
     assert len(lines) == 1 and "S3cretPW" not in proc.stdout + proc.stderr, proc.stderr
     assert f"MLflow at http://tracker:***@127.0.0.1:{port} cannot be reached: Connection refused" in lines[0]
     if choice == "stop":
@@ -395,7 +395,7 @@ def test_wandb_offline_writes_its_run_files_with_every_epoch_and_the_model_artef
         if rec.WhichOneof("record_type") == "history"
     ]
     assert [h["epoch"] for h in history] == [1, 2]
-    logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["val/top1"] for h in history] == pytest.approx(
         [m["val/top1"] for m in logged if m["kind"] == "epoch"]
     )

@@ -38,7 +38,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "ope
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
 # What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
-ImageInput = typing.Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
 @dataclass

@@ -142,9 +142,10 @@ def git_revision() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the resnetcls source, or (None, None) outside a git checkout."""
     src = Path(__file__).resolve().parent
     try:
-        run = lambda *a: subprocess.run(
-            ["git", "-C", str(src), *a], capture_output=True, text=True, timeout=5
-        )
+
+        def run(*args):
+            return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=5)
+
         head = run("rev-parse", "HEAD")
         if head.returncode != 0:
             return None, None

@@ -124,7 +124,7 @@ def read_ids(run_dir: Path) -> dict:
     except json.JSONDecodeError as e:
         raise UserError(
             f"{path}: not valid JSON ({e.msg}, line {e.lineno}); delete it to start new tracker runs"
-        )
+        ) from e
 
 
 def mlflow_uri(log: LogConfig, run_dir: Path) -> str:

@@ -80,7 +80,9 @@ class TemperatureFit:
     note: str = ""  # why no fit was made, or that T was held at the edge of TEMPERATURE_RANGE
 
     def record(self, fitted_on: str = "val") -> dict:
-        rounded = lambda x: None if x is None else round(x, 6)
+        def rounded(x):
+            return None if x is None else round(x, 6)
+
         return {
             "calibrated": self.calibrated,
             "temperature": round(self.temperature, 6),

@@ -154,9 +154,9 @@ def peak_gflops(seconds: float = 0.25, threads: int | None = None) -> dict:
         with torch.inference_mode():
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 ad, bd, xd, wd = (t.to(dtype) for t in (a, b, x, w))
-                result[f"{name}_matmul"] = _achieved_gflops(lambda: ad @ bd, 2.0 * n**3, seconds)
+                result[f"{name}_matmul"] = _achieved_gflops(lambda ad=ad, bd=bd: ad @ bd, 2.0 * n**3, seconds)
                 result[f"{name}_conv"] = _achieved_gflops(
-                    lambda: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds
+                    lambda xd=xd, wd=wd: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds
                 )
         return result
     finally:

@@ -129,7 +129,7 @@ def share_text(text: str, roots: list[tuple[str, str]]) -> str:
         for form in {root, json.dumps(root)[1:-1], html.escape(root)}:
             text = re.sub(
                 re.escape(form) + r"(/|(?![\w.\-]))",
-                lambda m: (f"{becomes}/" if becomes else "") if m[1] else bare,
+                lambda m, becomes=becomes, bare=bare: (f"{becomes}/" if becomes else "") if m[1] else bare,
                 text,
             )
     return text
