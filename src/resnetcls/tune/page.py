@@ -8,7 +8,8 @@ import html
 import sys
 from pathlib import Path
 
-from ..analysis.report import STYLE, embedded_png
+from ..analysis.report import STYLE
+from ..analysis.report_sections import embedded_png
 from ..utils.atomic import write_text_atomic
 from ..utils.redact import mask_secrets
 
