@@ -1,5 +1,4 @@
-"""`resnetcls demo` (what `make demo` runs): synthesise data, train, evaluate, predict, say where it all
-is."""
+"""`resnetcls demo` (what `make demo` runs): synthesise data, train, evaluate, predict, say where it is."""
 
 from __future__ import annotations
 

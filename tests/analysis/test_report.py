@@ -1,5 +1,4 @@
-"""report.html: written at the end of training and by `resnetcls report`, self-contained, renders in
-Chromium."""
+"""report.html: written after training and by `resnetcls report`, self-contained, renders in Chromium."""
 
 import re
 import shutil

@@ -163,8 +163,7 @@ def _augmented_section(run_dir: Path) -> str:
 
 
 def _lr_find_section(run_dir: Path) -> str:
-    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): the plot, the suggestion, its
-    rule."""
+    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): plot, suggestion, its rule."""
     path, png = run_dir / "lr_find.json", run_dir / "lr_find.png"
     if not path.is_file():
         return ""
@@ -219,8 +218,7 @@ def _env_section(run_dir: Path, summary: dict) -> str:
 def write_report(
     run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1
 ) -> Path:
-    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into
-    RUN_DIR/eval."""
+    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them (RUN_DIR/eval)."""
     run_dir = Path(run_dir)
     is_run = (run_dir / "metrics.jsonl").is_file() or (run_dir / "config.yaml").is_file()
     if not is_run and not (run_dir / "lr_find.json").is_file():

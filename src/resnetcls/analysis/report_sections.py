@@ -247,8 +247,7 @@ def lifelong_section(run_dir: Path) -> str:
 
 
 def _matrix_table(m: dict) -> str:
-    """R as numbers (row: after training that task, column: accuracy on that task), with b as the first
-    row."""
+    """R as numbers (row: after training that task, column: accuracy on that task), b the first row."""
     names = m["task_names"]
     after = ["before"] + (names if m.get("strategy") != "joint" else ["joint"])
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)

@@ -201,8 +201,7 @@ class OverlayWriter:
         self.failed = 0
 
     def write(self, path: str, image: torch.Tensor, class_index: int) -> tuple[str, str]:
-        """(the written overlay's path, "") for one input path and its preprocessed image, or ("", why
-        not)."""
+        """(the written overlay's path, "") for an input path and its preprocessed image, or ("", why not)."""
         target = self.out_dir / overlay_name(path)
         try:
             write_atomic(target, png_bytes(self.explainer.explain(image, class_index).overlay()))

@@ -155,8 +155,7 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed images -> (N, classes) calibrated probabilities softmax(logits / T),
-        fp32."""
+        """(N, 3, S, S) preprocessed images -> (N, classes) fp32 probabilities softmax(logits / T)."""
         if self.session is not None:
             return onnx_probabilities(self.session, batch)
         return calibrated_probabilities(self.logits(batch), self.temperature)

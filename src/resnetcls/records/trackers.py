@@ -68,8 +68,7 @@ def usable_uri(uri: str) -> str:
 
 @contextlib.contextmanager
 def first_contact(uri: str, what: str):
-    """The first request to a tracker: fast (no retries, 10 s at most for MLflow), a failure one masked
-    line."""
+    """The first request to a tracker: fast (no retries, MLflow 10 s at most); a failure: one masked line."""
     saved = {k: os.environ.get(k) for k in FIRST_CONTACT}
     os.environ.update(FIRST_CONTACT)
     try:
@@ -96,8 +95,7 @@ class MlflowTracker:
     def open(
         cls, log: LogConfig, run_dir: Path, params: dict, tags: dict, known: dict | None
     ) -> MlflowTracker:
-        """A new MLflow run, or (known: tracking.json's entry of a resumed run) the same run again,
-        RUNNING."""
+        """A new MLflow run, or (known: tracking.json's entry of a resumed run) that run again; RUNNING."""
         mlflow = require_tracker("mlflow", "mlflow")
         current = mlflow_uri(log, run_dir)  # a resumed run: the recorded server, unless it is the current one
         uri = usable_uri(

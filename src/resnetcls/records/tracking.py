@@ -110,8 +110,7 @@ def _saved_config(run_dir: Path) -> dict:
 
 
 def shared_files(run_dir: Path):
-    """redact.shared_folder of run_dir's artefacts (best/, REPORT_FILES), as log.share_paths in config.yaml
-    says."""
+    """redact.shared_folder of run_dir's artefacts (best/, REPORT_FILES) as log.share_paths says."""
     names = [f"best/{p.name}" for p in sorted((run_dir / "best").glob("*")) if p.is_file()] + list(
         REPORT_FILES
     )
@@ -163,8 +162,7 @@ class Trackers:
         return [t for t in (self.mlflow, self.wandb) if t is not None]
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the tracker runs: FINISHED at the end of training, KILLED when it was interrupted
-        (resumable)."""
+        """End the tracker runs: FINISHED at the end of training, KILLED when interrupted (resumable)."""
         for tracker in self.all():
             self._call(tracker, tracker.close, status)
         self.mlflow = self.wandb = None

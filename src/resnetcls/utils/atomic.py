@@ -133,8 +133,7 @@ def recover_dir(path: Path) -> Path:
 
 
 def replace_dir(new: Path, path: Path) -> Path:
-    """Put the complete folder `new` in the place of `path`; the old path is deleted only once new is
-    there."""
+    """Put the complete folder `new` in the place of `path`; the old one is deleted only once new is there."""
     old = _old(path)
     if not path.exists() and old.is_dir():
         os.rename(old, path)  # a kill between the two renames below: the previous version goes back first
@@ -150,8 +149,7 @@ def replace_dir(new: Path, path: Path) -> Path:
 
 @contextmanager
 def building_dir(path: str | os.PathLike):
-    """`with building_dir(p) as tmp:` fill tmp; on success it replaces p as a whole, on failure it is
-    removed."""
+    """`with building_dir(p) as tmp:` fill tmp; on success it replaces p as a whole, on failure it goes."""
     path = Path(path)
     try:
         tmp = new_dir_beside(path)

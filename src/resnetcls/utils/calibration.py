@@ -97,8 +97,7 @@ class TemperatureFit:
         }
 
     def line(self) -> str:
-        """The one line train prints, e.g. 'calibration: temperature 1.42 on 72 val images: NLL 0.61 ->
-        ...'."""
+        """The line train prints, e.g. 'calibration: temperature 1.42 on 72 val images: NLL 0.61 -> ...'."""
         if not self.calibrated:
             return f"calibration: none, temperature 1 ({self.note})"
         return (
@@ -114,8 +113,7 @@ def not_calibrated(reason: str, images: int = 0) -> TemperatureFit:
 
 
 def _golden_section(f, lo: float, hi: float, steps: int = _SEARCH_STEPS) -> float:
-    """The minimiser of a unimodal f on [lo, hi] (NLL is convex in 1/T, so unimodal in log T);
-    deterministic."""
+    """The minimiser of a unimodal f on [lo, hi] (NLL: convex in 1/T, so unimodal in log T); deterministic."""
     ratio = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
     c, d = b - ratio * (b - a), a + ratio * (b - a)

@@ -66,8 +66,7 @@ def is_masked(url: str) -> bool:
 
 
 def without_user_info(url: str) -> str:
-    """url without user:password@ (the driver then takes its credentials from the environment or its
-    files)."""
+    """url without user:password@ (the driver then takes its credentials from the environment or files)."""
     return _URL.sub(lambda m: m["head"].split("://", 1)[0] + "://", url, count=1)
 
 
