@@ -1,6 +1,6 @@
-"""Experiment tracking: a real `mlflow server` (SQLite backend) on 127.0.0.1, MLflow's default local store in
-the run directory, W&B in offline mode, a killed run resumed into the same tracker run, and the one-line error
-when a tracker's package is missing."""
+"""Experiment tracking: a real `mlflow server` (SQLite backend) on 127.0.0.1, a password kept out of every
+file and output, an unreachable or vanished server as one masked line, and a killed run resumed into the same
+tracker run."""
 
 from __future__ import annotations
 
