@@ -17,5 +17,5 @@ def test_demo_synthesises_trains_evaluates_predicts_and_says_where(tmp_path, cap
     assert saved["split"] == "test" and saved["images"] == metrics["images"] == 6
     assert (run / "report.html").is_file()
     assert "test top1" in out and "calibrated (temperature 1)" in out  # 3 val images: too few to fit T
-    assert len([l for l in out.splitlines() if ".jpg:" in l]) >= 1
+    assert len([line for line in out.splitlines() if ".jpg:" in line]) >= 1
     assert f"report: {run / 'report.html'}" in err and "TensorBoard" in err

@@ -1,6 +1,7 @@
-"""Nothing is written outside the folders the README's "Files we write" names: export, eval (figures), predict (auto
-with --explain, ONNX Runtime, OpenVINO) and serve (a request through the app) run with HOME pointing at an empty folder and XDG_* unset,
-and leave nothing there, and nothing beside the model directory but what was asked for."""
+"""Nothing is written outside the folders the README's "Files we write" names: export, eval (figures), predict
+(auto with --explain, ONNX Runtime, OpenVINO) and serve (a request through the app) run with HOME pointing at
+an empty folder and XDG_* unset, and leave nothing there, and nothing beside the model directory but what was
+asked for."""
 
 import json
 import os
@@ -12,8 +13,8 @@ from PIL import Image
 from resnetcls.inference.sessions import TELEMETRY_ENV
 from tests.export.test_formats import CLASSES, make_tiny_model_dir
 
-# In a fresh interpreter: the runtimes' telemetry acts when they are first imported, which in the suite's own process
-# may already have happened (and HOME is read once per process by some libraries).
+# In a fresh interpreter: the runtimes' telemetry acts when they are first imported, which in the suite's own
+# process may already have happened (and HOME is read once per process by some libraries).
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
@@ -23,13 +24,15 @@ from resnetcls.serve.app import create_app
 from resnetcls.serve.schema import ServeSettings
 work = Path(sys.argv[1])
 model, image = work / "model", work / "a.png"
-codes = [main(["export", str(model), "--format", "onnx"]), main(["export", str(model), "--format", "torchscript"]),
+codes = [main(["export", str(model), "--format", "onnx"]),
+         main(["export", str(model), "--format", "torchscript"]),
          main(["eval", str(model), str(work / "data"), "--out", str(work / "eval")])]  # (draws figures)
 codes.append(main(["predict", str(model), str(image), "--explain", str(work / "cams")]))  # auto
 for backend in ("onnxruntime", "openvino"):
     codes.append(main(["predict", str(model), str(image), "--backend", backend]))
 with TestClient(create_app(ServeSettings(str(model), backend="openvino"))) as client:
-    codes.append(client.post("/predict", files={"file": ("a.png", image.read_bytes(), "image/png")}).status_code)
+    upload = {"file": ("a.png", image.read_bytes(), "image/png")}
+    codes.append(client.post("/predict", files=upload).status_code)
 print(json.dumps(codes))
 """
 

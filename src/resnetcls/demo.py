@@ -1,4 +1,4 @@
-"""`resnetcls demo` (what `make demo` runs): synthesise data, train, evaluate, predict, say where it all is."""
+"""`resnetcls demo` (what `make demo` runs): synthesise data, train, evaluate, predict, say where it is."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def run_demo(out: str | Path = "demo-run", classes: int = 10, per_class: int = 1
     c = metrics["calibration"]
     print(
         f"test top1 {metrics['top1']:.2%}  top5 {metrics['top5']:.2%} on {metrics['images']} images; ECE "
-        f"{c['ece_after']:.3f} calibrated (temperature {c['temperature']:.3g}), {c['ece_before']:.3f} raw softmax"
+        f"{c['ece_after']:.3f} calibrated (temperature {c['temperature']:.3g}), "
+        f"{c['ece_before']:.3f} raw softmax"
     )
     report = write_report(run_dir)  # again, now showing the test split's numbers and figures
     _say("[4/4] predicting a few held-out images")

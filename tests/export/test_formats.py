@@ -1,6 +1,6 @@
-"""`resnetcls export` (ONNX, TorchScript) with its parity check and the sha256 it records in model.json, and predict's
-onnxruntime and openvino backends (which run the exported file, only while it has that sha256) and when `--backend
-auto` picks them."""
+"""`resnetcls export` (ONNX, TorchScript) with its parity check and the sha256 it records in model.json, and
+predict's onnxruntime and openvino backends (which run the exported file, only while it has that sha256) and
+when `--backend auto` picks them."""
 
 import json
 
@@ -202,7 +202,7 @@ def test_predict_backends_give_the_same_topk(exported_dir, images, capsys):
 def test_auto_runs_a_current_model_onnx_on_the_runtime_fastest_for_the_cpu(
     exported_dir, tmp_path, monkeypatch, amx, native_bf16, expected
 ):
-    """As measured: OpenVINO (bf16) with AMX, eager bf16 torch with AVX512-BF16 alone, ONNX Runtime fp32 on AVX2."""
+    """Measured: OpenVINO (bf16) on AMX, eager bf16 torch on AVX512-BF16 only, ONNX Runtime fp32 on AVX2."""
     model, _ = exported_dir
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native_bf16)

@@ -19,7 +19,7 @@ COLOURS = {"blue": (40, 60, 255), "green": (40, 255, 60), "red": (255, 50, 40)}
 
 
 def patch_image(colour, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
-    """A noisy grey background with one bright square of the class colour at a random place; (image, x0, y0)."""
+    """A noisy grey background, one bright square of the class colour at a random place; (image, x0, y0)."""
     noise = np.random.default_rng(rng.randrange(1 << 30)).integers(70, 150, (SIZE, SIZE, 3), dtype=np.uint8)
     x0, y0 = rng.randrange(0, SIZE - PATCH), rng.randrange(0, SIZE - PATCH)
     noise[y0 : y0 + PATCH, x0 : x0 + PATCH] = colour

@@ -1,7 +1,7 @@
-"""Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when model.json
-records its sha256 and it matches the weights, otherwise an in-memory export that says how to skip it next time; a
-file that differs from its recorded sha256 is refused in one line; same probabilities as eager; a file OpenVINO
-cannot compile is a one-line error; neither runtime writes into the home folder."""
+"""Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when
+model.json records its sha256 and it matches the weights, otherwise an in-memory export that says how to skip
+it next time; a file that differs from its recorded sha256 is refused in one line; same probabilities as
+eager; a file OpenVINO cannot compile is a one-line error; neither runtime writes into the home folder."""
 
 import os
 
@@ -157,7 +157,8 @@ def test_metadata_read_once_per_file_version_sees_a_rewritten_file(tmp_path, see
 
 
 # Run in a child interpreter: OpenVINO's TBB threads then never share a process with the suite's other tests
-# (a full-suite run once died of a segfault a dozen tests after the first version of this test ran in-process).
+# (a full-suite run once died of a segfault a dozen tests after the first version of this test ran
+# in-process).
 CONCURRENT_CALLS = """
 import sys, torch
 from concurrent.futures import ThreadPoolExecutor

@@ -1,4 +1,4 @@
-"""The search space: the default is valid, a YAML file replaces it, and every mistake is one line naming the key."""
+"""The search space: the default is valid, a YAML file replaces it, each mistake is a line naming the key."""
 
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ from resnetcls.tune.study import TuneSettings, fail_dead_trials, open_study, sto
 
 from ..conftest import ROOT, TINY, run_cli
 
-# lr 1e-6 barely moves the loss, lr 0.02 lowers it: with the median pruner active after one trial, a 1e-6 trial
-# that follows a 0.02 one is pruned. The seeded sampler's draws depend only on its seed (train.seed + the trials
-# so far), not on any loss: with --seed 4, trials 0 and 1 (killed) draw 0.02; the continued study (seed 6)
-# draws 0.02 for trial 2 and 1e-6 for trial 3, which is pruned.
+# lr 1e-6 barely moves the loss, lr 0.02 lowers it: with the median pruner active after one trial, a 1e-6
+# trial that follows a 0.02 one is pruned. The seeded sampler's draws depend only on its seed (train.seed +
+# the trials so far), not on any loss: with --seed 4, trials 0 and 1 (killed) draw 0.02; the continued study
+# (seed 6) draws 0.02 for trial 2 and 1e-6 for trial 3, which is pruned.
 SPACE = (
     "optim.lr: {type: categorical, choices: [0.02, 1.0e-6]}\n"
     "loss.label_smoothing: {type: float, low: 0.0, high: 0.1}\n"
@@ -114,8 +114,8 @@ def test_study_with_a_pruned_trial_killed_and_continued_by_the_same_command(tmp_
         env=env,
         start_new_session=True,
     )
-    # Kill it while its second trial trains: at that trial's first epoch line, with no sleep (a tiny trial takes
-    # well under a second on an idle machine; its second epoch and its model files are still to come).
+    # Kill it while its second trial trains: at that trial's first epoch line, with no sleep (a tiny trial
+    # takes well under a second on an idle machine; its second epoch and its model files are still to come).
     in_trial_1 = False
     for line in worker.stderr:
         in_trial_1 = in_trial_1 or line.startswith("tune: trial 1 in")

@@ -1,8 +1,9 @@
 """Two `resnetcls tune` workers share one study through a real PostgreSQL server, as workers on many machines
 would (Optuna's RDB storage). The test starts its own server: initdb into a temporary folder and pg_ctl on a
 free port on 127.0.0.1 (as the postgres user when run as root: PostgreSQL refuses root), connections over TCP
-checked by password (SCRAM) for a role `tuner`, so the workers use a DSN with a password in it. `make test` installs
-Debian's postgresql package where it can (Makefile: postgresql); without it this test skips and says why."""
+checked by password (SCRAM) for a role `tuner`, so the workers use a DSN with a password in it. `make test`
+installs Debian's postgresql package where it can (Makefile: postgresql); without it this test skips and says
+why."""
 
 from __future__ import annotations
 
@@ -150,9 +151,9 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tiny_data, tmp_pat
     trials = study.get_trials()
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert 3 <= len(trials) <= 4  # the count is checked before each trial: two workers may overlap by one
-    # One study, not two: had each worker its own, there would be 6 trials. Which worker trains how many depends on
-    # how fast each starts (a tiny trial takes a fraction of a second), so only that every trial came from one of
-    # them is asserted.
+    # One study, not two: had each worker its own, there would be 6 trials. Which worker trains how many
+    # depends on how fast each starts (a tiny trial takes a fraction of a second), so only that every trial
+    # came from one of them is asserted.
     assert {t.user_attrs["pid"] for t in trials} <= {w.pid for w in workers}
     for t in trials:  # each an ordinary run directory on the machine (here: folder) that trained it
         assert (Path(t.user_attrs["run_dir"]) / "best" / "model.json").is_file()

@@ -1,4 +1,4 @@
-"""Temperature scaling: the fitted T lowers the NLL on held-out logits, in the right direction, with guards."""
+"""Temperature scaling: the fitted T lowers the NLL of held-out logits, in the right direction; guards."""
 
 import pytest
 import torch

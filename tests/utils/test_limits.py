@@ -1,4 +1,4 @@
-"""The shared bounds: a model file accepts exactly what training can produce; bools and NaN are not numbers."""
+"""The shared bounds: a model file accepts exactly what training can produce; bools, NaN are not numbers."""
 
 import math
 

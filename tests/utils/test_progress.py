@@ -50,8 +50,8 @@ print(json.dumps(codes), flush=True)
 
 
 def run_on_terminal(commands: list[list], env: dict) -> list[tuple[int, str, str]]:
-    """Each of `commands` (resnetcls ARGS), in turn in one `python` process whose stderr is a pseudo-terminal of
-    120 columns: [(code, stdout, stderr) of each]."""
+    """Each of `commands` (resnetcls ARGS), in turn in one `python` process whose stderr is a pseudo-terminal
+    of 120 columns: [(code, stdout, stderr) of each]."""
     command = [sys.executable, "-c", SEQUENCE, json.dumps([[str(a) for a in args] for args in commands])]
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
@@ -91,8 +91,8 @@ def _split(text: str, count: int) -> list[str]:
 def test_on_a_terminal_training_cache_build_eval_and_predict_show_a_bar_and_piped_nothing(
     tiny_run, tiny_data, tmp_path
 ):
-    """On a terminal: the decoded-cache build's bar and the live step bar of a bf16-autocast training (batch 4:
-    9 steps), eval's and predict's bars; the bars on stderr only, and none when stderr is a pipe."""
+    """On a terminal: the decoded-cache build's bar and the live step bar of a bf16-autocast training (batch
+    4: 9 steps), eval's and predict's bars; the bars on stderr only, and none when stderr is a pipe."""
     images = sorted(str(p) for p in tiny_data.rglob("*.jpg"))[:8]
     (train, _, train_err), (eval_code, eval_out, eval_err), (predict_code, predict_out, predict_err) = (
         run_on_terminal(

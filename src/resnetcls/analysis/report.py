@@ -2,15 +2,14 @@
 
 Every figure is embedded as a base64 PNG and the few lines of CSS and JavaScript are inline, so the file
 can be mailed, archived or opened offline. It shows the curves per epoch, the LR range test (lr_find.json
-of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report of just that), the evaluation in RUN_DIR/eval
-(figures, with a caption naming the classes the heatmap shows, headline numbers, a per-class table sortable
-by any column: every class up to PER_CLASS_ROWS, else the worst and the best by F1, every class being in
-eval/per_class.csv), the resolved config and the environment.
+of `train --lr auto` or `lr-find --out DIR`; such a folder alone gets a report of just that), the evaluation
+in RUN_DIR/eval (figures, with a caption naming the classes the heatmap shows, headline numbers, a per-class
+table sortable by any column: every class up to PER_CLASS_ROWS, else the worst and the best by F1, every class
+being in eval/per_class.csv), the resolved config and the environment.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
 import json
@@ -30,6 +29,7 @@ from ..inference.predictor import Predictor
 from ..records.envinfo import provenance
 from ..utils.atomic import write_text_atomic
 from .evaluate import evaluate_samples
+from .report_sections import cards_html, embedded_png, eval_section, html_value, lifelong_section
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;
@@ -62,7 +62,8 @@ function sortTable(th, desc){
   table.querySelectorAll('th').forEach(h => h.classList.remove('asc', 'desc'));
   th.classList.add(desc ? 'desc' : 'asc');
 }
-document.querySelectorAll('table.sortable th').forEach(th => th.addEventListener('click', () => sortTable(th)));
+document.querySelectorAll('table.sortable th')
+  .forEach(th => th.addEventListener('click', () => sortTable(th)));
 window.addEventListener('load', () => {
   const imgs = Array.from(document.images), ok = imgs.filter(i => i.complete && i.naturalWidth > 0);
   document.body.dataset.imagesLoaded = ok.length + '/' + imgs.length;
@@ -74,20 +75,6 @@ window.addEventListener('load', () => {
   if (th) sortTable(th, !!m[2]);
 });
 """
-
-
-def _img(path: Path, element_id: str, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img id="{element_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-embedded_png = _img  # public name: tune's page (tune/page.py) embeds its figures the same way
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
 def read_records(run_dir: Path) -> tuple[list[dict], dict]:
@@ -110,21 +97,15 @@ def read_records(run_dir: Path) -> tuple[list[dict], dict]:
     return epochs, summary
 
 
-def _cards(items: list[tuple[str, object]]) -> str:
-    return (
-        '<div class="cards">'
-        + "".join(f'<div class="card"><b>{_fmt(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items)
-        + "</div>"
-    )
-
-
 def _curves_section(run_dir: Path, epochs: list[dict]) -> str:
     if not epochs:
         return "<h2>Training curves</h2><p>No epochs logged in metrics.jsonl.</p>"
     from ..records.figures import training_curves
 
     path = training_curves(epochs, run_dir / "curves.png")
-    return "<h2>Training curves</h2>" + _img(path, "curves", "loss, top-1 and learning rate per epoch")
+    return "<h2>Training curves</h2>" + embedded_png(
+        path, "curves", "loss, top-1 and learning rate per epoch"
+    )
 
 
 AUGMENTED_PNG = "augmented_batch.png"
@@ -176,13 +157,13 @@ def _augmented_section(run_dir: Path) -> str:
     path = run_dir / AUGMENTED_PNG
     if not path.is_file():
         return ""
-    return "<h2>Training images as the model sees them</h2>" + _img(
+    return "<h2>Training images as the model sees them</h2>" + embedded_png(
         path, "augmented", "an augmented training batch"
     )
 
 
 def _lr_find_section(run_dir: Path) -> str:
-    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): the plot, the suggestion, its rule."""
+    """The LR range test in RUN_DIR (`train --lr auto`, `lr-find --out`): plot, suggestion, its rule."""
     path, png = run_dir / "lr_find.json", run_dir / "lr_find.png"
     if not path.is_file():
         return ""
@@ -193,7 +174,11 @@ def _lr_find_section(run_dir: Path) -> str:
         raise UserError(f"{path}: unreadable LR range test ({type(e).__name__}: {e})") from None
     settings = c.get("settings") if isinstance(c.get("settings"), dict) else {}
     swept = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items())
-    fig = _img(png, "lr-find", "LR range test: training loss against learning rate") if png.is_file() else ""
+    fig = (
+        embedded_png(png, "lr-find", "LR range test: training loss against learning rate")
+        if png.is_file()
+        else ""
+    )
     return (
         f"<h2>Learning-rate range test</h2><p id='lr-suggestion'>suggested lr <b>{lr:.3g}</b> "
         f"(rule: {html.escape(rule)}); {len(points)} steps, {html.escape(str(c.get('stopped', '')))}</p>"
@@ -201,222 +186,12 @@ def _lr_find_section(run_dir: Path) -> str:
     )
 
 
-# Above this many classes the per-class table shows the worst and best classes by F1 (half each); per_class.csv
-# in the eval folder holds every class.
-PER_CLASS_ROWS = 50
-
-
-def _class_rows(m: dict, names: list[str]) -> str:
-    cols = ("precision", "recall", "f1", "support")
-    return "".join(
-        "<tr>"
-        + f"<td>{html.escape(name)}</td>"
-        + "".join(f"<td>{_fmt(m['per_class'][name][c])}</td>" for c in cols)
-        + "</tr>"
-        for name in names
-    )
-
-
-def _class_table(table_id: str, rows: str) -> str:
-    cols = [
-        ("class", "class"),
-        ("precision", "precision"),
-        ("recall", "recall"),
-        ("f1", "F1"),
-        ("support", "support"),
-    ]
-    head = "".join(f'<th data-col="{c}">{label}</th>' for c, label in cols)
-    return (
-        f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-    )
-
-
-def _per_class_table(m: dict) -> str:
-    """Every class while they fit PER_CLASS_ROWS; above it the classes in the data while they fit, else the lowest
-    and the highest F1, each a sortable table, with every class in per_class.csv."""
-    names = list(m["per_class"])
-    if len(names) <= PER_CLASS_ROWS:
-        return '<h3>Per class</h3><p class="sub">Click a column to sort.</p>' + _class_table(
-            "per-class", _class_rows(m, names)
-        )
-    scored = sorted((row["f1"], name) for name, row in m["per_class"].items() if row["f1"] is not None)
-    note = f'<h3>Per class</h3><p class="sub" id="per-class-note">{len(names)} classes ({len(scored)} in the data): '
-    if len(scored) <= PER_CLASS_ROWS:
-        return (
-            note + "those in the data, lowest F1 first; every class in eval/per_class.csv. Click a column to "
-            "sort.</p>" + _class_table("per-class", _class_rows(m, [n for _, n in scored]))
-        )
-    half = PER_CLASS_ROWS // 2
-    worst, best = [n for _, n in scored[:half]], [n for _, n in scored[::-1][:half]]
-    return (
-        note + f"the {len(worst)} with the lowest F1 and the {len(best)} with the highest; every class in "
-        f"eval/per_class.csv. Click a column to sort.</p><div class='figs'><div><h4>Lowest F1</h4>"
-        + _class_table("per-class-worst", _class_rows(m, worst))
-        + "</div><div><h4>Highest F1</h4>"
-        + _class_table("per-class-best", _class_rows(m, best))
-        + "</div></div>"
-    )
-
-
-def _calibration_part(c: dict | None) -> str:
-    """Temperature scaling's effect on the evaluated data (the reliability figure draws both curves)."""
-    if not c or not c.get("calibrated"):
-        return (
-            (
-                "<h3 id='calibration'>Calibration</h3><p>Not calibrated: probabilities are the raw softmax "
-                "(temperature 1).</p>"
-            )
-            if c
-            else ""
-        )
-    return (
-        f"<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
-        f"on {html.escape(str(c.get('fitted_images')))} {html.escape(str(c.get('fitted_on')))} images by NLL; "
-        "on this data:</p>"
-        + _cards(
-            [
-                ("temperature", c["temperature"]),
-                ("ECE before", c["ece_before"]),
-                ("ECE after", c["ece_after"]),
-                ("NLL before", c["nll_before"]),
-                ("NLL after", c["nll_after"]),
-            ]
-        )
-    )
-
-
-def _confusion_caption(shown: dict | None) -> str:
-    """Which classes the heatmap shows (eval's metrics.json "confusion_figure"): all, or the most confused."""
-    if not shown:
-        return ""
-    names = ", ".join(shown["classes"]) if shown.get("capped") else ""
-    return (
-        f"<p class='sub' id='confusion-caption'>Confusion matrix: {html.escape(shown['caption'])}"
-        + (f". Shown: {html.escape(names)}" if names else "")
-        + ".</p>"
-    )
-
-
-def _eval_section(eval_dir: Path) -> str:
-    path = eval_dir / "metrics.json"
-    if not path.is_file():
-        return (
-            "<h2>Evaluation</h2><p>No evaluation yet: run <code>resnetcls eval RUN_DIR DATA</code> "
-            "(it writes RUN_DIR/eval/), then <code>resnetcls report RUN_DIR</code>.</p>"
-        )
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable evaluation: {e}") from None
-    parts = [
-        f"<h2>Evaluation</h2><p class='sub'>{m['images']} images of {html.escape(str(m.get('data')))} "
-        f"(split: {html.escape(str(m.get('split')))}), model {html.escape(str(m.get('model')))}</p>",
-        _cards(
-            [
-                ("top-1", m["top1"]),
-                (f"top-{m.get('top5_k', 5)}", m["top5"]),
-                ("balanced accuracy", m["balanced_accuracy"]),
-                ("macro precision", m["macro_precision"]),
-                ("macro recall", m["macro_recall"]),
-                ("macro F1", m["macro_f1"]),
-                ("ECE", m["ece"]),
-                ("NLL", m["nll"]),
-            ]
-        ),
-        _calibration_part(m.get("calibration")),
-    ]
-    figs = [
-        ("confusion", "confusion_matrix.png", "confusion matrix"),
-        ("reliability", "reliability.png", "reliability diagram"),
-        ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM"),
-    ]
-    shown = [
-        _img(eval_dir / name, f"fig-{key}", alt) for key, name, alt in figs if (eval_dir / name).is_file()
-    ]
-    parts.append(
-        '<div class="figs">' + "".join(shown) + "</div>" + _confusion_caption(m.get("confusion_figure"))
-    )
-    if m.get("most_confused"):
-        parts.append(
-            "<h3>Most confused pairs</h3><table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
-            + "".join(
-                f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['pred'])}</td>"
-                f"<td>{p['count']}</td></tr>"
-                for p in m["most_confused"][:10]
-            )
-            + "</table>"
-        )
-    parts.append(_per_class_table(m))
-    if m.get("bad_images"):
-        parts.append(
-            f"<p class='warn'>{len(m['bad_images'])} unreadable images skipped: "
-            + html.escape(", ".join(b["path"] for b in m["bad_images"][:20]))
-            + "</p>"
-        )
-    return "".join(parts)
-
-
-def _lifelong_section(run_dir: Path) -> str:
-    """A lifelong run (resnetcls lifelong): the accuracy matrix heatmap and the continual-learning metrics."""
-    path = run_dir / "metrics.json"
-    if not (run_dir / "R.json").is_file() or not path.is_file():
-        return ""
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable lifelong metrics: {e}") from None
-    keys = [
-        "ACC",
-        "BWT",
-        "FWT",
-        "overall",
-        "overall_vs_joint",
-        "A",
-        "REM",
-        "BWT_plus",
-        "FWT_dr",
-        "gap_to_joint",
-        "buffer_images",
-        "buffer_mb",
-        "model_params",
-        "model_mb",
-        "train_seconds",
-        "inference_ms_per_image",
-    ]
-    rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in keys if k in m)
-    tasks = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{_fmt(s)}</td><td>{_fmt(f)}</td></tr>"
-        for n, s, f in zip(
-            m["task_names"], m["train_seconds_per_task"], m.get("forgetting", []) + [None] * 99
-        )
-    )
-    fig = _img(run_dir / "R.png", "lifelong-R", "accuracy matrix R") if (run_dir / "R.png").is_file() else ""
-    return (
-        f"<h2>Lifelong: {html.escape(str(m['strategy']))} over {len(m['task_names'])} tasks</h2>"
-        f"<div class='figs'>{fig}<table id='lifelong-metrics'>{rows}</table>"
-        f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>"
-        + _matrix_table(m)
-    )
-
-
-def _matrix_table(m: dict) -> str:
-    """R as numbers (row: after training that task, column: accuracy on that task), with b as the first row."""
-    names = m["task_names"]
-    after = ["before"] + (names if m.get("strategy") != "joint" else ["joint"])
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    body = "".join(
-        f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{_fmt(float(v))}</td>" for v in row) + "</tr>"
-        for a, row in zip(after, [m["b"], *m["R"]])
-    )
-    return f"<table id='lifelong-R-matrix'><tr><th>after \\ on</th>{head}</tr>{body}</table>"
-
-
 def _env_section(run_dir: Path, summary: dict) -> str:
     def table(d: dict) -> str:
         return (
             "<table>"
             + "".join(
-                f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
+                f"<tr><th>{html.escape(str(k))}</th><td>{html_value(v)}</td></tr>"
                 for k, v in d.items()
                 if k not in ("kind", "time")
             )
@@ -443,7 +218,7 @@ def _env_section(run_dir: Path, summary: dict) -> str:
 def write_report(
     run_dir: str | os.PathLike, eval_samples: Samples | None = None, num_workers: int = -1
 ) -> Path:
-    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them into RUN_DIR/eval."""
+    """Write RUN_DIR/report.html; with eval_samples, first evaluate the best model on them (RUN_DIR/eval)."""
     run_dir = Path(run_dir)
     is_run = (run_dir / "metrics.jsonl").is_file() or (run_dir / "config.yaml").is_file()
     if not is_run and not (run_dir / "lr_find.json").is_file():
@@ -466,10 +241,14 @@ def write_report(
     body = (
         f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
         f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
-        + (_cards(headline) + _lifelong_section(run_dir) + _curves_section(run_dir, epochs) if is_run else "")
+        + (
+            cards_html(headline) + lifelong_section(run_dir) + _curves_section(run_dir, epochs)
+            if is_run
+            else ""
+        )
         + _lr_find_section(run_dir)
         + (
-            _augmented_section(run_dir) + _eval_section(run_dir / "eval") + _env_section(run_dir, summary)
+            _augmented_section(run_dir) + eval_section(run_dir / "eval") + _env_section(run_dir, summary)
             if is_run
             else ""
         )

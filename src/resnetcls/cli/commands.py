@@ -143,19 +143,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..inference.predictor import run_predict
+    from ..inference.command import PredictOptions, run_predict
 
-    return run_predict(
-        args.model,
-        args.paths,
-        args.topk,
-        args.format,
-        args.batch_size,
-        args.tta,
-        args.backend,
-        args.precision,
-        args.explain,
-    )
+    options = PredictOptions(args.topk, args.format, args.batch_size, args.tta, args.explain)
+    return run_predict(args.model, args.paths, options, args.backend, args.precision)
 
 
 def cmd_rank(args) -> int:

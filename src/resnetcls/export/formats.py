@@ -108,7 +108,7 @@ def _real_images(root: Path, limit: int) -> list[Path]:
 
 
 def _synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
-    """Smooth random colour fields with a few hard edges: image-like inputs when no photographs are at hand."""
+    """Smooth random colour fields with a few hard edges: image-like inputs when no photographs are given."""
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(count):

@@ -3,13 +3,13 @@ against fp32 on real validation images, in both runtimes that run it (ONNX Runti
 is written.
 
 Why ONNX Runtime's quantizer and not PyTorch's PT2E x86 quantizer: PT2E's X86InductorQuantizer now lives in
-torchao (not a dependency here), and ONNX Runtime's QDQ file runs in both ONNX Runtime (7.6x torchvision fp32 at
-batch 32 on the Zen 4 machine) and OpenVINO (2.3-3x ONNX Runtime again on Xeon-AMX, README, int8) - the fastest
-paths found. Static QDQ with per-channel int8 weights and uint8 activations: VNNI and AMX CPUs run it with int8
-dot products; AVX2-only CPUs run the same file correctly, only slower.
+torchao (not a dependency here), and ONNX Runtime's QDQ file runs in both ONNX Runtime (7.6x torchvision fp32
+at batch 32 on the Zen 4 machine) and OpenVINO (2.3-3x ONNX Runtime again on Xeon-AMX, README, int8) - the
+fastest paths found. Static QDQ with per-channel int8 weights and uint8 activations: VNNI and AMX CPUs run it
+with int8 dot products; AVX2-only CPUs run the same file correctly, only slower.
 
-This module sits with evaluation/rank/serve in the layers (not beside export) because it reads the model's training
-data set (data.sources, config.yaml), which export, predict and serve may not import.
+This module sits with evaluation/rank/serve in the layers (not beside export) because it reads the model's
+training data set (data.sources, config.yaml), which export, predict and serve may not import.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def training_data(model_dir: Path, calibration: str | os.PathLike | None) -> tup
 def _tensors(
     loaded: LoadedModel, samples: Samples, count: int, seed: int = 0
 ) -> tuple[torch.Tensor, list[int]]:
-    """Up to count preprocessed images drawn at random (fixed seed) from samples, with their class index in the
-    model's classes (-1 for a class the model does not know); undecodable images are skipped."""
+    """Up to count preprocessed images drawn at random (fixed seed) from samples, with their class index in
+    the model's classes (-1 for a class the model does not know); undecodable images are skipped."""
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
     transform, index = build_eval_transform(loaded.preprocess), {c: i for i, c in enumerate(loaded.classes)}
@@ -204,8 +204,9 @@ def export_int8(
     out: str | os.PathLike | None = None,
 ) -> Int8Result:
     """Quantize MODEL to int8 ONNX, calibrated on `images` training images, and write it (default
-    MODEL/model.int8.onnx, recorded with its sha256 in model.json's "int8" and "sha256" fields) only when its top-1 agrees with eager fp32 on
-    at least min_agreement of the validation images; else UserError with the numbers, nothing written."""
+    MODEL/model.int8.onnx, recorded with its sha256 in model.json's "int8" and "sha256" fields) only when its
+    top-1 agrees with eager fp32 on at least min_agreement of the validation images; else UserError with the
+    numbers, nothing written."""
     if images < 1:
         raise UserError(f"--calibration-images {images}: expected a whole number of at least 1")
     if not 0 <= min_agreement <= 1:

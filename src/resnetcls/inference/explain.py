@@ -84,13 +84,13 @@ def overlay_name(path: str | os.PathLike) -> str:
     bytes, so it fits every file system's name limit (255 bytes; 143 on eCryptfs) with room for write_atomic's
     temporary name; two inputs with one stem in different folders get different names (the same input the same
     name on every run), so no overlay overwrites another input's."""
-    stem, size, cut = Path(path).stem or "image", 0, 0
-    for cut, char in enumerate(stem):
+    stem, size = Path(path).stem or "image", 0
+    cut = len(stem)
+    for index, char in enumerate(stem):
         size += len(char.encode("utf-8", "surrogatepass"))
         if size > STEM_BYTES:
+            cut = index
             break
-    else:
-        cut = len(stem)
     full = os.path.abspath(path).encode("utf-8", "surrogatepass")
     return f"{stem[:cut]}-{hashlib.blake2b(full, digest_size=HASH_CHARS // 2).hexdigest()}{OVERLAY_SUFFIX}"
 
@@ -201,7 +201,7 @@ class OverlayWriter:
         self.failed = 0
 
     def write(self, path: str, image: torch.Tensor, class_index: int) -> tuple[str, str]:
-        """(the written overlay's path, "") for one input path and its preprocessed image, or ("", why not)."""
+        """(the written overlay's path, "") for an input path and its preprocessed image, or ("", why not)."""
         target = self.out_dir / overlay_name(path)
         try:
             write_atomic(target, png_bytes(self.explainer.explain(image, class_index).overlay()))

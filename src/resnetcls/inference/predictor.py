@@ -1,4 +1,5 @@
-"""Predictor: model directory -> top-k class names and probabilities for images; `resnetcls predict`.
+"""Predictor: model directory -> top-k class names and probabilities for images; the PATH arguments of
+`resnetcls predict` (command.py prints the predictions).
 
 PATH arguments may be image files, folders (searched recursively), globs, or CSV files listing paths.
 Images are decoded on a few threads one batch ahead of the model, so a folder of small images runs at
@@ -9,10 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
-import json
 import os
-import sys
 import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +28,6 @@ from ..records.modelfile import LoadedModel, load_model_dir
 from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from ..utils.progress import progress_bar
-from .explain import Explainer, OverlayWriter, writable_dir
 from .sessions import int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities, onnx_session_for
 
 FORMATS = ("table", "json", "csv")
@@ -38,7 +35,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "ope
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
 # What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
-ImageInput = typing.Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
 @dataclass
@@ -59,11 +56,12 @@ EachImage = Callable[[Prediction, torch.Tensor], None]  # Predictor.predict's `e
 
 
 def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: torch.device) -> str:
-    """ "auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a checked,
-    current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX CPUs, eager
-    bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in memory would
-    cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit --precision keeps torch.
-    int8 is never chosen by auto: it changes results slightly, so it is asked for by name."""
+    """ "auto" -> the fastest verified fp path on this machine, as bench/inference.py measured it: with a
+    checked, current model.onnx (export parity-checked it), hardware.auto_exported_backend (OpenVINO on AMX
+    CPUs, eager bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in
+    memory would cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit
+    --precision keeps torch. int8 is never chosen by auto: it changes results slightly, so it is asked for by
+    name."""
     if backend != "auto":
         return backend
     if device.type != "cpu" or precision != "auto":
@@ -89,15 +87,15 @@ def input_name(item: ImageInput, index: int) -> str:
 class Predictor:
     """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
 
-    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see export/formats.py)
-    on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO (bf16 where the CPU
-    has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its model.int8.onnx
-    (export/int8.py; top-1 checked against fp32 in both runtimes when it was written); "auto" the fastest verified
-    fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+ channels_last for torch) where
-    the device computes bf16 natively (as training picks it, hardware.resolve_amp), else fp32; "fp32" gives
-    bit-stable outputs on every machine; "bf16" forces bf16 (slow where it is emulated).
-    Probabilities are calibrated: softmax(logits / T) with model.json's calibration temperature (T = 1 for a
-    model without one); the ONNX graph has the same T built in.
+    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see
+    export/formats.py) on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO
+    (bf16 where the CPU has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its
+    model.int8.onnx (export/int8.py; top-1 checked against fp32 in both runtimes when it was written); "auto"
+    the fastest verified fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+
+    channels_last for torch) where the device computes bf16 natively (as training picks it,
+    hardware.resolve_amp), else fp32; "fp32" gives bit-stable outputs on every machine; "bf16" forces bf16
+    (slow where it is emulated). Probabilities are calibrated: softmax(logits / T) with model.json's
+    calibration temperature (T = 1 for a model without one); the ONNX graph has the same T built in.
     """
 
     def __init__(
@@ -157,7 +155,7 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) preprocessed images -> (N, classes) calibrated probabilities softmax(logits / T), fp32."""
+        """(N, 3, S, S) preprocessed images -> (N, classes) fp32 probabilities softmax(logits / T)."""
         if self.session is not None:
             return onnx_probabilities(self.session, batch)
         return calibrated_probabilities(self.logits(batch), self.temperature)
@@ -299,93 +297,3 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
         else:
             items.append((arg, "file not found"))
     return items
-
-
-def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
-    """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that writes
-    each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or prints one
-    warning line naming the image and why its overlay could not be written."""
-    explainer = Explainer(
-        predictor.model, predictor.loaded.preprocess, predictor.device, temperature=predictor.temperature
-    )
-    writer = OverlayWriter(explainer, out_dir)
-    index = {name: i for i, name in enumerate(predictor.classes)}
-
-    def each(result: Prediction, image: torch.Tensor) -> None:
-        result.gradcam, reason = writer.write(result.path, image, index[result.top[0][0]])
-        if reason:
-            print(
-                f"warning: {result.path}: Grad-CAM overlay not written ({reason}); its prediction stands",
-                file=sys.stderr,
-            )
-
-    return writer, each
-
-
-def format_results(results: list[Prediction], fmt: str, explained: bool = False) -> str:
-    """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error); with
-    overlays (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam
-    column, empty where none was written)."""
-    explained = explained or any(r.gradcam for r in results)
-    if fmt == "json":
-        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "prob", "error"] + ["gradcam"] * explained)
-        for r in results:
-            rows = [
-                [r.path, k + 1, c, f"{p:.6f}", ""] + [r.gradcam] * explained for k, (c, p) in enumerate(r.top)
-            ]
-            writer.writerows(rows or [[r.path, "", "", "", r.error] + [""] * explained])
-        return buf.getvalue()
-    width = min(60, max([len("path")] + [len(r.path) for r in results]))
-    lines = [f"{'path':<{width}}  top classes (probability)"]
-    for r in results:
-        body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c} ({p:.3f})" for c, p in r.top)
-        body += f"  gradcam: {r.gradcam}" if r.gradcam else ""
-        lines.append(f"{r.path:<{width}}  {body}")
-    return "\n".join(lines) + "\n"
-
-
-def run_predict(
-    model: str,
-    inputs: list[str],
-    topk: int = 5,
-    fmt: str = "table",
-    batch_size: int = 32,
-    tta: bool = False,
-    backend: str = "auto",
-    precision: str = "auto",
-    explain_dir: str | None = None,
-) -> int:
-    """`resnetcls predict`: predictions to stdout in fmt; exit code 2 when any input gave an error row or any
-    overlay could not be written (the predictions are printed all the same).
-
-    explain_dir: also write a Grad-CAM overlay of each image's top-1 class there, each as it is predicted
-    (explain.py; on the eager model in fp32 whatever the backend, since ONNX files have no gradients)."""
-    if topk < 1:
-        raise UserError(f"--topk {topk}: expected a whole number of at least 1")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
-    out_dir = writable_dir(explain_dir, "--explain") if explain_dir is not None else None
-    predictor = Predictor(model, backend=backend, precision=precision)
-    items = expand_inputs(inputs)
-    good = [p for p, reason in items if not reason]
-    writer, each = overlay_each(predictor, out_dir) if out_dir is not None else (None, None)
-    predicted = iter(predictor.predict(good, topk, batch_size, tta, progress=len(good) > 1, each=each))
-    results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
-    sys.stdout.write(format_results(results, fmt, explained=writer is not None))
-    failed = sum(1 for r in results if r.error)
-    if failed:
-        print(
-            f"{failed} of {len(results)} inputs could not be predicted (see the error rows)", file=sys.stderr
-        )
-    unwritten = writer.failed if writer is not None else 0
-    if unwritten:
-        print(
-            f"{unwritten} of {len(results) - failed} Grad-CAM overlays could not be written (see the warnings); "
-            f"the predictions are complete",
-            file=sys.stderr,
-        )
-    return 2 if failed or unwritten else 0

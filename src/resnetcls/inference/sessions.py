@@ -1,15 +1,16 @@
 """The ONNX form of a model directory and the runtimes that run it (ONNX Runtime, OpenVINO), shared by
-export/formats.py (which writes and checks model.onnx) and inference/predictor.py (whose onnxruntime and openvino backends run
-it): predict must not import the export command, so what both need lives here.
+export/formats.py (which writes and checks model.onnx) and inference/predictor.py (whose onnxruntime and
+openvino backends run it): predict must not import the export command, so what both need lives here.
 
 An exported model takes float32 (N, 3, S, S) RGB images, preprocessed as recorded in `preprocess` (which
 travels in the file's metadata with the class names), and gives `logits` (raw) and `probabilities`
-(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata). A file in the
-model directory is run only when model.json records its sha256 and the file still has it (modelfile.record_export).
+(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata). A file in
+the model directory is run only when model.json records its sha256 and the file still has it
+(modelfile.record_export).
 
-Both runtimes ship with telemetry: ONNX Runtime writes a device id under ~/.cache/Microsoft and OpenVINO a client id
-under ~/intel and sends usage events. Both are turned off before either is imported (runtime_telemetry_off) unless
-the user sets RESNETCLS_RUNTIME_TELEMETRY=1.
+Both runtimes ship with telemetry: ONNX Runtime writes a device id under ~/.cache/Microsoft and OpenVINO a
+client id under ~/intel and sends usage events. Both are turned off before either is imported
+(runtime_telemetry_off) unless the user sets RESNETCLS_RUNTIME_TELEMETRY=1.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ TELEMETRY_ENV = "RESNETCLS_RUNTIME_TELEMETRY"  # "1": leave the runtimes' teleme
 
 
 def runtime_telemetry_off(openvino: bool = False) -> None:
-    """Turn ONNX Runtime's (and with openvino=True OpenVINO's) telemetry off, unless RESNETCLS_RUNTIME_TELEMETRY=1;
-    call it before importing the runtime. ONNX Runtime reads ORT_DISABLE_TELEMETRY when it is imported (a value the
-    user set is kept). OpenVINO's usage events come from its optional openvino_telemetry package, imported by
-    `import openvino`: hidden during that import, OpenVINO binds its own no-op stub (its path when the package is not
-    installed), and the package stays importable afterwards for whoever wants it."""
+    """Turn ONNX Runtime's (and with openvino=True OpenVINO's) telemetry off, unless
+    RESNETCLS_RUNTIME_TELEMETRY=1; call it before importing the runtime. ONNX Runtime reads
+    ORT_DISABLE_TELEMETRY when it is imported (a value the user set is kept). OpenVINO's usage events come
+    from its optional openvino_telemetry package, imported by `import openvino`: hidden during that import,
+    OpenVINO binds its own no-op stub (its path when the package is not installed), and the package stays
+    importable afterwards for whoever wants it."""
     if os.environ.get(TELEMETRY_ENV) == "1":
         return
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -87,8 +89,8 @@ def export_metadata(meta: dict) -> dict[str, str]:
         "weights_sha256": meta["sha256"][WEIGHTS],
         "temperature": repr(temperature_of(meta)),
         "calibration": json.dumps(meta.get("calibration")),
-        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits (raw), probabilities "
-        "(softmax(logits / temperature))",
+        "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits (raw), "
+        "probabilities (softmax(logits / temperature))",
     }
 
 
@@ -123,9 +125,9 @@ def onnx_bytes(loaded: LoadedModel) -> bytes:
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata_props of an ONNX file as strings (the export_metadata keys).
 
-    Reading them parses the whole file (0.8 s for ResNet-50's model.onnx on Xeon-AMX), and a Predictor asks twice
-    (auto's check, then the session's), so the answer is kept per file version: path, inode, size and mtime
-    (export's atomic rewrite gives a new inode; an in-place rewrite changes the size or the mtime)."""
+    Reading them parses the whole file (0.8 s for ResNet-50's model.onnx on Xeon-AMX), and a Predictor asks
+    twice (auto's check, then the session's), so the answer is kept per file version: path, inode, size and
+    mtime (export's atomic rewrite gives a new inode; an in-place rewrite changes the size or the mtime)."""
     stat = os.stat(path)
     return dict(_metadata_of(os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
 
@@ -142,13 +144,14 @@ class OpenVinoSession:
     """An ONNX file compiled by OpenVINO for this CPU, answering ONNX Runtime's `run(names, feeds)`, so every
     caller of a session runs either runtime.
 
-    precision "auto" is bf16 where the CPU computes it natively (AMX, AVX512-BF16: hardware.cpu_has_fast_bf16, as
-    training and the torch backend decide), else fp32; "fp32" keeps fp32 throughout (within 1e-4 of ONNX Runtime),
-    "bf16" asks for bf16. Left to itself OpenVINO would pick bf16 from the CPU's flags even where oneDNN is capped
-    below bf16 (ONEDNN_MAX_CPU_ISA=AVX2), and then fails to compile a max-pool there. On Xeon-AMX OpenVINO
-    ran the same int8 file 2.3-3x and the fp32 file (in bf16) 4.4-5.4x faster than ONNX Runtime (README, int8).
-    One synchronous infer request, which OpenVINO does not let two threads run at once: calls from several
-    threads take turns (each call already uses every thread it was given), where ONNX Runtime's run is reentrant.
+    precision "auto" is bf16 where the CPU computes it natively (AMX, AVX512-BF16: hardware.cpu_has_fast_bf16,
+    as training and the torch backend decide), else fp32; "fp32" keeps fp32 throughout (within 1e-4 of ONNX
+    Runtime), "bf16" asks for bf16. Left to itself OpenVINO would pick bf16 from the CPU's flags even where
+    oneDNN is capped below bf16 (ONEDNN_MAX_CPU_ISA=AVX2), and then fails to compile a max-pool there. On
+    Xeon-AMX OpenVINO ran the same int8 file 2.3-3x and the fp32 file (in bf16) 4.4-5.4x faster than ONNX
+    Runtime (README, int8). One synchronous infer request, which OpenVINO does not let two threads run at
+    once: calls from several threads take turns (each call already uses every thread it was given), where ONNX
+    Runtime's run is reentrant.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
@@ -240,8 +243,8 @@ def export_command(loaded: LoadedModel, int8: bool = False) -> str:
 
 def _unrecorded(path, loaded: LoadedModel, instead: str, int8: bool = False) -> str:
     return (
-        f"{path}: not run, its sha256 is not recorded in model.json (exported by an older resnetcls, or copied "
-        f"in); {instead}re-export it with `{export_command(loaded, int8)}`"
+        f"{path}: not run, its sha256 is not recorded in model.json (exported by an older resnetcls, "
+        f"or copied in); {instead}re-export it with `{export_command(loaded, int8)}`"
     )
 
 
@@ -255,10 +258,10 @@ def _is_current(meta: dict[str, str], loaded: LoadedModel) -> bool:
 def onnx_session_for(
     loaded: LoadedModel, threads: int = 0, runtime: str = "onnxruntime", precision: str = "auto"
 ):
-    """A session (onnx_session) for a loaded model directory: its model.onnx when model.json records its sha256 and
-    it was exported from these exact weights and calibration temperature, else an in-memory export (slower to
-    start; nothing is written). A file whose sha256 differs from the record is refused (UserError). A file exported
-    before calibration existed has no temperature: it is current only for T = 1."""
+    """A session (onnx_session) for a loaded model directory: its model.onnx when model.json records its
+    sha256 and it was exported from these exact weights and calibration temperature, else an in-memory export
+    (slower to start; nothing is written). A file whose sha256 differs from the record is refused (UserError).
+    A file exported before calibration existed has no temperature: it is current only for T = 1."""
     path, command = loaded.path / ONNX_FILE, export_command(loaded)
     if not path.is_file():
         print(
@@ -285,9 +288,9 @@ def onnx_session_for(
 
 def int8_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnxruntime"):
     """A session on the model directory's model.int8.onnx, which must be the file `export --int8` recorded in
-    model.json (its sha256) and quantized from these exact weights and temperature (it cannot be made in memory:
-    quantizing needs calibration images). OpenVINO runs the same QDQ file with its own int8 kernels; `export --int8`
-    checks the file's agreement in both."""
+    model.json (its sha256) and quantized from these exact weights and temperature (it cannot be made in
+    memory: quantizing needs calibration images). OpenVINO runs the same QDQ file with its own int8 kernels;
+    `export --int8` checks the file's agreement in both."""
     path, command = loaded.path / INT8_FILE, export_command(loaded, int8=True)
     if not path.is_file():
         raise UserError(f"{path}: not found; run `{command}` first")
@@ -302,8 +305,9 @@ def int8_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnx
 
 def onnx_file_current(loaded: LoadedModel) -> bool:
     """Whether the model directory has a model.onnx recorded in model.json (its sha256) and exported (and so
-    parity-checked) from these exact weights and temperature: the condition for --backend auto to choose OpenVINO or
-    ONNX Runtime. A file without a record is passed over with a note; one that differs from its record is refused."""
+    parity-checked) from these exact weights and temperature: the condition for --backend auto to choose
+    OpenVINO or ONNX Runtime. A file without a record is passed over with a note; one that differs from its
+    record is refused."""
     path = loaded.path / ONNX_FILE
     if not path.is_file():
         return False

@@ -1,8 +1,10 @@
-"""`resnetcls env`: what a user pastes into a bug report (in the spirit of `python -m torch.utils.collect_env`).
+"""`resnetcls env`: what a user pastes into a bug report (in the spirit of `python -m
+torch.utils.collect_env`).
 
 The one place that describes the machine: `resnetcls env` prints collect(), every benchmark prints
 machine_line() in its header, and each run records provenance() next to its results. Only facts are read
-here; the precision choices themselves live in hardware.py and are reported as `train` and `predict` make them.
+here; the precision choices themselves live in hardware.py and are reported as `train` and `predict` make
+them.
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ def _cuda_devices() -> list[dict]:
 
 
 def _cache_facts() -> dict:
-    """The decoded cache's folder (data.cache_dir's default: $RESNETCLS_CACHE, else ~/.cache/resnetcls), its use, the
-    free space there and the size limit a run keeps it under unless its config says otherwise (data.cache_max_gb)."""
+    """The decoded cache's folder (data.cache_dir's default: $RESNETCLS_CACHE, else ~/.cache/resnetcls), its
+    use, the free space there and the size limit a run keeps it under unless its config says otherwise
+    (data.cache_max_gb)."""
     cache = resolve_cache_dir()
     existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
     free = shutil.disk_usage(existing).free if existing is not None else None
@@ -139,9 +142,10 @@ def git_revision() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the resnetcls source, or (None, None) outside a git checkout."""
     src = Path(__file__).resolve().parent
     try:
-        run = lambda *a: subprocess.run(
-            ["git", "-C", str(src), *a], capture_output=True, text=True, timeout=5
-        )
+
+        def run(*args):
+            return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=5)
+
         head = run("rev-parse", "HEAD")
         if head.returncode != 0:
             return None, None
@@ -235,15 +239,18 @@ def format_text(info: dict) -> str:
     lines = [
         head,
         f"python {info['python']} on {info['platform']}",
-        f"torch {info['torch']} (CUDA build {info['torch_cuda'] or 'none'}), torchvision {info['torchvision']}",
+        f"torch {info['torch']} (CUDA build {info['torch_cuda'] or 'none'}), "
+        f"torchvision {info['torchvision']}",
         "",
         f"CPU: {cpu['model']} ({cpu['architecture']})",
-        f"  cores: {cpu['usable_cores']} usable of {cpu['logical_cores']}; torch threads {cpu['torch_threads']}"
+        f"  cores: {cpu['usable_cores']} usable of {cpu['logical_cores']}; "
+        f"torch threads {cpu['torch_threads']}"
         f" (inter-op {cpu['torch_interop_threads']}); kernels: {cpu['torch_capability']}",
         f"  native bf16: {_yes(cpu['native_bf16'])}"
         + (f" (ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']})" if cpu["onednn_max_cpu_isa"] else ""),
         "  flags: " + "  ".join(f"{k} {_yes(v)}" for k, v in cpu["flags"].items()),
-        f"  precision: train {info['precision']['cpu']['train']}, predict {info['precision']['cpu']['predict']}"
+        f"  precision: train {info['precision']['cpu']['train']}, "
+        f"predict {info['precision']['cpu']['predict']}"
         f" (with an exported model.onnx: {info['precision']['cpu']['predict_exported']})",
         "",
         "CUDA devices:" + ("" if info["cuda_devices"] else " none"),

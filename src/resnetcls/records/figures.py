@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..data.cache import resolve_cache_dir
 
-# matplotlib keeps its font list in ~/.cache/matplotlib and makes ~/.config/matplotlib; unless the user chose a
-# folder (MPLCONFIGDIR), both go into resnetcls's cache folder, the one place outside runs and models we write to.
+# matplotlib keeps its font list in ~/.cache/matplotlib and makes ~/.config/matplotlib; unless the user chose
+# a folder (MPLCONFIGDIR), both go into resnetcls's cache folder, the one place outside runs and models we
+# write to.
 os.environ.setdefault("MPLCONFIGDIR", str(resolve_cache_dir() / "matplotlib"))
 import matplotlib  # noqa: E402
 import matplotlib.ticker  # noqa: E402
@@ -122,26 +123,7 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, calibration: d
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     title = f"Reliability diagram (ECE {ece:.3f})"
     if before is not None:
-        raw = [b for b in before["ece_bins_before"] if b["count"]]
-        ax.plot(
-            [b["confidence"] for b in raw],
-            [b["accuracy"] for b in raw],
-            "o-",
-            color="#c44e52",
-            markersize=4,
-            label=f"before calibration (ECE {before['ece_before']:.3f})",
-        )
-        hist.step(
-            [b["lo"] for b in before["ece_bins_before"]],
-            [b["count"] for b in before["ece_bins_before"]],
-            where="post",
-            color="#c44e52",
-            linewidth=1,
-        )
-        title = (
-            f"Reliability: ECE {before['ece_before']:.3f} raw -> {ece:.3f} calibrated "
-            f"(T = {before['temperature']:.3g})"
-        )
+        title = _draw_before_calibration(ax, hist, before, ece)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
@@ -151,6 +133,31 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, calibration: d
     hist.set_ylabel("images")
     hist.set_xlim(0, 1)
     return _save(fig, path)
+
+
+def _draw_before_calibration(ax, hist, before: dict, ece: float) -> str:
+    """The raw softmax's bins over a reliability diagram of calibrated probabilities: accuracy against
+    confidence as a line, the counts as a step; the title naming both ECEs."""
+    raw = [b for b in before["ece_bins_before"] if b["count"]]
+    ax.plot(
+        [b["confidence"] for b in raw],
+        [b["accuracy"] for b in raw],
+        "o-",
+        color="#c44e52",
+        markersize=4,
+        label=f"before calibration (ECE {before['ece_before']:.3f})",
+    )
+    hist.step(
+        [b["lo"] for b in before["ece_bins_before"]],
+        [b["count"] for b in before["ece_bins_before"]],
+        where="post",
+        color="#c44e52",
+        linewidth=1,
+    )
+    return (
+        f"Reliability: ECE {before['ece_before']:.3f} raw -> {ece:.3f} calibrated "
+        f"(T = {before['temperature']:.3g})"
+    )
 
 
 def contact_sheet(items: list[dict], path: Path, thumb: int = 112, views: list | None = None) -> Path:

@@ -1,5 +1,6 @@
 """The end of `tune`: DIR/best.yaml (the best trial's resolved config, a recipe for `train --config`) and
-DIR/report.html (trials table, optimisation history, parameter importances), self-contained like report.py's."""
+DIR/report.html (trials table, optimisation history, parameter importances), self-contained like
+report.py's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import html
 import sys
 from pathlib import Path
 
-from ..analysis.report import STYLE, embedded_png
+from ..analysis.report import STYLE
+from ..analysis.report_sections import embedded_png
 from ..utils.atomic import write_text_atomic
 from ..utils.redact import mask_secrets
 
@@ -52,7 +54,8 @@ def _trials_table(trials: list, keys: list[str]) -> str:
         ]
         cells.append(t.user_attrs.get("run_dir", ""))
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f"<table class='sortable' id='trials'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    body = "".join(rows)
+    return f"<table class='sortable' id='trials'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def write_page(study, out: Path, metric: str, direction: str, url: str) -> Path:

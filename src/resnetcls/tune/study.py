@@ -5,8 +5,9 @@ metric to the trial (train's on_epoch hook) and the pruner (median, by default) 
 pruned trial is a complete run directory with trial.json saying "pruned". The study lives in Optuna storage:
 SQLite in DIR by default, or any RDB URL (PostgreSQL) that workers on many machines share; the same command
 continues a study (load_if_exists). At the end: DIR/best.yaml (the best trial's config, a recipe for
-`train --config`) and DIR/report.html (page.py). The URL is handed to the driver as given and shown or recorded
-only masked (redact.py); a password may also come from the driver's own sources (PGPASSWORD, ~/.pgpass).
+`train --config`) and DIR/report.html (page.py). The URL is handed to the driver as given and shown or
+recorded only masked (redact.py); a password may also come from the driver's own sources (PGPASSWORD,
+~/.pgpass).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Leaf helpers that import only errors: atomic writes, calibration maths, hardware, limits, progress, redaction."""
+"""Leaves importing only errors: atomic writes, calibration maths, hardware, limits, progress, redaction."""

@@ -3,10 +3,10 @@ file or the new one, never half of one, and never a temporary behind.
 
 write_atomic(): the bytes (or a writer callback) go to a temporary file in the same folder (so the rename
 cannot cross file systems), are flushed and fsynced, renamed over the target, and the folder is fsynced so the
-rename itself survives a power cut. replace_dir(): a folder built elsewhere (new_dir_beside) takes the place of
-an existing one; the old one is kept, renamed aside, until the new one is in place (recover_dir() puts it back
-after a kill between the two renames). Failures become UserErrors naming the path; ENOSPC also says how many
-bytes were needed.
+rename itself survives a power cut. replace_dir(): a folder built elsewhere (new_dir_beside) takes the place
+of an existing one; the old one is kept, renamed aside, until the new one is in place (recover_dir() puts it
+back after a kill between the two renames). Failures become UserErrors naming the path; ENOSPC also says how
+many bytes were needed.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def recover_dir(path: Path) -> Path:
 
 
 def replace_dir(new: Path, path: Path) -> Path:
-    """Put the complete folder `new` in the place of `path`; the old path is deleted only once new is there."""
+    """Put the complete folder `new` in the place of `path`; the old one is deleted only once new is there."""
     old = _old(path)
     if not path.exists() and old.is_dir():
         os.rename(old, path)  # a kill between the two renames below: the previous version goes back first
@@ -149,7 +149,7 @@ def replace_dir(new: Path, path: Path) -> Path:
 
 @contextmanager
 def building_dir(path: str | os.PathLike):
-    """`with building_dir(p) as tmp:` fill tmp; on success it replaces p as a whole, on failure it is removed."""
+    """`with building_dir(p) as tmp:` fill tmp; on success it replaces p as a whole, on failure it goes."""
     path = Path(path)
     try:
         tmp = new_dir_beside(path)

@@ -80,7 +80,9 @@ class TemperatureFit:
     note: str = ""  # why no fit was made, or that T was held at the edge of TEMPERATURE_RANGE
 
     def record(self, fitted_on: str = "val") -> dict:
-        rounded = lambda x: None if x is None else round(x, 6)
+        def rounded(x):
+            return None if x is None else round(x, 6)
+
         return {
             "calibrated": self.calibrated,
             "temperature": round(self.temperature, 6),
@@ -95,13 +97,13 @@ class TemperatureFit:
         }
 
     def line(self) -> str:
-        """The one line train prints, e.g. 'calibration: temperature 1.42 on 72 val images: NLL 0.61 -> ...'."""
+        """The line train prints, e.g. 'calibration: temperature 1.42 on 72 val images: NLL 0.61 -> ...'."""
         if not self.calibrated:
             return f"calibration: none, temperature 1 ({self.note})"
         return (
             f"calibration: temperature {self.temperature:.3g} on {self.images} val images: NLL "
-            f"{self.nll_before:.3f} -> {self.nll_after:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f}"
-            + (f" ({self.note})" if self.note else "")
+            f"{self.nll_before:.3f} -> {self.nll_after:.3f}, "
+            f"ECE {self.ece_before:.3f} -> {self.ece_after:.3f}" + (f" ({self.note})" if self.note else "")
         )
 
 
@@ -111,7 +113,7 @@ def not_calibrated(reason: str, images: int = 0) -> TemperatureFit:
 
 
 def _golden_section(f, lo: float, hi: float, steps: int = _SEARCH_STEPS) -> float:
-    """The minimiser of a unimodal f on [lo, hi] (NLL is convex in 1/T, so unimodal in log T); deterministic."""
+    """The minimiser of a unimodal f on [lo, hi] (NLL: convex in 1/T, so unimodal in log T); deterministic."""
     ratio = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
     c, d = b - ratio * (b - a), a + ratio * (b - a)
@@ -133,8 +135,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> TemperatureFi
     """The T in TEMPERATURE_RANGE minimising the NLL of softmax(logits / T) on (N, C) logits and N labels.
 
     A bounded 1-D search on log T (golden section, float64): deterministic, no learning rate to tune.
-    Fewer than MIN_CALIBRATION_IMAGES images: T = 1, not calibrated. A minimum at the edge of the range (a split
-    the model gets all right with large margins, where NLL falls as T -> 0) is held there and noted.
+    Fewer than MIN_CALIBRATION_IMAGES images: T = 1, not calibrated. A minimum at the edge of the range (a
+    split the model gets all right with large margins, where NLL falls as T -> 0) is held there and noted.
     """
     n = int(labels.shape[0])
     if n < MIN_CALIBRATION_IMAGES:

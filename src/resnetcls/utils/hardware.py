@@ -85,10 +85,10 @@ def cpu_has_amx() -> bool:
 
 def auto_exported_backend() -> str:
     """What `--backend auto` runs on this CPU when the model directory has a current, checked model.onnx, as
-    bench/inference.py measured the paths: "openvino" on AMX CPUs (bf16 there: 3.4x eager bf16 torch at batch 32
-    on Xeon-AMX) when OpenVINO is installed; "torch" (bf16) on other native-bf16 CPUs (AVX512-BF16 without AMX,
-    e.g. Zen 4, where OpenVINO has not been measured); "onnxruntime" (fp32) elsewhere (2.5x eager fp32 on an
-    AVX2 CPU)."""
+    bench/inference.py measured the paths: "openvino" on AMX CPUs (bf16 there: 3.4x eager bf16 torch at batch
+    32 on Xeon-AMX) when OpenVINO is installed; "torch" (bf16) on other native-bf16 CPUs (AVX512-BF16 without
+    AMX, e.g. Zen 4, where OpenVINO has not been measured); "onnxruntime" (fp32) elsewhere (2.5x eager fp32 on
+    an AVX2 CPU)."""
     if cpu_has_amx() and importlib.util.find_spec("openvino") is not None:
         return "openvino"
     return "torch" if cpu_has_fast_bf16() else "onnxruntime"
@@ -154,9 +154,9 @@ def peak_gflops(seconds: float = 0.25, threads: int | None = None) -> dict:
         with torch.inference_mode():
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 ad, bd, xd, wd = (t.to(dtype) for t in (a, b, x, w))
-                result[f"{name}_matmul"] = _achieved_gflops(lambda: ad @ bd, 2.0 * n**3, seconds)
+                result[f"{name}_matmul"] = _achieved_gflops(lambda ad=ad, bd=bd: ad @ bd, 2.0 * n**3, seconds)
                 result[f"{name}_conv"] = _achieved_gflops(
-                    lambda: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds
+                    lambda xd=xd, wd=wd: torch.nn.functional.conv2d(xd, wd, padding=1), conv_flops, seconds
                 )
         return result
     finally:

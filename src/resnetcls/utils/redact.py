@@ -2,8 +2,8 @@
 
 mask_secrets() is the one masking function: every URL or DSN that is printed, logged, recorded (config.yaml,
 environment.json, checkpoints, tracking.json, reports, study pages) or sent to a tracker goes through it (or
-through mask_tree for a whole record). The unmasked URL is only ever handed to the driver that connects with it
-(Optuna/SQLAlchemy, the MLflow client). Masked: the password of a URL's user info
+through mask_tree for a whole record). The unmasked URL is only ever handed to the driver that connects with
+it (Optuna/SQLAlchemy, the MLflow client). Masked: the password of a URL's user info
 (`postgresql+psycopg://tuner:***@db-host/tune`, `https://user:***@mlflow-host`) and `password=...`-style
 pairs of a libpq key/value DSN or a query string (also `token=`, `api_key=`, `secret=`).
 
@@ -66,7 +66,7 @@ def is_masked(url: str) -> bool:
 
 
 def without_user_info(url: str) -> str:
-    """url without user:password@ (the driver then takes its credentials from the environment or its files)."""
+    """url without user:password@ (the driver then takes its credentials from the environment or files)."""
     return _URL.sub(lambda m: m["head"].split("://", 1)[0] + "://", url, count=1)
 
 
@@ -89,7 +89,8 @@ def share_path(text: str) -> str:
 
 
 def share_tree(value):
-    """A record with share_path applied to every string in it (what a tracker gets with log.share_paths=false)."""
+    """A record with share_path applied to every string in it (what a tracker gets with
+    log.share_paths=false)."""
     if isinstance(value, str):
         return share_path(value)
     if isinstance(value, dict):
@@ -127,7 +128,7 @@ def share_text(text: str, roots: list[tuple[str, str]]) -> str:
         for form in {root, json.dumps(root)[1:-1], html.escape(root)}:
             text = re.sub(
                 re.escape(form) + r"(/|(?![\w.\-]))",
-                lambda m: (f"{becomes}/" if becomes else "") if m[1] else bare,
+                lambda m, becomes=becomes, bare=bare: (f"{becomes}/" if becomes else "") if m[1] else bare,
                 text,
             )
     return text
@@ -146,8 +147,8 @@ TEXT_SUFFIXES = (".html", ".json", ".jsonl", ".csv", ".yaml", ".txt")
 
 
 def copy_shared(src: Path, dst: Path, roots: list[tuple[str, str]]) -> Path:
-    """src copied to dst as it may be sent: a text file (TEXT_SUFFIXES) with its passwords masked and its local
-    paths made relative (share_text); any other file byte for byte."""
+    """src copied to dst as it may be sent: a text file (TEXT_SUFFIXES) with its passwords masked and its
+    local paths made relative (share_text); any other file byte for byte."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.suffix in TEXT_SUFFIXES:
         dst.write_text(
@@ -162,8 +163,8 @@ def copy_shared(src: Path, dst: Path, roots: list[tuple[str, str]]) -> Path:
 @contextlib.contextmanager
 def shared_folder(folder: Path, names: list[str], share_paths: bool, paths: list[str]):
     """A folder holding the files names (relative to folder) as they may be sent: folder itself when
-    share_paths; else copies (copy_shared) in a temporary folder inside folder, removed after, whose text files
-    name local files relative to folder or to the folders of paths (the run's data, from its config)."""
+    share_paths; else copies (copy_shared) in a temporary folder inside folder, removed after, whose text
+    files name local files relative to folder or to the folders of paths (the run's data, from its config)."""
     if share_paths:
         yield folder
         return

@@ -1,0 +1,258 @@
+"""The parts of report.html read from a run's files: the Evaluation section (eval/metrics.json: the numbers,
+the calibration, the figures, the most confused pairs and the per-class table) and the Lifelong section
+(metrics.json and R.json of `resnetcls lifelong`), with the HTML pieces report.py shares (embedded_png,
+html_value, cards_html).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def embedded_png(path: Path, element_id: str, alt: str) -> str:
+    """An <img> with the PNG at path inside it (base64): report.html and tune's page stay one file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img id="{element_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def html_value(value) -> str:
+    """A number with 4 decimals, anything else as escaped text, None as nothing."""
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def cards_html(items: list[tuple[str, object]]) -> str:
+    """The headline numbers as cards: (label, value) each."""
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><b>{html_value(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items
+        )
+        + "</div>"
+    )
+
+
+# Above this many classes the per-class table shows the worst and best classes by F1 (half each);
+# per_class.csv in the eval folder holds every class.
+PER_CLASS_ROWS = 50
+
+
+def _class_rows(m: dict, names: list[str]) -> str:
+    cols = ("precision", "recall", "f1", "support")
+    return "".join(
+        "<tr>"
+        + f"<td>{html.escape(name)}</td>"
+        + "".join(f"<td>{html_value(m['per_class'][name][c])}</td>" for c in cols)
+        + "</tr>"
+        for name in names
+    )
+
+
+def _class_table(table_id: str, rows: str) -> str:
+    cols = [
+        ("class", "class"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("f1", "F1"),
+        ("support", "support"),
+    ]
+    head = "".join(f'<th data-col="{c}">{label}</th>' for c, label in cols)
+    return (
+        f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    )
+
+
+def _per_class_table(m: dict) -> str:
+    """Every class while they fit PER_CLASS_ROWS; above it the classes in the data while they fit, else the
+    lowest and the highest F1, each a sortable table, with every class in per_class.csv."""
+    names = list(m["per_class"])
+    if len(names) <= PER_CLASS_ROWS:
+        return '<h3>Per class</h3><p class="sub">Click a column to sort.</p>' + _class_table(
+            "per-class", _class_rows(m, names)
+        )
+    scored = sorted((row["f1"], name) for name, row in m["per_class"].items() if row["f1"] is not None)
+    note = (
+        f'<h3>Per class</h3><p class="sub" id="per-class-note">{len(names)} classes '
+        f"({len(scored)} in the data): "
+    )
+    if len(scored) <= PER_CLASS_ROWS:
+        return (
+            note + "those in the data, lowest F1 first; every class in eval/per_class.csv. Click a column to "
+            "sort.</p>" + _class_table("per-class", _class_rows(m, [n for _, n in scored]))
+        )
+    half = PER_CLASS_ROWS // 2
+    worst, best = [n for _, n in scored[:half]], [n for _, n in scored[::-1][:half]]
+    return (
+        note + f"the {len(worst)} with the lowest F1 and the {len(best)} with the highest; every class in "
+        f"eval/per_class.csv. Click a column to sort.</p><div class='figs'><div><h4>Lowest F1</h4>"
+        + _class_table("per-class-worst", _class_rows(m, worst))
+        + "</div><div><h4>Highest F1</h4>"
+        + _class_table("per-class-best", _class_rows(m, best))
+        + "</div></div>"
+    )
+
+
+def _calibration_part(c: dict | None) -> str:
+    """Temperature scaling's effect on the evaluated data (the reliability figure draws both curves)."""
+    if not c or not c.get("calibrated"):
+        return (
+            (
+                "<h3 id='calibration'>Calibration</h3><p>Not calibrated: probabilities are the raw softmax "
+                "(temperature 1).</p>"
+            )
+            if c
+            else ""
+        )
+    return (
+        "<h3 id='calibration'>Calibration</h3><p class='sub'>Probabilities are softmax(logits / T), T fitted "
+        f"on {html.escape(str(c.get('fitted_images')))} "
+        f"{html.escape(str(c.get('fitted_on')))} images by NLL; "
+        "on this data:</p>"
+        + cards_html(
+            [
+                ("temperature", c["temperature"]),
+                ("ECE before", c["ece_before"]),
+                ("ECE after", c["ece_after"]),
+                ("NLL before", c["nll_before"]),
+                ("NLL after", c["nll_after"]),
+            ]
+        )
+    )
+
+
+def _confusion_caption(shown: dict | None) -> str:
+    """Which classes the heatmap shows (eval's metrics.json "confusion_figure"): all, or the most confused."""
+    if not shown:
+        return ""
+    names = ", ".join(shown["classes"]) if shown.get("capped") else ""
+    return (
+        f"<p class='sub' id='confusion-caption'>Confusion matrix: {html.escape(shown['caption'])}"
+        + (f". Shown: {html.escape(names)}" if names else "")
+        + ".</p>"
+    )
+
+
+def eval_section(eval_dir: Path) -> str:
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        return (
+            "<h2>Evaluation</h2><p>No evaluation yet: run <code>resnetcls eval RUN_DIR DATA</code> "
+            "(it writes RUN_DIR/eval/), then <code>resnetcls report RUN_DIR</code>.</p>"
+        )
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable evaluation: {e}") from None
+    parts = [
+        f"<h2>Evaluation</h2><p class='sub'>{m['images']} images of {html.escape(str(m.get('data')))} "
+        f"(split: {html.escape(str(m.get('split')))}), model {html.escape(str(m.get('model')))}</p>",
+        cards_html(
+            [
+                ("top-1", m["top1"]),
+                (f"top-{m.get('top5_k', 5)}", m["top5"]),
+                ("balanced accuracy", m["balanced_accuracy"]),
+                ("macro precision", m["macro_precision"]),
+                ("macro recall", m["macro_recall"]),
+                ("macro F1", m["macro_f1"]),
+                ("ECE", m["ece"]),
+                ("NLL", m["nll"]),
+            ]
+        ),
+        _calibration_part(m.get("calibration")),
+    ]
+    figs = [
+        ("confusion", "confusion_matrix.png", "confusion matrix"),
+        ("reliability", "reliability.png", "reliability diagram"),
+        ("wrong", "most_confident_wrong.png", "most confidently wrong images, each beside its Grad-CAM"),
+    ]
+    shown = [
+        embedded_png(eval_dir / name, f"fig-{key}", alt)
+        for key, name, alt in figs
+        if (eval_dir / name).is_file()
+    ]
+    parts.append(
+        '<div class="figs">' + "".join(shown) + "</div>" + _confusion_caption(m.get("confusion_figure"))
+    )
+    if m.get("most_confused"):
+        parts.append(
+            "<h3>Most confused pairs</h3><table><tr><th>true</th><th>predicted as</th><th>images</th></tr>"
+            + "".join(
+                f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['pred'])}</td>"
+                f"<td>{p['count']}</td></tr>"
+                for p in m["most_confused"][:10]
+            )
+            + "</table>"
+        )
+    parts.append(_per_class_table(m))
+    if m.get("bad_images"):
+        parts.append(
+            f"<p class='warn'>{len(m['bad_images'])} unreadable images skipped: "
+            + html.escape(", ".join(b["path"] for b in m["bad_images"][:20]))
+            + "</p>"
+        )
+    return "".join(parts)
+
+
+def lifelong_section(run_dir: Path) -> str:
+    """A lifelong run (resnetcls lifelong): the accuracy matrix heatmap and the continual-learning metrics."""
+    path = run_dir / "metrics.json"
+    if not (run_dir / "R.json").is_file() or not path.is_file():
+        return ""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable lifelong metrics: {e}") from None
+    keys = [
+        "ACC",
+        "BWT",
+        "FWT",
+        "overall",
+        "overall_vs_joint",
+        "A",
+        "REM",
+        "BWT_plus",
+        "FWT_dr",
+        "gap_to_joint",
+        "buffer_images",
+        "buffer_mb",
+        "model_params",
+        "model_mb",
+        "train_seconds",
+        "inference_ms_per_image",
+    ]
+    rows = "".join(f"<tr><th>{k}</th><td>{html_value(m[k])}</td></tr>" for k in keys if k in m)
+    tasks = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html_value(s)}</td><td>{html_value(f)}</td></tr>"
+        for n, s, f in zip(
+            m["task_names"], m["train_seconds_per_task"], m.get("forgetting", []) + [None] * 99
+        )
+    )
+    fig = (
+        embedded_png(run_dir / "R.png", "lifelong-R", "accuracy matrix R")
+        if (run_dir / "R.png").is_file()
+        else ""
+    )
+    return (
+        f"<h2>Lifelong: {html.escape(str(m['strategy']))} over {len(m['task_names'])} tasks</h2>"
+        f"<div class='figs'>{fig}<table id='lifelong-metrics'>{rows}</table>"
+        f"<table><tr><th>task</th><th>train s</th><th>forgetting</th></tr>{tasks}</table></div>"
+        + _matrix_table(m)
+    )
+
+
+def _matrix_table(m: dict) -> str:
+    """R as numbers (row: after training that task, column: accuracy on that task), b the first row."""
+    names = m["task_names"]
+    after = ["before"] + (names if m.get("strategy") != "joint" else ["joint"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{html_value(float(v))}</td>" for v in row) + "</tr>"
+        for a, row in zip(after, [m["b"], *m["R"]])
+    )
+    return f"<table id='lifelong-R-matrix'><tr><th>after \\ on</th>{head}</tr>{body}</table>"
