@@ -324,7 +324,8 @@ def load_splits(
     train, valid, test = parts.get("train", parts.get("all")), parts.get("val"), parts.get("test")
     if train is None:
         raise UserError(
-            f"{data}: no train/ folder beside {', '.join(parts)}/; training reads DATA/train/<class>/"
+            f"{data}: no train split (DATA holds only {', '.join(parts)}); training reads "
+            "DATA/train/<class>/<image>"
         )
     hint = wrapper_hint(Path(data)) if dataset.layout == "folders" and len(classes) == 1 else None
     if hint:
