@@ -101,7 +101,10 @@ def test_csv_unknown_split_and_every_problem_counted(tmp_path):
     with pytest.raises(UserError) as err:
         read_data(str(manifest))
     assert str(err.value).startswith(f"{manifest}:3: unknown split 'valid'; expected train, val or test")
-    assert f"(and 1 more: {manifest}:4: image file not found: 'b.png')" in str(err.value)
+    assert str(err.value).endswith(
+        f"(and 1 more: {manifest}:4: image file not found: 'b.png' (paths are relative to the CSV's folder "
+        f"{tmp_path}))"
+    )
 
 
 def test_csv_header_without_label_column(tmp_path):

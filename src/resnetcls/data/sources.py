@@ -2,7 +2,8 @@
 
 DATA is one of (DESIGN.md section 4):
 - a folder of class sub-folders;
-- a folder with train/ and val/ (and test/) class folders;
+- a folder with train/ and val/ (or valid/, validation/) (and test/) class folders (data/layouts.py says which
+  folder became which split, warns about what is not read, and refuses other layouts with a hint);
 - a CSV manifest with columns path,label[,split][,extra...] (paths relative to the CSV's folder);
 - an OpenLORIS-Object challenge folder: {train,validation,test}/batchK/label.csv with columns
   `file name,label` (integer labels) next to the images; `validation` is the val split.
@@ -26,10 +27,21 @@ from ..errors import UserError
 from ..utils.atomic import csv_text, write_atomic
 from .classnames import class_name, undecodable_byte, warn_similar_names
 from .decode import is_image_file
-
-SPLITS = ("train", "val", "test")
-OPENLORIS_SPLITS = {"train": "train", "validation": "val", "test": "test"}
-HIDDEN_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
+from .layouts import (
+    OPENLORIS_SPLITS,
+    SPLITS,
+    announce_splits,
+    csv_missing_file,
+    is_hidden,
+    is_openloris,
+    no_class_folders,
+    openloris_batches,
+    refuse_detection_layout,
+    say,
+    split_folders,
+    warn_loose_files,
+    wrapper_hint,
+)
 
 
 @dataclass
@@ -72,30 +84,27 @@ class Splits:
     ignored: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in HIDDEN_NAMES
-
-
 def _scan_class_folders(
     root: Path, ignored: dict[str, list[str]], allow_empty: bool = False
 ) -> dict[str, list[str]]:
     """{class name: sorted image paths} for each sub-folder of root; an empty class folder is an error."""
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
+    refuse_detection_layout(root)
     by_class: dict[str, list[str]] = {}
+    loose = []
     for entry in sorted(root.iterdir()):
-        if _is_hidden(entry):
+        if is_hidden(entry):
             ignored["hidden"].append(str(entry))
         elif not entry.is_dir():
             ignored["not_image" if not is_image_file(entry) else "outside_class_folder"].append(str(entry))
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p)):
+            loose.append(entry)
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p)):
         files = []
         for p in sorted(class_dir.rglob("*")):
             if not p.is_file():
                 continue
-            if any(_is_hidden(part) for part in p.relative_to(class_dir).parents if part.name) or _is_hidden(
-                p
-            ):
+            if any(is_hidden(part) for part in p.relative_to(class_dir).parents if part.name) or is_hidden(p):
                 ignored["hidden"].append(str(p))
             elif not is_image_file(p):
                 ignored["not_image"].append(str(p))
@@ -105,8 +114,9 @@ def _scan_class_folders(
             raise UserError(f"{class_dir}: class folder has no images")
         by_class.setdefault(class_name(class_dir.name, str(class_dir)), []).extend(files)
     if not by_class:
-        raise UserError(f"{root}: no class sub-folders with images (expected DATA/<class>/<image>)")
-    warn_similar_names([p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p)], str(root))
+        raise UserError(no_class_folders(root, loose))
+    warn_loose_files(root, loose)
+    warn_similar_names([p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p)], str(root))
     return by_class
 
 
@@ -189,7 +199,7 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
         elif "split" in rec and rec["split"] not in SPLITS:
             problems.append(f"{path}:{line_no}: unknown split {rec['split']!r}; expected train, val or test")
         elif not rec["path"] or not (path.parent / rec["path"]).is_file():
-            problems.append(f"{path}:{line_no}: image file not found: {rec['path']!r}")
+            problems.append(csv_missing_file(path, line_no, rec["path"]))
         else:
             rec["path"] = str(path.parent / rec["path"])
             raw_labels.add(rec["label"])
@@ -209,31 +219,6 @@ def read_csv(path: Path) -> tuple[Samples, list[str]]:
         {c: [r[c] for r in rows] for c in extra_cols},
     )
     return samples, [r["split"] for r in rows] if "split" in header else []
-
-
-def openloris_batches(root: Path, batches: str) -> dict[str, list[Path]]:
-    """{split folder: [batchK folders with a label.csv]} limited to the requested batch numbers."""
-    found = {
-        s: sorted(
-            (p for p in (root / s).glob("batch*") if (p / "label.csv").is_file()),
-            key=lambda p: int(re.sub(r"\D", "", p.name) or 0),
-        )
-        for s in OPENLORIS_SPLITS
-        if (root / s).is_dir()
-    }
-    if not batches.strip():
-        return found
-    try:
-        wanted = {int(b) for b in str(batches).replace(" ", "").split(",") if b}
-    except ValueError:
-        raise UserError(f"data.batches={batches!r}: expected batch numbers such as 1,2,3") from None
-    have = {int(re.sub(r"\D", "", p.name) or 0) for ps in found.values() for p in ps}
-    if wanted - have:
-        raise UserError(
-            f"data.batches: no batch {', '.join(map(str, sorted(wanted - have)))} in {root} "
-            f"(have {', '.join(map(str, sorted(have)))})"
-        )
-    return {s: [p for p in ps if int(re.sub(r"\D", "", p.name) or 0) in wanted] for s, ps in found.items()}
 
 
 def read_openloris(root: Path, batches: str = "") -> DataSet:
@@ -264,14 +249,6 @@ def read_openloris(root: Path, batches: str = "") -> DataSet:
     return DataSet(classes, splits, "openloris")
 
 
-def _is_openloris(root: Path) -> bool:
-    return any(
-        next((root / s).glob("batch*/label.csv"), None) is not None
-        for s in OPENLORIS_SPLITS
-        if (root / s).is_dir()
-    )
-
-
 def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
     """Everything DATA holds, split as DATA says (no hold-out). strict=False (for `data check`) allows empty
     classes and class folders that differ between splits, so they can be reported instead of raised."""
@@ -289,23 +266,25 @@ def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
         if strict and not len(splits["train"]):
             raise UserError(f"{data}: no rows with split=train")
         return DataSet(samples.classes, {s: v for s, v in splits.items() if len(v)}, "csv")
-    if _is_openloris(root):
+    if is_openloris(root):
         return read_openloris(root, batches)
-    if not (root / "train").is_dir():
+    found = split_folders(root)
+    if found is None:
         by_class = _scan_class_folders(root, ignored, allow_empty=not strict)
+        hint = wrapper_hint(root) if len(by_class) == 1 and not strict else None
+        if hint:  # training refuses it (load_splits); `data check` reports what it sees, with the hint
+            say(f"warning: {hint}")
         return DataSet(
             sorted(by_class), {"all": _to_samples(by_class, sorted(by_class), root)}, "folders", dict(ignored)
         )
+    announce_splits(root, found)
     for entry in sorted(root.iterdir()):
-        if entry.name not in SPLITS:
-            ignored["hidden" if _is_hidden(entry) else "not_a_split"].append(str(entry))
-    scans = {
-        s: _scan_class_folders(root / s, ignored, allow_empty=not strict)
-        for s in SPLITS
-        if (root / s).is_dir()
-    }
-    classes = sorted(scans["train"]) if strict else sorted({c for scan in scans.values() for c in scan})
-    splits = {s: _to_samples(scan, classes, root / s) for s, scan in scans.items()}
+        if entry not in found.values():
+            ignored["hidden" if is_hidden(entry) else "not_a_split"].append(str(entry))
+    scans = {s: _scan_class_folders(folder, ignored, allow_empty=not strict) for s, folder in found.items()}
+    in_train = strict and "train" in scans
+    classes = sorted(scans["train"]) if in_train else sorted({c for scan in scans.values() for c in scan})
+    splits = {s: _to_samples(scan, classes, found[s]) for s, scan in scans.items()}
     return DataSet(classes, splits, "split-folders", dict(ignored))
 
 
@@ -343,6 +322,14 @@ def load_splits(
     dataset = read_data(data, batches)
     classes, parts = dataset.classes, dataset.splits
     train, valid, test = parts.get("train", parts.get("all")), parts.get("val"), parts.get("test")
+    if train is None:
+        raise UserError(
+            f"{data}: no train split (DATA holds only {', '.join(parts)}); training reads "
+            "DATA/train/<class>/<image>"
+        )
+    hint = wrapper_hint(Path(data)) if dataset.layout == "folders" and len(classes) == 1 else None
+    if hint:
+        raise UserError(hint)
     if val:  # a separate val DATA is used whole (or its val split, when it has splits of its own)
         other = read_data(val, batches).splits
         valid = _relabel(next(other[s] for s in ("all", "val", "test", "train") if s in other), classes, val)
