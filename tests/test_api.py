@@ -1,5 +1,5 @@
-"""The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the same
-errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
+"""The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the
+same errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
 
 import contextlib
 import io
@@ -116,7 +116,8 @@ def test_a_bad_array_is_an_error_row_naming_it(tiny_run):
 def test_import_resnetcls_loads_no_torch_until_the_api_is_used():
     code = (
         "import sys, resnetcls; light = 'torch' not in sys.modules; f = resnetcls.train; "
-        "print(light, 'torch' in sys.modules, callable(f), sorted(set(resnetcls.__all__) - set(dir(resnetcls))))"
+        "print(light, 'torch' in sys.modules, callable(f), "
+        "sorted(set(resnetcls.__all__) - set(dir(resnetcls))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -1,4 +1,5 @@
-"""The config tree: defaults <- YAML <- --set <- flags; unknown keys and wrong types are exit 2 naming the key."""
+"""The config tree: defaults <- YAML <- --set <- flags; unknown keys and wrong types are exit 2 naming the
+key."""
 
 import pytest
 

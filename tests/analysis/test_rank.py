@@ -51,9 +51,9 @@ def test_diverse_pick_spreads_over_clusters_where_plain_top_k_does_not():
 
 
 def test_the_diverse_pool_is_the_most_uncertain_five_per_pick_whatever_the_number_of_images(monkeypatch):
-    # 40 images, the lower the row the more uncertain; rows 8-11 tie across the pool's bound. Features: even rows
-    # one direction, odd rows another, rows 11 and 13 a third; rows 30 and 31 point the opposite way to the even
-    # rows (the farthest of all) but are too certain to be candidates.
+    # 40 images, the lower the row the more uncertain; rows 8-11 tie across the pool's bound. Features: even
+    # rows one direction, odd rows another, rows 11 and 13 a third; rows 30 and 31 point the opposite way to
+    # the even rows (the farthest of all) but are too certain to be candidates.
     score = torch.linspace(1, 0, 40)
     score[8:12] = score[8]
     features = torch.nn.functional.one_hot(torch.arange(40) % 2, 4).float()

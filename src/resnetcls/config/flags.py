@@ -9,6 +9,7 @@ A flag's keyword is its name with "_" for "-": --batch-size is batch_size=. None
 from __future__ import annotations
 
 import os
+import textwrap
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -167,23 +168,27 @@ def flags_of(command: str) -> list[Flag]:
     return [flag for flag in FLAGS if command in flag.commands]
 
 
+def check_names(names: typing.Iterable[str], command: str, others: typing.Sequence[str] = ()) -> None:
+    """A UserError naming the first name that is not one of `command`'s flags (nor of `others`: the Python
+    API's own keywords) and listing the known ones, as Python's TypeError would."""
+    known = [*others, *(flag.name for flag in flags_of(command))]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise UserError(f"{command}: unknown keyword {unknown[0]!r}; the known ones are {', '.join(known)}")
+
+
 def flag_settings(values: typing.Mapping[str, Any], command: str = "train") -> dict[str, Any]:
     """{flag name: value} (the API's keywords, or the parsed command line) -> {config key: value} for
     build_config; a value of None is a flag not given. "auto" for an auto flag (train only) becomes None: the
-    key is left to the auto recipe (train's lr_auto/batch_auto). An unknown name is a UserError naming it and
-    listing the known ones."""
-    known = {flag.name: flag for flag in flags_of(command)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise UserError(
-            f"{command}: unknown keyword {unknown[0]!r}; the known ones are {', '.join(sorted(known))}"
-        )
+    key is left to the auto recipe (train's lr_auto/batch_auto). An unknown name is a UserError (check_names).
+    """
+    check_names(values, command)
     settings = {}
     for name, value in values.items():
-        flag = known[name]
+        flag = BY_NAME[name]
         if value == "auto" and flag.auto:
             if command != "train":
-                raise UserError(f"{flag.option} auto: only train picks it; give a value")
+                raise UserError(f"{flag.option} auto: not in {command} (only train picks it; give a value)")
             value = None
         elif flag.kind == "path" and value is not None:
             value = os.fspath(value)
@@ -192,7 +197,13 @@ def flag_settings(values: typing.Mapping[str, Any], command: str = "train") -> d
 
 
 def flag_doc(command: str = "train") -> str:
-    """The flags of `command` as docstring lines: "name: help (config key)"."""
+    """The flags of `command` as docstring lines: "name: help [config key]", wrapped."""
     return "\n".join(
-        f"    {flag.name}: {flag.help.replace('%%', '%')} [{flag.key}]" for flag in flags_of(command)
+        textwrap.fill(
+            f"{flag.name}: {flag.help.replace('%%', '%')} [{flag.key}]",
+            width=110,
+            initial_indent="    ",
+            subsequent_indent="        ",
+        )
+        for flag in flags_of(command)
     )
