@@ -13,10 +13,14 @@ def test_eval_predict_and_rank_share_one_batch_size_default():
     parser = build_parser()
     for argv in (["eval", "m", "d"], ["predict", "m", "x.jpg"], ["rank", "m", "f", "--out", "r.csv"]):
         args = parser.parse_args(argv)
-        assert (args.batch_size, args.backend, args.precision) == (INFERENCE_BATCH, "auto", "auto") == (
-            32,
-            "auto",
-            "auto",
+        assert (
+            (args.batch_size, args.backend, args.precision)
+            == (INFERENCE_BATCH, "auto", "auto")
+            == (
+                32,
+                "auto",
+                "auto",
+            )
         )
     args = parser.parse_args(["eval", "m", "d", "--backend", "onnxruntime", "--precision", "fp32"])
     assert (args.backend, args.precision) == ("onnxruntime", "fp32")

@@ -33,7 +33,12 @@ def test_parsed_flags_map_to_the_same_settings_as_the_apis_keywords():
     )
     values = table_values(args, "train")
     assert set(values) == {flag.name for flag in flags_of("train")}
-    assert (values["batch_size"], values["lr"], values["precision"], values["epochs"]) == ("auto", 0.5, "fp16", 4)
+    assert (values["batch_size"], values["lr"], values["precision"], values["epochs"]) == (
+        "auto",
+        0.5,
+        "fp16",
+        4,
+    )
     assert values["model"] is None  # not given: the config decides
     assert flag_settings(values)["train.precision"] == "fp16"
     args = build_parser().parse_args(["lifelong", "a", "b", "--strategy", "replay", "--buffer-size", "0"])

@@ -12,7 +12,9 @@ def test_every_flag_sets_a_config_key_that_exists():
     for flag in FLAGS:
         assert flag.kind in KINDS and flag.help and flag.commands
         set_value(Config(), flag.key, getattr_key(Config(), flag.key))  # an unknown key would raise
-    assert len({flag.name for flag in FLAGS}) == len(FLAGS) and len({flag.key for flag in FLAGS}) == len(FLAGS)
+    assert len({flag.name for flag in FLAGS}) == len(FLAGS) and len({flag.key for flag in FLAGS}) == len(
+        FLAGS
+    )
 
 
 def getattr_key(cfg, key):
@@ -74,7 +76,9 @@ def test_names_map_to_their_config_keys_and_auto_is_left_to_the_recipe(tmp_path)
 def test_an_unknown_name_is_named_with_the_known_ones():
     with pytest.raises(UserError) as caught:
         flag_settings({"epoch": 3})
-    assert str(caught.value).startswith("train: unknown keyword 'epoch'; the known ones are val, model, epochs")
+    assert str(caught.value).startswith(
+        "train: unknown keyword 'epoch'; the known ones are val, model, epochs"
+    )
     with pytest.raises(UserError, match="unknown keyword 'strategy'"):
         flag_settings({"strategy": "ewc"}, "train")  # lifelong's, not train's
     with pytest.raises(UserError, match="the known ones are data, out, val"):
