@@ -31,7 +31,8 @@ def cmd_tune(args) -> int:
     from ..tune.study import TuneSettings, run_tune
     from .flags import table_values
 
-    flags = flag_settings(table_values(args, "tune"), "tune")  # train's flags; --time is the study's here
+    # train's flags (--time is the study's here)
+    flags = {"data.train": args.data, **flag_settings(table_values(args, "tune"), "tune")}
     base = build_config(args.config, args.overrides, flags)
     fixed = set(explicit_settings(args.config, args.overrides, flags).keys)
     result = run_tune(
