@@ -3,7 +3,8 @@
 Each run is `resnetcls lifelong` in its own process (so its peak RSS is its own, read with os.wait4), on
 configs/lifelong-coil100-classes.yaml (COIL-100's 50 objects, 5 tasks of 10 classes) unless --config says
 otherwise, in fp32 (train.precision=fp32: the same arithmetic on every CPU). Results go to
-OUT/<run>/metrics.json; a finished run is not run again (delete OUT to remeasure), so an interrupted bench continues where it was.
+OUT/<run>/metrics.json; a finished run is not run again (delete OUT to remeasure), so an interrupted
+bench continues where it was.
 
     python bench/lifelong_strategies.py --sweep              # EWC lambda and LwF alpha grids, seed 0
     python bench/lifelong_strategies.py --seeds 0,1,2        # the README table: every strategy, 3 seeds
