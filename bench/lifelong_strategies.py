@@ -2,8 +2,9 @@
 
 Each run is `resnetcls lifelong` in its own process (so its peak RSS is its own, read with os.wait4), on
 configs/lifelong-coil100-classes.yaml (COIL-100's 50 objects, 5 tasks of 10 classes) unless --config says
-otherwise, in fp32 (train.amp=fp32: the same arithmetic on every CPU). Results go to OUT/<run>/metrics.json;
-a finished run is not run again (delete OUT to remeasure), so an interrupted bench continues where it was.
+otherwise, in fp32 (train.precision=fp32: the same arithmetic on every CPU). Results go to
+OUT/<run>/metrics.json; a finished run is not run again (delete OUT to remeasure), so an interrupted
+bench continues where it was.
 
     python bench/lifelong_strategies.py --sweep              # EWC lambda and LwF alpha grids, seed 0
     python bench/lifelong_strategies.py --seeds 0,1,2        # the README table: every strategy, 3 seeds
@@ -53,7 +54,7 @@ def run_one(out: Path, name: str, config: str, strategy: str, seed: int, sets: l
             "--out",
             str(run_dir),
             "--set",
-            "train.amp=fp32",
+            "train.precision=fp32",
         ]
         for s in sets:
             cmd += ["--set", s]

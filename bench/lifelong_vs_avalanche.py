@@ -63,7 +63,7 @@ def ours(out: Path, strategy: str, seed: int, precision: str = "fp32") -> dict:
         str(seed),
         "--out",
         str(run_dir),
-    ] + [a for s in PLAIN + [f"train.amp={precision}"] for a in ("--set", s)]
+    ] + [a for s in PLAIN + [f"train.precision={precision}"] for a in ("--set", s)]
     cpu = timed(cmd, out / f"resnetcls-{strategy}-s{seed}.log")
     m = json.loads((run_dir / "metrics.json").read_text())
     R = json.loads((run_dir / "R.json").read_text())["R"]
@@ -125,7 +125,7 @@ def main() -> None:
         "--precision",
         default="fp32",
         choices=["fp32", "auto"],
-        help="resnetcls's train.amp: fp32 as the Avalanche side (default), or auto, resnetcls's own "
+        help="resnetcls's train.precision: fp32 as the Avalanche side (default), or auto, resnetcls's own "
         "default (bf16 + channels_last where the CPU has native bf16; Avalanche stays fp32)",
     )
     args = ap.parse_args()

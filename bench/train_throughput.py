@@ -4,9 +4,11 @@ Baseline: torchvision's resnet50, fp32, contiguous memory, AdamW, a textbook loo
 cross-entropy, backward, step). Rows for resnetcls run its real training step (engine.loop.train_one_epoch
 with the optimizer, schedule, scaler and loss that `resnetcls train` builds) on in-memory batches, so data
 loading is not measured:
-  resnetcls default         train.amp=auto + channels_last (auto = bf16 where the CPU/GPU has native bf16)
-  resnetcls fp32 ch-last    train.amp=fp32, channels_last
-  resnetcls bf16 ch-last    train.amp=bf16 forced (emulated, hence slow, on CPUs without AVX512-BF16/AMX)
+  resnetcls default         train.precision=auto + channels_last (auto = bf16 where the CPU/GPU has
+                            native bf16)
+  resnetcls fp32 ch-last    train.precision=fp32, channels_last
+  resnetcls bf16 ch-last    train.precision=bf16 forced (emulated, hence slow, on CPUs without
+                            AVX512-BF16/AMX)
 Each row: warmup steps, then the median of timed steps; with --repeats N the median of N such runs.
 
 The same run first measures the machine's limit (hardware.peak_gflops: achievable GFLOP/s of an fp32 and a
@@ -115,8 +117,8 @@ def resnetcls_step(size: int, batch: int, warmup: int, timed: int, overrides: li
 # --compile adds the torch.compile'd default row (train.compile=true; off by default: it has not paid here).
 ROWS = [
     ("resnetcls default (amp=auto, ch-last)", []),
-    ("resnetcls fp32 channels_last", ["train.amp=fp32"]),
-    ("resnetcls bf16 channels_last", ["train.amp=bf16"]),
+    ("resnetcls fp32 channels_last", ["train.precision=fp32"]),
+    ("resnetcls bf16 channels_last", ["train.precision=bf16"]),
 ]
 COMPILED = ("resnetcls default + torch.compile", ["train.compile=true"])
 

@@ -84,7 +84,7 @@ def run_resnetcls(folder: Path, out: Path, args) -> tuple[float, list[float], fl
         "--set",
         "data.num_workers=2",
         "--set",
-        "train.amp=bf16",
+        "train.precision=bf16",
         "--set",
         "train.channels_last=true",
         "--set",

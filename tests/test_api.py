@@ -1,5 +1,5 @@
-"""The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the same
-errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
+"""The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the
+same errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
 
 import contextlib
 import io
@@ -116,7 +116,8 @@ def test_a_bad_array_is_an_error_row_naming_it(tiny_run):
 def test_import_resnetcls_loads_no_torch_until_the_api_is_used():
     code = (
         "import sys, resnetcls; light = 'torch' not in sys.modules; f = resnetcls.train; "
-        "print(light, 'torch' in sys.modules, callable(f), sorted(set(resnetcls.__all__) - set(dir(resnetcls))))"
+        "print(light, 'torch' in sys.modules, callable(f), "
+        "sorted(set(resnetcls.__all__) - set(dir(resnetcls))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -128,3 +129,76 @@ def test_import_resnetcls_loads_no_torch_until_the_api_is_used():
     assert out.split() == ["True", "True", "True", "[]"]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         resnetcls.nothing  # noqa: B018
+
+
+class Captured(Exception):
+    """Raised by the stand-in engine with the config train() built."""
+
+
+def capture_config(monkeypatch) -> list:
+    configs = []
+
+    def engine(cfg, *args, **kwargs):
+        configs.append((cfg, kwargs))
+        raise Captured
+
+    monkeypatch.setattr("resnetcls.api.train_engine", engine)
+    return configs
+
+
+FLAG_VALUES = {
+    "val": "valdata",
+    "model": "resnet34",
+    "epochs": 3,
+    "time": "90s",
+    "batch_size": 8,
+    "image_size": 40,
+    "lr": 0.05,
+    "device": "cpu",
+    "seed": 5,
+    "pretrained": "weights.safetensors",
+    "precision": "fp32",
+}
+
+
+def test_the_api_and_train_take_the_same_flags_from_the_table(monkeypatch, tmp_path):
+    from resnetcls.cli import main
+    from resnetcls.config.flags import flags_of
+
+    assert set(FLAG_VALUES) == {flag.name for flag in flags_of("train")}
+    help_text = run_cli("train", "--help").stdout
+    configs = capture_config(monkeypatch)
+    with pytest.raises(Captured):
+        resnetcls.train("photos", out=tmp_path / "api", **FLAG_VALUES)
+    argv = ["train", "photos", "--out", str(tmp_path / "cli")]
+    for flag in flags_of("train"):
+        assert f"{flag.option} " in help_text
+        argv += [flag.option, str(FLAG_VALUES[flag.name])]
+    with pytest.raises(Captured):
+        main(argv)
+    (api, _), (cli, _) = configs
+    assert api == cli
+    for flag in flags_of("train"):
+        section, key = flag.key.split(".")
+        assert getattr(getattr(api, section), key) == FLAG_VALUES[flag.name], flag.key
+    assert api.data.train == "photos" and api.train.precision == "fp32"
+
+
+def test_auto_flags_and_the_explicit_keys_reach_the_engine(monkeypatch, tmp_path):
+    configs = capture_config(monkeypatch)
+    with pytest.raises(Captured):
+        resnetcls.train("photos", batch_size="auto", lr="auto", precision="bf16", out=tmp_path)
+    cfg, kwargs = configs[0]
+    assert kwargs["lr_auto"] and kwargs["batch_auto"] and cfg.train.batch_size == 32
+    assert kwargs["explicit"].keys == {"data.train", "train.precision"}
+
+
+def test_an_unknown_keyword_is_a_user_error_naming_it(tmp_path):
+    with pytest.raises(UserError) as caught:
+        resnetcls.train("photos", epoch=3, out=tmp_path)
+    message = str(caught.value)
+    assert message.startswith("train: unknown keyword 'epoch'; the known ones are data, out, resume, force")
+    assert "epochs" in message and "precision" in message
+    with pytest.raises(UserError, match="unknown keyword 'strategy'"):
+        resnetcls.train("photos", strategy="ewc")  # lifelong's flag
+    assert "precision: training precision" in resnetcls.train.__doc__

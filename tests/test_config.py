@@ -1,4 +1,7 @@
-"""The config tree: defaults <- YAML <- --set <- flags; unknown keys and wrong types are exit 2 naming the key."""
+"""The config tree: defaults <- YAML <- --set <- flags; unknown keys and wrong types are exit 2 naming the
+key."""
+
+import json
 
 import pytest
 
@@ -10,7 +13,7 @@ from resnetcls.config import (
     result_affecting_changes,
 )
 from resnetcls.errors import UserError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 
 def test_precedence_defaults_then_file_then_set_then_flags(tmp_path):
@@ -132,3 +135,46 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_as_that_keys_default():
     assert result_affecting_changes(saved, build_config(overrides=["train.patience=3"])) == [
         "train.patience: 0 -> 3"
     ]
+
+
+def test_train_amp_in_a_yaml_or_a_set_is_read_as_train_precision_with_a_note(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  amp: fp32\n")
+    assert build_config(str(old)).train.precision == "fp32"
+    assert capsys.readouterr().err == (
+        f"train.amp is now train.precision; {old}: read as train.precision (write train.precision there)\n"
+    )
+    assert build_config(overrides=["train.amp=bf16"]).train.precision == "bf16"
+    assert capsys.readouterr().err.startswith("train.amp is now train.precision; --set: read as")
+    assert explicit_settings(None, ["train.amp=fp16"]).keys == {"train.precision"}
+    with pytest.raises(UserError, match=r"train.precision='fp64': expected one of auto, bf16, fp16, fp32"):
+        build_config(overrides=["train.precision=fp64"])
+
+
+def test_a_saved_config_with_train_amp_compares_as_train_precision():
+    saved = config_to_dict(build_config(overrides=["train.precision=fp32"]))
+    saved["train"]["amp"] = saved["train"].pop("precision")
+    assert result_affecting_changes(saved, build_config(overrides=["train.precision=fp32"])) == []
+    assert result_affecting_changes(saved, build_config()) == ["train.precision: 'fp32' -> 'auto'"]
+
+
+def test_a_run_written_with_train_amp_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--set", "train.amp=fp32", "--out", out)
+    assert first.returncode == 0, first.stderr
+    assert "train.amp is now train.precision; --set: read as train.precision" in first.stderr
+    saved = (out / "config.yaml").read_text()
+    assert "  precision: fp32" in saved and "amp:" not in saved
+    # The run as an older resnetcls wrote it: train.amp in config.yaml and in the checkpoint's description.
+    (out / "config.yaml").write_text(saved.replace("  precision: fp32", "  amp: fp32"))
+    for path in (out / "checkpoints").glob("step-*.json"):
+        meta = json.loads(path.read_text())
+        meta["config"]["train"]["amp"] = meta["config"]["train"].pop("precision")
+        path.write_text(json.dumps(meta))
+    refused = run_cli("train", "--resume", out, "--epochs", "2", "--out", out)
+    assert "settings that change the result (train.epochs: 1 -> 2);" in refused.stderr  # precision unchanged
+    resumed = run_cli("train", "--resume", out, "--epochs", "2", "--out", out, "--force")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "precision" not in resumed.stderr and "train.amp" not in resumed.stderr
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs if e.get("kind") == "epoch"] == [1, 2]

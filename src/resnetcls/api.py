@@ -7,7 +7,8 @@
     metrics = resnetcls.evaluate(run.best_model, "photos/")
     top = resnetcls.Predictor(run.best_model).predict(["a.jpg", pil_image, numpy_array])
 
-Keywords are train's flags (`--batch-size` is batch_size=); `set` takes any config key, as `--set` does.
+Keywords are train's flags (`--batch-size` is batch_size=; the one table of config/flags.py lists them for
+both); `set` takes any config key, as `--set` does.
 Bad input raises resnetcls.errors.UserError (a DecodeError, a subclass, for an image) with the message the
 CLI prints after "resnetcls: error:". `resnetcls train` calls train() below: one path for both.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from .analysis.evaluate import evaluate_model
 from .analysis.report import write_training_report
 from .config import build_config, explicit_settings
+from .config.flags import check_names, flag_doc, flag_settings
 from .engine.distributed import world_from_env
 from .engine.train import saved_run_config
 from .engine.train import train as train_engine
@@ -31,7 +33,9 @@ from .records.tracking import log_run_artifacts
 
 __all__ = ["Run", "evaluate", "load_run", "train"]
 
-Settings = typing.Union[typing.Mapping[str, typing.Any], typing.Sequence[str], None]
+# train()'s own keywords; the others are the train flags of config/flags.py.
+API_KEYWORDS = ("data", "out", "resume", "force", "config", "set", "report")
+Settings = typing.Mapping[str, typing.Any] | typing.Sequence[str] | None
 
 
 @dataclass
@@ -74,8 +78,8 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
 
 def override_strings(settings: Settings) -> list[str]:
-    """set={...} (or --set's "KEY=VALUE" strings) -> "KEY=VALUE" strings, read back exactly as --set reads them
-    (values written as JSON, which is YAML: numbers, booleans, lists and None keep their type)."""
+    """set={...} (or --set's "KEY=VALUE" strings) -> "KEY=VALUE" strings, read back exactly as --set reads
+    them (values written as JSON, which is YAML: numbers, booleans, lists and None keep their type)."""
     if settings is None:
         return []
     if isinstance(settings, str):
@@ -88,66 +92,42 @@ def override_strings(settings: Settings) -> list[str]:
     return [str(text) for text in settings]
 
 
-def flag_settings(
-    data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained, time=None
-) -> dict:
-    """train's flags (and tune's, which shares them) as the config keys they set; None: the flag not given.
-    "auto" for the batch size or the learning rate leaves the key to the auto recipe (train's lr_auto/batch_auto)."""
-    return {
-        "data.train": _text(data),
-        "data.val": _text(val),
-        "model.name": model,
-        "train.epochs": epochs,
-        "data.image_size": image_size,
-        "train.batch_size": None if batch_size == "auto" else batch_size,
-        "optim.lr": None if lr == "auto" else lr,
-        "train.device": device,
-        "train.seed": seed,
-        "train.pretrained": pretrained,
-        "train.time_budget": time,
-    }
-
-
 def train(
     data: str | os.PathLike | None = None,
     *,
-    val: str | os.PathLike | None = None,
-    model: str | None = None,
-    epochs: int | None = None,
-    time: str | None = None,
-    batch_size: int | str | None = None,
-    image_size: int | None = None,
-    lr: float | str | None = None,
     out: str | os.PathLike = "runs/latest",
     resume: str | os.PathLike | None = None,
     force: bool = False,
     config: str | os.PathLike | None = None,
     set: Settings = None,
-    device: str | None = None,
-    seed: int | None = None,
-    pretrained: str | None = None,
     report: bool = True,
+    **flags: typing.Any,
 ) -> Run:
     """Train a ResNet on DATA into the run directory `out`, as `resnetcls train` does (it calls this), and
-    return the Run. Each keyword is the flag of the same name (None: the flag not given, so the auto recipe
-    or the config decides); batch_size="auto" and lr="auto" as on the command line; set: {config key: value},
-    as --set. report: write report.html at the end (as the CLI does)."""
-    flags = flag_settings(
-        data, val, model, epochs, image_size, batch_size, lr, device, seed, pretrained, time
-    )
+    return the Run. resume: auto or a run directory, as --resume; force: as --force; config: a YAML recipe,
+    as --config; set: {config key: value}, as --set; report: write report.html at the end (as the CLI does).
+
+    Every other keyword is the train flag of the same name (config/flags.py; None: the flag not given, so
+    the auto recipe or the config decides; batch_size="auto" and lr="auto" as on the command line); an
+    unknown one is a UserError naming it:
+    {flags}
+    """
+    check_names(flags, "train", API_KEYWORDS)
+    settings = flag_settings(flags, "train")
+    settings["data.train"] = _text(data)
     overrides, config, resume = override_strings(set), _text(config), _text(resume)
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = out if resume in (None, "auto") else resume
     base = saved_run_config(run_dir) if resume and data is None else None
-    cfg = build_config(config, overrides, flags, base=base)
+    cfg = build_config(config, overrides, settings, base=base)
     result = train_engine(
         cfg,
         out,
         resume,
         force,
-        lr_auto=lr == "auto",
-        batch_auto=batch_size == "auto",
-        explicit=explicit_settings(config, overrides, flags),
+        lr_auto=flags.get("lr") == "auto",
+        batch_auto=flags.get("batch_size") == "auto",
+        explicit=explicit_settings(config, overrides, settings),
     )
     if report and world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers, result.train_samples)
@@ -157,19 +137,25 @@ def train(
     return run
 
 
+if train.__doc__:  # None under python -OO
+    train.__doc__ = train.__doc__.replace("    {flags}", flag_doc("train"))
+
+
 def evaluate(
     model: str | os.PathLike,
     data: str | os.PathLike,
     *,
     out: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int = 32,
     precision: str = "auto",
+    backend: str = "auto",
 ) -> dict:
     """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
-    ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also written
-    with tables and figures to `out` (default: eval/ next to the model). MODEL: a model directory or a run
-    directory (its best model)."""
-    return evaluate_model(model, _text(data), out, batch_size, precision=precision)
+    ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also
+    written with tables and figures to `out` (default: eval/ next to the model). MODEL: a model directory or
+    a run directory (its best model). batch_size, precision and backend: as eval's --batch-size,
+    --precision and --backend (backend onnxruntime runs the model's exported model.onnx)."""
+    return evaluate_model(model, _text(data), out, batch_size, precision=precision, backend=backend)
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

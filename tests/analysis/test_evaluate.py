@@ -17,6 +17,7 @@ from resnetcls.inference.predictor import Predictor
 from resnetcls.models import create_model
 from resnetcls.records.figures import confusion_heatmap
 from resnetcls.records.modelfile import save_model_dir
+from tests.conftest import run_cli
 
 
 def one_hot_probs(preds: list[int], num_classes: int, confidence: float) -> torch.Tensor:
@@ -199,3 +200,24 @@ def test_the_heatmap_shows_the_most_confused_classes_above_its_cap():
     assert shown["capped"] and len(shown["classes"]) == HEATMAP_MAX_CLASSES and shown["of"] == 200
     assert shown["classes"] == [f"c{i}" for i in range(70, 120)]  # the 25 most frequent pairs, both classes
     assert f"the {HEATMAP_MAX_CLASSES} most confused of 200 classes" in shown["caption"]
+
+
+def test_eval_runs_the_exported_model_with_backend_onnxruntime(tiny_run, tiny_data, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "best", model)
+    assert main(["export", str(model), "--to", "onnx"]) == 0
+    assert (
+        main(["eval", str(model), str(tiny_data), "--out", str(tmp_path / "t"), "--precision", "fp32"]) == 0
+    )
+    assert (
+        main(["eval", str(model), str(tiny_data), "--out", str(tmp_path / "o"), "--backend", "onnxruntime"])
+        == 0
+    )
+    eager = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    onnx = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert onnx["inference_precision"] == "fp32" and onnx["images"] == eager["images"]
+    assert onnx["top1"] == eager["top1"] and abs(onnx["nll"] - eager["nll"]) < 1e-4
+    # The numbers come from model.onnx itself: a changed file is refused, naming it.
+    (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
+    changed = run_cli("eval", model, tiny_data, "--out", tmp_path / "x", "--backend", "onnxruntime")
+    assert changed.returncode == 2 and f"{model / 'model.onnx'}: sha256 does not match" in changed.stderr

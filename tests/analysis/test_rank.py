@@ -51,9 +51,9 @@ def test_diverse_pick_spreads_over_clusters_where_plain_top_k_does_not():
 
 
 def test_the_diverse_pool_is_the_most_uncertain_five_per_pick_whatever_the_number_of_images(monkeypatch):
-    # 40 images, the lower the row the more uncertain; rows 8-11 tie across the pool's bound. Features: even rows
-    # one direction, odd rows another, rows 11 and 13 a third; rows 30 and 31 point the opposite way to the even
-    # rows (the farthest of all) but are too certain to be candidates.
+    # 40 images, the lower the row the more uncertain; rows 8-11 tie across the pool's bound. Features: even
+    # rows one direction, odd rows another, rows 11 and 13 a third; rows 30 and 31 point the opposite way to
+    # the even rows (the farthest of all) but are too certain to be candidates.
     score = torch.linspace(1, 0, 40)
     score[8:12] = score[8]
     features = torch.nn.functional.one_hot(torch.arange(40) % 2, 4).float()
@@ -155,3 +155,26 @@ def test_bad_arguments_are_one_line_errors(tiny_run, tmp_path):
     nowhere = run_cli("rank", tiny_run, tmp_path / "empty", "--out", tmp_path / "no" / "r.csv")
     assert nowhere.returncode == 2 and "--out" in nowhere.stderr
     assert run_cli("rank", tiny_run, tmp_path, "--out", "r.csv", "--by", "luck").returncode == 2
+
+
+def test_rank_runs_the_exported_model_with_backend_onnxruntime(tiny_run, tiny_data, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "best", model)
+    assert run_cli("export", model, "--to", "onnx").returncode == 0
+    pool = unlabelled_copy(tiny_data, tmp_path)
+    (pool / "day0" / "broken.jpg").unlink()
+    eager = run_cli(
+        "rank", model, pool, "--out", tmp_path / "t.csv", "--backend", "torch", "--precision", "fp32"
+    )
+    onnx = run_cli("rank", model, pool, "--out", tmp_path / "o.csv", "--backend", "onnxruntime", "--diverse")
+    assert eager.returncode == 0 and onnx.returncode == 0, onnx.stderr
+    by_path = {r["path"]: r for r in read_rows(tmp_path / "t.csv")}
+    rows = read_rows(tmp_path / "o.csv")
+    assert sorted(r["path"] for r in rows) == sorted(by_path)
+    for row in rows:
+        assert row["guess"] == by_path[row["path"]]["guess"]
+        assert abs(float(row["uncertainty"]) - float(by_path[row["path"]]["uncertainty"])) < 1e-4
+    # The scores come from model.onnx itself: a changed file is refused, naming it.
+    (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
+    changed = run_cli("rank", model, pool, "--out", tmp_path / "x.csv", "--backend", "onnxruntime")
+    assert changed.returncode == 2 and f"{model / 'model.onnx'}: sha256 does not match" in changed.stderr

@@ -1,10 +1,15 @@
-"""The command line: usage errors exit 2 without a traceback, --version, and `python -m resnetcls`."""
+"""The command line: usage errors exit 2 without a traceback, --version, `python -m resnetcls`, serve's
+settings from the config's serve: section, and export's --to."""
 
+import shutil
 import subprocess
 import sys
 
 from resnetcls import __version__
-from tests.conftest import run_cli
+from resnetcls.cli.commands import serve_settings
+from resnetcls.cli.parsers import build_parser
+from resnetcls.serve.schema import ServeSettings
+from tests.conftest import ROOT, run_cli
 
 
 def test_a_usage_error_exits_2_naming_the_problem():
@@ -16,3 +21,83 @@ def test_a_usage_error_exits_2_naming_the_problem():
 def test_version_and_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "resnetcls", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"resnetcls {__version__}"
+
+
+def serve_args(*argv: str):
+    return build_parser().parse_args(["serve", "m", *argv])
+
+
+def test_serve_settings_come_from_the_serve_section_with_explicit_flags_on_top(tmp_path):
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text("serve:\n  max_batch: 8\n  max_body_mb: 2.5\n  port: 9000\n  backend: onnxruntime\n")
+    settings, host, port, workers = serve_settings(serve_args("--config", str(deploy)))
+    assert (settings.model, settings.max_batch, settings.max_body_bytes, settings.backend) == (
+        "m",
+        8,
+        2_500_000,
+        "onnxruntime",
+    )
+    assert (host, port, workers) == ("127.0.0.1", 9000, 1)
+    assert settings.max_idle_per_client == 16  # not in the file: serve's default
+    settings, _, port, _ = serve_settings(
+        serve_args(
+            "--config",
+            str(deploy),
+            "--set",
+            "serve.max_batch=4",
+            "--set",
+            "serve.stall_s=5",
+            "--port",
+            "8123",
+        )
+    )
+    assert (settings.max_batch, settings.stall_s, port) == (
+        4,
+        5.0,
+        8123,
+    )  # --set over the file, flags over both
+    settings, *_ = serve_settings(
+        serve_args("--config", str(deploy), "--max-batch", "16", "--set", "serve.max_batch=4")
+    )
+    assert settings.max_batch == 16
+    assert serve_settings(serve_args())[0] == ServeSettings("m")  # no file, no flags: ServeSettings' defaults
+
+
+def test_a_bad_key_or_value_under_serve_is_one_line_naming_it(tmp_path):
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text("serve:\n  max_batchs: 8\n")
+    result = run_cli("serve", "m", "--config", deploy)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"resnetcls: error: {deploy}: unknown config key 'serve.max_batchs'; "
+        "did you mean 'serve.max_batch'?\n"
+    )
+    deploy.write_text("serve:\n  max_queue: lots\n")
+    result = run_cli("serve", "m", "--config", deploy)
+    assert result.returncode == 2 and "'serve.max_queue' expects int, got 'lots'" in result.stderr
+    result = run_cli("serve", "m", "--set", "serve.backend=tpu")
+    assert result.returncode == 2 and "serve.backend='tpu': expected one of auto, torch" in result.stderr
+    result = run_cli("serve", "m", "--set", "serve.max_queue=0")
+    assert result.returncode == 2 and "serve.max_queue=0: must be in [1, " in result.stderr
+
+
+def test_export_writes_the_file_type_given_by_to_or_by_format_with_a_note(tiny_run, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "best", model)
+    result = run_cli("export", model, "--to", "torchscript")
+    assert result.returncode == 0, result.stderr
+    assert (model / "model.torchscript.pt").is_file() and "now --to" not in result.stderr
+    result = run_cli("export", model, "--format", "torchscript", "--out", tmp_path / "m.pt")
+    assert result.returncode == 0 and (tmp_path / "m.pt").is_file()
+    assert "export --format is now --to; read as --to torchscript (write --to torchscript)" in result.stderr
+    neither = run_cli("export", model)
+    assert neither.returncode == 2 and "--to onnx or --to torchscript" in neither.stderr
+    both = run_cli("export", model, "--to", "onnx", "--format", "torchscript")
+    assert both.returncode == 2 and "give one file type, as --to" in both.stderr
+
+
+def test_the_shipped_serve_config_holds_serves_defaults():
+    settings, host, port, workers = serve_settings(
+        serve_args("--config", str(ROOT / "configs" / "serve.yaml"))
+    )
+    assert settings == ServeSettings("m") and (host, port, workers) == ("127.0.0.1", 8000, 1)

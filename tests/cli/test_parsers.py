@@ -85,13 +85,15 @@ def test_the_readme_lists_exactly_the_parsers_commands():
     )
 
 
-def test_predict_and_serve_offer_every_backend_the_predictor_runs():
-    from resnetcls.inference.predictor import BACKENDS
+def test_every_inference_command_offers_every_backend_and_precision_the_predictor_runs():
+    from resnetcls.inference.predictor import BACKENDS, PRECISIONS
 
-    backends = {
-        name: action.choices
-        for name, action in _actions(build_parser())
-        if "--backend" in action.option_strings
-    }
-    assert set(backends) == {"predict", "serve"}
-    assert all(list(choices) == list(BACKENDS) for choices in backends.values())
+    options = {}
+    for name, action in _actions(build_parser()):
+        if {"--backend", "--precision"} & set(action.option_strings):
+            options.setdefault(name, []).append(list(action.choices))
+    assert set(options) == {"eval", "predict", "rank", "serve", "train", "tune", "lr-find", "lifelong"}
+    for name in ("eval", "predict", "rank", "serve"):
+        assert options[name] == [list(BACKENDS), list(PRECISIONS)], name
+    for name in ("train", "tune", "lr-find", "lifelong"):  # training's precision: fp16 too
+        assert options[name] == [["auto", "bf16", "fp16", "fp32"]], name

@@ -18,7 +18,11 @@ def test_seed_recipe_is_the_write_ups():
 def test_default_recipe_is_modern():
     cfg = build_config(ROOT / "configs" / "default.yaml")
     assert cfg.loss.label_smoothing > 0 and cfg.data.augment == "crop_flip" and cfg.sched.name == "cosine"
-    assert cfg.sched.warmup_epochs > 0 and cfg.optim.decay_norm_and_bias is False and cfg.train.amp == "auto"
+    assert (
+        cfg.sched.warmup_epochs > 0
+        and cfg.optim.decay_norm_and_bias is False
+        and cfg.train.precision == "auto"
+    )
 
 
 def test_augmentation_keys_default_off_and_accept_their_values():

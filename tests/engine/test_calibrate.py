@@ -17,7 +17,7 @@ CALIBRATED = [
     "--set",
     "data.val_fraction=0.34",
     "--set",
-    "train.amp=fp32",
+    "train.precision=fp32",
 ]
 
 

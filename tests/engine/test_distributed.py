@@ -54,7 +54,7 @@ ARGS = [
     "--set",
     "data.augment=resize",
     "--set",
-    "train.amp=fp32",
+    "train.precision=fp32",
 ]
 
 

@@ -149,7 +149,7 @@ def test_build_model_follows_the_model_config_and_the_asked_memory_format():
     m = ModelConfig(name="resnet18", stem="small", width=8)
     assert arch_args(m) == {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
     for channels_last in (True, False):
-        t = TrainConfig(device="cpu", amp="fp32", channels_last=channels_last)
+        t = TrainConfig(device="cpu", precision="fp32", channels_last=channels_last)
         ctx = build_context(t)
         assert (
             ctx.device == torch.device("cpu") and ctx.amp_dtype is None and ctx.channels_last is channels_last
@@ -160,11 +160,11 @@ def test_build_model_follows_the_model_config_and_the_asked_memory_format():
         assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
         assert weight.is_contiguous() is not channels_last
     # torchrun's device for this rank (device_name) wins over train.device
-    assert build_context(TrainConfig(device="cuda:3", amp="bf16"), "cpu").device == torch.device("cpu")
+    assert build_context(TrainConfig(device="cuda:3", precision="bf16"), "cpu").device == torch.device("cpu")
 
 
 def test_sync_bn_is_ignored_in_one_process_and_refused_on_cpu_under_torchrun(monkeypatch):
-    t = TrainConfig(device="cpu", amp="fp32", sync_bn=True)
+    t = TrainConfig(device="cpu", precision="fp32", sync_bn=True)
     m = ModelConfig(name="resnet18", width=8)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert isinstance(build_model(m, t, 3, build_context(t)).bn1, nn.BatchNorm2d)

@@ -149,7 +149,7 @@ def test_with_augmentation_policies_and_progressive_resizing_a_killed_run_resume
     neither) resumes at the same size and ends with the same weights, bit for bit."""
     # 2 epochs at 32 px: 16 px, then 32 px. fp32: in bf16 on the Xeon-AMX, a tiny ResNet that trained at 16 px
     # (1x1 maps in layer3-4) then at 32 px was not reproducible even uninterrupted (oneDNN's bf16 kernels).
-    extra = [*AUGMENT, "--set", "data.progressive=0.5", "--set", "train.amp=fp32"]
+    extra = [*AUGMENT, "--set", "data.progressive=0.5", "--set", "train.precision=fp32"]
     whole = tmp_path / "whole"
     result = plain_interpreter.run("train", tiny_data, *ARGS, *extra, "--out", whole)
     assert result.returncode == 0, result.stderr

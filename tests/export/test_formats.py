@@ -49,7 +49,7 @@ def images(tmp_path_factory):
 def exported_dir(tmp_path_factory):
     """A model directory exported to ONNX in place by the CLI (the default --out)."""
     model = make_tiny_model_dir(tmp_path_factory.mktemp("m") / "model")
-    result = run_cli("export", model, "--format", "onnx")
+    result = run_cli("export", model, "--to", "onnx")
     assert result.returncode == 0, result.stderr
     print(result.stdout)
     return model, result.stdout
@@ -84,7 +84,7 @@ def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_p
     monkeypatch.chdir(
         tmp_path / "cwd"
     )  # no ../shared/data from here: the check falls back to synthetic images
-    assert main(["export", str(model), "--format", "torchscript", "--out", str(out)]) == 0
+    assert main(["export", str(model), "--to", "torchscript", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "16 synthetic images" in stdout and "top-1 agrees on 16/16 -> PASS" in stdout
     meta = export_mod.read_export_metadata(out)
@@ -128,7 +128,7 @@ def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_an
     ):
         with pytest.raises(UserError, match="sha256 does not match model.json"):
             build()
-    assert run_cli("export", model, "--format", "onnx").returncode == 0  # the fix the message names
+    assert run_cli("export", model, "--to", "onnx").returncode == 0  # the fix the message names
     assert Predictor(model).backend == "onnxruntime"
 
 
@@ -145,10 +145,10 @@ def test_export_that_disagrees_with_eager_is_refused_and_not_written(tmp_path, m
 
 
 def test_export_bad_usage_exits_2_naming_the_problem(tmp_path, capsys):
-    assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 2
+    assert main(["export", str(tmp_path / "missing"), "--to", "onnx"]) == 2
     assert "no such model directory" in capsys.readouterr().err
     model = make_tiny_model_dir(tmp_path / "model")
-    assert main(["export", str(model), "--format", "onnx", "--check-data", str(tmp_path / "nope")]) == 2
+    assert main(["export", str(model), "--to", "onnx", "--check-data", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "--check-data" in err and "nope" in err
 
@@ -227,7 +227,7 @@ def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the
     batch = torch.stack([eager.transform(decode_image(p)) for p in images])
     expected, raw = eager.probabilities(batch), eager.logits(batch)
     assert float((expected - raw.softmax(1)).abs().max()) > 1e-2  # T = 0.2 visibly sharpens them
-    result = run_cli("export", model, "--format", "onnx")
+    result = run_cli("export", model, "--to", "onnx")
     assert result.returncode == 0 and "-> PASS" in result.stdout, result.stderr
     session = export_mod.onnx_session(model / "model.onnx")
     assert float((export_mod.onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
@@ -238,7 +238,7 @@ def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the
     out = (
         model / "model.torchscript.pt"
     )  # the default place, inside the model directory: its sha256 is recorded
-    assert run_cli("export", model, "--format", "torchscript").returncode == 0
+    assert run_cli("export", model, "--to", "torchscript").returncode == 0
     assert load_model_dir(model).meta["sha256"][out.name] == sha256_file(out)
     with torch.no_grad():
         logits, probs = export_mod.load_torchscript(out)(batch)

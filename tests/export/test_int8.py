@@ -1,4 +1,4 @@
-"""`resnetcls export MODEL --format onnx --int8`: the int8 file, its agreement check and record, the refusal
+"""`resnetcls export MODEL --to onnx --int8`: the int8 file, its agreement check and record, the refusal
 below --min-agreement (in either runtime), bad --calibration, and predict/serve on both int8 backends."""
 
 import json
@@ -20,7 +20,7 @@ def int8_run(tiny_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("int8") / "run"
     shutil.copytree(tiny_run, run)
-    result = run_cli("export", run, "--format", "onnx", "--int8", "--min-agreement", "0.8")
+    result = run_cli("export", run, "--to", "onnx", "--int8", "--min-agreement", "0.8")
     assert result.returncode == 0, result.stderr
     return run, result.stdout
 
@@ -80,7 +80,7 @@ def test_int8_below_min_agreement_is_refused_with_the_numbers(tiny_run, tmp_path
     real = quantize.onnx_probabilities
     monkeypatch.setattr(quantize, "onnx_probabilities", lambda session, batch: -real(session, batch))
     before = (run / "best" / "model.json").read_text()
-    result = run_cli("export", run, "--format", "onnx", "--int8", "--calibration-images", "8")
+    result = run_cli("export", run, "--to", "onnx", "--int8", "--calibration-images", "8")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "not written" in result.stderr and "top-1 agrees on" in result.stderr and "0.99" in result.stderr
@@ -111,11 +111,11 @@ def test_int8_is_refused_when_one_runtime_disagrees(tiny_run, tmp_path, monkeypa
 
 
 def test_bad_calibration_path_and_int8_misuse_exit_2(tiny_run, tmp_path):
-    result = run_cli("export", tiny_run, "--format", "onnx", "--int8", "--calibration", tmp_path / "nope")
+    result = run_cli("export", tiny_run, "--to", "onnx", "--int8", "--calibration", tmp_path / "nope")
     assert result.returncode == 2
     assert "--calibration" in result.stderr and "no such file" in result.stderr
-    result = run_cli("export", tiny_run, "--format", "torchscript", "--int8")
-    assert result.returncode == 2 and "--format onnx" in result.stderr
+    result = run_cli("export", tiny_run, "--to", "torchscript", "--int8")
+    assert result.returncode == 2 and "--to onnx" in result.stderr
 
 
 def test_int8_backend_without_the_file_says_how_to_make_it(tiny_run, tmp_path):

@@ -65,7 +65,7 @@ def patch_model(tmp_path_factory):
         "--set",
         "data.augment=resize",
         "--set",
-        "train.amp=fp32",
+        "train.precision=fp32",
         "--set",
         f"data.resize_size={SIZE}",
         "--set",

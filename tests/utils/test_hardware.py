@@ -57,7 +57,9 @@ def test_amx_is_read_from_torchs_flags_unless_capped_below_it(monkeypatch):
 @pytest.mark.parametrize("amp", ["bf16", "fp32"])
 def test_training_runs_and_records_the_forced_precision(tiny_data, tmp_path, amp):
     out = tmp_path / "run"
-    result = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--set", f"train.amp={amp}", "--out", out)
+    result = run_cli(
+        "train", tiny_data, *TINY, "--epochs", "1", "--set", f"train.precision={amp}", "--out", out
+    )
     assert result.returncode == 0, result.stderr
     assert f"cpu {amp} channels_last" in result.stderr
     summary = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]

@@ -106,7 +106,7 @@ def test_on_a_terminal_training_cache_build_eval_and_predict_show_a_bar_and_pipe
                     "--epochs",
                     "1",
                     "--set",
-                    "train.amp=bf16",
+                    "train.precision=bf16",
                     "--out",
                     tmp_path / "run",
                 ],

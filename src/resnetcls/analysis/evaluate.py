@@ -46,9 +46,10 @@ TOPK = 5
 
 
 class Accumulator:
-    """What eval keeps while the batches stream past: the C x C integer confusion matrix, running NLL sums and,
-    per image, a few numbers (label, sample index, top-1 class, calibrated and raw top-1 probability, top-k hit),
-    about 20 bytes an image: never the N x C logits or probabilities, so a large set evaluates in bounded memory.
+    """What eval keeps while the batches stream past: the C x C integer confusion matrix, running NLL sums
+    and, per image, a few numbers (label, sample index, top-1 class, calibrated and raw top-1 probability,
+    top-k hit), about 20 bytes an image: never the N x C logits or probabilities, so a large set evaluates in
+    bounded memory.
     """
 
     def __init__(self, num_classes: int, temperature: float = 1.0) -> None:
@@ -175,8 +176,9 @@ def run_model(
 
 
 def calibration_summary(acc: Accumulator, predictor: Predictor, metrics: dict) -> dict:
-    """The model's temperature and, on this data, ECE and NLL of the raw softmax (before) and of the calibrated
-    probabilities every other number here is computed from (after), with the raw softmax's reliability bins."""
+    """The model's temperature and, on this data, ECE and NLL of the raw softmax (before) and of the
+    calibrated probabilities every other number here is computed from (after), with the raw softmax's
+    reliability bins."""
     c = acc.columns()
     ece_before, bins_before = calibration_error(c["raw_confidence"], c["raw_correct"])
     record = predictor.loaded.meta.get("calibration", {})
@@ -236,9 +238,9 @@ def write_tables(metrics: dict, confusion: np.ndarray, out: Path) -> None:
 
 
 def heatmap_classes(confusion: np.ndarray, classes: list[str], limit: int = HEATMAP_MAX_CLASSES) -> dict:
-    """The classes the heatmap shows, in class order: those present in the data or predicted, or, when there are
-    more than limit, the limit most confused ones (most images wrongly in or out of the class: row plus column
-    sums off the diagonal; ties in class order). {"index", "classes", "of", "capped", "caption"}."""
+    """The classes the heatmap shows, in class order: those present in the data or predicted, or, when there
+    are more than limit, the limit most confused ones (most images wrongly in or out of the class: row plus
+    column sums off the diagonal; ties in class order). {"index", "classes", "of", "capped", "caption"}."""
     errors = confusion.sum(axis=1) + confusion.sum(axis=0) - 2 * np.diag(confusion)
     seen = np.flatnonzero(confusion.sum(axis=1) + confusion.sum(axis=0))
     caption, capped = f"all {len(seen)} classes present in the data or predicted", len(seen) > limit
@@ -273,9 +275,9 @@ def explain_wrong(predictor: Predictor, wrong: list[dict]) -> list[np.ndarray | 
 
 
 def write_figures(metrics: dict, confusion: np.ndarray, out: Path, wrong_views: list | None = None) -> dict:
-    """The three eval PNGs; the heatmap shows heatmap_classes() (at most HEATMAP_MAX_CLASSES, coloured by the share
-    of all the true class's images), recorded in metrics["confusion_figure"]; wrong_views (from explain_wrong) go
-    into the sheet of the most confidently wrong images."""
+    """The three eval PNGs; the heatmap shows heatmap_classes() (at most HEATMAP_MAX_CLASSES, coloured by the
+    share of all the true class's images), recorded in metrics["confusion_figure"]; wrong_views (from
+    explain_wrong) go into the sheet of the most confidently wrong images."""
     from ..records.figures import (
         confusion_heatmap,
         contact_sheet,
@@ -310,7 +312,7 @@ def evaluate_samples(
     samples: Samples,
     out: Path,
     about: dict,
-    batch_size: int = 64,
+    batch_size: int = 32,
     num_workers: int = -1,
     wrong_k: int = 18,
 ) -> dict:
@@ -347,18 +349,21 @@ def evaluate_model(
     model: str | os.PathLike,
     data: str,
     out_dir: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int = 32,
     num_workers: int = -1,
     precision: str = "auto",
+    backend: str = "auto",
 ) -> dict:
     """Evaluate MODEL on DATA; write OUT (default: eval/ next to the model, i.e. RUN_DIR/eval).
 
     DATA's classes may be a subset of the model's; classes the model does not know are an error naming them.
-    precision is the Predictor's (auto: bf16 where the CPU/GPU has it natively; fp32 for bit-stable numbers).
+    precision and backend are the Predictor's, as predict's --precision and --backend (precision auto: bf16
+    where the CPU/GPU has it natively; fp32 for bit-stable numbers; backend onnxruntime: the exported
+    model.onnx). The Grad-CAM figure always runs the eager model.
     """
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
-    predictor = Predictor(model, precision=precision)
+    predictor = Predictor(model, precision=precision, backend=backend)
     samples, split = load_eval_samples(data, predictor.classes)
     out = Path(out_dir) if out_dir else predictor.loaded.path.parent / "eval"
     return evaluate_samples(

@@ -47,6 +47,20 @@ DIVERSE_PICKS = 1000  # --diverse picks without --limit (then the rest follow, m
 COLUMNS = ["path", "label", "guess", "guess_prob", "uncertainty"]
 
 
+@dataclass(frozen=True)
+class RankSettings:
+    """How rank scores and orders: --by, --diverse, --limit, and the model's --batch-size, --precision and
+    --backend (as predict's: an ONNX backend gives the probabilities; --diverse's features come from the eager
+    model then)."""
+
+    by: str = "margin"
+    diverse: bool = False
+    limit: int | None = None
+    batch_size: int = 32
+    precision: str = "auto"
+    backend: str = "auto"
+
+
 @dataclass
 class Scored:
     """The model's view of a set of images: the good paths with each one's top-1 class, its probability and
@@ -63,8 +77,8 @@ class Scored:
 
 class TopPool:
     """The `size` most uncertain rows seen so far with their features, in bounded memory: rows come in
-    increasing order, are buffered, and are cut back to `size` whenever the buffer reaches twice that (ties keep
-    the earlier row, as the plain ranking does)."""
+    increasing order, are buffered, and are cut back to `size` whenever the buffer reaches twice that (ties
+    keep the earlier row, as the plain ranking does)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -151,10 +165,21 @@ def pick_order(
 
 @torch.inference_mode()
 def probabilities_and_features(
+    predictor: Predictor, batch: torch.Tensor, features: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities (raw: the model's own ranking, no temperature) and pooled penultimate features of
+    a preprocessed batch, in the Predictor's backend and precision. On torch one forward gives both; with an
+    ONNX session the session gives the probabilities and the eager model (fp32) the features, when asked."""
+    if predictor.session is None:
+        return eager_probabilities_and_features(predictor, batch)
+    probs = predictor.logits(batch).softmax(dim=1)
+    return probs, (eager_probabilities_and_features(predictor, batch)[1] if features else torch.empty(0))
+
+
+def eager_probabilities_and_features(
     predictor: Predictor, batch: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and pooled penultimate features of a preprocessed batch, in the Predictor's
-    precision (one forward gives both)."""
+    """Softmax probabilities and pooled penultimate features from the eager model, in its autocast."""
     model = predictor.model
     batch = batch.to(predictor.device, memory_format=predictor.memory_format)
     with torch.autocast(
@@ -188,7 +213,7 @@ def score_images(
                     good.append(path)
                     tensors.append(item)
             if tensors:
-                p, f = probabilities_and_features(predictor, torch.stack(tensors))
+                p, f = probabilities_and_features(predictor, torch.stack(tensors), bool(pool_size))
                 score = uncertainty(p, by)
                 prob, guess = p.max(dim=1)
                 guesses.append(guess)
@@ -214,17 +239,9 @@ def manifest_rows(scored: Scored, order: list[int], classes: list[str], csv_dir:
     return rows
 
 
-def run_rank(
-    model: str,
-    folder: str,
-    out: str,
-    by: str = "margin",
-    diverse: bool = False,
-    limit: int | None = None,
-    batch_size: int = 32,
-    precision: str = "auto",
-) -> int:
+def run_rank(model: str, folder: str, out: str, settings: RankSettings = RankSettings()) -> int:
     """`resnetcls rank`: write the ranked manifest to out; exit 2 when any image could not be read."""
+    by, diverse, limit = settings.by, settings.diverse, settings.limit
     if by not in SCORES:
         raise UserError(f"--by {by!r}: expected one of {', '.join(SCORES)}")
     if limit is not None and limit < 1:
@@ -234,13 +251,13 @@ def run_rank(
     out_path = Path(out)
     if not out_path.parent.is_dir():
         raise UserError(f"--out {out}: folder {out_path.parent} does not exist")
-    predictor = Predictor(model, precision=precision)
+    predictor = Predictor(model, precision=settings.precision, backend=settings.backend)
     items = expand_inputs([folder])
     paths = [p for p, reason in items if not reason]
     if not paths:
         raise UserError(f"{folder}: no image files found (searched recursively)")
     pool_size = DIVERSE_POOL * diverse_picks(limit) if diverse else None
-    scored = score_images(predictor, paths, batch_size, by, pool_size)
+    scored = score_images(predictor, paths, settings.batch_size, by, pool_size)
     for path, reason in scored.bad:
         print(f"warning: {path}: {reason} (not ranked)", file=sys.stderr)
     order = pick_order(scored.score, limit, scored.pool if diverse else None)

@@ -5,54 +5,34 @@ only what it uses and `resnetcls --help` does not load torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 
 def cmd_train(args) -> int:
     from ..api import train  # the Python API's train: one path for the CLI and notebooks
+    from .flags import table_values
 
     train(
         args.data,
-        val=args.val,
-        model=args.model,
-        epochs=args.epochs,
-        time=args.time,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        lr=args.lr,
         out=args.out,
         resume=args.resume,
         force=args.force,
         config=args.config,
         set=args.overrides,
-        device=args.device,
-        seed=args.seed,
-        pretrained=args.pretrained,
+        **table_values(args, "train"),
     )
     return 0
 
 
 def cmd_tune(args) -> int:
-    from ..api import flag_settings
     from ..config import build_config, explicit_settings
-    from ..errors import UserError
+    from ..config.flags import flag_settings
     from ..tune.study import TuneSettings, run_tune
+    from .flags import table_values
 
-    for flag, value in (("--lr", args.lr), ("--batch-size", args.batch_size)):
-        if value == "auto":
-            raise UserError(f"{flag} auto: not in tune (give a number, or let the search space choose it)")
-    flags = flag_settings(
-        args.data,
-        args.val,
-        args.model,
-        args.epochs,
-        args.image_size,
-        args.batch_size,
-        args.lr,
-        args.device,
-        args.seed,
-        args.pretrained,
-    )  # train's flags; --time is the study's here
+    # train's flags (--time is the study's here)
+    flags = {"data.train": args.data, **flag_settings(table_values(args, "tune"), "tune")}
     base = build_config(args.config, args.overrides, flags)
     fixed = set(explicit_settings(args.config, args.overrides, flags).keys)
     result = run_tune(
@@ -78,18 +58,11 @@ def cmd_tune(args) -> int:
 
 def cmd_lr_find(args) -> int:
     from ..config import build_config
+    from ..config.flags import flag_settings
     from ..engine.lrfind import find_lr
+    from .flags import table_values
 
-    flags = {
-        "data.train": args.data,
-        "data.val": args.val,
-        "model.name": args.model,
-        "train.batch_size": args.batch_size,
-        "data.image_size": args.image_size,
-        "train.device": args.device,
-        "train.seed": args.seed,
-        "train.pretrained": args.pretrained,
-    }
+    flags = {"data.train": args.data, **flag_settings(table_values(args, "lr-find"), "lr-find")}
     find_lr(
         build_config(args.config, args.overrides, flags), args.out, args.steps, args.start_lr, args.end_lr
     )
@@ -98,24 +71,15 @@ def cmd_lr_find(args) -> int:
 
 def cmd_lifelong(args) -> int:
     from ..config import build_config
+    from ..config.flags import flag_settings
     from ..lifelong.run import run_lifelong
+    from .flags import table_values
 
     several = len(args.data) > 1
     flags = {
         "data.train": args.data[0] if args.data else None,
         "lifelong.datasets": args.data if several else None,
-        "lifelong.tasks": args.tasks,
-        "lifelong.order": args.order,
-        "lifelong.bins": args.bins,
-        "lifelong.strategy": args.strategy,
-        "lifelong.buffer_size": args.buffer_size,
-        "model.name": args.model,
-        "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size,
-        "data.image_size": args.image_size,
-        "optim.lr": args.lr,
-        "train.device": args.device,
-        "train.seed": args.seed,
+        **flag_settings(table_values(args, "lifelong"), "lifelong"),
     }
     run_lifelong(
         build_config(args.config, args.overrides, flags),
@@ -131,7 +95,9 @@ def cmd_lifelong(args) -> int:
 def cmd_eval(args) -> int:
     from ..analysis.evaluate import evaluate_model
 
-    m = evaluate_model(args.model, args.data, args.out, args.batch_size, precision=args.precision)
+    m = evaluate_model(
+        args.model, args.data, args.out, args.batch_size, precision=args.precision, backend=args.backend
+    )
     print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
     print(
@@ -150,10 +116,13 @@ def cmd_predict(args) -> int:
 
 
 def cmd_rank(args) -> int:
-    from ..analysis.rank import run_rank
+    from ..analysis.rank import RankSettings, run_rank
 
     return run_rank(
-        args.model, args.folder, args.out, args.by, args.diverse, args.limit, args.batch_size, args.precision
+        args.model,
+        args.folder,
+        args.out,
+        RankSettings(args.by, args.diverse, args.limit, args.batch_size, args.precision, args.backend),
     )
 
 
@@ -164,63 +133,73 @@ def cmd_report(args) -> int:
     return 0
 
 
+def export_format(args) -> str:
+    """export's file type: --to, or the same flag's earlier name --format (with a one-line note)."""
+    from ..errors import UserError
+
+    if args.old_format is not None:
+        print(
+            f"export --format is now --to; read as --to {args.old_format} (write --to {args.old_format})",
+            file=sys.stderr,
+        )
+        if args.to is not None and args.to != args.old_format:
+            raise UserError(f"--to {args.to} and --format {args.old_format}: give one file type, as --to")
+    if (args.to or args.old_format) is None:
+        raise UserError("export: say which file to write with --to onnx or --to torchscript")
+    return args.to or args.old_format
+
+
 def cmd_export(args) -> int:
     from ..export.formats import ExportCheckFailed, export_model
 
+    to = export_format(args)
     if args.int8 or args.calibration is not None:
-        return _export_int8(args)
+        return _export_int8(args, to)
     try:
-        result = export_model(args.model, args.format, args.out, args.check_data)
+        result = export_model(args.model, to, args.out, args.check_data)
     except ExportCheckFailed as e:
         print(f"resnetcls: export check failed: {e}", file=sys.stderr)
         return 1
     print(result.parity.summary())
     print(
-        f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in {result.seconds:.1f} s)"
+        f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in "
+        f"{result.seconds:.1f} s)"
     )
     return 0
 
 
-def _export_int8(args) -> int:
+def _export_int8(args, to: str) -> int:
     from ..errors import UserError
     from ..export.int8 import export_int8
 
-    if not args.int8 or args.format != "onnx":
-        raise UserError("--calibration/--int8: int8 export needs both --format onnx and --int8")
+    if not args.int8 or to != "onnx":
+        raise UserError("--calibration/--int8: int8 export needs both --to onnx and --int8")
     result = export_int8(args.model, args.calibration, args.calibration_images, args.min_agreement, args.out)
     print(result.summary())
     print(f"wrote {result.path} (onnx int8, {result.bytes / 1e6:.1f} MB)")
     return 0
 
 
-def cmd_serve(args) -> int:
-    from ..serve.app import ServeSettings, serve
+def serve_settings(args):
+    """serve's ServeSettings, host, port and workers: the config's serve: section (defaults <- --config FILE
+    <- --set serve.KEY=VALUE) with every option given on the command line on top."""
 
-    serve(
-        ServeSettings(
-            args.model,
-            args.backend,
-            int(args.max_body_mb * 1e6),
-            args.max_pixels,
-            args.max_batch,
-            args.batch_wait_ms,
-            args.max_decode_mb,
-            args.max_queue,
-            args.max_batch_pixels,
-            args.admission_wait_s,
-            args.stall_s,
-            args.keep_alive_s,
-            args.header_timeout_s,
-            args.body_timeout_s,
-            args.max_connections,
-            max_idle_connections=args.max_idle_connections,
-            max_idle_per_client=args.max_idle_per_client,
-            precision=args.precision,
-        ),
-        args.host,
-        args.port,
-        args.workers,
-    )
+    from ..config import build_config
+    from ..serve.schema import ServeSettings
+    from .deploy_parsers import SERVE_OPTIONS
+
+    flags = {f"serve.{name}": getattr(args, name) for name, _, _ in SERVE_OPTIONS}
+    values = dataclasses.asdict(build_config(args.config, args.overrides, flags).serve)
+    host, port, workers = values.pop("host"), values.pop("port"), values.pop("workers")
+    values["max_body_bytes"] = int(values.pop("max_body_mb") * 1e6)
+    return ServeSettings(args.model, **values), host, port, workers
+
+
+def cmd_serve(args) -> int:
+    from ..serve.app import serve
+
+    settings, host, port, workers = serve_settings(args)
+    serve(settings, host, port, workers)
     return 0
 
 
@@ -236,8 +215,8 @@ def cmd_data(args) -> int:
     if args.layout == "openloris":
         root = synthesize_openloris(args.out, args.classes, args.per_class, args.image_size, args.seed)
         print(
-            f"wrote 12 batches x {args.classes} objects x {args.per_class} images (OpenLORIS-Object layout) in "
-            f"{root}; train the protocol with `resnetcls lifelong {root} --tasks batches`",
+            f"wrote 12 batches x {args.classes} objects x {args.per_class} images (OpenLORIS-Object layout) "
+            f"in {root}; train the protocol with `resnetcls lifelong {root} --tasks batches`",
             file=sys.stderr,
         )
         return 0

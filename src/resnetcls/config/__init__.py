@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from .schema import (
     ModelConfig,
     OptimConfig,
     SchedConfig,
+    ServeConfig,
     TrainConfig,
     config_to_dict,
     flatten,
@@ -51,6 +53,7 @@ __all__ = [
     "RANGES",
     "SIZE_OR_ZERO",
     "SchedConfig",
+    "ServeConfig",
     "TrainConfig",
     "build_config",
     "config_from_dict",
@@ -59,10 +62,26 @@ __all__ = [
     "explicit_settings",
     "load_yaml",
     "parse_duration",
+    "renamed",
     "result_affecting_changes",
     "set_value",
     "validate_config",
 ]
+
+
+# Keys that have a new name: a config file, --set or a saved run that uses the old one still works.
+RENAMED_KEYS = {"train.amp": "train.precision"}
+
+
+def renamed(key: str, source: str = "") -> str:
+    """key under its current name; with a source (a config file, --set), a one-line note on stderr when the
+    key was renamed, so the user can update it."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    if source:
+        print(f"{key} is now {new}; {source}: read as {new} (write {new} there)", file=sys.stderr)
+    return new
 
 
 def _all_keys(obj: Any, prefix: str = "") -> list[str]:
@@ -106,7 +125,9 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
 
 
 def set_value(cfg: Config, key: str, value: Any, source: str = "--set") -> None:
-    """Set a dotted key (e.g. 'optim.lr') on the tree, checking that it exists and its type."""
+    """Set a dotted key (e.g. 'optim.lr', or its old name: RENAMED_KEYS) on the tree, checking that it exists
+    and its type."""
+    key = renamed(key)
     node: Any = cfg
     parts = key.split(".")
     for part in parts[:-1]:
@@ -163,10 +184,10 @@ def build_config(
     cfg = config_from_dict(base, "saved run config") if base is not None else Config()
     if config_file:
         for key, value in flatten(load_yaml(config_file)).items():
-            set_value(cfg, key, value, source=str(config_file))
+            set_value(cfg, renamed(key, str(config_file)), value, source=str(config_file))
     for text in overrides:
         key, value = parse_override(text)
-        set_value(cfg, key, value, source="--set")
+        set_value(cfg, renamed(key, "--set"), value, source="--set")
     for key, value in (flags or {}).items():
         if value is not None:
             set_value(cfg, key, value, source="command line")
@@ -188,7 +209,7 @@ def explicit_settings(
 ) -> ExplicitSettings:
     """The keys build_config(config_file, overrides, flags) sets explicitly (flags that are None are not set):
     the one place the CLI, and later a Python API, tells train() what the user chose."""
-    keys = {parse_override(text)[0] for text in overrides}
+    keys = {renamed(parse_override(text)[0]) for text in overrides}
     keys |= {key for key, value in (flags or {}).items() if value is not None}
     return ExplicitSettings(str(config_file or ""), frozenset(keys))
 
@@ -219,13 +240,15 @@ RESUME_SAFE_KEYS = (
     "ckpt.",
     "log.",
     "eval.",
+    "serve.",
 )
 
 
 def result_affecting_changes(saved: dict, current: Config) -> list[str]:
     """'key: old -> new' for every setting that differs from a checkpoint's config and changes the result."""
     # A key the saved config lacks was added since it was written: it ran as that key's default does.
-    old = {**flatten(config_to_dict(Config())), **flatten(saved)}
+    saved_flat = {renamed(key): value for key, value in flatten(saved).items()}
+    old = {**flatten(config_to_dict(Config())), **saved_flat}
     new, changes = flatten(config_to_dict(current)), []
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUME_SAFE_KEYS):

@@ -55,11 +55,33 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lifelong.lwf_temperature": (0, 1e3, True, False),
     "lifelong.derpp_alpha": (0, 1e6, False, False),
     "lifelong.derpp_beta": (0, 1e6, False, False),
+    "serve.port": (1, 65535, False, False),
+    "serve.workers": (1, 256, False, False),
+    "serve.max_body_mb": (0, 1e6, True, False),
+    "serve.max_pixels": (1, 1e12, False, False),
+    "serve.max_batch": (1, 4096, False, False),
+    "serve.batch_wait_ms": (0, 60_000, False, False),
+    "serve.max_decode_mb": (0, 1e9, True, False),
+    "serve.max_queue": (1, _BIG, False, False),
+    "serve.max_batch_pixels": (1, 1e15, False, False),
+    "serve.admission_wait_s": (0, 86400, False, False),
+    "serve.stall_s": (0, 86400, True, False),
+    "serve.keep_alive_s": (0, 86400, True, False),
+    "serve.header_timeout_s": (0, 86400, True, False),
+    "serve.body_timeout_s": (0, 86400, True, False),
+    "serve.max_connections": (1, _BIG, False, False),
+    "serve.max_idle_connections": (1, _BIG, False, False),
+    "serve.max_idle_per_client": (1, _BIG, False, False),
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
+# The inference backends and precisions of predict, eval, rank and serve (inference/predictor.py's BACKENDS
+# and PRECISIONS; repeated here so the command line's --help loads no torch: tests/cli checks they agree).
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp32")
 CHOICES = {
     "train.nonfinite": ("stop", "skip"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "data.worker_start": ("auto", "fork", "spawn"),
     "data.cache_format": ("auto", "decoded", "compressed"),
     "data.interpolation": ("nearest", "bilinear", "bicubic"),
@@ -69,6 +91,8 @@ CHOICES = {
     "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
     "log.wandb_mode": ("offline", "online", "disabled"),
     "log.on_tracker_error": ("stop", "warn"),
+    "serve.backend": BACKENDS,
+    "serve.precision": INFERENCE_PRECISIONS,
 }
 
 
@@ -76,7 +100,8 @@ DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str) -> float:
-    """'90s', '20m', '1.5h' (a bare number is seconds) -> seconds; '' or '0' -> 0 (off). ValueError otherwise."""
+    """'90s', '20m', '1.5h' (a bare number is seconds) -> seconds; '' or '0' -> 0 (off). ValueError
+    otherwise."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
     if str(text).strip() == "":
         return 0.0
@@ -88,13 +113,17 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def _bound_text(bound: float) -> str:
+    """A range's end as the message shows it: 1, not 1.0; 1e+06 for a large float."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
 def _range_problem(value, lo, hi, lo_open, hi_open) -> str:
     if not is_finite_number(value):
         return "must be a finite number"
     if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        show = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"
-        return f"must be in {left}{show(lo)}, {show(hi)}{right}"
+        return f"must be in {left}{_bound_text(lo)}, {_bound_text(hi)}{right}"
     return ""
 
 

@@ -60,7 +60,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto | bf16 | fp16 | fp32
+    precision: str = (
+        "auto"  # auto (bf16 where the device computes it natively, else fp32) | bf16 | fp16 | fp32
+    )
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -115,7 +117,8 @@ class CkptConfig:
 class LogConfig:
     tensorboard: bool = True
     every_steps: int = 0  # also log train metrics every N steps; 0 = per epoch only
-    # Trackers (tracking.py; optional extras resnetcls[mlflow], resnetcls[wandb]); tracking.json keeps the run ids.
+    # Trackers (tracking.py; optional extras resnetcls[mlflow], resnetcls[wandb]); tracking.json keeps the
+    # run ids.
     mlflow: bool = False  # log params, epoch metrics, tags and artefacts to MLflow
     mlflow_uri: str = ""  # tracking URI; "" = MLFLOW_TRACKING_URI, else sqlite:///RUN_DIR/mlflow.db
     mlflow_experiment: str = "resnetcls"
@@ -154,6 +157,33 @@ class LifelongConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`resnetcls serve`'s settings, each also its flag (serve.max_batch is --max-batch); explicit flags
+    win over the config."""
+
+    host: str = "127.0.0.1"  # address to listen on (0.0.0.0: every interface)
+    port: int = 8000
+    workers: int = 1  # server processes, each with its own model copy
+    backend: str = "auto"  # as predict's --backend
+    precision: str = "auto"  # as predict's --precision: auto | bf16 | fp32
+    max_body_mb: float = 20.0  # larger request bodies get 413
+    max_pixels: int = 40_000_000  # larger images get 422
+    max_batch: int = 32  # most images per model call across requests
+    batch_wait_ms: float = 0.0  # how long a model call waits for more requests to join its batch
+    max_decode_mb: float = 1024.0  # decode memory in flight; beyond it 503 + Retry-After
+    max_queue: int = 256  # images waiting for the model; beyond it 503
+    max_batch_pixels: int = 100_000_000  # pixels of all images of one /predict/batch request; beyond it 413
+    admission_wait_s: float = 2.0  # how long a decode waits for budget
+    stall_s: float = 30.0  # /healthz answers 503 once one model call has run longer than this
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    header_timeout_s: float = 10.0  # time allowed for a request's head
+    body_timeout_s: float = 30.0  # time allowed for a request's body (408)
+    max_connections: int = 64  # requests being processed at once; beyond it 503 + Retry-After
+    max_idle_connections: int = 64  # connections idle or still sending; past it the longest waiting is closed
+    max_idle_per_client: int = 16  # the same, from one client address
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -165,6 +195,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lifelong: LifelongConfig = field(default_factory=LifelongConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -179,6 +210,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    """The config as it is recorded (config.yaml, checkpoints, trackers): passwords in URLs masked (redact.py).
-    The live values (the URL a driver connects with) are read from the Config itself."""
+    """The config as it is recorded (config.yaml, checkpoints, trackers): passwords in URLs masked
+    (redact.py). The live values (the URL a driver connects with) are read from the Config itself."""
     return mask_tree(dataclasses.asdict(cfg))

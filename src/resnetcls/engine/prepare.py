@@ -158,7 +158,7 @@ def build_context(t: TrainConfig, device_name: str | None = None) -> StepContext
     """Device and precision (one code path: autocast and GradScaler with enabled=). device_name overrides
     train.device (torchrun: this rank's cuda:LOCAL_RANK)."""
     device = pick_device(device_name or t.device)
-    return StepContext(device, resolve_amp(t.amp, device), t.channels_last)
+    return StepContext(device, resolve_amp(t.precision, device), t.channels_last)
 
 
 def build_model(m: ModelConfig, t: TrainConfig, num_classes: int, ctx: StepContext) -> torch.nn.Module:

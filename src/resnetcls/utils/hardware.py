@@ -106,7 +106,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     if amp != "auto":
-        raise UserError(f"train.amp={amp!r}: expected auto, bf16, fp16 or fp32")
+        raise UserError(f"train.precision={amp!r}: expected auto, bf16, fp16 or fp32")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None

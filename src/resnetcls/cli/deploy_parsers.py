@@ -1,0 +1,222 @@
+"""The parsers of the commands that use a trained model: eval, predict and rank (one --backend, --precision
+and --batch-size vocabulary), export and serve (whose options are also the config's serve: section)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import ServeConfig
+from ..config.checks import BACKENDS, INFERENCE_PRECISIONS
+from .flags import BATCH, POSITIVE, add_config_flags, number
+
+MODEL_HELP = "a model directory, or a run directory (its best/ model)"
+PRECISION_HELP = (
+    "auto: bf16 + channels_last where this CPU/GPU computes bf16 natively, else fp32 (default); "
+    "fp32: bit-stable outputs on every machine; bf16: forced"
+)
+BACKEND_HELP = (
+    "auto: the fastest verified fp path here (with a checked, current model.onnx: OpenVINO on AMX CPUs, "
+    "torch where bf16 is otherwise native, else ONNX Runtime; without one, torch); torch; onnxruntime "
+    "(model.onnx, fp32); openvino (model.onnx, bf16 where native unless --precision fp32); "
+    "onnxruntime-int8, openvino-int8 (model.int8.onnx, see export --int8)"
+)
+INFERENCE_BATCH = 32  # --batch-size of eval, predict and rank
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+# serve's options: (name, argparse type, help). Each is also serve.NAME in the config (config/schema.py
+# ServeConfig, which holds the defaults); a flag given on the command line wins over --config and --set.
+SERVE_OPTIONS = (
+    ("host", str, "address to listen on (0.0.0.0: every interface)"),
+    ("port", number(int, 1, 65535), "port to listen on"),
+    ("workers", number(int, 1, 256), "server processes, each with its own model copy"),
+    ("backend", str, BACKEND_HELP),
+    ("precision", str, PRECISION_HELP.replace(" (default)", "")),
+    ("max_body_mb", number(float, 0, low_open=True), "larger request bodies get 413"),
+    ("max_pixels", POSITIVE, "larger images get 422"),
+    ("max_batch", number(int, 1, 4096), "most images per model call across requests"),
+    (
+        "batch_wait_ms",
+        number(float, 0, 60_000),
+        "how long a model call waits for more requests to join its batch",
+    ),
+    (
+        "max_decode_mb",
+        float,
+        "decode memory in flight (from each image's header); beyond it 503 + Retry-After",
+    ),
+    ("max_queue", int, "images waiting for the model; beyond it 503"),
+    ("max_batch_pixels", int, "pixels of all images in one /predict/batch request; beyond it 413"),
+    ("admission_wait_s", float, "how long a decode waits for budget"),
+    ("stall_s", float, "/healthz answers 503 once one model call has run longer than this"),
+    ("keep_alive_s", float, "idle keep-alive connections are closed"),
+    ("header_timeout_s", float, "time allowed for a request's head"),
+    ("body_timeout_s", float, "time allowed for a request's body (408)"),
+    (
+        "max_connections",
+        int,
+        "requests being processed at once (body received; /healthz and /info never count), beyond it 503 "
+        "+ Retry-After; idle or half-sent connections do not count",
+    ),
+    (
+        "max_idle_connections",
+        int,
+        "connections idle or still sending their request; past it the one waiting longest is closed, so "
+        "slow clients cannot hold the server's slots",
+    ),
+    (
+        "max_idle_per_client",
+        int,
+        "the same, from one client address (behind a reverse proxy, which is one address, raise it to "
+        "--max-idle-connections)",
+    ),
+)
+SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS}
+
+
+def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per model call") -> None:
+    """--batch-size, --backend and --precision: the same names, choices and defaults on eval, predict and
+    rank."""
+    p.add_argument("--batch-size", type=BATCH, default=INFERENCE_BATCH, help=batch_help)
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=PRECISION_HELP)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on DATA")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="the images to evaluate on: its test split, else its val split, else all of it",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where metrics, tables and figures go (default MODEL's run directory's eval/, else MODEL/eval)",
+    )
+    add_model_flags(p)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-k classes for images")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="image files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument("--topk", type=POSITIVE, default=5, help="classes listed per image")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    add_model_flags(p)
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument(
+        "--explain",
+        metavar="OUT_DIR",
+        default=None,
+        help="also write a Grad-CAM overlay of each image's top-1 class to "
+        "OUT_DIR/<name>-<path hash>.gradcam.png as it goes and list it in the output (on the "
+        "eager model in fp32, whatever the backend); an overlay that cannot be written is a "
+        "warning, its prediction is still printed, and the exit code is 2 (default: no overlays)",
+    )
+
+
+def _add_rank(sub) -> None:
+    p = sub.add_parser("rank", help="order unlabelled images by the model's uncertainty: what to label next")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("folder", metavar="FOLDER", help="unlabelled images, searched recursively")
+    p.add_argument(
+        "--out",
+        metavar="RANK.csv",
+        required=True,
+        help="the CSV to write (a DATA manifest: path,label,guess,guess_prob,uncertainty; fill in label)",
+    )
+    p.add_argument(
+        "--by",
+        choices=["margin", "entropy"],
+        default="margin",
+        help="uncertainty score: margin = 1 - (p1 - p2), entropy = -sum p log p (default: margin)",
+    )
+    p.add_argument(
+        "--diverse",
+        action="store_true",
+        help="pick spread-out images first: k-center greedy on the model's features picks --limit "
+        "images (1000 without --limit, then every other image follows, most uncertain first) "
+        "among the 5 x that many most uncertain (with an ONNX backend the features come from the eager "
+        "model in fp32; default: off)",
+    )
+    p.add_argument(
+        "--limit",
+        type=POSITIVE,
+        default=None,
+        metavar="N",
+        help="write only the first N images (default: all)",
+    )
+    add_model_flags(p)
+
+
+def add_inference_commands(sub) -> None:
+    """eval, predict and rank, in that order."""
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_rank(sub)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export MODEL to ONNX or TorchScript, checked against eager PyTorch")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--to", choices=EXPORT_FORMATS, help="the file type to write (required)")
+    # The file type's earlier name, still read (with a note that it is now --to); not in --help.
+    p.add_argument("--format", choices=EXPORT_FORMATS, dest="old_format", help=argparse.SUPPRESS)
+    p.add_argument("--out", metavar="FILE", help="default: model.onnx / model.torchscript.pt in MODEL")
+    p.add_argument(
+        "--check-data",
+        metavar="PATH",
+        help="images (folder or file) for the parity check; default: synthetic images",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="(with --to onnx) write model.int8.onnx: ONNX Runtime static int8, checked against fp32",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DATA",
+        default=None,
+        help="--int8: images like the training data (default: the run's config.yaml training data)",
+    )
+    p.add_argument(
+        "--calibration-images", type=POSITIVE, default=256, help="--int8: training images calibrated on"
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=number(float, 0, 1),
+        default=0.99,
+        help="--int8: refuse (exit 2) when top-1 agrees with fp32 on fewer validation images",
+    )
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP service: POST /predict, /predict/batch, /explain; GET /healthz, /info, /docs",
+        description="Every option is also a key of the config's serve: section (--max-batch is "
+        "serve.max_batch), read from --config FILE or --set; an option given here wins over both.",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    defaults = ServeConfig()
+    for name, parse, text in SERVE_OPTIONS:
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=parse,
+            choices=SERVE_CHOICES.get(name),
+            help=f"{text} (default {getattr(defaults, name)})",
+        )
+    add_config_flags(p, "deploy.yaml with a serve: section")
+
+
+def add_deploy_commands(sub) -> None:
+    """export and serve, in that order."""
+    _add_export(sub)
+    _add_serve(sub)

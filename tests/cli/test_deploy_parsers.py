@@ -1,0 +1,49 @@
+"""The parsers of eval, predict, rank, export and serve: one --batch-size default, export's --to, and serve's
+options one for one with the config's serve: section."""
+
+import dataclasses
+
+from resnetcls.cli.deploy_parsers import INFERENCE_BATCH, SERVE_OPTIONS
+from resnetcls.cli.parsers import build_parser
+from resnetcls.config import ServeConfig
+from tests.conftest import run_cli
+
+
+def test_eval_predict_and_rank_share_one_batch_size_default():
+    parser = build_parser()
+    for argv in (["eval", "m", "d"], ["predict", "m", "x.jpg"], ["rank", "m", "f", "--out", "r.csv"]):
+        args = parser.parse_args(argv)
+        assert (
+            (args.batch_size, args.backend, args.precision)
+            == (INFERENCE_BATCH, "auto", "auto")
+            == (
+                32,
+                "auto",
+                "auto",
+            )
+        )
+    args = parser.parse_args(["eval", "m", "d", "--backend", "onnxruntime", "--precision", "fp32"])
+    assert (args.backend, args.precision) == ("onnxruntime", "fp32")
+
+
+def test_export_takes_the_file_type_as_to_and_still_reads_format():
+    parser = build_parser()
+    assert parser.parse_args(["export", "m", "--to", "torchscript"]).to == "torchscript"
+    args = parser.parse_args(["export", "m", "--format", "onnx"])
+    assert (args.to, args.old_format) == (None, "onnx")
+    text = run_cli("export", "--help").stdout
+    assert "--to {onnx,torchscript}" in text and "--format" not in text
+    bad = run_cli("export", "m", "--to", "pdf")
+    assert bad.returncode == 2 and "argument --to: invalid choice: 'pdf'" in bad.stderr
+
+
+def test_every_serve_option_is_a_key_of_the_serve_section_with_its_default_in_the_help():
+    names = [name for name, _, _ in SERVE_OPTIONS]
+    assert names == [field.name for field in dataclasses.fields(ServeConfig)]
+    args = build_parser().parse_args(["serve", "m"])
+    assert all(getattr(args, name) is None for name in names)  # not given: the config decides
+    text = run_cli("serve", "--help").stdout
+    assert "serve.max_batch" in text and "--config FILE" in text and "--set KEY=VALUE" in text
+    assert "(default 127.0.0.1)" in text and "(default 8000)" in text
+    bad = run_cli("serve", "m", "--max-batch", "0")
+    assert bad.returncode == 2 and "argument --max-batch: must be between 1 and 4096, got 0" in bad.stderr
