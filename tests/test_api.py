@@ -59,6 +59,22 @@ def test_train_returns_the_run_and_matches_the_run_directory(tiny_data, tmp_path
     written = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert run.metrics == written
     assert resnetcls.load_run(run.run_dir).summary == run.summary
+    best = run.summary["best_val_top1"]
+    assert repr(run) == f"Run({str(run.run_dir)!r}, epochs=2, best_val_top1={best:.4g}, " + (
+        f"best_model={str(run.best_model)!r})"
+    )
+
+
+def test_a_runs_repr_is_one_short_line_whatever_its_config_and_metrics_hold():
+    config = {"data": {"classes": [f"class-{n}" for n in range(500)]}, "optim": {"lr": 0.1}}
+    metrics = [{"kind": "epoch", "epoch": n, "val/top1": 0.5} for n in range(1, 11)]
+    metrics.append({"kind": "summary", "best_val_top1": 0.93, "best_epoch": 7})
+    run = resnetcls.Run(
+        Path("runs/x"), Path("runs/x/best"), Path("runs/x/final"), config, metrics, metrics[-1]
+    )
+    assert repr(run) == "Run('runs/x', epochs=10, best_val_top1=0.93, best_model='runs/x/best')"
+    interrupted = resnetcls.Run(Path("runs/y"), Path("runs/y/best"), Path("runs/y/final"), config)
+    assert repr(interrupted) == "Run('runs/y', epochs=0, best_model='runs/y/best')"
 
 
 def test_errors_are_the_clis_messages_as_exceptions(tiny_data, tmp_path):

@@ -38,7 +38,7 @@ API_KEYWORDS = ("data", "out", "resume", "force", "config", "set", "report")
 Settings = typing.Mapping[str, typing.Any] | typing.Sequence[str] | None
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """A training run directory, read back: what `resnetcls train` wrote.
 
@@ -57,6 +57,12 @@ class Run:
     def epochs(self) -> list[dict]:
         """The per-epoch records of metrics.jsonl (epoch, train/loss, val/loss, val/top1, val/top5, ...)."""
         return [m for m in self.metrics if m.get("kind") == "epoch"]
+
+    def __repr__(self) -> str:
+        """One line: the run directory, its epochs, its best val top-1 (when it has one) and the best model."""
+        best = self.summary.get("best_val_top1")
+        top1 = f", best_val_top1={best:.4g}" if isinstance(best, (int, float)) else ""
+        return f"Run({str(self.run_dir)!r}, epochs={len(self.epochs)}{top1}, best_model={str(self.best_model)!r})"
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:

@@ -213,7 +213,7 @@ def _add_serve(sub) -> None:
             choices=SERVE_CHOICES.get(name),
             help=f"{text} (default {getattr(defaults, name)})",
         )
-    add_config_flags(p, "deploy.yaml with a serve: section")
+    add_config_flags(p, "serve, or deploy.yaml with a serve: section")
 
 
 def add_deploy_commands(sub) -> None:

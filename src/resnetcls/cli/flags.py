@@ -8,7 +8,7 @@ import argparse
 import math
 import typing
 
-from ..config import parse_duration
+from ..config import parse_duration, recipe_names
 from ..config.flags import Flag, flags_of
 
 
@@ -97,9 +97,13 @@ def add_table_flags(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, example: str) -> None:
-    """--config FILE and --set KEY=VALUE (repeatable, into args.overrides), as every command built on the
+    """--config NAME|FILE and --set KEY=VALUE (repeatable, into args.overrides), as every command built on the
     config has."""
-    parser.add_argument("--config", metavar="FILE", help=f"YAML recipe, e.g. {example} (default: none)")
+    parser.add_argument(
+        "--config",
+        metavar="NAME|FILE",
+        help=f"a packaged recipe ({', '.join(recipe_names())}) or a YAML file, e.g. {example} (default: none)",
+    )
     parser.add_argument(
         "--set",
         action="append",

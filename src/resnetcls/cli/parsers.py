@@ -29,7 +29,7 @@ def _add_train(sub) -> None:
         help="class folders, train/val folders or a CSV manifest (optional with --resume)",
     )
     add_table_flags(p, "train")
-    add_config_flags(p, "configs/small-data.yaml or configs/default.yaml, no auto recipe then")
+    add_config_flags(p, "small-data or default, no auto recipe then")
     p.add_argument(
         "--out",
         default="runs/latest",
@@ -101,7 +101,7 @@ def _add_tune(sub) -> None:
         help="the median pruner prunes only once this many trials have finished (default 5)",
     )
     add_table_flags(p, "tune")
-    add_config_flags(p, "configs/default.yaml")
+    add_config_flags(p, "default")
 
 
 def _add_lr_find(sub) -> None:
@@ -112,7 +112,7 @@ def _add_lr_find(sub) -> None:
     )
     p.add_argument("data", metavar="DATA", help="the training DATA, as for train")
     add_table_flags(p, "lr-find")
-    add_config_flags(p, "configs/default.yaml")
+    add_config_flags(p, "default")
     p.add_argument(
         "--out",
         default="runs/lr-find",
@@ -159,7 +159,7 @@ def _add_lifelong(sub) -> None:
     )
     p.add_argument("--resume", metavar="auto|RUN_DIR", help="continue at the task after the last checkpoint")
     p.add_argument("--force", action="store_true", help="resume even if result-affecting settings differ")
-    add_config_flags(p, "configs/lifelong-synth.yaml")
+    add_config_flags(p, "lifelong-synth")
 
 
 def _add_data(sub) -> None:

@@ -21,6 +21,7 @@ import yaml
 from ..errors import UserError
 from ..utils.redact import mask_secrets
 from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_config
+from .recipes import recipe_names, resolve_config_file
 from .schema import (
     CkptConfig,
     Config,
@@ -62,7 +63,9 @@ __all__ = [
     "explicit_settings",
     "load_yaml",
     "parse_duration",
+    "recipe_names",
     "renamed",
+    "resolve_config_file",
     "result_affecting_changes",
     "set_value",
     "validate_config",
@@ -179,12 +182,14 @@ def build_config(
 ) -> Config:
     """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None).
 
-    base, when given (a run's saved config, for `train --resume RUN_DIR` without DATA), replaces the defaults.
+    config_file: a path, or a packaged recipe's name ("small-data": config/recipes.py). base, when given (a
+    run's saved config, for `train --resume RUN_DIR` without DATA), replaces the defaults.
     """
     cfg = config_from_dict(base, "saved run config") if base is not None else Config()
     if config_file:
-        for key, value in flatten(load_yaml(config_file)).items():
-            set_value(cfg, renamed(key, str(config_file)), value, source=str(config_file))
+        path = resolve_config_file(config_file)
+        for key, value in flatten(load_yaml(path)).items():
+            set_value(cfg, renamed(key, str(path)), value, source=str(path))
     for text in overrides:
         key, value = parse_override(text)
         set_value(cfg, renamed(key, "--set"), value, source="--set")
