@@ -13,7 +13,7 @@ from resnetcls.config import (
     result_affecting_changes,
 )
 from resnetcls.errors import UserError
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import TINY, run_cli
 
 
 def test_precedence_defaults_then_file_then_set_then_flags(tmp_path):
@@ -72,12 +72,28 @@ def test_cli_bad_key_exits_2_with_one_line(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("name", ["seed", "default", "finetune"])
 def test_recipes_load(name):
-    cfg = build_config(ROOT / "configs" / f"{name}.yaml")
+    cfg = build_config(name)
     assert cfg.model.name == "resnet50"
 
 
+def test_cli_unknown_recipe_name_exits_2_listing_the_packaged_ones(tiny_data, tmp_path):
+    result = run_cli("train", tiny_data, "--config", "nosuch", "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "resnetcls: error: --config nosuch: no such file, and not a packaged recipe; packaged recipes: "
+        "default, finetune, lifelong-coil100, lifelong-coil100-classes, lifelong-synth, "
+        "lifelong-synth-classes, seed, serve, small-data"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_reads_a_packaged_recipe_by_name(tmp_path):
+    result = run_cli("serve", tmp_path / "no-model", "--config", "serve", "--set", "serve.port=-1")
+    assert result.returncode == 2 and "serve.port" in result.stderr  # the recipe was read, then --set
+
+
 def test_small_data_recipe_loads():
-    cfg = build_config(ROOT / "configs" / "small-data.yaml")
+    cfg = build_config("small-data")
     assert (cfg.model.name, cfg.model.width, cfg.data.image_size, cfg.data.augment) == (
         "resnet18",
         64,

@@ -9,7 +9,7 @@ from resnetcls import __version__
 from resnetcls.cli.commands import serve_settings
 from resnetcls.cli.parsers import build_parser
 from resnetcls.serve.schema import ServeSettings
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 
 def test_a_usage_error_exits_2_naming_the_problem():
@@ -97,7 +97,5 @@ def test_export_writes_the_file_type_given_by_to_or_by_format_with_a_note(tiny_r
 
 
 def test_the_shipped_serve_config_holds_serves_defaults():
-    settings, host, port, workers = serve_settings(
-        serve_args("--config", str(ROOT / "configs" / "serve.yaml"))
-    )
+    settings, host, port, workers = serve_settings(serve_args("--config", "serve"))
     assert settings == ServeSettings("m") and (host, port, workers) == ("127.0.0.1", 8000, 1)

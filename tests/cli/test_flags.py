@@ -68,9 +68,11 @@ def test_the_argparse_types():
     assert or_auto(number(int))("auto") == "auto" and or_auto(number(int))("7") == 7
 
 
-def test_config_and_set_flags():
+def test_config_and_set_flags(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the help on one line, unwrapped
     parser = argparse.ArgumentParser()
-    add_config_flags(parser, "configs/default.yaml")
+    add_config_flags(parser, "default")
     args = parser.parse_args(["--config", "c.yaml", "--set", "a.b=1", "--set", "c.d=2"])
     assert (args.config, args.overrides) == ("c.yaml", ["a.b=1", "c.d=2"])
-    assert "configs/default.yaml" in parser.format_help()
+    assert "a packaged recipe (default, finetune, " in parser.format_help()
+    assert ", small-data) or a YAML file, e.g. default (default: none)" in parser.format_help()

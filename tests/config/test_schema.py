@@ -1,11 +1,10 @@
 """The config tree's defaults and the shipped recipes."""
 
 from resnetcls.config import build_config, config_to_dict, dump_yaml
-from tests.conftest import ROOT
 
 
 def test_seed_recipe_is_the_write_ups():
-    cfg = build_config(ROOT / "configs" / "seed.yaml")
+    cfg = build_config("seed")
     assert (cfg.optim.name, cfg.loss.name, cfg.data.augment, cfg.model.stride_on_1x1) == (
         "adam",
         "bce",
@@ -16,7 +15,7 @@ def test_seed_recipe_is_the_write_ups():
 
 
 def test_default_recipe_is_modern():
-    cfg = build_config(ROOT / "configs" / "default.yaml")
+    cfg = build_config("default")
     assert cfg.loss.label_smoothing > 0 and cfg.data.augment == "crop_flip" and cfg.sched.name == "cosine"
     assert (
         cfg.sched.warmup_epochs > 0

@@ -110,8 +110,8 @@ def test_any_recipe_choice_config_file_or_off_switch_stops_the_auto_recipe():
     assert recipe_blocker(None, True)  # a Python caller with its own config
 
 
-def test_configs_small_data_yaml_holds_the_small_data_rule():
-    preset = flatten(yaml.safe_load((ROOT / "configs" / "small-data.yaml").read_text()))
+def test_the_packaged_small_data_yaml_holds_the_small_data_rule():
+    preset = flatten(yaml.safe_load((ROOT / "src" / "resnetcls" / "configs" / "small-data.yaml").read_text()))
     small = RULES[0]
     assert {k: preset[k] for k in SMALL_DATA} == SMALL_DATA
     assert (preset["model.name"], preset["model.width"], preset["data.image_size"]) == (

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, run_cli, shared_data
+from tests.conftest import TINY, run_cli, shared_data
 from tests.data.corpus import write_photo_set
 
 
@@ -84,14 +84,14 @@ def test_empty_class_folder_is_exit_2_naming_it(tiny_data, tmp_path):
 
 
 def test_coil100_pose_split_learns_far_above_chance_with_the_default_recipe(tmp_path):
-    """configs/default.yaml, shortened (a narrow ResNet-18 at 32 px, 2 epochs) on the unseen-viewpoint split of
-    50 real objects; chance is 2%. The full-size run is in the README."""
+    """The default recipe (--config default), shortened (a narrow ResNet-18 at 32 px, 2 epochs) on the
+    unseen-viewpoint split of 50 real objects; chance is 2%. The full-size run is in the README."""
     coil = shared_data("coil100-a")
     result = run_cli(
         "train",
         coil / "pose-split.csv",
         "--config",
-        ROOT / "configs" / "default.yaml",
+        "default",
         "--model",
         "resnet18",
         "--image-size",
