@@ -59,10 +59,12 @@ class Run:
         return [m for m in self.metrics if m.get("kind") == "epoch"]
 
     def __repr__(self) -> str:
-        """One line: the run directory, its epochs, its best val top-1 (when it has one) and the best model."""
+        """One line: the run directory, its number of epochs, its best val top-1 (when it has one) and the
+        best model, e.g. Run('runs/x', epochs=10, best_val_top1=0.93, best_model='runs/x/best')."""
         best = self.summary.get("best_val_top1")
         top1 = f", best_val_top1={best:.4g}" if isinstance(best, (int, float)) else ""
-        return f"Run({str(self.run_dir)!r}, epochs={len(self.epochs)}{top1}, best_model={str(self.best_model)!r})"
+        epochs = len(self.epochs)
+        return f"Run({str(self.run_dir)!r}, epochs={epochs}{top1}, best_model={str(self.best_model)!r})"
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:

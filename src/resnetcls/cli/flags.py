@@ -99,10 +99,11 @@ def add_table_flags(parser: argparse.ArgumentParser, command: str) -> None:
 def add_config_flags(parser: argparse.ArgumentParser, example: str) -> None:
     """--config NAME|FILE and --set KEY=VALUE (repeatable, into args.overrides), as every command built on the
     config has."""
+    names = ", ".join(recipe_names())
     parser.add_argument(
         "--config",
         metavar="NAME|FILE",
-        help=f"a packaged recipe ({', '.join(recipe_names())}) or a YAML file, e.g. {example} (default: none)",
+        help=f"a packaged recipe ({names}) or a YAML file, e.g. {example} (default: none)",
     )
     parser.add_argument(
         "--set",

@@ -36,9 +36,8 @@ def recipe_path(name: str) -> Path:
     """The packaged recipe called name; an unknown name is a UserError listing the packaged ones."""
     if name in recipe_names():
         return recipes_dir() / f"{name}.yaml"
-    raise UserError(
-        f"--config {name}: no such file, and not a packaged recipe; packaged recipes: {', '.join(recipe_names())}"
-    )
+    names = ", ".join(recipe_names())
+    raise UserError(f"--config {name}: no such file, and not a packaged recipe; packaged recipes: {names}")
 
 
 def resolve_config_file(config_file: str | os.PathLike) -> Path:
