@@ -6,7 +6,7 @@ resnetcls dependency), here path/to/avalanche-venv:
     PYTHONPATH=src path/to/avalanche-venv/bin/python bench/lifelong_avalanche_side.py \
         --strategy naive --seed 0 --out result.json
 
-The same stream as configs/lifelong-coil100-classes.yaml: COIL-100 pose-split.csv, 5 tasks of 10 objects in
+The same stream as the lifelong-coil100-classes recipe: COIL-100 pose-split.csv, 5 tasks of 10 objects in
 sorted order, images resized to --size (bilinear, ImageNet normalisation, no augmentation: the resnetcls side
 runs with data.augment=resize to match), the same network (resnetcls.models.create_model, imported from src/
 with torch only), AdamW at a constant rate, plain cross-entropy, the same epochs and batch size. The head

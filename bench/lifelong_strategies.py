@@ -1,7 +1,7 @@
 """Lifelong strategies on a class-incremental sequence: ACC, BWT, forgetting, train time per task, memory.
 
 Each run is `resnetcls lifelong` in its own process (so its peak RSS is its own, read with os.wait4), on
-configs/lifelong-coil100-classes.yaml (COIL-100's 50 objects, 5 tasks of 10 classes) unless --config says
+the lifelong-coil100-classes recipe (COIL-100's 50 objects, 5 tasks of 10 classes) unless --config says
 otherwise, in fp32 (train.precision=fp32: the same arithmetic on every CPU). Results go to
 OUT/<run>/metrics.json; a finished run is not run again (delete OUT to remeasure), so an interrupted
 bench continues where it was.
@@ -25,7 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from resnetcls.config import load_yaml, resolve_config_file
+from resnetcls.config.recipes import is_recipe_name
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["naive", "joint", "replay", "derpp", "ewc", "lwf"]
@@ -69,6 +70,11 @@ def run_one(out: Path, name: str, config: str, strategy: str, seed: int, sets: l
     metrics["peak_rss_mb"] = int(rss.read_text()) / 1024 if rss.exists() else None
     metrics["R"] = json.loads((run_dir / "R.json").read_text())["R"]
     return metrics
+
+
+def recipe(config: str) -> dict:
+    """--config's YAML as the runs read it (they run in the repository root): a packaged name or a path."""
+    return load_yaml(resolve_config_file(config if is_recipe_name(config) else ROOT / config))
 
 
 def extra_mb(m: dict) -> float:
@@ -123,7 +129,11 @@ def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/lifelong-coil100-classes.yaml")
+    ap.add_argument(
+        "--config",
+        default="lifelong-coil100-classes",
+        help="a packaged recipe's name or a YAML file (relative to the repository root)",
+    )
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="default: all six")
     ap.add_argument(
@@ -144,7 +154,7 @@ def main() -> None:
             ("lifelong.lwf_alpha", LWF_GRID, "lwf"),
             ("lifelong.derpp_beta", DERPP_BETA_GRID, "derpp"),
         ):
-            default = float(yaml.safe_load((ROOT / args.config).read_text())["lifelong"][key.split(".")[1]])
+            default = float(recipe(args.config)["lifelong"][key.split(".")[1]])
 
             def name(v, strategy=strategy, default=default):
                 return f"{strategy}-s{seeds[0]}" if v == default else f"sweep-{strategy}-{v:g}-s{seeds[0]}"

@@ -1,6 +1,6 @@
 """resnetcls lifelong vs Avalanche (avalanche-lib 0.6.0) on the same class-incremental stream.
 
-Stream: configs/lifelong-coil100-classes.yaml (COIL-100, 5 tasks of 10 objects, 32 px, resnet18 width 16 with
+Stream: the lifelong-coil100-classes recipe (COIL-100, 5 tasks of 10 objects, 32 px, resnet18 width 16 with
 the small stem, 2 epochs per task, batch 32, AdamW lr 0.003; read from the config). Both sides train without
 augmentation, at a constant rate, with plain cross-entropy (resnetcls: data.augment=resize,
 sched.name=constant, loss.label_smoothing=0), so the only difference left is the library. Strategies: naive,
@@ -31,10 +31,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from resnetcls.config import load_yaml, resolve_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = "configs/lifelong-coil100-classes.yaml"
+CONFIG = "lifelong-coil100-classes"
 PLAIN = ["data.augment=resize", "sched.name=constant", "sched.warmup_epochs=0", "loss.label_smoothing=0"]
 
 
@@ -71,7 +71,7 @@ def ours(out: Path, strategy: str, seed: int, precision: str = "fp32") -> dict:
 
 
 def theirs(out: Path, strategy: str, seed: int, python: str) -> dict:
-    cfg = yaml.safe_load((ROOT / CONFIG).read_text())
+    cfg = load_yaml(resolve_config_file(CONFIG))
     lc = cfg["lifelong"]
     result = out / f"avalanche-{strategy}-s{seed}.json"
     cmd = [

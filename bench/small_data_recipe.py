@@ -10,7 +10,7 @@ from the command's start to its end; then today's default (`resnetcls train DATA
 `--time` set to that wall time, so both get the same minutes. Both best models are evaluated on DATA's test
 split (`resnetcls eval`). Prints each run, then the mean and spread (half the range) over seeds.
 coil: today's default on the COIL-100 pose split: best val top-1 and the wall time at which 98% was reached.
-progressive: the small-data recipe (configs/small-data.yaml, what the auto recipe picks for small data) at a
+progressive: the small-data recipe (`--config small-data`, what the auto recipe picks for small data) at a
 fixed --epochs with and without data.progressive=0.5: wall time, and the time each first reached the fixed
 run's best val top-1 minus one point.
 Every figure is measured here; the header names the machine. Run it on an idle machine.
@@ -31,7 +31,7 @@ from resnetcls.records.envinfo import machine_line
 
 PREVIOUS_DEFAULT = ["--model", "resnet50", "--image-size", "224", "--epochs", "10", "--batch-size", "32"]
 COMMON = ["--set", "log.tensorboard=false"]
-SMALL_DATA = str(Path(__file__).resolve().parents[1] / "configs" / "small-data.yaml")
+SMALL_DATA = "small-data"  # the packaged recipe
 
 
 def resnetcls(*args: str) -> tuple[float, str]:
