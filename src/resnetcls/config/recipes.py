@@ -1,8 +1,8 @@
 """The recipes that ship inside the package (resnetcls/configs/*.yaml) and what `--config` names.
 
-`--config small-data` (no slash, no .yaml) is a packaged recipe; anything else is a path, read as before. A
-path that does not exist but ends in configs/NAME.yaml, NAME a packaged recipe (the form older docs use from a
-source checkout), reads the packaged recipe with a one-line note.
+`--config small-data` (no slash, no .yaml) is a packaged recipe; anything else is a path. A path that does
+not exist but ends in configs/NAME.yaml, NAME a packaged recipe (the repository-relative form, typed outside
+a source checkout or in one), reads the packaged recipe with a one-line note.
 """
 
 from __future__ import annotations
