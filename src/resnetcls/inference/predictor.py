@@ -285,6 +285,14 @@ class Predictor:
                 each(results[i], image)
 
 
+def load(
+    model: str | os.PathLike, backend: str = "auto", precision: str = "auto", device: str = "auto"
+) -> Predictor:
+    """`resnetcls.load(path)`: the Predictor for a run directory (its best/ model, else final/), a model
+    directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino)."""
+    return Predictor(model, device=device, precision=precision, backend=backend)
+
+
 def _paths_from_csv(csv_path: Path) -> list[str]:
     """The `path` column (or, without that header, the first column); relative paths are from the CSV."""
     try:
