@@ -61,7 +61,9 @@ def test_a_bare_file_predicts_as_its_model_directory(model_dir, bare, photo):
 
 
 def test_torch_int8_and_explain_need_the_model_directory(bare, photo, capsys):
-    with pytest.raises(UserError, match=r"--backend torch needs the model directory .*onnxruntime or openvino"):
+    with pytest.raises(
+        UserError, match=r"--backend torch needs the model directory .*onnxruntime or openvino"
+    ):
         Predictor(bare, backend="torch")
     with pytest.raises(UserError, match="--backend onnxruntime-int8: a bare ONNX file runs with"):
         Predictor(bare, backend="onnxruntime-int8")
@@ -85,7 +87,9 @@ def test_an_onnx_file_without_our_metadata_is_refused_naming_the_missing_keys(ba
         proto.metadata_props.add(key=key, value=value)
     foreign = tmp_path / "foreign.onnx"
     onnx.save(proto, str(foreign))
-    with pytest.raises(UserError, match=r"foreign.onnx: not a resnetcls export: its metadata lacks classes, "):
+    with pytest.raises(
+        UserError, match=r"foreign.onnx: not a resnetcls export: its metadata lacks classes, "
+    ):
         Predictor(foreign)
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
     with pytest.raises(UserError, match="junk.onnx: not a readable ONNX file"):
