@@ -56,6 +56,11 @@ def in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def widgets_available() -> bool:
+    """Whether ipywidgets (what tqdm's notebook bar draws with) can be imported; found, not imported."""
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def display_mode() -> str:
     """How progress is shown now: "terminal" (stderr is a terminal), "notebook" (a Jupyter kernel with
     ipywidgets importable), "lines" (a Jupyter kernel without it), or "none" (quiet, CI, TERM=dumb on a
@@ -63,7 +68,7 @@ def display_mode() -> str:
     if _asks_quiet():
         return "none"
     if in_notebook():
-        return "notebook" if importlib.util.find_spec("ipywidgets") is not None else "lines"
+        return "notebook" if widgets_available() else "lines"
     if os.environ.get("TERM", "") == "dumb" or not _stderr_is_terminal():
         return "none"
     return "terminal"
