@@ -64,3 +64,8 @@ def test_a_list_item_must_be_one_image():
         UserError, match=r"images\[1\]: got a torch tensor of shape \(1, 3, 8, 8\).*one image"
     ):
         to_items([HWC, torch.zeros(1, 3, 8, 8)])
+
+
+def test_any_iterable_of_images_is_a_list():
+    inputs = to_items(image for image in (HWC, HWC))
+    assert not inputs.single and inputs.names == ["<array 0>", "<array 1>"]

@@ -3,9 +3,10 @@ array that data/decode.py reads by the same rules as a file.
 
 Accepted: a path (str or os.PathLike); a PIL image; a numpy array HxWxC or CxHxW (C 3, 4 or 1), or a 4-D
 batch of them (NxHxWxC, NxCxHxW); a torch tensor CxHxW, or NxCxHxW for a batch; uint8 pixels or floats in
-[0, 1] (rounded to the nearest of 256 levels, as a decoded file has); or a list (tuple) of single images.
-A 4-D array or tensor gives one prediction per image. Anything else, an array whose layout cannot be told
-(e.g. 3x224x3), or floats outside [0, 1] is refused with one line saying what was given and what is accepted.
+[0, 1] (rounded to the nearest of 256 levels, as a decoded file has); or a list (any iterable) of single
+images. A 4-D array or tensor gives one prediction per image. Anything else, an array whose layout cannot be
+told (e.g. 3x224x3), or floats outside [0, 1] is refused with one line saying what was given and what is
+accepted.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _one(value, name: str, allow_batch: bool) -> list:
 def to_items(images: ImageInput | typing.Sequence[ImageInput]) -> Inputs:
     """predict's `images` -> one item per image (path, PIL image or HxWxC/HxW uint8 array) and its name;
     UserError naming the input (images[i] inside a list) for one that is refused."""
-    if isinstance(images, (list, tuple)):
+    one = (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)
+    if not isinstance(images, one) and isinstance(images, typing.Iterable):  # a list, tuple, generator...
         values, single = list(images), False
         names = [f"images[{i}]" for i in range(len(values))]
         converted = [_one(value, name, False) for value, name in zip(values, names)]
