@@ -17,6 +17,7 @@ from resnetcls.errors import UserError
 from resnetcls.export.formats import export_model
 from resnetcls.inference.predictor import Predictor
 from resnetcls.inference.standalone import is_onnx_file, load_onnx_file
+from resnetcls.records.modelfile import write_calibration
 from tests.export.test_formats import CLASSES, make_tiny_model_dir
 from tests.serve.test_admission import client_for
 from tests.serve.test_app import png_bytes
@@ -26,7 +27,9 @@ DOC = Path(__file__).parents[2] / "docs" / "onnxruntime.md"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    """A calibrated tiny model (T = 0.5: the temperature must travel in the file) exported in place."""
     model = make_tiny_model_dir(tmp_path_factory.mktemp("standalone") / "model")
+    write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 30})
     export_model(model, "onnx")
     return model
 
@@ -52,6 +55,7 @@ def test_a_bare_file_predicts_as_its_model_directory(model_dir, bare, photo):
     alone = Predictor(bare, backend="onnxruntime")
     beside = Predictor(model_dir, backend="onnxruntime")
     assert alone.classes == CLASSES and alone.model is None and alone.precision == "fp32"
+    assert alone.temperature == 0.5 and alone.loaded.meta["calibration"]["temperature"] == 0.5
     assert repr(alone) == f"Predictor(model='{bare}', classes=3, backend='onnxruntime', precision='fp32')"
     [a], [b] = alone.predict(photo), beside.predict(photo)
     assert [c for c, _ in a.top] == [c for c, _ in b.top]
