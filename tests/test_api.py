@@ -115,14 +115,12 @@ def test_predictor_takes_paths_pil_images_and_numpy_arrays_alike(tiny_run, tiny_
     assert len(single) == 1 and single[0].top[0][0] == by_path.top[0][0]
 
 
-def test_a_bad_array_is_an_error_row_naming_it(tiny_run):
+def test_a_float_array_is_an_image_and_a_wrong_input_is_refused_naming_it(tiny_run):
     predictor = resnetcls.Predictor(tiny_run, precision="fp32")
-    good, bad, wrong = predictor.predict(
-        [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.float32), 7]
-    )
-    assert good.top and not good.error
-    assert "shape 40x40x3 and dtype float32" in bad.error and not bad.top
-    assert "got int" in wrong.error
+    good, black = predictor.predict([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.float32)])
+    assert good.top and not good.error and black.top == good.top  # floats in [0, 1]: the same black image
+    with pytest.raises(UserError, match=r"images\[2\]: got a value of type int; accepted: a path"):
+        predictor.predict([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.float32), 7])
     with pytest.raises(DecodeError, match=r"<array 0>: numpy array of shape 2x2x2"):
         from resnetcls.data.decode import decode_in_memory
 

@@ -1,7 +1,8 @@
 """resnetcls: train, evaluate, explain, export and serve ResNet image classifiers.
 
 The Python API: resnetcls.train(...) -> Run, resnetcls.evaluate(model, data) -> dict,
-resnetcls.Predictor(model).predict(paths, PIL images or numpy arrays) (see api.py and README "Python API").
+resnetcls.load(run or model directory, or model.onnx) -> Predictor, whose .predict(paths, PIL images, numpy
+arrays or torch tensors) gives Predictions (see api.py and README "Python API").
 """
 
 import importlib
@@ -26,6 +27,7 @@ _LAZY = {
     "Run": "api",
     "load_run": "api",
     "Predictor": "inference.predictor",
+    "load": "inference.predictor",
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -46,6 +46,30 @@ def test_each_format_writes_a_prediction_and_an_error_row():
     assert [r["path"] for r in json.loads(format_results(results, "json"))] == ["a.jpg", "b.jpg"]
 
 
+def test_the_table_lines_up_for_paths_and_class_names_of_any_length(tiny_run, tiny_data, tmp_path, capsys):
+    long_dir = tmp_path / ("a-rather-long-folder-name-" * 4)
+    long_dir.mkdir()
+    shutil.copy(tiny_data / "red" / "1.jpg", long_dir / "x.jpg")
+    paths = [
+        tiny_data / "blue" / "2.jpg",
+        long_dir / "x.jpg",
+        tmp_path / "gone.jpg",
+        tiny_data / "green" / "3.jpg",
+    ]
+    assert run_predict(str(tiny_run), [str(p) for p in paths], PredictOptions(topk=3)) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(str(paths[1])) > 60 and [line.split("  ")[0] for line in lines[1:]] == [str(p) for p in paths]
+    starts = {len(line) - len(line[len(str(p)) :].lstrip()) for line, p in zip(lines[1:], paths)}
+    assert starts == {lines[0].index("top classes")}  # the classes start in one column
+    rows = [
+        Prediction(p, top=[(c, 0.5), ("b", 0.25)]) for p, c in (("x.jpg", "cat"), ("much/longer.jpg", "wolf"))
+    ]
+    table = format_results(rows, "table").splitlines()
+    assert [line.index("b (") for line in table[1:]] == [
+        len("much/longer.jpg") + 2 + len("wolf (0.500)  ")
+    ] * 2
+
+
 def test_json_gives_topk_class_names_with_probabilities(tiny_run, tiny_data, capsys):
     images = [tiny_data / "red" / "1.jpg", tiny_data / "blue" / "2.jpg"]
     code, out, err = run(capsys, tiny_run, *images, "--topk", "2", "--format", "json")

@@ -1,14 +1,17 @@
-"""`resnetcls predict`: inputs of every kind, batching, top-k, formats, flip TTA and per-image errors."""
+"""`resnetcls predict` and Predictor.predict: inputs of every kind (tensors and arrays too), batching, top-k,
+formats, flip TTA, per-image errors (raised for one image, error rows in a list), reprs and progress."""
 
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from resnetcls.cli import main
-from resnetcls.data.decode import decode_image
-from resnetcls.inference.predictor import Predictor, expand_inputs
+from resnetcls.data.decode import DecodeError, decode_image
+from resnetcls.errors import UserError
+from resnetcls.inference.predictor import Prediction, Predictor, expand_inputs
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +113,64 @@ def test_probabilities_are_the_softmax_of_the_logits_divided_by_the_temperature(
     assert [t["class"] for t in top] == [c for c, _ in before]  # same ranking, sharper probabilities
     assert top[0]["prob"] == pytest.approx(float((logits / 0.25).softmax(1).max()), abs=1e-5)
     assert top[0]["prob"] > before[0][1]
+
+
+def test_tensors_and_arrays_in_either_layout_predict_as_the_file(predictor, tiny_data):
+    path = tiny_data / "blue" / "2.jpg"
+    pixels = np.asarray(decode_image(path))
+    chw = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    [expected] = predictor.predict(path, topk=3)
+    for image in (chw, chw.float() / 255, pixels / 255.0, pixels.transpose(2, 0, 1)):
+        [got] = predictor.predict(image, topk=3)
+        assert [c for c, _ in got.top] == [c for c, _ in expected.top]
+        assert np.allclose([p for _, p in got.top], [p for _, p in expected.top], atol=1e-5)
+    batch = predictor.predict(torch.stack([chw, chw.flip(-1), chw]), topk=3)
+    assert [r.path for r in batch] == ["<tensor 0>", "<tensor 1>", "<tensor 2>"]
+    assert batch[0].top == batch[2].top and batch[0].top[0][0] == expected.top[0][0]
+
+
+def test_one_unreadable_image_raises_and_a_list_keeps_the_others(predictor, tiny_data, tmp_path):
+    missing, good = tmp_path / "missing.jpg", tiny_data / "red" / "0.jpg"
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(DecodeError, match="missing.jpg: file not found"):
+        predictor.predict(missing)
+    with pytest.raises(DecodeError, match="broken.jpg: "):
+        predictor.predict(str(tmp_path / "broken.jpg"))
+    results = predictor.predict([missing, good, tmp_path / "broken.jpg"])
+    assert results[0].error == "file not found" and results[1].top and results[2].error
+    assert predictor.predict(missing, errors="return")[0].error == "file not found"
+    with pytest.raises(DecodeError, match="missing.jpg"):
+        predictor.predict([good, missing], errors="raise")
+    with pytest.raises(UserError, match="errors='ignore': expected one of raise, return"):
+        predictor.predict(good, errors="ignore")
+
+
+def test_reprs_are_one_short_line_and_load_gives_the_run_s_best_model(predictor, tiny_run, tiny_data):
+    import resnetcls
+
+    loaded = resnetcls.load(tiny_run)
+    assert isinstance(loaded, Predictor) and loaded.loaded.path == tiny_run / "best"
+    assert repr(loaded) == (
+        f"Predictor(model='{tiny_run / 'best'}', classes=3, backend='{loaded.backend}', "
+        f"precision='{loaded.precision}')"
+    )
+    assert (
+        repr(Prediction("a.jpg", [("red", 0.934), ("blue", 0.041)]))
+        == "Prediction('a.jpg': red 0.93, blue 0.04)"
+    )
+    assert repr(Prediction("b.jpg", error="file not found")) == "Prediction('b.jpg': error: file not found)"
+
+
+def test_progress_shows_by_default_only_for_more_than_one_batch(predictor, tiny_data, monkeypatch):
+    from resnetcls.inference import predictor as predictor_module
+
+    asked = []
+    real = predictor_module.progress_bar
+    monkeypatch.setattr(
+        predictor_module, "progress_bar", lambda *a, enabled=None, **k: asked.append(enabled) or real(*a, **k)
+    )
+    paths = sorted(tiny_data.rglob("*.jpg"))[:5]
+    predictor.predict(paths, batch_size=2)
+    predictor.predict(paths, batch_size=8)
+    predictor.predict(paths, batch_size=8, progress=True)
+    assert asked == [None, False, None]  # None: shown where a person watches (utils/progress.py)

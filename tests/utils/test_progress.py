@@ -1,5 +1,6 @@
-"""Progress bars: on a terminal (a real pseudo-terminal) cache build, eval and predict show one; piped, in CI,
-on TERM=dumb, with --quiet or RESNETCLS_QUIET=1 nothing of a bar appears, and stdout never carries one."""
+"""Progress bars: on a terminal (a real pseudo-terminal) cache build, eval and predict show one; in a Jupyter
+kernel (simulated) the widget bar or, without ipywidgets, plain lines; piped, in CI, on TERM=dumb, with
+--quiet or RESNETCLS_QUIET=1 nothing of a bar appears, and stdout never carries one."""
 
 import contextlib
 import fcntl
@@ -11,12 +12,15 @@ import struct
 import subprocess
 import sys
 import termios
+import types
 from pathlib import Path
 
 import pytest
+import tqdm.auto
 
 import resnetcls
 from resnetcls.cli import main
+from resnetcls.utils import progress
 from resnetcls.utils.progress import progress_bar, progress_enabled, track
 from tests.conftest import TINY, run_cli
 
@@ -173,3 +177,79 @@ def test_not_a_terminal_means_no_bar(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert not progress_enabled()
     assert list(track(["a", "b"], "work")) == ["a", "b"] and sys.stderr.getvalue() == ""
+
+
+@pytest.fixture
+def notebook(monkeypatch):
+    """This process as a Jupyter kernel looks to the helper: ipykernel imported, IPython's shell has a
+    kernel."""
+    for key in ("CI", "RESNETCLS_QUIET"):
+        monkeypatch.delenv(key, raising=False)
+    shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    return shell
+
+
+def kernel_stream(monkeypatch) -> io.StringIO:
+    """stderr as ipykernel gives it, a stream (set in the test itself: capture resets it at each phase)."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    return stream
+
+
+def test_a_notebook_gets_the_widget_bar_when_ipywidgets_is_there(notebook, monkeypatch):
+    drawn = []
+
+    class WidgetBar(_SilentRecorder):
+        def __init__(self, **options):
+            drawn.append(options)
+
+    stream = kernel_stream(monkeypatch)
+    monkeypatch.setattr(progress, "widgets_available", lambda: True)
+    monkeypatch.setattr(tqdm.auto, "tqdm", WidgetBar)
+    assert progress.display_mode() == "notebook" and progress_enabled()
+    with progress_bar(4, "predict") as bar:
+        bar.update(4)
+    assert drawn == [{"total": 4, "desc": "predict", "unit": "img", "leave": True}]
+    assert stream.getvalue() == ""  # the widget draws itself, nothing goes to the stream
+
+
+def test_a_notebook_without_ipywidgets_gets_plain_lines(notebook, monkeypatch):
+    stream = kernel_stream(monkeypatch)
+    monkeypatch.setattr(progress, "widgets_available", lambda: False)
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 0.0)  # a line at every update
+    assert progress.display_mode() == "lines"
+    assert list(track(range(3), "data check", unit="file")) == [0, 1, 2]
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        f"data check: {n}/3 file ({100 * n // 3}%)" for n in (1, 2, 3, 3)
+    ]
+    assert "\r" not in stream.getvalue()
+
+
+def test_no_kernel_quiet_or_a_pipe_means_no_progress(notebook, monkeypatch):
+    stream = kernel_stream(monkeypatch)
+    notebook.kernel = None  # a terminal IPython: no kernel, and stderr is not a terminal here
+    assert progress.display_mode() == "none" and not progress.in_notebook()
+    notebook.kernel = object()
+    monkeypatch.setenv("RESNETCLS_QUIET", "1")
+    assert progress.display_mode() == "none"
+    with progress_bar(2, "eval", enabled=False) as bar:
+        bar.update(2)
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    monkeypatch.delenv("RESNETCLS_QUIET")
+    assert progress.display_mode() == "none" and stream.getvalue() == ""
+
+
+class _SilentRecorder:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

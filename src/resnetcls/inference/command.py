@@ -17,6 +17,7 @@ import torch
 from ..errors import UserError
 from .explain import Explainer, OverlayWriter, writable_dir
 from .predictor import EachImage, Prediction, Predictor, expand_inputs
+from .standalone import is_onnx_file
 
 
 def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
@@ -41,9 +42,10 @@ def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, Ea
 
 
 def format_results(results: list[Prediction], fmt: str, explained: bool = False) -> str:
-    """table (aligned, for people), json (a list of objects) or csv (path,rank,class,prob,error); with
-    overlays (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam
-    column, empty where none was written)."""
+    """table (for people: the path column padded to the longest path, each class column to its widest
+    entry, so every row lines up), json (a list of objects) or csv (path,rank,class,prob,error); with overlays
+    (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam column, empty
+    where none was written)."""
     explained = explained or any(r.gradcam for r in results)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
@@ -57,11 +59,19 @@ def format_results(results: list[Prediction], fmt: str, explained: bool = False)
             ]
             writer.writerows(rows or [[r.path, "", "", "", r.error] + [""] * explained])
         return buf.getvalue()
-    width = min(60, max([len("path")] + [len(r.path) for r in results]))
+    return _table(results)
+
+
+def _table(results: list[Prediction]) -> str:
+    width = max([len("path")] + [len(r.path) for r in results])
+    cells = [[f"{c} ({p:.3f})" for c, p in r.top] for r in results]
+    widths = [
+        max(len(row[k]) for row in cells if len(row) > k) for k in range(max(map(len, cells), default=0))
+    ]
     lines = [f"{'path':<{width}}  top classes (probability)"]
-    for r in results:
-        body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c} ({p:.3f})" for c, p in r.top)
-        body += f"  gradcam: {r.gradcam}" if r.gradcam else ""
+    for r, row in zip(results, cells):
+        body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c:<{w}}" for c, w in zip(row, widths))
+        body = body.rstrip() + (f"  gradcam: {r.gradcam}" if r.gradcam else "")
         lines.append(f"{r.path:<{width}}  {body}")
     return "\n".join(lines) + "\n"
 
@@ -97,6 +107,11 @@ def run_predict(
     if options.batch_size < 1:
         raise UserError(f"--batch-size {options.batch_size}: expected a whole number of at least 1")
     explain_dir = options.explain_dir
+    if explain_dir is not None and is_onnx_file(model):
+        raise UserError(
+            f"--explain: {model} is a bare ONNX file; Grad-CAM needs the eager weights, so give the model "
+            "directory (model.safetensors + model.json)"
+        )
     out_dir = writable_dir(explain_dir, "--explain") if explain_dir is not None else None
     predictor = Predictor(model, backend=backend, precision=precision)
     items = expand_inputs(inputs)

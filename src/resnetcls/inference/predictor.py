@@ -28,14 +28,22 @@ from ..records.modelfile import LoadedModel, load_model_dir
 from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from ..utils.progress import progress_bar
-from .sessions import int8_session_for, onnx_file_current, onnx_logits, onnx_probabilities, onnx_session_for
+from .inputs import ImageInput, input_name, to_items
+from .sessions import (
+    int8_session_for,
+    onnx_file_current,
+    onnx_logits,
+    onnx_probabilities,
+    onnx_session,
+    onnx_session_for,
+)
+from .standalone import OnnxModel, is_onnx_file, load_onnx_file, standalone_backend
 
 FORMATS = ("table", "json", "csv")
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
-# What Predictor.predict takes: image paths, PIL images, or numpy arrays (HxWx3 uint8, see data/decode.py).
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
+ERRORS = ("raise", "return")
 
 
 @dataclass
@@ -50,6 +58,10 @@ class Prediction:
             return {"path": self.path, "error": self.error}
         extra = {"gradcam": self.gradcam} if self.gradcam else {}
         return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
+
+    def __repr__(self) -> str:
+        body = f"error: {self.error}" if self.error else ", ".join(f"{c} {p:.2f}" for c, p in self.top)
+        return f"Prediction({self.path!r}: {body})"
 
 
 EachImage = Callable[[Prediction, torch.Tensor], None]  # Predictor.predict's `each`: a result and its image
@@ -74,25 +86,27 @@ def _decode_threads() -> int:
     return max(1, min(4, usable_cores()))
 
 
-def input_name(item: ImageInput, index: int) -> str:
-    """How results and errors name an input: its path; a PIL image's filename; else "<image N>" or "<array N>"
-    (N its position in the call)."""
-    if isinstance(item, Image.Image):
-        return getattr(item, "filename", "") or f"<image {index}>"
-    if isinstance(item, np.ndarray):
-        return f"<array {index}>"
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
+def _check_choices(backend: str, precision: str) -> None:
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if backend in ONNX_BACKENDS and precision == "bf16" and backend.startswith("onnxruntime"):
+        raise UserError(f"--precision bf16: the {backend} backend does not run bf16; use --backend torch")
 
 
 class Predictor:
-    """Loads a verified model directory once; predicts batches of images in the model's preprocessing.
+    """Loads a verified model directory (or a bare model.onnx that `resnetcls export` wrote) once; predicts
+    batches of images in the model's preprocessing.
 
-    backend "torch" runs the eager model; "onnxruntime" runs the model's exported model.onnx (see
-    export/formats.py) on the CPU in fp32, giving the same top-k; "openvino" runs the same file with OpenVINO
-    (bf16 where the CPU has it natively, unless precision "fp32"); "onnxruntime-int8" and "openvino-int8" its
-    model.int8.onnx (export/int8.py; top-1 checked against fp32 in both runtimes when it was written); "auto"
-    the fastest verified fp path (resolve_backend). precision (torch and openvino): "auto" is bf16 (+
-    channels_last for torch) where the device computes bf16 natively (as training picks it,
+    model: a model directory, a run directory (its best/ model), or an exported .onnx file on its own (its
+    metadata carries the classes, preprocessing and temperature; it runs with onnxruntime or openvino only,
+    see standalone.py). backend "torch" runs the eager model; "onnxruntime" runs the model's exported
+    model.onnx (see export/formats.py) on the CPU in fp32, giving the same top-k; "openvino" runs the same
+    file with OpenVINO (bf16 where the CPU has it natively, unless precision "fp32"); "onnxruntime-int8" and
+    "openvino-int8" its model.int8.onnx (export/int8.py; top-1 checked against fp32 in both runtimes when it
+    was written); "auto" the fastest verified fp path (resolve_backend). precision (torch and openvino):
+    "auto" is bf16 (+ channels_last for torch) where the device computes bf16 natively (as training picks it,
     hardware.resolve_amp), else fp32; "fp32" gives bit-stable outputs on every machine; "bf16" forces bf16
     (slow where it is emulated). Probabilities are calibrated: softmax(logits / T) with model.json's
     calibration temperature (T = 1 for a model without one); the ONNX graph has the same T built in.
@@ -106,40 +120,45 @@ class Predictor:
         channels_last: bool = True,
         backend: str = "auto",
     ) -> None:
-        if backend not in BACKENDS:
-            raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-        if precision not in PRECISIONS:
-            raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        _check_choices(backend, precision)
+        bare = is_onnx_file(model)
+        if bare:
+            backend = standalone_backend(backend, precision, model)
+            _check_choices(backend, precision)
         if backend in ONNX_BACKENDS:
-            if precision == "bf16" and backend.startswith("onnxruntime"):
-                raise UserError(
-                    f"--precision bf16: the {backend} backend does not run bf16; use --backend torch"
-                )
             device = "cpu"  # the CPU execution provider is the one we ship and check
         self.device = pick_device(device)
-        self.loaded = load_model_dir(model, self.device)
+        self.loaded = load_onnx_file(model) if bare else load_model_dir(model, self.device)
         backend = resolve_backend(backend, precision, self.loaded, self.device)
         self.classes = self.loaded.classes
         self.transform = build_eval_transform(self.loaded.preprocess)
         self.amp_dtype = None if backend in ONNX_BACKENDS else resolve_amp(precision, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = self.loaded.model.to(memory_format=self.memory_format)
+        # None for a bare ONNX file: no eager weights (no torch backend, no Grad-CAM)
+        self.model = None if bare else self.loaded.model.to(memory_format=self.memory_format)
         self.backend = backend
         self.temperature = self.loaded.temperature
-        runtime = backend.removesuffix("-int8")
-        self.session = (
-            None
-            if backend not in ONNX_BACKENDS
-            else int8_session_for(self.loaded, runtime=runtime)
-            if backend.endswith("-int8")
-            else onnx_session_for(self.loaded, runtime=runtime, precision=precision)
-        )
-        if backend.endswith("-int8"):
+        self.session = self._session(backend, precision) if backend in ONNX_BACKENDS else None
+        if backend.endswith("-int8") or (bare and self.loaded.quantized):
             self.precision = "int8"
         elif backend == "openvino":
             self.precision = self.session.precision  # what OpenVINO compiled it in (bf16 where native)
         else:
             self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
+
+    def _session(self, backend: str, precision: str):
+        runtime = backend.removesuffix("-int8")
+        if isinstance(self.loaded, OnnxModel):
+            return onnx_session(self.loaded.path, runtime=runtime, precision=precision)
+        if backend.endswith("-int8"):
+            return int8_session_for(self.loaded, runtime=runtime)
+        return onnx_session_for(self.loaded, runtime=runtime, precision=precision)
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor(model={str(self.loaded.path)!r}, classes={len(self.classes)}, "
+            f"backend={self.backend!r}, precision={self.precision!r})"
+        )
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -160,8 +179,9 @@ class Predictor:
             return onnx_probabilities(self.session, batch)
         return calibrated_probabilities(self.logits(batch), self.temperature)
 
-    def load(self, path: ImageInput, name: str = "") -> torch.Tensor | str:
-        """Decoded, preprocessed image (a path, PIL image or numpy array), or the reason it cannot be used."""
+    def load(self, path, name: str = "") -> torch.Tensor | str:
+        """Decoded, preprocessed image (a path, PIL image or HxWx3 uint8 array: an item of
+        inputs.to_items), or the reason it cannot be used."""
         try:
             if isinstance(path, (Image.Image, np.ndarray)) or not isinstance(path, (str, os.PathLike)):
                 return self.transform(decode_in_memory(path, name or input_name(path, 0)))
@@ -179,30 +199,43 @@ class Predictor:
         topk: int = 5,
         batch_size: int = 32,
         tta: bool = False,
-        progress: bool = False,
+        progress: bool | None = None,
         each: EachImage | None = None,
+        errors: str | None = None,
     ) -> list[Prediction]:
-        """Top-k for each image, in order; an unreadable image gives a Prediction with `error` set.
+        """Top-k for each image, in order: a list of Prediction, one per image (one for a single image).
 
-        images: paths, PIL images or numpy arrays (HxWx3 uint8 RGB; HxWx4, HxW too), or one of them; each is
-        decoded by the same rules as a file (data/decode.py). A Prediction's `path` names the input
-        (input_name). tta: also predict the horizontally flipped image and average the two probability
-        vectors. progress: a bar on a terminal (progress.py), for many files. each: called with every readable
+        images: one image or a list of them: a path; a PIL image; a numpy array HxWxC or CxHxW (C 3, 4 or 1),
+        uint8 or float in [0, 1]; a torch tensor CxHxW; or a batch, NxHxWxC / NxCxHxW array or NxCxHxW tensor
+        (one prediction per image). Anything else, an array whose layout is ambiguous, or floats outside
+        [0, 1] raise UserError saying what was given (inputs.py). Each image is decoded by the same rules as a
+        file (data/decode.py); a Prediction's `path` names the input (its path, else "<array N>", ...).
+        errors: "raise" raises the DecodeError (a UserError) of an image that cannot be read (missing file,
+        broken JPEG); "return" gives that image a Prediction with `error` set and predicts the rest. The
+        default is "raise" for one image and "return" for a list or a batch, so one bad file among many does
+        not lose the others. tta: also predict the horizontally flipped image and average the two
+        probability vectors. progress: a bar on a terminal or in a notebook (utils/progress.py); None (the
+        default) shows one when there is more than one batch of images. each: called with every readable
         image's Prediction and its preprocessed tensor once it is predicted (`predict --explain` writes its
         overlay there), while no more than two batches of images are held.
         """
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-            images = [images]
-        images = list(images)
-        results = [Prediction(input_name(p, i)) for i, p in enumerate(images)]
-        chunks = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
+        inputs = to_items(images)
+        errors = errors or ("raise" if inputs.single else "return")
+        if errors not in ERRORS:
+            raise UserError(f"errors={errors!r}: expected one of {', '.join(ERRORS)}")
+        images, results = inputs.items, [Prediction(name) for name in inputs.names]
+        raising = errors == "raise"
         if len(images) == 1:  # one camera frame: nothing to overlap, and a decode thread beside the model's
             # spinning compute threads added 5 ms (int8) to 26 ms (bf16) to a 640x480 JPEG's p50 on 2 cores
-            self._predict_chunk(chunks[0], [self.load(images[0], results[0].path)], results, topk, tta, each)
+            self._predict_chunk(
+                [0], [self.load(images[0], results[0].path)], results, (topk, tta, raising), each
+            )
             return results
+        chunks = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)]
+        show = len(chunks) > 1 if progress is None else progress
         with (
             ThreadPoolExecutor(_decode_threads()) as pool,
-            progress_bar(len(images), "predict", enabled=None if progress else False) as bar,
+            progress_bar(len(images), "predict", enabled=None if show else False) as bar,
         ):
             # Decode the next chunk while the model runs on the current one.
             pending = [
@@ -214,7 +247,7 @@ class Predictor:
                     pending.append(
                         pool.map(self.load, [images[i] for i in nxt], [results[i].path for i in nxt])
                     )
-                self._predict_chunk(chunk, pending[n], results, topk, tta, each)
+                self._predict_chunk(chunk, pending[n], results, (topk, tta, raising), each)
                 pending[n] = None  # let the decoded chunk be freed
                 bar.update(len(chunk))
         return results
@@ -224,12 +257,15 @@ class Predictor:
         chunk: list[int],
         loaded,
         results: list[Prediction],
-        topk: int,
-        tta: bool,
+        how: tuple[int, bool, bool],
         each: EachImage | None = None,
     ) -> None:
+        """Predict one chunk of decoded images; how: (topk, tta, raise an unreadable image's DecodeError)."""
+        topk, tta, raising = how
         tensors, slots = [], []
         for i, item in zip(chunk, loaded):
+            if isinstance(item, str) and raising:
+                raise DecodeError(results[i].path, item)
             if isinstance(item, str):
                 results[i].error = item
             else:
@@ -247,6 +283,14 @@ class Predictor:
         if each is not None:
             for i, image in zip(slots, tensors):
                 each(results[i], image)
+
+
+def load(
+    model: str | os.PathLike, backend: str = "auto", precision: str = "auto", device: str = "auto"
+) -> Predictor:
+    """`resnetcls.load(path)`: the Predictor for a run directory (its best/ model, else final/), a model
+    directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino)."""
+    return Predictor(model, device=device, precision=precision, backend=backend)
 
 
 def _paths_from_csv(csv_path: Path) -> list[str]:

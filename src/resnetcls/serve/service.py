@@ -112,6 +112,8 @@ class ImageService:
         Whatever the backend, on the eager model in fp32 (every Predictor loads it; ONNX files have no
         gradients), so the probability can differ from /predict's by that backend's rounding."""
         classes = self.predictor.classes
+        if self.predictor.model is None:  # a bare model.onnx: no eager weights to take gradients of
+            raise HTTPException(501, "this server runs a bare ONNX file; /explain needs the model directory")
         if class_name is not None and class_name not in classes:
             raise HTTPException(
                 422, f"class {class_name!r}: not one of the model's {len(classes)} classes (see /info)"

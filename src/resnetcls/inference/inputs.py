@@ -1,0 +1,153 @@
+"""What Predictor.predict takes, turned into one item per image: a path, a PIL image, or an HxWx3 (HxWx4, HxW)
+array that data/decode.py reads by the same rules as a file.
+
+Accepted: a path (str or os.PathLike); a PIL image; a numpy array HxWxC or CxHxW (C 3, 4 or 1), or a 4-D
+batch of them (NxHxWxC, NxCxHxW); a torch tensor CxHxW, or NxCxHxW for a batch; uint8 pixels or floats in
+[0, 1] (rounded to the nearest of 256 levels, as a decoded file has); or a list (any iterable) of single
+images. A 4-D array or tensor gives one prediction per image. Anything else, an array whose layout cannot be
+told (e.g. 3x224x3), or floats outside [0, 1] is refused with one line saying what was given and what is
+accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+
+# What Predictor.predict takes (see the module docstring).
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+ACCEPTS = (
+    "accepted: a path, a PIL image, a numpy array HxWxC or CxHxW (NxHxWxC or NxCxHxW for a batch), a torch "
+    "tensor CxHxW (NxCxHxW for a batch), uint8 or float in [0, 1], C 3 (RGB), 4 (RGBA) or 1, or a list of "
+    "single images"
+)
+CHANNELS_LAST = (1, 3, 4)  # HxWxC
+CHANNELS_FIRST = (1, 3, 4)  # CxHxW
+
+
+@dataclass
+class Inputs:
+    """The images of one predict call: one item each, how results name it (input_name), and whether the call
+    named a single image (one path, PIL image or 2-D/3-D array, not a list or a batch)."""
+
+    items: list
+    names: list[str]
+    single: bool
+
+
+def input_name(item, index: int, kind: str = "array") -> str:
+    """How results and errors name an input: its path; a PIL image's filename; else "<image N>" or "<array N>"
+    ("<tensor N>" for a torch tensor's images; N the image's position in the call)."""
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or f"<image {index}>"
+    if isinstance(item, np.ndarray):
+        return f"<{kind} {index}>"
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
+
+
+def describe(value) -> str:
+    """What a refused input is: its type, and for arrays and tensors the shape, dtype and value range."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        kind = "torch tensor"
+        value = value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
+    elif isinstance(value, np.ndarray):
+        kind = "numpy array"
+    else:
+        kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        return f"a value of type {kind}"
+    text = f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if value.size and (value.dtype.kind in "fiub"):
+        text += f", values {value.min():.4g} to {value.max():.4g}"
+    return text
+
+
+def refuse(name: str, value, why: str = "") -> UserError:
+    """The one-line error for an input predict cannot use."""
+    return UserError(f"{name}: got {describe(value)}{'; ' + why if why else ''}; {ACCEPTS}")
+
+
+def _to_uint8(pixels: np.ndarray, name: str, original) -> np.ndarray:
+    """uint8 stays; floats in [0, 1] become the nearest of 256 levels; anything else is refused."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype.kind != "f":
+        raise refuse(name, original, f"dtype {pixels.dtype} is neither uint8 nor float")
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+        raise refuse(name, original, "float pixels must lie in [0, 1] (divide 0-255 values by 255)")
+    return np.rint(pixels.astype(np.float32) * 255).astype(np.uint8)
+
+
+def _layout(shape: tuple[int, ...], name: str, original) -> str:
+    """ "hwc" or "chw" for a 3-D image shape; refused when neither or both fit."""
+    last, first = shape[-1] in CHANNELS_LAST, shape[0] in CHANNELS_FIRST
+    if last and first:
+        raise refuse(name, original, "cannot tell whether the channels come first or last")
+    if not (last or first):
+        raise refuse(name, original, "no axis of 1, 3 or 4 channels at either end")
+    return "hwc" if last else "chw"
+
+
+def _hwc_image(pixels: np.ndarray, layout: str) -> np.ndarray:
+    """One image (3-D, in `layout`) -> HxWxC, with one channel squeezed to HxW (grayscale)."""
+    hwc = pixels.transpose(1, 2, 0) if layout == "chw" else pixels
+    return np.ascontiguousarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)
+
+
+def _array_images(value, name: str, allow_batch: bool) -> list[np.ndarray]:
+    """A numpy array or torch tensor -> HxWxC (or HxW) uint8 arrays, one per image."""
+    is_tensor = isinstance(value, torch.Tensor)
+    if is_tensor:
+        tensor = value.detach().cpu()
+        pixels = (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
+    else:
+        pixels = value
+    if pixels.size == 0:
+        raise refuse(name, value, "it is empty")
+    if pixels.ndim == 2 and not is_tensor:
+        return [pixels if pixels.dtype == np.uint16 else _to_uint8(pixels, name, value)]
+    if pixels.ndim == 4 and not allow_batch:
+        raise refuse(name, value, "a list item must be one image (pass a 4-D batch on its own)")
+    if pixels.ndim not in (3, 4):
+        raise refuse(name, value, f"{pixels.ndim} dimensions")
+    layout = "chw" if is_tensor else _layout(pixels.shape[-3:], name, value)
+    if is_tensor and pixels.shape[-3] not in CHANNELS_FIRST:
+        raise refuse(name, value, "a tensor's channels (1, 3 or 4) come first: CxHxW or NxCxHxW")
+    pixels = _to_uint8(pixels, name, value)
+    batch = pixels if pixels.ndim == 4 else pixels[None]
+    return [_hwc_image(image, layout) for image in batch]
+
+
+def _one(value, name: str, allow_batch: bool) -> list:
+    if isinstance(value, (str, os.PathLike, Image.Image)):
+        return [value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return _array_images(value, name, allow_batch)
+    raise refuse(name, value)
+
+
+def to_items(images: ImageInput | typing.Sequence[ImageInput]) -> Inputs:
+    """predict's `images` -> one item per image (path, PIL image or HxWxC/HxW uint8 array) and its name;
+    UserError naming the input (images[i] inside a list) for one that is refused."""
+    one = (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)
+    if not isinstance(images, one) and isinstance(images, typing.Iterable):  # a list, tuple, generator...
+        values, single = list(images), False
+        names = [f"images[{i}]" for i in range(len(values))]
+        converted = [_one(value, name, False) for value, name in zip(values, names)]
+    else:
+        values, single = [images], not (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4)
+        converted = [_one(images, "images", allow_batch=True)]
+    items, names = [], []
+    for value, group in zip(values, converted):
+        kind = "tensor" if isinstance(value, torch.Tensor) else "array"
+        for item in group:
+            names.append(input_name(item, len(items), kind))
+            items.append(item)
+    return Inputs(items, names, single)

@@ -1,0 +1,130 @@
+"""A model.onnx on its own: Predictor, `resnetcls predict` and `serve` run it from its metadata, refuse what
+needs the eager weights (torch, Grad-CAM) in one line, refuse an ONNX file we did not export naming the keys
+it lacks, and docs/onnxruntime.md's ONNX-Runtime-only snippet reproduces the Predictor's predictions."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import resnetcls
+from resnetcls.cli import main
+from resnetcls.errors import UserError
+from resnetcls.export.formats import export_model
+from resnetcls.inference.predictor import Predictor
+from resnetcls.inference.standalone import is_onnx_file, load_onnx_file
+from resnetcls.records.modelfile import write_calibration
+from tests.export.test_formats import CLASSES, make_tiny_model_dir
+from tests.serve.test_admission import client_for
+from tests.serve.test_app import png_bytes
+
+DOC = Path(__file__).parents[2] / "docs" / "onnxruntime.md"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A calibrated tiny model (T = 0.5: the temperature must travel in the file) exported in place."""
+    model = make_tiny_model_dir(tmp_path_factory.mktemp("standalone") / "model")
+    write_calibration(model, {"calibrated": True, "temperature": 0.5, "fitted_on": "val", "images": 30})
+    export_model(model, "onnx")
+    return model
+
+
+@pytest.fixture(scope="module")
+def bare(model_dir, tmp_path_factory):
+    """The exported file copied alone into a folder without model.json or weights."""
+    path = tmp_path_factory.mktemp("alone") / "model.onnx"
+    shutil.copy(model_dir / "model.onnx", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    pixels = rng.integers(0, 255, size=(12, 17, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize((70, 50), Image.BICUBIC).save(path, quality=90)
+    return path
+
+
+def test_a_bare_file_predicts_as_its_model_directory(model_dir, bare, photo):
+    alone = Predictor(bare, backend="onnxruntime")
+    beside = Predictor(model_dir, backend="onnxruntime")
+    assert alone.classes == CLASSES and alone.model is None and alone.precision == "fp32"
+    assert alone.temperature == 0.5 and alone.loaded.meta["calibration"]["temperature"] == 0.5
+    assert repr(alone) == f"Predictor(model='{bare}', classes=3, backend='onnxruntime', precision='fp32')"
+    [a], [b] = alone.predict(photo), beside.predict(photo)
+    assert [c for c, _ in a.top] == [c for c, _ in b.top]
+    assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-6)
+    auto = resnetcls.load(bare)
+    assert auto.backend in ("onnxruntime", "openvino") and auto.predict(photo)[0].top[0][0] == a.top[0][0]
+
+
+def test_torch_int8_and_explain_need_the_model_directory(bare, photo, capsys):
+    with pytest.raises(
+        UserError, match=r"--backend torch needs the model directory .*onnxruntime or openvino"
+    ):
+        Predictor(bare, backend="torch")
+    with pytest.raises(UserError, match="--backend onnxruntime-int8: a bare ONNX file runs with"):
+        Predictor(bare, backend="onnxruntime-int8")
+    assert main(["predict", str(bare), str(photo), "--explain", str(bare.parent / "cams")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Grad-CAM needs the eager weights" in err
+    assert not (bare.parent / "cams").exists()
+
+
+def test_the_cli_predicts_with_a_bare_file(bare, photo, capsys):
+    assert main(["predict", str(bare), str(photo), "--backend", "onnxruntime", "--topk", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[0] == str(photo) and table[1].split()[1] in CLASSES
+
+
+def test_an_onnx_file_without_our_metadata_is_refused_naming_the_missing_keys(bare, tmp_path):
+    proto = onnx.load(str(bare))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in ("classes", "preprocess")]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        proto.metadata_props.add(key=key, value=value)
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(foreign))
+    with pytest.raises(
+        UserError, match=r"foreign.onnx: not a resnetcls export: its metadata lacks classes, "
+    ):
+        Predictor(foreign)
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(UserError, match="junk.onnx: not a readable ONNX file"):
+        load_onnx_file(tmp_path / "junk.onnx")
+    with pytest.raises(UserError, match="missing.onnx: no such file"):
+        Predictor(tmp_path / "missing.onnx")
+    assert is_onnx_file(bare) and not is_onnx_file(bare.parent)
+
+
+def test_serve_runs_a_bare_file_and_explains_only_with_the_directory(bare):
+    with client_for(bare, backend="onnxruntime") as client:
+        answer = client.post("/predict", content=png_bytes(20, 20))
+        assert answer.status_code == 200 and answer.json()["top"][0]["class"] in CLASSES
+        info = client.get("/info").json()
+        assert info["classes"] == CLASSES and info["arch"] == "resnet18" and info["backend"] == "onnxruntime"
+        refused = client.post("/explain", content=png_bytes(20, 20))
+        assert refused.status_code == 501 and "needs the model directory" in refused.json()["detail"]
+
+
+def test_the_documented_onnxruntime_snippet_reproduces_the_predictor(bare, photo, tmp_path, monkeypatch):
+    snippet = re.search(r"## With ONNX Runtime.*?```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+    shutil.copy(bare, tmp_path / "model.onnx")
+    shutil.copy(photo, tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet, str(DOC), "exec"), scope)
+    [ours] = Predictor(bare, backend="onnxruntime").predict(photo, topk=len(CLASSES))
+    by_class = dict(ours.top)
+    expected = np.array([by_class[c] for c in CLASSES])
+    # Both run the same graph in float32; they differ only in how the input is normalised and where the
+    # softmax runs: a few float32 roundings of values near 1.
+    tolerance = 64 * np.finfo(np.float32).eps
+    assert scope["classes"][int(scope["probs"].argmax())] == ours.top[0][0]
+    assert np.abs(scope["probs"] - expected).max() <= tolerance
