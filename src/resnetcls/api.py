@@ -4,7 +4,7 @@
     run = resnetcls.train("photos/", model="resnet18", epochs=5, image_size=64, out="runs/nb",
                           set={"model.width": 16})
     print(run.summary["best_val_top1"], run.best_model)
-    metrics = resnetcls.evaluate(run.best_model, "photos/")
+    metrics = resnetcls.evaluate(run.best_model, "photos-test/")
     top = resnetcls.Predictor(run.best_model).predict(["a.jpg", pil_image, numpy_array])
 
 Keywords are train's flags (`--batch-size` is batch_size=; the one table of config/flags.py lists them for
