@@ -53,7 +53,7 @@ def test_the_notes_say_how_many_images_are_which(tmp_path):
     split = model.parent / "split.csv"
     assert overlap.note("photos/", False) == (
         f"note: 2 of 4 images in photos/ are the model's training images ({split}); scoring the other 2 "
-        f"(--include-train to score all); 1 of the held-out images are the run's val images (its val score "
+        f"(--include-train to score all); 1 of the held-out images is the run's val image (its val score "
         f"came from them)"
     )
     assert overlap.note("photos/", True).startswith(
@@ -62,7 +62,7 @@ def test_the_notes_say_how_many_images_are_which(tmp_path):
     )
     val_only = find_overlap(model, Samples([c, d], [0] * 2, ["red"]))
     assert val_only.note("v/", False) == (
-        f"note: 1 of 2 images in v/ are the run's val images ({split}): held out from training, its val "
+        f"note: 1 of 2 images in v/ is the run's val image ({split}): held out from training, its val "
         f"score came from them"
     )
     assert find_overlap(model, Samples([d], [0], ["red"])).note("new/", False) is None  # nothing to say

@@ -58,9 +58,9 @@ class Overlap:
                 f"note: cannot tell which of the {n} images in {data} trained the model (no "
                 f"{self.split_csv}); scoring all {n}"
             )
+        are = "is the run's val image" if len(self.val) == 1 else "are the run's val images"
         val = (
-            f"; {len(self.val)} of the held-out images are the run's val images (its val score came from "
-            f"them)"
+            f"; {len(self.val)} of the held-out images {are} (its val score came from them)"
             if self.val
             else ""
         )
@@ -68,8 +68,8 @@ class Overlap:
             if not self.val:
                 return None
             return (
-                f"note: {len(self.val)} of {n} images in {data} are the run's val images ({self.split_csv}): "
-                f"held out from training, its val score came from them"
+                f"note: {len(self.val)} of {n} images in {data} {are} ({self.split_csv}): held out from "
+                f"training, its val score came from them"
             )
         if include_train:
             action = f"scoring all {n}, the training images' numbers apart"
