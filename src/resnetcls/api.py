@@ -4,7 +4,7 @@
     run = resnetcls.train("photos/", model="resnet18", epochs=5, image_size=64, out="runs/nb",
                           set={"model.width": 16})
     print(run.summary["best_val_top1"], run.best_model)
-    metrics = resnetcls.evaluate(run.best_model, "photos/")
+    metrics = resnetcls.evaluate(run.best_model, "photos-test/")
     top = resnetcls.Predictor(run.best_model).predict(["a.jpg", pil_image, numpy_array])
 
 Keywords are train's flags (`--batch-size` is batch_size=; the one table of config/flags.py lists them for
@@ -157,13 +157,21 @@ def evaluate(
     batch_size: int = 32,
     precision: str = "auto",
     backend: str = "auto",
+    include_train: bool = False,
 ) -> dict:
     """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
     ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also
     written with tables and figures to `out` (default: eval/ next to the model). MODEL: a model directory or
     a run directory (its best model). batch_size, precision and backend: as eval's --batch-size,
-    --precision and --backend (backend onnxruntime runs the model's exported model.onnx)."""
-    return evaluate_model(model, _text(data), out, batch_size, precision=precision, backend=backend)
+    --precision and --backend (backend onnxruntime runs the model's exported model.onnx).
+
+    DATA's images the model was trained on (by its run's split.csv) are left out, said in one line on stderr
+    and counted in metrics["overlap"]; when every image is one, UserError. include_train=True (eval's
+    --include-train) scores them too: the headline numbers stay the held-out images', the training images'
+    are in metrics["train_images"]."""
+    return evaluate_model(
+        model, _text(data), out, batch_size, precision=precision, backend=backend, include_train=include_train
+    )
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

@@ -48,10 +48,16 @@ def test_metrics_match_hand_computed_values():
 
 
 def test_eval_cli_writes_every_number_table_and_figure(tiny_run, tiny_data, tmp_path, capsys):
-    out = tmp_path / "ev"
-    assert main(["eval", str(tiny_run), str(tiny_data), "--out", str(out)]) == 0
-    stdout = capsys.readouterr().out
+    out, model = tmp_path / "ev", shutil.copytree(tiny_run / "best", tmp_path / "model")  # no split.csv
+    assert main(["eval", str(model), str(tiny_data), "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
     assert "top1" in stdout and "balanced accuracy" in stdout and "ECE" in stdout
+    assert stdout.startswith("36 images (all): top1 ")  # nothing known about training: plain "images"
+    # the model directory has no run beside it: eval cannot tell which images trained it, and says so
+    assert (
+        f"note: cannot tell which of the 36 images in {tiny_data} trained the model (no "
+        f"{tmp_path / 'split.csv'}); scoring all 36\n"
+    ) in stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["images"] == 36 and m["classes"] == ["blue", "green", "red"] and m["split"] == "all"
     for key in (
@@ -80,8 +86,9 @@ def test_eval_on_a_subset_of_the_classes_and_a_csv_with_splits(tiny_run, tiny_da
         f"{c}/{i}.jpg,{c},{'test' if i < 4 else 'train'}" for c in ("red", "blue") for i in range(12)
     ]
     (tiny_data / "subset.csv").write_text("\n".join(rows) + "\n")
+    model = shutil.copytree(tiny_run / "best", tmp_path / "model")  # no split.csv: every image scored
     try:
-        code = main(["eval", str(tiny_run), str(tiny_data / "subset.csv"), "--out", str(tmp_path / "ev")])
+        code = main(["eval", str(model), str(tiny_data / "subset.csv"), "--out", str(tmp_path / "ev")])
     finally:
         (tiny_data / "subset.csv").unlink()
     assert code == 0
@@ -221,3 +228,87 @@ def test_eval_runs_the_exported_model_with_backend_onnxruntime(tiny_run, tiny_da
     (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
     changed = run_cli("eval", model, tiny_data, "--out", tmp_path / "x", "--backend", "onnxruntime")
     assert changed.returncode == 2 and f"{model / 'model.onnx'}: sha256 does not match" in changed.stderr
+
+
+def run_split(run: Path) -> dict[str, list[str]]:
+    """The run's split.csv: split name -> its image paths."""
+    by_split: dict[str, list[str]] = {}
+    for row in csv.DictReader(open(run / "split.csv", encoding="utf-8")):
+        by_split.setdefault(row["split"], []).append(row["path"])
+    return by_split
+
+
+def test_eval_leaves_out_the_models_training_images_and_says_so(tiny_run, tiny_data, tmp_path, capsys):
+    split = run_split(tiny_run)
+    trained, val = len(split["train"]), len(split["val"])
+    assert trained + val == 36 and val > 0
+    assert main(["eval", str(tiny_run), str(tiny_data), "--out", str(tmp_path / "ev")]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        f"note: {trained} of 36 images in {tiny_data} are the model's training images "
+        f"({tiny_run / 'split.csv'}); scoring the other {val} (--include-train to score all); {val} of the "
+        f"held-out images are the run's val images (its val score came from them)\n"
+    ) in err
+    assert out.startswith(f"{val} held-out images (all): top1 ")
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["images"] == val and sum(map(sum, m["confusion_matrix"])) == val and "train_images" not in m
+    assert m["overlap"] == {
+        "split_csv": str(tiny_run / "split.csv"),
+        "data_images": 36,
+        "training_images": trained,
+        "val_images": val,
+        "held_out_images": val,
+        "include_train": False,
+    }
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_class.csv")))
+    assert sum(int(r["support"]) for r in rows) == val  # the tables are of the held-out images too
+
+
+def test_eval_refuses_data_that_is_all_training_images(tiny_run, tiny_data, tmp_path):
+    # the training images under another folder name (symlinks): the same files, found by resolved path
+    for path in run_split(tiny_run)["train"]:
+        link = tmp_path / "again" / Path(path).parent.name / Path(path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    result = run_cli("eval", tiny_run, tmp_path / "again", "--out", tmp_path / "ev")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert f"all {len(run_split(tiny_run)['train'])} images in {tmp_path / 'again'} are the model's " in line
+    assert "--include-train" in line and not (tmp_path / "ev").exists()
+
+
+def test_include_train_scores_all_and_keeps_the_training_images_apart(tiny_run, tiny_data, tmp_path, capsys):
+    split = run_split(tiny_run)
+    trained, val = len(split["train"]), len(split["val"])
+    out = tmp_path / "ev"
+    assert main(["eval", str(tiny_run), str(tiny_data), "--out", str(out), "--include-train"]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "scoring all 36, the training images' numbers apart" in stderr
+    m = json.loads((out / "metrics.json").read_text())
+    t = m["train_images"]
+    assert m["images"] == val and t["images"] == trained and m["overlap"]["include_train"] is True
+    lines = stdout.splitlines()
+    assert lines[0] == f"{val} held-out images (all): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}"
+    assert lines[2] == (
+        f"training images ({trained}): top1 {t['top1']:.4f}  top5 {t['top5']:.4f}  balanced accuracy "
+        f"{t['balanced_accuracy']:.4f}  macro F1 {t['macro_f1']:.4f}  ECE {t['ece']:.4f}"
+    )
+    assert sum(row["support"] for row in t["per_class"].values()) == trained
+    assert "confusion_matrix" not in t  # the matrix, tables and figures are the held-out images'
+    # every training image given alone: scored as asked, the headline says what they are
+    only = tmp_path / "train.csv"
+    only.write_text("path,label\n" + "".join(f"{p},{Path(p).parent.name}\n" for p in split["train"]))
+    assert main(["eval", str(tiny_run), str(only), "--out", str(tmp_path / "t"), "--include-train"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith(f"{trained} training images (all): top1 ") and len(stdout.splitlines()) == 2
+
+
+def test_the_api_leaves_out_training_images_unless_asked(tiny_run, tiny_data, tmp_path, capsys):
+    import resnetcls
+
+    val = len(run_split(tiny_run)["val"])
+    held = resnetcls.evaluate(tiny_run, tiny_data, out=tmp_path / "a", precision="fp32")
+    assert held["images"] == val and "are the model's training images" in capsys.readouterr().err
+    both = resnetcls.evaluate(tiny_run, tiny_data, out=tmp_path / "b", precision="fp32", include_train=True)
+    assert both["images"] == val and both["train_images"]["images"] == 36 - val
+    assert both["top1"] == held["top1"]

@@ -1,5 +1,6 @@
 """report.html: written after training and by `resnetcls report`, self-contained, renders in Chromium."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -33,7 +34,8 @@ def test_report_command_picks_up_a_later_eval(tiny_run, tiny_data, tmp_path, cap
     assert main(["eval", str(run), str(tiny_data)]) == 0  # default --out: RUN_DIR/eval
     assert main(["report", str(run)]) == 0
     after = (run / "report.html").read_text()
-    assert f"36 images of {tiny_data}" in after and "(split: all)" in after
+    held_out = json.loads((run / "eval" / "metrics.json").read_text())["images"]  # the untrained-on ones
+    assert f"{held_out} images of {tiny_data}" in after and "(split: all)" in after
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 

@@ -32,6 +32,7 @@ from ..utils.atomic import csv_text, write_atomic, write_text_atomic
 from ..utils.calibration import calibrated_probabilities, calibration_error
 from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_bar
+from .overlap import Routed, find_overlap, train_summary
 
 FIGURES = {
     "confusion": "confusion_matrix.png",
@@ -315,16 +316,25 @@ def evaluate_samples(
     batch_size: int = 32,
     num_workers: int = -1,
     wrong_k: int = 18,
+    apart: list[int] | None = None,
 ) -> dict:
-    """Evaluate already-labelled samples (in the model's class order); write every output into out."""
+    """Evaluate already-labelled samples (in the model's class order); write every output into out.
+
+    apart: indices of samples (the model's training images) scored on their own, into metrics["train_images"];
+    every other number, table and figure is of the rest (of these images when there is no rest).
+    """
     if not len(samples):
         raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
     acc = Accumulator(len(predictor.classes), predictor.temperature)
-    bad = run_model(predictor, samples, batch_size, num_workers, acc)
+    trained = Accumulator(len(predictor.classes), predictor.temperature) if apart else None
+    sink = Routed(acc, trained, apart, len(samples)) if apart else acc
+    bad = run_model(predictor, samples, batch_size, num_workers, sink)
     for path, reason in bad:
         print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
-    if not acc.parts:
+    if not acc.parts and not (trained and trained.parts):
         raise UserError(f"{about.get('data', 'DATA')}: none of the {len(samples)} images could be decoded")
+    train_block = train_summary(trained, predictor.classes) if trained and trained.parts else None
+    acc = acc if acc.parts else trained  # every held-out image undecodable, or none: the training images
     metrics = acc.metrics(predictor.classes)
     metrics["calibration"] = calibration_summary(acc, predictor, metrics)
     metrics["most_confident_wrong"] = most_confident_wrong(acc, samples, predictor.classes, wrong_k)
@@ -336,6 +346,8 @@ def evaluate_samples(
             "bad_images": [{"path": p, "reason": r} for p, r in bad],
         }
     )
+    if train_block is not None:
+        metrics["train_images"] = train_block
     out.mkdir(parents=True, exist_ok=True)
     write_tables(metrics, acc.confusion, out)
     views = explain_wrong(predictor, metrics["most_confident_wrong"])
@@ -353,6 +365,7 @@ def evaluate_model(
     num_workers: int = -1,
     precision: str = "auto",
     backend: str = "auto",
+    include_train: bool = False,
 ) -> dict:
     """Evaluate MODEL on DATA; write OUT (default: eval/ next to the model, i.e. RUN_DIR/eval).
 
@@ -360,12 +373,23 @@ def evaluate_model(
     precision and backend are the Predictor's, as predict's --precision and --backend (precision auto: bf16
     where the CPU/GPU has it natively; fp32 for bit-stable numbers; backend onnxruntime: the exported
     model.onnx). The Grad-CAM figure always runs the eager model.
+
+    DATA's images the model was trained on (by its run's split.csv, overlap.py) are left out, said in one
+    line on stderr; all of them: an error. include_train scores them too, their numbers in "train_images".
     """
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
     predictor = Predictor(model, precision=precision, backend=backend)
     samples, split = load_eval_samples(data, predictor.classes)
+    overlap = find_overlap(predictor.loaded.path, samples)
+    if overlap.train and len(overlap.train) == len(samples) and not include_train:
+        raise UserError(overlap.refusal(data))
+    note = overlap.note(data, include_train)
+    if note:
+        print(note, file=sys.stderr)
+    about = {"data": str(data), "split": split, "overlap": overlap.record(include_train)}
     out = Path(out_dir) if out_dir else predictor.loaded.path.parent / "eval"
-    return evaluate_samples(
-        predictor, samples, out, {"data": str(data), "split": split}, batch_size, num_workers
-    )
+    if not include_train:
+        samples = samples.subset(overlap.held_out)
+    apart = overlap.train if include_train else None
+    return evaluate_samples(predictor, samples, out, about, batch_size, num_workers, apart=apart)

@@ -96,16 +96,37 @@ def cmd_eval(args) -> int:
     from ..analysis.evaluate import evaluate_model
 
     m = evaluate_model(
-        args.model, args.data, args.out, args.batch_size, precision=args.precision, backend=args.backend
+        args.model,
+        args.data,
+        args.out,
+        args.batch_size,
+        precision=args.precision,
+        backend=args.backend,
+        include_train=args.include_train,
     )
-    print(f"{m['images']} images ({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
+    kind = eval_images_kind(m["overlap"])
+    print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
     print(
         f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}"
         f"  (temperature {c['temperature']:.3g}; raw softmax ECE {c['ece_before']:.4f})"
     )
+    t = m.get("train_images")
+    if t and m["overlap"]["held_out_images"]:
+        print(
+            f"training images ({t['images']}): top1 {t['top1']:.4f}  top5 {t['top5']:.4f}  balanced accuracy "
+            f"{t['balanced_accuracy']:.4f}  macro F1 {t['macro_f1']:.4f}  ECE {t['ece']:.4f}"
+        )
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
+
+
+def eval_images_kind(overlap: dict) -> str:
+    """What eval's headline numbers are of: "held-out images " or "training images " where the run's split.csv
+    says, "images " where nothing is known."""
+    if overlap["training_images"] is None:
+        return "images "
+    return "held-out images " if overlap["held_out_images"] else "training images "
 
 
 def cmd_predict(args) -> int:

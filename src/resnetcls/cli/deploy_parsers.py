@@ -94,6 +94,12 @@ def _add_eval(sub) -> None:
         metavar="DIR",
         help="where metrics, tables and figures go (default MODEL's run directory's eval/, else MODEL/eval)",
     )
+    p.add_argument(
+        "--include-train",
+        action="store_true",
+        help="also score the images of DATA the model was trained on (by its run's split.csv; left out by "
+        "default), their numbers apart from the held-out images'",
+    )
     add_model_flags(p)
 
 
