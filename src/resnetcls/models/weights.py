@@ -120,7 +120,7 @@ def reach_error(timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
         try:
             socket.create_connection(_connect_target(), timeout=timeout_s).close()
             answer.append(None)
-        except OSError as e:
+        except Exception as e:  # OSError mostly; whatever it is, it is an answer: not reachable
             answer.append(str(e) or type(e).__name__)
 
     worker = threading.Thread(target=connect, name="resnetcls-can-download", daemon=True)
