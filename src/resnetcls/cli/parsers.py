@@ -223,7 +223,12 @@ def _add_weights(sub) -> None:
     p = weights.add_parser(
         "download", help="fetch a depth's ImageNet weights into the cache, checking their sha256"
     )
-    p.add_argument("arch", choices=WEIGHT_DEPTHS, metavar="{" + ",".join(WEIGHT_DEPTHS) + "}")
+    p.add_argument(
+        "arch",
+        choices=WEIGHT_DEPTHS,
+        metavar="{" + ",".join(WEIGHT_DEPTHS) + "}",
+        help="the depth whose weights to fetch, or all of them",
+    )
     p.add_argument(
         "--from",
         dest="source",
