@@ -18,6 +18,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def cached_path(arch: str) -> Path:
 def imagenet_weights_available(arch: str) -> Path | None:
     """The cached ImageNet file of arch, or None (also for a depth torchvision has no weights for).
 
-    Looks at the local cache only: never touches the network, so a recipe may ask on every run. The file was
-    checked against its sha256 prefix when `resnetcls weights download` or torchvision put it there.
+    Looks at the local cache only and never touches the network, so a recipe may ask on every run. Presence
+    only: `resnetcls weights download` checked the file's sha256 prefix when it put it there (and checks it
+    again when run once more); loading a damaged file fails with a one-line error naming it.
     """
     if arch not in IMAGENET_WEIGHTS:
         return None
@@ -200,7 +202,7 @@ def _stream(response, out, arch: str, total: int | None) -> None:
     write_atomic then leaves nothing behind)."""
     url, prefix = _entry(arch)
     digest = hashlib.sha256()
-    with progress_bar(total, f"download {arch}", unit="B") as bar:
+    with progress_bar(total / 2**20 if total else None, f"download {arch}", unit="MiB") as bar:
         while True:
             try:
                 chunk = response.read(CHUNK)
@@ -212,7 +214,7 @@ def _stream(response, out, arch: str, total: int | None) -> None:
                 break
             digest.update(chunk)
             out.write(chunk)
-            bar.update(len(chunk))
+            bar.update(len(chunk) / 2**20)
     if not digest.hexdigest().startswith(prefix):
         raise _mismatch(arch, url, digest.hexdigest())
 
@@ -249,22 +251,20 @@ def download(arch: str, timeout_s: float = CONNECT_TIMEOUT_S) -> tuple[Path, boo
 
 def fetch_weights(
     target: str, source: str | os.PathLike | None = None, timeout_s: float = CONNECT_TIMEOUT_S
-) -> list[tuple[str, Path, str]]:
-    """`resnetcls weights download TARGET [--from SOURCE]`: target is a depth or "all"; returns (depth, cached
-    path, "downloaded" | "already in the cache" | "installed") per depth, in depth order."""
+) -> Iterator[tuple[str, Path, str]]:
+    """`resnetcls weights download TARGET [--from SOURCE]`: target is a depth or "all"; yields (depth, cached
+    path, "downloaded" | "already in the cache" | "installed") as each depth is done, in depth order."""
     if source is not None and target == "all":
         raise UserError(
             "--from FILE installs one file: name its depth, e.g. `resnetcls weights download resnet50 --from "
             "FILE`"
         )
-    done = []
     for arch in IMAGENET_WEIGHTS if target == "all" else [target]:
         if source is not None:
-            done.append((arch, install(arch, source), "installed"))
+            yield arch, install(arch, source), "installed"
         else:
             path, fetched = download(arch, timeout_s)
-            done.append((arch, path, "downloaded" if fetched else "already in the cache"))
-    return done
+            yield arch, path, "downloaded" if fetched else "already in the cache"
 
 
 def cache_table() -> str:
