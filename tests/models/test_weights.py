@@ -187,3 +187,20 @@ def test_the_table_matches_torchvision_and_the_cli_choices():
 def test_cache_follows_torch_home(cache):
     assert weights.cache_dir() == cache and weights.cached_path("resnet50").parent == cache
     assert imagenet_weights_available("resnet50") is None and imagenet_weights_available("vgg16") is None
+
+
+def test_the_connect_check_goes_to_the_https_proxy_when_one_is_set(monkeypatch):
+    asked = []
+
+    def connect(address, timeout):
+        asked.append(address)
+        return socket.socket()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for name in ("no_proxy", "NO_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert can_download() is True
+    monkeypatch.delenv("https_proxy")
+    assert can_download() is True
+    assert asked == [("proxy.example", 3128), ("download.pytorch.org", 443)]

@@ -149,6 +149,13 @@ def how_to_fetch(arch: str) -> str:
     )
 
 
+def _hash_matches(path: Path, prefix: str) -> bool:
+    try:
+        return sha256_of(path).startswith(prefix)
+    except OSError:  # unreadable: download it again (writing it then names the problem)
+        return False
+
+
 def _mismatch(arch: str, source: str | os.PathLike, actual: str) -> UserError:
     url, prefix = _entry(arch)
     other = next((a for a, (_, p) in IMAGENET_WEIGHTS.items() if a != arch and actual.startswith(p)), None)
@@ -228,7 +235,7 @@ def download(arch: str, timeout_s: float = CONNECT_TIMEOUT_S) -> tuple[Path, boo
     """
     url, prefix = _entry(arch)
     found = imagenet_weights_available(arch)
-    if found and sha256_of(found).startswith(prefix):
+    if found and _hash_matches(found, prefix):
         return found, False
     reason = reach_error(timeout_s)
     if reason is not None:
