@@ -88,7 +88,8 @@ def test_torchvision_offline_fails_at_once_saying_how_to_pass_a_file(tmp_path, m
     with pytest.raises(UserError) as err:
         load_pretrained(create_model("resnet34", 3), "torchvision", "resnet34")
     message = str(err.value)
-    assert "cannot reach download.pytorch.org" in message and "--pretrained /path/to/resnet34-" in message
+    assert "cannot reach download.pytorch.org" in message and "--pretrained FILE" in message
+    assert "resnet34-b627a593.pth" in message
 
 
 def test_torchvision_weights_in_the_hub_cache_load_without_network(tv_state, tmp_path, monkeypatch):

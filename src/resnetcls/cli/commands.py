@@ -263,6 +263,17 @@ def cmd_env(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from ..models.weights import cache_table, fetch_weights
+
+    if args.weights_command != "download":
+        sys.stdout.write(cache_table())
+        return 0
+    for arch, path, how in fetch_weights(args.arch, args.source, args.timeout):
+        print(f"{arch}: {how}: {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ..demo import run_demo
 
@@ -285,4 +296,5 @@ COMMANDS = {
     "export": cmd_export,
     "serve": cmd_serve,
     "env": cmd_env,
+    "weights": cmd_weights,
 }

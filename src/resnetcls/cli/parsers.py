@@ -11,6 +11,9 @@ from .. import __version__
 from .deploy_parsers import add_deploy_commands, add_inference_commands
 from .flags import POSITIVE, SEED, SIZE, SWEEP_LR, add_config_flags, add_table_flags, duration, number
 
+# `weights download`'s choices: the depths torchvision has ImageNet weights for (models/weights.py), and all
+WEIGHT_DEPTHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "all")
+
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
@@ -211,6 +214,36 @@ def _add_data(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="--suggest-split: seed of the hold-out (default 0)")
 
 
+def _add_weights(sub) -> None:
+    weights = sub.add_parser(
+        "weights",
+        help="torchvision's ImageNet weights in the torch hub cache: list (the default), download",
+    ).add_subparsers(dest="weights_command")
+    weights.add_parser("list", help="each depth's ImageNet file in the cache: path and size, or missing")
+    p = weights.add_parser(
+        "download", help="fetch a depth's ImageNet weights into the cache, checking their sha256"
+    )
+    p.add_argument(
+        "arch",
+        choices=WEIGHT_DEPTHS,
+        metavar="{" + ",".join(WEIGHT_DEPTHS) + "}",
+        help="the depth whose weights to fetch, or all of them",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="FILE",
+        help="install FILE (downloaded elsewhere) instead of downloading: the offline way",
+    )
+    p.add_argument(
+        "--timeout",
+        type=number(float, 0, 60, low_open=True),
+        default=3.0,
+        metavar="S",
+        help="seconds to wait for download.pytorch.org before failing as offline",
+    )
+
+
 def _add_commands(sub) -> None:
     _add_train(sub)
     _add_tune(sub)
@@ -235,6 +268,7 @@ def _add_commands(sub) -> None:
         "(paste it into a bug report)",
     )
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
+    _add_weights(sub)
 
     p = sub.add_parser("demo", help="synthesise data, train, evaluate and predict end to end")
     p.add_argument("--out", default="demo-run", metavar="DIR", help="where the data, run and predictions go")

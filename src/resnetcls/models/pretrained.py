@@ -1,13 +1,13 @@
 """`--pretrained`: initialise a ResNet from a torchvision- or timm-format state_dict, with a new head.
 
 A file is read as safetensors, or as a .pth/.pt/.bin with ``torch.load(weights_only=True)``, which refuses
-anything but tensors and plain containers (no code runs from a planted pickle). ``torchvision`` fetches
-torchvision's ImageNet weights for the chosen depth (from the torch hub cache when present).
+anything but tensors and plain containers (no code runs from a planted pickle). ``torchvision`` reads
+torchvision's ImageNet weights for the chosen depth from the torch hub cache, downloading them when online
+(weights.py, which `resnetcls weights` also uses).
 """
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UserError
+from .weights import IMAGENET_WEIGHTS, download, imagenet_weights_available
 
 HEAD = ("fc.weight", "fc.bias")
 STEM = ("conv1.weight",)
 WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")  # timm / training-script checkpoints
 PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-DOWNLOAD_HOST = "download.pytorch.org"
 
 
 def _unwrap(obj, source: str) -> dict[str, torch.Tensor]:
@@ -68,30 +68,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def torchvision_state_dict(arch: str) -> tuple[dict[str, torch.Tensor], str]:
-    """torchvision's IMAGENET1K_V1 weights for arch: from the hub cache, else downloaded when online."""
-    from torchvision.models import (
-        get_model_weights,
-    )  # heavy (every model family); only for --pretrained torchvision
-
-    weights = get_model_weights(arch).IMAGENET1K_V1
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if cached.is_file():
-        return read_state_dict(cached), str(cached)
-    how = (
-        f"download {weights.url} on a machine that is online and pass --pretrained /path/to/"
-        f"{cached.name} (or copy it to {cached})"
-    )
-    try:  # fail at once when offline instead of hanging in a download
-        socket.create_connection((DOWNLOAD_HOST, 443), timeout=5).close()
-    except OSError as e:
-        raise UserError(f"--pretrained torchvision: cannot reach {DOWNLOAD_HOST} ({e}); {how}") from None
-    try:
-        state = torch.hub.load_state_dict_from_url(
-            weights.url, progress=True, check_hash=True, weights_only=True
+    """torchvision's IMAGENET1K_V1 weights for arch: from the hub cache, else downloaded (sha256 prefix
+    checked) when download.pytorch.org answers within 3 s; offline, a UserError saying how to fetch them."""
+    if arch not in IMAGENET_WEIGHTS:
+        raise UserError(
+            f"--pretrained torchvision: no ImageNet weights for {arch!r} "
+            f"(torchvision has {', '.join(IMAGENET_WEIGHTS)})"
         )
-    except Exception as e:  # network drop, hash mismatch
-        raise UserError(f"--pretrained torchvision: download of {weights.url} failed ({e}); {how}") from None
-    return _unwrap(state, weights.url), weights.url
+    path = imagenet_weights_available(arch) or download(arch)[0]
+    return read_state_dict(path), str(path)
 
 
 def _names(items: list, limit: int = 6) -> str:
