@@ -29,7 +29,6 @@ LAZY_THIRD_PARTY = {
     "uvicorn": "only when `serve` starts a server",
     "tqdm": "only when a progress bar is drawn on a terminal",
     "torch.utils.tensorboard": "slow to import; only with log.tensorboard=true",
-    "torchvision.models": "every model family; only for --pretrained torchvision",
     "mlflow": "optional extra resnetcls[mlflow]; only with log.mlflow=true",
     "wandb": "optional extra resnetcls[wandb]; only with log.wandb=true",
 }
