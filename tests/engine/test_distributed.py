@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file
 
-from resnetcls.data.loader import build_loader
+from resnetcls.data.loader import LoaderOptions, build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
 from resnetcls.engine import distributed
@@ -174,7 +174,12 @@ def _evaluate(data: str, rank: int, world: int):
     samples = splits.train.subset(list(range(33)))  # odd: shards of 17 and 16, nothing to pad
     transform = build_eval_batch_transform(make_preprocess(32))
     loader = build_loader(
-        samples, transform, 4, shuffle=False, num_workers=0, sampler=range(rank, len(samples), world)
+        samples,
+        transform,
+        4,
+        shuffle=False,
+        num_workers=0,
+        options=LoaderOptions(sampler=range(rank, len(samples), world)),
     )
     stats, confusion = distributed.evaluate_sharded(model, loader, None, StepContext(torch.device("cpu")), 3)
     return {"images": stats.images, "correct1": stats.correct1, "confusion": confusion}

@@ -25,12 +25,13 @@ from torch import nn
 from ..data.sampler import progressive_sizes
 from ..utils.atomic import write_atomic
 from .checkpoint import RunState, capture_rng, capture_state, restore_rng
-from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
+from .loop import EpochStats, Optimization, StepContext, StepRules, evaluate, train_one_epoch
 
 WARMUP_STEPS = 2  # untimed optimizer steps first (loader start, first-call overheads, optimizer state)
 MEASURE_STEPS = 5  # then timed ones (over more than one pass of a short loader)
 VAL_BATCHES = 2  # timed validation batches, after one untimed batch
 MAX_EPOCHS = 1_000_000  # the range of train.epochs
+SKIP_NONFINITE = StepRules(nonfinite="skip")  # a probe step's non-finite loss is no reason to stop
 
 
 def pixel_shares(epochs: int, image_size: int, progressive: float) -> list[float]:
@@ -174,7 +175,9 @@ def measure_speed(
 
     start = time.perf_counter()
     for _ in range(WARMUP_STEPS + MEASURE_STEPS):  # passes: a tiny data set may have one step per epoch
-        if not train_one_epoch(probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, "skip"):
+        if not train_one_epoch(
+            probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, SKIP_NONFINITE
+        ):
             break
     step_s, ticks = mean_interval(ticks[WARMUP_STEPS - 1 :], start), []
 

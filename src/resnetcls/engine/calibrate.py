@@ -47,11 +47,10 @@ def fit_model_dir(model_dir: Path, loader, ctx: StepContext) -> TemperatureFit:
 
 def calibrate_run(
     run_dir: Path,
-    e: EvalConfig,
+    eval_cfg: EvalConfig,
     val_loader,
     ctx: StepContext,
     logger: RunLogger,
-    writes: bool,
     step: int,
     kept: dict[str, list] | None = None,
     num_classes: int | None = None,
@@ -72,14 +71,14 @@ def calibrate_run(
         same = [done for digest, done in fits.values() if digest == weights]
         if same:
             fit = same[0]
-        elif e.calibrate and name in kept:
+        elif eval_cfg.calibrate and name in kept:
             fit = fit_temperature(*gathered_logits(kept[name], num_classes))
-        elif e.calibrate:
+        elif eval_cfg.calibrate:
             fit = fit_model_dir(model_dir, val_loader, ctx)
         else:
             fit = not_calibrated("eval.calibrate=false")
         fits[name] = (weights, fit)
-        if writes:
+        if distributed.is_main():  # rank 0 writes
             write_calibration(model_dir, fit.record("val"))
     if "best" not in fits:
         return None

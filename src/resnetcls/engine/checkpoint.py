@@ -28,6 +28,7 @@ from ..records.envinfo import provenance
 from ..records.modelfile import sha256_file
 from ..utils.atomic import write_atomic, write_text_atomic
 from ..utils.redact import mask_tree
+from . import distributed
 from .loop import EpochStats, Optimization
 
 CKPT_FORMAT = "resnetcls.checkpoint/1"
@@ -211,8 +212,8 @@ def restore_state(state: dict, model: nn.Module, opt: Optimization | None) -> Ru
 class Checkpointer:
     """Saves a run's state (atomically, keep-last-K plus best) with its config and environment.
 
-    config: the resolved config as a dict (recorded in both files); enabled=False (a non-zero torchrun rank)
-    saves nothing. extra(): more of the caller's state and description, as (state, info) dicts, saved under
+    config: the resolved config as a dict (recorded in both files); a non-zero torchrun rank saves nothing
+    (distributed.is_main). extra(): more of the caller's state and description, as (state, info) dicts, saved under
     state["extra"] and merged into the .json (lifelong: the task, the strategy's state, R so far).
     """
 
@@ -226,11 +227,10 @@ class Checkpointer:
         model: nn.Module,
         opt: Optimization | None,
         extra: Callable[[], tuple[dict, dict]] | None = None,
-        enabled: bool = True,
     ) -> None:
         self.dir, self.ckpt, self.batch_size = run_dir / "checkpoints", ckpt, batch_size
         self.config, self.env = mask_tree(config), mask_tree(env)  # as recorded: passwords masked (redact.py)
-        self.model, self.opt, self.extra, self.enabled = model, opt, extra, enabled
+        self.model, self.opt, self.extra, self.enabled = model, opt, extra, distributed.is_main()
 
     def save(self, run: RunState, metrics: dict | None = None) -> Path | None:
         """One checkpoint named by run.global_step; None on a rank that does not write."""

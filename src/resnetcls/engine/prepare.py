@@ -29,7 +29,7 @@ from ..config import (
 )
 from ..data.augment import BatchMix
 from ..data.cache import resolve_cache_dir
-from ..data.loader import build_loader
+from ..data.loader import LoaderOptions, build_loader
 from ..data.sampler import ResumableSampler
 from ..data.sources import Samples
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
@@ -255,22 +255,18 @@ class DataPipeline:
         return self._loader(samples, self.eval_tf, indices, 0, drop_last=False)
 
     def _loader(self, samples: Samples, transform, sampler, seed: int, drop_last: bool, mix=None):
-        d = self.d
-        return build_loader(
-            samples,
-            transform,
-            self.batch_size,
-            shuffle=False,
-            num_workers=d.num_workers,
-            seed=seed,
-            drop_last=drop_last,
+        data_cfg = self.data_cfg
+        options = LoaderOptions(
             sampler=sampler,
-            cache_dir=self.cache_dir,
-            on_bad=d.on_bad,
-            start_method=d.worker_start,
-            cache_max_gb=d.cache_max_gb,
+            drop_last=drop_last,
+            on_bad=data_cfg.on_bad,
+            start_method=data_cfg.worker_start,
+            cache_max_gb=data_cfg.cache_max_gb,
+            cache_format=data_cfg.cache_format,
             uint8_batches=self.uint8_batches,
             mix=mix,
             pin_memory=self.uint8_batches,
-            cache_format=d.cache_format,
+        )
+        return build_loader(
+            samples, transform, self.batch_size, False, data_cfg.num_workers, seed, self.cache_dir, options
         )

@@ -43,7 +43,15 @@ from ..engine.prepare import (
     seed_everything,
     wrap_model,
 )
-from ..engine.runner import StepPlan, StopRequest, note_bad_images, run_epoch, stop_run, train_record
+from ..engine.runner import (
+    EpochParts,
+    StepPlan,
+    StopRequest,
+    note_bad_images,
+    run_epoch,
+    stop_run,
+    train_record,
+)
 from ..errors import UserError
 from .hooks import StrategyHooks, grow_head
 from .results import write_results
@@ -313,20 +321,10 @@ def train_task(seq: TaskSequence, logger: RunLogger, stop: StopRequest) -> None:
     run = seq.run
     while run.epoch <= t.epochs:
         seq.samplers[index].set_epoch(run.epoch, run.stats.batches * t.batch_size)
-        if not run_epoch(
-            run,
-            step_model,
-            loader,
-            opt,
-            loss_fn,
-            seq.ctx,
-            logger,
-            ckpt,
-            stop,
-            plan,
-            seq.hooks,
-            {"task": task.name},
-        ):
+        parts = EpochParts(
+            step_model, opt, loss_fn, seq.ctx, logger, ckpt, stop, plan, seq.hooks, {"task": task.name}
+        )
+        if not run_epoch(run, loader, parts):
             stop_run(
                 logger,
                 f"interrupted in task {index + 1} at epoch {run.epoch} step {run.stats.steps}: "
