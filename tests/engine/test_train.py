@@ -332,14 +332,14 @@ def test_training_with_augment_on_device_runs_on_the_cpu_and_a_bad_choice_is_one
 
 SLOW_CHECK_ENTRY = """
 import sys, time
-import resnetcls.engine.train as train
+import resnetcls.engine.prepare as prepare
 from resnetcls.cli import main
-hash_images = train.store_signatures
+hash_images = prepare.store_signatures
 def slow(store, indices, **kwargs):  # a check that outlasts the timeout: 120 ms per image hashed, on top
     indices = list(indices)
     time.sleep(0.12 * len(indices))
     return hash_images(store, indices, **kwargs)
-train.store_signatures = slow
+prepare.store_signatures = slow
 sys.exit(main())
 """
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..config import Config, ExplicitSettings, load_yaml, parse_duration, set_value
 from ..config.schema import flatten
-from ..data.sources import load_splits
+from ..data.sources import Splits
 from . import distributed
 from .autobatch import StepRecipe, time_batch
 from .budget import format_seconds
@@ -322,36 +322,25 @@ def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
     return cfg
 
 
-def auto_recipe(
-    cfg: Config,
-    explicit: ExplicitSettings | None,
-    run_dir: Path,
-    resume: str | None,
-    device_name: str | None = None,
-) -> tuple[Config, RecipeChoice | None]:
-    """cfg with the auto recipe applied, and the choice (None when it does not apply or was kept).
+def saved_recipe(cfg: Config, run_dir: Path) -> Config:
+    """cfg with the recipe keys of a run directory's config.yaml: a resumed run keeps what was picked for it
+    and measures nothing (engine/plan.py calls it before comparing the settings with the checkpoint's)."""
+    saved = flatten(load_yaml(run_dir / "config.yaml"))
+    return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS})
 
-    A run directory with checkpoints is never picked for again: resumed, it keeps the recipe keys of its
-    config.yaml; not resumed, prepare_run refuses it (so nothing is measured first). Under torchrun every rank
-    takes rank 0's choice."""
-    if recipe_blocker(explicit, cfg.train.auto_recipe):
-        return cfg, None
-    if any((run_dir / "checkpoints").glob("step-*.json")):
-        if resume is None or not (run_dir / "config.yaml").is_file():
-            return cfg, None
-        saved = flatten(load_yaml(run_dir / "config.yaml"))
-        return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS}), None
-    d, t = cfg.data, cfg.train
-    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
+
+def pick_for_data(cfg: Config, splits: Splits, device_name: str | None = None) -> RecipeChoice:
+    """The auto recipe for these splits on this machine (engine/plan.py applies its config_values). Under
+    torchrun every rank takes rank 0's choice."""
     median, read = median_short_side(splits.train.paths)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read)
-    ctx = build_context(t, device_name)
-    measure = lambda name, width, size: measure_images_per_s(
-        cfg, name, width, size, max(2, facts.classes), device_name
-    )
-    choice = choose_recipe(facts, ctx.device.type, measure, parse_duration(t.time_budget))
-    choice = distributed.gather_objects(choice)[0]
-    return apply_recipe(cfg, choice.config_values()), choice
+    ctx = build_context(cfg.train, device_name)
+
+    def measure(name: str, width: int, size: int) -> float:
+        return measure_images_per_s(cfg, name, width, size, max(2, facts.classes), device_name)
+
+    choice = choose_recipe(facts, ctx.device.type, measure, parse_duration(cfg.train.time_budget))
+    return distributed.gather_objects(choice)[0]
 
 
 # The batch both recipes train with (SMALL_DATA, CROP_FLIP): per-image speed depends on it. Timed at 16, a
