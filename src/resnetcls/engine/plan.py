@@ -104,7 +104,6 @@ class Plan:
 def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     """Every refusal knowable from the flags, the config and the data's file list, then every choice (see the
     module docstring); nothing is written into the run directory."""
-    started = time.perf_counter()  # a time budget counts from here
     cfg = request.cfg
     validate_config(cfg)  # ranges and choices, before anything else
     ctx = build_context(cfg.train, device_name)  # --device cuda without a GPU
@@ -127,7 +126,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     if request.lr_auto:
         decide(plan, decide_lr(plan))
     if parse_duration(plan.cfg.train.time_budget) and plan.resumed is None:
-        decide(plan, decide_time_budget(plan, started))
+        decide(plan, decide_time_budget(plan))
     plan.decisions.append(decide_precision(plan))
     if plan.cfg.data.progressive > 0:
         plan.decisions.append(decide_progressive(plan.cfg))
@@ -179,14 +178,16 @@ def decide_lr(plan: Plan) -> Decision:
     return Decision("lr", {"optim.lr": lr}, f"--lr auto: {plan.lr_curve.rule}", [line], logged=False)
 
 
-def decide_time_budget(plan: Plan, started: float) -> Decision:
+def decide_time_budget(plan: Plan) -> Decision:
     """--time: the epochs whose steps, validations and checkpoints fit the budget (engine/budget.py), from a
     speed measurement with the run's model and data. Under torchrun every rank measures its share and takes
-    rank 0's figures; only rank 0 times a checkpoint write."""
+    rank 0's figures; only rank 0 times a checkpoint write. The budget counts from here: the data, the model
+    and the measurement are set-up time (the auto recipe's, --batch-size's and --lr's measurements are not)."""
+    started = time.perf_counter()
     cfg = plan.cfg
     budget_s = parse_duration(cfg.train.time_budget)
     step_s, val_s, save_s, steps_per_epoch = measure_run_speed(plan)
-    setup_s = time.perf_counter() - started  # the budget counts from the start of the run
+    setup_s = time.perf_counter() - started
     data_cfg = (
         cfg.data
     )  # progressive resizing: steps timed at the final size, each epoch scaled by its pixels
