@@ -145,8 +145,8 @@ def test_two_processes_match_one_process_with_the_global_batch(
     two_process_run, pairs, tmp_path, plain_interpreter
 ):
     single = tmp_path / "single"
-    # In the session's one-thread interpreter, not a fresh one (a torch import less), nor this process: its two
-    # OpenMP threads spin against the torchrun workers and other load on a shared 2-core machine.
+    # In the session's one-thread interpreter, not a fresh one (a torch import less), nor this process: its
+    # two OpenMP threads spin against the torchrun workers and other load on a shared 2-core machine.
     result = plain_interpreter.run("train", pairs, *ARGS, "--batch-size", "8", "--out", single)
     assert result.returncode == 0, result.stderr
     difference = max_weight_difference(weights(two_process_run[0]), weights(single))

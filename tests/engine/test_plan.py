@@ -85,7 +85,9 @@ def test_the_plan_lists_each_choice_with_why_and_writes_nothing(tiny_data, tmp_p
     plan = make_plan(request(tiny_data, out, "data.progressive=0.5", **flags))
     assert [made.name for made in plan.decisions] == ["batch_size", "time_budget", "precision", "progressive"]
     batch, budget, precision, progressive = plan.decisions
-    assert batch.lines[0].startswith(f"--batch-size auto: {plan.cfg.train.batch_size} (the most train images/s")
+    assert batch.lines[0].startswith(
+        f"--batch-size auto: {plan.cfg.train.batch_size} (the most train images/s"
+    )
     assert batch.chosen["train.batch_size"] == plan.cfg.train.batch_size and not batch.logged
     assert budget.chosen == {"train.epochs": plan.cfg.train.epochs} and budget.why.startswith("--time 1s")
     assert budget.lines[0].startswith("time budget 1s: measured") and budget.record["kind"] == "time_budget"

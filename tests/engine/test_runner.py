@@ -138,7 +138,7 @@ def test_step_logs_and_step_checkpoints_follow_the_global_step_with_the_callers_
     assert run_epoch(run, batches, parts)
     logger.close()
     assert run.global_step == 6 and run.stats.steps == 5
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"], r["epoch"], r["task"]) for r in records] == [
         ("train", 2, 2, "light=dark"),
         ("train", 4, 2, "light=dark"),

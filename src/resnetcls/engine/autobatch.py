@@ -1,9 +1,10 @@
-"""`train --batch-size auto`: a batch size measured on this device with real training steps of the run's recipe
-(model, precision, memory format, loss, optimizer) on random inputs of the run's image size. The data loader is
-not part of either measurement (per image it costs the same at every batch size).
+"""`train --batch-size auto`: a batch size measured on this device with real training steps of the run's
+recipe (model, precision, memory format, loss, optimizer) on random inputs of the run's image size. The data
+loader is not part of either measurement (per image it costs the same at every batch size).
 
 - On a CPU: the batch with the most training images per second among a few candidates, each timed over a few
-  optimizer steps. A CPU has memory to spare for any of them; what differs is how well each keeps the cores busy.
+  optimizer steps. A CPU has memory to spare for any of them; what differs is how well each keeps the cores
+  busy.
 - On a GPU (CUDA): the largest batch that fits its memory, found by trying (doubling, then bisecting, an
   out-of-memory step counting as "does not fit" after its memory is freed), minus a safety margin for what the
   probe does not hold (the EMA copy, the uint8 batch being finished, allocator fragmentation). Where that is
@@ -86,7 +87,8 @@ def fastest_batch(images_per_s: dict[int, float]) -> int:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs kernels asynchronously; a timer would see only the launch)."""
+    """Wait for the device's queued work (CUDA runs kernels asynchronously; a timer would see only the
+    launch)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -127,9 +129,10 @@ def with_margin(largest_fit: int) -> int:
 
 
 def keep_effective_batch(fitting: int, batch_size: int, grad_accum_steps: int) -> tuple[int, int]:
-    """(batch, accumulation steps) for a device that fits `fitting` images per step, for a recipe of batch_size
-    x grad_accum_steps: the fitting batch where it is at least batch_size (accumulation as given); else the
-    recipe's effective batch split into ceil(effective / fitting) steps of ceil(effective / steps) images."""
+    """(batch, accumulation steps) for a device that fits `fitting` images per step, for a recipe of
+    batch_size x grad_accum_steps: the fitting batch where it is at least batch_size (accumulation as given);
+    else the recipe's effective batch split into ceil(effective / fitting) steps of ceil(effective / steps)
+    images."""
     if fitting >= batch_size:
         return fitting, grad_accum_steps
     effective = batch_size * max(1, grad_accum_steps)
@@ -177,8 +180,8 @@ def cuda_memory_probe(run_step: Callable[[int], None]) -> Callable[[int], bool]:
 
 @dataclass(frozen=True)
 class BatchChoice:
-    """What `--batch-size auto` chose (train.batch_size and train.grad_accum_steps) and the line that says why,
-    with its measurements (engine/plan.py prints it as the choice is made)."""
+    """What `--batch-size auto` chose (train.batch_size and train.grad_accum_steps) and the line that says
+    why, with its measurements (engine/plan.py prints it as the choice is made)."""
 
     batch_size: int
     grad_accum_steps: int

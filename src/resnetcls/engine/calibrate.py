@@ -27,8 +27,8 @@ SHIPPED = ("best", "final")
 
 
 def gathered_logits(batches: list, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's [(logits, labels), ...] (loop.evaluate's logits_out) -> (N, C) fp32 logits and N labels of the
-    whole validation split: every rank's shard. Every rank must call it."""
+    """This rank's [(logits, labels), ...] (loop.evaluate's logits_out) -> (N, C) fp32 logits and N labels of
+    the whole validation split: every rank's shard. Every rank must call it."""
     mine = (
         torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, num_classes),
         torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long),
@@ -57,10 +57,10 @@ def calibrate_run(
 ) -> TemperatureFit | None:
     """Fit and store the temperature of RUN_DIR/best and RUN_DIR/final (eval.calibrate); print best's line.
 
-    kept: {"best"/"final": this rank's validation logits of the epoch that model was written from} (num_classes
-    wide); a model without them is loaded back and evaluated. eval.calibrate=false records T = 1 as not
-    calibrated, without a pass over the data. Returns best's fit (None when the run has no best/). Every rank
-    must call it (the logits are gathered), with the same names kept."""
+    kept: {"best"/"final": this rank's validation logits of the epoch that model was written from}
+    (num_classes wide); a model without them is loaded back and evaluated. eval.calibrate=false records T = 1
+    as not calibrated, without a pass over the data. Returns best's fit (None when the run has no best/).
+    Every rank must call it (the logits are gathered), with the same names kept."""
     kept = kept or {}
     fits: dict[str, tuple[str, TemperatureFit]] = {}  # name -> (weights' sha256, its fit)
     for name in SHIPPED:

@@ -20,16 +20,16 @@ from .log import RunLogger, confusion_field
 from .loop import EpochStats, StepContext
 from .runner import note_bad_images, train_record
 
-# Validation logits kept per shipped model for the calibration fit: at most this many values on a rank (64 MB of
-# fp32, e.g. 16k images x 1000 classes); beyond it calibration loads the model back and evaluates it again.
+# Validation logits kept per shipped model for the calibration fit: at most this many values on a rank (64 MB
+# of fp32, e.g. 16k images x 1000 classes); beyond it calibration loads the model back and evaluates it again.
 MAX_KEPT_LOGITS = 2**24
 
 
 @dataclass
 class ShippedModels:
-    """Writes best/ and final/ (save(name, metrics)) and keeps the validation logits of the epoch each was written
-    from, so calibration needs no second pass over the validation split (engine/calibrate.py): the same weights,
-    loader and precision. keep_logits=False (too many images x classes) keeps none."""
+    """Writes best/ and final/ (save(name, metrics)) and keeps the validation logits of the epoch each was
+    written from, so calibration needs no second pass over the validation split (engine/calibrate.py): the
+    same weights, loader and precision. keep_logits=False (too many images x classes) keeps none."""
 
     save: Callable[[str, dict], object]
     keep_logits: bool
@@ -40,8 +40,8 @@ class ShippedModels:
         return [] if self.keep_logits else None
 
     def validated(self, best: bool, metrics: dict, logits: list | None) -> None:
-        """An epoch validated: a new best is written now; the latest epoch's logits are final/'s (final/ is written
-        from the same weights once the loop ends)."""
+        """An epoch validated: a new best is written now; the latest epoch's logits are final/'s (final/ is
+        written from the same weights once the loop ends)."""
         for name in ("best", "final") if best else ("final",):
             if logits is None:
                 self.logits.pop(name, None)

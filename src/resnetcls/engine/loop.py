@@ -79,8 +79,8 @@ class EpochStats:
 
 
 class NonFiniteLoss(Exception):
-    """A batch's loss was NaN or Inf (train.nonfinite=stop); raised before its backward, so the weights and the
-    optimizer state are still those of the last good step."""
+    """A batch's loss was NaN or Inf (train.nonfinite=stop); raised before its backward, so the weights and
+    the optimizer state are still those of the last good step."""
 
     def __init__(self, step_in_epoch: int, value: float) -> None:
         super().__init__(f"loss {value} at step {step_in_epoch} of the epoch")
@@ -129,7 +129,8 @@ class StepHooks:
 
     - extra_batch(n): (uint8 NCHW images, labels) joined to a batch of n uint8 images before it is normalised
       (replay), or None. Needs a loader built with uint8_batches=True: the joined batch is finished on the
-      device with the loader's device_finish, so stored and fresh images get the same jitter and normalisation.
+      device with the loader's device_finish, so stored and fresh images get the same jitter and
+      normalisation.
     - extra_loss(images, logits): a term added to the batch's loss inside autocast, after the forward (EWC's
       penalty, LwF's distillation), or None.
     Work between tasks (filling a replay buffer, a Fisher pass, freezing a teacher) is not part of a step:

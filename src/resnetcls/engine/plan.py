@@ -182,7 +182,8 @@ def decide_time_budget(plan: Plan) -> Decision:
     """--time: the epochs whose steps, validations and checkpoints fit the budget (engine/budget.py), from a
     speed measurement with the run's model and data. Under torchrun every rank measures its share and takes
     rank 0's figures; only rank 0 times a checkpoint write. The budget counts from here: the data, the model
-    and the measurement are set-up time (the auto recipe's, --batch-size's and --lr's measurements are not)."""
+    and the measurement are set-up time (the auto recipe's, --batch-size's and --lr's measurements are
+    not)."""
     started = time.perf_counter()
     cfg = plan.cfg
     budget_s = parse_duration(cfg.train.time_budget)

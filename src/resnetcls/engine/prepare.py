@@ -238,8 +238,8 @@ def warn_near_duplicates(train_loader, val_loader, val_images: int, world: distr
     Under torchrun the check is sharded, so no rank waits on another for longer than their shares differ: each
     rank hashes every world-th train and val image, the train signatures (16 bytes an image) are gathered on
     every rank, each rank searches its own val share against all of train, and the counts are summed. Every
-    rank thus does 1/world of the hashing and searching; had rank 0 done it all, the others would wait at their
-    next collective (the DDP handshake) for the whole check and die there once it outlasted
+    rank thus does 1/world of the hashing and searching; had rank 0 done it all, the others would wait at
+    their next collective (the DDP handshake) for the whole check and die there once it outlasted
     train.dist_timeout_s."""
     stores = [getattr(loader.dataset, "store", None) for loader in (train_loader, val_loader)]
     if not all(isinstance(store, DecodedStore) for store in stores):
@@ -306,10 +306,10 @@ def wrap_model(model: torch.nn.Module, ctx: StepContext, ddp: bool, compile_mode
 
 
 class CompiledOrEager(torch.nn.Module):
-    """module torch.compile'd; where compiling fails (no C++ compiler, an op Inductor cannot lower) one line on
-    stderr says why and training goes on eagerly: a run asked to be faster must not fail for it. Compiling is
-    off by default: the compiled ResNet-50 step was no faster on the 2-core Zen 4 (128 px) and 0.96x / 1.06x of
-    eager on the 2-core Xeon-AMX (128 / 224 px, batch 32), after a compile of 70-84 s."""
+    """module torch.compile'd; where compiling fails (no C++ compiler, an op Inductor cannot lower) one line
+    on stderr says why and training goes on eagerly: a run asked to be faster must not fail for it. Compiling
+    is off by default: the compiled ResNet-50 step was no faster on the 2-core Zen 4 (128 px) and 0.96x /
+    1.06x of eager on the 2-core Xeon-AMX (128 / 224 px, batch 32), after a compile of 70-84 s."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
@@ -323,7 +323,8 @@ class CompiledOrEager(torch.nn.Module):
                 self.failed = True
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
                 warn(
-                    f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); training eagerly"
+                    f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); "
+                    "training eagerly"
                 )
         return self.eager(*args, **kwargs)
 

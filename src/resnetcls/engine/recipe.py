@@ -4,8 +4,10 @@ size, the augmentation and the epochs from the data and this machine's measured 
 The rules (RULES below; the first whose limit the training set is under applies):
 
     training images   model                          image size (px)      recipe                epochs
-    < 5000            resnet18, width 64             128                  small data            clamp(50000 / N, 10, 200)
-    otherwise         resnet50 (resnet34 on a CPU    224 (160 on a CPU)   configs/default.yaml  clamp(1.5M / N, 15, 40)
+    < 5000            resnet18, width 64             128                  small data            clamp(50000 /
+    N, 10, 200)
+    otherwise         resnet50 (resnet34 on a CPU    224 (160 on a CPU)   configs/default.yaml  clamp(1.5M /
+    N, 15, 40)
                       under 25 img/s with resnet50)                       (crop_flip)
 
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
@@ -195,8 +197,9 @@ class RecipeChoice:
         )
         median = f"median image {f.median_short_side} px" if f.median_short_side else "image sizes unread"
         first = (
-            f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} augmentation "
-            f"({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s measured{self.slow_note} — "
+            f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} "
+            f"augmentation ({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s "
+            f"measured{self.slow_note} — "
             f"{f.train_images} train images in {f.classes} classes ({self.rule}), {median}; give "
             f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)"
         )
@@ -206,8 +209,8 @@ class RecipeChoice:
         within = (
             f" to stay within {cap} on this {device}"
             if self.epochs * self.epoch_s <= self.cap_s
-            else f", the floor, still over the {cap} cap on this {device} (a smaller --model or --image-size is "
-            f"faster)"
+            else f", the floor, still over the {cap} cap on this {device} (a smaller --model or "
+            f"--image-size is faster)"
         )
         return [
             first,
@@ -353,9 +356,11 @@ def measure_images_per_s(
     cfg: Config, name: str, width: int, image_size: int, num_classes: int, device_name: str | None
 ) -> float:
     """Training images per second of this model at this size with the run's precision, optimizer and loss, on
-    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is unaffected)."""
+    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is
+    unaffected)."""
     probe_cfg = apply_recipe(cfg, {"model.name": name, "model.width": width})
-    # The shapes are what costs time, not the weights; and no SyncBatchNorm, whose steps would wait on the others.
+    # The shapes are what costs time, not the weights; and no SyncBatchNorm, whose steps would wait on the
+    # others.
     probe_train = dataclasses.replace(cfg.train, pretrained="", sync_bn=False)
     ctx = build_context(probe_train, device_name)
     model = build_model(probe_cfg.model, probe_train, num_classes, ctx)

@@ -62,7 +62,8 @@ __all__ = ["OnEpoch", "TrainResult", "TrainingInterrupted", "saved_run_config", 
 @dataclass
 class TrainResult:
     """What a caller of train() needs: where the run is, its end-of-run summary, and the validation samples
-    (the report evaluates the best model on them) and training samples (it shows a batch of them augmented)."""
+    (the report evaluates the best model on them) and training samples (it shows a batch of them
+    augmented)."""
 
     run_dir: Path
     summary: dict
@@ -190,7 +191,8 @@ def open_training(plan: Plan, world: distributed.World) -> TrainingRun:
 def train_epochs(run: TrainingRun, on_epoch: OnEpoch | None) -> dict | None:
     """Epochs, each validated and checkpointed, until train.epochs or train.patience epochs without progress;
     the last validated epoch's metrics (a finished run resumed has nothing to train: its checkpoint's).
-    A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt path)."""
+    A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt
+    path)."""
     state, train_cfg, parts = run.state, run.cfg.train, run.parts
     metrics = run.plan.resumed[1].get("metrics") if run.plan.resumed else None
     asked_stop = False
