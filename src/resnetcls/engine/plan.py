@@ -38,9 +38,11 @@ from ..utils.hardware import precision_name
 from . import distributed
 from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
+from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
 from .optim import build_loss, build_optimization
 from .prepare import (
+    DataPipeline,
     arch_args,
     build_context,
     build_data,
@@ -107,7 +109,6 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     cfg = request.cfg
     validate_config(cfg)  # ranges and choices, before anything else
     ctx = build_context(cfg.train, device_name)  # --device cuda without a GPU
-    resolve_augment_on(cfg.data.augment_on, ctx.device)
     run_dir = Path(request.out_dir if request.resume in (None, "auto") else request.resume)
     recipe_on = not recipe_blocker(request.explicit, cfg.train.auto_recipe)
     resuming = request.resume is not None and any((run_dir / "checkpoints").glob("step-*.json"))
@@ -115,7 +116,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
         cfg = saved_recipe(cfg, run_dir)  # compared with the checkpoint's settings as the run's own
     found = find_run(cfg, request.out_dir, request.resume, request.force)
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
-    check_model(found.cfg, len(splits.classes), ctx)
+    check_parts(found.cfg, len(splits.classes), ctx)
     plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
     if plan.resumed is not None:
         plan.decisions.append(Decision("resume", {}, "a resumed run keeps the choices of its config.yaml"))
@@ -142,10 +143,13 @@ def decide(plan: Plan, made: Decision) -> None:
             warn(line)
 
 
-def check_model(cfg: Config, num_classes: int, ctx) -> None:
-    """Refuse an unknown model, pretrained weights that cannot be had or do not fit, and SyncBatchNorm off
-    CUDA, before anything is measured or decoded (the run builds and loads the model again, seeded)."""
+def check_parts(cfg: Config, num_classes: int, ctx: StepContext) -> None:
+    """Refuse an unknown model, pretrained weights that cannot be had or do not fit, SyncBatchNorm off CUDA
+    and transforms that cannot be built, before anything is measured or decoded (the run builds them again,
+    seeded)."""
     model_cfg, train_cfg = cfg.model, cfg.train
+    device_augment = resolve_augment_on(cfg.data.augment_on, ctx.device)
+    DataPipeline(cfg.data, train_cfg.batch_size, ctx.device.type == "cuda", device_augment)  # decodes nothing
     if not train_cfg.pretrained:
         with torch.device("meta"):  # the name and the architecture only: no memory, no time
             create_model(model_cfg.name, num_classes, **arch_args(model_cfg))
