@@ -123,3 +123,21 @@ def test_config_yaml_is_written_once_with_the_choices_and_they_are_logged(tiny_d
     assert saved["train"]["epochs"] == budget["epochs"] == run.summary["epochs"]
     assert saved["train"]["batch_size"] in (16, 32, 64, 128)
     assert [r["kind"] for r in run.metrics][:2] == ["time_budget", "cache"]  # logged once, at the start
+
+
+def test_under_torchrun_every_rank_takes_rank_0s_measured_budget(tiny_data, tmp_path):
+    """Two ranks measure their shares; both train the epochs chosen from rank 0's figures (a rank with another
+    count would hang in a collective), one budget line is printed, and the probe folder is gone."""
+    from tests.engine.test_distributed import run, torchrun
+
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "run"
+    result = run(
+        torchrun("train", tiny_data, *TINY, "--time", "1s", "--set", "log.tensorboard=false", "--out", out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = [text for text in result.stderr.splitlines() if text.startswith("time budget 1s:")]
+    epochs = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
+    assert f"chose {epochs} epochs" in line and f"epoch {epochs}/{epochs} " in result.stderr
+    assert [p.name for p in work.iterdir()] == ["run"]

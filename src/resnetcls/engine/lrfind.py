@@ -3,10 +3,10 @@
 while the learning rate grows exponentially from start_lr to end_lr, record the smoothed loss, stop once it
 diverges, and suggest a rate. The model's weights are thrown away: nothing but the curve is written.
 
-`resnetcls lr-find` calls find_lr(); `resnetcls train --lr auto` calls auto_lr() (a short, quiet sweep)
-before the run is prepared, so config.yaml records the rate that was chosen; train() then writes the sweep's
-curve into the run directory with the same write_curve(), where the report shows it (and a resume, which
-never sweeps again, leaves it alone).
+`resnetcls lr-find` calls find_lr(); `resnetcls train --lr auto` has its plan (engine/plan.py) call auto_lr()
+(a short, quiet sweep) before the run is prepared, so config.yaml records the rate that was chosen; train()
+then writes the sweep's curve into the run directory with the same write_curve(), where the report shows it
+(and a resume, which never sweeps again, leaves it alone).
 """
 
 from __future__ import annotations

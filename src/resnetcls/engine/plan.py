@@ -191,11 +191,12 @@ def decide_time_budget(plan: Plan) -> Decision:
     started = time.perf_counter()
     cfg = plan.cfg
     budget_s = parse_duration(cfg.train.time_budget)
-    step_s, val_s, save_s, steps_per_epoch = measure_run_speed(plan)
-    setup_s = time.perf_counter() - started
-    data_cfg = (
-        cfg.data
-    )  # progressive resizing: steps timed at the final size, each epoch scaled by its pixels
+    measured, steps_per_epoch = measure_run_speed(plan)
+    # Every rank takes rank 0's figures, its set-up time included: ranks that chose different numbers of
+    # epochs would wait for each other in a collective.
+    step_s, val_s, save_s, setup_s = distributed.gather_objects((*measured, time.perf_counter() - started))[0]
+    # Progressive resizing: the steps were timed at the final size, and each epoch is scaled by its pixels.
+    data_cfg = cfg.data
     epochs = epochs_for_budget(
         max(0.0, budget_s - setup_s),
         step_s,
@@ -214,9 +215,10 @@ def decide_time_budget(plan: Plan) -> Decision:
     return Decision("time_budget", {"train.epochs": choice.epochs}, why, [choice.line()], record)
 
 
-def measure_run_speed(plan: Plan) -> tuple[float, float, float, int]:
-    """(seconds per optimizer step, per validation pass, per checkpoint, steps per epoch) with a throwaway
-    model of the run's shape (no pretrained weights: the shapes cost the time) over the run's loaders."""
+def measure_run_speed(plan: Plan) -> tuple[tuple[float, float, float], int]:
+    """((seconds per optimizer step, per validation pass, per checkpoint), steps per epoch) on this rank, with
+    a throwaway model of the run's shape (no pretrained weights: the shapes cost the time) over the run's
+    loaders."""
     cfg = plan.cfg
     probe_train = dataclasses.replace(cfg.train, pretrained="", sync_bn=False)
     ctx = build_context(probe_train, plan.device_name)
@@ -233,8 +235,7 @@ def measure_run_speed(plan: Plan) -> tuple[float, float, float, int]:
         measured = measure_speed(
             model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt, probe_dir
         )
-    step_s, val_s, save_s = distributed.gather_objects(measured)[0]  # every rank takes rank 0's figures
-    return step_s, val_s, save_s, steps_per_epoch
+    return measured, steps_per_epoch
 
 
 @contextlib.contextmanager
