@@ -11,6 +11,7 @@ import resnetcls
 from resnetcls.config import build_config, explicit_settings
 from resnetcls.engine import prepare
 from resnetcls.engine.plan import TrainRequest, make_plan
+from resnetcls.engine.train import saved_run_config
 from tests.conftest import TINY, run_cli
 
 CHOSEN_BY_PLAN = [a for a in TINY if a not in ("--batch-size", "16")]  # the batch size left to the plan
@@ -95,6 +96,16 @@ def test_the_plan_lists_each_choice_with_why_and_writes_nothing(tiny_data, tmp_p
     assert progressive.lines[0].startswith("progressive resizing:")
     assert plan.cfg.data.train == str(tiny_data.absolute()) and len(plan.splits.classes) == 3
     assert not out.exists() and list(tmp_path.iterdir()) == []  # the checkpoint timing's probe is gone
+
+
+def test_a_resumed_run_keeps_its_choices_measures_nothing_and_its_plan_writes_nothing(tiny_run):
+    before = files_under(tiny_run)
+    cfg = build_config(None, [], {}, base=saved_run_config(tiny_run))
+    plan = make_plan(TrainRequest(cfg, tiny_run, resume=str(tiny_run), batch_auto=False))
+    assert [made.name for made in plan.decisions] == ["resume", "precision"]
+    assert plan.decisions[0].why == "a resumed run keeps the choices of its config.yaml"
+    assert plan.resumed is not None and plan.cfg.train.epochs == 2
+    assert files_under(tiny_run) == before
 
 
 def test_config_yaml_is_written_once_with_the_choices_and_they_are_logged(tiny_data, tmp_path, monkeypatch):

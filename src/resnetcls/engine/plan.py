@@ -119,7 +119,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     check_parts(found.cfg, len(splits.classes), ctx)
     plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
     if plan.resumed is not None:
-        plan.decisions.append(Decision("resume", {}, "a resumed run keeps the choices of its config.yaml"))
+        plan.decisions.append(kept_choices(plan))
     elif recipe_on and not resuming:
         decide(plan, decide_recipe(plan))
     if request.batch_auto:
@@ -141,6 +141,17 @@ def decide(plan: Plan, made: Decision) -> None:
     if not made.logged:
         for line in made.lines:
             warn(line)
+
+
+def kept_choices(plan: Plan) -> Decision:
+    """A resumed run measures nothing: it keeps its config.yaml's choices, the epochs a time budget chose when
+    it started among them (prepare.with_saved_total)."""
+    budgeted = bool(parse_duration(plan.cfg.train.time_budget))
+    chosen = {"train.epochs": plan.cfg.train.epochs} if budgeted else {}
+    why = "a resumed run keeps the choices of its config.yaml" + (
+        f", the {plan.cfg.train.epochs} epochs its --time budget chose among them" if budgeted else ""
+    )
+    return Decision("resume", chosen, why)
 
 
 def check_parts(cfg: Config, num_classes: int, ctx: StepContext) -> None:
