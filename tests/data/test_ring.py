@@ -27,7 +27,9 @@ def test_a_smaller_crop_lives_in_the_first_bytes_of_a_slot_made_for_the_final_si
 
 
 def test_a_copied_out_batch_is_channels_last_and_independent_of_its_slot():
-    ring = torch.arange(2 * 2 * 4 * 4 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 2, 4, 4, 3)
+    ring = (
+        torch.arange(2 * 2 * 4 * 4 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 2, 4, 4, 3)
+    )
     pixels = slot_pixels(ring, 0, 2, 4).permute(0, 3, 1, 2)
     kept = copy_out(pixels, pin=False)
     ring.zero_()
@@ -36,7 +38,9 @@ def test_a_copied_out_batch_is_channels_last_and_independent_of_its_slot():
 
 
 def test_too_little_shared_memory_is_said_once_and_refused(monkeypatch, capsys):
-    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 100, 1, 1, 0, 0, 0, 0, 255)))
+    monkeypatch.setattr(
+        os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 100, 1, 1, 0, 0, 0, 0, 255))
+    )
     assert not room_in_shared_memory(10**6)
     assert "too little for the 1 MB batch ring" in capsys.readouterr().err
     assert room_in_shared_memory(100)
