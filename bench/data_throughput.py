@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from resnetcls.data.loader import build_loader
+from resnetcls.data.loader import LoaderOptions, build_loader
 from resnetcls.data.sources import read_data
 from resnetcls.data.transforms import build_train_transform, make_preprocess
 from resnetcls.records.envinfo import machine_line
@@ -95,7 +95,7 @@ def bench(root: Path, size: int, fraction: float) -> list[tuple[str, float]]:
                     shuffle=True,
                     num_workers=WORKERS,
                     cache_dir=cache_dir,
-                    cache_format=cache_format,
+                    options=LoaderOptions(cache_format=cache_format),
                 )
             ) / (time.perf_counter() - start)
             loader = build_loader(
@@ -105,7 +105,7 @@ def bench(root: Path, size: int, fraction: float) -> list[tuple[str, float]]:
                 shuffle=True,
                 num_workers=WORKERS,
                 cache_dir=cache_dir,
-                cache_format=cache_format,
+                options=LoaderOptions(cache_format=cache_format),
             )
             warm = _rate(loader, epochs)
             size = (loader.dataset.store.directory / "data.u8").stat().st_size
@@ -135,7 +135,7 @@ def _train_rows(size: int, steps: int, repeats: int, arch: str) -> tuple[float, 
             shuffle=True,
             num_workers=WORKERS,
             cache_dir=cache_dir,
-            drop_last=True,
+            options=LoaderOptions(drop_last=True),
         )
         tensors = [dict(b) for b in loader]  # the same (finished) batches, held in memory
         torch.manual_seed(0)

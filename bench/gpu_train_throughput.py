@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from resnetcls.data.loader import build_loader
+from resnetcls.data.loader import LoaderOptions, build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.synth import synthesize
 from resnetcls.data.transforms import build_train_transform, make_preprocess
@@ -124,8 +124,8 @@ def main() -> int:
         BATCH,
         shuffle=True,
         num_workers=args.workers,
-        drop_last=True,
         cache_dir=Path(tmp.name) / "cache",
+        options=LoaderOptions(drop_last=True),
     )
     print(f"decoded cache of {len(splits.train)} images built in {time.perf_counter() - t0:.1f}s", flush=True)
     n_classes = len(splits.classes)
@@ -176,9 +176,8 @@ def main() -> int:
         BATCH,
         shuffle=True,
         num_workers=args.workers,
-        drop_last=True,
         cache_dir=Path(tmp.name) / "cache",
-        uint8_batches=True,
+        options=LoaderOptions(drop_last=True, uint8_batches=True),
     )
     rows.append(
         (
@@ -196,10 +195,8 @@ def main() -> int:
         BATCH,
         shuffle=True,
         num_workers=args.workers,
-        drop_last=True,
         cache_dir=Path(tmp.name) / "cache",
-        uint8_batches=True,
-        pin_memory=True,
+        options=LoaderOptions(drop_last=True, uint8_batches=True, pin_memory=True),
     )
     rows.append(
         (

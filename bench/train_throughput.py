@@ -116,7 +116,7 @@ def resnetcls_step(size: int, batch: int, warmup: int, timed: int, overrides: li
 
 # --compile adds the torch.compile'd default row (train.compile=true; off by default: it has not paid here).
 ROWS = [
-    ("resnetcls default (amp=auto, ch-last)", []),
+    ("resnetcls default (precision=auto, ch-last)", []),
     ("resnetcls fp32 channels_last", ["train.precision=fp32"]),
     ("resnetcls bf16 channels_last", ["train.precision=bf16"]),
 ]

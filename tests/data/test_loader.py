@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from resnetcls.data.loader import build_loader, known_bad_files
+from resnetcls.data.loader import LoaderOptions, build_loader, known_bad_files
 from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import Samples
 from resnetcls.data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
@@ -20,7 +20,13 @@ def test_any_sampler_plugs_in_and_workers_read_the_store(photos, tmp_path):
     for rank in (0, 1):
         sampler = DistributedSampler(range(len(photos)), num_replicas=2, rank=rank, shuffle=True, seed=5)
         loader = build_loader(
-            photos, transform, 2, shuffle=True, num_workers=2, sampler=sampler, cache_dir=tmp_path
+            photos,
+            transform,
+            2,
+            shuffle=True,
+            num_workers=2,
+            cache_dir=tmp_path,
+            options=LoaderOptions(sampler=sampler),
         )
         for batch in loader:
             seen += batch["index"].tolist() + [photos.paths.index(p) for p, _ in batch["bad"]]
@@ -43,9 +49,8 @@ def test_batches_from_workers_equal_in_process_batches_even_when_kept(photos, tm
             2,
             shuffle=False,
             num_workers=workers,
-            sampler=sampler,
             cache_dir=tmp_path,
-            uint8_batches=not finish,
+            options=LoaderOptions(sampler=sampler, uint8_batches=not finish),
         )
         kept = []
         for k, batch in enumerate(loader):
@@ -83,9 +88,8 @@ def test_progressive_sizes_reach_the_workers_with_the_sampler_and_share_the_fina
             3,
             shuffle=False,
             num_workers=workers,
-            sampler=sampler,
             cache_dir=tmp_path,
-            uint8_batches=not finish,
+            options=LoaderOptions(sampler=sampler, uint8_batches=not finish),
         )
         kept = []
         for epoch, size in ((1, 16), (2, 24), (3, 32), (4, None)):
@@ -113,7 +117,13 @@ def test_little_shared_memory_gives_the_same_batches_and_says_so(photos, tmp_pat
         sampler = ResumableSampler(photos.labels, "shuffle", seed=4)
         return list(
             build_loader(
-                photos, transform, 2, shuffle=False, num_workers=2, sampler=sampler, cache_dir=tmp_path
+                photos,
+                transform,
+                2,
+                shuffle=False,
+                num_workers=2,
+                cache_dir=tmp_path,
+                options=LoaderOptions(sampler=sampler),
             )
         )
 
@@ -157,7 +167,9 @@ def eval_batch(samples, preprocess, store_size, cache_dir):
 
 def test_on_bad_fail_names_every_bad_file_before_any_batch(photos):
     transform = build_eval_batch_transform(make_preprocess(16))
-    loader = build_loader(photos, transform, 4, shuffle=False, num_workers=0, on_bad="fail")  # cache off
+    loader = build_loader(
+        photos, transform, 4, shuffle=False, num_workers=0, options=LoaderOptions(on_bad="fail")
+    )  # cache off
     with pytest.raises(UserError, match=r"^1 bad image \(data.on_bad=fail.*broken.jpg: "):
         known_bad_files("fail", loader)
     assert known_bad_files("skip", loader) == {photos.paths[2]: loader.dataset.bad_files[photos.paths[2]]}
@@ -182,8 +194,9 @@ def test_augment_on_device_ships_canvases_and_each_batch_crops_them_where_it_is_
             shuffle=False,
             num_workers=workers,
             cache_dir=tmp_path,
-            sampler=ResumableSampler(many.labels, "shuffle", seed=1),
-            uint8_batches=True,
+            options=LoaderOptions(
+                sampler=ResumableSampler(many.labels, "shuffle", seed=1), uint8_batches=True
+            ),
         )
         finished = []
         for batch in loader:

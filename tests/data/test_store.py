@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from resnetcls.data.geometry import StoreGeometry
-from resnetcls.data.loader import build_loader
+from resnetcls.data.loader import LoaderOptions, build_loader
 from resnetcls.data.store import InvalidStore, open_store, write_store
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
 
@@ -50,7 +50,7 @@ def test_loader_workers_decode_a_compressed_store_into_the_same_batches(photos, 
             shuffle=False,
             num_workers=2,
             cache_dir=tmp_path / cache_format,
-            cache_format=cache_format,
+            options=LoaderOptions(cache_format=cache_format),
         )
         batches[cache_format] = next(iter(loader))
         assert loader.dataset.store.kind == cache_format

@@ -35,7 +35,7 @@ def test_train_fits_a_temperature_on_val_stores_it_and_prints_one_line(calibrate
     assert record["calibrated"] is True and record["fitted_on"] == "val" and record["images"] == 12
     assert record["nll_after"] <= record["nll_before"] + 1e-9  # the fit never does worse on what it saw
     assert 0.1 <= record["temperature"] <= 10
-    line = next(l for l in stderr.splitlines() if l.startswith("calibration:"))
+    line = next(text for text in stderr.splitlines() if text.startswith("calibration:"))
     assert (
         f"temperature {record['temperature']:.3g} on 12 val images: NLL {record['nll_before']:.3f} -> "
         in line
@@ -43,7 +43,7 @@ def test_train_fits_a_temperature_on_val_stores_it_and_prints_one_line(calibrate
     assert load_model_dir(out / "best").temperature == pytest.approx(record["temperature"])
     # final/ has its own record (the same one when it holds the same weights); metrics.jsonl logs it too
     assert json.loads((out / "final" / "model.json").read_text())["calibration"]["fitted_on"] == "val"
-    logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["temperature"] for r in logged if r["kind"] == "calibration"] == [record["temperature"]]
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic, loadable without unpickling code, keep-last-K plus best, recording config and versions."""
+"""Checkpoints: atomic, loadable without unpickling code, keep-last-K plus best, recording config and
+versions."""
 
 import json
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 from safetensors.torch import load_file
 
-from resnetcls.data.loader import build_loader
+from resnetcls.data.loader import LoaderOptions, build_loader
 from resnetcls.data.sources import load_splits
 from resnetcls.data.transforms import build_eval_batch_transform, make_preprocess
 from resnetcls.engine import distributed
@@ -28,7 +28,7 @@ from resnetcls.models import create_model
 
 # Sequential order and no random augmentation, so 2 processes x batch 4 see exactly the images that
 # 1 process x batch 8 sees, step by step (80 train images: 10 steps per epoch either way). fp32 on every
-# machine: the bound below was measured in fp32, and amp=auto would train in bf16 on CPUs with native bf16
+# machine: the bound below was measured in fp32, and precision=auto would train in bf16 on CPUs with native bf16
 # (AVX512-BF16, AMX), where rounding alone moves the weights further apart than the bound.
 ARGS = [
     "--model",
@@ -145,8 +145,8 @@ def test_two_processes_match_one_process_with_the_global_batch(
     two_process_run, pairs, tmp_path, plain_interpreter
 ):
     single = tmp_path / "single"
-    # In the session's one-thread interpreter, not a fresh one (a torch import less), nor this process: its two
-    # OpenMP threads spin against the torchrun workers and other load on a shared 2-core machine.
+    # In the session's one-thread interpreter, not a fresh one (a torch import less), nor this process: its
+    # two OpenMP threads spin against the torchrun workers and other load on a shared 2-core machine.
     result = plain_interpreter.run("train", pairs, *ARGS, "--batch-size", "8", "--out", single)
     assert result.returncode == 0, result.stderr
     difference = max_weight_difference(weights(two_process_run[0]), weights(single))
@@ -174,7 +174,12 @@ def _evaluate(data: str, rank: int, world: int):
     samples = splits.train.subset(list(range(33)))  # odd: shards of 17 and 16, nothing to pad
     transform = build_eval_batch_transform(make_preprocess(32))
     loader = build_loader(
-        samples, transform, 4, shuffle=False, num_workers=0, sampler=range(rank, len(samples), world)
+        samples,
+        transform,
+        4,
+        shuffle=False,
+        num_workers=0,
+        options=LoaderOptions(sampler=range(rank, len(samples), world)),
     )
     stats, confusion = distributed.evaluate_sharded(model, loader, None, StepContext(torch.device("cpu")), 3)
     return {"images": stats.images, "correct1": stats.correct1, "confusion": confusion}

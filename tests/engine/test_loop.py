@@ -7,11 +7,11 @@ from torch import nn
 
 from resnetcls.config import OptimConfig, SchedConfig, TrainConfig
 from resnetcls.data.augment import BatchMix
-from resnetcls.data.loader import build_loader
+from resnetcls.data.loader import LoaderOptions, build_loader
 from resnetcls.data.sampler import ResumableSampler
 from resnetcls.data.sources import load_splits
 from resnetcls.data.transforms import build_train_transform, make_preprocess
-from resnetcls.engine.loop import EpochStats, StepContext, StepHooks, train_one_epoch
+from resnetcls.engine.loop import EpochStats, StepContext, StepHooks, StepRules, train_one_epoch
 from resnetcls.engine.optim import build_optimization
 
 CPU = StepContext(torch.device("cpu"), None, False)
@@ -37,7 +37,7 @@ def loader(tiny_data, uint8_batches):
         4,
         shuffle=False,
         num_workers=0,
-        uint8_batches=uint8_batches,
+        options=LoaderOptions(uint8_batches=uint8_batches),
     )
 
 
@@ -82,7 +82,7 @@ def test_replayed_uint8_images_join_the_batch_before_it_is_normalised(tiny_data)
         CPU,
         stats,
         lambda s: False,
-        hooks=hooks,
+        StepRules(hooks=hooks),
     )
     assert hooks.asked and all(x.shape[0] == n + 2 for x, n in zip(model.seen, hooks.asked))
     assert stats.images == sum(hooks.asked) + 2 * len(hooks.asked)  # replayed images count as trained
@@ -97,7 +97,7 @@ def test_replayed_uint8_images_join_the_batch_before_it_is_normalised(tiny_data)
             CPU,
             EpochStats(),
             lambda s: False,
-            hooks=Replay(),
+            StepRules(hooks=Replay()),
         )
 
 
@@ -130,7 +130,7 @@ def test_an_extra_loss_term_is_part_of_the_trained_loss(tiny_data):
             CPU,
             stats,
             lambda s: False,
-            hooks=hooks,
+            StepRules(hooks=hooks),
         )
     assert penalised.loss == pytest.approx(plain.loss + 5.0, abs=1e-4)
 
@@ -159,12 +159,12 @@ def test_a_loaders_batch_mix_is_applied_after_finishing_and_the_loss_gets_soft_t
         4,
         shuffle=False,
         num_workers=0,
-        sampler=sampler,
-        uint8_batches=uint8_batches,
-        mix=mix,
+        options=LoaderOptions(sampler=sampler, uint8_batches=uint8_batches, mix=mix),
     )
     assert mixed.batch_mix is mix
-    plain = build_loader(splits.train, transform, 4, shuffle=False, num_workers=0, sampler=sampler)
+    plain = build_loader(
+        splits.train, transform, 4, shuffle=False, num_workers=0, options=LoaderOptions(sampler=sampler)
+    )
     assert plain.batch_mix is None
     model, loss = Recorder(), TargetRecorder()
     stats = EpochStats()

@@ -90,7 +90,10 @@ def test_losses_take_soft_targets_with_label_smoothing(name, weighted):
     )
     torch.manual_seed(0)
     logits, a, b = torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
-    one_hot = lambda t: nn.functional.one_hot(t, 3).float()
+
+    def one_hot(labels):
+        return nn.functional.one_hot(labels, 3).float()
+
     # a one-hot soft target is the hard label
     assert float(loss(logits, one_hot(a))) == pytest.approx(float(loss(logits, a)), rel=1e-5)
     # bf16 logits (autocast) with float32 soft targets

@@ -115,7 +115,7 @@ def test_resume_lists_every_result_affecting_change_and_refuses_unless_forced(tm
     assert "log.every_steps" not in message  # logging does not change the result
     state, meta = find_resume("auto", tmp_path, changed, force=True)
     assert meta["global_step"] == 3 and state["global_step"] == 3
-    warnings = [l for l in capsys.readouterr().err.splitlines() if "(--force)" in l]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "(--force)" in line]
     assert warnings == [
         "warning: resuming with a changed setting (--force): optim.lr: 0.002 -> 0.1",
         "warning: resuming with a changed setting (--force): train.batch_size: 32 -> 8",
@@ -182,7 +182,7 @@ def test_data_pipeline_hands_over_the_asked_batch_kind_and_the_requested_images(
         assert pipeline.preprocess["image_size"] == 32
         evens = range(0, len(splits.val), 2)  # one rank's share of the validation images
         batches = list(pipeline.eval_loader(splits.val, evens))
-        assert [int(l) for b in batches for l in b["labels"]] == [splits.val.labels[i] for i in evens]
+        assert [int(label) for b in batches for label in b["labels"]] == [splits.val.labels[i] for i in evens]
         assert batches[0]["images"].dtype == (torch.uint8 if uint8 else torch.float32)
         assert tuple(batches[0]["images"].shape[1:]) == (3, 32, 32)
         train = list(pipeline.train_loader(splits.train, ResumableSampler(splits.train.labels), 0))

@@ -1,7 +1,8 @@
 """Exact resume: a run killed at any instant and resumed ends with the same weights, bit for bit.
 
-Only the killed or signalled runs get an interpreter each; the uninterrupted and the resumed ones run one after
-another in the session's plain_interpreter (one thread as well, and no pytest imported: see tests/runner.py)."""
+Only the killed or signalled runs get an interpreter each; the uninterrupted and the resumed ones run one
+after another in the session's plain_interpreter (one thread as well, and no pytest imported: see
+tests/runner.py)."""
 
 import json
 import os
@@ -97,7 +98,7 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(
     epoch, step = map(int, resumed.groups())
     assert epoch == 1 and 2 <= step < 8, result.stderr  # really in the middle of an epoch
     assert_identical(weights(out), uninterrupted)
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]  # no duplicated epoch records
 
 
@@ -132,7 +133,8 @@ AUGMENT = [
 
 
 def kill_mid_epoch_and_resume(data, out, extra: list[str], plain_interpreter):
-    """SIGKILL a run (two DataLoader workers) in its first epoch, resume it with none; the resumed run's dir."""
+    """SIGKILL a run (two DataLoader workers) in its first epoch, resume it with none; the resumed run's
+    dir."""
     proc = start_and_signal(data, out, signal.SIGKILL, 5, *extra, "--set", "data.num_workers=2")
     assert proc.returncode == -signal.SIGKILL
     result = plain_interpreter.run("train", data, *ARGS, *STEP_CKPT, *extra, "--out", out, "--resume", "auto")
@@ -144,9 +146,9 @@ def kill_mid_epoch_and_resume(data, out, extra: list[str], plain_interpreter):
 def test_with_augmentation_policies_and_progressive_resizing_a_killed_run_resumes_bit_identical(
     tiny_data, tmp_path, plain_interpreter
 ):
-    """TrivialAugment, random erasing, MixUp/CutMix and data.progressive's sizes (a function of the epoch): a run
-    killed mid-epoch (two DataLoader workers before the kill, none after: a sample's augmentation must depend on
-    neither) resumes at the same size and ends with the same weights, bit for bit."""
+    """TrivialAugment, random erasing, MixUp/CutMix and data.progressive's sizes (a function of the epoch): a
+    run killed mid-epoch (two DataLoader workers before the kill, none after: a sample's augmentation must
+    depend on neither) resumes at the same size and ends with the same weights, bit for bit."""
     # 2 epochs at 32 px: 16 px, then 32 px. fp32: in bf16 on the Xeon-AMX, a tiny ResNet that trained at 16 px
     # (1x1 maps in layer3-4) then at 32 px was not reproducible even uninterrupted (oneDNN's bf16 kernels).
     extra = [*AUGMENT, "--set", "data.progressive=0.5", "--set", "train.precision=fp32"]
@@ -155,5 +157,5 @@ def test_with_augmentation_policies_and_progressive_resizing_a_killed_run_resume
     assert result.returncode == 0, result.stderr
     out = kill_mid_epoch_and_resume(tiny_data, tmp_path / "run", extra, plain_interpreter)
     assert_identical(weights(out), weights(whole))
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_size"] for r in records if r["kind"] == "epoch"] == [16, 32]

@@ -16,6 +16,7 @@ from resnetcls.engine.log import RunLogger
 from resnetcls.engine.loop import EpochStats, StepContext
 from resnetcls.engine.optim import build_optimization
 from resnetcls.engine.runner import (
+    EpochParts,
     StepPlan,
     StopRequest,
     TrainingInterrupted,
@@ -131,22 +132,13 @@ def test_step_logs_and_step_checkpoints_follow_the_global_step_with_the_callers_
     model, opt, logger, ckpt, batches = tiny_training(tmp_path)
     run = RunState(epoch=2, global_step=1)  # a resumed run: one step done before this epoch
     plan = StepPlan(epochs=3, steps_per_epoch=5, log_every=2, ckpt_every=3)
-    assert run_epoch(
-        run,
-        model,
-        batches,
-        opt,
-        nn.CrossEntropyLoss(),
-        CPU,
-        logger,
-        ckpt,
-        StopRequest(),
-        plan,
-        tags={"task": "light=dark"},
+    parts = EpochParts(
+        model, opt, nn.CrossEntropyLoss(), CPU, logger, ckpt, StopRequest(), plan, tags={"task": "light=dark"}
     )
+    assert run_epoch(run, batches, parts)
     logger.close()
     assert run.global_step == 6 and run.stats.steps == 5
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"], r["epoch"], r["task"]) for r in records] == [
         ("train", 2, 2, "light=dark"),
         ("train", 4, 2, "light=dark"),
@@ -160,17 +152,9 @@ def test_a_stop_request_ends_the_epoch_after_the_current_step(tmp_path):
     model, opt, logger, ckpt, batches = tiny_training(tmp_path)
     run, stop = RunState(), StopRequest()
     stop.requested = True  # as the signal handler leaves it
+    plan = StepPlan(epochs=1, steps_per_epoch=5)
     assert not run_epoch(
-        run,
-        model,
-        batches,
-        opt,
-        nn.CrossEntropyLoss(),
-        CPU,
-        logger,
-        ckpt,
-        stop,
-        StepPlan(epochs=1, steps_per_epoch=5),
+        run, batches, EpochParts(model, opt, nn.CrossEntropyLoss(), CPU, logger, ckpt, stop, plan)
     )
     logger.close()
     assert run.global_step == 1 and run.stats.steps == 1 and run.stats.batches == 1  # a clean step boundary

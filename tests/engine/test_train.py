@@ -13,7 +13,7 @@ from tests.data.corpus import write_photo_set
 
 def test_run_directory_has_config_metrics_tensorboard_and_model_dirs(tiny_run):
     assert (tiny_run / "config.yaml").is_file()
-    records = [json.loads(l) for l in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     for key in ("train/loss", "val/loss", "val/top1", "val/top5", "train/images_per_s"):
@@ -49,7 +49,7 @@ def test_run_directory_has_config_metrics_tensorboard_and_model_dirs(tiny_run):
 def test_epoch_lines_on_stderr_show_losses_accuracy_and_throughput(tiny_data, tmp_path):
     result = run_cli("train", tiny_data, *TINY, "--epochs", "1", "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stderr.splitlines() if l.startswith("epoch 1/1"))
+    line = next(text for text in result.stderr.splitlines() if text.startswith("epoch 1/1"))
     for word in ("train loss", "val loss", "val top1", "top5", "lr ", "img/s", "data wait"):
         assert word in line
     assert "best val top1" in result.stderr
@@ -104,7 +104,9 @@ def test_coil100_pose_split_learns_far_above_chance_with_the_default_recipe(tmp_
         tmp_path / "coil",
     )
     assert result.returncode == 0, result.stderr
-    summary = [json.loads(l) for l in (tmp_path / "coil" / "metrics.jsonl").read_text().splitlines()][-1]
+    summary = [json.loads(line) for line in (tmp_path / "coil" / "metrics.jsonl").read_text().splitlines()][
+        -1
+    ]
     assert "2700 train / 900 val images" in result.stderr
     assert summary["best_val_top1"] >= 0.30
 
@@ -140,11 +142,11 @@ def test_new_run_into_a_run_directory_with_checkpoints_is_refused(tiny_run, tiny
 
 
 def records(run_dir):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def chosen_epochs(stderr: str) -> int:
-    line = next(l for l in stderr.splitlines() if l.startswith("time budget "))
+    line = next(text for text in stderr.splitlines() if text.startswith("time budget "))
     assert "s/step" in line and "of validation" in line
     return int(re.search(r"chose (\d+) epochs x 2 steps", line).group(1))
 
@@ -152,10 +154,12 @@ def chosen_epochs(stderr: str) -> int:
 def test_time_budget_chooses_the_epochs_trains_that_many_and_an_interrupted_run_resumes_with_the_same_total(
     tiny_data, tmp_path
 ):
-    """One budgeted run (a checkpoint every step, which the budget counts) checked as it ends, then cut back to what
-    a kill after its first step leaves and resumed: the same total, nothing measured again, the budget fixed."""
+    """One budgeted run (a checkpoint every step, which the budget counts) checked as it ends, then cut back
+    to what a kill after its first step leaves and resumed: the same total, nothing measured again, the budget
+    fixed."""
     run = tmp_path / "r"
-    # 1 s: the checks hold for any number of epochs the budget buys (at least 1), so the shortest budget will do.
+    # 1 s: the checks hold for any number of epochs the budget buys (at least 1), so the shortest budget will
+    # do.
     args = [
         tiny_data,
         *TINY,
@@ -281,11 +285,11 @@ def test_progressive_resizing_grows_the_training_size_and_validates_and_ships_th
     )
     assert result.returncode == 0, result.stderr
     assert "progressive resizing: 32 -> 64 px, full size from epoch 4 of 4" in result.stderr
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     sizes = [r["train_size"] for r in records if r["kind"] == "epoch"]
     assert sizes == [32, 32, 48, 64]  # growing, the last epoch (a quarter of 4) at the final size
     for epoch, size in enumerate(sizes, 1):
-        line = next(l for l in result.stderr.splitlines() if l.startswith(f"epoch {epoch}/4"))
+        line = next(text for text in result.stderr.splitlines() if text.startswith(f"epoch {epoch}/4"))
         assert line.endswith(f"train size {size}px")
     assert {s for kind, s in seen if kind == "val"} == {64}  # validation always at the final size
     assert sorted({s for kind, s in seen if kind == "train"}) == [32, 48, 64]
@@ -332,14 +336,14 @@ def test_training_with_augment_on_device_runs_on_the_cpu_and_a_bad_choice_is_one
 
 SLOW_CHECK_ENTRY = """
 import sys, time
-import resnetcls.engine.train as train
+import resnetcls.engine.prepare as prepare
 from resnetcls.cli import main
-hash_images = train.store_signatures
+hash_images = prepare.store_signatures
 def slow(store, indices, **kwargs):  # a check that outlasts the timeout: 120 ms per image hashed, on top
     indices = list(indices)
     time.sleep(0.12 * len(indices))
     return hash_images(store, indices, **kwargs)
-train.store_signatures = slow
+prepare.store_signatures = slow
 sys.exit(main())
 """
 
@@ -349,7 +353,8 @@ def test_the_leak_check_under_torchrun_outlasting_the_timeout_kills_no_rank(tmp_
     12 s, more than twice the timeout, had one rank hashed them all while the other waited in its next
     collective (the DDP handshake). Sharded, each rank hashes its 50 at the same time, both train, and rank 0
     warns once with the count summed over both shards. (5 s, not less: the same timeout bounds the ranks'
-    first connection, and on a loaded 2-core machine starting torch in two processes can differ by seconds.)"""
+    first connection, and on a loaded 2-core machine starting torch in two processes can differ by
+    seconds.)"""
     from tests.engine.test_distributed import run, torchrun
 
     data = write_photo_set(tmp_path / "d", leaky_val=0, train_per_class=40, val_per_class=10, size=32)

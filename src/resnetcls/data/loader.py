@@ -8,11 +8,11 @@ Two paths, one batch format:
   the loader is built with uint8_batches=True, hands the uint8 batch over for the consumer to finish on its
   device with `loader.device_finish` (a GPU; lifelong replay joins stored images first). With
   workers, the uint8 pixels travel through a ring of shared-memory batch slots made once per loader (see
-  SlotBatchSampler): only labels and indices are pickled, and no page is mapped or zeroed per batch; under
+  data/ring.py): only labels and indices are pickled, and no page is mapped or zeroed per batch; under
   progressive resizing each batch carries its epoch's size (data/sampler.py) and a slot made for the final
   size holds the smaller crops in its first bytes;
 - a PIL transform (evaluate/predict style): decode + transform per image.
-Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as `sampler`.
+Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as LoaderOptions.sampler.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import (
-    BatchSampler,
     DataLoader,
     Dataset,
     RandomSampler,
@@ -40,6 +40,7 @@ from .augment import BatchMix
 from .cache import open_or_build
 from .decode import DecodeError, decode_image
 from .geometry import StoreGeometry, decode_resized
+from .ring import SlotBatchSampler, copy_out, room_in_shared_memory, slot_pixels
 from .scan import find_bad_files  # decodes every image once, on all cores
 from .sources import Samples
 from .transforms import BatchTransform
@@ -83,44 +84,6 @@ class _OnTheFly:
 
     def load(self, i: int):
         return decode_resized(self.paths[i], self.geometry)
-
-
-class SlottedBatch(list):
-    """A batch's dataset indices plus the ring slot its pixels are written to and the size to crop them to
-    (the sampler's image_size for the epoch; None: the transform's own)."""
-
-    slot: int
-    size: int | None
-
-
-def slot_pixels(ring: torch.Tensor, slot: int, count: int, size: int) -> torch.Tensor:
-    """The (count, size, size, 3) uint8 batch in ring slot `slot`: its first bytes, so a slot allocated for
-    the final size also holds the smaller crops of progressive resizing. Writer and reader both use this."""
-    return ring[slot].view(-1)[: count * size * size * 3].view(count, size, size, 3)
-
-
-class SlotBatchSampler(BatchSampler):
-    """Batches of `sampler`'s indices, each tagged with slot k mod `slots` for the k-th batch of an epoch.
-
-    torch's DataLoader keeps at most prefetch_factor x num_workers batches dispatched but not yet returned,
-    and dispatches the next one only when it returns a batch; FinishingLoader copies each batch out of its
-    slot before asking for the next. So with slots = prefetch_factor x num_workers + 1 a worker never writes
-    into a slot whose pixels are still to be read. (Persistent workers finish and drop a stopped epoch's
-    batches before the next epoch dispatches anything.)
-
-    Each batch also carries the sampler's `image_size` for the epoch (data/sampler.py's set_epoch), read when
-    the epoch's iteration starts, so workers learn the progressive size with the indices they receive."""
-
-    def __init__(self, sampler, batch_size: int, drop_last: bool, slots: int) -> None:
-        super().__init__(sampler, batch_size, drop_last)
-        self.slots = slots
-
-    def __iter__(self):
-        size = getattr(self.sampler, "image_size", None)
-        for k, indices in enumerate(super().__iter__()):
-            batch = SlottedBatch(indices)
-            batch.slot, batch.size = k % self.slots, size
-            yield batch
 
 
 class StoredImageDataset(Dataset):
@@ -244,7 +207,7 @@ class FinishingLoader(DataLoader):
             slot, size = batch.pop("slot", None), batch.pop("size", None)
             if slot is not None:
                 pixels = slot_pixels(self.dataset.ring, slot, len(batch["labels"]), size).permute(0, 3, 1, 2)
-                batch["images"] = pixels if finish_here is not None else _copy_out(pixels, self._pin)
+                batch["images"] = pixels if finish_here is not None else copy_out(pixels, self._pin)
             elif self._pin and batch["images"] is not None and finish_here is None:
                 batch["images"] = batch["images"].pin_memory()
             crops = batch.pop("device_crops", None)
@@ -255,16 +218,6 @@ class FinishingLoader(DataLoader):
             elif finish_here is not None and batch["images"] is not None:
                 batch["images"] = finish_here(batch["images"])
             yield batch
-
-
-def _copy_out(pixels: torch.Tensor, pin: bool) -> torch.Tensor:
-    """A channels-last copy of a batch's ring pixels, in pinned (page-locked) memory when `pin`: a
-    non_blocking copy to the GPU from there overlaps with compute instead of staging through pageable memory."""
-    if not pin:
-        return pixels.clone(memory_format=torch.channels_last)
-    out = torch.empty(pixels.shape[0], *pixels.shape[2:], pixels.shape[1], dtype=torch.uint8, pin_memory=True)
-    out.copy_(pixels.permute(0, 2, 3, 1))
-    return out.permute(0, 3, 1, 2)
 
 
 class DeviceFinish:
@@ -323,70 +276,91 @@ def build_dataset(
     return dataset
 
 
-def build_loader(
-    samples: Samples,
-    transform,
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int = -1,
-    seed: int = 0,
-    drop_last: bool = False,
-    sampler: Sampler | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    on_bad: str = "skip",
-    start_method: str = "auto",
-    cache_max_gb: float = 0.0,
-    uint8_batches: bool = False,
-    mix: BatchMix | None = None,
-    pin_memory: bool = False,
-    cache_format: str = "auto",
-) -> DataLoader:
-    """A DataLoader whose batches are dicts {images, labels, index, bad}.
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What build_loader does beyond its samples, transform, batch size, order and cache folder.
 
-    transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform.
-    uint8_batches: with a BatchTransform, hand over uint8 batches for the consumer to finish with
-    `loader.device_finish` (see FinishingLoader); otherwise batches come normalised.
     sampler: any torch Sampler over range(len(samples)); when given, `shuffle` and `seed` are its business.
+    drop_last: drop an epoch's last, incomplete batch.
+    on_bad: skip (bad images are counted and reported) or fail (every image is decoded first, see
+    build_dataset).
     start_method: how workers start: auto (fork on Linux, else the platform's default, spawn), fork or spawn.
     cache_max_gb: the decoded cache's size limit (least-recently-used stores are pruned beyond it; 0 = none).
     cache_format: auto, decoded or compressed (data/cache.py's open_or_build); a compressed store's images
     are decoded in the workers.
+    uint8_batches: with a BatchTransform, hand over uint8 batches for the consumer to finish with
+    `loader.device_finish` (see FinishingLoader); otherwise batches come normalised.
     mix: Mixup/CutMix for the training loop to apply (the loader's batch_mix).
     pin_memory: hand uint8 batches over in pinned memory (for non_blocking copies to a CUDA device; ignored
-    when CUDA is unavailable). A transform with device_crops (data.augment_on=device) ships canvases and each
-    batch carries its own finish (batch["finish"], see DeviceFinish).
+    when CUDA is unavailable)."""
+
+    sampler: Sampler | None = None
+    drop_last: bool = False
+    on_bad: str = "skip"
+    start_method: str = "auto"
+    cache_max_gb: float = 0.0
+    cache_format: str = "auto"
+    uint8_batches: bool = False
+    mix: BatchMix | None = None
+    pin_memory: bool = False
+
+
+def build_loader(
+    samples: Samples,
+    transform,
+    batch_size: int,
+    shuffle: bool = False,
+    num_workers: int = -1,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    options: LoaderOptions = LoaderOptions(),  # noqa: B008 (frozen: one shared default is safe)
+) -> DataLoader:
+    """A DataLoader whose batches are dicts {images, labels, index, bad}.
+
+    transform: a BatchTransform (uint8 pipeline, cached when cache_dir is given) or a PIL transform. A
+    transform with device_crops (data.augment_on=device) ships canvases and each batch carries its own finish
+    (batch["finish"], see DeviceFinish). options: see LoaderOptions.
     """
-    dataset = build_dataset(samples, transform, cache_dir, on_bad, cache_max_gb, cache_format)
+    dataset = build_dataset(
+        samples, transform, cache_dir, options.on_bad, options.cache_max_gb, options.cache_format
+    )
     workers = default_workers() if num_workers < 0 else num_workers
     generator = torch.Generator().manual_seed(seed)
+    sampler = options.sampler
     if sampler is None:
         sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    finish, slots = None, 1
-    if isinstance(transform, BatchTransform):
-        finish = transform.finish
-        side = transform.size if transform.device_crops is None else transform.device_crops.canvas
-        ring_shape = (PREFETCH_FACTOR * workers + 1, batch_size, side, side, 3)
-        if workers > 0 and _room_in_shared_memory(math.prod(ring_shape)):
-            slots = ring_shape[0]  # see SlotBatchSampler
-            # made before the workers start: they inherit it (fork) or receive it (spawn)
-            dataset.ring = torch.empty(ring_shape, dtype=torch.uint8).share_memory_()
+    finish = transform.finish if isinstance(transform, BatchTransform) else None
+    slots = attach_ring(dataset, transform, batch_size, workers) if finish is not None else 1
+    start_method = options.start_method
     if start_method == "auto":
         start_method = "fork" if sys.platform == "linux" else None
     return FinishingLoader(
         dataset,
-        batch_sampler=SlotBatchSampler(sampler, batch_size, drop_last, slots),
+        batch_sampler=SlotBatchSampler(sampler, batch_size, options.drop_last, slots),
         num_workers=workers,
         collate_fn=SkipBadCollate(),
         generator=generator,
         persistent_workers=workers > 0,
         finish=finish,
-        uint8_batches=uint8_batches,
-        mix=mix,
-        pin=pin_memory and uint8_batches and torch.cuda.is_available(),
+        uint8_batches=options.uint8_batches,
+        mix=options.mix,
+        pin=options.pin_memory and options.uint8_batches and torch.cuda.is_available(),
         prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         worker_init_fn=ignore_sigint if workers > 0 else None,
         multiprocessing_context=start_method if workers > 0 else None,
     )
+
+
+def attach_ring(dataset, transform: BatchTransform, batch_size: int, workers: int) -> int:
+    """The number of batch slots: with workers and room in shared memory, a ring of them (see
+    SlotBatchSampler) is given to the dataset, made before the workers start (they inherit it with fork, or
+    receive it with spawn); else 1 (each batch travels in its own shared segment)."""
+    side = transform.size if transform.device_crops is None else transform.device_crops.canvas
+    ring_shape = (PREFETCH_FACTOR * workers + 1, batch_size, side, side, 3)
+    if workers == 0 or not room_in_shared_memory(math.prod(ring_shape)):
+        return 1
+    dataset.ring = torch.empty(ring_shape, dtype=torch.uint8).share_memory_()
+    return ring_shape[0]
 
 
 def ignore_sigint(_worker_id: int) -> None:
@@ -394,26 +368,6 @@ def ignore_sigint(_worker_id: int) -> None:
     that died of it (spawn starts them with Python's default handler) would take the loader down before the
     training process could save its checkpoint. The training process stops them when it is done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _room_in_shared_memory(nbytes: int) -> bool:
-    """Whether a ring of nbytes fits comfortably (half the free space) in /dev/shm, where PyTorch's shared
-    tensors live on Linux. Containers often get only 64 MB there (Docker's default); without the room the
-    loader says so once and passes each batch through its own shared segment, as torch does (slower)."""
-    try:
-        st = os.statvfs("/dev/shm")
-    except (OSError, AttributeError):  # no /dev/shm (macOS, Windows): torch shares memory another way
-        return True
-    free = st.f_bavail * st.f_frsize
-    if nbytes <= free // 2:
-        return True
-    print(
-        f"note: /dev/shm has {free / 1e6:.0f} MB free, too little for the {nbytes / 1e6:.0f} MB batch ring; "
-        f"loading data the slower way (give the container more shared memory, e.g. docker --shm-size=1g)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return False
 
 
 def known_bad_files(on_bad: str, *loaders: DataLoader) -> dict[str, str]:

@@ -1,9 +1,10 @@
-"""`train --batch-size auto`: a batch size measured on this device with real training steps of the run's recipe
-(model, precision, memory format, loss, optimizer) on random inputs of the run's image size. The data loader is
-not part of either measurement (per image it costs the same at every batch size).
+"""`train --batch-size auto`: a batch size measured on this device with real training steps of the run's
+recipe (model, precision, memory format, loss, optimizer) on random inputs of the run's image size. The data
+loader is not part of either measurement (per image it costs the same at every batch size).
 
 - On a CPU: the batch with the most training images per second among a few candidates, each timed over a few
-  optimizer steps. A CPU has memory to spare for any of them; what differs is how well each keeps the cores busy.
+  optimizer steps. A CPU has memory to spare for any of them; what differs is how well each keeps the cores
+  busy.
 - On a GPU (CUDA): the largest batch that fits its memory, found by trying (doubling, then bisecting, an
   out-of-memory step counting as "does not fit" after its memory is freed), minus a safety margin for what the
   probe does not hold (the EMA copy, the uint8 batch being finished, allocator fragmentation). Where that is
@@ -13,18 +14,16 @@ not part of either measurement (per image it costs the same at every batch size)
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, validate_config
-from ..data.sources import load_splits
+from ..config import Config
+from ..data.sources import Splits
 from ..errors import UserError
 from ..utils.hardware import precision_name
 from .loop import StepContext
@@ -88,7 +87,8 @@ def fastest_batch(images_per_s: dict[int, float]) -> int:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs kernels asynchronously; a timer would see only the launch)."""
+    """Wait for the device's queued work (CUDA runs kernels asynchronously; a timer would see only the
+    launch)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -129,9 +129,10 @@ def with_margin(largest_fit: int) -> int:
 
 
 def keep_effective_batch(fitting: int, batch_size: int, grad_accum_steps: int) -> tuple[int, int]:
-    """(batch, accumulation steps) for a device that fits `fitting` images per step, for a recipe of batch_size
-    x grad_accum_steps: the fitting batch where it is at least batch_size (accumulation as given); else the
-    recipe's effective batch split into ceil(effective / fitting) steps of ceil(effective / steps) images."""
+    """(batch, accumulation steps) for a device that fits `fitting` images per step, for a recipe of
+    batch_size x grad_accum_steps: the fitting batch where it is at least batch_size (accumulation as given);
+    else the recipe's effective batch split into ceil(effective / fitting) steps of ceil(effective / steps)
+    images."""
     if fitting >= batch_size:
         return fitting, grad_accum_steps
     effective = batch_size * max(1, grad_accum_steps)
@@ -177,25 +178,31 @@ def cuda_memory_probe(run_step: Callable[[int], None]) -> Callable[[int], bool]:
     return fits
 
 
-def auto_batch_size(cfg: Config, device_name: str | None = None) -> Config:
-    """cfg with train.batch_size chosen on this device (the fastest per image on a CPU, the largest that fits
-    on a GPU, with train.grad_accum_steps where memory is short); the choice and its measurements on stderr."""
-    validate_config(cfg)
-    d, t = cfg.data, cfg.train
-    ctx = build_context(t, device_name)
+@dataclass(frozen=True)
+class BatchChoice:
+    """What `--batch-size auto` chose (train.batch_size and train.grad_accum_steps) and the line that says
+    why, with its measurements (engine/plan.py prints it as the choice is made)."""
+
+    batch_size: int
+    grad_accum_steps: int
+    line: str
+
+
+def pick_batch_size(cfg: Config, splits: Splits, device_name: str | None = None) -> BatchChoice:
+    """train.batch_size chosen on this device for these splits: the fastest per image on a CPU, the largest
+    that fits on a GPU, with train.grad_accum_steps where memory is short."""
+    train_cfg = cfg.train
+    ctx = build_context(train_cfg, device_name)
     if ctx.device.type not in ("cpu", "cuda"):
         raise UserError(
             f"--batch-size auto: measured on a CPU or a CUDA GPU only; on {ctx.device.type} give "
             f"--batch-size B"
         )
-    seed_everything(t.seed, t.deterministic)
-    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
+    seed_everything(train_cfg.seed, train_cfg.deterministic)
     recipe = build_recipe(cfg, ctx, max(2, len(splits.classes)))
     if ctx.device.type == "cuda":
-        batch, steps = fit_gpu_memory(recipe, len(splits.train), t.batch_size, t.grad_accum_steps)
-    else:
-        batch, steps = fastest_on_cpu(recipe, len(splits.train)), t.grad_accum_steps
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=batch, grad_accum_steps=steps))
+        return fit_gpu_memory(recipe, len(splits.train), train_cfg.batch_size, train_cfg.grad_accum_steps)
+    return fastest_on_cpu(recipe, len(splits.train), train_cfg.grad_accum_steps)
 
 
 def build_recipe(cfg: Config, ctx: StepContext, num_classes: int) -> StepRecipe:
@@ -212,29 +219,27 @@ def build_recipe(cfg: Config, ctx: StepContext, num_classes: int) -> StepRecipe:
     )
 
 
-def fastest_on_cpu(recipe: StepRecipe, train_images: int) -> int:
-    """The candidate batch with the most training images per second on this CPU (printed with all of them)."""
+def fastest_on_cpu(recipe: StepRecipe, train_images: int, grad_accum_steps: int) -> BatchChoice:
+    """The candidate batch with the most training images per second on this CPU (the line names them all)."""
     candidates = candidate_batches(train_images)
     # Once untimed: the first steps in a process pay one-time costs (thread pool, kernel selection) that would
     # otherwise all land on the first candidate.
     time_batch(recipe, candidates[0])
     measured = {b: time_batch(recipe, b) for b in candidates}
     batch = fastest_batch(measured)
-    print(
+    line = (
         f"--batch-size auto: {batch} (the most train images/s on this CPU among "
         + ", ".join(f"{b}: {v:.0f}" for b, v in measured.items())
-        + ")",
-        file=sys.stderr,
-        flush=True,
+        + ")"
     )
-    return batch
+    return BatchChoice(batch, grad_accum_steps, line)
 
 
 def fit_gpu_memory(
     recipe: StepRecipe, train_images: int, batch_size: int, grad_accum_steps: int
-) -> tuple[int, int]:
-    """(batch, accumulation steps) from plan_gpu_batch with real training steps as the probe (printed); the
-    probe's model and optimizer state are freed before the run builds its own."""
+) -> BatchChoice:
+    """The batch and accumulation steps from plan_gpu_batch with real training steps as the probe; the probe's
+    model and optimizer state are freed before the run builds its own."""
     ctx = recipe.ctx
     plan = plan_gpu_batch(
         cuda_memory_probe(recipe.step), train_images, batch_size, grad_accum_steps, recipe.image_size
@@ -253,11 +258,9 @@ def fit_gpu_memory(
         if plan.grad_accum_steps != grad_accum_steps
         else ""
     )
-    print(
-        f"--batch-size auto: {plan.batch_size}{accumulation} ({how}; {torch.cuda.get_device_name(ctx.device)}, "
-        f"image size {recipe.image_size}, {precision_name(ctx.amp_dtype)}"
-        f"{' channels_last' if ctx.channels_last else ''})",
-        file=sys.stderr,
-        flush=True,
+    line = (
+        f"--batch-size auto: {plan.batch_size}{accumulation} ({how}; "
+        f"{torch.cuda.get_device_name(ctx.device)}, image size {recipe.image_size}, "
+        f"{precision_name(ctx.amp_dtype)}{' channels_last' if ctx.channels_last else ''})"
     )
-    return plan.batch_size, plan.grad_accum_steps
+    return BatchChoice(plan.batch_size, plan.grad_accum_steps, line)

@@ -1,4 +1,5 @@
-"""train.time_budget (`--time 20m`): fit the whole schedule to a wall-clock budget instead of cutting it short.
+"""train.time_budget (`--time 20m`): fit the whole schedule to a wall-clock budget instead of cutting it
+short.
 
 A few training steps are timed at the start (on a throwaway copy of the model and optimizer, with every RNG
 put back afterwards, so the run itself is the same as `--epochs N` with the N chosen), and a couple of
@@ -25,16 +26,18 @@ from torch import nn
 from ..data.sampler import progressive_sizes
 from ..utils.atomic import write_atomic
 from .checkpoint import RunState, capture_rng, capture_state, restore_rng
-from .loop import EpochStats, Optimization, StepContext, evaluate, train_one_epoch
+from .loop import EpochStats, Optimization, StepContext, StepRules, evaluate, train_one_epoch
 
 WARMUP_STEPS = 2  # untimed optimizer steps first (loader start, first-call overheads, optimizer state)
 MEASURE_STEPS = 5  # then timed ones (over more than one pass of a short loader)
 VAL_BATCHES = 2  # timed validation batches, after one untimed batch
 MAX_EPOCHS = 1_000_000  # the range of train.epochs
+SKIP_NONFINITE = StepRules(nonfinite="skip")  # a probe step's non-finite loss is no reason to stop
 
 
 def pixel_shares(epochs: int, image_size: int, progressive: float) -> list[float]:
-    """Each epoch's pixels per image as a share of the final size's, under data.progressive (all 1 when off)."""
+    """Each epoch's pixels per image as a share of the final size's, under data.progressive (all 1 when
+    off)."""
     if progressive <= 0:
         return [1.0] * epochs
     return [(size / image_size) ** 2 for size in progressive_sizes(epochs, image_size, progressive)]
@@ -64,14 +67,17 @@ def epochs_for_budget(
     image_size: int = 0,
     progressive: float = 0.0,
 ) -> int:
-    """The number of whole epochs whose training (steps_per_epoch steps of step_s, scaled by each epoch's pixel
-    share under data.progressive), validation (val_s each) and end-of-epoch checkpoint (overhead_s) come
+    """The number of whole epochs whose training (steps_per_epoch steps of step_s, scaled by each epoch's
+    pixel share under data.progressive), validation (val_s each) and end-of-epoch checkpoint (overhead_s) come
     closest to budget_s without passing it by more than 10%; at least 1."""
     if not step_s * steps_per_epoch + val_s + overhead_s > 0:
         raise ValueError(
             f"an epoch must take some time, got {step_s * steps_per_epoch + val_s + overhead_s!r} s"
         )
-    total = lambda n: schedule_seconds(n, step_s, steps_per_epoch, val_s, overhead_s, image_size, progressive)
+
+    def total(epochs: int) -> float:
+        return schedule_seconds(epochs, step_s, steps_per_epoch, val_s, overhead_s, image_size, progressive)
+
     fits, over = 0, MAX_EPOCHS + 1  # binary search: the most epochs that fit (total grows with the epochs)
     while over - fits > 1:
         middle = (fits + over) // 2
@@ -147,7 +153,8 @@ def format_seconds(seconds: float) -> str:
 
 
 def mean_interval(ticks: list[float], start: float) -> float:
-    """The mean time between ticks (the first one is a warm-up); with one tick, the time it took from start."""
+    """The mean time between ticks (the first one is a warm-up); with one tick, the time it took from
+    start."""
     if len(ticks) >= 2:
         return (ticks[-1] - ticks[0]) / (len(ticks) - 1)
     return ticks[0] - start if ticks else 0.0
@@ -174,7 +181,9 @@ def measure_speed(
 
     start = time.perf_counter()
     for _ in range(WARMUP_STEPS + MEASURE_STEPS):  # passes: a tiny data set may have one step per epoch
-        if not train_one_epoch(probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, "skip"):
+        if not train_one_epoch(
+            probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, SKIP_NONFINITE
+        ):
             break
     step_s, ticks = mean_interval(ticks[WARMUP_STEPS - 1 :], start), []
 

@@ -27,8 +27,8 @@ SHIPPED = ("best", "final")
 
 
 def gathered_logits(batches: list, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's [(logits, labels), ...] (loop.evaluate's logits_out) -> (N, C) fp32 logits and N labels of the
-    whole validation split: every rank's shard. Every rank must call it."""
+    """This rank's [(logits, labels), ...] (loop.evaluate's logits_out) -> (N, C) fp32 logits and N labels of
+    the whole validation split: every rank's shard. Every rank must call it."""
     mine = (
         torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, num_classes),
         torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long),
@@ -47,21 +47,20 @@ def fit_model_dir(model_dir: Path, loader, ctx: StepContext) -> TemperatureFit:
 
 def calibrate_run(
     run_dir: Path,
-    e: EvalConfig,
+    eval_cfg: EvalConfig,
     val_loader,
     ctx: StepContext,
     logger: RunLogger,
-    writes: bool,
     step: int,
     kept: dict[str, list] | None = None,
     num_classes: int | None = None,
 ) -> TemperatureFit | None:
     """Fit and store the temperature of RUN_DIR/best and RUN_DIR/final (eval.calibrate); print best's line.
 
-    kept: {"best"/"final": this rank's validation logits of the epoch that model was written from} (num_classes
-    wide); a model without them is loaded back and evaluated. eval.calibrate=false records T = 1 as not
-    calibrated, without a pass over the data. Returns best's fit (None when the run has no best/). Every rank
-    must call it (the logits are gathered), with the same names kept."""
+    kept: {"best"/"final": this rank's validation logits of the epoch that model was written from}
+    (num_classes wide); a model without them is loaded back and evaluated. eval.calibrate=false records T = 1
+    as not calibrated, without a pass over the data. Returns best's fit (None when the run has no best/).
+    Every rank must call it (the logits are gathered), with the same names kept."""
     kept = kept or {}
     fits: dict[str, tuple[str, TemperatureFit]] = {}  # name -> (weights' sha256, its fit)
     for name in SHIPPED:
@@ -72,14 +71,14 @@ def calibrate_run(
         same = [done for digest, done in fits.values() if digest == weights]
         if same:
             fit = same[0]
-        elif e.calibrate and name in kept:
+        elif eval_cfg.calibrate and name in kept:
             fit = fit_temperature(*gathered_logits(kept[name], num_classes))
-        elif e.calibrate:
+        elif eval_cfg.calibrate:
             fit = fit_model_dir(model_dir, val_loader, ctx)
         else:
             fit = not_calibrated("eval.calibrate=false")
         fits[name] = (weights, fit)
-        if writes:
+        if distributed.is_main():  # rank 0 writes
             write_calibration(model_dir, fit.record("val"))
     if "best" not in fits:
         return None

@@ -5,8 +5,8 @@ A checkpoint is two files in RUN_DIR/checkpoints/:
   step-00001234.json  what it is (epoch, step, metric, config, versions) and the .pt's sha256
 The .pt is written to a temporary file, flushed, fsynced and renamed (atomic.write_atomic); the .json is
 written the same way after it. A kill at any instant therefore leaves either no .json (the checkpoint is
-ignored) or a complete pair, and the previous checkpoints are untouched. On load the hash is checked, so a truncated or corrupted
-file is skipped with a warning and the next older one is used.
+ignored) or a complete pair, and the previous checkpoints are untouched. On load the hash is checked, so a
+truncated or corrupted file is skipped with a warning and the next older one is used.
 """
 
 from __future__ import annotations
@@ -28,19 +28,21 @@ from ..records.envinfo import provenance
 from ..records.modelfile import sha256_file
 from ..utils.atomic import write_atomic, write_text_atomic
 from ..utils.redact import mask_tree
+from . import distributed
 from .loop import EpochStats, Optimization
 
 CKPT_FORMAT = "resnetcls.checkpoint/1"
 
 
 def environment_info() -> dict:
-    """Library versions, machine (CPU model, native bf16), the source's git commit and the command line with its
-    passwords masked: envinfo.provenance()."""
+    """Library versions, machine (CPU model, native bf16), the source's git commit and the command line with
+    its passwords masked: envinfo.provenance()."""
     return provenance()
 
 
 def capture_rng() -> dict:
-    """Every RNG the training touches: Python, NumPy, torch CPU and each CUDA device, as tensors/primitives."""
+    """Every RNG the training touches: Python, NumPy, torch CPU and each CUDA device, as
+    tensors/primitives."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -211,9 +213,9 @@ def restore_state(state: dict, model: nn.Module, opt: Optimization | None) -> Ru
 class Checkpointer:
     """Saves a run's state (atomically, keep-last-K plus best) with its config and environment.
 
-    config: the resolved config as a dict (recorded in both files); enabled=False (a non-zero torchrun rank)
-    saves nothing. extra(): more of the caller's state and description, as (state, info) dicts, saved under
-    state["extra"] and merged into the .json (lifelong: the task, the strategy's state, R so far).
+    config: the resolved config as a dict (recorded in both files); a non-zero torchrun rank saves nothing
+    (distributed.is_main). extra(): more of the caller's state and description, as (state, info) dicts, saved
+    under state["extra"] and merged into the .json (lifelong: the task, the strategy's state, R so far).
     """
 
     def __init__(
@@ -226,11 +228,10 @@ class Checkpointer:
         model: nn.Module,
         opt: Optimization | None,
         extra: Callable[[], tuple[dict, dict]] | None = None,
-        enabled: bool = True,
     ) -> None:
         self.dir, self.ckpt, self.batch_size = run_dir / "checkpoints", ckpt, batch_size
         self.config, self.env = mask_tree(config), mask_tree(env)  # as recorded: passwords masked (redact.py)
-        self.model, self.opt, self.extra, self.enabled = model, opt, extra, enabled
+        self.model, self.opt, self.extra, self.enabled = model, opt, extra, distributed.is_main()
 
     def save(self, run: RunState, metrics: dict | None = None) -> Path | None:
         """One checkpoint named by run.global_step; None on a rank that does not write."""

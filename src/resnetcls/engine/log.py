@@ -15,15 +15,15 @@ from ..utils.atomic import write_text_atomic
 from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_enabled
 
-# Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered by
-# the epoch they close, so a resumed run drops those it will log again.
+# Records logged at the end of an epoch (plain: "epoch"; lifelong: a task's epoch, a task's results), numbered
+# by the epoch they close, so a resumed run drops those it will log again.
 EPOCH_KINDS = ("epoch", "task_epoch", "task")
 
 
 def confusion_field(confusion) -> dict:
-    """{"val_confusion": the C x C matrix as lists} for an epoch record up to MATRIX_IN_JSON_MAX_CLASSES classes;
-    {} above it (a 1000-class matrix is ~3 MB a line: eval's confusion_matrix.csv holds the final one) or
-    without one."""
+    """{"val_confusion": the C x C matrix as lists} for an epoch record up to MATRIX_IN_JSON_MAX_CLASSES
+    classes; {} above it (a 1000-class matrix is ~3 MB a line: eval's confusion_matrix.csv holds the final
+    one) or without one."""
     if confusion is None or len(confusion) > MATRIX_IN_JSON_MAX_CLASSES:
         return {}
     return {"val_confusion": confusion.tolist()}
@@ -36,8 +36,8 @@ class RunLogger:
     resume_step, resume_epoch: where a resumed run continues. What was logged after that point before a kill
     (and the epoch records of epochs not finished in the checkpoint, and old summaries) is dropped from
     metrics.jsonl and TensorBoard, since it is logged again: curves have no duplicated stretch.
-    tracking: log.mlflow / log.wandb (tracking.py): every epoch record and the summary also go to the tracker runs
-    (a resumed run continues the ones in tracking.json); precision is one of their tags.
+    tracking: log.mlflow / log.wandb (tracking.py): every epoch record and the summary also go to the tracker
+    runs (a resumed run continues the ones in tracking.json); precision is one of their tags.
     """
 
     def __init__(
@@ -120,7 +120,7 @@ def _truncate_after(path: Path, step: int, epoch: int) -> None:
         )
         if r.get("step", 0) <= step and not redone:
             kept.append(line)
-    write_text_atomic(path, "".join(l + "\n" for l in kept))
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class Progress:

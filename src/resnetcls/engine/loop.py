@@ -79,8 +79,8 @@ class EpochStats:
 
 
 class NonFiniteLoss(Exception):
-    """A batch's loss was NaN or Inf (train.nonfinite=stop); raised before its backward, so the weights and the
-    optimizer state are still those of the last good step."""
+    """A batch's loss was NaN or Inf (train.nonfinite=stop); raised before its backward, so the weights and
+    the optimizer state are still those of the last good step."""
 
     def __init__(self, step_in_epoch: int, value: float) -> None:
         super().__init__(f"loss {value} at step {step_in_epoch} of the epoch")
@@ -129,7 +129,8 @@ class StepHooks:
 
     - extra_batch(n): (uint8 NCHW images, labels) joined to a batch of n uint8 images before it is normalised
       (replay), or None. Needs a loader built with uint8_batches=True: the joined batch is finished on the
-      device with the loader's device_finish, so stored and fresh images get the same jitter and normalisation.
+      device with the loader's device_finish, so stored and fresh images get the same jitter and
+      normalisation.
     - extra_loss(images, logits): a term added to the batch's loss inside autocast, after the forward (EWC's
       penalty, LwF's distillation), or None.
     Work between tasks (filling a replay buffer, a Fisher pass, freezing a teacher) is not part of a step:
@@ -144,6 +145,21 @@ class StepHooks:
 
 
 NO_HOOKS = StepHooks()
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """How train_one_epoch treats a step beyond the plain update: what a non-finite loss does ("stop" raises
+    NonFiniteLoss, "skip" skips the batch and counts it in stats.nonfinite), agree(flag), which makes every
+    rank of a torchrun job take the same decision (so they all skip the same backward and DDP's all-reduce
+    stays in step), and the training mode's StepHooks."""
+
+    nonfinite: str = "stop"
+    agree: Callable[[bool], bool] = bool
+    hooks: StepHooks = NO_HOOKS
+
+
+PLAIN_STEPS = StepRules()
 
 
 def forward_batch(
@@ -188,16 +204,12 @@ def train_one_epoch(
     ctx: StepContext,
     stats: EpochStats,
     after_step: Callable[[EpochStats], bool],
-    nonfinite: str = "stop",
-    agree: Callable[[bool], bool] = bool,
-    hooks: StepHooks = NO_HOOKS,
+    rules: StepRules = PLAIN_STEPS,
 ) -> bool:
     """Train over loader (the rest of the epoch when resuming); stats accumulates in place.
 
     after_step(stats) runs after every optimizer step (logging, checkpoints) and returns True to stop early.
-    A NaN/Inf loss raises NonFiniteLoss (nonfinite="stop") or skips the batch and counts it in
-    stats.nonfinite ("skip"); agree(flag) makes every rank of a torchrun job take the same decision (so they all
-    skip the same backward and DDP's all-reduce stays in step). hooks: see StepHooks.
+    rules: a NaN/Inf loss's fate, the ranks' agreement on it, the hooks (see StepRules).
     loader: batches as dicts {images, labels, bad}; a FinishingLoader built with uint8_batches=True is
     finished on the device with its device_finish, and one with a batch_mix has it applied after that.
     Returns True when the epoch ran to its end, False when after_step stopped it.
@@ -215,9 +227,9 @@ def train_one_epoch(
         stats.bad += batch["bad"]
         stats.batches += 1
         if batch["images"] is not None:
-            loss, logits, labels = forward_batch(model, batch, finish, loss_fn, ctx, hooks, mix)
-            if agree(not bool(torch.isfinite(loss.detach()))):
-                if nonfinite != "skip":
+            loss, logits, labels = forward_batch(model, batch, finish, loss_fn, ctx, rules.hooks, mix)
+            if rules.agree(not bool(torch.isfinite(loss.detach()))):
+                if rules.nonfinite != "skip":
                     raise NonFiniteLoss(stats.steps + 1, float(loss.detach()))
                 stats.nonfinite += 1
             else:

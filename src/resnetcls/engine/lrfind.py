@@ -3,10 +3,10 @@
 while the learning rate grows exponentially from start_lr to end_lr, record the smoothed loss, stop once it
 diverges, and suggest a rate. The model's weights are thrown away: nothing but the curve is written.
 
-`resnetcls lr-find` calls find_lr(); `resnetcls train --lr auto` calls auto_lr() (a short, quiet sweep)
-before the run is prepared, so config.yaml records the rate that was chosen; train() then writes the sweep's
-curve into the run directory with the same write_curve(), where the report shows it (and a resume, which
-never sweeps again, leaves it alone).
+`resnetcls lr-find` calls find_lr(); `resnetcls train --lr auto` has its plan (engine/plan.py) call auto_lr()
+(a short, quiet sweep) before the run is prepared, so config.yaml records the rate that was chosen; train()
+then writes the sweep's curve into the run directory with the same write_curve(), where the report shows it
+(and a resume, which never sweeps again, leaves it alone).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import torch
 
 from ..config import Config, validate_config
 from ..data.sampler import ResumableSampler
-from ..data.sources import load_splits
+from ..data.sources import Splits
 from ..errors import UserError
 from ..utils.atomic import write_text_atomic
 from .loop import EpochStats, NonFiniteLoss, Optimization, train_one_epoch
 from .optim import build_loss, build_optimizer
-from .prepare import DataPipeline, build_context, build_model, seed_everything
+from .prepare import DataPipeline, build_context, build_model, resolve_splits, seed_everything
 
 SMOOTHING = 0.9  # exponential moving average of the loss (debiased); ~10 steps of memory
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x the best seen
@@ -126,38 +126,46 @@ class SweepRecorder:
         return len(c.lrs) >= self.steps
 
 
-def build_sweep(cfg: Config, steps: int, start_lr: float, end_lr: float, device_name: str | None):
+def build_sweep(
+    cfg: Config, steps: int, start_lr: float, end_lr: float, device_name: str | None, splits: Splits
+):
     """The run's recipe on a fresh model: its loader, loss and optimizer, with the exponential schedule."""
-    d, t = cfg.data, cfg.train
-    seed_everything(t.seed, t.deterministic)
-    ctx = build_context(t, device_name)
-    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
-    if len(splits.classes) < 2:
-        raise UserError(f"{d.train}: only one class ({splits.classes[0]!r}); a classifier needs at least two")
-    pipeline = DataPipeline(d, t.batch_size, uint8_batches=ctx.device.type == "cuda")
-    sampler = ResumableSampler(splits.train.labels, d.sampler, t.seed)
-    loader = pipeline.train_loader(splits.train, sampler, t.seed)
-    model = build_model(cfg.model, t, len(splits.classes), ctx)
+    data_cfg, train_cfg = cfg.data, cfg.train
+    seed_everything(train_cfg.seed, train_cfg.deterministic)
+    ctx = build_context(train_cfg, device_name)
+    pipeline = DataPipeline(data_cfg, train_cfg.batch_size, uint8_batches=ctx.device.type == "cuda")
+    sampler = ResumableSampler(splits.train.labels, data_cfg.sampler, train_cfg.seed)
+    loader = pipeline.train_loader(splits.train, sampler, train_cfg.seed)
+    model = build_model(cfg.model, train_cfg, len(splits.classes), ctx)
     optimizer = build_optimizer(model, dataclasses.replace(cfg.optim, lr=start_lr))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: sweep_lr(min(s, steps - 1), steps, start_lr, end_lr) / start_lr
     )
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16)
-    opt = Optimization(optimizer, schedule, scaler, None, max(1, t.grad_accum_steps), t.grad_clip_norm)
+    opt = Optimization(
+        optimizer, schedule, scaler, None, max(1, train_cfg.grad_accum_steps), train_cfg.grad_clip_norm
+    )
     loss_fn = build_loss(cfg.loss, len(splits.classes), splits.train.labels).to(ctx.device)
     return model, loader, sampler, opt, loss_fn, ctx
 
 
 def run_sweep(
-    cfg: Config, steps: int, start_lr: float, end_lr: float, device_name: str | None = None
+    cfg: Config,
+    steps: int,
+    start_lr: float,
+    end_lr: float,
+    device_name: str | None = None,
+    splits: Splits | None = None,
 ) -> LRCurve:
     """Train a throwaway copy of cfg's recipe over the sweep (the training data cycled as often as needed) and
-    return the curve with its suggestion."""
+    return the curve with its suggestion. splits: the data's, when the caller has resolved them already."""
     validate_config(cfg)
     check_sweep(steps, start_lr, end_lr)
     if not cfg.data.train:
         raise UserError("lr-find: DATA is required")
-    model, loader, sampler, opt, loss_fn, ctx = build_sweep(cfg, steps, start_lr, end_lr, device_name)
+    if splits is None:
+        splits = resolve_splits(cfg.data, cfg.train.seed)
+    model, loader, sampler, opt, loss_fn, ctx = build_sweep(cfg, steps, start_lr, end_lr, device_name, splits)
     curve = LRCurve()
     record = SweepRecorder(curve, steps, start_lr, end_lr)
     epoch = 0
@@ -235,15 +243,13 @@ def find_lr(
     return curve
 
 
-def auto_lr(cfg: Config, device_name: str | None = None) -> tuple[Config, LRCurve]:
-    """`train --lr auto`: a short quiet sweep; cfg with optim.lr set to its suggestion (printed on stderr),
-    and the curve, for the caller to write into the run directory once it exists (write_curve)."""
-    curve = run_sweep(cfg, AUTO_STEPS, AUTO_START_LR, AUTO_END_LR, device_name)
+def auto_lr(cfg: Config, splits: Splits, device_name: str | None = None) -> tuple[float, LRCurve, str]:
+    """`train --lr auto`: a short quiet sweep; its suggestion for optim.lr, the curve (for the caller to write
+    into the run directory once it exists, write_curve) and the line that says so (engine/plan.py)."""
+    curve = run_sweep(cfg, AUTO_STEPS, AUTO_START_LR, AUTO_END_LR, device_name, splits)
     lr = min(curve.suggestion, 10.0)  # optim.lr's range is (0, 10]
-    print(
+    line = (
         f"--lr auto: {lr:.3g} (LR range test, {len(curve.lrs)} steps {AUTO_START_LR:g} -> {AUTO_END_LR:g}; "
-        f"rule: {curve.rule})",
-        file=sys.stderr,
-        flush=True,
+        f"rule: {curve.rule})"
     )
-    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr)), curve
+    return lr, curve, line

@@ -25,14 +25,14 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 
 
 # Adam/AdamW run torch's fused kernel (one pass over all parameters) where torch has it for the parameters'
-# device and dtype: a ResNet-50 AdamW step on the 2-core Zen 4 took 18-21 ms fused vs 57-85 ms with the default
-# per-parameter loop. SGD keeps torch's default: its fused CPU kernel measured no faster there.
+# device and dtype: a ResNet-50 AdamW step on the 2-core Zen 4 took 18-21 ms fused vs 57-85 ms with the
+# default per-parameter loop. SGD keeps torch's default: its fused CPU kernel measured no faster there.
 FUSED_OPTIMIZERS = ("adam", "adamw")
 
 
 def make_optimizer(cls: type, groups: list[dict], fused: bool, **kwargs) -> torch.optim.Optimizer:
-    """cls(groups, fused=True, ...) when asked and torch supports it for these parameters, else torch's default
-    implementation (the same update; torch refuses fused for e.g. unsupported devices or dtypes)."""
+    """cls(groups, fused=True, ...) when asked and torch supports it for these parameters, else torch's
+    default implementation (the same update; torch refuses fused for e.g. unsupported devices or dtypes)."""
     if fused:
         try:
             return cls(groups, fused=True, **kwargs)
@@ -42,7 +42,8 @@ def make_optimizer(cls: type, groups: list[dict], fused: bool, **kwargs) -> torc
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """optim.name's optimizer over param_groups(); Adam/AdamW fused where torch supports it (FUSED_OPTIMIZERS)."""
+    """optim.name's optimizer over param_groups(); Adam/AdamW fused where torch supports it
+    (FUSED_OPTIMIZERS)."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
     fused = cfg.name in FUSED_OPTIMIZERS
     if cfg.name == "adamw":
@@ -125,13 +126,15 @@ class SigmoidOneHotLoss(nn.Module):
         ).sum(dim=1)
         if self.weight is None:
             return per_sample.mean()
-        # a weighted mean over the batch, like CrossEntropyLoss(weight=); a soft target weighs its classes blended
+        # a weighted mean over the batch, like CrossEntropyLoss(weight=); a soft target weighs its classes
+        # blended
         w = target.float() @ self.weight if soft else self.weight[target]
         return (per_sample * w).sum() / w.sum()
 
 
 def class_weights(labels: list[int], num_classes: int, mode: str) -> Tensor | None:
-    """'balanced': weight c = n / (num_classes * count_c), so every class contributes equally; 'none': None."""
+    """'balanced': weight c = n / (num_classes * count_c), so every class contributes equally; 'none':
+    None."""
     if mode == "none":
         return None
     if mode != "balanced":
@@ -172,9 +175,9 @@ def build_optimization(
     steps_per_epoch: int,
     ctx: StepContext,
 ) -> Optimization:
-    """Optimizer, schedule (over train.epochs of steps_per_epoch optimizer steps), gradient scaler (fp16 only),
-    EMA (train.ema_decay), accumulation (train.grad_accum_steps) and clipping (train.grad_clip_norm): what
-    train_one_epoch steps. Build it after the model is on its device and in its final shape."""
+    """Optimizer, schedule (over train.epochs of steps_per_epoch optimizer steps), gradient scaler (fp16
+    only), EMA (train.ema_decay), accumulation (train.grad_accum_steps) and clipping (train.grad_clip_norm):
+    what train_one_epoch steps. Build it after the model is on its device and in its final shape."""
     optimizer = build_optimizer(model, optim)
     return Optimization(
         optimizer,

@@ -27,11 +27,18 @@ from ..config import (
     result_affecting_changes,
     validate_config,
 )
-from ..data.augment import BatchMix
-from ..data.cache import resolve_cache_dir
-from ..data.loader import build_loader
+from ..data.augment import BatchMix, resolve_augment_on
+from ..data.cache import DecodedStore, resolve_cache_dir
+from ..data.loader import LoaderOptions, build_loader, known_bad_files
+from ..data.neardup import (
+    leak_check_from_counts,
+    leak_warning,
+    near_reference,
+    store_signatures,
+    threshold_counts,
+)
 from ..data.sampler import ResumableSampler
-from ..data.sources import Samples
+from ..data.sources import Samples, Splits, load_splits
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
 from ..errors import UserError
 from ..models import create_model
@@ -60,13 +67,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def arch_args(m: ModelConfig) -> dict:
+def arch_args(model_cfg: ModelConfig) -> dict:
     """The ResNet constructor arguments recorded in model.json."""
     return {
-        "stem": m.stem,
-        "stride_on_1x1": m.stride_on_1x1,
-        "zero_init_residual": m.zero_init_residual,
-        "width": m.width,
+        "stem": model_cfg.stem,
+        "stride_on_1x1": model_cfg.stride_on_1x1,
+        "zero_init_residual": model_cfg.zero_init_residual,
+        "width": model_cfg.width,
     }
 
 
@@ -130,51 +137,158 @@ class PreparedRun:
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when preparing began
 
 
-def prepare_run(
-    cfg: Config, out_dir: str | Path, resume: str | None, force: bool, writes: bool = True
-) -> PreparedRun:
-    """Validate cfg (ranges, choices), find the checkpoint to resume, write config.yaml and environment.json
-    (when writes: rank 0), seed every RNG. Data paths are recorded absolute, so `--resume RUN_DIR` without
-    DATA works from any working directory; the returned config is a copy, cfg is left as it was."""
+def find_run(cfg: Config, out_dir: str | Path, resume: str | None, force: bool) -> PreparedRun:
+    """Validate cfg (ranges, choices), make its data paths absolute (so `--resume RUN_DIR` without DATA works
+    from any working directory) and find the checkpoint to resume, refusing a changed result-affecting
+    setting; writes nothing (the returned config is a copy, cfg is left as it was). A resumed run with a time
+    budget keeps the epochs it chose (with_saved_total)."""
     started = time.perf_counter()
     validate_config(cfg)  # before anything is written
-    absolute = lambda p: str(Path(p).absolute()) if p else p
-    cfg = dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, train=absolute(cfg.data.train), val=absolute(cfg.data.val))
-    )
+    cfg = with_absolute_data(cfg)
     run_dir = Path(out_dir if resume in (None, "auto") else resume)
     resumed = find_resume(resume, run_dir, cfg, force)
     cfg = with_saved_total(resumed[1]["config"], cfg) if resumed else cfg
-    env = environment_info()
+    return PreparedRun(cfg, run_dir, resumed, environment_info(), started)
+
+
+def with_absolute_data(cfg: Config) -> Config:
+    """cfg with data.train and data.val as absolute paths."""
+
+    def absolute(path: str) -> str:
+        return str(Path(path).absolute()) if path else path
+
+    data_cfg = cfg.data
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(data_cfg, train=absolute(data_cfg.train), val=absolute(data_cfg.val))
+    )
+
+
+def open_run(run: PreparedRun, writes: bool = True) -> None:
+    """Write the run directory's config.yaml (run.cfg, once) and environment.json (when writes: rank 0), then
+    seed every RNG."""
     if writes:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
-        write_text_atomic(run_dir / "environment.json", json.dumps(env, indent=2) + "\n")
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    return PreparedRun(cfg, run_dir, resumed, env, started)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.run_dir / "config.yaml", dump_yaml(run.cfg))
+        write_text_atomic(run.run_dir / "environment.json", json.dumps(run.env, indent=2) + "\n")
+    seed_everything(run.cfg.train.seed, run.cfg.train.deterministic)
 
 
-def build_context(t: TrainConfig, device_name: str | None = None) -> StepContext:
+def prepare_run(
+    cfg: Config, out_dir: str | Path, resume: str | None, force: bool, writes: bool = True
+) -> PreparedRun:
+    """find_run, then open_run: validated, the checkpoint to resume found, config.yaml and environment.json
+    written (when writes), every RNG seeded."""
+    run = find_run(cfg, out_dir, resume, force)
+    open_run(run, writes)
+    return run
+
+
+def resolve_splits(data_cfg: DataConfig, seed: int) -> Splits:
+    """The train/val splits of the data (the file list only: nothing is decoded); one class is refused."""
+    splits = load_splits(
+        data_cfg.train, data_cfg.val, data_cfg.val_fraction, seed, data_cfg.split_by, data_cfg.batches
+    )
+    if len(splits.classes) < 2:  # one class would train to a meaningless 100%
+        raise UserError(
+            f"{data_cfg.train}: only one class ({splits.classes[0]!r}); a classifier needs at least two"
+        )
+    return splits
+
+
+@dataclass
+class TrainData:
+    """The data of a run: its splits, the pipeline that built the loaders, the resumable training order."""
+
+    splits: Splits
+    pipeline: DataPipeline
+    sampler: ResumableSampler
+    train_loader: object
+    val_loader: object
+
+
+def build_data(
+    data_cfg: DataConfig, train_cfg: TrainConfig, ctx: StepContext, splits: Splits, leak_check: bool = True
+) -> TrainData:
+    """The splits' decoded cache -> uint8 transforms -> loaders. The training order depends only on
+    (seed, epoch) via the sampler. Bad files: skipped and counted, or (data.on_bad=fail) all named here,
+    before training starts. leak_check=False (the time budget's measurement): no near-duplicate check."""
+    pipeline = DataPipeline(
+        data_cfg,
+        train_cfg.batch_size,
+        uint8_batches=ctx.device.type == "cuda",
+        device_augment=resolve_augment_on(data_cfg.augment_on, ctx.device),
+    )
+    world = distributed.world_from_env()  # under torchrun each rank reads its own share, batch_size each
+    sampler = ResumableSampler(splits.train.labels, data_cfg.sampler, train_cfg.seed, world.rank, world.size)
+    train_loader = pipeline.train_loader(splits.train, sampler, train_cfg.seed)
+    # Validation: indices rank, rank + world, ...: every image on exactly one rank, no padding repeats.
+    val_loader = pipeline.eval_loader(splits.val, range(world.rank, len(splits.val), world.size))
+    known_bad_files(data_cfg.on_bad, train_loader, val_loader)
+    distributed.wait_for_data()  # cache builds may outlast train.dist_timeout_s
+    if data_cfg.leak_check and leak_check:  # after that wait: its collectives wait only for an equal share
+        warn_near_duplicates(train_loader, val_loader, len(splits.val), world)
+    return TrainData(splits, pipeline, sampler, train_loader, val_loader)
+
+
+def warn_near_duplicates(train_loader, val_loader, val_images: int, world: distributed.World) -> None:
+    """One warning line when many val images have a near-duplicate in train (data/neardup.py). Hashes the
+    decoded uint8 cache the loaders already built (no second decode); without a cache (data.cache=false) it
+    would decode everything again, so it is skipped.
+
+    Under torchrun the check is sharded, so no rank waits on another for longer than their shares differ: each
+    rank hashes every world-th train and val image, the train signatures (16 bytes an image) are gathered on
+    every rank, each rank searches its own val share against all of train, and the counts are summed. Every
+    rank thus does 1/world of the hashing and searching; had rank 0 done it all, the others would wait at
+    their next collective (the DDP handshake) for the whole check and die there once it outlasted
+    train.dist_timeout_s."""
+    stores = [getattr(loader.dataset, "store", None) for loader in (train_loader, val_loader)]
+    if not all(isinstance(store, DecodedStore) for store in stores):
+        return
+    train_store, val_store = stores
+    shares = distributed.gather_objects(
+        store_signatures(train_store, range(world.rank, len(train_store), world.size))
+    )
+    train = tuple(np.concatenate([share[k] for share in shares]) for k in (0, 1))
+    val = store_signatures(val_store, range(world.rank, len(val_store), world.size), flipped=True)
+    counts = threshold_counts(near_reference(val[:2], train), near_reference(val[2:], train))
+    summed = distributed.all_reduce_sum(torch.from_numpy(np.concatenate([counts.ravel(), [len(val[0])]])))
+    *counts, searched = summed.tolist()
+    check = leak_check_from_counts(np.reshape(counts, (2, -1)), searched, len(train[0]))
+    text = leak_warning(check, val_images, len(train[0]))
+    if text and world.is_main:
+        warn(text)
+
+
+def build_context(train_cfg: TrainConfig, device_name: str | None = None) -> StepContext:
     """Device and precision (one code path: autocast and GradScaler with enabled=). device_name overrides
     train.device (torchrun: this rank's cuda:LOCAL_RANK)."""
-    device = pick_device(device_name or t.device)
-    return StepContext(device, resolve_amp(t.precision, device), t.channels_last)
+    device = pick_device(device_name or train_cfg.device)
+    return StepContext(device, resolve_amp(train_cfg.precision, device), train_cfg.channels_last)
 
 
-def build_model(m: ModelConfig, t: TrainConfig, num_classes: int, ctx: StepContext) -> torch.nn.Module:
+def build_model(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, num_classes: int, ctx: StepContext
+) -> torch.nn.Module:
     """The ResNet on ctx's device (pretrained weights, SyncBatchNorm under torchrun, channels_last)."""
-    model = create_model(m.name, num_classes, **arch_args(m))
-    if t.pretrained:
-        load_pretrained(model, t.pretrained, m.name)  # logs what it loaded to stderr
-    if t.sync_bn and distributed.world_from_env().distributed:
-        if ctx.device.type != "cuda":
-            raise UserError(
-                "train.sync_bn=true: PyTorch's SyncBatchNorm runs on CUDA only; "
-                "use --set train.sync_bn=false on CPU"
-            )
+    model = create_model(model_cfg.name, num_classes, **arch_args(model_cfg))
+    if train_cfg.pretrained:
+        load_pretrained(model, train_cfg.pretrained, model_cfg.name)  # logs what it loaded to stderr
+    if sync_bn_applies(train_cfg, ctx):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # before the EMA copy and the optimizer
     model = model.to(ctx.device)
-    return model.to(memory_format=torch.channels_last) if t.channels_last else model
+    return model.to(memory_format=torch.channels_last) if train_cfg.channels_last else model
+
+
+def sync_bn_applies(train_cfg: TrainConfig, ctx: StepContext) -> bool:
+    """Whether train.sync_bn converts the model (under torchrun only); refused off CUDA."""
+    if not (train_cfg.sync_bn and distributed.world_from_env().distributed):
+        return False
+    if ctx.device.type != "cuda":
+        raise UserError(
+            "train.sync_bn=true: PyTorch's SyncBatchNorm runs on CUDA only; "
+            "use --set train.sync_bn=false on CPU"
+        )
+    return True
 
 
 def wrap_model(model: torch.nn.Module, ctx: StepContext, ddp: bool, compile_model: bool) -> torch.nn.Module:
@@ -192,10 +306,10 @@ def wrap_model(model: torch.nn.Module, ctx: StepContext, ddp: bool, compile_mode
 
 
 class CompiledOrEager(torch.nn.Module):
-    """module torch.compile'd; where compiling fails (no C++ compiler, an op Inductor cannot lower) one line on
-    stderr says why and training goes on eagerly: a run asked to be faster must not fail for it. Compiling is
-    off by default: the compiled ResNet-50 step was no faster on the 2-core Zen 4 (128 px) and 0.96x / 1.06x of
-    eager on the 2-core Xeon-AMX (128 / 224 px, batch 32), after a compile of 70-84 s."""
+    """module torch.compile'd; where compiling fails (no C++ compiler, an op Inductor cannot lower) one line
+    on stderr says why and training goes on eagerly: a run asked to be faster must not fail for it. Compiling
+    is off by default: the compiled ResNet-50 step was no faster on the 2-core Zen 4 (128 px) and 0.96x /
+    1.06x of eager on the 2-core Xeon-AMX (128 / 224 px, batch 32), after a compile of 70-84 s."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
@@ -209,7 +323,8 @@ class CompiledOrEager(torch.nn.Module):
                 self.failed = True
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
                 warn(
-                    f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); training eagerly"
+                    f"train.compile=true: torch.compile failed ({type(e).__name__}: {reason}); "
+                    "training eagerly"
                 )
         return self.eager(*args, **kwargs)
 
@@ -223,29 +338,38 @@ class DataPipeline:
     batch before it is normalised)."""
 
     def __init__(
-        self, d: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False
+        self, data_cfg: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False
     ) -> None:
         # device_augment (data.augment_on, data/augment.py's resolve_augment_on): training batches arrive as
         # uint8 canvases and each carries the crops, flips and policy to run on the training device
-        self.d, self.batch_size, self.uint8_batches = d, batch_size, uint8_batches or device_augment
+        self.data_cfg, self.batch_size, self.uint8_batches = (
+            data_cfg,
+            batch_size,
+            uint8_batches or device_augment,
+        )
         self.preprocess = make_preprocess(
-            d.image_size, d.resize_size, d.augment, d.interpolation, d.mean, d.std
+            data_cfg.image_size,
+            data_cfg.resize_size,
+            data_cfg.augment,
+            data_cfg.interpolation,
+            data_cfg.mean,
+            data_cfg.std,
         )
         self.train_tf = build_train_transform(
             self.preprocess,
-            d.augment,
-            d.min_crop_scale,
-            d.color_jitter,
-            d.cache_size,
-            d.random_erasing,
+            data_cfg.augment,
+            data_cfg.min_crop_scale,
+            data_cfg.color_jitter,
+            data_cfg.cache_size,
+            data_cfg.random_erasing,
             on_device=device_augment,
         )
-        self.eval_tf = build_eval_batch_transform(self.preprocess, d.cache_size)
-        self.cache_dir = resolve_cache_dir(d.cache_dir) if d.cache else None
+        self.eval_tf = build_eval_batch_transform(self.preprocess, data_cfg.cache_size)
+        self.cache_dir = resolve_cache_dir(data_cfg.cache_dir) if data_cfg.cache else None
 
     def train_loader(self, samples: Samples, sampler: ResumableSampler, seed: int):
         """Augmented batches in sampler's order (which depends only on its seed and epoch)."""
-        mix = BatchMix(self.d.mixup, self.d.cutmix, len(samples.classes))
+        mix = BatchMix(self.data_cfg.mixup, self.data_cfg.cutmix, len(samples.classes))
         return self._loader(
             samples, self.train_tf, sampler, seed, drop_last=len(sampler) > self.batch_size, mix=mix
         )
@@ -255,22 +379,18 @@ class DataPipeline:
         return self._loader(samples, self.eval_tf, indices, 0, drop_last=False)
 
     def _loader(self, samples: Samples, transform, sampler, seed: int, drop_last: bool, mix=None):
-        d = self.d
-        return build_loader(
-            samples,
-            transform,
-            self.batch_size,
-            shuffle=False,
-            num_workers=d.num_workers,
-            seed=seed,
-            drop_last=drop_last,
+        data_cfg = self.data_cfg
+        options = LoaderOptions(
             sampler=sampler,
-            cache_dir=self.cache_dir,
-            on_bad=d.on_bad,
-            start_method=d.worker_start,
-            cache_max_gb=d.cache_max_gb,
+            drop_last=drop_last,
+            on_bad=data_cfg.on_bad,
+            start_method=data_cfg.worker_start,
+            cache_max_gb=data_cfg.cache_max_gb,
+            cache_format=data_cfg.cache_format,
             uint8_batches=self.uint8_batches,
             mix=mix,
             pin_memory=self.uint8_batches,
-            cache_format=d.cache_format,
+        )
+        return build_loader(
+            samples, transform, self.batch_size, False, data_cfg.num_workers, seed, self.cache_dir, options
         )

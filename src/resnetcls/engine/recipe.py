@@ -4,8 +4,10 @@ size, the augmentation and the epochs from the data and this machine's measured 
 The rules (RULES below; the first whose limit the training set is under applies):
 
     training images   model                          image size (px)      recipe                epochs
-    < 5000            resnet18, width 64             128                  small data            clamp(50000 / N, 10, 200)
-    otherwise         resnet50 (resnet34 on a CPU    224 (160 on a CPU)   configs/default.yaml  clamp(1.5M / N, 15, 40)
+    < 5000            resnet18, width 64             128                  small data            clamp(50000 /
+    N, 10, 200)
+    otherwise         resnet50 (resnet34 on a CPU    224 (160 on a CPU)   configs/default.yaml  clamp(1.5M /
+    N, 15, 40)
                       under 25 img/s with resnet50)                       (crop_flip)
 
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
@@ -38,7 +40,7 @@ from PIL import Image
 
 from ..config import Config, ExplicitSettings, load_yaml, parse_duration, set_value
 from ..config.schema import flatten
-from ..data.sources import load_splits
+from ..data.sources import Splits
 from . import distributed
 from .autobatch import StepRecipe, time_batch
 from .budget import format_seconds
@@ -195,8 +197,9 @@ class RecipeChoice:
         )
         median = f"median image {f.median_short_side} px" if f.median_short_side else "image sizes unread"
         first = (
-            f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} augmentation "
-            f"({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s measured{self.slow_note} — "
+            f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} "
+            f"augmentation ({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s "
+            f"measured{self.slow_note} — "
             f"{f.train_images} train images in {f.classes} classes ({self.rule}), {median}; give "
             f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)"
         )
@@ -206,8 +209,8 @@ class RecipeChoice:
         within = (
             f" to stay within {cap} on this {device}"
             if self.epochs * self.epoch_s <= self.cap_s
-            else f", the floor, still over the {cap} cap on this {device} (a smaller --model or --image-size is "
-            f"faster)"
+            else f", the floor, still over the {cap} cap on this {device} (a smaller --model or "
+            f"--image-size is faster)"
         )
         return [
             first,
@@ -322,36 +325,25 @@ def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
     return cfg
 
 
-def auto_recipe(
-    cfg: Config,
-    explicit: ExplicitSettings | None,
-    run_dir: Path,
-    resume: str | None,
-    device_name: str | None = None,
-) -> tuple[Config, RecipeChoice | None]:
-    """cfg with the auto recipe applied, and the choice (None when it does not apply or was kept).
+def saved_recipe(cfg: Config, run_dir: Path) -> Config:
+    """cfg with the recipe keys of a run directory's config.yaml: a resumed run keeps what was picked for it
+    and measures nothing (engine/plan.py calls it before comparing the settings with the checkpoint's)."""
+    saved = flatten(load_yaml(run_dir / "config.yaml"))
+    return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS})
 
-    A run directory with checkpoints is never picked for again: resumed, it keeps the recipe keys of its
-    config.yaml; not resumed, prepare_run refuses it (so nothing is measured first). Under torchrun every rank
-    takes rank 0's choice."""
-    if recipe_blocker(explicit, cfg.train.auto_recipe):
-        return cfg, None
-    if any((run_dir / "checkpoints").glob("step-*.json")):
-        if resume is None or not (run_dir / "config.yaml").is_file():
-            return cfg, None
-        saved = flatten(load_yaml(run_dir / "config.yaml"))
-        return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS}), None
-    d, t = cfg.data, cfg.train
-    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
+
+def pick_for_data(cfg: Config, splits: Splits, device_name: str | None = None) -> RecipeChoice:
+    """The auto recipe for these splits on this machine (engine/plan.py applies its config_values). Under
+    torchrun every rank takes rank 0's choice."""
     median, read = median_short_side(splits.train.paths)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read)
-    ctx = build_context(t, device_name)
-    measure = lambda name, width, size: measure_images_per_s(
-        cfg, name, width, size, max(2, facts.classes), device_name
-    )
-    choice = choose_recipe(facts, ctx.device.type, measure, parse_duration(t.time_budget))
-    choice = distributed.gather_objects(choice)[0]
-    return apply_recipe(cfg, choice.config_values()), choice
+    ctx = build_context(cfg.train, device_name)
+
+    def measure(name: str, width: int, size: int) -> float:
+        return measure_images_per_s(cfg, name, width, size, max(2, facts.classes), device_name)
+
+    choice = choose_recipe(facts, ctx.device.type, measure, parse_duration(cfg.train.time_budget))
+    return distributed.gather_objects(choice)[0]
 
 
 # The batch both recipes train with (SMALL_DATA, CROP_FLIP): per-image speed depends on it. Timed at 16, a
@@ -364,9 +356,11 @@ def measure_images_per_s(
     cfg: Config, name: str, width: int, image_size: int, num_classes: int, device_name: str | None
 ) -> float:
     """Training images per second of this model at this size with the run's precision, optimizer and loss, on
-    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is unaffected)."""
+    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is
+    unaffected)."""
     probe_cfg = apply_recipe(cfg, {"model.name": name, "model.width": width})
-    # The shapes are what costs time, not the weights; and no SyncBatchNorm, whose steps would wait on the others.
+    # The shapes are what costs time, not the weights; and no SyncBatchNorm, whose steps would wait on the
+    # others.
     probe_train = dataclasses.replace(cfg.train, pretrained="", sync_bn=False)
     ctx = build_context(probe_train, device_name)
     model = build_model(probe_cfg.model, probe_train, num_classes, ctx)

@@ -13,7 +13,16 @@ from ..errors import UserError
 from . import distributed
 from .checkpoint import Checkpointer, RunState, list_checkpoints
 from .log import RunLogger
-from .loop import NO_HOOKS, EpochStats, NonFiniteLoss, Optimization, StepContext, StepHooks, train_one_epoch
+from .loop import (
+    NO_HOOKS,
+    EpochStats,
+    NonFiniteLoss,
+    Optimization,
+    StepContext,
+    StepHooks,
+    StepRules,
+    train_one_epoch,
+)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -61,23 +70,28 @@ class StepPlan:
     nonfinite: str = "stop"
 
 
-def run_epoch(
-    run: RunState,
-    model,
-    loader,
-    opt: Optimization,
-    loss_fn,
-    ctx: StepContext,
-    logger: RunLogger,
-    ckpt: Checkpointer,
-    stop: StopRequest,
-    plan: StepPlan,
-    hooks: StepHooks = NO_HOOKS,
-    tags: dict | None = None,
-) -> bool:
-    """Train the rest of run.epoch with the progress bar, step logging and step checkpoints.
-    tags: more fields for every step record (lifelong: the task). False when a stop was requested (the state
-    is then at a clean step boundary)."""
+@dataclass
+class EpochParts:
+    """What run_epoch trains with: the module the steps call and its optimisation, the loss and ctx (device,
+    precision), where steps are logged and checkpointed, the stop request, how often (StepPlan), and what the
+    training mode adds: its StepHooks and more fields for every step record (lifelong: the task)."""
+
+    model: object
+    opt: Optimization
+    loss_fn: object
+    ctx: StepContext
+    logger: RunLogger
+    ckpt: Checkpointer
+    stop: StopRequest
+    plan: StepPlan
+    hooks: StepHooks = NO_HOOKS
+    tags: dict | None = None
+
+
+def run_epoch(run: RunState, loader, parts: EpochParts) -> bool:
+    """Train the rest of run.epoch over loader with the progress bar, step logging and step checkpoints.
+    False when a stop was requested (the state is then at a clean step boundary)."""
+    opt, logger, plan = parts.opt, parts.logger, parts.plan
     bar = logger.progress(run.epoch, plan.epochs, plan.steps_per_epoch, run.stats.steps)
 
     def after_step(stats: EpochStats) -> bool:
@@ -85,28 +99,20 @@ def run_epoch(
         bar.update(stats.loss, opt.lr, stats.images_per_s, stats.data_wait_share)
         if plan.log_every and run.global_step % plan.log_every == 0:
             logger.log(
-                {"kind": "train", "epoch": run.epoch, **(tags or {}), **train_record(stats, opt.lr)},
+                {"kind": "train", "epoch": run.epoch, **(parts.tags or {}), **train_record(stats, opt.lr)},
                 run.global_step,
             )
         if plan.ckpt_every and run.global_step % plan.ckpt_every == 0:
-            ckpt.save(run)
-        return distributed.any_rank(stop.requested)  # all ranks stop at the same step, or none does
+            parts.ckpt.save(run)
+        return distributed.any_rank(parts.stop.requested)  # all ranks stop at the same step, or none does
 
     try:
+        rules = StepRules(plan.nonfinite, distributed.any_rank, parts.hooks)
         return train_one_epoch(
-            model,
-            loader,
-            opt,
-            loss_fn,
-            ctx,
-            run.stats,
-            after_step,
-            plan.nonfinite,
-            distributed.any_rank,
-            hooks,
+            parts.model, loader, opt, parts.loss_fn, parts.ctx, run.stats, after_step, rules
         )
     except NonFiniteLoss as e:
-        saved = list_checkpoints(ckpt.dir)
+        saved = list_checkpoints(parts.ckpt.dir)
         last = (
             f"the last good checkpoint is {saved[-1][0].with_suffix('.pt')}" if saved else "no checkpoint yet"
         )

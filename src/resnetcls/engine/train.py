@@ -1,4 +1,13 @@
-"""train(cfg, out_dir): the whole training flow, top to bottom: prepare the run, build, loop, finish.
+"""train(cfg, out_dir): the whole training flow, top to bottom: plan, prepare the run, epochs, finish.
+
+1. plan (engine/plan.py): every refusal the flags, config and data's file list allow, then every automatic
+   choice; nothing is written yet, and a refused plan leaves no run directory.
+2. prepare the run (open_training): config.yaml written once from the plan's config, environment.json,
+   seeding, then the data, model, optimisation, logger and checkpointer, built once into a TrainingRun that
+   the rest of the flow shares; the opening lines log the plan's decisions.
+3. epochs (train_epochs): each trained, validated and checkpointed, until train.epochs, train.patience or a
+   stop request (saved, exit 130).
+4. finish (engine/finish.py): final/, the calibration of best/ and final/, the summary.
 
 Under torchrun every rank runs this same flow (engine/distributed.py joins the process group); only rank 0
 (distributed.is_main) prints, logs and writes checkpoints and model directories. The caller (cli.cmd_train,
@@ -7,74 +16,43 @@ demo.py) writes the report from what train() returns.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import __version__
-from ..config import (
-    Config,
-    DataConfig,
-    ExplicitSettings,
-    LogConfig,
-    TrainConfig,
-    config_to_dict,
-    dump_yaml,
-    parse_duration,
-)
-from ..data.augment import resolve_augment_on
+from ..config import Config, ExplicitSettings, config_to_dict
 from ..data.cache import DecodedStore
-from ..data.loader import known_bad_files
-from ..data.neardup import (
-    leak_check_from_counts,
-    leak_warning,
-    near_reference,
-    store_signatures,
-    threshold_counts,
-)
-from ..data.sampler import ResumableSampler, progressive_size, progressive_sizes
-from ..data.sources import Samples, Splits, load_splits, write_split_csv
+from ..data.sampler import progressive_size
+from ..data.sources import Samples, write_split_csv
 from ..errors import UserError
 from ..records.modelfile import save_model_dir
-from ..utils.atomic import write_text_atomic
 from ..utils.hardware import precision_name
 from . import distributed
-from .autobatch import auto_batch_size
-from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
-from .calibrate import calibrate_run
 from .checkpoint import Checkpointer, RunState, restore_state
-from .log import RunLogger, confusion_field
+from .finish import MAX_KEPT_LOGITS, ShippedModels, end_of_epoch, patience_ran_out, summarize
+from .log import RunLogger
 from .loop import EpochStats, StepContext
-from .lrfind import LRCurve, auto_lr, write_curve
+from .lrfind import write_curve
 from .optim import build_loss, build_optimization
+from .plan import Plan, TrainRequest, make_plan
 from .prepare import (
-    DataPipeline,
     PreparedRun,
+    TrainData,
     arch_args,
     build_context,
+    build_data,
     build_model,
-    prepare_run,
+    open_run,
     saved_run_config,
     warn,
     wrap_model,
 )
-from .recipe import RecipeChoice, auto_recipe
-from .runner import (
-    StepPlan,
-    StopRequest,
-    TrainingInterrupted,
-    note_bad_images,
-    run_epoch,
-    stop_run,
-    train_record,
-)
+from .runner import EpochParts, StepPlan, StopRequest, TrainingInterrupted, run_epoch, stop_run
 
 OnEpoch = Callable[[int, dict], bool]  # (epoch, its metrics) -> stop the run here
 
@@ -84,7 +62,8 @@ __all__ = ["OnEpoch", "TrainResult", "TrainingInterrupted", "saved_run_config", 
 @dataclass
 class TrainResult:
     """What a caller of train() needs: where the run is, its end-of-run summary, and the validation samples
-    (the report evaluates the best model on them) and training samples (it shows a batch of them augmented)."""
+    (the report evaluates the best model on them) and training samples (it shows a batch of them
+    augmented)."""
 
     run_dir: Path
     summary: dict
@@ -93,117 +72,32 @@ class TrainResult:
 
 
 @dataclass
-class TrainData:
-    """The data of a run: its splits, the pipeline that built the loaders, the resumable training order."""
+class TrainingRun:
+    """A run being trained: its plan (the final config, the splits, the checkpoint resumed), this process's
+    place in the job, its data, the model and the one that is shipped (the EMA average when there is one),
+    where it stands (RunState), what each epoch trains with (the step model, optimisation, loss, device,
+    logger, checkpointer, stop request: EpochParts) and the shipped models' writer."""
 
-    splits: Splits
-    pipeline: DataPipeline
-    sampler: ResumableSampler
-    train_loader: object
-    val_loader: object
+    plan: Plan
+    world: distributed.World
+    data: TrainData
+    model: torch.nn.Module
+    eval_model: torch.nn.Module
+    state: RunState
+    parts: EpochParts
+    shipped: ShippedModels
 
+    @property
+    def cfg(self) -> Config:
+        return self.plan.cfg
 
-# Validation logits kept per shipped model for the calibration fit: at most this many values on a rank (64 MB of
-# fp32, e.g. 16k images x 1000 classes); beyond it calibration loads the model back and evaluates it again.
-MAX_KEPT_LOGITS = 2**24
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir
 
-
-@dataclass
-class ShippedModels:
-    """Writes best/ and final/ (save(name, metrics)) and keeps the validation logits of the epoch each was written
-    from, so calibration needs no second pass over the validation split (engine/calibrate.py): the same weights,
-    loader and precision. keep_logits=False (too many images x classes) keeps none."""
-
-    save: Callable[[str, dict], object]
-    keep_logits: bool
-    logits: dict[str, list] = field(default_factory=dict)  # "best"/"final" -> this rank's [(logits, labels)]
-
-    def new_shard(self) -> list | None:
-        """What the epoch's validation appends its logits to (None: not kept)."""
-        return [] if self.keep_logits else None
-
-    def validated(self, best: bool, metrics: dict, logits: list | None) -> None:
-        """An epoch validated: a new best is written now; the latest epoch's logits are final/'s (final/ is written
-        from the same weights once the loop ends)."""
-        for name in ("best", "final") if best else ("final",):
-            if logits is None:
-                self.logits.pop(name, None)
-            else:
-                self.logits[name] = logits
-        if best:
-            self.save("best", metrics)
-
-    def finish(
-        self,
-        metrics: dict,
-        run_dir: Path,
-        e,
-        val_loader,
-        ctx: StepContext,
-        logger: RunLogger,
-        writes: bool,
-        step: int,
-        num_classes: int,
-    ) -> None:
-        """Write final/, then fit and store the calibration of best/ and final/ (every rank calls it)."""
-        self.save("final", metrics)
-        distributed.barrier()  # every rank reads best/ and final/ only once rank 0 has written them
-        calibrate_run(run_dir, e, val_loader, ctx, logger, writes, step, self.logits, num_classes)
-        distributed.barrier()  # ... and their calibrated model.json
-
-
-def build_data(d: DataConfig, t: TrainConfig, ctx: StepContext) -> TrainData:
-    """Sources -> decoded cache -> uint8 transforms -> loaders. The training order depends only on
-    (seed, epoch) via the sampler. Bad files: skipped and counted, or (data.on_bad=fail) all named here,
-    before training starts."""
-    splits = load_splits(d.train, d.val, d.val_fraction, t.seed, d.split_by, d.batches)
-    if len(splits.classes) < 2:  # one class would train to a meaningless 100%
-        raise UserError(f"{d.train}: only one class ({splits.classes[0]!r}); a classifier needs at least two")
-    pipeline = DataPipeline(
-        d,
-        t.batch_size,
-        uint8_batches=ctx.device.type == "cuda",
-        device_augment=resolve_augment_on(d.augment_on, ctx.device),
-    )
-    world = distributed.world_from_env()  # under torchrun each rank reads its own share, batch_size each
-    sampler = ResumableSampler(splits.train.labels, d.sampler, t.seed, world.rank, world.size)
-    train_loader = pipeline.train_loader(splits.train, sampler, t.seed)
-    # Validation: indices rank, rank + world, ...: every image on exactly one rank, no padding repeats.
-    val_loader = pipeline.eval_loader(splits.val, range(world.rank, len(splits.val), world.size))
-    known_bad_files(d.on_bad, train_loader, val_loader)
-    distributed.wait_for_data()  # cache builds may outlast train.dist_timeout_s
-    if d.leak_check:  # after that wait: its collectives then wait only for the other ranks' equal share
-        warn_near_duplicates(train_loader, val_loader, len(splits.val), world)
-    return TrainData(splits, pipeline, sampler, train_loader, val_loader)
-
-
-def warn_near_duplicates(train_loader, val_loader, val_images: int, world: distributed.World) -> None:
-    """One warning line when many val images have a near-duplicate in train (data/neardup.py). Hashes the
-    decoded uint8 cache the loaders already built (no second decode); without a cache (data.cache=false) it
-    would decode everything again, so it is skipped.
-
-    Under torchrun the check is sharded, so no rank waits on another for longer than their shares differ: each
-    rank hashes every world-th train and val image, the train signatures (16 bytes an image) are gathered on
-    every rank, each rank searches its own val share against all of train, and the counts are summed. Every
-    rank thus does 1/world of the hashing and searching; had rank 0 done it all, the others would wait at their
-    next collective (the DDP handshake) for the whole check and die there once it outlasted
-    train.dist_timeout_s."""
-    stores = [getattr(loader.dataset, "store", None) for loader in (train_loader, val_loader)]
-    if not all(isinstance(store, DecodedStore) for store in stores):
-        return
-    train_store, val_store = stores
-    shares = distributed.gather_objects(
-        store_signatures(train_store, range(world.rank, len(train_store), world.size))
-    )
-    train = tuple(np.concatenate([share[k] for share in shares]) for k in (0, 1))
-    val = store_signatures(val_store, range(world.rank, len(val_store), world.size), flipped=True)
-    counts = threshold_counts(near_reference(val[:2], train), near_reference(val[2:], train))
-    summed = distributed.all_reduce_sum(torch.from_numpy(np.concatenate([counts.ravel(), [len(val[0])]])))
-    *counts, searched = summed.tolist()
-    check = leak_check_from_counts(np.reshape(counts, (2, -1)), searched, len(train[0]))
-    text = leak_warning(check, val_images, len(train[0]))
-    if text and world.is_main:
-        warn(text)
+    @property
+    def num_classes(self) -> int:
+        return len(self.plan.splits.classes)
 
 
 def train(
@@ -243,231 +137,159 @@ def train(
             raise UserError(
                 f"{autos[0]}: not under torchrun; measure once (e.g. `resnetcls lr-find`) and pass the number"
             )
-        run_dir = Path(out_dir if resume in (None, "auto") else resume)
-        cfg, recipe = auto_recipe(cfg, explicit, run_dir, resume, device_name)
-        cfg = auto_batch_size(cfg, device_name) if batch_auto else cfg
-        cfg, lr_curve = auto_lr(cfg, device_name) if lr_auto else (cfg, None)
-        return _train(cfg, out_dir, resume, force, world, device_name, lr_curve, recipe, on_epoch)
+        request = TrainRequest(cfg, Path(out_dir), resume, force, lr_auto, batch_auto, explicit)
+        run = open_training(make_plan(request, device_name), world)
+        started = time.perf_counter()
+        metrics = train_epochs(run, on_epoch)
+        summary = finish_run(run, metrics, started)
+        return TrainResult(run.run_dir, summary, run.plan.splits.val, run.plan.splits.train)
     finally:
         distributed.cleanup()
 
 
-def _train(
-    cfg: Config,
-    out_dir: str | Path,
-    resume: str | None,
-    force: bool,
-    world: distributed.World,
-    device_name,
-    lr_curve: LRCurve | None = None,
-    recipe: RecipeChoice | None = None,
-    on_epoch: OnEpoch | None = None,
-):
-    # Prepare the run: validate, find the checkpoint to resume, write config.yaml and environment.json, seed.
-    run = prepare_run(cfg, out_dir, resume, force, world.is_main)
-    cfg, run_dir, t, d, writes = run.cfg, run.run_dir, run.cfg.train, run.cfg.data, world.is_main
-    if lr_curve is not None and writes:  # --lr auto's sweep, for the report (a resume never sweeps again)
-        write_curve(lr_curve, run_dir)
-    # Build: data, model, optimisation, loss.
-    ctx = build_context(t, device_name)
-    data = build_data(d, t, ctx)
-    classes, steps_per_epoch = (
-        data.splits.classes,
-        math.ceil(len(data.train_loader) / max(1, t.grad_accum_steps)),
-    )
-    model = build_model(cfg.model, t, len(classes), ctx)
-    loss_fn = build_loss(cfg.loss, len(classes), data.splits.train.labels).to(ctx.device)
-    cfg, choice = fit_time_budget(run, model, data, loss_fn, ctx, steps_per_epoch, writes)
-    t = cfg.train
-    opt = build_optimization(model, cfg.optim, cfg.sched, t, steps_per_epoch, ctx)
-    step_model = wrap_model(model, ctx, world.distributed, t.compile)
+def open_training(plan: Plan, world: distributed.World) -> TrainingRun:
+    """Write config.yaml (the plan's config, once) and environment.json, seed every RNG, then build the data,
+    model, loss and optimisation (restored from the checkpoint when resuming), the logger and the
+    checkpointer."""
+    cfg, writes = plan.cfg, world.is_main
+    open_run(PreparedRun(cfg, plan.run_dir, plan.resumed, plan.env), writes)
+    if (
+        plan.lr_curve is not None and writes
+    ):  # --lr auto's sweep, for the report (a resume never sweeps again)
+        write_curve(plan.lr_curve, plan.run_dir)
+    ctx = build_context(cfg.train, plan.device_name)
+    data = build_data(cfg.data, cfg.train, ctx, plan.splits)
+    steps_per_epoch = math.ceil(len(data.train_loader) / max(1, cfg.train.grad_accum_steps))
+    classes = plan.splits.classes
+    model = build_model(cfg.model, cfg.train, len(classes), ctx)
+    loss_fn = build_loss(cfg.loss, len(classes), plan.splits.train.labels).to(ctx.device)
+    opt = build_optimization(model, cfg.optim, cfg.sched, cfg.train, steps_per_epoch, ctx)
+    step_model = wrap_model(model, ctx, world.distributed, cfg.train.compile)
     eval_model = opt.ema.module if opt.ema is not None else model  # with EMA, the average is what we ship
-    shipped = ShippedModels(
-        lambda name, metrics: (
-            writes
-            and save_model_dir(
-                run_dir / name,
-                eval_model,
-                cfg.model.name,
-                arch_args(cfg.model),
-                classes,
-                data.pipeline.preprocess,
-                metrics,
-            )
-        ),
-        keep_logits=len(data.splits.val) * len(classes) <= MAX_KEPT_LOGITS,
-    )
-    state = RunState() if run.resumed is None else restore_state(run.resumed[0], model, opt)
-    logger = start_logging(
-        run_dir,
-        state,
-        run.resumed,
-        data.splits,
-        ctx,
-        steps_per_epoch,
-        world,
-        t,
-        cfg.log,
-        cfg.model.name,
-        choice,
-        d,
-        recipe,
-    )
+
+    def save(name: str, metrics: dict):
+        model_dir, preprocess = plan.run_dir / name, data.pipeline.preprocess
+        return writes and save_model_dir(
+            model_dir, eval_model, cfg.model.name, arch_args(cfg.model), classes, preprocess, metrics
+        )
+
+    shipped = ShippedModels(save, keep_logits=len(plan.splits.val) * len(classes) <= MAX_KEPT_LOGITS)
+    state = RunState() if plan.resumed is None else restore_state(plan.resumed[0], model, opt)
+    logger = start_logging(plan, state, ctx, steps_per_epoch, world)
     log_cache_stores(logger, data, state.global_step)
     ckpt = Checkpointer(
-        run_dir, cfg.ckpt, t.batch_size, config_to_dict(cfg), run.env, model, opt, enabled=writes
+        plan.run_dir, cfg.ckpt, cfg.train.batch_size, config_to_dict(cfg), plan.env, model, opt
     )
-    plan = StepPlan(t.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, t.nonfinite)
-    metrics = run.resumed[1].get("metrics") if run.resumed else None  # a finished run has nothing to train
-    started, asked_stop = time.perf_counter(), False
-    # Loop: epochs, each validated and checkpointed, until t.epochs or train.patience epochs without progress.
-    # A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt path).
-    with StopRequest() as stop:
-        while state.epoch <= t.epochs and not patience_ran_out(state, t.patience) and not asked_stop:
-            epoch, where, logits = state.epoch, None, shipped.new_shard()
-            size = progressive_size(
-                epoch, t.epochs, d.image_size, d.progressive
-            )  # a function of epoch: resumable
-            data.sampler.set_epoch(epoch, state.stats.batches * t.batch_size, size)
-            if not run_epoch(
-                state, step_model, data.train_loader, opt, loss_fn, ctx, logger, ckpt, stop, plan
-            ):
-                where = f"at epoch {epoch} step {state.stats.steps}"
-            else:
-                va, confusion = distributed.evaluate_sharded(
-                    eval_model,
-                    data.val_loader,
-                    loss_fn,
-                    ctx,
-                    len(classes),
-                    stop=lambda: stop.requested,
-                    logits_out=logits,
-                )
-                # Interrupted validation: the epoch's training is complete, a resume goes straight to validation.
-                where = f"during validation of epoch {epoch}" if va.interrupted else None
-            ended = where is None
-            if ended:
+    train_cfg = cfg.train
+    step_plan = StepPlan(
+        train_cfg.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, train_cfg.nonfinite
+    )
+    parts = EpochParts(step_model, opt, loss_fn, ctx, logger, ckpt, StopRequest(), step_plan)
+    return TrainingRun(plan, world, data, model, eval_model, state, parts, shipped)
+
+
+def train_epochs(run: TrainingRun, on_epoch: OnEpoch | None) -> dict | None:
+    """Epochs, each validated and checkpointed, until train.epochs or train.patience epochs without progress;
+    the last validated epoch's metrics (a finished run resumed has nothing to train: its checkpoint's).
+    A stop request (SIGINT/SIGTERM) ends it at the next step: saved, then exit 130 (the one interrupt
+    path)."""
+    state, train_cfg, parts = run.state, run.cfg.train, run.parts
+    metrics = run.plan.resumed[1].get("metrics") if run.plan.resumed else None
+    asked_stop = False
+    with parts.stop:
+        while state.epoch <= train_cfg.epochs and not patience_ran_out(state, train_cfg.patience):
+            epoch, logits = state.epoch, run.shipped.new_shard()
+            where, validation = train_and_validate(run, logits)
+            if where is None:
+                va, confusion, size = validation
+                metric, logger = run.cfg.ckpt.metric, parts.logger
                 metrics = end_of_epoch(
-                    state,
-                    va,
-                    opt.lr,
-                    cfg.ckpt.metric,
-                    logger,
-                    t.epochs,
-                    confusion,
-                    size if d.progressive > 0 else None,
+                    state, va, parts.opt.lr, metric, logger, train_cfg.epochs, confusion, size
                 )
-                shipped.validated(state.best_epoch == epoch, metrics, logits)
+                run.shipped.validated(state.best_epoch == epoch, metrics, logits)
                 asked_stop = on_epoch is not None and bool(on_epoch(epoch, metrics))  # tune's pruner
                 state.epoch, state.stats = epoch + 1, EpochStats()
-                if distributed.any_rank(stop.requested) and state.epoch <= t.epochs:
+                if distributed.any_rank(parts.stop.requested) and state.epoch <= train_cfg.epochs:
                     where = f"after epoch {epoch}"
-            saved = ckpt.save(state, metrics if ended else None)  # an epoch's metrics rank its end checkpoint
+            ended = validation is not None
+            saved = parts.ckpt.save(state, metrics if ended else None)  # the epoch's metrics rank its end one
             if where is not None:
-                stop_run(logger, f"interrupted {where}: saved {saved}", run_dir)
-    # Finish: the final model, the calibration temperature of both (fitted on val), the summary.
-    shipped.finish(
-        metrics, run_dir, cfg.eval, data.val_loader, ctx, logger, writes, state.global_step, len(classes)
+                stop_run(parts.logger, f"interrupted {where}: saved {saved}", run.run_dir)
+            if asked_stop:
+                break
+    return metrics
+
+
+def train_and_validate(run: TrainingRun, logits: list | None) -> tuple[str | None, tuple | None]:
+    """Train the rest of the epoch and validate it: (where it was interrupted, None when it was not;
+    (validation stats, confusion matrix, the epoch's training size under progressive resizing) or None when
+    the epoch did not reach its end)."""
+    state, cfg, parts = run.state, run.cfg, run.parts
+    epoch, data_cfg = state.epoch, cfg.data
+    size = progressive_size(epoch, cfg.train.epochs, data_cfg.image_size, data_cfg.progressive)
+    run.data.sampler.set_epoch(epoch, state.stats.batches * cfg.train.batch_size, size)  # a function of epoch
+    if not run_epoch(state, run.data.train_loader, parts):
+        return f"at epoch {epoch} step {state.stats.steps}", None
+    stop = parts.stop
+    va, confusion = distributed.evaluate_sharded(
+        run.eval_model,
+        run.data.val_loader,
+        parts.loss_fn,
+        parts.ctx,
+        run.num_classes,
+        stop=lambda: stop.requested,
+        logits_out=logits,
     )
-    summary = finish(state, metrics, cfg.ckpt.metric, time.perf_counter() - started, run_dir, ctx, logger, t)
-    return TrainResult(run_dir, summary, data.splits.val, data.splits.train)
+    if va.interrupted:  # the epoch's training is complete: a resume goes straight to validation
+        return f"during validation of epoch {epoch}", None
+    return None, (va, confusion, size if data_cfg.progressive > 0 else None)
 
 
-def fit_time_budget(
-    run: PreparedRun,
-    model: torch.nn.Module,
-    data: TrainData,
-    loss_fn: torch.nn.Module,
-    ctx: StepContext,
-    steps_per_epoch: int,
-    writes: bool,
-) -> tuple[Config, BudgetChoice | None]:
-    """With train.time_budget on a new run: measure the speed, choose train.epochs to fit the budget, record it
-    in config.yaml (and so in every checkpoint). A resumed run keeps the total it chose (prepare_run)."""
-    cfg, budget_s = run.cfg, parse_duration(run.cfg.train.time_budget)
-    if not budget_s or run.resumed is not None:
-        return cfg, None
-    build_opt = lambda probe: build_optimization(probe, cfg.optim, cfg.sched, cfg.train, steps_per_epoch, ctx)
-    measured = measure_speed(
-        model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt, run.run_dir if writes else None
+def finish_run(run: TrainingRun, metrics: dict, started: float) -> dict:
+    """The final model, the calibration temperature of both (fitted on val), the summary."""
+    parts, state = run.parts, run.state
+    run.shipped.finish(
+        metrics,
+        run.run_dir,
+        run.cfg.eval,
+        run.data.val_loader,
+        parts.ctx,
+        parts.logger,
+        state.global_step,
+        run.num_classes,
     )
-    step_s, val_s, save_s = distributed.gather_objects(measured)[0]  # every rank takes rank 0's figures
-    setup_s = time.perf_counter() - run.started  # the budget counts from the start of the run
-    d = cfg.data  # progressive resizing: steps timed at the final size, each epoch scaled by its pixels
-    epochs = epochs_for_budget(
-        max(0.0, budget_s - setup_s), step_s, steps_per_epoch, val_s, save_s, d.image_size, d.progressive
-    )
-    shares = pixel_shares(epochs, d.image_size, d.progressive)
-    choice = BudgetChoice(
-        budget_s, step_s, val_s, steps_per_epoch, epochs, save_s, setup_s, sum(shares) / epochs
-    )
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=choice.epochs))
-    if writes:
-        write_text_atomic(run.run_dir / "config.yaml", dump_yaml(cfg))
-    return cfg, choice
-
-
-def patience_ran_out(state: RunState, patience: int) -> bool:
-    """True when the last `patience` finished epochs did not improve on the best (train.patience; 0 = off)."""
-    return patience > 0 and state.best_epoch > 0 and (state.epoch - 1) - state.best_epoch >= patience
-
-
-def note_early_stop(state: RunState, t: TrainConfig, metric: str, logger: RunLogger) -> None:
-    if state.epoch <= t.epochs and patience_ran_out(state, t.patience):
-        logger.info(
-            f"stopping early: {metric} has not improved for {state.epoch - 1 - state.best_epoch} epochs "
-            f"(best {state.best_value:.4f} at epoch {state.best_epoch})"
-        )
+    seconds = time.perf_counter() - started
+    return summarize(state, metrics, seconds, run.run_dir, parts.ctx, parts.logger, run.cfg)
 
 
 def start_logging(
-    run_dir: Path,
-    state: RunState,
-    resumed,
-    splits: Splits,
-    ctx: StepContext,
-    steps_per_epoch: int,
-    world: distributed.World,
-    t: TrainConfig,
-    log: LogConfig,
-    model_name: str,
-    choice: BudgetChoice | None = None,
-    d: DataConfig | None = None,
-    recipe: RecipeChoice | None = None,
+    plan: Plan, state: RunState, ctx: StepContext, steps_per_epoch: int, world: distributed.World
 ) -> RunLogger:
     """The run's logger (continuing metrics.jsonl and TensorBoard where a resumed run stopped), the opening
-    lines on stderr (the auto recipe's and the time budget's choices, the progressive resizing schedule of d),
-    split.csv."""
-    if resumed is not None:
+    lines on stderr (the plan's decisions: the auto recipe's and the time budget's, the progressive resizing
+    schedule), split.csv."""
+    run_dir, log_cfg = plan.run_dir, plan.cfg.log
+    if plan.resumed is not None:
         warn(
             f"resuming {run_dir} at epoch {state.epoch} step {state.stats.steps}/{steps_per_epoch} "
-            f"(global step {state.global_step}) from {resumed[1]['file']}"
+            f"(global step {state.global_step}) from {plan.resumed[1]['file']}"
         )
     logger = RunLogger(
         run_dir,
-        log.tensorboard,
-        state.global_step if resumed else None,
+        log_cfg.tensorboard,
+        state.global_step if plan.resumed else None,
         world.is_main,
         state.epoch,
-        tracking=log,
+        tracking=log_cfg,
         precision=precision_name(ctx.amp_dtype),
     )
-    logger.info(
-        f"resnetcls {__version__}: {model_name}, {len(splits.classes)} classes, "
-        f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
-        f"{precision_name(ctx.amp_dtype)}{' channels_last' if t.channels_last else ''}"
-        f"{' compiled' if t.compile else ''}, {steps_per_epoch} steps/epoch"
-        + (f", {world.size} processes x batch {t.batch_size}" if world.distributed else "")
-    )
-    if recipe is not None:
-        for line in recipe.lines():
+    logger.info(opening_line(plan, ctx, steps_per_epoch, world))
+    for made in plan.decisions:
+        for line in made.lines if made.logged else []:
             logger.info(line)
-        logger.log({"kind": "recipe", **recipe.record()}, state.global_step)
-    if choice is not None:
-        logger.info(choice.line())
-        logger.log({"kind": "time_budget", **choice.record()}, state.global_step)
-    if d is not None and d.progressive > 0:
-        logger.info(progressive_line(t.epochs, d.image_size, d.progressive))
+        if made.record is not None:
+            logger.log(made.record, state.global_step)
+    splits = plan.splits
     if world.is_main:
         write_split_csv(splits, run_dir / "split.csv")
         logger.info(f"split written to {run_dir / 'split.csv'}")
@@ -477,6 +299,18 @@ def start_logging(
                 f"note: ignored {len(paths)} {kind.replace('_', ' ')} file(s) in DATA, e.g. {paths[0]}"
             )
     return logger
+
+
+def opening_line(plan: Plan, ctx: StepContext, steps_per_epoch: int, world: distributed.World) -> str:
+    """What is trained on what, where, in which precision, in how many steps an epoch."""
+    train_cfg, splits = plan.cfg.train, plan.splits
+    return (
+        f"resnetcls {__version__}: {plan.cfg.model.name}, {len(splits.classes)} classes, "
+        f"{len(splits.train)} train / {len(splits.val)} val images, {ctx.device.type} "
+        f"{precision_name(ctx.amp_dtype)}{' channels_last' if train_cfg.channels_last else ''}"
+        f"{' compiled' if train_cfg.compile else ''}, {steps_per_epoch} steps/epoch"
+        + (f", {world.size} processes x batch {train_cfg.batch_size}" if world.distributed else "")
+    )
 
 
 def log_cache_stores(logger: RunLogger, data: TrainData, step: int) -> None:
@@ -497,107 +331,3 @@ def log_cache_stores(logger: RunLogger, data: TrainData, step: int) -> None:
     }
     if record:
         logger.log({"kind": "cache", **record}, step)
-
-
-def progressive_line(epochs: int, image_size: int, progressive: float) -> str:
-    """The opening line that states data.progressive's schedule once."""
-    sizes = progressive_sizes(epochs, image_size, progressive)
-    return (
-        f"progressive resizing: {sizes[0]} -> {image_size} px, full size from epoch "
-        f"{sizes.index(image_size) + 1} of {epochs} (validation always at {image_size} px)"
-    )
-
-
-def end_of_epoch(
-    run: RunState,
-    va: EpochStats,
-    lr: float,
-    metric: str,
-    logger: RunLogger,
-    epochs: int,
-    confusion: torch.Tensor | None = None,
-    train_size: int | None = None,
-) -> dict:
-    """Log the epoch (metrics.jsonl, TensorBoard, one stderr line), warn about new bad images, track best.
-    confusion: the validation confusion matrix (rows true, columns predicted), logged as val_confusion up to
-    limits.MATRIX_IN_JSON_MAX_CLASSES classes (log.confusion_field).
-    train_size: the epoch's training size under progressive resizing (recorded and printed), else None."""
-    tr, epoch = run.stats, run.epoch
-    note_bad_images(run, tr.bad + va.bad, logger)
-    if tr.nonfinite:
-        logger.info(
-            f"warning: skipped {tr.nonfinite} batch(es) with a non-finite loss in epoch {epoch} "
-            f"(train.nonfinite=skip)"
-        )
-    run.train_images, run.train_seconds = run.train_images + tr.images, run.train_seconds + tr.seconds
-    logger.log(
-        {
-            "kind": "epoch",
-            "epoch": epoch,
-            **train_record(tr, lr),
-            "val/loss": va.loss,
-            "val/top1": va.top1,
-            "val/top5": va.top5,
-            "bad_images": len(run.bad_files),
-            "nonfinite_skipped": tr.nonfinite,
-            **({"train_size": train_size} if train_size else {}),
-            **confusion_field(confusion),
-        },
-        run.global_step,
-    )
-    logger.info(
-        f"epoch {epoch}/{epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
-        f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "
-        f"data wait {tr.data_wait_share:.0%}  {tr.seconds:.0f}s"
-        + (f"  train size {train_size}px" if train_size else "")
-    )
-    metrics = {"epoch": epoch, "val_top1": va.top1, "val_top5": va.top5, "val_loss": va.loss}
-    value = metrics[metric]
-    if run.best_value is None or (value < run.best_value if metric == "val_loss" else value > run.best_value):
-        run.best_value, run.best_epoch = value, epoch
-    return metrics
-
-
-def finish(
-    run: RunState,
-    metrics: dict,
-    metric: str,
-    seconds: float,
-    run_dir: Path,
-    ctx: StepContext,
-    logger: RunLogger,
-    t: TrainConfig,
-) -> dict:
-    """The end-of-run summary (after the early-stopping note, if any): logged to metrics.jsonl, printed,
-    returned."""
-    note_early_stop(run, t, metric, logger)
-    best = run_dir / "best" / "model.json"
-    best_metrics = json.loads(best.read_text())["metrics"] if best.is_file() else metrics
-    summary = {
-        "best_epoch": run.best_epoch,
-        "best_metric": metric,
-        "best_value": run.best_value,
-        "best_val_top1": best_metrics["val_top1"],
-        "final_val_top1": metrics["val_top1"],
-        "seconds": round(seconds, 1),
-        "bad_images": len(run.bad_files),
-        "bad_files": run.bad_files,
-        "train_images_per_s": round(run.train_images / max(run.train_seconds, 1e-9), 1),
-        "run_dir": str(run_dir),
-        "best_model": str(run_dir / "best"),
-        "precision": precision_name(ctx.amp_dtype),
-        "torch": str(torch.__version__),
-        "epochs": t.epochs,
-        "epochs_run": run.epoch - 1,
-        "time_budget_s": parse_duration(t.time_budget),
-        "stopped_early": run.epoch <= t.epochs,
-    }
-    logger.log({"kind": "summary", **summary}, run.global_step)
-    logger.info(
-        f"done in {summary['seconds']}s ({summary['train_images_per_s']} train img/s): best val top1 "
-        f"{summary['best_val_top1']:.2%} at epoch {run.best_epoch}; model in {run_dir / 'best'}; "
-        f"logs in {run_dir / 'metrics.jsonl'} and {run_dir / 'tb'}"
-        + (f"; {len(run.bad_files)} bad images skipped" if run.bad_files else "")
-    )
-    logger.close()
-    return summary

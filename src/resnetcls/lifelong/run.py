@@ -31,7 +31,15 @@ from ..engine.log import RunLogger
 from ..engine.loop import EpochStats
 from ..engine.optim import build_loss, build_optimization
 from ..engine.prepare import prepare_run, seed_everything, wrap_model
-from ..engine.runner import StepPlan, StopRequest, note_bad_images, run_epoch, stop_run, train_record
+from ..engine.runner import (
+    EpochParts,
+    StepPlan,
+    StopRequest,
+    note_bad_images,
+    run_epoch,
+    stop_run,
+    train_record,
+)
 from ..errors import UserError
 from .hooks import grow_head
 from .results import LifelongResults, write_results
@@ -186,20 +194,10 @@ def train_task(seq: TaskSequence, logger: RunLogger, stop: StopRequest) -> None:
     run = seq.run
     while run.epoch <= train.epochs:
         seq.samplers[index].set_epoch(run.epoch, run.stats.batches * train.batch_size)
-        if not run_epoch(
-            run,
-            step_model,
-            loader,
-            opt,
-            loss_fn,
-            seq.ctx,
-            logger,
-            ckpt,
-            stop,
-            plan,
-            seq.hooks,
-            {"task": task.name},
-        ):
+        parts = EpochParts(
+            step_model, opt, loss_fn, seq.ctx, logger, ckpt, stop, plan, seq.hooks, {"task": task.name}
+        )
+        if not run_epoch(run, loader, parts):
             stop_run(
                 logger,
                 f"interrupted in task {index + 1} at epoch {run.epoch} step {run.stats.steps}: "
