@@ -28,8 +28,8 @@ from resnetcls.models import create_model
 
 # Sequential order and no random augmentation, so 2 processes x batch 4 see exactly the images that
 # 1 process x batch 8 sees, step by step (80 train images: 10 steps per epoch either way). fp32 on every
-# machine: the bound below was measured in fp32, and precision=auto would train in bf16 on CPUs with native bf16
-# (AVX512-BF16, AMX), where rounding alone moves the weights further apart than the bound.
+# machine: the bound below was measured in fp32, and precision=auto would train in bf16 on CPUs with native
+# bf16 (AVX512-BF16, AMX), where rounding alone moves the weights further apart than the bound.
 ARGS = [
     "--model",
     "resnet18",
