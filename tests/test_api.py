@@ -65,6 +65,17 @@ def test_train_returns_the_run_and_matches_the_run_directory(tiny_data, tmp_path
     )
 
 
+def test_train_without_out_makes_a_new_folder_each_call_and_latest_loads_it(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "train").mkdir(parents=True)  # an earlier call's folder
+    run = resnetcls.train(
+        tiny_data, model="resnet18", epochs=1, image_size=32, batch_size=16, set=TINY_SET, report=False
+    )
+    assert run.run_dir == Path("runs", "train-2") and (tmp_path / "runs" / "train-2" / "train.log").is_file()
+    assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "train-2").resolve()
+    assert resnetcls.load("runs/latest").classes == ["blue", "green", "red"]
+
+
 def test_a_runs_repr_is_one_short_line_whatever_its_config_and_metrics_hold():
     config = {"data": {"classes": [f"class-{n}" for n in range(500)]}, "optim": {"lr": 0.1}}
     metrics = [{"kind": "epoch", "epoch": n, "val/top1": 0.5} for n in range(1, 11)]

@@ -26,6 +26,8 @@ from .analysis.report import write_training_report
 from .config import build_config, explicit_settings
 from .config.flags import check_names, flag_doc, flag_settings
 from .engine.distributed import world_from_env
+from .engine.prepare import warn
+from .engine.rundir import where_to_train
 from .engine.train import saved_run_config
 from .engine.train import train as train_engine
 from .errors import UserError
@@ -103,7 +105,7 @@ def override_strings(settings: Settings) -> list[str]:
 def train(
     data: str | os.PathLike | None = None,
     *,
-    out: str | os.PathLike = "runs/latest",
+    out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     force: bool = False,
     config: str | os.PathLike | None = None,
@@ -112,8 +114,10 @@ def train(
     **flags: typing.Any,
 ) -> Run:
     """Train a ResNet on DATA into the run directory `out`, as `resnetcls train` does (it calls this), and
-    return the Run. resume: auto or a run directory, as --resume; force: as --force; config: a YAML recipe,
-    as --config; set: {config key: value}, as --set; report: write report.html at the end (as the CLI does).
+    return the Run. out None: a new folder each call, runs/train, runs/train-2, ... (the first free name),
+    with runs/latest a symlink to it. resume: auto, latest or a run directory, as --resume; force: as
+    --force; config: a YAML recipe, as --config; set: {config key: value}, as --set; report: write
+    report.html at the end (as the CLI does).
 
     Every other keyword is the train flag of the same name (config/flags.py; None: the flag not given, so
     the auto recipe or the config decides; batch_size="auto" and lr="auto" as on the command line); an
@@ -123,10 +127,11 @@ def train(
     check_names(flags, "train", API_KEYWORDS)
     settings = flag_settings(flags, "train")
     settings["data.train"] = _text(data)
-    overrides, config, resume = override_strings(set), _text(config), _text(resume)
+    overrides, config = override_strings(set), _text(config)
+    out, resume = where_to_train(_text(out), _text(resume), warn)  # --resume latest: the run it points to
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = out if resume in (None, "auto") else resume
-    base = saved_run_config(run_dir) if resume and data is None else None
+    base = saved_run_config(run_dir) if resume and data is None and run_dir else None
     cfg = build_config(config, overrides, settings, base=base)
     result = train_engine(
         cfg,

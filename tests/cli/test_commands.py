@@ -1,15 +1,19 @@
 """The command line: usage errors exit 2 without a traceback, --version, `python -m resnetcls`, serve's
-settings from the config's serve: section, and export's --to."""
+settings from the config's serve: section, export's --to, and where `train` puts a run without --out and
+what it prints on stdout and in RUN/train.log."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from resnetcls import __version__
 from resnetcls.cli.commands import serve_settings
 from resnetcls.cli.parsers import build_parser
 from resnetcls.serve.schema import ServeSettings
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 
 
 def test_a_usage_error_exits_2_naming_the_problem():
@@ -99,3 +103,43 @@ def test_export_writes_the_file_type_given_by_to_or_by_format_with_a_note(tiny_r
 def test_the_shipped_serve_config_holds_serves_defaults():
     settings, host, port, workers = serve_settings(serve_args("--config", "serve"))
     assert settings == ServeSettings("m") and (host, port, workers) == ("127.0.0.1", 8000, 1)
+
+
+def result_lines(run: Path, cwd: Path) -> list[str]:
+    """The lines `resnetcls train` ends with on stdout, from what the run wrote."""
+    records = [json.loads(line) for line in (cwd / run / "metrics.jsonl").read_text().splitlines()]
+    summary = next(r for r in reversed(records) if r["kind"] == "summary")
+    return [
+        f"run: {run}",
+        f"best val top1: {summary['best_val_top1']:.2%} (epoch {summary['best_epoch']})",
+        f"model: {run / 'best'}",
+        f"report: {run / 'report.html'}",
+    ]
+
+
+def test_runs_without_out_get_new_folders_latest_follows_and_resume_latest_continues_it(tiny_data, tmp_path):
+    args = ("train", tiny_data, *TINY, "--epochs", "1")
+    first, second = run_cli(*args, cwd=tmp_path), run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    runs, newest = tmp_path / "runs", Path("runs", "train-2")
+    assert sorted(p.name for p in runs.iterdir()) == ["latest", "train", "train-2"]
+    assert os.readlink(runs / "latest") == "train-2"
+    assert second.stdout.splitlines() == result_lines(newest, tmp_path)  # the results, nothing else
+    assert "run folder runs/train-2 (runs/latest points to it)" in second.stderr
+    log = (tmp_path / newest / "train.log").read_text()
+    assert "resnetcls " in log and "resnet18, 3 classes, 33 train / 3 val images" in log  # the opening line
+    assert "\nepoch 1/1  train loss " in log and "\ndone in " in log and log.endswith("\n")
+
+    refused = run_cli(*args, "--model", "nosuch", cwd=tmp_path)  # a refused plan: no folder, latest kept
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert sorted(p.name for p in runs.iterdir()) == ["latest", "train", "train-2"]
+    assert os.readlink(runs / "latest") == "train-2"
+
+    resumed = run_cli("train", "--resume", "latest", "--epochs", "2", "--force", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines() == result_lines(newest, tmp_path)
+    lines = (tmp_path / newest / "train.log").read_text().splitlines()
+    separator = next(n for n, line in enumerate(lines) if line.startswith("---- "))
+    assert lines[:separator] == log.splitlines() and "resumed from" in lines[separator]
+    assert any(line.startswith("epoch 2/2  ") for line in lines[separator:])
+    assert not (runs / "train-3").exists()

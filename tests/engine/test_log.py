@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from resnetcls.engine.log import RunLogger
+from resnetcls.engine.log import RunLogger, console_log, say
 
 
 def test_records_go_to_metrics_jsonl_and_slashed_scalars_to_tensorboard(tmp_path):
@@ -75,3 +75,23 @@ def test_the_val_confusion_matrix_is_logged_up_to_the_class_cap_only(tmp_path):
     assert records[0]["val_confusion"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
     assert len(records[1]["val_confusion"]) == MATRIX_IN_JSON_MAX_CLASSES
     assert "val_confusion" not in records[2] and "val_confusion" not in records[3]
+
+
+def test_console_lines_reach_train_log_as_they_are_said_the_early_ones_first(tmp_path, capsys):
+    with console_log() as console:
+        say("a plan's line")
+        console.attach(tmp_path / "train.log")
+        RunLogger(tmp_path, tensorboard=False).info("epoch 1/1  val top1 50.00%")
+        assert (
+            tmp_path / "train.log"
+        ).read_text() == "a plan's line\nepoch 1/1  val top1 50.00%\n"  # flushed
+    say("after the run")  # no run under way: stderr only
+    assert capsys.readouterr().err == "a plan's line\nepoch 1/1  val top1 50.00%\nafter the run\n"
+    with console_log() as console:
+        console.attach(tmp_path / "train.log", resumed="checkpoints/step-00000004.pt")
+        say("epoch 2/2")
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert lines[2].startswith("---- ") and lines[2].endswith(
+        ": resumed from checkpoints/step-00000004.pt ----"
+    )
+    assert lines[3] == "epoch 2/2" and len(lines) == 4

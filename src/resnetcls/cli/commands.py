@@ -11,9 +11,10 @@ import sys
 
 def cmd_train(args) -> int:
     from ..api import train  # the Python API's train: one path for the CLI and notebooks
+    from ..engine.distributed import world_from_env
     from .flags import table_values
 
-    train(
+    run = train(
         args.data,
         out=args.out,
         resume=args.resume,
@@ -22,7 +23,23 @@ def cmd_train(args) -> int:
         set=args.overrides,
         **table_values(args, "train"),
     )
+    if world_from_env().is_main:  # under torchrun once, by the rank that wrote the run
+        print("\n".join(train_result_lines(run.run_dir, run.summary)), flush=True)
     return 0
+
+
+def train_result_lines(run_dir, summary: dict) -> list[str]:
+    """What `resnetcls train` prints on stdout at the end (its progress and diagnostics go to stderr and
+    RUN/train.log): the run folder, the best val top-1 and its epoch, where the best model and the report
+    are."""
+    lines = [f"run: {run_dir}"]
+    if isinstance(summary.get("best_val_top1"), (int, float)):
+        lines.append(f"best val top1: {summary['best_val_top1']:.2%} (epoch {summary.get('best_epoch')})")
+    lines.append(f"model: {run_dir / 'best'}")
+    report = run_dir / "report.html"
+    if report.is_file():
+        lines.append(f"report: {report}")
+    return lines
 
 
 def cmd_tune(args) -> int:

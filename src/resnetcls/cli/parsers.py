@@ -35,15 +35,18 @@ def _add_train(sub) -> None:
     add_config_flags(p, "small-data or default, no auto recipe then")
     p.add_argument(
         "--out",
-        default="runs/latest",
         metavar="RUN_DIR",
-        help="the run directory: checkpoints, logs, best/ and final/ models (default runs/latest)",
+        help="the run directory: checkpoints, train.log, best/ and final/ models (default: a new folder "
+        "each run, runs/train, runs/train-2, ..., the first free name, with the symlink runs/latest "
+        "pointed to it; a given RUN_DIR never moves runs/latest, and one holding a run is refused "
+        "unless --resume)",
     )
     p.add_argument(
         "--resume",
-        metavar="auto|RUN_DIR",
-        help="continue from the newest complete checkpoint of --out (auto) or of RUN_DIR (default: a new "
-        "run)",
+        metavar="auto|latest|RUN_DIR",
+        help="continue from the newest complete checkpoint of --out (auto; without --out: runs/latest's "
+        "run if unfinished, else a new run), of the run runs/latest points to (latest) or of RUN_DIR "
+        "(default: a new run)",
     )
     p.add_argument(
         "--force",

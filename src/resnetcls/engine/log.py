@@ -1,8 +1,11 @@
 """Run logging: a live progress bar per epoch on a terminal (one line per epoch otherwise), metrics.jsonl with
-every logged value, and TensorBoard scalars under train/ and val/ (as in the seed)."""
+every logged value, TensorBoard scalars under train/ and val/ (as in the seed), and the console lines (the
+opening lines, epoch lines, warnings, the summary: not the progress bar) on stderr and in RUN/train.log."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import shutil
 import sys
@@ -29,8 +32,71 @@ def confusion_field(confusion) -> dict:
     return {"val_confusion": confusion.tolist()}
 
 
+class Console:
+    """A run's console lines: each printed on stderr at once and appended to RUN/train.log, flushed line by
+    line (a killed run keeps every line it printed). Lines said before the run folder exists (the plan's)
+    are kept and written first when it is attached."""
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+        self.file = None
+
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+        if self.file is None:
+            self.pending.append(text)
+            return
+        self.file.write(text + "\n")
+        self.file.flush()
+
+    def attach(self, path: Path, resumed: str | None = None) -> None:
+        """Append from now on to path; a log that already holds lines gets a separator line first, naming
+        the resumption (resumed: what was resumed) or the new run."""
+        had_lines = path.is_file() and path.stat().st_size > 0
+        self.file = open(path, "a", encoding="utf-8")
+        if had_lines:
+            when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            what = f"resumed from {resumed}" if resumed else "a new run in this folder"
+            self.file.write(f"---- {when}: {what} ----\n")
+        for text in self.pending:
+            self.file.write(text + "\n")
+        self.pending = []
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+CONSOLES: list[Console] = []  # the consoles of the runs under way in this process, innermost last
+
+
+def say(text: str) -> None:
+    """One console line: on stderr, and in the train.log of the run under way (console_log), if any."""
+    if CONSOLES:
+        CONSOLES[-1].say(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def console_log(enabled: bool = True):
+    """The Console that say() writes to while a run is under way (enabled=False: a rank that does not
+    write, whose say() still prints)."""
+    console = Console()
+    if enabled:
+        CONSOLES.append(console)
+    try:
+        yield console
+    finally:
+        if enabled:
+            CONSOLES.remove(console)
+        console.close()
+
+
 class RunLogger:
-    """Writes every logged record to metrics.jsonl and TensorBoard; prints to stderr.
+    """Writes every logged record to metrics.jsonl and TensorBoard; its console lines go through say().
 
     enabled=False (a non-zero rank under torchrun) makes every method a no-op: one place decides who writes.
     resume_step, resume_epoch: where a resumed run continues. What was logged after that point before a kill
@@ -86,8 +152,9 @@ class RunLogger:
             self.trackers.log(record)
 
     def info(self, text: str) -> None:
+        """A console line (stderr and RUN/train.log)."""
         if self.enabled:
-            print(text, file=sys.stderr, flush=True)
+            say(text)
 
     def progress(self, epoch: int, epochs: int, total_steps: int, done_steps: int) -> Progress:
         return Progress(

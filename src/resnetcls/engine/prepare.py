@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +46,15 @@ from ..utils.atomic import write_text_atomic
 from ..utils.hardware import pick_device, resolve_amp
 from . import distributed
 from .checkpoint import environment_info, load_latest
+from .log import say
 from .loop import StepContext
 
 
 def warn(text: str) -> None:
-    """A warning on stderr, once per job (every torchrun rank sees the same ones)."""
+    """A warning on stderr (and in the train.log of the run under way), once per job (every torchrun rank
+    sees the same ones)."""
     if distributed.is_main():
-        print(text, file=sys.stderr, flush=True)
+        say(text)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -35,7 +35,7 @@ from ..utils.hardware import precision_name
 from . import distributed
 from .checkpoint import Checkpointer, RunState, restore_state
 from .finish import MAX_KEPT_LOGITS, ShippedModels, end_of_epoch, patience_ran_out, summarize
-from .log import RunLogger
+from .log import RunLogger, console_log
 from .loop import EpochStats, StepContext
 from .lrfind import write_curve
 from .optim import build_loss, build_optimization
@@ -52,6 +52,7 @@ from .prepare import (
     warn,
     wrap_model,
 )
+from .rundir import next_run_dir, open_run_folder
 from .runner import EpochParts, StepPlan, StopRequest, TrainingInterrupted, run_epoch, stop_run
 
 OnEpoch = Callable[[int, dict], bool]  # (epoch, its metrics) -> stop the run here
@@ -102,7 +103,7 @@ class TrainingRun:
 
 def train(
     cfg: Config,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     resume: str | None = None,
     force: bool = False,
     lr_auto: bool = False,
@@ -112,6 +113,8 @@ def train(
 ) -> TrainResult:
     """Train cfg.model on cfg.data; write the run directory; return it with the end-of-run summary.
 
+    out_dir None with resume None: a new folder runs/train, runs/train-2, ... (engine/rundir.py), runs/latest
+    pointed to it once the plan is accepted. The console lines go to stderr and RUN/train.log.
     resume: None (a new run), "auto" (the newest complete checkpoint in out_dir, if any) or a run directory.
     Under torchrun (RANK/WORLD_SIZE set) each process trains its share with DistributedDataParallel.
     lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first, and its curve goes into the run
@@ -137,14 +140,27 @@ def train(
             raise UserError(
                 f"{autos[0]}: not under torchrun; measure once (e.g. `resnetcls lr-find`) and pass the number"
             )
-        request = TrainRequest(cfg, Path(out_dir), resume, force, lr_auto, batch_auto, explicit)
-        run = open_training(make_plan(request, device_name), world)
-        started = time.perf_counter()
-        metrics = train_epochs(run, on_epoch)
-        summary = finish_run(run, metrics, started)
+        named = out_dir is None and resume is None  # a new folder runs/train-N, runs/latest pointed to it
+        # every rank takes rank 0's name: rank 0 makes the folder only once its plan is accepted
+        run_dir = distributed.gather_objects(next_run_dir())[0] if named else Path(out_dir or resume)
+        with console_log(world.is_main) as console:
+            request = TrainRequest(cfg, run_dir, resume, force, lr_auto, batch_auto, explicit)
+            plan = make_plan(request, device_name)
+            if world.is_main:  # the plan is accepted: the run folder, runs/latest, RUN/train.log
+                open_run_folder(plan.run_dir, named, console.say)
+                console.attach(plan.run_dir / "train.log", resumed_file(plan))
+            run = open_training(plan, world)
+            started = time.perf_counter()
+            metrics = train_epochs(run, on_epoch)
+            summary = finish_run(run, metrics, started)
         return TrainResult(run.run_dir, summary, run.plan.splits.val, run.plan.splits.train)
     finally:
         distributed.cleanup()
+
+
+def resumed_file(plan: Plan) -> str | None:
+    """The checkpoint file a resumed plan continues from (None: a new run)."""
+    return plan.resumed[1]["file"] if plan.resumed else None
 
 
 def open_training(plan: Plan, world: distributed.World) -> TrainingRun:
