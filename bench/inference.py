@@ -212,7 +212,7 @@ def main() -> None:
             make_preprocess(size),
         )
         write_int8(model_dir, 32 if args.quick else 256)
-        # What `export --format onnx` writes (its parity check aside): with it, backend auto may run ONNX
+        # What `export --to onnx` writes (its parity check aside): with it, backend auto may run ONNX
         # files.
         (model_dir / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model_dir)))
         record_export(model_dir, ONNX_FILE)

@@ -24,8 +24,8 @@ from resnetcls.serve.app import create_app
 from resnetcls.serve.schema import ServeSettings
 work = Path(sys.argv[1])
 model, image = work / "model", work / "a.png"
-codes = [main(["export", str(model), "--format", "onnx"]),
-         main(["export", str(model), "--format", "torchscript"]),
+codes = [main(["export", str(model), "--to", "onnx"]),
+         main(["export", str(model), "--to", "torchscript"]),
          main(["eval", str(model), str(work / "data"), "--out", str(work / "eval")])]  # (draws figures)
 codes.append(main(["predict", str(model), str(image), "--explain", str(work / "cams")]))  # auto
 for backend in ("onnxruntime", "openvino"):

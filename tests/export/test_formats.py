@@ -118,7 +118,7 @@ def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_an
     assert result.stderr.strip() == (
         f"resnetcls: error: {model / 'model.onnx'}: sha256 does not match model.json (changed or "
         f"replaced since it was exported); re-export it with `resnetcls export {model} "
-        "--format onnx`"
+        "--to onnx`"
     )
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)  # where auto would run model.onnx

@@ -51,7 +51,7 @@ def test_a_session_uses_a_matching_model_onnx_and_re_exports_a_stale_one(
     assert (
         "not run, its sha256 is not recorded in model.json" in err and "exporting in memory meanwhile" in err
     )
-    assert f"re-export it with `resnetcls export {model} --format onnx`" in err and exports == [model, model]
+    assert f"re-export it with `resnetcls export {model} --to onnx`" in err and exports == [model, model]
     record_export(model, ONNX_FILE)  # what export does once the file is checked and written
     onnx_session_for(load_model_dir(model))
     assert capsys.readouterr().err == "" and exports == [
@@ -76,7 +76,7 @@ def test_an_export_that_differs_from_its_recorded_sha256_is_refused_in_one_line_
     record_export(record_export(model, ONNX_FILE), INT8_FILE)
     loaded = load_model_dir(model)
     assert onnx_runtime.onnx_file_current(loaded) and int8_session_for(loaded) is not None
-    for name, fix in ((ONNX_FILE, "--format onnx`"), (INT8_FILE, "--format onnx --int8`")):
+    for name, fix in ((ONNX_FILE, "--to onnx`"), (INT8_FILE, "--to onnx --int8`")):
         data = bytearray(seed0_onnx)
         data[-8] ^= 1  # one bit flipped in place: same name, same size, same inode
         (model / name).write_bytes(bytes(data))

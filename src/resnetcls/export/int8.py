@@ -1,4 +1,4 @@
-"""int8 ONNX export (`resnetcls export MODEL --format onnx --int8`): ONNX Runtime static quantization, checked
+"""int8 ONNX export (`resnetcls export MODEL --to onnx --int8`): ONNX Runtime static quantization, checked
 against fp32 on real validation images, in both runtimes that run it (ONNX Runtime, OpenVINO), before anything
 is written.
 

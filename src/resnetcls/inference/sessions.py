@@ -238,7 +238,7 @@ def exported_temperature(meta: dict[str, str]) -> float | None:
 
 def export_command(loaded: LoadedModel, int8: bool = False) -> str:
     """The command that (re-)exports the model directory's model.onnx (int8: model.int8.onnx)."""
-    return f"resnetcls export {loaded.path} --format onnx" + (" --int8" if int8 else "")
+    return f"resnetcls export {loaded.path} --to onnx" + (" --int8" if int8 else "")
 
 
 def _unrecorded(path, loaded: LoadedModel, instead: str, int8: bool = False) -> str:

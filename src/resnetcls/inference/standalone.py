@@ -89,7 +89,7 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
     if missing:
         raise UserError(
             f"{path}: not a resnetcls export: its metadata lacks {', '.join(missing)} "
-            f"(export a model directory with `resnetcls export MODEL --format onnx`)"
+            f"(export a model directory with `resnetcls export MODEL --to onnx`)"
         )
     try:
         fields = {k: json.loads(raw[k]) for k in ("arch_args", "classes", "preprocess")}

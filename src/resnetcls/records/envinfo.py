@@ -83,7 +83,7 @@ def cpu_flags() -> dict[str, bool]:
 
 def _precision_choices(device: torch.device) -> dict:
     """What `train` (train.precision=auto) and `predict` (--precision auto) run on this device; on the CPU
-    also what `predict --backend auto` runs once `export --format onnx` has written a model.onnx."""
+    also what `predict --backend auto` runs once `export --to onnx` has written a model.onnx."""
     amp = precision_name(resolve_amp("auto", device))
     choices = {"train": f"{amp} + channels_last", "predict": f"{amp} + channels_last"}
     if device.type == "cpu":
