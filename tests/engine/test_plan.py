@@ -75,7 +75,13 @@ def test_a_refused_resume_leaves_the_run_directory_as_it_was(tiny_run):
 def request(data: Path, out: Path, *overrides: str, **flags) -> TrainRequest:
     """What `resnetcls train DATA --set ...` asks, with flags as their config keys (None: not given)."""
     keys = {"data.train": str(data), **flags}
-    settings = ["model.width=8", "data.num_workers=0", "log.tensorboard=false", *overrides]
+    settings = [
+        "model.width=8",
+        "data.num_workers=0",
+        "log.tensorboard=false",
+        "train.auto_recipe=false",
+        *overrides,
+    ]
     cfg = build_config(None, settings, keys)
     return TrainRequest(cfg, out, batch_auto=True, explicit=explicit_settings(None, settings, keys))
 
@@ -84,8 +90,10 @@ def test_the_plan_lists_each_choice_with_why_and_writes_nothing(tiny_data, tmp_p
     out = tmp_path / "run"
     flags = {"model.name": "resnet18", "data.image_size": 32, "train.time_budget": "1s"}
     plan = make_plan(request(tiny_data, out, "data.progressive=0.5", **flags))
-    assert [made.name for made in plan.decisions] == ["batch_size", "time_budget", "precision", "progressive"]
-    batch, budget, precision, progressive = plan.decisions
+    names = ["recipe", "batch_size", "time_budget", "precision", "progressive"]
+    assert [made.name for made in plan.decisions] == names
+    off, batch, budget, precision, progressive = plan.decisions
+    assert off.chosen == {} and off.why == "train.auto_recipe=false" and off.record is None
     assert batch.lines[0].startswith(
         f"--batch-size auto: {plan.cfg.train.batch_size} (the most train images/s"
     )
@@ -125,7 +133,7 @@ def test_config_yaml_is_written_once_with_the_choices_and_they_are_logged(tiny_d
         time="1s",
         batch_size="auto",
         out=out,
-        set={"model.width": 8, "data.num_workers": 0, "log.tensorboard": False},
+        set={"model.width": 8, "data.num_workers": 0, "log.tensorboard": False, "train.auto_recipe": False},
         report=False,
     )
     assert written.count("config.yaml") == 1
