@@ -200,8 +200,8 @@ def fine_tune(model: str, given: dict[str, Any], has_weights: Callable[[str], An
         return False, f"auto recipe: from scratch: ImageNet weights need width 64 (model.width={width} given)"
     if has_weights(model):
         return True, (
-            f"auto recipe: fine-tuning from ImageNet weights (cache) for {model} (train.pretrained=torchvision, "
-            "configs/finetune.yaml's values)"
+            f"auto recipe: fine-tuning from ImageNet weights (cache) for {model} "
+            "(train.pretrained=torchvision, configs/finetune.yaml's values)"
         )
     return False, (
         f"auto recipe: from scratch: no ImageNet weights for {model} in the cache "
