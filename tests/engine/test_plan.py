@@ -2,6 +2,7 @@
 once and listed with why, and config.yaml is written once, with the choices in it."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import yaml
 
 import resnetcls
 from resnetcls.config import build_config, explicit_settings
-from resnetcls.engine import prepare
+from resnetcls.engine import plan as plan_module
+from resnetcls.engine import prepare, recipe
 from resnetcls.engine.plan import TrainRequest, make_plan
 from resnetcls.engine.train import saved_run_config
 from tests.conftest import TINY, run_cli
@@ -160,3 +162,31 @@ def test_under_torchrun_every_rank_takes_rank_0s_measured_budget(tiny_data, tmp_
     epochs = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
     assert f"chose {epochs} epochs" in line and f"epoch {epochs}/{epochs} " in result.stderr
     assert [p.name for p in work.iterdir()] == ["run"]
+
+
+def test_with_the_recipe_on_batch_size_auto_is_listed_as_yours_and_chosen_after_it(
+    tiny_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(recipe, "measure_images_per_s", lambda *args: 100.0)
+    chosen = SimpleNamespace(batch_size=16, grad_accum_steps=1, line="--batch-size auto: 16")
+    monkeypatch.setattr(plan_module, "pick_batch_size", lambda *args: chosen)
+    keys = {
+        "data.train": str(tiny_data),
+        "train.device": "cpu",
+        "train.batch_size": "auto",
+        "train.epochs": 2,
+    }
+    settings = ["data.num_workers=0"]
+    cfg = build_config(None, settings, {k: v for k, v in keys.items() if v != "auto"})
+    explicit = explicit_settings(None, settings, keys)
+    plan = make_plan(TrainRequest(cfg, tmp_path / "run", batch_auto=True, explicit=explicit))
+    assert [made.name for made in plan.decisions][:2] == ["recipe", "batch_size"]
+    assert (
+        plan.decision("recipe")
+        .lines[0]
+        .startswith(
+            "auto recipe: from you: train.batch_size=auto, train.epochs=2; chosen: resnet18 width 64 at 64 px"
+        )
+    )
+    assert plan.cfg.train.batch_size == 16 and plan.cfg.data.augment == "trivialaugment"

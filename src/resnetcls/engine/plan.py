@@ -123,7 +123,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
     elif recipe_on and not resuming:
-        decide(plan, decide_recipe(plan, request.explicit))
+        decide(plan, decide_recipe(plan, request))
     elif request.explicit is not None and not resuming:
         plan.decisions.append(recipe_off())
     if request.batch_auto:
@@ -177,10 +177,14 @@ def check_parts(cfg: Config, num_classes: int, ctx: StepContext) -> None:
     sync_bn_applies(train_cfg, ctx)
 
 
-def decide_recipe(plan: Plan, explicit: ExplicitSettings | None) -> Decision:
+def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
     """The auto recipe (engine/recipe.py): what the user left open of the model, width, image size,
-    augmentation, optimizer, batch size, epochs and checkpoints kept."""
-    choice = pick_for_data(plan.cfg, plan.splits, plan.device_name, explicit)
+    augmentation, optimizer, batch size, epochs and checkpoints kept (--batch-size/--lr auto: given, chosen
+    after it)."""
+    choice = pick_for_data(plan.cfg, plan.splits, plan.device_name, request.explicit)
+    for key, auto in (("train.batch_size", request.batch_auto), ("optim.lr", request.lr_auto)):
+        if auto and key in choice.given:
+            choice.given[key] = "auto"
     why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
     return Decision(
         "recipe", choice.config_values(), why, choice.lines(), {"kind": "recipe", **choice.record()}
