@@ -162,6 +162,14 @@ def test_cached_imagenet_weights_switch_the_recipe_to_fine_tuning():
     assert (
         narrow.lines()[1] == "auto recipe: from scratch: ImageNet weights need width 64 (model.width=8 given)"
     )
+    own_optimizer = choose_recipe(
+        facts(720), "cpu", FAST(1000.0), given={"optim.name": "adamw"}, has_weights=lambda arch: True
+    )
+    assert "train.pretrained" not in own_optimizer.chosen
+    assert own_optimizer.lines()[1] == (
+        "auto recipe: from scratch: you chose optim.name (with ImageNet weights for resnet18 in the cache, "
+        "--pretrained torchvision fine-tunes with them)"
+    )
 
 
 def test_only_the_off_switch_or_a_python_built_config_stops_the_auto_recipe():

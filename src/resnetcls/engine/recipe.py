@@ -192,12 +192,18 @@ def small_batch(train_images: int, batch: int) -> int:
 
 def fine_tune(model: str, given: dict[str, Any], has_weights: Callable[[str], Any]) -> tuple[bool, str]:
     """(fine-tune?, the line that says why): the user's --pretrained, else ImageNet weights in the cache for
-    the model at the standard width."""
+    the model at the standard width, unless the user chose the optimizer (fine-tuning needs its own)."""
     if "train.pretrained" in given:
         return bool(given["train.pretrained"]), ""
     width = given.get("model.width", FINETUNE_WIDTH)
     if width != FINETUNE_WIDTH:
         return False, f"auto recipe: from scratch: ImageNet weights need width 64 (model.width={width} given)"
+    mine = sorted(given.keys() & {"optim.name", "optim.lr"})
+    if has_weights(model) and mine:  # a from-scratch optimizer of the user's (e.g. --config small-data)
+        return False, (
+            f"auto recipe: from scratch: you chose {', '.join(mine)} (with ImageNet weights for {model} in "
+            "the cache, --pretrained torchvision fine-tunes with them)"
+        )
     if has_weights(model):
         return True, (
             f"auto recipe: fine-tuning from ImageNet weights (cache) for {model} "
