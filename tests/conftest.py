@@ -11,7 +11,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-# Tiny settings so every training test runs in seconds on 2 cores.
+# Tiny settings so every training test runs in seconds on 2 cores, exactly as given: no auto recipe (the
+# tests of the recipe opt in).
 TINY = [
     "--model",
     "resnet18",
@@ -25,6 +26,8 @@ TINY = [
     "data.num_workers=0",
     "--set",
     "log.tensorboard=true",
+    "--set",
+    "train.auto_recipe=false",
 ]
 
 

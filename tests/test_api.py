@@ -19,7 +19,7 @@ from resnetcls.errors import UserError
 from tests.conftest import ROOT, make_class_folders, run_cli
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
-TINY_SET = {"model.width": 8, "data.num_workers": 0, "optim.lr": 0.01}
+TINY_SET = {"model.width": 8, "data.num_workers": 0, "optim.lr": 0.01, "train.auto_recipe": False}
 
 
 def readme_example() -> str:

@@ -31,6 +31,8 @@ from resnetcls.models import create_model
 # machine: the bound below was measured in fp32, and precision=auto would train in bf16 on CPUs with native
 # bf16 (AVX512-BF16, AMX), where rounding alone moves the weights further apart than the bound.
 ARGS = [
+    "--set",
+    "train.auto_recipe=false",
     "--model",
     "resnet18",
     "--image-size",

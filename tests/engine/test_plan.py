@@ -2,6 +2,7 @@
 once and listed with why, and config.yaml is written once, with the choices in it."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import yaml
 
 import resnetcls
 from resnetcls.config import build_config, explicit_settings
-from resnetcls.engine import prepare
+from resnetcls.engine import plan as plan_module
+from resnetcls.engine import prepare, recipe
 from resnetcls.engine.plan import TrainRequest, make_plan
 from resnetcls.engine.train import saved_run_config
 from tests.conftest import TINY, run_cli
@@ -75,7 +77,13 @@ def test_a_refused_resume_leaves_the_run_directory_as_it_was(tiny_run):
 def request(data: Path, out: Path, *overrides: str, **flags) -> TrainRequest:
     """What `resnetcls train DATA --set ...` asks, with flags as their config keys (None: not given)."""
     keys = {"data.train": str(data), **flags}
-    settings = ["model.width=8", "data.num_workers=0", "log.tensorboard=false", *overrides]
+    settings = [
+        "model.width=8",
+        "data.num_workers=0",
+        "log.tensorboard=false",
+        "train.auto_recipe=false",
+        *overrides,
+    ]
     cfg = build_config(None, settings, keys)
     return TrainRequest(cfg, out, batch_auto=True, explicit=explicit_settings(None, settings, keys))
 
@@ -84,8 +92,10 @@ def test_the_plan_lists_each_choice_with_why_and_writes_nothing(tiny_data, tmp_p
     out = tmp_path / "run"
     flags = {"model.name": "resnet18", "data.image_size": 32, "train.time_budget": "1s"}
     plan = make_plan(request(tiny_data, out, "data.progressive=0.5", **flags))
-    assert [made.name for made in plan.decisions] == ["batch_size", "time_budget", "precision", "progressive"]
-    batch, budget, precision, progressive = plan.decisions
+    names = ["recipe", "batch_size", "time_budget", "precision", "progressive"]
+    assert [made.name for made in plan.decisions] == names
+    off, batch, budget, precision, progressive = plan.decisions
+    assert off.chosen == {} and off.why == "train.auto_recipe=false" and off.record is None
     assert batch.lines[0].startswith(
         f"--batch-size auto: {plan.cfg.train.batch_size} (the most train images/s"
     )
@@ -125,7 +135,7 @@ def test_config_yaml_is_written_once_with_the_choices_and_they_are_logged(tiny_d
         time="1s",
         batch_size="auto",
         out=out,
-        set={"model.width": 8, "data.num_workers": 0, "log.tensorboard": False},
+        set={"model.width": 8, "data.num_workers": 0, "log.tensorboard": False, "train.auto_recipe": False},
         report=False,
     )
     assert written.count("config.yaml") == 1
@@ -152,3 +162,31 @@ def test_under_torchrun_every_rank_takes_rank_0s_measured_budget(tiny_data, tmp_
     epochs = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
     assert f"chose {epochs} epochs" in line and f"epoch {epochs}/{epochs} " in result.stderr
     assert [p.name for p in work.iterdir()] == ["run"]
+
+
+def test_with_the_recipe_on_batch_size_auto_is_listed_as_yours_and_chosen_after_it(
+    tiny_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(recipe, "measure_images_per_s", lambda *args: 100.0)
+    chosen = SimpleNamespace(batch_size=16, grad_accum_steps=1, line="--batch-size auto: 16")
+    monkeypatch.setattr(plan_module, "pick_batch_size", lambda *args: chosen)
+    keys = {
+        "data.train": str(tiny_data),
+        "train.device": "cpu",
+        "train.batch_size": "auto",
+        "train.epochs": 2,
+    }
+    settings = ["data.num_workers=0"]
+    cfg = build_config(None, settings, {k: v for k, v in keys.items() if v != "auto"})
+    explicit = explicit_settings(None, settings, keys)
+    plan = make_plan(TrainRequest(cfg, tmp_path / "run", batch_auto=True, explicit=explicit))
+    assert [made.name for made in plan.decisions][:2] == ["recipe", "batch_size"]
+    assert (
+        plan.decision("recipe")
+        .lines[0]
+        .startswith(
+            "auto recipe: from you: train.batch_size=auto, train.epochs=2; chosen: resnet18 width 64 at 64 px"
+        )
+    )
+    assert plan.cfg.train.batch_size == 16 and plan.cfg.data.augment == "trivialaugment"

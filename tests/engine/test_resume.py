@@ -23,6 +23,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 # 33 training images, batch 4 -> 8 steps per epoch; a checkpoint after every step so a kill lands mid-epoch.
 ARGS = [
+    "--set",
+    "train.auto_recipe=false",
     "--model",
     "resnet18",
     "--image-size",

@@ -25,6 +25,8 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed: pip inst
 
 # 33 training images, batch 8 -> 5 steps an epoch; one thread each: the machine is shared.
 ARGS = [
+    "--set",
+    "train.auto_recipe=false",
     "--model",
     "resnet18",
     "--image-size",

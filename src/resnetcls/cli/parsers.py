@@ -19,10 +19,10 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a ResNet on DATA",
-        description="With none of --config, --model, --epochs, --image-size, --batch-size, --lr, "
-        "--pretrained or a --set of a recipe key, the auto recipe picks model, width, "
-        "image size, augmentation and epochs from DATA and this machine's measured "
-        "speed, prints why and records it in config.yaml (off: --set "
+        description="The auto recipe keeps what you give (flags, --set, the keys of --config) "
+        "and picks the rest of model, width, image size, augmentation, batch size and epochs "
+        "from DATA and this machine's measured speed, fine-tuning when ImageNet weights are "
+        "in the cache; it prints why and records it in config.yaml (off: --set "
         "train.auto_recipe=false).",
     )
     p.add_argument(
@@ -32,7 +32,7 @@ def _add_train(sub) -> None:
         help="class folders, train/val folders or a CSV manifest (optional with --resume)",
     )
     add_table_flags(p, "train")
-    add_config_flags(p, "small-data or default, no auto recipe then")
+    add_config_flags(p, "small-data or default; the auto recipe keeps its keys")
     p.add_argument(
         "--out",
         metavar="RUN_DIR",

@@ -203,7 +203,7 @@ def build_config(
 @dataclass(frozen=True)
 class ExplicitSettings:
     """What the user chose themselves on top of the defaults: a config file, and the dotted keys given by
-    --set or a flag. The auto recipe (engine/recipe.py) steps aside when either names a recipe choice."""
+    --set or a flag. The auto recipe (engine/recipe.py) keeps the recipe choices among them."""
 
     config_file: str = ""
     keys: frozenset = frozenset()

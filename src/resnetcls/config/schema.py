@@ -76,8 +76,8 @@ class TrainConfig:
     nonfinite: str = "stop"  # a NaN/Inf loss: stop (exit 2, last good checkpoint kept) | skip (counted)
     time_budget: str = ""  # e.g. 90s, 20m, 1.5h: epochs chosen to fit the whole schedule; ""/0 = off
     patience: int = 0  # stop after N epochs without an improvement of ckpt.metric; 0 = off
-    auto_recipe: bool = True  # with no recipe choice given (no --config, --model, --epochs, ...),
-    # engine/recipe.py picks model, size, augmentation and epochs from the data
+    auto_recipe: bool = True  # engine/recipe.py keeps the recipe keys given (flags, --set, --config)
+    # and picks the rest (model, size, augmentation, batch, epochs, ...) from the data
     # and this machine's speed; false: the defaults above, as they are
 
 

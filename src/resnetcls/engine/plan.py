@@ -3,7 +3,7 @@
 make_plan() makes the data paths absolute and validates the config, checks the device, resolves the data
 splits once (the file list: nothing is decoded), finds the checkpoint to resume (refusing changed settings)
 and checks the model (its name, the pretrained weights); only then does it make the automatic choices, in
-this order: the auto recipe (model, size, augmentation, epochs: engine/recipe.py), the batch size
+this order: the auto recipe (what the user left open: engine/recipe.py), the batch size
 (`--batch-size auto`, engine/autobatch.py), the learning rate (`--lr auto`, engine/lrfind.py), the epochs that
 fit a time budget (`--time`, engine/budget.py: a short speed measurement with the real model and data, which
 may build the decoded cache, kept outside the run directory), the precision and the progressive sizes.
@@ -53,6 +53,8 @@ from .prepare import (
     warn,
 )
 from .recipe import apply_recipe, pick_for_data, recipe_blocker, saved_recipe
+
+DROP_NOTE = 0.10  # the share of the train images an epoch may leave out without a note
 
 
 @dataclass
@@ -121,13 +123,18 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
     elif recipe_on and not resuming:
-        decide(plan, decide_recipe(plan))
+        decide(plan, decide_recipe(plan, request))
+    elif request.explicit is not None and not resuming:
+        plan.decisions.append(recipe_off())
     if request.batch_auto:
         decide(plan, decide_batch_size(plan))
     if request.lr_auto:
         decide(plan, decide_lr(plan))
     if parse_duration(plan.cfg.train.time_budget) and plan.resumed is None:
         decide(plan, decide_time_budget(plan))
+    dropped = dropped_images(plan)
+    if dropped is not None:
+        plan.decisions.append(dropped)
     plan.decisions.append(decide_precision(plan))
     if plan.cfg.data.progressive > 0:
         plan.decisions.append(decide_progressive(plan.cfg))
@@ -170,13 +177,24 @@ def check_parts(cfg: Config, num_classes: int, ctx: StepContext) -> None:
     sync_bn_applies(train_cfg, ctx)
 
 
-def decide_recipe(plan: Plan) -> Decision:
-    """The auto recipe (engine/recipe.py): model, width, image size, augmentation and epochs."""
-    choice = pick_for_data(plan.cfg, plan.splits, plan.device_name)
-    why = f"{choice.rule}: {choice.facts.train_images} train images, {choice.images_per_s:.0f} img/s measured"
+def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
+    """The auto recipe (engine/recipe.py): what the user left open of the model, width, image size,
+    augmentation, optimizer, batch size, epochs and checkpoints kept (--batch-size/--lr auto: given, chosen
+    after it)."""
+    choice = pick_for_data(plan.cfg, plan.splits, plan.device_name, request.explicit)
+    for key, auto in (("train.batch_size", request.batch_auto), ("optim.lr", request.lr_auto)):
+        if auto and key in choice.given:
+            choice.given[key] = "auto"
+    why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
     return Decision(
         "recipe", choice.config_values(), why, choice.lines(), {"kind": "recipe", **choice.record()}
     )
+
+
+def recipe_off() -> Decision:
+    """train.auto_recipe=false: the config as given, said once at the start of the run."""
+    line = "auto recipe: off (train.auto_recipe=false): the config as given, nothing chosen from the data"
+    return Decision("recipe", {}, "train.auto_recipe=false", [line])
 
 
 def decide_batch_size(plan: Plan) -> Decision:
@@ -261,6 +279,24 @@ def probe_folder(run_dir: Path):
         parent = parent.parent
     with tempfile.TemporaryDirectory(prefix=".resnetcls-probe-", dir=parent) as folder:
         yield Path(folder)
+
+
+def dropped_images(plan: Plan) -> Decision | None:
+    """A note when the loader's dropped last batch (engine/prepare.py: an epoch's incomplete last batch is
+    dropped, so BatchNorm never sees a batch of 1) leaves out more than DROP_NOTE of this rank's train
+    images each epoch; None when it leaves out less."""
+    images = math.ceil(len(plan.splits.train) / distributed.world_from_env().size)
+    batch = plan.cfg.train.batch_size
+    dropped = images % batch if images > batch else 0
+    if dropped <= DROP_NOTE * images:
+        return None
+    why = f"{dropped} of {images} train images in an incomplete last batch of {batch}"
+    line = (
+        f"note: each epoch leaves out {dropped} of {images} train images ({dropped / images:.0%}): the "
+        f"incomplete last batch of --batch-size {batch} is dropped (other images each epoch when the order "
+        "is shuffled); a --batch-size that divides the images drops fewer"
+    )
+    return Decision("dropped", {}, why, [line])
 
 
 def decide_precision(plan: Plan) -> Decision:

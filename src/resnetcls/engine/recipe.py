@@ -1,29 +1,37 @@
-"""The auto recipe: with no recipe choice given, `resnetcls train DATA` picks the model, its width, the image
-size, the augmentation and the epochs from the data and this machine's measured speed.
+"""The auto recipe: `resnetcls train DATA` chooses what the user left open (model, width, image size,
+augmentation, optimizer, batch size, epochs, checkpoints kept) from the data and this machine's measured
+speed.
 
+Every recipe key the user gave (RECIPE_KEYS, by a flag, --set or a --config file: a packaged recipe such as
+`--config small-data` or a file of one's own) is kept; the recipe chooses only the rest, consistently with it.
 The rules (RULES below; the first whose limit the training set is under applies):
 
-    training images   model                          image size (px)      recipe                epochs
-    < 5000            resnet18, width 64             128                  small data            clamp(50000 /
-    N, 10, 200)
-    otherwise         resnet50 (resnet34 on a CPU    224 (160 on a CPU)   configs/default.yaml  clamp(1.5M /
-    N, 15, 40)
-                      under 25 img/s with resnet50)                       (crop_flip)
+    training images   model                      image size (px)     recipe                 epochs
+    < 5000            resnet18, width 64         128                 small data             clamp(50000 / N,
+                                                                                            10, 200)
+    otherwise         resnet50 (resnet34 on a    224 (160 on a CPU)  configs/default.yaml   clamp(1.5M / N,
+                      CPU under 25 img/s)                            (crop_flip)            15, 40)
 
+- Fine-tuning: with no --pretrained given and torchvision's ImageNet weights for the model in the local cache
+  (models/weights.py; nothing is downloaded), the recipe fine-tunes: train.pretrained=torchvision, width 64,
+  configs/finetune.yaml's values (FINETUNE), 224 px (160 on a CPU) and clamp(100000 / N, 10, 30) epochs.
+  Without them it trains from scratch and says how to get them.
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
-  least 64): upsampling small photos costs time and adds nothing. The median comes from the headers of at
-  most 256 evenly spaced training files (PIL reads only the header).
-- Speed: a few training steps of the chosen model at the chosen size on random tensors (autobatch.time_batch,
-  the run's precision and memory format), in training images per second; a validation image costs about a
-  third of a training one (forward only). Epoch time = train images / speed + val images / (3 x speed).
-- The cap: when the epochs would take longer than 30 minutes on a CPU (4 hours on a GPU), they are lowered to
-  fit it, never below 5, and the line says so and names --epochs / --time to ask for more. With --time the
-  budget chooses the epochs (engine/budget.py) and the recipe only the rest.
+  least 64), read from the headers of at most 256 evenly spaced training files.
+- Small data: under MIN_STEPS full batches the batch halves (a power of two, never below MIN_BATCH) until an
+  epoch has MIN_STEPS steps or the floor is reached; the loader drops an epoch's incomplete last batch, so no
+  batch of 1 ever reaches BatchNorm (engine/plan.py says when that drops more than 10% of the images). Under
+  5000 training images only the last and the best checkpoints are kept (ckpt.keep_last=1): the last is what
+  an exact resume needs.
+- Speed: a few training steps of the chosen model at the chosen size on random tensors (autobatch.time_batch),
+  in training images per second; a validation image costs a third of a training one. Measured only when the
+  epochs or the model depend on it.
+- The cap: epochs that would take longer than 30 minutes on a CPU (4 hours on a GPU) are lowered to fit,
+  never below 5, and a line says so. With --time the budget chooses the epochs (engine/budget.py).
 
-What is chosen is printed on stderr in one or two lines, written to config.yaml (the resolved values: the
-train loop needs nothing new) and logged to metrics.jsonl as {"kind": "recipe", ...} with the reasons.
-Nothing is picked when the user chose anything the recipe sets (RECIPE_KEYS, by a flag or --set), gave
---config, or set train.auto_recipe=false; a resumed run keeps its config.yaml and measures nothing.
+What is chosen is printed on stderr (what came from the user, what was chosen and why), written to
+config.yaml and logged to metrics.jsonl as {"kind": "recipe", ...}. train.auto_recipe=false turns it off (the
+config as given); a resumed run keeps its config.yaml and measures nothing.
 """
 
 from __future__ import annotations
@@ -32,20 +40,29 @@ import copy
 import dataclasses
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..config import Config, ExplicitSettings, load_yaml, parse_duration, set_value
+from ..config import (
+    Config,
+    ExplicitSettings,
+    config_to_dict,
+    load_yaml,
+    parse_duration,
+    renamed,
+    resolve_config_file,
+    set_value,
+)
 from ..config.schema import flatten
 from ..data.sources import Splits
+from ..models.weights import imagenet_weights_available
 from . import distributed
 from .autobatch import StepRecipe, time_batch
-from .budget import format_seconds
 from .optim import build_loss, build_optimizer
 from .prepare import build_context, build_model
+from .recipe_choice import MIN_BATCH, MIN_STEPS, DataFacts, RecipeChoice, Rule
 
 # The from-scratch recipe for a few hundred to a few thousand photos; configs/small-data.yaml holds the same.
 SMALL_DATA = {
@@ -77,8 +94,27 @@ CROP_FLIP = {
     "sched.name": "cosine",
     "sched.warmup_epochs": 1.0,
 }
-# Given by a flag, --set or a config file, any of these means the user chose the recipe: nothing is picked.
-# train.pretrained too: fine-tuning has its own recipe (configs/finetune.yaml) and the weights fix the model.
+# configs/finetune.yaml's fine-tuning values (the model, width, size and epochs are the recipe's).
+FINETUNE = {
+    "data.augment": "crop_flip",
+    "data.random_erasing": 0.0,
+    "data.mixup": 0.0,
+    "data.cutmix": 0.0,
+    "data.min_crop_scale": 0.5,
+    "loss.label_smoothing": 0.1,
+    "optim.name": "sgd",
+    "optim.lr": 0.01,
+    "optim.momentum": 0.9,
+    "optim.nesterov": True,
+    "optim.weight_decay": 1e-4,
+    "optim.decay_norm_and_bias": False,
+    "train.batch_size": 32,
+    "sched.name": "cosine",
+    "sched.warmup_epochs": 0.5,
+}
+FINETUNE_SIZE, FINETUNE_CPU_SIZE, FINETUNE_WIDTH = 224, 160, 64
+FINETUNE_IMAGES_SEEN, FINETUNE_EPOCHS = 100_000, (10, 30)
+# The keys the recipe chooses; the ones the user gave (flag, --set, --config file) it keeps.
 RECIPE_KEYS = frozenset(
     {
         "model.name",
@@ -86,33 +122,19 @@ RECIPE_KEYS = frozenset(
         "data.image_size",
         "train.epochs",
         "train.pretrained",
+        "ckpt.keep_last",
         *SMALL_DATA,
         *CROP_FLIP,
+        *FINETUNE,
     }
 )
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One row of the table in the module docstring."""
-
-    name: str  # printed: "small data", "larger data"
-    below_images: float  # applies to training sets with fewer images than this
-    model: str
-    width: int
-    image_size: int  # on a GPU; lowered to the median short side
-    cpu_image_size: int  # on a CPU (or any device that is not CUDA)
-    recipe: str  # printed name of the augmentation recipe
-    values: dict  # the recipe's config keys
-    images_seen: int  # epochs ~ images_seen / training images ...
-    min_epochs: int  # ... clamped to [min_epochs, max_epochs]
-    max_epochs: int
-    slow_model: str = ""  # on a CPU slower than slow_images_per_s with `model`: this one instead
-    slow_images_per_s: float = 0.0
+SMALL_RUN_KEEP = 1  # ckpt.keep_last for small data: the last checkpoint (exact resume) and the best
 
 
 RULES = (
-    Rule("small data", 5000, "resnet18", 64, 128, 128, "small-data", SMALL_DATA, 50_000, 10, 200),
+    Rule(
+        "small data", 5000, "resnet18", 64, 128, 128, "small-data", SMALL_DATA, 50_000, 10, 200, keep_last=1
+    ),
     Rule(
         "larger data",
         float("inf"),
@@ -137,105 +159,6 @@ MIN_SIZE, SIZE_STEP = 64, 32
 HEADER_SAMPLE = 256  # image headers read for the median size
 
 
-@dataclass(frozen=True)
-class DataFacts:
-    """What the recipe knows about the data set (after the split)."""
-
-    train_images: int
-    val_images: int
-    classes: int
-    median_short_side: int | None  # None: no header could be read
-    headers_read: int = 0
-
-
-@dataclass
-class RecipeChoice:
-    """What was picked and why (printed, recorded in config.yaml and metrics.jsonl)."""
-
-    rule: str
-    recipe: str
-    model: str
-    width: int
-    image_size: int
-    values: dict
-    epochs: int
-    images_per_s: float
-    epoch_s: float
-    facts: DataFacts
-    device: str
-    cap_s: float
-    uncapped_epochs: int
-    budget_s: float = 0.0
-    slow_note: str = ""
-
-    def config_values(self) -> dict[str, Any]:
-        """The dotted config keys this choice sets."""
-        picked = {
-            "model.name": self.model,
-            "model.width": self.width,
-            "data.image_size": self.image_size,
-            **self.values,
-        }
-        return picked if self.budget_s else {**picked, "train.epochs": self.epochs}
-
-    def lines(self) -> list[str]:
-        """One line, two when the cap lowered the epochs."""
-        v, f = self.values, self.facts
-        extras = [v["data.augment"]] + [
-            f"{name} {v[key]}"
-            for name, key in (
-                ("mixup", "data.mixup"),
-                ("cutmix", "data.cutmix"),
-                ("erasing", "data.random_erasing"),
-            )
-            if v[key]
-        ]
-        epochs = (
-            f"epochs fitted to the --time {format_seconds(self.budget_s)} budget"
-            if self.budget_s
-            else f"{self.epochs} epochs ≈ {format_seconds(self.epochs * self.epoch_s)}"
-        )
-        median = f"median image {f.median_short_side} px" if f.median_short_side else "image sizes unread"
-        first = (
-            f"auto recipe: {self.model} width {self.width} at {self.image_size} px, {self.recipe} "
-            f"augmentation ({', '.join(extras)}), {epochs} at {self.images_per_s:.0f} img/s "
-            f"measured{self.slow_note} — "
-            f"{f.train_images} train images in {f.classes} classes ({self.rule}), {median}; give "
-            f"--model/--image-size/--epochs or --config to choose yourself (or --set train.auto_recipe=false)"
-        )
-        if self.epochs >= self.uncapped_epochs or self.budget_s:
-            return [first]
-        device, cap = self.device.upper() if self.device == "cpu" else self.device, format_seconds(self.cap_s)
-        within = (
-            f" to stay within {cap} on this {device}"
-            if self.epochs * self.epoch_s <= self.cap_s
-            else f", the floor, still over the {cap} cap on this {device} (a smaller --model or "
-            f"--image-size is faster)"
-        )
-        return [
-            first,
-            f"auto recipe: lowered to {self.epochs} epochs{within} ({self.uncapped_epochs} epochs would "
-            f"take ≈ {format_seconds(self.uncapped_epochs * self.epoch_s)}); ask for more with --epochs N "
-            f"or --time DURATION",
-        ]
-
-    def record(self) -> dict:
-        """The metrics.jsonl record: the choice, the measurements and the facts it came from."""
-        return {
-            "rule": self.rule,
-            "recipe": self.recipe,
-            "values": self.config_values(),
-            "images_per_s": round(self.images_per_s, 1),
-            "epoch_s": round(self.epoch_s, 2),
-            "cap_s": self.cap_s,
-            "uncapped_epochs": self.uncapped_epochs,
-            "budget_s": self.budget_s,
-            "device": self.device,
-            "reasons": self.lines(),
-            **asdict(self.facts),
-        }
-
-
 def pick_rule(train_images: int) -> Rule:
     """The first rule whose limit the training set is under."""
     return next(rule for rule in RULES if train_images < rule.below_images)
@@ -254,40 +177,134 @@ def epochs_for(rule: Rule, train_images: int) -> int:
     return int(min(rule.max_epochs, max(rule.min_epochs, round(rule.images_seen / max(1, train_images)))))
 
 
+def finetune_epochs(train_images: int) -> int:
+    """About FINETUNE_IMAGES_SEEN training images, within FINETUNE_EPOCHS."""
+    low, high = FINETUNE_EPOCHS
+    return int(min(high, max(low, round(FINETUNE_IMAGES_SEEN / max(1, train_images)))))
+
+
+def small_batch(train_images: int, batch: int) -> int:
+    """batch, halved while an epoch has fewer than MIN_STEPS full batches, never below MIN_BATCH."""
+    while batch > MIN_BATCH and train_images < MIN_STEPS * batch:
+        batch //= 2
+    return batch
+
+
+def fine_tune(model: str, given: dict[str, Any], has_weights: Callable[[str], Any]) -> tuple[bool, str]:
+    """(fine-tune?, the line that says why): the user's --pretrained, else ImageNet weights in the cache for
+    the model at the standard width, unless the user chose the optimizer (fine-tuning needs its own)."""
+    if "train.pretrained" in given:
+        return bool(given["train.pretrained"]), ""
+    width = given.get("model.width", FINETUNE_WIDTH)
+    if width != FINETUNE_WIDTH:
+        return False, f"auto recipe: from scratch: ImageNet weights need width 64 (model.width={width} given)"
+    mine = sorted(given.keys() & {"optim.name", "optim.lr"})
+    if has_weights(model) and mine:  # a from-scratch optimizer of the user's (e.g. --config small-data)
+        return False, (
+            f"auto recipe: from scratch: you chose {', '.join(mine)} (with ImageNet weights for {model} in "
+            "the cache, --pretrained torchvision fine-tunes with them)"
+        )
+    if has_weights(model):
+        return True, (
+            f"auto recipe: fine-tuning from ImageNet weights (cache) for {model} "
+            "(train.pretrained=torchvision, configs/finetune.yaml's values)"
+        )
+    return False, (
+        f"auto recipe: from scratch: no ImageNet weights for {model} in the cache "
+        f"(`resnetcls weights download {model}` to fine-tune)"
+    )
+
+
+def needs_speed(rule: Rule, given: dict[str, Any], budget_s: float, device: str) -> bool:
+    """Whether anything left to choose depends on this machine's speed: the epochs, or a slow CPU's model."""
+    epochs_open = "train.epochs" not in given and not budget_s
+    return epochs_open or ("model.name" not in given and bool(rule.slow_model) and device != "cuda")
+
+
+def pick_model(
+    rule: Rule, given: dict, device: str, measure: Callable | None, width: int, size: int
+) -> tuple:
+    """(model, images/s, slow note) for what the user left open; images/s is 0 when not measured (measure
+    None: nothing depends on the speed)."""
+    model = given.get("model.name", rule.model)
+    if measure is None:
+        return model, 0.0, ""
+    speed, slow_note = measure(model, width, size), ""
+    if device != "cuda" and rule.slow_model and "model.name" not in given and speed < rule.slow_images_per_s:
+        slow_note = f"; {rule.model}: {speed:.0f} img/s, under {rule.slow_images_per_s:g} on this CPU"
+        model, speed = rule.slow_model, measure(rule.slow_model, width, size)
+    return model, speed, slow_note
+
+
+def largest_size(rule: Rule, device: str, tune: bool) -> int:
+    """The image size before the median lowers it: fine-tuning's or the rule's, on this device."""
+    if tune:
+        return FINETUNE_SIZE if device == "cuda" else FINETUNE_CPU_SIZE
+    return rule.image_size if device == "cuda" else rule.cpu_image_size
+
+
+def pick_epochs(rule: Rule, facts: DataFacts, tune: bool, epoch_s: float, device: str) -> tuple[int, int]:
+    """(epochs, epochs before the cap): about the images seen the recipe wants, lowered to fit the cap."""
+    wanted = finetune_epochs(facts.train_images) if tune else epochs_for(rule, facts.train_images)
+    if not epoch_s:
+        return wanted, wanted
+    fits = max(MIN_EPOCHS, int(CAP_S.get(device, CPU_CAP_S) // epoch_s))
+    return min(wanted, fits), wanted
+
+
+def no_weights(arch: str) -> None:
+    return None
+
+
 def choose_recipe(
-    facts: DataFacts, device: str, measure: Callable[[str, int, int], float], budget_s: float = 0.0
+    facts: DataFacts,
+    device: str,
+    measure: Callable[[str, int, int], float],
+    budget_s: float = 0.0,
+    given: dict[str, Any] | None = None,
+    has_weights: Callable[[str], Any] = no_weights,
 ) -> RecipeChoice:
     """The rules of the module docstring as a function of the data (facts), the device type ("cpu", "cuda",
-    ...) and measure(model, width, image_size) -> training images per second on this machine."""
+    ...), measure(model, width, image_size) -> training images per second on this machine, the --time budget,
+    the recipe keys the user gave (kept) and has_weights(arch) (ImageNet weights in the cache?)."""
+    given = dict(given or {})
     rule = pick_rule(facts.train_images)
-    size = image_size_for(
-        rule.image_size if device == "cuda" else rule.cpu_image_size, facts.median_short_side
+    tune, weights_line = fine_tune(given.get("model.name", rule.model), given, has_weights)
+    size = given.get("data.image_size") or image_size_for(
+        largest_size(rule, device, tune), facts.median_short_side
     )
-    model, speed, slow_note = rule.model, measure(rule.model, rule.width, size), ""
-    if device != "cuda" and rule.slow_model and speed < rule.slow_images_per_s:
-        slow_note = f" ({rule.model}: {speed:.0f} img/s, under {rule.slow_images_per_s:g} on this CPU)"
-        model, speed = rule.slow_model, measure(rule.slow_model, rule.width, size)
-    epoch_s = (facts.train_images + VAL_COST * facts.val_images) / max(speed, 1e-9)
-    cap_s = CAP_S.get(device, CPU_CAP_S)
-    wanted = epochs_for(rule, facts.train_images)
-    fits = max(MIN_EPOCHS, int(cap_s // max(epoch_s, 1e-9)))
-    epochs = wanted if budget_s else min(wanted, fits)
+    width = given.get("model.width", FINETUNE_WIDTH if tune else rule.width)
+    timing = measure if needs_speed(rule, given, budget_s, device) else None
+    model, speed, slow_note = pick_model(rule, given, device, timing, width, size)
+    if model != given.get("model.name", rule.model):
+        tune, weights_line = fine_tune(model, given, has_weights)
+    values = dict(FINETUNE if tune else rule.values)
+    picked = {"model.name": model, "model.width": width, "data.image_size": size, **values}
+    picked["train.batch_size"] = small_batch(facts.train_images, values["train.batch_size"])
+    if tune:
+        picked["train.pretrained"] = "torchvision"
+    if rule.keep_last:
+        picked["ckpt.keep_last"] = rule.keep_last
+    epoch_s = (facts.train_images + VAL_COST * facts.val_images) / speed if speed else 0.0
+    epochs, wanted = pick_epochs(rule, facts, tune, epoch_s, device)
+    if not budget_s:
+        picked["train.epochs"] = epochs
+    chosen = {key: value for key, value in picked.items() if key not in given}
     return RecipeChoice(
-        rule.name,
-        rule.recipe,
-        model,
-        rule.width,
-        size,
-        dict(rule.values),
-        epochs,
-        speed,
-        epoch_s,
+        rule,
+        chosen,
+        {**picked, **given},
+        given,
         facts,
         device,
-        cap_s,
-        wanted,
-        budget_s,
-        slow_note,
+        CAP_S.get(device, CPU_CAP_S),
+        values["train.batch_size"],
+        uncapped_epochs=wanted,
+        budget_s=budget_s,
+        images_per_s=speed,
+        epoch_s=epoch_s,
+        slow_note=slow_note,
+        weights_line=weights_line,
     )
 
 
@@ -309,12 +326,17 @@ def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
     """Why the auto recipe does not apply ("" when it does)."""
     if explicit is None:
         return "the caller built the config"
-    if not enabled:
-        return "train.auto_recipe=false"
+    return "" if enabled else "train.auto_recipe=false"
+
+
+def given_settings(cfg: Config, explicit: ExplicitSettings) -> dict[str, Any]:
+    """The recipe keys the user gave (a flag, --set, or a key of the --config file), with cfg's values: the
+    auto recipe keeps them and chooses the rest."""
+    keys = set(explicit.keys)
     if explicit.config_file:
-        return f"--config {explicit.config_file}"
-    given = sorted(explicit.keys & RECIPE_KEYS)
-    return f"{given[0]} given" if given else ""
+        keys |= {renamed(key) for key in flatten(load_yaml(resolve_config_file(explicit.config_file)))}
+    values = flatten(config_to_dict(cfg))
+    return {key: values[key] for key in sorted(keys & RECIPE_KEYS)}
 
 
 def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
@@ -332,9 +354,13 @@ def saved_recipe(cfg: Config, run_dir: Path) -> Config:
     return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS})
 
 
-def pick_for_data(cfg: Config, splits: Splits, device_name: str | None = None) -> RecipeChoice:
-    """The auto recipe for these splits on this machine (engine/plan.py applies its config_values). Under
-    torchrun every rank takes rank 0's choice."""
+def pick_for_data(
+    cfg: Config, splits: Splits, device_name: str | None = None, explicit: ExplicitSettings | None = None
+) -> RecipeChoice:
+    """The auto recipe for these splits on this machine, keeping what explicit gave (engine/plan.py applies
+    its config_values). Under torchrun every rank takes rank 0's choice."""
+    explicit = explicit or ExplicitSettings()
+    given = given_settings(cfg, explicit)
     median, read = median_short_side(splits.train.paths)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read)
     ctx = build_context(cfg.train, device_name)
@@ -342,7 +368,9 @@ def pick_for_data(cfg: Config, splits: Splits, device_name: str | None = None) -
     def measure(name: str, width: int, size: int) -> float:
         return measure_images_per_s(cfg, name, width, size, max(2, facts.classes), device_name)
 
-    choice = choose_recipe(facts, ctx.device.type, measure, parse_duration(cfg.train.time_budget))
+    budget_s = parse_duration(cfg.train.time_budget)
+    choice = choose_recipe(facts, ctx.device.type, measure, budget_s, given, imagenet_weights_available)
+    choice.config_file = explicit.config_file
     return distributed.gather_objects(choice)[0]
 
 

@@ -120,8 +120,8 @@ def train(
     lr_auto: a short LR range test (engine/lrfind.py) sets optim.lr first, and its curve goes into the run
     directory (lr_find.json/.csv/.png); batch_auto: the fastest batch size on a CPU, the largest that fits on
     a GPU (engine/autobatch.py), before the LR test; config.yaml records both.
-    explicit: what the user chose (config.explicit_settings); with no recipe choice among it, the auto recipe
-    (engine/recipe.py) picks model, size, augmentation and epochs first. None (a caller that built its own
+    explicit: what the user chose (config.explicit_settings); the auto recipe (engine/recipe.py) keeps the
+    recipe choices among it and picks the rest first. None (a caller that built its own
     config, such as the demo): cfg is used as it is.
     on_epoch(epoch, metrics) -> bool: called after each validated epoch (`tune` feeds its pruner with it);
     True ends the run there as an early stop (final/, calibration and summary as usual).

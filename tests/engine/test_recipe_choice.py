@@ -1,0 +1,64 @@
+"""engine/recipe_choice.py: the lines a user reads about the auto recipe's choice say what came from them,
+what was chosen and why, and the metrics.jsonl record keeps both."""
+
+from __future__ import annotations
+
+from resnetcls.engine.recipe import RULES, SMALL_DATA
+from resnetcls.engine.recipe_choice import DataFacts, RecipeChoice
+
+FACTS = DataFacts(train_images=40, val_images=5, classes=2, median_short_side=None, headers_read=0)
+
+
+def small_choice(chosen: dict, given: dict, **fields) -> RecipeChoice:
+    run = {
+        "model.name": "resnet18",
+        "model.width": 64,
+        "data.image_size": 128,
+        **SMALL_DATA,
+        **chosen,
+        **given,
+    }
+    return RecipeChoice(RULES[0], chosen, run, given, FACTS, "cpu", 1800.0, 64, **fields)
+
+
+def test_the_line_lists_what_came_from_you_and_only_what_was_chosen():
+    choice = small_choice(
+        {"train.batch_size": 8, "ckpt.keep_last": 1},
+        {"model.name": "resnet34", "train.epochs": 3},
+        config_file="mine.yaml",
+        weights_line="auto recipe: from scratch: no ImageNet weights",
+    )
+    first, weights = choice.lines()
+    assert first == (
+        "auto recipe: from you (with --config mine.yaml): model.name=resnet34, train.epochs=3; chosen: "
+        "batch 8 (40 train images are under 4 batches of 64: halved to 8, the floor; the incomplete last "
+        "batch is dropped, never a batch of 1 for BatchNorm); keeps the last and the best checkpoints only "
+        "(ckpt.keep_last=1: small data) (train.auto_recipe=false: the config as given)"
+    )
+    assert weights == "auto recipe: from scratch: no ImageNet weights"
+
+
+def test_a_capped_choice_adds_the_cap_line_and_the_record_keeps_given_and_chosen():
+    choice = small_choice(
+        {"train.epochs": 5, "data.augment": "trivialaugment"},
+        {},
+        uncapped_epochs=50,
+        images_per_s=10.0,
+        epoch_s=4.0,
+    )
+    first, cap = choice.lines()
+    assert first == (
+        "auto recipe: from you: nothing; chosen: small-data recipe (trivialaugment, mixup 0.2, cutmix 1.0, "
+        "erasing 0.25, adamw lr 0.002); 5 epochs (time cap) ≈ 20s at 10 img/s measured "
+        "(train.auto_recipe=false: the config as given)"
+    )  # nothing about the model: it was not chosen
+    assert cap.startswith("auto recipe: lowered to 5 epochs to stay within 30m00s on this CPU (50 epochs")
+    record = choice.record()
+    assert record["values"] == {"train.epochs": 5, "data.augment": "trivialaugment"} and record["given"] == {}
+    assert record["recipe"] == "small-data" and record["reasons"] == [first, cap]
+
+
+def test_fine_tuning_is_named_by_the_recipe():
+    choice = small_choice({"train.pretrained": "torchvision", "model.name": "resnet18"}, {})
+    assert choice.recipe == "finetune"
+    assert "resnet18 (40 train images in 2 classes: small data, sizes unread)" in choice.lines()[0]
