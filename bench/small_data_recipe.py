@@ -1,15 +1,15 @@
-"""Learning quality from scratch at equal wall time: the previous default recipe vs today's defaults.
+"""Learning quality from scratch at equal wall time: a fixed recipe vs the auto recipe.
 
     python bench/small_data_recipe.py flowers ../shared/data/flowers12 --seeds 0 1
     python bench/small_data_recipe.py coil ../shared/data/coil100-a/pose-split.csv --seeds 0 1
     python bench/small_data_recipe.py progressive ../shared/data/flowers12 --seeds 0 --epochs 40
 
-flowers: per seed, first the previous default (`resnetcls train DATA` as it was before the automatic recipe:
-ResNet-50, 224 px, random-resized-crop + flip, 10 epochs, batch 32 — given here as explicit flags), timed
-from the command's start to its end; then today's default (`resnetcls train DATA` with no recipe flags) with
+flowers: per seed, first a fixed recipe (ResNet-50, 224 px, random-resized-crop + flip, 10 epochs, batch 32,
+with train.auto_recipe=false), timed from the command's start to its end; then the auto recipe (`resnetcls
+train DATA` with no recipe flags) with
 `--time` set to that wall time, so both get the same minutes. Both best models are evaluated on DATA's test
 split (`resnetcls eval`). Prints each run, then the mean and spread (half the range) over seeds.
-coil: today's default on the COIL-100 pose split: best val top-1 and the wall time at which 98% was reached.
+coil: the auto recipe on the COIL-100 pose split: best val top-1 and the wall time at which 98% was reached.
 progressive: the small-data recipe (`--config small-data`, what the auto recipe picks for small data) at a
 fixed --epochs with and without data.progressive=0.5: wall time, and the time each first reached the fixed
 run's best val top-1 minus one point.
@@ -29,7 +29,10 @@ from pathlib import Path
 
 from resnetcls.records.envinfo import machine_line
 
-PREVIOUS_DEFAULT = ["--model", "resnet50", "--image-size", "224", "--epochs", "10", "--batch-size", "32"]
+FIXED_RECIPE = [
+    *("--model", "resnet50", "--image-size", "224", "--epochs", "10", "--batch-size", "32"),
+    *("--set", "train.auto_recipe=false"),
+]
 COMMON = ["--set", "log.tensorboard=false"]
 SMALL_DATA = "small-data"  # the packaged recipe
 
@@ -75,13 +78,13 @@ def spread(values: list[float]) -> str:
 
 
 def flowers(data: str, seeds: list[int], work: Path) -> None:
-    rows = {"previous default": [], "today's default": []}
+    rows = {"fixed recipe": [], "auto recipe": []}
     for seed in seeds:
-        old = train_and_test(data, work / f"previous-{seed}", [*PREVIOUS_DEFAULT, "--seed", str(seed)])
+        old = train_and_test(data, work / f"fixed-{seed}", [*FIXED_RECIPE, "--seed", str(seed)])
         new = train_and_test(
-            data, work / f"today-{seed}", ["--time", f"{old['wall_s']:.0f}s", "--seed", str(seed)]
+            data, work / f"auto-{seed}", ["--time", f"{old['wall_s']:.0f}s", "--seed", str(seed)]
         )
-        for name, row in (("previous default", old), ("today's default", new)):
+        for name, row in (("fixed recipe", old), ("auto recipe", new)):
             rows[name].append(row)
             print(
                 f"seed {seed}  {name:<17} wall {row['wall_s']:6.0f} s  epochs {row['epochs']:3d}  "
@@ -98,10 +101,10 @@ def flowers(data: str, seeds: list[int], work: Path) -> None:
     for name, runs in rows.items():
         walls = ", ".join(f"{r['wall_s']:.0f}" for r in runs)
         print(f"| {name} | {len(runs)} | {walls} | {spread([r['test_top1'] for r in runs])} |")
-    gain = statistics.mean(r["test_top1"] for r in rows["today's default"]) - statistics.mean(
-        r["test_top1"] for r in rows["previous default"]
+    gain = statistics.mean(r["test_top1"] for r in rows["auto recipe"]) - statistics.mean(
+        r["test_top1"] for r in rows["fixed recipe"]
     )
-    print(f"\ntoday's default - previous default: {gain * 100:+.1f} points of test top-1")
+    print(f"\nauto recipe - fixed recipe: {gain * 100:+.1f} points of test top-1")
 
 
 def first_time_at(run_dir: Path, started: float, target: float) -> float | None:

@@ -1,0 +1,136 @@
+"""Does the auto recipe's fine-tuning branch pay? Weights made here stand in for ImageNet's.
+
+    python bench/finetune_transfer.py ../shared/data/imagenette10 ../shared/data/flowers12 --seeds 0 1
+
+1. Pretrain: `resnetcls train PRETRAIN --model resnet18 --image-size 64 --set model.width=64 --time
+   --pretrain-time` (the auto recipe fills in the rest), from scratch.
+2. Its best weights are written into a private torch hub cache under the file name torchvision gives its
+   ImageNet weights for that depth (resnetcls's ResNets use torchvision's tensor names), so the auto recipe
+   finds them exactly as it would find `resnetcls weights download resnet18`'s file.
+3. Per seed, `resnetcls train TARGET --time --time` twice with no recipe flags: with an empty cache (the auto
+   recipe trains from scratch) and with the cache of step 2 (the auto recipe fine-tunes); each best model is
+   evaluated on TARGET's test split (`resnetcls eval`). Both arms get the same wall-time budget.
+Prints each run with its recipe line, then a table (mean ± half range over seeds). The header names the
+machine. Run it on an idle machine: the budgets are wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from resnetcls.models.weights import IMAGENET_WEIGHTS
+from resnetcls.records.envinfo import machine_line
+
+COMMON = ["--set", "log.tensorboard=false"]
+
+
+def resnetcls(args: list[str], torch_home: Path) -> tuple[float, str]:
+    """Run the CLI with TORCH_HOME=torch_home; (wall seconds, stderr). Exits with its message if it fails."""
+    start = time.perf_counter()
+    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "resnetcls", *args], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        sys.exit(f"resnetcls {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start, result.stderr
+
+
+def summary_of(run_dir: Path) -> dict:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == "summary"][-1]
+
+
+def pretrain(data: str, budget: str, arch: str, work: Path) -> Path:
+    """Train arch on data from scratch; write its best weights as torchvision's file into a hub cache."""
+    run_dir = work / "pretrain"
+    args = ["train", data, "--out", str(run_dir), *COMMON, "--model", arch, "--image-size", "64"]
+    wall, _ = resnetcls([*args, "--set", "model.width=64", "--time", budget, "--seed", "0"], work / "empty")
+    best = summary_of(run_dir)["best_val_top1"]
+    print(f"pretrained {arch} on {data}: {wall:.0f} s, best val top-1 {best:.2%}", flush=True)
+    home = work / "made-here"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    url = IMAGENET_WEIGHTS[arch][0]
+    torch.save(load_file(str(run_dir / "best" / "model.safetensors")), checkpoints / url.rsplit("/", 1)[1])
+    return home
+
+
+def train_and_test(data: str, run_dir: Path, budget: str, seed: int, torch_home: Path) -> dict:
+    args = ["train", data, "--out", str(run_dir), *COMMON, "--time", budget, "--seed", str(seed)]
+    wall, log = resnetcls(args, torch_home)
+    eval_dir = run_dir / "eval"
+    resnetcls(
+        ["eval", str(run_dir / "best"), data, "--out", str(eval_dir), "--precision", "fp32"], torch_home
+    )
+    test = json.loads((eval_dir / "metrics.json").read_text())
+    summary = summary_of(run_dir)
+    notes = [
+        line for line in log.splitlines() if line.startswith(("auto recipe", "time budget", "pretrained"))
+    ]
+    return {
+        "wall_s": wall,
+        "epochs": summary["epochs_run"],
+        "val_top1": summary["best_val_top1"],
+        "test_top1": test["top1"],
+        "notes": notes,
+    }
+
+
+def spread(values: list[float]) -> str:
+    half_range = (max(values) - min(values)) / 2
+    return f"{statistics.mean(values):.2%} ± {half_range:.2%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("pretrain_data", help="the data set the stand-in weights are trained on")
+    parser.add_argument("data", help="the target data set, with a test split")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--arch", default="resnet18", choices=sorted(IMAGENET_WEIGHTS))
+    parser.add_argument("--pretrain-time", default="8m", help="wall-time budget of the pretraining run")
+    parser.add_argument("--time", default="3m", help="wall-time budget of each target run, both arms")
+    parser.add_argument("--work", help="keep the run directories here (default: a temporary folder)")
+    args = parser.parse_args()
+    print(f"machine: {machine_line()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        (work / "empty").mkdir(parents=True, exist_ok=True)
+        made_here = pretrain(args.pretrain_data, args.pretrain_time, args.arch, work)
+        rows: dict[str, list[dict]] = {"from scratch (empty cache)": [], "fine-tuned (weights in cache)": []}
+        for seed in args.seeds:
+            for (name, runs), home in zip(rows.items(), (work / "empty", made_here)):
+                row = train_and_test(args.data, work / f"{name.split()[0]}-{seed}", args.time, seed, home)
+                runs.append(row)
+                print(
+                    f"seed {seed}  {name:<30} wall {row['wall_s']:5.0f} s  epochs {row['epochs']:3d}  "
+                    f"best val top-1 {row['val_top1']:.2%}  test top-1 {row['test_top1']:.2%}",
+                    flush=True,
+                )
+                for note in row["notes"]:
+                    print(f"    {note}", flush=True)
+    print(
+        f"\n| auto recipe, --time {args.time} | seeds | wall time per run (s) "
+        "| test top-1 (mean ± half range) |"
+    )
+    print("| --- | --- | --- | --- |")
+    for name, runs in rows.items():
+        walls = ", ".join(f"{r['wall_s']:.0f}" for r in runs)
+        print(f"| {name} | {len(runs)} | {walls} | {spread([r['test_top1'] for r in runs])} |")
+
+
+if __name__ == "__main__":
+    main()
