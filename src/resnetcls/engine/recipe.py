@@ -12,10 +12,13 @@ The rules (RULES below; the first whose limit the training set is under applies)
     otherwise         resnet50 (resnet34 on a    224 (160 on a CPU)  configs/default.yaml   clamp(1.5M / N,
                       CPU under 25 img/s)                            (crop_flip)            15, 40)
 
-- Fine-tuning: with no --pretrained given and torchvision's ImageNet weights for the model in the local cache
-  (models/weights.py; nothing is downloaded), the recipe fine-tunes: train.pretrained=torchvision, width 64,
-  configs/finetune.yaml's values (FINETUNE), 224 px (160 on a CPU) and clamp(100000 / N, 10, 30) epochs.
-  Without them it trains from scratch and says how to get them.
+- Fine-tuning: with torchvision's ImageNet weights for the model (models/weights.py) the recipe fine-tunes:
+  train.pretrained=torchvision, width 64, configs/finetune.yaml's values (FINETUNE), 224 px (160 on a CPU)
+  and clamp(100000 / N, 10, 30) epochs. The weights come from the local cache or, when download.pytorch.org
+  answers (checked once, at most 3 s; RESNETCLS_OFFLINE=1 skips the check), are downloaded for the picked
+  depth (recipe_choice.ImageNetWeights). Offline or when the download fails it trains from scratch and says
+  why and how to get them. Weights the user names (--pretrained) are fine-tuned the same way, and nothing is
+  checked or downloaded for them.
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
   least 64), read from the headers of at most 256 evenly spaced training files.
 - Small data: under MIN_STEPS full batches the batch halves (a power of two, never below MIN_BATCH) until an
@@ -57,12 +60,20 @@ from ..config import (
 )
 from ..config.schema import flatten
 from ..data.sources import Splits
-from ..models.weights import imagenet_weights_available
 from . import distributed
 from .autobatch import StepRecipe, time_batch
 from .optim import build_loss, build_optimizer
 from .prepare import build_context, build_model
-from .recipe_choice import MIN_BATCH, MIN_STEPS, DataFacts, RecipeChoice, Rule
+from .recipe_choice import (
+    FINETUNE_WIDTH,
+    MIN_BATCH,
+    MIN_STEPS,
+    DataFacts,
+    ImageNetWeights,
+    RecipeChoice,
+    Rule,
+    fine_tune,
+)
 
 # The from-scratch recipe for a few hundred to a few thousand photos; configs/small-data.yaml holds the same.
 SMALL_DATA = {
@@ -112,7 +123,7 @@ FINETUNE = {
     "sched.name": "cosine",
     "sched.warmup_epochs": 0.5,
 }
-FINETUNE_SIZE, FINETUNE_CPU_SIZE, FINETUNE_WIDTH = 224, 160, 64
+FINETUNE_SIZE, FINETUNE_CPU_SIZE = 224, 160
 FINETUNE_IMAGES_SEEN, FINETUNE_EPOCHS = 100_000, (10, 30)
 # The keys the recipe chooses; the ones the user gave (flag, --set, --config file) it keeps.
 RECIPE_KEYS = frozenset(
@@ -190,31 +201,6 @@ def small_batch(train_images: int, batch: int) -> int:
     return batch
 
 
-def fine_tune(model: str, given: dict[str, Any], has_weights: Callable[[str], Any]) -> tuple[bool, str]:
-    """(fine-tune?, the line that says why): the user's --pretrained, else ImageNet weights in the cache for
-    the model at the standard width, unless the user chose the optimizer (fine-tuning needs its own)."""
-    if "train.pretrained" in given:
-        return bool(given["train.pretrained"]), ""
-    width = given.get("model.width", FINETUNE_WIDTH)
-    if width != FINETUNE_WIDTH:
-        return False, f"auto recipe: from scratch: ImageNet weights need width 64 (model.width={width} given)"
-    mine = sorted(given.keys() & {"optim.name", "optim.lr"})
-    if has_weights(model) and mine:  # a from-scratch optimizer of the user's (e.g. --config small-data)
-        return False, (
-            f"auto recipe: from scratch: you chose {', '.join(mine)} (with ImageNet weights for {model} in "
-            "the cache, --pretrained torchvision fine-tunes with them)"
-        )
-    if has_weights(model):
-        return True, (
-            f"auto recipe: fine-tuning from ImageNet weights (cache) for {model} "
-            "(train.pretrained=torchvision, configs/finetune.yaml's values)"
-        )
-    return False, (
-        f"auto recipe: from scratch: no ImageNet weights for {model} in the cache "
-        f"(`resnetcls weights download {model}` to fine-tune)"
-    )
-
-
 def needs_speed(rule: Rule, given: dict[str, Any], budget_s: float, device: str) -> bool:
     """Whether anything left to choose depends on this machine's speed: the epochs, or a slow CPU's model."""
     epochs_open = "train.epochs" not in given and not budget_s
@@ -243,6 +229,14 @@ def largest_size(rule: Rule, device: str, tune: bool) -> int:
     return rule.image_size if device == "cuda" else rule.cpu_image_size
 
 
+def size_and_width(rule: Rule, given: dict, device: str, tune: bool, facts: DataFacts) -> tuple[int, int]:
+    """The image size and width the user left open, for fine-tuning or the rule's from-scratch run."""
+    size = given.get("data.image_size") or image_size_for(
+        largest_size(rule, device, tune), facts.median_short_side
+    )
+    return size, given.get("model.width", FINETUNE_WIDTH if tune else rule.width)
+
+
 def pick_epochs(rule: Rule, facts: DataFacts, tune: bool, epoch_s: float, device: str) -> tuple[int, int]:
     """(epochs, epochs before the cap): about the images seen the recipe wants, lowered to fit the cap."""
     wanted = finetune_epochs(facts.train_images) if tune else epochs_for(rule, facts.train_images)
@@ -269,15 +263,15 @@ def choose_recipe(
     the recipe keys the user gave (kept) and has_weights(arch) (ImageNet weights in the cache?)."""
     given = dict(given or {})
     rule = pick_rule(facts.train_images)
-    tune, weights_line = fine_tune(given.get("model.name", rule.model), given, has_weights)
-    size = given.get("data.image_size") or image_size_for(
-        largest_size(rule, device, tune), facts.median_short_side
-    )
-    width = given.get("model.width", FINETUNE_WIDTH if tune else rule.width)
+    # Whether weights could be had (no download yet): the size and the speed measured depend on it.
+    could = fine_tune(given.get("model.name", rule.model), given, has_weights, fetch=False)[0]
+    size, width = size_and_width(rule, given, device, could, facts)
     timing = measure if needs_speed(rule, given, budget_s, device) else None
     model, speed, slow_note = pick_model(rule, given, device, timing, width, size)
-    if model != given.get("model.name", rule.model):
-        tune, weights_line = fine_tune(model, given, has_weights)
+    tune, weights_line = fine_tune(model, given, has_weights)  # the picked depth's weights (downloaded now)
+    if tune != could:  # the download failed: the from-scratch size, measured again
+        size, width = size_and_width(rule, given, device, tune, facts)
+        speed = timing(model, width, size) if timing else 0.0
     values = dict(FINETUNE if tune else rule.values)
     picked = {"model.name": model, "model.width": width, "data.image_size": size, **values}
     picked["train.batch_size"] = small_batch(facts.train_images, values["train.batch_size"])
@@ -369,7 +363,7 @@ def pick_for_data(
         return measure_images_per_s(cfg, name, width, size, max(2, facts.classes), device_name)
 
     budget_s = parse_duration(cfg.train.time_budget)
-    choice = choose_recipe(facts, ctx.device.type, measure, budget_s, given, imagenet_weights_available)
+    choice = choose_recipe(facts, ctx.device.type, measure, budget_s, given, ImageNetWeights())
     choice.config_file = explicit.config_file
     return distributed.gather_objects(choice)[0]
 

@@ -4,12 +4,110 @@ data, and the choice with the lines a user reads about it (what came from the us
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from ..models import weights as imagenet
 from .budget import format_seconds
 
 MIN_STEPS, MIN_BATCH = 4, 8  # small data: at least this many steps an epoch, batches not below this
+FINETUNE_WIDTH = 64  # torchvision's ImageNet weights are for width 64
+OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no wait when offline)
+
+
+class ImageNetWeights:
+    """has_weights for the auto recipe: arch's ImageNet file in the cache, else downloaded now (hash-checked,
+    progress on stderr) when download.pytorch.org answers; that is checked once, within can_download's 3 s,
+    and not at all with RESNETCLS_OFFLINE=1. probe(arch) says whether they could be had without downloading;
+    notes[arch] says where they came from ("downloaded now") or why there are none."""
+
+    def __init__(self) -> None:
+        self.online: bool | None = None  # None: not checked
+        self.notes: dict[str, str] = {}
+
+    def reachable(self) -> bool:
+        if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
+            return False
+        if self.online is None:
+            self.online = imagenet.can_download()
+        return self.online
+
+    def cached(self, arch: str) -> Path | None:
+        return imagenet.imagenet_weights_available(arch)
+
+    def probe(self, arch: str) -> bool:
+        return bool(self.cached(arch)) or (arch in imagenet.IMAGENET_WEIGHTS and self.reachable())
+
+    def __call__(self, arch: str) -> Path | None:
+        cached = imagenet.imagenet_weights_available(arch)
+        if cached or arch not in imagenet.IMAGENET_WEIGHTS or not self.reachable():
+            if not cached and self.online is False:
+                host = imagenet.DOWNLOAD_HOST
+                self.notes[arch] = f"offline: {host} did not answer; set {OFFLINE_ENV}=1 to skip this check"
+            return cached
+        try:
+            path, _ = imagenet.download(arch)
+        except (UserError, OSError) as e:
+            reason = str(e).split("; ")[0].removeprefix(f"ImageNet weights for {arch}: ")
+            self.notes[arch] = f"download failed: {reason}"
+            return None
+        self.notes[arch] = "downloaded now"
+        return path
+
+
+def fine_tune(
+    model: str, given: dict[str, Any], has_weights: Callable[[str], Any], fetch: bool = True
+) -> tuple[bool, str]:
+    """(fine-tune?, the line that says why): the user's --pretrained, else ImageNet weights (has_weights) for
+    the model at the standard width, unless the user chose the optimizer (fine-tuning needs its own). fetch
+    False: whether they could be had (has_weights.probe), nothing downloaded."""
+    if "train.pretrained" in given:
+        return bool(given["train.pretrained"]), pretrained_line(given) if given["train.pretrained"] else ""
+    width = given.get("model.width", FINETUNE_WIDTH)
+    if width != FINETUNE_WIDTH:
+        return False, f"auto recipe: from scratch: ImageNet weights need width 64 (model.width={width} given)"
+    mine = sorted(given.keys() & {"optim.name", "optim.lr"})
+    if mine and getattr(has_weights, "cached", has_weights)(
+        model
+    ):  # a from-scratch optimizer of the user's (e.g. --config small-data)
+        return False, (
+            f"auto recipe: from scratch: you chose {', '.join(mine)} (with ImageNet weights for {model} in "
+            "the cache, --pretrained torchvision fine-tunes with them)"
+        )
+    if mine:
+        return False, no_weights_line(model, has_weights)
+    if (has_weights if fetch else getattr(has_weights, "probe", has_weights))(model):
+        where = getattr(has_weights, "notes", {}).get(model, "cache")
+        return True, (
+            f"auto recipe: fine-tuning from ImageNet weights ({where}) for {model} "
+            "(train.pretrained=torchvision, configs/finetune.yaml's values)"
+        )
+    return False, no_weights_line(model, has_weights)
+
+
+def pretrained_line(given: dict[str, Any]) -> str:
+    """The line for weights the user named: fine-tuning, with what of theirs is kept."""
+    kept = [f"{key}={given[key]}" for key in ("model.width", "optim.name", "optim.lr") if key in given]
+    if given.get("model.width", FINETUNE_WIDTH) == FINETUNE_WIDTH:
+        kept = [part for part in kept if not part.startswith("model.width")]
+    yours = f"; yours kept: {', '.join(kept)}" if kept else ""
+    return (
+        f"auto recipe: fine-tuning from your weights (train.pretrained={given['train.pretrained']}; "
+        f"configs/finetune.yaml's values for the rest{yours})"
+    )
+
+
+def no_weights_line(model: str, has_weights: Callable[[str], Any]) -> str:
+    """From scratch for want of weights: why (offline, the download failed), and how to get them."""
+    why = getattr(has_weights, "notes", {}).get(model, "")
+    return (
+        f"auto recipe: from scratch: no ImageNet weights for {model} in the cache{f', {why}' if why else ''} "
+        f"(`resnetcls weights download {model}` to fine-tune)"
+    )
 
 
 @dataclass(frozen=True)
