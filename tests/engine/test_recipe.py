@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -24,7 +25,8 @@ from resnetcls.engine.recipe import (
     recipe_blocker,
     small_batch,
 )
-from resnetcls.models import weights
+from resnetcls.errors import UserError
+from resnetcls.models import create_model, weights
 from tests.conftest import ROOT, make_class_folders, run_cli
 
 
@@ -430,3 +432,96 @@ def test_time_budget_alone_lets_the_recipe_pick_the_model_and_the_budget_the_epo
     saved = yaml.safe_load((run / "config.yaml").read_text())
     budget = [r for r in records(run) if r["kind"] == "time_budget"][0]
     assert saved["model"]["width"] == 8 and saved["train"]["epochs"] == budget["epochs"]
+
+
+def test_weights_named_by_pretrained_get_the_fine_tuning_values_and_keep_their_model(
+    tiny_data, tmp_path, monkeypatch, speed_100
+):
+    monkeypatch.delenv("RESNETCLS_OFFLINE")
+    monkeypatch.setattr(weights, "can_download", lambda *a: pytest.fail("checked the network"))
+    own = tmp_path / "mine.pt"
+    torch.save(create_model("resnet50", 5, width=8).state_dict(), own)
+    plan = plan_for(tiny_data, tmp_path / "run", **{"train.pretrained": str(own), "model.width": 8})
+    cfg = plan.cfg
+    assert (cfg.train.pretrained, cfg.model.name, cfg.model.width) == (str(own), "resnet50", 8)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.data.augment, cfg.train.epochs) == (
+        "sgd",
+        0.01,
+        "crop_flip",
+        30,
+    )
+    lines = plan.decision("recipe").lines
+    assert f"from you: model.name=resnet50, model.width=8, train.pretrained={own};" in lines[0]
+    assert lines[1] == (
+        f"auto recipe: fine-tuning from your weights (train.pretrained={own}; configs/finetune.yaml's values "
+        "for the rest; yours kept: model.width=8)"
+    )
+
+
+@pytest.fixture
+def online(monkeypatch, torch_home, speed_100) -> list[str]:
+    """download.pytorch.org answers; download(arch) records arch and returns a file standing for the
+    weights (the plan loads nothing)."""
+    monkeypatch.delenv("RESNETCLS_OFFLINE")
+    monkeypatch.setattr(weights, "can_download", lambda *a: True)
+    fetched: list[str] = []
+
+    def download(arch, *args):
+        fetched.append(arch)
+        return torch_home / f"{arch}.pth", True
+
+    monkeypatch.setattr(weights, "download", download)
+    return fetched
+
+
+def test_online_without_cached_weights_downloads_the_picked_depth_once_and_fine_tunes(
+    tiny_data, tmp_path, online
+):
+    plan = plan_for(tiny_data, tmp_path / "run")
+    assert online == ["resnet18"]
+    assert (plan.cfg.train.pretrained, plan.cfg.model.name, plan.cfg.optim.name) == (
+        "torchvision",
+        "resnet18",
+        "sgd",
+    )
+    assert plan.decision("recipe").lines[1] == (
+        "auto recipe: fine-tuning from ImageNet weights (downloaded now) for resnet18 "
+        "(train.pretrained=torchvision, configs/finetune.yaml's values)"
+    )
+
+
+def test_a_failed_download_trains_from_scratch_and_says_why(tiny_data, tmp_path, online, monkeypatch):
+    def fails(arch, *args):
+        raise UserError(f"ImageNet weights for {arch}: download of URL failed (timed out); on a machine ...")
+
+    monkeypatch.setattr(weights, "download", fails)
+    plan = plan_for(tiny_data, tmp_path / "run")
+    assert (plan.cfg.train.pretrained, plan.cfg.optim.name) == ("", "adamw")
+    assert plan.decision("recipe").lines[1] == (
+        "auto recipe: from scratch: no ImageNet weights for resnet18 in the cache, download of URL failed "
+        "(timed out) (`resnetcls weights download resnet18` to fine-tune)"
+    )
+
+
+def test_offline_trains_from_scratch_and_says_offline(tiny_data, tmp_path, online, monkeypatch):
+    monkeypatch.setattr(weights, "can_download", lambda *a: False)
+    plan = plan_for(tiny_data, tmp_path / "run")
+    assert online == [] and plan.cfg.train.pretrained == "" and plan.cfg.optim.name == "adamw"
+    assert plan.decision("recipe").lines[1] == (
+        "auto recipe: from scratch: no ImageNet weights for resnet18 in the cache, offline: "
+        "download.pytorch.org did not answer; set RESNETCLS_OFFLINE=1 to skip this check "
+        "(`resnetcls weights download resnet18` to fine-tune)"
+    )
+
+
+@pytest.mark.parametrize("setting", ["RESNETCLS_OFFLINE=1", "train.auto_recipe=false"])
+def test_resnetcls_offline_or_the_recipe_off_never_checks_the_network(
+    tiny_data, tmp_path, online, monkeypatch, setting
+):
+    monkeypatch.setattr(weights, "can_download", lambda *a: pytest.fail("checked the network"))
+    if setting == "RESNETCLS_OFFLINE=1":
+        monkeypatch.setenv("RESNETCLS_OFFLINE", "1")
+    plan = plan_for(tiny_data, tmp_path / "run", *([setting] if "=false" in setting else []))
+    assert online == [] and plan.cfg.train.pretrained == ""
+    if setting == "RESNETCLS_OFFLINE=1":
+        assert plan.decision("recipe").lines[1] == SCRATCH

@@ -355,6 +355,8 @@ def pick_for_data(
     its config_values). Under torchrun every rank takes rank 0's choice."""
     explicit = explicit or ExplicitSettings()
     given = given_settings(cfg, explicit)
+    if given.get("train.pretrained") not in (None, "", "torchvision"):  # a file: checked against this model
+        given = {"model.name": cfg.model.name, "model.width": cfg.model.width, **given}
     median, read = median_short_side(splits.train.paths)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read)
     ctx = build_context(cfg.train, device_name)

@@ -53,7 +53,7 @@ class ImageNetWeights:
             path, _ = imagenet.download(arch)
         except (UserError, OSError) as e:
             reason = str(e).split("; ")[0].removeprefix(f"ImageNet weights for {arch}: ")
-            self.notes[arch] = f"download failed: {reason}"
+            self.notes[arch] = reason if reason.startswith("download of") else f"download failed: {reason}"
             return None
         self.notes[arch] = "downloaded now"
         return path
