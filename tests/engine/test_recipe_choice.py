@@ -3,8 +3,11 @@ what was chosen and why, and the metrics.jsonl record keeps both."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from resnetcls.engine.recipe import RULES, SMALL_DATA
-from resnetcls.engine.recipe_choice import DataFacts, RecipeChoice
+from resnetcls.engine.recipe_choice import DataFacts, ImageNetWeights, RecipeChoice, fine_tune
+from resnetcls.models import weights
 
 FACTS = DataFacts(train_images=40, val_images=5, classes=2, median_short_side=None, headers_read=0)
 
@@ -62,3 +65,26 @@ def test_fine_tuning_is_named_by_the_recipe():
     choice = small_choice({"train.pretrained": "torchvision", "model.name": "resnet18"}, {})
     assert choice.recipe == "finetune"
     assert "resnet18 (40 train images in 2 classes: small data, sizes unread)" in choice.lines()[0]
+
+
+def test_imagenet_weights_checks_the_network_once_and_downloads_only_when_asked(monkeypatch, tmp_path):
+    monkeypatch.delenv("RESNETCLS_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checks, fetched = [], []
+    monkeypatch.setattr(weights, "can_download", lambda *a: checks.append(1) or True)
+    monkeypatch.setattr(weights, "download", lambda arch, *a: fetched.append(arch) or (Path(arch), True))
+    found = ImageNetWeights()
+    assert fine_tune("resnet50", {}, found, fetch=False)[0] and fetched == []  # could: nothing downloaded
+    tune, line = fine_tune("resnet34", {}, found)
+    assert tune and fetched == ["resnet34"] and checks == [1]
+    assert line.startswith("auto recipe: fine-tuning from ImageNet weights (downloaded now) for resnet34")
+    assert fine_tune("resnet34", {"optim.name": "adamw"}, found)[0] is False and fetched == ["resnet34"]
+
+
+def test_named_weights_fine_tune_and_the_line_says_what_of_yours_is_kept():
+    tune, line = fine_tune("resnet18", {"train.pretrained": "w.pt", "optim.name": "adamw"}, lambda arch: None)
+    assert tune and line == (
+        "auto recipe: fine-tuning from your weights (train.pretrained=w.pt; configs/finetune.yaml's values "
+        "for the rest; yours kept: optim.name=adamw)"
+    )
+    assert fine_tune("resnet18", {"train.pretrained": ""}, lambda arch: True) == (False, "")
