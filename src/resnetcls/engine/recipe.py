@@ -260,7 +260,8 @@ def choose_recipe(
 ) -> RecipeChoice:
     """The rules of the module docstring as a function of the data (facts), the device type ("cpu", "cuda",
     ...), measure(model, width, image_size) -> training images per second on this machine, the --time budget,
-    the recipe keys the user gave (kept) and has_weights(arch) (ImageNet weights in the cache?)."""
+    the recipe keys the user gave (kept) and has_weights(arch) (ImageNet weights for arch? its probe(arch) and
+    cached(arch), when it has them: could they be had without downloading, are they in the cache)."""
     given = dict(given or {})
     rule = pick_rule(facts.train_images)
     # Whether weights could be had (no download yet): the size and the speed measured depend on it.
