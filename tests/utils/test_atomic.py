@@ -2,6 +2,7 @@
 no temporary behind, and one line naming the path and the bytes needed (exit 2)."""
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from resnetcls.errors import UserError
 from resnetcls.models import create_model
 from resnetcls.records.modelfile import load_model_dir, resolve_model_dir, save_model_dir
 from resnetcls.utils import atomic
-from resnetcls.utils.atomic import building_dir, write_atomic
+from resnetcls.utils.atomic import building_dir, sha256_file, write_atomic
 from tests.conftest import TINY, run_cli
 
 ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
@@ -125,3 +126,10 @@ def test_written_files_and_model_dirs_get_the_usual_permissions(tmp_path):
     best = save_model_dir(tmp_path / "best", model(0), "resnet18", ARGS, ["a", "b"], make_preprocess(32))
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert best.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path):
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * 5000  # more than one read chunk
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

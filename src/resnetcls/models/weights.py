@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..utils.atomic import write_atomic
+from ..utils.atomic import sha256_file, write_atomic
 from ..utils.progress import progress_bar
 
 DOWNLOAD_HOST = "download.pytorch.org"
@@ -96,12 +96,6 @@ def cache_entries() -> list[CacheEntry]:
     return rows
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _connect_target() -> tuple[str, int]:
     """download.pytorch.org:443, or the https proxy urllib would go through ($https_proxy, not $no_proxy)."""
     proxy = urllib.request.getproxies().get("https")
@@ -151,7 +145,7 @@ def how_to_fetch(arch: str) -> str:
 
 def _hash_matches(path: Path, prefix: str) -> bool:
     try:
-        return sha256_of(path).startswith(prefix)
+        return sha256_file(path).startswith(prefix)
     except OSError:  # unreadable: download it again (writing it then names the problem)
         return False
 
@@ -185,7 +179,7 @@ def install(arch: str, source: str | os.PathLike) -> Path:
     if not source.is_file():
         raise UserError(f"--from {source}: no such file")
     try:
-        actual = sha256_of(source)
+        actual = sha256_file(source)
     except OSError as e:
         raise UserError(f"--from {source}: cannot read ({e.strerror or e})") from None
     if not actual.startswith(prefix):

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import create_model
-from ..utils.atomic import building_dir, recover_dir, write_atomic, write_text_atomic
+from ..utils.atomic import building_dir, recover_dir, sha256_file, write_atomic, write_text_atomic
 from .metacheck import FORMAT, WEIGHTS, check_meta
 
 META = "model.json"
@@ -59,14 +59,6 @@ def temperature_of(meta: dict) -> float:
     """model.json's calibration.temperature; model directories written before calibration existed have no
     "calibration" field and load as T = 1 (the raw softmax they always gave)."""
     return float(meta.get("calibration", {}).get("temperature", 1.0))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_sha256(path: str | os.PathLike) -> str:

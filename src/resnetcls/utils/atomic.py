@@ -6,13 +6,14 @@ cannot cross file systems), are flushed and fsynced, renamed over the target, an
 rename itself survives a power cut. replace_dir(): a folder built elsewhere (new_dir_beside) takes the place
 of an existing one; the old one is kept, renamed aside, until the new one is in place (recover_dir() puts it
 back after a kill between the two renames). Failures become UserErrors naming the path; ENOSPC also says how
-many bytes were needed.
+many bytes were needed. sha256_file() hashes what was written (model files, checkpoints, downloaded weights).
 """
 
 from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import os
 import shutil
@@ -166,3 +167,9 @@ def building_dir(path: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
