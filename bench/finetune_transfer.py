@@ -52,16 +52,21 @@ def summary_of(run_dir: Path) -> dict:
     return [r for r in map(json.loads, lines) if r.get("kind") == "summary"][-1]
 
 
-def pretrain(data: str, budget: str, arch: str, work: Path) -> Path:
-    """Train arch on data from scratch; write its best weights as torchvision's file into a hub cache."""
+def pretrain(data: str, budget: str, arch: str, size: int, work: Path) -> Path:
+    """Train arch on data from scratch (kept in work/pretrain: a second call with the same --work reuses it);
+    write its best weights as torchvision's file into a hub cache."""
     run_dir = work / "pretrain"
-    args = ["train", data, "--out", str(run_dir), *COMMON, "--model", arch, "--image-size", "64"]
-    wall, _ = resnetcls([*args, "--set", "model.width=64", "--time", budget, "--seed", "0"], work / "empty")
+    if not (run_dir / "best" / "model.safetensors").is_file():
+        args = ["train", data, "--out", str(run_dir), *COMMON, "--model", arch, "--image-size", str(size)]
+        wall, _ = resnetcls(
+            [*args, "--set", "model.width=64", "--time", budget, "--seed", "0"], work / "empty"
+        )
+        print(f"pretrained {arch} on {data} at {size} px: {wall:.0f} s", flush=True)
     best = summary_of(run_dir)["best_val_top1"]
-    print(f"pretrained {arch} on {data}: {wall:.0f} s, best val top-1 {best:.2%}", flush=True)
+    print(f"stand-in weights: {run_dir}, best val top-1 {best:.2%}", flush=True)
     home = work / "made-here"
     checkpoints = home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
     url = IMAGENET_WEIGHTS[arch][0]
     torch.save(load_file(str(run_dir / "best" / "model.safetensors")), checkpoints / url.rsplit("/", 1)[1])
     return home
@@ -102,6 +107,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--arch", default="resnet18", choices=sorted(IMAGENET_WEIGHTS))
     parser.add_argument("--pretrain-time", default="8m", help="wall-time budget of the pretraining run")
+    parser.add_argument("--pretrain-size", type=int, default=128, help="image size of the pretraining run")
     parser.add_argument("--time", default="3m", help="wall-time budget of each target run, both arms")
     parser.add_argument("--work", help="keep the run directories here (default: a temporary folder)")
     args = parser.parse_args()
@@ -109,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         (work / "empty").mkdir(parents=True, exist_ok=True)
-        made_here = pretrain(args.pretrain_data, args.pretrain_time, args.arch, work)
+        made_here = pretrain(args.pretrain_data, args.pretrain_time, args.arch, args.pretrain_size, work)
         rows: dict[str, list[dict]] = {"from scratch (empty cache)": [], "fine-tuned (weights in cache)": []}
         for seed in args.seeds:
             for (name, runs), home in zip(rows.items(), (work / "empty", made_here)):
