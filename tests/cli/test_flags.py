@@ -76,3 +76,14 @@ def test_config_and_set_flags(monkeypatch):
     assert (args.config, args.overrides) == ("c.yaml", ["a.b=1", "c.d=2"])
     assert "a packaged recipe (default, finetune, " in parser.format_help()
     assert ", small-data) or a YAML file, e.g. default (default: none)" in parser.format_help()
+
+
+def test_no_auto_recipe_is_one_flag_that_turns_the_recipe_off():
+    values = table_values(build_parser().parse_args(["train", "d", "--no-auto-recipe"]), "train")
+    assert flag_settings(values)["train.auto_recipe"] is False
+    values = table_values(build_parser().parse_args(["train", "d"]), "train")
+    assert flag_settings(values)["train.auto_recipe"] is None  # not given: the config decides (on)
+    assert flag_settings({"auto_recipe": False})["train.auto_recipe"] is False  # the API's keyword
+    assert "--no-auto-recipe" in subparser("train").format_help()
+    result = run_cli("tune", "d", "--no-auto-recipe")
+    assert result.returncode == 2 and "unrecognized arguments: --no-auto-recipe" in result.stderr

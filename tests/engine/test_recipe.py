@@ -62,7 +62,7 @@ def test_small_data_gets_the_small_data_recipe_and_about_50k_images_seen():
     )
     assert line.endswith(
         "keeps the last and the best checkpoints only (ckpt.keep_last=1: small data) "
-        "(--set train.auto_recipe=false to turn it off)"
+        "(--no-auto-recipe to turn it off)"
     )
     assert weights == SCRATCH
 
@@ -315,7 +315,7 @@ def test_image_size_64_keeps_the_recipe_and_its_line_lists_what_came_from_you(
         "0.25, adamw lr 0.002); batch 8 (33 train images are under 4 batches of 64: halved to 8, the floor; "
         "the incomplete last batch is dropped, never a batch of 1 for BatchNorm); 200 epochs ≈ 1m08s at 100 "
         "img/s measured; keeps the last and the best checkpoints only (ckpt.keep_last=1: small data) "
-        "(--set train.auto_recipe=false to turn it off)",
+        "(--no-auto-recipe to turn it off)",
         SCRATCH,
     ]
     assert plan.decision("dropped") is None  # 1 of 33 images
@@ -350,7 +350,8 @@ def test_auto_recipe_false_gives_the_plain_config_and_says_so(tiny_data, tmp_pat
         plain.data.augment,
     )
     assert plan.decision("recipe").lines == [
-        "auto recipe: off (train.auto_recipe=false): the config as given, nothing chosen from the data"
+        "auto recipe: off (--no-auto-recipe, train.auto_recipe=false): the config as given, nothing chosen "
+        "from the data"
     ]
 
 

@@ -36,7 +36,7 @@ def test_the_line_lists_what_came_from_you_and_only_what_was_chosen():
         "auto recipe: from you (with --config mine.yaml): model.name=resnet34, train.epochs=3; chosen: "
         "batch 8 (40 train images are under 4 batches of 64: halved to 8, the floor; the incomplete last "
         "batch is dropped, never a batch of 1 for BatchNorm); keeps the last and the best checkpoints only "
-        "(ckpt.keep_last=1: small data) (--set train.auto_recipe=false to turn it off)"
+        "(ckpt.keep_last=1: small data) (--no-auto-recipe to turn it off)"
     )
     assert weights == "auto recipe: from scratch: no ImageNet weights"
 
@@ -53,7 +53,7 @@ def test_a_capped_choice_adds_the_cap_line_and_the_record_keeps_given_and_chosen
     assert first == (
         "auto recipe: from you: nothing; chosen: small-data recipe (trivialaugment, mixup 0.2, cutmix 1.0, "
         "erasing 0.25, adamw lr 0.002); 5 epochs (time cap) ≈ 20s at 10 img/s measured "
-        "(--set train.auto_recipe=false to turn it off)"
+        "(--no-auto-recipe to turn it off)"
     )  # nothing about the model: it was not chosen
     assert cap.startswith("auto recipe: lowered to 5 epochs to stay within 30m00s on this CPU (50 epochs")
     record = choice.record()

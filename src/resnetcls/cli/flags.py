@@ -74,11 +74,17 @@ KIND_TYPES = {
     "lr": LR,
     "duration": duration,
     "choice": str,
+    "switch": bool,  # --name / --no-name (argparse.BooleanOptionalAction)
 }
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
     """One row of the table as an option; its default None means "not given" (the config decides)."""
+    if flag.kind == "switch":
+        parser.add_argument(
+            flag.option, dest=flag.name, action=argparse.BooleanOptionalAction, help=flag.help
+        )
+        return
     parse = KIND_TYPES[flag.kind]
     parser.add_argument(
         flag.option,

@@ -22,8 +22,7 @@ def _add_train(sub) -> None:
         description="The auto recipe keeps what you give (flags, --set, the keys of --config) "
         "and picks the rest of model, width, image size, augmentation, batch size and epochs "
         "from DATA and this machine's measured speed, fine-tuning when ImageNet weights are "
-        "in the cache; it prints why and records it in config.yaml (off: --set "
-        "train.auto_recipe=false).",
+        "in the cache; it prints why and records it in config.yaml (off: --no-auto-recipe).",
     )
     p.add_argument(
         "data",

@@ -19,7 +19,7 @@ from .checks import CHOICES
 
 TRAIN_FAMILY = ("train", "tune", "lr-find", "lifelong")
 # How the command line reads a value (cli/flags.py has the argparse type of each):
-KINDS = ("text", "path", "count", "count0", "size", "seed", "lr", "duration", "choice")
+KINDS = ("text", "path", "count", "count0", "size", "seed", "lr", "duration", "choice", "switch")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,14 @@ FLAGS: tuple[Flag, ...] = (
         ("train", "tune", "lifelong"),
         metavar="LR|auto",
         auto=True,
+    ),
+    Flag(
+        "auto_recipe",
+        "train.auto_recipe",
+        "switch",
+        "the auto recipe chooses what you left open from the data and this machine (default: on); "
+        "--no-auto-recipe trains with the config as given (train.auto_recipe=false)",
+        ("train",),
     ),
     Flag("device", "train.device", "text", "auto|cpu|cuda|cuda:N (default auto: the GPU when there is one)"),
     Flag("seed", "train.seed", "seed", "seed of the split, the order and the augmentation (default 0)"),

@@ -177,7 +177,7 @@ class RecipeChoice:
         source = f" (with --config {self.config_file})" if self.config_file else ""
         first = (
             f"auto recipe: from you{source}: {given}; chosen: {'; '.join(self.chosen_parts()) or 'nothing'}"
-            " (--set train.auto_recipe=false to turn it off)"
+            " (--no-auto-recipe to turn it off)"
         )
         return [first, *([self.weights_line] if self.weights_line else []), *self.cap_lines()]
 
