@@ -193,8 +193,10 @@ def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
 
 def recipe_off() -> Decision:
     """train.auto_recipe=false: the config as given, said once at the start of the run."""
-    line = "auto recipe: off (--no-auto-recipe, train.auto_recipe=false): the config as given, nothing chosen "
+    line = (
+        "auto recipe: off (--no-auto-recipe, train.auto_recipe=false): the config as given, nothing chosen "
         "from the data"
+    )
     return Decision("recipe", {}, "train.auto_recipe=false", [line])
 
 
