@@ -267,7 +267,10 @@ def export_model(
     out: str | os.PathLike | None = None,
     check_data: str | os.PathLike | None = None,
 ) -> ExportResult:
-    """Export MODEL to ONNX or TorchScript, check it against eager on real images, then write it atomically.
+    """Export MODEL to ONNX or TorchScript, check it against eager, then write it atomically.
+
+    The check runs on check_data's images when given, else on the run's validation images (its split.csv, in
+    MODEL or the run folder above it), else on synthetic images (with a note on stderr saying why).
 
     The default output is inside the model directory (model.onnx / model.torchscript.pt), where the
     onnxruntime backend of predict and serve finds it; a file written into the model directory has its sha256
