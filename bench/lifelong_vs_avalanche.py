@@ -5,8 +5,8 @@ the small stem, 2 epochs per task, batch 32, AdamW lr 0.003; read from the confi
 augmentation, at a constant rate, with plain cross-entropy (resnetcls: data.augment=resize,
 sched.name=constant, loss.label_smoothing=0), so the only difference left is the library. Strategies: naive,
 replay (500 images), ewc, lwf at the config's lambda/alpha. The Avalanche side is
-bench/lifelong_avalanche_side.py, run by the interpreter of --avalanche-python (its own venv; avalanche-lib is
-never a resnetcls dependency).
+bench/lifelong_avalanche_side.py, run by the interpreter of --avalanche-python or of the environment variable
+RESNETCLS_AVALANCHE_PYTHON (its own venv; avalanche-lib is never a resnetcls dependency).
 
 Reported per side: ACC and the final R row, wall seconds per task (resnetcls: each task's epochs and its
 strategy's end-of-task work; Avalanche: strategy.train, which runs its after-experience plugins) with their
@@ -19,6 +19,7 @@ sides), which a shared machine disturbs less. --precision auto gives resnetcls i
         --strategies naive,replay,ewc,lwf --seeds 0
     python bench/lifelong_vs_avalanche.py --avalanche-python path/to/avalanche-venv/bin/python \
         --strategies naive,replay,ewc,lwf --seeds 0 --precision auto
+    RESNETCLS_AVALANCHE_PYTHON=path/to/avalanche-venv/bin/python python bench/lifelong_vs_avalanche.py
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument(
         "--avalanche-python",
-        required=True,
-        help="interpreter of the venv with avalanche-lib, e.g. path/to/avalanche-venv/bin/python",
+        default=os.environ.get("RESNETCLS_AVALANCHE_PYTHON") or None,
+        help="interpreter of the venv with avalanche-lib, e.g. path/to/avalanche-venv/bin/python "
+        "(default: $RESNETCLS_AVALANCHE_PYTHON)",
     )
     ap.add_argument("--out", default="runs/bench-lifelong-vs-avalanche")
     ap.add_argument(
@@ -129,6 +131,13 @@ def main() -> None:
         "default (bf16 + channels_last where the CPU has native bf16; Avalanche stays fp32)",
     )
     args = ap.parse_args()
+    if not args.avalanche_python or not Path(args.avalanche_python).exists():
+        given = f"{args.avalanche_python} is missing" if args.avalanche_python else "no interpreter given"
+        ap.exit(
+            2,
+            f"bench/lifelong_vs_avalanche.py: Avalanche's venv: {given}; pass --avalanche-python "
+            "path/to/avalanche-venv/bin/python or set RESNETCLS_AVALANCHE_PYTHON\n",
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(

@@ -8,10 +8,15 @@ Settings shared by both: ResNet-50 from scratch, --image-size px (48), batch 64,
 viewpoint split (pose-split.csv) for the first --objects objects, laid out as an ImageFolder
 (train/, validation/; symbolic links, nothing copied). Both evaluate on the validation split every epoch.
 
-timm is never a dependency of resnetcls: it runs from its own virtual environment (--timm-python, e.g.
-path/to/timm-venv/bin/python) and its train.py (not in the wheel; copied from huggingface/pytorch-image-models
-next to that interpreter: --timm-train, e.g. path/to/timm-venv/train.py). When either is missing the timm row
-says so and is skipped.
+timm is never a dependency of resnetcls: it runs from its own virtual environment (--timm-python or the
+environment variable RESNETCLS_TIMM_PYTHON, e.g. path/to/timm-venv/bin/python) and its train.py (not in the
+wheel; copied from huggingface/pytorch-image-models: --timm-train or RESNETCLS_TIMM_TRAIN, by default
+train.py in the venv's folder, e.g. path/to/timm-venv/train.py). When either is missing the timm row says so
+and is skipped.
+
+    python3 -m venv path/to/timm-venv
+    path/to/timm-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm
+    RESNETCLS_TIMM_PYTHON=path/to/timm-venv/bin/python python bench/vs_timm.py --quick
 
 Printed: each tool's wall time (process start to exit) and final validation top-1, resnetcls's phases (from
 the epoch records' timestamps in metrics.jsonl: start to the first epoch's end, the later epochs, after the
@@ -105,9 +110,17 @@ def run_resnetcls(folder: Path, out: Path, args) -> tuple[float, list[float], fl
 
 def run_timm(folder: Path, out: Path, args) -> tuple[float, float] | str:
     """(wall s, final eval top-1) of timm's train.py, or why it was skipped."""
-    python, train = Path(args.timm_python), Path(args.timm_train)
-    if not python.exists() or not train.exists():
-        return f"skipped: {python if not python.exists() else train} is missing (see this file's docstring)"
+    if not args.timm_python:
+        return (
+            "skipped: no timm interpreter given: pass --timm-python path/to/timm-venv/bin/python or set "
+            "RESNETCLS_TIMM_PYTHON (see this file's docstring)"
+        )
+    python = Path(args.timm_python)
+    train = Path(args.timm_train) if args.timm_train else python.parent.parent / "train.py"
+    if not python.exists():
+        return f"skipped: {python} (--timm-python / RESNETCLS_TIMM_PYTHON) is missing"
+    if not train.exists():
+        return f"skipped: {train} (--timm-train / RESNETCLS_TIMM_TRAIN) is missing"
     cmd = [
         str(python),
         str(train),
@@ -171,13 +184,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10 objects, 1 epoch")
     parser.add_argument(
         "--timm-python",
-        default="path/to/timm-venv/bin/python",
-        help="interpreter of timm's own venv (default path/to/timm-venv/bin/python: replace it with yours)",
+        default=os.environ.get("RESNETCLS_TIMM_PYTHON") or None,
+        help="interpreter of timm's own venv, e.g. path/to/timm-venv/bin/python "
+        "(default: $RESNETCLS_TIMM_PYTHON)",
     )
     parser.add_argument(
         "--timm-train",
-        default="path/to/timm-venv/train.py",
-        help="timm's train.py (default path/to/timm-venv/train.py: replace it with yours)",
+        default=os.environ.get("RESNETCLS_TIMM_TRAIN") or None,
+        help="timm's train.py (default: $RESNETCLS_TIMM_TRAIN, else train.py in the venv's folder)",
     )
     args = parser.parse_args()
     if args.quick:

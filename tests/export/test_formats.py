@@ -81,9 +81,7 @@ def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_p
     model = make_tiny_model_dir(tmp_path / "model")
     out = tmp_path / "out" / "classifier.pt"
     (tmp_path / "cwd").mkdir()
-    monkeypatch.chdir(
-        tmp_path / "cwd"
-    )  # no ../shared/data from here: the check falls back to synthetic images
+    monkeypatch.chdir(tmp_path / "cwd")  # a bare model folder (no run around it): synthetic images
     assert main(["export", str(model), "--to", "torchscript", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "16 synthetic images" in stdout and "top-1 agrees on 16/16 -> PASS" in stdout
@@ -99,6 +97,34 @@ def test_torchscript_export_to_chosen_file_is_checked_and_carries_metadata(tmp_p
         "model.safetensors",
         "model.json",
     }
+
+
+def test_export_checks_on_the_runs_own_val_images_by_default(tmp_path, images):
+    run = tmp_path / "run"
+    model = make_tiny_model_dir(run / "best")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    rows = ["path,label,split"] + [f"{images[0]},ants,train"]
+    rows += [f"{p},{CLASSES[i % 3]},val" for i, p in enumerate(images[1:])] + [
+        f"{tmp_path / 'broken.jpg'},bees,val"
+    ]
+    (run / "split.csv").write_text("\n".join(rows) + "\n")
+    result = run_cli("export", model, "--to", "onnx")
+    assert result.returncode == 0, result.stderr
+    # the three readable val rows, not the train row; the unreadable one is named and skipped
+    assert f"parity vs eager fp32 on 3 val images of the run ({run / 'split.csv'})" in result.stdout
+    assert "top-1 agrees on 3/3 -> PASS" in result.stdout and "synthetic" not in result.stdout
+    assert "parity check: skipped" in result.stderr and "broken.jpg" in result.stderr
+
+
+def test_export_of_a_bare_model_folder_checks_on_synthetic_images_and_says_why(tmp_path):
+    model = make_tiny_model_dir(tmp_path / "model")
+    result = run_cli("export", model, "--to", "onnx")
+    assert result.returncode == 0, result.stderr
+    assert "parity vs eager fp32 on 16 synthetic images" in result.stdout
+    assert (
+        f"note: parity check on synthetic images: no split.csv in {model} or its run folder; "
+        "--check-data DATA checks on your photographs"
+    ) in result.stderr
 
 
 def test_predict_and_serve_refuse_a_model_onnx_changed_since_export_naming_it_and_the_fix(

@@ -178,7 +178,8 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--check-data",
         metavar="PATH",
-        help="images (folder or file) for the parity check; default: synthetic images",
+        help="images (folder or file) for the parity check; default: the run's validation images (its "
+        "split.csv beside MODEL), else synthetic images",
     )
     p.add_argument(
         "--int8",

@@ -8,6 +8,7 @@ the classes, softmax(logits / T) with model.json's calibration temperature T, as
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -42,6 +43,7 @@ from ..utils.progress import progress_bar
 FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
 PROB_TOLERANCE = 1e-4
 TORCHSCRIPT_META = "model.json"
+SPLIT_CSV = "split.csv"  # written by train beside best/ and final/
 
 
 class ExportCheckFailed(RuntimeError):
@@ -121,28 +123,85 @@ def _synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
     return images
 
 
-def load_check_images(
-    loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16
-) -> CheckImages:
-    """Real photographs from check_data (when given), else synthetic images."""
-    transform = build_eval_transform(loaded.preprocess)
-    root = Path(check_data) if check_data else None
-    if root is None:
-        images = _synthetic_images(limit)
-        return CheckImages(
-            torch.stack([transform(i) for i in images]),
-            [f"synthetic-{i}" for i in range(limit)],
-            f"{limit} synthetic images",
-        )
-    if not root.exists():
-        raise UserError(f"--check-data {root}: no such file or folder")
+def _synthetic_check(transform, limit: int) -> CheckImages:
+    images = _synthetic_images(limit)
+    return CheckImages(
+        torch.stack([transform(i) for i in images]),
+        [f"synthetic-{i}" for i in range(limit)],
+        f"{limit} synthetic images",
+    )
+
+
+def _decode_all(paths: list[Path], transform) -> tuple[list[torch.Tensor], list[str]]:
     tensors, names = [], []
-    for path in _real_images(root, limit):
+    for path in paths:
         try:
             tensors.append(transform(decode_image(path)))
             names.append(str(path))
         except DecodeError as e:
             print(f"parity check: skipped {e}", file=sys.stderr)
+    return tensors, names
+
+
+def run_split_csv(model_dir: Path) -> Path | None:
+    """The split.csv train wrote for this model: in the model folder, else in the run folder above it."""
+    for path in (model_dir / SPLIT_CSV, model_dir.parent / SPLIT_CSV):
+        if path.is_file():
+            return path
+    return None
+
+
+def _val_paths(split_csv: Path) -> list[Path]:
+    """The val rows of a split.csv (paths relative to it, as train writes them); [] if it cannot be read."""
+    try:
+        text = split_csv.read_text(encoding="utf-8", errors="surrogateescape")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (OSError, csv.Error):
+        return []
+    header = rows[0] if rows else []
+    if "path" not in header or "split" not in header:
+        return []
+    column, split_column = header.index("path"), header.index("split")
+    width = max(column, split_column)
+    return [
+        split_csv.parent / row[column]
+        for row in rows[1:]
+        if len(row) > width and row[split_column] == "val" and row[column]
+    ]
+
+
+def _run_val_check(loaded: LoadedModel, transform, limit: int) -> CheckImages:
+    """The run's own validation images when its split.csv is there and they read; else synthetic images,
+    with a note on stderr saying why."""
+    split_csv = run_split_csv(loaded.path)
+    if split_csv is None:
+        why = f"no split.csv in {loaded.path} or its run folder"
+    else:
+        tensors, names = _decode_all(_pick_evenly(_val_paths(split_csv), limit), transform)
+        if tensors:
+            return CheckImages(
+                torch.stack(tensors), names, f"{len(names)} val images of the run ({split_csv})"
+            )
+        why = f"{split_csv}: no readable val images"
+    print(
+        f"note: parity check on synthetic images: {why}; --check-data DATA checks on your photographs",
+        file=sys.stderr,
+    )
+    return _synthetic_check(transform, limit)
+
+
+def load_check_images(
+    loaded: LoadedModel, check_data: str | os.PathLike | None, limit: int = 16
+) -> CheckImages:
+    """Real photographs from check_data (when given), else the run's validation images (its split.csv, in
+    the model folder or the run folder above it), else synthetic images."""
+    transform = build_eval_transform(loaded.preprocess)
+    if not check_data:
+        return _run_val_check(loaded, transform, limit)
+    root = Path(check_data)
+    if not root.exists():
+        raise UserError(f"--check-data {root}: no such file or folder")
+    tensors, names = _decode_all(_real_images(root, limit), transform)
     if not tensors:
         raise UserError(f"--check-data {root}: no readable images found")
     return CheckImages(torch.stack(tensors), names, f"{len(names)} images from {root}")
@@ -208,7 +267,10 @@ def export_model(
     out: str | os.PathLike | None = None,
     check_data: str | os.PathLike | None = None,
 ) -> ExportResult:
-    """Export MODEL to ONNX or TorchScript, check it against eager on real images, then write it atomically.
+    """Export MODEL to ONNX or TorchScript, check it against eager, then write it atomically.
+
+    The check runs on check_data's images when given, else on the run's validation images (its split.csv, in
+    MODEL or the run folder above it), else on synthetic images (with a note on stderr saying why).
 
     The default output is inside the model directory (model.onnx / model.torchscript.pt), where the
     onnxruntime backend of predict and serve finds it; a file written into the model directory has its sha256
