@@ -1,6 +1,7 @@
 """A model.onnx on its own: Predictor, `resnetcls predict` and `serve` run it from its metadata, refuse what
 needs the eager weights (torch, Grad-CAM) in one line, refuse an ONNX file we did not export naming the keys
-it lacks, and docs/onnxruntime.md's ONNX-Runtime-only snippet reproduces the Predictor's predictions."""
+it lacks, and the export guide's ONNX-Runtime-only snippet (docs/guides/export.md) reproduces the Predictor's
+predictions."""
 
 import re
 import shutil
@@ -22,7 +23,7 @@ from tests.export.test_formats import CLASSES, make_tiny_model_dir
 from tests.serve.test_admission import client_for
 from tests.serve.test_app import png_bytes
 
-DOC = Path(__file__).parents[2] / "docs" / "onnxruntime.md"
+DOC = Path(__file__).parents[2] / "docs" / "guides" / "export.md"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,9 @@ def test_serve_runs_a_bare_file_and_explains_only_with_the_directory(bare):
 
 
 def test_the_documented_onnxruntime_snippet_reproduces_the_predictor(bare, photo, tmp_path, monkeypatch):
-    snippet = re.search(r"## With ONNX Runtime.*?```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+    section = re.search(r"^#+ Without resnetcls.*?```python\n(.*?)```", DOC.read_text(), re.S | re.M)
+    assert section, f"{DOC} has no 'Without resnetcls' section with a python block"
+    snippet = section.group(1)
     shutil.copy(bare, tmp_path / "model.onnx")
     shutil.copy(photo, tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
