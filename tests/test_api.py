@@ -1,10 +1,7 @@
-"""The Python API: README's example runs as written; train/evaluate/Predictor give what the CLI gives; the
-same errors as exceptions with the CLI's messages; `import resnetcls` stays light."""
+"""The Python API: train/evaluate/Predictor give what the CLI gives; the same errors as exceptions with the
+CLI's messages; `import resnetcls` stays light. (The guides' Python examples run in tests/test_docs.py.)"""
 
-import contextlib
-import io
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,28 +13,10 @@ from PIL import Image
 import resnetcls
 from resnetcls.data.decode import DecodeError
 from resnetcls.errors import UserError
-from tests.conftest import ROOT, make_class_folders, run_cli
+from tests.conftest import run_cli
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 TINY_SET = {"model.width": 8, "data.num_workers": 0, "optim.lr": 0.01, "train.auto_recipe": False}
-
-
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Python API") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
-    make_class_folders(tmp_path / "photos", COLOURS)
-    monkeypatch.chdir(tmp_path)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        exec(compile(readme_example(), "README.md (Python API)", "exec"), {})
-    printed = out.getvalue()
-    assert (tmp_path / "runs" / "notebook" / "best" / "model.json").is_file()
-    assert "<array 2>" in printed and "photos/red/0.jpg" in printed
-    assert "optim.lrr" in printed  # the unknown key's message, caught as UserError
 
 
 def test_train_returns_the_run_and_matches_the_run_directory(tiny_data, tmp_path):

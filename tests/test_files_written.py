@@ -1,4 +1,4 @@
-"""Nothing is written outside the folders the README's "Files we write" names: export, eval (figures), predict
+"""Nothing is written outside the folders docs/reference/files.md names: export, eval (figures), predict
 (auto with --explain, ONNX Runtime, OpenVINO) and serve (a request through the app) run with HOME pointing at
 an empty folder and XDG_* unset, and leave nothing there, and nothing beside the model directory but what was
 asked for."""

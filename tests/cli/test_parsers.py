@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from resnetcls.cli.parsers import build_parser, command_synopsis
-from tests.conftest import ROOT, run_cli
+from resnetcls.cli.parsers import build_parser
+from tests.conftest import run_cli
 
 
 def test_numbers_and_durations_are_checked_naming_the_flag():
@@ -73,16 +73,6 @@ def test_every_option_says_what_it_does_and_its_default():
         env={**os.environ, "COLUMNS": "200"},
     ).stdout
     assert "idle or half-sent connections do not count (default 64)" in text  # %(default)s rendered
-
-
-def test_the_readme_lists_exactly_the_parsers_commands():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme.split("## Commands\n```\n", 1)[1].split("```\n", 1)[0]
-    assert block == command_synopsis(), (
-        "README's Commands block differs from the parser; regenerate it with "
-        "python -c 'from resnetcls.cli.parsers import command_synopsis; "
-        'print(command_synopsis(), end="")\''
-    )
 
 
 def test_every_inference_command_offers_every_backend_and_precision_the_predictor_runs():
