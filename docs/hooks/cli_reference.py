@@ -1,6 +1,6 @@
-"""MkDocs hook: the command-line reference (docs/reference/cli.md) written from resnetcls's argparse parsers at
-build time, so it cannot drift from them: every command and sub-command with its usage, description and every
-argument with its help, choices and default. The page's marker line is replaced by that text."""
+"""MkDocs hook: the command-line reference (docs/reference/cli.md) written from resnetcls's argparse parsers
+at build time, so it cannot drift from them: every command and sub-command with its usage, description and
+every argument with its help, choices and default. The page's marker line is replaced by that text."""
 
 from __future__ import annotations
 

@@ -121,8 +121,8 @@ def train(
 
     Every other keyword is the train flag of the same name (config/flags.py; None: the flag not given, so
     the auto recipe or the config decides; batch_size="auto" and lr="auto" as on the command line); an
-    unknown one is a UserError naming it:
-    {flags}
+    unknown one is a UserError naming it. They are `resnetcls train`'s options; help(resnetcls.train) lists
+    them after this paragraph, as "keyword: help [config key]".
     """
     check_names(flags, "train", API_KEYWORDS)
     settings = flag_settings(flags, "train")
@@ -151,7 +151,7 @@ def train(
 
 
 if train.__doc__:  # None under python -OO
-    train.__doc__ = train.__doc__.replace("    {flags}", flag_doc("train"))
+    train.__doc__ += "\n    " + flag_doc("train").lstrip(" ") + "\n"
 
 
 def evaluate(
