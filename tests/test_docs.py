@@ -326,11 +326,14 @@ class ExampleCounts:
             return
         terminalreporter.section("runnable documentation examples")
         for page, (count, seconds) in sorted(self.rows.items()):
-            terminalreporter.write_line(f"{page}: {count} examples ran in {seconds:.1f} s")
+            terminalreporter.write_line(f"{page}: {plural(count)} ran in {seconds:.1f} s")
         total = sum(count for count, _ in self.rows.values())
-        terminalreporter.write_line(
-            f"all pages: {total} examples in {sum(s for _, s in self.rows.values()):.1f} s"
-        )
+        seconds = sum(s for _, s in self.rows.values())
+        terminalreporter.write_line(f"{len(self.rows)} pages: {plural(total)} in {seconds:.1f} s")
+
+
+def plural(count: int) -> str:
+    return f"{count} example" + ("" if count == 1 else "s")
 
 
 @pytest.fixture(scope="module")
