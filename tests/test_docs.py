@@ -11,8 +11,8 @@ Runnable examples (docs/contributing.md explains them to writers):
 - a ```bash or ```python block directly preceded by the line `<!-- run -->` runs as it is and must exit 0; a
   python block is a script of its own (it imports what it uses).
 - `<!-- skip: why -->` before a ```console block shows a session that cannot run here (a server, a GPU, the
-  internet) without running it; `$ ` lines in any other kind of block are refused, so a shown command is
-  never silently left unchecked.
+  internet) without running it; `$ ` lines in a ```bash, ```sh or unlabelled block are refused, so a shown
+  command is not left unchecked by mistake (a ```text block is plain text, never run).
 Each page runs in a fresh working folder of its own holding only photos/ (3 classes, class per folder) and
 held-out/ (the same classes, other images), with RESNETCLS_SET making every training tiny and
 RESNETCLS_OFFLINE=1.
@@ -20,6 +20,7 @@ RESNETCLS_OFFLINE=1.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -30,9 +31,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from tests.conftest import ROOT, make_class_folders
+from tests.conftest import ROOT
 
 # The page's photos/: the names its examples show. Class names in shown output are placeholders; those of
 # README.md's older examples are placeholders too.
@@ -48,11 +51,11 @@ COMMAND_TIMEOUT = 600
 
 PLACEHOLDERS = re.compile(
     r"(?P<path>[\w.~-]*(?:/[\w.~-]*)+|[\w.-]+\.(?:jpg|png|json|csv|onnx|pt|yaml|html))"
-    r"|(?P<num>\d+(?:\.\d+)?)"
+    r"|(?P<num>\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
     rf"|(?P<cls>\b(?:{'|'.join(CLASS_NAMES)})\b)"
     r"|(?P<gap> {2,})"
 )
-STAND_IN = {"path": r"\S+?", "num": r"\d+(?:\.\d+)?", "cls": r"[\w-]+", "gap": " {2,}"}
+STAND_IN = {"path": r"\S+?", "num": r"\d+(?:\.\d+)?(?:e[+-]?\d+)?", "cls": r"[\w-]+", "gap": " {2,}"}
 ANNOTATION = re.compile(r"\s+<- (?P<note>.*)$")  # "   <- stderr; exit code 2": a remark, not output
 CELL = re.compile(r"[\w-]+ \(\d\.\d{3}\)")  # one (class, probability) cell of the predict table
 TABLE_HEADER = re.compile(r"path {2,}top classes \(probability\)")
@@ -60,6 +63,7 @@ ELLIPSIS = "..."
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)")
 RUN, SKIP = "<!-- run -->", re.compile(r"<!-- skip: .+ -->")
 CONSOLE_LANGS, SCRIPT_LANGS = ("console", "shell-session"), {"bash": "bash", "sh": "bash", "python": "python"}
+SHELL_LANGS = ("", "bash", "sh", "shell", "zsh")  # `$ ` lines there look run but would not be
 
 
 # ---- reading a page ----------------------------------------------------------------------------------------
@@ -159,7 +163,7 @@ def page_examples(path: Path, root: Path = ROOT) -> list[Example]:
             examples.append(Example(SCRIPT_LANGS[block.lang], block.line, text))
         elif console and not SKIP.fullmatch(block.marker):
             examples += [Example("command", c.line, c.shell, c) for c in console_commands(block)]
-        elif not console and first.startswith("$ ") and not SKIP.fullmatch(block.marker):
+        elif block.lang in SHELL_LANGS and first.startswith("$ ") and not SKIP.fullmatch(block.marker):
             pytest.fail(
                 f"{where}:{block.line}: a ```{block.lang or ' '} block shows `$ ` commands: make it "
                 "```console (it is then run and checked) or put <!-- skip: why --> above it"
@@ -183,29 +187,34 @@ def pattern(line: str) -> re.Pattern:
 
 def mismatch(shown: list[str], stdout: list[str], stderr: list[str]) -> str | None:
     """Why the shown lines are not the command's output (None when they are): each shown line must be the
-    next line of stdout or of stderr, or after "..." a later one of the same stream (at least one skipped;
-    every way to skip is tried); nothing may be left over except after a final "..."."""
+    next line of stdout or of stderr; after "..." it may be any later line of either, the lines jumped over in
+    both streams being the skipped ones (at least one); nothing may be left over except after a final "..."
+    (every way to skip is tried)."""
     streams = (stdout, stderr)
     reached = [0]  # the furthest shown line any way of matching got to
 
-    def fits(i: int, at: tuple[int, int], last: int, skipping: bool) -> bool:
+    @functools.cache
+    def fits(i: int, out: int, err: int, skipping: bool) -> bool:
         reached[0] = max(reached[0], i)
+        at = (out, err)
         if i == len(shown):
-            ends = [len(streams[last]) if skipping and s == last else at[s] for s in (0, 1)]
-            return ends == [len(stdout), len(stderr)]
+            return skipping or at == (len(stdout), len(stderr))
         if shown[i] == ELLIPSIS:
-            return fits(i + 1, at, last, True)
+            return fits(i + 1, out, err, True)
         regex = pattern(shown[i])
-        for s in (last, 1 - last):
-            lines = streams[s]
-            tries = range(at[s] + 1, len(lines)) if skipping else range(at[s], min(at[s] + 1, len(lines)))
-            for hit in (n for n in tries if regex.fullmatch(lines[n])):
-                following = (hit + 1, at[1]) if s == 0 else (at[0], hit + 1)
-                if fits(i + 1, following, s, False):
-                    return True
+        for s in (0, 1):
+            lines, other = streams[s], streams[1 - s]
+            hits = range(at[s], len(lines) if skipping else min(at[s] + 1, len(lines)))
+            for hit in (n for n in hits if regex.fullmatch(lines[n])):
+                for moved in range(at[1 - s], len(other) + 1) if skipping else (at[1 - s],):
+                    if skipping and hit == at[s] and moved == at[1 - s]:
+                        continue  # "..." stands for at least one line
+                    following = (hit + 1, moved) if s == 0 else (moved, hit + 1)
+                    if fits(i + 1, *following, False):
+                        return True
         return False
 
-    if fits(0, (0, 0), 0, False):
+    if fits(0, 0, 0, False):
         return None
     if reached[0] < len(shown):
         return f"the line {shown[reached[0]]!r} is not what the command prints next"
@@ -251,13 +260,26 @@ def check_predict_table(words: list[str], shown: list[str], stdout: str, where: 
 
 
 def page_folder(root: Path) -> Path:
-    """A page's working folder: photos/ (12 images of 40-44 px per class) and held-out/ (4 other images of
+    """A page's working folder: photos/ (12 JPEGs of 40-48 x 40 px per class) and held-out/ (4 other images of
     each class), nothing else."""
     work = root / "work"
-    make_class_folders(work / "photos", PHOTO_CLASSES, per_class=12, size=40)
-    shifted = {name: tuple(min(255, v + 15) for v in colour) for name, colour in PHOTO_CLASSES.items()}
-    make_class_folders(work / "held-out", shifted, per_class=4, size=46)
+    textured_class_folders(work / "photos", per_class=12, seed=0)
+    textured_class_folders(work / "held-out", per_class=4, seed=1)
     return work
+
+
+def textured_class_folders(root: Path, per_class: int, seed: int) -> Path:
+    """Class-per-folder images with texture (a class colour over smooth random texture, so the
+    data check compares them as photographs, not flat images): trivially learnable, none alike."""
+    rng = np.random.default_rng(seed)
+    for name, colour in PHOTO_CLASSES.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            texture = rng.integers(0, 256, size=(6, 6, 3)).astype(np.float32)
+            pixels = (0.55 * np.asarray(colour, np.float32) + 0.45 * texture).astype(np.uint8)
+            image = Image.fromarray(pixels).resize((40 + 2 * (i % 5), 40), Image.BICUBIC)
+            image.save(root / name / f"{i}.jpg", quality=90)
+    return root
 
 
 def example_env(root: Path) -> dict[str, str]:
@@ -424,6 +446,7 @@ def test_a_line_pattern_keeps_the_words_and_padding_and_frees_numbers_paths_and_
     row = pattern("data/blue/0.jpg    blue (0.355)   green (0.329)")
     assert row.fullmatch("/tmp/x/red/11.jpg  red (0.476)  blue (0.284)")
     assert not row.fullmatch("data/blue/0.jpg\tblue 0.355  green 0.329")  # tab-separated, no parentheses
+    assert pattern("max |dprob| 8.94e-08 (limit 1e-04)").fullmatch("max |dprob| 0.00e+00 (limit 1e-04)")
     assert pattern("  bad files: 0").fullmatch("  bad files: 12") and not pattern("  bad files: 0").fullmatch(
         "bad files: 0"
     )
@@ -435,6 +458,10 @@ def test_a_mismatch_names_the_line_that_drifted_and_the_lines_left_over():
     assert "'2 held-out images" in mismatch(["2 held-out images (all): top1 0.5000"], out, err)
     assert "lines the block does not show" in mismatch(["3 images (all): top1 0.5000"], out, err)
     assert mismatch(["3 images (all): top1 0.5000", ELLIPSIS], out, []) is None
+    assert mismatch(["3 images (all): top1 0.5000", ELLIPSIS], out, err) is None  # a final "..." skips both
+    progress, result = ["step 1", "step 2", "step 3"], ["suggested lr 0.004"]
+    assert mismatch(["step 1", ELLIPSIS, "suggested lr 0.001"], result, progress) is None  # across streams
+    assert "does not show" in mismatch(["step 1", "suggested lr 0.001"], result, progress)  # steps 2, 3
     rows = ["a/1.jpg  red (0.500)", "a/2.jpg  red (0.500)", "a/3.jpg  red (0.500)"]
     assert mismatch([rows[0], ELLIPSIS, rows[2]], rows, []) is None
     assert "is not what the command prints next" in mismatch([rows[0], ELLIPSIS, rows[1]], rows[:2], [])
