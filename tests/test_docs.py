@@ -351,7 +351,8 @@ class ExampleCounts:
             terminalreporter.write_line(f"{page}: {plural(count)} ran in {seconds:.1f} s")
         total = sum(count for count, _ in self.rows.values())
         seconds = sum(s for _, s in self.rows.values())
-        terminalreporter.write_line(f"{len(self.rows)} pages: {plural(total)} in {seconds:.1f} s")
+        pages = f"{len(self.rows)} page" + ("" if len(self.rows) == 1 else "s")
+        terminalreporter.write_line(f"{pages}: {plural(total)} in {seconds:.1f} s")
 
 
 def plural(count: int) -> str:
