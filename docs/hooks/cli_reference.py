@@ -108,9 +108,10 @@ def expand_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str
 
 
 def text(words: str) -> str:
-    """Help text as Markdown: backquoted parts stay code, the rest is escaped so that <, >, & and * show as
-    written."""
+    """Help text as Markdown: backquoted parts stay code, the rest is escaped so that <, >, &, *, _ and [
+    show as written (no emphasis, no link)."""
     pieces = words.split("`")
     for i in range(0, len(pieces), 2):  # outside backquotes
-        pieces[i] = html.escape(pieces[i], quote=False).replace("*", r"\*").replace("_", r"\_")
+        escaped = html.escape(pieces[i], quote=False)
+        pieces[i] = escaped.replace("*", r"\*").replace("_", r"\_").replace("[", r"\[")
     return "`".join(pieces)
