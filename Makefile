@@ -1,10 +1,10 @@
-# `make demo` and `make test` work from a fresh clone: they create .venv and install what they need.
+# `make demo`, `make test` and `make docs` work from a fresh clone: they create .venv and install what they need.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean chromium postgresql
+.PHONY: demo test docs install clean chromium postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,5 +49,9 @@ postgresql:
 test: $(STAMP) chromium postgresql
 	$(BIN)/python -m pytest -q
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or a docstring warning fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) demo-run runs .pytest_cache
+	rm -rf $(VENV) demo-run runs .pytest_cache site

@@ -206,3 +206,12 @@ def test_an_unknown_keyword_is_a_user_error_naming_it(tmp_path):
     with pytest.raises(UserError, match="unknown keyword 'strategy'"):
         resnetcls.train("photos", strategy="ewc")  # lifelong's flag
     assert "precision: training precision" in resnetcls.train.__doc__
+
+
+def test_train_reads_resnetcls_set_as_the_command_line_does(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETCLS_SET", "train.epochs=1 train.epoch=1")
+    with pytest.raises(UserError) as caught:
+        resnetcls.train(tmp_path / "photos", out=tmp_path / "run", epochs=3)
+    assert (
+        str(caught.value) == "RESNETCLS_SET: unknown config key 'train.epoch'; did you mean 'train.epochs'?"
+    )

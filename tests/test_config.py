@@ -194,3 +194,59 @@ def test_a_run_written_with_train_amp_resumes(tiny_data, tmp_path):
     assert "precision" not in resumed.stderr and "train.amp" not in resumed.stderr
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs if e.get("kind") == "epoch"] == [1, 2]
+
+
+def test_resnetcls_set_is_applied_after_set_and_flags_with_a_note(capsys):
+    cfg = build_config(
+        None,
+        ["train.epochs=5", "optim.lr=0.25"],
+        {"train.epochs": 3, "model.name": "resnet34"},
+        environment=["train.epochs=1", "model.width=8"],
+    )
+    assert (cfg.train.epochs, cfg.model.width, cfg.optim.lr, cfg.model.name) == (1, 8, 0.25, "resnet34")
+    assert capsys.readouterr().err == (
+        "note: RESNETCLS_SET: train.epochs=1 model.width=8 (from the environment, over the command line)\n"
+    )
+    build_config(None, ["train.epochs=5"])
+    assert capsys.readouterr().err == ""  # no note without it
+
+
+@pytest.mark.parametrize(
+    "pair, message",
+    [
+        ("train.epoch=1", "RESNETCLS_SET: unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
+        ("train.epochs=many", "RESNETCLS_SET: config key 'train.epochs' expects int, got 'many'"),
+    ],
+)
+def test_a_bad_resnetcls_set_key_or_value_is_checked_as_set_is_and_names_the_variable(pair, message):
+    with pytest.raises(UserError) as caught:
+        build_config(environment=[pair])
+    assert str(caught.value) == message
+
+
+def test_resnetcls_set_keys_are_explicit_settings_the_auto_recipe_keeps():
+    explicit = explicit_settings(
+        None, ["optim.lr=0.1"], {"model.name": None}, ["train.epochs=1", "train.amp=fp32"]
+    )
+    assert explicit.keys == {"optim.lr", "train.epochs", "train.precision"}
+
+
+def test_cli_train_applies_resnetcls_set_over_its_flags_and_says_so(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETCLS_SET", "train.epochs=1 optim.lr=0.02")
+    result = run_cli("train", tiny_data, *TINY, "--epochs", "3", "--lr", "0.5", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    note = "note: RESNETCLS_SET: train.epochs=1 optim.lr=0.02 (from the environment, over the command line)"
+    assert result.stderr.splitlines().count(note) == 1
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "epochs: 1\n" in saved and "lr: 0.02\n" in saved
+
+
+def test_cli_bad_resnetcls_set_key_exits_2_with_one_line(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETCLS_SET", "train.epochs=1 model.widht=8")
+    for command in (["train", tiny_data, *TINY], ["lr-find", tiny_data], ["tune", tiny_data]):
+        result = run_cli(*command, "--out", tmp_path / "out")
+        assert result.returncode == 2
+        assert result.stderr == (
+            "resnetcls: error: RESNETCLS_SET: unknown config key 'model.widht'; did you mean 'model.width'?\n"
+        ), command
+        assert not (tmp_path / "out").exists()

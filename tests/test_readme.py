@@ -1,8 +1,9 @@
 """README's example outputs are what the commands print. Each `$ resnetcls ...` block under the sections below
-is run on the tiny run and tiny data (the README's paths stand for them), and every line it shows must be the
-next line the command prints on stdout or stderr, with numbers, paths and class names as placeholders; the
-command may print no line the block leaves out ("..." stands for the lines a block skips). A predict table
-is also checked for its columns: every row a path and k (class, probability) cells, each column aligned.
+is run on the tiny run and tiny data (the README's paths stand for them) and checked as tests/test_docs.py
+checks the pages' examples: every line it shows must be the next line the command prints on stdout or stderr,
+with numbers, paths and class names as placeholders ("..." stands for the lines a block skips), and a predict
+table's columns are aligned. Once README's examples run as they are written (tests/test_docs.py's rules),
+this file goes and tests/test_docs.py runs README.md like every page.
 """
 
 from __future__ import annotations
@@ -18,19 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, make_class_folders, run_cli
-
-# The classes of the data the README's examples ran on and of the tiny data: names, not words of the output.
-CLASS_NAMES = ("ants", "bees", "blue", "green", "red")
-PLACEHOLDERS = re.compile(
-    r"(?P<path>[\w.~-]*(?:/[\w.~-]*)+|[\w.-]+\.(?:jpg|png|json|csv))"
-    r"|(?P<num>\d+(?:\.\d+)?)"
-    rf"|(?P<cls>\b(?:{'|'.join(CLASS_NAMES)})\b)"
-    r"|(?P<gap> {2,})"
-)
-STAND_IN = {"path": r"\S+?", "num": r"\d+(?:\.\d+)?", "cls": r"[\w-]+", "gap": " {2,}"}
-ANNOTATION = re.compile(r"\s+<- (?P<note>.*)$")  # "   <- stderr; exit code 2": the README's remark
-CELL = re.compile(r"[\w-]+ \(\d\.\d{3}\)")  # one (class, probability) cell of the predict table
-ELLIPSIS = "..."
+from tests.test_docs import ANNOTATION, mismatch, table_columns
 
 
 def section(heading: str) -> list[str]:
@@ -80,64 +69,6 @@ def examples(heading: str) -> list[Example]:
             Example(shlex.split(first[2:], comments=True), shown, int(code.group(1)) if code else 0)
         )
     return result
-
-
-def pattern(line: str) -> re.Pattern:
-    """The README line as a pattern: its words as written, numbers, paths and class names as placeholders,
-    runs of two or more spaces (padding) as any such run; the indentation stays exact."""
-    indent = len(line) - len(line.lstrip(" "))
-    parts, end = [" " * indent], indent
-    for m in PLACEHOLDERS.finditer(line, indent):
-        parts += [re.escape(line[end : m.start()]), STAND_IN[m.lastgroup]]
-        end = m.end()
-    return re.compile("".join(parts) + re.escape(line[end:]))
-
-
-def mismatch(shown: list[str], stdout: list[str], stderr: list[str]) -> str | None:
-    """Why the README lines are not the command's output (None when they are): each shown line must be the
-    next line of stdout or of stderr, or after "..." a later one of the same stream (at least one skipped;
-    every way to skip is tried); nothing may be left over except after a final "..."."""
-    streams = (stdout, stderr)
-    reached = [0]  # the furthest README line any way of matching got to
-
-    def fits(i: int, at: tuple[int, int], last: int, skipping: bool) -> bool:
-        reached[0] = max(reached[0], i)
-        if i == len(shown):
-            ends = [len(streams[last]) if skipping and s == last else at[s] for s in (0, 1)]
-            return ends == [len(stdout), len(stderr)]
-        if shown[i] == ELLIPSIS:
-            return fits(i + 1, at, last, True)
-        regex = pattern(shown[i])
-        for s in (last, 1 - last):
-            lines = streams[s]
-            tries = range(at[s] + 1, len(lines)) if skipping else range(at[s], min(at[s] + 1, len(lines)))
-            for hit in (n for n in tries if regex.fullmatch(lines[n])):
-                following = (hit + 1, at[1]) if s == 0 else (at[0], hit + 1)
-                if fits(i + 1, following, s, False):
-                    return True
-        return False
-
-    if fits(0, (0, 0), 0, False):
-        return None
-    if reached[0] < len(shown):
-        return f"the line {shown[reached[0]]!r} is not what the command prints next"
-    return 'the command prints lines the block does not show (and no "..." stands for them)'
-
-
-def table_columns(rows: list[str], topk: int, where: str) -> None:
-    """A predict table: a header, then per path either k (class, probability) cells or an error; the cells
-    start at the same columns in every row, the first where the header's second column starts."""
-    header, *body = [row for row in rows if row != ELLIPSIS]
-    assert re.fullmatch(r"path {2,}top classes \(probability\)", header), f"{where}: header {header!r}"
-    first = header.index("top classes")
-    starts = {tuple(m.start() for m in CELL.finditer(row)) for row in body if "ERROR: " not in row}
-    assert len(starts) == 1, (
-        f"{where}: the class columns start at different places in different rows: {starts}"
-    )
-    (columns,) = starts
-    assert len(columns) == topk and columns[0] == first, f"{where}: cells at {columns}, header column {first}"
-    errors = {row.index("ERROR: ") for row in body if "ERROR: " in row}
-    assert errors <= {first}, f"{where}: an error row does not start in the class column"
 
 
 class StandIns:
@@ -252,27 +183,3 @@ def test_the_readme_example_outputs_are_what_the_commands_print(heading, tiny_ru
             table = [line for line in example.shown if not re.match(r"\d+ of \d+ inputs", line)]  # no stderr
             table_columns(table, topk, f"{shown} (README)")
             table_columns(result.stdout.splitlines(), topk, f"{shown} (real output)")
-
-
-def test_a_line_pattern_keeps_the_words_and_padding_and_frees_numbers_paths_and_classes():
-    headline = pattern("900 images (val): top1 0.0156  top5 0.1111")
-    assert headline.fullmatch("12 images (val): top1 1.0000  top5 1.0000")
-    assert not headline.fullmatch("12 held-out images (val): top1 1.0000  top5 1.0000")
-    assert not headline.fullmatch("12 images (val): top1 1.0000 top5 1.0000")  # the double space is kept
-    row = pattern("data/blue/0.jpg    blue (0.355)   green (0.329)")
-    assert row.fullmatch("/tmp/x/red/11.jpg  red (0.476)  blue (0.284)")
-    assert not row.fullmatch("data/blue/0.jpg\tblue 0.355  green 0.329")  # tab-separated, no parentheses
-    assert pattern("  bad files: 0").fullmatch("  bad files: 12") and not pattern("  bad files: 0").fullmatch(
-        "bad files: 0"
-    )
-
-
-def test_a_mismatch_names_the_line_that_drifted_and_the_lines_left_over():
-    out, err = ["3 images (all): top1 1.0000"], ["written to runs/x/eval/"]
-    assert mismatch(["written to a/b/", "3 images (all): top1 0.5000"], out, err) is None
-    assert "'2 held-out images" in mismatch(["2 held-out images (all): top1 0.5000"], out, err)
-    assert "lines the block does not show" in mismatch(["3 images (all): top1 0.5000"], out, err)
-    assert mismatch(["3 images (all): top1 0.5000", ELLIPSIS], out, []) is None
-    rows = ["a/1.jpg  red (0.500)", "a/2.jpg  red (0.500)", "a/3.jpg  red (0.500)"]
-    assert mismatch([rows[0], ELLIPSIS, rows[2]], rows, []) is None
-    assert "is not what the command prints next" in mismatch([rows[0], ELLIPSIS, rows[1]], rows[:2], [])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .analysis.evaluate import evaluate_model
 from .analysis.report import write_training_report
-from .config import build_config, explicit_settings
+from .config import build_config, environment_overrides, explicit_settings
 from .config.flags import check_names, flag_doc, flag_settings
 from .engine.distributed import world_from_env
 from .engine.prepare import warn
@@ -117,12 +117,13 @@ def train(
     return the Run. out None: a new folder each call, runs/train, runs/train-2, ... (the first free name),
     with runs/latest a symlink to it. resume: auto, latest or a run directory, as --resume; force: as
     --force; config: a YAML recipe, as --config; set: {config key: value}, as --set; report: write
-    report.html at the end (as the CLI does).
+    report.html at the end (as the CLI does). The environment variable RESNETCLS_SET ("KEY=VALUE ...")
+    is applied over all of them, with a note on stderr, as for `resnetcls train`.
 
     Every other keyword is the train flag of the same name (config/flags.py; None: the flag not given, so
     the auto recipe or the config decides; batch_size="auto" and lr="auto" as on the command line); an
-    unknown one is a UserError naming it:
-    {flags}
+    unknown one is a UserError naming it. They are `resnetcls train`'s options; help(resnetcls.train) lists
+    them after this paragraph, as "keyword: help [config key]".
     """
     check_names(flags, "train", API_KEYWORDS)
     settings = flag_settings(flags, "train")
@@ -132,7 +133,8 @@ def train(
     # Resuming without DATA: the run's own saved config is the starting point instead of the defaults.
     run_dir = out if resume in (None, "auto") else resume
     base = saved_run_config(run_dir) if resume and data is None and run_dir else None
-    cfg = build_config(config, overrides, settings, base=base)
+    environment = environment_overrides()  # RESNETCLS_SET, over the keywords and set=
+    cfg = build_config(config, overrides, settings, base=base, environment=environment)
     result = train_engine(
         cfg,
         out,
@@ -140,7 +142,7 @@ def train(
         force,
         lr_auto=flags.get("lr") == "auto",
         batch_auto=flags.get("batch_size") == "auto",
-        explicit=explicit_settings(config, overrides, settings),
+        explicit=explicit_settings(config, overrides, settings, environment),
     )
     if report and world_from_env().is_main:  # under torchrun one report, by the rank that wrote the run
         write_training_report(result.run_dir, result.val_samples, cfg.data.num_workers, result.train_samples)
@@ -151,7 +153,7 @@ def train(
 
 
 if train.__doc__:  # None under python -OO
-    train.__doc__ = train.__doc__.replace("    {flags}", flag_doc("train"))
+    train.__doc__ += "\n    " + flag_doc("train").lstrip(" ") + "\n"
 
 
 def evaluate(

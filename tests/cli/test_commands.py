@@ -67,6 +67,16 @@ def test_serve_settings_come_from_the_serve_section_with_explicit_flags_on_top(t
     assert serve_settings(serve_args())[0] == ServeSettings("m")  # no file, no flags: ServeSettings' defaults
 
 
+def test_serve_settings_take_resnetcls_set_over_the_flags_with_a_note(monkeypatch, capsys):
+    monkeypatch.setenv("RESNETCLS_SET", "serve.port=8200 serve.max_batch=2")
+    settings, _, port, _ = serve_settings(serve_args("--port", "8123", "--max-batch", "16"))
+    assert (port, settings.max_batch) == (8200, 2)
+    assert capsys.readouterr().err == (
+        "note: RESNETCLS_SET: serve.port=8200 serve.max_batch=2 "
+        "(from the environment, over the command line)\n"
+    )
+
+
 def test_a_bad_key_or_value_under_serve_is_one_line_naming_it(tmp_path):
     deploy = tmp_path / "deploy.yaml"
     deploy.write_text("serve:\n  max_batchs: 8\n")

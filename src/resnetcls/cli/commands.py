@@ -43,15 +43,16 @@ def train_result_lines(run_dir, summary: dict) -> list[str]:
 
 
 def cmd_tune(args) -> int:
-    from ..config import build_config, explicit_settings
+    from ..config import build_config, environment_overrides, explicit_settings
     from ..config.flags import flag_settings
     from ..tune.study import TuneSettings, run_tune
     from .flags import table_values
 
-    # train's flags (--time is the study's here)
+    # train's flags (--time is the study's here); RESNETCLS_SET's keys are fixed too, not searched
     flags = {"data.train": args.data, **flag_settings(table_values(args, "tune"), "tune")}
-    base = build_config(args.config, args.overrides, flags)
-    fixed = set(explicit_settings(args.config, args.overrides, flags).keys)
+    environment = environment_overrides()
+    base = build_config(args.config, args.overrides, flags, environment=environment)
+    fixed = set(explicit_settings(args.config, args.overrides, flags, environment).keys)
     result = run_tune(
         base,
         fixed,
@@ -74,20 +75,19 @@ def cmd_tune(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from ..config import build_config
+    from ..config import build_config, environment_overrides
     from ..config.flags import flag_settings
     from ..engine.lrfind import find_lr
     from .flags import table_values
 
     flags = {"data.train": args.data, **flag_settings(table_values(args, "lr-find"), "lr-find")}
-    find_lr(
-        build_config(args.config, args.overrides, flags), args.out, args.steps, args.start_lr, args.end_lr
-    )
+    cfg = build_config(args.config, args.overrides, flags, environment=environment_overrides())
+    find_lr(cfg, args.out, args.steps, args.start_lr, args.end_lr)
     return 0
 
 
 def cmd_lifelong(args) -> int:
-    from ..config import build_config
+    from ..config import build_config, environment_overrides
     from ..config.flags import flag_settings
     from ..lifelong.run import run_lifelong
     from .flags import table_values
@@ -99,7 +99,7 @@ def cmd_lifelong(args) -> int:
         **flag_settings(table_values(args, "lifelong"), "lifelong"),
     }
     run_lifelong(
-        build_config(args.config, args.overrides, flags),
+        build_config(args.config, args.overrides, flags, environment=environment_overrides()),
         args.out,
         args.resume,
         args.force,
@@ -220,14 +220,16 @@ def _export_int8(args, to: str) -> int:
 
 def serve_settings(args):
     """serve's ServeSettings, host, port and workers: the config's serve: section (defaults <- --config FILE
-    <- --set serve.KEY=VALUE) with every option given on the command line on top."""
+    <- --set serve.KEY=VALUE) with every option given on the command line on top, and RESNETCLS_SET over
+    them."""
 
-    from ..config import build_config
+    from ..config import build_config, environment_overrides
     from ..serve.schema import ServeSettings
     from .deploy_parsers import SERVE_OPTIONS
 
     flags = {f"serve.{name}": getattr(args, name) for name, _, _ in SERVE_OPTIONS}
-    values = dataclasses.asdict(build_config(args.config, args.overrides, flags).serve)
+    cfg = build_config(args.config, args.overrides, flags, environment=environment_overrides())
+    values = dataclasses.asdict(cfg.serve)
     host, port, workers = values.pop("host"), values.pop("port"), values.pop("workers")
     values["max_body_bytes"] = int(values.pop("max_body_mb") * 1e6)
     return ServeSettings(args.model, **values), host, port, workers

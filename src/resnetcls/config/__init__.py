@@ -1,4 +1,5 @@
-"""The configuration tree: defaults, then a YAML file, then `--set a.b=value`, then explicit flags.
+"""The configuration tree: defaults, then a YAML file, then `--set a.b=value`, then explicit flags, then the
+RESNETCLS_SET environment variable (environment.py) where the command reads it.
 
 Unknown keys and wrong types are UserErrors that name the key (and the closest valid one). schema.py holds the
 dataclasses, checks.py the ranges and choices. Functions elsewhere take the sub-config they need (cfg.data,
@@ -21,6 +22,7 @@ import yaml
 from ..errors import UserError
 from ..utils.redact import mask_secrets
 from .checks import CHOICES, RANGES, SIZE_OR_ZERO, parse_duration, validate_config
+from .environment import ENV_NAME, environment_note, environment_overrides
 from .recipes import recipe_names, resolve_config_file
 from .schema import (
     CkptConfig,
@@ -60,6 +62,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_yaml",
+    "environment_overrides",
     "explicit_settings",
     "load_yaml",
     "parse_duration",
@@ -179,11 +182,14 @@ def build_config(
     overrides: typing.Sequence[str] = (),
     flags: dict[str, Any] | None = None,
     base: dict | None = None,
+    environment: typing.Sequence[str] = (),
 ) -> Config:
-    """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None).
+    """Defaults <- YAML file <- --set overrides <- explicit flags (those that are not None) <- environment.
 
     config_file: a path, or a packaged recipe's name ("small-data": config/recipes.py). base, when given (a
-    run's saved config, for `train --resume RUN_DIR` without DATA), replaces the defaults.
+    run's saved config, for `train --resume RUN_DIR` without DATA), replaces the defaults. environment: the
+    KEY=VALUE pairs of RESNETCLS_SET (environment_overrides()), checked as --set's are and applied last;
+    when there are any, a note on stderr names them.
     """
     cfg = config_from_dict(base, "saved run config") if base is not None else Config()
     if config_file:
@@ -196,6 +202,11 @@ def build_config(
     for key, value in (flags or {}).items():
         if value is not None:
             set_value(cfg, key, value, source="command line")
+    for text in environment:
+        key, value = parse_override(text)
+        set_value(cfg, renamed(key, ENV_NAME), value, source=ENV_NAME)
+    if environment:
+        print(environment_note(environment), file=sys.stderr)
     validate_config(cfg)
     return cfg
 
@@ -210,11 +221,14 @@ class ExplicitSettings:
 
 
 def explicit_settings(
-    config_file: str | None = None, overrides: typing.Sequence[str] = (), flags: dict[str, Any] | None = None
+    config_file: str | None = None,
+    overrides: typing.Sequence[str] = (),
+    flags: dict[str, Any] | None = None,
+    environment: typing.Sequence[str] = (),
 ) -> ExplicitSettings:
-    """The keys build_config(config_file, overrides, flags) sets explicitly (flags that are None are not set):
-    the one place the CLI, and later a Python API, tells train() what the user chose."""
-    keys = {renamed(parse_override(text)[0]) for text in overrides}
+    """The keys build_config(config_file, overrides, flags, environment=environment) sets explicitly (flags
+    that are None are not set): the one place the CLI and the Python API tell train() what the user chose."""
+    keys = {renamed(parse_override(text)[0]) for text in [*overrides, *environment]}
     keys |= {key for key, value in (flags or {}).items() if value is not None}
     return ExplicitSettings(str(config_file or ""), frozenset(keys))
 
