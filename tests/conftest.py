@@ -12,6 +12,8 @@ from PIL import Image
 # No test may reach the network or wait for its timeout: the auto recipe's check for download.pytorch.org is
 # skipped for the whole suite and the CLI runs it starts (tests that need it monkeypatch the check).
 os.environ.setdefault("RESNETCLS_OFFLINE", "1")
+# A RESNETCLS_SET left in a developer's shell would change every training test; the tests that use it set it.
+os.environ.pop("RESNETCLS_SET", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

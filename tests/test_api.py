@@ -162,6 +162,7 @@ FLAG_VALUES = {
     "seed": 5,
     "pretrained": "weights.safetensors",
     "precision": "fp32",
+    "auto_recipe": False,
 }
 
 
@@ -176,8 +177,12 @@ def test_the_api_and_train_take_the_same_flags_from_the_table(monkeypatch, tmp_p
         resnetcls.train("photos", out=tmp_path / "api", **FLAG_VALUES)
     argv = ["train", "photos", "--out", str(tmp_path / "cli")]
     for flag in flags_of("train"):
-        assert f"{flag.option} " in help_text
-        argv += [flag.option, str(FLAG_VALUES[flag.name])]
+        assert f"{flag.option} " in help_text or f"{flag.option}, " in help_text
+        value = FLAG_VALUES[flag.name]
+        if flag.kind == "switch":  # --name / --no-name
+            argv.append(flag.option if value else flag.option.replace("--", "--no-", 1))
+        else:
+            argv += [flag.option, str(value)]
     with pytest.raises(Captured):
         main(argv)
     (api, _), (cli, _) = configs

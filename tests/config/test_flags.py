@@ -32,6 +32,7 @@ def test_the_training_commands_share_the_recipe_flags():
         "batch_size",
         "image_size",
         "lr",
+        "auto_recipe",
         "device",
         "seed",
         "pretrained",
