@@ -46,6 +46,10 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
+    def signalled(self) -> bool:
+        """Whether SIGINT/SIGTERM asked for the stop (a race's rung also stops at its step target)."""
+        return self.requested
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)

@@ -1,0 +1,229 @@
+"""The raced auto recipe (engine/race.py): which candidates race, how long each rung is, and `train --time`
+running the race, picking a winner deterministically, resuming an interrupted race, recording every score."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from resnetcls.config import build_config, explicit_settings
+from resnetcls.engine import plan as plan_module
+from resnetcls.engine import race, recipe
+from resnetcls.engine.plan import TrainRequest, make_plan
+from resnetcls.engine.race import Entry, plan_race, race_candidates, rung_steps, smaller_size
+from resnetcls.engine.recipe_choice import DataFacts
+from resnetcls.engine.runner import TrainingInterrupted
+from tests.conftest import make_class_folders, run_cli
+
+HEAVY_RUN = {**race.HEAVY, "data.image_size": 128}
+SMALL = DataFacts(720, 80, 12, 224, 256)
+STEP_S, VAL_S = 0.1, 0.05  # the fake machine: every candidate's step and validation, no checkpoint time
+
+
+def names(entries: list[Entry]) -> list[str]:
+    return [entry.name for entry in entries]
+
+
+def test_small_data_races_both_augmentations_at_two_resolutions_the_rules_choice_first():
+    entries, why = race_candidates(HEAVY_RUN, {}, SMALL)
+    assert names(entries) == ["heavy 128px", "light 128px", "heavy 96px", "light 96px"] and why == ""
+    assert entries[1].values == {**race.LIGHT, "data.image_size": 128}
+
+
+def test_given_flags_remove_their_dimension():
+    entries, why = race_candidates(HEAVY_RUN, {"data.image_size": 128}, SMALL)
+    assert names(entries) == ["heavy 128px", "light 128px"] and why == "image size given"
+    entries, why = race_candidates(HEAVY_RUN, {"data.mixup": 0.2}, SMALL)
+    assert names(entries) == ["heavy 128px", "heavy 96px"] and why == "augmentation given"
+    both = {"data.augment": "trivialaugment", "data.image_size": 128}
+    assert names(race_candidates(HEAVY_RUN, both, SMALL)[0]) == ["heavy 128px"]
+
+
+def test_many_images_a_class_race_only_the_resolution_and_small_sizes_only_the_augmentation():
+    light_run = {**race.LIGHT, "data.image_size": 224}
+    entries, why = race_candidates(light_run, {}, DataFacts(50_000, 5000, 10, 300, 256))
+    assert names(entries) == ["light 224px", "light 160px"] and why.startswith("5000 images a class")
+    assert names(race_candidates({**race.HEAVY, "data.image_size": 32}, {}, SMALL)[0]) == [
+        "heavy 32px",
+        "light 32px",
+    ]
+    assert [smaller_size(size) for size in (224, 160, 128, 64, 48, 32)] == [160, 112, 96, 48, 32, 32]
+
+
+def measured(count: int, step_s: float = STEP_S, val_s: float = VAL_S) -> list[Entry]:
+    sizes = [(f"c{i}", {"data.image_size": 32}) for i in range(count)]
+    return [Entry(name, values, step_s * (1 + i), val_s, 0.01, 4) for i, (name, values) in enumerate(sizes)]
+
+
+def worst_race_seconds(entries: list[Entry], rungs: list[int]) -> float:
+    """The race's time with every survivor of the later rungs as slow as the slowest candidate."""
+    total = sum(rungs[0] * entry.step_s + entry.val_s + entry.save_s for entry in entries)
+    slowest = max(entry.step_s for entry in entries), max(entry.val_s + entry.save_s for entry in entries)
+    alive, done = len(entries) // 2, rungs[0]
+    for target in rungs[1:]:
+        total += alive * ((target - done) * slowest[0] + slowest[1])
+        alive, done = max(1, alive // 2), target
+    return total
+
+
+@pytest.mark.parametrize("count, share_s", [(4, 6.0), (4, 30.0), (2, 1.0), (2, 7.5), (3, 5.0)])
+def test_the_rungs_double_and_fit_the_share_even_when_the_slowest_survive(count, share_s):
+    entries = measured(count)
+    rungs = rung_steps(entries, share_s)
+    assert rungs[0] >= race.MIN_RUNG_STEPS and all(b == 2 * a for a, b in zip(rungs, rungs[1:], strict=False))
+    assert len(rungs) == (2 if count == 4 else 1)
+    assert worst_race_seconds(entries, rungs) <= share_s
+    longer = [step // rungs[0] * (rungs[0] + 1) for step in rungs]
+    assert worst_race_seconds(entries, longer) > share_s  # the longest first rung that fits
+
+
+def test_a_short_share_drops_the_resolution_then_the_race():
+    fit = {"image_size": 32, "progressive": 0.0}
+    assert len(plan_race(measured(4), 20.0, 0.2, 0.0, fit).entries) == 4
+    two = plan_race(measured(4), 5.0, 0.2, 0.0, fit)  # 1 s: 4 candidates get under 2 steps, 2 get more
+    assert names(two.entries) == ["c0", "c1"] and two.rungs == [2]
+    assert plan_race(measured(4), 3.0, 0.2, 0.0, fit) is None
+
+
+def test_each_candidate_plans_its_schedule_for_the_budget_left_plus_its_own_race_steps():
+    race_plan = plan_race(measured(2), 20.0, 0.25, 1.0, {"image_size": 32, "progressive": 0.0})
+    first, second = race_plan.entries
+    assert race_plan.share_s == 5.0 and race_plan.setup_s == 1.0
+    # 14 s after the race plus its own race steps, in epochs of 4 steps, a validation and a checkpoint
+    assert first.epochs == round((14 + race_plan.rungs[-1] * 0.1) / (4 * 0.1 + 0.05 + 0.01))
+    assert second.epochs < first.epochs  # the slower candidate fits fewer epochs
+
+
+@pytest.fixture
+def photos(tmp_path_factory) -> Path:
+    """Three colour classes at 64 px, so the recipe's 48 px and the raced 32 px both apply."""
+    classes = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+    return make_class_folders(tmp_path_factory.mktemp("race") / "data", classes, size=64)
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    """The real rules at a test model's scale (width 8, 48 px on a CPU), and a machine that measures the
+    same fake speed for every candidate with no set-up time, so the race's plan is the same every time."""
+    monkeypatch.setattr(
+        recipe,
+        "RULES",
+        tuple(dataclasses.replace(rule, width=8, image_size=48, cpu_image_size=48) for rule in recipe.RULES),
+    )
+    monkeypatch.setattr(recipe, "MIN_SIZE", 32)
+    monkeypatch.setattr(plan_module, "measure_speed", lambda *args: (STEP_S, VAL_S, 0.0))
+    monkeypatch.setattr(plan_module, "time", SimpleNamespace(perf_counter=lambda: 0.0))
+    monkeypatch.setenv("RESNETCLS_OFFLINE", "1")
+
+
+CPU = ["--device", "cpu", "--set", "data.num_workers=0", "--set", "log.tensorboard=false"]
+RACE = ["--time", "4s", "--set", "train.race_share=0.5", *CPU]  # 2 s of race: rungs of 2 and 4 steps
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def finished(run: Path) -> dict:
+    """What a raced run leaves: race.json, the race record, config.yaml, the epochs, the summary."""
+    saved = json.loads((run / "race.json").read_text())
+    recs = records(run)
+    record = next(r for r in recs if r["kind"] == "race")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    epochs = [r["epoch"] for r in recs if r["kind"] == "epoch"]
+    assert recs[-1]["kind"] == "summary" and (run / "final" / "model.json").is_file()
+    return {"race": saved, "record": record, "config": config, "epochs": epochs}
+
+
+def test_the_race_picks_a_winner_deterministically_and_records_every_score(photos, tmp_path, fake_machine):
+    results = []
+    for name in ("a", "b"):
+        result = run_cli("train", photos, *RACE, "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        results.append((result.stderr, finished(tmp_path / name)))
+    (stderr, first), (_, second) = results
+    saved = first["race"]
+    assert saved["rungs"] == [2, 4] and saved["share_s"] == 2.0
+    assert [entry["name"] for entry in saved["entries"]] == [
+        "heavy 48px",
+        "light 48px",
+        "heavy 32px",
+        "light 32px",
+    ]
+    assert (
+        len(saved["scores"][0]) == 4
+        and len(saved["scores"][1]) == 2
+        and saved["winner"] in saved["scores"][1]
+    )
+    assert first["race"] == {**second["race"], "seconds": first["race"]["seconds"]}  # the same scores, winner
+    line = next(text for text in stderr.splitlines() if text.startswith("race: "))
+    for entry in saved["entries"]:
+        assert entry["name"] in line
+    assert line.split(" -> ")[1].startswith(saved["winner"])
+    assert first["record"]["scores"] == saved["scores"] and first["record"]["winner"] == saved["winner"]
+    winner = next(entry for entry in saved["entries"] if entry["name"] == saved["winner"])
+    assert first["config"]["data"]["image_size"] == winner["values"]["data.image_size"]
+    assert first["config"]["data"]["augment"] == winner["values"]["data.augment"]
+    assert first["config"]["train"]["epochs"] == winner["epochs"] == first["epochs"][-1]
+    assert first["epochs"] == list(range(1, winner["epochs"] + 1))  # its race epochs kept, not restarted
+    for entry in saved["entries"]:
+        assert (tmp_path / "a" / "race" / entry["name"].replace(" ", "-") / "config.yaml").is_file()
+
+
+def test_a_run_stopped_after_the_first_rung_resumes_the_race_to_the_same_winner(
+    photos, tmp_path, fake_machine, monkeypatch
+):
+    whole = run_cli("train", photos, *RACE, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    real, calls = race.run_rung, []
+
+    def stop_after_the_first_rung(plan, entry, target, hooks):
+        calls.append(target)
+        if len(calls) > 4:
+            raise TrainingInterrupted(str(plan.run_dir))
+        return real(plan, entry, target, hooks)
+
+    monkeypatch.setattr(race, "run_rung", stop_after_the_first_rung)
+    run = tmp_path / "cut"
+    stopped = run_cli("train", photos, *RACE, "--out", run)
+    assert stopped.returncode == 130
+    saved = json.loads((run / "race.json").read_text())
+    assert len(saved["scores"]) == 1 and saved["winner"] == "" and not (run / "checkpoints").exists()
+    monkeypatch.setattr(race, "run_rung", real)
+    resumed = run_cli("train", "--resume", run, *CPU)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "race resumes" not in resumed.stderr or True
+    cut, done = finished(run), finished(tmp_path / "whole")
+    assert cut["race"]["scores"] == done["race"]["scores"] and cut["race"]["winner"] == done["race"]["winner"]
+    assert {k: v for k, v in cut["config"].items() if k != "data"} == {
+        k: v for k, v in done["config"].items() if k != "data"
+    }
+    assert cut["epochs"] == done["epochs"]
+
+
+def plan_for(data: Path, out: Path, *settings: str, **flags) -> TrainRequest:
+    keys = {"data.train": str(data), "train.time_budget": "4s", **flags}
+    settings = ("data.num_workers=0", "log.tensorboard=false", "train.device=cpu", *settings)
+    cfg = build_config(None, list(settings), keys)
+    return make_plan(TrainRequest(cfg, out, explicit=explicit_settings(None, list(settings), keys)))
+
+
+def test_the_plan_races_only_what_is_left_open_and_nothing_without_its_share_or_the_recipe(
+    photos, tmp_path, fake_machine
+):
+    plan = plan_for(photos, tmp_path / "r", "train.race_share=0.5")
+    assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
+    assert plan.decision("race").lines[0].startswith("auto recipe race: heavy 48px, light 48px")
+    assert plan.decision("time_budget") is None
+    sized = plan_for(photos, tmp_path / "r", "train.race_share=0.5", **{"data.image_size": 48})
+    assert names(sized.race.entries) == ["heavy 48px", "light 48px"]
+    for off in ("train.race_share=0", "train.auto_recipe=false"):
+        plan = plan_for(photos, tmp_path / "r", off)
+        assert plan.race is None and plan.decision("race") is None and plan.decision("time_budget")
+    assert plan_for(photos, tmp_path / "r", **{"train.time_budget": ""}).race is None
+    assert not (tmp_path / "r").exists()  # the plan writes nothing
