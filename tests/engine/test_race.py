@@ -140,14 +140,43 @@ def finished(run: Path) -> dict:
     return {"race": saved, "record": record, "config": config, "epochs": epochs}
 
 
-def test_the_race_picks_a_winner_deterministically_and_records_every_score(photos, tmp_path, fake_machine):
-    results = []
-    for name in ("a", "b"):
-        result = run_cli("train", photos, *RACE, "--out", tmp_path / name)
-        assert result.returncode == 0, result.stderr
-        results.append((result.stderr, finished(tmp_path / name)))
-    (stderr, first), (_, second) = results
-    saved = first["race"]
+def test_the_race_picks_a_winner_deterministically_and_a_stopped_race_resumes_to_the_same_end(
+    photos, tmp_path, fake_machine, monkeypatch
+):
+    """One race run through; the same race stopped after its first rung (what a kill then leaves: race.json
+    with the first rung's scores, no checkpoint of the run's own) and resumed: the same scores, winner,
+    config and epochs."""
+    whole = run_cli("train", photos, *RACE, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    (tmp_path / "whole.log").write_text(whole.stderr)
+    done = finished(tmp_path / "whole")
+    real, calls = race.run_rung, []
+
+    def stop_after_the_first_rung(plan, entry, target, hooks):
+        calls.append(target)
+        if len(calls) > 4:
+            raise TrainingInterrupted(str(plan.run_dir))
+        return real(plan, entry, target, hooks)
+
+    monkeypatch.setattr(race, "run_rung", stop_after_the_first_rung)
+    run = tmp_path / "cut"
+    assert run_cli("train", photos, *RACE, "--out", run).returncode == 130
+    saved = json.loads((run / "race.json").read_text())
+    assert len(saved["scores"]) == 1 and saved["winner"] == "" and not (run / "checkpoints").exists()
+    monkeypatch.setattr(race, "run_rung", real)
+    resumed = run_cli("train", "--resume", run, *CPU)
+    assert resumed.returncode == 0, resumed.stderr
+    cut = finished(run)
+    assert cut["race"] == {**done["race"], "seconds": cut["race"]["seconds"]}  # the same scores and winner
+    assert cut["config"]["train"] == done["config"]["train"] and cut["epochs"] == done["epochs"]
+    assert cut["config"]["data"] == {**done["config"]["data"], "train": cut["config"]["data"]["train"]}
+    check_the_race(done, whole.stderr, tmp_path / "whole")
+
+
+def check_the_race(done: dict, stderr: str, run: Path) -> None:
+    """Every candidate's score in the race line, race.json and metrics.jsonl; the winner's values as the
+    run's config; its race epochs kept (the run's epochs count on from them)."""
+    saved = done["race"]
     assert saved["rungs"] == [2, 4] and saved["share_s"] == 2.0
     assert [entry["name"] for entry in saved["entries"]] == [
         "heavy 48px",
@@ -160,50 +189,19 @@ def test_the_race_picks_a_winner_deterministically_and_records_every_score(photo
         and len(saved["scores"][1]) == 2
         and saved["winner"] in saved["scores"][1]
     )
-    assert first["race"] == {**second["race"], "seconds": first["race"]["seconds"]}  # the same scores, winner
     line = next(text for text in stderr.splitlines() if text.startswith("race: "))
     for entry in saved["entries"]:
-        assert entry["name"] in line
+        assert f"{entry['name']} {saved['scores'][0][entry['name']]:.1%}" in line or entry["name"] in line
     assert line.split(" -> ")[1].startswith(saved["winner"])
-    assert first["record"]["scores"] == saved["scores"] and first["record"]["winner"] == saved["winner"]
+    assert done["record"]["scores"] == saved["scores"] and done["record"]["winner"] == saved["winner"]
     winner = next(entry for entry in saved["entries"] if entry["name"] == saved["winner"])
-    assert first["config"]["data"]["image_size"] == winner["values"]["data.image_size"]
-    assert first["config"]["data"]["augment"] == winner["values"]["data.augment"]
-    assert first["config"]["train"]["epochs"] == winner["epochs"] == first["epochs"][-1]
-    assert first["epochs"] == list(range(1, winner["epochs"] + 1))  # its race epochs kept, not restarted
+    assert done["config"]["data"]["image_size"] == winner["values"]["data.image_size"]
+    assert done["config"]["data"]["augment"] == winner["values"]["data.augment"]
+    assert done["config"]["train"]["epochs"] == winner["epochs"]
+    assert done["epochs"] == list(range(1, winner["epochs"] + 1))  # its race epochs kept, not restarted
     for entry in saved["entries"]:
-        assert (tmp_path / "a" / "race" / entry["name"].replace(" ", "-") / "config.yaml").is_file()
-
-
-def test_a_run_stopped_after_the_first_rung_resumes_the_race_to_the_same_winner(
-    photos, tmp_path, fake_machine, monkeypatch
-):
-    whole = run_cli("train", photos, *RACE, "--out", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    real, calls = race.run_rung, []
-
-    def stop_after_the_first_rung(plan, entry, target, hooks):
-        calls.append(target)
-        if len(calls) > 4:
-            raise TrainingInterrupted(str(plan.run_dir))
-        return real(plan, entry, target, hooks)
-
-    monkeypatch.setattr(race, "run_rung", stop_after_the_first_rung)
-    run = tmp_path / "cut"
-    stopped = run_cli("train", photos, *RACE, "--out", run)
-    assert stopped.returncode == 130
-    saved = json.loads((run / "race.json").read_text())
-    assert len(saved["scores"]) == 1 and saved["winner"] == "" and not (run / "checkpoints").exists()
-    monkeypatch.setattr(race, "run_rung", real)
-    resumed = run_cli("train", "--resume", run, *CPU)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "race resumes" not in resumed.stderr or True
-    cut, done = finished(run), finished(tmp_path / "whole")
-    assert cut["race"]["scores"] == done["race"]["scores"] and cut["race"]["winner"] == done["race"]["winner"]
-    assert {k: v for k, v in cut["config"].items() if k != "data"} == {
-        k: v for k, v in done["config"].items() if k != "data"
-    }
-    assert cut["epochs"] == done["epochs"]
+        assert (run / "race" / entry["name"].replace(" ", "-") / "config.yaml").is_file()
+    assert "<h2>Recipe race</h2>" in (run / "report.html").read_text()
 
 
 def plan_for(data: Path, out: Path, *settings: str, **flags) -> TrainRequest:
