@@ -11,13 +11,15 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from resnetcls.config import build_config, explicit_settings
+from resnetcls.config import build_config, dump_yaml, explicit_settings
 from resnetcls.engine import plan as plan_module
 from resnetcls.engine import race, recipe
 from resnetcls.engine.plan import TrainRequest, make_plan
 from resnetcls.engine.race import Entry, plan_race, race_candidates, rung_steps, smaller_size
 from resnetcls.engine.recipe_choice import DataFacts
 from resnetcls.engine.runner import TrainingInterrupted
+from resnetcls.engine.train import saved_run_config
+from resnetcls.errors import UserError
 from tests.conftest import make_class_folders, run_cli
 
 HEAVY_RUN = {**race.HEAVY, "data.image_size": 128}
@@ -225,3 +227,20 @@ def test_the_plan_races_only_what_is_left_open_and_nothing_without_its_share_or_
         assert plan.race is None and plan.decision("race") is None and plan.decision("time_budget")
     assert plan_for(photos, tmp_path / "r", **{"train.time_budget": ""}).race is None
     assert not (tmp_path / "r").exists()  # the plan writes nothing
+
+
+def test_a_race_under_way_resumes_from_race_json_and_refuses_changed_settings(photos, tmp_path, fake_machine):
+    """What a race stopped before its first rung ended leaves (config.yaml, race.json, no checkpoint of the
+    run's own): its plan is the saved race, measured again nowhere; a changed setting is refused."""
+    run = tmp_path / "r"
+    planned = plan_for(photos, run, "train.race_share=0.5")
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(planned.cfg))
+    (run / "race.json").write_text(json.dumps(planned.race.to_dict()))
+    cfg = build_config(None, [], {}, base=saved_run_config(run))
+    resumed = make_plan(TrainRequest(cfg, run, resume=str(run)))
+    assert resumed.race.to_dict() == planned.race.to_dict() and resumed.resumed is None
+    assert resumed.decision("race").why.startswith("the race resumes") and not resumed.decision("time_budget")
+    changed = build_config(None, ["train.seed=3"], {}, base=saved_run_config(run))
+    with pytest.raises(UserError, match=r"refusing to resume the race .*train.seed: 0 -> 3"):
+        make_plan(TrainRequest(changed, run, resume=str(run)))

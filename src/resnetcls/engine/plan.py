@@ -6,13 +6,16 @@ and checks the model (its name, the pretrained weights); only then does it make 
 this order: the auto recipe (what the user left open: engine/recipe.py), the batch size
 (`--batch-size auto`, engine/autobatch.py), the learning rate (`--lr auto`, engine/lrfind.py), the epochs that
 fit a time budget (`--time`, engine/budget.py: a short speed measurement with the real model and data, which
-may build the decoded cache, kept outside the run directory), the precision and the progressive sizes.
+may build the decoded cache, kept outside the run directory) or, when the auto recipe has candidates to
+race under --time, the race's plan (engine/race.py: each candidate measured so, the rungs that fit
+train.race_share of the budget, each candidate's epochs), the precision and the progressive sizes.
 
 The Plan it returns is the final config and the list of decisions, each with what was chosen and why; the
 lines a user reads about them (the auto recipe's, the budget's, --batch-size/--lr auto's) are renderings of
 these decisions. A failed plan leaves no run directory behind. Training (engine/train.py) then writes
 config.yaml once from plan.cfg, and never changes the config. A resumed run keeps the choices of its
-config.yaml (the recipe keys, the budgeted epochs) and measures nothing again.
+config.yaml (the recipe keys, the budgeted epochs) and measures nothing again; a race stopped before its
+winner was trained on resumes from RUN/race.json (the same candidates, rungs and scores so far).
 """
 
 from __future__ import annotations
@@ -28,10 +31,18 @@ from typing import Any
 
 import torch
 
-from ..config import Config, ExplicitSettings, parse_duration, validate_config
+from ..config import (
+    Config,
+    ExplicitSettings,
+    load_yaml,
+    parse_duration,
+    result_affecting_changes,
+    validate_config,
+)
 from ..data.augment import resolve_augment_on
 from ..data.sampler import progressive_sizes
 from ..data.sources import Splits
+from ..errors import UserError
 from ..models import create_model
 from ..models.pretrained import load_pretrained
 from ..utils.hardware import precision_name
@@ -128,6 +139,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
     elif racing:
+        race_settings_kept(plan.cfg, run_dir, request.force)
         plan.race = load_race(run_dir)
         plan.decisions.append(Decision("race", {}, "the race resumes where it stopped (race.json)"))
     elif recipe_on and not resuming:
@@ -156,6 +168,21 @@ def decide(plan: Plan, made: Decision) -> None:
     if not made.logged:
         for line in made.lines:
             warn(line)
+
+
+def race_settings_kept(cfg: Config, run_dir: Path, force: bool) -> None:
+    """A race resumed (engine/race.py) with settings that change the result is refused, as a resumed run
+    is (the epochs aside: each candidate has its own, in race.json); --force resumes it anyway."""
+    saved = load_yaml(run_dir / "config.yaml")
+    changes = [
+        change for change in result_affecting_changes(saved, cfg) if not change.startswith("train.epochs:")
+    ]
+    if changes and not force:
+        raise UserError(
+            f"{run_dir}: refusing to resume the race with settings that change the result ("
+            + "; ".join(changes)
+            + "); use the run's settings, or --force to resume anyway"
+        )
 
 
 def kept_choices(plan: Plan) -> Decision:

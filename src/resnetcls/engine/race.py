@@ -250,9 +250,11 @@ class RaceHooks:
 
 
 def candidate_plan(plan, entry: Entry):
-    """The candidate's run: the plan's config with the candidate's values and epochs, in RUN/race/NAME,
-    resumed from its newest checkpoint, deciding nothing."""
-    cfg = apply_recipe(plan.cfg, {**entry.values, "train.epochs": entry.epochs})
+    """The candidate's run: the plan's config with the candidate's values and epochs (and no trackers), in
+    RUN/race/NAME, resumed from its newest checkpoint, deciding nothing."""
+    # no tracker runs for the candidates: the run in RUN is the one a tracker follows
+    quiet = {"log.mlflow": False, "log.wandb": False}
+    cfg = apply_recipe(plan.cfg, {**entry.values, "train.epochs": entry.epochs, **quiet})
     run_dir = plan.run_dir / RACE_DIR / entry.folder
     resumed = load_latest(run_dir / "checkpoints", warn)
     return dataclasses.replace(plan, cfg=cfg, run_dir=run_dir, resumed=resumed, decisions=[], race=None)
@@ -308,7 +310,8 @@ def run_race(plan, hooks: RaceHooks):
     winner = candidate_plan(plan, race.entry(race.winner))
     adopt_winner(winner.run_dir, plan.run_dir)
     resumed = load_latest(plan.run_dir / "checkpoints", warn)
-    return dataclasses.replace(plan, cfg=winner.cfg, resumed=resumed, decisions=with_race(plan, race))
+    cfg = dataclasses.replace(winner.cfg, log=plan.cfg.log)
+    return dataclasses.replace(plan, cfg=cfg, resumed=resumed, decisions=with_race(plan, race))
 
 
 def with_race(plan, race: RacePlan) -> list:
