@@ -138,8 +138,9 @@ def finished(run: Path) -> dict:
     record = next(r for r in recs if r["kind"] == "race")
     config = yaml.safe_load((run / "config.yaml").read_text())
     epochs = [r["epoch"] for r in recs if r["kind"] == "epoch"]
+    losses = [r["val/loss"] for r in recs if r["kind"] == "epoch"]
     assert recs[-1]["kind"] == "summary" and (run / "final" / "model.json").is_file()
-    return {"race": saved, "record": record, "config": config, "epochs": epochs}
+    return {"race": saved, "record": record, "config": config, "epochs": epochs, "losses": losses}
 
 
 def test_the_race_picks_a_winner_deterministically_and_a_stopped_race_resumes_to_the_same_end(
@@ -171,6 +172,7 @@ def test_the_race_picks_a_winner_deterministically_and_a_stopped_race_resumes_to
     cut = finished(run)
     assert cut["race"] == {**done["race"], "seconds": cut["race"]["seconds"]}  # the same scores and winner
     assert cut["config"]["train"] == done["config"]["train"] and cut["epochs"] == done["epochs"]
+    assert cut["losses"] == done["losses"]  # the winner's run itself is the same, to the last digit
     assert cut["config"]["data"] == {**done["config"]["data"], "train": cut["config"]["data"]["train"]}
     check_the_race(done, whole.stderr, tmp_path / "whole")
 
@@ -191,6 +193,7 @@ def check_the_race(done: dict, stderr: str, run: Path) -> None:
         and len(saved["scores"][1]) == 2
         and saved["winner"] in saved["scores"][1]
     )
+    assert [len(rung) for rung in saved["losses"]] == [4, 2]
     line = next(text for text in stderr.splitlines() if text.startswith("race: "))
     for entry in saved["entries"]:
         assert f"{entry['name']} {saved['scores'][0][entry['name']]:.1%}" in line or entry["name"] in line

@@ -16,8 +16,9 @@ plus its own race steps), so the winner simply continues it, keeping its progres
 
 How (run_race): each candidate is an ordinary run in RUN/race/NAME (config.yaml, checkpoints: exact resume
 is the checkpoint's); a rung trains it to its step target (a checkpoint there), then it is scored on the
-validation split (top-1 of the shipped model). RUN/race.json keeps the plan, every score and the winner,
-written after each one: a run killed during the race resumes it where it was (`--resume RUN`). The
+validation split (top-1 of the shipped model; the lower loss breaks a tie). RUN/race.json keeps the plan,
+every score and the winner, written after each one: a run killed during the race resumes it where it was
+(`--resume RUN`). The
 winner's last checkpoint, metrics and best model are copied into RUN, whose config.yaml then holds the
 winner's values, and the run resumes from there to the end of the winner's schedule.
 """
@@ -85,8 +86,8 @@ class Entry:
 @dataclass
 class RacePlan:
     """The race: its candidates in order (the auto recipe's first), each rung's cumulative step target, the
-    budget, its share and the set-up time spent; then the scores (one dict a rung, candidate -> top-1), the
-    measured seconds of each candidate's rungs, and the winner."""
+    budget, its share and the set-up time spent; then the scores (one dict a rung, candidate -> validation
+    top-1) and validation losses, the measured seconds of each candidate's rungs, and the winner."""
 
     entries: list[Entry]
     rungs: list[int]
@@ -94,6 +95,7 @@ class RacePlan:
     share_s: float
     setup_s: float = 0.0
     scores: list[dict[str, float]] = field(default_factory=list)
+    losses: list[dict[str, float]] = field(default_factory=list)  # validation loss: breaks a tie of top-1
     seconds: dict[str, float] = field(default_factory=dict)
     winner: str = ""
 
@@ -260,9 +262,9 @@ def candidate_plan(plan, entry: Entry):
     return dataclasses.replace(plan, cfg=cfg, run_dir=run_dir, resumed=resumed, decisions=[], race=None)
 
 
-def run_rung(plan, entry: Entry, target: int, hooks: RaceHooks) -> float:
+def run_rung(plan, entry: Entry, target: int, hooks: RaceHooks) -> tuple[float, float]:
     """Train the candidate to its step target (or its schedule's end), checkpointed there; its validation
-    top-1. A stop request (Ctrl-C) saves it and ends the run: `--resume RUN` continues the race."""
+    top-1 and loss. A stop request (Ctrl-C) saves it and ends the run: `--resume RUN` continues the race."""
     run = hooks.open(candidate_plan(plan, entry))
     try:
         if run.state.global_step < target:
@@ -271,9 +273,9 @@ def run_rung(plan, entry: Entry, target: int, hooks: RaceHooks) -> float:
     except TrainingInterrupted:
         warn(f"the race goes on with --resume {plan.run_dir}")
         raise TrainingInterrupted(str(plan.run_dir)) from None
-    stats = evaluate(run.eval_model, run.data.val_loader, None, run.parts.ctx)
+    stats = evaluate(run.eval_model, run.data.val_loader, run.parts.loss_fn, run.parts.ctx)
     run.parts.logger.close()
-    return stats.top1
+    return stats.top1, stats.loss
 
 
 def race_rungs(plan, race: RacePlan, hooks: RaceHooks) -> str:
@@ -283,14 +285,17 @@ def race_rungs(plan, race: RacePlan, hooks: RaceHooks) -> str:
     for rung, target in enumerate(race.rungs):
         if len(race.scores) <= rung:
             race.scores.append({})
+            race.losses.append({})
         for name in alive:
             if name in race.scores[rung]:
                 continue  # scored before the run was stopped
             started = time.perf_counter()
-            race.scores[rung][name] = run_rung(plan, race.entry(name), target, hooks)
+            scored = run_rung(plan, race.entry(name), target, hooks)
+            race.scores[rung][name], race.losses[rung][name] = scored
             race.seconds[name] = race.seconds.get(name, 0.0) + time.perf_counter() - started
             save_race(race, plan.run_dir)
-        ranked = sorted(alive, key=lambda name: (-race.scores[rung][name], alive.index(name)))
+        scores, losses = race.scores[rung], race.losses[rung]
+        ranked = sorted(alive, key=lambda name: (-scores[name], losses[name], alive.index(name)))
         alive = ranked[: max(1, len(alive) // 2)]
     return alive[0]
 
