@@ -17,7 +17,7 @@ from resnetcls.engine import race, recipe
 from resnetcls.engine.plan import TrainRequest, make_plan
 from resnetcls.engine.race import Entry, plan_race, race_candidates, rung_steps, smaller_size
 from resnetcls.engine.recipe_choice import DataFacts
-from resnetcls.engine.runner import TrainingInterrupted
+from resnetcls.engine.runner import StopRequest, TrainingInterrupted
 from resnetcls.engine.train import saved_run_config
 from resnetcls.errors import UserError
 from tests.conftest import make_class_folders, run_cli
@@ -247,3 +247,14 @@ def test_a_race_under_way_resumes_from_race_json_and_refuses_changed_settings(ph
     changed = build_config(None, ["train.seed=3"], {}, base=saved_run_config(run))
     with pytest.raises(UserError, match=r"refusing to resume the race .*train.seed: 0 -> 3"):
         make_plan(TrainRequest(changed, run, resume=str(run)))
+
+
+def test_a_rung_stops_at_its_step_target_and_ctrl_c_names_the_race_to_resume(tmp_path):
+    state = SimpleNamespace(global_step=3)
+    stop = race.RungStop(state, 4, tmp_path)
+    assert not stop.requested and not stop.at_target() and not stop.signalled()
+    state.global_step = 4
+    assert stop.requested and stop.at_target() and not stop.signalled()
+    stop.requested = True  # what SIGINT/SIGTERM set
+    assert stop.signalled() and not stop.at_target() and stop.resume_dir == tmp_path
+    assert not StopRequest().at_target() and StopRequest().resume_dir is None  # a plain run's stop

@@ -42,7 +42,7 @@ from .loop import evaluate
 from .prepare import warn
 from .recipe import apply_recipe
 from .recipe_choice import DataFacts
-from .runner import StopRequest, TrainingInterrupted
+from .runner import StopRequest
 
 RACE_FILE, RACE_DIR = "race.json", "race"
 HEAVY = {
@@ -224,11 +224,11 @@ def save_race(race: RacePlan, run_dir: Path) -> None:
 
 class RungStop(StopRequest):
     """A stop request that also comes when the run reaches its rung's step target; signalled() is only the
-    user's SIGINT/SIGTERM."""
+    user's SIGINT/SIGTERM, whose line says to resume RUN (the race), not the candidate's folder."""
 
-    def __init__(self, state, target: int) -> None:
+    def __init__(self, state, target: int, resume_dir: Path) -> None:
         self.state, self.target, self.asked = state, target, False
-        super().__init__()
+        super().__init__(resume_dir)
 
     @property
     def requested(self) -> bool:
@@ -240,6 +240,9 @@ class RungStop(StopRequest):
 
     def signalled(self) -> bool:
         return self.asked
+
+    def at_target(self) -> bool:
+        return not self.asked and self.state.global_step >= self.target
 
 
 @dataclass
@@ -266,13 +269,9 @@ def run_rung(plan, entry: Entry, target: int, hooks: RaceHooks) -> tuple[float, 
     """Train the candidate to its step target (or its schedule's end), checkpointed there; its validation
     top-1 and loss. A stop request (Ctrl-C) saves it and ends the run: `--resume RUN` continues the race."""
     run = hooks.open(candidate_plan(plan, entry))
-    try:
-        if run.state.global_step < target:
-            run.parts.stop = RungStop(run.state, target)
-            hooks.train(run)
-    except TrainingInterrupted:
-        warn(f"the race goes on with --resume {plan.run_dir}")
-        raise TrainingInterrupted(str(plan.run_dir)) from None
+    if run.state.global_step < target:
+        run.parts.stop = RungStop(run.state, target, plan.run_dir)  # Ctrl-C: `--resume RUN` goes on
+        hooks.train(run)
     stats = evaluate(run.eval_model, run.data.val_loader, run.parts.loss_fn, run.parts.ctx)
     run.parts.logger.close()
     return stats.top1, stats.loss

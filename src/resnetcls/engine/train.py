@@ -237,8 +237,10 @@ def train_epochs(run: TrainingRun, on_epoch: OnEpoch | None) -> dict | None:
                     where = f"after epoch {epoch}"
             ended = validation is not None
             saved = parts.ckpt.save(state, metrics if ended else None)  # the epoch's metrics rank its end one
-            if where is not None and parts.stop.signalled():
-                stop_run(parts.logger, f"interrupted {where}: saved {saved}", run.run_dir)
+            if where is not None and not parts.stop.at_target():
+                stop_run(
+                    parts.logger, f"interrupted {where}: saved {saved}", parts.stop.resume_dir or run.run_dir
+                )
             if asked_stop or where is not None:  # a race's rung ends at its step target (engine/race.py)
                 break
     return metrics
