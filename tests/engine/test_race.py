@@ -247,6 +247,8 @@ def test_a_race_under_way_resumes_from_race_json_and_refuses_changed_settings(ph
     changed = build_config(None, ["train.seed=3"], {}, base=saved_run_config(run))
     with pytest.raises(UserError, match=r"refusing to resume the race .*train.seed: 0 -> 3"):
         make_plan(TrainRequest(changed, run, resume=str(run)))
+    with pytest.raises(UserError, match=r"holds a recipe race \(race.json\); continue it with --resume auto"):
+        plan_for(photos, run, "train.race_share=0.5")  # a new run into it
 
 
 def test_a_rung_stops_at_its_step_target_and_ctrl_c_names_the_race_to_resume(tmp_path):

@@ -34,15 +34,12 @@ import torch
 from ..config import (
     Config,
     ExplicitSettings,
-    load_yaml,
     parse_duration,
-    result_affecting_changes,
     validate_config,
 )
 from ..data.augment import resolve_augment_on
 from ..data.sampler import progressive_sizes
 from ..data.sources import Splits
-from ..errors import UserError
 from ..models import create_model
 from ..models.pretrained import load_pretrained
 from ..utils.hardware import precision_name
@@ -64,7 +61,14 @@ from .prepare import (
     warn,
 )
 from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
-from .race import RACE_FILE, RacePlan, load_race, plan_race, race_candidates
+from .race import (
+    RacePlan,
+    load_race,
+    plan_race,
+    race_candidates,
+    race_settings_kept,
+    race_under_way,
+)
 from .recipe import apply_recipe, pick_for_data, recipe_blocker, saved_recipe
 
 DROP_NOTE = 0.10  # the share of the train images an epoch may leave out without a note
@@ -128,7 +132,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     run_dir = Path(request.out_dir if request.resume in (None, "auto") else request.resume)
     recipe_on = not recipe_blocker(request.explicit, cfg.train.auto_recipe)
     resuming = request.resume is not None and any((run_dir / "checkpoints").glob("step-*.json"))
-    racing = request.resume is not None and not resuming and (run_dir / RACE_FILE).is_file()
+    racing = race_under_way(run_dir, request.resume, resuming)
     if (recipe_on and resuming or racing) and (run_dir / "config.yaml").is_file():
         cfg = saved_recipe(cfg, run_dir)  # compared with the checkpoint's settings as the run's own
     # a race under way: its run folder holds no checkpoint of its own yet (engine/race.py)
@@ -168,21 +172,6 @@ def decide(plan: Plan, made: Decision) -> None:
     if not made.logged:
         for line in made.lines:
             warn(line)
-
-
-def race_settings_kept(cfg: Config, run_dir: Path, force: bool) -> None:
-    """A race resumed (engine/race.py) with settings that change the result is refused, as a resumed run
-    is (the epochs aside: each candidate has its own, in race.json); --force resumes it anyway."""
-    saved = load_yaml(run_dir / "config.yaml")
-    changes = [
-        change for change in result_affecting_changes(saved, cfg) if not change.startswith("train.epochs:")
-    ]
-    if changes and not force:
-        raise UserError(
-            f"{run_dir}: refusing to resume the race with settings that change the result ("
-            + "; ".join(changes)
-            + "); use the run's settings, or --force to resume anyway"
-        )
 
 
 def kept_choices(plan: Plan) -> Decision:

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import dump_yaml
+from ..config import Config, dump_yaml, load_yaml, result_affecting_changes
+from ..errors import UserError
 from ..utils.atomic import write_text_atomic
 from .budget import epochs_for_budget, format_seconds
 from .checkpoint import list_checkpoints, load_latest
@@ -212,6 +213,33 @@ def plan_race(
     return None
 
 
+def race_under_way(run_dir: Path, resume: str | None, resuming: bool) -> bool:
+    """Whether a resumed run continues a race under way (RUN/race.json, and no checkpoint of RUN's own yet);
+    a new run into a race's folder is refused."""
+    held = (Path(run_dir) / RACE_FILE).is_file()
+    if held and resume is None:
+        raise UserError(
+            f"{run_dir}: holds a recipe race ({RACE_FILE}); continue it with --resume auto, or choose "
+            "another --out"
+        )
+    return held and resume is not None and not resuming
+
+
+def race_settings_kept(cfg: Config, run_dir: Path, force: bool) -> None:
+    """A race resumed (engine/race.py) with settings that change the result is refused, as a resumed run
+    is (the epochs aside: each candidate has its own, in race.json); --force resumes it anyway."""
+    saved = load_yaml(run_dir / "config.yaml")
+    changes = [
+        change for change in result_affecting_changes(saved, cfg) if not change.startswith("train.epochs:")
+    ]
+    if changes and not force:
+        raise UserError(
+            f"{run_dir}: refusing to resume the race with settings that change the result ("
+            + "; ".join(changes)
+            + "); use the run's settings, or --force to resume anyway"
+        )
+
+
 def load_race(run_dir: Path) -> RacePlan | None:
     """RUN/race.json's race (None: no race there)."""
     path = Path(run_dir) / RACE_FILE
@@ -300,10 +328,10 @@ def race_rungs(plan, race: RacePlan, hooks: RaceHooks) -> str:
 
 
 def run_race(plan, hooks: RaceHooks):
-    """The race of plan.race (or the one RUN/race.json holds, resumed where it stopped), then the winner's
+    """The race of plan.race (a new one, or RUN/race.json's, resumed where it stopped), then the winner's
     progress copied into RUN: the plan of the winner's run, resumed from its checkpoint there, with the race's
     result in its decisions."""
-    race = load_race(plan.run_dir) or plan.race
+    race = plan.race
     if not (plan.run_dir / RACE_FILE).is_file():  # config.yaml lets `--resume RUN` find the race's settings
         write_text_atomic(plan.run_dir / "config.yaml", dump_yaml(plan.cfg))
         save_race(race, plan.run_dir)
