@@ -229,6 +229,12 @@ def test_the_plan_races_only_what_is_left_open_and_nothing_without_its_share_or_
         plan = plan_for(photos, tmp_path / "r", off)
         assert plan.race is None and plan.decision("race") is None and plan.decision("time_budget")
     assert plan_for(photos, tmp_path / "r", **{"train.time_budget": ""}).race is None
+    short = plan_for(photos, tmp_path / "r", "train.race_share=0.05")  # 0.2 s: not 2 steps for 2 candidates
+    assert short.race is None and short.decision("race") is None
+    assert short.decision("time_budget").lines[1] == (
+        "auto recipe race: none (4 candidates would get under 2 steps each in train.race_share=0.05 of the "
+        "budget)"
+    )
     assert not (tmp_path / "r").exists()  # the plan writes nothing
 
 
