@@ -31,12 +31,7 @@ from typing import Any
 
 import torch
 
-from ..config import (
-    Config,
-    ExplicitSettings,
-    parse_duration,
-    validate_config,
-)
+from ..config import Config, ExplicitSettings, parse_duration, validate_config
 from ..data.augment import resolve_augment_on
 from ..data.sampler import progressive_sizes
 from ..data.sources import Splits
