@@ -13,6 +13,7 @@ from resnetcls.analysis.report_sections import (
     eval_section,
     html_value,
     lifelong_section,
+    race_section,
 )
 from resnetcls.cli import main
 from resnetcls.errors import UserError
@@ -143,3 +144,29 @@ def test_above_50_classes_the_per_class_table_shows_those_in_the_data(tmp_path):
     assert "60 classes (10 in the data): those in the data, lowest F1 first" in page
     table = page.split('id="per-class"')[1].split("</table>")[0]
     assert re.findall(r"<tr><td>(k\d\d)</td>", table) == [f"k{i:02d}" for i in range(0, 30, 3)]
+
+
+def test_the_race_section_shows_every_candidates_score_at_each_rung_and_the_winner(tmp_path):
+    assert race_section(tmp_path) == ""  # no metrics.jsonl: no race
+    entries = [
+        {"name": name, "epochs": 12, "step_s": 0.25} for name in ("heavy 128px", "light 128px", "light 96px")
+    ]
+    race = {
+        "kind": "race",
+        "entries": entries,
+        "rungs": [4, 8],
+        "scores": [{"heavy 128px": 0.5, "light 128px": 0.625, "light 96px": 0.25}, {"light 128px": 0.75}],
+        "winner": "light 128px",
+        "budget_s": 60.0,
+        "share_s": 12.0,
+    }
+    lines = [{"kind": "epoch", "epoch": 1}, race]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    section = race_section(tmp_path)
+    assert "<h2>Recipe race</h2>" in section and "12 s of the 60 s budget" in section
+    assert "<th>top-1 at step 4</th><th>top-1 at step 8</th>" in section
+    assert (
+        "<tr><th>light 128px (winner)</th><td>62.5%</td><td>75.0%</td><td>12</td><td>0.25</td></tr>"
+        in section
+    )
+    assert "<tr><th>light 96px</th><td>25.0%</td><td>-</td>" in section

@@ -418,6 +418,8 @@ def test_time_budget_alone_lets_the_recipe_pick_the_model_and_the_budget_the_epo
         tiny_data,
         "--time",
         "2s",
+        "--set",
+        "train.race_share=0",  # no race (tests/engine/test_race.py): the budget's epochs for the choice
         "--device",
         "cpu",
         "--set",

@@ -169,6 +169,8 @@ def test_time_budget_chooses_the_epochs_trains_that_many_and_an_interrupted_run_
         "ckpt.every_steps=1",
         "--set",
         "ckpt.keep_last=100000",
+        "--set",
+        "train.race_share=0",  # the plain budget (the raced one: tests/engine/test_race.py)
         "--out",
         run,
     ]

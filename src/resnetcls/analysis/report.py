@@ -29,7 +29,14 @@ from ..inference.predictor import Predictor
 from ..records.envinfo import provenance
 from ..utils.atomic import write_text_atomic
 from .evaluate import evaluate_samples
-from .report_sections import cards_html, embedded_png, eval_section, html_value, lifelong_section
+from .report_sections import (
+    cards_html,
+    embedded_png,
+    eval_section,
+    html_value,
+    lifelong_section,
+    race_section,
+)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;
@@ -242,7 +249,10 @@ def write_report(
         f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
         f"<p class='sub'>{html.escape(str(run_dir.resolve()))}</p><p id='img-warning' class='warn'></p>"
         + (
-            cards_html(headline) + lifelong_section(run_dir) + _curves_section(run_dir, epochs)
+            cards_html(headline)
+            + lifelong_section(run_dir)
+            + race_section(run_dir)
+            + _curves_section(run_dir, epochs)
             if is_run
             else ""
         )

@@ -256,3 +256,46 @@ def _matrix_table(m: dict) -> str:
         for a, row in zip(after, [m["b"], *m["R"]])
     )
     return f"<table id='lifelong-R-matrix'><tr><th>after \\ on</th>{head}</tr>{body}</table>"
+
+
+def race_record(run_dir: Path) -> dict | None:
+    """The last {"kind": "race"} record of RUN_DIR/metrics.jsonl (the raced auto recipe), or None."""
+    path = run_dir / "metrics.jsonl"
+    found = None
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        if '"race"' in line:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # read_records names a malformed line
+            found = record if isinstance(record, dict) and record.get("kind") == "race" else found
+    return found
+
+
+def race_section(run_dir: Path) -> str:
+    """The raced auto recipe's table: each candidate's validation top-1 at each rung (step target), its
+    schedule and measured step time, the winner marked; "" when the run had no race."""
+    race = race_record(run_dir)
+    if not race or not race.get("entries"):
+        return ""
+    rungs, scores, winner = race.get("rungs", []), race.get("scores", []), race.get("winner", "")
+    head = "".join(f"<th>top-1 at step {html.escape(str(steps))}</th>" for steps in rungs)
+    rows = []
+    for entry in race["entries"]:
+        name = str(entry.get("name", ""))
+        cells = "".join(
+            f"<td>{rung[name]:.1%}</td>" if name in rung else "<td>-</td>"
+            for rung in scores + [{}] * (len(rungs) - len(scores))
+        )
+        mark = " (winner)" if name == winner else ""
+        rows.append(
+            f"<tr><th>{html.escape(name)}{mark}</th>{cells}<td>{entry.get('epochs', '')}</td>"
+            f"<td>{float(entry.get('step_s', 0.0)):.3g}</td></tr>"
+        )
+    share = float(race.get("share_s", 0.0))
+    return (
+        f"<h2>Recipe race</h2><p class='sub'>successive halving on {share:.3g} s of the "
+        f"{float(race.get('budget_s', 0.0)):.3g} s budget; the better half of each rung goes on, the winner "
+        f"continues its own schedule</p><table id='race'><tr><th>candidate</th>{head}<th>epochs</th>"
+        f"<th>s/step</th></tr>{''.join(rows)}</table>"
+    )

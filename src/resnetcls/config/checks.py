@@ -39,6 +39,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.ema_decay": (0, 1, False, True),
     "train.dist_timeout_s": (0, 7 * 86400, True, False),
     "train.patience": (0, 1_000_000, False, False),
+    "train.race_share": (0, 0.9, False, False),
     "optim.lr": (0, 10, True, False),
     "optim.weight_decay": (0, 10, False, False),
     "optim.momentum": (0, 1, False, True),

@@ -6,13 +6,16 @@ and checks the model (its name, the pretrained weights); only then does it make 
 this order: the auto recipe (what the user left open: engine/recipe.py), the batch size
 (`--batch-size auto`, engine/autobatch.py), the learning rate (`--lr auto`, engine/lrfind.py), the epochs that
 fit a time budget (`--time`, engine/budget.py: a short speed measurement with the real model and data, which
-may build the decoded cache, kept outside the run directory), the precision and the progressive sizes.
+may build the decoded cache, kept outside the run directory) or, when the auto recipe has candidates to
+race under --time, the race's plan (engine/race.py: each candidate measured so, the rungs that fit
+train.race_share of the budget, each candidate's epochs), the precision and the progressive sizes.
 
 The Plan it returns is the final config and the list of decisions, each with what was chosen and why; the
 lines a user reads about them (the auto recipe's, the budget's, --batch-size/--lr auto's) are renderings of
 these decisions. A failed plan leaves no run directory behind. Training (engine/train.py) then writes
 config.yaml once from plan.cfg, and never changes the config. A resumed run keeps the choices of its
-config.yaml (the recipe keys, the budgeted epochs) and measures nothing again.
+config.yaml (the recipe keys, the budgeted epochs) and measures nothing again; a race stopped before its
+winner was trained on resumes from RUN/race.json (the same candidates, rungs and scores so far).
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ from .prepare import (
     resolve_splits,
     sync_bn_applies,
     warn,
+)
+from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
+from .race import (
+    RacePlan,
+    load_race,
+    plan_race,
+    race_candidates,
+    race_settings_kept,
+    race_under_way,
 )
 from .recipe import apply_recipe, pick_for_data, recipe_blocker, saved_recipe
 
@@ -100,6 +112,7 @@ class Plan:
     env: dict
     decisions: list[Decision] = field(default_factory=list)
     lr_curve: LRCurve | None = None
+    race: RacePlan | None = None  # the raced auto recipe (engine/race.py): its candidates, then its plan
 
     def decision(self, name: str) -> Decision | None:
         return next((made for made in self.decisions if made.name == name), None)
@@ -114,14 +127,20 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     run_dir = Path(request.out_dir if request.resume in (None, "auto") else request.resume)
     recipe_on = not recipe_blocker(request.explicit, cfg.train.auto_recipe)
     resuming = request.resume is not None and any((run_dir / "checkpoints").glob("step-*.json"))
-    if recipe_on and resuming and (run_dir / "config.yaml").is_file():
+    racing = race_under_way(run_dir, request.resume, resuming)
+    if (recipe_on and resuming or racing) and (run_dir / "config.yaml").is_file():
         cfg = saved_recipe(cfg, run_dir)  # compared with the checkpoint's settings as the run's own
-    found = find_run(cfg, request.out_dir, request.resume, request.force)
+    # a race under way: its run folder holds no checkpoint of its own yet (engine/race.py)
+    found = find_run(cfg, request.out_dir, None if racing else request.resume, request.force)
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
     check_parts(found.cfg, len(splits.classes), ctx)
     plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
+    elif racing:
+        race_settings_kept(plan.cfg, run_dir, request.force)
+        plan.race = load_race(run_dir)
+        plan.decisions.append(Decision("race", {}, "the race resumes where it stopped (race.json)"))
     elif recipe_on and not resuming:
         decide(plan, decide_recipe(plan, request))
     elif request.explicit is not None and not resuming:
@@ -130,8 +149,8 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
         decide(plan, decide_batch_size(plan))
     if request.lr_auto:
         decide(plan, decide_lr(plan))
-    if parse_duration(plan.cfg.train.time_budget) and plan.resumed is None:
-        decide(plan, decide_time_budget(plan))
+    if parse_duration(plan.cfg.train.time_budget) and plan.resumed is None and not racing:
+        decide(plan, decide_race(plan) if plan.race is not None else decide_time_budget(plan))
     dropped = dropped_images(plan)
     if dropped is not None:
         plan.decisions.append(dropped)
@@ -186,6 +205,10 @@ def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
         if auto and key in choice.given:
             choice.given[key] = "auto"
     why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
+    entries, plan.race = race_candidates(choice.run, choice.given, choice.facts)[0], None
+    budget_s, share = parse_duration(plan.cfg.train.time_budget), plan.cfg.train.race_share
+    if budget_s and share > 0 and len(entries) > 1 and distributed.world_from_env().size == 1:
+        plan.race = RacePlan(entries, [], budget_s, share * budget_s)
     return Decision(
         "recipe", choice.config_values(), why, choice.lines(), {"kind": "recipe", **choice.record()}
     )
@@ -221,12 +244,17 @@ def decide_time_budget(plan: Plan) -> Decision:
     and the measurement are set-up time (the auto recipe's, --batch-size's and --lr's measurements are
     not)."""
     started = time.perf_counter()
-    cfg = plan.cfg
-    budget_s = parse_duration(cfg.train.time_budget)
     measured, steps_per_epoch = measure_run_speed(plan)
     # Every rank takes rank 0's figures, its set-up time included: ranks that chose different numbers of
     # epochs would wait for each other in a collective.
-    step_s, val_s, save_s, setup_s = distributed.gather_objects((*measured, time.perf_counter() - started))[0]
+    figures = distributed.gather_objects((*measured, time.perf_counter() - started))[0]
+    return budget_decision(plan.cfg, figures, steps_per_epoch)
+
+
+def budget_decision(cfg: Config, figures: tuple, steps_per_epoch: int, note: str = "") -> Decision:
+    """The time budget's decision from the measured (step, validation, checkpoint, set-up) seconds."""
+    step_s, val_s, save_s, setup_s = figures
+    budget_s = parse_duration(cfg.train.time_budget)
     # Progressive resizing: the steps were timed at the final size, and each epoch is scaled by its pixels.
     data_cfg = cfg.data
     epochs = epochs_for_budget(
@@ -244,7 +272,32 @@ def decide_time_budget(plan: Plan) -> Decision:
     )
     why = f"--time {cfg.train.time_budget}: {epochs} epochs fit"
     record = {"kind": "time_budget", **choice.record()}
-    return Decision("time_budget", {"train.epochs": choice.epochs}, why, [choice.line()], record)
+    lines = [choice.line(), *([note] if note else [])]
+    return Decision("time_budget", {"train.epochs": choice.epochs}, why, lines, record)
+
+
+def decide_race(plan: Plan) -> Decision:
+    """The raced auto recipe (engine/race.py): each candidate's speed measured as the time budget measures
+    it, then the rungs that fit train.race_share of the budget and each candidate's epochs; when not even two
+    candidates fit, no race: the auto recipe's choice gets the whole budget (said in a line)."""
+    started, entries = time.perf_counter(), plan.race.entries
+    for entry in entries:
+        probe = dataclasses.replace(plan, cfg=apply_recipe(plan.cfg, entry.values))
+        (entry.step_s, entry.val_s, entry.save_s), entry.steps_per_epoch = measure_run_speed(probe)
+    setup_s, cfg = time.perf_counter() - started, plan.cfg
+    fit = {"image_size": cfg.data.image_size, "progressive": cfg.data.progressive}
+    race = plan_race(list(entries), plan.race.budget_s, cfg.train.race_share, setup_s, fit)
+    if race is None:
+        plan.race, first = None, entries[0]
+        note = (
+            f"auto recipe race: none ({len(entries)} candidates would get under {MIN_RACE_STEPS} steps each "
+            f"in train.race_share={cfg.train.race_share:g} of the budget)"
+        )
+        figures = (first.step_s, first.val_s, first.save_s, setup_s)
+        return budget_decision(cfg, figures, first.steps_per_epoch, note)
+    plan.race = race
+    why = f"--time {cfg.train.time_budget}: {len(race.entries)} candidates raced on {race.rungs} steps"
+    return Decision("race", {"train.epochs": race.entries[0].epochs}, why, [race.plan_line()])
 
 
 def measure_run_speed(plan: Plan) -> tuple[tuple[float, float, float], int]:

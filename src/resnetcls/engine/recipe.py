@@ -32,6 +32,20 @@ The rules (RULES below; the first whose limit the training set is under applies)
 - The cap: epochs that would take longer than 30 minutes on a CPU (4 hours on a GPU) are lowered to fit,
   never below 5, and a line says so. With --time the budget chooses the epochs (engine/budget.py).
 
+- The race (engine/race.py), under --time with train.race_share > 0 (0.2 by default): the choice above races
+  against its alternatives on the dimensions the user left open, successive halving on that share of the
+  budget; the winner trains for the rest, continuing its own schedule:
+
+    dimension      raced when                                   candidates
+    augmentation   no augmentation key given, under 1000        the rule's, and the other one of heavy
+                   training images a class                      (TrivialAugment, mixup 0.2, cutmix 1.0,
+                                                                erasing 0.25) and light (crop_flip)
+    resolution     no --image-size given                        the chosen size and 3/4 of it (a multiple
+                                                                of 16, at least 32)
+
+  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", "light 96px"); when the measured speed
+  leaves under 2 steps a candidate for the first rung, the resolution is dropped, then the race.
+
 What is chosen is printed on stderr (what came from the user, what was chosen and why), written to
 config.yaml and logged to metrics.jsonl as {"kind": "recipe", ...}. train.auto_recipe=false turns it off (the
 config as given); a resumed run keeps its config.yaml and measures nothing.
@@ -41,12 +55,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from ..config import (
     Config,
@@ -73,6 +84,7 @@ from .recipe_choice import (
     RecipeChoice,
     Rule,
     fine_tune,
+    median_short_side,
 )
 
 # The from-scratch recipe for a few hundred to a few thousand photos; configs/small-data.yaml holds the same.
@@ -167,7 +179,6 @@ CPU_CAP_S = 30 * 60.0
 MIN_EPOCHS = 5  # the cap never lowers the epochs below this
 VAL_COST = 1 / 3  # a validation image's time relative to a training image's (forward only)
 MIN_SIZE, SIZE_STEP = 64, 32
-HEADER_SAMPLE = 256  # image headers read for the median size
 
 
 def pick_rule(train_images: int) -> Rule:
@@ -301,20 +312,6 @@ def choose_recipe(
         slow_note=slow_note,
         weights_line=weights_line,
     )
-
-
-def median_short_side(paths: list[str], limit: int = HEADER_SAMPLE) -> tuple[int | None, int]:
-    """(median short side, headers read) over at most limit evenly spaced files; unreadable ones are skipped
-    (the loader reports bad files later)."""
-    step = max(1, len(paths) // limit)
-    sides = []
-    for path in paths[::step][:limit]:
-        try:
-            with Image.open(path) as image:  # reads the header only
-                sides.append(min(image.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            continue
-    return (int(statistics.median(sides)) if sides else None), len(sides)
 
 
 def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:

@@ -5,10 +5,13 @@ data, and the choice with the lines a user reads about it (what came from the us
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from ..errors import UserError
 from ..models import weights as imagenet
@@ -16,6 +19,7 @@ from .budget import format_seconds
 
 MIN_STEPS, MIN_BATCH = 4, 8  # small data: at least this many steps an epoch, batches not below this
 FINETUNE_WIDTH = 64  # torchvision's ImageNet weights are for width 64
+HEADER_SAMPLE = 256  # image headers read for the median size
 OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no wait when offline)
 
 
@@ -277,3 +281,17 @@ class RecipeChoice:
             "reasons": self.lines(),
             **asdict(self.facts),
         }
+
+
+def median_short_side(paths: list[str], limit: int = HEADER_SAMPLE) -> tuple[int | None, int]:
+    """(median short side, headers read) over at most limit evenly spaced files; unreadable ones are skipped
+    (the loader reports bad files later)."""
+    step = max(1, len(paths) // limit)
+    sides = []
+    for path in paths[::step][:limit]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sides.append(min(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return (int(statistics.median(sides)) if sides else None), len(sides)

@@ -30,10 +30,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second SIGINT stops at once."""
+    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second SIGINT stops at once.
+    resume_dir: the folder the stopped run's line says to resume (None: the run's own)."""
 
-    def __init__(self) -> None:
-        self.requested, self.previous = False, {}
+    def __init__(self, resume_dir: Path | None = None) -> None:
+        self.requested, self.previous, self.resume_dir = False, {}, resume_dir
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -45,6 +46,14 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+
+    def signalled(self) -> bool:
+        """Whether SIGINT/SIGTERM asked for the stop (a race's rung also stops at its step target)."""
+        return self.requested
+
+    def at_target(self) -> bool:
+        """Whether the stop is a race rung's end at its step target rather than an interrupt (never here)."""
+        return False
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():

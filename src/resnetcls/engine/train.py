@@ -52,6 +52,7 @@ from .prepare import (
     warn,
     wrap_model,
 )
+from .race import RaceHooks, run_race
 from .rundir import next_run_dir, open_run_folder
 from .runner import EpochParts, StepPlan, StopRequest, TrainingInterrupted, run_epoch, stop_run
 
@@ -149,6 +150,8 @@ def train(
             if world.is_main:  # the plan is accepted: the run folder, runs/latest, RUN/train.log
                 open_run_folder(plan.run_dir, named, console.say)
                 console.attach(plan.run_dir / "train.log", resumed_file(plan))
+            if plan.race is not None:  # the raced auto recipe: the winner's run continues in RUN
+                plan = run_race(plan, RaceHooks(lambda made: open_training(made, world), race_epochs))
             run = open_training(plan, world)
             started = time.perf_counter()
             metrics = train_epochs(run, on_epoch)
@@ -156,6 +159,11 @@ def train(
         return TrainResult(run.run_dir, summary, run.plan.splits.val, run.plan.splits.train)
     finally:
         distributed.cleanup()
+
+
+def race_epochs(run: TrainingRun) -> None:
+    """A race candidate's epochs, until its rung's step target (its stop request)."""
+    train_epochs(run, None)
 
 
 def resumed_file(plan: Plan) -> str | None:
@@ -229,9 +237,11 @@ def train_epochs(run: TrainingRun, on_epoch: OnEpoch | None) -> dict | None:
                     where = f"after epoch {epoch}"
             ended = validation is not None
             saved = parts.ckpt.save(state, metrics if ended else None)  # the epoch's metrics rank its end one
-            if where is not None:
-                stop_run(parts.logger, f"interrupted {where}: saved {saved}", run.run_dir)
-            if asked_stop:
+            if where is not None and not parts.stop.at_target():
+                stop_run(
+                    parts.logger, f"interrupted {where}: saved {saved}", parts.stop.resume_dir or run.run_dir
+                )
+            if asked_stop or where is not None:  # a race's rung ends at its step target (engine/race.py)
                 break
     return metrics
 
@@ -253,7 +263,7 @@ def train_and_validate(run: TrainingRun, logits: list | None) -> tuple[str | Non
         parts.loss_fn,
         parts.ctx,
         run.num_classes,
-        stop=lambda: stop.requested,
+        stop=stop.signalled,  # a race's rung ending at the epoch's last step still validates it
         logits_out=logits,
     )
     if va.interrupted:  # the epoch's training is complete: a resume goes straight to validation
