@@ -79,8 +79,8 @@ class TrainConfig:
     auto_recipe: bool = True  # engine/recipe.py keeps the recipe keys given (flags, --set, --config)
     # and picks the rest (model, size, augmentation, batch, epochs, ...) from the data
     # and this machine's speed; false: the defaults above, as they are
-    race_share: float = 0.2  # with --time and the auto recipe: the budget's share raced among a few
-    # candidate recipes (engine/race.py), the winner trained for the rest; 0 = no race
+    race_share: float = 0.0  # with --time and the auto recipe: the budget's share raced among a few
+    # candidate recipes (engine/race.py), the winner trained for the rest; 0 = no race (default), e.g. 0.2
 
 
 @dataclass

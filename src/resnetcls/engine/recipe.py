@@ -32,7 +32,8 @@ The rules (RULES below; the first whose limit the training set is under applies)
 - The cap: epochs that would take longer than 30 minutes on a CPU (4 hours on a GPU) are lowered to fit,
   never below 5, and a line says so. With --time the budget chooses the epochs (engine/budget.py).
 
-- The race (engine/race.py), under --time with train.race_share > 0 (0.2 by default): the choice above races
+- The race (engine/race.py), under --time with train.race_share > 0 (off by default until measured against
+  the fixed candidates; --set train.race_share=0.2 races on a fifth of the budget): the choice above races
   against its alternatives on the dimensions the user left open, successive halving on that share of the
   budget; the winner trains for the rest, continuing its own schedule:
 
