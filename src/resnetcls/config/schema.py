@@ -103,7 +103,7 @@ class SchedConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"  # ce (softmax cross-entropy) | bce (the seed's sigmoid on one-hot)
+    name: str = "ce"  # ce (softmax cross-entropy) | bce (sigmoid on one-hot labels)
     label_smoothing: float = 0.1
     class_weights: str = "none"  # none | balanced (weight each class by 1 / its share of the train set)
 

@@ -1,4 +1,4 @@
-"""`resnetcls data synth`: a procedural stand-in for the seed's data set (OpenLORIS-Object).
+"""`resnetcls data synth`: a procedural stand-in for an OpenLORIS-Object-like data set.
 
 Each class is one distinct object (shape x pattern x colour). Every image shows it from a random viewpoint
 (rotation, position, perspective) under the four OpenLORIS factors, each at three levels drawn per image:

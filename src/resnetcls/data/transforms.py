@@ -325,7 +325,7 @@ def build_train_transform(
     on_device: bool = False,
 ) -> BatchTransform:
     """Training augmentation on uint8 batches: random-resized-crop + flip (+ a policy, random erasing,
-    jitter), or the seed's plain resize. on_device: crop, flip and policy run on the training device
+    jitter), or a plain resize. on_device: crop, flip and policy run on the training device
     (data.augment_on; the loader then ships canvases, see BatchTransform.device_crops)."""
     return BatchTransform(
         preprocess, True, augment, min_crop_scale, color_jitter, store_size, random_erasing, on_device

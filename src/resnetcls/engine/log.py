@@ -1,5 +1,5 @@
 """Run logging: a live progress bar per epoch on a terminal (one line per epoch otherwise), metrics.jsonl with
-every logged value, TensorBoard scalars under train/ and val/ (as in the seed), and the console lines (the
+every logged value, TensorBoard scalars under train/ and val/, and the console lines (the
 opening lines, epoch lines, warnings, the summary: not the progress bar) on stderr and in RUN/train.log."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adamw":
         return make_optimizer(torch.optim.AdamW, groups, fused, lr=cfg.lr)
     if cfg.name == "adam":
-        # Adam's weight decay is L2 added to the gradient (the seed's optimizer).
+        # Adam's weight decay is L2 added to the gradient.
         return make_optimizer(torch.optim.Adam, groups, fused, lr=cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(
@@ -106,7 +106,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
 
 class SigmoidOneHotLoss(nn.Module):
-    """The seed's loss: sigmoid cross-entropy of each logit against the one-hot label."""
+    """The sigmoid cross-entropy loss of each logit against the one-hot label."""
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, weight: Tensor | None = None) -> None:
         super().__init__()
@@ -120,7 +120,7 @@ class SigmoidOneHotLoss(nn.Module):
         one_hot = target.float() if soft else nn.functional.one_hot(target, self.num_classes).float()
         if self.label_smoothing:
             one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        # Summed over classes, as the seed did, so the scale matches softmax cross-entropy per sample.
+        # Summed over classes, so the scale matches softmax cross-entropy per sample.
         per_sample = nn.functional.binary_cross_entropy_with_logits(
             logits.float(), one_hot.float(), reduction="none"
         ).sum(dim=1)
@@ -144,7 +144,7 @@ def class_weights(labels: list[int], num_classes: int, mode: str) -> Tensor | No
 
 
 def build_loss(cfg: LossConfig, num_classes: int, train_labels: list[int] | None = None) -> nn.Module:
-    """ce (softmax, label smoothing) or bce (the seed's sigmoid one-hot), optionally class-weighted.
+    """ce (softmax, label smoothing) or bce (sigmoid on one-hot labels), optionally class-weighted.
 
     Both take class indices or soft targets (N, num_classes) with rows summing to 1 (Mixup/CutMix); label
     smoothing then applies to the soft target (torch's CrossEntropyLoss does the same for probabilities)."""

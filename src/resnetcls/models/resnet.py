@@ -78,7 +78,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce -> 3x3 -> 1x1 expand (ResNet-50/101/152, paper Fig. 5 right).
 
-    The paper (and the seed) put the stride on the first 1x1 conv; torchvision ("ResNet v1.5") puts it on
+    The paper puts the stride on the first 1x1 conv; torchvision ("ResNet v1.5") puts it on
     the 3x3, which throws away less information and is ~0.5% more accurate on ImageNet. v1.5 is the default.
     """
 
@@ -137,7 +137,7 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. [3, 4, 6, 3] for ResNet-50.
         num_classes: size of the fc head.
         stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool, for >=128 px) or "small" (3x3/1 conv + 3x3/2
-            max-pool, the seed's choice; keeps 4x more resolution for 32-128 px images).
+            max-pool; keeps 4x more resolution for 32-128 px images).
         stride_on_1x1: put the bottleneck stride on the first 1x1 (paper/seed, "v1") instead of the 3x3.
         zero_init_residual: zero the last BN's gamma in each block so every block starts as identity
             (Goyal et al. 2017); helps large-batch and from-scratch training.
