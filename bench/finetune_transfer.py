@@ -1,9 +1,10 @@
 """Does the auto recipe's fine-tuning branch pay? Weights made here stand in for ImageNet's.
 
-    python bench/finetune_transfer.py ../shared/data/imagenette10 ../shared/data/flowers12 --seeds 0 1
+    python bench/finetune_transfer.py ../shared/data/imagenette10 ../shared/data/flowers12 --seeds 0 1 2 --work ft
 
-1. Pretrain: `resnetcls train PRETRAIN --model resnet18 --image-size 64 --set model.width=64 --time
-   --pretrain-time` (the auto recipe fills in the rest), from scratch.
+1. Pretrain: `resnetcls train PRETRAIN --model resnet18 --image-size --pretrain-size --set model.width=64
+   --time --pretrain-time` (the auto recipe fills in the rest), from scratch; kept in --work and reused by
+   the next call with the same --work.
 2. Its best weights are written into a private torch hub cache under the file name torchvision gives its
    ImageNet weights for that depth (resnetcls's ResNets use torchvision's tensor names), so the auto recipe
    finds them exactly as it would find `resnetcls weights download resnet18`'s file.
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("data", help="the target data set, with a test split")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--arch", default="resnet18", choices=sorted(IMAGENET_WEIGHTS))
-    parser.add_argument("--pretrain-time", default="8m", help="wall-time budget of the pretraining run")
+    parser.add_argument("--pretrain-time", default="16m", help="wall-time budget of the pretraining run")
     parser.add_argument("--pretrain-size", type=int, default=128, help="image size of the pretraining run")
     parser.add_argument("--time", default="3m", help="wall-time budget of each target run, both arms")
     parser.add_argument("--work", help="keep the run directories here (default: a temporary folder)")
