@@ -1,6 +1,7 @@
 """Does the auto recipe's fine-tuning branch pay? Weights made here stand in for ImageNet's.
 
-    python bench/finetune_transfer.py ../shared/data/imagenette10 ../shared/data/flowers12 --seeds 0 1 2 --work ft
+    python bench/finetune_transfer.py ../shared/data/imagenette10 ../shared/data/flowers12 \
+        --seeds 0 1 2 --work ft
 
 1. Pretrain: `resnetcls train PRETRAIN --model resnet18 --image-size --pretrain-size --set model.width=64
    --time --pretrain-time` (the auto recipe fills in the rest), from scratch; kept in --work and reused by
