@@ -301,16 +301,72 @@ def example_env(root: Path) -> dict[str, str]:
     }
 
 
+EXAMPLE_KEYS = (
+    "RESNETCLS_SET",
+    "RESNETCLS_OFFLINE",
+    "RESNETCLS_CACHE",
+    "TORCH_HOME",
+)  # what example_env sets
+
+
+SHELL_SYNTAX = re.compile(r"[|&;<>$`*?(){}~\\]")  # a line with any of these needs the shell
+
+
+def plain_commands(source: str) -> list[list[str]] | None:
+    """The argument lists of source when every line is a plain `resnetcls ...` command (comments and blank
+    lines aside), else None: those run in this process, as tests.conftest.run_cli does, saving the seconds
+    a fresh interpreter spends importing torch for each."""
+    commands = []
+    for line in source.splitlines():
+        if SHELL_SYNTAX.search(line.split("#")[0]):
+            return None
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if words[0] != "resnetcls":
+            return None
+        commands.append(words[1:])
+    return commands or None
+
+
+def run_in_process(commands: list[list[str]], work: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Each command through cli.main in this process, with the example's environment, stopping at the first
+    that fails (bash -e)."""
+    from tests.runner import run_main
+
+    saved = dict(os.environ)
+    os.environ.update({key: env[key] for key in EXAMPLE_KEYS})
+    code, out, err = 0, [], []
+    try:
+        for args in commands:
+            code, stdout, stderr = run_main(args, str(work))
+            out.append(stdout)
+            err.append(stderr)
+            if code:
+                break
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(commands, code, "".join(out), "".join(err))
+
+
 def run_example(example: Example, work: Path, env: dict[str, str], where: str) -> None:
-    if example.kind == "python":
-        script = work.parent / f"block-{example.line}.py"
-        script.write_text(example.source, encoding="utf-8")
-        argv = [sys.executable, str(script)]
-    elif example.kind == "bash":
-        argv = ["bash", "-e", "-o", "pipefail", "-c", example.source]
+    shell = example.command.shell if example.command else example.source
+    plain = plain_commands(shell) if example.kind != "python" else None
+    if plain:
+        result = run_in_process(plain, work, env)
     else:
-        argv = ["bash", "-c", example.command.shell]
-    result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        if example.kind == "python":
+            script = work.parent / f"block-{example.line}.py"
+            script.write_text(example.source, encoding="utf-8")
+            argv = [sys.executable, str(script)]
+        elif example.kind == "bash":
+            argv = ["bash", "-e", "-o", "pipefail", "-c", example.source]
+        else:
+            argv = ["bash", "-c", shell]
+        result = subprocess.run(
+            argv, cwd=work, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+        )
     stderr = [line for line in result.stderr.splitlines() if not line.startswith(ENV_NOTE)]
     expected = example.command.exit_code if example.command else 0
     output = f"\n--- stdout:\n{result.stdout[-4000:]}\n--- stderr:\n{chr(10).join(stderr)[-4000:]}"
