@@ -1,7 +1,7 @@
 """The repository speaks of the product only: no tracked file (README, docs, src, tests, bench, configs,
-pyproject.toml, CHANGELOG.md) tells how or when resnetcls was made — no work-item numbers, no "previous /
-today's default", no absolute paths of a build machine — and product code never looks into the shared test
-data. History belongs in CHANGELOG.md by version and in git log."""
+pyproject.toml, CHANGELOG.md) tells how or when resnetcls was made — no work-item numbers, no defaults
+described as then and now, no absolute paths of a build machine — and product code never looks into
+the shared test data. History belongs in CHANGELOG.md by version and in git log."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ import pytest
 
 from tests.conftest import ROOT
 
-# (what it is, the pattern); matched case-insensitively.
+# (what it is, the pattern); matched case-insensitively. Each word is split by a character class, and the
+# planted lines below are joined from pieces, so this file passes the check it makes, like any other.
 MAKING = (
-    ("a work-item number", r"\bissues? #?\d+|\(issue\b"),
-    ("an account of the work", r"\b(?:previous|last|next|this|earlier|later) session\b"),
-    ("an account of the work", r"\b(?:earlier|later|previous) round\b|\bround of work\b|\bwork items?\b"),
-    ("a lent machine", r"\blent\b"),
-    ("then and now", r"\btoday's\b|\bprevious(?:ly)? default\b|\bold default\b"),
-    ("a build machine's path", r"(?<![\w.])/(?:work|root)/|\.\./shared/DESIGN"),
+    ("a work-item number", r"\biss[u]es? #?\d+|\(iss[u]e\b"),
+    ("an account of the work", r"\b(?:previous|last|next|this|earlier|later) sess[i]on\b"),
+    (
+        "an account of the work",
+        r"\b(?:earlier|later|previous) r[o]und\b|\br[o]und of work\b|\bwork it[e]ms?\b",
+    ),
+    ("a borrowed machine", r"\bl[e]nt\b"),
+    ("then and now", r"\btoday[']s\b|\bprevious(?:ly)? def[a]ult\b|\bold def[a]ult\b"),
+    ("a build machine's path", r"(?<![\w.])/(?:w[o]rk|r[o]ot)/|\.\./shared/DES[I]GN"),
 )
 PRODUCT_DIRS = ("src/",)  # product code and its packaged configs never reach for the shared test data
 SHARED_DATA = re.compile(r"shared/data")
@@ -47,13 +51,13 @@ def making_words(path: Path, text: str) -> list[str]:
 
 def test_the_checker_finds_each_kind_of_making_word():
     planted = [
-        "fixed in issue 19",
-        "see (issue 7)",
-        "measured in the previous session",
-        "on the lent GPU",
-        "today's default is bf16",
-        "the venv in /work/venv",
-        "an earlier round of work",
+        "fixed in " + "iss" + "ue 19",
+        "see (" + "iss" + "ue 7)",
+        "measured in the previous " + "sess" + "ion",
+        "on the " + "le" + "nt GPU",
+        "to" + "day's default is bf16",
+        "the venv in /" + "work/venv",
+        "an earlier " + "rou" + "nd of work",
     ]
     for line in planted:
         assert making_words(Path("x.md"), line), line
@@ -66,11 +70,9 @@ def test_the_checker_finds_each_kind_of_making_word():
 def test_no_tracked_file_speaks_of_the_making():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout: no list of tracked files")
-    this = Path(__file__).resolve()
     found = []
     for path in tracked_text_files():
-        if path.resolve() != this:
-            found += making_words(path.relative_to(ROOT), path.read_text(encoding="utf-8", errors="replace"))
+        found += making_words(path.relative_to(ROOT), path.read_text(encoding="utf-8", errors="replace"))
     assert not found, "\n".join(found)
 
 
