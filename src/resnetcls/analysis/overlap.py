@@ -9,8 +9,6 @@ and says so.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data.sources import Samples
-from ..errors import UserError
+from ..records.runsplit import split_rows
 
 SPLIT_CSV = "split.csv"
 
@@ -109,26 +107,11 @@ def find_overlap(model_dir: Path, samples: Samples) -> Overlap:
 def read_run_split(path: Path) -> dict[str, str]:
     """The run's split.csv: resolved image path -> "train", "val" or "test" (train wins a repeated path).
     Rows are read as train wrote them; an image gone since does not matter here."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the run's split: {e.strerror or e}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, [])
-    if "path" not in header or "split" not in header:
-        raise UserError(
-            f"{path}:1: expected the columns 'path' and 'split' that train writes (header is {header})"
-        )
-    column, split_column = header.index("path"), header.index("split")
     resolve, splits = path_resolver(), {}
-    try:
-        for row in reader:
-            if len(row) > max(column, split_column) and row[column]:
-                key = resolve(os.path.join(path.parent, row[column]))
-                if splits.get(key) != "train":
-                    splits[key] = row[split_column]
-    except csv.Error as e:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+    for image, split in split_rows(path):
+        key = resolve(image)
+        if splits.get(key) != "train":
+            splits[key] = split
     return splits
 
 

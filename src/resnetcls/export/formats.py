@@ -8,7 +8,6 @@ the classes, softmax(logits / T) with model.json's calibration temperature T, as
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -36,6 +35,7 @@ from ..inference.sessions import (
     read_onnx_metadata,
 )
 from ..records.modelfile import LoadedModel, load_model_dir, record_export
+from ..records.runsplit import split_rows
 from ..utils.atomic import write_atomic
 from ..utils.calibration import calibrated_probabilities
 from ..utils.progress import progress_bar
@@ -154,20 +154,9 @@ def run_split_csv(model_dir: Path) -> Path | None:
 def _val_paths(split_csv: Path) -> list[Path]:
     """The val rows of a split.csv (paths relative to it, as train writes them); [] if it cannot be read."""
     try:
-        text = split_csv.read_text(encoding="utf-8", errors="surrogateescape")
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except (OSError, csv.Error):
+        return [Path(image) for image, split in split_rows(split_csv) if split == "val"]
+    except UserError:
         return []
-    header = rows[0] if rows else []
-    if "path" not in header or "split" not in header:
-        return []
-    column, split_column = header.index("path"), header.index("split")
-    width = max(column, split_column)
-    return [
-        split_csv.parent / row[column]
-        for row in rows[1:]
-        if len(row) > width and row[split_column] == "val" and row[column]
-    ]
 
 
 def _run_val_check(loaded: LoadedModel, transform, limit: int) -> CheckImages:
