@@ -11,7 +11,8 @@ import torch
 from resnetcls.cli import main
 from resnetcls.data.decode import DecodeError, decode_image
 from resnetcls.errors import UserError
-from resnetcls.inference.predictor import Prediction, Predictor, expand_inputs
+from resnetcls.inference.inputs import expand_inputs
+from resnetcls.inference.predictor import Prediction, Predictor
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,9 @@ from resnetcls.records.modelfile import (
     save_model_dir,
     sha256_file,
     write_calibration,
+    write_open_set,
 )
+from resnetcls.utils.openset import fit_scorer, score_quantiles, threshold_for
 
 ARGS = {"stem": "small", "stride_on_1x1": False, "zero_init_residual": True, "width": 8}
 CLASSES = ["ant", "bee", "cup"]
@@ -247,3 +249,32 @@ def test_a_broken_calibration_record_is_refused_naming_the_field(copy, capsys, r
     cli_refuses(copy, capsys, message)
     with pytest.raises(UserError, match="calibration"):
         write_calibration(copy, record if isinstance(record, dict) else {"temperature": 0})
+
+
+def open_set_record(scorer, features, logits) -> dict:
+    quantiles = score_quantiles(scorer(features, logits))
+    return {"threshold": threshold_for(quantiles, 0.95), "accept": 0.95, "quantiles": quantiles}
+
+
+def test_an_open_set_scorer_round_trips_through_the_model_directory(copy):
+    assert load_model_dir(copy).scorer is None and load_model_dir(copy).open_set is None  # older dirs: off
+    features, labels = torch.randn(12, 64), torch.arange(3).repeat(4)
+    scorer = fit_scorer("knn", features, labels, len(CLASSES))
+    logits = torch.randn(12, 3)
+    write_open_set(copy, scorer, open_set_record(scorer, features, logits))
+    loaded = load_model_dir(copy)
+    assert loaded.open_set["score"] == "knn" and loaded.open_set["file"] == "open_set.safetensors"
+    torch.testing.assert_close(loaded.scorer(features, logits), scorer(features, logits))
+    write_calibration(copy, {"calibrated": True, "temperature": 1.5, "fitted_on": "val", "images": 40})
+    assert load_model_dir(copy).scorer is not None  # a later record keeps the file's hash
+
+
+def test_a_changed_open_set_file_or_record_is_refused(copy, capsys):
+    features, labels = torch.randn(12, 64), torch.arange(3).repeat(4)
+    scorer = fit_scorer("mahalanobis", features, labels, len(CLASSES))
+    write_open_set(copy, scorer, open_set_record(scorer, features, torch.randn(12, 3)))
+    (copy / "open_set.safetensors").write_bytes(b"x" * 10)
+    cli_refuses(copy, capsys, "open_set.safetensors: sha256 does not match model.json")
+    edit_meta(copy, open_set={"score": "odin"})
+    rehash(copy)
+    cli_refuses(copy, capsys, "open_set.score='odin'; expected one of msp, energy, mahalanobis, knn")

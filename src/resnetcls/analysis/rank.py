@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..inference.predictor import Predictor, expand_inputs
+from ..inference.inputs import expand_inputs
+from ..inference.predictor import Predictor
 from ..utils.atomic import csv_text, write_text_atomic
 from ..utils.hardware import usable_cores
 from ..utils.progress import progress_bar

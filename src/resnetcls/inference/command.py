@@ -16,7 +16,8 @@ import torch
 
 from ..errors import UserError
 from .explain import Explainer, OverlayWriter, writable_dir
-from .predictor import EachImage, Prediction, Predictor, expand_inputs
+from .inputs import expand_inputs
+from .predictor import EachImage, Prediction, Predictor
 from .standalone import is_onnx_file
 
 

@@ -7,18 +7,25 @@ batch of them (NxHxWxC, NxCxHxW); a torch tensor CxHxW, or NxCxHxW for a batch; 
 images. A 4-D array or tensor gives one prediction per image. Anything else, an array whose layout cannot be
 told (e.g. 3x224x3), or floats outside [0, 1] is refused with one line saying what was given and what is
 accepted.
+
+expand_inputs: the PATH arguments of `resnetcls predict` and `rank` (files, folders, globs, CSV files) ->
+image paths in order.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
 import os
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..data.decode import DecodeError, is_image_file
 from ..errors import UserError
 
 # What Predictor.predict takes (see the module docstring).
@@ -151,3 +158,53 @@ def to_items(images: ImageInput | typing.Sequence[ImageInput]) -> Inputs:
             names.append(input_name(item, len(items), kind))
             items.append(item)
     return Inputs(items, names, single)
+
+
+def _paths_from_csv(csv_path: Path) -> list[str]:
+    """The `path` column (or, without that header, the first column); relative paths are from the CSV."""
+    try:
+        rows = [r for r in csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()) if any(r)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DecodeError(csv_path, f"cannot read CSV: {e}") from None
+    if rows and "path" in [h.strip() for h in rows[0]]:
+        column = [h.strip() for h in rows[0]].index("path")
+        rows = rows[1:]
+    else:
+        column = 0
+    return [str(csv_path.parent / r[column].strip()) for r in rows if len(r) > column and r[column].strip()]
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """PATH arguments -> [(image path, "")] in the order given, or (argument, reason) when one gives nothing.
+
+    A folder contributes its images recursively (sorted, hidden files skipped); a .csv its listed paths;
+    a pattern with * ? or [ its sorted glob matches (** crosses folders).
+    """
+    items: list[tuple[str, str]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file()
+                and is_image_file(p)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            items += [(p, "") for p in found] or [(arg, "folder has no image files")]
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            try:
+                listed = _paths_from_csv(path)
+            except DecodeError as e:
+                listed, reason = [], e.reason
+            else:
+                reason = "CSV lists no paths"
+            items += [(p, "") for p in listed] or [(arg, reason)]
+        elif path.exists():
+            items.append((arg, ""))
+        elif any(ch in arg for ch in "*?["):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            items += [(p, "") for p in found] or [(arg, "no files match this pattern")]
+        else:
+            items.append((arg, "file not found"))
+    return items

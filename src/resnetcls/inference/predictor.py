@@ -8,25 +8,23 @@ the model's batched throughput rather than one image at a time.
 
 from __future__ import annotations
 
-import csv
-import glob
 import os
 import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..data.decode import DecodeError, decode_image, decode_in_memory, is_image_file
+from ..data.decode import DecodeError, decode_image, decode_in_memory
 from ..data.transforms import build_eval_transform, stack_images
 from ..errors import UserError
 from ..records.modelfile import LoadedModel, load_model_dir
 from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
+from ..utils.openset import UNKNOWN, threshold_for
 from ..utils.progress import progress_bar
 from .inputs import ImageInput, input_name, to_items
 from .sessions import (
@@ -44,6 +42,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "ope
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
 ERRORS = ("raise", "return")
+OPEN_SET_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -52,15 +51,28 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
     gradcam: str = ""  # the Grad-CAM overlay's path, with --explain
+    # with open-set rejection on: the image's score and whether it fell below the threshold ("unknown")
+    open_set_score: float | None = None
+    unknown: bool = False
+
+    @property
+    def label(self) -> str:
+        """The answer: the top class, or UNKNOWN when open-set rejection is on and the score is below the
+        threshold ("" for an image that could not be read)."""
+        return UNKNOWN if self.unknown else self.top[0][0] if self.top else ""
 
     def to_dict(self) -> dict:
         if self.error:
             return {"path": self.path, "error": self.error}
         extra = {"gradcam": self.gradcam} if self.gradcam else {}
+        if self.open_set_score is not None:
+            extra.update(label=self.label, unknown=self.unknown, open_set_score=round(self.open_set_score, 6))
         return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
 
     def __repr__(self) -> str:
         body = f"error: {self.error}" if self.error else ", ".join(f"{c} {p:.2f}" for c, p in self.top)
+        if self.unknown:
+            body = f"{UNKNOWN} (score {self.open_set_score:.3g}; nearest {body})"
         return f"Prediction({self.path!r}: {body})"
 
 
@@ -80,6 +92,27 @@ def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: t
         return "torch"
     exported = auto_exported_backend()  # first: reading model.onnx's metadata parses the whole file
     return exported if exported != "torch" and onnx_file_current(loaded) else "torch"
+
+
+def open_set_threshold(loaded, open_set: str, unknown_accept: float | None) -> float | None:
+    """The score below which an image is "unknown", or None when rejection is off. open_set "auto": on when
+    the model has an open-set record (model.json "open_set"), "on": required, "off": never. unknown_accept
+    moves the operating point: the share of known validation images accepted (else the record's `accept`)."""
+    if open_set not in OPEN_SET_MODES:
+        raise UserError(f"--open-set {open_set!r}: expected one of {', '.join(OPEN_SET_MODES)}")
+    if unknown_accept is not None and not 0 < unknown_accept <= 1:
+        raise UserError(f"--unknown-accept {unknown_accept}: expected a share in (0, 1], such as 0.95")
+    record = getattr(loaded, "open_set", None)
+    if open_set == "off" or (record is None and open_set == "auto"):
+        return None
+    if record is None:
+        raise UserError(
+            f"{loaded.path}: --open-set on, but the model has no open-set threshold (model.json has no "
+            f"open_set record: a model trained by an older resnetcls); retrain it, or use --open-set off"
+        )
+    if unknown_accept is None:
+        return float(record["threshold"])
+    return threshold_for(record["quantiles"], unknown_accept)
 
 
 def _decode_threads() -> int:
@@ -119,6 +152,8 @@ class Predictor:
         precision: str = "auto",
         channels_last: bool = True,
         backend: str = "auto",
+        open_set: str = "auto",
+        unknown_accept: float | None = None,
     ) -> None:
         _check_choices(backend, precision)
         bare = is_onnx_file(model)
@@ -145,6 +180,7 @@ class Predictor:
             self.precision = self.session.precision  # what OpenVINO compiled it in (bf16 where native)
         else:
             self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
+        self.threshold = open_set_threshold(self.loaded, open_set, unknown_accept)
 
     def _session(self, backend: str, precision: str):
         runtime = backend.removesuffix("-int8")
@@ -171,6 +207,31 @@ class Predictor:
         ):
             logits = self.model(batch)
         return logits.float().cpu()
+
+    @torch.inference_mode()
+    def features_and_logits(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, S, S) preprocessed images -> the eager model's pooled penultimate features (N, D) and raw
+        logits (N, classes), both fp32 on the CPU, in the predictor's autocast."""
+        if self.model is None:
+            raise UserError(f"{self.loaded.path}: a bare ONNX file has no eager model to give features")
+        batch = batch.to(self.device, memory_format=self.memory_format)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        ):
+            features = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+            logits = self.model.fc(features)
+        return features.float().cpu(), logits.float().cpu()
+
+    @torch.inference_mode()
+    def scored_probabilities(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 3, S, S) preprocessed images -> calibrated probabilities (N, classes) and the open-set scores
+        (N,) of the model's scorer (utils/openset.py; higher = more like a known class), or None for a model
+        without one."""
+        scorer = getattr(self.loaded, "scorer", None)
+        if scorer is None or self.session is not None:
+            return self.probabilities(batch), None
+        features, logits = self.features_and_logits(batch)
+        return calibrated_probabilities(logits, self.temperature), scorer.to("cpu")(features, logits)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -274,12 +335,16 @@ class Predictor:
         if not tensors:
             return
         batch = stack_images(tensors)
-        probs = self.probabilities(batch)
+        probs, scores = self.scored_probabilities(batch) if self.threshold is not None else (None, None)
+        probs = self.probabilities(batch) if probs is None else probs
         if tta:
             probs = (probs + self.probabilities(batch.flip(-1))) / 2
         values, indices = probs.topk(min(topk, len(self.classes)), dim=1)
-        for i, vals, idxs in zip(slots, values.tolist(), indices.tolist()):
+        for n, (i, vals, idxs) in enumerate(zip(slots, values.tolist(), indices.tolist())):
             results[i].top = [(self.classes[c], v) for c, v in zip(idxs, vals)]
+            if scores is not None:
+                results[i].open_set_score = float(scores[n])
+                results[i].unknown = results[i].open_set_score < self.threshold
         if each is not None:
             for i, image in zip(slots, tensors):
                 each(results[i], image)
@@ -291,53 +356,3 @@ def load(
     """`resnetcls.load(path)`: the Predictor for a run directory (its best/ model, else final/), a model
     directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino)."""
     return Predictor(model, device=device, precision=precision, backend=backend)
-
-
-def _paths_from_csv(csv_path: Path) -> list[str]:
-    """The `path` column (or, without that header, the first column); relative paths are from the CSV."""
-    try:
-        rows = [r for r in csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()) if any(r)]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DecodeError(csv_path, f"cannot read CSV: {e}") from None
-    if rows and "path" in [h.strip() for h in rows[0]]:
-        column = [h.strip() for h in rows[0]].index("path")
-        rows = rows[1:]
-    else:
-        column = 0
-    return [str(csv_path.parent / r[column].strip()) for r in rows if len(r) > column and r[column].strip()]
-
-
-def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
-    """PATH arguments -> [(image path, "")] in the order given, or (argument, reason) when one gives nothing.
-
-    A folder contributes its images recursively (sorted, hidden files skipped); a .csv its listed paths;
-    a pattern with * ? or [ its sorted glob matches (** crosses folders).
-    """
-    items: list[tuple[str, str]] = []
-    for arg in inputs:
-        path = Path(arg)
-        if path.is_dir():
-            found = sorted(
-                str(p)
-                for p in path.rglob("*")
-                if p.is_file()
-                and is_image_file(p)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            items += [(p, "") for p in found] or [(arg, "folder has no image files")]
-        elif path.is_file() and path.suffix.lower() == ".csv":
-            try:
-                listed = _paths_from_csv(path)
-            except DecodeError as e:
-                listed, reason = [], e.reason
-            else:
-                reason = "CSV lists no paths"
-            items += [(p, "") for p in listed] or [(arg, reason)]
-        elif path.exists():
-            items.append((arg, ""))
-        elif any(ch in arg for ch in "*?["):
-            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
-            items += [(p, "") for p in found] or [(arg, "no files match this pattern")]
-        else:
-            items.append((arg, "file not found"))
-    return items

@@ -21,8 +21,10 @@ from ..utils.limits import (
     is_number,
     rgb_problem,
 )
+from ..utils.openset import QUANTILES, SCORES
 
 FORMAT = "resnetcls.model/1"
+OPEN_SET_FILE = "open_set.safetensors"  # the open-set score's tensors (utils/openset.py), beside the weights
 WEIGHTS = "model.safetensors"
 ARCH_ARGS = {"stem": str, "stride_on_1x1": bool, "zero_init_residual": bool, "width": int}
 RESIZE_MODES = ("shorter_side", "square")
@@ -123,6 +125,33 @@ def _check_calibration(record, where: Path) -> None:
     )
 
 
+def _check_open_set(record, hashes, where: Path) -> None:
+    """The optional "open_set" record (engine/openset.py writes it): its score, threshold, accepted share, the
+    known scores' quantiles (non-decreasing) and the file of its tensors, hashed in sha256."""
+    _check(isinstance(record, dict), where, "open_set must be an object")
+    score = record.get("score")
+    _check(score in SCORES, where, f"open_set.score={score!r}; expected one of {', '.join(SCORES)}")
+    threshold, accept = record.get("threshold"), record.get("accept")
+    _check(is_finite_number(threshold), where, f"open_set.threshold={threshold!r} must be a number")
+    _check(
+        is_finite_number(accept) and 0 < accept <= 1, where, f"open_set.accept={accept!r} must be in (0, 1]"
+    )
+    quantiles = record.get("quantiles")
+    _check(
+        isinstance(quantiles, list)
+        and len(quantiles) == QUANTILES
+        and all(is_finite_number(q) for q in quantiles)
+        and all(a <= b for a, b in zip(quantiles, quantiles[1:])),
+        where,
+        f"open_set.quantiles must be {QUANTILES} non-decreasing numbers",
+    )
+    _check(
+        record.get("file") == OPEN_SET_FILE and _is_digest(hashes.get(OPEN_SET_FILE)),
+        where,
+        f"open_set.file must be {OPEN_SET_FILE!r}, with its sha256 recorded",
+    )
+
+
 def _is_digest(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
@@ -159,4 +188,6 @@ def check_meta(meta, where: Path) -> dict:
         None,
     )
     _check(bad is None, where, f"sha256.{bad} must be a 64-digit hex digest of a file in the model directory")
+    if "open_set" in meta:
+        _check_open_set(meta["open_set"], hashes, where)
     return meta

@@ -7,6 +7,12 @@ Optional field "calibration" (written by engine/calibrate.py at the end of train
 "ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
 softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
 
+Optional field "open_set" (engine/openset.py at the end of train; analysis/addclass.py when a class is added):
+{"score": msp|energy|mahalanobis|knn, "threshold": t, "accept": share of known val images accepted,
+"quantiles": the known val scores' 101 quantiles, "file": "open_set.safetensors", "k", "fitted_on", "images",
+...}; the scorer's tensors (and the per-class statistics of the pooled features) are in that file, hashed in
+"sha256". A model directory without it loads with open-set rejection off.
+
 "sha256" holds the weights' hash, model.json's content hash and, once exported into the directory, the hash of
 each exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run
 an exported file only when its hash is the one recorded (check_export_hash).
@@ -30,7 +36,8 @@ from torch import nn
 from ..errors import UserError
 from ..models import create_model
 from ..utils.atomic import building_dir, recover_dir, sha256_file, write_atomic, write_text_atomic
-from .metacheck import FORMAT, WEIGHTS, check_meta
+from ..utils.openset import OpenSetScorer
+from .metacheck import FORMAT, OPEN_SET_FILE, WEIGHTS, check_meta
 
 META = "model.json"
 
@@ -40,6 +47,12 @@ class LoadedModel:
     model: nn.Module
     meta: dict
     path: Path
+    scorer: OpenSetScorer | None = None  # the open-set score (model.json "open_set"), None without one
+
+    @property
+    def open_set(self) -> dict | None:
+        """model.json's "open_set" record: score, threshold, accept, quantiles (None: rejection off)."""
+        return self.meta.get("open_set")
 
     @property
     def classes(self) -> list[str]:
@@ -131,11 +144,42 @@ def write_meta_record(
     meta = {k: v for k, v in meta.items() if k != "sha256"}
     if record is not None:
         meta[key] = record
-    check_meta({**meta, "sha256": {WEIGHTS: "0" * 64}}, model_dir / META)
+    placeholders = {WEIGHTS: "0" * 64, **exports, **{name: "0" * 64 for name in hashed}}
+    check_meta({**meta, "sha256": placeholders}, model_dir / META)
     exports.update({name: sha256_file(model_dir / name) for name in hashed})
     meta["sha256"] = {WEIGHTS: sha256_file(model_dir / WEIGHTS), META: content_sha256(meta), **exports}
     write_text_atomic(model_dir / META, json.dumps(meta, indent=2) + "\n")
     return model_dir
+
+
+def write_open_set(path: str | os.PathLike, scorer: OpenSetScorer, record: dict) -> Path:
+    """Store the open-set scorer's tensors as OPEN_SET_FILE and record (score, threshold, accept, quantiles,
+    ...) as model.json's "open_set" field, with the file's sha256; both written atomically."""
+    model_dir = Path(path)
+    tensors = scorer.tensors()
+    write_atomic(model_dir / OPEN_SET_FILE, save(tensors), size_hint=sum(t.nbytes for t in tensors.values()))
+    record = {**record, "score": scorer.score, "k": scorer.k, "file": OPEN_SET_FILE}
+    return write_meta_record(model_dir, "open_set", record, hashed=(OPEN_SET_FILE,))
+
+
+def load_scorer(model_dir: Path, meta: dict) -> OpenSetScorer | None:
+    """The open-set scorer of a model directory whose model.json has an "open_set" record (its file's hash
+    checked first), else None."""
+    record = meta.get("open_set")
+    if record is None:
+        return None
+    path = model_dir / OPEN_SET_FILE
+    try:
+        digest = cached_sha256(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the open-set score's file: {e.strerror or e}") from None
+    if digest != meta["sha256"][OPEN_SET_FILE]:
+        raise UserError(f"{path}: sha256 does not match model.json (file changed or truncated)")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a valid safetensors file: {e}") from None
+    return OpenSetScorer(record["score"], tensors, temperature_of(meta), k=int(record.get("k", 5)))
 
 
 def record_export(path: str | os.PathLike, name: str, key: str = "", record: dict | None = None) -> Path:
@@ -256,4 +300,4 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model = create_model(meta["arch"], len(meta["classes"]), **meta["arch_args"])
     model.load_state_dict(state, strict=True)  # names and shapes were checked above
     model.eval().to(device)
-    return LoadedModel(model, meta, model_dir)
+    return LoadedModel(model, meta, model_dir, load_scorer(model_dir, meta))
