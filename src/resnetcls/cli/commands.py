@@ -149,7 +149,9 @@ def eval_images_kind(overlap: dict) -> str:
 def cmd_predict(args) -> int:
     from ..inference.command import PredictOptions, run_predict
 
-    options = PredictOptions(args.topk, args.format, args.batch_size, args.tta, args.explain)
+    options = PredictOptions(
+        args.topk, args.format, args.batch_size, args.tta, args.explain, args.open_set, args.unknown_accept
+    )
     return run_predict(args.model, args.paths, options, args.backend, args.precision)
 
 
@@ -160,7 +162,16 @@ def cmd_rank(args) -> int:
         args.model,
         args.folder,
         args.out,
-        RankSettings(args.by, args.diverse, args.limit, args.batch_size, args.precision, args.backend),
+        RankSettings(
+            args.by,
+            args.diverse,
+            args.limit,
+            args.batch_size,
+            args.precision,
+            args.backend,
+            args.open_set,
+            args.unknown_accept,
+        ),
     )
 
 
@@ -232,6 +243,7 @@ def serve_settings(args):
     values = dataclasses.asdict(cfg.serve)
     host, port, workers = values.pop("host"), values.pop("port"), values.pop("workers")
     values["max_body_bytes"] = int(values.pop("max_body_mb") * 1e6)
+    values["unknown_accept"] = values["unknown_accept"] or None  # 0: the model's own share
     return ServeSettings(args.model, **values), host, port, workers
 
 

@@ -21,6 +21,9 @@ BACKEND_HELP = (
     "onnxruntime-int8, openvino-int8 (model.int8.onnx, see export --int8)"
 )
 INFERENCE_BATCH = 32  # --batch-size of eval, predict and rank
+# --open-set of predict, rank and serve (inference/predictor.py's OPEN_SET_MODES; repeated so that --help
+# loads no torch, as config/checks.py's BACKENDS are)
+OPEN_SET_MODES = ("auto", "on", "off")
 EXPORT_FORMATS = ("onnx", "torchscript")
 
 # serve's options: (name, argparse type, help). Each is also serve.NAME in the config (config/schema.py
@@ -69,8 +72,19 @@ SERVE_OPTIONS = (
         "the same, from one client address (behind a reverse proxy, which is one address, raise it to "
         "--max-idle-connections)",
     ),
+    (
+        "open_set",
+        str,
+        "answer \"unknown\" below the model's open-set threshold: auto | on | off, as predict's",
+    ),
+    (
+        "unknown_accept",
+        number(float, 0, 1),
+        "the share of known validation images the threshold accepts, as predict's --unknown-accept "
+        "(0: the model's own)",
+    ),
 )
-SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS}
+SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS, "open_set": OPEN_SET_MODES}
 
 
 def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per model call") -> None:
@@ -79,6 +93,27 @@ def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per mo
     p.add_argument("--batch-size", type=BATCH, default=INFERENCE_BATCH, help=batch_help)
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=PRECISION_HELP)
+
+
+def add_open_set_flags(p: argparse.ArgumentParser) -> None:
+    """--open-set and --unknown-accept: whether an image below the model's open-set threshold is answered
+    "unknown", and where that threshold lies."""
+    p.add_argument(
+        "--open-set",
+        choices=OPEN_SET_MODES,
+        default="auto",
+        help='answer "unknown" for an image whose open-set score is below the model\'s threshold (an '
+        "object of none of its classes): auto = when the model has a threshold (default), on = required "
+        "(exit 2 for a model without one), off = always the top class",
+    )
+    p.add_argument(
+        "--unknown-accept",
+        type=number(float, 0, 1, low_open=True),
+        default=None,
+        metavar="SHARE",
+        help="move the threshold so that this share of the model's known validation images is accepted, "
+        "e.g. 0.99 answers unknown less often, 0.8 more often (default: the model's own, usually 0.95)",
+    )
 
 
 def _add_eval(sub) -> None:
@@ -116,6 +151,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     add_model_flags(p)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    add_open_set_flags(p)
     p.add_argument(
         "--explain",
         metavar="OUT_DIR",
@@ -159,6 +195,7 @@ def _add_rank(sub) -> None:
         help="write only the first N images (default: all)",
     )
     add_model_flags(p)
+    add_open_set_flags(p)
 
 
 def add_inference_commands(sub) -> None:

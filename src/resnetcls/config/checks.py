@@ -73,6 +73,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "serve.max_connections": (1, _BIG, False, False),
     "serve.max_idle_connections": (1, _BIG, False, False),
     "serve.max_idle_per_client": (1, _BIG, False, False),
+    "serve.unknown_accept": (0, 1, False, False),
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
@@ -94,6 +95,7 @@ CHOICES = {
     "log.on_tracker_error": ("stop", "warn"),
     "serve.backend": BACKENDS,
     "serve.precision": INFERENCE_PRECISIONS,
+    "serve.open_set": ("auto", "on", "off"),
 }
 
 

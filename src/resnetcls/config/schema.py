@@ -183,6 +183,8 @@ class ServeConfig:
     max_connections: int = 64  # requests being processed at once; beyond it 503 + Retry-After
     max_idle_connections: int = 64  # connections idle or still sending; past it the longest waiting is closed
     max_idle_per_client: int = 16  # the same, from one client address
+    open_set: str = "auto"  # as predict's --open-set: auto (on when the model has a threshold) | on | off
+    unknown_accept: float = 0.0  # as predict's --unknown-accept; 0: the model's own share
 
 
 @dataclass

@@ -181,6 +181,7 @@ class Predictor:
         else:
             self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
         self.threshold = open_set_threshold(self.loaded, open_set, unknown_accept)
+        self.unknown_accept = unknown_accept
 
     def _session(self, backend: str, precision: str):
         runtime = backend.removesuffix("-int8")
@@ -191,10 +192,27 @@ class Predictor:
         return onnx_session_for(self.loaded, runtime=runtime, precision=precision)
 
     def __repr__(self) -> str:
+        info = self.open_set_info()
+        open_set = f"{info['score']} below {info['threshold']:.4g}" if info["on"] else "off"
         return (
             f"Predictor(model={str(self.loaded.path)!r}, classes={len(self.classes)}, "
-            f"backend={self.backend!r}, precision={self.precision!r})"
+            f"backend={self.backend!r}, precision={self.precision!r}, open_set={open_set!r})"
         )
+
+    def open_set_info(self) -> dict:
+        """Open-set rejection as it runs: on (bool), score (the model's score name, None without one),
+        threshold (None when off) and accept (the share of known validation images it accepts)."""
+        record = getattr(self.loaded, "open_set", None) or {}
+        on = self.threshold is not None
+        accept = (self.unknown_accept or record.get("accept")) if on else None
+        return {"on": on, "score": record.get("score"), "threshold": self.threshold, "accept": accept}
+
+    def open_set_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """The model's open-set scores (N,) of pooled features and raw logits (features_and_logits), or None
+        when rejection is off."""
+        if self.threshold is None:
+            return None
+        return self.loaded.scorer.to("cpu")(features, logits)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -351,8 +369,22 @@ class Predictor:
 
 
 def load(
-    model: str | os.PathLike, backend: str = "auto", precision: str = "auto", device: str = "auto"
+    model: str | os.PathLike,
+    backend: str = "auto",
+    precision: str = "auto",
+    device: str = "auto",
+    open_set: str = "auto",
+    unknown_accept: float | None = None,
 ) -> Predictor:
     """`resnetcls.load(path)`: the Predictor for a run directory (its best/ model, else final/), a model
-    directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino)."""
-    return Predictor(model, device=device, precision=precision, backend=backend)
+    directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino).
+    open_set and unknown_accept: as predict's --open-set and --unknown-accept (a Prediction's label is
+    "unknown" when its open-set score is below the model's threshold)."""
+    return Predictor(
+        model,
+        device=device,
+        precision=precision,
+        backend=backend,
+        open_set=open_set,
+        unknown_accept=unknown_accept,
+    )

@@ -169,7 +169,7 @@ def _add_predict_routes(app: FastAPI, service: ImageService) -> None:
         if len(uploads) > 1:
             raise HTTPException(400, f"{len(uploads)} files sent to /predict; use /predict/batch for several")
         name, data = uploads[0]
-        return PredictResponse(filename=name, top=await service.top(data, name, topk))
+        return PredictResponse(filename=name, **await service.top(data, name, topk))
 
     @app.post(
         "/predict/batch",
@@ -289,7 +289,13 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         uvicorn.run(create_app(settings), **options)
         return
     # Fail fast, with exit 2, on a bad model directory or precision before the workers start.
-    Predictor(settings.model, backend=settings.backend, precision=settings.precision)
+    Predictor(
+        settings.model,
+        backend=settings.backend,
+        precision=settings.precision,
+        open_set=settings.open_set,
+        unknown_accept=settings.unknown_accept,
+    )
     os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "workers": workers})
     # uvicorn kills a worker that does not answer its supervisor's ping within timeout_worker_healthcheck
     # (default 5 s), and a worker answers only once it has imported torch and the app: on a busy machine that
