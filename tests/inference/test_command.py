@@ -258,8 +258,8 @@ def test_unknown_accept_moves_the_threshold_and_says_where(open_set_run, tiny_da
     )
     moved = threshold_for(record["quantiles"], 0.5)
     assert code == 0 and err.splitlines() == [
-        f"--unknown-accept 0.5: unknown below knn score {moved:.4g} (the model's own threshold "
-        f"{record['threshold']:.4g} accepts 1 of its known validation images)"
+        f"--unknown-accept 0.5: unknown below knn score {moved:.4g}, which accepts 50% of the known "
+        f"validation images (the model's own threshold: {record['threshold']:.4g}, accepting 100%)"
     ]
     assert json.loads(out)[0]["unknown"] is True
     refused = run_cli("predict", open_set_run, tiny_data / OTHER[0], "--unknown-accept", "1.5")

@@ -115,10 +115,11 @@ def unknown_accept_note(predictor: Predictor) -> str:
     if predictor.unknown_accept is None or not info["on"]:
         return ""
     record = predictor.loaded.open_set
+    share, own_share = predictor.unknown_accept * 100, record["accept"] * 100
     return (
         f"--unknown-accept {predictor.unknown_accept:g}: unknown below {info['score']} score "
-        f"{info['threshold']:.4g} (the model's own threshold {record['threshold']:.4g} accepts "
-        f"{record['accept']:g} of its known validation images)"
+        f"{info['threshold']:.4g}, which accepts {share:g}% of the known validation images (the model's own "
+        f"threshold: {record['threshold']:.4g}, accepting {own_share:g}%)"
     )
 
 
