@@ -81,6 +81,26 @@ def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per mo
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
+def add_open_set_flags(p: argparse.ArgumentParser) -> None:
+    """--open-set and --unknown-accept: whether images below the model's open-set threshold are "unknown",
+    and where that threshold lies."""
+    p.add_argument(
+        "--open-set",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help='answer "unknown" for images below the model\'s open-set threshold: auto: when the model has '
+        "one (default); on: required; off: never",
+    )
+    p.add_argument(
+        "--unknown-accept",
+        type=number(float, 0, 1, low_open=True),
+        default=None,
+        metavar="SHARE",
+        help="move the threshold so that this share of known validation images is accepted (default: the "
+        "model's, usually 0.95)",
+    )
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on DATA")
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
@@ -100,6 +120,15 @@ def _add_eval(sub) -> None:
         help="also score the images of DATA the model was trained on (by its run's split.csv; left out by "
         "default), their numbers apart from the held-out images'",
     )
+    p.add_argument(
+        "--unknown",
+        metavar="FOLDER",
+        default=None,
+        help="images of objects that are none of the model's classes (a folder, searched recursively): also "
+        "report how well the open-set score tells them from DATA's (AUROC, FPR at 95%% TPR, shares "
+        "rejected); a model without an open-set record is scored by its largest softmax probability",
+    )
+    add_open_set_flags(p)
     add_model_flags(p)
 
 
