@@ -232,3 +232,44 @@ def test_find_unknown_takes_a_single_image_or_a_csv(tmp_path):
     with pytest.raises(UserError, match="CSV lists no paths"):
         (tmp_path / "none.csv").write_text("path\n")
         find_unknown(OpenSetOptions(str(tmp_path / "none.csv")))
+
+
+def test_with_an_onnx_backend_the_logits_are_the_backends_and_the_scores_the_eager_models():
+    class Stub:
+        transform, temperature, loaded = None, 1.0, None
+        session = "an onnxruntime session"
+
+        def logits(self, batch):
+            return torch.full((len(batch), 3), 7.0)
+
+        def features_and_logits(self, batch):
+            return torch.ones(len(batch), 4), torch.zeros(len(batch), 3)
+
+    class Scorer(torch.nn.Module):
+        score = "energy"
+
+        def forward(self, features, logits):
+            return features.sum(dim=1) + logits.sum(dim=1)  # 4 with the eager logits, 25 with the backend's
+
+    logits, scores = ScoringPass(Stub(), None, OpenSetOptions(), Scorer()).batch_scores(
+        torch.zeros(2, 3, 8, 8)
+    )
+    assert logits.eq(7).all() and scores.tolist() == [4.0, 4.0]
+    Stub.session = None
+    logits, scores = ScoringPass(Stub(), None, OpenSetOptions(), Scorer()).batch_scores(
+        torch.zeros(2, 3, 8, 8)
+    )
+    assert logits.eq(0).all() and scores.tolist() == [4.0, 4.0]  # torch: one eager call gives both
+
+
+def test_with_training_images_scored_apart_the_open_set_numbers_are_the_held_out_images(
+    tiny_run, tiny_data, unknown_folder, tmp_path
+):
+    out = tmp_path / "ev"
+    result = run_cli(
+        "eval", tiny_run, tiny_data, "--include-train", "--unknown", unknown_folder / "noise", "--out", out
+    )
+    assert result.returncode == 0, result.stderr
+    m = eval_json(out)
+    assert m["open_set"]["known_images"] == m["images"] == m["overlap"]["held_out_images"] < 36
+    assert m["open_set"]["unknown_images"] == 4 and m["open_set"]["fallback"]
