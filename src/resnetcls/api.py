@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analysis.evaluate import evaluate_model
+from .analysis.openeval import OpenSetOptions
 from .analysis.report import write_training_report
 from .config import build_config, environment_overrides, explicit_settings
 from .config.flags import check_names, flag_doc, flag_settings
@@ -165,6 +166,7 @@ def evaluate(
     precision: str = "auto",
     backend: str = "auto",
     include_train: bool = False,
+    unknown: str | os.PathLike | None = None,
 ) -> dict:
     """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
     ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also
@@ -175,9 +177,19 @@ def evaluate(
     DATA's images the model was trained on (by its run's split.csv) are left out, said in one line on stderr
     and counted in metrics["overlap"]; when every image is one, UserError. include_train=True (eval's
     --include-train) scores them too: the headline numbers stay the held-out images', the training images'
-    are in metrics["train_images"]."""
+    are in metrics["train_images"]. unknown (eval's --unknown FOLDER): images of objects that are none of
+    the model's classes; metrics["open_set"] then says how well the model's open-set score tells them from
+    DATA's (auroc, fpr_at_95_tpr, unknown_rejected, known_rejected, accuracy_with_rejection, ...); a model
+    with an open-set threshold has metrics["open_set"] without it too."""
     return evaluate_model(
-        model, _text(data), out, batch_size, precision=precision, backend=backend, include_train=include_train
+        model,
+        _text(data),
+        out,
+        batch_size,
+        precision=precision,
+        backend=backend,
+        include_train=include_train,
+        open_set=OpenSetOptions(_text(unknown)),
     )
 
 

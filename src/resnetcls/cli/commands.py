@@ -111,6 +111,7 @@ def cmd_lifelong(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..analysis.evaluate import evaluate_model
+    from ..analysis.openeval import OpenSetOptions, open_set_lines
 
     m = evaluate_model(
         args.model,
@@ -120,6 +121,7 @@ def cmd_eval(args) -> int:
         precision=args.precision,
         backend=args.backend,
         include_train=args.include_train,
+        open_set=OpenSetOptions(args.unknown, args.open_set, args.unknown_accept),
     )
     kind = eval_images_kind(m["overlap"])
     print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
@@ -134,6 +136,8 @@ def cmd_eval(args) -> int:
             f"training images ({t['images']}): top1 {t['top1']:.4f}  top5 {t['top5']:.4f}  balanced accuracy "
             f"{t['balanced_accuracy']:.4f}  macro F1 {t['macro_f1']:.4f}  ECE {t['ece']:.4f}"
         )
+    for line in open_set_lines(m["open_set"]) if "open_set" in m else []:
+        print(line)
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
 

@@ -96,15 +96,15 @@ def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per mo
 
 
 def add_open_set_flags(p: argparse.ArgumentParser) -> None:
-    """--open-set and --unknown-accept: whether an image below the model's open-set threshold is answered
-    "unknown", and where that threshold lies."""
+    """--open-set and --unknown-accept (eval, predict and rank): whether an image below the model's open-set
+    threshold is answered "unknown", and where that threshold lies."""
     p.add_argument(
         "--open-set",
         choices=OPEN_SET_MODES,
         default="auto",
-        help='answer "unknown" for an image whose open-set score is below the model\'s threshold (an '
-        "object of none of its classes): auto = when the model has a threshold (default), on = required "
-        "(exit 2 for a model without one), off = always the top class",
+        help='answer "unknown" for images below the model\'s open-set threshold (objects of none of its '
+        "classes): auto: when the model has one (default); on: required (exit 2 for a model without one); "
+        "off: never",
     )
     p.add_argument(
         "--unknown-accept",
@@ -135,6 +135,15 @@ def _add_eval(sub) -> None:
         help="also score the images of DATA the model was trained on (by its run's split.csv; left out by "
         "default), their numbers apart from the held-out images'",
     )
+    p.add_argument(
+        "--unknown",
+        metavar="FOLDER",
+        default=None,
+        help="images of objects that are none of the model's classes (a folder, searched recursively): also "
+        "report how well the open-set score tells them from DATA's (AUROC, FPR at 95%% TPR, shares "
+        "rejected); a model without an open-set record is scored by its largest softmax probability",
+    )
+    add_open_set_flags(p)
     add_model_flags(p)
 
 
