@@ -7,7 +7,9 @@ X-Class (percent-encoded UTF-8) and X-Probability headers; explain.py), GET /hea
 OpenAPI schema at /openapi.json (browsable at /docs). /explain passes the same body, pixel and decode-budget
 admission as /predict; explanations run one at a time (a backward pass each, in fp32) on a private copy of
 the weights made at the first request, on the model thread between batches, at most --max-queue waiting,
-beyond that 503.
+beyond that 503. With open-set rejection on (--open-set; a model with an open-set threshold) /predict and each
+predicted file of /predict/batch also answer label ("unknown" below the threshold), unknown and
+open_set_score; /info's open_set says the score, threshold and accepted share.
 
 Batching policy: requests are decoded and preprocessed in parallel threads, then queued for one model
 thread. Whenever that thread is free it takes everything queued, up to --max-batch images, and runs them as
