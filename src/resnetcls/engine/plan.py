@@ -43,6 +43,7 @@ from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
+from .openset import check_open_set
 from .optim import build_loss, build_optimization
 from .prepare import (
     DataPipeline,
@@ -134,6 +135,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     found = find_run(cfg, request.out_dir, None if racing else request.resume, request.force)
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
     check_parts(found.cfg, len(splits.classes), ctx)
+    check_open_set(found.cfg.eval, splits.classes)  # a class named "unknown", the --unknown folder
     plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
