@@ -2,7 +2,8 @@
 
 make_plan() makes the data paths absolute and validates the config, checks the device, resolves the data
 splits once (the file list: nothing is decoded), finds the checkpoint to resume (refusing changed settings)
-and checks the model (its name, the pretrained weights); only then does it make the automatic choices, in
+and checks the model (its name, the pretrained weights) and the open-set settings (a class named "unknown",
+the --unknown folder: engine/openset.py); only then does it make the automatic choices, in
 this order: the auto recipe (what the user left open: engine/recipe.py), the batch size
 (`--batch-size auto`, engine/autobatch.py), the learning rate (`--lr auto`, engine/lrfind.py), the epochs that
 fit a time budget (`--time`, engine/budget.py: a short speed measurement with the real model and data, which
