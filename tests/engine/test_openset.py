@@ -138,6 +138,8 @@ def test_open_set_off_fits_nothing_and_says_so(open_set_run, tmp_path):
     assert fitted == {"fitted": False, "note": "eval.open_set=off"}
     assert {p.name: p.read_bytes() for p in (copy / "best").iterdir()} == before  # nothing written
     assert logger.lines == ["open set: not fitted (eval.open_set=off); " + openset.NEVER_UNKNOWN]
+    splits = load_splits(str(out / "split.csv"))
+    assert open_set_images(None, splits, None, EvalConfig(open_set="off"), seed=0).train is None  # no loader
 
 
 def test_too_few_val_images_fit_nothing_and_say_why(tmp_path):

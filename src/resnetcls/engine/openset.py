@@ -119,12 +119,15 @@ class OpenSetImages:
 
 def open_set_images(pipeline, splits: Splits, val_loader, eval_cfg: EvalConfig, seed: int) -> OpenSetImages:
     """The loaders of the fit, in the evaluation preprocessing (pipeline: engine/prepare.py's DataPipeline),
-    each over this rank's shard; val_loader is the run's (already sharded)."""
+    each over this rank's shard; val_loader is the run's (already sharded). None where nothing will be fitted
+    (eval.open_set=off, too few validation images)."""
+    if eval_cfg.open_set == "off" or len(splits.val) < MIN_VAL_IMAGES:
+        return OpenSetImages(None, val_loader, None, len(splits.val))
     world = distributed.world_from_env()
     capped = capped_indices(splits.train.labels, len(splits.classes), seed)
     train = pipeline.eval_loader(splits.train, capped[world.rank :: world.size])
     unknown = None
-    if eval_cfg.open_set_unknown and eval_cfg.open_set != "off":
+    if eval_cfg.open_set_unknown:
         paths = unknown_files(eval_cfg.open_set_unknown)
         samples = Samples(paths, [0] * len(paths), splits.classes)
         unknown = pipeline.eval_loader(samples, range(world.rank, len(paths), world.size))
