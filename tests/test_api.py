@@ -163,6 +163,7 @@ FLAG_VALUES = {
     "pretrained": "weights.safetensors",
     "precision": "fp32",
     "auto_recipe": False,
+    "unknown": "things",
 }
 
 
