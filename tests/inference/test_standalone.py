@@ -173,3 +173,22 @@ def test_the_threshold_and_its_quantiles_round_trip_through_the_file(open_set_ba
     assert moved.threshold == threshold_for(record["quantiles"], 0.9)
     assert moved.threshold == Predictor(model, backend="torch", unknown_accept=0.9).threshold
     assert Predictor(bare, backend="onnxruntime", open_set="off").threshold is None
+
+
+def test_the_documented_open_set_snippet_answers_unknown_as_the_predictor_does(
+    open_set_bare, tmp_path, monkeypatch
+):
+    _, bare, check = open_set_bare
+    section = DOC.read_text().split("### Without resnetcls", 1)[1]
+    first, second = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    assert "open_set_score" in second and 'meta["open_set"]' in second
+    shutil.copy(bare, tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    predictor = Predictor(bare, backend="onnxruntime")
+    for photo in check[:3] + check[-3:]:  # known-looking and flower photographs
+        shutil.copy(photo, tmp_path / "photo.jpg")
+        scope: dict = {}
+        exec(compile(first + second, str(DOC), "exec"), scope)
+        [ours] = predictor.predict(photo)
+        assert scope["label"] == ours.label
+        assert abs(float(scope["score"]) - ours.open_set_score) <= 1e-4 * max(1.0, abs(ours.open_set_score))
