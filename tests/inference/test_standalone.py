@@ -4,6 +4,7 @@ it lacks, and the export guide's ONNX-Runtime-only snippets (docs/guides/export.
 predictions; a file exported from a model with an open-set score rejects the images its model directory
 rejects, with the threshold it carries, in both runtimes."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -192,3 +193,15 @@ def test_the_documented_open_set_snippet_answers_unknown_as_the_predictor_does(
         [ours] = predictor.predict(photo)
         assert scope["label"] == ours.label
         assert abs(float(scope["score"]) - ours.open_set_score) <= 1e-4 * max(1.0, abs(ours.open_set_score))
+
+
+def test_a_bad_open_set_record_in_the_metadata_is_refused_naming_the_field(bare, tmp_path):
+    proto = onnx.load(str(bare))
+    record = {"score": "knn", "threshold": 0.5, "accept": 0.95, "quantiles": [0.1, 0.2], "k": 5}
+    proto.metadata_props.add(key="open_set", value=json.dumps({**record, "file": "open_set.safetensors"}))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(proto, str(edited))
+    with pytest.raises(
+        UserError, match=r"edited.onnx: open_set.quantiles must be 101 non-decreasing numbers"
+    ):
+        load_onnx_file(edited)

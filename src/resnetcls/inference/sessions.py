@@ -310,13 +310,13 @@ def _staleness(meta: dict[str, str], loaded: LoadedModel) -> str | None:
         return "from other weights"
     if exported_temperature(meta) != loaded.temperature:
         return f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}"
-    if meta.get("open_set") != export_metadata(loaded.meta).get("open_set"):
-        return "with another open-set score" if "open_set" in meta else "without the model's open-set score"
-    return None
-
-
-def _is_current(meta: dict[str, str], loaded: LoadedModel) -> bool:
-    return _staleness(meta, loaded) is None
+    if meta.get("open_set") == export_metadata(loaded.meta).get("open_set"):
+        return None
+    if "open_set" not in meta:
+        return "without the model's open-set score"
+    if loaded.open_set is None:
+        return "with an open-set score model.json does not have"
+    return "with another open-set score"
 
 
 def onnx_session_for(
