@@ -165,6 +165,7 @@ FLAG_VALUES = {
     "pretrained": "weights.safetensors",
     "precision": "fp32",
     "auto_recipe": False,
+    "unknown": "things",
 }
 
 

@@ -2,7 +2,8 @@
 
 make_plan() makes the data paths absolute and validates the config, checks the device, resolves the data
 splits once (the file list: nothing is decoded), finds the checkpoint to resume (refusing changed settings)
-and checks the model (its name, the pretrained weights); only then does it make the automatic choices, in
+and checks the model (its name, the pretrained weights) and the open-set settings (a class named "unknown",
+the --unknown folder: engine/openset.py); only then does it make the automatic choices, in
 this order: the auto recipe (what the user left open: engine/recipe.py), the batch size
 (`--batch-size auto`, engine/autobatch.py), the learning rate (`--lr auto`, engine/lrfind.py), the epochs that
 fit a time budget (`--time`, engine/budget.py: a short speed measurement with the real model and data, which
@@ -43,6 +44,7 @@ from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
+from .openset import check_open_set
 from .optim import build_loss, build_optimization
 from .prepare import (
     DataPipeline,
@@ -134,6 +136,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     found = find_run(cfg, request.out_dir, None if racing else request.resume, request.force)
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
     check_parts(found.cfg, len(splits.classes), ctx)
+    check_open_set(found.cfg.eval, splits.classes)  # a class named "unknown", the --unknown folder
     plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))

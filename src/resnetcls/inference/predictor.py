@@ -32,8 +32,10 @@ from .sessions import (
     onnx_file_current,
     onnx_logits,
     onnx_probabilities,
+    onnx_scored_probabilities,
     onnx_session,
     onnx_session_for,
+    require_open_set_output,
 )
 from .standalone import OnnxModel, is_onnx_file, load_onnx_file, standalone_backend
 
@@ -85,7 +87,9 @@ def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: t
     CPUs, eager bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in
     memory would cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit
     --precision keeps torch. int8 is never chosen by auto: it changes results slightly, so it is asked for by
-    name."""
+    name. A model.onnx exported before the model's open-set score was fitted is not current: auto runs torch,
+    which rejects unknown images as the model directory asks, rather than a faster file that cannot (a note
+    says to re-export it); an explicit onnxruntime or openvino backend exports in memory instead."""
     if backend != "auto":
         return backend
     if device.type != "cpu" or precision != "auto":
@@ -182,6 +186,8 @@ class Predictor:
             self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
         self.threshold = open_set_threshold(self.loaded, open_set, unknown_accept)
         self.unknown_accept = unknown_accept
+        if self.threshold is not None and self.session is not None:  # rejection needs the file's score
+            require_open_set_output(self.session, self.loaded, int8=backend.endswith("-int8"))
 
     def _session(self, backend: str, precision: str):
         runtime = backend.removesuffix("-int8")
@@ -210,9 +216,7 @@ class Predictor:
     def open_set_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         """The model's open-set scores (N,) of pooled features and raw logits (features_and_logits), or None
         when rejection is off."""
-        if self.threshold is None:
-            return None
-        return self.loaded.scorer.to("cpu")(features, logits)
+        return None if self.threshold is None else self.loaded.scorer.to("cpu")(features, logits)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -244,9 +248,11 @@ class Predictor:
     def scored_probabilities(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, 3, S, S) preprocessed images -> calibrated probabilities (N, classes) and the open-set scores
         (N,) of the model's scorer (utils/openset.py; higher = more like a known class), or None for a model
-        without one."""
+        without one. An ONNX backend runs the file's open_set_score output (None when it has none)."""
+        if self.session is not None:
+            return onnx_scored_probabilities(self.session, batch)
         scorer = getattr(self.loaded, "scorer", None)
-        if scorer is None or self.session is not None:
+        if scorer is None:
             return self.probabilities(batch), None
         features, logits = self.features_and_logits(batch)
         return calibrated_probabilities(logits, self.temperature), scorer.to("cpu")(features, logits)
