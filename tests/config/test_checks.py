@@ -138,3 +138,10 @@ def test_open_set_takes_every_score_auto_and_the_word_off():
     assert build_config(overrides=["eval.open_set=off"]).eval.open_set == "off"  # YAML reads off as false
     assert build_config(overrides=["eval.open_set=mahalanobis"]).eval.open_set == "mahalanobis"
     assert build_config().eval.open_set == "auto" and build_config().eval.open_set_accept == 0.95
+
+
+def test_serve_open_set_takes_the_words_on_and_off_unquoted(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve:\n  open_set: off\n")
+    assert build_config(config).serve.open_set == "off"
+    assert build_config(overrides=["serve.open_set=on"]).serve.open_set == "on"

@@ -108,7 +108,7 @@ def _unknown_key(key: str, cfg: Config, source: str) -> UserError:
 
 
 # Text keys that take the word "off": YAML reads `--set eval.open_set=off` as false.
-WORD_KEYS = ("eval.open_set",)
+WORD_KEYS = ("eval.open_set", "serve.open_set")
 
 
 def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
