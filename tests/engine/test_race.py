@@ -177,6 +177,42 @@ def test_the_race_picks_a_winner_deterministically_and_a_stopped_race_resumes_to
     check_the_race(done, whole.stderr, tmp_path / "whole")
 
 
+def test_a_race_stopped_without_out_is_found_by_resume_latest_and_resume_auto(
+    photos, tmp_path, fake_machine, monkeypatch
+):
+    """A run without --out stopped during its race (race.json, no checkpoint of the run's own): --resume
+    latest continues that race in runs/train, and so does `train DATA --resume auto`, to its end; no new run
+    folder is made."""
+    real, calls, stop_after = race.run_rung, [], [4]
+
+    def stopped_by_a_kill(plan, entry, target, hooks):
+        calls.append(target)
+        if len(calls) > stop_after[0]:
+            raise TrainingInterrupted(str(plan.run_dir))
+        return real(plan, entry, target, hooks)
+
+    monkeypatch.setattr(race, "run_rung", stopped_by_a_kill)
+    assert run_cli("train", photos, *RACE, cwd=tmp_path).returncode == 130  # after the first rung
+    run = tmp_path / "runs" / "train"
+    assert [len(rung) for rung in json.loads((run / "race.json").read_text())["scores"]] == [4]
+    assert not (run / "checkpoints").exists()
+    stop_after[0] = len(calls) + 1  # the next run scores one candidate of the second rung, then is killed
+    latest = run_cli("train", "--resume", "latest", *CPU, cwd=tmp_path)
+    assert latest.returncode == 130, latest.stderr
+    assert [len(rung) for rung in json.loads((run / "race.json").read_text())["scores"]] == [4, 1]
+    monkeypatch.setattr(race, "run_rung", real)
+    auto = run_cli("train", photos, *RACE, "--resume", "auto", cwd=tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    assert "starting a new run" not in auto.stderr and "run folder" not in auto.stderr
+    resumed = (
+        f"resuming {Path('runs', 'train', 'race')}"  # a candidate of the second rung, from its checkpoint
+    )
+    assert resumed in auto.stderr and "race: heavy 48px" in auto.stderr
+    saved = finished(run)["race"]
+    assert [len(rung) for rung in saved["scores"]] == [4, 2] and saved["winner"] in saved["scores"][1]
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["latest", "train"]
+
+
 def check_the_race(done: dict, stderr: str, run: Path) -> None:
     """Every candidate's score in the race line, race.json and metrics.jsonl; the winner's values as the
     run's config; its race epochs kept (the run's epochs count on from them)."""

@@ -18,7 +18,7 @@ How (run_race): each candidate is an ordinary run in RUN/race/NAME (config.yaml,
 is the checkpoint's); a rung trains it to its step target (a checkpoint there), then it is scored on the
 validation split (top-1 of the shipped model; the lower loss breaks a tie). RUN/race.json keeps the plan,
 every score and the winner, written after each one: a run killed during the race resumes it where it was
-(`--resume RUN`). The
+(`--resume RUN`; for a run without --out, --resume latest or --resume auto finds it: engine/rundir.py). The
 winner's last checkpoint, metrics and best model are copied into RUN, whose config.yaml then holds the
 winner's values, and the run resumes from there to the end of the winner's schedule.
 """
