@@ -26,6 +26,7 @@ from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from ..utils.openset import UNKNOWN, threshold_for
 from ..utils.progress import progress_bar
+from .addclass import TuneSettings, add_class
 from .inputs import ImageInput, input_name, to_items
 from .sessions import (
     int8_session_for,
@@ -195,6 +196,19 @@ class Predictor:
             f"Predictor(model={str(self.loaded.path)!r}, classes={len(self.classes)}, "
             f"backend={self.backend!r}, precision={self.precision!r})"
         )
+
+    def add_class(
+        self, name: str, photos, out: str | os.PathLike, seed: int = 0, force: bool = False
+    ) -> Predictor:
+        """A Predictor on a new model directory `out`: this model taught class `name` from `photos` (files,
+        folders, globs or CSV lists) in seconds, without retraining the network (addclass.add_class)."""
+        if self.model is None:
+            raise UserError(
+                f"{self.loaded.path}: a bare ONNX file cannot learn a class; use its model directory"
+            )
+        settings = TuneSettings(seed=seed)
+        path = add_class(self.loaded.path, name, photos, out, settings=settings, force=force)
+        return Predictor(path, device=self.device.type)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
