@@ -243,7 +243,7 @@ def _add_class_edits(sub) -> None:
     p.add_argument(
         "--steps",
         type=number(int, 0, 100_000),
-        default=200,
+        default=100,  # addclass.DEFAULT_STEPS (not imported: the parsers load no torch)
         help="Adam steps tuning the head after imprinting",
     )
     p.add_argument("--force", action="store_true", help="replace --out when it exists and is not empty")
