@@ -1,11 +1,13 @@
 """Adding a class from a few photos (`resnetcls add-class`): how well the new object is recognised on views
 it was not taught from, what it costs the old classes, and how long an add takes.
 
-The model: a run trained on COIL-100 objects 1-40 (their train poses of the pose split), e.g.
+The model: a run trained on COIL-100 objects 1-40 (the train poses of the pose split; its val poses are the
+run's validation images), e.g.
 
-    awk -F, 'NR == 1 || ($2 <= "obj040" && $2 != "")' ../shared/data/coil100-a/pose-split.csv \\
-        | sed 's|^obj|../shared/data/coil100-a/obj|' > coil40.csv
-    resnetcls train coil40.csv --time 3m --out runs/coil40
+    root=$(realpath ../shared/data/coil100-a)
+    awk -F, -v OFS=, -v root="$root" 'NR == 1 {print $1, $2, $3; next}
+        $2 <= "obj040" {print root "/" $1, $2, $3}' "$root/pose-split.csv" > coil40.csv
+    resnetcls train coil40.csv --model resnet18 --image-size 48 --epochs 8 --seed 0 --out runs/coil40
     python bench/add_class.py --run runs/coil40 --split ../shared/data/coil100-a/pose-split.csv
 
 Objects 41-50 are then added one at a time, each to the trained model on its own, from 1, 5 and 20 photos
