@@ -7,7 +7,8 @@ run's validation images), e.g.
     root=$(realpath ../shared/data/coil100-a)
     awk -F, -v OFS=, -v root="$root" 'NR == 1 {print $1, $2, $3; next}
         $2 <= "obj040" {print root "/" $1, $2, $3}' "$root/pose-split.csv" > coil40.csv
-    resnetcls train coil40.csv --model resnet18 --image-size 48 --epochs 8 --seed 0 --out runs/coil40
+    resnetcls train coil40.csv --config default --model resnet18 --image-size 48 --epochs 8 --seed 0 \\
+        --out runs/coil40
     python bench/add_class.py --run runs/coil40 --split ../shared/data/coil100-a/pose-split.csv
 
 Objects 41-50 are then added one at a time, each to the trained model on its own, from 1, 5 and 20 photos
