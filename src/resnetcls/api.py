@@ -32,9 +32,10 @@ from .engine.rundir import where_to_train
 from .engine.train import saved_run_config
 from .engine.train import train as train_engine
 from .errors import UserError
+from .inference import addclass
 from .records.tracking import log_run_artifacts
 
-__all__ = ["Run", "evaluate", "load_run", "train"]
+__all__ = ["Run", "add_class", "evaluate", "load_run", "remove_class", "train"]
 
 # train()'s own keywords; the others are the train flags of config/flags.py.
 API_KEYWORDS = ("data", "out", "resume", "force", "config", "set", "report")
@@ -191,6 +192,37 @@ def evaluate(
         include_train=include_train,
         open_set=OpenSetOptions(_text(unknown)),
     )
+
+
+def add_class(
+    model: str | os.PathLike,
+    name: str,
+    photos: addclass.Photos,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int = addclass.DEFAULT_STEPS,
+    seconds: float | None = addclass.DEFAULT_SECONDS,
+    force: bool = False,
+) -> Path:
+    """`resnetcls add-class MODEL NAME PHOTOS... --out OUT` as a function: writes to `out` a copy of the model
+    (a model or run directory) that also knows class `name`, taught from `photos` (image files, folders,
+    globs or CSV lists, as predict takes them) in seconds without retraining the network, and returns the
+    new model directory. The head row is imprinted from the photos' features, then the head alone is tuned
+    for `steps` Adam steps (stopping sooner past `seconds`; None: no cap) against features drawn from the
+    old classes' stored statistics, so they are not forgotten; `seed` makes it reproducible. The open-set
+    score grows by the new class; its threshold and the calibration are kept. UserError for a name already a
+    class or "unknown", no readable photo, an existing non-empty `out` (unless force=True), or a model
+    trained by an older resnetcls (no per-class feature statistics: retrain it)."""
+    settings = addclass.TuneSettings(steps=steps, seconds=seconds, seed=seed)
+    return addclass.add_class(model, name, photos, out, settings=settings, force=force)
+
+
+def remove_class(model: str | os.PathLike, name: str, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """`resnetcls remove-class MODEL NAME --out OUT` as a function: writes to `out` a copy of the model
+    without class `name` (its head row and open-set rows dropped) and returns it. UserError for a name that
+    is not a class (naming the closest one), or when fewer than two classes would remain."""
+    return addclass.remove_class(model, name, out, force=force)
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 
 def cmd_train(args) -> int:
@@ -233,6 +234,33 @@ def _export_int8(args, to: str) -> int:
     return 0
 
 
+def cmd_add_class(args) -> int:
+    from ..api import add_class
+
+    start = time.perf_counter()
+    out = add_class(
+        args.model, args.name, args.photos, args.out, seed=args.seed, steps=args.steps, force=args.force
+    )
+    print(edited_line(out, time.perf_counter() - start))
+    return 0
+
+
+def cmd_remove_class(args) -> int:
+    from ..api import remove_class
+
+    start = time.perf_counter()
+    out = remove_class(args.model, args.name, args.out, force=args.force)
+    print(edited_line(out, time.perf_counter() - start))
+    return 0
+
+
+def edited_line(model_dir, seconds: float) -> str:
+    """add-class's and remove-class's one line on stdout: the new model directory, its classes, the time."""
+    from ..records.modelfile import read_meta
+
+    return f"wrote {model_dir} ({len(read_meta(model_dir)['classes'])} classes) in {seconds:.1f} s"
+
+
 def serve_settings(args):
     """serve's ServeSettings, host, port and workers: the config's serve: section (defaults <- --config FILE
     <- --set serve.KEY=VALUE) with every option given on the command line on top, and RESNETCLS_SET over
@@ -330,6 +358,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "export": cmd_export,
     "serve": cmd_serve,
+    "add-class": cmd_add_class,
+    "remove-class": cmd_remove_class,
     "env": cmd_env,
     "weights": cmd_weights,
 }

@@ -1,5 +1,6 @@
 """The parsers of the commands that use a trained model: eval, predict and rank (one --backend, --precision
-and --batch-size vocabulary), export and serve (whose options are also the config's serve: section)."""
+and --batch-size vocabulary), export and serve (whose options are also the config's serve: section),
+add-class and remove-class."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ BACKEND_HELP = (
     "onnxruntime-int8, openvino-int8 (model.int8.onnx, see export --int8)"
 )
 INFERENCE_BATCH = 32  # --batch-size of eval, predict and rank
-# --open-set of predict, rank and serve (inference/predictor.py's OPEN_SET_MODES; repeated so that --help
+# --open-set of predict, rank and serve (utils/openset.py's OPEN_SET_MODES; repeated so that --help
 # loads no torch, as config/checks.py's BACKENDS are)
 OPEN_SET_MODES = ("auto", "on", "off")
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -269,7 +270,38 @@ def _add_serve(sub) -> None:
     add_config_flags(p, "serve, or deploy.yaml with a serve: section")
 
 
+def _add_class_edits(sub) -> None:
+    p = sub.add_parser(
+        "add-class",
+        help="teach MODEL a new class from a few photos in seconds, without retraining (a new model "
+        "directory)",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("name", metavar="NAME", help="the new class's name")
+    p.add_argument(
+        "photos",
+        metavar="PHOTOS",
+        nargs="+",
+        help="photos of it: image files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument("--out", metavar="NEW_MODEL", required=True, help="the model directory to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's tuning (same seed, same model)")
+    p.add_argument(
+        "--steps",
+        type=number(int, 0, 100_000),
+        default=100,  # addclass.DEFAULT_STEPS (not imported: the parsers load no torch)
+        help="Adam steps tuning the head after imprinting",
+    )
+    p.add_argument("--force", action="store_true", help="replace --out when it exists and is not empty")
+    p = sub.add_parser("remove-class", help="a copy of MODEL without one of its classes")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("name", metavar="NAME", help="the class to remove")
+    p.add_argument("--out", metavar="NEW_MODEL", required=True, help="the model directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out when it exists and is not empty")
+
+
 def add_deploy_commands(sub) -> None:
-    """export and serve, in that order."""
+    """export, serve, add-class and remove-class, in that order."""
     _add_export(sub)
     _add_serve(sub)
+    _add_class_edits(sub)

@@ -127,7 +127,7 @@ def unknown_accept_note(predictor: Predictor) -> str:
 class PredictOptions:
     """What `predict` computes and prints, apart from how the model runs (backend, precision): the top-k
     classes, the output format, the batch size, flip TTA, the folder of Grad-CAM overlays (--explain), and
-    open-set rejection (--open-set auto|on|off, --unknown-accept SHARE: predictor.open_set_threshold)."""
+    open-set rejection (--open-set auto|on|off, --unknown-accept SHARE: utils.openset.open_set_threshold)."""
 
     topk: int = 5
     fmt: str = "table"

@@ -24,8 +24,9 @@ from ..errors import UserError
 from ..records.modelfile import LoadedModel, load_model_dir
 from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
-from ..utils.openset import UNKNOWN, threshold_for
+from ..utils.openset import UNKNOWN, open_set_threshold
 from ..utils.progress import progress_bar
+from .addclass import TuneSettings, add_class
 from .inputs import ImageInput, input_name, to_items
 from .sessions import (
     int8_session_for,
@@ -44,7 +45,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "ope
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
 ERRORS = ("raise", "return")
-OPEN_SET_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -96,27 +96,6 @@ def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: t
         return "torch"
     exported = auto_exported_backend()  # first: reading model.onnx's metadata parses the whole file
     return exported if exported != "torch" and onnx_file_current(loaded) else "torch"
-
-
-def open_set_threshold(loaded, open_set: str, unknown_accept: float | None) -> float | None:
-    """The score below which an image is "unknown", or None when rejection is off. open_set "auto": on when
-    the model has an open-set record (model.json "open_set"), "on": required, "off": never. unknown_accept
-    moves the operating point: the share of known validation images accepted (else the record's `accept`)."""
-    if open_set not in OPEN_SET_MODES:
-        raise UserError(f"--open-set {open_set!r}: expected one of {', '.join(OPEN_SET_MODES)}")
-    if unknown_accept is not None and not 0 < unknown_accept <= 1:
-        raise UserError(f"--unknown-accept {unknown_accept}: expected a share in (0, 1], such as 0.95")
-    record = getattr(loaded, "open_set", None)
-    if open_set == "off" or (record is None and open_set == "auto"):
-        return None
-    if record is None:
-        raise UserError(
-            f"{loaded.path}: --open-set on, but the model has no open-set threshold (model.json has no "
-            f"open_set record: a model trained by an older resnetcls); retrain it, or use --open-set off"
-        )
-    if unknown_accept is None:
-        return float(record["threshold"])
-    return threshold_for(record["quantiles"], unknown_accept)
 
 
 def _decode_threads() -> int:
@@ -217,6 +196,19 @@ class Predictor:
         """The model's open-set scores (N,) of pooled features and raw logits (features_and_logits), or None
         when rejection is off."""
         return None if self.threshold is None else self.loaded.scorer.to("cpu")(features, logits)
+
+    def add_class(
+        self, name: str, photos, out: str | os.PathLike, seed: int = 0, force: bool = False
+    ) -> Predictor:
+        """A Predictor on a new model directory `out`: this model taught class `name` from `photos` (files,
+        folders, globs or CSV lists) in seconds, without retraining the network (addclass.add_class)."""
+        if self.model is None:
+            raise UserError(
+                f"{self.loaded.path}: a bare ONNX file cannot learn a class; use its model directory"
+            )
+        settings = TuneSettings(seed=seed)
+        path = add_class(self.loaded.path, name, photos, out, settings=settings, force=force)
+        return Predictor(path, device=self.device.type)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
