@@ -60,7 +60,10 @@ def test_a_bare_file_predicts_as_its_model_directory(model_dir, bare, photo):
     beside = Predictor(model_dir, backend="onnxruntime")
     assert alone.classes == CLASSES and alone.model is None and alone.precision == "fp32"
     assert alone.temperature == 0.5 and alone.loaded.meta["calibration"]["temperature"] == 0.5
-    assert repr(alone) == f"Predictor(model='{bare}', classes=3, backend='onnxruntime', precision='fp32')"
+    assert (
+        repr(alone)
+        == f"Predictor(model='{bare}', classes=3, backend='onnxruntime', precision='fp32', open_set='off')"
+    )
     [a], [b] = alone.predict(photo), beside.predict(photo)
     assert [c for c, _ in a.top] == [c for c, _ in b.top]
     assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-6)
