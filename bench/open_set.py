@@ -1,15 +1,21 @@
 """Which open-set score to ship by default: unknown-object rejection quality and its cost per image.
 
-    python bench/open_set.py --work bench-runs --seeds 0 1
+    OMP_NUM_THREADS=1 python bench/open_set.py --work runs/open-set
+    OMP_NUM_THREADS=1 python bench/open_set.py --work runs/open-set-trained --time "" \
+        --train-args "--config default --model resnet18 --image-size 48 --epochs 8"
 
-First, per seed, trains `resnetcls train CSV --time 4m --seed S` on COIL-100 objects 1-40 with the viewpoint
-split (a run folder that already has best/ is reused). Then, per seed, loads best/ at fp32 and takes pooled
-features and logits of the training images (eval preprocessing), the unseen-pose val images of objects 1-40
-(known), all val-pose images of objects 41-50 (near unknowns: the same turntable, black background and
-camera) and flowers12/test + hymenoptera/val (far unknowns: natural photographs). For each score it fits the
-scorer on the training features and prints AUROC and FPR@95 for near and far unknowns, then the mean over
-seeds with FPR@95 as a ratio of max-softmax's. Cost: the network's forward at batch 1 and 32 (median of
-repeats after warm-up) and each score's extra time on top of it. The header names the machine.
+First, per seed, trains `resnetcls train CSV --time 4m --seed S` (or with --time/--train-args as given) on
+COIL-100 objects 1-40 with the viewpoint split into WORK/coil40-seedS (a run folder that already has best/ is
+reused). Then, per seed, loads best/ at fp32 and takes pooled features and logits of the training images
+(eval preprocessing), the unseen-pose val images of objects 1-40 (known), all val-pose images of objects 41-50
+(near unknowns: the same turntable, black background and camera) and flowers12/test + hymenoptera/val (far
+unknowns: natural photographs). For each score it fits the scorer on the training features (temperature from
+the model's calibration) and prints AUROC and FPR@95 for near and far unknowns, then the mean over seeds with
+FPR@95 as a ratio of max-softmax's, and variants: other knn k, other mahalanobis shrinkage, and scorers fitted
+on every other training view only. Cost: the network's forward at batch 1 and 32 (median of repeats after
+warm-up) and each score's extra time on top of it, against the fp32 and the auto-precision forward. The
+header names the machine (`resnetcls env`'s CPU line) and the date. On a CPU shared with other jobs,
+OMP_NUM_THREADS=1 keeps OpenMP threads from spinning against them.
 """
 
 from __future__ import annotations
