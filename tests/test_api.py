@@ -13,7 +13,9 @@ from PIL import Image
 import resnetcls
 from resnetcls.data.decode import DecodeError
 from resnetcls.errors import UserError
+from resnetcls.utils.openset import threshold_for
 from tests.conftest import run_cli
+from tests.inference.test_command import KNOWN, OTHER, open_set_model
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 TINY_SET = {"model.width": 8, "data.num_workers": 0, "optim.lr": 0.01, "train.auto_recipe": False}
@@ -163,6 +165,7 @@ FLAG_VALUES = {
     "pretrained": "weights.safetensors",
     "precision": "fp32",
     "auto_recipe": False,
+    "unknown": "things",
 }
 
 
@@ -220,3 +223,34 @@ def test_train_reads_resnetcls_set_as_the_command_line_does(monkeypatch, tmp_pat
     assert (
         str(caught.value) == "RESNETCLS_SET: unknown config key 'train.epoch'; did you mean 'train.epochs'?"
     )
+
+
+@pytest.fixture(scope="module")
+def open_set(tiny_run, tiny_data, tmp_path_factory):
+    return open_set_model(tiny_run, tiny_data, tmp_path_factory.mktemp("api-open-set") / "model")
+
+
+def test_load_answers_unknown_as_predict_does_and_says_so_in_its_repr(open_set, tiny_data):
+    images = [tiny_data / KNOWN[0], tiny_data / OTHER[0]]
+    predictor = resnetcls.load(open_set)
+    threshold = predictor.threshold
+    assert repr(predictor).endswith(f", open_set='knn below {threshold:.4g}')")
+    answers = predictor.predict(images)
+    assert [(p.label, p.unknown) for p in answers] == [("red", False), ("unknown", True)]
+    assert repr(answers[1]).startswith(f"Prediction('{images[1]}': unknown (score ")
+    cli = run_cli("predict", open_set, *images, "--format", "json")
+    assert [p.to_dict() for p in answers] == json.loads(cli.stdout)  # the API mirrors the CLI
+    off = resnetcls.load(open_set, open_set="off")
+    assert repr(off).endswith("open_set='off')") and [p.label for p in off.predict(images)] == [
+        "red",
+        "green",
+    ]
+    moved = resnetcls.load(open_set, unknown_accept=0.5)
+    assert moved.open_set_info() == {
+        "on": True,
+        "score": "knn",
+        "threshold": threshold_for(moved.loaded.open_set["quantiles"], 0.5),
+        "accept": 0.5,
+    }
+    with pytest.raises(UserError, match="--unknown-accept 0: expected a share in"):
+        resnetcls.load(open_set, unknown_accept=0)

@@ -2,7 +2,8 @@
 
 The Python API: resnetcls.train(...) -> Run, resnetcls.evaluate(model, data) -> dict,
 resnetcls.load(run or model directory, or model.onnx) -> Predictor, whose .predict(paths, PIL images, numpy
-arrays or torch tensors) gives Predictions (see api.py and README "Python API").
+arrays or torch tensors) gives Predictions (see api.py and README "Python API"); resnetcls.add_class(model,
+name, photos, out) and resnetcls.remove_class(model, name, out) -> the new model directory.
 """
 
 import importlib
@@ -26,6 +27,8 @@ _LAZY = {
     "evaluate": "api",
     "Run": "api",
     "load_run": "api",
+    "add_class": "api",
+    "remove_class": "api",
     "Predictor": "inference.predictor",
     "load": "inference.predictor",
 }

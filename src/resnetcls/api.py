@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analysis.evaluate import evaluate_model
+from .analysis.openeval import OpenSetOptions
 from .analysis.report import write_training_report
 from .config import build_config, environment_overrides, explicit_settings
 from .config.flags import check_names, flag_doc, flag_settings
@@ -31,9 +32,10 @@ from .engine.rundir import where_to_train
 from .engine.train import saved_run_config
 from .engine.train import train as train_engine
 from .errors import UserError
+from .inference import addclass
 from .records.tracking import log_run_artifacts
 
-__all__ = ["Run", "evaluate", "load_run", "train"]
+__all__ = ["Run", "add_class", "evaluate", "load_run", "remove_class", "train"]
 
 # train()'s own keywords; the others are the train flags of config/flags.py.
 API_KEYWORDS = ("data", "out", "resume", "force", "config", "set", "report")
@@ -165,6 +167,7 @@ def evaluate(
     precision: str = "auto",
     backend: str = "auto",
     include_train: bool = False,
+    unknown: str | os.PathLike | None = None,
 ) -> dict:
     """`resnetcls eval MODEL DATA` as a function: the metrics dict (top1, top5, balanced_accuracy, macro_f1,
     ece, per_class, confusion_matrix (None above 100 classes: out/confusion_matrix.csv has it), ...), also
@@ -175,10 +178,51 @@ def evaluate(
     DATA's images the model was trained on (by its run's split.csv) are left out, said in one line on stderr
     and counted in metrics["overlap"]; when every image is one, UserError. include_train=True (eval's
     --include-train) scores them too: the headline numbers stay the held-out images', the training images'
-    are in metrics["train_images"]."""
+    are in metrics["train_images"]. unknown (eval's --unknown FOLDER): images of objects that are none of
+    the model's classes; metrics["open_set"] then says how well the model's open-set score tells them from
+    DATA's (auroc, fpr_at_95_tpr, unknown_rejected, known_rejected, accuracy_with_rejection, ...); a model
+    with an open-set threshold has metrics["open_set"] without it too."""
     return evaluate_model(
-        model, _text(data), out, batch_size, precision=precision, backend=backend, include_train=include_train
+        model,
+        _text(data),
+        out,
+        batch_size,
+        precision=precision,
+        backend=backend,
+        include_train=include_train,
+        open_set=OpenSetOptions(_text(unknown)),
     )
+
+
+def add_class(
+    model: str | os.PathLike,
+    name: str,
+    photos: addclass.Photos,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int = addclass.DEFAULT_STEPS,
+    seconds: float | None = addclass.DEFAULT_SECONDS,
+    force: bool = False,
+) -> Path:
+    """`resnetcls add-class MODEL NAME PHOTOS... --out OUT` as a function: writes to `out` a copy of the model
+    (a model or run directory) that also knows class `name`, taught from `photos` (image files, folders,
+    globs or CSV lists, as predict takes them) in seconds without retraining the network, and returns the
+    new model directory. The head row is imprinted from the photos' features, then the head alone is tuned
+    for `steps` Adam steps (stopping sooner past `seconds`; None: no cap) against features drawn from the
+    old classes' stored statistics, so they are not forgotten; `seed` makes it reproducible. The open-set
+    score grows by the new class; its threshold and the calibration are kept. UserError for a name already a
+    class or "unknown", no readable photo, an existing non-empty `out` (unless force=True), or a model
+    trained by an older resnetcls (no per-class feature statistics: retrain it)."""
+    settings = addclass.TuneSettings(steps=steps, seconds=seconds, seed=seed)
+    return addclass.add_class(model, name, photos, out, settings=settings, force=force)
+
+
+def remove_class(model: str | os.PathLike, name: str, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """`resnetcls remove-class MODEL NAME --out OUT` as a function: writes to `out` a copy of the model
+    without class `name` (its head row and open-set rows dropped) and returns it. UserError for a name that
+    is not a class (naming the closest one), or when fewer than two classes would remain."""
+    return addclass.remove_class(model, name, out, force=force)
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

@@ -1,14 +1,17 @@
 """`resnetcls rank`: uncertainty scores, the diverse pick, the manifest it writes, and training on it."""
 
 import csv
+import json
 import math
 import shutil
 
+import pytest
 import torch
 
 import resnetcls.analysis.rank
 from resnetcls.analysis.rank import TopPool, k_center_greedy, pick_order, uncertainty
 from tests.conftest import TINY, run_cli
+from tests.inference.test_command import KNOWN, OTHER, open_set_model
 
 
 def test_margin_and_entropy_order_hand_made_probabilities():
@@ -178,3 +181,44 @@ def test_rank_runs_the_exported_model_with_backend_onnxruntime(tiny_run, tiny_da
     (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
     changed = run_cli("rank", model, pool, "--out", tmp_path / "x.csv", "--backend", "onnxruntime")
     assert changed.returncode == 2 and f"{model / 'model.onnx'}: sha256 does not match" in changed.stderr
+
+
+@pytest.fixture(scope="module")
+def open_set(tiny_run, tiny_data, tmp_path_factory):
+    return open_set_model(tiny_run, tiny_data, tmp_path_factory.mktemp("rank-open-set") / "model")
+
+
+def test_rank_reports_open_set_scores_and_unknowns_without_changing_the_order(
+    open_set, tiny_run, tiny_data, tmp_path
+):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for name in KNOWN[:2] + OTHER[:2]:
+        shutil.copy(tiny_data / name, folder / name.replace("/", "-"))
+    assert run_cli("rank", open_set, folder, "--out", tmp_path / "on.csv").returncode == 0
+    assert run_cli("rank", tiny_run, folder, "--out", tmp_path / "plain.csv").returncode == 0
+    rows, plain = read_rows(tmp_path / "on.csv"), read_rows(tmp_path / "plain.csv")
+    assert list(rows[0]) == [
+        "path",
+        "label",
+        "guess",
+        "guess_prob",
+        "uncertainty",
+        "open_set_score",
+        "unknown",
+    ]
+    assert [r["path"] for r in rows] == [r["path"] for r in plain]  # the ranking stays the uncertainty's
+    assert {r["path"]: r["unknown"] for r in rows} == {
+        "pool/red-4.jpg": "false",
+        "pool/red-5.jpg": "false",
+        "pool/green-0.jpg": "true",
+        "pool/green-1.jpg": "true",
+    }
+    threshold = json.loads((open_set / "model.json").read_text())["open_set"]["threshold"]
+    assert all((float(r["open_set_score"]) < threshold) == (r["unknown"] == "true") for r in rows)
+    off = run_cli("rank", open_set, folder, "--out", tmp_path / "off.csv", "--open-set", "off")
+    assert off.returncode == 0 and list(read_rows(tmp_path / "off.csv")[0]) == list(plain[0])
+    moved = run_cli("rank", open_set, folder, "--out", tmp_path / "m.csv", "--unknown-accept", "0.5")
+    assert moved.returncode == 0 and moved.stderr.startswith("--unknown-accept 0.5: unknown below knn score")
+    refused = run_cli("rank", tiny_run, folder, "--out", tmp_path / "x.csv", "--open-set", "on")
+    assert refused.returncode == 2 and "has no open-set threshold" in refused.stderr

@@ -153,3 +153,20 @@ def test_runs_without_out_get_new_folders_latest_follows_and_resume_latest_conti
     assert lines[:separator] == log.splitlines() and "resumed from" in lines[separator]
     assert any(line.startswith("epoch 2/2  ") for line in lines[separator:])
     assert not (runs / "train-3").exists()
+
+
+def test_serve_takes_open_set_settings_from_flags_or_the_serve_section(tmp_path):
+    settings, *_ = serve_settings(serve_args())
+    assert (settings.open_set, settings.unknown_accept) == ("auto", None)  # 0 in the config: the model's own
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text('serve:\n  open_set: "off"\n  unknown_accept: 0.9\n')  # YAML reads a bare off as false
+    settings, *_ = serve_settings(serve_args("--config", str(deploy)))
+    assert (settings.open_set, settings.unknown_accept) == ("off", 0.9)
+    settings, *_ = serve_settings(
+        serve_args("--config", str(deploy), "--open-set", "on", "--unknown-accept", "0.8")
+    )
+    assert (settings.open_set, settings.unknown_accept) == ("on", 0.8)
+    refused = run_cli("serve", "m", "--set", "serve.open_set=maybe")
+    assert refused.returncode == 2 and "serve.open_set='maybe'" in refused.stderr
+    refused = run_cli("serve", "m", "--unknown-accept", "2")
+    assert refused.returncode == 2 and "--unknown-accept: must be between 0 and 1, got 2" in refused.stderr

@@ -49,6 +49,12 @@ from tests.conftest import run_cli
             "config key train.time_budget='abc': expected a duration such as 90s, 20m or 1.5h",
         ),
         ("train.time_budget=-5m", "config key train.time_budget='-5m': expected a duration"),
+        (
+            "eval.open_set=on",
+            "config key eval.open_set='on': expected one of auto, msp, energy, mahalanobis, knn, off",
+        ),
+        ("eval.open_set_accept=0", "config key eval.open_set_accept=0.0: must be in (0, 1]"),
+        ("eval.open_set_accept=1.5", "config key eval.open_set_accept=1.5: must be in (0, 1]"),
     ],
 )
 def test_config_values_are_range_checked_naming_the_key(override, message):
@@ -122,3 +128,20 @@ def test_unreadable_time_budgets_are_refused(text):
 def test_progressive_resizing_is_off_by_default_and_takes_a_fraction():
     assert build_config().data.progressive == 0.0
     assert build_config(overrides=["data.progressive=0.5"]).data.progressive == 0.5
+
+
+def test_open_set_takes_every_score_auto_and_the_word_off():
+    from resnetcls.config.checks import OPEN_SET_CHOICES
+    from resnetcls.utils.openset import SCORES
+
+    assert OPEN_SET_CHOICES == ("auto", *SCORES, "off")
+    assert build_config(overrides=["eval.open_set=off"]).eval.open_set == "off"  # YAML reads off as false
+    assert build_config(overrides=["eval.open_set=mahalanobis"]).eval.open_set == "mahalanobis"
+    assert build_config().eval.open_set == "auto" and build_config().eval.open_set_accept == 0.95
+
+
+def test_serve_open_set_takes_the_words_on_and_off_unquoted(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve:\n  open_set: off\n")
+    assert build_config(config).serve.open_set == "off"
+    assert build_config(overrides=["serve.open_set=on"]).serve.open_set == "on"

@@ -37,6 +37,7 @@ def test_the_training_commands_share_the_recipe_flags():
         "seed",
         "pretrained",
         "precision",
+        "unknown",
     ]
     assert "time" not in names["tune"]  # tune's --time is the study's own
     assert {"model", "epochs", "batch_size", "lr", "precision", "strategy", "buffer_size"} <= set(
@@ -70,6 +71,7 @@ def test_names_map_to_their_config_keys_and_auto_is_left_to_the_recipe(tmp_path)
         "lifelong.strategy": "ewc",
         "lifelong.buffer_size": 0,
     }
+    assert flag_settings({"unknown": tmp_path}) == {"eval.open_set_unknown": str(tmp_path)}
     with pytest.raises(UserError, match=r"^--lr auto: not in tune \(only train picks it; give a value\)$"):
         flag_settings({"lr": "auto"}, "tune")
 

@@ -14,6 +14,7 @@ import yaml
 from resnetcls.config import build_config, dump_yaml, explicit_settings
 from resnetcls.engine import plan as plan_module
 from resnetcls.engine import race, recipe
+from resnetcls.engine import train as train_module
 from resnetcls.engine.plan import TrainRequest, make_plan
 from resnetcls.engine.race import Entry, plan_race, race_candidates, rung_steps, smaller_size
 from resnetcls.engine.recipe_choice import DataFacts
@@ -55,6 +56,29 @@ def test_many_images_a_class_race_only_the_resolution_and_small_sizes_only_the_a
         "light 32px",
     ]
     assert [smaller_size(size) for size in (224, 160, 128, 64, 48, 32)] == [160, 112, 96, 48, 32, 32]
+
+
+IMBALANCED = dataclasses.replace(SMALL, imbalance=10.0)
+
+
+def test_imbalanced_classes_race_the_leading_choice_with_the_balanced_sampler_in_the_last_place():
+    entries, why = race_candidates(HEAVY_RUN, {}, IMBALANCED)
+    assert names(entries) == ["heavy 128px", "light 128px", "heavy 96px", "heavy 128px balanced"]
+    assert entries[-1].values == {**HEAVY_RUN, "data.sampler": "balanced"} and why == ""
+    assert entries[-1].folder == "heavy-128px-balanced"
+    sized = race_candidates(HEAVY_RUN, {"data.image_size": 128}, IMBALANCED)[0]
+    assert names(sized) == ["heavy 128px", "light 128px", "heavy 128px balanced"]
+    both = {"data.augment": "trivialaugment", "data.image_size": 128}
+    assert names(race_candidates(HEAVY_RUN, both, IMBALANCED)[0]) == ["heavy 128px", "heavy 128px balanced"]
+    at_the_limit = dataclasses.replace(SMALL, imbalance=race.IMBALANCED)
+    assert "heavy 128px balanced" not in names(race_candidates(HEAVY_RUN, {}, at_the_limit)[0])
+
+
+@pytest.mark.parametrize("key, value", [("data.sampler", "shuffle"), ("loss.class_weights", "balanced")])
+def test_a_given_sampler_or_class_weights_keep_class_balance_out_of_the_race(key, value):
+    entries, why = race_candidates(HEAVY_RUN, {key: value}, IMBALANCED)
+    assert names(entries) == ["heavy 128px", "light 128px", "heavy 96px", "light 96px"]
+    assert why == "class balance given"
 
 
 def measured(count: int, step_s: float = STEP_S, val_s: float = VAL_S) -> list[Entry]:
@@ -123,6 +147,14 @@ def fake_machine(monkeypatch):
     monkeypatch.setenv("RESNETCLS_OFFLINE", "1")
 
 
+@pytest.fixture
+def imbalanced(tmp_path_factory) -> Path:
+    """Red with ten times the images of blue and green (40, 4, 4) at 64 px."""
+    root = tmp_path_factory.mktemp("imbalanced") / "data"
+    make_class_folders(root, {"red": (220, 30, 30)}, per_class=40, size=64)
+    return make_class_folders(root, {"blue": (20, 40, 220), "green": (30, 200, 40)}, per_class=4, size=64)
+
+
 CPU = ["--device", "cpu", "--set", "data.num_workers=0", "--set", "log.tensorboard=false"]
 RACE = ["--time", "4s", "--set", "train.race_share=0.5", *CPU]  # 2 s of race: rungs of 2 and 4 steps
 
@@ -175,6 +207,42 @@ def test_the_race_picks_a_winner_deterministically_and_a_stopped_race_resumes_to
     assert cut["losses"] == done["losses"]  # the winner's run itself is the same, to the last digit
     assert cut["config"]["data"] == {**done["config"]["data"], "train": cut["config"]["data"]["train"]}
     check_the_race(done, whole.stderr, tmp_path / "whole")
+
+
+def test_a_race_stopped_without_out_is_found_by_resume_latest_and_resume_auto(
+    photos, tmp_path, fake_machine, monkeypatch
+):
+    """A run without --out stopped during its race (race.json, no checkpoint of the run's own): --resume
+    latest continues that race in runs/train, and so does `train DATA --resume auto`, to its end; no new run
+    folder is made."""
+    real, calls, stop_after = race.run_rung, [], [4]
+
+    def stopped_by_a_kill(plan, entry, target, hooks):
+        calls.append(target)
+        if len(calls) > stop_after[0]:
+            raise TrainingInterrupted(str(plan.run_dir))
+        return real(plan, entry, target, hooks)
+
+    monkeypatch.setattr(race, "run_rung", stopped_by_a_kill)
+    assert run_cli("train", photos, *RACE, cwd=tmp_path).returncode == 130  # after the first rung
+    run = tmp_path / "runs" / "train"
+    assert [len(rung) for rung in json.loads((run / "race.json").read_text())["scores"]] == [4]
+    assert not (run / "checkpoints").exists()
+    stop_after[0] = len(calls) + 1  # the next run scores one candidate of the second rung, then is killed
+    latest = run_cli("train", "--resume", "latest", *CPU, cwd=tmp_path)
+    assert latest.returncode == 130, latest.stderr
+    assert [len(rung) for rung in json.loads((run / "race.json").read_text())["scores"]] == [4, 1]
+    monkeypatch.setattr(race, "run_rung", real)
+    auto = run_cli("train", photos, *RACE, "--resume", "auto", cwd=tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    assert "starting a new run" not in auto.stderr and "run folder" not in auto.stderr
+    resumed = (
+        f"resuming {Path('runs', 'train', 'race')}"  # a candidate of the second rung, from its checkpoint
+    )
+    assert resumed in auto.stderr and "race: heavy 48px" in auto.stderr
+    saved = finished(run)["race"]
+    assert [len(rung) for rung in saved["scores"]] == [4, 2] and saved["winner"] in saved["scores"][1]
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["latest", "train"]
 
 
 def check_the_race(done: dict, stderr: str, run: Path) -> None:
@@ -236,6 +304,54 @@ def test_the_plan_races_only_what_is_left_open_and_nothing_without_its_share_or_
         "budget)"
     )
     assert not (tmp_path / "r").exists()  # the plan writes nothing
+
+
+def test_a_planted_imbalance_races_the_balanced_sampler_unless_the_user_fixed_the_class_balance(
+    photos, imbalanced, tmp_path, fake_machine
+):
+    plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5")
+    assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "heavy 48px balanced"]
+    assert (
+        plan.decision("race")
+        .lines[0]
+        .startswith("auto recipe race: heavy 48px, light 48px, heavy 32px, heavy 48px balanced on ")
+    )
+    assert plan.decision("recipe").record["imbalance"] > race.IMBALANCED
+    for fixed in ("data.sampler=shuffle", "loss.class_weights=balanced"):
+        plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5", fixed)
+        assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
+    balanced_data = plan_for(photos, tmp_path / "r", "train.race_share=0.5")
+    assert "heavy 48px balanced" not in names(balanced_data.race.entries)
+
+
+def test_a_balanced_winner_trains_with_the_balanced_sampler_and_resumes_with_it(
+    imbalanced, tmp_path, fake_machine, monkeypatch
+):
+    """The balanced candidate made to win: the run's config.yaml says data.sampler=balanced, and the run
+    stopped after the race resumes from `train DATA --resume auto` to its end."""
+    real_rung, real_epochs = race.run_rung, train_module.train_epochs
+
+    def balanced_wins(plan, entry, target, hooks):
+        real_rung(plan, entry, target, hooks)
+        return (1.0, 0.0) if entry.name.endswith("balanced") else (0.0, 1.0)
+
+    def killed_after_the_race(run, on_epoch):
+        if race.RACE_DIR not in run.run_dir.parts:
+            raise TrainingInterrupted(str(run.run_dir))
+        return real_epochs(run, on_epoch)
+
+    monkeypatch.setattr(race, "run_rung", balanced_wins)
+    monkeypatch.setattr(train_module, "train_epochs", killed_after_the_race)
+    run = tmp_path / "run"
+    stopped = run_cli("train", imbalanced, *RACE, "--out", run)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "-> heavy 48px balanced" in stopped.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["sampler"] == "balanced"
+    monkeypatch.setattr(train_module, "train_epochs", real_epochs)
+    resumed = run_cli("train", imbalanced, *RACE, "--out", run, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    done = finished(run)
+    assert done["race"]["winner"] == "heavy 48px balanced" and done["config"]["data"]["sampler"] == "balanced"
 
 
 def test_a_race_under_way_resumes_from_race_json_and_refuses_changed_settings(photos, tmp_path, fake_machine):

@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnetcls.engine.recipe import RULES, SMALL_DATA
-from resnetcls.engine.recipe_choice import DataFacts, ImageNetWeights, RecipeChoice, fine_tune
+from resnetcls.engine.recipe_choice import (
+    DataFacts,
+    ImageNetWeights,
+    RecipeChoice,
+    class_imbalance,
+    fine_tune,
+)
 from resnetcls.models import weights
 
 FACTS = DataFacts(train_images=40, val_images=5, classes=2, median_short_side=None, headers_read=0)
@@ -88,3 +94,10 @@ def test_named_weights_fine_tune_and_the_line_says_what_of_yours_is_kept():
         "for the rest; yours kept: optim.name=adamw)"
     )
     assert fine_tune("resnet18", {"train.pretrained": ""}, lambda arch: True) == (False, "")
+
+
+def test_the_class_imbalance_is_the_largest_class_over_the_smallest_present():
+    assert class_imbalance([0] * 30 + [1] * 3 + [2] * 6) == 10.0
+    assert class_imbalance([0, 1, 2, 0, 1, 2]) == 1.0
+    assert class_imbalance([4, 4, 4]) == 1.0 and class_imbalance([]) == 1.0  # one class, or none
+    assert small_choice({}, {}).record()["imbalance"] == 1.0  # the recipe record keeps the facts

@@ -91,3 +91,17 @@ def test_resume_latest_and_auto_without_out(tmp_path, monkeypatch):
     assert unfinished(tmp_path / "runs" / "train-2") and not unfinished(tmp_path / "runs" / "train")
     assert where_to_train(None, "auto", said.append) == (os.path.join("runs", "train-2"), "auto")
     assert where_to_train("elsewhere", "auto", said.append) == ("elsewhere", "auto")  # --out: as given
+
+
+def test_a_race_under_way_is_an_unfinished_run_for_resume_auto(tmp_path, monkeypatch):
+    """Killed during its race, a run folder holds race.json and no checkpoint of its own: --resume auto
+    continues it; once the run's summary is written it is finished."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "train"
+    run.mkdir(parents=True)
+    (run / "race.json").write_text("{}")
+    point_latest(run, print)
+    assert unfinished(run)
+    assert where_to_train(None, "auto", print) == (os.path.join("runs", "train"), "auto")
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "summary"}) + "\n")
+    assert not unfinished(run)

@@ -1,6 +1,7 @@
 """`resnetcls export` (ONNX, TorchScript) with its parity check and the sha256 it records in model.json, and
 predict's onnxruntime and openvino backends (which run the exported file, only while it has that sha256) and
-when `--backend auto` picks them."""
+when `--backend auto` picks them; a model with an open-set score exports it as a third output, checked
+against the eager scorer, with its record (threshold, quantiles) in the metadata."""
 
 import json
 
@@ -12,14 +13,22 @@ from PIL import Image
 
 from resnetcls.cli import main
 from resnetcls.data.decode import decode_image
-from resnetcls.data.transforms import make_preprocess
+from resnetcls.data.transforms import build_eval_transform, make_preprocess
 from resnetcls.errors import UserError
 from resnetcls.export import formats as export_mod
 from resnetcls.inference.predictor import Predictor
+from resnetcls.inference.sessions import export_head, onnx_probabilities
 from resnetcls.models import create_model
-from resnetcls.records.modelfile import load_model_dir, save_model_dir, sha256_file, write_calibration
+from resnetcls.records.modelfile import (
+    load_model_dir,
+    save_model_dir,
+    sha256_file,
+    write_calibration,
+    write_open_set,
+)
 from resnetcls.utils import hardware
-from tests.conftest import run_cli
+from resnetcls.utils.openset import fit_scorer, score_quantiles, threshold_for
+from tests.conftest import run_cli, shared_data
 
 CLASSES = ["ants", "bees", "cats"]
 
@@ -29,6 +38,36 @@ def make_tiny_model_dir(path, seed: int = 0):
     torch.manual_seed(seed)
     model = create_model("resnet18", len(CLASSES), width=8)
     return save_model_dir(path, model, "resnet18", {"width": 8}, CLASSES, make_preprocess(32))
+
+
+def open_set_photos() -> tuple[list, list]:
+    """Real photographs: 12 ants and bees to fit a score on, and 14 to check with (ants and bees from the
+    validation split, and flowers the model never saw)."""
+    root = shared_data("hymenoptera")
+    fit = [p for c in ("ants", "bees") for p in sorted((root / "train" / c).iterdir())[:6]]
+    check = [p for c in ("ants", "bees") for p in sorted((root / "val" / c).iterdir())[:5]]
+    return fit, check + sorted((shared_data("flowers12") / "test").rglob("*.jpg"))[:4]
+
+
+def _features_and_logits(loaded, paths) -> tuple[torch.Tensor, torch.Tensor]:
+    transform = build_eval_transform(loaded.preprocess)
+    batch = torch.stack([transform(decode_image(p)) for p in paths])
+    with torch.no_grad():
+        features = loaded.model.forward_head(loaded.model.forward_features(batch), pre_logits=True)
+        return features, loaded.model.get_classifier()(features)
+
+
+def add_open_set(model, score: str, fit: list, check: list, accept: float = 0.5):
+    """Give a model directory an open-set score as train does: `score` fitted on the fit images' pooled
+    features (in three groups, as classes), its threshold the share `accept` of the check images' scores
+    (validation images: about half of them fall below it at 0.5)."""
+    loaded = load_model_dir(model)
+    features, _ = _features_and_logits(loaded, fit)
+    labels = torch.arange(len(fit)) * len(CLASSES) // len(fit)
+    scorer = fit_scorer(score, features, labels, len(CLASSES), loaded.temperature)
+    quantiles = score_quantiles(scorer(*_features_and_logits(loaded, check)))
+    record = {"threshold": threshold_for(quantiles, accept), "accept": accept, "quantiles": quantiles}
+    return write_open_set(model, scorer, record)
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +103,15 @@ def test_onnx_export_is_checked_carries_metadata_and_has_a_dynamic_batch(exporte
     assert json.loads(meta["classes"]) == CLASSES
     assert json.loads(meta["preprocess"])["image_size"] == 32
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch dimension
-    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]  # no open-set score: two
+    assert "open_set" not in meta and "open_set_score" not in meta["input"]
     recorded = json.loads((model / "model.json").read_text())["sha256"]
     assert recorded["model.onnx"] == sha256_file(model / "model.onnx")  # what predict and serve will check
     session = export_mod.onnx_session(model / "model.onnx")
     loaded = load_model_dir(model)
     batch = torch.stack([Predictor(model).transform(decode_image(p)) for p in images])
     for n in (1, 3, 4):  # any batch size
-        probs = export_mod.onnx_probabilities(session, batch[:n])
+        probs = onnx_probabilities(session, batch[:n])
         with torch.no_grad():
             eager = loaded.model(batch[:n]).softmax(1)
         assert probs.shape == (n, 3) and float((probs - eager).abs().max()) <= 1e-4
@@ -256,7 +296,7 @@ def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the
     result = run_cli("export", model, "--to", "onnx")
     assert result.returncode == 0 and "-> PASS" in result.stdout, result.stderr
     session = export_mod.onnx_session(model / "model.onnx")
-    assert float((export_mod.onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
+    assert float((onnx_probabilities(session, batch) - expected).abs().max()) <= 1e-4
     assert float(np.abs(session.run(["logits"], {"input": batch.numpy()})[0] - raw.numpy()).max()) <= 1e-3
     assert export_mod.read_export_metadata(model / "model.onnx")["temperature"] == "0.2"
     onnx_backend = Predictor(model, backend="onnxruntime")  # uses the model.onnx just written
@@ -269,3 +309,59 @@ def test_exports_of_a_calibrated_model_give_its_calibrated_probabilities_and_the
     with torch.no_grad():
         logits, probs = export_mod.load_torchscript(out)(batch)
     assert float((probs - expected).abs().max()) <= 1e-4 and float((logits - raw).abs().max()) <= 1e-3
+
+
+@pytest.fixture(scope="module", params=["knn", "mahalanobis"])
+def open_set_export(request, tmp_path_factory):
+    """A model directory with an open-set score (each feature-space kind), exported to ONNX (checked on real
+    photographs) and TorchScript (on synthetic images) in place."""
+    fit, check = open_set_photos()
+    model = make_tiny_model_dir(tmp_path_factory.mktemp(request.param) / "model")
+    add_open_set(model, request.param, fit, check)
+    onnx_result = export_mod.export_model(model, "onnx", check_data=check[0].parents[1])
+    torchscript_result = export_mod.export_model(model, "torchscript")
+    return model, check, onnx_result, torchscript_result
+
+
+def test_an_open_set_score_is_exported_as_a_third_output_with_its_record_in_the_metadata(open_set_export):
+    model, check, onnx_result, torchscript_result = open_set_export
+    loaded = load_model_dir(model)
+    for result in (onnx_result, torchscript_result):
+        assert result.parity.passed and "open-set max |dscore|" in result.parity.summary()
+    proto = onnx.load(str(model / "model.onnx"))
+    assert [o.name for o in proto.graph.output] == ["logits", "probabilities", "open_set_score"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # still a dynamic batch
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["open_set"]) == loaded.open_set  # threshold, accept and the 101 quantiles
+    assert len(json.loads(meta["open_set"])["quantiles"]) == 101 and "open_set_score" in meta["input"]
+    eager = Predictor(model, backend="torch", precision="fp32")
+    batch = torch.stack([eager.transform(decode_image(p)) for p in check])
+    _, expected = eager.scored_probabilities(batch)
+    limit = export_mod.score_limit(expected, loaded.open_set["quantiles"])
+    session = export_mod.onnx_session(model / "model.onnx")
+    for n in (1, 5, len(check)):
+        [scores] = session.run(["open_set_score"], {"input": batch[:n].numpy()})
+        assert scores.shape == (n,) and float(np.abs(scores - expected[:n].numpy()).max()) <= limit
+    scripted = export_mod.load_torchscript(model / "model.torchscript.pt")
+    with torch.no_grad():
+        logits, probs, scores = scripted(batch)
+    assert float((scores - expected).abs().max()) <= limit
+    ts_meta = export_mod.read_export_metadata(model / "model.torchscript.pt")
+    assert json.loads(ts_meta["open_set"])["threshold"] == loaded.open_set["threshold"]
+
+
+def test_the_parity_check_fails_an_open_set_score_that_differs_or_is_missing(open_set_export):
+    model = open_set_export[0]
+    loaded = load_model_dir(model)
+    images = export_mod.load_check_images(loaded, None)
+    head = export_head(loaded)
+    outputs = {
+        "exact": lambda batch: head(batch)[1:],
+        "shifted": lambda batch: (head(batch)[1], head(batch)[2] + 1),
+        "missing": lambda batch: (head(batch)[1], None),
+    }
+    with torch.no_grad():
+        results = {name: export_mod.check_parity(loaded, run, images) for name, run in outputs.items()}
+    assert results["exact"].passed and "open-set max |dscore|" in results["exact"].summary()
+    for name in ("shifted", "missing"):
+        assert not results[name].passed and results[name].summary().endswith("-> FAIL")

@@ -1,5 +1,6 @@
 """`resnetcls export MODEL --to onnx --int8`: the int8 file, its agreement check and record, the refusal
-below --min-agreement (in either runtime), bad --calibration, and predict/serve on both int8 backends."""
+below --min-agreement (in either runtime), bad --calibration, and predict/serve on both int8 backends; a model
+with an open-set score keeps its open_set_score output in float32, checked by its unknown/known decisions."""
 
 import json
 
@@ -7,10 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from resnetcls.inference.predictor import Predictor
-from resnetcls.records.modelfile import sha256_file
+from resnetcls.records.modelfile import load_model_dir, sha256_file
 from resnetcls.serve.app import create_app
 from resnetcls.serve.schema import ServeSettings
 from tests.conftest import run_cli
+from tests.export.test_formats import add_open_set
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,35 @@ def test_int8_backend_without_the_file_says_how_to_make_it(tiny_run, tmp_path):
     result = run_cli("predict", tiny_run, str(tmp_path), "--backend", "onnxruntime-int8")
     assert result.returncode == 2
     assert "model.int8.onnx: not found" in result.stderr and "--int8" in result.stderr
+
+
+def test_int8_keeps_the_open_set_score_and_checks_its_unknown_decisions(tiny_run, tiny_data, tmp_path):
+    import shutil
+
+    import onnx
+
+    from resnetcls.export import int8 as quantize
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    photos = sorted(tiny_data.rglob("*.jpg"))
+    add_open_set(run / "best", "knn", photos[::2], photos[1::2], accept=0.8)
+    result = quantize.export_int8(run / "best", images=16, min_agreement=0.0)
+    assert "unknown/known decisions agree on" in result.summary() and result.open_set_agreement is not None
+    meta = json.loads((run / "best" / "model.json").read_text())
+    assert meta["int8"]["open_set_agreement"] == round(result.open_set_agreement, 6)
+    assert result.open_set_agreement == min(r["open_set_agreement"] for r in result.by_runtime.values())
+    proto = onnx.load(str(run / "best" / "model.int8.onnx"))
+    assert [o.name for o in proto.graph.output][-1] == "open_set_score"
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["open_set"]) == meta["open_set"]
+    scorer_nodes = quantize._score_only_nodes(run / "best" / "model.int8.onnx")
+    assert scorer_nodes and not any(  # the score's own nodes stay float32
+        n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for n in proto.graph.node
+        if n.name in scorer_nodes
+    )
+    eager = Predictor(run, backend="torch", precision="fp32").predict(photos)
+    int8 = Predictor(run, backend="onnxruntime-int8").predict(photos)
+    assert int8[0].open_set_score is not None
+    same = sum(a.unknown == b.unknown for a, b in zip(eager, int8))
+    assert same >= 0.8 * len(photos) and load_model_dir(run / "best").open_set["accept"] == 0.8

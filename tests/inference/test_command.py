@@ -8,11 +8,15 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from resnetcls.errors import UserError
-from resnetcls.inference.command import PredictOptions, format_results, run_predict
+from resnetcls.inference.command import OPEN_SET_COLUMNS, PredictOptions, format_results, run_predict
 from resnetcls.inference.explain import overlay_name
-from resnetcls.inference.predictor import Prediction
+from resnetcls.inference.predictor import Prediction, Predictor
+from resnetcls.records.modelfile import write_open_set
+from resnetcls.utils.openset import OpenSetScorer, fit_scorer, score_quantiles, threshold_for
+from tests.conftest import run_cli
 from tests.inference.test_predictor import run
 
 
@@ -170,3 +174,116 @@ def test_explain_works_on_an_onnx_backend_from_the_eager_model(tiny_run, tiny_da
     code, text, _ = run(capsys, tiny_run, image, "--explain", tmp_path / "cams", "--backend", "openvino")
     overlay = tmp_path / "cams" / overlay_name(str(image))
     assert code == 0 and overlay.is_file() and f"gradcam: {overlay}" in text
+
+
+BANK = [f"{c}/{i}.jpg" for c in ("red", "blue") for i in range(4)]  # the open-set score's known features
+KNOWN = [f"{c}/{i}.jpg" for c in ("red", "blue") for i in range(4, 8)]  # known classes, accepted
+OTHER = [f"green/{i}.jpg" for i in range(3)]  # a class the score never saw: "unknown"
+
+
+def open_set_model(run_dir, data, out):
+    """A copy of run_dir's best model with a kNN open-set record (k = 1) fitted on the features of the BANK
+    images; its quantiles come from the KNOWN images and its threshold lies halfway between them and the
+    OTHER (green) images, so green is answered "unknown" and red and blue are not."""
+    model = shutil.copytree(run_dir / "best", out)
+    predictor = Predictor(model)
+
+    def scores_of(scorer, names):
+        return scorer(*predictor.features_and_logits(torch.stack([predictor.load(data / n) for n in names])))
+
+    features, _ = predictor.features_and_logits(torch.stack([predictor.load(data / n) for n in BANK]))
+    labels = torch.tensor([predictor.classes.index(n.split("/")[0]) for n in BANK])
+    scorer = OpenSetScorer("knn", fit_scorer("knn", features, labels, len(predictor.classes)).tensors(), k=1)
+    known, other = scores_of(scorer, KNOWN), scores_of(scorer, OTHER)
+    assert float(other.max()) < float(known.min()) - 0.1  # the planted case holds
+    threshold = (float(other.max()) + float(known.min())) / 2
+    write_open_set(
+        model, scorer, {"threshold": threshold, "accept": 1.0, "quantiles": score_quantiles(known)}
+    )
+    return model
+
+
+@pytest.fixture(scope="session")
+def open_set_run(tiny_run, tiny_data, tmp_path_factory):
+    return open_set_model(tiny_run, tiny_data, tmp_path_factory.mktemp("open-set") / "model")
+
+
+def test_the_table_answers_unknown_with_the_score_and_still_shows_the_nearest_classes(
+    open_set_run, tiny_data, capsys
+):
+    images = [tiny_data / KNOWN[0], tiny_data / OTHER[0]]
+    code, out, err = run(capsys, open_set_run, *images, "--topk", "2")
+    assert code == 0, err
+    header, red, green = out.splitlines()
+    assert header.split("  ")[0] == "path" and "answer (open-set score)" in header
+    assert red.split()[1] == "red" and green.split()[1] == "unknown"
+    assert green.split()[3:5] == ["green", f"({green.split()[4][1:-1]})"]  # the nearest class still shown
+    assert header.index("top classes") == green.index("green (")  # the columns line up
+    assert err == ""  # no note without --unknown-accept
+
+
+def test_json_and_csv_give_label_unknown_and_score(open_set_run, tiny_data, capsys):
+    images = [tiny_data / KNOWN[0], tiny_data / OTHER[0]]
+    code, out, _ = run(capsys, open_set_run, *images, "--format", "json", "--topk", "1")
+    rows = json.loads(out)
+    assert code == 0 and [(r["label"], r["unknown"]) for r in rows] == [("red", False), ("unknown", True)]
+    threshold = json.loads((open_set_run / "model.json").read_text())["open_set"]["threshold"]
+    assert rows[0]["open_set_score"] >= threshold > rows[1]["open_set_score"]
+    assert rows[1]["top"][0]["class"] == "green"
+    code, out, _ = run(capsys, open_set_run, *images, "--format", "csv", "--topk", "1")
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and list(table[0]) == [*"path rank class prob error".split(), *OPEN_SET_COLUMNS]
+    assert [(r["label"], r["unknown"]) for r in table] == [("red", "false"), ("unknown", "true")]
+    assert float(table[1]["open_set_score"]) == pytest.approx(rows[1]["open_set_score"], abs=1e-5)
+
+
+def test_open_set_off_gives_the_plain_output(open_set_run, tiny_run, tiny_data, capsys):
+    image = tiny_data / OTHER[0]
+    for fmt in ("table", "json", "csv"):
+        _, off, _ = run(capsys, open_set_run, image, "--format", fmt, "--open-set", "off")
+        _, plain, _ = run(capsys, tiny_run, image, "--format", fmt)  # the same weights, no record
+        assert off == plain and "unknown" not in off
+
+
+def test_open_set_on_without_a_threshold_is_a_one_line_error(tiny_run, tiny_data, capsys):
+    code, out, err = run(capsys, tiny_run, tiny_data / KNOWN[0], "--open-set", "on")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "--open-set on, but the model has no open-set threshold" in err and "--open-set off" in err
+
+
+def test_unknown_accept_moves_the_threshold_and_says_where(open_set_run, tiny_data, capsys):
+    record = json.loads((open_set_run / "model.json").read_text())["open_set"]
+    code, out, err = run(
+        capsys, open_set_run, tiny_data / OTHER[0], "--unknown-accept", "0.5", "--format", "json"
+    )
+    moved = threshold_for(record["quantiles"], 0.5)
+    assert code == 0 and err.splitlines() == [
+        f"--unknown-accept 0.5: unknown below knn score {moved:.4g}, which accepts 50% of the known "
+        f"validation images (the model's own threshold: {record['threshold']:.4g}, accepting 100%)"
+    ]
+    assert json.loads(out)[0]["unknown"] is True
+    refused = run_cli("predict", open_set_run, tiny_data / OTHER[0], "--unknown-accept", "1.5")
+    assert refused.returncode == 2 and "--unknown-accept: must be between 0 and 1, got 1.5" in refused.stderr
+
+
+def test_the_formats_of_predictions_with_and_without_a_score():
+    results = [
+        Prediction("a.jpg", top=[("cat", 0.75), ("dog", 0.25)], open_set_score=0.91),
+        Prediction("b.jpg", top=[("dog", 0.5), ("cat", 0.5)], open_set_score=0.2, unknown=True),
+        Prediction("c.jpg", error="unreadable"),
+    ]
+    assert format_results(results, "table").splitlines() == [
+        "path   answer (open-set score)  top classes (probability)",
+        "a.jpg  cat (0.910)              cat (0.750)  dog (0.250)",
+        "b.jpg  unknown (0.200)          dog (0.500)  cat (0.500)",
+        "c.jpg  ERROR: unreadable",
+    ]
+    assert format_results(results, "csv").splitlines() == [
+        "path,rank,class,prob,error,label,unknown,open_set_score",
+        "a.jpg,1,cat,0.750000,,cat,false,0.910000",
+        "a.jpg,2,dog,0.250000,,cat,false,0.910000",
+        "b.jpg,1,dog,0.500000,,unknown,true,0.200000",
+        "b.jpg,2,cat,0.500000,,unknown,true,0.200000",
+        "c.jpg,,,,unreadable,,,",
+    ]
+    assert [r.get("label") for r in json.loads(format_results(results, "json"))] == ["cat", "unknown", None]

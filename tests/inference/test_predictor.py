@@ -153,7 +153,7 @@ def test_reprs_are_one_short_line_and_load_gives_the_run_s_best_model(predictor,
     assert isinstance(loaded, Predictor) and loaded.loaded.path == tiny_run / "best"
     assert repr(loaded) == (
         f"Predictor(model='{tiny_run / 'best'}', classes=3, backend='{loaded.backend}', "
-        f"precision='{loaded.precision}')"
+        f"precision='{loaded.precision}', open_set='off')"
     )
     assert (
         repr(Prediction("a.jpg", [("red", 0.934), ("blue", 0.041)]))

@@ -1,15 +1,21 @@
 """Sessions for predict's onnxruntime and openvino backends: the model directory's own model.onnx when
 model.json records its sha256 and it matches the weights, otherwise an in-memory export that says how to skip
 it next time; a file that differs from its recorded sha256 is refused in one line; same probabilities as
-eager; a file OpenVINO cannot compile is a one-line error; neither runtime writes into the home folder."""
+eager; a file OpenVINO cannot compile is a one-line error; neither runtime writes into the home folder. A
+model.onnx exported before the model's open-set score was fitted is not taken for current (auto runs torch,
+which rejects unknown images), and rejection asked of a file without the score output is refused in one line;
+OpenVINO gives the score output as ONNX Runtime does."""
 
+import json
 import os
 
+import onnx
 import pytest
 import torch
 
 from resnetcls.errors import UserError
 from resnetcls.inference import sessions as onnx_runtime
+from resnetcls.inference.predictor import Predictor
 from resnetcls.inference.sessions import (
     INT8_FILE,
     ONNX_FILE,
@@ -19,7 +25,8 @@ from resnetcls.inference.sessions import (
     onnx_session_for,
 )
 from resnetcls.records.modelfile import load_model_dir, record_export, write_calibration
-from tests.export.test_formats import make_tiny_model_dir
+from resnetcls.utils import hardware
+from tests.export.test_formats import add_open_set, make_tiny_model_dir, open_set_photos
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +205,83 @@ def test_onnx_runtime_telemetry_is_off_unless_the_user_turns_it_on(monkeypatch):
     monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")  # ONNX Runtime's own switch, set by the user: kept
     onnx_runtime.runtime_telemetry_off()
     assert os.environ["ORT_DISABLE_TELEMETRY"] == "0"
+
+
+@pytest.fixture(scope="module")
+def open_set_model(tmp_path_factory):
+    """make_tiny_model_dir's seed-0 weights with a kNN open-set score, its in-memory export, and the photos;
+    the same weights and photos give the same score in every model directory."""
+    fit, check = open_set_photos()
+    model = add_open_set(make_tiny_model_dir(tmp_path_factory.mktemp("os") / "model"), "knn", fit, check)
+    return fit, check, onnx_bytes(load_model_dir(model))
+
+
+def test_a_model_onnx_exported_before_the_open_set_score_does_not_drop_rejection(
+    tmp_path, capsys, monkeypatch, seed0_onnx, open_set_model
+):
+    fit, check, exported = open_set_model
+    model = make_tiny_model_dir(tmp_path / "model")
+    for name in (ONNX_FILE, INT8_FILE):  # both exported from these weights, before the score existed
+        (model / name).write_bytes(seed0_onnx)
+        record_export(model, name)
+    assert onnx_runtime.onnx_file_current(load_model_dir(model))
+    add_open_set(model, "knn", fit, check)
+    loaded = load_model_dir(model)
+    assert not onnx_runtime.onnx_file_current(loaded)
+    assert (
+        f"model.onnx: exported without the model's open-set score; --backend auto runs torch meanwhile "
+        f"(re-export it with `resnetcls export {model} --to onnx`)"
+    ) in capsys.readouterr().err
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)  # where auto would run model.onnx
+    auto = Predictor(model)
+    assert auto.backend == "torch" and auto.threshold is not None
+    with pytest.raises(UserError) as error:
+        Predictor(model, backend="onnxruntime-int8")
+    assert str(error.value) == (
+        f"{model / INT8_FILE}: quantized without the model's open-set score; run "
+        f"`resnetcls export {model} --to onnx --int8` again"
+    )
+    monkeypatch.setattr(onnx_runtime, "onnx_bytes", lambda m: exported)  # the same export, made once
+    explicit = Predictor(model, backend="onnxruntime")  # exported again in memory, with the score
+    assert "exported without the model's open-set score; exporting again in memory" in capsys.readouterr().err
+    answers, expected = explicit.predict(check), auto.predict(check)
+    assert [p.unknown for p in answers] == [p.unknown for p in expected] and any(p.unknown for p in answers)
+
+
+def test_rejection_asked_of_a_file_without_the_score_output_is_refused_in_one_line(tmp_path, seed0_onnx):
+    record = {
+        "score": "knn",
+        "threshold": 0.5,
+        "accept": 0.95,
+        "quantiles": [i / 100 for i in range(101)],
+        "file": "open_set.safetensors",
+        "k": 5,
+    }
+    proto = onnx.load_from_string(seed0_onnx)  # a graph without open_set_score, metadata that has a record
+    proto.metadata_props.add(key="open_set", value=json.dumps(record))
+    bare = tmp_path / ONNX_FILE
+    onnx.save(proto, str(bare))
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(UserError) as error:
+            Predictor(bare, backend=backend)
+        assert str(error.value) == (
+            f"{bare}: the exported file has no open_set_score output; re-export with "
+            "`resnetcls export MODEL_DIR --to onnx`"
+        )
+    assert Predictor(bare, backend="onnxruntime", open_set="off").threshold is None  # runs without it
+
+
+def test_openvino_gives_the_open_set_score_as_onnx_runtime_does(open_set_model, seed0_onnx):
+    _, _, exported = open_set_model
+    batch = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = onnx_runtime.onnx_session(exported)
+    openvino = onnx_runtime.onnx_session(exported, runtime="openvino", precision="fp32")
+    assert onnx_runtime.has_open_set_output(openvino) and onnx_runtime.has_open_set_output(reference)
+    probs, scores = onnx_runtime.onnx_scored_probabilities(openvino, batch)
+    expected_probs, expected_scores = onnx_runtime.onnx_scored_probabilities(reference, batch)
+    assert scores.shape == (4,) and float((scores - expected_scores).abs().max()) <= 1e-4
+    assert float((probs - expected_probs).abs().max()) <= 1e-4
+    plain = onnx_runtime.onnx_session(seed0_onnx, runtime="openvino", precision="fp32")  # no score
+    assert not onnx_runtime.has_open_set_output(plain)
+    assert onnx_runtime.onnx_scored_probabilities(plain, batch)[1] is None

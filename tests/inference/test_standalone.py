@@ -1,8 +1,10 @@
 """A model.onnx on its own: Predictor, `resnetcls predict` and `serve` run it from its metadata, refuse what
 needs the eager weights (torch, Grad-CAM) in one line, refuse an ONNX file we did not export naming the keys
-it lacks, and the export guide's ONNX-Runtime-only snippet (docs/guides/export.md) reproduces the Predictor's
-predictions."""
+it lacks, and the export guide's ONNX-Runtime-only snippets (docs/guides/export.md) reproduce the Predictor's
+predictions; a file exported from a model with an open-set score rejects the images its model directory
+rejects, with the threshold it carries, in both runtimes."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -18,8 +20,9 @@ from resnetcls.errors import UserError
 from resnetcls.export.formats import export_model
 from resnetcls.inference.predictor import Predictor
 from resnetcls.inference.standalone import is_onnx_file, load_onnx_file
-from resnetcls.records.modelfile import write_calibration
-from tests.export.test_formats import CLASSES, make_tiny_model_dir
+from resnetcls.records.modelfile import load_model_dir, write_calibration
+from resnetcls.utils.openset import UNKNOWN, threshold_for
+from tests.export.test_formats import CLASSES, add_open_set, make_tiny_model_dir, open_set_photos
 from tests.serve.test_admission import client_for
 from tests.serve.test_app import png_bytes
 
@@ -131,3 +134,74 @@ def test_the_documented_onnxruntime_snippet_reproduces_the_predictor(bare, photo
     tolerance = 64 * np.finfo(np.float32).eps
     assert scope["classes"][int(scope["probs"].argmax())] == ours.top[0][0]
     assert np.abs(scope["probs"] - expected).max() <= tolerance
+
+
+@pytest.fixture(scope="module", params=["knn", "mahalanobis"])
+def open_set_bare(request, tmp_path_factory):
+    """A model directory with an open-set score, exported in place, and its model.onnx copied alone."""
+    fit, check = open_set_photos()
+    model = make_tiny_model_dir(tmp_path_factory.mktemp(f"os-{request.param}") / "model")
+    add_open_set(model, request.param, fit, check)
+    export_model(model, "onnx")
+    path = tmp_path_factory.mktemp(f"os-alone-{request.param}") / "model.onnx"
+    shutil.copy(model / "model.onnx", path)
+    return model, path, check
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_bare_file_rejects_the_images_its_model_directory_rejects(open_set_bare, backend):
+    model, bare, check = open_set_bare
+    beside = Predictor(model, backend="torch", precision="fp32").predict(check)
+    alone = Predictor(bare, backend=backend, precision="fp32")
+    assert alone.loaded.scorer is None and alone.threshold == load_model_dir(model).open_set["threshold"]
+    answers = alone.predict(check)
+    assert [p.unknown for p in answers] == [p.unknown for p in beside]
+    assert 0 < sum(p.unknown for p in answers) < len(check)  # both answers occur on these images
+    assert all((p.label == UNKNOWN) == p.unknown for p in answers)
+    assert all(p.to_dict()["label"] == p.label for p in answers)
+    # The feature-space scores' float32 rounding differs a little between runtimes and eager (see
+    # export/formats.py score_limit); far below the gaps between these images' scores.
+    spread = max(p.open_set_score for p in beside) - min(p.open_set_score for p in beside)
+    diffs = [abs(a.open_set_score - b.open_set_score) for a, b in zip(answers, beside)]
+    assert max(diffs) <= 1e-4 * max(1.0, spread)
+
+
+def test_the_threshold_and_its_quantiles_round_trip_through_the_file(open_set_bare):
+    model, bare, _ = open_set_bare
+    record = load_model_dir(model).open_set
+    assert load_onnx_file(bare).open_set == record
+    moved = Predictor(bare, backend="onnxruntime", unknown_accept=0.9)
+    assert moved.threshold == threshold_for(record["quantiles"], 0.9)
+    assert moved.threshold == Predictor(model, backend="torch", unknown_accept=0.9).threshold
+    assert Predictor(bare, backend="onnxruntime", open_set="off").threshold is None
+
+
+def test_the_documented_open_set_snippet_answers_unknown_as_the_predictor_does(
+    open_set_bare, tmp_path, monkeypatch
+):
+    _, bare, check = open_set_bare
+    section = DOC.read_text().split("### Without resnetcls", 1)[1]
+    first, second = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    assert "open_set_score" in second and 'meta["open_set"]' in second
+    shutil.copy(bare, tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    predictor = Predictor(bare, backend="onnxruntime")
+    for photo in check[:3] + check[-3:]:  # known-looking and flower photographs
+        shutil.copy(photo, tmp_path / "photo.jpg")
+        scope: dict = {}
+        exec(compile(first + second, str(DOC), "exec"), scope)
+        [ours] = predictor.predict(photo)
+        assert scope["label"] == ours.label
+        assert abs(float(scope["score"]) - ours.open_set_score) <= 1e-4 * max(1.0, abs(ours.open_set_score))
+
+
+def test_a_bad_open_set_record_in_the_metadata_is_refused_naming_the_field(bare, tmp_path):
+    proto = onnx.load(str(bare))
+    record = {"score": "knn", "threshold": 0.5, "accept": 0.95, "quantiles": [0.1, 0.2], "k": 5}
+    proto.metadata_props.add(key="open_set", value=json.dumps({**record, "file": "open_set.safetensors"}))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(proto, str(edited))
+    with pytest.raises(
+        UserError, match=r"edited.onnx: open_set.quantiles must be 101 non-decreasing numbers"
+    ):
+        load_onnx_file(edited)

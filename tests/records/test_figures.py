@@ -65,3 +65,13 @@ def test_contact_sheet_draws_the_given_views_instead_of_thumbnails(tmp_path):
     with Image.open(paired) as image:
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
     assert ((pixels[:, 1] > 200) & (pixels[:, 0] < 60)).any()
+
+
+def test_open_set_histogram_shares_bins_and_draws_one_kind_or_two(tmp_path):
+    known, unknown = np.array([0.9, 0.95, 0.97, 0.99]), np.array([0.2, 0.5])
+    edges = figures.score_histogram_bins(known, unknown, bins=10)
+    assert edges[0] == 0.2 and edges[-1] == 0.99 and len(edges) == 11
+    assert figures.score_histogram_bins(np.array([0.5, 0.5]), None)[-1] > 0.5  # one value: a bin still
+    both = figures.open_set_histogram(known, unknown, 0.93, tmp_path / "o.png", "knn")
+    alone = figures.open_set_histogram(known, None, 0.93, tmp_path / "k.png", "msp")
+    assert min(_is_png(both)) > 200 and min(_is_png(alone)) > 200

@@ -3,12 +3,17 @@
 /explain within the decode budget, and the same answers from every backend (in process, FastAPI's
 TestClient)."""
 
+import json
+
 import pytest
 from starlette.exceptions import HTTPException
 
+from resnetcls.errors import UserError
 from resnetcls.serve.schema import MAX_BATCH_FILES, ServeSettings
 from resnetcls.serve.service import ImageService
+from resnetcls.utils.openset import threshold_for
 from tests.export.test_formats import CLASSES, make_tiny_model_dir
+from tests.inference.test_command import KNOWN, OTHER, open_set_model
 from tests.serve.test_admission import client_for
 from tests.serve.test_app import png_bytes
 
@@ -135,3 +140,51 @@ def test_serve_runs_the_exported_model_on_openvino_with_the_same_answers(exporte
         probs, expected = ({t["class"]: t["prob"] for t in answer} for answer in (top, reference))
         assert probs.keys() == expected.keys()
         assert max(abs(probs[c] - expected[c]) for c in probs) <= tolerance
+
+
+@pytest.fixture(scope="module")
+def open_set(tiny_run, tiny_data, tmp_path_factory):
+    return open_set_model(tiny_run, tiny_data, tmp_path_factory.mktemp("serve-open-set") / "model")
+
+
+def test_predict_answers_unknown_below_the_threshold_and_info_says_where_it_lies(open_set, tiny_data):
+    threshold = json.loads((open_set / "model.json").read_text())["open_set"]["threshold"]
+    red, green = ((tiny_data / name).read_bytes() for name in (KNOWN[0], OTHER[0]))
+    with client_for(open_set) as client:
+        known = client.post("/predict?topk=2", content=red).json()
+        other = client.post("/predict?topk=2", content=green).json()
+        files = [("files", ("red.jpg", red)), ("files", ("green.jpg", green)), ("files", ("x.txt", b"hi"))]
+        batch = client.post("/predict/batch", files=files).json()["results"]
+        info = client.get("/info").json()
+    assert list(known) == ["filename", "top", "label", "unknown", "open_set_score"]
+    assert (known["label"], known["unknown"], other["label"], other["unknown"]) == (
+        "red",
+        False,
+        "unknown",
+        True,
+    )
+    assert known["open_set_score"] >= threshold > other["open_set_score"]
+    assert other["top"][0]["class"] == "green"  # the nearest class is still given
+    assert [(r["status"], r.get("label")) for r in batch] == [(200, "red"), (200, "unknown"), (415, None)]
+    assert batch[1]["open_set_score"] == pytest.approx(other["open_set_score"], abs=1e-5)
+    assert info["open_set"] == {"on": True, "score": "knn", "threshold": threshold, "accept": 1.0}
+
+
+def test_open_set_off_or_a_moved_threshold_as_the_settings_say(open_set, model, tiny_data):
+    record = json.loads((open_set / "model.json").read_text())["open_set"]
+    green = (tiny_data / OTHER[0]).read_bytes()
+    with client_for(open_set, open_set="off") as client:
+        assert list(client.post("/predict", content=green).json()) == ["filename", "top"]
+        assert client.get("/info").json()["open_set"] == {
+            "on": False,
+            "score": "knn",
+            "threshold": None,
+            "accept": None,
+        }
+    with client_for(open_set, unknown_accept=0.5) as client:
+        info = client.get("/info").json()["open_set"]
+    assert (
+        info["threshold"] == pytest.approx(threshold_for(record["quantiles"], 0.5)) and info["accept"] == 0.5
+    )
+    with pytest.raises(UserError, match="--open-set on, but the model has no open-set threshold"):
+        ImageService(ServeSettings(str(model), open_set="on"))

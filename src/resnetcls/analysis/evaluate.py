@@ -4,11 +4,11 @@ OUT/metrics.json holds every number; OUT/per_class.csv, OUT/confusion_matrix.csv
 confusion_matrix.png, reliability.png and most_confident_wrong.png show them. The images stream through the
 model (Accumulator: counts and a few numbers per image, never every image's probabilities); the heatmap draws
 at most HEATMAP_MAX_CLASSES classes and metrics.json carries the matrix up to MATRIX_IN_JSON_MAX_CLASSES, the
-CSV always. The last shows each image as
-the model saw it beside its Grad-CAM overlay for the (wrong) predicted class: where the model found the
-evidence that misled it (explain.py). Every number comes from the probabilities predict and serve give:
-calibrated with model.json's temperature (calibration.py); metrics.json's "calibration" holds the
-temperature and ECE/NLL before (raw softmax) and after.
+CSV always. The last shows each image as the model saw it beside its Grad-CAM overlay for the (wrong)
+predicted class: where the model found the evidence that misled it (explain.py). Every number comes from the
+probabilities predict and serve give: calibrated with model.json's temperature (calibration.py);
+metrics.json's "calibration" holds the temperature and ECE/NLL before (raw softmax) and after, its
+"open_set" the open-set numbers (openeval.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..utils.atomic import csv_text, write_atomic, write_text_atomic
 from ..utils.calibration import calibrated_probabilities, calibration_error
 from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_bar
+from .openeval import OpenSetOptions, eval_predictor, open_set_summary, scoring_for
 from .overlap import Routed, find_overlap, train_summary
 
 FIGURES = {
@@ -279,11 +280,8 @@ def write_figures(metrics: dict, confusion: np.ndarray, out: Path, wrong_views: 
     """The three eval PNGs; the heatmap shows heatmap_classes() (at most HEATMAP_MAX_CLASSES, coloured by the
     share of all the true class's images), recorded in metrics["confusion_figure"]; wrong_views (from
     explain_wrong) go into the sheet of the most confidently wrong images."""
-    from ..records.figures import (
-        confusion_heatmap,
-        contact_sheet,
-        reliability_diagram,
-    )  # matplotlib: only here
+    # matplotlib: only here
+    from ..records.figures import confusion_heatmap, contact_sheet, reliability_diagram
 
     shown = heatmap_classes(confusion, metrics["classes"])
     keep = shown.pop("index")
@@ -321,14 +319,17 @@ def evaluate_samples(
     """Evaluate already-labelled samples (in the model's class order); write every output into out.
 
     apart: indices of samples (the model's training images) scored on their own, into metrics["train_images"];
-    every other number, table and figure is of the rest (of these images when there is no rest).
+    every other number, table and figure is of the rest (of these images when there is no rest). about's
+    "open_set" (OpenSetOptions, not written): --unknown and co. (openeval.py).
     """
+    about = dict(about)
     if not len(samples):
         raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
     acc = Accumulator(len(predictor.classes), predictor.temperature)
     trained = Accumulator(len(predictor.classes), predictor.temperature) if apart else None
     sink = Routed(acc, trained, apart, len(samples)) if apart else acc
-    bad = run_model(predictor, samples, batch_size, num_workers, sink)
+    scoring = scoring_for(predictor, sink, about.pop("open_set", None))
+    bad = run_model(scoring or predictor, samples, batch_size, num_workers, scoring or sink)
     for path, reason in bad:
         print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
     if not acc.parts and not (trained and trained.parts):
@@ -352,6 +353,9 @@ def evaluate_samples(
     write_tables(metrics, acc.confusion, out)
     views = explain_wrong(predictor, metrics["most_confident_wrong"])
     metrics["figures"] = write_figures(metrics, acc.confusion, out, views)
+    if scoring is not None:
+        metrics["open_set"] = open_set_summary(scoring, acc, out, (batch_size, num_workers))
+        metrics["figures"]["open_set"] = metrics["open_set"]["figure"]
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     metrics["out"] = str(out)
     return metrics
@@ -362,10 +366,10 @@ def evaluate_model(
     data: str,
     out_dir: str | os.PathLike | None = None,
     batch_size: int = 32,
-    num_workers: int = -1,
     precision: str = "auto",
     backend: str = "auto",
     include_train: bool = False,
+    open_set: OpenSetOptions | None = None,
 ) -> dict:
     """Evaluate MODEL on DATA; write OUT (default: eval/ next to the model, i.e. RUN_DIR/eval).
 
@@ -376,10 +380,11 @@ def evaluate_model(
 
     DATA's images the model was trained on (by its run's split.csv, overlap.py) are left out, said in one
     line on stderr; all of them: an error. include_train scores them too, their numbers in "train_images".
+    open_set: --unknown, --open-set and --unknown-accept (openeval.OpenSetOptions).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
-    predictor = Predictor(model, precision=precision, backend=backend)
+    predictor, open_set = eval_predictor(model, precision, backend, open_set)
     samples, split = load_eval_samples(data, predictor.classes)
     overlap = find_overlap(predictor.loaded.path, samples)
     if overlap.train and len(overlap.train) == len(samples) and not include_train:
@@ -392,4 +397,4 @@ def evaluate_model(
     if not include_train:
         samples = samples.subset(overlap.held_out)
     apart = overlap.train if include_train else None
-    return evaluate_samples(predictor, samples, out, about, batch_size, num_workers, apart=apart)
+    return evaluate_samples(predictor, samples, out, {**about, "open_set": open_set}, batch_size, apart=apart)

@@ -21,6 +21,9 @@ probability and score; pooled features only for the 5 x K candidates (the best o
 The CSV is a DATA manifest (data/sources.py): path (relative to the CSV's folder), label (empty: fill it in),
 and the extra columns guess (the model's top-1), guess_prob and uncertainty. Once filled in it trains as
 DATA; a row left with an empty label is an error naming its line, so delete the rows you do not label.
+With open-set rejection on (the model has an open-set threshold; --open-set, --unknown-accept as predict's)
+two more columns say what predict would: open_set_score and unknown (true below the threshold); the order
+stays the uncertainty's.
 Images that cannot be read are named on stderr, counted, and make the exit code 2 (as in `predict`); the
 CSV of the others is written all the same.
 """
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..inference.command import unknown_accept_note
 from ..inference.inputs import expand_inputs
 from ..inference.predictor import Predictor
 from ..utils.atomic import csv_text, write_text_atomic
@@ -46,6 +50,7 @@ SCORES = ("margin", "entropy")
 DIVERSE_POOL = 5  # candidates per requested pick for --diverse
 DIVERSE_PICKS = 1000  # --diverse picks without --limit (then the rest follow, most uncertain first)
 COLUMNS = ["path", "label", "guess", "guess_prob", "uncertainty"]
+OPEN_SET_COLUMNS = ["open_set_score", "unknown"]  # with open-set rejection on (the model has a threshold)
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,16 @@ class RankSettings:
     batch_size: int = 32
     precision: str = "auto"
     backend: str = "auto"
+    open_set: str = "auto"
+    unknown_accept: float | None = None
 
 
 @dataclass
 class Scored:
     """The model's view of a set of images: the good paths with each one's top-1 class, its probability and
     its uncertainty score, the --diverse candidates (row indices, most uncertain first, and their pooled
-    features; empty without --diverse), and the bad files with their reasons."""
+    features; empty without --diverse), the bad files with their reasons, and with open-set rejection on,
+    each good image's open-set score (None when off)."""
 
     paths: list[str]
     guess: torch.Tensor
@@ -74,6 +82,7 @@ class Scored:
     score: torch.Tensor
     pool: tuple[torch.Tensor, torch.Tensor]
     bad: list[tuple[str, str]]
+    open_set: torch.Tensor | None = None
 
 
 class TopPool:
@@ -167,30 +176,27 @@ def pick_order(
 @torch.inference_mode()
 def probabilities_and_features(
     predictor: Predictor, batch: torch.Tensor, features: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities (raw: the model's own ranking, no temperature) and pooled penultimate features of
-    a preprocessed batch, in the Predictor's backend and precision. On torch one forward gives both; with an
-    ONNX session the session gives the probabilities and the eager model (fp32) the features, when asked."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Softmax probabilities (raw: the model's own ranking, no temperature), pooled penultimate features and
+    open-set scores (None when rejection is off) of a preprocessed batch, in the Predictor's backend and
+    precision. On torch one forward gives all three; with an ONNX session the session gives the
+    probabilities and the eager model the features and scores, when asked."""
     if predictor.session is None:
         return eager_probabilities_and_features(predictor, batch)
     probs = predictor.logits(batch).softmax(dim=1)
-    return probs, (eager_probabilities_and_features(predictor, batch)[1] if features else torch.empty(0))
+    if not features and predictor.threshold is None:
+        return probs, torch.empty(0), None
+    _, pooled, scores = eager_probabilities_and_features(predictor, batch)
+    return probs, pooled, scores
 
 
 def eager_probabilities_and_features(
     predictor: Predictor, batch: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and pooled penultimate features from the eager model, in its autocast."""
-    model = predictor.model
-    batch = batch.to(predictor.device, memory_format=predictor.memory_format)
-    with torch.autocast(
-        predictor.device.type,
-        dtype=predictor.amp_dtype or torch.bfloat16,
-        enabled=predictor.amp_dtype is not None,
-    ):
-        features = model.forward_head(model.forward_features(batch), pre_logits=True)
-        logits = model.get_classifier()(features)
-    return logits.float().softmax(dim=1).cpu(), features.float().cpu()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Softmax probabilities, pooled penultimate features and open-set scores (None when rejection is off)
+    from the eager model, in its autocast."""
+    features, logits = predictor.features_and_logits(batch)
+    return logits.softmax(dim=1), features, predictor.open_set_scores(features, logits)
 
 
 def score_images(
@@ -198,7 +204,7 @@ def score_images(
 ) -> Scored:
     """Decode (a few threads) and score paths in batches, keeping the features of the pool_size most uncertain
     (None: none); unreadable files go to Scored.bad."""
-    good, guesses, probs, scores, bad = [], [], [], [], []
+    good, guesses, probs, scores, bad, open_set = [], [], [], [], [], []
     top = TopPool(pool_size or 0)
     with (
         ThreadPoolExecutor(max(1, min(4, usable_cores()))) as threads,
@@ -214,7 +220,8 @@ def score_images(
                     good.append(path)
                     tensors.append(item)
             if tensors:
-                p, f = probabilities_and_features(predictor, torch.stack(tensors), bool(pool_size))
+                p, f, o = probabilities_and_features(predictor, torch.stack(tensors), bool(pool_size))
+                open_set += [] if o is None else [o]
                 score = uncertainty(p, by)
                 prob, guess = p.max(dim=1)
                 guesses.append(guess)
@@ -226,17 +233,32 @@ def score_images(
     if not good:
         empty = torch.empty(0)
         return Scored([], empty.long(), empty, empty, top.result(), bad)
-    return Scored(good, torch.cat(guesses), torch.cat(probs), torch.cat(scores), top.result(), bad)
+    return Scored(
+        good,
+        torch.cat(guesses),
+        torch.cat(probs),
+        torch.cat(scores),
+        top.result(),
+        bad,
+        torch.cat(open_set) if open_set else None,
+    )
 
 
-def manifest_rows(scored: Scored, order: list[int], classes: list[str], csv_dir: Path):
-    """The CSV rows (header first): paths relative to the CSV's folder, label empty."""
-    rows = [COLUMNS]
+def manifest_rows(
+    scored: Scored, order: list[int], classes: list[str], csv_dir: Path, threshold: float | None = None
+):
+    """The CSV rows (header first): paths relative to the CSV's folder, label empty; with open-set scores
+    (scored.open_set), also open_set_score and unknown (true below threshold)."""
+    open_set = scored.open_set.tolist() if scored.open_set is not None else None
+    rows = [COLUMNS + OPEN_SET_COLUMNS * (open_set is not None)]
     guess, prob, score = scored.guess.tolist(), scored.guess_prob.tolist(), scored.score.tolist()
     base = os.path.abspath(csv_dir)
     for i in order:
         rel = os.path.relpath(os.path.abspath(scored.paths[i]), base)
-        rows.append([Path(rel).as_posix(), "", classes[guess[i]], f"{prob[i]:.6f}", f"{score[i]:.6f}"])
+        row = [Path(rel).as_posix(), "", classes[guess[i]], f"{prob[i]:.6f}", f"{score[i]:.6f}"]
+        if open_set is not None:
+            row += [f"{open_set[i]:.6f}", str(open_set[i] < threshold).lower()]
+        rows.append(row)
     return rows
 
 
@@ -252,7 +274,16 @@ def run_rank(model: str, folder: str, out: str, settings: RankSettings = RankSet
     out_path = Path(out)
     if not out_path.parent.is_dir():
         raise UserError(f"--out {out}: folder {out_path.parent} does not exist")
-    predictor = Predictor(model, precision=settings.precision, backend=settings.backend)
+    predictor = Predictor(
+        model,
+        precision=settings.precision,
+        backend=settings.backend,
+        open_set=settings.open_set,
+        unknown_accept=settings.unknown_accept,
+    )
+    note = unknown_accept_note(predictor)
+    if note:
+        print(note, file=sys.stderr)
     items = expand_inputs([folder])
     paths = [p for p, reason in items if not reason]
     if not paths:
@@ -262,7 +293,8 @@ def run_rank(model: str, folder: str, out: str, settings: RankSettings = RankSet
     for path, reason in scored.bad:
         print(f"warning: {path}: {reason} (not ranked)", file=sys.stderr)
     order = pick_order(scored.score, limit, scored.pool if diverse else None)
-    write_text_atomic(out_path, csv_text(manifest_rows(scored, order, predictor.classes, out_path.parent)))
+    rows = manifest_rows(scored, order, predictor.classes, out_path.parent, predictor.threshold)
+    write_text_atomic(out_path, csv_text(rows))
     how = "most uncertain first"
     if diverse:
         picks = min(diverse_picks(limit), len(scored.paths))

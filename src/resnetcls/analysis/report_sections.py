@@ -1,7 +1,7 @@
 """The parts of report.html read from a run's files: the Evaluation section (eval/metrics.json: the numbers,
-the calibration, the figures, the most confused pairs and the per-class table) and the Lifelong section
-(metrics.json and R.json of `resnetcls lifelong`), with the HTML pieces report.py shares (embedded_png,
-html_value, cards_html).
+the calibration, the open-set numbers, the figures, the most confused pairs and the per-class table) and the
+Lifelong section (metrics.json and R.json of `resnetcls lifelong`), with the HTML pieces report.py shares
+(embedded_png, html_value, cards_html).
 """
 
 from __future__ import annotations
@@ -138,6 +138,56 @@ def _confusion_caption(shown: dict | None) -> str:
     )
 
 
+# The open-set numbers of eval (metrics.json "open_set"): (key, label, what it means).
+OPEN_SET_ROWS = (
+    ("threshold", "threshold", 'images scoring below it are answered "unknown"'),
+    ("known_accepted", "known accepted", "share of DATA's images scoring at or above the threshold"),
+    ("known_rejected", "known rejected", 'share of DATA\'s images wrongly answered "unknown"'),
+    (
+        "accuracy_with_rejection",
+        "accuracy with rejection",
+        "share of DATA's images accepted and right (top-1)",
+    ),
+    ("accepted_top1", "accepted top-1", "top-1 of the accepted images"),
+    ("unknown_rejected", "unknown rejected", 'share of the unknown images answered "unknown"'),
+    ("auroc", "AUROC", "chance that a known image scores above an unknown one (1: perfect, 0.5: chance)"),
+    ("fpr_at_95_tpr", "FPR at 95% TPR", "share of unknown images accepted where 95% of known ones are"),
+)
+
+
+def open_set_part(block: dict | None, eval_dir: Path) -> str:
+    """eval's open-set numbers as a table, with the histogram of known and unknown scores."""
+    if not block:
+        return ""
+    unknown = (
+        f"{block['unknown_images']} unknown images of {html.escape(str(block.get('unknown')))}"
+        + (f" ({block['unknown_skipped']} unreadable, skipped)" if block.get("unknown_skipped") else "")
+        if "unknown_images" in block
+        else "no unknown images (eval --unknown FOLDER adds them)"
+    )
+    score = html.escape(str(block["score"])) + (
+        " (the largest softmax probability: the model has no open-set score)" if block.get("fallback") else ""
+    )
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{html_value(block[key])}</td><td>{html.escape(meaning)}</td></tr>"
+        for key, label, meaning in OPEN_SET_ROWS
+        if key in block
+    )
+    figure = eval_dir / str(block.get("figure", ""))
+    return (
+        f"<h3 id='open-set'>Unknown objects</h3><p class='sub'>Open-set score {score}; "
+        f"{block['known_images']} known images, {unknown}.</p><div class='figs'>"
+        + (
+            embedded_png(figure, "fig-open-set", "open-set scores of known and unknown images")
+            if block.get("figure") and figure.is_file()
+            else ""
+        )
+        + "<table id='open-set-table'><tr><th>number</th><th>value</th><th>meaning</th></tr>"
+        + rows
+        + "</table></div>"
+    )
+
+
 def eval_section(eval_dir: Path) -> str:
     path = eval_dir / "metrics.json"
     if not path.is_file():
@@ -165,6 +215,7 @@ def eval_section(eval_dir: Path) -> str:
             ]
         ),
         _calibration_part(m.get("calibration")),
+        open_set_part(m.get("open_set"), eval_dir),
     ]
     figs = [
         ("confusion", "confusion_matrix.png", "confusion matrix"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 
 def cmd_train(args) -> int:
@@ -111,6 +112,7 @@ def cmd_lifelong(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..analysis.evaluate import evaluate_model
+    from ..analysis.openeval import OpenSetOptions, open_set_lines
 
     m = evaluate_model(
         args.model,
@@ -120,6 +122,7 @@ def cmd_eval(args) -> int:
         precision=args.precision,
         backend=args.backend,
         include_train=args.include_train,
+        open_set=OpenSetOptions(args.unknown, args.open_set, args.unknown_accept),
     )
     kind = eval_images_kind(m["overlap"])
     print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
@@ -134,6 +137,8 @@ def cmd_eval(args) -> int:
             f"training images ({t['images']}): top1 {t['top1']:.4f}  top5 {t['top5']:.4f}  balanced accuracy "
             f"{t['balanced_accuracy']:.4f}  macro F1 {t['macro_f1']:.4f}  ECE {t['ece']:.4f}"
         )
+    for line in open_set_lines(m["open_set"]) if "open_set" in m else []:
+        print(line)
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
 
@@ -149,7 +154,9 @@ def eval_images_kind(overlap: dict) -> str:
 def cmd_predict(args) -> int:
     from ..inference.command import PredictOptions, run_predict
 
-    options = PredictOptions(args.topk, args.format, args.batch_size, args.tta, args.explain)
+    options = PredictOptions(
+        args.topk, args.format, args.batch_size, args.tta, args.explain, args.open_set, args.unknown_accept
+    )
     return run_predict(args.model, args.paths, options, args.backend, args.precision)
 
 
@@ -160,7 +167,16 @@ def cmd_rank(args) -> int:
         args.model,
         args.folder,
         args.out,
-        RankSettings(args.by, args.diverse, args.limit, args.batch_size, args.precision, args.backend),
+        RankSettings(
+            args.by,
+            args.diverse,
+            args.limit,
+            args.batch_size,
+            args.precision,
+            args.backend,
+            args.open_set,
+            args.unknown_accept,
+        ),
     )
 
 
@@ -218,6 +234,33 @@ def _export_int8(args, to: str) -> int:
     return 0
 
 
+def cmd_add_class(args) -> int:
+    from ..api import add_class
+
+    start = time.perf_counter()
+    out = add_class(
+        args.model, args.name, args.photos, args.out, seed=args.seed, steps=args.steps, force=args.force
+    )
+    print(edited_line(out, time.perf_counter() - start))
+    return 0
+
+
+def cmd_remove_class(args) -> int:
+    from ..api import remove_class
+
+    start = time.perf_counter()
+    out = remove_class(args.model, args.name, args.out, force=args.force)
+    print(edited_line(out, time.perf_counter() - start))
+    return 0
+
+
+def edited_line(model_dir, seconds: float) -> str:
+    """add-class's and remove-class's one line on stdout: the new model directory, its classes, the time."""
+    from ..records.modelfile import read_meta
+
+    return f"wrote {model_dir} ({len(read_meta(model_dir)['classes'])} classes) in {seconds:.1f} s"
+
+
 def serve_settings(args):
     """serve's ServeSettings, host, port and workers: the config's serve: section (defaults <- --config FILE
     <- --set serve.KEY=VALUE) with every option given on the command line on top, and RESNETCLS_SET over
@@ -232,6 +275,7 @@ def serve_settings(args):
     values = dataclasses.asdict(cfg.serve)
     host, port, workers = values.pop("host"), values.pop("port"), values.pop("workers")
     values["max_body_bytes"] = int(values.pop("max_body_mb") * 1e6)
+    values["unknown_accept"] = values["unknown_accept"] or None  # 0: the model's own share
     return ServeSettings(args.model, **values), host, port, workers
 
 
@@ -314,6 +358,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "export": cmd_export,
     "serve": cmd_serve,
+    "add-class": cmd_add_class,
+    "remove-class": cmd_remove_class,
     "env": cmd_env,
     "weights": cmd_weights,
 }

@@ -1,5 +1,6 @@
 """The parsers of the commands that use a trained model: eval, predict and rank (one --backend, --precision
-and --batch-size vocabulary), export and serve (whose options are also the config's serve: section)."""
+and --batch-size vocabulary), export and serve (whose options are also the config's serve: section),
+add-class and remove-class."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ BACKEND_HELP = (
     "onnxruntime-int8, openvino-int8 (model.int8.onnx, see export --int8)"
 )
 INFERENCE_BATCH = 32  # --batch-size of eval, predict and rank
+# --open-set of predict, rank and serve (utils/openset.py's OPEN_SET_MODES; repeated so that --help
+# loads no torch, as config/checks.py's BACKENDS are)
+OPEN_SET_MODES = ("auto", "on", "off")
 EXPORT_FORMATS = ("onnx", "torchscript")
 
 # serve's options: (name, argparse type, help). Each is also serve.NAME in the config (config/schema.py
@@ -69,8 +73,19 @@ SERVE_OPTIONS = (
         "the same, from one client address (behind a reverse proxy, which is one address, raise it to "
         "--max-idle-connections)",
     ),
+    (
+        "open_set",
+        str,
+        "answer \"unknown\" below the model's open-set threshold: auto | on | off, as predict's",
+    ),
+    (
+        "unknown_accept",
+        number(float, 0, 1),
+        "the share of known validation images the threshold accepts, as predict's --unknown-accept "
+        "(0: the model's own)",
+    ),
 )
-SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS}
+SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS, "open_set": OPEN_SET_MODES}
 
 
 def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per model call") -> None:
@@ -79,6 +94,27 @@ def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per mo
     p.add_argument("--batch-size", type=BATCH, default=INFERENCE_BATCH, help=batch_help)
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=PRECISION_HELP)
+
+
+def add_open_set_flags(p: argparse.ArgumentParser) -> None:
+    """--open-set and --unknown-accept (eval, predict and rank): whether an image below the model's open-set
+    threshold is answered "unknown", and where that threshold lies."""
+    p.add_argument(
+        "--open-set",
+        choices=OPEN_SET_MODES,
+        default="auto",
+        help='answer "unknown" for images below the model\'s open-set threshold (objects of none of its '
+        "classes): auto: when the model has one (default); on: required (exit 2 for a model without one); "
+        "off: never",
+    )
+    p.add_argument(
+        "--unknown-accept",
+        type=number(float, 0, 1, low_open=True),
+        default=None,
+        metavar="SHARE",
+        help="move the threshold so that this share of the model's known validation images is accepted, "
+        "e.g. 0.99 answers unknown less often, 0.8 more often (default: the model's own, usually 0.95)",
+    )
 
 
 def _add_eval(sub) -> None:
@@ -100,6 +136,15 @@ def _add_eval(sub) -> None:
         help="also score the images of DATA the model was trained on (by its run's split.csv; left out by "
         "default), their numbers apart from the held-out images'",
     )
+    p.add_argument(
+        "--unknown",
+        metavar="FOLDER",
+        default=None,
+        help="images of objects that are none of the model's classes (a folder, searched recursively): also "
+        "report how well the open-set score tells them from DATA's (AUROC, FPR at 95%% TPR, shares "
+        "rejected); a model without an open-set record is scored by its largest softmax probability",
+    )
+    add_open_set_flags(p)
     add_model_flags(p)
 
 
@@ -116,6 +161,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     add_model_flags(p)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    add_open_set_flags(p)
     p.add_argument(
         "--explain",
         metavar="OUT_DIR",
@@ -159,6 +205,7 @@ def _add_rank(sub) -> None:
         help="write only the first N images (default: all)",
     )
     add_model_flags(p)
+    add_open_set_flags(p)
 
 
 def add_inference_commands(sub) -> None:
@@ -223,7 +270,38 @@ def _add_serve(sub) -> None:
     add_config_flags(p, "serve, or deploy.yaml with a serve: section")
 
 
+def _add_class_edits(sub) -> None:
+    p = sub.add_parser(
+        "add-class",
+        help="teach MODEL a new class from a few photos in seconds, without retraining (a new model "
+        "directory)",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("name", metavar="NAME", help="the new class's name")
+    p.add_argument(
+        "photos",
+        metavar="PHOTOS",
+        nargs="+",
+        help="photos of it: image files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument("--out", metavar="NEW_MODEL", required=True, help="the model directory to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's tuning (same seed, same model)")
+    p.add_argument(
+        "--steps",
+        type=number(int, 0, 100_000),
+        default=100,  # addclass.DEFAULT_STEPS (not imported: the parsers load no torch)
+        help="Adam steps tuning the head after imprinting",
+    )
+    p.add_argument("--force", action="store_true", help="replace --out when it exists and is not empty")
+    p = sub.add_parser("remove-class", help="a copy of MODEL without one of its classes")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("name", metavar="NAME", help="the class to remove")
+    p.add_argument("--out", metavar="NEW_MODEL", required=True, help="the model directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out when it exists and is not empty")
+
+
 def add_deploy_commands(sub) -> None:
-    """export and serve, in that order."""
+    """export, serve, add-class and remove-class, in that order."""
     _add_export(sub)
     _add_serve(sub)
+    _add_class_edits(sub)

@@ -107,6 +107,10 @@ def _unknown_key(key: str, cfg: Config, source: str) -> UserError:
     return UserError(f"{source}: unknown config key {key!r}{hint}")
 
 
+# Text keys that take the word "off": YAML reads `--set eval.open_set=off` as false.
+WORD_KEYS = ("eval.open_set", "serve.open_set")
+
+
 def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
     """Check value against the type of the default it replaces; ints are accepted for floats."""
     expected = type(current)
@@ -123,6 +127,8 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
         return list(value)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if expected is str and isinstance(value, bool) and key in WORD_KEYS:
+        return "on" if value else "off"  # YAML 1.1 reads the words off/on (and no/yes) as false/true
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise UserError(

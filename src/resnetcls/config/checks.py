@@ -56,6 +56,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lifelong.lwf_temperature": (0, 1e3, True, False),
     "lifelong.derpp_alpha": (0, 1e6, False, False),
     "lifelong.derpp_beta": (0, 1e6, False, False),
+    "eval.open_set_accept": (0, 1, True, False),
     "serve.port": (1, 65535, False, False),
     "serve.workers": (1, 256, False, False),
     "serve.max_body_mb": (0, 1e6, True, False),
@@ -73,6 +74,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "serve.max_connections": (1, _BIG, False, False),
     "serve.max_idle_connections": (1, _BIG, False, False),
     "serve.max_idle_per_client": (1, _BIG, False, False),
+    "serve.unknown_accept": (0, 1, False, False),
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
@@ -80,6 +82,9 @@ SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
 # and PRECISIONS; repeated here so the command line's --help loads no torch: tests/cli checks they agree).
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 INFERENCE_PRECISIONS = ("auto", "bf16", "fp32")
+# eval.open_set: utils/openset.py's SCORES, "auto" (its DEFAULT_SCORE) and "off" (repeated for the same
+# reason; tests/config checks they agree)
+OPEN_SET_CHOICES = ("auto", "msp", "energy", "mahalanobis", "knn", "off")
 CHOICES = {
     "train.nonfinite": ("stop", "skip"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
@@ -92,8 +97,10 @@ CHOICES = {
     "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
     "log.wandb_mode": ("offline", "online", "disabled"),
     "log.on_tracker_error": ("stop", "warn"),
+    "eval.open_set": OPEN_SET_CHOICES,
     "serve.backend": BACKENDS,
     "serve.precision": INFERENCE_PRECISIONS,
+    "serve.open_set": ("auto", "on", "off"),
 }
 
 

@@ -126,6 +126,16 @@ FLAGS: tuple[Flag, ...] = (
         choices=CHOICES["train.precision"],
     ),
     Flag(
+        "unknown",
+        "eval.open_set_unknown",
+        "path",
+        "a folder of images of things that are none of the classes: the open-set threshold (predict's "
+        "'unknown' answer) is then the one that best tells them from the val images, instead of the one "
+        "accepting eval.open_set_accept of the val images (default: none)",
+        ("train",),
+        metavar="FOLDER",
+    ),
+    Flag(
         "tasks",
         "lifelong.tasks",
         "text",

@@ -136,6 +136,12 @@ class LogConfig:
 class EvalConfig:
     calibrate: bool = True  # fit a temperature on the val split at the end of train (calibration.py)
     # and ship it in model.json; false = raw softmax (T = 1, recorded as such)
+    open_set: str = "auto"  # the open-set score fitted at the end of train (engine/openset.py) and shipped in
+    # the model, so predict answers "unknown" below its threshold: auto (utils/openset.py's DEFAULT_SCORE) |
+    # msp | energy | mahalanobis | knn | off (none fitted)
+    open_set_accept: float = 0.95  # the share of known val images the threshold accepts
+    open_set_unknown: str = ""  # a folder of images of none of the classes (train --unknown): the threshold
+    # then best separates them from the val images (balanced accuracy) instead of open_set_accept
 
 
 @dataclass
@@ -183,6 +189,8 @@ class ServeConfig:
     max_connections: int = 64  # requests being processed at once; beyond it 503 + Retry-After
     max_idle_connections: int = 64  # connections idle or still sending; past it the longest waiting is closed
     max_idle_per_client: int = 16  # the same, from one client address
+    open_set: str = "auto"  # as predict's --open-set: auto (on when the model has a threshold) | on | off
+    unknown_accept: float = 0.0  # as predict's --unknown-accept; 0: the model's own share
 
 
 @dataclass

@@ -140,9 +140,10 @@ def summarize(
     ctx: StepContext,
     logger: RunLogger,
     cfg: Config,
+    open_set: dict | None = None,
 ) -> dict:
     """The end-of-run summary (after the early-stopping note, if any): logged to metrics.jsonl, printed,
-    returned."""
+    returned. open_set: best/'s open-set record (engine/openset.py), None when there is none."""
     metric, train_cfg = cfg.ckpt.metric, cfg.train
     note_early_stop(run, train_cfg, metric, logger)
     best = run_dir / "best" / "model.json"
@@ -165,6 +166,7 @@ def summarize(
         "epochs_run": run.epoch - 1,
         "time_budget_s": parse_duration(train_cfg.time_budget),
         "stopped_early": run.epoch <= train_cfg.epochs,
+        "open_set": open_set,
     }
     logger.log({"kind": "summary", **summary}, run.global_step)
     logger.info(

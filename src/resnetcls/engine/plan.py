@@ -2,7 +2,8 @@
 
 make_plan() makes the data paths absolute and validates the config, checks the device, resolves the data
 splits once (the file list: nothing is decoded), finds the checkpoint to resume (refusing changed settings)
-and checks the model (its name, the pretrained weights); only then does it make the automatic choices, in
+and checks the model (its name, the pretrained weights) and the open-set settings (a class named "unknown",
+the --unknown folder: engine/openset.py); only then does it make the automatic choices, in
 this order: the auto recipe (what the user left open: engine/recipe.py), the batch size
 (`--batch-size auto`, engine/autobatch.py), the learning rate (`--lr auto`, engine/lrfind.py), the epochs that
 fit a time budget (`--time`, engine/budget.py: a short speed measurement with the real model and data, which
@@ -43,6 +44,7 @@ from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
+from .openset import check_open_set
 from .optim import build_loss, build_optimization
 from .prepare import (
     DataPipeline,
@@ -55,8 +57,10 @@ from .prepare import (
     sync_bn_applies,
     warn,
 )
-from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
 from .race import (
+    BALANCE_KEYS,
+    BALANCED,
+    RACE_FILE,
     RacePlan,
     load_race,
     plan_race,
@@ -64,7 +68,8 @@ from .race import (
     race_settings_kept,
     race_under_way,
 )
-from .recipe import apply_recipe, pick_for_data, recipe_blocker, saved_recipe
+from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
+from .recipe import apply_recipe, given_settings, pick_for_data, recipe_blocker, saved_recipe
 
 DROP_NOTE = 0.10  # the share of the train images an epoch may leave out without a note
 
@@ -129,11 +134,14 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     resuming = request.resume is not None and any((run_dir / "checkpoints").glob("step-*.json"))
     racing = race_under_way(run_dir, request.resume, resuming)
     if (recipe_on and resuming or racing) and (run_dir / "config.yaml").is_file():
-        cfg = saved_recipe(cfg, run_dir)  # compared with the checkpoint's settings as the run's own
+        # compared with the checkpoint's settings as the run's own (a race's winner may be balanced)
+        raced = frozenset(BALANCED) if (run_dir / RACE_FILE).is_file() else frozenset()
+        cfg = saved_recipe(cfg, run_dir, raced)
     # a race under way: its run folder holds no checkpoint of its own yet (engine/race.py)
     found = find_run(cfg, request.out_dir, None if racing else request.resume, request.force)
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
     check_parts(found.cfg, len(splits.classes), ctx)
+    check_open_set(found.cfg.eval, splits.classes)  # a class named "unknown", the --unknown folder
     plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
@@ -205,7 +213,8 @@ def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
         if auto and key in choice.given:
             choice.given[key] = "auto"
     why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
-    entries, plan.race = race_candidates(choice.run, choice.given, choice.facts)[0], None
+    given = {**choice.given, **given_settings(plan.cfg, request.explicit, BALANCE_KEYS)}
+    entries, plan.race = race_candidates(choice.run, given, choice.facts)[0], None
     budget_s, share = parse_duration(plan.cfg.train.time_budget), plan.cfg.train.race_share
     if budget_s and share > 0 and len(entries) > 1 and distributed.world_from_env().size == 1:
         plan.race = RacePlan(entries, [], budget_s, share * budget_s)

@@ -153,14 +153,16 @@ def find_run(cfg: Config, out_dir: str | Path, resume: str | None, force: bool) 
 
 
 def with_absolute_data(cfg: Config) -> Config:
-    """cfg with data.train and data.val as absolute paths."""
+    """cfg with data.train, data.val and eval.open_set_unknown as absolute paths."""
 
     def absolute(path: str) -> str:
         return str(Path(path).absolute()) if path else path
 
-    data_cfg = cfg.data
+    data_cfg, eval_cfg = cfg.data, cfg.eval
     return dataclasses.replace(
-        cfg, data=dataclasses.replace(data_cfg, train=absolute(data_cfg.train), val=absolute(data_cfg.val))
+        cfg,
+        data=dataclasses.replace(data_cfg, train=absolute(data_cfg.train), val=absolute(data_cfg.val)),
+        eval=dataclasses.replace(eval_cfg, open_set_unknown=absolute(eval_cfg.open_set_unknown)),
     )
 
 

@@ -43,9 +43,12 @@ The rules (RULES below; the first whose limit the training set is under applies)
                                                                 erasing 0.25) and light (crop_flip)
     resolution     no --image-size given                        the chosen size and 3/4 of it (a multiple
                                                                 of 16, at least 32)
+    class balance  largest / smallest training class over 3,    the leading choice with
+                   no data.sampler or loss.class_weights given  data.sampler=balanced
 
-  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", "light 96px"); when the measured speed
-  leaves under 2 steps a candidate for the first rung, the resolution is dropped, then the race.
+  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", then "light 96px" or "heavy 128px
+  balanced"); when the measured speed leaves under 2 steps a candidate for the first rung, the first two race,
+  then none.
 
 What is chosen is printed on stderr (what came from the user, what was chosen and why), written to
 config.yaml and logged to metrics.jsonl as {"kind": "recipe", ...}. train.auto_recipe=false turns it off (the
@@ -84,6 +87,7 @@ from .recipe_choice import (
     ImageNetWeights,
     RecipeChoice,
     Rule,
+    class_imbalance,
     fine_tune,
     median_short_side,
 )
@@ -322,14 +326,14 @@ def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
     return "" if enabled else "train.auto_recipe=false"
 
 
-def given_settings(cfg: Config, explicit: ExplicitSettings) -> dict[str, Any]:
-    """The recipe keys the user gave (a flag, --set, or a key of the --config file), with cfg's values: the
-    auto recipe keeps them and chooses the rest."""
+def given_settings(cfg: Config, explicit: ExplicitSettings, among: frozenset = RECIPE_KEYS) -> dict[str, Any]:
+    """The recipe keys (or those among `among`) the user gave (a flag, --set, or a key of the --config file),
+    with cfg's values: the auto recipe keeps them and chooses the rest."""
     keys = set(explicit.keys)
     if explicit.config_file:
         keys |= {renamed(key) for key in flatten(load_yaml(resolve_config_file(explicit.config_file)))}
     values = flatten(config_to_dict(cfg))
-    return {key: values[key] for key in sorted(keys & RECIPE_KEYS)}
+    return {key: values[key] for key in sorted(keys & among)}
 
 
 def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
@@ -340,11 +344,12 @@ def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
     return cfg
 
 
-def saved_recipe(cfg: Config, run_dir: Path) -> Config:
-    """cfg with the recipe keys of a run directory's config.yaml: a resumed run keeps what was picked for it
-    and measures nothing (engine/plan.py calls it before comparing the settings with the checkpoint's)."""
+def saved_recipe(cfg: Config, run_dir: Path, also: frozenset = frozenset()) -> Config:
+    """cfg with the recipe keys (and the keys `also`: what a race chose) of a run directory's config.yaml: a
+    resumed run keeps what was picked for it and measures nothing (engine/plan.py calls it before comparing
+    the settings with the checkpoint's)."""
     saved = flatten(load_yaml(run_dir / "config.yaml"))
-    return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS})
+    return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS | also})
 
 
 def pick_for_data(
@@ -357,7 +362,8 @@ def pick_for_data(
     if given.get("train.pretrained") not in (None, "", "torchvision"):  # a file: checked against this model
         given = {"model.name": cfg.model.name, "model.width": cfg.model.width, **given}
     median, read = median_short_side(splits.train.paths)
-    facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read)
+    imbalance = class_imbalance(splits.train.labels)
+    facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read, imbalance)
     ctx = build_context(cfg.train, device_name)
 
     def measure(name: str, width: int, size: int) -> float:

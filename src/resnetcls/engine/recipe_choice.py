@@ -143,6 +143,16 @@ class DataFacts:
     classes: int
     median_short_side: int | None  # None: no header could be read
     headers_read: int = 0
+    imbalance: float = 1.0  # the largest training class's image count over the smallest's
+
+
+def class_imbalance(labels: list[int]) -> float:
+    """The largest class's count of labels over the smallest's, among the classes that have any (1.0 with
+    fewer than two such classes)."""
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return max(counts.values()) / min(counts.values()) if len(counts) > 1 else 1.0
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from .race import RACE_FILE
 
 RUNS = Path("runs")  # relative to the working directory, as --out is
 LATEST = "latest"
@@ -78,8 +79,11 @@ def resolve_latest(runs: Path = RUNS) -> Path:
 
 
 def unfinished(run_dir: Path) -> bool:
-    """Whether run_dir holds a checkpoint and no end-of-run summary (metrics.jsonl): a run to continue."""
-    if not any((run_dir / "checkpoints").glob("step-*.json")):
+    """Whether run_dir holds a checkpoint, or a recipe race under way (RUN/race.json, engine/race.py: no
+    checkpoint of the run's own until the winner's is copied in), and no end-of-run summary (metrics.jsonl):
+    a run to continue."""
+    started = any((run_dir / "checkpoints").glob("step-*.json")) or (run_dir / RACE_FILE).is_file()
+    if not started:
         return False
     metrics = run_dir / "metrics.jsonl"
     text = metrics.read_text(encoding="utf-8", errors="replace") if metrics.is_file() else ""
@@ -91,7 +95,8 @@ def where_to_train(
 ) -> tuple[str | None, str | None]:
     """(out, resume) as the engine takes them, out None meaning a new folder runs/train-N. --resume latest is
     the run folder runs/latest points to; --resume auto without --out continues that run when it is unfinished
-    and starts a new one otherwise (one line says so). An explicit --out is kept as it is."""
+    (a race under way included) and starts a new one otherwise (one line says so). An explicit --out is kept
+    as it is."""
     if resume == LATEST:
         return None, str(resolve_latest())
     if out is not None or resume != "auto":

@@ -7,7 +7,8 @@
    the rest of the flow shares; the opening lines log the plan's decisions.
 3. epochs (train_epochs): each trained, validated and checkpointed, until train.epochs, train.patience or a
    stop request (saved, exit 130).
-4. finish (engine/finish.py): final/, the calibration of best/ and final/, the summary.
+4. finish (engine/finish.py): final/, the calibration of best/ and final/, their open-set score
+   (engine/openset.py), the summary.
 
 Under torchrun every rank runs this same flow (engine/distributed.py joins the process group); only rank 0
 (distributed.is_main) prints, logs and writes checkpoints and model directories. The caller (cli.cmd_train,
@@ -38,6 +39,7 @@ from .finish import MAX_KEPT_LOGITS, ShippedModels, end_of_epoch, patience_ran_o
 from .log import RunLogger, console_log
 from .loop import EpochStats, StepContext
 from .lrfind import write_curve
+from .openset import fit_open_set, open_set_images
 from .optim import build_loss, build_optimization
 from .plan import Plan, TrainRequest, make_plan
 from .prepare import (
@@ -272,7 +274,8 @@ def train_and_validate(run: TrainingRun, logits: list | None) -> tuple[str | Non
 
 
 def finish_run(run: TrainingRun, metrics: dict, started: float) -> dict:
-    """The final model, the calibration temperature of both (fitted on val), the summary."""
+    """The final model, the calibration temperature of both (fitted on val), their open-set score
+    (engine/openset.py), the summary."""
     parts, state = run.parts, run.state
     run.shipped.finish(
         metrics,
@@ -284,8 +287,11 @@ def finish_run(run: TrainingRun, metrics: dict, started: float) -> dict:
         state.global_step,
         run.num_classes,
     )
+    eval_cfg, data = run.cfg.eval, run.data
+    images = open_set_images(data.pipeline, data.splits, data.val_loader, eval_cfg, run.cfg.train.seed)
+    open_set = fit_open_set(run.run_dir, eval_cfg, images, parts.ctx, parts.logger, state.global_step)
     seconds = time.perf_counter() - started
-    return summarize(state, metrics, seconds, run.run_dir, parts.ctx, parts.logger, run.cfg)
+    return summarize(state, metrics, seconds, run.run_dir, parts.ctx, parts.logger, run.cfg, open_set)
 
 
 def start_logging(

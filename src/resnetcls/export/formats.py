@@ -3,7 +3,9 @@
 Both formats take the same input as the eager model: float32 (N, 3, S, S) RGB images, resized, cropped and
 normalised as recorded in `preprocess` (which travels in the file's metadata with the class names), with a
 dynamic batch size N. Both give two outputs: `logits` (raw) and `probabilities` (the calibrated softmax over
-the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them).
+the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them), and a
+third, `open_set_score`, for a model with an open-set score (model.json "open_set"), whose record travels in
+the metadata beside the class names.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from ..data.transforms import build_eval_transform
 from ..errors import UserError
 from ..inference.sessions import (
     ONNX_FILE,
-    ProbabilityHead,
     example_input,
+    export_head,
     export_metadata,
     onnx_bytes,
-    onnx_probabilities,
+    onnx_scored_probabilities,
     onnx_session,
     read_onnx_metadata,
 )
@@ -52,11 +54,11 @@ class ExportCheckFailed(RuntimeError):
 
 def torchscript_bytes(loaded: LoadedModel) -> bytes:
     """Trace and freeze (folds BN into convs); model.json rides along as an extra file."""
-    wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
+    wrapped = export_head(loaded)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", FutureWarning
-        )  # torch.jit is deprecated upstream; users still ask for it
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users ask for it
+        # the kNN score's k (at most the bank's size, a constant) is read once while tracing: as intended
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
@@ -73,11 +75,17 @@ def load_torchscript(source: str | os.PathLike | bytes, extra_files: dict | None
 
 
 def _runner(fmt: str, data: bytes):
+    """batch -> (probabilities, open-set scores or None) of the exported file."""
     if fmt == "onnx":
         session = onnx_session(data)
-        return lambda batch: onnx_probabilities(session, batch)
+        return lambda batch: onnx_scored_probabilities(session, batch)
     scripted = load_torchscript(data)
-    return lambda batch: scripted(batch)[1]
+
+    def run(batch):
+        outputs = scripted(batch)
+        return outputs[1], outputs[2] if len(outputs) > 2 else None
+
+    return run
 
 
 @dataclass
@@ -197,12 +205,40 @@ def load_check_images(
 
 
 @dataclass
+class ScoreParity:
+    """The open-set score's agreement: the largest difference (batched and at batch size 1) and its limit."""
+
+    max_abs_diff: float
+    limit: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.limit
+
+    def summary(self) -> str:
+        return f"max |dscore| {self.max_abs_diff:.2e} (limit {self.limit:.1e})"
+
+
+def score_limit(reference: torch.Tensor, quantiles: list[float]) -> float:
+    """The open-set score's tolerance. A probability spans [0, 1] and is held to PROB_TOLERANCE of that; a
+    score's scale differs by score kind (a probability for msp, a cosine for knn, a logsumexp of logits for
+    energy, minus a squared distance in the tens to thousands for mahalanobis, whose expanded form also loses
+    float32 digits to cancellation), so it is held to the same share of its own range: the eager scores of
+    the check images together with the known validation images' (the record's quantiles), at least 1. Values,
+    not decisions at the threshold: a decision flips for an image that lies on the threshold whatever the
+    error."""
+    values = torch.cat([reference.double().flatten(), torch.tensor(quantiles, dtype=torch.float64)])
+    return PROB_TOLERANCE * max(1.0, float(values.max() - values.min()))
+
+
+@dataclass
 class ParityResult:
     images: int
     source: str
     max_abs_diff: float
     top1_agree: int
     batch1_max_abs_diff: float
+    score: ScoreParity | None = None  # a model with an open-set score
 
     @property
     def passed(self) -> bool:
@@ -210,27 +246,42 @@ class ParityResult:
             self.top1_agree == self.images
             and self.max_abs_diff <= PROB_TOLERANCE
             and self.batch1_max_abs_diff <= PROB_TOLERANCE
+            and (self.score is None or self.score.passed)
         )
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        score = f"open-set {self.score.summary()}, " if self.score is not None else ""
         return (
             f"parity vs eager fp32 on {self.source}: max |dprob| {self.max_abs_diff:.2e} "
-            f"(batch 1: {self.batch1_max_abs_diff:.2e}, limit {PROB_TOLERANCE:.0e}), "
+            f"(batch 1: {self.batch1_max_abs_diff:.2e}, limit {PROB_TOLERANCE:.0e}), {score}"
             f"top-1 agrees on {self.top1_agree}/{self.images} -> {verdict}"
         )
 
 
+def _score_parity(loaded: LoadedModel, reference, batched, single) -> ScoreParity | None:
+    """The exported scores (batched, batch 1) against the eager scorer's; a file without them fails."""
+    if reference is None:
+        return None
+    if batched is None or single is None:
+        return ScoreParity(float("inf"), 0.0)
+    diff = max(float((reference - batched).abs().max()), float((reference[:1] - single).abs().max()))
+    return ScoreParity(diff, score_limit(reference, loaded.open_set["quantiles"]))
+
+
 def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
-    """Compare `run(batch) -> probabilities` with the eager fp32 model's calibrated probabilities, batched and
-    at batch size 1."""
+    """Compare `run(batch) -> (probabilities, open-set scores or None)` with the eager fp32 model's calibrated
+    probabilities (and its scorer's scores), batched and at batch size 1."""
     with torch.inference_mode(), progress_bar(3, "export check", unit="pass") as bar:
-        reference = calibrated_probabilities(loaded.model(images.tensors), loaded.temperature)
+        outputs = export_head(loaded)(images.tensors)
+        reference = calibrated_probabilities(outputs[0], loaded.temperature)
+        reference_scores = outputs[2].float() if len(outputs) > 2 else None
         bar.update(1)
-        exported = run(images.tensors).float()
+        exported, scores = run(images.tensors)
         bar.update(1)
-        single = run(images.tensors[:1]).float()
+        single, single_scores = run(images.tensors[:1])
         bar.update(1)
+    exported, single = exported.float(), single.float()
     agree = int((reference.argmax(1) == exported.argmax(1)).sum())
     return ParityResult(
         len(images.names),
@@ -238,6 +289,7 @@ def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
         float((reference - exported).abs().max()),
         agree,
         float((reference[:1] - single).abs().max()),
+        _score_parity(loaded, reference_scores, scores, single_scores),
     )
 
 

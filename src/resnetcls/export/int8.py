@@ -8,6 +8,14 @@ at batch 32 on the Zen 4 machine) and OpenVINO (2.3-3x ONNX Runtime again on Xeo
 fastest paths found. Static QDQ with per-channel int8 weights and uint8 activations: VNNI and AMX CPUs run it
 with int8 dot products; AVX2-only CPUs run the same file correctly, only slower.
 
+A model with an open-set score keeps its third output, `open_set_score`: the nodes that compute only the score
+(after the pooled features) stay float32, since int8 would round the whitened distances and cosines the
+threshold compares; its check compares the accept/reject decisions at the model's threshold (not the values,
+whose differences follow from the quantized features), on the same validation images, in both runtimes. The
+agreement is printed and recorded, not held to --min-agreement: the threshold was set on these validation
+images, so some lie next to it by construction and flip with any error (one flip is a third of a tiny run's
+three validation images).
+
 This module sits with evaluation/rank/serve in the layers (not beside export) because it reads the model's
 training data set (data.sources, config.yaml), which export, predict and serve may not import.
 """
@@ -30,10 +38,13 @@ from ..data.transforms import build_eval_transform
 from ..errors import UserError
 from ..inference.sessions import (
     INT8_FILE,
+    OPEN_SET_OUTPUT,
     RUNTIME_NAMES,
     RUNTIMES,
+    export_head,
     export_metadata,
     onnx_bytes,
+    onnx_output,
     onnx_probabilities,
     onnx_session,
     runtime_telemetry_off,
@@ -57,6 +68,8 @@ class Int8Result:
     fp32_top1: float | None
     int8_top1: float | None  # the lowest of the runtimes'
     by_runtime: dict[str, dict]  # runtime -> {"agreement", "int8_top1"}: each runs its own int8 kernels
+    # a model with an open-set score: the lowest share of images both call known or both unknown
+    open_set_agreement: float | None = None
 
     def summary(self) -> str:
         """One line: agreement with fp32 and the accuracy drop (when the images have labels)."""
@@ -65,6 +78,8 @@ class Int8Result:
             f"int8 vs fp32 on {self.images} validation images: top-1 agrees on {self.agreement:.2%} ({each};"
             f" calibrated on {self.calibration_images} images from {self.calibration_source})"
         )
+        if self.open_set_agreement is not None:
+            line += f"; unknown/known decisions agree on {self.open_set_agreement:.2%}"
         if self.fp32_top1 is not None:
             each = ", ".join(f"{RUNTIME_NAMES[r]} {v['int8_top1']:.2%}" for r, v in self.by_runtime.items())
             line += (
@@ -84,7 +99,12 @@ class Int8Result:
             "runtimes": {r: {**v, "agreement": round(v["agreement"], 6)} for r, v in self.by_runtime.items()},
             "calibration_images": self.calibration_images,
             "calibration_source": self.calibration_source,
+            **({"open_set_agreement": round(self.open_set_agreement, 6)} if self.open_set else {}),
         }
+
+    @property
+    def open_set(self) -> bool:
+        return self.open_set_agreement is not None
 
 
 def training_data(model_dir: Path, calibration: str | os.PathLike | None) -> tuple[Samples, Samples, str]:
@@ -148,6 +168,29 @@ class _Reader:
         return None if batch is None else {"input": np.ascontiguousarray(batch.numpy())}
 
 
+def _score_only_nodes(path: Path) -> list[str]:
+    """The names of the nodes that compute open_set_score and neither logits nor probabilities: the scorer,
+    after the pooled features ([] for a model without one)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(names: list[str]) -> set[str]:
+        seen, stack = set(), [n for n in names if n in producer]
+        while stack:
+            node = producer[stack.pop()]
+            if node.name not in seen:
+                seen.add(node.name)
+                stack.extend(i for i in node.input if i in producer)
+        return seen
+
+    outputs = {o.name for o in graph.output}
+    if OPEN_SET_OUTPUT not in outputs:
+        return []
+    return sorted(ancestors([OPEN_SET_OUTPUT]) - ancestors(sorted(outputs - {OPEN_SET_OUTPUT})))
+
+
 def int8_bytes(loaded: LoadedModel, calibration: torch.Tensor) -> bytes:
     """The fp32 ONNX graph quantized statically: QDQ, per-channel int8 weights, uint8 activations (MinMax)."""
     import onnx
@@ -169,6 +212,7 @@ def int8_bytes(loaded: LoadedModel, calibration: torch.Tensor) -> bytes:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=_score_only_nodes(pre),
             op_types_to_quantize=[
                 "Conv",
                 "MatMul",
@@ -196,6 +240,36 @@ def _top1(pred: torch.Tensor, labels: list[int]) -> float | None:
     return sum(p == y for p, y in known) / len(known) if known else None
 
 
+def _eager_fp32(loaded: LoadedModel, check: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The eager fp32 top-1 of the check images and, for a model with an open-set score, whether each is
+    known (its score at or above the model's threshold)."""
+    with torch.inference_mode():
+        outputs = [export_head(loaded)(b) for b in check.split(64)]
+    top1 = torch.cat([o[0] for o in outputs]).argmax(1)
+    if loaded.scorer is None:
+        return top1, None
+    return top1, torch.cat([o[2] for o in outputs]) >= float(loaded.open_set["threshold"])
+
+
+def _check_runtimes(loaded: LoadedModel, data: bytes, check: torch.Tensor, labels: list[int]) -> tuple:
+    """(eager top-1, {runtime: {"agreement", "int8_top1"[, "open_set_agreement"]}}): each runtime runs the
+    QDQ file with its own int8 kernels, so each is checked."""
+    fp32, known = _eager_fp32(loaded, check)
+    by_runtime = {}
+    for runtime in RUNTIMES:
+        session = onnx_session(data, runtime=runtime)
+        int8 = torch.cat([onnx_probabilities(session, b) for b in check.split(64)]).argmax(1)
+        by_runtime[runtime] = {
+            "agreement": float((fp32 == int8).float().mean()),
+            "int8_top1": _top1(int8, labels),
+        }
+        if known is not None:  # decisions, not values: see the module's docstring
+            scores = torch.cat([onnx_output(session, b, OPEN_SET_OUTPUT) for b in check.split(64)])
+            decided = scores >= float(loaded.open_set["threshold"])
+            by_runtime[runtime]["open_set_agreement"] = float((decided == known).float().mean())
+    return fp32, by_runtime
+
+
 def export_int8(
     model: str | os.PathLike,
     calibration: str | os.PathLike | None = None,
@@ -206,7 +280,8 @@ def export_int8(
     """Quantize MODEL to int8 ONNX, calibrated on `images` training images, and write it (default
     MODEL/model.int8.onnx, recorded with its sha256 in model.json's "int8" and "sha256" fields) only when its
     top-1 agrees with eager fp32 on at least min_agreement of the validation images; else UserError with the
-    numbers, nothing written."""
+    numbers, nothing written. A model with an open-set score reports (and records) the share of the images
+    on whose unknown/known decision int8 and fp32 agree."""
     if images < 1:
         raise UserError(f"--calibration-images {images}: expected a whole number of at least 1")
     if not 0 <= min_agreement <= 1:
@@ -217,16 +292,8 @@ def export_int8(
     calib, _ = _tensors(loaded, train, images)
     check, labels = _tensors(loaded, val, VALIDATION_IMAGES, seed=1)
     data = int8_bytes(loaded, calib)
-    with torch.inference_mode():
-        fp32 = torch.cat([loaded.model(b) for b in check.split(64)]).argmax(1)
-    by_runtime = {}
-    for runtime in RUNTIMES:  # each runs the QDQ file with its own int8 kernels, so each is checked
-        session = onnx_session(data, runtime=runtime)
-        int8 = torch.cat([onnx_probabilities(session, b) for b in check.split(64)]).argmax(1)
-        by_runtime[runtime] = {
-            "agreement": float((fp32 == int8).float().mean()),
-            "int8_top1": _top1(int8, labels),
-        }
+    fp32, by_runtime = _check_runtimes(loaded, data, check, labels)
+    decisions = [v["open_set_agreement"] for v in by_runtime.values() if "open_set_agreement" in v]
     worst = min(by_runtime.values(), key=lambda v: v["agreement"])
     int8_top1 = None if worst["int8_top1"] is None else min(v["int8_top1"] for v in by_runtime.values())
     result = Int8Result(
@@ -239,6 +306,7 @@ def export_int8(
         _top1(fp32, labels),
         int8_top1,
         by_runtime,
+        min(decisions) if decisions else None,
     )
     if result.agreement < min_agreement:
         raise UserError(

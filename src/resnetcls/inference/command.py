@@ -20,6 +20,9 @@ from .inputs import expand_inputs
 from .predictor import EachImage, Prediction, Predictor
 from .standalone import is_onnx_file
 
+OPEN_SET_COLUMNS = ["label", "unknown", "open_set_score"]  # csv columns with open-set rejection on
+ANSWER_HEADER = "answer (open-set score)"  # the table's answer column with open-set rejection on
+
 
 def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
     """`predict --explain`: the OverlayWriter into out_dir and the Predictor.predict `each` callback that
@@ -46,47 +49,93 @@ def format_results(results: list[Prediction], fmt: str, explained: bool = False)
     """table (for people: the path column padded to the longest path, each class column to its widest
     entry, so every row lines up), json (a list of objects) or csv (path,rank,class,prob,error); with overlays
     (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam column, empty
-    where none was written)."""
+    where none was written). With open-set rejection on (any result has an open-set score), each format
+    also gives the answer: the top class or "unknown" (table: an answer column with the score; json: label,
+    unknown and open_set_score keys; csv: label, unknown and open_set_score columns)."""
     explained = explained or any(r.gradcam for r in results)
+    open_set = any(r.open_set_score is not None for r in results)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "rank", "class", "prob", "error"] + ["gradcam"] * explained)
-        for r in results:
-            rows = [
-                [r.path, k + 1, c, f"{p:.6f}", ""] + [r.gradcam] * explained for k, (c, p) in enumerate(r.top)
-            ]
-            writer.writerows(rows or [[r.path, "", "", "", r.error] + [""] * explained])
-        return buf.getvalue()
-    return _table(results)
+        return _csv(results, explained, open_set)
+    return _table(results, open_set)
 
 
-def _table(results: list[Prediction]) -> str:
+def _csv(results: list[Prediction], explained: bool, open_set: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["path", "rank", "class", "prob", "error"] + OPEN_SET_COLUMNS * open_set
+    writer.writerow(header + ["gradcam"] * explained)
+    for r in results:
+        answer = _answer_cells(r) if open_set else []
+        rows = [
+            [r.path, k + 1, c, f"{p:.6f}", ""] + answer + [r.gradcam] * explained
+            for k, (c, p) in enumerate(r.top)
+        ]
+        blank = [""] * (len(OPEN_SET_COLUMNS) * open_set + explained)
+        writer.writerows(rows or [[r.path, "", "", "", r.error] + blank])
+    return buf.getvalue()
+
+
+def _answer_cells(r: Prediction) -> list[str]:
+    """label, unknown, open_set_score as CSV cells (empty where the image has no score)."""
+    if r.open_set_score is None:
+        return [r.label, "", ""]
+    return [r.label, str(r.unknown).lower(), f"{r.open_set_score:.6f}"]
+
+
+def _answer(r: Prediction) -> str:
+    """The table's answer cell: the top class or "unknown", with the open-set score."""
+    return "" if r.open_set_score is None else f"{r.label} ({r.open_set_score:.3f})"
+
+
+def _table(results: list[Prediction], open_set: bool = False) -> str:
     width = max([len("path")] + [len(r.path) for r in results])
     cells = [[f"{c} ({p:.3f})" for c, p in r.top] for r in results]
     widths = [
         max(len(row[k]) for row in cells if len(row) > k) for k in range(max(map(len, cells), default=0))
     ]
-    lines = [f"{'path':<{width}}  top classes (probability)"]
-    for r, row in zip(results, cells):
+    answers = [_answer(r) for r in results] if open_set else []
+    answer_width = max([len(ANSWER_HEADER)] + [len(a) for a in answers])
+    answer_head = f"{ANSWER_HEADER:<{answer_width}}  " if open_set else ""
+    lines = [f"{'path':<{width}}  {answer_head}top classes (probability)"]
+    for n, (r, row) in enumerate(zip(results, cells)):
         body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c:<{w}}" for c, w in zip(row, widths))
+        if open_set and not r.error:
+            body = f"{answers[n]:<{answer_width}}  {body}"
         body = body.rstrip() + (f"  gradcam: {r.gradcam}" if r.gradcam else "")
         lines.append(f"{r.path:<{width}}  {body}")
     return "\n".join(lines) + "\n"
 
 
+def unknown_accept_note(predictor: Predictor) -> str:
+    """The one line said on stderr when --unknown-accept moves the threshold ("" when it was not given or
+    rejection is off)."""
+    info = predictor.open_set_info()
+    if predictor.unknown_accept is None or not info["on"]:
+        return ""
+    record = predictor.loaded.open_set
+    share, own_share = predictor.unknown_accept * 100, record["accept"] * 100
+    return (
+        f"--unknown-accept {predictor.unknown_accept:g}: unknown below {info['score']} score "
+        f"{info['threshold']:.4g}, which accepts {share:g}% of the known validation images (the model's own "
+        f"threshold: {record['threshold']:.4g}, accepting {own_share:g}%)"
+    )
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """What `predict` computes and prints, apart from how the model runs (backend, precision): the top-k
-    classes, the output format, the batch size, flip TTA, and the folder of Grad-CAM overlays (--explain)."""
+    classes, the output format, the batch size, flip TTA, the folder of Grad-CAM overlays (--explain), and
+    open-set rejection (--open-set auto|on|off, --unknown-accept SHARE: utils.openset.open_set_threshold)."""
 
     topk: int = 5
     fmt: str = "table"
     batch_size: int = 32
     tta: bool = False
     explain_dir: str | None = None
+    open_set: str = "auto"
+    unknown_accept: float | None = None
 
 
 def run_predict(
@@ -114,7 +163,16 @@ def run_predict(
             "directory (model.safetensors + model.json)"
         )
     out_dir = writable_dir(explain_dir, "--explain") if explain_dir is not None else None
-    predictor = Predictor(model, backend=backend, precision=precision)
+    predictor = Predictor(
+        model,
+        backend=backend,
+        precision=precision,
+        open_set=options.open_set,
+        unknown_accept=options.unknown_accept,
+    )
+    note = unknown_accept_note(predictor)
+    if note:
+        print(note, file=sys.stderr)
     items = expand_inputs(inputs)
     good = [p for p, reason in items if not reason]
     writer, each = overlay_each(predictor, out_dir) if out_dir is not None else (None, None)

@@ -24,16 +24,19 @@ from ..errors import UserError
 from ..records.modelfile import LoadedModel, load_model_dir
 from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
-from ..utils.openset import UNKNOWN, threshold_for
+from ..utils.openset import UNKNOWN, open_set_threshold
 from ..utils.progress import progress_bar
+from .addclass import TuneSettings, add_class
 from .inputs import ImageInput, input_name, to_items
 from .sessions import (
     int8_session_for,
     onnx_file_current,
     onnx_logits,
     onnx_probabilities,
+    onnx_scored_probabilities,
     onnx_session,
     onnx_session_for,
+    require_open_set_output,
 )
 from .standalone import OnnxModel, is_onnx_file, load_onnx_file, standalone_backend
 
@@ -42,7 +45,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino", "ope
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")  # run an exported ONNX file
 PRECISIONS = ("auto", "bf16", "fp32")
 ERRORS = ("raise", "return")
-OPEN_SET_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -85,34 +87,15 @@ def resolve_backend(backend: str, precision: str, loaded: LoadedModel, device: t
     CPUs, eager bf16 torch on other native-bf16 CPUs, ONNX Runtime fp32 elsewhere). Without one (exporting in
     memory would cost seconds at every start): eager torch, bf16 where native. A GPU or an explicit
     --precision keeps torch. int8 is never chosen by auto: it changes results slightly, so it is asked for by
-    name."""
+    name. A model.onnx exported before the model's open-set score was fitted is not current: auto runs torch,
+    which rejects unknown images as the model directory asks, rather than a faster file that cannot (a note
+    says to re-export it); an explicit onnxruntime or openvino backend exports in memory instead."""
     if backend != "auto":
         return backend
     if device.type != "cpu" or precision != "auto":
         return "torch"
     exported = auto_exported_backend()  # first: reading model.onnx's metadata parses the whole file
     return exported if exported != "torch" and onnx_file_current(loaded) else "torch"
-
-
-def open_set_threshold(loaded, open_set: str, unknown_accept: float | None) -> float | None:
-    """The score below which an image is "unknown", or None when rejection is off. open_set "auto": on when
-    the model has an open-set record (model.json "open_set"), "on": required, "off": never. unknown_accept
-    moves the operating point: the share of known validation images accepted (else the record's `accept`)."""
-    if open_set not in OPEN_SET_MODES:
-        raise UserError(f"--open-set {open_set!r}: expected one of {', '.join(OPEN_SET_MODES)}")
-    if unknown_accept is not None and not 0 < unknown_accept <= 1:
-        raise UserError(f"--unknown-accept {unknown_accept}: expected a share in (0, 1], such as 0.95")
-    record = getattr(loaded, "open_set", None)
-    if open_set == "off" or (record is None and open_set == "auto"):
-        return None
-    if record is None:
-        raise UserError(
-            f"{loaded.path}: --open-set on, but the model has no open-set threshold (model.json has no "
-            f"open_set record: a model trained by an older resnetcls); retrain it, or use --open-set off"
-        )
-    if unknown_accept is None:
-        return float(record["threshold"])
-    return threshold_for(record["quantiles"], unknown_accept)
 
 
 def _decode_threads() -> int:
@@ -181,6 +164,9 @@ class Predictor:
         else:
             self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
         self.threshold = open_set_threshold(self.loaded, open_set, unknown_accept)
+        self.unknown_accept = unknown_accept
+        if self.threshold is not None and self.session is not None:  # rejection needs the file's score
+            require_open_set_output(self.session, self.loaded, int8=backend.endswith("-int8"))
 
     def _session(self, backend: str, precision: str):
         runtime = backend.removesuffix("-int8")
@@ -191,10 +177,38 @@ class Predictor:
         return onnx_session_for(self.loaded, runtime=runtime, precision=precision)
 
     def __repr__(self) -> str:
+        info = self.open_set_info()
+        open_set = f"{info['score']} below {info['threshold']:.4g}" if info["on"] else "off"
         return (
             f"Predictor(model={str(self.loaded.path)!r}, classes={len(self.classes)}, "
-            f"backend={self.backend!r}, precision={self.precision!r})"
+            f"backend={self.backend!r}, precision={self.precision!r}, open_set={open_set!r})"
         )
+
+    def open_set_info(self) -> dict:
+        """Open-set rejection as it runs: on (bool), score (the model's score name, None without one),
+        threshold (None when off) and accept (the share of known validation images it accepts)."""
+        record = getattr(self.loaded, "open_set", None) or {}
+        on = self.threshold is not None
+        accept = (self.unknown_accept or record.get("accept")) if on else None
+        return {"on": on, "score": record.get("score"), "threshold": self.threshold, "accept": accept}
+
+    def open_set_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """The model's open-set scores (N,) of pooled features and raw logits (features_and_logits), or None
+        when rejection is off."""
+        return None if self.threshold is None else self.loaded.scorer.to("cpu")(features, logits)
+
+    def add_class(
+        self, name: str, photos, out: str | os.PathLike, seed: int = 0, force: bool = False
+    ) -> Predictor:
+        """A Predictor on a new model directory `out`: this model taught class `name` from `photos` (files,
+        folders, globs or CSV lists) in seconds, without retraining the network (addclass.add_class)."""
+        if self.model is None:
+            raise UserError(
+                f"{self.loaded.path}: a bare ONNX file cannot learn a class; use its model directory"
+            )
+        settings = TuneSettings(seed=seed)
+        path = add_class(self.loaded.path, name, photos, out, settings=settings, force=force)
+        return Predictor(path, device=self.device.type)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -226,9 +240,11 @@ class Predictor:
     def scored_probabilities(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, 3, S, S) preprocessed images -> calibrated probabilities (N, classes) and the open-set scores
         (N,) of the model's scorer (utils/openset.py; higher = more like a known class), or None for a model
-        without one."""
+        without one. An ONNX backend runs the file's open_set_score output (None when it has none)."""
+        if self.session is not None:
+            return onnx_scored_probabilities(self.session, batch)
         scorer = getattr(self.loaded, "scorer", None)
-        if scorer is None or self.session is not None:
+        if scorer is None:
             return self.probabilities(batch), None
         features, logits = self.features_and_logits(batch)
         return calibrated_probabilities(logits, self.temperature), scorer.to("cpu")(features, logits)
@@ -351,8 +367,22 @@ class Predictor:
 
 
 def load(
-    model: str | os.PathLike, backend: str = "auto", precision: str = "auto", device: str = "auto"
+    model: str | os.PathLike,
+    backend: str = "auto",
+    precision: str = "auto",
+    device: str = "auto",
+    open_set: str = "auto",
+    unknown_accept: float | None = None,
 ) -> Predictor:
     """`resnetcls.load(path)`: the Predictor for a run directory (its best/ model, else final/), a model
-    directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino)."""
-    return Predictor(model, device=device, precision=precision, backend=backend)
+    directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino).
+    open_set and unknown_accept: as predict's --open-set and --unknown-accept (a Prediction's label is
+    "unknown" when its open-set score is below the model's threshold)."""
+    return Predictor(
+        model,
+        device=device,
+        precision=precision,
+        backend=backend,
+        open_set=open_set,
+        unknown_accept=unknown_accept,
+    )

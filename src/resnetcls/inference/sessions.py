@@ -4,9 +4,12 @@ openvino backends run it): predict must not import the export command, so what b
 
 An exported model takes float32 (N, 3, S, S) RGB images, preprocessed as recorded in `preprocess` (which
 travels in the file's metadata with the class names), and gives `logits` (raw) and `probabilities`
-(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata). A file in
-the model directory is run only when model.json records its sha256 and the file still has it
-(modelfile.record_export).
+(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata); a model
+with an open-set score (model.json "open_set") gives a third output, `open_set_score` (utils/openset.py:
+higher = more like a known class), and carries the record (threshold, accept, quantiles) as the metadata
+key "open_set". A file in the model directory is run only when model.json records its sha256 and the file
+still has it (modelfile.record_export), and only while it was exported from the same weights, temperature
+and open-set record.
 
 Both runtimes ship with telemetry: ONNX Runtime writes a device id under ~/.cache/Microsoft and OpenVINO a
 client id under ~/intel and sends usage events. Both are turned off before either is imported
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -29,6 +33,7 @@ from torch import nn
 from ..errors import UserError
 from ..records.modelfile import WEIGHTS, LoadedModel, check_export_hash, temperature_of
 from ..utils.hardware import cpu_has_fast_bf16
+from ..utils.openset import OpenSetScorer
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
 INT8_FILE = (
@@ -36,6 +41,8 @@ INT8_FILE = (
 )
 RUNTIMES = ("onnxruntime", "openvino")
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+OUTPUTS = ("logits", "probabilities")
+OPEN_SET_OUTPUT = "open_set_score"  # the third output, of a model with an open-set score
 TELEMETRY_ENV = "RESNETCLS_RUNTIME_TELEMETRY"  # "1": leave the runtimes' telemetry as their makers ship it
 
 
@@ -66,20 +73,43 @@ def runtime_telemetry_off(openvino: bool = False) -> None:
 
 class ProbabilityHead(nn.Module):
     """The classifier plus the calibrated softmax, so exported files give probabilities without extra code:
-    (raw logits, softmax(logits / temperature)); temperature 1 is the plain softmax."""
+    (raw logits, softmax(logits / temperature)); temperature 1 is the plain softmax. With an open-set scorer,
+    a third output: its score of the pooled features and the raw logits (the scorer's tensors become
+    constants of the traced graph)."""
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
+    def __init__(
+        self, model: nn.Module, temperature: float = 1.0, scorer: OpenSetScorer | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # a constant in the traced graph
+        self.scorer = scorer
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
-        return logits, (logits / self.temperature).softmax(dim=1)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.scorer is None:
+            logits = self.model(x)
+            return logits, (logits / self.temperature).softmax(dim=1)
+        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        logits = self.model.get_classifier()(features)
+        return logits, (logits / self.temperature).softmax(dim=1), self.scorer(features, logits)
+
+
+def export_head(loaded: LoadedModel) -> ProbabilityHead:
+    """What the exporters trace: the model's classifier, calibrated softmax and open-set score (if any)."""
+    return ProbabilityHead(loaded.model, loaded.temperature, loaded.scorer).eval()
+
+
+def output_names(loaded: LoadedModel) -> list[str]:
+    """The exported file's outputs: logits and probabilities, and open_set_score for a model with a scorer."""
+    return [*OUTPUTS, OPEN_SET_OUTPUT] if loaded.scorer is not None else list(OUTPUTS)
 
 
 def export_metadata(meta: dict) -> dict[str, str]:
-    """String key/values stored in the exported file: class names, preprocessing and provenance."""
+    """String key/values stored in the exported file: class names, preprocessing and provenance, and the
+    open-set record (score, threshold, accept, quantiles: what --unknown-accept moves) when there is one."""
+    record = meta.get("open_set")
+    extra = {"open_set": json.dumps(record)} if record is not None else {}
+    third = ", open_set_score (higher = more like a known class; below open_set.threshold: unknown)"
     return {
         "resnetcls.format": meta["format"],
         "arch": meta["arch"],
@@ -90,7 +120,8 @@ def export_metadata(meta: dict) -> dict[str, str]:
         "temperature": repr(temperature_of(meta)),
         "calibration": json.dumps(meta.get("calibration")),
         "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits (raw), "
-        "probabilities (softmax(logits / temperature))",
+        f"probabilities (softmax(logits / temperature)){third if extra else ''}",
+        **extra,
     }
 
 
@@ -102,7 +133,7 @@ def example_input(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
 
 def onnx_bytes(loaded: LoadedModel) -> bytes:
     """Export through torch.export (the supported exporter) with a dynamic batch dimension."""
-    wrapped = ProbabilityHead(loaded.model, loaded.temperature).eval()
+    wrapped = export_head(loaded)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
         program = torch.onnx.export(
@@ -111,7 +142,7 @@ def onnx_bytes(loaded: LoadedModel) -> bytes:
             dynamo=True,
             external_data=False,
             input_names=["input"],
-            output_names=["logits", "probabilities"],
+            output_names=output_names(loaded),
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             verbose=False,
         )
@@ -186,6 +217,10 @@ class OpenVinoSession:
             "bf16" if self.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "fp32"
         )
 
+    def get_outputs(self) -> list[types.SimpleNamespace]:
+        """ONNX Runtime's: the graph's outputs, each with its .name."""
+        return [types.SimpleNamespace(name=output.get_any_name()) for output in self.compiled.outputs]
+
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """ONNX Runtime's signature: the named outputs for the named inputs, as numpy arrays (copies)."""
         with self.lock:
@@ -211,10 +246,29 @@ def onnx_session(
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def onnx_output(session, batch: torch.Tensor, name: str) -> torch.Tensor:
-    """(N, 3, S, S) float tensor -> the (N, classes) output `name` of an ONNX Runtime session."""
+def onnx_outputs(session, batch: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+    """(N, 3, S, S) float tensor -> the outputs `names` of a session, from one run."""
     feed = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
-    return torch.from_numpy(session.run([name], {"input": feed})[0])
+    return [torch.from_numpy(out) for out in session.run(list(names), {"input": feed})]
+
+
+def onnx_output(session, batch: torch.Tensor, name: str) -> torch.Tensor:
+    """(N, 3, S, S) float tensor -> the output `name` of a session ((N, classes); (N,) for open_set_score)."""
+    return onnx_outputs(session, batch, [name])[0]
+
+
+def has_open_set_output(session) -> bool:
+    """Whether the session's file gives open_set_score (exported from a model with an open-set score)."""
+    return OPEN_SET_OUTPUT in {output.name for output in session.get_outputs()}
+
+
+def onnx_scored_probabilities(session, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, 3, S, S) float tensor -> calibrated probabilities (N, classes) and open-set scores (N,) from one
+    run; the scores are None when the file has no open_set_score output."""
+    if not has_open_set_output(session):
+        return onnx_probabilities(session, batch), None
+    probabilities, scores = onnx_outputs(session, batch, ["probabilities", OPEN_SET_OUTPUT])
+    return probabilities, scores
 
 
 def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
@@ -248,11 +302,21 @@ def _unrecorded(path, loaded: LoadedModel, instead: str, int8: bool = False) -> 
     )
 
 
-def _is_current(meta: dict[str, str], loaded: LoadedModel) -> bool:
-    return (
-        meta.get("weights_sha256") == loaded.meta["sha256"][WEIGHTS]
-        and exported_temperature(meta) == loaded.temperature
-    )
+def _staleness(meta: dict[str, str], loaded: LoadedModel) -> str | None:
+    """How an exported file differs from the model directory (None: exported from it as it is now). A file
+    exported before the model's open-set score was fitted has no open_set_score output, so it cannot reject
+    unknown images: it is stale like one from other weights."""
+    if meta.get("weights_sha256") != loaded.meta["sha256"][WEIGHTS]:
+        return "from other weights"
+    if exported_temperature(meta) != loaded.temperature:
+        return f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}"
+    if meta.get("open_set") == export_metadata(loaded.meta).get("open_set"):
+        return None
+    if "open_set" not in meta:
+        return "without the model's open-set score"
+    if loaded.open_set is None:
+        return "with an open-set score model.json does not have"
+    return "with another open-set score"
 
 
 def onnx_session_for(
@@ -271,14 +335,9 @@ def onnx_session_for(
     elif not check_export_hash(loaded, ONNX_FILE, command):
         print(_unrecorded(path, loaded, "exporting in memory meanwhile; "), file=sys.stderr)
     else:
-        meta = read_onnx_metadata(path)
-        if _is_current(meta, loaded):
+        changed = _staleness(read_onnx_metadata(path), loaded)
+        if changed is None:
             return onnx_session(path, threads, runtime, precision)
-        changed = (
-            "from other weights"
-            if meta.get("weights_sha256") != loaded.meta["sha256"][WEIGHTS]
-            else f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}"
-        )
         print(
             f"{path}: exported {changed}; exporting again in memory (run `{command}` to refresh it)",
             file=sys.stderr,
@@ -296,22 +355,41 @@ def int8_session_for(loaded: LoadedModel, threads: int = 0, runtime: str = "onnx
         raise UserError(f"{path}: not found; run `{command}` first")
     if not check_export_hash(loaded, INT8_FILE, command):
         raise UserError(_unrecorded(path, loaded, "", int8=True))
-    if not _is_current(read_onnx_metadata(path), loaded):
-        raise UserError(
-            f"{path}: quantized from other weights or another calibration temperature; run `{command}` again"
-        )
+    changed = _staleness(read_onnx_metadata(path), loaded)
+    if changed is not None:
+        raise UserError(f"{path}: quantized {changed}; run `{command}` again")
     return onnx_session(path, threads, runtime)
 
 
 def onnx_file_current(loaded: LoadedModel) -> bool:
     """Whether the model directory has a model.onnx recorded in model.json (its sha256) and exported (and so
-    parity-checked) from these exact weights and temperature: the condition for --backend auto to choose
-    OpenVINO or ONNX Runtime. A file without a record is passed over with a note; one that differs from its
-    record is refused."""
+    parity-checked) from these exact weights, temperature and open-set record: the condition for --backend
+    auto to choose OpenVINO or ONNX Runtime. A file without a record is passed over with a note; one that
+    differs from its record is refused. One exported before the model's open-set score was fitted is passed
+    over with a note: torch rejects unknown images, which that file cannot."""
     path = loaded.path / ONNX_FILE
     if not path.is_file():
         return False
     if not check_export_hash(loaded, ONNX_FILE, export_command(loaded)):
         print(_unrecorded(path, loaded, "--backend auto runs torch meanwhile; "), file=sys.stderr)
         return False
-    return _is_current(read_onnx_metadata(path), loaded)
+    changed = _staleness(read_onnx_metadata(path), loaded)
+    if changed is not None and "open-set" in changed:
+        print(
+            f"{path}: exported {changed}; --backend auto runs torch meanwhile (re-export it with "
+            f"`{export_command(loaded)}`)",
+            file=sys.stderr,
+        )
+    return changed is None
+
+
+def require_open_set_output(session, loaded, int8: bool = False) -> None:
+    """UserError (one line) when rejection is asked of a session whose file has no open_set_score output
+    (exported before the model's open-set score was fitted, or from a model without one)."""
+    if has_open_set_output(session):
+        return
+    bare = loaded.path.suffix.lower() == ".onnx"
+    command = "resnetcls export MODEL_DIR --to onnx" if bare else export_command(loaded, int8)
+    raise UserError(
+        f"{loaded.path}: the exported file has no open_set_score output; re-export with `{command}`"
+    )

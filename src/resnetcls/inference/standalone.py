@@ -3,8 +3,9 @@ is a .onnx file that `resnetcls export` wrote.
 
 Everything the file needs travels in its metadata (sessions.export_metadata): the class names, the
 preprocessing, the calibration temperature (already inside the graph's `probabilities` output), the
-architecture and the weights' sha256. It runs with ONNX Runtime or OpenVINO only: there are no eager weights
-to run with torch or to explain with Grad-CAM.
+architecture and the weights' sha256, and for a model with an open-set score its record (threshold, accepted
+share, quantiles; the score itself is the graph's `open_set_score` output). It runs with ONNX Runtime or
+OpenVINO only: there are no eager weights to run with torch or to explain with Grad-CAM.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..records.metacheck import WEIGHTS, check_meta
+from ..records.metacheck import OPEN_SET_FILE, WEIGHTS, check_meta
 from ..utils.hardware import auto_exported_backend
 from .sessions import exported_temperature, read_onnx_metadata
 
@@ -48,13 +49,19 @@ def standalone_backend(backend: str, precision: str, path: str | os.PathLike) ->
 @dataclass
 class OnnxModel:
     """A bare exported file, answering what Predictor and serve ask a LoadedModel (records/modelfile.py):
-    meta (model.json's fields, rebuilt from the metadata), path, classes, preprocess, temperature; `model`
-    is None (no eager weights)."""
+    meta (model.json's fields, rebuilt from the metadata), path, classes, preprocess, temperature, open_set
+    (the record, None without one); `model` and `scorer` are None (no eager weights: the file computes the
+    score)."""
 
     meta: dict
     path: Path
     temperature: float
     model: None = None
+    scorer: None = None
+
+    @property
+    def open_set(self) -> dict | None:
+        return self.meta.get("open_set")
 
     @property
     def classes(self) -> list[str]:
@@ -94,6 +101,7 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
     try:
         fields = {k: json.loads(raw[k]) for k in ("arch_args", "classes", "preprocess")}
         calibration = json.loads(raw.get("calibration", "null"))
+        open_set = json.loads(raw.get("open_set", "null"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: metadata is not valid JSON: {e}") from None
     temperature = exported_temperature(raw)
@@ -104,5 +112,8 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
         meta["calibration"] = calibration
     if "quantization" in raw:
         meta["quantization"] = raw["quantization"]
-    check_meta({**meta, "sha256": {WEIGHTS: raw.get("weights_sha256", "0" * 64)}}, path)
+    if open_set is not None:  # checked as model.json's record is (its tensors are inside the graph)
+        meta["open_set"] = open_set
+    hashes = {WEIGHTS: raw.get("weights_sha256", "0" * 64), OPEN_SET_FILE: "0" * 64}
+    check_meta({**meta, "sha256": hashes}, path)
     return OnnxModel(meta, path, temperature)

@@ -1,4 +1,5 @@
-"""The PNG figures of eval and report: confusion heatmap, reliability diagram, contact sheet, training curves.
+"""The PNG figures of eval and report: confusion heatmap, reliability diagram, contact sheet, open-set score
+histogram, training curves.
 
 matplotlib with the Agg backend (no display needed); each function writes one PNG and returns its path.
 """
@@ -318,3 +319,29 @@ def param_importances(importances: dict[str, float], path: Path) -> Path:
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return _save(fig, path, dpi=100)
+
+
+def score_histogram_bins(known: np.ndarray, unknown: np.ndarray | None, bins: int = 30) -> np.ndarray:
+    """Bin edges shared by the known and unknown scores (a width of 1e-6 when every score is the same)."""
+    both = known if unknown is None else np.concatenate([known, unknown])
+    low, high = float(both.min()), float(both.max())
+    return np.linspace(low, high if high > low else low + 1e-6, bins + 1)
+
+
+def open_set_histogram(
+    known: np.ndarray, unknown: np.ndarray | None, threshold: float, path: Path, score: str
+) -> Path:
+    """eval --unknown: the open-set scores of the known images (DATA) and of the unknown ones, on shared
+    bins, with the threshold as a vertical line (images left of it are answered "unknown")."""
+    edges = score_histogram_bins(known, unknown)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(known, bins=edges, color="#4c72b0", alpha=0.6, label=f"known ({len(known)})")
+    if unknown is not None:
+        ax.hist(unknown, bins=edges, color="#dd8452", alpha=0.6, label=f"unknown ({len(unknown)})")
+    ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1.5, label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(f"open-set score ({score}; higher = more like a known class)")
+    ax.set_ylabel("images")
+    ax.set_title("Open-set scores: known vs unknown images" if unknown is not None else "Open-set scores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -7,7 +7,7 @@ Optional field "calibration" (written by engine/calibrate.py at the end of train
 "ece_before", "ece_after", "temperature_range": [lo, hi], "note"?}. Predict, serve, eval and the exports give
 softmax(logits / T); a model directory without the field (older ones) loads as T = 1.
 
-Optional field "open_set" (engine/openset.py at the end of train; analysis/addclass.py when a class is added):
+Optional field "open_set" (engine/openset.py at the end of train; inference/addclass.py adding a class):
 {"score": msp|energy|mahalanobis|knn, "threshold": t, "accept": share of known val images accepted,
 "quantiles": the known val scores' 101 quantiles, "file": "open_set.safetensors", "k", "fitted_on", "images",
 ...}; the scorer's tensors (and the per-class statistics of the pooled features) are in that file, hashed in

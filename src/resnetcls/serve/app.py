@@ -7,7 +7,9 @@ X-Class (percent-encoded UTF-8) and X-Probability headers; explain.py), GET /hea
 OpenAPI schema at /openapi.json (browsable at /docs). /explain passes the same body, pixel and decode-budget
 admission as /predict; explanations run one at a time (a backward pass each, in fp32) on a private copy of
 the weights made at the first request, on the model thread between batches, at most --max-queue waiting,
-beyond that 503.
+beyond that 503. With open-set rejection on (--open-set; a model with an open-set threshold) /predict and each
+predicted file of /predict/batch also answer label ("unknown" below the threshold), unknown and
+open_set_score; /info's open_set says the score, threshold and accepted share.
 
 Batching policy: requests are decoded and preprocessed in parallel threads, then queued for one model
 thread. Whenever that thread is free it takes everything queued, up to --max-batch images, and runs them as
@@ -169,7 +171,7 @@ def _add_predict_routes(app: FastAPI, service: ImageService) -> None:
         if len(uploads) > 1:
             raise HTTPException(400, f"{len(uploads)} files sent to /predict; use /predict/batch for several")
         name, data = uploads[0]
-        return PredictResponse(filename=name, top=await service.top(data, name, topk))
+        return PredictResponse(filename=name, **await service.top(data, name, topk))
 
     @app.post(
         "/predict/batch",
@@ -289,7 +291,13 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         uvicorn.run(create_app(settings), **options)
         return
     # Fail fast, with exit 2, on a bad model directory or precision before the workers start.
-    Predictor(settings.model, backend=settings.backend, precision=settings.precision)
+    Predictor(
+        settings.model,
+        backend=settings.backend,
+        precision=settings.precision,
+        open_set=settings.open_set,
+        unknown_accept=settings.unknown_accept,
+    )
     os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "workers": workers})
     # uvicorn kills a worker that does not answer its supervisor's ping within timeout_worker_healthcheck
     # (default 5 s), and a worker answers only once it has imported torch and the app: on a busy machine that

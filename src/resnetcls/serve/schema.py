@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from ..errors import UserError
 
@@ -32,6 +32,8 @@ class ServeSettings:
     max_idle_connections: int = 64  # connections idle or still sending; past it the longest-waiting is closed
     max_idle_per_client: int = 16  # the same from one client address
     precision: str = "auto"  # predict's --precision: auto (bf16 where native) | bf16 | fp32
+    open_set: str = "auto"  # predict's --open-set: auto (on when the model has a threshold) | on | off
+    unknown_accept: float | None = None  # predict's --unknown-accept (None: the model's own share)
 
     def check(self) -> None:
         """UserError naming the flag for a setting out of range."""
@@ -64,12 +66,34 @@ class ClassProb(BaseModel):
     )
 
 
-class PredictResponse(BaseModel):
+class OpenSetAnswer(BaseModel):
+    """The answer fields, present only while open-set rejection is on (see /info's open_set)."""
+
+    label: str | None = Field(
+        None, description='the answer: the top class, or "unknown" when open_set_score is below the threshold'
+    )
+    unknown: bool | None = Field(None, description="true when the image is answered unknown")
+    open_set_score: float | None = Field(
+        None,
+        description="how much the image looks like a known class (higher = more); unknown below "
+        "/info's open_set.threshold",
+    )
+
+    @model_serializer(mode="wrap")
+    def _answer_last_and_only_when_on(self, handler):
+        data = handler(self)
+        answer = {key: data.pop(key) for key in ("label", "unknown", "open_set_score") if key in data}
+        if self.open_set_score is not None:
+            data.update(answer)
+        return data
+
+
+class PredictResponse(OpenSetAnswer):
     filename: str = Field(description="the uploaded file's name, or 'body' for a raw request body")
-    top: list[ClassProb] = Field(description="the top-k classes, most probable first")
+    top: list[ClassProb] = Field(description="the top-k classes, most probable first (also when unknown)")
 
 
-class BatchItem(BaseModel):
+class BatchItem(OpenSetAnswer):
     filename: str
     status: int = Field(description="200, or the status this file alone would have got (415, 422)")
     top: list[ClassProb] | None = None
@@ -105,6 +129,11 @@ class InfoResponse(BaseModel):
     )
     backend: str
     precision: str = Field(description="what the model runs in: bf16 or fp32 (see --precision)")
+    open_set: dict = Field(
+        description="open-set rejection: on (bool), score (the model's score name, null without one), "
+        'threshold (an image scoring below it is answered "unknown"; null when off) and accept (the share of '
+        "known validation images it accepts; see --unknown-accept)"
+    )
     limits: dict
     batching: dict
 

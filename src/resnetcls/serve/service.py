@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -17,8 +18,10 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from ..data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, decode_image, probe_image
+from ..inference.command import unknown_accept_note
 from ..inference.explain import Explainer, png_bytes
 from ..inference.predictor import Predictor
+from ..utils.openset import UNKNOWN
 from .admission import Batcher, DecodeBudget, overloaded
 from .schema import MAX_BATCH_FILES, BatchItem, ClassProb, ServeSettings
 
@@ -38,10 +41,18 @@ class ImageService:
         # (Xeon-AMX). Decoding and preprocessing (PIL and numpy) stay in the request threads.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.predictor = self.model_thread.submit(
-            Predictor, settings.model, backend=settings.backend, precision=settings.precision
+            Predictor,
+            settings.model,
+            backend=settings.backend,
+            precision=settings.precision,
+            open_set=settings.open_set,
+            unknown_accept=settings.unknown_accept,
         ).result()
+        note = unknown_accept_note(self.predictor)
+        if note:
+            print(note, file=sys.stderr)
         self.batcher = Batcher(
-            self.predictor.probabilities,
+            self.scored_batch if self.predictor.threshold is not None else self.predictor.probabilities,
             settings.max_batch,
             settings.batch_wait_ms,
             settings.max_queue,
@@ -50,6 +61,12 @@ class ImageService:
         self.budget = DecodeBudget(int(settings.max_decode_mb * 1e6), settings.admission_wait_s)
         self.explainer: Explainer | None = None  # made at the first /explain (a copy of the weights)
         self.explain_lock, self.explains_waiting = asyncio.Lock(), 0
+
+    def scored_batch(self, batch: torch.Tensor) -> list[tuple[torch.Tensor, float | None]]:
+        """With open-set rejection on: each image's probabilities and open-set score (None where the backend
+        gives none)."""
+        probs, scores = self.predictor.scored_probabilities(batch)
+        return list(zip(probs, [None] * len(probs) if scores is None else scores.tolist()))
 
     def probe(self, data: bytes, name: str) -> tuple[int, int]:
         """(pixels, decode peak bytes) from the header alone; 415 for what we do not read, 422 for too many
@@ -86,9 +103,9 @@ class ImageService:
             log.warning("%s: preprocessing failed: %r", name, e)
             raise HTTPException(422, f"{name}: cannot preprocess this image ({type(e).__name__})") from None
 
-    async def top(
-        self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None
-    ) -> list[ClassProb]:
+    async def top(self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None) -> dict:
+        """The response fields of one image: top (the top-k ClassProb), and with open-set rejection on,
+        label, unknown and open_set_score."""
         if self.batcher.queue.full():  # shed before spending a decode on it
             raise overloaded(
                 f"{self.batcher.queue.maxsize} images are already waiting for the model; retry shortly"
@@ -99,12 +116,19 @@ class ImageService:
             tensor = await run_in_threadpool(self.prepare, data, name)  # not abandoned when the client leaves
         finally:
             await self.budget.release(peak)
-        probs = await self.batcher.submit(tensor)
+        probs, score = await self.batcher.submit(tensor), None
+        if self.predictor.threshold is not None:
+            probs, score = probs
         values, indices = probs.topk(min(topk, len(self.predictor.classes)))
-        return [
+        top = [
             ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
             for v, i in zip(values.tolist(), indices.tolist())
         ]
+        if score is None:
+            return {"top": top}
+        unknown = score < self.predictor.threshold
+        label = UNKNOWN if unknown else top[0].class_
+        return {"top": top, "label": label, "unknown": unknown, "open_set_score": round(score, 6)}
 
     async def explain(self, data: bytes, name: str, class_name: str | None) -> tuple[bytes, str, float]:
         """(Grad-CAM overlay PNG, class, probability) of one image for class_name (None: the top-1).
@@ -164,7 +188,7 @@ class ImageService:
                 f"of {self.settings.max_batch_pixels}; send fewer or smaller images",
             )
 
-        async def one(name: str, data: bytes, header) -> list[ClassProb]:
+        async def one(name: str, data: bytes, header) -> dict:
             if isinstance(header, BaseException):
                 raise header
             return await self.top(data, name, topk, header)
@@ -184,7 +208,7 @@ class ImageService:
             elif isinstance(outcome, BaseException):
                 raise outcome  # cancellation
             else:
-                results.append(BatchItem(filename=name, status=200, top=outcome))
+                results.append(BatchItem(filename=name, status=200, **outcome))
         return results
 
     def info(self) -> dict:
@@ -196,6 +220,7 @@ class ImageService:
             **meta,
             "backend": self.predictor.backend,
             "precision": self.predictor.precision,
+            "open_set": self.predictor.open_set_info(),  # the record's quantiles stay inside
             "limits": {
                 "max_body_bytes": s.max_body_bytes,
                 "max_pixels": s.max_pixels,

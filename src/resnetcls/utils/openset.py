@@ -15,7 +15,7 @@ definition. Higher scores mean "more like a known class" for every score:
 
 The feature-space scores are fitted on training images (statistics) and the threshold on validation images
 (an accepted share of known images, `accept`); see engine/openset.py. The per-class mean and variance of the
-raw pooled features are kept as well: adding a class later (analysis/addclass.py) imprints its head row from
+raw pooled features are kept as well: adding a class later (inference/addclass.py) imprints its head row from
 them and keeps the old classes from being forgotten.
 """
 
@@ -26,6 +26,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 SCORES = ("msp", "energy", "mahalanobis", "knn")
 # The default, measured by `python bench/open_set.py --work DIR` (COIL-100 objects 1-40 known; unknown:
 # objects 41-50 and natural photographs): knn accepted the fewest unknown images at 95% of known ones
@@ -34,8 +36,9 @@ SCORES = ("msp", "energy", "mahalanobis", "knn")
 DEFAULT_SCORE = "knn"
 DEFAULT_ACCEPT = 0.95  # the share of known validation images the threshold accepts
 UNKNOWN = "unknown"  # the reserved label of a rejected image
-# The nearest neighbour, not the 5th: with at most BANK_PER_CLASS images a class in the bank, the k-th nearest
-# of a known image is already another view (k=5: 2-6x the unseen-object acceptance of k=1 in the bench)
+OPEN_SET_MODES = ("auto", "on", "off")  # --open-set of predict, eval, rank and serve
+# The nearest neighbour, not the 5th: with at most BANK_PER_CLASS images a class in the bank, the 5th nearest
+# of a known image is already another view (in the bench, k=5 let 1.3-24x as many unseen objects through)
 KNN_K = 1
 BANK_PER_CLASS = 64
 BANK_MAX = 8192
@@ -168,6 +171,28 @@ def threshold_for(quantiles: list[float], accept: float) -> float:
     low = math.floor(position)
     high = min(low + 1, len(quantiles) - 1)
     return quantiles[low] + (quantiles[high] - quantiles[low]) * (position - low)
+
+
+def open_set_threshold(model, open_set: str, unknown_accept: float | None) -> float | None:
+    """The score below which an image is "unknown" for a loaded model (a model directory's or a bare ONNX
+    file's: its `open_set` record and `path`), or None when rejection is off. open_set "auto": on when the
+    model has an open-set record, "on": required, "off": never. unknown_accept moves the operating point: the
+    share of known validation images accepted (else the record's `accept`)."""
+    if open_set not in OPEN_SET_MODES:
+        raise UserError(f"--open-set {open_set!r}: expected one of {', '.join(OPEN_SET_MODES)}")
+    if unknown_accept is not None and not 0 < unknown_accept <= 1:
+        raise UserError(f"--unknown-accept {unknown_accept}: expected a share in (0, 1], such as 0.95")
+    record = getattr(model, "open_set", None)
+    if open_set == "off" or (record is None and open_set == "auto"):
+        return None
+    if record is None:
+        raise UserError(
+            f"{model.path}: --open-set on, but the model has no open-set threshold (model.json has no "
+            f"open_set record: a model trained by an older resnetcls); retrain it, or use --open-set off"
+        )
+    if unknown_accept is None:
+        return float(record["threshold"])
+    return threshold_for(record["quantiles"], unknown_accept)
 
 
 def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
