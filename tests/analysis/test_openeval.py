@@ -20,7 +20,7 @@ from resnetcls.errors import UserError
 from resnetcls.inference.predictor import Predictor
 from resnetcls.models import create_model
 from resnetcls.records.modelfile import save_model_dir, write_open_set
-from resnetcls.utils.openset import auroc, fit_scorer, score_quantiles, threshold_for
+from resnetcls.utils.openset import OpenSetScorer, auroc, fit_scorer, score_quantiles, threshold_for
 from tests.conftest import run_cli
 
 CLASSES = ["blue", "green", "red"]
@@ -48,7 +48,9 @@ def add_open_set(model: Path, data: Path, threshold: float | None = None) -> tor
     scores."""
     samples, _ = load_eval_samples(str(data), CLASSES)
     features, logits, _ = scores_of(model, samples.paths)
-    scorer = fit_scorer("knn", features, torch.tensor(samples.labels), len(CLASSES))
+    fitted = fit_scorer("knn", features, torch.tensor(samples.labels), len(CLASSES))
+    # k=5: the images scored are the bank's own, and each one's nearest neighbour (k=1) is itself (score 1)
+    scorer = OpenSetScorer("knn", fitted.tensors(), k=5)
     known = scorer(features, logits)
     quantiles = score_quantiles(known)
     chosen = threshold_for(quantiles, 0.95) if threshold is None else threshold
