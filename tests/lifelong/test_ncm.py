@@ -143,3 +143,11 @@ def test_the_final_model_scores_with_eval_what_the_matrix_last_row_says(ncm_run,
     assert read_json(tmp_path / "eval" / "metrics.json")["top1"] == pytest.approx(
         (4 * last[0] + 6 * last[1]) / 10
     )
+
+
+def test_ncm_without_a_buffer_trains_as_naive_and_still_predicts_by_prototype(manifest, tmp_path):
+    r = run_cli("lifelong", manifest, *ARGS, "--strategy", "ncm", "--buffer-size", "0", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = read_json(tmp_path / "metrics.json")
+    assert m["strategy"] == "ncm" and m["buffer_images"] == 0 and len(m["R"]) == 2
+    assert load_file(str(tmp_path / "final" / "model.safetensors"))["fc.bias"].abs().sum() == 0
