@@ -1,4 +1,6 @@
-"""Lifelong strategies on a class-incremental sequence: ACC, BWT, forgetting, train time per task, memory.
+"""Lifelong strategies, class-incremental: ACC, BWT, forgetting, train time, memory, model size, latency.
+
+Model size and inference time stand beside ACC as in the OpenLORIS-Object challenge's score.
 
 Each run is `resnetcls lifelong` in its own process (so its peak RSS is its own, read with os.wait4), on
 the lifelong-coil100-classes recipe (COIL-100's 50 objects, 5 tasks of 10 classes) unless --config says
@@ -10,8 +12,10 @@ bench continues where it was.
     python bench/lifelong_strategies.py --seeds 0,1,2        # the README table: every strategy, 3 seeds
     python bench/lifelong_strategies.py --quick              # 1 seed, 1 epoch: a smoke run
 
-Memory columns: `extra MB` is what the strategy keeps besides the model (replay/DER++: the buffer's pixels
-and logits; EWC: Fisher + anchor, 2x the parameters; LwF: the teacher, 1x), `peak RSS MB` the process's.
+Memory columns: `extra MB` is what the strategy keeps besides the model (replay/DER++/NCM: the buffer's
+pixels and DER++'s logits; EWC: Fisher + anchor, 2x the parameters; LwF: the teacher, 1x), `peak RSS MB` the
+process's. `params` and `model MB` are the final model's (its weights), `ms/image b1` the median time of one
+image alone (batch 1) on the machine the table names (metrics.json's inference_ms_batch1, device_name).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from resnetcls.config import load_yaml, resolve_config_file
 from resnetcls.config.recipes import is_recipe_name
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ["naive", "joint", "replay", "derpp", "ewc", "lwf"]
+STRATEGIES = ["naive", "joint", "replay", "derpp", "ncm", "ewc", "lwf"]
 EWC_GRID = [1e3, 1e4, 1e5, 1e6]
 LWF_GRID = [1.0, 3.0, 10.0]
 DERPP_BETA_GRID = [0.5, 1.0]
@@ -98,6 +102,10 @@ def summarise(runs: list[dict]) -> dict:
         "s_per_task": med(lambda m: m["train_seconds"] / len(m["R"])),
         "extra_mb": med(extra_mb),
         "peak_rss_mb": med(lambda m: m["peak_rss_mb"]),
+        "params": med(lambda m: m["model_params"]),
+        "model_mb": med(lambda m: m["model_mb"]),
+        "ms_batch1": med(lambda m: m.get("inference_ms_batch1")),
+        "machine": runs[0].get("device_name"),
         "seeds": len(runs),
         "R_first_seed": runs[0]["R"],
     }
@@ -111,8 +119,8 @@ def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
     lines = [
         "| strategy | seeds | ACC (median, min-max) | BWT | forgetting | vs naive's forgetting | "
         "train s/task | "
-        "extra MB | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "extra MB | peak RSS MB | params | model MB | ms/image b1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         margin = (
@@ -122,9 +130,12 @@ def table(rows: dict[str, dict], naive_forgetting: float | None) -> str:
             f"| {name} | {r['seeds']} | {fmt(r['ACC'])} ({fmt(r['ACC_min'])}-{fmt(r['ACC_max'])}) | "
             f"{fmt(r['BWT'], '+.3f')}"
             f" | {fmt(r['forgetting'])} | {fmt(margin, '+.3f')} | {fmt(r['s_per_task'], '.1f')} | "
-            f"{fmt(r['extra_mb'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} |"
+            f"{fmt(r['extra_mb'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | "
+            f"{fmt(r.get('params'), ',.0f')} | "
+            f"{fmt(r.get('model_mb'), '.2f')} | {fmt(r.get('ms_batch1'), '.2f')} |"
         )
-    return "\n".join(lines)
+    machines = sorted({r["machine"] for r in rows.values() if r.get("machine")})
+    return "\n".join(lines) + (f"\n\nms/image b1 measured on: {', '.join(machines)}" if machines else "")
 
 
 def main() -> None:
@@ -135,7 +146,7 @@ def main() -> None:
         help="a packaged recipe's name or a YAML file (relative to the repository root)",
     )
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="default: all six")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="default: all seven")
     ap.add_argument(
         "--sweep", action="store_true", help="EWC lambda, LwF alpha, DER++ beta grids on the first seed"
     )

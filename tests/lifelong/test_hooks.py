@@ -95,3 +95,43 @@ def test_derpp_pulls_the_buffer_logits_back_to_the_stored_ones_and_keeps_them_in
     again.load_state_dict(hooks.state_dict(), model)
     assert torch.equal(again.buffer.state_dict()["logits"], hooks.buffer.state_dict()["logits"])
     assert again.buffer.state_dict()["logits"].abs().sum() > 0
+
+
+def test_ncm_recomputes_earlier_classes_prototypes_from_the_buffer_with_the_current_network():
+    """Task 1 brings class 0, task 2 class 1: after task 2 class 0's prototype is the mean normalised feature
+    of its buffered images under the network as it is after task 2 (not as it was), class 1's that of the
+    task's images; without buffered images class 0 keeps its earlier prototype."""
+    from resnetcls.lifelong.ncm import class_prototypes, pooled_features
+
+    def finish(x):
+        return x.float() / 255
+
+    model = tiny_model(1)
+    hooks = StrategyHooks(LifelongConfig(strategy="ncm", buffer_size=4), seed=0)
+    hooks.start_task(0, model)
+    first = batches(0)
+    hooks.end_task(model, first, lambda: ((finish(x), y) for x, y in first()), None, finish)
+    assert hooks.prototypes.shape == (1, model.fc.in_features)
+    before = hooks.prototypes.clone()
+    grow_head(model, 2)
+    with torch.no_grad():
+        model.layer4[0].conv1.weight.mul_(-1.0)  # the network changes during task 2
+    hooks.start_task(1, model)
+    second = lambda: iter([(torch.full((3, 3, 16, 16), 200, dtype=torch.uint8), torch.tensor([1] * 3))])  # noqa: E731
+    hooks.end_task(model, second, lambda: ((finish(x), y) for x, y in second()), None, finish)
+    stored = torch.stack(hooks.buffer.images[0])
+    expected, _ = class_prototypes(*pooled_features(model, [(finish(stored), torch.zeros(len(stored)))]), 1)
+    assert torch.allclose(hooks.prototypes[0], expected[0], atol=1e-6)
+    assert not torch.allclose(hooks.prototypes[0], before[0], atol=1e-3)
+    fresh = [(finish(x), y) for x, y in second()]
+    assert torch.allclose(hooks.prototypes[1], class_prototypes(*pooled_features(model, fresh), 2)[0][1])
+    restored = StrategyHooks(LifelongConfig(strategy="ncm", buffer_size=4), seed=0)
+    restored.load_state_dict(hooks.state_dict(), model)
+    assert torch.equal(restored.prototypes, hooks.prototypes)
+    empty = StrategyHooks(LifelongConfig(strategy="ncm", buffer_size=0), seed=0)
+    empty.prototypes = hooks.prototypes.clone()
+    with torch.no_grad():
+        model.layer4[0].conv1.weight.mul_(0.5)
+    empty.end_task(model, second, lambda: ((finish(x), y) for x, y in second()), None, finish)
+    assert torch.equal(empty.prototypes[0], hooks.prototypes[0])  # no buffered images: kept as it was
+    assert not torch.allclose(empty.prototypes[1], hooks.prototypes[1])  # recomputed by the changed network

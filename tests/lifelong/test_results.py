@@ -66,6 +66,7 @@ def results_of(tmp_path, strategy, R_, seconds):
         seconds=seconds,
         inference_s_per_image=0.0015,
         bad_images=1,
+        inference_ms_batch1=2.25,
     )
     metrics = write_results(results, tmp_path, None)
     with open(tmp_path / "R.csv", newline="") as f:
@@ -86,6 +87,7 @@ def test_write_results_leaves_the_matrix_the_metrics_and_the_final_model(tmp_pat
     assert m["strategy"] == "replay" and m["task_names"] == NAMES and m["ACC"] == pytest.approx(0.75)
     assert m["train_seconds_per_task"] == [1.25, 2.5] and m["train_seconds"] == 3.75
     assert m["inference_ms_per_image"] == 1.5 and m["buffer_images"] == 6
+    assert m["inference_ms_batch1"] == 2.25 and m["device_name"]  # the machine the times were taken on
     assert m["model_params"] == sum(p.numel() for p in model.parameters()) and m["model_mb"] > 0
     assert (m["device"], m["classes"], m["bad_images"]) == ("cpu", 3, 1)
     final = load_model_dir(tmp_path / "final")

@@ -296,7 +296,13 @@ def test_on_bad_skip_warns_and_counts_the_bad_image(manifest_with_a_bad_image, t
 # Exact resume at an epoch boundary inside a task: two epochs per task, so the second task has a checkpoint
 # after its first epoch that carries the optimizer, schedule, sampler, RNGs and the strategy's state.
 EPOCHS2 = ["--epochs", "2", "--set", "ckpt.keep_last=50", "--set", "log.tensorboard=false"]
-STRATEGY_ARGS = {"naive": [], "ewc": [], "lwf": [], "replay": ["--buffer-size", "6"]}
+STRATEGY_ARGS = {
+    "naive": [],
+    "ewc": [],
+    "lwf": [],
+    "replay": ["--buffer-size", "6"],
+    "ncm": ["--buffer-size", "6"],
+}
 
 
 def inside_task_checkpoint(run_dir):
@@ -322,7 +328,7 @@ def kill_after(src, dst, checkpoint_step):
             path.unlink()
 
 
-@pytest.mark.parametrize("strategy", ["naive", "ewc", "lwf", "replay"])
+@pytest.mark.parametrize("strategy", ["naive", "ewc", "lwf", "replay", "ncm"])
 def test_killed_inside_a_task_and_resumed_is_bit_identical(manifest, tmp_path, strategy):
     common = ["lifelong", manifest, *ARGS, *EPOCHS2, "--strategy", strategy, *STRATEGY_ARGS[strategy]]
     whole = tmp_path / "whole"

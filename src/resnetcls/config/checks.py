@@ -94,7 +94,7 @@ CHOICES = {
     "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
     "data.augment_on": ("auto", "host", "device"),
     "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
-    "lifelong.strategy": ("naive", "replay", "derpp", "ewc", "lwf", "joint"),
+    "lifelong.strategy": ("naive", "replay", "derpp", "ncm", "ewc", "lwf", "joint"),
     "log.wandb_mode": ("offline", "online", "disabled"),
     "log.on_tracker_error": ("stop", "warn"),
     "eval.open_set": OPEN_SET_CHOICES,

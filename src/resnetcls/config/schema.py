@@ -150,8 +150,8 @@ class LifelongConfig:
     # per DATA argument)
     order: str = ""  # comma-separated task values in training order; "a-b" = numeric range
     bins: int = 0  # numeric column: N equal-count ranges of its values instead of --order
-    strategy: str = "naive"  # naive | replay | derpp | ewc | lwf | joint
-    buffer_size: int = 200  # replay, derpp: images kept (class-balanced reservoir)
+    strategy: str = "naive"  # naive | replay | derpp | ncm | ewc | lwf | joint
+    buffer_size: int = 200  # replay, derpp, ncm: images kept (class-balanced reservoir)
     ewc_lambda: float = (
         10000.0  # ewc: weight of the quadratic penalty (the best of bench/lifelong_strategies.py
     )

@@ -11,19 +11,25 @@ extra_batch, extra_loss), does around a task (start_task, end_task), and keeps i
   it was stored (at the end of its task, in eval mode). The step's loss is the mean cross-entropy over the
   joined batch (fresh + replayed, as replay), i.e. (CE_fresh + CE_buffer)/2, and extra_loss adds
   (alpha * MSE(logits, stored logits) + (beta - 1) * CE_buffer)/2, so the whole is DER++'s
-  CE_fresh + beta * CE_buffer + alpha * MSE at half scale (one draw of buffer images serves both terms).
+  CE_fresh + beta * CE_buffer + alpha * MSE at half scale (one draw of buffer images serves both terms);
+- ncm: trains as replay; at the end of each task the class prototypes (lifelong/ncm.py) are recomputed with
+  the network as it now is, from the task's training images (at most PROTOTYPE_IMAGES a class) for its
+  classes and from the buffer's images for the earlier ones (a class with neither keeps its prototype), and
+  every evaluation predicts by the nearest prototype instead of the trained head.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..config import LifelongConfig
 from ..engine.loop import StepHooks
+from .ncm import PROTOTYPE_IMAGES, class_prototypes, first_per_class, merge_prototypes, pooled_features
 from .strategies import ReplayBuffer, derpp_terms, distillation_loss, ewc_penalty, fisher_diagonal
 
 
@@ -57,12 +63,14 @@ class StrategyHooks(StepHooks):
 
     def __init__(self, lc: LifelongConfig, seed: int) -> None:
         self.name, self.lc, self.seed = lc.strategy, lc, seed
-        self.buffer = ReplayBuffer(lc.buffer_size, seed) if lc.strategy in ("replay", "derpp") else None
+        replaying = lc.strategy in ("replay", "derpp", "ncm")
+        self.buffer = ReplayBuffer(lc.buffer_size, seed) if replaying else None
         self.drawn: tuple | None = None  # DER++: (fresh batch size, stored logits, mask, labels) of this step
         self.fisher: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
         self.old_model: nn.Module | None = None
         self.model: nn.Module | None = None  # the unwrapped model being trained (EWC reads its parameters)
+        self.prototypes: Tensor | None = None  # ncm: (classes, D) means of the normalised pooled features
 
     def start_task(self, index: int, model: nn.Module) -> None:
         """Reseed the buffer's sampler per task (a resumed run draws the same replay batches) and give a
@@ -102,9 +110,17 @@ class StrategyHooks(StepHooks):
             return self.lc.lwf_alpha * distillation_loss(logits, old_logits, self.lc.lwf_temperature)
         return None
 
-    def end_task(self, model: nn.Module, stored_batches, eval_batches, loss_fn: nn.Module) -> None:
+    def end_task(
+        self,
+        model: nn.Module,
+        stored_batches,
+        eval_batches,
+        loss_fn: nn.Module,
+        finish: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         """stored_batches(): uint8 (images, labels) of the task's train set (for the buffer);
-        eval_batches(): normalised (images, labels) on the device (for the Fisher)."""
+        eval_batches(): normalised (images, labels) on the device (for the Fisher and the prototypes);
+        finish: uint8 images -> normalised on the device (ncm: the buffer's images)."""
         if self.name == "derpp":
             self._store_with_logits(model, stored_batches(), eval_batches())
         elif self.buffer is not None:
@@ -119,6 +135,34 @@ class StrategyHooks(StepHooks):
             self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.fisher}
         if self.name == "lwf":
             self.set_old_model(model)
+        if self.name == "ncm":
+            self.update_prototypes(model, eval_batches(), finish)
+
+    def update_prototypes(self, model: nn.Module, task_batches, finish: Callable[[Tensor], Tensor]) -> None:
+        """ncm: every seen class's prototype recomputed with the model as it now is: the task's classes from
+        its first PROTOTYPE_IMAGES training images each, the other classes from the buffer's images; a
+        class with neither (an empty buffer) keeps its earlier prototype."""
+        features, labels = pooled_features(model, task_batches)
+        keep = first_per_class(labels, PROTOTYPE_IMAGES)
+        features, labels = features[keep], labels[keep]
+        if finish is not None and self.buffer is not None:
+            old_features, old_labels = pooled_features(
+                model, self._earlier_images(set(labels.tolist()), finish)
+            )
+            if len(old_labels):
+                features, labels = torch.cat([features, old_features]), torch.cat([labels, old_labels])
+        prototypes, counts = class_prototypes(features, labels, model.fc.out_features)
+        self.prototypes = merge_prototypes(self.prototypes, prototypes, counts)
+
+    def _earlier_images(self, current: set[int], finish: Callable[[Tensor], Tensor], size: int = 64):
+        """The buffer's images of classes not in current, normalised by finish, as (images, labels)
+        batches."""
+        stored = [
+            (img, label) for label, imgs in self.buffer.images.items() if label not in current for img in imgs
+        ]
+        for start in range(0, len(stored), size):
+            chunk = stored[start : start + size]
+            yield finish(torch.stack([img for img, _ in chunk])), torch.tensor([label for _, label in chunk])
 
     def _store_with_logits(self, model: nn.Module, stored, normalised) -> None:
         """DER++: offer each image to the buffer with the model's logits on it (eval mode, no augmentation;
@@ -156,6 +200,7 @@ class StrategyHooks(StepHooks):
             "fisher": self.fisher,
             "anchor": self.anchor,
             "teacher": self.old_model.state_dict() if self.old_model is not None else None,
+            "prototypes": self.prototypes,
         }
 
     def load_state_dict(self, state: dict, model: nn.Module) -> None:
@@ -166,3 +211,4 @@ class StrategyHooks(StepHooks):
         self.fisher, self.anchor = dict(state["fisher"]), dict(state["anchor"])
         if self.name == "lwf" and state.get("teacher") is not None:
             self.set_old_model(model, state["teacher"])
+        self.prototypes = state.get("prototypes")

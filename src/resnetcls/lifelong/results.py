@@ -7,11 +7,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
 from ..engine.prepare import arch_args
 from ..errors import UserError
+from ..records.envinfo import cpu_model
 from ..records.figures import accuracy_matrix_heatmap
 from ..records.modelfile import save_model_dir
 from ..utils.atomic import csv_text, write_text_atomic
@@ -42,7 +44,8 @@ def summarize(R: list[list[float]], b: list[float], strategy: str, joint: str | 
 class LifelongResults:
     """What a finished lifelong run leaves to write: its strategy, model (config, module, classes,
     preprocessing), task names, accuracy matrix R and b, train seconds per task, the strategy's buffer stats,
-    the inference time per image, the device and the number of bad images skipped."""
+    the inference time per image (in evaluation batches, and alone: batch 1), the device and the number of bad
+    images skipped."""
 
     strategy: str
     model_cfg: ModelConfig
@@ -57,6 +60,14 @@ class LifelongResults:
     seconds: list
     inference_s_per_image: float
     bad_images: int
+    inference_ms_batch1: float | None = None
+
+
+def device_name(device: str) -> str:
+    """The machine an inference time was measured on: the CPU's name, or the GPU's on CUDA."""
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return cpu_model()
 
 
 def write_results(results: LifelongResults, run_dir: Path, joint: str | None) -> dict:
@@ -78,7 +89,11 @@ def write_results(results: LifelongResults, run_dir: Path, joint: str | None) ->
             "model_params": n_params,
             "model_mb": round(state_bytes / 1e6, 3),
             "inference_ms_per_image": round(1000 * results.inference_s_per_image, 4),
+            "inference_ms_batch1": (
+                round(results.inference_ms_batch1, 4) if results.inference_ms_batch1 is not None else None
+            ),
             "device": results.device,
+            "device_name": device_name(results.device),
             "classes": len(results.classes),
             "bad_images": results.bad_images,
         }

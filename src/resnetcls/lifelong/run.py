@@ -42,9 +42,11 @@ from ..engine.runner import (
 )
 from ..errors import UserError
 from .hooks import grow_head
+from .ncm import prototype_classifier
 from .results import LifelongResults, write_results
 from .sequence import (
     TaskSequence,
+    batch1_latency_ms,
     build_sequence,
     evaluate_tasks,
     restore_sequence,
@@ -227,6 +229,7 @@ def end_task(seq: TaskSequence, task: Task, opt, loss_fn) -> None:
             if b["images"] is not None
         ),
         loss_fn,
+        lambda images: seq.ctx.to_device(images, stored.device_finish),
     )
     # the task's time: its epochs and the strategy's end-of-task work (buffer, Fisher pass, teacher), as
     # Avalanche's strategy.train() counts its after-experience plugins
@@ -264,24 +267,11 @@ def end_of_task_epoch(seq: TaskSequence, task: Task, lr: float, logger: RunLogge
 
 
 def finish(seq: TaskSequence, logger: RunLogger, joint: str | None) -> dict:
-    """R.csv/R.json/R.png, metrics.json (metrics, sizes, times), the final model directory, the summary."""
+    """R.csv/R.json/R.png, metrics.json (metrics, sizes, times), the final model directory (ncm: with the
+    prototype head, so that it predicts as R measured), the summary."""
     _, model_s, images = evaluate_tasks(seq, None)  # timed pass: inference ms/image
-    results = LifelongResults(
-        strategy=seq.cfg.lifelong.strategy,
-        model_cfg=seq.cfg.model,
-        names=[task.name for task in seq.tasks],
-        classes=seq.classes,
-        model=seq.model,
-        device=seq.ctx.device.type,
-        preprocess=seq.pipeline.preprocess,
-        buffer_stats=seq.hooks.buffer_stats(),
-        R=seq.R,
-        b=seq.b,
-        seconds=seq.seconds,
-        inference_s_per_image=model_s / max(images, 1),
-        bad_images=len(seq.run.bad_files),
-    )
-    metrics = write_results(results, seq.run_dir, joint)
+    with prototype_classifier(seq.model, seq.hooks.prototypes) as model:
+        metrics = write_results(results_of(seq, model, model_s / max(images, 1)), seq.run_dir, joint)
     logger.log(
         {"kind": "summary", **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
         seq.run.global_step,
@@ -299,3 +289,24 @@ def finish(seq: TaskSequence, logger: RunLogger, joint: str | None) -> dict:
         + (f"; {len(seq.run.bad_files)} bad images skipped" if seq.run.bad_files else "")
     )
     return metrics
+
+
+def results_of(seq: TaskSequence, model, inference_s_per_image: float) -> LifelongResults:
+    """What finish writes: the sequence's results with model (ncm: its prototype head in place) and the
+    inference times (in evaluation batches, and batch 1)."""
+    return LifelongResults(
+        strategy=seq.cfg.lifelong.strategy,
+        model_cfg=seq.cfg.model,
+        names=[task.name for task in seq.tasks],
+        classes=seq.classes,
+        model=model,
+        device=seq.ctx.device.type,
+        preprocess=seq.pipeline.preprocess,
+        buffer_stats=seq.hooks.buffer_stats(),
+        R=seq.R,
+        b=seq.b,
+        seconds=seq.seconds,
+        inference_s_per_image=inference_s_per_image,
+        bad_images=len(seq.run.bad_files),
+        inference_ms_batch1=batch1_latency_ms(seq),
+    )

@@ -4,9 +4,13 @@ from the tasks, restored from a checkpoint, and evaluated on every task's test s
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..config import Config, config_to_dict
 from ..data.loader import known_bad_files
@@ -18,6 +22,7 @@ from ..engine.loop import StepContext, evaluate
 from ..engine.prepare import DataPipeline, build_context, build_model
 from ..engine.runner import note_bad_images
 from .hooks import StrategyHooks, grow_head
+from .ncm import prototype_classifier
 from .tasks import Task, known_classes
 
 
@@ -165,12 +170,35 @@ def seen_accuracy(seq: TaskSequence, row: list[float]) -> float:
 
 
 def evaluate_tasks(seq: TaskSequence, logger: RunLogger | None) -> tuple[list[float], float, int]:
-    """Top-1 on every task's test split; also the model's own seconds (without data waiting) and images."""
+    """Top-1 on every task's test split (ncm: by the nearest prototype, once there are prototypes); also the
+    model's own seconds (without data waiting) and images."""
     row, seconds, images = [], 0.0, 0
-    for loader in seq.test_loaders:
-        stats = evaluate(seq.model, loader, None, seq.ctx)
-        if logger is not None:
-            note_bad_images(seq.run, stats.bad, logger)
-        row.append(stats.top1)
-        seconds, images = seconds + stats.seconds - stats.data_wait_s, images + stats.images
+    with prototype_classifier(seq.model, seq.hooks.prototypes) as model:
+        for loader in seq.test_loaders:
+            stats = evaluate(model, loader, None, seq.ctx)
+            if logger is not None:
+                note_bad_images(seq.run, stats.bad, logger)
+            row.append(stats.top1)
+            seconds, images = seconds + stats.seconds - stats.data_wait_s, images + stats.images
     return row, seconds, images
+
+
+def batch1_latency_ms(seq: TaskSequence, repeats: int = 7) -> float:
+    """The model's time for one image (batch 1, eval mode, the run's precision and memory format): the median
+    of `repeats` timed forward passes after two warm-up passes (ncm: through its prototype head)."""
+    size = seq.pipeline.preprocess["image_size"]
+    image = seq.ctx.to_device(torch.zeros(1, 3, size, size))
+    times = []
+    with prototype_classifier(seq.model, seq.hooks.prototypes) as model, torch.inference_mode():
+        was_training = model.training
+        model.eval()
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            with seq.ctx.autocast():
+                model(image)
+            if image.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        model.train(was_training)
+    return 1000 * statistics.median(times)
