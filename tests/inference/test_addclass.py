@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from torch import nn
 
 import resnetcls
@@ -17,12 +18,15 @@ from resnetcls.inference.addclass import (
     add_class,
     bank_classes,
     grown_scorer,
+    refitted_quantiles,
     remove_class,
     shrunk_scorer,
 )
 from resnetcls.inference.inputs import expand_inputs
 from resnetcls.inference.predictor import Predictor
 from resnetcls.records.modelfile import load_model_dir, write_open_set
+from resnetcls.serve.app import create_app
+from resnetcls.serve.schema import ServeSettings
 from resnetcls.utils.openset import OpenSetScorer, fit_scorer, score_quantiles, threshold_for
 from tests.conftest import make_class_folders
 
@@ -76,10 +80,9 @@ def test_a_class_taught_from_three_photos_is_recognised_and_the_old_answers_stay
     loaded = load_model_dir(tmp_path / "new")
     assert loaded.classes == ["blue", "green", "red", "yellow"]
     assert loaded.meta["metrics"]["added_class"] == "yellow"
-    assert (
-        loaded.open_set["refitted"] is False
-        and loaded.open_set["threshold"] == load_model_dir(model).open_set["threshold"]
-    )
+    record = loaded.open_set  # refitted with the new class's photos held out in turn
+    assert record["refitted"] is True and "held out in turn" in record["note"]
+    assert record["threshold"] == threshold_for(record["quantiles"], record["accept"])
     assert len(loaded.scorer.class_count) == 4 and loaded.scorer.class_count[3] == 6  # 3 photos + mirrors
     new = Predictor(tmp_path / "new", precision="fp32", backend="torch").predict(photos[3])[0]
     assert new.top[0][0] == "yellow" and not new.unknown
@@ -205,3 +208,30 @@ def test_tuning_stops_at_its_step_count_and_is_reproducible(model, yellow, tmp_p
     norms = source.weight.norm(dim=1)
     torch.testing.assert_close(imprinted.weight[3].norm(), norms.mean())
     torch.testing.assert_close(imprinted.bias[3], source.bias.mean())
+
+
+def test_the_refitted_threshold_weighs_the_new_class_as_one_class_among_all():
+    old = {"quantiles": [i / 100 for i in range(101)]}  # known scores spread evenly over 0..1
+    low = refitted_quantiles(old, torch.zeros(6), num_classes=1)  # half the known mass now sits at 0
+    assert threshold_for(low, 0.95) == pytest.approx(0.0, abs=1e-9)
+    assert threshold_for(low, 0.40) == pytest.approx(0.2, abs=0.02)  # the old 20% point, at 60% of the mass
+    high = refitted_quantiles(old, torch.full((6,), 10.0), num_classes=9)  # a tenth of the mass above all
+    assert threshold_for(high, 0.95) == pytest.approx(0.05 / 0.9, abs=0.01)
+    assert all(a <= b for a, b in zip(high, high[1:]))
+
+
+def test_one_photo_keeps_the_source_threshold(model, yellow, tmp_path, capsys):
+    photo = sorted(map(str, yellow.glob("*.jpg")))[0]
+    assert cli(capsys, "add-class", model, "yellow", photo, "--out", tmp_path / "new")[0] == 0
+    record = load_model_dir(tmp_path / "new").open_set
+    assert record["refitted"] is False and record["threshold"] == load_model_dir(model).open_set["threshold"]
+
+
+def test_serve_answers_with_the_added_class(model, yellow, tmp_path, capsys):
+    photos = sorted(map(str, yellow.glob("*.jpg")))
+    assert cli(capsys, "add-class", model, "yellow", *photos[:3], "--out", tmp_path / "new")[0] == 0
+    with TestClient(create_app(ServeSettings(str(tmp_path / "new")))) as client:
+        classes = client.get("/info").json()["classes"]
+        with open(photos[3], "rb") as image:
+            body = client.post("/predict", files={"file": ("yellow.jpg", image, "image/jpeg")}).json()
+    assert classes == ["blue", "green", "red", "yellow"] and body["top"][0]["class"] == "yellow"

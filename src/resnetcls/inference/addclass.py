@@ -9,9 +9,13 @@ stored per-class Gaussians of the old classes (model.json's open-set statistics:
 diagonal), so the old classes are not forgotten; the same seed gives the same model.
 
 The open-set scorer grows by the new class (its feature statistics, its kNN bank rows or its whitened
-Mahalanobis mean); the threshold (quantiles of the known validation images' scores) and the calibration
-temperature are kept as they were: no validation images of the new class exist to refit them, and the record
-says so ("refitted": false). The source model directory is never modified: a new one is written.
+Mahalanobis mean). The threshold is refitted (refitted_quantiles): no validation images of the new class
+exist, so each photo is scored by a scorer grown from the other photos (leave one out: a photo stands in for
+an unseen view), and those scores join the known validation scores' quantiles weighted as one class among
+all; the threshold then accepts the record's share of that mixture. With one photo, or a max-softmax or
+energy score (the head was tuned on every photo), the source's threshold is kept, and the record says which
+("refitted"). The calibration temperature is kept. The source model directory is never modified: a new one
+is written.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ from ..data.transforms import build_eval_transform, stack_images
 from ..errors import UserError
 from ..models import create_model
 from ..records.modelfile import LoadedModel, load_model_dir, save_model_dir, write_calibration, write_open_set
-from ..utils.openset import BANK_MAX, BANK_PER_CLASS, FEATURE_STATS, UNKNOWN, OpenSetScorer, normalise
+from ..utils.openset import (
+    BANK_MAX,
+    BANK_PER_CLASS,
+    FEATURE_STATS,
+    UNKNOWN,
+    OpenSetScorer,
+    normalise,
+    threshold_for,
+)
 from .inputs import expand_inputs
 
 DEFAULT_STEPS = 100  # full-batch Adam steps of the head; each takes milliseconds
@@ -44,6 +56,7 @@ NEW_SPREAD = 0.5  # the noise around the new class's views, in units of its stor
 VARIANCE_PRIOR = 8  # a new class's stored variance: its photos' own, shrunk towards the old classes' pooled
 # variance as if it came from this many more images (a few photos underestimate it)
 MIN_CLASSES = 2  # remove-class keeps at least this many
+MAX_HELD_OUT = 20  # photos held out in turn to refit the open-set threshold
 BANK_CLASS = "bank_class"  # the class of each kNN bank row, stored once a class has been added or removed
 Photos = str | os.PathLike | typing.Sequence[str | os.PathLike]
 
@@ -249,6 +262,42 @@ def shrunk_scorer(scorer: OpenSetScorer, index: int, num_classes: int) -> OpenSe
     return OpenSetScorer(scorer.score, tensors, scorer.temperature, scorer.k)
 
 
+def leave_one_out_scores(scorer: OpenSetScorer, features: torch.Tensor, stats: dict) -> torch.Tensor:
+    """The open-set score of each of the new class's views (features: photos, then their mirror images) under
+    a scorer grown from the other photos; at most MAX_HELD_OUT photos are held out in turn."""
+    photos = len(features) // 2
+    scores = []
+    for i in range(min(photos, MAX_HELD_OUT)):
+        keep = [j for j in range(len(features)) if j % photos != i]
+        grown = grown_scorer(scorer, features[keep], stats)
+        held_out = features[[i, i + photos]]
+        scores.append(grown(held_out, torch.zeros(2, len(stats["class_count"]) + 1)))
+    return torch.cat(scores)
+
+
+def refitted_quantiles(record: dict, held_out: torch.Tensor, num_classes: int) -> list[float]:
+    """The known scores' quantiles with the new class's held-out scores weighted as one class among
+    num_classes + 1 (the old ones' quantiles standing for their validation scores)."""
+    old = torch.tensor(record["quantiles"], dtype=torch.float64)
+    scores = torch.cat([old, held_out.double()])
+    weights = torch.cat(
+        [torch.full((len(old),), num_classes / len(old)), torch.full((len(held_out),), 1 / len(held_out))]
+    ).double()
+    order = scores.argsort()
+    scores, cumulative = scores[order], weights[order].cumsum(0)
+    positions = (cumulative - weights[order] / 2) / cumulative[-1]  # each sample at its mass's midpoint
+    levels = torch.linspace(0, 1, len(old), dtype=torch.float64)
+    return [float(v) for v in _interpolate(levels, positions, scores)]
+
+
+def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """numpy.interp for increasing xp: clamped at both ends."""
+    index = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    low, high = xp[index - 1], xp[index]
+    share = ((x - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+    return fp[index - 1] + (fp[index] - fp[index - 1]) * share
+
+
 def _with_head(loaded: LoadedModel, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
     """A copy of the model with the head (weight, bias) for len(weight) classes."""
     meta = loaded.meta
@@ -262,15 +311,28 @@ def _write(loaded: LoadedModel, out: Path, model: nn.Module, classes: list[str],
     """The new model directory (an existing `out` replaced as a whole): weights, classes, the source's
     preprocessing and calibration, and the edited scorer with the source's threshold record (edit: (scorer or
     None, metrics, note))."""
-    scorer, metrics, note = edit
+    scorer, metrics, note, refit = edit
     meta = loaded.meta
     save_model_dir(out, model, meta["arch"], meta["arch_args"], classes, meta["preprocess"], metrics)
     if "calibration" in meta:
         write_calibration(out, meta["calibration"])
     if scorer is not None:
         record = {k: v for k, v in loaded.open_set.items() if k not in ("score", "k", "file")}
-        write_open_set(out, scorer, {**record, "refitted": False, "note": note})
+        write_open_set(out, scorer, {**record, **(refit or {"refitted": False}), "note": note})
     return out
+
+
+def _refit(loaded: LoadedModel, scorer: OpenSetScorer, features: torch.Tensor, stats: dict) -> dict:
+    """The refitted threshold record (refitted_quantiles), or only "refitted": false where the source's is
+    kept (one photo, a score of the logits); with its note's words."""
+    if len(features) < 4 or scorer.score not in ("knn", "mahalanobis"):
+        return {"refitted": False, "how": "the source's threshold kept (one photo, or a score of the logits)"}
+    held_out = leave_one_out_scores(loaded.scorer, features, stats)
+    classes = len(stats["class_count"])
+    quantiles = refitted_quantiles(loaded.open_set, held_out, classes)
+    threshold = threshold_for(quantiles, loaded.open_set["accept"])
+    how = f"threshold refitted, its photos held out in turn and weighted as one class of {classes + 1}"
+    return {"quantiles": quantiles, "threshold": threshold, "refitted": True, "how": how}
 
 
 def add_class(
@@ -304,14 +366,11 @@ def add_class(
         "tuning_steps": settings.steps,
         "source_classes": len(loaded.classes),
     }
-    note = (
-        f"class {name!r} added from {photos_used} photos; the threshold is the source model's, not "
-        f"refitted (no validation images of the new class)"
-    )
     scorer = grown_scorer(loaded.scorer, features, stats)
-    return _write(
-        loaded, out, _with_head(loaded, weight, bias), [*loaded.classes, name], (scorer, metrics, note)
-    )
+    refit = _refit(loaded, scorer, features, stats)
+    note = f"class {name!r} added from {photos_used} photos; {refit.pop('how')}"
+    edit = (scorer, metrics, note, refit)
+    return _write(loaded, out, _with_head(loaded, weight, bias), [*loaded.classes, name], edit)
 
 
 def remove_class(
@@ -336,4 +395,4 @@ def remove_class(
     metrics = {"removed_class": name, "source_classes": len(classes)}
     scorer = None if loaded.scorer is None else shrunk_scorer(loaded.scorer, index, len(classes))
     note = f"class {name!r} removed; the threshold is the source model's, not refitted"
-    return _write(loaded, out, model, [classes[c] for c in kept], (scorer, metrics, note))
+    return _write(loaded, out, model, [classes[c] for c in kept], (scorer, metrics, note, None))
