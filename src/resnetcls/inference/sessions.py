@@ -171,6 +171,17 @@ def _metadata_of(path: str, inode: int, size: int, mtime_ns: int) -> tuple[tuple
     return tuple((p.key, p.value) for p in proto.metadata_props)
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core: a Core per session, created again and again in one process (a test
+    suite, a server reloading models), segfaults once enough models were compiled (ultralytics#25864), and
+    the Core loads the CPU plugin, which is worth doing once."""
+    runtime_telemetry_off(openvino=True)
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoSession:
     """An ONNX file compiled by OpenVINO for this CPU, answering ONNX Runtime's `run(names, feeds)`, so every
     caller of a session runs either runtime.
@@ -186,10 +197,9 @@ class OpenVinoSession:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
-        runtime_telemetry_off(openvino=True)
         import openvino as ov
 
-        core = ov.Core()
+        core = openvino_core()
         graph = (
             core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
             if isinstance(model, bytes)
