@@ -173,9 +173,8 @@ def _metadata_of(path: str, inode: int, size: int, mtime_ns: int) -> tuple[tuple
 
 @functools.cache
 def openvino_core():
-    """The process's one OpenVINO Core: a Core per session, created again and again in one process (a test
-    suite, a server reloading models), segfaults once enough models were compiled (ultralytics#25864), and
-    the Core loads the CPU plugin, which is worth doing once."""
+    """The process's one OpenVINO Core: a new Core per session segfaulted a process that compiled many models
+    (a test suite; ultralytics#25864 saw the same), and the CPU plugin loads once."""
     runtime_telemetry_off(openvino=True)
     import openvino as ov
 
@@ -183,17 +182,14 @@ def openvino_core():
 
 
 class OpenVinoSession:
-    """An ONNX file compiled by OpenVINO for this CPU, answering ONNX Runtime's `run(names, feeds)`, so every
-    caller of a session runs either runtime.
+    """An ONNX file compiled by OpenVINO for this CPU, answering ONNX Runtime's `run(names, feeds)`.
 
-    precision "auto" is bf16 where the CPU computes it natively (AMX, AVX512-BF16: hardware.cpu_has_fast_bf16,
-    as training and the torch backend decide), else fp32; "fp32" keeps fp32 throughout (within 1e-4 of ONNX
-    Runtime), "bf16" asks for bf16. Left to itself OpenVINO would pick bf16 from the CPU's flags even where
-    oneDNN is capped below bf16 (ONEDNN_MAX_CPU_ISA=AVX2), and then fails to compile a max-pool there. On
-    Xeon-AMX OpenVINO ran the same int8 file 2.3-3x and the fp32 file (in bf16) 4.4-5.4x faster than ONNX
-    Runtime (README, int8). One synchronous infer request, which OpenVINO does not let two threads run at
-    once: calls from several threads take turns (each call already uses every thread it was given), where ONNX
-    Runtime's run is reentrant.
+    precision "auto" is bf16 where the CPU computes it natively (hardware.cpu_has_fast_bf16, as training
+    decides), else fp32 ("fp32": within 1e-4 of ONNX Runtime; "bf16" asks for it). Left to itself OpenVINO
+    picks bf16 from the CPU's flags even where oneDNN is capped below it (ONEDNN_MAX_CPU_ISA=AVX2) and then
+    fails to compile a max-pool. On Xeon-AMX it ran the int8 file 2.3-3x and the fp32 file (in bf16)
+    4.4-5.4x faster than ONNX Runtime (docs/benchmarks.md). One synchronous infer request, which two threads
+    may not run at once: calls from several threads take turns (each uses every thread it was given).
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
