@@ -47,12 +47,11 @@ TELEMETRY_ENV = "RESNETCLS_RUNTIME_TELEMETRY"  # "1": leave the runtimes' teleme
 
 
 def runtime_telemetry_off(openvino: bool = False) -> None:
-    """Turn ONNX Runtime's (and with openvino=True OpenVINO's) telemetry off, unless
+    """Turn ONNX Runtime's (with openvino=True also OpenVINO's) telemetry off unless
     RESNETCLS_RUNTIME_TELEMETRY=1; call it before importing the runtime. ONNX Runtime reads
-    ORT_DISABLE_TELEMETRY when it is imported (a value the user set is kept). OpenVINO's usage events come
-    from its optional openvino_telemetry package, imported by `import openvino`: hidden during that import,
-    OpenVINO binds its own no-op stub (its path when the package is not installed), and the package stays
-    importable afterwards for whoever wants it."""
+    ORT_DISABLE_TELEMETRY at import (a value the user set is kept). OpenVINO's events come from its optional
+    openvino_telemetry package: hidden during `import openvino`, OpenVINO binds its own no-op stub, and the
+    package stays importable afterwards."""
     if os.environ.get(TELEMETRY_ENV) == "1":
         return
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
