@@ -106,6 +106,30 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+# 12 of the 36 tiny images in val: enough for a calibration fit and an open-set threshold.
+CALIBRATED = [
+    *TINY,
+    "--epochs",
+    "2",
+    "--set",
+    "optim.lr=0.01",
+    "--set",
+    "data.val_fraction=0.34",
+    "--set",
+    "train.precision=fp32",
+]
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """One tiny run with a calibrated temperature and an open-set threshold, and its stderr, shared by the
+    tests that only read them."""
+    out = tmp_path_factory.mktemp("cal") / "run"
+    result = run_cli("train", tiny_data, *CALIBRATED, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result.stderr
+
+
 class PlainInterpreter:
     """`resnetcls` commands run one after another in one fresh interpreter with one thread (tests/runner.py),
     as the killed or signalled runs the tests start are: for the runs compared bit for bit with those, one

@@ -5,28 +5,7 @@ import json
 import pytest
 
 from resnetcls.records.modelfile import load_model_dir
-from tests.conftest import TINY, run_cli
-
-# 12 of the 36 tiny images in val: enough for a fit (calibration.MIN_CALIBRATION_IMAGES).
-CALIBRATED = [
-    *TINY,
-    "--epochs",
-    "2",
-    "--set",
-    "optim.lr=0.01",
-    "--set",
-    "data.val_fraction=0.34",
-    "--set",
-    "train.precision=fp32",
-]
-
-
-@pytest.fixture(scope="module")
-def calibrated_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cal") / "run"
-    result = run_cli("train", tiny_data, *CALIBRATED, "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out, result.stderr
+from tests.conftest import CALIBRATED, TINY, run_cli
 
 
 def test_train_fits_a_temperature_on_val_stores_it_and_prints_one_line(calibrated_run):

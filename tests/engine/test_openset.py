@@ -20,27 +20,12 @@ from resnetcls.records.modelfile import OPEN_SET_FILE, load_model_dir
 from resnetcls.utils.openset import UNKNOWN, threshold_for
 from tests.conftest import TINY, make_class_folders, run_cli
 
-# 12 of the 36 tiny images in val: enough for a threshold (openset.MIN_VAL_IMAGES).
-OPEN_SET_RUN = [
-    *TINY,
-    "--epochs",
-    "2",
-    "--set",
-    "optim.lr=0.01",
-    "--set",
-    "data.val_fraction=0.34",
-    "--set",
-    "train.precision=fp32",
-]
 FLAT = {"grey": (128, 128, 128), "white": (250, 250, 250), "black": (10, 10, 10), "yellow": (200, 200, 30)}
 
 
 @pytest.fixture(scope="module")
-def open_set_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("openset") / "run"
-    result = run_cli("train", tiny_data, *OPEN_SET_RUN, "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out, result.stderr
+def open_set_run(calibrated_run):
+    return calibrated_run
 
 
 @pytest.fixture(scope="module")

@@ -192,9 +192,9 @@ class OpenVinoSession:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 0, precision: str = "auto") -> None:
+        core = openvino_core()  # first: it turns telemetry off before openvino is imported
         import openvino as ov
 
-        core = openvino_core()
         graph = (
             core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
             if isinstance(model, bytes)
