@@ -195,7 +195,7 @@ class Predictor:
     def open_set_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         """The model's open-set scores (N,) of pooled features and raw logits (features_and_logits), or None
         when rejection is off."""
-        return None if self.threshold is None else self.loaded.scorer.to("cpu")(features, logits)
+        return None if self.threshold is None else self.loaded.scorer(features, logits)
 
     def add_class(
         self, name: str, photos, out: str | os.PathLike, seed: int = 0, force: bool = False
@@ -247,7 +247,7 @@ class Predictor:
         if scorer is None:
             return self.probabilities(batch), None
         features, logits = self.features_and_logits(batch)
-        return calibrated_probabilities(logits, self.temperature), scorer.to("cpu")(features, logits)
+        return calibrated_probabilities(logits, self.temperature), scorer(features, logits)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ class LoadedModel:
     model: nn.Module
     meta: dict
     path: Path
-    scorer: OpenSetScorer | None = None  # the open-set score (model.json "open_set"), None without one
+    scorer: OpenSetScorer | None = None  # the open-set score (model.json "open_set") on the CPU, else None
 
     @property
     def open_set(self) -> dict | None:
