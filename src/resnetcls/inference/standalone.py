@@ -4,8 +4,10 @@ is a .onnx file that `resnetcls export` wrote.
 Everything the file needs travels in its metadata (sessions.export_metadata): the class names, the
 preprocessing, the calibration temperature (already inside the graph's `probabilities` output), the
 architecture and the weights' sha256, and for a model with an open-set score its record (threshold, accepted
-share, quantiles; the score itself is the graph's `open_set_score` output). It runs with ONNX Runtime or
-OpenVINO only: there are no eager weights to run with torch or to explain with Grad-CAM.
+share, quantiles; the score itself is the graph's `open_set_score` output), and for a multi-label model
+its "multi_label" record (each class's threshold; the graph's `probabilities` are then sigmoids). It runs
+with ONNX Runtime or OpenVINO only: there are no eager weights to run with torch or to explain with
+Grad-CAM.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def standalone_backend(backend: str, precision: str, path: str | os.PathLike) ->
 class OnnxModel:
     """A bare exported file, answering what Predictor and serve ask a LoadedModel (records/modelfile.py):
     meta (model.json's fields, rebuilt from the metadata), path, classes, preprocess, temperature, open_set
-    (the record, None without one); `model` and `scorer` are None (no eager weights: the file computes the
-    score)."""
+    (the record, None without one), multi_label (the thresholds' record, None for a single-label model);
+    `model` and `scorer` are None (no eager weights: the file computes the score)."""
 
     meta: dict
     path: Path
@@ -62,6 +64,10 @@ class OnnxModel:
     @property
     def open_set(self) -> dict | None:
         return self.meta.get("open_set")
+
+    @property
+    def multi_label(self) -> dict | None:
+        return self.meta.get("multi_label")
 
     @property
     def classes(self) -> list[str]:
@@ -102,6 +108,7 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
         fields = {k: json.loads(raw[k]) for k in ("arch_args", "classes", "preprocess")}
         calibration = json.loads(raw.get("calibration", "null"))
         open_set = json.loads(raw.get("open_set", "null"))
+        multi_label = json.loads(raw.get("multi_label", "null"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: metadata is not valid JSON: {e}") from None
     temperature = exported_temperature(raw)
@@ -114,6 +121,8 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
         meta["quantization"] = raw["quantization"]
     if open_set is not None:  # checked as model.json's record is (its tensors are inside the graph)
         meta["open_set"] = open_set
+    if multi_label is not None:  # thresholds and separator, checked as model.json's record is
+        meta["multi_label"] = multi_label
     hashes = {WEIGHTS: raw.get("weights_sha256", "0" * 64), OPEN_SET_FILE: "0" * 64}
     check_meta({**meta, "sha256": hashes}, path)
     return OnnxModel(meta, path, temperature)
