@@ -191,3 +191,17 @@ def test_the_export_carries_the_record_and_a_sigmoid_output(model, exported):
     write_meta_record(model, "multi_label", {**loaded.multi_label, "thresholds": [0.5, 0.5, 0.5]})
     assert not onnx_file_current(load_model_dir(model, "cpu"))
     write_meta_record(model, "multi_label", loaded.multi_label)
+
+
+def test_predict_and_serve_take_the_threshold_on_the_command_line(model, image):
+    from resnetcls.cli.commands import serve_settings
+    from tests.cli.test_commands import serve_args
+    from tests.conftest import run_cli
+
+    result = run_cli("predict", model, image, "--threshold", "1", "--format", "json", "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["labels"] == []
+    bad = run_cli("predict", model, image, "--threshold", "2")
+    assert bad.returncode == 2 and "argument --threshold: must be between 0 and 1, got 2" in bad.stderr
+    assert serve_settings(serve_args("--threshold", "0.3"))[0].threshold == 0.3
+    assert serve_settings(serve_args())[0].threshold is None  # -1, the default: each class's own

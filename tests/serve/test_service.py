@@ -202,7 +202,7 @@ def test_a_multi_label_model_answers_its_labels_and_info_gives_the_thresholds(ti
         one = client.post("/predict", content=image.read_bytes()).json()
         files = [("files", ("a.jpg", image.read_bytes())), ("files", ("junk.txt", b"hello"))]
         batch = client.post("/predict/batch", files=files).json()["results"]
-    with client_for(model, backend="torch", label_threshold=1.0) as client:
+    with client_for(model, backend="torch", threshold=1.0) as client:
         none = client.post("/predict", content=image.read_bytes()).json()
         assert client.get("/info").json()["thresholds"] == {"blue": 1.0, "green": 1.0, "red": 1.0}
     assert info["multi_label"] is True and info["label_separator"] == ";"

@@ -155,7 +155,14 @@ def cmd_predict(args) -> int:
     from ..inference.command import PredictOptions, run_predict
 
     options = PredictOptions(
-        args.topk, args.format, args.batch_size, args.tta, args.explain, args.open_set, args.unknown_accept
+        args.topk,
+        args.format,
+        args.batch_size,
+        args.tta,
+        args.explain,
+        args.open_set,
+        args.unknown_accept,
+        args.threshold,
     )
     return run_predict(args.model, args.paths, options, args.backend, args.precision)
 
@@ -276,6 +283,7 @@ def serve_settings(args):
     host, port, workers = values.pop("host"), values.pop("port"), values.pop("workers")
     values["max_body_bytes"] = int(values.pop("max_body_mb") * 1e6)
     values["unknown_accept"] = values["unknown_accept"] or None  # 0: the model's own share
+    values["threshold"] = None if values["threshold"] == -1 else values["threshold"]  # -1: each class's own
     return ServeSettings(args.model, **values), host, port, workers
 
 

@@ -84,6 +84,12 @@ SERVE_OPTIONS = (
         "the share of known validation images the threshold accepts, as predict's --unknown-accept "
         "(0: the model's own)",
     ),
+    (
+        "threshold",
+        number(float, -1, 1),
+        "a multi-label model's one threshold for every class, as predict's "
+        "--threshold (-1: each class's own)",
+    ),
 )
 SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS, "open_set": OPEN_SET_MODES}
 
@@ -162,6 +168,14 @@ def _add_predict(sub) -> None:
     add_model_flags(p)
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     add_open_set_flags(p)
+    p.add_argument(
+        "--threshold",
+        type=number(float, 0, 1),
+        default=None,
+        metavar="P",
+        help="a multi-label model answers every class whose probability reaches this (default: each "
+        "class's own threshold, fitted on the validation images); refused for a single-label model",
+    )
     p.add_argument(
         "--explain",
         metavar="OUT_DIR",

@@ -75,6 +75,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "serve.max_idle_connections": (1, _BIG, False, False),
     "serve.max_idle_per_client": (1, _BIG, False, False),
     "serve.unknown_accept": (0, 1, False, False),
+    "serve.threshold": (-1, 1, False, False),  # -1: each class's own; else a probability (serve checks it)
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")

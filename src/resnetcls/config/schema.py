@@ -191,6 +191,7 @@ class ServeConfig:
     max_idle_per_client: int = 16  # the same, from one client address
     open_set: str = "auto"  # as predict's --open-set: auto (on when the model has a threshold) | on | off
     unknown_accept: float = 0.0  # as predict's --unknown-accept; 0: the model's own share
+    threshold: float = -1.0  # as predict's --threshold (multi-label models); -1: each class's own
 
 
 @dataclass

@@ -33,7 +33,11 @@ def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, Ea
     writes each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or
     prints one warning line naming the image and why its overlay could not be written."""
     explainer = Explainer(
-        predictor.model, predictor.loaded.preprocess, predictor.device, temperature=predictor.temperature
+        predictor.model,
+        predictor.loaded.preprocess,
+        predictor.device,
+        temperature=predictor.temperature,
+        sigmoid=predictor.label_rule is not None,
     )
     writer = OverlayWriter(explainer, out_dir)
     index = {name: i for i, name in enumerate(predictor.classes)}

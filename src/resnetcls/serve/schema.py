@@ -34,7 +34,7 @@ class ServeSettings:
     precision: str = "auto"  # predict's --precision: auto (bf16 where native) | bf16 | fp32
     open_set: str = "auto"  # predict's --open-set: auto (on when the model has a threshold) | on | off
     unknown_accept: float | None = None  # predict's --unknown-accept (None: the model's own share)
-    label_threshold: float | None = None  # predict's --threshold: a multi-label model's one threshold
+    threshold: float | None = None  # predict's --threshold: a multi-label model's one threshold per class
 
     def check(self) -> None:
         """UserError naming the flag for a setting out of range."""

@@ -47,7 +47,7 @@ class ImageService:
             precision=settings.precision,
             open_set=settings.open_set,
             unknown_accept=settings.unknown_accept,
-            label_threshold=settings.label_threshold,
+            label_threshold=settings.threshold,
         ).result()
         note = unknown_accept_note(self.predictor)
         if note:
@@ -171,6 +171,7 @@ class ImageService:
                             p.device,
                             private_copy=True,
                             temperature=p.temperature,
+                            sigmoid=p.label_rule is not None,
                         ),
                     )
                 index = None if class_name is None else classes.index(class_name)
