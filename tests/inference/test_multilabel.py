@@ -167,16 +167,22 @@ def exported(model):
     return result.path
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "bare"])
-def test_the_exported_file_answers_what_the_eager_model_answers(model, exported, image, tiny_data, backend):
+@pytest.fixture(scope="module")
+def eager(model, image, tiny_data):
+    """Four images and the eager fp32 model's predictions of them."""
     images = [image, *sorted((tiny_data / "green").glob("*.jpg"))[:3]]
-    eager = Predictor(model, backend="torch", precision="fp32").predict(images, topk=3)
+    return images, Predictor(model, backend="torch", precision="fp32").predict(images, topk=3)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "bare"])
+def test_the_exported_file_answers_what_the_eager_model_answers(model, exported, eager, backend):
+    images, expected = eager
     if backend == "bare":  # the file alone: its thresholds come from its metadata
         runner = Predictor(exported, backend="onnxruntime")
     else:
         runner = Predictor(model, backend=backend, precision="fp32")
     assert runner.session is not None and runner.label_rule.thresholds == ALWAYS_NEVER_ALWAYS
-    for want, got in zip(eager, runner.predict(images, topk=3)):
+    for want, got in zip(expected, runner.predict(images, topk=3)):
         assert got.labels == want.labels
         assert dict(got.top) == pytest.approx(dict(want.top), abs=1e-4)
 
