@@ -211,3 +211,14 @@ def test_predict_and_serve_take_the_threshold_on_the_command_line(model, image):
     assert bad.returncode == 2 and "argument --threshold: must be between 0 and 1, got 2" in bad.stderr
     assert serve_settings(serve_args("--threshold", "0.3"))[0].threshold == 0.3
     assert serve_settings(serve_args())[0].threshold is None  # -1, the default: each class's own
+
+
+def test_remove_class_keeps_the_kept_classes_thresholds_and_add_class_refuses(model, tiny_data, tmp_path):
+    from resnetcls.inference.addclass import add_class, remove_class
+
+    out = remove_class(model, "green", tmp_path / "two")
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["blue", "red"] and meta["multi_label"]["thresholds"] == [0.0, 0.0]
+    with pytest.raises(UserError, match="a multi-label model cannot learn a class from photos alone"):
+        add_class(model, "yellow", [next(tiny_data.rglob("*.jpg"))], tmp_path / "four")
+    assert not (tmp_path / "four").exists()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
+from ..records.modelfile import write_meta_record
 from ..utils.calibration import calibrated_probabilities
 from ..utils.multilabel import DEFAULT_SEPARATOR, decide
 
@@ -112,6 +113,24 @@ def open_set_mode(model, open_set: str, unknown_accept: float | None) -> tuple[s
             file=sys.stderr,
         )
     return "off", None
+
+
+def refuse_new_class(model) -> None:
+    """add-class on a multi-label model: UserError (its new class would have no threshold fitted)."""
+    if getattr(model, "multi_label", None) is not None:
+        raise UserError(
+            f"{model.path}: a multi-label model cannot learn a class from photos alone (the class would "
+            "have no fitted threshold); retrain it on data that holds the class"
+        )
+
+
+def write_kept_thresholds(out, meta: dict, classes: list[str]) -> None:
+    """A multi-label model's record in the model directory `out` of some of its classes (remove-class): the
+    thresholds of those classes, by name; nothing for a single-label model."""
+    record = meta.get("multi_label")
+    if record is not None:
+        by_name = dict(zip(meta["classes"], record["thresholds"]))
+        write_meta_record(out, "multi_label", {**record, "thresholds": [by_name[c] for c in classes]})
 
 
 def export_fields(meta: dict) -> dict[str, str]:
