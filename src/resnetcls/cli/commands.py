@@ -222,6 +222,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    import json
+
+    from ..export.benchmark import format_table, run_benchmark
+    from ..utils.atomic import write_atomic
+
+    report = run_benchmark(args.model, args.data, args.backends, args.images, args.runs, args.device)
+    record = json.dumps(report.to_dict(), indent=2)
+    if args.json:
+        write_atomic(args.json, (record + "\n").encode())
+    print(record if args.format == "json" else format_table(report))
+    return 0
+
+
 def _export_int8(args, to: str) -> int:
     from ..errors import UserError
     from ..export.int8 import export_int8
@@ -357,6 +371,7 @@ COMMANDS = {
     "models": cmd_models,
     "demo": cmd_demo,
     "export": cmd_export,
+    "benchmark": cmd_benchmark,
     "serve": cmd_serve,
     "add-class": cmd_add_class,
     "remove-class": cmd_remove_class,
