@@ -10,7 +10,7 @@ from resnetcls.export import benchmark
 from resnetcls.export.bench_backends import Runner
 from tests.conftest import run_cli
 
-FAST = ("--backends", "torch-fp32,torchscript", "--runs", "2", "--images", "4")
+FAST = ("--backends", "torch-fp32,torchscript", "--runs", "1", "--images", "4")
 
 
 def test_table_and_json_on_a_tiny_trained_model(tiny_run, tmp_path):

@@ -228,7 +228,9 @@ def cmd_benchmark(args) -> int:
     from ..export.benchmark import format_table, run_benchmark
     from ..utils.atomic import write_atomic
 
-    report = run_benchmark(args.model, args.data, args.backends, args.images, args.runs, args.device)
+    report = run_benchmark(
+        args.model, args.data, args.backends, args.images, args.runs, args.device, args.threads
+    )
     record = json.dumps(report.to_dict(), indent=2)
     if args.json:
         write_atomic(args.json, (record + "\n").encode())

@@ -279,6 +279,12 @@ def _add_benchmark(sub) -> None:
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the torch backends run"
     )
+    p.add_argument(
+        "--threads",
+        type=number(int, 0, 4096),
+        default=0,
+        help="CPU threads of every backend (0: every usable core)",
+    )
     p.add_argument("--format", choices=("table", "json"), default="table", help="what is printed")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 

@@ -266,14 +266,18 @@ def run_benchmark(
     images: int = 200,
     runs: int = 50,
     device: str = "auto",
+    threads: int = 0,
 ) -> BenchReport:
-    """Benchmark MODEL's backends (--backends, default all) on up to `images` images of DATA."""
-    if images < 1 or runs < 1:
+    """Benchmark MODEL's backends (--backends, default all) on up to `images` images of DATA, each on
+    `threads` CPU threads (0: torch's default, every usable core)."""
+    if images < 1 or runs < 1 or threads < 0:
         raise UserError(f"--images {images} / --runs {runs}: expected whole numbers of at least 1")
+    if threads:
+        torch.set_num_threads(threads)  # the runtimes' sessions take torch's thread count
     names = parse_backends(backends)
     loaded = load_model_dir(model, "cpu")
     bench_data = load_bench_data(loaded, data, images)
-    report = BenchReport(machine_line(), str(loaded.path), bench_data, runs)
+    report = BenchReport(machine_line(), str(loaded.path), bench_data, runs)  # names the thread count
     with tempfile.TemporaryDirectory(prefix="resnetcls-benchmark-") as work:
         files = BackendFiles(loaded, Path(work), device)
         timed = runs if REFERENCE in names else 0
