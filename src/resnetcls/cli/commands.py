@@ -223,18 +223,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    import json
-
-    from ..export.benchmark import format_table, run_benchmark
-    from ..utils.atomic import write_atomic
+    from ..export.benchmark import report_output, run_benchmark
 
     report = run_benchmark(
         args.model, args.data, args.backends, args.images, args.runs, args.device, args.threads
     )
-    record = json.dumps(report.to_dict(), indent=2)
-    if args.json:
-        write_atomic(args.json, (record + "\n").encode())
-    print(record if args.format == "json" else format_table(report))
+    print(report_output(report, args.format, args.json))
     return 0
 
 

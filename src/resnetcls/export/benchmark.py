@@ -15,6 +15,7 @@ report says why), the fp32 backends are held to the probability limit alone and 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -31,6 +32,7 @@ from ..data.transforms import build_eval_transform
 from ..errors import UserError
 from ..records.envinfo import machine_line
 from ..records.modelfile import LoadedModel, load_model_dir
+from ..utils.atomic import write_atomic
 from .bench_backends import (
     FP32_BACKENDS,
     REFERENCE,
@@ -332,3 +334,12 @@ def format_table(report: BenchReport) -> str:
         f"{max(2, report.runs // 10)} passes; file MB: the file the backend runs (torch: model.safetensors)"
     )
     return "\n".join(lines)
+
+
+def report_output(report: BenchReport, fmt: str = "table", json_path: str | os.PathLike | None = None) -> str:
+    """What `benchmark` prints (the table, or with fmt "json" the JSON record), after writing the JSON
+    record to json_path when given."""
+    record = json.dumps(report.to_dict(), indent=2)
+    if json_path:
+        write_atomic(json_path, (record + "\n").encode())
+    return record if fmt == "json" else format_table(report)
