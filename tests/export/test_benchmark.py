@@ -20,7 +20,7 @@ def test_table_and_json_on_a_tiny_trained_model(tiny_run, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "cores" in lines[0]
     header = next(line for line in lines if line.startswith("backend"))
-    for column in ("file MB", "top-1", "agrees", "p50 ms", "p99 ms", "img/s b32", "status"):
+    for column in ("file MB", "top-1", "agrees", "p50 ms", "p99 ms", "img/s b32", " x ", "status"):
         assert column in header
     assert [line.split()[0] for line in lines if line.startswith("torch")] == ["torch-fp32", "torchscript"]
     record = json.loads(out.read_text())
@@ -32,7 +32,7 @@ def test_table_and_json_on_a_tiny_trained_model(tiny_run, tmp_path):
         assert row["agreement"] == 1.0 and 0 <= row["top1"] <= 1
         assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"] and row["images_per_s"] > 0
         assert row["file_mb"] > 0
-    assert torch_row["file"].endswith("model.safetensors")
+    assert torch_row["file"].endswith("model.safetensors") and torch_row["speedup"] == 1.0
     # exported into a work folder, never into the model folder
     assert script_row["origin"] == "work folder" and not (tiny_run / "best" / "model.torchscript.pt").exists()
 

@@ -145,6 +145,7 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     images_per_s: float | None = None  # at batch BATCH
+    speedup: float | None = None  # images_per_s over torch fp32's, measured in the same run
 
     def to_dict(self, labelled: bool) -> dict:
         values = dict(self.__dict__)
@@ -292,6 +293,9 @@ def run_benchmark(
                 report.rows.append(Row(name, "not available", why))
             else:
                 report.rows.append(_measure(files, name, bench_data, reference, runs)[0])
+    if reference_row.images_per_s:
+        for row in report.rows:
+            row.speedup = row.images_per_s and row.images_per_s / reference_row.images_per_s
     return report
 
 
@@ -303,7 +307,7 @@ def format_table(report: BenchReport) -> str:
     """The console table: the machine line on top, one row per backend, then what the columns mean."""
     labelled = report.labelled
     head = ["backend", "precision", "file MB", *(["top-1", "agrees"] if labelled else []), "p50 ms", "p99 ms"]
-    head += [f"img/s b{BATCH}", "status"]
+    head += [f"img/s b{BATCH}", "x", "status"]
     lines = [f"machine: {report.machine}", f"model: {report.model}", f"data: {report.data.source}", ""]
     rows = [head]
     for row in report.rows:
@@ -314,6 +318,7 @@ def format_table(report: BenchReport) -> str:
                 _cell(row.agreement and row.agreement * 100, ".1f"),
             ]
         cells += [_cell(row.p50_ms, ".2f"), _cell(row.p99_ms, ".2f"), _cell(row.images_per_s, ".1f")]
+        cells.append(_cell(row.speedup, ".2f"))
         cells.append(f"{row.status}: {row.reason}" if row.reason else row.status)
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
@@ -331,7 +336,8 @@ def format_table(report: BenchReport) -> str:
         lines.append(f"top-1 and agreement omitted: {report.data.omitted}")
     lines.append(
         f"latency: batch 1, median and p99 of {report.runs} passes; throughput: batch {BATCH}, median of "
-        f"{max(2, report.runs // 10)} passes; file MB: the file the backend runs (torch: model.safetensors)"
+        f"{max(2, report.runs // 10)} passes; x: its throughput over torch fp32's; file MB: the file the "
+        "backend runs (torch: model.safetensors)"
     )
     return "\n".join(lines)
 
