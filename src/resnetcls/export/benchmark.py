@@ -225,10 +225,10 @@ def _percentile(times: list[float], share: float) -> float:
 @torch.inference_mode()
 def _time(row: Row, runner: Runner, tensors: torch.Tensor, runs: int) -> None:
     """Batch-1 latency (3 warm-up passes, then `runs`) and batch-32 throughput (1 warm-up, then a tenth of
-    `runs`, at least 2), each backend timed in one block."""
+    `runs`, at least 1), each backend timed in one block."""
     single = tensors[:1]
     batch = tensors[:BATCH].repeat((BATCH + len(tensors) - 1) // len(tensors), 1, 1, 1)[:BATCH]
-    for shape, passes, warmup in ((single, runs, 3), (batch, max(2, runs // 10), 1)):
+    for shape, passes, warmup in ((single, runs, 3), (batch, max(1, runs // 10), 1)):
         times = []
         for i in range(warmup + passes):
             start = time.perf_counter()
@@ -253,7 +253,9 @@ def _measure(files: BackendFiles, backend: str, data: BenchData, reference, runs
     except Refused as e:
         row.status, row.reason = "refused", str(e)
         return row, None
-    row.precision, row.file, row.origin = runner.precision, str(runner.file), runner.origin
+    row.precision, row.origin = runner.precision, runner.origin
+    # a file exported for the benchmark is gone with the work folder: its name says which it was
+    row.file = str(runner.file) if runner.origin == "model folder" else runner.file.name
     row.file_mb = runner.file.stat().st_size / 1e6
     probs = _probabilities(runner, data.tensors)
     _parity(row, data, probs, probs if reference is None else reference)
@@ -336,7 +338,7 @@ def format_table(report: BenchReport) -> str:
         lines.append(f"top-1 and agreement omitted: {report.data.omitted}")
     lines.append(
         f"latency: batch 1, median and p99 of {report.runs} passes; throughput: batch {BATCH}, median of "
-        f"{max(2, report.runs // 10)} passes; x: its throughput over torch fp32's; file MB: the file the "
+        f"{max(1, report.runs // 10)} passes; x: its throughput over torch fp32's; file MB: the file the "
         "backend runs (torch: model.safetensors)"
     )
     return "\n".join(lines)
