@@ -222,6 +222,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from ..export.benchmark import report_output, run_benchmark
+
+    report = run_benchmark(
+        args.model, args.data, args.backends, args.images, args.runs, args.device, args.threads
+    )
+    print(report_output(report, args.format, args.json))
+    return 0
+
+
 def _export_int8(args, to: str) -> int:
     from ..errors import UserError
     from ..export.int8 import export_int8
@@ -357,6 +367,7 @@ COMMANDS = {
     "models": cmd_models,
     "demo": cmd_demo,
     "export": cmd_export,
+    "benchmark": cmd_benchmark,
     "serve": cmd_serve,
     "add-class": cmd_add_class,
     "remove-class": cmd_remove_class,

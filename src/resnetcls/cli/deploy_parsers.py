@@ -1,6 +1,6 @@
 """The parsers of the commands that use a trained model: eval, predict and rank (one --backend, --precision
-and --batch-size vocabulary), export and serve (whose options are also the config's serve: section),
-add-class and remove-class."""
+and --batch-size vocabulary), export, benchmark and serve (whose options are also the config's serve:
+section), add-class and remove-class."""
 
 from __future__ import annotations
 
@@ -250,6 +250,45 @@ def _add_export(sub) -> None:
     )
 
 
+# benchmark's backends (export/bench_backends.py's BACKENDS; repeated so that --help loads no torch)
+BENCHMARK_BACKENDS = (
+    "torch-fp32, torch-bf16, onnxruntime-fp32, onnxruntime-int8, openvino-fp32, openvino-bf16, "
+    "openvino-int8, torchscript"
+)
+
+
+def _add_benchmark(sub) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="every backend this machine runs, side by side: file size, top-1, agreement with torch fp32, "
+        "latency and throughput, each checked against torch fp32 first",
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="labelled images of the model's classes (its test split, else val, else all of it); default: "
+        "the run's validation split (its split.csv beside MODEL)",
+    )
+    p.add_argument("--backends", metavar="A,B,...", help=f"which ones (default all: {BENCHMARK_BACKENDS})")
+    p.add_argument(
+        "--images", type=POSITIVE, default=200, help="at most this many DATA images for top-1 and agreement"
+    )
+    p.add_argument("--runs", type=POSITIVE, default=50, help="timed batch-1 passes per backend")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the torch backends run"
+    )
+    p.add_argument(
+        "--threads",
+        type=number(int, 0, 4096),
+        default=0,
+        help="CPU threads of every backend (0: every usable core)",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="what is printed")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve",
@@ -301,7 +340,8 @@ def _add_class_edits(sub) -> None:
 
 
 def add_deploy_commands(sub) -> None:
-    """export, serve, add-class and remove-class, in that order."""
+    """export, benchmark, serve, add-class and remove-class, in that order."""
     _add_export(sub)
+    _add_benchmark(sub)
     _add_serve(sub)
     _add_class_edits(sub)
