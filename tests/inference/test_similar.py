@@ -4,6 +4,8 @@ and the API, a running top-k over chunks, and one-line refusals of an index that
 another model's."""
 
 import json
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -12,28 +14,39 @@ import resnetcls
 from resnetcls.errors import UserError
 from resnetcls.inference import similar
 from tests.conftest import run_cli
-from tests.inference.test_embed import FP32, flips, npy_index  # noqa: F401 (fixtures)
+from tests.inference.test_embed import FP32, flipped_copies
 
 QUERIES = [f"{i}.png" for i in range(6)]
 
 
+class Indexed(NamedTuple):
+    flips: Path  # N.png and N-flipped.png
+    npy: Path
+    parquet: Path
+
+
 @pytest.fixture(scope="module")
-def parquet_index(tiny_run, flips):  # noqa: F811 (the fixture above)
+def indexed(tiny_run, tmp_path_factory) -> Indexed:
+    """The mirror-image pairs, embedded into emb.npy and emb.parquet (fp32: the two compare exactly)."""
     pytest.importorskip("pyarrow")
-    out = flips.parent / "sim.parquet"
-    assert run_cli("embed", tiny_run, flips, "--out", out, *FP32).returncode == 0
-    return out
+    flips = flipped_copies(tmp_path_factory.mktemp("similar") / "flips")
+    found = Indexed(flips, flips.parent / "emb.npy", flips.parent / "emb.parquet")
+    for out in (found.npy, found.parquet):
+        result = run_cli("embed", tiny_run, flips, "--out", out, *FP32)
+        assert result.returncode == 0, result.stderr
+    return found
 
 
-def cli_matches(tiny_run, flips, index, *extra) -> list[dict]:  # noqa: F811
+def cli_matches(tiny_run, flips, index, *extra) -> list[dict]:
     queries = [flips / q for q in QUERIES]
     result = run_cli("similar", tiny_run, *queries, "--index", index, "--topk", "3", "--json", *FP32, *extra)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def test_the_nearest_other_image_is_its_mirror_image(tiny_run, flips, npy_index):  # noqa: F811
-    results = cli_matches(tiny_run, flips, npy_index)
+def test_the_nearest_other_image_is_its_mirror_image(tiny_run, indexed):
+    flips = indexed.flips
+    results = cli_matches(tiny_run, flips, indexed.npy)
     assert [r["query"] for r in results] == [str(flips / q) for q in QUERIES]
     for result in results:
         query = result["query"]
@@ -46,7 +59,8 @@ def test_the_nearest_other_image_is_its_mirror_image(tiny_run, flips, npy_index)
         assert all(m["label"] in ("blue", "green", "red", "unknown") for m in matches)
 
 
-def test_npy_parquet_cli_and_api_give_the_same_answer(tiny_run, flips, npy_index, parquet_index):  # noqa: F811
+def test_npy_parquet_cli_and_api_give_the_same_answer(tiny_run, indexed):
+    flips, npy_index, parquet_index = indexed
     from_npy = cli_matches(tiny_run, flips, npy_index)
     from_parquet = cli_matches(tiny_run, flips, parquet_index)
     api = resnetcls.similar(
@@ -60,25 +74,27 @@ def test_npy_parquet_cli_and_api_give_the_same_answer(tiny_run, flips, npy_index
     assert [m.path for m in one] == [m["path"] for m in from_npy[2]["matches"]]
 
 
-def test_a_table_per_query_for_people(tiny_run, flips, npy_index):  # noqa: F811
-    result = run_cli("similar", tiny_run, flips / "0.png", "--index", npy_index, "--topk", "2")
+def test_a_table_per_query_for_people(tiny_run, indexed):
+    query = indexed.flips / "0.png"
+    result = run_cli("similar", tiny_run, query, "--index", indexed.npy, "--topk", "2")
     lines = result.stdout.splitlines()
-    assert result.returncode == 0 and lines[0] == f"query: {flips / '0.png'}"
+    assert result.returncode == 0 and lines[0] == f"query: {query}"
     assert lines[1].split() == ["rank", "similarity", "path", "label"] and len(lines) == 4
     assert lines[2].split()[0] == "1" and float(lines[2].split()[1]) > 0.99
 
 
-def test_the_running_top_k_over_small_chunks_is_the_full_sort(npy_index, parquet_index, monkeypatch):  # noqa: F811
-    vectors = np.load(npy_index)
+def test_the_running_top_k_over_small_chunks_is_the_full_sort(indexed, monkeypatch):
+    vectors = np.load(indexed.npy)
     queries = vectors[[0, 5, 7]]
     full = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :4]
     monkeypatch.setattr(similar, "CHUNK_BYTES", 4 * 64 * 5)  # 5 rows a chunk: 3 chunks
-    for index in (npy_index, parquet_index):
+    for index in (indexed.npy, indexed.parquet):
         rows, best = similar.nearest(similar.open_index(index), queries, 4)
         assert np.array_equal(rows, full) and np.all(np.diff(best, axis=1) <= 0)
 
 
-def test_an_index_of_another_model_is_refused(tiny_run, flips, npy_index, parquet_index, tmp_path):  # noqa: F811
+def test_an_index_of_another_model_is_refused(tiny_run, indexed, tmp_path):
+    flips, npy_index, parquet_index = indexed
     other = resnetcls.remove_class(tiny_run, "red", tmp_path / "other")
     result = run_cli("similar", other, flips / "0.png", "--index", npy_index)
     assert result.returncode == 2 and result.stdout == ""
@@ -88,7 +104,8 @@ def test_an_index_of_another_model_is_refused(tiny_run, flips, npy_index, parque
         resnetcls.similar(other, str(flips / "0.png"), index=parquet_index)
 
 
-def test_a_missing_or_corrupt_index_is_one_line_exit_2(tiny_run, flips, npy_index, tmp_path):  # noqa: F811
+def test_a_missing_or_corrupt_index_is_one_line_exit_2(tiny_run, indexed, tmp_path):
+    flips, npy_index = indexed.flips, indexed.npy
     good = np.load(npy_index)
     (tmp_path / "garbage.npy").write_bytes(b"not numpy")
     (tmp_path / "garbage.json").write_text(npy_index.with_suffix(".json").read_text())

@@ -36,7 +36,7 @@ import torch
 
 from ..data.decode import DecodeError
 from ..errors import UserError
-from ..utils.atomic import write_error, write_text_atomic
+from ..utils.atomic import DISK_FULL, UMASK, write_error, write_text_atomic
 from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import usable_cores
 from ..utils.openset import UNKNOWN, normalise
@@ -194,7 +194,12 @@ class NpyWriter:
         self.out, self.record, self.rows = out, record, 0
         self.files = [out, out.with_suffix(".csv"), out.with_suffix(".json")]
         self.tmp = [temp_beside(out), temp_beside(self.files[1])]
-        self.array = np.lib.format.open_memmap(self.tmp[0], "w+", np.float32, (count, record["dim"]))
+        try:
+            self.array = new_memmap(self.tmp[0], (count, record["dim"]))
+        except OSError as e:
+            for path in self.tmp:
+                path.unlink(missing_ok=True)
+            raise write_error(out, e, count * record["dim"] * 4) from None
         self.csv_file = open(self.tmp[1], "w", newline="", encoding="utf-8")  # closed by finish or abort
         self.csv = csv.writer(self.csv_file)
         self.csv.writerow(COLUMNS)
@@ -207,6 +212,8 @@ class NpyWriter:
         self.rows += n
 
     def finish(self) -> list[Path]:
+        self.csv_file.flush()
+        os.fsync(self.csv_file.fileno())
         self.csv_file.close()
         self.array.flush()
         if self.rows < len(self.array):  # some inputs were unreadable: keep only the rows written
@@ -229,19 +236,38 @@ def temp_beside(path: Path) -> Path:
     """A new temporary file's name in path's folder (same file system: it can be renamed onto path)."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~UMASK)  # mkstemp makes 0600; the written file should look like any other
     return Path(name)
+
+
+def new_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
+    """A float32 .npy memory map of shape at path, its disk space reserved up front where the file system
+    can, so a full disk is an error here rather than a crash when a page of it is written."""
+    array = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno in DISK_FULL:  # other refusals (a file system without it): write as it goes
+                    raise
+    return array
 
 
 def trimmed_copy(array: np.ndarray, rows: int, out: Path) -> Path:
     """A new temporary .npy of array's first `rows` rows, copied in bounded pieces; the old one removed."""
     path = temp_beside(out)
-    trimmed = np.lib.format.open_memmap(path, "w+", np.float32, (rows, array.shape[1]))
-    step = max(1, COPY_BYTES // max(1, array.shape[1] * 4))
-    for start in range(0, rows, step):
-        end = min(start + step, rows)
-        trimmed[start:end] = array[start:end]
-    trimmed.flush()
-    del trimmed
+    try:
+        trimmed = new_memmap(path, (rows, array.shape[1]))
+        step = max(1, COPY_BYTES // max(1, array.shape[1] * 4))
+        for start in range(0, rows, step):
+            end = min(start + step, rows)
+            trimmed[start:end] = array[start:end]
+        trimmed.flush()
+        del trimmed
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
     Path(array.filename).unlink(missing_ok=True)
     return path
 
