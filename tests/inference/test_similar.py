@@ -93,6 +93,22 @@ def test_the_running_top_k_over_small_chunks_is_the_full_sort(indexed, monkeypat
         assert np.array_equal(rows, full) and np.all(np.diff(best, axis=1) <= 0)
 
 
+def test_equal_similarities_list_the_lower_row_first_across_chunks():
+    class Vectors:  # an index's chunks of 5 rows
+        dim = 2
+
+        def __init__(self, vectors):
+            self.vectors = vectors
+
+        def chunks(self, step):
+            yield from (self.vectors[s : s + 5] for s in range(0, len(self.vectors), 5))
+
+    vectors = np.tile(np.float32([[0, 1]]), (12, 1))
+    vectors[[11, 7, 3]] = [1, 0]  # three copies of the query, in the three chunks
+    rows, best = similar.nearest(Vectors(vectors), np.float32([[1, 0]]), 4)
+    assert rows.tolist() == [[3, 7, 11, 0]] and best.tolist() == [[1, 1, 1, 0]]
+
+
 def test_an_index_of_another_model_is_refused(tiny_run, indexed, tmp_path):
     flips, npy_index, parquet_index = indexed
     other = resnetcls.remove_class(tiny_run, "red", tmp_path / "other")

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import UserError
 from .embed import (
@@ -89,7 +88,7 @@ class NpyIndex:
 
     def chunks(self, step: int) -> Iterator[np.ndarray]:
         for start in range(0, self.rows, step):
-            yield np.array(self.array[start : start + step], dtype=np.float32)  # a writable copy
+            yield np.asarray(self.array[start : start + step], dtype=np.float32)
 
     def describe(self, wanted: set[int]) -> dict[int, tuple[str, str, float]]:
         """{row: (path, label, confidence)} of the wanted rows, read from emb.csv in one pass."""
@@ -192,19 +191,27 @@ def check_model(index: NpyIndex | ParquetIndex, predictor: Predictor) -> None:
 
 def nearest(index: NpyIndex | ParquetIndex, queries: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
     """The topk rows of the index nearest each query (unit vectors (Q, D)) by cosine similarity, and their
-    similarities, both (Q, k), best first (ties: the lower row first), from one pass over the index."""
-    query = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    best = torch.empty(len(query), 0)
-    rows = torch.empty(len(query), 0, dtype=torch.long)
+    similarities, both (Q, k), best first (ties: the lower row first), from one pass over the index. Per
+    chunk only the rows at or above each query's k-th best similarity there (np.partition, linear) join the
+    running top-k, so the pass costs about one matrix product."""
+    query = np.ascontiguousarray(queries, dtype=np.float32)
+    best = [np.empty(0, np.float32) for _ in query]
+    rows = [np.empty(0, np.int64) for _ in query]
     start = 0
     for chunk in index.chunks(max(1, CHUNK_BYTES // (4 * index.dim))):
-        similarity = query @ torch.from_numpy(chunk).T  # (Q, n)
-        chunk_rows = torch.arange(start, start + len(chunk)).expand(len(query), -1)
-        best, rows = torch.cat([best, similarity], 1), torch.cat([rows, chunk_rows], 1)
-        keep = torch.sort(-best, dim=1, stable=True).indices[:, :topk]  # earlier rows first among ties
-        best, rows = best.gather(1, keep), rows.gather(1, keep)
+        similarity = query @ chunk.T  # (Q, n)
+        k = min(topk, len(chunk))
+        kth = np.partition(similarity, len(chunk) - k, axis=1)[:, len(chunk) - k]
+        for q in range(len(query)):
+            columns = np.flatnonzero(similarity[q] >= kth[q])  # the k best and any tied with the k-th
+            values = np.concatenate([best[q], similarity[q, columns]])
+            where = np.concatenate([rows[q], columns + start])
+            order = np.lexsort((where, -values))[:topk]  # by similarity, then the lower row
+            best[q], rows[q] = values[order], where[order]
         start += len(chunk)
-    return rows.numpy(), best.numpy()
+    if not len(query):
+        return np.empty((0, 0), np.int64), np.empty((0, 0), np.float32)
+    return np.stack(rows), np.stack(best)
 
 
 def search(
