@@ -309,6 +309,8 @@ class ParquetWriter:
 
     def finish(self) -> list[Path]:
         self.writer.close()
+        with open(self.tmp[0], "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(self.tmp[0], self.out)
         return self.files
 
