@@ -180,6 +180,20 @@ def cmd_rank(args) -> int:
     )
 
 
+def cmd_embed(args) -> int:
+    from ..inference.embed import run_embed
+
+    return run_embed(args.model, args.paths, args.out, args.batch_size, args.precision)
+
+
+def cmd_similar(args) -> int:
+    from ..inference.similar import run_similar
+
+    return run_similar(
+        args.model, args.queries, args.index, args.topk, args.json, args.batch_size, args.precision
+    )
+
+
 def cmd_report(args) -> int:
     from ..analysis.report import write_report
 
@@ -362,6 +376,8 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "rank": cmd_rank,
+    "embed": cmd_embed,
+    "similar": cmd_similar,
     "report": cmd_report,
     "data": cmd_data,
     "models": cmd_models,

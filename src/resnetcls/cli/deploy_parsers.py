@@ -1,6 +1,6 @@
 """The parsers of the commands that use a trained model: eval, predict and rank (one --backend, --precision
-and --batch-size vocabulary), export, benchmark and serve (whose options are also the config's serve:
-section), add-class and remove-class."""
+and --batch-size vocabulary), embed and similar (the model's features), export, benchmark and serve (whose
+options are also the config's serve: section), add-class and remove-class."""
 
 from __future__ import annotations
 
@@ -208,11 +208,67 @@ def _add_rank(sub) -> None:
     add_open_set_flags(p)
 
 
+def _add_embed(sub) -> None:
+    p = sub.add_parser(
+        "embed", help="the model's features of images, for search by image similarity (resnetcls similar)"
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="image files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        required=True,
+        help="emb.npy: an (N, D) float32 array of L2-normalised pooled features, with emb.csv (row, path, "
+        "label, confidence) and emb.json (the model's sha256) beside it; or emb.parquet: one table with "
+        "the same columns and an embedding column (needs the extra resnetcls[embed])",
+    )
+    add_feature_flags(p)
+
+
+def _add_similar(sub) -> None:
+    p = sub.add_parser("similar", help="the indexed images nearest to query images (cosine similarity)")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP + "; the one that built the index")
+    p.add_argument(
+        "queries",
+        metavar="QUERY",
+        nargs="+",
+        help="query images: files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument(
+        "--index",
+        metavar="FILE",
+        required=True,
+        help="the emb.npy or emb.parquet that `resnetcls embed` wrote with MODEL",
+    )
+    p.add_argument("--topk", type=POSITIVE, default=10, help="matches listed per query")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (a list of {query, matches: [{rank, similarity, path, label, confidence, row}]}) "
+        "instead of a table per query",
+    )
+    add_feature_flags(p)
+
+
+def add_feature_flags(p: argparse.ArgumentParser) -> None:
+    """--batch-size and --precision of embed and similar (features come from the eager model: no
+    --backend)."""
+    p.add_argument("--batch-size", type=BATCH, default=INFERENCE_BATCH, help="images per model call")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=PRECISION_HELP)
+
+
 def add_inference_commands(sub) -> None:
-    """eval, predict and rank, in that order."""
+    """eval, predict, rank, embed and similar, in that order."""
     _add_eval(sub)
     _add_predict(sub)
     _add_rank(sub)
+    _add_embed(sub)
+    _add_similar(sub)
 
 
 def _add_export(sub) -> None:
