@@ -292,7 +292,7 @@ def serve_settings(args):
 
     from ..config import build_config, environment_overrides
     from ..serve.schema import ServeSettings
-    from .deploy_parsers import SERVE_OPTIONS
+    from .serve_parsers import SERVE_OPTIONS
 
     flags = {f"serve.{name}": getattr(args, name) for name, _, _ in SERVE_OPTIONS}
     cfg = build_config(args.config, args.overrides, flags, environment=environment_overrides())
