@@ -31,6 +31,7 @@ LAZY_THIRD_PARTY = {
     "torch.utils.tensorboard": "slow to import; only with log.tensorboard=true",
     "mlflow": "optional extra resnetcls[mlflow]; only with log.mlflow=true",
     "wandb": "optional extra resnetcls[wandb]; only with log.wandb=true",
+    "pyarrow": "optional extra resnetcls[embed]; only for .parquet embeddings",
 }
 # resnetcls modules: records/figures.py pulls in matplotlib (only when a figure is drawn); cli/commands.py
 # imports each subcommand's library in its cmd_* function (`resnetcls --help` does not load torch).

@@ -187,6 +187,20 @@ def cmd_rank(args) -> int:
     )
 
 
+def cmd_embed(args) -> int:
+    from ..inference.embed import run_embed
+
+    return run_embed(args.model, args.paths, args.out, args.batch_size, args.precision)
+
+
+def cmd_similar(args) -> int:
+    from ..inference.similar import run_similar
+
+    return run_similar(
+        args.model, args.queries, args.index, args.topk, args.json, args.batch_size, args.precision
+    )
+
+
 def cmd_report(args) -> int:
     from ..analysis.report import write_report
 
@@ -226,6 +240,16 @@ def cmd_export(args) -> int:
         f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in "
         f"{result.seconds:.1f} s)"
     )
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from ..export.benchmark import report_output, run_benchmark
+
+    report = run_benchmark(
+        args.model, args.data, args.backends, args.images, args.runs, args.device, args.threads
+    )
+    print(report_output(report, args.format, args.json))
     return 0
 
 
@@ -275,7 +299,7 @@ def serve_settings(args):
 
     from ..config import build_config, environment_overrides
     from ..serve.schema import ServeSettings
-    from .deploy_parsers import SERVE_OPTIONS
+    from .serve_parsers import SERVE_OPTIONS
 
     flags = {f"serve.{name}": getattr(args, name) for name, _, _ in SERVE_OPTIONS}
     cfg = build_config(args.config, args.overrides, flags, environment=environment_overrides())
@@ -360,11 +384,14 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "rank": cmd_rank,
+    "embed": cmd_embed,
+    "similar": cmd_similar,
     "report": cmd_report,
     "data": cmd_data,
     "models": cmd_models,
     "demo": cmd_demo,
     "export": cmd_export,
+    "benchmark": cmd_benchmark,
     "serve": cmd_serve,
     "add-class": cmd_add_class,
     "remove-class": cmd_remove_class,

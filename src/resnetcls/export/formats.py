@@ -59,7 +59,9 @@ def torchscript_bytes(loaded: LoadedModel) -> bytes:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users ask for it
         # the kNN score's k (at most the bank's size, a constant) is read once while tracing: as intended
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
+        # check_trace off: the tracer's own check runs the model three more times, and every caller compares
+        # the frozen file with eager anyway (export's check_parity, the benchmark's parity)
+        traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded), check_trace=False))
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
     return buffer.getvalue()
