@@ -204,13 +204,13 @@ def export_format(args) -> str:
 
 
 def cmd_export(args) -> int:
-    from ..export.formats import ExportCheckFailed, export_model
+    from ..export.formats import ExportCheckFailed
 
     to = export_format(args)
     if args.int8 or args.calibration is not None:
         return _export_int8(args, to)
     try:
-        result = export_model(args.model, to, args.out, args.check_data)
+        result = _export_fp32(args, to)
     except ExportCheckFailed as e:
         print(f"resnetcls: export check failed: {e}", file=sys.stderr)
         return 1
@@ -232,12 +232,27 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _export_fp32(args, to: str):
+    """export_model, or with --input uint8 the file that takes camera frames (export/rawinput.py)."""
+    if args.input == "uint8":
+        from ..export.rawinput import export_frame_model
+
+        return export_frame_model(args.model, to, args.out, args.check_data)
+    from ..export.formats import export_model
+
+    return export_model(args.model, to, args.out, args.check_data)
+
+
 def _export_int8(args, to: str) -> int:
     from ..errors import UserError
     from ..export.int8 import export_int8
 
     if not args.int8 or to != "onnx":
         raise UserError("--calibration/--int8: int8 export needs both --to onnx and --int8")
+    if args.input != "float":
+        raise UserError(
+            "--input uint8: not with --int8 (the int8 file takes float32 input); drop one of them"
+        )
     result = export_int8(args.model, args.calibration, args.calibration_images, args.min_agreement, args.out)
     print(result.summary())
     print(f"wrote {result.path} (onnx int8, {result.bytes / 1e6:.1f} MB)")
