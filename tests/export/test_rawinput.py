@@ -17,7 +17,7 @@ from resnetcls.errors import UserError
 from resnetcls.export import rawinput
 from resnetcls.export.formats import load_torchscript, read_export_metadata
 from resnetcls.inference.predictor import Predictor
-from resnetcls.inference.sessions import OpenVinoSession, export_head
+from resnetcls.inference.sessions import OpenVinoSession
 from resnetcls.records.modelfile import load_model_dir, sha256_file
 from tests.conftest import run_cli
 
@@ -43,11 +43,11 @@ def uint8_onnx(tiny_run, tmp_path_factory):
     return out, result.stdout
 
 
-def reference(tiny_run, tiny_data):
-    """The Predictor's (eager fp32) probabilities on a few of the tiny run's images, and the images."""
+def reference(run, tiny_data):
+    """The Predictor's (eager fp32) probabilities on a few of the tiny data's images, and the images."""
     paths = sorted(tiny_data.rglob("*.jpg"))[::5]
-    predictions = Predictor(tiny_run, backend="torch", precision="fp32").predict(paths, topk=3)
-    loaded = load_model_dir(tiny_run / "best")
+    predictions = Predictor(run, backend="torch", precision="fp32", open_set="off").predict(paths, topk=3)
+    loaded = load_model_dir(run / "best")
     order = {name: i for i, name in enumerate(loaded.classes)}
     probs = np.zeros((len(paths), len(order)), np.float32)
     for row, prediction in enumerate(predictions):
@@ -86,21 +86,28 @@ def test_the_metadata_states_the_input_contract(uint8_onnx, tiny_run):
     assert session.get_inputs()[0].type == "tensor(uint8)"
 
 
-def test_uint8_torchscript_in_the_model_folder_is_checked_recorded_and_agrees(tiny_run, tiny_data, tmp_path):
-    model = shutil.copytree(tiny_run / "best", tmp_path / "best")
+def test_uint8_torchscript_in_the_model_folder_is_checked_recorded_and_keeps_the_open_set_score(
+    calibrated_run, tiny_data, tmp_path
+):
+    run = calibrated_run[0]
+    model = shutil.copytree(run / "best", tmp_path / "best")
     result = run_cli(
         "export", model, "--to", "torchscript", "--input", "uint8", "--check-data", tiny_data / "red"
     )
     assert result.returncode == 0, result.stderr
+    assert "open-set max |dscore|" in result.stdout and "-> PASS" in result.stdout
     path = model / "model.uint8in.torchscript.pt"
     assert json.loads((model / "model.json").read_text())["sha256"][path.name] == sha256_file(path)
     extra = {"model.json": ""}
     scripted = load_torchscript(path, extra)
-    assert json.loads(extra["model.json"])["input"]["layout"] == "NHWC"
-    assert json.loads(read_export_metadata(path)["input"])["dtype"] == "uint8"
-    paths, expected, _ = reference(tiny_run, tiny_data)
-    probs = scripted(torch.from_numpy(frames_of(paths, load_model_dir(model).preprocess)))[1].numpy()
-    assert (probs.argmax(1) == expected.argmax(1)).all() and np.abs(probs - expected).max() < 1e-4
+    contract = json.loads(read_export_metadata(path)["input"])
+    assert contract["layout"] == "NHWC" and contract["outputs"][-1] == "open_set_score"
+    assert json.loads(extra["model.json"])["input"] == contract
+    paths, expected, loaded = reference(run, tiny_data)
+    frames = torch.from_numpy(frames_of(paths, loaded.preprocess))
+    logits, probs, scores = scripted(frames)
+    assert (probs.argmax(1).numpy() == expected.argmax(1)).all()
+    assert np.abs(probs.numpy() - expected).max() < 1e-4 and scores.shape == (len(paths),)
 
 
 def test_predict_refuses_to_feed_a_uint8_file_in_one_line(uint8_onnx, tiny_data):
@@ -112,16 +119,16 @@ def test_predict_refuses_to_feed_a_uint8_file_in_one_line(uint8_onnx, tiny_data)
 
 
 def test_an_export_that_disagrees_is_refused_and_not_written(tiny_run, tmp_path, monkeypatch):
-    def wrong_std(loaded):  # normalised with another std: the probabilities move
-        pre = loaded.preprocess
-        return rawinput.FrameHead(export_head(loaded), pre["mean"], [2 * s for s in pre["std"]]).eval()
+    def uniform(fmt, data, frames):  # a file whose probabilities are all alike: top-1 and values differ
+        return lambda batch: (torch.full((len(batch), 3), 1 / 3), None)
 
-    monkeypatch.setattr(rawinput, "frame_head", wrong_std)
+    monkeypatch.setattr(rawinput, "frame_torchscript_bytes", lambda loaded: b"")
+    monkeypatch.setattr(rawinput, "frame_runner", uniform)
     out = tmp_path / "bad.pt"
     result = run_cli("export", tiny_run, "--to", "torchscript", "--input", "uint8", "--out", out)
     assert result.returncode == 1 and not out.exists()
     assert result.stderr.startswith("resnetcls: export check failed: torchscript uint8 export of")
-    assert "-> FAIL" in result.stderr and result.stderr.count("\n") == 1
+    assert "(top-1 must agree on 99.5%)" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_bad_uint8_usage_is_refused_in_one_line(tiny_run):
