@@ -219,6 +219,13 @@ def _add_export(sub) -> None:
         "split.csv beside MODEL), else synthetic images",
     )
     p.add_argument(
+        "--input",
+        choices=("float", "uint8"),
+        default="float",
+        help="float: float32 (N,3,S,S) preprocessed images (default); uint8: (N,S,S,3) RGB frames resized "
+        "to S x S, normalised inside the graph (model.uint8in.onnx / model.uint8in.torchscript.pt)",
+    )
+    p.add_argument(
         "--int8",
         action="store_true",
         help="(with --to onnx) write model.int8.onnx: ONNX Runtime static int8, checked against fp32",

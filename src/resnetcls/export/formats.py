@@ -349,4 +349,5 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, str]:
     extra = {TORCHSCRIPT_META: ""}
     load_torchscript(path, extra)
     meta = json.loads(extra[TORCHSCRIPT_META])
-    return export_metadata(meta)
+    frames = {"input": json.dumps(meta["input"])} if "input" in meta else {}  # export --input uint8
+    return {**export_metadata(meta), **frames}

@@ -25,6 +25,8 @@ from .sessions import exported_temperature, read_onnx_metadata
 # The metadata a bare file must carry to be run: what predictions are named and preprocessed by.
 REQUIRED_KEYS = ("resnetcls.format", "arch", "arch_args", "classes", "preprocess")
 RUNS_WITH = "a bare ONNX file runs with --backend onnxruntime or openvino"
+# The input of a file exported with `export --input uint8` (export/rawinput.py), as its metadata "input" says.
+FRAME_DTYPE, FRAME_LAYOUT = "uint8", "NHWC"
 
 
 def is_onnx_file(model: str | os.PathLike) -> bool:
@@ -93,6 +95,16 @@ def _metadata(path: Path) -> dict[str, str]:
         ) from None
 
 
+def takes_frames(raw: dict[str, str]) -> bool:
+    """Whether an exported file's metadata says it takes uint8 frames (export --input uint8), not the float32
+    preprocessed batches predict and serve feed."""
+    try:
+        contract = json.loads(raw.get("input", ""))
+    except json.JSONDecodeError:
+        return False  # the float32 file's "input" is a sentence
+    return isinstance(contract, dict) and contract.get("dtype") == FRAME_DTYPE
+
+
 def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
     """Read and check a bare model.onnx's metadata; UserError naming the file and the keys it lacks (a file
     not exported by resnetcls) or the field that is wrong."""
@@ -103,6 +115,12 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
         raise UserError(
             f"{path}: not a resnetcls export: its metadata lacks {', '.join(missing)} "
             f"(export a model directory with `resnetcls export MODEL --to onnx`)"
+        )
+    if takes_frames(raw):
+        raise UserError(
+            f"{path}: takes uint8 camera frames (exported with --input uint8), which predict, eval and serve "
+            f"do not feed; give them the model folder or the float32 file `resnetcls export MODEL --to onnx` "
+            f"writes"
         )
     try:
         fields = {k: json.loads(raw[k]) for k in ("arch_args", "classes", "preprocess")}
