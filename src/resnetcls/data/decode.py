@@ -27,9 +27,10 @@ import os
 import warnings
 from pathlib import Path
 from struct import error as struct_error
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 
@@ -79,6 +80,21 @@ class DecodeError(UserError):
 
 class DecodeMemoryError(DecodeError):
     """Not enough memory to decode this image at this moment (serve answers 503: a retry may succeed)."""
+
+
+class Decoded(NamedTuple):
+    """decode_drafted's result: the upright RGB image, decoded at 1/scale of the file's size (scale 1, 2, 4 or
+    8), and full_size, the upright (width, height) the image has at full scale."""
+
+    image: Image.Image
+    full_size: tuple[int, int]
+    scale: int
+
+
+# Orientations (EXIF tag 274) whose transposition swaps width and height.
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+# libjpeg's DCT scalings that Pillow's draft mode offers, largest first.
+DRAFT_SCALES = (8, 4, 2, 1)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -155,7 +171,25 @@ def _reason(error: Exception, size: int | None) -> str:
     return f"cannot decode image: {text}"
 
 
-def _decode_open(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
+def draft_scale(width: int, height: int, min_short: int) -> int:
+    """The largest of 8, 4, 2, 1 that still leaves the shorter side at least min_short pixels (1 when
+    min_short is 0: no draft)."""
+    short = min(width, height)
+    return next(s for s in DRAFT_SCALES if s == 1 or (min_short > 0 and short // s >= min_short))
+
+
+def _apply_draft(img: Image.Image, min_short: int) -> int:
+    """Ask a JPEG's decoder for 1/scale of its size (libjpeg scales while decoding, skipping most of the
+    work); the scale it took (1 for other formats, or where Pillow cannot draft this file)."""
+    scale = draft_scale(img.width, img.height, min_short) if img.format in ("JPEG", "MPO") else 1
+    if scale == 1:
+        return 1
+    width = img.width
+    img.draft("RGB", (img.width // scale, img.height // scale))
+    return max(1, round(width / img.width))
+
+
+def _decode_open(img: Image.Image, label: str, max_pixels: int, min_short: int = 0) -> Decoded:
     if img.width * img.height > max_pixels:
         raise DecodeError(
             label,
@@ -163,16 +197,30 @@ def _decode_open(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
             f"{max_pixels} (possible decompression bomb)",
         )
     img.seek(0)  # first frame of animated images
+    full_size = img.size
+    scale = _apply_draft(img, min_short) if min_short else 1
     img.load()
+    if img.getexif().get(ExifTags.Base.Orientation) in SWAPPING_ORIENTATIONS:
+        full_size = full_size[::-1]
     # in place: no copy of the whole image when there is no orientation to apply (the usual case)
     ImageOps.exif_transpose(img, in_place=True)
-    return to_rgb(img)  # leaving `with Image.open()` closes only the file, never the pixels
+    return Decoded(to_rgb(img), full_size, scale)  # leaving `with Image.open()` closes only the file
 
 
 def decode_image(
     source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS
 ) -> Image.Image:
     """Open, apply EXIF orientation and convert to RGB; raise DecodeError naming the file on any problem."""
+    return decode_drafted(source, 0, name, max_pixels).image
+
+
+def decode_drafted(
+    source: str | os.PathLike | bytes, min_short: int, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Decoded:
+    """decode_image, but a JPEG is decoded at the smallest of 1/8, 1/4, 1/2 of its size whose shorter side
+    is still at least min_short pixels (JPEG draft mode: libjpeg scales while it decodes, several times
+    faster); other formats, and min_short 0, decode at full size. The pixel limit applies to the full size.
+    """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     size = len(source) if isinstance(source, bytes) else None
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -183,7 +231,7 @@ def decode_image(
             # Pillow warns (rather than raises) between 1x and 2x its limit; our own check decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp, formats=FORMATS) as img:
-                return _decode_open(img, label, max_pixels)
+                return _decode_open(img, label, max_pixels, min_short)
     except DecodeError:
         raise
     except FileNotFoundError:

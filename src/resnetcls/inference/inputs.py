@@ -8,6 +8,9 @@ images. A 4-D array or tensor gives one prediction per image. Anything else, an 
 told (e.g. 3x224x3), or floats outside [0, 1] is refused with one line saying what was given and what is
 accepted.
 
+ImageLoader: one item -> the model's normalised input, through the fast eval path (JPEG draft decoding and
+one crop-box resize, data/geometry.py) or the exact one (decode_image + build_eval_transform).
+
 expand_inputs: the PATH arguments of `resnetcls predict` and `rank` (files, folders, globs, CSV files) ->
 image paths in order.
 """
@@ -25,7 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.decode import DecodeError, is_image_file
+from ..data.decode import MAX_PIXELS, DecodeError, decode_image, decode_in_memory, is_image_file
+from ..data.geometry import crop_resize, decode_eval, draft_short_side
+from ..data.transforms import ToNormalizedTensor, build_eval_transform
 from ..errors import UserError
 
 # What Predictor.predict takes (see the module docstring).
@@ -158,6 +163,37 @@ def to_items(images: ImageInput | typing.Sequence[ImageInput]) -> Inputs:
             names.append(input_name(item, len(items), kind))
             items.append(item)
     return Inputs(items, names, single)
+
+
+class ImageLoader:
+    """A path, file bytes, PIL image or HxWxC/HxW uint8 array -> the model's normalised (3, S, S) input.
+
+    fast (the default for predict and serve): a JPEG file is decoded at the smallest of 1/8, 1/4, 1/2 of its
+    size that keeps the shorter side at least the eval resize (JPEG draft mode), and the region the centre
+    crop keeps is resized straight to S x S (data/geometry.py's crop_resize), instead of decoding every pixel
+    and resizing the whole frame. Images in memory and other formats take the one crop-box resize only,
+    which gives the exact path's pixels up to rounding; the draft decode changes pixels slightly (the
+    agreement with the exact path is measured in docs/benchmarks.md). fast=False, and resize modes without a
+    crop box, take the exact path: decode_image + build_eval_transform, what eval uses.
+    """
+
+    def __init__(self, preprocess: dict, fast: bool = True) -> None:
+        self.preprocess = preprocess
+        self.transform = build_eval_transform(preprocess)
+        self.normalise = ToNormalizedTensor(preprocess["mean"], preprocess["std"])
+        self.fast = fast and draft_short_side(preprocess) > 0
+
+    def __call__(self, item, name: str = "", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+        """Raises DecodeError naming the input (name, else its path or "<image N>") when it cannot be read."""
+        if isinstance(item, (str, os.PathLike, bytes)):
+            label = name or (None if isinstance(item, bytes) else str(item))
+            if self.fast:
+                return self.normalise(decode_eval(item, self.preprocess, label, max_pixels))
+            return self.transform(decode_image(item, label, max_pixels))
+        image = decode_in_memory(item, name or input_name(item, 0), max_pixels)
+        if self.fast:
+            return self.normalise(crop_resize(image, self.preprocess))
+        return self.transform(image)
 
 
 def _paths_from_csv(csv_path: Path) -> list[str]:

@@ -14,11 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from PIL import Image
 
-from ..data.decode import DecodeError, decode_image, decode_in_memory
+from ..data.decode import DecodeError
 from ..data.transforms import build_eval_transform, stack_images
 from ..errors import UserError
 from ..records.modelfile import LoadedModel, load_model_dir
@@ -26,7 +24,7 @@ from ..utils.hardware import auto_exported_backend, pick_device, precision_name,
 from ..utils.openset import UNKNOWN, open_set_threshold
 from ..utils.progress import progress_bar
 from .addclass import TuneSettings, add_class
-from .inputs import ImageInput, input_name, to_items
+from .inputs import ImageInput, ImageLoader, to_items
 from .multilabel import label_rule, labels_json, labels_repr, model_probabilities, open_set_mode
 from .sessions import (
     int8_session_for,
@@ -154,7 +152,8 @@ class Predictor:
         self.loaded = load_onnx_file(model) if bare else load_model_dir(model, self.device)
         backend = resolve_backend(backend, precision, self.loaded, self.device)
         self.classes = self.loaded.classes
-        self.transform = build_eval_transform(self.loaded.preprocess)
+        self.transform = build_eval_transform(self.loaded.preprocess)  # the exact path, as eval uses
+        self.loader = ImageLoader(self.loaded.preprocess)  # predict's: .fast = False for the exact path
         self.amp_dtype = None if backend in ONNX_BACKENDS else resolve_amp(precision, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # None for a bare ONNX file: no eager weights (no torch backend, no Grad-CAM)
@@ -267,9 +266,7 @@ class Predictor:
         """Decoded, preprocessed image (a path, PIL image or HxWx3 uint8 array: an item of
         inputs.to_items), or the reason it cannot be used."""
         try:
-            if isinstance(path, (Image.Image, np.ndarray)) or not isinstance(path, (str, os.PathLike)):
-                return self.transform(decode_in_memory(path, name or input_name(path, 0)))
-            return self.transform(decode_image(path))
+            return self.loader(path, name)
         except DecodeError as e:
             return e.reason
         except (OSError, ValueError) as e:  # e.g. a decoder that accepts the header but fails on resize

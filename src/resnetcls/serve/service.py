@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from starlette.exceptions import HTTPException
 
-from ..data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, decode_image, probe_image
+from ..data.decode import NOT_OUR_FORMAT, DecodeError, DecodeMemoryError, probe_image
 from ..inference.command import unknown_accept_note
 from ..inference.explain import Explainer, png_bytes
 from ..inference.predictor import Predictor
@@ -90,14 +90,12 @@ class ImageService:
 
     def prepare(self, data: bytes, name: str) -> torch.Tensor:
         """Decode and preprocess (after probe and admission); every failure is this file's own status."""
-        try:
-            image = decode_image(data, name=name, max_pixels=self.settings.max_pixels)
+        try:  # decode and preprocess in one step: the loader decodes a JPEG at a draft scale (inputs.py)
+            return self.predictor.loader(data, name, self.settings.max_pixels)
         except DecodeMemoryError as e:
             raise overloaded(str(e)) from None
         except DecodeError as e:
             raise HTTPException(415, str(e)) from None
-        try:
-            return self.predictor.transform(image)
         except MemoryError:
             raise overloaded(f"{name}: not enough memory to preprocess this image now") from None
         except Exception as e:  # noqa: BLE001 - a decoder that accepts the header but fails later
