@@ -15,7 +15,16 @@ preprocessing included, through the Predictor's Python API and through `resnetcl
 torchvision fp32 eager with torchvision's own eval transforms on the same JPEG. Rows run one after another
 (each row's requests in a block, rows in turn over the repeats).
 
+The latency table also runs the int8 Predictor rows with `loader.fast = False` (the exact decode and
+preprocessing that eval uses, against the default draft decode + one crop-box resize), and prints the
+decode + preprocess time alone of both paths.
+
+--agreement MODEL_DIR FOLDER...: instead of timing, predict every image under the folders through both paths
+(fast: JPEG draft decode + crop-box resize; exact: full decode + build_eval_transform) and print the top-1
+agreement and the largest difference of any class probability.
+
     python bench/inference.py            # full: 100 x batch 1, 10 x batch 32 per row, plus torch.compile
+    python bench/inference.py --agreement runs/latest/best ../shared/data/hymenoptera/val
     python bench/inference.py --quick    # a smoke run of a few minutes
     python bench/inference.py --quick --no-latency   # the throughput table only
 """
@@ -39,8 +48,10 @@ from PIL import Image
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from resnetcls.data.decode import DecodeError, decode_image, is_image_file  # noqa: E402
 from resnetcls.data.transforms import build_eval_transform, make_preprocess  # noqa: E402
 from resnetcls.export.int8 import int8_bytes  # noqa: E402
+from resnetcls.inference.inputs import ImageLoader  # noqa: E402
 from resnetcls.inference.predictor import Predictor  # noqa: E402
 from resnetcls.inference.sessions import INT8_FILE, ONNX_FILE, onnx_bytes, onnx_probabilities, onnx_session  # noqa: E402
 from resnetcls.models import create_model  # noqa: E402
@@ -197,7 +208,16 @@ def main() -> None:
         help="also the one-JPEG latency through the Predictor API and serve (default: on)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="latency runs per row (median shown)")
+    parser.add_argument(
+        "--throughput",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the model-only throughput table (default: on)",
+    )
+    parser.add_argument("--agreement", nargs="+", metavar="PATH", help="MODEL_DIR FOLDER...: see above")
     args = parser.parse_args()
+    if args.agreement:
+        return agreement(Path(args.agreement[0]), [Path(f) for f in args.agreement[1:]])
     size = args.image_size
     iters1, iters32 = (8, 2) if args.quick else (100, 10)
     torch.manual_seed(0)
@@ -216,9 +236,10 @@ def main() -> None:
         # files.
         (model_dir / ONNX_FILE).write_bytes(onnx_bytes(load_model_dir(model_dir)))
         record_export(model_dir, ONNX_FILE)
-        rows = build_rows(model_dir, size, args.compile if args.compile is not None else not args.quick)
-        throughput(rows, size, iters1, iters32)
-        del rows
+        if args.throughput:
+            rows = build_rows(model_dir, size, args.compile if args.compile is not None else not args.quick)
+            throughput(rows, size, iters1, iters32)
+            del rows
         if args.latency:
             latency_table(model_dir, Path(tmp), 20 if args.quick else 200, args.repeats)
 
@@ -286,6 +307,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 # auto with a model.onnx (OpenVINO bf16 on an AMX CPU), eager torch (auto without one), both int8 runtimes
 LATENCY_BACKENDS = ("auto", "torch", "onnxruntime-int8", "openvino-int8")
+EXACT_BACKENDS = ("onnxruntime-int8", "openvino-int8")  # also run with the exact decode
 
 
 def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
@@ -314,13 +336,74 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
     rows = [("torchvision fp32 eager (baseline), decode+preprocess+model", torchvision_one)]
     for backend in LATENCY_BACKENDS:
         predictor = Predictor(model_dir, device="cpu", backend=backend)
+        name = f"Predictor.predict([jpeg]) backend {backend} ({predictor.backend}, {predictor.precision})"
+        rows.append((name, lambda p=predictor: p.predict([str(image)], topk=5)))
+    for backend in EXACT_BACKENDS:
+        predictor = Predictor(model_dir, device="cpu", backend=backend)
+        predictor.loader.fast = False
         rows.append(
             (
-                f"Predictor.predict([jpeg]) backend {backend} ({predictor.backend}, {predictor.precision})",
+                f"Predictor.predict([jpeg]) backend {backend}, exact decode (loader.fast = False)",
                 lambda p=predictor: p.predict([str(image)], topk=5),
             )
         )
     return rows
+
+
+def preprocess_times(model_dir: Path, image: Path, iters: int) -> None:
+    """Decode + preprocess alone of the frame (p50 of `iters`): the fast and the exact loader, and the
+    torchvision baseline's PIL decode + transforms."""
+    loaded = load_model_dir(model_dir)
+    fast, exact = ImageLoader(loaded.preprocess), ImageLoader(loaded.preprocess, fast=False)
+    pre = loaded.preprocess
+    transform = v2.Compose(
+        [
+            v2.Resize(pre["resize"], antialias=True),
+            v2.CenterCrop(pre["image_size"]),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre["mean"], pre["std"]),
+        ]
+    )
+    paths = {
+        "torchvision baseline (PIL decode + v2 transforms)": lambda: transform(
+            Image.open(image).convert("RGB")
+        ),
+        "resnetcls exact (decode_image + build_eval_transform)": lambda: exact(str(image)),
+        "resnetcls fast (draft decode + crop-box resize)": lambda: fast(str(image)),
+        "  of which decode alone, full size": lambda: decode_image(str(image)),
+    }
+    print(f"\ndecode + preprocess of the 640x480 JPEG to {pre['image_size']} px alone, p50 of {iters}")
+    for name, fn in paths.items():
+        times = timed_in_blocks([lambda _x, f=fn: f()], None, 5, iters, rounds=3)[0]
+        print(f"{name:<60} {statistics.median(times) * 1000:>8.2f} ms")
+
+
+def agreement(model_dir: Path, folders: list[Path]) -> None:
+    """Top-1 agreement and max |dp| of the fast loader against the exact one on every image under folders."""
+    predictor = Predictor(model_dir, device="cpu", backend="torch")
+    exact = ImageLoader(predictor.loaded.preprocess, fast=False)
+    paths = sorted(p for f in folders for p in f.rglob("*") if p.is_file() and is_image_file(p))
+    same, worst, count = 0, 0.0, 0
+    for start in range(0, len(paths), 32):
+        chunk = [str(p) for p in paths[start : start + 32]]
+        try:
+            fast = torch.stack([predictor.loader(p) for p in chunk])
+            full = torch.stack([exact(p) for p in chunk])
+        except DecodeError as e:
+            print(f"skipped a chunk: {e}")
+            continue
+        with torch.inference_mode():
+            pf, pe = predictor.probabilities(fast), predictor.probabilities(full)
+        same += int((pf.argmax(1) == pe.argmax(1)).sum())
+        worst = max(worst, float((pf - pe).abs().max()))
+        count += len(chunk)
+    pre = predictor.loaded.preprocess
+    print(
+        f"{model_dir} ({pre['image_size']} px, resize {pre['resize']}) on {count} images under "
+        f"{', '.join(map(str, folders))}: top-1 agreement {same}/{count} = {same / max(count, 1):.2%}, "
+        f"max |dp| {worst:.4f}"
+    )
 
 
 def serve_row(model_dir: Path, tmp: Path, jpeg: bytes, backend: str, requests: int) -> list[float]:
@@ -353,6 +436,7 @@ def latency_table(model_dir: Path, tmp: Path, requests: int, repeats: int) -> No
     jpeg = photo_jpeg(99)
     image = tmp / "frame.jpg"
     image.write_bytes(jpeg)
+    preprocess_times(model_dir, image, requests * 5)
     rows = api_rows(model_dir, image)
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):

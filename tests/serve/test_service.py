@@ -77,14 +77,14 @@ def exported(model, tmp_path_factory):
 def test_one_file_that_fails_preprocessing_does_not_fail_the_batch(model):
     with client_for(model) as client:
         service = client.app.state.service
-        real = service.predictor.transform
+        real = service.predictor.loader
 
-        def picky(image):
-            if image.width == 13:
+        def picky(data, name, max_pixels):
+            if name == "odd.png":
                 raise ValueError("unsupported geometry")
-            return real(image)
+            return real(data, name, max_pixels)
 
-        service.predictor.transform = picky
+        service.predictor.loader = picky
         files = [
             ("files", ("a.png", png_bytes(20, 20))),
             ("files", ("odd.png", png_bytes(13, 20))),
