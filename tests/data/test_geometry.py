@@ -1,9 +1,22 @@
 """The stored geometry: extreme aspect ratios are centre-cropped to 4:1 before resizing; the stored resize is
 the eval transform's first resize."""
 
+import numpy as np
+import pytest
+import torchvision.transforms as T
 from PIL import Image
 
-from resnetcls.data.geometry import CropToAspect, StoreGeometry, decode_resized
+from resnetcls.data.decode import decode_drafted, decode_image
+from resnetcls.data.geometry import (
+    CropToAspect,
+    StoreGeometry,
+    crop_resize,
+    decode_eval,
+    decode_resized,
+    draft_short_side,
+    eval_crop_box,
+)
+from resnetcls.data.transforms import build_eval_transform, make_preprocess
 
 
 def test_crop_to_aspect_keeps_at_most_four_short_sides_centred():
@@ -19,3 +32,72 @@ def test_decode_resized_resizes_the_short_side_or_squashes(tmp_path):
     assert decode_resized(str(tmp_path / "a.png"), StoreGeometry(30)).shape == (30, 45, 3)
     square = decode_resized(str(tmp_path / "a.png"), StoreGeometry(24, square=True, interpolation="nearest"))
     assert square.shape == (24, 24, 3) and tuple(square[0, 0]) == (10, 200, 30)
+
+
+def _exact_geometry(preprocess: dict):
+    """The exact eval transform without its normalisation: PIL image -> S x S PIL image."""
+    return T.Compose(build_eval_transform(preprocess).transforms[:-1])
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "resize"])  # shorter_side + centre crop, and square
+def test_crop_resize_gives_the_exact_transforms_pixels_in_one_resize(augment):
+    preprocess = make_preprocess(24, augment=augment)
+    rng = np.random.default_rng(0)
+    for width, height in [(64, 48), (47, 65), (30, 30), (200, 20), (31, 90)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        exact = np.asarray(_exact_geometry(preprocess)(image), dtype=int)
+        fast = np.asarray(crop_resize(image, preprocess), dtype=int)
+        assert fast.shape == exact.shape == (24, 24, 3)
+        # the same geometry: only rounding differs (Pillow rounds its two passes' intermediate to 8 bits)
+        assert np.abs(fast - exact).max() <= 2 and np.abs(fast - exact).mean() < 0.2
+
+
+def test_there_is_no_crop_box_where_the_eval_crop_would_pad():
+    assert eval_crop_box(64, 48, make_preprocess(32, resize_size=24)) is None
+    assert draft_short_side(make_preprocess(32, resize_size=24)) == 0
+    assert draft_short_side(make_preprocess(32)) == 2 * make_preprocess(32)["resize"]
+
+
+def _edge_jpeg(path, width: int, height: int, edge_x: int) -> None:
+    """A JPEG, black left of column edge_x and white from it."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, edge_x:] = 255
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def test_decode_eval_drafts_a_large_jpeg_and_keeps_the_exact_crop(tmp_path):
+    # 800x600 for a 32 px model (resize 37): drafted to 1/8 (100x75), the edge at x=420 lands in the crop
+    _edge_jpeg(tmp_path / "edge.jpg", 800, 600, 420)
+    preprocess = make_preprocess(32)
+    decoded = decode_drafted(tmp_path / "edge.jpg", draft_short_side(preprocess))
+    assert decoded.scale == 8 and decoded.image.size == (100, 75) and decoded.full_size == (800, 600)
+    fast = np.asarray(decode_eval(tmp_path / "edge.jpg", preprocess), dtype=float)
+    exact = np.asarray(_exact_geometry(preprocess)(decode_image(tmp_path / "edge.jpg")), dtype=float)
+    assert fast.shape == exact.shape == (32, 32, 3)
+    assert np.abs(fast - exact).mean() < 2.0  # of 255
+    # the edge sits in the same output column on both paths
+    assert np.argmax(np.diff(fast[16, :, 0])) == np.argmax(np.diff(exact[16, :, 0]))
+
+
+def test_draft_decoding_still_applies_exif_orientation(tmp_path):
+    # stored 800x600 with orientation 6 (rotate 90 clockwise): upright 600x800, the edge becomes a row
+    _edge_jpeg(tmp_path / "stored.jpg", 800, 600, 420)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(tmp_path / "stored.jpg").save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    preprocess = make_preprocess(32)
+    decoded = decode_drafted(tmp_path / "rotated.jpg", draft_short_side(preprocess))
+    assert decoded.scale == 8 and decoded.full_size == (600, 800) and decoded.image.size == (75, 100)
+    fast = np.asarray(decode_eval(tmp_path / "rotated.jpg", preprocess), dtype=float)
+    exact = np.asarray(_exact_geometry(preprocess)(decode_image(tmp_path / "rotated.jpg")), dtype=float)
+    assert np.abs(fast - exact).mean() < 2.0
+    assert np.argmax(np.diff(fast[:, 16, 0])) == np.argmax(np.diff(exact[:, 16, 0]))
+
+
+def test_other_formats_and_small_jpegs_decode_at_full_size(tmp_path):
+    _edge_jpeg(tmp_path / "small.jpg", 60, 50, 30)
+    Image.new("RGB", (800, 600), (10, 200, 30)).save(tmp_path / "big.png")
+    for name in ("small.jpg", "big.png"):
+        decoded = decode_drafted(tmp_path / name, draft_short_side(make_preprocess(32)))
+        assert decoded.scale == 1
+        assert np.array_equal(np.asarray(decoded.image), np.asarray(decode_image(tmp_path / name)))

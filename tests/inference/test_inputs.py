@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetcls.data.decode import DecodeError
+from resnetcls.data.transforms import make_preprocess
 from resnetcls.errors import UserError
-from resnetcls.inference.inputs import describe, to_items
+from resnetcls.inference.inputs import ImageLoader, describe, to_items
 
 RNG = np.random.default_rng(0)
 HWC = RNG.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
@@ -69,3 +71,40 @@ def test_a_list_item_must_be_one_image():
 def test_any_iterable_of_images_is_a_list():
     inputs = to_items(image for image in (HWC, HWC))
     assert not inputs.single and inputs.names == ["<array 0>", "<array 1>"]
+
+
+def _photo(width: int = 800, height: int = 600) -> Image.Image:
+    """Smooth colour structure, as a photo has (noise would make every resampling difference maximal)."""
+    coarse = np.random.default_rng(3).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def test_the_fast_loader_gives_the_exact_loaders_input_for_every_kind_of_item(tmp_path):
+    preprocess = make_preprocess(32)
+    fast, exact = ImageLoader(preprocess), ImageLoader(preprocess, fast=False)
+    assert fast.fast and not exact.fast
+    _photo().save(tmp_path / "a.jpg", quality=95)
+    _photo().save(tmp_path / "a.png")
+    items = {
+        "jpeg path (drafted)": str(tmp_path / "a.jpg"),
+        "jpeg bytes (drafted)": (tmp_path / "a.jpg").read_bytes(),
+        "png path": tmp_path / "a.png",
+        "PIL image": _photo(),
+        "array": np.asarray(_photo()),
+    }
+    for what, item in items.items():
+        a, b = fast(item, "x"), exact(item, "x")
+        assert a.shape == b.shape == (3, 32, 32), what
+        # normalised units: 1/255 of a level is about 0.017; drafted JPEGs differ by a few levels at most
+        limit = 0.1 if "drafted" in what else 0.02
+        assert (a - b).abs().mean() < limit, what
+
+
+def test_the_fast_loader_names_the_file_it_cannot_read(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(DecodeError, match="broken.jpg"):
+        ImageLoader(make_preprocess(32))(str(tmp_path / "broken.jpg"))
+
+
+def test_resize_modes_without_a_crop_box_take_the_exact_path():
+    assert not ImageLoader(make_preprocess(32, resize_size=24)).fast

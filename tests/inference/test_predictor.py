@@ -175,3 +175,23 @@ def test_progress_shows_by_default_only_for_more_than_one_batch(predictor, tiny_
     predictor.predict(paths, batch_size=8)
     predictor.predict(paths, batch_size=8, progress=True)
     assert asked == [None, False, None]  # None: shown where a person watches (utils/progress.py)
+
+
+def test_the_draft_decode_leaves_predictions_of_large_photos_unchanged(predictor, tiny_data, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for colour in ("red", "green", "blue"):  # camera-sized JPEGs: drafted to 1/8 for this 32 px model
+        path = tmp_path / f"{colour}.jpg"
+        Image.open(tiny_data / colour / "0.jpg").resize((800, 600)).save(path, quality=90)
+        paths.append(str(path))
+    assert predictor.loader.fast
+    fast = predictor.predict(paths, topk=3)
+    predictor.loader.fast = False
+    try:
+        exact = predictor.predict(paths, topk=3)
+    finally:
+        predictor.loader.fast = True
+    for a, b in zip(fast, exact):
+        assert a.label == b.label
+        assert max(abs(x[1] - y[1]) for x, y in zip(a.top, b.top)) < 0.02

@@ -220,3 +220,20 @@ def test_a_single_label_model_answers_without_labels(model):
         assert "labels" not in client.post("/predict", content=png_bytes(20, 20)).json()
         info = client.get("/info").json()
     assert info["multi_label"] is False and info["thresholds"] is None
+
+
+def test_serve_answers_a_drafted_camera_jpeg_as_the_exact_path_does(model):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    coarse = np.random.default_rng(5).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(coarse).resize((1600, 1200), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    with client_for(model) as client:
+        fast = client.post("/predict", files={"file": ("frame.jpg", buffer.getvalue())}).json()
+        client.app.state.service.predictor.loader.fast = False
+        exact = client.post("/predict", files={"file": ("frame.jpg", buffer.getvalue())}).json()
+    assert fast["top"][0]["class"] == exact["top"][0]["class"]
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(fast["top"], exact["top"])) < 0.02

@@ -81,7 +81,7 @@ def eval_crop_box(width: int, height: int, preprocess: dict) -> tuple[float, flo
     shorter_side: CropToAspect, the short side resized to R by torchvision's size rule (the long side
     int(R * long / short)), then the centre S x S crop (its offset rounded as torchvision's CenterCrop).
     Resizing this box straight to S x S puts every output pixel's centre, and the filter's scale, where the
-    resize of the whole image put them: the same pixels up to rounding (at most 1 of 255)."""
+    resize of the whole image put them: the same pixels up to rounding (a level or two of 255)."""
     mode, size = preprocess.get("resize_mode", "shorter_side"), preprocess["image_size"]
     if mode == "square":
         return 0.0, 0.0, float(width), float(height)
