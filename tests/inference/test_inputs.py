@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from resnetcls.data.decode import DecodeError
-from resnetcls.data.transforms import make_preprocess
+from resnetcls.data.transforms import ToNormalizedTensor, make_preprocess
 from resnetcls.errors import UserError
-from resnetcls.inference.inputs import ImageLoader, describe, to_items
+from resnetcls.inference.inputs import ImageLoader, LookupNormalise, describe, to_items
 
 RNG = np.random.default_rng(0)
 HWC = RNG.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
@@ -108,3 +108,9 @@ def test_the_fast_loader_names_the_file_it_cannot_read(tmp_path):
 
 def test_resize_modes_without_a_crop_box_take_the_exact_path():
     assert not ImageLoader(make_preprocess(32, resize_size=24)).fast
+
+
+def test_the_lookup_normalisation_is_bit_identical_to_the_computed_one():
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    assert torch.equal(LookupNormalise(mean, std)(pixels), ToNormalizedTensor(mean, std)(pixels))
