@@ -27,6 +27,7 @@ agreement and the largest difference of any class probability.
     python bench/inference.py --agreement runs/latest/best ../shared/data/hymenoptera/val
     python bench/inference.py --quick    # a smoke run of a few minutes
     python bench/inference.py --quick --no-latency   # the throughput table only
+    python bench/inference.py --preprocess-only --image-size 160   # decode + preprocess alone, no model
 """
 
 from __future__ import annotations
@@ -215,9 +216,20 @@ def main() -> None:
         help="the model-only throughput table (default: on)",
     )
     parser.add_argument("--agreement", nargs="+", metavar="PATH", help="MODEL_DIR FOLDER...: see above")
+    parser.add_argument(
+        "--preprocess-only",
+        action="store_true",
+        help="only the decode + preprocess table (a 640x480 frame and a 4032x3024 photo), no model",
+    )
     args = parser.parse_args()
     if args.agreement:
         return agreement(Path(args.agreement[0]), [Path(f) for f in args.agreement[1:]])
+    if args.preprocess_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            frame = Path(tmp) / "frame.jpg"
+            frame.write_bytes(photo_jpeg(99))
+            images = [frame, photo_file(Path(tmp), 4032, 3024)]
+            return preprocess_times(make_preprocess(args.image_size), images, 20 if args.quick else 100)
     size = args.image_size
     iters1, iters32 = (8, 2) if args.quick else (100, 10)
     torch.manual_seed(0)
@@ -350,12 +362,19 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
     return rows
 
 
-def preprocess_times(model_dir: Path, image: Path, iters: int) -> None:
-    """Decode + preprocess alone of the frame (p50 of `iters`): the fast and the exact loader, and the
-    torchvision baseline's PIL decode + transforms."""
-    loaded = load_model_dir(model_dir)
-    fast, exact = ImageLoader(loaded.preprocess), ImageLoader(loaded.preprocess, fast=False)
-    pre = loaded.preprocess
+def photo_file(folder: Path, width: int, height: int) -> Path:
+    """photo_jpeg's smooth structure at width x height (a phone photo at 4032x3024), written to folder."""
+    rng = np.random.default_rng(7)
+    coarse = Image.fromarray(rng.integers(0, 255, size=(6, 8, 3), dtype=np.uint8))
+    path = folder / f"photo-{width}x{height}.jpg"
+    coarse.resize((width, height), Image.BICUBIC).save(path, "JPEG", quality=90)
+    return path
+
+
+def preprocess_times(pre: dict, images: list[Path], iters: int) -> None:
+    """Decode + preprocess alone of each JPEG (p50 of `iters`, 3 rounds): the torchvision baseline's PIL
+    decode + transforms, the exact loader (eval's path), the fast loader (predict's and serve's default)."""
+    fast, exact = ImageLoader(pre), ImageLoader(pre, fast=False)
     transform = v2.Compose(
         [
             v2.Resize(pre["resize"], antialias=True),
@@ -366,17 +385,23 @@ def preprocess_times(model_dir: Path, image: Path, iters: int) -> None:
         ]
     )
     paths = {
-        "torchvision baseline (PIL decode + v2 transforms)": lambda: transform(
-            Image.open(image).convert("RGB")
+        "torchvision baseline (PIL decode + v2 transforms)": lambda i: transform(
+            Image.open(i).convert("RGB")
         ),
-        "resnetcls exact (decode_image + build_eval_transform)": lambda: exact(str(image)),
-        "resnetcls fast (draft decode + crop-box resize)": lambda: fast(str(image)),
-        "  of which decode alone, full size": lambda: decode_image(str(image)),
+        "exact (decode_image + build_eval_transform)": lambda i: exact(str(i)),
+        "fast (draft decode + crop-box resize + lookup)": lambda i: fast(str(i)),
+        "decode alone, full size": lambda i: decode_image(str(i)),
     }
-    print(f"\ndecode + preprocess of the 640x480 JPEG to {pre['image_size']} px alone, p50 of {iters}")
+    print(
+        f"\ndecode + preprocess alone to {pre['image_size']} px (resize {pre['resize']}), p50 ms of {iters}"
+    )
+    print(f"{'path':<50}" + "".join(f"{Image.open(i).size[0]}x{Image.open(i).size[1]:<6}" for i in images))
     for name, fn in paths.items():
-        times = timed_in_blocks([lambda _x, f=fn: f()], None, 5, iters, rounds=3)[0]
-        print(f"{name:<60} {statistics.median(times) * 1000:>8.2f} ms")
+        cells = []
+        for image in images:
+            times = timed_in_blocks([lambda _x, f=fn, i=image: f(i)], None, 5, iters, rounds=3)[0]
+            cells.append(f"{statistics.median(times) * 1000:>10.2f}")
+        print(f"{name:<50}" + "".join(cells))
 
 
 def agreement(model_dir: Path, folders: list[Path]) -> None:
@@ -436,7 +461,7 @@ def latency_table(model_dir: Path, tmp: Path, requests: int, repeats: int) -> No
     jpeg = photo_jpeg(99)
     image = tmp / "frame.jpg"
     image.write_bytes(jpeg)
-    preprocess_times(model_dir, image, requests * 5)
+    preprocess_times(load_model_dir(model_dir).preprocess, [image, photo_file(tmp, 4032, 3024)], requests)
     rows = api_rows(model_dir, image)
     runs: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeats):
