@@ -1,7 +1,7 @@
 """Imbalanced classes: the auto recipe's class balancing off, with balanced loss weights, or with the balanced
 sampler, on 10:1 long-tailed training subsets of two real data sets.
 
-    python bench/imbalance.py --seeds 0 1 --epochs 30
+    python bench/imbalance.py --seeds 0 1 --epochs 20
     python bench/imbalance.py --sets flowers --seeds 0 --epochs 5 --out /tmp/imbalance   # a quick look
 
 Each data set is cut, with a fixed seed (--cut-seed), into a long-tailed training split: class i of C keeps
@@ -9,7 +9,7 @@ a geometric share of its training images, from all of them (i = 0) down to 1/RAT
 one; the validation images are kept whole (balanced). flowers: ../shared/data/flowers12 (train/ cut, test/
 as the validation split); coil: ../shared/data/coil100-a/pose-split.csv, objects 1-20 (the pose split's
 train views cut, its val views kept). Every arm trains the auto recipe at fixed epochs, resnet18 at width
-32 and 64 px (--epochs, --model, --image-size, model.width given: the rest is the recipe's), from scratch
+16 and 64 px (--epochs, --model, --image-size, model.width given: the rest is the recipe's), from scratch
 (RESNETCLS_OFFLINE=1, no ImageNet weights), and the final model is evaluated on the validation split
 (`resnetcls eval`, fp32).
 
@@ -154,15 +154,15 @@ def report(name: str, results: dict[str, list[tuple[int, dict]]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=["flowers", "coil"], choices=["flowers", "coil"])
+    parser.add_argument("--sets", nargs="+", default=["coil", "flowers"], choices=["flowers", "coil"])
     parser.add_argument("--flowers", default=str(SHARED / "flowers12"))
     parser.add_argument("--coil", default=str(SHARED / "coil100-a" / "pose-split.csv"))
     parser.add_argument("--objects", type=int, default=20, help="COIL-100 objects used (the first N)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cut-seed", type=int, default=0, help="seed of the long-tailed cut")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--width", type=int, default=32, help="model.width")
+    parser.add_argument("--width", type=int, default=16, help="model.width")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--train-args", default="", help="more train flags for every arm")
@@ -171,26 +171,30 @@ def main() -> None:
     print(f"machine: {machine_line()}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(args.out or scratch)
-        for name in args.sets:
-            rows = (
-                flowers_rows(Path(args.flowers))
-                if name == "flowers"
-                else coil_rows(Path(args.coil), args.objects)
-            )
-            data = base / name / "data.csv"
-            counts = write_csv(long_tail(rows, args.cut_seed), data)
-            val = sum(1 for row in rows if row[2] == "val")
-            print(
-                f"{name}: {sum(counts.values())} train images in {len(counts)} classes "
-                f"({max(counts.values())} to {min(counts.values())}), {val} val images", flush=True,
-            )  # fmt: skip
-            results: dict[str, list[tuple[int, dict]]] = {arm: [] for arm in args.arms}
-            for seed in args.seeds:
+        sets = {name: build_set(name, base, args) for name in args.sets}
+        results = {name: {arm: [] for arm in args.arms} for name in sets}
+        for seed in args.seeds:  # every set and arm of a seed before the next seed
+            for name, data in sets.items():
                 for arm in args.arms:
                     result = run_arm(data, base / name / f"{arm}-{seed}", arm, seed, args)
-                    results[arm].append((seed, result))
+                    results[name][arm].append((seed, result))
                     print(f"  {name} {arm} seed {seed}: {json.dumps(result)}", flush=True)
-            report(name, results)
+        for name in sets:
+            report(name, results[name])
+
+
+def build_set(name: str, base: Path, args: argparse.Namespace) -> Path:
+    """The long-tailed CSV of one data set, described in a line."""
+    rows = flowers_rows(Path(args.flowers)) if name == "flowers" else coil_rows(Path(args.coil), args.objects)
+    data = base / name / "data.csv"
+    counts = write_csv(long_tail(rows, args.cut_seed), data)
+    val = sum(1 for row in rows if row[2] == "val")
+    print(
+        f"{name}: {sum(counts.values())} train images in {len(counts)} classes "
+        f"({max(counts.values())} to {min(counts.values())}), {val} val images",
+        flush=True,
+    )
+    return data
 
 
 if __name__ == "__main__":

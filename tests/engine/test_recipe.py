@@ -22,9 +22,9 @@ from resnetcls.engine.recipe import (
     choose_recipe,
     image_size_for,
     median_short_side,
-    recipe_blocker,
     small_batch,
 )
+from resnetcls.engine.recipe_choice import recipe_blocker
 from resnetcls.errors import UserError
 from resnetcls.models import create_model, weights
 from tests.conftest import ROOT, make_class_folders, run_cli

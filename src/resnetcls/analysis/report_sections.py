@@ -207,6 +207,11 @@ def eval_section(eval_dir: Path) -> str:
                 ("top-1", m["top1"]),
                 (f"top-{m.get('top5_k', 5)}", m["top5"]),
                 ("balanced accuracy", m["balanced_accuracy"]),
+                *(
+                    [(f"worst-class recall ({m['worst_class']})", m["worst_class_recall"])]
+                    if m.get("worst_class")
+                    else []
+                ),
                 ("macro precision", m["macro_precision"]),
                 ("macro recall", m["macro_recall"]),
                 ("macro F1", m["macro_f1"]),

@@ -128,7 +128,8 @@ def cmd_eval(args) -> int:
     print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
     print(
-        f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}"
+        f"balanced accuracy {m['balanced_accuracy']:.4f}  worst class {m['worst_class']}: recall "
+        f"{m['worst_class_recall']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}"
         f"  (temperature {c['temperature']:.3g}; raw softmax ECE {c['ece_before']:.4f})"
     )
     t = m.get("train_images")

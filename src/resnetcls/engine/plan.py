@@ -69,7 +69,8 @@ from .race import (
     race_under_way,
 )
 from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
-from .recipe import apply_recipe, given_settings, pick_for_data, recipe_blocker, saved_recipe
+from .recipe import apply_recipe, pick_for_data, saved_recipe
+from .recipe_choice import recipe_blocker
 
 DROP_NOTE = 0.10  # the share of the train images an epoch may leave out without a note
 
@@ -92,7 +93,8 @@ class Decision:
 @dataclass
 class TrainRequest:
     """What `train` was asked: the config built from defaults, --config, --set and flags; where; what to
-    resume; and the automatic choices asked for by flag (explicit: see engine/recipe.py's recipe_blocker)."""
+    resume; and the automatic choices asked for by flag (explicit: see engine/recipe_choice.py's
+    recipe_blocker)."""
 
     cfg: Config
     out_dir: Path
@@ -213,7 +215,8 @@ def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
         if auto and key in choice.given:
             choice.given[key] = "auto"
     why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
-    given = {**choice.given, **given_settings(plan.cfg, request.explicit, BALANCE_KEYS)}
+    # the class balance the recipe chose is not raced either
+    given = {**choice.given, **{key: choice.chosen[key] for key in choice.chosen.keys() & BALANCE_KEYS}}
     entries, plan.race = race_candidates(choice.run, given, choice.facts)[0], None
     budget_s, share = parse_duration(plan.cfg.train.time_budget), plan.cfg.train.race_share
     if budget_s and share > 0 and len(entries) > 1 and distributed.world_from_env().size == 1:

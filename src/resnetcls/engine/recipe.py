@@ -32,6 +32,10 @@ The rules (RULES below; the first whose limit the training set is under applies)
 - The cap: epochs that would take longer than 30 minutes on a CPU (4 hours on a GPU) are lowered to fit,
   never below 5, and a line says so. With --time the budget chooses the epochs (engine/budget.py).
 
+- Class balance: when the largest training class has over IMBALANCED (3) times the images of the smallest,
+  the recipe turns on BALANCE (loss.class_weights=balanced: measured against the balanced sampler in
+  bench/imbalance.py) and says so, unless data.sampler or loss.class_weights was given (then yours is kept).
+
 - The race (engine/race.py), under --time with train.race_share > 0 (off by default until measured against
   the fixed candidates; --set train.race_share=0.2 races on a fifth of the budget): the choice above races
   against its alternatives on the dimensions the user left open, successive halving on that share of the
@@ -43,12 +47,9 @@ The rules (RULES below; the first whose limit the training set is under applies)
                                                                 erasing 0.25) and light (crop_flip)
     resolution     no --image-size given                        the chosen size and 3/4 of it (a multiple
                                                                 of 16, at least 32)
-    class balance  largest / smallest training class over 3,    the leading choice with
-                   no data.sampler or loss.class_weights given  data.sampler=balanced
 
-  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", then "light 96px" or "heavy 128px
-  balanced"); when the measured speed leaves under 2 steps a candidate for the first rung, the first two race,
-  then none.
+  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", "light 96px"); when the measured speed
+  leaves under 2 steps a candidate for the first rung, the first two race, then none.
 
 What is chosen is printed on stderr (what came from the user, what was chosen and why), written to
 config.yaml and logged to metrics.jsonl as {"kind": "recipe", ...}. train.auto_recipe=false turns it off (the
@@ -80,6 +81,7 @@ from .autobatch import StepRecipe, time_batch
 from .optim import build_loss, build_optimizer
 from .prepare import build_context, build_model
 from .recipe_choice import (
+    BALANCE_KEYS,
     FINETUNE_WIDTH,
     MIN_BATCH,
     MIN_STEPS,
@@ -87,6 +89,7 @@ from .recipe_choice import (
     ImageNetWeights,
     RecipeChoice,
     Rule,
+    class_balance,
     class_imbalance,
     fine_tune,
     median_short_side,
@@ -154,6 +157,7 @@ RECIPE_KEYS = frozenset(
         *SMALL_DATA,
         *CROP_FLIP,
         *FINETUNE,
+        *BALANCE_KEYS,
     }
 )
 SMALL_RUN_KEEP = 1  # ckpt.keep_last for small data: the last checkpoint (exact resume) and the best
@@ -296,6 +300,7 @@ def choose_recipe(
         picked["train.pretrained"] = "torchvision"
     if rule.keep_last:
         picked["ckpt.keep_last"] = rule.keep_last
+    picked.update(class_balance(facts, given))
     epoch_s = (facts.train_images + VAL_COST * facts.val_images) / speed if speed else 0.0
     epochs, wanted = pick_epochs(rule, facts, tune, epoch_s, device)
     if not budget_s:
@@ -317,13 +322,6 @@ def choose_recipe(
         slow_note=slow_note,
         weights_line=weights_line,
     )
-
-
-def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
-    """Why the auto recipe does not apply ("" when it does)."""
-    if explicit is None:
-        return "the caller built the config"
-    return "" if enabled else "train.auto_recipe=false"
 
 
 def given_settings(cfg: Config, explicit: ExplicitSettings, among: frozenset = RECIPE_KEYS) -> dict[str, Any]:

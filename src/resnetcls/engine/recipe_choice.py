@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..config import ExplicitSettings
 from ..errors import UserError
 from ..models import weights as imagenet
 from .budget import format_seconds
@@ -21,6 +22,15 @@ MIN_STEPS, MIN_BATCH = 4, 8  # small data: at least this many steps an epoch, ba
 FINETUNE_WIDTH = 64  # torchvision's ImageNet weights are for width 64
 HEADER_SAMPLE = 256  # image headers read for the median size
 OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no wait when offline)
+# The class balance: over IMBALANCED (largest / smallest training class) the recipe turns on BALANCE, the
+# variant measured best on long-tailed data (bench/imbalance.py), unless a BALANCE_KEYS key was given.
+IMBALANCED = 3.0
+BALANCE_KEYS = frozenset({"data.sampler", "loss.class_weights"})
+BALANCE = {"loss.class_weights": "balanced"}
+BALANCE_NAMES = {
+    "loss.class_weights": "balanced class weights in the loss",
+    "data.sampler": "balanced sampler",
+}
 
 
 class ImageNetWeights:
@@ -155,6 +165,19 @@ def class_imbalance(labels: list[int]) -> float:
     return max(counts.values()) / min(counts.values()) if len(counts) > 1 else 1.0
 
 
+def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
+    """Why the auto recipe does not apply ("" when it does)."""
+    if explicit is None:
+        return "the caller built the config"
+    return "" if enabled else "train.auto_recipe=false"
+
+
+def class_balance(facts: DataFacts, given: dict[str, Any]) -> dict[str, Any]:
+    """BALANCE when the training classes are over IMBALANCED and the user gave no BALANCE_KEYS key, else
+    nothing."""
+    return dict(BALANCE) if facts.imbalance > IMBALANCED and not given.keys() & BALANCE_KEYS else {}
+
+
 @dataclass
 class RecipeChoice:
     """What was picked and why (printed, recorded in config.yaml and metrics.jsonl): chosen, the dotted keys
@@ -187,7 +210,8 @@ class RecipeChoice:
     def lines(self) -> list[str]:
         """What came from the user and what was chosen, why; the weights; the cap when it lowered the
         epochs."""
-        given = ", ".join(f"{key}={value}" for key, value in sorted(self.given.items())) or "nothing"
+        mine = sorted((key, value) for key, value in self.given.items() if key not in BALANCE_KEYS)
+        given = ", ".join(f"{key}={value}" for key, value in mine) or "nothing"
         source = f" (with --config {self.config_file})" if self.config_file else ""
         first = (
             f"auto recipe: from you{source}: {given}; chosen: {'; '.join(self.chosen_parts()) or 'nothing'}"
@@ -222,7 +246,15 @@ class RecipeChoice:
             parts.append(self.epochs_text())
         if "ckpt.keep_last" in chosen:
             parts.append(f"keeps the last and the best checkpoints only (ckpt.keep_last=1: {self.rule.name})")
+        parts += [self.balance_text(key) for key in sorted(chosen.keys() & BALANCE_KEYS)]
         return parts
+
+    def balance_text(self, key: str) -> str:
+        """The class balance chosen, and why."""
+        return (
+            f"{BALANCE_NAMES[key]} ({key}={self.run[key]}: the largest training class has "
+            f"{self.facts.imbalance:.1f}x the images of the smallest, over {IMBALANCED:g})"
+        )
 
     def recipe_extras(self) -> list[str]:
         run = self.run
