@@ -1,17 +1,17 @@
 """Imbalanced classes: the auto recipe's class balancing off, with balanced loss weights, or with the balanced
 sampler, on 10:1 long-tailed training subsets of two real data sets.
 
-    python bench/imbalance.py --seeds 0 1 --epochs 20
+    python bench/imbalance.py --seeds 0 1 --epochs 15
     python bench/imbalance.py --sets flowers --seeds 0 --epochs 5 --out /tmp/imbalance   # a quick look
 
 Each data set is cut, with a fixed seed (--cut-seed), into a long-tailed training split: class i of C keeps
 a geometric share of its training images, from all of them (i = 0) down to 1/RATIO (i = C-1), each at least
-one; the validation images are kept whole (balanced). flowers: ../shared/data/flowers12 (train/ cut, test/
-as the validation split); coil: ../shared/data/coil100-a/pose-split.csv, objects 1-20 (the pose split's
-train views cut, its val views kept). Every arm trains the auto recipe at fixed epochs, resnet18 at width
-16 and 64 px (--epochs, --model, --image-size, model.width given: the rest is the recipe's), from scratch
-(RESNETCLS_OFFLINE=1, no ImageNet weights), and the final model is evaluated on the validation split
-(`resnetcls eval`, fp32).
+one; the held-out images stay whole and balanced: one a class is the run's validation split (kept small: it is
+scored every epoch), the rest the test split. flowers: ../shared/data/flowers12 (train/ cut, test/ held out);
+coil: ../shared/data/coil100-a/pose-split.csv, objects 1-10 (the pose split's train views cut, its val views
+held out). Every arm trains the auto recipe at fixed epochs, resnet18 at width 16 and 64 px (--epochs,
+--model, --image-size, model.width given: the rest is the recipe's), from scratch (RESNETCLS_OFFLINE=1, no
+ImageNet weights), and the final model is evaluated on the test split (`resnetcls eval`, fp32).
 
 Arms: off (data.sampler=shuffle given: no class balancing), weights (loss.class_weights=balanced), sampler
 (data.sampler=balanced); over engine/recipe_choice.py's IMBALANCED ratio the auto recipe turns on the one its
@@ -54,16 +54,19 @@ def geometric_keep(count: int, rank: int, classes: int, ratio: float = RATIO) ->
 
 def long_tail(rows: list[tuple[str, str, str]], seed: int) -> list[tuple[str, str, str]]:
     """rows (path, label, split) with each class's train rows cut to its geometric share (classes ranked in
-    sorted order, the rows kept chosen with a seeded shuffle); other splits untouched."""
+    sorted order, the rows kept chosen with a seeded shuffle), and the held-out (val) rows split into one
+    a class for the run's own validation and the rest as the test split eval scores."""
     import random
 
     classes = sorted({label for _, label, _ in rows})
     rng = random.Random(seed)
-    kept = [row for row in rows if row[2] != "train"]
+    kept = []
     for rank, name in enumerate(classes):
         train = sorted(row for row in rows if row[1] == name and row[2] == "train")
         rng.shuffle(train)
         kept += train[: geometric_keep(len(train), rank, len(classes))]
+        held = sorted(row for row in rows if row[1] == name and row[2] != "train")
+        kept += [(held[0][0], name, "val"), *((path, name, "test") for path, _, _ in held[1:])]
     return sorted(kept, key=lambda row: (row[2], row[1], row[0]))
 
 
@@ -102,6 +105,13 @@ def write_csv(rows: list[tuple[str, str, str]], path: Path) -> dict[str, int]:
     return counts
 
 
+def split_sizes(data: Path) -> str:
+    """The val and test images of a data set's CSV, in words."""
+    with open(data, newline="") as f:
+        splits = [row["split"] for row in csv.DictReader(f)]
+    return f"{splits.count('val')} val images (one a class), {splits.count('test')} test images"
+
+
 def resnetcls(*args: str) -> None:
     """Run the CLI; exit with its message if it fails."""
     env = {**os.environ, "RESNETCLS_OFFLINE": "1"}
@@ -125,7 +135,7 @@ def headline(metrics: dict) -> dict:
 
 
 def run_arm(data: Path, run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one arm at fixed epochs, evaluate its final model on the validation split."""
+    """Train one arm at fixed epochs, evaluate its final model on the test split."""
     recipe = ["--model", args.model, "--image-size", str(args.image_size), "--epochs", str(args.epochs)]
     recipe += ["--set", f"model.width={args.width}"]
     resnetcls(
@@ -157,10 +167,10 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["coil", "flowers"], choices=["flowers", "coil"])
     parser.add_argument("--flowers", default=str(SHARED / "flowers12"))
     parser.add_argument("--coil", default=str(SHARED / "coil100-a" / "pose-split.csv"))
-    parser.add_argument("--objects", type=int, default=20, help="COIL-100 objects used (the first N)")
+    parser.add_argument("--objects", type=int, default=10, help="COIL-100 objects used (the first N)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cut-seed", type=int, default=0, help="seed of the long-tailed cut")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--width", type=int, default=16, help="model.width")
     parser.add_argument("--image-size", type=int, default=64)
@@ -188,10 +198,9 @@ def build_set(name: str, base: Path, args: argparse.Namespace) -> Path:
     rows = flowers_rows(Path(args.flowers)) if name == "flowers" else coil_rows(Path(args.coil), args.objects)
     data = base / name / "data.csv"
     counts = write_csv(long_tail(rows, args.cut_seed), data)
-    val = sum(1 for row in rows if row[2] == "val")
     print(
         f"{name}: {sum(counts.values())} train images in {len(counts)} classes "
-        f"({max(counts.values())} to {min(counts.values())}), {val} val images",
+        f"({max(counts.values())} to {min(counts.values())}), {split_sizes(data)}",
         flush=True,
     )
     return data
