@@ -37,13 +37,19 @@ from resnetcls.records.envinfo import machine_line
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 RATIO = 10.0  # the largest training class over the smallest
+THREADS = 1  # torch threads a run uses (OMP_NUM_THREADS)
 ARMS = {
     "off": ["--set", "data.sampler=shuffle"],
     "weights": ["--set", "loss.class_weights=balanced"],
     "sampler": ["--set", "data.sampler=balanced"],
 }
-# Neither changes which class is predicted (temperature scaling keeps the argmax); both cost time.
-COMMON = ["--set", "log.tensorboard=false", "--set", "eval.open_set=off", "--set", "eval.calibrate=false"]
+# Neither the open-set score nor the temperature changes which class is predicted; both cost time. fp32, one
+# thread and no loader workers: on a loaded shared machine bf16's one-off kernel set-up and threads waiting on
+# each other cost a small model more than its training (the same for every arm).
+COMMON = [
+    *("--set", "log.tensorboard=false", "--set", "eval.open_set=off", "--set", "eval.calibrate=false"),
+    *("--set", "train.precision=fp32", "--set", "data.num_workers=0"),
+]
 
 
 def geometric_keep(count: int, rank: int, classes: int, ratio: float = RATIO) -> int:
@@ -114,7 +120,7 @@ def split_sizes(data: Path) -> str:
 
 def resnetcls(*args: str) -> None:
     """Run the CLI; exit with its message if it fails."""
-    env = {**os.environ, "RESNETCLS_OFFLINE": "1"}
+    env = {**os.environ, "RESNETCLS_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)}
     result = subprocess.run(
         [sys.executable, "-m", "resnetcls", *args], capture_output=True, text=True, env=env
     )
@@ -143,7 +149,17 @@ def run_arm(data: Path, run_dir: Path, arm: str, seed: int, args: argparse.Names
         *ARMS[arm], *args.train_args.split(),
     )  # fmt: skip
     out = run_dir / "eval"
-    resnetcls("eval", str(run_dir / "final"), str(data), "--out", str(out), "--precision", "fp32")
+    resnetcls(
+        "eval",
+        str(run_dir / "final"),
+        str(data),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "64",
+    )
     return headline(json.loads((out / "metrics.json").read_text()))
 
 
