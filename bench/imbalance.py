@@ -141,7 +141,11 @@ def headline(metrics: dict) -> dict:
 
 
 def run_arm(data: Path, run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one arm at fixed epochs, evaluate its final model on the test split."""
+    """Train one arm at fixed epochs, evaluate its final model on the test split (an arm already evaluated in
+    --out is read back, not trained again: a later call with more seeds trains only those)."""
+    done = run_dir / "eval" / "metrics.json"
+    if done.is_file():
+        return headline(json.loads(done.read_text()))
     recipe = ["--model", args.model, "--image-size", str(args.image_size), "--epochs", str(args.epochs)]
     recipe += ["--set", f"model.width={args.width}"]
     resnetcls(
@@ -192,7 +196,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--train-args", default="", help="more train flags for every arm")
-    parser.add_argument("--out", default="", help="folder for the data sets and runs (default: a temporary)")
+    parser.add_argument(
+        "--out", default="", help="folder for the data sets and runs, kept (default: a temporary one)"
+    )
     args = parser.parse_args()
     print(f"machine: {machine_line()}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
