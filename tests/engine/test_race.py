@@ -310,7 +310,7 @@ def test_a_planted_imbalance_is_balanced_by_the_recipe_so_the_race_leaves_the_cl
     photos, imbalanced, tmp_path, fake_machine
 ):
     plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5")
-    assert plan.cfg.loss.class_weights == "balanced"  # the auto recipe's class balance, in every candidate
+    assert plan.cfg.data.sampler == "balanced"  # the auto recipe's class balance, in every candidate
     assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
     assert plan.decision("recipe").record["imbalance"] > race.IMBALANCED
     for fixed in ("data.sampler=shuffle", "loss.class_weights=balanced"):
@@ -318,7 +318,7 @@ def test_a_planted_imbalance_is_balanced_by_the_recipe_so_the_race_leaves_the_cl
         assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
     balanced_data = plan_for(photos, tmp_path / "r", "train.race_share=0.5")
     assert "heavy 48px balanced" not in names(balanced_data.race.entries)
-    assert balanced_data.cfg.loss.class_weights == "none"
+    assert balanced_data.cfg.data.sampler == "shuffle"
 
 
 def test_a_balanced_winner_trains_with_the_balanced_sampler_and_resumes_with_it(

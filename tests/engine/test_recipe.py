@@ -530,7 +530,7 @@ def test_resnetcls_offline_or_the_recipe_off_never_checks_the_network(
         assert plan.decision("recipe").lines[1] == SCRATCH
 
 
-def test_a_planted_10_to_1_set_gets_balanced_class_weights_said_and_the_users_sampler_is_kept(
+def test_a_planted_10_to_1_set_gets_the_balanced_sampler_said_and_the_users_own_choice_is_kept(
     tmp_path, torch_home, speed_100
 ):
     data = make_class_folders(tmp_path / "train", {"blue": COLOURS["blue"]}, per_class=20)
@@ -538,15 +538,19 @@ def test_a_planted_10_to_1_set_gets_balanced_class_weights_said_and_the_users_sa
     val = make_class_folders(tmp_path / "val", dict(list(COLOURS.items())[:2]), per_class=2)
     plan = plan_for(data, tmp_path / "run", **{"data.val": str(val)})
     made = plan.decision("recipe")
-    assert plan.cfg.loss.class_weights == "balanced" and plan.cfg.data.sampler == "shuffle"
-    assert made.chosen["loss.class_weights"] == "balanced" and made.record["imbalance"] == 10.0
+    assert plan.cfg.data.sampler == "balanced" and plan.cfg.loss.class_weights == "none"
+    assert made.chosen["data.sampler"] == "balanced" and made.record["imbalance"] == 10.0
     assert (
-        "; balanced class weights in the loss (loss.class_weights=balanced: the largest training class has "
-        "10.0x the images of the smallest, over 3) (--no-auto-recipe" in made.lines[0]
+        "; the balanced sampler, each class drawn equally often (data.sampler=balanced: the largest training "
+        "class has 10.0x the images of the smallest, over 3) (--no-auto-recipe" in made.lines[0]
     )
-    mine = plan_for(data, tmp_path / "run", "data.sampler=balanced", **{"data.val": str(val)})
-    assert mine.cfg.data.sampler == "balanced" and mine.cfg.loss.class_weights == "none"
-    assert "loss.class_weights" not in mine.decision("recipe").chosen
-    assert "balanced" not in mine.decision("recipe").lines[0]  # nothing said beyond the usual line
+    for setting, sampler, class_weights in (
+        ("data.sampler=shuffle", "shuffle", "none"),
+        ("loss.class_weights=balanced", "shuffle", "balanced"),
+    ):
+        mine = plan_for(data, tmp_path / "run", setting, **{"data.val": str(val)})
+        assert (mine.cfg.data.sampler, mine.cfg.loss.class_weights) == (sampler, class_weights)
+        assert not mine.decision("recipe").chosen.keys() & {"data.sampler", "loss.class_weights"}
+        assert "balanced" not in mine.decision("recipe").lines[0]  # nothing said beyond the usual line
     off = plan_for(data, tmp_path / "run", "train.auto_recipe=false", **{"data.val": str(val)})
-    assert off.cfg.loss.class_weights == "none"  # the recipe off: the config as given
+    assert off.cfg.data.sampler == "shuffle"  # the recipe off: the config as given

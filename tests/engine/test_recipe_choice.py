@@ -108,7 +108,7 @@ def test_the_class_imbalance_is_the_largest_class_over_the_smallest_present():
 
 def test_over_an_imbalance_of_3_the_class_balance_is_turned_on_unless_the_user_chose_one():
     skewed = DataFacts(40, 5, 2, None, 0, imbalance=10.0)
-    assert class_balance(skewed, {}) == {"loss.class_weights": "balanced"} == BALANCE
+    assert class_balance(skewed, {}) == {"data.sampler": "balanced"} == BALANCE
     assert (
         class_balance(DataFacts(40, 5, 2, None, 0, imbalance=IMBALANCED), {}) == {}
     )  # at the limit: not over
@@ -117,14 +117,14 @@ def test_over_an_imbalance_of_3_the_class_balance_is_turned_on_unless_the_user_c
 
 
 def test_the_line_says_the_class_balance_chosen_and_not_the_users_own():
-    choice = small_choice({"loss.class_weights": "balanced"}, {})
+    choice = small_choice({"data.sampler": "balanced"}, {})
     choice.facts = DataFacts(40, 5, 2, None, 0, imbalance=10.0)
     assert choice.lines()[0] == (
-        "auto recipe: from you: nothing; chosen: balanced class weights in the loss "
-        "(loss.class_weights=balanced: the largest training class has 10.0x the images of the smallest, over "
+        "auto recipe: from you: nothing; chosen: the balanced sampler, each class drawn equally often "
+        "(data.sampler=balanced: the largest training class has 10.0x the images of the smallest, over "
         "3) (--no-auto-recipe to turn it off)"
     )
-    assert choice.record()["values"] == {"loss.class_weights": "balanced"}
+    assert choice.record()["values"] == {"data.sampler": "balanced"}
     mine = small_choice({"train.batch_size": 8}, {"data.sampler": "balanced", "train.epochs": 3})
     assert "from you: train.epochs=3; chosen: batch 8" in mine.lines()[0]  # as before: no balance said
     assert "balanced" not in mine.lines()[0]

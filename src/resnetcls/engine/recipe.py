@@ -33,7 +33,7 @@ The rules (RULES below; the first whose limit the training set is under applies)
   never below 5, and a line says so. With --time the budget chooses the epochs (engine/budget.py).
 
 - Class balance: when the largest training class has over IMBALANCED (3) times the images of the smallest,
-  the recipe turns on BALANCE (loss.class_weights=balanced: measured against the balanced sampler in
+  the recipe turns on BALANCE (data.sampler=balanced: measured against balanced loss weights in
   bench/imbalance.py) and says so, unless data.sampler or loss.class_weights was given (then yours is kept).
 
 - The race (engine/race.py), under --time with train.race_share > 0 (off by default until measured against

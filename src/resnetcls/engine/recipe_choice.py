@@ -26,10 +26,10 @@ OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no
 # variant measured best on long-tailed data (bench/imbalance.py), unless a BALANCE_KEYS key was given.
 IMBALANCED = 3.0
 BALANCE_KEYS = frozenset({"data.sampler", "loss.class_weights"})
-BALANCE = {"loss.class_weights": "balanced"}
+BALANCE = {"data.sampler": "balanced"}
 BALANCE_NAMES = {
     "loss.class_weights": "balanced class weights in the loss",
-    "data.sampler": "balanced sampler",
+    "data.sampler": "the balanced sampler, each class drawn equally often",
 }
 
 
