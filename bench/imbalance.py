@@ -1,7 +1,7 @@
 """Imbalanced classes: the auto recipe's class balancing off, with balanced loss weights, or with the balanced
 sampler, on 10:1 long-tailed training subsets of two real data sets.
 
-    python bench/imbalance.py --seeds 0 1 --epochs 15
+    python bench/imbalance.py --seeds 0 1 2 --out /tmp/imbalance
     python bench/imbalance.py --sets flowers --seeds 0 --epochs 5 --out /tmp/imbalance   # a quick look
 
 Each data set is cut, with a fixed seed (--cut-seed), into a long-tailed training split: class i of C keeps
