@@ -142,7 +142,8 @@ def headline(metrics: dict) -> dict:
 
 def run_arm(data: Path, run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one arm at fixed epochs, evaluate its final model on the test split (an arm already evaluated in
-    --out is read back, not trained again: a later call with more seeds trains only those)."""
+    --out with the same settings is read back, not trained again: a later call with more seeds trains only
+    those)."""
     done = run_dir / "eval" / "metrics.json"
     if done.is_file():
         return headline(json.loads(done.read_text()))
@@ -208,7 +209,12 @@ def main() -> None:
         for seed in args.seeds:  # every set and arm of a seed before the next seed
             for name, data in sets.items():
                 for arm in args.arms:
-                    result = run_arm(data, base / name / f"{arm}-{seed}", arm, seed, args)
+                    run_dir = (
+                        base
+                        / name
+                        / f"{arm}-{seed}-{args.model}-w{args.width}-{args.image_size}px-e{args.epochs}"
+                    )
+                    result = run_arm(data, run_dir, arm, seed, args)
                     results[name][arm].append((seed, result))
                     print(f"  {name} {arm} seed {seed}: {json.dumps(result)}", flush=True)
         for name in sets:
