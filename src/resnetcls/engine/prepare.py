@@ -28,6 +28,7 @@ from ..config import (
 )
 from ..data.augment import BatchMix, resolve_augment_on
 from ..data.cache import DecodedStore, resolve_cache_dir
+from ..data.csvlabels import CsvLabels, sampler_labels
 from ..data.loader import LoaderOptions, build_loader, known_bad_files
 from ..data.neardup import (
     leak_check_from_counts,
@@ -36,7 +37,6 @@ from ..data.neardup import (
     store_signatures,
     threshold_counts,
 )
-from ..data.csvlabels import CsvLabels, sampler_labels
 from ..data.sampler import ResumableSampler
 from ..data.sources import Samples, Splits, load_splits
 from ..data.transforms import build_eval_batch_transform, build_train_transform, make_preprocess
