@@ -115,7 +115,8 @@ class LossConfig:
 class CkptConfig:
     keep_last: int = 3
     every_steps: int = 0  # 0 = only at the end of each epoch
-    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss
+    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss |
+    # val_map (multi-label data: the mean average precision; chosen for it unless val_loss is given)
 
 
 @dataclass

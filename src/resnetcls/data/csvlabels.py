@@ -42,10 +42,11 @@ class CsvLabels:
     def check(self) -> None:
         if self.multi_label not in MODES:
             raise UserError(f"data.multi_label={self.multi_label!r}: expected auto, on or off")
-        if not self.separator or self.separator.strip() != self.separator or "," in self.separator:
+        sep = self.separator
+        if len(sep) != 1 or sep.isalnum() or sep.isspace() or sep in ',"':
             raise UserError(
-                f"data.label_separator={self.separator!r}: expected a non-blank separator without spaces "
-                "or commas, e.g. ';' or '|'"
+                f"data.label_separator={sep!r}: expected one punctuation character other than a comma or a "
+                "quote, e.g. ';' or '|'"
             )
 
 
