@@ -52,8 +52,8 @@ def multi_label_choices(cfg: Config, splits: Splits) -> tuple[dict, list[str]]:
     if cfg.loss.name != "bce":
         chosen["loss.name"] = "bce"
         lines.append(
-            f"multi-label: loss.name=bce (a sigmoid per class) instead of {cfg.loss.name} (softmax answers one "
-            "class)"
+            f"multi-label: loss.name=bce (a sigmoid per class) instead of {cfg.loss.name} (softmax answers "
+            "one class)"
         )
     if cfg.ckpt.metric in ACCURACY_METRICS:
         chosen["ckpt.metric"] = "val_map"
