@@ -84,8 +84,8 @@ class BatchMix:
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, seed: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mixed images, (N, num_classes) float targets whose rows sum to 1, or for multi-hot labels (N, C) the
-        mixed multi-hot rows); seed None draws one from torch."""
+        """(mixed images, (N, num_classes) float targets whose rows sum to 1, or for multi-hot labels (N, C)
+        the mixed multi-hot rows); seed None draws one from torch."""
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         rng = np.random.default_rng(mix_seed(seed))
