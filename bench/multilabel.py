@@ -51,7 +51,10 @@ TILES = 4  # a 2x2 grid
 SPLITS = ("train", "val", "test")
 METRICS = ("map", "micro_f1", "macro_f1", "exact_match")
 ARMS = {"multi": "multi-label (one sigmoid model)", "ovr": "one-vs-rest (binary models)"}
-COMMON = ["--set", "log.tensorboard=false"]
+# The same for both arms: no open-set score, leak check or TensorBoard log (time neither arm's result needs).
+COMMON = [
+    *("--set", "log.tensorboard=false", "--set", "eval.open_set=off", "--set", "data.leak_check=false"),
+]
 
 
 def object_name(number: int) -> str:
@@ -89,7 +92,7 @@ def mosaic(paths: list[Path | None], size: int, tiles: dict[Path, Image.Image]) 
 
 def draw_mosaic(rng: random.Random, views: dict[str, list[Path]]) -> tuple[list[Path | None], list[str]]:
     """One mosaic's tile paths (None = empty) and its sorted object names."""
-    count = rng.randint(1, TILES)
+    count = rng.randint(1, min(TILES, len(views)))
     chosen = sorted(rng.sample(sorted(views), count))
     places = rng.sample(range(TILES), count)
     paths: list[Path | None] = [None] * TILES
@@ -98,8 +101,23 @@ def draw_mosaic(rng: random.Random, views: dict[str, list[Path]]) -> tuple[list[
     return paths, chosen
 
 
+DATA_KEYS = ("objects", "size", "train", "val", "test", "data_seed")
+
+
 def build_data(coil: Path, out: Path, args: argparse.Namespace) -> Path:
-    """Write the mosaics and out/mosaics.csv (path,label,split; paths relative to the CSV)."""
+    """Write the mosaics and out/mosaics.csv (path,label,split; paths relative to the CSV). A folder built
+    with the same arguments is kept (the files would be the same); other arguments need another --work."""
+    manifest = out / "mosaics.csv"
+    params = json.dumps({key: getattr(args, key) for key in DATA_KEYS})
+    if (out / "params.json").is_file():
+        if (out / "params.json").read_text() != params:
+            sys.exit(
+                f"{out} holds mosaics built with other arguments ({out / 'params.json'}): use another --work"
+            )
+        if manifest.is_file():
+            return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.json").write_text(params)
     views = views_by_split(coil, args.objects)
     counts = {"train": args.train, "val": args.val, "test": args.test}
     tiles: dict[Path, Image.Image] = {}
@@ -112,11 +130,12 @@ def build_data(coil: Path, out: Path, args: argparse.Namespace) -> Path:
             relative = f"{split}/{index:05d}.png"
             mosaic(paths, args.size, tiles).save(out / relative)
             rows.append([relative, SEPARATOR.join(names), split])
-    manifest = out / "mosaics.csv"
-    with open(manifest, "w", newline="") as handle:
+    partial = out / "mosaics.csv.partial"
+    with open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split"])
         writer.writerows(rows)
+    partial.replace(manifest)  # the manifest appears whole, once every mosaic is written
     return manifest
 
 
@@ -157,6 +176,7 @@ def train(data: Path, run_dir: Path, epochs: int, seed: int, args: argparse.Name
     if (run_dir / "best").is_dir() and timing.is_file():
         return json.loads(timing.read_text())["wall_s"]
     flags = ["--model", args.model, "--image-size", str(args.size), "--epochs", str(epochs)]
+    flags += ["--set", f"model.width={args.width}"]
     wall = resnetcls_cli(
         "train", str(data), *flags, "--seed", str(seed), "--out", str(run_dir), "--force", *COMMON
     )
@@ -244,13 +264,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("runs/multilabel"))
     parser.add_argument("--objects", type=int, default=10, help="COIL-100 objects 1..N (default 10)")
     parser.add_argument("--size", type=int, default=64, help="mosaic side in px, even (default 64)")
-    parser.add_argument("--train", type=int, default=1000, help="training mosaics (default 1000)")
-    parser.add_argument("--val", type=int, default=300, help="val mosaics (default 300)")
-    parser.add_argument("--test", type=int, default=300, help="test mosaics (default 300)")
+    parser.add_argument("--train", type=int, default=600, help="training mosaics (default 600)")
+    parser.add_argument("--val", type=int, default=200, help="val mosaics (default 200)")
+    parser.add_argument("--test", type=int, default=200, help="test mosaics (default 200)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
-    parser.add_argument("--epochs", type=int, default=20, help="the multi-label model's epochs")
+    parser.add_argument("--epochs", type=int, default=20, help="the multi-label model's epochs (default 20)")
     parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--width", type=int, default=16, help="model.width (default 16; 64 is torchvision's)")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=sorted(ARMS))
     parser.add_argument("--data-only", action="store_true", help="build the mosaics and stop")
     return parser.parse_args()
