@@ -124,6 +124,8 @@ def cmd_eval(args) -> int:
         include_train=args.include_train,
         open_set=OpenSetOptions(args.unknown, args.open_set, args.unknown_accept),
     )
+    if m.get("multi_label"):  # a multi-label model (analysis/multieval.py)
+        return print_multilabel(m)
     kind = eval_images_kind(m["overlap"])
     print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
@@ -139,6 +141,14 @@ def cmd_eval(args) -> int:
         )
     for line in open_set_lines(m["open_set"]) if "open_set" in m else []:
         print(line)
+    print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
+    return 0
+
+
+def print_multilabel(m: dict) -> int:
+    from ..analysis.multieval import multilabel_lines
+
+    print("\n".join(multilabel_lines(m)))
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
 
