@@ -1,6 +1,6 @@
 """Multi-label training on real photographs: one sigmoid model against one-vs-rest binary models.
 
-    nice -n 19 python bench/multilabel.py --work runs/multilabel --seeds 0 1 --epochs 20
+    nice -n 19 python bench/multilabel.py --work runs/multilabel --seeds 0 1 --epochs 10
 
 The data (built first, from --data-seed alone: the same seed writes the same files): 2x2 mosaics of COIL-100
 objects 1-10 (--objects), each tile an object photo downscaled to half the mosaic (--size 64: 32 px tiles),
@@ -22,8 +22,9 @@ Then, per training seed:
   on val by the multi-label rule (utils/multilabel.fit_thresholds) and the metrics computed on test
   (utils/multilabel.multilabel_metrics), as eval does for the multi-label model.
 Prints each arm and seed (mAP, micro/macro F1, exact match, training wall time) and a Markdown table of the
-medians over seeds; WORK/results.json keeps every figure. A run folder that already has best/ is reused.
---arms ovr runs the baseline alone. The header names the machine (`resnetcls env`'s CPU line) and the date.
+medians over seeds; WORK/results-ARMS-seedsSEEDS.json keeps every figure. A run folder that already has
+best/ is reused, so arms and seeds can run side by side (--arms ovr --seeds 1) and a last invocation with all
+of them prints the table. The header names the machine (`resnetcls env`'s CPU line) and the date.
 """
 
 from __future__ import annotations
@@ -257,6 +258,11 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """One file an invocation, so that seeds and arms run side by side do not write over each other."""
+    return f"results-{'-'.join(args.arms)}-seeds{'-'.join(map(str, args.seeds))}.json"
+
+
 def parse_args() -> argparse.Namespace:
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -269,7 +275,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test", type=int, default=200, help="test mosaics (default 200)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
-    parser.add_argument("--epochs", type=int, default=20, help="the multi-label model's epochs (default 20)")
+    parser.add_argument("--epochs", type=int, default=10, help="the multi-label model's epochs (default 10)")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--width", type=int, default=16, help="model.width (default 16; 64 is torchvision's)")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=sorted(ARMS))
@@ -291,7 +297,7 @@ def main() -> None:
             row = arms[arm](manifest, args.work, seed, args)
             results[arm].append({"seed": seed, **row})
             print(row_text(arm, seed, row), flush=True)
-            (args.work / "results.json").write_text(json.dumps(results, indent=1))
+            (args.work / results_name(args)).write_text(json.dumps(results, indent=1))
     print("\n" + table(results))
 
 
