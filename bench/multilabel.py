@@ -1,6 +1,6 @@
 """Multi-label training on real photographs: one sigmoid model against one-vs-rest binary models.
 
-    nice -n 19 python bench/multilabel.py --work runs/multilabel --seeds 0 1 --epochs 10
+    OMP_NUM_THREADS=1 nice -n 19 python bench/multilabel.py --work runs/multilabel --seeds 0 1 --epochs 10
 
 The data (built first, from --data-seed alone: the same seed writes the same files): 2x2 mosaics of COIL-100
 objects 1-10 (--objects), each tile an object photo downscaled to half the mosaic (--size 64: 32 px tiles),
@@ -270,8 +270,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("runs/multilabel"))
     parser.add_argument("--objects", type=int, default=10, help="COIL-100 objects 1..N (default 10)")
     parser.add_argument("--size", type=int, default=64, help="mosaic side in px, even (default 64)")
-    parser.add_argument("--train", type=int, default=600, help="training mosaics (default 600)")
-    parser.add_argument("--val", type=int, default=200, help="val mosaics (default 200)")
+    parser.add_argument("--train", type=int, default=400, help="training mosaics (default 400)")
+    parser.add_argument("--val", type=int, default=100, help="val mosaics (default 100)")
     parser.add_argument("--test", type=int, default=200, help="test mosaics (default 200)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
