@@ -6,7 +6,7 @@ import re
 import pytest
 from PIL import Image
 
-from resnetcls.data.check import check_data
+from resnetcls.data.check import NearOptions, check_data
 from resnetcls.data.csvlabels import CsvLabels, rarest_labels, sampler_labels
 from resnetcls.data.sources import load_splits, read_csv, read_data, write_split_csv
 from resnetcls.errors import UserError
@@ -111,3 +111,15 @@ def test_data_check_reports_cooccurrence(images, capsys):
     err = capsys.readouterr().err
     assert "multi-label: 5 images; images per number of labels (0: 0, 1: 2, 2: 3)" in err
     assert "cup + spoon: 2" in err
+
+
+def test_suggested_split_keeps_label_sets(images, tmp_path):
+    rows = "".join(f"{i}.png,{'cup;spoon' if i % 2 else 'cup'}\n" for i in range(8))
+    report = check_data(
+        str(_csv(images, "path,label\n" + rows)), workers=1, near=NearOptions(suggest=str(tmp_path / "s.csv"))
+    )
+    assert report["suggested_split"]["path"] == str(tmp_path / "s.csv")
+    back = read_data(str(tmp_path / "s.csv"))
+    assert (
+        sorted(back.splits["train"].label_sets + back.splits["val"].label_sets) == [(0,)] * 4 + [(0, 1)] * 4
+    )

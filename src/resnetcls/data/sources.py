@@ -6,7 +6,7 @@ DATA is one of (DESIGN.md section 4):
   folder became which split, warns about what is not read, and refuses other layouts with a hint);
 - a CSV manifest with columns path,label[,split][,extra...] (paths relative to the CSV's folder); a
   multi-label manifest holds several labels per image, joined in `label` or as one 0/1 column per class
-  (data/multicsv.py);
+  (data/csvlabels.py);
 - an OpenLORIS-Object challenge folder: {train,validation,test}/batchK/label.csv with columns
   `file name,label` (integer labels) next to the images; `validation` is the val split.
 Hidden files (.DS_Store, ._*, Thumbs.db, anything in a hidden folder) and files without an image extension
@@ -63,7 +63,7 @@ class Samples:
     """Image paths with integer labels into `classes`, plus any extra CSV columns.
 
     label_sets: None for single-label data; for multi-label data each image's classes (possibly none), and
-    labels[i] is then its first label (0 for an image without any, data/multicsv.py)."""
+    labels[i] is then its first label (0 for an image without any, data/csvlabels.py)."""
 
     paths: list[str]
     labels: list[int]
@@ -159,7 +159,7 @@ def read_folder(root: Path, classes: list[str] | None = None, ignored: dict | No
 def read_csv(path: Path, labels: CsvLabels = CsvLabels()) -> tuple[Samples, list[str]]:  # noqa: B008
     """A CSV manifest -> (all samples with classes sorted by name, split column or [] when absent).
 
-    labels: how multi-label manifests are read (data/multicsv.py); data.multi_label=off reads every label
+    labels: how multi-label manifests are read (data/csvlabels.py); data.multi_label=off reads every label
     as one class name, as single-label data."""
     labels.check()
     header, table = read_table(path, ("path", "label"), labels)
@@ -233,7 +233,7 @@ def read_data(
 ) -> DataSet:
     """Everything DATA holds, split as DATA says (no hold-out). strict=False (for `data check`) allows empty
     classes and class folders that differ between splits, so they can be reported instead of raised.
-    labels: how a CSV's labels are read (multi-label, data/multicsv.py); folder layouts are single-label."""
+    labels: how a CSV's labels are read (multi-label, data/csvlabels.py); folder layouts are single-label."""
     root = Path(data)
     if not root.exists():
         raise UserError(f"{data}: no such file or folder")

@@ -313,22 +313,24 @@ def synthesize_multilabel(
     val_share: float = 0.25,
 ) -> Path:
     """A multi-label data set with a known answer: each image holds 1 to 3 square patches of distinct colours
-    (PATCH_COLOURS) at random places on a grey, noisy background, and its labels are exactly those colours.
-    Writes OUT_DIR/<n>.png and OUT_DIR/manifest.csv (path,label,split with labels joined by ';', or with
-    columns=True one 0/1 column per colour); the last val_share of the images are val. Deterministic by
-    seed."""
+    (PATCH_COLOURS), each in its own quarter of the image at a random place within it (so none hides another),
+    on a grey, noisy background, and its labels are exactly those colours. Writes OUT_DIR/<n>.png and
+    OUT_DIR/manifest.csv (path,label,split with labels joined by ';', or with columns=True one 0/1 column
+    per colour); the last val_share of the images are val. Deterministic by seed."""
     if image_size < 16:
         raise UserError(f"image size {image_size}: must be at least 16")
     out, rng = Path(out_dir), random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
-    names, side = sorted(PATCH_COLOURS), max(4, image_size // 3)
+    names, half = sorted(PATCH_COLOURS), image_size // 2
+    side = half * 3 // 4
     rows = []
     for n in range(images):
         chosen = sorted(rng.sample(names, rng.randint(1, 3)))
         noise = np.random.default_rng(rng.randrange(2**31)).integers(-12, 13, (image_size, image_size, 3))
         pixels = np.clip(128 + noise, 0, 255).astype(np.uint8)
-        for name in chosen:
-            y, x = rng.randrange(image_size - side + 1), rng.randrange(image_size - side + 1)
+        for name, quarter in zip(chosen, rng.sample(range(4), len(chosen))):
+            y = quarter // 2 * half + rng.randrange(half - side + 1)
+            x = quarter % 2 * half + rng.randrange(half - side + 1)
             pixels[y : y + side, x : x + side] = PATCH_COLOURS[name]
         Image.fromarray(pixels).save(out / f"{n:04d}.png")
         split = "val" if n >= images * (1 - val_share) else "train"
