@@ -12,8 +12,9 @@ degrees, so no view is in two splits and the model must recognise objects from v
 WORK/data/mosaics.csv (path,label,split) lists --train / --val / --test mosaics.
 
 Then, per training seed:
-- multi-label: `resnetcls train mosaics.csv --model resnet18 --image-size SIZE --epochs E --seed S` (the auto
-  recipe picks everything else), `resnetcls eval` of best/ on the test mosaics (metrics.json).
+- multi-label: `resnetcls train mosaics.csv --model resnet18 --image-size SIZE --epochs E --seed S --set
+  model.width=W` (--width, default 16; COMMON's keys too: no open-set fit, leak check or TensorBoard log; the
+  auto recipe picks everything else), `resnetcls eval` of best/ on the test mosaics (metrics.json).
 - one-vs-rest: for each object a binary manifest of the same images (label `yes` when the object is in the
   mosaic, else `no`) trained the same way with E / C epochs (C objects; the remainder goes to the first
   models), so that the C binary models together get the multi-label model's number of training epochs over
