@@ -3,11 +3,11 @@ paths.
 
 Every row runs in this one process on the same random input; images/s come from the median time of one forward
 pass, p50/p99 are the latency of a single image (batch 1). The "max|dp|" column is the largest difference of
-softmax probabilities from resnetcls eager fp32 on the same 32 images, and "top1" how many of them keep the
-same top-1 class (the export parity rule is max|dp| <= 1e-4 and 32/32 for fp32 paths). The int8 rows run ONNX
-Runtime's static int8 file (resnetcls.export.int8, as `export --int8` writes it) in ONNX Runtime and in
-OpenVINO, calibrated here on synthetic images (the model has random weights, so its top-1 agreement on random
-inputs says little; `export --int8` checks agreement on the model's real validation images).
+softmax probabilities from resnetcls eager fp32 on the same 32 images (the export parity rule is max|dp| <=
+1e-4 for fp32 paths). The int8 rows run ONNX Runtime's static int8 file (resnetcls.export.int8, as `export
+--int8` writes it) in ONNX Runtime and in OpenVINO, calibrated here on synthetic images. No top-1 agreement is
+printed: the model has random weights and the inputs are random, so whether its top-1 survives int8 or bf16
+says nothing; `resnetcls benchmark MODEL DATA` measures agreement for a trained model on its real images.
 
 Then (a robot asking about one camera frame) the batch-1 latency of one 640x480 JPEG, decode and
 preprocessing included, through the Predictor's Python API and through `resnetcls serve` over HTTP (POST
@@ -248,17 +248,16 @@ def report(results, iters1: int, iters32: int) -> None:
     base32 = 32 / statistics.median(results[0][3])
     print(
         f"\n{'path':<62} {'img/s b1':>9} {'x':>5} {'img/s b32':>10} {'x':>5} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max|dp|':>8} {'top1':>6}"
+        f"{'max|dp|':>8}"
     )
     for name, probs, b1, b32 in results:
         ips1, ips32 = 1 / statistics.median(b1), 32 / statistics.median(b32)
         lat = sorted(b1)
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
         diff = float((probs.float() - reference).abs().max())
-        agree = int((probs.argmax(1) == reference.argmax(1)).sum())
         print(
             f"{name:<62} {ips1:>9.1f} {ips1 / base1:>5.2f} {ips32:>10.1f} {ips32 / base32:>5.2f} "
-            f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e} {agree:>4}/32"
+            f"{statistics.median(lat) * 1000:>8.1f} {p99 * 1000:>8.1f} {diff:>8.1e}"
         )
     print(
         f"\nmedians of 3 rounds x {iters1} timed passes at batch 1 and 3 x {iters32} at batch 32, "

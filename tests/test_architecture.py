@@ -31,11 +31,18 @@ LAZY_THIRD_PARTY = {
     "torch.utils.tensorboard": "slow to import; only with log.tensorboard=true",
     "mlflow": "optional extra resnetcls[mlflow]; only with log.mlflow=true",
     "wandb": "optional extra resnetcls[wandb]; only with log.wandb=true",
+    "pyarrow": "optional extra resnetcls[embed]; only for .parquet embeddings",
 }
 # resnetcls modules: records/figures.py pulls in matplotlib (only when a figure is drawn); cli/commands.py
-# imports each subcommand's library in its cmd_* function (`resnetcls --help` does not load torch).
+# and deploy_commands.py import each subcommand's library in its cmd_* function (`resnetcls --help` does not
+# load torch).
 LAZY_INTERNAL_TARGETS = {"resnetcls.records.figures"}
-LAZY_INTERNAL_IMPORTERS = {"resnetcls.cli", "resnetcls.cli.commands", "resnetcls.cli.parsers"}
+LAZY_INTERNAL_IMPORTERS = {
+    "resnetcls.cli",
+    "resnetcls.cli.commands",
+    "resnetcls.cli.deploy_commands",
+    "resnetcls.cli.parsers",
+}
 
 # Modules with nothing to test on their own: package markers and `python -m resnetcls` (tested through cli).
 NO_TEST_FILE = {"__init__.py", "__main__.py"}

@@ -3,7 +3,9 @@
 The Python API: resnetcls.train(...) -> Run, resnetcls.evaluate(model, data) -> dict,
 resnetcls.load(run or model directory, or model.onnx) -> Predictor, whose .predict(paths, PIL images, numpy
 arrays or torch tensors) gives Predictions (see api.py and README "Python API"); resnetcls.add_class(model,
-name, photos, out) and resnetcls.remove_class(model, name, out) -> the new model directory.
+name, photos, out) and resnetcls.remove_class(model, name, out) -> the new model directory;
+resnetcls.embed(model, images, out=...) and resnetcls.similar(model, query, index=...): search by image
+similarity.
 """
 
 import importlib
@@ -29,6 +31,8 @@ _LAZY = {
     "load_run": "api",
     "add_class": "api",
     "remove_class": "api",
+    "embed": "api",
+    "similar": "api",
     "Predictor": "inference.predictor",
     "load": "inference.predictor",
 }

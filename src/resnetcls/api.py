@@ -33,9 +33,11 @@ from .engine.train import saved_run_config
 from .engine.train import train as train_engine
 from .errors import UserError
 from .inference import addclass
+from .inference import embed as embedding
+from .inference import similar as search
 from .records.tracking import log_run_artifacts
 
-__all__ = ["Run", "add_class", "evaluate", "load_run", "remove_class", "train"]
+__all__ = ["Run", "add_class", "embed", "evaluate", "load_run", "remove_class", "similar", "train"]
 
 # train()'s own keywords; the others are the train flags of config/flags.py.
 API_KEYWORDS = ("data", "out", "resume", "force", "config", "set", "report")
@@ -223,6 +225,41 @@ def remove_class(model: str | os.PathLike, name: str, out: str | os.PathLike, *,
     without class `name` (its head row and open-set rows dropped) and returns it. UserError for a name that
     is not a class (naming the closest one), or when fewer than two classes would remain."""
     return addclass.remove_class(model, name, out, force=force)
+
+
+def embed(
+    model: str | os.PathLike,
+    inputs: str | os.PathLike | typing.Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    batch_size: int = 32,
+    precision: str = "auto",
+) -> embedding.EmbedSummary:
+    """`resnetcls embed MODEL PATH... --out FILE` as a function: the model's L2-normalised pooled features of
+    the images of `inputs` (image files, folders searched recursively, globs, CSV lists) written to `out`,
+    streaming: emb.npy (an (N, D) float32 array) with emb.csv (row, path, label, confidence) and emb.json
+    beside it, or emb.parquet (one table, the vector in an `embedding` column; needs resnetcls[embed]).
+    Returns an EmbedSummary: out, files, rows, dim and skipped (the (input, reason) pairs not embedded)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return embedding.embed(model, [os.fspath(p) for p in inputs], out, batch_size, precision)
+
+
+def similar(
+    model: str | os.PathLike,
+    query: typing.Any,
+    *,
+    index: str | os.PathLike,
+    topk: int = 10,
+    batch_size: int = 32,
+    precision: str = "auto",
+) -> list[search.Match] | list[list[search.Match]]:
+    """`resnetcls similar MODEL QUERY --index FILE` as a function: the `topk` images of the index (what
+    embed() wrote with the same model) nearest to `query` by cosine similarity, nearest first, each a Match
+    (rank, similarity, path, label, confidence, row). query: one image (a path, PIL image or array) -> its
+    list of matches; a list or batch of images -> one list per image. UserError for an index that is
+    missing, unreadable or built by another model."""
+    return search.similar(model, query, index, topk, batch_size, precision)
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

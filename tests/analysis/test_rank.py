@@ -222,3 +222,34 @@ def test_rank_reports_open_set_scores_and_unknowns_without_changing_the_order(
     assert moved.returncode == 0 and moved.stderr.startswith("--unknown-accept 0.5: unknown below knn score")
     refused = run_cli("rank", tiny_run, folder, "--out", tmp_path / "x.csv", "--open-set", "on")
     assert refused.returncode == 2 and "has no open-set threshold" in refused.stderr
+
+
+def test_a_multi_label_image_is_uncertain_where_a_class_sits_near_its_threshold():
+    probs = torch.tensor(
+        [
+            [0.99, 0.01, 0.02],  # every class far from its threshold: certain
+            [0.90, 0.52, 0.02],  # the second class just above its threshold of 0.5
+            [0.50, 0.50, 0.50],  # every class at 0.5: the highest entropy
+        ]
+    )
+    thresholds = [0.5, 0.5, 0.3]
+    margin = uncertainty(probs, "margin", thresholds)
+    assert torch.allclose(margin, torch.tensor([1 - 0.28, 1 - 0.02, 1.0]), atol=1e-6)
+    entropy = uncertainty(probs, "entropy", thresholds)
+    assert math.isclose(float(entropy[2]), math.log(2), rel_tol=1e-5)
+    assert pick_order(margin, None) == [2, 1, 0] and pick_order(entropy, None) == [2, 1, 0]
+
+
+def test_rank_on_a_multi_label_model_guesses_its_labels(tiny_run, tiny_data, tmp_path):
+    from tests.inference.test_multilabel import ALWAYS_NEVER_ALWAYS, multilabel_model
+
+    model = multilabel_model(tiny_run, tmp_path / "model", ALWAYS_NEVER_ALWAYS)
+    out = tmp_path / "rank.csv"
+    result = run_cli("rank", model, tiny_data / "green", "--out", out, "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12 and all(sorted(r["guess"].split(";")) == ["blue", "red"] for r in rows)
+    probs = [[float(p) for p in r["guess_prob"].split(";")] for r in rows]
+    assert all(p == sorted(p, reverse=True) for p in probs)
+    scores = [float(r["uncertainty"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)

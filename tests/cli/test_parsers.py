@@ -82,8 +82,12 @@ def test_every_inference_command_offers_every_backend_and_precision_the_predicto
     for name, action in _actions(build_parser()):
         if {"--backend", "--precision"} & set(action.option_strings):
             options.setdefault(name, []).append(list(action.choices))
-    assert set(options) == {"eval", "predict", "rank", "serve", "train", "tune", "lr-find", "lifelong"}
+    assert set(options) == {
+        *("eval", "predict", "rank", "serve", "train", "tune", "lr-find", "lifelong", "embed", "similar")
+    }
     for name in ("eval", "predict", "rank", "serve"):
         assert options[name] == [list(BACKENDS), list(PRECISIONS)], name
+    for name in ("embed", "similar"):  # features come from the eager model: a precision, no backend
+        assert options[name] == [list(PRECISIONS)], name
     for name in ("train", "tune", "lr-find", "lifelong"):  # training's precision: fp16 too
         assert options[name] == [["auto", "bf16", "fp16", "fp32"]], name

@@ -3,8 +3,10 @@ below --min-agreement (in either runtime), bad --calibration, and predict/serve 
 with an open-set score keeps its open_set_score output in float32, checked by its unknown/known decisions."""
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from resnetcls.inference.predictor import Predictor
@@ -156,3 +158,19 @@ def test_int8_keeps_the_open_set_score_and_checks_its_unknown_decisions(tiny_run
     assert int8[0].open_set_score is not None
     same = sum(a.unknown == b.unknown for a, b in zip(eager, int8))
     assert same >= 0.8 * len(photos) and load_model_dir(run / "best").open_set["accept"] == 0.8
+
+
+def test_a_multi_label_model_is_checked_by_its_label_decisions():
+    from types import SimpleNamespace
+
+    from resnetcls.export.int8 import Int8Result, agreement
+
+    fp32 = torch.tensor([[0.9, 0.6, 0.1], [0.2, 0.45, 0.8]])
+    int8 = torch.tensor([[0.1, 0.55, 0.3], [0.3, 0.55, 0.7]])  # same top-1 once, 4 of 6 decisions
+    single = SimpleNamespace(multi_label=None)
+    multi = SimpleNamespace(multi_label={"thresholds": [0.5, 0.5, 0.5]})
+    assert agreement(single, fp32, int8) == 0.5
+    assert agreement(multi, fp32, int8) == pytest.approx(4 / 6)
+    result = Int8Result(Path("m.int8.onnx"), 1, 8, "data", 2, 4 / 6, None, None, {}, multi_label=True)
+    assert "label decisions (image, class) agree on 66.67%" in result.summary()
+    assert result.record()["agreement_of"] == "label decisions (image, class)"

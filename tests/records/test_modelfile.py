@@ -20,6 +20,7 @@ from resnetcls.records.modelfile import (
     save_model_dir,
     sha256_file,
     write_calibration,
+    write_meta_record,
     write_open_set,
 )
 from resnetcls.utils.openset import fit_scorer, score_quantiles, threshold_for
@@ -278,3 +279,12 @@ def test_a_changed_open_set_file_or_record_is_refused(copy, capsys):
     edit_meta(copy, open_set={"score": "odin"})
     rehash(copy)
     cli_refuses(copy, capsys, "open_set.score='odin'; expected one of msp, energy, mahalanobis, knn")
+
+
+def test_a_multi_label_record_round_trips_and_a_broken_one_is_refused(copy, capsys):
+    assert load_model_dir(copy).multi_label is None  # single-label unless the record says otherwise
+    thresholds = [0.5 + i / 100 for i in range(len(CLASSES))]
+    write_meta_record(copy, "multi_label", {"thresholds": thresholds, "separator": ";", "fitted_on": "val"})
+    assert load_model_dir(copy).multi_label["thresholds"] == thresholds
+    edit_meta(copy, multi_label={"thresholds": [0.5], "separator": ";"})
+    cli_refuses(copy, capsys, f"multi_label.thresholds must be {len(CLASSES)} numbers in [0, 1], one a class")

@@ -9,6 +9,7 @@ import pytest
 from starlette.exceptions import HTTPException
 
 from resnetcls.errors import UserError
+from resnetcls.inference.predictor import Predictor
 from resnetcls.serve.schema import MAX_BATCH_FILES, ServeSettings
 from resnetcls.serve.service import ImageService
 from resnetcls.utils.openset import threshold_for
@@ -188,3 +189,34 @@ def test_open_set_off_or_a_moved_threshold_as_the_settings_say(open_set, model, 
     )
     with pytest.raises(UserError, match="--open-set on, but the model has no open-set threshold"):
         ImageService(ServeSettings(str(model), open_set="on"))
+
+
+def test_a_multi_label_model_answers_its_labels_and_info_gives_the_thresholds(tiny_run, tiny_data, tmp_path):
+    from tests.inference.test_multilabel import ALWAYS_NEVER_ALWAYS, multilabel_model
+
+    model = multilabel_model(tiny_run, tmp_path / "model", ALWAYS_NEVER_ALWAYS)
+    image = next((tiny_data / "red").glob("*.jpg"))
+    (expected,) = Predictor(model, backend="torch").predict(image, topk=3)
+    with client_for(model, backend="torch") as client:
+        info = client.get("/info").json()
+        one = client.post("/predict", content=image.read_bytes()).json()
+        files = [("files", ("a.jpg", image.read_bytes())), ("files", ("junk.txt", b"hello"))]
+        batch = client.post("/predict/batch", files=files).json()["results"]
+    with client_for(model, backend="torch", threshold=1.0) as client:
+        none = client.post("/predict", content=image.read_bytes()).json()
+        assert client.get("/info").json()["thresholds"] == {"blue": 1.0, "green": 1.0, "red": 1.0}
+    assert info["multi_label"] is True and info["label_separator"] == ";"
+    assert info["thresholds"] == dict(zip(["blue", "green", "red"], ALWAYS_NEVER_ALWAYS))
+    assert list(one) == ["filename", "top", "labels"]
+    assert [item["label"] for item in one["labels"]] == expected.labels
+    for item in one["labels"]:
+        assert item["probability"] == pytest.approx(expected.label_probs[item["label"]], abs=1e-5)
+    assert batch[0]["labels"] == one["labels"] and "labels" not in batch[1]
+    assert none["labels"] == []
+
+
+def test_a_single_label_model_answers_without_labels(model):
+    with client_for(model) as client:
+        assert "labels" not in client.post("/predict", content=png_bytes(20, 20)).json()
+        info = client.get("/info").json()
+    assert info["multi_label"] is False and info["thresholds"] is None

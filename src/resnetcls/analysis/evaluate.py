@@ -34,6 +34,7 @@ from ..utils.calibration import calibrated_probabilities, calibration_error
 from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_bar
 from .classmetrics import most_confused, per_class_table, worst_class
+from .multieval import eval_labels, evaluate_multilabel
 from .openeval import OpenSetOptions, eval_predictor, open_set_summary, scoring_for
 from .overlap import Routed, find_overlap, train_summary
 
@@ -190,11 +191,8 @@ def write_tables(metrics: dict, confusion: np.ndarray, out: Path) -> None:
     per_class = [["class", "precision", "recall", "f1", "support"]]
     for c in classes:
         row = metrics["per_class"][c]
-        per_class.append(
-            [c]
-            + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
-            + [row["support"]]
-        )
+        cells = ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
+        per_class.append([c, *cells, row["support"]])
     write_text_atomic(out / "per_class.csv", csv_text(per_class))
 
     def rows(f) -> None:
@@ -295,6 +293,8 @@ def evaluate_samples(
     about = dict(about)
     if not len(samples):
         raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
+    if predictor.loaded.multi_label is not None:  # multi-label model: multieval.py
+        return evaluate_multilabel(predictor, samples, out, about, batch_size, num_workers)
     acc = Accumulator(len(predictor.classes), predictor.temperature)
     trained = Accumulator(len(predictor.classes), predictor.temperature) if apart else None
     sink = Routed(acc, trained, apart, len(samples)) if apart else acc
@@ -355,7 +355,7 @@ def evaluate_model(
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
     predictor, open_set = eval_predictor(model, precision, backend, open_set)
-    samples, split = load_eval_samples(data, predictor.classes)
+    samples, split = load_eval_samples(data, predictor.classes, "", eval_labels(predictor.loaded.multi_label))
     overlap = find_overlap(predictor.loaded.path, samples)
     if overlap.train and len(overlap.train) == len(samples) and not include_train:
         raise UserError(overlap.refusal(data))

@@ -6,6 +6,13 @@ model's uncertainty, most uncertain first:
   (1: a coin toss between two classes, 0: certain);
 - entropy: -sum_c p_c log p_c in nats (0: certain, log(classes): uniform).
 Ties keep the path order.
+For a multi-label model (model.json "multi_label"), whose classes are answered each by its own sigmoid
+probability p_c and threshold t_c, an image is uncertain where some class sits near its threshold:
+- margin: 1 - min_c |p_c - t_c| (1: a class exactly on its threshold; the closer, the sooner to label);
+- entropy: the mean over classes of the binary entropy -(p log p + (1 - p) log(1 - p)) in nats (0: certain,
+  log 2: every class at 0.5).
+Its guess column lists the labels predict would answer (joined with the model's separator, empty for none)
+and guess_prob their probabilities, joined alike.
 
 --diverse: the most uncertain images are often near-duplicates (frames of one video, one hard object), so
 labelling all of them teaches the model one thing many times. With --diverse, K = --limit images (1,000
@@ -74,7 +81,8 @@ class Scored:
     """The model's view of a set of images: the good paths with each one's top-1 class, its probability and
     its uncertainty score, the --diverse candidates (row indices, most uncertain first, and their pooled
     features; empty without --diverse), the bad files with their reasons, and with open-set rejection on,
-    each good image's open-set score (None when off)."""
+    each good image's open-set score (None when off), and for a multi-label model each good image's labels and
+    their probabilities as CSV cells (None otherwise)."""
 
     paths: list[str]
     guess: torch.Tensor
@@ -83,6 +91,7 @@ class Scored:
     pool: tuple[torch.Tensor, torch.Tensor]
     bad: list[tuple[str, str]]
     open_set: torch.Tensor | None = None
+    labels: list[tuple[str, str]] | None = None  # a multi-label model's guess and guess_prob cells
 
 
 class TopPool:
@@ -117,16 +126,30 @@ class TopPool:
         return rows, features
 
 
-def uncertainty(probs: torch.Tensor, by: str) -> torch.Tensor:
-    """(N, classes) probabilities -> (N,) uncertainty, higher = label sooner (see the module docstring)."""
+def uncertainty(probs: torch.Tensor, by: str, thresholds: list[float] | None = None) -> torch.Tensor:
+    """(N, classes) probabilities -> (N,) uncertainty, higher = label sooner (see the module docstring);
+    thresholds: a multi-label model's (probs are then its sigmoids)."""
     if by not in SCORES:
         raise UserError(f"--by {by!r}: expected one of {', '.join(SCORES)}")
+    if thresholds is not None:
+        return multilabel_uncertainty(probs, by, thresholds)
     if by == "entropy":
         return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
     if probs.shape[1] < 2:
         return torch.zeros(len(probs))
     top2 = probs.topk(2, dim=1).values
     return 1 - (top2[:, 0] - top2[:, 1])
+
+
+def multilabel_uncertainty(probs: torch.Tensor, by: str, thresholds: list[float]) -> torch.Tensor:
+    """A multi-label model's (N, classes) sigmoid probabilities -> (N,) uncertainty: margin 1 - the smallest
+    |p - threshold| over the classes, or entropy the mean binary entropy of the classes (nats)."""
+    if by == "entropy":
+        clamped = probs.double().clamp(1e-12, 1 - 1e-12)
+        entropy = -(clamped * clamped.log() + (1 - clamped) * (1 - clamped).log())
+        return entropy.mean(dim=1).float()
+    distance = (probs.float() - torch.tensor(thresholds, dtype=torch.float32)).abs()
+    return 1 - distance.min(dim=1).values
 
 
 def k_center_greedy(features: torch.Tensor, first: int, count: int) -> list[int]:
@@ -183,7 +206,7 @@ def probabilities_and_features(
     probabilities and the eager model the features and scores, when asked."""
     if predictor.session is None:
         return eager_probabilities_and_features(predictor, batch)
-    probs = predictor.logits(batch).softmax(dim=1)
+    probs = raw_probabilities(predictor, predictor.logits(batch))
     if not features and predictor.threshold is None:
         return probs, torch.empty(0), None
     _, pooled, scores = eager_probabilities_and_features(predictor, batch)
@@ -196,7 +219,23 @@ def eager_probabilities_and_features(
     """Softmax probabilities, pooled penultimate features and open-set scores (None when rejection is off)
     from the eager model, in its autocast."""
     features, logits = predictor.features_and_logits(batch)
-    return logits.softmax(dim=1), features, predictor.open_set_scores(features, logits)
+    return raw_probabilities(predictor, logits), features, predictor.open_set_scores(features, logits)
+
+
+def raw_probabilities(predictor: Predictor, logits: torch.Tensor) -> torch.Tensor:
+    """The model's own probabilities, without the temperature: softmax over the classes, or a multi-label
+    model's sigmoid per class."""
+    return logits.float().sigmoid() if predictor.label_rule is not None else logits.softmax(dim=1)
+
+
+def label_cells(predictor: Predictor, probs: torch.Tensor) -> list[tuple[str, str]]:
+    """A multi-label model's guess and guess_prob cells of each image: the labels predict answers and their
+    probabilities, each joined with the model's separator ([] for a single-label model)."""
+    rule = predictor.label_rule
+    if rule is None:
+        return []
+    join = rule.separator.join
+    return [(join(c for c, _ in row), join(f"{p:.6f}" for _, p in row)) for row in rule.answers(probs)]
 
 
 def score_images(
@@ -204,7 +243,8 @@ def score_images(
 ) -> Scored:
     """Decode (a few threads) and score paths in batches, keeping the features of the pool_size most uncertain
     (None: none); unreadable files go to Scored.bad."""
-    good, guesses, probs, scores, bad, open_set = [], [], [], [], [], []
+    good, guesses, probs, scores, bad, open_set, labels = [], [], [], [], [], [], []
+    thresholds = predictor.label_rule.thresholds if predictor.label_rule is not None else None
     top = TopPool(pool_size or 0)
     with (
         ThreadPoolExecutor(max(1, min(4, usable_cores()))) as threads,
@@ -222,7 +262,8 @@ def score_images(
             if tensors:
                 p, f, o = probabilities_and_features(predictor, torch.stack(tensors), bool(pool_size))
                 open_set += [] if o is None else [o]
-                score = uncertainty(p, by)
+                score = uncertainty(p, by, thresholds)
+                labels += label_cells(predictor, p)
                 prob, guess = p.max(dim=1)
                 guesses.append(guess)
                 probs.append(prob)
@@ -241,6 +282,7 @@ def score_images(
         top.result(),
         bad,
         torch.cat(open_set) if open_set else None,
+        labels if thresholds is not None else None,
     )
 
 
@@ -255,7 +297,8 @@ def manifest_rows(
     base = os.path.abspath(csv_dir)
     for i in order:
         rel = os.path.relpath(os.path.abspath(scored.paths[i]), base)
-        row = [Path(rel).as_posix(), "", classes[guess[i]], f"{prob[i]:.6f}", f"{score[i]:.6f}"]
+        guessed = scored.labels[i] if scored.labels is not None else (classes[guess[i]], f"{prob[i]:.6f}")
+        row = [Path(rel).as_posix(), "", *guessed, f"{score[i]:.6f}"]
         if open_set is not None:
             row += [f"{open_set[i]:.6f}", str(open_set[i] < threshold).lower()]
         rows.append(row)

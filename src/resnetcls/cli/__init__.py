@@ -1,9 +1,10 @@
 """Command-line interface: argument parsing only; each subcommand calls one library function.
 
 Exit codes: 0 success, 2 bad usage or bad input (one line, no traceback), 1 internal error, 130 interrupted.
-parsers.py and deploy_parsers.py declare the subcommands and their flags (the training flags from the one
-table, through flags.py); commands.py holds one cmd_* per subcommand, each importing its library inside the
-function, so `resnetcls --help` and a usage error answer without loading torch.
+parsers.py, deploy_parsers.py and serve_parsers.py declare the subcommands and their flags (the training
+flags from the one table, through flags.py); commands.py and deploy_commands.py hold one cmd_* per
+subcommand, each importing its library inside the function, so `resnetcls --help` and a usage error
+answer without loading torch.
 """
 
 from __future__ import annotations

@@ -5,9 +5,15 @@ only what it uses and `resnetcls --help` does not load torch."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import time
+
+from .deploy_commands import (
+    cmd_add_class,
+    cmd_benchmark,
+    cmd_export,
+    cmd_remove_class,
+    cmd_serve,
+)
 
 
 def cmd_train(args) -> int:
@@ -124,6 +130,8 @@ def cmd_eval(args) -> int:
         include_train=args.include_train,
         open_set=OpenSetOptions(args.unknown, args.open_set, args.unknown_accept),
     )
+    if m.get("multi_label"):  # a multi-label model (analysis/multieval.py)
+        return print_multilabel(m)
     kind = eval_images_kind(m["overlap"])
     print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
@@ -144,6 +152,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def print_multilabel(m: dict) -> int:
+    from ..analysis.multieval import multilabel_lines
+
+    print("\n".join(multilabel_lines(m)))
+    print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
+    return 0
+
+
 def eval_images_kind(overlap: dict) -> str:
     """What eval's headline numbers are of: "held-out images " or "training images " where the run's split.csv
     says, "images " where nothing is known."""
@@ -156,7 +172,14 @@ def cmd_predict(args) -> int:
     from ..inference.command import PredictOptions, run_predict
 
     options = PredictOptions(
-        args.topk, args.format, args.batch_size, args.tta, args.explain, args.open_set, args.unknown_accept
+        args.topk,
+        args.format,
+        args.batch_size,
+        args.tta,
+        args.explain,
+        args.open_set,
+        args.unknown_accept,
+        args.threshold,
     )
     return run_predict(args.model, args.paths, options, args.backend, args.precision)
 
@@ -181,110 +204,24 @@ def cmd_rank(args) -> int:
     )
 
 
+def cmd_embed(args) -> int:
+    from ..inference.embed import run_embed
+
+    return run_embed(args.model, args.paths, args.out, args.batch_size, args.precision)
+
+
+def cmd_similar(args) -> int:
+    from ..inference.similar import run_similar
+
+    return run_similar(
+        args.model, args.queries, args.index, args.topk, args.json, args.batch_size, args.precision
+    )
+
+
 def cmd_report(args) -> int:
     from ..analysis.report import write_report
 
     print(f"report written to {write_report(args.run_dir)}", file=sys.stderr)
-    return 0
-
-
-def export_format(args) -> str:
-    """export's file type: --to, or the same flag's earlier name --format (with a one-line note)."""
-    from ..errors import UserError
-
-    if args.old_format is not None:
-        print(
-            f"export --format is now --to; read as --to {args.old_format} (write --to {args.old_format})",
-            file=sys.stderr,
-        )
-        if args.to is not None and args.to != args.old_format:
-            raise UserError(f"--to {args.to} and --format {args.old_format}: give one file type, as --to")
-    if (args.to or args.old_format) is None:
-        raise UserError("export: say which file to write with --to onnx or --to torchscript")
-    return args.to or args.old_format
-
-
-def cmd_export(args) -> int:
-    from ..export.formats import ExportCheckFailed, export_model
-
-    to = export_format(args)
-    if args.int8 or args.calibration is not None:
-        return _export_int8(args, to)
-    try:
-        result = export_model(args.model, to, args.out, args.check_data)
-    except ExportCheckFailed as e:
-        print(f"resnetcls: export check failed: {e}", file=sys.stderr)
-        return 1
-    print(result.parity.summary())
-    print(
-        f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.1f} MB, exported in "
-        f"{result.seconds:.1f} s)"
-    )
-    return 0
-
-
-def _export_int8(args, to: str) -> int:
-    from ..errors import UserError
-    from ..export.int8 import export_int8
-
-    if not args.int8 or to != "onnx":
-        raise UserError("--calibration/--int8: int8 export needs both --to onnx and --int8")
-    result = export_int8(args.model, args.calibration, args.calibration_images, args.min_agreement, args.out)
-    print(result.summary())
-    print(f"wrote {result.path} (onnx int8, {result.bytes / 1e6:.1f} MB)")
-    return 0
-
-
-def cmd_add_class(args) -> int:
-    from ..api import add_class
-
-    start = time.perf_counter()
-    out = add_class(
-        args.model, args.name, args.photos, args.out, seed=args.seed, steps=args.steps, force=args.force
-    )
-    print(edited_line(out, time.perf_counter() - start))
-    return 0
-
-
-def cmd_remove_class(args) -> int:
-    from ..api import remove_class
-
-    start = time.perf_counter()
-    out = remove_class(args.model, args.name, args.out, force=args.force)
-    print(edited_line(out, time.perf_counter() - start))
-    return 0
-
-
-def edited_line(model_dir, seconds: float) -> str:
-    """add-class's and remove-class's one line on stdout: the new model directory, its classes, the time."""
-    from ..records.modelfile import read_meta
-
-    return f"wrote {model_dir} ({len(read_meta(model_dir)['classes'])} classes) in {seconds:.1f} s"
-
-
-def serve_settings(args):
-    """serve's ServeSettings, host, port and workers: the config's serve: section (defaults <- --config FILE
-    <- --set serve.KEY=VALUE) with every option given on the command line on top, and RESNETCLS_SET over
-    them."""
-
-    from ..config import build_config, environment_overrides
-    from ..serve.schema import ServeSettings
-    from .deploy_parsers import SERVE_OPTIONS
-
-    flags = {f"serve.{name}": getattr(args, name) for name, _, _ in SERVE_OPTIONS}
-    cfg = build_config(args.config, args.overrides, flags, environment=environment_overrides())
-    values = dataclasses.asdict(cfg.serve)
-    host, port, workers = values.pop("host"), values.pop("port"), values.pop("workers")
-    values["max_body_bytes"] = int(values.pop("max_body_mb") * 1e6)
-    values["unknown_accept"] = values["unknown_accept"] or None  # 0: the model's own share
-    return ServeSettings(args.model, **values), host, port, workers
-
-
-def cmd_serve(args) -> int:
-    from ..serve.app import serve
-
-    settings, host, port, workers = serve_settings(args)
-    serve(settings, host, port, workers)
     return 0
 
 
@@ -353,11 +290,14 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "rank": cmd_rank,
+    "embed": cmd_embed,
+    "similar": cmd_similar,
     "report": cmd_report,
     "data": cmd_data,
     "models": cmd_models,
     "demo": cmd_demo,
     "export": cmd_export,
+    "benchmark": cmd_benchmark,
     "serve": cmd_serve,
     "add-class": cmd_add_class,
     "remove-class": cmd_remove_class,

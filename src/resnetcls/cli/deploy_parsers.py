@@ -1,91 +1,17 @@
 """The parsers of the commands that use a trained model: eval, predict and rank (one --backend, --precision
-and --batch-size vocabulary), export and serve (whose options are also the config's serve: section),
-add-class and remove-class."""
+and --batch-size vocabulary), embed and similar (the model's features), export, benchmark, serve
+(serve_parsers.py), add-class and remove-class."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..config import ServeConfig
 from ..config.checks import BACKENDS, INFERENCE_PRECISIONS
-from .flags import BATCH, POSITIVE, add_config_flags, number
+from .flags import BATCH, POSITIVE, number
+from .serve_parsers import BACKEND_HELP, MODEL_HELP, OPEN_SET_MODES, PRECISION_HELP, add_serve
 
-MODEL_HELP = "a model directory, or a run directory (its best/ model)"
-PRECISION_HELP = (
-    "auto: bf16 + channels_last where this CPU/GPU computes bf16 natively, else fp32 (default); "
-    "fp32: bit-stable outputs on every machine; bf16: forced"
-)
-BACKEND_HELP = (
-    "auto: the fastest verified fp path here (with a checked, current model.onnx: OpenVINO on AMX CPUs, "
-    "torch where bf16 is otherwise native, else ONNX Runtime; without one, torch); torch; onnxruntime "
-    "(model.onnx, fp32); openvino (model.onnx, bf16 where native unless --precision fp32); "
-    "onnxruntime-int8, openvino-int8 (model.int8.onnx, see export --int8)"
-)
 INFERENCE_BATCH = 32  # --batch-size of eval, predict and rank
-# --open-set of predict, rank and serve (utils/openset.py's OPEN_SET_MODES; repeated so that --help
-# loads no torch, as config/checks.py's BACKENDS are)
-OPEN_SET_MODES = ("auto", "on", "off")
 EXPORT_FORMATS = ("onnx", "torchscript")
-
-# serve's options: (name, argparse type, help). Each is also serve.NAME in the config (config/schema.py
-# ServeConfig, which holds the defaults); a flag given on the command line wins over --config and --set.
-SERVE_OPTIONS = (
-    ("host", str, "address to listen on (0.0.0.0: every interface)"),
-    ("port", number(int, 1, 65535), "port to listen on"),
-    ("workers", number(int, 1, 256), "server processes, each with its own model copy"),
-    ("backend", str, BACKEND_HELP),
-    ("precision", str, PRECISION_HELP.replace(" (default)", "")),
-    ("max_body_mb", number(float, 0, low_open=True), "larger request bodies get 413"),
-    ("max_pixels", POSITIVE, "larger images get 422"),
-    ("max_batch", number(int, 1, 4096), "most images per model call across requests"),
-    (
-        "batch_wait_ms",
-        number(float, 0, 60_000),
-        "how long a model call waits for more requests to join its batch",
-    ),
-    (
-        "max_decode_mb",
-        float,
-        "decode memory in flight (from each image's header); beyond it 503 + Retry-After",
-    ),
-    ("max_queue", int, "images waiting for the model; beyond it 503"),
-    ("max_batch_pixels", int, "pixels of all images in one /predict/batch request; beyond it 413"),
-    ("admission_wait_s", float, "how long a decode waits for budget"),
-    ("stall_s", float, "/healthz answers 503 once one model call has run longer than this"),
-    ("keep_alive_s", float, "idle keep-alive connections are closed"),
-    ("header_timeout_s", float, "time allowed for a request's head"),
-    ("body_timeout_s", float, "time allowed for a request's body (408)"),
-    (
-        "max_connections",
-        int,
-        "requests being processed at once (body received; /healthz and /info never count), beyond it 503 "
-        "+ Retry-After; idle or half-sent connections do not count",
-    ),
-    (
-        "max_idle_connections",
-        int,
-        "connections idle or still sending their request; past it the one waiting longest is closed, so "
-        "slow clients cannot hold the server's slots",
-    ),
-    (
-        "max_idle_per_client",
-        int,
-        "the same, from one client address (behind a reverse proxy, which is one address, raise it to "
-        "--max-idle-connections)",
-    ),
-    (
-        "open_set",
-        str,
-        "answer \"unknown\" below the model's open-set threshold: auto | on | off, as predict's",
-    ),
-    (
-        "unknown_accept",
-        number(float, 0, 1),
-        "the share of known validation images the threshold accepts, as predict's --unknown-accept "
-        "(0: the model's own)",
-    ),
-)
-SERVE_CHOICES = {"backend": BACKENDS, "precision": INFERENCE_PRECISIONS, "open_set": OPEN_SET_MODES}
 
 
 def add_model_flags(p: argparse.ArgumentParser, batch_help: str = "images per model call") -> None:
@@ -163,6 +89,14 @@ def _add_predict(sub) -> None:
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     add_open_set_flags(p)
     p.add_argument(
+        "--threshold",
+        type=number(float, 0, 1),
+        default=None,
+        metavar="P",
+        help="a multi-label model answers every class whose probability reaches this (default: each "
+        "class's own threshold, fitted on the validation images); refused for a single-label model",
+    )
+    p.add_argument(
         "--explain",
         metavar="OUT_DIR",
         default=None,
@@ -208,11 +142,67 @@ def _add_rank(sub) -> None:
     add_open_set_flags(p)
 
 
+def _add_embed(sub) -> None:
+    p = sub.add_parser(
+        "embed", help="the model's features of images, for search by image similarity (resnetcls similar)"
+    )
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="image files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        required=True,
+        help="emb.npy: an (N, D) float32 array of L2-normalised pooled features, with emb.csv (row, path, "
+        "label, confidence) and emb.json (the model's sha256) beside it; or emb.parquet: one table with "
+        "the same columns and an embedding column (needs the extra resnetcls[embed])",
+    )
+    add_feature_flags(p)
+
+
+def _add_similar(sub) -> None:
+    p = sub.add_parser("similar", help="the indexed images nearest to query images (cosine similarity)")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP + "; the one that built the index")
+    p.add_argument(
+        "queries",
+        metavar="QUERY",
+        nargs="+",
+        help="query images: files, folders (recursive), quoted globs or CSV files listing paths",
+    )
+    p.add_argument(
+        "--index",
+        metavar="FILE",
+        required=True,
+        help="the emb.npy or emb.parquet that `resnetcls embed` wrote with MODEL",
+    )
+    p.add_argument("--topk", type=POSITIVE, default=10, help="matches listed per query")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (a list of {query, matches: [{rank, similarity, path, label, confidence, row}]}) "
+        "instead of a table per query",
+    )
+    add_feature_flags(p)
+
+
+def add_feature_flags(p: argparse.ArgumentParser) -> None:
+    """--batch-size and --precision of embed and similar (features come from the eager model: no
+    --backend)."""
+    p.add_argument("--batch-size", type=BATCH, default=INFERENCE_BATCH, help="images per model call")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=PRECISION_HELP)
+
+
 def add_inference_commands(sub) -> None:
-    """eval, predict and rank, in that order."""
+    """eval, predict, rank, embed and similar, in that order."""
     _add_eval(sub)
     _add_predict(sub)
     _add_rank(sub)
+    _add_embed(sub)
+    _add_similar(sub)
 
 
 def _add_export(sub) -> None:
@@ -227,6 +217,13 @@ def _add_export(sub) -> None:
         metavar="PATH",
         help="images (folder or file) for the parity check; default: the run's validation images (its "
         "split.csv beside MODEL), else synthetic images",
+    )
+    p.add_argument(
+        "--input",
+        choices=("float", "uint8"),
+        default="float",
+        help="float: float32 (N,3,S,S) preprocessed images (default); uint8: (N,S,S,3) RGB frames resized "
+        "to S x S, normalised inside the graph (model.uint8in.onnx / model.uint8in.torchscript.pt)",
     )
     p.add_argument(
         "--int8",
@@ -250,24 +247,43 @@ def _add_export(sub) -> None:
     )
 
 
-def _add_serve(sub) -> None:
+# benchmark's backends (export/bench_backends.py's BACKENDS; repeated so that --help loads no torch)
+BENCHMARK_BACKENDS = (
+    "torch-fp32, torch-bf16, onnxruntime-fp32, onnxruntime-int8, openvino-fp32, openvino-bf16, "
+    "openvino-int8, torchscript"
+)
+
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser(
-        "serve",
-        help="HTTP service: POST /predict, /predict/batch, /explain; GET /healthz, /info, /docs",
-        description="Every option is also a key of the config's serve: section (--max-batch is "
-        "serve.max_batch), read from --config FILE or --set; an option given here wins over both.",
+        "benchmark",
+        help="every backend this machine runs, side by side: file size, top-1, agreement with torch fp32, "
+        "latency and throughput, each checked against torch fp32 first",
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    defaults = ServeConfig()
-    for name, parse, text in SERVE_OPTIONS:
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=parse,
-            choices=SERVE_CHOICES.get(name),
-            help=f"{text} (default {getattr(defaults, name)})",
-        )
-    add_config_flags(p, "serve, or deploy.yaml with a serve: section")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="labelled images of the model's classes (its test split, else val, else all of it); default: "
+        "the run's validation split (its split.csv beside MODEL)",
+    )
+    p.add_argument("--backends", metavar="A,B,...", help=f"which ones (default all: {BENCHMARK_BACKENDS})")
+    p.add_argument(
+        "--images", type=POSITIVE, default=200, help="at most this many DATA images for top-1 and agreement"
+    )
+    p.add_argument("--runs", type=POSITIVE, default=50, help="timed batch-1 passes per backend")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the torch backends run"
+    )
+    p.add_argument(
+        "--threads",
+        type=number(int, 0, 4096),
+        default=0,
+        help="CPU threads of every backend (0: every usable core)",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help="what is printed")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 
 
 def _add_class_edits(sub) -> None:
@@ -301,7 +317,8 @@ def _add_class_edits(sub) -> None:
 
 
 def add_deploy_commands(sub) -> None:
-    """export, serve, add-class and remove-class, in that order."""
+    """export, benchmark, serve, add-class and remove-class, in that order."""
     _add_export(sub)
-    _add_serve(sub)
+    _add_benchmark(sub)
+    add_serve(sub)
     _add_class_edits(sub)

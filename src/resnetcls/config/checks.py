@@ -75,6 +75,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "serve.max_idle_connections": (1, _BIG, False, False),
     "serve.max_idle_per_client": (1, _BIG, False, False),
     "serve.unknown_accept": (0, 1, False, False),
+    "serve.threshold": (-1, 1, False, False),  # -1: each class's own; else a probability (serve checks it)
 }
 # Sizes where 0 means "derived from data.image_size".
 SIZE_OR_ZERO = ("data.resize_size", "data.cache_size")
@@ -93,7 +94,8 @@ CHOICES = {
     "data.interpolation": ("nearest", "bilinear", "bicubic"),
     "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
     "data.augment_on": ("auto", "host", "device"),
-    "ckpt.metric": ("val_top1", "val_top5", "val_loss"),
+    "data.multi_label": ("auto", "on", "off"),
+    "ckpt.metric": ("val_top1", "val_top5", "val_loss", "val_map"),
     "lifelong.strategy": ("naive", "replay", "derpp", "ncm", "ewc", "lwf", "joint"),
     "log.wandb_mode": ("offline", "online", "disabled"),
     "log.on_tracker_error": ("stop", "warn"),

@@ -39,6 +39,9 @@ class DataConfig:
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     val_fraction: float = 0.1  # stratified hold-out when DATA has no split
     split_by: str = ""  # CSV column whose groups stay on one side of the hold-out
+    multi_label: str = "auto"  # CSV manifests: auto (multi-label when a label holds label_separator, or
+    # one 0/1 column per class without a label column) | on | off (each label is one class name)
+    label_separator: str = ";"  # joins a multi-label CSV's labels in its label column: cup;spoon
     num_workers: int = -1  # DataLoader workers; -1 = one per core, at most 4
     on_bad: str = "skip"  # bad image during training: "skip" (warn + count) or "fail"
     batches: str = ""  # OpenLORIS layout: batch numbers to use, e.g. "1,2"; "" = all
@@ -112,7 +115,8 @@ class LossConfig:
 class CkptConfig:
     keep_last: int = 3
     every_steps: int = 0  # 0 = only at the end of each epoch
-    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss
+    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss |
+    # val_map (multi-label data: the mean average precision; chosen for it unless val_loss is given)
 
 
 @dataclass
@@ -191,6 +195,7 @@ class ServeConfig:
     max_idle_per_client: int = 16  # the same, from one client address
     open_set: str = "auto"  # as predict's --open-set: auto (on when the model has a threshold) | on | off
     unknown_accept: float = 0.0  # as predict's --unknown-accept; 0: the model's own share
+    threshold: float = -1.0  # as predict's --threshold (multi-label models); -1: each class's own
 
 
 @dataclass

@@ -44,6 +44,7 @@ from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
 from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
+from .multilabel import multi_label_choices
 from .openset import check_open_set
 from .optim import build_loss, build_optimization
 from .prepare import (
@@ -155,6 +156,9 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
         decide(plan, decide_recipe(plan, request))
     elif request.explicit is not None and not resuming:
         plan.decisions.append(recipe_off())
+    multi = multi_label_choices(plan.cfg, splits)  # engine/multilabel.py: bce, val_map, no open-set score
+    if multi[0]:
+        decide(plan, Decision("multi_label", multi[0], "multi-label data", multi[1]))
     if request.batch_auto:
         decide(plan, decide_batch_size(plan))
     if request.lr_auto:

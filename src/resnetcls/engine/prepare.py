@@ -28,6 +28,7 @@ from ..config import (
 )
 from ..data.augment import BatchMix, resolve_augment_on
 from ..data.cache import DecodedStore, resolve_cache_dir
+from ..data.csvlabels import CsvLabels, sampler_labels
 from ..data.loader import LoaderOptions, build_loader, known_bad_files
 from ..data.neardup import (
     leak_check_from_counts,
@@ -188,8 +189,9 @@ def prepare_run(
 
 def resolve_splits(data_cfg: DataConfig, seed: int) -> Splits:
     """The train/val splits of the data (the file list only: nothing is decoded); one class is refused."""
+    labels = CsvLabels(data_cfg.label_separator, data_cfg.multi_label, data_cfg.split_by)
     splits = load_splits(
-        data_cfg.train, data_cfg.val, data_cfg.val_fraction, seed, data_cfg.split_by, data_cfg.batches
+        data_cfg.train, data_cfg.val, data_cfg.val_fraction, seed, data_cfg.split_by, data_cfg.batches, labels
     )
     if len(splits.classes) < 2:  # one class would train to a meaningless 100%
         raise UserError(
@@ -222,7 +224,8 @@ def build_data(
         device_augment=resolve_augment_on(data_cfg.augment_on, ctx.device),
     )
     world = distributed.world_from_env()  # under torchrun each rank reads its own share, batch_size each
-    sampler = ResumableSampler(splits.train.labels, data_cfg.sampler, train_cfg.seed, world.rank, world.size)
+    labels = sampler_labels(splits.train)  # multi-label: each image's rarest class
+    sampler = ResumableSampler(labels, data_cfg.sampler, train_cfg.seed, world.rank, world.size)
     train_loader = pipeline.train_loader(splits.train, sampler, train_cfg.seed)
     # Validation: indices rank, rank + world, ...: every image on exactly one rank, no padding repeats.
     val_loader = pipeline.eval_loader(splits.val, range(world.rank, len(splits.val), world.size))
@@ -345,11 +348,8 @@ class DataPipeline:
     ) -> None:
         # device_augment (data.augment_on, data/augment.py's resolve_augment_on): training batches arrive as
         # uint8 canvases and each carries the crops, flips and policy to run on the training device
-        self.data_cfg, self.batch_size, self.uint8_batches = (
-            data_cfg,
-            batch_size,
-            uint8_batches or device_augment,
-        )
+        self.data_cfg, self.batch_size = data_cfg, batch_size
+        self.uint8_batches = uint8_batches or device_augment
         self.preprocess = make_preprocess(
             data_cfg.image_size,
             data_cfg.resize_size,

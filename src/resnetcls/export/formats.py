@@ -3,7 +3,8 @@
 Both formats take the same input as the eager model: float32 (N, 3, S, S) RGB images, resized, cropped and
 normalised as recorded in `preprocess` (which travels in the file's metadata with the class names), with a
 dynamic batch size N. Both give two outputs: `logits` (raw) and `probabilities` (the calibrated softmax over
-the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them), and a
+the classes, softmax(logits / T) with model.json's calibration temperature T, as predict gives them; for a
+multi-label model sigmoid(logits), its "multi_label" record (each class's threshold) in the metadata), and a
 third, `open_set_score`, for a model with an open-set score (model.json "open_set"), whose record travels in
 the metadata beside the class names.
 """
@@ -39,7 +40,6 @@ from ..inference.sessions import (
 from ..records.modelfile import LoadedModel, load_model_dir, record_export
 from ..records.runsplit import split_rows
 from ..utils.atomic import write_atomic
-from ..utils.calibration import calibrated_probabilities
 from ..utils.progress import progress_bar
 
 FORMATS = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
@@ -59,7 +59,9 @@ def torchscript_bytes(loaded: LoadedModel) -> bytes:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream; users ask for it
         # the kNN score's k (at most the bank's size, a constant) is read once while tracing: as intended
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded)))
+        # check_trace off: the tracer's own check runs the model three more times, and every caller compares
+        # the frozen file with eager anyway (export's check_parity, the benchmark's parity)
+        traced = torch.jit.freeze(torch.jit.trace(wrapped, example_input(loaded), check_trace=False))
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META: json.dumps(loaded.meta, indent=2)})
     return buffer.getvalue()
@@ -270,11 +272,12 @@ def _score_parity(loaded: LoadedModel, reference, batched, single) -> ScoreParit
 
 
 def check_parity(loaded: LoadedModel, run, images: CheckImages) -> ParityResult:
-    """Compare `run(batch) -> (probabilities, open-set scores or None)` with the eager fp32 model's calibrated
-    probabilities (and its scorer's scores), batched and at batch size 1."""
+    """Compare `run(batch) -> (probabilities, open-set scores or None)` with the eager fp32 model's
+    probabilities (calibrated softmax; a multi-label model's sigmoid) and its scorer's scores, batched and at
+    batch size 1."""
     with torch.inference_mode(), progress_bar(3, "export check", unit="pass") as bar:
         outputs = export_head(loaded)(images.tensors)
-        reference = calibrated_probabilities(outputs[0], loaded.temperature)
+        reference = outputs[1].float()  # softmax(logits / T), or a multi-label model's sigmoid(logits)
         reference_scores = outputs[2].float() if len(outputs) > 2 else None
         bar.update(1)
         exported, scores = run(images.tensors)
@@ -346,4 +349,5 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, str]:
     extra = {TORCHSCRIPT_META: ""}
     load_torchscript(path, extra)
     meta = json.loads(extra[TORCHSCRIPT_META])
-    return export_metadata(meta)
+    frames = {"input": json.dumps(meta["input"])} if "input" in meta else {}  # export --input uint8
+    return {**export_metadata(meta), **frames}

@@ -16,6 +16,10 @@ agreement is printed and recorded, not held to --min-agreement: the threshold wa
 images, so some lie next to it by construction and flip with any error (one flip is a third of a tiny run's
 three validation images).
 
+A multi-label model (model.json "multi_label") is checked by its decisions instead of its top-1: the share of
+(image, class) pairs on which int8 and fp32 agree whether the class reaches its threshold, held to
+--min-agreement (no accuracy is reported: the validation images' first label is not the answer).
+
 This module sits with evaluation/rank/serve in the layers (not beside export) because it reads the model's
 training data set (data.sources, config.yaml), which export, predict and serve may not import.
 """
@@ -51,6 +55,7 @@ from ..inference.sessions import (
 )
 from ..records.modelfile import LoadedModel, load_model_dir, record_export
 from ..utils.atomic import write_atomic
+from ..utils.multilabel import decide
 
 VALIDATION_IMAGES = 500  # at most this many validation images are compared (a few seconds of int8 inference)
 
@@ -70,12 +75,14 @@ class Int8Result:
     by_runtime: dict[str, dict]  # runtime -> {"agreement", "int8_top1"}: each runs its own int8 kernels
     # a model with an open-set score: the lowest share of images both call known or both unknown
     open_set_agreement: float | None = None
+    multi_label: bool = False  # agreement is then the share of (image, class) decisions that agree
 
     def summary(self) -> str:
         """One line: agreement with fp32 and the accuracy drop (when the images have labels)."""
         each = ", ".join(f"{RUNTIME_NAMES[r]} {v['agreement']:.2%}" for r, v in self.by_runtime.items())
+        what = "label decisions (image, class) agree" if self.multi_label else "top-1 agrees"
         line = (
-            f"int8 vs fp32 on {self.images} validation images: top-1 agrees on {self.agreement:.2%} ({each};"
+            f"int8 vs fp32 on {self.images} validation images: {what} on {self.agreement:.2%} ({each};"
             f" calibrated on {self.calibration_images} images from {self.calibration_source})"
         )
         if self.open_set_agreement is not None:
@@ -100,6 +107,7 @@ class Int8Result:
             "calibration_images": self.calibration_images,
             "calibration_source": self.calibration_source,
             **({"open_set_agreement": round(self.open_set_agreement, 6)} if self.open_set else {}),
+            **({"agreement_of": "label decisions (image, class)"} if self.multi_label else {}),
         }
 
     @property
@@ -241,14 +249,23 @@ def _top1(pred: torch.Tensor, labels: list[int]) -> float | None:
 
 
 def _eager_fp32(loaded: LoadedModel, check: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The eager fp32 top-1 of the check images and, for a model with an open-set score, whether each is
-    known (its score at or above the model's threshold)."""
+    """The eager fp32 probabilities of the check images and, for a model with an open-set score, whether
+    each is known (its score at or above the model's threshold)."""
     with torch.inference_mode():
         outputs = [export_head(loaded)(b) for b in check.split(64)]
-    top1 = torch.cat([o[0] for o in outputs]).argmax(1)
+    probs = torch.cat([o[1] for o in outputs])
     if loaded.scorer is None:
-        return top1, None
-    return top1, torch.cat([o[2] for o in outputs]) >= float(loaded.open_set["threshold"])
+        return probs, None
+    return probs, torch.cat([o[2] for o in outputs]) >= float(loaded.open_set["threshold"])
+
+
+def agreement(loaded: LoadedModel, fp32: torch.Tensor, int8: torch.Tensor) -> float:
+    """The share of images whose top-1 agrees between two (N, classes) probabilities; for a multi-label model,
+    the share of (image, class) decisions at its thresholds that agree."""
+    if loaded.multi_label is None:
+        return float((fp32.argmax(1) == int8.argmax(1)).float().mean())
+    thresholds = loaded.multi_label["thresholds"]
+    return float((decide(fp32, thresholds) == decide(int8, thresholds)).float().mean())
 
 
 def _check_runtimes(loaded: LoadedModel, data: bytes, check: torch.Tensor, labels: list[int]) -> tuple:
@@ -258,16 +275,16 @@ def _check_runtimes(loaded: LoadedModel, data: bytes, check: torch.Tensor, label
     by_runtime = {}
     for runtime in RUNTIMES:
         session = onnx_session(data, runtime=runtime)
-        int8 = torch.cat([onnx_probabilities(session, b) for b in check.split(64)]).argmax(1)
+        int8 = torch.cat([onnx_probabilities(session, b) for b in check.split(64)])
         by_runtime[runtime] = {
-            "agreement": float((fp32 == int8).float().mean()),
-            "int8_top1": _top1(int8, labels),
+            "agreement": agreement(loaded, fp32, int8),
+            "int8_top1": _top1(int8.argmax(1), labels),
         }
         if known is not None:  # decisions, not values: see the module's docstring
             scores = torch.cat([onnx_output(session, b, OPEN_SET_OUTPUT) for b in check.split(64)])
             decided = scores >= float(loaded.open_set["threshold"])
             by_runtime[runtime]["open_set_agreement"] = float((decided == known).float().mean())
-    return fp32, by_runtime
+    return fp32.argmax(1), by_runtime
 
 
 def export_int8(
@@ -291,6 +308,7 @@ def export_int8(
     train, val, source = training_data(loaded.path, calibration)
     calib, _ = _tensors(loaded, train, images)
     check, labels = _tensors(loaded, val, VALIDATION_IMAGES, seed=1)
+    labels = labels if loaded.multi_label is None else [-1] * len(labels)  # no top-1 accuracy: see above
     data = int8_bytes(loaded, calib)
     fp32, by_runtime = _check_runtimes(loaded, data, check, labels)
     decisions = [v["open_set_agreement"] for v in by_runtime.values() if "open_set_agreement" in v]
@@ -307,6 +325,7 @@ def export_int8(
         int8_top1,
         by_runtime,
         min(decisions) if decisions else None,
+        loaded.multi_label is not None,
     )
     if result.agreement < min_agreement:
         raise UserError(

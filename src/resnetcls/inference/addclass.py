@@ -14,8 +14,9 @@ exist, so each photo is scored by a scorer grown from the other photos (leave on
 an unseen view), and those scores join the known validation scores' quantiles weighted as one class among
 all; the threshold then accepts the record's share of that mixture. With one photo, or a max-softmax or
 energy score (the head was tuned on every photo), the source's threshold is kept, and the record says which
-("refitted"). The calibration temperature is kept. The source model directory is never modified: a new one
-is written.
+("refitted"). The calibration temperature is kept, and a multi-label model's thresholds of the classes it
+keeps (add-class refuses a multi-label model). The source model directory is never modified: a new one is
+written.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..utils.openset import (
     threshold_for,
 )
 from .inputs import expand_inputs
+from .multilabel import refuse_new_class, write_kept_thresholds
 
 DEFAULT_STEPS = 100  # full-batch Adam steps of the head; each takes milliseconds
 DEFAULT_SECONDS = 10.0  # the tuning stops early past this (then it is no longer reproducible bit for bit)
@@ -98,6 +100,7 @@ def _check_new_name(loaded: LoadedModel, name: str) -> str:
         raise UserError(f"{name!r} is reserved: it is the answer for images of no known class")
     if name in loaded.classes:
         raise UserError(f"{loaded.path}: {name!r} is already one of its {len(loaded.classes)} classes")
+    refuse_new_class(loaded)
     return name
 
 
@@ -316,6 +319,7 @@ def _write(loaded: LoadedModel, out: Path, model: nn.Module, classes: list[str],
     save_model_dir(out, model, meta["arch"], meta["arch_args"], classes, meta["preprocess"], metrics)
     if "calibration" in meta:
         write_calibration(out, meta["calibration"])
+    write_kept_thresholds(out, meta, classes)  # a multi-label model's, of the classes kept
     if scorer is not None:
         record = {k: v for k, v in loaded.open_set.items() if k not in ("score", "k", "file")}
         write_open_set(out, scorer, {**record, **(refit or {"refitted": False}), "note": note})
@@ -360,12 +364,8 @@ def add_class(
     new_var = _new_class_stats(stats, features)["class_var"]
     weight, bias = tune_head(head, stats, features, new_var, settings)
     photos_used = len(features) // 2
-    metrics = {
-        "added_class": name,
-        "added_from_photos": photos_used,
-        "tuning_steps": settings.steps,
-        "source_classes": len(loaded.classes),
-    }
+    metrics = {"added_class": name, "added_from_photos": photos_used, "tuning_steps": settings.steps}
+    metrics["source_classes"] = len(loaded.classes)
     scorer = grown_scorer(loaded.scorer, features, stats)
     refit = _refit(loaded, scorer, features, stats)
     note = f"class {name!r} added from {photos_used} photos; {refit.pop('how')}"

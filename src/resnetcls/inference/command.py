@@ -15,13 +15,17 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..utils.multilabel import DEFAULT_SEPARATOR
 from .explain import Explainer, OverlayWriter, writable_dir
 from .inputs import expand_inputs
+from .multilabel import labels_cells, labels_text
 from .predictor import EachImage, Prediction, Predictor
 from .standalone import is_onnx_file
 
 OPEN_SET_COLUMNS = ["label", "unknown", "open_set_score"]  # csv columns with open-set rejection on
 ANSWER_HEADER = "answer (open-set score)"  # the table's answer column with open-set rejection on
+LABEL_COLUMNS = ["labels", "label_probs"]  # csv columns of a multi-label model
+LABELS_HEADER = "labels (probability)"  # the table's answer column of a multi-label model
 
 
 def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, EachImage]:
@@ -29,7 +33,11 @@ def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, Ea
     writes each image's Grad-CAM overlay of its top-1 class as it is predicted, sets its `gradcam` path, or
     prints one warning line naming the image and why its overlay could not be written."""
     explainer = Explainer(
-        predictor.model, predictor.loaded.preprocess, predictor.device, temperature=predictor.temperature
+        predictor.model,
+        predictor.loaded.preprocess,
+        predictor.device,
+        temperature=predictor.temperature,
+        sigmoid=predictor.label_rule is not None,
     )
     writer = OverlayWriter(explainer, out_dir)
     index = {name: i for i, name in enumerate(predictor.classes)}
@@ -45,34 +53,44 @@ def overlay_each(predictor: Predictor, out_dir: Path) -> tuple[OverlayWriter, Ea
     return writer, each
 
 
-def format_results(results: list[Prediction], fmt: str, explained: bool = False) -> str:
+def format_results(
+    results: list[Prediction], fmt: str, explained: bool = False, separator: str = DEFAULT_SEPARATOR
+) -> str:
     """table (for people: the path column padded to the longest path, each class column to its widest
     entry, so every row lines up), json (a list of objects) or csv (path,rank,class,prob,error); with overlays
     (explained, --explain), each format also names the image's Grad-CAM overlay (csv: a gradcam column, empty
     where none was written). With open-set rejection on (any result has an open-set score), each format
     also gives the answer: the top class or "unknown" (table: an answer column with the score; json: label,
-    unknown and open_set_score keys; csv: label, unknown and open_set_score columns)."""
+    unknown and open_set_score keys; csv: label, unknown and open_set_score columns). For a multi-label
+    model (results with labels), each format gives the labels at or above their thresholds (table: a labels
+    column, "(none)" when no class reached its threshold; json: labels, a list of {label, probability};
+    csv: labels and label_probs columns, each joined with the model's separator, empty for none)."""
     explained = explained or any(r.gradcam for r in results)
     open_set = any(r.open_set_score is not None for r in results)
+    multi_label = any(r.labels is not None for r in results)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     if fmt == "csv":
-        return _csv(results, explained, open_set)
-    return _table(results, open_set)
+        return _csv(results, explained, open_set, separator if multi_label else None)
+    if multi_label:
+        return _table(results, [labels_text(r) for r in results], LABELS_HEADER)
+    return _table(results, [_answer(r) for r in results] if open_set else None)
 
 
-def _csv(results: list[Prediction], explained: bool, open_set: bool) -> str:
+def _csv(results: list[Prediction], explained: bool, open_set: bool, separator: str | None = None) -> str:
+    """One row per path and rank; separator: a multi-label model's (its labels and label_probs columns)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    header = ["path", "rank", "class", "prob", "error"] + OPEN_SET_COLUMNS * open_set
-    writer.writerow(header + ["gradcam"] * explained)
+    extra = OPEN_SET_COLUMNS * open_set + LABEL_COLUMNS * (separator is not None)
+    writer.writerow(["path", "rank", "class", "prob", "error"] + extra + ["gradcam"] * explained)
     for r in results:
         answer = _answer_cells(r) if open_set else []
+        answer += labels_cells(r, separator) if separator is not None else []
         rows = [
             [r.path, k + 1, c, f"{p:.6f}", ""] + answer + [r.gradcam] * explained
             for k, (c, p) in enumerate(r.top)
         ]
-        blank = [""] * (len(OPEN_SET_COLUMNS) * open_set + explained)
+        blank = [""] * (len(extra) + explained)
         writer.writerows(rows or [[r.path, "", "", "", r.error] + blank])
     return buf.getvalue()
 
@@ -89,19 +107,19 @@ def _answer(r: Prediction) -> str:
     return "" if r.open_set_score is None else f"{r.label} ({r.open_set_score:.3f})"
 
 
-def _table(results: list[Prediction], open_set: bool = False) -> str:
+def _table(results: list[Prediction], answers: list[str] | None = None, header: str = ANSWER_HEADER) -> str:
+    """answers: each image's answer cell, a column after the path (None: no such column)."""
     width = max([len("path")] + [len(r.path) for r in results])
     cells = [[f"{c} ({p:.3f})" for c, p in r.top] for r in results]
     widths = [
         max(len(row[k]) for row in cells if len(row) > k) for k in range(max(map(len, cells), default=0))
     ]
-    answers = [_answer(r) for r in results] if open_set else []
-    answer_width = max([len(ANSWER_HEADER)] + [len(a) for a in answers])
-    answer_head = f"{ANSWER_HEADER:<{answer_width}}  " if open_set else ""
+    answer_width = max([len(header)] + [len(a) for a in answers or []])
+    answer_head = f"{header:<{answer_width}}  " if answers is not None else ""
     lines = [f"{'path':<{width}}  {answer_head}top classes (probability)"]
     for n, (r, row) in enumerate(zip(results, cells)):
         body = f"ERROR: {r.error}" if r.error else "  ".join(f"{c:<{w}}" for c, w in zip(row, widths))
-        if open_set and not r.error:
+        if answers is not None and not r.error:
             body = f"{answers[n]:<{answer_width}}  {body}"
         body = body.rstrip() + (f"  gradcam: {r.gradcam}" if r.gradcam else "")
         lines.append(f"{r.path:<{width}}  {body}")
@@ -127,7 +145,8 @@ def unknown_accept_note(predictor: Predictor) -> str:
 class PredictOptions:
     """What `predict` computes and prints, apart from how the model runs (backend, precision): the top-k
     classes, the output format, the batch size, flip TTA, the folder of Grad-CAM overlays (--explain), and
-    open-set rejection (--open-set auto|on|off, --unknown-accept SHARE: utils.openset.open_set_threshold)."""
+    open-set rejection (--open-set auto|on|off, --unknown-accept SHARE: utils.openset.open_set_threshold),
+    and a multi-label model's one threshold for every class (--threshold; None: each class's own)."""
 
     topk: int = 5
     fmt: str = "table"
@@ -136,6 +155,7 @@ class PredictOptions:
     explain_dir: str | None = None
     open_set: str = "auto"
     unknown_accept: float | None = None
+    label_threshold: float | None = None
 
 
 def run_predict(
@@ -169,6 +189,7 @@ def run_predict(
         precision=precision,
         open_set=options.open_set,
         unknown_accept=options.unknown_accept,
+        label_threshold=options.label_threshold,
     )
     note = unknown_accept_note(predictor)
     if note:
@@ -182,7 +203,8 @@ def run_predict(
         )
     )
     results = [Prediction(p, error=reason) if reason else next(predicted) for p, reason in items]
-    sys.stdout.write(format_results(results, options.fmt, explained=writer is not None))
+    separator = predictor.label_rule.separator if predictor.label_rule is not None else DEFAULT_SEPARATOR
+    sys.stdout.write(format_results(results, options.fmt, writer is not None, separator))
     failed = sum(1 for r in results if r.error)
     if failed:
         print(

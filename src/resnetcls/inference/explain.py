@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..utils.atomic import write_atomic
+from .multilabel import head_probabilities
 
 METHODS = ("gradcam", "gradcam++")
 OVERLAY_SUFFIX = ".gradcam.png"
@@ -124,6 +125,7 @@ class Explainer:
         method: str = "gradcam",
         private_copy: bool = False,
         temperature: float = 1.0,
+        sigmoid: bool = False,
     ) -> None:
         if method not in METHODS:
             raise UserError(f"explanation method {method!r}: expected one of {', '.join(METHODS)}")
@@ -132,12 +134,14 @@ class Explainer:
         self.model = copy.deepcopy(model).float() if private_copy else model
         self.device, self.method = device, method
         self.temperature = temperature  # model.json's calibration: the probabilities predict gives
+        self.sigmoid = sigmoid  # a multi-label model: each class's own sigmoid probability
         self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(preprocess["std"], dtype=torch.float32).view(3, 1, 1)
         self.lock = threading.Lock()
 
     def _forward_backward(self, image: torch.Tensor, class_index: int | None):
-        """(layer4 output, its gradient for the class, softmax probabilities, class index) for one image."""
+        """(layer4 output, its gradient for the class, probabilities as predict gives them, class index) for
+        one image."""
         kept = {}
 
         def keep(_module, _inputs, output):
@@ -153,7 +157,7 @@ class Explainer:
             ):
                 x = image[None].to(self.device, torch.float32).clone().requires_grad_(True)
                 logits = self.model(x).float()
-                probs = (logits / self.temperature).softmax(dim=1)[0].detach()
+                probs = head_probabilities(logits, self.temperature, self.sigmoid)[0].detach()
                 index = int(probs.argmax()) if class_index is None else class_index
                 (grad,) = torch.autograd.grad(logits[0, index], kept["act"])
         finally:

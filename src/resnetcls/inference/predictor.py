@@ -22,12 +22,12 @@ from ..data.decode import DecodeError, decode_image, decode_in_memory
 from ..data.transforms import build_eval_transform, stack_images
 from ..errors import UserError
 from ..records.modelfile import LoadedModel, load_model_dir
-from ..utils.calibration import calibrated_probabilities
 from ..utils.hardware import auto_exported_backend, pick_device, precision_name, resolve_amp, usable_cores
 from ..utils.openset import UNKNOWN, open_set_threshold
 from ..utils.progress import progress_bar
 from .addclass import TuneSettings, add_class
 from .inputs import ImageInput, input_name, to_items
+from .multilabel import label_rule, labels_json, labels_repr, model_probabilities, open_set_mode
 from .sessions import (
     int8_session_for,
     onnx_file_current,
@@ -56,6 +56,8 @@ class Prediction:
     # with open-set rejection on: the image's score and whether it fell below the threshold ("unknown")
     open_set_score: float | None = None
     unknown: bool = False
+    labels: list[str] | None = None  # a multi-label model's answer (multilabel.py), highest first; else None
+    label_probs: dict[str, float] = field(default_factory=dict)  # each of those labels' probability
 
     @property
     def label(self) -> str:
@@ -66,13 +68,14 @@ class Prediction:
     def to_dict(self) -> dict:
         if self.error:
             return {"path": self.path, "error": self.error}
-        extra = {"gradcam": self.gradcam} if self.gradcam else {}
+        extra = labels_json(self) | ({"gradcam": self.gradcam} if self.gradcam else {})
         if self.open_set_score is not None:
             extra.update(label=self.label, unknown=self.unknown, open_set_score=round(self.open_set_score, 6))
         return {"path": self.path, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top], **extra}
 
     def __repr__(self) -> str:
         body = f"error: {self.error}" if self.error else ", ".join(f"{c} {p:.2f}" for c, p in self.top)
+        body = body if self.error else labels_repr(self) + body
         if self.unknown:
             body = f"{UNKNOWN} (score {self.open_set_score:.3g}; nearest {body})"
         return f"Prediction({self.path!r}: {body})"
@@ -124,8 +127,9 @@ class Predictor:
     was written); "auto" the fastest verified fp path (resolve_backend). precision (torch and openvino):
     "auto" is bf16 (+ channels_last for torch) where the device computes bf16 natively (as training picks it,
     hardware.resolve_amp), else fp32; "fp32" gives bit-stable outputs on every machine; "bf16" forces bf16
-    (slow where it is emulated). Probabilities are calibrated: softmax(logits / T) with model.json's
-    calibration temperature (T = 1 for a model without one); the ONNX graph has the same T built in.
+    (slow where it is emulated). Probabilities: softmax(logits / T), T model.json's calibration temperature
+    (1 without one; the ONNX graph has it built in); a multi-label model's: sigmoid(logits), each Prediction
+    listing the labels at or above their thresholds (multilabel.py). Open-set rejection is off for those.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class Predictor:
         backend: str = "auto",
         open_set: str = "auto",
         unknown_accept: float | None = None,
+        label_threshold: float | None = None,
     ) -> None:
         _check_choices(backend, precision)
         bare = is_onnx_file(model)
@@ -163,7 +168,9 @@ class Predictor:
             self.precision = self.session.precision  # what OpenVINO compiled it in (bf16 where native)
         else:
             self.precision = precision_name(self.amp_dtype)  # ONNX Runtime: amp_dtype None, fp32
+        open_set, unknown_accept = open_set_mode(self.loaded, open_set, unknown_accept)  # off: multi-label
         self.threshold = open_set_threshold(self.loaded, open_set, unknown_accept)
+        self.label_rule = label_rule(self.loaded, label_threshold)  # None: a single-label model
         self.unknown_accept = unknown_accept
         if self.threshold is not None and self.session is not None:  # rejection needs the file's score
             require_open_set_output(self.session, self.loaded, int8=backend.endswith("-int8"))
@@ -247,14 +254,14 @@ class Predictor:
         if scorer is None:
             return self.probabilities(batch), None
         features, logits = self.features_and_logits(batch)
-        return calibrated_probabilities(logits, self.temperature), scorer(features, logits)
+        return model_probabilities(logits, self.loaded), scorer(features, logits)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) preprocessed images -> (N, classes) fp32 probabilities softmax(logits / T)."""
         if self.session is not None:
             return onnx_probabilities(self.session, batch)
-        return calibrated_probabilities(self.logits(batch), self.temperature)
+        return model_probabilities(self.logits(batch), self.loaded)
 
     def load(self, path, name: str = "") -> torch.Tensor | str:
         """Decoded, preprocessed image (a path, PIL image or HxWx3 uint8 array: an item of
@@ -361,6 +368,8 @@ class Predictor:
             if scores is not None:
                 results[i].open_set_score = float(scores[n])
                 results[i].unknown = results[i].open_set_score < self.threshold
+        if self.label_rule is not None:
+            self.label_rule.annotate([results[i] for i in slots], probs)
         if each is not None:
             for i, image in zip(slots, tensors):
                 each(results[i], image)
@@ -373,11 +382,12 @@ def load(
     device: str = "auto",
     open_set: str = "auto",
     unknown_accept: float | None = None,
+    label_threshold: float | None = None,
 ) -> Predictor:
     """`resnetcls.load(path)`: the Predictor for a run directory (its best/ model, else final/), a model
     directory, or a bare model.onnx that `resnetcls export` wrote (backend onnxruntime or openvino).
-    open_set and unknown_accept: as predict's --open-set and --unknown-accept (a Prediction's label is
-    "unknown" when its open-set score is below the model's threshold)."""
+    open_set, unknown_accept and label_threshold: predict's --open-set, --unknown-accept (a Prediction's
+    label is "unknown" below the model's open-set threshold) and --threshold (multi-label models)."""
     return Predictor(
         model,
         device=device,
@@ -385,4 +395,5 @@ def load(
         backend=backend,
         open_set=open_set,
         unknown_accept=unknown_accept,
+        label_threshold=label_threshold,
     )

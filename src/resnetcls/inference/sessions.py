@@ -4,16 +4,15 @@ openvino backends run it): predict must not import the export command, so what b
 
 An exported model takes float32 (N, 3, S, S) RGB images, preprocessed as recorded in `preprocess` (which
 travels in the file's metadata with the class names), and gives `logits` (raw) and `probabilities`
-(calibrated: softmax(logits / T) with model.json's calibration temperature, also in the metadata); a model
-with an open-set score (model.json "open_set") gives a third output, `open_set_score` (utils/openset.py:
-higher = more like a known class), and carries the record (threshold, accept, quantiles) as the metadata
-key "open_set". A file in the model directory is run only when model.json records its sha256 and the file
-still has it (modelfile.record_export), and only while it was exported from the same weights, temperature
-and open-set record.
+(softmax(logits / T), T model.json's calibration temperature, also in the metadata; a multi-label model's:
+sigmoid(logits), its thresholds' record in the metadata key "multi_label"); a model with an open-set score
+gives a third output, `open_set_score` (utils/openset.py: higher = more like a known class), its record
+(threshold, accept, quantiles) in the metadata key "open_set". A file in the model directory is run only
+when model.json records its sha256 and the file still has it (modelfile.record_export), and only while it
+was exported from the same weights, temperature, multi-label and open-set records.
 
-Both runtimes ship with telemetry: ONNX Runtime writes a device id under ~/.cache/Microsoft and OpenVINO a
-client id under ~/intel and sends usage events. Both are turned off before either is imported
-(runtime_telemetry_off) unless the user sets RESNETCLS_RUNTIME_TELEMETRY=1.
+Both runtimes' telemetry (ONNX Runtime's device id under ~/.cache/Microsoft, OpenVINO's client id under
+~/intel and its usage events) is off before either is imported unless RESNETCLS_RUNTIME_TELEMETRY=1.
 """
 
 from __future__ import annotations
@@ -34,11 +33,10 @@ from ..errors import UserError
 from ..records.modelfile import WEIGHTS, LoadedModel, check_export_hash, temperature_of
 from ..utils.hardware import cpu_has_fast_bf16
 from ..utils.openset import OpenSetScorer
+from .multilabel import export_fields, head_probabilities
 
 ONNX_FILE = "model.onnx"  # inside a model directory, where predict and serve look for it
-INT8_FILE = (
-    "model.int8.onnx"  # the int8 form (export/int8.py), for --backend onnxruntime-int8 / openvino-int8
-)
+INT8_FILE = "model.int8.onnx"  # the int8 form (export/int8.py), for the -int8 backends
 RUNTIMES = ("onnxruntime", "openvino")
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 OUTPUTS = ("logits", "probabilities")
@@ -71,31 +69,31 @@ def runtime_telemetry_off(openvino: bool = False) -> None:
 
 
 class ProbabilityHead(nn.Module):
-    """The classifier plus the calibrated softmax, so exported files give probabilities without extra code:
-    (raw logits, softmax(logits / temperature)); temperature 1 is the plain softmax. With an open-set scorer,
-    a third output: its score of the pooled features and the raw logits (the scorer's tensors become
-    constants of the traced graph)."""
+    """The classifier plus its probabilities, so exported files need no extra code: (raw logits,
+    softmax(logits / temperature)), or sigmoid(logits) for a multi-label model (sigmoid True). With an
+    open-set scorer, a third output: its score of the pooled features and the raw logits (graph constants)."""
 
     def __init__(
-        self, model: nn.Module, temperature: float = 1.0, scorer: OpenSetScorer | None = None
+        self, model: nn.Module, temperature: float = 1.0, scorer: OpenSetScorer | None = None, sigmoid=False
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.scorer, self.sigmoid = model, scorer, sigmoid
         self.temperature = float(temperature)  # a constant in the traced graph
-        self.scorer = scorer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.scorer is None:
             logits = self.model(x)
-            return logits, (logits / self.temperature).softmax(dim=1)
+            return logits, head_probabilities(logits, self.temperature, self.sigmoid)
         features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
         logits = self.model.get_classifier()(features)
-        return logits, (logits / self.temperature).softmax(dim=1), self.scorer(features, logits)
+        probabilities = head_probabilities(logits, self.temperature, self.sigmoid)
+        return logits, probabilities, self.scorer(features, logits)
 
 
 def export_head(loaded: LoadedModel) -> ProbabilityHead:
-    """What the exporters trace: the model's classifier, calibrated softmax and open-set score (if any)."""
-    return ProbabilityHead(loaded.model, loaded.temperature, loaded.scorer).eval()
+    """What the exporters trace: the model's classifier, probabilities and open-set score (if any)."""
+    sigmoid = loaded.multi_label is not None
+    return ProbabilityHead(loaded.model, loaded.temperature, loaded.scorer, sigmoid).eval()
 
 
 def output_names(loaded: LoadedModel) -> list[str]:
@@ -121,6 +119,7 @@ def export_metadata(meta: dict) -> dict[str, str]:
         "input": "float32 (N,3,S,S) RGB, preprocessed as in 'preprocess'; outputs: logits (raw), "
         f"probabilities (softmax(logits / temperature)){third if extra else ''}",
         **extra,
+        **export_fields(meta),  # a multi-label model: its thresholds' record, sigmoid probabilities
     }
 
 
@@ -272,8 +271,7 @@ def onnx_scored_probabilities(session, batch: torch.Tensor) -> tuple[torch.Tenso
     run; the scores are None when the file has no open_set_score output."""
     if not has_open_set_output(session):
         return onnx_probabilities(session, batch), None
-    probabilities, scores = onnx_outputs(session, batch, ["probabilities", OPEN_SET_OUTPUT])
-    return probabilities, scores
+    return tuple(onnx_outputs(session, batch, ["probabilities", OPEN_SET_OUTPUT]))
 
 
 def onnx_probabilities(session, batch: torch.Tensor) -> torch.Tensor:
@@ -315,6 +313,8 @@ def _staleness(meta: dict[str, str], loaded: LoadedModel) -> str | None:
         return "from other weights"
     if exported_temperature(meta) != loaded.temperature:
         return f"with temperature {meta.get('temperature', '1.0')}, model.json has {loaded.temperature:g}"
+    if meta.get("multi_label") != export_metadata(loaded.meta).get("multi_label"):
+        return "with other multi-label thresholds (or without them)"
     if meta.get("open_set") == export_metadata(loaded.meta).get("open_set"):
         return None
     if "open_set" not in meta:

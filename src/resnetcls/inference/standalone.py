@@ -4,8 +4,10 @@ is a .onnx file that `resnetcls export` wrote.
 Everything the file needs travels in its metadata (sessions.export_metadata): the class names, the
 preprocessing, the calibration temperature (already inside the graph's `probabilities` output), the
 architecture and the weights' sha256, and for a model with an open-set score its record (threshold, accepted
-share, quantiles; the score itself is the graph's `open_set_score` output). It runs with ONNX Runtime or
-OpenVINO only: there are no eager weights to run with torch or to explain with Grad-CAM.
+share, quantiles; the score itself is the graph's `open_set_score` output), and for a multi-label model
+its "multi_label" record (each class's threshold; the graph's `probabilities` are then sigmoids). It runs
+with ONNX Runtime or OpenVINO only: there are no eager weights to run with torch or to explain with
+Grad-CAM.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .sessions import exported_temperature, read_onnx_metadata
 # The metadata a bare file must carry to be run: what predictions are named and preprocessed by.
 REQUIRED_KEYS = ("resnetcls.format", "arch", "arch_args", "classes", "preprocess")
 RUNS_WITH = "a bare ONNX file runs with --backend onnxruntime or openvino"
+# The input of a file exported with `export --input uint8` (export/rawinput.py), as its metadata "input" says.
+FRAME_DTYPE, FRAME_LAYOUT = "uint8", "NHWC"
 
 
 def is_onnx_file(model: str | os.PathLike) -> bool:
@@ -50,8 +54,8 @@ def standalone_backend(backend: str, precision: str, path: str | os.PathLike) ->
 class OnnxModel:
     """A bare exported file, answering what Predictor and serve ask a LoadedModel (records/modelfile.py):
     meta (model.json's fields, rebuilt from the metadata), path, classes, preprocess, temperature, open_set
-    (the record, None without one); `model` and `scorer` are None (no eager weights: the file computes the
-    score)."""
+    (the record, None without one), multi_label (the thresholds' record, None for a single-label model);
+    `model` and `scorer` are None (no eager weights: the file computes the score)."""
 
     meta: dict
     path: Path
@@ -62,6 +66,10 @@ class OnnxModel:
     @property
     def open_set(self) -> dict | None:
         return self.meta.get("open_set")
+
+    @property
+    def multi_label(self) -> dict | None:
+        return self.meta.get("multi_label")
 
     @property
     def classes(self) -> list[str]:
@@ -87,6 +95,16 @@ def _metadata(path: Path) -> dict[str, str]:
         ) from None
 
 
+def takes_frames(raw: dict[str, str]) -> bool:
+    """Whether an exported file's metadata says it takes uint8 frames (export --input uint8), not the float32
+    preprocessed batches predict and serve feed."""
+    try:
+        contract = json.loads(raw.get("input", ""))
+    except json.JSONDecodeError:
+        return False  # the float32 file's "input" is a sentence
+    return isinstance(contract, dict) and contract.get("dtype") == FRAME_DTYPE
+
+
 def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
     """Read and check a bare model.onnx's metadata; UserError naming the file and the keys it lacks (a file
     not exported by resnetcls) or the field that is wrong."""
@@ -98,10 +116,17 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
             f"{path}: not a resnetcls export: its metadata lacks {', '.join(missing)} "
             f"(export a model directory with `resnetcls export MODEL --to onnx`)"
         )
+    if takes_frames(raw):
+        raise UserError(
+            f"{path}: takes uint8 camera frames (exported with --input uint8), which predict, eval and serve "
+            f"do not feed; give them the model folder or the float32 file `resnetcls export MODEL --to onnx` "
+            f"writes"
+        )
     try:
         fields = {k: json.loads(raw[k]) for k in ("arch_args", "classes", "preprocess")}
         calibration = json.loads(raw.get("calibration", "null"))
         open_set = json.loads(raw.get("open_set", "null"))
+        multi_label = json.loads(raw.get("multi_label", "null"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: metadata is not valid JSON: {e}") from None
     temperature = exported_temperature(raw)
@@ -114,6 +139,8 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxModel:
         meta["quantization"] = raw["quantization"]
     if open_set is not None:  # checked as model.json's record is (its tensors are inside the graph)
         meta["open_set"] = open_set
+    if multi_label is not None:  # thresholds and separator, checked as model.json's record is
+        meta["multi_label"] = multi_label
     hashes = {WEIGHTS: raw.get("weights_sha256", "0" * 64), OPEN_SET_FILE: "0" * 64}
     check_meta({**meta, "sha256": hashes}, path)
     return OnnxModel(meta, path, temperature)

@@ -152,6 +152,26 @@ def _check_open_set(record, hashes, where: Path) -> None:
     )
 
 
+def _check_multi_label(record, num_classes: int, where: Path) -> None:
+    """The optional "multi_label" record (the end of a multi-label train writes it): one decision threshold
+    in [0, 1] a class (utils/multilabel.py), and the label separator the model's CSVs used."""
+    _check(isinstance(record, dict), where, "multi_label must be an object")
+    thresholds = record.get("thresholds")
+    _check(
+        isinstance(thresholds, list)
+        and len(thresholds) == num_classes
+        and all(is_finite_number(value) and 0 <= value <= 1 for value in thresholds),
+        where,
+        f"multi_label.thresholds must be {num_classes} numbers in [0, 1], one a class",
+    )
+    separator = record.get("separator", ";")
+    _check(
+        isinstance(separator, str) and len(separator) == 1 and not separator.isalnum(),
+        where,
+        f"multi_label.separator={separator!r} must be one punctuation character",
+    )
+
+
 def _is_digest(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
@@ -190,4 +210,6 @@ def check_meta(meta, where: Path) -> dict:
     _check(bad is None, where, f"sha256.{bad} must be a 64-digit hex digest of a file in the model directory")
     if "open_set" in meta:
         _check_open_set(meta["open_set"], hashes, where)
+    if "multi_label" in meta:
+        _check_multi_label(meta["multi_label"], len(meta["classes"]), where)
     return meta

@@ -13,6 +13,11 @@ Optional field "open_set" (engine/openset.py at the end of train; inference/addc
 ...}; the scorer's tensors (and the per-class statistics of the pooled features) are in that file, hashed in
 "sha256". A model directory without it loads with open-set rejection off.
 
+Optional field "multi_label" (the end of a multi-label train): {"thresholds": one per class,
+"separator": the label separator of its CSVs, "rule", "fitted_on", "images"}. Such a model answers every class
+whose sigmoid probability (utils/multilabel.py) reaches its threshold; without the field a model is
+single-label (softmax).
+
 "sha256" holds the weights' hash, model.json's content hash and, once exported into the directory, the hash of
 each exported file (model.onnx, model.int8.onnx, model.torchscript.pt: record_export); predict and serve run
 an exported file only when its hash is the one recorded (check_export_hash).
@@ -53,6 +58,11 @@ class LoadedModel:
     def open_set(self) -> dict | None:
         """model.json's "open_set" record: score, threshold, accept, quantiles (None: rejection off)."""
         return self.meta.get("open_set")
+
+    @property
+    def multi_label(self) -> dict | None:
+        """model.json's "multi_label" record: thresholds (one a class), separator (None: single-label)."""
+        return self.meta.get("multi_label")
 
     @property
     def classes(self) -> list[str]:

@@ -9,7 +9,9 @@ admission as /predict; explanations run one at a time (a backward pass each, in 
 the weights made at the first request, on the model thread between batches, at most --max-queue waiting,
 beyond that 503. With open-set rejection on (--open-set; a model with an open-set threshold) /predict and each
 predicted file of /predict/batch also answer label ("unknown" below the threshold), unknown and
-open_set_score; /info's open_set says the score, threshold and accepted share.
+open_set_score; /info's open_set says the score, threshold and accepted share. A multi-label model (model.json
+"multi_label") answers labels, every class at or above its threshold (--threshold: one for all), and /info
+says multi_label true with the thresholds.
 
 Batching policy: requests are decoded and preprocessed in parallel threads, then queued for one model
 thread. Whenever that thread is free it takes everything queued, up to --max-batch images, and runs them as
@@ -297,6 +299,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         precision=settings.precision,
         open_set=settings.open_set,
         unknown_accept=settings.unknown_accept,
+        label_threshold=settings.threshold,
     )
     os.environ[SETTINGS_ENV] = json.dumps({**asdict(settings), "workers": workers})
     # uvicorn kills a worker that does not answer its supervisor's ping within timeout_worker_healthcheck

@@ -34,6 +34,7 @@ class ServeSettings:
     precision: str = "auto"  # predict's --precision: auto (bf16 where native) | bf16 | fp32
     open_set: str = "auto"  # predict's --open-set: auto (on when the model has a threshold) | on | off
     unknown_accept: float | None = None  # predict's --unknown-accept (None: the model's own share)
+    threshold: float | None = None  # predict's --threshold: a multi-label model's one threshold per class
 
     def check(self) -> None:
         """UserError naming the flag for a setting out of range."""
@@ -62,12 +63,19 @@ class ClassProb(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
     class_: str = Field(alias="class", description="class name")
     prob: float = Field(
-        description="calibrated probability: softmax(logits / T), T from model.json's calibration"
+        description="calibrated probability: softmax(logits / T), T from model.json's calibration; for a "
+        "multi-label model the class's own sigmoid(logits)"
     )
 
 
+class LabelProb(BaseModel):
+    label: str = Field(description="a class at or above its threshold (see /info's thresholds)")
+    probability: float = Field(description="its sigmoid probability")
+
+
 class OpenSetAnswer(BaseModel):
-    """The answer fields, present only while open-set rejection is on (see /info's open_set)."""
+    """The answer fields, present only while open-set rejection is on (see /info's open_set), and a
+    multi-label model's labels (only for such a model)."""
 
     label: str | None = Field(
         None, description='the answer: the top class, or "unknown" when open_set_score is below the threshold'
@@ -79,12 +87,21 @@ class OpenSetAnswer(BaseModel):
         "/info's open_set.threshold",
     )
 
+    labels: list[LabelProb] | None = Field(
+        None,
+        description="a multi-label model's answer: every class at or above its threshold, most probable "
+        "first (empty: none reached its threshold)",
+    )
+
     @model_serializer(mode="wrap")
     def _answer_last_and_only_when_on(self, handler):
         data = handler(self)
         answer = {key: data.pop(key) for key in ("label", "unknown", "open_set_score") if key in data}
+        labels = data.pop("labels", None)
         if self.open_set_score is not None:
             data.update(answer)
+        if self.labels is not None:
+            data["labels"] = labels
         return data
 
 
@@ -134,6 +151,13 @@ class InfoResponse(BaseModel):
         'threshold (an image scoring below it is answered "unknown"; null when off) and accept (the share of '
         "known validation images it accepts; see --unknown-accept)"
     )
+    multi_label: bool = Field(
+        False, description="true: the model answers every class at or above its threshold (labels)"
+    )
+    thresholds: dict[str, float] | None = Field(
+        None, description="a multi-label model's threshold per class (all the same with --threshold)"
+    )
+    label_separator: str | None = Field(None, description="what joins a multi-label model's labels in CSVs")
     limits: dict
     batching: dict
 

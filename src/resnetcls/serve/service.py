@@ -23,7 +23,7 @@ from ..inference.explain import Explainer, png_bytes
 from ..inference.predictor import Predictor
 from ..utils.openset import UNKNOWN
 from .admission import Batcher, DecodeBudget, overloaded
-from .schema import MAX_BATCH_FILES, BatchItem, ClassProb, ServeSettings
+from .schema import MAX_BATCH_FILES, BatchItem, ClassProb, LabelProb, ServeSettings
 
 log = logging.getLogger("resnetcls.serve")
 
@@ -47,6 +47,7 @@ class ImageService:
             precision=settings.precision,
             open_set=settings.open_set,
             unknown_accept=settings.unknown_accept,
+            label_threshold=settings.threshold,
         ).result()
         note = unknown_accept_note(self.predictor)
         if note:
@@ -104,8 +105,9 @@ class ImageService:
             raise HTTPException(422, f"{name}: cannot preprocess this image ({type(e).__name__})") from None
 
     async def top(self, data: bytes, name: str, topk: int, header: tuple[int, int] | None = None) -> dict:
-        """The response fields of one image: top (the top-k ClassProb), and with open-set rejection on,
-        label, unknown and open_set_score."""
+        """The response fields of one image: top (the top-k ClassProb), with open-set rejection on, label,
+        unknown and open_set_score, and for a multi-label model, labels (LabelProb at or above their
+        thresholds)."""
         if self.batcher.queue.full():  # shed before spending a decode on it
             raise overloaded(
                 f"{self.batcher.queue.maxsize} images are already waiting for the model; retry shortly"
@@ -124,6 +126,10 @@ class ImageService:
             ClassProb(class_=self.predictor.classes[i], prob=round(v, 6))
             for v, i in zip(values.tolist(), indices.tolist())
         ]
+        rule = self.predictor.label_rule
+        if rule is not None:
+            (answer,) = rule.answers(probs[None])
+            return {"top": top, "labels": [LabelProb(label=c, probability=round(p, 6)) for c, p in answer]}
         if score is None:
             return {"top": top}
         unknown = score < self.predictor.threshold
@@ -165,6 +171,7 @@ class ImageService:
                             p.device,
                             private_copy=True,
                             temperature=p.temperature,
+                            sigmoid=p.label_rule is not None,
                         ),
                     )
                 index = None if class_name is None else classes.index(class_name)
@@ -221,6 +228,7 @@ class ImageService:
             "backend": self.predictor.backend,
             "precision": self.predictor.precision,
             "open_set": self.predictor.open_set_info(),  # the record's quantiles stay inside
+            **(rule.info() if (rule := self.predictor.label_rule) is not None else {}),
             "limits": {
                 "max_body_bytes": s.max_body_bytes,
                 "max_pixels": s.max_pixels,
