@@ -42,6 +42,7 @@ from ..utils.hardware import precision_name
 from . import distributed
 from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
+from .distill import TeacherIdentity, build_distill_hooks, check_teacher, distill_line
 from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
 from .openset import check_open_set
@@ -118,6 +119,7 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
     lr_curve: LRCurve | None = None
     race: RacePlan | None = None  # the raced auto recipe (engine/race.py): its candidates, then its plan
+    teacher: TeacherIdentity | None = None  # --teacher: the distillation teacher (engine/distill.py)
 
     def decision(self, name: str) -> Decision | None:
         return next((made for made in self.decisions if made.name == name), None)
@@ -142,7 +144,8 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
     check_parts(found.cfg, len(splits.classes), ctx)
     check_open_set(found.cfg.eval, splits.classes)  # a class named "unknown", the --unknown folder
-    plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
+    teacher = check_teacher(found.cfg.distill, splits.classes, found.resumed, request.force)
+    plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env, teacher=teacher)
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
     elif racing:
@@ -165,6 +168,9 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     plan.decisions.append(decide_precision(plan))
     if plan.cfg.data.progressive > 0:
         plan.decisions.append(decide_progressive(plan.cfg))
+    if teacher is not None:  # what the run distils from: said at the start, kept in metrics.jsonl
+        line = distill_line(teacher, plan.cfg.distill, DataPipeline(plan.cfg.data, 1, False).preprocess)
+        plan.decisions.append(Decision("distill", {}, teacher.path, [line], teacher.record("distill")))
     return plan
 
 
@@ -325,9 +331,10 @@ def measure_run_speed(plan: Plan) -> tuple[tuple[float, float, float], int]:
     def build_opt(probe: torch.nn.Module):
         return build_optimization(probe, cfg.optim, cfg.sched, cfg.train, steps_per_epoch, ctx)
 
+    hooks = build_distill_hooks(plan.teacher, cfg.distill, data.pipeline.preprocess, ctx)
     with probe_folder(plan.run_dir) as probe_dir:
         measured = measure_speed(
-            model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt, probe_dir
+            model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt, probe_dir, hooks
         )
     return measured, steps_per_epoch
 
