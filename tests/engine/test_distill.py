@@ -64,7 +64,9 @@ def test_the_teacher_gets_the_batch_at_its_own_size_and_normalisation():
 
 def test_the_hooks_weigh_the_task_loss_and_add_the_kd_term_without_teacher_gradients():
     teacher = nn.Conv2d(3, 4, 32)
-    hooks = DistillHooks(nn.Sequential(teacher, nn.Flatten()), TeacherInput(PREPROCESS, PREPROCESS), 0.25, 2.0)
+    hooks = DistillHooks(
+        nn.Sequential(teacher, nn.Flatten()), TeacherInput(PREPROCESS, PREPROCESS), 0.25, 2.0
+    )
     assert hooks.task_weight == 0.75 and not teacher.training
     images = torch.rand(3, 3, 32, 32)
     student = torch.randn(3, 4, requires_grad=True)
