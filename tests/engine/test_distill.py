@@ -115,7 +115,8 @@ def test_a_distilled_run_records_its_teacher_resumes_bit_identical_and_refuses_a
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_run / "best", teacher)
     out = tmp_path / "run"
-    result = plain_interpreter.run("train", tiny_data, *ARGS, *STEP_CKPT, "--teacher", teacher, "--out", out)
+    args = [*ARGS, *STEP_CKPT, "--epochs", "1", "--teacher", teacher, "--out", out]  # 8 steps
+    result = plain_interpreter.run("train", tiny_data, *args)
     assert result.returncode == 0, result.stderr
     assert f"distillation: teacher resnet18 {teacher}" in result.stderr
     sha = json.loads((teacher / "model.json").read_text())["sha256"]["model.safetensors"]
