@@ -8,7 +8,8 @@ model directory given with --teacher. Then per seed two students with the same s
 small-data recipe, `--config small-data`, at --image-size px for --epochs epochs, ResNet-18): one alone, one
 with `--teacher` (distill.alpha and distill.temperature at their defaults unless --set says otherwise).
 Both arms train the same epochs; their wall times and training images/s are printed beside the accuracy,
-so the cost of the teacher's pass on every batch is measured too. Accuracy: best/ evaluated on DATA's test
+and the cost of the teacher's pass is also timed directly: a training step of batch 64 with and without it,
+called in turn (step_cost). Accuracy: best/ evaluated on DATA's test
 split where it has one (`resnetcls eval`), else the best val top-1. Then the teacher's and the student's
 size (parameters, MB of model.safetensors) and batch-1 latency (eager, the median of --latency-runs calls
 on one image of the training size, in the precision `resnetcls predict` picks here).
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from resnetcls.engine.distill import DistillHooks, TeacherInput
 from resnetcls.records.envinfo import machine_line
 from resnetcls.records.modelfile import load_model_dir, resolve_model_dir
 from resnetcls.records.runsplit import split_rows
@@ -100,6 +102,35 @@ def sizes_and_latencies(
         )
         for loaded, timed in zip(models, times, strict=True)
     ]
+
+
+def step_cost(teacher_dir: Path, student_dir: Path, image_size: int, batch: int, rounds: int) -> float:
+    """The time of a distilled training step over a plain one: the student's forward, loss and backward on a
+    random batch, alone and with the teacher's forward (engine/distill.py's hooks), in bf16 autocast where
+    native, one thread, called in turn (2 untimed rounds) so a changing load slows both alike; the ratio of
+    the medians."""
+    torch.set_num_threads(1)
+    teacher, student = load_model_dir(teacher_dir), load_model_dir(student_dir)
+    model = student.model.train().to(memory_format=torch.channels_last)
+    view = TeacherInput(student.preprocess, teacher.preprocess)
+    hooks = DistillHooks(teacher.model.to(memory_format=torch.channels_last), view, 0.5, 4.0)
+    images = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, len(student.classes), (batch,))
+    dtype = resolve_amp("auto", torch.device("cpu"))
+    times = {False: [], True: []}
+    for i in range(rounds + 2):
+        for distil in (False, True):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = model(images)
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                if distil:
+                    loss = 0.5 * loss + hooks.extra_loss(images, logits)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if i >= 2:
+                times[distil].append(time.perf_counter() - start)
+    return statistics.median(times[True]) / statistics.median(times[False])
 
 
 def spread(values: list[float]) -> str:
@@ -195,6 +226,10 @@ def print_tables(arms: dict, args: argparse.Namespace, teacher: str, student: Pa
     print(f"\nwith --teacher - alone: {gain * 100:+.1f} points of {on} top-1, at {cost:.2f}x the wall time")
     print(
         "\n| model | parameters | model.safetensors (MB) | batch-1 latency (ms) |\n| --- | --- | --- | --- |"
+    )
+    ratio = step_cost(Path(teacher), student, args.image_size, 64, 10)
+    print(
+        f"\na distilled training step (batch 64) takes {ratio:.2f}x a plain one (interleaved, median of 10)"
     )
     measured = sizes_and_latencies([Path(teacher), student], args.image_size, args.latency_runs)
     for name, (arch, params, megabytes, latency) in zip(("teacher", "student"), measured, strict=True):
