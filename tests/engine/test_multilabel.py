@@ -31,6 +31,9 @@ def test_plan_choices_for_multi_label_data():
     cfg = Config()
     cfg.loss.name, cfg.ckpt.metric = "bce", "val_loss"  # what the user asked for and fits is kept
     assert "ckpt.metric" not in multi_label_choices(cfg, _splits([(0,)]))[0]
+    cfg.distill.teacher = "teacher/best"  # a softmax teacher cannot teach sigmoid outputs
+    with pytest.raises(UserError, match="--teacher teacher/best: distillation matches the teacher's softmax"):
+        multi_label_choices(cfg, _splits([(0,)]))
 
 
 def test_val_map_is_refused_for_single_label_data():

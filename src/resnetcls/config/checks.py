@@ -49,6 +49,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "ckpt.keep_last": (1, 1_000_000, False, False),
     "ckpt.every_steps": (0, _BIG, False, False),
     "log.every_steps": (0, _BIG, False, False),
+    "distill.temperature": (0, 1e3, True, False),
+    "distill.alpha": (0, 1, False, False),
     "lifelong.bins": (0, 100_000, False, False),
     "lifelong.buffer_size": (0, _BIG, False, False),
     "lifelong.ewc_lambda": (0, 1e12, False, False),

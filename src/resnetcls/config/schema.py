@@ -149,6 +149,17 @@ class EvalConfig:
 
 
 @dataclass
+class DistillConfig:
+    """`train --teacher MODEL_DIR`: knowledge distillation from a trained model of the same classes
+    (engine/distill.py). loss = (1 - alpha) * task loss + alpha * temperature^2 * KL(teacher || student) of
+    the temperature-softened outputs (Hinton et al. 2015)."""
+
+    teacher: str = ""  # the teacher's model directory (or run directory: its best/); "" = no distillation
+    temperature: float = 4.0  # softens both outputs; the KL term is scaled by its square
+    alpha: float = 0.5  # the KL term's weight; the task loss (loss.*) gets 1 - alpha
+
+
+@dataclass
 class LifelongConfig:
     tasks: str = ""  # CSV column whose values are the tasks, "batches" (OpenLORIS) or "" (one task
     # per DATA argument)
@@ -209,6 +220,7 @@ class Config:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     lifelong: LifelongConfig = field(default_factory=LifelongConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 

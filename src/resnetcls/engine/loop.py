@@ -138,10 +138,13 @@ class StepHooks:
       device with the loader's device_finish, so stored and fresh images get the same jitter and
       normalisation.
     - extra_loss(images, logits): a term added to the batch's loss inside autocast, after the forward (EWC's
-      penalty, LwF's distillation), or None.
+      penalty, LwF's distillation, `train --teacher`'s: engine/distill.py), or None.
+    - task_weight: the factor of the task loss (1; distillation's 1 - distill.alpha).
     Work between tasks (filling a replay buffer, a Fisher pass, freezing a teacher) is not part of a step:
     lifelong/run.py calls its hooks' start_task and end_task around the epochs of each task.
     """
+
+    task_weight: float = 1.0
 
     def extra_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
@@ -196,6 +199,8 @@ def forward_batch(
     with ctx.autocast():
         logits = model(images)
         loss = loss_fn(logits, targets)
+        if hooks.task_weight != 1.0:
+            loss = hooks.task_weight * loss
         term = hooks.extra_loss(images, logits)
         if term is not None:
             loss = loss + term

@@ -48,6 +48,11 @@ def multi_label_choices(cfg: Config, splits: Splits) -> tuple[dict, list[str]]:
                 f"{cfg.data.train} is single-label; use val_top1, val_top5 or val_loss"
             )
         return {}, []
+    if cfg.distill.teacher:
+        raise UserError(
+            f"--teacher {cfg.distill.teacher}: distillation matches the teacher's softmax, and "
+            f"{cfg.data.train} is multi-label (a sigmoid per class); train without --teacher"
+        )
     chosen, lines = {}, []
     if cfg.loss.name != "bce":
         chosen["loss.name"] = "bce"

@@ -154,7 +154,7 @@ def find_run(cfg: Config, out_dir: str | Path, resume: str | None, force: bool) 
 
 
 def with_absolute_data(cfg: Config) -> Config:
-    """cfg with data.train, data.val and eval.open_set_unknown as absolute paths."""
+    """cfg with data.train, data.val, eval.open_set_unknown and distill.teacher as absolute paths."""
 
     def absolute(path: str) -> str:
         return str(Path(path).absolute()) if path else path
@@ -164,6 +164,7 @@ def with_absolute_data(cfg: Config) -> Config:
         cfg,
         data=dataclasses.replace(data_cfg, train=absolute(data_cfg.train), val=absolute(data_cfg.val)),
         eval=dataclasses.replace(eval_cfg, open_set_unknown=absolute(eval_cfg.open_set_unknown)),
+        distill=dataclasses.replace(cfg.distill, teacher=absolute(cfg.distill.teacher)),
     )
 
 

@@ -36,6 +36,7 @@ from ..records.modelfile import save_model_dir
 from ..utils.hardware import precision_name
 from . import distributed
 from .checkpoint import Checkpointer, RunState, restore_state
+from .distill import build_distill_hooks, checkpoint_record
 from .finish import MAX_KEPT_LOGITS, ShippedModels, end_of_epoch, patience_ran_out, summarize
 from .log import RunLogger, console_log
 from .loop import EpochStats, StepContext
@@ -209,14 +210,16 @@ def open_training(plan: Plan, world: distributed.World) -> TrainingRun:
     state = RunState() if plan.resumed is None else restore_state(plan.resumed[0], model, opt)
     logger = start_logging(plan, state, ctx, steps_per_epoch, world)
     log_cache_stores(logger, data, state.global_step)
+    config, teacher = config_to_dict(cfg), plan.teacher  # the teacher's identity in every checkpoint
     ckpt = Checkpointer(
-        plan.run_dir, cfg.ckpt, cfg.train.batch_size, config_to_dict(cfg), plan.env, model, opt
+        plan.run_dir, cfg.ckpt, cfg.train.batch_size, config, plan.env, model, opt, checkpoint_record(teacher)
     )
+    hooks = build_distill_hooks(teacher, cfg.distill, data.pipeline.preprocess, ctx)
     train_cfg = cfg.train
     step_plan = StepPlan(
         train_cfg.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, train_cfg.nonfinite
     )
-    parts = EpochParts(step_model, opt, loss_fn, ctx, logger, ckpt, StopRequest(), step_plan)
+    parts = EpochParts(step_model, opt, loss_fn, ctx, logger, ckpt, StopRequest(), step_plan, hooks)
     if multi:
         shipped.fit_thresholds = partial(
             fit_run_thresholds, plan.run_dir, cfg.data.label_separator, data.val_loader, ctx, logger
