@@ -14,6 +14,10 @@ from PIL import Image
 os.environ.setdefault("RESNETCLS_OFFLINE", "1")
 # A RESNETCLS_SET left in a developer's shell would change every training test; the tests that use it set it.
 os.environ.pop("RESNETCLS_SET", None)
+# `make test` runs the suite in one worker process per core (pytest-xdist, -n auto): one thread each, and
+# for the commands they start, so that the workers do not spin more threads than there are cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
