@@ -357,6 +357,7 @@ class DataPipeline:
             data_cfg.interpolation,
             data_cfg.mean,
             data_cfg.std,
+            data_cfg.resize,
         )
         self.train_tf = build_train_transform(
             self.preprocess,

@@ -27,7 +27,7 @@ FORMAT = "resnetcls.model/1"
 OPEN_SET_FILE = "open_set.safetensors"  # the open-set score's tensors (utils/openset.py), beside the weights
 WEIGHTS = "model.safetensors"
 ARCH_ARGS = {"stem": str, "stride_on_1x1": bool, "zero_init_residual": bool, "width": int}
-RESIZE_MODES = ("shorter_side", "square")
+RESIZE_MODES = ("shorter_side", "square", "letterbox")
 
 
 def _check(cond: bool, where: Path, message: str) -> None:
