@@ -139,6 +139,38 @@ def test_the_documented_onnxruntime_snippet_reproduces_the_predictor(bare, photo
     assert np.abs(scope["probs"] - expected).max() <= tolerance
 
 
+def run_documented_snippet(onnx_file, photo, folder, monkeypatch) -> dict:
+    """The export guide's ONNX-Runtime-only snippet run on onnx_file and photo; its variables."""
+    section = re.search(r"^#+ Without resnetcls.*?```python\n(.*?)```", DOC.read_text(), re.S | re.M)
+    assert section, f"{DOC} has no 'Without resnetcls' section with a python block"
+    shutil.copy(onnx_file, folder / "model.onnx")
+    shutil.copy(photo, folder / "photo.jpg")
+    monkeypatch.chdir(folder)
+    scope: dict = {}
+    exec(compile(section.group(1), str(DOC), "exec"), scope)
+    return scope
+
+
+def test_letterbox_predicts_alike_in_torch_onnxruntime_and_the_documented_snippet(tmp_path, monkeypatch):
+    """data.resize=letterbox travels in the file: ONNX Runtime, through the Predictor or through the guide's
+    plain snippet, pads a wide photo as the torch Predictor does (same top-1, probabilities within float
+    tolerance)."""
+    model = make_tiny_model_dir(tmp_path / "model", seed=2, mode="letterbox")
+    export_model(model, "onnx")
+    photo = tmp_path / "wide.jpg"
+    pixels = np.random.default_rng(5).integers(0, 255, size=(6, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize((150, 45), Image.BICUBIC).save(photo, quality=95)
+    [torch_top] = Predictor(model, backend="torch", precision="fp32").predict(photo, topk=len(CLASSES))
+    [ort_top] = Predictor(model / "model.onnx", backend="onnxruntime").predict(photo, topk=len(CLASSES))
+    scope = run_documented_snippet(model / "model.onnx", photo, tmp_path, monkeypatch)
+    expected = np.array([dict(torch_top.top)[c] for c in CLASSES])
+    assert json.loads(scope["meta"]["preprocess"])["resize_mode"] == "letterbox"
+    assert scope["image"].size == (32, 32) and scope["image"].getpixel((0, 0)) == (124, 116, 104)
+    assert ort_top.top[0][0] == torch_top.top[0][0] == scope["classes"][int(scope["probs"].argmax())]
+    assert np.abs(np.array([dict(ort_top.top)[c] for c in CLASSES]) - expected).max() < 1e-4
+    assert np.abs(scope["probs"] - expected).max() < 1e-4
+
+
 @pytest.fixture(scope="module", params=["knn", "mahalanobis"])
 def open_set_bare(request, tmp_path_factory):
     """A model directory with an open-set score, exported in place, and its model.onnx copied alone."""

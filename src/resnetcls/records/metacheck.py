@@ -111,6 +111,12 @@ def _check_preprocess(pre, where: Path) -> None:
     for key, bounds in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
         problem = rgb_problem(pre[key], bounds)
         _check(not problem, where, f"preprocess.{key}={problem}")
+    pad = pre.get("pad", [0, 0, 0])  # letterbox's padding colour (absent: the mean's)
+    _check(
+        isinstance(pad, list) and len(pad) == 3 and all(type(v) is int and 0 <= v <= 255 for v in pad),
+        where,
+        f"preprocess.pad={pad!r} must be 3 integers from 0 to 255 (an RGB colour)",
+    )
 
 
 def _check_calibration(record, where: Path) -> None:
