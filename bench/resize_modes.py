@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def build_wide_coil(pose_split: Path, objects: int, out: Path, seed: int = 0) ->
 def train(data: str, run_dir: Path, mode: str, seed: int, epochs: int, width: int) -> dict:
     """One run; its wall seconds and last epoch's val top-1 (from metrics.jsonl)."""
     if not (run_dir / "metrics.jsonl").is_file() or not _summary(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again
         args = [
             *("train", data, "--out", str(run_dir), "--model", "resnet18", "--image-size", "64"),
             *("--epochs", str(epochs), "--batch-size", "32", "--seed", str(seed)),
