@@ -194,7 +194,7 @@ def test_a_model_dir_written_before_the_content_hash_still_loads(copy):
 
 
 def test_a_model_dir_without_a_resize_mode_preprocesses_as_crop(copy):
-    """Model folders written before data.resize have no resize_mode: they centre-crop, as they were trained."""
+    """Model folders written before data.resize have no resize_mode: they centre-crop, as trained."""
     meta = json.loads((copy / "model.json").read_text())
     del meta["preprocess"]["resize_mode"], meta["sha256"]["model.json"]
     (copy / "model.json").write_text(json.dumps(meta))
