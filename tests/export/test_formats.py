@@ -33,12 +33,11 @@ from tests.conftest import run_cli, shared_data
 CLASSES = ["ants", "bees", "cats"]
 
 
-def make_tiny_model_dir(path, seed: int = 0, mode: str = "crop"):
-    """A random (untrained) width-8 ResNet-18 at 32 px (data.resize=mode): enough to test files, metadata and
-    parity."""
+def make_tiny_model_dir(path, seed: int = 0):
+    """A random (untrained) width-8 ResNet-18 at 32 px: enough to test files, metadata and parity."""
     torch.manual_seed(seed)
     model = create_model("resnet18", len(CLASSES), width=8)
-    return save_model_dir(path, model, "resnet18", {"width": 8}, CLASSES, make_preprocess(32, mode=mode))
+    return save_model_dir(path, model, "resnet18", {"width": 8}, CLASSES, make_preprocess(32))
 
 
 def open_set_photos() -> tuple[list, list]:
