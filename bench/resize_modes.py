@@ -8,7 +8,10 @@ Two data sets:
 - wide COIL: the first --objects objects of the COIL-100 pose split (train poses / val poses as in its
   pose-split.csv), each 128x128 photo pasted at a random horizontal place (fixed seed) on a black 256x128
   canvas, so an object often sits near the left or right edge of a 2:1 frame, where crop mode's centre square
-  cuts it off. Built once under WORK/coil-wide.
+  cuts it off (at most half of it: the centre square is 128 wide). Built once under WORK/coil-wide.
+- wide COIL, half-height objects: the same with the first --half-objects objects, each photo resized to 64x64
+  and pasted at a random place (x and y) on the 256x128 canvas: an object near an edge can fall wholly
+  outside crop mode's centre square. Built once under WORK/coil-wide-half.
 
 Every run: resnet18 (model.width --width, 16 by default so that a shared 2-core CPU finishes in under an
 hour), --image-size 64, --epochs fixed per data set, batch 32, the auto recipe, calibration, the open-set
@@ -42,8 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CANVAS = (256, 128)  # the wide COIL frame, 2:1
 
 
-def build_wide_coil(pose_split: Path, objects: int, out: Path, seed: int = 0) -> Path:
-    """WORK/coil-wide/split.csv (path,label,split) over wide frames of the first `objects` objects."""
+def build_wide_coil(pose_split: Path, objects: int, out: Path, side: int = 128, seed: int = 0) -> Path:
+    """out/split.csv (path,label,split) over wide frames of the first `objects` objects, each photo resized
+    to side x side and pasted at a random place (fixed seed) on the black canvas."""
     target = out / "split.csv"
     if target.is_file():
         return target
@@ -55,9 +59,9 @@ def build_wide_coil(pose_split: Path, objects: int, out: Path, seed: int = 0) ->
     for row in rows:
         if row["label"] not in keep:
             continue
-        photo = Image.open(pose_split.parent / row["path"]).convert("RGB")
+        photo = Image.open(pose_split.parent / row["path"]).convert("RGB").resize((side, side), Image.BICUBIC)
         canvas = Image.new("RGB", CANVAS)
-        canvas.paste(photo, (rng.randint(0, CANVAS[0] - photo.width), 0))
+        canvas.paste(photo, (rng.randint(0, CANVAS[0] - side), rng.randint(0, CANVAS[1] - side)))
         path = out / row["label"] / Path(row["path"]).name
         path.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(path)
@@ -112,32 +116,38 @@ def main() -> None:
     parser.add_argument("--hymenoptera", default=str(ROOT.parent / "shared/data/hymenoptera"))
     parser.add_argument("--coil", default=str(ROOT.parent / "shared/data/coil100-a/pose-split.csv"))
     parser.add_argument("--work", required=True, help="folder for the wide COIL set, runs and the cache")
-    parser.add_argument("--objects", type=int, default=10, help="COIL objects used (the first N)")
+    parser.add_argument("--objects", type=int, default=10, help="COIL objects, full height (the first N)")
+    parser.add_argument("--half-objects", type=int, default=20, help="COIL objects, half height")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, nargs=2, default=[15, 10], metavar=("HYMENOPTERA", "COIL"))
     parser.add_argument("--width", type=int, default=16, help="model.width of the resnet18")
-    parser.add_argument("--only", choices=("hymenoptera", "coil"), help="run one data set only")
+    parser.add_argument("--only", choices=("hymenoptera", "wide", "half"), help="run one data set only")
     args = parser.parse_args()
     work = Path(args.work)
     os.environ.setdefault("RESNETCLS_CACHE", str(work / "cache"))
-    coil = build_wide_coil(Path(args.coil), args.objects, work / "coil-wide")
-    sets = {
-        "hymenoptera": (args.hymenoptera, args.epochs[0]),
-        f"wide COIL ({args.objects} objects)": (str(coil), args.epochs[1]),
+    coil = Path(args.coil)
+    sets = [  # (key: the run folders' prefix, what the table says, DATA, epochs)
+        ("hymenoptera", "hymenoptera", args.hymenoptera, args.epochs[0]),
+        ("wide", f"wide COIL, full-height objects ({args.objects})", coil, args.epochs[1]),
+        ("half", f"wide COIL, half-height objects ({args.half_objects})", coil, args.epochs[1]),
+    ]
+    sets = [entry for entry in sets if args.only in (None, entry[0])]
+    builders = {  # the wide COIL sets, built only when run
+        "wide": lambda: build_wide_coil(coil, args.objects, work / "coil-wide"),
+        "half": lambda: build_wide_coil(coil, args.half_objects, work / "coil-wide-half", CANVAS[1] // 2),
     }
-    if args.only:
-        sets = {name: value for name, value in sets.items() if args.only in name.lower()}
+    sets = [
+        (key, name, str(builders[key]()) if key in builders else data, ep) for key, name, data, ep in sets
+    ]
     print(f"machine: {machine_line()} (shared with other jobs: accuracy only, no timings compared)")
     print(
         f"date: {time.strftime('%Y-%m-%d')}; seeds {args.seeds}; resnet18 width {args.width}, 64 px, scratch"
     )
     table = {}
-    for name, (data, epochs) in sets.items():
+    for key, name, data, epochs in sets:
         for mode in MODES:
             runs = [
-                train(
-                    data, work / "runs" / f"{name.split()[0]}-{mode}-{seed}", mode, seed, epochs, args.width
-                )
+                train(data, work / "runs" / f"{key}-{mode}-{seed}", mode, seed, epochs, args.width)
                 for seed in args.seeds
             ]
             table[(name, mode)] = (epochs, [r["val_top1"] for r in runs])

@@ -232,7 +232,7 @@ class BatchTransform:
         s, n = size or self.size, len(images)
         if self.device_crops is not None:
             return self._canvases(images, into)
-        if s != self.size and not (self.random or self.geometry.square):
+        if s != self.size and not self.random and self.geometry.mode == "crop":
             raise ValueError(f"size={s}: the eval centre crop is made at image_size={self.size} only")
         batch = torch.empty(n, s, s, 3, dtype=torch.uint8) if into is None else into
         out, slots = batch.permute(0, 3, 1, 2), batch.numpy()  # NHWC memory = channels-last (N, 3, S, S)
