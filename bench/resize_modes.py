@@ -73,12 +73,12 @@ def build_wide_coil(pose_split: Path, objects: int, out: Path, side: int = 128, 
     return target
 
 
-def train(data: str, run_dir: Path, mode: str, seed: int, epochs: int, width: int) -> dict:
+def train(data: str, run_dir: Path, mode: str, seed: int, epochs: int, width: int, size: int = 64) -> dict:
     """One run; its wall seconds and last epoch's val top-1 (from metrics.jsonl)."""
     if not (run_dir / "metrics.jsonl").is_file() or not _summary(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again
         args = [
-            *("train", data, "--out", str(run_dir), "--model", "resnet18", "--image-size", "64"),
+            *("train", data, "--out", str(run_dir), "--model", "resnet18", "--image-size", str(size)),
             *("--epochs", str(epochs), "--batch-size", "32", "--seed", str(seed)),
             *("--set", f"data.resize={mode}", "--set", "train.auto_recipe=false"),
             *("--set", f"model.width={width}", "--set", "log.tensorboard=false"),
@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=[15, 10], metavar=("HYMENOPTERA", "COIL"))
     parser.add_argument("--width", type=int, default=16, help="model.width of the resnet18")
     parser.add_argument("--only", choices=("hymenoptera", "wide", "half"), help="run one data set only")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--image-size", type=int, default=64)
     args = parser.parse_args()
     work = Path(args.work)
     os.environ.setdefault("RESNETCLS_CACHE", str(work / "cache"))
@@ -141,13 +143,23 @@ def main() -> None:
     ]
     print(f"machine: {machine_line()} (shared with other jobs: accuracy only, no timings compared)")
     print(
-        f"date: {time.strftime('%Y-%m-%d')}; seeds {args.seeds}; resnet18 width {args.width}, 64 px, scratch"
+        f"date: {time.strftime('%Y-%m-%d')}; seeds {args.seeds}; resnet18 width {args.width}; "
+        f"{args.image_size} px"
     )
     table = {}
     for key, name, data, epochs in sets:
-        for mode in MODES:
+        prefix = key if args.image_size == 64 else f"{key}{args.image_size}"
+        for mode in args.modes:
             runs = [
-                train(data, work / "runs" / f"{key}-{mode}-{seed}", mode, seed, epochs, args.width)
+                train(
+                    data,
+                    work / "runs" / f"{prefix}-{mode}-{seed}",
+                    mode,
+                    seed,
+                    epochs,
+                    args.width,
+                    args.image_size,
+                )
                 for seed in args.seeds
             ]
             table[(name, mode)] = (epochs, [r["val_top1"] for r in runs])

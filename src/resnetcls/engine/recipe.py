@@ -21,7 +21,7 @@ The rules (RULES below; the first whose limit the training set is under applies)
   checked or downloaded for them.
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
   least 64), read from the headers of at most 256 evenly spaced training files. Their median long/short side
-  over 1.5 (recipe_choice.LETTERBOX_ASPECT) picks data.resize=letterbox: the whole frame, not its centre.
+  over 1.5 (recipe_choice.WHOLE_FRAME_ASPECT) picks data.resize=squash: the whole frame, not its centre.
 - Small data: under MIN_STEPS full batches the batch halves (a power of two, never below MIN_BATCH) until an
   epoch has MIN_STEPS steps or the floor is reached; the loader drops an epoch's incomplete last batch, so no
   batch of 1 ever reaches BatchNorm (engine/plan.py says when that drops more than 10% of the images). Under
@@ -291,7 +291,7 @@ def choose_recipe(
     if tune != could:  # the download failed: the from-scratch size, measured again
         size, width = size_and_width(rule, given, device, tune, facts)
         speed = timing(model, width, size) if timing else 0.0
-    values = {**(FINETUNE if tune else rule.values), **facts.resize_choice()}  # letterbox: wide frames
+    values = {**(FINETUNE if tune else rule.values), **facts.resize_choice()}  # squash: wide frames
     picked = {"model.name": model, "model.width": width, "data.image_size": size, **values}
     picked["train.batch_size"] = small_batch(facts.train_images, values["train.batch_size"])
     if tune:

@@ -20,9 +20,11 @@ from .budget import format_seconds
 MIN_STEPS, MIN_BATCH = 4, 8  # small data: at least this many steps an epoch, batches not below this
 FINETUNE_WIDTH = 64  # torchvision's ImageNet weights are for width 64
 HEADER_SAMPLE = 256  # image headers read for the median size
-# The auto recipe letterboxes (data.resize=letterbox, the whole frame kept) when the training images' median
-# long side / short side is above this: crop mode's centre square would cut off a third of such frames.
-LETTERBOX_ASPECT = 1.5
+# The auto recipe keeps the whole frame (data.resize=squash) when the training images' median long side /
+# short side is above this: crop mode's centre square would cut off a third of such frames. Squash, not
+# letterbox: on 2:1 frames letterbox spent half the input on padding and was the least accurate
+# (docs/benchmarks.md).
+WHOLE_FRAME_ASPECT = 1.5
 OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no wait when offline)
 
 
@@ -154,8 +156,8 @@ class DataFacts:
         return replace(self, median_aspect=median_aspect(paths))
 
     def resize_choice(self) -> dict[str, Any]:
-        """data.resize=letterbox when the median aspect ratio is over LETTERBOX_ASPECT, else nothing."""
-        return {"data.resize": "letterbox"} if self.median_aspect > LETTERBOX_ASPECT else {}
+        """data.resize=squash when the median aspect ratio is over WHOLE_FRAME_ASPECT, else nothing."""
+        return {"data.resize": "squash"} if self.median_aspect > WHOLE_FRAME_ASPECT else {}
 
 
 def class_imbalance(labels: list[int]) -> float:
@@ -235,7 +237,7 @@ class RecipeChoice:
         if "data.resize" in chosen:
             parts.append(
                 f"{run['data.resize']} (median aspect ratio {facts.median_aspect:.2f}:1, over "
-                f"{LETTERBOX_ASPECT}: the whole frame kept instead of its centre square)"
+                f"{WHOLE_FRAME_ASPECT}: the whole frame kept instead of its centre square)"
             )
         if "ckpt.keep_last" in chosen:
             parts.append(f"keeps the last and the best checkpoints only (ckpt.keep_last=1: {self.rule.name})")
