@@ -203,6 +203,22 @@ def test_median_short_side_reads_headers_and_skips_unreadable_files(tmp_path):
     assert median_short_side([str(tmp_path / "bad.jpg")]) == (None, 0)
 
 
+def test_wide_frames_are_squashed_whole_unless_the_user_chose_a_resize(tmp_path):
+    paths = []
+    for i, (w, h) in enumerate([(300, 100), (200, 100), (100, 400), (50, 50)]):
+        Image.new("RGB", (w, h)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    wide = facts(720).with_aspect(paths)
+    assert wide.median_aspect == 2.5  # the median of 3, 2, 4 and 1
+    choice = choose_recipe(wide, "cpu", FAST(1000.0))
+    assert choice.run["data.resize"] == "squash"
+    assert "squash (median aspect ratio 2.50:1, over 1.5: the whole frame kept" in choice.lines()[0]
+    mine = choose_recipe(wide, "cpu", FAST(1000.0), given={"data.resize": "letterbox"})
+    assert mine.run["data.resize"] == "letterbox" and "data.resize" not in mine.config_values()
+    square = choose_recipe(facts(720).with_aspect(paths[1:2] + paths[3:]), "cpu", FAST(1000.0))
+    assert "data.resize" not in square.run and "squash" not in square.lines()[0]  # 1.5: crop stays
+
+
 @pytest.fixture
 def tiny_rules(monkeypatch):
     """The real rules at a test model's scale (width 8, 32 px), so a CLI run takes seconds on 2 cores."""

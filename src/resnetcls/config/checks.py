@@ -94,6 +94,7 @@ CHOICES = {
     "data.worker_start": ("auto", "fork", "spawn"),
     "data.cache_format": ("auto", "decoded", "compressed"),
     "data.interpolation": ("nearest", "bilinear", "bicubic"),
+    "data.resize": ("crop", "letterbox", "squash"),
     "data.augment": ("crop_flip", "resize", "trivialaugment", "randaugment"),
     "data.augment_on": ("auto", "host", "device"),
     "data.multi_label": ("auto", "on", "off"),

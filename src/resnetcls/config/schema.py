@@ -25,6 +25,8 @@ class DataConfig:
     image_size: int = 224  # training / model input size
     progressive: float = 0.0  # progressive resizing: epoch 1 trains at this fraction of image_size, growing
     # to image_size at ~75% of the epochs (the rest at it); 0 = off, e.g. 0.5
+    resize: str = "crop"  # how a photo becomes the square input: crop (short side, centre crop) |
+    # letterbox (whole frame, long side, padded with the mean colour) | squash (whole frame, aspect ignored)
     resize_size: int = 0  # eval resize of the short side; 0 = image_size / 0.875
     augment: str = "crop_flip"  # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
     # trivialaugment | randaugment (crop_flip, then that per-image policy)
@@ -48,7 +50,7 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength for training, e.g. 0.4
     cache: bool = True  # decode each image once into a uint8 memory-mapped cache
     cache_dir: str = ""  # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
-    cache_size: int = 0  # stored short side; 0 = the eval resize (image_size / 0.875)
+    cache_size: int = 0  # stored short side (long side with letterbox); 0 = the eval resize
     sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often, with replacement)
     cache_max_gb: float = 50.0  # least-recently-used stores are deleted beyond this total; 0 = no limit
     cache_format: str = "auto"  # auto (decoded; compressed where that would not fit cache_max_gb or the

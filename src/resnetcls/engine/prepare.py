@@ -347,8 +347,7 @@ class DataPipeline:
     def __init__(
         self, data_cfg: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False
     ) -> None:
-        # device_augment (data.augment_on, data/augment.py's resolve_augment_on): training batches arrive as
-        # uint8 canvases and each carries the crops, flips and policy to run on the training device
+        # device_augment (data.augment_on): uint8 canvases, each with the crops, flips and policy to run
         self.data_cfg, self.batch_size = data_cfg, batch_size
         self.uint8_batches = uint8_batches or device_augment
         self.preprocess = make_preprocess(
@@ -358,6 +357,7 @@ class DataPipeline:
             data_cfg.interpolation,
             data_cfg.mean,
             data_cfg.std,
+            data_cfg.resize,
         )
         self.train_tf = build_train_transform(
             self.preprocess,

@@ -20,7 +20,8 @@ The rules (RULES below; the first whose limit the training set is under applies)
   why and how to get them. Weights the user names (--pretrained) are fine-tuned the same way, and nothing is
   checked or downloaded for them.
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
-  least 64), read from the headers of at most 256 evenly spaced training files.
+  least 64), read from the headers of at most 256 evenly spaced training files. Their median long/short side
+  over 1.5 (recipe_choice.WHOLE_FRAME_ASPECT) picks data.resize=squash: the whole frame, not its centre.
 - Small data: under MIN_STEPS full batches the batch halves (a power of two, never below MIN_BATCH) until an
   epoch has MIN_STEPS steps or the floor is reached; the loader drops an epoch's incomplete last batch, so no
   batch of 1 ever reaches BatchNorm (engine/plan.py says when that drops more than 10% of the images). Under
@@ -151,6 +152,7 @@ RECIPE_KEYS = frozenset(
         "model.name",
         "model.width",
         "data.image_size",
+        "data.resize",
         "train.epochs",
         "train.pretrained",
         "ckpt.keep_last",
@@ -293,7 +295,7 @@ def choose_recipe(
     if tune != could:  # the download failed: the from-scratch size, measured again
         size, width = size_and_width(rule, given, device, tune, facts)
         speed = timing(model, width, size) if timing else 0.0
-    values = dict(FINETUNE if tune else rule.values)
+    values = {**(FINETUNE if tune else rule.values), **facts.resize_choice()}  # squash: wide frames
     picked = {"model.name": model, "model.width": width, "data.image_size": size, **values}
     picked["train.batch_size"] = small_batch(facts.train_images, values["train.batch_size"])
     if tune:
@@ -362,6 +364,7 @@ def pick_for_data(
     median, read = median_short_side(splits.train.paths)
     imbalance = class_imbalance(splits.train.labels)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read, imbalance)
+    facts = facts.with_aspect(splits.train.paths)
     ctx = build_context(cfg.train, device_name)
 
     def measure(name: str, width: int, size: int) -> float:
@@ -382,12 +385,10 @@ MEASURE_BATCH = SMALL_DATA["train.batch_size"]
 def measure_images_per_s(
     cfg: Config, name: str, width: int, image_size: int, num_classes: int, device_name: str | None
 ) -> float:
-    """Training images per second of this model at this size with the run's precision, optimizer and loss, on
-    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is
-    unaffected)."""
+    """Training images per second of this model at this size (the run's precision, optimizer and loss) on
+    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards: the run is unaffected)."""
     probe_cfg = apply_recipe(cfg, {"model.name": name, "model.width": width})
-    # The shapes are what costs time, not the weights; and no SyncBatchNorm, whose steps would wait on the
-    # others.
+    # The shapes cost the time, not the weights; no SyncBatchNorm, whose steps would wait on the others.
     probe_train = dataclasses.replace(cfg.train, pretrained="", sync_bn=False)
     ctx = build_context(probe_train, device_name)
     model = build_model(probe_cfg.model, probe_train, num_classes, ctx)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,11 @@ from .budget import format_seconds
 MIN_STEPS, MIN_BATCH = 4, 8  # small data: at least this many steps an epoch, batches not below this
 FINETUNE_WIDTH = 64  # torchvision's ImageNet weights are for width 64
 HEADER_SAMPLE = 256  # image headers read for the median size
+# The auto recipe keeps the whole frame (data.resize=squash) when the training images' median long side /
+# short side is above this: crop mode's centre square would cut off a third of such frames. Squash, not
+# letterbox: on 2:1 frames letterbox spent half the input on padding and was the least accurate
+# (docs/benchmarks.md).
+WHOLE_FRAME_ASPECT = 1.5
 OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no wait when offline)
 # The class balance: over IMBALANCED (largest / smallest training class) the recipe turns on BALANCE, the
 # variant measured best on long-tailed data (bench/imbalance.py), unless a BALANCE_KEYS key was given.
@@ -154,6 +159,15 @@ class DataFacts:
     median_short_side: int | None  # None: no header could be read
     headers_read: int = 0
     imbalance: float = 1.0  # the largest training class's image count over the smallest's
+    median_aspect: float = 1.0  # the median long side / short side (the headers median_short_side reads)
+
+    def with_aspect(self, paths: list[str]) -> DataFacts:
+        """These facts with the median aspect ratio of these training files (median_aspect)."""
+        return replace(self, median_aspect=median_aspect(paths))
+
+    def resize_choice(self) -> dict[str, Any]:
+        """data.resize=squash when the median aspect ratio is over WHOLE_FRAME_ASPECT, else nothing."""
+        return {"data.resize": "squash"} if self.median_aspect > WHOLE_FRAME_ASPECT else {}
 
 
 def class_imbalance(labels: list[int]) -> float:
@@ -244,6 +258,11 @@ class RecipeChoice:
             parts.append(f"batch {run['train.batch_size']}{self.batch_reason()}")
         if "train.epochs" in chosen or self.budget_s:
             parts.append(self.epochs_text())
+        if "data.resize" in chosen:
+            parts.append(
+                f"{run['data.resize']} (median aspect ratio {facts.median_aspect:.2f}:1, over "
+                f"{WHOLE_FRAME_ASPECT}: the whole frame kept instead of its centre square)"
+            )
         if "ckpt.keep_last" in chosen:
             parts.append(f"keeps the last and the best checkpoints only (ckpt.keep_last=1: {self.rule.name})")
         parts += [self.balance_text(key) for key in sorted(chosen.keys() & BALANCE_KEYS)]
@@ -337,3 +356,15 @@ def median_short_side(paths: list[str], limit: int = HEADER_SAMPLE) -> tuple[int
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     return (int(statistics.median(sides)) if sides else None), len(sides)
+
+
+def median_aspect(paths: list[str], limit: int = HEADER_SAMPLE) -> float:
+    """The median long side / short side over the headers median_short_side reads (1.0 when none reads)."""
+    step, ratios = max(1, len(paths) // limit), []
+    for path in paths[::step][:limit]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                ratios.append(max(image.size) / max(1, min(image.size)))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return round(statistics.median(ratios), 3) if ratios else 1.0
