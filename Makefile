@@ -47,7 +47,7 @@ postgresql:
 	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1,the shared-study tune test)
 
 test: $(STAMP) chromium postgresql
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or a docstring warning fails.
 docs: $(STAMP)

@@ -14,6 +14,10 @@ from PIL import Image
 os.environ.setdefault("RESNETCLS_OFFLINE", "1")
 # A RESNETCLS_SET left in a developer's shell would change every training test; the tests that use it set it.
 os.environ.pop("RESNETCLS_SET", None)
+# `make test` runs the suite in one worker process per core (pytest-xdist, -n auto): one thread each, and
+# for the commands they start, so that the workers do not spin more threads than there are cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -128,6 +132,40 @@ def calibrated_run(tiny_data, tmp_path_factory) -> tuple[Path, str]:
     result = run_cli("train", tiny_data, *CALIBRATED, "--out", out)
     assert result.returncode == 0, result.stderr
     return out, result.stderr
+
+
+# A tiny multi-label run on planted colour patches (data/synth.py's synthesize_multilabel: 48 train / 16 val
+# images, 1-3 of 4 colours each): 3 epochs reach a val mAP well above chance (about 0.5, the share of
+# positives).
+MULTILABEL = [
+    *TINY,
+    "--batch-size",
+    "8",
+    "--epochs",
+    "3",
+    "--set",
+    "optim.lr=0.03",
+    "--set",
+    "data.augment=resize",
+    "--set",
+    "loss.label_smoothing=0",
+    "--set",
+    "data.leak_check=false",
+    "--set",
+    "train.precision=fp32",
+]
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """One tiny multi-label run shared by the tests that only read it: (run folder, its manifest, stderr)."""
+    from resnetcls.data.synth import synthesize_multilabel
+
+    root = tmp_path_factory.mktemp("multilabel")
+    manifest = synthesize_multilabel(root / "data", images=64, image_size=32)
+    result = run_cli("train", manifest, *MULTILABEL, "--out", root / "run")
+    assert result.returncode == 0, result.stderr
+    return root / "run", manifest, result.stderr
 
 
 class PlainInterpreter:

@@ -166,6 +166,7 @@ FLAG_VALUES = {
     "precision": "fp32",
     "auto_recipe": False,
     "unknown": "things",
+    "teacher": "big-run",
 }
 
 

@@ -35,6 +35,8 @@ def test_metrics_match_hand_computed_values():
     assert m["top1"] == pytest.approx(5 / 8)
     # recall a=3/4, b=1/2, c=1/2; precision a=3/4, b=1/2, c=1; over the 3 classes present
     assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2 + 1 / 2) / 3)
+    # the worst class: lowest recall among the classes present ("d" has none), the first on a tie
+    assert m["worst_class"] == "b" and m["worst_class_recall"] == pytest.approx(1 / 2)
     assert m["macro_precision"] == pytest.approx((3 / 4 + 1 / 2 + 1) / 3)
     f1 = [2 * p * r / (p + r) for p, r in ((3 / 4, 3 / 4), (1 / 2, 1 / 2), (1, 1 / 2))]
     assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
@@ -52,6 +54,14 @@ def test_eval_cli_writes_every_number_table_and_figure(tiny_run, tiny_data, tmp_
     assert main(["eval", str(model), str(tiny_data), "--out", str(out)]) == 0
     stdout, stderr = capsys.readouterr()
     assert "top1" in stdout and "balanced accuracy" in stdout and "ECE" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    lowest = min(m["per_class"], key=lambda name: m["per_class"][name]["recall"])
+    assert (
+        m["worst_class_recall"]
+        == m["per_class"][m["worst_class"]]["recall"]
+        == m["per_class"][lowest]["recall"]
+    )
+    assert f"worst class {m['worst_class']}: recall {m['worst_class_recall']:.4f}  macro F1" in stdout
     assert stdout.startswith("36 images (all): top1 ")  # nothing known about training: plain "images"
     # the model directory has no run beside it: eval cannot tell which images trained it, and says so
     assert (

@@ -11,6 +11,7 @@ from resnetcls.analysis.report_sections import (
     cards_html,
     embedded_png,
     eval_section,
+    headline_cards,
     html_value,
     lifelong_section,
     race_section,
@@ -28,6 +29,14 @@ def test_values_are_four_decimals_or_escaped_text_and_cards_name_them(tmp_path):
     Image.new("RGB", (2, 2)).save(tmp_path / "a.png")
     tag = embedded_png(tmp_path / "a.png", "fig-a", 'a "figure"')
     assert tag.startswith('<img id="fig-a" alt="a &quot;figure&quot;" src="data:image/png;base64,iVBOR')
+
+
+def test_the_headline_cards_name_the_worst_class_with_its_recall(tmp_path):
+    m = {"top1": 0.9, "top5": 1.0, "balanced_accuracy": 0.7, "worst_class": "cat", "worst_class_recall": 0.25}
+    m.update({key: 0.5 for key in ("macro_precision", "macro_recall", "macro_f1", "ece", "nll")})
+    assert "<b>0.2500</b><span>worst-class recall (cat)</span>" in headline_cards(m)
+    del m["worst_class"]  # an evaluation written before the worst class was recorded
+    assert "worst-class" not in headline_cards(m)
 
 
 def test_without_an_evaluation_the_section_says_how_to_make_one_and_a_broken_one_is_named(tmp_path):

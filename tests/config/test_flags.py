@@ -38,6 +38,7 @@ def test_the_training_commands_share_the_recipe_flags():
         "pretrained",
         "precision",
         "unknown",
+        "teacher",
     ]
     assert "time" not in names["tune"]  # tune's --time is the study's own
     assert {"model", "epochs", "batch_size", "lr", "precision", "strategy", "buffer_size"} <= set(

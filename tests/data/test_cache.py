@@ -137,7 +137,7 @@ from resnetcls.data.cache import StoreGeometry, open_or_build
 folder = sys.argv[1]
 for count in (600, 1200):  # a build that kept its images would raise the peak by the second store's size
     paths = [f"{folder}/{i % 40}.png" for i in range(count)]  # tiny files, each stored as 160 x 160 x 3
-    store = open_or_build(paths, StoreGeometry(160, square=True), f"{folder}/cache-{count}", workers=2,
+    store = open_or_build(paths, StoreGeometry(160, "squash"), f"{folder}/cache-{count}", workers=2,
                           log=lambda _: None)
     assert len(store) == count and not store.bad
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: kilobytes

@@ -123,3 +123,24 @@ def test_openloris_layout_keeps_every_object_in_val_and_test_with_more_images(tm
         for s in ("train", "validation", "test")
     }
     assert counts == {"train": 2 * 6, "validation": 2 * 2, "test": 2 * 2}  # 15% of 10 rounds to 2
+
+
+def test_multilabel_synth_plants_one_patch_per_label(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from resnetcls.data.sources import read_data
+    from resnetcls.data.synth import PATCH_COLOURS, synthesize_multilabel
+
+    manifest = synthesize_multilabel(tmp_path / "ml", images=12, image_size=24, seed=3)
+    dataset = read_data(str(manifest))
+    assert dataset.classes == sorted(PATCH_COLOURS)
+    train = dataset.splits["train"]
+    assert len(train) == 9 and len(dataset.splits["val"]) == 3
+    for path, labels in zip(train.paths, train.label_sets):
+        assert 1 <= len(labels) <= 3
+        pixels = np.asarray(Image.open(path)).reshape(-1, 3)
+        present = {name for name, rgb in PATCH_COLOURS.items() if (pixels == rgb).all(1).any()}
+        assert present == {dataset.classes[label] for label in labels}
+    columns = synthesize_multilabel(tmp_path / "cols", images=12, image_size=24, seed=3, columns=True)
+    assert read_data(str(columns)).splits["train"].label_sets == train.label_sets

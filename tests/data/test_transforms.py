@@ -134,3 +134,32 @@ def test_eval_crops_refuse_another_size(photos, tmp_path):
     store = open_or_build(photos.paths[:1], transform.geometry, tmp_path)
     with pytest.raises(ValueError, match="eval centre crop"):
         transform.crops([store.load(0)], size=16)
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "squash"])
+def test_letterbox_and_squash_evaluate_the_whole_frame_in_every_path(photos, tmp_path, mode):
+    """The cached eval batches equal predict's PIL transform; each store is keyed by the mode; training keeps
+    the whole frame (the padding stays the mean colour, the frame is never cut)."""
+    preprocess = make_preprocess(32, mode=mode)
+    assert preprocess["resize_mode"] == {"letterbox": "letterbox", "squash": "square"}[mode]
+    batch = eval_batch(photos, preprocess, 0, tmp_path / "cache")
+    expected = torch.stack(
+        [build_eval_transform(preprocess)(decode_image(photos.paths[i])) for i in batch["index"].tolist()]
+    )
+    assert torch.allclose(batch["images"], expected, atol=1e-5)
+    crop_store = open_or_build(
+        photos.paths[:1], build_eval_batch_transform(make_preprocess(32)).geometry, tmp_path
+    )
+    mode_store = open_or_build(photos.paths[:1], build_eval_batch_transform(preprocess).geometry, tmp_path)
+    assert crop_store.directory != mode_store.directory  # a crop store is never read for another mode
+    wide = mode_store.load(0)  # photo 0 is 97x61
+    assert wide.shape == ((20, 32, 3) if mode == "letterbox" else (32, 32, 3))
+    train = build_train_transform(preprocess)
+    fill = torch.tensor([124, 116, 104], dtype=torch.uint8).view(3, 1)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        crop = train.crops([wide], seeds=[seed])[0]
+        content = (crop != fill.view(3, 1, 1)).any(0)  # where the frame is (the padding is the mean colour)
+        rows, cols = content.any(1).nonzero(), content.any(0).nonzero()
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert 0.8 * 32 - 1 <= width <= 32 and (width / height > 1.3 if mode == "letterbox" else True)

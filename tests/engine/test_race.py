@@ -306,22 +306,19 @@ def test_the_plan_races_only_what_is_left_open_and_nothing_without_its_share_or_
     assert not (tmp_path / "r").exists()  # the plan writes nothing
 
 
-def test_a_planted_imbalance_races_the_balanced_sampler_unless_the_user_fixed_the_class_balance(
+def test_a_planted_imbalance_is_balanced_by_the_recipe_so_the_race_leaves_the_class_balance_alone(
     photos, imbalanced, tmp_path, fake_machine
 ):
     plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5")
-    assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "heavy 48px balanced"]
-    assert (
-        plan.decision("race")
-        .lines[0]
-        .startswith("auto recipe race: heavy 48px, light 48px, heavy 32px, heavy 48px balanced on ")
-    )
+    assert plan.cfg.data.sampler == "balanced"  # the auto recipe's class balance, in every candidate
+    assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
     assert plan.decision("recipe").record["imbalance"] > race.IMBALANCED
     for fixed in ("data.sampler=shuffle", "loss.class_weights=balanced"):
         plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5", fixed)
         assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
     balanced_data = plan_for(photos, tmp_path / "r", "train.race_share=0.5")
     assert "heavy 48px balanced" not in names(balanced_data.race.entries)
+    assert balanced_data.cfg.data.sampler == "shuffle"
 
 
 def test_a_balanced_winner_trains_with_the_balanced_sampler_and_resumes_with_it(
@@ -341,6 +338,10 @@ def test_a_balanced_winner_trains_with_the_balanced_sampler_and_resumes_with_it(
         return real_epochs(run, on_epoch)
 
     monkeypatch.setattr(race, "run_rung", balanced_wins)
+    # the race's own class-balance candidate (the auto recipe's class balance not counted as decided)
+    monkeypatch.setattr(
+        plan_module, "race_candidates", lambda run, given, facts: race_candidates(run, {}, facts)
+    )
     monkeypatch.setattr(train_module, "train_epochs", killed_after_the_race)
     run = tmp_path / "run"
     stopped = run_cli("train", imbalanced, *RACE, "--out", run)

@@ -22,9 +22,9 @@ from resnetcls.engine.recipe import (
     choose_recipe,
     image_size_for,
     median_short_side,
-    recipe_blocker,
     small_batch,
 )
+from resnetcls.engine.recipe_choice import recipe_blocker
 from resnetcls.errors import UserError
 from resnetcls.models import create_model, weights
 from tests.conftest import ROOT, make_class_folders, run_cli
@@ -201,6 +201,22 @@ def test_median_short_side_reads_headers_and_skips_unreadable_files(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     assert median_short_side(paths + [str(tmp_path / "bad.jpg")]) == (200, 3)
     assert median_short_side([str(tmp_path / "bad.jpg")]) == (None, 0)
+
+
+def test_wide_frames_are_squashed_whole_unless_the_user_chose_a_resize(tmp_path):
+    paths = []
+    for i, (w, h) in enumerate([(300, 100), (200, 100), (100, 400), (50, 50)]):
+        Image.new("RGB", (w, h)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    wide = facts(720).with_aspect(paths)
+    assert wide.median_aspect == 2.5  # the median of 3, 2, 4 and 1
+    choice = choose_recipe(wide, "cpu", FAST(1000.0))
+    assert choice.run["data.resize"] == "squash"
+    assert "squash (median aspect ratio 2.50:1, over 1.5: the whole frame kept" in choice.lines()[0]
+    mine = choose_recipe(wide, "cpu", FAST(1000.0), given={"data.resize": "letterbox"})
+    assert mine.run["data.resize"] == "letterbox" and "data.resize" not in mine.config_values()
+    square = choose_recipe(facts(720).with_aspect(paths[1:2] + paths[3:]), "cpu", FAST(1000.0))
+    assert "data.resize" not in square.run and "squash" not in square.lines()[0]  # 1.5: crop stays
 
 
 @pytest.fixture
@@ -528,3 +544,29 @@ def test_resnetcls_offline_or_the_recipe_off_never_checks_the_network(
     assert online == [] and plan.cfg.train.pretrained == ""
     if setting == "RESNETCLS_OFFLINE=1":
         assert plan.decision("recipe").lines[1] == SCRATCH
+
+
+def test_a_planted_10_to_1_set_gets_the_balanced_sampler_said_and_the_users_own_choice_is_kept(
+    tmp_path, torch_home, speed_100
+):
+    data = make_class_folders(tmp_path / "train", {"blue": COLOURS["blue"]}, per_class=20)
+    make_class_folders(data, {"green": COLOURS["green"]}, per_class=2)
+    val = make_class_folders(tmp_path / "val", dict(list(COLOURS.items())[:2]), per_class=2)
+    plan = plan_for(data, tmp_path / "run", **{"data.val": str(val)})
+    made = plan.decision("recipe")
+    assert plan.cfg.data.sampler == "balanced" and plan.cfg.loss.class_weights == "none"
+    assert made.chosen["data.sampler"] == "balanced" and made.record["imbalance"] == 10.0
+    assert (
+        "; the balanced sampler, each class drawn equally often (data.sampler=balanced: the largest training "
+        "class has 10.0x the images of the smallest, over 3) (--no-auto-recipe" in made.lines[0]
+    )
+    for setting, sampler, class_weights in (
+        ("data.sampler=shuffle", "shuffle", "none"),
+        ("loss.class_weights=balanced", "shuffle", "balanced"),
+    ):
+        mine = plan_for(data, tmp_path / "run", setting, **{"data.val": str(val)})
+        assert (mine.cfg.data.sampler, mine.cfg.loss.class_weights) == (sampler, class_weights)
+        assert not mine.decision("recipe").chosen.keys() & {"data.sampler", "loss.class_weights"}
+        assert "balanced" not in mine.decision("recipe").lines[0]  # nothing said beyond the usual line
+    off = plan_for(data, tmp_path / "run", "train.auto_recipe=false", **{"data.val": str(val)})
+    assert off.cfg.data.sampler == "shuffle"  # the recipe off: the config as given

@@ -7,9 +7,12 @@ from pathlib import Path
 
 from resnetcls.engine.recipe import RULES, SMALL_DATA
 from resnetcls.engine.recipe_choice import (
+    BALANCE,
+    IMBALANCED,
     DataFacts,
     ImageNetWeights,
     RecipeChoice,
+    class_balance,
     class_imbalance,
     fine_tune,
 )
@@ -101,3 +104,27 @@ def test_the_class_imbalance_is_the_largest_class_over_the_smallest_present():
     assert class_imbalance([0, 1, 2, 0, 1, 2]) == 1.0
     assert class_imbalance([4, 4, 4]) == 1.0 and class_imbalance([]) == 1.0  # one class, or none
     assert small_choice({}, {}).record()["imbalance"] == 1.0  # the recipe record keeps the facts
+
+
+def test_over_an_imbalance_of_3_the_class_balance_is_turned_on_unless_the_user_chose_one():
+    skewed = DataFacts(40, 5, 2, None, 0, imbalance=10.0)
+    assert class_balance(skewed, {}) == {"data.sampler": "balanced"} == BALANCE
+    assert (
+        class_balance(DataFacts(40, 5, 2, None, 0, imbalance=IMBALANCED), {}) == {}
+    )  # at the limit: not over
+    for mine in ({"data.sampler": "shuffle"}, {"loss.class_weights": "none"}, {"data.sampler": "balanced"}):
+        assert class_balance(skewed, mine) == {}
+
+
+def test_the_line_says_the_class_balance_chosen_and_not_the_users_own():
+    choice = small_choice({"data.sampler": "balanced"}, {})
+    choice.facts = DataFacts(40, 5, 2, None, 0, imbalance=10.0)
+    assert choice.lines()[0] == (
+        "auto recipe: from you: nothing; chosen: the balanced sampler, each class drawn equally often "
+        "(data.sampler=balanced: the largest training class has 10.0x the images of the smallest, over "
+        "3) (--no-auto-recipe to turn it off)"
+    )
+    assert choice.record()["values"] == {"data.sampler": "balanced"}
+    mine = small_choice({"train.batch_size": 8}, {"data.sampler": "balanced", "train.epochs": 3})
+    assert "from you: train.epochs=3; chosen: batch 8" in mine.lines()[0]  # as before: no balance said
+    assert "balanced" not in mine.lines()[0]

@@ -108,6 +108,8 @@ def test_the_fast_loader_names_the_file_it_cannot_read(tmp_path):
 
 def test_resize_modes_without_a_crop_box_take_the_exact_path():
     assert not ImageLoader(make_preprocess(32, resize_size=24)).fast
+    assert not ImageLoader(make_preprocess(32, mode="letterbox")).fast
+    assert ImageLoader(make_preprocess(32, mode="squash")).fast
 
 
 def test_the_lookup_normalisation_is_bit_identical_to_the_computed_one():

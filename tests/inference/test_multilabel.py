@@ -201,7 +201,7 @@ def test_the_export_carries_the_record_and_a_sigmoid_output(model, exported):
 
 def test_predict_and_serve_take_the_threshold_on_the_command_line(model, image):
     from resnetcls.cli.deploy_commands import serve_settings
-    from tests.cli.test_commands import serve_args
+    from tests.cli.test_deploy_commands import serve_args
     from tests.conftest import run_cli
 
     result = run_cli("predict", model, image, "--threshold", "1", "--format", "json", "--backend", "torch")

@@ -16,11 +16,12 @@ from PIL import Image
 
 import resnetcls
 from resnetcls.cli import main
+from resnetcls.data.transforms import make_preprocess
 from resnetcls.errors import UserError
 from resnetcls.export.formats import export_model
 from resnetcls.inference.predictor import Predictor
 from resnetcls.inference.standalone import is_onnx_file, load_onnx_file
-from resnetcls.records.modelfile import load_model_dir, write_calibration
+from resnetcls.records.modelfile import load_model_dir, write_calibration, write_meta_record
 from resnetcls.utils.openset import UNKNOWN, threshold_for
 from tests.export.test_formats import CLASSES, add_open_set, make_tiny_model_dir, open_set_photos
 from tests.serve.test_admission import client_for
@@ -137,6 +138,48 @@ def test_the_documented_onnxruntime_snippet_reproduces_the_predictor(bare, photo
     tolerance = 64 * np.finfo(np.float32).eps
     assert scope["classes"][int(scope["probs"].argmax())] == ours.top[0][0]
     assert np.abs(scope["probs"] - expected).max() <= tolerance
+
+
+def run_documented_snippet(onnx_file, photo, folder, monkeypatch) -> dict:
+    """The export guide's ONNX-Runtime-only snippet run on onnx_file and photo; its variables."""
+    section = re.search(r"^#+ Without resnetcls.*?```python\n(.*?)```", DOC.read_text(), re.S | re.M)
+    assert section, f"{DOC} has no 'Without resnetcls' section with a python block"
+    shutil.copy(onnx_file, folder / "model.onnx")
+    shutil.copy(photo, folder / "photo.jpg")
+    monkeypatch.chdir(folder)
+    scope: dict = {}
+    exec(compile(section.group(1), str(DOC), "exec"), scope)
+    return scope
+
+
+def test_letterbox_predicts_alike_in_torch_onnxruntime_and_the_documented_snippet(
+    model_dir, tmp_path, monkeypatch
+):
+    """data.resize=letterbox travels in the file: ONNX Runtime, through the Predictor or through the guide's
+    plain snippet, pads a wide photo as the torch Predictor does (same top-1, probabilities within float
+    tolerance). The exported graph does not depend on the preprocessing, so this module's export with its
+    preprocess record made letterbox's, in model.json and in the file, is a letterbox model's export."""
+    folder = Path(shutil.copytree(model_dir, tmp_path / "model"))
+    letterbox = make_preprocess(32, mode="letterbox")
+    proto = onnx.load(folder / "model.onnx")
+    next(p for p in proto.metadata_props if p.key == "preprocess").value = json.dumps(letterbox)
+    onnx.save(proto, folder / "model.onnx")
+    write_meta_record(folder, "preprocess", letterbox, hashed=("model.onnx",))
+    photo = tmp_path / "wide.jpg"
+    pixels = np.random.default_rng(5).integers(0, 255, size=(6, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize((150, 45), Image.BICUBIC).save(photo, quality=95)
+    [torch_top] = Predictor(folder, backend="torch", precision="fp32").predict(photo, topk=len(CLASSES))
+    [ort_top] = Predictor(folder, backend="onnxruntime").predict(photo, topk=len(CLASSES))
+    scope = run_documented_snippet(folder / "model.onnx", photo, tmp_path, monkeypatch)
+    expected = np.array([dict(torch_top.top)[c] for c in CLASSES])
+    assert json.loads(scope["meta"]["preprocess"])["resize_mode"] == "letterbox"
+    assert scope["image"].size == (32, 32) and scope["image"].getpixel((0, 0)) == (124, 116, 104)
+    assert ort_top.top[0][0] == torch_top.top[0][0] == scope["classes"][int(scope["probs"].argmax())]
+    assert np.abs(np.array([dict(ort_top.top)[c] for c in CLASSES]) - expected).max() < 1e-4
+    assert np.abs(scope["probs"] - expected).max() < 1e-4
+    # the crop record on the same file and photo sees another picture: the mode is really applied
+    [cropped] = Predictor(model_dir, backend="onnxruntime").predict(photo, topk=len(CLASSES))
+    assert np.abs(np.array([dict(cropped.top)[c] for c in CLASSES]) - expected).max() > 1e-3
 
 
 @pytest.fixture(scope="module", params=["knn", "mahalanobis"])

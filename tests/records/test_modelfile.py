@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from resnetcls.cli import main
-from resnetcls.data.transforms import make_preprocess
+from resnetcls.data.transforms import build_eval_transform, make_preprocess
 from resnetcls.errors import UserError
 from resnetcls.models import create_model
 from resnetcls.records.modelfile import (
@@ -111,6 +112,8 @@ def test_truncated_weights_are_refused(copy, capsys):
         ({"arch_args": {**ARGS, "dilation": 2}}, "unknown arch_args dilation"),
         ({"preprocess": {**make_preprocess(32), "interpolation": "lanczos9"}}, "preprocess.interpolation"),
         ({"preprocess": {**make_preprocess(32), "std": [0.2, 0.2]}}, "preprocess.std"),
+        ({"preprocess": {**make_preprocess(32, mode="letterbox"), "pad": [0, 300, 0]}}, "preprocess.pad"),
+        ({"preprocess": {**make_preprocess(32), "resize_mode": "fit"}}, "preprocess.resize_mode='fit'"),
         ({"sha256": {}}, "sha256.model.safetensors must be a 64-digit hex digest"),
     ],
 )
@@ -189,6 +192,19 @@ def test_a_model_dir_written_before_the_content_hash_still_loads(copy):
     del meta["sha256"]["model.json"]
     (copy / "model.json").write_text(json.dumps(meta))
     assert load_model_dir(copy).classes == CLASSES
+
+
+def test_a_model_dir_without_a_resize_mode_preprocesses_as_crop(copy):
+    """Model folders written before data.resize have no resize_mode: they centre-crop, as trained."""
+    meta = json.loads((copy / "model.json").read_text())
+    del meta["preprocess"]["resize_mode"], meta["sha256"]["model.json"]
+    (copy / "model.json").write_text(json.dumps(meta))
+    wide = Image.new("RGB", (90, 30), (200, 0, 0))
+    wide.paste((0, 0, 200), (0, 0, 20, 30))  # blue at the left edge: cut off by the centre crop only
+    ours = build_eval_transform(load_model_dir(copy).preprocess)(wide)
+    assert torch.equal(ours, build_eval_transform(make_preprocess(32))(wide))
+    boxed = build_eval_transform(make_preprocess(32, mode="letterbox"))(wide)
+    assert (ours[2] < 0).all() and (boxed[2] > 1).any()  # only letterbox still sees the blue edge
 
 
 def test_saving_refuses_what_loading_would_refuse(tmp_path):

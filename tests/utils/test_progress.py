@@ -55,10 +55,11 @@ print(json.dumps(codes), flush=True)
 
 def run_on_terminal(commands: list[list], env: dict) -> list[tuple[int, str, str]]:
     """Each of `commands` (resnetcls ARGS), in turn in one `python` process whose stderr is a pseudo-terminal
-    of 120 columns: [(code, stdout, stderr) of each]."""
+    of 200 columns: [(code, stdout, stderr) of each]."""
     command = [sys.executable, "-c", SEQUENCE, json.dumps([[str(a) for a in args] for args in commands])]
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    # wide enough that tqdm never cuts the postfix (loss, lr, img/s, data wait), whatever the speed
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))
     with (
         open(os.devnull) as stdin,
         subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=follower, env=env) as proc,

@@ -7,8 +7,9 @@ at most HEATMAP_MAX_CLASSES classes and metrics.json carries the matrix up to MA
 CSV always. The last shows each image as the model saw it beside its Grad-CAM overlay for the (wrong)
 predicted class: where the model found the evidence that misled it (explain.py). Every number comes from the
 probabilities predict and serve give: calibrated with model.json's temperature (calibration.py);
-metrics.json's "calibration" holds the temperature and ECE/NLL before (raw softmax) and after, its
-"open_set" the open-set numbers (openeval.py).
+metrics.json's headline holds the balanced accuracy and the worst class with its recall (classmetrics.py),
+its "calibration" the temperature and ECE/NLL before (raw softmax) and after, its "open_set" the open-set
+numbers (openeval.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ..utils.atomic import csv_text, write_atomic, write_text_atomic
 from ..utils.calibration import calibrated_probabilities, calibration_error
 from ..utils.limits import MATRIX_IN_JSON_MAX_CLASSES
 from ..utils.progress import progress_bar
+from .classmetrics import most_confused, per_class_table, worst_class
+from .multieval import eval_labels, evaluate_multilabel
 from .openeval import OpenSetOptions, eval_predictor, open_set_summary, scoring_for
 from .overlap import Routed, find_overlap, train_summary
 
@@ -85,14 +88,14 @@ class Accumulator:
     def metrics(self, classes: list[str]) -> dict:
         """All numbers of an evaluation. Rows of the confusion matrix are true classes, columns predicted.
 
-        Balanced accuracy and the macro averages are taken over the classes present in the data, so a DATA
-        holding a subset of the model's classes is judged on those (predictions into the others still count
-        as errors). The matrix is in the dict (and metrics.json) up to MATRIX_IN_JSON_MAX_CLASSES classes;
-        confusion_matrix.csv always holds it.
+        Balanced accuracy (the mean per-class recall), the worst class (lowest recall) and the macro averages
+        are taken over the classes present in the data, so a DATA holding a subset of the model's classes is
+        judged on those (predictions into the others still count as errors). The matrix is in the dict (and
+        metrics.json) up to MATRIX_IN_JSON_MAX_CLASSES classes; confusion_matrix.csv always holds it.
         """
         c = self.columns()
         n, confusion = len(c["labels"]), self.confusion
-        per_class = _per_class(confusion, classes)
+        per_class = per_class_table(confusion, classes)
         present = [name for name in classes if per_class[name]["support"]]
         correct = c["pred"] == c["labels"]
         ece, bins = calibration_error(c["confidence"], correct)
@@ -102,6 +105,7 @@ class Accumulator:
             "top5": float(c["topk_hit"].float().mean()),
             "top5_k": self.k,
             "balanced_accuracy": float(np.mean([per_class[p]["recall"] for p in present])),
+            **worst_class(per_class),
             "macro_precision": float(np.mean([per_class[p]["precision"] for p in present])),
             "macro_recall": float(np.mean([per_class[p]["recall"] for p in present])),
             "macro_f1": float(np.mean([per_class[p]["f1"] for p in present])),
@@ -116,39 +120,6 @@ class Accumulator:
             "classes": classes,
             "classes_in_data": present,
         }
-
-
-def _per_class(confusion: np.ndarray, classes: list[str]) -> dict:
-    """Precision, recall, F1 and support per class; recall/F1 are None for a class absent from the data."""
-    tp = np.diag(confusion).astype(float)
-    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
-    table = {}
-    for i, name in enumerate(classes):
-        precision = tp[i] / predicted[i] if predicted[i] else 0.0
-        recall = tp[i] / support[i] if support[i] else None
-        f1 = (
-            None
-            if recall is None
-            else (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        )
-        table[name] = {
-            "precision": float(precision),
-            "recall": recall if recall is None else float(recall),
-            "f1": f1 if f1 is None else float(f1),
-            "support": int(support[i]),
-        }
-    return table
-
-
-def most_confused(confusion: np.ndarray, classes: list[str], k: int = 20) -> list[dict]:
-    """The k largest off-diagonal cells (true class predicted as another), largest first."""
-    cells = np.flatnonzero(confusion)  # at most one per image: no second C x C array
-    cells = cells[cells % (len(confusion) + 1) != 0]  # off the diagonal
-    cells = cells[np.lexsort((cells, -confusion.flat[cells]))][:k]  # by count, ties in class order
-    rows, cols = np.unravel_index(cells, confusion.shape)
-    return [
-        {"true": classes[i], "pred": classes[j], "count": int(confusion[i, j])} for i, j in zip(rows, cols)
-    ]
 
 
 def compute_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
@@ -220,11 +191,8 @@ def write_tables(metrics: dict, confusion: np.ndarray, out: Path) -> None:
     per_class = [["class", "precision", "recall", "f1", "support"]]
     for c in classes:
         row = metrics["per_class"][c]
-        per_class.append(
-            [c]
-            + ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
-            + [row["support"]]
-        )
+        cells = ["" if row[k] is None else f"{row[k]:.6f}" for k in ("precision", "recall", "f1")]
+        per_class.append([c, *cells, row["support"]])
     write_text_atomic(out / "per_class.csv", csv_text(per_class))
 
     def rows(f) -> None:
@@ -325,6 +293,8 @@ def evaluate_samples(
     about = dict(about)
     if not len(samples):
         raise UserError(f"{about.get('data', 'DATA')}: no images to evaluate")
+    if predictor.loaded.multi_label is not None:  # multi-label model: multieval.py
+        return evaluate_multilabel(predictor, samples, out, about, batch_size, num_workers)
     acc = Accumulator(len(predictor.classes), predictor.temperature)
     trained = Accumulator(len(predictor.classes), predictor.temperature) if apart else None
     sink = Routed(acc, trained, apart, len(samples)) if apart else acc
@@ -385,7 +355,7 @@ def evaluate_model(
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a whole number of at least 1")
     predictor, open_set = eval_predictor(model, precision, backend, open_set)
-    samples, split = load_eval_samples(data, predictor.classes)
+    samples, split = load_eval_samples(data, predictor.classes, "", eval_labels(predictor.loaded.multi_label))
     overlap = find_overlap(predictor.loaded.path, samples)
     if overlap.train and len(overlap.train) == len(samples) and not include_train:
         raise UserError(overlap.refusal(data))

@@ -29,10 +29,10 @@ from ..inference.predictor import Predictor
 from ..records.envinfo import provenance
 from ..utils.atomic import write_text_atomic
 from .evaluate import evaluate_samples
+from .multieval import evaluation_section
 from .report_sections import (
     cards_html,
     embedded_png,
-    eval_section,
     html_value,
     lifelong_section,
     race_section,
@@ -130,7 +130,10 @@ def augmented_batch(run_dir: Path, train_samples: Samples, count: int = 16) -> t
     loader = pipeline.train_loader(train_samples, sampler, cfg.train.seed)
     batch = next(b for b in loader if b["images"] is not None)
     images, labels = loader.device_finish(batch["images"]), batch["labels"]
-    targets = torch.nn.functional.one_hot(labels, len(train_samples.classes)).float()
+    if labels.ndim == 2:  # multi-label: multi-hot rows
+        targets = labels.float()
+    else:
+        targets = torch.nn.functional.one_hot(labels, len(train_samples.classes)).float()
     if loader.batch_mix is not None:
         images, targets = loader.batch_mix(images, labels, batch["seed"])
     mean = torch.tensor(pipeline.preprocess["mean"]).view(1, 3, 1, 1)
@@ -139,6 +142,9 @@ def augmented_batch(run_dir: Path, train_samples: Samples, count: int = 16) -> t
     captions = []
     for row in targets:
         shares = sorted(((float(w), c) for c, w in enumerate(row) if w > 0.005), reverse=True)
+        if not shares:  # a multi-label image without any of the classes
+            captions.append("(no label)")
+            continue
         names = [train_samples.classes[c] for _, c in shares]
         shown = [f"{n} {w:.2f}" for (w, _), n in zip(shares, names)]
         captions.append(names[0] if len(shares) == 1 else " +\n".join(shown))
@@ -243,7 +249,9 @@ def write_report(
         )
     epochs, summary = read_records(run_dir)
     headline = [("epochs", len(epochs))] + [
-        (k.replace("_", " "), summary[k]) for k in ("best_val_top1", "best_epoch", "seconds") if k in summary
+        (k.replace("_", " "), summary[k])
+        for k in ("best_val_map", "best_val_top1", "best_epoch", "seconds")
+        if k in summary
     ]
     body = (
         f"<h1>resnetcls run: {html.escape(run_dir.resolve().name)}</h1>"
@@ -258,7 +266,9 @@ def write_report(
         )
         + _lr_find_section(run_dir)
         + (
-            _augmented_section(run_dir) + eval_section(run_dir / "eval") + _env_section(run_dir, summary)
+            _augmented_section(run_dir)
+            + evaluation_section(run_dir / "eval")  # a multi-label model's, or eval_section
+            + _env_section(run_dir, summary)
             if is_run
             else ""
         )

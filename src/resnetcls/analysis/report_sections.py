@@ -188,6 +188,27 @@ def open_set_part(block: dict | None, eval_dir: Path) -> str:
     )
 
 
+def headline_cards(m: dict) -> str:
+    """The evaluation's headline numbers as cards (the worst class where metrics.json names it)."""
+    return cards_html(
+        [
+            ("top-1", m["top1"]),
+            (f"top-{m.get('top5_k', 5)}", m["top5"]),
+            ("balanced accuracy", m["balanced_accuracy"]),
+            *(
+                [(f"worst-class recall ({m['worst_class']})", m["worst_class_recall"])]
+                if m.get("worst_class")
+                else []
+            ),
+            ("macro precision", m["macro_precision"]),
+            ("macro recall", m["macro_recall"]),
+            ("macro F1", m["macro_f1"]),
+            ("ECE", m["ece"]),
+            ("NLL", m["nll"]),
+        ]
+    )
+
+
 def eval_section(eval_dir: Path) -> str:
     path = eval_dir / "metrics.json"
     if not path.is_file():
@@ -202,18 +223,7 @@ def eval_section(eval_dir: Path) -> str:
     parts = [
         f"<h2>Evaluation</h2><p class='sub'>{m['images']} images of {html.escape(str(m.get('data')))} "
         f"(split: {html.escape(str(m.get('split')))}), model {html.escape(str(m.get('model')))}</p>",
-        cards_html(
-            [
-                ("top-1", m["top1"]),
-                (f"top-{m.get('top5_k', 5)}", m["top5"]),
-                ("balanced accuracy", m["balanced_accuracy"]),
-                ("macro precision", m["macro_precision"]),
-                ("macro recall", m["macro_recall"]),
-                ("macro F1", m["macro_f1"]),
-                ("ECE", m["ece"]),
-                ("NLL", m["nll"]),
-            ]
-        ),
+        headline_cards(m),
         _calibration_part(m.get("calibration")),
         open_set_part(m.get("open_set"), eval_dir),
     ]

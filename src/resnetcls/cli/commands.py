@@ -130,11 +130,14 @@ def cmd_eval(args) -> int:
         include_train=args.include_train,
         open_set=OpenSetOptions(args.unknown, args.open_set, args.unknown_accept),
     )
+    if m.get("multi_label"):  # a multi-label model (analysis/multieval.py)
+        return print_multilabel(m)
     kind = eval_images_kind(m["overlap"])
     print(f"{m['images']} {kind}({m['split']}): top1 {m['top1']:.4f}  top5 {m['top5']:.4f}")
     c = m["calibration"]
     print(
-        f"balanced accuracy {m['balanced_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}"
+        f"balanced accuracy {m['balanced_accuracy']:.4f}  worst class {m['worst_class']}: recall "
+        f"{m['worst_class_recall']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}"
         f"  (temperature {c['temperature']:.3g}; raw softmax ECE {c['ece_before']:.4f})"
     )
     t = m.get("train_images")
@@ -145,6 +148,14 @@ def cmd_eval(args) -> int:
         )
     for line in open_set_lines(m["open_set"]) if "open_set" in m else []:
         print(line)
+    print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
+    return 0
+
+
+def print_multilabel(m: dict) -> int:
+    from ..analysis.multieval import multilabel_lines
+
+    print("\n".join(multilabel_lines(m)))
     print(f"metrics, tables and figures written to {m['out']}/", file=sys.stderr)
     return 0
 

@@ -136,6 +136,16 @@ FLAGS: tuple[Flag, ...] = (
         metavar="FOLDER",
     ),
     Flag(
+        "teacher",
+        "distill.teacher",
+        "path",
+        "distil from this trained model (a model or run directory of the same classes, in the same order): "
+        "the loss mixes the task loss with the KL divergence to the teacher's softened outputs "
+        "(distill.alpha, 0.5; distill.temperature, 4) (default: none)",
+        ("train",),
+        metavar="MODEL_DIR",
+    ),
+    Flag(
         "tasks",
         "lifelong.tasks",
         "text",

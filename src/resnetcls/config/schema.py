@@ -25,6 +25,8 @@ class DataConfig:
     image_size: int = 224  # training / model input size
     progressive: float = 0.0  # progressive resizing: epoch 1 trains at this fraction of image_size, growing
     # to image_size at ~75% of the epochs (the rest at it); 0 = off, e.g. 0.5
+    resize: str = "crop"  # how a photo becomes the square input: crop (short side, centre crop) |
+    # letterbox (whole frame, long side, padded with the mean colour) | squash (whole frame, aspect ignored)
     resize_size: int = 0  # eval resize of the short side; 0 = image_size / 0.875
     augment: str = "crop_flip"  # crop_flip (random-resized-crop + flip) | resize (the seed: none) |
     # trivialaugment | randaugment (crop_flip, then that per-image policy)
@@ -39,13 +41,16 @@ class DataConfig:
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
     val_fraction: float = 0.1  # stratified hold-out when DATA has no split
     split_by: str = ""  # CSV column whose groups stay on one side of the hold-out
+    multi_label: str = "auto"  # CSV manifests: auto (multi-label when a label holds label_separator, or
+    # one 0/1 column per class without a label column) | on | off (each label is one class name)
+    label_separator: str = ";"  # joins a multi-label CSV's labels in its label column: cup;spoon
     num_workers: int = -1  # DataLoader workers; -1 = one per core, at most 4
     on_bad: str = "skip"  # bad image during training: "skip" (warn + count) or "fail"
     batches: str = ""  # OpenLORIS layout: batch numbers to use, e.g. "1,2"; "" = all
     color_jitter: float = 0.0  # brightness/contrast/saturation strength for training, e.g. 0.4
     cache: bool = True  # decode each image once into a uint8 memory-mapped cache
     cache_dir: str = ""  # "" = $RESNETCLS_CACHE or ~/.cache/resnetcls
-    cache_size: int = 0  # stored short side; 0 = the eval resize (image_size / 0.875)
+    cache_size: int = 0  # stored short side (long side with letterbox); 0 = the eval resize
     sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often, with replacement)
     cache_max_gb: float = 50.0  # least-recently-used stores are deleted beyond this total; 0 = no limit
     cache_format: str = "auto"  # auto (decoded; compressed where that would not fit cache_max_gb or the
@@ -112,7 +117,8 @@ class LossConfig:
 class CkptConfig:
     keep_last: int = 3
     every_steps: int = 0  # 0 = only at the end of each epoch
-    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss
+    metric: str = "val_top1"  # chooses best/ and the kept best checkpoint: val_top1 | val_top5 | val_loss |
+    # val_map (multi-label data: the mean average precision; chosen for it unless val_loss is given)
 
 
 @dataclass
@@ -142,6 +148,17 @@ class EvalConfig:
     open_set_accept: float = 0.95  # the share of known val images the threshold accepts
     open_set_unknown: str = ""  # a folder of images of none of the classes (train --unknown): the threshold
     # then best separates them from the val images (balanced accuracy) instead of open_set_accept
+
+
+@dataclass
+class DistillConfig:
+    """`train --teacher MODEL_DIR`: knowledge distillation from a trained model of the same classes
+    (engine/distill.py). loss = (1 - alpha) * task loss + alpha * temperature^2 * KL(teacher || student) of
+    the temperature-softened outputs (Hinton et al. 2015)."""
+
+    teacher: str = ""  # the teacher's model directory (or run directory: its best/); "" = no distillation
+    temperature: float = 4.0  # softens both outputs; the KL term is scaled by its square
+    alpha: float = 0.5  # the KL term's weight; the task loss (loss.*) gets 1 - alpha
 
 
 @dataclass
@@ -205,6 +222,7 @@ class Config:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     lifelong: LifelongConfig = field(default_factory=LifelongConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 

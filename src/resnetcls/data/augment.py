@@ -84,8 +84,8 @@ class BatchMix:
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, seed: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mixed images, (N, num_classes) float targets whose rows sum to 1); seed None draws one from
-        torch."""
+        """(mixed images, (N, num_classes) float targets whose rows sum to 1, or for multi-hot labels (N, C)
+        the mixed multi-hot rows); seed None draws one from torch."""
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         rng = np.random.default_rng(mix_seed(seed))
@@ -100,8 +100,13 @@ class BatchMix:
             images[:, :, y0:y1, x0:x1] = images[perm][:, :, y0:y1, x0:x1]
         else:
             images = images * lam + images[perm] * (1.0 - lam)
-        one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float()
-        return images, one_hot * lam + one_hot[perm] * (1.0 - lam)
+        # multi-label batches arrive as multi-hot rows (N, C): their rows are mixed alike
+        rows = (
+            labels.float()
+            if labels.ndim == 2
+            else torch.nn.functional.one_hot(labels, self.num_classes).float()
+        )
+        return images, rows * lam + rows[perm] * (1.0 - lam)
 
 
 def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -2,10 +2,11 @@
 DataLoader worker and every later run (and every torchrun rank on the machine). data/store.py is the format.
 
 A store is a folder CACHE_DIR/<key>/. The key hashes the file list (path, size, mtime, inode, ctime), the
-decode rules, the stored geometry and the store's encoding, so a changed or replaced file or setting makes a
-new store. A store is written under a temporary name and renamed into place only when complete, while holding
-a lock file: a killed first pass leaves only a `*.partial-*` folder that the next builder deletes, never a
-store that looks complete; concurrent builders (torchrun ranks of one machine, or of several machines sharing
+decode rules, the stored geometry (size, data.resize's mode, interpolation: a store built for crop is never
+read for letterbox) and the store's encoding, so a changed or replaced file or setting makes a new store. A
+store is written under a temporary name and renamed into place only when complete, while holding a lock file:
+a killed first pass leaves only a `*.partial-*` folder that the next builder deletes, never a store that looks
+complete; concurrent builders (torchrun ranks of one machine, or of several machines sharing
 the cache folder) wait for one. A store is validated when opened and rebuilt with a warning when invalid.
 Before a build the space it needs is estimated from a sample of image headers and compared with the free
 space; least-recently-used stores are deleted to keep the folder under data.cache_max_gb.
@@ -34,7 +35,7 @@ from PIL import Image
 from ..errors import UserError
 from ..utils.atomic import DISK_FULL, free_bytes, write_error
 from .decode import DECODE_VERSION, MAX_PIXELS
-from .geometry import StoreGeometry
+from .geometry import StoreGeometry, stored_shape
 from .store import (
     JPEG_QUALITY,
     STORE_FORMAT,
@@ -211,10 +212,10 @@ def _stored_bytes(path: str, geometry: StoreGeometry) -> int | None:
             width, height = image.size
     except Exception:  # a bad file is counted as bad by the build, not here
         return None
-    if geometry.square or not width or not height:
+    if not width or not height:
         return geometry.size * geometry.size * 3
-    scale = geometry.size / min(width, height)
-    return round(width * scale) * round(height * scale) * 3
+    height, width = stored_shape(width, height, geometry)
+    return height * width * 3
 
 
 def estimate_store_bytes(paths: list[str], geometry: StoreGeometry) -> int:

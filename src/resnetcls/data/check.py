@@ -5,7 +5,8 @@ exact duplicates (same file content) and leakage (the same content in train and 
 groups (re-encoded, resized, shifted or re-lit copies, neighbouring video frames: data/neardup.py's perceptual
 hash, computed in the same decode) within and across splits with the share of val/test images that have a
 near-duplicate in train (for DATA without a split: under the hold-out `train` would make), classes present in
-one split but not another, empty classes, the size distribution and the ignored files.
+one split but not another, empty classes, the size distribution and the ignored files; for a multi-label
+CSV, the label co-occurrence (data/csvlabels.py's label_section).
 Human summary on stderr, full JSON to --out; with on_bad="fail" any bad file is an error (exit 2).
 --suggest-split writes a split.csv whose near-duplicate groups never cross the train/val boundary
 (data/nearsplit.py).
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.atomic import write_text_atomic
+from .csvlabels import cooccurrence_lines, label_section
 from .decode import DecodeError, decode_image
 from .neardup import MAX_THRESHOLD, image_signature
 from .nearsplit import (
@@ -68,8 +70,9 @@ def _class_table(dataset: DataSet) -> dict:
     table = {}
     for split, samples in dataset.splits.items():
         counts = [0] * len(dataset.classes)
-        for label in samples.labels:
-            counts[label] += 1
+        for labels in samples.label_sets or [(label,) for label in samples.labels]:
+            for label in labels:  # a multi-label image counts in each of its classes
+                counts[label] += 1
         nonzero = [c for c in counts if c]
         table[split] = {
             "images": len(samples),
@@ -146,6 +149,7 @@ def build_report(data: str, dataset: DataSet, results: dict[str, dict], near: di
         "sizes": _size_stats(results),
         "ignored": {kind: {"count": len(paths), "paths": paths} for kind, paths in dataset.ignored.items()},
         **({"near_duplicates": near} if near is not None else {}),
+        **label_section(dataset),
     }
 
 
@@ -193,6 +197,8 @@ def format_summary(report: dict) -> str:
         lines.append(f"  ignored: {ignored}")
     if "near_duplicates" in report:
         lines += near_summary_lines(report["near_duplicates"])
+    if "multi_label" in report:
+        lines += cooccurrence_lines(report["multi_label"])
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ Two paths, one batch format:
   progressive resizing each batch carries its epoch's size (data/sampler.py) and a slot made for the final
   size holds the smaller crops in its first bytes;
 - a PIL transform (evaluate/predict style): decode + transform per image.
+Labels are class indices, or multi-hot float rows (N, C) for multi-label samples (Samples.label_sets).
 Any torch Sampler (e.g. DistributedSampler, or a resumable one) can be passed as LoaderOptions.sampler.
 """
 
@@ -36,6 +37,7 @@ from torch.utils.data import (
 
 from ..errors import UserError
 from ..utils.hardware import usable_cores
+from ..utils.multilabel import multi_hot
 from .augment import BatchMix
 from .cache import open_or_build
 from .decode import DecodeError, decode_image
@@ -68,12 +70,19 @@ class ImageDataset(Dataset):
         seed = getattr(i, "seed", None)  # data/sampler.py's SeededIndex: augmentation independent of worker
         try:
             if seed is None:
-                return self.transform(image), self.samples.labels[i], int(i)
+                return self.transform(image), sample_targets(self.samples, [i])[0], int(i)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.transform(image), self.samples.labels[i], int(i)
+                return self.transform(image), sample_targets(self.samples, [i])[0], int(i)
         except MemoryError:  # named and skipped like a bad file, rather than a traceback from a worker
             return {"bad": (self.samples.paths[i], "not enough memory to preprocess this image")}
+
+
+def sample_targets(samples: Samples, indices: list[int]) -> torch.Tensor:
+    """A batch's labels: class indices (N,), or for multi-label samples multi-hot float rows (N, C)."""
+    if samples.label_sets is None:
+        return torch.tensor([samples.labels[i] for i in indices])
+    return multi_hot([samples.label_sets[i] for i in indices], len(samples.classes))
 
 
 class _OnTheFly:
@@ -128,7 +137,7 @@ class StoredImageDataset(Dataset):
             draws = None if device_crops is None else device_crops.draw(len(good), seeds)
         batch = {
             "images": crops,
-            "labels": torch.tensor([self.samples.labels[i] for i in good]),
+            "labels": sample_targets(self.samples, good),
             "index": torch.tensor([int(i) for i in good]),
             "bad": bad,
             "seed": seed,

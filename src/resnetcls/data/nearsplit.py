@@ -60,6 +60,7 @@ def _all_rows(dataset: DataSet) -> tuple[Samples, list[str], bool]:
         [label for _, s in parts for label in s.labels],
         dataset.classes,
         {c: [v for _, s in parts for v in s.extra.get(c, [""] * len(s))] for c in extra_cols},
+        None if parts[0][1].label_sets is None else [t for _, s in parts for t in s.label_sets],
     )
     return rows, [name for name, s in parts for _ in s.paths], False
 
@@ -174,7 +175,8 @@ def suggest_split(nd: NearDuplicates, out: str, val_fraction: float, seed: int) 
     crosses train and val; test rows stay test. Adds the group column; returns the new split's counts."""
     group_of = {k: f"g{n + 1}" for n, g in enumerate(nd.groups) for k in g}
     column = [group_of.get(k, f"i{k}") for k in range(len(nd.rows))]  # a lone image is a group of its own
-    rows = Samples(nd.rows.paths, nd.rows.labels, nd.rows.classes, {**nd.rows.extra, GROUP_COLUMN: column})
+    extra = {**nd.rows.extra, GROUP_COLUMN: column}
+    rows = Samples(nd.rows.paths, nd.rows.labels, nd.rows.classes, extra, nd.rows.label_sets)
     pool = [k for k, s in enumerate(nd.split_of) if s != "test"]
     test = [k for k, s in enumerate(nd.split_of) if s == "test"]
     train, val = stratified_holdout(rows.subset(pool), val_fraction, seed, GROUP_COLUMN)

@@ -4,7 +4,9 @@ DATA is one of (DESIGN.md section 4):
 - a folder of class sub-folders;
 - a folder with train/ and val/ (or valid/, validation/) (and test/) class folders (data/layouts.py says which
   folder became which split, warns about what is not read, and refuses other layouts with a hint);
-- a CSV manifest with columns path,label[,split][,extra...] (paths relative to the CSV's folder);
+- a CSV manifest with columns path,label[,split][,extra...] (paths relative to the CSV's folder); a
+  multi-label manifest holds several labels per image, joined in `label` or as one 0/1 column per class
+  (data/csvlabels.py);
 - an OpenLORIS-Object challenge folder: {train,validation,test}/batchK/label.csv with columns
   `file name,label` (integer labels) next to the images; `validation` is the val split.
 Hidden files (.DS_Store, ._*, Thumbs.db, anything in a hidden folder) and files without an image extension
@@ -13,25 +15,37 @@ are ignored in folder scans and counted in `ignored`; extensions match case-inse
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import random
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
 from ..utils.atomic import csv_text, write_atomic
-from .classnames import class_name, undecodable_byte, warn_similar_names
+from ..utils.multilabel import DEFAULT_SEPARATOR
+from .classnames import class_name, warn_similar_names
+from .csvlabels import (
+    CsvLabels,
+    class_columns,
+    column_sets,
+    first_labels,
+    index_sets,
+    is_multi_label_column,
+    join_labels,
+    label_column_sets,
+    raise_problems,
+    rarest_labels,
+    read_table,
+    row_problem,
+)
 from .decode import is_image_file
 from .layouts import (
     OPENLORIS_SPLITS,
     SPLITS,
     announce_splits,
-    csv_missing_file,
     is_hidden,
     is_openloris,
     no_class_folders,
@@ -46,12 +60,16 @@ from .layouts import (
 
 @dataclass
 class Samples:
-    """Image paths with integer labels into `classes`, plus any extra CSV columns."""
+    """Image paths with integer labels into `classes`, plus any extra CSV columns.
+
+    label_sets: None for single-label data; for multi-label data each image's classes (possibly none), and
+    labels[i] is then its first label (0 for an image without any, data/csvlabels.py)."""
 
     paths: list[str]
     labels: list[int]
     classes: list[str]
     extra: dict[str, list[str]] = field(default_factory=dict)
+    label_sets: list[tuple[int, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,6 +80,7 @@ class Samples:
             [self.labels[i] for i in indices],
             self.classes,
             {k: [v[i] for i in indices] for k, v in self.extra.items()},
+            None if self.label_sets is None else [self.label_sets[i] for i in indices],
         )
 
 
@@ -137,88 +156,45 @@ def read_folder(root: Path, classes: list[str] | None = None, ignored: dict | No
     return _to_samples(by_class, classes or sorted(by_class), root)
 
 
-def _read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """A CSV with a header -> (header, [(line number, row dict)]); structural problems name the line."""
-    try:
-        # utf-8-sig drops a spreadsheet's BOM; surrogateescape keeps non-UTF-8 file names byte-exact.
-        text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read CSV: {e.strerror or e}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise UserError(
-                f"{path}:1: CSV header must have columns {', '.join(map(repr, required))}; "
-                f"missing {', '.join(map(repr, missing))} (header is {header})"
-            )
-        rows, problems = [], []
-        line_no = reader.line_num
-        for row in reader:
-            start, line_no = line_no + 1, reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                problems.append(
-                    f"{path}:{start}: malformed row: expected {len(header)} columns, got {len(row)}"
-                )
-                continue
-            rows.append((start, {h: c.strip() for h, c in zip(header, row)}))
-    except csv.Error as e:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
-    _raise_problems(problems)
-    return header, rows
+def read_csv(path: Path, labels: CsvLabels = CsvLabels()) -> tuple[Samples, list[str]]:  # noqa: B008
+    """A CSV manifest -> (all samples with classes sorted by name, split column or [] when absent).
 
-
-def _raise_problems(problems: list[str]) -> None:
-    """Report every row problem at once: the first in full, then how many more and on which lines."""
-    if problems:
-        more = (
-            f" (and {len(problems) - 1} more: {'; '.join(problems[1:6])}"
-            + (" ..." if len(problems) > 6 else "")
-            + ")"
-            if len(problems) > 1
-            else ""
-        )
-        raise UserError(problems[0] + more)
-
-
-def read_csv(path: Path) -> tuple[Samples, list[str]]:
-    """A CSV manifest -> (all samples with classes sorted by name, split column or [] when absent)."""
-    header, table = _read_table(path, ("path", "label"))
-    rows, problems, raw_labels = [], [], set()
-    for line_no, rec in table:
-        if undecodable_byte(rec["label"]):  # paths may keep non-UTF-8 bytes (file names); labels become text
-            problems.append(
-                f"{path}:{line_no}: label {rec['label']!r} is not UTF-8 text (byte "
-                f"{undecodable_byte(rec['label'])}); save the CSV as UTF-8"
-            )
-        elif not rec["label"]:
-            problems.append(f"{path}:{line_no}: empty label")
-        elif "split" in rec and rec["split"] not in SPLITS:
-            problems.append(f"{path}:{line_no}: unknown split {rec['split']!r}; expected train, val or test")
-        elif not rec["path"] or not (path.parent / rec["path"]).is_file():
-            problems.append(csv_missing_file(path, line_no, rec["path"]))
-        else:
-            rec["path"] = str(path.parent / rec["path"])
-            raw_labels.add(rec["label"])
-            rec["label"] = unicodedata.normalize("NFC", rec["label"])
-            rows.append(rec)
-    _raise_problems(problems)
-    warn_similar_names(raw_labels, str(path))
+    labels: how multi-label manifests are read (data/csvlabels.py); data.multi_label=off reads every label
+    as one class name, as single-label data."""
+    labels.check()
+    header, table = read_table(path, ("path", "label"), labels)
+    columns: list[str] = []
+    if "label" in header:
+        multi = is_multi_label_column([rec["label"] for _, rec in table], labels)
+        name_sets = label_column_sets(path, table, labels) if multi else None
+    else:
+        columns = class_columns(path, header, table, labels)
+        name_sets = column_sets(path, table, columns)
+    rows, sets, problems = [], [], []
+    for k, (line_no, rec) in enumerate(table):
+        problem = row_problem(path, line_no, rec, name_sets[k] if name_sets is not None else None)
+        if problem:
+            problems.append(problem)
+            continue
+        rec["path"] = str(path.parent / rec["path"])
+        sets.append(name_sets[k] if name_sets is not None else [rec["label"]])
+        rows.append(rec)
+    raise_problems(problems)
+    warn_similar_names({name for names in sets for name in names}, str(path))
     if not rows:
         raise UserError(f"{path}: CSV has no rows")
-    classes = sorted({r["label"] for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    extra_cols = [h for h in header if h not in ("path", "label", "split")]
-    samples = Samples(
-        [r["path"] for r in rows],
-        [index[r["label"]] for r in rows],
-        classes,
-        {c: [r[c] for r in rows] for c in extra_cols},
+    sets = [[unicodedata.normalize("NFC", name) for name in names] for names in sets]
+    extra_cols = [h for h in header if h not in ("path", "label", "split", *columns)]
+    extra = {c: [r[c] for r in rows] for c in extra_cols}
+    split_col = [r["split"] for r in rows] if "split" in header else []
+    classes = sorted(
+        {name for names in sets for name in names} | {unicodedata.normalize("NFC", c) for c in columns}
     )
-    return samples, [r["split"] for r in rows] if "split" in header else []
+    label_sets = index_sets(sets, classes)
+    if name_sets is None:
+        return Samples([r["path"] for r in rows], first_labels(label_sets), classes, extra), split_col
+    multi = Samples([r["path"] for r in rows], first_labels(label_sets), classes, extra, label_sets)
+    return multi, split_col
 
 
 def read_openloris(root: Path, batches: str = "") -> DataSet:
@@ -227,7 +203,7 @@ def read_openloris(root: Path, batches: str = "") -> DataSet:
     for folder, batch_dirs in openloris_batches(root, batches).items():
         for batch_dir in batch_dirs:
             csv_path = batch_dir / "label.csv"
-            _, table = _read_table(csv_path, ("file name", "label"))
+            _, table = read_table(csv_path, ("file name", "label"))
             problems = []
             for line_no, rec in table:
                 if not re.fullmatch(r"-?\d+", rec["label"]):
@@ -238,7 +214,7 @@ def read_openloris(root: Path, batches: str = "") -> DataSet:
                     rows[OPENLORIS_SPLITS[folder]].append(
                         (str(batch_dir / rec["file name"]), int(rec["label"]))
                     )
-            _raise_problems(problems)
+            raise_problems(problems)
     if not rows.get("train"):
         raise UserError(f"{root}: OpenLORIS layout without any labelled train/batchK/label.csv rows")
     numbers = sorted({label for split in rows.values() for _, label in split})
@@ -249,9 +225,15 @@ def read_openloris(root: Path, batches: str = "") -> DataSet:
     return DataSet(classes, splits, "openloris")
 
 
-def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
+def read_data(
+    data: str,
+    batches: str = "",
+    strict: bool = True,
+    labels: CsvLabels = CsvLabels(),  # noqa: B008 (frozen)
+) -> DataSet:
     """Everything DATA holds, split as DATA says (no hold-out). strict=False (for `data check`) allows empty
-    classes and class folders that differ between splits, so they can be reported instead of raised."""
+    classes and class folders that differ between splits, so they can be reported instead of raised.
+    labels: how a CSV's labels are read (multi-label, data/csvlabels.py); folder layouts are single-label."""
     root = Path(data)
     if not root.exists():
         raise UserError(f"{data}: no such file or folder")
@@ -259,7 +241,7 @@ def read_data(data: str, batches: str = "", strict: bool = True) -> DataSet:
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise UserError(f"{data}: DATA must be a folder or a .csv manifest")
-        samples, split_col = read_csv(root)
+        samples, split_col = read_csv(root, labels)
         if not split_col:
             return DataSet(samples.classes, {"all": samples}, "csv")
         splits = {s: samples.subset([i for i, v in enumerate(split_col) if v == s]) for s in SPLITS}
@@ -301,7 +283,13 @@ def stratified_holdout(
         )
     rng = random.Random(seed)
     units: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, label in enumerate(samples.labels):
+    # multi-label: each image's rarest class is its stratum, so rare classes reach both sides
+    strata = (
+        samples.labels
+        if samples.label_sets is None
+        else rarest_labels(samples.label_sets, len(samples.classes))
+    )
+    for i, label in enumerate(strata):
         # Relative names, not absolute paths, so the split does not depend on where the data lives.
         unit = samples.extra[split_by][i] if split_by else Path(samples.paths[i]).name + f"#{i}"
         units[label][unit].append(i)
@@ -316,10 +304,17 @@ def stratified_holdout(
 
 
 def load_splits(
-    data: str, val: str = "", val_fraction: float = 0.1, seed: int = 0, split_by: str = "", batches: str = ""
+    data: str,
+    val: str = "",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    split_by: str = "",
+    batches: str = "",
+    labels: CsvLabels = CsvLabels(),  # noqa: B008 (frozen)
 ) -> Splits:
-    """Resolve DATA (and an optional separate val DATA) into train/val(/test) samples."""
-    dataset = read_data(data, batches)
+    """Resolve DATA (and an optional separate val DATA) into train/val(/test) samples; labels: how a CSV's
+    labels are read (a separate val DATA of a multi-label DATA is read as multi-label too)."""
+    dataset = read_data(data, batches, labels=labels)
     classes, parts = dataset.classes, dataset.splits
     train, valid, test = parts.get("train", parts.get("all")), parts.get("val"), parts.get("test")
     if train is None:
@@ -331,7 +326,8 @@ def load_splits(
     if hint:
         raise UserError(hint)
     if val:  # a separate val DATA is used whole (or its val split, when it has splits of its own)
-        other = read_data(val, batches).splits
+        multi = dataset.splits[next(iter(dataset.splits))].label_sets is not None
+        other = read_data(val, batches, labels=replace(labels, multi_label="on") if multi else labels).splits
         valid = _relabel(next(other[s] for s in ("all", "val", "test", "train") if s in other), classes, val)
     if valid is None:
         tr, va = stratified_holdout(train, val_fraction, seed, split_by)
@@ -339,18 +335,22 @@ def load_splits(
     return Splits(classes, train, valid, test, dataset.ignored)
 
 
-def write_split_csv(splits: Splits, path: str | Path) -> Path:
-    """The chosen split as a CSV manifest (absolute paths) that `resnetcls train PATH` accepts as DATA."""
+def write_split_csv(splits: Splits, path: str | Path, separator: str = DEFAULT_SEPARATOR) -> Path:
+    """The chosen split as a CSV manifest (absolute paths) that `resnetcls train PATH` accepts as DATA; a
+    multi-label image's labels are joined by separator (an image without any: an empty label)."""
     path = Path(path)
     parts = [("train", splits.train), ("val", splits.val)] + ([("test", splits.test)] if splits.test else [])
     extra = list(splits.train.extra)
     rows = [["path", "label", "split", *extra]]
     for name, samples in parts:
         for i, (p, label) in enumerate(zip(samples.paths, samples.labels)):
+            sets = samples.label_sets
             rows.append(
                 [
                     os.path.abspath(p),
-                    splits.classes[label],
+                    splits.classes[label]
+                    if sets is None
+                    else join_labels(sets[i], splits.classes, separator),
                     name,  # keeps the user's symlinks
                     *[samples.extra.get(c, [""] * len(samples))[i] for c in extra],
                 ]
@@ -363,19 +363,29 @@ def write_split_csv(splits: Splits, path: str | Path) -> Path:
 def _relabel(samples: Samples, classes: list[str], where: str) -> Samples:
     """Map samples onto another class list (the training classes); unknown classes are errors."""
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(samples.classes[label] for label in samples.labels) - set(index))
+    sets = samples.label_sets if samples.label_sets is not None else [(label,) for label in samples.labels]
+    unknown = sorted({samples.classes[label] for labels in sets for label in labels} - set(index))
     if unknown:
         raise UserError(f"{where}: classes not among the training classes: {', '.join(unknown)}")
-    labels = [index[samples.classes[label]] for label in samples.labels]
-    return Samples(samples.paths, labels, classes, samples.extra)
+    if samples.label_sets is None:
+        labels = [index[samples.classes[label]] for label in samples.labels]
+        return Samples(samples.paths, labels, classes, samples.extra)
+    label_sets = [tuple(index[samples.classes[label]] for label in labels) for labels in sets]
+    return Samples(samples.paths, first_labels(label_sets), classes, samples.extra, label_sets)
 
 
-def load_eval_samples(data: str, classes: list[str], batches: str = "") -> tuple[Samples, str]:
+def load_eval_samples(
+    data: str,
+    classes: list[str],
+    batches: str = "",
+    labels: CsvLabels = CsvLabels(multi_label="off"),  # noqa: B008 (frozen)
+) -> tuple[Samples, str]:
     """Samples to evaluate a model on, labelled in the model's class order, and which split they are.
 
     A plain class-folder DATA is evaluated whole; a DATA with splits gives its test split, else its val split.
     Classes the model does not know are an error naming them; a subset of the model's classes is fine.
+    labels: a multi-label model's data is read with multi_label=on and the model's separator.
     """
-    dataset = read_data(data, batches)
+    dataset = read_data(data, batches, labels=labels)
     which = next(s for s in ("test", "val", "all", "train") if s in dataset.splits)
     return _relabel(dataset.splits[which], classes, data), which

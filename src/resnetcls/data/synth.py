@@ -294,3 +294,49 @@ def synthesize(
     manifest = out / "manifest.csv"
     write_text_atomic(manifest, csv_text([["path", "label", "split", *FACTORS], *rows]))
     return manifest
+
+
+PATCH_COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 190, 40),
+    "blue": (30, 50, 220),
+    "yellow": (230, 210, 30),
+}
+
+
+def synthesize_multilabel(
+    out_dir: str | os.PathLike,
+    images: int = 96,
+    image_size: int = 32,
+    seed: int = 0,
+    columns: bool = False,
+    val_share: float = 0.25,
+) -> Path:
+    """A multi-label data set with a known answer: each image holds 1 to 3 square patches of distinct colours
+    (PATCH_COLOURS), each in its own quarter of the image at a random place within it (so none hides another),
+    on a grey, noisy background, and its labels are exactly those colours. Writes OUT_DIR/<n>.png and
+    OUT_DIR/manifest.csv (path,label,split with labels joined by ';', or with columns=True one 0/1 column
+    per colour); the last val_share of the images are val. Deterministic by seed."""
+    if image_size < 16:
+        raise UserError(f"image size {image_size}: must be at least 16")
+    out, rng = Path(out_dir), random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    names, half = sorted(PATCH_COLOURS), image_size // 2
+    side = half * 3 // 4
+    rows = []
+    for n in range(images):
+        chosen = sorted(rng.sample(names, rng.randint(1, 3)))
+        noise = np.random.default_rng(rng.randrange(2**31)).integers(-12, 13, (image_size, image_size, 3))
+        pixels = np.clip(128 + noise, 0, 255).astype(np.uint8)
+        for name, quarter in zip(chosen, rng.sample(range(4), len(chosen))):
+            y = quarter // 2 * half + rng.randrange(half - side + 1)
+            x = quarter % 2 * half + rng.randrange(half - side + 1)
+            pixels[y : y + side, x : x + side] = PATCH_COLOURS[name]
+        Image.fromarray(pixels).save(out / f"{n:04d}.png")
+        split = "val" if n >= images * (1 - val_share) else "train"
+        labels = [int(name in chosen) for name in names] if columns else [";".join(chosen)]
+        rows.append([f"{n:04d}.png", *labels, split])
+    header = ["path", *(names if columns else ["label"]), "split"]
+    manifest = out / "manifest.csv"
+    write_text_atomic(manifest, csv_text([header, *rows]))
+    return manifest

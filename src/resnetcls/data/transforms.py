@@ -11,7 +11,19 @@ from torchvision.transforms import v2 as T
 
 from ..errors import UserError
 from .augment import POLICIES, DeviceCrops, SampleAugment
-from .geometry import INTERPOLATIONS, CropToAspect, StoreGeometry
+from .geometry import (
+    INTERPOLATIONS,
+    RECORD_MODES,
+    RESIZE_MODES,
+    STORE_MODES,
+    CropToAspect,
+    Letterbox,
+    StoreGeometry,
+    frame_box,
+    letterbox_fill,
+    letterbox_size,
+    pad_colour,
+)
 
 
 # F.interpolate's uint8 kernels (antialiased, as torchvision's Resize; nearest-exact for "nearest") in their
@@ -39,25 +51,34 @@ def make_preprocess(
     interpolation: str = "bilinear",
     mean=(0.485, 0.456, 0.406),
     std=(0.229, 0.224, 0.225),
+    mode: str = "crop",
 ) -> dict:
     """The eval preprocessing record that travels in model.json.
 
-    resize_mode "shorter_side": resize the short side to `resize`, centre-crop image_size (the usual eval for
-    random-resized-crop training); "square": resize straight to image_size x image_size (the seed's plain
-    resize, which matches its training exactly).
+    mode is data.resize. resize_mode "shorter_side" (crop): resize the short side to `resize`, centre-crop
+    image_size; "square" (squash, and data.augment=resize: the seed's plain resize, which matches its training
+    exactly): resize straight to image_size x image_size; "letterbox": the long side to image_size keeping the
+    aspect ratio, centred on an image_size square of the colour `pad` (the mean as RGB uint8). A record
+    without resize_mode (older model folders) is "shorter_side".
     """
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"data.interpolation={interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
-    square = augment == "resize"
-    resize = image_size if square else (resize_size or round(image_size / 0.875))
-    return {
+    if mode not in RESIZE_MODES:
+        raise UserError(f"data.resize={mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+    if mode == "crop" and augment == "resize":
+        mode = "squash"
+    whole = mode != "crop"
+    record = {
         "image_size": image_size,
-        "resize": resize,
-        "resize_mode": "square" if square else "shorter_side",
+        "resize": image_size if whole else (resize_size or round(image_size / 0.875)),
+        "resize_mode": RECORD_MODES[mode],
         "interpolation": interpolation,
         "mean": list(mean),
         "std": list(std),
     }
+    if mode == "letterbox":
+        record["pad"] = list(pad_colour(mean))
+    return record
 
 
 class ToNormalizedTensor:
@@ -96,11 +117,15 @@ def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
 def build_eval_transform(preprocess: dict) -> T.Compose:
     """PIL RGB image -> normalised float tensor (3, S, S), as recorded in preprocess.
 
-    "square" squashes the whole image (its output is S x S whatever the input); "shorter_side" first crops
-    extreme aspect ratios (CropToAspect), so the intermediate resize stays within R x 4R pixels."""
+    "square" squashes the whole image (its output is S x S whatever the input); "letterbox" fits the whole
+    image in S x S and pads the rest; "shorter_side" first crops extreme aspect ratios (CropToAspect), so the
+    intermediate resize stays within R x 4R pixels."""
     size, interp = preprocess["image_size"], INTERPOLATIONS[preprocess["interpolation"]]
-    if preprocess.get("resize_mode") == "square":
+    mode = preprocess.get("resize_mode", "shorter_side")
+    if mode == "square":
         geometry = [T.Resize((size, size), interpolation=interp, antialias=True)]
+    elif mode == "letterbox":
+        geometry = [Letterbox(size, preprocess["interpolation"], letterbox_fill(preprocess))]
     else:
         geometry = [
             CropToAspect(),
@@ -145,7 +170,7 @@ class BatchTransform:
         on_device: bool = False,
     ) -> None:
         _check_augment(augment)
-        square = preprocess.get("resize_mode") == "square"
+        mode = STORE_MODES[preprocess.get("resize_mode", "shorter_side")]
         size = store_size or preprocess["resize"]
         if size < preprocess["image_size"]:
             raise UserError(
@@ -159,7 +184,8 @@ class BatchTransform:
             augment if train else "crop_flip", random_erasing if train else 0.0, preprocess["mean"]
         )
         self.scale, self.jitter = (min_crop_scale, 1.0), color_jitter if train else 0.0
-        self.geometry = StoreGeometry(size, square, preprocess["interpolation"])
+        self.geometry = StoreGeometry(size, mode, preprocess["interpolation"])
+        self.fill = np.array(letterbox_fill(preprocess), dtype=np.uint8)
         self._resize_op = RESIZE_INTO[preprocess["interpolation"]]
         mean, std = (
             torch.tensor(preprocess["mean"]).view(1, 3, 1, 1),
@@ -172,8 +198,10 @@ class BatchTransform:
         )  # (x / 255 - mean) / std as x * scale + shift
         self._rows_key, self._rows = None, None
         # data.augment_on=device: workers ship canvases, the device crops (data/augment.py's DeviceCrops)
+        # (crop mode only: letterbox and squash train on the whole frame, on the host)
+        crops_on_device = on_device and self.random and mode == "crop"
         self.device_crops = (
-            DeviceCrops(size, self.scale, self.augment, _crop_box) if on_device and self.random else None
+            DeviceCrops(size, self.scale, self.augment, _crop_box) if crops_on_device else None
         )
 
     def _resize_into(self, out: torch.Tensor, hwc: np.ndarray, flip: bool = False) -> None:
@@ -204,7 +232,7 @@ class BatchTransform:
         s, n = size or self.size, len(images)
         if self.device_crops is not None:
             return self._canvases(images, into)
-        if s != self.size and not (self.random or self.geometry.square):
+        if s != self.size and not self.random and self.geometry.mode == "crop":
             raise ValueError(f"size={s}: the eval centre crop is made at image_size={self.size} only")
         batch = torch.empty(n, s, s, 3, dtype=torch.uint8) if into is None else into
         out, slots = batch.permute(0, 3, 1, 2), batch.numpy()  # NHWC memory = channels-last (N, 3, S, S)
@@ -212,29 +240,59 @@ class BatchTransform:
             draws, flips = torch.rand(n, 10, 4).tolist(), (torch.rand(n) < 0.5).tolist()
         for k, image in enumerate(images):
             h, w = image.shape[:2]
-            if self.random:
+            if self.random and self.geometry.mode != "crop":
+                self._frame_into(slots[k], image, draws[k][0], flips[k])
+            elif self.random:
                 top, left, ch, cw = _crop_box(h, w, self.scale, draws[k])
                 self._resize_into(out[k : k + 1], image[top : top + ch, left : left + cw], flips[k])
+            elif self.geometry.mode == "letterbox":
+                self._letterbox_into(slots[k], image)
             elif self.geometry.square:
                 self._resize_into(out[k : k + 1], image) if self.geometry.size != s else np.copyto(
                     slots[k], image
                 )
             else:
-                r = self.preprocess["resize"]
-                if self.geometry.size != r:
-                    # the eval transform's short-side resize (torchvision's size rule), then its centre crop
-                    nh, nw = (int(r * h / w), r) if h > w else (r, int(r * w / h)) if w > h else (r, r)
-                    resized = torch.empty(1, nh, nw, 3, dtype=torch.uint8)
-                    self._resize_into(resized.permute(0, 3, 1, 2), image)
-                    image, h, w = resized[0].numpy(), nh, nw
-                top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-                np.copyto(slots[k], image[top : top + s, left : left + s])
+                self._centre_crop_into(slots[k], image)
         if self.augment.active:
             if seeds is None:
                 seeds = torch.randint(0, 2**62, (n,)).tolist()
             for k in range(n):
                 out[k].copy_(self.augment(out[k], seeds[k]))
         return out
+
+    def _resized(self, image: np.ndarray, height: int, width: int, flip: bool = False) -> np.ndarray:
+        """One HWC uint8 image resized to height x width (flipped first when asked), as an HWC array."""
+        if (height, width) == image.shape[:2] and not flip:
+            return image
+        resized = torch.empty(1, height, width, 3, dtype=torch.uint8)
+        self._resize_into(resized.permute(0, 3, 1, 2), image, flip)
+        return resized[0].numpy()
+
+    def _centre_crop_into(self, slot: np.ndarray, image: np.ndarray) -> None:
+        """The eval transform's short-side resize (torchvision's size rule), then its centre crop."""
+        h, w = image.shape[:2]
+        r, s = self.preprocess["resize"], slot.shape[0]
+        if self.geometry.size != r:
+            nh, nw = (int(r * h / w), r) if h > w else (r, int(r * w / h)) if w > h else (r, r)
+            image, h, w = self._resized(image, nh, nw), nh, nw
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        np.copyto(slot, image[top : top + s, left : left + s])
+
+    def _letterbox_into(self, slot: np.ndarray, image: np.ndarray) -> None:
+        """The eval letterbox (geometry.Letterbox) of a stored image: its long side to S, centred on the
+        padding colour."""
+        s = slot.shape[0]
+        width, height = letterbox_size(image.shape[1], image.shape[0], s)
+        top, left = (s - height) // 2, (s - width) // 2
+        slot[:] = self.fill
+        slot[top : top + height, left : left + width] = self._resized(image, height, width)
+
+    def _frame_into(self, slot: np.ndarray, image: np.ndarray, draw: list[float], flip: bool) -> None:
+        """Training in letterbox and squash modes: the whole frame at geometry.frame_box's random scale and
+        place on the padded S x S slot, flipped when asked. No part of the frame is ever cut off."""
+        top, left, height, width = frame_box(slot.shape[0], image.shape[:2], self.geometry.mode, draw)
+        slot[:] = self.fill
+        slot[top : top + height, left : left + width] = self._resized(image, height, width, flip)
 
     def _canvases(self, images: list[np.ndarray], into: torch.Tensor | None) -> torch.Tensor:
         """augment_on=device: each stored image's centre canvas x canvas square, as an (N, 3, C, C) uint8

@@ -26,13 +26,21 @@ from torch import nn
 from ..data.sampler import progressive_sizes
 from ..utils.atomic import write_atomic
 from .checkpoint import RunState, capture_rng, capture_state, restore_rng
-from .loop import EpochStats, Optimization, StepContext, StepRules, evaluate, train_one_epoch
+from .loop import (
+    NO_HOOKS,
+    EpochStats,
+    Optimization,
+    StepContext,
+    StepHooks,
+    StepRules,
+    evaluate,
+    train_one_epoch,
+)
 
 WARMUP_STEPS = 2  # untimed optimizer steps first (loader start, first-call overheads, optimizer state)
 MEASURE_STEPS = 5  # then timed ones (over more than one pass of a short loader)
 VAL_BATCHES = 2  # timed validation batches, after one untimed batch
 MAX_EPOCHS = 1_000_000  # the range of train.epochs
-SKIP_NONFINITE = StepRules(nonfinite="skip")  # a probe step's non-finite loss is no reason to stop
 
 
 def pixel_shares(epochs: int, image_size: int, progressive: float) -> list[float]:
@@ -168,12 +176,14 @@ def measure_speed(
     ctx: StepContext,
     build_opt: Callable[[nn.Module], Optimization],
     probe_dir: Path | None,
+    hooks: StepHooks = NO_HOOKS,
 ) -> tuple[float, float, float]:
     """(seconds per optimizer step, seconds per validation pass, seconds per checkpoint), timed on a copy of
     model with its own optimizer (build_opt); the checkpoint as a file in probe_dir (None: not timed, 0).
-    model, its optimizer-to-be and every RNG are as they were afterwards."""
+    hooks: what the run's steps add (a distillation teacher's pass). model, its optimizer-to-be and every RNG
+    are as they were afterwards."""
     rng, probe = capture_rng(), copy.deepcopy(model)
-    opt, ticks = build_opt(probe), []
+    opt, ticks, rules = build_opt(probe), [], StepRules(nonfinite="skip", hooks=hooks)  # NaN: no stop
 
     def after_step(stats: EpochStats) -> bool:
         ticks.append(time.perf_counter())
@@ -181,9 +191,7 @@ def measure_speed(
 
     start = time.perf_counter()
     for _ in range(WARMUP_STEPS + MEASURE_STEPS):  # passes: a tiny data set may have one step per epoch
-        if not train_one_epoch(
-            probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, SKIP_NONFINITE
-        ):
+        if not train_one_epoch(probe, train_loader, opt, loss_fn, ctx, EpochStats(), after_step, rules):
             break
     step_s, ticks = mean_interval(ticks[WARMUP_STEPS - 1 :], start), []
 

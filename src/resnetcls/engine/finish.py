@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 
 from ..config import Config, EvalConfig, TrainConfig, parse_duration
+from ..records.modelfile import META, write_calibration
+from ..utils.calibration import not_calibrated
 from ..utils.hardware import precision_name
 from . import distributed
-from .calibrate import calibrate_run
+from .calibrate import SHIPPED, calibrate_run
 from .checkpoint import RunState
 from .log import RunLogger, confusion_field
 from .loop import EpochStats, StepContext
@@ -34,6 +36,10 @@ class ShippedModels:
     save: Callable[[str, dict], object]
     keep_logits: bool
     logits: dict[str, list] = field(default_factory=dict)  # "best"/"final" -> this rank's [(logits, labels)]
+    # multi-label: fits and stores the thresholds of best/ and final/ from the kept logits (and the number of
+    # classes, the step), in place of the calibration (engine/multilabel.py's fit_run_thresholds, its first
+    # arguments bound)
+    fit_thresholds: Callable[[dict[str, list], int, int], object] | None = None
 
     def new_shard(self) -> list | None:
         """What the epoch's validation appends its logits to (None: not kept)."""
@@ -64,8 +70,21 @@ class ShippedModels:
         """Write final/, then fit and store the calibration of best/ and final/ (every rank calls it)."""
         self.save("final", metrics)
         distributed.barrier()  # every rank reads best/ and final/ only once rank 0 has written them
+        if self.fit_thresholds is not None:
+            skip_calibration(run_dir, logger, "multi-label: the probabilities are the sigmoids")
+            self.fit_thresholds(self.logits, num_classes, step)
+            return
         calibrate_run(run_dir, eval_cfg, val_loader, ctx, logger, step, self.logits, num_classes)
         distributed.barrier()  # ... and their calibrated model.json
+
+
+def skip_calibration(run_dir: Path, logger: RunLogger, reason: str) -> None:
+    """Record T = 1, not calibrated, with the reason, in best/ and final/ (rank 0 writes); one line."""
+    fit = not_calibrated(reason)
+    for name in SHIPPED:
+        if (run_dir / name / META).is_file() and distributed.is_main():
+            write_calibration(run_dir / name, fit.record("val"))
+    logger.info(fit.line())
 
 
 def patience_ran_out(state: RunState, patience: int) -> bool:
@@ -112,6 +131,7 @@ def end_of_epoch(
             "val/loss": va.loss,
             "val/top1": va.top1,
             "val/top5": va.top5,
+            **({"val/map": va.map} if va.map is not None else {}),
             "bad_images": len(run.bad_files),
             "nonfinite_skipped": tr.nonfinite,
             **({"train_size": train_size} if train_size else {}),
@@ -121,11 +141,14 @@ def end_of_epoch(
     )
     logger.info(
         f"epoch {epoch}/{epochs}  train loss {tr.loss:.4f}  val loss {va.loss:.4f}  "
-        f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "
+        + (f"val mAP {va.map:.4f}  " if va.map is not None else "")
+        + f"val top1 {va.top1:.2%}  top5 {va.top5:.2%}  lr {lr:.2e}  {tr.images_per_s:.0f} img/s  "
         f"data wait {tr.data_wait_share:.0%}  {tr.seconds:.0f}s"
         + (f"  train size {train_size}px" if train_size else "")
     )
     metrics = {"epoch": epoch, "val_top1": va.top1, "val_top5": va.top5, "val_loss": va.loss}
+    if va.map is not None:  # multi-label (engine/multilabel.py)
+        metrics["val_map"] = va.map
     value = metrics[metric]
     if run.best_value is None or (value < run.best_value if metric == "val_loss" else value > run.best_value):
         run.best_value, run.best_epoch = value, epoch
@@ -167,11 +190,13 @@ def summarize(
         "time_budget_s": parse_duration(train_cfg.time_budget),
         "stopped_early": run.epoch <= train_cfg.epochs,
         "open_set": open_set,
+        **({"best_val_map": best_metrics.get("val_map")} if "val_map" in metrics else {}),
     }
     logger.log({"kind": "summary", **summary}, run.global_step)
     logger.info(
-        f"done in {summary['seconds']}s ({summary['train_images_per_s']} train img/s): best val top1 "
-        f"{summary['best_val_top1']:.2%} at epoch {run.best_epoch}; model in {run_dir / 'best'}; "
+        f"done in {summary['seconds']}s ({summary['train_images_per_s']} train img/s): best "
+        + (f"val mAP {best_metrics['val_map']:.4f}, " if "val_map" in best_metrics else "")
+        + f"val top1 {summary['best_val_top1']:.2%} at epoch {run.best_epoch}; model in {run_dir / 'best'}; "
         f"logs in {run_dir / 'metrics.jsonl'} and {run_dir / 'tb'}"
         + (f"; {len(run.bad_files)} bad images skipped" if run.bad_files else "")
     )

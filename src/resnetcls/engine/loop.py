@@ -49,6 +49,7 @@ class EpochStats:
     bad: list = field(default_factory=list)
     nonfinite: int = 0  # batches whose loss was NaN/Inf, skipped (train.nonfinite=skip)
     interrupted: bool = False  # evaluate() stopped early at a stop request
+    map: float | None = None  # multi-label validation: the mean average precision (engine/multilabel.py)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -88,8 +89,13 @@ class NonFiniteLoss(Exception):
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    """Images whose label is among their k highest logits; for multi-hot labels (N, C), images with one of
+    their labels among them."""
     k = min(k, logits.shape[1])
-    return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+    top = logits.topk(k, dim=1).indices
+    if labels.ndim == 2:
+        return int((labels.gather(1, top) > 0.5).any(dim=1).sum())
+    return int((top == labels[:, None]).any(dim=1).sum())
 
 
 @dataclass
@@ -132,10 +138,13 @@ class StepHooks:
       device with the loader's device_finish, so stored and fresh images get the same jitter and
       normalisation.
     - extra_loss(images, logits): a term added to the batch's loss inside autocast, after the forward (EWC's
-      penalty, LwF's distillation), or None.
+      penalty, LwF's distillation, `train --teacher`'s: engine/distill.py), or None.
+    - task_weight: the factor of the task loss (1; distillation's 1 - distill.alpha).
     Work between tasks (filling a replay buffer, a Fisher pass, freezing a teacher) is not part of a step:
     lifelong/run.py calls its hooks' start_task and end_task around the epochs of each task.
     """
+
+    task_weight: float = 1.0
 
     def extra_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
@@ -190,6 +199,8 @@ def forward_batch(
     with ctx.autocast():
         logits = model(images)
         loss = loss_fn(logits, targets)
+        if hooks.task_weight != 1.0:
+            loss = hooks.task_weight * loss
         term = hooks.extra_loss(images, logits)
         if term is not None:
             loss = loss + term
@@ -279,7 +290,7 @@ def evaluate(
             stats.add(loss, logits, labels)
             if logits_out is not None:
                 logits_out.append((logits.cpu(), labels.cpu()))
-            if confusion is not None:
+            if confusion is not None and labels.ndim == 1:  # multi-label (multi-hot labels): no confusion
                 cells = labels.cpu() * confusion.shape[1] + logits.argmax(dim=1).cpu()
                 confusion.view(-1).index_add_(0, cells, torch.ones_like(cells))
         if stop is not None and stop():

@@ -106,12 +106,20 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
 
 class SigmoidOneHotLoss(nn.Module):
-    """The sigmoid cross-entropy loss of each logit against the one-hot label."""
+    """The sigmoid cross-entropy loss of each logit against the one-hot label (or, multi_label, against the
+    image's multi-hot row: several classes may be 1, or none; class weights then weigh each class's term)."""
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0, weight: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        weight: Tensor | None = None,
+        multi_label: bool = False,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.multi_label = multi_label
         self.register_buffer("weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -120,11 +128,14 @@ class SigmoidOneHotLoss(nn.Module):
         one_hot = target.float() if soft else nn.functional.one_hot(target, self.num_classes).float()
         if self.label_smoothing:
             one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        # Summed over classes, so the scale matches softmax cross-entropy per sample.
-        per_sample = nn.functional.binary_cross_entropy_with_logits(
+        per_class = nn.functional.binary_cross_entropy_with_logits(
             logits.float(), one_hot.float(), reduction="none"
-        ).sum(dim=1)
-        if self.weight is None:
+        )
+        if self.multi_label and self.weight is not None:  # each class's term weighed by its class weight
+            per_class = per_class * self.weight
+        # Summed over classes, so the scale matches softmax cross-entropy per sample.
+        per_sample = per_class.sum(dim=1)
+        if self.weight is None or self.multi_label:
             return per_sample.mean()
         # a weighted mean over the batch, like CrossEntropyLoss(weight=); a soft target weighs its classes
         # blended
@@ -143,11 +154,24 @@ def class_weights(labels: list[int], num_classes: int, mode: str) -> Tensor | No
     return len(labels) / (num_classes * counts)
 
 
-def build_loss(cfg: LossConfig, num_classes: int, train_labels: list[int] | None = None) -> nn.Module:
+def build_loss(
+    cfg: LossConfig,
+    num_classes: int,
+    train_labels: list[int] | None = None,
+    label_sets: list[tuple[int, ...]] | None = None,
+) -> nn.Module:
     """ce (softmax, label smoothing) or bce (sigmoid on one-hot labels), optionally class-weighted.
 
     Both take class indices or soft targets (N, num_classes) with rows summing to 1 (Mixup/CutMix); label
-    smoothing then applies to the soft target (torch's CrossEntropyLoss does the same for probabilities)."""
+    smoothing then applies to the soft target (torch's CrossEntropyLoss does the same for probabilities).
+    label_sets (multi-label training data): bce on multi-hot rows, the class weights counted over every
+    label of every image (ce is refused: the plan replaces it, engine/multilabel.py)."""
+    if label_sets is not None:
+        if cfg.name != "bce":
+            raise UserError(f"loss.name={cfg.name!r}: multi-label data trains with bce (a sigmoid per class)")
+        labels = [label for labels in label_sets for label in labels]
+        weight = class_weights(labels, num_classes, cfg.class_weights)
+        return SigmoidOneHotLoss(num_classes, cfg.label_smoothing, weight, multi_label=True)
     weight = class_weights(train_labels or [], num_classes, cfg.class_weights)
     if cfg.name == "ce":
         return CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)

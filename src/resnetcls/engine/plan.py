@@ -42,8 +42,10 @@ from ..utils.hardware import precision_name
 from . import distributed
 from .autobatch import pick_batch_size
 from .budget import BudgetChoice, epochs_for_budget, measure_speed, pixel_shares
+from .distill import TeacherIdentity, build_distill_hooks, check_teacher, distill_line
 from .loop import StepContext
 from .lrfind import LRCurve, auto_lr
+from .multilabel import multi_label_choices
 from .openset import check_open_set
 from .optim import build_loss, build_optimization
 from .prepare import (
@@ -69,7 +71,8 @@ from .race import (
     race_under_way,
 )
 from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
-from .recipe import apply_recipe, given_settings, pick_for_data, recipe_blocker, saved_recipe
+from .recipe import apply_recipe, pick_for_data, saved_recipe
+from .recipe_choice import recipe_blocker
 
 DROP_NOTE = 0.10  # the share of the train images an epoch may leave out without a note
 
@@ -92,7 +95,8 @@ class Decision:
 @dataclass
 class TrainRequest:
     """What `train` was asked: the config built from defaults, --config, --set and flags; where; what to
-    resume; and the automatic choices asked for by flag (explicit: see engine/recipe.py's recipe_blocker)."""
+    resume; and the automatic choices asked for by flag (explicit: see engine/recipe_choice.py's
+    recipe_blocker)."""
 
     cfg: Config
     out_dir: Path
@@ -118,6 +122,7 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
     lr_curve: LRCurve | None = None
     race: RacePlan | None = None  # the raced auto recipe (engine/race.py): its candidates, then its plan
+    teacher: TeacherIdentity | None = None  # --teacher: the distillation teacher (engine/distill.py)
 
     def decision(self, name: str) -> Decision | None:
         return next((made for made in self.decisions if made.name == name), None)
@@ -142,7 +147,8 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
     check_parts(found.cfg, len(splits.classes), ctx)
     check_open_set(found.cfg.eval, splits.classes)  # a class named "unknown", the --unknown folder
-    plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env)
+    teacher = check_teacher(found.cfg.distill, splits.classes, found.resumed, request.force)
+    plan = Plan(found.cfg, found.run_dir, found.resumed, splits, device_name, found.env, teacher=teacher)
     if plan.resumed is not None:
         plan.decisions.append(kept_choices(plan))
     elif racing:
@@ -153,6 +159,9 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
         decide(plan, decide_recipe(plan, request))
     elif request.explicit is not None and not resuming:
         plan.decisions.append(recipe_off())
+    multi = multi_label_choices(plan.cfg, splits)  # engine/multilabel.py: bce, val_map, no open-set score
+    if multi[0]:
+        decide(plan, Decision("multi_label", multi[0], "multi-label data", multi[1]))
     if request.batch_auto:
         decide(plan, decide_batch_size(plan))
     if request.lr_auto:
@@ -165,6 +174,9 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     plan.decisions.append(decide_precision(plan))
     if plan.cfg.data.progressive > 0:
         plan.decisions.append(decide_progressive(plan.cfg))
+    if teacher is not None:  # what the run distils from: said at the start, kept in metrics.jsonl
+        line = distill_line(teacher, plan.cfg.distill, DataPipeline(plan.cfg.data, 1, False).preprocess)
+        plan.decisions.append(Decision("distill", {}, teacher.path, [line], teacher.record("distill")))
     return plan
 
 
@@ -213,7 +225,8 @@ def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
         if auto and key in choice.given:
             choice.given[key] = "auto"
     why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
-    given = {**choice.given, **given_settings(plan.cfg, request.explicit, BALANCE_KEYS)}
+    # the class balance the recipe chose is not raced either
+    given = {**choice.given, **{key: choice.chosen[key] for key in choice.chosen.keys() & BALANCE_KEYS}}
     entries, plan.race = race_candidates(choice.run, given, choice.facts)[0], None
     budget_s, share = parse_duration(plan.cfg.train.time_budget), plan.cfg.train.race_share
     if budget_s and share > 0 and len(entries) > 1 and distributed.world_from_env().size == 1:
@@ -325,9 +338,10 @@ def measure_run_speed(plan: Plan) -> tuple[tuple[float, float, float], int]:
     def build_opt(probe: torch.nn.Module):
         return build_optimization(probe, cfg.optim, cfg.sched, cfg.train, steps_per_epoch, ctx)
 
+    hooks = build_distill_hooks(plan.teacher, cfg.distill, data.pipeline.preprocess, ctx)
     with probe_folder(plan.run_dir) as probe_dir:
         measured = measure_speed(
-            model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt, probe_dir
+            model, data.train_loader, data.val_loader, loss_fn, ctx, build_opt, probe_dir, hooks
         )
     return measured, steps_per_epoch
 
@@ -377,13 +391,9 @@ def decide_progressive(cfg: Config) -> Decision:
     data_cfg, epochs = cfg.data, cfg.train.epochs
     sizes = progressive_sizes(epochs, data_cfg.image_size, data_cfg.progressive)
     why = f"data.progressive={data_cfg.progressive}: {sizes[0]} -> {data_cfg.image_size} px"
-    line = progressive_line(epochs, data_cfg.image_size, sizes)
-    return Decision("progressive", {"train_sizes": sorted(set(sizes))}, why, [line])
-
-
-def progressive_line(epochs: int, image_size: int, sizes: list[int]) -> str:
-    """The opening line that states data.progressive's schedule once."""
-    return (
-        f"progressive resizing: {sizes[0]} -> {image_size} px, full size from epoch "
-        f"{sizes.index(image_size) + 1} of {epochs} (validation always at {image_size} px)"
+    size = data_cfg.image_size
+    line = (  # the opening line that states the schedule once
+        f"progressive resizing: {sizes[0]} -> {size} px, full size from epoch "
+        f"{sizes.index(size) + 1} of {epochs} (validation always at {size} px)"
     )
+    return Decision("progressive", {"train_sizes": sorted(set(sizes))}, why, [line])

@@ -28,6 +28,7 @@ from ..config import (
 )
 from ..data.augment import BatchMix, resolve_augment_on
 from ..data.cache import DecodedStore, resolve_cache_dir
+from ..data.csvlabels import CsvLabels, sampler_labels
 from ..data.loader import LoaderOptions, build_loader, known_bad_files
 from ..data.neardup import (
     leak_check_from_counts,
@@ -153,7 +154,7 @@ def find_run(cfg: Config, out_dir: str | Path, resume: str | None, force: bool) 
 
 
 def with_absolute_data(cfg: Config) -> Config:
-    """cfg with data.train, data.val and eval.open_set_unknown as absolute paths."""
+    """cfg with data.train, data.val, eval.open_set_unknown and distill.teacher as absolute paths."""
 
     def absolute(path: str) -> str:
         return str(Path(path).absolute()) if path else path
@@ -163,6 +164,7 @@ def with_absolute_data(cfg: Config) -> Config:
         cfg,
         data=dataclasses.replace(data_cfg, train=absolute(data_cfg.train), val=absolute(data_cfg.val)),
         eval=dataclasses.replace(eval_cfg, open_set_unknown=absolute(eval_cfg.open_set_unknown)),
+        distill=dataclasses.replace(cfg.distill, teacher=absolute(cfg.distill.teacher)),
     )
 
 
@@ -188,8 +190,9 @@ def prepare_run(
 
 def resolve_splits(data_cfg: DataConfig, seed: int) -> Splits:
     """The train/val splits of the data (the file list only: nothing is decoded); one class is refused."""
+    labels = CsvLabels(data_cfg.label_separator, data_cfg.multi_label, data_cfg.split_by)
     splits = load_splits(
-        data_cfg.train, data_cfg.val, data_cfg.val_fraction, seed, data_cfg.split_by, data_cfg.batches
+        data_cfg.train, data_cfg.val, data_cfg.val_fraction, seed, data_cfg.split_by, data_cfg.batches, labels
     )
     if len(splits.classes) < 2:  # one class would train to a meaningless 100%
         raise UserError(
@@ -222,7 +225,8 @@ def build_data(
         device_augment=resolve_augment_on(data_cfg.augment_on, ctx.device),
     )
     world = distributed.world_from_env()  # under torchrun each rank reads its own share, batch_size each
-    sampler = ResumableSampler(splits.train.labels, data_cfg.sampler, train_cfg.seed, world.rank, world.size)
+    labels = sampler_labels(splits.train)  # multi-label: each image's rarest class
+    sampler = ResumableSampler(labels, data_cfg.sampler, train_cfg.seed, world.rank, world.size)
     train_loader = pipeline.train_loader(splits.train, sampler, train_cfg.seed)
     # Validation: indices rank, rank + world, ...: every image on exactly one rank, no padding repeats.
     val_loader = pipeline.eval_loader(splits.val, range(world.rank, len(splits.val), world.size))
@@ -343,13 +347,9 @@ class DataPipeline:
     def __init__(
         self, data_cfg: DataConfig, batch_size: int, uint8_batches: bool, device_augment: bool = False
     ) -> None:
-        # device_augment (data.augment_on, data/augment.py's resolve_augment_on): training batches arrive as
-        # uint8 canvases and each carries the crops, flips and policy to run on the training device
-        self.data_cfg, self.batch_size, self.uint8_batches = (
-            data_cfg,
-            batch_size,
-            uint8_batches or device_augment,
-        )
+        # device_augment (data.augment_on): uint8 canvases, each with the crops, flips and policy to run
+        self.data_cfg, self.batch_size = data_cfg, batch_size
+        self.uint8_batches = uint8_batches or device_augment
         self.preprocess = make_preprocess(
             data_cfg.image_size,
             data_cfg.resize_size,
@@ -357,6 +357,7 @@ class DataPipeline:
             data_cfg.interpolation,
             data_cfg.mean,
             data_cfg.std,
+            data_cfg.resize,
         )
         self.train_tf = build_train_transform(
             self.preprocess,

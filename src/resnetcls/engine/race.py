@@ -46,7 +46,7 @@ from .checkpoint import list_checkpoints, load_latest
 from .loop import evaluate
 from .prepare import warn
 from .recipe import apply_recipe
-from .recipe_choice import DataFacts
+from .recipe_choice import BALANCE_KEYS, IMBALANCED, DataFacts
 from .runner import StopRequest
 
 RACE_FILE, RACE_DIR = "race.json", "race"
@@ -67,8 +67,6 @@ LIGHT = {
 HEAVY_PER_CLASS = 1000  # at or above this many training images a class only the rule's augmentation runs
 SMALLER, SIZE_STEP, MIN_RACE_SIZE = 0.75, 16, 32
 BALANCED = {"data.sampler": "balanced"}  # the class-balance candidate's setting over the leading choice
-BALANCE_KEYS = frozenset({"data.sampler", "loss.class_weights"})  # either given: class balance not raced
-IMBALANCED = 3.0  # largest / smallest training class over this: the balanced sampler races
 MAX_CANDIDATES = 4  # successive halving 4 -> 2 -> 1; the balanced candidate replaces the grid's last
 MIN_RUNG_STEPS = 2  # a first rung shorter than this says nothing: fewer candidates, or no race
 

@@ -20,7 +20,8 @@ The rules (RULES below; the first whose limit the training set is under applies)
   why and how to get them. Weights the user names (--pretrained) are fine-tuned the same way, and nothing is
   checked or downloaded for them.
 - Image size: never above the median short side of the images (the largest multiple of 32 not above it, at
-  least 64), read from the headers of at most 256 evenly spaced training files.
+  least 64), read from the headers of at most 256 evenly spaced training files. Their median long/short side
+  over 1.5 (recipe_choice.WHOLE_FRAME_ASPECT) picks data.resize=squash: the whole frame, not its centre.
 - Small data: under MIN_STEPS full batches the batch halves (a power of two, never below MIN_BATCH) until an
   epoch has MIN_STEPS steps or the floor is reached; the loader drops an epoch's incomplete last batch, so no
   batch of 1 ever reaches BatchNorm (engine/plan.py says when that drops more than 10% of the images). Under
@@ -31,6 +32,10 @@ The rules (RULES below; the first whose limit the training set is under applies)
   epochs or the model depend on it.
 - The cap: epochs that would take longer than 30 minutes on a CPU (4 hours on a GPU) are lowered to fit,
   never below 5, and a line says so. With --time the budget chooses the epochs (engine/budget.py).
+
+- Class balance: when the largest training class has over IMBALANCED (3) times the images of the smallest,
+  the recipe turns on BALANCE (data.sampler=balanced: measured against balanced loss weights in
+  bench/imbalance.py) and says so, unless data.sampler or loss.class_weights was given (then yours is kept).
 
 - The race (engine/race.py), under --time with train.race_share > 0 (off by default until measured against
   the fixed candidates; --set train.race_share=0.2 races on a fifth of the budget): the choice above races
@@ -43,12 +48,9 @@ The rules (RULES below; the first whose limit the training set is under applies)
                                                                 erasing 0.25) and light (crop_flip)
     resolution     no --image-size given                        the chosen size and 3/4 of it (a multiple
                                                                 of 16, at least 32)
-    class balance  largest / smallest training class over 3,    the leading choice with
-                   no data.sampler or loss.class_weights given  data.sampler=balanced
 
-  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", then "light 96px" or "heavy 128px
-  balanced"); when the measured speed leaves under 2 steps a candidate for the first rung, the first two race,
-  then none.
+  At most 4 candidates ("heavy 128px", "light 128px", "heavy 96px", "light 96px"); when the measured speed
+  leaves under 2 steps a candidate for the first rung, the first two race, then none.
 
 What is chosen is printed on stderr (what came from the user, what was chosen and why), written to
 config.yaml and logged to metrics.jsonl as {"kind": "recipe", ...}. train.auto_recipe=false turns it off (the
@@ -80,6 +82,7 @@ from .autobatch import StepRecipe, time_batch
 from .optim import build_loss, build_optimizer
 from .prepare import build_context, build_model
 from .recipe_choice import (
+    BALANCE_KEYS,
     FINETUNE_WIDTH,
     MIN_BATCH,
     MIN_STEPS,
@@ -87,6 +90,7 @@ from .recipe_choice import (
     ImageNetWeights,
     RecipeChoice,
     Rule,
+    class_balance,
     class_imbalance,
     fine_tune,
     median_short_side,
@@ -148,12 +152,14 @@ RECIPE_KEYS = frozenset(
         "model.name",
         "model.width",
         "data.image_size",
+        "data.resize",
         "train.epochs",
         "train.pretrained",
         "ckpt.keep_last",
         *SMALL_DATA,
         *CROP_FLIP,
         *FINETUNE,
+        *BALANCE_KEYS,
     }
 )
 SMALL_RUN_KEEP = 1  # ckpt.keep_last for small data: the last checkpoint (exact resume) and the best
@@ -289,13 +295,14 @@ def choose_recipe(
     if tune != could:  # the download failed: the from-scratch size, measured again
         size, width = size_and_width(rule, given, device, tune, facts)
         speed = timing(model, width, size) if timing else 0.0
-    values = dict(FINETUNE if tune else rule.values)
+    values = {**(FINETUNE if tune else rule.values), **facts.resize_choice()}  # squash: wide frames
     picked = {"model.name": model, "model.width": width, "data.image_size": size, **values}
     picked["train.batch_size"] = small_batch(facts.train_images, values["train.batch_size"])
     if tune:
         picked["train.pretrained"] = "torchvision"
     if rule.keep_last:
         picked["ckpt.keep_last"] = rule.keep_last
+    picked.update(class_balance(facts, given))
     epoch_s = (facts.train_images + VAL_COST * facts.val_images) / speed if speed else 0.0
     epochs, wanted = pick_epochs(rule, facts, tune, epoch_s, device)
     if not budget_s:
@@ -317,13 +324,6 @@ def choose_recipe(
         slow_note=slow_note,
         weights_line=weights_line,
     )
-
-
-def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
-    """Why the auto recipe does not apply ("" when it does)."""
-    if explicit is None:
-        return "the caller built the config"
-    return "" if enabled else "train.auto_recipe=false"
 
 
 def given_settings(cfg: Config, explicit: ExplicitSettings, among: frozenset = RECIPE_KEYS) -> dict[str, Any]:
@@ -364,6 +364,7 @@ def pick_for_data(
     median, read = median_short_side(splits.train.paths)
     imbalance = class_imbalance(splits.train.labels)
     facts = DataFacts(len(splits.train), len(splits.val), len(splits.classes), median, read, imbalance)
+    facts = facts.with_aspect(splits.train.paths)
     ctx = build_context(cfg.train, device_name)
 
     def measure(name: str, width: int, size: int) -> float:
@@ -384,12 +385,10 @@ MEASURE_BATCH = SMALL_DATA["train.batch_size"]
 def measure_images_per_s(
     cfg: Config, name: str, width: int, image_size: int, num_classes: int, device_name: str | None
 ) -> float:
-    """Training images per second of this model at this size with the run's precision, optimizer and loss, on
-    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards, so the run is
-    unaffected)."""
+    """Training images per second of this model at this size (the run's precision, optimizer and loss) on
+    random tensors, with a throwaway model (prepare_run seeds every RNG afterwards: the run is unaffected)."""
     probe_cfg = apply_recipe(cfg, {"model.name": name, "model.width": width})
-    # The shapes are what costs time, not the weights; and no SyncBatchNorm, whose steps would wait on the
-    # others.
+    # The shapes cost the time, not the weights; no SyncBatchNorm, whose steps would wait on the others.
     probe_train = dataclasses.replace(cfg.train, pretrained="", sync_bn=False)
     ctx = build_context(probe_train, device_name)
     model = build_model(probe_cfg.model, probe_train, num_classes, ctx)

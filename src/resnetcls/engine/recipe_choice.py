@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from ..config import ExplicitSettings
 from ..errors import UserError
 from ..models import weights as imagenet
 from .budget import format_seconds
@@ -20,7 +21,21 @@ from .budget import format_seconds
 MIN_STEPS, MIN_BATCH = 4, 8  # small data: at least this many steps an epoch, batches not below this
 FINETUNE_WIDTH = 64  # torchvision's ImageNet weights are for width 64
 HEADER_SAMPLE = 256  # image headers read for the median size
+# The auto recipe keeps the whole frame (data.resize=squash) when the training images' median long side /
+# short side is above this: crop mode's centre square would cut off a third of such frames. Squash, not
+# letterbox: on 2:1 frames letterbox spent half the input on padding and was the least accurate
+# (docs/benchmarks.md).
+WHOLE_FRAME_ASPECT = 1.5
 OFFLINE_ENV = "RESNETCLS_OFFLINE"  # =1: never look for download.pytorch.org (no wait when offline)
+# The class balance: over IMBALANCED (largest / smallest training class) the recipe turns on BALANCE, the
+# variant measured best on long-tailed data (bench/imbalance.py), unless a BALANCE_KEYS key was given.
+IMBALANCED = 3.0
+BALANCE_KEYS = frozenset({"data.sampler", "loss.class_weights"})
+BALANCE = {"data.sampler": "balanced"}
+BALANCE_NAMES = {
+    "loss.class_weights": "balanced class weights in the loss",
+    "data.sampler": "the balanced sampler, each class drawn equally often",
+}
 
 
 class ImageNetWeights:
@@ -144,6 +159,15 @@ class DataFacts:
     median_short_side: int | None  # None: no header could be read
     headers_read: int = 0
     imbalance: float = 1.0  # the largest training class's image count over the smallest's
+    median_aspect: float = 1.0  # the median long side / short side (the headers median_short_side reads)
+
+    def with_aspect(self, paths: list[str]) -> DataFacts:
+        """These facts with the median aspect ratio of these training files (median_aspect)."""
+        return replace(self, median_aspect=median_aspect(paths))
+
+    def resize_choice(self) -> dict[str, Any]:
+        """data.resize=squash when the median aspect ratio is over WHOLE_FRAME_ASPECT, else nothing."""
+        return {"data.resize": "squash"} if self.median_aspect > WHOLE_FRAME_ASPECT else {}
 
 
 def class_imbalance(labels: list[int]) -> float:
@@ -153,6 +177,19 @@ def class_imbalance(labels: list[int]) -> float:
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return max(counts.values()) / min(counts.values()) if len(counts) > 1 else 1.0
+
+
+def recipe_blocker(explicit: ExplicitSettings | None, enabled: bool) -> str:
+    """Why the auto recipe does not apply ("" when it does)."""
+    if explicit is None:
+        return "the caller built the config"
+    return "" if enabled else "train.auto_recipe=false"
+
+
+def class_balance(facts: DataFacts, given: dict[str, Any]) -> dict[str, Any]:
+    """BALANCE when the training classes are over IMBALANCED and the user gave no BALANCE_KEYS key, else
+    nothing."""
+    return dict(BALANCE) if facts.imbalance > IMBALANCED and not given.keys() & BALANCE_KEYS else {}
 
 
 @dataclass
@@ -187,7 +224,8 @@ class RecipeChoice:
     def lines(self) -> list[str]:
         """What came from the user and what was chosen, why; the weights; the cap when it lowered the
         epochs."""
-        given = ", ".join(f"{key}={value}" for key, value in sorted(self.given.items())) or "nothing"
+        mine = sorted((key, value) for key, value in self.given.items() if key not in BALANCE_KEYS)
+        given = ", ".join(f"{key}={value}" for key, value in mine) or "nothing"
         source = f" (with --config {self.config_file})" if self.config_file else ""
         first = (
             f"auto recipe: from you{source}: {given}; chosen: {'; '.join(self.chosen_parts()) or 'nothing'}"
@@ -220,9 +258,22 @@ class RecipeChoice:
             parts.append(f"batch {run['train.batch_size']}{self.batch_reason()}")
         if "train.epochs" in chosen or self.budget_s:
             parts.append(self.epochs_text())
+        if "data.resize" in chosen:
+            parts.append(
+                f"{run['data.resize']} (median aspect ratio {facts.median_aspect:.2f}:1, over "
+                f"{WHOLE_FRAME_ASPECT}: the whole frame kept instead of its centre square)"
+            )
         if "ckpt.keep_last" in chosen:
             parts.append(f"keeps the last and the best checkpoints only (ckpt.keep_last=1: {self.rule.name})")
+        parts += [self.balance_text(key) for key in sorted(chosen.keys() & BALANCE_KEYS)]
         return parts
+
+    def balance_text(self, key: str) -> str:
+        """The class balance chosen, and why."""
+        return (
+            f"{BALANCE_NAMES[key]} ({key}={self.run[key]}: the largest training class has "
+            f"{self.facts.imbalance:.1f}x the images of the smallest, over {IMBALANCED:g})"
+        )
 
     def recipe_extras(self) -> list[str]:
         run = self.run
@@ -305,3 +356,15 @@ def median_short_side(paths: list[str], limit: int = HEADER_SAMPLE) -> tuple[int
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     return (int(statistics.median(sides)) if sides else None), len(sides)
+
+
+def median_aspect(paths: list[str], limit: int = HEADER_SAMPLE) -> float:
+    """The median long side / short side over the headers median_short_side reads (1.0 when none reads)."""
+    step, ratios = max(1, len(paths) // limit), []
+    for path in paths[::step][:limit]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                ratios.append(max(image.size) / max(1, min(image.size)))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return round(statistics.median(ratios), 3) if ratios else 1.0

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ from ..records.modelfile import save_model_dir
 from ..utils.hardware import precision_name
 from . import distributed
 from .checkpoint import Checkpointer, RunState, restore_state
+from .distill import build_distill_hooks, checkpoint_record
 from .finish import MAX_KEPT_LOGITS, ShippedModels, end_of_epoch, patience_ran_out, summarize
 from .log import RunLogger, console_log
 from .loop import EpochStats, StepContext
 from .lrfind import write_curve
+from .multilabel import fit_run_thresholds, is_multi_label, validation_map
 from .openset import fit_open_set, open_set_images
 from .optim import build_loss, build_optimization
 from .plan import Plan, TrainRequest, make_plan
@@ -188,7 +191,10 @@ def open_training(plan: Plan, world: distributed.World) -> TrainingRun:
     steps_per_epoch = math.ceil(len(data.train_loader) / max(1, cfg.train.grad_accum_steps))
     classes = plan.splits.classes
     model = build_model(cfg.model, cfg.train, len(classes), ctx)
-    loss_fn = build_loss(cfg.loss, len(classes), plan.splits.train.labels).to(ctx.device)
+    train_samples = plan.splits.train
+    loss_fn = build_loss(cfg.loss, len(classes), train_samples.labels, train_samples.label_sets).to(
+        ctx.device
+    )
     opt = build_optimization(model, cfg.optim, cfg.sched, cfg.train, steps_per_epoch, ctx)
     step_model = wrap_model(model, ctx, world.distributed, cfg.train.compile)
     eval_model = opt.ema.module if opt.ema is not None else model  # with EMA, the average is what we ship
@@ -199,18 +205,25 @@ def open_training(plan: Plan, world: distributed.World) -> TrainingRun:
             model_dir, eval_model, cfg.model.name, arch_args(cfg.model), classes, preprocess, metrics
         )
 
-    shipped = ShippedModels(save, keep_logits=len(plan.splits.val) * len(classes) <= MAX_KEPT_LOGITS)
+    multi = is_multi_label(plan.splits)  # engine/multilabel.py: every validation keeps its logits for the mAP
+    shipped = ShippedModels(save, keep_logits=multi or len(plan.splits.val) * len(classes) <= MAX_KEPT_LOGITS)
     state = RunState() if plan.resumed is None else restore_state(plan.resumed[0], model, opt)
     logger = start_logging(plan, state, ctx, steps_per_epoch, world)
     log_cache_stores(logger, data, state.global_step)
+    config, teacher = config_to_dict(cfg), plan.teacher  # the teacher's identity in every checkpoint
     ckpt = Checkpointer(
-        plan.run_dir, cfg.ckpt, cfg.train.batch_size, config_to_dict(cfg), plan.env, model, opt
+        plan.run_dir, cfg.ckpt, cfg.train.batch_size, config, plan.env, model, opt, checkpoint_record(teacher)
     )
+    hooks = build_distill_hooks(teacher, cfg.distill, data.pipeline.preprocess, ctx)
     train_cfg = cfg.train
     step_plan = StepPlan(
         train_cfg.epochs, steps_per_epoch, cfg.log.every_steps, cfg.ckpt.every_steps, train_cfg.nonfinite
     )
-    parts = EpochParts(step_model, opt, loss_fn, ctx, logger, ckpt, StopRequest(), step_plan)
+    parts = EpochParts(step_model, opt, loss_fn, ctx, logger, ckpt, StopRequest(), step_plan, hooks)
+    if multi:
+        shipped.fit_thresholds = partial(
+            fit_run_thresholds, plan.run_dir, cfg.data.label_separator, data.val_loader, ctx, logger
+        )
     return TrainingRun(plan, world, data, model, eval_model, state, parts, shipped)
 
 
@@ -270,6 +283,8 @@ def train_and_validate(run: TrainingRun, logits: list | None) -> tuple[str | Non
     )
     if va.interrupted:  # the epoch's training is complete: a resume goes straight to validation
         return f"during validation of epoch {epoch}", None
+    if is_multi_label(run.plan.splits):
+        va.map = validation_map(logits, run.num_classes)
     return None, (va, confusion, size if data_cfg.progressive > 0 else None)
 
 
@@ -323,7 +338,7 @@ def start_logging(
             logger.log(made.record, state.global_step)
     splits = plan.splits
     if world.is_main:
-        write_split_csv(splits, run_dir / "split.csv")
+        write_split_csv(splits, run_dir / "split.csv", plan.cfg.data.label_separator)
         logger.info(f"split written to {run_dir / 'split.csv'}")
     for kind, paths in splits.ignored.items():
         if paths:

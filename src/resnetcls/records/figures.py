@@ -1,5 +1,5 @@
 """The PNG figures of eval and report: confusion heatmap, reliability diagram, contact sheet, open-set score
-histogram, training curves.
+histogram, training curves, multi-label precision-recall curves.
 
 matplotlib with the Agg backend (no display needed); each function writes one PNG and returns its path.
 """
@@ -344,4 +344,30 @@ def open_set_histogram(
     ax.set_title("Open-set scores: known vs unknown images" if unknown is not None else "Open-set scores")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def pr_curves(curves: list[dict], path: Path, title: str = "") -> Path:
+    """Precision against recall, one curve a class on one axes (a multi-label evaluation), each named with
+    its average precision, and a dot where the class's decision threshold puts it.
+
+    curves: [{"name", "precision": [...], "recall": [...], "ap", "at_threshold": (precision, recall) or
+    None}], recall rising (utils/multilabel.pr_curve)."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    for k, curve in enumerate(curves):
+        colour = colours(k % colours.N)
+        ap = curve["ap"]
+        label = f"{curve['name']} (AP {ap:.3f})" if ap == ap else f"{curve['name']} (no positive)"
+        ax.step(curve["recall"], curve["precision"], where="post", color=colour, linewidth=1.2, label=label)
+        point = curve.get("at_threshold")
+        if point is not None and all(v == v for v in point):
+            ax.plot(point[1], point[0], "o", color=colour, markersize=5)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "Precision-recall per class (dots: at the class's threshold)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7, ncol=2 if len(curves) > 10 else 1)
     return _save(fig, path)

@@ -27,7 +27,7 @@ FORMAT = "resnetcls.model/1"
 OPEN_SET_FILE = "open_set.safetensors"  # the open-set score's tensors (utils/openset.py), beside the weights
 WEIGHTS = "model.safetensors"
 ARCH_ARGS = {"stem": str, "stride_on_1x1": bool, "zero_init_residual": bool, "width": int}
-RESIZE_MODES = ("shorter_side", "square")
+RESIZE_MODES = ("shorter_side", "square", "letterbox")
 
 
 def _check(cond: bool, where: Path, message: str) -> None:
@@ -111,6 +111,12 @@ def _check_preprocess(pre, where: Path) -> None:
     for key, bounds in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
         problem = rgb_problem(pre[key], bounds)
         _check(not problem, where, f"preprocess.{key}={problem}")
+    pad = pre.get("pad", [0, 0, 0])  # letterbox's padding colour (absent: the mean's)
+    _check(
+        isinstance(pad, list) and len(pad) == 3 and all(type(v) is int and 0 <= v <= 255 for v in pad),
+        where,
+        f"preprocess.pad={pad!r} must be 3 integers from 0 to 255 (an RGB colour)",
+    )
 
 
 def _check_calibration(record, where: Path) -> None:
