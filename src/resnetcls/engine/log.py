@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
@@ -198,8 +198,12 @@ class Progress:
         if live:
             from tqdm import tqdm
 
-            # A fixed width: a terminal that reports 0 columns (some ptys) would get an empty bar otherwise.
-            width = shutil.get_terminal_size((100, 24)).columns or 100
+            # The width of the terminal the bar is drawn on (stderr: stdout may be piped to a file), fixed
+            # for the run; 100 where it reports none or 0 columns (some ptys), which would give an empty bar.
+            try:
+                width = os.get_terminal_size(sys.stderr.fileno()).columns or 100
+            except (OSError, ValueError, AttributeError):
+                width = 100
             self.bar = tqdm(
                 total=total,
                 initial=initial,
