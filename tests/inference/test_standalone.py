@@ -130,7 +130,9 @@ def test_the_documented_onnxruntime_snippet_reproduces_the_predictor(bare, photo
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(snippet, str(DOC), "exec"), scope)
-    [ours] = Predictor(bare, backend="onnxruntime").predict(photo, topk=len(CLASSES))
+    predictor = Predictor(bare, backend="onnxruntime")
+    predictor.loader.fast = False  # the snippet resizes then crops, as eval does (not predict's fast path)
+    [ours] = predictor.predict(photo, topk=len(CLASSES))
     by_class = dict(ours.top)
     expected = np.array([by_class[c] for c in CLASSES])
     # Both run the same graph in float32; they differ only in how the input is normalised and where the
@@ -232,6 +234,7 @@ def test_the_documented_open_set_snippet_answers_unknown_as_the_predictor_does(
     shutil.copy(bare, tmp_path / "model.onnx")
     monkeypatch.chdir(tmp_path)
     predictor = Predictor(bare, backend="onnxruntime")
+    predictor.loader.fast = False  # the snippet resizes then crops, as eval does (not predict's fast path)
     for photo in check[:3] + check[-3:]:  # known-looking and flower photographs
         shutil.copy(photo, tmp_path / "photo.jpg")
         scope: dict = {}
