@@ -40,7 +40,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from resnetcls.engine.race import BALANCE_KEYS, race_candidates
+from resnetcls.engine.race import race_candidates
 from resnetcls.engine.recipe_choice import DataFacts
 from resnetcls.records.envinfo import machine_line
 from resnetcls.records.runsplit import split_rows
@@ -211,13 +211,12 @@ def candidate_args(values: dict) -> list[str]:
     return args
 
 
-def considered(run_dir: Path, extra: list[str]) -> list[tuple[str, dict]]:
-    """(name, values) of each candidate the raced run's race considered: race_candidates on its recipe record,
-    with the class-balance keys --train-args gives (the record keeps only the recipe's keys)."""
+def considered(run_dir: Path) -> list[tuple[str, dict]]:
+    """(name, values) of each candidate the raced run's race considered: race_candidates on its recipe
+    record."""
     record = records(run_dir, "recipe")[-1]
     facts = DataFacts(**{field.name: record[field.name] for field in fields(DataFacts)})
-    sets = [text.split("=", 1) for flag, text in zip(extra, extra[1:], strict=False) if flag == "--set"]
-    given = {**record["given"], **{key: value for key, value in sets if key in BALANCE_KEYS}}
+    given = record["given"]
     entries, _ = race_candidates({**record["values"], **given}, given, facts)
     return [(entry.name, entry.values) for entry in entries]
 
@@ -230,7 +229,7 @@ def race_arms(data: str, seed: int, budget: str, target: float | None, work: Pat
     # no race.json: the measured speed left no room for a race (its line says so), the recipe's choice ran
     raced["raced"] = (raced_dir / "race.json").is_file()
     arms = {RACED: raced}
-    for name, values in considered(raced_dir, extra):
+    for name, values in considered(raced_dir):
         fixed = ["--set", "train.race_share=0", *candidate_args(values)]
         run_dir = work / f"fixed-{name.replace(' ', '-')}-{seed}"
         arms[name] = race_run(data, run_dir, [*common, *fixed], target)

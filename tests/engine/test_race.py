@@ -17,7 +17,7 @@ from resnetcls.engine import race, recipe
 from resnetcls.engine import train as train_module
 from resnetcls.engine.plan import TrainRequest, make_plan
 from resnetcls.engine.race import Entry, plan_race, race_candidates, rung_steps, smaller_size
-from resnetcls.engine.recipe_choice import DataFacts
+from resnetcls.engine.recipe_choice import IMBALANCED, DataFacts
 from resnetcls.engine.runner import StopRequest, TrainingInterrupted
 from resnetcls.engine.train import saved_run_config
 from resnetcls.errors import UserError
@@ -56,29 +56,6 @@ def test_many_images_a_class_race_only_the_resolution_and_small_sizes_only_the_a
         "light 32px",
     ]
     assert [smaller_size(size) for size in (224, 160, 128, 64, 48, 32)] == [160, 112, 96, 48, 32, 32]
-
-
-IMBALANCED = dataclasses.replace(SMALL, imbalance=10.0)
-
-
-def test_imbalanced_classes_race_the_leading_choice_with_the_balanced_sampler_in_the_last_place():
-    entries, why = race_candidates(HEAVY_RUN, {}, IMBALANCED)
-    assert names(entries) == ["heavy 128px", "light 128px", "heavy 96px", "heavy 128px balanced"]
-    assert entries[-1].values == {**HEAVY_RUN, "data.sampler": "balanced"} and why == ""
-    assert entries[-1].folder == "heavy-128px-balanced"
-    sized = race_candidates(HEAVY_RUN, {"data.image_size": 128}, IMBALANCED)[0]
-    assert names(sized) == ["heavy 128px", "light 128px", "heavy 128px balanced"]
-    both = {"data.augment": "trivialaugment", "data.image_size": 128}
-    assert names(race_candidates(HEAVY_RUN, both, IMBALANCED)[0]) == ["heavy 128px", "heavy 128px balanced"]
-    at_the_limit = dataclasses.replace(SMALL, imbalance=race.IMBALANCED)
-    assert "heavy 128px balanced" not in names(race_candidates(HEAVY_RUN, {}, at_the_limit)[0])
-
-
-@pytest.mark.parametrize("key, value", [("data.sampler", "shuffle"), ("loss.class_weights", "balanced")])
-def test_a_given_sampler_or_class_weights_keep_class_balance_out_of_the_race(key, value):
-    entries, why = race_candidates(HEAVY_RUN, {key: value}, IMBALANCED)
-    assert names(entries) == ["heavy 128px", "light 128px", "heavy 96px", "light 96px"]
-    assert why == "class balance given"
 
 
 def measured(count: int, step_s: float = STEP_S, val_s: float = VAL_S) -> list[Entry]:
@@ -312,47 +289,43 @@ def test_a_planted_imbalance_is_balanced_by_the_recipe_so_the_race_leaves_the_cl
     plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5")
     assert plan.cfg.data.sampler == "balanced"  # the auto recipe's class balance, in every candidate
     assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
-    assert plan.decision("recipe").record["imbalance"] > race.IMBALANCED
+    assert plan.decision("recipe").record["imbalance"] > IMBALANCED
     for fixed in ("data.sampler=shuffle", "loss.class_weights=balanced"):
         plan = plan_for(imbalanced, tmp_path / "r", "train.race_share=0.5", fixed)
         assert names(plan.race.entries) == ["heavy 48px", "light 48px", "heavy 32px", "light 32px"]
-    balanced_data = plan_for(photos, tmp_path / "r", "train.race_share=0.5")
-    assert "heavy 48px balanced" not in names(balanced_data.race.entries)
-    assert balanced_data.cfg.data.sampler == "shuffle"
+    assert plan_for(photos, tmp_path / "r", "train.race_share=0.5").cfg.data.sampler == "shuffle"
 
 
-def test_a_balanced_winner_trains_with_the_balanced_sampler_and_resumes_with_it(
+def test_a_raced_run_on_imbalanced_data_keeps_the_recipes_balanced_sampler_through_a_resume(
     imbalanced, tmp_path, fake_machine, monkeypatch
 ):
-    """The balanced candidate made to win: the run's config.yaml says data.sampler=balanced, and the run
-    stopped after the race resumes from `train DATA --resume auto` to its end."""
+    """The smaller size made to win: the run's config.yaml keeps the recipe's data.sampler=balanced with the
+    winner's settings, and the run stopped after the race resumes from `train DATA --resume auto` to its
+    end."""
     real_rung, real_epochs = race.run_rung, train_module.train_epochs
 
-    def balanced_wins(plan, entry, target, hooks):
+    def small_wins(plan, entry, target, hooks):
         real_rung(plan, entry, target, hooks)
-        return (1.0, 0.0) if entry.name.endswith("balanced") else (0.0, 1.0)
+        return (1.0, 0.0) if entry.name == "heavy 32px" else (0.0, 1.0)
 
     def killed_after_the_race(run, on_epoch):
         if race.RACE_DIR not in run.run_dir.parts:
             raise TrainingInterrupted(str(run.run_dir))
         return real_epochs(run, on_epoch)
 
-    monkeypatch.setattr(race, "run_rung", balanced_wins)
-    # the race's own class-balance candidate (the auto recipe's class balance not counted as decided)
-    monkeypatch.setattr(
-        plan_module, "race_candidates", lambda run, given, facts: race_candidates(run, {}, facts)
-    )
+    monkeypatch.setattr(race, "run_rung", small_wins)
     monkeypatch.setattr(train_module, "train_epochs", killed_after_the_race)
     run = tmp_path / "run"
     stopped = run_cli("train", imbalanced, *RACE, "--out", run)
     assert stopped.returncode == 130, stopped.stderr
-    assert "-> heavy 48px balanced" in stopped.stderr
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["sampler"] == "balanced"
+    assert "-> heavy 32px" in stopped.stderr
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert (saved["sampler"], saved["image_size"]) == ("balanced", 32)
     monkeypatch.setattr(train_module, "train_epochs", real_epochs)
     resumed = run_cli("train", imbalanced, *RACE, "--out", run, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     done = finished(run)
-    assert done["race"]["winner"] == "heavy 48px balanced" and done["config"]["data"]["sampler"] == "balanced"
+    assert done["race"]["winner"] == "heavy 32px" and done["config"]["data"]["sampler"] == "balanced"
 
 
 def test_a_race_under_way_resumes_from_race_json_and_refuses_changed_settings(photos, tmp_path, fake_machine):

@@ -59,10 +59,8 @@ from .prepare import (
     sync_bn_applies,
     warn,
 )
+from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
 from .race import (
-    BALANCE_KEYS,
-    BALANCED,
-    RACE_FILE,
     RacePlan,
     load_race,
     plan_race,
@@ -70,7 +68,6 @@ from .race import (
     race_settings_kept,
     race_under_way,
 )
-from .race import MIN_RUNG_STEPS as MIN_RACE_STEPS
 from .recipe import apply_recipe, pick_for_data, saved_recipe
 from .recipe_choice import recipe_blocker
 
@@ -139,9 +136,7 @@ def make_plan(request: TrainRequest, device_name: str | None = None) -> Plan:
     resuming = request.resume is not None and any((run_dir / "checkpoints").glob("step-*.json"))
     racing = race_under_way(run_dir, request.resume, resuming)
     if (recipe_on and resuming or racing) and (run_dir / "config.yaml").is_file():
-        # compared with the checkpoint's settings as the run's own (a race's winner may be balanced)
-        raced = frozenset(BALANCED) if (run_dir / RACE_FILE).is_file() else frozenset()
-        cfg = saved_recipe(cfg, run_dir, raced)
+        cfg = saved_recipe(cfg, run_dir)  # compared with the checkpoint's settings as the run's own
     # a race under way: its run folder holds no checkpoint of its own yet (engine/race.py)
     found = find_run(cfg, request.out_dir, None if racing else request.resume, request.force)
     splits = resolve_splits(found.cfg.data, found.cfg.train.seed)
@@ -225,9 +220,7 @@ def decide_recipe(plan: Plan, request: TrainRequest) -> Decision:
         if auto and key in choice.given:
             choice.given[key] = "auto"
     why = f"{choice.rule.name}: {choice.facts.train_images} train images, kept {sorted(choice.given)}"
-    # the class balance the recipe chose is not raced either
-    given = {**choice.given, **{key: choice.chosen[key] for key in choice.chosen.keys() & BALANCE_KEYS}}
-    entries, plan.race = race_candidates(choice.run, given, choice.facts)[0], None
+    entries, plan.race = race_candidates(choice.run, choice.given, choice.facts)[0], None
     budget_s, share = parse_duration(plan.cfg.train.time_budget), plan.cfg.train.race_share
     if budget_s and share > 0 and len(entries) > 1 and distributed.world_from_env().size == 1:
         plan.race = RacePlan(entries, [], budget_s, share * budget_s)

@@ -5,11 +5,9 @@ Which candidates (race_candidates; the table in engine/recipe.py's docstring): t
 on the dimensions the user left open, its alternative: the augmentation (heavy: TrivialAugment with mixup,
 cutmix and random erasing; light: crop_flip) while the training set has under HEAVY_PER_CLASS images a
 class, and the resolution (the chosen size and one SMALLER times it, in steps of SIZE_STEP, not below
-MIN_RACE_SIZE); and the class balance: when the training split's largest class has over IMBALANCED times the
-images of its smallest, one more candidate, the leading choice with data.sampler=balanced ("heavy 128px
-balanced"). At most MAX_CANDIDATES (4: halving to 2, then 1); the balanced candidate takes the last place when
-the other two dimensions fill it. A dimension the user fixed (a flag, --set or --config key; for the class
-balance data.sampler or loss.class_weights) is not raced.
+MIN_RACE_SIZE): at most 4 candidates (halving to 2, then 1). A dimension the user fixed (a flag, --set or
+--config key) is not raced, nor is the class balance, which the auto recipe itself chooses from the class
+counts (engine/recipe_choice.py) and every candidate keeps.
 
 How long (plan_race): engine/plan.py measures each candidate's step, validation and checkpoint times (the
 time budget's measurement). The race gets train.race_share of the budget: every candidate trains RUNG0
@@ -46,7 +44,7 @@ from .checkpoint import list_checkpoints, load_latest
 from .loop import evaluate
 from .prepare import warn
 from .recipe import apply_recipe
-from .recipe_choice import BALANCE_KEYS, IMBALANCED, DataFacts
+from .recipe_choice import DataFacts
 from .runner import StopRequest
 
 RACE_FILE, RACE_DIR = "race.json", "race"
@@ -66,8 +64,6 @@ LIGHT = {
 }
 HEAVY_PER_CLASS = 1000  # at or above this many training images a class only the rule's augmentation runs
 SMALLER, SIZE_STEP, MIN_RACE_SIZE = 0.75, 16, 32
-BALANCED = {"data.sampler": "balanced"}  # the class-balance candidate's setting over the leading choice
-MAX_CANDIDATES = 4  # successive halving 4 -> 2 -> 1; the balanced candidate replaces the grid's last
 MIN_RUNG_STEPS = 2  # a first rung shorter than this says nothing: fewer candidates, or no race
 
 
@@ -137,12 +133,10 @@ class RacePlan:
 
 
 def entry_name(values: dict[str, Any]) -> str:
-    """A candidate's name: its augmentation (heavy, light, or the augment's own name), size, and "balanced"
-    for the balanced sampler."""
+    """A candidate's name: its augmentation (heavy, light, or the augment's own name) and size."""
     augment = values["data.augment"]
     kind = {HEAVY["data.augment"]: "heavy", LIGHT["data.augment"]: "light"}.get(augment, augment)
-    balanced = " balanced" if values.get("data.sampler") == BALANCED["data.sampler"] else ""
-    return f"{kind} {values['data.image_size']}px{balanced}"
+    return f"{kind} {values['data.image_size']}px"
 
 
 def smaller_size(size: int) -> int:
@@ -154,21 +148,9 @@ def smaller_size(size: int) -> int:
 
 def race_candidates(run: dict[str, Any], given: dict[str, Any], facts: DataFacts) -> tuple[list[Entry], str]:
     """(candidates, why) for the auto recipe's run values, the keys the user gave and the data: the
-    augmentation raced when no augmentation key was given and the training set has under HEAVY_PER_CLASS
-    images a class; the resolution when data.image_size was not given and a smaller one exists; the class
-    balance (the leading choice with the balanced sampler, in place of the last when there are already
-    MAX_CANDIDATES) when the classes are IMBALANCED and no BALANCE_KEYS key was given."""
-    entries, why = grid_candidates(run, given, facts)
-    if facts.imbalance <= IMBALANCED:
-        return entries, why
-    if given.keys() & BALANCE_KEYS:
-        return entries, "; ".join([*filter(None, [why]), "class balance given"])
-    balanced = {**entries[0].values, **BALANCED}
-    return [*entries[: MAX_CANDIDATES - 1], Entry(entry_name(balanced), balanced)], why
-
-
-def grid_candidates(run: dict[str, Any], given: dict[str, Any], facts: DataFacts) -> tuple[list[Entry], str]:
-    """The augmentations by the resolutions raced (race_candidates), the auto recipe's choice first."""
+    augmentations by the resolutions raced, the auto recipe's choice first. The augmentation is raced when no
+    augmentation key was given and the training set has under HEAVY_PER_CLASS images a class; the resolution
+    when data.image_size was not given and a smaller one exists."""
     ours = {key: run[key] for key in HEAVY}
     other = LIGHT if run["data.augment"] == HEAVY["data.augment"] else HEAVY
     per_class = facts.train_images / max(1, facts.classes)

@@ -344,12 +344,12 @@ def apply_recipe(cfg: Config, values: dict[str, Any]) -> Config:
     return cfg
 
 
-def saved_recipe(cfg: Config, run_dir: Path, also: frozenset = frozenset()) -> Config:
-    """cfg with the recipe keys (and the keys `also`: what a race chose) of a run directory's config.yaml: a
-    resumed run keeps what was picked for it and measures nothing (engine/plan.py calls it before comparing
-    the settings with the checkpoint's)."""
+def saved_recipe(cfg: Config, run_dir: Path) -> Config:
+    """cfg with the recipe keys of a run directory's config.yaml (a race's winner sets only those): a resumed
+    run keeps what was picked for it and measures nothing (engine/plan.py calls it before comparing the
+    settings with the checkpoint's)."""
     saved = flatten(load_yaml(run_dir / "config.yaml"))
-    return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS | also})
+    return apply_recipe(cfg, {k: v for k, v in saved.items() if k in RECIPE_KEYS})
 
 
 def pick_for_data(
