@@ -35,6 +35,7 @@ from ..inference.sessions import (
     ONNX_FILE,
     export_head,
     export_metadata,
+    onnx_bytes,
     onnx_session,
     output_names,
 )
@@ -124,28 +125,10 @@ def example_frames(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
 
 
 def frame_onnx_bytes(loaded: LoadedModel) -> bytes:
-    """The uint8 graph through torch.export (as sessions.onnx_bytes), with a dynamic batch dimension."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
-        program = torch.onnx.export(
-            frame_head(loaded),
-            (example_frames(loaded),),
-            dynamo=True,
-            external_data=False,
-            input_names=["input"],
-            output_names=output_names(loaded),
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            verbose=False,
-        )
-    proto = program.model_proto
-    for key, value in frame_metadata(loaded).items():
-        proto.metadata_props.add(key=key, value=value)
+    """The uint8 graph through sessions.onnx_bytes (torch.export, a dynamic batch dimension)."""
     size = loaded.preprocess["image_size"]
-    proto.doc_string = (
-        f"resnetcls {loaded.meta['arch']} classifier, {len(loaded.classes)} classes, "
-        f"input uint8 (N, {size}, {size}, 3) RGB frames"
-    )
-    return proto.SerializeToString()
+    note = f", input uint8 (N, {size}, {size}, 3) RGB frames"
+    return onnx_bytes(loaded, frame_head(loaded), example_frames(loaded), frame_metadata(loaded), note)
 
 
 def frame_torchscript_bytes(loaded: LoadedModel) -> bytes:

@@ -129,14 +129,14 @@ def example_input(loaded: LoadedModel, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
 
-def onnx_bytes(loaded: LoadedModel) -> bytes:
-    """Export through torch.export (the supported exporter) with a dynamic batch dimension."""
-    wrapped = export_head(loaded)
+def onnx_bytes(loaded: LoadedModel, head=None, example=None, metadata=None, doc: str = "") -> bytes:
+    """Export head (default export_head's) through torch.export with a dynamic batch dimension; a uint8-frame
+    head (export/rawinput.py) comes with its example input, metadata and a note for the doc string."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's chatter is not the user's concern
         program = torch.onnx.export(
-            wrapped,
-            (example_input(loaded),),
+            export_head(loaded) if head is None else head,
+            (example_input(loaded) if example is None else example,),
             dynamo=True,
             external_data=False,
             input_names=["input"],
@@ -145,9 +145,9 @@ def onnx_bytes(loaded: LoadedModel) -> bytes:
             verbose=False,
         )
     proto = program.model_proto
-    for key, value in export_metadata(loaded.meta).items():
+    for key, value in (export_metadata(loaded.meta) if metadata is None else metadata).items():
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"resnetcls {loaded.meta['arch']} classifier, {len(loaded.classes)} classes"
+    proto.doc_string = f"resnetcls {loaded.meta['arch']} classifier, {len(loaded.classes)} classes{doc}"
     return proto.SerializeToString()
 
 
