@@ -322,16 +322,9 @@ LATENCY_BACKENDS = ("auto", "torch", "onnxruntime-int8", "openvino-int8")
 EXACT_BACKENDS = ("onnxruntime-int8", "openvino-int8")  # also run with the exact decode
 
 
-def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
-    """One-image callables, decode + preprocess + model: the torchvision baseline and the Predictor API."""
-    loaded = load_model_dir(model_dir)
-    baseline = torchvision.models.resnet50(num_classes=1000)
-    baseline.load_state_dict(loaded.model.state_dict())
-    baseline.eval()
-    pre = (
-        loaded.preprocess
-    )  # torchvision's own classic eval pipeline, as a script copied from its docs has it
-    transform = v2.Compose(
+def torchvision_transform(pre: dict) -> v2.Compose:
+    """torchvision's own classic eval pipeline, as a script copied from its docs has it: the baseline."""
+    return v2.Compose(
         [
             v2.Resize(pre["resize"], antialias=True),
             v2.CenterCrop(pre["image_size"]),
@@ -340,6 +333,15 @@ def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
             v2.Normalize(pre["mean"], pre["std"]),
         ]
     )
+
+
+def api_rows(model_dir: Path, image: Path) -> list[tuple[str, callable]]:
+    """One-image callables, decode + preprocess + model: the torchvision baseline and the Predictor API."""
+    loaded = load_model_dir(model_dir)
+    baseline = torchvision.models.resnet50(num_classes=1000)
+    baseline.load_state_dict(loaded.model.state_dict())
+    baseline.eval()
+    transform = torchvision_transform(loaded.preprocess)
 
     @torch.inference_mode()
     def torchvision_one():
@@ -375,15 +377,7 @@ def preprocess_times(pre: dict, images: list[Path], iters: int) -> None:
     """Decode + preprocess alone of each JPEG (p50 of `iters`, 3 rounds): the torchvision baseline's PIL
     decode + transforms, the exact loader (eval's path), the fast loader (predict's and serve's default)."""
     fast, exact = ImageLoader(pre), ImageLoader(pre, fast=False)
-    transform = v2.Compose(
-        [
-            v2.Resize(pre["resize"], antialias=True),
-            v2.CenterCrop(pre["image_size"]),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(pre["mean"], pre["std"]),
-        ]
-    )
+    transform = torchvision_transform(pre)
     paths = {
         "torchvision baseline (PIL decode + v2 transforms)": lambda i: transform(
             Image.open(i).convert("RGB")
