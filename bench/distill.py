@@ -25,13 +25,12 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from runcli import resnetcls, summary_of
 
 from resnetcls.engine.distill import DistillHooks, TeacherInput
 from resnetcls.records.envinfo import machine_line
@@ -40,20 +39,6 @@ from resnetcls.records.runsplit import split_rows
 from resnetcls.utils.hardware import resolve_amp
 
 COMMON = ["--set", "log.tensorboard=false"]
-
-
-def resnetcls(*args: str) -> tuple[float, str]:
-    """Run the CLI; (wall seconds, stderr). Exits with its message if it fails."""
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "resnetcls", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"resnetcls {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start, result.stderr
-
-
-def summary_of(run_dir: Path) -> dict:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("kind") == "summary"][-1]
 
 
 def accuracy(data: str, run_dir: Path) -> tuple[str, float]:

@@ -22,36 +22,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from runcli import resnetcls, summary_of
 from safetensors.torch import load_file
 
 from resnetcls.models.weights import IMAGENET_WEIGHTS
 from resnetcls.records.envinfo import machine_line
 
 COMMON = ["--set", "log.tensorboard=false"]
-
-
-def resnetcls(args: list[str], torch_home: Path) -> tuple[float, str]:
-    """Run the CLI with TORCH_HOME=torch_home; (wall seconds, stderr). Exits with its message if it fails."""
-    start = time.perf_counter()
-    env = {**os.environ, "TORCH_HOME": str(torch_home)}
-    result = subprocess.run(
-        [sys.executable, "-m", "resnetcls", *args], capture_output=True, text=True, env=env
-    )
-    if result.returncode != 0:
-        sys.exit(f"resnetcls {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start, result.stderr
-
-
-def summary_of(run_dir: Path) -> dict:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("kind") == "summary"][-1]
 
 
 def pretrain(data: str, budget: str, arch: str, size: int, work: Path) -> Path:
@@ -61,7 +42,7 @@ def pretrain(data: str, budget: str, arch: str, size: int, work: Path) -> Path:
     if not (run_dir / "best" / "model.safetensors").is_file():
         args = ["train", data, "--out", str(run_dir), *COMMON, "--model", arch, "--image-size", str(size)]
         wall, _ = resnetcls(
-            [*args, "--set", "model.width=64", "--time", budget, "--seed", "0"], work / "empty"
+            *args, "--set", "model.width=64", "--time", budget, "--seed", "0", env=hub_env(work / "empty")
         )
         print(f"pretrained {arch} on {data} at {size} px: {wall:.0f} s", flush=True)
     best = summary_of(run_dir)["best_val_top1"]
@@ -74,12 +55,24 @@ def pretrain(data: str, budget: str, arch: str, size: int, work: Path) -> Path:
     return home
 
 
+def hub_env(torch_home: Path) -> dict:
+    """This environment with TORCH_HOME=torch_home (where the run looks for ImageNet weights)."""
+    return {**os.environ, "TORCH_HOME": str(torch_home)}
+
+
 def train_and_test(data: str, run_dir: Path, budget: str, seed: int, torch_home: Path) -> dict:
     args = ["train", data, "--out", str(run_dir), *COMMON, "--time", budget, "--seed", str(seed)]
-    wall, log = resnetcls(args, torch_home)
+    wall, log = resnetcls(*args, env=hub_env(torch_home))
     eval_dir = run_dir / "eval"
     resnetcls(
-        ["eval", str(run_dir / "best"), data, "--out", str(eval_dir), "--precision", "fp32"], torch_home
+        "eval",
+        str(run_dir / "best"),
+        data,
+        "--out",
+        str(eval_dir),
+        "--precision",
+        "fp32",
+        env=hub_env(torch_home),
     )
     test = json.loads((eval_dir / "metrics.json").read_text())
     summary = summary_of(run_dir)

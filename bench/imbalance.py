@@ -27,10 +27,10 @@ import csv
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from runcli import resnetcls
 
 from resnetcls.records.envinfo import machine_line
 
@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 RATIO = 10.0  # the largest training class over the smallest
 THREADS = 1  # torch threads a run uses (OMP_NUM_THREADS)
+RUN_ENV = {**os.environ, "RESNETCLS_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)}
 ARMS = {
     "off": ["--set", "data.sampler=shuffle"],
     "weights": ["--set", "loss.class_weights=balanced"],
@@ -118,16 +119,6 @@ def split_sizes(data: Path) -> str:
     return f"{splits.count('val')} val images (one a class), {splits.count('test')} test images"
 
 
-def resnetcls(*args: str) -> None:
-    """Run the CLI; exit with its message if it fails."""
-    env = {**os.environ, "RESNETCLS_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS)}
-    result = subprocess.run(
-        [sys.executable, "-m", "resnetcls", *args], capture_output=True, text=True, env=env
-    )
-    if result.returncode != 0:
-        sys.exit(f"resnetcls {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-
-
 def headline(metrics: dict) -> dict:
     """Balanced accuracy, top-1 and the worst class (name, recall) from eval's metrics.json."""
     recalls = {name: row["recall"] for name, row in metrics["per_class"].items() if row["recall"] is not None}
@@ -151,7 +142,7 @@ def run_arm(data: Path, run_dir: Path, arm: str, seed: int, args: argparse.Names
     recipe += ["--set", f"model.width={args.width}"]
     resnetcls(
         "train", str(data), "--out", str(run_dir), "--force", "--seed", str(seed), *recipe, *COMMON,
-        *ARMS[arm], *args.train_args.split(),
+        *ARMS[arm], *args.train_args.split(), env=RUN_ENV,
     )  # fmt: skip
     out = run_dir / "eval"
     resnetcls(
@@ -164,6 +155,7 @@ def run_arm(data: Path, run_dir: Path, arm: str, seed: int, args: argparse.Names
         "fp32",
         "--batch-size",
         "64",
+        env=RUN_ENV,
     )
     return headline(json.loads((out / "metrics.json").read_text()))
 

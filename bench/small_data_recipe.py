@@ -33,12 +33,12 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
+
+from runcli import resnetcls
 
 from resnetcls.engine.race import race_candidates
 from resnetcls.engine.recipe_choice import DataFacts
@@ -53,15 +53,6 @@ COMMON = ["--set", "log.tensorboard=false"]
 SMALL_DATA = "small-data"  # the packaged recipe
 RACE_SHARE = 0.2  # the raced arm's train.race_share
 RACED = "raced"
-
-
-def resnetcls(*args: str) -> tuple[float, str]:
-    """Run the CLI; (wall seconds, stderr). Exits with its message if it fails."""
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "resnetcls", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"resnetcls {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start, result.stderr
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
