@@ -53,7 +53,7 @@ def model_probabilities(
         for batch in loader:
             bad += batch["bad"]
             if batch["images"] is not None:
-                probs.append(torch.sigmoid(predictor.logits(batch["images"]).float()))
+                probs.append(predictor.probabilities(batch["images"]))  # sigmoid, in the chosen backend
                 targets.append(torch.as_tensor(batch["labels"]).float())
                 index += [int(i) for i in batch["index"]]
             bar.update(len(batch["bad"]) + (len(batch["index"]) if batch["images"] is not None else 0))
